@@ -1,0 +1,255 @@
+/*
+ * emad.h - client library for emad, the EMA parameter server.
+ *
+ * libemad talks to an emad daemon over nanomsg (REQ/REP, msgpack payloads;
+ * see docs/PROTOCOL.md). It creates models, pushes parameters and buffers
+ * (splitting large pushes into transactions of chunks), pulls the averaged
+ * model into caller-provided or library-allocated buffers, and reads lists
+ * and counters.
+ *
+ * Errors: every function returning int returns 0 on success or a negative
+ * code: one of the EMAD_E* values below (the daemon's error codes are the
+ * same numbers, negated) or a negated errno value. emad_strerror() turns any
+ * of them into text; emad_last_error() gives the detailed message of the
+ * last failed call on a client (for daemon errors: the daemon's message,
+ * naming the tensor at fault).
+ *
+ * Thread safety: an emad_client is not thread-safe; use one client per
+ * thread, or serialize calls on a shared client with a lock. Different
+ * clients are fully independent. emad_strerror() is thread-safe.
+ */
+#ifndef EMAD_H
+#define EMAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define EMAD_EXTERN __attribute__((visibility("default")))
+#else
+#define EMAD_EXTERN
+#endif
+
+/* Version of the wire protocol this library speaks. */
+#define EMAD_PROTOCOL_VERSION 1
+
+/* Default daemon endpoint. */
+#define EMAD_DEFAULT_URL "tcp://127.0.0.1:7470"
+
+/* Limits shared by the daemon and the client (see docs/PROTOCOL.md). */
+#define EMAD_MAX_NDIM 16
+#define EMAD_MAX_NAME_BYTES 1024
+#define EMAD_MAX_MODEL_NAME_BYTES 128
+#define EMAD_DEFAULT_DECAY 0.999
+
+/* Error codes. The daemon sends the positive value on the wire. */
+enum {
+    EMAD_OK = 0,
+    EMAD_EMALFORMED = -1001,   /* request is not a valid message */
+    EMAD_EVERSION = -1002,     /* protocol version not supported */
+    EMAD_EOP = -1003,          /* unknown operation */
+    EMAD_EDTYPE = -1004,       /* unknown or unsuitable dtype */
+    EMAD_ESIZE = -1005,        /* data length does not match shape and dtype */
+    EMAD_ENAME = -1006,        /* empty, over-long or invalid name */
+    EMAD_ESHAPE = -1007,       /* shape differs from the stored tensor */
+    EMAD_EKIND = -1008,        /* kind (param/buffer) differs from the stored tensor */
+    EMAD_ELIMIT = -1009,       /* a documented limit was exceeded */
+    EMAD_ENOMODEL = -1010,     /* no such model */
+    EMAD_EEXIST = -1011,       /* model exists with a different configuration */
+    EMAD_ENOTENSOR = -1012,    /* no such tensor */
+    EMAD_ENOTXN = -1013,       /* no such transaction (unknown, expired or finished) */
+    EMAD_EINCOMPLETE = -1014,  /* commit of a transaction with missing chunks */
+    EMAD_EDUP = -1015,         /* the same tensor twice in one push */
+    EMAD_ERANGE = -1016,       /* a value is out of its allowed range */
+    EMAD_ENOSESSION = -1017,   /* no such pull session (unknown or expired) */
+    EMAD_ENOMEM = -1018,       /* out of memory */
+    EMAD_EINTERNAL = -1019,    /* internal error */
+    EMAD_EORDER = -1020,       /* transaction chunk out of order */
+    /* Client-side only. */
+    EMAD_ETIMEDOUT = -1101,    /* no reply within the timeout */
+    EMAD_ECONNECT = -1102,     /* cannot open or connect the socket */
+    EMAD_EPROTO = -1103,       /* the daemon's reply could not be understood */
+    EMAD_EINVAL = -1104,       /* invalid argument */
+    EMAD_EFORMAT = -1105,      /* malformed safetensors file */
+    EMAD_EIO = -1106,          /* file I/O error */
+};
+
+/* Tensor kinds. */
+enum emad_kind {
+    EMAD_PARAM = 0,  /* trainable parameter: averaged */
+    EMAD_BUFFER = 1, /* buffer (BatchNorm stats, counters): copied */
+};
+
+/* Data types; the names are the safetensors names ("F32", "BF16", ...). */
+enum emad_dtype {
+    EMAD_DTYPE_INVALID = 0,
+    EMAD_BOOL,
+    EMAD_U8,
+    EMAD_I8,
+    EMAD_I16,
+    EMAD_U16,
+    EMAD_F16,
+    EMAD_BF16,
+    EMAD_I32,
+    EMAD_U32,
+    EMAD_F32,
+    EMAD_F64,
+    EMAD_I64,
+    EMAD_U64,
+    EMAD_DTYPE_COUNT
+};
+
+/*
+ * One tensor. For a push, the library reads name, kind, dtype, ndim, shape
+ * and data (nbytes must equal numel * itemsize); data is borrowed for the
+ * duration of the call and never written. For a pull, the library fills
+ * every field; see emad_pull() and emad_pull_into() for who owns data.
+ */
+typedef struct emad_tensor {
+    const char *name;
+    int kind;  /* enum emad_kind */
+    int dtype; /* enum emad_dtype */
+    uint32_t ndim;
+    uint64_t shape[EMAD_MAX_NDIM];
+    void *data;
+    uint64_t nbytes;
+    uint64_t step; /* pull: training step of the tensor's last update */
+} emad_tensor;
+
+/* Connection options; initialize with emad_options_init(). */
+typedef struct emad_options {
+    int timeout_ms;           /* per request (send + reply); default 30000 */
+    int connect_timeout_ms;   /* first contact with the daemon; default 5000 */
+    uint64_t chunk_bytes;     /* largest message the client sends; default 16 MiB,
+                                 lowered automatically to what the daemon accepts */
+    uint64_t max_reply_bytes; /* largest reply the client accepts; default 64 MiB */
+} emad_options;
+
+/* Result of a push. */
+typedef struct emad_push_result {
+    uint64_t applied;  /* tensors applied (averaged or copied) */
+    uint64_t stale;    /* tensors left alone: their step was >= the pushed step */
+    uint64_t step;     /* the model's committed step after the push */
+    uint32_t messages; /* messages sent (1 unless the push was chunked) */
+} emad_push_result;
+
+/* A pulled model owned by the library; free with emad_model_free(). */
+typedef struct emad_model {
+    char *name;
+    uint64_t step; /* the model's committed step */
+    size_t ntensors;
+    emad_tensor *tensors; /* names and data owned by this struct */
+} emad_model;
+
+/* Summary of one model, as listed. */
+typedef struct emad_model_info {
+    char name[EMAD_MAX_MODEL_NAME_BYTES + 1];
+    double decay;
+    uint64_t step;
+    uint64_t ntensors;
+    uint64_t shadow_bytes;
+} emad_model_info;
+
+/* One named counter from the daemon's stats. */
+typedef struct emad_stat {
+    char name[64];
+    uint64_t value;
+} emad_stat;
+
+typedef struct emad_client emad_client;
+
+/* Library version string ("0.1.0"). */
+EMAD_EXTERN const char *emad_version(void);
+
+/* Text for any code returned by this library (static storage). */
+EMAD_EXTERN const char *emad_strerror(int code);
+
+/* Short name for a code ("EMAD_ESHAPE"), or NULL if unknown. */
+EMAD_EXTERN const char *emad_errname(int code);
+
+/* dtype helpers: safetensors name <-> enum, element size in bytes (0 if invalid). */
+EMAD_EXTERN const char *emad_dtype_name(int dtype);
+EMAD_EXTERN int emad_dtype_from_name(const char *name); /* EMAD_DTYPE_INVALID if unknown */
+EMAD_EXTERN size_t emad_dtype_size(int dtype);
+
+EMAD_EXTERN void emad_options_init(emad_options *opts);
+
+/*
+ * Connect to the daemon at url (NULL: EMAD_DEFAULT_URL). opts may be NULL
+ * for defaults. Contacts the daemon once ("hello") to check the protocol
+ * version and learn its limits. On success *out owns a client to release
+ * with emad_close().
+ */
+EMAD_EXTERN int emad_connect(emad_client **out, const char *url, const emad_options *opts);
+
+/* Close the client and free it; NULL is accepted. */
+EMAD_EXTERN void emad_close(emad_client *c);
+
+/* Detailed message of the last failed call on c ("" if none). Valid until the next call. */
+EMAD_EXTERN const char *emad_last_error(const emad_client *c);
+
+/* Largest message the daemon accepts (learned at connect). */
+EMAD_EXTERN uint64_t emad_server_max_message_bytes(const emad_client *c);
+
+/*
+ * Create a model with the given decay (0 <= decay <= 1). With exist_ok, an
+ * existing model with the same decay is not an error; a different decay is
+ * EMAD_EEXIST either way.
+ */
+EMAD_EXTERN int emad_create(emad_client *c, const char *model, double decay, int exist_ok);
+
+/* Drop a model and all its tensors. */
+EMAD_EXTERN int emad_drop(emad_client *c, const char *model);
+
+/*
+ * Push n tensors at training step `step`. If the request fits in one
+ * message it is sent as one push; otherwise it is sent as a transaction
+ * (begin, chunks, commit) that the daemon applies all at once or not at
+ * all. res may be NULL.
+ */
+EMAD_EXTERN int emad_push(emad_client *c, const char *model, uint64_t step,
+                          const emad_tensor *tensors, size_t n, emad_push_result *res);
+
+/*
+ * Pull a model (all tensors if names is NULL, else the n_names named ones).
+ * On success *out owns the result; free it with emad_model_free(). Large
+ * models are fetched in chunks from a consistent view of one committed step.
+ */
+EMAD_EXTERN int emad_pull(emad_client *c, const char *model, const char *const *names,
+                          size_t n_names, emad_model **out);
+
+/*
+ * Pull the n named tensors into caller-provided buffers: tensors[i].name
+ * selects the tensor, tensors[i].data/nbytes is the buffer (must be at
+ * least the tensor's size). The library fills kind, dtype, ndim, shape,
+ * step and sets nbytes to the tensor's size. *step (may be NULL) gets the
+ * model's committed step. A buffer too small is EMAD_ESIZE, nothing written.
+ */
+EMAD_EXTERN int emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                               uint64_t *step);
+
+EMAD_EXTERN void emad_model_free(emad_model *m);
+
+/* List models. *out is malloc'd (free with free()), *n its length. */
+EMAD_EXTERN int emad_list(emad_client *c, emad_model_info **out, size_t *n);
+
+/*
+ * Describe one model: *info filled, *tensors a malloc'd array of *n tensor
+ * descriptions (data NULL; names owned by the array: free it with
+ * emad_tensors_free()).
+ */
+EMAD_EXTERN int emad_describe(emad_client *c, const char *model, emad_model_info *info,
+                              emad_tensor **tensors, size_t *n);
+EMAD_EXTERN void emad_tensors_free(emad_tensor *tensors, size_t n);
+
+/* Daemon counters. *out is malloc'd (free with free()), *n its length. */
+EMAD_EXTERN int emad_stats(emad_client *c, emad_stat **out, size_t *n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EMAD_H */

@@ -1,0 +1,50 @@
+/*
+ * ema.h - the EMA update kernels.
+ *
+ * One fused pass per tensor: read shadow, read value, write shadow.
+ * For float32 shadows (F32, F16 and BF16 values) and float64 shadows
+ * (F64 values) the update is, elementwise and in this order of operations
+ * with a rounding after each one (no FMA contraction):
+ *
+ *     diff = shadow - value;  t = c * diff;  shadow = shadow - t
+ *
+ * where c = (float)(1.0 - decay) for float32 shadows and 1.0 - decay for
+ * float64: exactly what `shadow.sub_((1. - decay) * (shadow - param))`
+ * does in PyTorch on float32 tensors. Value pointers may have any
+ * alignment (msgpack BIN payloads); dst and shadow may be the same
+ * pointer (in place) or not overlap at all (copy-on-write).
+ */
+#ifndef EMAD_EMA_H
+#define EMAD_EMA_H
+
+#include <stddef.h>
+
+/* The float32 coefficient c for a decay, as described above. */
+float ema_coef_f32(double decay);
+
+/* dst[i] = shadow[i] - c * (shadow[i] - value[i]); value is F32 (unaligned ok). */
+void ema_update_f32(float *dst, const float *shadow, const void *value, size_t n, float c);
+
+/* Same with F16 values (converted exactly to float32 first). */
+void ema_update_f16(float *dst, const float *shadow, const void *value, size_t n, float c);
+
+/* Same with BF16 values. */
+void ema_update_bf16(float *dst, const float *shadow, const void *value, size_t n, float c);
+
+/* float64: dst[i] = shadow[i] - c * (shadow[i] - value[i]) with c = 1.0 - decay. */
+void ema_update_f64(double *dst, const double *shadow, const void *value, size_t n, double c);
+
+/*
+ * Dispatch on the value dtype (EMAD_F32, EMAD_F16, EMAD_BF16 into a float32
+ * shadow, EMAD_F64 into a float64 shadow). Returns 0 or EMAD_EDTYPE.
+ */
+int ema_update(void *dst, const void *shadow, const void *value, int value_dtype, size_t n,
+               double decay);
+
+/*
+ * First push of a param: initialize a shadow (F32 for F16/BF16/F32
+ * values, F64 for F64) from value. Returns 0 or EMAD_EDTYPE.
+ */
+int ema_init(void *shadow, const void *value, int value_dtype, size_t n);
+
+#endif

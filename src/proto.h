@@ -1,0 +1,85 @@
+/*
+ * proto.h - the emad wire protocol, shared by the daemon and libemad.
+ *
+ * Every request and reply is one msgpack map carried in one nanomsg
+ * message (REQ/REP). docs/PROTOCOL.md is the normative description; this
+ * header holds the constants both sides use: protocol version, operation
+ * names, limits and the error table. Error codes are the EMAD_E* values of
+ * include/emad.h; the wire carries their negation (a positive integer).
+ */
+#ifndef EMAD_PROTO_H
+#define EMAD_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emad.h"
+
+#define PROTO_VERSION EMAD_PROTOCOL_VERSION
+
+/* Operations, by wire name. */
+enum proto_op {
+    PROTO_OP_INVALID = 0,
+    PROTO_OP_HELLO,
+    PROTO_OP_CREATE,
+    PROTO_OP_DROP,
+    PROTO_OP_PUSH,
+    PROTO_OP_BEGIN,
+    PROTO_OP_COMMIT,
+    PROTO_OP_ABORT,
+    PROTO_OP_PULL,
+    PROTO_OP_READ,
+    PROTO_OP_RELEASE,
+    PROTO_OP_LIST,
+    PROTO_OP_STATS,
+    PROTO_OP_COUNT
+};
+
+/* Limits (also in docs/PROTOCOL.md). */
+#define PROTO_MAX_TENSORS 65536            /* tensors in one push message */
+#define PROTO_MAX_RANGES 65536             /* ranges in one read request */
+#define PROTO_MAX_OBJECTS (1u << 21)       /* msgpack objects in one request */
+#define PROTO_MAX_DEPTH 8                  /* nesting depth of a request */
+#define PROTO_DEFAULT_MAX_MESSAGE (64u << 20)
+#define PROTO_MIN_MAX_MESSAGE (64u << 10)
+#define PROTO_MAX_MAX_MESSAGE (1u << 30)   /* nanomsg sizes are int */
+#define PROTO_REPLY_OVERHEAD 4096          /* room for reply headers around data */
+
+/* Wire name of an op, or NULL. */
+const char *proto_op_name(int op);
+
+/* Op for a wire name of length len, or PROTO_OP_INVALID. */
+int proto_op_from_name(const char *name, size_t len);
+
+/* "EMAD_ESHAPE" for EMAD_ESHAPE, NULL if code is not an emad code. */
+const char *proto_errname(int code);
+
+/* Human text for an emad code or a negated errno value. */
+const char *proto_strerror(int code);
+
+/* Kind names: "param", "buffer". */
+const char *proto_kind_name(int kind);
+int proto_kind_from_name(const char *name, size_t len); /* -1 if unknown */
+
+/*
+ * Check a model name: 1..EMAD_MAX_MODEL_NAME_BYTES bytes of [A-Za-z0-9._-],
+ * not starting with '.'. Returns 0 or EMAD_ENAME.
+ */
+int proto_check_model_name(const char *name, size_t len);
+
+/*
+ * Check a tensor name: 1..EMAD_MAX_NAME_BYTES bytes of valid UTF-8 without
+ * NUL or control characters. Returns 0 or EMAD_ENAME.
+ */
+int proto_check_tensor_name(const char *name, size_t len);
+
+/*
+ * Scan a msgpack buffer without allocating: exactly one object must fill
+ * buf[0..len), every container count must fit in the bytes left, nesting
+ * must stay within PROTO_MAX_DEPTH and the total number of objects within
+ * PROTO_MAX_OBJECTS. Makes msgpack_unpack_next() safe on untrusted input.
+ * Returns 0 or EMAD_EMALFORMED / EMAD_ELIMIT with *why set to a static message.
+ */
+int proto_prescan(const void *buf, size_t len, const char **why);
+
+#endif

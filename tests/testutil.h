@@ -1,0 +1,71 @@
+/*
+ * testutil.h - helpers shared by the test suites: private temp dirs and
+ * endpoints, and starting/stopping the real emad binary.
+ *
+ * Paths come from the environment that `make check` sets: top_builddir
+ * (binaries) and top_srcdir (sources); both default to ".".
+ */
+#ifndef EMAD_TESTUTIL_H
+#define EMAD_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Absolute build / source directory. */
+const char *tu_builddir(void);
+const char *tu_srcdir(void);
+
+/* Python 3 with numpy ($PYTHON3, default /usr/bin/python3). */
+const char *tu_python(void);
+
+/* New private temp dir (malloc'd path; removed by tu_rmtree). Aborts on failure. */
+char *tu_tmpdir(void);
+
+/* Remove a directory tree (best effort). */
+void tu_rmtree(const char *path);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int tu_free_port(void);
+
+/* A running emad. */
+typedef struct tu_daemon {
+    pid_t pid;
+    int port;
+    char url[128];     /* tcp://127.0.0.1:PORT */
+    char *state_dir;   /* private temp dir passed as --state-dir */
+    char log_path[512];/* the daemon's stderr */
+} tu_daemon;
+
+/*
+ * Start $top_builddir/emad on a free port with a private --state-dir and
+ * --log-level debug, plus the NULL-terminated extra arguments in argv
+ * (may be NULL). Waits until the port accepts connections (10 s max).
+ * Returns 0, or -1 if it did not come up (its log is printed).
+ */
+int tu_daemon_start(tu_daemon *d, const char *const *argv);
+
+/*
+ * SIGTERM the daemon and wait (10 s max, then SIGKILL). Returns its exit
+ * status (0 for a clean shutdown) or -1 if it had to be killed or died by a
+ * signal. Removes the state dir.
+ */
+int tu_daemon_stop(tu_daemon *d);
+
+/* 1 if the process is still running. */
+int tu_daemon_alive(const tu_daemon *d);
+
+/* Run a shell command, capture stdout+stderr into a malloc'd string (*out, may be NULL). Returns exit status. */
+int tu_run(const char *cmd, char **out);
+
+/* Read a whole file into a malloc'd buffer; NULL on error. */
+void *tu_read_file(const char *path, size_t *len);
+
+/* Write a buffer to a file; 0 on success. */
+int tu_write_file(const char *path, const void *buf, size_t len);
+
+/* Deterministic pseudo-random generator (xorshift64*). */
+uint64_t tu_rand(uint64_t *state);
+float tu_randf(uint64_t *state); /* uniform in [-1, 1) */
+
+#endif
