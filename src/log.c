@@ -1,0 +1,69 @@
+/*
+ * log.c - leveled logging to stderr. The level is the only state; it is
+ * set at startup (and later on reload) from the loop thread and read from
+ * any thread.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "log.h"
+
+static int log_level = LOG_INFO;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+void
+log_set_level(int level)
+{
+    log_level = level;
+}
+
+int
+log_get_level(void)
+{
+    return log_level;
+}
+
+const char *
+log_level_name(int level)
+{
+    return level >= LOG_ERROR && level <= LOG_DEBUG ? level_names[level] : "?";
+}
+
+int
+log_set_level_name(const char *name)
+{
+    for (int i = LOG_ERROR; i <= LOG_DEBUG; i++) {
+        if (strcmp(name, level_names[i]) == 0) {
+            log_level = i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void
+log_msg(int level, const char *fmt, ...)
+{
+    char line[2048], ts[32];
+    struct timeval tv;
+    struct tm tm;
+    va_list ap;
+    int n;
+
+    if (level > log_level)
+        return;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    n = snprintf(line, sizeof(line), "%s.%03dZ %s ", ts, (int)(tv.tv_usec / 1000),
+                 level_names[level]);
+    va_start(ap, fmt);
+    if (n >= 0 && (size_t)n < sizeof(line))
+        (void)vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line);
+}

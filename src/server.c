@@ -1,0 +1,1297 @@
+/*
+ * server.c - nanomsg request server on the libuv loop (see server.h).
+ *
+ * Ownership on the request path: nn_recvmsg hands us the request body and
+ * its routing header as NN_MSG chunks. The body is decoded in place
+ * (msgpack objects, including BIN tensor payloads, point into it) and
+ * freed after the request has been handled and the reply built. The
+ * routing header is handed back to nanomsg with the reply (nn_sendmsg
+ * takes both chunks on success; on failure we free them).
+ *
+ * Replies are packed twice with the same code: first into a counting
+ * writer to learn the exact size, then into an nn_allocmsg buffer of that
+ * size, so a reply is one allocation and tensor data is copied once, from
+ * the shadow into the message.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+#include <nanomsg/tcp.h>
+
+#include "config.h"
+#include "dtype.h"
+#include "log.h"
+#include "proto.h"
+#include "server.h"
+#include "store.h"
+#include "xmalloc.h"
+
+/* Counters reported by `stats`, in this order. */
+enum counter {
+    C_REQUESTS,
+    C_ERRORS,
+    C_BYTES_IN,
+    C_BYTES_OUT,
+    C_TENSORS_APPLIED,
+    C_TENSORS_STALE,
+    C_PUSHES_REJECTED,
+    C_TXN_BEGUN,
+    C_TXN_COMMITTED,
+    C_TXN_ABORTED,
+    C_TXN_EXPIRED,
+    C_SESSIONS_EXPIRED,
+    C_REPLIES_DROPPED,
+    C_COUNT
+};
+
+static const char *const counter_names[C_COUNT] = {
+    "requests",        "errors",          "bytes_in",       "bytes_out",
+    "tensors_applied", "tensors_stale",   "pushes_rejected", "txn_begun",
+    "txn_committed",   "txn_aborted",     "txn_expired",    "sessions_expired",
+    "replies_dropped",
+};
+
+#define ERR_FIRST 1001
+#define ERR_LAST 1020
+
+struct server {
+    uv_loop_t *loop;
+    server_config cfg;
+    int sock;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    uv_signal_t sigint, sigterm;
+    int closing;
+    store *store;
+    uint64_t start_ms;
+    uint64_t counters[C_COUNT];
+    uint64_t op_counts[PROTO_OP_COUNT];
+    uint64_t err_counts[ERR_LAST - ERR_FIRST + 1];
+};
+
+/* One request being handled. */
+typedef struct req {
+    server *srv;
+    const msgpack_object *root; /* the request map */
+    int op;
+    void *ctrl; /* routing header chunk, handed back with the reply */
+    uint64_t now_ms;
+    size_t reply_len;
+} req;
+
+/* Output of the two-pass packer: counts when p is NULL, writes otherwise. */
+typedef struct wbuf {
+    char *p;
+    size_t len;
+} wbuf;
+
+/* msgpack_packer write callback for wbuf. */
+static int
+wbuf_write(void *data, const char *buf, size_t len)
+{
+    wbuf *w = data;
+
+    if (w->p != NULL)
+        memcpy(w->p + w->len, buf, len);
+    w->len += len;
+    return 0;
+}
+
+typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
+
+/* Pack a NUL-terminated string. */
+static void
+pack_cstr(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+/* Pack "key": uint. */
+static void
+pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+    pack_cstr(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
+/* Pack the reply map header and its "v" and "ok" entries; nextra entries follow. */
+static void
+pack_head(msgpack_packer *pk, int ok, size_t nextra)
+{
+    msgpack_pack_map(pk, 2 + nextra);
+    pack_kv_u64(pk, "v", PROTO_VERSION);
+    pack_cstr(pk, "ok");
+    if (ok)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+/* Size of the reply build() produces. */
+static size_t
+reply_size(build_fn build, const void *ctx)
+{
+    wbuf w = {NULL, 0};
+    msgpack_packer pk;
+
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    return w.len;
+}
+
+/* Build the reply into a message and send it with the request's routing header. */
+static void
+reply_send(req *r, build_fn build, const void *ctx)
+{
+    server *srv = r->srv;
+    size_t len = reply_size(build, ctx);
+    wbuf w = {NULL, 0};
+    msgpack_packer pk;
+    struct nn_iovec iov;
+    struct nn_msghdr hdr;
+    void *msg;
+
+    if ((msg = nn_allocmsg(len, 0)) == NULL) {
+        log_error("event=reply_alloc_failed bytes=%zu", len);
+        srv->counters[C_REPLIES_DROPPED]++;
+        return;
+    }
+    w.p = msg;
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    iov.iov_base = &msg;
+    iov.iov_len = NN_MSG;
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.msg_iov = &iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = &r->ctrl;
+    hdr.msg_controllen = NN_MSG;
+    if (nn_sendmsg(srv->sock, &hdr, NN_DONTWAIT) < 0) {
+        log_warn("event=reply_dropped op=%s error=\"%s\"",
+                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", nn_strerror(nn_errno()));
+        nn_freemsg(msg);
+        srv->counters[C_REPLIES_DROPPED]++;
+        return; /* the routing header is freed by the caller */
+    }
+    r->ctrl = NULL; /* nanomsg owns it now */
+    r->reply_len = len;
+    srv->counters[C_BYTES_OUT] += len;
+}
+
+/* Error reply context. */
+typedef struct err_ctx {
+    const store_err *err;
+} err_ctx;
+
+/* Pack an error reply. */
+static void
+build_error(msgpack_packer *pk, const void *vctx)
+{
+    const store_err *e = ((const err_ctx *)vctx)->err;
+    const char *name = proto_errname(e->code);
+    int with_tensor = e->tensor[0] != '\0';
+    int with_supported = e->code == EMAD_EVERSION;
+
+    pack_head(pk, 0, 1);
+    pack_cstr(pk, "error");
+    msgpack_pack_map(pk, 3 + with_tensor + with_supported);
+    pack_kv_u64(pk, "code", (uint64_t)-e->code);
+    pack_cstr(pk, "name");
+    pack_cstr(pk, name != NULL ? name : "EMAD_EINTERNAL");
+    pack_cstr(pk, "message");
+    pack_cstr(pk, e->message);
+    if (with_tensor) {
+        pack_cstr(pk, "tensor");
+        pack_cstr(pk, e->tensor);
+    }
+    if (with_supported) {
+        pack_cstr(pk, "supported");
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, PROTO_VERSION);
+    }
+}
+
+/* The one error path: log, count and reply. */
+static void
+reply_error(req *r, const store_err *e)
+{
+    server *srv = r->srv;
+    const char *name = proto_errname(e->code);
+    int code = -e->code;
+    err_ctx ctx = {e};
+
+    srv->counters[C_ERRORS]++;
+    if (code >= ERR_FIRST && code <= ERR_LAST)
+        srv->err_counts[code - ERR_FIRST]++;
+    if (r->op == PROTO_OP_PUSH || r->op == PROTO_OP_COMMIT)
+        srv->counters[C_PUSHES_REJECTED]++;
+    log_warn("event=request_error op=%s code=%s tensor=\"%s\" message=\"%s\"",
+             proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?", e->tensor,
+             e->message);
+    reply_send(r, build_error, &ctx);
+}
+
+/* Fill err and return its code. */
+__attribute__((format(printf, 3, 4))) static int
+req_fail(store_err *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    err->code = code;
+    err->tensor[0] = '\0';
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* Value of key in a msgpack map, or NULL. */
+static const msgpack_object *
+map_get(const msgpack_object *map, const char *key)
+{
+    size_t klen = strlen(key);
+
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+/* Required string field. */
+static int
+get_str(const msgpack_object *map, const char *key, const char **p, size_t *len, store_err *err)
+{
+    const msgpack_object *o = map_get(map, key);
+
+    if (o == NULL || o->type != MSGPACK_OBJECT_STR)
+        return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected a string)", key,
+                        o == NULL ? "missing" : "not a string");
+    *p = o->via.str.ptr;
+    *len = o->via.str.size;
+    return 0;
+}
+
+/* Unsigned field; *present tells if it was there (NULL: required). */
+static int
+get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present, store_err *err)
+{
+    const msgpack_object *o = map_get(map, key);
+
+    if (present != NULL)
+        *present = o != NULL;
+    if (o == NULL && present != NULL)
+        return 0;
+    if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected an unsigned integer)",
+                        key, o == NULL ? "missing" : "not an unsigned integer");
+    *v = o->via.u64;
+    return 0;
+}
+
+/* Optional float field (float32, float64 or integer). */
+static int
+get_float(const msgpack_object *map, const char *key, double *v, store_err *err)
+{
+    const msgpack_object *o = map_get(map, key);
+
+    if (o == NULL)
+        return 0;
+    switch (o->type) {
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        *v = o->via.f64;
+        return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *v = (double)o->via.u64;
+        return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *v = (double)o->via.i64;
+        return 0;
+    default:
+        return req_fail(err, EMAD_EMALFORMED, "key '%s' is not a number", key);
+    }
+}
+
+/* Optional bool field. */
+static int
+get_bool(const msgpack_object *map, const char *key, int *v, store_err *err)
+{
+    const msgpack_object *o = map_get(map, key);
+
+    if (o == NULL)
+        return 0;
+    if (o->type != MSGPACK_OBJECT_BOOLEAN)
+        return req_fail(err, EMAD_EMALFORMED, "key '%s' is not a boolean", key);
+    *v = o->via.boolean;
+    return 0;
+}
+
+/* Copy a possibly unprintable wire string for a message. */
+static const char *
+printable(char *buf, size_t size, const char *s, size_t len)
+{
+    size_t n = len < size - 1 ? len : size - 1;
+
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
+    buf[n] = '\0';
+    return buf;
+}
+
+/*
+ * Decode the `tensors` array of a push into in[0..*n) (malloc'd into *out;
+ * names and data point into the request). Structural errors only; the
+ * store checks semantics.
+ */
+static int
+decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n,
+               store_err *err)
+{
+    const msgpack_object *arr = map_get(root, "tensors");
+    store_input *in;
+    uint32_t bad = 0;
+
+    *out = NULL;
+    if (arr == NULL || arr->type != MSGPACK_OBJECT_ARRAY)
+        return req_fail(err, EMAD_EMALFORMED, "key 'tensors' is %s (expected an array)",
+                        arr == NULL ? "missing" : "not an array");
+    if (arr->via.array.size == 0)
+        return req_fail(err, EMAD_EMALFORMED, "'tensors' is empty");
+    if (arr->via.array.size > PROTO_MAX_TENSORS)
+        return req_fail(err, EMAD_ELIMIT, "push has %u tensors, at most %d",
+                        arr->via.array.size, PROTO_MAX_TENSORS);
+    in = xcalloc(arr->via.array.size, sizeof(*in));
+    for (uint32_t i = 0; i < arr->via.array.size; i++) {
+        const msgpack_object *t = &arr->via.array.ptr[i], *o;
+
+        bad = i;
+        const char *s;
+        size_t len;
+        int present;
+
+        if (t->type != MSGPACK_OBJECT_MAP) {
+            req_fail(err, EMAD_EMALFORMED, "tensors[%u] is not a map", i);
+            goto fail;
+        }
+        if (get_str(t, "name", &in[i].name, &in[i].name_len, err) != 0)
+            goto fail_named;
+        if (get_str(t, "kind", &s, &len, err) != 0)
+            goto fail_named;
+        in[i].kind = proto_kind_from_name(s, len);
+        if (in[i].kind < 0) {
+            char buf[32];
+            req_fail(err, EMAD_EMALFORMED, "kind '%s' is not param or buffer",
+                     printable(buf, sizeof(buf), s, len));
+            goto fail_named;
+        }
+        if (get_str(t, "dtype", &s, &len, err) != 0)
+            goto fail_named;
+        if ((in[i].dtype = dtype_from_name(s, len)) == EMAD_DTYPE_INVALID) {
+            char buf[32];
+            req_fail(err, EMAD_EDTYPE, "unknown dtype '%s'", printable(buf, sizeof(buf), s, len));
+            goto fail_named;
+        }
+        o = map_get(t, "shape");
+        if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
+            req_fail(err, EMAD_EMALFORMED, "key 'shape' is %s (expected an array)",
+                     o == NULL ? "missing" : "not an array");
+            goto fail_named;
+        }
+        if (o->via.array.size > EMAD_MAX_NDIM) {
+            req_fail(err, EMAD_ELIMIT, "shape has %u dimensions, at most %d", o->via.array.size,
+                     EMAD_MAX_NDIM);
+            goto fail_named;
+        }
+        in[i].ndim = o->via.array.size;
+        for (uint32_t d = 0; d < in[i].ndim; d++) {
+            if (o->via.array.ptr[d].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                req_fail(err, EMAD_EMALFORMED, "shape[%u] is not an unsigned integer", d);
+                goto fail_named;
+            }
+            in[i].shape[d] = o->via.array.ptr[d].via.u64;
+        }
+        o = map_get(t, "data");
+        if (o == NULL || o->type != MSGPACK_OBJECT_BIN) {
+            req_fail(err, EMAD_EMALFORMED, "key 'data' is %s (expected bin)",
+                     o == NULL ? "missing" : "not bin");
+            goto fail_named;
+        }
+        in[i].data = o->via.bin.ptr; /* points into the request: any alignment */
+        in[i].len = o->via.bin.size;
+        if (get_u64(t, "offset", &in[i].offset, &present, err) != 0)
+            goto fail_named;
+        if (present && !txn && in[i].offset != 0) {
+            req_fail(err, EMAD_EMALFORMED, "'offset' is only allowed in a transaction");
+            goto fail_named;
+        }
+    }
+    *out = in;
+    *n = arr->via.array.size;
+    return 0;
+
+fail_named:
+    /* Name the tensor at fault when its name decoded. */
+    if (in[bad].name != NULL) {
+        char msg[sizeof(err->message)];
+        size_t nl = in[bad].name_len < sizeof(err->tensor) - 1 ? in[bad].name_len
+                                                                : sizeof(err->tensor) - 1;
+        int shown = nl > 200 ? 200 : (int)nl;
+
+        memcpy(err->tensor, in[bad].name, nl);
+        err->tensor[nl] = '\0';
+        snprintf(msg, sizeof(msg), "tensor '%.*s': %.300s", shown, err->tensor, err->message);
+        memcpy(err->message, msg, sizeof(msg));
+    }
+fail:
+    free(in);
+    return err->code;
+}
+
+/* hello: the daemon's identity and limits. */
+static void
+build_hello(msgpack_packer *pk, const void *ctx)
+{
+    const server *srv = ctx;
+
+    msgpack_pack_map(pk, 10);
+    pack_kv_u64(pk, "v", PROTO_VERSION);
+    pack_cstr(pk, "ok");
+    msgpack_pack_true(pk);
+    pack_cstr(pk, "server");
+    pack_cstr(pk, "emad");
+    pack_cstr(pk, "version");
+    pack_cstr(pk, PACKAGE_VERSION);
+    pack_kv_u64(pk, "protocol", PROTO_VERSION);
+    pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
+    pack_kv_u64(pk, "max_tensors", PROTO_MAX_TENSORS);
+    pack_kv_u64(pk, "max_name_bytes", EMAD_MAX_NAME_BYTES);
+    pack_kv_u64(pk, "max_ndim", EMAD_MAX_NDIM);
+    pack_kv_u64(pk, "txn_timeout_ms", srv->cfg.txn_timeout_ms);
+}
+
+/* Reply with no keys beyond v and ok. */
+static void
+build_empty(msgpack_packer *pk, const void *ctx)
+{
+    (void)ctx;
+    pack_head(pk, 1, 0);
+}
+
+static void
+build_created(msgpack_packer *pk, const void *ctx)
+{
+    pack_head(pk, 1, 1);
+    pack_cstr(pk, "created");
+    if (*(const int *)ctx)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+static int
+handle_create(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+    double decay = EMAD_DEFAULT_DECAY;
+    int exist_ok = 0, created = 0;
+
+    if (get_str(r->root, "model", &name, &len, err) || get_float(r->root, "decay", &decay, err) ||
+        get_bool(r->root, "exist_ok", &exist_ok, err))
+        return err->code;
+    if (store_create_model(r->srv->store, name, len, decay, exist_ok, &created, err) != 0)
+        return err->code;
+    if (created)
+        log_info("event=model_created model=%.*s decay=%.17g", (int)len, name, decay);
+    reply_send(r, build_created, &created);
+    return 0;
+}
+
+static int
+handle_drop(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+
+    if (get_str(r->root, "model", &name, &len, err) ||
+        store_drop_model(r->srv->store, name, len, err))
+        return err->code;
+    log_info("event=model_dropped model=%.*s", (int)len, name);
+    reply_send(r, build_empty, NULL);
+    return 0;
+}
+
+/* Pack a push/commit result. */
+static void
+build_result(msgpack_packer *pk, const void *ctx)
+{
+    const store_result *res = ctx;
+
+    pack_head(pk, 1, 4);
+    pack_kv_u64(pk, "applied", res->applied);
+    pack_kv_u64(pk, "stale", res->stale);
+    pack_cstr(pk, "stale_names");
+    msgpack_pack_array(pk, res->nstale_names);
+    for (size_t i = 0; i < res->nstale_names; i++)
+        pack_cstr(pk, res->stale_names[i]);
+    pack_kv_u64(pk, "step", res->step);
+}
+
+/* Count a push's outcome. */
+static void
+count_result(server *srv, const store_result *res)
+{
+    srv->counters[C_TENSORS_APPLIED] += res->applied;
+    srv->counters[C_TENSORS_STALE] += res->stale;
+}
+
+static void
+build_staged(msgpack_packer *pk, const void *ctx)
+{
+    pack_head(pk, 1, 1);
+    pack_kv_u64(pk, "staged", *(const uint64_t *)ctx);
+}
+
+static int
+handle_push(req *r, store_err *err)
+{
+    const char *model_name = NULL;
+    size_t len = 0, n = 0;
+    uint64_t step = 0, txn = 0;
+    int has_txn = 0, has_step = 0, rc;
+    store_input *in = NULL;
+
+    if (get_u64(r->root, "txn", &txn, &has_txn, err) != 0)
+        return err->code;
+    if (!has_txn && (get_str(r->root, "model", &model_name, &len, err) ||
+                     get_u64(r->root, "step", &step, NULL, err)))
+        return err->code;
+    if (has_txn) {
+        const msgpack_object *o = map_get(r->root, "model");
+        if (o != NULL && get_str(r->root, "model", &model_name, &len, err) != 0)
+            return err->code;
+        if (get_u64(r->root, "step", &step, &has_step, err) != 0)
+            return err->code;
+    }
+    if (decode_tensors(r->root, has_txn, &in, &n, err) != 0)
+        return err->code;
+    if (has_txn) {
+        uint64_t staged = 0;
+        rc = store_txn_push(r->srv->store, txn, model_name, len, has_step, step, in, n, r->now_ms,
+                            &staged, err);
+        free(in);
+        if (rc != 0)
+            return rc;
+        reply_send(r, build_staged, &staged);
+        return 0;
+    }
+    store_result res;
+    rc = store_push(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
+    free(in);
+    if (rc != 0)
+        return rc;
+    count_result(r->srv, &res);
+    log_debug("event=push model=%.*s step=%llu applied=%llu stale=%llu", (int)len, model_name,
+              (unsigned long long)step, (unsigned long long)res.applied,
+              (unsigned long long)res.stale);
+    reply_send(r, build_result, &res);
+    return 0;
+}
+
+static void
+build_txn(msgpack_packer *pk, const void *ctx)
+{
+    pack_head(pk, 1, 1);
+    pack_kv_u64(pk, "txn", *(const uint64_t *)ctx);
+}
+
+static int
+handle_begin(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+    uint64_t step, id;
+
+    if (get_str(r->root, "model", &name, &len, err) || get_u64(r->root, "step", &step, NULL, err) ||
+        store_txn_begin(r->srv->store, name, len, step, r->now_ms, &id, err))
+        return err->code;
+    r->srv->counters[C_TXN_BEGUN]++;
+    log_debug("event=txn_begin model=%.*s step=%llu txn=%llu", (int)len, name,
+              (unsigned long long)step, (unsigned long long)id);
+    reply_send(r, build_txn, &id);
+    return 0;
+}
+
+static int
+handle_commit(req *r, store_err *err)
+{
+    uint64_t id;
+    store_result res;
+
+    if (get_u64(r->root, "txn", &id, NULL, err) ||
+        store_txn_commit(r->srv->store, id, r->now_ms, &res, err))
+        return err->code;
+    r->srv->counters[C_TXN_COMMITTED]++;
+    count_result(r->srv, &res);
+    log_debug("event=txn_commit txn=%llu applied=%llu stale=%llu step=%llu",
+              (unsigned long long)id, (unsigned long long)res.applied,
+              (unsigned long long)res.stale, (unsigned long long)res.step);
+    reply_send(r, build_result, &res);
+    return 0;
+}
+
+static int
+handle_abort(req *r, store_err *err)
+{
+    uint64_t id;
+
+    if (get_u64(r->root, "txn", &id, NULL, err) || store_txn_abort(r->srv->store, id, err))
+        return err->code;
+    r->srv->counters[C_TXN_ABORTED]++;
+    reply_send(r, build_empty, NULL);
+    return 0;
+}
+
+/* Pack `len` bytes of a view tensor's data from byte offset `off`, in its pull dtype. */
+static void
+pack_data(msgpack_packer *pk, const view_tensor *vt, uint64_t off, uint64_t len)
+{
+    wbuf *w = pk->data;
+
+    msgpack_pack_bin(pk, len);
+    if (vt->sdtype == vt->dtype) {
+        msgpack_pack_bin_body(pk, (const char *)vt->data->data + off, len);
+        return;
+    }
+    /* A float32 shadow of an F16/BF16 param: round on the way out (offsets are element-aligned). */
+    if (w->p != NULL) {
+        size_t isz = dtype_size(vt->dtype);
+        const float *src = (const float *)vt->data->data + off / isz;
+        (void)dtype_convert(w->p + w->len, vt->dtype, src, vt->sdtype, len / isz);
+    }
+    w->len += len;
+}
+
+/* Context of a pull reply. */
+typedef struct pull_ctx {
+    const store_view *view;
+    int inline_data;
+    uint64_t session;
+} pull_ctx;
+
+/* Pack one tensor's description (and data when inline). */
+static void
+pack_view_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
+{
+    msgpack_pack_map(pk, 6 + with_data);
+    pack_cstr(pk, "name");
+    msgpack_pack_str(pk, vt->name_len);
+    msgpack_pack_str_body(pk, vt->name, vt->name_len);
+    pack_cstr(pk, "kind");
+    pack_cstr(pk, proto_kind_name(vt->kind));
+    pack_cstr(pk, "dtype");
+    pack_cstr(pk, dtype_name(vt->dtype));
+    pack_cstr(pk, "shape");
+    msgpack_pack_array(pk, vt->ndim);
+    for (uint32_t d = 0; d < vt->ndim; d++)
+        msgpack_pack_uint64(pk, vt->shape[d]);
+    pack_kv_u64(pk, "step", vt->step);
+    pack_kv_u64(pk, "nbytes", vt->nbytes);
+    if (with_data) {
+        pack_cstr(pk, "data");
+        pack_data(pk, vt, 0, vt->nbytes);
+    }
+}
+
+static void
+build_pull(msgpack_packer *pk, const void *vctx)
+{
+    const pull_ctx *ctx = vctx;
+    const store_view *v = ctx->view;
+
+    pack_head(pk, 1, ctx->inline_data ? 3 : 4);
+    pack_cstr(pk, "model");
+    pack_cstr(pk, v->model);
+    pack_kv_u64(pk, "step", v->step);
+    pack_cstr(pk, "tensors");
+    msgpack_pack_array(pk, v->ntensors);
+    for (size_t i = 0; i < v->ntensors; i++)
+        pack_view_tensor(pk, &v->tensors[i], ctx->inline_data);
+    if (!ctx->inline_data)
+        pack_kv_u64(pk, "session", ctx->session);
+}
+
+static int
+handle_pull(req *r, store_err *err)
+{
+    server *srv = r->srv;
+    const msgpack_object *names = map_get(r->root, "tensors");
+    const char **np = NULL;
+    size_t *nl = NULL, n = 0, len;
+    const char *model_name;
+    uint64_t max_reply = srv->cfg.max_message_bytes;
+    int present;
+    store_view *v = NULL;
+    pull_ctx ctx;
+
+    if (get_str(r->root, "model", &model_name, &len, err) ||
+        get_u64(r->root, "max_reply_bytes", &max_reply, &present, err))
+        return err->code;
+    if (max_reply > srv->cfg.max_message_bytes)
+        max_reply = srv->cfg.max_message_bytes;
+    if (max_reply < PROTO_REPLY_OVERHEAD * 2)
+        return req_fail(err, EMAD_ERANGE, "max_reply_bytes must be at least %d",
+                        PROTO_REPLY_OVERHEAD * 2);
+    if (names != NULL) {
+        if (names->type != MSGPACK_OBJECT_ARRAY)
+            return req_fail(err, EMAD_EMALFORMED, "key 'tensors' is not an array");
+        n = names->via.array.size;
+        np = xcalloc(n ? n : 1, sizeof(*np));
+        nl = xcalloc(n ? n : 1, sizeof(*nl));
+        for (size_t i = 0; i < n; i++) {
+            const msgpack_object *o = &names->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR) {
+                free(np);
+                free(nl);
+                return req_fail(err, EMAD_EMALFORMED, "tensors[%zu] is not a string", i);
+            }
+            np[i] = o->via.str.ptr;
+            nl[i] = o->via.str.size;
+        }
+    }
+    int rc = store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &v,
+                               err);
+    free(np);
+    free(nl);
+    if (rc != 0)
+        return rc;
+    ctx.view = v;
+    ctx.inline_data = 1;
+    ctx.session = 0;
+    if (reply_size(build_pull, &ctx) <= max_reply) {
+        reply_send(r, build_pull, &ctx);
+        store_view_free(v);
+        return 0;
+    }
+    v->max_reply = max_reply;
+    if (store_view_register(srv->store, v, r->now_ms, err) != 0) {
+        store_view_free(v);
+        return err->code;
+    }
+    ctx.inline_data = 0;
+    ctx.session = v->id;
+    if (reply_size(build_pull, &ctx) > max_reply) {
+        (void)store_view_release(srv->store, v->id, err);
+        return req_fail(err, EMAD_ELIMIT,
+                        "the tensor list alone exceeds max_reply_bytes %llu: pull fewer tensors",
+                        (unsigned long long)max_reply);
+    }
+    log_debug("event=pull_session model=%s session=%llu tensors=%zu", v->model,
+              (unsigned long long)v->id, v->ntensors);
+    reply_send(r, build_pull, &ctx);
+    return 0;
+}
+
+/* Context of a read reply. */
+typedef struct read_ctx {
+    const store_view *view;
+    const msgpack_object *ranges;
+} read_ctx;
+
+static void
+build_read(msgpack_packer *pk, const void *vctx)
+{
+    const read_ctx *ctx = vctx;
+    const msgpack_object *rs = ctx->ranges;
+
+    pack_head(pk, 1, 1);
+    pack_cstr(pk, "data");
+    msgpack_pack_array(pk, rs->via.array.size);
+    for (uint32_t i = 0; i < rs->via.array.size; i++) {
+        const msgpack_object *t = rs->via.array.ptr[i].via.array.ptr;
+        pack_data(pk, &ctx->view->tensors[t[0].via.u64], t[1].via.u64, t[2].via.u64);
+    }
+}
+
+static int
+handle_read(req *r, store_err *err)
+{
+    const msgpack_object *rs = map_get(r->root, "ranges");
+    uint64_t id, total = 0;
+    store_view *v;
+    read_ctx ctx;
+
+    if (get_u64(r->root, "session", &id, NULL, err) != 0)
+        return err->code;
+    if (rs == NULL || rs->type != MSGPACK_OBJECT_ARRAY)
+        return req_fail(err, EMAD_EMALFORMED, "key 'ranges' is %s (expected an array)",
+                        rs == NULL ? "missing" : "not an array");
+    if (rs->via.array.size > PROTO_MAX_RANGES)
+        return req_fail(err, EMAD_ELIMIT, "at most %d ranges", PROTO_MAX_RANGES);
+    if ((v = store_view_get(r->srv->store, id, r->now_ms)) == NULL)
+        return req_fail(err, EMAD_ENOSESSION,
+                        "no pull session %llu (unknown, expired or released)",
+                        (unsigned long long)id);
+    for (uint32_t i = 0; i < rs->via.array.size; i++) {
+        const msgpack_object *o = &rs->via.array.ptr[i];
+        const view_tensor *vt;
+        uint64_t idx, off, len;
+        size_t isz;
+
+        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3 ||
+            o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            o->via.array.ptr[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return req_fail(err, EMAD_EMALFORMED,
+                            "ranges[%u] is not an array [index, offset, length] of uints", i);
+        idx = o->via.array.ptr[0].via.u64;
+        off = o->via.array.ptr[1].via.u64;
+        len = o->via.array.ptr[2].via.u64;
+        if (idx >= v->ntensors)
+            return req_fail(err, EMAD_ERANGE, "ranges[%u]: tensor index %llu >= %zu", i,
+                            (unsigned long long)idx, v->ntensors);
+        vt = &v->tensors[idx];
+        isz = dtype_size(vt->dtype);
+        if (off > vt->nbytes || len > vt->nbytes - off)
+            return req_fail(err, EMAD_ERANGE, "ranges[%u]: [%llu, +%llu) is past the %llu bytes of '%s'",
+                            i, (unsigned long long)off, (unsigned long long)len,
+                            (unsigned long long)vt->nbytes, vt->name);
+        if (vt->sdtype != vt->dtype && (off % isz != 0 || len % isz != 0))
+            return req_fail(err, EMAD_ERANGE,
+                            "ranges[%u]: offset and length must be multiples of %zu for '%s'", i,
+                            isz, vt->name);
+        total += len;
+    }
+    if (total + PROTO_REPLY_OVERHEAD + 16ULL * rs->via.array.size > v->max_reply)
+        return req_fail(err, EMAD_ELIMIT, "ranges total %llu bytes; at most %llu per read",
+                        (unsigned long long)total,
+                        (unsigned long long)(v->max_reply - PROTO_REPLY_OVERHEAD));
+    ctx.view = v;
+    ctx.ranges = rs;
+    reply_send(r, build_read, &ctx);
+    return 0;
+}
+
+static int
+handle_release(req *r, store_err *err)
+{
+    uint64_t id;
+
+    if (get_u64(r->root, "session", &id, NULL, err) || store_view_release(r->srv->store, id, err))
+        return err->code;
+    reply_send(r, build_empty, NULL);
+    return 0;
+}
+
+/* Pack one model summary. */
+static void
+pack_model(msgpack_packer *pk, const model *m)
+{
+    msgpack_pack_map(pk, 5);
+    pack_cstr(pk, "name");
+    pack_cstr(pk, m->name);
+    pack_cstr(pk, "decay");
+    msgpack_pack_double(pk, m->decay);
+    pack_kv_u64(pk, "step", m->step);
+    pack_kv_u64(pk, "tensors", m->ntensors);
+    pack_kv_u64(pk, "shadow_bytes", m->shadow_bytes);
+}
+
+static void
+build_list_models(msgpack_packer *pk, const void *ctx)
+{
+    store *s = (store *)ctx;
+    size_t n = 0;
+    model *m;
+
+    while (store_model_at(s, n) != NULL)
+        n++;
+    pack_head(pk, 1, 1);
+    pack_cstr(pk, "models");
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
+        pack_model(pk, m);
+}
+
+static void
+build_list_model(msgpack_packer *pk, const void *ctx)
+{
+    const model *m = ctx;
+
+    pack_head(pk, 1, 2);
+    pack_cstr(pk, "model");
+    pack_model(pk, m);
+    pack_cstr(pk, "tensors");
+    msgpack_pack_array(pk, m->ntensors);
+    for (size_t i = 0; i < m->ntensors; i++) {
+        const tensor *t = m->tensors[i];
+        view_tensor vt = {.name = t->name,
+                          .name_len = t->name_len,
+                          .kind = t->kind,
+                          .dtype = t->dtype,
+                          .ndim = t->ndim,
+                          .nbytes = t->nbytes,
+                          .step = t->step};
+        memcpy(vt.shape, t->shape, sizeof(vt.shape));
+        pack_view_tensor(pk, &vt, 0);
+    }
+}
+
+static int
+handle_list(req *r, store_err *err)
+{
+    const msgpack_object *o = map_get(r->root, "model");
+    const char *name;
+    size_t len;
+    model *m;
+
+    if (o == NULL) {
+        reply_send(r, build_list_models, r->srv->store);
+        return 0;
+    }
+    if (get_str(r->root, "model", &name, &len, err) != 0)
+        return err->code;
+    if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
+        char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+        return req_fail(err, EMAD_ENOMODEL, "no model '%s'",
+                        printable(buf, sizeof(buf), name, len));
+    }
+    reply_send(r, build_list_model, m);
+    return 0;
+}
+
+/* Number of entries build_stats packs. */
+static size_t
+stats_count(const server *srv)
+{
+    size_t n = C_COUNT + 7;
+
+    for (int op = 1; op < PROTO_OP_COUNT; op++)
+        n++;
+    for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++)
+        n += srv->err_counts[i] != 0;
+    return n;
+}
+
+static void
+build_stats(msgpack_packer *pk, const void *ctx)
+{
+    const server *srv = ctx;
+    store_gauges g;
+    char name[64];
+
+    store_gauges_get(srv->store, &g);
+    pack_head(pk, 1, 1);
+    pack_cstr(pk, "stats");
+    msgpack_pack_map(pk, stats_count(srv));
+    for (int i = 0; i < C_COUNT; i++)
+        pack_kv_u64(pk, counter_names[i], srv->counters[i]);
+    for (int op = 1; op < PROTO_OP_COUNT; op++) {
+        snprintf(name, sizeof(name), "requests_%s", proto_op_name(op));
+        pack_kv_u64(pk, name, srv->op_counts[op]);
+    }
+    for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++) {
+        if (srv->err_counts[i] == 0)
+            continue;
+        snprintf(name, sizeof(name), "errors_%s", proto_errname(-(ERR_FIRST + i)));
+        pack_kv_u64(pk, name, srv->err_counts[i]);
+    }
+    pack_kv_u64(pk, "models", g.models);
+    pack_kv_u64(pk, "tensors", g.tensors);
+    pack_kv_u64(pk, "shadow_bytes", g.shadow_bytes);
+    pack_kv_u64(pk, "txn_open", g.txn_open);
+    pack_kv_u64(pk, "sessions_open", g.views_open);
+    pack_kv_u64(pk, "uptime_seconds", (uv_now(srv->loop) - srv->start_ms) / 1000);
+    pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
+}
+
+/* Decode, dispatch and answer one request held in buf[0..len). */
+static void
+handle(server *srv, const char *buf, size_t len, void **ctrl)
+{
+    msgpack_unpacked u;
+    size_t off = 0;
+    const char *why, *opname;
+    size_t oplen;
+    store_err err;
+    req r;
+    int rc;
+
+    memset(&r, 0, sizeof(r));
+    r.srv = srv;
+    r.ctrl = *ctrl;
+    r.now_ms = uv_now(srv->loop);
+    err.tensor[0] = '\0';
+    srv->counters[C_REQUESTS]++;
+    srv->counters[C_BYTES_IN] += len;
+    msgpack_unpacked_init(&u);
+
+    if ((rc = proto_prescan(buf, len, &why)) != 0) {
+        req_fail(&err, rc, "request is not a valid msgpack message: %s", why);
+        goto error;
+    }
+    if (msgpack_unpack_next(&u, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
+        req_fail(&err, EMAD_EMALFORMED, "request is not a valid msgpack message");
+        goto error;
+    }
+    if (u.data.type != MSGPACK_OBJECT_MAP) {
+        req_fail(&err, EMAD_EMALFORMED, "request is not a msgpack map");
+        goto error;
+    }
+    r.root = &u.data;
+    {
+        uint64_t v;
+        if (get_u64(r.root, "v", &v, NULL, &err) != 0)
+            goto error;
+        if (v != PROTO_VERSION) {
+            req_fail(&err, EMAD_EVERSION, "protocol version %llu is not supported; this daemon speaks %d",
+                     (unsigned long long)v, PROTO_VERSION);
+            goto error;
+        }
+    }
+    if (get_str(r.root, "op", &opname, &oplen, &err) != 0)
+        goto error;
+    if ((r.op = proto_op_from_name(opname, oplen)) == PROTO_OP_INVALID) {
+        char pbuf[40];
+        req_fail(&err, EMAD_EOP, "unknown op '%s'", printable(pbuf, sizeof(pbuf), opname, oplen));
+        goto error;
+    }
+    srv->op_counts[r.op]++;
+    switch (r.op) {
+    case PROTO_OP_HELLO:
+        reply_send(&r, build_hello, srv);
+        rc = 0;
+        break;
+    case PROTO_OP_CREATE:
+        rc = handle_create(&r, &err);
+        break;
+    case PROTO_OP_DROP:
+        rc = handle_drop(&r, &err);
+        break;
+    case PROTO_OP_PUSH:
+        rc = handle_push(&r, &err);
+        break;
+    case PROTO_OP_BEGIN:
+        rc = handle_begin(&r, &err);
+        break;
+    case PROTO_OP_COMMIT:
+        rc = handle_commit(&r, &err);
+        break;
+    case PROTO_OP_ABORT:
+        rc = handle_abort(&r, &err);
+        break;
+    case PROTO_OP_PULL:
+        rc = handle_pull(&r, &err);
+        break;
+    case PROTO_OP_READ:
+        rc = handle_read(&r, &err);
+        break;
+    case PROTO_OP_RELEASE:
+        rc = handle_release(&r, &err);
+        break;
+    case PROTO_OP_LIST:
+        rc = handle_list(&r, &err);
+        break;
+    case PROTO_OP_STATS:
+        reply_send(&r, build_stats, srv);
+        rc = 0;
+        break;
+    default:
+        rc = req_fail(&err, EMAD_EINTERNAL, "op not handled");
+        break;
+    }
+    if (rc == 0)
+        goto done;
+error:
+    reply_error(&r, &err);
+done:
+    msgpack_unpacked_destroy(&u);
+    *ctrl = r.ctrl; /* NULL if the reply took it */
+}
+
+/* uv_poll callback: drain every pending request (level-triggered NN_RCVFD). */
+static void
+on_readable(uv_poll_t *h, int status, int events)
+{
+    server *srv = h->data;
+
+    (void)events;
+    if (status < 0) {
+        log_error("event=poll_error error=\"%s\"", uv_strerror(status));
+        return;
+    }
+    for (int i = 0; i < 256 && !srv->closing; i++) {
+        void *body = NULL, *ctrl = NULL;
+        struct nn_iovec iov = {&body, NN_MSG};
+        struct nn_msghdr hdr;
+        int n;
+
+        memset(&hdr, 0, sizeof(hdr));
+        hdr.msg_iov = &iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = &ctrl;
+        hdr.msg_controllen = NN_MSG;
+        n = nn_recvmsg(srv->sock, &hdr, NN_DONTWAIT);
+        if (n < 0) {
+            int e = nn_errno();
+            if (e == EINTR)
+                continue;
+            if (e != EAGAIN)
+                log_error("event=recv_error error=\"%s\"", nn_strerror(e));
+            break;
+        }
+        handle(srv, body, (size_t)n, &ctrl);
+        nn_freemsg(body);
+        if (ctrl != NULL)
+            nn_freemsg(ctrl);
+    }
+}
+
+/* Periodic expiry of idle transactions and pull sessions. */
+static void
+on_timer(uv_timer_t *h)
+{
+    server *srv = h->data;
+    uint64_t txns = 0, views = 0;
+
+    store_expire(srv->store, uv_now(srv->loop), srv->cfg.txn_timeout_ms, &txns, &views);
+    if (txns > 0)
+        log_warn("event=txn_expired count=%llu timeout_ms=%llu (client gone; nothing applied)",
+                 (unsigned long long)txns, (unsigned long long)srv->cfg.txn_timeout_ms);
+    if (views > 0)
+        log_info("event=session_expired count=%llu", (unsigned long long)views);
+    srv->counters[C_TXN_EXPIRED] += txns;
+    srv->counters[C_SESSIONS_EXPIRED] += views;
+}
+
+static void
+on_signal(uv_signal_t *h, int signum)
+{
+    server *srv = h->data;
+
+    log_info("event=shutdown signal=%s", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    server_stop(srv);
+}
+
+void
+server_config_init(server_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
+    cfg->txn_timeout_ms = 60000;
+}
+
+/* printf into a malloc'd *cause and return code. */
+__attribute__((format(printf, 3, 4))) static int
+set_cause(char **cause, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (vasprintf(cause, fmt, ap) < 0)
+        *cause = NULL;
+    va_end(ap);
+    return code;
+}
+
+int
+server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **cause)
+{
+    server *srv = xcalloc(1, sizeof(*srv));
+    int fd, rc, maxsz, one = 1;
+    size_t fdsz = sizeof(fd);
+    uint64_t interval;
+
+    *out = NULL;
+    srv->loop = loop;
+    srv->cfg = *cfg;
+    srv->sock = -1;
+    srv->store = store_create();
+    srv->start_ms = uv_now(loop);
+
+    if ((srv->sock = nn_socket(AF_SP_RAW, NN_REP)) < 0) {
+        rc = set_cause(cause, -nn_errno(), "nn_socket: %s", nn_strerror(nn_errno()));
+        goto fail;
+    }
+    maxsz = (int)cfg->max_message_bytes;
+    if (nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof(maxsz)) < 0 ||
+        nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0) {
+        rc = set_cause(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
+        goto fail;
+    }
+    for (int i = 0; i < cfg->nlisten; i++) {
+        if (nn_bind(srv->sock, cfg->listen[i]) < 0) {
+            rc = set_cause(cause, -nn_errno(), "cannot listen on %s: %s", cfg->listen[i],
+                           nn_strerror(nn_errno()));
+            goto fail;
+        }
+        log_info("event=listening url=%s", cfg->listen[i]);
+    }
+    if (nn_getsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVFD, &fd, &fdsz) < 0) {
+        rc = set_cause(cause, -nn_errno(), "NN_RCVFD: %s", nn_strerror(nn_errno()));
+        goto fail;
+    }
+    if ((rc = uv_poll_init(loop, &srv->poll, fd)) < 0) {
+        rc = set_cause(cause, rc, "uv_poll_init: %s", uv_strerror(rc));
+        goto fail;
+    }
+    srv->poll.data = srv;
+    uv_poll_start(&srv->poll, UV_READABLE, on_readable);
+    uv_timer_init(loop, &srv->timer);
+    srv->timer.data = srv;
+    interval = cfg->txn_timeout_ms / 4;
+    if (interval < 50)
+        interval = 50;
+    if (interval > 1000)
+        interval = 1000;
+    uv_timer_start(&srv->timer, on_timer, interval, interval);
+    uv_signal_init(loop, &srv->sigint);
+    uv_signal_init(loop, &srv->sigterm);
+    srv->sigint.data = srv->sigterm.data = srv;
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    *out = srv;
+    return 0;
+
+fail:
+    if (srv->sock >= 0)
+        nn_close(srv->sock);
+    store_destroy(srv->store);
+    free(srv);
+    return rc;
+}
+
+void
+server_stop(server *srv)
+{
+    if (srv->closing)
+        return;
+    srv->closing = 1;
+    uv_poll_stop(&srv->poll);
+    uv_close((uv_handle_t *)&srv->poll, NULL);
+    uv_close((uv_handle_t *)&srv->timer, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+}
+
+void
+server_destroy(server *srv)
+{
+    if (srv == NULL)
+        return;
+    if (srv->sock >= 0)
+        nn_close(srv->sock);
+    store_destroy(srv->store);
+    free(srv);
+}

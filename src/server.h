@@ -1,0 +1,45 @@
+/*
+ * server.h - the daemon's request server: nanomsg sockets on the libuv
+ * loop, request decoding, dispatch to the store, replies and counters.
+ *
+ * One raw REP socket (AF_SP_RAW) bound to every --listen URL, polled
+ * through its NN_RCVFD with uv_poll. Each request is decoded in place in
+ * the received nanomsg buffer (tensor data is never copied on the way in),
+ * handled to completion on the loop thread and answered with one reply
+ * packed straight into an nn_allocmsg buffer.
+ */
+#ifndef EMAD_SERVER_H
+#define EMAD_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#define SERVER_MAX_LISTEN 16
+
+typedef struct server_config {
+    const char *listen[SERVER_MAX_LISTEN];
+    int nlisten;
+    const char *state_dir;      /* may be NULL */
+    uint64_t max_message_bytes; /* PROTO_DEFAULT_MAX_MESSAGE */
+    uint64_t txn_timeout_ms;    /* 60000 */
+} server_config;
+
+typedef struct server server;
+
+/* Defaults for every field. */
+void server_config_init(server_config *cfg);
+
+/*
+ * Create the server on loop: open the socket, bind every URL, start
+ * polling, the expiry timer and the SIGINT/SIGTERM handlers. On failure
+ * returns a negative code and sets *cause (malloc'd) to a message.
+ */
+int server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **cause);
+
+/* Begin a clean shutdown: stop polling and close every handle (loop thread). */
+void server_stop(server *srv);
+
+/* Free the server after the loop has finished; closes the socket. NULL accepted. */
+void server_destroy(server *srv);
+
+#endif

@@ -1,0 +1,35 @@
+/*
+ * strmap.h - open-addressing hash map from byte strings to pointers.
+ *
+ * Keys are borrowed: the caller keeps each key's bytes alive while it is in
+ * the map (the store points them at the tensor's or model's own name).
+ * Used for model and tensor lookup by name on the push path.
+ */
+#ifndef EMAD_STRMAP_H
+#define EMAD_STRMAP_H
+
+#include <stddef.h>
+
+typedef struct strmap strmap;
+
+/* New empty map (aborts on out of memory). */
+strmap *strmap_create(void);
+
+/* Free the map (not the keys or values); NULL accepted. */
+void strmap_destroy(strmap *m);
+
+/* Value for key, or NULL. */
+void *strmap_get(const strmap *m, const char *key, size_t len);
+
+/* Insert or replace. */
+void strmap_put(strmap *m, const char *key, size_t len, void *value);
+
+/* Remove a key; returns its value or NULL. */
+void *strmap_del(strmap *m, const char *key, size_t len);
+
+size_t strmap_count(const strmap *m);
+
+/* 64-bit hash of a byte string (FNV-1a). */
+size_t strmap_hash(const char *key, size_t len);
+
+#endif

@@ -1,0 +1,312 @@
+/*
+ * testutil.c - helpers shared by the test suites: temp dirs, free ports,
+ * running commands, and starting/stopping the real emad binary on a
+ * private endpoint.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+/* Value of an environment variable, or fallback. */
+static const char *
+env_or(const char *name, const char *fallback)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : fallback;
+}
+
+const char *
+tu_builddir(void)
+{
+    return env_or("top_builddir", ".");
+}
+
+const char *
+tu_srcdir(void)
+{
+    return env_or("top_srcdir", ".");
+}
+
+const char *
+tu_python(void)
+{
+    return env_or("PYTHON3", "/usr/bin/python3");
+}
+
+char *
+tu_tmpdir(void)
+{
+    char tmpl[] = "/tmp/emad-test-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+
+    if (dir == NULL) {
+        perror("mkdtemp");
+        abort();
+    }
+    return strdup(dir);
+}
+
+void
+tu_rmtree(const char *path)
+{
+    char cmd[1024];
+
+    if (path == NULL || strncmp(path, "/tmp/emad-test-", 15) != 0)
+        return;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    (void)system(cmd);
+}
+
+int
+tu_free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int port;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        perror("tu_free_port");
+        abort();
+    }
+    port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+/* 1 if something accepts TCP connections on 127.0.0.1:port. */
+static int
+port_open(int port)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int ok;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((uint16_t)port);
+    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Sleep for ms milliseconds. */
+static void
+sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Print a file to stderr (the daemon's log after a failure). */
+static void
+dump_file(const char *path)
+{
+    size_t len;
+    char *buf = tu_read_file(path, &len);
+
+    if (buf != NULL) {
+        fprintf(stderr, "---- %s ----\n%.*s---- end ----\n", path, (int)len, buf);
+        free(buf);
+    }
+}
+
+int
+tu_daemon_start(tu_daemon *d, const char *const *argv)
+{
+    const char *args[64];
+    char bin[1024], port_arg[32];
+    int n = 0;
+
+    memset(d, 0, sizeof(*d));
+    d->state_dir = tu_tmpdir();
+    d->port = tu_free_port();
+    snprintf(d->url, sizeof(d->url), "tcp://127.0.0.1:%d", d->port);
+    snprintf(d->log_path, sizeof(d->log_path), "%s/emad.log", d->state_dir);
+    snprintf(bin, sizeof(bin), "%s/emad", tu_builddir());
+    snprintf(port_arg, sizeof(port_arg), "%d", d->port);
+
+    args[n++] = bin;
+    args[n++] = "--listen";
+    args[n++] = d->url;
+    args[n++] = "--state-dir";
+    args[n++] = d->state_dir;
+    args[n++] = "--log-level";
+    args[n++] = "debug";
+    for (int i = 0; argv != NULL && argv[i] != NULL && n < 62; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+
+    d->pid = fork();
+    if (d->pid < 0)
+        return -1;
+    if (d->pid == 0) {
+        int fd = open(d->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(bin, (char *const *)args);
+        perror("execv emad");
+        _exit(127);
+    }
+    for (int i = 0; i < 1000; i++) {
+        if (port_open(d->port))
+            return 0;
+        if (!tu_daemon_alive(d))
+            break;
+        sleep_ms(10);
+    }
+    fprintf(stderr, "emad did not start on %s\n", d->url);
+    dump_file(d->log_path);
+    (void)tu_daemon_stop(d);
+    return -1;
+}
+
+int
+tu_daemon_alive(const tu_daemon *d)
+{
+    return d->pid > 0 && waitpid(d->pid, NULL, WNOHANG) == 0;
+}
+
+int
+tu_daemon_stop(tu_daemon *d)
+{
+    int status = 0, result = -1;
+
+    if (d->pid > 0) {
+        (void)kill(d->pid, SIGTERM);
+        for (int i = 0; i < 1000; i++) {
+            pid_t r = waitpid(d->pid, &status, WNOHANG);
+            if (r == d->pid) {
+                result = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+                break;
+            }
+            if (r < 0)
+                break;
+            sleep_ms(10);
+        }
+        if (result == -1 && waitpid(d->pid, &status, WNOHANG) == 0) {
+            (void)kill(d->pid, SIGKILL);
+            (void)waitpid(d->pid, &status, 0);
+            fprintf(stderr, "emad did not stop on SIGTERM\n");
+        }
+        if (result != 0)
+            dump_file(d->log_path);
+        d->pid = 0;
+    }
+    tu_rmtree(d->state_dir);
+    free(d->state_dir);
+    d->state_dir = NULL;
+    return result;
+}
+
+int
+tu_run(const char *cmd, char **out)
+{
+    FILE *p;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int status;
+    char full[8192];
+
+    snprintf(full, sizeof(full), "%s 2>&1", cmd);
+    if ((p = popen(full, "r")) == NULL)
+        return -1;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            buf = realloc(buf, cap);
+            if (buf == NULL)
+                abort();
+        }
+        size_t r = fread(buf + len, 1, 4096, p);
+        if (r == 0)
+            break;
+        len += r;
+    }
+    if (buf != NULL)
+        buf[len] = '\0';
+    status = pclose(p);
+    if (out != NULL)
+        *out = buf != NULL ? buf : strdup("");
+    else
+        free(buf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+void *
+tu_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long sz;
+
+    if (f == NULL)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return NULL;
+    }
+    buf = malloc((size_t)sz + 1);
+    if (buf == NULL || fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[sz] = '\0';
+    fclose(f);
+    if (len != NULL)
+        *len = (size_t)sz;
+    return buf;
+}
+
+int
+tu_write_file(const char *path, const void *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    int rc = 0;
+
+    if (f == NULL)
+        return -1;
+    if (len > 0 && fwrite(buf, 1, len, f) != len)
+        rc = -1;
+    if (fclose(f) != 0)
+        rc = -1;
+    return rc;
+}
+
+uint64_t
+tu_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+float
+tu_randf(uint64_t *state)
+{
+    return (float)((double)(tu_rand(state) >> 40) / (double)(1ULL << 23)) - 1.0f;
+}
