@@ -48,7 +48,6 @@ int dtype_convert(void *dst, int to, const void *src, int from, size_t n);
  * Product of shape[0..ndim) into *numel, and numel * dtype_size into
  * *nbytes. Returns 0, or EMAD_ELIMIT on overflow of 2^62.
  */
-int dtype_numel(const uint64_t *shape, uint32_t ndim, int dtype, uint64_t *numel,
-                uint64_t *nbytes);
+int dtype_numel(const uint64_t *shape, uint32_t ndim, int dtype, uint64_t *numel, uint64_t *nbytes);
 
 #endif

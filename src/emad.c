@@ -233,8 +233,8 @@ main(int argc, char **argv)
     log_info("event=started version=%s protocol=%d max_message_bytes=%llu txn_timeout_ms=%llu "
              "state_dir=%s pid=%d",
              PACKAGE_VERSION, PROTO_VERSION, (unsigned long long)cfg.max_message_bytes,
-             (unsigned long long)cfg.txn_timeout_ms,
-             cfg.state_dir != NULL ? cfg.state_dir : "-", (int)getpid());
+             (unsigned long long)cfg.txn_timeout_ms, cfg.state_dir != NULL ? cfg.state_dir : "-",
+             (int)getpid());
 
     uv_run(&loop, UV_RUN_DEFAULT);
 

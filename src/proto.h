@@ -36,14 +36,14 @@ enum proto_op {
 };
 
 /* Limits (also in docs/PROTOCOL.md). */
-#define PROTO_MAX_TENSORS 65536            /* tensors in one push message */
-#define PROTO_MAX_RANGES 65536             /* ranges in one read request */
-#define PROTO_MAX_OBJECTS (1u << 21)       /* msgpack objects in one request */
-#define PROTO_MAX_DEPTH 8                  /* nesting depth of a request */
+#define PROTO_MAX_TENSORS 65536      /* tensors in one push message */
+#define PROTO_MAX_RANGES 65536       /* ranges in one read request */
+#define PROTO_MAX_OBJECTS (1u << 21) /* msgpack objects in one request */
+#define PROTO_MAX_DEPTH 8            /* nesting depth of a request */
 #define PROTO_DEFAULT_MAX_MESSAGE (64u << 20)
 #define PROTO_MIN_MAX_MESSAGE (64u << 10)
-#define PROTO_MAX_MAX_MESSAGE (1u << 30)   /* nanomsg sizes are int */
-#define PROTO_REPLY_OVERHEAD 4096          /* room for reply headers around data */
+#define PROTO_MAX_MAX_MESSAGE (1u << 30) /* nanomsg sizes are int */
+#define PROTO_REPLY_OVERHEAD 4096        /* room for reply headers around data */
 
 /* Wire name of an op, or NULL. */
 const char *proto_op_name(int op);

@@ -43,7 +43,7 @@ typedef struct st_file {
     size_t ntensors;
     st_meta *meta;
     size_t nmeta;
-    void *map;      /* whole file contents */
+    void *map; /* whole file contents */
     size_t map_len;
 } st_file;
 

@@ -51,10 +51,9 @@ enum counter {
 };
 
 static const char *const counter_names[C_COUNT] = {
-    "requests",        "errors",          "bytes_in",       "bytes_out",
-    "tensors_applied", "tensors_stale",   "pushes_rejected", "txn_begun",
-    "txn_committed",   "txn_aborted",     "txn_expired",    "sessions_expired",
-    "replies_dropped",
+    "requests",      "errors",           "bytes_in",        "bytes_out",     "tensors_applied",
+    "tensors_stale", "pushes_rejected",  "txn_begun",       "txn_committed", "txn_aborted",
+    "txn_expired",   "sessions_expired", "replies_dropped",
 };
 
 #define ERR_FIRST 1001
@@ -83,7 +82,15 @@ typedef struct req {
     void *ctrl; /* routing header chunk, handed back with the reply */
     uint64_t now_ms;
     size_t reply_len;
+    void **capture; /* server_process(): the reply goes here instead of the socket */
 } req;
+
+/* Milliseconds on the loop's clock (0 without a loop). */
+static uint64_t
+loop_now(const server *srv)
+{
+    return srv->loop != NULL ? uv_now(srv->loop) : 0;
+}
 
 /* Output of the two-pass packer: counts when p is NULL, writes otherwise. */
 typedef struct wbuf {
@@ -159,6 +166,13 @@ reply_send(req *r, build_fn build, const void *ctx)
     struct nn_msghdr hdr;
     void *msg;
 
+    if (r->capture != NULL) {
+        w.p = *r->capture = xmalloc(len);
+        msgpack_packer_init(&pk, &w, wbuf_write);
+        build(&pk, ctx);
+        r->reply_len = len;
+        return;
+    }
     if ((msg = nn_allocmsg(len, 0)) == NULL) {
         log_error("event=reply_alloc_failed bytes=%zu", len);
         srv->counters[C_REPLIES_DROPPED]++;
@@ -293,8 +307,8 @@ get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present, s
     if (o == NULL && present != NULL)
         return 0;
     if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected an unsigned integer)",
-                        key, o == NULL ? "missing" : "not an unsigned integer");
+        return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected an unsigned integer)", key,
+                        o == NULL ? "missing" : "not an unsigned integer");
     *v = o->via.u64;
     return 0;
 }
@@ -355,8 +369,7 @@ printable(char *buf, size_t size, const char *s, size_t len)
  * store checks semantics.
  */
 static int
-decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n,
-               store_err *err)
+decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n, store_err *err)
 {
     const msgpack_object *arr = map_get(root, "tensors");
     store_input *in;
@@ -369,8 +382,8 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
     if (arr->via.array.size == 0)
         return req_fail(err, EMAD_EMALFORMED, "'tensors' is empty");
     if (arr->via.array.size > PROTO_MAX_TENSORS)
-        return req_fail(err, EMAD_ELIMIT, "push has %u tensors, at most %d",
-                        arr->via.array.size, PROTO_MAX_TENSORS);
+        return req_fail(err, EMAD_ELIMIT, "push has %u tensors, at most %d", arr->via.array.size,
+                        PROTO_MAX_TENSORS);
     in = xcalloc(arr->via.array.size, sizeof(*in));
     for (uint32_t i = 0; i < arr->via.array.size; i++) {
         const msgpack_object *t = &arr->via.array.ptr[i], *o;
@@ -444,8 +457,8 @@ fail_named:
     /* Name the tensor at fault when its name decoded. */
     if (in[bad].name != NULL) {
         char msg[sizeof(err->message)];
-        size_t nl = in[bad].name_len < sizeof(err->tensor) - 1 ? in[bad].name_len
-                                                                : sizeof(err->tensor) - 1;
+        size_t nl =
+            in[bad].name_len < sizeof(err->tensor) - 1 ? in[bad].name_len : sizeof(err->tensor) - 1;
         int shown = nl > 200 ? 200 : (int)nl;
 
         memcpy(err->tensor, in[bad].name, nl);
@@ -644,9 +657,9 @@ handle_commit(req *r, store_err *err)
         return err->code;
     r->srv->counters[C_TXN_COMMITTED]++;
     count_result(r->srv, &res);
-    log_debug("event=txn_commit txn=%llu applied=%llu stale=%llu step=%llu",
-              (unsigned long long)id, (unsigned long long)res.applied,
-              (unsigned long long)res.stale, (unsigned long long)res.step);
+    log_debug("event=txn_commit txn=%llu applied=%llu stale=%llu step=%llu", (unsigned long long)id,
+              (unsigned long long)res.applied, (unsigned long long)res.stale,
+              (unsigned long long)res.step);
     reply_send(r, build_result, &res);
     return 0;
 }
@@ -770,8 +783,8 @@ handle_pull(req *r, store_err *err)
             nl[i] = o->via.str.size;
         }
     }
-    int rc = store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &v,
-                               err);
+    int rc =
+        store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &v, err);
     free(np);
     free(nl);
     if (rc != 0)
@@ -840,8 +853,7 @@ handle_read(req *r, store_err *err)
     if (rs->via.array.size > PROTO_MAX_RANGES)
         return req_fail(err, EMAD_ELIMIT, "at most %d ranges", PROTO_MAX_RANGES);
     if ((v = store_view_get(r->srv->store, id, r->now_ms)) == NULL)
-        return req_fail(err, EMAD_ENOSESSION,
-                        "no pull session %llu (unknown, expired or released)",
+        return req_fail(err, EMAD_ENOSESSION, "no pull session %llu (unknown, expired or released)",
                         (unsigned long long)id);
     for (uint32_t i = 0; i < rs->via.array.size; i++) {
         const msgpack_object *o = &rs->via.array.ptr[i];
@@ -864,8 +876,9 @@ handle_read(req *r, store_err *err)
         vt = &v->tensors[idx];
         isz = dtype_size(vt->dtype);
         if (off > vt->nbytes || len > vt->nbytes - off)
-            return req_fail(err, EMAD_ERANGE, "ranges[%u]: [%llu, +%llu) is past the %llu bytes of '%s'",
-                            i, (unsigned long long)off, (unsigned long long)len,
+            return req_fail(err, EMAD_ERANGE,
+                            "ranges[%u]: [%llu, +%llu) is past the %llu bytes of '%s'", i,
+                            (unsigned long long)off, (unsigned long long)len,
                             (unsigned long long)vt->nbytes, vt->name);
         if (vt->sdtype != vt->dtype && (off % isz != 0 || len % isz != 0))
             return req_fail(err, EMAD_ERANGE,
@@ -1012,13 +1025,13 @@ build_stats(msgpack_packer *pk, const void *ctx)
     pack_kv_u64(pk, "shadow_bytes", g.shadow_bytes);
     pack_kv_u64(pk, "txn_open", g.txn_open);
     pack_kv_u64(pk, "sessions_open", g.views_open);
-    pack_kv_u64(pk, "uptime_seconds", (uv_now(srv->loop) - srv->start_ms) / 1000);
+    pack_kv_u64(pk, "uptime_seconds", (loop_now(srv) - srv->start_ms) / 1000);
     pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
 }
 
 /* Decode, dispatch and answer one request held in buf[0..len). */
 static void
-handle(server *srv, const char *buf, size_t len, void **ctrl)
+handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, size_t *capture_len)
 {
     msgpack_unpacked u;
     size_t off = 0;
@@ -1031,7 +1044,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl)
     memset(&r, 0, sizeof(r));
     r.srv = srv;
     r.ctrl = *ctrl;
-    r.now_ms = uv_now(srv->loop);
+    r.capture = capture;
+    r.now_ms = loop_now(srv);
     err.tensor[0] = '\0';
     srv->counters[C_REQUESTS]++;
     srv->counters[C_BYTES_IN] += len;
@@ -1055,7 +1069,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl)
         if (get_u64(r.root, "v", &v, NULL, &err) != 0)
             goto error;
         if (v != PROTO_VERSION) {
-            req_fail(&err, EMAD_EVERSION, "protocol version %llu is not supported; this daemon speaks %d",
+            req_fail(&err, EMAD_EVERSION,
+                     "protocol version %llu is not supported; this daemon speaks %d",
                      (unsigned long long)v, PROTO_VERSION);
             goto error;
         }
@@ -1118,6 +1133,8 @@ error:
 done:
     msgpack_unpacked_destroy(&u);
     *ctrl = r.ctrl; /* NULL if the reply took it */
+    if (capture_len != NULL)
+        *capture_len = r.reply_len;
 }
 
 /* uv_poll callback: drain every pending request (level-triggered NN_RCVFD). */
@@ -1151,7 +1168,7 @@ on_readable(uv_poll_t *h, int status, int events)
                 log_error("event=recv_error error=\"%s\"", nn_strerror(e));
             break;
         }
-        handle(srv, body, (size_t)n, &ctrl);
+        handle(srv, body, (size_t)n, &ctrl, NULL, NULL);
         nn_freemsg(body);
         if (ctrl != NULL)
             nn_freemsg(ctrl);
@@ -1270,6 +1287,27 @@ fail:
     store_destroy(srv->store);
     free(srv);
     return rc;
+}
+
+server *
+server_create_offline(const server_config *cfg)
+{
+    server *srv = xcalloc(1, sizeof(*srv));
+
+    srv->cfg = *cfg;
+    srv->sock = -1;
+    srv->store = store_create();
+    return srv;
+}
+
+void
+server_process(server *srv, const void *buf, size_t len, void **reply, size_t *reply_len)
+{
+    void *ctrl = NULL;
+
+    *reply = NULL;
+    *reply_len = 0;
+    handle(srv, buf, len, &ctrl, reply, reply_len);
 }
 
 void

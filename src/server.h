@@ -11,6 +11,7 @@
 #ifndef EMAD_SERVER_H
 #define EMAD_SERVER_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -35,6 +36,15 @@ void server_config_init(server_config *cfg);
  * returns a negative code and sets *cause (malloc'd) to a message.
  */
 int server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **cause);
+
+/* A server without sockets or loop, for server_process() (tests, fuzzing). */
+server *server_create_offline(const server_config *cfg);
+
+/*
+ * Handle one request held in buf[0..len) as if it had arrived on the
+ * socket; *reply gets the malloc'd reply (caller frees), *reply_len its size.
+ */
+void server_process(server *srv, const void *buf, size_t len, void **reply, size_t *reply_len);
 
 /* Begin a clean shutdown: stop polling and close every handle (loop thread). */
 void server_stop(server *srv);

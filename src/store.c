@@ -262,8 +262,8 @@ model_get(store *s, const char *name, size_t len, store_err *err)
 }
 
 int
-store_create_model(store *s, const char *name, size_t len, double decay, int exist_ok,
-                   int *created, store_err *err)
+store_create_model(store *s, const char *name, size_t len, double decay, int exist_ok, int *created,
+                   store_err *err)
 {
     char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
     model *m;
@@ -533,8 +533,8 @@ apply(model *m, const store_input *in, size_t n, uint64_t step, plan *p, uint64_
                 memcpy(t->shadow->data, in[i].data, t->nbytes);
         } else {
             if (t->kind == EMAD_PARAM)
-                (void)ema_update(p[i].target->data, t->shadow->data, in[i].data, t->dtype,
-                                 t->numel, m->decay);
+                (void)ema_update(p[i].target->data, t->shadow->data, in[i].data, t->dtype, t->numel,
+                                 m->decay);
             else
                 memcpy(p[i].target->data, in[i].data, t->nbytes);
             if (p[i].target != t->shadow) {
@@ -674,8 +674,7 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
                     (unsigned long long)id, t->model);
     if (has_step && step != t->step)
         return fail(err, EMAD_EMALFORMED, NULL, "transaction %llu is for step %llu, not %llu",
-                    (unsigned long long)id, (unsigned long long)t->step,
-                    (unsigned long long)step);
+                    (unsigned long long)id, (unsigned long long)t->step, (unsigned long long)step);
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
     if (validate(m, in, n, 0, err) != 0)

@@ -46,7 +46,7 @@ typedef struct tensor {
 typedef struct model {
     char *name;
     double decay;
-    uint64_t step; /* committed step: highest step applied */
+    uint64_t step;    /* committed step: highest step applied */
     tensor **tensors; /* first-push order */
     size_t ntensors;
     size_t cap;
@@ -79,8 +79,8 @@ typedef struct store_err {
 typedef struct store_result {
     uint64_t applied;
     uint64_t stale;
-    uint64_t step;                /* model's committed step afterwards */
-    const char *stale_names[64];  /* borrowed from the store's tensors */
+    uint64_t step;               /* model's committed step afterwards */
+    const char *stale_names[64]; /* borrowed from the store's tensors */
     size_t nstale_names;
 } store_result;
 
@@ -145,13 +145,12 @@ int store_drop_model(store *s, const char *name, size_t len, store_err *err);
  * copy) and may have any alignment. now_ms stamps the model's last push.
  * Returns 0 or an EMAD_E* code with err filled.
  */
-int store_push(store *s, const char *model_name, size_t len, uint64_t step,
-               const store_input *in, size_t n, uint64_t now_ms, store_result *res,
-               store_err *err);
+int store_push(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
+               size_t n, uint64_t now_ms, store_result *res, store_err *err);
 
 /* Open a transaction on a model at step; *id receives its id. */
-int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step,
-                    uint64_t now_ms, uint64_t *id, store_err *err);
+int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint64_t now_ms,
+                    uint64_t *id, store_err *err);
 
 /*
  * Stage n inputs (whole tensors or in-order chunks) into a transaction.
@@ -192,7 +191,6 @@ void store_view_free(store_view *v);
  * Discard transactions and views idle since before now_ms - timeout_ms.
  * Adds the counts discarded to *txns and *views.
  */
-void store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns,
-                  uint64_t *views);
+void store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uint64_t *views);
 
 #endif

@@ -32,9 +32,9 @@ int tu_free_port(void);
 typedef struct tu_daemon {
     pid_t pid;
     int port;
-    char url[128];     /* tcp://127.0.0.1:PORT */
-    char *state_dir;   /* private temp dir passed as --state-dir */
-    char log_path[512];/* the daemon's stderr */
+    char url[128];      /* tcp://127.0.0.1:PORT */
+    char *state_dir;    /* private temp dir passed as --state-dir */
+    char log_path[512]; /* the daemon's stderr */
 } tu_daemon;
 
 /*
@@ -55,7 +55,8 @@ int tu_daemon_stop(tu_daemon *d);
 /* 1 if the process is still running. */
 int tu_daemon_alive(const tu_daemon *d);
 
-/* Run a shell command, capture stdout+stderr into a malloc'd string (*out, may be NULL). Returns exit status. */
+/* Run a shell command, capture stdout+stderr into a malloc'd string (*out, may be NULL). Returns
+ * exit status. */
 int tu_run(const char *cmd, char **out);
 
 /* Read a whole file into a malloc'd buffer; NULL on error. */

@@ -1,0 +1,249 @@
+/*
+ * check_proto.c - tests for src/proto.c: op and error tables, name rules,
+ * and the msgpack pre-scan that guards the decoder against hostile input.
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "proto.h"
+
+START_TEST(test_proto_op_names_round_trip)
+{
+    for (int op = PROTO_OP_INVALID + 1; op < PROTO_OP_COUNT; op++) {
+        const char *name = proto_op_name(op);
+        ck_assert_ptr_nonnull(name);
+        ck_assert_int_eq(proto_op_from_name(name, strlen(name)), op);
+    }
+    ck_assert_int_eq(proto_op_from_name("pus", 3), PROTO_OP_INVALID);
+    ck_assert_int_eq(proto_op_from_name("pushx", 5), PROTO_OP_INVALID);
+    ck_assert_ptr_null(proto_op_name(PROTO_OP_COUNT));
+}
+END_TEST
+
+START_TEST(test_proto_error_names_and_texts)
+{
+    ck_assert_str_eq(proto_errname(EMAD_ESHAPE), "EMAD_ESHAPE");
+    ck_assert_str_eq(proto_errname(EMAD_EORDER), "EMAD_EORDER");
+    ck_assert_ptr_null(proto_errname(-5));
+    ck_assert_str_eq(proto_strerror(0), "success");
+    ck_assert_str_eq(proto_strerror(EMAD_ENOMODEL), "no such model");
+    /* Negated errno values fall through to strerror. */
+    ck_assert_str_eq(proto_strerror(-ENOENT), strerror(ENOENT));
+    /* Every code from 1001 to 1020 has a name: the wire table is complete. */
+    for (int c = 1001; c <= 1020; c++)
+        ck_assert_ptr_nonnull(proto_errname(-c));
+}
+END_TEST
+
+START_TEST(test_proto_model_names)
+{
+    ck_assert_int_eq(proto_check_model_name("run-1_a.b", 9), 0);
+    ck_assert_int_eq(proto_check_model_name("", 0), EMAD_ENAME);
+    ck_assert_int_eq(proto_check_model_name(".hidden", 7), EMAD_ENAME);
+    ck_assert_int_eq(proto_check_model_name("a/b", 3), EMAD_ENAME);
+    ck_assert_int_eq(proto_check_model_name("a b", 3), EMAD_ENAME);
+    char longname[EMAD_MAX_MODEL_NAME_BYTES + 2];
+    memset(longname, 'a', sizeof(longname));
+    ck_assert_int_eq(proto_check_model_name(longname, EMAD_MAX_MODEL_NAME_BYTES), 0);
+    ck_assert_int_eq(proto_check_model_name(longname, EMAD_MAX_MODEL_NAME_BYTES + 1), EMAD_ENAME);
+}
+END_TEST
+
+START_TEST(test_proto_tensor_names_utf8)
+{
+    ck_assert_int_eq(proto_check_tensor_name("layer1.0.bn1.running_mean", 25), 0);
+    ck_assert_int_eq(proto_check_tensor_name("caf\xc3\xa9", 5), 0);      /* é */
+    ck_assert_int_eq(proto_check_tensor_name("\xe2\x82\xac", 3), 0);     /* € */
+    ck_assert_int_eq(proto_check_tensor_name("\xf0\x9f\x98\x80", 4), 0); /* emoji */
+    ck_assert_int_eq(proto_check_tensor_name("", 0), EMAD_ENAME);
+    ck_assert_int_eq(proto_check_tensor_name("a\nb", 3), EMAD_ENAME);         /* control */
+    ck_assert_int_eq(proto_check_tensor_name("a\0b", 3), EMAD_ENAME);         /* NUL */
+    ck_assert_int_eq(proto_check_tensor_name("\xc3", 1), EMAD_ENAME);         /* truncated */
+    ck_assert_int_eq(proto_check_tensor_name("\xc0\xaf", 2), EMAD_ENAME);     /* overlong */
+    ck_assert_int_eq(proto_check_tensor_name("\xed\xa0\x80", 3), EMAD_ENAME); /* surrogate */
+    ck_assert_int_eq(proto_check_tensor_name("\xff", 1), EMAD_ENAME);
+    char *big = malloc(EMAD_MAX_NAME_BYTES + 1);
+    memset(big, 'x', EMAD_MAX_NAME_BYTES + 1);
+    ck_assert_int_eq(proto_check_tensor_name(big, EMAD_MAX_NAME_BYTES), 0);
+    ck_assert_int_eq(proto_check_tensor_name(big, EMAD_MAX_NAME_BYTES + 1), EMAD_ENAME);
+    free(big);
+}
+END_TEST
+
+/* Pack a small valid request into sbuf. */
+static void
+pack_request(msgpack_sbuffer *sb)
+{
+    msgpack_packer pk;
+    const char data[5] = {1, 2, 3, 4, 5};
+
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "v", 1);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "op", 2);
+    msgpack_pack_str_with_body(&pk, "push", 4);
+    msgpack_pack_str_with_body(&pk, "d", 1);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_bin_with_body(&pk, data, sizeof(data));
+    msgpack_pack_double(&pk, 0.5);
+    msgpack_pack_int64(&pk, -7);
+    msgpack_pack_nil(&pk);
+}
+
+START_TEST(test_proto_prescan_accepts_valid_and_rejects_every_truncation)
+{
+    msgpack_sbuffer sb;
+    const char *why;
+
+    pack_request(&sb);
+    ck_assert_int_eq(proto_prescan(sb.data, sb.size, &why), 0);
+    /* Every proper prefix is truncated msgpack. */
+    for (size_t n = 0; n < sb.size; n++)
+        ck_assert_int_eq(proto_prescan(sb.data, n, &why), EMAD_EMALFORMED);
+    msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+START_TEST(test_proto_prescan_rejects_trailing_bytes)
+{
+    msgpack_sbuffer sb;
+    const char *why;
+
+    pack_request(&sb);
+    msgpack_sbuffer_write(&sb, "\xc0", 1);
+    ck_assert_int_eq(proto_prescan(sb.data, sb.size, &why), EMAD_EMALFORMED);
+    ck_assert_str_eq(why, "trailing bytes after the msgpack map");
+    msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+START_TEST(test_proto_prescan_rejects_huge_container_counts)
+{
+    /* array 32 with 2^32-1 elements: msgpack-c would allocate ~96 GB first. */
+    const unsigned char arr[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01};
+    const unsigned char map[] = {0xdf, 0x7f, 0xff, 0xff, 0xff, 0x01, 0x02};
+    const unsigned char bin[] = {0xc6, 0x00, 0x00, 0x10, 0x00, 0x01};
+    const char *why;
+
+    ck_assert_int_eq(proto_prescan(arr, sizeof(arr), &why), EMAD_EMALFORMED);
+    ck_assert_str_eq(why, "msgpack container count exceeds the message");
+    ck_assert_int_eq(proto_prescan(map, sizeof(map), &why), EMAD_EMALFORMED);
+    ck_assert_int_eq(proto_prescan(bin, sizeof(bin), &why), EMAD_EMALFORMED);
+}
+END_TEST
+
+START_TEST(test_proto_prescan_limits_depth)
+{
+    unsigned char deep[64];
+    const char *why;
+
+    /* PROTO_MAX_DEPTH + 1 nested fixarrays of one element, then nil. */
+    memset(deep, 0x91, sizeof(deep));
+    deep[PROTO_MAX_DEPTH + 1] = 0xc0;
+    ck_assert_int_eq(proto_prescan(deep, PROTO_MAX_DEPTH + 2, &why), EMAD_ELIMIT);
+    deep[PROTO_MAX_DEPTH] = 0xc0;
+    ck_assert_int_eq(proto_prescan(deep, PROTO_MAX_DEPTH + 1, &why), 0);
+}
+END_TEST
+
+START_TEST(test_proto_prescan_limits_object_count)
+{
+    /* An array of PROTO_MAX_OBJECTS nils plus its own header is one too many. */
+    size_t n = PROTO_MAX_OBJECTS;
+    unsigned char *buf = malloc(n + 5);
+    const char *why;
+
+    buf[0] = 0xdd;
+    buf[1] = (unsigned char)(n >> 24);
+    buf[2] = (unsigned char)(n >> 16);
+    buf[3] = (unsigned char)(n >> 8);
+    buf[4] = (unsigned char)n;
+    memset(buf + 5, 0xc0, n);
+    ck_assert_int_eq(proto_prescan(buf, n + 5, &why), EMAD_ELIMIT);
+    n -= 1;
+    buf[1] = (unsigned char)(n >> 24);
+    buf[2] = (unsigned char)(n >> 16);
+    buf[3] = (unsigned char)(n >> 8);
+    buf[4] = (unsigned char)n;
+    ck_assert_int_eq(proto_prescan(buf, n + 5, &why), 0);
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_proto_prescan_rejects_reserved_byte_and_empty)
+{
+    const unsigned char c1[] = {0xc1};
+    const char *why;
+
+    ck_assert_int_eq(proto_prescan(c1, 1, &why), EMAD_EMALFORMED);
+    ck_assert_int_eq(proto_prescan(c1, 0, &why), EMAD_EMALFORMED);
+}
+END_TEST
+
+START_TEST(test_proto_prescan_random_bytes_never_crash)
+{
+    /* Whatever the bytes, prescan answers; if it accepts, msgpack-c agrees. */
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    unsigned char buf[64];
+
+    for (int iter = 0; iter < 200000; iter++) {
+        size_t len = (size_t)(iter % 64) + 1;
+        const char *why;
+        for (size_t i = 0; i < len; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf[i] = (unsigned char)x;
+        }
+        if (proto_prescan(buf, len, &why) == 0) {
+            msgpack_unpacked u;
+            size_t off = 0;
+            msgpack_unpacked_init(&u);
+            ck_assert_int_eq(msgpack_unpack_next(&u, (const char *)buf, len, &off),
+                             MSGPACK_UNPACK_SUCCESS);
+            ck_assert_uint_eq(off, len);
+            msgpack_unpacked_destroy(&u);
+        }
+    }
+}
+END_TEST
+
+static Suite *
+proto_suite(void)
+{
+    Suite *s = suite_create("proto");
+    TCase *tc = tcase_create("core");
+
+    tcase_add_test(tc, test_proto_op_names_round_trip);
+    tcase_add_test(tc, test_proto_error_names_and_texts);
+    tcase_add_test(tc, test_proto_model_names);
+    tcase_add_test(tc, test_proto_tensor_names_utf8);
+    tcase_add_test(tc, test_proto_prescan_accepts_valid_and_rejects_every_truncation);
+    tcase_add_test(tc, test_proto_prescan_rejects_trailing_bytes);
+    tcase_add_test(tc, test_proto_prescan_rejects_huge_container_counts);
+    tcase_add_test(tc, test_proto_prescan_limits_depth);
+    tcase_add_test(tc, test_proto_prescan_limits_object_count);
+    tcase_add_test(tc, test_proto_prescan_rejects_reserved_byte_and_empty);
+    tcase_add_test(tc, test_proto_prescan_random_bytes_never_crash);
+    tcase_set_timeout(tc, 60);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int
+main(void)
+{
+    SRunner *sr = srunner_create(proto_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,550 @@
+/*
+ * check_store.c - tests for src/store.c: model lifecycle, push validation
+ * (nothing applied on any error), EMA and copy semantics, stale steps,
+ * transactions (commit, abort, expiry, chunk order, resends) and pull
+ * views that keep one committed state while pushes go on.
+ *
+ * Expected float32 values are written out with how they were computed:
+ * by hand where the arithmetic is exact (decay 0.5 on small integers), or
+ * with numpy in float32 (`s - np.float32(1 - d) * (s - v)`), quoted as
+ * IEEE bit patterns.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "store.h"
+
+static store *s;
+static store_err err;
+static store_result res;
+
+static void
+setup(void)
+{
+    int created;
+
+    s = store_create();
+    ck_assert_int_eq(store_create_model(s, "m", 1, 0.5, 0, &created, &err), 0);
+    ck_assert_int_eq(created, 1);
+}
+
+static void
+teardown(void)
+{
+    store_destroy(s);
+}
+
+/* An input for a float32 tensor of n elements with a 1-D shape. */
+static store_input
+f32_input(const char *name, int kind, const float *data, size_t n)
+{
+    store_input in;
+
+    memset(&in, 0, sizeof(in));
+    in.name = name;
+    in.name_len = strlen(name);
+    in.kind = kind;
+    in.dtype = EMAD_F32;
+    in.ndim = 1;
+    in.shape[0] = n;
+    in.data = data;
+    in.len = n * sizeof(float);
+    return in;
+}
+
+/* Push one input at step to model "m". */
+static int
+push1(const store_input *in, uint64_t step)
+{
+    return store_push(s, "m", 1, step, in, 1, 1000, &res, &err);
+}
+
+/* The stored tensor of model "m". */
+static const tensor *
+get_tensor(const char *name)
+{
+    const model *m = store_model_find(s, "m", 1);
+
+    for (size_t i = 0; i < m->ntensors; i++)
+        if (strcmp(m->tensors[i]->name, name) == 0)
+            return m->tensors[i];
+    return NULL;
+}
+
+/* Bits of float element i of a tensor's shadow. */
+static uint32_t
+shadow_bits(const char *name, size_t i)
+{
+    uint32_t b;
+    memcpy(&b, (const char *)get_tensor(name)->shadow->data + 4 * i, 4);
+    return b;
+}
+
+static float
+shadow_f32(const char *name, size_t i)
+{
+    float f;
+    memcpy(&f, (const char *)get_tensor(name)->shadow->data + 4 * i, 4);
+    return f;
+}
+
+START_TEST(test_store_create_rules)
+{
+    int created;
+
+    ck_assert_int_eq(store_create_model(s, "m", 1, 0.5, 0, &created, &err), EMAD_EEXIST);
+    ck_assert_int_eq(store_create_model(s, "m", 1, 0.5, 1, &created, &err), 0);
+    ck_assert_int_eq(created, 0);
+    ck_assert_int_eq(store_create_model(s, "m", 1, 0.9, 1, &created, &err), EMAD_EEXIST);
+    ck_assert_int_eq(store_create_model(s, "x", 1, 1.5, 0, &created, &err), EMAD_ERANGE);
+    ck_assert_int_eq(store_create_model(s, "x", 1, -0.1, 0, &created, &err), EMAD_ERANGE);
+    ck_assert_int_eq(store_create_model(s, "a/b", 3, 0.5, 0, &created, &err), EMAD_ENAME);
+    ck_assert_int_eq(store_drop_model(s, "zz", 2, &err), EMAD_ENOMODEL);
+    ck_assert_int_eq(store_drop_model(s, "m", 1, &err), 0);
+    ck_assert_ptr_null(store_model_find(s, "m", 1));
+}
+END_TEST
+
+START_TEST(test_store_first_push_copies_then_averages)
+{
+    /* decay 0.5, c = 0.5: 1 -> (value 3) 1 - 0.5*(1-3) = 2 -> (value 4) 2 - 0.5*(2-4) = 3. */
+    float v1[2] = {1, -8}, v2[2] = {3, 0}, v3[2] = {4, 0};
+    store_input in = f32_input("w", EMAD_PARAM, v1, 2);
+
+    ck_assert_int_eq(push1(&in, 1), 0);
+    ck_assert_uint_eq(res.applied, 1);
+    ck_assert_float_eq(shadow_f32("w", 0), 1.0f);
+    ck_assert_float_eq(shadow_f32("w", 1), -8.0f);
+    in.data = v2;
+    ck_assert_int_eq(push1(&in, 2), 0);
+    ck_assert_float_eq(shadow_f32("w", 0), 2.0f);
+    ck_assert_float_eq(shadow_f32("w", 1), -4.0f);
+    in.data = v3;
+    ck_assert_int_eq(push1(&in, 3), 0);
+    ck_assert_float_eq(shadow_f32("w", 0), 3.0f);
+    ck_assert_float_eq(shadow_f32("w", 1), -2.0f);
+    ck_assert_uint_eq(res.step, 3);
+    ck_assert_uint_eq(get_tensor("w")->step, 3);
+}
+END_TEST
+
+START_TEST(test_store_decay_0_9_matches_numpy_float32)
+{
+    /* numpy float32: c = np.float32(1-0.9) = 0x3dcccccd; s = 1.0;
+     * v=0 -> 0x3f666666, v=2.5 -> 0x3f87ae14, v=-1 -> 0x3f5a9fbe. */
+    float v[4] = {1.0f, 0.0f, 2.5f, -1.0f};
+    const uint32_t expect[3] = {0x3f666666, 0x3f87ae14, 0x3f5a9fbe};
+    int created;
+
+    ck_assert_int_eq(store_create_model(s, "d9", 2, 0.9, 0, &created, &err), 0);
+    for (int i = 0; i < 4; i++) {
+        store_input in = f32_input("w", EMAD_PARAM, &v[i], 1);
+        ck_assert_int_eq(store_push(s, "d9", 2, (uint64_t)i + 1, &in, 1, 0, &res, &err), 0);
+        if (i > 0) {
+            const model *m = store_model_find(s, "d9", 2);
+            uint32_t bits;
+            memcpy(&bits, m->tensors[0]->shadow->data, 4);
+            ck_assert_uint_eq(bits, expect[i - 1]);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_store_stale_steps_are_left_alone)
+{
+    float v1 = 1, v2 = 3, v3 = 100;
+    store_input in = f32_input("w", EMAD_PARAM, &v1, 1);
+
+    ck_assert_int_eq(push1(&in, 10), 0);
+    in.data = &v2;
+    ck_assert_int_eq(push1(&in, 11), 0);
+    ck_assert_float_eq(shadow_f32("w", 0), 2.0f);
+    in.data = &v3;
+    ck_assert_int_eq(push1(&in, 11), 0); /* same step: a retry or another replica */
+    ck_assert_uint_eq(res.applied, 0);
+    ck_assert_uint_eq(res.stale, 1);
+    ck_assert_str_eq(res.stale_names[0], "w");
+    ck_assert_int_eq(push1(&in, 5), 0); /* older step */
+    ck_assert_uint_eq(res.stale, 1);
+    ck_assert_float_eq(shadow_f32("w", 0), 2.0f);
+    ck_assert_uint_eq(res.step, 11);
+}
+END_TEST
+
+START_TEST(test_store_buffers_are_copied_any_dtype)
+{
+    int64_t counter[1] = {7};
+    uint8_t flags[3] = {1, 0, 1};
+    float mean[2] = {0.25f, 8.0f}, mean2[2] = {100.0f, -1.0f};
+    store_input in[3];
+
+    in[0] = f32_input("bn.running_mean", EMAD_BUFFER, mean, 2);
+    memset(&in[1], 0, sizeof(in[1]));
+    in[1].name = "bn.num_batches_tracked";
+    in[1].name_len = strlen(in[1].name);
+    in[1].kind = EMAD_BUFFER;
+    in[1].dtype = EMAD_I64;
+    in[1].ndim = 0; /* scalar */
+    in[1].data = counter;
+    in[1].len = 8;
+    memset(&in[2], 0, sizeof(in[2]));
+    in[2].name = "mask";
+    in[2].name_len = 4;
+    in[2].kind = EMAD_BUFFER;
+    in[2].dtype = EMAD_BOOL;
+    in[2].ndim = 1;
+    in[2].shape[0] = 3;
+    in[2].data = flags;
+    in[2].len = 3;
+    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 3, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 3);
+    in[0].data = mean2;
+    counter[0] = 8;
+    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 3, 0, &res, &err), 0);
+    /* Copied, not averaged with decay 0.5. */
+    ck_assert_float_eq(shadow_f32("bn.running_mean", 0), 100.0f);
+    ck_assert_float_eq(shadow_f32("bn.running_mean", 1), -1.0f);
+    ck_assert_int_eq(*(int64_t *)get_tensor("bn.num_batches_tracked")->shadow->data, 8);
+    ck_assert_mem_eq(get_tensor("mask")->shadow->data, flags, 3);
+}
+END_TEST
+
+START_TEST(test_store_rejects_shape_change_and_applies_nothing)
+{
+    float a[2] = {1, 1}, b[3] = {5, 5, 5}, a2[2] = {3, 3};
+    store_input in[2];
+
+    in[0] = f32_input("a", EMAD_PARAM, a, 2);
+    in[1] = f32_input("b", EMAD_PARAM, b, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 2, 0, &res, &err), 0);
+    in[0].data = a2;
+    in[1] = f32_input("b", EMAD_PARAM, b, 3); /* b's shape changed */
+    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 2, 0, &res, &err), EMAD_ESHAPE);
+    ck_assert_str_eq(err.tensor, "b");
+    ck_assert_ptr_nonnull(strstr(err.message, "[3]"));
+    ck_assert_ptr_nonnull(strstr(err.message, "[2]"));
+    /* "a" came first and was valid, yet nothing was applied. */
+    ck_assert_float_eq(shadow_f32("a", 0), 1.0f);
+    ck_assert_uint_eq(get_tensor("a")->step, 1);
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->step, 1);
+}
+END_TEST
+
+START_TEST(test_store_rejects_bad_inputs)
+{
+    float a[2] = {1, 1};
+    int64_t i64[2] = {1, 2};
+    store_input in[2];
+
+    in[0] = f32_input("a", EMAD_PARAM, a, 2);
+    ck_assert_int_eq(push1(&in[0], 1), 0);
+
+    in[1] = f32_input("a", EMAD_BUFFER, a, 2); /* kind change */
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_EKIND);
+    in[1] = f32_input("a", EMAD_PARAM, a, 2);
+    in[1].dtype = EMAD_F64; /* dtype change, same byte count for shape [1] */
+    in[1].shape[0] = 1;
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_EKIND);
+    in[1] = f32_input("n", EMAD_PARAM, (float *)i64, 2);
+    in[1].dtype = EMAD_I64; /* integer param */
+    in[1].len = 16;
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_EDTYPE);
+    ck_assert_ptr_nonnull(strstr(err.message, "buffer"));
+    in[1] = f32_input("z", EMAD_PARAM, a, 2);
+    in[1].len = 7; /* data length != numel * itemsize */
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_ESIZE);
+    ck_assert_str_eq(err.tensor, "z");
+    in[1] = f32_input("", EMAD_PARAM, a, 2);
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_ENAME);
+    in[1] = f32_input("q", EMAD_PARAM, a, 2);
+    in[1].dtype = 999;
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_EDTYPE);
+    in[1] = f32_input("q", EMAD_PARAM, a, 2);
+    in[1].ndim = 2;
+    in[1].shape[0] = 1ULL << 40;
+    in[1].shape[1] = 1ULL << 40; /* numel overflows */
+    ck_assert_int_eq(push1(&in[1], 2), EMAD_ELIMIT);
+    in[0] = f32_input("d", EMAD_PARAM, a, 2);
+    in[1] = f32_input("d", EMAD_PARAM, a, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 2, 0, &res, &err), EMAD_EDUP);
+    ck_assert_str_eq(err.tensor, "d");
+    ck_assert_int_eq(store_push(s, "nope", 4, 2, in, 1, 0, &res, &err), EMAD_ENOMODEL);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 0, 0, &res, &err), EMAD_EMALFORMED);
+    /* Nothing of the above was stored. */
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->ntensors, 1);
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->step, 1);
+}
+END_TEST
+
+START_TEST(test_store_f16_param_keeps_float32_shadow)
+{
+    /* F16 values 1.0 (0x3c00) then 2.0 (0x4000), decay 0.5: float32 shadow 1.0 then 1.5. */
+    uint16_t h1 = 0x3c00, h2 = 0x4000;
+    store_input in;
+
+    memset(&in, 0, sizeof(in));
+    in.name = "h";
+    in.name_len = 1;
+    in.kind = EMAD_PARAM;
+    in.dtype = EMAD_F16;
+    in.ndim = 1;
+    in.shape[0] = 1;
+    in.data = &h1;
+    in.len = 2;
+    ck_assert_int_eq(push1(&in, 1), 0);
+    ck_assert_int_eq(get_tensor("h")->sdtype, EMAD_F32);
+    ck_assert_uint_eq(get_tensor("h")->nbytes, 2);
+    ck_assert_uint_eq(get_tensor("h")->shadow->size, 4);
+    in.data = &h2;
+    ck_assert_int_eq(push1(&in, 2), 0);
+    ck_assert_float_eq(shadow_f32("h", 0), 1.5f);
+}
+END_TEST
+
+START_TEST(test_store_unaligned_input)
+{
+    /* Data at an odd address, as in a msgpack BIN payload. */
+    char raw[1 + 3 * sizeof(float)];
+    float vals[3] = {2, 4, 6}, next[3] = {4, 8, 10};
+    store_input in;
+
+    memcpy(raw + 1, vals, sizeof(vals));
+    in = f32_input("u", EMAD_PARAM, (const float *)(raw + 1), 3);
+    ck_assert_int_eq(push1(&in, 1), 0);
+    memcpy(raw + 1, next, sizeof(next));
+    ck_assert_int_eq(push1(&in, 2), 0);
+    ck_assert_float_eq(shadow_f32("u", 0), 3.0f);
+    ck_assert_float_eq(shadow_f32("u", 1), 6.0f);
+    ck_assert_float_eq(shadow_f32("u", 2), 8.0f);
+}
+END_TEST
+
+START_TEST(test_store_view_is_frozen_while_pushes_go_on)
+{
+    float v1[2] = {1, 2}, v2[2] = {3, 6};
+    store_input in = f32_input("w", EMAD_PARAM, v1, 2);
+    store_view *view;
+    float seen[2];
+
+    ck_assert_int_eq(push1(&in, 1), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
+    ck_assert_uint_eq(view->step, 1);
+    in.data = v2;
+    ck_assert_int_eq(push1(&in, 2), 0);
+    /* The model moved on (copy-on-write), the view did not. */
+    ck_assert_float_eq(shadow_f32("w", 0), 2.0f);
+    memcpy(seen, view->tensors[0].data->data, sizeof(seen));
+    ck_assert_float_eq(seen[0], 1.0f);
+    ck_assert_float_eq(seen[1], 2.0f);
+    ck_assert_uint_eq(view->tensors[0].step, 1);
+    store_view_free(view);
+    /* Without a view, updates are in place again: the blob has one reference. */
+    ck_assert_uint_eq(get_tensor("w")->shadow->refs, 1);
+}
+END_TEST
+
+START_TEST(test_store_view_named_tensors_and_unknown_name)
+{
+    float v[1] = {1};
+    store_input in[2] = {f32_input("a", EMAD_PARAM, v, 1), f32_input("b", EMAD_PARAM, v, 1)};
+    const char *names[2] = {"b", "zz"};
+    size_t lens[2] = {1, 2};
+    store_view *view;
+
+    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 2, 0, &res, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 1, &view, &err), 0);
+    ck_assert_uint_eq(view->ntensors, 1);
+    ck_assert_str_eq(view->tensors[0].name, "b");
+    store_view_free(view);
+    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 2, &view, &err), EMAD_ENOTENSOR);
+    ck_assert_str_eq(err.tensor, "zz");
+}
+END_TEST
+
+/* Chunk input for a transaction: bytes [off, off+len) of data. */
+static store_input
+chunk(const char *name, const float *data, size_t n, uint64_t off, uint64_t len)
+{
+    store_input in = f32_input(name, EMAD_PARAM, data, n);
+    in.data = (const char *)data + off;
+    in.offset = off;
+    in.len = len;
+    return in;
+}
+
+START_TEST(test_store_txn_commit_applies_all_at_once)
+{
+    float big[4] = {1, 2, 3, 4}, small[1] = {9};
+    uint64_t id, staged;
+    store_input in;
+    store_view *view;
+
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, &id, &err), 0);
+    in = chunk("big", big, 4, 0, 8);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 1);
+    /* Nothing visible before commit. */
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->ntensors, 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_EINCOMPLETE);
+    ck_assert_str_eq(err.tensor, "big");
+    in = chunk("big", big, 4, 8, 8);
+    ck_assert_int_eq(store_txn_push(s, id, "m", 1, 1, 1, &in, 1, 0, &staged, &err), 0);
+    in = chunk("small", small, 1, 0, 4);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
+    ck_assert_uint_eq(view->ntensors, 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 2);
+    ck_assert_uint_eq(res.step, 1);
+    ck_assert_float_eq(shadow_f32("big", 3), 4.0f);
+    ck_assert_float_eq(shadow_f32("small", 0), 9.0f);
+    ck_assert_uint_eq(view->ntensors, 0); /* the earlier view still sees nothing */
+    store_view_free(view);
+    /* The transaction is closed. */
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_ENOTXN);
+}
+END_TEST
+
+START_TEST(test_store_txn_chunk_order_and_resend)
+{
+    float d[4] = {1, 2, 3, 4};
+    uint64_t id, staged;
+    store_input in;
+
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, &id, &err), 0);
+    in = chunk("t", d, 4, 4, 4); /* first chunk not at 0 */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
+    in = chunk("t", d, 4, 0, 8);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 0); /* resend ignored */
+    in = chunk("t", d, 4, 12, 4); /* gap */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
+    in = chunk("t", d, 4, 4, 8); /* overlaps the received bytes */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
+    in = chunk("t", d, 4, 8, 12); /* past the end */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_ESIZE);
+    in = chunk("t", d, 4, 8, 8);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    in = chunk("t", d, 4, 8, 8);
+    in.shape[0] = 5; /* shape differs from earlier chunks */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_ESHAPE);
+    ck_assert_int_eq(store_txn_push(s, id, "other", 5, 0, 0, &in, 1, 0, &staged, &err),
+                     EMAD_EMALFORMED);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 1, 2, &in, 1, 0, &staged, &err),
+                     EMAD_EMALFORMED);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_mem_eq(get_tensor("t")->shadow->data, d, sizeof(d));
+}
+END_TEST
+
+START_TEST(test_store_txn_abort_and_expiry_apply_nothing)
+{
+    float d[1] = {5};
+    uint64_t a, b, staged, txns = 0, views = 0;
+    store_input in = chunk("t", d, 1, 0, 4);
+    store_view *view;
+
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 1000, &a, &err), 0);
+    ck_assert_int_eq(store_txn_push(s, a, NULL, 0, 0, 0, &in, 1, 1000, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_abort(s, a, &err), 0);
+    ck_assert_int_eq(store_txn_abort(s, a, &err), EMAD_ENOTXN);
+
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 2, 1000, &b, &err), 0);
+    ck_assert_int_eq(store_txn_push(s, b, NULL, 0, 0, 0, &in, 1, 2000, &staged, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
+    ck_assert_int_eq(store_view_register(s, view, 2000, &err), 0);
+    store_expire(s, 2999, 1000, &txns, &views); /* idle 999 ms: kept */
+    ck_assert_uint_eq(txns, 0);
+    ck_assert_uint_eq(views, 0);
+    store_expire(s, 3000, 1000, &txns, &views);
+    ck_assert_uint_eq(txns, 1);
+    ck_assert_uint_eq(views, 1);
+    ck_assert_int_eq(store_txn_commit(s, b, 3000, &res, &err), EMAD_ENOTXN);
+    ck_assert_ptr_null(store_view_get(s, view->id, 3000));
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->ntensors, 0);
+}
+END_TEST
+
+START_TEST(test_store_txn_stale_at_commit_and_drop_aborts)
+{
+    float d[1] = {5}, e[1] = {7};
+    uint64_t id, staged;
+    store_input in = f32_input("t", EMAD_PARAM, d, 1);
+    store_gauges g;
+
+    ck_assert_int_eq(push1(&in, 3), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 3, 0, &id, &err), 0);
+    in = chunk("t", e, 1, 0, 4);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.stale, 1);
+    ck_assert_float_eq(shadow_f32("t", 0), 5.0f);
+
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 4, 0, &id, &err), 0);
+    store_gauges_get(s, &g);
+    ck_assert_uint_eq(g.txn_open, 1);
+    ck_assert_int_eq(store_drop_model(s, "m", 1, &err), 0);
+    store_gauges_get(s, &g);
+    ck_assert_uint_eq(g.txn_open, 0);
+    ck_assert_uint_eq(g.models, 0);
+}
+END_TEST
+
+START_TEST(test_store_gauges_count_shadow_bytes)
+{
+    float d[8] = {0};
+    uint16_t h[4] = {0};
+    store_input in[2] = {f32_input("a", EMAD_PARAM, d, 8),
+                         f32_input("h", EMAD_PARAM, (float *)h, 4)};
+    store_gauges g;
+
+    in[1].dtype = EMAD_BF16;
+    in[1].len = 8;
+    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 2, 0, &res, &err), 0);
+    store_gauges_get(s, &g);
+    ck_assert_uint_eq(g.tensors, 2);
+    ck_assert_uint_eq(g.shadow_bytes, 32 + 16); /* BF16 param: float32 shadow */
+}
+END_TEST
+
+static Suite *
+store_suite(void)
+{
+    Suite *su = suite_create("store");
+    TCase *tc = tcase_create("core");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_store_create_rules);
+    tcase_add_test(tc, test_store_first_push_copies_then_averages);
+    tcase_add_test(tc, test_store_decay_0_9_matches_numpy_float32);
+    tcase_add_test(tc, test_store_stale_steps_are_left_alone);
+    tcase_add_test(tc, test_store_buffers_are_copied_any_dtype);
+    tcase_add_test(tc, test_store_rejects_shape_change_and_applies_nothing);
+    tcase_add_test(tc, test_store_rejects_bad_inputs);
+    tcase_add_test(tc, test_store_f16_param_keeps_float32_shadow);
+    tcase_add_test(tc, test_store_unaligned_input);
+    tcase_add_test(tc, test_store_view_is_frozen_while_pushes_go_on);
+    tcase_add_test(tc, test_store_view_named_tensors_and_unknown_name);
+    tcase_add_test(tc, test_store_txn_commit_applies_all_at_once);
+    tcase_add_test(tc, test_store_txn_chunk_order_and_resend);
+    tcase_add_test(tc, test_store_txn_abort_and_expiry_apply_nothing);
+    tcase_add_test(tc, test_store_txn_stale_at_commit_and_drop_aborts);
+    tcase_add_test(tc, test_store_gauges_count_shadow_bytes);
+    suite_add_tcase(su, tc);
+    return su;
+}
+
+int
+main(void)
+{
+    SRunner *sr = srunner_create(store_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
