@@ -526,7 +526,7 @@ handle_create(req *r, store_err *err)
     if (store_create_model(r->srv->store, name, len, decay, exist_ok, &created, err) != 0)
         return err->code;
     if (created)
-        log_info("event=model_created model=%.*s decay=%.17g", (int)len, name, decay);
+        log_info("event=model_created model=%.*s decay=%.15g", (int)len, name, decay);
     reply_send(r, build_created, &created);
     return 0;
 }

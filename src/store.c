@@ -278,7 +278,7 @@ store_create_model(store *s, const char *name, size_t len, double decay, int exi
     cname(buf, sizeof(buf), name, len);
     if ((m = store_model_find(s, name, len)) != NULL) {
         if (m->decay != decay)
-            return fail(err, EMAD_EEXIST, NULL, "model '%s' exists with decay %.17g, not %.17g",
+            return fail(err, EMAD_EEXIST, NULL, "model '%s' exists with decay %.15g, not %.15g",
                         buf, m->decay, decay);
         if (!exist_ok)
             return fail(err, EMAD_EEXIST, NULL, "model '%s' already exists", buf);

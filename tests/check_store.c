@@ -73,15 +73,6 @@ get_tensor(const char *name)
     return NULL;
 }
 
-/* Bits of float element i of a tensor's shadow. */
-static uint32_t
-shadow_bits(const char *name, size_t i)
-{
-    uint32_t b;
-    memcpy(&b, (const char *)get_tensor(name)->shadow->data + 4 * i, 4);
-    return b;
-}
-
 static float
 shadow_f32(const char *name, size_t i)
 {

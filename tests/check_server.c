@@ -1,0 +1,652 @@
+/*
+ * check_server.c - tests for src/server.c without sockets: requests are
+ * packed with msgpack-c, handled by server_process() exactly as if they
+ * came off the wire, and the replies decoded and checked. Covers every
+ * op's round trip and every rejection path of the decoder, and that the
+ * server keeps answering after each bad request.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "proto.h"
+#include "server.h"
+
+static server *srv;
+static msgpack_sbuffer sb;
+static msgpack_packer pk;
+static msgpack_unpacked reply;
+static void *reply_buf;
+
+static void
+setup(void)
+{
+    server_config cfg;
+
+    server_config_init(&cfg);
+    cfg.max_message_bytes = 1 << 20;
+    srv = server_create_offline(&cfg);
+    msgpack_unpacked_init(&reply);
+}
+
+static void
+teardown(void)
+{
+    msgpack_unpacked_destroy(&reply);
+    free(reply_buf);
+    reply_buf = NULL;
+    server_destroy(srv);
+}
+
+/* Start packing a request map with n entries after v and op. */
+static void
+begin_req(const char *op, size_t n)
+{
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2 + n);
+    msgpack_pack_str_with_body(&pk, "v", 1);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "op", 2);
+    msgpack_pack_str_with_body(&pk, op, strlen(op));
+}
+
+static void
+key(const char *k)
+{
+    msgpack_pack_str_with_body(&pk, k, strlen(k));
+}
+
+static void
+kv_str(const char *k, const char *v)
+{
+    key(k);
+    msgpack_pack_str_with_body(&pk, v, strlen(v));
+}
+
+static void
+kv_u64(const char *k, uint64_t v)
+{
+    key(k);
+    msgpack_pack_uint64(&pk, v);
+}
+
+/* Send raw bytes; decode the reply into `reply`. */
+static const msgpack_object *
+send_raw(const void *buf, size_t len)
+{
+    size_t rlen, off = 0;
+
+    free(reply_buf);
+    msgpack_unpacked_destroy(&reply);
+    msgpack_unpacked_init(&reply);
+    server_process(srv, buf, len, &reply_buf, &rlen);
+    ck_assert_ptr_nonnull(reply_buf);
+    ck_assert_int_eq(msgpack_unpack_next(&reply, reply_buf, rlen, &off), MSGPACK_UNPACK_SUCCESS);
+    ck_assert_uint_eq(off, rlen);
+    ck_assert_int_eq(reply.data.type, MSGPACK_OBJECT_MAP);
+    return &reply.data;
+}
+
+/* Send the packed request. */
+static const msgpack_object *
+send_req(void)
+{
+    const msgpack_object *r = send_raw(sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    return r;
+}
+
+static const msgpack_object *
+get(const msgpack_object *map, const char *k)
+{
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *kk = &map->via.map.ptr[i].key;
+        if (kk->type == MSGPACK_OBJECT_STR && kk->via.str.size == strlen(k) &&
+            memcmp(kk->via.str.ptr, k, kk->via.str.size) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static uint64_t
+get_u(const msgpack_object *map, const char *k)
+{
+    const msgpack_object *o = get(map, k);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_int_eq(o->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    return o->via.u64;
+}
+
+/* Assert the reply is ok. */
+static void
+assert_ok(const msgpack_object *r)
+{
+    const msgpack_object *ok = get(r, "ok");
+    ck_assert_ptr_nonnull(ok);
+    if (!ok->via.boolean) {
+        const msgpack_object *m = get(get(r, "error"), "message");
+        ck_abort_msg("request failed: %.*s", (int)m->via.str.size, m->via.str.ptr);
+    }
+    ck_assert_uint_eq(get_u(r, "v"), 1);
+}
+
+/* Assert the reply is an error with this code, and its message contains text. */
+static void
+assert_err(const msgpack_object *r, int code, const char *text)
+{
+    const msgpack_object *e = get(r, "error"), *m, *name;
+    char buf[600];
+
+    ck_assert_int_eq(get(r, "ok")->via.boolean, 0);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_uint_eq(get_u(e, "code"), (uint64_t)-code);
+    name = get(e, "name");
+    ck_assert_str_eq(strndup(name->via.str.ptr, name->via.str.size), proto_errname(code));
+    m = get(e, "message");
+    snprintf(buf, sizeof(buf), "%.*s", (int)m->via.str.size, m->via.str.ptr);
+    if (text != NULL)
+        ck_assert_msg(strstr(buf, text) != NULL, "message '%s' lacks '%s'", buf, text);
+}
+
+/* The server still serves: a hello answers ok. */
+static void
+assert_serving(void)
+{
+    begin_req("hello", 0);
+    assert_ok(send_req());
+}
+
+static void
+create_model(const char *name, double decay)
+{
+    begin_req("create", 2);
+    kv_str("model", name);
+    key("decay");
+    msgpack_pack_double(&pk, decay);
+    assert_ok(send_req());
+}
+
+/* Pack one tensor map. */
+static void
+pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_t *shape,
+            uint32_t ndim, const void *data, size_t len)
+{
+    msgpack_pack_map(&pk, 5);
+    kv_str("name", name);
+    kv_str("kind", kind);
+    kv_str("dtype", dtype);
+    key("shape");
+    msgpack_pack_array(&pk, ndim);
+    for (uint32_t i = 0; i < ndim; i++)
+        msgpack_pack_uint64(&pk, shape[i]);
+    key("data");
+    msgpack_pack_bin_with_body(&pk, data, len);
+}
+
+/* Push one F32 param of n elements at step. */
+static const msgpack_object *
+push_f32(const char *model, uint64_t step, const char *name, const float *v, uint64_t n)
+{
+    begin_req("push", 3);
+    kv_str("model", model);
+    kv_u64("step", step);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    pack_tensor(name, "param", "F32", &n, 1, v, n * 4);
+    return send_req();
+}
+
+START_TEST(test_server_hello_reports_limits)
+{
+    const msgpack_object *r;
+
+    begin_req("hello", 0);
+    r = send_req();
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(r, "protocol"), 1);
+    ck_assert_uint_eq(get_u(r, "max_message_bytes"), 1 << 20);
+    ck_assert_uint_eq(get_u(r, "max_tensors"), PROTO_MAX_TENSORS);
+    ck_assert_uint_eq(get_u(r, "txn_timeout_ms"), 60000);
+}
+END_TEST
+
+START_TEST(test_server_push_pull_round_trip)
+{
+    float v1[3] = {1, 2, 3}, v2[3] = {3, 2, 1};
+    const msgpack_object *r, *t, *data;
+    float out[3];
+
+    create_model("m", 0.5);
+    assert_ok(push_f32("m", 1, "w", v1, 3));
+    r = push_f32("m", 2, "w", v2, 3);
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(r, "applied"), 1);
+    ck_assert_uint_eq(get_u(r, "step"), 2);
+    begin_req("pull", 1);
+    kv_str("model", "m");
+    r = send_req();
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(r, "step"), 2);
+    ck_assert_ptr_null(get(r, "session"));
+    t = &get(r, "tensors")->via.array.ptr[0];
+    ck_assert_uint_eq(get_u(t, "step"), 2);
+    ck_assert_uint_eq(get_u(t, "nbytes"), 12);
+    data = get(t, "data");
+    ck_assert_int_eq(data->type, MSGPACK_OBJECT_BIN);
+    memcpy(out, data->via.bin.ptr, 12);
+    /* decay 0.5: (1+3)/2, (2+2)/2, (3+1)/2 exactly. */
+    ck_assert_float_eq(out[0], 2.0f);
+    ck_assert_float_eq(out[1], 2.0f);
+    ck_assert_float_eq(out[2], 2.0f);
+}
+END_TEST
+
+START_TEST(test_server_push_same_step_is_stale)
+{
+    float v[1] = {1};
+    const msgpack_object *r, *names;
+
+    create_model("m", 0.5);
+    assert_ok(push_f32("m", 7, "w", v, 1));
+    r = push_f32("m", 7, "w", v, 1);
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(r, "applied"), 0);
+    ck_assert_uint_eq(get_u(r, "stale"), 1);
+    names = get(r, "stale_names");
+    ck_assert_uint_eq(names->via.array.size, 1);
+    ck_assert_int_eq(memcmp(names->via.array.ptr[0].via.str.ptr, "w", 1), 0);
+}
+END_TEST
+
+START_TEST(test_server_rejects_garbage_and_keeps_serving)
+{
+    const char junk[] = "\x17\x99garbage that is not msgpack\xc1";
+    const unsigned char huge_array[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    const unsigned char not_map[] = {0x93, 0x01, 0x02, 0x03};
+
+    assert_err(send_raw(junk, sizeof(junk)), EMAD_EMALFORMED, "msgpack");
+    assert_serving();
+    assert_err(send_raw(huge_array, sizeof(huge_array)), EMAD_EMALFORMED, "count");
+    assert_serving();
+    assert_err(send_raw(not_map, sizeof(not_map)), EMAD_EMALFORMED, "not a msgpack map");
+    assert_serving();
+    assert_err(send_raw("", 0), EMAD_EMALFORMED, "empty");
+    assert_serving();
+}
+END_TEST
+
+START_TEST(test_server_rejects_version_and_op)
+{
+    const msgpack_object *r, *sup;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    kv_u64("v", 2);
+    kv_str("op", "hello");
+    r = send_req();
+    assert_err(r, EMAD_EVERSION, "version 2");
+    sup = get(get(r, "error"), "supported");
+    ck_assert_ptr_nonnull(sup);
+    ck_assert_uint_eq(sup->via.array.ptr[0].via.u64, 1);
+    assert_serving();
+
+    begin_req("explode", 0);
+    assert_err(send_req(), EMAD_EOP, "explode");
+    assert_serving();
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    kv_str("op", "hello");
+    assert_err(send_req(), EMAD_EMALFORMED, "'v'");
+    assert_serving();
+}
+END_TEST
+
+START_TEST(test_server_rejects_malformed_push_fields)
+{
+    float v[2] = {1, 2};
+    uint64_t shape = 2;
+
+    create_model("m", 0.5);
+    begin_req("push", 2); /* no step */
+    kv_str("model", "m");
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    pack_tensor("w", "param", "F32", &shape, 1, v, 8);
+    assert_err(send_req(), EMAD_EMALFORMED, "'step'");
+
+    begin_req("push", 3); /* tensors not an array */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    kv_u64("tensors", 5);
+    assert_err(send_req(), EMAD_EMALFORMED, "'tensors'");
+
+    begin_req("push", 3); /* unknown dtype */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    pack_tensor("w", "param", "F17", &shape, 1, v, 8);
+    assert_err(send_req(), EMAD_EDTYPE, "tensor 'w'");
+
+    begin_req("push", 3); /* unknown kind */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    pack_tensor("w", "weight", "F32", &shape, 1, v, 8);
+    assert_err(send_req(), EMAD_EMALFORMED, "kind");
+
+    begin_req("push", 3); /* data length wrong */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    pack_tensor("w", "param", "F32", &shape, 1, v, 7);
+    assert_err(send_req(), EMAD_ESIZE, "needs 8");
+
+    begin_req("push", 3); /* data as str, not bin */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 5);
+    kv_str("name", "w");
+    kv_str("kind", "param");
+    kv_str("dtype", "F32");
+    key("shape");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 2);
+    kv_str("data", "abcdefgh");
+    assert_err(send_req(), EMAD_EMALFORMED, "'data'");
+
+    begin_req("push", 3); /* 17 dimensions */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    {
+        uint64_t sh[17];
+        for (int i = 0; i < 17; i++)
+            sh[i] = 1;
+        pack_tensor("w", "param", "F32", sh, 17, v, 4);
+    }
+    assert_err(send_req(), EMAD_ELIMIT, "dimensions");
+
+    begin_req("push", 3); /* offset outside a transaction */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 6);
+    kv_str("name", "w");
+    kv_str("kind", "param");
+    kv_str("dtype", "F32");
+    key("shape");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 1);
+    key("data");
+    msgpack_pack_bin_with_body(&pk, v, 4);
+    kv_u64("offset", 4);
+    assert_err(send_req(), EMAD_EMALFORMED, "transaction");
+
+    /* Nothing was stored, and the server still serves. */
+    begin_req("list", 1);
+    kv_str("model", "m");
+    {
+        const msgpack_object *r = send_req();
+        assert_ok(r);
+        ck_assert_uint_eq(get(r, "tensors")->via.array.size, 0);
+    }
+    assert_serving();
+}
+END_TEST
+
+START_TEST(test_server_error_names_tensor_for_shape_change)
+{
+    float v[3] = {1, 2, 3};
+    const msgpack_object *r, *t;
+
+    create_model("m", 0.5);
+    assert_ok(push_f32("m", 1, "layer.weight", v, 2));
+    r = push_f32("m", 2, "layer.weight", v, 3);
+    assert_err(r, EMAD_ESHAPE, "shape [3] differs from stored [2]");
+    t = get(get(r, "error"), "tensor");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(t->via.str.size, 12);
+    ck_assert_int_eq(memcmp(t->via.str.ptr, "layer.weight", 12), 0);
+    assert_serving();
+}
+END_TEST
+
+START_TEST(test_server_large_pull_uses_session_and_read)
+{
+    /* 128 Ki floats = 512 KiB; ask for replies of at most 64 KiB. */
+    size_t n = 128 * 1024;
+    float *v = malloc(n * 4), *back = malloc(n * 4);
+    const msgpack_object *r, *t;
+    uint64_t session, idx_nbytes, off = 0;
+
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)i * 0.25f;
+    create_model("m", 0.5);
+    assert_ok(push_f32("m", 1, "big", v, n));
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    kv_u64("max_reply_bytes", 65536);
+    r = send_req();
+    assert_ok(r);
+    session = get_u(r, "session");
+    t = &get(r, "tensors")->via.array.ptr[0];
+    ck_assert_ptr_null(get(t, "data"));
+    idx_nbytes = get_u(t, "nbytes");
+    ck_assert_uint_eq(idx_nbytes, n * 4);
+    /* A push now must not change what the session returns. */
+    {
+        float *z = calloc(n, 4);
+        assert_ok(push_f32("m", 2, "big", z, n));
+        free(z);
+    }
+    while (off < idx_nbytes) {
+        uint64_t len = idx_nbytes - off < 32768 ? idx_nbytes - off : 32768;
+        const msgpack_object *d;
+        begin_req("read", 2);
+        kv_u64("session", session);
+        key("ranges");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_array(&pk, 3);
+        msgpack_pack_uint64(&pk, 0);
+        msgpack_pack_uint64(&pk, off);
+        msgpack_pack_uint64(&pk, len);
+        r = send_req();
+        assert_ok(r);
+        d = &get(r, "data")->via.array.ptr[0];
+        ck_assert_uint_eq(d->via.bin.size, len);
+        memcpy((char *)back + off, d->via.bin.ptr, len);
+        off += len;
+    }
+    ck_assert_int_eq(memcmp(back, v, n * 4), 0);
+    /* Too big a read, a range past the end, then release. */
+    begin_req("read", 2);
+    kv_u64("session", session);
+    key("ranges");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 65536);
+    assert_err(send_req(), EMAD_ELIMIT, "per read");
+    begin_req("read", 2);
+    kv_u64("session", session);
+    key("ranges");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, idx_nbytes - 4);
+    msgpack_pack_uint64(&pk, 8);
+    assert_err(send_req(), EMAD_ERANGE, "past");
+    begin_req("release", 1);
+    kv_u64("session", session);
+    assert_ok(send_req());
+    begin_req("release", 1);
+    kv_u64("session", session);
+    assert_err(send_req(), EMAD_ENOSESSION, NULL);
+    free(v);
+    free(back);
+}
+END_TEST
+
+START_TEST(test_server_transaction_over_the_wire)
+{
+    float v[4] = {1, 2, 3, 4};
+    uint64_t shape = 4, txn;
+    const msgpack_object *r;
+
+    create_model("m", 0.5);
+    begin_req("begin", 2);
+    kv_str("model", "m");
+    kv_u64("step", 5);
+    r = send_req();
+    assert_ok(r);
+    txn = get_u(r, "txn");
+    for (int part = 0; part < 2; part++) {
+        begin_req("push", 2);
+        kv_u64("txn", txn);
+        key("tensors");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 6);
+        kv_str("name", "w");
+        kv_str("kind", "param");
+        kv_str("dtype", "F32");
+        key("shape");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_uint64(&pk, shape);
+        key("data");
+        msgpack_pack_bin_with_body(&pk, (const char *)v + 8 * part, 8);
+        kv_u64("offset", 8 * (uint64_t)part);
+        r = send_req();
+        assert_ok(r);
+        ck_assert_uint_eq(get_u(r, "staged"), 1);
+    }
+    begin_req("commit", 1);
+    kv_u64("txn", txn);
+    r = send_req();
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(r, "applied"), 1);
+    ck_assert_uint_eq(get_u(r, "step"), 5);
+    begin_req("abort", 1);
+    kv_u64("txn", txn);
+    assert_err(send_req(), EMAD_ENOTXN, NULL);
+}
+END_TEST
+
+START_TEST(test_server_create_list_drop_stats)
+{
+    const msgpack_object *r, *m, *st;
+
+    create_model("a", 0.9);
+    create_model("b", 0.99);
+    begin_req("create", 1);
+    kv_str("model", "a");
+    assert_err(send_req(), EMAD_EEXIST, "decay");
+    begin_req("create", 1);
+    kv_str("model", "../etc");
+    assert_err(send_req(), EMAD_ENAME, NULL);
+    begin_req("create", 2);
+    kv_str("model", "c");
+    kv_str("decay", "high");
+    assert_err(send_req(), EMAD_EMALFORMED, "'decay'");
+    begin_req("list", 0);
+    r = send_req();
+    assert_ok(r);
+    m = get(r, "models");
+    ck_assert_uint_eq(m->via.array.size, 2);
+    ck_assert_double_eq(get(&m->via.array.ptr[1], "decay")->via.f64, 0.99);
+    begin_req("drop", 1);
+    kv_str("model", "a");
+    assert_ok(send_req());
+    begin_req("drop", 1);
+    kv_str("model", "a");
+    assert_err(send_req(), EMAD_ENOMODEL, "'a'");
+    begin_req("stats", 0);
+    r = send_req();
+    assert_ok(r);
+    st = get(r, "stats");
+    ck_assert_uint_eq(get_u(st, "models"), 1);
+    ck_assert_uint_eq(get_u(st, "errors"), 4);
+    ck_assert_uint_eq(get_u(st, "errors_EMAD_EEXIST"), 1);
+    ck_assert_uint_eq(get_u(st, "errors_EMAD_ENOMODEL"), 1);
+    ck_assert_uint_eq(get_u(st, "requests_create"), 5);
+}
+END_TEST
+
+START_TEST(test_server_pull_f16_param_rounds_to_pushed_dtype)
+{
+    /* F16 1.0 then 0x3c03 (1 + 3*2^-10) with decay 0.5: the float32 shadow is
+     * 1 + 1.5*2^-10, a tie between F16 0x3c01 and 0x3c02; nearest even gives 0x3c02
+     * (numpy: np.float16(np.float32(1.0014648)) -> 0x3c02). */
+    uint16_t h1 = 0x3c00, h2 = 0x3c03, out;
+    uint64_t shape = 1;
+    const msgpack_object *r, *t;
+
+    create_model("m", 0.5);
+    for (int step = 1; step <= 2; step++) {
+        begin_req("push", 3);
+        kv_str("model", "m");
+        kv_u64("step", (uint64_t)step);
+        key("tensors");
+        msgpack_pack_array(&pk, 1);
+        pack_tensor("h", "param", "F16", &shape, 1, step == 1 ? &h1 : &h2, 2);
+        assert_ok(send_req());
+    }
+    begin_req("pull", 1);
+    kv_str("model", "m");
+    r = send_req();
+    assert_ok(r);
+    t = &get(r, "tensors")->via.array.ptr[0];
+    ck_assert_int_eq(get(t, "dtype")->via.str.ptr[0], 'F');
+    ck_assert_uint_eq(get(t, "data")->via.bin.size, 2);
+    memcpy(&out, get(t, "data")->via.bin.ptr, 2);
+    ck_assert_uint_eq(out, 0x3c02);
+}
+END_TEST
+
+static Suite *
+server_suite(void)
+{
+    Suite *s = suite_create("server");
+    TCase *tc = tcase_create("core");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_server_hello_reports_limits);
+    tcase_add_test(tc, test_server_push_pull_round_trip);
+    tcase_add_test(tc, test_server_push_same_step_is_stale);
+    tcase_add_test(tc, test_server_rejects_garbage_and_keeps_serving);
+    tcase_add_test(tc, test_server_rejects_version_and_op);
+    tcase_add_test(tc, test_server_rejects_malformed_push_fields);
+    tcase_add_test(tc, test_server_error_names_tensor_for_shape_change);
+    tcase_add_test(tc, test_server_large_pull_uses_session_and_read);
+    tcase_add_test(tc, test_server_transaction_over_the_wire);
+    tcase_add_test(tc, test_server_create_list_drop_stats);
+    tcase_add_test(tc, test_server_pull_f16_param_rounds_to_pushed_dtype);
+    tcase_set_timeout(tc, 30);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int
+main(void)
+{
+    SRunner *sr = srunner_create(server_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
