@@ -1,0 +1,638 @@
+/*
+ * check_ema.c - tests for src/ema.c: the EMA update kernels and shadow
+ * initialization. Hand-computed cases pin the order of operations and the
+ * float32 rounding after each one; long runs are compared bit for bit with
+ * an independent numpy reference (tests/reference.py, which needs Python 3
+ * with numpy: without it those tests fail, they do not skip). Also covered:
+ * in place versus out of place, unaligned value pointers, n = 0, and the
+ * dtypes the kernels refuse.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "ema.h"
+#include "testutil.h"
+
+/* Bit pattern of a float. */
+static uint32_t
+bits_of(float f)
+{
+    uint32_t u;
+
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+/* Bit pattern of a double. */
+static uint64_t
+bits_of_d(double d)
+{
+    uint64_t u;
+
+    memcpy(&u, &d, sizeof(u));
+    return u;
+}
+
+/* Little-endian u32 at p. */
+static uint32_t
+load_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Little-endian u64 at p. */
+static uint64_t
+load_u64(const unsigned char *p)
+{
+    return (uint64_t)load_u32(p) | (uint64_t)load_u32(p + 4) << 32;
+}
+
+/* Double stored little-endian at p. */
+static double
+load_f64(const unsigned char *p)
+{
+    uint64_t u = load_u64(p);
+    double d;
+
+    memcpy(&d, &u, sizeof(d));
+    return d;
+}
+
+/* Size of one shadow element for values of dtype. */
+static size_t
+shadow_size(int dtype)
+{
+    return dtype_size(dtype_shadow(dtype));
+}
+
+/* One float32 shadow step with one value, through the dispatcher. */
+static float
+step_f32(float shadow, float value, double decay)
+{
+    float out = -12345.0f;
+
+    ck_assert_int_eq(ema_update(&out, &shadow, &value, EMAD_F32, 1, decay), 0);
+    return out;
+}
+
+START_TEST(test_ema_coef_is_one_minus_decay_in_double_then_rounded_to_float)
+{
+    ck_assert_uint_eq(bits_of(ema_coef_f32(0.5)), bits_of(0.5f));
+    ck_assert_uint_eq(bits_of(ema_coef_f32(0.75)), bits_of(0.25f));
+    ck_assert_uint_eq(bits_of(ema_coef_f32(1.0)), bits_of(0.0f));
+    ck_assert_uint_eq(bits_of(ema_coef_f32(0.0)), bits_of(1.0f));
+    /*
+     * 0.9 is 0x1.ccccccccccccdp-1, so 1.0 - 0.9 = 0x1.9999999999998p-4
+     * (exact, Sterbenz) = 0.09999999999999998. The float32 neighbours are
+     * 0x3dcccccc = 0.099999994 and 0x3dcccccd = 0.100000001; the second is
+     * nearer, so c is 0x3dcccccd (the same float as 0.1f).
+     */
+    ck_assert_uint_eq(bits_of(ema_coef_f32(0.9)), 0x3dcccccdu);
+    /*
+     * 1.0 - 0.999 = 0x1.0624dd2f1aap-10 = 0.0010000000000000009; rounded to
+     * float32 (24 bits: 0x1.0624dep-10) that is 0x3a83126f = 0.0010000000475.
+     * Subtracting in float instead, 1.0f - 0.999f = 0x3a830000 = 0.00099998713,
+     * which is not what PyTorch computes.
+     */
+    ck_assert_uint_eq(bits_of(ema_coef_f32(0.999)), 0x3a83126fu);
+}
+END_TEST
+
+START_TEST(test_ema_decay_half_moves_one_halfway_to_three)
+{
+    /* c = 0.5: diff = 1 - 3 = -2, t = 0.5 * -2 = -1, shadow = 1 - (-1) = 2; all exact. */
+    float s32 = 1.0f, out32 = 0.0f, v32 = 3.0f;
+    double s64 = 1.0, out64 = 0.0, v64 = 3.0;
+    uint16_t v16 = 0x4200, vb16 = 0x4040; /* 3.0 in binary16 and in bfloat16 */
+
+    ck_assert_uint_eq(bits_of(step_f32(1.0f, 3.0f, 0.5)), bits_of(2.0f));
+    ck_assert_int_eq(ema_update(&out32, &s32, &v32, EMAD_F32, 1, 0.5), 0);
+    ck_assert_uint_eq(bits_of(out32), bits_of(2.0f));
+    ck_assert_uint_eq(bits_of(s32), bits_of(1.0f)); /* out of place: shadow untouched */
+    ck_assert_int_eq(ema_update(&out32, &s32, &v16, EMAD_F16, 1, 0.5), 0);
+    ck_assert_uint_eq(bits_of(out32), bits_of(2.0f));
+    ck_assert_int_eq(ema_update(&out32, &s32, &vb16, EMAD_BF16, 1, 0.5), 0);
+    ck_assert_uint_eq(bits_of(out32), bits_of(2.0f));
+    ck_assert_int_eq(ema_update(&out64, &s64, &v64, EMAD_F64, 1, 0.5), 0);
+    ck_assert_uint_eq(bits_of_d(out64), bits_of_d(2.0));
+    ck_assert_int_eq(ema_update(&s32, &s32, &v32, EMAD_F32, 1, 0.5), 0); /* in place */
+    ck_assert_uint_eq(bits_of(s32), bits_of(2.0f));
+}
+END_TEST
+
+START_TEST(test_ema_decay_0_9_f32_hand_computed_with_rounding_after_each_op)
+{
+    float s;
+
+    /*
+     * c = 0x3dcccccd = 13421773 * 2^-27 (see the coefficient test).
+     *
+     * Shadow 1, value 0: diff = 1, t = c, shadow = 1 - c = 120795955 * 2^-27
+     * exactly. In [0.5, 1) floats are multiples of 2^-24 = 8 * 2^-27, and
+     * 120795955 / 8 = 15099494.375 rounds to 15099494 = 0xe66666, i.e.
+     * 0x3f666666 = 0.899999976 (the float 0.9f).
+     */
+    ck_assert_uint_eq(bits_of(step_f32(1.0f, 0.0f, 0.9)), 0x3f666666u);
+    /*
+     * Shadow 2, value 1: 2 - c = 255013683 * 2^-27; in [1, 2) the spacing is
+     * 16 * 2^-27, 255013683 / 16 = 15938355.1875 rounds to 15938355 =
+     * 0xf33333: 0x3ff33333 = 1.89999998.
+     */
+    ck_assert_uint_eq(bits_of(step_f32(2.0f, 1.0f, 0.9)), 0x3ff33333u);
+    /*
+     * Two steps from shadow 0 toward value 1.
+     * Step 1: diff = -1, t = -c, shadow = 0 + c = 0x3dcccccd exactly.
+     */
+    s = step_f32(0.0f, 1.0f, 0.9);
+    ck_assert_uint_eq(bits_of(s), 0x3dcccccdu);
+    /*
+     * Step 2: diff = c - 1 = -120795955 * 2^-27, rounded as above to
+     * -15099494 * 2^-24. t = c * diff = -(13421773 * 15099494) * 2^-51 =
+     * -202661980882862 * 2^-51; that integer is in [2^47, 2^48), so floats
+     * there are multiples of 2^24 and 202661980882862 / 2^24 = 12079595.38
+     * rounds to 12079595: t = -12079595 * 2^-27. shadow = c - t =
+     * (13421773 + 12079595) * 2^-27 = 25501368 * 2^-27 = 3187671 * 2^-24,
+     * exact in float32: 0x3e428f5c = 0.189999998.
+     */
+    s = step_f32(s, 1.0f, 0.9);
+    ck_assert_uint_eq(bits_of(s), 0x3e428f5cu);
+}
+END_TEST
+
+START_TEST(test_ema_decay_0_9_f64_hand_computed)
+{
+    /*
+     * c = 1.0 - 0.9 is exact in double (Sterbenz: 0.9 is within a factor 2
+     * of 1), so with shadow 1 and value 0, shadow = 1 - c*1 = 1 - (1 - 0.9)
+     * = 0.9 exactly (again Sterbenz). With shadow 0 and value 1 the result
+     * is c itself: 0x1.9999999999998p-4, two ulps below the double 0.1.
+     */
+    double s = 1.0, v = 0.0, out;
+
+    ck_assert_int_eq(ema_update(&out, &s, &v, EMAD_F64, 1, 0.9), 0);
+    ck_assert_uint_eq(bits_of_d(out), bits_of_d(0.9));
+    s = 0.0;
+    v = 1.0;
+    ck_assert_int_eq(ema_update(&out, &s, &v, EMAD_F64, 1, 0.9), 0);
+    ck_assert_uint_eq(bits_of_d(out), bits_of_d(0x1.9999999999998p-4));
+    ck_assert_uint_ne(bits_of_d(out), bits_of_d(0.1));
+    /* ema_update_f64 with an explicit c is the same kernel. */
+    ema_update_f64(&out, &s, &v, 1, 0.25);
+    ck_assert_uint_eq(bits_of_d(out), bits_of_d(0.25));
+}
+END_TEST
+
+START_TEST(test_ema_decay_zero_is_not_an_exact_copy_and_decay_one_keeps_the_shadow)
+{
+    /*
+     * decay 0 gives c = 1 and shadow - (shadow - value), which is the value
+     * only if shadow - value is exact: with shadow 1 and value 1e-30,
+     * diff rounds to 1 and the result is 0, as in PyTorch.
+     */
+    ck_assert_uint_eq(bits_of(step_f32(1.0f, 1e-30f, 0.0)), bits_of(0.0f));
+    ck_assert_uint_eq(bits_of(step_f32(1.0f, 0.375f, 0.0)), bits_of(0.375f));
+    /* decay 1: c = 0, t = 0, the shadow stays (finite values). */
+    ck_assert_uint_eq(bits_of(step_f32(1.5f, -7.0f, 1.0)), bits_of(1.5f));
+    /* ... except the sign of a zero: t = 0 * -3 = -0 and (-0) - (-0) = +0. */
+    ck_assert_uint_eq(bits_of(step_f32(-0.0f, 3.0f, 1.0)), bits_of(0.0f));
+}
+END_TEST
+
+START_TEST(test_ema_f16_and_bf16_values_are_widened_exactly)
+{
+    float s[4] = {0.0f, 0.0f, 1.0f, -1.0f}, out[4];
+    /* binary16: smallest subnormal 2^-24, largest finite 65504, 0x3555 = 0.333251953125, -0 */
+    uint16_t h[4] = {0x0001, 0x7bff, 0x3555, 0x8000};
+    /* bfloat16: 2^-133 (a float32 subnormal), 1 + 2^-7, 0.5, the largest finite 0x7f7f */
+    uint16_t b[4] = {0x0001, 0x3f81, 0x3f00, 0x7f7f};
+
+    /* c = 1 (decay 0) and shadow 0: the result is the widened value itself. */
+    ck_assert_int_eq(ema_update(out, s, h, EMAD_F16, 2, 0.0), 0);
+    ck_assert_uint_eq(bits_of(out[0]), bits_of(0x1p-24f));
+    ck_assert_uint_eq(bits_of(out[1]), bits_of(65504.0f));
+    ck_assert_int_eq(ema_update(out, s, b, EMAD_BF16, 2, 0.0), 0);
+    ck_assert_uint_eq(bits_of(out[0]), 0x00010000u);
+    ck_assert_uint_eq(bits_of(out[1]), bits_of(1.0078125f));
+    /*
+     * Decay 0.5 from shadow 1 toward 0.333251953125 (exact with 11 bits):
+     * diff = 0.666748046875, t = 0.3333740234375, shadow = 0.6666259765625,
+     * all exact in float32. From shadow -1 toward -0: diff = -1, t = -0.5,
+     * shadow = -0.5.
+     */
+    ck_assert_int_eq(ema_update(out + 2, s + 2, h + 2, EMAD_F16, 2, 0.5), 0);
+    ck_assert_uint_eq(bits_of(out[2]), bits_of(0.6666259765625f));
+    ck_assert_uint_eq(bits_of(out[3]), bits_of(-0.5f));
+    /*
+     * bfloat16 0.5 from shadow 1: 0.75. 0x7f7f = 0x1.fep127 from shadow -1:
+     * diff = -1 - 0x1.fep127 rounds to -0x1.fep127, t = -0x1.fep126, and
+     * -1 - t rounds to 0x1.fep126.
+     */
+    ck_assert_int_eq(ema_update(out + 2, s + 2, b + 2, EMAD_BF16, 2, 0.5), 0);
+    ck_assert_uint_eq(bits_of(out[2]), bits_of(0.75f));
+    ck_assert_uint_eq(bits_of(out[3]), bits_of(0x1.fep126f));
+}
+END_TEST
+
+START_TEST(test_ema_nan_value_poisons_only_its_own_element)
+{
+    float s[3] = {1.0f, 1.0f, 1.0f}, v[3] = {3.0f, NAN, 3.0f};
+
+    ck_assert_int_eq(ema_update(s, s, v, EMAD_F32, 3, 0.5), 0);
+    ck_assert_uint_eq(bits_of(s[0]), bits_of(2.0f));
+    ck_assert(isnan(s[1]));
+    ck_assert_uint_eq(bits_of(s[2]), bits_of(2.0f));
+}
+END_TEST
+
+/* Fill n value elements of dtype at p with random finite values in [-1, 1). */
+static void
+random_values(void *p, int dtype, size_t n, uint64_t *state)
+{
+    unsigned char *out = p;
+
+    for (size_t i = 0; i < n; i++) {
+        float f = tu_randf(state);
+        double d = (double)f * 3.0 + (double)tu_randf(state) * 1e-9;
+        uint16_t h;
+
+        switch (dtype) {
+        case EMAD_F32:
+            memcpy(out + 4 * i, &f, 4);
+            break;
+        case EMAD_F16:
+            h = dtype_f32_to_f16(f);
+            memcpy(out + 2 * i, &h, 2);
+            break;
+        case EMAD_BF16:
+            h = dtype_f32_to_bf16(f);
+            memcpy(out + 2 * i, &h, 2);
+            break;
+        default:
+            memcpy(out + 8 * i, &d, 8);
+        }
+    }
+}
+
+/* Random shadow of n elements for values of dtype (float32, or float64 for F64). */
+static void
+random_shadow(void *p, int dtype, size_t n, uint64_t *state)
+{
+    random_values(p, dtype == EMAD_F64 ? EMAD_F64 : EMAD_F32, n, state);
+}
+
+static const int float_dtypes[] = {EMAD_F32, EMAD_F16, EMAD_BF16, EMAD_F64};
+
+START_TEST(test_ema_in_place_and_out_of_place_give_the_same_bits)
+{
+    enum { N = 2500 }; /* more than two of ema.c's widening blocks */
+
+    for (size_t k = 0; k < sizeof(float_dtypes) / sizeof(float_dtypes[0]); k++) {
+        int dt = float_dtypes[k];
+        size_t ss = shadow_size(dt);
+        unsigned char *shadow = malloc(N * ss), *orig = malloc(N * ss), *inplace = malloc(N * ss);
+        unsigned char *outp = malloc(N * ss), *value = malloc(N * 8);
+        uint64_t state = 777 + k;
+
+        random_shadow(shadow, dt, N, &state);
+        random_values(value, dt, N, &state);
+        memcpy(orig, shadow, N * ss);
+        memcpy(inplace, shadow, N * ss);
+        ck_assert_int_eq(ema_update(inplace, inplace, value, dt, N, 0.7), 0);
+        ck_assert_int_eq(ema_update(outp, shadow, value, dt, N, 0.7), 0);
+        ck_assert_mem_eq(inplace, outp, N * ss);
+        ck_assert_mem_eq(shadow, orig, N * ss); /* out of place leaves the shadow alone */
+        ck_assert(memcmp(outp, orig, N * ss) != 0);
+        /* Element by element against the formula written out here. */
+        for (size_t i = 0; i < N; i++) {
+            if (dt == EMAD_F64) {
+                double s, v, d, c = 1.0 - 0.7;
+
+                memcpy(&s, orig + 8 * i, 8);
+                memcpy(&v, value + 8 * i, 8);
+                memcpy(&d, outp + 8 * i, 8);
+                double diff = s - v;
+                double t = c * diff;
+                ck_assert_uint_eq(bits_of_d(d), bits_of_d(s - t));
+            } else {
+                float s, v, d, c = (float)(1.0 - 0.7);
+                uint16_t h;
+
+                memcpy(&s, orig + 4 * i, 4);
+                memcpy(&d, outp + 4 * i, 4);
+                if (dt == EMAD_F32) {
+                    memcpy(&v, value + 4 * i, 4);
+                } else {
+                    memcpy(&h, value + 2 * i, 2);
+                    v = dt == EMAD_F16 ? dtype_f16_to_f32(h) : dtype_bf16_to_f32(h);
+                }
+                float diff = s - v;
+                float t = c * diff;
+                ck_assert_uint_eq(bits_of(d), bits_of(s - t));
+            }
+        }
+        free(shadow);
+        free(orig);
+        free(inplace);
+        free(outp);
+        free(value);
+    }
+}
+END_TEST
+
+START_TEST(test_ema_accepts_value_pointers_at_any_alignment)
+{
+    enum { N = 2111 };
+
+    for (size_t k = 0; k < sizeof(float_dtypes) / sizeof(float_dtypes[0]); k++) {
+        int dt = float_dtypes[k];
+        size_t ss = shadow_size(dt), vs = dtype_size(dt);
+        unsigned char *shadow = malloc(N * ss), *want = malloc(N * ss), *got = malloc(N * ss);
+        unsigned char *init = malloc(N * ss), *value = malloc(N * vs), *raw = malloc(N * vs + 8);
+        uint64_t state = 4242 + k;
+
+        random_shadow(shadow, dt, N, &state);
+        random_values(value, dt, N, &state);
+        ck_assert_int_eq(ema_update(want, shadow, value, dt, N, 0.99), 0);
+        ck_assert_int_eq(ema_init(init, value, dt, N), 0);
+        for (size_t off = 1; off < 8; off++) {
+            memcpy(raw + off, value, N * vs);
+            memset(got, 0, N * ss);
+            ck_assert_int_eq(ema_update(got, shadow, raw + off, dt, N, 0.99), 0);
+            ck_assert_msg(memcmp(got, want, N * ss) == 0, "dtype %s, value offset %zu",
+                          dtype_name(dt), off);
+            memcpy(got, shadow, N * ss);
+            ck_assert_int_eq(ema_update(got, got, raw + off, dt, N, 0.99), 0);
+            ck_assert_msg(memcmp(got, want, N * ss) == 0, "in place, dtype %s, offset %zu",
+                          dtype_name(dt), off);
+            ck_assert_int_eq(ema_init(got, raw + off, dt, N), 0);
+            ck_assert_msg(memcmp(got, init, N * ss) == 0, "init, dtype %s, offset %zu",
+                          dtype_name(dt), off);
+        }
+        free(init);
+        free(shadow);
+        free(want);
+        free(got);
+        free(value);
+        free(raw);
+    }
+}
+END_TEST
+
+START_TEST(test_ema_zero_elements_write_nothing)
+{
+    unsigned char dst[64], canary[64], shadow[64] = {0}, value[64] = {0};
+
+    memset(canary, 0xa5, sizeof(canary));
+    for (size_t k = 0; k < sizeof(float_dtypes) / sizeof(float_dtypes[0]); k++) {
+        memcpy(dst, canary, sizeof(dst));
+        ck_assert_int_eq(ema_update(dst, shadow, value, float_dtypes[k], 0, 0.5), 0);
+        ck_assert_int_eq(ema_init(dst, value, float_dtypes[k], 0), 0);
+        ck_assert_mem_eq(dst, canary, sizeof(dst));
+    }
+}
+END_TEST
+
+START_TEST(test_ema_init_converts_values_to_the_shadow_dtype)
+{
+    uint16_t h[3] = {0x3c00, 0x0001, 0xc000};             /* binary16 1, 2^-24, -2 */
+    uint16_t b[3] = {0x3f80, 0x4049, 0xff80};             /* bfloat16 1, 3.140625, -inf */
+    uint32_t f[3] = {0x3f800000, 0x7fa00001, 0x80000001}; /* 1, a signaling NaN, -tiny */
+    double d[2] = {0.1, -1e300}, d_out[2];
+    float out[3];
+
+    ck_assert_int_eq(ema_init(out, h, EMAD_F16, 3), 0);
+    ck_assert_uint_eq(bits_of(out[0]), bits_of(1.0f));
+    ck_assert_uint_eq(bits_of(out[1]), bits_of(0x1p-24f));
+    ck_assert_uint_eq(bits_of(out[2]), bits_of(-2.0f));
+    ck_assert_int_eq(ema_init(out, b, EMAD_BF16, 3), 0);
+    ck_assert_uint_eq(bits_of(out[0]), bits_of(1.0f));
+    ck_assert_uint_eq(bits_of(out[1]), bits_of(3.140625f));
+    ck_assert_uint_eq(bits_of(out[2]), 0xff800000u);
+    /* F32 is a bit copy, NaN payloads included. */
+    ck_assert_int_eq(ema_init(out, f, EMAD_F32, 3), 0);
+    ck_assert_mem_eq(out, f, sizeof(f));
+    ck_assert_int_eq(ema_init(d_out, d, EMAD_F64, 2), 0);
+    ck_assert_mem_eq(d_out, d, sizeof(d));
+}
+END_TEST
+
+START_TEST(test_ema_rejects_non_float_dtypes_and_writes_nothing)
+{
+    static const int bad[] = {EMAD_DTYPE_INVALID, EMAD_BOOL, EMAD_U8,  EMAD_I8,  EMAD_I16,
+                              EMAD_U16,           EMAD_I32,  EMAD_U32, EMAD_I64, EMAD_U64,
+                              EMAD_DTYPE_COUNT,   -1,        99};
+    unsigned char dst[64], canary[64], shadow[64] = {0}, value[64] = {1};
+
+    memset(canary, 0x3c, sizeof(canary));
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memcpy(dst, canary, sizeof(dst));
+        ck_assert_int_eq(ema_update(dst, shadow, value, bad[i], 4, 0.5), EMAD_EDTYPE);
+        ck_assert_int_eq(ema_init(dst, value, bad[i], 4), EMAD_EDTYPE);
+        ck_assert_mem_eq(dst, canary, sizeof(dst));
+    }
+}
+END_TEST
+
+/*
+ * Run tests/reference.py ema for (seed, n, steps, decay, dtype), replay the
+ * same steps with ema_update() -- alternating in place and out of place,
+ * with the value pointer at an odd address -- and require the final shadow
+ * to equal numpy's bit for bit. Fails the test if numpy is unavailable.
+ */
+static void
+check_against_numpy(unsigned seed, size_t n, size_t steps, double decay, int dtype)
+{
+    char *dir = tu_tmpdir();
+    char cmd[2048], path[1024], *out = NULL;
+    unsigned char *buf, *a, *b, *cur, *next, *vbuf;
+    const unsigned char *shadow0, *values, *expected;
+    size_t len, ss = shadow_size(dtype), vs = dtype_size(dtype), mismatches = 0;
+    int status;
+
+    snprintf(path, sizeof(path), "%s/ema.bin", dir);
+    snprintf(cmd, sizeof(cmd), "'%s' '%s/tests/reference.py' ema %u %zu %zu %.17g %s '%s'",
+             tu_python(), tu_srcdir(), seed, n, steps, decay, dtype_name(dtype), path);
+    status = tu_run(cmd, &out);
+    if (status != 0)
+        ck_abort_msg("the numpy reference failed (exit status %d): %s\n%s\n"
+                     "This test needs Python 3 with numpy: install python3-numpy, or set "
+                     "PYTHON3 to an interpreter that has it.",
+                     status, cmd, out != NULL ? out : "");
+    free(out);
+    buf = tu_read_file(path, &len);
+    ck_assert_msg(buf != NULL, "cannot read %s", path);
+
+    /* Header: see tests/reference.py. */
+    ck_assert_msg(len >= 48 && memcmp(buf, "EMADEMA1", 8) == 0, "bad reference file");
+    ck_assert_uint_eq(load_u64(buf + 8), n);
+    ck_assert_uint_eq(load_u64(buf + 16), steps);
+    ck_assert_uint_eq(bits_of_d(load_f64(buf + 24)), bits_of_d(decay));
+    ck_assert_uint_eq(load_u32(buf + 40), vs);
+    ck_assert_uint_eq(load_u32(buf + 44), ss);
+    ck_assert_uint_eq(len, 48 + n * ss + steps * n * vs + n * ss);
+    if (dtype == EMAD_F64)
+        ck_assert_uint_eq(bits_of_d(load_f64(buf + 32)), bits_of_d(1.0 - decay));
+    else
+        ck_assert_uint_eq(bits_of_d(load_f64(buf + 32)), bits_of_d((double)ema_coef_f32(decay)));
+    shadow0 = buf + 48;
+    values = shadow0 + n * ss;
+    expected = values + steps * n * vs;
+    /* The run must actually move the shadow, or equality would prove little. */
+    ck_assert(memcmp(shadow0, expected, n * ss) != 0);
+
+    a = malloc(n * ss);
+    b = malloc(n * ss);
+    vbuf = malloc(n * vs + 8);
+    memcpy(a, shadow0, n * ss);
+    cur = a;
+    next = b;
+    for (size_t k = 0; k < steps; k++) {
+        const unsigned char *v = values + k * n * vs;
+
+        if (k % 3 == 2) {
+            memcpy(vbuf + 1 + k % 7, v, n * vs); /* misaligned copy */
+            v = vbuf + 1 + k % 7;
+        }
+        if (k % 2 == 0) {
+            ck_assert_int_eq(ema_update(cur, cur, v, dtype, n, decay), 0);
+        } else {
+            unsigned char *tmp = cur;
+
+            ck_assert_int_eq(ema_update(next, cur, v, dtype, n, decay), 0);
+            cur = next;
+            next = tmp;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (memcmp(cur + i * ss, expected + i * ss, ss) != 0) {
+            if (mismatches++ < 5) {
+                uint64_t got = 0, want = 0;
+
+                memcpy(&got, cur + i * ss, ss);
+                memcpy(&want, expected + i * ss, ss);
+                fprintf(stderr, "%s decay %.17g element %zu: got 0x%llx, numpy 0x%llx\n",
+                        dtype_name(dtype), decay, i, (unsigned long long)got,
+                        (unsigned long long)want);
+            }
+        }
+    }
+    ck_assert_msg(mismatches == 0, "%s, decay %.17g: %zu of %zu elements differ from numpy",
+                  dtype_name(dtype), decay, mismatches, n);
+
+    if (dtype == EMAD_F32) {
+        /*
+         * The comparison has teeth: the same steps with the last two
+         * operations fused (fmaf(-c, diff, s), what FMA contraction would
+         * produce), or as the algebraically equal decay * s + c * v, must
+         * not match numpy everywhere.
+         */
+        float c = ema_coef_f32(decay), d = (float)decay;
+        size_t differ_fma = 0, differ_lerp = 0;
+
+        memcpy(a, shadow0, n * ss);
+        memcpy(b, shadow0, n * ss);
+        for (size_t k = 0; k < steps; k++) {
+            for (size_t i = 0; i < n; i++) {
+                float s, v;
+
+                memcpy(&v, values + (k * n + i) * 4, 4);
+                memcpy(&s, a + 4 * i, 4);
+                s = fmaf(-c, s - v, s);
+                memcpy(a + 4 * i, &s, 4);
+                memcpy(&s, b + 4 * i, 4);
+                s = d * s + c * v;
+                memcpy(b + 4 * i, &s, 4);
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            differ_fma += memcmp(a + 4 * i, expected + 4 * i, 4) != 0;
+            differ_lerp += memcmp(b + 4 * i, expected + 4 * i, 4) != 0;
+        }
+        ck_assert_uint_gt(differ_fma, 0);
+        ck_assert_uint_gt(differ_lerp, 0);
+    }
+    free(a);
+    free(b);
+    free(vbuf);
+    free(buf);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+START_TEST(test_ema_f32_matches_numpy_reference_over_1000_steps)
+{
+    check_against_numpy(1, 1031, 1000, 0.999, EMAD_F32);
+    check_against_numpy(2, 1031, 1000, 0.9, EMAD_F32);
+    check_against_numpy(3, 517, 1000, 0.123456789, EMAD_F32);
+}
+END_TEST
+
+START_TEST(test_ema_f16_values_match_numpy_reference_over_1000_steps)
+{
+    check_against_numpy(4, 1031, 1000, 0.999, EMAD_F16);
+    check_against_numpy(5, 2053, 300, 0.75, EMAD_F16);
+}
+END_TEST
+
+START_TEST(test_ema_bf16_values_match_numpy_reference_over_1000_steps)
+{
+    check_against_numpy(6, 1031, 1000, 0.999, EMAD_BF16);
+    check_against_numpy(7, 2053, 300, 0.6, EMAD_BF16);
+}
+END_TEST
+
+START_TEST(test_ema_f64_matches_numpy_reference_over_1000_steps)
+{
+    check_against_numpy(8, 1031, 1000, 0.999, EMAD_F64);
+    check_against_numpy(9, 517, 1000, 0.9, EMAD_F64);
+}
+END_TEST
+
+/* The ema suite: hand-computed cases, then the numpy comparisons. */
+static Suite *
+ema_suite(void)
+{
+    Suite *s = suite_create("ema");
+    TCase *tc = tcase_create("kernels");
+    TCase *ref = tcase_create("numpy");
+
+    tcase_add_test(tc, test_ema_coef_is_one_minus_decay_in_double_then_rounded_to_float);
+    tcase_add_test(tc, test_ema_decay_half_moves_one_halfway_to_three);
+    tcase_add_test(tc, test_ema_decay_0_9_f32_hand_computed_with_rounding_after_each_op);
+    tcase_add_test(tc, test_ema_decay_0_9_f64_hand_computed);
+    tcase_add_test(tc, test_ema_decay_zero_is_not_an_exact_copy_and_decay_one_keeps_the_shadow);
+    tcase_add_test(tc, test_ema_f16_and_bf16_values_are_widened_exactly);
+    tcase_add_test(tc, test_ema_nan_value_poisons_only_its_own_element);
+    tcase_add_test(tc, test_ema_in_place_and_out_of_place_give_the_same_bits);
+    tcase_add_test(tc, test_ema_accepts_value_pointers_at_any_alignment);
+    tcase_add_test(tc, test_ema_zero_elements_write_nothing);
+    tcase_add_test(tc, test_ema_init_converts_values_to_the_shadow_dtype);
+    tcase_add_test(tc, test_ema_rejects_non_float_dtypes_and_writes_nothing);
+    tcase_set_timeout(tc, 30);
+    suite_add_tcase(s, tc);
+
+    tcase_add_test(ref, test_ema_f32_matches_numpy_reference_over_1000_steps);
+    tcase_add_test(ref, test_ema_f16_values_match_numpy_reference_over_1000_steps);
+    tcase_add_test(ref, test_ema_bf16_values_match_numpy_reference_over_1000_steps);
+    tcase_add_test(ref, test_ema_f64_matches_numpy_reference_over_1000_steps);
+    tcase_set_timeout(ref, 120);
+    suite_add_tcase(s, ref);
+    return s;
+}
+
+/* Run the ema suite; exit status 0 if every test passed. */
+int
+main(void)
+{
+    SRunner *sr = srunner_create(ema_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
