@@ -171,6 +171,7 @@ reply_send(req *r, build_fn build, const void *ctx)
         msgpack_packer_init(&pk, &w, wbuf_write);
         build(&pk, ctx);
         r->reply_len = len;
+        srv->counters[C_BYTES_OUT] += len; /* counted as on the socket, so stats agree */
         return;
     }
     if ((msg = nn_allocmsg(len, 0)) == NULL) {
@@ -233,14 +234,44 @@ build_error(msgpack_packer *pk, const void *vctx)
     }
 }
 
+/*
+ * Make a NUL-terminated reply string valid UTF-8 in place: error messages
+ * quote model and tensor names straight from the request, which may be any
+ * bytes, and vsnprintf may cut a multi-byte character at the buffer's end.
+ * Every byte that does not start a valid character (or is a control
+ * character) becomes '?'.
+ */
+static void
+utf8_scrub(char *s)
+{
+    size_t len = strlen(s);
+
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : 4;
+
+        if (n > len - i || proto_check_tensor_name(s + i, n) != 0)
+            s[i++] = '?';
+        else
+            i += n;
+    }
+}
+
 /* The one error path: log, count and reply. */
 static void
-reply_error(req *r, const store_err *e)
+reply_error(req *r, const store_err *err)
 {
     server *srv = r->srv;
+    store_err scrubbed = *err, *e = &scrubbed;
     const char *name = proto_errname(e->code);
     int code = -e->code;
     err_ctx ctx = {e};
+
+    /* Replies carry UTF-8 strings only (docs/PROTOCOL.md): clean the message, and
+     * name a tensor only if its name is a valid one. */
+    utf8_scrub(e->message);
+    if (proto_check_tensor_name(e->tensor, strlen(e->tensor)) != 0)
+        e->tensor[0] = '\0';
 
     srv->counters[C_ERRORS]++;
     if (code >= ERR_FIRST && code <= ERR_LAST)
@@ -454,8 +485,8 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
     return 0;
 
 fail_named:
-    /* Name the tensor at fault when its name decoded. */
-    if (in[bad].name != NULL) {
+    /* Name the tensor at fault when its name decoded and is a valid name (not raw bytes). */
+    if (in[bad].name != NULL && proto_check_tensor_name(in[bad].name, in[bad].name_len) == 0) {
         char msg[sizeof(err->message)];
         size_t nl =
             in[bad].name_len < sizeof(err->tensor) - 1 ? in[bad].name_len : sizeof(err->tensor) - 1;

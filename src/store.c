@@ -411,6 +411,20 @@ find_duplicate(const store_input *in, size_t n)
     return dup;
 }
 
+/*
+ * The per-message tensor limit, checked by store_push() and store_txn_push()
+ * only: a transaction may stage more tensors than one message carries, and
+ * its commit must still apply them all.
+ */
+static int
+check_message_size(size_t n, store_err *err)
+{
+    if (n > PROTO_MAX_TENSORS)
+        return fail(err, EMAD_ELIMIT, NULL, "push has %zu tensors, at most %d", n,
+                    PROTO_MAX_TENSORS);
+    return 0;
+}
+
 /* Validate a whole push against model m. */
 static int
 validate(const model *m, const store_input *in, size_t n, int whole, store_err *err)
@@ -421,9 +435,7 @@ validate(const model *m, const store_input *in, size_t n, int whole, store_err *
 
     if (n == 0)
         return fail(err, EMAD_EMALFORMED, NULL, "push has no tensors");
-    if (n > PROTO_MAX_TENSORS)
-        return fail(err, EMAD_ELIMIT, NULL, "push has %zu tensors, at most %d", n,
-                    PROTO_MAX_TENSORS);
+    /* PROTO_MAX_TENSORS bounds one message, not a commit: see check_message_size(). */
     for (size_t i = 0; i < n; i++) {
         int rc = check_input(m, &in[i], whole, &nbytes, err);
         if (rc != 0)
@@ -576,7 +588,7 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, const st
 {
     model *m = model_get(s, model_name, len, err);
 
-    if (m == NULL)
+    if (m == NULL || check_message_size(n, err) != 0)
         return err->code;
     return push_model(m, step, in, n, now_ms, res, err);
 }
@@ -677,7 +689,7 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
                     (unsigned long long)id, (unsigned long long)t->step, (unsigned long long)step);
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
-    if (validate(m, in, n, 0, err) != 0)
+    if (check_message_size(n, err) != 0 || validate(m, in, n, 0, err) != 0)
         return err->code;
     /* Check every chunk against its staged tensor before touching any. */
     slot = xcalloc(n, sizeof(*slot));
@@ -813,8 +825,10 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
             if (strmap_get(m->index, names[i], name_lens[i]) == NULL) {
                 char name[EMAD_MAX_NAME_BYTES + 1];
                 cname(name, sizeof(name), names[i], name_lens[i]);
-                return fail(err, EMAD_ENOTENSOR, name, "model '%s' has no tensor '%s'", m->name,
-                            name);
+                /* Only a valid name goes into error.tensor: the request may hold any bytes. */
+                return fail(err, EMAD_ENOTENSOR,
+                            proto_check_tensor_name(names[i], name_lens[i]) == 0 ? name : NULL,
+                            "model '%s' has no tensor '%s'", m->name, name);
             }
         }
     }

@@ -19,6 +19,7 @@ static msgpack_sbuffer sb;
 static msgpack_packer pk;
 static msgpack_unpacked reply;
 static void *reply_buf;
+static size_t reply_len;
 
 static void
 setup(void)
@@ -87,6 +88,7 @@ send_raw(const void *buf, size_t len)
     ck_assert_int_eq(msgpack_unpack_next(&reply, reply_buf, rlen, &off), MSGPACK_UNPACK_SUCCESS);
     ck_assert_uint_eq(off, rlen);
     ck_assert_int_eq(reply.data.type, MSGPACK_OBJECT_MAP);
+    reply_len = rlen;
     return &reply.data;
 }
 
@@ -144,7 +146,8 @@ assert_err(const msgpack_object *r, int code, const char *text)
     ck_assert_ptr_nonnull(e);
     ck_assert_uint_eq(get_u(e, "code"), (uint64_t)-code);
     name = get(e, "name");
-    ck_assert_str_eq(strndup(name->via.str.ptr, name->via.str.size), proto_errname(code));
+    snprintf(buf, sizeof(buf), "%.*s", (int)name->via.str.size, name->via.str.ptr);
+    ck_assert_str_eq(buf, proto_errname(code));
     m = get(e, "message");
     snprintf(buf, sizeof(buf), "%.*s", (int)m->via.str.size, m->via.str.ptr);
     if (text != NULL)
@@ -616,6 +619,122 @@ START_TEST(test_server_pull_f16_param_rounds_to_pushed_dtype)
 }
 END_TEST
 
+/* 1 if the msgpack str o is valid UTF-8 without control characters. */
+static int
+str_is_utf8(const msgpack_object *o)
+{
+    ck_assert_int_eq(o->type, MSGPACK_OBJECT_STR);
+    /* proto_check_tensor_name() is a strict UTF-8 check for strings of 1..1024 bytes. */
+    ck_assert_uint_le(o->via.str.size, EMAD_MAX_NAME_BYTES);
+    return o->via.str.size == 0 || proto_check_tensor_name(o->via.str.ptr, o->via.str.size) == 0;
+}
+
+START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)
+{
+    /* Error messages quote names from the request; replies must still hold UTF-8
+     * strings only (docs/PROTOCOL.md), or clients that decode str fail on them. */
+    static const char bad_model[] = "m\xff\xfe";
+    const msgpack_object *r, *e;
+    float v[2] = {1, 2};
+    uint64_t shape = 2;
+    char name[1000];
+
+    create_model("m", 0.5);
+    /* Unknown model given as invalid UTF-8: the message quotes it. */
+    begin_req("pull", 1);
+    key("model");
+    msgpack_pack_str_with_body(&pk, bad_model, 3);
+    r = send_req();
+    assert_err(r, EMAD_ENOMODEL, "no model 'm");
+    ck_assert(str_is_utf8(get(get(r, "error"), "message")));
+
+    /* Unknown tensor with an invalid name: no `tensor` key, a clean message. */
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "\xc0\x80", 2);
+    r = send_req();
+    assert_err(r, EMAD_ENOTENSOR, NULL);
+    e = get(r, "error");
+    ck_assert_ptr_null(get(e, "tensor"));
+    ck_assert(str_is_utf8(get(e, "message")));
+    /* A valid unknown name is named. */
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "nope", 4);
+    r = send_req();
+    assert_err(r, EMAD_ENOTENSOR, "'nope'");
+    ck_assert_int_eq(memcmp(get(get(r, "error"), "tensor")->via.str.ptr, "nope", 4), 0);
+
+    /* A decode error on a tensor whose name is raw bytes: not named. */
+    begin_req("push", 3);
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 5);
+    key("name");
+    msgpack_pack_str_with_body(&pk, "w\xff", 2);
+    kv_str("kind", "weight");
+    kv_str("dtype", "F32");
+    key("shape");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 2);
+    key("data");
+    msgpack_pack_bin_with_body(&pk, v, 8);
+    r = send_req();
+    assert_err(r, EMAD_EMALFORMED, "kind");
+    e = get(r, "error");
+    ck_assert_ptr_null(get(e, "tensor"));
+    ck_assert(str_is_utf8(get(e, "message")));
+
+    /* A valid 999-byte name of 3-byte characters: the 512-byte message cuts one
+     * in two, yet stays UTF-8, and `tensor` carries the whole name. */
+    for (size_t i = 0; i < sizeof(name) - 1; i += 3)
+        memcpy(name + i, "\xe2\x82\xac", 3); /* U+20AC EURO SIGN */
+    name[sizeof(name) - 1] = '\0';
+    assert_ok(push_f32("m", 1, name, v, 2));
+    begin_req("push", 3);
+    kv_str("model", "m");
+    kv_u64("step", 2);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    shape = 1;
+    pack_tensor(name, "param", "F32", &shape, 1, v, 4);
+    r = send_req();
+    assert_err(r, EMAD_ESHAPE, NULL);
+    e = get(r, "error");
+    ck_assert(str_is_utf8(get(e, "message")));
+    ck_assert_uint_eq(get(e, "tensor")->via.str.size, 999);
+    ck_assert_int_eq(memcmp(get(e, "tensor")->via.str.ptr, name, 999), 0);
+    assert_serving();
+}
+END_TEST
+
+START_TEST(test_server_stats_count_bytes_in_and_out)
+{
+    const msgpack_object *r, *st;
+    size_t hello_req, hello_reply, stats_req;
+
+    begin_req("hello", 0);
+    hello_req = sb.size;
+    assert_ok(send_req());
+    hello_reply = reply_len;
+    begin_req("stats", 0);
+    stats_req = sb.size;
+    r = send_req();
+    assert_ok(r);
+    st = get(r, "stats");
+    ck_assert_uint_eq(get_u(st, "requests"), 2);
+    ck_assert_uint_eq(get_u(st, "bytes_in"), hello_req + stats_req);
+    /* The stats reply is built before it is counted: only the hello reply so far. */
+    ck_assert_uint_eq(get_u(st, "bytes_out"), hello_reply);
+}
+END_TEST
+
 static Suite *
 server_suite(void)
 {
@@ -634,6 +753,8 @@ server_suite(void)
     tcase_add_test(tc, test_server_transaction_over_the_wire);
     tcase_add_test(tc, test_server_create_list_drop_stats);
     tcase_add_test(tc, test_server_pull_f16_param_rounds_to_pushed_dtype);
+    tcase_add_test(tc, test_server_error_strings_are_utf8_whatever_the_request_holds);
+    tcase_add_test(tc, test_server_stats_count_bytes_in_and_out);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;

@@ -10,10 +10,12 @@
  * IEEE bit patterns.
  */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dtype.h"
+#include "proto.h"
 #include "store.h"
 
 static store *s;
@@ -434,7 +436,7 @@ END_TEST
 START_TEST(test_store_txn_abort_and_expiry_apply_nothing)
 {
     float d[1] = {5};
-    uint64_t a, b, staged, txns = 0, views = 0;
+    uint64_t a, b, staged, txns = 0, views = 0, view_id;
     store_input in = chunk("t", d, 1, 0, 4);
     store_view *view;
 
@@ -447,6 +449,7 @@ START_TEST(test_store_txn_abort_and_expiry_apply_nothing)
     ck_assert_int_eq(store_txn_push(s, b, NULL, 0, 0, 0, &in, 1, 2000, &staged, &err), 0);
     ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
     ck_assert_int_eq(store_view_register(s, view, 2000, &err), 0);
+    view_id = view->id; /* the store owns the view now and frees it on expiry */
     store_expire(s, 2999, 1000, &txns, &views); /* idle 999 ms: kept */
     ck_assert_uint_eq(txns, 0);
     ck_assert_uint_eq(views, 0);
@@ -454,7 +457,7 @@ START_TEST(test_store_txn_abort_and_expiry_apply_nothing)
     ck_assert_uint_eq(txns, 1);
     ck_assert_uint_eq(views, 1);
     ck_assert_int_eq(store_txn_commit(s, b, 3000, &res, &err), EMAD_ENOTXN);
-    ck_assert_ptr_null(store_view_get(s, view->id, 3000));
+    ck_assert_ptr_null(store_view_get(s, view_id, 3000));
     ck_assert_uint_eq(store_model_find(s, "m", 1)->ntensors, 0);
 }
 END_TEST
@@ -481,6 +484,35 @@ START_TEST(test_store_txn_stale_at_commit_and_drop_aborts)
     store_gauges_get(s, &g);
     ck_assert_uint_eq(g.txn_open, 0);
     ck_assert_uint_eq(g.models, 0);
+}
+END_TEST
+
+START_TEST(test_store_txn_commit_is_not_limited_to_one_message_of_tensors)
+{
+    /* The 65536-tensor limit is per push message (docs/PROTOCOL.md `max_tensors`); a
+     * transaction exists to carry a model in many messages, so a commit of more
+     * staged tensors than that must apply them all. */
+    size_t n = PROTO_MAX_TENSORS + 1;
+    store_input *in = calloc(n, sizeof(*in));
+    char(*names)[16] = calloc(n, sizeof(*names));
+    float v = 1;
+    uint64_t id, staged;
+
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof(names[i]), "t%zu", i);
+        in[i] = chunk(names[i], &v, 1, 0, 4);
+    }
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, &id, &err), 0);
+    /* One message may not carry them all ... */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, n, 0, &staged, &err), EMAD_ELIMIT);
+    /* ... but two messages may. */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, n - 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in + n - 1, 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, n);
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->ntensors, n);
+    free(in);
+    free(names);
 }
 END_TEST
 
@@ -524,6 +556,7 @@ store_suite(void)
     tcase_add_test(tc, test_store_txn_abort_and_expiry_apply_nothing);
     tcase_add_test(tc, test_store_txn_stale_at_commit_and_drop_aborts);
     tcase_add_test(tc, test_store_gauges_count_shadow_bytes);
+    tcase_add_test(tc, test_store_txn_commit_is_not_limited_to_one_message_of_tensors);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -1,0 +1,858 @@
+/*
+ * emactl.c - the command-line client of emad.
+ *
+ * emactl creates and drops models, pushes parameters and buffers read from
+ * safetensors files, pulls the averaged model into a safetensors file, and
+ * prints the daemon's models, tensors and counters. It is a thin layer over
+ * libemad (include/emad.h) and the shared safetensors reader and writer
+ * (src/safetensors.h): it parses the command line, reads files before it
+ * talks to the daemon, and turns every failure into one line on stderr,
+ * "emactl: COMMAND: MESSAGE (EMAD_ECODE)", and a non-zero exit status
+ * (1 for a failed operation, 2 for a usage error).
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "emad.h"
+#include "proto.h"
+#include "safetensors.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "0.1.0"
+#endif
+
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+/* Settings shared by every command. */
+typedef struct ctl {
+    const char *server;
+    int timeout_ms;
+    const char *cmd; /* command name, for messages */
+} ctl;
+
+/* One command: name, synopsis, description, handler. */
+typedef struct command {
+    const char *name;
+    const char *synopsis;
+    const char *help;
+    int (*run)(ctl *g, const struct command *self, int argc, char **argv);
+} command;
+
+/* ---- messages ------------------------------------------------------------------------------- */
+
+/* Print "emactl: CMD: message" to stderr. */
+__attribute__((format(printf, 2, 3))) static void
+errorf(const ctl *g, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "emactl: ");
+    if (g->cmd != NULL)
+        fprintf(stderr, "%s: ", g->cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* Report a usage error with a hint and return EXIT_USAGE. */
+__attribute__((format(printf, 2, 3))) static int
+usage_error(const ctl *g, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "emactl: ");
+    if (g->cmd != NULL)
+        fprintf(stderr, "%s: ", g->cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'emactl %s%s--help'.\n", g->cmd != NULL ? g->cmd : "",
+            g->cmd != NULL ? " " : "");
+    return EXIT_USAGE;
+}
+
+/* Report a failed libemad call on c (NULL: no client) and return EXIT_FAIL. */
+static int
+fail_rc(const ctl *g, const emad_client *c, int rc)
+{
+    const char *name = emad_errname(rc);
+    const char *msg = c != NULL ? emad_last_error(c) : "";
+
+    if (msg[0] == '\0')
+        msg = emad_strerror(rc);
+    if (name != NULL)
+        errorf(g, "%s (%s)", msg, name);
+    else
+        errorf(g, "%s", msg);
+    return EXIT_FAIL;
+}
+
+/* Report a file error: the cause names the path, or is prefixed with it. */
+static int
+fail_file(const ctl *g, const char *path, int rc, const char *cause)
+{
+    size_t plen = strlen(path);
+    const char *name = emad_errname(rc);
+    char suffix[64] = "";
+
+    if (cause == NULL)
+        cause = emad_strerror(rc);
+    if (name != NULL)
+        (void)snprintf(suffix, sizeof(suffix), " (%s)", name);
+    if (strncmp(cause, path, plen) == 0 && cause[plen] == ':')
+        errorf(g, "%s%s", cause, suffix);
+    else
+        errorf(g, "%s: %s%s", path, cause, suffix);
+    return EXIT_FAIL;
+}
+
+/* Print a command's usage to f. */
+static void
+command_usage(FILE *f, const command *c)
+{
+    fprintf(f, "usage: emactl [--server URL] [--timeout MS] %s\n\n%s", c->synopsis, c->help);
+}
+
+/* ---- argument parsing ----------------------------------------------------------------------- */
+
+/* Parse a decimal uint64 with full checks (no sign, no spaces, no overflow); 0 or -1. */
+static int
+parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* Parse a decay: a finite decimal number in [0, 1]; 0 or -1. */
+static int
+parse_decay(const char *s, double *out)
+{
+    char *end;
+    double v;
+
+    if (s == NULL || *s == '\0' || *s == ' ')
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0 || *end != '\0' || !isfinite(v) || v < 0.0 || v > 1.0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Parse a timeout in milliseconds: 1..INT_MAX; 0 or -1. */
+static int
+parse_timeout(const char *s, int *out)
+{
+    uint64_t v;
+
+    if (parse_u64(s, &v) != 0 || v == 0 || v > INT_MAX)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/*
+ * Command-line cursor: options (--name VALUE or --name=VALUE) and
+ * positional arguments in any order; "--" ends the options.
+ */
+typedef struct args {
+    int argc, i;
+    char **argv;
+    int no_more_options;
+} args;
+
+/*
+ * Next argument. Returns 1 with *opt set for an option (its name without
+ * the value), 2 with *pos set for a positional, 0 at the end.
+ */
+static int
+args_next(args *a, const char **opt, const char **pos)
+{
+    while (a->i < a->argc) {
+        const char *s = a->argv[a->i++];
+
+        if (!a->no_more_options && strcmp(s, "--") == 0) {
+            a->no_more_options = 1;
+            continue;
+        }
+        if (!a->no_more_options && s[0] == '-' && s[1] != '\0') {
+            *opt = s;
+            return 1;
+        }
+        *pos = s;
+        return 2;
+    }
+    return 0;
+}
+
+/* 1 if option s is --name or --name=VALUE. */
+static int
+opt_is(const char *s, const char *name)
+{
+    size_t n = strlen(name);
+
+    return strncmp(s, name, n) == 0 && (s[n] == '\0' || s[n] == '=');
+}
+
+/* The value of option s (after '=' or the next argument), or NULL if missing. */
+static const char *
+opt_value(args *a, const char *s)
+{
+    const char *eq = strchr(s, '=');
+
+    if (eq != NULL)
+        return eq + 1;
+    if (a->i >= a->argc)
+        return NULL;
+    return a->argv[a->i++];
+}
+
+/* 1 if option s is a flag given a value (--flag=x), which is an error. */
+static int
+flag_has_value(const char *s)
+{
+    return strchr(s, '=') != NULL;
+}
+
+/*
+ * Handle an option every command accepts (--server, --timeout, --help).
+ * Returns 1 if handled, 0 if opt is not one of them, or -1 when the command
+ * must exit now with *status (after --help, or a usage error).
+ */
+static int
+common_option(ctl *g, args *a, const char *opt, const command *self, int *status)
+{
+    const char *v;
+
+    if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
+        command_usage(stdout, self);
+        *status = EXIT_SUCCESS;
+        return -1;
+    }
+    if (opt_is(opt, "--server")) {
+        if ((v = opt_value(a, opt)) == NULL || *v == '\0') {
+            *status = usage_error(g, "--server needs a URL");
+            return -1;
+        }
+        g->server = v;
+        return 1;
+    }
+    if (opt_is(opt, "--timeout")) {
+        if (parse_timeout(v = opt_value(a, opt), &g->timeout_ms) != 0) {
+            *status = usage_error(g, "--timeout needs a whole number of milliseconds, not '%s'",
+                                  v != NULL ? v : "");
+            return -1;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Connect to the daemon; prints the error and returns NULL on failure. */
+static emad_client *
+connect_or_fail(const ctl *g)
+{
+    emad_options o;
+    emad_client *c = NULL;
+    int rc;
+
+    emad_options_init(&o);
+    o.timeout_ms = g->timeout_ms;
+    if (o.connect_timeout_ms > g->timeout_ms)
+        o.connect_timeout_ms = g->timeout_ms;
+    if ((rc = emad_connect(&c, g->server, &o)) != 0) {
+        const char *name = emad_errname(rc);
+        errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server, emad_strerror(rc),
+               name != NULL ? " (" : "", name != NULL ? name : "", name != NULL ? ")" : "");
+        return NULL;
+    }
+    return c;
+}
+
+/* Print a shape as "[2, 3]" into buf. */
+static const char *
+fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t ndim)
+{
+    size_t len = 0;
+
+    len += (size_t)snprintf(buf, size, "[");
+    for (uint32_t d = 0; d < ndim && len < size; d++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%" PRIu64, d > 0 ? ", " : "", shape[d]);
+    if (len < size)
+        (void)snprintf(buf + len, size - len, "]");
+    return buf;
+}
+
+/* Print a decay with the fewest digits that read back as the same double. */
+static const char *
+fmt_decay(char *buf, size_t size, double d)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        (void)snprintf(buf, size, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d)
+            break;
+    }
+    return buf;
+}
+
+/* ---- commands ------------------------------------------------------------------------------- */
+
+/* create MODEL [--decay D] [--exist-ok] */
+static int
+cmd_create(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL, *v;
+    double decay = EMAD_DEFAULT_DECAY;
+    int exist_ok = 0, k, r, rc, status = EXIT_SUCCESS;
+    emad_client *c;
+    char dbuf[32];
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model != NULL)
+                return usage_error(g, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else if (opt_is(opt, "--decay")) {
+            if (parse_decay(v = opt_value(&a, opt), &decay) != 0)
+                return usage_error(g, "--decay needs a number from 0 to 1, not '%s'",
+                                   v != NULL ? v : "");
+        } else if (opt_is(opt, "--exist-ok")) {
+            if (flag_has_value(opt))
+                return usage_error(g, "--exist-ok takes no value");
+            exist_ok = 1;
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if (model == NULL)
+        return usage_error(g, "missing MODEL");
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((rc = emad_create(c, model, decay, exist_ok)) != 0) {
+        r = fail_rc(g, c, rc);
+        emad_close(c);
+        return r;
+    }
+    printf("model %s ready (decay %s)\n", model, fmt_decay(dbuf, sizeof(dbuf), decay));
+    emad_close(c);
+    return EXIT_SUCCESS;
+}
+
+/* Append the tensors of file f as kind to t[*n] (t has room for them). */
+static void
+add_tensors(emad_tensor *t, size_t *n, const st_file *f, int kind)
+{
+    for (size_t i = 0; i < f->ntensors; i++) {
+        const st_tensor *s = &f->tensors[i];
+        emad_tensor *e = &t[(*n)++];
+
+        memset(e, 0, sizeof(*e));
+        e->name = s->name;
+        e->kind = kind;
+        e->dtype = s->dtype;
+        e->ndim = s->ndim;
+        memcpy(e->shape, s->shape, sizeof(e->shape));
+        e->data = (void *)s->data; /* libemad only reads it */
+        e->nbytes = s->nbytes;
+    }
+}
+
+/* push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] */
+static int
+cmd_push(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL, *params = NULL, *buffers = NULL, *v;
+    st_file *pf = NULL, *bf = NULL;
+    emad_tensor *t = NULL;
+    emad_client *c = NULL;
+    emad_push_result res;
+    uint64_t step = 0;
+    int have_step = 0, k, r, rc, status = EXIT_FAIL;
+    char *cause = NULL;
+    size_t n = 0;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model == NULL)
+                model = pos;
+            else if (params == NULL)
+                params = pos;
+            else
+                return usage_error(g, "unexpected argument '%s'", pos);
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else if (opt_is(opt, "--step")) {
+            if (parse_u64(v = opt_value(&a, opt), &step) != 0)
+                return usage_error(g, "--step needs a whole number from 0 to %" PRIu64 ", not '%s'",
+                                   UINT64_MAX, v != NULL ? v : "");
+            have_step = 1;
+        } else if (opt_is(opt, "--buffers")) {
+            if ((buffers = opt_value(&a, opt)) == NULL || *buffers == '\0')
+                return usage_error(g, "--buffers needs a file");
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if (model == NULL || params == NULL)
+        return usage_error(g, "missing %s", model == NULL ? "MODEL" : "PARAMS.safetensors");
+    if (!have_step)
+        return usage_error(g, "missing --step N");
+
+    /* Files first: a bad file is reported before anything is sent. */
+    if ((rc = st_read(&pf, params, &cause)) != 0) {
+        status = fail_file(g, params, rc, cause);
+        goto out;
+    }
+    if (buffers != NULL && (rc = st_read(&bf, buffers, &cause)) != 0) {
+        status = fail_file(g, buffers, rc, cause);
+        goto out;
+    }
+    n = pf->ntensors + (bf != NULL ? bf->ntensors : 0);
+    if (n == 0) {
+        errorf(g, "%s%s%s holds no tensors: nothing to push", params,
+               buffers != NULL ? " and " : "", buffers != NULL ? buffers : "");
+        goto out;
+    }
+    if ((t = calloc(n, sizeof(*t))) == NULL) {
+        errorf(g, "out of memory");
+        goto out;
+    }
+    n = 0;
+    add_tensors(t, &n, pf, EMAD_PARAM);
+    if (bf != NULL)
+        add_tensors(t, &n, bf, EMAD_BUFFER);
+    if ((c = connect_or_fail(g)) == NULL)
+        goto out;
+    if ((rc = emad_push(c, model, step, t, n, &res)) != 0) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    printf("pushed %s step %" PRIu64 ": %" PRIu64 " applied, %" PRIu64 " stale; model step %" PRIu64
+           " (%u message%s)\n",
+           model, step, res.applied, res.stale, res.step, res.messages,
+           res.messages == 1 ? "" : "s");
+    status = EXIT_SUCCESS;
+out:
+    emad_close(c);
+    free(t);
+    free(cause);
+    st_free(pf);
+    st_free(bf);
+    return status;
+}
+
+/* Split a comma-separated list into a malloc'd array of pointers into s (modified). */
+static int
+split_names(char *s, char ***out, size_t *n)
+{
+    size_t count = 1, k = 0;
+    char **v;
+
+    for (const char *p = s; *p != '\0'; p++)
+        count += *p == ',';
+    if ((v = calloc(count, sizeof(*v))) == NULL)
+        return -1;
+    for (char *p = s;; p++) {
+        char *comma = strchr(p, ',');
+        if (comma != NULL)
+            *comma = '\0';
+        if (*p == '\0') {
+            free(v);
+            return -1;
+        }
+        v[k++] = p;
+        if (comma == NULL)
+            break;
+        p = comma;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+/* pull MODEL OUT.safetensors [--tensors A,B,...] */
+static int
+cmd_pull(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL, *path = NULL, *v;
+    char *list = NULL, **names = NULL, *cause = NULL, stepbuf[32];
+    char k_format[] = "format", v_pt[] = "pt", k_step[] = "step", k_model[] = "model";
+    size_t nnames = 0;
+    emad_client *c = NULL;
+    emad_model *m = NULL;
+    st_tensor *st = NULL;
+    st_meta meta[3];
+    uint64_t total = 0;
+    int k, r, rc, status = EXIT_FAIL;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model == NULL)
+                model = pos;
+            else if (path == NULL)
+                path = pos;
+            else {
+                status = usage_error(g, "unexpected argument '%s'", pos);
+                goto out;
+            }
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                goto out;
+        } else if (opt_is(opt, "--tensors")) {
+            if ((v = opt_value(&a, opt)) == NULL) {
+                status = usage_error(g, "--tensors needs a comma-separated list of names");
+                goto out;
+            }
+            free(list);
+            if ((list = strdup(v)) == NULL) {
+                errorf(g, "out of memory");
+                goto out;
+            }
+        } else {
+            status = usage_error(g, "unknown option '%s'", opt);
+            goto out;
+        }
+    }
+    if (model == NULL || path == NULL) {
+        status = usage_error(g, "missing %s", model == NULL ? "MODEL" : "OUT.safetensors");
+        goto out;
+    }
+    if (list != NULL && split_names(list, &names, &nnames) != 0) {
+        status =
+            usage_error(g, "--tensors needs a comma-separated list of names, without empty ones");
+        goto out;
+    }
+    if ((c = connect_or_fail(g)) == NULL)
+        goto out;
+    if ((rc = emad_pull(c, model, (const char *const *)names, nnames, &m)) != 0) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    if ((st = calloc(m->ntensors ? m->ntensors : 1, sizeof(*st))) == NULL) {
+        errorf(g, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < m->ntensors; i++) {
+        const emad_tensor *t = &m->tensors[i];
+        st[i].name = (char *)t->name;
+        st[i].dtype = t->dtype;
+        st[i].ndim = t->ndim;
+        memcpy(st[i].shape, t->shape, sizeof(st[i].shape));
+        st[i].data = t->data;
+        st[i].nbytes = t->nbytes;
+        total += t->nbytes;
+    }
+    (void)snprintf(stepbuf, sizeof(stepbuf), "%" PRIu64, m->step);
+    meta[0] = (st_meta){k_format, v_pt};
+    meta[1] = (st_meta){k_step, stepbuf};
+    meta[2] = (st_meta){k_model, m->name};
+    if ((rc = st_write(path, st, m->ntensors, meta, 3, &cause)) != 0) {
+        status = fail_file(g, path, rc, cause);
+        goto out;
+    }
+    printf("pulled %s step %" PRIu64 ": %zu tensor%s, %" PRIu64 " bytes -> %s\n", model, m->step,
+           m->ntensors, m->ntensors == 1 ? "" : "s", total, path);
+    status = EXIT_SUCCESS;
+out:
+    free(st);
+    free(cause);
+    emad_model_free(m);
+    emad_close(c);
+    free(names);
+    free(list);
+    return status;
+}
+
+/* Print the table of models. */
+static int
+list_models(ctl *g, emad_client *c)
+{
+    emad_model_info *info = NULL;
+    size_t n = 0;
+    int w = 5, rc;
+    char dbuf[32];
+
+    if ((rc = emad_list(c, &info, &n)) != 0)
+        return fail_rc(g, c, rc);
+    for (size_t i = 0; i < n; i++)
+        if ((int)strlen(info[i].name) > w)
+            w = (int)strlen(info[i].name);
+    printf("%-*s  %-10s  %12s  %8s  %14s\n", w, "MODEL", "DECAY", "STEP", "TENSORS", "BYTES");
+    for (size_t i = 0; i < n; i++)
+        printf("%-*s  %-10s  %12" PRIu64 "  %8" PRIu64 "  %14" PRIu64 "\n", w, info[i].name,
+               fmt_decay(dbuf, sizeof(dbuf), info[i].decay), info[i].step, info[i].ntensors,
+               info[i].shadow_bytes);
+    free(info);
+    return EXIT_SUCCESS;
+}
+
+/* Print one model's summary and tensor table. */
+static int
+list_tensors(ctl *g, emad_client *c, const char *model)
+{
+    emad_model_info info;
+    emad_tensor *t = NULL;
+    size_t n = 0;
+    int w = 6, ws = 5, rc;
+    char dbuf[32], sbuf[EMAD_MAX_NDIM * 22 + 4];
+
+    if ((rc = emad_describe(c, model, &info, &t, &n)) != 0)
+        return fail_rc(g, c, rc);
+    printf("model %s: decay %s, step %" PRIu64 ", %" PRIu64 " tensors, %" PRIu64 " shadow bytes\n",
+           info.name, fmt_decay(dbuf, sizeof(dbuf), info.decay), info.step, info.ntensors,
+           info.shadow_bytes);
+    for (size_t i = 0; i < n; i++) {
+        if ((int)strlen(t[i].name) > w)
+            w = (int)strlen(t[i].name);
+        if ((int)strlen(fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim)) > ws)
+            ws = (int)strlen(sbuf);
+    }
+    printf("%-*s  %-6s  %-5s  %-*s  %12s  %14s\n", w, "TENSOR", "KIND", "DTYPE", ws, "SHAPE",
+           "STEP", "BYTES");
+    for (size_t i = 0; i < n; i++)
+        printf("%-*s  %-6s  %-5s  %-*s  %12" PRIu64 "  %14" PRIu64 "\n", w, t[i].name,
+               proto_kind_name(t[i].kind), dtype_name(t[i].dtype), ws,
+               fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim), t[i].step, t[i].nbytes);
+    emad_tensors_free(t, n);
+    return EXIT_SUCCESS;
+}
+
+/* list [MODEL] */
+static int
+cmd_list(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL;
+    emad_client *c;
+    int k, r, status = EXIT_SUCCESS;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model != NULL)
+                return usage_error(g, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    r = model == NULL ? list_models(g, c) : list_tensors(g, c, model);
+    emad_close(c);
+    return r;
+}
+
+/* drop MODEL */
+static int
+cmd_drop(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL;
+    emad_client *c;
+    int k, r, rc, status = EXIT_SUCCESS;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model != NULL)
+                return usage_error(g, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if (model == NULL)
+        return usage_error(g, "missing MODEL");
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((rc = emad_drop(c, model)) != 0) {
+        r = fail_rc(g, c, rc);
+        emad_close(c);
+        return r;
+    }
+    printf("dropped %s\n", model);
+    emad_close(c);
+    return EXIT_SUCCESS;
+}
+
+/* stats */
+static int
+cmd_stats(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL;
+    emad_client *c;
+    emad_stat *st = NULL;
+    size_t n = 0;
+    int k, r, rc, status = EXIT_SUCCESS;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2)
+            return usage_error(g, "unexpected argument '%s'", pos);
+        if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((rc = emad_stats(c, &st, &n)) != 0) {
+        r = fail_rc(g, c, rc);
+        emad_close(c);
+        return r;
+    }
+    for (size_t i = 0; i < n; i++)
+        printf("%s %" PRIu64 "\n", st[i].name, st[i].value);
+    free(st);
+    emad_close(c);
+    return EXIT_SUCCESS;
+}
+
+/* The commands, in the order --help lists them. */
+static const command commands[] = {
+    {"create", "create MODEL [--decay D] [--exist-ok]",
+     "Create a model. D is the EMA decay, 0 <= D <= 1 (default 0.999). With\n"
+     "--exist-ok an existing model with the same decay is not an error.\n",
+     cmd_create},
+    {"push", "push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors]",
+     "Push the tensors of PARAMS as parameters (averaged; F32, F16, BF16 or F64)\n"
+     "and those of BUFFERS as buffers (copied; any dtype) at training step N\n"
+     "(0 <= N < 2^64). Tensors whose stored step is >= N are left alone and\n"
+     "counted as stale. The push is applied all at once or not at all.\n",
+     cmd_push},
+    {"pull", "pull MODEL OUT.safetensors [--tensors A,B,...]",
+     "Pull the averaged model (all tensors, or the named ones) into OUT, written\n"
+     "atomically, with metadata format=pt, step=the model's step, model=MODEL.\n"
+     "F16 and BF16 parameters come back in their pushed dtype.\n",
+     cmd_pull},
+    {"list", "list [MODEL]",
+     "Without MODEL: every model with its decay, committed step, number of\n"
+     "tensors and shadow bytes. With MODEL: its tensors with kind, dtype, shape,\n"
+     "step and size in bytes.\n",
+     cmd_list},
+    {"drop", "drop MODEL", "Drop a model and all its tensors.\n", cmd_drop},
+    {"stats", "stats", "Print the daemon's counters, one 'name value' per line.\n", cmd_stats},
+    {NULL, NULL, NULL, NULL},
+};
+
+/* Print the global usage to f. */
+static void
+usage(FILE *f)
+{
+    fprintf(f, "usage: emactl [--server URL] [--timeout MS] COMMAND [ARGS]\n"
+               "\n"
+               "emactl talks to emad, the EMA parameter server: it creates models, pushes\n"
+               "parameters and buffers from safetensors files, pulls the averaged model\n"
+               "into a safetensors file and shows what the daemon holds.\n"
+               "\n"
+               "commands:\n");
+    for (const command *c = commands; c->name != NULL; c++)
+        fprintf(f, "  %s\n", c->synopsis);
+    fprintf(f,
+            "\n"
+            "options:\n"
+            "  --server URL   daemon to talk to (default: $EMAD_SERVER if set, else %s)\n"
+            "  --timeout MS   time limit for each request, in milliseconds (default 30000)\n"
+            "  --version      print the version and exit\n"
+            "  --help         print this help and exit; 'emactl COMMAND --help' for a command\n"
+            "\n"
+            "Exit status: 0 on success, 1 if the operation failed (daemon error, file\n"
+            "error, daemon unreachable), 2 on a usage error. Errors are one line on stderr:\n"
+            "  emactl: COMMAND: MESSAGE (EMAD_ECODE)\n",
+            EMAD_DEFAULT_URL);
+}
+
+/* Parse the global options, then run the command. */
+int
+main(int argc, char **argv)
+{
+    ctl g = {NULL, 30000, NULL};
+    const char *env = getenv("EMAD_SERVER");
+    int i = 1;
+
+    g.server = env != NULL && env[0] != '\0' ? env : EMAD_DEFAULT_URL;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *s = argv[i], *v;
+
+        if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
+            usage(stdout);
+            return EXIT_SUCCESS;
+        }
+        if (strcmp(s, "--version") == 0) {
+            printf("emactl %s (libemad %s, protocol %d)\n", PACKAGE_VERSION, emad_version(),
+                   EMAD_PROTOCOL_VERSION);
+            return EXIT_SUCCESS;
+        }
+        if (opt_is(s, "--server")) {
+            v = strchr(s, '=') != NULL ? strchr(s, '=') + 1 : (i + 1 < argc ? argv[++i] : NULL);
+            if (v == NULL || *v == '\0')
+                return usage_error(&g, "--server needs a URL");
+            g.server = v;
+        } else if (opt_is(s, "--timeout")) {
+            v = strchr(s, '=') != NULL ? strchr(s, '=') + 1 : (i + 1 < argc ? argv[++i] : NULL);
+            if (parse_timeout(v, &g.timeout_ms) != 0)
+                return usage_error(&g, "--timeout needs a whole number of milliseconds, not '%s'",
+                                   v != NULL ? v : "");
+        } else {
+            return usage_error(&g, "unknown option '%s'", s);
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[i], "help") == 0) {
+        for (const command *c = commands; i + 1 < argc && c->name != NULL; c++) {
+            if (strcmp(c->name, argv[i + 1]) == 0) {
+                command_usage(stdout, c);
+                return EXIT_SUCCESS;
+            }
+        }
+        usage(stdout);
+        return EXIT_SUCCESS;
+    }
+    for (const command *c = commands; c->name != NULL; c++) {
+        if (strcmp(c->name, argv[i]) == 0) {
+            g.cmd = c->name;
+            return c->run(&g, c, argc - i - 1, argv + i + 1);
+        }
+    }
+    return usage_error(&g, "unknown command '%s'", argv[i]);
+}

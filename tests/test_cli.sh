@@ -1,0 +1,332 @@
+#!/bin/sh
+# test_cli.sh - emactl and emad error paths, end to end: a push with a
+# changed shape is refused (non-zero exit, stderr names the tensor and the
+# shape) and changes nothing; truncated, garbage and missing files get a
+# clear error; raw bytes, a wrong SP protocol, oversized frames and
+# msgpack-valid but wrong requests sent with Python sockets get error
+# replies or a dropped connection, and the daemon keeps answering emactl
+# afterwards; drop, unknown-model errors, and stats counting the errors.
+# Every command runs under a timeout and the daemon is always killed on exit.
+#
+# Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
+set -eu
+
+top_builddir=${top_builddir:-.}
+top_srcdir=${top_srcdir:-.}
+PYTHON3=${PYTHON3:-/usr/bin/python3}
+EMAD=$top_builddir/emad
+EMACTL=$top_builddir/emactl
+
+work=$(mktemp -d /tmp/emad-test-XXXXXX)
+pid=
+url=
+port=
+
+# Kill the daemon (if running) and remove the work dir; keeps the exit status.
+cleanup() {
+    status=$?
+    if [ -n "$pid" ]; then
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+# Print a failure with the end of the daemon's log and exit 1.
+fail() {
+    echo "test_cli.sh: FAIL: $*" >&2
+    if [ -f "$work/emad.log" ]; then
+        echo "---- last lines of the emad log ----" >&2
+        tail -n 30 "$work/emad.log" >&2
+    fi
+    exit 1
+}
+
+# Run emactl against the test daemon with a time limit.
+ctl() {
+    timeout 60 "$EMACTL" --server "$url" "$@"
+}
+
+# Run emactl expecting success; stdout in $work/out, stderr in $work/err.
+ok() {
+    ctl "$@" >"$work/out" 2>"$work/err" || fail "emactl $* failed: $(cat "$work/err")"
+}
+
+# Run emactl expecting a non-zero exit with a message on stderr (stdout in $work/out).
+refused() {
+    if ctl "$@" >"$work/out" 2>"$work/err"; then
+        fail "emactl $* succeeded, expected an error"
+    fi
+    [ -s "$work/err" ] || fail "emactl $* failed without a message on stderr"
+}
+
+# Assert that $work/err contains the fixed string $1 (case-insensitive); $2 says what was run.
+err_has() {
+    grep -qiF -- "$1" "$work/err" || fail "$2: stderr lacks '$1': $(cat "$work/err")"
+}
+
+# Write a safetensors file with numpy: $1 path, $2 Python dict expression (numpy as np).
+np_save() {
+    timeout 30 "$PYTHON3" -c "
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import safetensors_np as st
+st.save(sys.argv[2], $2, {'format': 'pt'})
+" "$top_srcdir/tests" "$1" || fail "cannot write $1 with numpy"
+}
+
+# Start emad on a free port (three tries, in case another process takes the port first).
+start_daemon() {
+    for _try in 1 2 3; do
+        port=$(timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
+            fail "cannot run $PYTHON3 to pick a port"
+        url=tcp://127.0.0.1:$port
+        mkdir -p "$work/state"
+        "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug 2>"$work/emad.log" &
+        pid=$!
+        # Watchdog: the daemon never outlives this test by more than 5 minutes.
+        (
+            i=0
+            while [ "$i" -lt 300 ] && kill -0 "$pid" 2>/dev/null; do
+                sleep 1
+                i=$((i + 1))
+            done
+            kill -9 "$pid" 2>/dev/null
+        ) >/dev/null 2>&1 </dev/null &
+        if timeout 15 "$PYTHON3" - "$port" <<'EOF'
+import socket, sys, time
+for _ in range(1000):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.01)
+sys.exit(1)
+EOF
+        then
+            if kill -0 "$pid" 2>/dev/null; then
+                return 0
+            fi
+        fi
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    done
+    fail "emad did not start"
+}
+
+# The value of counter $1 in `emactl stats` output ($work/out), or fail.
+counter() {
+    v=$(sed -n "s/^[[:space:]]*$1[[:space:]:=]*\([0-9][0-9]*\)[[:space:]]*\$/\1/p" "$work/out" | head -n 1)
+    [ -n "$v" ] || fail "stats output lacks counter '$1': $(cat "$work/out")"
+    echo "$v"
+}
+
+[ -x "$EMAD" ] || fail "$EMAD not built"
+[ -x "$EMACTL" ] || fail "$EMACTL not built"
+timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
+
+p1=$work/p1.safetensors
+np_save "$p1" "{'fc.weight': np.arange(6, dtype=np.float32).reshape(2, 3), 'fc.bias': np.ones(2, np.float32)}"
+np_save "$work/b1.safetensors" "{'bn.count': np.array(7, np.int64)}"
+np_save "$work/p2.safetensors" "{'fc.weight': np.zeros((3, 2), np.float32), 'fc.bias': np.zeros(2, np.float32)}"
+
+start_daemon
+ok create cli --decay 0.5
+ok push cli "$p1" --step 1 --buffers "$work/b1.safetensors"
+ok pull cli "$work/pull1.safetensors"
+
+# 1. A changed shape is refused, names the tensor and the shape, and changes nothing.
+refused push cli "$work/p2.safetensors" --step 2
+err_has "fc.weight" "push with a changed shape"
+err_has "shape" "push with a changed shape"
+ok pull cli "$work/pull2.safetensors"
+cmp "$work/pull1.safetensors" "$work/pull2.safetensors" || fail "a refused push changed the model"
+
+# 2. Bad files: a clear error, nothing sent.
+size=$(wc -c <"$p1")
+head -c $((size - 3)) "$p1" >"$work/trunc.safetensors"
+refused push cli "$work/trunc.safetensors" --step 3
+err_has "trunc.safetensors" "push of a truncated file"
+err_has "truncated" "push of a truncated file"
+head -c 5 "$p1" >"$work/short.safetensors"
+refused push cli "$work/short.safetensors" --step 3
+err_has "short.safetensors" "push of a 5-byte file"
+timeout 10 "$PYTHON3" -c 'import os, sys; open(sys.argv[1], "wb").write(b"\xff" * 8 + os.urandom(200))' \
+    "$work/garbage.safetensors"
+refused push cli "$work/garbage.safetensors" --step 3
+err_has "header length" "push of random bytes"
+refused push cli "$work/missing.safetensors" --step 3
+err_has "missing.safetensors" "push of a missing file"
+refused push cli "$p1" --step 3 --buffers "$work/trunc.safetensors"
+err_has "truncated" "push with a truncated buffers file"
+
+# 3. Raw bytes and wrong messages on the daemon's port.
+timeout 60 "$PYTHON3" - "$port" <<'EOF' || fail "raw socket checks failed"
+"""Talk to emad with plain sockets: nanomsg's SP-over-TCP framing by hand."""
+import os
+import socket
+import struct
+import sys
+
+PORT = int(sys.argv[1])
+REQ, REP, PUB = 48, 49, 32
+
+
+def pack(o):
+    """Minimal msgpack encoder: dict, list, str, bytes, bool, non-negative int."""
+    if isinstance(o, bool):
+        return b"\xc3" if o else b"\xc2"
+    if isinstance(o, int):
+        return bytes([o]) if o < 128 else b"\xcf" + struct.pack(">Q", o)
+    if isinstance(o, str):
+        b = o.encode()
+        return (bytes([0xA0 | len(b)]) if len(b) < 32 else b"\xd9" + bytes([len(b)])) + b
+    if isinstance(o, bytes):
+        return b"\xc4" + bytes([len(o)]) + o
+    if isinstance(o, list):
+        return bytes([0x90 | len(o)]) + b"".join(pack(x) for x in o)
+    if isinstance(o, dict):
+        return bytes([0x80 | len(o)]) + b"".join(pack(k) + pack(v) for k, v in o.items())
+    raise TypeError(o)
+
+
+def connect(proto=None):
+    """A TCP connection; with proto, after the SP handshake (the daemon must answer as REP)."""
+    s = socket.create_connection(("127.0.0.1", PORT), 10)
+    s.settimeout(10)
+    if proto is not None:
+        s.sendall(b"\x00SP\x00" + struct.pack(">H", proto) + b"\x00\x00")
+        peer = recv_exact(s, 8)
+        assert peer == b"\x00SP\x00\x00\x31\x00\x00", "bad SP header from emad: %r" % peer
+    return s
+
+
+def recv_exact(s, n):
+    """n bytes from s, or fewer if the peer closed."""
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def closed_by_peer(s):
+    """True if the daemon closes the connection within the socket timeout (data before the
+    close, such as its SP header, is read and ignored)."""
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def request(s, rid, payload):
+    """Send one REQ message and return the reply's payload (after the request id)."""
+    s.sendall(struct.pack(">Q", 4 + len(payload)) + struct.pack(">I", rid | 0x80000000) + payload)
+    size = struct.unpack(">Q", recv_exact(s, 8))[0]
+    body = recv_exact(s, size)
+    assert len(body) == size, "short reply"
+    assert body[:4] == struct.pack(">I", rid | 0x80000000), "reply to another request"
+    return body[4:]
+
+
+def expect_error(s, rid, payload, *names):
+    """Send payload and check the reply is an error map naming one of the error names."""
+    reply = request(s, rid, payload)
+    assert reply[:1] == b"\xde" or 0x80 <= reply[0] <= 0x8F, "reply not a map: %r" % reply
+    assert pack("ok") + pack(False) in reply, "reply to %r is not ok=false: %r" % (payload, reply)
+    assert any(pack(n) in reply for n in names), "reply to %r lacks %s: %r" % (
+        payload, names, reply)
+
+
+# Random bytes instead of the SP handshake: the daemon drops the connection.
+s = connect()
+s.sendall(os.urandom(4096))
+closed_by_peer(s)
+s.close()
+# A valid SP header for the wrong protocol (PUB): dropped.
+s = socket.create_connection(("127.0.0.1", PORT), 10)
+s.settimeout(10)
+s.sendall(b"\x00SP\x00" + struct.pack(">H", PUB) + b"\x00\x00")
+assert closed_by_peer(s), "a PUB peer was not disconnected"
+s.close()
+
+# msgpack-valid but wrong requests: each gets an error reply on the same connection.
+s = connect(REQ)
+expect_error(s, 1, pack(42), "EMAD_EMALFORMED")
+expect_error(s, 2, pack({"v": 1, "op": "bogus"}), "EMAD_EOP")
+expect_error(s, 3, pack({"v": 2, "op": "hello"}), "EMAD_EVERSION")
+expect_error(s, 4, pack({"v": 1, "op": "list"}) + b"\x00", "EMAD_EMALFORMED")
+expect_error(s, 5, b"\xdd\xff\xff\xff\xff", "EMAD_EMALFORMED", "EMAD_ELIMIT")
+expect_error(s, 6, b"\x91" * 100 + b"\x00", "EMAD_EMALFORMED", "EMAD_ELIMIT")
+push = {"v": 1, "op": "push", "model": "cli", "step": 9, "tensors": [
+    {"name": "fc.bias", "kind": "param", "dtype": "F32", "shape": [2], "data": b"\x00" * 4}]}
+expect_error(s, 7, pack(push), "EMAD_ESIZE")
+push["tensors"][0]["data"] = b"\x00" * 8
+push["tensors"][0]["dtype"] = "F8"
+expect_error(s, 8, pack(push), "EMAD_EDTYPE")
+s.close()
+
+# A frame larger than the daemon accepts: dropped without a reply.
+s = connect(REQ)
+s.sendall(struct.pack(">Q", 1 << 40) + b"\x80\x00\x00\x01" + b"\x00" * 1000)
+assert closed_by_peer(s), "an oversized frame was not dropped"
+s.close()
+# A frame cut short by the client: nothing to answer; the daemon must just cope.
+s = connect(REQ)
+s.sendall(struct.pack(">Q", 100) + b"\x80\x00\x00\x01\x81")
+s.close()
+print("raw socket checks passed")
+EOF
+kill -0 "$pid" 2>/dev/null || fail "emad died after raw socket traffic"
+
+# 4. The daemon still answers: list and a valid push.
+ok list
+grep -qw "cli" "$work/out" || fail "emactl list does not show model cli: $(cat "$work/out")"
+ok push cli "$p1" --step 4 --buffers "$work/b1.safetensors"
+ok list cli
+grep -q "fc.weight" "$work/out" || fail "emactl list cli does not show fc.weight: $(cat "$work/out")"
+
+# 5. Unknown models, and drop.
+refused push nosuch "$p1" --step 1
+err_has "nosuch" "push to an unknown model"
+refused pull nosuch "$work/x.safetensors"
+err_has "nosuch" "pull of an unknown model"
+[ ! -e "$work/x.safetensors" ] || fail "a failed pull created its output file"
+ok drop cli
+ok list
+if grep -qw "cli" "$work/out"; then
+    fail "emactl list still shows the dropped model: $(cat "$work/out")"
+fi
+refused pull cli "$work/x.safetensors"
+err_has "cli" "pull of a dropped model"
+refused drop cli
+err_has "cli" "drop of a dropped model"
+
+# 6. stats: counters, including the errors caused above (at least: shape, 8 raw requests,
+# 2 unknown-model and 2 dropped-model requests).
+ok stats
+requests=$(counter requests)
+errors=$(counter errors)
+shape_errors=$(counter errors_EMAD_ESHAPE)
+[ "$requests" -ge 10 ] || fail "stats: requests = $requests, expected >= 10"
+[ "$errors" -ge 13 ] || fail "stats: errors = $errors, expected >= 13"
+[ "$shape_errors" -ge 1 ] || fail "stats: errors_EMAD_ESHAPE = $shape_errors, expected >= 1"
+
+kill -0 "$pid" 2>/dev/null || fail "emad died"
+kill -TERM "$pid"
+daemon_status=0
+wait "$pid" || daemon_status=$?
+pid=
+[ "$daemon_status" -eq 0 ] || fail "emad exited with status $daemon_status on SIGTERM"
+echo "test_cli.sh: PASS"
