@@ -319,6 +319,8 @@ get_str(const msgpack_object *map, const char *key, const char **p, size_t *len,
 {
     const msgpack_object *o = map_get(map, key);
 
+    *p = NULL;
+    *len = 0;
     if (o == NULL || o->type != MSGPACK_OBJECT_STR)
         return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected a string)", key,
                         o == NULL ? "missing" : "not a string");
@@ -1272,7 +1274,9 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         rc = set_cause(cause, -nn_errno(), "nn_socket: %s", nn_strerror(nn_errno()));
         goto fail;
     }
-    maxsz = (int)cfg->max_message_bytes;
+    /* nanomsg counts the REQ routing header (4 bytes per hop) against the cap: leave room so
+     * a request of exactly max_message_bytes is accepted. */
+    maxsz = (int)cfg->max_message_bytes + 64;
     if (nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof(maxsz)) < 0 ||
         nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0) {
         rc = set_cause(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
