@@ -647,6 +647,8 @@ main(int argc, char **argv)
     if (emad_server_max_message_bytes(c) < pull_chunk)
         pull_chunk = emad_server_max_message_bytes(c);
     pull_chunk -= RAW_SP_SLACK;
+    if (pull_chunk > (16u << 20))
+        pull_chunk = 16u << 20; /* libemad reads pull sessions 16 MiB at a time */
 
     /* The raw REP server thread and the REQ socket that talks to it. */
     if ((raw_port = free_port()) < 0) {
