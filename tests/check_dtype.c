@@ -15,16 +15,6 @@
 #include "dtype.h"
 #include "testutil.h"
 
-/* Bit pattern of a float. */
-static uint32_t
-bits_of(float f)
-{
-    uint32_t u;
-
-    memcpy(&u, &f, sizeof(u));
-    return u;
-}
-
 /* Float with bit pattern u. */
 static float
 float_of(uint32_t u)
@@ -40,17 +30,6 @@ static int
 is_nan_bits(uint32_t u)
 {
     return (u & 0x7fffffffu) > 0x7f800000u;
-}
-
-/* Little-endian u64 at p. */
-static uint64_t
-load_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
 }
 
 /*
@@ -290,21 +269,21 @@ END_TEST
 
 START_TEST(test_dtype_f16_to_f32_widens_hand_vectors_exactly)
 {
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x3c00)), bits_of(1.0f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0xc000)), bits_of(-2.0f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x7bff)), bits_of(65504.0f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x0400)), bits_of(0x1p-14f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x0001)), bits_of(0x1p-24f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x03ff)), bits_of(1023 * 0x1p-24f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x8001)), bits_of(-0x1p-24f));
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x0000)), 0x00000000u);
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x8000)), 0x80000000u);
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x7c00)), 0x7f800000u);
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0xfc00)), 0xff800000u);
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x7e00)), 0x7fc00000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x3c00)), tu_f32_bits(1.0f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0xc000)), tu_f32_bits(-2.0f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x7bff)), tu_f32_bits(65504.0f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x0400)), tu_f32_bits(0x1p-14f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x0001)), tu_f32_bits(0x1p-24f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x03ff)), tu_f32_bits(1023 * 0x1p-24f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x8001)), tu_f32_bits(-0x1p-24f));
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x0000)), 0x00000000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x8000)), 0x80000000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x7c00)), 0x7f800000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0xfc00)), 0xff800000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x7e00)), 0x7fc00000u);
     /* Signaling NaN 0x7d00: payload 0x100 << 13 kept, quiet bit added. */
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0x7d00)), 0x7fe00000u);
-    ck_assert_uint_eq(bits_of(dtype_f16_to_f32(0xfc01)), 0xffc02000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0x7d00)), 0x7fe00000u);
+    ck_assert_uint_eq(tu_f32_bits(dtype_f16_to_f32(0xfc01)), 0xffc02000u);
 }
 END_TEST
 
@@ -312,7 +291,7 @@ START_TEST(test_dtype_bf16_widens_and_round_trips_every_pattern)
 {
     for (uint32_t h = 0; h <= 0xffff; h++) {
         uint32_t expected = h << 16;
-        uint32_t got = bits_of(dtype_bf16_to_f32((uint16_t)h));
+        uint32_t got = tu_f32_bits(dtype_bf16_to_f32((uint16_t)h));
 
         if (is_nan_bits(expected))
             expected |= 0x00400000u; /* NaN: quiet bit set, the rest kept */
@@ -332,7 +311,7 @@ START_TEST(test_dtype_f16_matches_numpy_for_every_pattern_and_rounding_vector)
     const unsigned char *in, *f16, *widen;
 
     ck_assert_msg(len >= 16 && memcmp(buf, "EMADVEC1", 8) == 0, "bad vectors file");
-    count = load_u64(buf + 8);
+    count = tu_load_u64le(buf + 8);
     ck_assert_uint_gt(count, 100000);
     ck_assert_uint_eq(len, 16 + count * 8 + 65536 * 4);
     in = buf + 16;
@@ -358,7 +337,7 @@ START_TEST(test_dtype_f16_matches_numpy_for_every_pattern_and_rounding_vector)
         }
     }
     for (uint32_t h = 0; h <= 0xffff; h++) {
-        uint32_t np, got = bits_of(dtype_f16_to_f32((uint16_t)h));
+        uint32_t np, got = tu_f32_bits(dtype_f16_to_f32((uint16_t)h));
 
         memcpy(&np, widen + 4 * h, 4);
         if (is_nan_bits(np))
@@ -382,7 +361,7 @@ START_TEST(test_dtype_bf16_matches_numpy_rounding_vectors)
     const unsigned char *in, *bf16;
 
     ck_assert_msg(len >= 16 && memcmp(buf, "EMADVEC1", 8) == 0, "bad vectors file");
-    count = load_u64(buf + 8);
+    count = tu_load_u64le(buf + 8);
     ck_assert_uint_eq(len, 16 + count * 8 + 65536 * 4);
     in = buf + 16;
     bf16 = in + count * 6;
@@ -438,8 +417,9 @@ START_TEST(test_dtype_convert_handles_unaligned_buffers)
 
                 memcpy(&h, src + off + 2 * i, 2);
                 memcpy(&f, dst + 3 - off + 4 * i, 4);
-                ck_assert_uint_eq(bits_of(f), bits_of(from == EMAD_F16 ? dtype_f16_to_f32(h)
-                                                                       : dtype_bf16_to_f32(h)));
+                ck_assert_uint_eq(
+                    tu_f32_bits(f),
+                    tu_f32_bits(from == EMAD_F16 ? dtype_f16_to_f32(h) : dtype_bf16_to_f32(h)));
             }
         }
         /* Identical types are a byte copy, any dtype. */

@@ -17,16 +17,6 @@
 #include "ema.h"
 #include "testutil.h"
 
-/* Bit pattern of a float. */
-static uint32_t
-bits_of(float f)
-{
-    uint32_t u;
-
-    memcpy(&u, &f, sizeof(u));
-    return u;
-}
-
 /* Bit pattern of a double. */
 static uint64_t
 bits_of_d(double d)
@@ -44,18 +34,11 @@ load_u32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Little-endian u64 at p. */
-static uint64_t
-load_u64(const unsigned char *p)
-{
-    return (uint64_t)load_u32(p) | (uint64_t)load_u32(p + 4) << 32;
-}
-
 /* Double stored little-endian at p. */
 static double
 load_f64(const unsigned char *p)
 {
-    uint64_t u = load_u64(p);
+    uint64_t u = tu_load_u64le(p);
     double d;
 
     memcpy(&d, &u, sizeof(d));
@@ -81,24 +64,24 @@ step_f32(float shadow, float value, double decay)
 
 START_TEST(test_ema_coef_is_one_minus_decay_in_double_then_rounded_to_float)
 {
-    ck_assert_uint_eq(bits_of(ema_coef_f32(0.5)), bits_of(0.5f));
-    ck_assert_uint_eq(bits_of(ema_coef_f32(0.75)), bits_of(0.25f));
-    ck_assert_uint_eq(bits_of(ema_coef_f32(1.0)), bits_of(0.0f));
-    ck_assert_uint_eq(bits_of(ema_coef_f32(0.0)), bits_of(1.0f));
+    ck_assert_uint_eq(tu_f32_bits(ema_coef_f32(0.5)), tu_f32_bits(0.5f));
+    ck_assert_uint_eq(tu_f32_bits(ema_coef_f32(0.75)), tu_f32_bits(0.25f));
+    ck_assert_uint_eq(tu_f32_bits(ema_coef_f32(1.0)), tu_f32_bits(0.0f));
+    ck_assert_uint_eq(tu_f32_bits(ema_coef_f32(0.0)), tu_f32_bits(1.0f));
     /*
      * 0.9 is 0x1.ccccccccccccdp-1, so 1.0 - 0.9 = 0x1.9999999999998p-4
      * (exact, Sterbenz) = 0.09999999999999998. The float32 neighbours are
      * 0x3dcccccc = 0.099999994 and 0x3dcccccd = 0.100000001; the second is
      * nearer, so c is 0x3dcccccd (the same float as 0.1f).
      */
-    ck_assert_uint_eq(bits_of(ema_coef_f32(0.9)), 0x3dcccccdu);
+    ck_assert_uint_eq(tu_f32_bits(ema_coef_f32(0.9)), 0x3dcccccdu);
     /*
      * 1.0 - 0.999 = 0x1.0624dd2f1aap-10 = 0.0010000000000000009; rounded to
      * float32 (24 bits: 0x1.0624dep-10) that is 0x3a83126f = 0.0010000000475.
      * Subtracting in float instead, 1.0f - 0.999f = 0x3a830000 = 0.00099998713,
      * which is not what PyTorch computes.
      */
-    ck_assert_uint_eq(bits_of(ema_coef_f32(0.999)), 0x3a83126fu);
+    ck_assert_uint_eq(tu_f32_bits(ema_coef_f32(0.999)), 0x3a83126fu);
 }
 END_TEST
 
@@ -109,18 +92,18 @@ START_TEST(test_ema_decay_half_moves_one_halfway_to_three)
     double s64 = 1.0, out64 = 0.0, v64 = 3.0;
     uint16_t v16 = 0x4200, vb16 = 0x4040; /* 3.0 in binary16 and in bfloat16 */
 
-    ck_assert_uint_eq(bits_of(step_f32(1.0f, 3.0f, 0.5)), bits_of(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(step_f32(1.0f, 3.0f, 0.5)), tu_f32_bits(2.0f));
     ck_assert_int_eq(ema_update(&out32, &s32, &v32, EMAD_F32, 1, 0.5), 0);
-    ck_assert_uint_eq(bits_of(out32), bits_of(2.0f));
-    ck_assert_uint_eq(bits_of(s32), bits_of(1.0f)); /* out of place: shadow untouched */
+    ck_assert_uint_eq(tu_f32_bits(out32), tu_f32_bits(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(s32), tu_f32_bits(1.0f)); /* out of place: shadow untouched */
     ck_assert_int_eq(ema_update(&out32, &s32, &v16, EMAD_F16, 1, 0.5), 0);
-    ck_assert_uint_eq(bits_of(out32), bits_of(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(out32), tu_f32_bits(2.0f));
     ck_assert_int_eq(ema_update(&out32, &s32, &vb16, EMAD_BF16, 1, 0.5), 0);
-    ck_assert_uint_eq(bits_of(out32), bits_of(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(out32), tu_f32_bits(2.0f));
     ck_assert_int_eq(ema_update(&out64, &s64, &v64, EMAD_F64, 1, 0.5), 0);
     ck_assert_uint_eq(bits_of_d(out64), bits_of_d(2.0));
     ck_assert_int_eq(ema_update(&s32, &s32, &v32, EMAD_F32, 1, 0.5), 0); /* in place */
-    ck_assert_uint_eq(bits_of(s32), bits_of(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(s32), tu_f32_bits(2.0f));
 }
 END_TEST
 
@@ -136,19 +119,19 @@ START_TEST(test_ema_decay_0_9_f32_hand_computed_with_rounding_after_each_op)
      * 120795955 / 8 = 15099494.375 rounds to 15099494 = 0xe66666, i.e.
      * 0x3f666666 = 0.899999976 (the float 0.9f).
      */
-    ck_assert_uint_eq(bits_of(step_f32(1.0f, 0.0f, 0.9)), 0x3f666666u);
+    ck_assert_uint_eq(tu_f32_bits(step_f32(1.0f, 0.0f, 0.9)), 0x3f666666u);
     /*
      * Shadow 2, value 1: 2 - c = 255013683 * 2^-27; in [1, 2) the spacing is
      * 16 * 2^-27, 255013683 / 16 = 15938355.1875 rounds to 15938355 =
      * 0xf33333: 0x3ff33333 = 1.89999998.
      */
-    ck_assert_uint_eq(bits_of(step_f32(2.0f, 1.0f, 0.9)), 0x3ff33333u);
+    ck_assert_uint_eq(tu_f32_bits(step_f32(2.0f, 1.0f, 0.9)), 0x3ff33333u);
     /*
      * Two steps from shadow 0 toward value 1.
      * Step 1: diff = -1, t = -c, shadow = 0 + c = 0x3dcccccd exactly.
      */
     s = step_f32(0.0f, 1.0f, 0.9);
-    ck_assert_uint_eq(bits_of(s), 0x3dcccccdu);
+    ck_assert_uint_eq(tu_f32_bits(s), 0x3dcccccdu);
     /*
      * Step 2: diff = c - 1 = -120795955 * 2^-27, rounded as above to
      * -15099494 * 2^-24. t = c * diff = -(13421773 * 15099494) * 2^-51 =
@@ -159,7 +142,7 @@ START_TEST(test_ema_decay_0_9_f32_hand_computed_with_rounding_after_each_op)
      * exact in float32: 0x3e428f5c = 0.189999998.
      */
     s = step_f32(s, 1.0f, 0.9);
-    ck_assert_uint_eq(bits_of(s), 0x3e428f5cu);
+    ck_assert_uint_eq(tu_f32_bits(s), 0x3e428f5cu);
 }
 END_TEST
 
@@ -193,12 +176,12 @@ START_TEST(test_ema_decay_zero_is_not_an_exact_copy_and_decay_one_keeps_the_shad
      * only if shadow - value is exact: with shadow 1 and value 1e-30,
      * diff rounds to 1 and the result is 0, as in PyTorch.
      */
-    ck_assert_uint_eq(bits_of(step_f32(1.0f, 1e-30f, 0.0)), bits_of(0.0f));
-    ck_assert_uint_eq(bits_of(step_f32(1.0f, 0.375f, 0.0)), bits_of(0.375f));
+    ck_assert_uint_eq(tu_f32_bits(step_f32(1.0f, 1e-30f, 0.0)), tu_f32_bits(0.0f));
+    ck_assert_uint_eq(tu_f32_bits(step_f32(1.0f, 0.375f, 0.0)), tu_f32_bits(0.375f));
     /* decay 1: c = 0, t = 0, the shadow stays (finite values). */
-    ck_assert_uint_eq(bits_of(step_f32(1.5f, -7.0f, 1.0)), bits_of(1.5f));
+    ck_assert_uint_eq(tu_f32_bits(step_f32(1.5f, -7.0f, 1.0)), tu_f32_bits(1.5f));
     /* ... except the sign of a zero: t = 0 * -3 = -0 and (-0) - (-0) = +0. */
-    ck_assert_uint_eq(bits_of(step_f32(-0.0f, 3.0f, 1.0)), bits_of(0.0f));
+    ck_assert_uint_eq(tu_f32_bits(step_f32(-0.0f, 3.0f, 1.0)), tu_f32_bits(0.0f));
 }
 END_TEST
 
@@ -212,11 +195,11 @@ START_TEST(test_ema_f16_and_bf16_values_are_widened_exactly)
 
     /* c = 1 (decay 0) and shadow 0: the result is the widened value itself. */
     ck_assert_int_eq(ema_update(out, s, h, EMAD_F16, 2, 0.0), 0);
-    ck_assert_uint_eq(bits_of(out[0]), bits_of(0x1p-24f));
-    ck_assert_uint_eq(bits_of(out[1]), bits_of(65504.0f));
+    ck_assert_uint_eq(tu_f32_bits(out[0]), tu_f32_bits(0x1p-24f));
+    ck_assert_uint_eq(tu_f32_bits(out[1]), tu_f32_bits(65504.0f));
     ck_assert_int_eq(ema_update(out, s, b, EMAD_BF16, 2, 0.0), 0);
-    ck_assert_uint_eq(bits_of(out[0]), 0x00010000u);
-    ck_assert_uint_eq(bits_of(out[1]), bits_of(1.0078125f));
+    ck_assert_uint_eq(tu_f32_bits(out[0]), 0x00010000u);
+    ck_assert_uint_eq(tu_f32_bits(out[1]), tu_f32_bits(1.0078125f));
     /*
      * Decay 0.5 from shadow 1 toward 0.333251953125 (exact with 11 bits):
      * diff = 0.666748046875, t = 0.3333740234375, shadow = 0.6666259765625,
@@ -224,16 +207,16 @@ START_TEST(test_ema_f16_and_bf16_values_are_widened_exactly)
      * shadow = -0.5.
      */
     ck_assert_int_eq(ema_update(out + 2, s + 2, h + 2, EMAD_F16, 2, 0.5), 0);
-    ck_assert_uint_eq(bits_of(out[2]), bits_of(0.6666259765625f));
-    ck_assert_uint_eq(bits_of(out[3]), bits_of(-0.5f));
+    ck_assert_uint_eq(tu_f32_bits(out[2]), tu_f32_bits(0.6666259765625f));
+    ck_assert_uint_eq(tu_f32_bits(out[3]), tu_f32_bits(-0.5f));
     /*
      * bfloat16 0.5 from shadow 1: 0.75. 0x7f7f = 0x1.fep127 from shadow -1:
      * diff = -1 - 0x1.fep127 rounds to -0x1.fep127, t = -0x1.fep126, and
      * -1 - t rounds to 0x1.fep126.
      */
     ck_assert_int_eq(ema_update(out + 2, s + 2, b + 2, EMAD_BF16, 2, 0.5), 0);
-    ck_assert_uint_eq(bits_of(out[2]), bits_of(0.75f));
-    ck_assert_uint_eq(bits_of(out[3]), bits_of(0x1.fep126f));
+    ck_assert_uint_eq(tu_f32_bits(out[2]), tu_f32_bits(0.75f));
+    ck_assert_uint_eq(tu_f32_bits(out[3]), tu_f32_bits(0x1.fep126f));
 }
 END_TEST
 
@@ -242,9 +225,9 @@ START_TEST(test_ema_nan_value_poisons_only_its_own_element)
     float s[3] = {1.0f, 1.0f, 1.0f}, v[3] = {3.0f, NAN, 3.0f};
 
     ck_assert_int_eq(ema_update(s, s, v, EMAD_F32, 3, 0.5), 0);
-    ck_assert_uint_eq(bits_of(s[0]), bits_of(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(s[0]), tu_f32_bits(2.0f));
     ck_assert(isnan(s[1]));
-    ck_assert_uint_eq(bits_of(s[2]), bits_of(2.0f));
+    ck_assert_uint_eq(tu_f32_bits(s[2]), tu_f32_bits(2.0f));
 }
 END_TEST
 
@@ -331,7 +314,7 @@ START_TEST(test_ema_in_place_and_out_of_place_give_the_same_bits)
                 }
                 float diff = s - v;
                 float t = c * diff;
-                ck_assert_uint_eq(bits_of(d), bits_of(s - t));
+                ck_assert_uint_eq(tu_f32_bits(d), tu_f32_bits(s - t));
             }
         }
         free(shadow);
@@ -405,13 +388,13 @@ START_TEST(test_ema_init_converts_values_to_the_shadow_dtype)
     float out[3];
 
     ck_assert_int_eq(ema_init(out, h, EMAD_F16, 3), 0);
-    ck_assert_uint_eq(bits_of(out[0]), bits_of(1.0f));
-    ck_assert_uint_eq(bits_of(out[1]), bits_of(0x1p-24f));
-    ck_assert_uint_eq(bits_of(out[2]), bits_of(-2.0f));
+    ck_assert_uint_eq(tu_f32_bits(out[0]), tu_f32_bits(1.0f));
+    ck_assert_uint_eq(tu_f32_bits(out[1]), tu_f32_bits(0x1p-24f));
+    ck_assert_uint_eq(tu_f32_bits(out[2]), tu_f32_bits(-2.0f));
     ck_assert_int_eq(ema_init(out, b, EMAD_BF16, 3), 0);
-    ck_assert_uint_eq(bits_of(out[0]), bits_of(1.0f));
-    ck_assert_uint_eq(bits_of(out[1]), bits_of(3.140625f));
-    ck_assert_uint_eq(bits_of(out[2]), 0xff800000u);
+    ck_assert_uint_eq(tu_f32_bits(out[0]), tu_f32_bits(1.0f));
+    ck_assert_uint_eq(tu_f32_bits(out[1]), tu_f32_bits(3.140625f));
+    ck_assert_uint_eq(tu_f32_bits(out[2]), 0xff800000u);
     /* F32 is a bit copy, NaN payloads included. */
     ck_assert_int_eq(ema_init(out, f, EMAD_F32, 3), 0);
     ck_assert_mem_eq(out, f, sizeof(f));
@@ -468,8 +451,8 @@ check_against_numpy(unsigned seed, size_t n, size_t steps, double decay, int dty
 
     /* Header: see tests/reference.py. */
     ck_assert_msg(len >= 48 && memcmp(buf, "EMADEMA1", 8) == 0, "bad reference file");
-    ck_assert_uint_eq(load_u64(buf + 8), n);
-    ck_assert_uint_eq(load_u64(buf + 16), steps);
+    ck_assert_uint_eq(tu_load_u64le(buf + 8), n);
+    ck_assert_uint_eq(tu_load_u64le(buf + 16), steps);
     ck_assert_uint_eq(bits_of_d(load_f64(buf + 24)), bits_of_d(decay));
     ck_assert_uint_eq(load_u32(buf + 40), vs);
     ck_assert_uint_eq(load_u32(buf + 44), ss);

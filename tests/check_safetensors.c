@@ -28,17 +28,6 @@
         (char *)(k), (char *)(v)                                                                   \
     }
 
-/* Little-endian u64 at p. */
-static uint64_t
-load_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /*
  * A file image: 8-byte little-endian length n, then the header text, then
  * data_len data bytes (0x5a). The caller frees it; its length is *len.
@@ -275,7 +264,7 @@ START_TEST(test_st_metadata_round_trips)
     ck_assert_int_eq(st_read(&f, path, &cause), 0);
     ck_assert_uint_eq(f->ntensors, 0);
     ck_assert_str_eq(st_meta_get(f, "format"), "pt");
-    ck_assert_uint_eq(f->map_len, 8 + load_u64(f->map));
+    ck_assert_uint_eq(f->map_len, 8 + tu_load_u64le(f->map));
     st_free(f);
     free_tensors(&t, 1);
     tu_rmtree(dir);
@@ -310,7 +299,7 @@ START_TEST(test_st_writer_orders_by_size_then_name_pads_and_aligns)
 
     raw = tu_read_file(path, &len);
     ck_assert_ptr_nonnull(raw);
-    n = load_u64(raw);
+    n = tu_load_u64le(raw);
     ck_assert_uint_eq(n % 8, 0);
     text = strndup((const char *)raw + 8, (size_t)n);
     ck_assert_msg(strncmp(text, "{\"__metadata__\":{\"format\":\"pt\"}", 31) == 0, "%s", text);

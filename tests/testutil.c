@@ -310,3 +310,22 @@ tu_randf(uint64_t *state)
 {
     return (float)((double)(tu_rand(state) >> 40) / (double)(1ULL << 23)) - 1.0f;
 }
+
+uint32_t
+tu_f32_bits(float f)
+{
+    uint32_t u;
+
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+uint64_t
+tu_load_u64le(const unsigned char *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}

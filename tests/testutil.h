@@ -65,6 +65,12 @@ void *tu_read_file(const char *path, size_t *len);
 /* Write a buffer to a file; 0 on success. */
 int tu_write_file(const char *path, const void *buf, size_t len);
 
+/* Bit pattern of a float. */
+uint32_t tu_f32_bits(float f);
+
+/* Little-endian u64 at p (any alignment). */
+uint64_t tu_load_u64le(const unsigned char *p);
+
 /* Deterministic pseudo-random generator (xorshift64*). */
 uint64_t tu_rand(uint64_t *state);
 float tu_randf(uint64_t *state); /* uniform in [-1, 1) */
