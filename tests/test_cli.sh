@@ -11,44 +11,10 @@
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
 set -eu
 
-top_builddir=${top_builddir:-.}
+test_name=test_cli.sh
 top_srcdir=${top_srcdir:-.}
-PYTHON3=${PYTHON3:-/usr/bin/python3}
-EMAD=$top_builddir/emad
-EMACTL=$top_builddir/emactl
-
-work=$(mktemp -d /tmp/emad-test-XXXXXX)
-pid=
-url=
-port=
-
-# Kill the daemon (if running) and remove the work dir; keeps the exit status.
-cleanup() {
-    status=$?
-    if [ -n "$pid" ]; then
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-# Print a failure with the end of the daemon's log and exit 1.
-fail() {
-    echo "test_cli.sh: FAIL: $*" >&2
-    if [ -f "$work/emad.log" ]; then
-        echo "---- last lines of the emad log ----" >&2
-        tail -n 30 "$work/emad.log" >&2
-    fi
-    exit 1
-}
-
-# Run emactl against the test daemon with a time limit.
-ctl() {
-    timeout 60 "$EMACTL" --server "$url" "$@"
-}
+# shellcheck source=tests/lib.sh
+. "$top_srcdir/tests/lib.sh"
 
 # Run emactl expecting success; stdout in $work/out, stderr in $work/err.
 ok() {
@@ -77,46 +43,6 @@ import numpy as np
 import safetensors_np as st
 st.save(sys.argv[2], $2, {'format': 'pt'})
 " "$top_srcdir/tests" "$1" || fail "cannot write $1 with numpy"
-}
-
-# Start emad on a free port (three tries, in case another process takes the port first).
-start_daemon() {
-    for _try in 1 2 3; do
-        port=$(timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
-            fail "cannot run $PYTHON3 to pick a port"
-        url=tcp://127.0.0.1:$port
-        mkdir -p "$work/state"
-        "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug 2>"$work/emad.log" &
-        pid=$!
-        # Watchdog: the daemon never outlives this test by more than 5 minutes.
-        (
-            i=0
-            while [ "$i" -lt 300 ] && kill -0 "$pid" 2>/dev/null; do
-                sleep 1
-                i=$((i + 1))
-            done
-            kill -9 "$pid" 2>/dev/null
-        ) >/dev/null 2>&1 </dev/null &
-        if timeout 15 "$PYTHON3" - "$port" <<'EOF'
-import socket, sys, time
-for _ in range(1000):
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.01)
-sys.exit(1)
-EOF
-        then
-            if kill -0 "$pid" 2>/dev/null; then
-                return 0
-            fi
-        fi
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        pid=
-    done
-    fail "emad did not start"
 }
 
 # The value of counter $1 in `emactl stats` output ($work/out), or fail.

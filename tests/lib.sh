@@ -1,0 +1,84 @@
+# shellcheck shell=sh
+# lib.sh - shared by the shell tests: paths from `make check`, a private
+# work dir removed on exit, fail() with the daemon's log, ctl() (emactl with
+# a time limit) and start_daemon() (the real emad on a free loopback port,
+# with a watchdog). Sourced after `set -eu`; the caller sets test_name.
+top_builddir=${top_builddir:-.}
+top_srcdir=${top_srcdir:-.}
+PYTHON3=${PYTHON3:-/usr/bin/python3}
+EMAD=$top_builddir/emad
+EMACTL=$top_builddir/emactl
+
+work=$(mktemp -d /tmp/emad-test-XXXXXX)
+pid=
+url=
+port=
+
+# Kill the daemon (if running) and remove the work dir; keeps the exit status.
+cleanup() {
+    status=$?
+    if [ -n "$pid" ]; then
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+# Print a failure with the end of the daemon's log and exit 1.
+fail() {
+    echo "${test_name:-test}: FAIL: $*" >&2
+    if [ -f "$work/emad.log" ]; then
+        echo "---- last lines of the emad log ----" >&2
+        tail -n 30 "$work/emad.log" >&2
+    fi
+    exit 1
+}
+
+# Run emactl against the test daemon with a time limit.
+ctl() {
+    timeout 60 "$EMACTL" --server "$url" "$@"
+}
+
+# Start emad on a free port (three tries, in case another process takes the port first).
+start_daemon() {
+    for _try in 1 2 3; do
+        port=$(timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
+            fail "cannot run $PYTHON3 to pick a port"
+        url=tcp://127.0.0.1:$port
+        mkdir -p "$work/state"
+        "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug 2>"$work/emad.log" &
+        pid=$!
+        # Watchdog: the daemon never outlives this test by more than 5 minutes.
+        (
+            i=0
+            while [ "$i" -lt 300 ] && kill -0 "$pid" 2>/dev/null; do
+                sleep 1
+                i=$((i + 1))
+            done
+            kill -9 "$pid" 2>/dev/null
+        ) >/dev/null 2>&1 </dev/null &
+        if timeout 15 "$PYTHON3" - "$port" <<'EOF'
+import socket, sys, time
+for _ in range(1000):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.01)
+sys.exit(1)
+EOF
+        then
+            if kill -0 "$pid" 2>/dev/null; then
+                return 0
+            fi
+        fi
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    done
+    fail "emad did not start"
+}
+
