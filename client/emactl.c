@@ -52,17 +52,24 @@ typedef struct command {
 
 /* ---- messages ------------------------------------------------------------------------------- */
 
+/* Print "emactl: CMD: message" (without a newline) to stderr. */
+static void
+vprefixed(const ctl *g, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "emactl: ");
+    if (g->cmd != NULL)
+        fprintf(stderr, "%s: ", g->cmd);
+    vfprintf(stderr, fmt, ap);
+}
+
 /* Print "emactl: CMD: message" to stderr. */
 __attribute__((format(printf, 2, 3))) static void
 errorf(const ctl *g, const char *fmt, ...)
 {
     va_list ap;
 
-    fprintf(stderr, "emactl: ");
-    if (g->cmd != NULL)
-        fprintf(stderr, "%s: ", g->cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vprefixed(g, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
 }
@@ -73,11 +80,8 @@ usage_error(const ctl *g, const char *fmt, ...)
 {
     va_list ap;
 
-    fprintf(stderr, "emactl: ");
-    if (g->cmd != NULL)
-        fprintf(stderr, "%s: ", g->cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vprefixed(g, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\nTry 'emactl %s%s--help'.\n", g->cmd != NULL ? g->cmd : "",
             g->cmd != NULL ? " " : "");
