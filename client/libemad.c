@@ -290,28 +290,11 @@ reply_free(reply *r)
     r->root = NULL;
 }
 
-/* Value of key in a msgpack map, or NULL. */
-static const msgpack_object *
-mget(const msgpack_object *map, const char *key)
-{
-    size_t klen = strlen(key);
-
-    if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
-        return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *k = &map->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
-            return &map->via.map.ptr[i].val;
-    }
-    return NULL;
-}
-
 /* Required uint key of a reply map; EMAD_EPROTO if missing or mistyped. */
 static int
 rget_u64(emad_client *c, const msgpack_object *map, const char *key, uint64_t *v)
 {
-    const msgpack_object *o = mget(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
         (void)fail(c, EMAD_EPROTO, "reply key '%s' is %s (expected an unsigned integer)", key,
@@ -326,7 +309,7 @@ rget_u64(emad_client *c, const msgpack_object *map, const char *key, uint64_t *v
 static int
 rget_str(emad_client *c, const msgpack_object *map, const char *key, const char **p, size_t *len)
 {
-    const msgpack_object *o = mget(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     if (o == NULL || o->type != MSGPACK_OBJECT_STR) {
         (void)fail(c, EMAD_EPROTO, "reply key '%s' is %s (expected a string)", key,
@@ -342,7 +325,7 @@ rget_str(emad_client *c, const msgpack_object *map, const char *key, const char 
 static int
 rget_array(emad_client *c, const msgpack_object *map, const char *key, const msgpack_object **arr)
 {
-    const msgpack_object *o = mget(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
         (void)fail(c, EMAD_EPROTO, "reply key '%s' is %s (expected an array)", key,
@@ -361,8 +344,8 @@ rget_array(emad_client *c, const msgpack_object *map, const char *key, const msg
 static int
 reply_error(emad_client *c, const char *op, const msgpack_object *e)
 {
-    const msgpack_object *code = mget(e, "code"), *msg = mget(e, "message"),
-                         *tensor = mget(e, "tensor");
+    const msgpack_object *code = proto_map_get(e, "code"), *msg = proto_map_get(e, "message"),
+                         *tensor = proto_map_get(e, "tensor");
     int rc;
     int mlen = 0, tlen = 0;
     const char *m = "", *t = "";
@@ -418,18 +401,18 @@ reply_decode(emad_client *c, const char *op, reply *r, size_t len)
     if (rc != MSGPACK_UNPACK_SUCCESS || off != len || r->u.data.type != MSGPACK_OBJECT_MAP)
         return fail(c, EMAD_EPROTO, "%s: reply is not a msgpack map", op);
     r->root = &r->u.data;
-    v = mget(r->root, "v");
+    v = proto_map_get(r->root, "v");
     if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return fail(c, EMAD_EPROTO, "%s: reply has no protocol version", op);
     if (v->via.u64 != PROTO_VERSION)
         return fail(c, EMAD_EVERSION, "%s: the daemon replied with protocol version %llu, not %d",
                     op, (unsigned long long)v->via.u64, PROTO_VERSION);
-    ok = mget(r->root, "ok");
+    ok = proto_map_get(r->root, "ok");
     if (ok == NULL || ok->type != MSGPACK_OBJECT_BOOLEAN)
         return fail(c, EMAD_EPROTO, "%s: reply has no 'ok'", op);
     if (ok->via.boolean)
         return 0;
-    e = mget(r->root, "error");
+    e = proto_map_get(r->root, "error");
     if (e == NULL || e->type != MSGPACK_OBJECT_MAP)
         return fail(c, EMAD_EPROTO, "%s: error reply without an 'error' map", op);
     return reply_error(c, op, e);
@@ -1211,7 +1194,7 @@ parse_tdesc(emad_client *c, const msgpack_object *o, size_t idx, tdesc *t)
         nbytes > SIZE_MAX / 2)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu]: nbytes does not match shape and dtype",
                     idx);
-    data = mget(o, "data");
+    data = proto_map_get(o, "data");
     if (data != NULL) {
         if (data->type != MSGPACK_OBJECT_BIN || data->via.bin.size != t->nbytes)
             return fail(c, EMAD_EPROTO, "reply tensors[%zu]: data is not bin of nbytes", idx);
@@ -1252,7 +1235,7 @@ pull_start(emad_client *c, const pull_req *q, pull_state *p)
     if ((rc = rget_u64(c, p->r.root, "step", &p->step)) != 0 ||
         (rc = rget_array(c, p->r.root, "tensors", &arr)) != 0)
         goto fail;
-    if ((s = mget(p->r.root, "session")) != NULL) {
+    if ((s = proto_map_get(p->r.root, "session")) != NULL) {
         if (s->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
             rc = fail(c, EMAD_EPROTO, "reply key 'session' is not an unsigned integer");
             goto fail;
@@ -1344,8 +1327,8 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
     }
     /* Reads of at most 16 MiB: larger replies cost the daemon fresh mmap'd buffers and page
      * faults per read (bench/bench_pushpull: 64 MiB reads pull ~0.8 GB/s, 16 MiB ~2 GB/s). */
-    budget = (c->reply_eff < READ_BATCH_BYTES ? c->reply_eff : READ_BATCH_BYTES) -
-             PROTO_REPLY_OVERHEAD;
+    budget =
+        (c->reply_eff < READ_BATCH_BYTES ? c->reply_eff : READ_BATCH_BYTES) - PROTO_REPLY_OVERHEAD;
     kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
     if (kmax > PROTO_MAX_RANGES)
         kmax = PROTO_MAX_RANGES;
@@ -1600,7 +1583,7 @@ parse_info(emad_client *c, const msgpack_object *o, emad_model_info *info)
         return fail(c, EMAD_EPROTO, "list: invalid model name in reply");
     memcpy(info->name, name, len);
     info->name[len] = '\0';
-    d = mget(o, "decay");
+    d = proto_map_get(o, "decay");
     if (d == NULL)
         return fail(c, EMAD_EPROTO, "reply key 'decay' is missing");
     if (d->type == MSGPACK_OBJECT_FLOAT32 || d->type == MSGPACK_OBJECT_FLOAT64)
@@ -1683,7 +1666,7 @@ emad_describe(emad_client *c, const char *model, emad_model_info *info, emad_ten
         return call_end(c, rc);
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    if ((m = mget(r.root, "model")) == NULL) {
+    if ((m = proto_map_get(r.root, "model")) == NULL) {
         rc = fail(c, EMAD_EPROTO, "reply key 'model' is missing");
         goto out;
     }
@@ -1736,7 +1719,7 @@ emad_stats(emad_client *c, emad_stat **out, size_t *n)
     *n = 0;
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    m = mget(r.root, "stats");
+    m = proto_map_get(r.root, "stats");
     if (m == NULL || m->type != MSGPACK_OBJECT_MAP) {
         rc = fail(c, EMAD_EPROTO, "reply key 'stats' is %s (expected a map)",
                   m == NULL ? "missing" : "not a map");

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include <msgpack.h>
+
 #include "proto.h"
 
 static const char *const op_names[PROTO_OP_COUNT] = {
@@ -57,6 +59,22 @@ errinfo_find(int code)
     for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
         if (errors[i].code == code)
             return &errors[i];
+    return NULL;
+}
+
+const msgpack_object *
+proto_map_get(const msgpack_object *map, const char *key)
+{
+    size_t klen = strlen(key);
+
+    if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0)
+            return &map->via.map.ptr[i].val;
+    }
     return NULL;
 }
 

@@ -45,6 +45,14 @@ enum proto_op {
 #define PROTO_MAX_MAX_MESSAGE (1u << 30) /* nanomsg sizes are int */
 #define PROTO_REPLY_OVERHEAD 4096        /* room for reply headers around data */
 
+struct msgpack_object;
+
+/*
+ * Value of string key `key` in a msgpack map, or NULL if absent (or if
+ * map is NULL or not a map). Used by both sides to read requests/replies.
+ */
+const struct msgpack_object *proto_map_get(const struct msgpack_object *map, const char *key);
+
 /* Wire name of an op, or NULL. */
 const char *proto_op_name(int op);
 

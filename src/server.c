@@ -298,26 +298,11 @@ req_fail(store_err *err, int code, const char *fmt, ...)
     return code;
 }
 
-/* Value of key in a msgpack map, or NULL. */
-static const msgpack_object *
-map_get(const msgpack_object *map, const char *key)
-{
-    size_t klen = strlen(key);
-
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *k = &map->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
-            return &map->via.map.ptr[i].val;
-    }
-    return NULL;
-}
-
 /* Required string field. */
 static int
 get_str(const msgpack_object *map, const char *key, const char **p, size_t *len, store_err *err)
 {
-    const msgpack_object *o = map_get(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     *p = NULL;
     *len = 0;
@@ -333,7 +318,7 @@ get_str(const msgpack_object *map, const char *key, const char **p, size_t *len,
 static int
 get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present, store_err *err)
 {
-    const msgpack_object *o = map_get(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     if (present != NULL)
         *present = o != NULL;
@@ -350,7 +335,7 @@ get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present, s
 static int
 get_float(const msgpack_object *map, const char *key, double *v, store_err *err)
 {
-    const msgpack_object *o = map_get(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     if (o == NULL)
         return 0;
@@ -374,7 +359,7 @@ get_float(const msgpack_object *map, const char *key, double *v, store_err *err)
 static int
 get_bool(const msgpack_object *map, const char *key, int *v, store_err *err)
 {
-    const msgpack_object *o = map_get(map, key);
+    const msgpack_object *o = proto_map_get(map, key);
 
     if (o == NULL)
         return 0;
@@ -404,7 +389,7 @@ printable(char *buf, size_t size, const char *s, size_t len)
 static int
 decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n, store_err *err)
 {
-    const msgpack_object *arr = map_get(root, "tensors");
+    const msgpack_object *arr = proto_map_get(root, "tensors");
     store_input *in;
     uint32_t bad = 0;
 
@@ -448,7 +433,7 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
             req_fail(err, EMAD_EDTYPE, "unknown dtype '%s'", printable(buf, sizeof(buf), s, len));
             goto fail_named;
         }
-        o = map_get(t, "shape");
+        o = proto_map_get(t, "shape");
         if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
             req_fail(err, EMAD_EMALFORMED, "key 'shape' is %s (expected an array)",
                      o == NULL ? "missing" : "not an array");
@@ -467,7 +452,7 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
             }
             in[i].shape[d] = o->via.array.ptr[d].via.u64;
         }
-        o = map_get(t, "data");
+        o = proto_map_get(t, "data");
         if (o == NULL || o->type != MSGPACK_OBJECT_BIN) {
             req_fail(err, EMAD_EMALFORMED, "key 'data' is %s (expected bin)",
                      o == NULL ? "missing" : "not bin");
@@ -624,7 +609,7 @@ handle_push(req *r, store_err *err)
                      get_u64(r->root, "step", &step, NULL, err)))
         return err->code;
     if (has_txn) {
-        const msgpack_object *o = map_get(r->root, "model");
+        const msgpack_object *o = proto_map_get(r->root, "model");
         if (o != NULL && get_str(r->root, "model", &model_name, &len, err) != 0)
             return err->code;
         if (get_u64(r->root, "step", &step, &has_step, err) != 0)
@@ -782,7 +767,7 @@ static int
 handle_pull(req *r, store_err *err)
 {
     server *srv = r->srv;
-    const msgpack_object *names = map_get(r->root, "tensors");
+    const msgpack_object *names = proto_map_get(r->root, "tensors");
     const char **np = NULL;
     size_t *nl = NULL, n = 0, len;
     const char *model_name;
@@ -873,7 +858,7 @@ build_read(msgpack_packer *pk, const void *vctx)
 static int
 handle_read(req *r, store_err *err)
 {
-    const msgpack_object *rs = map_get(r->root, "ranges");
+    const msgpack_object *rs = proto_map_get(r->root, "ranges");
     uint64_t id, total = 0;
     store_view *v;
     read_ctx ctx;
@@ -997,7 +982,7 @@ build_list_model(msgpack_packer *pk, const void *ctx)
 static int
 handle_list(req *r, store_err *err)
 {
-    const msgpack_object *o = map_get(r->root, "model");
+    const msgpack_object *o = proto_map_get(r->root, "model");
     const char *name;
     size_t len;
     model *m;
