@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,31 +323,185 @@ fmt_decay(char *buf, size_t size, double d)
     return buf;
 }
 
+/* Parse a finite number > 0 (strictly) or >= 0; 0 or -1. */
+static int
+parse_number(const char *s, double *out, int positive)
+{
+    char *end;
+    double v;
+
+    if (s == NULL || *s == '\0' || *s == ' ')
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0 || *end != '\0' || !isfinite(v) || v < 0.0 || (positive && v == 0.0))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Parse "D[,D2...]" into cfg->decays; 0 or -1. */
+static int
+parse_decays(const char *s, emad_model_config *cfg)
+{
+    char buf[512], *p, *save = NULL;
+    size_t n = 0;
+
+    if (s == NULL || strlen(s) >= sizeof(buf) || *s == '\0' || s[strlen(s) - 1] == ',')
+        return -1;
+    strcpy(buf, s);
+    for (p = strtok_r(buf, ",", &save); p != NULL; p = strtok_r(NULL, ",", &save)) {
+        if (n == EMAD_MAX_DECAYS || parse_decay(p, &cfg->decays[n]) != 0)
+            return -1;
+        n++;
+    }
+    if (n == 0 || strstr(s, ",,") != NULL || s[0] == ',')
+        return -1;
+    cfg->ndecays = n;
+    return 0;
+}
+
+/*
+ * Handle an EMA configuration option of create and configure. Returns 1
+ * if handled (applied to cfg), 0 if opt is not one, -1 after a usage
+ * error (*status set).
+ */
+static int
+config_option(ctl *g, args *a, const char *opt, emad_model_config *cfg, int *status)
+{
+    static const struct {
+        const char *flag, *option;
+        size_t off;
+    } enums[] = {
+        {"--schedule", "schedule", offsetof(emad_model_config, schedule)},
+        {"--step-gap", "step_gap", offsetof(emad_model_config, step_gap)},
+        {"--buffers", "buffers", offsetof(emad_model_config, buffers)},
+        {"--nonfinite", "nonfinite", offsetof(emad_model_config, nonfinite)},
+    };
+    static const char *const choices[] = {"constant, num_updates or warmup", "ignore or compensate",
+                                          "copy or average", "reject, skip or allow"};
+    const char *v;
+    uint64_t u;
+
+    for (size_t i = 0; i < sizeof(enums) / sizeof(enums[0]); i++) {
+        if (!opt_is(opt, enums[i].flag))
+            continue;
+        v = opt_value(a, opt);
+        int e = v != NULL ? emad_option_from_name(enums[i].option, v) : -1;
+        if (e < 0) {
+            *status = usage_error(g, "%s must be %s, not '%s'", enums[i].flag, choices[i],
+                                  v != NULL ? v : "");
+            return -1;
+        }
+        *(int *)((char *)cfg + enums[i].off) = e;
+        return 1;
+    }
+    if (opt_is(opt, "--decay")) {
+        if (parse_decays(v = opt_value(a, opt), cfg) != 0) {
+            *status = usage_error(g,
+                                  "--decay needs one to %d comma-separated numbers from 0 to 1, "
+                                  "not '%s'",
+                                  EMAD_MAX_DECAYS, v != NULL ? v : "");
+            return -1;
+        }
+    } else if (opt_is(opt, "--update-after-step")) {
+        if (parse_u64(v = opt_value(a, opt), &cfg->update_after_step) != 0) {
+            *status = usage_error(g, "--update-after-step needs a whole number, not '%s'",
+                                  v != NULL ? v : "");
+            return -1;
+        }
+    } else if (opt_is(opt, "--inv-gamma") || opt_is(opt, "--power")) {
+        int gamma = opt_is(opt, "--inv-gamma");
+        if (parse_number(v = opt_value(a, opt), gamma ? &cfg->inv_gamma : &cfg->power, 1) != 0) {
+            *status = usage_error(g, "%s needs a number > 0, not '%s'",
+                                  gamma ? "--inv-gamma" : "--power", v != NULL ? v : "");
+            return -1;
+        }
+    } else if (opt_is(opt, "--min-decay")) {
+        if (parse_decay(v = opt_value(a, opt), &cfg->min_decay) != 0) {
+            *status = usage_error(g, "--min-decay needs a number from 0 to 1, not '%s'",
+                                  v != NULL ? v : "");
+            return -1;
+        }
+    } else if (opt_is(opt, "--writers")) {
+        if (parse_u64(v = opt_value(a, opt), &u) != 0 || u < 1 || u > EMAD_MAX_WRITERS) {
+            *status = usage_error(g, "--writers needs a whole number from 1 to %d, not '%s'",
+                                  EMAD_MAX_WRITERS, v != NULL ? v : "");
+            return -1;
+        }
+        cfg->writers = (uint32_t)u;
+    } else if (opt_is(opt, "--copy") || opt_is(opt, "--ignore")) {
+        int copy = opt_is(opt, "--copy");
+        size_t *n = copy ? &cfg->ncopy : &cfg->nignore;
+        const char **p = copy ? cfg->copy : cfg->ignore;
+        v = opt_value(a, opt);
+        if (v == NULL || *v == '\0' || strlen(v) > EMAD_MAX_GLOB_BYTES) {
+            *status = usage_error(g, "%s needs a pattern of 1 to %d bytes", copy ? "--copy" : "--ignore",
+                                  EMAD_MAX_GLOB_BYTES);
+            return -1;
+        }
+        if (*n == EMAD_MAX_GLOBS) {
+            *status = usage_error(g, "at most %d %s patterns", EMAD_MAX_GLOBS,
+                                  copy ? "--copy" : "--ignore");
+            return -1;
+        }
+        p[(*n)++] = v;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Print a configuration as "decays 0.999,0.9999, schedule warmup, ..." lines. */
+static void
+print_config(const emad_model_config *cfg)
+{
+    char dbuf[32];
+
+    printf("  decays:            ");
+    for (size_t i = 0; i < cfg->ndecays; i++)
+        printf("%s%s", i ? "," : "", fmt_decay(dbuf, sizeof(dbuf), cfg->decays[i]));
+    printf("\n  schedule:          %s\n", emad_schedule_name(cfg->schedule));
+    printf("  update_after_step: %" PRIu64 "\n", cfg->update_after_step);
+    printf("  inv_gamma:         %s\n", fmt_decay(dbuf, sizeof(dbuf), cfg->inv_gamma));
+    printf("  power:             %s\n", fmt_decay(dbuf, sizeof(dbuf), cfg->power));
+    printf("  min_decay:         %s\n", fmt_decay(dbuf, sizeof(dbuf), cfg->min_decay));
+    printf("  step_gap:          %s\n", emad_step_gap_name(cfg->step_gap));
+    printf("  buffers:           %s\n", emad_buffers_name(cfg->buffers));
+    printf("  nonfinite:         %s\n", emad_nonfinite_name(cfg->nonfinite));
+    printf("  writers:           %u\n", cfg->writers);
+    printf("  copy:              ");
+    for (size_t i = 0; i < cfg->ncopy; i++)
+        printf("%s%s", i ? " " : "", cfg->copy[i]);
+    printf("%s\n  ignore:            ", cfg->ncopy ? "" : "-");
+    for (size_t i = 0; i < cfg->nignore; i++)
+        printf("%s%s", i ? " " : "", cfg->ignore[i]);
+    printf("%s\n", cfg->nignore ? "" : "-");
+}
+
 /* ---- commands ------------------------------------------------------------------------------- */
 
-/* create MODEL [--decay D] [--exist-ok] */
+/* create MODEL [EMA options] [--exist-ok] */
 static int
 cmd_create(ctl *g, const command *self, int argc, char **argv)
 {
     args a = {argc, 0, argv, 0};
-    const char *opt = NULL, *pos = NULL, *model = NULL, *v;
-    double decay = EMAD_DEFAULT_DECAY;
+    const char *opt = NULL, *pos = NULL, *model = NULL;
+    emad_model_config cfg;
     int exist_ok = 0, k, r, rc, status = EXIT_SUCCESS;
     emad_client *c;
     char dbuf[32];
 
+    emad_config_init(&cfg);
     while ((k = args_next(&a, &opt, &pos)) != 0) {
         if (k == 2) {
             if (model != NULL)
                 return usage_error(g, "unexpected argument '%s'", pos);
             model = pos;
-        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0 ||
+                   (r = config_option(g, &a, opt, &cfg, &status)) != 0) {
             if (r < 0)
                 return status;
-        } else if (opt_is(opt, "--decay")) {
-            if (parse_decay(v = opt_value(&a, opt), &decay) != 0)
-                return usage_error(g, "--decay needs a number from 0 to 1, not '%s'",
-                                   v != NULL ? v : "");
         } else if (opt_is(opt, "--exist-ok")) {
             if (flag_has_value(opt))
                 return usage_error(g, "--exist-ok takes no value");
@@ -359,14 +514,72 @@ cmd_create(ctl *g, const command *self, int argc, char **argv)
         return usage_error(g, "missing MODEL");
     if ((c = connect_or_fail(g)) == NULL)
         return EXIT_FAIL;
-    if ((rc = emad_create(c, model, decay, exist_ok)) != 0) {
+    if ((rc = emad_create_config(c, model, &cfg, exist_ok)) != 0) {
         r = fail_rc(g, c, rc);
         emad_close(c);
         return r;
     }
-    printf("model %s ready (decay %s)\n", model, fmt_decay(dbuf, sizeof(dbuf), decay));
+    printf("model %s ready (decay %s", model, fmt_decay(dbuf, sizeof(dbuf), cfg.decays[0]));
+    for (size_t i = 1; i < cfg.ndecays; i++)
+        printf(",%s", fmt_decay(dbuf, sizeof(dbuf), cfg.decays[i]));
+    printf(", schedule %s)\n", emad_schedule_name(cfg.schedule));
     emad_close(c);
     return EXIT_SUCCESS;
+}
+
+/* configure MODEL [EMA options] */
+static int
+cmd_configure(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL;
+    emad_model_config cfg, scratch;
+    int k, r, rc, status = EXIT_SUCCESS, nopts = 0;
+    emad_client *c;
+
+    /* First pass: check the command line; the second applies it to the current configuration. */
+    emad_config_init(&scratch);
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model != NULL)
+                return usage_error(g, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else if ((r = config_option(g, &a, opt, &scratch, &status)) != 0) {
+            if (r < 0)
+                return status;
+            nopts++;
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if (model == NULL)
+        return usage_error(g, "missing MODEL");
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((rc = emad_get_config(c, model, &cfg)) != 0) {
+        r = fail_rc(g, c, rc);
+        emad_close(c);
+        return r;
+    }
+    scratch = cfg;
+    a = (args){argc, 0, argv, 0};
+    while ((k = args_next(&a, &opt, &pos)) != 0)
+        if (k == 1 && common_option(g, &a, opt, self, &status) == 0)
+            (void)config_option(g, &a, opt, &scratch, &status);
+    rc = nopts > 0 ? emad_configure(c, model, &scratch) : 0;
+    if (rc != 0) {
+        r = fail_rc(g, c, rc);
+    } else {
+        printf("model %s%s:\n", model, nopts > 0 ? " configured" : "");
+        print_config(&scratch);
+        r = EXIT_SUCCESS;
+    }
+    emad_config_free(&cfg);
+    emad_close(c);
+    return r;
 }
 
 /* Append the tensors of file f as kind to t[*n] (t has room for them). */
@@ -388,7 +601,55 @@ add_tensors(emad_tensor *t, size_t *n, const st_file *f, int kind)
     }
 }
 
-/* push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] */
+/* Parse "K/N" with 0 <= K < N <= EMAD_MAX_WRITERS; 0 or -1. */
+static int
+parse_shard(const char *s, uint64_t *k, uint64_t *n)
+{
+    char buf[64], *slash;
+
+    if (s == NULL || strlen(s) >= sizeof(buf))
+        return -1;
+    strcpy(buf, s);
+    if ((slash = strchr(buf, '/')) == NULL)
+        return -1;
+    *slash = '\0';
+    if (parse_u64(buf, k) != 0 || parse_u64(slash + 1, n) != 0 || *n == 0 ||
+        *n > EMAD_MAX_WRITERS || *k >= *n)
+        return -1;
+    return 0;
+}
+
+/*
+ * Keep the K-th of N equal flat slices of each tensor: elements
+ * [K * numel / N, (K + 1) * numel / N). Tensors whose slice is empty are
+ * left out. Returns the number kept (compacted at the front of t).
+ */
+static size_t
+shard_tensors(emad_tensor *t, size_t n, uint64_t k, uint64_t parts)
+{
+    size_t kept = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t numel = 1, isz = emad_dtype_size(t[i].dtype), lo, hi;
+
+        for (uint32_t d = 0; d < t[i].ndim; d++)
+            numel *= t[i].shape[d];
+        /* numel < 2^62 and parts <= 1024: the products cannot overflow in 128 bits. */
+        lo = (uint64_t)((unsigned __int128)numel * k / parts);
+        hi = (uint64_t)((unsigned __int128)numel * (k + 1) / parts);
+        if (hi == lo)
+            continue;
+        t[kept] = t[i];
+        t[kept].offset = lo;
+        t[kept].count = hi - lo;
+        t[kept].data = (char *)t[i].data + lo * isz;
+        t[kept].nbytes = (hi - lo) * isz;
+        kept++;
+    }
+    return kept;
+}
+
+/* push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] [--shard K/N] */
 static int
 cmd_push(ctl *g, const command *self, int argc, char **argv)
 {
@@ -398,7 +659,7 @@ cmd_push(ctl *g, const command *self, int argc, char **argv)
     emad_tensor *t = NULL;
     emad_client *c = NULL;
     emad_push_result res;
-    uint64_t step = 0;
+    uint64_t step = 0, shard_k = 0, shard_n = 0;
     int have_step = 0, k, r, rc, status = EXIT_FAIL;
     char *cause = NULL;
     size_t n = 0;
@@ -422,6 +683,10 @@ cmd_push(ctl *g, const command *self, int argc, char **argv)
         } else if (opt_is(opt, "--buffers")) {
             if ((buffers = opt_value(&a, opt)) == NULL || *buffers == '\0')
                 return usage_error(g, "--buffers needs a file");
+        } else if (opt_is(opt, "--shard")) {
+            if (parse_shard(v = opt_value(&a, opt), &shard_k, &shard_n) != 0)
+                return usage_error(g, "--shard needs K/N with 0 <= K < N <= %d, not '%s'",
+                                   EMAD_MAX_WRITERS, v != NULL ? v : "");
         } else {
             return usage_error(g, "unknown option '%s'", opt);
         }
@@ -454,15 +719,25 @@ cmd_push(ctl *g, const command *self, int argc, char **argv)
     add_tensors(t, &n, pf, EMAD_PARAM);
     if (bf != NULL)
         add_tensors(t, &n, bf, EMAD_BUFFER);
+    if (shard_n > 0)
+        n = shard_tensors(t, n, shard_k, shard_n);
     if ((c = connect_or_fail(g)) == NULL)
         goto out;
-    if ((rc = emad_push(c, model, step, t, n, &res)) != 0) {
+    rc = shard_n > 0 ? emad_push_as(c, model, step, (uint32_t)shard_k, t, n, &res)
+                     : emad_push(c, model, step, t, n, &res);
+    if (rc != 0) {
         status = fail_rc(g, c, rc);
         goto out;
     }
-    printf("pushed %s step %" PRIu64 ": %" PRIu64 " applied, %" PRIu64 " stale; model step %" PRIu64
-           " (%u message%s)\n",
-           model, step, res.applied, res.stale, res.step, res.messages,
+    printf("pushed %s step %" PRIu64 ": %" PRIu64 " applied, %" PRIu64 " stale", model, step,
+           res.applied, res.stale);
+    if (res.skipped > 0)
+        printf(", %" PRIu64 " skipped (NaN/Inf)", res.skipped);
+    if (res.ignored > 0)
+        printf(", %" PRIu64 " ignored", res.ignored);
+    if (res.pending)
+        printf(", waiting for other writers");
+    printf("; model step %" PRIu64 " (%u message%s)\n", res.step, res.messages,
            res.messages == 1 ? "" : "s");
     status = EXIT_SUCCESS;
 out:
@@ -518,7 +793,9 @@ cmd_pull(ctl *g, const command *self, int argc, char **argv)
     st_meta meta[3];
     uint64_t total = 0;
     int k, r, rc, status = EXIT_FAIL;
+    emad_pull_options po;
 
+    emad_pull_options_init(&po);
     while ((k = args_next(&a, &opt, &pos)) != 0) {
         if (k == 2) {
             if (model == NULL)
@@ -532,6 +809,20 @@ cmd_pull(ctl *g, const command *self, int argc, char **argv)
         } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
             if (r < 0)
                 goto out;
+        } else if (opt_is(opt, "--decay")) {
+            if (parse_decay(v = opt_value(&a, opt), &po.decay) != 0) {
+                status = usage_error(g, "--decay needs one of the model's decays, not '%s'",
+                                     v != NULL ? v : "");
+                goto out;
+            }
+        } else if (opt_is(opt, "--dtype")) {
+            v = opt_value(&a, opt);
+            po.dtype = v != NULL ? emad_dtype_from_name(v) : EMAD_DTYPE_INVALID;
+            if (po.dtype != EMAD_F32 && po.dtype != EMAD_BF16 && po.dtype != EMAD_F16) {
+                status = usage_error(g, "--dtype must be F32, BF16 or F16, not '%s'",
+                                     v != NULL ? v : "");
+                goto out;
+            }
         } else if (opt_is(opt, "--tensors")) {
             if ((v = opt_value(&a, opt)) == NULL) {
                 status = usage_error(g, "--tensors needs a comma-separated list of names");
@@ -558,7 +849,7 @@ cmd_pull(ctl *g, const command *self, int argc, char **argv)
     }
     if ((c = connect_or_fail(g)) == NULL)
         goto out;
-    if ((rc = emad_pull(c, model, (const char *const *)names, nnames, &m)) != 0) {
+    if ((rc = emad_pull_ex(c, model, (const char *const *)names, nnames, &po, &m)) != 0) {
         status = fail_rc(g, c, rc);
         goto out;
     }
@@ -630,11 +921,19 @@ list_tensors(ctl *g, emad_client *c, const char *model)
     int w = 6, ws = 5, rc;
     char dbuf[32], sbuf[EMAD_MAX_NDIM * 22 + 4];
 
+    emad_model_config cfg;
+
     if ((rc = emad_describe(c, model, &info, &t, &n)) != 0)
         return fail_rc(g, c, rc);
+    if ((rc = emad_get_config(c, model, &cfg)) != 0) {
+        emad_tensors_free(t, n);
+        return fail_rc(g, c, rc);
+    }
     printf("model %s: decay %s, step %" PRIu64 ", %" PRIu64 " tensors, %" PRIu64 " shadow bytes\n",
            info.name, fmt_decay(dbuf, sizeof(dbuf), info.decay), info.step, info.ntensors,
            info.shadow_bytes);
+    print_config(&cfg);
+    emad_config_free(&cfg);
     for (size_t i = 0; i < n; i++) {
         if ((int)strlen(t[i].name) > w)
             w = (int)strlen(t[i].name);
@@ -751,25 +1050,55 @@ cmd_stats(ctl *g, const command *self, int argc, char **argv)
 
 /* The commands, in the order --help lists them. */
 static const command commands[] = {
-    {"create", "create MODEL [--decay D] [--exist-ok]",
-     "Create a model. D is the EMA decay, 0 <= D <= 1 (default 0.999). With\n"
-     "--exist-ok an existing model with the same decay is not an error.\n",
+    {"create",
+     "create MODEL [--decay D[,D2...]] [--schedule constant|num_updates|warmup]\n"
+     "              [--update-after-step N] [--inv-gamma X] [--power P] [--min-decay M]\n"
+     "              [--step-gap ignore|compensate] [--buffers copy|average]\n"
+     "              [--copy GLOB]... [--ignore GLOB]... [--nonfinite reject|skip|allow]\n"
+     "              [--writers N] [--exist-ok]",
+     "Create a model (docs/EMA.md has every formula).\n"
+     "  --decay D[,D2...]     EMA decays, 0 <= D <= 1, up to 8: one shadow each\n"
+     "                        (default 0.999; pulls default to the first)\n"
+     "  --schedule S          constant: D; num_updates: min(D, (1+n)/(10+n));\n"
+     "                        warmup: 1 - (1 + e/inv_gamma)^-power (default constant)\n"
+     "  --update-after-step N pushes at steps <= N copy instead of average (default 0)\n"
+     "  --inv-gamma X, --power P, --min-decay M\n"
+     "                        warmup parameters (defaults 1, 2/3, 0)\n"
+     "  --step-gap G          compensate: a push after a gap of k steps uses the\n"
+     "                        product of the k step decays (default ignore)\n"
+     "  --buffers B           average floating buffers too (default copy)\n"
+     "  --copy GLOB           copy matching tensors instead of averaging them\n"
+     "  --ignore GLOB         accept matching tensors without storing them\n"
+     "  --nonfinite P         NaN/Inf in an averaged tensor: reject the push,\n"
+     "                        skip the tensor, or allow (default reject)\n"
+     "  --writers N           a step is visible when N writers pushed it (default 1)\n"
+     "With --exist-ok an existing model with the same configuration is not an error.\n",
      cmd_create},
-    {"push", "push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors]",
+    {"configure", "configure MODEL [--decay D[,D2...]] [--schedule S] [--update-after-step N]\n"
+     "              [--inv-gamma X] [--power P] [--min-decay M] [--step-gap G] [--nonfinite P]",
+     "Change a live model's decays (same number of them) and schedule options; they\n"
+     "apply from the next push on. Without options, print the configuration.\n",
+     cmd_configure},
+    {"push",
+     "push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] [--shard K/N]",
      "Push the tensors of PARAMS as parameters (averaged; F32, F16, BF16 or F64)\n"
      "and those of BUFFERS as buffers (copied; any dtype) at training step N\n"
      "(0 <= N < 2^64). Tensors whose stored step is >= N are left alone and\n"
-     "counted as stale. The push is applied all at once or not at all.\n",
+     "counted as stale. The push is applied all at once or not at all.\n"
+     "With --shard K/N, push only the K-th of N equal flat slices of every tensor,\n"
+     "as writer K of a model created with --writers N.\n",
      cmd_push},
-    {"pull", "pull MODEL OUT.safetensors [--tensors A,B,...]",
+    {"pull", "pull MODEL OUT.safetensors [--tensors A,B,...] [--decay D] [--dtype F32|BF16|F16]",
      "Pull the averaged model (all tensors, or the named ones) into OUT, written\n"
      "atomically, with metadata format=pt, step=the model's step, model=MODEL.\n"
-     "F16 and BF16 parameters come back in their pushed dtype.\n",
+     "--decay picks the shadow of one of the model's decays (default the first).\n"
+     "Floating tensors come back in their pushed dtype, or converted to --dtype\n"
+     "(rounded to nearest even).\n",
      cmd_pull},
     {"list", "list [MODEL]",
      "Without MODEL: every model with its decay, committed step, number of\n"
-     "tensors and shadow bytes. With MODEL: its tensors with kind, dtype, shape,\n"
-     "step and size in bytes.\n",
+     "tensors and shadow bytes. With MODEL: its EMA configuration, then its\n"
+     "tensors with kind, dtype, shape, step and size in bytes.\n",
      cmd_list},
     {"drop", "drop MODEL", "Drop a model and all its tensors.\n", cmd_drop},
     {"stats", "stats", "Print the daemon's counters, one 'name value' per line.\n", cmd_stats},

@@ -40,6 +40,7 @@
 #include <nanomsg/tcp.h>
 
 #include "dtype.h"
+#include "emaconf.h"
 #include "emad.h"
 #include "proto.h"
 
@@ -735,48 +736,130 @@ emad_server_max_message_bytes(const emad_client *c)
 
 /* ---- create / drop -------------------------------------------------------------------------- */
 
-/* Arguments of a create request. */
+/* Arguments of a create or configure request. */
 typedef struct create_req {
+    const char *op;
     const char *model;
-    double decay;
-    int exist_ok;
+    const emad_model_config *cfg;
+    int exist_ok; /* create only */
 } create_req;
 
-/* Pack a create request. */
+/* Pack a create or configure request: the model name and every configuration key. */
 static void
 build_create(msgpack_packer *pk, const void *vctx)
 {
     const create_req *q = vctx;
+    int create = strcmp(q->op, "create") == 0;
 
-    pk_head(pk, "create", 3);
+    pk_head(pk, q->op, 1 + EMACONF_PACKED_KEYS + create);
     pk_kv_str(pk, "model", q->model);
-    pk_str(pk, "decay");
-    msgpack_pack_double(pk, q->decay);
-    pk_str(pk, "exist_ok");
-    if (q->exist_ok)
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
+    emaconf_pack(pk, q->cfg);
+    if (create) {
+        pk_str(pk, "exist_ok");
+        if (q->exist_ok)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+    }
 }
 
-/* Create a model after checking the name and decay locally. */
-EMAD_EXTERN int
-emad_create(emad_client *c, const char *model, double decay, int exist_ok)
+EMAD_EXTERN void
+emad_config_init(emad_model_config *cfg)
 {
-    create_req q = {model, decay, exist_ok != 0};
+    if (cfg != NULL)
+        emaconf_init(cfg);
+}
+
+/* Send a create or configure after checking the name and configuration locally. */
+static int
+send_config(emad_client *c, const char *op, const char *model, const emad_model_config *cfg,
+            int exist_ok)
+{
+    create_req q = {op, model, cfg, exist_ok != 0};
+    char why[256];
     reply r;
     int rc;
+
+    if ((rc = check_model(c, model)) != 0)
+        return rc;
+    if (emaconf_check(cfg, why, sizeof(why)) != 0)
+        return fail(c, EMAD_ERANGE, "%s", why);
+    if ((rc = call(c, op, build_create, &q, c->opts.timeout_ms, &r)) == 0)
+        reply_free(&r);
+    return rc;
+}
+
+EMAD_EXTERN int
+emad_create_config(emad_client *c, const char *model, const emad_model_config *cfg, int exist_ok)
+{
+    emad_model_config defaults;
 
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
-    if ((rc = check_model(c, model)) != 0)
-        return call_end(c, rc);
-    if (!(decay >= 0.0 && decay <= 1.0))
-        return call_end(c, fail(c, EMAD_ERANGE, "decay %g is not in [0, 1]", decay));
-    if ((rc = call(c, "create", build_create, &q, c->opts.timeout_ms, &r)) == 0)
-        reply_free(&r);
-    return call_end(c, rc);
+    if (cfg == NULL) {
+        emaconf_init(&defaults);
+        cfg = &defaults;
+    }
+    return call_end(c, send_config(c, "create", model, cfg, exist_ok));
+}
+
+/* Create a model with one decay and the default options. */
+EMAD_EXTERN int
+emad_create(emad_client *c, const char *model, double decay, int exist_ok)
+{
+    emad_model_config cfg;
+
+    emaconf_init(&cfg);
+    cfg.decays[0] = decay;
+    return emad_create_config(c, model, &cfg, exist_ok);
+}
+
+EMAD_EXTERN int
+emad_configure(emad_client *c, const char *model, const emad_model_config *cfg)
+{
+    if (c == NULL || cfg == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    return call_end(c, send_config(c, "configure", model, cfg, 0));
+}
+
+EMAD_EXTERN const char *
+emad_schedule_name(int v)
+{
+    return emaconf_schedule_name(v);
+}
+
+EMAD_EXTERN const char *
+emad_step_gap_name(int v)
+{
+    return emaconf_step_gap_name(v);
+}
+
+EMAD_EXTERN const char *
+emad_buffers_name(int v)
+{
+    return emaconf_buffers_name(v);
+}
+
+EMAD_EXTERN const char *
+emad_nonfinite_name(int v)
+{
+    return emaconf_nonfinite_name(v);
+}
+
+EMAD_EXTERN int
+emad_option_from_name(const char *option, const char *name)
+{
+    if (option == NULL || name == NULL)
+        return -1;
+    return emaconf_from_name(option, name, strlen(name));
+}
+
+EMAD_EXTERN void
+emad_config_free(emad_model_config *cfg)
+{
+    emaconf_free(cfg);
 }
 
 /* Drop a model. */
@@ -809,6 +892,8 @@ typedef struct push_item {
 typedef struct push_req {
     const char *model;
     uint64_t step;
+    int has_writer; /* single-message pushes of emad_push_as() */
+    uint32_t writer;
     int has_txn;
     uint64_t txn;
     const emad_tensor *tensors;
@@ -822,18 +907,20 @@ build_push(msgpack_packer *pk, const void *vctx)
 {
     const push_req *q = vctx;
 
-    pk_head(pk, "push", 3 + q->has_txn);
+    pk_head(pk, "push", 3 + q->has_txn + q->has_writer);
     pk_kv_str(pk, "model", q->model);
     pk_kv_u64(pk, "step", q->step);
     if (q->has_txn)
         pk_kv_u64(pk, "txn", q->txn);
+    if (q->has_writer)
+        pk_kv_u64(pk, "writer", q->writer);
     pk_str(pk, "tensors");
     msgpack_pack_array(pk, q->nitems);
     for (size_t i = 0; i < q->nitems; i++) {
         const push_item *it = &q->items[i];
         const emad_tensor *t = &q->tensors[it->index];
 
-        msgpack_pack_map(pk, 5 + q->has_txn);
+        msgpack_pack_map(pk, 5 + q->has_txn + (t->count > 0));
         pk_kv_str(pk, "name", t->name);
         pk_kv_str(pk, "kind", proto_kind_name(t->kind));
         pk_kv_str(pk, "dtype", dtype_name(t->dtype));
@@ -846,6 +933,12 @@ build_push(msgpack_packer *pk, const void *vctx)
         msgpack_pack_bin_body(pk, (const char *)t->data + it->offset, it->len);
         if (q->has_txn)
             pk_kv_u64(pk, "offset", it->offset);
+        if (t->count > 0) {
+            pk_str(pk, "slice");
+            msgpack_pack_array(pk, 2);
+            msgpack_pack_uint64(pk, t->offset);
+            msgpack_pack_uint64(pk, t->count);
+        }
     }
 }
 
@@ -858,6 +951,8 @@ push_header_size(const push_req *q, uint64_t nitems)
 
     if (q->has_txn)
         n += mp_str(3) + mp_uint(q->txn);
+    if (q->has_writer)
+        n += mp_str(6) + mp_uint(q->writer);
     return n;
 }
 
@@ -872,6 +967,8 @@ tensor_meta_size(const emad_tensor *t)
 
     for (uint32_t d = 0; d < t->ndim; d++)
         n += mp_uint(t->shape[d]);
+    if (t->count > 0)
+        n += mp_str(5) + mp_container(2) + mp_uint(t->offset) + mp_uint(t->count);
     return n;
 }
 
@@ -882,22 +979,30 @@ tensor_entry_size(const emad_tensor *t, uint64_t len, int txn, uint64_t offset)
     return tensor_meta_size(t) + mp_bin(len) + (txn ? mp_str(6) + mp_uint(offset) : 0);
 }
 
-/* Compare two C strings through pointers, for qsort. */
+/* Order tensors by name, then slice start, for qsort. */
 static int
-cmp_names(const void *a, const void *b)
+cmp_tensors(const void *a, const void *b)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    const emad_tensor *x = *(const emad_tensor *const *)a, *y = *(const emad_tensor *const *)b;
+    int d = strcmp(x->name, y->name);
+
+    if (d != 0)
+        return d;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
 /* Validate push arguments before anything is sent. */
 static int
-push_validate(emad_client *c, const char *model, const emad_tensor *tensors, size_t n)
+push_validate(emad_client *c, const char *model, const emad_tensor *tensors, size_t n,
+              int allow_empty)
 {
-    const char **names;
+    const emad_tensor **sorted;
     int rc;
 
     if ((rc = check_model(c, model)) != 0)
         return rc;
+    if (n == 0 && allow_empty)
+        return 0;
     if (tensors == NULL || n == 0)
         return fail(c, EMAD_EINVAL, "push of no tensors");
     for (size_t i = 0; i < n; i++) {
@@ -920,6 +1025,18 @@ push_validate(emad_client *c, const char *model, const emad_tensor *tensors, siz
                         t->ndim, EMAD_MAX_NDIM);
         if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) != 0)
             return fail(c, EMAD_ELIMIT, "tensor '%.200s': shape too large", t->name);
+        if (t->count > 0) {
+            if (t->offset > numel || t->count > numel - t->offset)
+                return fail(c, EMAD_ERANGE,
+                            "tensor '%.200s': slice [%llu, +%llu) is outside its %llu elements",
+                            t->name, (unsigned long long)t->offset, (unsigned long long)t->count,
+                            (unsigned long long)numel);
+            numel = t->count;
+            nbytes = t->count * dtype_size(t->dtype);
+        } else if (t->offset != 0) {
+            return fail(c, EMAD_EINVAL, "tensor '%.200s': offset %llu without a count", t->name,
+                        (unsigned long long)t->offset);
+        }
         if (nbytes != t->nbytes)
             return fail(
                 c, EMAD_ESIZE,
@@ -931,19 +1048,28 @@ push_validate(emad_client *c, const char *model, const emad_tensor *tensors, siz
         if (nbytes > SIZE_MAX / 2)
             return fail(c, EMAD_ELIMIT, "tensor '%.200s': too large", t->name);
     }
-    if ((names = malloc(n * sizeof(*names))) == NULL)
+    if ((sorted = malloc(n * sizeof(*sorted))) == NULL)
         return fail(c, EMAD_ENOMEM, "out of memory checking %zu tensor names", n);
     rc = 0;
     for (size_t i = 0; i < n; i++)
-        names[i] = tensors[i].name;
-    qsort(names, n, sizeof(*names), cmp_names);
+        sorted[i] = &tensors[i];
+    qsort(sorted, n, sizeof(*sorted), cmp_tensors);
+    /* The same name twice: only as disjoint slices. */
     for (size_t i = 1; i < n; i++) {
-        if (strcmp(names[i - 1], names[i]) == 0) {
-            rc = fail(c, EMAD_EDUP, "tensor '%.200s': appears twice in the push", names[i]);
+        const emad_tensor *a = sorted[i - 1], *b = sorted[i];
+        if (strcmp(a->name, b->name) != 0)
+            continue;
+        if (a->count == 0 || b->count == 0) {
+            rc = fail(c, EMAD_EDUP, "tensor '%.200s': appears twice in the push", b->name);
+            break;
+        }
+        if (b->offset < a->offset + a->count) {
+            rc = fail(c, EMAD_EOVERLAP, "tensor '%.200s': slices at %llu and %llu overlap",
+                      b->name, (unsigned long long)a->offset, (unsigned long long)b->offset);
             break;
         }
     }
-    free(names);
+    free(sorted);
     return rc;
 }
 
@@ -953,10 +1079,17 @@ push_result(emad_client *c, const reply *r, emad_push_result *res)
 {
     int rc;
 
+    const msgpack_object *o;
+
     if ((rc = rget_u64(c, r->root, "applied", &res->applied)) != 0 ||
         (rc = rget_u64(c, r->root, "stale", &res->stale)) != 0 ||
+        (rc = rget_u64(c, r->root, "skipped", &res->skipped)) != 0 ||
+        (rc = rget_u64(c, r->root, "ignored", &res->ignored)) != 0 ||
         (rc = rget_u64(c, r->root, "step", &res->step)) != 0)
         return rc;
+    if ((o = proto_map_get(r->root, "pending")) == NULL || o->type != MSGPACK_OBJECT_BOOLEAN)
+        return fail(c, EMAD_EPROTO, "reply key 'pending' is missing or not a boolean");
+    res->pending = o->via.boolean;
     return 0;
 }
 
@@ -1027,8 +1160,8 @@ push_abort(emad_client *c, uint64_t txn)
 
 /* Push as a transaction: begin, messages of whole tensors and chunks, commit. */
 static int
-push_txn(emad_client *c, const char *model, uint64_t step, const emad_tensor *tensors, size_t n,
-         emad_push_result *res)
+push_txn(emad_client *c, const char *model, uint64_t step, const push_req *single,
+         const emad_tensor *tensors, size_t n, emad_push_result *res)
 {
     simple_req bq = {.op = "begin", .model = model, .key = "step", .value = step};
     simple_req cq = {.op = "commit", .key = "txn"};
@@ -1039,6 +1172,10 @@ push_txn(emad_client *c, const char *model, uint64_t step, const emad_tensor *te
     reply r;
     int rc;
 
+    if (single->has_writer) {
+        bq.key2 = "writer";
+        bq.value2 = single->writer;
+    }
     if ((items = malloc(cap * sizeof(*items))) == NULL)
         return fail(c, EMAD_ENOMEM, "push: out of memory planning %zu tensors", n);
     if ((rc = call_simple(c, &bq, &r)) != 0)
@@ -1076,32 +1213,33 @@ out:
 }
 
 /* Validate, then push as one message or as a transaction; *res (may be NULL) gets the outcome. */
-EMAD_EXTERN int
-emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *tensors, size_t n,
-          emad_push_result *res)
+static int
+push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t writer,
+     const emad_tensor *tensors, size_t n, emad_push_result *res)
 {
     emad_push_result local;
-    push_req q = {.model = model, .step = step, .tensors = tensors};
+    push_req q = {.model = model,
+                  .step = step,
+                  .has_writer = has_writer,
+                  .writer = writer,
+                  .tensors = tensors};
     push_item *items = NULL;
     uint64_t size;
     reply r;
     int rc;
 
-    if (c == NULL)
-        return EMAD_EINVAL;
-    call_begin(c);
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
-    if ((rc = push_validate(c, model, tensors, n)) != 0)
-        return call_end(c, rc);
+    if ((rc = push_validate(c, model, tensors, n, has_writer)) != 0)
+        return rc;
     size = push_header_size(&q, n);
     for (size_t i = 0; i < n && size <= c->push_limit; i++)
         size += tensor_entry_size(&tensors[i], tensors[i].nbytes, 0, 0);
     if (n > PROTO_MAX_TENSORS || size > c->push_limit)
-        return call_end(c, push_txn(c, model, step, tensors, n, res));
-    if ((items = malloc(n * sizeof(*items))) == NULL)
-        return call_end(c, fail(c, EMAD_ENOMEM, "push: out of memory for %zu tensors", n));
+        return push_txn(c, model, step, &q, tensors, n, res);
+    if ((items = malloc((n ? n : 1) * sizeof(*items))) == NULL)
+        return fail(c, EMAD_ENOMEM, "push: out of memory for %zu tensors", n);
     for (size_t i = 0; i < n; i++)
         items[i] = (push_item){i, 0, tensors[i].nbytes};
     q.items = items;
@@ -1113,7 +1251,27 @@ emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
         rc = push_result(c, &r, res);
         reply_free(&r);
     }
-    return call_end(c, rc);
+    return rc;
+}
+
+EMAD_EXTERN int
+emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *tensors, size_t n,
+          emad_push_result *res)
+{
+    if (c == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    return call_end(c, push(c, model, step, 0, 0, tensors, n, res));
+}
+
+EMAD_EXTERN int
+emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
+             const emad_tensor *tensors, size_t n, emad_push_result *res)
+{
+    if (c == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    return call_end(c, push(c, model, step, 1, writer, tensors, n, res));
 }
 
 /* ---- pull ----------------------------------------------------------------------------------- */
@@ -1125,6 +1283,7 @@ typedef struct pull_req {
     size_t nnames;
     const emad_tensor *named; /* or names taken from these tensors */
     uint64_t max_reply;
+    const emad_pull_options *opts; /* NULL: defaults */
 } pull_req;
 
 /* Name i of a pull request. */
@@ -1140,9 +1299,17 @@ build_pull(msgpack_packer *pk, const void *vctx)
 {
     const pull_req *q = vctx;
     int with_names = q->names != NULL || q->named != NULL;
+    int with_decay = q->opts != NULL && q->opts->decay >= 0.0;
+    int with_dtype = q->opts != NULL && q->opts->dtype != EMAD_DTYPE_INVALID;
 
-    pk_head(pk, "pull", 2 + with_names);
+    pk_head(pk, "pull", 2 + with_names + with_decay + with_dtype);
     pk_kv_str(pk, "model", q->model);
+    if (with_decay) {
+        pk_str(pk, "decay");
+        msgpack_pack_double(pk, q->opts->decay);
+    }
+    if (with_dtype)
+        pk_kv_str(pk, "dtype", dtype_name(q->opts->dtype));
     if (with_names) {
         pk_str(pk, "tensors");
         msgpack_pack_array(pk, q->nnames);
@@ -1463,12 +1630,48 @@ fail:
     return rc;
 }
 
-/* Pull into a library-owned model (see pull_into_model()). */
+EMAD_EXTERN void
+emad_pull_options_init(emad_pull_options *opts)
+{
+    if (opts != NULL) {
+        opts->decay = -1.0;
+        opts->dtype = EMAD_DTYPE_INVALID;
+    }
+}
+
+/* Check pull options locally. */
+static int
+check_pull_options(emad_client *c, const emad_pull_options *o)
+{
+    if (o == NULL)
+        return 0;
+    if (o->decay > 1.0 || o->decay != o->decay)
+        return fail(c, EMAD_ERANGE, "pull: decay %g is not in [0, 1]", o->decay);
+    if (o->dtype != EMAD_DTYPE_INVALID && o->dtype != EMAD_F32 && o->dtype != EMAD_BF16 &&
+        o->dtype != EMAD_F16)
+        return fail(c, EMAD_EDTYPE, "pull: output dtype must be F32, BF16 or F16");
+    return 0;
+}
+
 EMAD_EXTERN int
 emad_pull(emad_client *c, const char *model, const char *const *names, size_t n_names,
           emad_model **out)
 {
-    pull_req q = {.model = model, .names = names, .nnames = n_names};
+    return emad_pull_ex(c, model, names, n_names, NULL, out);
+}
+
+EMAD_EXTERN int
+emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n, uint64_t *step)
+{
+    return emad_pull_into_ex(c, model, tensors, n, NULL, step);
+}
+
+/* Pull into a library-owned model (see pull_into_model()). */
+EMAD_EXTERN int
+emad_pull_ex(emad_client *c, const char *model, const char *const *names, size_t n_names,
+             const emad_pull_options *opts, emad_model **out)
+{
+    pull_req q = {.model = model, .names = names, .nnames = n_names, .opts = opts};
     pull_state p;
     int rc;
 
@@ -1479,6 +1682,8 @@ emad_pull(emad_client *c, const char *model, const char *const *names, size_t n_
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
     if (names != NULL && (rc = check_names(c, names, n_names)) != 0)
+        return call_end(c, rc);
+    if ((rc = check_pull_options(c, opts)) != 0)
         return call_end(c, rc);
     if (names == NULL)
         q.nnames = 0;
@@ -1492,9 +1697,10 @@ emad_pull(emad_client *c, const char *model, const char *const *names, size_t n_
 
 /* Pull the named tensors straight into the caller's buffers after checking every size. */
 EMAD_EXTERN int
-emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n, uint64_t *step)
+emad_pull_into_ex(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                  const emad_pull_options *opts, uint64_t *step)
 {
-    pull_req q = {.model = model, .named = tensors, .nnames = n};
+    pull_req q = {.model = model, .named = tensors, .nnames = n, .opts = opts};
     pull_state p;
     void **dst;
     int rc;
@@ -1506,6 +1712,8 @@ emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n
         return call_end(c, rc);
     if (tensors == NULL || n == 0)
         return call_end(c, fail(c, EMAD_EINVAL, "pull_into of no tensors"));
+    if ((rc = check_pull_options(c, opts)) != 0)
+        return call_end(c, rc);
     for (size_t i = 0; i < n; i++) {
         if ((rc = check_tensor_name(c, tensors[i].name, i)) != 0)
             return call_end(c, rc);
@@ -1747,6 +1955,50 @@ emad_stats(emad_client *c, emad_stat **out, size_t *n)
     v = NULL;
 out:
     free(v);
+    reply_free(&r);
+    return call_end(c, rc);
+}
+
+/* A model's configuration, from `list` with the model's name. */
+EMAD_EXTERN int
+emad_get_config(emad_client *c, const char *model, emad_model_config *cfg)
+{
+    simple_req q = {.op = "list", .model = model};
+    const msgpack_object *m, *conf;
+    emaconf_strings *strings = NULL;
+    char why[256];
+    reply r;
+    int rc;
+
+    if (c == NULL || cfg == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    emaconf_init(cfg);
+    if ((rc = check_model(c, model)) != 0)
+        return call_end(c, rc);
+    if ((rc = call_simple(c, &q, &r)) != 0)
+        return call_end(c, rc);
+    if ((m = proto_map_get(r.root, "model")) == NULL ||
+        (conf = proto_map_get(m, "config")) == NULL || conf->type != MSGPACK_OBJECT_MAP) {
+        rc = fail(c, EMAD_EPROTO, "reply key 'model.config' is missing or not a map");
+        goto out;
+    }
+    if ((strings = malloc(sizeof(*strings))) == NULL) {
+        rc = fail(c, EMAD_ENOMEM, "get_config: out of memory");
+        goto out;
+    }
+    if (emaconf_unpack(conf, cfg, strings, why, sizeof(why)) != 0) {
+        emaconf_init(cfg);
+        rc = fail(c, EMAD_EPROTO, "reply 'model.config': %s", why);
+        goto out;
+    }
+    /* Own the pattern strings (emaconf_copy duplicates them). */
+    {
+        emad_model_config tmp = *cfg;
+        emaconf_copy(cfg, &tmp);
+    }
+out:
+    free(strings);
     reply_free(&r);
     return call_end(c, rc);
 }

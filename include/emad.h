@@ -45,6 +45,10 @@ extern "C" {
 #define EMAD_MAX_NAME_BYTES 1024
 #define EMAD_MAX_MODEL_NAME_BYTES 128
 #define EMAD_DEFAULT_DECAY 0.999
+#define EMAD_MAX_DECAYS 8       /* shadows (decays) per model */
+#define EMAD_MAX_GLOBS 32       /* copy / ignore patterns per model, each */
+#define EMAD_MAX_GLOB_BYTES 256 /* longest pattern */
+#define EMAD_MAX_WRITERS 1024   /* writers per model */
 
 /* Error codes. The daemon sends the positive value on the wire. */
 enum {
@@ -69,6 +73,9 @@ enum {
     EMAD_ENOMEM = -1018,       /* out of memory */
     EMAD_EINTERNAL = -1019,    /* internal error */
     EMAD_EORDER = -1020,       /* transaction chunk out of order */
+    EMAD_ENONFINITE = -1021,   /* NaN or Inf in a tensor that is averaged */
+    EMAD_EOVERLAP = -1022,     /* a slice overlaps another slice of the same tensor and step */
+    EMAD_EIMMUTABLE = -1023,   /* option cannot change on an existing model */
     /* Client-side only. */
     EMAD_ETIMEDOUT = -1101,    /* no reply within the timeout */
     EMAD_ECONNECT = -1102,     /* cannot open or connect the socket */
@@ -103,11 +110,65 @@ enum emad_dtype {
     EMAD_DTYPE_COUNT
 };
 
+/* Decay schedules (see docs/EMA.md for the formulas). */
+enum emad_schedule {
+    EMAD_SCHEDULE_CONSTANT = 0, /* d */
+    EMAD_SCHEDULE_NUM_UPDATES,  /* min(d, (1 + n) / (10 + n)) (TensorFlow, torch_ema) */
+    EMAD_SCHEDULE_WARMUP,       /* 1 - (1 + e / inv_gamma) ** -power (timm, ema-pytorch) */
+};
+
+/* What a push at step t does to a shadow last updated at step s < t - 1. */
+enum emad_step_gap {
+    EMAD_STEP_GAP_IGNORE = 0, /* one step's decay, whatever the gap */
+    EMAD_STEP_GAP_COMPENSATE, /* the product of the decays of steps s+1 .. t */
+};
+
+/* What happens to floating-point buffers (integer and bool buffers are always copied). */
+enum emad_buffers {
+    EMAD_BUFFERS_COPY = 0, /* copied (the reference example) */
+    EMAD_BUFFERS_AVERAGE,  /* averaged like params (AveragedModel(use_buffers=True)) */
+};
+
+/* What a push with NaN or Inf in an averaged tensor does. */
+enum emad_nonfinite {
+    EMAD_NONFINITE_REJECT = 0, /* refuse the whole push, nothing applied */
+    EMAD_NONFINITE_SKIP,       /* leave out the bad tensors, apply the rest */
+    EMAD_NONFINITE_ALLOW,      /* no check */
+};
+
 /*
- * One tensor. For a push, the library reads name, kind, dtype, ndim, shape
- * and data (nbytes must equal numel * itemsize); data is borrowed for the
- * duration of the call and never written. For a pull, the library fills
- * every field; see emad_pull() and emad_pull_into() for who owns data.
+ * A model's EMA configuration; initialize with emad_config_init() (the
+ * defaults: one decay 0.999, constant schedule, everything else off).
+ * Pattern strings are borrowed by emad_create_config(); in a configuration
+ * returned by emad_get_config() they are owned by the struct (free with
+ * emad_config_free()).
+ */
+typedef struct emad_model_config {
+    size_t ndecays;                    /* 1..EMAD_MAX_DECAYS */
+    double decays[EMAD_MAX_DECAYS];    /* each in [0, 1]; the first is the default for pulls */
+    int schedule;                      /* enum emad_schedule */
+    uint64_t update_after_step;        /* pushes at steps <= this copy instead of average */
+    double inv_gamma;                  /* warmup: > 0, default 1 */
+    double power;                      /* warmup: > 0, default 2/3 */
+    double min_decay;                  /* lower clamp of scheduled decays, default 0 */
+    int step_gap;                      /* enum emad_step_gap */
+    int buffers;                       /* enum emad_buffers */
+    int nonfinite;                     /* enum emad_nonfinite */
+    uint32_t writers;                  /* 1..EMAD_MAX_WRITERS, default 1 */
+    size_t ncopy;                      /* tensors matching these are copied, not averaged */
+    const char *copy[EMAD_MAX_GLOBS];  /* fnmatch(3) patterns, no flags */
+    size_t nignore;                    /* tensors matching these are accepted, not stored */
+    const char *ignore[EMAD_MAX_GLOBS];
+} emad_model_config;
+
+/*
+ * One tensor. For a push, the library reads name, kind, dtype, ndim, shape,
+ * offset, count and data; data is borrowed for the duration of the call
+ * and never written. count == 0 pushes the whole tensor (nbytes must equal
+ * numel * itemsize); count > 0 pushes the flat element slice [offset,
+ * offset + count) of a tensor of the full shape `shape` (nbytes must equal
+ * count * itemsize). For a pull, the library fills every field (offset and
+ * count 0); see emad_pull() and emad_pull_into() for who owns data.
  */
 typedef struct emad_tensor {
     const char *name;
@@ -118,6 +179,8 @@ typedef struct emad_tensor {
     void *data;
     uint64_t nbytes;
     uint64_t step; /* pull: training step of the tensor's last update */
+    uint64_t offset; /* push: first element of a slice */
+    uint64_t count;  /* push: elements in the slice; 0 = the whole tensor */
 } emad_tensor;
 
 /* Connection options; initialize with emad_options_init(). */
@@ -135,7 +198,18 @@ typedef struct emad_push_result {
     uint64_t stale;    /* tensors left alone: their step was >= the pushed step */
     uint64_t step;     /* the model's committed step after the push */
     uint32_t messages; /* messages sent (1 unless the push was chunked) */
+    uint64_t skipped;  /* tensors left out for NaN/Inf (nonfinite = skip) */
+    uint64_t ignored;  /* tensors matching an ignore pattern */
+    int pending;       /* 1: staged for a multi-writer step that other writers have not
+                          finished; step is still the previous committed step */
 } emad_push_result;
+
+/* Pull options; initialize with emad_pull_options_init(). */
+typedef struct emad_pull_options {
+    double decay; /* which shadow: one of the model's decays; < 0 (default) = the first */
+    int dtype;    /* floating tensors converted to EMAD_F32, EMAD_BF16 or EMAD_F16 (round to
+                     nearest even); EMAD_DTYPE_INVALID (default) = as pushed */
+} emad_pull_options;
 
 /* A pulled model owned by the library; free with emad_model_free(). */
 typedef struct emad_model {
@@ -148,7 +222,7 @@ typedef struct emad_model {
 /* Summary of one model, as listed. */
 typedef struct emad_model_info {
     char name[EMAD_MAX_MODEL_NAME_BYTES + 1];
-    double decay;
+    double decay; /* the first decay */
     uint64_t step;
     uint64_t ntensors;
     uint64_t shadow_bytes;
@@ -202,6 +276,36 @@ EMAD_EXTERN uint64_t emad_server_max_message_bytes(const emad_client *c);
  */
 EMAD_EXTERN int emad_create(emad_client *c, const char *model, double decay, int exist_ok);
 
+EMAD_EXTERN void emad_config_init(emad_model_config *cfg);
+
+/*
+ * Create a model with a full configuration (NULL: defaults). With
+ * exist_ok, an existing model with the same configuration is not an error;
+ * a different configuration is EMAD_EEXIST either way.
+ */
+EMAD_EXTERN int emad_create_config(emad_client *c, const char *model,
+                                   const emad_model_config *cfg, int exist_ok);
+
+/*
+ * Change a live model's decays (same count) and schedule options
+ * (schedule, update_after_step, inv_gamma, power, min_decay, step_gap,
+ * nonfinite); they apply from the next push on. Changing buffers, writers,
+ * copy or ignore patterns, or the number of decays is EMAD_EIMMUTABLE.
+ */
+EMAD_EXTERN int emad_configure(emad_client *c, const char *model, const emad_model_config *cfg);
+
+/* A model's configuration; free the pattern strings with emad_config_free(). */
+EMAD_EXTERN int emad_get_config(emad_client *c, const char *model, emad_model_config *cfg);
+EMAD_EXTERN void emad_config_free(emad_model_config *cfg);
+
+/* Names for the option enums ("warmup", "compensate", ...); NULL if out of range. */
+EMAD_EXTERN const char *emad_schedule_name(int schedule);
+EMAD_EXTERN const char *emad_step_gap_name(int step_gap);
+EMAD_EXTERN const char *emad_buffers_name(int buffers);
+EMAD_EXTERN const char *emad_nonfinite_name(int nonfinite);
+/* The enum value for a name, or -1. */
+EMAD_EXTERN int emad_option_from_name(const char *option, const char *name);
+
 /* Drop a model and all its tensors. */
 EMAD_EXTERN int emad_drop(emad_client *c, const char *model);
 
@@ -213,6 +317,18 @@ EMAD_EXTERN int emad_drop(emad_client *c, const char *model);
  */
 EMAD_EXTERN int emad_push(emad_client *c, const char *model, uint64_t step,
                           const emad_tensor *tensors, size_t n, emad_push_result *res);
+
+/*
+ * Push as writer `writer` (0..writers-1) of a model declared with several
+ * writers: the step becomes visible to pulls when every writer has pushed
+ * it (res->pending tells whether this push completed it). Each writer
+ * pushes whole tensors or slices (emad_tensor.offset/count); slices of one
+ * tensor from all writers must not overlap and must cover it.
+ */
+EMAD_EXTERN int emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
+                             const emad_tensor *tensors, size_t n, emad_push_result *res);
+
+EMAD_EXTERN void emad_pull_options_init(emad_pull_options *opts);
 
 /*
  * Pull a model (all tensors if names is NULL, else the n_names named ones).
@@ -231,6 +347,12 @@ EMAD_EXTERN int emad_pull(emad_client *c, const char *model, const char *const *
  */
 EMAD_EXTERN int emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
                                uint64_t *step);
+
+/* emad_pull() and emad_pull_into() with options (opts NULL: defaults). */
+EMAD_EXTERN int emad_pull_ex(emad_client *c, const char *model, const char *const *names,
+                             size_t n_names, const emad_pull_options *opts, emad_model **out);
+EMAD_EXTERN int emad_pull_into_ex(emad_client *c, const char *model, emad_tensor *tensors,
+                                  size_t n, const emad_pull_options *opts, uint64_t *step);
 
 EMAD_EXTERN void emad_model_free(emad_model *m);
 

@@ -10,6 +10,7 @@
  * the quiet bit set (what x86 F16C and ARM FCVT do). Everything is portable
  * C on bit patterns; buffers of any alignment go through memcpy.
  */
+#include <math.h>
 #include <string.h>
 
 #include "dtype.h"
@@ -255,6 +256,77 @@ narrow16(unsigned char *dst, const unsigned char *src, size_t n, int to)
  * alignment: a copy for identical types, F16/BF16 -> F32 and F32 ->
  * F16/BF16. Returns 0, or EMAD_EDTYPE for any other pair.
  */
+/* A float64 rounded to float32 with round-to-odd: narrowing that further rounds once, correctly. */
+static float
+f64_to_f32_odd(double x)
+{
+    float f = (float)x;
+    uint32_t bits;
+
+    if ((double)f == x || isnan(x))
+        return f;
+    if (fabs((double)f) > fabs(x))
+        f = nextafterf(f, 0.0f);
+    memcpy(&bits, &f, 4);
+    bits |= 1;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* One element of a float dtype at p, as a double (exact). */
+static double
+load_float(const unsigned char *p, int dtype)
+{
+    uint16_t h;
+    float f;
+    double d;
+
+    switch (dtype) {
+    case EMAD_F16:
+        memcpy(&h, p, 2);
+        return dtype_f16_to_f32(h);
+    case EMAD_BF16:
+        memcpy(&h, p, 2);
+        return dtype_bf16_to_f32(h);
+    case EMAD_F32:
+        memcpy(&f, p, 4);
+        return f;
+    default:
+        memcpy(&d, p, 8);
+        return d;
+    }
+}
+
+/* Any float dtype to any other, element by element, each rounded once to nearest even. */
+static void
+convert_float(void *dst, int to, const void *src, int from, size_t n)
+{
+    const unsigned char *s = src;
+    unsigned char *d = dst;
+    size_t is = dtype_size(from), os = dtype_size(to);
+
+    for (size_t i = 0; i < n; i++) {
+        double x = load_float(s + i * is, from);
+        float f;
+        uint16_t h;
+
+        switch (to) {
+        case EMAD_F64:
+            memcpy(d + i * os, &x, 8);
+            break;
+        case EMAD_F32:
+            f = (float)x;
+            memcpy(d + i * os, &f, 4);
+            break;
+        default:
+            f = from == EMAD_F64 ? f64_to_f32_odd(x) : (float)x;
+            h = to == EMAD_F16 ? dtype_f32_to_f16(f) : dtype_f32_to_bf16(f);
+            memcpy(d + i * os, &h, 2);
+            break;
+        }
+    }
+}
+
 int
 dtype_convert(void *dst, int to, const void *src, int from, size_t n)
 {
@@ -273,6 +345,10 @@ dtype_convert(void *dst, int to, const void *src, int from, size_t n)
     }
     if (from == EMAD_F32 && (to == EMAD_F16 || to == EMAD_BF16)) {
         narrow16(dst, src, n, to);
+        return 0;
+    }
+    if (dtype_is_float(to) && dtype_is_float(from)) {
+        convert_float(dst, to, src, from, n);
         return 0;
     }
     return EMAD_EDTYPE;

@@ -39,8 +39,9 @@ uint16_t dtype_f32_to_bf16(float f);
 
 /*
  * Convert n elements from src (type from, any alignment) to dst (type to,
- * any alignment). Supported: identical types (copy), F16/BF16/F32 -> F32,
- * F32 -> F16/BF16. Returns 0 or EMAD_EDTYPE.
+ * any alignment). Supported: identical types (copy) and any float dtype
+ * (F16, BF16, F32, F64) to any other, rounded once to nearest even.
+ * Returns 0 or EMAD_EDTYPE.
  */
 int dtype_convert(void *dst, int to, const void *src, int from, size_t n);
 

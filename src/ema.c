@@ -134,3 +134,44 @@ ema_init(void *shadow, const void *value, int value_dtype, size_t n)
         return EMAD_EDTYPE;
     return dtype_convert(shadow, sdtype, value, value_dtype, n);
 }
+
+/*
+ * Count NaN and Inf among n floating values of dtype (any alignment): an
+ * exponent field of all ones. Returns 0 for non-float dtypes.
+ */
+uint64_t
+ema_count_nonfinite(const void *value, int dtype, size_t n)
+{
+    const unsigned char *v = value;
+    uint64_t bad = 0;
+
+    switch (dtype) {
+    case EMAD_F32:
+        for (size_t i = 0; i < n; i++) {
+            uint32_t x;
+            memcpy(&x, v + 4 * i, 4);
+            bad += (x & 0x7f800000u) == 0x7f800000u;
+        }
+        break;
+    case EMAD_F64:
+        for (size_t i = 0; i < n; i++) {
+            uint64_t x;
+            memcpy(&x, v + 8 * i, 8);
+            bad += (x & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+        }
+        break;
+    case EMAD_F16:
+    case EMAD_BF16: {
+        uint16_t mask = dtype == EMAD_F16 ? 0x7c00 : 0x7f80;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t x;
+            memcpy(&x, v + 2 * i, 2);
+            bad += (x & mask) == mask;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    return bad;
+}

@@ -18,6 +18,7 @@
 #define EMAD_EMA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* The float32 coefficient c for a decay, as described above. */
 float ema_coef_f32(double decay);
@@ -46,5 +47,8 @@ int ema_update(void *dst, const void *shadow, const void *value, int value_dtype
  * values, F64 for F64) from value. Returns 0 or EMAD_EDTYPE.
  */
 int ema_init(void *shadow, const void *value, int value_dtype, size_t n);
+
+/* Number of NaN or Inf values among n values of a float dtype (any alignment); 0 otherwise. */
+uint64_t ema_count_nonfinite(const void *value, int dtype, size_t n);
 
 #endif

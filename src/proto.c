@@ -15,6 +15,7 @@ static const char *const op_names[PROTO_OP_COUNT] = {
     [PROTO_OP_PUSH] = "push",       [PROTO_OP_BEGIN] = "begin",   [PROTO_OP_COMMIT] = "commit",
     [PROTO_OP_ABORT] = "abort",     [PROTO_OP_PULL] = "pull",     [PROTO_OP_READ] = "read",
     [PROTO_OP_RELEASE] = "release", [PROTO_OP_LIST] = "list",     [PROTO_OP_STATS] = "stats",
+    [PROTO_OP_CONFIGURE] = "configure",
 };
 
 struct errinfo {
@@ -44,6 +45,9 @@ static const struct errinfo errors[] = {
     {EMAD_ENOMEM, "EMAD_ENOMEM", "out of memory"},
     {EMAD_EINTERNAL, "EMAD_EINTERNAL", "internal error"},
     {EMAD_EORDER, "EMAD_EORDER", "transaction chunk out of order"},
+    {EMAD_ENONFINITE, "EMAD_ENONFINITE", "NaN or Inf in an averaged tensor"},
+    {EMAD_EOVERLAP, "EMAD_EOVERLAP", "slice overlaps another slice of the tensor"},
+    {EMAD_EIMMUTABLE, "EMAD_EIMMUTABLE", "option cannot change on an existing model"},
     {EMAD_ETIMEDOUT, "EMAD_ETIMEDOUT", "timed out waiting for the daemon"},
     {EMAD_ECONNECT, "EMAD_ECONNECT", "cannot connect to the daemon"},
     {EMAD_EPROTO, "EMAD_EPROTO", "reply from the daemon not understood"},

@@ -32,6 +32,7 @@ enum proto_op {
     PROTO_OP_RELEASE,
     PROTO_OP_LIST,
     PROTO_OP_STATS,
+    PROTO_OP_CONFIGURE,
     PROTO_OP_COUNT
 };
 

@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "dtype.h"
+#include "emaconf.h"
 #include "log.h"
 #include "proto.h"
 #include "server.h"
@@ -47,6 +48,10 @@ enum counter {
     C_TXN_EXPIRED,
     C_SESSIONS_EXPIRED,
     C_REPLIES_DROPPED,
+    C_TENSORS_SKIPPED_NONFINITE,
+    C_TENSORS_IGNORED,
+    C_WRITER_PUSHES_PENDING,
+    C_STEPS_EXPIRED,
     C_COUNT
 };
 
@@ -54,10 +59,11 @@ static const char *const counter_names[C_COUNT] = {
     "requests",      "errors",           "bytes_in",        "bytes_out",     "tensors_applied",
     "tensors_stale", "pushes_rejected",  "txn_begun",       "txn_committed", "txn_aborted",
     "txn_expired",   "sessions_expired", "replies_dropped",
+    "tensors_skipped_nonfinite", "tensors_ignored", "writer_pushes_pending", "steps_expired",
 };
 
 #define ERR_FIRST 1001
-#define ERR_LAST 1020
+#define ERR_LAST 1023
 
 struct server {
     uv_loop_t *loop;
@@ -397,12 +403,10 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
     if (arr == NULL || arr->type != MSGPACK_OBJECT_ARRAY)
         return req_fail(err, EMAD_EMALFORMED, "key 'tensors' is %s (expected an array)",
                         arr == NULL ? "missing" : "not an array");
-    if (arr->via.array.size == 0)
-        return req_fail(err, EMAD_EMALFORMED, "'tensors' is empty");
     if (arr->via.array.size > PROTO_MAX_TENSORS)
         return req_fail(err, EMAD_ELIMIT, "push has %u tensors, at most %d", arr->via.array.size,
                         PROTO_MAX_TENSORS);
-    in = xcalloc(arr->via.array.size, sizeof(*in));
+    in = xcalloc(arr->via.array.size ? arr->via.array.size : 1, sizeof(*in));
     for (uint32_t i = 0; i < arr->via.array.size; i++) {
         const msgpack_object *t = &arr->via.array.ptr[i], *o;
 
@@ -465,6 +469,20 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
         if (present && !txn && in[i].offset != 0) {
             req_fail(err, EMAD_EMALFORMED, "'offset' is only allowed in a transaction");
             goto fail_named;
+        }
+        if ((o = proto_map_get(t, "slice")) != NULL) {
+            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
+                o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                req_fail(err, EMAD_EMALFORMED, "key 'slice' is not [start, count]");
+                goto fail_named;
+            }
+            in[i].start = o->via.array.ptr[0].via.u64;
+            in[i].count = o->via.array.ptr[1].via.u64;
+            if (in[i].count == 0) {
+                req_fail(err, EMAD_ERANGE, "a slice needs a count > 0");
+                goto fail_named;
+            }
         }
     }
     *out = in;
@@ -530,22 +548,85 @@ build_created(msgpack_packer *pk, const void *ctx)
         msgpack_pack_false(pk);
 }
 
+/* Read the configuration keys of a create or configure request over cfg. */
+static int
+get_config(const msgpack_object *root, emad_model_config *cfg, emaconf_strings *strings,
+           store_err *err)
+{
+    char why[256];
+    int rc = emaconf_unpack(root, cfg, strings, why, sizeof(why));
+
+    if (rc != 0)
+        return req_fail(err, rc, "%s", why);
+    return 0;
+}
+
+/* Log a model's configuration as key=value fields. */
+static void
+log_config(const char *event, const char *name, size_t len, const emad_model_config *cfg)
+{
+    char decays[256];
+    int off = 0;
+
+    decays[0] = '\0';
+    for (size_t i = 0; i < cfg->ndecays && off < (int)sizeof(decays); i++)
+        off += snprintf(decays + off, sizeof(decays) - (size_t)off, "%s%.17g", i ? "," : "",
+                        cfg->decays[i]);
+    log_info("event=%s model=%.*s decays=%s schedule=%s update_after_step=%llu inv_gamma=%.17g "
+             "power=%.17g min_decay=%.17g step_gap=%s buffers=%s nonfinite=%s writers=%u "
+             "copy_patterns=%zu ignore_patterns=%zu",
+             event, (int)len, name, decays, emaconf_schedule_name(cfg->schedule),
+             (unsigned long long)cfg->update_after_step, cfg->inv_gamma, cfg->power,
+             cfg->min_decay, emaconf_step_gap_name(cfg->step_gap), emaconf_buffers_name(cfg->buffers),
+             emaconf_nonfinite_name(cfg->nonfinite), cfg->writers, cfg->ncopy, cfg->nignore);
+}
+
 static int
 handle_create(req *r, store_err *err)
 {
     const char *name;
     size_t len;
-    double decay = EMAD_DEFAULT_DECAY;
     int exist_ok = 0, created = 0;
+    emad_model_config cfg;
+    emaconf_strings *strings = xmalloc(sizeof(*strings));
 
-    if (get_str(r->root, "model", &name, &len, err) || get_float(r->root, "decay", &decay, err) ||
-        get_bool(r->root, "exist_ok", &exist_ok, err))
+    emaconf_init(&cfg);
+    if (get_str(r->root, "model", &name, &len, err) ||
+        get_config(r->root, &cfg, strings, err) || get_bool(r->root, "exist_ok", &exist_ok, err) ||
+        store_create_model(r->srv->store, name, len, &cfg, exist_ok, &created, err)) {
+        free(strings);
         return err->code;
-    if (store_create_model(r->srv->store, name, len, decay, exist_ok, &created, err) != 0)
-        return err->code;
+    }
     if (created)
-        log_info("event=model_created model=%.*s decay=%.15g", (int)len, name, decay);
+        log_config("model_created", name, len, &cfg);
+    free(strings);
     reply_send(r, build_created, &created);
+    return 0;
+}
+
+static int
+handle_configure(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+    const model *m;
+    emad_model_config cfg;
+    emaconf_strings *strings;
+
+    if (get_str(r->root, "model", &name, &len, err))
+        return err->code;
+    if ((m = store_model_find(r->srv->store, name, len)) == NULL)
+        return req_fail(err, EMAD_ENOMODEL, "no model '%.*s'", (int)(len > 128 ? 128 : len), name);
+    cfg = m->cfg; /* absent keys keep their values; patterns borrowed from the model */
+    strings = xmalloc(sizeof(*strings));
+    if (get_config(r->root, &cfg, strings, err) ||
+        store_configure(r->srv->store, name, len, &cfg, err)) {
+        free(strings);
+        return err->code;
+    }
+    log_config("model_configured", name, len, &m->cfg);
+    free(strings);
+    reply_send(r, build_empty, NULL);
     return 0;
 }
 
@@ -569,9 +650,16 @@ build_result(msgpack_packer *pk, const void *ctx)
 {
     const store_result *res = ctx;
 
-    pack_head(pk, 1, 4);
+    pack_head(pk, 1, 7);
     pack_kv_u64(pk, "applied", res->applied);
     pack_kv_u64(pk, "stale", res->stale);
+    pack_kv_u64(pk, "skipped", res->skipped);
+    pack_kv_u64(pk, "ignored", res->ignored);
+    pack_cstr(pk, "pending");
+    if (res->pending)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
     pack_cstr(pk, "stale_names");
     msgpack_pack_array(pk, res->nstale_names);
     for (size_t i = 0; i < res->nstale_names; i++)
@@ -585,6 +673,9 @@ count_result(server *srv, const store_result *res)
 {
     srv->counters[C_TENSORS_APPLIED] += res->applied;
     srv->counters[C_TENSORS_STALE] += res->stale;
+    srv->counters[C_TENSORS_SKIPPED_NONFINITE] += res->skipped;
+    srv->counters[C_TENSORS_IGNORED] += res->ignored;
+    srv->counters[C_WRITER_PUSHES_PENDING] += res->pending != 0;
 }
 
 static void
@@ -599,12 +690,17 @@ handle_push(req *r, store_err *err)
 {
     const char *model_name = NULL;
     size_t len = 0, n = 0;
-    uint64_t step = 0, txn = 0;
-    int has_txn = 0, has_step = 0, rc;
+    uint64_t step = 0, txn = 0, writer = 0;
+    int has_txn = 0, has_step = 0, has_writer = 0, rc;
     store_input *in = NULL;
 
-    if (get_u64(r->root, "txn", &txn, &has_txn, err) != 0)
+    if (get_u64(r->root, "txn", &txn, &has_txn, err) != 0 ||
+        get_u64(r->root, "writer", &writer, &has_writer, err) != 0)
         return err->code;
+    if (has_writer && has_txn)
+        return req_fail(err, EMAD_EMALFORMED, "'writer' belongs in begin, not in a transaction's push");
+    if (writer > UINT32_MAX)
+        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range", (unsigned long long)writer);
     if (!has_txn && (get_str(r->root, "model", &model_name, &len, err) ||
                      get_u64(r->root, "step", &step, NULL, err)))
         return err->code;
@@ -628,7 +724,8 @@ handle_push(req *r, store_err *err)
         return 0;
     }
     store_result res;
-    rc = store_push(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
+    rc = store_push(r->srv->store, model_name, len, step, (uint32_t)writer, in, n, r->now_ms, &res,
+                    err);
     free(in);
     if (rc != 0)
         return rc;
@@ -652,10 +749,15 @@ handle_begin(req *r, store_err *err)
 {
     const char *name;
     size_t len;
-    uint64_t step, id;
+    uint64_t step, id, writer = 0;
+    int has_writer;
 
     if (get_str(r->root, "model", &name, &len, err) || get_u64(r->root, "step", &step, NULL, err) ||
-        store_txn_begin(r->srv->store, name, len, step, r->now_ms, &id, err))
+        get_u64(r->root, "writer", &writer, &has_writer, err))
+        return err->code;
+    if (writer > UINT32_MAX)
+        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range", (unsigned long long)writer);
+    if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
         return err->code;
     r->srv->counters[C_TXN_BEGUN]++;
     log_debug("event=txn_begin model=%.*s step=%llu txn=%llu", (int)len, name,
@@ -705,11 +807,11 @@ pack_data(msgpack_packer *pk, const view_tensor *vt, uint64_t off, uint64_t len)
         msgpack_pack_bin_body(pk, (const char *)vt->data->data + off, len);
         return;
     }
-    /* A float32 shadow of an F16/BF16 param: round on the way out (offsets are element-aligned). */
+    /* Another dtype than the data's: convert on the way out (offsets are element-aligned). */
     if (w->p != NULL) {
-        size_t isz = dtype_size(vt->dtype);
-        const float *src = (const float *)vt->data->data + off / isz;
-        (void)dtype_convert(w->p + w->len, vt->dtype, src, vt->sdtype, len / isz);
+        size_t osz = dtype_size(vt->dtype), ssz = dtype_size(vt->sdtype);
+        const char *src = (const char *)vt->data->data + off / osz * ssz;
+        (void)dtype_convert(w->p + w->len, vt->dtype, src, vt->sdtype, len / osz);
     }
     w->len += len;
 }
@@ -725,7 +827,7 @@ typedef struct pull_ctx {
 static void
 pack_view_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
 {
-    msgpack_pack_map(pk, 6 + with_data);
+    msgpack_pack_map(pk, 7 + with_data);
     pack_cstr(pk, "name");
     msgpack_pack_str(pk, vt->name_len);
     msgpack_pack_str_body(pk, vt->name, vt->name_len);
@@ -739,6 +841,8 @@ pack_view_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
         msgpack_pack_uint64(pk, vt->shape[d]);
     pack_kv_u64(pk, "step", vt->step);
     pack_kv_u64(pk, "nbytes", vt->nbytes);
+    pack_cstr(pk, "update");
+    pack_cstr(pk, vt->averaged ? "average" : "copy");
     if (with_data) {
         pack_cstr(pk, "data");
         pack_data(pk, vt, 0, vt->nbytes);
@@ -775,10 +879,26 @@ handle_pull(req *r, store_err *err)
     int present;
     store_view *v = NULL;
     pull_ctx ctx;
+    view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
 
     if (get_str(r->root, "model", &model_name, &len, err) ||
         get_u64(r->root, "max_reply_bytes", &max_reply, &present, err))
         return err->code;
+    if (proto_map_get(r->root, "decay") != NULL) {
+        vo.has_decay = 1;
+        if (get_float(r->root, "decay", &vo.decay, err) != 0)
+            return err->code;
+    }
+    if (proto_map_get(r->root, "dtype") != NULL) {
+        const char *dn;
+        size_t dl;
+        char buf[32];
+        if (get_str(r->root, "dtype", &dn, &dl, err) != 0)
+            return err->code;
+        if ((vo.dtype = dtype_from_name(dn, dl)) == EMAD_DTYPE_INVALID)
+            return req_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
+                            printable(buf, sizeof(buf), dn, dl));
+    }
     if (max_reply > srv->cfg.max_message_bytes)
         max_reply = srv->cfg.max_message_bytes;
     if (max_reply < PROTO_REPLY_OVERHEAD * 2)
@@ -791,18 +911,18 @@ handle_pull(req *r, store_err *err)
         np = xcalloc(n ? n : 1, sizeof(*np));
         nl = xcalloc(n ? n : 1, sizeof(*nl));
         for (size_t i = 0; i < n; i++) {
-            const msgpack_object *o = &names->via.array.ptr[i];
-            if (o->type != MSGPACK_OBJECT_STR) {
+            const msgpack_object *e = &names->via.array.ptr[i];
+            if (e->type != MSGPACK_OBJECT_STR) {
                 free(np);
                 free(nl);
                 return req_fail(err, EMAD_EMALFORMED, "tensors[%zu] is not a string", i);
             }
-            np[i] = o->via.str.ptr;
-            nl[i] = o->via.str.size;
+            np[i] = e->via.str.ptr;
+            nl[i] = e->via.str.size;
         }
     }
-    int rc =
-        store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &v, err);
+    int rc = store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &vo,
+                               &v, err);
     free(np);
     free(nl);
     if (rc != 0)
@@ -929,14 +1049,18 @@ handle_release(req *r, store_err *err)
 static void
 pack_model(msgpack_packer *pk, const model *m)
 {
-    msgpack_pack_map(pk, 5);
+    msgpack_pack_map(pk, 7);
     pack_cstr(pk, "name");
     pack_cstr(pk, m->name);
     pack_cstr(pk, "decay");
-    msgpack_pack_double(pk, m->decay);
+    msgpack_pack_double(pk, m->cfg.decays[0]);
     pack_kv_u64(pk, "step", m->step);
     pack_kv_u64(pk, "tensors", m->ntensors);
     pack_kv_u64(pk, "shadow_bytes", m->shadow_bytes);
+    pack_kv_u64(pk, "steps_pending", m->npending);
+    pack_cstr(pk, "config");
+    msgpack_pack_map(pk, EMACONF_PACKED_KEYS);
+    emaconf_pack(pk, &m->cfg);
 }
 
 static void
@@ -971,6 +1095,7 @@ build_list_model(msgpack_packer *pk, const void *ctx)
                           .name_len = t->name_len,
                           .kind = t->kind,
                           .dtype = t->dtype,
+                          .averaged = t->averaged,
                           .ndim = t->ndim,
                           .nbytes = t->nbytes,
                           .step = t->step};
@@ -1006,7 +1131,7 @@ handle_list(req *r, store_err *err)
 static size_t
 stats_count(const server *srv)
 {
-    size_t n = C_COUNT + 7;
+    size_t n = C_COUNT + 9;
 
     for (int op = 1; op < PROTO_OP_COUNT; op++)
         n++;
@@ -1043,6 +1168,8 @@ build_stats(msgpack_packer *pk, const void *ctx)
     pack_kv_u64(pk, "shadow_bytes", g.shadow_bytes);
     pack_kv_u64(pk, "txn_open", g.txn_open);
     pack_kv_u64(pk, "sessions_open", g.views_open);
+    pack_kv_u64(pk, "steps_pending", g.steps_pending);
+    pack_kv_u64(pk, "staged_bytes", g.staged_bytes);
     pack_kv_u64(pk, "uptime_seconds", (loop_now(srv) - srv->start_ms) / 1000);
     pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
 }
@@ -1140,6 +1267,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
         reply_send(&r, build_stats, srv);
         rc = 0;
         break;
+    case PROTO_OP_CONFIGURE:
+        rc = handle_configure(&r, &err);
+        break;
     default:
         rc = req_fail(&err, EMAD_EINTERNAL, "op not handled");
         break;
@@ -1198,9 +1328,14 @@ static void
 on_timer(uv_timer_t *h)
 {
     server *srv = h->data;
-    uint64_t txns = 0, views = 0;
+    uint64_t txns = 0, views = 0, steps = 0;
 
-    store_expire(srv->store, uv_now(srv->loop), srv->cfg.txn_timeout_ms, &txns, &views);
+    store_expire(srv->store, uv_now(srv->loop), srv->cfg.txn_timeout_ms, &txns, &views, &steps);
+    if (steps > 0)
+        log_warn("event=step_expired count=%llu timeout_ms=%llu (a writer never pushed; step "
+                 "discarded)",
+                 (unsigned long long)steps, (unsigned long long)srv->cfg.txn_timeout_ms);
+    srv->counters[C_STEPS_EXPIRED] += steps;
     if (txns > 0)
         log_warn("event=txn_expired count=%llu timeout_ms=%llu (client gone; nothing applied)",
                  (unsigned long long)txns, (unsigned long long)srv->cfg.txn_timeout_ms);

@@ -1,13 +1,17 @@
 /*
- * store.c - models, tensors, shadows, transactions and pull views.
+ * store.c - models, tensors, shadows, transactions, pending multi-writer
+ * steps and pull views.
  *
- * Everything runs on the loop thread. The push path is: validate every
- * input against the limits and the stored tensors; reserve every blob the
- * push needs (new tensors, and copy-on-write copies of blobs a pull view
- * still references), so the apply pass cannot fail half-way; then apply
- * each input straight from the request buffer (EMA for params, copy for
- * buffers). Transactions stage their data in their own buffers and go
- * through the same validate/reserve/apply path at commit.
+ * Everything runs on the loop thread. A push becomes a stage: its tensors,
+ * each a list of flat element slices (one slice for a whole tensor). The
+ * apply path is: check every tensor of the stage against the stored one
+ * and for full coverage; count non-finite values of averaged tensors;
+ * reserve every blob the step needs (new tensors, and copy-on-write copies
+ * of blobs a pull view still references), so the apply pass cannot fail
+ * half-way; then apply each slice straight from its buffer (EMA per decay
+ * for averaged tensors, copy for the others). A single push's stage
+ * borrows the request buffer; transactions and pending multi-writer steps
+ * own their slices.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -19,33 +23,63 @@
 
 #include "dtype.h"
 #include "ema.h"
+#include "emaconf.h"
 #include "proto.h"
 #include "store.h"
 #include "strmap.h"
 #include "xmalloc.h"
 
-/* A tensor staged in a transaction. */
-typedef struct staged {
+/* A flat element range of a tensor and its bytes. */
+typedef struct slice {
+    uint64_t start, count;
+    uint64_t received; /* bytes received so far (transactions); count * itemsize when full */
+    void *data;
+    int owned; /* data is ours to free */
+} slice;
+
+/* One tensor of a stage: its description and its slices. */
+typedef struct item {
     char *name;
     size_t name_len;
     int kind, dtype;
     uint32_t ndim;
     uint64_t shape[EMAD_MAX_NDIM];
-    uint64_t nbytes, received;
-    void *data;
-} staged;
+    uint64_t numel;
+    slice *slices;
+    size_t nslices, cap;
+    uint64_t nonfinite; /* NaN/Inf values found by check_nonfinite() */
+} item;
+
+/* The tensors of one writer's push, a transaction, or a pending step. */
+typedef struct stage {
+    item *items;
+    size_t nitems, cap;
+    strmap *index;    /* name -> index + 1 */
+    uint64_t bytes;   /* owned slice bytes */
+    uint64_t ignored; /* inputs dropped by ignore patterns */
+    int checked;      /* non-finite counts are filled in */
+} stage;
 
 typedef struct txn {
     uint64_t id;
     char *model;
     size_t model_len;
     uint64_t step;
-    staged *items;
-    size_t nitems, cap;
-    strmap *index; /* name -> index + 1 */
+    uint32_t writer;
+    stage st;
     uint64_t last_used_ms;
     struct txn *next;
 } txn;
+
+/* A multi-writer step waiting for its writers. */
+typedef struct pending {
+    uint64_t step;
+    uint8_t *done; /* one flag per writer */
+    uint32_t ndone;
+    stage st;
+    uint64_t last_used_ms;
+    struct pending *next;
+} pending;
 
 struct store {
     model **models; /* creation order */
@@ -147,18 +181,123 @@ store_create(void)
     return s;
 }
 
-/* Free one tensor and its shadow reference. */
+static void
+stage_init(stage *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->index = strmap_create();
+}
+
+/* Free a stage's items, owned slice data and index. */
+static void
+stage_free(stage *st)
+{
+    for (size_t i = 0; i < st->nitems; i++) {
+        item *it = &st->items[i];
+        for (size_t k = 0; k < it->nslices; k++)
+            if (it->slices[k].owned)
+                free(it->slices[k].data);
+        free(it->slices);
+        free(it->name);
+    }
+    free(st->items);
+    strmap_destroy(st->index);
+    memset(st, 0, sizeof(*st));
+}
+
+static item *
+stage_find(const stage *st, const char *name, size_t len)
+{
+    size_t slot = (size_t)(uintptr_t)strmap_get(st->index, name, len);
+
+    return slot != 0 ? &st->items[slot - 1] : NULL;
+}
+
+/* Add an item described by in (no slices yet); numel already computed. */
+static item *
+stage_add(stage *st, const store_input *in, uint64_t numel)
+{
+    item *it;
+
+    if (st->nitems == st->cap) {
+        st->cap = st->cap ? st->cap * 2 : 16;
+        st->items = xreallocarray(st->items, st->cap, sizeof(*st->items));
+    }
+    it = &st->items[st->nitems];
+    memset(it, 0, sizeof(*it));
+    it->name = xstrndup(in->name, in->name_len);
+    it->name_len = in->name_len;
+    it->kind = in->kind;
+    it->dtype = in->dtype;
+    it->ndim = in->ndim;
+    memcpy(it->shape, in->shape, sizeof(it->shape));
+    it->numel = numel;
+    strmap_put(st->index, it->name, it->name_len, (void *)(uintptr_t)(st->nitems + 1));
+    st->nitems++;
+    return it;
+}
+
+static slice *
+item_add_slice(item *it, uint64_t start, uint64_t count)
+{
+    slice *sl;
+
+    if (it->nslices == it->cap) {
+        it->cap = it->cap ? it->cap * 2 : 2;
+        it->slices = xreallocarray(it->slices, it->cap, sizeof(*it->slices));
+    }
+    sl = &it->slices[it->nslices++];
+    memset(sl, 0, sizeof(*sl));
+    sl->start = start;
+    sl->count = count;
+    return sl;
+}
+
+/* A slice of it overlapping [start, start + count), or NULL. Empty slices overlap nothing. */
+static const slice *
+item_overlap(const item *it, uint64_t start, uint64_t count)
+{
+    for (size_t k = 0; k < it->nslices; k++) {
+        const slice *sl = &it->slices[k];
+        if (count > 0 && sl->count > 0 && start < sl->start + sl->count &&
+            sl->start < start + count)
+            return sl;
+    }
+    return NULL;
+}
+
+static slice *
+item_slice_at(item *it, uint64_t start, uint64_t count)
+{
+    for (size_t k = 0; k < it->nslices; k++)
+        if (it->slices[k].start == start && it->slices[k].count == count)
+            return &it->slices[k];
+    return NULL;
+}
+
+/* Free one tensor and its shadow references. */
 static void
 tensor_free(tensor *t)
 {
     if (t == NULL)
         return;
-    blob_unref(t->shadow);
+    for (uint32_t j = 0; j < t->nshadow; j++)
+        blob_unref(t->shadow[j]);
     free(t->name);
     free(t);
 }
 
-/* Free a model and its tensors. */
+static void
+pending_free(pending *p)
+{
+    if (p == NULL)
+        return;
+    stage_free(&p->st);
+    free(p->done);
+    free(p);
+}
+
+/* Free a model, its tensors and pending steps. */
 static void
 model_free(model *m)
 {
@@ -166,8 +305,14 @@ model_free(model *m)
         return;
     for (size_t i = 0; i < m->ntensors; i++)
         tensor_free(m->tensors[i]);
+    while (m->pending != NULL) {
+        pending *p = m->pending;
+        m->pending = p->next;
+        pending_free(p);
+    }
     free(m->tensors);
     strmap_destroy(m->index);
+    emaconf_free(&m->cfg);
     free(m->name);
     free(m);
 }
@@ -178,12 +323,7 @@ txn_free(txn *t)
 {
     if (t == NULL)
         return;
-    for (size_t i = 0; i < t->nitems; i++) {
-        free(t->items[i].name);
-        free(t->items[i].data);
-    }
-    free(t->items);
-    strmap_destroy(t->index);
+    stage_free(&t->st);
     free(t->model);
     free(t);
 }
@@ -230,9 +370,15 @@ store_gauges_get(const store *s, store_gauges *g)
     memset(g, 0, sizeof(*g));
     g->models = s->nmodels;
     for (size_t i = 0; i < s->nmodels; i++) {
-        g->tensors += s->models[i]->ntensors;
-        g->shadow_bytes += s->models[i]->shadow_bytes;
+        const model *m = s->models[i];
+        g->tensors += m->ntensors;
+        g->shadow_bytes += m->shadow_bytes;
+        g->steps_pending += m->npending;
+        for (const pending *p = m->pending; p != NULL; p = p->next)
+            g->staged_bytes += p->st.bytes;
     }
+    for (const txn *t = s->txns; t != NULL; t = t->next)
+        g->staged_bytes += t->st.bytes;
     g->txn_open = s->ntxns;
     g->views_open = s->nviews;
 }
@@ -261,11 +407,23 @@ model_get(store *s, const char *name, size_t len, store_err *err)
     return m;
 }
 
+/* Check a configuration; EMAD_ERANGE with the reason. */
+static int
+check_config(const emad_model_config *cfg, store_err *err)
+{
+    char why[256];
+
+    if (emaconf_check(cfg, why, sizeof(why)) != 0)
+        return fail(err, EMAD_ERANGE, NULL, "%s", why);
+    return 0;
+}
+
 int
-store_create_model(store *s, const char *name, size_t len, double decay, int exist_ok, int *created,
-                   store_err *err)
+store_create_model(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                   int exist_ok, int *created, store_err *err)
 {
     char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+    const char *diff;
     model *m;
 
     *created = 0;
@@ -273,13 +431,14 @@ store_create_model(store *s, const char *name, size_t len, double decay, int exi
         return fail(err, EMAD_ENAME, NULL,
                     "model name must be 1..%d bytes of A-Z a-z 0-9 . _ - and not start with '.'",
                     EMAD_MAX_MODEL_NAME_BYTES);
-    if (!(decay >= 0.0 && decay <= 1.0))
-        return fail(err, EMAD_ERANGE, NULL, "decay %g is outside [0, 1]", decay);
+    if (check_config(cfg, err) != 0)
+        return err->code;
     cname(buf, sizeof(buf), name, len);
     if ((m = store_model_find(s, name, len)) != NULL) {
-        if (m->decay != decay)
-            return fail(err, EMAD_EEXIST, NULL, "model '%s' exists with decay %.15g, not %.15g",
-                        buf, m->decay, decay);
+        if ((diff = emaconf_diff(&m->cfg, cfg, 0)) != NULL)
+            return fail(err, EMAD_EEXIST, NULL,
+                        "model '%s' exists with a different %s (see emactl list %s)", buf, diff,
+                        buf);
         if (!exist_ok)
             return fail(err, EMAD_EEXIST, NULL, "model '%s' already exists", buf);
         return 0;
@@ -288,7 +447,7 @@ store_create_model(store *s, const char *name, size_t len, double decay, int exi
         return fail(err, EMAD_ELIMIT, NULL, "at most %d models", STORE_MAX_MODELS);
     m = xcalloc(1, sizeof(*m));
     m->name = xstrndup(name, len);
-    m->decay = decay;
+    emaconf_copy(&m->cfg, cfg);
     m->index = strmap_create();
     if (s->nmodels == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 8;
@@ -297,6 +456,30 @@ store_create_model(store *s, const char *name, size_t len, double decay, int exi
     s->models[s->nmodels++] = m;
     strmap_put(s->index, m->name, len, m);
     *created = 1;
+    return 0;
+}
+
+int
+store_configure(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                store_err *err)
+{
+    model *m = model_get(s, name, len, err);
+    const char *diff;
+
+    if (m == NULL || check_config(cfg, err) != 0)
+        return err->code;
+    if ((diff = emaconf_diff(&m->cfg, cfg, 1)) != NULL)
+        return fail(err, EMAD_EIMMUTABLE, NULL,
+                    "model '%s': %s cannot change on an existing model (drop and create it)",
+                    m->name, strcmp(diff, "decays") == 0 ? "the number of decays" : diff);
+    memcpy(m->cfg.decays, cfg->decays, sizeof(m->cfg.decays));
+    m->cfg.schedule = cfg->schedule;
+    m->cfg.update_after_step = cfg->update_after_step;
+    m->cfg.inv_gamma = cfg->inv_gamma;
+    m->cfg.power = cfg->power;
+    m->cfg.min_decay = cfg->min_decay;
+    m->cfg.step_gap = cfg->step_gap;
+    m->cfg.nonfinite = cfg->nonfinite;
     return 0;
 }
 
@@ -330,17 +513,48 @@ store_drop_model(store *s, const char *name, size_t len, store_err *err)
     return 0;
 }
 
+/* Is a tensor of this kind, dtype and name averaged under m's configuration? */
+static int
+is_averaged(const model *m, int kind, int dtype, const char *name, size_t len)
+{
+    if (kind == EMAD_BUFFER && (m->cfg.buffers != EMAD_BUFFERS_AVERAGE || !dtype_is_float(dtype)))
+        return 0;
+    return !emaconf_match(m->cfg.copy, m->cfg.ncopy, name, len);
+}
+
+/* Does a stored tensor differ from (kind, dtype, shape)? Fills err if so. */
+static int
+check_against(const tensor *t, const char *name, int kind, int dtype, uint32_t ndim,
+              const uint64_t *shape, store_err *err)
+{
+    char a[256], b[256];
+
+    if (t->kind != kind)
+        return fail(err, EMAD_EKIND, name, "tensor '%s': stored as a %s, pushed as a %s", name,
+                    proto_kind_name(t->kind), proto_kind_name(kind));
+    if (t->dtype != dtype)
+        return fail(err, EMAD_EKIND, name, "tensor '%s': dtype %s differs from stored %s", name,
+                    dtype_name(dtype), dtype_name(t->dtype));
+    if (t->ndim != ndim || memcmp(t->shape, shape, ndim * sizeof(uint64_t)) != 0)
+        return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from stored %s", name,
+                    fmt_shape(a, sizeof(a), shape, ndim), fmt_shape(b, sizeof(b), t->shape, t->ndim));
+    return 0;
+}
+
 /*
- * Check one input on its own and against the stored tensor (if any).
- * whole: data must be the whole tensor (no transaction). *nbytes gets the
- * tensor's full size.
+ * Check one input on its own and against the stored tensor (if any):
+ * name, kind, dtype, shape, the slice [start, start + count) within the
+ * tensor and the data length (the whole slice, or with chunked set a chunk
+ * at offset within it). *numel and *count get the tensor's element count
+ * and the slice's.
  */
 static int
-check_input(const model *m, const store_input *in, int whole, uint64_t *nbytes, store_err *err)
+check_input(const model *m, const store_input *in, int chunked, uint64_t *numel, uint64_t *count,
+            store_err *err)
 {
-    char name[EMAD_MAX_NAME_BYTES + 1], a[256], b[256];
+    char name[EMAD_MAX_NAME_BYTES + 1], a[256];
     const tensor *t;
-    uint64_t numel;
+    uint64_t nbytes, sbytes, isz;
 
     if (proto_check_tensor_name(in->name, in->name_len) != 0) {
         /* The name itself may be unprintable: quote at most a prefix. */
@@ -352,7 +566,7 @@ check_input(const model *m, const store_input *in, int whole, uint64_t *nbytes, 
     cname(name, sizeof(name), in->name, in->name_len);
     if (in->kind != EMAD_PARAM && in->kind != EMAD_BUFFER)
         return fail(err, EMAD_EMALFORMED, name, "tensor '%s': kind must be param or buffer", name);
-    if (dtype_size(in->dtype) == 0)
+    if ((isz = dtype_size(in->dtype)) == 0)
         return fail(err, EMAD_EDTYPE, name, "tensor '%s': unknown dtype", name);
     if (in->kind == EMAD_PARAM && dtype_shadow(in->dtype) == EMAD_DTYPE_INVALID)
         return fail(err, EMAD_EDTYPE, name,
@@ -362,53 +576,34 @@ check_input(const model *m, const store_input *in, int whole, uint64_t *nbytes, 
     if (in->ndim > EMAD_MAX_NDIM)
         return fail(err, EMAD_ELIMIT, name, "tensor '%s': more than %d dimensions", name,
                     EMAD_MAX_NDIM);
-    if (dtype_numel(in->shape, in->ndim, in->dtype, &numel, nbytes) != 0)
+    if (dtype_numel(in->shape, in->ndim, in->dtype, numel, &nbytes) != 0)
         return fail(err, EMAD_ELIMIT, name, "tensor '%s': shape %s is too large", name,
                     fmt_shape(a, sizeof(a), in->shape, in->ndim));
-    if (whole && in->len != *nbytes)
+    if (in->count == 0 && in->start != 0)
+        return fail(err, EMAD_ERANGE, name,
+                    "tensor '%s': a slice at element %llu needs a count > 0", name,
+                    (unsigned long long)in->start);
+    *count = in->count != 0 ? in->count : *numel;
+    if (in->start > *numel || *count > *numel - in->start)
+        return fail(err, EMAD_ERANGE, name,
+                    "tensor '%s': slice [%llu, %llu) is outside its %llu elements", name,
+                    (unsigned long long)in->start, (unsigned long long)(in->start + *count),
+                    (unsigned long long)*numel);
+    sbytes = *count * isz;
+    if (!chunked && in->len != sbytes)
         return fail(err, EMAD_ESIZE, name,
-                    "tensor '%s': data has %llu bytes but shape %s of %s needs %llu", name,
-                    (unsigned long long)in->len, fmt_shape(a, sizeof(a), in->shape, in->ndim),
-                    dtype_name(in->dtype), (unsigned long long)*nbytes);
-    if (!whole && (in->offset > *nbytes || in->len > *nbytes - in->offset))
+                    "tensor '%s': data has %llu bytes but %s %s of %s needs %llu", name,
+                    (unsigned long long)in->len, in->count != 0 ? "the slice of" : "shape",
+                    fmt_shape(a, sizeof(a), in->shape, in->ndim), dtype_name(in->dtype),
+                    (unsigned long long)sbytes);
+    if (chunked && (in->offset > sbytes || in->len > sbytes - in->offset))
         return fail(err, EMAD_ESIZE, name,
-                    "tensor '%s': chunk [%llu, +%llu) runs past the tensor's %llu bytes", name,
+                    "tensor '%s': chunk [%llu, +%llu) runs past the %llu bytes of its %s", name,
                     (unsigned long long)in->offset, (unsigned long long)in->len,
-                    (unsigned long long)*nbytes);
+                    (unsigned long long)sbytes, in->count != 0 ? "slice" : "tensor");
     if ((t = strmap_get(m->index, in->name, in->name_len)) == NULL)
         return 0;
-    if (t->kind != in->kind)
-        return fail(err, EMAD_EKIND, name, "tensor '%s': stored as a %s, pushed as a %s", name,
-                    proto_kind_name(t->kind), proto_kind_name(in->kind));
-    if (t->dtype != in->dtype)
-        return fail(err, EMAD_EKIND, name, "tensor '%s': dtype %s differs from stored %s", name,
-                    dtype_name(in->dtype), dtype_name(t->dtype));
-    if (t->ndim != in->ndim || memcmp(t->shape, in->shape, t->ndim * sizeof(uint64_t)) != 0)
-        return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from stored %s", name,
-                    fmt_shape(a, sizeof(a), in->shape, in->ndim),
-                    fmt_shape(b, sizeof(b), t->shape, t->ndim));
-    return 0;
-}
-
-/* Find a duplicate name among the inputs; its index or -1. */
-static long
-find_duplicate(const store_input *in, size_t n)
-{
-    strmap *seen;
-    long dup = -1;
-
-    if (n < 2)
-        return -1;
-    seen = strmap_create();
-    for (size_t i = 0; i < n; i++) {
-        if (strmap_get(seen, in[i].name, in[i].name_len) != NULL) {
-            dup = (long)i;
-            break;
-        }
-        strmap_put(seen, in[i].name, in[i].name_len, (void *)&in[i]);
-    }
-    strmap_destroy(seen);
-    return dup;
+    return check_against(t, name, in->kind, in->dtype, in->ndim, in->shape, err);
 }
 
 /*
@@ -419,117 +614,290 @@ find_duplicate(const store_input *in, size_t n)
 static int
 check_message_size(size_t n, store_err *err)
 {
+    if (n == 0)
+        return fail(err, EMAD_EMALFORMED, NULL, "push has no tensors");
     if (n > PROTO_MAX_TENSORS)
         return fail(err, EMAD_ELIMIT, NULL, "push has %zu tensors, at most %d", n,
                     PROTO_MAX_TENSORS);
     return 0;
 }
 
-/* Validate a whole push against model m. */
+/* Does an input or item of this description match an item already staged? */
 static int
-validate(const model *m, const store_input *in, size_t n, int whole, store_err *err)
+check_same_tensor(const item *it, const store_input *in, const char *what, store_err *err)
+{
+    char name[EMAD_MAX_NAME_BYTES + 1], a[256], b[256];
+
+    cname(name, sizeof(name), in->name, in->name_len);
+    if (it->kind != in->kind || it->dtype != in->dtype)
+        return fail(err, EMAD_EKIND, name, "tensor '%s': kind or dtype differs from %s", name,
+                    what);
+    if (it->ndim != in->ndim || memcmp(it->shape, in->shape, it->ndim * sizeof(uint64_t)) != 0)
+        return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from %s %s", name,
+                    fmt_shape(a, sizeof(a), in->shape, in->ndim), what,
+                    fmt_shape(b, sizeof(b), it->shape, it->ndim));
+    return 0;
+}
+
+static int
+overlap_error(const char *name, uint64_t start, uint64_t count, const slice *other, store_err *err)
+{
+    if (start == 0 && other->start == 0 && count == other->count)
+        return fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one push", name);
+    return fail(err, EMAD_EOVERLAP, name,
+                "tensor '%s': slice [%llu, %llu) overlaps [%llu, %llu) of the same step", name,
+                (unsigned long long)start, (unsigned long long)(start + count),
+                (unsigned long long)other->start,
+                (unsigned long long)(other->start + other->count));
+}
+
+/*
+ * Check the inputs of one push message and gather them into a stage whose
+ * slices borrow the message's data. Inputs matching an ignore pattern are
+ * checked on their own and counted, not staged.
+ */
+static int
+stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err)
 {
     char name[EMAD_MAX_NAME_BYTES + 1];
-    uint64_t nbytes;
-    long dup;
+    const slice *other;
 
-    if (n == 0)
-        return fail(err, EMAD_EMALFORMED, NULL, "push has no tensors");
-    /* PROTO_MAX_TENSORS bounds one message, not a commit: see check_message_size(). */
     for (size_t i = 0; i < n; i++) {
-        int rc = check_input(m, &in[i], whole, &nbytes, err);
-        if (rc != 0)
-            return rc;
-    }
-    if ((dup = find_duplicate(in, n)) >= 0) {
-        cname(name, sizeof(name), in[dup].name, in[dup].name_len);
-        return fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one push", name);
+        uint64_t numel, count;
+        item *it;
+        slice *sl;
+
+        if (check_input(m, &in[i], 0, &numel, &count, err) != 0)
+            return err->code;
+        if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
+            st->ignored++;
+            continue;
+        }
+        cname(name, sizeof(name), in[i].name, in[i].name_len);
+        if ((it = stage_find(st, in[i].name, in[i].name_len)) != NULL) {
+            if (check_same_tensor(it, &in[i], "another slice in this push", err) != 0)
+                return err->code;
+            if ((other = item_overlap(it, in[i].start, count)) != NULL)
+                return overlap_error(name, in[i].start, count, other, err);
+        } else {
+            it = stage_add(st, &in[i], numel);
+        }
+        sl = item_add_slice(it, in[i].start, count);
+        sl->data = (void *)in[i].data;
+        sl->received = in[i].len;
     }
     return 0;
 }
 
-/* Per-input plan made before applying: the tensor and the blob to write. */
+static int
+cmp_slice(const void *a, const void *b)
+{
+    const slice *x = a, *y = b;
+
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort an item's slices and check they cover it exactly, each one complete. */
+static int
+check_coverage(item *it, store_err *err)
+{
+    uint64_t next = 0, isz = dtype_size(it->dtype);
+
+    qsort(it->slices, it->nslices, sizeof(*it->slices), cmp_slice);
+    for (size_t k = 0; k < it->nslices; k++) {
+        const slice *sl = &it->slices[k];
+        if (sl->received != sl->count * isz)
+            return fail(err, EMAD_EINCOMPLETE, it->name,
+                        "tensor '%s': slice [%llu, %llu) has %llu of %llu bytes", it->name,
+                        (unsigned long long)sl->start, (unsigned long long)(sl->start + sl->count),
+                        (unsigned long long)sl->received, (unsigned long long)(sl->count * isz));
+        if (sl->count == 0)
+            continue;
+        if (sl->start != next)
+            break;
+        next = sl->start + sl->count;
+    }
+    if (next != it->numel) {
+        uint64_t covered = 0;
+        for (size_t k = 0; k < it->nslices; k++)
+            covered += it->slices[k].count;
+        return fail(err, EMAD_EINCOMPLETE, it->name,
+                    "tensor '%s': slices cover %llu of its %llu elements", it->name,
+                    (unsigned long long)covered, (unsigned long long)it->numel);
+    }
+    return 0;
+}
+
+/*
+ * Count NaN/Inf in the averaged tensors of a stage (unless the model
+ * allows them). With nonfinite = reject, the first bad tensor fails the
+ * whole stage with EMAD_ENONFINITE.
+ */
+static int
+check_nonfinite(const model *m, stage *st, store_err *err)
+{
+    if (st->checked)
+        return 0;
+    for (size_t i = 0; i < st->nitems && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW; i++) {
+        item *it = &st->items[i];
+        const tensor *t = strmap_get(m->index, it->name, it->name_len);
+        int averaged = t != NULL ? t->averaged
+                                 : is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+
+        it->nonfinite = 0;
+        if (!averaged)
+            continue;
+        for (size_t k = 0; k < it->nslices; k++)
+            it->nonfinite += ema_count_nonfinite(it->slices[k].data, it->dtype,
+                                                 it->slices[k].received / dtype_size(it->dtype));
+        if (it->nonfinite > 0 && m->cfg.nonfinite == EMAD_NONFINITE_REJECT)
+            return fail(err, EMAD_ENONFINITE, it->name,
+                        "tensor '%s': %llu NaN or Inf value%s; push rejected, nothing applied "
+                        "(model option nonfinite = reject)",
+                        it->name, (unsigned long long)it->nonfinite, it->nonfinite == 1 ? "" : "s");
+    }
+    st->checked = 1;
+    return 0;
+}
+
+/* Per-item plan made before applying. */
 typedef struct plan {
-    tensor *t;    /* existing tensor, or NULL for a new one */
-    blob *target; /* blob to write into (new for new tensors and copy-on-write) */
-    int stale;
+    tensor *t; /* existing tensor, or NULL for a new one */
+    int averaged;
+    uint32_t nshadow;
+    blob *target[EMAD_MAX_DECAYS]; /* blobs to write (new ones for new tensors and copy-on-write) */
+    int stale, skipped;
 } plan;
 
 /* Release whatever reserve() allocated. */
 static void
 unreserve(plan *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (p[i].target != NULL && (p[i].t == NULL || p[i].target != p[i].t->shadow))
-            blob_unref(p[i].target);
-    }
+    for (size_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < p[i].nshadow; j++)
+            if (p[i].target[j] != NULL && (p[i].t == NULL || p[i].target[j] != p[i].t->shadow[j]))
+                blob_unref(p[i].target[j]);
 }
 
-/* Plan every input and allocate the blobs it needs; EMAD_ENOMEM undoes all. */
+/* Plan every item and allocate the blobs it needs; EMAD_ENOMEM undoes all. */
 static int
-reserve(model *m, const store_input *in, size_t n, uint64_t step, plan *p, store_err *err)
+reserve(model *m, const stage *st, uint64_t step, plan *p, store_err *err)
 {
-    char name[EMAD_MAX_NAME_BYTES + 1];
-
-    memset(p, 0, n * sizeof(*p));
-    for (size_t i = 0; i < n; i++) {
-        tensor *t = strmap_get(m->index, in[i].name, in[i].name_len);
+    memset(p, 0, st->nitems * sizeof(*p));
+    for (size_t i = 0; i < st->nitems; i++) {
+        const item *it = &st->items[i];
+        tensor *t = strmap_get(m->index, it->name, it->name_len);
         uint64_t numel, nbytes;
-        int sdtype = in[i].kind == EMAD_PARAM ? dtype_shadow(in[i].dtype) : in[i].dtype;
+        int sdtype;
 
         p[i].t = t;
         if (t != NULL && t->step >= step) {
             p[i].stale = 1;
             continue;
         }
-        if (t != NULL && t->shadow->refs == 1) {
-            p[i].target = t->shadow; /* update in place */
+        if (it->nonfinite > 0) {
+            p[i].skipped = 1; /* nonfinite = skip: reject failed earlier */
             continue;
         }
-        (void)dtype_numel(in[i].shape, in[i].ndim, sdtype, &numel, &nbytes);
-        if ((p[i].target = blob_new(nbytes)) == NULL) {
-            unreserve(p, i);
-            return fail(err, EMAD_ENOMEM, cname(name, sizeof(name), in[i].name, in[i].name_len),
-                        "tensor '%s': out of memory for %llu bytes of shadow", name,
-                        (unsigned long long)nbytes);
+        p[i].averaged =
+            t != NULL ? t->averaged : is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+        p[i].nshadow = p[i].averaged ? (uint32_t)m->cfg.ndecays : 1;
+        sdtype = p[i].averaged ? dtype_shadow(it->dtype) : it->dtype;
+        (void)dtype_numel(it->shape, it->ndim, sdtype, &numel, &nbytes);
+        for (uint32_t j = 0; j < p[i].nshadow; j++) {
+            if (t != NULL && t->shadow[j]->refs == 1) {
+                p[i].target[j] = t->shadow[j]; /* update in place */
+                continue;
+            }
+            if ((p[i].target[j] = blob_new(nbytes)) == NULL) {
+                unreserve(p, i + 1);
+                return fail(err, EMAD_ENOMEM, it->name,
+                            "tensor '%s': out of memory for %llu bytes of shadow", it->name,
+                            (unsigned long long)nbytes);
+            }
         }
     }
     return 0;
 }
 
-/* Create a tensor in m for input in, owning blob b. */
+/* Create a tensor in m for item it with plan p (owning its blobs). */
 static tensor *
-tensor_add(model *m, const store_input *in, blob *b)
+tensor_add(model *m, const item *it, const plan *p)
 {
     tensor *t = xcalloc(1, sizeof(*t));
 
-    t->name = xstrndup(in->name, in->name_len);
-    t->name_len = in->name_len;
-    t->kind = in->kind;
-    t->dtype = in->dtype;
-    t->sdtype = in->kind == EMAD_PARAM ? dtype_shadow(in->dtype) : in->dtype;
-    t->ndim = in->ndim;
-    memcpy(t->shape, in->shape, sizeof(t->shape));
+    t->name = xstrndup(it->name, it->name_len);
+    t->name_len = it->name_len;
+    t->kind = it->kind;
+    t->dtype = it->dtype;
+    t->averaged = p->averaged;
+    t->sdtype = p->averaged ? dtype_shadow(it->dtype) : it->dtype;
+    t->ndim = it->ndim;
+    memcpy(t->shape, it->shape, sizeof(t->shape));
     (void)dtype_numel(t->shape, t->ndim, t->dtype, &t->numel, &t->nbytes);
-    t->shadow = b;
+    t->nshadow = p->nshadow;
+    for (uint32_t j = 0; j < p->nshadow; j++) {
+        t->shadow[j] = p->target[j];
+        m->shadow_bytes += p->target[j]->size;
+    }
     if (m->ntensors == m->cap) {
         m->cap = m->cap ? m->cap * 2 : 16;
         m->tensors = xreallocarray(m->tensors, m->cap, sizeof(*m->tensors));
     }
     m->tensors[m->ntensors++] = t;
     strmap_put(m->index, t->name, t->name_len, t);
-    m->shadow_bytes += b->size;
     return t;
 }
 
-/* Apply validated, reserved inputs; cannot fail. */
-static void
-apply(model *m, const store_input *in, size_t n, uint64_t step, plan *p, uint64_t now_ms,
-      store_result *res)
+/* Decays of the model's shadows for a push at step onto a tensor last updated at s. */
+typedef struct decay_cache {
+    int valid;
+    uint64_t s;
+    double d[EMAD_MAX_DECAYS];
+} decay_cache;
+
+static const double *
+decays_for(const model *m, decay_cache *dc, uint64_t s, uint64_t step)
 {
-    memset(res, 0, sizeof(*res));
-    for (size_t i = 0; i < n; i++) {
+    if (!dc->valid || dc->s != s) {
+        for (size_t j = 0; j < m->cfg.ndecays; j++)
+            dc->d[j] = emaconf_decay(&m->cfg, m->cfg.decays[j], s, step);
+        dc->s = s;
+        dc->valid = 1;
+    }
+    return dc->d;
+}
+
+/*
+ * Write one slice into shadow j: EMA with decay d from src (the current
+ * shadow, or NULL for a new tensor), or a copy when src is NULL or d is 0.
+ */
+static void
+apply_slice(const tensor *t, const slice *sl, void *dst, const void *src, double d)
+{
+    size_t ssz = dtype_size(t->sdtype);
+    char *out = (char *)dst + sl->start * ssz;
+
+    if (!t->averaged) {
+        memcpy(out, sl->data, sl->count * ssz);
+    } else if (src == NULL || d == 0.0) {
+        (void)ema_init(out, sl->data, t->dtype, sl->count);
+    } else {
+        (void)ema_update(out, (const char *)src + sl->start * ssz, sl->data, t->dtype, sl->count,
+                         d);
+    }
+}
+
+/* Apply a checked, reserved stage; cannot fail. */
+static void
+apply(model *m, const stage *st, uint64_t step, plan *p, uint64_t now_ms, store_result *res)
+{
+    decay_cache dc = {0};
+
+    for (size_t i = 0; i < st->nitems; i++) {
+        const item *it = &st->items[i];
         tensor *t = p[i].t;
+        const double *d = NULL;
 
         if (p[i].stale) {
             res->stale++;
@@ -537,21 +905,26 @@ apply(model *m, const store_input *in, size_t n, uint64_t step, plan *p, uint64_
                 res->stale_names[res->nstale_names++] = t->name;
             continue;
         }
+        if (p[i].skipped) {
+            res->skipped++;
+            continue;
+        }
         if (t == NULL) {
-            t = tensor_add(m, &in[i], p[i].target);
-            if (t->kind == EMAD_PARAM)
-                (void)ema_init(t->shadow->data, in[i].data, t->dtype, t->numel);
-            else
-                memcpy(t->shadow->data, in[i].data, t->nbytes);
+            t = tensor_add(m, it, &p[i]);
+            for (uint32_t j = 0; j < t->nshadow; j++)
+                for (size_t k = 0; k < it->nslices; k++)
+                    apply_slice(t, &it->slices[k], t->shadow[j]->data, NULL, 0.0);
         } else {
-            if (t->kind == EMAD_PARAM)
-                (void)ema_update(p[i].target->data, t->shadow->data, in[i].data, t->dtype, t->numel,
-                                 m->decay);
-            else
-                memcpy(p[i].target->data, in[i].data, t->nbytes);
-            if (p[i].target != t->shadow) {
-                blob_unref(t->shadow); /* a view keeps the old data */
-                t->shadow = p[i].target;
+            if (t->averaged)
+                d = decays_for(m, &dc, t->step, step);
+            for (uint32_t j = 0; j < t->nshadow; j++) {
+                for (size_t k = 0; k < it->nslices; k++)
+                    apply_slice(t, &it->slices[k], p[i].target[j]->data, t->shadow[j]->data,
+                                d != NULL ? d[j] : 0.0);
+                if (p[i].target[j] != t->shadow[j]) {
+                    blob_unref(t->shadow[j]); /* a view keeps the old data */
+                    t->shadow[j] = p[i].target[j];
+                }
             }
         }
         t->step = step;
@@ -565,32 +938,241 @@ apply(model *m, const store_input *in, size_t n, uint64_t step, plan *p, uint64_
     res->step = m->step;
 }
 
-/* Validate, reserve and apply whole inputs to m. */
+/*
+ * Apply a complete stage at step: every tensor checked against the stored
+ * one and for full coverage, non-finite values counted, blobs reserved,
+ * then applied all at once. res counts are added to.
+ */
 static int
-push_model(model *m, uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
-           store_result *res, store_err *err)
+apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *res,
+            store_err *err)
 {
     plan *p;
     int rc;
 
-    if ((rc = validate(m, in, n, 1, err)) != 0)
+    for (size_t i = 0; i < st->nitems; i++) {
+        item *it = &st->items[i];
+        const tensor *t = strmap_get(m->index, it->name, it->name_len);
+
+        if (t != NULL && check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape,
+                                       err) != 0)
+            return err->code;
+        if (check_coverage(it, err) != 0)
+            return err->code;
+    }
+    if ((rc = check_nonfinite(m, st, err)) != 0)
         return rc;
-    p = xcalloc(n, sizeof(*p));
-    if ((rc = reserve(m, in, n, step, p, err)) == 0)
-        apply(m, in, n, step, p, now_ms, res);
+    res->ignored += st->ignored;
+    if (st->nitems == 0) {
+        res->step = m->step;
+        return 0;
+    }
+    p = xcalloc(st->nitems, sizeof(*p));
+    if ((rc = reserve(m, st, step, p, err)) == 0)
+        apply(m, st, step, p, now_ms, res);
     free(p);
     return rc;
 }
 
+/* The pending step of m at step, created if absent (NULL with EMAD_ELIMIT). */
+static pending *
+pending_get(model *m, uint64_t step, uint64_t now_ms, int *created, store_err *err)
+{
+    pending *p;
+
+    *created = 0;
+    for (p = m->pending; p != NULL; p = p->next)
+        if (p->step == step)
+            return p;
+    if (m->npending >= STORE_MAX_PENDING) {
+        fail(err, EMAD_ELIMIT, NULL,
+             "model '%s': %d steps are already waiting for writers (at most %d)", m->name,
+             STORE_MAX_PENDING, STORE_MAX_PENDING);
+        return NULL;
+    }
+    p = xcalloc(1, sizeof(*p));
+    p->step = step;
+    p->done = xcalloc(m->cfg.writers, 1);
+    stage_init(&p->st);
+    p->last_used_ms = now_ms;
+    p->next = m->pending;
+    m->pending = p;
+    m->npending++;
+    *created = 1;
+    return p;
+}
+
+static void
+pending_remove(model *m, pending *p)
+{
+    for (pending **pp = &m->pending; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            m->npending--;
+            pending_free(p);
+            return;
+        }
+    }
+}
+
+/*
+ * Move (owned) or copy (borrowed) the slices of src into the pending
+ * stage dst. Checks every slice first: same description as what other
+ * writers staged, no overlap. Allocates every copy before changing dst.
+ */
+static int
+merge_stage(stage *dst, stage *src, store_err *err)
+{
+    void **copies = NULL;
+    size_t ncopies = 0, c = 0;
+
+    for (size_t i = 0; i < src->nitems; i++) {
+        const item *it = &src->items[i];
+        const item *have = stage_find(dst, it->name, it->name_len);
+
+        if (have != NULL) {
+            store_input desc = {.name = it->name,
+                                .name_len = it->name_len,
+                                .kind = it->kind,
+                                .dtype = it->dtype,
+                                .ndim = it->ndim};
+            memcpy(desc.shape, it->shape, sizeof(desc.shape));
+            if (check_same_tensor(have, &desc, "what other writers pushed for this step", err))
+                return err->code;
+            for (size_t k = 0; k < it->nslices; k++) {
+                const slice *o = item_overlap(have, it->slices[k].start, it->slices[k].count);
+                if (o != NULL)
+                    return fail(err, EMAD_EOVERLAP, it->name,
+                                "tensor '%s': slice [%llu, %llu) overlaps [%llu, %llu) pushed by "
+                                "another writer for this step",
+                                it->name, (unsigned long long)it->slices[k].start,
+                                (unsigned long long)(it->slices[k].start + it->slices[k].count),
+                                (unsigned long long)o->start,
+                                (unsigned long long)(o->start + o->count));
+            }
+        }
+        for (size_t k = 0; k < it->nslices; k++)
+            ncopies += !it->slices[k].owned;
+    }
+    if (ncopies > 0) {
+        copies = xcalloc(ncopies, sizeof(*copies));
+        for (size_t i = 0; i < src->nitems; i++) {
+            for (size_t k = 0; k < src->items[i].nslices; k++) {
+                const slice *sl = &src->items[i].slices[k];
+                if (sl->owned)
+                    continue;
+                if ((copies[c] = xtry_aligned(sl->received ? sl->received : 1)) == NULL) {
+                    while (c > 0)
+                        free(copies[--c]);
+                    free(copies);
+                    return fail(err, EMAD_ENOMEM, src->items[i].name,
+                                "tensor '%s': out of memory staging %llu bytes",
+                                src->items[i].name, (unsigned long long)sl->received);
+                }
+                memcpy(copies[c++], sl->data, sl->received);
+            }
+        }
+    }
+    c = 0;
+    for (size_t i = 0; i < src->nitems; i++) {
+        item *it = &src->items[i];
+        item *have = stage_find(dst, it->name, it->name_len);
+
+        if (have == NULL) {
+            store_input desc = {.name = it->name,
+                                .name_len = it->name_len,
+                                .kind = it->kind,
+                                .dtype = it->dtype,
+                                .ndim = it->ndim};
+            memcpy(desc.shape, it->shape, sizeof(desc.shape));
+            have = stage_add(dst, &desc, it->numel);
+        }
+        have->nonfinite += it->nonfinite;
+        for (size_t k = 0; k < it->nslices; k++) {
+            slice *from = &it->slices[k];
+            slice *to = item_add_slice(have, from->start, from->count);
+            to->received = from->received;
+            to->owned = 1;
+            to->data = from->owned ? from->data : copies[c++];
+            from->owned = 0; /* moved */
+            dst->bytes += to->received;
+        }
+    }
+    dst->ignored += src->ignored;
+    dst->checked = 1; /* every contribution was checked before merging */
+    free(copies);
+    return 0;
+}
+
+/*
+ * A writer's complete contribution to a step (one push message, or a
+ * committed transaction): applied at once with one writer; with several,
+ * merged into the step's pending set, which is applied when the last
+ * writer has contributed.
+ */
+static int
+contribute(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms,
+           store_result *res, store_err *err)
+{
+    pending *p;
+    int created, rc;
+
+    memset(res, 0, sizeof(*res));
+    if (writer >= m->cfg.writers)
+        return fail(err, EMAD_ERANGE, NULL, "model '%s' has %u writer%s: writer %u is out of range",
+                    m->name, m->cfg.writers, m->cfg.writers == 1 ? "" : "s", writer);
+    if (m->cfg.writers == 1)
+        return apply_stage(m, st, step, now_ms, res, err);
+    if (m->ntensors > 0 && step <= m->step) {
+        /* The step (or a later one) is complete: a resend or a late writer. */
+        res->stale = st->nitems;
+        res->step = m->step;
+        return 0;
+    }
+    if ((p = pending_get(m, step, now_ms, &created, err)) == NULL)
+        return err->code;
+    p->last_used_ms = now_ms;
+    if (p->done[writer]) {
+        res->stale = st->nitems; /* this writer's resend */
+        res->pending = 1;
+        res->step = m->step;
+        return 0;
+    }
+    if ((rc = check_nonfinite(m, st, err)) != 0 || (rc = merge_stage(&p->st, st, err)) != 0) {
+        if (created)
+            pending_remove(m, p);
+        return rc;
+    }
+    p->done[writer] = 1;
+    if (++p->ndone < m->cfg.writers) {
+        res->pending = 1;
+        res->step = m->step;
+        return 0;
+    }
+    rc = apply_stage(m, &p->st, step, now_ms, res, err);
+    pending_remove(m, p); /* applied, or discarded with the error */
+    return rc;
+}
+
 int
-store_push(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
-           size_t n, uint64_t now_ms, store_result *res, store_err *err)
+store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+           const store_input *in, size_t n, uint64_t now_ms, store_result *res, store_err *err)
 {
     model *m = model_get(s, model_name, len, err);
+    stage st;
+    int rc;
 
-    if (m == NULL || check_message_size(n, err) != 0)
+    memset(res, 0, sizeof(*res));
+    if (m == NULL)
         return err->code;
-    return push_model(m, step, in, n, now_ms, res, err);
+    /* A writer of a multi-writer model may have nothing to contribute to a step. */
+    if ((n > 0 || m->cfg.writers == 1) && check_message_size(n, err) != 0)
+        return err->code;
+    stage_init(&st);
+    if ((rc = stage_inputs(m, in, n, &st, err)) == 0)
+        rc = contribute(m, step, writer, &st, now_ms, res, err);
+    stage_free(&st);
+    return rc;
 }
 
 /* Open transaction by id, or NULL with EMAD_ENOTXN. */
@@ -620,13 +1202,17 @@ txn_remove(store *s, txn *t)
 }
 
 int
-store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint64_t now_ms,
-                uint64_t *id, store_err *err)
+store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                uint64_t now_ms, uint64_t *id, store_err *err)
 {
+    model *m = model_get(s, model_name, len, err);
     txn *t;
 
-    if (model_get(s, model_name, len, err) == NULL)
+    if (m == NULL)
         return err->code;
+    if (writer >= m->cfg.writers)
+        return fail(err, EMAD_ERANGE, NULL, "model '%s' has %u writer%s: writer %u is out of range",
+                    m->name, m->cfg.writers, m->cfg.writers == 1 ? "" : "s", writer);
     if (s->ntxns >= STORE_MAX_TXNS)
         return fail(err, EMAD_ELIMIT, NULL, "at most %d open transactions", STORE_MAX_TXNS);
     t = xcalloc(1, sizeof(*t));
@@ -634,7 +1220,8 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
     t->model = xstrndup(model_name, len);
     t->model_len = len;
     t->step = step;
-    t->index = strmap_create();
+    t->writer = writer;
+    stage_init(&t->st);
     t->last_used_ms = now_ms;
     t->next = s->txns;
     s->txns = t;
@@ -643,29 +1230,44 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
     return 0;
 }
 
-/* Check a chunk against the tensor staged so far under the same name. */
+/*
+ * Check a chunk against what the transaction holds: the same tensor
+ * description, and either the next bytes of an existing slice (a resend of
+ * bytes already received is accepted) or, at offset 0, a new slice that
+ * overlaps no other.
+ */
 static int
-check_staged(const staged *st, const store_input *in, store_err *err)
+check_chunk(item *it, const store_input *in, uint64_t count, store_err *err)
 {
-    char name[EMAD_MAX_NAME_BYTES + 1], a[256], b[256];
+    char name[EMAD_MAX_NAME_BYTES + 1];
+    const slice *sl, *o;
 
     cname(name, sizeof(name), in->name, in->name_len);
-    if (st->kind != in->kind || st->dtype != in->dtype)
-        return fail(err, EMAD_EKIND, name, "tensor '%s': kind or dtype differs from earlier chunks",
-                    name);
-    if (st->ndim != in->ndim || memcmp(st->shape, in->shape, st->ndim * sizeof(uint64_t)) != 0)
-        return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from earlier chunks %s",
-                    name, fmt_shape(a, sizeof(a), in->shape, in->ndim),
-                    fmt_shape(b, sizeof(b), st->shape, st->ndim));
-    if (in->offset > st->received)
+    if (it == NULL) {
+        if (in->offset != 0)
+            return fail(err, EMAD_EORDER, name, "tensor '%s': first chunk must be at offset 0",
+                        name);
+        return 0;
+    }
+    if (check_same_tensor(it, in, "earlier chunks", err) != 0)
+        return err->code;
+    if ((sl = item_slice_at(it, in->start, count)) == NULL) {
+        if ((o = item_overlap(it, in->start, count)) != NULL)
+            return overlap_error(name, in->start, count, o, err);
+        if (in->offset != 0)
+            return fail(err, EMAD_EORDER, name, "tensor '%s': first chunk must be at offset 0",
+                        name);
+        return 0;
+    }
+    if (in->offset > sl->received)
         return fail(err, EMAD_EORDER, name,
                     "tensor '%s': chunk at offset %llu but only %llu bytes received", name,
-                    (unsigned long long)in->offset, (unsigned long long)st->received);
-    if (in->offset < st->received && in->offset + in->len > st->received)
+                    (unsigned long long)in->offset, (unsigned long long)sl->received);
+    if (in->offset < sl->received && in->offset + in->len > sl->received)
         return fail(err, EMAD_EORDER, name,
                     "tensor '%s': chunk [%llu, +%llu) overlaps the %llu bytes received", name,
                     (unsigned long long)in->offset, (unsigned long long)in->len,
-                    (unsigned long long)st->received);
+                    (unsigned long long)sl->received);
     return 0;
 }
 
@@ -675,8 +1277,9 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
                store_err *err)
 {
     txn *t = txn_get(s, id, err);
+    uint64_t *counts;
+    uint8_t *skip;
     model *m;
-    size_t *slot;
 
     *staged_n = 0;
     if (t == NULL)
@@ -689,65 +1292,77 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
                     (unsigned long long)id, (unsigned long long)t->step, (unsigned long long)step);
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
-    if (check_message_size(n, err) != 0 || validate(m, in, n, 0, err) != 0)
+    if (check_message_size(n, err) != 0)
         return err->code;
-    /* Check every chunk against its staged tensor before touching any. */
-    slot = xcalloc(n, sizeof(*slot));
+    /* Check every chunk, against the stored tensor and what is staged, before touching any. */
+    counts = xcalloc(n, sizeof(*counts));
+    skip = xcalloc(n, 1);
     for (size_t i = 0; i < n; i++) {
-        slot[i] = (size_t)(uintptr_t)strmap_get(t->index, in[i].name, in[i].name_len);
-        if (slot[i] != 0 && check_staged(&t->items[slot[i] - 1], &in[i], err) != 0)
+        uint64_t numel;
+        if (check_input(m, &in[i], 1, &numel, &counts[i], err) != 0)
             goto fail;
-        if (slot[i] == 0 && in[i].offset != 0) {
-            char name[EMAD_MAX_NAME_BYTES + 1];
-            cname(name, sizeof(name), in[i].name, in[i].name_len);
-            fail(err, EMAD_EORDER, name, "tensor '%s': first chunk must be at offset 0", name);
-            goto fail;
-        }
-    }
-    /* Allocate staging for new tensors. */
-    for (size_t i = 0; i < n; i++) {
-        staged *st;
-        uint64_t numel, nbytes;
-
-        if (slot[i] != 0)
+        if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
+            skip[i] = 1;
             continue;
-        (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &numel, &nbytes);
-        if (t->nitems == t->cap) {
-            t->cap = t->cap ? t->cap * 2 : 16;
-            t->items = xreallocarray(t->items, t->cap, sizeof(*t->items));
         }
-        st = &t->items[t->nitems];
-        memset(st, 0, sizeof(*st));
-        if ((st->data = xtry_aligned(nbytes)) == NULL) {
+        for (size_t j = 0; j < i; j++) {
+            if (!skip[j] && in[j].name_len == in[i].name_len &&
+                memcmp(in[j].name, in[i].name, in[i].name_len) == 0) {
+                char name[EMAD_MAX_NAME_BYTES + 1];
+                cname(name, sizeof(name), in[i].name, in[i].name_len);
+                fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one request", name);
+                goto fail;
+            }
+        }
+        if (check_chunk(stage_find(&t->st, in[i].name, in[i].name_len), &in[i], counts[i], err))
+            goto fail;
+    }
+    /* Allocate new slices, then copy the chunks. */
+    for (size_t i = 0; i < n; i++) {
+        item *it;
+        slice *sl;
+        uint64_t numel = 0, bytes = counts[i] * dtype_size(in[i].dtype);
+
+        if (skip[i])
+            continue;
+        it = stage_find(&t->st, in[i].name, in[i].name_len);
+        if (it != NULL && item_slice_at(it, in[i].start, counts[i]) != NULL)
+            continue;
+        if (it == NULL) {
+            (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &numel, NULL);
+            it = stage_add(&t->st, &in[i], numel);
+        }
+        sl = item_add_slice(it, in[i].start, counts[i]);
+        sl->owned = 1;
+        if ((sl->data = xtry_aligned(bytes ? bytes : 1)) == NULL) {
             char name[EMAD_MAX_NAME_BYTES + 1];
-            cname(name, sizeof(name), in[i].name, in[i].name_len);
-            fail(err, EMAD_ENOMEM, name, "tensor '%s': out of memory staging %llu bytes", name,
-                 (unsigned long long)nbytes);
-            goto fail; /* tensors staged earlier in this loop stay, empty: harmless */
+            it->nslices--; /* staged earlier in this loop: empty slices are dropped */
+            fail(err, EMAD_ENOMEM, cname(name, sizeof(name), in[i].name, in[i].name_len),
+                 "tensor '%s': out of memory staging %llu bytes", name, (unsigned long long)bytes);
+            goto fail;
         }
-        st->name = xstrndup(in[i].name, in[i].name_len);
-        st->name_len = in[i].name_len;
-        st->kind = in[i].kind;
-        st->dtype = in[i].dtype;
-        st->ndim = in[i].ndim;
-        memcpy(st->shape, in[i].shape, sizeof(st->shape));
-        st->nbytes = nbytes;
-        strmap_put(t->index, st->name, st->name_len, (void *)(uintptr_t)(t->nitems + 1));
-        slot[i] = ++t->nitems;
+        t->st.bytes += bytes;
     }
     for (size_t i = 0; i < n; i++) {
-        staged *st = &t->items[slot[i] - 1];
-        if (in[i].offset + in[i].len <= st->received)
+        slice *sl;
+        if (skip[i]) {
+            t->st.ignored += in[i].offset == 0;
+            continue;
+        }
+        sl = item_slice_at(stage_find(&t->st, in[i].name, in[i].name_len), in[i].start, counts[i]);
+        if (in[i].offset + in[i].len <= sl->received && in[i].len > 0)
             continue; /* a resent chunk: already have these bytes */
-        memcpy((char *)st->data + in[i].offset, in[i].data, in[i].len);
-        st->received += in[i].len;
+        memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
+        sl->received = in[i].offset + in[i].len;
         (*staged_n)++;
     }
-    free(slot);
+    free(counts);
+    free(skip);
     t->last_used_ms = now_ms;
     return 0;
 fail:
-    free(slot);
+    free(counts);
+    free(skip);
     return err->code;
 }
 
@@ -755,42 +1370,21 @@ int
 store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, store_err *err)
 {
     txn *t = txn_get(s, id, err);
-    store_input *in;
     model *m;
     int rc;
 
+    memset(res, 0, sizeof(*res));
     if (t == NULL)
         return err->code;
     t->last_used_ms = now_ms;
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
-    for (size_t i = 0; i < t->nitems; i++) {
-        if (t->items[i].received != t->items[i].nbytes)
-            return fail(err, EMAD_EINCOMPLETE, t->items[i].name,
-                        "tensor '%s': %llu of %llu bytes received", t->items[i].name,
-                        (unsigned long long)t->items[i].received,
-                        (unsigned long long)t->items[i].nbytes);
+    for (size_t i = 0; i < t->st.nitems; i++) {
+        item *it = &t->st.items[i];
+        if ((rc = check_coverage(it, err)) != 0)
+            return rc; /* the transaction stays open: the missing chunks may still come */
     }
-    if (t->nitems == 0) {
-        memset(res, 0, sizeof(*res));
-        res->step = m->step;
-        txn_remove(s, t);
-        return 0;
-    }
-    in = xcalloc(t->nitems, sizeof(*in));
-    for (size_t i = 0; i < t->nitems; i++) {
-        const staged *st = &t->items[i];
-        in[i] = (store_input){.name = st->name,
-                              .name_len = st->name_len,
-                              .kind = st->kind,
-                              .dtype = st->dtype,
-                              .ndim = st->ndim,
-                              .data = st->data,
-                              .len = st->nbytes};
-        memcpy(in[i].shape, st->shape, sizeof(in[i].shape));
-    }
-    rc = push_model(m, t->step, in, t->nitems, now_ms, res, err);
-    free(in);
+    rc = contribute(m, t->step, t->writer, &t->st, now_ms, res, err);
     /* Stale names point into the model's tensors, not the transaction: safe to free. */
     if (rc != EMAD_ENOMEM)
         txn_remove(s, t);
@@ -810,15 +1404,33 @@ store_txn_abort(store *s, uint64_t id, store_err *err)
 
 int
 store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
-                  const size_t *name_lens, size_t n, store_view **out, store_err *err)
+                  const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
+                  store_err *err)
 {
     model *m = model_get(s, model_name, len, err);
     store_view *v;
-    size_t count;
+    size_t count, j = 0;
+    int odt = opts != NULL ? opts->dtype : EMAD_DTYPE_INVALID;
 
     *out = NULL;
     if (m == NULL)
         return err->code;
+    if (opts != NULL && opts->has_decay) {
+        for (j = 0; j < m->cfg.ndecays && m->cfg.decays[j] != opts->decay; j++)
+            ;
+        if (j == m->cfg.ndecays) {
+            char list[256];
+            int off = 0;
+            for (size_t i = 0; i < m->cfg.ndecays && off < (int)sizeof(list); i++)
+                off += snprintf(list + off, sizeof(list) - (size_t)off, "%s%.17g", i ? ", " : "",
+                                m->cfg.decays[i]);
+            return fail(err, EMAD_ERANGE, NULL, "model '%s' has no decay %.17g (it has %s)",
+                        m->name, opts->decay, list);
+        }
+    }
+    if (odt != EMAD_DTYPE_INVALID && odt != EMAD_F32 && odt != EMAD_BF16 && odt != EMAD_F16)
+        return fail(err, EMAD_EDTYPE, NULL, "a pull may convert to F32, BF16 or F16, not %s",
+                    dtype_name(odt) != NULL ? dtype_name(odt) : "that");
     count = names != NULL ? n : m->ntensors;
     if (names != NULL) {
         for (size_t i = 0; i < n; i++) {
@@ -841,19 +1453,21 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
         const tensor *t =
             names != NULL ? strmap_get(m->index, names[i], name_lens[i]) : m->tensors[i];
         view_tensor *vt = &v->tensors[i];
+        uint32_t k = t->averaged ? (uint32_t)j : 0;
 
         vt->name = xstrndup(t->name, t->name_len);
         vt->name_len = t->name_len;
         vt->kind = t->kind;
-        vt->dtype = t->dtype;
+        vt->dtype = odt != EMAD_DTYPE_INVALID && dtype_is_float(t->dtype) ? odt : t->dtype;
         vt->sdtype = t->sdtype;
+        vt->averaged = t->averaged;
         vt->ndim = t->ndim;
         memcpy(vt->shape, t->shape, sizeof(vt->shape));
         vt->numel = t->numel;
-        vt->nbytes = t->nbytes;
+        vt->nbytes = t->numel * dtype_size(vt->dtype);
         vt->step = t->step;
-        vt->data = t->shadow;
-        t->shadow->refs++;
+        vt->data = t->shadow[k];
+        t->shadow[k]->refs++;
     }
     *out = v;
     return 0;
@@ -900,12 +1514,20 @@ store_view_release(store *s, uint64_t id, store_err *err)
                 (unsigned long long)id);
 }
 
+/* Has something last used at `used` been idle for timeout_ms at now_ms? */
+static int
+idle(uint64_t used, uint64_t now_ms, uint64_t timeout_ms)
+{
+    return now_ms >= used && now_ms - used >= timeout_ms;
+}
+
 void
-store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uint64_t *views)
+store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uint64_t *views,
+             uint64_t *steps)
 {
     for (txn **pp = &s->txns; *pp != NULL;) {
         txn *t = *pp;
-        if (now_ms - t->last_used_ms >= timeout_ms && now_ms >= t->last_used_ms) {
+        if (idle(t->last_used_ms, now_ms, timeout_ms)) {
             *pp = t->next;
             s->ntxns--;
             txn_free(t);
@@ -916,13 +1538,27 @@ store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uin
     }
     for (store_view **pp = &s->views; *pp != NULL;) {
         store_view *v = *pp;
-        if (now_ms - v->last_used_ms >= timeout_ms && now_ms >= v->last_used_ms) {
+        if (idle(v->last_used_ms, now_ms, timeout_ms)) {
             *pp = v->next;
             s->nviews--;
             store_view_free(v);
             (*views)++;
         } else {
             pp = &v->next;
+        }
+    }
+    for (size_t i = 0; i < s->nmodels; i++) {
+        model *m = s->models[i];
+        for (pending **pp = &m->pending; *pp != NULL;) {
+            pending *p = *pp;
+            if (idle(p->last_used_ms, now_ms, timeout_ms)) {
+                *pp = p->next;
+                m->npending--;
+                pending_free(p);
+                (*steps)++;
+            } else {
+                pp = &p->next;
+            }
         }
     }
 }

@@ -7,6 +7,13 @@
  * reference-counted blobs: a pull view takes references, and an update of
  * a blob that a view still holds writes a fresh blob (copy-on-write), so
  * a view always shows exactly one committed state while pushes go on.
+ *
+ * A push is a set of tensors, each as one or more flat element slices;
+ * whole tensors are single slices. Every model has an EMA configuration
+ * (emaconf.h): one shadow per decay for averaged tensors, one copy for
+ * copied ones. A model with several writers collects each step's slices
+ * from every writer in a pending step and applies it when the last writer
+ * has pushed; until then pulls see the previous step.
  */
 #ifndef EMAD_STORE_H
 #define EMAD_STORE_H
@@ -19,6 +26,7 @@
 #define STORE_MAX_MODELS 4096
 #define STORE_MAX_TXNS 1024
 #define STORE_MAX_VIEWS 1024
+#define STORE_MAX_PENDING 64 /* pending multi-writer steps per model */
 
 /* Shadow storage shared between a tensor and pull views. */
 typedef struct blob {
@@ -32,20 +40,22 @@ typedef struct tensor {
     char *name;
     size_t name_len;
     int kind;   /* enum emad_kind */
-    int dtype;  /* dtype it is pushed and pulled in */
-    int sdtype; /* dtype of the shadow data (F32 for F16/BF16 params) */
+    int dtype;    /* dtype it is pushed and pulled in */
+    int sdtype;   /* dtype of the shadow data (F32 for averaged F16/BF16) */
+    int averaged; /* 1: EMA per decay; 0: copied (buffers, copy patterns) */
     uint32_t ndim;
     uint64_t shape[EMAD_MAX_NDIM];
     uint64_t numel;
     uint64_t nbytes; /* numel * dtype size: bytes on the wire */
-    blob *shadow;
+    uint32_t nshadow;                  /* model's decay count if averaged, else 1 */
+    blob *shadow[EMAD_MAX_DECAYS];     /* one per decay (averaged) or the copy */
     uint64_t step;
 } tensor;
 
 /* A model. Read-only outside store.c. */
 typedef struct model {
     char *name;
-    double decay;
+    emad_model_config cfg; /* owns its pattern strings */
     uint64_t step;    /* committed step: highest step applied */
     tensor **tensors; /* first-push order */
     size_t ntensors;
@@ -53,6 +63,8 @@ typedef struct model {
     struct strmap *index;
     uint64_t shadow_bytes;
     uint64_t last_push_ms;
+    struct pending *pending; /* multi-writer steps not yet complete */
+    size_t npending;
 } model;
 
 /* One tensor of a push request; borrows name and data from the request. */
@@ -65,7 +77,9 @@ typedef struct store_input {
     uint64_t shape[EMAD_MAX_NDIM];
     const void *data; /* any alignment */
     uint64_t len;
-    uint64_t offset; /* transactions only */
+    uint64_t start;  /* first element of the slice */
+    uint64_t count;  /* elements in the slice; 0 = the whole tensor (start 0) */
+    uint64_t offset; /* transactions only: byte offset of this chunk in the slice */
 } store_input;
 
 /* Why an operation failed: code, message and (if one) the tensor at fault. */
@@ -79,6 +93,9 @@ typedef struct store_err {
 typedef struct store_result {
     uint64_t applied;
     uint64_t stale;
+    uint64_t skipped; /* non-finite tensors left out (nonfinite = skip) */
+    uint64_t ignored; /* tensors matching an ignore pattern */
+    int pending;      /* staged for a multi-writer step not complete yet */
     uint64_t step;               /* model's committed step afterwards */
     const char *stale_names[64]; /* borrowed from the store's tensors */
     size_t nstale_names;
@@ -88,11 +105,14 @@ typedef struct store_result {
 typedef struct view_tensor {
     const char *name; /* owned by the view */
     size_t name_len;
-    int kind, dtype, sdtype;
+    int kind;
+    int dtype;  /* dtype sent to the client */
+    int sdtype; /* dtype of data */
+    int averaged;
     uint32_t ndim;
     uint64_t shape[EMAD_MAX_NDIM];
-    uint64_t numel, nbytes, step;
-    blob *data; /* reference held by the view */
+    uint64_t numel, nbytes, step; /* nbytes: numel * size of dtype */
+    blob *data;                   /* reference held by the view */
 } view_tensor;
 
 /* A consistent view of (part of) a model at one moment. */
@@ -109,7 +129,7 @@ typedef struct store_view {
 
 /* Gauges. */
 typedef struct store_gauges {
-    uint64_t models, tensors, shadow_bytes, txn_open, views_open;
+    uint64_t models, tensors, shadow_bytes, txn_open, views_open, steps_pending, staged_bytes;
 } store_gauges;
 
 typedef struct store store;
@@ -129,28 +149,39 @@ model *store_model_find(store *s, const char *name, size_t len);
 model *store_model_at(store *s, size_t i);
 
 /*
- * Create a model. *created is 1 if created, 0 if it existed with the same
- * decay and exist_ok is set. Errors: EMAD_ENAME, EMAD_ERANGE, EMAD_EEXIST,
- * EMAD_ELIMIT.
+ * Create a model with configuration cfg (copied). *created is 1 if
+ * created, 0 if it existed with the same configuration and exist_ok is
+ * set. Errors: EMAD_ENAME, EMAD_ERANGE, EMAD_EEXIST, EMAD_ELIMIT.
  */
-int store_create_model(store *s, const char *name, size_t len, double decay, int exist_ok,
-                       int *created, store_err *err);
+int store_create_model(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                       int exist_ok, int *created, store_err *err);
+
+/*
+ * Change a model's decays (same count) and schedule options from the next
+ * push on. EMAD_EIMMUTABLE if buffers, writers, patterns or the number of
+ * decays differ; EMAD_ERANGE for invalid values.
+ */
+int store_configure(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                    store_err *err);
 
 /* Drop a model; aborts its open transactions. EMAD_ENOMODEL if absent. */
 int store_drop_model(store *s, const char *name, size_t len, store_err *err);
 
 /*
- * Validate then apply a push of n inputs at step to a model. Nothing is
- * applied unless every input is valid. Input data is read in place (no
- * copy) and may have any alignment. now_ms stamps the model's last push.
- * Returns 0 or an EMAD_E* code with err filled.
+ * Validate then apply a push of n inputs at step to a model, as writer
+ * `writer`. Nothing is applied unless every input is valid. With one
+ * writer, input data is read in place (no copy) and may have any
+ * alignment; with several, it is copied into the step's pending set.
+ * now_ms stamps the model's last push. Returns 0 or an EMAD_E* code with
+ * err filled.
  */
-int store_push(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
-               size_t n, uint64_t now_ms, store_result *res, store_err *err);
+int store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+               const store_input *in, size_t n, uint64_t now_ms, store_result *res,
+               store_err *err);
 
-/* Open a transaction on a model at step; *id receives its id. */
-int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint64_t now_ms,
-                    uint64_t *id, store_err *err);
+/* Open a transaction on a model at step for a writer; *id receives its id. */
+int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                    uint64_t now_ms, uint64_t *id, store_err *err);
 
 /*
  * Stage n inputs (whole tensors or in-order chunks) into a transaction.
@@ -167,13 +198,23 @@ int store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, 
 /* Discard a transaction. EMAD_ENOTXN if it is not open. */
 int store_txn_abort(store *s, uint64_t id, store_err *err);
 
+/* Which shadow and dtype a view shows. */
+typedef struct view_options {
+    int has_decay; /* 0: the model's first decay */
+    double decay;
+    int dtype; /* floating tensors converted to this; EMAD_DTYPE_INVALID: as pushed */
+} view_options;
+
 /*
  * Freeze a view of a model (all tensors if names is NULL, else the n
- * names given as (ptr, len) pairs). The view is not registered: free it
- * with store_view_free() or hand it to store_view_register().
+ * names given as (ptr, len) pairs). opts may be NULL. The view is not
+ * registered: free it with store_view_free() or hand it to
+ * store_view_register(). EMAD_ERANGE for a decay the model does not have,
+ * EMAD_EDTYPE for an output dtype other than F32, BF16 or F16.
  */
 int store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
-                      const size_t *name_lens, size_t n, store_view **out, store_err *err);
+                      const size_t *name_lens, size_t n, const view_options *opts,
+                      store_view **out, store_err *err);
 
 /* Register a view as a pull session (the store takes ownership); sets view->id. */
 int store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err);
@@ -188,9 +229,11 @@ int store_view_release(store *s, uint64_t id, store_err *err);
 void store_view_free(store_view *v);
 
 /*
- * Discard transactions and views idle since before now_ms - timeout_ms.
- * Adds the counts discarded to *txns and *views.
+ * Discard transactions, views and pending multi-writer steps idle since
+ * before now_ms - timeout_ms. Adds the counts discarded to *txns, *views
+ * and *steps.
  */
-void store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uint64_t *views);
+void store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uint64_t *views,
+                  uint64_t *steps);
 
 #endif

@@ -435,11 +435,11 @@ END_TEST
 START_TEST(test_dtype_convert_rejects_unsupported_pairs_and_writes_nothing)
 {
     static const int pairs[][2] = {
-        {EMAD_F16, EMAD_BF16},
-        {EMAD_BF16, EMAD_F16},
-        {EMAD_F64, EMAD_F32},
-        {EMAD_F32, EMAD_F64},
-        {EMAD_F16, EMAD_F64},
+        {EMAD_I16, EMAD_F16},
+        {EMAD_F16, EMAD_I16},
+        {EMAD_U64, EMAD_F64},
+        {EMAD_F64, EMAD_I64},
+        {EMAD_BOOL, EMAD_BF16},
         {EMAD_I32, EMAD_F32},
         {EMAD_F32, EMAD_I32},
         {EMAD_DTYPE_INVALID, EMAD_DTYPE_INVALID},
@@ -459,6 +459,39 @@ START_TEST(test_dtype_convert_rejects_unsupported_pairs_and_writes_nothing)
     ck_assert_int_eq(dtype_convert(dst, EMAD_BF16, src, EMAD_F32, 0), 0);
     ck_assert_int_eq(dtype_convert(dst, EMAD_U8, src, EMAD_U8, 0), 0);
     ck_assert_mem_eq(dst, canary, sizeof(dst));
+}
+END_TEST
+
+START_TEST(test_dtype_convert_f64_to_half_rounds_once)
+{
+    /*
+     * 1 + 2^-11 + 2^-40 lies just above the F16 halfway point between 1 and
+     * 1 + 2^-10, so it rounds up (0x3c01); rounding to float32 first would
+     * land exactly on the halfway point and round to even (0x3c00). Same
+     * for BF16 with 1 + 2^-8 + 2^-40 (0x3f81, not 0x3f80). numpy agrees:
+     * np.float64(1 + 2**-11 + 2**-40).astype(np.float16).view(np.uint16)
+     * == 0x3c01.
+     */
+    double x[2] = {1.0 + 0x1p-11 + 0x1p-40, 1.0 + 0x1p-8 + 0x1p-40};
+    double y[3] = {-2.5, 65520.0, 0.1}; /* exact, overflow to inf, RNE of 0.1 */
+    uint16_t h[3];
+    float f[3];
+
+    ck_assert_int_eq(dtype_convert(h, EMAD_F16, &x[0], EMAD_F64, 1), 0);
+    ck_assert_uint_eq(h[0], 0x3c01);
+    ck_assert_int_eq(dtype_convert(h, EMAD_BF16, &x[1], EMAD_F64, 1), 0);
+    ck_assert_uint_eq(h[0], 0x3f81);
+    ck_assert_int_eq(dtype_convert(h, EMAD_F16, y, EMAD_F64, 3), 0);
+    ck_assert_uint_eq(h[0], 0xc100);
+    ck_assert_uint_eq(h[1], 0x7c00);
+    ck_assert_uint_eq(h[2], 0x2e66); /* np.float16(0.1) */
+    ck_assert_int_eq(dtype_convert(f, EMAD_F32, y, EMAD_F64, 3), 0);
+    ck_assert_float_eq(f[0], -2.5f);
+    ck_assert_float_eq(f[2], 0.1f);
+    /* F16 -> BF16 through an exact widening: 1 + 2^-10 rounds down to 1.0. */
+    h[0] = 0x3c01;
+    ck_assert_int_eq(dtype_convert(&h[1], EMAD_BF16, &h[0], EMAD_F16, 1), 0);
+    ck_assert_uint_eq(h[1], 0x3f80);
 }
 END_TEST
 
@@ -483,6 +516,7 @@ dtype_suite(void)
     tcase_add_test(tc, test_dtype_bf16_matches_numpy_rounding_vectors);
     tcase_add_test(tc, test_dtype_convert_handles_unaligned_buffers);
     tcase_add_test(tc, test_dtype_convert_rejects_unsupported_pairs_and_writes_nothing);
+    tcase_add_test(tc, test_dtype_convert_f64_to_half_rounds_once);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;

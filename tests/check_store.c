@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "dtype.h"
+#include "emaconf.h"
 #include "proto.h"
 #include "store.h"
 
@@ -22,13 +23,24 @@ static store *s;
 static store_err err;
 static store_result res;
 
+/* A configuration with one decay d and every other option at its default. */
+static const emad_model_config *
+dcfg(double d)
+{
+    static emad_model_config cfg;
+
+    emaconf_init(&cfg);
+    cfg.decays[0] = d;
+    return &cfg;
+}
+
 static void
 setup(void)
 {
     int created;
 
     s = store_create();
-    ck_assert_int_eq(store_create_model(s, "m", 1, 0.5, 0, &created, &err), 0);
+    ck_assert_int_eq(store_create_model(s, "m", 1, dcfg(0.5), 0, &created, &err), 0);
     ck_assert_int_eq(created, 1);
 }
 
@@ -60,7 +72,7 @@ f32_input(const char *name, int kind, const float *data, size_t n)
 static int
 push1(const store_input *in, uint64_t step)
 {
-    return store_push(s, "m", 1, step, in, 1, 1000, &res, &err);
+    return store_push(s, "m", 1, step, 0, in, 1, 1000, &res, &err);
 }
 
 /* The stored tensor of model "m". */
@@ -79,7 +91,7 @@ static float
 shadow_f32(const char *name, size_t i)
 {
     float f;
-    memcpy(&f, (const char *)get_tensor(name)->shadow->data + 4 * i, 4);
+    memcpy(&f, (const char *)get_tensor(name)->shadow[0]->data + 4 * i, 4);
     return f;
 }
 
@@ -87,13 +99,13 @@ START_TEST(test_store_create_rules)
 {
     int created;
 
-    ck_assert_int_eq(store_create_model(s, "m", 1, 0.5, 0, &created, &err), EMAD_EEXIST);
-    ck_assert_int_eq(store_create_model(s, "m", 1, 0.5, 1, &created, &err), 0);
+    ck_assert_int_eq(store_create_model(s, "m", 1, dcfg(0.5), 0, &created, &err), EMAD_EEXIST);
+    ck_assert_int_eq(store_create_model(s, "m", 1, dcfg(0.5), 1, &created, &err), 0);
     ck_assert_int_eq(created, 0);
-    ck_assert_int_eq(store_create_model(s, "m", 1, 0.9, 1, &created, &err), EMAD_EEXIST);
-    ck_assert_int_eq(store_create_model(s, "x", 1, 1.5, 0, &created, &err), EMAD_ERANGE);
-    ck_assert_int_eq(store_create_model(s, "x", 1, -0.1, 0, &created, &err), EMAD_ERANGE);
-    ck_assert_int_eq(store_create_model(s, "a/b", 3, 0.5, 0, &created, &err), EMAD_ENAME);
+    ck_assert_int_eq(store_create_model(s, "m", 1, dcfg(0.9), 1, &created, &err), EMAD_EEXIST);
+    ck_assert_int_eq(store_create_model(s, "x", 1, dcfg(1.5), 0, &created, &err), EMAD_ERANGE);
+    ck_assert_int_eq(store_create_model(s, "x", 1, dcfg(-0.1), 0, &created, &err), EMAD_ERANGE);
+    ck_assert_int_eq(store_create_model(s, "a/b", 3, dcfg(0.5), 0, &created, &err), EMAD_ENAME);
     ck_assert_int_eq(store_drop_model(s, "zz", 2, &err), EMAD_ENOMODEL);
     ck_assert_int_eq(store_drop_model(s, "m", 1, &err), 0);
     ck_assert_ptr_null(store_model_find(s, "m", 1));
@@ -131,14 +143,14 @@ START_TEST(test_store_decay_0_9_matches_numpy_float32)
     const uint32_t expect[3] = {0x3f666666, 0x3f87ae14, 0x3f5a9fbe};
     int created;
 
-    ck_assert_int_eq(store_create_model(s, "d9", 2, 0.9, 0, &created, &err), 0);
+    ck_assert_int_eq(store_create_model(s, "d9", 2, dcfg(0.9), 0, &created, &err), 0);
     for (int i = 0; i < 4; i++) {
         store_input in = f32_input("w", EMAD_PARAM, &v[i], 1);
-        ck_assert_int_eq(store_push(s, "d9", 2, (uint64_t)i + 1, &in, 1, 0, &res, &err), 0);
+        ck_assert_int_eq(store_push(s, "d9", 2, (uint64_t)i + 1, 0, &in, 1, 0, &res, &err), 0);
         if (i > 0) {
             const model *m = store_model_find(s, "d9", 2);
             uint32_t bits;
-            memcpy(&bits, m->tensors[0]->shadow->data, 4);
+            memcpy(&bits, m->tensors[0]->shadow[0]->data, 4);
             ck_assert_uint_eq(bits, expect[i - 1]);
         }
     }
@@ -191,16 +203,16 @@ START_TEST(test_store_buffers_are_copied_any_dtype)
     in[2].shape[0] = 3;
     in[2].data = flags;
     in[2].len = 3;
-    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 3, 0, &res, &err), 0);
+    ck_assert_int_eq(store_push(s, "m", 1, 1, 0, in, 3, 0, &res, &err), 0);
     ck_assert_uint_eq(res.applied, 3);
     in[0].data = mean2;
     counter[0] = 8;
-    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 3, 0, &res, &err), 0);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, 0, in, 3, 0, &res, &err), 0);
     /* Copied, not averaged with decay 0.5. */
     ck_assert_float_eq(shadow_f32("bn.running_mean", 0), 100.0f);
     ck_assert_float_eq(shadow_f32("bn.running_mean", 1), -1.0f);
-    ck_assert_int_eq(*(int64_t *)get_tensor("bn.num_batches_tracked")->shadow->data, 8);
-    ck_assert_mem_eq(get_tensor("mask")->shadow->data, flags, 3);
+    ck_assert_int_eq(*(int64_t *)get_tensor("bn.num_batches_tracked")->shadow[0]->data, 8);
+    ck_assert_mem_eq(get_tensor("mask")->shadow[0]->data, flags, 3);
 }
 END_TEST
 
@@ -211,10 +223,10 @@ START_TEST(test_store_rejects_shape_change_and_applies_nothing)
 
     in[0] = f32_input("a", EMAD_PARAM, a, 2);
     in[1] = f32_input("b", EMAD_PARAM, b, 2);
-    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 2, 0, &res, &err), 0);
+    ck_assert_int_eq(store_push(s, "m", 1, 1, 0, in, 2, 0, &res, &err), 0);
     in[0].data = a2;
     in[1] = f32_input("b", EMAD_PARAM, b, 3); /* b's shape changed */
-    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 2, 0, &res, &err), EMAD_ESHAPE);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, 0, in, 2, 0, &res, &err), EMAD_ESHAPE);
     ck_assert_str_eq(err.tensor, "b");
     ck_assert_ptr_nonnull(strstr(err.message, "[3]"));
     ck_assert_ptr_nonnull(strstr(err.message, "[2]"));
@@ -261,10 +273,10 @@ START_TEST(test_store_rejects_bad_inputs)
     ck_assert_int_eq(push1(&in[1], 2), EMAD_ELIMIT);
     in[0] = f32_input("d", EMAD_PARAM, a, 2);
     in[1] = f32_input("d", EMAD_PARAM, a, 2);
-    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 2, 0, &res, &err), EMAD_EDUP);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, 0, in, 2, 0, &res, &err), EMAD_EDUP);
     ck_assert_str_eq(err.tensor, "d");
-    ck_assert_int_eq(store_push(s, "nope", 4, 2, in, 1, 0, &res, &err), EMAD_ENOMODEL);
-    ck_assert_int_eq(store_push(s, "m", 1, 2, in, 0, 0, &res, &err), EMAD_EMALFORMED);
+    ck_assert_int_eq(store_push(s, "nope", 4, 2, 0, in, 1, 0, &res, &err), EMAD_ENOMODEL);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, 0, in, 0, 0, &res, &err), EMAD_EMALFORMED);
     /* Nothing of the above was stored. */
     ck_assert_uint_eq(store_model_find(s, "m", 1)->ntensors, 1);
     ck_assert_uint_eq(store_model_find(s, "m", 1)->step, 1);
@@ -289,7 +301,7 @@ START_TEST(test_store_f16_param_keeps_float32_shadow)
     ck_assert_int_eq(push1(&in, 1), 0);
     ck_assert_int_eq(get_tensor("h")->sdtype, EMAD_F32);
     ck_assert_uint_eq(get_tensor("h")->nbytes, 2);
-    ck_assert_uint_eq(get_tensor("h")->shadow->size, 4);
+    ck_assert_uint_eq(get_tensor("h")->shadow[0]->size, 4);
     in.data = &h2;
     ck_assert_int_eq(push1(&in, 2), 0);
     ck_assert_float_eq(shadow_f32("h", 0), 1.5f);
@@ -322,7 +334,7 @@ START_TEST(test_store_view_is_frozen_while_pushes_go_on)
     float seen[2];
 
     ck_assert_int_eq(push1(&in, 1), 0);
-    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, NULL, &view, &err), 0);
     ck_assert_uint_eq(view->step, 1);
     in.data = v2;
     ck_assert_int_eq(push1(&in, 2), 0);
@@ -334,7 +346,7 @@ START_TEST(test_store_view_is_frozen_while_pushes_go_on)
     ck_assert_uint_eq(view->tensors[0].step, 1);
     store_view_free(view);
     /* Without a view, updates are in place again: the blob has one reference. */
-    ck_assert_uint_eq(get_tensor("w")->shadow->refs, 1);
+    ck_assert_uint_eq(get_tensor("w")->shadow[0]->refs, 1);
 }
 END_TEST
 
@@ -346,12 +358,12 @@ START_TEST(test_store_view_named_tensors_and_unknown_name)
     size_t lens[2] = {1, 2};
     store_view *view;
 
-    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 2, 0, &res, &err), 0);
-    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 1, &view, &err), 0);
+    ck_assert_int_eq(store_push(s, "m", 1, 1, 0, in, 2, 0, &res, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 1, NULL, &view, &err), 0);
     ck_assert_uint_eq(view->ntensors, 1);
     ck_assert_str_eq(view->tensors[0].name, "b");
     store_view_free(view);
-    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 2, &view, &err), EMAD_ENOTENSOR);
+    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 2, NULL, &view, &err), EMAD_ENOTENSOR);
     ck_assert_str_eq(err.tensor, "zz");
 }
 END_TEST
@@ -374,7 +386,7 @@ START_TEST(test_store_txn_commit_applies_all_at_once)
     store_input in;
     store_view *view;
 
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
     in = chunk("big", big, 4, 0, 8);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
     ck_assert_uint_eq(staged, 1);
@@ -386,7 +398,7 @@ START_TEST(test_store_txn_commit_applies_all_at_once)
     ck_assert_int_eq(store_txn_push(s, id, "m", 1, 1, 1, &in, 1, 0, &staged, &err), 0);
     in = chunk("small", small, 1, 0, 4);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
-    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, NULL, &view, &err), 0);
     ck_assert_uint_eq(view->ntensors, 0);
     ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
     ck_assert_uint_eq(res.applied, 2);
@@ -406,7 +418,7 @@ START_TEST(test_store_txn_chunk_order_and_resend)
     uint64_t id, staged;
     store_input in;
 
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
     in = chunk("t", d, 4, 4, 4); /* first chunk not at 0 */
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
     in = chunk("t", d, 4, 0, 8);
@@ -429,31 +441,31 @@ START_TEST(test_store_txn_chunk_order_and_resend)
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 1, 2, &in, 1, 0, &staged, &err),
                      EMAD_EMALFORMED);
     ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
-    ck_assert_mem_eq(get_tensor("t")->shadow->data, d, sizeof(d));
+    ck_assert_mem_eq(get_tensor("t")->shadow[0]->data, d, sizeof(d));
 }
 END_TEST
 
 START_TEST(test_store_txn_abort_and_expiry_apply_nothing)
 {
     float d[1] = {5};
-    uint64_t a, b, staged, txns = 0, views = 0, view_id;
+    uint64_t a, b, staged, txns = 0, views = 0, steps = 0, view_id;
     store_input in = chunk("t", d, 1, 0, 4);
     store_view *view;
 
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 1000, &a, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 1000, &a, &err), 0);
     ck_assert_int_eq(store_txn_push(s, a, NULL, 0, 0, 0, &in, 1, 1000, &staged, &err), 0);
     ck_assert_int_eq(store_txn_abort(s, a, &err), 0);
     ck_assert_int_eq(store_txn_abort(s, a, &err), EMAD_ENOTXN);
 
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 2, 1000, &b, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 2, 0, 1000, &b, &err), 0);
     ck_assert_int_eq(store_txn_push(s, b, NULL, 0, 0, 0, &in, 1, 2000, &staged, &err), 0);
-    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, &view, &err), 0);
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, NULL, &view, &err), 0);
     ck_assert_int_eq(store_view_register(s, view, 2000, &err), 0);
     view_id = view->id; /* the store owns the view now and frees it on expiry */
-    store_expire(s, 2999, 1000, &txns, &views); /* idle 999 ms: kept */
+    store_expire(s, 2999, 1000, &txns, &views, &steps); /* idle 999 ms: kept */
     ck_assert_uint_eq(txns, 0);
     ck_assert_uint_eq(views, 0);
-    store_expire(s, 3000, 1000, &txns, &views);
+    store_expire(s, 3000, 1000, &txns, &views, &steps);
     ck_assert_uint_eq(txns, 1);
     ck_assert_uint_eq(views, 1);
     ck_assert_int_eq(store_txn_commit(s, b, 3000, &res, &err), EMAD_ENOTXN);
@@ -470,14 +482,14 @@ START_TEST(test_store_txn_stale_at_commit_and_drop_aborts)
     store_gauges g;
 
     ck_assert_int_eq(push1(&in, 3), 0);
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 3, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 3, 0, 0, &id, &err), 0);
     in = chunk("t", e, 1, 0, 4);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
     ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
     ck_assert_uint_eq(res.stale, 1);
     ck_assert_float_eq(shadow_f32("t", 0), 5.0f);
 
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 4, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 4, 0, 0, &id, &err), 0);
     store_gauges_get(s, &g);
     ck_assert_uint_eq(g.txn_open, 1);
     ck_assert_int_eq(store_drop_model(s, "m", 1, &err), 0);
@@ -502,7 +514,7 @@ START_TEST(test_store_txn_commit_is_not_limited_to_one_message_of_tensors)
         snprintf(names[i], sizeof(names[i]), "t%zu", i);
         in[i] = chunk(names[i], &v, 1, 0, 4);
     }
-    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
     /* One message may not carry them all ... */
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, n, 0, &staged, &err), EMAD_ELIMIT);
     /* ... but two messages may. */
@@ -526,7 +538,7 @@ START_TEST(test_store_gauges_count_shadow_bytes)
 
     in[1].dtype = EMAD_BF16;
     in[1].len = 8;
-    ck_assert_int_eq(store_push(s, "m", 1, 1, in, 2, 0, &res, &err), 0);
+    ck_assert_int_eq(store_push(s, "m", 1, 1, 0, in, 2, 0, &res, &err), 0);
     store_gauges_get(s, &g);
     ck_assert_uint_eq(g.tensors, 2);
     ck_assert_uint_eq(g.shadow_bytes, 32 + 16); /* BF16 param: float32 shadow */
