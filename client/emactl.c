@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "dtype.h"
+#include "emaconf.h"
 #include "emad.h"
 #include "proto.h"
 #include "safetensors.h"
@@ -315,12 +316,7 @@ fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t ndim)
 static const char *
 fmt_decay(char *buf, size_t size, double d)
 {
-    for (int prec = 1; prec <= 17; prec++) {
-        (void)snprintf(buf, size, "%.*g", prec, d);
-        if (strtod(buf, NULL) == d)
-            break;
-    }
-    return buf;
+    return emaconf_fmt_double(buf, size, d);
 }
 
 /* Parse a finite number > 0 (strictly) or >= 0; 0 or -1. */

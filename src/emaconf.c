@@ -462,6 +462,17 @@ emaconf_match(const char *const *patterns, size_t n, const char *name, size_t le
     return 0;
 }
 
+const char *
+emaconf_fmt_double(char *buf, size_t size, double v)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        (void)snprintf(buf, size, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    return buf;
+}
+
 /* Clamp a scheduled decay to [min_decay, d], min_decay winning if larger. */
 static double
 clamp_decay(const emad_model_config *cfg, double f, double d)

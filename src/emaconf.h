@@ -74,6 +74,9 @@ typedef struct emaconf_strings {
 int emaconf_unpack(const struct msgpack_object *map, emad_model_config *cfg,
                    emaconf_strings *strings, char *why, size_t size);
 
+/* A double with the fewest digits that read back as the same value ("0.999"). */
+const char *emaconf_fmt_double(char *buf, size_t size, double v);
+
 /* Does name (len bytes) match any of the n fnmatch(3) patterns? */
 int emaconf_match(const char *const *patterns, size_t n, const char *name, size_t len);
 

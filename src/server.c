@@ -565,20 +565,23 @@ get_config(const msgpack_object *root, emad_model_config *cfg, emaconf_strings *
 static void
 log_config(const char *event, const char *name, size_t len, const emad_model_config *cfg)
 {
-    char decays[256];
+    char decays[256], g[32], p[32], md[32], d[32];
     int off = 0;
 
     decays[0] = '\0';
     for (size_t i = 0; i < cfg->ndecays && off < (int)sizeof(decays); i++)
-        off += snprintf(decays + off, sizeof(decays) - (size_t)off, "%s%.17g", i ? "," : "",
-                        cfg->decays[i]);
-    log_info("event=%s model=%.*s decays=%s schedule=%s update_after_step=%llu inv_gamma=%.17g "
-             "power=%.17g min_decay=%.17g step_gap=%s buffers=%s nonfinite=%s writers=%u "
+        off += snprintf(decays + off, sizeof(decays) - (size_t)off, "%s%s", i ? "," : "",
+                        emaconf_fmt_double(d, sizeof(d), cfg->decays[i]));
+    log_info("event=%s model=%.*s decays=%s schedule=%s update_after_step=%llu inv_gamma=%s "
+             "power=%s min_decay=%s step_gap=%s buffers=%s nonfinite=%s writers=%u "
              "copy_patterns=%zu ignore_patterns=%zu",
              event, (int)len, name, decays, emaconf_schedule_name(cfg->schedule),
-             (unsigned long long)cfg->update_after_step, cfg->inv_gamma, cfg->power,
-             cfg->min_decay, emaconf_step_gap_name(cfg->step_gap), emaconf_buffers_name(cfg->buffers),
-             emaconf_nonfinite_name(cfg->nonfinite), cfg->writers, cfg->ncopy, cfg->nignore);
+             (unsigned long long)cfg->update_after_step,
+             emaconf_fmt_double(g, sizeof(g), cfg->inv_gamma),
+             emaconf_fmt_double(p, sizeof(p), cfg->power),
+             emaconf_fmt_double(md, sizeof(md), cfg->min_decay), emaconf_step_gap_name(cfg->step_gap),
+             emaconf_buffers_name(cfg->buffers), emaconf_nonfinite_name(cfg->nonfinite),
+             cfg->writers, cfg->ncopy, cfg->nignore);
 }
 
 static int

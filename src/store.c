@@ -58,6 +58,7 @@ typedef struct stage {
     uint64_t bytes;   /* owned slice bytes */
     uint64_t ignored; /* inputs dropped by ignore patterns */
     int checked;      /* non-finite counts are filled in */
+    int consumed;     /* slices moved into a pending step */
 } stage;
 
 typedef struct txn {
@@ -697,13 +698,12 @@ cmp_slice(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
-/* Sort an item's slices and check they cover it exactly, each one complete. */
+/* Check every slice of an item has all its bytes (transactions receive them in chunks). */
 static int
-check_coverage(item *it, store_err *err)
+check_received(const item *it, store_err *err)
 {
-    uint64_t next = 0, isz = dtype_size(it->dtype);
+    uint64_t isz = dtype_size(it->dtype);
 
-    qsort(it->slices, it->nslices, sizeof(*it->slices), cmp_slice);
     for (size_t k = 0; k < it->nslices; k++) {
         const slice *sl = &it->slices[k];
         if (sl->received != sl->count * isz)
@@ -711,6 +711,21 @@ check_coverage(item *it, store_err *err)
                         "tensor '%s': slice [%llu, %llu) has %llu of %llu bytes", it->name,
                         (unsigned long long)sl->start, (unsigned long long)(sl->start + sl->count),
                         (unsigned long long)sl->received, (unsigned long long)(sl->count * isz));
+    }
+    return 0;
+}
+
+/* Sort an item's slices and check they cover it exactly, each one complete. */
+static int
+check_coverage(item *it, store_err *err)
+{
+    uint64_t next = 0;
+
+    if (check_received(it, err) != 0)
+        return err->code;
+    qsort(it->slices, it->nslices, sizeof(*it->slices), cmp_slice);
+    for (size_t k = 0; k < it->nslices; k++) {
+        const slice *sl = &it->slices[k];
         if (sl->count == 0)
             continue;
         if (sl->start != next)
@@ -1100,6 +1115,7 @@ merge_stage(stage *dst, stage *src, store_err *err)
     }
     dst->ignored += src->ignored;
     dst->checked = 1; /* every contribution was checked before merging */
+    src->consumed = 1;
     free(copies);
     return 0;
 }
@@ -1379,14 +1395,16 @@ store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, stor
     t->last_used_ms = now_ms;
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
-    for (size_t i = 0; i < t->st.nitems; i++) {
-        item *it = &t->st.items[i];
-        if ((rc = check_coverage(it, err)) != 0)
+    for (size_t i = 0; i < t->st.nitems; i++)
+        if ((rc = check_received(&t->st.items[i], err)) != 0)
             return rc; /* the transaction stays open: the missing chunks may still come */
-    }
     rc = contribute(m, t->step, t->writer, &t->st, now_ms, res, err);
-    /* Stale names point into the model's tensors, not the transaction: safe to free. */
-    if (rc != EMAD_ENOMEM)
+    /*
+     * Stale names point into the model's tensors, not the transaction: safe
+     * to free. Missing slices may still come, and memory may free up: the
+     * transaction stays open then, unless its slices went to a pending step.
+     */
+    if ((rc != EMAD_ENOMEM && rc != EMAD_EINCOMPLETE) || t->st.consumed)
         txn_remove(s, t);
     return rc;
 }
@@ -1419,13 +1437,13 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
         for (j = 0; j < m->cfg.ndecays && m->cfg.decays[j] != opts->decay; j++)
             ;
         if (j == m->cfg.ndecays) {
-            char list[256];
+            char list[256], want[32], d[32];
             int off = 0;
             for (size_t i = 0; i < m->cfg.ndecays && off < (int)sizeof(list); i++)
-                off += snprintf(list + off, sizeof(list) - (size_t)off, "%s%.17g", i ? ", " : "",
-                                m->cfg.decays[i]);
-            return fail(err, EMAD_ERANGE, NULL, "model '%s' has no decay %.17g (it has %s)",
-                        m->name, opts->decay, list);
+                off += snprintf(list + off, sizeof(list) - (size_t)off, "%s%s", i ? ", " : "",
+                                emaconf_fmt_double(d, sizeof(d), m->cfg.decays[i]));
+            return fail(err, EMAD_ERANGE, NULL, "model '%s' has no decay %s (it has %s)", m->name,
+                        emaconf_fmt_double(want, sizeof(want), opts->decay), list);
         }
     }
     if (odt != EMAD_DTYPE_INVALID && odt != EMAD_F32 && odt != EMAD_BF16 && odt != EMAD_F16)

@@ -642,6 +642,115 @@ START_TEST(test_e2e_stale_step_changes_nothing)
 }
 END_TEST
 
+/* The EMA options through libemad: configuration round trip, writers with slices, pull options. */
+START_TEST(test_e2e_ema_options)
+{
+    tu_daemon d;
+    emad_client *c;
+    emad_model_config cfg, got;
+    emad_push_result res;
+    emad_pull_options po;
+    emad_model *m;
+    emad_tensor t, into;
+    float a[4] = {0, 0, 0, 0}, b[4] = {4, 8, -4, 1.00390625f}, nan = __builtin_nanf("");
+    uint16_t bf[4];
+    uint64_t step;
+
+    daemon_up(&d, NULL);
+    c = client_open(&d, NULL);
+    emad_config_init(&cfg);
+    cfg.ndecays = 2;
+    cfg.decays[0] = 0.5;
+    cfg.decays[1] = 0.75;
+    cfg.schedule = emad_option_from_name("schedule", "warmup");
+    cfg.update_after_step = 3;
+    cfg.power = 0.75;
+    cfg.writers = 2;
+    cfg.copy[0] = "bn.*";
+    cfg.ncopy = 1;
+    cfg.ignore[0] = "tmp.*";
+    cfg.nignore = 1;
+    OK(c, emad_create_config(c, "m", &cfg, 0));
+    OK(c, emad_create_config(c, "m", &cfg, 1)); /* same configuration: fine with exist_ok */
+    OK(c, emad_get_config(c, "m", &got));
+    ck_assert_uint_eq(got.ndecays, 2);
+    ck_assert_double_eq(got.decays[1], 0.75);
+    ck_assert_int_eq(got.schedule, EMAD_SCHEDULE_WARMUP);
+    ck_assert_uint_eq(got.update_after_step, 3);
+    ck_assert_double_eq(got.power, 0.75);
+    ck_assert_uint_eq(got.writers, 2);
+    ck_assert_uint_eq(got.ncopy, 1);
+    ck_assert_str_eq(got.copy[0], "bn.*");
+    ck_assert_str_eq(got.ignore[0], "tmp.*");
+    emad_config_free(&got);
+    cfg.decays[1] = 0.8;
+    ck_assert_int_eq(emad_create_config(c, "m", &cfg, 1), EMAD_EEXIST);
+
+    /* Make it a constant schedule again, live; writers cannot change. */
+    cfg.decays[1] = 0.75;
+    cfg.schedule = EMAD_SCHEDULE_CONSTANT;
+    cfg.update_after_step = 0;
+    OK(c, emad_configure(c, "m", &cfg));
+    cfg.writers = 3;
+    ck_assert_int_eq(emad_configure(c, "m", &cfg), EMAD_EIMMUTABLE);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(c), "writers"));
+
+    /* Two writers, each half of w; the step shows once both pushed. */
+    t = tensor("w", EMAD_PARAM, EMAD_F32, a, 8, 1, 4, 0);
+    t.count = 2;
+    OK(c, emad_push_as(c, "m", 1, 0, &t, 1, &res));
+    ck_assert_int_eq(res.pending, 1);
+    t.offset = 2;
+    t.data = &a[2];
+    OK(c, emad_push_as(c, "m", 1, 1, &t, 1, &res));
+    ck_assert_int_eq(res.pending, 0);
+    ck_assert_uint_eq(res.step, 1);
+    t.data = &b[2];
+    OK(c, emad_push_as(c, "m", 2, 1, &t, 1, &res));
+    OK(c, emad_pull(c, "m", NULL, 0, &m));
+    ck_assert_uint_eq(m->step, 1);
+    emad_model_free(m);
+    t.offset = 0;
+    t.data = b;
+    OK(c, emad_push_as(c, "m", 2, 0, &t, 1, &res));
+    ck_assert_uint_eq(res.step, 2);
+    ck_assert_int_eq(emad_push_as(c, "m", 3, 2, &t, 1, &res), EMAD_ERANGE);
+    t.count = 3; /* overlaps writer 0's earlier slice? no: a new step, but nbytes is wrong */
+    ck_assert_int_eq(emad_push_as(c, "m", 3, 0, &t, 1, &res), EMAD_ESIZE);
+
+    /* Pull the second decay (0 - 0.25 * (0 - b)) and the first as BF16. */
+    emad_pull_options_init(&po);
+    po.decay = 0.75;
+    OK(c, emad_pull_ex(c, "m", NULL, 0, &po, &m));
+    ck_assert_float_eq(((const float *)model_find(m, "w")->data)[0], 1.0f);
+    ck_assert_float_eq(((const float *)model_find(m, "w")->data)[1], 2.0f);
+    emad_model_free(m);
+    emad_pull_options_init(&po);
+    po.dtype = EMAD_BF16;
+    into = (emad_tensor){.name = "w", .data = bf, .nbytes = sizeof(bf)};
+    OK(c, emad_pull_into_ex(c, "m", &into, 1, &po, &step));
+    ck_assert_int_eq(into.dtype, EMAD_BF16);
+    ck_assert_uint_eq(into.nbytes, 8);
+    /* 0 - 0.5 * (0 - b): 2, 4, -2, 0.501953125 -> BF16 0x4000, 0x4080, 0xc000, 0x3f00 (RNE). */
+    ck_assert_uint_eq(bf[0], 0x4000);
+    ck_assert_uint_eq(bf[1], 0x4080);
+    ck_assert_uint_eq(bf[2], 0xc000);
+    ck_assert_uint_eq(bf[3], 0x3f00);
+    po.decay = 0.6;
+    ck_assert_int_eq(emad_pull_ex(c, "m", NULL, 0, &po, &m), EMAD_ERANGE);
+
+    /* A NaN param: rejected as a whole, with the daemon's code and message. */
+    OK(c, emad_create(c, "n", 0.5, 0));
+    t = tensor("w", EMAD_PARAM, EMAD_F32, &nan, 4, 0, 0, 0);
+    ck_assert_int_eq(emad_push(c, "n", 1, &t, 1, &res), EMAD_ENONFINITE);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(c), "tensor 'w': 1 NaN or Inf value"));
+    ck_assert_uint_eq(stat_get(c, "errors_EMAD_ENONFINITE"), 1);
+    ck_assert_str_eq(emad_errname(EMAD_ENONFINITE), "EMAD_ENONFINITE");
+    emad_close(c);
+    daemon_down(&d);
+}
+END_TEST
+
 /* A changed shape, dtype or kind rejects the whole push; the daemon keeps serving. */
 START_TEST(test_e2e_shape_change_rejected)
 {
@@ -1612,6 +1721,7 @@ e2e_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_e2e_connect_hello);
     tcase_add_test(tc, test_e2e_create_list_drop);
+    tcase_add_test(tc, test_e2e_ema_options);
     tcase_add_test(tc, test_e2e_bad_arguments_rejected_before_sending);
     tcase_add_test(tc, test_e2e_unknown_model_and_tensor);
     suite_add_tcase(s, tc);
