@@ -286,32 +286,12 @@ emaconf_pack(msgpack_packer *pk, const emad_model_config *cfg)
     pack_patterns(pk, "ignore", cfg->ignore, cfg->nignore);
 }
 
-/* A msgpack number as a double; -1 if o is not a number. */
-static int
-as_double(const msgpack_object *o, double *v)
-{
-    switch (o->type) {
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        *v = o->via.f64;
-        return 0;
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        *v = (double)o->via.u64;
-        return 0;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        *v = (double)o->via.i64;
-        return 0;
-    default:
-        return -1;
-    }
-}
-
 static int
 get_number(const msgpack_object *map, const char *key, double *v, char *why, size_t size)
 {
     const msgpack_object *o = proto_map_get(map, key);
 
-    if (o != NULL && as_double(o, v) != 0) {
+    if (o != NULL && proto_number(o, v) != 0) {
         snprintf(why, size, "key '%s' is not a number", key);
         return EMAD_EMALFORMED;
     }
@@ -400,14 +380,14 @@ emaconf_unpack(const msgpack_object *map, emad_model_config *cfg, emaconf_string
             return EMAD_ERANGE;
         }
         for (uint32_t i = 0; i < o->via.array.size; i++) {
-            if (as_double(&o->via.array.ptr[i], &cfg->decays[i]) != 0) {
+            if (proto_number(&o->via.array.ptr[i], &cfg->decays[i]) != 0) {
                 snprintf(why, size, "key 'decays' is not an array of numbers");
                 return EMAD_EMALFORMED;
             }
         }
         cfg->ndecays = o->via.array.size;
     } else if ((o = proto_map_get(map, "decay")) != NULL) {
-        if (as_double(o, &d) != 0) {
+        if (proto_number(o, &d) != 0) {
             snprintf(why, size, "key 'decay' is not a number");
             return EMAD_EMALFORMED;
         }

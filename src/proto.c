@@ -82,6 +82,25 @@ proto_map_get(const msgpack_object *map, const char *key)
     return NULL;
 }
 
+int
+proto_number(const msgpack_object *o, double *v)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        *v = o->via.f64;
+        return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *v = (double)o->via.u64;
+        return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *v = (double)o->via.i64;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
 const char *
 proto_op_name(int op)
 {

@@ -54,6 +54,9 @@ struct msgpack_object;
  */
 const struct msgpack_object *proto_map_get(const struct msgpack_object *map, const char *key);
 
+/* A msgpack float32, float64 or integer as a double: 0, or -1 if o is not a number. */
+int proto_number(const struct msgpack_object *o, double *v);
+
 /* Wire name of an op, or NULL. */
 const char *proto_op_name(int op);
 

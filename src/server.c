@@ -343,22 +343,9 @@ get_float(const msgpack_object *map, const char *key, double *v, store_err *err)
 {
     const msgpack_object *o = proto_map_get(map, key);
 
-    if (o == NULL)
-        return 0;
-    switch (o->type) {
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        *v = o->via.f64;
-        return 0;
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        *v = (double)o->via.u64;
-        return 0;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        *v = (double)o->via.i64;
-        return 0;
-    default:
+    if (o != NULL && proto_number(o, v) != 0)
         return req_fail(err, EMAD_EMALFORMED, "key '%s' is not a number", key);
-    }
+    return 0;
 }
 
 /* Optional bool field. */
