@@ -1,0 +1,124 @@
+/*
+ * snapshot.h - durable snapshots of a model's shadows as safetensors files.
+ *
+ * A snapshot of a model at one committed step is one file per decay:
+ *
+ *     STATE_DIR/snapshots/MODEL/STEP.dDECAYINDEX.safetensors
+ *
+ * with STEP as 20 decimal digits (so names sort by step) and DECAYINDEX the
+ * index of the decay in the model's configuration (0 for the first). Each
+ * file is a plain safetensors file (PyTorch's safetensors.torch.load_file
+ * loads it as a state dict): averaged tensors hold that decay's shadow
+ * (float32 for F32/F16/BF16 params, float64 for F64), copied tensors their
+ * last pushed value. Its __metadata__ holds (all strings):
+ *
+ *     format          "pt"
+ *     emad_model      model name
+ *     emad_step       the model's committed step (decimal)
+ *     emad_decay      this file's decay (shortest round-trip decimal)
+ *     emad_decay_index, emad_decays (count)
+ *     emad_config     the model's EMA configuration as a JSON object (the
+ *                     keys of the `create` request, docs/PROTOCOL.md)
+ *     emad_tensors    JSON object: name -> {"kind": "param"|"buffer",
+ *                     "dtype": pushed dtype, "step": N, "update":
+ *                     "average"|"copy"}
+ *     emad_version    daemon version
+ *     emad_checksum   "xxh64:" + 16 lowercase hex digits: XXH64 (seed 0)
+ *                     over, for each tensor in byte order of its name: the
+ *                     name bytes, a NUL, the dtype name, a NUL, ndim and
+ *                     each dimension as little-endian uint64, then the
+ *                     data bytes.
+ *
+ * Writes are atomic and durable: a temp file in the same directory, fsync,
+ * rename over the target, fsync of the directory. A set is the files of
+ * one step for every decay; it is complete when all of them exist.
+ * These functions do no locking and touch only the files named; they may
+ * run on any thread.
+ */
+#ifndef EMAD_SNAPSHOT_H
+#define EMAD_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emad.h"
+
+/* One tensor to write (data borrowed) or read (data points into the file's buffer). */
+typedef struct snap_tensor {
+    const char *name;
+    int kind;     /* enum emad_kind */
+    int dtype;    /* dtype the tensor is pushed in */
+    int sdtype;   /* dtype of data (the shadow's) */
+    int averaged; /* 1: EMA shadow; 0: copied value */
+    uint32_t ndim;
+    uint64_t shape[EMAD_MAX_NDIM];
+    uint64_t step;
+    const void *data;
+    uint64_t nbytes; /* numel * size of sdtype */
+} snap_tensor;
+
+/* Description of one snapshot file (one decay of one model at one step). */
+typedef struct snap_meta {
+    const char *model;
+    uint64_t step;
+    size_t decay_index;
+    const emad_model_config *cfg;
+} snap_meta;
+
+/* A snapshot file read back and verified. */
+typedef struct snap_file {
+    char *model;
+    uint64_t step;
+    size_t decay_index;
+    emad_model_config cfg; /* pattern strings owned (emaconf_free) */
+    snap_tensor *tensors;  /* names and data owned by this struct */
+    size_t ntensors;
+    void *priv; /* the parsed file */
+} snap_file;
+
+/* Path of a model's snapshot directory (malloc'd): STATE_DIR/snapshots/MODEL. */
+char *snap_model_dir(const char *state_dir, const char *model);
+
+/*
+ * Write one snapshot file for decay m->decay_index into the model's
+ * directory (created if missing, with the snapshots directory), atomically
+ * and durably. *bytes (may be NULL) gets the file size. Returns 0, or a
+ * negative code (EMAD_EIO, -ENOSPC, ...) with *cause set to a malloc'd
+ * message naming the file. On failure no temp file is left and the
+ * previous snapshots are untouched.
+ */
+int snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size_t n,
+               uint64_t *bytes, char **cause);
+
+/*
+ * Read and verify a snapshot file: safetensors structure, every metadata
+ * key above, a valid configuration, a description for every tensor, and
+ * the checksum. Returns 0, or EMAD_EFORMAT / EMAD_EIO with *cause set.
+ */
+int snap_read(const char *path, snap_file **out, char **cause);
+void snap_file_free(snap_file *f);
+
+/*
+ * Steps that have at least one snapshot file in a model's directory,
+ * newest first (malloc'd into *steps, count in *n). Files that are not
+ * STEP.dK.safetensors are ignored. Returns 0 or a negative errno.
+ */
+int snap_list_steps(const char *model_dir, uint64_t **steps, size_t *n);
+
+/* Path of one file of a set (malloc'd). */
+char *snap_path(const char *model_dir, uint64_t step, size_t decay_index);
+
+/*
+ * Keep the newest `keep` complete steps of a model (ndecays files each);
+ * remove older snapshot files and any stale temp files. Returns the number
+ * of files removed.
+ */
+size_t snap_prune(const char *model_dir, size_t ndecays, size_t keep);
+
+/* Rename a bad file to PATH.broken (replacing an older .broken); 0 or a negative errno. */
+int snap_mark_broken(const char *path);
+
+/* Model directories under STATE_DIR/snapshots (malloc'd names, free each then the array). */
+int snap_list_models(const char *state_dir, char ***names, size_t *n);
+
+#endif
