@@ -946,20 +946,24 @@ list_tensors(ctl *g, emad_client *c, const char *model)
     return EXIT_SUCCESS;
 }
 
-/* list [MODEL] */
+/*
+ * Parse the arguments of a command that takes at most one MODEL and the
+ * common options. Returns -1 to go on (*model set or NULL), else the exit
+ * status to return now.
+ */
 static int
-cmd_list(ctl *g, const command *self, int argc, char **argv)
+model_args(ctl *g, const command *self, int argc, char **argv, const char **model)
 {
     args a = {argc, 0, argv, 0};
-    const char *opt = NULL, *pos = NULL, *model = NULL;
-    emad_client *c;
+    const char *opt = NULL, *pos = NULL;
     int k, r, status = EXIT_SUCCESS;
 
+    *model = NULL;
     while ((k = args_next(&a, &opt, &pos)) != 0) {
         if (k == 2) {
-            if (model != NULL)
+            if (*model != NULL)
                 return usage_error(g, "unexpected argument '%s'", pos);
-            model = pos;
+            *model = pos;
         } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
             if (r < 0)
                 return status;
@@ -967,6 +971,19 @@ cmd_list(ctl *g, const command *self, int argc, char **argv)
             return usage_error(g, "unknown option '%s'", opt);
         }
     }
+    return -1;
+}
+
+/* list [MODEL] */
+static int
+cmd_list(ctl *g, const command *self, int argc, char **argv)
+{
+    const char *model;
+    emad_client *c;
+    int r;
+
+    if ((r = model_args(g, self, argc, argv, &model)) >= 0)
+        return r;
     if ((c = connect_or_fail(g)) == NULL)
         return EXIT_FAIL;
     r = model == NULL ? list_models(g, c) : list_tensors(g, c, model);
@@ -978,23 +995,12 @@ cmd_list(ctl *g, const command *self, int argc, char **argv)
 static int
 cmd_drop(ctl *g, const command *self, int argc, char **argv)
 {
-    args a = {argc, 0, argv, 0};
-    const char *opt = NULL, *pos = NULL, *model = NULL;
+    const char *model;
     emad_client *c;
-    int k, r, rc, status = EXIT_SUCCESS;
+    int r, rc;
 
-    while ((k = args_next(&a, &opt, &pos)) != 0) {
-        if (k == 2) {
-            if (model != NULL)
-                return usage_error(g, "unexpected argument '%s'", pos);
-            model = pos;
-        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
-            if (r < 0)
-                return status;
-        } else {
-            return usage_error(g, "unknown option '%s'", opt);
-        }
-    }
+    if ((r = model_args(g, self, argc, argv, &model)) >= 0)
+        return r;
     if (model == NULL)
         return usage_error(g, "missing MODEL");
     if ((c = connect_or_fail(g)) == NULL)
@@ -1005,6 +1011,30 @@ cmd_drop(ctl *g, const command *self, int argc, char **argv)
         return r;
     }
     printf("dropped %s\n", model);
+    emad_close(c);
+    return EXIT_SUCCESS;
+}
+
+/* snapshot [MODEL] */
+static int
+cmd_snapshot(ctl *g, const command *self, int argc, char **argv)
+{
+    const char *model;
+    emad_client *c;
+    uint64_t step = 0;
+    int r, rc;
+
+    if ((r = model_args(g, self, argc, argv, &model)) >= 0)
+        return r;
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((rc = emad_snapshot(c, model, &step)) != 0) {
+        r = fail_rc(g, c, rc);
+        emad_close(c);
+        return r;
+    }
+    printf("snapshot of %s durable at step %" PRIu64 "\n", model != NULL ? model : "every model",
+           step);
     emad_close(c);
     return EXIT_SUCCESS;
 }
@@ -1096,7 +1126,12 @@ static const command commands[] = {
      "tensors and shadow bytes. With MODEL: its EMA configuration, then its\n"
      "tensors with kind, dtype, shape, step and size in bytes.\n",
      cmd_list},
-    {"drop", "drop MODEL", "Drop a model and all its tensors.\n", cmd_drop},
+    {"drop", "drop MODEL", "Drop a model, all its tensors and its snapshots.\n", cmd_drop},
+    {"snapshot", "snapshot [MODEL]",
+     "Write a snapshot of MODEL (default: every model that changed) into the\n"
+     "daemon's --state-dir and return once it is durable on disk. Prints the\n"
+     "snapshotted step.\n",
+     cmd_snapshot},
     {"stats", "stats", "Print the daemon's counters, one 'name value' per line.\n", cmd_stats},
     {NULL, NULL, NULL, NULL},
 };

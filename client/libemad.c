@@ -552,6 +552,29 @@ emad_version(void)
     return PACKAGE_VERSION;
 }
 
+EMAD_EXTERN size_t
+emad_struct_size(const char *name)
+{
+    static const struct {
+        const char *name;
+        size_t size;
+    } t[] = {
+        {"emad_tensor", sizeof(emad_tensor)},
+        {"emad_options", sizeof(emad_options)},
+        {"emad_push_result", sizeof(emad_push_result)},
+        {"emad_pull_options", sizeof(emad_pull_options)},
+        {"emad_model", sizeof(emad_model)},
+        {"emad_model_info", sizeof(emad_model_info)},
+        {"emad_model_config", sizeof(emad_model_config)},
+        {"emad_stat", sizeof(emad_stat)},
+    };
+
+    for (size_t i = 0; name != NULL && i < sizeof(t) / sizeof(t[0]); i++)
+        if (strcmp(t[i].name, name) == 0)
+            return t[i].size;
+    return 0;
+}
+
 /* Text for a code: delegates to the shared protocol error table. */
 EMAD_EXTERN const char *
 emad_strerror(int code)
@@ -2000,5 +2023,28 @@ emad_get_config(emad_client *c, const char *model, emad_model_config *cfg)
 out:
     free(strings);
     reply_free(&r);
+    return call_end(c, rc);
+}
+
+/* Ask for a durable snapshot and wait for it (the daemon replies once the files are fsync'd). */
+EMAD_EXTERN int
+emad_snapshot(emad_client *c, const char *model, uint64_t *step)
+{
+    simple_req q = {.op = "snapshot", .model = model};
+    uint64_t s = 0;
+    reply r;
+    int rc;
+
+    if (c == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    if (model != NULL && (rc = check_model(c, model)) != 0)
+        return call_end(c, rc);
+    if ((rc = call_simple(c, &q, &r)) != 0)
+        return call_end(c, rc);
+    rc = rget_u64(c, r.root, "step", &s);
+    reply_free(&r);
+    if (rc == 0 && step != NULL)
+        *step = s;
     return call_end(c, rc);
 }

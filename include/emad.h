@@ -76,6 +76,8 @@ enum {
     EMAD_ENONFINITE = -1021,   /* NaN or Inf in a tensor that is averaged */
     EMAD_EOVERLAP = -1022,     /* a slice overlaps another slice of the same tensor and step */
     EMAD_EIMMUTABLE = -1023,   /* option cannot change on an existing model */
+    EMAD_ENOSTATE = -1024,     /* the daemon runs without --state-dir */
+    EMAD_ESNAPSHOT = -1025,    /* a snapshot could not be written (disk full, permissions) */
     /* Client-side only. */
     EMAD_ETIMEDOUT = -1101,    /* no reply within the timeout */
     EMAD_ECONNECT = -1102,     /* cannot open or connect the socket */
@@ -239,6 +241,13 @@ typedef struct emad_client emad_client;
 /* Library version string ("0.1.0"). */
 EMAD_EXTERN const char *emad_version(void);
 
+/*
+ * sizeof() of a public struct of this library, by its name ("emad_tensor",
+ * "emad_model_config", ...), or 0 for an unknown name. Bindings that lay
+ * the structs out themselves (Python's ctypes) check their layout with it.
+ */
+EMAD_EXTERN size_t emad_struct_size(const char *name);
+
 /* Text for any code returned by this library (static storage). */
 EMAD_EXTERN const char *emad_strerror(int code);
 
@@ -367,6 +376,15 @@ EMAD_EXTERN int emad_list(emad_client *c, emad_model_info **out, size_t *n);
 EMAD_EXTERN int emad_describe(emad_client *c, const char *model, emad_model_info *info,
                               emad_tensor **tensors, size_t *n);
 EMAD_EXTERN void emad_tensors_free(emad_tensor *tensors, size_t n);
+
+/*
+ * Write a durable snapshot of model (NULL: every model) into the daemon's
+ * --state-dir and return once the files are on disk (fsync'd). *step (may
+ * be NULL) gets the model's snapshotted step (the highest for all models).
+ * EMAD_ENOSTATE if the daemon has no state directory, EMAD_ESNAPSHOT if
+ * the write failed (the previous snapshot is kept).
+ */
+EMAD_EXTERN int emad_snapshot(emad_client *c, const char *model, uint64_t *step);
 
 /* Daemon counters. *out is malloc'd (free with free()), *n its length. */
 EMAD_EXTERN int emad_stats(emad_client *c, emad_stat **out, size_t *n);

@@ -42,13 +42,22 @@ usage(FILE *f)
             "                           suffixes are KiB, MiB, GiB (default 64M; range\n"
             "                           64K..1G). Larger pushes are sent by clients as\n"
             "                           transactions of chunks.\n"
-            "  --txn-timeout SECONDS    discard a transaction or pull session idle this\n"
-            "                           long (default 60; fractions allowed)\n"
+            "  --txn-timeout SECONDS    discard a transaction, pull session or waiting\n"
+            "                           multi-writer step idle this long (default 60;\n"
+            "                           fractions allowed)\n"
+            "  --snapshot-interval SECONDS\n"
+            "                           write a snapshot of every changed model this\n"
+            "                           often (default 60; 0: only on request and at\n"
+            "                           shutdown). Needs --state-dir.\n"
+            "  --snapshot-keep N        snapshots kept per model (default 2)\n"
+            "  --require-snapshot       refuse to start unless every model in the state\n"
+            "                           directory loads from a snapshot (and one exists)\n"
             "  --log-level LEVEL        error, warn, info or debug (default info)\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
-            "Logs go to stderr. SIGINT or SIGTERM shut the daemon down cleanly.\n"
+            "Logs go to stderr. SIGINT or SIGTERM shut the daemon down cleanly, after\n"
+            "writing a snapshot of every changed model (a second signal skips that).\n"
             "Exit status: 0 after a clean shutdown, 1 on a startup error, 2 on bad usage.\n",
             DEFAULT_LISTEN);
 }
@@ -132,12 +141,26 @@ lock_state_dir(const char *dir)
 int
 main(int argc, char **argv)
 {
-    enum { OPT_LISTEN = 256, OPT_STATE, OPT_MAXMSG, OPT_TXN, OPT_LOG, OPT_VERSION, OPT_HELP };
+    enum {
+        OPT_LISTEN = 256,
+        OPT_STATE,
+        OPT_MAXMSG,
+        OPT_TXN,
+        OPT_SNAP_INTERVAL,
+        OPT_SNAP_KEEP,
+        OPT_REQUIRE,
+        OPT_LOG,
+        OPT_VERSION,
+        OPT_HELP
+    };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
         {"state-dir", required_argument, NULL, OPT_STATE},
         {"max-message-bytes", required_argument, NULL, OPT_MAXMSG},
         {"txn-timeout", required_argument, NULL, OPT_TXN},
+        {"snapshot-interval", required_argument, NULL, OPT_SNAP_INTERVAL},
+        {"snapshot-keep", required_argument, NULL, OPT_SNAP_KEEP},
+        {"require-snapshot", no_argument, NULL, OPT_REQUIRE},
         {"log-level", required_argument, NULL, OPT_LOG},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, OPT_HELP},
@@ -185,6 +208,30 @@ main(int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_SNAP_INTERVAL:
+            if (strcmp(optarg, "0") == 0) {
+                cfg.snapshot_interval_ms = 0;
+            } else if (parse_seconds(optarg, &cfg.snapshot_interval_ms) < 0) {
+                fprintf(stderr,
+                        "emad: --snapshot-interval '%s': expected a number of seconds (0: off)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case OPT_SNAP_KEEP: {
+            uint64_t keep;
+            if (parse_bytes(optarg, &keep) < 0 || keep < 1 || keep > 1000 ||
+                strspn(optarg, "0123456789") != strlen(optarg)) {
+                fprintf(stderr, "emad: --snapshot-keep '%s': expected a whole number from 1 to 1000\n",
+                        optarg);
+                return 2;
+            }
+            cfg.snapshot_keep = (size_t)keep;
+            break;
+        }
+        case OPT_REQUIRE:
+            cfg.require_snapshot = 1;
+            break;
         case OPT_LOG:
             if (log_set_level_name(optarg) < 0) {
                 fprintf(stderr, "emad: --log-level '%s': expected error, warn, info or debug\n",
@@ -215,7 +262,12 @@ main(int argc, char **argv)
     if (cfg.nlisten == 0)
         cfg.listen[cfg.nlisten++] = DEFAULT_LISTEN;
 
+    if (cfg.require_snapshot && cfg.state_dir == NULL) {
+        fprintf(stderr, "emad: --require-snapshot needs --state-dir\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file-size limit fails the write (EFBIG) instead of killing us */
     if (cfg.state_dir != NULL && (lockfd = lock_state_dir(cfg.state_dir)) < 0)
         return 1;
     if (cfg.state_dir == NULL)
@@ -231,10 +283,10 @@ main(int argc, char **argv)
         return 1;
     }
     log_info("event=started version=%s protocol=%d max_message_bytes=%llu txn_timeout_ms=%llu "
-             "state_dir=%s pid=%d",
+             "state_dir=%s snapshot_interval_ms=%llu snapshot_keep=%zu pid=%d",
              PACKAGE_VERSION, PROTO_VERSION, (unsigned long long)cfg.max_message_bytes,
              (unsigned long long)cfg.txn_timeout_ms, cfg.state_dir != NULL ? cfg.state_dir : "-",
-             (int)getpid());
+             (unsigned long long)cfg.snapshot_interval_ms, cfg.snapshot_keep, (int)getpid());
 
     uv_run(&loop, UV_RUN_DEFAULT);
 

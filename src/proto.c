@@ -4,6 +4,9 @@
  * msgpack pre-scan that guards msgpack_unpack_next() against hostile input.
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <msgpack.h>
@@ -15,7 +18,7 @@ static const char *const op_names[PROTO_OP_COUNT] = {
     [PROTO_OP_PUSH] = "push",       [PROTO_OP_BEGIN] = "begin",   [PROTO_OP_COMMIT] = "commit",
     [PROTO_OP_ABORT] = "abort",     [PROTO_OP_PULL] = "pull",     [PROTO_OP_READ] = "read",
     [PROTO_OP_RELEASE] = "release", [PROTO_OP_LIST] = "list",     [PROTO_OP_STATS] = "stats",
-    [PROTO_OP_CONFIGURE] = "configure",
+    [PROTO_OP_CONFIGURE] = "configure", [PROTO_OP_SNAPSHOT] = "snapshot",
 };
 
 struct errinfo {
@@ -48,6 +51,8 @@ static const struct errinfo errors[] = {
     {EMAD_ENONFINITE, "EMAD_ENONFINITE", "NaN or Inf in an averaged tensor"},
     {EMAD_EOVERLAP, "EMAD_EOVERLAP", "slice overlaps another slice of the tensor"},
     {EMAD_EIMMUTABLE, "EMAD_EIMMUTABLE", "option cannot change on an existing model"},
+    {EMAD_ENOSTATE, "EMAD_ENOSTATE", "the daemon has no state directory"},
+    {EMAD_ESNAPSHOT, "EMAD_ESNAPSHOT", "snapshot could not be written"},
     {EMAD_ETIMEDOUT, "EMAD_ETIMEDOUT", "timed out waiting for the daemon"},
     {EMAD_ECONNECT, "EMAD_ECONNECT", "cannot connect to the daemon"},
     {EMAD_EPROTO, "EMAD_EPROTO", "reply from the daemon not understood"},
@@ -80,6 +85,29 @@ proto_map_get(const msgpack_object *map, const char *key)
             return &map->via.map.ptr[i].val;
     }
     return NULL;
+}
+
+int
+proto_cause(char **cause, int code, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+    int len;
+
+    if (cause == NULL)
+        return code;
+    free(*cause);
+    *cause = NULL;
+    va_start(ap, fmt);
+    len = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (len < 0 || (msg = malloc((size_t)len + 1)) == NULL)
+        return code;
+    va_start(ap, fmt);
+    (void)vsnprintf(msg, (size_t)len + 1, fmt, ap);
+    va_end(ap);
+    *cause = msg;
+    return code;
 }
 
 int

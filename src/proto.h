@@ -33,6 +33,7 @@ enum proto_op {
     PROTO_OP_LIST,
     PROTO_OP_STATS,
     PROTO_OP_CONFIGURE,
+    PROTO_OP_SNAPSHOT,
     PROTO_OP_COUNT
 };
 
@@ -53,6 +54,14 @@ struct msgpack_object;
  * map is NULL or not a map). Used by both sides to read requests/replies.
  */
 const struct msgpack_object *proto_map_get(const struct msgpack_object *map, const char *key);
+
+/*
+ * Set *cause (if cause is not NULL; an old message there is freed) to a
+ * malloc'd printf message and return code: the error-message convention of
+ * the file and startup functions.
+ */
+__attribute__((format(printf, 3, 4))) int proto_cause(char **cause, int code, const char *fmt,
+                                                      ...);
 
 /* A msgpack float32, float64 or integer as a double: 0, or -1 if o is not a number. */
 int proto_number(const struct msgpack_object *o, double *v);

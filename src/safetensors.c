@@ -29,6 +29,7 @@
 #include <jansson.h>
 
 #include "dtype.h"
+#include "proto.h"
 #include "safetensors.h"
 
 /* Longest part of a tensor name or key quoted in an error message. */
@@ -36,30 +37,6 @@
 
 /* Bytes the writer gathers before a write(); larger tensors go out directly. */
 #define WBUF_SIZE (1u << 20)
-
-/* Set *cause (if cause is not NULL) to a malloc'd printf message; returns code. */
-__attribute__((format(printf, 3, 4))) static int
-set_cause(char **cause, int code, const char *fmt, ...)
-{
-    va_list ap;
-    char *msg;
-    int len;
-
-    if (cause == NULL)
-        return code;
-    free(*cause);
-    *cause = NULL;
-    va_start(ap, fmt);
-    len = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (len < 0 || (msg = malloc((size_t)len + 1)) == NULL)
-        return code;
-    va_start(ap, fmt);
-    (void)vsnprintf(msg, (size_t)len + 1, fmt, ap);
-    va_end(ap);
-    *cause = msg;
-    return code;
-}
 
 /* Copy at most QUOTE_MAX bytes of s into buf (with "..." if cut) for a message; returns buf. */
 static const char *
@@ -169,19 +146,19 @@ parse_meta(st_file *f, json_t *obj, char **cause)
     char q[QUOTE_MAX + 8];
 
     if (!json_is_object(obj))
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "__metadata__ is not an object (it must map strings to strings)");
     if (json_object_size(obj) == 0)
         return 0;
     f->meta = calloc(json_object_size(obj), sizeof(*f->meta));
     if (f->meta == NULL)
-        return set_cause(cause, -ENOMEM, "out of memory");
+        return proto_cause(cause, -ENOMEM, "out of memory");
     json_object_foreach(obj, key, val)
     {
         st_meta *m = &f->meta[f->nmeta];
 
         if (!json_is_string(val))
-            return set_cause(cause, EMAD_EFORMAT,
+            return proto_cause(cause, EMAD_EFORMAT,
                              "__metadata__ key '%s': value is not a string (metadata maps "
                              "strings to strings)",
                              quote(q, sizeof(q), key));
@@ -189,7 +166,7 @@ parse_meta(st_file *f, json_t *obj, char **cause)
         m->value = strdup(json_string_value(val));
         f->nmeta++;
         if (m->key == NULL || m->value == NULL)
-            return set_cause(cause, -ENOMEM, "out of memory");
+            return proto_cause(cause, -ENOMEM, "out of memory");
     }
     return 0;
 }
@@ -206,7 +183,7 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
 
     quote(q, sizeof(q), t->name);
     if (!json_is_object(obj))
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "tensor '%s': entry is not an object with dtype, shape and data_offsets",
                          q);
     json_object_foreach(obj, key, val)
@@ -214,61 +191,61 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
         if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
             strcmp(key, "data_offsets") != 0) {
             char k[QUOTE_MAX + 8];
-            return set_cause(cause, EMAD_EFORMAT,
+            return proto_cause(cause, EMAD_EFORMAT,
                              "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
                              "shape and data_offsets)",
                              q, quote(k, sizeof(k), key));
         }
     }
     if ((dtype = json_object_get(obj, "dtype")) == NULL)
-        return set_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
+        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
     if ((shape = json_object_get(obj, "shape")) == NULL)
-        return set_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
+        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
     if ((offs = json_object_get(obj, "data_offsets")) == NULL)
-        return set_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
+        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
 
     if (!json_is_string(dtype))
-        return set_cause(cause, EMAD_EFORMAT, "tensor '%s': dtype is not a string", q);
+        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': dtype is not a string", q);
     t->dtype = dtype_from_name(json_string_value(dtype), json_string_length(dtype));
     if (t->dtype == EMAD_DTYPE_INVALID) {
         char d[QUOTE_MAX + 8];
-        return set_cause(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
+        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
                          quote(d, sizeof(d), json_string_value(dtype)));
     }
 
     if (!json_is_array(shape))
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "tensor '%s': shape is not an array of non-negative integers", q);
     ndim = json_array_size(shape);
     if (ndim > EMAD_MAX_NDIM)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
                          ndim, EMAD_MAX_NDIM);
     t->ndim = (uint32_t)ndim;
     for (size_t i = 0; i < ndim; i++) {
         if (json_uint(json_array_get(shape, i), &t->shape[i]) < 0)
-            return set_cause(cause, EMAD_EFORMAT,
+            return proto_cause(cause, EMAD_EFORMAT,
                              "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
     }
 
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         json_uint(json_array_get(offs, 0), &begin) < 0 ||
         json_uint(json_array_get(offs, 1), &end) < 0)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "tensor '%s': data_offsets is not an array of two non-negative "
                          "integers [BEGIN, END]",
                          q);
     if (end < begin)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
                          (unsigned long long)begin, (unsigned long long)end);
 
     shape_str(sh, sizeof(sh), t->shape, t->ndim);
     if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) < 0)
-        return set_cause(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
+        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
                          dtype_name(t->dtype));
     if (end - begin != nbytes)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
                          "%s needs %llu",
                          q, (unsigned long long)begin, (unsigned long long)end,
@@ -308,18 +285,18 @@ check_layout(const st_file *f, size_t data_len, char **cause)
 
         quote(q, sizeof(q), t->name);
         if (i == 0 && b != 0)
-            return set_cause(cause, EMAD_EFORMAT,
+            return proto_cause(cause, EMAD_EFORMAT,
                              "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
                              "first tensor must begin at byte 0 of the data buffer)",
                              q, b, e);
         if (i > 0 && b > pos)
-            return set_cause(cause, EMAD_EFORMAT,
+            return proto_cause(cause, EMAD_EFORMAT,
                              "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
                              "after tensor '%s', which ends at %llu",
                              q, b, e, b - (unsigned long long)pos,
                              quote(p, sizeof(p), f->tensors[i - 1].name), (unsigned long long)pos);
         if (i > 0 && b < pos)
-            return set_cause(cause, EMAD_EFORMAT,
+            return proto_cause(cause, EMAD_EFORMAT,
                              "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
                              "ends at %llu",
                              q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
@@ -327,12 +304,12 @@ check_layout(const st_file *f, size_t data_len, char **cause)
         pos = e;
     }
     if (pos > data_len)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "file is truncated: the tensors end at byte %llu of the data buffer but "
                          "only %zu bytes follow the header",
                          (unsigned long long)pos, data_len);
     if (pos < data_len)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
                          "of the data buffer, which holds %zu bytes)",
                          (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
@@ -356,27 +333,27 @@ parse_map(st_file *f, char **cause)
     int rc = 0;
 
     if (f->map_len < 8)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "file is %zu bytes, too short for the 8-byte header length", f->map_len);
     n = load_le64(map);
     if (n > ST_MAX_HEADER)
-        return set_cause(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
+        return proto_cause(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
                          (unsigned long long)n, ST_MAX_HEADER);
     if (n > f->map_len - 8)
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "file is truncated: header length %llu exceeds the %zu bytes that follow "
                          "the length field",
                          (unsigned long long)n, f->map_len - 8);
     hdr = (const char *)map + 8;
     if (n == 0 || hdr[0] != '{')
-        return set_cause(cause, EMAD_EFORMAT,
+        return proto_cause(cause, EMAD_EFORMAT,
                          "header does not start with '{' (it must be a JSON object)");
     root = json_loadb(hdr, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)
-        return set_cause(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
+        return proto_cause(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
                          jerr.text, jerr.line, jerr.column);
     if (!json_is_object(root)) {
-        rc = set_cause(cause, EMAD_EFORMAT, "header is not a JSON object");
+        rc = proto_cause(cause, EMAD_EFORMAT, "header is not a JSON object");
         goto out;
     }
 
@@ -384,7 +361,7 @@ parse_map(st_file *f, char **cause)
     if (json_object_get(root, "__metadata__") != NULL)
         count--;
     if (count > 0 && (f->tensors = calloc(count, sizeof(*f->tensors))) == NULL) {
-        rc = set_cause(cause, -ENOMEM, "out of memory");
+        rc = proto_cause(cause, -ENOMEM, "out of memory");
         goto out;
     }
     json_object_foreach(root, key, val)
@@ -398,7 +375,7 @@ parse_map(st_file *f, char **cause)
         }
         t = &f->tensors[f->ntensors++];
         if ((t->name = strdup(key)) == NULL) {
-            rc = set_cause(cause, -ENOMEM, "out of memory");
+            rc = proto_cause(cause, -ENOMEM, "out of memory");
             goto out;
         }
         if ((rc = parse_entry(t, val, cause)) < 0)
@@ -428,7 +405,7 @@ parse_owned(st_file **out, void *map, size_t len, char **cause)
     *out = NULL;
     if ((f = calloc(1, sizeof(*f))) == NULL) {
         free(map);
-        return set_cause(cause, -ENOMEM, "out of memory");
+        return proto_cause(cause, -ENOMEM, "out of memory");
     }
     f->map = map;
     f->map_len = len;
@@ -450,7 +427,7 @@ st_parse(st_file **out, const void *buf, size_t len, char **cause)
         *cause = NULL;
     *out = NULL;
     if ((map = malloc(len > 0 ? len : 1)) == NULL)
-        return set_cause(cause, -ENOMEM, "out of memory");
+        return proto_cause(cause, -ENOMEM, "out of memory");
     if (len > 0)
         memcpy(map, buf, len);
     return parse_owned(out, map, len, cause);
@@ -469,22 +446,22 @@ st_read(st_file **out, const char *path, char **cause)
         *cause = NULL;
     *out = NULL;
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return set_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
+        return proto_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
     if (fstat(fd, &sb) < 0) {
-        rc = set_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
+        rc = proto_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
         goto fail_fd;
     }
     if (!S_ISREG(sb.st_mode)) {
-        rc = set_cause(cause, EMAD_EIO, "%s: not a regular file", path);
+        rc = proto_cause(cause, EMAD_EIO, "%s: not a regular file", path);
         goto fail_fd;
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 1) {
-        rc = set_cause(cause, EMAD_EIO, "%s: file too large for memory", path);
+        rc = proto_cause(cause, EMAD_EIO, "%s: file too large for memory", path);
         goto fail_fd;
     }
     len = (size_t)sb.st_size;
     if ((map = malloc(len > 0 ? len : 1)) == NULL) {
-        rc = set_cause(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
+        rc = proto_cause(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
         goto fail_fd;
     }
     while (got < len) {
@@ -493,11 +470,11 @@ st_read(st_file **out, const char *path, char **cause)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            rc = set_cause(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
+            rc = proto_cause(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
             goto fail_map;
         }
         if (r == 0) {
-            rc = set_cause(cause, EMAD_EIO, "%s: file shrank while being read", path);
+            rc = proto_cause(cause, EMAD_EIO, "%s: file shrank while being read", path);
             goto fail_map;
         }
         got += (size_t)r;
@@ -619,10 +596,10 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
     int rc = 0;
 
     if ((root = json_object()) == NULL)
-        return set_cause(cause, -ENOMEM, "out of memory");
+        return proto_cause(cause, -ENOMEM, "out of memory");
     if (nmeta > 0) {
         if ((md = json_object()) == NULL || json_object_set_new(root, "__metadata__", md) < 0) {
-            rc = set_cause(cause, -ENOMEM, "out of memory");
+            rc = proto_cause(cause, -ENOMEM, "out of memory");
             goto out;
         }
     }
@@ -630,23 +607,23 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         json_t *v;
 
         if (meta[i].key == NULL || meta[i].value == NULL) {
-            rc = set_cause(cause, EMAD_EINVAL, "metadata entry %zu has a NULL key or value", i);
+            rc = proto_cause(cause, EMAD_EINVAL, "metadata entry %zu has a NULL key or value", i);
             goto out;
         }
         if (json_object_get(md, meta[i].key) != NULL) {
-            rc = set_cause(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
+            rc = proto_cause(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
                            quote(q, sizeof(q), meta[i].key));
             goto out;
         }
         if ((v = json_string(meta[i].value)) == NULL || json_object_set_new(md, meta[i].key, v)) {
-            rc = set_cause(cause, EMAD_EINVAL, "metadata key '%s': key or value is not valid UTF-8",
+            rc = proto_cause(cause, EMAD_EINVAL, "metadata key '%s': key or value is not valid UTF-8",
                            quote(q, sizeof(q), meta[i].key));
             goto out;
         }
     }
 
     if (n > 0 && (ord = calloc(n, sizeof(*ord))) == NULL) {
-        rc = set_cause(cause, -ENOMEM, "out of memory");
+        rc = proto_cause(cause, -ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -654,31 +631,31 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         uint64_t nbytes;
 
         if (t->name == NULL) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor %zu has no name", i);
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor %zu has no name", i);
             goto out;
         }
         quote(q, sizeof(q), t->name);
         if (strcmp(t->name, "__metadata__") == 0) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor name '__metadata__' is reserved");
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor name '__metadata__' is reserved");
             goto out;
         }
         if (dtype_size(t->dtype) == 0) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor '%s': invalid dtype %d", q, t->dtype);
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': invalid dtype %d", q, t->dtype);
             goto out;
         }
         if (t->ndim > EMAD_MAX_NDIM) {
-            rc = set_cause(cause, EMAD_EINVAL,
+            rc = proto_cause(cause, EMAD_EINVAL,
                            "tensor '%s': %u dimensions, more than the maximum of %d", q,
                            (unsigned)t->ndim, EMAD_MAX_NDIM);
             goto out;
         }
         if (dtype_numel(t->shape, t->ndim, t->dtype, NULL, &nbytes) < 0) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor '%s': shape is too large", q);
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': shape is too large", q);
             goto out;
         }
         if (nbytes != t->nbytes || (nbytes > 0 && t->data == NULL)) {
             char sh[EMAD_MAX_NDIM * 24 + 8];
-            rc = set_cause(cause, EMAD_EINVAL,
+            rc = proto_cause(cause, EMAD_EINVAL,
                            "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
                            (unsigned long long)(t->data != NULL ? t->nbytes : 0),
                            shape_str(sh, sizeof(sh), t->shape, t->ndim), dtype_name(t->dtype),
@@ -696,36 +673,36 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
 
         quote(q, sizeof(q), t->name);
         if (json_object_get(root, t->name) != NULL) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor '%s' appears twice", q);
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s' appears twice", q);
             goto out;
         }
         if (pos > (UINT64_C(1) << 62) - t->nbytes) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
             goto out;
         }
         if ((e = entry_json(t, pos)) == NULL) {
-            rc = set_cause(cause, -ENOMEM, "out of memory");
+            rc = proto_cause(cause, -ENOMEM, "out of memory");
             goto out;
         }
         if (json_object_set_new(root, t->name, e) < 0) {
-            rc = set_cause(cause, EMAD_EINVAL, "tensor name '%s' is not valid UTF-8", q);
+            rc = proto_cause(cause, EMAD_EINVAL, "tensor name '%s' is not valid UTF-8", q);
             goto out;
         }
         pos += t->nbytes;
     }
 
     if ((text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER)) == NULL) {
-        rc = set_cause(cause, -ENOMEM, "out of memory");
+        rc = proto_cause(cause, -ENOMEM, "out of memory");
         goto out;
     }
     len = strlen(text);
     if (len > ST_MAX_HEADER - 8) {
-        rc = set_cause(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
+        rc = proto_cause(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
                        ST_MAX_HEADER);
         goto out;
     }
     if ((padded = malloc(len + 8)) == NULL) {
-        rc = set_cause(cause, -ENOMEM, "out of memory");
+        rc = proto_cause(cause, -ENOMEM, "out of memory");
         goto out;
     }
     memcpy(padded, text, len);
@@ -743,20 +720,25 @@ out:
     return rc;
 }
 
-/* Open a private temp file next to path; *tmp gets its malloc'd name. Returns fd or -1. */
+/*
+ * Open a private temp file next to path, named .NAME.XXXXXX, or
+ * .NAME.TAG.XXXXXX when tag is not NULL (mkstemp fills the X's); *tmp gets
+ * its malloc'd name. Returns the fd or -1 with errno set.
+ */
 static int
-open_temp(const char *path, char **tmp)
+open_temp(const char *path, const char *tag, char **tmp)
 {
     const char *slash = strrchr(path, '/');
     size_t dlen = slash != NULL ? (size_t)(slash - path) + 1 : 0;
-    size_t size = strlen(path) + 16;
+    size_t size = strlen(path) + (tag != NULL ? strlen(tag) + 1 : 0) + 16;
     int fd;
 
     if ((*tmp = malloc(size)) == NULL) {
         errno = ENOMEM;
         return -1;
     }
-    snprintf(*tmp, size, "%.*s.%s.XXXXXX", (int)dlen, path, slash != NULL ? slash + 1 : path);
+    snprintf(*tmp, size, "%.*s.%s%s%s.XXXXXX", (int)dlen, path, slash != NULL ? slash + 1 : path,
+             tag != NULL ? "." : "", tag != NULL ? tag : "");
     if ((fd = mkstemp(*tmp)) < 0) {
         free(*tmp);
         *tmp = NULL;
@@ -794,28 +776,42 @@ sync_dir(const char *path)
     return rc;
 }
 
+/* The code for an I/O failure with errno e: EMAD_EIO, or -e with opts->errno_codes. */
+static int
+io_code(const st_write_opts *opts, int e)
+{
+    return opts->errno_codes ? -e : EMAD_EIO;
+}
+
 /* Write tensors and metadata to path atomically (temp file, fsync, rename, fsync dir). */
 int
-st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-         char **cause)
+st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
+            const st_write_opts *opts, char **cause)
 {
+    static const st_write_opts defaults = {NULL, 0, NULL};
     const st_tensor **order = NULL;
     unsigned char lenbuf[8];
     char *hdr = NULL, *tmp = NULL;
     size_t hdr_len = 0;
+    uint64_t size;
     wbuf w = {-1, NULL, 0};
-    int rc;
+    int rc, e;
 
     if (cause != NULL)
         *cause = NULL;
+    if (opts == NULL)
+        opts = &defaults;
     if ((rc = build_header(tensors, n, meta, nmeta, &order, &hdr, &hdr_len, cause)) < 0)
         return rc;
+    size = 8 + hdr_len;
     if ((w.buf = malloc(WBUF_SIZE)) == NULL) {
-        rc = set_cause(cause, -ENOMEM, "out of memory");
+        rc = proto_cause(cause, -ENOMEM, "out of memory");
         goto out_hdr;
     }
-    if ((w.fd = open_temp(path, &tmp)) < 0) {
-        rc = set_cause(cause, EMAD_EIO, "%s: cannot create a temp file: %s", path, strerror(errno));
+    if ((w.fd = open_temp(path, opts->tmp_tag, &tmp)) < 0) {
+        e = errno;
+        rc = proto_cause(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
+                       strerror(e));
         goto out_buf;
     }
     if (fchmod(w.fd, 0644) < 0)
@@ -826,6 +822,7 @@ st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *me
     for (size_t i = 0; i < n; i++) {
         if (wbuf_put(&w, order[i]->data, (size_t)order[i]->nbytes) < 0)
             goto fail_io;
+        size += order[i]->nbytes;
     }
     if (wbuf_flush(&w) < 0 || fsync(w.fd) < 0)
         goto fail_io;
@@ -836,13 +833,18 @@ st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *me
     free(tmp);
     tmp = NULL;
     rc = 0;
-    if (sync_dir(path) < 0) /* the new file is in place; only its durability is in doubt */
-        rc = set_cause(cause, EMAD_EIO, "%s: written, but fsync of its directory failed: %s", path,
-                       strerror(errno));
+    if (opts->bytes != NULL)
+        *opts->bytes = size;
+    if (sync_dir(path) < 0) { /* the new file is in place; only its durability is in doubt */
+        e = errno;
+        rc = proto_cause(cause, io_code(opts, e),
+                       "%s: written, but fsync of its directory failed: %s", path, strerror(e));
+    }
     goto out_buf;
 
 fail_io:
-    rc = set_cause(cause, EMAD_EIO, "%s: write failed: %s", path, strerror(errno));
+    e = errno;
+    rc = proto_cause(cause, io_code(opts, e), "%s: write failed: %s", path, strerror(e));
     if (w.fd >= 0)
         (void)close(w.fd);
     (void)unlink(tmp);
@@ -853,4 +855,12 @@ out_hdr:
     free(hdr);
     free(order);
     return rc;
+}
+
+/* st_write_ex() with the defaults: temp file .NAME.XXXXXX, I/O failures are EMAD_EIO. */
+int
+st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
+         char **cause)
+{
+    return st_write_ex(path, tensors, n, meta, nmeta, NULL, cause);
 }

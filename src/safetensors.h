@@ -75,4 +75,20 @@ const st_tensor *st_find(const st_file *f, const char *name);
 int st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta,
              size_t nmeta, char **cause);
 
+/* Options of st_write_ex(); all zero/NULL gives st_write()'s behaviour. */
+typedef struct st_write_opts {
+    const char *tmp_tag; /* temp file DIR/.NAME.TAG.XXXXXX (NULL: DIR/.NAME.XXXXXX) */
+    int errno_codes;     /* 1: an I/O failure returns its negated errno (-ENOSPC, -EFBIG,
+                            -EACCES, ...) instead of EMAD_EIO */
+    uint64_t *bytes;     /* if not NULL, gets the file's size on success */
+} st_write_opts;
+
+/*
+ * st_write() with options (opts NULL: the defaults). If the rename
+ * succeeded but the directory fsync failed, the new file is in place and
+ * the error is still returned (its durability is in doubt).
+ */
+int st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta,
+                size_t nmeta, const st_write_opts *opts, char **cause);
+
 #endif

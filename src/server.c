@@ -28,6 +28,7 @@
 #include "dtype.h"
 #include "emaconf.h"
 #include "log.h"
+#include "persist.h"
 #include "proto.h"
 #include "server.h"
 #include "store.h"
@@ -63,7 +64,7 @@ static const char *const counter_names[C_COUNT] = {
 };
 
 #define ERR_FIRST 1001
-#define ERR_LAST 1023
+#define ERR_LAST 1025
 
 struct server {
     uv_loop_t *loop;
@@ -74,6 +75,8 @@ struct server {
     uv_signal_t sigint, sigterm;
     int closing;
     store *store;
+    persist *persist; /* NULL without --state-dir */
+    int stopping;     /* SIGTERM seen: writing snapshots before closing */
     uint64_t start_ms;
     uint64_t counters[C_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
@@ -629,6 +632,10 @@ handle_drop(req *r, store_err *err)
     if (get_str(r->root, "model", &name, &len, err) ||
         store_drop_model(r->srv->store, name, len, err))
         return err->code;
+    if (r->srv->persist != NULL) {
+        char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+        persist_forget(r->srv->persist, printable(buf, sizeof(buf), name, len));
+    }
     log_info("event=model_dropped model=%.*s", (int)len, name);
     reply_send(r, build_empty, NULL);
     return 0;
@@ -1035,13 +1042,76 @@ handle_release(req *r, store_err *err)
     return 0;
 }
 
+/* A snapshot request whose reply waits for the files to be durable. */
+typedef struct snap_wait {
+    server *srv;
+    void *ctrl; /* routing header of the request */
+    int capture; /* server_process(): answered at once, nothing deferred */
+} snap_wait;
+
+static void
+build_snapshot(msgpack_packer *pk, const void *ctx)
+{
+    pack_head(pk, 1, 1);
+    pack_kv_u64(pk, "step", *(const uint64_t *)ctx);
+}
+
+/* persist_cb: the snapshot is durable (rc 0) or failed: answer the request. */
+static void
+snapshot_done(void *arg, int rc, const char *message, uint64_t step)
+{
+    snap_wait *w = arg;
+    req r;
+
+    memset(&r, 0, sizeof(r));
+    r.srv = w->srv;
+    r.op = PROTO_OP_SNAPSHOT;
+    r.ctrl = w->ctrl;
+    if (rc == 0) {
+        reply_send(&r, build_snapshot, &step);
+    } else {
+        store_err err;
+        req_fail(&err, rc == EMAD_ENOMODEL ? rc : EMAD_ESNAPSHOT, "snapshot failed: %s", message);
+        reply_error(&r, &err);
+    }
+    if (r.ctrl != NULL)
+        nn_freemsg(r.ctrl);
+    free(w);
+}
+
+static int
+handle_snapshot(req *r, store_err *err)
+{
+    const msgpack_object *o = proto_map_get(r->root, "model");
+    char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+    const char *name = NULL;
+    size_t len = 0;
+    snap_wait *w;
+
+    if (r->srv->persist == NULL || r->capture != NULL)
+        return req_fail(err, EMAD_ENOSTATE,
+                        "this daemon runs without --state-dir: there is nowhere to snapshot to");
+    if (o != NULL && get_str(r->root, "model", &name, &len, err) != 0)
+        return err->code;
+    if (name != NULL && store_model_find(r->srv->store, name, len) == NULL)
+        return req_fail(err, EMAD_ENOMODEL, "no model '%s'", printable(buf, sizeof(buf), name, len));
+    w = xcalloc(1, sizeof(*w));
+    w->srv = r->srv;
+    w->ctrl = r->ctrl;
+    r->ctrl = NULL; /* the reply is sent later, with this header */
+    persist_request(r->srv->persist, name != NULL ? printable(buf, sizeof(buf), name, len) : NULL,
+                    snapshot_done, w);
+    return 0;
+}
+
 /* Pack one model summary. */
 static void
 pack_model(msgpack_packer *pk, const model *m)
 {
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 8);
     pack_cstr(pk, "name");
     pack_cstr(pk, m->name);
+    pack_kv_u64(pk, "snapshot_step", m->snap_version != 0 ? m->snap_step : 0);
     pack_cstr(pk, "decay");
     msgpack_pack_double(pk, m->cfg.decays[0]);
     pack_kv_u64(pk, "step", m->step);
@@ -1121,7 +1191,7 @@ handle_list(req *r, store_err *err)
 static size_t
 stats_count(const server *srv)
 {
-    size_t n = C_COUNT + 9;
+    size_t n = C_COUNT + 9 + 8;
 
     for (int op = 1; op < PROTO_OP_COUNT; op++)
         n++;
@@ -1160,6 +1230,18 @@ build_stats(msgpack_packer *pk, const void *ctx)
     pack_kv_u64(pk, "sessions_open", g.views_open);
     pack_kv_u64(pk, "steps_pending", g.steps_pending);
     pack_kv_u64(pk, "staged_bytes", g.staged_bytes);
+    persist_stats ps;
+    memset(&ps, 0, sizeof(ps));
+    if (srv->persist != NULL)
+        persist_stats_get(srv->persist, &ps);
+    pack_kv_u64(pk, "snapshots_written", ps.written);
+    pack_kv_u64(pk, "snapshot_failures", ps.failed);
+    pack_kv_u64(pk, "snapshot_bytes", ps.bytes);
+    pack_kv_u64(pk, "snapshot_last_success_unix_seconds", ps.last_success_unix_ms / 1000);
+    pack_kv_u64(pk, "snapshot_last_duration_ms", ps.last_duration_ms);
+    pack_kv_u64(pk, "snapshot_running", ps.running);
+    pack_kv_u64(pk, "snapshots_loaded", ps.loaded);
+    pack_kv_u64(pk, "snapshots_broken", ps.broken);
     pack_kv_u64(pk, "uptime_seconds", (loop_now(srv) - srv->start_ms) / 1000);
     pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
 }
@@ -1260,6 +1342,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
     case PROTO_OP_CONFIGURE:
         rc = handle_configure(&r, &err);
         break;
+    case PROTO_OP_SNAPSHOT:
+        rc = handle_snapshot(&r, &err);
+        break;
     default:
         rc = req_fail(&err, EMAD_EINTERNAL, "op not handled");
         break;
@@ -1335,13 +1420,34 @@ on_timer(uv_timer_t *h)
     srv->counters[C_SESSIONS_EXPIRED] += views;
 }
 
+/* Every changed model is durable after SIGTERM: close. */
+static void
+on_persisted(void *arg)
+{
+    server *srv = arg;
+
+    log_info("event=shutdown snapshots=written");
+    server_stop(srv);
+}
+
 static void
 on_signal(uv_signal_t *h, int signum)
 {
     server *srv = h->data;
 
-    log_info("event=shutdown signal=%s", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    server_stop(srv);
+    const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
+
+    if (srv->persist == NULL || srv->stopping) {
+        log_info("event=shutdown signal=%s", name);
+        server_stop(srv);
+        return;
+    }
+    /* Stop taking requests, make every changed model durable, then close. */
+    log_info("event=shutdown signal=%s action=\"writing snapshots first (send again to skip)\"",
+             name);
+    srv->stopping = 1;
+    uv_poll_stop(&srv->poll);
+    persist_shutdown(srv->persist, on_persisted, srv);
 }
 
 void
@@ -1350,19 +1456,8 @@ server_config_init(server_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
     cfg->txn_timeout_ms = 60000;
-}
-
-/* printf into a malloc'd *cause and return code. */
-__attribute__((format(printf, 3, 4))) static int
-set_cause(char **cause, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    if (vasprintf(cause, fmt, ap) < 0)
-        *cause = NULL;
-    va_end(ap);
-    return code;
+    cfg->snapshot_interval_ms = 60000;
+    cfg->snapshot_keep = 2;
 }
 
 int
@@ -1380,8 +1475,16 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
     srv->store = store_create();
     srv->start_ms = uv_now(loop);
 
+    if (cfg->state_dir != NULL) {
+        persist_config pc = {cfg->state_dir, cfg->snapshot_interval_ms, cfg->snapshot_keep,
+                             cfg->require_snapshot};
+        persist_stats loaded;
+        if ((rc = persist_load(&pc, srv->store, &loaded, cause)) != 0)
+            goto fail;
+        srv->persist = persist_create(loop, srv->store, &pc, &loaded);
+    }
     if ((srv->sock = nn_socket(AF_SP_RAW, NN_REP)) < 0) {
-        rc = set_cause(cause, -nn_errno(), "nn_socket: %s", nn_strerror(nn_errno()));
+        rc = proto_cause(cause, -nn_errno(), "nn_socket: %s", nn_strerror(nn_errno()));
         goto fail;
     }
     /* nanomsg counts the REQ routing header (4 bytes per hop) against the cap: leave room so
@@ -1389,23 +1492,23 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
     maxsz = (int)cfg->max_message_bytes + 64;
     if (nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof(maxsz)) < 0 ||
         nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0) {
-        rc = set_cause(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
+        rc = proto_cause(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
         goto fail;
     }
     for (int i = 0; i < cfg->nlisten; i++) {
         if (nn_bind(srv->sock, cfg->listen[i]) < 0) {
-            rc = set_cause(cause, -nn_errno(), "cannot listen on %s: %s", cfg->listen[i],
+            rc = proto_cause(cause, -nn_errno(), "cannot listen on %s: %s", cfg->listen[i],
                            nn_strerror(nn_errno()));
             goto fail;
         }
         log_info("event=listening url=%s", cfg->listen[i]);
     }
     if (nn_getsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVFD, &fd, &fdsz) < 0) {
-        rc = set_cause(cause, -nn_errno(), "NN_RCVFD: %s", nn_strerror(nn_errno()));
+        rc = proto_cause(cause, -nn_errno(), "NN_RCVFD: %s", nn_strerror(nn_errno()));
         goto fail;
     }
     if ((rc = uv_poll_init(loop, &srv->poll, fd)) < 0) {
-        rc = set_cause(cause, rc, "uv_poll_init: %s", uv_strerror(rc));
+        rc = proto_cause(cause, rc, "uv_poll_init: %s", uv_strerror(rc));
         goto fail;
     }
     srv->poll.data = srv;
@@ -1429,6 +1532,11 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
 fail:
     if (srv->sock >= 0)
         nn_close(srv->sock);
+    if (srv->persist != NULL) {
+        persist_shutdown(srv->persist, NULL, NULL);
+        uv_run(loop, UV_RUN_NOWAIT); /* let the timer close */
+        persist_destroy(srv->persist);
+    }
     store_destroy(srv->store);
     free(srv);
     return rc;
@@ -1461,6 +1569,10 @@ server_stop(server *srv)
     if (srv->closing)
         return;
     srv->closing = 1;
+    if (srv->persist != NULL && !srv->stopping) {
+        srv->stopping = 1;
+        persist_shutdown(srv->persist, NULL, NULL); /* closes its timer; a running write ends */
+    }
     uv_poll_stop(&srv->poll);
     uv_close((uv_handle_t *)&srv->poll, NULL);
     uv_close((uv_handle_t *)&srv->timer, NULL);
@@ -1475,6 +1587,7 @@ server_destroy(server *srv)
         return;
     if (srv->sock >= 0)
         nn_close(srv->sock);
+    persist_destroy(srv->persist);
     store_destroy(srv->store);
     free(srv);
 }

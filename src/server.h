@@ -23,6 +23,9 @@ typedef struct server_config {
     const char *state_dir;      /* may be NULL */
     uint64_t max_message_bytes; /* PROTO_DEFAULT_MAX_MESSAGE */
     uint64_t txn_timeout_ms;    /* 60000 */
+    uint64_t snapshot_interval_ms; /* 60000; 0: only on request and at shutdown */
+    size_t snapshot_keep;          /* 2 */
+    int require_snapshot;          /* a missing or unloadable state is a startup error */
 } server_config;
 
 typedef struct server server;
@@ -31,8 +34,9 @@ typedef struct server server;
 void server_config_init(server_config *cfg);
 
 /*
- * Create the server on loop: open the socket, bind every URL, start
- * polling, the expiry timer and the SIGINT/SIGTERM handlers. On failure
+ * Create the server on loop: load the snapshots of --state-dir, open the
+ * socket, bind every URL, start polling, the expiry and snapshot timers
+ * and the SIGINT/SIGTERM handlers (which write snapshots before exit). On failure
  * returns a negative code and sets *cause (malloc'd) to a message.
  */
 int server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **cause);

@@ -25,15 +25,19 @@
  *     emad_version    daemon version
  *     emad_checksum   "xxh64:" + 16 lowercase hex digits: XXH64 (seed 0)
  *                     over, for each tensor in byte order of its name: the
- *                     name bytes, a NUL, the dtype name, a NUL, ndim and
- *                     each dimension as little-endian uint64, then the
- *                     data bytes.
+ *                     name bytes, a NUL, the dtype name of the data as
+ *                     in the file (F32 for an averaged BF16 param), a
+ *                     NUL, ndim and each dimension as little-endian
+ *                     uint64, then the data bytes.
+ *     emad_meta_checksum  "xxh64:" + 16 lowercase hex digits: XXH64 (seed
+ *                     0) over every other __metadata__ entry in byte order
+ *                     of its key: the key, a NUL, the value, a NUL.
  *
- * Writes are atomic and durable: a temp file in the same directory, fsync,
- * rename over the target, fsync of the directory. A set is the files of
- * one step for every decay; it is complete when all of them exist.
- * These functions do no locking and touch only the files named; they may
- * run on any thread.
+ * Writes are atomic and durable: a temp file in the same directory
+ * (.STEP.dK.safetensors.tmp.XXXXXX), fsync, rename over the target, fsync
+ * of the directory. A set is the files of one step for every decay; it is
+ * complete when all of them exist. These functions do no locking and
+ * touch only the files named; they may run on any thread.
  */
 #ifndef EMAD_SNAPSHOT_H
 #define EMAD_SNAPSHOT_H
@@ -83,9 +87,11 @@ char *snap_model_dir(const char *state_dir, const char *model);
  * Write one snapshot file for decay m->decay_index into the model's
  * directory (created if missing, with the snapshots directory), atomically
  * and durably. *bytes (may be NULL) gets the file size. Returns 0, or a
- * negative code (EMAD_EIO, -ENOSPC, ...) with *cause set to a malloc'd
- * message naming the file. On failure no temp file is left and the
- * previous snapshots are untouched.
+ * negative code with *cause set to a malloc'd message naming the file:
+ * -ENOSPC, -EDQUOT or -EFBIG when out of space, EMAD_EIO for other I/O
+ * errors, EMAD_EINVAL for bad arguments, EMAD_ERANGE for a tensor step or
+ * update_after_step above 2^63-1 (JSON integers), -ENOMEM. On failure no
+ * temp file is left and the previous snapshots are untouched.
  */
 int snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size_t n,
                uint64_t *bytes, char **cause);
@@ -93,7 +99,11 @@ int snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, 
 /*
  * Read and verify a snapshot file: safetensors structure, every metadata
  * key above, a valid configuration, a description for every tensor, and
- * the checksum. Returns 0, or EMAD_EFORMAT / EMAD_EIO with *cause set.
+ * both checksums. The metadata, not the file name, gives model, step and
+ * decay index, but a name of the form STEP.dK.safetensors that disagrees
+ * with them is EMAD_EFORMAT. Tensors are in byte order of their names;
+ * their data has the file's alignment. Returns 0, or EMAD_EFORMAT /
+ * EMAD_EIO (-ENOMEM) with *cause set to a message starting with the path.
  */
 int snap_read(const char *path, snap_file **out, char **cause);
 void snap_file_free(snap_file *f);
@@ -101,7 +111,8 @@ void snap_file_free(snap_file *f);
 /*
  * Steps that have at least one snapshot file in a model's directory,
  * newest first (malloc'd into *steps, count in *n). Files that are not
- * STEP.dK.safetensors are ignored. Returns 0 or a negative errno.
+ * STEP.dK.safetensors are ignored. A missing directory has no steps.
+ * Returns 0 or a negative errno.
  */
 int snap_list_steps(const char *model_dir, uint64_t **steps, size_t *n);
 
@@ -111,14 +122,22 @@ char *snap_path(const char *model_dir, uint64_t step, size_t decay_index);
 /*
  * Keep the newest `keep` complete steps of a model (ndecays files each);
  * remove older snapshot files and any stale temp files. Returns the number
- * of files removed.
+ * of files removed. An incomplete step does not count towards keep: it is
+ * removed once a newer complete step exists, and kept while it is newer
+ * than every complete one. The newest complete step is never removed
+ * (keep 0 counts as 1); *.broken and unknown files are left alone. Must
+ * not run during a snap_write to the same model (it removes every temp).
  */
 size_t snap_prune(const char *model_dir, size_t ndecays, size_t keep);
 
 /* Rename a bad file to PATH.broken (replacing an older .broken); 0 or a negative errno. */
 int snap_mark_broken(const char *path);
 
-/* Model directories under STATE_DIR/snapshots (malloc'd names, free each then the array). */
+/*
+ * Model directories under STATE_DIR/snapshots with valid model names,
+ * sorted (malloc'd names, free each then the array); none if the
+ * directory is missing. 0 or a negative errno.
+ */
 int snap_list_models(const char *state_dir, char ***names, size_t *n);
 
 #endif

@@ -448,6 +448,8 @@ store_create_model(store *s, const char *name, size_t len, const emad_model_conf
         return fail(err, EMAD_ELIMIT, NULL, "at most %d models", STORE_MAX_MODELS);
     m = xcalloc(1, sizeof(*m));
     m->name = xstrndup(name, len);
+    m->uid = s->next_id++;
+    m->version = 1;
     emaconf_copy(&m->cfg, cfg);
     m->index = strmap_create();
     if (s->nmodels == s->cap) {
@@ -481,6 +483,7 @@ store_configure(store *s, const char *name, size_t len, const emad_model_config 
     m->cfg.min_decay = cfg->min_decay;
     m->cfg.step_gap = cfg->step_gap;
     m->cfg.nonfinite = cfg->nonfinite;
+    m->version++;
     return 0;
 }
 
@@ -949,6 +952,7 @@ apply(model *m, const stage *st, uint64_t step, plan *p, uint64_t now_ms, store_
         if (step > m->step)
             m->step = step;
         m->last_push_ms = now_ms;
+        m->version++;
     }
     res->step = m->step;
 }
@@ -1168,6 +1172,58 @@ contribute(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms,
     rc = apply_stage(m, &p->st, step, now_ms, res, err);
     pending_remove(m, p); /* applied, or discarded with the error */
     return rc;
+}
+
+int
+store_restore_tensor(model *m, const char *name, int kind, int dtype, int averaged, uint32_t ndim,
+                     const uint64_t *shape, uint64_t step, const void *const *shadows,
+                     store_err *err)
+{
+    store_input in = {.name = name, .name_len = strlen(name), .kind = kind, .dtype = dtype,
+                      .ndim = ndim};
+    uint64_t numel, nbytes;
+    plan p;
+    item it;
+
+    if (ndim > EMAD_MAX_NDIM)
+        return fail(err, EMAD_ELIMIT, name, "tensor '%s': more than %d dimensions", name,
+                    EMAD_MAX_NDIM);
+    if (strmap_get(m->index, name, in.name_len) != NULL)
+        return fail(err, EMAD_EDUP, name, "tensor '%s' restored twice", name);
+    if (proto_check_tensor_name(name, in.name_len) != 0 || dtype_size(dtype) == 0 ||
+        (averaged && dtype_shadow(dtype) == EMAD_DTYPE_INVALID))
+        return fail(err, EMAD_EDTYPE, name, "tensor '%s': invalid name or dtype", name);
+    memcpy(in.shape, shape, ndim * sizeof(uint64_t));
+    if (dtype_numel(in.shape, ndim, averaged ? dtype_shadow(dtype) : dtype, &numel, &nbytes) != 0)
+        return fail(err, EMAD_ELIMIT, name, "tensor '%s': shape too large", name);
+    memset(&p, 0, sizeof(p));
+    p.averaged = averaged;
+    p.nshadow = averaged ? (uint32_t)m->cfg.ndecays : 1;
+    for (uint32_t j = 0; j < p.nshadow; j++) {
+        if ((p.target[j] = blob_new(nbytes)) == NULL) {
+            unreserve(&p, 1);
+            return fail(err, EMAD_ENOMEM, name, "tensor '%s': out of memory", name);
+        }
+        memcpy(p.target[j]->data, shadows[j], nbytes);
+    }
+    memset(&it, 0, sizeof(it));
+    it.name = (char *)name;
+    it.name_len = in.name_len;
+    it.kind = kind;
+    it.dtype = dtype;
+    it.ndim = ndim;
+    memcpy(it.shape, in.shape, sizeof(it.shape));
+    it.numel = numel;
+    tensor_add(m, &it, &p)->step = step;
+    return 0;
+}
+
+void
+store_restore_done(model *m, uint64_t step)
+{
+    m->step = step;
+    m->snap_version = m->version;
+    m->snap_step = step;
 }
 
 int

@@ -65,6 +65,10 @@ typedef struct model {
     uint64_t last_push_ms;
     struct pending *pending; /* multi-writer steps not yet complete */
     size_t npending;
+    uint64_t uid;          /* unique per created model (a re-created model differs) */
+    uint64_t version;      /* bumped by every change: create, applied push, configure */
+    uint64_t snap_version; /* version of the last durable snapshot (0: none) */
+    uint64_t snap_step;    /* its step */
 } model;
 
 /* One tensor of a push request; borrows name and data from the request. */
@@ -163,6 +167,19 @@ int store_create_model(store *s, const char *name, size_t len, const emad_model_
  */
 int store_configure(store *s, const char *name, size_t len, const emad_model_config *cfg,
                     store_err *err);
+
+/*
+ * Restore one tensor of a model loaded from a snapshot: shadows[j] holds
+ * the data of shadow j (numel * size of the shadow dtype bytes), for each
+ * of the model's decays if averaged, else one. The model must not have the
+ * tensor yet. Returns 0, EMAD_EDUP, EMAD_EDTYPE, EMAD_ELIMIT or EMAD_ENOMEM.
+ */
+int store_restore_tensor(model *m, const char *name, int kind, int dtype, int averaged,
+                         uint32_t ndim, const uint64_t *shape, uint64_t step,
+                         const void *const *shadows, store_err *err);
+
+/* Set a restored model's committed step and mark it as snapshotted at that step. */
+void store_restore_done(model *m, uint64_t step);
 
 /* Drop a model; aborts its open transactions. EMAD_ENOMODEL if absent. */
 int store_drop_model(store *s, const char *name, size_t len, store_err *err);

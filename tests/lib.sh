@@ -42,14 +42,18 @@ ctl() {
     timeout 60 "$EMACTL" --server "$url" "$@"
 }
 
-# Start emad on a free port (three tries, in case another process takes the port first).
+# Start emad on a free port (three tries, in case another process takes the port first),
+# with the state dir $work/state and any extra arguments given.
 start_daemon() {
     for _try in 1 2 3; do
         port=$(timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
             fail "cannot run $PYTHON3 to pick a port"
         url=tcp://127.0.0.1:$port
         mkdir -p "$work/state"
-        "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug 2>"$work/emad.log" &
+        # With EMAD_FSIZE_KB set, the daemon runs under that file-size limit (ulimit -f).
+        sh -c 'if [ -n "$1" ]; then ulimit -f "$1"; fi; shift; exec "$@"' sh "${EMAD_FSIZE_KB:-}" \
+            "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug "$@" \
+            2>>"$work/emad.log" &
         pid=$!
         # Watchdog: the daemon never outlives this test by more than 5 minutes.
         (
@@ -80,5 +84,14 @@ EOF
         pid=
     done
     fail "emad did not start"
+}
+
+# Kill the daemon with a signal (default KILL) and wait for it; prints nothing.
+stop_daemon() {
+    if [ -n "$pid" ]; then
+        kill "-${1:-KILL}" "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    fi
 }
 
