@@ -29,6 +29,7 @@
 #include "emad.h"
 #include "proto.h"
 #include "safetensors.h"
+#include "snapshot.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0.1.0"
@@ -164,7 +165,7 @@ parse_decay(const char *s, double *out)
     v = strtod(s, &end);
     if (errno != 0 || *end != '\0' || !isfinite(v) || v < 0.0 || v > 1.0)
         return -1;
-    *out = v;
+    *out = v + 0.0; /* -0 is 0 */
     return 0;
 }
 
@@ -719,6 +720,19 @@ cmd_push(ctl *g, const command *self, int argc, char **argv)
         n = shard_tensors(t, n, shard_k, shard_n);
     if ((c = connect_or_fail(g)) == NULL)
         goto out;
+    if (shard_n > 0) {
+        emad_model_config cfg;
+        if ((rc = emad_get_config(c, model, &cfg)) != 0) {
+            status = fail_rc(g, c, rc);
+            goto out;
+        }
+        emad_config_free(&cfg);
+        if (cfg.writers != shard_n) {
+            errorf(g, "--shard %" PRIu64 "/%" PRIu64 ": model %s has %u writer%s, not %" PRIu64,
+                   shard_k, shard_n, model, cfg.writers, cfg.writers == 1 ? "" : "s", shard_n);
+            goto out;
+        }
+    }
     rc = shard_n > 0 ? emad_push_as(c, model, step, (uint32_t)shard_k, t, n, &res)
                      : emad_push(c, model, step, t, n, &res);
     if (rc != 0) {
@@ -740,6 +754,274 @@ out:
     emad_close(c);
     free(t);
     free(cause);
+    st_free(pf);
+    st_free(bf);
+    return status;
+}
+
+/* Is a tensor averaged under cfg (the daemon's rule, docs/EMA.md)? */
+static int
+averaged_under(const emad_model_config *cfg, const emad_tensor *t)
+{
+    if (t->kind == EMAD_BUFFER &&
+        (cfg->buffers != EMAD_BUFFERS_AVERAGE || emad_dtype_size(t->dtype) == 0 ||
+         !(t->dtype == EMAD_F16 || t->dtype == EMAD_BF16 || t->dtype == EMAD_F32 ||
+           t->dtype == EMAD_F64)))
+        return 0;
+    return !emaconf_match(cfg->copy, cfg->ncopy, t->name, strlen(t->name));
+}
+
+/* export MODEL FILE [--decay D] */
+static int
+cmd_export(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL, *path = NULL, *v;
+    emad_client *c = NULL;
+    emad_model_config cfg;
+    emad_model_info info;
+    emad_tensor *desc = NULL;
+    emad_model *m = NULL;
+    emad_pull_options po;
+    snap_tensor *st = NULL;
+    size_t ndesc = 0, j = 0;
+    uint64_t bytes = 0;
+    char *cause = NULL, dbuf[32];
+    int k, r, rc, status = EXIT_FAIL, have_cfg = 0;
+    double decay = -1.0;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model == NULL)
+                model = pos;
+            else if (path == NULL)
+                path = pos;
+            else
+                return usage_error(g, "unexpected argument '%s'", pos);
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else if (opt_is(opt, "--decay")) {
+            if (parse_decay(v = opt_value(&a, opt), &decay) != 0)
+                return usage_error(g, "--decay needs one of the model's decays, not '%s'",
+                                   v != NULL ? v : "");
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if (model == NULL || path == NULL)
+        return usage_error(g, "missing %s", model == NULL ? "MODEL" : "FILE");
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((rc = emad_get_config(c, model, &cfg)) != 0) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    have_cfg = 1;
+    if (decay >= 0.0) {
+        for (j = 0; j < cfg.ndecays && cfg.decays[j] != decay; j++)
+            ;
+        if (j == cfg.ndecays) {
+            errorf(g, "model %s has no decay %s", model, fmt_decay(dbuf, sizeof(dbuf), decay));
+            goto out;
+        }
+    }
+    if ((rc = emad_describe(c, model, &info, &desc, &ndesc)) != 0) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    emad_pull_options_init(&po);
+    po.decay = cfg.decays[j];
+    po.dtype = EMAD_PULL_SHADOW;
+    if ((rc = emad_pull_ex(c, model, NULL, 0, &po, &m)) != 0) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    if ((st = calloc(m->ntensors ? m->ntensors : 1, sizeof(*st))) == NULL) {
+        errorf(g, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < m->ntensors; i++) {
+        const emad_tensor *t = &m->tensors[i], *d = NULL;
+        for (size_t q = 0; q < ndesc && d == NULL; q++)
+            if (strcmp(desc[q].name, t->name) == 0)
+                d = &desc[q];
+        if (d == NULL) {
+            errorf(g, "model %s changed while exporting (new tensor '%s'): try again", model,
+                   t->name);
+            goto out;
+        }
+        st[i] = (snap_tensor){.name = t->name,
+                              .kind = t->kind,
+                              .dtype = d->dtype,
+                              .sdtype = t->dtype,
+                              .averaged = t->dtype != d->dtype || averaged_under(&cfg, d),
+                              .ndim = t->ndim,
+                              .step = t->step,
+                              .data = t->data,
+                              .nbytes = t->nbytes};
+        memcpy(st[i].shape, t->shape, sizeof(st[i].shape));
+    }
+    snap_meta meta = {model, m->step, j, &cfg};
+    if ((rc = snap_write_path(path, &meta, st, m->ntensors, &bytes, &cause)) != 0) {
+        status = fail_file(g, path, rc, cause);
+        goto out;
+    }
+    printf("exported %s step %" PRIu64 " (decay %s): %zu tensor%s, %" PRIu64 " bytes -> %s\n",
+           model, m->step, fmt_decay(dbuf, sizeof(dbuf), cfg.decays[j]), m->ntensors,
+           m->ntensors == 1 ? "" : "s", bytes, path);
+    status = EXIT_SUCCESS;
+out:
+    free(cause);
+    free(st);
+    emad_model_free(m);
+    emad_tensors_free(desc, ndesc);
+    if (have_cfg)
+        emad_config_free(&cfg);
+    emad_close(c);
+    return status;
+}
+
+/* import MODEL FILE [--step N] [--buffers BUFFERS.safetensors] */
+static int
+cmd_import(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *model = NULL, *path = NULL, *buffers = NULL, *v;
+    emad_client *c = NULL;
+    snap_file *sf = NULL;
+    st_file *pf = NULL, *bf = NULL;
+    emad_tensor *t = NULL;
+    int *as = NULL;
+    emad_push_result res;
+    uint64_t step = 0;
+    size_t n = 0;
+    char *cause = NULL;
+    const char *ms;
+    int k, r, rc, status = EXIT_FAIL, have_step = 0;
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2) {
+            if (model == NULL)
+                model = pos;
+            else if (path == NULL)
+                path = pos;
+            else
+                return usage_error(g, "unexpected argument '%s'", pos);
+        } else if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else if (opt_is(opt, "--step")) {
+            if (parse_u64(v = opt_value(&a, opt), &step) != 0)
+                return usage_error(g, "--step needs a whole number, not '%s'", v != NULL ? v : "");
+            have_step = 1;
+        } else if (opt_is(opt, "--buffers")) {
+            if ((buffers = opt_value(&a, opt)) == NULL || *buffers == '\0')
+                return usage_error(g, "--buffers needs a file");
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if (model == NULL || path == NULL)
+        return usage_error(g, "missing %s", model == NULL ? "MODEL" : "FILE");
+    /* An emad snapshot (exact shadows, kinds, configuration) or a plain safetensors state dict. */
+    if ((rc = st_read(&pf, path, &cause)) != 0) {
+        status = fail_file(g, path, rc, cause);
+        goto out;
+    }
+    if (st_meta_get(pf, "emad_checksum") != NULL) {
+        if (buffers != NULL) {
+            status = usage_error(g, "--buffers is only for plain safetensors files");
+            goto out;
+        }
+        if ((rc = snap_read(path, &sf, &cause)) != 0) {
+            status = fail_file(g, path, rc, cause);
+            goto out;
+        }
+        if (!have_step)
+            step = sf->step;
+        n = sf->ntensors;
+    } else {
+        if (buffers != NULL && (rc = st_read(&bf, buffers, &cause)) != 0) {
+            status = fail_file(g, buffers, rc, cause);
+            goto out;
+        }
+        if (!have_step && ((ms = st_meta_get(pf, "step")) == NULL || parse_u64(ms, &step) != 0)) {
+            status = usage_error(g, "%s has no step in its metadata: give --step N", path);
+            goto out;
+        }
+        n = pf->ntensors + (bf != NULL ? bf->ntensors : 0);
+    }
+    if (n == 0) {
+        errorf(g, "%s holds no tensors: nothing to import", path);
+        goto out;
+    }
+    if ((t = calloc(n, sizeof(*t))) == NULL || (as = calloc(n, sizeof(*as))) == NULL) {
+        errorf(g, "out of memory");
+        goto out;
+    }
+    if (sf != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            const snap_tensor *s = &sf->tensors[i];
+            t[i] = (emad_tensor){.name = s->name,
+                                 .kind = s->kind,
+                                 .dtype = s->sdtype,
+                                 .ndim = s->ndim,
+                                 .data = (void *)s->data,
+                                 .nbytes = s->nbytes};
+            memcpy(t[i].shape, s->shape, sizeof(t[i].shape));
+            as[i] = s->sdtype != s->dtype ? s->dtype : EMAD_DTYPE_INVALID;
+        }
+    }
+    if ((c = connect_or_fail(g)) == NULL)
+        goto out;
+    if (sf == NULL) {
+        /* Kinds: as the model stores them; new tensors float -> param, else buffer. */
+        emad_model_info info;
+        emad_tensor *desc = NULL;
+        size_t ndesc = 0;
+
+        if ((rc = emad_describe(c, model, &info, &desc, &ndesc)) != 0) {
+            status = fail_rc(g, c, rc);
+            goto out;
+        }
+        n = 0;
+        add_tensors(t, &n, pf, EMAD_PARAM);
+        for (size_t i = 0; i < n; i++) {
+            int kind = t[i].dtype == EMAD_F16 || t[i].dtype == EMAD_BF16 ||
+                               t[i].dtype == EMAD_F32 || t[i].dtype == EMAD_F64
+                           ? EMAD_PARAM
+                           : EMAD_BUFFER;
+            for (size_t q = 0; q < ndesc; q++)
+                if (strcmp(desc[q].name, t[i].name) == 0)
+                    kind = desc[q].kind;
+            t[i].kind = kind;
+        }
+        emad_tensors_free(desc, ndesc);
+        if (bf != NULL)
+            add_tensors(t, &n, bf, EMAD_BUFFER);
+    }
+    if (sf != NULL && (rc = emad_create_config(c, model, &sf->cfg, 1)) != 0 &&
+        rc != EMAD_EEXIST) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    if ((rc = emad_seed(c, model, step, t, as, n, &res)) != 0) {
+        status = fail_rc(g, c, rc);
+        goto out;
+    }
+    printf("imported %s into %s at step %" PRIu64 ": %" PRIu64 " tensors seeded", path, model, step,
+           res.applied);
+    if (res.ignored > 0)
+        printf(", %" PRIu64 " ignored", res.ignored);
+    printf("; model step %" PRIu64 "\n", res.step);
+    status = EXIT_SUCCESS;
+out:
+    emad_close(c);
+    free(t);
+    free(as);
+    free(cause);
+    snap_file_free(sf);
     st_free(pf);
     st_free(bf);
     return status;
@@ -1127,6 +1409,19 @@ static const command commands[] = {
      "tensors with kind, dtype, shape, step and size in bytes.\n",
      cmd_list},
     {"drop", "drop MODEL", "Drop a model, all its tensors and its snapshots.\n", cmd_drop},
+    {"export", "export MODEL FILE [--decay D]",
+     "Write the model's shadows for one decay (default the first) at full precision\n"
+     "(float32 shadows of F16/BF16 params) into FILE, a snapshot file in the\n"
+     "daemon's format (docs/SNAPSHOTS.md) that PyTorch loads as a state dict.\n",
+     cmd_export},
+    {"import", "import MODEL FILE [--step N] [--buffers BUFFERS.safetensors]",
+     "Seed a model's shadows from FILE: an emad snapshot or export (exact shadows,\n"
+     "kinds and configuration; the model is created if missing, at the file's\n"
+     "step) or a plain safetensors state dict (the model must exist; tensors keep\n"
+     "the kind the model has for them, new ones are params if floating, else\n"
+     "buffers, and those of BUFFERS are buffers; at --step N or the file's 'step'\n"
+     "metadata). Every shadow of each tensor becomes the file's value.\n",
+     cmd_import},
     {"snapshot", "snapshot [MODEL]",
      "Write a snapshot of MODEL (default: every model that changed) into the\n"
      "daemon's --state-dir and return once it is durable on disk. Prints the\n"

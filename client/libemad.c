@@ -917,6 +917,8 @@ typedef struct push_req {
     uint64_t step;
     int has_writer; /* single-message pushes of emad_push_as() */
     uint32_t writer;
+    int seed;             /* emad_seed() */
+    const int *as_dtypes; /* emad_seed(): per tensor, or NULL */
     int has_txn;
     uint64_t txn;
     const emad_tensor *tensors;
@@ -930,7 +932,11 @@ build_push(msgpack_packer *pk, const void *vctx)
 {
     const push_req *q = vctx;
 
-    pk_head(pk, "push", 3 + q->has_txn + q->has_writer);
+    pk_head(pk, "push", 3 + q->has_txn + q->has_writer + q->seed);
+    if (q->seed) {
+        pk_str(pk, "seed");
+        msgpack_pack_true(pk);
+    }
     pk_kv_str(pk, "model", q->model);
     pk_kv_u64(pk, "step", q->step);
     if (q->has_txn)
@@ -943,7 +949,11 @@ build_push(msgpack_packer *pk, const void *vctx)
         const push_item *it = &q->items[i];
         const emad_tensor *t = &q->tensors[it->index];
 
-        msgpack_pack_map(pk, 5 + q->has_txn + (t->count > 0));
+        int as = q->as_dtypes != NULL ? q->as_dtypes[it->index] : EMAD_DTYPE_INVALID;
+
+        msgpack_pack_map(pk, 5 + q->has_txn + (t->count > 0) + (as != EMAD_DTYPE_INVALID));
+        if (as != EMAD_DTYPE_INVALID)
+            pk_kv_str(pk, "as_dtype", dtype_name(as));
         pk_kv_str(pk, "name", t->name);
         pk_kv_str(pk, "kind", proto_kind_name(t->kind));
         pk_kv_str(pk, "dtype", dtype_name(t->dtype));
@@ -976,6 +986,8 @@ push_header_size(const push_req *q, uint64_t nitems)
         n += mp_str(3) + mp_uint(q->txn);
     if (q->has_writer)
         n += mp_str(6) + mp_uint(q->writer);
+    if (q->seed)
+        n += mp_str(4) + 1;
     return n;
 }
 
@@ -1288,6 +1300,73 @@ emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
 }
 
 EMAD_EXTERN int
+emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *tensors,
+          const int *as_dtypes, size_t n, emad_push_result *res)
+{
+    emad_push_result local;
+    push_req q = {.model = model, .step = step, .seed = 1, .as_dtypes = as_dtypes,
+                  .tensors = tensors};
+    push_item *items;
+    size_t i = 0;
+    reply r;
+    int rc;
+
+    if (c == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    if (res == NULL)
+        res = &local;
+    memset(res, 0, sizeof(*res));
+    if ((rc = push_validate(c, model, tensors, n, 0)) != 0)
+        return call_end(c, rc);
+    for (size_t k = 0; k < n; k++) {
+        if (tensors[k].count != 0)
+            return call_end(c, fail(c, EMAD_EINVAL, "tensor '%.200s': a seed takes whole tensors",
+                                    tensors[k].name));
+        if (as_dtypes != NULL && as_dtypes[k] != EMAD_DTYPE_INVALID &&
+            emad_dtype_size(as_dtypes[k]) == 0)
+            return call_end(c, fail(c, EMAD_EDTYPE, "tensor '%.200s': invalid as_dtype %d",
+                                    tensors[k].name, as_dtypes[k]));
+    }
+    if ((items = malloc(n * sizeof(*items))) == NULL)
+        return call_end(c, fail(c, EMAD_ENOMEM, "seed: out of memory"));
+    while (i < n && rc == 0) {
+        uint64_t size = push_header_size(&q, PROTO_MAX_TENSORS) + 16;
+        size_t k = 0;
+        emad_push_result part;
+
+        while (i < n && k < PROTO_MAX_TENSORS) {
+            uint64_t e = tensor_entry_size(&tensors[i], tensors[i].nbytes, 0, 0) + 16;
+            if (size + e > c->push_limit)
+                break;
+            items[k++] = (push_item){i, 0, tensors[i].nbytes};
+            size += e;
+            i++;
+        }
+        if (k == 0) {
+            rc = fail(c, EMAD_ELIMIT,
+                      "tensor '%.200s' (%llu bytes) does not fit in one %llu-byte message: a "
+                      "seed cannot split it",
+                      tensors[i].name, (unsigned long long)tensors[i].nbytes,
+                      (unsigned long long)c->push_limit);
+            break;
+        }
+        q.items = items;
+        q.nitems = k;
+        if ((rc = call(c, "push", build_push, &q, c->opts.timeout_ms, &r)) == 0) {
+            rc = push_result(c, &r, &part);
+            reply_free(&r);
+            res->applied += part.applied;
+            res->ignored += part.ignored;
+            res->step = part.step;
+            res->messages++;
+        }
+    }
+    free(items);
+    return call_end(c, rc);
+}
+
+EMAD_EXTERN int
 emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
              const emad_tensor *tensors, size_t n, emad_push_result *res)
 {
@@ -1332,7 +1411,8 @@ build_pull(msgpack_packer *pk, const void *vctx)
         msgpack_pack_double(pk, q->opts->decay);
     }
     if (with_dtype)
-        pk_kv_str(pk, "dtype", dtype_name(q->opts->dtype));
+        pk_kv_str(pk, "dtype",
+                  q->opts->dtype == EMAD_PULL_SHADOW ? "shadow" : dtype_name(q->opts->dtype));
     if (with_names) {
         pk_str(pk, "tensors");
         msgpack_pack_array(pk, q->nnames);
@@ -1670,9 +1750,9 @@ check_pull_options(emad_client *c, const emad_pull_options *o)
         return 0;
     if (o->decay > 1.0 || o->decay != o->decay)
         return fail(c, EMAD_ERANGE, "pull: decay %g is not in [0, 1]", o->decay);
-    if (o->dtype != EMAD_DTYPE_INVALID && o->dtype != EMAD_F32 && o->dtype != EMAD_BF16 &&
-        o->dtype != EMAD_F16)
-        return fail(c, EMAD_EDTYPE, "pull: output dtype must be F32, BF16 or F16");
+    if (o->dtype != EMAD_DTYPE_INVALID && o->dtype != EMAD_PULL_SHADOW && o->dtype != EMAD_F32 &&
+        o->dtype != EMAD_BF16 && o->dtype != EMAD_F16)
+        return fail(c, EMAD_EDTYPE, "pull: output dtype must be F32, BF16, F16 or EMAD_PULL_SHADOW");
     return 0;
 }
 

@@ -206,11 +206,15 @@ typedef struct emad_push_result {
                           finished; step is still the previous committed step */
 } emad_push_result;
 
+/* emad_pull_options.dtype: every tensor in the dtype of the daemon's shadow (full precision). */
+#define EMAD_PULL_SHADOW (-1)
+
 /* Pull options; initialize with emad_pull_options_init(). */
 typedef struct emad_pull_options {
     double decay; /* which shadow: one of the model's decays; < 0 (default) = the first */
     int dtype;    /* floating tensors converted to EMAD_F32, EMAD_BF16 or EMAD_F16 (round to
-                     nearest even); EMAD_DTYPE_INVALID (default) = as pushed */
+                     nearest even); EMAD_PULL_SHADOW: each tensor in its shadow's dtype (F32 for
+                     averaged F16/BF16); EMAD_DTYPE_INVALID (default) = as pushed */
 } emad_pull_options;
 
 /* A pulled model owned by the library; free with emad_model_free(). */
@@ -336,6 +340,20 @@ EMAD_EXTERN int emad_push(emad_client *c, const char *model, uint64_t step,
  */
 EMAD_EXTERN int emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
                              const emad_tensor *tensors, size_t n, emad_push_result *res);
+
+/*
+ * Seed a model's shadows (e.g. from a checkpoint): each tensor's value
+ * becomes every shadow of that tensor, whatever its stored step; its step
+ * becomes `step`. Whole tensors only. as_dtypes (may be NULL) gives, per
+ * tensor, the tensor's dtype when the data is in its shadow's dtype (an
+ * F32 shadow of a BF16 param: data F32, as_dtype EMAD_BF16); 0 otherwise.
+ * Tensors are sent in as few messages as fit the daemon's limit; each
+ * message is applied at once (a tensor larger than one message is
+ * EMAD_ELIMIT).
+ */
+EMAD_EXTERN int emad_seed(emad_client *c, const char *model, uint64_t step,
+                          const emad_tensor *tensors, const int *as_dtypes, size_t n,
+                          emad_push_result *res);
 
 EMAD_EXTERN void emad_pull_options_init(emad_pull_options *opts);
 

@@ -384,6 +384,7 @@ emaconf_unpack(const msgpack_object *map, emad_model_config *cfg, emaconf_string
                 snprintf(why, size, "key 'decays' is not an array of numbers");
                 return EMAD_EMALFORMED;
             }
+            cfg->decays[i] += 0.0; /* -0 is 0 */
         }
         cfg->ndecays = o->via.array.size;
     } else if ((o = proto_map_get(map, "decay")) != NULL) {
@@ -392,7 +393,7 @@ emaconf_unpack(const msgpack_object *map, emad_model_config *cfg, emaconf_string
             return EMAD_EMALFORMED;
         }
         cfg->ndecays = 1;
-        cfg->decays[0] = d;
+        cfg->decays[0] = d + 0.0;
     }
     if ((rc = get_enum(map, "schedule", &cfg->schedule, why, size)) != 0 ||
         (rc = get_enum(map, "step_gap", &cfg->step_gap, why, size)) != 0 ||

@@ -460,6 +460,14 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
             req_fail(err, EMAD_EMALFORMED, "'offset' is only allowed in a transaction");
             goto fail_named;
         }
+        if ((o = proto_map_get(t, "as_dtype")) != NULL) {
+            if (o->type != MSGPACK_OBJECT_STR ||
+                (in[i].as_dtype = dtype_from_name(o->via.str.ptr, o->via.str.size)) ==
+                    EMAD_DTYPE_INVALID) {
+                req_fail(err, EMAD_EDTYPE, "key 'as_dtype' is not a dtype name");
+                goto fail_named;
+            }
+        }
         if ((o = proto_map_get(t, "slice")) != NULL) {
             if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
                 o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
@@ -688,7 +696,7 @@ handle_push(req *r, store_err *err)
     const char *model_name = NULL;
     size_t len = 0, n = 0;
     uint64_t step = 0, txn = 0, writer = 0;
-    int has_txn = 0, has_step = 0, has_writer = 0, rc;
+    int has_txn = 0, has_step = 0, has_writer = 0, seed = 0, rc;
     store_input *in = NULL;
 
     if (get_u64(r->root, "txn", &txn, &has_txn, err) != 0 ||
@@ -696,6 +704,10 @@ handle_push(req *r, store_err *err)
         return err->code;
     if (has_writer && has_txn)
         return req_fail(err, EMAD_EMALFORMED, "'writer' belongs in begin, not in a transaction's push");
+    if (get_bool(r->root, "seed", &seed, err) != 0)
+        return err->code;
+    if (seed && (has_txn || has_writer))
+        return req_fail(err, EMAD_EMALFORMED, "a seed is one message, without 'txn' or 'writer'");
     if (writer > UINT32_MAX)
         return req_fail(err, EMAD_ERANGE, "writer %llu is out of range", (unsigned long long)writer);
     if (!has_txn && (get_str(r->root, "model", &model_name, &len, err) ||
@@ -721,8 +733,14 @@ handle_push(req *r, store_err *err)
         return 0;
     }
     store_result res;
-    rc = store_push(r->srv->store, model_name, len, step, (uint32_t)writer, in, n, r->now_ms, &res,
-                    err);
+    if (seed)
+        rc = store_seed(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
+    else
+        rc = store_push(r->srv->store, model_name, len, step, (uint32_t)writer, in, n, r->now_ms,
+                        &res, err);
+    if (rc == 0 && seed)
+        log_info("event=model_seeded model=%.*s step=%llu tensors=%llu", (int)len, model_name,
+                 (unsigned long long)step, (unsigned long long)res.applied);
     free(in);
     if (rc != 0)
         return rc;
@@ -892,7 +910,9 @@ handle_pull(req *r, store_err *err)
         char buf[32];
         if (get_str(r->root, "dtype", &dn, &dl, err) != 0)
             return err->code;
-        if ((vo.dtype = dtype_from_name(dn, dl)) == EMAD_DTYPE_INVALID)
+        if (dl == 6 && memcmp(dn, "shadow", 6) == 0)
+            vo.dtype = VIEW_DTYPE_SHADOW;
+        else if ((vo.dtype = dtype_from_name(dn, dl)) == EMAD_DTYPE_INVALID)
             return req_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
                             printable(buf, sizeof(buf), dn, dl));
     }

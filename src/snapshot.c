@@ -640,25 +640,22 @@ build_meta(const snap_meta *m, const snap_tensor *s, size_t n, st_meta md[SNAP_N
     return 0;
 }
 
-/* Write one snapshot file atomically and durably (see snapshot.h). */
+/* Write one snapshot file to path atomically and durably; its directory must exist. */
 int
-snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size_t n,
-           uint64_t *bytes, char **cause)
+snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, size_t n,
+                uint64_t *bytes, char **cause)
 {
     st_write_opts opts = {SNAP_TMP_TAG, 1, bytes};
     st_meta md[SNAP_NMETA] = {{NULL, NULL}};
     snap_tensor *s = NULL;
     st_tensor *st = NULL;
-    char *dir = NULL, *path = NULL;
     int rc;
 
     if (cause != NULL)
         *cause = NULL;
     if ((rc = check_meta(m, cause)) < 0 || (rc = sort_tensors(m, t, n, &s, cause)) < 0)
         return rc;
-    if ((dir = snap_model_dir(state_dir, m->model)) == NULL ||
-        (path = snap_path(dir, m->step, m->decay_index)) == NULL ||
-        (st = calloc(n > 0 ? n : 1, sizeof(*st))) == NULL) {
+    if ((st = calloc(n > 0 ? n : 1, sizeof(*st))) == NULL) {
         rc = proto_cause(cause, -ENOMEM, "out of memory");
         goto out;
     }
@@ -674,11 +671,6 @@ snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size
         st[i].data = s[i].data;
         st[i].nbytes = s[i].nbytes;
     }
-    if ((rc = make_dirs(dir)) < 0) {
-        rc = proto_cause(cause, io_code(-rc), "%s: cannot create the directory: %s", dir,
-                       strerror(-rc));
-        goto out;
-    }
     rc = st_write_ex(path, st, n, md, SNAP_NMETA, &opts, cause);
     if (rc < 0 && rc > EMAD_EMALFORMED) /* a negated errno, not one of the EMAD_E* codes */
         rc = io_code(-rc);
@@ -686,6 +678,36 @@ out:
     free_meta(md, SNAP_NMETA);
     free(st);
     free(s);
+    return rc;
+}
+
+/* Write one snapshot file into the model's directory (see snapshot.h). */
+int
+snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size_t n,
+           uint64_t *bytes, char **cause)
+{
+    char *dir = NULL, *path = NULL;
+    snap_tensor *s = NULL;
+    int rc;
+
+    if (cause != NULL)
+        *cause = NULL;
+    /* Check everything before creating directories. */
+    if ((rc = check_meta(m, cause)) < 0 || (rc = sort_tensors(m, t, n, &s, cause)) < 0)
+        return rc;
+    free(s);
+    if ((dir = snap_model_dir(state_dir, m->model)) == NULL ||
+        (path = snap_path(dir, m->step, m->decay_index)) == NULL) {
+        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = make_dirs(dir)) < 0) {
+        rc = proto_cause(cause, io_code(-rc), "%s: cannot create the directory: %s", dir,
+                         strerror(-rc));
+        goto out;
+    }
+    rc = snap_write_path(path, m, t, n, bytes, cause);
+out:
     free(path);
     free(dir);
     return rc;

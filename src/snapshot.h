@@ -97,6 +97,13 @@ int snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, 
                uint64_t *bytes, char **cause);
 
 /*
+ * The same file written at any path (whose directory must exist), e.g. an
+ * export. Same codes as snap_write().
+ */
+int snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, size_t n,
+                    uint64_t *bytes, char **cause);
+
+/*
  * Read and verify a snapshot file: safetensors structure, every metadata
  * key above, a valid configuration, a description for every tensor, and
  * both checksums. The metadata, not the file name, gives model, step and

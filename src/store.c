@@ -607,7 +607,9 @@ check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
                     (unsigned long long)sbytes, in->count != 0 ? "slice" : "tensor");
     if ((t = strmap_get(m->index, in->name, in->name_len)) == NULL)
         return 0;
-    return check_against(t, name, in->kind, in->dtype, in->ndim, in->shape, err);
+    return check_against(t, name, in->kind,
+                         in->as_dtype != EMAD_DTYPE_INVALID ? in->as_dtype : in->dtype, in->ndim,
+                         in->shape, err);
 }
 
 /*
@@ -1247,6 +1249,131 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     return rc;
 }
 
+/* Check one seed input: whole tensor, a data dtype the tensor's shadow can take. */
+static int
+check_seed(const model *m, const store_input *in, store_err *err)
+{
+    char name[EMAD_MAX_NAME_BYTES + 1];
+    uint64_t numel, count;
+    int dt = in->as_dtype != EMAD_DTYPE_INVALID ? in->as_dtype : in->dtype;
+    const tensor *t;
+
+    cname(name, sizeof(name), in->name, in->name_len);
+    if (in->count != 0)
+        return fail(err, EMAD_ERANGE, name, "tensor '%s': a seed carries whole tensors", name);
+    if (check_input(m, in, 0, &numel, &count, err) != 0)
+        return err->code;
+    if (dt != in->dtype) {
+        /* Data in the shadow's dtype: only for averaged floating tensors. */
+        if (dtype_size(dt) == 0 || !dtype_is_float(dt) || dtype_shadow(dt) != in->dtype)
+            return fail(err, EMAD_EDTYPE, name,
+                        "tensor '%s': data in %s cannot seed a %s tensor (only its shadow dtype)",
+                        name, dtype_name(in->dtype), dtype_name(dt) ? dtype_name(dt) : "?");
+        t = strmap_get(m->index, in->name, in->name_len);
+        if (!(t != NULL ? t->averaged : is_averaged(m, in->kind, dt, in->name, in->name_len)))
+            return fail(err, EMAD_EDTYPE, name,
+                        "tensor '%s' is copied, not averaged: seed it in its own dtype %s", name,
+                        dtype_name(dt));
+    }
+    return 0;
+}
+
+int
+store_seed(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
+           size_t n, uint64_t now_ms, store_result *res, store_err *err)
+{
+    model *m = model_get(s, model_name, len, err);
+    plan *p;
+    long dup;
+    size_t i;
+
+    memset(res, 0, sizeof(*res));
+    if (m == NULL || check_message_size(n, err) != 0)
+        return err->code;
+    for (i = 0; i < n; i++)
+        if (check_seed(m, &in[i], err) != 0)
+            return err->code;
+    {
+        stage st;
+        stage_init(&st);
+        for (dup = -1, i = 0; i < n && dup < 0; i++) {
+            if (stage_find(&st, in[i].name, in[i].name_len) != NULL)
+                dup = (long)i;
+            else
+                (void)stage_add(&st, &in[i], 0);
+        }
+        stage_free(&st);
+    }
+    if (dup >= 0) {
+        char name[EMAD_MAX_NAME_BYTES + 1];
+        cname(name, sizeof(name), in[dup].name, in[dup].name_len);
+        return fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one seed", name);
+    }
+    p = xcalloc(n, sizeof(*p));
+    for (i = 0; i < n; i++) {
+        int dt = in[i].as_dtype != EMAD_DTYPE_INVALID ? in[i].as_dtype : in[i].dtype;
+        tensor *t = strmap_get(m->index, in[i].name, in[i].name_len);
+        uint64_t numel, nbytes;
+
+        if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
+            p[i].skipped = 1;
+            continue;
+        }
+        p[i].t = t;
+        p[i].averaged =
+            t != NULL ? t->averaged : is_averaged(m, in[i].kind, dt, in[i].name, in[i].name_len);
+        p[i].nshadow = p[i].averaged ? (uint32_t)m->cfg.ndecays : 1;
+        (void)dtype_numel(in[i].shape, in[i].ndim, p[i].averaged ? dtype_shadow(dt) : dt, &numel,
+                          &nbytes);
+        for (uint32_t j = 0; j < p[i].nshadow; j++) {
+            if (t != NULL && t->shadow[j]->refs == 1) {
+                p[i].target[j] = t->shadow[j];
+            } else if ((p[i].target[j] = blob_new(nbytes)) == NULL) {
+                unreserve(p, i + 1);
+                free(p);
+                return fail(err, EMAD_ENOMEM, NULL, "out of memory for %llu bytes of shadow",
+                            (unsigned long long)nbytes);
+            }
+        }
+    }
+    for (i = 0; i < n; i++) {
+        tensor *t = p[i].t;
+        item it;
+
+        if (p[i].skipped) {
+            res->ignored++;
+            continue;
+        }
+        if (t == NULL) {
+            memset(&it, 0, sizeof(it));
+            it.name = (char *)in[i].name;
+            it.name_len = in[i].name_len;
+            it.kind = in[i].kind;
+            it.dtype = in[i].as_dtype != EMAD_DTYPE_INVALID ? in[i].as_dtype : in[i].dtype;
+            it.ndim = in[i].ndim;
+            memcpy(it.shape, in[i].shape, sizeof(it.shape));
+            t = tensor_add(m, &it, &p[i]);
+        }
+        for (uint32_t j = 0; j < t->nshadow; j++) {
+            (void)dtype_convert(p[i].target[j]->data, t->sdtype, in[i].data, in[i].dtype,
+                                t->numel);
+            if (p[i].target[j] != t->shadow[j]) {
+                blob_unref(t->shadow[j]);
+                t->shadow[j] = p[i].target[j];
+            }
+        }
+        t->step = step;
+        res->applied++;
+    }
+    free(p);
+    if (step > m->step)
+        m->step = step;
+    m->last_push_ms = now_ms;
+    m->version++;
+    res->step = m->step;
+    return 0;
+}
+
 /* Open transaction by id, or NULL with EMAD_ENOTXN. */
 static txn *
 txn_get(store *s, uint64_t id, store_err *err)
@@ -1502,7 +1629,8 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
                         emaconf_fmt_double(want, sizeof(want), opts->decay), list);
         }
     }
-    if (odt != EMAD_DTYPE_INVALID && odt != EMAD_F32 && odt != EMAD_BF16 && odt != EMAD_F16)
+    if (odt != EMAD_DTYPE_INVALID && odt != VIEW_DTYPE_SHADOW && odt != EMAD_F32 &&
+        odt != EMAD_BF16 && odt != EMAD_F16)
         return fail(err, EMAD_EDTYPE, NULL, "a pull may convert to F32, BF16 or F16, not %s",
                     dtype_name(odt) != NULL ? dtype_name(odt) : "that");
     count = names != NULL ? n : m->ntensors;
@@ -1532,7 +1660,10 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
         vt->name = xstrndup(t->name, t->name_len);
         vt->name_len = t->name_len;
         vt->kind = t->kind;
-        vt->dtype = odt != EMAD_DTYPE_INVALID && dtype_is_float(t->dtype) ? odt : t->dtype;
+        if (odt == VIEW_DTYPE_SHADOW)
+            vt->dtype = t->sdtype;
+        else
+            vt->dtype = odt != EMAD_DTYPE_INVALID && dtype_is_float(t->dtype) ? odt : t->dtype;
         vt->sdtype = t->sdtype;
         vt->averaged = t->averaged;
         vt->ndim = t->ndim;

@@ -84,6 +84,8 @@ typedef struct store_input {
     uint64_t start;  /* first element of the slice */
     uint64_t count;  /* elements in the slice; 0 = the whole tensor (start 0) */
     uint64_t offset; /* transactions only: byte offset of this chunk in the slice */
+    int as_dtype;    /* store_seed() only: the tensor's dtype when data is in another
+                        (its shadow's); EMAD_DTYPE_INVALID: dtype */
 } store_input;
 
 /* Why an operation failed: code, message and (if one) the tensor at fault. */
@@ -196,6 +198,16 @@ int store_push(store *s, const char *model_name, size_t len, uint64_t step, uint
                const store_input *in, size_t n, uint64_t now_ms, store_result *res,
                store_err *err);
 
+/*
+ * Seed a model's shadows: every input (whole tensors) becomes the value of
+ * every shadow of its tensor, converted to the shadow dtype, whatever the
+ * tensor's stored step; the tensor's step becomes `step` and the model's
+ * step at least `step`. Tensors are created as by a first push. Validated
+ * and allocated completely before anything changes.
+ */
+int store_seed(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
+               size_t n, uint64_t now_ms, store_result *res, store_err *err);
+
 /* Open a transaction on a model at step for a writer; *id receives its id. */
 int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
                     uint64_t now_ms, uint64_t *id, store_err *err);
@@ -214,6 +226,9 @@ int store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, 
 
 /* Discard a transaction. EMAD_ENOTXN if it is not open. */
 int store_txn_abort(store *s, uint64_t id, store_err *err);
+
+/* view_options.dtype: every tensor in its shadow's own dtype (full precision). */
+#define VIEW_DTYPE_SHADOW (-1)
 
 /* Which shadow and dtype a view shows. */
 typedef struct view_options {

@@ -95,3 +95,13 @@ stop_daemon() {
     fi
 }
 
+
+# SIGTERM the daemon and require a clean exit (status 0).
+stop_daemon_clean() {
+    kill -0 "$pid" 2>/dev/null || fail "emad died"
+    kill -TERM "$pid"
+    daemon_status=0
+    wait "$pid" || daemon_status=$?
+    pid=
+    [ "$daemon_status" -eq 0 ] || fail "emad exited with status $daemon_status on SIGTERM"
+}

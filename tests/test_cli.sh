@@ -249,10 +249,5 @@ shape_errors=$(counter errors_EMAD_ESHAPE)
 [ "$errors" -ge 13 ] || fail "stats: errors = $errors, expected >= 13"
 [ "$shape_errors" -ge 1 ] || fail "stats: errors_EMAD_ESHAPE = $shape_errors, expected >= 1"
 
-kill -0 "$pid" 2>/dev/null || fail "emad died"
-kill -TERM "$pid"
-daemon_status=0
-wait "$pid" || daemon_status=$?
-pid=
-[ "$daemon_status" -eq 0 ] || fail "emad exited with status $daemon_status on SIGTERM"
+stop_daemon_clean
 echo "test_cli.sh: PASS"

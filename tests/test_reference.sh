@@ -58,10 +58,5 @@ ctl pull ema "$work/again.safetensors" || fail "third emactl pull failed"
 cmp "$work/pulled.safetensors" "$work/again.safetensors" ||
     fail "a push of old step 1 changed the pulled file"
 
-kill -0 "$pid" 2>/dev/null || fail "emad died"
-kill -TERM "$pid"
-daemon_status=0
-wait "$pid" || daemon_status=$?
-pid=
-[ "$daemon_status" -eq 0 ] || fail "emad exited with status $daemon_status on SIGTERM"
+stop_daemon_clean
 echo "test_reference.sh: PASS"

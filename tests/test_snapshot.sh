@@ -12,6 +12,9 @@
 #  5. a failed write (file-size limit): error in stats and from emactl,
 #     the previous snapshot intact and loaded after a restart;
 #  6. --require-snapshot refuses to start on an empty state dir;
+#  8. export writes the same format anywhere; import seeds a new model
+#     that then continues exactly like the original; a plain safetensors
+#     file (a pull) imports too;
 #  7. a bounded kill loop: SIGKILL at random moments during pushes and
 #     100 ms periodic snapshots; each restart must load exactly one
 #     acknowledged step, never a torn model, and leave no temp files.
@@ -47,7 +50,7 @@ create_model() {
 }
 
 mkdir "$work/in" "$work/out"
-py gen "$work/in" 60 424242 || fail "gen"
+py gen "$work/in" 70 424242 || fail "gen"
 
 # ---- 1. round trip and exact continuation ----------------------------------
 start_daemon --snapshot-interval 0
@@ -95,6 +98,41 @@ ctl pull run "$work/out/full.safetensors" --dtype F32 >/dev/null || fail "pull f
 py torch "$newest" "$work/out/full.safetensors" >"$work/torch.out" 2>&1 ||
     fail "snapshot file: $(cat "$work/torch.out")"
 
+# ---- 8. export and import ---------------------------------------------------------
+ctl export run "$work/out/export.safetensors" --decay 0.9 >"$work/export.out" ||
+    fail "export: $(cat "$work/export.out")"
+ctl pull run "$work/out/full09.safetensors" --decay 0.9 --dtype F32 >/dev/null || fail "pull 0.9"
+py torch "$work/out/export.safetensors" "$work/out/full09.safetensors" >"$work/torch.out" 2>&1 ||
+    fail "exported file: $(cat "$work/torch.out")"
+ctl export run "$work/out/export0.safetensors" >/dev/null || fail "export decay 0.99"
+ctl import copy "$work/out/export0.safetensors" >"$work/import.out" ||
+    fail "import: $(cat "$work/import.out")"
+grep -q "at step 60" "$work/import.out" || fail "import said: $(cat "$work/import.out")"
+ctl list copy | grep -q "schedule:          warmup" || fail "import did not take the configuration"
+ctl pull copy "$work/out/copy_seed.safetensors" --dtype F32 >/dev/null || fail "pull copy"
+py same "$work/out/full.safetensors" "$work/out/copy_seed.safetensors" >/dev/null ||
+    fail "the imported shadows differ from the exported ones"
+push_range run 61 70
+push_range copy 61 70
+ctl pull run "$work/out/run70.safetensors" --dtype F32 >/dev/null || fail "pull run 70"
+ctl pull copy "$work/out/copy70.safetensors" --dtype F32 >/dev/null || fail "pull copy 70"
+py same "$work/out/run70.safetensors" "$work/out/copy70.safetensors" >/dev/null ||
+    fail "an imported model does not continue exactly like the original"
+ctl pull run "$work/out/plain.safetensors" >/dev/null || fail "pull plain"
+ctl create plain --decay 0.5 >/dev/null || fail "create plain"
+ctl import plain "$work/out/plain.safetensors" >/dev/null || fail "import of a plain file"
+ctl pull plain "$work/out/plain2.safetensors" >/dev/null || fail "pull plain2"
+py same "$work/out/plain.safetensors" "$work/out/plain2.safetensors" >/dev/null ||
+    fail "a plain file does not import exactly"
+if ctl import nosuch "$work/out/plain.safetensors" >"$work/imp.out" 2>&1; then
+    fail "a plain import into a missing model succeeded"
+fi
+grep -q "EMAD_ENOMODEL" "$work/imp.out" || fail "import said: $(cat "$work/imp.out")"
+ctl drop copy >/dev/null && ctl drop plain >/dev/null || fail "drop"
+[ ! -d "$work/state/snapshots/copy" ] || fail "drop left the snapshots of copy"
+ctl snapshot >/dev/null || fail "snapshot of every model"
+newest=$(ls "$work/state/snapshots/run/"*.d0.safetensors | sort | tail -n 1)
+
 # ---- 3. a flipped byte: fall back to the previous snapshot ---------------------
 ls "$work/state/snapshots/run/"*.d0.safetensors | sort >"$work/files"
 [ "$(wc -l <"$work/files")" -ge 2 ] || fail "expected two kept snapshots, got: $(cat "$work/files")"
@@ -104,10 +142,10 @@ start_daemon --snapshot-interval 0
 grep -q "event=snapshot_broken model=run" "$work/emad.log" || fail "no snapshot_broken in the log"
 [ -f "$newest.broken" ] || fail "$newest was not renamed .broken"
 ctl pull run "$work/out/fallback.safetensors" --dtype F32 >/dev/null || fail "pull after fallback"
-[ "$(py step "$work/out/fallback.safetensors")" = 50 ] ||
-    fail "expected the previous snapshot (step 50) after the fallback"
-py same "$work/out/before.safetensors" "$work/out/fallback.safetensors" >/dev/null ||
-    fail "the fallback state is not the step-50 snapshot"
+[ "$(py step "$work/out/fallback.safetensors")" = 60 ] ||
+    fail "expected the previous snapshot (step 60) after the fallback"
+py same "$work/out/full.safetensors" "$work/out/fallback.safetensors" >/dev/null ||
+    fail "the fallback state is not the step-60 snapshot"
 ctl stats | grep -q "^snapshots_broken 1$" || fail "stats do not count the broken file"
 
 # ---- 5. a failed write keeps the previous snapshot ----------------------------
