@@ -1,26 +1,29 @@
 /*
- * ema.c - the EMA update kernels: the scalar reference for every shadow
- * and value dtype.
+ * ema.c - the EMA update kernels for every shadow and value dtype.
  *
- * Each kernel makes one pass: dst[i] = s - c * (s - v) with s = shadow[i],
- * evaluated as diff = s - v; t = c * diff; dst[i] = s - t, each operation
- * rounded to the shadow's type (this file is built with -ffp-contract=off,
- * so no FMA). That is bit for bit what PyTorch's
+ * Each kernel makes one fused pass: dst[i] = s - c * (s - v) with
+ * s = shadow[i], evaluated as diff = s - v; t = c * diff; dst[i] = s - t,
+ * each operation rounded to the shadow's type (this file is built with
+ * -ffp-contract=off, so no FMA). That is bit for bit what PyTorch's
  * shadow.sub_((1. - decay) * (shadow - param)) computes on float32 tensors.
- * The loops are plain so that the compiler can vectorize them: values are
- * loaded with memcpy (any alignment), dst may be shadow itself or a
- * separate buffer, so only the value pointer is restrict. F16 and BF16
- * values are widened in blocks through dtype_convert() (exact) and then go
- * through the float32 kernel, so there is one conversion routine and one
- * arithmetic routine. The functions touch only their arguments and may
- * run on any thread.
+ * F16 and BF16 values are widened exactly to float32 in the same pass.
+ * Each kernel exists for SSE2, AVX2 and AVX-512 and the best one the CPU
+ * runs is chosen at first use (EMAD_ISA=sse2|avx2|avx512 forces one); all
+ * give the same bits. The functions touch only their arguments and may run
+ * on any thread.
  */
+#include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define EMA_X86 1
+#endif
 
 #include "dtype.h"
 #include "ema.h"
 
-/* Elements of F16/BF16 values widened at a time (a stack buffer of 4 KiB). */
+/* Elements of F16 values widened at a time by the portable kernel (a stack buffer of 4 KiB). */
 #define WIDEN_BLOCK 1024
 
 /* The float32 coefficient c = (float)(1.0 - decay), with the subtraction done in double. */
@@ -30,67 +33,198 @@ ema_coef_f32(double decay)
     return (float)(1.0 - decay);
 }
 
-/* dst[i] = shadow[i] - c * (shadow[i] - value[i]) for n float32 values at any alignment. */
-void
-ema_update_f32(float *dst, const float *shadow, const void *value, size_t n, float c)
-{
-    const unsigned char *restrict v = value;
-
-    for (size_t i = 0; i < n; i++) {
-        float s = shadow[i];
-        float x;
-
-        memcpy(&x, v + i * sizeof(float), sizeof(float));
-        float diff = s - x;
-        float t = c * diff;
-        dst[i] = s - t;
+/*
+ * The kernels, written once as plain loops and compiled once per
+ * instruction set (the target attribute lets GCC vectorize each for SSE2,
+ * AVX2 or AVX-512). Every variant performs the same IEEE operations on
+ * each element, in the same order, with -ffp-contract=off: the results
+ * are bit-identical whichever runs. Values are loaded with memcpy (any
+ * alignment); dst may equal shadow, so only the value pointer is restrict.
+ */
+#define EMA_KERNELS(SFX, TARGET)                                                                   \
+    TARGET static void f32_##SFX(float *dst, const float *shadow, const unsigned char *restrict v, \
+                                 size_t n, float c)                                                \
+    {                                                                                              \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            float s = shadow[i], x;                                                                \
+            memcpy(&x, v + 4 * i, 4);                                                              \
+            float diff = s - x;                                                                    \
+            float t = c * diff;                                                                    \
+            dst[i] = s - t;                                                                        \
+        }                                                                                          \
+    }                                                                                              \
+    TARGET static void bf16_##SFX(float *dst, const float *shadow,                                 \
+                                  const unsigned char *restrict v, size_t n, float c)              \
+    {                                                                                              \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            uint16_t h;                                                                            \
+            uint32_t b;                                                                            \
+            float s = shadow[i], x;                                                                \
+            memcpy(&h, v + 2 * i, 2);                                                              \
+            b = (uint32_t)h << 16; /* BF16 is the top half of a float32: exact */                  \
+            memcpy(&x, &b, 4);                                                                     \
+            float diff = s - x;                                                                    \
+            float t = c * diff;                                                                    \
+            dst[i] = s - t;                                                                        \
+        }                                                                                          \
+    }                                                                                              \
+    TARGET static void f64_##SFX(double *dst, const double *shadow,                                \
+                                 const unsigned char *restrict v, size_t n, double c)              \
+    {                                                                                              \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            double s = shadow[i], x;                                                               \
+            memcpy(&x, v + 8 * i, 8);                                                              \
+            double diff = s - x;                                                                   \
+            double t = c * diff;                                                                   \
+            dst[i] = s - t;                                                                        \
+        }                                                                                          \
     }
-}
 
-/* Float32 update with n values of dtype from (F16 or BF16), widened exactly block by block. */
+EMA_KERNELS(base, )
+
+/* Portable F16: widen a block exactly (dtype_convert), then the float32 kernel. */
 static void
-update_widened(float *dst, const float *shadow, const unsigned char *value, size_t n, float c,
-               int from)
+f16_base(float *dst, const float *shadow, const unsigned char *v, size_t n, float c)
 {
     float buf[WIDEN_BLOCK];
 
     for (size_t off = 0; off < n; off += WIDEN_BLOCK) {
         size_t m = n - off < WIDEN_BLOCK ? n - off : WIDEN_BLOCK;
 
-        (void)dtype_convert(buf, EMAD_F32, value + off * 2, from, m);
-        ema_update_f32(dst + off, shadow + off, buf, m, c);
+        (void)dtype_convert(buf, EMAD_F32, v + off * 2, EMAD_F16, m);
+        f32_base(dst + off, shadow + off, (const unsigned char *)buf, m, c);
     }
+}
+
+#ifdef EMA_X86
+EMA_KERNELS(avx2, __attribute__((target("avx2"))))
+EMA_KERNELS(avx512, __attribute__((target("avx512f,avx512bw"))))
+
+/* F16 with the F16C conversion (exact, like the portable one), 8 lanes at a time. */
+__attribute__((target("avx2,f16c"))) static void
+f16_avx2(float *dst, const float *shadow, const unsigned char *v, size_t n, float c)
+{
+    __m256 vc = _mm256_set1_ps(c);
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(v + 2 * i)));
+        __m256 s = _mm256_loadu_ps(shadow + i);
+        __m256 t = _mm256_mul_ps(vc, _mm256_sub_ps(s, x));
+        _mm256_storeu_ps(dst + i, _mm256_sub_ps(s, t));
+    }
+    if (i < n)
+        f16_base(dst + i, shadow + i, v + 2 * i, n - i, c);
+}
+
+/* F16 with AVX-512's conversion, 16 lanes at a time. */
+__attribute__((target("avx512f,avx512bw"))) static void
+f16_avx512(float *dst, const float *shadow, const unsigned char *v, size_t n, float c)
+{
+    __m512 vc = _mm512_set1_ps(c);
+    size_t i = 0;
+
+    for (; i + 16 <= n; i += 16) {
+        __m512 x =
+            _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(v + 2 * i)));
+        __m512 s = _mm512_loadu_ps(shadow + i);
+        __m512 t = _mm512_mul_ps(vc, _mm512_sub_ps(s, x));
+        _mm512_storeu_ps(dst + i, _mm512_sub_ps(s, t));
+    }
+    if (i < n)
+        f16_base(dst + i, shadow + i, v + 2 * i, n - i, c);
+}
+#endif
+
+/* One instruction set's kernels. */
+typedef struct kernels {
+    const char *name;
+    void (*f32)(float *, const float *, const unsigned char *, size_t, float);
+    void (*bf16)(float *, const float *, const unsigned char *, size_t, float);
+    void (*f16)(float *, const float *, const unsigned char *, size_t, float);
+    void (*f64)(double *, const double *, const unsigned char *, size_t, double);
+} kernels;
+
+static const kernels k_base = {"sse2", f32_base, bf16_base, f16_base, f64_base};
+#ifdef EMA_X86
+static const kernels k_avx2 = {"avx2", f32_avx2, bf16_avx2, f16_avx2, f64_avx2};
+static const kernels k_avx512 = {"avx512", f32_avx512, bf16_avx512, f16_avx512, f64_avx512};
+#endif
+
+/* The kernels in use: chosen on first use (read-only afterwards; a race picks the same). */
+static const kernels *active;
+
+/* The best kernels this CPU runs, or those EMAD_ISA names (if this CPU runs them). */
+static const kernels *
+choose(const char *want)
+{
+#ifdef EMA_X86
+    int has512, has2;
+
+    __builtin_cpu_init();
+    has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    if (want != NULL && strcmp(want, "sse2") == 0)
+        return &k_base;
+    if (want != NULL && strcmp(want, "avx2") == 0 && has2)
+        return &k_avx2;
+    if (has512 && (want == NULL || strcmp(want, "avx512") == 0 || strcmp(want, "auto") == 0))
+        return &k_avx512;
+    if (has2)
+        return &k_avx2;
+#else
+    (void)want;
+#endif
+    return &k_base;
+}
+
+static const kernels *
+get(void)
+{
+    if (active == NULL)
+        active = choose(getenv("EMAD_ISA"));
+    return active;
+}
+
+const char *
+ema_isa(void)
+{
+    return get()->name;
+}
+
+const char *
+ema_set_isa(const char *name)
+{
+    active = choose(name);
+    return active->name;
+}
+
+/* dst[i] = shadow[i] - c * (shadow[i] - value[i]); value is F32 (unaligned ok). */
+void
+ema_update_f32(float *dst, const float *shadow, const void *value, size_t n, float c)
+{
+    get()->f32(dst, shadow, value, n, c);
 }
 
 /* Float32 update with n F16 values at any alignment. */
 void
 ema_update_f16(float *dst, const float *shadow, const void *value, size_t n, float c)
 {
-    update_widened(dst, shadow, value, n, c, EMAD_F16);
+    get()->f16(dst, shadow, value, n, c);
 }
 
 /* Float32 update with n BF16 values at any alignment. */
 void
 ema_update_bf16(float *dst, const float *shadow, const void *value, size_t n, float c)
 {
-    update_widened(dst, shadow, value, n, c, EMAD_BF16);
+    get()->bf16(dst, shadow, value, n, c);
 }
 
 /* dst[i] = shadow[i] - c * (shadow[i] - value[i]) in float64 for n values at any alignment. */
 void
 ema_update_f64(double *dst, const double *shadow, const void *value, size_t n, double c)
 {
-    const unsigned char *restrict v = value;
-
-    for (size_t i = 0; i < n; i++) {
-        double s = shadow[i];
-        double x;
-
-        memcpy(&x, v + i * sizeof(double), sizeof(double));
-        double diff = s - x;
-        double t = c * diff;
-        dst[i] = s - t;
-    }
+    get()->f64(dst, shadow, value, n, c);
 }
 
 /*

@@ -20,6 +20,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * Name of the instruction set the kernels use ("sse2", "avx2", "avx512"):
+ * the best the CPU runs, or the one the environment variable EMAD_ISA
+ * names. ema_set_isa() switches (tests, benchmarks; not thread-safe) and
+ * returns the name in effect (a set the CPU lacks falls back).
+ */
+const char *ema_isa(void);
+const char *ema_set_isa(const char *name);
+
 /* The float32 coefficient c for a decay, as described above. */
 float ema_coef_f32(double decay);
 

@@ -546,6 +546,57 @@ check_against_numpy(unsigned seed, size_t n, size_t steps, double decay, int dty
     free(dir);
 }
 
+/* Every instruction set gives the bits of the portable kernel: odd lengths, unaligned, specials. */
+START_TEST(test_ema_every_isa_gives_the_same_bits)
+{
+    enum { N = 4099 };
+    static const char *const isas[] = {"sse2", "avx2", "avx512"};
+    static const int dtypes[] = {EMAD_F32, EMAD_BF16, EMAD_F16, EMAD_F64};
+    unsigned char *val = malloc(8 * N + 1), *sh = malloc(8 * N), *ref = malloc(8 * N),
+                  *out = malloc(8 * N);
+    const char *before = ema_isa();
+    uint64_t rng = 20261124;
+
+    for (size_t i = 0; i < 8 * N + 1; i++)
+        val[i] = (unsigned char)tu_rand(&rng); /* includes NaN, Inf and subnormal bit patterns */
+    for (size_t d = 0; d < sizeof(dtypes) / sizeof(dtypes[0]); d++) {
+        int dt = dtypes[d];
+        size_t ssz = dt == EMAD_F64 ? 8 : 4;
+
+        /* Shadows: finite values from random values, plus specials at fixed places. */
+        for (size_t i = 0; i < N; i++) {
+            if (ssz == 4) {
+                float f = (float)((int)(tu_rand(&rng) % 20001) - 10000) / 77.0f;
+                memcpy(sh + 4 * i, &f, 4);
+            } else {
+                double f = (double)((int)(tu_rand(&rng) % 20001) - 10000) / 77.0;
+                memcpy(sh + 8 * i, &f, 8);
+            }
+        }
+        for (size_t k = 0; k < sizeof(isas) / sizeof(isas[0]); k++) {
+            ema_set_isa(isas[k]);
+            /* value at an odd address: unaligned for every dtype */
+            ck_assert_int_eq(ema_update(out, sh, val + 1, dt, N, 0.999), 0);
+            if (k == 0)
+                memcpy(ref, out, ssz * N);
+            else
+                ck_assert_msg(memcmp(ref, out, ssz * N) == 0, "%s differs from sse2 for dtype %d",
+                              ema_isa(), dt);
+            /* In place: the same bits again. */
+            memcpy(out, sh, ssz * N);
+            ck_assert_int_eq(ema_update(out, out, val + 1, dt, N, 0.999), 0);
+            ck_assert_msg(memcmp(ref, out, ssz * N) == 0, "%s in place differs for dtype %d",
+                          ema_isa(), dt);
+        }
+    }
+    ema_set_isa(before);
+    free(val);
+    free(sh);
+    free(ref);
+    free(out);
+}
+END_TEST
+
 START_TEST(test_ema_f32_matches_numpy_reference_over_1000_steps)
 {
     check_against_numpy(1, 1031, 1000, 0.999, EMAD_F32);
@@ -595,6 +646,7 @@ ema_suite(void)
     tcase_add_test(tc, test_ema_zero_elements_write_nothing);
     tcase_add_test(tc, test_ema_init_converts_values_to_the_shadow_dtype);
     tcase_add_test(tc, test_ema_rejects_non_float_dtypes_and_writes_nothing);
+    tcase_add_test(tc, test_ema_every_isa_gives_the_same_bits);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
 
