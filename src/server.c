@@ -14,6 +14,7 @@
  * the shadow into the message.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +79,8 @@ struct server {
     persist *persist; /* NULL without --state-dir */
     int stopping;     /* SIGTERM seen: writing snapshots before closing */
     uint64_t start_ms;
+    uint64_t last_request_ms; /* for giving freed memory back when idle */
+    int trimmed;
     uint64_t counters[C_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
     uint64_t err_counts[ERR_LAST - ERR_FIRST + 1];
@@ -1413,6 +1416,8 @@ on_readable(uv_poll_t *h, int status, int events)
         }
         handle(srv, body, (size_t)n, &ctrl, NULL, NULL);
         nn_freemsg(body);
+        srv->last_request_ms = uv_now(srv->loop);
+        srv->trimmed = 0;
         if (ctrl != NULL)
             nn_freemsg(ctrl);
     }
@@ -1438,6 +1443,11 @@ on_timer(uv_timer_t *h)
         log_info("event=session_expired count=%llu", (unsigned long long)views);
     srv->counters[C_TXN_EXPIRED] += txns;
     srv->counters[C_SESSIONS_EXPIRED] += views;
+    /* Idle for a second: give the heap's free memory back to the system. */
+    if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= 1000) {
+        (void)malloc_trim(0);
+        srv->trimmed = 1;
+    }
 }
 
 /* Every changed model is durable after SIGTERM: close. */
