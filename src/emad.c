@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "ema.h"
 #include "log.h"
 #include "proto.h"
 #include "server.h"
@@ -283,10 +284,11 @@ main(int argc, char **argv)
         return 1;
     }
     log_info("event=started version=%s protocol=%d max_message_bytes=%llu txn_timeout_ms=%llu "
-             "state_dir=%s snapshot_interval_ms=%llu snapshot_keep=%zu pid=%d",
+             "state_dir=%s snapshot_interval_ms=%llu snapshot_keep=%zu kernels=%s pid=%d",
              PACKAGE_VERSION, PROTO_VERSION, (unsigned long long)cfg.max_message_bytes,
              (unsigned long long)cfg.txn_timeout_ms, cfg.state_dir != NULL ? cfg.state_dir : "-",
-             (unsigned long long)cfg.snapshot_interval_ms, cfg.snapshot_keep, (int)getpid());
+             (unsigned long long)cfg.snapshot_interval_ms, cfg.snapshot_keep, ema_isa(),
+             (int)getpid());
 
     uv_run(&loop, UV_RUN_DEFAULT);
 
