@@ -1,0 +1,165 @@
+/*
+ * bench_small.c - many small tensors: one push of 2,000 float32 tensors of
+ * 256 elements (a transformer's LayerNorm weights and biases), repeated,
+ * against a daemon started here; then 16 clients pushing such models
+ * concurrently (each to its own model).
+ *
+ * Prints per-push latency p50/p99, tensors applied per second, and the
+ * aggregate requests/s of the 16 clients. Everything on 127.0.0.1.
+ *
+ *     bench_small --emad PATH [--pushes N] [--clients C]
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "emad.h"
+
+#define NTENSORS 2000
+#define NELEM 256
+
+static char url[64];
+static int pushes = 200;
+
+static double
+now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* A model of NTENSORS small tensors with names and data. */
+typedef struct small_model {
+    emad_tensor t[NTENSORS];
+    char names[NTENSORS][32];
+    float data[NTENSORS][NELEM];
+} small_model;
+
+static void
+model_init(small_model *m)
+{
+    for (int i = 0; i < NTENSORS; i++) {
+        snprintf(m->names[i], sizeof(m->names[i]), "layer%d.norm.%s", i / 2,
+                 i % 2 ? "bias" : "weight");
+        for (int k = 0; k < NELEM; k++)
+            m->data[i][k] = (float)(i + k) * 0.001f;
+        memset(&m->t[i], 0, sizeof(m->t[i]));
+        m->t[i].name = m->names[i];
+        m->t[i].kind = EMAD_PARAM;
+        m->t[i].dtype = EMAD_F32;
+        m->t[i].ndim = 1;
+        m->t[i].shape[0] = NELEM;
+        m->t[i].data = m->data[i];
+        m->t[i].nbytes = sizeof(m->data[i]);
+    }
+}
+
+/* Push `pushes` steps of a small model to `name`; latencies (seconds) into lat if not NULL. */
+static int
+push_loop(const char *name, double *lat)
+{
+    small_model *m = malloc(sizeof(*m));
+    emad_client *c = NULL;
+    int rc;
+
+    if (m == NULL)
+        return -1;
+    model_init(m);
+    if ((rc = emad_connect(&c, url, NULL)) != 0 || (rc = emad_create(c, name, 0.999, 1)) != 0) {
+        fprintf(stderr, "bench_small: %s: %s\n", name, emad_strerror(rc));
+        emad_close(c);
+        free(m);
+        return -1;
+    }
+    for (int s = 1; s <= pushes; s++) {
+        double t0 = now();
+        if ((rc = emad_push(c, name, (uint64_t)s, m->t, NTENSORS, NULL)) != 0) {
+            fprintf(stderr, "bench_small: push: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
+            break;
+        }
+        if (lat != NULL)
+            lat[s - 1] = now() - t0;
+    }
+    emad_close(c);
+    free(m);
+    return rc;
+}
+
+static void *
+client_main(void *arg)
+{
+    char name[32];
+
+    snprintf(name, sizeof(name), "small%ld", (long)(intptr_t)arg);
+    return (void *)(intptr_t)push_loop(name, NULL);
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *emad = NULL;
+    int clients = 16, port;
+    pid_t pid;
+    double *lat, t0, el;
+    pthread_t th[64];
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--emad") == 0 && i + 1 < argc)
+            emad = argv[++i];
+        else if (strcmp(argv[i], "--pushes") == 0 && i + 1 < argc)
+            pushes = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--clients") == 0 && i + 1 < argc)
+            clients = atoi(argv[++i]);
+        else
+            emad = NULL, i = argc;
+    }
+    if (emad == NULL || pushes < 2 || clients < 1 || clients > 64) {
+        fprintf(stderr, "usage: bench_small --emad PATH [--pushes N>=2] [--clients 1..64]\n");
+        return 2;
+    }
+    srand((unsigned)getpid());
+    port = 20000 + rand() % 20000;
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+    if ((pid = fork()) == 0) {
+        execl(emad, emad, "--listen", url, "--log-level", "error", (char *)NULL);
+        _exit(127);
+    }
+    usleep(300000);
+    lat = calloc((size_t)pushes, sizeof(*lat));
+    if (push_loop("small", lat) != 0) {
+        kill(pid, SIGKILL);
+        return 1;
+    }
+    qsort(lat, (size_t)pushes, sizeof(*lat), cmp_double);
+    printf("bench_small: one push of %d float32 tensors x %d elements (%zu KiB), %d pushes\n",
+           NTENSORS, NELEM, (size_t)NTENSORS * NELEM * 4 / 1024, pushes);
+    printf("  latency p50 %.2f ms, p99 %.2f ms; %.0f tensors applied/s (at p50)\n",
+           lat[pushes / 2] * 1e3, lat[(pushes * 99) / 100] * 1e3, NTENSORS / lat[pushes / 2]);
+    t0 = now();
+    for (long i = 0; i < clients; i++)
+        pthread_create(&th[i], NULL, client_main, (void *)(intptr_t)i);
+    for (int i = 0; i < clients; i++)
+        pthread_join(th[i], NULL);
+    el = now() - t0;
+    printf("  %d concurrent clients (own model each): %.0f pushes/s aggregate, %.0f tensors/s\n",
+           clients, clients * pushes / el, (double)clients * pushes * NTENSORS / el);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    free(lat);
+    return 0;
+}
