@@ -433,8 +433,8 @@ config_option(ctl *g, args *a, const char *opt, emad_model_config *cfg, int *sta
         const char **p = copy ? cfg->copy : cfg->ignore;
         v = opt_value(a, opt);
         if (v == NULL || *v == '\0' || strlen(v) > EMAD_MAX_GLOB_BYTES) {
-            *status = usage_error(g, "%s needs a pattern of 1 to %d bytes", copy ? "--copy" : "--ignore",
-                                  EMAD_MAX_GLOB_BYTES);
+            *status = usage_error(g, "%s needs a pattern of 1 to %d bytes",
+                                  copy ? "--copy" : "--ignore", EMAD_MAX_GLOB_BYTES);
             return -1;
         }
         if (*n == EMAD_MAX_GLOBS) {
@@ -1001,8 +1001,7 @@ cmd_import(ctl *g, const command *self, int argc, char **argv)
         if (bf != NULL)
             add_tensors(t, &n, bf, EMAD_BUFFER);
     }
-    if (sf != NULL && (rc = emad_create_config(c, model, &sf->cfg, 1)) != 0 &&
-        rc != EMAD_EEXIST) {
+    if (sf != NULL && (rc = emad_create_config(c, model, &sf->cfg, 1)) != 0 && rc != EMAD_EEXIST) {
         status = fail_rc(g, c, rc);
         goto out;
     }
@@ -1382,13 +1381,13 @@ static const command commands[] = {
      "  --writers N           a step is visible when N writers pushed it (default 1)\n"
      "With --exist-ok an existing model with the same configuration is not an error.\n",
      cmd_create},
-    {"configure", "configure MODEL [--decay D[,D2...]] [--schedule S] [--update-after-step N]\n"
+    {"configure",
+     "configure MODEL [--decay D[,D2...]] [--schedule S] [--update-after-step N]\n"
      "              [--inv-gamma X] [--power P] [--min-decay M] [--step-gap G] [--nonfinite P]",
      "Change a live model's decays (same number of them) and schedule options; they\n"
      "apply from the next push on. Without options, print the configuration.\n",
      cmd_configure},
-    {"push",
-     "push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] [--shard K/N]",
+    {"push", "push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] [--shard K/N]",
      "Push the tensors of PARAMS as parameters (averaged; F32, F16, BF16 or F64)\n"
      "and those of BUFFERS as buffers (copied; any dtype) at training step N\n"
      "(0 <= N < 2^64). Tensors whose stored step is >= N are left alone and\n"

@@ -1099,8 +1099,8 @@ push_validate(emad_client *c, const char *model, const emad_tensor *tensors, siz
             break;
         }
         if (b->offset < a->offset + a->count) {
-            rc = fail(c, EMAD_EOVERLAP, "tensor '%.200s': slices at %llu and %llu overlap",
-                      b->name, (unsigned long long)a->offset, (unsigned long long)b->offset);
+            rc = fail(c, EMAD_EOVERLAP, "tensor '%.200s': slices at %llu and %llu overlap", b->name,
+                      (unsigned long long)a->offset, (unsigned long long)b->offset);
             break;
         }
     }
@@ -1304,8 +1304,8 @@ emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
           const int *as_dtypes, size_t n, emad_push_result *res)
 {
     emad_push_result local;
-    push_req q = {.model = model, .step = step, .seed = 1, .as_dtypes = as_dtypes,
-                  .tensors = tensors};
+    push_req q = {
+        .model = model, .step = step, .seed = 1, .as_dtypes = as_dtypes, .tensors = tensors};
     push_item *items;
     size_t i = 0;
     reply r;
@@ -1752,7 +1752,8 @@ check_pull_options(emad_client *c, const emad_pull_options *o)
         return fail(c, EMAD_ERANGE, "pull: decay %g is not in [0, 1]", o->decay);
     if (o->dtype != EMAD_DTYPE_INVALID && o->dtype != EMAD_PULL_SHADOW && o->dtype != EMAD_F32 &&
         o->dtype != EMAD_BF16 && o->dtype != EMAD_F16)
-        return fail(c, EMAD_EDTYPE, "pull: output dtype must be F32, BF16, F16 or EMAD_PULL_SHADOW");
+        return fail(c, EMAD_EDTYPE,
+                    "pull: output dtype must be F32, BF16, F16 or EMAD_PULL_SHADOW");
     return 0;
 }
 

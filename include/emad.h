@@ -53,38 +53,38 @@ extern "C" {
 /* Error codes. The daemon sends the positive value on the wire. */
 enum {
     EMAD_OK = 0,
-    EMAD_EMALFORMED = -1001,   /* request is not a valid message */
-    EMAD_EVERSION = -1002,     /* protocol version not supported */
-    EMAD_EOP = -1003,          /* unknown operation */
-    EMAD_EDTYPE = -1004,       /* unknown or unsuitable dtype */
-    EMAD_ESIZE = -1005,        /* data length does not match shape and dtype */
-    EMAD_ENAME = -1006,        /* empty, over-long or invalid name */
-    EMAD_ESHAPE = -1007,       /* shape differs from the stored tensor */
-    EMAD_EKIND = -1008,        /* kind (param/buffer) differs from the stored tensor */
-    EMAD_ELIMIT = -1009,       /* a documented limit was exceeded */
-    EMAD_ENOMODEL = -1010,     /* no such model */
-    EMAD_EEXIST = -1011,       /* model exists with a different configuration */
-    EMAD_ENOTENSOR = -1012,    /* no such tensor */
-    EMAD_ENOTXN = -1013,       /* no such transaction (unknown, expired or finished) */
-    EMAD_EINCOMPLETE = -1014,  /* commit of a transaction with missing chunks */
-    EMAD_EDUP = -1015,         /* the same tensor twice in one push */
-    EMAD_ERANGE = -1016,       /* a value is out of its allowed range */
-    EMAD_ENOSESSION = -1017,   /* no such pull session (unknown or expired) */
-    EMAD_ENOMEM = -1018,       /* out of memory */
-    EMAD_EINTERNAL = -1019,    /* internal error */
-    EMAD_EORDER = -1020,       /* transaction chunk out of order */
-    EMAD_ENONFINITE = -1021,   /* NaN or Inf in a tensor that is averaged */
-    EMAD_EOVERLAP = -1022,     /* a slice overlaps another slice of the same tensor and step */
-    EMAD_EIMMUTABLE = -1023,   /* option cannot change on an existing model */
-    EMAD_ENOSTATE = -1024,     /* the daemon runs without --state-dir */
-    EMAD_ESNAPSHOT = -1025,    /* a snapshot could not be written (disk full, permissions) */
+    EMAD_EMALFORMED = -1001,  /* request is not a valid message */
+    EMAD_EVERSION = -1002,    /* protocol version not supported */
+    EMAD_EOP = -1003,         /* unknown operation */
+    EMAD_EDTYPE = -1004,      /* unknown or unsuitable dtype */
+    EMAD_ESIZE = -1005,       /* data length does not match shape and dtype */
+    EMAD_ENAME = -1006,       /* empty, over-long or invalid name */
+    EMAD_ESHAPE = -1007,      /* shape differs from the stored tensor */
+    EMAD_EKIND = -1008,       /* kind (param/buffer) differs from the stored tensor */
+    EMAD_ELIMIT = -1009,      /* a documented limit was exceeded */
+    EMAD_ENOMODEL = -1010,    /* no such model */
+    EMAD_EEXIST = -1011,      /* model exists with a different configuration */
+    EMAD_ENOTENSOR = -1012,   /* no such tensor */
+    EMAD_ENOTXN = -1013,      /* no such transaction (unknown, expired or finished) */
+    EMAD_EINCOMPLETE = -1014, /* commit of a transaction with missing chunks */
+    EMAD_EDUP = -1015,        /* the same tensor twice in one push */
+    EMAD_ERANGE = -1016,      /* a value is out of its allowed range */
+    EMAD_ENOSESSION = -1017,  /* no such pull session (unknown or expired) */
+    EMAD_ENOMEM = -1018,      /* out of memory */
+    EMAD_EINTERNAL = -1019,   /* internal error */
+    EMAD_EORDER = -1020,      /* transaction chunk out of order */
+    EMAD_ENONFINITE = -1021,  /* NaN or Inf in a tensor that is averaged */
+    EMAD_EOVERLAP = -1022,    /* a slice overlaps another slice of the same tensor and step */
+    EMAD_EIMMUTABLE = -1023,  /* option cannot change on an existing model */
+    EMAD_ENOSTATE = -1024,    /* the daemon runs without --state-dir */
+    EMAD_ESNAPSHOT = -1025,   /* a snapshot could not be written (disk full, permissions) */
     /* Client-side only. */
-    EMAD_ETIMEDOUT = -1101,    /* no reply within the timeout */
-    EMAD_ECONNECT = -1102,     /* cannot open or connect the socket */
-    EMAD_EPROTO = -1103,       /* the daemon's reply could not be understood */
-    EMAD_EINVAL = -1104,       /* invalid argument */
-    EMAD_EFORMAT = -1105,      /* malformed safetensors file */
-    EMAD_EIO = -1106,          /* file I/O error */
+    EMAD_ETIMEDOUT = -1101, /* no reply within the timeout */
+    EMAD_ECONNECT = -1102,  /* cannot open or connect the socket */
+    EMAD_EPROTO = -1103,    /* the daemon's reply could not be understood */
+    EMAD_EINVAL = -1104,    /* invalid argument */
+    EMAD_EFORMAT = -1105,   /* malformed safetensors file */
+    EMAD_EIO = -1106,       /* file I/O error */
 };
 
 /* Tensor kinds. */
@@ -146,20 +146,20 @@ enum emad_nonfinite {
  * emad_config_free()).
  */
 typedef struct emad_model_config {
-    size_t ndecays;                    /* 1..EMAD_MAX_DECAYS */
-    double decays[EMAD_MAX_DECAYS];    /* each in [0, 1]; the first is the default for pulls */
-    int schedule;                      /* enum emad_schedule */
-    uint64_t update_after_step;        /* pushes at steps <= this copy instead of average */
-    double inv_gamma;                  /* warmup: > 0, default 1 */
-    double power;                      /* warmup: > 0, default 2/3 */
-    double min_decay;                  /* lower clamp of scheduled decays, default 0 */
-    int step_gap;                      /* enum emad_step_gap */
-    int buffers;                       /* enum emad_buffers */
-    int nonfinite;                     /* enum emad_nonfinite */
-    uint32_t writers;                  /* 1..EMAD_MAX_WRITERS, default 1 */
-    size_t ncopy;                      /* tensors matching these are copied, not averaged */
-    const char *copy[EMAD_MAX_GLOBS];  /* fnmatch(3) patterns, no flags */
-    size_t nignore;                    /* tensors matching these are accepted, not stored */
+    size_t ndecays;                   /* 1..EMAD_MAX_DECAYS */
+    double decays[EMAD_MAX_DECAYS];   /* each in [0, 1]; the first is the default for pulls */
+    int schedule;                     /* enum emad_schedule */
+    uint64_t update_after_step;       /* pushes at steps <= this copy instead of average */
+    double inv_gamma;                 /* warmup: > 0, default 1 */
+    double power;                     /* warmup: > 0, default 2/3 */
+    double min_decay;                 /* lower clamp of scheduled decays, default 0 */
+    int step_gap;                     /* enum emad_step_gap */
+    int buffers;                      /* enum emad_buffers */
+    int nonfinite;                    /* enum emad_nonfinite */
+    uint32_t writers;                 /* 1..EMAD_MAX_WRITERS, default 1 */
+    size_t ncopy;                     /* tensors matching these are copied, not averaged */
+    const char *copy[EMAD_MAX_GLOBS]; /* fnmatch(3) patterns, no flags */
+    size_t nignore;                   /* tensors matching these are accepted, not stored */
     const char *ignore[EMAD_MAX_GLOBS];
 } emad_model_config;
 
@@ -180,7 +180,7 @@ typedef struct emad_tensor {
     uint64_t shape[EMAD_MAX_NDIM];
     void *data;
     uint64_t nbytes;
-    uint64_t step; /* pull: training step of the tensor's last update */
+    uint64_t step;   /* pull: training step of the tensor's last update */
     uint64_t offset; /* push: first element of a slice */
     uint64_t count;  /* push: elements in the slice; 0 = the whole tensor */
 } emad_tensor;
@@ -296,8 +296,8 @@ EMAD_EXTERN void emad_config_init(emad_model_config *cfg);
  * exist_ok, an existing model with the same configuration is not an error;
  * a different configuration is EMAD_EEXIST either way.
  */
-EMAD_EXTERN int emad_create_config(emad_client *c, const char *model,
-                                   const emad_model_config *cfg, int exist_ok);
+EMAD_EXTERN int emad_create_config(emad_client *c, const char *model, const emad_model_config *cfg,
+                                   int exist_ok);
 
 /*
  * Change a live model's decays (same count) and schedule options
@@ -378,8 +378,8 @@ EMAD_EXTERN int emad_pull_into(emad_client *c, const char *model, emad_tensor *t
 /* emad_pull() and emad_pull_into() with options (opts NULL: defaults). */
 EMAD_EXTERN int emad_pull_ex(emad_client *c, const char *model, const char *const *names,
                              size_t n_names, const emad_pull_options *opts, emad_model **out);
-EMAD_EXTERN int emad_pull_into_ex(emad_client *c, const char *model, emad_tensor *tensors,
-                                  size_t n, const emad_pull_options *opts, uint64_t *step);
+EMAD_EXTERN int emad_pull_into_ex(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                                  const emad_pull_options *opts, uint64_t *step);
 
 EMAD_EXTERN void emad_model_free(emad_model *m);
 

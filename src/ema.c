@@ -125,8 +125,7 @@ f16_avx512(float *dst, const float *shadow, const unsigned char *v, size_t n, fl
     size_t i = 0;
 
     for (; i + 16 <= n; i += 16) {
-        __m512 x =
-            _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(v + 2 * i)));
+        __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(v + 2 * i)));
         __m512 s = _mm512_loadu_ps(shadow + i);
         __m512 t = _mm512_mul_ps(vc, _mm512_sub_ps(s, x));
         _mm512_storeu_ps(dst + i, _mm512_sub_ps(s, t));

@@ -315,7 +315,8 @@ get_enum(const msgpack_object *map, const char *key, int *v, char *why, size_t s
         const char *const *names = option_names(key, &n);
         int off = snprintf(why, size, "%s must be", key);
         for (size_t i = 0; i < n && off > 0 && (size_t)off < size; i++)
-            off += snprintf(why + off, size - (size_t)off, "%s%s", i == 0 ? " " : (i + 1 == n ? " or " : ", "), names[i]);
+            off += snprintf(why + off, size - (size_t)off, "%s%s",
+                            i == 0 ? " " : (i + 1 == n ? " or " : ", "), names[i]);
         return EMAD_ERANGE;
     }
     *v = e;
@@ -375,8 +376,7 @@ emaconf_unpack(const msgpack_object *map, emad_model_config *cfg, emaconf_string
             return EMAD_EMALFORMED;
         }
         if (o->via.array.size < 1 || o->via.array.size > EMAD_MAX_DECAYS) {
-            snprintf(why, size, "decays: 1..%d values, not %u", EMAD_MAX_DECAYS,
-                     o->via.array.size);
+            snprintf(why, size, "decays: 1..%d values, not %u", EMAD_MAX_DECAYS, o->via.array.size);
             return EMAD_ERANGE;
         }
         for (uint32_t i = 0; i < o->via.array.size; i++) {

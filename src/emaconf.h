@@ -40,7 +40,8 @@ void emaconf_free(emad_model_config *cfg);
  * the options that cannot change on a live model are compared (buffers,
  * writers, copy, ignore and the number of decays).
  */
-const char *emaconf_diff(const emad_model_config *a, const emad_model_config *b, int immutable_only);
+const char *emaconf_diff(const emad_model_config *a, const emad_model_config *b,
+                         int immutable_only);
 
 /* Option names. */
 const char *emaconf_schedule_name(int v);

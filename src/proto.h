@@ -60,8 +60,7 @@ const struct msgpack_object *proto_map_get(const struct msgpack_object *map, con
  * malloc'd printf message and return code: the error-message convention of
  * the file and startup functions.
  */
-__attribute__((format(printf, 3, 4))) int proto_cause(char **cause, int code, const char *fmt,
-                                                      ...);
+__attribute__((format(printf, 3, 4))) int proto_cause(char **cause, int code, const char *fmt, ...);
 
 /* A msgpack float32, float64 or integer as a double: 0, or -1 if o is not a number. */
 int proto_number(const struct msgpack_object *o, double *v);

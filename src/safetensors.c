@@ -147,7 +147,7 @@ parse_meta(st_file *f, json_t *obj, char **cause)
 
     if (!json_is_object(obj))
         return proto_cause(cause, EMAD_EFORMAT,
-                         "__metadata__ is not an object (it must map strings to strings)");
+                           "__metadata__ is not an object (it must map strings to strings)");
     if (json_object_size(obj) == 0)
         return 0;
     f->meta = calloc(json_object_size(obj), sizeof(*f->meta));
@@ -159,9 +159,9 @@ parse_meta(st_file *f, json_t *obj, char **cause)
 
         if (!json_is_string(val))
             return proto_cause(cause, EMAD_EFORMAT,
-                             "__metadata__ key '%s': value is not a string (metadata maps "
-                             "strings to strings)",
-                             quote(q, sizeof(q), key));
+                               "__metadata__ key '%s': value is not a string (metadata maps "
+                               "strings to strings)",
+                               quote(q, sizeof(q), key));
         m->key = strdup(key);
         m->value = strdup(json_string_value(val));
         f->nmeta++;
@@ -184,17 +184,17 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
     quote(q, sizeof(q), t->name);
     if (!json_is_object(obj))
         return proto_cause(cause, EMAD_EFORMAT,
-                         "tensor '%s': entry is not an object with dtype, shape and data_offsets",
-                         q);
+                           "tensor '%s': entry is not an object with dtype, shape and data_offsets",
+                           q);
     json_object_foreach(obj, key, val)
     {
         if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
             strcmp(key, "data_offsets") != 0) {
             char k[QUOTE_MAX + 8];
             return proto_cause(cause, EMAD_EFORMAT,
-                             "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
-                             "shape and data_offsets)",
-                             q, quote(k, sizeof(k), key));
+                               "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
+                               "shape and data_offsets)",
+                               q, quote(k, sizeof(k), key));
         }
     }
     if ((dtype = json_object_get(obj, "dtype")) == NULL)
@@ -210,47 +210,47 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
     if (t->dtype == EMAD_DTYPE_INVALID) {
         char d[QUOTE_MAX + 8];
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
-                         quote(d, sizeof(d), json_string_value(dtype)));
+                           quote(d, sizeof(d), json_string_value(dtype)));
     }
 
     if (!json_is_array(shape))
         return proto_cause(cause, EMAD_EFORMAT,
-                         "tensor '%s': shape is not an array of non-negative integers", q);
+                           "tensor '%s': shape is not an array of non-negative integers", q);
     ndim = json_array_size(shape);
     if (ndim > EMAD_MAX_NDIM)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
-                         ndim, EMAD_MAX_NDIM);
+                           "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
+                           ndim, EMAD_MAX_NDIM);
     t->ndim = (uint32_t)ndim;
     for (size_t i = 0; i < ndim; i++) {
         if (json_uint(json_array_get(shape, i), &t->shape[i]) < 0)
             return proto_cause(cause, EMAD_EFORMAT,
-                             "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
+                               "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
     }
 
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         json_uint(json_array_get(offs, 0), &begin) < 0 ||
         json_uint(json_array_get(offs, 1), &end) < 0)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "tensor '%s': data_offsets is not an array of two non-negative "
-                         "integers [BEGIN, END]",
-                         q);
+                           "tensor '%s': data_offsets is not an array of two non-negative "
+                           "integers [BEGIN, END]",
+                           q);
     if (end < begin)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
-                         (unsigned long long)begin, (unsigned long long)end);
+                           "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
+                           (unsigned long long)begin, (unsigned long long)end);
 
     shape_str(sh, sizeof(sh), t->shape, t->ndim);
     if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) < 0)
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
-                         dtype_name(t->dtype));
+                           dtype_name(t->dtype));
     if (end - begin != nbytes)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
-                         "%s needs %llu",
-                         q, (unsigned long long)begin, (unsigned long long)end,
-                         (unsigned long long)(end - begin), sh, dtype_name(t->dtype),
-                         (unsigned long long)nbytes);
+                           "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
+                           "%s needs %llu",
+                           q, (unsigned long long)begin, (unsigned long long)end,
+                           (unsigned long long)(end - begin), sh, dtype_name(t->dtype),
+                           (unsigned long long)nbytes);
     t->offset = begin;
     t->nbytes = nbytes;
     return 0;
@@ -286,33 +286,35 @@ check_layout(const st_file *f, size_t data_len, char **cause)
         quote(q, sizeof(q), t->name);
         if (i == 0 && b != 0)
             return proto_cause(cause, EMAD_EFORMAT,
-                             "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
-                             "first tensor must begin at byte 0 of the data buffer)",
-                             q, b, e);
+                               "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
+                               "first tensor must begin at byte 0 of the data buffer)",
+                               q, b, e);
         if (i > 0 && b > pos)
             return proto_cause(cause, EMAD_EFORMAT,
-                             "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
-                             "after tensor '%s', which ends at %llu",
-                             q, b, e, b - (unsigned long long)pos,
-                             quote(p, sizeof(p), f->tensors[i - 1].name), (unsigned long long)pos);
+                               "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
+                               "after tensor '%s', which ends at %llu",
+                               q, b, e, b - (unsigned long long)pos,
+                               quote(p, sizeof(p), f->tensors[i - 1].name),
+                               (unsigned long long)pos);
         if (i > 0 && b < pos)
             return proto_cause(cause, EMAD_EFORMAT,
-                             "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
-                             "ends at %llu",
-                             q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
-                             (unsigned long long)pos);
+                               "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
+                               "ends at %llu",
+                               q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
+                               (unsigned long long)pos);
         pos = e;
     }
     if (pos > data_len)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "file is truncated: the tensors end at byte %llu of the data buffer but "
-                         "only %zu bytes follow the header",
-                         (unsigned long long)pos, data_len);
+                           "file is truncated: the tensors end at byte %llu of the data buffer but "
+                           "only %zu bytes follow the header",
+                           (unsigned long long)pos, data_len);
     if (pos < data_len)
-        return proto_cause(cause, EMAD_EFORMAT,
-                         "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
-                         "of the data buffer, which holds %zu bytes)",
-                         (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
+        return proto_cause(
+            cause, EMAD_EFORMAT,
+            "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
+            "of the data buffer, which holds %zu bytes)",
+            (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
     return 0;
 }
 
@@ -334,24 +336,25 @@ parse_map(st_file *f, char **cause)
 
     if (f->map_len < 8)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "file is %zu bytes, too short for the 8-byte header length", f->map_len);
+                           "file is %zu bytes, too short for the 8-byte header length", f->map_len);
     n = load_le64(map);
     if (n > ST_MAX_HEADER)
         return proto_cause(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
-                         (unsigned long long)n, ST_MAX_HEADER);
+                           (unsigned long long)n, ST_MAX_HEADER);
     if (n > f->map_len - 8)
-        return proto_cause(cause, EMAD_EFORMAT,
-                         "file is truncated: header length %llu exceeds the %zu bytes that follow "
-                         "the length field",
-                         (unsigned long long)n, f->map_len - 8);
+        return proto_cause(
+            cause, EMAD_EFORMAT,
+            "file is truncated: header length %llu exceeds the %zu bytes that follow "
+            "the length field",
+            (unsigned long long)n, f->map_len - 8);
     hdr = (const char *)map + 8;
     if (n == 0 || hdr[0] != '{')
         return proto_cause(cause, EMAD_EFORMAT,
-                         "header does not start with '{' (it must be a JSON object)");
+                           "header does not start with '{' (it must be a JSON object)");
     root = json_loadb(hdr, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)
         return proto_cause(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
-                         jerr.text, jerr.line, jerr.column);
+                           jerr.text, jerr.line, jerr.column);
     if (!json_is_object(root)) {
         rc = proto_cause(cause, EMAD_EFORMAT, "header is not a JSON object");
         goto out;
@@ -612,12 +615,13 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         }
         if (json_object_get(md, meta[i].key) != NULL) {
             rc = proto_cause(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
-                           quote(q, sizeof(q), meta[i].key));
+                             quote(q, sizeof(q), meta[i].key));
             goto out;
         }
         if ((v = json_string(meta[i].value)) == NULL || json_object_set_new(md, meta[i].key, v)) {
-            rc = proto_cause(cause, EMAD_EINVAL, "metadata key '%s': key or value is not valid UTF-8",
-                           quote(q, sizeof(q), meta[i].key));
+            rc = proto_cause(cause, EMAD_EINVAL,
+                             "metadata key '%s': key or value is not valid UTF-8",
+                             quote(q, sizeof(q), meta[i].key));
             goto out;
         }
     }
@@ -645,8 +649,8 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         }
         if (t->ndim > EMAD_MAX_NDIM) {
             rc = proto_cause(cause, EMAD_EINVAL,
-                           "tensor '%s': %u dimensions, more than the maximum of %d", q,
-                           (unsigned)t->ndim, EMAD_MAX_NDIM);
+                             "tensor '%s': %u dimensions, more than the maximum of %d", q,
+                             (unsigned)t->ndim, EMAD_MAX_NDIM);
             goto out;
         }
         if (dtype_numel(t->shape, t->ndim, t->dtype, NULL, &nbytes) < 0) {
@@ -656,10 +660,10 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         if (nbytes != t->nbytes || (nbytes > 0 && t->data == NULL)) {
             char sh[EMAD_MAX_NDIM * 24 + 8];
             rc = proto_cause(cause, EMAD_EINVAL,
-                           "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
-                           (unsigned long long)(t->data != NULL ? t->nbytes : 0),
-                           shape_str(sh, sizeof(sh), t->shape, t->ndim), dtype_name(t->dtype),
-                           (unsigned long long)nbytes);
+                             "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
+                             (unsigned long long)(t->data != NULL ? t->nbytes : 0),
+                             shape_str(sh, sizeof(sh), t->shape, t->ndim), dtype_name(t->dtype),
+                             (unsigned long long)nbytes);
             goto out;
         }
         ord[i] = t;
@@ -677,7 +681,8 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
             goto out;
         }
         if (pos > (UINT64_C(1) << 62) - t->nbytes) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
+            rc =
+                proto_cause(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
             goto out;
         }
         if ((e = entry_json(t, pos)) == NULL) {
@@ -698,7 +703,7 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
     len = strlen(text);
     if (len > ST_MAX_HEADER - 8) {
         rc = proto_cause(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
-                       ST_MAX_HEADER);
+                         ST_MAX_HEADER);
         goto out;
     }
     if ((padded = malloc(len + 8)) == NULL) {
@@ -811,7 +816,7 @@ st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta 
     if ((w.fd = open_temp(path, opts->tmp_tag, &tmp)) < 0) {
         e = errno;
         rc = proto_cause(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
-                       strerror(e));
+                         strerror(e));
         goto out_buf;
     }
     if (fchmod(w.fd, 0644) < 0)
@@ -838,7 +843,7 @@ st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta 
     if (sync_dir(path) < 0) { /* the new file is in place; only its durability is in doubt */
         e = errno;
         rc = proto_cause(cause, io_code(opts, e),
-                       "%s: written, but fsync of its directory failed: %s", path, strerror(e));
+                         "%s: written, but fsync of its directory failed: %s", path, strerror(e));
     }
     goto out_buf;
 

@@ -486,21 +486,21 @@ check_meta(const snap_meta *m, char **cause)
 
     if (m->model == NULL || proto_check_model_name(m->model, strlen(m->model)) != 0)
         return proto_cause(cause, EMAD_EINVAL, "snapshot: invalid model name '%.128s'",
-                         m->model != NULL ? m->model : "(null)");
+                           m->model != NULL ? m->model : "(null)");
     if (m->cfg == NULL)
         return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: no configuration", m->model);
     if (emaconf_check(m->cfg, why, sizeof(why)) != 0)
         return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: invalid configuration: %s",
-                         m->model, why);
+                           m->model, why);
     if (m->decay_index >= m->cfg->ndecays)
         return proto_cause(cause, EMAD_EINVAL,
-                         "snapshot of model %s: decay index %zu, but the model has %zu decays",
-                         m->model, m->decay_index, m->cfg->ndecays);
+                           "snapshot of model %s: decay index %zu, but the model has %zu decays",
+                           m->model, m->decay_index, m->cfg->ndecays);
     if (m->cfg->update_after_step > SNAP_JSON_INT_MAX)
         return proto_cause(cause, EMAD_ERANGE,
-                         "snapshot of model %s: update_after_step %" PRIu64
-                         " exceeds 2^63-1, the largest the snapshot's JSON holds",
-                         m->model, m->cfg->update_after_step);
+                           "snapshot of model %s: update_after_step %" PRIu64
+                           " exceeds 2^63-1, the largest the snapshot's JSON holds",
+                           m->model, m->cfg->update_after_step);
     return 0;
 }
 
@@ -536,31 +536,31 @@ check_tensor(const snap_meta *m, const snap_tensor *t, char **cause)
 
     if (t->name == NULL || proto_check_tensor_name(t->name, strlen(t->name)) != 0)
         return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: invalid tensor name '%.200s'",
-                         m->model, t->name != NULL ? t->name : "(null)");
+                           m->model, t->name != NULL ? t->name : "(null)");
     if (proto_kind_name(t->kind) == NULL || dtype_size(t->dtype) == 0)
         return proto_cause(cause, EMAD_EINVAL,
-                         "snapshot of model %s: tensor '%.200s': bad kind %d or dtype %d", m->model,
-                         t->name, t->kind, t->dtype);
+                           "snapshot of model %s: tensor '%.200s': bad kind %d or dtype %d",
+                           m->model, t->name, t->kind, t->dtype);
     if (t->sdtype != stored_dtype(t->dtype, t->averaged) || t->sdtype == EMAD_DTYPE_INVALID)
-        return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s': %s", m->model,
-                         t->name,
-                         dtype_mismatch(msg, sizeof(msg), t->sdtype, t->dtype, t->averaged));
+        return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s': %s",
+                           m->model, t->name,
+                           dtype_mismatch(msg, sizeof(msg), t->sdtype, t->dtype, t->averaged));
     if (t->step > m->step)
         return proto_cause(cause, EMAD_EINVAL,
-                         "snapshot of model %s: tensor '%.200s': step %" PRIu64
-                         " is after the model's step %" PRIu64,
-                         m->model, t->name, t->step, m->step);
+                           "snapshot of model %s: tensor '%.200s': step %" PRIu64
+                           " is after the model's step %" PRIu64,
+                           m->model, t->name, t->step, m->step);
     if (t->step > SNAP_JSON_INT_MAX)
         return proto_cause(cause, EMAD_ERANGE,
-                         "snapshot of model %s: tensor '%.200s': step %" PRIu64
-                         " is above 2^63-1, the largest the snapshot's JSON holds",
-                         m->model, t->name, t->step);
+                           "snapshot of model %s: tensor '%.200s': step %" PRIu64
+                           " is above 2^63-1, the largest the snapshot's JSON holds",
+                           m->model, t->name, t->step);
     if (t->ndim > EMAD_MAX_NDIM || dtype_numel(t->shape, t->ndim, t->sdtype, NULL, &nbytes) < 0 ||
         nbytes != t->nbytes || (nbytes > 0 && t->data == NULL))
         return proto_cause(cause, EMAD_EINVAL,
-                         "snapshot of model %s: tensor '%.200s': %" PRIu64
-                         " bytes of data do not match its shape",
-                         m->model, t->name, t->nbytes);
+                           "snapshot of model %s: tensor '%.200s': %" PRIu64
+                           " bytes of data do not match its shape",
+                           m->model, t->name, t->nbytes);
     return 0;
 }
 
@@ -586,7 +586,7 @@ sort_tensors(const snap_meta *m, const snap_tensor *t, size_t n, snap_tensor **s
     for (size_t i = 1; i < n; i++) {
         if (strcmp(s[i - 1].name, s[i].name) == 0) {
             rc = proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s' twice",
-                           m->model, s[i].name);
+                             m->model, s[i].name);
             free(s);
             return rc;
         }
@@ -746,8 +746,8 @@ meta_u64(const st_file *sf, const char *key, uint64_t *v, char **cause)
     if (s == NULL)
         return EMAD_EFORMAT;
     if (parse_u64(s, strlen(s), v) < 0)
-        return proto_cause(cause, EMAD_EFORMAT, "metadata key '%s': '%.40s' is not a decimal integer",
-                         key, s);
+        return proto_cause(cause, EMAD_EFORMAT,
+                           "metadata key '%s': '%.40s' is not a decimal integer", key, s);
     return 0;
 }
 
@@ -769,7 +769,8 @@ config_enum(const json_t *o, const char *key, int *v, char **cause)
 
     if (!json_is_string(j) ||
         (*v = emaconf_from_name(key, json_string_value(j), json_string_length(j))) < 0)
-        return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' is not a valid %s name", key, key);
+        return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' is not a valid %s name", key,
+                           key);
     return 0;
 }
 
@@ -793,14 +794,15 @@ config_patterns(const json_t *o, const char *key, const char **p, size_t *n, cha
 
     if (!json_is_array(a) || json_array_size(a) > EMAD_MAX_GLOBS)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "emad_config: '%s' is not an array of at most %d "
-                         "strings",
-                         key, EMAD_MAX_GLOBS);
+                           "emad_config: '%s' is not an array of at most %d "
+                           "strings",
+                           key, EMAD_MAX_GLOBS);
     for (size_t i = 0; i < json_array_size(a); i++) {
         const json_t *s = json_array_get(a, i);
 
         if (!json_is_string(s) || strlen(json_string_value(s)) != json_string_length(s))
-            return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a string", key, i);
+            return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a string", key,
+                               i);
         p[i] = json_string_value(s);
     }
     *n = json_array_size(a);
@@ -860,9 +862,9 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
     if (!json_is_array(decays) || json_array_size(decays) < 1 ||
         json_array_size(decays) > EMAD_MAX_DECAYS) {
         rc = proto_cause(cause, EMAD_EFORMAT,
-                       "emad_config: 'decays' is not an array of 1..%d "
-                       "numbers",
-                       EMAD_MAX_DECAYS);
+                         "emad_config: 'decays' is not an array of 1..%d "
+                         "numbers",
+                         EMAD_MAX_DECAYS);
         goto out;
     }
     c.ndecays = json_array_size(decays);
@@ -876,8 +878,8 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
     if (json_u64(json_object_get(o, "update_after_step"), &u) < 0 ||
         json_u64(json_object_get(o, "writers"), &w) < 0 || w > EMAD_MAX_WRITERS) {
         rc = proto_cause(cause, EMAD_EFORMAT,
-                       "emad_config: 'update_after_step' or 'writers' is "
-                       "not an integer in range");
+                         "emad_config: 'update_after_step' or 'writers' is "
+                         "not an integer in range");
         goto out;
     }
     c.update_after_step = u;
@@ -918,14 +920,14 @@ check_sum(const st_file *sf, const char *key, uint64_t got, const char *what, ch
     if (strlen(want) != SNAP_SUM_LEN || strncmp(want, SNAP_CHECKSUM_PREFIX, plen) != 0 ||
         strspn(want + plen, "0123456789abcdef") != SNAP_SUM_LEN - plen)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "metadata key '%s': '%.40s' is not xxh64: and 16 lowercase hex digits",
-                         key, want);
+                           "metadata key '%s': '%.40s' is not xxh64: and 16 lowercase hex digits",
+                           key, want);
     snprintf(text, sizeof(text), SNAP_CHECKSUM_PREFIX "%016" PRIx64, got);
     if (strcmp(text, want) != 0)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "%s checksum mismatch: expected %s (%s), got %s (the file was damaged "
-                         "or changed)",
-                         what, want, key, text);
+                           "%s checksum mismatch: expected %s (%s), got %s (the file was damaged "
+                           "or changed)",
+                           what, want, key, text);
     return 0;
 }
 
@@ -987,7 +989,7 @@ describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cau
         !json_is_string(dtype) || !json_is_string(update) ||
         json_u64(json_object_get(d, "step"), &t->step) < 0)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "emad_tensors: '%.200s' is not {kind, dtype, step, update}", q);
+                           "emad_tensors: '%.200s' is not {kind, dtype, step, update}", q);
     t->kind = proto_kind_from_name(json_string_value(kind), json_string_length(kind));
     t->dtype = dtype_from_name(json_string_value(dtype), json_string_length(dtype));
     if (t->kind < 0 || t->dtype == EMAD_DTYPE_INVALID)
@@ -998,15 +1000,15 @@ describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cau
         t->averaged = 0;
     else
         return proto_cause(cause, EMAD_EFORMAT,
-                         "emad_tensors: '%.200s': update is neither average nor copy", q);
+                           "emad_tensors: '%.200s': update is neither average nor copy", q);
     if (t->step > model_step)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "emad_tensors: '%.200s': step %" PRIu64 " is after the model's step "
-                         "%" PRIu64,
-                         q, t->step, model_step);
+                           "emad_tensors: '%.200s': step %" PRIu64 " is after the model's step "
+                           "%" PRIu64,
+                           q, t->step, model_step);
     if (t->sdtype != stored_dtype(t->dtype, t->averaged) || t->sdtype == EMAD_DTYPE_INVALID)
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%.200s' is %s", q,
-                         dtype_mismatch(msg, sizeof(msg), t->sdtype, t->dtype, t->averaged));
+                           dtype_mismatch(msg, sizeof(msg), t->sdtype, t->dtype, t->averaged));
     return 0;
 }
 
@@ -1034,7 +1036,8 @@ describe_tensors(snap_file *f, const st_file *sf, char **cause)
     {
         if (st_find(sf, key) == NULL) {
             rc = proto_cause(cause, EMAD_EFORMAT,
-                           "emad_tensors describes '%.200s', but the file has no such tensor", key);
+                             "emad_tensors describes '%.200s', but the file has no such tensor",
+                             key);
             goto out;
         }
     }
@@ -1045,7 +1048,7 @@ describe_tensors(snap_file *f, const st_file *sf, char **cause)
             rc = proto_cause(cause, EMAD_EFORMAT, "tensor name '%.200s' is not valid", t->name);
         else if ((d = json_object_get(o, t->name)) == NULL)
             rc = proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%.200s' has no description in emad_tensors", t->name);
+                             "tensor '%.200s' has no description in emad_tensors", t->name);
         else
             rc = describe_tensor(t, d, f->step, cause);
     }
@@ -1089,22 +1092,22 @@ read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
         return proto_cause(cause, -ENOMEM, "out of memory");
     if (ndecays != f->cfg.ndecays || index >= ndecays)
         return proto_cause(cause, EMAD_EFORMAT,
-                         "emad_decay_index %" PRIu64 " / emad_decays %" PRIu64
-                         " do not match the configuration's %zu decays",
-                         index, ndecays, f->cfg.ndecays);
+                           "emad_decay_index %" PRIu64 " / emad_decays %" PRIu64
+                           " do not match the configuration's %zu decays",
+                           index, ndecays, f->cfg.ndecays);
     f->decay_index = (size_t)index;
     errno = 0;
     d = strtod(decay, &end);
     if (errno != 0 || end == decay || *end != '\0' || d != f->cfg.decays[index])
         return proto_cause(cause, EMAD_EFORMAT,
-                         "emad_decay '%.40s' is not decay %zu of the configuration", decay,
-                         f->decay_index);
+                           "emad_decay '%.40s' is not decay %zu of the configuration", decay,
+                           f->decay_index);
     if (is_snapshot_name(base_name(path), &name_step, &name_index) &&
         (name_step != f->step || name_index != f->decay_index))
         return proto_cause(cause, EMAD_EFORMAT,
-                         "the file name says step %" PRIu64 " decay %zu, the metadata step "
-                         "%" PRIu64 " decay %zu",
-                         name_step, name_index, f->step, f->decay_index);
+                           "the file name says step %" PRIu64 " decay %zu, the metadata step "
+                           "%" PRIu64 " decay %zu",
+                           name_step, name_index, f->step, f->decay_index);
     return 0;
 }
 

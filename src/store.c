@@ -541,7 +541,8 @@ check_against(const tensor *t, const char *name, int kind, int dtype, uint32_t n
                     dtype_name(dtype), dtype_name(t->dtype));
     if (t->ndim != ndim || memcmp(t->shape, shape, ndim * sizeof(uint64_t)) != 0)
         return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from stored %s", name,
-                    fmt_shape(a, sizeof(a), shape, ndim), fmt_shape(b, sizeof(b), t->shape, t->ndim));
+                    fmt_shape(a, sizeof(a), shape, ndim),
+                    fmt_shape(b, sizeof(b), t->shape, t->ndim));
     return 0;
 }
 
@@ -761,8 +762,8 @@ check_nonfinite(const model *m, stage *st, store_err *err)
     for (size_t i = 0; i < st->nitems && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW; i++) {
         item *it = &st->items[i];
         const tensor *t = strmap_get(m->index, it->name, it->name_len);
-        int averaged = t != NULL ? t->averaged
-                                 : is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+        int averaged =
+            t != NULL ? t->averaged : is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
 
         it->nonfinite = 0;
         if (!averaged)
@@ -965,8 +966,7 @@ apply(model *m, const stage *st, uint64_t step, plan *p, uint64_t now_ms, store_
  * then applied all at once. res counts are added to.
  */
 static int
-apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *res,
-            store_err *err)
+apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *res, store_err *err)
 {
     plan *p;
     int rc;
@@ -975,8 +975,8 @@ apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *r
         item *it = &st->items[i];
         const tensor *t = strmap_get(m->index, it->name, it->name_len);
 
-        if (t != NULL && check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape,
-                                       err) != 0)
+        if (t != NULL &&
+            check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape, err) != 0)
             return err->code;
         if (check_coverage(it, err) != 0)
             return err->code;
@@ -1087,8 +1087,8 @@ merge_stage(stage *dst, stage *src, store_err *err)
                         free(copies[--c]);
                     free(copies);
                     return fail(err, EMAD_ENOMEM, src->items[i].name,
-                                "tensor '%s': out of memory staging %llu bytes",
-                                src->items[i].name, (unsigned long long)sl->received);
+                                "tensor '%s': out of memory staging %llu bytes", src->items[i].name,
+                                (unsigned long long)sl->received);
                 }
                 memcpy(copies[c++], sl->data, sl->received);
             }
@@ -1133,8 +1133,8 @@ merge_stage(stage *dst, stage *src, store_err *err)
  * writer has contributed.
  */
 static int
-contribute(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms,
-           store_result *res, store_err *err)
+contribute(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms, store_result *res,
+           store_err *err)
 {
     pending *p;
     int created, rc;
@@ -1181,8 +1181,8 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
                      const uint64_t *shape, uint64_t step, const void *const *shadows,
                      store_err *err)
 {
-    store_input in = {.name = name, .name_len = strlen(name), .kind = kind, .dtype = dtype,
-                      .ndim = ndim};
+    store_input in = {
+        .name = name, .name_len = strlen(name), .kind = kind, .dtype = dtype, .ndim = ndim};
     uint64_t numel, nbytes;
     plan p;
     item it;
@@ -1355,8 +1355,7 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
             t = tensor_add(m, &it, &p[i]);
         }
         for (uint32_t j = 0; j < t->nshadow; j++) {
-            (void)dtype_convert(p[i].target[j]->data, t->sdtype, in[i].data, in[i].dtype,
-                                t->numel);
+            (void)dtype_convert(p[i].target[j]->data, t->sdtype, in[i].data, in[i].dtype, t->numel);
             if (p[i].target[j] != t->shadow[j]) {
                 blob_unref(t->shadow[j]);
                 t->shadow[j] = p[i].target[j];

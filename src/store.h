@@ -39,16 +39,16 @@ typedef struct blob {
 typedef struct tensor {
     char *name;
     size_t name_len;
-    int kind;   /* enum emad_kind */
+    int kind;     /* enum emad_kind */
     int dtype;    /* dtype it is pushed and pulled in */
     int sdtype;   /* dtype of the shadow data (F32 for averaged F16/BF16) */
     int averaged; /* 1: EMA per decay; 0: copied (buffers, copy patterns) */
     uint32_t ndim;
     uint64_t shape[EMAD_MAX_NDIM];
     uint64_t numel;
-    uint64_t nbytes; /* numel * dtype size: bytes on the wire */
-    uint32_t nshadow;                  /* model's decay count if averaged, else 1 */
-    blob *shadow[EMAD_MAX_DECAYS];     /* one per decay (averaged) or the copy */
+    uint64_t nbytes;               /* numel * dtype size: bytes on the wire */
+    uint32_t nshadow;              /* model's decay count if averaged, else 1 */
+    blob *shadow[EMAD_MAX_DECAYS]; /* one per decay (averaged) or the copy */
     uint64_t step;
 } tensor;
 
@@ -56,8 +56,8 @@ typedef struct tensor {
 typedef struct model {
     char *name;
     emad_model_config cfg; /* owns its pattern strings */
-    uint64_t step;    /* committed step: highest step applied */
-    tensor **tensors; /* first-push order */
+    uint64_t step;         /* committed step: highest step applied */
+    tensor **tensors;      /* first-push order */
     size_t ntensors;
     size_t cap;
     struct strmap *index;
@@ -99,9 +99,9 @@ typedef struct store_err {
 typedef struct store_result {
     uint64_t applied;
     uint64_t stale;
-    uint64_t skipped; /* non-finite tensors left out (nonfinite = skip) */
-    uint64_t ignored; /* tensors matching an ignore pattern */
-    int pending;      /* staged for a multi-writer step not complete yet */
+    uint64_t skipped;            /* non-finite tensors left out (nonfinite = skip) */
+    uint64_t ignored;            /* tensors matching an ignore pattern */
+    int pending;                 /* staged for a multi-writer step not complete yet */
     uint64_t step;               /* model's committed step afterwards */
     const char *stale_names[64]; /* borrowed from the store's tensors */
     size_t nstale_names;
@@ -195,8 +195,7 @@ int store_drop_model(store *s, const char *name, size_t len, store_err *err);
  * err filled.
  */
 int store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
-               const store_input *in, size_t n, uint64_t now_ms, store_result *res,
-               store_err *err);
+               const store_input *in, size_t n, uint64_t now_ms, store_result *res, store_err *err);
 
 /*
  * Seed a model's shadows: every input (whole tensors) becomes the value of
@@ -245,8 +244,8 @@ typedef struct view_options {
  * EMAD_EDTYPE for an output dtype other than F32, BF16 or F16.
  */
 int store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
-                      const size_t *name_lens, size_t n, const view_options *opts,
-                      store_view **out, store_err *err);
+                      const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
+                      store_err *err);
 
 /* Register a view as a pull session (the store takes ownership); sets view->id. */
 int store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err);

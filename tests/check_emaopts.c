@@ -356,7 +356,8 @@ START_TEST(test_nonfinite_reject_skip_allow)
     ck_assert_ptr_null(find_tensor("rej", "mask"));
     ck_assert_uint_eq(store_model_find(s, "rej", 3)->step, 1);
 
-    /* skip: the bad tensor keeps its shadow and step; the rest applies (a copied -inf buffer too). */
+    /* skip: the bad tensor keeps its shadow and step; the rest applies (a copied -inf buffer too).
+     */
     ck_assert_int_eq(push("skip", 2, 0, bad, 3), 0);
     ck_assert_uint_eq(res.applied, 2);
     ck_assert_uint_eq(res.skipped, 1);

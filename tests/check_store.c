@@ -363,7 +363,8 @@ START_TEST(test_store_view_named_tensors_and_unknown_name)
     ck_assert_uint_eq(view->ntensors, 1);
     ck_assert_str_eq(view->tensors[0].name, "b");
     store_view_free(view);
-    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 2, NULL, &view, &err), EMAD_ENOTENSOR);
+    ck_assert_int_eq(store_view_create(s, "m", 1, names, lens, 2, NULL, &view, &err),
+                     EMAD_ENOTENSOR);
     ck_assert_str_eq(err.tensor, "zz");
 }
 END_TEST
