@@ -267,6 +267,7 @@ main(int argc, char **argv)
         fprintf(stderr, "emad: --require-snapshot needs --state-dir\n");
         return 2;
     }
+    log_init_journal();
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit fails the write (EFBIG) instead of killing us */
     if (cfg.state_dir != NULL && (lockfd = lock_state_dir(cfg.state_dir)) < 0)

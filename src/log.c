@@ -1,19 +1,28 @@
 /*
- * log.c - leveled logging to stderr. The level is the only state; it is
- * set at startup (and later on reload) from the loop thread and read from
- * any thread.
+ * log.c - leveled logging to stderr. The level is set at startup (and
+ * later on reload) from the loop thread and read from any thread; the
+ * output style is chosen once, before any other thread starts.
+ *
+ * Under systemd, when stderr is the journal stream named by
+ * $JOURNAL_STREAM (device:inode), lines carry no timestamp (the journal
+ * adds its own) but a "<N>" syslog priority prefix, which journald turns
+ * into the entry's priority and strips.
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 
 #include "log.h"
 
-static int log_level = LOG_INFO;
+static _Atomic int log_level = LOG_INFO;
+static int log_journal; /* stderr is the journal: no timestamps, priority prefixes */
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+static const char *const level_prio[] = {"<3>", "<4>", "<6>", "<7>"}; /* sd-daemon.h SD_ERR.. */
 
 void
 log_set_level(int level)
@@ -45,6 +54,18 @@ log_set_level_name(const char *name)
     return -1;
 }
 
+int
+log_init_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+
+    log_journal = js != NULL && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(2, &st) == 0 &&
+                  (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+    return log_journal;
+}
+
 void
 log_msg(int level, const char *fmt, ...)
 {
@@ -56,11 +77,15 @@ log_msg(int level, const char *fmt, ...)
 
     if (level > log_level)
         return;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    n = snprintf(line, sizeof(line), "%s.%03dZ %s ", ts, (int)(tv.tv_usec / 1000),
-                 level_names[level]);
+    if (log_journal) {
+        n = snprintf(line, sizeof(line), "%s%s ", level_prio[level], level_names[level]);
+    } else {
+        gettimeofday(&tv, NULL);
+        gmtime_r(&tv.tv_sec, &tm);
+        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+        n = snprintf(line, sizeof(line), "%s.%03dZ %s ", ts, (int)(tv.tv_usec / 1000),
+                     level_names[level]);
+    }
     va_start(ap, fmt);
     if (n >= 0 && (size_t)n < sizeof(line))
         (void)vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);

@@ -1,7 +1,8 @@
 /*
  * log.h - leveled logging to stderr for the daemon.
  *
- * One line per event: "2026-11-24T10:00:00.123Z info push model=run1 ...".
+ * One line per event: "2026-11-24T10:00:00.123Z info push model=run1 ...",
+ * or "<6>info push model=run1 ..." when stderr is systemd's journal.
  * Messages below the current level are dropped before formatting.
  */
 #ifndef EMAD_LOG_H
@@ -14,6 +15,13 @@ int log_set_level_name(const char *name);
 void log_set_level(int level);
 int log_get_level(void);
 const char *log_level_name(int level);
+
+/*
+ * Log without timestamps, with syslog priority prefixes, if stderr is the
+ * journal stream named by $JOURNAL_STREAM; returns 1 if so. Call once at
+ * startup, before other threads start.
+ */
+int log_init_journal(void);
 
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
