@@ -29,6 +29,7 @@
 #include "dtype.h"
 #include "emaconf.h"
 #include "log.h"
+#include "metrics.h"
 #include "persist.h"
 #include "proto.h"
 #include "server.h"
@@ -84,6 +85,12 @@ struct server {
     uint64_t counters[C_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
     uint64_t err_counts[ERR_LAST - ERR_FIRST + 1];
+    /* For metrics (server_figures): */
+    uint64_t op_ok[PROTO_OP_COUNT];                  /* ok replies per op */
+    uint64_t op_errors[PROTO_OP_COUNT];              /* error replies per op */
+    uint64_t push_rejects[ERR_LAST - ERR_FIRST + 1]; /* push/commit errors per code */
+    uint64_t pushes_stale;                           /* accepted, every tensor stale */
+    metrics_hist push_hist, pull_hist;               /* handling time of accepted requests */
 };
 
 /* One request being handled. */
@@ -288,8 +295,12 @@ reply_error(req *r, const store_err *err)
     srv->counters[C_ERRORS]++;
     if (code >= ERR_FIRST && code <= ERR_LAST)
         srv->err_counts[code - ERR_FIRST]++;
-    if (r->op == PROTO_OP_PUSH || r->op == PROTO_OP_COMMIT)
+    srv->op_errors[r->op]++;
+    if (r->op == PROTO_OP_PUSH || r->op == PROTO_OP_COMMIT) {
         srv->counters[C_PUSHES_REJECTED]++;
+        if (code >= ERR_FIRST && code <= ERR_LAST)
+            srv->push_rejects[code - ERR_FIRST]++;
+    }
     log_warn("event=request_error op=%s code=%s tensor=\"%s\" message=\"%s\"",
              proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?", e->tensor,
              e->message);
@@ -684,6 +695,7 @@ count_result(server *srv, const store_result *res)
     srv->counters[C_TENSORS_SKIPPED_NONFINITE] += res->skipped;
     srv->counters[C_TENSORS_IGNORED] += res->ignored;
     srv->counters[C_WRITER_PUSHES_PENDING] += res->pending != 0;
+    srv->pushes_stale += res->applied == 0 && res->stale > 0;
 }
 
 static void
@@ -1091,6 +1103,7 @@ snapshot_done(void *arg, int rc, const char *message, uint64_t step)
     r.op = PROTO_OP_SNAPSHOT;
     r.ctrl = w->ctrl;
     if (rc == 0) {
+        w->srv->op_ok[PROTO_OP_SNAPSHOT]++;
         reply_send(&r, build_snapshot, &step);
     } else {
         store_err err;
@@ -1269,6 +1282,18 @@ build_stats(msgpack_packer *pk, const void *ctx)
     pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
 }
 
+/* Count the handling time of an accepted request since t0 (uv_hrtime) in its histogram. */
+static void
+observe_latency(server *srv, int op, uint64_t t0)
+{
+    double s = (double)(uv_hrtime() - t0) / 1e9;
+
+    if (op == PROTO_OP_PUSH || op == PROTO_OP_COMMIT)
+        metrics_hist_observe(&srv->push_hist, s);
+    else if (op == PROTO_OP_PULL || op == PROTO_OP_READ)
+        metrics_hist_observe(&srv->pull_hist, s);
+}
+
 /* Decode, dispatch and answer one request held in buf[0..len). */
 static void
 handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, size_t *capture_len)
@@ -1280,6 +1305,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
     store_err err;
     req r;
     int rc;
+    uint64_t t0;
 
     memset(&r, 0, sizeof(r));
     r.srv = srv;
@@ -1323,6 +1349,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
         goto error;
     }
     srv->op_counts[r.op]++;
+    t0 = uv_hrtime();
     switch (r.op) {
     case PROTO_OP_HELLO:
         reply_send(&r, build_hello, srv);
@@ -1372,8 +1399,12 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
         rc = req_fail(&err, EMAD_EINTERNAL, "op not handled");
         break;
     }
-    if (rc == 0)
+    if (rc == 0) {
+        if (r.op != PROTO_OP_SNAPSHOT) /* answered (and counted) by snapshot_done */
+            srv->op_ok[r.op]++;
+        observe_latency(srv, r.op, t0);
         goto done;
+    }
 error:
     reply_error(&r, &err);
 done:
@@ -1620,4 +1651,89 @@ server_destroy(server *srv)
     persist_destroy(srv->persist);
     store_destroy(srv->store);
     free(srv);
+}
+
+metrics_figures *
+server_figures(server *srv)
+{
+    size_t n = 0;
+    uint64_t now = loop_now(srv);
+    metrics_figures *f;
+    store_gauges g;
+    persist_stats ps;
+    model *m;
+
+    while (store_model_at(srv->store, n) != NULL)
+        n++;
+    f = metrics_figures_create(n);
+    f->uptime_seconds = (double)(now - srv->start_ms) / 1000.0;
+    for (int op = 0; op < PROTO_OP_COUNT; op++) {
+        f->requests_ok[op] = srv->op_ok[op];
+        f->requests_error[op] = srv->op_errors[op];
+    }
+    for (int i = 0; i <= ERR_LAST - ERR_FIRST && i < METRICS_ERR_CODES; i++) {
+        f->errors[ERR_FIRST - METRICS_ERR_FIRST + i] = srv->err_counts[i];
+        f->push_rejected[ERR_FIRST - METRICS_ERR_FIRST + i] = srv->push_rejects[i];
+    }
+    f->pushes_stale = srv->pushes_stale;
+    f->bytes_in = srv->counters[C_BYTES_IN];
+    f->bytes_out = srv->counters[C_BYTES_OUT];
+    f->tensors_applied = srv->counters[C_TENSORS_APPLIED];
+    f->tensors_stale = srv->counters[C_TENSORS_STALE];
+    f->tensors_skipped_nonfinite = srv->counters[C_TENSORS_SKIPPED_NONFINITE];
+    f->tensors_ignored = srv->counters[C_TENSORS_IGNORED];
+    f->writer_pushes_pending = srv->counters[C_WRITER_PUSHES_PENDING];
+    f->txn_begun = srv->counters[C_TXN_BEGUN];
+    f->txn_committed = srv->counters[C_TXN_COMMITTED];
+    f->txn_aborted = srv->counters[C_TXN_ABORTED];
+    f->txn_expired = srv->counters[C_TXN_EXPIRED];
+    f->sessions_expired = srv->counters[C_SESSIONS_EXPIRED];
+    f->steps_expired = srv->counters[C_STEPS_EXPIRED];
+    f->replies_dropped = srv->counters[C_REPLIES_DROPPED];
+    store_gauges_get(srv->store, &g);
+    f->models = g.models;
+    f->tensors = g.tensors;
+    f->shadow_bytes = g.shadow_bytes;
+    f->txn_open = g.txn_open;
+    f->sessions_open = g.views_open;
+    f->steps_pending = g.steps_pending;
+    f->staged_bytes = g.staged_bytes;
+    f->max_message_bytes = srv->cfg.max_message_bytes;
+    if (srv->sock >= 0) {
+        f->connections = nn_get_statistic(srv->sock, NN_STAT_CURRENT_CONNECTIONS);
+        f->connections_accepted = nn_get_statistic(srv->sock, NN_STAT_ACCEPTED_CONNECTIONS);
+        f->connections_dropped = nn_get_statistic(srv->sock, NN_STAT_DROPPED_CONNECTIONS);
+        f->connections_broken = nn_get_statistic(srv->sock, NN_STAT_BROKEN_CONNECTIONS);
+        f->endpoint_errors = nn_get_statistic(srv->sock, NN_STAT_CURRENT_EP_ERRORS);
+    }
+    if (srv->persist != NULL) {
+        persist_stats_get(srv->persist, &ps);
+        f->has_state_dir = 1;
+        f->snapshots_written = ps.written;
+        f->snapshot_failures = ps.failed;
+        f->snapshot_bytes = ps.bytes;
+        f->snapshot_last_success_unix_ms = ps.last_success_unix_ms;
+        f->snapshot_last_duration_ms = ps.last_duration_ms;
+        f->snapshot_running = ps.running;
+        f->snapshots_loaded = ps.loaded;
+        f->snapshots_broken = ps.broken;
+    }
+    f->push_apply = srv->push_hist;
+    f->pull = srv->pull_hist;
+    for (size_t i = 0; i < n && (m = store_model_at(srv->store, i)) != NULL; i++) {
+        metrics_model *mm = &f->model[i];
+
+        snprintf(mm->name, sizeof(mm->name), "%s", m->name);
+        mm->step = m->step;
+        mm->tensors = m->ntensors;
+        mm->shadow_bytes = m->shadow_bytes;
+        mm->steps_pending = m->npending;
+        mm->has_snapshot = m->snap_version != 0;
+        mm->snapshot_step = mm->has_snapshot ? m->snap_step : 0;
+        mm->pushed = m->last_push_ms != 0;
+        mm->seconds_since_push =
+            mm->pushed && now > m->last_push_ms ? (double)(now - m->last_push_ms) / 1000.0 : 0.0;
+        mm->decay = m->cfg.decays[0];
+    }
+    return f;
 }

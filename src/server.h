@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "metrics.h"
+
 #define SERVER_MAX_LISTEN 16
 
 typedef struct server_config {
@@ -52,6 +54,12 @@ void server_process(server *srv, const void *buf, size_t len, void **reply, size
 
 /* Begin a clean shutdown: stop polling and close every handle (loop thread). */
 void server_stop(server *srv);
+
+/*
+ * A copy of every counter and gauge, per model too, for /metrics and
+ * /stats (loop thread; the caller owns the result: metrics_figures_destroy).
+ */
+metrics_figures *server_figures(server *srv);
 
 /* Free the server after the loop has finished; closes the socket. NULL accepted. */
 void server_destroy(server *srv);
