@@ -1,0 +1,239 @@
+/*
+ * check_http.c - tests for src/http.c over real loopback sockets: address
+ * checking, /healthz following the board's state (503 while loading and
+ * stopping), /metrics and /stats content types and bodies, 404 and 405,
+ * a port in use refused with a cause, and requests still answered while
+ * 60 idle connections hold the server (the slow-loris case).
+ */
+#include <arpa/inet.h>
+#include <check.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "metrics.h"
+
+/* Connect to 127.0.0.1:port; -1 on failure. */
+static int
+dial(unsigned port)
+{
+    struct sockaddr_in sa;
+    struct timeval tv = {5, 0};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Send one request and read the whole response (Connection: close) into a malloc'd string. */
+static char *
+fetch(unsigned port, const char *method, const char *path)
+{
+    char req[256], *buf = malloc(1 << 20);
+    size_t len = 0;
+    ssize_t n;
+    int fd = dial(port);
+
+    ck_assert_int_ge(fd, 0);
+    snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n", method,
+             path);
+    ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    while (len < (1 << 20) - 1 && (n = read(fd, buf + len, (1 << 20) - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+/* The status code of a response. */
+static int
+status_of(const char *resp)
+{
+    int code = 0;
+    ck_assert_int_eq(sscanf(resp, "HTTP/1.1 %d", &code), 1);
+    return code;
+}
+
+/* The body of a response. */
+static const char *
+body_of(const char *resp)
+{
+    const char *p = strstr(resp, "\r\n\r\n");
+    ck_assert_ptr_nonnull(p);
+    return p + 4;
+}
+
+START_TEST(test_http_check_address_accepts_host_port_forms)
+{
+    static const char *const good[] = {"127.0.0.1:7471", "[::1]:80", "localhost:0", "*:9000",
+                                       "0.0.0.0:65535"};
+    static const char *const bad[] = {"nope",   ":80",     "127.0.0.1:", "127.0.0.1:65536",
+                                      "::1:80", "[::1]80", "host:80x",   "host:-1"};
+    char *cause = NULL;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        ck_assert_msg(http_check_address(good[i], &cause) == 0, "%s refused", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_msg(http_check_address(bad[i], &cause) != 0, "%s accepted", bad[i]);
+        ck_assert_ptr_nonnull(cause);
+        ck_assert_ptr_nonnull(strstr(cause, bad[i]));
+        free(cause);
+        cause = NULL;
+    }
+}
+END_TEST
+
+START_TEST(test_http_healthz_follows_state)
+{
+    metrics_board *b;
+    http *h;
+    char *cause = NULL, *r;
+
+    metrics_board_create(&b);
+    ck_assert_int_eq(http_create(&h, "127.0.0.1:0", b, &cause), 0);
+    ck_assert_uint_gt(http_port(h), 0);
+
+    r = fetch(http_port(h), "GET", "/healthz");
+    ck_assert_int_eq(status_of(r), 503);
+    ck_assert_str_eq(body_of(r), "loading\n");
+    free(r);
+    metrics_board_set_state(b, METRICS_SERVING);
+    r = fetch(http_port(h), "GET", "/healthz");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_str_eq(body_of(r), "serving\n");
+    free(r);
+    metrics_board_set_state(b, METRICS_STOPPING);
+    r = fetch(http_port(h), "GET", "/healthz");
+    ck_assert_int_eq(status_of(r), 503);
+    ck_assert_str_eq(body_of(r), "stopping\n");
+    free(r);
+    http_destroy(h);
+    metrics_board_destroy(b);
+}
+END_TEST
+
+START_TEST(test_http_serves_metrics_stats_and_refuses_the_rest)
+{
+    metrics_board *b;
+    http *h;
+    char *cause = NULL, *r;
+
+    metrics_board_create(&b);
+    ck_assert_int_eq(http_create(&h, "127.0.0.1:0", b, &cause), 0);
+
+    r = fetch(http_port(h), "GET", "/metrics");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_ptr_nonnull(strstr(r, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+    ck_assert_ptr_nonnull(strstr(body_of(r), "emad_state{state=\"loading\"} 1\n"));
+    free(r);
+    r = fetch(http_port(h), "GET", "/metrics?x=1"); /* query strings are ignored */
+    ck_assert_int_eq(status_of(r), 200);
+    free(r);
+    r = fetch(http_port(h), "HEAD", "/metrics");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_str_eq(body_of(r), "");
+    free(r);
+    r = fetch(http_port(h), "GET", "/stats");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_ptr_nonnull(strstr(r, "Content-Type: application/json\r\n"));
+    ck_assert_ptr_nonnull(strstr(body_of(r), "\"state\": \"loading\""));
+    free(r);
+    r = fetch(http_port(h), "GET", "/nope");
+    ck_assert_int_eq(status_of(r), 404);
+    free(r);
+    r = fetch(http_port(h), "POST", "/metrics");
+    ck_assert_int_eq(status_of(r), 405);
+    ck_assert_ptr_nonnull(strstr(r, "Allow: GET, HEAD\r\n"));
+    free(r);
+    http_destroy(h);
+    metrics_board_destroy(b);
+}
+END_TEST
+
+START_TEST(test_http_port_in_use_is_refused_with_cause)
+{
+    metrics_board *b;
+    http *h1, *h2 = NULL;
+    char *cause = NULL, addr[64];
+
+    metrics_board_create(&b);
+    ck_assert_int_eq(http_create(&h1, "127.0.0.1:0", b, &cause), 0);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", http_port(h1));
+    ck_assert_int_lt(http_create(&h2, addr, b, &cause), 0);
+    ck_assert_ptr_null(h2);
+    ck_assert_ptr_nonnull(cause);
+    ck_assert_msg(strstr(cause, addr) != NULL, "cause '%s' lacks the address", cause);
+    free(cause);
+    http_destroy(h1);
+    metrics_board_destroy(b);
+}
+END_TEST
+
+START_TEST(test_http_idle_connections_do_not_block_requests)
+{
+    metrics_board *b;
+    http *h;
+    char *cause = NULL, *r;
+    int fds[60];
+
+    metrics_board_create(&b);
+    metrics_board_set_state(b, METRICS_SERVING);
+    ck_assert_int_eq(http_create(&h, "127.0.0.1:0", b, &cause), 0);
+    /* 60 connections that send half a request line and then nothing. */
+    for (int i = 0; i < 60; i++) {
+        fds[i] = dial(http_port(h));
+        ck_assert_int_ge(fds[i], 0);
+        ck_assert_int_eq(write(fds[i], "GET /metr", 9), 9);
+    }
+    for (int i = 0; i < 20; i++) {
+        r = fetch(http_port(h), "GET", "/healthz");
+        ck_assert_int_eq(status_of(r), 200);
+        free(r);
+    }
+    for (int i = 0; i < 60; i++)
+        close(fds[i]);
+    http_destroy(h);
+    metrics_board_destroy(b);
+}
+END_TEST
+
+static Suite *
+http_suite(void)
+{
+    Suite *s = suite_create("http");
+    TCase *tc = tcase_create("core");
+
+    tcase_add_test(tc, test_http_check_address_accepts_host_port_forms);
+    tcase_add_test(tc, test_http_healthz_follows_state);
+    tcase_add_test(tc, test_http_serves_metrics_stats_and_refuses_the_rest);
+    tcase_add_test(tc, test_http_port_in_use_is_refused_with_cause);
+    tcase_add_test(tc, test_http_idle_connections_do_not_block_requests);
+    tcase_set_timeout(tc, 30);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int
+main(void)
+{
+    SRunner *sr = srunner_create(http_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
