@@ -1,10 +1,11 @@
 /*
- * emad.c - the daemon's entry point: command-line flags, the state
- * directory lock, the libuv loop and a clean shutdown on SIGINT/SIGTERM.
+ * emad.c - the daemon's entry point: settings (flags and --config, see
+ * settings.h), the state directory lock, the libuv loop with the request
+ * server, the HTTP endpoint for operators, SIGHUP reloads and a clean
+ * shutdown on SIGINT/SIGTERM.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,95 +19,23 @@
 
 #include "config.h"
 #include "ema.h"
+#include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "server.h"
+#include "settings.h"
 
-#define DEFAULT_LISTEN EMAD_DEFAULT_URL
-
-static void
-usage(FILE *f)
-{
-    fprintf(f,
-            "usage: emad [options]\n"
-            "\n"
-            "emad keeps the exponential moving average of model weights pushed by\n"
-            "training workers and serves it to evaluation clients (docs/PROTOCOL.md).\n"
-            "\n"
-            "options:\n"
-            "  --listen URL             nanomsg URL to listen on; repeatable\n"
-            "                           (default %s; ipc://PATH also works)\n"
-            "  --state-dir DIR          directory for the daemon's state (created if\n"
-            "                           missing, locked against a second daemon);\n"
-            "                           default: none\n"
-            "  --max-message-bytes N    largest request accepted, in bytes; K, M, G\n"
-            "                           suffixes are KiB, MiB, GiB (default 64M; range\n"
-            "                           64K..1G). Larger pushes are sent by clients as\n"
-            "                           transactions of chunks.\n"
-            "  --txn-timeout SECONDS    discard a transaction, pull session or waiting\n"
-            "                           multi-writer step idle this long (default 60;\n"
-            "                           fractions allowed)\n"
-            "  --snapshot-interval SECONDS\n"
-            "                           write a snapshot of every changed model this\n"
-            "                           often (default 60; 0: only on request and at\n"
-            "                           shutdown). Needs --state-dir.\n"
-            "  --snapshot-keep N        snapshots kept per model (default 2)\n"
-            "  --require-snapshot       refuse to start unless every model in the state\n"
-            "                           directory loads from a snapshot (and one exists)\n"
-            "  --log-level LEVEL        error, warn, info or debug (default info)\n"
-            "  --version                print the version and exit\n"
-            "  --help                   print this help and exit\n"
-            "\n"
-            "Logs go to stderr. SIGINT or SIGTERM shut the daemon down cleanly, after\n"
-            "writing a snapshot of every changed model (a second signal skips that).\n"
-            "Exit status: 0 after a clean shutdown, 1 on a startup error, 2 on bad usage.\n",
-            DEFAULT_LISTEN);
-}
-
-/* Parse a byte count with an optional K/M/G (binary) suffix. */
-static int
-parse_bytes(const char *s, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    uint64_t mult = 1;
-
-    if (*s == '\0' || *s == '-')
-        return -1;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno != 0 || end == s)
-        return -1;
-    if (*end == 'K' || *end == 'k')
-        mult = 1ULL << 10;
-    else if (*end == 'M' || *end == 'm')
-        mult = 1ULL << 20;
-    else if (*end == 'G' || *end == 'g')
-        mult = 1ULL << 30;
-    else if (*end != '\0')
-        return -1;
-    if (mult != 1 && end[1] != '\0')
-        return -1;
-    if (v > UINT64_MAX / mult)
-        return -1;
-    *out = v * mult;
-    return 0;
-}
-
-/* Parse seconds (decimal fractions allowed) into milliseconds. */
-static int
-parse_seconds(const char *s, uint64_t *ms)
-{
-    char *end;
-    double v;
-
-    errno = 0;
-    v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v > 0) || v > 86400.0 * 365)
-        return -1;
-    *ms = (uint64_t)(v * 1000.0 + 0.5);
-    return *ms > 0 ? 0 : -1;
-}
+/* What main() runs, reached from the signal handlers through handle->data. */
+typedef struct daemon_ctx {
+    uv_loop_t loop;
+    settings_args args;
+    settings cur; /* effective settings; live ones updated by reloads */
+    server *srv;
+    metrics_board *board;
+    http *http;
+    uv_signal_t sighup, sigint, sigterm; /* unreferenced: they never keep the loop going */
+} daemon_ctx;
 
 /*
  * Create the state directory if needed and take an exclusive lock on
@@ -139,166 +68,216 @@ lock_state_dir(const char *dir)
     return fd;
 }
 
+/* metrics_source: the server's figures (loop thread). */
+static metrics_figures *
+fill_figures(void *arg)
+{
+    return server_figures(arg);
+}
+
+/* settings_diff callback of a reload: log each change, live or not. */
+static void
+on_setting_changed(void *arg, const char *key, const char *was, const char *now, int live)
+{
+    const daemon_ctx *d = arg;
+
+    if (!live)
+        log_warn("event=config_not_applied key=%s old=\"%s\" new=\"%s\" "
+                 "reason=\"needs a restart\"",
+                 key, was, now);
+    else if (strcmp(key, "snapshot-interval") == 0 && d->cur.state_dir == NULL)
+        log_info("event=config_changed key=%s old=\"%s\" new=\"%s\" note=\"no state-dir: no "
+                 "snapshots are written\"",
+                 key, was, now);
+    else
+        log_info("event=config_changed key=%s old=\"%s\" new=\"%s\"", key, was, now);
+}
+
+/* SIGHUP: re-read the configuration and apply what can change while running. */
+static void
+on_sighup(uv_signal_t *h, int signum)
+{
+    daemon_ctx *d = h->data;
+    settings next;
+    char *cause = NULL;
+
+    (void)signum;
+    if (metrics_board_get_state(d->board) == METRICS_STOPPING) {
+        log_info("event=reload_ignored reason=\"shutting down\"");
+        return;
+    }
+    if (settings_build(&next, &d->args, &cause) != 0) {
+        log_error("event=reload_failed config=%s error=\"%s\" (settings unchanged)",
+                  d->args.config_path != NULL ? d->args.config_path : "-",
+                  cause != NULL ? cause : "unknown");
+        free(cause);
+    } else {
+        log_info("event=reload config=%s",
+                 d->args.config_path != NULL ? d->args.config_path : "- (no --config)");
+        settings_diff(&d->cur, &next, on_setting_changed, d);
+        log_set_level(next.log_level);
+        server_reconfigure(d->srv, next.txn_timeout_ms, next.snapshot_interval_ms);
+        d->cur.log_level = next.log_level;
+        d->cur.txn_timeout_ms = next.txn_timeout_ms;
+        d->cur.snapshot_interval_ms = next.snapshot_interval_ms;
+    }
+    settings_free(&next);
+}
+
+/* SIGINT/SIGTERM, besides the server's own handler: /healthz reports that we are stopping. */
+static void
+on_stop_signal(uv_signal_t *h, int signum)
+{
+    daemon_ctx *d = h->data;
+
+    (void)signum;
+    if (metrics_board_get_state(d->board) == METRICS_STOPPING)
+        return;
+    metrics_board_set_state(d->board, METRICS_STOPPING);
+}
+
+/* Start an unreferenced signal watcher. */
+static void
+watch_signal(daemon_ctx *d, uv_signal_t *h, uv_signal_cb cb, int signum)
+{
+    uv_signal_init(&d->loop, h);
+    h->data = d;
+    uv_signal_start(h, cb, signum);
+    uv_unref((uv_handle_t *)h);
+}
+
+/* Start the HTTP endpoint if configured. Returns 0, or -1 on a fatal error (logged). */
+static int
+start_http(daemon_ctx *d)
+{
+    char *cause = NULL;
+
+    if (d->cur.http == NULL) {
+        log_info("event=http_disabled reason=\"http = off\"");
+        return 0;
+    }
+    if (http_create(&d->http, d->cur.http, d->board, &cause) != 0) {
+        if (d->cur.http_is_default) {
+            /* Only the default address: another emad may hold it; serve without HTTP. */
+            log_warn("event=http_disabled error=\"%s\" (set http = HOST:PORT or off)",
+                     cause != NULL ? cause : "unknown");
+            free(cause);
+            return 0;
+        }
+        log_error("event=startup_failed error=\"%s\"", cause != NULL ? cause : "unknown");
+        free(cause);
+        return -1;
+    }
+    log_info("event=http_listening address=%s port=%u paths=/metrics,/healthz,/stats", d->cur.http,
+             http_port(d->http));
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
-    enum {
-        OPT_LISTEN = 256,
-        OPT_STATE,
-        OPT_MAXMSG,
-        OPT_TXN,
-        OPT_SNAP_INTERVAL,
-        OPT_SNAP_KEEP,
-        OPT_REQUIRE,
-        OPT_LOG,
-        OPT_VERSION,
-        OPT_HELP
-    };
-    static const struct option opts[] = {
-        {"listen", required_argument, NULL, OPT_LISTEN},
-        {"state-dir", required_argument, NULL, OPT_STATE},
-        {"max-message-bytes", required_argument, NULL, OPT_MAXMSG},
-        {"txn-timeout", required_argument, NULL, OPT_TXN},
-        {"snapshot-interval", required_argument, NULL, OPT_SNAP_INTERVAL},
-        {"snapshot-keep", required_argument, NULL, OPT_SNAP_KEEP},
-        {"require-snapshot", no_argument, NULL, OPT_REQUIRE},
-        {"log-level", required_argument, NULL, OPT_LOG},
-        {"version", no_argument, NULL, OPT_VERSION},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
+    daemon_ctx d;
     server_config cfg;
-    uv_loop_t loop;
-    server *srv = NULL;
+    metrics_source src;
     char *cause = NULL;
-    int c, lockfd = -1, rc;
+    int lockfd = -1, rc, exit_code = 1;
 
-    server_config_init(&cfg);
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_LISTEN:
-            if (cfg.nlisten == SERVER_MAX_LISTEN) {
-                fprintf(stderr, "emad: at most %d --listen URLs\n", SERVER_MAX_LISTEN);
-                return 2;
-            }
-            cfg.listen[cfg.nlisten++] = optarg;
-            break;
-        case OPT_STATE:
-            if (optarg[0] == '\0') {
-                fprintf(stderr, "emad: --state-dir must not be empty\n");
-                return 2;
-            }
-            cfg.state_dir = optarg;
-            break;
-        case OPT_MAXMSG:
-            if (parse_bytes(optarg, &cfg.max_message_bytes) < 0 ||
-                cfg.max_message_bytes < PROTO_MIN_MAX_MESSAGE ||
-                cfg.max_message_bytes > PROTO_MAX_MAX_MESSAGE) {
-                fprintf(stderr,
-                        "emad: --max-message-bytes '%s': expected a size from 64K to 1G "
-                        "(bytes, or with a K/M/G suffix)\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case OPT_TXN:
-            if (parse_seconds(optarg, &cfg.txn_timeout_ms) < 0) {
-                fprintf(stderr, "emad: --txn-timeout '%s': expected a positive number of seconds\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case OPT_SNAP_INTERVAL:
-            if (strcmp(optarg, "0") == 0) {
-                cfg.snapshot_interval_ms = 0;
-            } else if (parse_seconds(optarg, &cfg.snapshot_interval_ms) < 0) {
-                fprintf(stderr,
-                        "emad: --snapshot-interval '%s': expected a number of seconds (0: off)\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case OPT_SNAP_KEEP: {
-            uint64_t keep;
-            if (parse_bytes(optarg, &keep) < 0 || keep < 1 || keep > 1000 ||
-                strspn(optarg, "0123456789") != strlen(optarg)) {
-                fprintf(stderr, "emad: --snapshot-keep '%s': expected a whole number from 1 to 1000\n",
-                        optarg);
-                return 2;
-            }
-            cfg.snapshot_keep = (size_t)keep;
-            break;
-        }
-        case OPT_REQUIRE:
-            cfg.require_snapshot = 1;
-            break;
-        case OPT_LOG:
-            if (log_set_level_name(optarg) < 0) {
-                fprintf(stderr, "emad: --log-level '%s': expected error, warn, info or debug\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case OPT_VERSION:
+    memset(&d, 0, sizeof(d));
+
+    if (settings_parse_args(&d.args, argc, argv, &cause) != 0) {
+        fprintf(stderr, "emad: %s\n", cause != NULL ? cause : "bad arguments");
+        free(cause);
+        if (d.args.usage_error)
+            settings_usage(stderr);
+        settings_args_free(&d.args);
+        return 2;
+    }
+    if (d.args.help || d.args.version) {
+        if (d.args.help)
+            settings_usage(stdout);
+        else
             printf("emad %s (protocol %d)\n", PACKAGE_VERSION, PROTO_VERSION);
-            return 0;
-        case OPT_HELP:
-            usage(stdout);
-            return 0;
-        default:
-            if (optopt != 0)
-                fprintf(stderr, "emad: option '%s' needs an argument\n", argv[optind - 1]);
-            else
-                fprintf(stderr, "emad: unknown option '%s'\n", argv[optind - 1]);
-            usage(stderr);
-            return 2;
-        }
+        settings_args_free(&d.args);
+        return 0;
     }
-    if (optind < argc) {
-        fprintf(stderr, "emad: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (settings_build(&d.cur, &d.args, &cause) != 0) {
+        fprintf(stderr, "emad: %s\n", cause != NULL ? cause : "invalid settings");
+        free(cause);
+        settings_free(&d.cur);
+        settings_args_free(&d.args);
         return 2;
     }
-    if (cfg.nlisten == 0)
-        cfg.listen[cfg.nlisten++] = DEFAULT_LISTEN;
-
-    if (cfg.require_snapshot && cfg.state_dir == NULL) {
-        fprintf(stderr, "emad: --require-snapshot needs --state-dir\n");
-        return 2;
+    if (d.args.print_config) {
+        settings_print(&d.cur, stdout);
+        settings_free(&d.cur);
+        settings_args_free(&d.args);
+        return 0;
     }
     log_init_journal();
+    log_set_level(d.cur.log_level);
+    settings_server(&d.cur, &cfg);
+
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);  /* a reload while snapshots load must not kill us; handled later */
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit fails the write (EFBIG) instead of killing us */
     if (cfg.state_dir != NULL && (lockfd = lock_state_dir(cfg.state_dir)) < 0)
-        return 1;
+        goto out;
     if (cfg.state_dir == NULL)
         log_warn("event=no_state_dir (state is kept in memory only)");
-    if ((rc = uv_loop_init(&loop)) < 0) {
+    /* HTTP first: /healthz answers 503 while snapshots load. */
+    metrics_board_create(&d.board);
+    if (start_http(&d) < 0)
+        goto out;
+    if ((rc = uv_loop_init(&d.loop)) < 0) {
         log_error("event=startup_failed error=\"uv_loop_init: %s\"", uv_strerror(rc));
-        return 1;
+        goto out;
     }
-    if (server_create(&srv, &loop, &cfg, &cause) < 0) {
+    if (server_create(&d.srv, &d.loop, &cfg, &cause) < 0) {
         log_error("event=startup_failed error=\"%s\"", cause != NULL ? cause : "unknown");
         free(cause);
-        (void)uv_loop_close(&loop);
-        return 1;
+        (void)uv_loop_close(&d.loop);
+        goto out;
     }
+    src.fill = fill_figures;
+    src.arg = d.srv;
+    metrics_board_attach(d.board, &d.loop, &src);
+    metrics_board_set_state(d.board, METRICS_SERVING);
+    watch_signal(&d, &d.sighup, on_sighup, SIGHUP);
+    watch_signal(&d, &d.sigint, on_stop_signal, SIGINT);
+    watch_signal(&d, &d.sigterm, on_stop_signal, SIGTERM);
     log_info("event=started version=%s protocol=%d max_message_bytes=%llu txn_timeout_ms=%llu "
-             "state_dir=%s snapshot_interval_ms=%llu snapshot_keep=%zu kernels=%s pid=%d",
+             "state_dir=%s snapshot_interval_ms=%llu snapshot_keep=%zu kernels=%s http=%s "
+             "config=%s pid=%d",
              PACKAGE_VERSION, PROTO_VERSION, (unsigned long long)cfg.max_message_bytes,
              (unsigned long long)cfg.txn_timeout_ms, cfg.state_dir != NULL ? cfg.state_dir : "-",
              (unsigned long long)cfg.snapshot_interval_ms, cfg.snapshot_keep, ema_isa(),
-             (int)getpid());
+             d.http != NULL ? d.cur.http : "off",
+             d.args.config_path != NULL ? d.args.config_path : "-", (int)getpid());
 
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(&d.loop, UV_RUN_DEFAULT);
 
-    server_destroy(srv);
-    rc = uv_loop_close(&loop);
+    /* The server closed its handles; close ours, then let HTTP threads go. */
+    metrics_board_set_state(d.board, METRICS_STOPPING);
+    metrics_board_detach(d.board);
+    uv_close((uv_handle_t *)&d.sighup, NULL);
+    uv_close((uv_handle_t *)&d.sigint, NULL);
+    uv_close((uv_handle_t *)&d.sigterm, NULL);
+    uv_run(&d.loop, UV_RUN_DEFAULT);
+    http_destroy(d.http);
+    d.http = NULL;
+    server_destroy(d.srv);
+    rc = uv_loop_close(&d.loop);
     if (rc != 0)
         log_error("event=loop_close_failed error=\"%s\"", uv_strerror(rc));
+    else
+        exit_code = 0;
+    log_info("event=stopped");
+out:
+    http_destroy(d.http);
+    metrics_board_destroy(d.board);
     if (lockfd >= 0)
         close(lockfd);
-    log_info("event=stopped");
-    return rc == 0 ? 0 : 1;
+    settings_free(&d.cur);
+    settings_args_free(&d.args);
+    return exit_code;
 }

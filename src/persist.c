@@ -456,6 +456,17 @@ persist_shutdown(persist *p, void (*done)(void *arg), void *arg)
 }
 
 void
+persist_set_interval(persist *p, uint64_t interval_ms)
+{
+    if (p->shutting || interval_ms == p->cfg.interval_ms)
+        return;
+    p->cfg.interval_ms = interval_ms;
+    uv_timer_stop(&p->timer);
+    if (interval_ms > 0)
+        uv_timer_start(&p->timer, on_interval, interval_ms, interval_ms);
+}
+
+void
 persist_stats_get(const persist *p, persist_stats *st)
 {
     *st = p->st;

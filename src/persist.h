@@ -65,6 +65,9 @@ void persist_forget(persist *p, const char *model);
 /* Write every changed model, then call done (loop thread); no new periodic snapshots. */
 void persist_shutdown(persist *p, void (*done)(void *arg), void *arg);
 
+/* Change the interval of periodic snapshots (0: none) from now on (loop thread). */
+void persist_set_interval(persist *p, uint64_t interval_ms);
+
 void persist_stats_get(const persist *p, persist_stats *st);
 
 /* Free after the loop has stopped. NULL accepted. */

@@ -1511,6 +1511,15 @@ on_signal(uv_signal_t *h, int signum)
     persist_shutdown(srv->persist, on_persisted, srv);
 }
 
+/* Interval of the expiry timer for a transaction timeout. */
+static uint64_t
+expiry_interval(uint64_t txn_timeout_ms)
+{
+    uint64_t interval = txn_timeout_ms / 4;
+
+    return interval < 50 ? 50 : interval > 1000 ? 1000 : interval;
+}
+
 void
 server_config_init(server_config *cfg)
 {
@@ -1576,11 +1585,7 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
     uv_poll_start(&srv->poll, UV_READABLE, on_readable);
     uv_timer_init(loop, &srv->timer);
     srv->timer.data = srv;
-    interval = cfg->txn_timeout_ms / 4;
-    if (interval < 50)
-        interval = 50;
-    if (interval > 1000)
-        interval = 1000;
+    interval = expiry_interval(cfg->txn_timeout_ms);
     uv_timer_start(&srv->timer, on_timer, interval, interval);
     uv_signal_init(loop, &srv->sigint);
     uv_signal_init(loop, &srv->sigterm);
@@ -1651,6 +1656,21 @@ server_destroy(server *srv)
     persist_destroy(srv->persist);
     store_destroy(srv->store);
     free(srv);
+}
+
+void
+server_reconfigure(server *srv, uint64_t txn_timeout_ms, uint64_t snapshot_interval_ms)
+{
+    if (srv->closing || srv->stopping)
+        return;
+    if (txn_timeout_ms != srv->cfg.txn_timeout_ms) {
+        uint64_t interval = expiry_interval(txn_timeout_ms);
+        srv->cfg.txn_timeout_ms = txn_timeout_ms;
+        uv_timer_start(&srv->timer, on_timer, interval, interval);
+    }
+    srv->cfg.snapshot_interval_ms = snapshot_interval_ms;
+    if (srv->persist != NULL)
+        persist_set_interval(srv->persist, snapshot_interval_ms);
 }
 
 metrics_figures *

@@ -56,6 +56,13 @@ void server_process(server *srv, const void *buf, size_t len, void **reply, size
 void server_stop(server *srv);
 
 /*
+ * Apply the settings that can change while running (loop thread): the idle
+ * timeout of transactions and sessions, and the snapshot interval (0: only
+ * on request and at shutdown; no effect without a state directory).
+ */
+void server_reconfigure(server *srv, uint64_t txn_timeout_ms, uint64_t snapshot_interval_ms);
+
+/*
  * A copy of every counter and gauge, per model too, for /metrics and
  * /stats (loop thread; the caller owns the result: metrics_figures_destroy).
  */

@@ -1,0 +1,169 @@
+"""Load and traffic helpers for tests/test_ops.sh (and by hand, as a bench).
+
+    ops_load.py pushes URL MODEL FIRST_STEP COUNT ELEMENTS
+        push COUNT steps of one float32 tensor "w" (ELEMENTS values) and one
+        buffer "n" with the Python client; prints one JSON line: pushes,
+        seconds, median and p99 latency in milliseconds.
+    ops_load.py slowloris HOST PORT CONNECTIONS SECONDS
+        hold CONNECTIONS HTTP connections open for SECONDS, each sending its
+        request headers one byte every 2 s and never finishing them; prints
+        how many were still open at the end.
+    ops_load.py hammer HOST PORT THREADS SECONDS
+        GET /metrics as fast as THREADS threads can for SECONDS; prints the
+        number of complete 200 responses.
+    ops_load.py rawpush HOST PORT MODEL
+        send three bad pushes with plain sockets (nanomsg's SP framing by
+        hand): a data size that does not match the shape (EMAD_ESIZE), an
+        unknown dtype (EMAD_EDTYPE), and a request that is not a map
+        (EMAD_EMALFORMED, op unknown); checks each gets that error.
+"""
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+
+def pushes(url, model, first, count, elements):
+    import numpy as np
+    import emad
+
+    client = emad.Client(url)
+    w = np.arange(elements, dtype=np.float32)
+    n = np.zeros(1, np.int64)
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(count):
+        w += 1.0
+        n[0] = first + i
+        t = time.perf_counter()
+        client.push(model, first + i, {"w": w}, buffers={"n": n})
+        lat.append(time.perf_counter() - t)
+    total = time.perf_counter() - t0
+    client.close()
+    lat.sort()
+    print(json.dumps({"pushes": count, "seconds": round(total, 4),
+                      "median_ms": round(lat[len(lat) // 2] * 1e3, 4),
+                      "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 4)}))
+
+
+def slowloris(host, port, conns, seconds):
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection((host, port), 5)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    header = b"X-Slow: " + b"a" * 64
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        time.sleep(min(2.0, max(0.0, end - time.monotonic())))
+        alive = []
+        for s in socks:
+            try:
+                s.sendall(header[i % len(header):i % len(header) + 1])
+                alive.append(s)
+            except OSError:
+                s.close()
+        socks = alive
+        i += 1
+    print(len(socks))
+    for s in socks:
+        s.close()
+
+
+def hammer(host, port, threads, seconds):
+    done = [0] * threads
+    end = time.monotonic() + seconds
+
+    def run(k):
+        while time.monotonic() < end:
+            try:
+                s = socket.create_connection((host, port), 5)
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                buf = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                s.close()
+                if buf.startswith(b"HTTP/1.1 200"):
+                    done[k] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    print(sum(done))
+
+
+def pack(o):
+    """Minimal msgpack encoder: dict, list, str, bytes, non-negative int."""
+    if isinstance(o, int):
+        return bytes([o]) if o < 128 else b"\xcf" + struct.pack(">Q", o)
+    if isinstance(o, str):
+        b = o.encode()
+        return bytes([0xA0 | len(b)]) + b
+    if isinstance(o, bytes):
+        return b"\xc4" + bytes([len(o)]) + o
+    if isinstance(o, list):
+        return bytes([0x90 | len(o)]) + b"".join(pack(x) for x in o)
+    if isinstance(o, dict):
+        return bytes([0x80 | len(o)]) + b"".join(pack(k) + pack(v) for k, v in o.items())
+    raise TypeError(o)
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("emad closed the connection")
+        buf += chunk
+    return buf
+
+
+def rawpush(host, port, model):
+    s = socket.create_connection((host, port), 10)
+    s.settimeout(10)
+    s.sendall(b"\x00SP\x00" + struct.pack(">H", 48) + b"\x00\x00")  # REQ
+    recv_exact(s, 8)
+
+    def expect(rid, payload, name):
+        s.sendall(struct.pack(">Q", 4 + len(payload)) + struct.pack(">I", rid | 0x80000000) +
+                  payload)
+        body = recv_exact(s, struct.unpack(">Q", recv_exact(s, 8))[0])
+        assert pack(name) in body, "reply lacks %s: %r" % (name, body)
+
+    push = {"v": 1, "op": "push", "model": model, "step": 1000, "tensors": [
+        {"name": "w", "kind": "param", "dtype": "F32", "shape": [2], "data": b"\x00" * 4}]}
+    expect(1, pack(push), "EMAD_ESIZE")
+    push["tensors"][0]["data"] = b"\x00" * 8
+    push["tensors"][0]["dtype"] = "F8"
+    expect(2, pack(push), "EMAD_EDTYPE")
+    expect(3, pack([1, 2, 3]), "EMAD_EMALFORMED")
+    s.close()
+    print("3 bad pushes refused")
+
+
+def main(argv):
+    cmd = argv[1]
+    if cmd == "pushes":
+        pushes(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+    elif cmd == "slowloris":
+        slowloris(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
+    elif cmd == "hammer":
+        hammer(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
+    elif cmd == "rawpush":
+        rawpush(argv[2], int(argv[3]), argv[4])
+    else:
+        sys.exit("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
