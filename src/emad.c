@@ -1,8 +1,8 @@
 /*
  * emad.c - the daemon's entry point: settings (flags and --config, see
  * settings.h), the state directory lock, the libuv loop with the request
- * server, the HTTP endpoint for operators, SIGHUP reloads and a clean
- * shutdown on SIGINT/SIGTERM.
+ * server, the HTTP endpoint for operators, systemd notifications, SIGHUP
+ * reloads and a clean shutdown on SIGINT/SIGTERM.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "proto.h"
 #include "server.h"
 #include "settings.h"
@@ -34,6 +35,7 @@ typedef struct daemon_ctx {
     server *srv;
     metrics_board *board;
     http *http;
+    notify *notify;
     uv_signal_t sighup, sigint, sigterm; /* unreferenced: they never keep the loop going */
 } daemon_ctx;
 
@@ -106,6 +108,7 @@ on_sighup(uv_signal_t *h, int signum)
         log_info("event=reload_ignored reason=\"shutting down\"");
         return;
     }
+    notify_reloading();
     if (settings_build(&next, &d->args, &cause) != 0) {
         log_error("event=reload_failed config=%s error=\"%s\" (settings unchanged)",
                   d->args.config_path != NULL ? d->args.config_path : "-",
@@ -122,9 +125,10 @@ on_sighup(uv_signal_t *h, int signum)
         d->cur.snapshot_interval_ms = next.snapshot_interval_ms;
     }
     settings_free(&next);
+    notify_ready("serving");
 }
 
-/* SIGINT/SIGTERM, besides the server's own handler: /healthz reports that we are stopping. */
+/* SIGINT/SIGTERM, besides the server's own handler: report that we are stopping. */
 static void
 on_stop_signal(uv_signal_t *h, int signum)
 {
@@ -134,6 +138,7 @@ on_stop_signal(uv_signal_t *h, int signum)
     if (metrics_board_get_state(d->board) == METRICS_STOPPING)
         return;
     metrics_board_set_state(d->board, METRICS_STOPPING);
+    notify_stopping("shutting down: writing snapshots of changed models");
 }
 
 /* Start an unreferenced signal watcher. */
@@ -179,7 +184,7 @@ main(int argc, char **argv)
     daemon_ctx d;
     server_config cfg;
     metrics_source src;
-    char *cause = NULL;
+    char *cause = NULL, status[128];
     int lockfd = -1, rc, exit_code = 1;
 
     memset(&d, 0, sizeof(d));
@@ -242,6 +247,8 @@ main(int argc, char **argv)
     src.arg = d.srv;
     metrics_board_attach(d.board, &d.loop, &src);
     metrics_board_set_state(d.board, METRICS_SERVING);
+    if ((rc = notify_create(&d.notify, &d.loop)) < 0)
+        log_warn("event=watchdog_failed error=\"%s\"", uv_strerror(rc));
     watch_signal(&d, &d.sighup, on_sighup, SIGHUP);
     watch_signal(&d, &d.sigint, on_stop_signal, SIGINT);
     watch_signal(&d, &d.sigterm, on_stop_signal, SIGTERM);
@@ -253,12 +260,15 @@ main(int argc, char **argv)
              (unsigned long long)cfg.snapshot_interval_ms, cfg.snapshot_keep, ema_isa(),
              d.http != NULL ? d.cur.http : "off",
              d.args.config_path != NULL ? d.args.config_path : "-", (int)getpid());
+    snprintf(status, sizeof(status), "serving on %s", cfg.listen[0]);
+    notify_ready(status);
 
     uv_run(&d.loop, UV_RUN_DEFAULT);
 
     /* The server closed its handles; close ours, then let HTTP threads go. */
     metrics_board_set_state(d.board, METRICS_STOPPING);
     metrics_board_detach(d.board);
+    notify_close(d.notify);
     uv_close((uv_handle_t *)&d.sighup, NULL);
     uv_close((uv_handle_t *)&d.sigint, NULL);
     uv_close((uv_handle_t *)&d.sigterm, NULL);
@@ -266,6 +276,7 @@ main(int argc, char **argv)
     http_destroy(d.http);
     d.http = NULL;
     server_destroy(d.srv);
+    notify_destroy(d.notify);
     rc = uv_loop_close(&d.loop);
     if (rc != 0)
         log_error("event=loop_close_failed error=\"%s\"", uv_strerror(rc));

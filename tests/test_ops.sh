@@ -7,7 +7,8 @@
 # override the file and --print-config reads back; SIGHUP applies
 # log-level, snapshot-interval and txn-timeout and reports what needs a
 # restart; a broken file on reload changes nothing; logs lose their
-# timestamps under systemd's journal; and 50 slow-loris HTTP connections
+# timestamps under systemd's journal; sd_notify READY/WATCHDOG/RELOADING/STOPPING
+# reach $NOTIFY_SOCKET; and 50 slow-loris HTTP connections
 # do not slow pushes (median push latency within 1.5x of the baseline).
 #
 # Every command runs under a timeout and the daemon is always killed on exit.
@@ -286,7 +287,58 @@ grep -q '^20[0-9][0-9]-[0-9-]*T[0-9:.]*Z info event=started ' "$work/plain.log" 
     fail "a JOURNAL_STREAM that is not stderr dropped the timestamps: $(head -n 3 "$work/plain.log")"
 
 # ---------------------------------------------------------------------------
-# 5. 50 slow-loris HTTP connections do not slow pushes.
+# 5. systemd's notify protocol: READY=1 once serving, WATCHDOG=1 from the loop at half of
+# WATCHDOG_USEC, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
+printf 'http = off\nlog-level = info\n' >"$conf"
+timeout 60 "$PYTHON3" - "$EMAD" "$work" "$conf" <<'EOF' || fail "sd_notify protocol"
+import os, signal, socket, subprocess, sys, time
+emad, work, conf = sys.argv[1:4]
+path = os.path.join(work, "notify.sock")
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(path)
+env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
+env.pop("WATCHDOG_PID", None)
+log = open(os.path.join(work, "notify-emad.log"), "w")
+p = subprocess.Popen([emad, "--listen", "ipc://" + os.path.join(work, "n.sock"), "--config", conf,
+                      "--state-dir", os.path.join(work, "nstate")], env=env, stderr=log)
+
+
+def until(field, timeout=10.0):
+    """Messages received until one has the line `field`; fails after timeout seconds."""
+    got, end = [], time.monotonic() + timeout
+    while True:
+        sock.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            p.kill()
+            sys.exit("no %s within %.0f s; got %r" % (field, timeout, got))
+        got.append(msg)
+        if field in msg.split("\n"):
+            return got
+
+
+first = until("READY=1")
+assert "STATUS=serving on ipc://" in first[-1], first
+assert "WATCHDOG=1" not in "".join(first), "watchdog pings before READY: %r" % first
+t0 = time.monotonic()
+pings = 0
+while time.monotonic() - t0 < 1.0:
+    sock.settimeout(1.0)
+    pings += sock.recv(4096) == b"WATCHDOG=1"
+assert 6 <= pings <= 14, "%d watchdog pings in 1 s at WATCHDOG_USEC=200000" % pings
+p.send_signal(signal.SIGHUP)
+got = until("RELOADING=1")
+assert any(line.startswith("MONOTONIC_USEC=") for line in got[-1].split("\n")), got
+until("READY=1")
+p.send_signal(signal.SIGTERM)
+until("STOPPING=1")
+assert p.wait(10) == 0, "emad exited %d" % p.returncode
+print("test_ops.sh: sd_notify READY, %d watchdog pings/s, RELOADING/READY, STOPPING" % pings)
+EOF
+
+# ---------------------------------------------------------------------------
+# 6. 50 slow-loris HTTP connections do not slow pushes.
 printf 'http = 127.0.0.1:0\nlog-level = info\n' >"$conf"
 start_ops_daemon
 ctl create bench --decay 0.99 >/dev/null || fail "create bench failed"
