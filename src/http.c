@@ -198,12 +198,20 @@ http_create(http **out, const char *address, metrics_board *board, char **cause)
         goto fail;
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, res->ai_addr,
+    /*
+     * The logger goes first: libmicrohttpd reports options before it with its
+     * own logger. One option and its value per line.
+     */
+    /* clang-format off */
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
+                            MHD_OPTION_SOCK_ADDR, res->ai_addr,
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
-                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, MHD_OPTION_END);
+                            MHD_OPTION_END);
+    /* clang-format on */
     freeaddrinfo(res);
     if (h->d == NULL) {
         rc = proto_cause(cause, -EADDRNOTAVAIL, "cannot serve HTTP on %s: %s", address,
