@@ -611,6 +611,11 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
         size_t nsteps = 0, k;
         int ok = 0;
 
+        size_t temps = snap_remove_temps(dir);
+        if (temps > 0)
+            log_info("event=snapshot_temps_removed model=%s count=%zu (left by a write that did "
+                     "not finish)",
+                     names[i], temps);
         if (snap_list_steps(dir, &steps, &nsteps) == 0) {
             for (k = 0; k < nsteps && !ok; k++)
                 ok = try_step(dir, names[i], steps[k], s, st) == 0;

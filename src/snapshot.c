@@ -1398,3 +1398,19 @@ fail:
     (void)closedir(dir);
     return -ENOMEM;
 }
+
+/* Remove the temp files a dead writer left in a model's directory; returns how many. */
+size_t
+snap_remove_temps(const char *model_dir)
+{
+    DIR *dir = opendir(model_dir);
+    snap_entry *e = NULL;
+    size_t n = 0, removed = 0;
+
+    if (dir == NULL)
+        return 0;
+    (void)scan_dir(dir, &e, &n, 1, &removed);
+    free(e);
+    closedir(dir);
+    return removed;
+}

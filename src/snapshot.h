@@ -137,6 +137,13 @@ char *snap_path(const char *model_dir, uint64_t step, size_t decay_index);
  */
 size_t snap_prune(const char *model_dir, size_t ndecays, size_t keep);
 
+/*
+ * Remove temp files left in a model's directory by a writer that died
+ * (call only when no write to it can be running: at startup). Returns the
+ * number removed.
+ */
+size_t snap_remove_temps(const char *model_dir);
+
 /* Rename a bad file to PATH.broken (replacing an older .broken); 0 or a negative errno. */
 int snap_mark_broken(const char *path);
 

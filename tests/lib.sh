@@ -52,7 +52,7 @@ start_daemon() {
         mkdir -p "$work/state"
         # With EMAD_FSIZE_KB set, the daemon runs under that file-size limit (ulimit -f).
         sh -c 'if [ -n "$1" ]; then ulimit -f "$1"; fi; shift; exec "$@"' sh "${EMAD_FSIZE_KB:-}" \
-            "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug "$@" \
+            "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug --http off "$@" \
             2>>"$work/emad.log" &
         pid=$!
         # Watchdog: the daemon never outlives this test by more than 5 minutes.
