@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dtype.h"
 #include "emaconf.h"
@@ -1320,16 +1322,108 @@ cmd_snapshot(ctl *g, const command *self, int argc, char **argv)
     return EXIT_SUCCESS;
 }
 
-/* stats */
+/* One sample of the daemon's figures: counters and models. */
+typedef struct sample {
+    emad_stat *st;
+    size_t nst;
+    emad_model_info *models;
+    size_t nmodels;
+    double t; /* seconds, monotonic */
+} sample;
+
+static void
+sample_free(sample *x)
+{
+    free(x->st);
+    free(x->models);
+    memset(x, 0, sizeof(*x));
+}
+
+static int
+sample_take(const ctl *g, emad_client *c, sample *x)
+{
+    struct timespec ts;
+    int rc;
+
+    memset(x, 0, sizeof(*x));
+    if ((rc = emad_stats(c, &x->st, &x->nst)) != 0 ||
+        (rc = emad_list(c, &x->models, &x->nmodels)) != 0) {
+        sample_free(x);
+        return fail_rc(g, c, rc);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    x->t = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return 0;
+}
+
+/* A counter of a sample (0 if absent). */
+static uint64_t
+counter(const sample *x, const char *name)
+{
+    for (size_t i = 0; i < x->nst; i++)
+        if (strcmp(x->st[i].name, name) == 0)
+            return x->st[i].value;
+    return 0;
+}
+
+/* Print the per-model table; with prev, also rates since prev. */
+static void
+print_models(const sample *x, const sample *prev)
+{
+    int w = 5;
+    char lag[32];
+
+    for (size_t i = 0; i < x->nmodels; i++)
+        if ((int)strlen(x->models[i].name) > w)
+            w = (int)strlen(x->models[i].name);
+    printf("%-*s  %12s  %9s  %8s  %14s  %12s\n", w, "MODEL", "STEP", "LAG(s)", "TENSORS", "BYTES",
+           prev != NULL ? "STEPS/s" : "SNAPSHOT");
+    for (size_t i = 0; i < x->nmodels; i++) {
+        const emad_model_info *m = &x->models[i];
+        if (m->last_push_age_ms < 0)
+            snprintf(lag, sizeof(lag), "-");
+        else
+            snprintf(lag, sizeof(lag), "%.1f", (double)m->last_push_age_ms / 1000.0);
+        printf("%-*s  %12" PRIu64 "  %9s  %8" PRIu64 "  %14" PRIu64, w, m->name, m->step, lag,
+               m->ntensors, m->shadow_bytes);
+        if (prev == NULL) {
+            printf("  %12" PRIu64 "\n", m->snapshot_step);
+            continue;
+        }
+        double rate = 0.0;
+        for (size_t j = 0; j < prev->nmodels; j++)
+            if (strcmp(prev->models[j].name, m->name) == 0 && m->step >= prev->models[j].step &&
+                x->t > prev->t)
+                rate = (double)(m->step - prev->models[j].step) / (x->t - prev->t);
+        printf("  %12.1f\n", rate);
+    }
+}
+
+/* Print rates of the main counters between two samples. */
+static void
+print_rates(const sample *x, const sample *prev)
+{
+    static const char *const names[] = {"requests",        "requests_push", "requests_pull",
+                                        "tensors_applied", "errors",        "bytes_in",
+                                        "bytes_out"};
+    double dt = x->t - prev->t;
+
+    printf("\n%-18s %14s %14s\n", "COUNTER", "TOTAL", "PER SECOND");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        uint64_t a = counter(prev, names[i]), b = counter(x, names[i]);
+        printf("%-18s %14" PRIu64 " %14.1f\n", names[i], b, dt > 0 && b >= a ? (b - a) / dt : 0.0);
+    }
+}
+
+/* stats [--json] */
 static int
 cmd_stats(ctl *g, const command *self, int argc, char **argv)
 {
     args a = {argc, 0, argv, 0};
     const char *opt = NULL, *pos = NULL;
     emad_client *c;
-    emad_stat *st = NULL;
-    size_t n = 0;
-    int k, r, rc, status = EXIT_SUCCESS;
+    sample x;
+    int k, r, status = EXIT_SUCCESS, json = 0;
 
     while ((k = args_next(&a, &opt, &pos)) != 0) {
         if (k == 2)
@@ -1337,22 +1431,101 @@ cmd_stats(ctl *g, const command *self, int argc, char **argv)
         if ((r = common_option(g, &a, opt, self, &status)) != 0) {
             if (r < 0)
                 return status;
+        } else if (opt_is(opt, "--json")) {
+            if (flag_has_value(opt))
+                return usage_error(g, "--json takes no value");
+            json = 1;
         } else {
             return usage_error(g, "unknown option '%s'", opt);
         }
     }
     if ((c = connect_or_fail(g)) == NULL)
         return EXIT_FAIL;
-    if ((rc = emad_stats(c, &st, &n)) != 0) {
-        r = fail_rc(g, c, rc);
+    if ((r = sample_take(g, c, &x)) != 0) {
         emad_close(c);
         return r;
     }
-    for (size_t i = 0; i < n; i++)
-        printf("%s %" PRIu64 "\n", st[i].name, st[i].value);
-    free(st);
+    if (json) {
+        /* Counter and model names are [A-Za-z0-9._-]: no JSON escaping needed. */
+        printf("{\"counters\": {");
+        for (size_t i = 0; i < x.nst; i++)
+            printf("%s\"%s\": %" PRIu64, i ? ", " : "", x.st[i].name, x.st[i].value);
+        printf("}, \"models\": [");
+        for (size_t i = 0; i < x.nmodels; i++) {
+            const emad_model_info *m = &x.models[i];
+            char d[32];
+            printf("%s{\"name\": \"%s\", \"decay\": %s, \"step\": %" PRIu64
+                   ", \"tensors\": %" PRIu64 ", \"shadow_bytes\": %" PRIu64
+                   ", \"snapshot_step\": %" PRIu64 ", \"last_push_age_ms\": %" PRId64 "}",
+                   i ? ", " : "", m->name, fmt_decay(d, sizeof(d), m->decay), m->step, m->ntensors,
+                   m->shadow_bytes, m->snapshot_step, m->last_push_age_ms);
+        }
+        printf("]}\n");
+    } else {
+        print_models(&x, NULL);
+        printf("\n");
+        for (size_t i = 0; i < x.nst; i++)
+            printf("%s %" PRIu64 "\n", x.st[i].name, x.st[i].value);
+    }
+    sample_free(&x);
     emad_close(c);
     return EXIT_SUCCESS;
+}
+
+/* watch [--interval SECONDS] [--count N] */
+static int
+cmd_watch(ctl *g, const command *self, int argc, char **argv)
+{
+    args a = {argc, 0, argv, 0};
+    const char *opt = NULL, *pos = NULL, *v;
+    emad_client *c;
+    sample prev, x;
+    uint64_t count = 0;
+    double interval = 1.0;
+    int k, r, status = EXIT_SUCCESS, tty = isatty(STDOUT_FILENO);
+
+    while ((k = args_next(&a, &opt, &pos)) != 0) {
+        if (k == 2)
+            return usage_error(g, "unexpected argument '%s'", pos);
+        if ((r = common_option(g, &a, opt, self, &status)) != 0) {
+            if (r < 0)
+                return status;
+        } else if (opt_is(opt, "--interval")) {
+            if (parse_number(v = opt_value(&a, opt), &interval, 1) != 0 || interval > 3600)
+                return usage_error(g, "--interval needs seconds (0 < S <= 3600), not '%s'",
+                                   v != NULL ? v : "");
+        } else if (opt_is(opt, "--count")) {
+            if (parse_u64(v = opt_value(&a, opt), &count) != 0 || count == 0)
+                return usage_error(g, "--count needs a whole number > 0, not '%s'",
+                                   v != NULL ? v : "");
+        } else {
+            return usage_error(g, "unknown option '%s'", opt);
+        }
+    }
+    if ((c = connect_or_fail(g)) == NULL)
+        return EXIT_FAIL;
+    if ((r = sample_take(g, c, &prev)) != 0) {
+        emad_close(c);
+        return r;
+    }
+    for (uint64_t i = 0; count == 0 || i < count; i++) {
+        struct timespec ts = {(time_t)interval,
+                              (long)((interval - (double)(time_t)interval) * 1e9)};
+        nanosleep(&ts, NULL);
+        if ((r = sample_take(g, c, &x)) != 0)
+            break;
+        if (tty)
+            printf("\033[H\033[2J");
+        printf("emad at %s, every %.3g s\n\n", g->server, interval);
+        print_models(&x, &prev);
+        print_rates(&x, &prev);
+        fflush(stdout);
+        sample_free(&prev);
+        prev = x;
+    }
+    sample_free(&prev);
+    emad_close(c);
+    return r;
 }
 
 /* The commands, in the order --help lists them. */
@@ -1426,7 +1599,15 @@ static const command commands[] = {
      "daemon's --state-dir and return once it is durable on disk. Prints the\n"
      "snapshotted step.\n",
      cmd_snapshot},
-    {"stats", "stats", "Print the daemon's counters, one 'name value' per line.\n", cmd_stats},
+    {"stats", "stats [--json]",
+     "Print a table of the models (step, seconds since the last push, tensors,\n"
+     "shadow bytes, last snapshot step), then the daemon's counters, one 'name\n"
+     "value' per line. --json prints the same figures as one JSON object.\n",
+     cmd_stats},
+    {"watch", "watch [--interval SECONDS] [--count N]",
+     "Refresh the model table every SECONDS (default 1) with steps per second, and\n"
+     "the main counters with their rates. --count stops after N refreshes.\n",
+     cmd_watch},
     {NULL, NULL, NULL, NULL},
 };
 

@@ -1906,8 +1906,13 @@ parse_info(emad_client *c, const msgpack_object *o, emad_model_info *info)
         return fail(c, EMAD_EPROTO, "reply key 'decay' is not a number");
     if ((rc = rget_u64(c, o, "step", &info->step)) != 0 ||
         (rc = rget_u64(c, o, "tensors", &info->ntensors)) != 0 ||
-        (rc = rget_u64(c, o, "shadow_bytes", &info->shadow_bytes)) != 0)
+        (rc = rget_u64(c, o, "shadow_bytes", &info->shadow_bytes)) != 0 ||
+        (rc = rget_u64(c, o, "snapshot_step", &info->snapshot_step)) != 0)
         return rc;
+    d = proto_map_get(o, "last_push_age_ms");
+    info->last_push_age_ms = -1;
+    if (d != NULL && d->type == MSGPACK_OBJECT_POSITIVE_INTEGER && d->via.u64 <= INT64_MAX)
+        info->last_push_age_ms = (int64_t)d->via.u64;
     return 0;
 }
 

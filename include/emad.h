@@ -232,6 +232,8 @@ typedef struct emad_model_info {
     uint64_t step;
     uint64_t ntensors;
     uint64_t shadow_bytes;
+    uint64_t snapshot_step;   /* step of the last durable snapshot (0: none) */
+    int64_t last_push_age_ms; /* milliseconds since the last applied push; -1: none since start */
 } emad_model_info;
 
 /* One named counter from the daemon's stats. */

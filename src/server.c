@@ -1140,11 +1140,23 @@ handle_snapshot(req *r, store_err *err)
     return 0;
 }
 
+/* A list reply's context: the store, the time, and one model (or NULL for all). */
+typedef struct list_ctx {
+    store *s;
+    const model *m;
+    uint64_t now_ms;
+} list_ctx;
+
 /* Pack one model summary. */
 static void
-pack_model(msgpack_packer *pk, const model *m)
+pack_model(msgpack_packer *pk, const model *m, uint64_t now_ms)
 {
-    msgpack_pack_map(pk, 8);
+    int pushed = m->last_push_ms != 0;
+
+    msgpack_pack_map(pk, 8 + pushed);
+    if (pushed)
+        pack_kv_u64(pk, "last_push_age_ms",
+                    now_ms >= m->last_push_ms ? now_ms - m->last_push_ms : 0);
     pack_cstr(pk, "name");
     pack_cstr(pk, m->name);
     pack_kv_u64(pk, "snapshot_step", m->snap_version != 0 ? m->snap_step : 0);
@@ -1160,9 +1172,10 @@ pack_model(msgpack_packer *pk, const model *m)
 }
 
 static void
-build_list_models(msgpack_packer *pk, const void *ctx)
+build_list_models(msgpack_packer *pk, const void *vctx)
 {
-    store *s = (store *)ctx;
+    const list_ctx *ctx = vctx;
+    store *s = ctx->s;
     size_t n = 0;
     model *m;
 
@@ -1172,17 +1185,18 @@ build_list_models(msgpack_packer *pk, const void *ctx)
     pack_cstr(pk, "models");
     msgpack_pack_array(pk, n);
     for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
-        pack_model(pk, m);
+        pack_model(pk, m, ctx->now_ms);
 }
 
 static void
-build_list_model(msgpack_packer *pk, const void *ctx)
+build_list_model(msgpack_packer *pk, const void *vctx)
 {
-    const model *m = ctx;
+    const list_ctx *ctx = vctx;
+    const model *m = ctx->m;
 
     pack_head(pk, 1, 2);
     pack_cstr(pk, "model");
-    pack_model(pk, m);
+    pack_model(pk, m, ctx->now_ms);
     pack_cstr(pk, "tensors");
     msgpack_pack_array(pk, m->ntensors);
     for (size_t i = 0; i < m->ntensors; i++) {
@@ -1204,12 +1218,13 @@ static int
 handle_list(req *r, store_err *err)
 {
     const msgpack_object *o = proto_map_get(r->root, "model");
+    list_ctx ctx = {r->srv->store, NULL, r->now_ms};
     const char *name;
     size_t len;
     model *m;
 
     if (o == NULL) {
-        reply_send(r, build_list_models, r->srv->store);
+        reply_send(r, build_list_models, &ctx);
         return 0;
     }
     if (get_str(r->root, "model", &name, &len, err) != 0)
@@ -1219,7 +1234,8 @@ handle_list(req *r, store_err *err)
         return req_fail(err, EMAD_ENOMODEL, "no model '%s'",
                         printable(buf, sizeof(buf), name, len));
     }
-    reply_send(r, build_list_model, m);
+    ctx.m = m;
+    reply_send(r, build_list_model, &ctx);
     return 0;
 }
 
@@ -1445,6 +1461,7 @@ on_readable(uv_poll_t *h, int status, int events)
                 log_error("event=recv_error error=\"%s\"", nn_strerror(e));
             break;
         }
+        uv_update_time(srv->loop); /* requests stamp times (last push, idleness) with it */
         handle(srv, body, (size_t)n, &ctrl, NULL, NULL);
         nn_freemsg(body);
         srv->last_request_ms = uv_now(srv->loop);

@@ -248,6 +248,23 @@ shape_errors=$(counter errors_EMAD_ESHAPE)
 [ "$requests" -ge 10 ] || fail "stats: requests = $requests, expected >= 10"
 [ "$errors" -ge 13 ] || fail "stats: errors = $errors, expected >= 13"
 [ "$shape_errors" -ge 1 ] || fail "stats: errors_EMAD_ESHAPE = $shape_errors, expected >= 1"
+# The table, the JSON form (same counter) and watch (bounded by --count).
+ctl create tab --decay 0.5 >/dev/null || fail "create tab"
+ok stats
+grep -q "^MODEL .*STEP .*LAG(s)" "$work/out" || fail "stats has no model table: $(cat "$work/out")"
+grep -q "^tab  *0  *-  *0  *0  *0$" "$work/out" || fail "stats table row of tab: $(cat "$work/out")"
+ok stats --json
+timeout 30 "$PYTHON3" -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["counters"]["errors_EMAD_ESHAPE"] == int(sys.argv[2]), d["counters"]
+assert [m["name"] for m in d["models"]] == ["tab"], d["models"]
+assert d["models"][0]["last_push_age_ms"] == -1
+' "$work/out" "$shape_errors" || fail "stats --json: $(cat "$work/out")"
+ok watch --interval 0.1 --count 2
+[ "$(grep -c "^COUNTER " "$work/out")" -eq 2 ] || fail "watch did not refresh twice: $(cat "$work/out")"
+refused watch --count 0
+err_has "--count" "watch --count 0"
 
 stop_daemon_clean
 echo "test_cli.sh: PASS"

@@ -23,7 +23,8 @@ from ._lib import (BUFFER, DEFAULT_DECAY, DEFAULT_URL, DTYPE_NAMES, DTYPE_SIZES,
 __all__ = ["Client", "ModelInfo", "TensorInfo", "PushResult", "StateDict"]
 
 #: One model as listed: name, first decay, committed step, tensor count, shadow bytes.
-ModelInfo = collections.namedtuple("ModelInfo", "name decay step tensors shadow_bytes")
+ModelInfo = collections.namedtuple(
+    "ModelInfo", "name decay step tensors shadow_bytes snapshot_step last_push_age")
 
 #: One stored tensor as described: name, kind ("param"/"buffer"), dtype name, shape,
 #: step of its last update, size in bytes (in the pushed dtype).
@@ -731,7 +732,9 @@ class Client:
 
 
 def _model_info(c):
-    return ModelInfo(c.name.decode("utf-8"), c.decay, c.step, c.ntensors, c.shadow_bytes)
+    age = None if c.last_push_age_ms < 0 else c.last_push_age_ms / 1000.0
+    return ModelInfo(c.name.decode("utf-8"), c.decay, c.step, c.ntensors, c.shadow_bytes,
+                     c.snapshot_step, age)
 
 
 def _module_entries(module, include_frozen):

@@ -208,6 +208,8 @@ class ModelInfoC(ctypes.Structure):
         ("step", ctypes.c_uint64),
         ("ntensors", ctypes.c_uint64),
         ("shadow_bytes", ctypes.c_uint64),
+        ("snapshot_step", ctypes.c_uint64),
+        ("last_push_age_ms", ctypes.c_int64),
     ]
 
 
