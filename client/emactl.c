@@ -301,20 +301,6 @@ connect_or_fail(const ctl *g)
     return c;
 }
 
-/* Print a shape as "[2, 3]" into buf. */
-static const char *
-fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t ndim)
-{
-    size_t len = 0;
-
-    len += (size_t)snprintf(buf, size, "[");
-    for (uint32_t d = 0; d < ndim && len < size; d++)
-        len += (size_t)snprintf(buf + len, size - len, "%s%" PRIu64, d > 0 ? ", " : "", shape[d]);
-    if (len < size)
-        (void)snprintf(buf + len, size - len, "]");
-    return buf;
-}
-
 /* Print a decay with the fewest digits that read back as the same double. */
 static const char *
 fmt_decay(char *buf, size_t size, double d)
@@ -1216,7 +1202,7 @@ list_tensors(ctl *g, emad_client *c, const char *model)
     for (size_t i = 0; i < n; i++) {
         if ((int)strlen(t[i].name) > w)
             w = (int)strlen(t[i].name);
-        if ((int)strlen(fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim)) > ws)
+        if ((int)strlen(dtype_fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim)) > ws)
             ws = (int)strlen(sbuf);
     }
     printf("%-*s  %-6s  %-5s  %-*s  %12s  %14s\n", w, "TENSOR", "KIND", "DTYPE", ws, "SHAPE",
@@ -1224,7 +1210,7 @@ list_tensors(ctl *g, emad_client *c, const char *model)
     for (size_t i = 0; i < n; i++)
         printf("%-*s  %-6s  %-5s  %-*s  %12" PRIu64 "  %14" PRIu64 "\n", w, t[i].name,
                proto_kind_name(t[i].kind), dtype_name(t[i].dtype), ws,
-               fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim), t[i].step, t[i].nbytes);
+               dtype_fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim), t[i].step, t[i].nbytes);
     emad_tensors_free(t, n);
     return EXIT_SUCCESS;
 }

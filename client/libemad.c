@@ -178,30 +178,12 @@ wbuf_write(void *data, const char *buf, size_t len)
     return 0;
 }
 
-/* Pack a NUL-terminated string. */
-static void
-pk_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-/* Pack "key": uint. */
-static void
-pk_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-    pk_str(pk, key);
-    msgpack_pack_uint64(pk, v);
-}
-
 /* Pack "key": "value". */
 static void
 pk_kv_str(msgpack_packer *pk, const char *key, const char *value)
 {
-    pk_str(pk, key);
-    pk_str(pk, value);
+    proto_pack_str(pk, key);
+    proto_pack_str(pk, value);
 }
 
 /* Pack the map header of a request with n entries besides v and op, then v and op. */
@@ -209,7 +191,7 @@ static void
 pk_head(msgpack_packer *pk, const char *op, size_t n)
 {
     msgpack_pack_map(pk, 2 + n);
-    pk_kv_u64(pk, "v", PROTO_VERSION);
+    proto_pack_kv_u64(pk, "v", PROTO_VERSION);
     pk_kv_str(pk, "op", op);
 }
 
@@ -504,9 +486,9 @@ build_simple(msgpack_packer *pk, const void *vctx)
     if (q->model != NULL)
         pk_kv_str(pk, "model", q->model);
     if (q->key != NULL)
-        pk_kv_u64(pk, q->key, q->value);
+        proto_pack_kv_u64(pk, q->key, q->value);
     if (q->key2 != NULL)
-        pk_kv_u64(pk, q->key2, q->value2);
+        proto_pack_kv_u64(pk, q->key2, q->value2);
 }
 
 /* Round trip of a simple request with the client's timeout. */
@@ -778,7 +760,7 @@ build_create(msgpack_packer *pk, const void *vctx)
     pk_kv_str(pk, "model", q->model);
     emaconf_pack(pk, q->cfg);
     if (create) {
-        pk_str(pk, "exist_ok");
+        proto_pack_str(pk, "exist_ok");
         if (q->exist_ok)
             msgpack_pack_true(pk);
         else
@@ -934,16 +916,16 @@ build_push(msgpack_packer *pk, const void *vctx)
 
     pk_head(pk, "push", 3 + q->has_txn + q->has_writer + q->seed);
     if (q->seed) {
-        pk_str(pk, "seed");
+        proto_pack_str(pk, "seed");
         msgpack_pack_true(pk);
     }
     pk_kv_str(pk, "model", q->model);
-    pk_kv_u64(pk, "step", q->step);
+    proto_pack_kv_u64(pk, "step", q->step);
     if (q->has_txn)
-        pk_kv_u64(pk, "txn", q->txn);
+        proto_pack_kv_u64(pk, "txn", q->txn);
     if (q->has_writer)
-        pk_kv_u64(pk, "writer", q->writer);
-    pk_str(pk, "tensors");
+        proto_pack_kv_u64(pk, "writer", q->writer);
+    proto_pack_str(pk, "tensors");
     msgpack_pack_array(pk, q->nitems);
     for (size_t i = 0; i < q->nitems; i++) {
         const push_item *it = &q->items[i];
@@ -957,17 +939,17 @@ build_push(msgpack_packer *pk, const void *vctx)
         pk_kv_str(pk, "name", t->name);
         pk_kv_str(pk, "kind", proto_kind_name(t->kind));
         pk_kv_str(pk, "dtype", dtype_name(t->dtype));
-        pk_str(pk, "shape");
+        proto_pack_str(pk, "shape");
         msgpack_pack_array(pk, t->ndim);
         for (uint32_t d = 0; d < t->ndim; d++)
             msgpack_pack_uint64(pk, t->shape[d]);
-        pk_str(pk, "data");
+        proto_pack_str(pk, "data");
         msgpack_pack_bin(pk, it->len);
         msgpack_pack_bin_body(pk, (const char *)t->data + it->offset, it->len);
         if (q->has_txn)
-            pk_kv_u64(pk, "offset", it->offset);
+            proto_pack_kv_u64(pk, "offset", it->offset);
         if (t->count > 0) {
-            pk_str(pk, "slice");
+            proto_pack_str(pk, "slice");
             msgpack_pack_array(pk, 2);
             msgpack_pack_uint64(pk, t->offset);
             msgpack_pack_uint64(pk, t->count);
@@ -1407,19 +1389,19 @@ build_pull(msgpack_packer *pk, const void *vctx)
     pk_head(pk, "pull", 2 + with_names + with_decay + with_dtype);
     pk_kv_str(pk, "model", q->model);
     if (with_decay) {
-        pk_str(pk, "decay");
+        proto_pack_str(pk, "decay");
         msgpack_pack_double(pk, q->opts->decay);
     }
     if (with_dtype)
         pk_kv_str(pk, "dtype",
                   q->opts->dtype == EMAD_PULL_SHADOW ? "shadow" : dtype_name(q->opts->dtype));
     if (with_names) {
-        pk_str(pk, "tensors");
+        proto_pack_str(pk, "tensors");
         msgpack_pack_array(pk, q->nnames);
         for (size_t i = 0; i < q->nnames; i++)
-            pk_str(pk, pull_name(q, i));
+            proto_pack_str(pk, pull_name(q, i));
     }
-    pk_kv_u64(pk, "max_reply_bytes", q->max_reply);
+    proto_pack_kv_u64(pk, "max_reply_bytes", q->max_reply);
 }
 
 /* Parse one tensor map of a pull or list reply into *t; EMAD_EPROTO if malformed. */
@@ -1565,8 +1547,8 @@ build_read(msgpack_packer *pk, const void *vctx)
     const read_req *q = vctx;
 
     pk_head(pk, "read", 2);
-    pk_kv_u64(pk, "session", q->session);
-    pk_str(pk, "ranges");
+    proto_pack_kv_u64(pk, "session", q->session);
+    proto_pack_str(pk, "ranges");
     msgpack_pack_array(pk, q->n);
     for (size_t i = 0; i < q->n; i++) {
         msgpack_pack_array(pk, 3);

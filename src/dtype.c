@@ -11,6 +11,7 @@
  * C on bit patterns; buffers of any alignment go through memcpy.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "dtype.h"
@@ -352,6 +353,20 @@ dtype_convert(void *dst, int to, const void *src, int from, size_t n)
         return 0;
     }
     return EMAD_EDTYPE;
+}
+
+const char *
+dtype_fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t ndim)
+{
+    size_t off = 0;
+
+    off += (size_t)snprintf(buf, size, "[");
+    for (uint32_t i = 0; i < ndim && off < size; i++)
+        off += (size_t)snprintf(buf + off, size - off, "%s%llu", i ? ", " : "",
+                                (unsigned long long)shape[i]);
+    if (off < size)
+        snprintf(buf + off, size - off, "]");
+    return buf;
 }
 
 /*

@@ -45,6 +45,9 @@ uint16_t dtype_f32_to_bf16(float f);
  */
 int dtype_convert(void *dst, int to, const void *src, int from, size_t n);
 
+/* Format a shape as "[2, 3]" into buf (truncated to size); returns buf. */
+const char *dtype_fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t ndim);
+
 /*
  * Product of shape[0..ndim) into *numel, and numel * dtype_size into
  * *nbytes. Returns 0, or EMAD_ELIMIT on overflow of 2^62.

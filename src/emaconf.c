@@ -240,47 +240,38 @@ emaconf_diff(const emad_model_config *a, const emad_model_config *b, int immutab
 }
 
 static void
-pack_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-static void
 pack_patterns(msgpack_packer *pk, const char *key, const char *const *p, size_t n)
 {
-    pack_str(pk, key);
+    proto_pack_str(pk, key);
     msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++)
-        pack_str(pk, p[i]);
+        proto_pack_str(pk, p[i]);
 }
 
 void
 emaconf_pack(msgpack_packer *pk, const emad_model_config *cfg)
 {
-    pack_str(pk, "decays");
+    proto_pack_str(pk, "decays");
     msgpack_pack_array(pk, cfg->ndecays);
     for (size_t i = 0; i < cfg->ndecays; i++)
         msgpack_pack_double(pk, cfg->decays[i]);
-    pack_str(pk, "schedule");
-    pack_str(pk, emaconf_schedule_name(cfg->schedule));
-    pack_str(pk, "update_after_step");
+    proto_pack_str(pk, "schedule");
+    proto_pack_str(pk, emaconf_schedule_name(cfg->schedule));
+    proto_pack_str(pk, "update_after_step");
     msgpack_pack_uint64(pk, cfg->update_after_step);
-    pack_str(pk, "inv_gamma");
+    proto_pack_str(pk, "inv_gamma");
     msgpack_pack_double(pk, cfg->inv_gamma);
-    pack_str(pk, "power");
+    proto_pack_str(pk, "power");
     msgpack_pack_double(pk, cfg->power);
-    pack_str(pk, "min_decay");
+    proto_pack_str(pk, "min_decay");
     msgpack_pack_double(pk, cfg->min_decay);
-    pack_str(pk, "step_gap");
-    pack_str(pk, emaconf_step_gap_name(cfg->step_gap));
-    pack_str(pk, "buffers");
-    pack_str(pk, emaconf_buffers_name(cfg->buffers));
-    pack_str(pk, "nonfinite");
-    pack_str(pk, emaconf_nonfinite_name(cfg->nonfinite));
-    pack_str(pk, "writers");
+    proto_pack_str(pk, "step_gap");
+    proto_pack_str(pk, emaconf_step_gap_name(cfg->step_gap));
+    proto_pack_str(pk, "buffers");
+    proto_pack_str(pk, emaconf_buffers_name(cfg->buffers));
+    proto_pack_str(pk, "nonfinite");
+    proto_pack_str(pk, emaconf_nonfinite_name(cfg->nonfinite));
+    proto_pack_str(pk, "writers");
     msgpack_pack_uint32(pk, cfg->writers);
     pack_patterns(pk, "copy", cfg->copy, cfg->ncopy);
     pack_patterns(pk, "ignore", cfg->ignore, cfg->nignore);

@@ -8,7 +8,6 @@
  * files and prunes old ones, the after-work callback releases the views,
  * records the outcome and answers the requests waiting for it.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -156,26 +155,10 @@ answer_model(persist *p, const char *name, int rc, const char *message, uint64_t
 static void
 remove_model_dir(const persist *p, const char *name)
 {
-    char *dir = snap_model_dir(p->state_dir, name);
-    DIR *d = opendir(dir);
-    struct dirent *e;
+    int rc = snap_remove_model(p->state_dir, name);
 
-    if (d != NULL) {
-        while ((e = readdir(d)) != NULL) {
-            char *path;
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            if (asprintf(&path, "%s/%s", dir, e->d_name) >= 0) {
-                (void)unlink(path);
-                free(path);
-            }
-        }
-        closedir(d);
-    }
-    if (rmdir(dir) != 0 && errno != ENOENT)
-        log_warn("event=snapshot_remove_failed model=%s dir=%s error=\"%s\"", name, dir,
-                 strerror(errno));
-    free(dir);
+    if (rc != 0)
+        log_warn("event=snapshot_remove_failed model=%s error=\"%s\"", name, strerror(-rc));
 }
 
 /* Threadpool: write one file per decay, then prune. */
@@ -245,8 +228,8 @@ job_done(uv_work_t *req, int status)
         p->st.last_success_unix_ms = unix_ms();
         p->st.last_duration_ms = dur;
         log_info("event=snapshot_written model=%s step=%llu files=%zu bytes=%llu duration_ms=%llu",
-                 jb->model, (unsigned long long)jb->step, jb->nviews,
-                 (unsigned long long)jb->bytes, (unsigned long long)dur);
+                 jb->model, (unsigned long long)jb->step, jb->nviews, (unsigned long long)jb->bytes,
+                 (unsigned long long)dur);
         answer_model(p, jb->model, 0, "", jb->version, jb->step);
     } else {
         p->st.failed++;
@@ -254,8 +237,7 @@ job_done(uv_work_t *req, int status)
                   "retried at the next interval)",
                   jb->model, (unsigned long long)jb->step,
                   jb->cause != NULL ? jb->cause : "unknown");
-        answer_model(p, jb->model, jb->rc, jb->cause != NULL ? jb->cause : "snapshot failed", 0,
-                     0);
+        answer_model(p, jb->model, jb->rc, jb->cause != NULL ? jb->cause : "snapshot failed", 0, 0);
     }
     emaconf_free(&jb->cfg);
     free(jb->cause);
@@ -517,7 +499,7 @@ restore(store *s, snap_file *const *files, size_t n, char **cause)
             if (o == NULL || o->nbytes != t->nbytes || o->sdtype != t->sdtype) {
                 (void)store_drop_model(s, f0->model, strlen(f0->model), &err);
                 return proto_cause(cause, EMAD_EFORMAT, "decay %zu has no matching tensor '%s'", j,
-                                 t->name);
+                                   t->name);
             }
             shadows[j] = o->data;
         }
@@ -560,13 +542,15 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
                         (j > 0 && emaconf_diff(&files[0]->cfg, &files[j]->cfg, 0) != NULL))) {
             rc = EMAD_EFORMAT;
             free(cause);
-            cause = xstrndup("metadata does not match the file's name or its set", strlen("metadata does not match the file's name or its set"));
+            cause = xstrndup("metadata does not match the file's name or its set",
+                             strlen("metadata does not match the file's name or its set"));
         }
         if (rc != 0) {
             st->broken++;
-            log_error("event=snapshot_broken model=%s step=%llu file=%s error=\"%s\" action=renamed "
-                      "to %s.broken; trying the previous snapshot",
-                      name, (unsigned long long)step, path, cause != NULL ? cause : "?", path);
+            log_error(
+                "event=snapshot_broken model=%s step=%llu file=%s error=\"%s\" action=renamed "
+                "to %s.broken; trying the previous snapshot",
+                name, (unsigned long long)step, path, cause != NULL ? cause : "?", path);
             (void)snap_mark_broken(path);
             free(cause);
             free(path);
@@ -603,7 +587,7 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
     *cause = NULL;
     if ((rc = snap_list_models(cfg->state_dir, &names, &n)) != 0 && rc != -ENOENT) {
         return proto_cause(cause, rc, "cannot list snapshots in %s: %s", cfg->state_dir,
-                         strerror(-rc));
+                           strerror(-rc));
     }
     for (size_t i = 0; i < n; i++) {
         char *dir = snap_model_dir(cfg->state_dir, names[i]);
@@ -640,9 +624,9 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
     free(names);
     if (cfg->require && (failed > 0 || loaded == 0)) {
         return proto_cause(cause, EMAD_EFORMAT, "--require-snapshot: %s",
-                         loaded == 0 && failed == 0
-                             ? "no snapshot found in the state directory"
-                             : "a model has no loadable snapshot (see the log)");
+                           loaded == 0 && failed == 0
+                               ? "no snapshot found in the state directory"
+                               : "a model has no loadable snapshot (see the log)");
     }
     return 0;
 }

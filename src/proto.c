@@ -89,6 +89,22 @@ proto_map_get(const msgpack_object *map, const char *key)
     return NULL;
 }
 
+void
+proto_pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+void
+proto_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+    proto_pack_str(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
 int
 proto_cause(char **cause, int code, const char *fmt, ...)
 {

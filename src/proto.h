@@ -48,6 +48,11 @@ enum proto_op {
 #define PROTO_REPLY_OVERHEAD 4096        /* room for reply headers around data */
 
 struct msgpack_object;
+struct msgpack_packer;
+
+/* Pack a NUL-terminated string; pack "key": uint. */
+void proto_pack_str(struct msgpack_packer *pk, const char *s);
+void proto_pack_kv_u64(struct msgpack_packer *pk, const char *key, uint64_t v);
 
 /*
  * Value of string key `key` in a msgpack map, or NULL if absent (or if

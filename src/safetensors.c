@@ -51,21 +51,6 @@ quote(char *buf, size_t size, const char *s)
     return buf;
 }
 
-/* Format shape[0..ndim) as "[2, 3]" into buf; returns buf. */
-static const char *
-shape_str(char *buf, size_t size, const uint64_t *shape, uint32_t ndim)
-{
-    size_t off = 0;
-
-    off += (size_t)snprintf(buf, size, "[");
-    for (uint32_t i = 0; i < ndim && off < size; i++)
-        off += (size_t)snprintf(buf + off, size - off, "%s%llu", i ? ", " : "",
-                                (unsigned long long)shape[i]);
-    if (off < size)
-        snprintf(buf + off, size - off, "]");
-    return buf;
-}
-
 /* Read a little-endian u64 from p (any alignment). */
 static uint64_t
 load_le64(const unsigned char *p)
@@ -240,7 +225,7 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
                            "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
                            (unsigned long long)begin, (unsigned long long)end);
 
-    shape_str(sh, sizeof(sh), t->shape, t->ndim);
+    dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim);
     if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) < 0)
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
                            dtype_name(t->dtype));
@@ -662,8 +647,8 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
             rc = proto_cause(cause, EMAD_EINVAL,
                              "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
                              (unsigned long long)(t->data != NULL ? t->nbytes : 0),
-                             shape_str(sh, sizeof(sh), t->shape, t->ndim), dtype_name(t->dtype),
-                             (unsigned long long)nbytes);
+                             dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim),
+                             dtype_name(t->dtype), (unsigned long long)nbytes);
             goto out;
         }
         ord[i] = t;

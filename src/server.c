@@ -59,10 +59,15 @@ enum counter {
 };
 
 static const char *const counter_names[C_COUNT] = {
-    "requests",      "errors",           "bytes_in",        "bytes_out",     "tensors_applied",
-    "tensors_stale", "pushes_rejected",  "txn_begun",       "txn_committed", "txn_aborted",
-    "txn_expired",   "sessions_expired", "replies_dropped",
-    "tensors_skipped_nonfinite", "tensors_ignored", "writer_pushes_pending", "steps_expired",
+    "requests",        "errors",
+    "bytes_in",        "bytes_out",
+    "tensors_applied", "tensors_stale",
+    "pushes_rejected", "txn_begun",
+    "txn_committed",   "txn_aborted",
+    "txn_expired",     "sessions_expired",
+    "replies_dropped", "tensors_skipped_nonfinite",
+    "tensors_ignored", "writer_pushes_pending",
+    "steps_expired",
 };
 
 #define ERR_FIRST 1001
@@ -131,30 +136,13 @@ wbuf_write(void *data, const char *buf, size_t len)
 
 typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
 
-/* Pack a NUL-terminated string. */
-static void
-pack_cstr(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-/* Pack "key": uint. */
-static void
-pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-    pack_cstr(pk, key);
-    msgpack_pack_uint64(pk, v);
-}
-
 /* Pack the reply map header and its "v" and "ok" entries; nextra entries follow. */
 static void
 pack_head(msgpack_packer *pk, int ok, size_t nextra)
 {
     msgpack_pack_map(pk, 2 + nextra);
-    pack_kv_u64(pk, "v", PROTO_VERSION);
-    pack_cstr(pk, "ok");
+    proto_pack_kv_u64(pk, "v", PROTO_VERSION);
+    proto_pack_str(pk, "ok");
     if (ok)
         msgpack_pack_true(pk);
     else
@@ -235,19 +223,19 @@ build_error(msgpack_packer *pk, const void *vctx)
     int with_supported = e->code == EMAD_EVERSION;
 
     pack_head(pk, 0, 1);
-    pack_cstr(pk, "error");
+    proto_pack_str(pk, "error");
     msgpack_pack_map(pk, 3 + with_tensor + with_supported);
-    pack_kv_u64(pk, "code", (uint64_t)-e->code);
-    pack_cstr(pk, "name");
-    pack_cstr(pk, name != NULL ? name : "EMAD_EINTERNAL");
-    pack_cstr(pk, "message");
-    pack_cstr(pk, e->message);
+    proto_pack_kv_u64(pk, "code", (uint64_t)-e->code);
+    proto_pack_str(pk, "name");
+    proto_pack_str(pk, name != NULL ? name : "EMAD_EINTERNAL");
+    proto_pack_str(pk, "message");
+    proto_pack_str(pk, e->message);
     if (with_tensor) {
-        pack_cstr(pk, "tensor");
-        pack_cstr(pk, e->tensor);
+        proto_pack_str(pk, "tensor");
+        proto_pack_str(pk, e->tensor);
     }
     if (with_supported) {
-        pack_cstr(pk, "supported");
+        proto_pack_str(pk, "supported");
         msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, PROTO_VERSION);
     }
@@ -526,19 +514,19 @@ build_hello(msgpack_packer *pk, const void *ctx)
     const server *srv = ctx;
 
     msgpack_pack_map(pk, 10);
-    pack_kv_u64(pk, "v", PROTO_VERSION);
-    pack_cstr(pk, "ok");
+    proto_pack_kv_u64(pk, "v", PROTO_VERSION);
+    proto_pack_str(pk, "ok");
     msgpack_pack_true(pk);
-    pack_cstr(pk, "server");
-    pack_cstr(pk, "emad");
-    pack_cstr(pk, "version");
-    pack_cstr(pk, PACKAGE_VERSION);
-    pack_kv_u64(pk, "protocol", PROTO_VERSION);
-    pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
-    pack_kv_u64(pk, "max_tensors", PROTO_MAX_TENSORS);
-    pack_kv_u64(pk, "max_name_bytes", EMAD_MAX_NAME_BYTES);
-    pack_kv_u64(pk, "max_ndim", EMAD_MAX_NDIM);
-    pack_kv_u64(pk, "txn_timeout_ms", srv->cfg.txn_timeout_ms);
+    proto_pack_str(pk, "server");
+    proto_pack_str(pk, "emad");
+    proto_pack_str(pk, "version");
+    proto_pack_str(pk, PACKAGE_VERSION);
+    proto_pack_kv_u64(pk, "protocol", PROTO_VERSION);
+    proto_pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
+    proto_pack_kv_u64(pk, "max_tensors", PROTO_MAX_TENSORS);
+    proto_pack_kv_u64(pk, "max_name_bytes", EMAD_MAX_NAME_BYTES);
+    proto_pack_kv_u64(pk, "max_ndim", EMAD_MAX_NDIM);
+    proto_pack_kv_u64(pk, "txn_timeout_ms", srv->cfg.txn_timeout_ms);
 }
 
 /* Reply with no keys beyond v and ok. */
@@ -553,7 +541,7 @@ static void
 build_created(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    pack_cstr(pk, "created");
+    proto_pack_str(pk, "created");
     if (*(const int *)ctx)
         msgpack_pack_true(pk);
     else
@@ -591,9 +579,9 @@ log_config(const char *event, const char *name, size_t len, const emad_model_con
              (unsigned long long)cfg->update_after_step,
              emaconf_fmt_double(g, sizeof(g), cfg->inv_gamma),
              emaconf_fmt_double(p, sizeof(p), cfg->power),
-             emaconf_fmt_double(md, sizeof(md), cfg->min_decay), emaconf_step_gap_name(cfg->step_gap),
-             emaconf_buffers_name(cfg->buffers), emaconf_nonfinite_name(cfg->nonfinite),
-             cfg->writers, cfg->ncopy, cfg->nignore);
+             emaconf_fmt_double(md, sizeof(md), cfg->min_decay),
+             emaconf_step_gap_name(cfg->step_gap), emaconf_buffers_name(cfg->buffers),
+             emaconf_nonfinite_name(cfg->nonfinite), cfg->writers, cfg->ncopy, cfg->nignore);
 }
 
 static int
@@ -606,8 +594,8 @@ handle_create(req *r, store_err *err)
     emaconf_strings *strings = xmalloc(sizeof(*strings));
 
     emaconf_init(&cfg);
-    if (get_str(r->root, "model", &name, &len, err) ||
-        get_config(r->root, &cfg, strings, err) || get_bool(r->root, "exist_ok", &exist_ok, err) ||
+    if (get_str(r->root, "model", &name, &len, err) || get_config(r->root, &cfg, strings, err) ||
+        get_bool(r->root, "exist_ok", &exist_ok, err) ||
         store_create_model(r->srv->store, name, len, &cfg, exist_ok, &created, err)) {
         free(strings);
         return err->code;
@@ -670,20 +658,20 @@ build_result(msgpack_packer *pk, const void *ctx)
     const store_result *res = ctx;
 
     pack_head(pk, 1, 7);
-    pack_kv_u64(pk, "applied", res->applied);
-    pack_kv_u64(pk, "stale", res->stale);
-    pack_kv_u64(pk, "skipped", res->skipped);
-    pack_kv_u64(pk, "ignored", res->ignored);
-    pack_cstr(pk, "pending");
+    proto_pack_kv_u64(pk, "applied", res->applied);
+    proto_pack_kv_u64(pk, "stale", res->stale);
+    proto_pack_kv_u64(pk, "skipped", res->skipped);
+    proto_pack_kv_u64(pk, "ignored", res->ignored);
+    proto_pack_str(pk, "pending");
     if (res->pending)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    pack_cstr(pk, "stale_names");
+    proto_pack_str(pk, "stale_names");
     msgpack_pack_array(pk, res->nstale_names);
     for (size_t i = 0; i < res->nstale_names; i++)
-        pack_cstr(pk, res->stale_names[i]);
-    pack_kv_u64(pk, "step", res->step);
+        proto_pack_str(pk, res->stale_names[i]);
+    proto_pack_kv_u64(pk, "step", res->step);
 }
 
 /* Count a push's outcome. */
@@ -702,7 +690,7 @@ static void
 build_staged(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    pack_kv_u64(pk, "staged", *(const uint64_t *)ctx);
+    proto_pack_kv_u64(pk, "staged", *(const uint64_t *)ctx);
 }
 
 static int
@@ -718,13 +706,15 @@ handle_push(req *r, store_err *err)
         get_u64(r->root, "writer", &writer, &has_writer, err) != 0)
         return err->code;
     if (has_writer && has_txn)
-        return req_fail(err, EMAD_EMALFORMED, "'writer' belongs in begin, not in a transaction's push");
+        return req_fail(err, EMAD_EMALFORMED,
+                        "'writer' belongs in begin, not in a transaction's push");
     if (get_bool(r->root, "seed", &seed, err) != 0)
         return err->code;
     if (seed && (has_txn || has_writer))
         return req_fail(err, EMAD_EMALFORMED, "a seed is one message, without 'txn' or 'writer'");
     if (writer > UINT32_MAX)
-        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range", (unsigned long long)writer);
+        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
+                        (unsigned long long)writer);
     if (!has_txn && (get_str(r->root, "model", &model_name, &len, err) ||
                      get_u64(r->root, "step", &step, NULL, err)))
         return err->code;
@@ -771,7 +761,7 @@ static void
 build_txn(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    pack_kv_u64(pk, "txn", *(const uint64_t *)ctx);
+    proto_pack_kv_u64(pk, "txn", *(const uint64_t *)ctx);
 }
 
 static int
@@ -786,7 +776,8 @@ handle_begin(req *r, store_err *err)
         get_u64(r->root, "writer", &writer, &has_writer, err))
         return err->code;
     if (writer > UINT32_MAX)
-        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range", (unsigned long long)writer);
+        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
+                        (unsigned long long)writer);
     if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
         return err->code;
     r->srv->counters[C_TXN_BEGUN]++;
@@ -858,23 +849,23 @@ static void
 pack_view_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
 {
     msgpack_pack_map(pk, 7 + with_data);
-    pack_cstr(pk, "name");
+    proto_pack_str(pk, "name");
     msgpack_pack_str(pk, vt->name_len);
     msgpack_pack_str_body(pk, vt->name, vt->name_len);
-    pack_cstr(pk, "kind");
-    pack_cstr(pk, proto_kind_name(vt->kind));
-    pack_cstr(pk, "dtype");
-    pack_cstr(pk, dtype_name(vt->dtype));
-    pack_cstr(pk, "shape");
+    proto_pack_str(pk, "kind");
+    proto_pack_str(pk, proto_kind_name(vt->kind));
+    proto_pack_str(pk, "dtype");
+    proto_pack_str(pk, dtype_name(vt->dtype));
+    proto_pack_str(pk, "shape");
     msgpack_pack_array(pk, vt->ndim);
     for (uint32_t d = 0; d < vt->ndim; d++)
         msgpack_pack_uint64(pk, vt->shape[d]);
-    pack_kv_u64(pk, "step", vt->step);
-    pack_kv_u64(pk, "nbytes", vt->nbytes);
-    pack_cstr(pk, "update");
-    pack_cstr(pk, vt->averaged ? "average" : "copy");
+    proto_pack_kv_u64(pk, "step", vt->step);
+    proto_pack_kv_u64(pk, "nbytes", vt->nbytes);
+    proto_pack_str(pk, "update");
+    proto_pack_str(pk, vt->averaged ? "average" : "copy");
     if (with_data) {
-        pack_cstr(pk, "data");
+        proto_pack_str(pk, "data");
         pack_data(pk, vt, 0, vt->nbytes);
     }
 }
@@ -886,15 +877,15 @@ build_pull(msgpack_packer *pk, const void *vctx)
     const store_view *v = ctx->view;
 
     pack_head(pk, 1, ctx->inline_data ? 3 : 4);
-    pack_cstr(pk, "model");
-    pack_cstr(pk, v->model);
-    pack_kv_u64(pk, "step", v->step);
-    pack_cstr(pk, "tensors");
+    proto_pack_str(pk, "model");
+    proto_pack_str(pk, v->model);
+    proto_pack_kv_u64(pk, "step", v->step);
+    proto_pack_str(pk, "tensors");
     msgpack_pack_array(pk, v->ntensors);
     for (size_t i = 0; i < v->ntensors; i++)
         pack_view_tensor(pk, &v->tensors[i], ctx->inline_data);
     if (!ctx->inline_data)
-        pack_kv_u64(pk, "session", ctx->session);
+        proto_pack_kv_u64(pk, "session", ctx->session);
 }
 
 static int
@@ -999,7 +990,7 @@ build_read(msgpack_packer *pk, const void *vctx)
     const msgpack_object *rs = ctx->ranges;
 
     pack_head(pk, 1, 1);
-    pack_cstr(pk, "data");
+    proto_pack_str(pk, "data");
     msgpack_pack_array(pk, rs->via.array.size);
     for (uint32_t i = 0; i < rs->via.array.size; i++) {
         const msgpack_object *t = rs->via.array.ptr[i].via.array.ptr;
@@ -1080,7 +1071,7 @@ handle_release(req *r, store_err *err)
 /* A snapshot request whose reply waits for the files to be durable. */
 typedef struct snap_wait {
     server *srv;
-    void *ctrl; /* routing header of the request */
+    void *ctrl;  /* routing header of the request */
     int capture; /* server_process(): answered at once, nothing deferred */
 } snap_wait;
 
@@ -1088,7 +1079,7 @@ static void
 build_snapshot(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    pack_kv_u64(pk, "step", *(const uint64_t *)ctx);
+    proto_pack_kv_u64(pk, "step", *(const uint64_t *)ctx);
 }
 
 /* persist_cb: the snapshot is durable (rc 0) or failed: answer the request. */
@@ -1130,7 +1121,8 @@ handle_snapshot(req *r, store_err *err)
     if (o != NULL && get_str(r->root, "model", &name, &len, err) != 0)
         return err->code;
     if (name != NULL && store_model_find(r->srv->store, name, len) == NULL)
-        return req_fail(err, EMAD_ENOMODEL, "no model '%s'", printable(buf, sizeof(buf), name, len));
+        return req_fail(err, EMAD_ENOMODEL, "no model '%s'",
+                        printable(buf, sizeof(buf), name, len));
     w = xcalloc(1, sizeof(*w));
     w->srv = r->srv;
     w->ctrl = r->ctrl;
@@ -1155,18 +1147,18 @@ pack_model(msgpack_packer *pk, const model *m, uint64_t now_ms)
 
     msgpack_pack_map(pk, 8 + pushed);
     if (pushed)
-        pack_kv_u64(pk, "last_push_age_ms",
-                    now_ms >= m->last_push_ms ? now_ms - m->last_push_ms : 0);
-    pack_cstr(pk, "name");
-    pack_cstr(pk, m->name);
-    pack_kv_u64(pk, "snapshot_step", m->snap_version != 0 ? m->snap_step : 0);
-    pack_cstr(pk, "decay");
+        proto_pack_kv_u64(pk, "last_push_age_ms",
+                          now_ms >= m->last_push_ms ? now_ms - m->last_push_ms : 0);
+    proto_pack_str(pk, "name");
+    proto_pack_str(pk, m->name);
+    proto_pack_kv_u64(pk, "snapshot_step", m->snap_version != 0 ? m->snap_step : 0);
+    proto_pack_str(pk, "decay");
     msgpack_pack_double(pk, m->cfg.decays[0]);
-    pack_kv_u64(pk, "step", m->step);
-    pack_kv_u64(pk, "tensors", m->ntensors);
-    pack_kv_u64(pk, "shadow_bytes", m->shadow_bytes);
-    pack_kv_u64(pk, "steps_pending", m->npending);
-    pack_cstr(pk, "config");
+    proto_pack_kv_u64(pk, "step", m->step);
+    proto_pack_kv_u64(pk, "tensors", m->ntensors);
+    proto_pack_kv_u64(pk, "shadow_bytes", m->shadow_bytes);
+    proto_pack_kv_u64(pk, "steps_pending", m->npending);
+    proto_pack_str(pk, "config");
     msgpack_pack_map(pk, EMACONF_PACKED_KEYS);
     emaconf_pack(pk, &m->cfg);
 }
@@ -1182,7 +1174,7 @@ build_list_models(msgpack_packer *pk, const void *vctx)
     while (store_model_at(s, n) != NULL)
         n++;
     pack_head(pk, 1, 1);
-    pack_cstr(pk, "models");
+    proto_pack_str(pk, "models");
     msgpack_pack_array(pk, n);
     for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
         pack_model(pk, m, ctx->now_ms);
@@ -1195,9 +1187,9 @@ build_list_model(msgpack_packer *pk, const void *vctx)
     const model *m = ctx->m;
 
     pack_head(pk, 1, 2);
-    pack_cstr(pk, "model");
+    proto_pack_str(pk, "model");
     pack_model(pk, m, ctx->now_ms);
-    pack_cstr(pk, "tensors");
+    proto_pack_str(pk, "tensors");
     msgpack_pack_array(pk, m->ntensors);
     for (size_t i = 0; i < m->ntensors; i++) {
         const tensor *t = m->tensors[i];
@@ -1261,41 +1253,41 @@ build_stats(msgpack_packer *pk, const void *ctx)
 
     store_gauges_get(srv->store, &g);
     pack_head(pk, 1, 1);
-    pack_cstr(pk, "stats");
+    proto_pack_str(pk, "stats");
     msgpack_pack_map(pk, stats_count(srv));
     for (int i = 0; i < C_COUNT; i++)
-        pack_kv_u64(pk, counter_names[i], srv->counters[i]);
+        proto_pack_kv_u64(pk, counter_names[i], srv->counters[i]);
     for (int op = 1; op < PROTO_OP_COUNT; op++) {
         snprintf(name, sizeof(name), "requests_%s", proto_op_name(op));
-        pack_kv_u64(pk, name, srv->op_counts[op]);
+        proto_pack_kv_u64(pk, name, srv->op_counts[op]);
     }
     for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++) {
         if (srv->err_counts[i] == 0)
             continue;
         snprintf(name, sizeof(name), "errors_%s", proto_errname(-(ERR_FIRST + i)));
-        pack_kv_u64(pk, name, srv->err_counts[i]);
+        proto_pack_kv_u64(pk, name, srv->err_counts[i]);
     }
-    pack_kv_u64(pk, "models", g.models);
-    pack_kv_u64(pk, "tensors", g.tensors);
-    pack_kv_u64(pk, "shadow_bytes", g.shadow_bytes);
-    pack_kv_u64(pk, "txn_open", g.txn_open);
-    pack_kv_u64(pk, "sessions_open", g.views_open);
-    pack_kv_u64(pk, "steps_pending", g.steps_pending);
-    pack_kv_u64(pk, "staged_bytes", g.staged_bytes);
+    proto_pack_kv_u64(pk, "models", g.models);
+    proto_pack_kv_u64(pk, "tensors", g.tensors);
+    proto_pack_kv_u64(pk, "shadow_bytes", g.shadow_bytes);
+    proto_pack_kv_u64(pk, "txn_open", g.txn_open);
+    proto_pack_kv_u64(pk, "sessions_open", g.views_open);
+    proto_pack_kv_u64(pk, "steps_pending", g.steps_pending);
+    proto_pack_kv_u64(pk, "staged_bytes", g.staged_bytes);
     persist_stats ps;
     memset(&ps, 0, sizeof(ps));
     if (srv->persist != NULL)
         persist_stats_get(srv->persist, &ps);
-    pack_kv_u64(pk, "snapshots_written", ps.written);
-    pack_kv_u64(pk, "snapshot_failures", ps.failed);
-    pack_kv_u64(pk, "snapshot_bytes", ps.bytes);
-    pack_kv_u64(pk, "snapshot_last_success_unix_seconds", ps.last_success_unix_ms / 1000);
-    pack_kv_u64(pk, "snapshot_last_duration_ms", ps.last_duration_ms);
-    pack_kv_u64(pk, "snapshot_running", ps.running);
-    pack_kv_u64(pk, "snapshots_loaded", ps.loaded);
-    pack_kv_u64(pk, "snapshots_broken", ps.broken);
-    pack_kv_u64(pk, "uptime_seconds", (loop_now(srv) - srv->start_ms) / 1000);
-    pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
+    proto_pack_kv_u64(pk, "snapshots_written", ps.written);
+    proto_pack_kv_u64(pk, "snapshot_failures", ps.failed);
+    proto_pack_kv_u64(pk, "snapshot_bytes", ps.bytes);
+    proto_pack_kv_u64(pk, "snapshot_last_success_unix_seconds", ps.last_success_unix_ms / 1000);
+    proto_pack_kv_u64(pk, "snapshot_last_duration_ms", ps.last_duration_ms);
+    proto_pack_kv_u64(pk, "snapshot_running", ps.running);
+    proto_pack_kv_u64(pk, "snapshots_loaded", ps.loaded);
+    proto_pack_kv_u64(pk, "snapshots_broken", ps.broken);
+    proto_pack_kv_u64(pk, "uptime_seconds", (loop_now(srv) - srv->start_ms) / 1000);
+    proto_pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
 }
 
 /* Count the handling time of an accepted request since t0 (uv_hrtime) in its histogram. */
@@ -1585,7 +1577,7 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
     for (int i = 0; i < cfg->nlisten; i++) {
         if (nn_bind(srv->sock, cfg->listen[i]) < 0) {
             rc = proto_cause(cause, -nn_errno(), "cannot listen on %s: %s", cfg->listen[i],
-                           nn_strerror(nn_errno()));
+                             nn_strerror(nn_errno()));
             goto fail;
         }
         log_info("event=listening url=%s", cfg->listen[i]);

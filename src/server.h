@@ -22,9 +22,9 @@
 typedef struct server_config {
     const char *listen[SERVER_MAX_LISTEN];
     int nlisten;
-    const char *state_dir;      /* may be NULL */
-    uint64_t max_message_bytes; /* PROTO_DEFAULT_MAX_MESSAGE */
-    uint64_t txn_timeout_ms;    /* 60000 */
+    const char *state_dir;         /* may be NULL */
+    uint64_t max_message_bytes;    /* PROTO_DEFAULT_MAX_MESSAGE */
+    uint64_t txn_timeout_ms;       /* 60000 */
     uint64_t snapshot_interval_ms; /* 60000; 0: only on request and at shutdown */
     size_t snapshot_keep;          /* 2 */
     int require_snapshot;          /* a missing or unloadable state is a startup error */

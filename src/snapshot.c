@@ -1414,3 +1414,28 @@ snap_remove_temps(const char *model_dir)
     closedir(dir);
     return removed;
 }
+
+/* Remove a model's snapshot directory and every file in it; 0 or a negative errno. */
+int
+snap_remove_model(const char *state_dir, const char *model)
+{
+    char *path = snap_model_dir(state_dir, model);
+    DIR *dir;
+    struct dirent *de;
+    int rc = 0;
+
+    if (path == NULL)
+        return -ENOMEM;
+    if ((dir = opendir(path)) != NULL) {
+        while ((de = readdir(dir)) != NULL)
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                (void)unlinkat(dirfd(dir), de->d_name, 0);
+        closedir(dir);
+    }
+    if (rmdir(path) != 0)
+        rc = errno == ENOENT ? 0 : -errno;
+    else
+        rc = sync_parent(path);
+    free(path);
+    return rc;
+}

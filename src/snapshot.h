@@ -144,6 +144,9 @@ size_t snap_prune(const char *model_dir, size_t ndecays, size_t keep);
  */
 size_t snap_remove_temps(const char *model_dir);
 
+/* Remove a model's snapshot directory and every file in it (a dropped model); 0 or -errno. */
+int snap_remove_model(const char *state_dir, const char *model);
+
 /* Rename a bad file to PATH.broken (replacing an older .broken); 0 or a negative errno. */
 int snap_mark_broken(const char *path);
 

@@ -120,21 +120,6 @@ cname(char *buf, size_t size, const char *name, size_t len)
     return buf;
 }
 
-/* Format a shape as "[2, 3]". */
-static const char *
-fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t ndim)
-{
-    size_t off = 0;
-
-    off += (size_t)snprintf(buf, size, "[");
-    for (uint32_t i = 0; i < ndim && off < size; i++)
-        off += (size_t)snprintf(buf + off, size - off, "%s%llu", i ? ", " : "",
-                                (unsigned long long)shape[i]);
-    if (off < size)
-        snprintf(buf + off, size - off, "]");
-    return buf;
-}
-
 /* A new blob of size bytes with one reference, or NULL. */
 static blob *
 blob_new(size_t size)
@@ -541,8 +526,8 @@ check_against(const tensor *t, const char *name, int kind, int dtype, uint32_t n
                     dtype_name(dtype), dtype_name(t->dtype));
     if (t->ndim != ndim || memcmp(t->shape, shape, ndim * sizeof(uint64_t)) != 0)
         return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from stored %s", name,
-                    fmt_shape(a, sizeof(a), shape, ndim),
-                    fmt_shape(b, sizeof(b), t->shape, t->ndim));
+                    dtype_fmt_shape(a, sizeof(a), shape, ndim),
+                    dtype_fmt_shape(b, sizeof(b), t->shape, t->ndim));
     return 0;
 }
 
@@ -583,7 +568,7 @@ check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
                     EMAD_MAX_NDIM);
     if (dtype_numel(in->shape, in->ndim, in->dtype, numel, &nbytes) != 0)
         return fail(err, EMAD_ELIMIT, name, "tensor '%s': shape %s is too large", name,
-                    fmt_shape(a, sizeof(a), in->shape, in->ndim));
+                    dtype_fmt_shape(a, sizeof(a), in->shape, in->ndim));
     if (in->count == 0 && in->start != 0)
         return fail(err, EMAD_ERANGE, name,
                     "tensor '%s': a slice at element %llu needs a count > 0", name,
@@ -599,7 +584,7 @@ check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
         return fail(err, EMAD_ESIZE, name,
                     "tensor '%s': data has %llu bytes but %s %s of %s needs %llu", name,
                     (unsigned long long)in->len, in->count != 0 ? "the slice of" : "shape",
-                    fmt_shape(a, sizeof(a), in->shape, in->ndim), dtype_name(in->dtype),
+                    dtype_fmt_shape(a, sizeof(a), in->shape, in->ndim), dtype_name(in->dtype),
                     (unsigned long long)sbytes);
     if (chunked && (in->offset > sbytes || in->len > sbytes - in->offset))
         return fail(err, EMAD_ESIZE, name,
@@ -641,8 +626,8 @@ check_same_tensor(const item *it, const store_input *in, const char *what, store
                     what);
     if (it->ndim != in->ndim || memcmp(it->shape, in->shape, it->ndim * sizeof(uint64_t)) != 0)
         return fail(err, EMAD_ESHAPE, name, "tensor '%s': shape %s differs from %s %s", name,
-                    fmt_shape(a, sizeof(a), in->shape, in->ndim), what,
-                    fmt_shape(b, sizeof(b), it->shape, it->ndim));
+                    dtype_fmt_shape(a, sizeof(a), in->shape, in->ndim), what,
+                    dtype_fmt_shape(b, sizeof(b), it->shape, it->ndim));
     return 0;
 }
 
@@ -1249,6 +1234,23 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     return rc;
 }
 
+/* The index of the first input whose name an earlier input has, or -1. */
+static long
+find_duplicate(const store_input *in, size_t n)
+{
+    strmap *seen = strmap_create();
+    long dup = -1;
+
+    for (size_t i = 0; i < n && dup < 0; i++) {
+        if (strmap_get(seen, in[i].name, in[i].name_len) != NULL)
+            dup = (long)i;
+        else
+            strmap_put(seen, in[i].name, in[i].name_len, (void *)&in[i]);
+    }
+    strmap_destroy(seen);
+    return dup;
+}
+
 /* Check one seed input: whole tensor, a data dtype the tensor's shadow can take. */
 static int
 check_seed(const model *m, const store_input *in, store_err *err)
@@ -1293,18 +1295,7 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
     for (i = 0; i < n; i++)
         if (check_seed(m, &in[i], err) != 0)
             return err->code;
-    {
-        stage st;
-        stage_init(&st);
-        for (dup = -1, i = 0; i < n && dup < 0; i++) {
-            if (stage_find(&st, in[i].name, in[i].name_len) != NULL)
-                dup = (long)i;
-            else
-                (void)stage_add(&st, &in[i], 0);
-        }
-        stage_free(&st);
-    }
-    if (dup >= 0) {
+    if ((dup = find_duplicate(in, n)) >= 0) {
         char name[EMAD_MAX_NAME_BYTES + 1];
         cname(name, sizeof(name), in[dup].name, in[dup].name_len);
         return fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one seed", name);
@@ -1478,6 +1469,7 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
     uint64_t *counts;
     uint8_t *skip;
     model *m;
+    long dup;
 
     *staged_n = 0;
     if (t == NULL)
@@ -1492,6 +1484,11 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
         return err->code;
     if (check_message_size(n, err) != 0)
         return err->code;
+    if ((dup = find_duplicate(in, n)) >= 0) {
+        char name[EMAD_MAX_NAME_BYTES + 1];
+        cname(name, sizeof(name), in[dup].name, in[dup].name_len);
+        return fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one request", name);
+    }
     /* Check every chunk, against the stored tensor and what is staged, before touching any. */
     counts = xcalloc(n, sizeof(*counts));
     skip = xcalloc(n, 1);
@@ -1502,15 +1499,6 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
         if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
             skip[i] = 1;
             continue;
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (!skip[j] && in[j].name_len == in[i].name_len &&
-                memcmp(in[j].name, in[i].name, in[i].name_len) == 0) {
-                char name[EMAD_MAX_NAME_BYTES + 1];
-                cname(name, sizeof(name), in[i].name, in[i].name_len);
-                fail(err, EMAD_EDUP, name, "tensor '%s' appears twice in one request", name);
-                goto fail;
-            }
         }
         if (check_chunk(stage_find(&t->st, in[i].name, in[i].name_len), &in[i], counts[i], err))
             goto fail;
