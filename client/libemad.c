@@ -1,10 +1,16 @@
 /*
  * libemad.c - the client library for emad (include/emad.h).
  *
- * One emad_client owns one nanomsg REQ socket connected to a daemon, the
- * limits learned from the daemon's `hello`, and the text of the last error.
- * Every call is one or more request/reply round trips as described in
- * docs/PROTOCOL.md. Requests are msgpack maps packed with a msgpack_packer
+ * One emad_client owns one raw nanomsg REQ socket connected to a daemon,
+ * the limits learned from the daemon's `hello`, and the text of the last
+ * error. Every call is one or more request/reply exchanges as described in
+ * docs/PROTOCOL.md. The socket is raw so that the client numbers its own
+ * requests (the SP header's request id) and can keep several in flight on
+ * one connection: the chunks of a large push and the reads of a large pull
+ * are pipelined, PIPELINE_DEPTH at a time, so the daemon averages (or
+ * packs) one while the next is on the wire. Replies are matched to requests
+ * by id; a reply nobody waits for any more (its request timed out) is
+ * dropped. Requests are msgpack maps packed with a msgpack_packer
  * whose write callback fills an nn_allocmsg buffer sized exactly by a first,
  * counting pass (header sizes are fixed, and the counting pass copies no
  * data), then sent zero-copy; tensor data is copied once, from the caller's
@@ -76,8 +82,27 @@
 /* Abort of a failed transaction: best effort, with a short timeout. */
 #define ABORT_TIMEOUT_MS 2000
 
+/*
+ * Requests of one large push or pull in flight at once. Two keep the
+ * connection busy while the daemon works on the other; three absorb the
+ * jitter of its threadpool (bench/RESULTS.md).
+ */
+#define PIPELINE_DEPTH 3
+
+/* A reply received for a request in flight other than the one being waited for. */
+typedef struct stashed {
+    uint32_t id;
+    void *msg;
+    int len;
+} stashed;
+
 struct emad_client {
     int sock;
+    uint32_t next_id;                  /* request ids: 31 bits, the top bit is set on the wire */
+    uint32_t inflight[PIPELINE_DEPTH]; /* ids sent and not yet answered */
+    size_t ninflight;
+    stashed stash[PIPELINE_DEPTH]; /* their replies that came early */
+    size_t nstash;
     emad_options opts;
     uint64_t server_max; /* max_message_bytes from hello */
     uint64_t msg_limit;  /* largest request body we send */
@@ -401,23 +426,16 @@ reply_decode(emad_client *c, const char *op, reply *r, size_t len)
     return reply_error(c, op, e);
 }
 
-/*
- * One round trip: pack build(ctx) into an exactly sized nanomsg message,
- * send it (zero-copy) and wait for the reply, all within timeout_ms.
- * Returns 0 with *r holding a successful reply (free with reply_free), or
- * a negative code with the last error set and *r empty.
- */
+/* Pack build(ctx) into an exactly sized nanomsg message; *len gets its size. */
 static int
-call(emad_client *c, const char *op, build_fn build, const void *ctx, int timeout_ms, reply *r)
+pack_request(emad_client *c, const char *op, build_fn build, const void *ctx, void **out,
+             size_t *out_len)
 {
     size_t len = packed_size(build, ctx);
-    int64_t deadline = now_ms() + timeout_ms, left;
     msgpack_packer pk;
     wbuf w;
-    void *msg, *buf = NULL;
-    int n, rc;
+    void *msg;
 
-    memset(r, 0, sizeof(*r));
     if (len > c->msg_limit)
         return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
                     op, len, (unsigned long long)c->msg_limit);
@@ -430,12 +448,84 @@ call(emad_client *c, const char *op, build_fn build, const void *ctx, int timeou
         nn_freemsg(msg);
         return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", op);
     }
+    *out = msg;
+    *out_len = len;
+    return 0;
+}
+
+/* Forget every request in flight: their replies, early or late, are dropped. */
+static void
+forget_inflight(emad_client *c)
+{
+    for (size_t i = 0; i < c->nstash; i++)
+        nn_freemsg(c->stash[i].msg);
+    c->nstash = 0;
+    c->ninflight = 0;
+}
+
+/* Is id a request in flight? Removes it when take is set. */
+static int
+inflight_has(emad_client *c, uint32_t id, int take)
+{
+    for (size_t i = 0; i < c->ninflight; i++) {
+        if (c->inflight[i] == id) {
+            if (take)
+                c->inflight[i] = c->inflight[--c->ninflight];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Send a request packed by build(ctx) with the next request id (*id),
+ * waiting at most until deadline (ms) for the connection to take it. At
+ * most PIPELINE_DEPTH requests may be in flight.
+ */
+static int
+req_send(emad_client *c, const char *op, build_fn build, const void *ctx, int64_t deadline,
+         int timeout_ms, uint32_t *id)
+{
+    unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
+    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
+    unsigned char *hd;
+    struct nn_iovec iov;
+    struct nn_msghdr hdr;
+    size_t len, splen = sizeof(uint32_t);
+    int64_t left;
+    void *msg;
+    int rc;
+
+    if (c->ninflight >= PIPELINE_DEPTH)
+        return fail(c, EMAD_EINTERNAL, "%s: too many requests in flight", op);
+    if ((rc = pack_request(c, op, build, ctx, &msg, &len)) != 0)
+        return rc;
+    c->next_id = (c->next_id + 1) & 0x7fffffffu;
+    *id = c->next_id | 0x80000000u;
+    /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */
+    memset(cbuf, 0, sizeof(cbuf));
+    cm->cmsg_len = NN_CMSG_LEN(sizeof(size_t) + sizeof(uint32_t));
+    cm->cmsg_level = PROTO_SP;
+    cm->cmsg_type = SP_HDR;
+    hd = NN_CMSG_DATA(cm);
+    memcpy(hd, &splen, sizeof(splen));
+    hd[sizeof(size_t) + 0] = (unsigned char)(*id >> 24);
+    hd[sizeof(size_t) + 1] = (unsigned char)(*id >> 16);
+    hd[sizeof(size_t) + 2] = (unsigned char)(*id >> 8);
+    hd[sizeof(size_t) + 3] = (unsigned char)*id;
     for (;;) {
         left = deadline - now_ms();
         if (left < 1)
             left = 1;
         (void)set_int(c->sock, NN_SOL_SOCKET, NN_SNDTIMEO, (int)left);
-        if (nn_send(c->sock, &msg, NN_MSG, 0) >= 0)
+        iov.iov_base = &msg;
+        iov.iov_len = NN_MSG;
+        memset(&hdr, 0, sizeof(hdr));
+        hdr.msg_iov = &iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf;
+        hdr.msg_controllen = sizeof(cbuf);
+        if (nn_sendmsg(c->sock, &hdr, 0) >= 0)
             break; /* nanomsg owns msg now */
         rc = nn_errno();
         if (rc == EINTR && now_ms() < deadline)
@@ -443,18 +533,94 @@ call(emad_client *c, const char *op, build_fn build, const void *ctx, int timeou
         nn_freemsg(msg);
         return nn_fail(c, rc, op, "send", timeout_ms);
     }
-    for (;;) {
-        left = deadline - now_ms();
-        if (left < 1)
-            return nn_fail(c, ETIMEDOUT, op, "receive", timeout_ms);
-        (void)set_int(c->sock, NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
-        if ((n = nn_recv(c->sock, &buf, NN_MSG, 0)) >= 0)
-            break;
-        rc = nn_errno();
-        if (rc == EINTR)
+    c->inflight[c->ninflight++] = *id;
+    return 0;
+}
+
+/* The request id in a received control buffer, or 0 if there is none. */
+static uint32_t
+reply_id(const void *ctrl, size_t ctrl_len)
+{
+    struct nn_msghdr hdr;
+    const struct nn_cmsghdr *cm;
+
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.msg_control = (void *)ctrl;
+    hdr.msg_controllen = ctrl_len;
+    for (cm = NN_CMSG_FIRSTHDR(&hdr); cm != NULL; cm = NN_CMSG_NXTHDR(&hdr, cm)) {
+        const unsigned char *d;
+        size_t splen;
+        if (cm->cmsg_level != PROTO_SP || cm->cmsg_type != SP_HDR)
             continue;
-        return nn_fail(c, rc, op, "receive", timeout_ms);
+        if (cm->cmsg_len < NN_CMSG_LEN(sizeof(size_t) + sizeof(uint32_t)))
+            return 0;
+        d = NN_CMSG_DATA(cm);
+        memcpy(&splen, d, sizeof(splen));
+        if (splen != sizeof(uint32_t))
+            return 0;
+        d += sizeof(size_t);
+        return (uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3];
     }
+    return 0;
+}
+
+/*
+ * Wait until deadline for the reply to request id and decode it into *r
+ * (free with reply_free). Replies to other requests in flight are kept
+ * for their turn; others are dropped. On failure id is no longer in flight.
+ */
+static int
+req_wait(emad_client *c, const char *op, uint32_t id, int64_t deadline, int timeout_ms, reply *r)
+{
+    void *buf = NULL;
+    int64_t left;
+    int n = -1, rc;
+
+    memset(r, 0, sizeof(*r));
+    for (size_t i = 0; i < c->nstash; i++) {
+        if (c->stash[i].id == id) {
+            buf = c->stash[i].msg;
+            n = c->stash[i].len;
+            c->stash[i] = c->stash[--c->nstash];
+            break;
+        }
+    }
+    while (buf == NULL) {
+        unsigned char ctrl[256];
+        struct nn_iovec iov = {&buf, NN_MSG};
+        struct nn_msghdr hdr;
+        uint32_t got;
+
+        left = deadline - now_ms();
+        if (left < 1) {
+            (void)inflight_has(c, id, 1);
+            return nn_fail(c, ETIMEDOUT, op, "receive", timeout_ms);
+        }
+        (void)set_int(c->sock, NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
+        memset(&hdr, 0, sizeof(hdr));
+        hdr.msg_iov = &iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = ctrl;
+        hdr.msg_controllen = sizeof(ctrl);
+        if ((n = nn_recvmsg(c->sock, &hdr, 0)) < 0) {
+            rc = nn_errno();
+            buf = NULL;
+            if (rc == EINTR)
+                continue;
+            (void)inflight_has(c, id, 1);
+            return nn_fail(c, rc, op, "receive", timeout_ms);
+        }
+        got = reply_id(ctrl, sizeof(ctrl));
+        if (got == id)
+            break;
+        if (got != 0 && inflight_has(c, got, 0) && c->nstash < PIPELINE_DEPTH) {
+            c->stash[c->nstash++] = (stashed){got, buf, n};
+        } else {
+            nn_freemsg(buf); /* the reply to a request we gave up on */
+        }
+        buf = NULL;
+    }
+    (void)inflight_has(c, id, 1);
     r->msg = buf;
     msgpack_unpacked_init(&r->u);
     if ((rc = reply_decode(c, op, r, (size_t)n)) != 0) {
@@ -462,6 +628,25 @@ call(emad_client *c, const char *op, build_fn build, const void *ctx, int timeou
         return rc;
     }
     return 0;
+}
+
+/*
+ * One round trip: pack build(ctx) into an exactly sized nanomsg message,
+ * send it (zero-copy) and wait for the reply, all within timeout_ms.
+ * Returns 0 with *r holding a successful reply (free with reply_free), or
+ * a negative code with the last error set and *r empty.
+ */
+static int
+call(emad_client *c, const char *op, build_fn build, const void *ctx, int timeout_ms, reply *r)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    uint32_t id = 0;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    if ((rc = req_send(c, op, build, ctx, deadline, timeout_ms, &id)) != 0)
+        return rc;
+    return req_wait(c, op, id, deadline, timeout_ms, r);
 }
 
 /* ---- simple requests ------------------------------------------------------------------------ */
@@ -661,7 +846,7 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
 {
     emad_client *c;
     emad_options o;
-    int resend, rc;
+    int rc;
 
     if (out == NULL)
         return EMAD_EINVAL;
@@ -683,18 +868,19 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
     /* Before hello: requests up to the protocol minimum, replies as asked. */
     c->msg_limit = c->push_limit = PROTO_MIN_MAX_MESSAGE - SP_HEADER_SLACK;
     c->reply_ask = c->reply_eff = o.max_reply_bytes - SP_HEADER_SLACK;
-    if ((c->sock = nn_socket(AF_SP, NN_REQ)) < 0) {
+    /* Raw: requests are numbered here, several may be in flight, and nothing is ever
+     * resent behind our back (a push is not idempotent). */
+    if ((c->sock = nn_socket(AF_SP_RAW, NN_REQ)) < 0) {
         free(c);
         return EMAD_ECONNECT;
     }
-    /* A resend must never race our own timeout: pushes are resent only by us. */
-    resend = (o.timeout_ms > o.connect_timeout_ms ? o.timeout_ms : o.connect_timeout_ms);
-    resend = resend < INT_MAX - 1000 ? resend + 1000 : INT_MAX;
+    c->next_id = (uint32_t)now_ms() & 0x7fffffffu;
     if (set_int(c->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, (int)o.max_reply_bytes) < 0 ||
         set_int(c->sock, NN_SOL_SOCKET, NN_SNDTIMEO, o.timeout_ms) < 0 ||
         set_int(c->sock, NN_SOL_SOCKET, NN_RCVTIMEO, o.timeout_ms) < 0 ||
-        set_int(c->sock, NN_REQ, NN_REQ_RESEND_IVL, resend) < 0 ||
-        set_int(c->sock, NN_TCP, NN_TCP_NODELAY, 1) < 0) {
+        set_int(c->sock, NN_TCP, NN_TCP_NODELAY, 1) < 0 ||
+        set_int(c->sock, NN_SOL_SOCKET, NN_SNDBUF, PROTO_SOCKET_BUFFER_BYTES) < 0 ||
+        set_int(c->sock, NN_SOL_SOCKET, NN_RCVBUF, PROTO_SOCKET_BUFFER_BYTES) < 0) {
         rc = EMAD_ECONNECT;
         goto fail;
     }
@@ -720,6 +906,7 @@ emad_close(emad_client *c)
 {
     if (c == NULL)
         return;
+    forget_inflight(c);
     if (c->sock >= 0)
         (void)nn_close(c->sock);
     free(c);
@@ -1184,7 +1371,8 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     simple_req cq = {.op = "commit", .key = "txn"};
     push_req q = {.model = model, .step = step, .has_txn = 1, .tensors = tensors};
     size_t ti = 0, cap = n < PROTO_MAX_TENSORS ? n : PROTO_MAX_TENSORS;
-    uint64_t toff = 0, txn = 0;
+    uint64_t toff = 0, txn = 0, nsent = 0, ndone = 0;
+    uint32_t ids[PIPELINE_DEPTH];
     push_item *items;
     reply r;
     int rc;
@@ -1203,13 +1391,23 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     if (rc != 0)
         goto out;
     q.txn = cq.value = txn;
-    while (ti < n) {
+    /* Chunks are pipelined: up to PIPELINE_DEPTH in flight, each reply checked in order. */
+    while (ti < n || nsent > ndone) {
         uint64_t staged;
 
-        if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0)
+        if (ti < n && nsent - ndone < PIPELINE_DEPTH) {
+            if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0)
+                goto fail_abort;
+            if ((rc = req_send(c, "push", build_push, &q, now_ms() + c->opts.timeout_ms,
+                               c->opts.timeout_ms, &ids[nsent % PIPELINE_DEPTH])) != 0)
+                goto fail_abort;
+            nsent++;
+            continue;
+        }
+        if ((rc = req_wait(c, "push", ids[ndone % PIPELINE_DEPTH], now_ms() + c->opts.timeout_ms,
+                           c->opts.timeout_ms, &r)) != 0)
             goto fail_abort;
-        if ((rc = call(c, "push", build_push, &q, c->opts.timeout_ms, &r)) != 0)
-            goto fail_abort;
+        ndone++;
         res->messages++;
         rc = rget_u64(c, r.root, "staged", &staged);
         reply_free(&r);
@@ -1223,6 +1421,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     reply_free(&r);
     goto out;
 fail_abort:
+    forget_inflight(c);
     push_abort(c, txn);
 out:
     free(items);

@@ -78,6 +78,7 @@ enum {
     EMAD_EIMMUTABLE = -1023,  /* option cannot change on an existing model */
     EMAD_ENOSTATE = -1024,    /* the daemon runs without --state-dir */
     EMAD_ESNAPSHOT = -1025,   /* a snapshot could not be written (disk full, permissions) */
+    EMAD_ECONFLICT = -1026,   /* another push changed a tensor of an open transaction */
     /* Client-side only. */
     EMAD_ETIMEDOUT = -1101, /* no reply within the timeout */
     EMAD_ECONNECT = -1102,  /* cannot open or connect the socket */

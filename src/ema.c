@@ -96,9 +96,131 @@ f16_base(float *dst, const float *shadow, const unsigned char *v, size_t n, floa
     }
 }
 
+/* Portable count of NaN/Inf values (exponent all ones) of a float dtype. */
+static uint64_t
+count_base(const unsigned char *v, int dtype, size_t n)
+{
+    uint64_t bad = 0;
+
+    switch (dtype) {
+    case EMAD_F32:
+        for (size_t i = 0; i < n; i++) {
+            uint32_t x;
+            memcpy(&x, v + 4 * i, 4);
+            bad += (x & 0x7f800000u) == 0x7f800000u;
+        }
+        break;
+    case EMAD_F64:
+        for (size_t i = 0; i < n; i++) {
+            uint64_t x;
+            memcpy(&x, v + 8 * i, 8);
+            bad += (x & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+        }
+        break;
+    case EMAD_F16:
+    case EMAD_BF16: {
+        uint16_t mask = dtype == EMAD_F16 ? 0x7c00 : 0x7f80;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t x;
+            memcpy(&x, v + 2 * i, 2);
+            bad += (x & mask) == mask;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    return bad;
+}
+
 #ifdef EMA_X86
 EMA_KERNELS(avx2, __attribute__((target("avx2"))))
 EMA_KERNELS(avx512, __attribute__((target("avx512f,avx512bw"))))
+
+/* The count with AVX2: compare the exponent bits of 32 bytes at a time, popcount the mask. */
+__attribute__((target("avx2,popcnt"))) static uint64_t
+count_avx2(const unsigned char *v, int dtype, size_t n)
+{
+    uint64_t bad = 0;
+    size_t i = 0, w = dtype_size(dtype), lanes = w != 0 ? 32 / w : 0;
+
+    switch (dtype) {
+    case EMAD_F32: {
+        __m256i m = _mm256_set1_epi32(0x7f800000);
+        for (; i + lanes <= n; i += lanes) {
+            __m256i x =
+                _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(v + 4 * i)), m);
+            bad += (uint64_t)__builtin_popcount(
+                (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(x, m))));
+        }
+        break;
+    }
+    case EMAD_F64: {
+        __m256i m = _mm256_set1_epi64x(0x7ff0000000000000ll);
+        for (; i + lanes <= n; i += lanes) {
+            __m256i x =
+                _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(v + 8 * i)), m);
+            bad += (uint64_t)__builtin_popcount(
+                (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(x, m))));
+        }
+        break;
+    }
+    case EMAD_F16:
+    case EMAD_BF16: {
+        __m256i m = _mm256_set1_epi16(dtype == EMAD_F16 ? 0x7c00 : 0x7f80);
+        for (; i + lanes <= n; i += lanes) {
+            __m256i x =
+                _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(v + 2 * i)), m);
+            bad += (uint64_t)__builtin_popcount(
+                       (unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi16(x, m))) /
+                   2;
+        }
+        break;
+    }
+    default:
+        return 0;
+    }
+    return bad + (i < n ? count_base(v + w * i, dtype, n - i) : 0);
+}
+
+/* The count with AVX-512: 64 bytes at a time into a mask register. */
+__attribute__((target("avx512f,avx512bw,popcnt"))) static uint64_t
+count_avx512(const unsigned char *v, int dtype, size_t n)
+{
+    uint64_t bad = 0;
+    size_t i = 0, w = dtype_size(dtype), lanes = w != 0 ? 64 / w : 0;
+
+    switch (dtype) {
+    case EMAD_F32: {
+        __m512i m = _mm512_set1_epi32(0x7f800000);
+        for (; i + lanes <= n; i += lanes) {
+            __m512i x = _mm512_and_si512(_mm512_loadu_si512(v + 4 * i), m);
+            bad += (uint64_t)__builtin_popcount(_mm512_cmpeq_epi32_mask(x, m));
+        }
+        break;
+    }
+    case EMAD_F64: {
+        __m512i m = _mm512_set1_epi64(0x7ff0000000000000ll);
+        for (; i + lanes <= n; i += lanes) {
+            __m512i x = _mm512_and_si512(_mm512_loadu_si512(v + 8 * i), m);
+            bad += (uint64_t)__builtin_popcount(_mm512_cmpeq_epi64_mask(x, m));
+        }
+        break;
+    }
+    case EMAD_F16:
+    case EMAD_BF16: {
+        __m512i m = _mm512_set1_epi16(dtype == EMAD_F16 ? 0x7c00 : 0x7f80);
+        for (; i + lanes <= n; i += lanes) {
+            __m512i x = _mm512_and_si512(_mm512_loadu_si512(v + 2 * i), m);
+            bad += (uint64_t)__builtin_popcountll(_mm512_cmpeq_epi16_mask(x, m));
+        }
+        break;
+    }
+    default:
+        return 0;
+    }
+    return bad + (i < n ? count_base(v + w * i, dtype, n - i) : 0);
+}
 
 /* F16 with the F16C conversion (exact, like the portable one), 8 lanes at a time. */
 __attribute__((target("avx2,f16c"))) static void
@@ -142,12 +264,14 @@ typedef struct kernels {
     void (*bf16)(float *, const float *, const unsigned char *, size_t, float);
     void (*f16)(float *, const float *, const unsigned char *, size_t, float);
     void (*f64)(double *, const double *, const unsigned char *, size_t, double);
+    uint64_t (*count)(const unsigned char *, int, size_t);
 } kernels;
 
-static const kernels k_base = {"sse2", f32_base, bf16_base, f16_base, f64_base};
+static const kernels k_base = {"sse2", f32_base, bf16_base, f16_base, f64_base, count_base};
 #ifdef EMA_X86
-static const kernels k_avx2 = {"avx2", f32_avx2, bf16_avx2, f16_avx2, f64_avx2};
-static const kernels k_avx512 = {"avx512", f32_avx512, bf16_avx512, f16_avx512, f64_avx512};
+static const kernels k_avx2 = {"avx2", f32_avx2, bf16_avx2, f16_avx2, f64_avx2, count_avx2};
+static const kernels k_avx512 = {"avx512",   f32_avx512, bf16_avx512,
+                                 f16_avx512, f64_avx512, count_avx512};
 #endif
 
 /* The kernels in use: chosen on first use (read-only afterwards; a race picks the same). */
@@ -275,36 +399,5 @@ ema_init(void *shadow, const void *value, int value_dtype, size_t n)
 uint64_t
 ema_count_nonfinite(const void *value, int dtype, size_t n)
 {
-    const unsigned char *v = value;
-    uint64_t bad = 0;
-
-    switch (dtype) {
-    case EMAD_F32:
-        for (size_t i = 0; i < n; i++) {
-            uint32_t x;
-            memcpy(&x, v + 4 * i, 4);
-            bad += (x & 0x7f800000u) == 0x7f800000u;
-        }
-        break;
-    case EMAD_F64:
-        for (size_t i = 0; i < n; i++) {
-            uint64_t x;
-            memcpy(&x, v + 8 * i, 8);
-            bad += (x & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-        }
-        break;
-    case EMAD_F16:
-    case EMAD_BF16: {
-        uint16_t mask = dtype == EMAD_F16 ? 0x7c00 : 0x7f80;
-        for (size_t i = 0; i < n; i++) {
-            uint16_t x;
-            memcpy(&x, v + 2 * i, 2);
-            bad += (x & mask) == mask;
-        }
-        break;
-    }
-    default:
-        break;
-    }
-    return bad;
+    return get()->count(value, dtype, n);
 }

@@ -55,6 +55,7 @@ static const struct errinfo errors[] = {
     {EMAD_EIMMUTABLE, "EMAD_EIMMUTABLE", "option cannot change on an existing model"},
     {EMAD_ENOSTATE, "EMAD_ENOSTATE", "the daemon has no state directory"},
     {EMAD_ESNAPSHOT, "EMAD_ESNAPSHOT", "snapshot could not be written"},
+    {EMAD_ECONFLICT, "EMAD_ECONFLICT", "tensor changed by another push during the transaction"},
     {EMAD_ETIMEDOUT, "EMAD_ETIMEDOUT", "timed out waiting for the daemon"},
     {EMAD_ECONNECT, "EMAD_ECONNECT", "cannot connect to the daemon"},
     {EMAD_EPROTO, "EMAD_EPROTO", "reply from the daemon not understood"},

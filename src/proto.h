@@ -44,6 +44,14 @@ enum proto_op {
 #define PROTO_MAX_DEPTH 8            /* nesting depth of a request */
 #define PROTO_DEFAULT_MAX_MESSAGE (64u << 20)
 #define PROTO_MIN_MAX_MESSAGE (64u << 10)
+
+/*
+ * Kernel socket buffers (NN_SNDBUF, NN_RCVBUF) of the daemon's and
+ * libemad's sockets. nanomsg's default of 128 KiB stalls a pipelined
+ * transfer: with 1 MiB the sender keeps writing while the receiver works
+ * (bench/RESULTS.md has the sweep; larger buffers gained nothing).
+ */
+#define PROTO_SOCKET_BUFFER_BYTES (1 << 20)
 #define PROTO_MAX_MAX_MESSAGE (1u << 30) /* nanomsg sizes are int */
 #define PROTO_REPLY_OVERHEAD 4096        /* room for reply headers around data */
 

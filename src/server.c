@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <msgpack.h>
 #include <nanomsg/nn.h>
@@ -34,6 +35,7 @@
 #include "proto.h"
 #include "server.h"
 #include "store.h"
+#include "task.h"
 #include "xmalloc.h"
 
 /* Counters reported by `stats`, in this order. */
@@ -71,7 +73,7 @@ static const char *const counter_names[C_COUNT] = {
 };
 
 #define ERR_FIRST 1001
-#define ERR_LAST 1025
+#define ERR_LAST 1026
 
 struct server {
     uv_loop_t *loop;
@@ -103,11 +105,42 @@ typedef struct req {
     server *srv;
     const msgpack_object *root; /* the request map */
     int op;
-    void *ctrl; /* routing header chunk, handed back with the reply */
+    void *ctrl;  /* routing header chunk, handed back with the reply */
+    void **body; /* the request message; a handler that keeps it sets *body to NULL */
     uint64_t now_ms;
+    uint64_t t0;  /* uv_hrtime() when handling began */
+    int deferred; /* answered later (and counted then) by the handler's callback */
     size_t reply_len;
     void **capture; /* server_process(): the reply goes here instead of the socket */
 } req;
+
+/*
+ * Work of one request run on the libuv threadpool: the averaging of a
+ * transaction's chunks (straight from the request message, which is kept
+ * until the work is done), or the copying of tensor data into a large read
+ * or pull reply (from shadows whose blobs are referenced meanwhile). The
+ * tasks are split in contiguous runs among up to ASYNC_MAX_PARTS work
+ * items, one per CPU, so one big request keeps every core busy while the loop goes on
+ * serving other requests.
+ */
+#define ASYNC_MAX_PARTS 8
+#define ASYNC_MIN_BYTES (1u << 20) /* smaller work runs inline on the loop */
+
+typedef struct async_req {
+    server *srv;
+    int op;
+    void *ctrl, *body;
+    uint64_t t0;
+    task_list tasks;
+    store_job *job;  /* push: the store's job (tasks point into it) */
+    uint64_t staged; /* push: the reply's count */
+    void *msg;       /* reply: the packed message, data filled by the tasks */
+    size_t len;
+    blob **blobs; /* reply: references taken for the tasks */
+    size_t nblobs;
+    int parts, left;
+    uv_work_t work[ASYNC_MAX_PARTS];
+} async_req;
 
 /* Milliseconds on the loop's clock (0 without a loop). */
 static uint64_t
@@ -116,10 +149,17 @@ loop_now(const server *srv)
     return srv->loop != NULL ? uv_now(srv->loop) : 0;
 }
 
-/* Output of the two-pass packer: counts when p is NULL, writes otherwise. */
+/*
+ * Output of the two-pass packer: counts when p is NULL, writes otherwise.
+ * With defer set, tensor data is not copied: pack_data() adds a task that
+ * copies it later (and references its blob in blobs).
+ */
 typedef struct wbuf {
     char *p;
     size_t len;
+    task_list *defer;
+    blob **blobs;
+    size_t nblobs, cap;
 } wbuf;
 
 /* msgpack_packer write callback for wbuf. */
@@ -153,12 +193,39 @@ pack_head(msgpack_packer *pk, int ok, size_t nextra)
 static size_t
 reply_size(build_fn build, const void *ctx)
 {
-    wbuf w = {NULL, 0};
+    wbuf w = {NULL, 0, NULL, NULL, 0, 0};
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
     return w.len;
+}
+
+/* Send a packed reply message with the request's routing header (which it takes). */
+static void
+reply_send_msg(req *r, void *msg, size_t len)
+{
+    server *srv = r->srv;
+    struct nn_iovec iov;
+    struct nn_msghdr hdr;
+
+    iov.iov_base = &msg;
+    iov.iov_len = NN_MSG;
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.msg_iov = &iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = &r->ctrl;
+    hdr.msg_controllen = NN_MSG;
+    if (nn_sendmsg(srv->sock, &hdr, NN_DONTWAIT) < 0) {
+        log_warn("event=reply_dropped op=%s error=\"%s\"",
+                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", nn_strerror(nn_errno()));
+        nn_freemsg(msg);
+        srv->counters[C_REPLIES_DROPPED]++;
+        return; /* the routing header is freed by the caller */
+    }
+    r->ctrl = NULL; /* nanomsg owns it now */
+    r->reply_len = len;
+    srv->counters[C_BYTES_OUT] += len;
 }
 
 /* Build the reply into a message and send it with the request's routing header. */
@@ -167,10 +234,8 @@ reply_send(req *r, build_fn build, const void *ctx)
 {
     server *srv = r->srv;
     size_t len = reply_size(build, ctx);
-    wbuf w = {NULL, 0};
+    wbuf w = {NULL, 0, NULL, NULL, 0, 0};
     msgpack_packer pk;
-    struct nn_iovec iov;
-    struct nn_msghdr hdr;
     void *msg;
 
     if (r->capture != NULL) {
@@ -189,23 +254,7 @@ reply_send(req *r, build_fn build, const void *ctx)
     w.p = msg;
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
-    iov.iov_base = &msg;
-    iov.iov_len = NN_MSG;
-    memset(&hdr, 0, sizeof(hdr));
-    hdr.msg_iov = &iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = &r->ctrl;
-    hdr.msg_controllen = NN_MSG;
-    if (nn_sendmsg(srv->sock, &hdr, NN_DONTWAIT) < 0) {
-        log_warn("event=reply_dropped op=%s error=\"%s\"",
-                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", nn_strerror(nn_errno()));
-        nn_freemsg(msg);
-        srv->counters[C_REPLIES_DROPPED]++;
-        return; /* the routing header is freed by the caller */
-    }
-    r->ctrl = NULL; /* nanomsg owns it now */
-    r->reply_len = len;
-    srv->counters[C_BYTES_OUT] += len;
+    reply_send_msg(r, msg, len);
 }
 
 /* Error reply context. */
@@ -693,6 +742,130 @@ build_staged(msgpack_packer *pk, const void *ctx)
     proto_pack_kv_u64(pk, "staged", *(const uint64_t *)ctx);
 }
 
+static void observe_latency(server *srv, int op, uint64_t t0);
+
+/* Can this request be answered later, from a threadpool callback? */
+static int
+can_defer(const req *r)
+{
+    return r->capture == NULL && r->body != NULL && r->srv->loop != NULL && !r->srv->closing;
+}
+
+/* Threadpool: run this part's share of the tasks. */
+static void
+async_work(uv_work_t *w)
+{
+    async_req *a = w->data;
+    size_t part = (size_t)(w - a->work);
+    task_list *tl = a->job != NULL ? &a->job->tasks : &a->tasks;
+    size_t lo = tl->n * part / (size_t)a->parts, hi = tl->n * (part + 1) / (size_t)a->parts;
+
+    for (size_t i = lo; i < hi; i++) /* in order: a piece's tasks share its values in cache */
+        task_run(&tl->v[i]);
+}
+
+/* Loop: one part is done; after the last, answer the request. */
+static void
+async_done(uv_work_t *w, int status)
+{
+    async_req *a = w->data;
+    server *srv = a->srv;
+    store_err err;
+    req r;
+    int rc = 0;
+
+    (void)status; /* never cancelled */
+    if (--a->left > 0)
+        return;
+    uv_update_time(srv->loop);
+    memset(&r, 0, sizeof(r));
+    r.srv = srv;
+    r.op = a->op;
+    r.ctrl = a->ctrl;
+    r.now_ms = uv_now(srv->loop);
+    err.tensor[0] = '\0';
+    if (a->job != NULL) {
+        rc = store_job_done(srv->store, a->job, r.now_ms, &err);
+        if (rc == 0)
+            reply_send(&r, build_staged, &a->staged);
+        nn_freemsg(a->body);
+    } else {
+        for (size_t i = 0; i < a->nblobs; i++)
+            store_blob_unref(a->blobs[i]);
+        free(a->blobs);
+        task_list_free(&a->tasks);
+        reply_send_msg(&r, a->msg, a->len);
+    }
+    if (rc != 0) {
+        reply_error(&r, &err);
+    } else {
+        srv->op_ok[a->op]++;
+        observe_latency(srv, a->op, a->t0);
+    }
+    if (r.ctrl != NULL)
+        nn_freemsg(r.ctrl);
+    srv->last_request_ms = uv_now(srv->loop);
+    srv->trimmed = 0;
+    free(a);
+}
+
+/* Hand a's tasks to the threadpool, one part per CPU; the request is answered by async_done. */
+static void
+async_start(req *r, async_req *a)
+{
+    server *srv = r->srv;
+    size_t ntasks = a->job != NULL ? a->job->tasks.n : a->tasks.n;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+    a->srv = srv;
+    a->op = r->op;
+    a->ctrl = r->ctrl;
+    r->ctrl = NULL;
+    a->t0 = r->t0;
+    r->deferred = 1;
+    a->parts = ncpu < 1 ? 1 : ncpu > ASYNC_MAX_PARTS ? ASYNC_MAX_PARTS : (int)ncpu;
+    if ((size_t)a->parts > ntasks)
+        a->parts = ntasks > 0 ? (int)ntasks : 1;
+    a->left = a->parts;
+    for (int k = 0; k < a->parts; k++) {
+        a->work[k].data = a;
+        (void)uv_queue_work(srv->loop, &a->work[k], async_work, async_done);
+    }
+}
+
+/*
+ * Send a reply carrying data_bytes of tensor data with the data copied on
+ * the threadpool: the message is sized and its headers packed here, the
+ * blobs referenced until the copies are done. Returns 0 (nothing done)
+ * when the reply should be sent inline instead.
+ */
+static int
+reply_send_async(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
+{
+    async_req *a;
+    msgpack_packer pk;
+    wbuf w = {NULL, 0, NULL, NULL, 0, 0};
+    size_t len;
+    void *msg;
+
+    if (!can_defer(r) || data_bytes < ASYNC_MIN_BYTES)
+        return 0;
+    len = reply_size(build, ctx);
+    if ((msg = nn_allocmsg(len, 0)) == NULL)
+        return 0;
+    a = xcalloc(1, sizeof(*a));
+    w.p = msg;
+    w.defer = &a->tasks;
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    a->msg = msg;
+    a->len = len;
+    a->blobs = w.blobs;
+    a->nblobs = w.nblobs;
+    async_start(r, a);
+    return 1;
+}
+
 static int
 handle_push(req *r, store_err *err)
 {
@@ -729,11 +902,27 @@ handle_push(req *r, store_err *err)
         return err->code;
     if (has_txn) {
         uint64_t staged = 0;
-        rc = store_txn_push(r->srv->store, txn, model_name, len, has_step, step, in, n, r->now_ms,
-                            &staged, err);
-        free(in);
+        store_job *job = NULL;
+        rc = store_txn_push_job(r->srv->store, txn, model_name, len, has_step, step, in, n,
+                                r->now_ms, &staged, &job, err);
+        free(in); /* the job's tasks point into the request message, not into `in` */
         if (rc != 0)
             return rc;
+        if (job != NULL && can_defer(r) && job->tasks.bytes >= ASYNC_MIN_BYTES) {
+            async_req *a = xcalloc(1, sizeof(*a));
+            a->job = job;
+            a->staged = staged;
+            a->body = *r->body; /* kept until the tasks have read it */
+            *r->body = NULL;
+            async_start(r, a);
+            return 0;
+        }
+        if (job != NULL) {
+            for (size_t i = 0; i < job->tasks.n; i++)
+                task_run(&job->tasks.v[i]);
+            if ((rc = store_job_done(r->srv->store, job, r->now_ms, err)) != 0)
+                return rc;
+        }
         reply_send(r, build_staged, &staged);
         return 0;
     }
@@ -824,6 +1013,28 @@ pack_data(msgpack_packer *pk, const view_tensor *vt, uint64_t off, uint64_t len)
     wbuf *w = pk->data;
 
     msgpack_pack_bin(pk, len);
+    if (w->p != NULL && w->defer != NULL && len > 0) {
+        size_t osz = dtype_size(vt->dtype), ssz = dtype_size(vt->sdtype);
+        task t = {.op = TASK_COPY, .dst = w->p + w->len, .n = len};
+        if (vt->sdtype == vt->dtype) {
+            t.src = (const char *)vt->data->data + off;
+        } else {
+            t.op = TASK_CONVERT;
+            t.dtype = (uint8_t)vt->dtype;
+            t.sdtype = (uint8_t)vt->sdtype;
+            t.src = (const char *)vt->data->data + off / osz * ssz;
+            t.n = len / osz;
+        }
+        task_list_add(w->defer, &t);
+        if (w->nblobs == w->cap) {
+            w->cap = w->cap ? w->cap * 2 : 8;
+            w->blobs = xreallocarray(w->blobs, w->cap, sizeof(*w->blobs));
+        }
+        store_blob_ref(vt->data);
+        w->blobs[w->nblobs++] = vt->data;
+        w->len += len;
+        return;
+    }
     if (vt->sdtype == vt->dtype) {
         msgpack_pack_bin_body(pk, (const char *)vt->data->data + off, len);
         return;
@@ -954,7 +1165,11 @@ handle_pull(req *r, store_err *err)
     ctx.inline_data = 1;
     ctx.session = 0;
     if (reply_size(build_pull, &ctx) <= max_reply) {
-        reply_send(r, build_pull, &ctx);
+        uint64_t total = 0;
+        for (size_t i = 0; i < v->ntensors; i++)
+            total += v->tensors[i].nbytes;
+        if (!reply_send_async(r, build_pull, &ctx, total))
+            reply_send(r, build_pull, &ctx);
         store_view_free(v);
         return 0;
     }
@@ -1053,7 +1268,8 @@ handle_read(req *r, store_err *err)
                         (unsigned long long)(v->max_reply - PROTO_REPLY_OVERHEAD));
     ctx.view = v;
     ctx.ranges = rs;
-    reply_send(r, build_read, &ctx);
+    if (!reply_send_async(r, build_read, &ctx, total))
+        reply_send(r, build_read, &ctx);
     return 0;
 }
 
@@ -1304,7 +1520,8 @@ observe_latency(server *srv, int op, uint64_t t0)
 
 /* Decode, dispatch and answer one request held in buf[0..len). */
 static void
-handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, size_t *capture_len)
+handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void **capture,
+       size_t *capture_len)
 {
     msgpack_unpacked u;
     size_t off = 0;
@@ -1318,6 +1535,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
     memset(&r, 0, sizeof(r));
     r.srv = srv;
     r.ctrl = *ctrl;
+    r.body = body;
     r.capture = capture;
     r.now_ms = loop_now(srv);
     err.tensor[0] = '\0';
@@ -1357,7 +1575,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
         goto error;
     }
     srv->op_counts[r.op]++;
-    t0 = uv_hrtime();
+    t0 = r.t0 = uv_hrtime();
     switch (r.op) {
     case PROTO_OP_HELLO:
         reply_send(&r, build_hello, srv);
@@ -1408,9 +1626,11 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **capture, si
         break;
     }
     if (rc == 0) {
-        if (r.op != PROTO_OP_SNAPSHOT) /* answered (and counted) by snapshot_done */
+        /* Deferred and snapshot requests are counted when they are answered. */
+        if (!r.deferred && r.op != PROTO_OP_SNAPSHOT)
             srv->op_ok[r.op]++;
-        observe_latency(srv, r.op, t0);
+        if (!r.deferred)
+            observe_latency(srv, r.op, t0);
         goto done;
     }
 error:
@@ -1454,8 +1674,9 @@ on_readable(uv_poll_t *h, int status, int events)
             break;
         }
         uv_update_time(srv->loop); /* requests stamp times (last push, idleness) with it */
-        handle(srv, body, (size_t)n, &ctrl, NULL, NULL);
-        nn_freemsg(body);
+        handle(srv, body, (size_t)n, &ctrl, &body, NULL, NULL);
+        if (body != NULL)
+            nn_freemsg(body);
         srv->last_request_ms = uv_now(srv->loop);
         srv->trimmed = 0;
         if (ctrl != NULL)
@@ -1485,6 +1706,7 @@ on_timer(uv_timer_t *h)
     srv->counters[C_SESSIONS_EXPIRED] += views;
     /* Idle for a second: give the heap's free memory back to the system. */
     if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= 1000) {
+        store_release_spares(srv->store);
         (void)malloc_trim(0);
         srv->trimmed = 1;
     }
@@ -1543,7 +1765,7 @@ int
 server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **cause)
 {
     server *srv = xcalloc(1, sizeof(*srv));
-    int fd, rc, maxsz, one = 1;
+    int fd, rc, maxsz, one = 1, sockbuf = PROTO_SOCKET_BUFFER_BYTES;
     size_t fdsz = sizeof(fd);
     uint64_t interval;
 
@@ -1570,7 +1792,9 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
      * a request of exactly max_message_bytes is accepted. */
     maxsz = (int)cfg->max_message_bytes + 64;
     if (nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof(maxsz)) < 0 ||
-        nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0) {
+        nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0 ||
+        nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_SNDBUF, &sockbuf, sizeof(sockbuf)) < 0 ||
+        nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVBUF, &sockbuf, sizeof(sockbuf)) < 0) {
         rc = proto_cause(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
         goto fail;
     }
@@ -1635,7 +1859,7 @@ server_process(server *srv, const void *buf, size_t len, void **reply, size_t *r
 
     *reply = NULL;
     *reply_len = 0;
-    handle(srv, buf, len, &ctrl, reply, reply_len);
+    handle(srv, buf, len, &ctrl, NULL, reply, reply_len);
 }
 
 void

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 
 #include "dtype.h"
 #include "ema.h"
@@ -27,7 +28,12 @@
 #include "proto.h"
 #include "store.h"
 #include "strmap.h"
+#include "task.h"
 #include "xmalloc.h"
+
+/* Blobs of at least this size are 2 MiB aligned and use transparent huge pages. */
+#define HUGE_BLOB_BYTES (4u << 20)
+#define HUGE_PAGE_BYTES (2u << 20)
 
 /* A flat element range of a tensor and its bytes. */
 typedef struct slice {
@@ -47,7 +53,16 @@ typedef struct item {
     uint64_t numel;
     slice *slices;
     size_t nslices, cap;
-    uint64_t nonfinite; /* NaN/Inf values found by check_nonfinite() */
+    uint64_t nonfinite; /* NaN/Inf values found by check_nonfinite() or chunk jobs */
+    /* Transactions applied as their chunks arrive (see eager_prepare()): */
+    int prepared;                  /* the fields below are set */
+    int stale;                     /* stored tensor already at or past the step */
+    int has_base;                  /* the tensor existed: base holds its shadows */
+    int averaged;                  /* EMA per decay (else copied) */
+    uint32_t nshadow;              /* blobs in base and target */
+    blob *base[EMAD_MAX_DECAYS];   /* the shadows averaged from (references held) */
+    blob *target[EMAD_MAX_DECAYS]; /* the shadows being written, published at commit */
+    double d[EMAD_MAX_DECAYS];     /* decay per shadow (0: copy the values) */
 } item;
 
 /* The tensors of one writer's push, a transaction, or a pending step. */
@@ -69,6 +84,10 @@ typedef struct txn {
     uint32_t writer;
     stage st;
     uint64_t last_used_ms;
+    int eager;         /* single writer: chunks are averaged into new shadows as they arrive */
+    uint32_t inflight; /* jobs handed out and not done */
+    int dead;          /* discarded while jobs ran: the last store_job_done() frees it */
+    store_err failed;  /* failed.code != 0: a chunk was rejected and commit fails with it */
     struct txn *next;
 } txn;
 
@@ -88,6 +107,7 @@ struct store {
     strmap *index;
     txn *txns;
     size_t ntxns;
+    txn *zombies; /* discarded transactions whose jobs still run */
     store_view *views;
     size_t nviews;
     uint64_t next_id;
@@ -120,7 +140,12 @@ cname(char *buf, size_t size, const char *name, size_t len)
     return buf;
 }
 
-/* A new blob of size bytes with one reference, or NULL. */
+/*
+ * A new blob of size bytes with one reference, or NULL. Large blobs are
+ * aligned to 2 MiB and marked for transparent huge pages: a shadow is
+ * written whole on its first push, and huge pages make that first touch
+ * (and every later pass) cheaper.
+ */
 static blob *
 blob_new(size_t size)
 {
@@ -128,7 +153,17 @@ blob_new(size_t size)
 
     if (b == NULL)
         return NULL;
-    b->data = xtry_aligned(size);
+    if (size >= HUGE_BLOB_BYTES) {
+        size_t rounded = (size + HUGE_PAGE_BYTES - 1) & ~(size_t)(HUGE_PAGE_BYTES - 1);
+        if (posix_memalign(&b->data, HUGE_PAGE_BYTES, rounded) != 0)
+            b->data = NULL;
+#ifdef MADV_HUGEPAGE
+        else
+            (void)madvise(b->data, rounded, MADV_HUGEPAGE);
+#endif
+    } else {
+        b->data = xtry_aligned(size);
+    }
     if (b->data == NULL) {
         free(b);
         return NULL;
@@ -146,6 +181,37 @@ blob_unref(blob *b)
         free(b->data);
         free(b);
     }
+}
+
+/*
+ * Drop one reference; at zero the blob becomes *spare (one reference, held
+ * by the tensor) when that slot is free, so the next transaction writes
+ * into memory that is already mapped. store_release_spares() frees them.
+ */
+static void
+blob_release(blob *b, blob **spare)
+{
+    if (b == NULL || --b->refs > 0)
+        return;
+    if (*spare == NULL) {
+        b->refs = 1;
+        *spare = b;
+        return;
+    }
+    free(b->data);
+    free(b);
+}
+
+void
+store_blob_ref(blob *b)
+{
+    b->refs++;
+}
+
+void
+store_blob_unref(blob *b)
+{
+    blob_unref(b);
 }
 
 static uint64_t
@@ -183,6 +249,10 @@ stage_free(stage *st)
         for (size_t k = 0; k < it->nslices; k++)
             if (it->slices[k].owned)
                 free(it->slices[k].data);
+        for (uint32_t j = 0; j < it->nshadow; j++) {
+            blob_unref(it->base[j]);
+            blob_unref(it->target[j]);
+        }
         free(it->slices);
         free(it->name);
     }
@@ -267,8 +337,10 @@ tensor_free(tensor *t)
 {
     if (t == NULL)
         return;
-    for (uint32_t j = 0; j < t->nshadow; j++)
+    for (uint32_t j = 0; j < t->nshadow; j++) {
         blob_unref(t->shadow[j]);
+        blob_unref(t->spare[j]);
+    }
     free(t->name);
     free(t);
 }
@@ -314,6 +386,19 @@ txn_free(txn *t)
     free(t);
 }
 
+/* Free an unlinked transaction, or keep it until its running jobs are done. */
+static void
+txn_discard(store *s, txn *t)
+{
+    if (t->inflight == 0) {
+        txn_free(t);
+        return;
+    }
+    t->dead = 1;
+    t->next = s->zombies;
+    s->zombies = t;
+}
+
 void
 store_view_free(store_view *v)
 {
@@ -336,6 +421,11 @@ store_destroy(store *s)
     while (s->txns != NULL) {
         txn *t = s->txns;
         s->txns = t->next;
+        txn_free(t);
+    }
+    while (s->zombies != NULL) {
+        txn *t = s->zombies;
+        s->zombies = t->next;
         txn_free(t);
     }
     while (s->views != NULL) {
@@ -485,7 +575,7 @@ store_drop_model(store *s, const char *name, size_t len, store_err *err)
         if (t->model_len == len && memcmp(t->model, name, len) == 0) {
             *pp = t->next;
             s->ntxns--;
-            txn_free(t);
+            txn_discard(s, t);
         } else {
             pp = &t->next;
         }
@@ -1384,7 +1474,7 @@ txn_remove(store *s, txn *t)
         if (*pp == t) {
             *pp = t->next;
             s->ntxns--;
-            txn_free(t);
+            txn_discard(s, t);
             return;
         }
     }
@@ -1410,6 +1500,7 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
     t->model_len = len;
     t->step = step;
     t->writer = writer;
+    t->eager = m->cfg.writers == 1;
     stage_init(&t->st);
     t->last_used_ms = now_ms;
     t->next = s->txns;
@@ -1460,18 +1551,123 @@ check_chunk(item *it, const store_input *in, uint64_t count, store_err *err)
     return 0;
 }
 
+/*
+ * First chunk of an item in an eager transaction: take references to the
+ * stored tensor's shadows, get a target blob per shadow (the tensor's
+ * spare when it has one) and the decays from the tensor's step to the
+ * transaction's. A tensor already at or past the step is stale: its chunks
+ * are checked and counted, not applied.
+ */
+static int
+eager_prepare(model *m, const txn *x, item *it, store_err *err)
+{
+    tensor *t = strmap_get(m->index, it->name, it->name_len);
+    uint64_t numel, nbytes;
+    int sdtype;
+
+    if (t != NULL && t->step >= x->step) {
+        it->stale = 1;
+        it->prepared = 1;
+        return 0;
+    }
+    it->averaged =
+        t != NULL ? t->averaged : is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+    sdtype = it->averaged ? dtype_shadow(it->dtype) : it->dtype;
+    (void)dtype_numel(it->shape, it->ndim, sdtype, &numel, &nbytes);
+    for (uint32_t j = 0; j < (it->averaged ? (uint32_t)m->cfg.ndecays : 1); j++) {
+        if (t != NULL && t->spare[j] != NULL && t->spare[j]->size == nbytes) {
+            it->target[j] = t->spare[j];
+            t->spare[j] = NULL;
+        } else if ((it->target[j] = blob_new(nbytes)) == NULL) {
+            for (uint32_t k = 0; k < j; k++) {
+                blob_unref(it->target[k]);
+                blob_unref(it->base[k]);
+                it->target[k] = it->base[k] = NULL;
+            }
+            return fail(err, EMAD_ENOMEM, it->name,
+                        "tensor '%s': out of memory for %llu bytes of shadow", it->name,
+                        (unsigned long long)nbytes);
+        }
+        if (t != NULL) {
+            it->base[j] = t->shadow[j];
+            it->base[j]->refs++;
+        }
+        it->d[j] = t != NULL && it->averaged
+                       ? emaconf_decay(&m->cfg, m->cfg.decays[j], t->step, x->step)
+                       : 0.0;
+        it->nshadow = j + 1;
+    }
+    it->has_base = t != NULL;
+    it->prepared = 1;
+    return 0;
+}
+
+/* The tasks of one piece of a chunk (eager_tasks()). */
+static void
+eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_t n,
+            const void *src, task_list *tl)
+{
+    size_t ssz = dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+
+    if (it->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW)
+        task_list_add(
+            tl,
+            &(task){
+                .op = TASK_COUNT, .dtype = (uint8_t)it->dtype, .tag = index, .src = src, .n = n});
+    for (uint32_t j = 0; j < it->nshadow; j++) {
+        task k = {.dtype = (uint8_t)it->dtype,
+                  .tag = index,
+                  .dst = (char *)it->target[j]->data + e0 * ssz,
+                  .src = src,
+                  .n = n};
+        if (!it->averaged) {
+            k.op = TASK_COPY;
+            k.n = n * ssz;
+        } else if (!it->has_base || it->d[j] == 0.0) {
+            k.op = TASK_INIT;
+        } else {
+            k.op = TASK_EMA;
+            k.base = (const char *)it->base[j]->data + e0 * ssz;
+            k.decay = it->d[j];
+        }
+        task_list_add(tl, &k);
+    }
+}
+
+/*
+ * The tasks that write elements [e0, e0 + n) of an eager item from src,
+ * piece by piece: the count of non-finite values (if the model checks
+ * them) and the update of every shadow read the piece's values while they
+ * are in the cache.
+ */
+static void
+eager_tasks(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_t n,
+            const void *src, task_list *tl)
+{
+    uint64_t per =
+        TASK_PIECE_BYTES / dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+
+    for (uint64_t done = 0; done < n; done += per) {
+        uint64_t k = n - done < per ? n - done : per;
+        eager_piece(m, it, index, e0 + done, k, (const char *)src + done * dtype_size(it->dtype),
+                    tl);
+    }
+}
+
 int
-store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
-               uint64_t step, const store_input *in, size_t n, uint64_t now_ms, uint64_t *staged_n,
-               store_err *err)
+store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+                   uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
+                   uint64_t *staged_n, store_job **job, store_err *err)
 {
     txn *t = txn_get(s, id, err);
     uint64_t *counts;
     uint8_t *skip;
+    task_list tl = {0};
     model *m;
     long dup;
 
     *staged_n = 0;
+    *job = NULL;
     if (t == NULL)
         return err->code;
     if (model_name != NULL && (len != t->model_len || memcmp(model_name, t->model, len) != 0))
@@ -1480,6 +1676,10 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
     if (has_step && step != t->step)
         return fail(err, EMAD_EMALFORMED, NULL, "transaction %llu is for step %llu, not %llu",
                     (unsigned long long)id, (unsigned long long)t->step, (unsigned long long)step);
+    if (t->failed.code != 0) {
+        *err = t->failed;
+        return err->code;
+    }
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
     if (check_message_size(n, err) != 0)
@@ -1493,17 +1693,25 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
     counts = xcalloc(n, sizeof(*counts));
     skip = xcalloc(n, 1);
     for (size_t i = 0; i < n; i++) {
-        uint64_t numel;
+        uint64_t numel, isz = dtype_size(in[i].dtype);
         if (check_input(m, &in[i], 1, &numel, &counts[i], err) != 0)
             goto fail;
         if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
             skip[i] = 1;
             continue;
         }
+        if (t->eager && (in[i].offset % isz != 0 || in[i].len % isz != 0)) {
+            char name[EMAD_MAX_NAME_BYTES + 1];
+            cname(name, sizeof(name), in[i].name, in[i].name_len);
+            fail(err, EMAD_ESIZE, name,
+                 "tensor '%s': chunk [%llu, +%llu) does not hold whole %zu-byte elements", name,
+                 (unsigned long long)in[i].offset, (unsigned long long)in[i].len, (size_t)isz);
+            goto fail;
+        }
         if (check_chunk(stage_find(&t->st, in[i].name, in[i].name_len), &in[i], counts[i], err))
             goto fail;
     }
-    /* Allocate new slices, then copy the chunks. */
+    /* Allocate new slices (and, eager, the new shadows), then take the chunks. */
     for (size_t i = 0; i < n; i++) {
         item *it;
         slice *sl;
@@ -1518,6 +1726,12 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
             (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &numel, NULL);
             it = stage_add(&t->st, &in[i], numel);
         }
+        if (t->eager) {
+            if (!it->prepared && eager_prepare(m, t, it, err) != 0)
+                goto fail;
+            (void)item_add_slice(it, in[i].start, counts[i]);
+            continue;
+        }
         sl = item_add_slice(it, in[i].start, counts[i]);
         sl->owned = 1;
         if ((sl->data = xtry_aligned(bytes ? bytes : 1)) == NULL) {
@@ -1530,26 +1744,190 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
         t->st.bytes += bytes;
     }
     for (size_t i = 0; i < n; i++) {
+        item *it;
         slice *sl;
         if (skip[i]) {
             t->st.ignored += in[i].offset == 0;
             continue;
         }
-        sl = item_slice_at(stage_find(&t->st, in[i].name, in[i].name_len), in[i].start, counts[i]);
+        it = stage_find(&t->st, in[i].name, in[i].name_len);
+        sl = item_slice_at(it, in[i].start, counts[i]);
         if (in[i].offset + in[i].len <= sl->received && in[i].len > 0)
             continue; /* a resent chunk: already have these bytes */
-        memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
+        if (!t->eager)
+            memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
+        else if (!it->stale && in[i].len > 0)
+            eager_tasks(m, it, (uint32_t)(it - t->st.items),
+                        sl->start + in[i].offset / dtype_size(it->dtype),
+                        in[i].len / dtype_size(it->dtype), in[i].data, &tl);
         sl->received = in[i].offset + in[i].len;
         (*staged_n)++;
     }
     free(counts);
     free(skip);
     t->last_used_ms = now_ms;
+    if (tl.n > 0) {
+        *job = xcalloc(1, sizeof(**job));
+        (*job)->tasks = tl;
+        (*job)->txn = t;
+        t->inflight++;
+    }
     return 0;
 fail:
     free(counts);
     free(skip);
     return err->code;
+}
+
+int
+store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err)
+{
+    txn *t = job->txn;
+    const model *m;
+    int rc = 0;
+
+    t->inflight--;
+    if (!t->dead && (m = store_model_find(s, t->model, t->model_len)) != NULL) {
+        const item *bad = NULL;
+        t->last_used_ms = now_ms;
+        for (size_t i = 0; i < job->tasks.n; i++) {
+            const task *k = &job->tasks.v[i];
+            item *it = &t->st.items[k->tag];
+            if (k->op != TASK_COUNT || k->found == 0)
+                continue;
+            it->nonfinite += k->found;
+            if (bad == NULL)
+                bad = it;
+        }
+        if (bad != NULL && m->cfg.nonfinite == EMAD_NONFINITE_REJECT && t->failed.code == 0) {
+            rc =
+                fail(&t->failed, EMAD_ENONFINITE, bad->name,
+                     "tensor '%s': %llu NaN or Inf value%s; push rejected, nothing applied "
+                     "(model option nonfinite = reject)",
+                     bad->name, (unsigned long long)bad->nonfinite, bad->nonfinite == 1 ? "" : "s");
+            *err = t->failed;
+        }
+    }
+    if (t->dead && t->inflight == 0) {
+        for (txn **pp = &s->zombies; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == t) {
+                *pp = t->next;
+                txn_free(t);
+                break;
+            }
+        }
+    }
+    task_list_free(&job->tasks);
+    free(job);
+    return rc;
+}
+
+int
+store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+               uint64_t step, const store_input *in, size_t n, uint64_t now_ms, uint64_t *staged_n,
+               store_err *err)
+{
+    store_job *job;
+    int rc = store_txn_push_job(s, id, model_name, len, has_step, step, in, n, now_ms, staged_n,
+                                &job, err);
+
+    if (rc != 0 || job == NULL)
+        return rc;
+    for (size_t i = 0; i < job->tasks.n; i++)
+        task_run(&job->tasks.v[i]);
+    return store_job_done(s, job, now_ms, err);
+}
+
+/*
+ * Commit of an eager transaction: every item complete, no job running, and
+ * each tensor still the one its chunks were averaged from; then the new
+ * shadows replace the old ones (which become spares), all at once.
+ */
+static int
+eager_commit(model *m, txn *x, uint64_t now_ms, store_result *res, store_err *err)
+{
+    stage *st = &x->st;
+
+    if (x->inflight > 0)
+        return fail(err, EMAD_EINCOMPLETE, NULL,
+                    "transaction %llu: %u request%s still being applied; commit after their "
+                    "replies",
+                    (unsigned long long)x->id, x->inflight, x->inflight == 1 ? " is" : "s are");
+    if (x->failed.code != 0) {
+        *err = x->failed;
+        return err->code;
+    }
+    for (size_t i = 0; i < st->nitems; i++)
+        if (check_coverage(&st->items[i], err) != 0)
+            return err->code;
+    for (size_t i = 0; i < st->nitems; i++) {
+        const item *it = &st->items[i];
+        const tensor *t = strmap_get(m->index, it->name, it->name_len);
+        if (t != NULL && t->step >= x->step)
+            continue; /* stale now: nothing to publish */
+        if (!it->stale && (it->has_base ? t != NULL && t->shadow[0] == it->base[0] : t == NULL))
+            continue;
+        return fail(err, EMAD_ECONFLICT, it->name,
+                    "tensor '%s' was changed by another push while transaction %llu was open; "
+                    "nothing applied",
+                    it->name, (unsigned long long)x->id);
+    }
+    res->ignored += st->ignored;
+    for (size_t i = 0; i < st->nitems; i++) {
+        item *it = &st->items[i];
+        tensor *t = strmap_get(m->index, it->name, it->name_len);
+
+        if (t != NULL && t->step >= x->step) {
+            res->stale++;
+            if (res->nstale_names < sizeof(res->stale_names) / sizeof(res->stale_names[0]))
+                res->stale_names[res->nstale_names++] = t->name;
+            continue;
+        }
+        if (it->nonfinite > 0) {
+            res->skipped++; /* nonfinite = skip (reject failed the transaction) */
+            continue;
+        }
+        if (t == NULL) {
+            plan p = {.averaged = it->averaged, .nshadow = it->nshadow};
+            memcpy(p.target, it->target, sizeof(p.target));
+            t = tensor_add(m, it, &p);
+            memset(it->target, 0, sizeof(it->target));
+        } else {
+            for (uint32_t j = 0; j < t->nshadow; j++) {
+                blob *old = t->shadow[j];
+                t->shadow[j] = it->target[j];
+                it->target[j] = NULL;
+                blob_release(old, &t->spare[j]);         /* the tensor's reference */
+                blob_release(it->base[j], &t->spare[j]); /* ours */
+                it->base[j] = NULL;
+            }
+        }
+        t->step = x->step;
+        res->applied++;
+    }
+    if (res->applied > 0) {
+        if (x->step > m->step)
+            m->step = x->step;
+        m->last_push_ms = now_ms;
+        m->version++;
+    }
+    res->step = m->step;
+    return 0;
+}
+
+void
+store_release_spares(store *s)
+{
+    for (size_t i = 0; i < s->nmodels; i++) {
+        model *m = s->models[i];
+        for (size_t k = 0; k < m->ntensors; k++) {
+            tensor *t = m->tensors[k];
+            for (uint32_t j = 0; j < EMAD_MAX_DECAYS; j++) {
+                blob_unref(t->spare[j]);
+                t->spare[j] = NULL;
+            }
+        }
+    }
 }
 
 int
@@ -1565,6 +1943,12 @@ store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, stor
     t->last_used_ms = now_ms;
     if ((m = model_get(s, t->model, t->model_len, err)) == NULL)
         return err->code;
+    if (t->eager) {
+        rc = eager_commit(m, t, now_ms, res, err);
+        if (rc != EMAD_EINCOMPLETE && rc != EMAD_ENOMEM)
+            txn_remove(s, t);
+        return rc;
+    }
     for (size_t i = 0; i < t->st.nitems; i++)
         if ((rc = check_received(&t->st.items[i], err)) != 0)
             return rc; /* the transaction stays open: the missing chunks may still come */
@@ -1722,7 +2106,7 @@ store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uin
         if (idle(t->last_used_ms, now_ms, timeout_ms)) {
             *pp = t->next;
             s->ntxns--;
-            txn_free(t);
+            txn_discard(s, t);
             (*txns)++;
         } else {
             pp = &t->next;

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "task.h"
 
 #define STORE_MAX_MODELS 4096
 #define STORE_MAX_TXNS 1024
@@ -49,6 +50,7 @@ typedef struct tensor {
     uint64_t nbytes;               /* numel * dtype size: bytes on the wire */
     uint32_t nshadow;              /* model's decay count if averaged, else 1 */
     blob *shadow[EMAD_MAX_DECAYS]; /* one per decay (averaged) or the copy */
+    blob *spare[EMAD_MAX_DECAYS];  /* a free blob of the shadow's size, or NULL */
     uint64_t step;
 } tensor;
 
@@ -212,13 +214,47 @@ int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step,
                     uint64_t now_ms, uint64_t *id, store_err *err);
 
 /*
- * Stage n inputs (whole tensors or in-order chunks) into a transaction.
- * If model_name is not NULL / has_step is set, they must match the
- * transaction's. Data is copied into the transaction's staging buffers.
+ * Add n inputs (whole tensors or in-order chunks) to a transaction. If
+ * model_name is not NULL / has_step is set, they must match the
+ * transaction's. On a model with several writers the data is copied into
+ * the transaction's staging buffers; on a single-writer model each chunk
+ * is averaged (or copied) straight from the input into the transaction's
+ * new shadows, which commit publishes. This runs that work inline.
  */
 int store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
                    uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
                    uint64_t *staged, store_err *err);
+
+/* The kernel work of one transaction request (store_txn_push_job()). */
+typedef struct store_job {
+    task_list tasks;
+    struct txn *txn;
+} store_job;
+
+/*
+ * store_txn_push() without running the work: *job gets it (NULL when there
+ * is none). The caller runs every task (on any threads, in any order)
+ * while the inputs' memory stays alive, then calls store_job_done() on
+ * the store's thread. Meanwhile the store may serve other requests; the
+ * transaction cannot commit until its jobs are done.
+ */
+int store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+                       uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
+                       uint64_t *staged, store_job **job, store_err *err);
+
+/*
+ * Finish a job whose tasks have all run: count non-finite values found,
+ * and with nonfinite = reject fail (EMAD_ENONFINITE) the request and the
+ * transaction. Frees the job.
+ */
+int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
+
+/* Free the spare shadow blobs kept for the next transactions (when idle). */
+void store_release_spares(store *s);
+
+/* Take or drop a reference to a blob (a reply being packed off the store's thread). */
+void store_blob_ref(blob *b);
+void store_blob_unref(blob *b);
 
 /* Apply a complete transaction at once and close it. */
 int store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, store_err *err);
