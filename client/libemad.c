@@ -1,23 +1,25 @@
 /*
  * libemad.c - the client library for emad (include/emad.h).
  *
- * One emad_client owns one raw nanomsg REQ socket connected to a daemon,
- * the limits learned from the daemon's `hello`, and the text of the last
- * error. Every call is one or more request/reply exchanges as described in
- * docs/PROTOCOL.md. The socket is raw so that the client numbers its own
- * requests (the SP header's request id) and can keep several in flight on
- * one connection: the chunks of a large push and the reads of a large pull
- * are pipelined, PIPELINE_DEPTH at a time, so the daemon averages (or
- * packs) one while the next is on the wire. Replies are matched to requests
- * by id; a reply nobody waits for any more (its request timed out) is
- * dropped. Requests are msgpack maps packed with a msgpack_packer
- * whose write callback fills an nn_allocmsg buffer sized exactly by a first,
- * counting pass (header sizes are fixed, and the counting pass copies no
- * data), then sent zero-copy; tensor data is copied once, from the caller's
- * memory into that buffer. Replies are received zero-copy (NN_MSG), checked
- * with proto_prescan() and decoded in place with msgpack_unpack_next(): the
- * decoded objects, including BIN payloads, point into the received buffer,
- * which stays alive until the reply is freed.
+ * One emad_client owns raw nanomsg REQ sockets connected to a daemon, the
+ * limits learned from the daemon's `hello`, and the text of the last error.
+ * Every call is one or more request/reply exchanges as described in
+ * docs/PROTOCOL.md. The chunks of a large push and the reads of a large
+ * pull can be pipelined over several connections (EMAD_PIPELINE_DEPTH, at
+ * most PIPELINE_MAX; the extra sockets are opened on first use), one
+ * request in flight on each, so the daemon averages (or packs) one while
+ * the next is on the wire. One request per
+ * connection because a nanomsg REP socket silently drops a reply to a
+ * connection that is still busy sending the previous one. The sockets are
+ * raw so that the client numbers its own requests (the SP header's request
+ * id) and nothing is ever resent behind its back; a reply to a request the
+ * client gave up on (timed out) is recognised by its id and dropped. Requests are msgpack maps
+ * packed with a msgpack_packer whose write callback fills an nn_allocmsg buffer sized exactly by a
+ * first, counting pass (header sizes are fixed, and the counting pass copies no data), then sent
+ * zero-copy; tensor data is copied once, from the caller's memory into that buffer. Replies are
+ * received zero-copy (NN_MSG), checked with proto_prescan() and decoded in place with
+ * msgpack_unpack_next(): the decoded objects, including BIN payloads, point into the received
+ * buffer, which stays alive until the reply is freed.
  *
  * Large pushes become transactions (begin, chunks, commit) of messages no
  * larger than the client's chunk size; large pulls become sessions read in
@@ -83,26 +85,23 @@
 #define ABORT_TIMEOUT_MS 2000
 
 /*
- * Requests of one large push or pull in flight at once. Two keep the
- * connection busy while the daemon works on the other; three absorb the
- * jitter of its threadpool (bench/RESULTS.md).
+ * Connections (and so requests in flight) of one large push or pull: the
+ * environment's EMAD_PIPELINE_DEPTH (1..PIPELINE_MAX), default 1. Over TCP
+ * loopback on two cores one connection is fastest: the daemon's
+ * threadpool already overlaps the averaging with the transfer, and more
+ * connections only share the same cores (bench/RESULTS.md has the sweep).
+ * Deeper pipelines pay off on links with a long round trip.
  */
-#define PIPELINE_DEPTH 3
-
-/* A reply received for a request in flight other than the one being waited for. */
-typedef struct stashed {
-    uint32_t id;
-    void *msg;
-    int len;
-} stashed;
+#define PIPELINE_MAX 8
+#define PIPELINE_DEFAULT 1
 
 struct emad_client {
-    int sock;
-    uint32_t next_id;                  /* request ids: 31 bits, the top bit is set on the wire */
-    uint32_t inflight[PIPELINE_DEPTH]; /* ids sent and not yet answered */
-    size_t ninflight;
-    stashed stash[PIPELINE_DEPTH]; /* their replies that came early */
-    size_t nstash;
+    int sock;                       /* socks[0]: every request that is not pipelined */
+    int socks[PIPELINE_MAX];        /* -1 until first used */
+    uint32_t pending[PIPELINE_MAX]; /* request id in flight on each, 0 if none */
+    size_t depth;                   /* connections used by a pipelined transfer */
+    uint32_t next_id;               /* request ids: 31 bits, the top bit is set on the wire */
+    char *url;
     emad_options opts;
     uint64_t server_max; /* max_message_bytes from hello */
     uint64_t msg_limit;  /* largest request body we send */
@@ -453,38 +452,56 @@ pack_request(emad_client *c, const char *op, build_fn build, const void *ctx, vo
     return 0;
 }
 
-/* Forget every request in flight: their replies, early or late, are dropped. */
+/* Forget every request in flight: their late replies are dropped when they come. */
 static void
 forget_inflight(emad_client *c)
 {
-    for (size_t i = 0; i < c->nstash; i++)
-        nn_freemsg(c->stash[i].msg);
-    c->nstash = 0;
-    c->ninflight = 0;
+    memset(c->pending, 0, sizeof(c->pending));
 }
 
-/* Is id a request in flight? Removes it when take is set. */
+/* Open and connect a raw REQ socket with the client's options; the socket or -1 (errno set). */
 static int
-inflight_has(emad_client *c, uint32_t id, int take)
+open_socket(const emad_options *o, const char *url)
 {
-    for (size_t i = 0; i < c->ninflight; i++) {
-        if (c->inflight[i] == id) {
-            if (take)
-                c->inflight[i] = c->inflight[--c->ninflight];
-            return 1;
-        }
+    int s = nn_socket(AF_SP_RAW, NN_REQ), e;
+
+    if (s < 0)
+        return -1;
+    if (set_int(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, (int)o->max_reply_bytes) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_SNDTIMEO, o->timeout_ms) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_RCVTIMEO, o->timeout_ms) < 0 ||
+        set_int(s, NN_TCP, NN_TCP_NODELAY, 1) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_SNDBUF, PROTO_SOCKET_BUFFER_BYTES) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_RCVBUF, PROTO_SOCKET_BUFFER_BYTES) < 0 ||
+        nn_connect(s, url) < 0) {
+        e = nn_errno();
+        (void)nn_close(s);
+        errno = e;
+        return -1;
     }
+    return s;
+}
+
+/* Make sure pipelined connection k is open. */
+static int
+pipe_open(emad_client *c, size_t k)
+{
+    if (c->socks[k] >= 0)
+        return 0;
+    if ((c->socks[k] = open_socket(&c->opts, c->url)) < 0)
+        return fail(c, EMAD_ECONNECT, "cannot open connection %zu to %s: %s", k, c->url,
+                    nn_strerror(errno));
     return 0;
 }
 
 /*
- * Send a request packed by build(ctx) with the next request id (*id),
- * waiting at most until deadline (ms) for the connection to take it. At
- * most PIPELINE_DEPTH requests may be in flight.
+ * Send a request packed by build(ctx) on connection k with the next
+ * request id (*id), waiting at most until deadline (ms) for the
+ * connection to take it. The connection must have no request in flight.
  */
 static int
-req_send(emad_client *c, const char *op, build_fn build, const void *ctx, int64_t deadline,
-         int timeout_ms, uint32_t *id)
+req_send(emad_client *c, size_t k, const char *op, build_fn build, const void *ctx,
+         int64_t deadline, int timeout_ms, uint32_t *id)
 {
     unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
     struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
@@ -496,8 +513,10 @@ req_send(emad_client *c, const char *op, build_fn build, const void *ctx, int64_
     void *msg;
     int rc;
 
-    if (c->ninflight >= PIPELINE_DEPTH)
-        return fail(c, EMAD_EINTERNAL, "%s: too many requests in flight", op);
+    if (c->pending[k] != 0)
+        return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight", op, k);
+    if ((rc = pipe_open(c, k)) != 0)
+        return rc;
     if ((rc = pack_request(c, op, build, ctx, &msg, &len)) != 0)
         return rc;
     c->next_id = (c->next_id + 1) & 0x7fffffffu;
@@ -517,7 +536,7 @@ req_send(emad_client *c, const char *op, build_fn build, const void *ctx, int64_
         left = deadline - now_ms();
         if (left < 1)
             left = 1;
-        (void)set_int(c->sock, NN_SOL_SOCKET, NN_SNDTIMEO, (int)left);
+        (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_SNDTIMEO, (int)left);
         iov.iov_base = &msg;
         iov.iov_len = NN_MSG;
         memset(&hdr, 0, sizeof(hdr));
@@ -525,7 +544,7 @@ req_send(emad_client *c, const char *op, build_fn build, const void *ctx, int64_
         hdr.msg_iovlen = 1;
         hdr.msg_control = cbuf;
         hdr.msg_controllen = sizeof(cbuf);
-        if (nn_sendmsg(c->sock, &hdr, 0) >= 0)
+        if (nn_sendmsg(c->socks[k], &hdr, 0) >= 0)
             break; /* nanomsg owns msg now */
         rc = nn_errno();
         if (rc == EINTR && now_ms() < deadline)
@@ -533,7 +552,7 @@ req_send(emad_client *c, const char *op, build_fn build, const void *ctx, int64_
         nn_freemsg(msg);
         return nn_fail(c, rc, op, "send", timeout_ms);
     }
-    c->inflight[c->ninflight++] = *id;
+    c->pending[k] = *id;
     return 0;
 }
 
@@ -565,26 +584,23 @@ reply_id(const void *ctrl, size_t ctrl_len)
 }
 
 /*
- * Wait until deadline for the reply to request id and decode it into *r
- * (free with reply_free). Replies to other requests in flight are kept
- * for their turn; others are dropped. On failure id is no longer in flight.
+ * Wait until deadline for the reply to the request in flight on
+ * connection k and decode it into *r (free with reply_free). Replies to
+ * earlier requests (given up on) are dropped. Afterwards, successful or
+ * not, the connection has no request in flight.
  */
 static int
-req_wait(emad_client *c, const char *op, uint32_t id, int64_t deadline, int timeout_ms, reply *r)
+req_wait(emad_client *c, size_t k, const char *op, int64_t deadline, int timeout_ms, reply *r)
 {
+    uint32_t id = c->pending[k];
     void *buf = NULL;
     int64_t left;
     int n = -1, rc;
 
     memset(r, 0, sizeof(*r));
-    for (size_t i = 0; i < c->nstash; i++) {
-        if (c->stash[i].id == id) {
-            buf = c->stash[i].msg;
-            n = c->stash[i].len;
-            c->stash[i] = c->stash[--c->nstash];
-            break;
-        }
-    }
+    c->pending[k] = 0;
+    if (id == 0)
+        return fail(c, EMAD_EINTERNAL, "%s: no request in flight on connection %zu", op, k);
     while (buf == NULL) {
         unsigned char ctrl[256];
         struct nn_iovec iov = {&buf, NN_MSG};
@@ -592,35 +608,27 @@ req_wait(emad_client *c, const char *op, uint32_t id, int64_t deadline, int time
         uint32_t got;
 
         left = deadline - now_ms();
-        if (left < 1) {
-            (void)inflight_has(c, id, 1);
+        if (left < 1)
             return nn_fail(c, ETIMEDOUT, op, "receive", timeout_ms);
-        }
-        (void)set_int(c->sock, NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
+        (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
         memset(&hdr, 0, sizeof(hdr));
         hdr.msg_iov = &iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = ctrl;
         hdr.msg_controllen = sizeof(ctrl);
-        if ((n = nn_recvmsg(c->sock, &hdr, 0)) < 0) {
+        if ((n = nn_recvmsg(c->socks[k], &hdr, 0)) < 0) {
             rc = nn_errno();
             buf = NULL;
             if (rc == EINTR)
                 continue;
-            (void)inflight_has(c, id, 1);
             return nn_fail(c, rc, op, "receive", timeout_ms);
         }
         got = reply_id(ctrl, sizeof(ctrl));
         if (got == id)
             break;
-        if (got != 0 && inflight_has(c, got, 0) && c->nstash < PIPELINE_DEPTH) {
-            c->stash[c->nstash++] = (stashed){got, buf, n};
-        } else {
-            nn_freemsg(buf); /* the reply to a request we gave up on */
-        }
+        nn_freemsg(buf); /* the reply to a request we gave up on */
         buf = NULL;
     }
-    (void)inflight_has(c, id, 1);
     r->msg = buf;
     msgpack_unpacked_init(&r->u);
     if ((rc = reply_decode(c, op, r, (size_t)n)) != 0) {
@@ -644,9 +652,10 @@ call(emad_client *c, const char *op, build_fn build, const void *ctx, int timeou
     int rc;
 
     memset(r, 0, sizeof(*r));
-    if ((rc = req_send(c, op, build, ctx, deadline, timeout_ms, &id)) != 0)
+    c->pending[0] = 0; /* whatever was in flight was given up on */
+    if ((rc = req_send(c, 0, op, build, ctx, deadline, timeout_ms, &id)) != 0)
         return rc;
-    return req_wait(c, op, id, deadline, timeout_ms, r);
+    return req_wait(c, 0, op, deadline, timeout_ms, r);
 }
 
 /* ---- simple requests ------------------------------------------------------------------------ */
@@ -845,6 +854,7 @@ EMAD_EXTERN int
 emad_connect(emad_client **out, const char *url, const emad_options *opts)
 {
     emad_client *c;
+    const char *env;
     emad_options o;
     int rc;
 
@@ -868,24 +878,27 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
     /* Before hello: requests up to the protocol minimum, replies as asked. */
     c->msg_limit = c->push_limit = PROTO_MIN_MAX_MESSAGE - SP_HEADER_SLACK;
     c->reply_ask = c->reply_eff = o.max_reply_bytes - SP_HEADER_SLACK;
-    /* Raw: requests are numbered here, several may be in flight, and nothing is ever
-     * resent behind our back (a push is not idempotent). */
-    if ((c->sock = nn_socket(AF_SP_RAW, NN_REQ)) < 0) {
-        free(c);
-        return EMAD_ECONNECT;
+    for (size_t k = 0; k < PIPELINE_MAX; k++)
+        c->socks[k] = -1;
+    c->depth = PIPELINE_DEFAULT;
+    if ((env = getenv("EMAD_PIPELINE_DEPTH")) != NULL && *env != '\0') {
+        char *end;
+        unsigned long d = strtoul(env, &end, 10);
+        if (*end != '\0' || d < 1 || d > PIPELINE_MAX) {
+            free(c);
+            return EMAD_EINVAL;
+        }
+        c->depth = d;
     }
     c->next_id = (uint32_t)now_ms() & 0x7fffffffu;
-    if (set_int(c->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, (int)o.max_reply_bytes) < 0 ||
-        set_int(c->sock, NN_SOL_SOCKET, NN_SNDTIMEO, o.timeout_ms) < 0 ||
-        set_int(c->sock, NN_SOL_SOCKET, NN_RCVTIMEO, o.timeout_ms) < 0 ||
-        set_int(c->sock, NN_TCP, NN_TCP_NODELAY, 1) < 0 ||
-        set_int(c->sock, NN_SOL_SOCKET, NN_SNDBUF, PROTO_SOCKET_BUFFER_BYTES) < 0 ||
-        set_int(c->sock, NN_SOL_SOCKET, NN_RCVBUF, PROTO_SOCKET_BUFFER_BYTES) < 0) {
-        rc = EMAD_ECONNECT;
-        goto fail;
+    if ((c->url = strdup(url)) == NULL) {
+        free(c);
+        return EMAD_ENOMEM;
     }
-    if (nn_connect(c->sock, url) < 0) {
-        int e = nn_errno();
+    /* Raw: requests are numbered here and nothing is ever resent behind our back (a push is
+     * not idempotent). */
+    if ((c->sock = c->socks[0] = open_socket(&o, url)) < 0) {
+        int e = errno;
         rc = (e == EINVAL || e == EPROTONOSUPPORT || e == ENAMETOOLONG || e == ENODEV)
                  ? EMAD_EINVAL
                  : EMAD_ECONNECT;
@@ -906,9 +919,10 @@ emad_close(emad_client *c)
 {
     if (c == NULL)
         return;
-    forget_inflight(c);
-    if (c->sock >= 0)
-        (void)nn_close(c->sock);
+    for (size_t k = 0; k < PIPELINE_MAX; k++)
+        if (c->socks[k] >= 0)
+            (void)nn_close(c->socks[k]);
+    free(c->url);
     free(c);
 }
 
@@ -1372,7 +1386,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     push_req q = {.model = model, .step = step, .has_txn = 1, .tensors = tensors};
     size_t ti = 0, cap = n < PROTO_MAX_TENSORS ? n : PROTO_MAX_TENSORS;
     uint64_t toff = 0, txn = 0, nsent = 0, ndone = 0;
-    uint32_t ids[PIPELINE_DEPTH];
+    uint32_t id;
     push_item *items;
     reply r;
     int rc;
@@ -1391,20 +1405,21 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     if (rc != 0)
         goto out;
     q.txn = cq.value = txn;
-    /* Chunks are pipelined: up to PIPELINE_DEPTH in flight, each reply checked in order. */
+    /* Chunks are pipelined: message j goes on connection j % c->depth, whose previous
+     * reply is checked first. */
     while (ti < n || nsent > ndone) {
         uint64_t staged;
 
-        if (ti < n && nsent - ndone < PIPELINE_DEPTH) {
+        if (ti < n && nsent - ndone < c->depth) {
             if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0)
                 goto fail_abort;
-            if ((rc = req_send(c, "push", build_push, &q, now_ms() + c->opts.timeout_ms,
-                               c->opts.timeout_ms, &ids[nsent % PIPELINE_DEPTH])) != 0)
+            if ((rc = req_send(c, nsent % c->depth, "push", build_push, &q,
+                               now_ms() + c->opts.timeout_ms, c->opts.timeout_ms, &id)) != 0)
                 goto fail_abort;
             nsent++;
             continue;
         }
-        if ((rc = req_wait(c, "push", ids[ndone % PIPELINE_DEPTH], now_ms() + c->opts.timeout_ms,
+        if ((rc = req_wait(c, ndone % c->depth, "push", now_ms() + c->opts.timeout_ms,
                            c->opts.timeout_ms, &r)) != 0)
             goto fail_abort;
         ndone++;
@@ -1757,15 +1772,77 @@ build_read(msgpack_packer *pk, const void *vctx)
     }
 }
 
+/* Plan the next read batch of a session from cursor (i, off) into q (ranges of room kmax). */
+static int
+read_plan(emad_client *c, const pull_state *p, uint64_t budget, uint64_t kmax, size_t *i,
+          uint64_t *off, read_req *q, read_range *ranges)
+{
+    uint64_t total = 0;
+
+    q->session = p->session;
+    q->ranges = ranges;
+    q->n = 0;
+    while (*i < p->n && q->n < kmax) {
+        uint64_t rem = p->t[*i].nbytes - *off, isz = dtype_size(p->t[*i].dtype), avail, len;
+
+        if (rem == 0) {
+            (*i)++;
+            *off = 0;
+            continue;
+        }
+        if (total + READ_RANGE_OVERHEAD * (q->n + 1) >= budget)
+            break;
+        avail = budget - total - READ_RANGE_OVERHEAD * (q->n + 1);
+        len = rem < avail ? rem : avail - avail % isz;
+        if (len == 0)
+            break;
+        ranges[q->n++] = (read_range){*i, *off, len};
+        total += len;
+        *off += len;
+        if (*off < p->t[*i].nbytes)
+            break; /* the batch is full */
+        (*i)++;
+        *off = 0;
+    }
+    if (q->n == 0 && *i < p->n)
+        return fail(c, EMAD_EINTERNAL, "pull: read budget too small");
+    return 0;
+}
+
+/* Copy the ranges of a read reply into dst. */
+static int
+read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
+{
+    const msgpack_object *data;
+    int rc;
+
+    if ((rc = rget_array(c, r->root, "data", &data)) != 0)
+        return rc;
+    if (data->via.array.size != q->n)
+        return fail(c, EMAD_EPROTO, "read: reply has %u ranges, asked for %zu",
+                    data->via.array.size, q->n);
+    for (size_t k = 0; k < q->n; k++) {
+        const msgpack_object *b = &data->via.array.ptr[k];
+        const read_range *rg = &q->ranges[k];
+        if (b->type != MSGPACK_OBJECT_BIN || b->via.bin.size != rg->len)
+            return fail(c, EMAD_EPROTO, "read: reply range %zu is not %llu bytes of bin", k,
+                        (unsigned long long)rg->len);
+        memcpy((char *)dst[rg->index] + rg->offset, b->via.bin.ptr, rg->len);
+    }
+    return 0;
+}
+
 /*
  * Copy every tensor of a pull into dst[i] (dst[i] holds p->t[i].nbytes):
  * from the inline data, or by reading the session in batches that fit the
- * reply cap, then releasing it.
+ * reply cap, c->depth reads in flight, then releasing it.
  */
 static int
 pull_fetch(emad_client *c, pull_state *p, void *const *dst)
 {
-    uint64_t budget, kmax, off = 0;
+    uint64_t budget, kmax, off = 0, nsent = 0, ndone = 0;
+    read_req qs[PIPELINE_MAX];
+    uint32_t id;
     read_range *ranges;
     size_t i = 0;
     int rc = 0;
@@ -1783,61 +1860,39 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
     kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
     if (kmax > PROTO_MAX_RANGES)
         kmax = PROTO_MAX_RANGES;
-    if ((ranges = malloc((size_t)kmax * sizeof(*ranges))) == NULL) {
+    if (kmax > p->n + 1)
+        kmax = p->n + 1; /* a batch holds each tensor at most once, plus one split */
+    if ((ranges = malloc((size_t)kmax * c->depth * sizeof(*ranges))) == NULL) {
         pull_release(c, p->session);
         return fail(c, EMAD_ENOMEM, "pull: out of memory for read ranges");
     }
-    while (i < p->n) {
-        read_req q = {p->session, ranges, 0};
-        const msgpack_object *data;
-        uint64_t total = 0;
-        reply r;
-
-        while (i < p->n && q.n < kmax) {
-            uint64_t rem = p->t[i].nbytes - off, isz = dtype_size(p->t[i].dtype), avail, len;
-
-            if (rem == 0) {
-                i++;
-                off = 0;
-                continue;
-            }
-            if (total + READ_RANGE_OVERHEAD * (q.n + 1) >= budget)
+    while (rc == 0 && (i < p->n || nsent > ndone)) {
+        if (i < p->n && nsent - ndone < c->depth) {
+            size_t slot = nsent % c->depth;
+            read_req *q = &qs[slot];
+            if ((rc = read_plan(c, p, budget, kmax, &i, &off, q, ranges + slot * kmax)) != 0)
                 break;
-            avail = budget - total - READ_RANGE_OVERHEAD * (q.n + 1);
-            len = rem < avail ? rem : avail - avail % isz;
-            if (len == 0)
+            if (q->n == 0)
+                continue; /* only empty tensors were left */
+            if ((rc = req_send(c, slot, "read", build_read, q, now_ms() + c->opts.timeout_ms,
+                               c->opts.timeout_ms, &id)) != 0)
                 break;
-            ranges[q.n++] = (read_range){i, off, len};
-            total += len;
-            off += len;
-            if (off < p->t[i].nbytes)
-                break; /* the batch is full */
-            i++;
-            off = 0;
+            nsent++;
+            continue;
         }
-        if (q.n == 0) {
-            if (i < p->n)
-                rc = fail(c, EMAD_EINTERNAL, "pull: read budget too small");
-            break;
-        }
-        if ((rc = call(c, "read", build_read, &q, c->opts.timeout_ms, &r)) != 0)
-            break;
-        if ((rc = rget_array(c, r.root, "data", &data)) == 0 && data->via.array.size != q.n)
-            rc = fail(c, EMAD_EPROTO, "read: reply has %u ranges, asked for %zu",
-                      data->via.array.size, q.n);
-        for (size_t k = 0; rc == 0 && k < q.n; k++) {
-            const msgpack_object *b = &data->via.array.ptr[k];
-            if (b->type != MSGPACK_OBJECT_BIN || b->via.bin.size != ranges[k].len) {
-                rc = fail(c, EMAD_EPROTO, "read: reply range %zu is not %llu bytes of bin", k,
-                          (unsigned long long)ranges[k].len);
+        {
+            size_t slot = ndone % c->depth;
+            reply r;
+            if ((rc = req_wait(c, slot, "read", now_ms() + c->opts.timeout_ms, c->opts.timeout_ms,
+                               &r)) != 0)
                 break;
-            }
-            memcpy((char *)dst[ranges[k].index] + ranges[k].offset, b->via.bin.ptr, ranges[k].len);
+            ndone++;
+            rc = read_copy(c, &r, &qs[slot], dst);
+            reply_free(&r);
         }
-        reply_free(&r);
-        if (rc != 0)
-            break;
     }
+    if (rc != 0)
+        forget_inflight(c);
     free(ranges);
     pull_release(c, p->session);
     return rc;

@@ -39,6 +39,8 @@
 typedef struct slice {
     uint64_t start, count;
     uint64_t received; /* bytes received so far (transactions); count * itemsize when full */
+    uint64_t (*got)[2]; /* transactions: byte ranges received, sorted, disjoint, not adjacent */
+    size_t ngot, capgot;
     void *data;
     int owned; /* data is ours to free */
 } slice;
@@ -246,9 +248,11 @@ stage_free(stage *st)
 {
     for (size_t i = 0; i < st->nitems; i++) {
         item *it = &st->items[i];
-        for (size_t k = 0; k < it->nslices; k++)
+        for (size_t k = 0; k < it->nslices; k++) {
             if (it->slices[k].owned)
                 free(it->slices[k].data);
+            free(it->slices[k].got);
+        }
         for (uint32_t j = 0; j < it->nshadow; j++) {
             blob_unref(it->base[j]);
             blob_unref(it->target[j]);
@@ -1511,10 +1515,61 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
 }
 
 /*
+ * Where bytes [off, off + len) of a slice stand against the ranges already
+ * received: 0 all new, 1 all received before (a resend), -1 partly.
+ */
+static int
+slice_seen(const slice *sl, uint64_t off, uint64_t len)
+{
+    for (size_t k = 0; k < sl->ngot; k++) {
+        uint64_t a = sl->got[k][0], b = sl->got[k][1];
+        if (off >= a && off + len <= b)
+            return 1;
+        if (off < b && a < off + len)
+            return -1;
+    }
+    return 0;
+}
+
+/* Record bytes [off, off + len) of a slice as received (new bytes only). */
+static void
+slice_got(slice *sl, uint64_t off, uint64_t len)
+{
+    size_t k = 0;
+
+    if (len == 0)
+        return;
+    while (k < sl->ngot && sl->got[k][1] < off)
+        k++;
+    sl->received += len;
+    if (k < sl->ngot && sl->got[k][1] == off) { /* extends range k */
+        sl->got[k][1] = off + len;
+        if (k + 1 < sl->ngot && sl->got[k + 1][0] == off + len) { /* and closes the gap */
+            sl->got[k][1] = sl->got[k + 1][1];
+            memmove(&sl->got[k + 1], &sl->got[k + 2], (sl->ngot - k - 2) * sizeof(*sl->got));
+            sl->ngot--;
+        }
+        return;
+    }
+    if (k < sl->ngot && sl->got[k][0] == off + len) { /* extends range k downwards */
+        sl->got[k][0] = off;
+        return;
+    }
+    if (sl->ngot == sl->capgot) {
+        sl->capgot = sl->capgot ? sl->capgot * 2 : 4;
+        sl->got = xreallocarray(sl->got, sl->capgot, sizeof(*sl->got));
+    }
+    memmove(&sl->got[k + 1], &sl->got[k], (sl->ngot - k) * sizeof(*sl->got));
+    sl->got[k][0] = off;
+    sl->got[k][1] = off + len;
+    sl->ngot++;
+}
+
+/*
  * Check a chunk against what the transaction holds: the same tensor
- * description, and either the next bytes of an existing slice (a resend of
- * bytes already received is accepted) or, at offset 0, a new slice that
- * overlaps no other.
+ * description, and bytes of an existing slice not received yet (or all
+ * received before: a resend, accepted and ignored), or a new slice that
+ * overlaps no other. Chunks may come in any order (several connections).
  */
 static int
 check_chunk(item *it, const store_input *in, uint64_t count, store_err *err)
@@ -1523,31 +1578,19 @@ check_chunk(item *it, const store_input *in, uint64_t count, store_err *err)
     const slice *sl, *o;
 
     cname(name, sizeof(name), in->name, in->name_len);
-    if (it == NULL) {
-        if (in->offset != 0)
-            return fail(err, EMAD_EORDER, name, "tensor '%s': first chunk must be at offset 0",
-                        name);
+    if (it == NULL)
         return 0;
-    }
     if (check_same_tensor(it, in, "earlier chunks", err) != 0)
         return err->code;
     if ((sl = item_slice_at(it, in->start, count)) == NULL) {
         if ((o = item_overlap(it, in->start, count)) != NULL)
             return overlap_error(name, in->start, count, o, err);
-        if (in->offset != 0)
-            return fail(err, EMAD_EORDER, name, "tensor '%s': first chunk must be at offset 0",
-                        name);
         return 0;
     }
-    if (in->offset > sl->received)
+    if (slice_seen(sl, in->offset, in->len) < 0)
         return fail(err, EMAD_EORDER, name,
-                    "tensor '%s': chunk at offset %llu but only %llu bytes received", name,
-                    (unsigned long long)in->offset, (unsigned long long)sl->received);
-    if (in->offset < sl->received && in->offset + in->len > sl->received)
-        return fail(err, EMAD_EORDER, name,
-                    "tensor '%s': chunk [%llu, +%llu) overlaps the %llu bytes received", name,
-                    (unsigned long long)in->offset, (unsigned long long)in->len,
-                    (unsigned long long)sl->received);
+                    "tensor '%s': chunk [%llu, +%llu) overlaps bytes received in another chunk",
+                    name, (unsigned long long)in->offset, (unsigned long long)in->len);
     return 0;
 }
 
@@ -1752,7 +1795,7 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
         }
         it = stage_find(&t->st, in[i].name, in[i].name_len);
         sl = item_slice_at(it, in[i].start, counts[i]);
-        if (in[i].offset + in[i].len <= sl->received && in[i].len > 0)
+        if (in[i].len > 0 && slice_seen(sl, in[i].offset, in[i].len) > 0)
             continue; /* a resent chunk: already have these bytes */
         if (!t->eager)
             memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
@@ -1760,7 +1803,7 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
             eager_tasks(m, it, (uint32_t)(it - t->st.items),
                         sl->start + in[i].offset / dtype_size(it->dtype),
                         in[i].len / dtype_size(it->dtype), in[i].data, &tl);
-        sl->received = in[i].offset + in[i].len;
+        slice_got(sl, in[i].offset, in[i].len);
         (*staged_n)++;
     }
     free(counts);

@@ -1120,6 +1120,77 @@ START_TEST(test_e2e_concurrent_clients)
 }
 END_TEST
 
+/* ---- pipelined transfers --------------------------------------------------------------------- */
+
+/*
+ * EMAD_PIPELINE_DEPTH=3: chunks and reads spread over three connections, so
+ * the daemon sees a tensor's chunks in any order and answers them from its
+ * threadpool (chunks of 1 MiB and more). The averages must match a push
+ * over one connection bit for bit, and a pull must return them exactly.
+ */
+START_TEST(test_e2e_pipelined_push_and_pull)
+{
+    enum { N = 3 * 1024 * 1024 + 17 }; /* 12 MiB + 68 B: 13 chunks of 1 MiB */
+    float *a = malloc(N * sizeof(float)), *b = malloc(N * sizeof(float));
+    float *got1 = malloc(N * sizeof(float)), *got3 = malloc(N * sizeof(float));
+    uint64_t rng = 3, step;
+    tu_daemon d;
+    emad_client *c1, *c3, *bad;
+    emad_push_result res;
+    emad_tensor t, into;
+
+    ck_assert(a != NULL && b != NULL && got1 != NULL && got3 != NULL);
+    for (size_t i = 0; i < N; i++) {
+        a[i] = tu_randf(&rng);
+        b[i] = tu_randf(&rng);
+    }
+    daemon_up(&d, small_msg_args);
+    c1 = client_open(&d, NULL);
+    ck_assert_int_eq(setenv("EMAD_PIPELINE_DEPTH", "3", 1), 0);
+    c3 = client_open(&d, NULL);
+    ck_assert_int_eq(setenv("EMAD_PIPELINE_DEPTH", "9", 1), 0);
+    ck_assert_int_eq(emad_connect(&bad, d.url, NULL), EMAD_EINVAL);
+    ck_assert_int_eq(unsetenv("EMAD_PIPELINE_DEPTH"), 0);
+    OK(c1, emad_create(c1, "one", 0.9, 0));
+    OK(c1, emad_create(c1, "three", 0.9, 0));
+    for (int s = 1; s <= 3; s++) {
+        t = tensor("w", EMAD_PARAM, EMAD_F32, s == 2 ? b : a, N * sizeof(float), 1, N, 0);
+        OK(c1, emad_push(c1, "one", (uint64_t)s, &t, 1, &res));
+        ck_assert_uint_eq(res.applied, 1);
+        OK(c3, emad_push(c3, "three", (uint64_t)s, &t, 1, &res));
+        ck_assert_uint_eq(res.applied, 1);
+        ck_assert_uint_ge(res.messages, 14);
+    }
+    into = (emad_tensor){.name = "w", .data = got1, .nbytes = N * sizeof(float)};
+    OK(c1, emad_pull_into(c1, "one", &into, 1, &step));
+    into.data = got3;
+    OK(c3, emad_pull_into(c3, "three", &into, 1, &step));
+    ck_assert_uint_eq(step, 3);
+    ck_assert_int_eq(memcmp(got1, got3, N * sizeof(float)), 0);
+    /* The pulled bits are the float32 EMA of a, b, a computed here. */
+    for (size_t i = 0; i < N; i++) {
+        float sh = a[i];
+        for (int s = 2; s <= 3; s++) {
+            volatile float diff = sh - (s == 2 ? b[i] : a[i]);
+            volatile float tt = 0.1f * diff;
+            sh = sh - tt;
+        }
+        if (memcmp(&sh, &got3[i], 4) != 0)
+            ck_abort_msg("element %zu: %.9g, expected %.9g", i, got3[i], sh);
+    }
+    ck_assert_uint_eq(stat_get(c1, "replies_dropped"), 0);
+    ck_assert_uint_eq(stat_get(c1, "sessions_open"), 0);
+    ck_assert_uint_eq(stat_get(c1, "txn_open"), 0);
+    emad_close(c3);
+    emad_close(c1);
+    tu_daemon_stop(&d);
+    free(a);
+    free(b);
+    free(got1);
+    free(got3);
+}
+END_TEST
+
 /* ---- models larger than one message --------------------------------------------------------- */
 
 /* A model larger than one message goes as chunks and comes back bit-exact. */
@@ -1744,6 +1815,7 @@ e2e_suite(void)
     tc = tcase_create("large");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_e2e_chunked_push_and_pull);
+    tcase_add_test(tc, test_e2e_pipelined_push_and_pull);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("robustness");

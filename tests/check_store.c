@@ -10,6 +10,7 @@
  * IEEE bit patterns.
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "emaconf.h"
 #include "proto.h"
 #include "store.h"
+#include "task.h"
 
 static store *s;
 static store_err err;
@@ -415,34 +417,216 @@ END_TEST
 
 START_TEST(test_store_txn_chunk_order_and_resend)
 {
+    /* Chunks come over several connections: any order, no byte twice (a whole resend is
+     * ignored), whole elements only (checked before anything is taken). */
     float d[4] = {1, 2, 3, 4};
     uint64_t id, staged;
     store_input in;
 
     ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
-    in = chunk("t", d, 4, 4, 4); /* first chunk not at 0 */
-    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
+    in = chunk("t", d, 4, 12, 4); /* the last element first */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 1);
     in = chunk("t", d, 4, 0, 8);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
     ck_assert_uint_eq(staged, 0); /* resend ignored */
-    in = chunk("t", d, 4, 12, 4); /* gap */
-    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
+    in = chunk("t", d, 4, 4, 4);  /* inside the received bytes: a resend too */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_EINCOMPLETE);
+    ck_assert_str_eq(err.tensor, "t");
     in = chunk("t", d, 4, 4, 8); /* overlaps the received bytes */
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EORDER);
+    ck_assert_ptr_nonnull(strstr(err.message, "overlaps bytes received"));
+    in = chunk("t", d, 4, 8, 2); /* half an element */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_ESIZE);
+    ck_assert_ptr_nonnull(strstr(err.message, "whole 4-byte elements"));
     in = chunk("t", d, 4, 8, 12); /* past the end */
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_ESIZE);
-    in = chunk("t", d, 4, 8, 8);
-    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
-    in = chunk("t", d, 4, 8, 8);
+    in = chunk("t", d, 4, 8, 4);
     in.shape[0] = 5; /* shape differs from earlier chunks */
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_ESHAPE);
+    in.shape[0] = 4;
     ck_assert_int_eq(store_txn_push(s, id, "other", 5, 0, 0, &in, 1, 0, &staged, &err),
                      EMAD_EMALFORMED);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 1, 2, &in, 1, 0, &staged, &err),
                      EMAD_EMALFORMED);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 1);
     ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 1);
     ck_assert_mem_eq(get_tensor("t")->shadow[0]->data, d, sizeof(d));
+}
+END_TEST
+
+/* The same rules on a model with two writers, whose transactions stage copies. */
+START_TEST(test_store_txn_staged_chunks_any_order)
+{
+    emad_model_config cfg = *dcfg(0.5);
+    float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+    uint64_t id, staged;
+    store_input in;
+    int created;
+
+    cfg.writers = 2;
+    ck_assert_int_eq(store_create_model(s, "w", 1, &cfg, 0, &created, &err), 0);
+    for (uint32_t w = 0; w < 2; w++) {
+        float *v = w == 0 ? a : b;
+        ck_assert_int_eq(store_txn_begin(s, "w", 1, 1, w, 0, &id, &err), 0);
+        in = chunk("t", v, 4, 0, 8);
+        in.start = 2 * w; /* writer w sends elements [2w, 2w + 2) */
+        in.count = 2;
+        in.data = v + 2 * w + 1; /* second element first */
+        in.offset = 4;
+        in.len = 4;
+        ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+        in.data = v + 2 * w;
+        in.offset = 0;
+        ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+        ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    }
+    ck_assert_uint_eq(res.applied, 1);
+    {
+        const model *m = store_model_find(s, "w", 1);
+        const float *got = m->tensors[0]->shadow[0]->data;
+        ck_assert_float_eq(got[0], 1);
+        ck_assert_float_eq(got[1], 2);
+        ck_assert_float_eq(got[2], 7);
+        ck_assert_float_eq(got[3], 8);
+    }
+}
+END_TEST
+
+/*
+ * Single-writer transactions average each chunk when it arrives, into new
+ * shadows that commit publishes: a pull view taken meanwhile sees the old
+ * values, and the old shadow becomes the tensor's spare, reused by the next
+ * transaction and freed by store_release_spares().
+ */
+START_TEST(test_store_txn_eager_publish_and_spare)
+{
+    float one[4] = {1, 1, 1, 1}, three[4] = {3, 3, 3, 3}, five[4] = {5, 5, 5, 5};
+    uint64_t id, staged;
+    store_input in = f32_input("t", EMAD_PARAM, one, 4);
+    const tensor *t;
+    blob *old;
+    store_view *view;
+
+    ck_assert_int_eq(push1(&in, 1), 0);
+    t = get_tensor("t");
+    old = t->shadow[0];
+    ck_assert_int_eq(store_view_create(s, "m", 1, NULL, NULL, 0, NULL, &view, &err), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 2, 0, 0, &id, &err), 0);
+    in = chunk("t", three, 4, 0, 16);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_ptr_eq(t->shadow[0], old); /* nothing published yet */
+    ck_assert_float_eq(shadow_f32("t", 0), 1.0f);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_float_eq(shadow_f32("t", 3), 2.0f); /* 1 - 0.5 * (1 - 3) */
+    ck_assert_ptr_ne(t->shadow[0], old);
+    ck_assert_ptr_null(t->spare[0]); /* the view still holds the old shadow */
+    ck_assert_float_eq(((const float *)view->tensors[0].data->data)[0], 1.0f);
+    store_view_free(view);
+
+    /* Without a view the replaced shadow becomes the spare and is written next time. */
+    old = t->shadow[0];
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 3, 0, 0, &id, &err), 0);
+    in = chunk("t", five, 4, 0, 16);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_float_eq(shadow_f32("t", 0), 3.5f); /* 2 - 0.5 * (2 - 5) */
+    ck_assert_ptr_eq(t->spare[0], old);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 4, 0, 0, &id, &err), 0);
+    in = chunk("t", one, 4, 0, 16);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_ptr_null(t->spare[0]); /* taken as the target */
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_ptr_eq(t->shadow[0], old);
+    ck_assert_float_eq(shadow_f32("t", 0), 2.25f); /* 3.5 - 0.5 * (3.5 - 1) */
+    ck_assert_ptr_nonnull(t->spare[0]);
+    store_release_spares(s);
+    ck_assert_ptr_null(t->spare[0]);
+}
+END_TEST
+
+/* A push that changes a tensor while a transaction holds chunks of it: commit conflicts. */
+START_TEST(test_store_txn_eager_conflict)
+{
+    float one[2] = {1, 1}, two[2] = {2, 2}, nine[2] = {9, 9};
+    uint64_t id, staged;
+    store_input in = f32_input("t", EMAD_PARAM, one, 2);
+
+    ck_assert_int_eq(push1(&in, 1), 0);
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 5, 0, 0, &id, &err), 0);
+    in = chunk("t", nine, 2, 0, 8);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    in = f32_input("t", EMAD_PARAM, two, 2);
+    ck_assert_int_eq(push1(&in, 3), 0); /* step 3 < 5: not stale for the transaction */
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_ECONFLICT);
+    ck_assert_str_eq(err.tensor, "t");
+    ck_assert_float_eq(shadow_f32("t", 0), 1.5f); /* only the push at step 3 */
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_ENOTXN); /* discarded */
+
+    /* A later push makes the transaction's tensor stale instead: reported, not a conflict. */
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 6, 0, 0, &id, &err), 0);
+    in = chunk("t", nine, 2, 0, 8);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    in = f32_input("t", EMAD_PARAM, two, 2);
+    ck_assert_int_eq(push1(&in, 7), 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.stale, 1);
+    ck_assert_uint_eq(res.applied, 0);
+}
+END_TEST
+
+/* Jobs run outside the store: commit waits for them; a discarded transaction outlives its jobs. */
+START_TEST(test_store_txn_jobs_in_flight)
+{
+    float v[2] = {4, 4}, bad[2] = {1, NAN};
+    uint64_t id, staged;
+    store_input in = chunk("t", v, 2, 0, 8);
+    store_job *job, *job2;
+
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_push_job(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &job, &err), 0);
+    ck_assert_ptr_nonnull(job);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_EINCOMPLETE);
+    ck_assert_ptr_nonnull(strstr(err.message, "still being applied"));
+    for (size_t i = 0; i < job->tasks.n; i++)
+        task_run(&job->tasks.v[i]);
+    ck_assert_int_eq(store_job_done(s, job, 0, &err), 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_float_eq(shadow_f32("t", 1), 4.0f);
+
+    /* Aborted (or dropped) while its job runs: freed when the job is done. */
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 2, 0, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_push_job(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &job, &err), 0);
+    ck_assert_int_eq(store_txn_abort(s, id, &err), 0);
+    for (size_t i = 0; i < job->tasks.n; i++)
+        task_run(&job->tasks.v[i]); /* writes into the discarded transaction's shadow */
+    ck_assert_int_eq(store_job_done(s, job, 0, &err), 0);
+    ck_assert_float_eq(shadow_f32("t", 1), 4.0f);
+
+    /* A NaN found by a job fails that request and the transaction (nonfinite = reject). */
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 3, 0, 0, &id, &err), 0);
+    in = chunk("t", bad, 2, 4, 4);
+    ck_assert_int_eq(store_txn_push_job(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &job, &err), 0);
+    in = chunk("t", bad, 2, 0, 4);
+    ck_assert_int_eq(store_txn_push_job(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &job2, &err), 0);
+    for (size_t i = 0; i < job->tasks.n; i++)
+        task_run(&job->tasks.v[i]);
+    for (size_t i = 0; i < job2->tasks.n; i++)
+        task_run(&job2->tasks.v[i]);
+    ck_assert_int_eq(store_job_done(s, job2, 0, &err), 0);
+    ck_assert_int_eq(store_job_done(s, job, 0, &err), EMAD_ENONFINITE);
+    ck_assert_str_eq(err.tensor, "t");
+    ck_assert_ptr_nonnull(strstr(err.message, "1 NaN or Inf value;"));
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err),
+                     EMAD_ENONFINITE);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_ENONFINITE);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_ENOTXN);
+    ck_assert_float_eq(shadow_f32("t", 0), 4.0f); /* nothing applied */
 }
 END_TEST
 
@@ -566,6 +750,10 @@ store_suite(void)
     tcase_add_test(tc, test_store_view_named_tensors_and_unknown_name);
     tcase_add_test(tc, test_store_txn_commit_applies_all_at_once);
     tcase_add_test(tc, test_store_txn_chunk_order_and_resend);
+    tcase_add_test(tc, test_store_txn_staged_chunks_any_order);
+    tcase_add_test(tc, test_store_txn_eager_publish_and_spare);
+    tcase_add_test(tc, test_store_txn_eager_conflict);
+    tcase_add_test(tc, test_store_txn_jobs_in_flight);
     tcase_add_test(tc, test_store_txn_abort_and_expiry_apply_nothing);
     tcase_add_test(tc, test_store_txn_stale_at_commit_and_drop_aborts);
     tcase_add_test(tc, test_store_gauges_count_shadow_bytes);
