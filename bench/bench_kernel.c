@@ -10,7 +10,15 @@
  * after a warm-up; the ratio kernel/memcpy uses memcpy's bytes moved
  * (2 x 256 MiB: read and write).
  *
- *     bench_kernel [--mib N] [--runs R]
+ *     bench_kernel [--mib N] [--runs R] [--isa sse2|avx2|avx512|auto] [--tsv]
+ *
+ * --isa measures one instruction set only (auto: the one the daemon picks
+ * on this CPU without EMAD_ISA). --tsv prints tab-separated rows for other
+ * programs (bench/bench_torch.py) instead of the table:
+ *
+ *     default  ISA                  the kernels the daemon picks
+ *     memcpy   -    -      THREADS  GB/s
+ *     ema      ISA  DTYPE  THREADS  GB/s
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -99,7 +107,8 @@ int
 main(int argc, char **argv)
 {
     size_t mib = 256, bytes;
-    int runs = 5;
+    int runs = 5, tsv = 0;
+    const char *only = NULL;
     static const int dtypes[] = {EMAD_F32, EMAD_BF16, EMAD_F16, EMAD_F64};
     static const char *const isas[] = {"sse2", "avx2", "avx512"};
     unsigned char *a, *b;
@@ -110,13 +119,24 @@ main(int argc, char **argv)
             mib = (size_t)strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
             runs = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--isa") == 0 && i + 1 < argc)
+            only = argv[++i];
+        else if (strcmp(argv[i], "--tsv") == 0)
+            tsv = 1;
         else {
-            fprintf(stderr, "usage: bench_kernel [--mib N] [--runs R]\n");
+            fprintf(stderr, "usage: bench_kernel [--mib N] [--runs R] [--isa NAME] [--tsv]\n");
             return 2;
         }
     }
     if (runs < 1 || runs > 31 || mib < 1) {
         fprintf(stderr, "bench_kernel: --runs 1..31, --mib >= 1\n");
+        return 2;
+    }
+    if (only != NULL && strcmp(only, "auto") == 0)
+        only = ema_set_isa(NULL);
+    else if (only != NULL && strcmp(ema_set_isa(only), only) != 0) {
+        fprintf(stderr, "bench_kernel: --isa %s: not one of sse2, avx2, avx512 this CPU runs\n",
+                only);
         return 2;
     }
     bytes = mib << 20;
@@ -132,18 +152,27 @@ main(int argc, char **argv)
         memcpy(a + 4 * i, &f, 4);
         memcpy(b + 4 * i, &f, 4);
     }
-    printf("bench_kernel: %zu MiB shadow per pass, median of %d, EMA counted as 12 bytes/element "
-           "(24 for F64)\n",
-           mib, runs);
+    if (tsv)
+        printf("default\t%s\n", ema_set_isa(NULL));
+    else
+        printf("bench_kernel: %zu MiB shadow per pass, median of %d, EMA counted as 12 "
+               "bytes/element (24 for F64)\n",
+               mib, runs);
     for (int th = 1; th <= 2; th++) {
         work w = {0, a, b, bytes};
         mc[th] = 2.0 * (double)bytes / median(&w, th, runs) / 1e9;
-        printf("  memcpy %zu MiB, %d thread%s: %.2f GB/s (read + write)\n", mib, th,
-               th == 1 ? "" : "s", mc[th]);
+        if (tsv)
+            printf("memcpy\t-\t-\t%d\t%.3f\n", th, mc[th]);
+        else
+            printf("  memcpy %zu MiB, %d thread%s: %.2f GB/s (read + write)\n", mib, th,
+                   th == 1 ? "" : "s", mc[th]);
     }
-    printf("  %-7s %-5s %8s %8s %11s %11s\n", "isa", "value", "1 thr", "2 thr", "1 thr/mcpy",
-           "2 thr/mcpy");
+    if (!tsv)
+        printf("  %-7s %-5s %8s %8s %11s %11s\n", "isa", "value", "1 thr", "2 thr", "1 thr/mcpy",
+               "2 thr/mcpy");
     for (size_t k = 0; k < sizeof(isas) / sizeof(isas[0]); k++) {
+        if (only != NULL && strcmp(only, isas[k]) != 0)
+            continue;
         if (strcmp(ema_set_isa(isas[k]), isas[k]) != 0)
             continue; /* the CPU lacks it */
         for (size_t d = 0; d < sizeof(dtypes) / sizeof(dtypes[0]); d++) {
@@ -152,13 +181,18 @@ main(int argc, char **argv)
             work w = {dt, a, b, bytes / ssz};
             double g[3];
 
-            for (int th = 1; th <= 2; th++)
+            for (int th = 1; th <= 2; th++) {
                 g[th] = 3.0 * (double)(w.n * ssz) / median(&w, th, runs) / 1e9;
-            printf("  %-7s %-5s %8.2f %8.2f %11.2f %11.2f\n", isas[k], dtype_name(dt), g[1], g[2],
-                   g[1] / mc[1], g[2] / mc[2]);
+                if (tsv)
+                    printf("ema\t%s\t%s\t%d\t%.3f\n", isas[k], dtype_name(dt), th, g[th]);
+            }
+            if (!tsv)
+                printf("  %-7s %-5s %8.2f %8.2f %11.2f %11.2f\n", isas[k], dtype_name(dt), g[1],
+                       g[2], g[1] / mc[1], g[2] / mc[2]);
         }
     }
-    printf("  (default kernels on this CPU: %s)\n", ema_set_isa(NULL));
+    if (!tsv)
+        printf("  (default kernels on this CPU: %s)\n", ema_set_isa(NULL));
     free(a);
     free(b);
     return 0;

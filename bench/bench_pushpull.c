@@ -1,203 +1,162 @@
 /*
- * bench_pushpull.c - throughput of emad push and pull, against raw nanomsg.
+ * bench_pushpull.c - throughput and memory of emad push and pull, against
+ * raw nanomsg and redis-server carrying the same bytes.
  *
- * The benchmark starts its own emad (fork/exec of --emad PATH on a free
- * 127.0.0.1 port, --max-message-bytes 67108864, a temporary --state-dir)
- * and a raw nanomsg REP server thread on another free port. Each repetition
- * then moves the same model bytes four ways over TCP loopback:
+ * Default run: for each model size (256 MiB and 1 GiB of float32, 4 equal
+ * tensors each) the benchmark uses its own emad daemon, and each repetition
+ * moves the same model bytes six ways over TCP loopback:
  *
- *   raw push   REQ sends the model in chunk-sized messages; REP acks each.
- *   emad push  emad_push() of the model at a new step: a transaction of
- *              chunks that the daemon stages and, on commit, averages into
- *              the shadows (shadow -= (1 - d) * (shadow - param)).
- *   raw pull   REQ asks for chunk-sized pieces; REP replies with each.
- *   emad pull  emad_pull_into() into preallocated buffers.
+ *   raw push    REQ sends the model in chunk-sized messages; REP acks each.
+ *   emad push   emad_push() of the model at a new step: a transaction of
+ *               chunks that the daemon stages and, on commit, averages into
+ *               the shadows (shadow -= (1 - d) * (shadow - param)).
+ *   redis SET   one SET per tensor (one key each) to a redis-server.
+ *   raw pull    REQ asks for chunk-sized pieces; REP replies with each.
+ *   emad pull   emad_pull_into() into preallocated buffers.
+ *   redis GET   one GET per tensor, received into preallocated buffers.
  *
  * The raw runs use the chunk sizes libemad uses, copy the data once on each
  * side as libemad and the daemon do, and set the same socket options, so the
  * ratio emad/raw is the cost of emad's protocol, staging and averaging.
- * Results: medians over --reps repetitions (after one untimed warm-up), in
- * GB/s (10^9 bytes per second). --sweep adds raw nanomsg throughput for
- * message sizes from 1 to 64 MiB. The daemon is stopped with SIGTERM at the
- * end and its temporary directory removed.
+ * Results: medians over the timed repetitions (after one untimed warm-up),
+ * in GB/s (10^9 bytes per second), the ratios emad/raw and emad/redis, and
+ * the daemon's memory: its peak resident set during the pushes (VmHWM,
+ * reset before each push) and at rest, against the limits 2.1 x and
+ * 1.1 x the shadow bytes + 64 MiB. --sweep adds raw nanomsg throughput for
+ * message sizes from 1 to 64 MiB.
  *
- * Everything runs in one process tree: the daemon is forked before any
- * nanomsg socket exists (nanomsg is not fork-safe).
+ * --scale instead pushes a 1e9-parameter float32 model (8 tensors of
+ * 125,000,000 elements, 4 GB) three times and pulls it once, reporting
+ * each transfer's throughput and the daemon's memory against the limits.
+ *
+ * The daemons run with --max-message-bytes 64 MiB, --http off and no
+ * --state-dir (no snapshots, as redis runs without persistence). Every
+ * server (the daemons, redis-server) is started here on a free 127.0.0.1
+ * port, before any nanomsg socket exists (nanomsg is not fork-safe), and
+ * stopped at the end; their temporary directories are removed, also after
+ * a failure or on SIGINT/SIGTERM (see proc.c).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <limits.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
-#include <nanomsg/nn.h>
-#include <nanomsg/reqrep.h>
-#include <nanomsg/tcp.h>
 
 #include "emad.h"
+#include "proc.h"
+#include "raw.h"
+#include "resp.h"
 
 #define MIB (1024ULL * 1024ULL)
-#define NTENSORS 4
+#define MAX_TENSORS 8
+#define MAX_SIZES 4
 #define MAX_REPS 100
 #define MODEL_NAME "bench"
 #define DAEMON_MAX_MESSAGE "67108864"
+#define DEFAULT_TENSORS 4
+#define REDIS_DEFAULT_PATH "/usr/bin/redis-server"
 
-/* Raw protocol: a 16-byte header (op, then the requested length at byte 8), then data. */
-#define RAW_HDR 16
-enum { RAW_PUSH = 'P', RAW_PULL = 'G', RAW_QUIT = 'Q' };
-#define RAW_SP_SLACK 64
-#define SWEEP_MAX_CHUNK (64 * MIB)
+/* The daemon gives freed memory back after 1 s idle, checked once a second. */
+#define REST_WAIT_MS 2200
+#define LIMIT_SLACK (64 * MIB)
 
-/* The emad daemon under test. */
+/* Scale mode: 1e9 float32 parameters in 8 tensors, pushed 3 times. */
+#define SCALE_TENSORS 8
+#define SCALE_NUMEL 125000000ULL
+#define SCALE_PUSHES 3
+#define SCALE_MIN_AVAILABLE 18000000000ULL
+
+/* libemad keeps this much room for nanomsg's SP header below the daemon's limit. */
+#define SP_HEADER_ROOM 64
+/* The largest raw nanomsg message (the daemon's limit). */
+#define RAW_MAX_CHUNK (64 * MIB)
+
+/* An emad daemon under test. */
 typedef struct bench_daemon {
-    pid_t pid;
-    char dir[64];        /* temporary directory: state dir and log */
-    char state[128];     /* dir/state */
-    char log[128];       /* dir/emad.log: the daemon's stdout and stderr */
-    char url[64];        /* tcp://127.0.0.1:PORT */
-    char path[PATH_MAX]; /* the emad binary */
+    proc proc;
+    char url[64]; /* tcp://127.0.0.1:PORT */
 } bench_daemon;
-
-/* The raw nanomsg REP server, run on its own thread. */
-typedef struct raw_server {
-    int sock;
-    size_t max_reply;    /* largest pull piece served */
-    const char *payload; /* max_reply bytes replied to pulls (borrowed) */
-    int failed;          /* set by the thread on an unexpected error */
-    pthread_t thread;
-} raw_server;
 
 /* One measured operation: seconds per repetition. */
 typedef struct bench_series {
-    const char *label;
     double sec[MAX_REPS];
     int n;
 } bench_series;
 
-/* Monotonic time in seconds. */
-static double
-now_sec(void)
-{
-    struct timespec ts;
+/* The six transfers of a repetition. */
+enum { S_RAW_PUSH, S_EMAD_PUSH, S_REDIS_SET, S_RAW_PULL, S_EMAD_PULL, S_REDIS_GET, S_COUNT };
+static const char *const series_label[S_COUNT] = {
+    "raw nanomsg push", "emad push + apply", "redis SET",
+    "raw nanomsg pull", "emad pull_into",    "redis GET",
+};
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+/* A model: float32 tensors over one source buffer, and a pull buffer of the same size. */
+typedef struct bench_model {
+    size_t ntensors;
+    uint64_t tbytes; /* bytes per tensor */
+    uint64_t total;  /* bytes of the model */
+    char names[MAX_TENSORS][32];
+    emad_tensor tensors[MAX_TENSORS]; /* pushed, over src */
+    emad_tensor into[MAX_TENSORS];    /* pulled into, over dst */
+    char *src, *dst;
+} bench_model;
 
-/* Sleep for ms milliseconds. */
-static void
-sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+/* The daemon's memory over a run, in bytes. */
+typedef struct bench_mem {
+    uint64_t shadow;    /* shadow bytes the daemon reports */
+    uint64_t push_peak; /* largest VmHWM over the pushes */
+    uint64_t push_base; /* VmRSS at the start of that push */
+    uint64_t rest;      /* VmRSS after REST_WAIT_MS idle */
+} bench_mem;
 
-    (void)nanosleep(&ts, NULL);
-}
+/* Results for one model size. */
+typedef struct size_result {
+    long mib;
+    int done;
+    bench_series s[S_COUNT];
+    bench_mem mem;
+} size_result;
 
-/* A TCP port on 127.0.0.1 that was free a moment ago, or -1. */
+/* Everything a default run uses. */
+typedef struct bench {
+    char emad_path[PATH_MAX];
+    char redis_path[PATH_MAX];
+    long mib[MAX_SIZES];
+    int nsizes;
+    long reps;
+    int sweep;
+    int use_redis;
+    bench_daemon daemons[MAX_SIZES];
+    proc redis;
+    int redis_fd;
+    raw_link *raw;
+    size_result results[MAX_SIZES];
+} bench;
+
+/* Start an emad daemon on a free port. Returns 0, or -1 (message printed). */
 static int
-free_port(void)
+daemon_start(bench_daemon *d, const char *path)
 {
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int fd, port = -1;
+    const char *argv[] = {path,     "--listen", d->url, "--max-message-bytes", DAEMON_MAX_MESSAGE,
+                          "--http", "off",      NULL};
+    int port;
 
-    if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+    if (proc_prepare(&d->proc, "emad") < 0)
         return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
-/* nftw callback: remove one entry (children come first with FTW_DEPTH). */
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* Print a file to stderr (the daemon's log after a failure). */
-static void
-dump_file(const char *path)
-{
-    char buf[4096];
-    size_t n;
-    FILE *f = fopen(path, "r");
-
-    if (f == NULL)
-        return;
-    fprintf(stderr, "--- %s ---\n", path);
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-        (void)fwrite(buf, 1, n, stderr);
-    fprintf(stderr, "--- end ---\n");
-    fclose(f);
-}
-
-/*
- * Fork and exec the daemon on a free port with a private state dir.
- * Returns 0 with d->pid set, or -1 (message printed).
- */
-static int
-daemon_start(bench_daemon *d)
-{
-    int port, fd;
-
-    strcpy(d->dir, "/tmp/emad-bench.XXXXXX");
-    if (mkdtemp(d->dir) == NULL) {
-        perror("bench: mkdtemp");
-        return -1;
-    }
-    (void)snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
-    (void)snprintf(d->log, sizeof(d->log), "%s/emad.log", d->dir);
-    if ((port = free_port()) < 0) {
+    if ((port = proc_free_port()) < 0) {
         perror("bench: no free port");
         return -1;
     }
     (void)snprintf(d->url, sizeof(d->url), "tcp://127.0.0.1:%d", port);
-
-    fflush(NULL);
-    d->pid = fork();
-    if (d->pid < 0) {
-        perror("bench: fork");
-        return -1;
-    }
-    if (d->pid == 0) {
-        fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            (void)dup2(fd, STDOUT_FILENO);
-            (void)dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        execl(d->path, d->path, "--listen", d->url, "--state-dir", d->state, "--max-message-bytes",
-              DAEMON_MAX_MESSAGE, (char *)NULL);
-        fprintf(stderr, "bench: exec %s: %s\n", d->path, strerror(errno));
-        _exit(127);
-    }
-    return 0;
+    return proc_spawn(&d->proc, argv);
 }
 
 /*
@@ -205,216 +164,310 @@ daemon_start(bench_daemon *d)
  * Returns 0 with *out set, or -1 (message and daemon log printed).
  */
 static int
-daemon_connect(bench_daemon *d, const emad_options *base, emad_client **out)
+daemon_connect(bench_daemon *d, emad_client **out)
 {
-    emad_options opts = *base;
-    double deadline = now_sec() + 10.0;
-    int rc = 0, status;
+    emad_options opts;
+    double deadline = proc_now() + 10.0;
+    int rc = 0;
 
+    emad_options_init(&opts);
     opts.connect_timeout_ms = 200;
-    while (now_sec() < deadline) {
-        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
-            fprintf(stderr, "bench: emad exited during startup (status 0x%x)\n", status);
-            d->pid = -1;
-            dump_file(d->log);
+    while (proc_now() < deadline) {
+        if (!proc_running(&d->proc))
             return -1;
-        }
         if ((rc = emad_connect(out, d->url, &opts)) == 0)
             return 0;
-        sleep_ms(50);
+        proc_sleep_ms(50);
     }
     fprintf(stderr, "bench: emad at %s did not answer within 10 s: %s\n", d->url,
             emad_strerror(rc));
-    dump_file(d->log);
+    proc_dump_file(d->proc.log);
     return -1;
 }
 
 /*
- * Stop the daemon with SIGTERM (SIGKILL after 10 s), reap it and remove its
- * temporary directory. Returns 0 after a clean exit, -1 otherwise.
+ * Start redis-server on a free port with no persistence and connect to it.
+ * Returns the connection, or -1 (message printed).
  */
 static int
-daemon_stop(bench_daemon *d)
+redis_start(proc *p, const char *path)
 {
-    double deadline;
-    int status = 0, rc = -1;
+    char port_s[16];
+    const char *argv[] = {path,        "--port",
+                          port_s,      "--bind",
+                          "127.0.0.1", "--save",
+                          "",          "--appendonly",
+                          "no",        "--daemonize",
+                          "no",        "--dir",
+                          p->dir,      "--logfile",
+                          "",          "--proto-max-bulk-len",
+                          "2gb",       "--client-query-buffer-limit",
+                          "4gb",       "--loglevel",
+                          "warning",   NULL};
+    double deadline = proc_now() + 10.0;
+    int port, fd;
 
-    if (d->pid > 0) {
-        (void)kill(d->pid, SIGTERM);
-        deadline = now_sec() + 10.0;
-        while (waitpid(d->pid, &status, WNOHANG) == 0) {
-            if (now_sec() > deadline) {
-                fprintf(stderr, "bench: emad ignored SIGTERM for 10 s; killing it\n");
-                (void)kill(d->pid, SIGKILL);
-                (void)waitpid(d->pid, &status, 0);
-                break;
-            }
-            sleep_ms(10);
-        }
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-            rc = 0;
-        else
-            fprintf(stderr, "bench: emad did not exit cleanly (status 0x%x)\n", status);
-        if (rc != 0)
-            dump_file(d->log);
-        d->pid = -1;
+    if ((port = proc_free_port()) < 0) {
+        perror("bench: no free port");
+        return -1;
     }
-    if (d->dir[0] != '\0')
-        (void)nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    return rc;
+    (void)snprintf(port_s, sizeof(port_s), "%d", port);
+    if (proc_spawn(p, argv) < 0)
+        return -1;
+    while (proc_now() < deadline) {
+        if (!proc_running(p))
+            return -1;
+        if ((fd = resp_connect(port)) >= 0)
+            return fd;
+        proc_sleep_ms(50);
+    }
+    fprintf(stderr, "bench: redis-server on port %d did not answer within 10 s\n", port);
+    proc_dump_file(p->log);
+    return -1;
 }
 
 /*
- * Apply the socket options the daemon and libemad use for big messages.
- * NN_RCVMAXSIZE counts the SP header too (4 bytes of request id on REQ/REP),
- * so a message of exactly max_recv bytes needs a little slack.
+ * Allocate and fill a model of ntensors float32 tensors of numel elements.
+ * The pull buffer is zeroed (so its pages exist before the first pull).
+ * Returns 0, or -1 (message printed; model_free() cleans up).
  */
 static int
-raw_socket_setup(int s, size_t max_recv)
+model_init(bench_model *m, size_t ntensors, uint64_t numel)
 {
-    int maxsz = (int)max_recv + RAW_SP_SLACK, one = 1, resend = 3600 * 1000, timeout = 60 * 1000;
+    uint64_t k, done, n;
+    size_t i;
 
-    if (nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof(maxsz)) < 0 ||
-        nn_setsockopt(s, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0)
+    memset(m, 0, sizeof(*m));
+    m->ntensors = ntensors;
+    m->tbytes = numel * sizeof(float);
+    m->total = m->tbytes * ntensors;
+    if ((m->src = malloc(m->total)) == NULL || (m->dst = malloc(m->total)) == NULL) {
+        fprintf(stderr, "bench: out of memory for two buffers of %.1f MiB\n",
+                (double)m->total / (double)MIB);
         return -1;
-    if (nn_setsockopt(s, NN_SOL_SOCKET, NN_SNDTIMEO, &timeout, sizeof(timeout)) < 0 ||
-        nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &timeout, sizeof(timeout)) < 0)
-        return -1;
-    (void)nn_setsockopt(s, NN_REQ, NN_REQ_RESEND_IVL, &resend, sizeof(resend));
+    }
+    /* A pattern of finite values in the first MiB, then copies of it. */
+    for (k = 0; k < MIB / sizeof(float) && k < m->total / sizeof(float); k++) {
+        float v = (float)(k % 2000) * 0.001f - 1.0f;
+        memcpy(m->src + k * sizeof(float), &v, sizeof(v));
+    }
+    for (done = k * sizeof(float); done < m->total; done += n) {
+        n = m->total - done < done ? m->total - done : done;
+        memcpy(m->src + done, m->src, n);
+    }
+    memset(m->dst, 0, m->total);
+    for (i = 0; i < ntensors; i++) {
+        emad_tensor *t = &m->tensors[i];
+
+        (void)snprintf(m->names[i], sizeof(m->names[i]), "layer%zu.weight", i);
+        t->name = m->names[i];
+        t->kind = EMAD_PARAM;
+        t->dtype = EMAD_F32;
+        if (numel % 1000 == 0) {
+            t->ndim = 2;
+            t->shape[0] = numel / 1000;
+            t->shape[1] = 1000;
+        } else {
+            t->ndim = 1;
+            t->shape[0] = numel;
+        }
+        t->data = m->src + i * m->tbytes;
+        t->nbytes = m->tbytes;
+    }
     return 0;
 }
 
-/* Read the u64 stored little-endian at p. */
-static uint64_t
-get_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    int i;
-
-    for (i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-/* Fill a raw header: op, then len little-endian at byte 8. */
+/* Free a model's buffers. */
 static void
-put_header(unsigned char *p, int op, uint64_t len)
+model_free(bench_model *m)
 {
-    int i;
+    free(m->src);
+    free(m->dst);
+    m->src = m->dst = NULL;
+}
 
-    memset(p, 0, RAW_HDR);
-    p[0] = (unsigned char)op;
-    for (i = 0; i < 8; i++)
-        p[8 + i] = (unsigned char)(len >> (8 * i));
+/* Zero the pull buffer, so that a pull is checked on data it wrote. */
+static void
+model_clear_dst(bench_model *m)
+{
+    memset(m->dst, 0, m->total);
+}
+
+/* Was the whole model received into dst? Prints a message if not. */
+static int
+model_check_dst(const bench_model *m, const char *what)
+{
+    if (memcmp(m->dst, m->src, m->total) != 0) {
+        fprintf(stderr, "bench: %s: the data differs from the pushed model\n", what);
+        return -1;
+    }
+    return 0;
 }
 
 /*
- * The raw server thread: answers pushes with a 16-byte ack and pulls with
- * the requested number of payload bytes, copied into a fresh nn_allocmsg
- * buffer (as the daemon packs its replies), until a quit request.
+ * Push the model at step and check that every tensor was applied; *sec is
+ * the time of the call. The daemon's peak RSS during it (VmHWM, reset
+ * first) goes into mem->push_peak, with the RSS at its start, if higher.
+ * Returns 0, or -1 (message printed).
  */
-static void *
-raw_server_main(void *arg)
-{
-    raw_server *rs = arg;
-    unsigned char ack[RAW_HDR];
-    void *msg, *reply;
-    uint64_t len;
-    int n, op;
-
-    for (;;) {
-        if ((n = nn_recv(rs->sock, &msg, NN_MSG, 0)) < 0) {
-            if (nn_errno() == ETIMEDOUT || nn_errno() == EAGAIN)
-                continue;
-            if (nn_errno() != ETERM && nn_errno() != EBADF) {
-                fprintf(stderr, "bench: raw server recv: %s\n", nn_strerror(nn_errno()));
-                rs->failed = 1;
-            }
-            return NULL;
-        }
-        op = n >= RAW_HDR ? ((unsigned char *)msg)[0] : 0;
-        len = n >= RAW_HDR ? get_u64((unsigned char *)msg + 8) : 0;
-        nn_freemsg(msg);
-        if (op == RAW_PULL && len <= rs->max_reply) {
-            if ((reply = nn_allocmsg(len, 0)) == NULL) {
-                rs->failed = 1;
-                return NULL;
-            }
-            memcpy(reply, rs->payload, len);
-            if (nn_send(rs->sock, &reply, NN_MSG, 0) < 0) {
-                nn_freemsg(reply);
-                rs->failed = 1;
-                return NULL;
-            }
-            continue;
-        }
-        put_header(ack, op, 0);
-        if (nn_send(rs->sock, ack, sizeof(ack), 0) < 0 || op == RAW_QUIT) {
-            if (op != RAW_QUIT)
-                rs->failed = 1;
-            return NULL;
-        }
-    }
-}
-
-/* One raw request: send a header plus len bytes of data (may be NULL), get the reply. */
 static int
-raw_request(int s, int op, const void *data, uint64_t data_len, uint64_t want, void **reply,
-            int *reply_len)
+emad_push_timed(emad_client *c, const proc *d, const bench_model *m, uint64_t step, double *sec,
+                bench_mem *mem, uint32_t *messages)
 {
-    unsigned char *msg;
+    emad_push_result res;
+    proc_mem base, after;
+    double t0;
+    int rc;
 
-    if ((msg = nn_allocmsg(RAW_HDR + data_len, 0)) == NULL)
-        return -1;
-    put_header(msg, op, want);
-    if (data_len > 0)
-        memcpy(msg + RAW_HDR, data, data_len);
-    if (nn_send(s, &msg, NN_MSG, 0) < 0) {
-        nn_freemsg(msg);
+    if (proc_reset_peak(d) < 0 || proc_read_mem(d, &base) < 0) {
+        fprintf(stderr, "bench: cannot reset the peak RSS of pid %d: %s\n", (int)d->pid,
+                strerror(errno));
         return -1;
     }
-    if ((*reply_len = nn_recv(s, reply, NN_MSG, 0)) < 0)
+    t0 = proc_now();
+    if ((rc = emad_push(c, MODEL_NAME, step, m->tensors, m->ntensors, &res)) < 0) {
+        fprintf(stderr, "bench: emad push at step %llu: %s (%s)\n", (unsigned long long)step,
+                emad_strerror(rc), emad_last_error(c));
         return -1;
+    }
+    *sec = proc_now() - t0;
+    if (res.applied != m->ntensors || res.stale != 0 || res.step != step) {
+        fprintf(stderr, "bench: push at step %llu: applied %llu stale %llu step %llu\n",
+                (unsigned long long)step, (unsigned long long)res.applied,
+                (unsigned long long)res.stale, (unsigned long long)res.step);
+        return -1;
+    }
+    if (proc_read_mem(d, &after) < 0) {
+        fprintf(stderr, "bench: cannot read /proc/%d/status\n", (int)d->pid);
+        return -1;
+    }
+    if (after.hwm > mem->push_peak) {
+        mem->push_peak = after.hwm;
+        mem->push_base = base.rss;
+    }
+    *messages = res.messages;
     return 0;
 }
 
-/* Raw push: the total bytes at src in chunk-sized messages, each acked. */
+/*
+ * Pull the model into dst (zeroed first) and check it equals the pushed
+ * one at step (every push carries the same values, so the average equals
+ * them exactly). *sec is the time of the call. Returns 0, or -1.
+ */
 static int
-raw_push(int s, const char *src, uint64_t total, uint64_t chunk)
+emad_pull_timed(emad_client *c, bench_model *m, uint64_t step, double *sec)
 {
-    uint64_t off, n;
-    void *reply;
-    int len;
+    uint64_t pulled_step = 0;
+    double t0;
+    size_t i;
+    int rc;
 
-    for (off = 0; off < total; off += n) {
-        n = total - off < chunk ? total - off : chunk;
-        if (raw_request(s, RAW_PUSH, src + off, n, 0, &reply, &len) < 0)
-            return -1;
-        nn_freemsg(reply);
+    model_clear_dst(m);
+    for (i = 0; i < m->ntensors; i++) {
+        memset(&m->into[i], 0, sizeof(m->into[i]));
+        m->into[i].name = m->names[i];
+        m->into[i].data = m->dst + i * m->tbytes;
+        m->into[i].nbytes = m->tbytes;
     }
+    t0 = proc_now();
+    if ((rc = emad_pull_into(c, MODEL_NAME, m->into, m->ntensors, &pulled_step)) < 0) {
+        fprintf(stderr, "bench: emad pull: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
+        return -1;
+    }
+    *sec = proc_now() - t0;
+    for (i = 0; i < m->ntensors; i++) {
+        if (m->into[i].nbytes != m->tbytes || m->into[i].dtype != EMAD_F32) {
+            fprintf(stderr, "bench: pulled %s: %llu bytes of dtype %d\n", m->names[i],
+                    (unsigned long long)m->into[i].nbytes, m->into[i].dtype);
+            return -1;
+        }
+    }
+    if (pulled_step != step) {
+        fprintf(stderr, "bench: pulled step %llu, expected %llu\n", (unsigned long long)pulled_step,
+                (unsigned long long)step);
+        return -1;
+    }
+    return model_check_dst(m, "emad pull");
+}
+
+/* The model's shadow bytes as the daemon lists them (0 if it does not). */
+static uint64_t
+daemon_shadow_bytes(emad_client *c)
+{
+    emad_model_info *models = NULL;
+    uint64_t bytes = 0;
+    size_t n = 0, i;
+
+    if (emad_list(c, &models, &n) < 0)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (strcmp(models[i].name, MODEL_NAME) == 0)
+            bytes = models[i].shadow_bytes;
+    free(models);
+    return bytes;
+}
+
+/* The daemon's VmRSS after REST_WAIT_MS without requests; 0 if unreadable. */
+static uint64_t
+daemon_rest_rss(const proc *d)
+{
+    proc_mem mem;
+
+    proc_sleep_ms(REST_WAIT_MS);
+    return proc_read_mem(d, &mem) == 0 ? mem.rss : 0;
+}
+
+/* "PASS" if value <= factor x shadow + LIMIT_SLACK, else "FAIL". */
+static const char *
+limit_word(uint64_t value, double factor, uint64_t shadow)
+{
+    return (double)value <= factor * (double)shadow + (double)LIMIT_SLACK ? "PASS" : "FAIL";
+}
+
+/* One memory figure against its limit factor x shadow + 64 MiB. */
+static void
+print_mem_row(const char *label, uint64_t value, double factor, uint64_t shadow)
+{
+    double limit = factor * (double)shadow + (double)LIMIT_SLACK;
+
+    printf("    %-28s %9.1f MiB = %.2f x shadow   limit %.1f x + 64 MiB = %9.1f MiB  %s\n", label,
+           (double)value / (double)MIB, shadow ? (double)value / (double)shadow : 0.0, factor,
+           limit / (double)MIB, limit_word(value, factor, shadow));
+}
+
+/* The daemon's memory block. */
+static void
+print_mem(const bench_mem *mem, int pid)
+{
+    printf("\n  daemon memory (pid %d, /proc/PID/status; shadow %.1f MiB as emad_list reports)\n",
+           pid, (double)mem->shadow / (double)MIB);
+    print_mem_row("peak RSS during a push", mem->push_peak, 2.1, mem->shadow);
+    printf("    %-28s %9.1f MiB\n", "  (RSS at the start of it)",
+           (double)mem->push_base / (double)MIB);
+    print_mem_row("RSS at rest (2.2 s idle)", mem->rest, 1.1, mem->shadow);
+}
+
+/* SET every tensor of the model, one key per tensor. Returns 0 or -1. */
+static int
+redis_set_model(int fd, const bench_model *m)
+{
+    size_t i;
+
+    for (i = 0; i < m->ntensors; i++)
+        if (resp_set(fd, m->names[i], m->src + i * m->tbytes, m->tbytes) < 0)
+            return -1;
     return 0;
 }
 
-/* Raw pull: total bytes into dst in chunk-sized replies, each copied into place. */
+/* GET every tensor of the model into dst. Returns 0 or -1. */
 static int
-raw_pull(int s, char *dst, uint64_t total, uint64_t chunk)
+redis_get_model(int fd, bench_model *m)
 {
-    uint64_t off, n;
-    void *reply;
-    int len;
+    size_t i;
 
-    for (off = 0; off < total; off += n) {
-        n = total - off < chunk ? total - off : chunk;
-        if (raw_request(s, RAW_PULL, NULL, 0, n, &reply, &len) < 0)
+    for (i = 0; i < m->ntensors; i++)
+        if (resp_get_into(fd, m->names[i], m->dst + i * m->tbytes, m->tbytes) < 0)
             return -1;
-        if ((uint64_t)len != n) {
-            nn_freemsg(reply);
-            errno = EPROTO;
-            return -1;
-        }
-        memcpy(dst + off, reply, n);
-        nn_freemsg(reply);
-    }
     return 0;
 }
 
@@ -438,82 +491,361 @@ series_median(const bench_series *s)
     return s->n % 2 ? v[s->n / 2] : (v[s->n / 2 - 1] + v[s->n / 2]) / 2;
 }
 
-/* Fastest and slowest times of the series. */
-static void
-series_minmax(const bench_series *s, double *lo, double *hi)
+/* Median throughput of a series in GB/s for bytes per repetition (0 if empty). */
+static double
+series_gbps(const bench_series *s, uint64_t bytes)
 {
-    int i;
-
-    *lo = *hi = s->sec[0];
-    for (i = 1; i < s->n; i++) {
-        if (s->sec[i] < *lo)
-            *lo = s->sec[i];
-        if (s->sec[i] > *hi)
-            *hi = s->sec[i];
-    }
+    return s->n > 0 ? (double)bytes / series_median(s) / 1e9 : 0.0;
 }
 
-/* One table row: median, best and worst throughput for bytes per repetition. */
+/* One table row: median, worst and best throughput for bytes per repetition. */
 static void
-print_row(const bench_series *s, uint64_t bytes)
+print_row(const char *label, const bench_series *s, uint64_t bytes)
 {
-    double med = series_median(s), lo, hi;
+    double med = series_median(s), lo = s->sec[0], hi = s->sec[0];
+    int i;
 
-    series_minmax(s, &lo, &hi);
-    printf("  %-28s %9.2f %9.2f %9.2f %10.1f\n", s->label, (double)bytes / med / 1e9,
+    for (i = 1; i < s->n; i++) {
+        lo = s->sec[i] < lo ? s->sec[i] : lo;
+        hi = s->sec[i] > hi ? s->sec[i] : hi;
+    }
+    printf("  %-28s %9.2f %9.2f %9.2f %10.1f\n", label, (double)bytes / med / 1e9,
            (double)bytes / hi / 1e9, (double)bytes / lo / 1e9, med * 1e3);
+}
+
+/* One ratio line: emad's throughput over another's, against a target. */
+static void
+print_ratio(const char *label, const bench_series *emad, const bench_series *other, double target)
+{
+    double r = series_median(other) / series_median(emad);
+
+    printf("  %-24s %5.2f   (target >= %.1f: %s)\n", label, r, target,
+           r >= target ? "met" : "NOT MET");
 }
 
 /*
  * Raw nanomsg push and pull throughput for chunk sizes from 1 MiB to
- * SWEEP_MAX_CHUNK: how the message size alone changes the transport's speed.
+ * RAW_MAX_CHUNK: how the message size alone changes the transport's speed.
  */
 static int
-raw_sweep(int s, const char *src, char *dst, uint64_t total, long reps)
+raw_sweep(raw_link *raw, const bench_model *m, long reps)
 {
-    bench_series push = {"push", {0}, 0}, pull = {"pull", {0}, 0};
+    bench_series push, pull;
     uint64_t chunk;
     double t0;
     long r;
 
     printf("\n  raw nanomsg by message size (median GB/s of %ld reps)\n", reps);
     printf("  %10s %9s %9s\n", "chunk MiB", "push", "pull");
-    for (chunk = MIB; chunk <= SWEEP_MAX_CHUNK && chunk <= total; chunk *= 2) {
+    for (chunk = MIB; chunk <= RAW_MAX_CHUNK && chunk <= m->total; chunk *= 2) {
         push.n = pull.n = 0;
         for (r = 0; r <= reps; r++) {
-            t0 = now_sec();
-            if (raw_push(s, src, total, chunk) < 0)
-                goto fail;
+            t0 = proc_now();
+            if (raw_push(raw, m->src, m->total, chunk) < 0)
+                return -1;
             if (r > 0)
-                push.sec[push.n++] = now_sec() - t0;
-            t0 = now_sec();
-            if (raw_pull(s, dst, total, chunk) < 0)
-                goto fail;
+                push.sec[push.n++] = proc_now() - t0;
+            t0 = proc_now();
+            if (raw_pull(raw, m->dst, m->total, chunk) < 0)
+                return -1;
             if (r > 0)
-                pull.sec[pull.n++] = now_sec() - t0;
+                pull.sec[pull.n++] = proc_now() - t0;
         }
         printf("  %10llu %9.2f %9.2f\n", (unsigned long long)(chunk / MIB),
-               (double)total / series_median(&push) / 1e9,
-               (double)total / series_median(&pull) / 1e9);
+               series_gbps(&push, m->total), series_gbps(&pull, m->total));
     }
     return 0;
+}
+
+/* Time call (0 or -1) into series s, kept after the warm-up (r > 0); goto fail on -1. */
+#define TIMED(s, r, call)                                                                          \
+    do {                                                                                           \
+        double t0_ = proc_now();                                                                   \
+        if ((call) < 0)                                                                            \
+            goto fail;                                                                             \
+        if ((r) > 0)                                                                               \
+            (s)->sec[(s)->n++] = proc_now() - t0_;                                                 \
+    } while (0)
+
+/*
+ * Measure one model size with its own daemon: 1 + reps repetitions of the
+ * six transfers, then the daemon's memory at rest. Stops the daemon.
+ * Returns 0, or -1 (message printed).
+ */
+static int
+run_size(bench *b, int idx)
+{
+    bench_daemon *d = &b->daemons[idx];
+    size_result *res = &b->results[idx];
+    bench_series *s = res->s;
+    long mib = b->mib[idx], reps = b->reps, r;
+    emad_client *c = NULL;
+    emad_options opts;
+    bench_model m;
+    uint64_t push_chunk, pull_chunk, step;
+    uint32_t messages = 0;
+    double sec, first_push = 0;
+    int rc;
+
+    res->mib = mib;
+    if (model_init(&m, DEFAULT_TENSORS, (uint64_t)mib * MIB / DEFAULT_TENSORS / sizeof(float)) <
+            0 ||
+        daemon_connect(d, &c) < 0)
+        goto fail;
+
+    /* The message sizes libemad uses: requests of at most chunk_bytes,
+     * replies of at most max_reply_bytes, both capped by the daemon's limit
+     * less the room libemad keeps for nanomsg's SP header; libemad reads
+     * pull sessions 16 MiB at a time. */
+    emad_options_init(&opts);
+    push_chunk = opts.chunk_bytes;
+    if (emad_server_max_message_bytes(c) - SP_HEADER_ROOM < push_chunk)
+        push_chunk = emad_server_max_message_bytes(c) - SP_HEADER_ROOM;
+    pull_chunk = opts.max_reply_bytes;
+    if (emad_server_max_message_bytes(c) < pull_chunk)
+        pull_chunk = emad_server_max_message_bytes(c);
+    pull_chunk -= SP_HEADER_ROOM;
+    if (pull_chunk > 16 * MIB)
+        pull_chunk = 16 * MIB;
+    if (push_chunk > RAW_MAX_CHUNK)
+        push_chunk = RAW_MAX_CHUNK;
+    raw_serve(b->raw, m.src, m.total);
+
+    if ((rc = emad_create(c, MODEL_NAME, EMAD_DEFAULT_DECAY, 1)) < 0) {
+        fprintf(stderr, "bench: create: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
+        goto fail;
+    }
+    printf("\n== %ld MiB float32 model (%zu tensors of %.1f MiB), %ld reps + 1 warm-up ==\n", mib,
+           m.ntensors, (double)m.tbytes / (double)MIB, reps);
+    printf("daemon: %s --max-message-bytes %s on %s (pid %d)\n", b->emad_path, DAEMON_MAX_MESSAGE,
+           d->url, (int)d->proc.pid);
+    printf("chunks: push %.1f MiB, pull %.1f MiB (libemad's, capped by the daemon's limit), for "
+           "raw nanomsg too\n",
+           (double)push_chunk / (double)MIB, (double)pull_chunk / (double)MIB);
+    fflush(stdout);
+
+    /* Repetition 0 is the warm-up (the first emad push allocates the shadows). */
+    for (r = 0, step = 1; r <= reps; r++, step++) {
+        TIMED(&s[S_RAW_PUSH], r, raw_push(b->raw, m.src, m.total, push_chunk));
+        if (emad_push_timed(c, &d->proc, &m, step, &sec, &res->mem, &messages) < 0)
+            goto fail;
+        if (r > 0)
+            s[S_EMAD_PUSH].sec[s[S_EMAD_PUSH].n++] = sec;
+        else
+            first_push = sec;
+        if (b->redis_fd >= 0)
+            TIMED(&s[S_REDIS_SET], r, redis_set_model(b->redis_fd, &m));
+
+        model_clear_dst(&m);
+        TIMED(&s[S_RAW_PULL], r, raw_pull(b->raw, m.dst, m.total, pull_chunk));
+        if (model_check_dst(&m, "raw pull") < 0)
+            goto fail;
+        if (emad_pull_timed(c, &m, step, &sec) < 0)
+            goto fail;
+        if (r > 0)
+            s[S_EMAD_PULL].sec[s[S_EMAD_PULL].n++] = sec;
+        if (b->redis_fd >= 0) {
+            model_clear_dst(&m);
+            TIMED(&s[S_REDIS_GET], r, redis_get_model(b->redis_fd, &m));
+            if (model_check_dst(&m, "redis GET") < 0)
+                goto fail;
+        }
+    }
+
+    printf("\n  %-28s %9s %9s %9s %10s\n", "(GB/s = 1e9 bytes/s)", "median", "worst", "best",
+           "median ms");
+    for (r = 0; r < S_COUNT; r++)
+        if (s[r].n > 0)
+            print_row(series_label[r], &s[r], m.total);
+    printf("\n");
+    print_ratio("emad push / raw push:", &s[S_EMAD_PUSH], &s[S_RAW_PUSH], 0.9);
+    print_ratio("emad pull / raw pull:", &s[S_EMAD_PULL], &s[S_RAW_PULL], 0.9);
+    if (b->redis_fd >= 0) {
+        print_ratio("emad push / redis SET:", &s[S_EMAD_PUSH], &s[S_REDIS_SET], 1.0);
+        print_ratio("emad pull / redis GET:", &s[S_EMAD_PULL], &s[S_REDIS_GET], 1.0);
+    }
+    printf("  (each emad push: %u messages; every pull verified equal to the pushed model)\n",
+           messages);
+    printf("  (the warm-up's emad push, which creates the shadows: %.2f GB/s)\n",
+           (double)m.total / first_push / 1e9);
+
+    res->mem.shadow = daemon_shadow_bytes(c);
+    res->mem.rest = daemon_rest_rss(&d->proc);
+    print_mem(&res->mem, (int)d->proc.pid);
+    if (b->sweep && idx == 0 && raw_sweep(b->raw, &m, reps) < 0)
+        goto fail;
+    emad_close(c);
+    c = NULL;
+    if (proc_stop(&d->proc) < 0)
+        goto fail;
+    printf("  daemon stopped cleanly (SIGTERM)\n");
+    res->done = 1;
+    model_free(&m);
+    return 0;
 fail:
-    fprintf(stderr, "bench: raw sweep at %llu MiB: %s\n", (unsigned long long)(chunk / MIB),
-            nn_strerror(nn_errno()));
+    fprintf(stderr, "bench: the %ld MiB model failed\n", mib);
+    emad_close(c);
+    model_free(&m);
     return -1;
+}
+
+/* The summary of every size: throughput, ratios and memory side by side. */
+static void
+print_summary(const bench *b)
+{
+    static const struct {
+        const char *title;
+        int raw, emad, redis;
+    } dir[2] = {{"push", S_RAW_PUSH, S_EMAD_PUSH, S_REDIS_SET},
+                {"pull", S_RAW_PULL, S_EMAD_PULL, S_REDIS_GET}};
+    int i, k;
+
+    printf("\n== summary (median GB/s; ratios: emad's throughput over the other's; targets "
+           "emad/raw >= 0.9, emad/redis >= 1.0) ==\n");
+    for (k = 0; k < 2; k++) {
+        printf("  %-4s %8s %9s %9s %9s %9s %11s\n", dir[k].title, "model", "raw", "emad",
+               k == 0 ? "redis SET" : "redis GET", "emad/raw", "emad/redis");
+        for (i = 0; i < b->nsizes; i++) {
+            const size_result *res = &b->results[i];
+            uint64_t bytes = (uint64_t)res->mib * MIB;
+            double raw = series_gbps(&res->s[dir[k].raw], bytes);
+            double emad = series_gbps(&res->s[dir[k].emad], bytes);
+            double redis = series_gbps(&res->s[dir[k].redis], bytes);
+
+            if (!res->done)
+                continue;
+            printf("  %-4s %4ld MiB %9.2f %9.2f ", "", res->mib, raw, emad);
+            if (redis > 0)
+                printf("%9.2f %9.2f %11.2f\n", redis, emad / raw, emad / redis);
+            else
+                printf("%9s %9.2f %11s\n", "-", emad / raw, "-");
+        }
+    }
+    printf("  %-4s %8s %11s %13s %6s %13s %6s\n", "mem", "model", "shadow MiB", "push peak MiB",
+           "<=2.1x", "at rest MiB", "<=1.1x");
+    for (i = 0; i < b->nsizes; i++) {
+        const bench_mem *mem = &b->results[i].mem;
+
+        if (b->results[i].done)
+            printf("  %-4s %4ld MiB %11.1f %13.1f %6s %13.1f %6s\n", "", b->results[i].mib,
+                   (double)mem->shadow / (double)MIB, (double)mem->push_peak / (double)MIB,
+                   limit_word(mem->push_peak, 2.1, mem->shadow), (double)mem->rest / (double)MIB,
+                   limit_word(mem->rest, 1.1, mem->shadow));
+    }
+}
+
+/* MemAvailable from /proc/meminfo in bytes, or 0. */
+static uint64_t
+mem_available(void)
+{
+    char line[256];
+    unsigned long long kb = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+/*
+ * Scale mode: a 1e9-parameter float32 model pushed SCALE_PUSHES times and
+ * pulled once, with the daemon's memory against the limits. Skipped (exit
+ * 0) when MemAvailable is under SCALE_MIN_AVAILABLE. Returns the exit status.
+ */
+static int
+run_scale(const char *emad_path)
+{
+    bench_daemon d;
+    bench_model m;
+    bench_mem mem = {0, 0, 0, 0};
+    proc_mem pull_mem;
+    emad_client *c = NULL;
+    uint64_t avail = mem_available(), step;
+    uint32_t messages = 0;
+    double sec;
+    int rc, status = 1;
+
+    printf("emad bench_pushpull --scale: 1e9-parameter float32 model (%d tensors of %llu "
+           "elements, %.2f GB), %d pushes and a pull\n",
+           SCALE_TENSORS, (unsigned long long)SCALE_NUMEL,
+           (double)SCALE_TENSORS * SCALE_NUMEL * 4 / 1e9, SCALE_PUSHES);
+    if (avail < SCALE_MIN_AVAILABLE) {
+        printf("  SKIPPED: MemAvailable is %.1f GB; the scale run needs %.0f GB (4 GB model, 4 GB "
+               "pull buffer, up to 8.5 GB in the daemon)\n",
+               (double)avail / 1e9, (double)SCALE_MIN_AVAILABLE / 1e9);
+        return 0;
+    }
+    memset(&m, 0, sizeof(m));
+    memset(&d, 0, sizeof(d));
+    if (daemon_start(&d, emad_path) < 0)
+        goto out;
+    printf("MemAvailable %.1f GB (needs %.0f GB); daemon: %s on %s (pid %d)\n", (double)avail / 1e9,
+           (double)SCALE_MIN_AVAILABLE / 1e9, emad_path, d.url, (int)d.proc.pid);
+    fflush(stdout);
+    if (model_init(&m, SCALE_TENSORS, SCALE_NUMEL) < 0 || daemon_connect(&d, &c) < 0)
+        goto out;
+    if ((rc = emad_create(c, MODEL_NAME, EMAD_DEFAULT_DECAY, 1)) < 0) {
+        fprintf(stderr, "bench: create: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
+        goto out;
+    }
+    printf("\n  %-22s %8s %8s %22s\n", "(GB/s = 1e9 bytes/s)", "s", "GB/s", "daemon peak RSS MiB");
+    for (step = 1; step <= SCALE_PUSHES; step++) {
+        bench_mem one = {0, 0, 0, 0};
+
+        if (emad_push_timed(c, &d.proc, &m, step, &sec, &one, &messages) < 0)
+            goto out;
+        if (one.push_peak > mem.push_peak) {
+            mem.push_peak = one.push_peak;
+            mem.push_base = one.push_base;
+        }
+        printf("  emad push step %-7llu %8.2f %8.2f %22.1f\n", (unsigned long long)step, sec,
+               (double)m.total / sec / 1e9, (double)one.push_peak / (double)MIB);
+        fflush(stdout);
+    }
+    mem.shadow = daemon_shadow_bytes(c);
+    mem.rest = daemon_rest_rss(&d.proc);
+    if (proc_reset_peak(&d.proc) < 0 || emad_pull_timed(c, &m, SCALE_PUSHES, &sec) < 0 ||
+        proc_read_mem(&d.proc, &pull_mem) < 0)
+        goto out;
+    printf("  emad pull_into         %8.2f %8.2f %22.1f\n", sec, (double)m.total / sec / 1e9,
+           (double)pull_mem.hwm / (double)MIB);
+    printf("  (each push: %u messages; the pulled model verified equal to the pushed one)\n",
+           messages);
+    print_mem(&mem, (int)d.proc.pid);
+    status = 0;
+out:
+    emad_close(c);
+    if (proc_stop(&d.proc) < 0)
+        status = 1;
+    else if (status == 0)
+        printf("  daemon stopped cleanly (SIGTERM)\n");
+    model_free(&m);
+    return status;
 }
 
 /* Print the command-line help to f. */
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: bench_pushpull [--emad PATH] [--mib N] [--reps N] [--sweep]\n"
-               "\n"
-               "Starts emad (PATH, default ./emad) on a free 127.0.0.1 port and measures\n"
-               "push and pull of an N MiB float32 model (default 256, as 4 tensors)\n"
-               "against raw nanomsg REQ/REP carrying the same bytes; prints the median\n"
-               "of --reps repetitions (default 5). --sweep adds raw nanomsg throughput\n"
-               "for message sizes from 1 to 64 MiB.\n");
+    fprintf(f,
+            "usage: bench_pushpull [--emad PATH] [--mib N]... [--reps N] [--sweep]\n"
+            "                      [--redis PATH | --no-redis]\n"
+            "       bench_pushpull [--emad PATH] --scale\n"
+            "\n"
+            "Starts emad (PATH, default ./emad) on free 127.0.0.1 ports, one daemon per\n"
+            "model size, and measures push and pull of float32 models of N MiB (default\n"
+            "256 and 1024, as 4 tensors) against raw nanomsg REQ/REP and redis-server\n"
+            "(default %s, started here without persistence) carrying the same bytes;\n"
+            "prints medians of --reps repetitions (default 5) after a warm-up, the\n"
+            "ratios, and the daemon's memory against its limits. --sweep adds raw nanomsg\n"
+            "throughput for message sizes from 1 to 64 MiB.\n"
+            "--scale: push a 1e9-parameter float32 model (4 GB) 3 times and pull it once\n"
+            "(needs 18 GB of MemAvailable; skipped otherwise).\n",
+            REDIS_DEFAULT_PATH);
 }
 
 /* Parse a positive integer option no larger than max; -1 if invalid. */
@@ -530,58 +862,51 @@ parse_count(const char *s, long max)
     return v;
 }
 
-int
-main(int argc, char **argv)
+/* Parse the command line into b. Returns -1 to go on, else an exit status. */
+static int
+parse_args(bench *b, int argc, char **argv, int *scale)
 {
     static const struct option longopts[] = {
-        {"emad", required_argument, NULL, 'e'}, {"mib", required_argument, NULL, 'm'},
-        {"reps", required_argument, NULL, 'r'}, {"sweep", no_argument, NULL, 's'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
+        {"emad", required_argument, NULL, 'e'},
+        {"mib", required_argument, NULL, 'm'},
+        {"reps", required_argument, NULL, 'r'},
+        {"sweep", no_argument, NULL, 's'},
+        {"redis", required_argument, NULL, 'R'},
+        {"no-redis", no_argument, NULL, 'n'},
+        {"scale", no_argument, NULL, 'S'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    bench_daemon d;
-    raw_server rs;
-    emad_options opts;
-    emad_client *c = NULL;
-    emad_tensor tensors[NTENSORS], into[NTENSORS];
-    emad_push_result res;
-    bench_series raw_push_s = {"raw nanomsg push", {0}, 0};
-    bench_series emad_push_s = {"emad push + apply", {0}, 0};
-    bench_series raw_pull_s = {"raw nanomsg pull", {0}, 0};
-    bench_series emad_pull_s = {"emad pull_into", {0}, 0};
-    char names[NTENSORS][32], raw_url[64];
-    char *model = NULL, *dst = NULL;
-    uint64_t total, tbytes, numel, push_chunk, pull_chunk, step = 1, pulled_step;
-    uint32_t messages = 0;
-    long mib = 256, reps = 5;
-    int sweep = 0;
-    int opt, rc, raw_port, raw_cli = -1, server_started = 0, status = 1, i, r;
-    double t0;
-    size_t k;
+    int opt;
 
-    memset(&d, 0, sizeof(d));
-    memset(&rs, 0, sizeof(rs));
-    rs.sock = -1;
-    d.pid = -1;
-    (void)snprintf(d.path, sizeof(d.path), "./emad");
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
         case 'e':
-            (void)snprintf(d.path, sizeof(d.path), "%s", optarg);
+            (void)snprintf(b->emad_path, sizeof(b->emad_path), "%s", optarg);
             break;
         case 'm':
-            if ((mib = parse_count(optarg, 4096)) < 0) {
-                fprintf(stderr, "bench: --mib: expected 1..4096\n");
+            if (b->nsizes == MAX_SIZES || (b->mib[b->nsizes++] = parse_count(optarg, 4096)) < 0) {
+                fprintf(stderr, "bench: --mib: expected 1..4096, at most %d times\n", MAX_SIZES);
                 return 2;
             }
             break;
         case 'r':
-            if ((reps = parse_count(optarg, MAX_REPS)) < 0) {
-                fprintf(stderr, "bench: --reps: expected 1..%d\n", MAX_REPS);
+            if ((b->reps = parse_count(optarg, MAX_REPS - 1)) < 0) {
+                fprintf(stderr, "bench: --reps: expected 1..%d\n", MAX_REPS - 1);
                 return 2;
             }
             break;
         case 's':
-            sweep = 1;
+            b->sweep = 1;
+            break;
+        case 'R':
+            (void)snprintf(b->redis_path, sizeof(b->redis_path), "%s", optarg);
+            break;
+        case 'n':
+            b->use_redis = 0;
+            break;
+        case 'S':
+            *scale = 1;
             break;
         case 'h':
             usage(stdout);
@@ -591,208 +916,94 @@ main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc || access(d.path, X_OK) != 0) {
+    if (optind < argc || access(b->emad_path, X_OK) != 0) {
         if (optind == argc)
-            fprintf(stderr, "bench: %s is not an executable emad (use --emad PATH)\n", d.path);
+            fprintf(stderr, "bench: %s is not an executable emad (use --emad PATH)\n",
+                    b->emad_path);
         usage(stderr);
         return 2;
     }
+    if (b->nsizes == 0) {
+        b->mib[b->nsizes++] = 256;
+        b->mib[b->nsizes++] = 1024;
+    }
+    return -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    bench *b;
+    int scale = 0, status = 1, i, rc;
+
+    if ((b = calloc(1, sizeof(*b))) == NULL)
+        return 1;
+    (void)snprintf(b->emad_path, sizeof(b->emad_path), "./emad");
+    (void)snprintf(b->redis_path, sizeof(b->redis_path), "%s", REDIS_DEFAULT_PATH);
+    b->use_redis = 1;
+    b->redis_fd = -1;
+    b->reps = 5;
+    if ((rc = parse_args(b, argc, argv, &scale)) >= 0) {
+        free(b);
+        return rc;
+    }
+    if (proc_init() < 0) {
+        free(b);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
-
-    /* The model: NTENSORS float32 tensors of mib/NTENSORS MiB each. */
-    total = (uint64_t)mib * MIB;
-    tbytes = total / NTENSORS;
-    numel = tbytes / sizeof(float);
-    if ((model = malloc(total)) == NULL || (dst = malloc(total)) == NULL) {
-        fprintf(stderr, "bench: out of memory for two %ld MiB buffers\n", mib);
-        goto out;
-    }
-    for (k = 0; k < total / sizeof(float); k++) {
-        float v = (float)(k % 2000) * 0.001f - 1.0f;
-        memcpy(model + k * sizeof(float), &v, sizeof(v));
-    }
-    memset(dst, 0, total);
-    for (i = 0; i < NTENSORS; i++) {
-        (void)snprintf(names[i], sizeof(names[i]), "layer%d.weight", i);
-        memset(&tensors[i], 0, sizeof(tensors[i]));
-        tensors[i].name = names[i];
-        tensors[i].kind = EMAD_PARAM;
-        tensors[i].dtype = EMAD_F32;
-        if (numel % 1024 == 0) {
-            tensors[i].ndim = 2;
-            tensors[i].shape[0] = numel / 1024;
-            tensors[i].shape[1] = 1024;
-        } else {
-            tensors[i].ndim = 1;
-            tensors[i].shape[0] = numel;
-        }
-        tensors[i].data = model + (size_t)i * tbytes;
-        tensors[i].nbytes = tbytes;
+    if (scale) {
+        status = run_scale(b->emad_path);
+        free(b);
+        return status;
     }
 
-    /* The daemon first: nanomsg sockets must not exist across fork(). */
-    if (daemon_start(&d) < 0)
-        goto out;
-    emad_options_init(&opts);
-    if (daemon_connect(&d, &opts, &c) < 0)
-        goto out;
+    printf("emad bench_pushpull: float32 models of");
+    for (i = 0; i < b->nsizes; i++)
+        printf(" %ld MiB", b->mib[i]);
+    printf(", over TCP loopback, against raw nanomsg and redis-server\n");
 
-    /* The message sizes libemad uses: requests of at most chunk_bytes,
-     * replies of at most max_reply_bytes, both capped by the daemon's limit
-     * less the room libemad keeps for nanomsg's SP header. */
-    push_chunk = opts.chunk_bytes;
-    if (emad_server_max_message_bytes(c) - RAW_SP_SLACK < push_chunk)
-        push_chunk = emad_server_max_message_bytes(c) - RAW_SP_SLACK;
-    pull_chunk = opts.max_reply_bytes;
-    if (emad_server_max_message_bytes(c) < pull_chunk)
-        pull_chunk = emad_server_max_message_bytes(c);
-    pull_chunk -= RAW_SP_SLACK;
-    if (pull_chunk > (16u << 20))
-        pull_chunk = 16u << 20; /* libemad reads pull sessions 16 MiB at a time */
-
-    /* The raw REP server thread and the REQ socket that talks to it. */
-    if ((raw_port = free_port()) < 0) {
-        perror("bench: no free port");
-        goto out;
-    }
-    (void)snprintf(raw_url, sizeof(raw_url), "tcp://127.0.0.1:%d", raw_port);
-    rs.max_reply = SWEEP_MAX_CHUNK > pull_chunk ? SWEEP_MAX_CHUNK : pull_chunk;
-    rs.payload = model;
-    if ((rs.sock = nn_socket(AF_SP, NN_REP)) < 0 ||
-        raw_socket_setup(rs.sock,
-                         RAW_HDR + (push_chunk > rs.max_reply ? push_chunk : rs.max_reply)) < 0 ||
-        nn_bind(rs.sock, raw_url) < 0 || (raw_cli = nn_socket(AF_SP, NN_REQ)) < 0 ||
-        raw_socket_setup(raw_cli, rs.max_reply) < 0 || nn_connect(raw_cli, raw_url) < 0) {
-        fprintf(stderr, "bench: raw nanomsg setup on %s: %s\n", raw_url, nn_strerror(nn_errno()));
-        goto out;
-    }
-    if ((errno = pthread_create(&rs.thread, NULL, raw_server_main, &rs)) != 0) {
-        perror("bench: pthread_create");
-        goto out;
-    }
-    server_started = 1;
-
-    if ((rc = emad_create(c, MODEL_NAME, EMAD_DEFAULT_DECAY, 1)) < 0) {
-        fprintf(stderr, "bench: create: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
-        goto out;
-    }
-
-    printf("emad bench_pushpull: %ld MiB float32 model (%d tensors of %.1f MiB), %ld reps + 1 "
-           "warm-up\n",
-           mib, NTENSORS, (double)tbytes / (double)MIB, reps);
-    printf("daemon: %s --max-message-bytes %s on %s (pid %d)\n", d.path, DAEMON_MAX_MESSAGE, d.url,
-           (int)d.pid);
-    printf("chunks: push %.1f MiB, pull %.1f MiB (libemad defaults, capped by the daemon's "
-           "limit); raw nanomsg on %s uses the same\n",
-           (double)push_chunk / (double)MIB, (double)pull_chunk / (double)MIB, raw_url);
-    fflush(stdout);
-
-    /* Repetition 0 is the warm-up (the first emad push allocates the shadows). */
-    for (r = 0; r <= reps; r++) {
-        t0 = now_sec();
-        if (raw_push(raw_cli, model, total, push_chunk) < 0) {
-            fprintf(stderr, "bench: raw push: %s\n", nn_strerror(nn_errno()));
+    /* Every server first: nanomsg sockets must not exist across fork(). */
+    for (i = 0; i < b->nsizes; i++) {
+        b->daemons[i].proc.pid = -1;
+        if (daemon_start(&b->daemons[i], b->emad_path) < 0)
             goto out;
-        }
-        if (r > 0)
-            raw_push_s.sec[raw_push_s.n++] = now_sec() - t0;
-
-        t0 = now_sec();
-        if ((rc = emad_push(c, MODEL_NAME, step, tensors, NTENSORS, &res)) < 0) {
-            fprintf(stderr, "bench: emad push at step %llu: %s (%s)\n", (unsigned long long)step,
-                    emad_strerror(rc), emad_last_error(c));
-            goto out;
-        }
-        if (r > 0)
-            emad_push_s.sec[emad_push_s.n++] = now_sec() - t0;
-        if (res.applied != NTENSORS || res.stale != 0 || res.step != step) {
-            fprintf(stderr, "bench: push at step %llu: applied %llu stale %llu step %llu\n",
-                    (unsigned long long)step, (unsigned long long)res.applied,
-                    (unsigned long long)res.stale, (unsigned long long)res.step);
-            goto out;
-        }
-        messages = res.messages;
-        step++;
-
-        t0 = now_sec();
-        if (raw_pull(raw_cli, dst, total, pull_chunk) < 0) {
-            fprintf(stderr, "bench: raw pull: %s\n", nn_strerror(nn_errno()));
-            goto out;
-        }
-        if (r > 0)
-            raw_pull_s.sec[raw_pull_s.n++] = now_sec() - t0;
-        memset(dst, 0, total);
-
-        for (i = 0; i < NTENSORS; i++) {
-            memset(&into[i], 0, sizeof(into[i]));
-            into[i].name = names[i];
-            into[i].data = dst + (size_t)i * tbytes;
-            into[i].nbytes = tbytes;
-        }
-        t0 = now_sec();
-        if ((rc = emad_pull_into(c, MODEL_NAME, into, NTENSORS, &pulled_step)) < 0) {
-            fprintf(stderr, "bench: emad pull: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
-            goto out;
-        }
-        if (r > 0)
-            emad_pull_s.sec[emad_pull_s.n++] = now_sec() - t0;
-
-        /* Every push carries the same values, so the average equals them exactly. */
-        for (i = 0; i < NTENSORS; i++) {
-            if (into[i].nbytes != tbytes || into[i].dtype != EMAD_F32) {
-                fprintf(stderr, "bench: pulled %s: %llu bytes of dtype %d\n", names[i],
-                        (unsigned long long)into[i].nbytes, into[i].dtype);
-                goto out;
-            }
-        }
-        if (pulled_step != step - 1 || memcmp(dst, model, total) != 0) {
-            fprintf(stderr, "bench: pulled model (step %llu) differs from the pushed one\n",
-                    (unsigned long long)pulled_step);
-            goto out;
-        }
     }
-
-    printf("\n  %-28s %9s %9s %9s %10s\n", "(GB/s = 1e9 bytes/s)", "median", "worst", "best",
-           "median ms");
-    print_row(&raw_push_s, total);
-    print_row(&emad_push_s, total);
-    print_row(&raw_pull_s, total);
-    print_row(&emad_pull_s, total);
-    printf("\n  emad push / raw push: %.2f   ",
-           series_median(&raw_push_s) / series_median(&emad_push_s));
-    if (messages > 1)
-        printf("(each emad push: begin, chunks, commit = %u messages)\n", messages);
-    else
-        printf("(each emad push: one message)\n");
-    printf("  emad pull / raw pull: %.2f   (pulled data verified equal to the pushed model)\n",
-           series_median(&raw_pull_s) / series_median(&emad_pull_s));
-    if (sweep && raw_sweep(raw_cli, model, dst, total, reps) < 0)
+    if (!b->use_redis)
+        printf("redis: skipped (--no-redis)\n");
+    else if (access(b->redis_path, X_OK) != 0) {
+        printf("redis: %s not found (Debian package redis-server; scripts/deps installs it): "
+               "the redis rows are skipped\n",
+               b->redis_path);
+        b->use_redis = 0;
+    }
+    if (b->use_redis) {
+        if (proc_prepare(&b->redis, "redis") < 0 ||
+            (b->redis_fd = redis_start(&b->redis, b->redis_path)) < 0)
+            goto out;
+        printf("redis: %s (pid %d), no persistence, on 127.0.0.1; SET/GET one key per tensor\n",
+               b->redis_path, (int)b->redis.pid);
+    }
+    if (raw_start(&b->raw, RAW_MAX_CHUNK) < 0)
         goto out;
+    printf("raw nanomsg: REQ/REP on %s, the same message sizes as libemad\n", raw_url(b->raw));
+    for (i = 0; i < b->nsizes; i++)
+        if (run_size(b, i) < 0)
+            goto out;
+    print_summary(b);
     status = 0;
 
 out:
-    emad_close(c);
-    if (server_started) {
-        void *reply;
-        int len;
-
-        if (raw_request(raw_cli, RAW_QUIT, NULL, 0, 0, &reply, &len) == 0)
-            nn_freemsg(reply);
-        else
-            nn_term(); /* unblocks the server thread */
-        (void)pthread_join(rs.thread, NULL);
-        if (rs.failed)
-            status = 1;
-    }
-    if (raw_cli >= 0)
-        (void)nn_close(raw_cli);
-    if (rs.sock >= 0)
-        (void)nn_close(rs.sock);
-    if (daemon_stop(&d) < 0)
+    if (raw_stop(b->raw) < 0)
         status = 1;
-    else if (status == 0)
-        printf("  daemon stopped cleanly (SIGTERM)\n");
-    free(model);
-    free(dst);
+    resp_close(b->redis_fd);
+    if (proc_stop(&b->redis) < 0)
+        status = 1;
+    else if (status == 0 && b->use_redis)
+        printf("  redis-server stopped cleanly (SIGTERM)\n");
+    for (i = 0; i < b->nsizes; i++)
+        if (proc_stop(&b->daemons[i].proc) < 0)
+            status = 1;
+    free(b);
     return status;
 }
