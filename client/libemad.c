@@ -58,7 +58,7 @@
 
 #define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
-#define DEFAULT_CHUNK_BYTES (16ULL << 20)
+#define DEFAULT_CHUNK_BYTES (4ULL << 20)
 #define DEFAULT_MAX_REPLY_BYTES (64ULL << 20)
 
 /*
@@ -787,9 +787,9 @@ emad_dtype_size(int dtype)
 }
 
 /* Largest read reply the client asks for while pulling a session. */
-#define READ_BATCH_BYTES (16ULL << 20)
+#define READ_BATCH_BYTES (4ULL << 20)
 
-/* Fill opts with the defaults (30 s requests, 5 s first contact, 16 MiB chunks, 64 MiB replies). */
+/* Fill opts with the defaults (30 s requests, 5 s first contact, 4 MiB chunks, 64 MiB replies). */
 EMAD_EXTERN void
 emad_options_init(emad_options *opts)
 {
@@ -1853,8 +1853,9 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
                 memcpy(dst[k], p->t[k].data, p->t[k].nbytes);
         return 0;
     }
-    /* Reads of at most 16 MiB: larger replies cost the daemon fresh mmap'd buffers and page
-     * faults per read (bench/bench_pushpull: 64 MiB reads pull ~0.8 GB/s, 16 MiB ~2 GB/s). */
+        /* Reads of at most 4 MiB, like pushes: over TCP loopback nanomsg moves 2-4 MiB messages
+     * fastest, and messages of 32 MiB and more cost fresh mmap'd buffers and page faults
+     * (bench/RESULTS.md). */
     budget =
         (c->reply_eff < READ_BATCH_BYTES ? c->reply_eff : READ_BATCH_BYTES) - PROTO_REPLY_OVERHEAD;
     kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;

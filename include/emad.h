@@ -190,7 +190,7 @@ typedef struct emad_tensor {
 typedef struct emad_options {
     int timeout_ms;           /* per request (send + reply); default 30000 */
     int connect_timeout_ms;   /* first contact with the daemon; default 5000 */
-    uint64_t chunk_bytes;     /* largest message the client sends; default 16 MiB,
+    uint64_t chunk_bytes;     /* largest message the client sends; default 4 MiB,
                                  lowered automatically to what the daemon accepts */
     uint64_t max_reply_bytes; /* largest reply the client accepts; default 64 MiB */
 } emad_options;
