@@ -138,8 +138,9 @@ typedef struct async_req {
     int op;
     void *ctrl, *body;
     uint64_t t0;
-    task_list tasks;
-    store_job *job;  /* push: the store's job (tasks point into it) */
+    task_list *tl;   /* the tasks: the job's, or tasks */
+    task_list tasks; /* reply: the copies of tensor data */
+    store_job *job;  /* push: the store's job */
     uint64_t staged; /* push: the reply's count */
     void *msg;       /* reply: the packed message, data filled by the tasks */
     size_t len;
@@ -235,17 +236,38 @@ reply_send_msg(req *r, void *msg, size_t len)
     srv->counters[C_BYTES_OUT] += len;
 }
 
+/*
+ * Pack build(ctx) into a new nanomsg message of exactly its size (with
+ * w->defer set, tensor data is left to tasks); NULL if out of memory.
+ */
+static void *
+reply_pack(build_fn build, const void *ctx, wbuf *w, size_t *len)
+{
+    msgpack_packer pk;
+    void *msg;
+
+    *len = reply_size(build, ctx);
+    if ((msg = nn_allocmsg(*len, 0)) == NULL)
+        return NULL;
+    w->p = msg;
+    w->len = 0;
+    msgpack_packer_init(&pk, w, wbuf_write);
+    build(&pk, ctx);
+    return msg;
+}
+
 /* Build the reply into a message and send it with the request's routing header. */
 static void
 reply_send(req *r, build_fn build, const void *ctx)
 {
     server *srv = r->srv;
-    size_t len = reply_size(build, ctx);
     wbuf w = {NULL, 0, NULL, NULL, 0, 0};
     msgpack_packer pk;
+    size_t len;
     void *msg;
 
     if (r->capture != NULL) {
+        len = reply_size(build, ctx);
         w.p = *r->capture = xmalloc(len);
         msgpack_packer_init(&pk, &w, wbuf_write);
         build(&pk, ctx);
@@ -253,14 +275,11 @@ reply_send(req *r, build_fn build, const void *ctx)
         srv->counters[C_BYTES_OUT] += len; /* counted as on the socket, so stats agree */
         return;
     }
-    if ((msg = nn_allocmsg(len, 0)) == NULL) {
+    if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
         log_error("event=reply_alloc_failed bytes=%zu", len);
         srv->counters[C_REPLIES_DROPPED]++;
         return;
     }
-    w.p = msg;
-    msgpack_packer_init(&pk, &w, wbuf_write);
-    build(&pk, ctx);
     reply_send_msg(r, msg, len);
 }
 
@@ -764,7 +783,7 @@ async_work(uv_work_t *w)
 {
     async_req *a = w->data;
     size_t part = (size_t)(w - a->work);
-    task_list *tl = a->job != NULL ? &a->job->tasks : &a->tasks;
+    const task_list *tl = a->tl;
     size_t lo = tl->n * part / (size_t)a->parts, hi = tl->n * (part + 1) / (size_t)a->parts;
 
     for (size_t i = lo; i < hi; i++) /* in order: a piece's tasks share its values in cache */
@@ -821,7 +840,7 @@ static void
 async_start(req *r, async_req *a)
 {
     server *srv = r->srv;
-    size_t ntasks = a->job != NULL ? a->job->tasks.n : a->tasks.n;
+    size_t ntasks = a->tl->n;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
     a->srv = srv;
@@ -850,21 +869,19 @@ static int
 reply_send_async(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
 {
     async_req *a;
-    msgpack_packer pk;
     wbuf w = {NULL, 0, NULL, NULL, 0, 0};
     size_t len;
     void *msg;
 
     if (!can_defer(r) || data_bytes < ASYNC_MIN_BYTES)
         return 0;
-    len = reply_size(build, ctx);
-    if ((msg = nn_allocmsg(len, 0)) == NULL)
-        return 0;
     a = xcalloc(1, sizeof(*a));
-    w.p = msg;
     w.defer = &a->tasks;
-    msgpack_packer_init(&pk, &w, wbuf_write);
-    build(&pk, ctx);
+    if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
+        free(a);
+        return 0; /* the inline reply reports it */
+    }
+    a->tl = &a->tasks;
     a->msg = msg;
     a->len = len;
     a->blobs = w.blobs;
@@ -918,18 +935,15 @@ handle_push(req *r, store_err *err)
         if (job != NULL && can_defer(r) && job->tasks.bytes >= ASYNC_MIN_BYTES) {
             async_req *a = xcalloc(1, sizeof(*a));
             a->job = job;
+            a->tl = &job->tasks;
             a->staged = staged;
             a->body = *r->body; /* kept until the tasks have read it */
             *r->body = NULL;
             async_start(r, a);
             return 0;
         }
-        if (job != NULL) {
-            for (size_t i = 0; i < job->tasks.n; i++)
-                task_run(&job->tasks.v[i]);
-            if ((rc = store_job_done(r->srv->store, job, r->now_ms, err)) != 0)
-                return rc;
-        }
+        if (job != NULL && (rc = store_job_run(r->srv->store, job, r->now_ms, err)) != 0)
+            return rc;
         reply_send(r, build_staged, &staged);
         return 0;
     }

@@ -38,7 +38,7 @@
 /* A flat element range of a tensor and its bytes. */
 typedef struct slice {
     uint64_t start, count;
-    uint64_t received; /* bytes received so far (transactions); count * itemsize when full */
+    uint64_t received;  /* bytes received so far (transactions); count * itemsize when full */
     uint64_t (*got)[2]; /* transactions: byte ranges received, sorted, disjoint, not adjacent */
     size_t ngot, capgot;
     void *data;
@@ -1874,8 +1874,12 @@ store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int ha
     int rc = store_txn_push_job(s, id, model_name, len, has_step, step, in, n, now_ms, staged_n,
                                 &job, err);
 
-    if (rc != 0 || job == NULL)
-        return rc;
+    return rc != 0 || job == NULL ? rc : store_job_run(s, job, now_ms, err);
+}
+
+int
+store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err)
+{
     for (size_t i = 0; i < job->tasks.n; i++)
         task_run(&job->tasks.v[i]);
     return store_job_done(s, job, now_ms, err);
