@@ -362,6 +362,9 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
     single_u64(&sb, "emad_replies_dropped_total", "counter",
                "Replies that could not be sent (client gone or out of memory).",
                f->replies_dropped);
+    single_u64(&sb, "emad_commits_waited_total", "counter",
+               "Commits that waited for chunks of their transaction still being averaged.",
+               f->commits_waited);
 
     single_u64(&sb, "emad_models", "gauge", "Models held.", f->models);
     single_u64(&sb, "emad_tensors", "gauge", "Tensors held, over all models.", f->tensors);
@@ -542,6 +545,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     jset_u64(c, "sessions_expired", f->sessions_expired);
     jset_u64(c, "steps_expired", f->steps_expired);
     jset_u64(c, "replies_dropped", f->replies_dropped);
+    jset_u64(c, "commits_waited", f->commits_waited);
     jset_u64(c, "connections_accepted", f->connections_accepted);
     jset_u64(c, "connections_dropped", f->connections_dropped);
     jset_u64(c, "connections_broken", f->connections_broken);

@@ -77,7 +77,7 @@ typedef struct metrics_figures {
     uint64_t tensors_applied, tensors_stale, tensors_skipped_nonfinite, tensors_ignored;
     uint64_t writer_pushes_pending;
     uint64_t txn_begun, txn_committed, txn_aborted, txn_expired;
-    uint64_t sessions_expired, steps_expired, replies_dropped;
+    uint64_t sessions_expired, steps_expired, replies_dropped, commits_waited;
     /* Gauges of the store. */
     uint64_t models, tensors, shadow_bytes, txn_open, sessions_open, steps_pending, staged_bytes;
     uint64_t max_message_bytes;

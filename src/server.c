@@ -57,6 +57,7 @@ enum counter {
     C_TENSORS_IGNORED,
     C_WRITER_PUSHES_PENDING,
     C_STEPS_EXPIRED,
+    C_COMMITS_WAITED,
     C_COUNT
 };
 
@@ -69,7 +70,7 @@ static const char *const counter_names[C_COUNT] = {
     "txn_expired",     "sessions_expired",
     "replies_dropped", "tensors_skipped_nonfinite",
     "tensors_ignored", "writer_pushes_pending",
-    "steps_expired",
+    "steps_expired",   "commits_waited",
 };
 
 #define ERR_FIRST 1001
@@ -98,7 +99,17 @@ struct server {
     uint64_t push_rejects[ERR_LAST - ERR_FIRST + 1]; /* push/commit errors per code */
     uint64_t pushes_stale;                           /* accepted, every tensor stale */
     metrics_hist push_hist, pull_hist;               /* handling time of accepted requests */
+    uint32_t early;        /* chunks answered before their averaging ran */
+    struct parked *parked; /* commits waiting for their chunks' jobs */
 };
+
+/* A commit that came while chunks of its transaction were still being averaged. */
+typedef struct parked {
+    uint64_t txn;
+    void *ctrl; /* the request's routing header */
+    uint64_t t0;
+    struct parked *next;
+} parked;
 
 /* One request being handled. */
 typedef struct req {
@@ -133,6 +144,16 @@ typedef struct req {
 #define SPARE_HOLD_MS 5000
 #define ASYNC_MIN_BYTES (1u << 20) /* smaller work runs inline on the loop */
 
+/*
+ * A transaction chunk is answered as soon as its averaging is queued, while
+ * fewer than this many such chunks are still being averaged: the client
+ * sends its next chunk while the threadpool works on this one. Beyond it
+ * chunks are answered when their work is done, which bounds the request
+ * bodies held. A value found non-finite fails the transaction's later
+ * requests and its commit, which waits for the transaction's jobs.
+ */
+#define EARLY_MAX 1
+
 typedef struct async_req {
     server *srv;
     int op;
@@ -141,6 +162,7 @@ typedef struct async_req {
     task_list *tl;   /* the tasks: the job's, or tasks */
     task_list tasks; /* reply: the copies of tensor data */
     store_job *job;  /* push: the store's job */
+    int early;       /* push: answered already */
     uint64_t staged; /* push: the reply's count */
     void *msg;       /* reply: the packed message, data filled by the tasks */
     size_t len;
@@ -769,6 +791,7 @@ build_staged(msgpack_packer *pk, const void *ctx)
 }
 
 static void observe_latency(server *srv, int op, uint64_t t0);
+static void run_parked(server *srv);
 
 /* Can this request be answered later, from a threadpool callback? */
 static int
@@ -812,9 +835,16 @@ async_done(uv_work_t *w, int status)
     err.tensor[0] = '\0';
     if (a->job != NULL) {
         rc = store_job_done(srv->store, a->job, r.now_ms, &err);
+        nn_freemsg(a->body);
+        if (a->early) {
+            /* Answered already; a failure is kept by the transaction for its commit. */
+            srv->early--;
+            free(a);
+            run_parked(srv);
+            return;
+        }
         if (rc == 0)
             reply_send(&r, build_staged, &a->staged);
-        nn_freemsg(a->body);
     } else {
         for (size_t i = 0; i < a->nblobs; i++)
             store_blob_unref(a->blobs[i]);
@@ -832,6 +862,8 @@ async_done(uv_work_t *w, int status)
         nn_freemsg(r.ctrl);
     srv->last_request_ms = uv_now(srv->loop);
     srv->trimmed = 0;
+    if (a->job != NULL)
+        run_parked(srv);
     free(a);
 }
 
@@ -939,6 +971,14 @@ handle_push(req *r, store_err *err)
             a->staged = staged;
             a->body = *r->body; /* kept until the tasks have read it */
             *r->body = NULL;
+            if (r->srv->early < EARLY_MAX) {
+                a->early = 1;
+                r->srv->early++;
+                reply_send(r, build_staged, &staged);
+                async_start(r, a);
+                r->deferred = 0; /* answered: counted now */
+                return 0;
+            }
             async_start(r, a);
             return 0;
         }
@@ -997,14 +1037,13 @@ handle_begin(req *r, store_err *err)
     return 0;
 }
 
+/* Commit transaction id and answer r. */
 static int
-handle_commit(req *r, store_err *err)
+commit_txn(req *r, uint64_t id, store_err *err)
 {
-    uint64_t id;
     store_result res;
 
-    if (get_u64(r->root, "txn", &id, NULL, err) ||
-        store_txn_commit(r->srv->store, id, r->now_ms, &res, err))
+    if (store_txn_commit(r->srv->store, id, r->now_ms, &res, err) != 0)
         return err->code;
     r->srv->counters[C_TXN_COMMITTED]++;
     count_result(r->srv, &res);
@@ -1013,6 +1052,64 @@ handle_commit(req *r, store_err *err)
               (unsigned long long)res.step);
     reply_send(r, build_result, &res);
     return 0;
+}
+
+static int
+handle_commit(req *r, store_err *err)
+{
+    uint64_t id;
+
+    if (get_u64(r->root, "txn", &id, NULL, err) != 0)
+        return err->code;
+    if (can_defer(r) && store_txn_inflight(r->srv->store, id) > 0) {
+        parked *p = xcalloc(1, sizeof(*p)), **pp;
+        p->txn = id;
+        p->ctrl = r->ctrl;
+        p->t0 = r->t0;
+        r->ctrl = NULL;
+        r->deferred = 1;
+        r->srv->counters[C_COMMITS_WAITED]++;
+        for (pp = &r->srv->parked; *pp != NULL; pp = &(*pp)->next)
+            ; /* in arrival order */
+        *pp = p;
+        return 0;
+    }
+    return commit_txn(r, id, err);
+}
+
+/* Loop: commit the parked transactions whose jobs are all done (or that are gone). */
+static void
+run_parked(server *srv)
+{
+    parked **pp = &srv->parked;
+
+    while (*pp != NULL) {
+        parked *p = *pp;
+        store_err err;
+        req r;
+
+        if (store_txn_inflight(srv->store, p->txn) > 0) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        memset(&r, 0, sizeof(r));
+        r.srv = srv;
+        r.op = PROTO_OP_COMMIT;
+        r.ctrl = p->ctrl;
+        r.t0 = p->t0;
+        r.now_ms = uv_now(srv->loop);
+        err.tensor[0] = '\0';
+        if (commit_txn(&r, p->txn, &err) != 0) {
+            reply_error(&r, &err);
+        } else {
+            srv->op_ok[PROTO_OP_COMMIT]++;
+            observe_latency(srv, PROTO_OP_COMMIT, p->t0);
+        }
+        if (r.ctrl != NULL)
+            nn_freemsg(r.ctrl);
+        free(p);
+    }
 }
 
 static int
@@ -1912,6 +2009,12 @@ server_destroy(server *srv)
 {
     if (srv == NULL)
         return;
+    while (srv->parked != NULL) {
+        parked *p = srv->parked;
+        srv->parked = p->next;
+        nn_freemsg(p->ctrl);
+        free(p);
+    }
     if (srv->sock >= 0)
         nn_close(srv->sock);
     persist_destroy(srv->persist);
@@ -1971,6 +2074,7 @@ server_figures(server *srv)
     f->sessions_expired = srv->counters[C_SESSIONS_EXPIRED];
     f->steps_expired = srv->counters[C_STEPS_EXPIRED];
     f->replies_dropped = srv->counters[C_REPLIES_DROPPED];
+    f->commits_waited = srv->counters[C_COMMITS_WAITED];
     store_gauges_get(srv->store, &g);
     f->models = g.models;
     f->tensors = g.tensors;

@@ -1470,6 +1470,15 @@ txn_get(store *s, uint64_t id, store_err *err)
     return NULL;
 }
 
+uint32_t
+store_txn_inflight(const store *s, uint64_t id)
+{
+    for (const txn *t = s->txns; t != NULL; t = t->next)
+        if (t->id == id)
+            return t->inflight;
+    return 0;
+}
+
 /* Unlink and free a transaction. */
 static void
 txn_remove(store *s, txn *t)

@@ -249,6 +249,9 @@ int store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len
  */
 int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
 
+/* Jobs of open transaction id handed out and not done (0 if no such transaction). */
+uint32_t store_txn_inflight(const store *s, uint64_t id);
+
 /* Run every task of a job on this thread, then store_job_done(). */
 int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
 

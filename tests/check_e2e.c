@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1283,6 +1284,90 @@ START_TEST(test_e2e_chunked_push_and_pull)
 }
 END_TEST
 
+/*
+ * Big chunks are answered before they are averaged and the commit waits for
+ * the averaging: steps of a 40 MiB tensor in 20 MiB chunks give the float32
+ * EMA computed here, and commits are seen waiting. A NaN in a chunk
+ * answered early still fails the push (at a later request or the commit)
+ * with nothing applied, and the daemon goes on serving.
+ */
+START_TEST(test_e2e_chunks_answered_before_averaging)
+{
+    enum { N = 10 * 1024 * 1024 }; /* 40 MiB of float32: two 20 MiB chunks */
+    float *v[3], *expect = malloc(N * sizeof(float)), *got = malloc(N * sizeof(float));
+    uint64_t rng = 17, step;
+    tu_daemon d;
+    emad_client *c;
+    emad_options o;
+    emad_push_result res;
+    emad_tensor t, into;
+    int rc, s;
+
+    ck_assert(expect != NULL && got != NULL);
+    for (int k = 0; k < 3; k++) {
+        ck_assert((v[k] = malloc(N * sizeof(float))) != NULL);
+        for (size_t i = 0; i < N; i++)
+            v[k][i] = tu_randf(&rng);
+    }
+    daemon_up(&d, NULL);
+    emad_options_init(&o);
+    o.chunk_bytes = 20 * MIB;
+    c = client_open(&d, &o);
+    OK(c, emad_create(c, "m", 0.75, 0));
+    /*
+     * A commit follows its last chunk's early reply while 20 MiB are still
+     * being averaged, so it waits; steps go on (at most 8) until one was seen.
+     */
+    for (s = 1; s <= 8 && (s <= 3 || stat_get(c, "commits_waited") == 0); s++) {
+        const float *x = v[(s - 1) % 3];
+        t = tensor("w", EMAD_PARAM, EMAD_F32, x, N * sizeof(float), 2, N / 1024, 1024);
+        OK(c, emad_push(c, "m", (uint64_t)s, &t, 1, &res));
+        ck_assert_uint_eq(res.applied, 1);
+        ck_assert_uint_ge(res.messages, 4); /* begin, two chunks, commit */
+        for (size_t i = 0; i < N; i++) {
+            volatile float diff = expect[i] - x[i];
+            volatile float tt = 0.25f * diff;
+            expect[i] = s == 1 ? x[i] : expect[i] - tt;
+        }
+    }
+    ck_assert_uint_ge(stat_get(c, "commits_waited"), 1);
+    into = (emad_tensor){.name = "w", .data = got, .nbytes = N * sizeof(float)};
+    OK(c, emad_pull_into(c, "m", &into, 1, &step));
+    ck_assert_uint_eq(step, (uint64_t)s - 1);
+    ck_assert_int_eq(memcmp(got, expect, N * sizeof(float)), 0);
+
+    /* A NaN in the first chunk: the push fails, nothing applied, step unchanged. */
+    v[1][12345] = NAN;
+    t = tensor("w", EMAD_PARAM, EMAD_F32, v[1], N * sizeof(float), 2, N / 1024, 1024);
+    rc = emad_push(c, "m", (uint64_t)s, &t, 1, &res);
+    ck_assert_int_eq(rc, EMAD_ENONFINITE);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(c), "'w'"));
+    OK(c, emad_pull_into(c, "m", &into, 1, &step));
+    ck_assert_uint_eq(step, (uint64_t)s - 1);
+    ck_assert_int_eq(memcmp(got, expect, N * sizeof(float)), 0);
+    ck_assert_uint_eq(stat_get(c, "txn_open"), 0);
+
+    /* Still serving: the same step with finite values is applied exactly. */
+    v[1][12345] = 0.5f;
+    OK(c, emad_push(c, "m", (uint64_t)s, &t, 1, &res));
+    ck_assert_uint_eq(res.applied, 1);
+    for (size_t i = 0; i < N; i++) {
+        volatile float diff = expect[i] - v[1][i];
+        volatile float tt = 0.25f * diff;
+        expect[i] = expect[i] - tt;
+    }
+    OK(c, emad_pull_into(c, "m", &into, 1, &step));
+    ck_assert_uint_eq(step, (uint64_t)s);
+    ck_assert_int_eq(memcmp(got, expect, N * sizeof(float)), 0);
+    emad_close(c);
+    daemon_down(&d);
+    for (int k = 0; k < 3; k++)
+        free(v[k]);
+    free(expect);
+    free(got);
+}
+END_TEST
+
 #define TXN_N (512 * 1024) /* 2 MiB of float32 per tensor */
 #define TXN_STEPS 8
 
@@ -1816,6 +1901,7 @@ e2e_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_e2e_chunked_push_and_pull);
     tcase_add_test(tc, test_e2e_pipelined_push_and_pull);
+    tcase_add_test(tc, test_e2e_chunks_answered_before_averaging);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("robustness");
