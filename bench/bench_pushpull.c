@@ -4,7 +4,7 @@
  *
  * Default run: for each model size (256 MiB and 1 GiB of float32, 4 equal
  * tensors each) the benchmark uses its own emad daemon, and each repetition
- * moves the same model bytes six ways over TCP loopback:
+ * moves the same model bytes over TCP loopback:
  *
  *   raw push    REQ sends the model in chunk-sized messages; REP acks each.
  *   emad push   emad_push() of the model at a new step: a transaction of
@@ -15,15 +15,24 @@
  *   emad pull   emad_pull_into() into preallocated buffers.
  *   redis GET   one GET per tensor, received into preallocated buffers.
  *
- * The raw runs use the chunk sizes libemad uses, copy the data once on each
- * side as libemad and the daemon do, and set the same socket options, so the
- * ratio emad/raw is the cost of emad's protocol, staging and averaging.
+ * The raw REP server is a process of its own, as the daemon is a process
+ * apart from the trainer (bench/raw.c). It is measured with nanomsg's
+ * default socket buffers and with the daemon's and libemad's
+ * (PROTO_SOCKET_BUFFER_BYTES), and the faster of the two is the baseline:
+ * raw nanomsg at its best, with the chunk sizes libemad uses and the data
+ * copied once on each side as libemad and the daemon do, so the ratio
+ * emad/raw is the cost of emad's protocol, staging and averaging. One more
+ * line shows raw with the REP server as a thread of the benchmark (default
+ * buffers): a reference only, faster because switching between threads of
+ * one process is cheaper than between processes, and not the deployment
+ * emad serves. Every raw, emad and redis pull is checked against the model.
  * Results: medians over the timed repetitions (after one untimed warm-up),
  * in GB/s (10^9 bytes per second), the ratios emad/raw and emad/redis, and
  * the daemon's memory: its peak resident set during the pushes (VmHWM,
  * reset before each push) and at rest, against the limits 2.1 x and
  * 1.1 x the shadow bytes + 64 MiB. --sweep adds raw nanomsg throughput for
- * message sizes from 1 to 64 MiB.
+ * message sizes from 1 to 64 MiB (the server process, with the faster
+ * buffer setting).
  *
  * --scale instead pushes a 1e9-parameter float32 model (8 tensors of
  * 125,000,000 elements, 4 GB) three times and pulls it once, reporting
@@ -31,10 +40,11 @@
  *
  * The daemons run with --max-message-bytes 64 MiB, --http off and no
  * --state-dir (no snapshots, as redis runs without persistence). Every
- * server (the daemons, redis-server) is started here on a free 127.0.0.1
- * port, before any nanomsg socket exists (nanomsg is not fork-safe), and
- * stopped at the end; their temporary directories are removed, also after
- * a failure or on SIGINT/SIGTERM (see proc.c).
+ * server process (the daemons, redis-server, the raw server) is started
+ * here on free 127.0.0.1 ports, before any nanomsg socket exists (nanomsg
+ * is not fork-safe), and stopped and reaped at the end; their temporary
+ * directories are removed, also after a failure or on SIGINT/SIGTERM, and
+ * they die with the benchmark if it is killed (see proc.c).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -52,6 +62,7 @@
 
 #include "emad.h"
 #include "proc.h"
+#include "proto.h"
 #include "raw.h"
 #include "resp.h"
 
@@ -91,11 +102,40 @@ typedef struct bench_series {
     int n;
 } bench_series;
 
-/* The six transfers of a repetition. */
-enum { S_RAW_PUSH, S_EMAD_PUSH, S_REDIS_SET, S_RAW_PULL, S_EMAD_PULL, S_REDIS_GET, S_COUNT };
+/*
+ * The raw nanomsg variants: 0 .. RAW_BUFS_COUNT - 1 are the server process
+ * with that socket-buffer setting (enum raw_bufs), V_THREAD the server
+ * thread in this process (default buffers), a reference only.
+ */
+enum { V_THREAD = RAW_BUFS_COUNT, V_COUNT };
+
+/* The transfers of a repetition; S_RAW_PUSH + v and S_RAW_PULL + v for raw variant v. */
+enum {
+    S_RAW_PUSH,
+    S_EMAD_PUSH = S_RAW_PUSH + V_COUNT,
+    S_REDIS_SET,
+    S_RAW_PULL,
+    S_EMAD_PULL = S_RAW_PULL + V_COUNT,
+    S_REDIS_GET,
+    S_COUNT
+};
 static const char *const series_label[S_COUNT] = {
-    "raw nanomsg push", "emad push + apply", "redis SET",
-    "raw nanomsg pull", "emad pull_into",    "redis GET",
+    [S_RAW_PUSH + RAW_BUFS_DEFAULT] = "raw push: process, default bufs",
+    [S_RAW_PUSH + RAW_BUFS_EMAD] = "raw push: process, emad's bufs",
+    [S_RAW_PUSH + V_THREAD] = "raw push: in-process thread",
+    [S_EMAD_PUSH] = "emad push + apply",
+    [S_REDIS_SET] = "redis SET",
+    [S_RAW_PULL + RAW_BUFS_DEFAULT] = "raw pull: process, default bufs",
+    [S_RAW_PULL + RAW_BUFS_EMAD] = "raw pull: process, emad's bufs",
+    [S_RAW_PULL + V_THREAD] = "raw pull: in-process thread",
+    [S_EMAD_PULL] = "emad pull_into",
+    [S_REDIS_GET] = "redis GET",
+};
+
+/* The socket buffers of a raw server process variant, for messages. */
+static const char *const bufs_label[RAW_BUFS_COUNT] = {
+    [RAW_BUFS_DEFAULT] = "default",
+    [RAW_BUFS_EMAD] = "emad's",
 };
 
 /* A model: float32 tensors over one source buffer, and a pull buffer of the same size. */
@@ -137,7 +177,9 @@ typedef struct bench {
     bench_daemon daemons[MAX_SIZES];
     proc redis;
     int redis_fd;
-    raw_link *raw;
+    raw_server *raw_proc;   /* the raw server process */
+    raw_server *raw_thread; /* the in-process reference */
+    raw_link *raw[V_COUNT]; /* by raw variant */
     size_result results[MAX_SIZES];
 } bench;
 
@@ -509,7 +551,7 @@ print_row(const char *label, const bench_series *s, uint64_t bytes)
         lo = s->sec[i] < lo ? s->sec[i] : lo;
         hi = s->sec[i] > hi ? s->sec[i] : hi;
     }
-    printf("  %-28s %9.2f %9.2f %9.2f %10.1f\n", label, (double)bytes / med / 1e9,
+    printf("  %-31s %9.2f %9.2f %9.2f %10.1f\n", label, (double)bytes / med / 1e9,
            (double)bytes / hi / 1e9, (double)bytes / lo / 1e9, med * 1e3);
 }
 
@@ -524,18 +566,42 @@ print_ratio(const char *label, const bench_series *emad, const bench_series *oth
 }
 
 /*
- * Raw nanomsg push and pull throughput for chunk sizes from 1 MiB to
- * RAW_MAX_CHUNK: how the message size alone changes the transport's speed.
+ * The faster buffer setting of the raw server process: the one with the
+ * smaller sum of median times over the series base[0] + v .. base[nbase - 1] + v.
  */
 static int
-raw_sweep(raw_link *raw, const bench_model *m, long reps)
+raw_best(const bench_series *s, const int *base, int nbase)
+{
+    double t, best_t = 0;
+    int v, i, best = 0;
+
+    for (v = 0; v < RAW_BUFS_COUNT; v++) {
+        for (t = 0, i = 0; i < nbase; i++)
+            t += series_median(&s[base[i] + v]);
+        if (v == 0 || t < best_t) {
+            best = v;
+            best_t = t;
+        }
+    }
+    return best;
+}
+
+/*
+ * Raw nanomsg push and pull throughput over raw (the server process with
+ * buffer setting bufs) for chunk sizes from 1 MiB to RAW_MAX_CHUNK: how the
+ * message size alone changes the transport's speed.
+ */
+static int
+raw_sweep(raw_link *raw, int bufs, const bench_model *m, long reps)
 {
     bench_series push, pull;
     uint64_t chunk;
     double t0;
     long r;
 
-    printf("\n  raw nanomsg by message size (median GB/s of %ld reps)\n", reps);
+    printf("\n  raw nanomsg by message size (server process, %s socket buffers; median GB/s of %ld "
+           "reps)\n",
+           bufs_label[bufs], reps);
     printf("  %10s %9s %9s\n", "chunk MiB", "push", "pull");
     for (chunk = MIB; chunk <= RAW_MAX_CHUNK && chunk <= m->total; chunk *= 2) {
         push.n = pull.n = 0;
@@ -585,7 +651,7 @@ run_size(bench *b, int idx)
     uint64_t push_chunk, pull_chunk, step;
     uint32_t messages = 0;
     double sec, first_push = 0;
-    int rc;
+    int rc, v, best_push, best_pull, best_sweep;
 
     res->mib = mib;
     if (model_init(&m, DEFAULT_TENSORS, (uint64_t)mib * MIB / DEFAULT_TENSORS / sizeof(float)) <
@@ -609,7 +675,10 @@ run_size(bench *b, int idx)
         pull_chunk = 16 * MIB;
     if (push_chunk > RAW_MAX_CHUNK)
         push_chunk = RAW_MAX_CHUNK;
-    raw_serve(b->raw, m.src, m.total);
+    /* The endpoints of the server process share its copy of the model. */
+    if (raw_serve(b->raw[RAW_BUFS_DEFAULT], m.src, m.total, push_chunk) < 0 ||
+        raw_serve(b->raw[V_THREAD], m.src, m.total, push_chunk) < 0)
+        goto fail;
 
     if ((rc = emad_create(c, MODEL_NAME, EMAD_DEFAULT_DECAY, 1)) < 0) {
         fprintf(stderr, "bench: create: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
@@ -626,7 +695,8 @@ run_size(bench *b, int idx)
 
     /* Repetition 0 is the warm-up (the first emad push allocates the shadows). */
     for (r = 0, step = 1; r <= reps; r++, step++) {
-        TIMED(&s[S_RAW_PUSH], r, raw_push(b->raw, m.src, m.total, push_chunk));
+        for (v = 0; v < V_COUNT; v++)
+            TIMED(&s[S_RAW_PUSH + v], r, raw_push(b->raw[v], m.src, m.total, push_chunk));
         if (emad_push_timed(c, &d->proc, &m, step, &sec, &res->mem, &messages) < 0)
             goto fail;
         if (r > 0)
@@ -636,10 +706,12 @@ run_size(bench *b, int idx)
         if (b->redis_fd >= 0)
             TIMED(&s[S_REDIS_SET], r, redis_set_model(b->redis_fd, &m));
 
-        model_clear_dst(&m);
-        TIMED(&s[S_RAW_PULL], r, raw_pull(b->raw, m.dst, m.total, pull_chunk));
-        if (model_check_dst(&m, "raw pull") < 0)
-            goto fail;
+        for (v = 0; v < V_COUNT; v++) {
+            model_clear_dst(&m);
+            TIMED(&s[S_RAW_PULL + v], r, raw_pull(b->raw[v], m.dst, m.total, pull_chunk));
+            if (model_check_dst(&m, series_label[S_RAW_PULL + v]) < 0)
+                goto fail;
+        }
         if (emad_pull_timed(c, &m, step, &sec) < 0)
             goto fail;
         if (r > 0)
@@ -652,27 +724,41 @@ run_size(bench *b, int idx)
         }
     }
 
-    printf("\n  %-28s %9s %9s %9s %10s\n", "(GB/s = 1e9 bytes/s)", "median", "worst", "best",
+    printf("\n  %-31s %9s %9s %9s %10s\n", "(GB/s = 1e9 bytes/s)", "median", "worst", "best",
            "median ms");
     for (r = 0; r < S_COUNT; r++)
-        if (s[r].n > 0)
+        if (s[r].n > 0 && r != S_RAW_PUSH + V_THREAD && r != S_RAW_PULL + V_THREAD)
             print_row(series_label[r], &s[r], m.total);
-    printf("\n");
-    print_ratio("emad push / raw push:", &s[S_EMAD_PUSH], &s[S_RAW_PUSH], 0.9);
-    print_ratio("emad pull / raw pull:", &s[S_EMAD_PULL], &s[S_RAW_PULL], 0.9);
+    printf("  (raw: a REP server process; bufs: nanomsg's default, or emad's %d KiB NN_SNDBUF/"
+           "NN_RCVBUF)\n",
+           PROTO_SOCKET_BUFFER_BYTES / 1024);
+    printf("  reference only (not emad's deployment, not in the ratios): raw REP thread in this "
+           "process, default bufs: push %.2f, pull %.2f GB/s\n",
+           series_gbps(&s[S_RAW_PUSH + V_THREAD], m.total),
+           series_gbps(&s[S_RAW_PULL + V_THREAD], m.total));
+    best_push = raw_best(s, (const int[]){S_RAW_PUSH}, 1);
+    best_pull = raw_best(s, (const int[]){S_RAW_PULL}, 1);
+    printf("\n  raw at its best (server process): push with %s bufs %.2f GB/s, pull with %s bufs "
+           "%.2f GB/s\n",
+           bufs_label[best_push], series_gbps(&s[S_RAW_PUSH + best_push], m.total),
+           bufs_label[best_pull], series_gbps(&s[S_RAW_PULL + best_pull], m.total));
+    print_ratio("emad push / raw push:", &s[S_EMAD_PUSH], &s[S_RAW_PUSH + best_push], 0.9);
+    print_ratio("emad pull / raw pull:", &s[S_EMAD_PULL], &s[S_RAW_PULL + best_pull], 0.9);
     if (b->redis_fd >= 0) {
         print_ratio("emad push / redis SET:", &s[S_EMAD_PUSH], &s[S_REDIS_SET], 1.0);
         print_ratio("emad pull / redis GET:", &s[S_EMAD_PULL], &s[S_REDIS_GET], 1.0);
     }
-    printf("  (each emad push: %u messages; every pull verified equal to the pushed model)\n",
-           messages);
+    printf(
+        "  (each emad push: %u messages; every pull, raw ones too, verified equal to the model)\n",
+        messages);
     printf("  (the warm-up's emad push, which creates the shadows: %.2f GB/s)\n",
            (double)m.total / first_push / 1e9);
 
     res->mem.shadow = daemon_shadow_bytes(c);
     res->mem.rest = daemon_rest_rss(&d->proc);
     print_mem(&res->mem, (int)d->proc.pid);
-    if (b->sweep && idx == 0 && raw_sweep(b->raw, &m, reps) < 0)
+    best_sweep = raw_best(s, (const int[]){S_RAW_PUSH, S_RAW_PULL}, 2);
+    if (b->sweep && idx == 0 && raw_sweep(b->raw[best_sweep], best_sweep, &m, reps) < 0)
         goto fail;
     emad_close(c);
     c = NULL;
@@ -698,27 +784,31 @@ print_summary(const bench *b)
         int raw, emad, redis;
     } dir[2] = {{"push", S_RAW_PUSH, S_EMAD_PUSH, S_REDIS_SET},
                 {"pull", S_RAW_PULL, S_EMAD_PULL, S_REDIS_GET}};
-    int i, k;
+    int i, k, best;
 
-    printf("\n== summary (median GB/s; ratios: emad's throughput over the other's; targets "
-           "emad/raw >= 0.9, emad/redis >= 1.0) ==\n");
+    printf("\n== summary (median GB/s; raw: the raw server process with its faster socket "
+           "buffers; ratios: emad's throughput over the other's; targets emad/raw >= 0.9, "
+           "emad/redis >= 1.0) ==\n");
     for (k = 0; k < 2; k++) {
-        printf("  %-4s %8s %9s %9s %9s %9s %11s\n", dir[k].title, "model", "raw", "emad",
-               k == 0 ? "redis SET" : "redis GET", "emad/raw", "emad/redis");
+        printf("  %-4s %8s %9s %9s %9s %9s %11s  %s\n", dir[k].title, "model", "raw", "emad",
+               k == 0 ? "redis SET" : "redis GET", "emad/raw", "emad/redis", "raw bufs");
         for (i = 0; i < b->nsizes; i++) {
             const size_result *res = &b->results[i];
             uint64_t bytes = (uint64_t)res->mib * MIB;
-            double raw = series_gbps(&res->s[dir[k].raw], bytes);
-            double emad = series_gbps(&res->s[dir[k].emad], bytes);
-            double redis = series_gbps(&res->s[dir[k].redis], bytes);
+            double raw, emad, redis;
 
             if (!res->done)
                 continue;
+            best = raw_best(res->s, &dir[k].raw, 1);
+            raw = series_gbps(&res->s[dir[k].raw + best], bytes);
+            emad = series_gbps(&res->s[dir[k].emad], bytes);
+            redis = series_gbps(&res->s[dir[k].redis], bytes);
             printf("  %-4s %4ld MiB %9.2f %9.2f ", "", res->mib, raw, emad);
             if (redis > 0)
-                printf("%9.2f %9.2f %11.2f\n", redis, emad / raw, emad / redis);
+                printf("%9.2f %9.2f %11.2f", redis, emad / raw, emad / redis);
             else
-                printf("%9s %9.2f %11s\n", "-", emad / raw, "-");
+                printf("%9s %9.2f %11s", "-", emad / raw, "-");
+            printf("  %s\n", bufs_label[best]);
         }
     }
     printf("  %-4s %8s %11s %13s %6s %13s %6s\n", "mem", "model", "shadow MiB", "push peak MiB",
@@ -839,13 +929,17 @@ usage(FILE *f)
             "Starts emad (PATH, default ./emad) on free 127.0.0.1 ports, one daemon per\n"
             "model size, and measures push and pull of float32 models of N MiB (default\n"
             "256 and 1024, as 4 tensors) against raw nanomsg REQ/REP and redis-server\n"
-            "(default %s, started here without persistence) carrying the same bytes;\n"
-            "prints medians of --reps repetitions (default 5) after a warm-up, the\n"
-            "ratios, and the daemon's memory against its limits. --sweep adds raw nanomsg\n"
-            "throughput for message sizes from 1 to 64 MiB.\n"
+            "(default %s, started here without persistence) carrying the same bytes.\n"
+            "The raw REP server is a separate process, like the daemon, measured with\n"
+            "nanomsg's default socket buffers and with emad's (%d KiB); the faster is\n"
+            "the baseline of the ratios. A raw REP thread in this process is shown as a\n"
+            "reference only. Prints medians of --reps repetitions (default 5) after a\n"
+            "warm-up, the ratios, and the daemon's memory against its limits. --sweep\n"
+            "adds raw nanomsg throughput (server process, faster buffers) for message\n"
+            "sizes from 1 to 64 MiB.\n"
             "--scale: push a 1e9-parameter float32 model (4 GB) 3 times and pull it once\n"
             "(needs 18 GB of MemAvailable; skipped otherwise).\n",
-            REDIS_DEFAULT_PATH);
+            REDIS_DEFAULT_PATH, PROTO_SOCKET_BUFFER_BYTES / 1024);
 }
 
 /* Parse a positive integer option no larger than max; -1 if invalid. */
@@ -936,6 +1030,8 @@ main(int argc, char **argv)
     bench *b;
     int scale = 0, status = 1, i, rc;
 
+    if (argc > 1 && strcmp(argv[1], RAW_SERVER_ARG) == 0)
+        return raw_server_main(argc, argv); /* started by raw_spawn() */
     if ((b = calloc(1, sizeof(*b))) == NULL)
         return 1;
     (void)snprintf(b->emad_path, sizeof(b->emad_path), "./emad");
@@ -984,9 +1080,22 @@ main(int argc, char **argv)
         printf("redis: %s (pid %d), no persistence, on 127.0.0.1; SET/GET one key per tensor\n",
                b->redis_path, (int)b->redis.pid);
     }
-    if (raw_start(&b->raw, RAW_MAX_CHUNK) < 0)
+    if (raw_spawn(&b->raw_proc, RAW_MAX_CHUNK) < 0)
         goto out;
-    printf("raw nanomsg: REQ/REP on %s, the same message sizes as libemad\n", raw_url(b->raw));
+    /* From here on nanomsg sockets exist: no more forks. */
+    if (raw_start_thread(&b->raw_thread, RAW_MAX_CHUNK) < 0)
+        goto out;
+    for (i = 0; i < RAW_BUFS_COUNT; i++)
+        if (raw_connect(&b->raw[i], b->raw_proc, i) < 0)
+            goto out;
+    if (raw_connect(&b->raw[V_THREAD], b->raw_thread, RAW_BUFS_DEFAULT) < 0)
+        goto out;
+    printf("raw nanomsg: REQ/REP, the same message sizes as libemad, to a server process (pid %d) "
+           "on %s (default socket buffers) and %s (emad's, %d KiB); reference: a server thread "
+           "in this process on %s\n",
+           raw_server_pid(b->raw_proc), raw_server_url(b->raw_proc, RAW_BUFS_DEFAULT),
+           raw_server_url(b->raw_proc, RAW_BUFS_EMAD), PROTO_SOCKET_BUFFER_BYTES / 1024,
+           raw_server_url(b->raw_thread, RAW_BUFS_DEFAULT));
     for (i = 0; i < b->nsizes; i++)
         if (run_size(b, i) < 0)
             goto out;
@@ -994,8 +1103,14 @@ main(int argc, char **argv)
     status = 0;
 
 out:
-    if (raw_stop(b->raw) < 0)
+    for (i = 0; i < V_COUNT; i++)
+        raw_close(b->raw[i]);
+    if (raw_server_stop(b->raw_thread) < 0)
         status = 1;
+    if (raw_server_stop(b->raw_proc) < 0)
+        status = 1;
+    else if (status == 0)
+        printf("  raw server process stopped cleanly (SIGTERM)\n");
     resp_close(b->redis_fd);
     if (proc_stop(&b->redis) < 0)
         status = 1;

@@ -1,5 +1,6 @@
 /*
- * proc.h - server processes started by the benchmarks (emad, redis-server):
+ * proc.h - server processes started by the benchmarks (emad, redis-server,
+ * bench_pushpull's raw nanomsg server):
  * a private temporary directory each, fork/exec with the output in a log
  * file there, clean stops, and the memory figures of /proc/PID/status.
  */
