@@ -42,42 +42,55 @@ ema_coef_f32(double decay)
  * alignment); dst may equal shadow, so only the value pointer is restrict.
  */
 #define EMA_KERNELS(SFX, TARGET)                                                                   \
-    TARGET static void f32_##SFX(float *dst, const float *shadow, const unsigned char *restrict v, \
-                                 size_t n, float c)                                                \
+    TARGET static uint64_t f32_##SFX(float *dst, const float *shadow,                              \
+                                     const unsigned char *restrict v, size_t n, float c)           \
     {                                                                                              \
+        uint64_t bad = 0;                                                                          \
         for (size_t i = 0; i < n; i++) {                                                           \
+            uint32_t b;                                                                            \
             float s = shadow[i], x;                                                                \
-            memcpy(&x, v + 4 * i, 4);                                                              \
+            memcpy(&b, v + 4 * i, 4);                                                              \
+            memcpy(&x, &b, 4);                                                                     \
+            bad += (b & 0x7f800000u) == 0x7f800000u;                                               \
             float diff = s - x;                                                                    \
             float t = c * diff;                                                                    \
             dst[i] = s - t;                                                                        \
         }                                                                                          \
+        return bad;                                                                                \
     }                                                                                              \
-    TARGET static void bf16_##SFX(float *dst, const float *shadow,                                 \
-                                  const unsigned char *restrict v, size_t n, float c)              \
+    TARGET static uint64_t bf16_##SFX(float *dst, const float *shadow,                             \
+                                      const unsigned char *restrict v, size_t n, float c)          \
     {                                                                                              \
+        uint64_t bad = 0;                                                                          \
         for (size_t i = 0; i < n; i++) {                                                           \
             uint16_t h;                                                                            \
             uint32_t b;                                                                            \
             float s = shadow[i], x;                                                                \
             memcpy(&h, v + 2 * i, 2);                                                              \
+            bad += (h & 0x7f80u) == 0x7f80u;                                                       \
             b = (uint32_t)h << 16; /* BF16 is the top half of a float32: exact */                  \
             memcpy(&x, &b, 4);                                                                     \
             float diff = s - x;                                                                    \
             float t = c * diff;                                                                    \
             dst[i] = s - t;                                                                        \
         }                                                                                          \
+        return bad;                                                                                \
     }                                                                                              \
-    TARGET static void f64_##SFX(double *dst, const double *shadow,                                \
-                                 const unsigned char *restrict v, size_t n, double c)              \
+    TARGET static uint64_t f64_##SFX(double *dst, const double *shadow,                            \
+                                     const unsigned char *restrict v, size_t n, double c)          \
     {                                                                                              \
+        uint64_t bad = 0;                                                                          \
         for (size_t i = 0; i < n; i++) {                                                           \
+            uint64_t b;                                                                            \
             double s = shadow[i], x;                                                               \
-            memcpy(&x, v + 8 * i, 8);                                                              \
+            memcpy(&b, v + 8 * i, 8);                                                              \
+            memcpy(&x, &b, 8);                                                                     \
+            bad += (b & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;                           \
             double diff = s - x;                                                                   \
             double t = c * diff;                                                                   \
             dst[i] = s - t;                                                                        \
         }                                                                                          \
+        return bad;                                                                                \
     }
 
 EMA_KERNELS(base, )
@@ -92,7 +105,7 @@ f16_base(float *dst, const float *shadow, const unsigned char *v, size_t n, floa
         size_t m = n - off < WIDEN_BLOCK ? n - off : WIDEN_BLOCK;
 
         (void)dtype_convert(buf, EMAD_F32, v + off * 2, EMAD_F16, m);
-        f32_base(dst + off, shadow + off, (const unsigned char *)buf, m, c);
+        (void)f32_base(dst + off, shadow + off, (const unsigned char *)buf, m, c);
     }
 }
 
@@ -260,10 +273,11 @@ f16_avx512(float *dst, const float *shadow, const unsigned char *v, size_t n, fl
 /* One instruction set's kernels. */
 typedef struct kernels {
     const char *name;
-    void (*f32)(float *, const float *, const unsigned char *, size_t, float);
-    void (*bf16)(float *, const float *, const unsigned char *, size_t, float);
+    /* The F32, BF16 and F64 updates also count the non-finite values they read. */
+    uint64_t (*f32)(float *, const float *, const unsigned char *, size_t, float);
+    uint64_t (*bf16)(float *, const float *, const unsigned char *, size_t, float);
     void (*f16)(float *, const float *, const unsigned char *, size_t, float);
-    void (*f64)(double *, const double *, const unsigned char *, size_t, double);
+    uint64_t (*f64)(double *, const double *, const unsigned char *, size_t, double);
     uint64_t (*count)(const unsigned char *, int, size_t);
 } kernels;
 
@@ -326,7 +340,7 @@ ema_set_isa(const char *name)
 void
 ema_update_f32(float *dst, const float *shadow, const void *value, size_t n, float c)
 {
-    get()->f32(dst, shadow, value, n, c);
+    (void)get()->f32(dst, shadow, value, n, c);
 }
 
 /* Float32 update with n F16 values at any alignment. */
@@ -340,14 +354,14 @@ ema_update_f16(float *dst, const float *shadow, const void *value, size_t n, flo
 void
 ema_update_bf16(float *dst, const float *shadow, const void *value, size_t n, float c)
 {
-    get()->bf16(dst, shadow, value, n, c);
+    (void)get()->bf16(dst, shadow, value, n, c);
 }
 
 /* dst[i] = shadow[i] - c * (shadow[i] - value[i]) in float64 for n values at any alignment. */
 void
 ema_update_f64(double *dst, const double *shadow, const void *value, size_t n, double c)
 {
-    get()->f64(dst, shadow, value, n, c);
+    (void)get()->f64(dst, shadow, value, n, c);
 }
 
 /*
@@ -359,18 +373,35 @@ int
 ema_update(void *dst, const void *shadow, const void *value, int value_dtype, size_t n,
            double decay)
 {
-    switch (value_dtype) {
-    case EMAD_F32:
-        ema_update_f32(dst, shadow, value, n, ema_coef_f32(decay));
-        return 0;
-    case EMAD_F16:
+    uint64_t ignored;
+
+    if (value_dtype == EMAD_F16) { /* without the count ema_update_counted() adds for F16 */
         ema_update_f16(dst, shadow, value, n, ema_coef_f32(decay));
         return 0;
+    }
+    return ema_update_counted(dst, shadow, value, value_dtype, n, decay, &ignored);
+}
+
+int
+ema_update_counted(void *dst, const void *shadow, const void *value, int value_dtype, size_t n,
+                   double decay, uint64_t *nonfinite)
+{
+    const kernels *k = get();
+
+    *nonfinite = 0;
+    switch (value_dtype) {
+    case EMAD_F32:
+        *nonfinite = k->f32(dst, shadow, value, n, ema_coef_f32(decay));
+        return 0;
     case EMAD_BF16:
-        ema_update_bf16(dst, shadow, value, n, ema_coef_f32(decay));
+        *nonfinite = k->bf16(dst, shadow, value, n, ema_coef_f32(decay));
         return 0;
     case EMAD_F64:
-        ema_update_f64(dst, shadow, value, n, 1.0 - decay);
+        *nonfinite = k->f64(dst, shadow, value, n, 1.0 - decay);
+        return 0;
+    case EMAD_F16: /* the conversion kernels do not count: two passes */
+        *nonfinite = k->count(value, value_dtype, n);
+        k->f16(dst, shadow, value, n, ema_coef_f32(decay));
         return 0;
     default:
         return EMAD_EDTYPE;

@@ -52,6 +52,14 @@ int ema_update(void *dst, const void *shadow, const void *value, int value_dtype
                double decay);
 
 /*
+ * ema_update() that also counts the NaN and Inf values it reads into
+ * *nonfinite (ema_count_nonfinite()'s count), in the same pass for F32,
+ * BF16 and F64 values. Returns 0, or EMAD_EDTYPE (nothing written, count 0).
+ */
+int ema_update_counted(void *dst, const void *shadow, const void *value, int value_dtype, size_t n,
+                       double decay, uint64_t *nonfinite);
+
+/*
  * First push of a param: initialize a shadow (F32 for F16/BF16/F32
  * values, F64 for F64) from value. Returns 0 or EMAD_EDTYPE.
  */

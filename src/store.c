@@ -1660,8 +1660,11 @@ eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_
             const void *src, task_list *tl)
 {
     size_t ssz = dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+    int count = it->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW;
+    /* The first shadow's update counts while it reads the values; an init does not. */
+    int fused = count && it->nshadow > 0 && it->has_base && it->d[0] != 0.0;
 
-    if (it->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW)
+    if (count && !fused)
         task_list_add(
             tl,
             &(task){
@@ -1681,6 +1684,7 @@ eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_
             k.op = TASK_EMA;
             k.base = (const char *)it->base[j]->data + e0 * ssz;
             k.decay = it->d[j];
+            k.count = (uint8_t)(fused && j == 0);
         }
         task_list_add(tl, &k);
     }
@@ -1845,7 +1849,7 @@ store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err)
         for (size_t i = 0; i < job->tasks.n; i++) {
             const task *k = &job->tasks.v[i];
             item *it = &t->st.items[k->tag];
-            if (k->op != TASK_COUNT || k->found == 0)
+            if (k->found == 0) /* only counts (COUNT, EMA with count) set it */
                 continue;
             it->nonfinite += k->found;
             if (bad == NULL)

@@ -74,7 +74,10 @@ task_run(task *t)
 {
     switch (t->op) {
     case TASK_EMA:
-        (void)ema_update(t->dst, t->base, t->src, t->dtype, t->n, t->decay);
+        if (t->count)
+            (void)ema_update_counted(t->dst, t->base, t->src, t->dtype, t->n, t->decay, &t->found);
+        else
+            (void)ema_update(t->dst, t->base, t->src, t->dtype, t->n, t->decay);
         break;
     case TASK_INIT:
         (void)ema_init(t->dst, t->src, t->dtype, t->n);

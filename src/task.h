@@ -34,13 +34,14 @@ typedef struct task {
     uint8_t op;
     uint8_t dtype;  /* value dtype (EMA, INIT, COUNT), output dtype (CONVERT) */
     uint8_t sdtype; /* CONVERT: source dtype */
+    uint8_t count;  /* EMA: also count NaN/Inf among the values into found (one pass) */
     uint32_t tag;   /* caller's index (e.g. the tensor a COUNT belongs to) */
     void *dst;
     const void *base;
     const void *src;
     uint64_t n; /* elements (bytes for COPY) */
     double decay;
-    uint64_t found; /* COUNT result */
+    uint64_t found; /* COUNT, and EMA with count: NaN/Inf values found */
 } task;
 
 typedef struct task_list {

@@ -602,7 +602,9 @@ END_TEST
  * per-element check (exponent field all ones, written out per dtype), on
  * random bit patterns (about one in 256 F32 values and one in 32 F16 values
  * are non-finite) at every alignment and odd lengths, and on hand-placed
- * values at the edges of the vector loops.
+ * values at the edges of the vector loops. The update that counts while it
+ * averages (ema_update_counted) gives the same count and the same bits as
+ * ema_update.
  */
 static uint64_t
 count_ref(const unsigned char *v, int dt, size_t n)
@@ -635,9 +637,14 @@ START_TEST(test_ema_count_nonfinite_every_isa)
     static const char *const isas[] = {"sse2", "avx2", "avx512"};
     static const int dtypes[] = {EMAD_F32, EMAD_BF16, EMAD_F16, EMAD_F64};
     unsigned char *val = malloc(8 * N + 8);
+    double *shadow = malloc(N * sizeof(double)), *plain = malloc(N * sizeof(double));
+    double *fused = malloc(N * sizeof(double));
     const char *before = ema_isa();
-    uint64_t rng = 7;
+    uint64_t rng = 7, got;
 
+    ck_assert(val != NULL && shadow != NULL && plain != NULL && fused != NULL);
+    for (size_t i = 0; i < N; i++)
+        shadow[i] = (double)tu_randf(&rng);
     for (size_t i = 0; i < 8 * N + 8; i++)
         val[i] = (unsigned char)tu_rand(&rng);
     for (size_t at = 100; at + 16 < 8 * N; at += 1500)
@@ -652,6 +659,21 @@ START_TEST(test_ema_count_nonfinite_every_isa)
                     ck_assert_msg(ema_count_nonfinite(val + align, dt, n) == want,
                                   "%s dtype %d n %zu align %zu: expected %llu", ema_isa(), dt, n,
                                   align, (unsigned long long)want);
+                    if (dt == EMAD_F64)
+                        memcpy(plain, shadow, n * sizeof(double));
+                    else
+                        for (size_t i = 0; i < n; i++)
+                            ((float *)plain)[i] = (float)shadow[i];
+                    memset(fused, 0xa5, N * sizeof(double));
+                    ck_assert_int_eq(
+                        ema_update_counted(fused, plain, val + align, dt, n, 0.9, &got), 0);
+                    ck_assert_msg(
+                        got == want, "%s dtype %d n %zu align %zu: fused count %llu, expected %llu",
+                        ema_isa(), dt, n, align, (unsigned long long)got, (unsigned long long)want);
+                    ck_assert_int_eq(ema_update(plain, plain, val + align, dt, n, 0.9), 0);
+                    ck_assert_msg(memcmp(fused, plain, n * dtype_size(dtype_shadow(dt))) == 0,
+                                  "%s dtype %d n %zu align %zu: fused update differs", ema_isa(),
+                                  dt, n, align);
                 }
             }
         }
@@ -671,9 +693,14 @@ START_TEST(test_ema_count_nonfinite_every_isa)
             ck_assert_uint_eq(ema_count_nonfinite(f, EMAD_F32, 37), 3);
             ck_assert_uint_eq(ema_count_nonfinite(f + 1, EMAD_F32, 35), 1);
             ck_assert_uint_eq(ema_count_nonfinite(f, EMAD_I32, 37), 0);
+            ck_assert_int_eq(ema_update_counted(f, f, f, EMAD_I32, 37, 0.5, &got), EMAD_EDTYPE);
+            ck_assert_uint_eq(got, 0);
         }
     }
     ema_set_isa(before);
+    free(shadow);
+    free(plain);
+    free(fused);
     free(val);
 }
 END_TEST
