@@ -793,6 +793,32 @@ build_staged(msgpack_packer *pk, const void *ctx)
 static void observe_latency(server *srv, int op, uint64_t t0);
 static void run_parked(server *srv);
 
+/* A request answered after handle() returned: op with routing header ctrl, at the loop's time. */
+static void
+late_begin(req *r, store_err *err, server *srv, int op, void *ctrl)
+{
+    memset(r, 0, sizeof(*r));
+    r->srv = srv;
+    r->op = op;
+    r->ctrl = ctrl;
+    r->now_ms = uv_now(srv->loop);
+    err->tensor[0] = '\0';
+}
+
+/* Finish a late request: report err if rc != 0, else count it; free the unused header. */
+static void
+late_end(req *r, int rc, const store_err *err, uint64_t t0)
+{
+    if (rc != 0) {
+        reply_error(r, err);
+    } else {
+        r->srv->op_ok[r->op]++;
+        observe_latency(r->srv, r->op, t0);
+    }
+    if (r->ctrl != NULL)
+        nn_freemsg(r->ctrl);
+}
+
 /* Can this request be answered later, from a threadpool callback? */
 static int
 can_defer(const req *r)
@@ -827,12 +853,7 @@ async_done(uv_work_t *w, int status)
     if (--a->left > 0)
         return;
     uv_update_time(srv->loop);
-    memset(&r, 0, sizeof(r));
-    r.srv = srv;
-    r.op = a->op;
-    r.ctrl = a->ctrl;
-    r.now_ms = uv_now(srv->loop);
-    err.tensor[0] = '\0';
+    late_begin(&r, &err, srv, a->op, a->ctrl);
     if (a->job != NULL) {
         rc = store_job_done(srv->store, a->job, r.now_ms, &err);
         nn_freemsg(a->body);
@@ -852,14 +873,7 @@ async_done(uv_work_t *w, int status)
         task_list_free(&a->tasks);
         reply_send_msg(&r, a->msg, a->len);
     }
-    if (rc != 0) {
-        reply_error(&r, &err);
-    } else {
-        srv->op_ok[a->op]++;
-        observe_latency(srv, a->op, a->t0);
-    }
-    if (r.ctrl != NULL)
-        nn_freemsg(r.ctrl);
+    late_end(&r, rc, &err, a->t0);
     srv->last_request_ms = uv_now(srv->loop);
     srv->trimmed = 0;
     if (a->job != NULL)
@@ -971,15 +985,12 @@ handle_push(req *r, store_err *err)
             a->staged = staged;
             a->body = *r->body; /* kept until the tasks have read it */
             *r->body = NULL;
-            if (r->srv->early < EARLY_MAX) {
-                a->early = 1;
+            if ((a->early = r->srv->early < EARLY_MAX)) {
                 r->srv->early++;
                 reply_send(r, build_staged, &staged);
-                async_start(r, a);
-                r->deferred = 0; /* answered: counted now */
-                return 0;
             }
             async_start(r, a);
+            r->deferred = !a->early; /* an early reply is counted now, by handle() */
             return 0;
         }
         if (job != NULL && (rc = store_job_run(r->srv->store, job, r->now_ms, err)) != 0)
@@ -1093,21 +1104,8 @@ run_parked(server *srv)
             continue;
         }
         *pp = p->next;
-        memset(&r, 0, sizeof(r));
-        r.srv = srv;
-        r.op = PROTO_OP_COMMIT;
-        r.ctrl = p->ctrl;
-        r.t0 = p->t0;
-        r.now_ms = uv_now(srv->loop);
-        err.tensor[0] = '\0';
-        if (commit_txn(&r, p->txn, &err) != 0) {
-            reply_error(&r, &err);
-        } else {
-            srv->op_ok[PROTO_OP_COMMIT]++;
-            observe_latency(srv, PROTO_OP_COMMIT, p->t0);
-        }
-        if (r.ctrl != NULL)
-            nn_freemsg(r.ctrl);
+        late_begin(&r, &err, srv, PROTO_OP_COMMIT, p->ctrl);
+        late_end(&r, commit_txn(&r, p->txn, &err), &err, p->t0);
         free(p);
     }
 }

@@ -1458,13 +1458,24 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
     return 0;
 }
 
-/* Open transaction by id, or NULL with EMAD_ENOTXN. */
+/* Open transaction by id, or NULL. */
 static txn *
-txn_get(store *s, uint64_t id, store_err *err)
+txn_find(const store *s, uint64_t id)
 {
     for (txn *t = s->txns; t != NULL; t = t->next)
         if (t->id == id)
             return t;
+    return NULL;
+}
+
+/* Open transaction by id, or NULL with EMAD_ENOTXN. */
+static txn *
+txn_get(store *s, uint64_t id, store_err *err)
+{
+    txn *t = txn_find(s, id);
+
+    if (t != NULL)
+        return t;
     fail(err, EMAD_ENOTXN, NULL, "no open transaction %llu (unknown, expired or finished)",
          (unsigned long long)id);
     return NULL;
@@ -1473,10 +1484,9 @@ txn_get(store *s, uint64_t id, store_err *err)
 uint32_t
 store_txn_inflight(const store *s, uint64_t id)
 {
-    for (const txn *t = s->txns; t != NULL; t = t->next)
-        if (t->id == id)
-            return t->inflight;
-    return 0;
+    const txn *t = txn_find(s, id);
+
+    return t != NULL ? t->inflight : 0;
 }
 
 /* Unlink and free a transaction. */
