@@ -278,6 +278,38 @@ phead(msgpack_packer *pk, unsigned v, const char *op, size_t n)
     pstr(pk, op);
 }
 
+/* Start a raw transaction push of one tensor in sb: the tensor (ptensor()) follows. */
+static void
+ptxn_push(msgpack_sbuffer *sb, msgpack_packer *pk, uint64_t txn)
+{
+    msgpack_sbuffer_clear(sb);
+    phead(pk, 1, "push", 2);
+    pstr(pk, "txn");
+    msgpack_pack_uint64(pk, txn);
+    pstr(pk, "tensors");
+    msgpack_pack_array(pk, 1);
+}
+
+/* Open a transaction on model at step over a raw socket (pk packs into sb); its id. */
+static uint64_t
+raw_begin(int s, msgpack_sbuffer *sb, msgpack_packer *pk, const char *model, uint64_t step)
+{
+    raw_reply r;
+    uint64_t txn;
+
+    msgpack_sbuffer_clear(sb);
+    phead(pk, 1, "begin", 2);
+    pstr(pk, "model");
+    pstr(pk, model);
+    pstr(pk, "step");
+    msgpack_pack_uint64(pk, step);
+    raw_call(s, sb->data, sb->size, &r);
+    ck_assert_int_eq(r.code, 0);
+    txn = obj_u64(r.root, "txn");
+    raw_reply_free(&r);
+    return txn;
+}
+
 /* Pack one tensor map (1-D) for a raw push; with_offset adds "offset". */
 static void
 ptensor(msgpack_packer *pk, const char *name, const char *kind, const char *dtype, uint64_t dim,
@@ -1287,7 +1319,8 @@ END_TEST
 /*
  * Big chunks are answered before they are averaged and the commit waits for
  * the averaging: steps of a 40 MiB tensor in 20 MiB chunks give the float32
- * EMA computed here, and commits are seen waiting. A NaN in a chunk
+ * EMA computed here; a commit sent right after the early reply to a
+ * transaction's only chunk (32 MiB) waits and applies it. A NaN in a chunk
  * answered early still fails the push (at a later request or the commit)
  * with nothing applied, and the daemon goes on serving.
  */
@@ -1314,12 +1347,8 @@ START_TEST(test_e2e_chunks_answered_before_averaging)
     o.chunk_bytes = 20 * MIB;
     c = client_open(&d, &o);
     OK(c, emad_create(c, "m", 0.75, 0));
-    /*
-     * A commit follows its last chunk's early reply while 20 MiB are still
-     * being averaged, so it waits; steps go on (at most 8) until one was seen.
-     */
-    for (s = 1; s <= 8 && (s <= 3 || stat_get(c, "commits_waited") == 0); s++) {
-        const float *x = v[(s - 1) % 3];
+    for (s = 1; s <= 3; s++) {
+        const float *x = v[s - 1];
         t = tensor("w", EMAD_PARAM, EMAD_F32, x, N * sizeof(float), 2, N / 1024, 1024);
         OK(c, emad_push(c, "m", (uint64_t)s, &t, 1, &res));
         ck_assert_uint_eq(res.applied, 1);
@@ -1330,11 +1359,60 @@ START_TEST(test_e2e_chunks_answered_before_averaging)
             expect[i] = s == 1 ? x[i] : expect[i] - tt;
         }
     }
-    ck_assert_uint_ge(stat_get(c, "commits_waited"), 1);
     into = (emad_tensor){.name = "w", .data = got, .nbytes = N * sizeof(float)};
     OK(c, emad_pull_into(c, "m", &into, 1, &step));
-    ck_assert_uint_eq(step, (uint64_t)s - 1);
+    ck_assert_uint_eq(step, 3);
     ck_assert_int_eq(memcmp(got, expect, N * sizeof(float)), 0);
+
+    /*
+     * begin, one chunk holding all of a 32 MiB tensor, commit at once: the
+     * chunk is answered while its averaging runs (milliseconds), so the
+     * commit waits for it. Steps go on (at most 8) until a wait was counted;
+     * each commit applies its chunk exactly.
+     */
+    {
+        enum { NS = 8 * 1024 * 1024 };
+        int sock = raw_open(&d, 20000);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        raw_reply r;
+        uint64_t k, txn;
+        float *sexp = malloc(NS * sizeof(float));
+        emad_tensor uin = {.name = "u", .data = got, .nbytes = NS * sizeof(float)};
+
+        ck_assert(sexp != NULL);
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        OK(c, emad_create(c, "solo", 0.75, 0));
+        memcpy(sexp, v[0], NS * sizeof(float));
+        for (k = 1; k <= 8 && (k <= 2 || stat_get(c, "commits_waited") == 0); k++) {
+            const float *x = v[(k - 1) % 3];
+            txn = raw_begin(sock, &sb, &pk, "solo", k);
+            ptxn_push(&sb, &pk, txn);
+            ptensor(&pk, "u", "param", "F32", NS, x, NS * sizeof(float), 1, 0);
+            raw_expect(sock, &sb, 0);
+            msgpack_sbuffer_clear(&sb);
+            phead(&pk, 1, "commit", 1);
+            pstr(&pk, "txn");
+            msgpack_pack_uint64(&pk, txn);
+            raw_call(sock, sb.data, sb.size, &r);
+            ck_assert_int_eq(r.code, 0);
+            ck_assert_uint_eq(obj_u64(r.root, "applied"), 1);
+            raw_reply_free(&r);
+            for (size_t i = 0; k > 1 && i < NS; i++) {
+                volatile float diff = sexp[i] - x[i];
+                volatile float tt = 0.25f * diff;
+                sexp[i] = sexp[i] - tt;
+            }
+        }
+        ck_assert_uint_ge(stat_get(c, "commits_waited"), 1);
+        OK(c, emad_pull_into(c, "solo", &uin, 1, &step));
+        ck_assert_uint_eq(step, k - 1);
+        ck_assert_int_eq(memcmp(got, sexp, NS * sizeof(float)), 0);
+        msgpack_sbuffer_destroy(&sb);
+        nn_close(sock);
+        free(sexp);
+    }
 
     /* A NaN in the first chunk: the push fails, nothing applied, step unchanged. */
     v[1][12345] = NAN;
@@ -1527,24 +1605,10 @@ START_TEST(test_e2e_transaction_consistency)
     raw_expect(s, &sb, 0);
 
     /* Deterministic: staged chunks of an open transaction are invisible. */
-    msgpack_sbuffer_clear(&sb);
-    phead(&pk, 1, "begin", 2);
-    pstr(&pk, "model");
-    pstr(&pk, "tx");
-    pstr(&pk, "step");
-    msgpack_pack_uint64(&pk, 100);
-    raw_call(s, sb.data, sb.size, &r);
-    ck_assert_int_eq(r.code, 0);
-    txn = obj_u64(r.root, "txn");
-    raw_reply_free(&r);
+    txn = raw_begin(s, &sb, &pk, "tx", 100);
     {
         float *chunk = floats(TXN_N / 4, 100.0f);
-        msgpack_sbuffer_clear(&sb);
-        phead(&pk, 1, "push", 2);
-        pstr(&pk, "txn");
-        msgpack_pack_uint64(&pk, txn);
-        pstr(&pk, "tensors");
-        msgpack_pack_array(&pk, 1);
+        ptxn_push(&sb, &pk, txn);
         ptensor(&pk, "t0", "param", "F32", TXN_N, chunk, TXN_N, 1, 0);
         raw_call(s, sb.data, sb.size, &r);
         ck_assert_int_eq(r.code, 0);
@@ -1620,21 +1684,8 @@ START_TEST(test_e2e_abandoned_transaction_expires)
     s = raw_open(&d, 5000);
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    phead(&pk, 1, "begin", 2);
-    pstr(&pk, "model");
-    pstr(&pk, "m");
-    pstr(&pk, "step");
-    msgpack_pack_uint64(&pk, 2);
-    raw_call(s, sb.data, sb.size, &r);
-    ck_assert_int_eq(r.code, 0);
-    txn = obj_u64(r.root, "txn");
-    raw_reply_free(&r);
-    msgpack_sbuffer_clear(&sb);
-    phead(&pk, 1, "push", 2);
-    pstr(&pk, "txn");
-    msgpack_pack_uint64(&pk, txn);
-    pstr(&pk, "tensors");
-    msgpack_pack_array(&pk, 1);
+    txn = raw_begin(s, &sb, &pk, "m", 2);
+    ptxn_push(&sb, &pk, txn);
     ptensor(&pk, "w", "param", "F32", 1024, chunk, sizeof(chunk), 1, 0);
     raw_call(s, sb.data, sb.size, &r);
     ck_assert_int_eq(r.code, 0);
