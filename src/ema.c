@@ -9,9 +9,12 @@
  * F16 and BF16 values are widened exactly to float32 in the same pass.
  * Each kernel exists for SSE2, AVX2 and AVX-512 and the best one the CPU
  * runs is chosen at first use (EMAD_ISA=sse2|avx2|avx512 forces one); all
- * give the same bits. The functions touch only their arguments and may run
- * on any thread.
+ * give the same bits. An update into a separate buffer of 64 KiB or more
+ * (a transaction's spare shadow) writes it with streaming stores on AVX2
+ * and AVX-512. The functions touch only their arguments and may run on any
+ * thread.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +28,9 @@
 
 /* Elements of F16 values widened at a time by the portable kernel (a stack buffer of 4 KiB). */
 #define WIDEN_BLOCK 1024
+
+/* Bytes of a separate destination from which the update streams its stores (see below). */
+#define STREAM_MIN_BYTES (64u << 10)
 
 /* The float32 coefficient c = (float)(1.0 - decay), with the subtraction done in double. */
 float
@@ -268,6 +274,133 @@ f16_avx512(float *dst, const float *shadow, const unsigned char *v, size_t n, fl
     if (i < n)
         f16_base(dst + i, shadow + i, v + 2 * i, n - i, c);
 }
+
+/*
+ * Streaming kernels: the same operations, for an update into a separate
+ * buffer (a transaction's spare shadow) of at least STREAM_MIN_BYTES. The
+ * new shadow is written with non-temporal stores, straight to memory:
+ * without them every line of the spare is first read in (it was last
+ * written a whole push ago) and then evicts something from the cache,
+ * such as the next chunk's values arriving from the socket. Measured on a
+ * 4 MiB piece out of a 256 MiB shadow (AVX-512, one thread): 0.23 ms with
+ * plain stores, 0.17 ms streamed, 0.16 ms for the in-place update. The
+ * elements before dst's first 64-byte boundary and the tail go through the
+ * plain kernel; the count of non-finite values is taken in the same loop.
+ */
+
+/* Elements of size esize before dst reaches a 64-byte boundary (n if it never does). */
+static size_t
+stream_head(const void *dst, size_t esize, size_t n)
+{
+    size_t mis = (uintptr_t)dst & 63, h;
+
+    if (mis % esize != 0)
+        return n;
+    h = ((64 - mis) & 63) / esize;
+    return h < n ? h : n;
+}
+
+/*
+ * A float32-shadow streaming kernel NAME (plain kernel PLAIN for head and
+ * tail) over values of VSIZE bytes; LOAD(p) gives the values at p as the
+ * bits of float32 lanes (F32 as they are, BF16 shifted into the top half:
+ * exact).
+ */
+#define STREAM_F32_AVX512(NAME, PLAIN, VSIZE, LOAD)                                                \
+    __attribute__((target("avx512f,avx512bw,popcnt"))) static uint64_t NAME(                       \
+        float *dst, const float *shadow, const unsigned char *restrict v, size_t n, float c)       \
+    {                                                                                              \
+        size_t i = stream_head(dst, 4, n);                                                         \
+        uint64_t bad = PLAIN(dst, shadow, v, i, c);                                                \
+        __m512 vc = _mm512_set1_ps(c);                                                             \
+        __m512i em = _mm512_set1_epi32(0x7f800000);                                                \
+                                                                                                   \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512i xb = LOAD(v + VSIZE * i);                                                      \
+            __m512 s = _mm512_loadu_ps(shadow + i);                                                \
+            __m512 t = _mm512_mul_ps(vc, _mm512_sub_ps(s, _mm512_castsi512_ps(xb)));               \
+            __mmask16 e = _mm512_cmpeq_epi32_mask(_mm512_and_si512(xb, em), em);                   \
+            bad += (uint64_t)__builtin_popcount(e);                                                \
+            _mm512_stream_ps(dst + i, _mm512_sub_ps(s, t));                                        \
+        }                                                                                          \
+        _mm_sfence();                                                                              \
+        return bad + PLAIN(dst + i, shadow + i, v + VSIZE * i, n - i, c);                          \
+    }
+#define LOAD_F32_512(p) _mm512_loadu_si512((const void *)(p))
+#define LOAD_BF16_512(p)                                                                           \
+    _mm512_slli_epi32(                                                                             \
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16)
+STREAM_F32_AVX512(f32s_avx512, f32_avx512, 4, LOAD_F32_512)
+STREAM_F32_AVX512(bf16s_avx512, bf16_avx512, 2, LOAD_BF16_512)
+
+__attribute__((target("avx512f,avx512bw,popcnt"))) static uint64_t
+f64s_avx512(double *dst, const double *shadow, const unsigned char *restrict v, size_t n, double c)
+{
+    size_t i = stream_head(dst, 8, n);
+    uint64_t bad = f64_avx512(dst, shadow, v, i, c);
+    __m512d vc = _mm512_set1_pd(c);
+    __m512i em = _mm512_set1_epi64(0x7ff0000000000000ll);
+
+    for (; i + 8 <= n; i += 8) {
+        __m512i xb = _mm512_loadu_si512((const void *)(v + 8 * i));
+        __m512d s = _mm512_loadu_pd(shadow + i);
+        __m512d t = _mm512_mul_pd(vc, _mm512_sub_pd(s, _mm512_castsi512_pd(xb)));
+        bad += (uint64_t)__builtin_popcount(_mm512_cmpeq_epi64_mask(_mm512_and_si512(xb, em), em));
+        _mm512_stream_pd(dst + i, _mm512_sub_pd(s, t));
+    }
+    _mm_sfence();
+    return bad + f64_avx512(dst + i, shadow + i, v + 8 * i, n - i, c);
+}
+
+/* The same with AVX2, 8 lanes; the count from the compare's sign-bit mask. */
+#define STREAM_F32_AVX2(NAME, PLAIN, VSIZE, LOAD)                                                  \
+    __attribute__((target("avx2,popcnt"))) static uint64_t NAME(                                   \
+        float *dst, const float *shadow, const unsigned char *restrict v, size_t n, float c)       \
+    {                                                                                              \
+        size_t i = stream_head(dst, 4, n);                                                         \
+        uint64_t bad = PLAIN(dst, shadow, v, i, c);                                                \
+        __m256 vc = _mm256_set1_ps(c);                                                             \
+        __m256i em = _mm256_set1_epi32(0x7f800000);                                                \
+                                                                                                   \
+        for (; i + 8 <= n; i += 8) {                                                               \
+            __m256i xb = LOAD(v + VSIZE * i);                                                      \
+            __m256 s = _mm256_loadu_ps(shadow + i);                                                \
+            __m256 t = _mm256_mul_ps(vc, _mm256_sub_ps(s, _mm256_castsi256_ps(xb)));               \
+            __m256i e = _mm256_cmpeq_epi32(_mm256_and_si256(xb, em), em);                          \
+            bad += (uint64_t)__builtin_popcount(                                                   \
+                (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(e)));                             \
+            _mm256_stream_ps(dst + i, _mm256_sub_ps(s, t));                                        \
+        }                                                                                          \
+        _mm_sfence();                                                                              \
+        return bad + PLAIN(dst + i, shadow + i, v + VSIZE * i, n - i, c);                          \
+    }
+#define LOAD_F32_256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define LOAD_BF16_256(p)                                                                           \
+    _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))),  \
+                      16)
+STREAM_F32_AVX2(f32s_avx2, f32_avx2, 4, LOAD_F32_256)
+STREAM_F32_AVX2(bf16s_avx2, bf16_avx2, 2, LOAD_BF16_256)
+
+/* F64 values into a float64 shadow, 8 and 4 lanes. */
+__attribute__((target("avx2,popcnt"))) static uint64_t
+f64s_avx2(double *dst, const double *shadow, const unsigned char *restrict v, size_t n, double c)
+{
+    size_t i = stream_head(dst, 8, n);
+    uint64_t bad = f64_avx2(dst, shadow, v, i, c);
+    __m256d vc = _mm256_set1_pd(c);
+    __m256i em = _mm256_set1_epi64x(0x7ff0000000000000ll);
+
+    for (; i + 4 <= n; i += 4) {
+        __m256i xb = _mm256_loadu_si256((const __m256i *)(const void *)(v + 8 * i));
+        __m256d s = _mm256_loadu_pd(shadow + i);
+        __m256d t = _mm256_mul_pd(vc, _mm256_sub_pd(s, _mm256_castsi256_pd(xb)));
+        __m256i e = _mm256_cmpeq_epi64(_mm256_and_si256(xb, em), em);
+        bad += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(e)));
+        _mm256_stream_pd(dst + i, _mm256_sub_pd(s, t));
+    }
+    _mm_sfence();
+    return bad + f64_avx2(dst + i, shadow + i, v + 8 * i, n - i, c);
+}
 #endif
 
 /* One instruction set's kernels. */
@@ -279,13 +412,20 @@ typedef struct kernels {
     void (*f16)(float *, const float *, const unsigned char *, size_t, float);
     uint64_t (*f64)(double *, const double *, const unsigned char *, size_t, double);
     uint64_t (*count)(const unsigned char *, int, size_t);
+    /* F32, BF16 and F64 into a separate buffer of at least STREAM_MIN_BYTES. */
+    uint64_t (*f32s)(float *, const float *, const unsigned char *, size_t, float);
+    uint64_t (*bf16s)(float *, const float *, const unsigned char *, size_t, float);
+    uint64_t (*f64s)(double *, const double *, const unsigned char *, size_t, double);
 } kernels;
 
-static const kernels k_base = {"sse2", f32_base, bf16_base, f16_base, f64_base, count_base};
+/* The portable kernels store plainly, whatever the destination. */
+static const kernels k_base = {"sse2",     f32_base, bf16_base, f16_base, f64_base,
+                               count_base, f32_base, bf16_base, f64_base};
 #ifdef EMA_X86
-static const kernels k_avx2 = {"avx2", f32_avx2, bf16_avx2, f16_avx2, f64_avx2, count_avx2};
-static const kernels k_avx512 = {"avx512",   f32_avx512, bf16_avx512,
-                                 f16_avx512, f64_avx512, count_avx512};
+static const kernels k_avx2 = {"avx2",     f32_avx2,  bf16_avx2,  f16_avx2, f64_avx2,
+                               count_avx2, f32s_avx2, bf16s_avx2, f64s_avx2};
+static const kernels k_avx512 = {"avx512",     f32_avx512,  bf16_avx512,  f16_avx512, f64_avx512,
+                                 count_avx512, f32s_avx512, bf16s_avx512, f64s_avx512};
 #endif
 
 /* The kernels in use: chosen on first use (read-only afterwards; a race picks the same). */
@@ -387,17 +527,19 @@ ema_update_counted(void *dst, const void *shadow, const void *value, int value_d
                    double decay, uint64_t *nonfinite)
 {
     const kernels *k = get();
+    size_t ssz = value_dtype == EMAD_F64 ? 8 : 4;
+    int stream = dst != shadow && n * ssz >= STREAM_MIN_BYTES; /* a separate, large dst */
 
     *nonfinite = 0;
     switch (value_dtype) {
     case EMAD_F32:
-        *nonfinite = k->f32(dst, shadow, value, n, ema_coef_f32(decay));
+        *nonfinite = (stream ? k->f32s : k->f32)(dst, shadow, value, n, ema_coef_f32(decay));
         return 0;
     case EMAD_BF16:
-        *nonfinite = k->bf16(dst, shadow, value, n, ema_coef_f32(decay));
+        *nonfinite = (stream ? k->bf16s : k->bf16)(dst, shadow, value, n, ema_coef_f32(decay));
         return 0;
     case EMAD_F64:
-        *nonfinite = k->f64(dst, shadow, value, n, 1.0 - decay);
+        *nonfinite = (stream ? k->f64s : k->f64)(dst, shadow, value, n, 1.0 - decay);
         return 0;
     case EMAD_F16: /* the conversion kernels do not count: two passes */
         *nonfinite = k->count(value, value_dtype, n);

@@ -705,6 +705,80 @@ START_TEST(test_ema_count_nonfinite_every_isa)
 }
 END_TEST
 
+/*
+ * An update into a separate buffer of 64 KiB or more streams its stores
+ * (AVX2, AVX-512): the same bits and the same count of non-finite values
+ * as the portable kernel and as the in-place update (which stores
+ * plainly), for every dtype, with dst starting at every element offset
+ * from a 64-byte boundary (the head before the boundary and the tail take
+ * the plain kernel), values at an odd address, and nothing written outside
+ * dst's n elements.
+ */
+START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_and_count)
+{
+    enum { N = 20011, GUARD = 32 };
+    static const char *const isas[] = {"sse2", "avx2", "avx512"};
+    static const int dtypes[] = {EMAD_F32, EMAD_BF16, EMAD_F64};
+    unsigned char *val = malloc(8 * N + 1), *sh = aligned_alloc(64, 8 * N),
+                  *ref = aligned_alloc(64, 8 * N), *inplace = aligned_alloc(64, 8 * N),
+                  *out = aligned_alloc(64, 8 * (N + 2 * GUARD));
+    const char *before = ema_isa();
+    uint64_t rng = 1124, got, want;
+
+    ck_assert(val != NULL && sh != NULL && ref != NULL && inplace != NULL && out != NULL);
+    for (size_t i = 0; i < 8 * N + 1; i++)
+        val[i] = (unsigned char)tu_rand(&rng); /* NaN, Inf and subnormal bit patterns too */
+    for (size_t d = 0; d < sizeof(dtypes) / sizeof(dtypes[0]); d++) {
+        int dt = dtypes[d];
+        size_t ssz = dt == EMAD_F64 ? 8 : 4;
+
+        ck_assert_uint_ge(ssz * N, 64 << 10); /* large enough to stream */
+        for (size_t i = 0; i < N; i++) {
+            double f = (double)((int)(tu_rand(&rng) % 20001) - 10000) / 77.0;
+            if (ssz == 4) {
+                float g = (float)f;
+                memcpy(sh + 4 * i, &g, 4);
+            } else {
+                memcpy(sh + 8 * i, &f, 8);
+            }
+        }
+        want = count_ref(val + 1, dt, N);
+        ck_assert_uint_gt(want, 0);
+        ema_set_isa("sse2");
+        ck_assert_int_eq(ema_update_counted(ref, sh, val + 1, dt, N, 0.999, &got), 0);
+        ck_assert_uint_eq(got, want);
+        for (size_t k = 0; k < sizeof(isas) / sizeof(isas[0]); k++) {
+            ema_set_isa(isas[k]);
+            memcpy(inplace, sh, ssz * N);
+            ck_assert_int_eq(ema_update_counted(inplace, inplace, val + 1, dt, N, 0.999, &got), 0);
+            ck_assert_uint_eq(got, want);
+            ck_assert_msg(memcmp(inplace, ref, ssz * N) == 0, "%s in place, dtype %d", ema_isa(),
+                          dt);
+            for (size_t off = 0; off <= 64 / ssz; off++) {
+                unsigned char *dst = out + ssz * (GUARD + off);
+                memset(out, 0xa5, 8 * (N + 2 * GUARD));
+                ck_assert_int_eq(ema_update_counted(dst, sh, val + 1, dt, N, 0.999, &got), 0);
+                ck_assert_msg(got == want, "%s dtype %d offset %zu: count %llu, expected %llu",
+                              ema_isa(), dt, off, (unsigned long long)got,
+                              (unsigned long long)want);
+                ck_assert_msg(memcmp(dst, ref, ssz * N) == 0, "%s dtype %d offset %zu differs",
+                              ema_isa(), dt, off);
+                for (size_t i = 0; i < ssz * (GUARD + off); i++)
+                    ck_assert_uint_eq(out[i], 0xa5);
+                for (size_t i = ssz * (GUARD + off + N); i < 8 * (N + 2 * GUARD); i++)
+                    ck_assert_uint_eq(out[i], 0xa5);
+            }
+        }
+    }
+    ema_set_isa(before);
+    free(val);
+    free(sh);
+    free(ref);
+    free(inplace);
+    free(out);
+}
+END_TEST
+
 START_TEST(test_ema_f32_matches_numpy_reference_over_1000_steps)
 {
     check_against_numpy(1, 1031, 1000, 0.999, EMAD_F32);
@@ -756,6 +830,8 @@ ema_suite(void)
     tcase_add_test(tc, test_ema_rejects_non_float_dtypes_and_writes_nothing);
     tcase_add_test(tc, test_ema_every_isa_gives_the_same_bits);
     tcase_add_test(tc, test_ema_count_nonfinite_every_isa);
+    tcase_add_test(tc,
+                   test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_and_count);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
 
