@@ -103,11 +103,14 @@ settings_usage(FILE *f)
 void
 settings_init(settings *c)
 {
+    server_config d; /* the daemon's defaults */
+
+    server_config_init(&d);
     memset(c, 0, sizeof(*c));
-    c->max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
-    c->txn_timeout_ms = 60000;
-    c->snapshot_interval_ms = 60000;
-    c->snapshot_keep = 2;
+    c->max_message_bytes = d.max_message_bytes;
+    c->txn_timeout_ms = d.txn_timeout_ms;
+    c->snapshot_interval_ms = d.snapshot_interval_ms;
+    c->snapshot_keep = d.snapshot_keep;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;

@@ -42,12 +42,29 @@ ctl() {
     timeout 60 "$EMACTL" --server "$url" "$@"
 }
 
+# Print a free TCP port on 127.0.0.1.
+pick_port() {
+    timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' ||
+        fail "cannot run $PYTHON3 to pick a port"
+}
+
+# Watchdog in the background: the process $1 never outlives the test by more than 5 minutes.
+watchdog() {
+    (
+        i=0
+        while [ "$i" -lt 300 ] && kill -0 "$1" 2>/dev/null; do
+            sleep 1
+            i=$((i + 1))
+        done
+        kill -9 "$1" 2>/dev/null
+    ) >/dev/null 2>&1 </dev/null &
+}
+
 # Start emad on a free port (three tries, in case another process takes the port first),
 # with the state dir $work/state and any extra arguments given.
 start_daemon() {
     for _try in 1 2 3; do
-        port=$(timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
-            fail "cannot run $PYTHON3 to pick a port"
+        port=$(pick_port) || exit 1
         url=tcp://127.0.0.1:$port
         mkdir -p "$work/state"
         # With EMAD_FSIZE_KB set, the daemon runs under that file-size limit (ulimit -f).
@@ -55,15 +72,7 @@ start_daemon() {
             "$EMAD" --listen "$url" --state-dir "$work/state" --log-level debug --http off "$@" \
             2>>"$work/emad.log" &
         pid=$!
-        # Watchdog: the daemon never outlives this test by more than 5 minutes.
-        (
-            i=0
-            while [ "$i" -lt 300 ] && kill -0 "$pid" 2>/dev/null; do
-                sleep 1
-                i=$((i + 1))
-            done
-            kill -9 "$pid" 2>/dev/null
-        ) >/dev/null 2>&1 </dev/null &
+        watchdog "$pid"
         if timeout 15 "$PYTHON3" - "$port" <<'EOF'
 import socket, sys, time
 for _ in range(1000):

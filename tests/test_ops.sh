@@ -60,21 +60,13 @@ http_port() {
 # Start emad with only --listen, --state-dir and --config $conf (so the file's log-level is in
 # force), with lib.sh's watchdog; waits until it serves HTTP. Sets pid, port, url, hport.
 start_ops_daemon() {
-    port=$(timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
-        fail "cannot pick a port"
+    port=$(pick_port) || exit 1
     url=tcp://127.0.0.1:$port
     mkdir -p "$work/state"
     : >"$work/emad.log"
     "$EMAD" --listen "$url" --state-dir "$work/state" --config "$conf" 2>>"$work/emad.log" &
     pid=$!
-    (
-        i=0
-        while [ "$i" -lt 300 ] && kill -0 "$pid" 2>/dev/null; do
-            sleep 1
-            i=$((i + 1))
-        done
-        kill -9 "$pid" 2>/dev/null
-    ) >/dev/null 2>&1 </dev/null &
+    watchdog "$pid"
     hport=$(http_port)
     wait_log 'event=started'
 }
