@@ -711,8 +711,9 @@ END_TEST
  * as the portable kernel and as the in-place update (which stores
  * plainly), for every dtype, with dst starting at every element offset
  * from a 64-byte boundary (the head before the boundary and the tail take
- * the plain kernel), values at an odd address, and nothing written outside
- * dst's n elements.
+ * the plain kernel), the old shadow at varying offsets too (its lines are
+ * evicted as they are read), values at an odd address, nothing written
+ * outside dst's n elements and the old shadow left as it was.
  */
 START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_and_count)
 {
@@ -721,11 +722,13 @@ START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_a
     static const int dtypes[] = {EMAD_F32, EMAD_BF16, EMAD_F64};
     unsigned char *val = malloc(8 * N + 1), *sh = aligned_alloc(64, 8 * N),
                   *ref = aligned_alloc(64, 8 * N), *inplace = aligned_alloc(64, 8 * N),
-                  *out = aligned_alloc(64, 8 * (N + 2 * GUARD));
+                  *out = aligned_alloc(64, 8 * (N + 2 * GUARD)),
+                  *shm = aligned_alloc(64, 8 * N + 64);
     const char *before = ema_isa();
     uint64_t rng = 1124, got, want;
 
-    ck_assert(val != NULL && sh != NULL && ref != NULL && inplace != NULL && out != NULL);
+    ck_assert(val != NULL && sh != NULL && ref != NULL && inplace != NULL && out != NULL &&
+              shm != NULL);
     for (size_t i = 0; i < 8 * N + 1; i++)
         val[i] = (unsigned char)tu_rand(&rng); /* NaN, Inf and subnormal bit patterns too */
     for (size_t d = 0; d < sizeof(dtypes) / sizeof(dtypes[0]); d++) {
@@ -756,8 +759,12 @@ START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_a
                           dt);
             for (size_t off = 0; off <= 64 / ssz; off++) {
                 unsigned char *dst = out + ssz * (GUARD + off);
+                unsigned char *old = shm + ssz * ((off * 5) % (64 / ssz));
                 memset(out, 0xa5, 8 * (N + 2 * GUARD));
-                ck_assert_int_eq(ema_update_counted(dst, sh, val + 1, dt, N, 0.999, &got), 0);
+                memcpy(old, sh, ssz * N);
+                ck_assert_int_eq(ema_update_counted(dst, old, val + 1, dt, N, 0.999, &got), 0);
+                ck_assert_msg(memcmp(old, sh, ssz * N) == 0,
+                              "%s dtype %d offset %zu: shadow changed", ema_isa(), dt, off);
                 ck_assert_msg(got == want, "%s dtype %d offset %zu: count %llu, expected %llu",
                               ema_isa(), dt, off, (unsigned long long)got,
                               (unsigned long long)want);
@@ -776,6 +783,7 @@ START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_a
     free(ref);
     free(inplace);
     free(out);
+    free(shm);
 }
 END_TEST
 
