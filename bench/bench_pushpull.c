@@ -26,7 +26,9 @@
  * buffers): a reference only, faster because switching between threads of
  * one process is cheaper than between processes, and not the deployment
  * emad serves. Every raw, emad and redis pull is checked against the model.
- * Results: medians over the timed repetitions (after one untimed warm-up),
+ * Results: medians over the timed repetitions (after two untimed warm-ups:
+ * the first emad push creates the shadows, the second the spare copies a
+ * transaction averages into; both write fresh memory, and are printed),
  * in GB/s (10^9 bytes per second), the ratios emad/raw and emad/redis, and
  * the daemon's memory: its peak resident set during the pushes (VmHWM,
  * reset before each push) and at rest, against the limits 2.1 x and
@@ -623,18 +625,26 @@ raw_sweep(raw_link *raw, int bufs, const bench_model *m, long reps)
     return 0;
 }
 
-/* Time call (0 or -1) into series s, kept after the warm-up (r > 0); goto fail on -1. */
+/*
+ * Untimed repetitions before the timed ones, for every transfer alike: the
+ * first emad push creates the shadows, the second the spare copies (fresh
+ * memory, page faults); from the third on a push writes into the spare of
+ * the one before, as it does for the rest of a training run.
+ */
+#define WARMUPS 2
+
+/* Time call (0 or -1) into series s, kept after the warm-ups; goto fail on -1. */
 #define TIMED(s, r, call)                                                                          \
     do {                                                                                           \
         double t0_ = proc_now();                                                                   \
         if ((call) < 0)                                                                            \
             goto fail;                                                                             \
-        if ((r) > 0)                                                                               \
+        if ((r) >= WARMUPS)                                                                        \
             (s)->sec[(s)->n++] = proc_now() - t0_;                                                 \
     } while (0)
 
 /*
- * Measure one model size with its own daemon: 1 + reps repetitions of the
+ * Measure one model size with its own daemon: WARMUPS + reps repetitions of the
  * six transfers, then the daemon's memory at rest. Stops the daemon.
  * Returns 0, or -1 (message printed).
  */
@@ -650,7 +660,7 @@ run_size(bench *b, int idx)
     bench_model m;
     uint64_t push_chunk, pull_chunk, step;
     uint32_t messages = 0;
-    double sec, first_push = 0;
+    double sec, warm_push[WARMUPS] = {0};
     int rc, v, best_push, best_pull, best_sweep;
 
     res->mib = mib;
@@ -684,8 +694,8 @@ run_size(bench *b, int idx)
         fprintf(stderr, "bench: create: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
         goto fail;
     }
-    printf("\n== %ld MiB float32 model (%zu tensors of %.1f MiB), %ld reps + 1 warm-up ==\n", mib,
-           m.ntensors, (double)m.tbytes / (double)MIB, reps);
+    printf("\n== %ld MiB float32 model (%zu tensors of %.1f MiB), %ld reps + %d warm-ups ==\n", mib,
+           m.ntensors, (double)m.tbytes / (double)MIB, reps, WARMUPS);
     printf("daemon: %s --max-message-bytes %s on %s (pid %d)\n", b->emad_path, DAEMON_MAX_MESSAGE,
            d->url, (int)d->proc.pid);
     printf("chunks: push %.1f MiB, pull %.1f MiB (libemad's, capped by the daemon's limit), for "
@@ -693,16 +703,15 @@ run_size(bench *b, int idx)
            (double)push_chunk / (double)MIB, (double)pull_chunk / (double)MIB);
     fflush(stdout);
 
-    /* Repetition 0 is the warm-up (the first emad push allocates the shadows). */
-    for (r = 0, step = 1; r <= reps; r++, step++) {
+    for (r = 0, step = 1; r < reps + WARMUPS; r++, step++) {
         for (v = 0; v < V_COUNT; v++)
             TIMED(&s[S_RAW_PUSH + v], r, raw_push(b->raw[v], m.src, m.total, push_chunk));
         if (emad_push_timed(c, &d->proc, &m, step, &sec, &res->mem, &messages) < 0)
             goto fail;
-        if (r > 0)
+        if (r >= WARMUPS)
             s[S_EMAD_PUSH].sec[s[S_EMAD_PUSH].n++] = sec;
         else
-            first_push = sec;
+            warm_push[r] = sec;
         if (b->redis_fd >= 0)
             TIMED(&s[S_REDIS_SET], r, redis_set_model(b->redis_fd, &m));
 
@@ -714,7 +723,7 @@ run_size(bench *b, int idx)
         }
         if (emad_pull_timed(c, &m, step, &sec) < 0)
             goto fail;
-        if (r > 0)
+        if (r >= WARMUPS)
             s[S_EMAD_PULL].sec[s[S_EMAD_PULL].n++] = sec;
         if (b->redis_fd >= 0) {
             model_clear_dst(&m);
@@ -751,8 +760,9 @@ run_size(bench *b, int idx)
     printf(
         "  (each emad push: %u messages; every pull, raw ones too, verified equal to the model)\n",
         messages);
-    printf("  (the warm-up's emad push, which creates the shadows: %.2f GB/s)\n",
-           (double)m.total / first_push / 1e9);
+    printf("  (the warm-ups' emad pushes, which write fresh memory: %.2f GB/s creating the "
+           "shadows, %.2f GB/s creating the spare copies)\n",
+           (double)m.total / warm_push[0] / 1e9, (double)m.total / warm_push[1] / 1e9);
 
     res->mem.shadow = daemon_shadow_bytes(c);
     res->mem.rest = daemon_rest_rss(&d->proc);
@@ -933,8 +943,8 @@ usage(FILE *f)
             "The raw REP server is a separate process, like the daemon, measured with\n"
             "nanomsg's default socket buffers and with emad's (%d KiB); the faster is\n"
             "the baseline of the ratios. A raw REP thread in this process is shown as a\n"
-            "reference only. Prints medians of --reps repetitions (default 5) after a\n"
-            "warm-up, the ratios, and the daemon's memory against its limits. --sweep\n"
+            "reference only. Prints medians of --reps repetitions (default 7) after two\n"
+            "warm-ups, the ratios, and the daemon's memory against its limits. --sweep\n"
             "adds raw nanomsg throughput (server process, faster buffers) for message\n"
             "sizes from 1 to 64 MiB.\n"
             "--scale: push a 1e9-parameter float32 model (4 GB) 3 times and pull it once\n"
@@ -1038,7 +1048,7 @@ main(int argc, char **argv)
     (void)snprintf(b->redis_path, sizeof(b->redis_path), "%s", REDIS_DEFAULT_PATH);
     b->use_redis = 1;
     b->redis_fd = -1;
-    b->reps = 5;
+    b->reps = 7;
     if ((rc = parse_args(b, argc, argv, &scale)) >= 0) {
         free(b);
         return rc;
