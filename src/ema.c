@@ -293,22 +293,15 @@ f16_avx512(float *dst, const float *shadow, const unsigned char *v, size_t n, fl
  * push the receive buffers and socket data out of the shared cache; the
  * lines are clean when the shadow was itself written by streaming stores,
  * and are then dropped without a write-back. Memory contents are not
- * affected. A/B of two daemon builds (alternating rounds of 8 pushes of a
- * 256 MiB model, raw nanomsg in each round): median 1.03-1.07 x the pushes
- * without the eviction (bench/RESULTS.md). CPUs without clflushopt store
- * plainly into a separate buffer.
+ * affected. The eviction follows the loads of each 64 bytes of the old
+ * shadow, so the line holding their first byte has been read whole. A/B
+ * of two daemon builds (alternating rounds of 8 pushes of a 256 MiB F32
+ * model, raw nanomsg in each round): median 1.03-1.07 x the pushes
+ * without the eviction (bench/RESULTS.md). Alone, the eviction costs the
+ * kernel about a tenth of its rate (bench_kernel `sep 1`), and for BF16
+ * values on AVX2 two fifths: BF16 kernels stream without evicting. CPUs
+ * without clflushopt store plainly into a separate buffer.
  */
-
-/*
- * After a 32-byte load that ends at end: when end is in the first half of
- * a line, evict the line holding end - 64. That line ends before end (it
- * has been read whole), and each line is evicted once.
- */
-#define EVICT_READ_32(end)                                                                         \
-    do {                                                                                           \
-        if (((uintptr_t)(end)&63) < 32)                                                            \
-            _mm_clflushopt((void *)((const char *)(end)-64));                                      \
-    } while (0)
 
 /* Elements of size esize before dst reaches a 64-byte boundary (n if it never does). */
 static size_t
@@ -328,7 +321,7 @@ stream_head(const void *dst, size_t esize, size_t n)
  * bits of float32 lanes (F32 as they are, BF16 shifted into the top half:
  * exact).
  */
-#define STREAM_F32_AVX512(NAME, PLAIN, VSIZE, LOAD)                                                \
+#define STREAM_F32_AVX512(NAME, PLAIN, VSIZE, LOAD, EVICT)                                         \
     __attribute__((target("avx512f,avx512bw,popcnt,clflushopt"))) static uint64_t NAME(            \
         float *dst, const float *shadow, const unsigned char *restrict v, size_t n, float c)       \
     {                                                                                              \
@@ -344,7 +337,8 @@ stream_head(const void *dst, size_t esize, size_t n)
             __mmask16 e = _mm512_cmpeq_epi32_mask(_mm512_and_si512(xb, em), em);                   \
             bad += (uint64_t)__builtin_popcount(e);                                                \
             _mm512_stream_ps(dst + i, _mm512_sub_ps(s, t));                                        \
-            _mm_clflushopt((void *)(shadow + i)); /* its line has been read whole */               \
+            if (EVICT) /* the line holding shadow + i has been read whole */                       \
+                _mm_clflushopt((void *)(shadow + i));                                              \
         }                                                                                          \
         _mm_sfence();                                                                              \
         return bad + PLAIN(dst + i, shadow + i, v + VSIZE * i, n - i, c);                          \
@@ -353,8 +347,8 @@ stream_head(const void *dst, size_t esize, size_t n)
 #define LOAD_BF16_512(p)                                                                           \
     _mm512_slli_epi32(                                                                             \
         _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16)
-STREAM_F32_AVX512(f32s_avx512, f32_avx512, 4, LOAD_F32_512)
-STREAM_F32_AVX512(bf16s_avx512, bf16_avx512, 2, LOAD_BF16_512)
+STREAM_F32_AVX512(f32s_avx512, f32_avx512, 4, LOAD_F32_512, 1)
+STREAM_F32_AVX512(bf16s_avx512, bf16_avx512, 2, LOAD_BF16_512, 0)
 
 __attribute__((target("avx512f,avx512bw,popcnt,clflushopt"))) static uint64_t
 f64s_avx512(double *dst, const double *shadow, const unsigned char *restrict v, size_t n, double c)
@@ -377,7 +371,7 @@ f64s_avx512(double *dst, const double *shadow, const unsigned char *restrict v, 
 }
 
 /* The same with AVX2, 8 lanes; the count from the compare's sign-bit mask. */
-#define STREAM_F32_AVX2(NAME, PLAIN, VSIZE, LOAD)                                                  \
+#define STREAM_F32_AVX2(NAME, PLAIN, VSIZE, LOAD, EVICT)                                           \
     __attribute__((target("avx2,popcnt,clflushopt"))) static uint64_t NAME(                        \
         float *dst, const float *shadow, const unsigned char *restrict v, size_t n, float c)       \
     {                                                                                              \
@@ -386,15 +380,18 @@ f64s_avx512(double *dst, const double *shadow, const unsigned char *restrict v, 
         __m256 vc = _mm256_set1_ps(c);                                                             \
         __m256i em = _mm256_set1_epi32(0x7f800000);                                                \
                                                                                                    \
-        for (; i + 8 <= n; i += 8) {                                                               \
-            __m256i xb = LOAD(v + VSIZE * i);                                                      \
-            __m256 s = _mm256_loadu_ps(shadow + i);                                                \
-            __m256 t = _mm256_mul_ps(vc, _mm256_sub_ps(s, _mm256_castsi256_ps(xb)));               \
-            __m256i e = _mm256_cmpeq_epi32(_mm256_and_si256(xb, em), em);                          \
-            bad += (uint64_t)__builtin_popcount(                                                   \
-                (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(e)));                             \
-            _mm256_stream_ps(dst + i, _mm256_sub_ps(s, t));                                        \
-            EVICT_READ_32(shadow + i + 8);                                                         \
+        for (; i + 16 <= n; i += 16) { /* 64 bytes of shadow: two vectors, then one eviction */    \
+            for (size_t j = i; j < i + 16; j += 8) {                                               \
+                __m256i xb = LOAD(v + VSIZE * j);                                                  \
+                __m256 s = _mm256_loadu_ps(shadow + j);                                            \
+                __m256 t = _mm256_mul_ps(vc, _mm256_sub_ps(s, _mm256_castsi256_ps(xb)));           \
+                __m256i e = _mm256_cmpeq_epi32(_mm256_and_si256(xb, em), em);                      \
+                bad += (uint64_t)__builtin_popcount(                                               \
+                    (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(e)));                         \
+                _mm256_stream_ps(dst + j, _mm256_sub_ps(s, t));                                    \
+            }                                                                                      \
+            if (EVICT)                                                                             \
+                _mm_clflushopt((void *)(shadow + i));                                              \
         }                                                                                          \
         _mm_sfence();                                                                              \
         return bad + PLAIN(dst + i, shadow + i, v + VSIZE * i, n - i, c);                          \
@@ -403,8 +400,8 @@ f64s_avx512(double *dst, const double *shadow, const unsigned char *restrict v, 
 #define LOAD_BF16_256(p)                                                                           \
     _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))),  \
                       16)
-STREAM_F32_AVX2(f32s_avx2, f32_avx2, 4, LOAD_F32_256)
-STREAM_F32_AVX2(bf16s_avx2, bf16_avx2, 2, LOAD_BF16_256)
+STREAM_F32_AVX2(f32s_avx2, f32_avx2, 4, LOAD_F32_256, 1)
+STREAM_F32_AVX2(bf16s_avx2, bf16_avx2, 2, LOAD_BF16_256, 0)
 
 /* F64 values into a float64 shadow, 8 and 4 lanes. */
 __attribute__((target("avx2,popcnt,clflushopt"))) static uint64_t
@@ -415,14 +412,17 @@ f64s_avx2(double *dst, const double *shadow, const unsigned char *restrict v, si
     __m256d vc = _mm256_set1_pd(c);
     __m256i em = _mm256_set1_epi64x(0x7ff0000000000000ll);
 
-    for (; i + 4 <= n; i += 4) {
-        __m256i xb = _mm256_loadu_si256((const __m256i *)(const void *)(v + 8 * i));
-        __m256d s = _mm256_loadu_pd(shadow + i);
-        __m256d t = _mm256_mul_pd(vc, _mm256_sub_pd(s, _mm256_castsi256_pd(xb)));
-        __m256i e = _mm256_cmpeq_epi64(_mm256_and_si256(xb, em), em);
-        bad += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(e)));
-        _mm256_stream_pd(dst + i, _mm256_sub_pd(s, t));
-        EVICT_READ_32(shadow + i + 4);
+    for (; i + 8 <= n; i += 8) {
+        for (size_t j = i; j < i + 8; j += 4) {
+            __m256i xb = _mm256_loadu_si256((const __m256i *)(const void *)(v + 8 * j));
+            __m256d s = _mm256_loadu_pd(shadow + j);
+            __m256d t = _mm256_mul_pd(vc, _mm256_sub_pd(s, _mm256_castsi256_pd(xb)));
+            __m256i e = _mm256_cmpeq_epi64(_mm256_and_si256(xb, em), em);
+            bad +=
+                (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(e)));
+            _mm256_stream_pd(dst + j, _mm256_sub_pd(s, t));
+        }
+        _mm_clflushopt((void *)(shadow + i));
     }
     _mm_sfence();
     return bad + f64_avx2(dst + i, shadow + i, v + 8 * i, n - i, c);
