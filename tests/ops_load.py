@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 
+from msgpack_min import pack
+
 
 def pushes(url, model, first, count, elements):
     import numpy as np
@@ -100,22 +102,6 @@ def hammer(host, port, threads, seconds):
     for t in ts:
         t.join()
     print(sum(done))
-
-
-def pack(o):
-    """Minimal msgpack encoder: dict, list, str, bytes, non-negative int."""
-    if isinstance(o, int):
-        return bytes([o]) if o < 128 else b"\xcf" + struct.pack(">Q", o)
-    if isinstance(o, str):
-        b = o.encode()
-        return bytes([0xA0 | len(b)]) + b
-    if isinstance(o, bytes):
-        return b"\xc4" + bytes([len(o)]) + o
-    if isinstance(o, list):
-        return bytes([0x90 | len(o)]) + b"".join(pack(x) for x in o)
-    if isinstance(o, dict):
-        return bytes([0x80 | len(o)]) + b"".join(pack(k) + pack(v) for k, v in o.items())
-    raise TypeError(o)
 
 
 def recv_exact(s, n):

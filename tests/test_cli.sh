@@ -92,7 +92,7 @@ refused push cli "$p1" --step 3 --buffers "$work/trunc.safetensors"
 err_has "truncated" "push with a truncated buffers file"
 
 # 3. Raw bytes and wrong messages on the daemon's port.
-timeout 60 "$PYTHON3" - "$port" <<'EOF' || fail "raw socket checks failed"
+timeout 60 "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "raw socket checks failed"
 """Talk to emad with plain sockets: nanomsg's SP-over-TCP framing by hand."""
 import os
 import socket
@@ -101,24 +101,8 @@ import sys
 
 PORT = int(sys.argv[1])
 REQ, REP, PUB = 48, 49, 32
-
-
-def pack(o):
-    """Minimal msgpack encoder: dict, list, str, bytes, bool, non-negative int."""
-    if isinstance(o, bool):
-        return b"\xc3" if o else b"\xc2"
-    if isinstance(o, int):
-        return bytes([o]) if o < 128 else b"\xcf" + struct.pack(">Q", o)
-    if isinstance(o, str):
-        b = o.encode()
-        return (bytes([0xA0 | len(b)]) if len(b) < 32 else b"\xd9" + bytes([len(b)])) + b
-    if isinstance(o, bytes):
-        return b"\xc4" + bytes([len(o)]) + o
-    if isinstance(o, list):
-        return bytes([0x90 | len(o)]) + b"".join(pack(x) for x in o)
-    if isinstance(o, dict):
-        return bytes([0x80 | len(o)]) + b"".join(pack(k) + pack(v) for k, v in o.items())
-    raise TypeError(o)
+sys.path.insert(0, sys.argv[2])
+from msgpack_min import pack  # noqa: E402
 
 
 def connect(proto=None):
