@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +179,27 @@ start_http(daemon_ctx *d)
     return 0;
 }
 
+/*
+ * Request and reply buffers (messages of up to a few MiB, allocated by
+ * nanomsg's I/O thread and freed by the loop) stay in the heap from one
+ * push to the next; the heap goes back to the system when the daemon is
+ * idle (IDLE_RELEASE_MS in server.c calls malloc_trim). With glibc's
+ * defaults a free that leaves more than twice the largest message at the
+ * top of a thread's heap gives it back at once: 12 MiB at the end of
+ * every push of a 256 MiB model, page-faulted in again by the next push's
+ * first chunks. Blocks above MMAP_THRESHOLD_BYTES (large shadows) are
+ * still separate mappings, returned when freed.
+ */
+#define MMAP_THRESHOLD_BYTES (32 << 20)
+#define TRIM_THRESHOLD_BYTES INT_MAX
+
+static void
+heap_policy(void)
+{
+    (void)mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+    (void)mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -188,6 +210,7 @@ main(int argc, char **argv)
     int lockfd = -1, rc, exit_code = 1;
 
     memset(&d, 0, sizeof(d));
+    heap_policy();
 
     if (settings_parse_args(&d.args, argc, argv, &cause) != 0) {
         fprintf(stderr, "emad: %s\n", cause != NULL ? cause : "bad arguments");

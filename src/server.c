@@ -100,6 +100,7 @@ struct server {
     uint64_t pushes_stale;                           /* accepted, every tensor stale */
     metrics_hist push_hist, pull_hist;               /* handling time of accepted requests */
     uint32_t early;        /* chunks answered before their averaging ran */
+    int parts;             /* threadpool parts of one request: CPUs online, read once */
     struct parked *parked; /* commits waiting for their chunks' jobs */
 };
 
@@ -891,7 +892,6 @@ async_start(req *r, async_req *a)
 {
     server *srv = r->srv;
     size_t ntasks = a->tl->n;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
     a->srv = srv;
     a->op = r->op;
@@ -899,7 +899,7 @@ async_start(req *r, async_req *a)
     r->ctrl = NULL;
     a->t0 = r->t0;
     r->deferred = 1;
-    a->parts = ncpu < 1 ? 1 : ncpu > ASYNC_MAX_PARTS ? ASYNC_MAX_PARTS : (int)ncpu;
+    a->parts = srv->parts;
     if ((size_t)a->parts > ntasks)
         a->parts = ntasks > 0 ? (int)ntasks : 1;
     a->left = a->parts;
@@ -1895,6 +1895,10 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
     srv->sock = -1;
     srv->store = store_create();
     srv->start_ms = uv_now(loop);
+    {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN); /* a file read: not once per request */
+        srv->parts = ncpu < 1 ? 1 : ncpu > ASYNC_MAX_PARTS ? ASYNC_MAX_PARTS : (int)ncpu;
+    }
 
     if (cfg->state_dir != NULL) {
         persist_config pc = {cfg->state_dir, cfg->snapshot_interval_ms, cfg->snapshot_keep,

@@ -16,6 +16,11 @@
         hand): a data size that does not match the shape (EMAD_ESIZE), an
         unknown dtype (EMAD_EDTYPE), and a request that is not a map
         (EMAD_EMALFORMED, op unknown); checks each gets that error.
+    ops_load.py faults URL MODEL PID MIB COUNT
+        push COUNT steps of a float32 model of MIB MiB (4 tensors, so
+        libemad sends it as a transaction of chunks) back to back; prints
+        one JSON line: the minor page faults of process PID (the daemon)
+        during each push, from /proc/PID/stat.
 """
 import json
 import socket
@@ -48,6 +53,29 @@ def pushes(url, model, first, count, elements):
     print(json.dumps({"pushes": count, "seconds": round(total, 4),
                       "median_ms": round(lat[len(lat) // 2] * 1e3, 4),
                       "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 4)}))
+
+
+def minflt(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2:].split()[7])  # field 10, minflt
+
+
+def faults(url, model, pid, mib, count):
+    import numpy as np
+    import emad
+
+    client = emad.Client(url)
+    client.create(model, exist_ok=True)
+    n = mib * (1 << 20) // 4 // 4
+    tensors = {"t%d" % k: np.full(n, float(k), np.float32) for k in range(4)}
+    out = []
+    for step in range(1, count + 1):
+        before = minflt(pid)
+        client.push(model, step, tensors)
+        out.append(minflt(pid) - before)
+    client.close()
+    print(json.dumps({"faults": out}))
 
 
 def slowloris(host, port, conns, seconds):
@@ -147,6 +175,8 @@ def main(argv):
         hammer(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
     elif cmd == "rawpush":
         rawpush(argv[2], int(argv[3]), argv[4])
+    elif cmd == "faults":
+        faults(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
     else:
         sys.exit("unknown command " + cmd)
 
