@@ -10,7 +10,8 @@
 # timestamps under systemd's journal; sd_notify READY/WATCHDOG/RELOADING/STOPPING
 # reach $NOTIFY_SOCKET; and 50 slow-loris HTTP connections
 # do not slow pushes (median push latency within 1.5x of the baseline);
-# back-to-back pushes page-fault no memory in after the first two.
+# back-to-back pushes stop faulting memory in once the heap has reached
+# its high-water mark (at most two pushes after the first two).
 #
 # Every command runs under a timeout and the daemon is always killed on exit.
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3, PROMTOOL.
