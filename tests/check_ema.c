@@ -705,6 +705,21 @@ START_TEST(test_ema_count_nonfinite_every_isa)
 }
 END_TEST
 
+/* n shadow values of ssz bytes (float32 or float64), multiples of 1/77 in [-130, 130]. */
+static void
+fill_shadow(unsigned char *sh, size_t ssz, size_t n, uint64_t *rng)
+{
+    for (size_t i = 0; i < n; i++) {
+        double f = (double)((int)(tu_rand(rng) % 20001) - 10000) / 77.0;
+        if (ssz == 4) {
+            float g = (float)f;
+            memcpy(sh + 4 * i, &g, 4);
+        } else {
+            memcpy(sh + 8 * i, &f, 8);
+        }
+    }
+}
+
 /*
  * An update into a separate buffer of 64 KiB or more streams its stores
  * (AVX2, AVX-512): the same bits and the same count of non-finite values
@@ -736,15 +751,7 @@ START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_a
         size_t ssz = dt == EMAD_F64 ? 8 : 4;
 
         ck_assert_uint_ge(ssz * N, 64 << 10); /* large enough to stream */
-        for (size_t i = 0; i < N; i++) {
-            double f = (double)((int)(tu_rand(&rng) % 20001) - 10000) / 77.0;
-            if (ssz == 4) {
-                float g = (float)f;
-                memcpy(sh + 4 * i, &g, 4);
-            } else {
-                memcpy(sh + 8 * i, &f, 8);
-            }
-        }
+        fill_shadow(sh, ssz, N, &rng);
         want = count_ref(val + 1, dt, N);
         ck_assert_uint_gt(want, 0);
         ema_set_isa("sse2");
@@ -784,6 +791,80 @@ START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_a
     free(inplace);
     free(out);
     free(shm);
+}
+END_TEST
+
+/*
+ * Values a little below dst modulo 4 KiB and not at dst's offset in a
+ * 64-byte line make the streaming kernels run backward (a forward loop's
+ * loads would wait on its own stores): the same bits and count as the
+ * portable kernel, for F32 and F64 values (and BF16, which never runs
+ * backward), every ISA, values 4 to 2048 bytes below dst, dst at a
+ * 64-byte boundary or a few elements past one, nothing written outside
+ * dst's n elements and the old shadow unchanged.
+ */
+START_TEST(test_ema_streamed_update_with_values_just_below_dst_gives_the_same_bits)
+{
+    enum { N = 20011, GUARD = 32 };
+    static const char *const isas[] = {"sse2", "avx2", "avx512"};
+    static const int dtypes[] = {EMAD_F32, EMAD_F64, EMAD_BF16};
+    static const size_t below[] = {4, 8, 36, 60, 64, 100, 696, 1020, 1028, 2048};
+    unsigned char *vbuf = malloc(8 * N + 8192), *src = malloc(8 * N),
+                  *sh = aligned_alloc(64, 8 * N), *old = aligned_alloc(64, 8 * N),
+                  *ref = aligned_alloc(64, 8 * N),
+                  *out = aligned_alloc(4096, 8 * (N + 2 * GUARD) + 4096);
+    const char *before = ema_isa();
+    uint64_t rng = 4096, got, want;
+
+    ck_assert(vbuf != NULL && src != NULL && sh != NULL && old != NULL && ref != NULL &&
+              out != NULL);
+    for (size_t i = 0; i < 8 * N; i++)
+        src[i] = (unsigned char)tu_rand(&rng); /* NaN, Inf and subnormal bit patterns too */
+    for (size_t d = 0; d < sizeof(dtypes) / sizeof(dtypes[0]); d++) {
+        int dt = dtypes[d];
+        size_t ssz = dt == EMAD_F64 ? 8 : 4, vsz = dt == EMAD_BF16 ? 2 : ssz;
+
+        fill_shadow(sh, ssz, N, &rng);
+        want = count_ref(src, dt, N);
+        ck_assert_uint_gt(want, 0);
+        ema_set_isa("sse2");
+        ck_assert_int_eq(ema_update_counted(ref, sh, src, dt, N, 0.999, &got), 0);
+        ck_assert_uint_eq(got, want);
+        for (size_t k = 0; k < sizeof(isas) / sizeof(isas[0]); k++) {
+            ema_set_isa(isas[k]);
+            for (size_t b = 0; b < sizeof(below) / sizeof(below[0]); b++) {
+                for (size_t off = 0; off < 4; off += 3) {
+                    unsigned char *dst = out + 64 * GUARD / 8 + ssz * off;
+                    /* vals: below[b] bytes below dst modulo 4096 */
+                    unsigned char *vals =
+                        vbuf + (((uintptr_t)dst - below[b] - (uintptr_t)vbuf) & 4095);
+                    ck_assert_uint_eq(((uintptr_t)dst - (uintptr_t)vals) & 4095, below[b]);
+                    memcpy(vals, src, vsz * N);
+                    memcpy(old, sh, ssz * N);
+                    memset(out, 0xa5, 8 * (N + 2 * GUARD) + 4096);
+                    ck_assert_int_eq(ema_update_counted(dst, old, vals, dt, N, 0.999, &got), 0);
+                    ck_assert_msg(got == want, "%s dtype %d below %zu offset %zu: count %llu",
+                                  ema_isa(), dt, below[b], off, (unsigned long long)got);
+                    ck_assert_msg(memcmp(dst, ref, ssz * N) == 0,
+                                  "%s dtype %d below %zu offset %zu differs", ema_isa(), dt,
+                                  below[b], off);
+                    ck_assert_msg(memcmp(old, sh, ssz * N) == 0, "%s: shadow changed", ema_isa());
+                    for (unsigned char *p = out; p < dst; p++)
+                        ck_assert_uint_eq(*p, 0xa5);
+                    for (unsigned char *p = dst + ssz * N; p < out + 8 * (N + 2 * GUARD) + 4096;
+                         p++)
+                        ck_assert_uint_eq(*p, 0xa5);
+                }
+            }
+        }
+    }
+    ema_set_isa(before);
+    free(vbuf);
+    free(src);
+    free(sh);
+    free(old);
+    free(ref);
+    free(out);
 }
 END_TEST
 
@@ -840,6 +921,7 @@ ema_suite(void)
     tcase_add_test(tc, test_ema_count_nonfinite_every_isa);
     tcase_add_test(tc,
                    test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_and_count);
+    tcase_add_test(tc, test_ema_streamed_update_with_values_just_below_dst_gives_the_same_bits);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
 
