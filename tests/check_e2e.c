@@ -290,6 +290,16 @@ ptxn_push(msgpack_sbuffer *sb, msgpack_packer *pk, uint64_t txn)
     msgpack_pack_array(pk, 1);
 }
 
+/* Pack a request of op ("commit" or "abort") for transaction txn into sb. */
+static void
+ptxn_end(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint64_t txn)
+{
+    msgpack_sbuffer_clear(sb);
+    phead(pk, 1, op, 1);
+    pstr(pk, "txn");
+    msgpack_pack_uint64(pk, txn);
+}
+
 /* Open a transaction on model at step over a raw socket (pk packs into sb); its id. */
 static uint64_t
 raw_begin(int s, msgpack_sbuffer *sb, msgpack_packer *pk, const char *model, uint64_t step)
@@ -1391,10 +1401,7 @@ START_TEST(test_e2e_chunks_answered_before_averaging)
             ptxn_push(&sb, &pk, txn);
             ptensor(&pk, "u", "param", "F32", NS, x, NS * sizeof(float), 1, 0);
             raw_expect(sock, &sb, 0);
-            msgpack_sbuffer_clear(&sb);
-            phead(&pk, 1, "commit", 1);
-            pstr(&pk, "txn");
-            msgpack_pack_uint64(&pk, txn);
+            ptxn_end(&sb, &pk, "commit", txn);
             raw_call(sock, sb.data, sb.size, &r);
             ck_assert_int_eq(r.code, 0);
             ck_assert_uint_eq(obj_u64(r.root, "applied"), 1);
@@ -1622,10 +1629,7 @@ START_TEST(test_e2e_transaction_consistency)
         ck_assert(all_equal(m->tensors[i].data, TXN_N, (float)(TXN_STEPS + 1)));
     emad_model_free(m);
     /* Commit of an incomplete tensor fails and names it; abort discards. */
-    msgpack_sbuffer_clear(&sb);
-    phead(&pk, 1, "commit", 1);
-    pstr(&pk, "txn");
-    msgpack_pack_uint64(&pk, txn);
+    ptxn_end(&sb, &pk, "commit", txn);
     raw_call(s, sb.data, sb.size, &r);
     ck_assert_int_eq(r.code, 1014);
     {
@@ -1634,10 +1638,7 @@ START_TEST(test_e2e_transaction_consistency)
                   memcmp(tn->via.str.ptr, "t0", 2) == 0);
     }
     raw_reply_free(&r);
-    msgpack_sbuffer_clear(&sb);
-    phead(&pk, 1, "abort", 1);
-    pstr(&pk, "txn");
-    msgpack_pack_uint64(&pk, txn);
+    ptxn_end(&sb, &pk, "abort", txn);
     raw_expect(s, &sb, 0);
     raw_expect(s, &sb, 1013); /* already gone */
     OK(c, emad_pull(c, "tx", NULL, 0, &m));
@@ -1701,10 +1702,7 @@ START_TEST(test_e2e_abandoned_transaction_expires)
     emad_model_free(m);
 
     /* The writer comes back: its transaction is gone. */
-    msgpack_sbuffer_clear(&sb);
-    phead(&pk, 1, "commit", 1);
-    pstr(&pk, "txn");
-    msgpack_pack_uint64(&pk, txn);
+    ptxn_end(&sb, &pk, "commit", txn);
     raw_expect(s, &sb, 1013);
     msgpack_sbuffer_destroy(&sb);
     nn_close(s);
@@ -1850,10 +1848,7 @@ START_TEST(test_e2e_raw_bad_requests_get_errors)
     ptensor(&pk, "w", "param", "F32", 3, fv, sizeof(fv), 0, 0);
     raw_expect(s, &sb, 1005);
     /* Unknown transaction and session. */
-    msgpack_sbuffer_clear(&sb);
-    phead(&pk, 1, "commit", 1);
-    pstr(&pk, "txn");
-    msgpack_pack_uint64(&pk, 424242);
+    ptxn_end(&sb, &pk, "commit", 424242);
     raw_expect(s, &sb, 1013);
     msgpack_sbuffer_clear(&sb);
     phead(&pk, 1, "read", 2);
