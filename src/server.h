@@ -19,6 +19,10 @@
 
 #define SERVER_MAX_LISTEN 16
 
+/* server_config.io_cpu: choose a CPU (the highest-numbered allowed), or pin nothing. */
+#define SERVER_IO_CPU_AUTO (-1)
+#define SERVER_IO_CPU_OFF (-2)
+
 typedef struct server_config {
     const char *listen[SERVER_MAX_LISTEN];
     int nlisten;
@@ -28,6 +32,7 @@ typedef struct server_config {
     uint64_t snapshot_interval_ms; /* 60000; 0: only on request and at shutdown */
     size_t snapshot_keep;          /* 2 */
     int require_snapshot;          /* a missing or unloadable state is a startup error */
+    int io_cpu; /* CPU of nanomsg's I/O thread: a number, SERVER_IO_CPU_AUTO or _OFF */
 } server_config;
 
 typedef struct server server;

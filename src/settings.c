@@ -33,6 +33,7 @@ enum key {
     K_REQUIRE_SNAPSHOT,
     K_LOG_LEVEL,
     K_HTTP,
+    K_IO_CPU,
     K_COUNT
 };
 
@@ -50,6 +51,7 @@ static const struct key_info {
     [K_REQUIRE_SNAPSHOT] = {"require-snapshot", 0, 0},
     [K_LOG_LEVEL] = {"log-level", 1, 1},
     [K_HTTP] = {"http", 1, 0},
+    [K_IO_CPU] = {"io-cpu", 1, 0},
 };
 
 void
@@ -87,6 +89,11 @@ settings_usage(FILE *f)
             "  --log-level LEVEL        error, warn, info or debug (default info)\n"
             "  --http HOST:PORT         serve /metrics, /healthz and /stats over HTTP\n"
             "                           (default %s; [IPV6]:PORT; off: no HTTP)\n"
+            "  --io-cpu CPU             run nanomsg's I/O thread (every message in and\n"
+            "                           out) on this CPU only; auto (default): the\n"
+            "                           highest-numbered CPU the daemon may use, if it\n"
+            "                           may use two or more; off: wherever the\n"
+            "                           scheduler puts it\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
@@ -111,6 +118,7 @@ settings_init(settings *c)
     c->txn_timeout_ms = d.txn_timeout_ms;
     c->snapshot_interval_ms = d.snapshot_interval_ms;
     c->snapshot_keep = d.snapshot_keep;
+    c->io_cpu = d.io_cpu;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;
@@ -297,6 +305,20 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
         c->http = strcmp(value, "off") == 0 ? NULL : xstrndup(value, strlen(value));
         c->http_is_default = 0;
         return 0;
+    case K_IO_CPU:
+        if (strcmp(value, "auto") == 0) {
+            c->io_cpu = SERVER_IO_CPU_AUTO;
+        } else if (strcmp(value, "off") == 0) {
+            c->io_cpu = SERVER_IO_CPU_OFF;
+        } else if (value[0] != '\0' && strspn(value, "0123456789") == strlen(value) &&
+                   strlen(value) <= 5 && atoi(value) < SETTINGS_MAX_CPU) {
+            c->io_cpu = atoi(value);
+        } else {
+            snprintf(why, size, "expected auto, off or a CPU number from 0 to %d",
+                     SETTINGS_MAX_CPU - 1);
+            return -EINVAL;
+        }
+        return 0;
     default:
         snprintf(why, size, "unknown key");
         return -ENOENT;
@@ -382,6 +404,14 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_HTTP:
         snprintf(buf, size, "%s", c->http != NULL ? c->http : "off");
         break;
+    case K_IO_CPU:
+        if (c->io_cpu == SERVER_IO_CPU_AUTO)
+            snprintf(buf, size, "auto");
+        else if (c->io_cpu == SERVER_IO_CPU_OFF)
+            snprintf(buf, size, "off");
+        else
+            snprintf(buf, size, "%d", c->io_cpu);
+        break;
     default:
         break;
     }
@@ -426,6 +456,7 @@ settings_server(const settings *c, server_config *out)
     out->snapshot_interval_ms = c->snapshot_interval_ms;
     out->snapshot_keep = c->snapshot_keep;
     out->require_snapshot = c->require_snapshot;
+    out->io_cpu = c->io_cpu;
 }
 
 void

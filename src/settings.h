@@ -22,6 +22,8 @@
 #include "server.h"
 
 #define SETTINGS_MAX_FILE_BYTES (1 << 20)
+/* io-cpu accepts CPU numbers below this (glibc's CPU_SETSIZE). */
+#define SETTINGS_MAX_CPU 1024
 
 /* Effective settings. Strings are owned (settings_free). */
 typedef struct settings {
@@ -33,6 +35,7 @@ typedef struct settings {
     uint64_t snapshot_interval_ms; /* 0: only on request and at shutdown */
     size_t snapshot_keep;
     int require_snapshot;
+    int io_cpu;          /* a CPU number, SERVER_IO_CPU_AUTO or SERVER_IO_CPU_OFF */
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */

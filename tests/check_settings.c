@@ -76,6 +76,8 @@ START_TEST(test_settings_defaults)
     ck_assert_int_eq(sc.nlisten, 1);
     ck_assert_str_eq(sc.listen[0], "tcp://127.0.0.1:7470");
     ck_assert_ptr_null(sc.state_dir);
+    ck_assert_int_eq(c.io_cpu, SERVER_IO_CPU_AUTO);
+    ck_assert_int_eq(sc.io_cpu, SERVER_IO_CPU_AUTO);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -87,7 +89,8 @@ START_TEST(test_settings_defaults)
                         "snapshot-keep = 2\n"
                         "require-snapshot = no\n"
                         "log-level = info\n"
-                        "http = 127.0.0.1:7471\n");
+                        "http = 127.0.0.1:7471\n"
+                        "io-cpu = auto\n");
     free(p);
     settings_free(&c);
 }
@@ -109,7 +112,8 @@ START_TEST(test_settings_file_sets_every_key)
                            "snapshot-keep = 7\n"
                            "require-snapshot = Yes\n"
                            "log-level = debug ; inline comment\n"
-                           "http = [::1]:9000\n");
+                           "http = [::1]:9000\n"
+                           "io-cpu = 1\n");
 
     ck_assert_msg(cause == NULL, "%s", cause);
     ck_assert_int_eq(c.nlisten, 2);
@@ -124,11 +128,13 @@ START_TEST(test_settings_file_sets_every_key)
     ck_assert_int_eq(c.log_level, LOG_DEBUG);
     ck_assert_str_eq(c.http, "[::1]:9000");
     ck_assert_int_eq(c.http_is_default, 0);
+    ck_assert_int_eq(c.io_cpu, 1);
     settings_free(&c);
 
-    cause = load(&c, "http = off\n");
+    cause = load(&c, "http = off\nio-cpu = off\n");
     ck_assert_ptr_null(cause);
     ck_assert_ptr_null(c.http);
+    ck_assert_int_eq(c.io_cpu, SERVER_IO_CPU_OFF);
     settings_free(&c);
 }
 END_TEST
@@ -157,6 +163,14 @@ START_TEST(test_settings_errors_name_file_line_and_key)
     refused("http = 7471\n", "t.conf:1: http = '7471': expected HOST:PORT (or off)");
     refused("http = localhost:http\n",
             "t.conf:1: http = 'localhost:http': the port must be a number from 0 to 65535");
+    refused("io-cpu = fast\n",
+            "t.conf:1: io-cpu = 'fast': expected auto, off or a CPU number from 0 to 1023");
+    refused("io-cpu = 1024\n",
+            "t.conf:1: io-cpu = '1024': expected auto, off or a CPU number from 0 to 1023");
+    refused("io-cpu = -1\n",
+            "t.conf:1: io-cpu = '-1': expected auto, off or a CPU number from 0 to 1023");
+    refused("io-cpu = 99999999999\n", "t.conf:1: io-cpu = '99999999999': expected auto, off or "
+                                      "a CPU number from 0 to 1023");
     refused("state-dir =\n", "t.conf:1: state-dir = '': expected a directory (it must not be "
                              "empty)");
     refused("log-level = info\nlog-level = debug\n", "t.conf:2: 'log-level' is set twice");

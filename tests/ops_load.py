@@ -21,6 +21,15 @@
         libemad sends it as a transaction of chunks) back to back; prints
         one JSON line: the minor page faults of process PID (the daemon)
         during each push, from /proc/PID/stat.
+    ops_load.py affinity URL PID CPU|none
+        push a 16 MiB model (4 tensors, a transaction of chunks) twice with
+        values v then w, pull it and check it equals the EMA
+        v - (1 - 0.5) * (v - w) computed here; then check the CPU affinity
+        of every thread of process PID (/proc/PID/task/*/status): with CPU,
+        exactly one thread may run only on CPU and every other on the
+        CPUs of the main thread; with none, every thread on the main
+        thread's CPUs. Prints one JSON line: the main thread's CPUs and
+        each thread's list.
 """
 import json
 import socket
@@ -76,6 +85,50 @@ def faults(url, model, pid, mib, count):
         out.append(minflt(pid) - before)
     client.close()
     print(json.dumps({"faults": out}))
+
+
+def cpu_list(text):
+    cpus = set()
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def affinity(url, pid, expect):
+    import glob
+    import numpy as np
+    import emad
+
+    client = emad.Client(url)
+    client.create("aff", decay=0.5)
+    n = 4 * (1 << 20) // 4
+    v = {"t%d" % k: np.full(n, 1.0 + k, np.float32) for k in range(4)}
+    w = {"t%d" % k: np.full(n, 3.0 + 2 * k, np.float32) for k in range(4)}
+    client.push("aff", 1, v)
+    client.push("aff", 2, w)
+    got = client.pull("aff")
+    client.close()
+    for k in v:
+        want = v[k] - np.float32(0.5) * (v[k] - w[k])
+        assert np.array_equal(got[k], want), (k, got[k][:4], want[:4])
+    lists = {}
+    for path in glob.glob("/proc/%d/task/*/status" % pid):
+        with open(path) as f:
+            line = [x for x in f if x.startswith("Cpus_allowed_list:")][0]
+        lists[int(path.split("/")[4])] = cpu_list(line.split(":", 1)[1])
+    base = lists[pid]
+    narrowed = sorted(t for t, c in lists.items() if c != base)
+    out = {"main": sorted(base),
+           "threads": {str(t): sorted(c) for t, c in sorted(lists.items())}}
+    print(json.dumps(out))
+    assert len(lists) >= 3, "expected the loop, nanomsg and threadpool threads: %s" % out
+    if expect == "none":
+        assert not narrowed, "threads narrowed: %s" % out
+    else:
+        cpu = int(expect)
+        assert len(narrowed) == 1 and lists[narrowed[0]] == {cpu}, out
+        assert cpu in base, out
 
 
 def slowloris(host, port, conns, seconds):
@@ -175,6 +228,8 @@ def main(argv):
         hammer(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
     elif cmd == "rawpush":
         rawpush(argv[2], int(argv[3]), argv[4])
+    elif cmd == "affinity":
+        affinity(argv[2], int(argv[3]), argv[4])
     elif cmd == "faults":
         faults(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
     else:

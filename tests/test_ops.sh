@@ -11,7 +11,8 @@
 # reach $NOTIFY_SOCKET; and 50 slow-loris HTTP connections
 # do not slow pushes (median push latency within 1.5x of the baseline);
 # back-to-back pushes stop faulting memory in once the heap has reached
-# its high-water mark (at most two pushes after the first two).
+# its high-water mark (at most two pushes after the first two); and
+# --io-cpu keeps nanomsg's I/O thread, and only it, on the chosen CPU.
 #
 # Every command runs under a timeout and the daemon is always killed on exit.
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3, PROMTOOL.
@@ -388,4 +389,52 @@ EOF
     kill -0 "$pid" || fail "emad died during the page-fault pushes"
     stop_daemon TERM
 fi
+# nanomsg's I/O thread on one CPU (--io-cpu). After a push and a pull (the
+# average checked), exactly one thread of the daemon runs only on the chosen
+# CPU and every other keeps the CPUs the daemon started with: auto (the
+# default) chooses the highest-numbered one, and none when only one is
+# allowed (taskset); off narrows none. A CPU outside the allowed set stops
+# the start (status 1) and a bad value is refused (status 2), each with a
+# message naming the setting.
+cpus=$(timeout 10 "$PYTHON3" -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
+lo=${cpus%% *}
+hi=${cpus##* }
+affinity() {
+    load affinity "$url" "$pid" "$1" >"$work/affinity" ||
+        fail "--io-cpu $2: $(cat "$work/affinity")"
+    kill -0 "$pid" || fail "emad died (--io-cpu $2)"
+    stop_daemon TERM
+    rm -rf "$work/state" # the next daemon creates the model afresh
+}
+if [ "$lo" != "$hi" ]; then
+    : >"$work/emad.log"
+    start_daemon
+    affinity "$hi" auto
+    grep -qF "event=io_thread_pinned cpu=$hi" "$work/emad.log" || fail "no io_thread_pinned cpu=$hi"
+    start_daemon --io-cpu "$lo"
+    affinity "$lo" "$lo"
+else
+    echo "$test_name: one CPU allowed ($cpus): auto and an explicit CPU pin nothing to check"
+fi
+start_daemon --io-cpu off
+affinity none off
+printf '#!/bin/sh\nexec taskset -c %s "%s" "$@"\n' "$lo" "$EMAD" >"$work/emad_one_cpu"
+chmod +x "$work/emad_one_cpu"
+emad_saved=$EMAD
+EMAD=$work/emad_one_cpu
+start_daemon
+affinity none "auto on one CPU"
+EMAD=$emad_saved
+status=0
+timeout 10 "$EMAD" --listen "tcp://127.0.0.1:$(pick_port)" --http off --io-cpu 1023 \
+    2>"$work/err" || status=$?
+[ "$status" = 1 ] || fail "--io-cpu 1023: status $status, expected 1"
+grep -qF "io-cpu 1023 is not among the CPUs this process may run on" "$work/err" ||
+    fail "--io-cpu 1023: $(cat "$work/err")"
+status=0
+timeout 10 "$EMAD" --io-cpu fast 2>"$work/err" || status=$?
+[ "$status" = 2 ] || fail "--io-cpu fast: status $status, expected 2"
+grep -qF "emad: --io-cpu 'fast': expected auto, off or a CPU number from 0 to 1023" "$work/err" ||
+    fail "--io-cpu fast: $(cat "$work/err")"
+
 echo "$test_name: PASS"
