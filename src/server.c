@@ -13,6 +13,7 @@
  * size, so a reply is one allocation and tensor data is copied once, from
  * the shadow into the message.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <msgpack.h>
@@ -101,9 +103,14 @@ struct server {
     uint64_t push_rejects[ERR_LAST - ERR_FIRST + 1]; /* push/commit errors per code */
     uint64_t pushes_stale;                           /* accepted, every tensor stale */
     metrics_hist push_hist, pull_hist;               /* handling time of accepted requests */
-    uint32_t early;        /* chunks answered before their averaging ran */
-    int parts;             /* threadpool parts of one request: CPUs online, read once */
-    int io_cpu;            /* CPU of nanomsg's I/O thread, or -1: not pinned */
+    uint32_t early; /* chunks answered before their averaging ran */
+    int parts;      /* threadpool parts of one request: CPUs online, read once */
+    struct {
+        pid_t tid;     /* nanomsg's I/O thread; 0: unknown, never pinned */
+        int cpu;       /* where io_hold() holds it */
+        int held;      /* it is on cpu alone now */
+        cpu_set_t all; /* the CPUs the daemon may run on */
+    } io;
     struct parked *parked; /* commits waiting for their chunks' jobs */
 };
 
@@ -827,6 +834,37 @@ late_end(req *r, int rc, const store_err *err, uint64_t t0)
         nn_freemsg(r->ctrl);
 }
 
+/*
+ * Hold nanomsg's I/O thread on its CPU (on), or let the scheduler place it
+ * again (off). Large pushes hold it from their first chunk averaged on the
+ * threadpool until the daemon has been idle for IDLE_RELEASE_MS: left free,
+ * the scheduler moved it between CPUs at about every message of a push
+ * that followed a pause, and such pushes ran 15-25% slower; held all the
+ * time, it lost ~9% to many concurrent small pushes from clients on the
+ * same CPUs (docs/OPERATIONS.md#cpus).
+ */
+static void
+io_hold(server *srv, int on)
+{
+    cpu_set_t one;
+    int rc;
+
+    if (srv->io.tid == 0 || srv->io.held == on)
+        return;
+    CPU_ZERO(&one);
+    CPU_SET(srv->io.cpu, &one);
+    rc = on ? sched_setaffinity(srv->io.tid, sizeof(one), &one)
+            : sched_setaffinity(srv->io.tid, sizeof(srv->io.all), &srv->io.all);
+    if (rc != 0) {
+        log_warn("event=io_thread_affinity_failed tid=%d error=\"%s\" (left to the scheduler)",
+                 (int)srv->io.tid, strerror(errno));
+        srv->io.tid = 0;
+        return;
+    }
+    srv->io.held = on;
+    log_debug("event=io_thread_%s cpu=%d", on ? "held" : "released", srv->io.cpu);
+}
+
 /* Can this request be answered later, from a threadpool callback? */
 static int
 can_defer(const req *r)
@@ -987,6 +1025,7 @@ handle_push(req *r, store_err *err)
             return rc;
         if (job != NULL && can_defer(r) && job->tasks.bytes >= ASYNC_MIN_BYTES) {
             async_req *a = xcalloc(1, sizeof(*a));
+            io_hold(r->srv, 1);
             a->job = job;
             a->tl = &job->tasks;
             a->staged = staged;
@@ -1831,6 +1870,7 @@ on_timer(uv_timer_t *h)
     if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= IDLE_RELEASE_MS) {
         store_release_spares(srv->store);
         (void)malloc_trim(0);
+        io_hold(srv, 0);
         srv->trimmed = 1;
     }
 }
@@ -1911,44 +1951,72 @@ cpu_list(const cpu_set_t *set, char *buf, size_t size)
 }
 
 /*
- * Open the server's socket with nanomsg's I/O thread on one CPU.
+ * The thread of this process, other than the caller, whose affinity is
+ * exactly {cpu}; 0 unless there is exactly one.
+ */
+static pid_t
+find_thread_on(int cpu)
+{
+    pid_t self = (pid_t)syscall(SYS_gettid), found = 0;
+    struct dirent *e;
+    cpu_set_t set;
+    int n = 0;
+    DIR *d;
+
+    if ((d = opendir("/proc/self/task")) == NULL)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (tid <= 0 || tid == self || sched_getaffinity(tid, sizeof(set), &set) != 0)
+            continue;
+        if (CPU_COUNT(&set) == 1 && CPU_ISSET(cpu, &set)) {
+            found = tid;
+            n++;
+        }
+    }
+    closedir(d);
+    return n == 1 ? found : 0;
+}
+
+/*
+ * Open the server's socket and find nanomsg's I/O thread (srv->io).
  *
- * nanomsg starts that thread (which receives and sends every message) with
+ * nanomsg starts that thread, which receives and sends every message, with
  * the process's first socket, and a new thread inherits its creator's CPU
- * affinity: so the calling thread narrows its own affinity to the chosen
- * CPU around nn_socket() and then restores it. Threads created later (the
- * libuv threadpool, HTTP) keep the full set. Left to the scheduler, the
- * I/O thread was moved between CPUs at about every message of a push that
- * followed a pause, and such pushes ran 15-25% slower (docs/OPERATIONS.md).
+ * affinity: the calling thread narrows its own affinity to the chosen CPU
+ * around nn_socket() and restores it, and the one thread then left on that
+ * CPU alone is nanomsg's. It is given back every CPU at once (io_hold()
+ * holds it on its CPU while large pushes arrive); threads created later (the libuv
+ * threadpool, HTTP) never see the narrowed set.
  *
  * io_cpu: SERVER_IO_CPU_AUTO picks the highest-numbered CPU this process
- * may run on, and pins nothing when it may run on only one;
- * SERVER_IO_CPU_OFF pins nothing; otherwise the CPU number, which must be
- * in the process's set. *pinned gets the CPU, or -1. Returns the socket,
- * or a negative code with *cause set.
+ * may run on, and none when it may run on only one; SERVER_IO_CPU_OFF
+ * none; otherwise the CPU number, which must be in the process's set.
+ * Without a CPU, or when nanomsg had started before (tests), srv->io.tid
+ * stays 0 and nothing is ever pinned. Returns the socket, or a negative
+ * code with *cause set.
  */
 static int
-open_socket_pinned(int io_cpu, int *pinned, char **cause)
+open_socket(server *srv, int io_cpu, char **cause)
 {
-    cpu_set_t saved, one;
+    cpu_set_t one;
     int sock, cpu = -1, e;
 
-    *pinned = -1;
     if (io_cpu != SERVER_IO_CPU_OFF) {
-        if ((e = pthread_getaffinity_np(pthread_self(), sizeof(saved), &saved)) != 0)
+        if ((e = pthread_getaffinity_np(pthread_self(), sizeof(srv->io.all), &srv->io.all)) != 0)
             return proto_cause(cause, -e, "cannot read the CPU affinity: %s", strerror(e));
         if (io_cpu == SERVER_IO_CPU_AUTO) {
-            if (CPU_COUNT(&saved) >= 2)
+            if (CPU_COUNT(&srv->io.all) >= 2)
                 for (int c = CPU_SETSIZE - 1; c >= 0 && cpu < 0; c--)
-                    if (CPU_ISSET(c, &saved))
+                    if (CPU_ISSET(c, &srv->io.all))
                         cpu = c;
-        } else if (io_cpu >= 0 && io_cpu < CPU_SETSIZE && CPU_ISSET(io_cpu, &saved)) {
+        } else if (io_cpu >= 0 && io_cpu < CPU_SETSIZE && CPU_ISSET(io_cpu, &srv->io.all)) {
             cpu = io_cpu;
         } else {
             char list[128];
             return proto_cause(cause, -EINVAL,
                                "io-cpu %d is not among the CPUs this process may run on (%s)",
-                               io_cpu, cpu_list(&saved, list, sizeof(list)));
+                               io_cpu, cpu_list(&srv->io.all, list, sizeof(list)));
         }
     }
     if (cpu >= 0) {
@@ -1959,11 +2027,20 @@ open_socket_pinned(int io_cpu, int *pinned, char **cause)
     }
     sock = nn_socket(AF_SP_RAW, NN_REP);
     e = nn_errno();
-    if (cpu >= 0 && pthread_setaffinity_np(pthread_self(), sizeof(saved), &saved) != 0)
-        log_warn("event=affinity_restore_failed cpu=%d", cpu); /* the loop stays on cpu */
+    if (cpu >= 0) {
+        if (pthread_setaffinity_np(pthread_self(), sizeof(srv->io.all), &srv->io.all) != 0)
+            log_warn("event=affinity_restore_failed cpu=%d", cpu); /* the loop stays on cpu */
+        if (sock >= 0 && (srv->io.tid = find_thread_on(cpu)) != 0) {
+            srv->io.cpu = cpu;
+            log_info("event=io_thread tid=%d cpu=%d (held there while large pushes arrive)",
+                     (int)srv->io.tid, cpu);
+            (void)sched_setaffinity(srv->io.tid, sizeof(srv->io.all), &srv->io.all);
+        } else if (sock >= 0) {
+            log_debug("event=io_thread_not_found cpu=%d (nanomsg started before)", cpu);
+        }
+    }
     if (sock < 0)
         return proto_cause(cause, -e, "nn_socket: %s", nn_strerror(e));
-    *pinned = cpu;
     return sock;
 }
 
@@ -1994,12 +2071,10 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
             goto fail;
         srv->persist = persist_create(loop, srv->store, &pc, &loaded);
     }
-    if ((srv->sock = open_socket_pinned(cfg->io_cpu, &srv->io_cpu, cause)) < 0) {
+    if ((srv->sock = open_socket(srv, cfg->io_cpu, cause)) < 0) {
         rc = srv->sock;
         goto fail;
     }
-    if (srv->io_cpu >= 0)
-        log_info("event=io_thread_pinned cpu=%d", srv->io_cpu);
     /* nanomsg counts the REQ routing header (4 bytes per hop) against the cap: leave room so
      * a request of exactly max_message_bytes is accepted. */
     maxsz = (int)cfg->max_message_bytes + 64;

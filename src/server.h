@@ -19,7 +19,7 @@
 
 #define SERVER_MAX_LISTEN 16
 
-/* server_config.io_cpu: choose a CPU (the highest-numbered allowed), or pin nothing. */
+/* server_config.io_cpu: choose the CPU (the highest-numbered allowed), or hold on none. */
 #define SERVER_IO_CPU_AUTO (-1)
 #define SERVER_IO_CPU_OFF (-2)
 
@@ -32,7 +32,7 @@ typedef struct server_config {
     uint64_t snapshot_interval_ms; /* 60000; 0: only on request and at shutdown */
     size_t snapshot_keep;          /* 2 */
     int require_snapshot;          /* a missing or unloadable state is a startup error */
-    int io_cpu; /* CPU of nanomsg's I/O thread: a number, SERVER_IO_CPU_AUTO or _OFF */
+    int io_cpu; /* CPU that holds nanomsg's I/O thread during large pushes: a number, _AUTO, _OFF */
 } server_config;
 
 typedef struct server server;

@@ -12,7 +12,8 @@
 # do not slow pushes (median push latency within 1.5x of the baseline);
 # back-to-back pushes stop faulting memory in once the heap has reached
 # its high-water mark (at most two pushes after the first two); and
-# --io-cpu keeps nanomsg's I/O thread, and only it, on the chosen CPU.
+# nanomsg's I/O thread, and only it, is held on its CPU (--io-cpu) while
+# large pushes arrive.
 #
 # Every command runs under a timeout and the daemon is always killed on exit.
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3, PROMTOOL.
@@ -389,13 +390,14 @@ EOF
     kill -0 "$pid" || fail "emad died during the page-fault pushes"
     stop_daemon TERM
 fi
-# nanomsg's I/O thread on one CPU (--io-cpu). After a push and a pull (the
-# average checked), exactly one thread of the daemon runs only on the chosen
-# CPU and every other keeps the CPUs the daemon started with: auto (the
-# default) chooses the highest-numbered one, and none when only one is
-# allowed (taskset); off narrows none. A CPU outside the allowed set stops
-# the start (status 1) and a bad value is refused (status 2), each with a
-# message naming the setting.
+# nanomsg's I/O thread held on one CPU while large pushes arrive (--io-cpu).
+# Before any push no thread of the daemon is narrowed. After a push of a
+# 16 MiB model and a pull (the average checked), exactly one thread runs
+# only on the chosen CPU and every other keeps the CPUs the daemon started
+# with; 5 s idle later it is released. auto (the default) chooses the
+# highest-numbered CPU, and none when only one is allowed (taskset); off
+# narrows none. A CPU outside the allowed set stops the start (status 1)
+# and a bad value is refused (status 2), each with a message.
 cpus=$(timeout 10 "$PYTHON3" -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
 lo=${cpus%% *}
 hi=${cpus##* }
@@ -403,27 +405,39 @@ affinity() {
     load affinity "$url" "$pid" "$1" >"$work/affinity" ||
         fail "--io-cpu $2: $(cat "$work/affinity")"
     kill -0 "$pid" || fail "emad died (--io-cpu $2)"
-    stop_daemon TERM
-    rm -rf "$work/state" # the next daemon creates the model afresh
+}
+threads() {
+    load threads "$pid" "$1" >"$work/affinity" || fail "$2: $(cat "$work/affinity")"
 }
 if [ "$lo" != "$hi" ]; then
     : >"$work/emad.log"
     start_daemon
+    grep -qF "event=io_thread tid=" "$work/emad.log" || fail "no event=io_thread logged"
+    threads none "a thread narrowed before any push"
     affinity "$hi" auto
-    grep -qF "event=io_thread_pinned cpu=$hi" "$work/emad.log" || fail "no io_thread_pinned cpu=$hi"
+    wait_log "event=io_thread_held cpu=$hi"
+    wait_log "event=io_thread_released cpu=$hi"
+    threads none "not released after 5 s idle"
+    stop_daemon TERM
+    rm -rf "$work/state" # the next daemon creates the model afresh
     start_daemon --io-cpu "$lo"
     affinity "$lo" "$lo"
+    stop_daemon TERM
+    rm -rf "$work/state"
 else
-    echo "$test_name: one CPU allowed ($cpus): auto and an explicit CPU pin nothing to check"
+    echo "$test_name: one CPU allowed ($cpus): auto and an explicit CPU hold nothing to check"
 fi
 start_daemon --io-cpu off
 affinity none off
+stop_daemon TERM
+rm -rf "$work/state"
 printf '#!/bin/sh\nexec taskset -c %s "%s" "$@"\n' "$lo" "$EMAD" >"$work/emad_one_cpu"
 chmod +x "$work/emad_one_cpu"
 emad_saved=$EMAD
 EMAD=$work/emad_one_cpu
 start_daemon
 affinity none "auto on one CPU"
+stop_daemon TERM
 EMAD=$emad_saved
 status=0
 timeout 10 "$EMAD" --listen "tcp://127.0.0.1:$(pick_port)" --http off --io-cpu 1023 \
