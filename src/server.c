@@ -1985,26 +1985,25 @@ find_thread_on(int cpu)
  * the process's first socket, and a new thread inherits its creator's CPU
  * affinity: the calling thread narrows its own affinity to the chosen CPU
  * around nn_socket() and restores it, and the one thread then left on that
- * CPU alone is nanomsg's. It is given back every CPU at once (io_hold()
- * holds it on its CPU while large pushes arrive); threads created later (the libuv
- * threadpool, HTTP) never see the narrowed set.
+ * CPU alone is nanomsg's. It is given every CPU back at once (io_hold()
+ * holds it on its CPU while large pushes arrive); threads created later
+ * (the libuv threadpool, HTTP) never see the narrowed set.
  *
  * io_cpu: SERVER_IO_CPU_AUTO picks the highest-numbered CPU this process
- * may run on, and none when it may run on only one; SERVER_IO_CPU_OFF
- * none; otherwise the CPU number, which must be in the process's set.
- * Without a CPU, or when nanomsg had started before (tests), srv->io.tid
- * stays 0 and nothing is ever pinned. Returns the socket, or a negative
- * code with *cause set.
+ * may run on, and none when it may run on only one or cannot change its
+ * affinity (a warning); SERVER_IO_CPU_OFF none; otherwise the CPU number,
+ * which must be in the process's set. Without a CPU, or when nanomsg had
+ * started before (tests), srv->io.tid stays 0 and nothing is ever held.
+ * Returns the socket, or a negative code with *cause set.
  */
 static int
 open_socket(server *srv, int io_cpu, char **cause)
 {
+    int sock, cpu = -1, e = 0;
     cpu_set_t one;
-    int sock, cpu = -1, e;
 
-    if (io_cpu != SERVER_IO_CPU_OFF) {
-        if ((e = pthread_getaffinity_np(pthread_self(), sizeof(srv->io.all), &srv->io.all)) != 0)
-            return proto_cause(cause, -e, "cannot read the CPU affinity: %s", strerror(e));
+    if (io_cpu != SERVER_IO_CPU_OFF &&
+        (e = pthread_getaffinity_np(pthread_self(), sizeof(srv->io.all), &srv->io.all)) == 0) {
         if (io_cpu == SERVER_IO_CPU_AUTO) {
             if (CPU_COUNT(&srv->io.all) >= 2)
                 for (int c = CPU_SETSIZE - 1; c >= 0 && cpu < 0; c--)
@@ -2018,12 +2017,18 @@ open_socket(server *srv, int io_cpu, char **cause)
                                "io-cpu %d is not among the CPUs this process may run on (%s)",
                                io_cpu, cpu_list(&srv->io.all, list, sizeof(list)));
         }
-    }
-    if (cpu >= 0) {
         CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        if ((e = pthread_setaffinity_np(pthread_self(), sizeof(one), &one)) != 0)
-            return proto_cause(cause, -e, "cannot run on CPU %d: %s", cpu, strerror(e));
+        if (cpu >= 0)
+            CPU_SET(cpu, &one);
+        if (cpu >= 0 && (e = pthread_setaffinity_np(pthread_self(), sizeof(one), &one)) != 0)
+            cpu = -1;
+    }
+    if (e != 0) {
+        if (io_cpu != SERVER_IO_CPU_AUTO)
+            return proto_cause(cause, -e, "io-cpu %d: cannot set the CPU affinity: %s", io_cpu,
+                               strerror(e));
+        log_warn("event=io_thread_free error=\"%s\" (cannot set the CPU affinity; io-cpu ignored)",
+                 strerror(e));
     }
     sock = nn_socket(AF_SP_RAW, NN_REP);
     e = nn_errno();
@@ -2032,9 +2037,9 @@ open_socket(server *srv, int io_cpu, char **cause)
             log_warn("event=affinity_restore_failed cpu=%d", cpu); /* the loop stays on cpu */
         if (sock >= 0 && (srv->io.tid = find_thread_on(cpu)) != 0) {
             srv->io.cpu = cpu;
+            srv->io.held = sched_setaffinity(srv->io.tid, sizeof(srv->io.all), &srv->io.all) != 0;
             log_info("event=io_thread tid=%d cpu=%d (held there while large pushes arrive)",
                      (int)srv->io.tid, cpu);
-            (void)sched_setaffinity(srv->io.tid, sizeof(srv->io.all), &srv->io.all);
         } else if (sock >= 0) {
             log_debug("event=io_thread_not_found cpu=%d (nanomsg started before)", cpu);
         }
