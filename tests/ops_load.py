@@ -31,6 +31,10 @@
         push a 16 MiB model (4 tensors, a transaction of chunks) twice with
         values v then w, pull it and check it equals the EMA
         v - (1 - 0.5) * (v - w) computed here; then as threads PID.
+    ops_load.py deny-setaffinity PROGRAM [ARG...]
+        run PROGRAM with a seccomp filter under which sched_setaffinity
+        fails with EPERM (as under the systemd unit without it allowed);
+        exits 77 on a CPU architecture it does not know.
 """
 import json
 import socket
@@ -136,6 +140,39 @@ def threads(pid, expect):
         assert cpu in base, out
 
 
+def deny_setaffinity(argv):
+    import ctypes
+    import os
+    import platform
+
+    # (AUDIT_ARCH_*, __NR_sched_setaffinity) by machine
+    arch = {"x86_64": (0xC000003E, 203), "aarch64": (0xC00000B7, 122)}.get(platform.machine())
+    if arch is None:
+        sys.exit(77)
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    insns = (Insn * 6)(Insn(ld_abs, 0, 0, 4),  # seccomp_data.arch
+                       Insn(jeq, 0, 3, arch[0]),  # another arch: allow
+                       Insn(ld_abs, 0, 0, 0),  # seccomp_data.nr
+                       Insn(jeq, 0, 1, arch[1]),
+                       Insn(ret, 0, 0, eperm),
+                       Insn(ret, 0, 0, allow))
+    prog = Prog(6, ctypes.cast(insns, ctypes.POINTER(Insn)))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or \
+            libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # NO_NEW_PRIVS, SECCOMP
+        sys.exit("seccomp: %s" % os.strerror(ctypes.get_errno()))
+    os.execv(argv[0], argv)
+
+
 def slowloris(host, port, conns, seconds):
     socks = []
     for _ in range(conns):
@@ -236,6 +273,8 @@ def main(argv):
     elif cmd == "affinity":
         push_and_pull(argv[2])
         threads(int(argv[3]), argv[4])
+    elif cmd == "deny-setaffinity":
+        deny_setaffinity(argv[2:])
     elif cmd == "threads":
         threads(int(argv[2]), argv[3])
     elif cmd == "faults":

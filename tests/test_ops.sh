@@ -13,7 +13,8 @@
 # back-to-back pushes stop faulting memory in once the heap has reached
 # its high-water mark (at most two pushes after the first two); and
 # nanomsg's I/O thread, and only it, is held on its CPU (--io-cpu) while
-# large pushes arrive.
+# large pushes arrive, and without sched_setaffinity (seccomp) auto serves
+# with nothing held.
 #
 # Every command runs under a timeout and the daemon is always killed on exit.
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3, PROMTOOL.
@@ -438,7 +439,33 @@ EMAD=$work/emad_one_cpu
 start_daemon
 affinity none "auto on one CPU"
 stop_daemon TERM
+rm -rf "$work/state"
 EMAD=$emad_saved
+# Where sched_setaffinity is denied (a seccomp filter, as under a systemd
+# unit that does not allow it): auto logs event=io_thread_free and serves
+# with nothing held; an explicit CPU stops the start.
+printf '#!/bin/sh\nexec "%s" "%s" deny-setaffinity "%s" "$@"\n' "$PYTHON3" \
+    "$top_srcdir/tests/ops_load.py" "$EMAD" >"$work/emad_no_affinity"
+chmod +x "$work/emad_no_affinity"
+status=0
+"$work/emad_no_affinity" --version >/dev/null 2>&1 || status=$?
+if [ "$status" = 0 ]; then
+    EMAD=$work/emad_no_affinity
+    : >"$work/emad.log"
+    start_daemon
+    wait_log 'event=io_thread_free error="Operation not permitted"'
+    affinity none "auto without sched_setaffinity"
+    stop_daemon TERM
+    rm -rf "$work/state"
+    timeout 10 "$EMAD" --listen "tcp://127.0.0.1:$(pick_port)" --http off --io-cpu "$lo" \
+        2>"$work/err" || status=$?
+    EMAD=$emad_saved
+    [ "$status" = 1 ] || fail "--io-cpu $lo without sched_setaffinity: status $status, expected 1"
+    grep -qF "io-cpu $lo: cannot set the CPU affinity: Operation not permitted" "$work/err" ||
+        fail "--io-cpu $lo without sched_setaffinity: $(cat "$work/err")"
+else
+    echo "$test_name: no seccomp filter here (status $status): denied affinity not checked"
+fi
 status=0
 timeout 10 "$EMAD" --listen "tcp://127.0.0.1:$(pick_port)" --http off --io-cpu 1023 \
     2>"$work/err" || status=$?
