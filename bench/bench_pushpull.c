@@ -943,7 +943,7 @@ usage(FILE *f)
             "The raw REP server is a separate process, like the daemon, measured with\n"
             "nanomsg's default socket buffers and with emad's (%d KiB); the faster is\n"
             "the baseline of the ratios. A raw REP thread in this process is shown as a\n"
-            "reference only. Prints medians of --reps repetitions (default 7) after two\n"
+            "reference only. Prints medians of --reps repetitions (default 11) after two\n"
             "warm-ups, the ratios, and the daemon's memory against its limits. --sweep\n"
             "adds raw nanomsg throughput (server process, faster buffers) for message\n"
             "sizes from 1 to 64 MiB.\n"
@@ -1048,7 +1048,7 @@ main(int argc, char **argv)
     (void)snprintf(b->redis_path, sizeof(b->redis_path), "%s", REDIS_DEFAULT_PATH);
     b->use_redis = 1;
     b->redis_fd = -1;
-    b->reps = 7;
+    b->reps = 11;
     if ((rc = parse_args(b, argc, argv, &scale)) >= 0) {
         free(b);
         return rc;
