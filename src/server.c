@@ -1952,15 +1952,17 @@ cpu_list(const cpu_set_t *set, char *buf, size_t size)
 
 /*
  * The thread of this process, other than the caller, whose affinity is
- * exactly {cpu}; 0 unless there is exactly one.
+ * exactly {cpu}; 0 unless there is exactly one. Should there be several
+ * (a nanomsg with more I/O threads), each is given the set all back, so
+ * that none stays narrowed.
  */
 static pid_t
-find_thread_on(int cpu)
+find_thread_on(int cpu, const cpu_set_t *all)
 {
-    pid_t self = (pid_t)syscall(SYS_gettid), found = 0;
+    pid_t self = (pid_t)syscall(SYS_gettid), found[8];
     struct dirent *e;
     cpu_set_t set;
-    int n = 0;
+    size_t n = 0;
     DIR *d;
 
     if ((d = opendir("/proc/self/task")) == NULL)
@@ -1970,12 +1972,19 @@ find_thread_on(int cpu)
         if (tid <= 0 || tid == self || sched_getaffinity(tid, sizeof(set), &set) != 0)
             continue;
         if (CPU_COUNT(&set) == 1 && CPU_ISSET(cpu, &set)) {
-            found = tid;
+            if (n < sizeof(found) / sizeof(found[0]))
+                found[n] = tid;
+            else
+                (void)sched_setaffinity(tid, sizeof(*all), all);
             n++;
         }
     }
     closedir(d);
-    return n == 1 ? found : 0;
+    if (n == 1)
+        return found[0];
+    for (size_t i = 0; i < n && i < sizeof(found) / sizeof(found[0]); i++)
+        (void)sched_setaffinity(found[i], sizeof(*all), all);
+    return 0;
 }
 
 /*
@@ -2035,13 +2044,15 @@ open_socket(server *srv, int io_cpu, char **cause)
     if (cpu >= 0) {
         if (pthread_setaffinity_np(pthread_self(), sizeof(srv->io.all), &srv->io.all) != 0)
             log_warn("event=affinity_restore_failed cpu=%d", cpu); /* the loop stays on cpu */
-        if (sock >= 0 && (srv->io.tid = find_thread_on(cpu)) != 0) {
+        if (sock >= 0 && (srv->io.tid = find_thread_on(cpu, &srv->io.all)) != 0) {
             srv->io.cpu = cpu;
             srv->io.held = sched_setaffinity(srv->io.tid, sizeof(srv->io.all), &srv->io.all) != 0;
             log_info("event=io_thread tid=%d cpu=%d (held there while large pushes arrive)",
                      (int)srv->io.tid, cpu);
         } else if (sock >= 0) {
-            log_debug("event=io_thread_not_found cpu=%d (nanomsg started before)", cpu);
+            log_debug("event=io_thread_not_found cpu=%d (nanomsg started before, or with "
+                      "several I/O threads)",
+                      cpu);
         }
     }
     if (sock < 0)
