@@ -705,6 +705,13 @@ START_TEST(test_ema_count_nonfinite_every_isa)
 }
 END_TEST
 
+/* aligned_alloc() with size rounded up to a multiple of align, as C11 requires. */
+static void *
+alloc_aligned(size_t align, size_t size)
+{
+    return aligned_alloc(align, (size + align - 1) / align * align);
+}
+
 /* n shadow values of ssz bytes (float32 or float64), multiples of 1/77 in [-130, 130]. */
 static void
 fill_shadow(unsigned char *sh, size_t ssz, size_t n, uint64_t *rng)
@@ -735,10 +742,10 @@ START_TEST(test_ema_streamed_update_into_a_separate_buffer_gives_the_same_bits_a
     enum { N = 20011, GUARD = 32 };
     static const char *const isas[] = {"sse2", "avx2", "avx512"};
     static const int dtypes[] = {EMAD_F32, EMAD_BF16, EMAD_F64};
-    unsigned char *val = malloc(8 * N + 1), *sh = aligned_alloc(64, 8 * N),
-                  *ref = aligned_alloc(64, 8 * N), *inplace = aligned_alloc(64, 8 * N),
-                  *out = aligned_alloc(64, 8 * (N + 2 * GUARD)),
-                  *shm = aligned_alloc(64, 8 * N + 64);
+    unsigned char *val = malloc(8 * N + 1), *sh = alloc_aligned(64, 8 * N),
+                  *ref = alloc_aligned(64, 8 * N), *inplace = alloc_aligned(64, 8 * N),
+                  *out = alloc_aligned(64, 8 * (N + 2 * GUARD)),
+                  *shm = alloc_aligned(64, 8 * N + 64);
     const char *before = ema_isa();
     uint64_t rng = 1124, got, want;
 
@@ -810,9 +817,9 @@ START_TEST(test_ema_streamed_update_with_values_just_below_dst_gives_the_same_bi
     static const int dtypes[] = {EMAD_F32, EMAD_F64, EMAD_BF16};
     static const size_t below[] = {4, 8, 36, 60, 64, 100, 696, 1020, 1028, 2048};
     unsigned char *vbuf = malloc(8 * N + 8192), *src = malloc(8 * N),
-                  *sh = aligned_alloc(64, 8 * N), *old = aligned_alloc(64, 8 * N),
-                  *ref = aligned_alloc(64, 8 * N),
-                  *out = aligned_alloc(4096, 8 * (N + 2 * GUARD) + 4096);
+                  *sh = alloc_aligned(64, 8 * N), *old = alloc_aligned(64, 8 * N),
+                  *ref = alloc_aligned(64, 8 * N),
+                  *out = alloc_aligned(4096, 8 * (N + 2 * GUARD) + 4096);
     const char *before = ema_isa();
     uint64_t rng = 4096, got, want;
 

@@ -45,5 +45,12 @@ PYTHONPATH=$top_srcdir/client/python${PYTHONPATH:+:$PYTHONPATH}
 PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH PYTHONDONTWRITEBYTECODE EMAD_LIBRARY EMAD_BIN
 
+# A libemad built with --enable-asan needs the ASan runtime loaded first into Python.
+asan_rt=$(ldd "$EMAD_LIBRARY" 2>/dev/null | sed -n 's/.*libasan[^ ]* => \([^ ]*\).*/\1/p')
 cd "$top_srcdir"
-timeout 1200 "$PYTHON3" -m pytest -q -p no:cacheprovider -rs tests/python
+if [ -n "$asan_rt" ]; then
+    LD_PRELOAD=$asan_rt ASAN_OPTIONS=detect_leaks=0 \
+        timeout 1200 "$PYTHON3" -m pytest -q -p no:cacheprovider -rs tests/python
+else
+    timeout 1200 "$PYTHON3" -m pytest -q -p no:cacheprovider -rs tests/python
+fi

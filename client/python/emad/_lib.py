@@ -20,7 +20,6 @@ calls, and a call that needs one raises :class:`Error` naming the symbol.
 """
 
 import ctypes
-import ctypes.util
 import os
 import threading
 
@@ -333,8 +332,11 @@ class Lib:
                 "%s is libemad %s; this Python package needs %s.x (set EMAD_LIBRARY to the "
                 "matching libemad.so)" % (path, self.version, EXPECTED_VERSION))
         self._check_layout()
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        self.free = libc.free
+        # free() as the process resolves it (CDLL(None): the global scope), so that
+        # it is the free() of the malloc() libemad called, also when an
+        # allocator or a sanitizer runtime is preloaded; libc's own symbol would
+        # not be.
+        self.free = ctypes.CDLL(None).free
         self.free.restype = None
         self.free.argtypes = [ctypes.c_void_p]
 
