@@ -183,7 +183,7 @@ start_http(daemon_ctx *d)
  * Request and reply buffers (messages of up to a few MiB, allocated by
  * nanomsg's I/O thread and freed by the loop) stay in the heap from one
  * push to the next; the heap goes back to the system when the daemon is
- * idle (IDLE_RELEASE_MS in server.c calls malloc_trim). With glibc's
+ * idle (after idle-release seconds server.c calls malloc_trim). With glibc's
  * defaults a free that leaves more than twice the largest message at the
  * top of a thread's heap gives it back at once: 12 MiB at the end of
  * every push of a 256 MiB model, page-faulted in again by the next push's

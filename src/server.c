@@ -93,7 +93,7 @@ struct server {
     int stopping;     /* SIGTERM seen: writing snapshots before closing */
     uint64_t start_ms;
     uint64_t last_request_ms; /* for giving freed memory back when idle */
-    int trimmed;              /* idle for IDLE_RELEASE_MS: spares freed, heap trimmed */
+    int trimmed;              /* idle for cfg.idle_release_ms: spares freed, heap trimmed */
     uint64_t counters[C_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
     uint64_t err_counts[ERR_LAST - ERR_FIRST + 1];
@@ -147,16 +147,6 @@ typedef struct req {
  */
 #define ASYNC_MAX_PARTS 8
 
-/*
- * After this long without a request the spare shadows (the replaced
- * shadows a transaction writes into next time) are freed and the heap's
- * free memory goes back to the system. Until then both stay mapped:
- * fresh memory costs page faults (~0.5 GB/s on this class of VM), and a
- * trimmed heap faults in the next push's request buffers again: pushes of
- * a 256 MiB model 1.5 s apart took 1,200 page faults each when the heap
- * was trimmed after one idle second, 0 without.
- */
-#define IDLE_RELEASE_MS 5000
 #define ASYNC_MIN_BYTES (1u << 20) /* smaller work runs inline on the loop */
 
 /*
@@ -837,7 +827,7 @@ late_end(req *r, int rc, const store_err *err, uint64_t t0)
 /*
  * Hold nanomsg's I/O thread on its CPU (on), or let the scheduler place it
  * again (off). Large pushes hold it from their first chunk averaged on the
- * threadpool until the daemon has been idle for IDLE_RELEASE_MS: left free,
+ * threadpool until the daemon has been idle for cfg.idle_release_ms: left free,
  * the scheduler moved it between CPUs at about every message of a push
  * that followed a pause, and such pushes ran 15-25% slower; held all the
  * time, it lost ~9% to many concurrent small pushes from clients on the
@@ -1866,12 +1856,21 @@ on_timer(uv_timer_t *h)
         log_info("event=session_expired count=%llu", (unsigned long long)views);
     srv->counters[C_TXN_EXPIRED] += txns;
     srv->counters[C_SESSIONS_EXPIRED] += views;
-    /* Idle for IDLE_RELEASE_MS: free the spare shadows, give the heap's free memory back. */
-    if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= IDLE_RELEASE_MS) {
+    /*
+     * Idle for cfg.idle_release_ms: free the spare shadows (the replaced
+     * shadows a transaction writes into next time) and give the heap's free
+     * memory back. Until then both stay mapped: fresh memory costs page
+     * faults (~0.5 GB/s on this class of VM), and a trimmed heap faults in
+     * the next push's request buffers again: pushes of a 256 MiB model 1.5 s
+     * apart took 1,200 page faults each when the heap was trimmed after one
+     * idle second, 0 without.
+     */
+    if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= srv->cfg.idle_release_ms) {
         store_release_spares(srv->store);
         (void)malloc_trim(0);
         io_hold(srv, 0);
         srv->trimmed = 1;
+        log_debug("event=idle_release idle_ms=%llu", (unsigned long long)srv->cfg.idle_release_ms);
     }
 }
 
@@ -1923,6 +1922,7 @@ server_config_init(server_config *cfg)
     cfg->snapshot_interval_ms = 60000;
     cfg->snapshot_keep = 2;
     cfg->io_cpu = SERVER_IO_CPU_AUTO;
+    cfg->idle_release_ms = 5000;
 }
 
 /* The CPUs of set as ranges ("0-3,6"), cut short with "..." if they do not fit in buf. */

@@ -34,6 +34,7 @@ enum key {
     K_LOG_LEVEL,
     K_HTTP,
     K_IO_CPU,
+    K_IDLE_RELEASE,
     K_COUNT
 };
 
@@ -52,6 +53,7 @@ static const struct key_info {
     [K_LOG_LEVEL] = {"log-level", 1, 1},
     [K_HTTP] = {"http", 1, 0},
     [K_IO_CPU] = {"io-cpu", 1, 0},
+    [K_IDLE_RELEASE] = {"idle-release", 1, 0},
 };
 
 void
@@ -94,6 +96,10 @@ settings_usage(FILE *f)
             "                           auto (default): the highest-numbered CPU the\n"
             "                           daemon may use, if it may use two or more;\n"
             "                           off: wherever the scheduler puts it\n"
+            "  --idle-release SECONDS   after this long without a request, free the\n"
+            "                           spare shadows and return free heap memory\n"
+            "                           (default 5; fractions allowed). The next push\n"
+            "                           then writes fresh memory, which is slower.\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
@@ -119,6 +125,7 @@ settings_init(settings *c)
     c->snapshot_interval_ms = d.snapshot_interval_ms;
     c->snapshot_keep = d.snapshot_keep;
     c->io_cpu = d.io_cpu;
+    c->idle_release_ms = d.idle_release_ms;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;
@@ -305,6 +312,14 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
         c->http = strcmp(value, "off") == 0 ? NULL : xstrndup(value, strlen(value));
         c->http_is_default = 0;
         return 0;
+    case K_IDLE_RELEASE:
+        if (parse_seconds(value, 0, &v) < 0 || v > SETTINGS_MAX_IDLE_RELEASE_MS) {
+            snprintf(why, size, "expected a positive number of seconds, at most %d",
+                     SETTINGS_MAX_IDLE_RELEASE_MS / 1000);
+            return -EINVAL;
+        }
+        c->idle_release_ms = v;
+        return 0;
     case K_IO_CPU:
         if (strcmp(value, "auto") == 0) {
             c->io_cpu = SERVER_IO_CPU_AUTO;
@@ -404,6 +419,9 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_HTTP:
         snprintf(buf, size, "%s", c->http != NULL ? c->http : "off");
         break;
+    case K_IDLE_RELEASE:
+        fmt_seconds(buf, size, c->idle_release_ms);
+        break;
     case K_IO_CPU:
         if (c->io_cpu == SERVER_IO_CPU_AUTO)
             snprintf(buf, size, "auto");
@@ -457,6 +475,7 @@ settings_server(const settings *c, server_config *out)
     out->snapshot_keep = c->snapshot_keep;
     out->require_snapshot = c->require_snapshot;
     out->io_cpu = c->io_cpu;
+    out->idle_release_ms = c->idle_release_ms;
 }
 
 void

@@ -24,6 +24,8 @@
 #define SETTINGS_MAX_FILE_BYTES (1 << 20)
 /* io-cpu accepts CPU numbers below this (glibc's CPU_SETSIZE). */
 #define SETTINGS_MAX_CPU 1024
+/* The longest idle-release: one day. */
+#define SETTINGS_MAX_IDLE_RELEASE_MS 86400000
 
 /* Effective settings. Strings are owned (settings_free). */
 typedef struct settings {
@@ -35,7 +37,8 @@ typedef struct settings {
     uint64_t snapshot_interval_ms; /* 0: only on request and at shutdown */
     size_t snapshot_keep;
     int require_snapshot;
-    int io_cpu;          /* a CPU number, SERVER_IO_CPU_AUTO or SERVER_IO_CPU_OFF */
+    int io_cpu; /* a CPU number, SERVER_IO_CPU_AUTO or SERVER_IO_CPU_OFF */
+    uint64_t idle_release_ms;
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */

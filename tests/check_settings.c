@@ -78,6 +78,8 @@ START_TEST(test_settings_defaults)
     ck_assert_ptr_null(sc.state_dir);
     ck_assert_int_eq(c.io_cpu, SERVER_IO_CPU_AUTO);
     ck_assert_int_eq(sc.io_cpu, SERVER_IO_CPU_AUTO);
+    ck_assert_uint_eq(c.idle_release_ms, 5000);
+    ck_assert_uint_eq(sc.idle_release_ms, 5000);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -90,7 +92,8 @@ START_TEST(test_settings_defaults)
                         "require-snapshot = no\n"
                         "log-level = info\n"
                         "http = 127.0.0.1:7471\n"
-                        "io-cpu = auto\n");
+                        "io-cpu = auto\n"
+                        "idle-release = 5\n");
     free(p);
     settings_free(&c);
 }
@@ -113,7 +116,8 @@ START_TEST(test_settings_file_sets_every_key)
                            "require-snapshot = Yes\n"
                            "log-level = debug ; inline comment\n"
                            "http = [::1]:9000\n"
-                           "io-cpu = 1\n");
+                           "io-cpu = 1\n"
+                           "idle-release = 0.5\n");
 
     ck_assert_msg(cause == NULL, "%s", cause);
     ck_assert_int_eq(c.nlisten, 2);
@@ -129,6 +133,7 @@ START_TEST(test_settings_file_sets_every_key)
     ck_assert_str_eq(c.http, "[::1]:9000");
     ck_assert_int_eq(c.http_is_default, 0);
     ck_assert_int_eq(c.io_cpu, 1);
+    ck_assert_uint_eq(c.idle_release_ms, 500);
     settings_free(&c);
 
     cause = load(&c, "http = off\nio-cpu = off\n");
@@ -163,6 +168,12 @@ START_TEST(test_settings_errors_name_file_line_and_key)
     refused("http = 7471\n", "t.conf:1: http = '7471': expected HOST:PORT (or off)");
     refused("http = localhost:http\n",
             "t.conf:1: http = 'localhost:http': the port must be a number from 0 to 65535");
+    refused("idle-release = 0\n",
+            "t.conf:1: idle-release = '0': expected a positive number of seconds, at most 86400");
+    refused("idle-release = 90000\n", "t.conf:1: idle-release = '90000': expected a positive "
+                                       "number of seconds, at most 86400");
+    refused("idle-release = soon\n", "t.conf:1: idle-release = 'soon': expected a positive "
+                                      "number of seconds, at most 86400");
     refused("io-cpu = fast\n",
             "t.conf:1: io-cpu = 'fast': expected auto, off or a CPU number from 0 to 1023");
     refused("io-cpu = 1024\n",

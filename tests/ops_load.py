@@ -31,6 +31,13 @@
         push a 16 MiB model (4 tensors, a transaction of chunks) twice with
         values v then w, pull it and check it equals the EMA
         v - (1 - 0.5) * (v - w) computed here; then as threads PID.
+    ops_load.py release URL PID WAIT drop|keep
+        push a 32 MiB model (4 tensors, a transaction of chunks) three
+        times, so that the daemon (process PID) holds its spare shadows,
+        then read its VmRSS every 50 ms for WAIT seconds or until it has
+        dropped by 24 MiB; prints one JSON line (the RSS after the pushes
+        and at the end, KiB, and the seconds waited) and checks that it
+        dropped by 24 MiB within WAIT (drop) or by less than 8 MiB (keep).
     ops_load.py deny-setaffinity PROGRAM [ARG...]
         run PROGRAM with a seccomp filter under which sched_setaffinity
         fails with EPERM (as under the systemd unit without it allowed);
@@ -138,6 +145,37 @@ def threads(pid, expect):
         cpu = int(expect)
         assert len(narrowed) == 1 and lists[narrowed[0]] == {cpu}, out
         assert cpu in base, out
+
+
+def vm_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int([x for x in f if x.startswith("VmRSS:")][0].split()[1])
+
+
+def release(url, pid, wait, expect):
+    import numpy as np
+    import emad
+
+    client = emad.Client(url)
+    client.create("rel", exist_ok=True)
+    n = 8 * (1 << 20) // 4
+    tensors = {"t%d" % k: np.full(n, float(k), np.float32) for k in range(4)}
+    for step in range(1, 4):
+        client.push("rel", step, tensors)
+    client.close()
+    before = vm_rss_kib(pid)
+    t0 = time.monotonic()
+    now = before
+    while time.monotonic() - t0 < wait and before - now < 24 * 1024:
+        time.sleep(0.05)
+        now = vm_rss_kib(pid)
+    out = {"rss_after_pushes_kib": before, "rss_end_kib": now,
+           "seconds": round(time.monotonic() - t0, 2)}
+    print(json.dumps(out))
+    if expect == "drop":
+        assert before - now >= 24 * 1024, "spares not freed within %s s: %s" % (wait, out)
+    else:
+        assert before - now < 8 * 1024, "memory freed within %s s: %s" % (wait, out)
 
 
 def deny_setaffinity(argv):
@@ -273,6 +311,8 @@ def main(argv):
     elif cmd == "affinity":
         push_and_pull(argv[2])
         threads(int(argv[3]), argv[4])
+    elif cmd == "release":
+        release(argv[2], int(argv[3]), float(argv[4]), argv[5])
     elif cmd == "deny-setaffinity":
         deny_setaffinity(argv[2:])
     elif cmd == "threads":

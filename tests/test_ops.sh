@@ -14,7 +14,7 @@
 # its high-water mark (at most two pushes after the first two); and
 # nanomsg's I/O thread, and only it, is held on its CPU (--io-cpu) while
 # large pushes arrive, and without sched_setaffinity (seccomp) auto serves
-# with nothing held.
+# with nothing held; --idle-release sets when the spare shadows are freed.
 #
 # Every command runs under a timeout and the daemon is always killed on exit.
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3, PROMTOOL.
@@ -391,6 +391,28 @@ EOF
     kill -0 "$pid" || fail "emad died during the page-fault pushes"
     stop_daemon TERM
 fi
+# --idle-release: the spare shadows of a 32 MiB model are freed (RSS drops
+# by 24 MiB or more) about 0.5 s after the last request with 0.5, and not
+# within 2 s with 30.
+rm -rf "$work/state" # no models from the tests above
+: >"$work/emad.log"
+start_daemon --idle-release 0.5
+load release "$url" "$pid" 3 drop >"$work/release" ||
+    fail "--idle-release 0.5: $(cat "$work/release")"
+echo "$test_name: --idle-release 0.5: $(cat "$work/release")"
+wait_log "event=idle_release idle_ms=500"
+kill -0 "$pid" || fail "emad died after the idle release"
+stop_daemon TERM
+rm -rf "$work/state"
+: >"$work/emad.log"
+start_daemon --idle-release 30
+load release "$url" "$pid" 2 keep >"$work/release" ||
+    fail "--idle-release 30: $(cat "$work/release")"
+echo "$test_name: --idle-release 30: $(cat "$work/release")"
+if grep -qF "event=idle_release" "$work/emad.log"; then fail "released before 30 s idle"; fi
+stop_daemon TERM
+rm -rf "$work/state"
+
 # nanomsg's I/O thread held on one CPU while large pushes arrive (--io-cpu).
 # Before any push no thread of the daemon is narrowed. After a push of a
 # 16 MiB model and a pull (the average checked), exactly one thread runs
