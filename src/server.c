@@ -1951,40 +1951,32 @@ cpu_list(const cpu_set_t *set, char *buf, size_t size)
 }
 
 /*
- * The thread of this process, other than the caller, whose affinity is
- * exactly {cpu}; 0 unless there is exactly one. Should there be several
- * (a nanomsg with more I/O threads), each is given the set all back, so
- * that none stays narrowed.
+ * Give every thread of this process other than the caller whose affinity
+ * is exactly {cpu} the set all back. Returns that thread if there was
+ * exactly one, else 0 (none, or a nanomsg with several I/O threads).
  */
 static pid_t
-find_thread_on(int cpu, const cpu_set_t *all)
+free_threads_on(int cpu, const cpu_set_t *all)
 {
-    pid_t self = (pid_t)syscall(SYS_gettid), found[8];
+    pid_t self = (pid_t)syscall(SYS_gettid), found = 0;
     struct dirent *e;
     cpu_set_t set;
-    size_t n = 0;
+    int n = 0;
     DIR *d;
 
     if ((d = opendir("/proc/self/task")) == NULL)
         return 0;
     while ((e = readdir(d)) != NULL) {
         pid_t tid = (pid_t)atoi(e->d_name);
-        if (tid <= 0 || tid == self || sched_getaffinity(tid, sizeof(set), &set) != 0)
+        if (tid <= 0 || tid == self || sched_getaffinity(tid, sizeof(set), &set) != 0 ||
+            CPU_COUNT(&set) != 1 || !CPU_ISSET(cpu, &set))
             continue;
-        if (CPU_COUNT(&set) == 1 && CPU_ISSET(cpu, &set)) {
-            if (n < sizeof(found) / sizeof(found[0]))
-                found[n] = tid;
-            else
-                (void)sched_setaffinity(tid, sizeof(*all), all);
-            n++;
-        }
+        (void)sched_setaffinity(tid, sizeof(*all), all);
+        found = tid;
+        n++;
     }
     closedir(d);
-    if (n == 1)
-        return found[0];
-    for (size_t i = 0; i < n && i < sizeof(found) / sizeof(found[0]); i++)
-        (void)sched_setaffinity(found[i], sizeof(*all), all);
-    return 0;
+    return n == 1 ? found : 0;
 }
 
 /*
@@ -1994,9 +1986,9 @@ find_thread_on(int cpu, const cpu_set_t *all)
  * the process's first socket, and a new thread inherits its creator's CPU
  * affinity: the calling thread narrows its own affinity to the chosen CPU
  * around nn_socket() and restores it, and the one thread then left on that
- * CPU alone is nanomsg's. It is given every CPU back at once (io_hold()
- * holds it on its CPU while large pushes arrive); threads created later
- * (the libuv threadpool, HTTP) never see the narrowed set.
+ * CPU alone is nanomsg's. free_threads_on() gives it every CPU back at
+ * once (io_hold() holds it on its CPU while large pushes arrive); threads
+ * created later (the libuv threadpool, HTTP) never see the narrowed set.
  *
  * io_cpu: SERVER_IO_CPU_AUTO picks the highest-numbered CPU this process
  * may run on, and none when it may run on only one or cannot change its
@@ -2026,11 +2018,12 @@ open_socket(server *srv, int io_cpu, char **cause)
                                "io-cpu %d is not among the CPUs this process may run on (%s)",
                                io_cpu, cpu_list(&srv->io.all, list, sizeof(list)));
         }
-        CPU_ZERO(&one);
-        if (cpu >= 0)
+        if (cpu >= 0) {
+            CPU_ZERO(&one);
             CPU_SET(cpu, &one);
-        if (cpu >= 0 && (e = pthread_setaffinity_np(pthread_self(), sizeof(one), &one)) != 0)
-            cpu = -1;
+            if ((e = pthread_setaffinity_np(pthread_self(), sizeof(one), &one)) != 0)
+                cpu = -1;
+        }
     }
     if (e != 0) {
         if (io_cpu != SERVER_IO_CPU_AUTO)
@@ -2044,9 +2037,8 @@ open_socket(server *srv, int io_cpu, char **cause)
     if (cpu >= 0) {
         if (pthread_setaffinity_np(pthread_self(), sizeof(srv->io.all), &srv->io.all) != 0)
             log_warn("event=affinity_restore_failed cpu=%d", cpu); /* the loop stays on cpu */
-        if (sock >= 0 && (srv->io.tid = find_thread_on(cpu, &srv->io.all)) != 0) {
+        if (sock >= 0 && (srv->io.tid = free_threads_on(cpu, &srv->io.all)) != 0) {
             srv->io.cpu = cpu;
-            srv->io.held = sched_setaffinity(srv->io.tid, sizeof(srv->io.all), &srv->io.all) != 0;
             log_info("event=io_thread tid=%d cpu=%d (held there while large pushes arrive)",
                      (int)srv->io.tid, cpu);
         } else if (sock >= 0) {
