@@ -89,6 +89,8 @@
 
 /* libemad keeps this much room for nanomsg's SP header below the daemon's limit. */
 #define SP_HEADER_ROOM 64
+/* Room for the metadata of a pull reply of DEFAULT_TENSORS tensors (a few hundred bytes). */
+#define PULL_META_ROOM 4096
 /* The largest raw nanomsg message (the daemon's limit). */
 #define RAW_MAX_CHUNK (64 * MIB)
 
@@ -671,8 +673,9 @@ run_size(bench *b, int idx)
 
     /* The message sizes libemad uses: requests of at most chunk_bytes,
      * replies of at most max_reply_bytes, both capped by the daemon's limit
-     * less the room libemad keeps for nanomsg's SP header; libemad reads
-     * pull sessions 16 MiB at a time. */
+     * less the room libemad keeps for nanomsg's SP header. libemad pulls
+     * a model of up to 16 MiB in one reply (PULL_INLINE_BYTES) and reads
+     * a larger one's session 4 MiB at a time (READ_BATCH_BYTES). */
     emad_options_init(&opts);
     push_chunk = opts.chunk_bytes;
     if (emad_server_max_message_bytes(c) - SP_HEADER_ROOM < push_chunk)
@@ -681,8 +684,8 @@ run_size(bench *b, int idx)
     if (emad_server_max_message_bytes(c) < pull_chunk)
         pull_chunk = emad_server_max_message_bytes(c);
     pull_chunk -= SP_HEADER_ROOM;
-    if (pull_chunk > 16 * MIB)
-        pull_chunk = 16 * MIB;
+    if (pull_chunk > 4 * MIB)
+        pull_chunk = m.total + PULL_META_ROOM <= 16 * MIB ? m.total : 4 * MIB;
     if (push_chunk > RAW_MAX_CHUNK)
         push_chunk = RAW_MAX_CHUNK;
     /* The endpoints of the server process share its copy of the model. */

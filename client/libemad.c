@@ -789,6 +789,17 @@ emad_dtype_size(int dtype)
 /* Largest read reply the client asks for while pulling a session. */
 #define READ_BATCH_BYTES (4ULL << 20)
 
+/*
+ * Largest pull reply that carries its data inline (the pull's
+ * inline_bytes); a larger pull becomes a session read in batches of
+ * READ_BATCH_BYTES. A message of 32 MiB or more is received into a fresh
+ * mapping under glibc's malloc (its mmap threshold adjusts up to 32 MiB,
+ * no further), page-faulted in on every pull: models of 32 and 48 MiB
+ * pulled inline moved 0.9-1.0 GB/s against 2.2-3.3 GB/s as sessions
+ * (bench/RESULTS.md, "Pull size").
+ */
+#define PULL_INLINE_BYTES (16ULL << 20)
+
 /* Fill opts with the defaults (30 s requests, 5 s first contact, 4 MiB chunks, 64 MiB replies). */
 EMAD_EXTERN void
 emad_options_init(emad_options *opts)
@@ -1600,7 +1611,7 @@ build_pull(msgpack_packer *pk, const void *vctx)
     int with_decay = q->opts != NULL && q->opts->decay >= 0.0;
     int with_dtype = q->opts != NULL && q->opts->dtype != EMAD_DTYPE_INVALID;
 
-    pk_head(pk, "pull", 2 + with_names + with_decay + with_dtype);
+    pk_head(pk, "pull", 3 + with_names + with_decay + with_dtype);
     pk_kv_str(pk, "model", q->model);
     if (with_decay) {
         proto_pack_str(pk, "decay");
@@ -1616,6 +1627,7 @@ build_pull(msgpack_packer *pk, const void *vctx)
             proto_pack_str(pk, pull_name(q, i));
     }
     proto_pack_kv_u64(pk, "max_reply_bytes", q->max_reply);
+    proto_pack_kv_u64(pk, "inline_bytes", PULL_INLINE_BYTES);
 }
 
 /* Parse one tensor map of a pull or list reply into *t; EMAD_EPROTO if malformed. */
@@ -1853,7 +1865,7 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
                 memcpy(dst[k], p->t[k].data, p->t[k].nbytes);
         return 0;
     }
-        /* Reads of at most 4 MiB, like pushes: over TCP loopback nanomsg moves 2-4 MiB messages
+    /* Reads of at most 4 MiB, like pushes: over TCP loopback nanomsg moves 2-4 MiB messages
      * fastest, and messages of 32 MiB and more cost fresh mmap'd buffers and page faults
      * (bench/RESULTS.md). */
     budget =

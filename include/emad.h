@@ -192,7 +192,9 @@ typedef struct emad_options {
     int connect_timeout_ms;   /* first contact with the daemon; default 5000 */
     uint64_t chunk_bytes;     /* largest message the client sends; default 4 MiB,
                                  lowered automatically to what the daemon accepts */
-    uint64_t max_reply_bytes; /* largest reply the client accepts; default 64 MiB */
+    uint64_t max_reply_bytes; /* largest reply the client accepts; default 64 MiB.
+                                 Pulls of more than 16 MiB are read in replies of
+                                 at most 4 MiB whatever this is */
 } emad_options;
 
 /* Result of a push. */

@@ -1259,14 +1259,15 @@ handle_pull(req *r, store_err *err)
     const char **np = NULL;
     size_t *nl = NULL, n = 0, len;
     const char *model_name;
-    uint64_t max_reply = srv->cfg.max_message_bytes;
+    uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX;
     int present;
     store_view *v = NULL;
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
 
     if (get_str(r->root, "model", &model_name, &len, err) ||
-        get_u64(r->root, "max_reply_bytes", &max_reply, &present, err))
+        get_u64(r->root, "max_reply_bytes", &max_reply, &present, err) ||
+        get_u64(r->root, "inline_bytes", &max_inline, &present, err))
         return err->code;
     if (proto_map_get(r->root, "decay") != NULL) {
         vo.has_decay = 1;
@@ -1287,6 +1288,8 @@ handle_pull(req *r, store_err *err)
     }
     if (max_reply > srv->cfg.max_message_bytes)
         max_reply = srv->cfg.max_message_bytes;
+    if (max_inline > max_reply)
+        max_inline = max_reply;
     if (max_reply < PROTO_REPLY_OVERHEAD * 2)
         return req_fail(err, EMAD_ERANGE, "max_reply_bytes must be at least %d",
                         PROTO_REPLY_OVERHEAD * 2);
@@ -1316,7 +1319,7 @@ handle_pull(req *r, store_err *err)
     ctx.view = v;
     ctx.inline_data = 1;
     ctx.session = 0;
-    if (reply_size(build_pull, &ctx) <= max_reply) {
+    if (reply_size(build_pull, &ctx) <= max_inline) {
         uint64_t total = 0;
         for (size_t i = 0; i < v->ntensors; i++)
             total += v->tensors[i].nbytes;

@@ -1234,6 +1234,74 @@ START_TEST(test_e2e_pipelined_push_and_pull)
 }
 END_TEST
 
+/*
+ * libemad pulls a model of up to 16 MiB in one reply and a larger one
+ * through a session of reads: replies of 32 MiB and more are fresh
+ * mappings on each side, page-faulted in on every pull. The daemon allows
+ * 64 MiB messages here, so both models would fit in one reply.
+ */
+START_TEST(test_e2e_pull_inline_up_to_16_mib)
+{
+    enum { NSMALL = 3 * 1024 * 1024 + 512 * 1024, NLARGE = 5 * 1024 * 1024 }; /* 14, 20 MiB */
+    float *a = malloc(NLARGE * sizeof(float)), *b = malloc(NLARGE * sizeof(float));
+    float *expect = malloc(NLARGE * sizeof(float)), *got = malloc(NLARGE * sizeof(float));
+    const char *names[2] = {"small", "large"};
+    const size_t counts[2] = {NSMALL, NLARGE};
+    uint64_t rng = 11, step, reads, releases;
+    tu_daemon d;
+    emad_client *c;
+    emad_model *m;
+    emad_tensor t, into;
+
+    ck_assert(a != NULL && b != NULL && expect != NULL && got != NULL);
+    for (size_t i = 0; i < NLARGE; i++) {
+        volatile float diff, tt;
+        a[i] = tu_randf(&rng);
+        b[i] = tu_randf(&rng);
+        diff = a[i] - b[i];
+        tt = 0.5f * diff;
+        expect[i] = a[i] - tt;
+    }
+    daemon_up(&d, NULL);
+    c = client_open(&d, NULL);
+    for (int k = 0; k < 2; k++) {
+        OK(c, emad_create(c, names[k], 0.5, 0));
+        for (int s = 1; s <= 2; s++) {
+            t = tensor("w", EMAD_PARAM, EMAD_F32, s == 1 ? a : b, counts[k] * sizeof(float), 1,
+                       counts[k], 0);
+            OK(c, emad_push(c, names[k], (uint64_t)s, &t, 1, NULL));
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        reads = stat_get(c, "requests_read");
+        releases = stat_get(c, "requests_release");
+        memset(got, 0, counts[k] * sizeof(float));
+        into = (emad_tensor){.name = "w", .data = got, .nbytes = counts[k] * sizeof(float)};
+        OK(c, emad_pull_into(c, names[k], &into, 1, &step));
+        ck_assert_uint_eq(step, 2);
+        ck_assert_int_eq(memcmp(got, expect, counts[k] * sizeof(float)), 0);
+        OK(c, emad_pull(c, names[k], NULL, 0, &m));
+        ck_assert_uint_eq(m->tensors[0].nbytes, counts[k] * sizeof(float));
+        ck_assert_int_eq(memcmp(m->tensors[0].data, expect, counts[k] * sizeof(float)), 0);
+        emad_model_free(m);
+        if (k == 0) { /* inline: no reads, no release */
+            ck_assert_uint_eq(stat_get(c, "requests_read"), reads);
+            ck_assert_uint_eq(stat_get(c, "requests_release"), releases);
+        } else { /* 20 MiB in reads of at most 4 MiB, twice; each session released */
+            ck_assert_uint_ge(stat_get(c, "requests_read"), reads + 2 * 5);
+            ck_assert_uint_eq(stat_get(c, "requests_release"), releases + 2);
+        }
+    }
+    ck_assert_uint_eq(stat_get(c, "sessions_open"), 0);
+    emad_close(c);
+    daemon_down(&d);
+    free(a);
+    free(b);
+    free(expect);
+    free(got);
+}
+END_TEST
+
 /* ---- models larger than one message --------------------------------------------------------- */
 
 /* A model larger than one message goes as chunks and comes back bit-exact. */
@@ -1947,6 +2015,7 @@ e2e_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_e2e_chunked_push_and_pull);
     tcase_add_test(tc, test_e2e_pipelined_push_and_pull);
+    tcase_add_test(tc, test_e2e_pull_inline_up_to_16_mib);
     tcase_add_test(tc, test_e2e_chunks_answered_before_averaging);
     suite_add_tcase(s, tc);
 

@@ -504,6 +504,64 @@ START_TEST(test_server_large_pull_uses_session_and_read)
 }
 END_TEST
 
+/* inline_bytes caps the replies that carry data; larger pulls become sessions. */
+START_TEST(test_server_pull_inline_bytes)
+{
+    /* 64 Ki floats = 256 KiB, well inside the 1 MiB limit. */
+    size_t n = 64 * 1024;
+    float *v = malloc(n * 4);
+    const msgpack_object *r, *t, *d;
+
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)i * 0.5f;
+    create_model("m", 0.5);
+    assert_ok(push_f32("m", 1, "w", v, n));
+
+    /* Below the reply: a session, no data. */
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    kv_u64("inline_bytes", 65536);
+    r = send_req();
+    assert_ok(r);
+    t = &get(r, "tensors")->via.array.ptr[0];
+    ck_assert_ptr_null(get(t, "data"));
+    ck_assert_uint_eq(get_u(t, "nbytes"), n * 4);
+    begin_req("release", 1);
+    kv_u64("session", get_u(r, "session"));
+    assert_ok(send_req());
+
+    /* Above the reply (and above max_reply_bytes, which still rules): inline. */
+    begin_req("pull", 3);
+    kv_str("model", "m");
+    kv_u64("inline_bytes", 1ULL << 40);
+    kv_u64("max_reply_bytes", 512 * 1024);
+    r = send_req();
+    assert_ok(r);
+    ck_assert_ptr_null(get(r, "session"));
+    d = get(&get(r, "tensors")->via.array.ptr[0], "data");
+    ck_assert_ptr_nonnull(d);
+    ck_assert_uint_eq(d->via.bin.size, n * 4);
+    ck_assert_int_eq(memcmp(d->via.bin.ptr, v, n * 4), 0);
+
+    /* Not an unsigned integer: refused, nothing opened, still serving. */
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    kv_str("inline_bytes", "16M");
+    assert_err(send_req(), EMAD_EMALFORMED, "inline_bytes");
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    key("inline_bytes");
+    msgpack_pack_int64(&pk, -1);
+    assert_err(send_req(), EMAD_EMALFORMED, "inline_bytes");
+    begin_req("stats", 0);
+    r = send_req();
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(get(r, "stats"), "sessions_open"), 0);
+    assert_serving();
+    free(v);
+}
+END_TEST
+
 START_TEST(test_server_transaction_over_the_wire)
 {
     float v[4] = {1, 2, 3, 4};
@@ -750,6 +808,7 @@ server_suite(void)
     tcase_add_test(tc, test_server_rejects_malformed_push_fields);
     tcase_add_test(tc, test_server_error_names_tensor_for_shape_change);
     tcase_add_test(tc, test_server_large_pull_uses_session_and_read);
+    tcase_add_test(tc, test_server_pull_inline_bytes);
     tcase_add_test(tc, test_server_transaction_over_the_wire);
     tcase_add_test(tc, test_server_create_list_drop_stats);
     tcase_add_test(tc, test_server_pull_f16_param_rounds_to_pushed_dtype);
