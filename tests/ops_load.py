@@ -174,8 +174,9 @@ def release(url, pid, wait, expect):
     print(json.dumps(out))
     if expect == "drop":
         assert before - now >= 24 * 1024, "spares not freed within %s s: %s" % (wait, out)
-    else:
+    elif expect == "keep":
         assert before - now < 8 * 1024, "memory freed within %s s: %s" % (wait, out)
+    # "any": measured only (an allocator that keeps freed memory, as ASan's does)
 
 
 def deny_setaffinity(argv):

@@ -393,11 +393,14 @@ EOF
 fi
 # --idle-release: the spare shadows of a 32 MiB model are freed (RSS drops
 # by 24 MiB or more) about 0.5 s after the last request with 0.5, and not
-# within 2 s with 30.
+# within 2 s with 30. Under AddressSanitizer, whose allocator holds freed
+# memory in quarantine, only the release's log line and timing are checked.
 rm -rf "$work/state" # no models from the tests above
 : >"$work/emad.log"
 start_daemon --idle-release 0.5
-load release "$url" "$pid" 3 drop >"$work/release" ||
+release_drop=drop
+if [ -n "$asan_rt" ]; then release_drop=any; fi
+load release "$url" "$pid" 3 "$release_drop" >"$work/release" ||
     fail "--idle-release 0.5: $(cat "$work/release")"
 echo "$test_name: --idle-release 0.5: $(cat "$work/release")"
 wait_log "event=idle_release idle_ms=500"
