@@ -273,6 +273,21 @@ stage_find(const stage *st, const char *name, size_t len)
     return slot != 0 ? &st->items[slot - 1] : NULL;
 }
 
+/* Make room for n more items without growing the items array or the index again. */
+static void
+stage_reserve(stage *st, size_t n)
+{
+    size_t cap = st->cap ? st->cap : 16;
+
+    while (cap < st->nitems + n)
+        cap *= 2;
+    if (cap != st->cap) {
+        st->items = xreallocarray(st->items, cap, sizeof(*st->items));
+        st->cap = cap;
+    }
+    strmap_reserve(st->index, st->nitems + n);
+}
+
 /* Add an item described by in (no slices yet); numel already computed. */
 static item *
 stage_add(stage *st, const store_input *in, uint64_t numel)
@@ -748,6 +763,7 @@ stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_e
     char name[EMAD_MAX_NAME_BYTES + 1];
     const slice *other;
 
+    stage_reserve(st, n);
     for (size_t i = 0; i < n; i++) {
         uint64_t numel, count;
         item *it;
@@ -828,19 +844,29 @@ check_coverage(item *it, store_err *err)
     return 0;
 }
 
+/* Per-item plan made before applying. */
+typedef struct plan {
+    tensor *t; /* existing tensor, or NULL for a new one */
+    int averaged;
+    uint32_t nshadow;
+    blob *target[EMAD_MAX_DECAYS]; /* blobs to write (new ones for new tensors and copy-on-write) */
+    int stale, skipped;
+} plan;
+
 /*
  * Count NaN/Inf in the averaged tensors of a stage (unless the model
  * allows them). With nonfinite = reject, the first bad tensor fails the
- * whole stage with EMAD_ENONFINITE.
+ * whole stage with EMAD_ENONFINITE. p, if not NULL, holds each item's
+ * stored tensor already looked up (p[i].t).
  */
 static int
-check_nonfinite(const model *m, stage *st, store_err *err)
+check_nonfinite(const model *m, stage *st, const plan *p, store_err *err)
 {
     if (st->checked)
         return 0;
     for (size_t i = 0; i < st->nitems && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW; i++) {
         item *it = &st->items[i];
-        const tensor *t = strmap_get(m->index, it->name, it->name_len);
+        const tensor *t = p != NULL ? p[i].t : strmap_get(m->index, it->name, it->name_len);
         int averaged =
             t != NULL ? t->averaged : is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
 
@@ -860,15 +886,6 @@ check_nonfinite(const model *m, stage *st, store_err *err)
     return 0;
 }
 
-/* Per-item plan made before applying. */
-typedef struct plan {
-    tensor *t; /* existing tensor, or NULL for a new one */
-    int averaged;
-    uint32_t nshadow;
-    blob *target[EMAD_MAX_DECAYS]; /* blobs to write (new ones for new tensors and copy-on-write) */
-    int stale, skipped;
-} plan;
-
 /* Release whatever reserve() allocated. */
 static void
 unreserve(plan *p, size_t n)
@@ -879,18 +896,19 @@ unreserve(plan *p, size_t n)
                 blob_unref(p[i].target[j]);
 }
 
-/* Plan every item and allocate the blobs it needs; EMAD_ENOMEM undoes all. */
+/*
+ * Plan every item and allocate the blobs it needs; EMAD_ENOMEM undoes all.
+ * p is zeroed but for p[i].t, each item's stored tensor or NULL.
+ */
 static int
 reserve(model *m, const stage *st, uint64_t step, plan *p, store_err *err)
 {
-    memset(p, 0, st->nitems * sizeof(*p));
     for (size_t i = 0; i < st->nitems; i++) {
         const item *it = &st->items[i];
-        tensor *t = strmap_get(m->index, it->name, it->name_len);
+        tensor *t = p[i].t;
         uint64_t numel, nbytes;
         int sdtype;
 
-        p[i].t = t;
         if (t != NULL && t->step >= step) {
             p[i].stale = 1;
             continue;
@@ -1047,29 +1065,29 @@ apply(model *m, const stage *st, uint64_t step, plan *p, uint64_t now_ms, store_
 static int
 apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *res, store_err *err)
 {
-    plan *p;
-    int rc;
+    plan *p = xcalloc(st->nitems ? st->nitems : 1, sizeof(*p));
+    int rc = 0;
 
-    for (size_t i = 0; i < st->nitems; i++) {
+    /* Each name is looked up once; nothing adds or removes tensors until apply(). */
+    for (size_t i = 0; i < st->nitems && rc == 0; i++) {
         item *it = &st->items[i];
-        const tensor *t = strmap_get(m->index, it->name, it->name_len);
+        tensor *t = p[i].t = strmap_get(m->index, it->name, it->name_len);
 
         if (t != NULL &&
             check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape, err) != 0)
-            return err->code;
-        if (check_coverage(it, err) != 0)
-            return err->code;
+            rc = err->code;
+        else if (check_coverage(it, err) != 0)
+            rc = err->code;
     }
-    if ((rc = check_nonfinite(m, st, err)) != 0)
-        return rc;
-    res->ignored += st->ignored;
-    if (st->nitems == 0) {
-        res->step = m->step;
-        return 0;
+    if (rc == 0)
+        rc = check_nonfinite(m, st, p, err);
+    if (rc == 0) {
+        res->ignored += st->ignored;
+        if (st->nitems == 0)
+            res->step = m->step;
+        else if ((rc = reserve(m, st, step, p, err)) == 0)
+            apply(m, st, step, p, now_ms, res);
     }
-    p = xcalloc(st->nitems, sizeof(*p));
-    if ((rc = reserve(m, st, step, p, err)) == 0)
-        apply(m, st, step, p, now_ms, res);
     free(p);
     return rc;
 }
@@ -1239,7 +1257,7 @@ contribute(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms,
         res->step = m->step;
         return 0;
     }
-    if ((rc = check_nonfinite(m, st, err)) != 0 || (rc = merge_stage(&p->st, st, err)) != 0) {
+    if ((rc = check_nonfinite(m, st, NULL, err)) != 0 || (rc = merge_stage(&p->st, st, err)) != 0) {
         if (created)
             pending_remove(m, p);
         return rc;

@@ -68,14 +68,14 @@ find_slot(const strmap *m, const char *key, size_t len, size_t hash)
     return i;
 }
 
-/* Double the table. */
+/* Rehash into a table of cap slots (a power of two, above the count). */
 static void
-grow(strmap *m)
+resize(strmap *m, size_t cap)
 {
     struct slot *old = m->slots;
     size_t oldcap = m->cap;
 
-    m->cap *= 2;
+    m->cap = cap;
     m->slots = xcalloc(m->cap, sizeof(*m->slots));
     for (size_t i = 0; i < oldcap; i++) {
         if (old[i].key != NULL) {
@@ -99,11 +99,22 @@ strmap_put(strmap *m, const char *key, size_t len, void *value)
     size_t hash = strmap_hash(key, len), i;
 
     if ((m->count + 1) * 4 > m->cap * 3)
-        grow(m);
+        resize(m, m->cap * 2);
     i = find_slot(m, key, len, hash);
     if (m->slots[i].key == NULL)
         m->count++;
     m->slots[i] = (struct slot){key, len, hash, value};
+}
+
+void
+strmap_reserve(strmap *m, size_t n)
+{
+    size_t cap = m->cap;
+
+    while (n * 4 > cap * 3) /* the load factor strmap_put() keeps */
+        cap *= 2;
+    if (cap != m->cap)
+        resize(m, cap);
 }
 
 void *

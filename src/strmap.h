@@ -24,6 +24,9 @@ void *strmap_get(const strmap *m, const char *key, size_t len);
 /* Insert or replace. */
 void strmap_put(strmap *m, const char *key, size_t len, void *value);
 
+/* Make room for n keys in all without growing again (aborts on out of memory). */
+void strmap_reserve(strmap *m, size_t n);
+
 /* Remove a key; returns its value or NULL. */
 void *strmap_del(strmap *m, const char *key, size_t len);
 

@@ -42,6 +42,8 @@ START_TEST(test_strmap_matches_reference_under_random_ops)
         default:
             ck_assert_ptr_eq(strmap_get(m, keys[k], len), present[k] ? &present[k] : NULL);
         }
+        if (iter % 997 == 0) /* rehash into a larger table now and then */
+            strmap_reserve(m, count + (size_t)(x >> 40) % 3000);
         ck_assert_uint_eq(strmap_count(m), count);
     }
     for (int k = 0; k < NKEYS; k++)
@@ -69,6 +71,32 @@ START_TEST(test_strmap_keys_with_embedded_nul_and_prefixes)
 }
 END_TEST
 
+/* Room made ahead keeps every key; later puts and deletes behave as without it. */
+START_TEST(test_strmap_reserve_keeps_keys)
+{
+    static char keys[NKEYS][16];
+    strmap *m = strmap_create();
+
+    for (int i = 0; i < NKEYS; i++)
+        snprintf(keys[i], sizeof(keys[i]), "layer.%d.bias", i);
+    for (int i = 0; i < 100; i++)
+        strmap_put(m, keys[i], strlen(keys[i]), keys[i]);
+    strmap_reserve(m, 10);    /* below the count: nothing lost */
+    strmap_reserve(m, NKEYS); /* one rehash of the 100 keys */
+    ck_assert_uint_eq(strmap_count(m), 100);
+    for (int i = 0; i < NKEYS; i++)
+        ck_assert_ptr_eq(strmap_get(m, keys[i], strlen(keys[i])), i < 100 ? keys[i] : NULL);
+    for (int i = 100; i < NKEYS; i++)
+        strmap_put(m, keys[i], strlen(keys[i]), keys[i]);
+    for (int i = 0; i < NKEYS; i += 2)
+        ck_assert_ptr_eq(strmap_del(m, keys[i], strlen(keys[i])), keys[i]);
+    ck_assert_uint_eq(strmap_count(m), NKEYS / 2);
+    for (int i = 0; i < NKEYS; i++)
+        ck_assert_ptr_eq(strmap_get(m, keys[i], strlen(keys[i])), i % 2 ? keys[i] : NULL);
+    strmap_destroy(m);
+}
+END_TEST
+
 static Suite *
 strmap_suite(void)
 {
@@ -77,6 +105,7 @@ strmap_suite(void)
 
     tcase_add_test(tc, test_strmap_matches_reference_under_random_ops);
     tcase_add_test(tc, test_strmap_keys_with_embedded_nul_and_prefixes);
+    tcase_add_test(tc, test_strmap_reserve_keeps_keys);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;
