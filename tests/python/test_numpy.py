@@ -308,3 +308,37 @@ def test_flush_with_a_timeout(client, monkeypatch):
     assert ei.value.code == emad.ETIMEDOUT
     client.flush()
     assert client.pull("m").step == 1
+
+
+def test_push_entries_send_plain_arrays_in_place_and_convert_the_rest():
+    from emad import _arrays
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cases = [  # (value, kind, dtype name, shape, nbytes)
+        (a, 0, "F32", (2, 3), 24),
+        (np.ones(5, np.float16), 0, "F16", (5,), 10),
+        (np.full((), 2.5), 0, "F64", (), 8),
+        (np.zeros((0, 3), np.float32), 0, "F32", (0, 3), 0),
+        (np.array([True, False]), 1, "BOOL", (2,), 2),
+        (np.arange(3, dtype=np.uint8), 1, "U8", (3,), 3),
+        (np.arange(3, dtype=np.int64), 1, "I64", (3,), 24),
+    ]
+    for value, kind, dtype, shape, nbytes in cases:
+        e = _arrays.make_entry("t", kind, value)
+        assert (e.name, e.bname, e.kind, e.dtype, e.shape, e.nbytes) == \
+            ("t", b"t", kind, dtype, shape, nbytes), value
+        assert e.src is value  # sent from the caller's memory, no copy
+        assert e.pointer() == (value.ctypes.data if nbytes else None)
+        assert (e.offset, e.count) == (0, 0)
+    # Converted first: big-endian and strided arrays become contiguous little-endian copies.
+    for value in (np.arange(4, dtype=">f4"), a[:, ::2]):
+        e = _arrays.make_entry("t", 0, value)
+        assert e.src is not value and e.src.dtype == np.dtype("<f4") and e.src.flags.c_contiguous
+        assert np.array_equal(e.src, value) and e.nbytes == value.size * 4
+    # Refused as before: an integer param, a rank-17 array, a name that is not a string.
+    for name, kind, value, code in [("t", 0, np.ones(2, np.int32), emad.EDTYPE),
+                                    ("t", 0, np.ones((1,) * 17, np.float32), emad.ELIMIT),
+                                    (b"t", 0, a, emad.ENAME), ("", 0, a, emad.ENAME)]:
+        with pytest.raises(emad.Error) as ei:
+            _arrays.make_entry(name, kind, value)
+        assert ei.value.code == code

@@ -213,8 +213,18 @@ def _from_torch(name, t, dtype=None):
     return dtype or by_torch[t.dtype], t
 
 
+# Native little-endian numpy dtypes sent as they are: make_entry's fast path.
+_NAME_BY_PLAIN = {v: k for k, v in _NP_BY_NAME.items()} if sys.byteorder == "little" else {}
+
+
 def make_entry(name, kind, value):
     """An :class:`Entry` for a numpy array, torch tensor, :class:`Typed` or :class:`Shard`."""
+    if type(value) is np.ndarray and type(name) is str and name:
+        # The common case (a C-contiguous array in a plain dtype) without the general checks.
+        dtype = _NAME_BY_PLAIN.get(value.dtype)
+        if (dtype is not None and value.flags.c_contiguous and value.ndim <= MAX_NDIM
+                and (kind != 0 or dtype in FLOAT_DTYPES)):
+            return Entry(name, kind, dtype, value.shape, value, value.nbytes)
     if not isinstance(name, str) or not name:
         _fail("EMAD_ENAME", "tensor names must be non-empty strings, not %r" % (name,))
     shard = None
