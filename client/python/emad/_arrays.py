@@ -61,7 +61,18 @@ def _is_torch(x):
     return mod is not None and isinstance(x, mod.Tensor)
 
 
+_TORCH_TABLES = None
+
+
 def _torch_tables():
+    """(emad name -> torch dtype, torch dtype -> emad name), built once (every push entry asks)."""
+    global _TORCH_TABLES
+    if _TORCH_TABLES is None:
+        _TORCH_TABLES = _build_torch_tables()
+    return _TORCH_TABLES
+
+
+def _build_torch_tables():
     import torch
 
     by_name = {
