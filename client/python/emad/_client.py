@@ -9,6 +9,7 @@ with libemad's code and the daemon's message.
 
 import collections
 import ctypes
+import math
 import os
 import queue
 import threading
@@ -632,7 +633,7 @@ class Client:
                 dt = d.dtype
                 if out_dtype is not None and dt in FLOAT_DTYPES:
                     dt = out_dtype
-                numel = int(np.prod(d.shape, dtype=np.int64)) if d.shape else 1
+                numel = math.prod(d.shape)  # 1 for a scalar (shape ())
                 nbytes = numel * DTYPE_SIZES[dt]
                 buf = np.empty(max(nbytes, 1), dtype=np.uint8)
                 bufs.append(buf)
