@@ -172,12 +172,12 @@ create_model(const char *name, double decay)
     assert_ok(send_req());
 }
 
-/* Pack one tensor map. */
+/* Pack a tensor map of nkeys keys, the first five these (the caller packs the rest). */
 static void
-pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_t *shape,
-            uint32_t ndim, const void *data, size_t len)
+pack_tensor_keys(size_t nkeys, const char *name, const char *kind, const char *dtype,
+                 const uint64_t *shape, uint32_t ndim, const void *data, size_t len)
 {
-    msgpack_pack_map(&pk, 5);
+    msgpack_pack_map(&pk, nkeys);
     kv_str("name", name);
     kv_str("kind", kind);
     kv_str("dtype", dtype);
@@ -187,6 +187,14 @@ pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_
         msgpack_pack_uint64(&pk, shape[i]);
     key("data");
     msgpack_pack_bin_with_body(&pk, data, len);
+}
+
+/* A tensor map of exactly these five keys. */
+static void
+pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_t *shape,
+            uint32_t ndim, const void *data, size_t len)
+{
+    pack_tensor_keys(5, name, kind, dtype, shape, ndim, data, len);
 }
 
 /* Push one F32 param of n elements at step. */
@@ -386,8 +394,35 @@ START_TEST(test_server_rejects_malformed_push_fields)
     kv_u64("step", 1);
     key("tensors");
     msgpack_pack_array(&pk, 1);
-    msgpack_pack_map(&pk, 6);
-    kv_str("name", "w");
+    {
+        uint64_t one = 1;
+        pack_tensor_keys(6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
+    }
+    kv_u64("offset", 4);
+    assert_err(send_req(), EMAD_EMALFORMED, "transaction");
+
+    begin_req("push", 3); /* offset not an unsigned integer */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    {
+        uint64_t one = 1;
+        pack_tensor_keys(6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
+    }
+    kv_str("offset", "4");
+    assert_err(
+        send_req(), EMAD_EMALFORMED,
+        "tensor 'w': key 'offset' is not an unsigned integer (expected an unsigned integer)");
+
+    begin_req("push", 3); /* no key "name": only the integer key 7, whose value is "name" */
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 5);
+    msgpack_pack_uint64(&pk, 7); /* an integer key is no key of ours */
+    msgpack_pack_str_with_body(&pk, "name", 4);
     kv_str("kind", "param");
     kv_str("dtype", "F32");
     key("shape");
@@ -395,8 +430,7 @@ START_TEST(test_server_rejects_malformed_push_fields)
     msgpack_pack_uint64(&pk, 1);
     key("data");
     msgpack_pack_bin_with_body(&pk, v, 4);
-    kv_u64("offset", 4);
-    assert_err(send_req(), EMAD_EMALFORMED, "transaction");
+    assert_err(send_req(), EMAD_EMALFORMED, "key 'name' is missing (expected a string)");
 
     /* Nothing was stored, and the server still serves. */
     begin_req("list", 1);
@@ -406,6 +440,45 @@ START_TEST(test_server_rejects_malformed_push_fields)
         assert_ok(r);
         ck_assert_uint_eq(get(r, "tensors")->via.array.size, 0);
     }
+    assert_serving();
+}
+END_TEST
+
+/* A tensor map's keys in any order; of a repeated key the first counts (as for every map). */
+START_TEST(test_server_tensor_map_keys_any_order_first_wins)
+{
+    float v[2] = {1, 2}, w[2] = {5, 6};
+    const msgpack_object *r, *d;
+
+    create_model("m", 0.5);
+    begin_req("push", 3);
+    kv_str("model", "m");
+    kv_u64("step", 1);
+    key("tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 7);
+    key("data");
+    msgpack_pack_bin_with_body(&pk, v, 8);
+    key("shape");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 2);
+    kv_str("dtype", "F32");
+    kv_str("name", "w");
+    kv_str("kind", "param");
+    kv_str("name", "other"); /* ignored: "name" came first */
+    key("data");             /* ignored too */
+    msgpack_pack_bin_with_body(&pk, w, 8);
+    r = send_req();
+    assert_ok(r);
+    ck_assert_uint_eq(get_u(r, "applied"), 1);
+    begin_req("pull", 1);
+    kv_str("model", "m");
+    r = send_req();
+    assert_ok(r);
+    ck_assert_uint_eq(get(r, "tensors")->via.array.size, 1);
+    d = get(&get(r, "tensors")->via.array.ptr[0], "data");
+    ck_assert_uint_eq(d->via.bin.size, 8);
+    ck_assert_int_eq(memcmp(d->via.bin.ptr, v, 8), 0);
     assert_serving();
 }
 END_TEST
@@ -806,6 +879,7 @@ server_suite(void)
     tcase_add_test(tc, test_server_rejects_garbage_and_keeps_serving);
     tcase_add_test(tc, test_server_rejects_version_and_op);
     tcase_add_test(tc, test_server_rejects_malformed_push_fields);
+    tcase_add_test(tc, test_server_tensor_map_keys_any_order_first_wins);
     tcase_add_test(tc, test_server_error_names_tensor_for_shape_change);
     tcase_add_test(tc, test_server_large_pull_uses_session_and_read);
     tcase_add_test(tc, test_server_pull_inline_bytes);
