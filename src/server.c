@@ -491,23 +491,21 @@ typedef struct tensor_keys {
     const msgpack_object *name, *kind, *dtype, *shape, *data, *offset, *as_dtype, *slice;
 } tensor_keys;
 
-/* One pass over a tensor map (eight proto_map_get() calls cost 7 times as much). */
+/* One pass over a tensor map's keys, instead of a proto_map_get() per key (eight per tensor). */
 static void
 tensor_keys_get(const msgpack_object *map, tensor_keys *k)
 {
+    /* clang-format off */
+#define TENSOR_KEY(f) {#f, sizeof(#f) - 1, offsetof(tensor_keys, f)}
+    /* clang-format on */
     static const struct {
         const char *key;
         size_t len, field;
     } known[] = {
-        {"name", 4, offsetof(tensor_keys, name)},
-        {"kind", 4, offsetof(tensor_keys, kind)},
-        {"dtype", 5, offsetof(tensor_keys, dtype)},
-        {"shape", 5, offsetof(tensor_keys, shape)},
-        {"data", 4, offsetof(tensor_keys, data)},
-        {"offset", 6, offsetof(tensor_keys, offset)},
-        {"as_dtype", 8, offsetof(tensor_keys, as_dtype)},
-        {"slice", 5, offsetof(tensor_keys, slice)},
+        TENSOR_KEY(name), TENSOR_KEY(kind),   TENSOR_KEY(dtype),    TENSOR_KEY(shape),
+        TENSOR_KEY(data), TENSOR_KEY(offset), TENSOR_KEY(as_dtype), TENSOR_KEY(slice),
     };
+#undef TENSOR_KEY
 
     memset(k, 0, sizeof(*k));
     for (uint32_t i = 0; i < map->via.map.size; i++) {

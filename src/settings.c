@@ -325,9 +325,9 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
             c->io_cpu = SERVER_IO_CPU_AUTO;
         } else if (strcmp(value, "off") == 0) {
             c->io_cpu = SERVER_IO_CPU_OFF;
-        } else if (value[0] != '\0' && strspn(value, "0123456789") == strlen(value) &&
-                   strlen(value) <= 5 && atoi(value) < SETTINGS_MAX_CPU) {
-            c->io_cpu = atoi(value);
+        } else if (strspn(value, "0123456789") == strlen(value) && parse_bytes(value, &v) == 0 &&
+                   v < SETTINGS_MAX_CPU) {
+            c->io_cpu = (int)v;
         } else {
             snprintf(why, size, "expected auto, off or a CPU number from 0 to %d",
                      SETTINGS_MAX_CPU - 1);

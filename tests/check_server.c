@@ -500,6 +500,23 @@ START_TEST(test_server_error_names_tensor_for_shape_change)
 }
 END_TEST
 
+/* Pull model "m" with one unsigned key k = v; assert a session came back, without data. */
+static const msgpack_object *
+pull_session(const char *k, uint64_t v, uint64_t *session)
+{
+    const msgpack_object *r, *t;
+
+    begin_req("pull", 2);
+    kv_str("model", "m");
+    kv_u64(k, v);
+    r = send_req();
+    assert_ok(r);
+    *session = get_u(r, "session");
+    t = &get(r, "tensors")->via.array.ptr[0];
+    ck_assert_ptr_null(get(t, "data"));
+    return t; /* the first tensor's metadata */
+}
+
 START_TEST(test_server_large_pull_uses_session_and_read)
 {
     /* 128 Ki floats = 512 KiB; ask for replies of at most 64 KiB. */
@@ -512,14 +529,7 @@ START_TEST(test_server_large_pull_uses_session_and_read)
         v[i] = (float)i * 0.25f;
     create_model("m", 0.5);
     assert_ok(push_f32("m", 1, "big", v, n));
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    kv_u64("max_reply_bytes", 65536);
-    r = send_req();
-    assert_ok(r);
-    session = get_u(r, "session");
-    t = &get(r, "tensors")->via.array.ptr[0];
-    ck_assert_ptr_null(get(t, "data"));
+    t = pull_session("max_reply_bytes", 65536, &session);
     idx_nbytes = get_u(t, "nbytes");
     ck_assert_uint_eq(idx_nbytes, n * 4);
     /* A push now must not change what the session returns. */
@@ -584,6 +594,7 @@ START_TEST(test_server_pull_inline_bytes)
     size_t n = 64 * 1024;
     float *v = malloc(n * 4);
     const msgpack_object *r, *t, *d;
+    uint64_t session;
 
     for (size_t i = 0; i < n; i++)
         v[i] = (float)i * 0.5f;
@@ -591,16 +602,10 @@ START_TEST(test_server_pull_inline_bytes)
     assert_ok(push_f32("m", 1, "w", v, n));
 
     /* Below the reply: a session, no data. */
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    kv_u64("inline_bytes", 65536);
-    r = send_req();
-    assert_ok(r);
-    t = &get(r, "tensors")->via.array.ptr[0];
-    ck_assert_ptr_null(get(t, "data"));
+    t = pull_session("inline_bytes", 65536, &session);
     ck_assert_uint_eq(get_u(t, "nbytes"), n * 4);
     begin_req("release", 1);
-    kv_u64("session", get_u(r, "session"));
+    kv_u64("session", session);
     assert_ok(send_req());
 
     /* Above the reply (and above max_reply_bytes, which still rules): inline. */
