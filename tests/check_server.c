@@ -197,15 +197,22 @@ pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_
     pack_tensor_keys(5, name, kind, dtype, shape, ndim, data, len);
 }
 
-/* Push one F32 param of n elements at step. */
-static const msgpack_object *
-push_f32(const char *model, uint64_t step, const char *name, const float *v, uint64_t n)
+/* Start a push request of one tensor to model at step: the caller packs the tensor's map. */
+static void
+begin_push(const char *model, uint64_t step)
 {
     begin_req("push", 3);
     kv_str("model", model);
     kv_u64("step", step);
     key("tensors");
     msgpack_pack_array(&pk, 1);
+}
+
+/* Push one F32 param of n elements at step. */
+static const msgpack_object *
+push_f32(const char *model, uint64_t step, const char *name, const float *v, uint64_t n)
+{
+    begin_push(model, step);
     pack_tensor(name, "param", "F32", &n, 1, v, n * 4);
     return send_req();
 }
@@ -337,35 +344,19 @@ START_TEST(test_server_rejects_malformed_push_fields)
     kv_u64("tensors", 5);
     assert_err(send_req(), EMAD_EMALFORMED, "'tensors'");
 
-    begin_req("push", 3); /* unknown dtype */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* unknown dtype */
     pack_tensor("w", "param", "F17", &shape, 1, v, 8);
     assert_err(send_req(), EMAD_EDTYPE, "tensor 'w'");
 
-    begin_req("push", 3); /* unknown kind */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* unknown kind */
     pack_tensor("w", "weight", "F32", &shape, 1, v, 8);
     assert_err(send_req(), EMAD_EMALFORMED, "kind");
 
-    begin_req("push", 3); /* data length wrong */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* data length wrong */
     pack_tensor("w", "param", "F32", &shape, 1, v, 7);
     assert_err(send_req(), EMAD_ESIZE, "needs 8");
 
-    begin_req("push", 3); /* data as str, not bin */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* data as str, not bin */
     msgpack_pack_map(&pk, 5);
     kv_str("name", "w");
     kv_str("kind", "param");
@@ -376,11 +367,7 @@ START_TEST(test_server_rejects_malformed_push_fields)
     kv_str("data", "abcdefgh");
     assert_err(send_req(), EMAD_EMALFORMED, "'data'");
 
-    begin_req("push", 3); /* 17 dimensions */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* 17 dimensions */
     {
         uint64_t sh[17];
         for (int i = 0; i < 17; i++)
@@ -389,11 +376,7 @@ START_TEST(test_server_rejects_malformed_push_fields)
     }
     assert_err(send_req(), EMAD_ELIMIT, "dimensions");
 
-    begin_req("push", 3); /* offset outside a transaction */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* offset outside a transaction */
     {
         uint64_t one = 1;
         pack_tensor_keys(6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
@@ -401,11 +384,7 @@ START_TEST(test_server_rejects_malformed_push_fields)
     kv_u64("offset", 4);
     assert_err(send_req(), EMAD_EMALFORMED, "transaction");
 
-    begin_req("push", 3); /* offset not an unsigned integer */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* offset not an unsigned integer */
     {
         uint64_t one = 1;
         pack_tensor_keys(6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
@@ -415,11 +394,7 @@ START_TEST(test_server_rejects_malformed_push_fields)
         send_req(), EMAD_EMALFORMED,
         "tensor 'w': key 'offset' is not an unsigned integer (expected an unsigned integer)");
 
-    begin_req("push", 3); /* no key "name": only the integer key 7, whose value is "name" */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1); /* no key "name": only the integer key 7, whose value is "name" */
     msgpack_pack_map(&pk, 5);
     msgpack_pack_uint64(&pk, 7); /* an integer key is no key of ours */
     msgpack_pack_str_with_body(&pk, "name", 4);
@@ -451,11 +426,7 @@ START_TEST(test_server_tensor_map_keys_any_order_first_wins)
     const msgpack_object *r, *d;
 
     create_model("m", 0.5);
-    begin_req("push", 3);
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1);
     msgpack_pack_map(&pk, 7);
     key("data");
     msgpack_pack_bin_with_body(&pk, v, 8);
@@ -735,11 +706,7 @@ START_TEST(test_server_pull_f16_param_rounds_to_pushed_dtype)
 
     create_model("m", 0.5);
     for (int step = 1; step <= 2; step++) {
-        begin_req("push", 3);
-        kv_str("model", "m");
-        kv_u64("step", (uint64_t)step);
-        key("tensors");
-        msgpack_pack_array(&pk, 1);
+        begin_push("m", (uint64_t)step);
         pack_tensor("h", "param", "F16", &shape, 1, step == 1 ? &h1 : &h2, 2);
         assert_ok(send_req());
     }
@@ -806,11 +773,7 @@ START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)
     ck_assert_int_eq(memcmp(get(get(r, "error"), "tensor")->via.str.ptr, "nope", 4), 0);
 
     /* A decode error on a tensor whose name is raw bytes: not named. */
-    begin_req("push", 3);
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 1);
     msgpack_pack_map(&pk, 5);
     key("name");
     msgpack_pack_str_with_body(&pk, "w\xff", 2);
@@ -833,11 +796,7 @@ START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)
         memcpy(name + i, "\xe2\x82\xac", 3); /* U+20AC EURO SIGN */
     name[sizeof(name) - 1] = '\0';
     assert_ok(push_f32("m", 1, name, v, 2));
-    begin_req("push", 3);
-    kv_str("model", "m");
-    kv_u64("step", 2);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    begin_push("m", 2);
     shape = 1;
     pack_tensor(name, "param", "F32", &shape, 1, v, 4);
     r = send_req();
