@@ -514,10 +514,10 @@ tensor_keys_get(const msgpack_object *map, tensor_keys *k)
         if (key->type != MSGPACK_OBJECT_STR)
             continue;
         for (size_t j = 0; j < sizeof(known) / sizeof(known[0]); j++) {
-            const msgpack_object **slot =
-                (const msgpack_object **)(void *)((char *)k + known[j].field);
             if (key->via.str.size == known[j].len &&
                 memcmp(key->via.str.ptr, known[j].key, known[j].len) == 0) {
+                const msgpack_object **slot =
+                    (const msgpack_object **)(void *)((char *)k + known[j].field);
                 if (*slot == NULL)
                     *slot = &map->via.map.ptr[i].val;
                 break;
