@@ -30,8 +30,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "dtype.h"
-#include "ema.h"
+#include "common/dtype.h"
+#include "store/ema.h"
 
 typedef struct work {
     int dtype; /* 0: memcpy */

@@ -64,7 +64,7 @@
 
 #include "emad.h"
 #include "proc.h"
-#include "proto.h"
+#include "common/proto.h"
 #include "raw.h"
 #include "resp.h"
 

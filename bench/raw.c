@@ -23,7 +23,7 @@
 
 #include "raw.h"
 #include "proc.h"
-#include "proto.h"
+#include "common/proto.h"
 
 #include <errno.h>
 #include <limits.h>

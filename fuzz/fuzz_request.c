@@ -22,9 +22,9 @@
 
 #include <msgpack.h>
 
-#include "log.h"
-#include "proto.h"
-#include "server.h"
+#include "base/log.h"
+#include "common/proto.h"
+#include "daemon/server.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

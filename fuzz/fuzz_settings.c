@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "settings.h"
+#include "daemon/settings.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,5 +1,5 @@
 /*
- * check_dtype.c - tests for src/dtype.c: the name and size tables, shape
+ * check_dtype.c - tests for src/common/dtype.c: the name and size tables, shape
  * arithmetic with its overflow limit, and the float16/bfloat16 conversions.
  * Conversions are checked against hand-derived bit patterns and against
  * vectors computed by numpy in tests/reference.py (float16 rounding by
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
+#include "common/dtype.h"
 #include "testutil.h"
 
 /* Float with bit pattern u. */

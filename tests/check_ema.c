@@ -1,5 +1,5 @@
 /*
- * check_ema.c - tests for src/ema.c: the EMA update kernels and shadow
+ * check_ema.c - tests for src/store/ema.c: the EMA update kernels and shadow
  * initialization. Hand-computed cases pin the order of operations and the
  * float32 rounding after each one; long runs are compared bit for bit with
  * an independent numpy reference (tests/reference.py, which needs Python 3
@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
-#include "ema.h"
+#include "common/dtype.h"
+#include "store/ema.h"
 #include "testutil.h"
 
 /* Bit pattern of a double. */

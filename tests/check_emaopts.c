@@ -1,6 +1,6 @@
 /*
  * check_emaopts.c - tests for the per-model EMA options: the decay
- * schedules of src/emaconf.c, and what src/store.c does with several
+ * schedules of src/common/emaconf.c, and what src/store/store.c does with several
  * decays, buffer policies, name patterns, the non-finite guard, element
  * slices, multi-writer steps, live reconfiguration and pull conversions.
  *
@@ -14,10 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
-#include "emaconf.h"
-#include "proto.h"
-#include "store.h"
+#include "common/dtype.h"
+#include "common/emaconf.h"
+#include "common/proto.h"
+#include "store/store.h"
 
 static store *s;
 static store_err err;

@@ -1,5 +1,5 @@
 /*
- * check_http.c - tests for src/http.c over real loopback sockets: address
+ * check_http.c - tests for src/daemon/http.c over real loopback sockets: address
  * checking, /healthz following the board's state (503 while loading and
  * stopping), /metrics and /stats content types and bodies, 404 and 405,
  * a port in use refused with a cause, and requests still answered while
@@ -15,8 +15,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "http.h"
-#include "metrics.h"
+#include "daemon/http.h"
+#include "daemon/metrics.h"
 
 /* Connect to 127.0.0.1:port; -1 on failure. */
 static int

@@ -1,5 +1,5 @@
 /*
- * check_metrics.c - tests for src/metrics.c: histogram buckets, the
+ * check_metrics.c - tests for src/daemon/metrics.c: histogram buckets, the
  * Prometheus and JSON renderings of known figures (every value checked
  * against the figures put in), and the board's hand-over from a loop
  * thread to readers: a reader gets figures filled after it asked, the loop
@@ -20,8 +20,8 @@
 #include <msgpack.h>
 #include <uv.h>
 
-#include "metrics.h"
-#include "server.h"
+#include "daemon/metrics.h"
+#include "daemon/server.h"
 
 /* Count the lines of text equal to line. */
 static int

@@ -1,5 +1,5 @@
 /*
- * check_proto.c - tests for src/proto.c: op and error tables, name rules,
+ * check_proto.c - tests for src/common/proto.c: op and error tables, name rules,
  * and the msgpack pre-scan that guards the decoder against hostile input.
  */
 #include <check.h>
@@ -9,7 +9,7 @@
 
 #include <msgpack.h>
 
-#include "proto.h"
+#include "common/proto.h"
 
 START_TEST(test_proto_op_names_round_trip)
 {

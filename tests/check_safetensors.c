@@ -1,5 +1,5 @@
 /*
- * check_safetensors.c - tests for src/safetensors.c: round trips of every
+ * check_safetensors.c - tests for src/common/safetensors.c: round trips of every
  * dtype (scalars and empty tensors included) and of metadata, the writer's
  * layout (metadata first, dtype size then name order, padding, alignment)
  * and atomicity, every malformed-file rule of the reader with its error
@@ -18,8 +18,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "dtype.h"
-#include "safetensors.h"
+#include "common/dtype.h"
+#include "common/safetensors.h"
 #include "testutil.h"
 
 /* An st_meta initializer from string literals (st_meta's fields are not const). */

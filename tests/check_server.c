@@ -1,5 +1,5 @@
 /*
- * check_server.c - tests for src/server.c without sockets: requests are
+ * check_server.c - tests for src/daemon/server.c without sockets: requests are
  * packed with msgpack-c, handled by server_process() exactly as if they
  * came off the wire, and the replies decoded and checked. Covers every
  * op's round trip and every rejection path of the decoder, and that the
@@ -11,8 +11,8 @@
 
 #include <msgpack.h>
 
-#include "proto.h"
-#include "server.h"
+#include "common/proto.h"
+#include "daemon/server.h"
 
 static server *srv;
 static msgpack_sbuffer sb;

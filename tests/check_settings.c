@@ -1,5 +1,5 @@
 /*
- * check_settings.c - tests for src/settings.c: the defaults, every key
+ * check_settings.c - tests for src/daemon/settings.c: the defaults, every key
  * from a file, errors naming the file, line and key (typos with a
  * suggestion, bad values, keys set twice, syntax errors, indented lines,
  * unknown sections, NUL bytes and overlong lines), flags overriding the
@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "log.h"
-#include "settings.h"
+#include "base/log.h"
+#include "daemon/settings.h"
 
 /* Load text over fresh settings; returns the cause (malloc'd) or NULL on success. */
 static char *

@@ -1,5 +1,5 @@
 /*
- * check_snapshot.c - tests for src/snapshot.c: file names and paths, a
+ * check_snapshot.c - tests for src/common/snapshot.c: file names and paths, a
  * round trip of every kind of tensor (averaged BF16 kept as F32, F64, a
  * copied I64 buffer, a scalar, an empty tensor) with the full
  * configuration, the metadata keys and their values, both checksums
@@ -26,10 +26,10 @@
 #include <xxhash.h>
 
 #include "config.h"
-#include "dtype.h"
-#include "emaconf.h"
-#include "safetensors.h"
-#include "snapshot.h"
+#include "common/dtype.h"
+#include "common/emaconf.h"
+#include "common/safetensors.h"
+#include "common/snapshot.h"
 #include "testutil.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))

@@ -1,5 +1,5 @@
 /*
- * check_store.c - tests for src/store.c: model lifecycle, push validation
+ * check_store.c - tests for src/store/store.c: model lifecycle, push validation
  * (nothing applied on any error), EMA and copy semantics, stale steps,
  * transactions (commit, abort, expiry, chunk order, resends) and pull
  * views that keep one committed state while pushes go on.
@@ -15,11 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
-#include "emaconf.h"
-#include "proto.h"
-#include "store.h"
-#include "task.h"
+#include "common/dtype.h"
+#include "common/emaconf.h"
+#include "common/proto.h"
+#include "store/store.h"
+#include "store/task.h"
 
 static store *s;
 static store_err err;

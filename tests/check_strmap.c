@@ -1,5 +1,5 @@
 /*
- * check_strmap.c - tests for src/strmap.c: insert, replace, lookup and
+ * check_strmap.c - tests for src/base/strmap.c: insert, replace, lookup and
  * deletion (backward shift) against a plain array as the reference, with
  * enough keys to force many resizes and long probe clusters.
  */
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "strmap.h"
+#include "base/strmap.h"
 
 #define NKEYS 5000
 

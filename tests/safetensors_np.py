@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """safetensors_np.py - a numpy-only safetensors reader and writer, written
 from the format description (huggingface/safetensors README) and sharing no
-code with src/safetensors.c, so the tests can cross-check the two.
+code with src/common/safetensors.c, so the tests can cross-check the two.
 
 As a module (other tests import it):
 

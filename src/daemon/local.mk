@@ -1,0 +1,20 @@
+# src/daemon: the emad program. Every daemon layer (base, files, store,
+# daemon) goes into libemadd, so the unit tests and fuzzers link the same
+# code as the daemon.
+noinst_LTLIBRARIES += libemadd.la
+libemadd_la_SOURCES = $(emadd_base_sources) $(emadd_files_sources) $(emadd_store_sources) \
+	src/daemon/server.c src/daemon/server.h \
+	src/daemon/persist.c src/daemon/persist.h \
+	src/daemon/metrics.c src/daemon/metrics.h \
+	src/daemon/http.c src/daemon/http.h \
+	src/daemon/settings.c src/daemon/settings.h \
+	src/daemon/notify.c src/daemon/notify.h
+libemadd_la_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS) \
+	$(JANSSON_CFLAGS) $(MHD_CFLAGS) $(INIH_CFLAGS) $(SYSTEMD_CFLAGS) -pthread
+libemadd_la_LIBADD = libemadcore.la $(UV_LIBS) $(NANOMSG_LIBS) $(MSGPACK_LIBS) \
+	$(JANSSON_LIBS) $(MHD_LIBS) $(INIH_LIBS) $(SYSTEMD_LIBS) -lm -lpthread
+
+bin_PROGRAMS += emad
+emad_SOURCES = src/daemon/emad.c
+emad_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(NANOMSG_CFLAGS)
+emad_LDADD = libemadd.la

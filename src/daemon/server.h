@@ -1,0 +1,80 @@
+/*
+ * server.h - the daemon's request server: nanomsg sockets on the libuv
+ * loop, request decoding, dispatch to the store, replies and counters.
+ *
+ * One raw REP socket (AF_SP_RAW) bound to every --listen URL, polled
+ * through its NN_RCVFD with uv_poll. Each request is decoded in place in
+ * the received nanomsg buffer (tensor data is never copied on the way in),
+ * handled to completion on the loop thread and answered with one reply
+ * packed straight into an nn_allocmsg buffer.
+ */
+#ifndef EMAD_SERVER_H
+#define EMAD_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/metrics.h"
+
+#define SERVER_MAX_LISTEN 16
+
+/* server_config.io_cpu: choose the CPU (the highest-numbered allowed), or hold on none. */
+#define SERVER_IO_CPU_AUTO (-1)
+#define SERVER_IO_CPU_OFF (-2)
+
+typedef struct server_config {
+    const char *listen[SERVER_MAX_LISTEN];
+    int nlisten;
+    const char *state_dir;         /* may be NULL */
+    uint64_t max_message_bytes;    /* PROTO_DEFAULT_MAX_MESSAGE */
+    uint64_t txn_timeout_ms;       /* 60000 */
+    uint64_t snapshot_interval_ms; /* 60000; 0: only on request and at shutdown */
+    size_t snapshot_keep;          /* 2 */
+    int require_snapshot;          /* a missing or unloadable state is a startup error */
+    int io_cpu; /* CPU that holds nanomsg's I/O thread during large pushes: a number, _AUTO, _OFF */
+    uint64_t idle_release_ms; /* 5000: spares freed and heap trimmed after this long idle */
+} server_config;
+
+typedef struct server server;
+
+/* Defaults for every field. */
+void server_config_init(server_config *cfg);
+
+/*
+ * Create the server on loop: load the snapshots of --state-dir, open the
+ * socket, bind every URL, start polling, the expiry and snapshot timers
+ * and the SIGINT/SIGTERM handlers (which write snapshots before exit). On failure
+ * returns a negative code and sets *cause (malloc'd) to a message.
+ */
+int server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **cause);
+
+/* A server without sockets or loop, for server_process() (tests, fuzzing). */
+server *server_create_offline(const server_config *cfg);
+
+/*
+ * Handle one request held in buf[0..len) as if it had arrived on the
+ * socket; *reply gets the malloc'd reply (caller frees), *reply_len its size.
+ */
+void server_process(server *srv, const void *buf, size_t len, void **reply, size_t *reply_len);
+
+/* Begin a clean shutdown: stop polling and close every handle (loop thread). */
+void server_stop(server *srv);
+
+/*
+ * Apply the settings that can change while running (loop thread): the idle
+ * timeout of transactions and sessions, and the snapshot interval (0: only
+ * on request and at shutdown; no effect without a state directory).
+ */
+void server_reconfigure(server *srv, uint64_t txn_timeout_ms, uint64_t snapshot_interval_ms);
+
+/*
+ * A copy of every counter and gauge, per model too, for /metrics and
+ * /stats (loop thread; the caller owns the result: metrics_figures_destroy).
+ */
+metrics_figures *server_figures(server *srv);
+
+/* Free the server after the loop has finished; closes the socket. NULL accepted. */
+void server_destroy(server *srv);
+
+#endif

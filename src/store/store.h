@@ -1,0 +1,312 @@
+/*
+ * store.h - the daemon's state: models, their tensors and shadows, open
+ * transactions and pull views.
+ *
+ * The store is owned by the loop thread; nothing here locks. A push is
+ * validated completely before anything is applied. Shadow data lives in
+ * reference-counted blobs: a pull view takes references, and an update of
+ * a blob that a view still holds writes a fresh blob (copy-on-write), so
+ * a view always shows exactly one committed state while pushes go on.
+ *
+ * A push is a set of tensors, each as one or more flat element slices;
+ * whole tensors are single slices. Every model has an EMA configuration
+ * (emaconf.h): one shadow per decay for averaged tensors, one copy for
+ * copied ones. A model with several writers collects each step's slices
+ * from every writer in a pending step and applies it when the last writer
+ * has pushed; until then pulls see the previous step.
+ */
+#ifndef EMAD_STORE_H
+#define EMAD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emad.h"
+#include "store/task.h"
+
+#define STORE_MAX_MODELS 4096
+#define STORE_MAX_TXNS 1024
+#define STORE_MAX_VIEWS 1024
+#define STORE_MAX_PENDING 64 /* pending multi-writer steps per model */
+
+/* Shadow storage shared between a tensor and pull views. */
+typedef struct blob {
+    uint32_t refs;
+    size_t size;
+    void *data; /* 64-byte aligned */
+} blob;
+
+/* A stored tensor. Read-only outside store.c. */
+typedef struct tensor {
+    char *name;
+    size_t name_len;
+    int kind;     /* enum emad_kind */
+    int dtype;    /* dtype it is pushed and pulled in */
+    int sdtype;   /* dtype of the shadow data (F32 for averaged F16/BF16) */
+    int averaged; /* 1: EMA per decay; 0: copied (buffers, copy patterns) */
+    uint32_t ndim;
+    uint64_t shape[EMAD_MAX_NDIM];
+    uint64_t numel;
+    uint64_t nbytes;               /* numel * dtype size: bytes on the wire */
+    uint32_t nshadow;              /* model's decay count if averaged, else 1 */
+    blob *shadow[EMAD_MAX_DECAYS]; /* one per decay (averaged) or the copy */
+    blob *spare[EMAD_MAX_DECAYS];  /* a free blob of the shadow's size, or NULL */
+    uint64_t step;
+} tensor;
+
+/* A model. Read-only outside store.c. */
+typedef struct model {
+    char *name;
+    emad_model_config cfg; /* owns its pattern strings */
+    uint64_t step;         /* committed step: highest step applied */
+    tensor **tensors;      /* first-push order */
+    size_t ntensors;
+    size_t cap;
+    struct strmap *index;
+    uint64_t shadow_bytes;
+    uint64_t last_push_ms;
+    struct pending *pending; /* multi-writer steps not yet complete */
+    size_t npending;
+    uint64_t uid;          /* unique per created model (a re-created model differs) */
+    uint64_t version;      /* bumped by every change: create, applied push, configure */
+    uint64_t snap_version; /* version of the last durable snapshot (0: none) */
+    uint64_t snap_step;    /* its step */
+} model;
+
+/* One tensor of a push request; borrows name and data from the request. */
+typedef struct store_input {
+    const char *name;
+    size_t name_len;
+    int kind;
+    int dtype;
+    uint32_t ndim;
+    uint64_t shape[EMAD_MAX_NDIM];
+    const void *data; /* any alignment */
+    uint64_t len;
+    uint64_t start;  /* first element of the slice */
+    uint64_t count;  /* elements in the slice; 0 = the whole tensor (start 0) */
+    uint64_t offset; /* transactions only: byte offset of this chunk in the slice */
+    int as_dtype;    /* store_seed() only: the tensor's dtype when data is in another
+                        (its shadow's); EMAD_DTYPE_INVALID: dtype */
+} store_input;
+
+/* Why an operation failed: code, message and (if one) the tensor at fault. */
+typedef struct store_err {
+    int code;
+    char message[512];
+    char tensor[EMAD_MAX_NAME_BYTES + 1];
+} store_err;
+
+/* Outcome of a push or commit. */
+typedef struct store_result {
+    uint64_t applied;
+    uint64_t stale;
+    uint64_t skipped;            /* non-finite tensors left out (nonfinite = skip) */
+    uint64_t ignored;            /* tensors matching an ignore pattern */
+    int pending;                 /* staged for a multi-writer step not complete yet */
+    uint64_t step;               /* model's committed step afterwards */
+    const char *stale_names[64]; /* borrowed from the store's tensors */
+    size_t nstale_names;
+} store_result;
+
+/* One tensor of a pull view: a frozen copy of the tensor's metadata. */
+typedef struct view_tensor {
+    const char *name; /* owned by the view */
+    size_t name_len;
+    int kind;
+    int dtype;  /* dtype sent to the client */
+    int sdtype; /* dtype of data */
+    int averaged;
+    uint32_t ndim;
+    uint64_t shape[EMAD_MAX_NDIM];
+    uint64_t numel, nbytes, step; /* nbytes: numel * size of dtype */
+    blob *data;                   /* reference held by the view */
+} view_tensor;
+
+/* A consistent view of (part of) a model at one moment. */
+typedef struct store_view {
+    uint64_t id;
+    char *model;
+    uint64_t step;
+    view_tensor *tensors;
+    size_t ntensors;
+    uint64_t max_reply; /* reply cap the client asked for */
+    uint64_t last_used_ms;
+    struct store_view *next;
+} store_view;
+
+/* Gauges. */
+typedef struct store_gauges {
+    uint64_t models, tensors, shadow_bytes, txn_open, views_open, steps_pending, staged_bytes;
+} store_gauges;
+
+typedef struct store store;
+
+/* Create an empty store (aborts on out of memory). */
+store *store_create(void);
+
+/* Free the store, all models, transactions and views; NULL accepted. */
+void store_destroy(store *s);
+
+void store_gauges_get(const store *s, store_gauges *g);
+
+/* Model lookup by name (len bytes); NULL if absent. */
+model *store_model_find(store *s, const char *name, size_t len);
+
+/* Models in creation order: the i-th, or NULL past the end. */
+model *store_model_at(store *s, size_t i);
+
+/*
+ * Create a model with configuration cfg (copied). *created is 1 if
+ * created, 0 if it existed with the same configuration and exist_ok is
+ * set. Errors: EMAD_ENAME, EMAD_ERANGE, EMAD_EEXIST, EMAD_ELIMIT.
+ */
+int store_create_model(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                       int exist_ok, int *created, store_err *err);
+
+/*
+ * Change a model's decays (same count) and schedule options from the next
+ * push on. EMAD_EIMMUTABLE if buffers, writers, patterns or the number of
+ * decays differ; EMAD_ERANGE for invalid values.
+ */
+int store_configure(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                    store_err *err);
+
+/*
+ * Restore one tensor of a model loaded from a snapshot: shadows[j] holds
+ * the data of shadow j (numel * size of the shadow dtype bytes), for each
+ * of the model's decays if averaged, else one. The model must not have the
+ * tensor yet. Returns 0, EMAD_EDUP, EMAD_EDTYPE, EMAD_ELIMIT or EMAD_ENOMEM.
+ */
+int store_restore_tensor(model *m, const char *name, int kind, int dtype, int averaged,
+                         uint32_t ndim, const uint64_t *shape, uint64_t step,
+                         const void *const *shadows, store_err *err);
+
+/* Set a restored model's committed step and mark it as snapshotted at that step. */
+void store_restore_done(model *m, uint64_t step);
+
+/* Drop a model; aborts its open transactions. EMAD_ENOMODEL if absent. */
+int store_drop_model(store *s, const char *name, size_t len, store_err *err);
+
+/*
+ * Validate then apply a push of n inputs at step to a model, as writer
+ * `writer`. Nothing is applied unless every input is valid. With one
+ * writer, input data is read in place (no copy) and may have any
+ * alignment; with several, it is copied into the step's pending set.
+ * now_ms stamps the model's last push. Returns 0 or an EMAD_E* code with
+ * err filled.
+ */
+int store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+               const store_input *in, size_t n, uint64_t now_ms, store_result *res, store_err *err);
+
+/*
+ * Seed a model's shadows: every input (whole tensors) becomes the value of
+ * every shadow of its tensor, converted to the shadow dtype, whatever the
+ * tensor's stored step; the tensor's step becomes `step` and the model's
+ * step at least `step`. Tensors are created as by a first push. Validated
+ * and allocated completely before anything changes.
+ */
+int store_seed(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
+               size_t n, uint64_t now_ms, store_result *res, store_err *err);
+
+/* Open a transaction on a model at step for a writer; *id receives its id. */
+int store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                    uint64_t now_ms, uint64_t *id, store_err *err);
+
+/*
+ * Add n inputs (whole tensors or in-order chunks) to a transaction. If
+ * model_name is not NULL / has_step is set, they must match the
+ * transaction's. On a model with several writers the data is copied into
+ * the transaction's staging buffers; on a single-writer model each chunk
+ * is averaged (or copied) straight from the input into the transaction's
+ * new shadows, which commit publishes. This runs that work inline.
+ */
+int store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+                   uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
+                   uint64_t *staged, store_err *err);
+
+/* The kernel work of one transaction request (store_txn_push_job()). */
+typedef struct store_job {
+    task_list tasks;
+    struct txn *txn;
+} store_job;
+
+/*
+ * store_txn_push() without running the work: *job gets it (NULL when there
+ * is none). The caller runs every task (on any threads, in any order)
+ * while the inputs' memory stays alive, then calls store_job_done() on
+ * the store's thread. Meanwhile the store may serve other requests; the
+ * transaction cannot commit until its jobs are done.
+ */
+int store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+                       uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
+                       uint64_t *staged, store_job **job, store_err *err);
+
+/*
+ * Finish a job whose tasks have all run: count non-finite values found,
+ * and with nonfinite = reject fail (EMAD_ENONFINITE) the request and the
+ * transaction. Frees the job.
+ */
+int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
+
+/* Jobs of open transaction id handed out and not done (0 if no such transaction). */
+uint32_t store_txn_inflight(const store *s, uint64_t id);
+
+/* Run every task of a job on this thread, then store_job_done(). */
+int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
+
+/* Free the spare shadow blobs kept for the next transactions (when idle). */
+void store_release_spares(store *s);
+
+/* Take or drop a reference to a blob (a reply being packed off the store's thread). */
+void store_blob_ref(blob *b);
+void store_blob_unref(blob *b);
+
+/* Apply a complete transaction at once and close it. */
+int store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, store_err *err);
+
+/* Discard a transaction. EMAD_ENOTXN if it is not open. */
+int store_txn_abort(store *s, uint64_t id, store_err *err);
+
+/* view_options.dtype: every tensor in its shadow's own dtype (full precision). */
+#define VIEW_DTYPE_SHADOW (-1)
+
+/* Which shadow and dtype a view shows. */
+typedef struct view_options {
+    int has_decay; /* 0: the model's first decay */
+    double decay;
+    int dtype; /* floating tensors converted to this; EMAD_DTYPE_INVALID: as pushed */
+} view_options;
+
+/*
+ * Freeze a view of a model (all tensors if names is NULL, else the n
+ * names given as (ptr, len) pairs). opts may be NULL. The view is not
+ * registered: free it with store_view_free() or hand it to
+ * store_view_register(). EMAD_ERANGE for a decay the model does not have,
+ * EMAD_EDTYPE for an output dtype other than F32, BF16 or F16.
+ */
+int store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
+                      const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
+                      store_err *err);
+
+/* Register a view as a pull session (the store takes ownership); sets view->id. */
+int store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err);
+
+/* A registered view by id, touched at now_ms; NULL if unknown or expired. */
+store_view *store_view_get(store *s, uint64_t id, uint64_t now_ms);
+
+/* Release a registered view. EMAD_ENOSESSION if unknown. */
+int store_view_release(store *s, uint64_t id, store_err *err);
+
+/* Free an unregistered view (drops its blob references). NULL accepted. */
+void store_view_free(store_view *v);
+
+/*
+ * Discard transactions, views and pending multi-writer steps idle since
+ * before now_ms - timeout_ms. Adds the counts discarded to *txns, *views
+ * and *steps.
+ */
+void store_expire(store *s, uint64_t now_ms, uint64_t timeout_ms, uint64_t *txns, uint64_t *views,
+                  uint64_t *steps);
+
+#endif
