@@ -202,6 +202,9 @@ wbuf_write(void *data, const char *buf, size_t len)
     return 0;
 }
 
+/* Wire name of PROTO_OP_<id>. */
+#define OP_NAME(id) proto_op_name(PROTO_OP_##id)
+
 /* Pack "key": "value". */
 static void
 pk_kv_str(msgpack_packer *pk, const char *key, const char *value)
@@ -215,8 +218,8 @@ static void
 pk_head(msgpack_packer *pk, const char *op, size_t n)
 {
     msgpack_pack_map(pk, 2 + n);
-    proto_pack_kv_u64(pk, "v", PROTO_VERSION);
-    pk_kv_str(pk, "op", op);
+    proto_pack_kv_u64(pk, PROTO_KEY_V, PROTO_VERSION);
+    pk_kv_str(pk, PROTO_KEY_OP, op);
 }
 
 /* Encoded size of a str or bin header for n bytes (msgpack-c picks the smallest form). */
@@ -232,6 +235,9 @@ mp_str(uint64_t n)
 {
     return mp_str_hdr(n) + n;
 }
+
+/* Encoded size of a string literal key, such as PROTO_KEY_TENSORS. */
+#define mp_key(k) mp_str(PROTO_KEY_LEN(k))
 
 /* Encoded size of a bin of n bytes. */
 static uint64_t
@@ -361,8 +367,8 @@ rget_array(emad_client *c, const msgpack_object *map, const char *key, const msg
 static int
 reply_error(emad_client *c, const char *op, const msgpack_object *e)
 {
-    const msgpack_object *code = proto_map_get(e, "code"), *msg = proto_map_get(e, "message"),
-                         *tensor = proto_map_get(e, "tensor");
+    const msgpack_object *code = proto_map_get(e, PROTO_KEY_CODE), *msg = proto_map_get(e, PROTO_KEY_MESSAGE),
+                         *tensor = proto_map_get(e, PROTO_KEY_TENSOR);
     int rc;
     int mlen = 0, tlen = 0;
     const char *m = "", *t = "";
@@ -418,18 +424,18 @@ reply_decode(emad_client *c, const char *op, reply *r, size_t len)
     if (rc != MSGPACK_UNPACK_SUCCESS || off != len || r->u.data.type != MSGPACK_OBJECT_MAP)
         return fail(c, EMAD_EPROTO, "%s: reply is not a msgpack map", op);
     r->root = &r->u.data;
-    v = proto_map_get(r->root, "v");
+    v = proto_map_get(r->root, PROTO_KEY_V);
     if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return fail(c, EMAD_EPROTO, "%s: reply has no protocol version", op);
     if (v->via.u64 != PROTO_VERSION)
         return fail(c, EMAD_EVERSION, "%s: the daemon replied with protocol version %llu, not %d",
                     op, (unsigned long long)v->via.u64, PROTO_VERSION);
-    ok = proto_map_get(r->root, "ok");
+    ok = proto_map_get(r->root, PROTO_KEY_OK);
     if (ok == NULL || ok->type != MSGPACK_OBJECT_BOOLEAN)
         return fail(c, EMAD_EPROTO, "%s: reply has no 'ok'", op);
     if (ok->via.boolean)
         return 0;
-    e = proto_map_get(r->root, "error");
+    e = proto_map_get(r->root, PROTO_KEY_ERROR);
     if (e == NULL || e->type != MSGPACK_OBJECT_MAP)
         return fail(c, EMAD_EPROTO, "%s: error reply without an 'error' map", op);
     return reply_error(c, op, e);
@@ -688,7 +694,7 @@ build_simple(msgpack_packer *pk, const void *vctx)
 
     pk_head(pk, q->op, (q->model != NULL) + (q->key != NULL) + (q->key2 != NULL));
     if (q->model != NULL)
-        pk_kv_str(pk, "model", q->model);
+        pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
     if (q->key != NULL)
         proto_pack_kv_u64(pk, q->key, q->value);
     if (q->key2 != NULL)
@@ -828,7 +834,7 @@ static void
 build_hello(msgpack_packer *pk, const void *ctx)
 {
     (void)ctx;
-    pk_head(pk, "hello", 0);
+    pk_head(pk, OP_NAME(HELLO), 0);
 }
 
 /* Send hello and learn the daemon's protocol and limits. */
@@ -839,14 +845,14 @@ hello(emad_client *c)
     reply r;
     int rc;
 
-    rc = call(c, "hello", build_hello, NULL, c->opts.connect_timeout_ms, &r);
+    rc = call(c, OP_NAME(HELLO), build_hello, NULL, c->opts.connect_timeout_ms, &r);
     if (rc == EMAD_ETIMEDOUT)
         return fail(c, EMAD_ECONNECT, "no reply to hello within %d ms (is emad running there?)",
                     c->opts.connect_timeout_ms);
     if (rc != 0)
         return rc;
-    if ((rc = rget_u64(c, r.root, "protocol", &proto)) != 0 ||
-        (rc = rget_u64(c, r.root, "max_message_bytes", &max)) != 0)
+    if ((rc = rget_u64(c, r.root, PROTO_KEY_PROTOCOL, &proto)) != 0 ||
+        (rc = rget_u64(c, r.root, PROTO_KEY_MAX_MESSAGE_BYTES, &max)) != 0)
         goto out;
     if (proto != PROTO_VERSION) {
         rc = fail(c, EMAD_EVERSION, "the daemon speaks protocol %llu, this library %d",
@@ -976,13 +982,13 @@ static void
 build_create(msgpack_packer *pk, const void *vctx)
 {
     const create_req *q = vctx;
-    int create = strcmp(q->op, "create") == 0;
+    int create = strcmp(q->op, OP_NAME(CREATE)) == 0;
 
     pk_head(pk, q->op, 1 + EMACONF_PACKED_KEYS + create);
-    pk_kv_str(pk, "model", q->model);
+    pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
     emaconf_pack(pk, q->cfg);
     if (create) {
-        proto_pack_str(pk, "exist_ok");
+        proto_pack_str(pk, PROTO_KEY_EXIST_OK);
         if (q->exist_ok)
             msgpack_pack_true(pk);
         else
@@ -1028,7 +1034,7 @@ emad_create_config(emad_client *c, const char *model, const emad_model_config *c
         emaconf_init(&defaults);
         cfg = &defaults;
     }
-    return call_end(c, send_config(c, "create", model, cfg, exist_ok));
+    return call_end(c, send_config(c, OP_NAME(CREATE), model, cfg, exist_ok));
 }
 
 /* Create a model with one decay and the default options. */
@@ -1048,7 +1054,7 @@ emad_configure(emad_client *c, const char *model, const emad_model_config *cfg)
     if (c == NULL || cfg == NULL)
         return EMAD_EINVAL;
     call_begin(c);
-    return call_end(c, send_config(c, "configure", model, cfg, 0));
+    return call_end(c, send_config(c, OP_NAME(CONFIGURE), model, cfg, 0));
 }
 
 EMAD_EXTERN const char *
@@ -1093,7 +1099,7 @@ emad_config_free(emad_model_config *cfg)
 EMAD_EXTERN int
 emad_drop(emad_client *c, const char *model)
 {
-    simple_req q = {.op = "drop", .model = model};
+    simple_req q = {.op = OP_NAME(DROP), .model = model};
     reply r;
     int rc;
 
@@ -1136,18 +1142,18 @@ build_push(msgpack_packer *pk, const void *vctx)
 {
     const push_req *q = vctx;
 
-    pk_head(pk, "push", 3 + q->has_txn + q->has_writer + q->seed);
+    pk_head(pk, OP_NAME(PUSH), 3 + q->has_txn + q->has_writer + q->seed);
     if (q->seed) {
-        proto_pack_str(pk, "seed");
+        proto_pack_str(pk, PROTO_KEY_SEED);
         msgpack_pack_true(pk);
     }
-    pk_kv_str(pk, "model", q->model);
-    proto_pack_kv_u64(pk, "step", q->step);
+    pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, q->step);
     if (q->has_txn)
-        proto_pack_kv_u64(pk, "txn", q->txn);
+        proto_pack_kv_u64(pk, PROTO_KEY_TXN, q->txn);
     if (q->has_writer)
-        proto_pack_kv_u64(pk, "writer", q->writer);
-    proto_pack_str(pk, "tensors");
+        proto_pack_kv_u64(pk, PROTO_KEY_WRITER, q->writer);
+    proto_pack_str(pk, PROTO_KEY_TENSORS);
     msgpack_pack_array(pk, q->nitems);
     for (size_t i = 0; i < q->nitems; i++) {
         const push_item *it = &q->items[i];
@@ -1157,21 +1163,21 @@ build_push(msgpack_packer *pk, const void *vctx)
 
         msgpack_pack_map(pk, 5 + q->has_txn + (t->count > 0) + (as != EMAD_DTYPE_INVALID));
         if (as != EMAD_DTYPE_INVALID)
-            pk_kv_str(pk, "as_dtype", dtype_name(as));
-        pk_kv_str(pk, "name", t->name);
-        pk_kv_str(pk, "kind", proto_kind_name(t->kind));
-        pk_kv_str(pk, "dtype", dtype_name(t->dtype));
-        proto_pack_str(pk, "shape");
+            pk_kv_str(pk, PROTO_KEY_AS_DTYPE, dtype_name(as));
+        pk_kv_str(pk, PROTO_KEY_NAME, t->name);
+        pk_kv_str(pk, PROTO_KEY_KIND, proto_kind_name(t->kind));
+        pk_kv_str(pk, PROTO_KEY_DTYPE, dtype_name(t->dtype));
+        proto_pack_str(pk, PROTO_KEY_SHAPE);
         msgpack_pack_array(pk, t->ndim);
         for (uint32_t d = 0; d < t->ndim; d++)
             msgpack_pack_uint64(pk, t->shape[d]);
-        proto_pack_str(pk, "data");
+        proto_pack_str(pk, PROTO_KEY_DATA);
         msgpack_pack_bin(pk, it->len);
         msgpack_pack_bin_body(pk, (const char *)t->data + it->offset, it->len);
         if (q->has_txn)
-            proto_pack_kv_u64(pk, "offset", it->offset);
+            proto_pack_kv_u64(pk, PROTO_KEY_OFFSET, it->offset);
         if (t->count > 0) {
-            proto_pack_str(pk, "slice");
+            proto_pack_str(pk, PROTO_KEY_SLICE);
             msgpack_pack_array(pk, 2);
             msgpack_pack_uint64(pk, t->offset);
             msgpack_pack_uint64(pk, t->count);
@@ -1183,15 +1189,16 @@ build_push(msgpack_packer *pk, const void *vctx)
 static uint64_t
 push_header_size(const push_req *q, uint64_t nitems)
 {
-    uint64_t n = 1 + mp_str(1) + 1 + mp_str(2) + mp_str(4) + mp_str(5) + mp_str(strlen(q->model)) +
-                 mp_str(4) + mp_uint(q->step) + mp_str(7) + mp_container(nitems);
+    uint64_t n = 1 + mp_key(PROTO_KEY_V) + 1 + mp_key(PROTO_KEY_OP) + mp_str(strlen(OP_NAME(PUSH))) +
+                 mp_key(PROTO_KEY_MODEL) + mp_str(strlen(q->model)) + mp_key(PROTO_KEY_STEP) +
+                 mp_uint(q->step) + mp_key(PROTO_KEY_TENSORS) + mp_container(nitems);
 
     if (q->has_txn)
-        n += mp_str(3) + mp_uint(q->txn);
+        n += mp_key(PROTO_KEY_TXN) + mp_uint(q->txn);
     if (q->has_writer)
-        n += mp_str(6) + mp_uint(q->writer);
+        n += mp_key(PROTO_KEY_WRITER) + mp_uint(q->writer);
     if (q->seed)
-        n += mp_str(4) + 1;
+        n += mp_key(PROTO_KEY_SEED) + 1;
     return n;
 }
 
@@ -1199,15 +1206,15 @@ push_header_size(const push_req *q, uint64_t nitems)
 static uint64_t
 tensor_meta_size(const emad_tensor *t)
 {
-    uint64_t n = 1 + mp_str(4) + mp_str(strlen(t->name)) + mp_str(4) +
-                 mp_str(strlen(proto_kind_name(t->kind))) + mp_str(5) +
-                 mp_str(strlen(dtype_name(t->dtype))) + mp_str(5) + mp_container(t->ndim) +
-                 mp_str(4);
+    uint64_t n = 1 + mp_key(PROTO_KEY_NAME) + mp_str(strlen(t->name)) + mp_key(PROTO_KEY_KIND) +
+                 mp_str(strlen(proto_kind_name(t->kind))) + mp_key(PROTO_KEY_DTYPE) +
+                 mp_str(strlen(dtype_name(t->dtype))) + mp_key(PROTO_KEY_SHAPE) +
+                 mp_container(t->ndim) + mp_key(PROTO_KEY_DATA);
 
     for (uint32_t d = 0; d < t->ndim; d++)
         n += mp_uint(t->shape[d]);
     if (t->count > 0)
-        n += mp_str(5) + mp_container(2) + mp_uint(t->offset) + mp_uint(t->count);
+        n += mp_key(PROTO_KEY_SLICE) + mp_container(2) + mp_uint(t->offset) + mp_uint(t->count);
     return n;
 }
 
@@ -1215,7 +1222,7 @@ tensor_meta_size(const emad_tensor *t)
 static uint64_t
 tensor_entry_size(const emad_tensor *t, uint64_t len, int txn, uint64_t offset)
 {
-    return tensor_meta_size(t) + mp_bin(len) + (txn ? mp_str(6) + mp_uint(offset) : 0);
+    return tensor_meta_size(t) + mp_bin(len) + (txn ? mp_key(PROTO_KEY_OFFSET) + mp_uint(offset) : 0);
 }
 
 /* Encoded size of build_push(q), item by item as build_push() packs it. */
@@ -1232,7 +1239,7 @@ push_packed_size(const void *vctx)
 
         n += tensor_entry_size(t, it->len, q->has_txn, it->offset);
         if (as != EMAD_DTYPE_INVALID)
-            n += mp_str(8) + mp_str(strlen(dtype_name(as)));
+            n += mp_key(PROTO_KEY_AS_DTYPE) + mp_str(strlen(dtype_name(as)));
     }
     return (size_t)n;
 }
@@ -1339,13 +1346,13 @@ push_result(emad_client *c, const reply *r, emad_push_result *res)
 
     const msgpack_object *o;
 
-    if ((rc = rget_u64(c, r->root, "applied", &res->applied)) != 0 ||
-        (rc = rget_u64(c, r->root, "stale", &res->stale)) != 0 ||
-        (rc = rget_u64(c, r->root, "skipped", &res->skipped)) != 0 ||
-        (rc = rget_u64(c, r->root, "ignored", &res->ignored)) != 0 ||
-        (rc = rget_u64(c, r->root, "step", &res->step)) != 0)
+    if ((rc = rget_u64(c, r->root, PROTO_KEY_APPLIED, &res->applied)) != 0 ||
+        (rc = rget_u64(c, r->root, PROTO_KEY_STALE, &res->stale)) != 0 ||
+        (rc = rget_u64(c, r->root, PROTO_KEY_SKIPPED, &res->skipped)) != 0 ||
+        (rc = rget_u64(c, r->root, PROTO_KEY_IGNORED, &res->ignored)) != 0 ||
+        (rc = rget_u64(c, r->root, PROTO_KEY_STEP, &res->step)) != 0)
         return rc;
-    if ((o = proto_map_get(r->root, "pending")) == NULL || o->type != MSGPACK_OBJECT_BOOLEAN)
+    if ((o = proto_map_get(r->root, PROTO_KEY_PENDING)) == NULL || o->type != MSGPACK_OBJECT_BOOLEAN)
         return fail(c, EMAD_EPROTO, "reply key 'pending' is missing or not a boolean");
     res->pending = o->via.boolean;
     return 0;
@@ -1378,7 +1385,7 @@ push_plan(emad_client *c, push_req *q, push_item *items, size_t *ti, uint64_t *t
             continue;
         }
         /* Worst-case overhead of a chunk: 5-byte bin header, 9-byte offset. */
-        ovh = tensor_meta_size(t) + 5 + mp_str(6) + 9;
+        ovh = tensor_meta_size(t) + 5 + mp_key(PROTO_KEY_OFFSET) + 9;
         room = size + ovh < limit ? limit - size - ovh : 0;
         room -= room % isz;
         if (room > rem)
@@ -1405,13 +1412,13 @@ push_plan(emad_client *c, push_req *q, push_item *items, size_t *ti, uint64_t *t
 static void
 push_abort(emad_client *c, uint64_t txn)
 {
-    simple_req q = {.op = "abort", .key = "txn", .value = txn};
+    simple_req q = {.op = OP_NAME(ABORT), .key = PROTO_KEY_TXN, .value = txn};
     char saved[sizeof(c->err)];
     int timeout = c->opts.timeout_ms < ABORT_TIMEOUT_MS ? c->opts.timeout_ms : ABORT_TIMEOUT_MS;
     reply r;
 
     memcpy(saved, c->err, sizeof(saved));
-    if (call(c, "abort", build_simple, &q, timeout, &r) == 0)
+    if (call(c, OP_NAME(ABORT), build_simple, &q, timeout, &r) == 0)
         reply_free(&r);
     memcpy(c->err, saved, sizeof(saved));
 }
@@ -1421,8 +1428,8 @@ static int
 push_txn(emad_client *c, const char *model, uint64_t step, const push_req *single,
          const emad_tensor *tensors, size_t n, emad_push_result *res)
 {
-    simple_req bq = {.op = "begin", .model = model, .key = "step", .value = step};
-    simple_req cq = {.op = "commit", .key = "txn"};
+    simple_req bq = {.op = OP_NAME(BEGIN), .model = model, .key = PROTO_KEY_STEP, .value = step};
+    simple_req cq = {.op = OP_NAME(COMMIT), .key = PROTO_KEY_TXN};
     push_req q = {.model = model, .step = step, .has_txn = 1, .tensors = tensors};
     size_t ti = 0, cap = n < PROTO_MAX_TENSORS ? n : PROTO_MAX_TENSORS;
     uint64_t toff = 0, txn = 0, nsent = 0, ndone = 0;
@@ -1432,7 +1439,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     int rc;
 
     if (single->has_writer) {
-        bq.key2 = "writer";
+        bq.key2 = PROTO_KEY_WRITER;
         bq.value2 = single->writer;
     }
     if ((items = malloc(cap * sizeof(*items))) == NULL)
@@ -1440,7 +1447,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     if ((rc = call_simple(c, &bq, &r)) != 0)
         goto out;
     res->messages++;
-    rc = rget_u64(c, r.root, "txn", &txn);
+    rc = rget_u64(c, r.root, PROTO_KEY_TXN, &txn);
     reply_free(&r);
     if (rc != 0)
         goto out;
@@ -1453,18 +1460,18 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
         if (ti < n && nsent - ndone < c->depth) {
             if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0)
                 goto fail_abort;
-            if ((rc = req_send(c, nsent % c->depth, "push", build_push, &q,
+            if ((rc = req_send(c, nsent % c->depth, OP_NAME(PUSH), build_push, &q,
                                now_ms() + c->opts.timeout_ms, c->opts.timeout_ms, &id)) != 0)
                 goto fail_abort;
             nsent++;
             continue;
         }
-        if ((rc = req_wait(c, ndone % c->depth, "push", now_ms() + c->opts.timeout_ms,
+        if ((rc = req_wait(c, ndone % c->depth, OP_NAME(PUSH), now_ms() + c->opts.timeout_ms,
                            c->opts.timeout_ms, &r)) != 0)
             goto fail_abort;
         ndone++;
         res->messages++;
-        rc = rget_u64(c, r.root, "staged", &staged);
+        rc = rget_u64(c, r.root, PROTO_KEY_STAGED, &staged);
         reply_free(&r);
         if (rc != 0)
             goto fail_abort;
@@ -1515,7 +1522,7 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
         items[i] = (push_item){i, 0, tensors[i].nbytes};
     q.items = items;
     q.nitems = n;
-    rc = call(c, "push", build_push, &q, c->opts.timeout_ms, &r);
+    rc = call(c, OP_NAME(PUSH), build_push, &q, c->opts.timeout_ms, &r);
     free(items);
     if (rc == 0) {
         res->messages = 1;
@@ -1589,7 +1596,7 @@ emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
         }
         q.items = items;
         q.nitems = k;
-        if ((rc = call(c, "push", build_push, &q, c->opts.timeout_ms, &r)) == 0) {
+        if ((rc = call(c, OP_NAME(PUSH), build_push, &q, c->opts.timeout_ms, &r)) == 0) {
             rc = push_result(c, &r, &part);
             reply_free(&r);
             res->applied += part.applied;
@@ -1640,23 +1647,23 @@ build_pull(msgpack_packer *pk, const void *vctx)
     int with_decay = q->opts != NULL && q->opts->decay >= 0.0;
     int with_dtype = q->opts != NULL && q->opts->dtype != EMAD_DTYPE_INVALID;
 
-    pk_head(pk, "pull", 3 + with_names + with_decay + with_dtype);
-    pk_kv_str(pk, "model", q->model);
+    pk_head(pk, OP_NAME(PULL), 3 + with_names + with_decay + with_dtype);
+    pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
     if (with_decay) {
-        proto_pack_str(pk, "decay");
+        proto_pack_str(pk, PROTO_KEY_DECAY);
         msgpack_pack_double(pk, q->opts->decay);
     }
     if (with_dtype)
-        pk_kv_str(pk, "dtype",
-                  q->opts->dtype == EMAD_PULL_SHADOW ? "shadow" : dtype_name(q->opts->dtype));
+        pk_kv_str(pk, PROTO_KEY_DTYPE,
+                  q->opts->dtype == EMAD_PULL_SHADOW ? PROTO_VAL_DTYPE_SHADOW : dtype_name(q->opts->dtype));
     if (with_names) {
-        proto_pack_str(pk, "tensors");
+        proto_pack_str(pk, PROTO_KEY_TENSORS);
         msgpack_pack_array(pk, q->nnames);
         for (size_t i = 0; i < q->nnames; i++)
             proto_pack_str(pk, pull_name(q, i));
     }
-    proto_pack_kv_u64(pk, "max_reply_bytes", q->max_reply);
-    proto_pack_kv_u64(pk, "inline_bytes", PULL_INLINE_BYTES);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_REPLY_BYTES, q->max_reply);
+    proto_pack_kv_u64(pk, PROTO_KEY_INLINE_BYTES, PULL_INLINE_BYTES);
 }
 
 /* Parse one tensor map of a pull or list reply into *t; EMAD_EPROTO if malformed. */
@@ -1672,19 +1679,19 @@ parse_tdesc(emad_client *c, const msgpack_object *o, size_t idx, tdesc *t)
     memset(t, 0, sizeof(*t));
     if (o->type != MSGPACK_OBJECT_MAP)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu] is not a map", idx);
-    if ((rc = rget_str(c, o, "name", &t->name, &t->name_len)) != 0)
+    if ((rc = rget_str(c, o, PROTO_KEY_NAME, &t->name, &t->name_len)) != 0)
         return rc;
     if (proto_check_tensor_name(t->name, t->name_len) != 0)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu] has an invalid name", idx);
-    if ((rc = rget_str(c, o, "kind", &s, &len)) != 0)
+    if ((rc = rget_str(c, o, PROTO_KEY_KIND, &s, &len)) != 0)
         return rc;
     if ((t->kind = proto_kind_from_name(s, len)) < 0)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu] has an unknown kind", idx);
-    if ((rc = rget_str(c, o, "dtype", &s, &len)) != 0)
+    if ((rc = rget_str(c, o, PROTO_KEY_DTYPE, &s, &len)) != 0)
         return rc;
     if ((t->dtype = dtype_from_name(s, len)) == EMAD_DTYPE_INVALID)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu] has an unknown dtype", idx);
-    if ((rc = rget_array(c, o, "shape", &shape)) != 0)
+    if ((rc = rget_array(c, o, PROTO_KEY_SHAPE, &shape)) != 0)
         return rc;
     if (shape->via.array.size > EMAD_MAX_NDIM)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu] has too many dimensions", idx);
@@ -1694,14 +1701,14 @@ parse_tdesc(emad_client *c, const msgpack_object *o, size_t idx, tdesc *t)
             return fail(c, EMAD_EPROTO, "reply tensors[%zu].shape[%u] is not a uint", idx, d);
         t->shape[d] = shape->via.array.ptr[d].via.u64;
     }
-    if ((rc = rget_u64(c, o, "step", &t->step)) != 0 ||
-        (rc = rget_u64(c, o, "nbytes", &t->nbytes)) != 0)
+    if ((rc = rget_u64(c, o, PROTO_KEY_STEP, &t->step)) != 0 ||
+        (rc = rget_u64(c, o, PROTO_KEY_NBYTES, &t->nbytes)) != 0)
         return rc;
     if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) != 0 || nbytes != t->nbytes ||
         nbytes > SIZE_MAX / 2)
         return fail(c, EMAD_EPROTO, "reply tensors[%zu]: nbytes does not match shape and dtype",
                     idx);
-    data = proto_map_get(o, "data");
+    data = proto_map_get(o, PROTO_KEY_DATA);
     if (data != NULL) {
         if (data->type != MSGPACK_OBJECT_BIN || data->via.bin.size != t->nbytes)
             return fail(c, EMAD_EPROTO, "reply tensors[%zu]: data is not bin of nbytes", idx);
@@ -1737,12 +1744,12 @@ pull_start(emad_client *c, const pull_req *q, pull_state *p)
     int rc;
 
     memset(p, 0, sizeof(*p));
-    if ((rc = call(c, "pull", build_pull, q, c->opts.timeout_ms, &p->r)) != 0)
+    if ((rc = call(c, OP_NAME(PULL), build_pull, q, c->opts.timeout_ms, &p->r)) != 0)
         return rc;
-    if ((rc = rget_u64(c, p->r.root, "step", &p->step)) != 0 ||
-        (rc = rget_array(c, p->r.root, "tensors", &arr)) != 0)
+    if ((rc = rget_u64(c, p->r.root, PROTO_KEY_STEP, &p->step)) != 0 ||
+        (rc = rget_array(c, p->r.root, PROTO_KEY_TENSORS, &arr)) != 0)
         goto fail;
-    if ((s = proto_map_get(p->r.root, "session")) != NULL) {
+    if ((s = proto_map_get(p->r.root, PROTO_KEY_SESSION)) != NULL) {
         if (s->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
             rc = fail(c, EMAD_EPROTO, "reply key 'session' is not an unsigned integer");
             goto fail;
@@ -1773,7 +1780,7 @@ fail:
 static void
 pull_release(emad_client *c, uint64_t session)
 {
-    simple_req q = {.op = "release", .key = "session", .value = session};
+    simple_req q = {.op = OP_NAME(RELEASE), .key = PROTO_KEY_SESSION, .value = session};
     char saved[sizeof(c->err)];
     reply r;
 
@@ -1801,9 +1808,9 @@ build_read(msgpack_packer *pk, const void *vctx)
 {
     const read_req *q = vctx;
 
-    pk_head(pk, "read", 2);
-    proto_pack_kv_u64(pk, "session", q->session);
-    proto_pack_str(pk, "ranges");
+    pk_head(pk, OP_NAME(READ), 2);
+    proto_pack_kv_u64(pk, PROTO_KEY_SESSION, q->session);
+    proto_pack_str(pk, PROTO_KEY_RANGES);
     msgpack_pack_array(pk, q->n);
     for (size_t i = 0; i < q->n; i++) {
         msgpack_pack_array(pk, 3);
@@ -1857,7 +1864,7 @@ read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
     const msgpack_object *data;
     int rc;
 
-    if ((rc = rget_array(c, r->root, "data", &data)) != 0)
+    if ((rc = rget_array(c, r->root, PROTO_KEY_DATA, &data)) != 0)
         return rc;
     if (data->via.array.size != q->n)
         return fail(c, EMAD_EPROTO, "read: reply has %u ranges, asked for %zu",
@@ -1916,7 +1923,7 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
                 break;
             if (q->n == 0)
                 continue; /* only empty tensors were left */
-            if ((rc = req_send(c, slot, "read", build_read, q, now_ms() + c->opts.timeout_ms,
+            if ((rc = req_send(c, slot, OP_NAME(READ), build_read, q, now_ms() + c->opts.timeout_ms,
                                c->opts.timeout_ms, &id)) != 0)
                 break;
             nsent++;
@@ -1925,7 +1932,7 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
         {
             size_t slot = ndone % c->depth;
             reply r;
-            if ((rc = req_wait(c, slot, "read", now_ms() + c->opts.timeout_ms, c->opts.timeout_ms,
+            if ((rc = req_wait(c, slot, OP_NAME(READ), now_ms() + c->opts.timeout_ms, c->opts.timeout_ms,
                                &r)) != 0)
                 break;
             ndone++;
@@ -2167,13 +2174,13 @@ parse_info(emad_client *c, const msgpack_object *o, emad_model_info *info)
     memset(info, 0, sizeof(*info));
     if (o->type != MSGPACK_OBJECT_MAP)
         return fail(c, EMAD_EPROTO, "list: model entry is not a map");
-    if ((rc = rget_str(c, o, "name", &name, &len)) != 0)
+    if ((rc = rget_str(c, o, PROTO_KEY_NAME, &name, &len)) != 0)
         return rc;
     if (proto_check_model_name(name, len) != 0)
         return fail(c, EMAD_EPROTO, "list: invalid model name in reply");
     memcpy(info->name, name, len);
     info->name[len] = '\0';
-    d = proto_map_get(o, "decay");
+    d = proto_map_get(o, PROTO_KEY_DECAY);
     if (d == NULL)
         return fail(c, EMAD_EPROTO, "reply key 'decay' is missing");
     if (d->type == MSGPACK_OBJECT_FLOAT32 || d->type == MSGPACK_OBJECT_FLOAT64)
@@ -2182,12 +2189,12 @@ parse_info(emad_client *c, const msgpack_object *o, emad_model_info *info)
         info->decay = (double)d->via.u64;
     else
         return fail(c, EMAD_EPROTO, "reply key 'decay' is not a number");
-    if ((rc = rget_u64(c, o, "step", &info->step)) != 0 ||
-        (rc = rget_u64(c, o, "tensors", &info->ntensors)) != 0 ||
-        (rc = rget_u64(c, o, "shadow_bytes", &info->shadow_bytes)) != 0 ||
-        (rc = rget_u64(c, o, "snapshot_step", &info->snapshot_step)) != 0)
+    if ((rc = rget_u64(c, o, PROTO_KEY_STEP, &info->step)) != 0 ||
+        (rc = rget_u64(c, o, PROTO_KEY_TENSORS, &info->ntensors)) != 0 ||
+        (rc = rget_u64(c, o, PROTO_KEY_SHADOW_BYTES, &info->shadow_bytes)) != 0 ||
+        (rc = rget_u64(c, o, PROTO_KEY_SNAPSHOT_STEP, &info->snapshot_step)) != 0)
         return rc;
-    d = proto_map_get(o, "last_push_age_ms");
+    d = proto_map_get(o, PROTO_KEY_LAST_PUSH_AGE_MS);
     info->last_push_age_ms = -1;
     if (d != NULL && d->type == MSGPACK_OBJECT_POSITIVE_INTEGER && d->via.u64 <= INT64_MAX)
         info->last_push_age_ms = (int64_t)d->via.u64;
@@ -2198,7 +2205,7 @@ parse_info(emad_client *c, const msgpack_object *o, emad_model_info *info)
 EMAD_EXTERN int
 emad_list(emad_client *c, emad_model_info **out, size_t *n)
 {
-    simple_req q = {.op = "list"};
+    simple_req q = {.op = OP_NAME(LIST)};
     const msgpack_object *arr;
     emad_model_info *v = NULL;
     reply r;
@@ -2211,7 +2218,7 @@ emad_list(emad_client *c, emad_model_info **out, size_t *n)
     *n = 0;
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    if ((rc = rget_array(c, r.root, "models", &arr)) != 0)
+    if ((rc = rget_array(c, r.root, PROTO_KEY_MODELS, &arr)) != 0)
         goto out;
     if ((v = calloc(arr->via.array.size ? arr->via.array.size : 1, sizeof(*v))) == NULL) {
         rc = fail(c, EMAD_ENOMEM, "list: out of memory");
@@ -2245,7 +2252,7 @@ EMAD_EXTERN int
 emad_describe(emad_client *c, const char *model, emad_model_info *info, emad_tensor **tensors,
               size_t *n)
 {
-    simple_req q = {.op = "list", .model = model};
+    simple_req q = {.op = OP_NAME(LIST), .model = model};
     const msgpack_object *m, *arr;
     emad_tensor *v = NULL;
     size_t count = 0;
@@ -2261,11 +2268,11 @@ emad_describe(emad_client *c, const char *model, emad_model_info *info, emad_ten
         return call_end(c, rc);
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    if ((m = proto_map_get(r.root, "model")) == NULL) {
+    if ((m = proto_map_get(r.root, PROTO_KEY_MODEL)) == NULL) {
         rc = fail(c, EMAD_EPROTO, "reply key 'model' is missing");
         goto out;
     }
-    if ((rc = parse_info(c, m, info)) != 0 || (rc = rget_array(c, r.root, "tensors", &arr)) != 0)
+    if ((rc = parse_info(c, m, info)) != 0 || (rc = rget_array(c, r.root, PROTO_KEY_TENSORS, &arr)) != 0)
         goto out;
     if ((v = calloc(arr->via.array.size ? arr->via.array.size : 1, sizeof(*v))) == NULL) {
         rc = fail(c, EMAD_ENOMEM, "describe: out of memory");
@@ -2300,7 +2307,7 @@ out:
 EMAD_EXTERN int
 emad_stats(emad_client *c, emad_stat **out, size_t *n)
 {
-    simple_req q = {.op = "stats"};
+    simple_req q = {.op = OP_NAME(STATS)};
     const msgpack_object *m;
     emad_stat *v = NULL;
     size_t k = 0;
@@ -2314,7 +2321,7 @@ emad_stats(emad_client *c, emad_stat **out, size_t *n)
     *n = 0;
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    m = proto_map_get(r.root, "stats");
+    m = proto_map_get(r.root, PROTO_KEY_STATS);
     if (m == NULL || m->type != MSGPACK_OBJECT_MAP) {
         rc = fail(c, EMAD_EPROTO, "reply key 'stats' is %s (expected a map)",
                   m == NULL ? "missing" : "not a map");
@@ -2350,7 +2357,7 @@ out:
 EMAD_EXTERN int
 emad_get_config(emad_client *c, const char *model, emad_model_config *cfg)
 {
-    simple_req q = {.op = "list", .model = model};
+    simple_req q = {.op = OP_NAME(LIST), .model = model};
     const msgpack_object *m, *conf;
     emaconf_strings *strings = NULL;
     char why[256];
@@ -2365,8 +2372,8 @@ emad_get_config(emad_client *c, const char *model, emad_model_config *cfg)
         return call_end(c, rc);
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    if ((m = proto_map_get(r.root, "model")) == NULL ||
-        (conf = proto_map_get(m, "config")) == NULL || conf->type != MSGPACK_OBJECT_MAP) {
+    if ((m = proto_map_get(r.root, PROTO_KEY_MODEL)) == NULL ||
+        (conf = proto_map_get(m, PROTO_KEY_CONFIG)) == NULL || conf->type != MSGPACK_OBJECT_MAP) {
         rc = fail(c, EMAD_EPROTO, "reply key 'model.config' is missing or not a map");
         goto out;
     }
@@ -2394,7 +2401,7 @@ out:
 EMAD_EXTERN int
 emad_snapshot(emad_client *c, const char *model, uint64_t *step)
 {
-    simple_req q = {.op = "snapshot", .model = model};
+    simple_req q = {.op = OP_NAME(SNAPSHOT), .model = model};
     uint64_t s = 0;
     reply r;
     int rc;
@@ -2406,7 +2413,7 @@ emad_snapshot(emad_client *c, const char *model, uint64_t *step)
         return call_end(c, rc);
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
-    rc = rget_u64(c, r.root, "step", &s);
+    rc = rget_u64(c, r.root, PROTO_KEY_STEP, &s);
     reply_free(&r);
     if (rc == 0 && step != NULL)
         *step = s;

@@ -14,13 +14,9 @@
 #include "common/proto.h"
 
 static const char *const op_names[PROTO_OP_COUNT] = {
-    [PROTO_OP_HELLO] = "hello",         [PROTO_OP_CREATE] = "create",
-    [PROTO_OP_DROP] = "drop",           [PROTO_OP_PUSH] = "push",
-    [PROTO_OP_BEGIN] = "begin",         [PROTO_OP_COMMIT] = "commit",
-    [PROTO_OP_ABORT] = "abort",         [PROTO_OP_PULL] = "pull",
-    [PROTO_OP_READ] = "read",           [PROTO_OP_RELEASE] = "release",
-    [PROTO_OP_LIST] = "list",           [PROTO_OP_STATS] = "stats",
-    [PROTO_OP_CONFIGURE] = "configure", [PROTO_OP_SNAPSHOT] = "snapshot",
+#define XX(id, name) [PROTO_OP_##id] = name,
+    PROTO_OP_MAP(XX)
+#undef XX
 };
 
 struct errinfo {

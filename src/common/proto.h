@@ -14,26 +14,32 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "common/proto_keys.h"
 
 #define PROTO_VERSION EMAD_PROTOCOL_VERSION
 
-/* Operations, by wire name. */
+/* Operations: the enum and the wire names, one entry each (XX(ID, "name")). */
+#define PROTO_OP_MAP(XX)                                                                         \
+    XX(HELLO, "hello")                                                                           \
+    XX(CREATE, "create")                                                                         \
+    XX(DROP, "drop")                                                                             \
+    XX(PUSH, "push")                                                                             \
+    XX(BEGIN, "begin")                                                                           \
+    XX(COMMIT, "commit")                                                                         \
+    XX(ABORT, "abort")                                                                           \
+    XX(PULL, "pull")                                                                             \
+    XX(READ, "read")                                                                             \
+    XX(RELEASE, "release")                                                                       \
+    XX(LIST, "list")                                                                             \
+    XX(STATS, "stats")                                                                           \
+    XX(CONFIGURE, "configure")                                                                   \
+    XX(SNAPSHOT, "snapshot")
+
 enum proto_op {
     PROTO_OP_INVALID = 0,
-    PROTO_OP_HELLO,
-    PROTO_OP_CREATE,
-    PROTO_OP_DROP,
-    PROTO_OP_PUSH,
-    PROTO_OP_BEGIN,
-    PROTO_OP_COMMIT,
-    PROTO_OP_ABORT,
-    PROTO_OP_PULL,
-    PROTO_OP_READ,
-    PROTO_OP_RELEASE,
-    PROTO_OP_LIST,
-    PROTO_OP_STATS,
-    PROTO_OP_CONFIGURE,
-    PROTO_OP_SNAPSHOT,
+#define XX(id, name) PROTO_OP_##id,
+    PROTO_OP_MAP(XX)
+#undef XX
     PROTO_OP_COUNT
 };
 

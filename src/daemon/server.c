@@ -36,45 +36,17 @@
 #include "base/log.h"
 #include "daemon/metrics.h"
 #include "daemon/persist.h"
+#include "common/counters.h"
 #include "common/proto.h"
 #include "daemon/server.h"
 #include "store/store.h"
 #include "store/task.h"
 #include "base/xmalloc.h"
 
-/* Counters reported by `stats`, in this order. */
-enum counter {
-    C_REQUESTS,
-    C_ERRORS,
-    C_BYTES_IN,
-    C_BYTES_OUT,
-    C_TENSORS_APPLIED,
-    C_TENSORS_STALE,
-    C_PUSHES_REJECTED,
-    C_TXN_BEGUN,
-    C_TXN_COMMITTED,
-    C_TXN_ABORTED,
-    C_TXN_EXPIRED,
-    C_SESSIONS_EXPIRED,
-    C_REPLIES_DROPPED,
-    C_TENSORS_SKIPPED_NONFINITE,
-    C_TENSORS_IGNORED,
-    C_WRITER_PUSHES_PENDING,
-    C_STEPS_EXPIRED,
-    C_COMMITS_WAITED,
-    C_COUNT
-};
-
-static const char *const counter_names[C_COUNT] = {
-    "requests",        "errors",
-    "bytes_in",        "bytes_out",
-    "tensors_applied", "tensors_stale",
-    "pushes_rejected", "txn_begun",
-    "txn_committed",   "txn_aborted",
-    "txn_expired",     "sessions_expired",
-    "replies_dropped", "tensors_skipped_nonfinite",
-    "tensors_ignored", "writer_pushes_pending",
-    "steps_expired",   "commits_waited",
+static const char *const counter_names[COUNTER_COUNT] = {
+#define XX(id, name) name,
+    COUNTERS_MAP(XX)
+#undef XX
 };
 
 #define ERR_FIRST 1001
@@ -94,7 +66,7 @@ struct server {
     uint64_t start_ms;
     uint64_t last_request_ms; /* for giving freed memory back when idle */
     int trimmed;              /* idle for cfg.idle_release_ms: spares freed, heap trimmed */
-    uint64_t counters[C_COUNT];
+    uint64_t counters[COUNTER_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
     uint64_t err_counts[ERR_LAST - ERR_FIRST + 1];
     /* For metrics (server_figures): */
@@ -216,8 +188,8 @@ static void
 pack_head(msgpack_packer *pk, int ok, size_t nextra)
 {
     msgpack_pack_map(pk, 2 + nextra);
-    proto_pack_kv_u64(pk, "v", PROTO_VERSION);
-    proto_pack_str(pk, "ok");
+    proto_pack_kv_u64(pk, PROTO_KEY_V, PROTO_VERSION);
+    proto_pack_str(pk, PROTO_KEY_OK);
     if (ok)
         msgpack_pack_true(pk);
     else
@@ -255,12 +227,12 @@ reply_send_msg(req *r, void *msg, size_t len)
         log_warn("event=reply_dropped op=%s error=\"%s\"",
                  proto_op_name(r->op) ? proto_op_name(r->op) : "?", nn_strerror(nn_errno()));
         nn_freemsg(msg);
-        srv->counters[C_REPLIES_DROPPED]++;
+        srv->counters[COUNTER_REPLIES_DROPPED]++;
         return; /* the routing header is freed by the caller */
     }
     r->ctrl = NULL; /* nanomsg owns it now */
     r->reply_len = len;
-    srv->counters[C_BYTES_OUT] += len;
+    srv->counters[COUNTER_BYTES_OUT] += len;
 }
 
 /*
@@ -299,12 +271,12 @@ reply_send(req *r, build_fn build, const void *ctx)
         msgpack_packer_init(&pk, &w, wbuf_write);
         build(&pk, ctx);
         r->reply_len = len;
-        srv->counters[C_BYTES_OUT] += len; /* counted as on the socket, so stats agree */
+        srv->counters[COUNTER_BYTES_OUT] += len; /* counted as on the socket, so stats agree */
         return;
     }
     if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
         log_error("event=reply_alloc_failed bytes=%zu", len);
-        srv->counters[C_REPLIES_DROPPED]++;
+        srv->counters[COUNTER_REPLIES_DROPPED]++;
         return;
     }
     reply_send_msg(r, msg, len);
@@ -325,19 +297,19 @@ build_error(msgpack_packer *pk, const void *vctx)
     int with_supported = e->code == EMAD_EVERSION;
 
     pack_head(pk, 0, 1);
-    proto_pack_str(pk, "error");
+    proto_pack_str(pk, PROTO_KEY_ERROR);
     msgpack_pack_map(pk, 3 + with_tensor + with_supported);
-    proto_pack_kv_u64(pk, "code", (uint64_t)-e->code);
-    proto_pack_str(pk, "name");
+    proto_pack_kv_u64(pk, PROTO_KEY_CODE, (uint64_t)-e->code);
+    proto_pack_str(pk, PROTO_KEY_NAME);
     proto_pack_str(pk, name != NULL ? name : "EMAD_EINTERNAL");
-    proto_pack_str(pk, "message");
+    proto_pack_str(pk, PROTO_KEY_MESSAGE);
     proto_pack_str(pk, e->message);
     if (with_tensor) {
-        proto_pack_str(pk, "tensor");
+        proto_pack_str(pk, PROTO_KEY_TENSOR);
         proto_pack_str(pk, e->tensor);
     }
     if (with_supported) {
-        proto_pack_str(pk, "supported");
+        proto_pack_str(pk, PROTO_KEY_SUPPORTED);
         msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, PROTO_VERSION);
     }
@@ -382,12 +354,12 @@ reply_error(req *r, const store_err *err)
     if (proto_check_tensor_name(e->tensor, strlen(e->tensor)) != 0)
         e->tensor[0] = '\0';
 
-    srv->counters[C_ERRORS]++;
+    srv->counters[COUNTER_ERRORS]++;
     if (code >= ERR_FIRST && code <= ERR_LAST)
         srv->err_counts[code - ERR_FIRST]++;
     srv->op_errors[r->op]++;
     if (r->op == PROTO_OP_PUSH || r->op == PROTO_OP_COMMIT) {
-        srv->counters[C_PUSHES_REJECTED]++;
+        srv->counters[COUNTER_PUSHES_REJECTED]++;
         if (code >= ERR_FIRST && code <= ERR_LAST)
             srv->push_rejects[code - ERR_FIRST]++;
     }
@@ -534,7 +506,7 @@ tensor_keys_get(const msgpack_object *map, tensor_keys *k)
 static int
 decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n, store_err *err)
 {
-    const msgpack_object *arr = proto_map_get(root, "tensors");
+    const msgpack_object *arr = proto_map_get(root, PROTO_KEY_TENSORS);
     store_input *in;
     uint32_t bad = 0;
 
@@ -560,9 +532,9 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
             goto fail;
         }
         tensor_keys_get(t, &k);
-        if (str_of(k.name, "name", &in[i].name, &in[i].name_len, err) != 0)
+        if (str_of(k.name, PROTO_KEY_NAME, &in[i].name, &in[i].name_len, err) != 0)
             goto fail_named;
-        if (str_of(k.kind, "kind", &s, &len, err) != 0)
+        if (str_of(k.kind, PROTO_KEY_KIND, &s, &len, err) != 0)
             goto fail_named;
         in[i].kind = proto_kind_from_name(s, len);
         if (in[i].kind < 0) {
@@ -571,7 +543,7 @@ decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n
                      printable(buf, sizeof(buf), s, len));
             goto fail_named;
         }
-        if (str_of(k.dtype, "dtype", &s, &len, err) != 0)
+        if (str_of(k.dtype, PROTO_KEY_DTYPE, &s, &len, err) != 0)
             goto fail_named;
         if ((in[i].dtype = dtype_from_name(s, len)) == EMAD_DTYPE_INVALID) {
             char buf[32];
@@ -669,19 +641,19 @@ build_hello(msgpack_packer *pk, const void *ctx)
     const server *srv = ctx;
 
     msgpack_pack_map(pk, 10);
-    proto_pack_kv_u64(pk, "v", PROTO_VERSION);
-    proto_pack_str(pk, "ok");
+    proto_pack_kv_u64(pk, PROTO_KEY_V, PROTO_VERSION);
+    proto_pack_str(pk, PROTO_KEY_OK);
     msgpack_pack_true(pk);
-    proto_pack_str(pk, "server");
-    proto_pack_str(pk, "emad");
-    proto_pack_str(pk, "version");
+    proto_pack_str(pk, PROTO_KEY_SERVER);
+    proto_pack_str(pk, PROTO_VAL_SERVER_NAME);
+    proto_pack_str(pk, PROTO_KEY_VERSION);
     proto_pack_str(pk, PACKAGE_VERSION);
-    proto_pack_kv_u64(pk, "protocol", PROTO_VERSION);
-    proto_pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
-    proto_pack_kv_u64(pk, "max_tensors", PROTO_MAX_TENSORS);
-    proto_pack_kv_u64(pk, "max_name_bytes", EMAD_MAX_NAME_BYTES);
-    proto_pack_kv_u64(pk, "max_ndim", EMAD_MAX_NDIM);
-    proto_pack_kv_u64(pk, "txn_timeout_ms", srv->cfg.txn_timeout_ms);
+    proto_pack_kv_u64(pk, PROTO_KEY_PROTOCOL, PROTO_VERSION);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_MESSAGE_BYTES, srv->cfg.max_message_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_TENSORS, PROTO_MAX_TENSORS);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_NAME_BYTES, EMAD_MAX_NAME_BYTES);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_NDIM, EMAD_MAX_NDIM);
+    proto_pack_kv_u64(pk, PROTO_KEY_TXN_TIMEOUT_MS, srv->cfg.txn_timeout_ms);
 }
 
 /* Reply with no keys beyond v and ok. */
@@ -696,7 +668,7 @@ static void
 build_created(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    proto_pack_str(pk, "created");
+    proto_pack_str(pk, PROTO_KEY_CREATED);
     if (*(const int *)ctx)
         msgpack_pack_true(pk);
     else
@@ -749,8 +721,8 @@ handle_create(req *r, store_err *err)
     emaconf_strings *strings = xmalloc(sizeof(*strings));
 
     emaconf_init(&cfg);
-    if (get_str(r->root, "model", &name, &len, err) || get_config(r->root, &cfg, strings, err) ||
-        get_bool(r->root, "exist_ok", &exist_ok, err) ||
+    if (get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) || get_config(r->root, &cfg, strings, err) ||
+        get_bool(r->root, PROTO_KEY_EXIST_OK, &exist_ok, err) ||
         store_create_model(r->srv->store, name, len, &cfg, exist_ok, &created, err)) {
         free(strings);
         return err->code;
@@ -771,7 +743,7 @@ handle_configure(req *r, store_err *err)
     emad_model_config cfg;
     emaconf_strings *strings;
 
-    if (get_str(r->root, "model", &name, &len, err))
+    if (get_str(r->root, PROTO_KEY_MODEL, &name, &len, err))
         return err->code;
     if ((m = store_model_find(r->srv->store, name, len)) == NULL)
         return req_fail(err, EMAD_ENOMODEL, "no model '%.*s'", (int)(len > 128 ? 128 : len), name);
@@ -794,7 +766,7 @@ handle_drop(req *r, store_err *err)
     const char *name;
     size_t len;
 
-    if (get_str(r->root, "model", &name, &len, err) ||
+    if (get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
         store_drop_model(r->srv->store, name, len, err))
         return err->code;
     if (r->srv->persist != NULL) {
@@ -813,31 +785,31 @@ build_result(msgpack_packer *pk, const void *ctx)
     const store_result *res = ctx;
 
     pack_head(pk, 1, 7);
-    proto_pack_kv_u64(pk, "applied", res->applied);
-    proto_pack_kv_u64(pk, "stale", res->stale);
-    proto_pack_kv_u64(pk, "skipped", res->skipped);
-    proto_pack_kv_u64(pk, "ignored", res->ignored);
-    proto_pack_str(pk, "pending");
+    proto_pack_kv_u64(pk, PROTO_KEY_APPLIED, res->applied);
+    proto_pack_kv_u64(pk, PROTO_KEY_STALE, res->stale);
+    proto_pack_kv_u64(pk, PROTO_KEY_SKIPPED, res->skipped);
+    proto_pack_kv_u64(pk, PROTO_KEY_IGNORED, res->ignored);
+    proto_pack_str(pk, PROTO_KEY_PENDING);
     if (res->pending)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    proto_pack_str(pk, "stale_names");
+    proto_pack_str(pk, PROTO_KEY_STALE_NAMES);
     msgpack_pack_array(pk, res->nstale_names);
     for (size_t i = 0; i < res->nstale_names; i++)
         proto_pack_str(pk, res->stale_names[i]);
-    proto_pack_kv_u64(pk, "step", res->step);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, res->step);
 }
 
 /* Count a push's outcome. */
 static void
 count_result(server *srv, const store_result *res)
 {
-    srv->counters[C_TENSORS_APPLIED] += res->applied;
-    srv->counters[C_TENSORS_STALE] += res->stale;
-    srv->counters[C_TENSORS_SKIPPED_NONFINITE] += res->skipped;
-    srv->counters[C_TENSORS_IGNORED] += res->ignored;
-    srv->counters[C_WRITER_PUSHES_PENDING] += res->pending != 0;
+    srv->counters[COUNTER_TENSORS_APPLIED] += res->applied;
+    srv->counters[COUNTER_TENSORS_STALE] += res->stale;
+    srv->counters[COUNTER_TENSORS_SKIPPED_NONFINITE] += res->skipped;
+    srv->counters[COUNTER_TENSORS_IGNORED] += res->ignored;
+    srv->counters[COUNTER_WRITER_PUSHES_PENDING] += res->pending != 0;
     srv->pushes_stale += res->applied == 0 && res->stale > 0;
 }
 
@@ -845,7 +817,7 @@ static void
 build_staged(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    proto_pack_kv_u64(pk, "staged", *(const uint64_t *)ctx);
+    proto_pack_kv_u64(pk, PROTO_KEY_STAGED, *(const uint64_t *)ctx);
 }
 
 static void observe_latency(server *srv, int op, uint64_t t0);
@@ -1033,27 +1005,27 @@ handle_push(req *r, store_err *err)
     int has_txn = 0, has_step = 0, has_writer = 0, seed = 0, rc;
     store_input *in = NULL;
 
-    if (get_u64(r->root, "txn", &txn, &has_txn, err) != 0 ||
-        get_u64(r->root, "writer", &writer, &has_writer, err) != 0)
+    if (get_u64(r->root, PROTO_KEY_TXN, &txn, &has_txn, err) != 0 ||
+        get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err) != 0)
         return err->code;
     if (has_writer && has_txn)
         return req_fail(err, EMAD_EMALFORMED,
                         "'writer' belongs in begin, not in a transaction's push");
-    if (get_bool(r->root, "seed", &seed, err) != 0)
+    if (get_bool(r->root, PROTO_KEY_SEED, &seed, err) != 0)
         return err->code;
     if (seed && (has_txn || has_writer))
         return req_fail(err, EMAD_EMALFORMED, "a seed is one message, without 'txn' or 'writer'");
     if (writer > UINT32_MAX)
         return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
                         (unsigned long long)writer);
-    if (!has_txn && (get_str(r->root, "model", &model_name, &len, err) ||
-                     get_u64(r->root, "step", &step, NULL, err)))
+    if (!has_txn && (get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
+                     get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err)))
         return err->code;
     if (has_txn) {
-        const msgpack_object *o = proto_map_get(r->root, "model");
-        if (o != NULL && get_str(r->root, "model", &model_name, &len, err) != 0)
+        const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
+        if (o != NULL && get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) != 0)
             return err->code;
-        if (get_u64(r->root, "step", &step, &has_step, err) != 0)
+        if (get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err) != 0)
             return err->code;
     }
     if (decode_tensors(r->root, has_txn, &in, &n, err) != 0)
@@ -1111,7 +1083,7 @@ static void
 build_txn(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    proto_pack_kv_u64(pk, "txn", *(const uint64_t *)ctx);
+    proto_pack_kv_u64(pk, PROTO_KEY_TXN, *(const uint64_t *)ctx);
 }
 
 static int
@@ -1122,15 +1094,15 @@ handle_begin(req *r, store_err *err)
     uint64_t step, id, writer = 0;
     int has_writer;
 
-    if (get_str(r->root, "model", &name, &len, err) || get_u64(r->root, "step", &step, NULL, err) ||
-        get_u64(r->root, "writer", &writer, &has_writer, err))
+    if (get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) || get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err) ||
+        get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err))
         return err->code;
     if (writer > UINT32_MAX)
         return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
                         (unsigned long long)writer);
     if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
         return err->code;
-    r->srv->counters[C_TXN_BEGUN]++;
+    r->srv->counters[COUNTER_TXN_BEGUN]++;
     log_debug("event=txn_begin model=%.*s step=%llu txn=%llu", (int)len, name,
               (unsigned long long)step, (unsigned long long)id);
     reply_send(r, build_txn, &id);
@@ -1145,7 +1117,7 @@ commit_txn(req *r, uint64_t id, store_err *err)
 
     if (store_txn_commit(r->srv->store, id, r->now_ms, &res, err) != 0)
         return err->code;
-    r->srv->counters[C_TXN_COMMITTED]++;
+    r->srv->counters[COUNTER_TXN_COMMITTED]++;
     count_result(r->srv, &res);
     log_debug("event=txn_commit txn=%llu applied=%llu stale=%llu step=%llu", (unsigned long long)id,
               (unsigned long long)res.applied, (unsigned long long)res.stale,
@@ -1159,7 +1131,7 @@ handle_commit(req *r, store_err *err)
 {
     uint64_t id;
 
-    if (get_u64(r->root, "txn", &id, NULL, err) != 0)
+    if (get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) != 0)
         return err->code;
     if (can_defer(r) && store_txn_inflight(r->srv->store, id) > 0) {
         parked *p = xcalloc(1, sizeof(*p)), **pp;
@@ -1168,7 +1140,7 @@ handle_commit(req *r, store_err *err)
         p->t0 = r->t0;
         r->ctrl = NULL;
         r->deferred = 1;
-        r->srv->counters[C_COMMITS_WAITED]++;
+        r->srv->counters[COUNTER_COMMITS_WAITED]++;
         for (pp = &r->srv->parked; *pp != NULL; pp = &(*pp)->next)
             ; /* in arrival order */
         *pp = p;
@@ -1204,9 +1176,9 @@ handle_abort(req *r, store_err *err)
 {
     uint64_t id;
 
-    if (get_u64(r->root, "txn", &id, NULL, err) || store_txn_abort(r->srv->store, id, err))
+    if (get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) || store_txn_abort(r->srv->store, id, err))
         return err->code;
-    r->srv->counters[C_TXN_ABORTED]++;
+    r->srv->counters[COUNTER_TXN_ABORTED]++;
     reply_send(r, build_empty, NULL);
     return 0;
 }
@@ -1265,23 +1237,23 @@ static void
 pack_view_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
 {
     msgpack_pack_map(pk, 7 + with_data);
-    proto_pack_str(pk, "name");
+    proto_pack_str(pk, PROTO_KEY_NAME);
     msgpack_pack_str(pk, vt->name_len);
     msgpack_pack_str_body(pk, vt->name, vt->name_len);
-    proto_pack_str(pk, "kind");
+    proto_pack_str(pk, PROTO_KEY_KIND);
     proto_pack_str(pk, proto_kind_name(vt->kind));
-    proto_pack_str(pk, "dtype");
+    proto_pack_str(pk, PROTO_KEY_DTYPE);
     proto_pack_str(pk, dtype_name(vt->dtype));
-    proto_pack_str(pk, "shape");
+    proto_pack_str(pk, PROTO_KEY_SHAPE);
     msgpack_pack_array(pk, vt->ndim);
     for (uint32_t d = 0; d < vt->ndim; d++)
         msgpack_pack_uint64(pk, vt->shape[d]);
-    proto_pack_kv_u64(pk, "step", vt->step);
-    proto_pack_kv_u64(pk, "nbytes", vt->nbytes);
-    proto_pack_str(pk, "update");
-    proto_pack_str(pk, vt->averaged ? "average" : "copy");
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, vt->step);
+    proto_pack_kv_u64(pk, PROTO_KEY_NBYTES, vt->nbytes);
+    proto_pack_str(pk, PROTO_KEY_UPDATE);
+    proto_pack_str(pk, vt->averaged ? PROTO_VAL_UPDATE_AVERAGE : PROTO_VAL_UPDATE_COPY);
     if (with_data) {
-        proto_pack_str(pk, "data");
+        proto_pack_str(pk, PROTO_KEY_DATA);
         pack_data(pk, vt, 0, vt->nbytes);
     }
 }
@@ -1293,22 +1265,22 @@ build_pull(msgpack_packer *pk, const void *vctx)
     const store_view *v = ctx->view;
 
     pack_head(pk, 1, ctx->inline_data ? 3 : 4);
-    proto_pack_str(pk, "model");
+    proto_pack_str(pk, PROTO_KEY_MODEL);
     proto_pack_str(pk, v->model);
-    proto_pack_kv_u64(pk, "step", v->step);
-    proto_pack_str(pk, "tensors");
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, v->step);
+    proto_pack_str(pk, PROTO_KEY_TENSORS);
     msgpack_pack_array(pk, v->ntensors);
     for (size_t i = 0; i < v->ntensors; i++)
         pack_view_tensor(pk, &v->tensors[i], ctx->inline_data);
     if (!ctx->inline_data)
-        proto_pack_kv_u64(pk, "session", ctx->session);
+        proto_pack_kv_u64(pk, PROTO_KEY_SESSION, ctx->session);
 }
 
 static int
 handle_pull(req *r, store_err *err)
 {
     server *srv = r->srv;
-    const msgpack_object *names = proto_map_get(r->root, "tensors");
+    const msgpack_object *names = proto_map_get(r->root, PROTO_KEY_TENSORS);
     const char **np = NULL;
     size_t *nl = NULL, n = 0, len;
     const char *model_name;
@@ -1318,22 +1290,22 @@ handle_pull(req *r, store_err *err)
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
 
-    if (get_str(r->root, "model", &model_name, &len, err) ||
-        get_u64(r->root, "max_reply_bytes", &max_reply, &present, err) ||
-        get_u64(r->root, "inline_bytes", &max_inline, &present, err))
+    if (get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
+        get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
+        get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err))
         return err->code;
-    if (proto_map_get(r->root, "decay") != NULL) {
+    if (proto_map_get(r->root, PROTO_KEY_DECAY) != NULL) {
         vo.has_decay = 1;
-        if (get_float(r->root, "decay", &vo.decay, err) != 0)
+        if (get_float(r->root, PROTO_KEY_DECAY, &vo.decay, err) != 0)
             return err->code;
     }
-    if (proto_map_get(r->root, "dtype") != NULL) {
+    if (proto_map_get(r->root, PROTO_KEY_DTYPE) != NULL) {
         const char *dn;
         size_t dl;
         char buf[32];
-        if (get_str(r->root, "dtype", &dn, &dl, err) != 0)
+        if (get_str(r->root, PROTO_KEY_DTYPE, &dn, &dl, err) != 0)
             return err->code;
-        if (dl == 6 && memcmp(dn, "shadow", 6) == 0)
+        if (dl == PROTO_KEY_LEN(PROTO_VAL_DTYPE_SHADOW) && memcmp(dn, PROTO_VAL_DTYPE_SHADOW, dl) == 0)
             vo.dtype = VIEW_DTYPE_SHADOW;
         else if ((vo.dtype = dtype_from_name(dn, dl)) == EMAD_DTYPE_INVALID)
             return req_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
@@ -1413,7 +1385,7 @@ build_read(msgpack_packer *pk, const void *vctx)
     const msgpack_object *rs = ctx->ranges;
 
     pack_head(pk, 1, 1);
-    proto_pack_str(pk, "data");
+    proto_pack_str(pk, PROTO_KEY_DATA);
     msgpack_pack_array(pk, rs->via.array.size);
     for (uint32_t i = 0; i < rs->via.array.size; i++) {
         const msgpack_object *t = rs->via.array.ptr[i].via.array.ptr;
@@ -1424,12 +1396,12 @@ build_read(msgpack_packer *pk, const void *vctx)
 static int
 handle_read(req *r, store_err *err)
 {
-    const msgpack_object *rs = proto_map_get(r->root, "ranges");
+    const msgpack_object *rs = proto_map_get(r->root, PROTO_KEY_RANGES);
     uint64_t id, total = 0;
     store_view *v;
     read_ctx ctx;
 
-    if (get_u64(r->root, "session", &id, NULL, err) != 0)
+    if (get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) != 0)
         return err->code;
     if (rs == NULL || rs->type != MSGPACK_OBJECT_ARRAY)
         return req_fail(err, EMAD_EMALFORMED, "key 'ranges' is %s (expected an array)",
@@ -1486,7 +1458,7 @@ handle_release(req *r, store_err *err)
 {
     uint64_t id;
 
-    if (get_u64(r->root, "session", &id, NULL, err) || store_view_release(r->srv->store, id, err))
+    if (get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) || store_view_release(r->srv->store, id, err))
         return err->code;
     reply_send(r, build_empty, NULL);
     return 0;
@@ -1503,7 +1475,7 @@ static void
 build_snapshot(msgpack_packer *pk, const void *ctx)
 {
     pack_head(pk, 1, 1);
-    proto_pack_kv_u64(pk, "step", *(const uint64_t *)ctx);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, *(const uint64_t *)ctx);
 }
 
 /* persist_cb: the snapshot is durable (rc 0) or failed: answer the request. */
@@ -1533,7 +1505,7 @@ snapshot_done(void *arg, int rc, const char *message, uint64_t step)
 static int
 handle_snapshot(req *r, store_err *err)
 {
-    const msgpack_object *o = proto_map_get(r->root, "model");
+    const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
     char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
     const char *name = NULL;
     size_t len = 0;
@@ -1542,7 +1514,7 @@ handle_snapshot(req *r, store_err *err)
     if (r->srv->persist == NULL || r->capture != NULL)
         return req_fail(err, EMAD_ENOSTATE,
                         "this daemon runs without --state-dir: there is nowhere to snapshot to");
-    if (o != NULL && get_str(r->root, "model", &name, &len, err) != 0)
+    if (o != NULL && get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
         return err->code;
     if (name != NULL && store_model_find(r->srv->store, name, len) == NULL)
         return req_fail(err, EMAD_ENOMODEL, "no model '%s'",
@@ -1571,18 +1543,18 @@ pack_model(msgpack_packer *pk, const model *m, uint64_t now_ms)
 
     msgpack_pack_map(pk, 8 + pushed);
     if (pushed)
-        proto_pack_kv_u64(pk, "last_push_age_ms",
+        proto_pack_kv_u64(pk, PROTO_KEY_LAST_PUSH_AGE_MS,
                           now_ms >= m->last_push_ms ? now_ms - m->last_push_ms : 0);
-    proto_pack_str(pk, "name");
+    proto_pack_str(pk, PROTO_KEY_NAME);
     proto_pack_str(pk, m->name);
-    proto_pack_kv_u64(pk, "snapshot_step", m->snap_version != 0 ? m->snap_step : 0);
-    proto_pack_str(pk, "decay");
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_STEP, m->snap_version != 0 ? m->snap_step : 0);
+    proto_pack_str(pk, PROTO_KEY_DECAY);
     msgpack_pack_double(pk, m->cfg.decays[0]);
-    proto_pack_kv_u64(pk, "step", m->step);
-    proto_pack_kv_u64(pk, "tensors", m->ntensors);
-    proto_pack_kv_u64(pk, "shadow_bytes", m->shadow_bytes);
-    proto_pack_kv_u64(pk, "steps_pending", m->npending);
-    proto_pack_str(pk, "config");
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, m->step);
+    proto_pack_kv_u64(pk, PROTO_KEY_TENSORS, m->ntensors);
+    proto_pack_kv_u64(pk, PROTO_KEY_SHADOW_BYTES, m->shadow_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEPS_PENDING, m->npending);
+    proto_pack_str(pk, PROTO_KEY_CONFIG);
     msgpack_pack_map(pk, EMACONF_PACKED_KEYS);
     emaconf_pack(pk, &m->cfg);
 }
@@ -1598,7 +1570,7 @@ build_list_models(msgpack_packer *pk, const void *vctx)
     while (store_model_at(s, n) != NULL)
         n++;
     pack_head(pk, 1, 1);
-    proto_pack_str(pk, "models");
+    proto_pack_str(pk, PROTO_KEY_MODELS);
     msgpack_pack_array(pk, n);
     for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
         pack_model(pk, m, ctx->now_ms);
@@ -1611,9 +1583,9 @@ build_list_model(msgpack_packer *pk, const void *vctx)
     const model *m = ctx->m;
 
     pack_head(pk, 1, 2);
-    proto_pack_str(pk, "model");
+    proto_pack_str(pk, PROTO_KEY_MODEL);
     pack_model(pk, m, ctx->now_ms);
-    proto_pack_str(pk, "tensors");
+    proto_pack_str(pk, PROTO_KEY_TENSORS);
     msgpack_pack_array(pk, m->ntensors);
     for (size_t i = 0; i < m->ntensors; i++) {
         const tensor *t = m->tensors[i];
@@ -1633,7 +1605,7 @@ build_list_model(msgpack_packer *pk, const void *vctx)
 static int
 handle_list(req *r, store_err *err)
 {
-    const msgpack_object *o = proto_map_get(r->root, "model");
+    const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
     list_ctx ctx = {r->srv->store, NULL, r->now_ms};
     const char *name;
     size_t len;
@@ -1643,7 +1615,7 @@ handle_list(req *r, store_err *err)
         reply_send(r, build_list_models, &ctx);
         return 0;
     }
-    if (get_str(r->root, "model", &name, &len, err) != 0)
+    if (get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
         return err->code;
     if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
@@ -1659,7 +1631,7 @@ handle_list(req *r, store_err *err)
 static size_t
 stats_count(const server *srv)
 {
-    size_t n = C_COUNT + 9 + 8;
+    size_t n = COUNTER_COUNT + 9 + 8;
 
     for (int op = 1; op < PROTO_OP_COUNT; op++)
         n++;
@@ -1677,41 +1649,41 @@ build_stats(msgpack_packer *pk, const void *ctx)
 
     store_gauges_get(srv->store, &g);
     pack_head(pk, 1, 1);
-    proto_pack_str(pk, "stats");
+    proto_pack_str(pk, PROTO_KEY_STATS);
     msgpack_pack_map(pk, stats_count(srv));
-    for (int i = 0; i < C_COUNT; i++)
+    for (int i = 0; i < COUNTER_COUNT; i++)
         proto_pack_kv_u64(pk, counter_names[i], srv->counters[i]);
     for (int op = 1; op < PROTO_OP_COUNT; op++) {
-        snprintf(name, sizeof(name), "requests_%s", proto_op_name(op));
+        snprintf(name, sizeof(name), COUNTERS_OP_PREFIX "%s", proto_op_name(op));
         proto_pack_kv_u64(pk, name, srv->op_counts[op]);
     }
     for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++) {
         if (srv->err_counts[i] == 0)
             continue;
-        snprintf(name, sizeof(name), "errors_%s", proto_errname(-(ERR_FIRST + i)));
+        snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", proto_errname(-(ERR_FIRST + i)));
         proto_pack_kv_u64(pk, name, srv->err_counts[i]);
     }
-    proto_pack_kv_u64(pk, "models", g.models);
-    proto_pack_kv_u64(pk, "tensors", g.tensors);
-    proto_pack_kv_u64(pk, "shadow_bytes", g.shadow_bytes);
-    proto_pack_kv_u64(pk, "txn_open", g.txn_open);
-    proto_pack_kv_u64(pk, "sessions_open", g.views_open);
-    proto_pack_kv_u64(pk, "steps_pending", g.steps_pending);
-    proto_pack_kv_u64(pk, "staged_bytes", g.staged_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_MODELS, g.models);
+    proto_pack_kv_u64(pk, PROTO_KEY_TENSORS, g.tensors);
+    proto_pack_kv_u64(pk, PROTO_KEY_SHADOW_BYTES, g.shadow_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_TXN_OPEN, g.txn_open);
+    proto_pack_kv_u64(pk, PROTO_KEY_SESSIONS_OPEN, g.views_open);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEPS_PENDING, g.steps_pending);
+    proto_pack_kv_u64(pk, PROTO_KEY_STAGED_BYTES, g.staged_bytes);
     persist_stats ps;
     memset(&ps, 0, sizeof(ps));
     if (srv->persist != NULL)
         persist_stats_get(srv->persist, &ps);
-    proto_pack_kv_u64(pk, "snapshots_written", ps.written);
-    proto_pack_kv_u64(pk, "snapshot_failures", ps.failed);
-    proto_pack_kv_u64(pk, "snapshot_bytes", ps.bytes);
-    proto_pack_kv_u64(pk, "snapshot_last_success_unix_seconds", ps.last_success_unix_ms / 1000);
-    proto_pack_kv_u64(pk, "snapshot_last_duration_ms", ps.last_duration_ms);
-    proto_pack_kv_u64(pk, "snapshot_running", ps.running);
-    proto_pack_kv_u64(pk, "snapshots_loaded", ps.loaded);
-    proto_pack_kv_u64(pk, "snapshots_broken", ps.broken);
-    proto_pack_kv_u64(pk, "uptime_seconds", (loop_now(srv) - srv->start_ms) / 1000);
-    proto_pack_kv_u64(pk, "max_message_bytes", srv->cfg.max_message_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOTS_WRITTEN, ps.written);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_FAILURES, ps.failed);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_BYTES, ps.bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_LAST_SUCCESS_UNIX_SECONDS, ps.last_success_unix_ms / 1000);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_LAST_DURATION_MS, ps.last_duration_ms);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_RUNNING, ps.running);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOTS_LOADED, ps.loaded);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOTS_BROKEN, ps.broken);
+    proto_pack_kv_u64(pk, PROTO_KEY_UPTIME_SECONDS, (loop_now(srv) - srv->start_ms) / 1000);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_MESSAGE_BYTES, srv->cfg.max_message_bytes);
 }
 
 /* Count the handling time of an accepted request since t0 (uv_hrtime) in its histogram. */
@@ -1747,8 +1719,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     r.capture = capture;
     r.now_ms = loop_now(srv);
     err.tensor[0] = '\0';
-    srv->counters[C_REQUESTS]++;
-    srv->counters[C_BYTES_IN] += len;
+    srv->counters[COUNTER_REQUESTS]++;
+    srv->counters[COUNTER_BYTES_IN] += len;
     msgpack_unpacked_init(&u);
 
     if ((rc = proto_prescan(buf, len, &why)) != 0) {
@@ -1766,7 +1738,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     r.root = &u.data;
     {
         uint64_t v;
-        if (get_u64(r.root, "v", &v, NULL, &err) != 0)
+        if (get_u64(r.root, PROTO_KEY_V, &v, NULL, &err) != 0)
             goto error;
         if (v != PROTO_VERSION) {
             req_fail(&err, EMAD_EVERSION,
@@ -1775,7 +1747,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
             goto error;
         }
     }
-    if (get_str(r.root, "op", &opname, &oplen, &err) != 0)
+    if (get_str(r.root, PROTO_KEY_OP, &opname, &oplen, &err) != 0)
         goto error;
     if ((r.op = proto_op_from_name(opname, oplen)) == PROTO_OP_INVALID) {
         char pbuf[40];
@@ -1904,14 +1876,14 @@ on_timer(uv_timer_t *h)
         log_warn("event=step_expired count=%llu timeout_ms=%llu (a writer never pushed; step "
                  "discarded)",
                  (unsigned long long)steps, (unsigned long long)srv->cfg.txn_timeout_ms);
-    srv->counters[C_STEPS_EXPIRED] += steps;
+    srv->counters[COUNTER_STEPS_EXPIRED] += steps;
     if (txns > 0)
         log_warn("event=txn_expired count=%llu timeout_ms=%llu (client gone; nothing applied)",
                  (unsigned long long)txns, (unsigned long long)srv->cfg.txn_timeout_ms);
     if (views > 0)
         log_info("event=session_expired count=%llu", (unsigned long long)views);
-    srv->counters[C_TXN_EXPIRED] += txns;
-    srv->counters[C_SESSIONS_EXPIRED] += views;
+    srv->counters[COUNTER_TXN_EXPIRED] += txns;
+    srv->counters[COUNTER_SESSIONS_EXPIRED] += views;
     /*
      * Idle for cfg.idle_release_ms: free the spare shadows (the replaced
      * shadows a transaction writes into next time) and give the heap's free
@@ -2286,21 +2258,21 @@ server_figures(server *srv)
         f->push_rejected[ERR_FIRST - METRICS_ERR_FIRST + i] = srv->push_rejects[i];
     }
     f->pushes_stale = srv->pushes_stale;
-    f->bytes_in = srv->counters[C_BYTES_IN];
-    f->bytes_out = srv->counters[C_BYTES_OUT];
-    f->tensors_applied = srv->counters[C_TENSORS_APPLIED];
-    f->tensors_stale = srv->counters[C_TENSORS_STALE];
-    f->tensors_skipped_nonfinite = srv->counters[C_TENSORS_SKIPPED_NONFINITE];
-    f->tensors_ignored = srv->counters[C_TENSORS_IGNORED];
-    f->writer_pushes_pending = srv->counters[C_WRITER_PUSHES_PENDING];
-    f->txn_begun = srv->counters[C_TXN_BEGUN];
-    f->txn_committed = srv->counters[C_TXN_COMMITTED];
-    f->txn_aborted = srv->counters[C_TXN_ABORTED];
-    f->txn_expired = srv->counters[C_TXN_EXPIRED];
-    f->sessions_expired = srv->counters[C_SESSIONS_EXPIRED];
-    f->steps_expired = srv->counters[C_STEPS_EXPIRED];
-    f->replies_dropped = srv->counters[C_REPLIES_DROPPED];
-    f->commits_waited = srv->counters[C_COMMITS_WAITED];
+    f->bytes_in = srv->counters[COUNTER_BYTES_IN];
+    f->bytes_out = srv->counters[COUNTER_BYTES_OUT];
+    f->tensors_applied = srv->counters[COUNTER_TENSORS_APPLIED];
+    f->tensors_stale = srv->counters[COUNTER_TENSORS_STALE];
+    f->tensors_skipped_nonfinite = srv->counters[COUNTER_TENSORS_SKIPPED_NONFINITE];
+    f->tensors_ignored = srv->counters[COUNTER_TENSORS_IGNORED];
+    f->writer_pushes_pending = srv->counters[COUNTER_WRITER_PUSHES_PENDING];
+    f->txn_begun = srv->counters[COUNTER_TXN_BEGUN];
+    f->txn_committed = srv->counters[COUNTER_TXN_COMMITTED];
+    f->txn_aborted = srv->counters[COUNTER_TXN_ABORTED];
+    f->txn_expired = srv->counters[COUNTER_TXN_EXPIRED];
+    f->sessions_expired = srv->counters[COUNTER_SESSIONS_EXPIRED];
+    f->steps_expired = srv->counters[COUNTER_STEPS_EXPIRED];
+    f->replies_dropped = srv->counters[COUNTER_REPLIES_DROPPED];
+    f->commits_waited = srv->counters[COUNTER_COMMITS_WAITED];
     store_gauges_get(srv->store, &g);
     f->models = g.models;
     f->tensors = g.tensors;
