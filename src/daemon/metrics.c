@@ -27,8 +27,21 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "common/counters.h"
 #include "daemon/metrics.h"
 #include "base/xmalloc.h"
+
+static const char *const counter_names[COUNTER_COUNT] = {
+#define XX(id, name) name,
+    COUNTERS_MAP(XX)
+#undef XX
+};
+
+const char *
+metrics_counter_name(int id)
+{
+    return counter_names[id];
+}
 
 static const double hist_bounds[METRICS_HIST_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,

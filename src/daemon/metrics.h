@@ -22,6 +22,9 @@
 #include "emad.h"
 #include "common/proto.h"
 
+/* Wire name of counter id (enum counter, common/counters.h), as the `stats` op reports it. */
+const char *metrics_counter_name(int id);
+
 /* Upper bounds (seconds) of the latency histogram buckets; +Inf is implied. */
 #define METRICS_HIST_BUCKETS 16
 
