@@ -432,21 +432,7 @@ server_figures(server *srv)
         f->push_rejected[ERR_FIRST - METRICS_ERR_FIRST + i] = srv->push_rejects[i];
     }
     f->pushes_stale = srv->pushes_stale;
-    f->bytes_in = srv->counters[COUNTER_BYTES_IN];
-    f->bytes_out = srv->counters[COUNTER_BYTES_OUT];
-    f->tensors_applied = srv->counters[COUNTER_TENSORS_APPLIED];
-    f->tensors_stale = srv->counters[COUNTER_TENSORS_STALE];
-    f->tensors_skipped_nonfinite = srv->counters[COUNTER_TENSORS_SKIPPED_NONFINITE];
-    f->tensors_ignored = srv->counters[COUNTER_TENSORS_IGNORED];
-    f->writer_pushes_pending = srv->counters[COUNTER_WRITER_PUSHES_PENDING];
-    f->txn_begun = srv->counters[COUNTER_TXN_BEGUN];
-    f->txn_committed = srv->counters[COUNTER_TXN_COMMITTED];
-    f->txn_aborted = srv->counters[COUNTER_TXN_ABORTED];
-    f->txn_expired = srv->counters[COUNTER_TXN_EXPIRED];
-    f->sessions_expired = srv->counters[COUNTER_SESSIONS_EXPIRED];
-    f->steps_expired = srv->counters[COUNTER_STEPS_EXPIRED];
-    f->replies_dropped = srv->counters[COUNTER_REPLIES_DROPPED];
-    f->commits_waited = srv->counters[COUNTER_COMMITS_WAITED];
+    memcpy(f->counters, srv->counters, sizeof(f->counters));
     store_gauges_get(srv->store, &g);
     f->models = g.models;
     f->tensors = g.tensors;
