@@ -49,8 +49,7 @@ typedef struct async_req {
     uv_work_t work[ASYNC_MAX_PARTS];
 } async_req;
 
-/* A request answered after its handler returned: op with routing header ctrl, at the loop's time.
- */
+/* A request answered after its handler returned: op with routing header ctrl, begun at t0. */
 void
 async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, uint64_t t0)
 {
@@ -188,6 +187,11 @@ async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
     return 1;
 }
 
+/*
+ * Queue a transaction chunk's averaging on the threadpool when it is large
+ * enough, holding the I/O thread on its CPU; the chunk is answered now
+ * while fewer than EARLY_MAX chunks are early, else when its work is done.
+ */
 int
 async_push(req *r, store_job *job, uint64_t staged)
 {

@@ -104,11 +104,11 @@ ops_pull_pull(req *r, store_err *err)
     if (max_inline > max_reply)
         max_inline = max_reply;
     if (max_reply < PROTO_REPLY_OVERHEAD * 2)
-        return req_fail(err, EMAD_ERANGE, "max_reply_bytes must be at least %d",
+        return req_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
                         PROTO_REPLY_OVERHEAD * 2);
     if (names != NULL) {
         if (names->type != MSGPACK_OBJECT_ARRAY)
-            return req_fail(err, EMAD_EMALFORMED, "key 'tensors' is not an array");
+            return req_fail(err, EMAD_EMALFORMED, "key '" PROTO_KEY_TENSORS "' is not an array");
         n = names->via.array.size;
         np = xcalloc(n ? n : 1, sizeof(*np));
         nl = xcalloc(n ? n : 1, sizeof(*nl));
@@ -117,7 +117,7 @@ ops_pull_pull(req *r, store_err *err)
             if (e->type != MSGPACK_OBJECT_STR) {
                 free(np);
                 free(nl);
-                return req_fail(err, EMAD_EMALFORMED, "tensors[%zu] is not a string", i);
+                return req_fail(err, EMAD_EMALFORMED, PROTO_KEY_TENSORS "[%zu] is not a string", i);
             }
             np[i] = e->via.str.ptr;
             nl[i] = e->via.str.size;
@@ -151,7 +151,8 @@ ops_pull_pull(req *r, store_err *err)
     if (reply_size(build_pull, &ctx) > max_reply) {
         (void)store_view_release(srv->store, v->id, err);
         return req_fail(err, EMAD_ELIMIT,
-                        "the tensor list alone exceeds max_reply_bytes %llu: pull fewer tensors",
+                        "the tensor list alone exceeds " PROTO_KEY_MAX_REPLY_BYTES
+                        " %llu: pull fewer tensors",
                         (unsigned long long)max_reply);
     }
     log_debug("event=pull_session model=%s session=%llu tensors=%zu", v->model,
@@ -194,7 +195,8 @@ ops_pull_read(req *r, store_err *err)
     if (req_get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) != 0)
         return err->code;
     if (rs == NULL || rs->type != MSGPACK_OBJECT_ARRAY)
-        return req_fail(err, EMAD_EMALFORMED, "key 'ranges' is %s (expected an array)",
+        return req_fail(err, EMAD_EMALFORMED,
+                        "key '" PROTO_KEY_RANGES "' is %s (expected an array)",
                         rs == NULL ? "missing" : "not an array");
     if (rs->via.array.size > PROTO_MAX_RANGES)
         return req_fail(err, EMAD_ELIMIT, "at most %d ranges", PROTO_MAX_RANGES);
@@ -211,25 +213,27 @@ ops_pull_read(req *r, store_err *err)
             o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             o->via.array.ptr[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-            return req_fail(err, EMAD_EMALFORMED,
-                            "ranges[%u] is not an array [index, offset, length] of uints", i);
+            return req_fail(
+                err, EMAD_EMALFORMED,
+                PROTO_KEY_RANGES "[%u] is not an array [index, offset, length] of uints", i);
         idx = o->via.array.ptr[0].via.u64;
         off = o->via.array.ptr[1].via.u64;
         len = o->via.array.ptr[2].via.u64;
         if (idx >= v->ntensors)
-            return req_fail(err, EMAD_ERANGE, "ranges[%u]: tensor index %llu >= %zu", i,
+            return req_fail(err, EMAD_ERANGE, PROTO_KEY_RANGES "[%u]: tensor index %llu >= %zu", i,
                             (unsigned long long)idx, v->ntensors);
         vt = &v->tensors[idx];
         isz = dtype_size(vt->dtype);
         if (off > vt->nbytes || len > vt->nbytes - off)
             return req_fail(err, EMAD_ERANGE,
-                            "ranges[%u]: [%llu, +%llu) is past the %llu bytes of '%s'", i,
-                            (unsigned long long)off, (unsigned long long)len,
+                            PROTO_KEY_RANGES "[%u]: [%llu, +%llu) is past the %llu bytes of '%s'",
+                            i, (unsigned long long)off, (unsigned long long)len,
                             (unsigned long long)vt->nbytes, vt->name);
         if (vt->sdtype != vt->dtype && (off % isz != 0 || len % isz != 0))
             return req_fail(err, EMAD_ERANGE,
-                            "ranges[%u]: offset and length must be multiples of %zu for '%s'", i,
-                            isz, vt->name);
+                            PROTO_KEY_RANGES
+                            "[%u]: offset and length must be multiples of %zu for '%s'",
+                            i, isz, vt->name);
         total += len;
     }
     if (total + PROTO_REPLY_OVERHEAD + 16ULL * rs->via.array.size > v->max_reply)

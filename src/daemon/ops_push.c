@@ -78,11 +78,14 @@ ops_push_push(req *r, store_err *err)
         return err->code;
     if (has_writer && has_txn)
         return req_fail(err, EMAD_EMALFORMED,
-                        "'writer' belongs in begin, not in a transaction's push");
+                        "'" PROTO_KEY_WRITER "' belongs in %s, not in a transaction's push",
+                        proto_op_name(PROTO_OP_BEGIN));
     if (req_get_bool(r->root, PROTO_KEY_SEED, &seed, err) != 0)
         return err->code;
     if (seed && (has_txn || has_writer))
-        return req_fail(err, EMAD_EMALFORMED, "a seed is one message, without 'txn' or 'writer'");
+        return req_fail(err, EMAD_EMALFORMED,
+                        "a seed is one message, without '" PROTO_KEY_TXN "' or '" PROTO_KEY_WRITER
+                        "'");
     if (writer > UINT32_MAX)
         return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
                         (unsigned long long)writer);

@@ -114,10 +114,9 @@ typedef struct tensor_keys {
 static void
 tensor_keys_get(const msgpack_object *map, tensor_keys *k)
 {
-#define TENSOR_KEY(f, key)                                                                         \
-    {                                                                                              \
-        key, PROTO_KEY_LEN(key), offsetof(tensor_keys, f)                                          \
-    }
+    /* clang-format off */
+#define TENSOR_KEY(f, key) {key, PROTO_KEY_LEN(key), offsetof(tensor_keys, f)}
+    /* clang-format on */
     static const struct {
         const char *key;
         size_t len, field;
@@ -163,7 +162,8 @@ req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_
 
     *out = NULL;
     if (arr == NULL || arr->type != MSGPACK_OBJECT_ARRAY)
-        return req_fail(err, EMAD_EMALFORMED, "key 'tensors' is %s (expected an array)",
+        return req_fail(err, EMAD_EMALFORMED,
+                        "key '" PROTO_KEY_TENSORS "' is %s (expected an array)",
                         arr == NULL ? "missing" : "not an array");
     if (arr->via.array.size > PROTO_MAX_TENSORS)
         return req_fail(err, EMAD_ELIMIT, "push has %u tensors, at most %d", arr->via.array.size,
@@ -179,7 +179,7 @@ req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_
         int present;
 
         if (t->type != MSGPACK_OBJECT_MAP) {
-            req_fail(err, EMAD_EMALFORMED, "tensors[%u] is not a map", i);
+            req_fail(err, EMAD_EMALFORMED, PROTO_KEY_TENSORS "[%u] is not a map", i);
             goto fail;
         }
         tensor_keys_get(t, &k);
@@ -204,7 +204,7 @@ req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_
         }
         o = k.shape;
         if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
-            req_fail(err, EMAD_EMALFORMED, "key 'shape' is %s (expected an array)",
+            req_fail(err, EMAD_EMALFORMED, "key '" PROTO_KEY_SHAPE "' is %s (expected an array)",
                      o == NULL ? "missing" : "not an array");
             goto fail_named;
         }
@@ -216,14 +216,15 @@ req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_
         in[i].ndim = o->via.array.size;
         for (uint32_t d = 0; d < in[i].ndim; d++) {
             if (o->via.array.ptr[d].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-                req_fail(err, EMAD_EMALFORMED, "shape[%u] is not an unsigned integer", d);
+                req_fail(err, EMAD_EMALFORMED, PROTO_KEY_SHAPE "[%u] is not an unsigned integer",
+                         d);
                 goto fail_named;
             }
             in[i].shape[d] = o->via.array.ptr[d].via.u64;
         }
         o = k.data;
         if (o == NULL || o->type != MSGPACK_OBJECT_BIN) {
-            req_fail(err, EMAD_EMALFORMED, "key 'data' is %s (expected bin)",
+            req_fail(err, EMAD_EMALFORMED, "key '" PROTO_KEY_DATA "' is %s (expected bin)",
                      o == NULL ? "missing" : "not bin");
             goto fail_named;
         }
@@ -232,20 +233,22 @@ req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_
         if ((present = k.offset != NULL)) {
             if (k.offset->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
                 req_fail(err, EMAD_EMALFORMED,
-                         "key 'offset' is not an unsigned integer (expected an unsigned integer)");
+                         "key '" PROTO_KEY_OFFSET
+                         "' is not an unsigned integer (expected an unsigned integer)");
                 goto fail_named;
             }
             in[i].offset = k.offset->via.u64;
         }
         if (present && !txn && in[i].offset != 0) {
-            req_fail(err, EMAD_EMALFORMED, "'offset' is only allowed in a transaction");
+            req_fail(err, EMAD_EMALFORMED,
+                     "'" PROTO_KEY_OFFSET "' is only allowed in a transaction");
             goto fail_named;
         }
         if ((o = k.as_dtype) != NULL) {
             if (o->type != MSGPACK_OBJECT_STR ||
                 (in[i].as_dtype = dtype_from_name(o->via.str.ptr, o->via.str.size)) ==
                     EMAD_DTYPE_INVALID) {
-                req_fail(err, EMAD_EDTYPE, "key 'as_dtype' is not a dtype name");
+                req_fail(err, EMAD_EDTYPE, "key '" PROTO_KEY_AS_DTYPE "' is not a dtype name");
                 goto fail_named;
             }
         }
@@ -253,7 +256,7 @@ req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_
             if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
                 o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
                 o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-                req_fail(err, EMAD_EMALFORMED, "key 'slice' is not [start, count]");
+                req_fail(err, EMAD_EMALFORMED, "key '" PROTO_KEY_SLICE "' is not [start, count]");
                 goto fail_named;
             }
             in[i].start = o->via.array.ptr[0].via.u64;
