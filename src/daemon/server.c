@@ -30,13 +30,13 @@ server_now(const server *srv)
     return srv->loop != NULL ? uv_now(srv->loop) : 0;
 }
 
-/* An op's handler (server_int.h), by op. */
+/* An op and its handler (server_int.h). */
 typedef struct op_handler {
     int op;
     int (*handle)(req *r, store_err *err);
 } op_handler;
 
-/* The handler of every op, indexed by enum proto_op. */
+/* The handler of every op, indexed by enum proto_op; an entry left out has op 0. */
 static const op_handler handlers[PROTO_OP_COUNT] = {
     [PROTO_OP_HELLO] = {PROTO_OP_HELLO, ops_model_hello},
     [PROTO_OP_CREATE] = {PROTO_OP_CREATE, ops_model_create},
@@ -112,13 +112,11 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     }
     srv->op_counts[r.op]++;
     r.t0 = uv_hrtime();
-    rc = handlers[r.op].handle != NULL ? handlers[r.op].handle(&r, &err)
-                                       : req_fail(&err, EMAD_EINTERNAL, "op not handled");
-    if (rc == 0) {
-        if (!r.deferred) /* deferred requests are counted when they are answered */
-            reply_finish(&r, 0, &err);
-        goto done;
-    }
+    rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
+                                   : req_fail(&err, EMAD_EINTERNAL, "op not handled");
+    if (rc != 0 || !r.deferred) /* deferred requests are counted when they are answered */
+        reply_finish(&r, rc, &err);
+    goto done;
 error:
     reply_error(&r, &err);
 done:
