@@ -82,9 +82,9 @@ sample_figures(void)
     f->push_rejected[1007 - METRICS_ERR_FIRST] = 2;
     f->push_rejected[1021 - METRICS_ERR_FIRST] = 1; /* EMAD_ENONFINITE */
     f->pushes_stale = 4;
-    f->bytes_in = 123456789012ULL;
-    f->tensors_applied = 14;
-    f->txn_committed = 5;
+    f->counters[COUNTER_BYTES_IN] = 123456789012ULL;
+    f->counters[COUNTER_TENSORS_APPLIED] = 14;
+    f->counters[COUNTER_TXN_COMMITTED] = 5;
     f->models = 2;
     f->has_state_dir = 1;
     f->snapshot_last_success_unix_ms = 1700000000500ULL;
@@ -249,7 +249,7 @@ fill(void *arg)
     metrics_figures *f = metrics_figures_create(0);
 
     x->fills++;
-    f->bytes_in = (uint64_t)x->counter;
+    f->counters[COUNTER_BYTES_IN] = (uint64_t)x->counter;
     return f;
 }
 
@@ -317,7 +317,7 @@ START_TEST(test_metrics_board_reader_gets_figures_filled_after_asking)
         x.counter = i; /* set before asking: the copy must show it */
         f = metrics_board_acquire(x.board, &age);
         ck_assert_ptr_nonnull(f);
-        ck_assert_uint_eq(f->bytes_in, (uint64_t)i);
+        ck_assert_uint_eq(f->counters[COUNTER_BYTES_IN], (uint64_t)i);
         ck_assert(age >= 0 && age < 1);
         metrics_board_release(x.board, f);
     }
@@ -340,7 +340,7 @@ reader(void *arg)
     for (int i = 0; i < 50; i++) {
         int want = r->x->counter;
         const metrics_figures *f = metrics_board_acquire(r->x->board, &age);
-        if (f == NULL || f->bytes_in < (uint64_t)want)
+        if (f == NULL || f->counters[COUNTER_BYTES_IN] < (uint64_t)want)
             r->bad++;
         metrics_board_release(r->x->board, f);
     }
@@ -392,7 +392,7 @@ START_TEST(test_metrics_board_stalled_loop_delays_reader_boundedly)
     waited = now_s() - t0;
     /* The stale copy (counter 0 at attach), after about METRICS_REFRESH_WAIT_MS. */
     ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(f->bytes_in, 0);
+    ck_assert_uint_eq(f->counters[COUNTER_BYTES_IN], 0);
     ck_assert(waited >= METRICS_REFRESH_WAIT_MS / 1000.0 * 0.9);
     ck_assert(waited < METRICS_REFRESH_WAIT_MS / 1000.0 + 0.5);
     ck_assert(age >= 0.1);
@@ -417,7 +417,7 @@ START_TEST(test_metrics_board_detached_answers_at_once_with_last_copy)
     t0 = now_s();
     f = metrics_board_acquire(x.board, &age);
     ck_assert(now_s() - t0 < 0.05);
-    ck_assert_uint_eq(f->bytes_in, 9);
+    ck_assert_uint_eq(f->counters[COUNTER_BYTES_IN], 9);
     metrics_board_release(x.board, f);
     ck_assert_int_eq(uv_loop_close(&x.loop), 0);
     metrics_board_destroy(x.board);
@@ -579,8 +579,8 @@ START_TEST(test_metrics_server_figures_count_what_was_sent)
     ck_assert_uint_eq(f->errors[1001 - METRICS_ERR_FIRST], 1);        /* malformed */
     ck_assert_uint_eq(f->push_rejected[1001 - METRICS_ERR_FIRST], 0);
     ck_assert_uint_eq(f->pushes_stale, 1);
-    ck_assert_uint_eq(f->tensors_applied, 2);
-    ck_assert_uint_eq(f->tensors_stale, 1);
+    ck_assert_uint_eq(f->counters[COUNTER_TENSORS_APPLIED], 2);
+    ck_assert_uint_eq(f->counters[COUNTER_TENSORS_STALE], 1);
     ck_assert_uint_eq(f->models, 1);
     ck_assert_uint_eq(f->shadow_bytes, 16);
     ck_assert_uint_eq(f->nmodels, 1);

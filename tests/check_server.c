@@ -1,5 +1,6 @@
 /*
- * check_server.c - tests for src/daemon/server.c without sockets: requests are
+ * check_server.c - tests for the request server (src/daemon/server.c and the
+ * modules it dispatches to) without sockets: requests are
  * packed with msgpack-c, handled by server_process() exactly as if they
  * came off the wire, and the replies decoded and checked. Covers every
  * op's round trip and every rejection path of the decoder, and that the

@@ -20,7 +20,11 @@
 #include <uv.h>
 
 #include "emad.h"
+#include "common/counters.h"
 #include "common/proto.h"
+
+/* Wire name of counter id (enum counter, common/counters.h), as the `stats` op reports it. */
+const char *metrics_counter_name(int id);
 
 /* Upper bounds (seconds) of the latency histogram buckets; +Inf is implied. */
 #define METRICS_HIST_BUCKETS 16
@@ -73,11 +77,9 @@ typedef struct metrics_figures {
     /* ... and for push and commit only: the rejected pushes by reason. */
     uint64_t push_rejected[METRICS_ERR_CODES];
     uint64_t pushes_stale; /* accepted pushes in which every tensor was stale */
-    uint64_t bytes_in, bytes_out;
-    uint64_t tensors_applied, tensors_stale, tensors_skipped_nonfinite, tensors_ignored;
-    uint64_t writer_pushes_pending;
-    uint64_t txn_begun, txn_committed, txn_aborted, txn_expired;
-    uint64_t sessions_expired, steps_expired, replies_dropped, commits_waited;
+    /* The server's counters (index: enum counter); requests, errors and rejected pushes are
+     * reported from the per-op and per-code counts above instead. */
+    uint64_t counters[COUNTER_COUNT];
     /* Gauges of the store. */
     uint64_t models, tensors, shadow_bytes, txn_open, sessions_open, steps_pending, staged_bytes;
     uint64_t max_message_bytes;
