@@ -43,6 +43,7 @@ build_create(msgpack_packer *pk, const void *vctx)
     }
 }
 
+/* Fill cfg with the default configuration (one decay 0.999, constant schedule). */
 EMAD_EXTERN void
 emad_config_init(emad_model_config *cfg)
 {
@@ -68,6 +69,7 @@ send_config(emad_client *c, int op, const char *model, const emad_model_config *
     return rc;
 }
 
+/* Create a model with a configuration (NULL: the defaults), checked locally first. */
 EMAD_EXTERN int
 emad_create_config(emad_client *c, const char *model, const emad_model_config *cfg, int exist_ok)
 {
@@ -94,6 +96,7 @@ emad_create(emad_client *c, const char *model, double decay, int exist_ok)
     return emad_create_config(c, model, &cfg, exist_ok);
 }
 
+/* Change the configuration of an existing model, checked locally first. */
 EMAD_EXTERN int
 emad_configure(emad_client *c, const char *model, const emad_model_config *cfg)
 {
@@ -103,30 +106,35 @@ emad_configure(emad_client *c, const char *model, const emad_model_config *cfg)
     return call_end(c, send_config(c, PROTO_OP_CONFIGURE, model, cfg, 0));
 }
 
+/* Wire name of a schedule value, or NULL. */
 EMAD_EXTERN const char *
 emad_schedule_name(int v)
 {
     return emaconf_schedule_name(v);
 }
 
+/* Wire name of a step_gap value, or NULL. */
 EMAD_EXTERN const char *
 emad_step_gap_name(int v)
 {
     return emaconf_step_gap_name(v);
 }
 
+/* Wire name of a buffers value, or NULL. */
 EMAD_EXTERN const char *
 emad_buffers_name(int v)
 {
     return emaconf_buffers_name(v);
 }
 
+/* Wire name of a nonfinite value, or NULL. */
 EMAD_EXTERN const char *
 emad_nonfinite_name(int v)
 {
     return emaconf_nonfinite_name(v);
 }
 
+/* Value of an option's name (option "schedule", "step_gap", "buffers" or "nonfinite"), or -1. */
 EMAD_EXTERN int
 emad_option_from_name(const char *option, const char *name)
 {
@@ -135,6 +143,7 @@ emad_option_from_name(const char *option, const char *name)
     return emaconf_from_name(option, name, strlen(name));
 }
 
+/* Free the pattern strings a configuration owns. */
 EMAD_EXTERN void
 emad_config_free(emad_model_config *cfg)
 {

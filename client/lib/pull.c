@@ -378,6 +378,7 @@ fail:
     return rc;
 }
 
+/* Fill opts with the defaults: the model's first decay, data as pushed. */
 EMAD_EXTERN void
 emad_pull_options_init(emad_pull_options *opts)
 {
@@ -402,6 +403,7 @@ check_pull_options(emad_client *c, const emad_pull_options *o)
     return 0;
 }
 
+/* Pull into a library-owned model with the default options. */
 EMAD_EXTERN int
 emad_pull(emad_client *c, const char *model, const char *const *names, size_t n_names,
           emad_model **out)
@@ -409,6 +411,7 @@ emad_pull(emad_client *c, const char *model, const char *const *names, size_t n_
     return emad_pull_ex(c, model, names, n_names, NULL, out);
 }
 
+/* Pull into the caller's buffers with the default options. */
 EMAD_EXTERN int
 emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n, uint64_t *step)
 {

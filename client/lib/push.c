@@ -439,6 +439,7 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     return rc;
 }
 
+/* Push tensors of one step (one message, or a transaction when large). */
 EMAD_EXTERN int
 emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *tensors, size_t n,
           emad_push_result *res)
@@ -449,6 +450,7 @@ emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
     return call_end(c, push(c, model, step, 0, 0, tensors, n, res));
 }
 
+/* Seed shadows with whole tensors, in as many single messages as they need. */
 EMAD_EXTERN int
 emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *tensors,
           const int *as_dtypes, size_t n, emad_push_result *res)
@@ -516,6 +518,7 @@ emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
     return call_end(c, rc);
 }
 
+/* Push as writer `writer` of a model with several writers. */
 EMAD_EXTERN int
 emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
              const emad_tensor *tensors, size_t n, emad_push_result *res)

@@ -132,6 +132,7 @@ reply_free(reply *r)
     }
     r->root = NULL;
 }
+
 /*
  * Decode a received message of len bytes held in r->msg: pre-scan it,
  * unpack it in place, check it is a version-1 reply map and whether it
@@ -436,6 +437,7 @@ emad_version(void)
     return PACKAGE_VERSION;
 }
 
+/* sizeof a public struct by its name, 0 if unknown (for bindings to check their layouts). */
 EMAD_EXTERN size_t
 emad_struct_size(const char *name)
 {
