@@ -1,13 +1,15 @@
 # src/common: what the daemon and the clients share, with no abort on
 # out-of-memory. Two convenience libraries, so that libemad.so links only
 # the wire protocol (msgpack) and not the file formats (jansson, xxhash):
-# libemadwire: protocol tables and checks, dtypes, EMA configuration.
+# libemadwire: protocol tables and checks, dtypes, EMA configuration, the
+# tensor-map codec.
 # libemadcore: libemadwire plus the safetensors and snapshot file formats.
 noinst_LTLIBRARIES += libemadwire.la libemadcore.la
 libemadwire_la_SOURCES = \
 	src/common/proto.c src/common/proto.h \
 	src/common/dtype.c src/common/dtype.h \
-	src/common/emaconf.c src/common/emaconf.h
+	src/common/emaconf.c src/common/emaconf.h \
+	src/common/codec.c src/common/codec.h
 libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS)
 libemadwire_la_LIBADD = $(MSGPACK_LIBS) -lm
 
