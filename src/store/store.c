@@ -310,6 +310,15 @@ store_restore_done(model *m, uint64_t step)
     m->snap_step = step;
 }
 
+void
+store_model_snapshotted(model *m, uint64_t version, uint64_t step)
+{
+    if (version > m->snap_version) {
+        m->snap_version = version;
+        m->snap_step = step;
+    }
+}
+
 /* Has something last used at `used` been idle for timeout_ms at now_ms? */
 static int
 idle(uint64_t used, uint64_t now_ms, uint64_t timeout_ms)

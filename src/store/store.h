@@ -59,7 +59,7 @@ typedef struct tensor {
     uint64_t step;
 } tensor;
 
-/* A model. Read-only outside src/store/. */
+/* A model. Read-only outside src/store/ (store_model_snapshotted() records snapshots). */
 typedef struct model {
     char *name;
     emad_model_config cfg; /* owns its pattern strings */
@@ -189,6 +189,9 @@ int store_restore_tensor(model *m, const char *name, int kind, int dtype, int av
 
 /* Set a restored model's committed step and mark it as snapshotted at that step. */
 void store_restore_done(model *m, uint64_t step);
+
+/* Record a durable snapshot of m at version and step, unless a later one is recorded. */
+void store_model_snapshotted(model *m, uint64_t version, uint64_t step);
 
 /* Drop a model; aborts its open transactions. EMAD_ENOMODEL if absent. */
 int store_drop_model(store *s, const char *name, size_t len, store_err *err);
