@@ -466,6 +466,51 @@ check_seed(const model *m, const store_input *in, store_err *err)
     return 0;
 }
 
+/*
+ * Gather a seed's inputs into st in one allocation, freed with
+ * free(st->items): per input not ignored, an item in the tensor's dtype
+ * (data_dtype: the input's) with one whole slice borrowing the input's
+ * data, and a copy of its name. st has no index.
+ */
+static void
+seed_stage(const model *m, const store_input *in, size_t n, stage *st)
+{
+    size_t names = 0;
+    slice *sl;
+    char *name;
+
+    for (size_t i = 0; i < n; i++)
+        names += in[i].name_len + 1;
+    memset(st, 0, sizeof(*st));
+    st->items = xcalloc(1, n * (sizeof(item) + sizeof(slice)) + names);
+    sl = (slice *)(st->items + n);
+    name = (char *)(sl + n);
+    for (size_t i = 0; i < n; i++) {
+        item *it = &st->items[st->nitems];
+
+        if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
+            st->ignored++;
+            continue;
+        }
+        memcpy(name, in[i].name, in[i].name_len);
+        it->name = name;
+        it->name_len = in[i].name_len;
+        name += in[i].name_len + 1;
+        it->kind = in[i].kind;
+        it->dtype = in[i].as_dtype != EMAD_DTYPE_INVALID ? in[i].as_dtype : in[i].dtype;
+        it->data_dtype = in[i].dtype;
+        it->ndim = in[i].ndim;
+        memcpy(it->shape, in[i].shape, sizeof(it->shape));
+        (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &it->numel, NULL);
+        it->slices = &sl[st->nitems];
+        it->nslices = it->cap = 1;
+        it->slices->count = it->numel;
+        it->slices->received = in[i].len;
+        it->slices->data = (void *)in[i].data;
+        st->nitems++;
+    }
+}
+
 int
 store_seed(store *s, const char *model_name, size_t len, uint64_t step, const store_input *in,
            size_t n, uint64_t now_ms, store_result *res, store_err *err)
@@ -483,31 +528,10 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
             return err->code;
     if (stage_check_unique(in, n, "seed", err) != 0)
         return err->code;
-    /* One whole slice per tensor, borrowing the request's data. */
-    stage_init(&st);
-    stage_reserve(&st, n);
-    for (size_t i = 0; i < n; i++) {
-        store_input desc = in[i];
-        uint64_t numel;
-        item *it;
-        slice *sl;
-
-        if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
-            st.ignored++;
-            continue;
-        }
-        if (in[i].as_dtype != EMAD_DTYPE_INVALID)
-            desc.dtype = in[i].as_dtype;
-        (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &numel, NULL);
-        it = stage_add(&st, &desc, numel);
-        it->data_dtype = in[i].dtype;
-        sl = item_add_slice(it, 0, numel);
-        sl->data = (void *)in[i].data;
-        sl->received = in[i].len;
-    }
+    seed_stage(m, in, n, &st);
     p = apply_plan(m, &st);
     rc = apply_step(m, &st, step, APPLY_SEED, p, now_ms, res, err);
     free(p);
-    stage_free(&st);
+    free(st.items);
     return rc;
 }
