@@ -2,7 +2,7 @@
  * txn.c - transactions: a writer's step sent in many requests and
  * committed at once, and the jobs that do a request's kernel work.
  *
- * A transaction stages whole tensors or in-order chunks of their slices.
+ * A transaction stages whole tensors or chunks of their slices, in any order.
  * On a model with several writers the chunks are copied into the
  * transaction's stage, and commit hands the complete stage to
  * apply_contribution() like one push. On a single-writer model the
