@@ -219,10 +219,7 @@ job_done(uv_work_t *req, int status)
         remove_model_dir(p, jb->model);
         answer_model(p, jb->model, EMAD_ENOMODEL, "the model was dropped", 0, 0);
     } else if (jb->rc == 0) {
-        if (jb->version > m->snap_version) {
-            m->snap_version = jb->version;
-            m->snap_step = jb->step;
-        }
+        store_model_snapshotted(m, jb->version, jb->step);
         p->st.written++;
         p->st.bytes += jb->bytes;
         p->st.last_success_unix_ms = unix_ms();

@@ -14,6 +14,11 @@
  * copied ones. A model with several writers collects each step's slices
  * from every writer in a pending step and applies it when the last writer
  * has pushed; until then pulls see the previous step.
+ *
+ * The struct bodies below are the ones the daemon reads (server.c packs
+ * models, tensors, views and blobs into replies; persist.c writes views to
+ * snapshots); the store's own types (stages, transactions, pending steps,
+ * the store itself) are private to src/store/ (store_int.h).
  */
 #ifndef EMAD_STORE_H
 #define EMAD_STORE_H
@@ -36,7 +41,7 @@ typedef struct blob {
     void *data; /* 64-byte aligned */
 } blob;
 
-/* A stored tensor. Read-only outside store.c. */
+/* A stored tensor. Read-only outside src/store/. */
 typedef struct tensor {
     char *name;
     size_t name_len;
@@ -54,7 +59,7 @@ typedef struct tensor {
     uint64_t step;
 } tensor;
 
-/* A model. Read-only outside store.c. */
+/* A model. Read-only outside src/store/ (store_model_snapshotted() records snapshots). */
 typedef struct model {
     char *name;
     emad_model_config cfg; /* owns its pattern strings */
@@ -184,6 +189,9 @@ int store_restore_tensor(model *m, const char *name, int kind, int dtype, int av
 
 /* Set a restored model's committed step and mark it as snapshotted at that step. */
 void store_restore_done(model *m, uint64_t step);
+
+/* Record a durable snapshot of m at version and step, unless a later one is recorded. */
+void store_model_snapshotted(model *m, uint64_t version, uint64_t step);
 
 /* Drop a model; aborts its open transactions. EMAD_ENOMODEL if absent. */
 int store_drop_model(store *s, const char *name, size_t len, store_err *err);
