@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "common/codec.h"
 #include "store/task.h"
 
 #define STORE_MAX_MODELS 4096
@@ -78,22 +79,14 @@ typedef struct model {
     uint64_t snap_step;    /* its step */
 } model;
 
-/* One tensor of a push request; borrows name and data from the request. */
-typedef struct store_input {
-    const char *name;
-    size_t name_len;
-    int kind;
-    int dtype;
-    uint32_t ndim;
-    uint64_t shape[EMAD_MAX_NDIM];
-    const void *data; /* any alignment */
-    uint64_t len;
-    uint64_t start;  /* first element of the slice */
-    uint64_t count;  /* elements in the slice; 0 = the whole tensor (start 0) */
-    uint64_t offset; /* transactions only: byte offset of this chunk in the slice */
-    int as_dtype;    /* store_seed() only: the tensor's dtype when data is in another
-                        (its shadow's); EMAD_DTYPE_INVALID: dtype */
-} store_input;
+/*
+ * One tensor of a push request; borrows name and data from the request.
+ * It is the wire's tensor map as the shared codec decodes it (common/codec.h):
+ * name, kind, dtype, shape, data and len; start and count of a slice
+ * (count 0: the whole tensor); offset of a transaction's chunk; as_dtype
+ * for store_seed() (the tensor's dtype when data is in its shadow's).
+ */
+typedef codec_tensor store_input;
 
 /* Why an operation failed: code, message and (if one) the tensor at fault. */
 typedef struct store_err {
