@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/proto.h"
 #include "ctl.h"
 
 /* Append the tensors of file f as kind to t[*n] (t has room for them). */
@@ -271,7 +272,7 @@ static const ctl_opt pull_opts[] = {
 /* clang-format on */
 
 const ctl_cmd ctl_cmd_push = {
-    .name = "push",
+    .op = PROTO_OP_PUSH,
     .usage = "push MODEL PARAMS.safetensors --step N [--buffers BUFFERS.safetensors] [--shard K/N]",
     .help = "Push the tensors of PARAMS as parameters (averaged; F32, F16, BF16 or F64)\n"
             "and those of BUFFERS as buffers (copied; any dtype) at training step N\n"
@@ -286,7 +287,7 @@ const ctl_cmd ctl_cmd_push = {
 };
 
 const ctl_cmd ctl_cmd_pull = {
-    .name = "pull",
+    .op = PROTO_OP_PULL,
     .usage = "pull MODEL OUT.safetensors [--tensors A,B,...] [--decay D] [--dtype F32|BF16|F16]",
     .help = "Pull the averaged model (all tensors, or the named ones) into OUT, written\n"
             "atomically, with metadata format=pt, step=the model's step, model=MODEL.\n"

@@ -212,7 +212,7 @@ static const ctl_opt create_opts[] = {
 };
 
 const ctl_cmd ctl_cmd_create = {
-    .name = "create",
+    .op = PROTO_OP_CREATE,
     .usage = "create MODEL [--decay D[,D2...]] [--schedule constant|num_updates|warmup]\n"
              "              [--update-after-step N] [--inv-gamma X] [--power P] [--min-decay M]\n"
              "              [--step-gap ignore|compensate] [--buffers copy|average]\n"
@@ -242,7 +242,7 @@ const ctl_cmd ctl_cmd_create = {
 };
 
 const ctl_cmd ctl_cmd_configure = {
-    .name = "configure",
+    .op = PROTO_OP_CONFIGURE,
     .usage = "configure MODEL [--decay D[,D2...]] [--schedule S] [--update-after-step N]\n"
              "              [--inv-gamma X] [--power P] [--min-decay M] [--step-gap G] "
              "[--nonfinite P]",
@@ -255,7 +255,7 @@ const ctl_cmd ctl_cmd_configure = {
 };
 
 const ctl_cmd ctl_cmd_list = {
-    .name = "list",
+    .op = PROTO_OP_LIST,
     .usage = "list [MODEL]",
     .help = "Without MODEL: every model with its decay, committed step, number of\n"
             "tensors and shadow bytes. With MODEL: its EMA configuration, then its\n"
@@ -265,7 +265,7 @@ const ctl_cmd ctl_cmd_list = {
 };
 
 const ctl_cmd ctl_cmd_drop = {
-    .name = "drop",
+    .op = PROTO_OP_DROP,
     .usage = "drop MODEL",
     .help = "Drop a model, all its tensors and its snapshots.\n",
     .args = {"MODEL"},

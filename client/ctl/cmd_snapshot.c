@@ -20,6 +20,7 @@
 
 #include "common/emaconf.h"
 #include "common/snapshot.h"
+#include "common/proto.h"
 #include "ctl.h"
 
 /* Is a tensor averaged under cfg (the daemon's rule, docs/EMA.md)? */
@@ -320,7 +321,7 @@ const ctl_cmd ctl_cmd_import = {
 };
 
 const ctl_cmd ctl_cmd_snapshot = {
-    .name = "snapshot",
+    .op = PROTO_OP_SNAPSHOT,
     .usage = "snapshot [MODEL]",
     .help = "Write a snapshot of MODEL (default: every model that changed) into the\n"
             "daemon's --state-dir and return once it is durable on disk. Prints the\n"

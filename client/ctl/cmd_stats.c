@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/emaconf.h"
+#include "common/proto.h"
 #include "ctl.h"
 
 /* The counters whose rates watch prints, in its order. */
@@ -223,7 +224,7 @@ static const ctl_opt watch_opts[] = {
 /* clang-format on */
 
 const ctl_cmd ctl_cmd_stats = {
-    .name = "stats",
+    .op = PROTO_OP_STATS,
     .usage = "stats [--json]",
     .help = "Print a table of the models (step, seconds since the last push, tensors,\n"
             "shadow bytes, last snapshot step), then the daemon's counters, one 'name\n"

@@ -74,7 +74,8 @@ typedef struct ctl_opt {
 
 /* One command: name, synopsis, description, arguments, handler. */
 typedef struct ctl_cmd {
-    const char *name;
+    int op;           /* the daemon op of the same name (enum proto_op), or 0 */
+    const char *name; /* a command that is not an op: its name (see ctl_cmd_name()) */
     const char *usage;                 /* synopsis */
     const char *help;                  /* description, after the synopsis */
     const char *args[ARGS_MAXPOS + 1]; /* names of the positionals, NULL-terminated */
@@ -82,6 +83,9 @@ typedef struct ctl_cmd {
     const ctl_opt *opts[2];            /* option tables besides the common ones */
     int (*exec)(ctl *g, const struct ctl_cmd *self, ctl_args *a);
 } ctl_cmd;
+
+/* The name of a command: its op's wire name, or its own. */
+const char *ctl_cmd_name(const ctl_cmd *cmd);
 
 /* A number macro as a string literal, for option descriptions. */
 #define CTL_STR_(x) #x

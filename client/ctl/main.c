@@ -166,12 +166,19 @@ usage(FILE *f)
             EMAD_DEFAULT_URL);
 }
 
+/* The name of a command: its op's wire name, or its own. */
+const char *
+ctl_cmd_name(const ctl_cmd *cmd)
+{
+    return cmd->op != 0 ? proto_op_name(cmd->op) : cmd->name;
+}
+
 /* The command named name, or NULL. */
 static const ctl_cmd *
 command_find(const char *name)
 {
     for (const ctl_cmd *const *c = commands; *c != NULL; c++)
-        if (strcmp((*c)->name, name) == 0)
+        if (strcmp(ctl_cmd_name(*c), name) == 0)
             return *c;
     return NULL;
 }
@@ -183,7 +190,7 @@ command_run(ctl *g, const ctl_cmd *cmd, int argc, char **argv)
     ctl_args a;
     int r;
 
-    g->cmd = cmd->name;
+    g->cmd = ctl_cmd_name(cmd);
     args_init(&a, argc, argv);
     if ((r = args_parse(g, cmd, &a)) >= 0)
         return r;
