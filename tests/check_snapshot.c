@@ -30,6 +30,7 @@
 #include "common/emaconf.h"
 #include "common/safetensors.h"
 #include "common/snapshot.h"
+#include "files/snapdir.h"
 #include "testutil.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
