@@ -215,6 +215,16 @@ string_array(const char *const *p, size_t n)
     return a;
 }
 
+/* The JSON value of an option of cfg, by its type (the TYPE column of EMACONF_OPTIONS). */
+#define CONFIG_JSON_DECAYS(cfg, f) real_array((cfg)->f, (cfg)->n##f)
+#define CONFIG_JSON_ENUM(cfg, f) json_string(emaconf_##f##_name((cfg)->f))
+#define CONFIG_JSON_U64(cfg, f) json_integer((json_int_t)(cfg)->f)
+#define CONFIG_JSON_REAL(cfg, f) json_real((cfg)->f)
+#define CONFIG_JSON_U32(cfg, f) json_integer((json_int_t)(cfg)->f)
+#define CONFIG_JSON_PATTERNS(cfg, f) string_array((cfg)->f, (cfg)->n##f)
+#define CONFIG_JSON_SET(id, key, type, f)                                                          \
+    bad = bad || json_object_set_new(o, key, CONFIG_JSON_##type(cfg, f)) < 0;
+
 /* JSON text of a checked configuration (malloc'd), or NULL if memory runs out. */
 static char *
 config_text(const emad_model_config *cfg)
@@ -223,23 +233,7 @@ config_text(const emad_model_config *cfg)
     char *text = NULL;
     int bad = o == NULL;
 
-    bad = bad || json_object_set_new(o, "decays", real_array(cfg->decays, cfg->ndecays)) < 0;
-    bad = bad ||
-          json_object_set_new(o, "schedule", json_string(emaconf_schedule_name(cfg->schedule))) < 0;
-    bad = bad || json_object_set_new(o, "update_after_step",
-                                     json_integer((json_int_t)cfg->update_after_step)) < 0;
-    bad = bad || json_object_set_new(o, "inv_gamma", json_real(cfg->inv_gamma)) < 0;
-    bad = bad || json_object_set_new(o, "power", json_real(cfg->power)) < 0;
-    bad = bad || json_object_set_new(o, "min_decay", json_real(cfg->min_decay)) < 0;
-    bad = bad ||
-          json_object_set_new(o, "step_gap", json_string(emaconf_step_gap_name(cfg->step_gap))) < 0;
-    bad = bad ||
-          json_object_set_new(o, "buffers", json_string(emaconf_buffers_name(cfg->buffers))) < 0;
-    bad = bad || json_object_set_new(o, "nonfinite",
-                                     json_string(emaconf_nonfinite_name(cfg->nonfinite))) < 0;
-    bad = bad || json_object_set_new(o, "writers", json_integer((json_int_t)cfg->writers)) < 0;
-    bad = bad || json_object_set_new(o, "copy", string_array(cfg->copy, cfg->ncopy)) < 0;
-    bad = bad || json_object_set_new(o, "ignore", string_array(cfg->ignore, cfg->nignore)) < 0;
+    EMACONF_OPTIONS(CONFIG_JSON_SET)
     if (!bad)
         text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
@@ -428,27 +422,40 @@ config_patterns(const json_t *o, const char *key, const char **p, size_t *n, cha
 static int
 config_keys(const json_t *o, char **cause)
 {
-    static const char *const keys[] = {
-        "decays",   "schedule", "update_after_step", "inv_gamma", "power", "min_decay",
-        "step_gap", "buffers",  "nonfinite",         "writers",   "copy",  "ignore"};
-    const size_t nkeys = sizeof(keys) / sizeof(keys[0]);
     const char *key;
     json_t *v;
 
-    for (size_t i = 0; i < nkeys; i++)
-        if (json_object_get(o, keys[i]) == NULL)
-            return proto_cause(cause, EMAD_EFORMAT, "emad_config: key '%s' is missing", keys[i]);
+    for (int i = 0; i < EMACONF_NOPTIONS; i++)
+        if (json_object_get(o, emaconf_key(i)) == NULL)
+            return proto_cause(cause, EMAD_EFORMAT, "emad_config: key '%s' is missing",
+                               emaconf_key(i));
     json_object_foreach((json_t *)o, key, v)
     {
-        size_t i = 0;
+        int i = 0;
 
-        while (i < nkeys && strcmp(keys[i], key) != 0)
+        while (i < EMACONF_NOPTIONS && strcmp(emaconf_key(i), key) != 0)
             i++;
-        if (i == nkeys)
+        if (i == EMACONF_NOPTIONS)
             return proto_cause(cause, EMAD_EFORMAT, "emad_config: unknown key '%.64s'", key);
     }
     return 0;
 }
+
+/*
+ * Read an enum, number or pattern-list option of the emad_config object o
+ * into c in the pass of its type: the enums first, then the numbers, then
+ * the pattern lists (the order of the checks). The decays and the integers
+ * are read before, on their own.
+ */
+#define CONFIG_READ_DECAYS(pass, key, f) 0
+#define CONFIG_READ_U64(pass, key, f) 0
+#define CONFIG_READ_U32(pass, key, f) 0
+#define CONFIG_READ_ENUM(pass, key, f) ((pass) == 0 ? config_enum(o, key, &c.f, cause) : 0)
+#define CONFIG_READ_REAL(pass, key, f) ((pass) == 1 ? config_real(o, key, &c.f, cause) : 0)
+#define CONFIG_READ_PATTERNS(pass, key, f)                                                         \
+    ((pass) == 2 ? config_patterns(o, key, c.f, &c.n##f, cause) : 0)
+#define CONFIG_READ(id, key, type, f) || (rc = CONFIG_READ_##type(pass, key, f)) < 0
+#define CONFIG_READ_PASSES 3
 
 /*
  * Parse the emad_config JSON text into cfg (pattern strings copied, free
@@ -473,42 +480,35 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
     }
     if ((rc = config_keys(o, cause)) < 0)
         goto out;
-    decays = json_object_get(o, "decays");
+    decays = json_object_get(o, emaconf_key(EMACONF_DECAYS));
     if (!json_is_array(decays) || json_array_size(decays) < 1 ||
         json_array_size(decays) > EMAD_MAX_DECAYS) {
-        rc = proto_cause(cause, EMAD_EFORMAT,
-                         "emad_config: 'decays' is not an array of 1..%d "
-                         "numbers",
-                         EMAD_MAX_DECAYS);
+        rc = proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' is not an array of 1..%d numbers",
+                         emaconf_key(EMACONF_DECAYS), EMAD_MAX_DECAYS);
         goto out;
     }
     c.ndecays = json_array_size(decays);
     for (size_t i = 0; i < c.ndecays; i++) {
         if (!json_is_number(json_array_get(decays, i))) {
-            rc = proto_cause(cause, EMAD_EFORMAT, "emad_config: 'decays'[%zu] is not a number", i);
+            rc = proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a number",
+                             emaconf_key(EMACONF_DECAYS), i);
             goto out;
         }
         c.decays[i] = json_number_value(json_array_get(decays, i));
     }
-    if (json_u64(json_object_get(o, "update_after_step"), &u) < 0 ||
-        json_u64(json_object_get(o, "writers"), &w) < 0 || w > EMAD_MAX_WRITERS) {
-        rc = proto_cause(cause, EMAD_EFORMAT,
-                         "emad_config: 'update_after_step' or 'writers' is "
-                         "not an integer in range");
+    if (json_u64(json_object_get(o, emaconf_key(EMACONF_UPDATE_AFTER_STEP)), &u) < 0 ||
+        json_u64(json_object_get(o, emaconf_key(EMACONF_WRITERS)), &w) < 0 ||
+        w > EMAD_MAX_WRITERS) {
+        rc =
+            proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' or '%s' is not an integer in range",
+                        emaconf_key(EMACONF_UPDATE_AFTER_STEP), emaconf_key(EMACONF_WRITERS));
         goto out;
     }
     c.update_after_step = u;
     c.writers = (uint32_t)w;
-    if ((rc = config_enum(o, "schedule", &c.schedule, cause)) < 0 ||
-        (rc = config_enum(o, "step_gap", &c.step_gap, cause)) < 0 ||
-        (rc = config_enum(o, "buffers", &c.buffers, cause)) < 0 ||
-        (rc = config_enum(o, "nonfinite", &c.nonfinite, cause)) < 0 ||
-        (rc = config_real(o, "inv_gamma", &c.inv_gamma, cause)) < 0 ||
-        (rc = config_real(o, "power", &c.power, cause)) < 0 ||
-        (rc = config_real(o, "min_decay", &c.min_decay, cause)) < 0 ||
-        (rc = config_patterns(o, "copy", c.copy, &c.ncopy, cause)) < 0 ||
-        (rc = config_patterns(o, "ignore", c.ignore, &c.nignore, cause)) < 0)
-        goto out;
+    for (int pass = 0; pass < CONFIG_READ_PASSES; pass++)
+        if (0 EMACONF_OPTIONS(CONFIG_READ))
+            goto out;
     if (emaconf_check(&c, why, sizeof(why)) != 0) {
         rc = proto_cause(cause, EMAD_EFORMAT, "emad_config is not a valid configuration: %s", why);
         goto out;

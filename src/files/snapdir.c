@@ -261,8 +261,7 @@ snap_prune(const char *model_dir, size_t ndecays, size_t keep)
             if (e[i].step >= oldest &&
                 (e[i].step >= newest || step_complete(e, n, e[i].step, ndecays)))
                 continue;
-            snprintf(name, sizeof(name), SNAP_NAME_FMT, e[i].step,
-                     e[i].decay_index);
+            snprintf(name, sizeof(name), SNAP_NAME_FMT, e[i].step, e[i].decay_index);
             if (unlinkat(dirfd(dir), name, 0) == 0)
                 removed++;
         }
