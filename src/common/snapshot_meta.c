@@ -42,8 +42,42 @@
 #define SNAP_STEP_DIGITS 20
 #define SNAP_CHECKSUM_PREFIX "xxh64:"
 
-/* The metadata key of the checksum over the other metadata entries. */
-#define SNAP_META_SUM_KEY "emad_meta_checksum"
+/*
+ * The __metadata__ keys of a snapshot file, X(ID, "key"), in the order
+ * snap_meta_build fills them: the checksum over the others comes last.
+ */
+#define SNAP_META_KEYS(X)                                                                          \
+    X(FORMAT, "format")                                                                            \
+    X(MODEL, "emad_model")                                                                         \
+    X(STEP, "emad_step")                                                                           \
+    X(DECAY, "emad_decay")                                                                         \
+    X(DECAY_INDEX, "emad_decay_index")                                                             \
+    X(DECAYS, "emad_decays")                                                                       \
+    X(CONFIG, "emad_config")                                                                       \
+    X(TENSORS, "emad_tensors")                                                                     \
+    X(VERSION, "emad_version")                                                                     \
+    X(CHECKSUM, "emad_checksum")                                                                   \
+    X(META_CHECKSUM, "emad_meta_checksum")
+
+/* Index of each metadata key: MD_FORMAT ... MD_META_CHECKSUM. */
+enum meta_key {
+#define META_KEY_ENUM(id, key) MD_##id,
+    SNAP_META_KEYS(META_KEY_ENUM)
+#undef META_KEY_ENUM
+        MD_COUNT
+};
+
+/* The metadata keys by index. */
+static const char *const meta_keys[] = {
+#define META_KEY_NAME(id, key) [MD_##id] = key,
+    SNAP_META_KEYS(META_KEY_NAME)
+#undef META_KEY_NAME
+};
+
+_Static_assert(MD_COUNT == SNAP_NMETA, "SNAP_NMETA must count the metadata keys");
+
+/* The value of the format key (safetensors' convention for PyTorch files). */
+#define SNAP_FORMAT "pt"
 /* Length of "xxh64:" + 16 hex digits. */
 #define SNAP_SUM_LEN 22
 
@@ -165,7 +199,7 @@ meta_checksum(const st_meta *md, size_t n, uint64_t *out)
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++)
-        if (strcmp(md[i].key, SNAP_META_SUM_KEY) != 0)
+        if (strcmp(md[i].key, meta_keys[MD_META_CHECKSUM]) != 0)
             p[k++] = &md[i];
     qsort(p, k, sizeof(*p), cmp_meta_key);
     for (size_t i = 0; i < k; i++) {
@@ -309,28 +343,26 @@ int
 snap_meta_build(const snap_meta *m, const snap_tensor *s, size_t n, uint64_t sum,
                 st_meta md[SNAP_NMETA])
 {
-    static const char *const keys[SNAP_NMETA] = {
-        "format",           "emad_model",    "emad_step",      "emad_decay",
-        "emad_decay_index", "emad_decays",   "emad_config",    "emad_tensors",
-        "emad_version",     "emad_checksum", SNAP_META_SUM_KEY};
     char dec[32];
 
-    md[0].value = strdup("pt");
-    md[1].value = strdup(m->model);
-    md[2].value = strfmt("%" PRIu64, m->step);
-    md[3].value = strdup(emaconf_fmt_double(dec, sizeof(dec), m->cfg->decays[m->decay_index]));
-    md[4].value = strfmt("%zu", m->decay_index);
-    md[5].value = strfmt("%zu", m->cfg->ndecays);
-    md[6].value = config_text(m->cfg);
-    md[7].value = tensors_text(s, n);
-    md[8].value = strdup(PACKAGE_VERSION);
-    md[9].value = sum_text(sum);
+    md[MD_FORMAT].value = strdup(SNAP_FORMAT);
+    md[MD_MODEL].value = strdup(m->model);
+    md[MD_STEP].value = strfmt("%" PRIu64, m->step);
+    md[MD_DECAY].value =
+        strdup(emaconf_fmt_double(dec, sizeof(dec), m->cfg->decays[m->decay_index]));
+    md[MD_DECAY_INDEX].value = strfmt("%zu", m->decay_index);
+    md[MD_DECAYS].value = strfmt("%zu", m->cfg->ndecays);
+    md[MD_CONFIG].value = config_text(m->cfg);
+    md[MD_TENSORS].value = tensors_text(s, n);
+    md[MD_VERSION].value = strdup(PACKAGE_VERSION);
+    md[MD_CHECKSUM].value = sum_text(sum);
     for (size_t i = 0; i < SNAP_NMETA; i++) {
-        md[i].key = (char *)keys[i]; /* st_write_ex only reads it */
-        if (i < SNAP_NMETA - 1 && md[i].value == NULL)
+        md[i].key = (char *)meta_keys[i]; /* st_write_ex only reads it */
+        if (i != MD_META_CHECKSUM && md[i].value == NULL)
             return -ENOMEM;
     }
-    if (meta_checksum(md, SNAP_NMETA - 1, &sum) < 0 || (md[10].value = sum_text(sum)) == NULL)
+    if (meta_checksum(md, MD_META_CHECKSUM, &sum) < 0 ||
+        (md[MD_META_CHECKSUM].value = sum_text(sum)) == NULL)
         return -ENOMEM;
     return 0;
 }
@@ -554,14 +586,14 @@ snap_meta_verify(const st_file *sf, char **cause)
 
     if (meta_checksum(sf->meta, sf->nmeta, &sum) < 0)
         return proto_cause(cause, -ENOMEM, "out of memory");
-    return check_sum(sf, SNAP_META_SUM_KEY, sum, "metadata", cause);
+    return check_sum(sf, meta_keys[MD_META_CHECKSUM], sum, "metadata", cause);
 }
 
 /* Compare emad_checksum with the data checksum computed over the file; 0 or EMAD_EFORMAT. */
 int
 snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause)
 {
-    return check_sum(sf, "emad_checksum", sum, "data", cause);
+    return check_sum(sf, meta_keys[MD_CHECKSUM], sum, "data", cause);
 }
 
 /*
@@ -611,7 +643,7 @@ describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cau
 static int
 describe_tensors(snap_file *f, const st_file *sf, char **cause)
 {
-    const char *text = need_meta(sf, "emad_tensors", cause);
+    const char *text = need_meta(sf, meta_keys[MD_TENSORS], cause);
     json_t *o, *d;
     json_error_t jerr;
     const char *key;
@@ -663,19 +695,19 @@ read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
     double d;
     int rc;
 
-    if ((fmt = need_meta(sf, "format", cause)) == NULL ||
-        (model = need_meta(sf, "emad_model", cause)) == NULL ||
-        (decay = need_meta(sf, "emad_decay", cause)) == NULL ||
-        (config = need_meta(sf, "emad_config", cause)) == NULL ||
-        need_meta(sf, "emad_version", cause) == NULL)
+    if ((fmt = need_meta(sf, meta_keys[MD_FORMAT], cause)) == NULL ||
+        (model = need_meta(sf, meta_keys[MD_MODEL], cause)) == NULL ||
+        (decay = need_meta(sf, meta_keys[MD_DECAY], cause)) == NULL ||
+        (config = need_meta(sf, meta_keys[MD_CONFIG], cause)) == NULL ||
+        need_meta(sf, meta_keys[MD_VERSION], cause) == NULL)
         return EMAD_EFORMAT;
-    if (strcmp(fmt, "pt") != 0)
+    if (strcmp(fmt, SNAP_FORMAT) != 0)
         return proto_cause(cause, EMAD_EFORMAT, "metadata 'format' is '%.40s', not 'pt'", fmt);
     if (proto_check_model_name(model, strlen(model)) != 0)
         return proto_cause(cause, EMAD_EFORMAT, "metadata 'emad_model' is not a valid model name");
-    if ((rc = meta_u64(sf, "emad_step", &f->step, cause)) < 0 ||
-        (rc = meta_u64(sf, "emad_decay_index", &index, cause)) < 0 ||
-        (rc = meta_u64(sf, "emad_decays", &ndecays, cause)) < 0)
+    if ((rc = meta_u64(sf, meta_keys[MD_STEP], &f->step, cause)) < 0 ||
+        (rc = meta_u64(sf, meta_keys[MD_DECAY_INDEX], &index, cause)) < 0 ||
+        (rc = meta_u64(sf, meta_keys[MD_DECAYS], &ndecays, cause)) < 0)
         return rc;
     if ((rc = parse_config(config, &f->cfg, cause)) < 0)
         return rc;
