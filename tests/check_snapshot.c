@@ -1,5 +1,6 @@
 /*
- * check_snapshot.c - tests for src/common/snapshot.c: file names and paths, a
+ * check_snapshot.c - tests for the snapshot format (src/common/snapshot.c,
+ * snapshot_meta.c) and directory (src/files/snapdir.c): file names and paths, a
  * round trip of every kind of tensor (averaged BF16 kept as F32, F64, a
  * copied I64 buffer, a scalar, an empty tensor) with the full
  * configuration, the metadata keys and their values, both checksums
@@ -30,6 +31,7 @@
 #include "common/emaconf.h"
 #include "common/safetensors.h"
 #include "common/snapshot.h"
+#include "files/snapdir.h"
 #include "testutil.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -324,6 +326,48 @@ START_TEST(test_snap_paths_are_zero_padded_under_snapshots)
     free(dir);
     free(p1);
     free(p2);
+}
+END_TEST
+
+START_TEST(test_snap_names_parse_only_the_snapshot_form)
+{
+    static const struct {
+        const char *name;
+        int ok;
+        uint64_t step;
+        size_t k;
+    } cases[] = {
+        {"00000000000000000050.d1.safetensors", 1, 50, 1},
+        {"18446744073709551615.d7.safetensors", 1, UINT64_MAX, 7},
+        {"00000000000000000000.d0.safetensors", 1, 0, 0},
+        {"18446744073709551616.d0.safetensors", 0, 0, 0}, /* above UINT64_MAX */
+        {"0000000000000000050.d1.safetensors", 0, 0, 0},  /* 19 digits */
+        {"00000000000000000050.d8.safetensors", 0, 0, 0}, /* index >= EMAD_MAX_DECAYS */
+        {"00000000000000000050.d01.safetensors", 0, 0, 0},
+        {"00000000000000000050.d.safetensors", 0, 0, 0},
+        {"00000000000000000050.d1.safetensors.broken", 0, 0, 0},
+        {"00000000000000000050.d1.safetensor", 0, 0, 0},
+        {"0000000000000000005x.d1.safetensors", 0, 0, 0},
+    };
+    char buf[64];
+    uint64_t step;
+    size_t k;
+
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        step = 12345;
+        k = 99;
+        ck_assert_msg(snap_is_name(cases[i].name, &step, &k) == cases[i].ok, "%s", cases[i].name);
+        if (!cases[i].ok)
+            continue;
+        ck_assert_uint_eq(step, cases[i].step);
+        ck_assert_uint_eq(k, cases[i].k);
+        snprintf(buf, sizeof(buf), SNAP_NAME_FMT, step, k);
+        ck_assert_str_eq(buf, cases[i].name);
+    }
+    /* A temp file name continues after the parsed part. */
+    ck_assert_str_eq(snap_parse_name("00000000000000000050.d1.safetensors.tmp.AbC123", &step, &k),
+                     ".tmp.AbC123");
+    ck_assert_ptr_null(snap_parse_name("x0000000000000000050.d1.safetensors", &step, &k));
 }
 END_TEST
 
@@ -1379,6 +1423,7 @@ snapshot_suite(void)
     TCase *tc = tcase_create("core");
 
     tcase_add_test(tc, test_snap_paths_are_zero_padded_under_snapshots);
+    tcase_add_test(tc, test_snap_names_parse_only_the_snapshot_form);
     tcase_add_test(tc, test_snap_round_trip_keeps_bytes_shapes_steps_kinds_and_config);
     tcase_add_test(tc, test_snap_metadata_has_every_key_and_format_pt);
     tcase_add_test(tc, test_snap_checksums_are_xxh64_of_the_documented_layout);

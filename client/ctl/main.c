@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/proto.h"
 #include "ctl.h"
 
 #ifndef PACKAGE_VERSION

@@ -15,6 +15,7 @@ libemadwire_la_LIBADD = $(MSGPACK_LIBS) -lm
 
 libemadcore_la_SOURCES = \
 	src/common/safetensors.c src/common/safetensors.h \
-	src/common/snapshot.c src/common/snapshot.h
+	src/common/snapshot.c src/common/snapshot.h \
+	src/common/snapshot_meta.c src/common/snapshot_meta.h
 libemadcore_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS) $(JANSSON_CFLAGS) $(XXHASH_CFLAGS)
 libemadcore_la_LIBADD = libemadwire.la $(MSGPACK_LIBS) $(JANSSON_LIBS) $(XXHASH_LIBS) -lm

@@ -22,6 +22,7 @@
 #include "daemon/persist.h"
 #include "common/proto.h"
 #include "common/snapshot.h"
+#include "files/snapdir.h"
 #include "base/xmalloc.h"
 
 /* Requests answered together ("snapshot every model"). */

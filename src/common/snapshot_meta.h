@@ -1,0 +1,56 @@
+/*
+ * snapshot_meta.h - the __metadata__ of a snapshot file (the keys are
+ * listed in snapshot.h): building it for a write, and reading and
+ * checking it back. Internal to the snapshot format: snapshot.c and the
+ * fuzz target use it, nothing else should.
+ */
+#ifndef EMAD_SNAPSHOT_META_H
+#define EMAD_SNAPSHOT_META_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/safetensors.h"
+#include "common/snapshot.h"
+
+/* Number of __metadata__ entries a snapshot file carries. */
+#define SNAP_NMETA 11
+
+/*
+ * Build the __metadata__ entries (keys static, values malloc'd: free with
+ * snap_meta_free) of a file of the checked m holding tensors s[0..n),
+ * sorted by name, whose data checksum is data_sum; the metadata checksum
+ * comes last, over the others. Returns 0 or -ENOMEM.
+ */
+int snap_meta_build(const snap_meta *m, const snap_tensor *s, size_t n, uint64_t data_sum,
+                    st_meta md[SNAP_NMETA]);
+
+/* Free the values of the metadata snap_meta_build built. */
+void snap_meta_free(st_meta *md, size_t n);
+
+/* Verify emad_meta_checksum over the other metadata entries; 0, EMAD_EFORMAT or -ENOMEM. */
+int snap_meta_verify(const st_file *sf, char **cause);
+
+/* Compare emad_checksum with the data checksum sum computed over the file; 0 or EMAD_EFORMAT. */
+int snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause);
+
+/*
+ * Read the header of a parsed snapshot file into f: model, step, decay
+ * index, decays count, decay and configuration (checked against each
+ * other and against the name of path when it has the snapshot form), then
+ * the description of every tensor of f->tensors (whose name and sdtype
+ * are set), which fills kind, dtype, step and averaged. Checksums are not
+ * looked at. 0, EMAD_EFORMAT or -ENOMEM with *cause set; f->model and
+ * f->cfg may be set even on failure (snap_file_free frees them).
+ */
+int snap_meta_read(snap_file *f, const st_file *sf, const char *path, char **cause);
+
+/*
+ * Check that a tensor pushed as dtype, averaged or copied, has data of
+ * dtype sdtype in a snapshot (the shadow's dtype if averaged, else the
+ * pushed one). Returns 0, or -1 with msg (size bytes) saying what it is
+ * and what it should be.
+ */
+int snap_meta_check_dtype(int sdtype, int dtype, int averaged, char *msg, size_t size);
+
+#endif
