@@ -187,7 +187,8 @@ cmd_pull(ctl *g, const ctl_cmd *self, ctl_args *a)
 {
     const char *model = a->pos[0], *path = a->pos[1];
     char *list = NULL, **names = NULL, *cause = NULL, stepbuf[32];
-    char k_format[] = "format", v_pt[] = "pt", k_step[] = "step", k_model[] = "model";
+    char k_format[] = "format", v_pt[] = "pt", k_step[] = PROTO_KEY_STEP,
+         k_model[] = PROTO_KEY_MODEL;
     size_t nnames = 0;
     emad_client *c = NULL;
     emad_model *m = NULL;

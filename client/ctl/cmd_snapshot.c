@@ -200,7 +200,7 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
             goto out;
         }
         if (!have_step &&
-            ((ms = st_meta_get(pf, "step")) == NULL || args_parse_u64(ms, &step) != 0)) {
+            ((ms = st_meta_get(pf, PROTO_KEY_STEP)) == NULL || args_parse_u64(ms, &step) != 0)) {
             status = ctl_usage_error(g, "%s has no step in its metadata: give --step N", path);
             goto out;
         }

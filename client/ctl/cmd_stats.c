@@ -21,13 +21,28 @@
 #include <unistd.h>
 
 #include "common/emaconf.h"
+#include "common/counters.h"
 #include "common/proto.h"
 #include "ctl.h"
 
-/* The counters whose rates watch prints, in its order. */
-static const char *const watch_counters[] = {"requests",        "requests_push", "requests_pull",
-                                             "tensors_applied", "errors",        "bytes_in",
-                                             "bytes_out"};
+/* The counters whose rates watch prints, in its order: a counter, or an op's request count. */
+static const struct {
+    int counter; /* enum counter, or -1 */
+    int op;      /* enum proto_op, when counter is -1 */
+} watch_counters[] = {
+    {COUNTER_REQUESTS, 0},        {-1, PROTO_OP_PUSH},   {-1, PROTO_OP_PULL},
+    {COUNTER_TENSORS_APPLIED, 0}, {COUNTER_ERRORS, 0},   {COUNTER_BYTES_IN, 0},
+    {COUNTER_BYTES_OUT, 0},
+};
+
+/* The wire name of watch_counters[i], in buf. */
+static const char *
+watch_counter_name(char *buf, size_t size, size_t i)
+{
+    if (watch_counters[i].counter >= 0)
+        return counters_name(watch_counters[i].counter);
+    return counters_op_name(buf, size, watch_counters[i].op) == 0 ? buf : "";
+}
 
 /* One sample of the daemon's figures: counters and models. */
 typedef struct sample {
@@ -116,8 +131,10 @@ print_rates(const sample *x, const sample *prev)
 
     printf("\n%-18s %14s %14s\n", "COUNTER", "TOTAL", "PER SECOND");
     for (size_t i = 0; i < sizeof(watch_counters) / sizeof(watch_counters[0]); i++) {
-        uint64_t a = counter(prev, watch_counters[i]), b = counter(x, watch_counters[i]);
-        printf("%-18s %14" PRIu64 " %14.1f\n", watch_counters[i], b,
+        char buf[64];
+        const char *name = watch_counter_name(buf, sizeof(buf), i);
+        uint64_t a = counter(prev, name), b = counter(x, name);
+        printf("%-18s %14" PRIu64 " %14.1f\n", name, b,
                dt > 0 && b >= a ? (b - a) / dt : 0.0);
     }
 }

@@ -9,6 +9,8 @@
 #ifndef EMAD_COUNTERS_H
 #define EMAD_COUNTERS_H
 
+#include <stddef.h>
+
 #define COUNTERS_MAP(XX)                                                                         \
     XX(REQUESTS, "requests")                                                                     \
     XX(ERRORS, "errors")                                                                         \
@@ -40,5 +42,11 @@ enum counter {
 /* Prefixes of the per-op and per-error counters of the `stats` reply. */
 #define COUNTERS_OP_PREFIX "requests_"
 #define COUNTERS_ERROR_PREFIX "errors_"
+
+/* The wire name of counter id (enum counter), or NULL. */
+const char *counters_name(int id);
+
+/* Write the name of op's request counter ("requests_push") to buf: 0, or -1 if it does not fit. */
+int counters_op_name(char *buf, size_t size, int op);
 
 #endif

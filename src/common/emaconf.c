@@ -26,7 +26,7 @@
 
 static const char *const schedule_names[] = {"constant", "num_updates", "warmup"};
 static const char *const step_gap_names[] = {"ignore", "compensate"};
-static const char *const buffers_names[] = {"copy", "average"};
+static const char *const buffers_names[] = {PROTO_VAL_UPDATE_COPY, PROTO_VAL_UPDATE_AVERAGE};
 static const char *const nonfinite_names[] = {"reject", "skip", "allow"};
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "common/proto_keys.h"
 
 struct msgpack_object;
 struct msgpack_packer;
@@ -41,11 +42,11 @@ struct msgpack_packer;
     X(BUFFERS, "buffers", ENUM, buffers)                                                           \
     X(NONFINITE, "nonfinite", ENUM, nonfinite)                                                     \
     X(WRITERS, "writers", U32, writers)                                                            \
-    X(COPY, "copy", PATTERNS, copy)                                                                \
+    X(COPY, PROTO_VAL_UPDATE_COPY, PATTERNS, copy)                                                                \
     X(IGNORE, "ignore", PATTERNS, ignore)
 
 /* A request may give a single decay under this key instead of "decays". */
-#define EMACONF_DECAY_KEY "decay"
+#define EMACONF_DECAY_KEY PROTO_KEY_DECAY
 
 /* The options by index: EMACONF_DECAYS ... EMACONF_IGNORE, then their count. */
 enum emaconf_option {

@@ -7,6 +7,7 @@
 noinst_LTLIBRARIES += libemadwire.la libemadcore.la
 libemadwire_la_SOURCES = \
 	src/common/proto.c src/common/proto.h \
+	src/common/counters.c src/common/counters.h \
 	src/common/dtype.c src/common/dtype.h \
 	src/common/emaconf.c src/common/emaconf.h \
 	src/common/codec.c src/common/codec.h

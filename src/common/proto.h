@@ -31,7 +31,7 @@
     XX(READ, "read")                                                                             \
     XX(RELEASE, "release")                                                                       \
     XX(LIST, "list")                                                                             \
-    XX(STATS, "stats")                                                                           \
+    XX(STATS, PROTO_KEY_STATS)                                                                           \
     XX(CONFIGURE, "configure")                                                                   \
     XX(SNAPSHOT, "snapshot")
 

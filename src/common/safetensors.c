@@ -173,7 +173,7 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
                            q);
     json_object_foreach(obj, key, val)
     {
-        if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
+        if (strcmp(key, PROTO_KEY_DTYPE) != 0 && strcmp(key, PROTO_KEY_SHAPE) != 0 &&
             strcmp(key, "data_offsets") != 0) {
             char k[QUOTE_MAX + 8];
             return proto_cause(cause, EMAD_EFORMAT,
@@ -182,9 +182,9 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
                                q, quote(k, sizeof(k), key));
         }
     }
-    if ((dtype = json_object_get(obj, "dtype")) == NULL)
+    if ((dtype = json_object_get(obj, PROTO_KEY_DTYPE)) == NULL)
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
-    if ((shape = json_object_get(obj, "shape")) == NULL)
+    if ((shape = json_object_get(obj, PROTO_KEY_SHAPE)) == NULL)
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
     if ((offs = json_object_get(obj, "data_offsets")) == NULL)
         return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
@@ -545,7 +545,7 @@ cmp_write(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* One tensor entry {"dtype", "shape", "data_offsets"} for the header, or NULL (no memory). */
+/* One tensor entry {dtype, shape, data_offsets} for the header, or NULL (no memory). */
 static json_t *
 entry_json(const st_tensor *t, uint64_t begin)
 {
@@ -556,8 +556,8 @@ entry_json(const st_tensor *t, uint64_t begin)
         bad = json_array_append_new(shape, json_integer((json_int_t)t->shape[i])) < 0;
     bad = bad || json_array_append_new(offs, json_integer((json_int_t)begin)) < 0 ||
           json_array_append_new(offs, json_integer((json_int_t)(begin + t->nbytes))) < 0;
-    bad = bad || json_object_set_new(e, "dtype", json_string(dtype_name(t->dtype))) < 0;
-    if (bad || json_object_set(e, "shape", shape) < 0 ||
+    bad = bad || json_object_set_new(e, PROTO_KEY_DTYPE, json_string(dtype_name(t->dtype))) < 0;
+    if (bad || json_object_set(e, PROTO_KEY_SHAPE, shape) < 0 ||
         json_object_set(e, "data_offsets", offs) < 0) {
         json_decref(e);
         e = NULL;

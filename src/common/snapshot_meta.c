@@ -286,10 +286,11 @@ tensors_text(const snap_tensor *t, size_t n)
         json_t *e = json_object();
 
         bad = e == NULL ||
-              json_object_set_new(e, "kind", json_string(proto_kind_name(t[i].kind))) < 0 ||
-              json_object_set_new(e, "dtype", json_string(dtype_name(t[i].dtype))) < 0 ||
-              json_object_set_new(e, "step", json_integer((json_int_t)t[i].step)) < 0 ||
-              json_object_set_new(e, "update", json_string(t[i].averaged ? "average" : "copy")) < 0;
+              json_object_set_new(e, PROTO_KEY_KIND, json_string(proto_kind_name(t[i].kind))) < 0 ||
+              json_object_set_new(e, PROTO_KEY_DTYPE, json_string(dtype_name(t[i].dtype))) < 0 ||
+              json_object_set_new(e, PROTO_KEY_STEP, json_integer((json_int_t)t[i].step)) < 0 ||
+              json_object_set_new(e, PROTO_KEY_UPDATE,
+                                  json_string(t[i].averaged ? PROTO_VAL_UPDATE_AVERAGE : PROTO_VAL_UPDATE_COPY)) < 0;
         if (bad)
             json_decref(e);
         else
@@ -593,7 +594,7 @@ snap_meta_verify(const st_file *sf, char **cause)
 int
 snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause)
 {
-    return check_sum(sf, meta_keys[MD_CHECKSUM], sum, "data", cause);
+    return check_sum(sf, meta_keys[MD_CHECKSUM], sum, PROTO_KEY_DATA, cause);
 }
 
 /*
@@ -604,23 +605,24 @@ snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause)
 static int
 describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cause)
 {
-    const json_t *kind = json_object_get(d, "kind"), *dtype = json_object_get(d, "dtype");
-    const json_t *update = json_object_get(d, "update");
+    const json_t *kind = json_object_get(d, PROTO_KEY_KIND),
+                 *dtype = json_object_get(d, PROTO_KEY_DTYPE);
+    const json_t *update = json_object_get(d, PROTO_KEY_UPDATE);
     const char *q = t->name;
     char msg[160];
 
     if (!json_is_object(d) || json_object_size(d) != 4 || !json_is_string(kind) ||
         !json_is_string(dtype) || !json_is_string(update) ||
-        json_u64(json_object_get(d, "step"), &t->step) < 0)
+        json_u64(json_object_get(d, PROTO_KEY_STEP), &t->step) < 0)
         return proto_cause(cause, EMAD_EFORMAT,
                            "emad_tensors: '%.200s' is not {kind, dtype, step, update}", q);
     t->kind = proto_kind_from_name(json_string_value(kind), json_string_length(kind));
     t->dtype = dtype_from_name(json_string_value(dtype), json_string_length(dtype));
     if (t->kind < 0 || t->dtype == EMAD_DTYPE_INVALID)
         return proto_cause(cause, EMAD_EFORMAT, "emad_tensors: '%.200s': bad kind or dtype", q);
-    if (strcmp(json_string_value(update), "average") == 0)
+    if (strcmp(json_string_value(update), PROTO_VAL_UPDATE_AVERAGE) == 0)
         t->averaged = 1;
-    else if (strcmp(json_string_value(update), "copy") == 0)
+    else if (strcmp(json_string_value(update), PROTO_VAL_UPDATE_COPY) == 0)
         t->averaged = 0;
     else
         return proto_cause(cause, EMAD_EFORMAT,

@@ -31,16 +31,10 @@
 #include "daemon/metrics.h"
 #include "base/xmalloc.h"
 
-static const char *const counter_names[COUNTER_COUNT] = {
-#define XX(id, name) name,
-    COUNTERS_MAP(XX)
-#undef XX
-};
-
 const char *
 metrics_counter_name(int id)
 {
-    return counter_names[id];
+    return counters_name(id);
 }
 
 /*
@@ -58,12 +52,12 @@ static const struct counter_info {
 } counter_info[] = {
     {COUNTER_BYTES_IN, "emad_received_bytes_total", NULL, "Bytes of requests received."},
     {COUNTER_BYTES_OUT, "emad_sent_bytes_total", NULL, "Bytes of replies sent."},
-    {COUNTER_TENSORS_APPLIED, "emad_tensor_updates_total", "applied",
+    {COUNTER_TENSORS_APPLIED, "emad_tensor_updates_total", PROTO_KEY_APPLIED,
      "Tensors in accepted pushes, by outcome: applied to the shadow, stale (step not newer), "
      "skipped_nonfinite (NaN/Inf with nonfinite=skip), ignored (ignore patterns)."},
-    {COUNTER_TENSORS_STALE, "emad_tensor_updates_total", "stale", NULL},
+    {COUNTER_TENSORS_STALE, "emad_tensor_updates_total", PROTO_KEY_STALE, NULL},
     {COUNTER_TENSORS_SKIPPED_NONFINITE, "emad_tensor_updates_total", "skipped_nonfinite", NULL},
-    {COUNTER_TENSORS_IGNORED, "emad_tensor_updates_total", "ignored", NULL},
+    {COUNTER_TENSORS_IGNORED, "emad_tensor_updates_total", PROTO_KEY_IGNORED, NULL},
     {COUNTER_WRITER_PUSHES_PENDING, "emad_writer_pushes_pending_total", NULL,
      "Pushes staged for a multi-writer step that was not complete yet."},
     {COUNTER_TXN_BEGUN, "emad_transactions_begun_total", NULL, "Push transactions begun."},
@@ -232,7 +226,7 @@ sb_printf(sbuf *sb, const char *fmt, ...)
     }
 }
 
-/* The reason label for error code `code` (e.g. EMAD_ESHAPE -> "shape"), in buf. */
+/* The reason label for error code `code` (e.g. EMAD_ESHAPE -> shape), in buf. */
 static const char *
 reason_name(char *buf, size_t size, int code)
 {
@@ -533,8 +527,8 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
             requests += f->requests_ok[op] + f->requests_error[op];
             errors += f->requests_error[op];
         }
-        jset_u64(c, counter_names[COUNTER_REQUESTS], requests);
-        jset_u64(c, counter_names[COUNTER_ERRORS], errors);
+        jset_u64(c, counters_name(COUNTER_REQUESTS), requests);
+        jset_u64(c, counters_name(COUNTER_ERRORS), errors);
     }
     for (int op = 1; op < PROTO_OP_COUNT; op++) {
         snprintf(name, sizeof(name), COUNTERS_OP_PREFIX "%s", op_name(op));
@@ -551,7 +545,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
         uint64_t rejected = 0;
         for (int i = 0; i < METRICS_ERR_CODES; i++)
             rejected += f->push_rejected[i];
-        jset_u64(c, counter_names[COUNTER_PUSHES_REJECTED], rejected);
+        jset_u64(c, counters_name(COUNTER_PUSHES_REJECTED), rejected);
     }
     jset_u64(c, "pushes_stale", f->pushes_stale);
     for (int i = 0; i < METRICS_ERR_CODES; i++) {
@@ -561,7 +555,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
         }
     }
     for (size_t i = 0; i < sizeof(counter_info) / sizeof(counter_info[0]); i++)
-        jset_u64(c, counter_names[counter_info[i].id], f->counters[counter_info[i].id]);
+        jset_u64(c, counters_name(counter_info[i].id), f->counters[counter_info[i].id]);
     jset_u64(c, "connections_accepted", f->connections_accepted);
     jset_u64(c, "connections_dropped", f->connections_dropped);
     jset_u64(c, "connections_broken", f->connections_broken);
@@ -613,7 +607,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
 
     lat = json_object();
     json_object_set_new(lat, "push_apply", json_hist(&f->push_apply));
-    json_object_set_new(lat, "pull", json_hist(&f->pull));
+    json_object_set_new(lat, proto_op_name(PROTO_OP_PULL), json_hist(&f->pull));
     json_object_set_new(root, "latency", lat);
 done:
     out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));

@@ -526,7 +526,7 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
     for (size_t i = 0; i < n; i++)
         if (check_seed(m, &in[i], err) != 0)
             return err->code;
-    if (stage_check_unique(in, n, "seed", err) != 0)
+    if (stage_check_unique(in, n, PROTO_KEY_SEED, err) != 0)
         return err->code;
     seed_stage(m, in, n, &st);
     p = apply_plan(m, &st);

@@ -214,14 +214,14 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
     if (!chunked && in->len != sbytes)
         return store_fail(err, EMAD_ESIZE, name,
                           "tensor '%s': data has %llu bytes but %s %s of %s needs %llu", name,
-                          (unsigned long long)in->len, in->count != 0 ? "the slice of" : "shape",
+                          (unsigned long long)in->len, in->count != 0 ? "the slice of" : PROTO_KEY_SHAPE,
                           dtype_fmt_shape(a, sizeof(a), in->shape, in->ndim), dtype_name(in->dtype),
                           (unsigned long long)sbytes);
     if (chunked && (in->offset > sbytes || in->len > sbytes - in->offset))
         return store_fail(err, EMAD_ESIZE, name,
                           "tensor '%s': chunk [%llu, +%llu) runs past the %llu bytes of its %s",
                           name, (unsigned long long)in->offset, (unsigned long long)in->len,
-                          (unsigned long long)sbytes, in->count != 0 ? "slice" : "tensor");
+                          (unsigned long long)sbytes, in->count != 0 ? PROTO_KEY_SLICE : PROTO_KEY_TENSOR);
     if ((t = strmap_get(m->index, in->name, in->name_len)) == NULL)
         return 0;
     return stage_check_against(t, name, in->kind,
