@@ -23,56 +23,24 @@ static const char *const op_names[PROTO_OP_COUNT] = {
     [PROTO_OP_CONFIGURE] = "configure", [PROTO_OP_SNAPSHOT] = "snapshot",
 };
 
-struct errinfo {
-    int code;
-    const char *name;
-    const char *text;
-};
-
-static const struct errinfo errors[] = {
-    {EMAD_EMALFORMED, "EMAD_EMALFORMED", "malformed request"},
-    {EMAD_EVERSION, "EMAD_EVERSION", "protocol version not supported"},
-    {EMAD_EOP, "EMAD_EOP", "unknown operation"},
-    {EMAD_EDTYPE, "EMAD_EDTYPE", "unknown or unsuitable dtype"},
-    {EMAD_ESIZE, "EMAD_ESIZE", "data length does not match shape and dtype"},
-    {EMAD_ENAME, "EMAD_ENAME", "invalid name"},
-    {EMAD_ESHAPE, "EMAD_ESHAPE", "shape differs from the stored tensor"},
-    {EMAD_EKIND, "EMAD_EKIND", "kind or dtype differs from the stored tensor"},
-    {EMAD_ELIMIT, "EMAD_ELIMIT", "limit exceeded"},
-    {EMAD_ENOMODEL, "EMAD_ENOMODEL", "no such model"},
-    {EMAD_EEXIST, "EMAD_EEXIST", "model already exists"},
-    {EMAD_ENOTENSOR, "EMAD_ENOTENSOR", "no such tensor"},
-    {EMAD_ENOTXN, "EMAD_ENOTXN", "no such open transaction"},
-    {EMAD_EINCOMPLETE, "EMAD_EINCOMPLETE", "transaction has incomplete tensors"},
-    {EMAD_EDUP, "EMAD_EDUP", "duplicate tensor name"},
-    {EMAD_ERANGE, "EMAD_ERANGE", "value out of range"},
-    {EMAD_ENOSESSION, "EMAD_ENOSESSION", "no such pull session"},
-    {EMAD_ENOMEM, "EMAD_ENOMEM", "out of memory"},
-    {EMAD_EINTERNAL, "EMAD_EINTERNAL", "internal error"},
-    {EMAD_EORDER, "EMAD_EORDER", "transaction chunk out of order"},
-    {EMAD_ENONFINITE, "EMAD_ENONFINITE", "NaN or Inf in an averaged tensor"},
-    {EMAD_EOVERLAP, "EMAD_EOVERLAP", "slice overlaps another slice of the tensor"},
-    {EMAD_EIMMUTABLE, "EMAD_EIMMUTABLE", "option cannot change on an existing model"},
-    {EMAD_ENOSTATE, "EMAD_ENOSTATE", "the daemon has no state directory"},
-    {EMAD_ESNAPSHOT, "EMAD_ESNAPSHOT", "snapshot could not be written"},
-    {EMAD_ECONFLICT, "EMAD_ECONFLICT", "tensor changed by another push during the transaction"},
-    {EMAD_ETIMEDOUT, "EMAD_ETIMEDOUT", "timed out waiting for the daemon"},
-    {EMAD_ECONNECT, "EMAD_ECONNECT", "cannot connect to the daemon"},
-    {EMAD_EPROTO, "EMAD_EPROTO", "reply from the daemon not understood"},
-    {EMAD_EINVAL, "EMAD_EINVAL", "invalid argument"},
-    {EMAD_EFORMAT, "EMAD_EFORMAT", "malformed safetensors file"},
-    {EMAD_EIO, "EMAD_EIO", "I/O error"},
-};
-
-/* Table entry for an emad code, or NULL. */
-static const struct errinfo *
-errinfo_find(int code)
-{
-    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
-        if (errors[i].code == code)
-            return &errors[i];
-    return NULL;
-}
+/*
+ * The error list fills its two ranges exactly: its codes are unique (each
+ * is a case of a switch below), so counting the codes in each range and in
+ * all shows there is no gap and none outside.
+ */
+#define IN_RANGE(code, lo, hi) ((code) >= (lo) && (code) <= (hi))
+#define DAEMON(name, code, text) +IN_RANGE(code, EMAD_ERRNO_FIRST, EMAD_ERRNO_LAST)
+#define CLIENT(name, code, text) +IN_RANGE(code, EMAD_ERRNO_CLIENT_FIRST, EMAD_ERRNO_CLIENT_LAST)
+#define ANY(name, code, text) +1
+_Static_assert(0 EMAD_ERRNO_MAP(DAEMON) == EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST + 1 &&
+                   0 EMAD_ERRNO_MAP(CLIENT) ==
+                       EMAD_ERRNO_CLIENT_LAST - EMAD_ERRNO_CLIENT_FIRST + 1 &&
+                   0 EMAD_ERRNO_MAP(ANY) == 0 EMAD_ERRNO_MAP(DAEMON) EMAD_ERRNO_MAP(CLIENT),
+               "EMAD_ERRNO_MAP must fill EMAD_ERRNO_FIRST..LAST and EMAD_ERRNO_CLIENT_FIRST..LAST");
+#undef IN_RANGE
+#undef DAEMON
+#undef CLIENT
+#undef ANY
 
 const msgpack_object *
 proto_map_get(const msgpack_object *map, const char *key)
@@ -168,19 +136,41 @@ proto_op_from_name(const char *name, size_t len)
 const char *
 proto_errname(int code)
 {
-    const struct errinfo *e = errinfo_find(code);
-    return e != NULL ? e->name : NULL;
+    switch (code) {
+#define XX(name, num, text)                                                                        \
+    case EMAD_##name:                                                                              \
+        return "EMAD_" #name;
+        EMAD_ERRNO_MAP(XX)
+#undef XX
+    default:
+        return NULL;
+    }
+}
+
+/* Text of an emad code from the error list, or NULL. */
+static const char *
+errtext(int code)
+{
+    switch (code) {
+#define XX(name, num, text)                                                                        \
+    case EMAD_##name:                                                                              \
+        return text;
+        EMAD_ERRNO_MAP(XX)
+#undef XX
+    default:
+        return NULL;
+    }
 }
 
 const char *
 proto_strerror(int code)
 {
-    const struct errinfo *e;
+    const char *text;
 
     if (code == 0)
         return "success";
-    if ((e = errinfo_find(code)) != NULL)
-        return e->text;
+    if ((text = errtext(code)) != NULL)
+        return text;
     if (code < 0 && code > -4096)
         return strerror(-code);
     return "unknown error";
