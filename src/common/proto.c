@@ -1,12 +1,8 @@
 /*
  * proto.c - protocol tables and checks shared by the daemon and libemad:
- * operation names, the error table, name rules, and the allocation-free
- * msgpack pre-scan that guards msgpack_unpack_next() against hostile input.
+ * operation names, msgpack helpers, and the allocation-free msgpack
+ * pre-scan that guards msgpack_unpack_next() against hostile input.
  */
-#include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <msgpack.h>
@@ -22,25 +18,6 @@ static const char *const op_names[PROTO_OP_COUNT] = {
     [PROTO_OP_LIST] = "list",           [PROTO_OP_STATS] = "stats",
     [PROTO_OP_CONFIGURE] = "configure", [PROTO_OP_SNAPSHOT] = "snapshot",
 };
-
-/*
- * The error list fills its two ranges exactly: its codes are unique (each
- * is a case of a switch below), so counting the codes in each range and in
- * all shows there is no gap and none outside.
- */
-#define IN_RANGE(code, lo, hi) ((code) >= (lo) && (code) <= (hi))
-#define DAEMON(name, code, text) +IN_RANGE(code, EMAD_ERRNO_FIRST, EMAD_ERRNO_LAST)
-#define CLIENT(name, code, text) +IN_RANGE(code, EMAD_ERRNO_CLIENT_FIRST, EMAD_ERRNO_CLIENT_LAST)
-#define ANY(name, code, text) +1
-_Static_assert(0 EMAD_ERRNO_MAP(DAEMON) == EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST + 1 &&
-                   0 EMAD_ERRNO_MAP(CLIENT) ==
-                       EMAD_ERRNO_CLIENT_LAST - EMAD_ERRNO_CLIENT_FIRST + 1 &&
-                   0 EMAD_ERRNO_MAP(ANY) == 0 EMAD_ERRNO_MAP(DAEMON) EMAD_ERRNO_MAP(CLIENT),
-               "EMAD_ERRNO_MAP must fill EMAD_ERRNO_FIRST..LAST and EMAD_ERRNO_CLIENT_FIRST..LAST");
-#undef IN_RANGE
-#undef DAEMON
-#undef CLIENT
-#undef ANY
 
 const msgpack_object *
 proto_map_get(const msgpack_object *map, const char *key)
@@ -72,29 +49,6 @@ proto_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
 {
     proto_pack_str(pk, key);
     msgpack_pack_uint64(pk, v);
-}
-
-int
-proto_cause(char **cause, int code, const char *fmt, ...)
-{
-    va_list ap;
-    char *msg;
-    int len;
-
-    if (cause == NULL)
-        return code;
-    free(*cause);
-    *cause = NULL;
-    va_start(ap, fmt);
-    len = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (len < 0 || (msg = malloc((size_t)len + 1)) == NULL)
-        return code;
-    va_start(ap, fmt);
-    (void)vsnprintf(msg, (size_t)len + 1, fmt, ap);
-    va_end(ap);
-    *cause = msg;
-    return code;
 }
 
 int
@@ -131,133 +85,6 @@ proto_op_from_name(const char *name, size_t len)
         if (strlen(op_names[op]) == len && memcmp(op_names[op], name, len) == 0)
             return op;
     return PROTO_OP_INVALID;
-}
-
-const char *
-proto_errname(int code)
-{
-    switch (code) {
-#define XX(name, num, text)                                                                        \
-    case EMAD_##name:                                                                              \
-        return "EMAD_" #name;
-        EMAD_ERRNO_MAP(XX)
-#undef XX
-    default:
-        return NULL;
-    }
-}
-
-/* Text of an emad code from the error list, or NULL. */
-static const char *
-errtext(int code)
-{
-    switch (code) {
-#define XX(name, num, text)                                                                        \
-    case EMAD_##name:                                                                              \
-        return text;
-        EMAD_ERRNO_MAP(XX)
-#undef XX
-    default:
-        return NULL;
-    }
-}
-
-const char *
-proto_strerror(int code)
-{
-    const char *text;
-
-    if (code == 0)
-        return "success";
-    if ((text = errtext(code)) != NULL)
-        return text;
-    if (code < 0 && code > -4096)
-        return strerror(-code);
-    return "unknown error";
-}
-
-const char *
-proto_kind_name(int kind)
-{
-    switch (kind) {
-    case EMAD_PARAM:
-        return "param";
-    case EMAD_BUFFER:
-        return "buffer";
-    default:
-        return NULL;
-    }
-}
-
-int
-proto_kind_from_name(const char *name, size_t len)
-{
-    if (len == 5 && memcmp(name, "param", 5) == 0)
-        return EMAD_PARAM;
-    if (len == 6 && memcmp(name, "buffer", 6) == 0)
-        return EMAD_BUFFER;
-    return -1;
-}
-
-int
-proto_check_model_name(const char *name, size_t len)
-{
-    if (len == 0 || len > EMAD_MAX_MODEL_NAME_BYTES || name[0] == '.')
-        return EMAD_ENAME;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)name[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return EMAD_ENAME;
-    }
-    return 0;
-}
-
-int
-proto_check_tensor_name(const char *name, size_t len)
-{
-    const unsigned char *p = (const unsigned char *)name;
-    size_t i = 0;
-
-    if (len == 0 || len > EMAD_MAX_NAME_BYTES)
-        return EMAD_ENAME;
-    while (i < len) {
-        unsigned char c = p[i];
-        size_t n;
-        uint32_t cp;
-
-        if (c < 0x20 || c == 0x7f)
-            return EMAD_ENAME;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xe0) == 0xc0) {
-            n = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            return EMAD_ENAME;
-        }
-        if (i + n >= len)
-            return EMAD_ENAME;
-        for (size_t k = 1; k <= n; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return EMAD_ENAME;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        /* Overlong forms, surrogates, beyond U+10FFFF. */
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-            return EMAD_ENAME;
-        i += n + 1;
-    }
-    return 0;
 }
 
 /* State of the pre-scan: cursor and remaining budget. */
