@@ -1,6 +1,8 @@
 /*
- * check_proto.c - tests for src/common/proto.c: op and error tables, name rules,
- * and the msgpack pre-scan that guards the decoder against hostile input.
+ * check_proto.c - tests for src/common/proto.c (op table, msgpack pre-scan
+ * that guards the decoder against hostile input) and the two small tables
+ * split from it: src/common/errors.c (error names and texts) and
+ * src/common/names.c (name rules).
  */
 #include <check.h>
 #include <errno.h>
