@@ -1,6 +1,8 @@
 /*
- * check_proto.c - tests for src/common/proto.c: op and error tables, name rules,
- * and the msgpack pre-scan that guards the decoder against hostile input.
+ * check_proto.c - tests for src/common/proto.c (op table, msgpack pre-scan
+ * that guards the decoder against hostile input) and the two small tables
+ * split from it: src/common/errors.c (error names and texts) and
+ * src/common/names.c (name rules).
  */
 #include <check.h>
 #include <errno.h>
@@ -33,9 +35,19 @@ START_TEST(test_proto_error_names_and_texts)
     ck_assert_str_eq(proto_strerror(EMAD_ENOMODEL), "no such model");
     /* Negated errno values fall through to strerror. */
     ck_assert_str_eq(proto_strerror(-ENOENT), strerror(ENOENT));
-    /* Every code from 1001 to 1020 has a name: the wire table is complete. */
-    for (int c = 1001; c <= 1020; c++)
-        ck_assert_ptr_nonnull(proto_errname(-c));
+    ck_assert_str_eq(proto_errname(EMAD_ECONFLICT), "EMAD_ECONFLICT");
+    ck_assert_str_eq(proto_strerror(EMAD_EIO), "I/O error");
+    ck_assert_int_eq(EMAD_ESHAPE, -1007);
+    ck_assert_int_eq(EMAD_EIO, -1106);
+    /* Every code of both ranges has a name and its own text (not errno's); none between. */
+    for (int c = EMAD_ERRNO_FIRST; c <= EMAD_ERRNO_CLIENT_LAST; c++) {
+        int named = c <= EMAD_ERRNO_LAST || c >= EMAD_ERRNO_CLIENT_FIRST;
+        ck_assert_int_eq(proto_errname(-c) != NULL, named);
+        ck_assert_int_eq(strcmp(proto_strerror(-c), strerror(c)) != 0, named);
+    }
+    ck_assert_ptr_null(proto_errname(-(EMAD_ERRNO_FIRST - 1)));
+    ck_assert_ptr_null(proto_errname(-(EMAD_ERRNO_CLIENT_LAST + 1)));
+    ck_assert_int_eq(EMAD_ERRNO_LAST, 1026);
 }
 END_TEST
 

@@ -4,8 +4,9 @@
  * Every request and reply is one msgpack map carried in one nanomsg
  * message (REQ/REP). docs/PROTOCOL.md is the normative description; this
  * header holds the constants both sides use: protocol version, operation
- * names, limits and the error table. Error codes are the EMAD_E* values of
- * include/emad.h; the wire carries their negation (a positive integer).
+ * names and limits, with small msgpack helpers and the pre-scan of
+ * untrusted messages. Error codes are in common/errors.h, name rules in
+ * common/names.h.
  */
 #ifndef EMAD_PROTO_H
 #define EMAD_PROTO_H
@@ -15,6 +16,18 @@
 
 #include "emad.h"
 #include "common/proto_keys.h"
+
+/* Until every caller uses the new names: the functions that moved out of proto. */
+#include "common/cause.h"
+#include "common/errors.h"
+#include "common/names.h"
+#define proto_cause cause_set
+#define proto_errname errors_name
+#define proto_strerror errors_text
+#define proto_kind_name names_kind_name
+#define proto_kind_from_name names_kind_from_name
+#define proto_check_model_name names_check_model
+#define proto_check_tensor_name names_check_tensor
 
 #define PROTO_VERSION EMAD_PROTOCOL_VERSION
 
@@ -74,13 +87,6 @@ void proto_pack_kv_u64(struct msgpack_packer *pk, const char *key, uint64_t v);
  */
 const struct msgpack_object *proto_map_get(const struct msgpack_object *map, const char *key);
 
-/*
- * Set *cause (if cause is not NULL; an old message there is freed) to a
- * malloc'd printf message and return code: the error-message convention of
- * the file and startup functions.
- */
-__attribute__((format(printf, 3, 4))) int proto_cause(char **cause, int code, const char *fmt, ...);
-
 /* A msgpack float32, float64 or integer as a double: 0, or -1 if o is not a number. */
 int proto_number(const struct msgpack_object *o, double *v);
 
@@ -89,28 +95,6 @@ const char *proto_op_name(int op);
 
 /* Op for a wire name of length len, or PROTO_OP_INVALID. */
 int proto_op_from_name(const char *name, size_t len);
-
-/* "EMAD_ESHAPE" for EMAD_ESHAPE, NULL if code is not an emad code. */
-const char *proto_errname(int code);
-
-/* Human text for an emad code or a negated errno value. */
-const char *proto_strerror(int code);
-
-/* Kind names: "param", "buffer". */
-const char *proto_kind_name(int kind);
-int proto_kind_from_name(const char *name, size_t len); /* -1 if unknown */
-
-/*
- * Check a model name: 1..EMAD_MAX_MODEL_NAME_BYTES bytes of [A-Za-z0-9._-],
- * not starting with '.'. Returns 0 or EMAD_ENAME.
- */
-int proto_check_model_name(const char *name, size_t len);
-
-/*
- * Check a tensor name: 1..EMAD_MAX_NAME_BYTES bytes of valid UTF-8 without
- * NUL or control characters. Returns 0 or EMAD_ENAME.
- */
-int proto_check_tensor_name(const char *name, size_t len);
 
 /*
  * Scan a msgpack buffer without allocating: exactly one object must fill

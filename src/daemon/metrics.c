@@ -14,7 +14,6 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -82,12 +81,6 @@ _Static_assert(sizeof(counter_info) / sizeof(counter_info[0]) == COUNTER_COUNT -
 static const double hist_bounds[METRICS_HIST_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 };
-
-double
-metrics_hist_bound(int i)
-{
-    return i >= 0 && i < METRICS_HIST_BUCKETS ? hist_bounds[i] : INFINITY;
-}
 
 void
 metrics_hist_observe(metrics_hist *h, double seconds)

@@ -99,9 +99,6 @@ typedef struct metrics_figures {
     unsigned refs; /* the board's and HTTP threads' references (board mutex) */
 } metrics_figures;
 
-/* Bucket upper bound i (0 <= i < METRICS_HIST_BUCKETS), in seconds. */
-double metrics_hist_bound(int i);
-
 /* Count one observation of `seconds` (any thread that owns h). */
 void metrics_hist_observe(metrics_hist *h, double seconds);
 

@@ -340,18 +340,6 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
     }
 }
 
-int
-settings_set(settings *c, const char *key, const char *value, char *why, size_t size)
-{
-    int k = key_find(key);
-
-    if (k < 0) {
-        snprintf(why, size, "unknown key");
-        return -ENOENT;
-    }
-    return set_key(c, k, value, why, size);
-}
-
 /* Format seconds from milliseconds without trailing zeros. */
 static void
 fmt_seconds(char *buf, size_t size, uint64_t ms)

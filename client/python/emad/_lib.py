@@ -2,7 +2,7 @@
 
 This module owns the one loaded ``libemad`` (:func:`lib`), the ctypes mirrors
 of the public structs (field for field, in header order), the error class and
-the error codes. Everything above it (:mod:`emad._client`) calls the C library
+the error codes (as the library names them). Everything above it (:mod:`emad._client`) calls the C library
 only through the :class:`Lib` object returned by :func:`lib`.
 
 Library search order (the first that exists and loads wins):
@@ -19,6 +19,7 @@ writers) are looked up lazily: a library without them still serves the core
 calls, and a call that needs one raises :class:`Error` naming the symbol.
 """
 
+import collections.abc
 import ctypes
 import os
 import threading
@@ -45,39 +46,9 @@ MAX_GLOBS = 32
 MAX_WRITERS = 1024
 DEFAULT_URL = "tcp://127.0.0.1:7470"
 
-#: Error codes (negative, as libemad returns them; the daemon sends -code).
-ERRORS = {
-    "EMAD_EMALFORMED": -1001,
-    "EMAD_EVERSION": -1002,
-    "EMAD_EOP": -1003,
-    "EMAD_EDTYPE": -1004,
-    "EMAD_ESIZE": -1005,
-    "EMAD_ENAME": -1006,
-    "EMAD_ESHAPE": -1007,
-    "EMAD_EKIND": -1008,
-    "EMAD_ELIMIT": -1009,
-    "EMAD_ENOMODEL": -1010,
-    "EMAD_EEXIST": -1011,
-    "EMAD_ENOTENSOR": -1012,
-    "EMAD_ENOTXN": -1013,
-    "EMAD_EINCOMPLETE": -1014,
-    "EMAD_EDUP": -1015,
-    "EMAD_ERANGE": -1016,
-    "EMAD_ENOSESSION": -1017,
-    "EMAD_ENOMEM": -1018,
-    "EMAD_EINTERNAL": -1019,
-    "EMAD_EORDER": -1020,
-    "EMAD_ENONFINITE": -1021,
-    "EMAD_EOVERLAP": -1022,
-    "EMAD_EIMMUTABLE": -1023,
-    "EMAD_ETIMEDOUT": -1101,
-    "EMAD_ECONNECT": -1102,
-    "EMAD_EPROTO": -1103,
-    "EMAD_EINVAL": -1104,
-    "EMAD_EFORMAT": -1105,
-    "EMAD_EIO": -1106,
-}
-_ERRNAMES = {v: k for k, v in ERRORS.items()}
+#: Every error code lies in 1001..1199 (EMAD_ERRNO_MAP in include/emad.h); the
+#: library names the ones it has (emad_errname), read once when it loads.
+_CODE_SPAN = range(1001, 1200)
 
 PARAM = 0
 BUFFER = 1
@@ -110,6 +81,30 @@ FLOAT_DTYPES = frozenset(["F16", "BF16", "F32", "F64"])
 # ---- errors ------------------------------------------------------------------------------------
 
 
+class _Errors(collections.abc.Mapping):
+    """``emad.ERRORS``: ``{"EMAD_ESHAPE": -1007, ...}`` as the library names its codes.
+
+    Reading it loads libemad (:func:`lib`), so that importing the package
+    never needs the library.
+    """
+
+    def __getitem__(self, name):
+        return lib().errors[name]
+
+    def __iter__(self):
+        return iter(lib().errors)
+
+    def __len__(self):
+        return len(lib().errors)
+
+    def __repr__(self):
+        return repr(lib().errors)
+
+
+#: Error codes (negative, as libemad returns them; the daemon sends -code), by name.
+ERRORS = _Errors()
+
+
 class Error(Exception):
     """Any failure reported by libemad or the daemon.
 
@@ -124,7 +119,7 @@ class Error(Exception):
 
     def __init__(self, code, message):
         self.code = code
-        self.name = _ERRNAMES.get(code) if code is not None else None
+        self.name = lib().errnames.get(code) if code is not None else None
         self.message = message
         if self.name is not None:
             text = "%s (%s)" % (message, self.name)
@@ -332,6 +327,10 @@ class Lib:
                 "%s is libemad %s; this Python package needs %s.x (set EMAD_LIBRARY to the "
                 "matching libemad.so)" % (path, self.version, EXPECTED_VERSION))
         self._check_layout()
+        # "EMAD_ESHAPE" by code and the code by name, for every code the library names.
+        names = ((-n, self.fn("errname")(-n)) for n in _CODE_SPAN)
+        self.errnames = {code: name.decode() for code, name in names if name}
+        self.errors = {name: code for code, name in self.errnames.items()}
         # free() as the process resolves it (CDLL(None): the global scope), so that
         # it is the free() of the malloc() libemad called, also when an
         # allocator or a sanitizer runtime is preloaded; libc's own symbol would
@@ -386,7 +385,7 @@ class Lib:
                 self._fns[name] = f
         if f is None and required:
             raise Error(
-                ERRORS["EMAD_EINVAL"],
+                self.errors["EMAD_EINVAL"],
                 "%s needs emad_%s, which %s (libemad %s) does not export; use a newer libemad "
                 "(EMAD_LIBRARY)" % (feature or name, name, self.path, self.version))
         return f
