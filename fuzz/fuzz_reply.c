@@ -18,6 +18,7 @@
 #include "client.h"
 #include "common/dtype.h"
 #include "common/emaconf.h"
+#include "common/names.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -93,7 +94,7 @@ run_pull(emad_client *c, reply *r)
     for (size_t i = 0; i < p.n; i++) {
         const codec_tensor *t = &p.t[i];
 
-        if (proto_check_tensor_name(t->name, t->name_len) != 0 || dtype_size(t->dtype) == 0 ||
+        if (names_check_tensor(t->name, t->name_len) != 0 || dtype_size(t->dtype) == 0 ||
             t->ndim > EMAD_MAX_NDIM || (t->data != NULL && t->len != t->nbytes) ||
             (!p.has_session && t->nbytes > 0 && t->data == NULL))
             abort();
@@ -127,7 +128,7 @@ run_list(emad_client *c, const reply *r)
     if ((rc = list_parse(c, r, &v, &n)) != 0)
         return rc;
     for (size_t i = 0; i < n; i++)
-        if (proto_check_model_name(v[i].name, strlen(v[i].name)) != 0)
+        if (names_check_model(v[i].name, strlen(v[i].name)) != 0)
             abort();
     free(v);
     return 0;
@@ -145,8 +146,7 @@ run_describe(emad_client *c, const reply *r)
     if ((rc = describe_parse(c, r, &info, &v, &n)) != 0)
         return rc;
     for (size_t i = 0; i < n; i++)
-        if (proto_check_tensor_name(v[i].name, strlen(v[i].name)) != 0 ||
-            dtype_size(v[i].dtype) == 0)
+        if (names_check_tensor(v[i].name, strlen(v[i].name)) != 0 || dtype_size(v[i].dtype) == 0)
             abort();
     emad_tensors_free(v, n);
     return 0;

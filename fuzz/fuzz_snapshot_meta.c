@@ -25,7 +25,7 @@
 
 #include "common/dtype.h"
 #include "common/emaconf.h"
-#include "common/proto.h"
+#include "common/names.h"
 #include "common/safetensors.h"
 #include "common/snapshot.h"
 #include "common/snapshot_meta.h"
@@ -49,14 +49,14 @@ check_accepted(const snap_file *f)
 {
     char why[256];
 
-    if (f->model == NULL || proto_check_model_name(f->model, strlen(f->model)) != 0)
+    if (f->model == NULL || names_check_model(f->model, strlen(f->model)) != 0)
         abort();
     if (emaconf_check(&f->cfg, why, sizeof(why)) != 0 || f->decay_index >= f->cfg.ndecays)
         abort();
     for (size_t i = 0; i < f->ntensors; i++) {
         const snap_tensor *t = &f->tensors[i];
 
-        if (proto_kind_name(t->kind) == NULL || dtype_name(t->dtype) == NULL || t->step > f->step)
+        if (names_kind_name(t->kind) == NULL || dtype_name(t->dtype) == NULL || t->step > f->step)
             abort();
         if (snap_meta_check_dtype(t->sdtype, t->dtype, t->averaged, why, sizeof(why)) != 0)
             abort();

@@ -19,6 +19,7 @@
 
 #include "common/dtype.h"
 #include "common/emaconf.h"
+#include "common/names.h"
 #include "common/proto.h"
 #include "ctl.h"
 
@@ -165,7 +166,7 @@ list_tensors(ctl *g, emad_client *c, const char *model)
            "STEP", "BYTES");
     for (size_t i = 0; i < n; i++)
         printf("%-*s  %-6s  %-5s  %-*s  %12" PRIu64 "  %14" PRIu64 "\n", w, t[i].name,
-               proto_kind_name(t[i].kind), dtype_name(t[i].dtype), ws,
+               names_kind_name(t[i].kind), dtype_name(t[i].dtype), ws,
                dtype_fmt_shape(sbuf, sizeof(sbuf), t[i].shape, t[i].ndim), t[i].step, t[i].nbytes);
     emad_tensors_free(t, n);
     return EXIT_SUCCESS;

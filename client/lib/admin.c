@@ -15,6 +15,7 @@
 
 #include "client.h"
 #include "common/emaconf.h"
+#include "common/names.h"
 
 /* Arguments of a create or configure request. */
 typedef struct create_req {
@@ -182,7 +183,7 @@ parse_info(emad_client *c, const msgpack_object *o, emad_model_info *info)
         return fail(c, EMAD_EPROTO, "list: model entry is not a map");
     if ((rc = rget_str(c, o, PROTO_KEY_NAME, &name, &len)) != 0)
         return rc;
-    if (proto_check_model_name(name, len) != 0)
+    if (names_check_model(name, len) != 0)
         return fail(c, EMAD_EPROTO, "list: invalid model name in reply");
     memcpy(info->name, name, len);
     info->name[len] = '\0';

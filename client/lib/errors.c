@@ -22,6 +22,8 @@
 #include <nanomsg/nn.h>
 
 #include "client.h"
+#include "common/errors.h"
+#include "common/names.h"
 
 /* Record a formatted message as the client's last error and return code. */
 int
@@ -47,7 +49,7 @@ int
 call_end(emad_client *c, int rc)
 {
     if (rc < 0 && c->err[0] == '\0')
-        (void)snprintf(c->err, sizeof(c->err), "%s", proto_strerror(rc));
+        (void)snprintf(c->err, sizeof(c->err), "%s", errors_text(rc));
     return rc;
 }
 
@@ -150,7 +152,7 @@ reply_error(emad_client *c, int op, const msgpack_object *e)
                                                           : (int)tensor->via.str.size;
     }
     if (mlen == 0) {
-        m = proto_strerror(rc);
+        m = errors_text(rc);
         mlen = (int)strlen(m);
     }
     if (tlen > 0) {
@@ -171,7 +173,7 @@ check_model(emad_client *c, const char *model)
 {
     if (model == NULL)
         return fail(c, EMAD_EINVAL, "model name is NULL");
-    if (proto_check_model_name(model, strlen(model)) != 0)
+    if (names_check_model(model, strlen(model)) != 0)
         return fail(c, EMAD_ENAME,
                     "invalid model name '%.200s': 1..%d bytes of A-Z a-z 0-9 . _ -, not "
                     "starting with '.'",
@@ -185,7 +187,7 @@ check_tensor_name(emad_client *c, const char *name, size_t index)
 {
     if (name == NULL)
         return fail(c, EMAD_EINVAL, "tensor %zu: name is NULL", index);
-    if (proto_check_tensor_name(name, strlen(name)) != 0)
+    if (names_check_tensor(name, strlen(name)) != 0)
         return fail(c, EMAD_ENAME,
                     "tensor '%.200s': invalid name (1..%d bytes of UTF-8, no control characters)",
                     name, EMAD_MAX_NAME_BYTES);
@@ -196,14 +198,14 @@ check_tensor_name(emad_client *c, const char *name, size_t index)
 EMAD_EXTERN const char *
 emad_strerror(int code)
 {
-    return proto_strerror(code);
+    return errors_text(code);
 }
 
 /* Symbolic name of a code, or NULL: delegates to the shared table. */
 EMAD_EXTERN const char *
 emad_errname(int code)
 {
-    return proto_errname(code);
+    return errors_name(code);
 }
 
 /* Detailed message of the last failed call on c (owned by c). */

@@ -18,6 +18,7 @@
 
 #include "client.h"
 #include "common/dtype.h"
+#include "common/names.h"
 
 /* Do not start a chunk smaller than this in a message that holds other tensors. */
 #define MIN_CHUNK_BYTES (64u << 10)
@@ -180,7 +181,7 @@ push_validate(emad_client *c, const char *model, const emad_tensor *tensors, siz
 
         if ((rc = check_tensor_name(c, t->name, i)) != 0)
             return rc;
-        if (proto_kind_name(t->kind) == NULL)
+        if (names_kind_name(t->kind) == NULL)
             return fail(c, EMAD_EINVAL, "tensor '%.200s': kind %d is not EMAD_PARAM or EMAD_BUFFER",
                         t->name, t->kind);
         if (dtype_size(t->dtype) == 0)

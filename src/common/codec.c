@@ -20,6 +20,7 @@
 
 #include "common/codec.h"
 #include "common/dtype.h"
+#include "common/names.h"
 #include "common/proto.h"
 
 /* The values of a tensor map, by key: NULL when absent, the first of duplicates. */
@@ -141,7 +142,7 @@ codec_tensor_meta_size(const codec_tensor *t)
 {
     uint64_t n = codec_size_container(tensor_entries(t)) + CODEC_SIZE_KEY(PROTO_KEY_NAME) +
                  codec_size_str(t->name_len) + CODEC_SIZE_KEY(PROTO_KEY_KIND) +
-                 codec_size_str(strlen(proto_kind_name(t->kind))) +
+                 codec_size_str(strlen(names_kind_name(t->kind))) +
                  CODEC_SIZE_KEY(PROTO_KEY_DTYPE) + codec_size_str(strlen(dtype_name(t->dtype))) +
                  size_kv_uints(CODEC_SIZE_KEY(PROTO_KEY_SHAPE), t->shape, t->ndim) +
                  CODEC_SIZE_KEY(PROTO_KEY_DATA);
@@ -179,7 +180,7 @@ codec_tensor_pack(msgpack_packer *pk, const codec_tensor *t)
         pack_kv_str(pk, PROTO_KEY_AS_DTYPE, dtype_name(t->as_dtype));
     proto_pack_str(pk, PROTO_KEY_NAME);
     pack_strn(pk, t->name, t->name_len);
-    pack_kv_str(pk, PROTO_KEY_KIND, proto_kind_name(t->kind));
+    pack_kv_str(pk, PROTO_KEY_KIND, names_kind_name(t->kind));
     pack_kv_str(pk, PROTO_KEY_DTYPE, dtype_name(t->dtype));
     pack_kv_uints(pk, PROTO_KEY_SHAPE, t->shape, t->ndim);
     proto_pack_str(pk, PROTO_KEY_DATA);
@@ -224,7 +225,7 @@ tensor_decode(const msgpack_object *t, uint32_t i, int txn, codec_tensor *in, co
     if (str_of(k.name, PROTO_KEY_NAME, &in->name, &in->name_len, err) != 0 ||
         str_of(k.kind, PROTO_KEY_KIND, &s, &len, err) != 0)
         return err->code;
-    if ((in->kind = proto_kind_from_name(s, len)) < 0)
+    if ((in->kind = names_kind_from_name(s, len)) < 0)
         return codec_fail(err, EMAD_EMALFORMED, "kind '%s' is not param or buffer",
                           printable(buf, sizeof(buf), s, len));
     if (str_of(k.dtype, PROTO_KEY_DTYPE, &s, &len, err) != 0)
@@ -283,7 +284,7 @@ name_fault(const codec_tensor *in, codec_err *err)
     size_t nl;
     int shown;
 
-    if (in->name == NULL || proto_check_tensor_name(in->name, in->name_len) != 0)
+    if (in->name == NULL || names_check_tensor(in->name, in->name_len) != 0)
         return;
     nl = in->name_len < sizeof(err->tensor) - 1 ? in->name_len : sizeof(err->tensor) - 1;
     shown = nl > 200 ? 200 : (int)nl;
@@ -328,7 +329,7 @@ codec_desc_pack(msgpack_packer *pk, const codec_tensor *t, int with_data)
     msgpack_pack_map(pk, 7 + (with_data != 0));
     proto_pack_str(pk, PROTO_KEY_NAME);
     pack_strn(pk, t->name, t->name_len);
-    pack_kv_str(pk, PROTO_KEY_KIND, proto_kind_name(t->kind));
+    pack_kv_str(pk, PROTO_KEY_KIND, names_kind_name(t->kind));
     pack_kv_str(pk, PROTO_KEY_DTYPE, dtype_name(t->dtype));
     pack_kv_uints(pk, PROTO_KEY_SHAPE, t->shape, t->ndim);
     proto_pack_kv_u64(pk, PROTO_KEY_STEP, t->step);
@@ -371,11 +372,11 @@ codec_desc_decode(const msgpack_object *o, size_t idx, codec_tensor *t, codec_er
         return err->code;
     t->name = k.name->via.str.ptr;
     t->name_len = k.name->via.str.size;
-    if (proto_check_tensor_name(t->name, t->name_len) != 0)
+    if (names_check_tensor(t->name, t->name_len) != 0)
         return codec_fail(err, EMAD_EPROTO, "reply tensors[%zu] has an invalid name", idx);
     if (desc_need(k.kind, PROTO_KEY_KIND, MSGPACK_OBJECT_STR, err) != 0)
         return err->code;
-    if ((t->kind = proto_kind_from_name(k.kind->via.str.ptr, k.kind->via.str.size)) < 0)
+    if ((t->kind = names_kind_from_name(k.kind->via.str.ptr, k.kind->via.str.size)) < 0)
         return codec_fail(err, EMAD_EPROTO, "reply tensors[%zu] has an unknown kind", idx);
     if (desc_need(k.dtype, PROTO_KEY_DTYPE, MSGPACK_OBJECT_STR, err) != 0)
         return err->code;

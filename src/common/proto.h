@@ -17,18 +17,6 @@
 #include "emad.h"
 #include "common/proto_keys.h"
 
-/* Until every caller uses the new names: the functions that moved out of proto. */
-#include "common/cause.h"
-#include "common/errors.h"
-#include "common/names.h"
-#define proto_cause cause_set
-#define proto_errname errors_name
-#define proto_strerror errors_text
-#define proto_kind_name names_kind_name
-#define proto_kind_from_name names_kind_from_name
-#define proto_check_model_name names_check_model
-#define proto_check_tensor_name names_check_tensor
-
 #define PROTO_VERSION EMAD_PROTOCOL_VERSION
 
 /* Operations: the enum and the wire names, one entry each (XX(ID, "name")). */

@@ -28,6 +28,7 @@
 
 #include <jansson.h>
 
+#include "common/cause.h"
 #include "common/dtype.h"
 #include "common/proto.h"
 #include "common/safetensors.h"
@@ -131,27 +132,27 @@ parse_meta(st_file *f, json_t *obj, char **cause)
     char q[QUOTE_MAX + 8];
 
     if (!json_is_object(obj))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "__metadata__ is not an object (it must map strings to strings)");
+        return cause_set(cause, EMAD_EFORMAT,
+                         "__metadata__ is not an object (it must map strings to strings)");
     if (json_object_size(obj) == 0)
         return 0;
     f->meta = calloc(json_object_size(obj), sizeof(*f->meta));
     if (f->meta == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     json_object_foreach(obj, key, val)
     {
         st_meta *m = &f->meta[f->nmeta];
 
         if (!json_is_string(val))
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "__metadata__ key '%s': value is not a string (metadata maps "
-                               "strings to strings)",
-                               quote(q, sizeof(q), key));
+            return cause_set(cause, EMAD_EFORMAT,
+                             "__metadata__ key '%s': value is not a string (metadata maps "
+                             "strings to strings)",
+                             quote(q, sizeof(q), key));
         m->key = strdup(key);
         m->value = strdup(json_string_value(val));
         f->nmeta++;
         if (m->key == NULL || m->value == NULL)
-            return proto_cause(cause, -ENOMEM, "out of memory");
+            return cause_set(cause, -ENOMEM, "out of memory");
     }
     return 0;
 }
@@ -168,74 +169,74 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
 
     quote(q, sizeof(q), t->name);
     if (!json_is_object(obj))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': entry is not an object with dtype, shape and data_offsets",
-                           q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': entry is not an object with dtype, shape and data_offsets",
+                         q);
     json_object_foreach(obj, key, val)
     {
         if (strcmp(key, PROTO_KEY_DTYPE) != 0 && strcmp(key, PROTO_KEY_SHAPE) != 0 &&
             strcmp(key, "data_offsets") != 0) {
             char k[QUOTE_MAX + 8];
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
-                               "shape and data_offsets)",
-                               q, quote(k, sizeof(k), key));
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
+                             "shape and data_offsets)",
+                             q, quote(k, sizeof(k), key));
         }
     }
     if ((dtype = json_object_get(obj, PROTO_KEY_DTYPE)) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
     if ((shape = json_object_get(obj, PROTO_KEY_SHAPE)) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
     if ((offs = json_object_get(obj, "data_offsets")) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
 
     if (!json_is_string(dtype))
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': dtype is not a string", q);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': dtype is not a string", q);
     t->dtype = dtype_from_name(json_string_value(dtype), json_string_length(dtype));
     if (t->dtype == EMAD_DTYPE_INVALID) {
         char d[QUOTE_MAX + 8];
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
-                           quote(d, sizeof(d), json_string_value(dtype)));
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
+                         quote(d, sizeof(d), json_string_value(dtype)));
     }
 
     if (!json_is_array(shape))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': shape is not an array of non-negative integers", q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': shape is not an array of non-negative integers", q);
     ndim = json_array_size(shape);
     if (ndim > EMAD_MAX_NDIM)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
-                           ndim, EMAD_MAX_NDIM);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
+                         ndim, EMAD_MAX_NDIM);
     t->ndim = (uint32_t)ndim;
     for (size_t i = 0; i < ndim; i++) {
         if (json_uint(json_array_get(shape, i), &t->shape[i]) < 0)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
     }
 
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         json_uint(json_array_get(offs, 0), &begin) < 0 ||
         json_uint(json_array_get(offs, 1), &end) < 0)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': data_offsets is not an array of two non-negative "
-                           "integers [BEGIN, END]",
-                           q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': data_offsets is not an array of two non-negative "
+                         "integers [BEGIN, END]",
+                         q);
     if (end < begin)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
-                           (unsigned long long)begin, (unsigned long long)end);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
+                         (unsigned long long)begin, (unsigned long long)end);
 
     dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim);
     if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) < 0)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
-                           dtype_name(t->dtype));
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
+                         dtype_name(t->dtype));
     if (end - begin != nbytes)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
-                           "%s needs %llu",
-                           q, (unsigned long long)begin, (unsigned long long)end,
-                           (unsigned long long)(end - begin), sh, dtype_name(t->dtype),
-                           (unsigned long long)nbytes);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
+                         "%s needs %llu",
+                         q, (unsigned long long)begin, (unsigned long long)end,
+                         (unsigned long long)(end - begin), sh, dtype_name(t->dtype),
+                         (unsigned long long)nbytes);
     t->offset = begin;
     t->nbytes = nbytes;
     return 0;
@@ -270,36 +271,34 @@ check_layout(const st_file *f, size_t data_len, char **cause)
 
         quote(q, sizeof(q), t->name);
         if (i == 0 && b != 0)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
-                               "first tensor must begin at byte 0 of the data buffer)",
-                               q, b, e);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
+                             "first tensor must begin at byte 0 of the data buffer)",
+                             q, b, e);
         if (i > 0 && b > pos)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
-                               "after tensor '%s', which ends at %llu",
-                               q, b, e, b - (unsigned long long)pos,
-                               quote(p, sizeof(p), f->tensors[i - 1].name),
-                               (unsigned long long)pos);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
+                             "after tensor '%s', which ends at %llu",
+                             q, b, e, b - (unsigned long long)pos,
+                             quote(p, sizeof(p), f->tensors[i - 1].name), (unsigned long long)pos);
         if (i > 0 && b < pos)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
-                               "ends at %llu",
-                               q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
-                               (unsigned long long)pos);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
+                             "ends at %llu",
+                             q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
+                             (unsigned long long)pos);
         pos = e;
     }
     if (pos > data_len)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "file is truncated: the tensors end at byte %llu of the data buffer but "
-                           "only %zu bytes follow the header",
-                           (unsigned long long)pos, data_len);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "file is truncated: the tensors end at byte %llu of the data buffer but "
+                         "only %zu bytes follow the header",
+                         (unsigned long long)pos, data_len);
     if (pos < data_len)
-        return proto_cause(
-            cause, EMAD_EFORMAT,
-            "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
-            "of the data buffer, which holds %zu bytes)",
-            (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
+                         "of the data buffer, which holds %zu bytes)",
+                         (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
     return 0;
 }
 
@@ -320,28 +319,27 @@ parse_map(st_file *f, char **cause)
     int rc = 0;
 
     if (f->map_len < 8)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "file is %zu bytes, too short for the 8-byte header length", f->map_len);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "file is %zu bytes, too short for the 8-byte header length", f->map_len);
     n = load_le64(map);
     if (n > ST_MAX_HEADER)
-        return proto_cause(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
-                           (unsigned long long)n, ST_MAX_HEADER);
+        return cause_set(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
+                         (unsigned long long)n, ST_MAX_HEADER);
     if (n > f->map_len - 8)
-        return proto_cause(
-            cause, EMAD_EFORMAT,
-            "file is truncated: header length %llu exceeds the %zu bytes that follow "
-            "the length field",
-            (unsigned long long)n, f->map_len - 8);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "file is truncated: header length %llu exceeds the %zu bytes that follow "
+                         "the length field",
+                         (unsigned long long)n, f->map_len - 8);
     hdr = (const char *)map + 8;
     if (n == 0 || hdr[0] != '{')
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "header does not start with '{' (it must be a JSON object)");
+        return cause_set(cause, EMAD_EFORMAT,
+                         "header does not start with '{' (it must be a JSON object)");
     root = json_loadb(hdr, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
-                           jerr.text, jerr.line, jerr.column);
+        return cause_set(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
+                         jerr.text, jerr.line, jerr.column);
     if (!json_is_object(root)) {
-        rc = proto_cause(cause, EMAD_EFORMAT, "header is not a JSON object");
+        rc = cause_set(cause, EMAD_EFORMAT, "header is not a JSON object");
         goto out;
     }
 
@@ -349,7 +347,7 @@ parse_map(st_file *f, char **cause)
     if (json_object_get(root, "__metadata__") != NULL)
         count--;
     if (count > 0 && (f->tensors = calloc(count, sizeof(*f->tensors))) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     json_object_foreach(root, key, val)
@@ -363,7 +361,7 @@ parse_map(st_file *f, char **cause)
         }
         t = &f->tensors[f->ntensors++];
         if ((t->name = strdup(key)) == NULL) {
-            rc = proto_cause(cause, -ENOMEM, "out of memory");
+            rc = cause_set(cause, -ENOMEM, "out of memory");
             goto out;
         }
         if ((rc = parse_entry(t, val, cause)) < 0)
@@ -393,7 +391,7 @@ parse_owned(st_file **out, void *map, size_t len, char **cause)
     *out = NULL;
     if ((f = calloc(1, sizeof(*f))) == NULL) {
         free(map);
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     }
     f->map = map;
     f->map_len = len;
@@ -415,7 +413,7 @@ st_parse(st_file **out, const void *buf, size_t len, char **cause)
         *cause = NULL;
     *out = NULL;
     if ((map = malloc(len > 0 ? len : 1)) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     if (len > 0)
         memcpy(map, buf, len);
     return parse_owned(out, map, len, cause);
@@ -434,22 +432,22 @@ st_read(st_file **out, const char *path, char **cause)
         *cause = NULL;
     *out = NULL;
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return proto_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
+        return cause_set(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
     if (fstat(fd, &sb) < 0) {
-        rc = proto_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
+        rc = cause_set(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
         goto fail_fd;
     }
     if (!S_ISREG(sb.st_mode)) {
-        rc = proto_cause(cause, EMAD_EIO, "%s: not a regular file", path);
+        rc = cause_set(cause, EMAD_EIO, "%s: not a regular file", path);
         goto fail_fd;
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 1) {
-        rc = proto_cause(cause, EMAD_EIO, "%s: file too large for memory", path);
+        rc = cause_set(cause, EMAD_EIO, "%s: file too large for memory", path);
         goto fail_fd;
     }
     len = (size_t)sb.st_size;
     if ((map = malloc(len > 0 ? len : 1)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
+        rc = cause_set(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
         goto fail_fd;
     }
     while (got < len) {
@@ -458,11 +456,11 @@ st_read(st_file **out, const char *path, char **cause)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            rc = proto_cause(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
+            rc = cause_set(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
             goto fail_map;
         }
         if (r == 0) {
-            rc = proto_cause(cause, EMAD_EIO, "%s: file shrank while being read", path);
+            rc = cause_set(cause, EMAD_EIO, "%s: file shrank while being read", path);
             goto fail_map;
         }
         got += (size_t)r;
@@ -584,10 +582,10 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
     int rc = 0;
 
     if ((root = json_object()) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     if (nmeta > 0) {
         if ((md = json_object()) == NULL || json_object_set_new(root, "__metadata__", md) < 0) {
-            rc = proto_cause(cause, -ENOMEM, "out of memory");
+            rc = cause_set(cause, -ENOMEM, "out of memory");
             goto out;
         }
     }
@@ -595,24 +593,23 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         json_t *v;
 
         if (meta[i].key == NULL || meta[i].value == NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "metadata entry %zu has a NULL key or value", i);
+            rc = cause_set(cause, EMAD_EINVAL, "metadata entry %zu has a NULL key or value", i);
             goto out;
         }
         if (json_object_get(md, meta[i].key) != NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
-                             quote(q, sizeof(q), meta[i].key));
+            rc = cause_set(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
+                           quote(q, sizeof(q), meta[i].key));
             goto out;
         }
         if ((v = json_string(meta[i].value)) == NULL || json_object_set_new(md, meta[i].key, v)) {
-            rc = proto_cause(cause, EMAD_EINVAL,
-                             "metadata key '%s': key or value is not valid UTF-8",
-                             quote(q, sizeof(q), meta[i].key));
+            rc = cause_set(cause, EMAD_EINVAL, "metadata key '%s': key or value is not valid UTF-8",
+                           quote(q, sizeof(q), meta[i].key));
             goto out;
         }
     }
 
     if (n > 0 && (ord = calloc(n, sizeof(*ord))) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -620,35 +617,35 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         uint64_t nbytes;
 
         if (t->name == NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor %zu has no name", i);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor %zu has no name", i);
             goto out;
         }
         quote(q, sizeof(q), t->name);
         if (strcmp(t->name, "__metadata__") == 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor name '__metadata__' is reserved");
+            rc = cause_set(cause, EMAD_EINVAL, "tensor name '__metadata__' is reserved");
             goto out;
         }
         if (dtype_size(t->dtype) == 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': invalid dtype %d", q, t->dtype);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s': invalid dtype %d", q, t->dtype);
             goto out;
         }
         if (t->ndim > EMAD_MAX_NDIM) {
-            rc = proto_cause(cause, EMAD_EINVAL,
-                             "tensor '%s': %u dimensions, more than the maximum of %d", q,
-                             (unsigned)t->ndim, EMAD_MAX_NDIM);
+            rc = cause_set(cause, EMAD_EINVAL,
+                           "tensor '%s': %u dimensions, more than the maximum of %d", q,
+                           (unsigned)t->ndim, EMAD_MAX_NDIM);
             goto out;
         }
         if (dtype_numel(t->shape, t->ndim, t->dtype, NULL, &nbytes) < 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': shape is too large", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s': shape is too large", q);
             goto out;
         }
         if (nbytes != t->nbytes || (nbytes > 0 && t->data == NULL)) {
             char sh[EMAD_MAX_NDIM * 24 + 8];
-            rc = proto_cause(cause, EMAD_EINVAL,
-                             "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
-                             (unsigned long long)(t->data != NULL ? t->nbytes : 0),
-                             dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim),
-                             dtype_name(t->dtype), (unsigned long long)nbytes);
+            rc = cause_set(cause, EMAD_EINVAL,
+                           "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
+                           (unsigned long long)(t->data != NULL ? t->nbytes : 0),
+                           dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim), dtype_name(t->dtype),
+                           (unsigned long long)nbytes);
             goto out;
         }
         ord[i] = t;
@@ -662,37 +659,36 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
 
         quote(q, sizeof(q), t->name);
         if (json_object_get(root, t->name) != NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s' appears twice", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s' appears twice", q);
             goto out;
         }
         if (pos > (UINT64_C(1) << 62) - t->nbytes) {
-            rc =
-                proto_cause(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
             goto out;
         }
         if ((e = entry_json(t, pos)) == NULL) {
-            rc = proto_cause(cause, -ENOMEM, "out of memory");
+            rc = cause_set(cause, -ENOMEM, "out of memory");
             goto out;
         }
         if (json_object_set_new(root, t->name, e) < 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor name '%s' is not valid UTF-8", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor name '%s' is not valid UTF-8", q);
             goto out;
         }
         pos += t->nbytes;
     }
 
     if ((text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     len = strlen(text);
     if (len > ST_MAX_HEADER - 8) {
-        rc = proto_cause(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
-                         ST_MAX_HEADER);
+        rc = cause_set(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
+                       ST_MAX_HEADER);
         goto out;
     }
     if ((padded = malloc(len + 8)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     memcpy(padded, text, len);
@@ -795,13 +791,13 @@ st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta 
         return rc;
     size = 8 + hdr_len;
     if ((w.buf = malloc(WBUF_SIZE)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out_hdr;
     }
     if ((w.fd = open_temp(path, opts->tmp_tag, &tmp)) < 0) {
         e = errno;
-        rc = proto_cause(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
-                         strerror(e));
+        rc = cause_set(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
+                       strerror(e));
         goto out_buf;
     }
     if (fchmod(w.fd, 0644) < 0)
@@ -827,14 +823,14 @@ st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta 
         *opts->bytes = size;
     if (sync_dir(path) < 0) { /* the new file is in place; only its durability is in doubt */
         e = errno;
-        rc = proto_cause(cause, io_code(opts, e),
-                         "%s: written, but fsync of its directory failed: %s", path, strerror(e));
+        rc = cause_set(cause, io_code(opts, e),
+                       "%s: written, but fsync of its directory failed: %s", path, strerror(e));
     }
     goto out_buf;
 
 fail_io:
     e = errno;
-    rc = proto_cause(cause, io_code(opts, e), "%s: write failed: %s", path, strerror(e));
+    rc = cause_set(cause, io_code(opts, e), "%s: write failed: %s", path, strerror(e));
     if (w.fd >= 0)
         (void)close(w.fd);
     (void)unlink(tmp);

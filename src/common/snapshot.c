@@ -33,9 +33,10 @@
 
 #include <xxhash.h>
 
+#include "common/cause.h"
 #include "common/dtype.h"
 #include "common/emaconf.h"
-#include "common/proto.h"
+#include "common/names.h"
 #include "common/safetensors.h"
 #include "common/snapshot.h"
 #include "common/snapshot_meta.h"
@@ -52,7 +53,7 @@ prefix_cause(char **cause, int code, const char *prefix)
         return code;
     old = *cause;
     *cause = NULL;
-    proto_cause(cause, code, "%s: %s", prefix, old);
+    cause_set(cause, code, "%s: %s", prefix, old);
     if (*cause == NULL)
         *cause = old;
     else
@@ -124,23 +125,23 @@ check_meta(const snap_meta *m, char **cause)
 {
     char why[256];
 
-    if (m->model == NULL || proto_check_model_name(m->model, strlen(m->model)) != 0)
-        return proto_cause(cause, EMAD_EINVAL, "snapshot: invalid model name '%.128s'",
-                           m->model != NULL ? m->model : "(null)");
+    if (m->model == NULL || names_check_model(m->model, strlen(m->model)) != 0)
+        return cause_set(cause, EMAD_EINVAL, "snapshot: invalid model name '%.128s'",
+                         m->model != NULL ? m->model : "(null)");
     if (m->cfg == NULL)
-        return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: no configuration", m->model);
+        return cause_set(cause, EMAD_EINVAL, "snapshot of model %s: no configuration", m->model);
     if (emaconf_check(m->cfg, why, sizeof(why)) != 0)
-        return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: invalid configuration: %s",
-                           m->model, why);
+        return cause_set(cause, EMAD_EINVAL, "snapshot of model %s: invalid configuration: %s",
+                         m->model, why);
     if (m->decay_index >= m->cfg->ndecays)
-        return proto_cause(cause, EMAD_EINVAL,
-                           "snapshot of model %s: decay index %zu, but the model has %zu decays",
-                           m->model, m->decay_index, m->cfg->ndecays);
+        return cause_set(cause, EMAD_EINVAL,
+                         "snapshot of model %s: decay index %zu, but the model has %zu decays",
+                         m->model, m->decay_index, m->cfg->ndecays);
     if (m->cfg->update_after_step > SNAP_JSON_INT_MAX)
-        return proto_cause(cause, EMAD_ERANGE,
-                           "snapshot of model %s: update_after_step %" PRIu64
-                           " exceeds 2^63-1, the largest the snapshot's JSON holds",
-                           m->model, m->cfg->update_after_step);
+        return cause_set(cause, EMAD_ERANGE,
+                         "snapshot of model %s: update_after_step %" PRIu64
+                         " exceeds 2^63-1, the largest the snapshot's JSON holds",
+                         m->model, m->cfg->update_after_step);
     return 0;
 }
 
@@ -151,32 +152,32 @@ check_tensor(const snap_meta *m, const snap_tensor *t, char **cause)
     uint64_t nbytes;
     char msg[160];
 
-    if (t->name == NULL || proto_check_tensor_name(t->name, strlen(t->name)) != 0)
-        return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: invalid tensor name '%.200s'",
-                           m->model, t->name != NULL ? t->name : "(null)");
-    if (proto_kind_name(t->kind) == NULL || dtype_size(t->dtype) == 0)
-        return proto_cause(cause, EMAD_EINVAL,
-                           "snapshot of model %s: tensor '%.200s': bad kind %d or dtype %d",
-                           m->model, t->name, t->kind, t->dtype);
+    if (t->name == NULL || names_check_tensor(t->name, strlen(t->name)) != 0)
+        return cause_set(cause, EMAD_EINVAL, "snapshot of model %s: invalid tensor name '%.200s'",
+                         m->model, t->name != NULL ? t->name : "(null)");
+    if (names_kind_name(t->kind) == NULL || dtype_size(t->dtype) == 0)
+        return cause_set(cause, EMAD_EINVAL,
+                         "snapshot of model %s: tensor '%.200s': bad kind %d or dtype %d", m->model,
+                         t->name, t->kind, t->dtype);
     if (snap_meta_check_dtype(t->sdtype, t->dtype, t->averaged, msg, sizeof(msg)) < 0)
-        return proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s': %s",
-                           m->model, t->name, msg);
+        return cause_set(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s': %s", m->model,
+                         t->name, msg);
     if (t->step > m->step)
-        return proto_cause(cause, EMAD_EINVAL,
-                           "snapshot of model %s: tensor '%.200s': step %" PRIu64
-                           " is after the model's step %" PRIu64,
-                           m->model, t->name, t->step, m->step);
+        return cause_set(cause, EMAD_EINVAL,
+                         "snapshot of model %s: tensor '%.200s': step %" PRIu64
+                         " is after the model's step %" PRIu64,
+                         m->model, t->name, t->step, m->step);
     if (t->step > SNAP_JSON_INT_MAX)
-        return proto_cause(cause, EMAD_ERANGE,
-                           "snapshot of model %s: tensor '%.200s': step %" PRIu64
-                           " is above 2^63-1, the largest the snapshot's JSON holds",
-                           m->model, t->name, t->step);
+        return cause_set(cause, EMAD_ERANGE,
+                         "snapshot of model %s: tensor '%.200s': step %" PRIu64
+                         " is above 2^63-1, the largest the snapshot's JSON holds",
+                         m->model, t->name, t->step);
     if (t->ndim > EMAD_MAX_NDIM || dtype_numel(t->shape, t->ndim, t->sdtype, NULL, &nbytes) < 0 ||
         nbytes != t->nbytes || (nbytes > 0 && t->data == NULL))
-        return proto_cause(cause, EMAD_EINVAL,
-                           "snapshot of model %s: tensor '%.200s': %" PRIu64
-                           " bytes of data do not match its shape",
-                           m->model, t->name, t->nbytes);
+        return cause_set(cause, EMAD_EINVAL,
+                         "snapshot of model %s: tensor '%.200s': %" PRIu64
+                         " bytes of data do not match its shape",
+                         m->model, t->name, t->nbytes);
     return 0;
 }
 
@@ -195,14 +196,14 @@ sort_tensors(const snap_meta *m, const snap_tensor *t, size_t n, snap_tensor **s
         if ((rc = check_tensor(m, &t[i], cause)) < 0)
             return rc;
     if ((s = malloc((n > 0 ? n : 1) * sizeof(*s))) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     if (n > 0)
         memcpy(s, t, n * sizeof(*s));
     qsort(s, n, sizeof(*s), cmp_tensor_name);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(s[i - 1].name, s[i].name) == 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s' twice",
-                             m->model, s[i].name);
+            rc = cause_set(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s' twice",
+                           m->model, s[i].name);
             free(s);
             return rc;
         }
@@ -241,11 +242,11 @@ snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, size
     if ((rc = check_meta(m, cause)) < 0 || (rc = sort_tensors(m, t, n, &s, cause)) < 0)
         return rc;
     if ((st = calloc(n > 0 ? n : 1, sizeof(*st))) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     if ((rc = checksum(s, n, &sum)) < 0 || (rc = snap_meta_build(m, s, n, sum, md)) < 0) {
-        rc = proto_cause(cause, rc, "%s: out of memory", path);
+        rc = cause_set(cause, rc, "%s: out of memory", path);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -290,7 +291,7 @@ collect_tensors(snap_file *f, const st_file *sf, char **cause)
     uint64_t sum;
 
     if ((f->tensors = calloc(sf->ntensors > 0 ? sf->ntensors : 1, sizeof(*f->tensors))) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     for (size_t i = 0; i < sf->ntensors; i++) {
         snap_tensor *t = &f->tensors[i];
         const st_tensor *s = &sf->tensors[i];
@@ -305,7 +306,7 @@ collect_tensors(snap_file *f, const st_file *sf, char **cause)
     f->ntensors = sf->ntensors;
     qsort(f->tensors, f->ntensors, sizeof(*f->tensors), cmp_tensor_name);
     if (checksum(f->tensors, f->ntensors, &sum) < 0)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     return snap_meta_check_data(sf, sum, cause);
 }
 
@@ -324,7 +325,7 @@ snap_read(const char *path, snap_file **out, char **cause)
         return rc == EMAD_EFORMAT ? prefix_cause(cause, rc, path) : rc;
     if ((f = calloc(1, sizeof(*f))) == NULL) {
         st_free(sf);
-        return proto_cause(cause, -ENOMEM, "%s: out of memory", path);
+        return cause_set(cause, -ENOMEM, "%s: out of memory", path);
     }
     f->priv = sf;
     if ((rc = snap_meta_verify(sf, cause)) < 0 || (rc = collect_tensors(f, sf, cause)) < 0 ||

@@ -32,8 +32,10 @@
 #include <xxhash.h>
 
 #include "config.h"
+#include "common/cause.h"
 #include "common/dtype.h"
 #include "common/emaconf.h"
+#include "common/names.h"
 #include "common/proto.h"
 #include "common/safetensors.h"
 #include "common/snapshot.h"
@@ -286,11 +288,12 @@ tensors_text(const snap_tensor *t, size_t n)
         json_t *e = json_object();
 
         bad = e == NULL ||
-              json_object_set_new(e, PROTO_KEY_KIND, json_string(proto_kind_name(t[i].kind))) < 0 ||
+              json_object_set_new(e, PROTO_KEY_KIND, json_string(names_kind_name(t[i].kind))) < 0 ||
               json_object_set_new(e, PROTO_KEY_DTYPE, json_string(dtype_name(t[i].dtype))) < 0 ||
               json_object_set_new(e, PROTO_KEY_STEP, json_integer((json_int_t)t[i].step)) < 0 ||
               json_object_set_new(e, PROTO_KEY_UPDATE,
-                                  json_string(t[i].averaged ? PROTO_VAL_UPDATE_AVERAGE : PROTO_VAL_UPDATE_COPY)) < 0;
+                                  json_string(t[i].averaged ? PROTO_VAL_UPDATE_AVERAGE
+                                                            : PROTO_VAL_UPDATE_COPY)) < 0;
         if (bad)
             json_decref(e);
         else
@@ -375,7 +378,7 @@ need_meta(const st_file *sf, const char *key, char **cause)
     const char *v = st_meta_get(sf, key);
 
     if (v == NULL)
-        proto_cause(cause, EMAD_EFORMAT, "metadata key '%s' is missing", key);
+        cause_set(cause, EMAD_EFORMAT, "metadata key '%s' is missing", key);
     return v;
 }
 
@@ -388,8 +391,8 @@ meta_u64(const st_file *sf, const char *key, uint64_t *v, char **cause)
     if (s == NULL)
         return EMAD_EFORMAT;
     if (parse_u64(s, strlen(s), v) < 0)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "metadata key '%s': '%.40s' is not a decimal integer", key, s);
+        return cause_set(cause, EMAD_EFORMAT, "metadata key '%s': '%.40s' is not a decimal integer",
+                         key, s);
     return 0;
 }
 
@@ -411,8 +414,7 @@ config_enum(const json_t *o, const char *key, int *v, char **cause)
 
     if (!json_is_string(j) ||
         (*v = emaconf_from_name(key, json_string_value(j), json_string_length(j))) < 0)
-        return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' is not a valid %s name", key,
-                           key);
+        return cause_set(cause, EMAD_EFORMAT, "emad_config: '%s' is not a valid %s name", key, key);
     return 0;
 }
 
@@ -423,7 +425,7 @@ config_real(const json_t *o, const char *key, double *v, char **cause)
     const json_t *j = json_object_get(o, key);
 
     if (!json_is_number(j))
-        return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' is not a number", key);
+        return cause_set(cause, EMAD_EFORMAT, "emad_config: '%s' is not a number", key);
     *v = json_number_value(j);
     return 0;
 }
@@ -435,16 +437,15 @@ config_patterns(const json_t *o, const char *key, const char **p, size_t *n, cha
     const json_t *a = json_object_get(o, key);
 
     if (!json_is_array(a) || json_array_size(a) > EMAD_MAX_GLOBS)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "emad_config: '%s' is not an array of at most %d "
-                           "strings",
-                           key, EMAD_MAX_GLOBS);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "emad_config: '%s' is not an array of at most %d "
+                         "strings",
+                         key, EMAD_MAX_GLOBS);
     for (size_t i = 0; i < json_array_size(a); i++) {
         const json_t *s = json_array_get(a, i);
 
         if (!json_is_string(s) || strlen(json_string_value(s)) != json_string_length(s))
-            return proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a string", key,
-                               i);
+            return cause_set(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a string", key, i);
         p[i] = json_string_value(s);
     }
     *n = json_array_size(a);
@@ -460,8 +461,8 @@ config_keys(const json_t *o, char **cause)
 
     for (int i = 0; i < EMACONF_NOPTIONS; i++)
         if (json_object_get(o, emaconf_key(i)) == NULL)
-            return proto_cause(cause, EMAD_EFORMAT, "emad_config: key '%s' is missing",
-                               emaconf_key(i));
+            return cause_set(cause, EMAD_EFORMAT, "emad_config: key '%s' is missing",
+                             emaconf_key(i));
     json_object_foreach((json_t *)o, key, v)
     {
         int i = 0;
@@ -469,7 +470,7 @@ config_keys(const json_t *o, char **cause)
         while (i < EMACONF_NOPTIONS && strcmp(emaconf_key(i), key) != 0)
             i++;
         if (i == EMACONF_NOPTIONS)
-            return proto_cause(cause, EMAD_EFORMAT, "emad_config: unknown key '%.64s'", key);
+            return cause_set(cause, EMAD_EFORMAT, "emad_config: unknown key '%.64s'", key);
     }
     return 0;
 }
@@ -506,9 +507,9 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
 
     emaconf_init(&c);
     if ((o = json_loads(text, JSON_REJECT_DUPLICATES, &jerr)) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "emad_config is not valid JSON: %s", jerr.text);
+        return cause_set(cause, EMAD_EFORMAT, "emad_config is not valid JSON: %s", jerr.text);
     if (!json_is_object(o)) {
-        rc = proto_cause(cause, EMAD_EFORMAT, "emad_config is not a JSON object");
+        rc = cause_set(cause, EMAD_EFORMAT, "emad_config is not a JSON object");
         goto out;
     }
     if ((rc = config_keys(o, cause)) < 0)
@@ -516,15 +517,15 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
     decays = json_object_get(o, emaconf_key(EMACONF_DECAYS));
     if (!json_is_array(decays) || json_array_size(decays) < 1 ||
         json_array_size(decays) > EMAD_MAX_DECAYS) {
-        rc = proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' is not an array of 1..%d numbers",
-                         emaconf_key(EMACONF_DECAYS), EMAD_MAX_DECAYS);
+        rc = cause_set(cause, EMAD_EFORMAT, "emad_config: '%s' is not an array of 1..%d numbers",
+                       emaconf_key(EMACONF_DECAYS), EMAD_MAX_DECAYS);
         goto out;
     }
     c.ndecays = json_array_size(decays);
     for (size_t i = 0; i < c.ndecays; i++) {
         if (!json_is_number(json_array_get(decays, i))) {
-            rc = proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a number",
-                             emaconf_key(EMACONF_DECAYS), i);
+            rc = cause_set(cause, EMAD_EFORMAT, "emad_config: '%s'[%zu] is not a number",
+                           emaconf_key(EMACONF_DECAYS), i);
             goto out;
         }
         c.decays[i] = json_number_value(json_array_get(decays, i));
@@ -532,9 +533,8 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
     if (json_u64(json_object_get(o, emaconf_key(EMACONF_UPDATE_AFTER_STEP)), &u) < 0 ||
         json_u64(json_object_get(o, emaconf_key(EMACONF_WRITERS)), &w) < 0 ||
         w > EMAD_MAX_WRITERS) {
-        rc =
-            proto_cause(cause, EMAD_EFORMAT, "emad_config: '%s' or '%s' is not an integer in range",
-                        emaconf_key(EMACONF_UPDATE_AFTER_STEP), emaconf_key(EMACONF_WRITERS));
+        rc = cause_set(cause, EMAD_EFORMAT, "emad_config: '%s' or '%s' is not an integer in range",
+                       emaconf_key(EMACONF_UPDATE_AFTER_STEP), emaconf_key(EMACONF_WRITERS));
         goto out;
     }
     c.update_after_step = u;
@@ -543,7 +543,7 @@ parse_config(const char *text, emad_model_config *cfg, char **cause)
         if (0 EMACONF_OPTIONS(CONFIG_READ))
             goto out;
     if (emaconf_check(&c, why, sizeof(why)) != 0) {
-        rc = proto_cause(cause, EMAD_EFORMAT, "emad_config is not a valid configuration: %s", why);
+        rc = cause_set(cause, EMAD_EFORMAT, "emad_config is not a valid configuration: %s", why);
         goto out;
     }
     emaconf_copy(cfg, &c);
@@ -567,15 +567,15 @@ check_sum(const st_file *sf, const char *key, uint64_t got, const char *what, ch
         return EMAD_EFORMAT;
     if (strlen(want) != SNAP_SUM_LEN || strncmp(want, SNAP_CHECKSUM_PREFIX, plen) != 0 ||
         strspn(want + plen, "0123456789abcdef") != SNAP_SUM_LEN - plen)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "metadata key '%s': '%.40s' is not xxh64: and 16 lowercase hex digits",
-                           key, want);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "metadata key '%s': '%.40s' is not xxh64: and 16 lowercase hex digits",
+                         key, want);
     snprintf(text, sizeof(text), SNAP_CHECKSUM_PREFIX "%016" PRIx64, got);
     if (strcmp(text, want) != 0)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "%s checksum mismatch: expected %s (%s), got %s (the file was damaged "
-                           "or changed)",
-                           what, want, key, text);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "%s checksum mismatch: expected %s (%s), got %s (the file was damaged "
+                         "or changed)",
+                         what, want, key, text);
     return 0;
 }
 
@@ -586,7 +586,7 @@ snap_meta_verify(const st_file *sf, char **cause)
     uint64_t sum;
 
     if (meta_checksum(sf->meta, sf->nmeta, &sum) < 0)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     return check_sum(sf, meta_keys[MD_META_CHECKSUM], sum, "metadata", cause);
 }
 
@@ -614,26 +614,26 @@ describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cau
     if (!json_is_object(d) || json_object_size(d) != 4 || !json_is_string(kind) ||
         !json_is_string(dtype) || !json_is_string(update) ||
         json_u64(json_object_get(d, PROTO_KEY_STEP), &t->step) < 0)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "emad_tensors: '%.200s' is not {kind, dtype, step, update}", q);
-    t->kind = proto_kind_from_name(json_string_value(kind), json_string_length(kind));
+        return cause_set(cause, EMAD_EFORMAT,
+                         "emad_tensors: '%.200s' is not {kind, dtype, step, update}", q);
+    t->kind = names_kind_from_name(json_string_value(kind), json_string_length(kind));
     t->dtype = dtype_from_name(json_string_value(dtype), json_string_length(dtype));
     if (t->kind < 0 || t->dtype == EMAD_DTYPE_INVALID)
-        return proto_cause(cause, EMAD_EFORMAT, "emad_tensors: '%.200s': bad kind or dtype", q);
+        return cause_set(cause, EMAD_EFORMAT, "emad_tensors: '%.200s': bad kind or dtype", q);
     if (strcmp(json_string_value(update), PROTO_VAL_UPDATE_AVERAGE) == 0)
         t->averaged = 1;
     else if (strcmp(json_string_value(update), PROTO_VAL_UPDATE_COPY) == 0)
         t->averaged = 0;
     else
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "emad_tensors: '%.200s': update is neither average nor copy", q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "emad_tensors: '%.200s': update is neither average nor copy", q);
     if (t->step > model_step)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "emad_tensors: '%.200s': step %" PRIu64 " is after the model's step "
-                           "%" PRIu64,
-                           q, t->step, model_step);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "emad_tensors: '%.200s': step %" PRIu64 " is after the model's step "
+                         "%" PRIu64,
+                         q, t->step, model_step);
     if (snap_meta_check_dtype(t->sdtype, t->dtype, t->averaged, msg, sizeof(msg)) < 0)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%.200s' is %s", q, msg);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%.200s' is %s", q, msg);
     return 0;
 }
 
@@ -655,25 +655,24 @@ describe_tensors(snap_file *f, const st_file *sf, char **cause)
         return EMAD_EFORMAT;
     if ((o = json_loads(text, JSON_REJECT_DUPLICATES, &jerr)) == NULL || !json_is_object(o)) {
         json_decref(o);
-        return proto_cause(cause, EMAD_EFORMAT, "emad_tensors is not a JSON object");
+        return cause_set(cause, EMAD_EFORMAT, "emad_tensors is not a JSON object");
     }
     json_object_foreach(o, key, d)
     {
         if (st_find(sf, key) == NULL) {
-            rc = proto_cause(cause, EMAD_EFORMAT,
-                             "emad_tensors describes '%.200s', but the file has no such tensor",
-                             key);
+            rc = cause_set(cause, EMAD_EFORMAT,
+                           "emad_tensors describes '%.200s', but the file has no such tensor", key);
             goto out;
         }
     }
     for (size_t i = 0; i < f->ntensors && rc == 0; i++) {
         snap_tensor *t = &f->tensors[i];
 
-        if (proto_check_tensor_name(t->name, strlen(t->name)) != 0)
-            rc = proto_cause(cause, EMAD_EFORMAT, "tensor name '%.200s' is not valid", t->name);
+        if (names_check_tensor(t->name, strlen(t->name)) != 0)
+            rc = cause_set(cause, EMAD_EFORMAT, "tensor name '%.200s' is not valid", t->name);
         else if ((d = json_object_get(o, t->name)) == NULL)
-            rc = proto_cause(cause, EMAD_EFORMAT,
-                             "tensor '%.200s' has no description in emad_tensors", t->name);
+            rc = cause_set(cause, EMAD_EFORMAT,
+                           "tensor '%.200s' has no description in emad_tensors", t->name);
         else
             rc = describe_tensor(t, d, f->step, cause);
     }
@@ -704,9 +703,9 @@ read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
         need_meta(sf, meta_keys[MD_VERSION], cause) == NULL)
         return EMAD_EFORMAT;
     if (strcmp(fmt, SNAP_FORMAT) != 0)
-        return proto_cause(cause, EMAD_EFORMAT, "metadata 'format' is '%.40s', not 'pt'", fmt);
-    if (proto_check_model_name(model, strlen(model)) != 0)
-        return proto_cause(cause, EMAD_EFORMAT, "metadata 'emad_model' is not a valid model name");
+        return cause_set(cause, EMAD_EFORMAT, "metadata 'format' is '%.40s', not 'pt'", fmt);
+    if (names_check_model(model, strlen(model)) != 0)
+        return cause_set(cause, EMAD_EFORMAT, "metadata 'emad_model' is not a valid model name");
     if ((rc = meta_u64(sf, meta_keys[MD_STEP], &f->step, cause)) < 0 ||
         (rc = meta_u64(sf, meta_keys[MD_DECAY_INDEX], &index, cause)) < 0 ||
         (rc = meta_u64(sf, meta_keys[MD_DECAYS], &ndecays, cause)) < 0)
@@ -714,25 +713,25 @@ read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
     if ((rc = parse_config(config, &f->cfg, cause)) < 0)
         return rc;
     if ((f->model = strdup(model)) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     if (ndecays != f->cfg.ndecays || index >= ndecays)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "emad_decay_index %" PRIu64 " / emad_decays %" PRIu64
-                           " do not match the configuration's %zu decays",
-                           index, ndecays, f->cfg.ndecays);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "emad_decay_index %" PRIu64 " / emad_decays %" PRIu64
+                         " do not match the configuration's %zu decays",
+                         index, ndecays, f->cfg.ndecays);
     f->decay_index = (size_t)index;
     errno = 0;
     d = strtod(decay, &end);
     if (errno != 0 || end == decay || *end != '\0' || d != f->cfg.decays[index])
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "emad_decay '%.40s' is not decay %zu of the configuration", decay,
-                           f->decay_index);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "emad_decay '%.40s' is not decay %zu of the configuration", decay,
+                         f->decay_index);
     if (snap_is_name(base_name(path), &name_step, &name_index) &&
         (name_step != f->step || name_index != f->decay_index))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "the file name says step %" PRIu64 " decay %zu, the metadata step "
-                           "%" PRIu64 " decay %zu",
-                           name_step, name_index, f->step, f->decay_index);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "the file name says step %" PRIu64 " decay %zu, the metadata step "
+                         "%" PRIu64 " decay %zu",
+                         name_step, name_index, f->step, f->decay_index);
     return 0;
 }
 

@@ -19,7 +19,7 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
-#include "common/proto.h"
+#include "common/cause.h"
 #include "base/log.h"
 #include "daemon/iocpu.h"
 #include "daemon/server.h"
@@ -113,9 +113,9 @@ iocpu_socket(iocpu *io, int io_cpu, char **cause)
             cpu = io_cpu;
         } else {
             char list[128];
-            return proto_cause(cause, -EINVAL,
-                               "io-cpu %d is not among the CPUs this process may run on (%s)",
-                               io_cpu, cpu_list(&io->all, list, sizeof(list)));
+            return cause_set(cause, -EINVAL,
+                             "io-cpu %d is not among the CPUs this process may run on (%s)", io_cpu,
+                             cpu_list(&io->all, list, sizeof(list)));
         }
         if (cpu >= 0) {
             CPU_ZERO(&one);
@@ -126,8 +126,8 @@ iocpu_socket(iocpu *io, int io_cpu, char **cause)
     }
     if (e != 0) {
         if (io_cpu != SERVER_IO_CPU_AUTO)
-            return proto_cause(cause, -e, "io-cpu %d: cannot set the CPU affinity: %s", io_cpu,
-                               strerror(e));
+            return cause_set(cause, -e, "io-cpu %d: cannot set the CPU affinity: %s", io_cpu,
+                             strerror(e));
         log_warn("event=io_thread_free error=\"%s\" (cannot set the CPU affinity; io-cpu ignored)",
                  strerror(e));
     }
@@ -147,7 +147,7 @@ iocpu_socket(iocpu *io, int io_cpu, char **cause)
         }
     }
     if (sock < 0)
-        return proto_cause(cause, -e, "nn_socket: %s", nn_strerror(e));
+        return cause_set(cause, -e, "nn_socket: %s", nn_strerror(e));
     return sock;
 }
 

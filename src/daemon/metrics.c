@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "common/counters.h"
+#include "common/errors.h"
 #include "daemon/metrics.h"
 #include "base/xmalloc.h"
 
@@ -223,7 +224,7 @@ sb_printf(sbuf *sb, const char *fmt, ...)
 static const char *
 reason_name(char *buf, size_t size, int code)
 {
-    const char *name = proto_errname(code);
+    const char *name = errors_name(code);
     size_t i = 0;
 
     if (name == NULL)
@@ -284,7 +285,7 @@ histogram(sbuf *sb, const char *name, const char *help, const metrics_hist *h)
     sb_printf(sb, "%s_sum %.15g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)cum);
 }
 
-/* Model names are [A-Za-z0-9._-] (proto_check_model_name): no escaping is ever needed. */
+/* Model names are [A-Za-z0-9._-] (names_check_model): no escaping is ever needed. */
 static void
 model_u64(sbuf *sb, const metrics_figures *f, const char *name, const char *type, const char *help,
           size_t field)
@@ -354,7 +355,7 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
     }
     family(&sb, "emad_request_errors_total", "counter", "Error replies, by error code (every op).");
     for (int i = 0; i < METRICS_ERR_CODES; i++) {
-        const char *name = proto_errname(-(METRICS_ERR_FIRST + i));
+        const char *name = errors_name(-(METRICS_ERR_FIRST + i));
         if (name != NULL)
             sb_printf(&sb, "emad_request_errors_total{code=\"%s\"} %llu\n", name,
                       (unsigned long long)f->errors[i]);
@@ -528,7 +529,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
         jset_u64(c, name, f->requests_ok[op] + f->requests_error[op]);
     }
     for (int i = 0; i < METRICS_ERR_CODES; i++) {
-        const char *en = proto_errname(-(METRICS_ERR_FIRST + i));
+        const char *en = errors_name(-(METRICS_ERR_FIRST + i));
         if (en != NULL && f->errors[i] != 0) {
             snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", en);
             jset_u64(c, name, f->errors[i]);

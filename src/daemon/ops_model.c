@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "common/emaconf.h"
+#include "common/errors.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
@@ -297,7 +298,7 @@ build_stats(msgpack_packer *pk, const void *ctx)
     for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++) {
         if (srv->err_counts[i] == 0)
             continue;
-        snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", proto_errname(-(ERR_FIRST + i)));
+        snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", errors_name(-(ERR_FIRST + i)));
         proto_pack_kv_u64(pk, name, srv->err_counts[i]);
     }
     proto_pack_kv_u64(pk, PROTO_KEY_MODELS, g.models);

@@ -7,6 +7,7 @@
 
 #include "common/dtype.h"
 #include "base/log.h"
+#include "common/names.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
 
@@ -26,7 +27,7 @@ ops_pull_pack_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
     msgpack_pack_str(pk, vt->name_len);
     msgpack_pack_str_body(pk, vt->name, vt->name_len);
     proto_pack_str(pk, PROTO_KEY_KIND);
-    proto_pack_str(pk, proto_kind_name(vt->kind));
+    proto_pack_str(pk, names_kind_name(vt->kind));
     proto_pack_str(pk, PROTO_KEY_DTYPE);
     proto_pack_str(pk, dtype_name(vt->dtype));
     proto_pack_str(pk, PROTO_KEY_SHAPE);

@@ -16,11 +16,11 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "common/cause.h"
 #include "common/dtype.h"
 #include "common/emaconf.h"
 #include "base/log.h"
 #include "daemon/persist.h"
-#include "common/proto.h"
 #include "common/snapshot.h"
 #include "files/snapdir.h"
 #include "base/xmalloc.h"
@@ -483,7 +483,7 @@ restore(store *s, snap_file *const *files, size_t n, char **cause)
     int created;
 
     if (store_create_model(s, f0->model, strlen(f0->model), &f0->cfg, 0, &created, &err) != 0)
-        return proto_cause(cause, err.code, "%s", err.message);
+        return cause_set(cause, err.code, "%s", err.message);
     m = store_model_find(s, f0->model, strlen(f0->model));
     for (size_t i = 0; i < f0->ntensors; i++) {
         const snap_tensor *t = &f0->tensors[i];
@@ -496,15 +496,15 @@ restore(store *s, snap_file *const *files, size_t n, char **cause)
                     o = &files[j]->tensors[k];
             if (o == NULL || o->nbytes != t->nbytes || o->sdtype != t->sdtype) {
                 (void)store_drop_model(s, f0->model, strlen(f0->model), &err);
-                return proto_cause(cause, EMAD_EFORMAT, "decay %zu has no matching tensor '%s'", j,
-                                   t->name);
+                return cause_set(cause, EMAD_EFORMAT, "decay %zu has no matching tensor '%s'", j,
+                                 t->name);
             }
             shadows[j] = o->data;
         }
         if (store_restore_tensor(m, t->name, t->kind, t->dtype, t->averaged, t->ndim, t->shape,
                                  t->step, shadows, &err) != 0) {
             (void)store_drop_model(s, f0->model, strlen(f0->model), &err);
-            return proto_cause(cause, EMAD_EFORMAT, "%s", err.message);
+            return cause_set(cause, EMAD_EFORMAT, "%s", err.message);
         }
     }
     store_restore_done(m, f0->step);
@@ -584,8 +584,8 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
     memset(st, 0, sizeof(*st));
     *cause = NULL;
     if ((rc = snap_list_models(cfg->state_dir, &names, &n)) != 0 && rc != -ENOENT) {
-        return proto_cause(cause, rc, "cannot list snapshots in %s: %s", cfg->state_dir,
-                           strerror(-rc));
+        return cause_set(cause, rc, "cannot list snapshots in %s: %s", cfg->state_dir,
+                         strerror(-rc));
     }
     for (size_t i = 0; i < n; i++) {
         char *dir = snap_model_dir(cfg->state_dir, names[i]);
@@ -621,10 +621,10 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
     }
     free(names);
     if (cfg->require && (failed > 0 || loaded == 0)) {
-        return proto_cause(cause, EMAD_EFORMAT, "--require-snapshot: %s",
-                           loaded == 0 && failed == 0
-                               ? "no snapshot found in the state directory"
-                               : "a model has no loadable snapshot (see the log)");
+        return cause_set(cause, EMAD_EFORMAT, "--require-snapshot: %s",
+                         loaded == 0 && failed == 0
+                             ? "no snapshot found in the state directory"
+                             : "a model has no loadable snapshot (see the log)");
     }
     return 0;
 }

@@ -15,7 +15,9 @@
 #include <nanomsg/nn.h>
 
 #include "common/dtype.h"
+#include "common/errors.h"
 #include "base/log.h"
+#include "common/names.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
 
@@ -140,7 +142,7 @@ static void
 build_error(msgpack_packer *pk, const void *vctx)
 {
     const store_err *e = ((const err_ctx *)vctx)->err;
-    const char *name = proto_errname(e->code);
+    const char *name = errors_name(e->code);
     int with_tensor = e->tensor[0] != '\0';
     int with_supported = e->code == EMAD_EVERSION;
 
@@ -179,7 +181,7 @@ utf8_scrub(char *s)
         unsigned char c = (unsigned char)s[i];
         size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : 4;
 
-        if (n > len - i || proto_check_tensor_name(s + i, n) != 0)
+        if (n > len - i || names_check_tensor(s + i, n) != 0)
             s[i++] = '?';
         else
             i += n;
@@ -192,14 +194,14 @@ reply_error(req *r, const store_err *err)
 {
     server *srv = r->srv;
     store_err scrubbed = *err, *e = &scrubbed;
-    const char *name = proto_errname(e->code);
+    const char *name = errors_name(e->code);
     int code = -e->code;
     err_ctx ctx = {e};
 
     /* Replies carry UTF-8 strings only (docs/PROTOCOL.md): clean the message, and
      * name a tensor only if its name is a valid one. */
     utf8_scrub(e->message);
-    if (proto_check_tensor_name(e->tensor, strlen(e->tensor)) != 0)
+    if (names_check_tensor(e->tensor, strlen(e->tensor)) != 0)
         e->tensor[0] = '\0';
 
     srv->counters[COUNTER_ERRORS]++;

@@ -19,6 +19,7 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/tcp.h>
 
+#include "common/cause.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
@@ -295,23 +296,23 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0 ||
         nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_SNDBUF, &sockbuf, sizeof(sockbuf)) < 0 ||
         nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVBUF, &sockbuf, sizeof(sockbuf)) < 0) {
-        rc = proto_cause(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
+        rc = cause_set(cause, -nn_errno(), "nn_setsockopt: %s", nn_strerror(nn_errno()));
         goto fail;
     }
     for (int i = 0; i < cfg->nlisten; i++) {
         if (nn_bind(srv->sock, cfg->listen[i]) < 0) {
-            rc = proto_cause(cause, -nn_errno(), "cannot listen on %s: %s", cfg->listen[i],
-                             nn_strerror(nn_errno()));
+            rc = cause_set(cause, -nn_errno(), "cannot listen on %s: %s", cfg->listen[i],
+                           nn_strerror(nn_errno()));
             goto fail;
         }
         log_info("event=listening url=%s", cfg->listen[i]);
     }
     if (nn_getsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVFD, &fd, &fdsz) < 0) {
-        rc = proto_cause(cause, -nn_errno(), "NN_RCVFD: %s", nn_strerror(nn_errno()));
+        rc = cause_set(cause, -nn_errno(), "NN_RCVFD: %s", nn_strerror(nn_errno()));
         goto fail;
     }
     if ((rc = uv_poll_init(loop, &srv->poll, fd)) < 0) {
-        rc = proto_cause(cause, rc, "uv_poll_init: %s", uv_strerror(rc));
+        rc = cause_set(cause, rc, "uv_poll_init: %s", uv_strerror(rc));
         goto fail;
     }
     srv->poll.data = srv;

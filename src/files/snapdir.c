@@ -27,7 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/proto.h"
+#include "common/cause.h"
+#include "common/names.h"
 #include "common/snapshot.h"
 #include "files/fileio.h"
 #include "files/snapdir.h"
@@ -82,12 +83,12 @@ snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size
         return rc;
     if ((dir = snap_model_dir(state_dir, m->model)) == NULL ||
         (path = snap_path(dir, m->step, m->decay_index)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     if ((rc = fileio_make_dirs(dir, SNAP_DIR_MODE)) < 0) {
-        rc = proto_cause(cause, snap_io_code(-rc), "%s: cannot create the directory: %s", dir,
-                         strerror(-rc));
+        rc = cause_set(cause, snap_io_code(-rc), "%s: cannot create the directory: %s", dir,
+                       strerror(-rc));
         goto out;
     }
     rc = snap_write_path(path, m, t, n, bytes, cause);
@@ -329,7 +330,7 @@ snap_list_models(const char *state_dir, char ***names, size_t *n)
     if (dir == NULL)
         return errno == ENOENT ? 0 : -errno;
     while ((de = readdir(dir)) != NULL) {
-        if (proto_check_model_name(de->d_name, strlen(de->d_name)) != 0 ||
+        if (names_check_model(de->d_name, strlen(de->d_name)) != 0 ||
             fstatat(dirfd(dir), de->d_name, &sb, 0) < 0 || !S_ISDIR(sb.st_mode))
             continue;
         if (k == cap) {

@@ -19,6 +19,7 @@
 
 #include "common/dtype.h"
 #include "common/emaconf.h"
+#include "common/names.h"
 #include "common/proto.h"
 #include "store/ema.h"
 #include "store/store_int.h"
@@ -386,7 +387,7 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
                           EMAD_MAX_NDIM);
     if (strmap_get(m->index, name, in.name_len) != NULL)
         return store_fail(err, EMAD_EDUP, name, "tensor '%s' restored twice", name);
-    if (proto_check_tensor_name(name, in.name_len) != 0 || dtype_size(dtype) == 0 ||
+    if (names_check_tensor(name, in.name_len) != 0 || dtype_size(dtype) == 0 ||
         (averaged && dtype_shadow(dtype) == EMAD_DTYPE_INVALID))
         return store_fail(err, EMAD_EDTYPE, name, "tensor '%s': invalid name or dtype", name);
     memcpy(in.shape, shape, ndim * sizeof(uint64_t));

@@ -16,6 +16,7 @@
 
 #include "common/dtype.h"
 #include "common/emaconf.h"
+#include "common/names.h"
 #include "common/proto.h"
 #include "store/store_int.h"
 #include "base/strmap.h"
@@ -149,7 +150,7 @@ stage_check_against(const tensor *t, const char *name, int kind, int dtype, uint
 
     if (t->kind != kind)
         return store_fail(err, EMAD_EKIND, name, "tensor '%s': stored as a %s, pushed as a %s",
-                          name, proto_kind_name(t->kind), proto_kind_name(kind));
+                          name, names_kind_name(t->kind), names_kind_name(kind));
     if (t->dtype != dtype)
         return store_fail(err, EMAD_EKIND, name, "tensor '%s': dtype %s differs from stored %s",
                           name, dtype_name(dtype), dtype_name(t->dtype));
@@ -175,7 +176,7 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
     const tensor *t;
     uint64_t nbytes, sbytes, isz;
 
-    if (proto_check_tensor_name(in->name, in->name_len) != 0) {
+    if (names_check_tensor(in->name, in->name_len) != 0) {
         /* The name itself may be unprintable: quote at most a prefix. */
         return store_fail(err, EMAD_ENAME, NULL,
                           "tensor name must be 1..%d bytes of UTF-8 without control characters "

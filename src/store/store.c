@@ -16,7 +16,7 @@
 
 #include "common/dtype.h"
 #include "common/emaconf.h"
-#include "common/proto.h"
+#include "common/names.h"
 #include "store/store_int.h"
 #include "base/strmap.h"
 #include "base/xmalloc.h"
@@ -192,7 +192,7 @@ store_create_model(store *s, const char *name, size_t len, const emad_model_conf
     model *m;
 
     *created = 0;
-    if (proto_check_model_name(name, len) != 0)
+    if (names_check_model(name, len) != 0)
         return store_fail(
             err, EMAD_ENAME, NULL,
             "model name must be 1..%d bytes of A-Z a-z 0-9 . _ - and not start with '.'",

@@ -15,7 +15,7 @@
 
 #include "common/dtype.h"
 #include "common/emaconf.h"
-#include "common/proto.h"
+#include "common/names.h"
 #include "store/store_int.h"
 #include "base/strmap.h"
 #include "base/xmalloc.h"
@@ -72,8 +72,7 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
                 store_cname(name, sizeof(name), names[i], name_lens[i]);
                 /* Only a valid name goes into error.tensor: the request may hold any bytes. */
                 return store_fail(err, EMAD_ENOTENSOR,
-                                  proto_check_tensor_name(names[i], name_lens[i]) == 0 ? name
-                                                                                       : NULL,
+                                  names_check_tensor(names[i], name_lens[i]) == 0 ? name : NULL,
                                   "model '%s' has no tensor '%s'", m->name, name);
             }
         }
