@@ -29,8 +29,8 @@ const char *metrics_counter_name(int id);
 /* Upper bounds (seconds) of the latency histogram buckets; +Inf is implied. */
 #define METRICS_HIST_BUCKETS 16
 
-/* Error codes counted per code: EMAD_EMALFORMED (-1001) .. -(1000 + METRICS_ERR_CODES). */
-#define METRICS_ERR_FIRST 1001
+/* Error codes counted per code: -EMAD_ERRNO_FIRST .. -(EMAD_ERRNO_FIRST - 1 + METRICS_ERR_CODES). */
+#define METRICS_ERR_FIRST EMAD_ERRNO_FIRST
 #define METRICS_ERR_CODES 64
 
 /* The loop fills at most one copy of the figures this often (milliseconds). */

@@ -272,7 +272,7 @@ stats_count(const server *srv)
 
     for (int op = 1; op < PROTO_OP_COUNT; op++)
         n++;
-    for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++)
+    for (int i = 0; i <= EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST; i++)
         n += srv->err_counts[i] != 0;
     return n;
 }
@@ -295,10 +295,10 @@ build_stats(msgpack_packer *pk, const void *ctx)
         snprintf(name, sizeof(name), COUNTERS_OP_PREFIX "%s", proto_op_name(op));
         proto_pack_kv_u64(pk, name, srv->op_counts[op]);
     }
-    for (int i = 0; i <= ERR_LAST - ERR_FIRST; i++) {
+    for (int i = 0; i <= EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST; i++) {
         if (srv->err_counts[i] == 0)
             continue;
-        snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", errors_name(-(ERR_FIRST + i)));
+        snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", errors_name(-(EMAD_ERRNO_FIRST + i)));
         proto_pack_kv_u64(pk, name, srv->err_counts[i]);
     }
     proto_pack_kv_u64(pk, PROTO_KEY_MODELS, g.models);

@@ -205,13 +205,13 @@ reply_error(req *r, const store_err *err)
         e->tensor[0] = '\0';
 
     srv->counters[COUNTER_ERRORS]++;
-    if (code >= ERR_FIRST && code <= ERR_LAST)
-        srv->err_counts[code - ERR_FIRST]++;
+    if (code >= EMAD_ERRNO_FIRST && code <= EMAD_ERRNO_LAST)
+        srv->err_counts[code - EMAD_ERRNO_FIRST]++;
     srv->op_errors[r->op]++;
     if (r->op == PROTO_OP_PUSH || r->op == PROTO_OP_COMMIT) {
         srv->counters[COUNTER_PUSHES_REJECTED]++;
-        if (code >= ERR_FIRST && code <= ERR_LAST)
-            srv->push_rejects[code - ERR_FIRST]++;
+        if (code >= EMAD_ERRNO_FIRST && code <= EMAD_ERRNO_LAST)
+            srv->push_rejects[code - EMAD_ERRNO_FIRST]++;
     }
     log_warn("event=request_error op=%s code=%s tensor=\"%s\" message=\"%s\"",
              proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?", e->tensor,

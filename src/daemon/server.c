@@ -426,9 +426,9 @@ server_figures(server *srv)
         f->requests_ok[op] = srv->op_ok[op];
         f->requests_error[op] = srv->op_errors[op];
     }
-    for (int i = 0; i <= ERR_LAST - ERR_FIRST && i < METRICS_ERR_CODES; i++) {
-        f->errors[ERR_FIRST - METRICS_ERR_FIRST + i] = srv->err_counts[i];
-        f->push_rejected[ERR_FIRST - METRICS_ERR_FIRST + i] = srv->push_rejects[i];
+    for (int i = 0; i <= EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST && i < METRICS_ERR_CODES; i++) {
+        f->errors[EMAD_ERRNO_FIRST - METRICS_ERR_FIRST + i] = srv->err_counts[i];
+        f->push_rejected[EMAD_ERRNO_FIRST - METRICS_ERR_FIRST + i] = srv->push_rejects[i];
     }
     f->pushes_stale = srv->pushes_stale;
     memcpy(f->counters, srv->counters, sizeof(f->counters));

@@ -27,9 +27,6 @@
 #include "store/store.h"
 #include "store/task.h"
 
-/* Error codes counted one by one in the stats: EMAD_EMALFORMED (-1001) .. -ERR_LAST. */
-#define ERR_FIRST 1001
-#define ERR_LAST 1026
 
 /*
  * The threadpool work of one request is split among up to this many work
@@ -53,11 +50,12 @@ struct server {
     int trimmed;              /* idle for cfg.idle_release_ms: spares freed, heap trimmed */
     uint64_t counters[COUNTER_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
-    uint64_t err_counts[ERR_LAST - ERR_FIRST + 1];
+    /* Error codes counted one by one in the stats (index: -code - EMAD_ERRNO_FIRST). */
+    uint64_t err_counts[EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST + 1];
     /* For metrics (server_figures): */
     uint64_t op_ok[PROTO_OP_COUNT];                  /* ok replies per op */
     uint64_t op_errors[PROTO_OP_COUNT];              /* error replies per op */
-    uint64_t push_rejects[ERR_LAST - ERR_FIRST + 1]; /* push/commit errors per code */
+    uint64_t push_rejects[EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST + 1]; /* push/commit errors per code */
     uint64_t pushes_stale;                           /* accepted, every tensor stale */
     metrics_hist push_hist, pull_hist;               /* handling time of accepted requests */
     uint32_t early;        /* chunks answered before their averaging ran */
