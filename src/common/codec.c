@@ -324,7 +324,7 @@ codec_tensors_decode(const msgpack_object *root, int txn, codec_tensor **out, si
 }
 
 void
-codec_desc_pack(msgpack_packer *pk, const codec_tensor *t, int with_data)
+codec_desc_pack_head(msgpack_packer *pk, const codec_tensor *t, int with_data)
 {
     msgpack_pack_map(pk, 7 + (with_data != 0));
     proto_pack_str(pk, PROTO_KEY_NAME);
@@ -336,8 +336,15 @@ codec_desc_pack(msgpack_packer *pk, const codec_tensor *t, int with_data)
     proto_pack_kv_u64(pk, PROTO_KEY_NBYTES, t->nbytes);
     pack_kv_str(pk, PROTO_KEY_UPDATE,
                 t->averaged ? PROTO_VAL_UPDATE_AVERAGE : PROTO_VAL_UPDATE_COPY);
-    if (with_data) {
+    if (with_data)
         proto_pack_str(pk, PROTO_KEY_DATA);
+}
+
+void
+codec_desc_pack(msgpack_packer *pk, const codec_tensor *t, int with_data)
+{
+    codec_desc_pack_head(pk, t, with_data);
+    if (with_data) {
         msgpack_pack_bin(pk, t->len);
         msgpack_pack_bin_body(pk, t->data, t->len);
     }

@@ -123,6 +123,13 @@ int codec_tensors_decode(const struct msgpack_object *root, int txn, codec_tenso
                          codec_err *err);
 
 /*
+ * Pack a description's map header and its entries up to the `data` key
+ * (included when with_data is set), for a caller that packs the data bin
+ * itself (the daemon copies it from a shadow as it packs).
+ */
+void codec_desc_pack_head(struct msgpack_packer *pk, const codec_tensor *t, int with_data);
+
+/*
  * Pack t as a tensor description of a pull or list reply: name, kind,
  * dtype, shape, step, nbytes, update and, when with_data, data (t->len
  * bytes from t->data).

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/codec.h"
 #include "common/dtype.h"
 #include "base/log.h"
-#include "common/names.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
 
@@ -22,26 +22,19 @@ typedef struct pull_ctx {
 void
 ops_pull_pack_tensor(msgpack_packer *pk, const view_tensor *vt, int with_data)
 {
-    msgpack_pack_map(pk, 7 + with_data);
-    proto_pack_str(pk, PROTO_KEY_NAME);
-    msgpack_pack_str(pk, vt->name_len);
-    msgpack_pack_str_body(pk, vt->name, vt->name_len);
-    proto_pack_str(pk, PROTO_KEY_KIND);
-    proto_pack_str(pk, names_kind_name(vt->kind));
-    proto_pack_str(pk, PROTO_KEY_DTYPE);
-    proto_pack_str(pk, dtype_name(vt->dtype));
-    proto_pack_str(pk, PROTO_KEY_SHAPE);
-    msgpack_pack_array(pk, vt->ndim);
-    for (uint32_t d = 0; d < vt->ndim; d++)
-        msgpack_pack_uint64(pk, vt->shape[d]);
-    proto_pack_kv_u64(pk, PROTO_KEY_STEP, vt->step);
-    proto_pack_kv_u64(pk, PROTO_KEY_NBYTES, vt->nbytes);
-    proto_pack_str(pk, PROTO_KEY_UPDATE);
-    proto_pack_str(pk, vt->averaged ? PROTO_VAL_UPDATE_AVERAGE : PROTO_VAL_UPDATE_COPY);
-    if (with_data) {
-        proto_pack_str(pk, PROTO_KEY_DATA);
+    codec_tensor t = {.name = vt->name,
+                      .name_len = vt->name_len,
+                      .kind = vt->kind,
+                      .dtype = vt->dtype,
+                      .ndim = vt->ndim,
+                      .step = vt->step,
+                      .nbytes = vt->nbytes,
+                      .averaged = vt->averaged};
+
+    memcpy(t.shape, vt->shape, vt->ndim * sizeof(t.shape[0]));
+    codec_desc_pack_head(pk, &t, with_data);
+    if (with_data)
         reply_pack_data(pk, vt, 0, vt->nbytes);
-    }
 }
 
 /* Pack a pull reply: tensors with their data, or their list and the session. */
