@@ -1,13 +1,13 @@
 /*
  * fuzz_snapshot_meta.c - libFuzzer target for the snapshot metadata
- * reader (snap_meta_read: the header keys, the emad_config JSON, the
+ * reader (snapshot_meta_read: the header keys, the emad_config JSON, the
  * emad_tensors descriptions, the file name check) and the checksum text
- * check of snap_meta_verify.
+ * check of snapshot_meta_verify.
  *
  * An input is the JSON header of a safetensors file; the target prepends
  * its 8-byte length and gives it no data, so tensors of zero elements
  * (shape [0], [2, 0], ...) parse and the mutations reach the metadata.
- * The checksums are not required to match (snap_read checks them first,
+ * The checksums are not required to match (snapshot_read checks them first,
  * which would stop almost every mutation): the reader must hold up on
  * its own. The file is read as 00000000000000000007.d0.safetensors, so
  * the seeds in fuzz/corpus/snapshot_meta are step 7, decay 0.
@@ -43,9 +43,9 @@ check_rejected(int rc, char *cause)
     free(cause);
 }
 
-/* Abort unless the accepted file f keeps every promise of snap_meta_read. */
+/* Abort unless the accepted file f keeps every promise of snapshot_meta_read. */
 static void
-check_accepted(const snap_file *f)
+check_accepted(const snapshot_file *f)
 {
     char why[256];
 
@@ -54,11 +54,11 @@ check_accepted(const snap_file *f)
     if (emaconf_check(&f->cfg, why, sizeof(why)) != 0 || f->decay_index >= f->cfg.ndecays)
         abort();
     for (size_t i = 0; i < f->ntensors; i++) {
-        const snap_tensor *t = &f->tensors[i];
+        const snapshot_tensor *t = &f->tensors[i];
 
         if (names_kind_name(t->kind) == NULL || dtype_name(t->dtype) == NULL || t->step > f->step)
             abort();
-        if (snap_meta_check_dtype(t->sdtype, t->dtype, t->averaged, why, sizeof(why)) != 0)
+        if (snapshot_meta_check_dtype(t->sdtype, t->dtype, t->averaged, why, sizeof(why)) != 0)
             abort();
     }
 }
@@ -67,8 +67,8 @@ check_accepted(const snap_file *f)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    st_file *sf = NULL;
-    snap_file *f;
+    safetensors_file *sf = NULL;
+    snapshot_file *f;
     char *cause = NULL;
     uint8_t *img;
     int rc;
@@ -79,19 +79,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         img[i] = (uint8_t)((uint64_t)size >> (8 * i));
     if (size > 0)
         memcpy(img + 8, data, size);
-    rc = st_parse(&sf, img, size + 8, &cause);
+    rc = safetensors_parse(&sf, img, size + 8, &cause);
     free(img);
     if (rc < 0) {
         free(cause);
         return 0;
     }
-    if ((rc = snap_meta_verify(sf, &cause)) < 0)
+    if ((rc = snapshot_meta_verify(sf, &cause)) < 0)
         check_rejected(rc, cause);
     cause = NULL;
     if ((f = calloc(1, sizeof(*f))) == NULL ||
         (f->tensors = calloc(sf->ntensors > 0 ? sf->ntensors : 1, sizeof(*f->tensors))) == NULL) {
         free(f);
-        st_free(sf);
+        safetensors_free(sf);
         return 0;
     }
     f->priv = sf;
@@ -100,13 +100,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         f->tensors[i].name = sf->tensors[i].name;
         f->tensors[i].sdtype = sf->tensors[i].dtype;
     }
-    if ((rc = snap_meta_read(f, sf, FUZZ_PATH, &cause)) == 0) {
+    if ((rc = snapshot_meta_read(f, sf, FUZZ_PATH, &cause)) == 0) {
         if (cause != NULL)
             abort();
         check_accepted(f);
     } else {
         check_rejected(rc, cause);
     }
-    snap_file_free(f);
+    snapshot_file_free(f);
     return 0;
 }

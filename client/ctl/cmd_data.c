@@ -22,10 +22,10 @@
 
 /* Append the tensors of file f as kind to t[*n] (t has room for them). */
 void
-cmd_data_add_tensors(emad_tensor *t, size_t *n, const st_file *f, int kind)
+cmd_data_add_tensors(emad_tensor *t, size_t *n, const safetensors_file *f, int kind)
 {
     for (size_t i = 0; i < f->ntensors; i++) {
-        const st_tensor *s = &f->tensors[i];
+        const safetensors_tensor *s = &f->tensors[i];
         emad_tensor *e = &t[(*n)++];
 
         memset(e, 0, sizeof(*e));
@@ -74,7 +74,7 @@ static int
 cmd_push(ctl *g, const ctl_cmd *self, ctl_args *a)
 {
     const char *model = a->pos[0], *params = a->pos[1], *buffers = a->buffers;
-    st_file *pf = NULL, *bf = NULL;
+    safetensors_file *pf = NULL, *bf = NULL;
     emad_tensor *t = NULL;
     emad_client *c = NULL;
     emad_push_result res;
@@ -87,11 +87,11 @@ cmd_push(ctl *g, const ctl_cmd *self, ctl_args *a)
         return ctl_usage_error(g, "missing --step N");
 
     /* Files first: a bad file is reported before anything is sent. */
-    if ((rc = st_read(&pf, params, &cause)) != 0) {
+    if ((rc = safetensors_read(&pf, params, &cause)) != 0) {
         status = ctl_fail_file(g, params, rc, cause);
         goto out;
     }
-    if (buffers != NULL && (rc = st_read(&bf, buffers, &cause)) != 0) {
+    if (buffers != NULL && (rc = safetensors_read(&bf, buffers, &cause)) != 0) {
         status = ctl_fail_file(g, buffers, rc, cause);
         goto out;
     }
@@ -147,8 +147,8 @@ out:
     emad_close(c);
     free(t);
     free(cause);
-    st_free(pf);
-    st_free(bf);
+    safetensors_free(pf);
+    safetensors_free(bf);
     return status;
 }
 
@@ -192,8 +192,8 @@ cmd_pull(ctl *g, const ctl_cmd *self, ctl_args *a)
     size_t nnames = 0;
     emad_client *c = NULL;
     emad_model *m = NULL;
-    st_tensor *st = NULL;
-    st_meta meta[3];
+    safetensors_tensor *st = NULL;
+    safetensors_meta meta[3];
     uint64_t total = 0;
     int rc, status = EXIT_FAIL;
     emad_pull_options po;
@@ -233,10 +233,10 @@ cmd_pull(ctl *g, const ctl_cmd *self, ctl_args *a)
         total += t->nbytes;
     }
     (void)snprintf(stepbuf, sizeof(stepbuf), "%" PRIu64, m->step);
-    meta[0] = (st_meta){k_format, v_pt};
-    meta[1] = (st_meta){k_step, stepbuf};
-    meta[2] = (st_meta){k_model, m->name};
-    if ((rc = st_write(path, st, m->ntensors, meta, 3, &cause)) != 0) {
+    meta[0] = (safetensors_meta){k_format, v_pt};
+    meta[1] = (safetensors_meta){k_step, stepbuf};
+    meta[2] = (safetensors_meta){k_model, m->name};
+    if ((rc = safetensors_write(path, st, m->ntensors, meta, 3, &cause)) != 0) {
         status = ctl_fail_file(g, path, rc, cause);
         goto out;
     }

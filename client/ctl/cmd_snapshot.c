@@ -46,7 +46,7 @@ cmd_export(ctl *g, const ctl_cmd *self, ctl_args *a)
     emad_tensor *desc = NULL;
     emad_model *m = NULL;
     emad_pull_options po;
-    snap_tensor *st = NULL;
+    snapshot_tensor *st = NULL;
     size_t ndesc = 0, j = 0;
     uint64_t bytes = 0;
     char *cause = NULL, dbuf[32];
@@ -94,19 +94,19 @@ cmd_export(ctl *g, const ctl_cmd *self, ctl_args *a)
                        t->name);
             goto out;
         }
-        st[i] = (snap_tensor){.name = t->name,
-                              .kind = t->kind,
-                              .dtype = d->dtype,
-                              .sdtype = t->dtype,
-                              .averaged = t->dtype != d->dtype || averaged_under(&cfg, d),
-                              .ndim = t->ndim,
-                              .step = t->step,
-                              .data = t->data,
-                              .nbytes = t->nbytes};
+        st[i] = (snapshot_tensor){.name = t->name,
+                                  .kind = t->kind,
+                                  .dtype = d->dtype,
+                                  .sdtype = t->dtype,
+                                  .averaged = t->dtype != d->dtype || averaged_under(&cfg, d),
+                                  .ndim = t->ndim,
+                                  .step = t->step,
+                                  .data = t->data,
+                                  .nbytes = t->nbytes};
         memcpy(st[i].shape, t->shape, sizeof(st[i].shape));
     }
-    snap_meta meta = {model, m->step, j, &cfg};
-    if ((rc = snap_write_path(path, &meta, st, m->ntensors, &bytes, &cause)) != 0) {
+    snapshot_meta meta = {model, m->step, j, &cfg};
+    if ((rc = snapshot_write_path(path, &meta, st, m->ntensors, &bytes, &cause)) != 0) {
         status = ctl_fail_file(g, path, rc, cause);
         goto out;
     }
@@ -133,7 +133,7 @@ out:
  */
 static int
 import_kinds(ctl *g, emad_client *c, const char *model, emad_tensor *t, size_t *n,
-             const st_file *pf, const st_file *bf)
+             const safetensors_file *pf, const safetensors_file *bf)
 {
     emad_model_info info;
     emad_tensor *desc = NULL;
@@ -166,8 +166,8 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
 {
     const char *model = a->pos[0], *path = a->pos[1], *buffers = a->buffers;
     emad_client *c = NULL;
-    snap_file *sf = NULL;
-    st_file *pf = NULL, *bf = NULL;
+    snapshot_file *sf = NULL;
+    safetensors_file *pf = NULL, *bf = NULL;
     emad_tensor *t = NULL;
     int *as = NULL;
     emad_push_result res;
@@ -178,16 +178,16 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
     int rc, status = EXIT_FAIL, have_step = a->nstep > 0;
 
     /* An emad snapshot (exact shadows, kinds, configuration) or a plain safetensors state dict. */
-    if ((rc = st_read(&pf, path, &cause)) != 0) {
+    if ((rc = safetensors_read(&pf, path, &cause)) != 0) {
         status = ctl_fail_file(g, path, rc, cause);
         goto out;
     }
-    if (st_meta_get(pf, "emad_checksum") != NULL) {
+    if (safetensors_meta_get(pf, "emad_checksum") != NULL) {
         if (buffers != NULL) {
             status = ctl_usage_error(g, "--buffers is only for plain safetensors files");
             goto out;
         }
-        if ((rc = snap_read(path, &sf, &cause)) != 0) {
+        if ((rc = snapshot_read(path, &sf, &cause)) != 0) {
             status = ctl_fail_file(g, path, rc, cause);
             goto out;
         }
@@ -195,12 +195,12 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
             step = sf->step;
         n = sf->ntensors;
     } else {
-        if (buffers != NULL && (rc = st_read(&bf, buffers, &cause)) != 0) {
+        if (buffers != NULL && (rc = safetensors_read(&bf, buffers, &cause)) != 0) {
             status = ctl_fail_file(g, buffers, rc, cause);
             goto out;
         }
-        if (!have_step &&
-            ((ms = st_meta_get(pf, PROTO_KEY_STEP)) == NULL || args_parse_u64(ms, &step) != 0)) {
+        if (!have_step && ((ms = safetensors_meta_get(pf, PROTO_KEY_STEP)) == NULL ||
+                           args_parse_u64(ms, &step) != 0)) {
             status = ctl_usage_error(g, "%s has no step in its metadata: give --step N", path);
             goto out;
         }
@@ -216,7 +216,7 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
     }
     if (sf != NULL) {
         for (size_t i = 0; i < n; i++) {
-            const snap_tensor *s = &sf->tensors[i];
+            const snapshot_tensor *s = &sf->tensors[i];
             t[i] = (emad_tensor){.name = s->name,
                                  .kind = s->kind,
                                  .dtype = s->sdtype,
@@ -252,9 +252,9 @@ out:
     free(t);
     free(as);
     free(cause);
-    snap_file_free(sf);
-    st_free(pf);
-    st_free(bf);
+    snapshot_file_free(sf);
+    safetensors_free(pf);
+    safetensors_free(bf);
     return status;
 }
 

@@ -131,7 +131,7 @@ void ctl_command_usage(FILE *f, const ctl_cmd *c);
 emad_client *ctl_connect(const ctl *g);
 
 /* cmd_data.c: tensors of a safetensors file as libemad tensors. */
-void cmd_data_add_tensors(emad_tensor *t, size_t *n, const st_file *f, int kind);
+void cmd_data_add_tensors(emad_tensor *t, size_t *n, const safetensors_file *f, int kind);
 
 /* The commands. */
 extern const ctl_cmd ctl_cmd_create, ctl_cmd_configure, ctl_cmd_list, ctl_cmd_drop;

@@ -5,10 +5,10 @@
  * tensor points into it, so a file is copied once, at most. The header is
  * parsed with jansson (duplicate keys rejected) and checked against every
  * rule of the reference implementation before anything is returned: a
- * parsed st_file is always internally consistent (offsets sorted,
+ * parsed safetensors_file is always internally consistent (offsets sorted,
  * contiguous, inside the map, sizes matching shapes). Tensor data in the
  * map has the alignment the file gives it; callers use memcpy or unaligned
- * loads unless they wrote the file with st_write.
+ * loads unless they wrote the file with safetensors_write.
  *
  * The writer builds the header with jansson (metadata first, then tensors
  * by dtype size descending and name), pads it with spaces to a multiple of
@@ -73,7 +73,7 @@ store_le64(unsigned char *p, uint64_t v)
 
 /* Free a parsed file: names, metadata, arrays and the map; NULL accepted. */
 void
-st_free(st_file *f)
+safetensors_free(safetensors_file *f)
 {
     if (f == NULL)
         return;
@@ -91,7 +91,7 @@ st_free(st_file *f)
 
 /* Value of a metadata key, or NULL; the string is owned by f. */
 const char *
-st_meta_get(const st_file *f, const char *key)
+safetensors_meta_get(const safetensors_file *f, const char *key)
 {
     for (size_t i = 0; i < f->nmeta; i++) {
         if (strcmp(f->meta[i].key, key) == 0)
@@ -101,8 +101,8 @@ st_meta_get(const st_file *f, const char *key)
 }
 
 /* The tensor named name, or NULL; linear search (files hold few tensors). */
-const st_tensor *
-st_find(const st_file *f, const char *name)
+const safetensors_tensor *
+safetensors_find(const safetensors_file *f, const char *name)
 {
     for (size_t i = 0; i < f->ntensors; i++) {
         if (strcmp(f->tensors[i].name, name) == 0)
@@ -125,7 +125,7 @@ json_uint(const json_t *j, uint64_t *v)
 
 /* Parse the "__metadata__" object into f->meta; returns 0, EMAD_EFORMAT or -ENOMEM. */
 static int
-parse_meta(st_file *f, json_t *obj, char **cause)
+parse_meta(safetensors_file *f, json_t *obj, char **cause)
 {
     const char *key;
     json_t *val;
@@ -141,7 +141,7 @@ parse_meta(st_file *f, json_t *obj, char **cause)
         return cause_set(cause, -ENOMEM, "out of memory");
     json_object_foreach(obj, key, val)
     {
-        st_meta *m = &f->meta[f->nmeta];
+        safetensors_meta *m = &f->meta[f->nmeta];
 
         if (!json_is_string(val))
             return cause_set(cause, EMAD_EFORMAT,
@@ -159,7 +159,7 @@ parse_meta(st_file *f, json_t *obj, char **cause)
 
 /* Parse one tensor entry into *t (name already set); returns 0 or EMAD_EFORMAT. */
 static int
-parse_entry(st_tensor *t, json_t *obj, char **cause)
+parse_entry(safetensors_tensor *t, json_t *obj, char **cause)
 {
     const char *key;
     json_t *val, *dtype, *shape, *offs;
@@ -246,7 +246,7 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
 static int
 cmp_offset(const void *a, const void *b)
 {
-    const st_tensor *x = a, *y = b;
+    const safetensors_tensor *x = a, *y = b;
 
     if (x->offset != y->offset)
         return x->offset < y->offset ? -1 : 1;
@@ -260,13 +260,13 @@ cmp_offset(const void *a, const void *b)
  * data_len; returns 0 or EMAD_EFORMAT.
  */
 static int
-check_layout(const st_file *f, size_t data_len, char **cause)
+check_layout(const safetensors_file *f, size_t data_len, char **cause)
 {
     uint64_t pos = 0;
     char q[QUOTE_MAX + 8], p[QUOTE_MAX + 8];
 
     for (size_t i = 0; i < f->ntensors; i++) {
-        const st_tensor *t = &f->tensors[i];
+        const safetensors_tensor *t = &f->tensors[i];
         unsigned long long b = t->offset, e = t->offset + t->nbytes;
 
         quote(q, sizeof(q), t->name);
@@ -305,10 +305,10 @@ check_layout(const st_file *f, size_t data_len, char **cause)
 /*
  * Parse f->map[0..f->map_len) in place: fills f->tensors and f->meta, with
  * tensor data pointing into the map. Returns 0, EMAD_EFORMAT or -ENOMEM;
- * on error f holds whatever was allocated so far (st_free releases it).
+ * on error f holds whatever was allocated so far (safetensors_free releases it).
  */
 static int
-parse_map(st_file *f, char **cause)
+parse_map(safetensors_file *f, char **cause)
 {
     const unsigned char *map = f->map;
     const char *hdr, *key;
@@ -322,9 +322,9 @@ parse_map(st_file *f, char **cause)
         return cause_set(cause, EMAD_EFORMAT,
                          "file is %zu bytes, too short for the 8-byte header length", f->map_len);
     n = load_le64(map);
-    if (n > ST_MAX_HEADER)
+    if (n > SAFETENSORS_MAX_HEADER)
         return cause_set(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
-                         (unsigned long long)n, ST_MAX_HEADER);
+                         (unsigned long long)n, SAFETENSORS_MAX_HEADER);
     if (n > f->map_len - 8)
         return cause_set(cause, EMAD_EFORMAT,
                          "file is truncated: header length %llu exceeds the %zu bytes that follow "
@@ -352,7 +352,7 @@ parse_map(st_file *f, char **cause)
     }
     json_object_foreach(root, key, val)
     {
-        st_tensor *t;
+        safetensors_tensor *t;
 
         if (strcmp(key, "__metadata__") == 0) {
             if ((rc = parse_meta(f, val, cause)) < 0)
@@ -383,9 +383,9 @@ out:
 
 /* Parse a file held in a malloc'd buffer that the result takes over (freed on error too). */
 static int
-parse_owned(st_file **out, void *map, size_t len, char **cause)
+parse_owned(safetensors_file **out, void *map, size_t len, char **cause)
 {
-    st_file *f;
+    safetensors_file *f;
     int rc;
 
     *out = NULL;
@@ -396,16 +396,16 @@ parse_owned(st_file **out, void *map, size_t len, char **cause)
     f->map = map;
     f->map_len = len;
     if ((rc = parse_map(f, cause)) < 0) {
-        st_free(f);
+        safetensors_free(f);
         return rc;
     }
     *out = f;
     return 0;
 }
 
-/* Parse a copy of buf[0..len); *out owns the result (free with st_free). */
+/* Parse a copy of buf[0..len); *out owns the result (free with safetensors_free). */
 int
-st_parse(st_file **out, const void *buf, size_t len, char **cause)
+safetensors_parse(safetensors_file **out, const void *buf, size_t len, char **cause)
 {
     void *map;
 
@@ -421,7 +421,7 @@ st_parse(st_file **out, const void *buf, size_t len, char **cause)
 
 /* Read path whole into memory with read() loops and parse it in place. */
 int
-st_read(st_file **out, const char *path, char **cause)
+safetensors_read(safetensors_file **out, const char *path, char **cause)
 {
     struct stat sb;
     unsigned char *map;
@@ -535,7 +535,8 @@ wbuf_put(wbuf *w, const void *p, size_t n)
 static int
 cmp_write(const void *a, const void *b)
 {
-    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    const safetensors_tensor *x = *(const safetensors_tensor *const *)a,
+                             *y = *(const safetensors_tensor *const *)b;
     size_t sx = dtype_size(x->dtype), sy = dtype_size(y->dtype);
 
     if (sx != sy)
@@ -545,7 +546,7 @@ cmp_write(const void *a, const void *b)
 
 /* One tensor entry {dtype, shape, data_offsets} for the header, or NULL (no memory). */
 static json_t *
-entry_json(const st_tensor *t, uint64_t begin)
+entry_json(const safetensors_tensor *t, uint64_t begin)
 {
     json_t *e = json_object(), *shape = json_array(), *offs = json_array();
     int bad = e == NULL || shape == NULL || offs == NULL;
@@ -571,11 +572,12 @@ entry_json(const st_tensor *t, uint64_t begin)
  * multiple of 8). Returns 0, EMAD_EINVAL or -ENOMEM with *cause set.
  */
 static int
-build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-             const st_tensor ***order, char **hdr, size_t *hdr_len, char **cause)
+build_header(const safetensors_tensor *tensors, size_t n, const safetensors_meta *meta,
+             size_t nmeta, const safetensors_tensor ***order, char **hdr, size_t *hdr_len,
+             char **cause)
 {
     json_t *root, *md = NULL;
-    const st_tensor **ord = NULL;
+    const safetensors_tensor **ord = NULL;
     char q[QUOTE_MAX + 8], *text = NULL, *padded;
     uint64_t pos = 0;
     size_t len;
@@ -613,7 +615,7 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        const st_tensor *t = &tensors[i];
+        const safetensors_tensor *t = &tensors[i];
         uint64_t nbytes;
 
         if (t->name == NULL) {
@@ -654,7 +656,7 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         qsort(ord, n, sizeof(*ord), cmp_write);
 
     for (size_t i = 0; i < n; i++) {
-        const st_tensor *t = ord[i];
+        const safetensors_tensor *t = ord[i];
         json_t *e;
 
         quote(q, sizeof(q), t->name);
@@ -682,9 +684,9 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         goto out;
     }
     len = strlen(text);
-    if (len > ST_MAX_HEADER - 8) {
+    if (len > SAFETENSORS_MAX_HEADER - 8) {
         rc = cause_set(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
-                       ST_MAX_HEADER);
+                       SAFETENSORS_MAX_HEADER);
         goto out;
     }
     if ((padded = malloc(len + 8)) == NULL) {
@@ -764,18 +766,19 @@ sync_dir(const char *path)
 
 /* The code for an I/O failure with errno e: EMAD_EIO, or -e with opts->errno_codes. */
 static int
-io_code(const st_write_opts *opts, int e)
+io_code(const safetensors_write_opts *opts, int e)
 {
     return opts->errno_codes ? -e : EMAD_EIO;
 }
 
 /* Write tensors and metadata to path atomically (temp file, fsync, rename, fsync dir). */
 int
-st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-            const st_write_opts *opts, char **cause)
+safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t n,
+                     const safetensors_meta *meta, size_t nmeta, const safetensors_write_opts *opts,
+                     char **cause)
 {
-    static const st_write_opts defaults = {NULL, 0, NULL};
-    const st_tensor **order = NULL;
+    static const safetensors_write_opts defaults = {NULL, 0, NULL};
+    const safetensors_tensor **order = NULL;
     unsigned char lenbuf[8];
     char *hdr = NULL, *tmp = NULL;
     size_t hdr_len = 0;
@@ -843,10 +846,10 @@ out_hdr:
     return rc;
 }
 
-/* st_write_ex() with the defaults: temp file .NAME.XXXXXX, I/O failures are EMAD_EIO. */
+/* safetensors_write_ex() with the defaults: temp file .NAME.XXXXXX, I/O failures are EMAD_EIO. */
 int
-st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-         char **cause)
+safetensors_write(const char *path, const safetensors_tensor *tensors, size_t n,
+                  const safetensors_meta *meta, size_t nmeta, char **cause)
 {
-    return st_write_ex(path, tensors, n, meta, nmeta, NULL, cause);
+    return safetensors_write_ex(path, tensors, n, meta, nmeta, NULL, cause);
 }

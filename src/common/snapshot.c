@@ -6,7 +6,7 @@
  * safetensors file per decay (an XXH64 checksum over names, dtypes, shapes
  * and data computed here; the other metadata, the configuration and the
  * tensor descriptions as JSON and a second checksum over the metadata, is
- * built by snapshot_meta.c), writes it with st_write_ex() (temp file
+ * built by snapshot_meta.c), writes it with safetensors_write_ex() (temp file
  * .NAME.tmp.XXXXXX next to it, fsync, rename, fsync of the directory),
  * and reads it back with every check a loader needs before it trusts a
  * file. Where the daemon keeps the files, and listing and pruning them,
@@ -15,11 +15,11 @@
  * Decisions:
  * - Uint64 values that travel as JSON integers (a tensor's step and
  *   update_after_step) must be <= 2^63 - 1, the largest integer jansson
- *   reads back; larger ones make snap_write_path fail with EMAD_ERANGE.
+ *   reads back; larger ones make snapshot_write_path fail with EMAD_ERANGE.
  *   The model's step travels as a decimal string (any uint64).
  * - Out of space (ENOSPC, EDQUOT, EFBIG) is returned as the negated errno,
  *   any other I/O failure as EMAD_EIO, bad arguments as EMAD_EINVAL.
- * - snap_read checks, in this order: the safetensors structure, the
+ * - snapshot_read checks, in this order: the safetensors structure, the
  *   metadata checksum, the data checksum, the header, the tensor
  *   descriptions; the first failure is the one reported.
  *
@@ -71,18 +71,18 @@ store_le64(unsigned char *p, uint64_t v)
 
 /* The code the writers return for errno e: the negated errno when out of space, else EMAD_EIO. */
 int
-snap_io_code(int e)
+snapshot_io_code(int e)
 {
     if (e == ENOSPC || e == EDQUOT || e == EFBIG || e == ENOMEM)
         return -e;
     return EMAD_EIO;
 }
 
-/* qsort order of snap_tensor by name (bytes compared as unsigned, as strcmp does). */
+/* qsort order of snapshot_tensor by name (bytes compared as unsigned, as strcmp does). */
 static int
 cmp_tensor_name(const void *a, const void *b)
 {
-    return strcmp(((const snap_tensor *)a)->name, ((const snap_tensor *)b)->name);
+    return strcmp(((const snapshot_tensor *)a)->name, ((const snapshot_tensor *)b)->name);
 }
 
 /*
@@ -91,7 +91,7 @@ cmp_tensor_name(const void *a, const void *b)
  * dimensions as little-endian uint64, the data. Returns 0 or -ENOMEM.
  */
 static int
-checksum(const snap_tensor *t, size_t n, uint64_t *out)
+checksum(const snapshot_tensor *t, size_t n, uint64_t *out)
 {
     XXH64_state_t *st = XXH64_createState();
     unsigned char le[8];
@@ -119,9 +119,9 @@ checksum(const snap_tensor *t, size_t n, uint64_t *out)
     return 0;
 }
 
-/* Check what snap_write_path is asked to write: model, decay index, configuration. */
+/* Check what snapshot_write_path is asked to write: model, decay index, configuration. */
 static int
-check_meta(const snap_meta *m, char **cause)
+check_meta(const snapshot_meta *m, char **cause)
 {
     char why[256];
 
@@ -147,7 +147,7 @@ check_meta(const snap_meta *m, char **cause)
 
 /* Check one tensor to write: name, kind, dtypes, step, size. */
 static int
-check_tensor(const snap_meta *m, const snap_tensor *t, char **cause)
+check_tensor(const snapshot_meta *m, const snapshot_tensor *t, char **cause)
 {
     uint64_t nbytes;
     char msg[160];
@@ -159,7 +159,7 @@ check_tensor(const snap_meta *m, const snap_tensor *t, char **cause)
         return cause_set(cause, EMAD_EINVAL,
                          "snapshot of model %s: tensor '%.200s': bad kind %d or dtype %d", m->model,
                          t->name, t->kind, t->dtype);
-    if (snap_meta_check_dtype(t->sdtype, t->dtype, t->averaged, msg, sizeof(msg)) < 0)
+    if (snapshot_meta_check_dtype(t->sdtype, t->dtype, t->averaged, msg, sizeof(msg)) < 0)
         return cause_set(cause, EMAD_EINVAL, "snapshot of model %s: tensor '%.200s': %s", m->model,
                          t->name, msg);
     if (t->step > m->step)
@@ -186,9 +186,10 @@ check_tensor(const snap_meta *m, const snap_tensor *t, char **cause)
  * and that no name repeats. Returns 0, EMAD_EINVAL, EMAD_ERANGE or -ENOMEM.
  */
 static int
-sort_tensors(const snap_meta *m, const snap_tensor *t, size_t n, snap_tensor **sorted, char **cause)
+sort_tensors(const snapshot_meta *m, const snapshot_tensor *t, size_t n, snapshot_tensor **sorted,
+             char **cause)
 {
-    snap_tensor *s;
+    snapshot_tensor *s;
     int rc;
 
     *sorted = NULL;
@@ -212,11 +213,11 @@ sort_tensors(const snap_meta *m, const snap_tensor *t, size_t n, snap_tensor **s
     return 0;
 }
 
-/* Check what snap_write_path would write, without writing (see snapshot.h). */
+/* Check what snapshot_write_path would write, without writing (see snapshot.h). */
 int
-snap_check_write(const snap_meta *m, const snap_tensor *t, size_t n, char **cause)
+snapshot_check_write(const snapshot_meta *m, const snapshot_tensor *t, size_t n, char **cause)
 {
-    snap_tensor *s = NULL;
+    snapshot_tensor *s = NULL;
     int rc;
 
     if ((rc = check_meta(m, cause)) < 0 || (rc = sort_tensors(m, t, n, &s, cause)) < 0)
@@ -227,13 +228,13 @@ snap_check_write(const snap_meta *m, const snap_tensor *t, size_t n, char **caus
 
 /* Write one snapshot file to path atomically and durably; its directory must exist. */
 int
-snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, size_t n,
-                uint64_t *bytes, char **cause)
+snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_tensor *t, size_t n,
+                    uint64_t *bytes, char **cause)
 {
-    st_write_opts opts = {SNAP_TMP_TAG, 1, bytes};
-    st_meta md[SNAP_NMETA] = {{NULL, NULL}};
-    snap_tensor *s = NULL;
-    st_tensor *st = NULL;
+    safetensors_write_opts opts = {SNAPSHOT_TMP_TAG, 1, bytes};
+    safetensors_meta md[SNAPSHOT_NMETA] = {{NULL, NULL}};
+    snapshot_tensor *s = NULL;
+    safetensors_tensor *st = NULL;
     uint64_t sum;
     int rc;
 
@@ -245,38 +246,38 @@ snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, size
         rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
-    if ((rc = checksum(s, n, &sum)) < 0 || (rc = snap_meta_build(m, s, n, sum, md)) < 0) {
+    if ((rc = checksum(s, n, &sum)) < 0 || (rc = snapshot_meta_build(m, s, n, sum, md)) < 0) {
         rc = cause_set(cause, rc, "%s: out of memory", path);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        st[i].name = (char *)s[i].name; /* st_write_ex only reads it */
+        st[i].name = (char *)s[i].name; /* safetensors_write_ex only reads it */
         st[i].dtype = s[i].sdtype;
         st[i].ndim = s[i].ndim;
         memcpy(st[i].shape, s[i].shape, sizeof(st[i].shape));
         st[i].data = s[i].data;
         st[i].nbytes = s[i].nbytes;
     }
-    rc = st_write_ex(path, st, n, md, SNAP_NMETA, &opts, cause);
+    rc = safetensors_write_ex(path, st, n, md, SNAPSHOT_NMETA, &opts, cause);
     if (rc < 0 && rc > EMAD_EMALFORMED) /* a negated errno, not one of the EMAD_E* codes */
-        rc = snap_io_code(-rc);
+        rc = snapshot_io_code(-rc);
 out:
-    snap_meta_free(md, SNAP_NMETA);
+    snapshot_meta_free(md, SNAPSHOT_NMETA);
     free(st);
     free(s);
     return rc;
 }
 
-/* Free a snapshot file read by snap_read; NULL accepted. */
+/* Free a snapshot file read by snapshot_read; NULL accepted. */
 void
-snap_file_free(snap_file *f)
+snapshot_file_free(snapshot_file *f)
 {
     if (f == NULL)
         return;
     free(f->model);
     emaconf_free(&f->cfg);
     free(f->tensors);
-    st_free(f->priv);
+    safetensors_free(f->priv);
     free(f);
 }
 
@@ -286,15 +287,15 @@ snap_file_free(snap_file *f)
  * 0, EMAD_EFORMAT or -ENOMEM.
  */
 static int
-collect_tensors(snap_file *f, const st_file *sf, char **cause)
+collect_tensors(snapshot_file *f, const safetensors_file *sf, char **cause)
 {
     uint64_t sum;
 
     if ((f->tensors = calloc(sf->ntensors > 0 ? sf->ntensors : 1, sizeof(*f->tensors))) == NULL)
         return cause_set(cause, -ENOMEM, "out of memory");
     for (size_t i = 0; i < sf->ntensors; i++) {
-        snap_tensor *t = &f->tensors[i];
-        const st_tensor *s = &sf->tensors[i];
+        snapshot_tensor *t = &f->tensors[i];
+        const safetensors_tensor *s = &sf->tensors[i];
 
         t->name = s->name;
         t->sdtype = s->dtype;
@@ -307,30 +308,30 @@ collect_tensors(snap_file *f, const st_file *sf, char **cause)
     qsort(f->tensors, f->ntensors, sizeof(*f->tensors), cmp_tensor_name);
     if (checksum(f->tensors, f->ntensors, &sum) < 0)
         return cause_set(cause, -ENOMEM, "out of memory");
-    return snap_meta_check_data(sf, sum, cause);
+    return snapshot_meta_check_data(sf, sum, cause);
 }
 
 /* Read and verify a snapshot file (see snapshot.h); messages start with the path. */
 int
-snap_read(const char *path, snap_file **out, char **cause)
+snapshot_read(const char *path, snapshot_file **out, char **cause)
 {
-    st_file *sf;
-    snap_file *f;
+    safetensors_file *sf;
+    snapshot_file *f;
     int rc;
 
     if (cause != NULL)
         *cause = NULL;
     *out = NULL;
-    if ((rc = st_read(&sf, path, cause)) < 0)
+    if ((rc = safetensors_read(&sf, path, cause)) < 0)
         return rc == EMAD_EFORMAT ? prefix_cause(cause, rc, path) : rc;
     if ((f = calloc(1, sizeof(*f))) == NULL) {
-        st_free(sf);
+        safetensors_free(sf);
         return cause_set(cause, -ENOMEM, "%s: out of memory", path);
     }
     f->priv = sf;
-    if ((rc = snap_meta_verify(sf, cause)) < 0 || (rc = collect_tensors(f, sf, cause)) < 0 ||
-        (rc = snap_meta_read(f, sf, path, cause)) < 0) {
-        snap_file_free(f);
+    if ((rc = snapshot_meta_verify(sf, cause)) < 0 || (rc = collect_tensors(f, sf, cause)) < 0 ||
+        (rc = snapshot_meta_read(f, sf, path, cause)) < 0) {
+        snapshot_file_free(f);
         return prefix_cause(cause, rc, path);
     }
     *out = f;

@@ -48,14 +48,14 @@
 #include "emad.h"
 
 /* The end of a snapshot file's name, and the tag of its temp files (NAME.tmp.XXXXXX). */
-#define SNAP_SUFFIX ".safetensors"
-#define SNAP_TMP_TAG "tmp"
+#define SNAPSHOT_SUFFIX ".safetensors"
+#define SNAPSHOT_TMP_TAG "tmp"
 
 /* printf format of a snapshot file's name, for a uint64_t step and a size_t decay index. */
-#define SNAP_NAME_FMT "%020" PRIu64 ".d%zu" SNAP_SUFFIX
+#define SNAPSHOT_NAME_FMT "%020" PRIu64 ".d%zu" SNAPSHOT_SUFFIX
 
 /* One tensor to write (data borrowed) or read (data points into the file's buffer). */
-typedef struct snap_tensor {
+typedef struct snapshot_tensor {
     const char *name;
     int kind;     /* enum emad_kind */
     int dtype;    /* dtype the tensor is pushed in */
@@ -66,26 +66,26 @@ typedef struct snap_tensor {
     uint64_t step;
     const void *data;
     uint64_t nbytes; /* numel * size of sdtype */
-} snap_tensor;
+} snapshot_tensor;
 
 /* Description of one snapshot file (one decay of one model at one step). */
-typedef struct snap_meta {
+typedef struct snapshot_meta {
     const char *model;
     uint64_t step;
     size_t decay_index;
     const emad_model_config *cfg;
-} snap_meta;
+} snapshot_meta;
 
 /* A snapshot file read back and verified. */
-typedef struct snap_file {
+typedef struct snapshot_file {
     char *model;
     uint64_t step;
     size_t decay_index;
     emad_model_config cfg; /* pattern strings owned (emaconf_free) */
-    snap_tensor *tensors;  /* names and data owned by this struct */
+    snapshot_tensor *tensors; /* names and data owned by this struct */
     size_t ntensors;
     void *priv; /* the parsed file */
-} snap_file;
+} snapshot_file;
 
 /*
  * Write one snapshot file for decay m->decay_index at path (whose
@@ -97,8 +97,8 @@ typedef struct snap_file {
  * integers), -ENOMEM. On failure no temp file is left and a file already
  * at path is untouched.
  */
-int snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, size_t n,
-                    uint64_t *bytes, char **cause);
+int snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_tensor *t,
+                        size_t n, uint64_t *bytes, char **cause);
 
 /*
  * Read and verify a snapshot file: safetensors structure, every metadata
@@ -109,29 +109,29 @@ int snap_write_path(const char *path, const snap_meta *m, const snap_tensor *t, 
  * their data has the file's alignment. Returns 0, or EMAD_EFORMAT /
  * EMAD_EIO (-ENOMEM) with *cause set to a message starting with the path.
  */
-int snap_read(const char *path, snap_file **out, char **cause);
+int snapshot_read(const char *path, snapshot_file **out, char **cause);
 
-/* Free a snapshot file read by snap_read; NULL accepted. */
-void snap_file_free(snap_file *f);
+/* Free a snapshot file read by snapshot_read; NULL accepted. */
+void snapshot_file_free(snapshot_file *f);
 
 /*
- * Check what snap_write_path() would be asked to write (the model, its
+ * Check what snapshot_write_path() would be asked to write (the model, its
  * configuration, every tensor, no name twice) without writing anything.
- * Returns 0 or the code snap_write_path() would return, with *cause set.
+ * Returns 0 or the code snapshot_write_path() would return, with *cause set.
  */
-int snap_check_write(const snap_meta *m, const snap_tensor *t, size_t n, char **cause);
+int snapshot_check_write(const snapshot_meta *m, const snapshot_tensor *t, size_t n, char **cause);
 
 /* The code snapshot writers return for errno e: -e when out of space or memory, else EMAD_EIO. */
-int snap_io_code(int e);
+int snapshot_io_code(int e);
 
 /*
  * Parse the snapshot file name at the start of s: 20 digits, ".d", the
  * decay index (below EMAD_MAX_DECAYS), ".safetensors". Returns a pointer
  * just past it, or NULL if s does not start with one.
  */
-const char *snap_parse_name(const char *s, uint64_t *step, size_t *decay_index);
+const char *snapshot_parse_name(const char *s, uint64_t *step, size_t *decay_index);
 
 /* Is name exactly a snapshot file name STEP.dK.safetensors? Fills step and decay index. */
-int snap_is_name(const char *name, uint64_t *step, size_t *decay_index);
+int snapshot_is_name(const char *name, uint64_t *step, size_t *decay_index);
 
 #endif

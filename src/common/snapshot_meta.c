@@ -46,7 +46,7 @@
 
 /*
  * The __metadata__ keys of a snapshot file, X(ID, "key"), in the order
- * snap_meta_build fills them: the checksum over the others comes last.
+ * snapshot_meta_build fills them: the checksum over the others comes last.
  */
 #define SNAP_META_KEYS(X)                                                                          \
     X(FORMAT, "format")                                                                            \
@@ -76,7 +76,7 @@ static const char *const meta_keys[] = {
 #undef META_KEY_NAME
 };
 
-_Static_assert(MD_COUNT == SNAP_NMETA, "SNAP_NMETA must count the metadata keys");
+_Static_assert(MD_COUNT == SNAPSHOT_NMETA, "SNAPSHOT_NMETA must count the metadata keys");
 
 /* The value of the format key (safetensors' convention for PyTorch files). */
 #define SNAP_FORMAT "pt"
@@ -132,11 +132,11 @@ parse_u64(const char *s, size_t len, uint64_t *v)
  * s does not start with one.
  */
 const char *
-snap_parse_name(const char *s, uint64_t *step, size_t *decay_index)
+snapshot_parse_name(const char *s, uint64_t *step, size_t *decay_index)
 {
     const char *p = s + SNAP_STEP_DIGITS, *q;
     uint64_t k;
-    size_t sl = strlen(SNAP_SUFFIX);
+    size_t sl = strlen(SNAPSHOT_SUFFIX);
 
     for (size_t i = 0; i < SNAP_STEP_DIGITS; i++)
         if (s[i] < '0' || s[i] > '9')
@@ -152,7 +152,7 @@ snap_parse_name(const char *s, uint64_t *step, size_t *decay_index)
         ;
     if (q - p > 3 || parse_u64(p, (size_t)(q - p), &k) < 0 || k >= EMAD_MAX_DECAYS)
         return NULL;
-    if (strncmp(q, SNAP_SUFFIX, sl) != 0)
+    if (strncmp(q, SNAPSHOT_SUFFIX, sl) != 0)
         return NULL;
     *decay_index = (size_t)k;
     return q + sl;
@@ -160,9 +160,9 @@ snap_parse_name(const char *s, uint64_t *step, size_t *decay_index)
 
 /* Is name exactly a snapshot file name STEP.dK.safetensors? */
 int
-snap_is_name(const char *name, uint64_t *step, size_t *decay_index)
+snapshot_is_name(const char *name, uint64_t *step, size_t *decay_index)
 {
-    const char *end = snap_parse_name(name, step, decay_index);
+    const char *end = snapshot_parse_name(name, step, decay_index);
 
     return end != NULL && *end == '\0';
 }
@@ -180,7 +180,8 @@ base_name(const char *path)
 static int
 cmp_meta_key(const void *a, const void *b)
 {
-    return strcmp((*(const st_meta *const *)a)->key, (*(const st_meta *const *)b)->key);
+    return strcmp((*(const safetensors_meta *const *)a)->key,
+                  (*(const safetensors_meta *const *)b)->key);
 }
 
 /*
@@ -189,9 +190,9 @@ cmp_meta_key(const void *a, const void *b)
  * NUL. Returns 0 or -ENOMEM.
  */
 static int
-meta_checksum(const st_meta *md, size_t n, uint64_t *out)
+meta_checksum(const safetensors_meta *md, size_t n, uint64_t *out)
 {
-    const st_meta **p = malloc((n > 0 ? n : 1) * sizeof(*p));
+    const safetensors_meta **p = malloc((n > 0 ? n : 1) * sizeof(*p));
     XXH64_state_t *st = XXH64_createState();
     size_t k = 0;
 
@@ -278,7 +279,7 @@ config_text(const emad_model_config *cfg)
 
 /* JSON text of the tensor descriptions of t[0..n) (malloc'd), or NULL if memory runs out. */
 static char *
-tensors_text(const snap_tensor *t, size_t n)
+tensors_text(const snapshot_tensor *t, size_t n)
 {
     json_t *o = json_object();
     char *text = NULL;
@@ -317,7 +318,7 @@ stored_dtype(int dtype, int averaged)
  * with a message saying what a tensor pushed as dtype is stored as.
  */
 int
-snap_meta_check_dtype(int sdtype, int dtype, int averaged, char *buf, size_t size)
+snapshot_meta_check_dtype(int sdtype, int dtype, int averaged, char *buf, size_t size)
 {
     int want = stored_dtype(dtype, averaged);
 
@@ -330,9 +331,9 @@ snap_meta_check_dtype(int sdtype, int dtype, int averaged, char *buf, size_t siz
     return -1;
 }
 
-/* Free the values of the metadata snap_meta_build built. */
+/* Free the values of the metadata snapshot_meta_build built. */
 void
-snap_meta_free(st_meta *md, size_t n)
+snapshot_meta_free(safetensors_meta *md, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         free(md[i].value);
@@ -344,8 +345,8 @@ snap_meta_free(st_meta *md, size_t n)
  * checksum comes last, over the others. Returns 0 or -ENOMEM.
  */
 int
-snap_meta_build(const snap_meta *m, const snap_tensor *s, size_t n, uint64_t sum,
-                st_meta md[SNAP_NMETA])
+snapshot_meta_build(const snapshot_meta *m, const snapshot_tensor *s, size_t n, uint64_t sum,
+                    safetensors_meta md[SNAPSHOT_NMETA])
 {
     char dec[32];
 
@@ -360,8 +361,8 @@ snap_meta_build(const snap_meta *m, const snap_tensor *s, size_t n, uint64_t sum
     md[MD_TENSORS].value = tensors_text(s, n);
     md[MD_VERSION].value = strdup(PACKAGE_VERSION);
     md[MD_CHECKSUM].value = sum_text(sum);
-    for (size_t i = 0; i < SNAP_NMETA; i++) {
-        md[i].key = (char *)meta_keys[i]; /* st_write_ex only reads it */
+    for (size_t i = 0; i < SNAPSHOT_NMETA; i++) {
+        md[i].key = (char *)meta_keys[i]; /* safetensors_write_ex only reads it */
         if (i != MD_META_CHECKSUM && md[i].value == NULL)
             return -ENOMEM;
     }
@@ -373,9 +374,9 @@ snap_meta_build(const snap_meta *m, const snap_tensor *s, size_t n, uint64_t sum
 
 /* A metadata value that must be present; NULL with *cause set if missing. */
 static const char *
-need_meta(const st_file *sf, const char *key, char **cause)
+need_meta(const safetensors_file *sf, const char *key, char **cause)
 {
-    const char *v = st_meta_get(sf, key);
+    const char *v = safetensors_meta_get(sf, key);
 
     if (v == NULL)
         cause_set(cause, EMAD_EFORMAT, "metadata key '%s' is missing", key);
@@ -384,7 +385,7 @@ need_meta(const st_file *sf, const char *key, char **cause)
 
 /* A metadata value that must be a decimal uint64; 0 or EMAD_EFORMAT. */
 static int
-meta_u64(const st_file *sf, const char *key, uint64_t *v, char **cause)
+meta_u64(const safetensors_file *sf, const char *key, uint64_t *v, char **cause)
 {
     const char *s = need_meta(sf, key, cause);
 
@@ -557,7 +558,7 @@ out:
  * names what the checksum covers, for the message. 0 or EMAD_EFORMAT.
  */
 static int
-check_sum(const st_file *sf, const char *key, uint64_t got, const char *what, char **cause)
+check_sum(const safetensors_file *sf, const char *key, uint64_t got, const char *what, char **cause)
 {
     const char *want = need_meta(sf, key, cause);
     const size_t plen = strlen(SNAP_CHECKSUM_PREFIX);
@@ -581,7 +582,7 @@ check_sum(const st_file *sf, const char *key, uint64_t got, const char *what, ch
 
 /* Verify the checksum over the metadata entries; 0, EMAD_EFORMAT or -ENOMEM. */
 int
-snap_meta_verify(const st_file *sf, char **cause)
+snapshot_meta_verify(const safetensors_file *sf, char **cause)
 {
     uint64_t sum;
 
@@ -592,7 +593,7 @@ snap_meta_verify(const st_file *sf, char **cause)
 
 /* Compare emad_checksum with the data checksum computed over the file; 0 or EMAD_EFORMAT. */
 int
-snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause)
+snapshot_meta_check_data(const safetensors_file *sf, uint64_t sum, char **cause)
 {
     return check_sum(sf, meta_keys[MD_CHECKSUM], sum, PROTO_KEY_DATA, cause);
 }
@@ -603,7 +604,7 @@ snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause)
  * dtype fits. 0 or EMAD_EFORMAT.
  */
 static int
-describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cause)
+describe_tensor(snapshot_tensor *t, const json_t *d, uint64_t model_step, char **cause)
 {
     const json_t *kind = json_object_get(d, PROTO_KEY_KIND),
                  *dtype = json_object_get(d, PROTO_KEY_DTYPE);
@@ -632,7 +633,7 @@ describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cau
                          "emad_tensors: '%.200s': step %" PRIu64 " is after the model's step "
                          "%" PRIu64,
                          q, t->step, model_step);
-    if (snap_meta_check_dtype(t->sdtype, t->dtype, t->averaged, msg, sizeof(msg)) < 0)
+    if (snapshot_meta_check_dtype(t->sdtype, t->dtype, t->averaged, msg, sizeof(msg)) < 0)
         return cause_set(cause, EMAD_EFORMAT, "tensor '%.200s' is %s", q, msg);
     return 0;
 }
@@ -643,7 +644,7 @@ describe_tensor(snap_tensor *t, const json_t *d, uint64_t model_step, char **cau
  * EMAD_EFORMAT or -ENOMEM.
  */
 static int
-describe_tensors(snap_file *f, const st_file *sf, char **cause)
+describe_tensors(snapshot_file *f, const safetensors_file *sf, char **cause)
 {
     const char *text = need_meta(sf, meta_keys[MD_TENSORS], cause);
     json_t *o, *d;
@@ -659,14 +660,14 @@ describe_tensors(snap_file *f, const st_file *sf, char **cause)
     }
     json_object_foreach(o, key, d)
     {
-        if (st_find(sf, key) == NULL) {
+        if (safetensors_find(sf, key) == NULL) {
             rc = cause_set(cause, EMAD_EFORMAT,
                            "emad_tensors describes '%.200s', but the file has no such tensor", key);
             goto out;
         }
     }
     for (size_t i = 0; i < f->ntensors && rc == 0; i++) {
-        snap_tensor *t = &f->tensors[i];
+        snapshot_tensor *t = &f->tensors[i];
 
         if (names_check_tensor(t->name, strlen(t->name)) != 0)
             rc = cause_set(cause, EMAD_EFORMAT, "tensor name '%.200s' is not valid", t->name);
@@ -687,7 +688,7 @@ out:
  * the file's name when it has the snapshot form. 0, EMAD_EFORMAT or -ENOMEM.
  */
 static int
-read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
+read_header(snapshot_file *f, const safetensors_file *sf, const char *path, char **cause)
 {
     const char *fmt, *model, *decay, *config;
     uint64_t index, ndecays, name_step;
@@ -726,7 +727,7 @@ read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
         return cause_set(cause, EMAD_EFORMAT,
                          "emad_decay '%.40s' is not decay %zu of the configuration", decay,
                          f->decay_index);
-    if (snap_is_name(base_name(path), &name_step, &name_index) &&
+    if (snapshot_is_name(base_name(path), &name_step, &name_index) &&
         (name_step != f->step || name_index != f->decay_index))
         return cause_set(cause, EMAD_EFORMAT,
                          "the file name says step %" PRIu64 " decay %zu, the metadata step "
@@ -737,7 +738,7 @@ read_header(snap_file *f, const st_file *sf, const char *path, char **cause)
 
 /* Read and check the header and the tensor descriptions of a parsed file (see snapshot_meta.h). */
 int
-snap_meta_read(snap_file *f, const st_file *sf, const char *path, char **cause)
+snapshot_meta_read(snapshot_file *f, const safetensors_file *sf, const char *path, char **cause)
 {
     int rc;
 

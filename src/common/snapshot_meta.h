@@ -14,25 +14,25 @@
 #include "common/snapshot.h"
 
 /* Number of __metadata__ entries a snapshot file carries. */
-#define SNAP_NMETA 11
+#define SNAPSHOT_NMETA 11
 
 /*
  * Build the __metadata__ entries (keys static, values malloc'd: free with
- * snap_meta_free) of a file of the checked m holding tensors s[0..n),
+ * snapshot_meta_free) of a file of the checked m holding tensors s[0..n),
  * sorted by name, whose data checksum is data_sum; the metadata checksum
  * comes last, over the others. Returns 0 or -ENOMEM.
  */
-int snap_meta_build(const snap_meta *m, const snap_tensor *s, size_t n, uint64_t data_sum,
-                    st_meta md[SNAP_NMETA]);
+int snapshot_meta_build(const snapshot_meta *m, const snapshot_tensor *s, size_t n,
+                        uint64_t data_sum, safetensors_meta md[SNAPSHOT_NMETA]);
 
-/* Free the values of the metadata snap_meta_build built. */
-void snap_meta_free(st_meta *md, size_t n);
+/* Free the values of the metadata snapshot_meta_build built. */
+void snapshot_meta_free(safetensors_meta *md, size_t n);
 
 /* Verify emad_meta_checksum over the other metadata entries; 0, EMAD_EFORMAT or -ENOMEM. */
-int snap_meta_verify(const st_file *sf, char **cause);
+int snapshot_meta_verify(const safetensors_file *sf, char **cause);
 
 /* Compare emad_checksum with the data checksum sum computed over the file; 0 or EMAD_EFORMAT. */
-int snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause);
+int snapshot_meta_check_data(const safetensors_file *sf, uint64_t sum, char **cause);
 
 /*
  * Read the header of a parsed snapshot file into f: model, step, decay
@@ -41,9 +41,10 @@ int snap_meta_check_data(const st_file *sf, uint64_t sum, char **cause);
  * the description of every tensor of f->tensors (whose name and sdtype
  * are set), which fills kind, dtype, step and averaged. Checksums are not
  * looked at. 0, EMAD_EFORMAT or -ENOMEM with *cause set; f->model and
- * f->cfg may be set even on failure (snap_file_free frees them).
+ * f->cfg may be set even on failure (snapshot_file_free frees them).
  */
-int snap_meta_read(snap_file *f, const st_file *sf, const char *path, char **cause);
+int snapshot_meta_read(snapshot_file *f, const safetensors_file *sf, const char *path,
+                       char **cause);
 
 /*
  * Check that a tensor pushed as dtype, averaged or copied, has data of
@@ -51,6 +52,6 @@ int snap_meta_read(snap_file *f, const st_file *sf, const char *path, char **cau
  * pushed one). Returns 0, or -1 with msg (size bytes) saying what it is
  * and what it should be.
  */
-int snap_meta_check_dtype(int sdtype, int dtype, int averaged, char *msg, size_t size);
+int snapshot_meta_check_dtype(int sdtype, int dtype, int averaged, char *msg, size_t size);
 
 #endif

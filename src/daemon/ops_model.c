@@ -64,7 +64,7 @@ get_config(const msgpack_object *root, emad_model_config *cfg, emaconf_strings *
     int rc = emaconf_unpack(root, cfg, strings, why, sizeof(why));
 
     if (rc != 0)
-        return req_fail(err, rc, "%s", why);
+        return request_fail(err, rc, "%s", why);
     return 0;
 }
 
@@ -102,9 +102,9 @@ ops_model_create(req *r, store_err *err)
     emaconf_strings *strings = xmalloc(sizeof(*strings));
 
     emaconf_init(&cfg);
-    if (req_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
         get_config(r->root, &cfg, strings, err) ||
-        req_get_bool(r->root, PROTO_KEY_EXIST_OK, &exist_ok, err) ||
+        request_get_bool(r->root, PROTO_KEY_EXIST_OK, &exist_ok, err) ||
         store_create_model(r->srv->store, name, len, &cfg, exist_ok, &created, err)) {
         free(strings);
         return err->code;
@@ -126,10 +126,11 @@ ops_model_configure(req *r, store_err *err)
     emad_model_config cfg;
     emaconf_strings *strings;
 
-    if (req_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err))
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err))
         return err->code;
     if ((m = store_model_find(r->srv->store, name, len)) == NULL)
-        return req_fail(err, EMAD_ENOMODEL, "no model '%.*s'", (int)(len > 128 ? 128 : len), name);
+        return request_fail(err, EMAD_ENOMODEL, "no model '%.*s'", (int)(len > 128 ? 128 : len),
+                            name);
     cfg = m->cfg; /* absent keys keep their values; patterns borrowed from the model */
     strings = xmalloc(sizeof(*strings));
     if (get_config(r->root, &cfg, strings, err) ||
@@ -150,12 +151,12 @@ ops_model_drop(req *r, store_err *err)
     const char *name;
     size_t len;
 
-    if (req_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
         store_drop_model(r->srv->store, name, len, err))
         return err->code;
     if (r->srv->persist != NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
-        persist_forget(r->srv->persist, req_printable(buf, sizeof(buf), name, len));
+        persist_forget(r->srv->persist, request_printable(buf, sizeof(buf), name, len));
     }
     log_info("event=model_dropped model=%.*s", (int)len, name);
     reply_send(r, reply_build_empty, NULL);
@@ -252,12 +253,12 @@ ops_model_list(req *r, store_err *err)
         reply_send(r, build_list_models, &ctx);
         return 0;
     }
-    if (req_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
         return err->code;
     if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
-        return req_fail(err, EMAD_ENOMODEL, "no model '%s'",
-                        req_printable(buf, sizeof(buf), name, len));
+        return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
+                            request_printable(buf, sizeof(buf), name, len));
     }
     ctx.m = m;
     reply_send(r, build_list_model, &ctx);
@@ -361,8 +362,8 @@ snapshot_done(void *arg, int rc, const char *message, uint64_t step)
     if (rc == 0)
         reply_send(&r, build_snapshot, &step);
     else
-        rc = req_fail(&err, rc == EMAD_ENOMODEL ? rc : EMAD_ESNAPSHOT, "snapshot failed: %s",
-                      message);
+        rc = request_fail(&err, rc == EMAD_ENOMODEL ? rc : EMAD_ESNAPSHOT, "snapshot failed: %s",
+                          message);
     async_late_end(&r, rc, &err);
     free(w);
 }
@@ -378,13 +379,14 @@ ops_model_snapshot(req *r, store_err *err)
     snap_wait *w;
 
     if (r->srv->persist == NULL || r->capture != NULL)
-        return req_fail(err, EMAD_ENOSTATE,
-                        "this daemon runs without --state-dir: there is nowhere to snapshot to");
-    if (o != NULL && req_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
+        return request_fail(
+            err, EMAD_ENOSTATE,
+            "this daemon runs without --state-dir: there is nowhere to snapshot to");
+    if (o != NULL && request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
         return err->code;
     if (name != NULL && store_model_find(r->srv->store, name, len) == NULL)
-        return req_fail(err, EMAD_ENOMODEL, "no model '%s'",
-                        req_printable(buf, sizeof(buf), name, len));
+        return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
+                            request_printable(buf, sizeof(buf), name, len));
     w = xcalloc(1, sizeof(*w));
     w->srv = r->srv;
     w->ctrl = r->ctrl;
@@ -392,7 +394,7 @@ ops_model_snapshot(req *r, store_err *err)
     r->ctrl = NULL; /* the reply is sent later, with this header, and counted then */
     r->deferred = 1;
     persist_request(r->srv->persist,
-                    name != NULL ? req_printable(buf, sizeof(buf), name, len) : NULL, snapshot_done,
-                    w);
+                    name != NULL ? request_printable(buf, sizeof(buf), name, len) : NULL,
+                    snapshot_done, w);
     return 0;
 }

@@ -71,38 +71,39 @@ ops_pull_pull(req *r, store_err *err)
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
 
-    if (req_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
-        req_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
-        req_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err))
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
+        request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
+        request_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err))
         return err->code;
     if (proto_map_get(r->root, PROTO_KEY_DECAY) != NULL) {
         vo.has_decay = 1;
-        if (req_get_float(r->root, PROTO_KEY_DECAY, &vo.decay, err) != 0)
+        if (request_get_float(r->root, PROTO_KEY_DECAY, &vo.decay, err) != 0)
             return err->code;
     }
     if (proto_map_get(r->root, PROTO_KEY_DTYPE) != NULL) {
         const char *dn;
         size_t dl;
         char buf[32];
-        if (req_get_str(r->root, PROTO_KEY_DTYPE, &dn, &dl, err) != 0)
+        if (request_get_str(r->root, PROTO_KEY_DTYPE, &dn, &dl, err) != 0)
             return err->code;
         if (dl == PROTO_KEY_LEN(PROTO_VAL_DTYPE_SHADOW) &&
             memcmp(dn, PROTO_VAL_DTYPE_SHADOW, dl) == 0)
             vo.dtype = VIEW_DTYPE_SHADOW;
         else if ((vo.dtype = dtype_from_name(dn, dl)) == EMAD_DTYPE_INVALID)
-            return req_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
-                            req_printable(buf, sizeof(buf), dn, dl));
+            return request_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
+                                request_printable(buf, sizeof(buf), dn, dl));
     }
     if (max_reply > srv->cfg.max_message_bytes)
         max_reply = srv->cfg.max_message_bytes;
     if (max_inline > max_reply)
         max_inline = max_reply;
     if (max_reply < PROTO_REPLY_OVERHEAD * 2)
-        return req_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
-                        PROTO_REPLY_OVERHEAD * 2);
+        return request_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
+                            PROTO_REPLY_OVERHEAD * 2);
     if (names != NULL) {
         if (names->type != MSGPACK_OBJECT_ARRAY)
-            return req_fail(err, EMAD_EMALFORMED, "key '" PROTO_KEY_TENSORS "' is not an array");
+            return request_fail(err, EMAD_EMALFORMED,
+                                "key '" PROTO_KEY_TENSORS "' is not an array");
         n = names->via.array.size;
         np = xcalloc(n ? n : 1, sizeof(*np));
         nl = xcalloc(n ? n : 1, sizeof(*nl));
@@ -111,7 +112,8 @@ ops_pull_pull(req *r, store_err *err)
             if (e->type != MSGPACK_OBJECT_STR) {
                 free(np);
                 free(nl);
-                return req_fail(err, EMAD_EMALFORMED, PROTO_KEY_TENSORS "[%zu] is not a string", i);
+                return request_fail(err, EMAD_EMALFORMED, PROTO_KEY_TENSORS "[%zu] is not a string",
+                                    i);
             }
             np[i] = e->via.str.ptr;
             nl[i] = e->via.str.size;
@@ -144,10 +146,10 @@ ops_pull_pull(req *r, store_err *err)
     ctx.session = v->id;
     if (reply_size(build_pull, &ctx) > max_reply) {
         (void)store_view_release(srv->store, v->id, err);
-        return req_fail(err, EMAD_ELIMIT,
-                        "the tensor list alone exceeds " PROTO_KEY_MAX_REPLY_BYTES
-                        " %llu: pull fewer tensors",
-                        (unsigned long long)max_reply);
+        return request_fail(err, EMAD_ELIMIT,
+                            "the tensor list alone exceeds " PROTO_KEY_MAX_REPLY_BYTES
+                            " %llu: pull fewer tensors",
+                            (unsigned long long)max_reply);
     }
     log_debug("event=pull_session model=%s session=%llu tensors=%zu", v->model,
               (unsigned long long)v->id, v->ntensors);
@@ -186,17 +188,18 @@ ops_pull_read(req *r, store_err *err)
     store_view *v;
     read_ctx ctx;
 
-    if (req_get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) != 0)
+    if (request_get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) != 0)
         return err->code;
     if (rs == NULL || rs->type != MSGPACK_OBJECT_ARRAY)
-        return req_fail(err, EMAD_EMALFORMED,
-                        "key '" PROTO_KEY_RANGES "' is %s (expected an array)",
-                        rs == NULL ? "missing" : "not an array");
+        return request_fail(err, EMAD_EMALFORMED,
+                            "key '" PROTO_KEY_RANGES "' is %s (expected an array)",
+                            rs == NULL ? "missing" : "not an array");
     if (rs->via.array.size > PROTO_MAX_RANGES)
-        return req_fail(err, EMAD_ELIMIT, "at most %d ranges", PROTO_MAX_RANGES);
+        return request_fail(err, EMAD_ELIMIT, "at most %d ranges", PROTO_MAX_RANGES);
     if ((v = store_view_get(r->srv->store, id, r->now_ms)) == NULL)
-        return req_fail(err, EMAD_ENOSESSION, "no pull session %llu (unknown, expired or released)",
-                        (unsigned long long)id);
+        return request_fail(err, EMAD_ENOSESSION,
+                            "no pull session %llu (unknown, expired or released)",
+                            (unsigned long long)id);
     for (uint32_t i = 0; i < rs->via.array.size; i++) {
         const msgpack_object *o = &rs->via.array.ptr[i];
         const view_tensor *vt;
@@ -207,33 +210,34 @@ ops_pull_read(req *r, store_err *err)
             o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             o->via.array.ptr[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-            return req_fail(
+            return request_fail(
                 err, EMAD_EMALFORMED,
                 PROTO_KEY_RANGES "[%u] is not an array [index, offset, length] of uints", i);
         idx = o->via.array.ptr[0].via.u64;
         off = o->via.array.ptr[1].via.u64;
         len = o->via.array.ptr[2].via.u64;
         if (idx >= v->ntensors)
-            return req_fail(err, EMAD_ERANGE, PROTO_KEY_RANGES "[%u]: tensor index %llu >= %zu", i,
-                            (unsigned long long)idx, v->ntensors);
+            return request_fail(err, EMAD_ERANGE, PROTO_KEY_RANGES "[%u]: tensor index %llu >= %zu",
+                                i, (unsigned long long)idx, v->ntensors);
         vt = &v->tensors[idx];
         isz = dtype_size(vt->dtype);
         if (off > vt->nbytes || len > vt->nbytes - off)
-            return req_fail(err, EMAD_ERANGE,
-                            PROTO_KEY_RANGES "[%u]: [%llu, +%llu) is past the %llu bytes of '%s'",
-                            i, (unsigned long long)off, (unsigned long long)len,
-                            (unsigned long long)vt->nbytes, vt->name);
+            return request_fail(err, EMAD_ERANGE,
+                                PROTO_KEY_RANGES
+                                "[%u]: [%llu, +%llu) is past the %llu bytes of '%s'",
+                                i, (unsigned long long)off, (unsigned long long)len,
+                                (unsigned long long)vt->nbytes, vt->name);
         if (vt->sdtype != vt->dtype && (off % isz != 0 || len % isz != 0))
-            return req_fail(err, EMAD_ERANGE,
-                            PROTO_KEY_RANGES
-                            "[%u]: offset and length must be multiples of %zu for '%s'",
-                            i, isz, vt->name);
+            return request_fail(err, EMAD_ERANGE,
+                                PROTO_KEY_RANGES
+                                "[%u]: offset and length must be multiples of %zu for '%s'",
+                                i, isz, vt->name);
         total += len;
     }
     if (total + PROTO_REPLY_OVERHEAD + 16ULL * rs->via.array.size > v->max_reply)
-        return req_fail(err, EMAD_ELIMIT, "ranges total %llu bytes; at most %llu per read",
-                        (unsigned long long)total,
-                        (unsigned long long)(v->max_reply - PROTO_REPLY_OVERHEAD));
+        return request_fail(err, EMAD_ELIMIT, "ranges total %llu bytes; at most %llu per read",
+                            (unsigned long long)total,
+                            (unsigned long long)(v->max_reply - PROTO_REPLY_OVERHEAD));
     ctx.view = v;
     ctx.ranges = rs;
     if (!async_reply(r, build_read, &ctx, total))
@@ -247,7 +251,7 @@ ops_pull_release(req *r, store_err *err)
 {
     uint64_t id;
 
-    if (req_get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) ||
+    if (request_get_u64(r->root, PROTO_KEY_SESSION, &id, NULL, err) ||
         store_view_release(r->srv->store, id, err))
         return err->code;
     reply_send(r, reply_build_empty, NULL);

@@ -73,33 +73,33 @@ ops_push_push(req *r, store_err *err)
     int has_txn = 0, has_step = 0, has_writer = 0, seed = 0, rc;
     store_input *in = NULL;
 
-    if (req_get_u64(r->root, PROTO_KEY_TXN, &txn, &has_txn, err) != 0 ||
-        req_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err) != 0)
+    if (request_get_u64(r->root, PROTO_KEY_TXN, &txn, &has_txn, err) != 0 ||
+        request_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err) != 0)
         return err->code;
     if (has_writer && has_txn)
-        return req_fail(err, EMAD_EMALFORMED,
-                        "'" PROTO_KEY_WRITER "' belongs in %s, not in a transaction's push",
-                        proto_op_name(PROTO_OP_BEGIN));
-    if (req_get_bool(r->root, PROTO_KEY_SEED, &seed, err) != 0)
+        return request_fail(err, EMAD_EMALFORMED,
+                            "'" PROTO_KEY_WRITER "' belongs in %s, not in a transaction's push",
+                            proto_op_name(PROTO_OP_BEGIN));
+    if (request_get_bool(r->root, PROTO_KEY_SEED, &seed, err) != 0)
         return err->code;
     if (seed && (has_txn || has_writer))
-        return req_fail(err, EMAD_EMALFORMED,
-                        "a seed is one message, without '" PROTO_KEY_TXN "' or '" PROTO_KEY_WRITER
-                        "'");
+        return request_fail(err, EMAD_EMALFORMED,
+                            "a seed is one message, without '" PROTO_KEY_TXN
+                            "' or '" PROTO_KEY_WRITER "'");
     if (writer > UINT32_MAX)
-        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
-                        (unsigned long long)writer);
-    if (!has_txn && (req_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
-                     req_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err)))
+        return request_fail(err, EMAD_ERANGE, "writer %llu is out of range",
+                            (unsigned long long)writer);
+    if (!has_txn && (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
+                     request_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err)))
         return err->code;
     if (has_txn) {
         const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
-        if (o != NULL && req_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) != 0)
+        if (o != NULL && request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) != 0)
             return err->code;
-        if (req_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err) != 0)
+        if (request_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err) != 0)
             return err->code;
     }
-    if (req_decode_tensors(r->root, has_txn, &in, &n, err) != 0)
+    if (request_decode_tensors(r->root, has_txn, &in, &n, err) != 0)
         return err->code;
     if (has_txn) {
         uint64_t staged = 0;
@@ -153,13 +153,13 @@ ops_push_begin(req *r, store_err *err)
     uint64_t step, id, writer = 0;
     int has_writer;
 
-    if (req_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
-        req_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err) ||
-        req_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err))
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+        request_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err) ||
+        request_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err))
         return err->code;
     if (writer > UINT32_MAX)
-        return req_fail(err, EMAD_ERANGE, "writer %llu is out of range",
-                        (unsigned long long)writer);
+        return request_fail(err, EMAD_ERANGE, "writer %llu is out of range",
+                            (unsigned long long)writer);
     if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
         return err->code;
     r->srv->counters[COUNTER_TXN_BEGUN]++;
@@ -192,7 +192,7 @@ ops_push_commit(req *r, store_err *err)
 {
     uint64_t id;
 
-    if (req_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) != 0)
+    if (request_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) != 0)
         return err->code;
     if (async_can_defer(r) && store_txn_inflight(r->srv->store, id) > 0) {
         parked *p = xcalloc(1, sizeof(*p)), **pp;
@@ -238,7 +238,7 @@ ops_push_abort(req *r, store_err *err)
 {
     uint64_t id;
 
-    if (req_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) ||
+    if (request_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) ||
         store_txn_abort(r->srv->store, id, err))
         return err->code;
     r->srv->counters[COUNTER_TXN_ABORTED]++;

@@ -18,7 +18,7 @@
 
 /* Fill err and return its code. */
 __attribute__((format(printf, 3, 4))) int
-req_fail(store_err *err, int code, const char *fmt, ...)
+request_fail(store_err *err, int code, const char *fmt, ...)
 {
     va_list ap;
 
@@ -32,13 +32,13 @@ req_fail(store_err *err, int code, const char *fmt, ...)
 
 /* Required string field: the value o of key (NULL if absent). */
 int
-req_str(const msgpack_object *o, const char *key, const char **p, size_t *len, store_err *err)
+request_str(const msgpack_object *o, const char *key, const char **p, size_t *len, store_err *err)
 {
     *p = NULL;
     *len = 0;
     if (o == NULL || o->type != MSGPACK_OBJECT_STR)
-        return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected a string)", key,
-                        o == NULL ? "missing" : "not a string");
+        return request_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected a string)", key,
+                            o == NULL ? "missing" : "not a string");
     *p = o->via.str.ptr;
     *len = o->via.str.size;
     return 0;
@@ -46,14 +46,16 @@ req_str(const msgpack_object *o, const char *key, const char **p, size_t *len, s
 
 /* Required string field of a map. */
 int
-req_get_str(const msgpack_object *map, const char *key, const char **p, size_t *len, store_err *err)
+request_get_str(const msgpack_object *map, const char *key, const char **p, size_t *len,
+                store_err *err)
 {
-    return req_str(proto_map_get(map, key), key, p, len, err);
+    return request_str(proto_map_get(map, key), key, p, len, err);
 }
 
 /* Unsigned field; *present tells if it was there (NULL: required). */
 int
-req_get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present, store_err *err)
+request_get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present,
+                store_err *err)
 {
     const msgpack_object *o = proto_map_get(map, key);
 
@@ -62,40 +64,40 @@ req_get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *presen
     if (o == NULL && present != NULL)
         return 0;
     if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return req_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected an unsigned integer)", key,
-                        o == NULL ? "missing" : "not an unsigned integer");
+        return request_fail(err, EMAD_EMALFORMED, "key '%s' is %s (expected an unsigned integer)",
+                            key, o == NULL ? "missing" : "not an unsigned integer");
     *v = o->via.u64;
     return 0;
 }
 
 /* Optional float field (float32, float64 or integer). */
 int
-req_get_float(const msgpack_object *map, const char *key, double *v, store_err *err)
+request_get_float(const msgpack_object *map, const char *key, double *v, store_err *err)
 {
     const msgpack_object *o = proto_map_get(map, key);
 
     if (o != NULL && proto_number(o, v) != 0)
-        return req_fail(err, EMAD_EMALFORMED, "key '%s' is not a number", key);
+        return request_fail(err, EMAD_EMALFORMED, "key '%s' is not a number", key);
     return 0;
 }
 
 /* Optional bool field. */
 int
-req_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err)
+request_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err)
 {
     const msgpack_object *o = proto_map_get(map, key);
 
     if (o == NULL)
         return 0;
     if (o->type != MSGPACK_OBJECT_BOOLEAN)
-        return req_fail(err, EMAD_EMALFORMED, "key '%s' is not a boolean", key);
+        return request_fail(err, EMAD_EMALFORMED, "key '%s' is not a boolean", key);
     *v = o->via.boolean;
     return 0;
 }
 
 /* Copy a possibly unprintable wire string for a message. */
 const char *
-req_printable(char *buf, size_t size, const char *s, size_t len)
+request_printable(char *buf, size_t size, const char *s, size_t len)
 {
     size_t n = len < size - 1 ? len : size - 1;
 
@@ -112,8 +114,8 @@ req_printable(char *buf, size_t size, const char *s, size_t len)
  * map. Structural errors only; the store checks semantics.
  */
 int
-req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n,
-                   store_err *err)
+request_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n,
+                       store_err *err)
 {
     codec_err cerr;
 

@@ -80,41 +80,41 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     msgpack_unpacked_init(&u);
 
     if ((rc = proto_prescan(buf, len, &why)) != 0) {
-        req_fail(&err, rc, "request is not a valid msgpack message: %s", why);
+        request_fail(&err, rc, "request is not a valid msgpack message: %s", why);
         goto error;
     }
     if (msgpack_unpack_next(&u, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
-        req_fail(&err, EMAD_EMALFORMED, "request is not a valid msgpack message");
+        request_fail(&err, EMAD_EMALFORMED, "request is not a valid msgpack message");
         goto error;
     }
     if (u.data.type != MSGPACK_OBJECT_MAP) {
-        req_fail(&err, EMAD_EMALFORMED, "request is not a msgpack map");
+        request_fail(&err, EMAD_EMALFORMED, "request is not a msgpack map");
         goto error;
     }
     r.root = &u.data;
     {
         uint64_t v;
-        if (req_get_u64(r.root, PROTO_KEY_V, &v, NULL, &err) != 0)
+        if (request_get_u64(r.root, PROTO_KEY_V, &v, NULL, &err) != 0)
             goto error;
         if (v != PROTO_VERSION) {
-            req_fail(&err, EMAD_EVERSION,
-                     "protocol version %llu is not supported; this daemon speaks %d",
-                     (unsigned long long)v, PROTO_VERSION);
+            request_fail(&err, EMAD_EVERSION,
+                         "protocol version %llu is not supported; this daemon speaks %d",
+                         (unsigned long long)v, PROTO_VERSION);
             goto error;
         }
     }
-    if (req_get_str(r.root, PROTO_KEY_OP, &opname, &oplen, &err) != 0)
+    if (request_get_str(r.root, PROTO_KEY_OP, &opname, &oplen, &err) != 0)
         goto error;
     if ((r.op = proto_op_from_name(opname, oplen)) == PROTO_OP_INVALID) {
         char pbuf[40];
-        req_fail(&err, EMAD_EOP, "unknown op '%s'",
-                 req_printable(pbuf, sizeof(pbuf), opname, oplen));
+        request_fail(&err, EMAD_EOP, "unknown op '%s'",
+                     request_printable(pbuf, sizeof(pbuf), opname, oplen));
         goto error;
     }
     srv->op_counts[r.op]++;
     r.t0 = uv_hrtime();
     rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
-                                   : req_fail(&err, EMAD_EINTERNAL, "op not handled");
+                                   : request_fail(&err, EMAD_EINTERNAL, "op not handled");
     if (rc != 0 || !r.deferred) /* deferred requests are counted when they are answered */
         reply_finish(&r, rc, &err);
     goto done;

@@ -88,34 +88,36 @@ uint64_t server_now(const server *srv);
  */
 
 /* Fill err and return its code. */
-__attribute__((format(printf, 3, 4))) int req_fail(store_err *err, int code, const char *fmt, ...);
+__attribute__((format(printf, 3, 4))) int request_fail(store_err *err, int code, const char *fmt,
+                                                       ...);
 
 /* Required string field: the value o of key (NULL if absent). */
-int req_str(const msgpack_object *o, const char *key, const char **p, size_t *len, store_err *err);
+int request_str(const msgpack_object *o, const char *key, const char **p, size_t *len,
+                store_err *err);
 
 /* Required string field of a map. */
-int req_get_str(const msgpack_object *map, const char *key, const char **p, size_t *len,
-                store_err *err);
+int request_get_str(const msgpack_object *map, const char *key, const char **p, size_t *len,
+                    store_err *err);
 
 /* Unsigned field; *present tells if it was there (NULL: required). */
-int req_get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present,
-                store_err *err);
+int request_get_u64(const msgpack_object *map, const char *key, uint64_t *v, int *present,
+                    store_err *err);
 
 /* Optional float field (float32, float64 or integer). */
-int req_get_float(const msgpack_object *map, const char *key, double *v, store_err *err);
+int request_get_float(const msgpack_object *map, const char *key, double *v, store_err *err);
 
 /* Optional bool field. */
-int req_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err);
+int request_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err);
 
 /* Copy a possibly unprintable wire string for a message into buf; returns buf. */
-const char *req_printable(char *buf, size_t size, const char *s, size_t len);
+const char *request_printable(char *buf, size_t size, const char *s, size_t len);
 
 /*
  * Decode the `tensors` array of a push into (*out)[0..*n) (malloc'd, the
  * caller frees; names and data point into the request).
  */
-int req_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n,
-                       store_err *err);
+int request_decode_tensors(const msgpack_object *root, int txn, store_input **out, size_t *n,
+                           store_err *err);
 
 /*
  * reply.c: the two-pass reply packer. A build_fn packs a whole reply from

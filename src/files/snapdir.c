@@ -6,7 +6,7 @@
  * aside. The file format and the atomic write are common/snapshot.c.
  *
  * Decisions:
- * - snap_write checks everything (snap_check_write) before it creates a
+ * - snapdir_write checks everything (snapshot_check_write) before it creates a
  *   directory, so a bad request leaves no trace on disk.
  * - Prune: an incomplete step never counts towards `keep`; it is removed
  *   once a newer complete step exists, and left alone while it is newer
@@ -15,8 +15,8 @@
  *   a human to look at.
  *
  * Nothing here keeps state or locks; all functions may run on any thread.
- * snap_prune removes every temp file of the directory, so it must not run
- * while a snap_write to the same model is in progress.
+ * snapdir_prune removes every temp file of the directory, so it must not run
+ * while a snapdir_write to the same model is in progress.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -36,7 +36,7 @@
 #define SNAP_SUBDIR "snapshots"
 #define SNAP_DIR_MODE 0750
 
-/* Is name a snapshot temp file, .STEP.dK.safetensors.tmp.XXXXXX (see st_write_ex)? */
+/* Is name a snapshot temp file, .STEP.dK.safetensors.tmp.XXXXXX (see safetensors_write_ex)? */
 static int
 is_temp_name(const char *name)
 {
@@ -44,15 +44,15 @@ is_temp_name(const char *name)
     uint64_t step;
     size_t k;
 
-    if (name[0] != '.' || (end = snap_parse_name(name + 1, &step, &k)) == NULL)
+    if (name[0] != '.' || (end = snapshot_parse_name(name + 1, &step, &k)) == NULL)
         return 0;
-    return strncmp(end, "." SNAP_TMP_TAG ".", strlen(SNAP_TMP_TAG) + 2) == 0 &&
-           end[strlen(SNAP_TMP_TAG) + 2] != '\0';
+    return strncmp(end, "." SNAPSHOT_TMP_TAG ".", strlen(SNAPSHOT_TMP_TAG) + 2) == 0 &&
+           end[strlen(SNAPSHOT_TMP_TAG) + 2] != '\0';
 }
 
 /* Path of a model's snapshot directory (malloc'd, NULL if memory runs out). */
 char *
-snap_model_dir(const char *state_dir, const char *model)
+snapdir_model_dir(const char *state_dir, const char *model)
 {
     char *s;
 
@@ -61,17 +61,17 @@ snap_model_dir(const char *state_dir, const char *model)
 
 /* Path of one file of a set (malloc'd, NULL if memory runs out). */
 char *
-snap_path(const char *model_dir, uint64_t step, size_t decay_index)
+snapdir_path(const char *model_dir, uint64_t step, size_t decay_index)
 {
     char *s;
 
-    return asprintf(&s, "%s/" SNAP_NAME_FMT, model_dir, step, decay_index) < 0 ? NULL : s;
+    return asprintf(&s, "%s/" SNAPSHOT_NAME_FMT, model_dir, step, decay_index) < 0 ? NULL : s;
 }
 
 /* Write one snapshot file into the model's directory (see snapdir.h). */
 int
-snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size_t n,
-           uint64_t *bytes, char **cause)
+snapdir_write(const char *state_dir, const snapshot_meta *m, const snapshot_tensor *t, size_t n,
+              uint64_t *bytes, char **cause)
 {
     char *dir = NULL, *path = NULL;
     int rc;
@@ -79,19 +79,19 @@ snap_write(const char *state_dir, const snap_meta *m, const snap_tensor *t, size
     if (cause != NULL)
         *cause = NULL;
     /* Check everything before creating directories. */
-    if ((rc = snap_check_write(m, t, n, cause)) < 0)
+    if ((rc = snapshot_check_write(m, t, n, cause)) < 0)
         return rc;
-    if ((dir = snap_model_dir(state_dir, m->model)) == NULL ||
-        (path = snap_path(dir, m->step, m->decay_index)) == NULL) {
+    if ((dir = snapdir_model_dir(state_dir, m->model)) == NULL ||
+        (path = snapdir_path(dir, m->step, m->decay_index)) == NULL) {
         rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     if ((rc = fileio_make_dirs(dir, SNAP_DIR_MODE)) < 0) {
-        rc = cause_set(cause, snap_io_code(-rc), "%s: cannot create the directory: %s", dir,
+        rc = cause_set(cause, snapshot_io_code(-rc), "%s: cannot create the directory: %s", dir,
                        strerror(-rc));
         goto out;
     }
-    rc = snap_write_path(path, m, t, n, bytes, cause);
+    rc = snapshot_write_path(path, m, t, n, bytes, cause);
 out:
     free(path);
     free(dir);
@@ -117,10 +117,10 @@ is_regular(int dfd, const char *name)
 }
 
 /* A growable array of (step, decay index) pairs found in a directory. */
-typedef struct snap_entry {
+typedef struct snapdir_entry {
     uint64_t step;
     size_t decay_index;
-} snap_entry;
+} snapdir_entry;
 
 /*
  * Collect the snapshot files (regular files named STEP.dK.safetensors) of
@@ -128,22 +128,22 @@ typedef struct snap_entry {
  * unlink the temp files and count them in *removed. 0 or -ENOMEM.
  */
 static int
-scan_dir(DIR *dir, snap_entry **out, size_t *n, int remove_temps, size_t *removed)
+scan_dir(DIR *dir, snapdir_entry **out, size_t *n, int remove_temps, size_t *removed)
 {
-    snap_entry *e = NULL, *ne;
+    snapdir_entry *e = NULL, *ne;
     size_t cap = 0;
     struct dirent *de;
 
     *n = 0;
     while ((de = readdir(dir)) != NULL) {
-        snap_entry x;
+        snapdir_entry x;
 
         if (remove_temps && is_temp_name(de->d_name)) {
             if (unlinkat(dirfd(dir), de->d_name, 0) == 0)
                 (*removed)++;
             continue;
         }
-        if (!snap_is_name(de->d_name, &x.step, &x.decay_index) ||
+        if (!snapshot_is_name(de->d_name, &x.step, &x.decay_index) ||
             !is_regular(dirfd(dir), de->d_name))
             continue;
         if (*n == cap) {
@@ -162,10 +162,10 @@ scan_dir(DIR *dir, snap_entry **out, size_t *n, int remove_temps, size_t *remove
 
 /* Steps with at least one snapshot file, newest first (see snapdir.h). */
 int
-snap_list_steps(const char *model_dir, uint64_t **steps, size_t *n)
+snapdir_list_steps(const char *model_dir, uint64_t **steps, size_t *n)
 {
     DIR *dir;
-    snap_entry *e;
+    snapdir_entry *e;
     uint64_t *s;
     size_t ne, k = 0;
     int rc;
@@ -196,7 +196,7 @@ snap_list_steps(const char *model_dir, uint64_t **steps, size_t *n)
 
 /* Does e[0..n) hold every decay 0..ndecays-1 of step? */
 static int
-step_complete(const snap_entry *e, size_t n, uint64_t step, size_t ndecays)
+step_complete(const snapdir_entry *e, size_t n, uint64_t step, size_t ndecays)
 {
     uint32_t have = 0;
 
@@ -214,7 +214,7 @@ step_complete(const snap_entry *e, size_t n, uint64_t step, size_t ndecays)
  * if there is no complete step.
  */
 static int
-kept_range(const snap_entry *e, size_t n, size_t ndecays, size_t keep, uint64_t *newest,
+kept_range(const snapdir_entry *e, size_t n, size_t ndecays, size_t keep, uint64_t *newest,
            uint64_t *oldest)
 {
     uint64_t *s = malloc((n > 0 ? n : 1) * sizeof(*s));
@@ -242,10 +242,10 @@ kept_range(const snap_entry *e, size_t n, size_t ndecays, size_t keep, uint64_t 
  * and every temp file. Returns the number of files removed.
  */
 size_t
-snap_prune(const char *model_dir, size_t ndecays, size_t keep)
+snapdir_prune(const char *model_dir, size_t ndecays, size_t keep)
 {
     DIR *dir;
-    snap_entry *e;
+    snapdir_entry *e;
     size_t n, removed = 0;
     uint64_t newest = 0, oldest = 0;
 
@@ -262,7 +262,7 @@ snap_prune(const char *model_dir, size_t ndecays, size_t keep)
             if (e[i].step >= oldest &&
                 (e[i].step >= newest || step_complete(e, n, e[i].step, ndecays)))
                 continue;
-            snprintf(name, sizeof(name), SNAP_NAME_FMT, e[i].step, e[i].decay_index);
+            snprintf(name, sizeof(name), SNAPSHOT_NAME_FMT, e[i].step, e[i].decay_index);
             if (unlinkat(dirfd(dir), name, 0) == 0)
                 removed++;
         }
@@ -276,7 +276,7 @@ snap_prune(const char *model_dir, size_t ndecays, size_t keep)
 
 /* Rename a bad file to PATH.broken (replacing an older one) and sync its directory. */
 int
-snap_mark_broken(const char *path)
+snapdir_mark_broken(const char *path)
 {
     char *to;
     int rc = 0;
@@ -313,7 +313,7 @@ free_names(char **names, size_t n)
  * missing snapshots directory is no models. 0 or a negative errno.
  */
 int
-snap_list_models(const char *state_dir, char ***names, size_t *n)
+snapdir_list_models(const char *state_dir, char ***names, size_t *n)
 {
     char *path, **v = NULL, **nv;
     size_t cap = 0, k = 0;
@@ -360,10 +360,10 @@ fail:
 
 /* Remove the temp files a dead writer left in a model's directory; returns how many. */
 size_t
-snap_remove_temps(const char *model_dir)
+snapdir_remove_temps(const char *model_dir)
 {
     DIR *dir = opendir(model_dir);
-    snap_entry *e = NULL;
+    snapdir_entry *e = NULL;
     size_t n = 0, removed = 0;
 
     if (dir == NULL)
@@ -376,9 +376,9 @@ snap_remove_temps(const char *model_dir)
 
 /* Remove a model's snapshot directory and every file in it; 0 or a negative errno. */
 int
-snap_remove_model(const char *state_dir, const char *model)
+snapdir_remove_model(const char *state_dir, const char *model)
 {
-    char *path = snap_model_dir(state_dir, model);
+    char *path = snapdir_model_dir(state_dir, model);
     DIR *dir;
     struct dirent *de;
     int rc = 0;

@@ -102,7 +102,7 @@ merge_stage(stage *dst, stage *src, store_err *err)
             if (stage_check_same(have, &desc, "what other writers pushed for this step", err))
                 return err->code;
             for (size_t k = 0; k < it->nslices; k++) {
-                const slice *o = item_overlap(have, it->slices[k].start, it->slices[k].count);
+                const slice *o = stage_item_overlap(have, it->slices[k].start, it->slices[k].count);
                 if (o != NULL)
                     return store_fail(
                         err, EMAD_EOVERLAP, it->name,
@@ -148,7 +148,7 @@ merge_stage(stage *dst, stage *src, store_err *err)
         have->nonfinite += it->nonfinite;
         for (size_t k = 0; k < it->nslices; k++) {
             slice *from = &it->slices[k];
-            slice *to = item_add_slice(have, from->start, from->count);
+            slice *to = stage_item_add_slice(have, from->start, from->count);
             to->received = from->received;
             to->owned = 1;
             to->data = from->owned ? from->data : copies[c++];

@@ -103,7 +103,7 @@ stage_add(stage *st, const store_input *in, uint64_t numel)
 
 /* Add the slice [start, start + count) to an item (no data yet). */
 slice *
-item_add_slice(item *it, uint64_t start, uint64_t count)
+stage_item_add_slice(item *it, uint64_t start, uint64_t count)
 {
     slice *sl;
 
@@ -120,7 +120,7 @@ item_add_slice(item *it, uint64_t start, uint64_t count)
 
 /* A slice of it overlapping [start, start + count), or NULL. Empty slices overlap nothing. */
 const slice *
-item_overlap(const item *it, uint64_t start, uint64_t count)
+stage_item_overlap(const item *it, uint64_t start, uint64_t count)
 {
     for (size_t k = 0; k < it->nslices; k++) {
         const slice *sl = &it->slices[k];
@@ -133,7 +133,7 @@ item_overlap(const item *it, uint64_t start, uint64_t count)
 
 /* The slice of an item that is exactly [start, start + count), or NULL. */
 slice *
-item_slice_at(item *it, uint64_t start, uint64_t count)
+stage_item_slice_at(item *it, uint64_t start, uint64_t count)
 {
     for (size_t k = 0; k < it->nslices; k++)
         if (it->slices[k].start == start && it->slices[k].count == count)
@@ -303,12 +303,12 @@ stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_e
         if ((it = stage_find(st, in[i].name, in[i].name_len)) != NULL) {
             if (stage_check_same(it, &in[i], "another slice in this push", err) != 0)
                 return err->code;
-            if ((other = item_overlap(it, in[i].start, count)) != NULL)
+            if ((other = stage_item_overlap(it, in[i].start, count)) != NULL)
                 return overlap_error(name, in[i].start, count, other, err);
         } else {
             it = stage_add(st, &in[i], numel);
         }
-        sl = item_add_slice(it, in[i].start, count);
+        sl = stage_item_add_slice(it, in[i].start, count);
         sl->data = (void *)in[i].data;
         sl->received = in[i].len;
     }
@@ -408,7 +408,7 @@ stage_check_unique(const store_input *in, size_t n, const char *what, store_err 
  * received: 0 all new, 1 all received before (a resend), -1 partly.
  */
 int
-slice_seen(const slice *sl, uint64_t off, uint64_t len)
+stage_slice_seen(const slice *sl, uint64_t off, uint64_t len)
 {
     for (size_t k = 0; k < sl->ngot; k++) {
         uint64_t a = sl->got[k][0], b = sl->got[k][1];
@@ -422,7 +422,7 @@ slice_seen(const slice *sl, uint64_t off, uint64_t len)
 
 /* Record bytes [off, off + len) of a slice as received (new bytes only). */
 void
-slice_got(slice *sl, uint64_t off, uint64_t len)
+stage_slice_got(slice *sl, uint64_t off, uint64_t len)
 {
     size_t k = 0;
 
@@ -471,12 +471,12 @@ stage_check_chunk(item *it, const store_input *in, uint64_t count, store_err *er
         return 0;
     if (stage_check_same(it, in, "earlier chunks", err) != 0)
         return err->code;
-    if ((sl = item_slice_at(it, in->start, count)) == NULL) {
-        if ((o = item_overlap(it, in->start, count)) != NULL)
+    if ((sl = stage_item_slice_at(it, in->start, count)) == NULL) {
+        if ((o = stage_item_overlap(it, in->start, count)) != NULL)
             return overlap_error(name, in->start, count, o, err);
         return 0;
     }
-    if (slice_seen(sl, in->offset, in->len) < 0)
+    if (stage_slice_seen(sl, in->offset, in->len) < 0)
         return store_fail(
             err, EMAD_EORDER, name,
             "tensor '%s': chunk [%llu, +%llu) overlaps bytes received in another chunk", name,

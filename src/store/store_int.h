@@ -143,11 +143,11 @@ void stage_free(stage *st);
 item *stage_find(const stage *st, const char *name, size_t len);
 void stage_reserve(stage *st, size_t n);
 item *stage_add(stage *st, const store_input *in, uint64_t numel);
-slice *item_add_slice(item *it, uint64_t start, uint64_t count);
-const slice *item_overlap(const item *it, uint64_t start, uint64_t count);
-slice *item_slice_at(item *it, uint64_t start, uint64_t count);
-int slice_seen(const slice *sl, uint64_t off, uint64_t len);
-void slice_got(slice *sl, uint64_t off, uint64_t len);
+slice *stage_item_add_slice(item *it, uint64_t start, uint64_t count);
+const slice *stage_item_overlap(const item *it, uint64_t start, uint64_t count);
+slice *stage_item_slice_at(item *it, uint64_t start, uint64_t count);
+int stage_slice_seen(const slice *sl, uint64_t off, uint64_t len);
+void stage_slice_got(slice *sl, uint64_t off, uint64_t len);
 int stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
                       uint64_t *count, store_err *err);
 int stage_check_against(const tensor *t, const char *name, int kind, int dtype, uint32_t ndim,

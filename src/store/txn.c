@@ -293,7 +293,7 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
         if (skip[i])
             continue;
         it = stage_find(&t->st, in[i].name, in[i].name_len);
-        if (it != NULL && item_slice_at(it, in[i].start, counts[i]) != NULL)
+        if (it != NULL && stage_item_slice_at(it, in[i].start, counts[i]) != NULL)
             continue;
         if (it == NULL) {
             (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &numel, NULL);
@@ -302,10 +302,10 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
         if (t->eager) {
             if (!it->prepared && eager_prepare(m, t, it, err) != 0)
                 goto fail;
-            (void)item_add_slice(it, in[i].start, counts[i]);
+            (void)stage_item_add_slice(it, in[i].start, counts[i]);
             continue;
         }
-        sl = item_add_slice(it, in[i].start, counts[i]);
+        sl = stage_item_add_slice(it, in[i].start, counts[i]);
         sl->owned = 1;
         if ((sl->data = xtry_aligned(bytes ? bytes : 1)) == NULL) {
             char name[EMAD_MAX_NAME_BYTES + 1];
@@ -325,8 +325,8 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
             continue;
         }
         it = stage_find(&t->st, in[i].name, in[i].name_len);
-        sl = item_slice_at(it, in[i].start, counts[i]);
-        if (in[i].len > 0 && slice_seen(sl, in[i].offset, in[i].len) > 0)
+        sl = stage_item_slice_at(it, in[i].start, counts[i]);
+        if (in[i].len > 0 && stage_slice_seen(sl, in[i].offset, in[i].len) > 0)
             continue; /* a resent chunk: already have these bytes */
         if (!t->eager)
             memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
@@ -334,7 +334,7 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
             eager_tasks(m, it, (uint32_t)(it - t->st.items),
                         sl->start + in[i].offset / dtype_size(it->dtype),
                         in[i].len / dtype_size(it->dtype), in[i].data, &tl);
-        slice_got(sl, in[i].offset, in[i].len);
+        stage_slice_got(sl, in[i].offset, in[i].len);
         (*staged_n)++;
     }
     free(counts);
