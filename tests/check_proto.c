@@ -60,6 +60,10 @@ START_TEST(test_proto_model_names)
     ck_assert_int_eq(names_check_model(".hidden", 7), EMAD_ENAME);
     ck_assert_int_eq(names_check_model("a/b", 3), EMAD_ENAME);
     ck_assert_int_eq(names_check_model("a b", 3), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model("-rf", 3), EMAD_ENAME); /* read as an option */
+    ck_assert_int_eq(names_check_model("-", 1), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model("a-", 2), 0);
+    ck_assert_int_eq(names_check_model("a\"b", 3), EMAD_ENAME);
     char longname[EMAD_MAX_MODEL_NAME_BYTES + 2];
     memset(longname, 'a', sizeof(longname));
     ck_assert_int_eq(names_check_model(longname, EMAD_MAX_MODEL_NAME_BYTES), 0);
@@ -80,6 +84,40 @@ START_TEST(test_proto_tensor_names_utf8)
     ck_assert_int_eq(names_check_tensor("\xc0\xaf", 2), EMAD_ENAME);     /* overlong */
     ck_assert_int_eq(names_check_tensor("\xed\xa0\x80", 3), EMAD_ENAME); /* surrogate */
     ck_assert_int_eq(names_check_tensor("\xff", 1), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("a\x7f", 2), EMAD_ENAME); /* DEL */
+    /* Quotes, backslashes and '=' are fine in names: logs quote them. */
+    ck_assert_int_eq(names_check_tensor("a\" b=\\", 6), 0);
+}
+END_TEST
+
+/* Every C1 control (U+0080..U+009F) and U+2028/U+2029 are refused; their neighbours are not. */
+START_TEST(test_proto_tensor_names_refuse_c1_and_separators)
+{
+    char s[8];
+
+    for (unsigned cp = 0x80; cp <= 0xa0; cp++) {
+        s[0] = 'w';
+        s[1] = (char)(0xc0 | (cp >> 6));
+        s[2] = (char)(0x80 | (cp & 0x3f));
+        ck_assert_msg(names_check_tensor(s, 3) == (cp <= 0x9f ? EMAD_ENAME : 0), "U+%04X", cp);
+    }
+    for (unsigned cp = 0x2027; cp <= 0x202a; cp++) {
+        s[0] = (char)(0xe0 | (cp >> 12));
+        s[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        s[2] = (char)(0x80 | (cp & 0x3f));
+        s[3] = 'x';
+        ck_assert_msg(names_check_tensor(s, 4) == (cp == 0x2028 || cp == 0x2029 ? EMAD_ENAME : 0),
+                      "U+%04X", cp);
+    }
+    ck_assert_int_eq(names_check_tensor("nel\xc2\x85", 5), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("csi\xc2\x9b" "31m", 8), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("\xe2\x80\xa8", 3), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("\xc2\xa0", 2), 0); /* U+00A0, not a control */
+}
+END_TEST
+
+START_TEST(test_proto_tensor_names_longest)
+{
     char *big = malloc(EMAD_MAX_NAME_BYTES + 1);
     memset(big, 'x', EMAD_MAX_NAME_BYTES + 1);
     ck_assert_int_eq(names_check_tensor(big, EMAD_MAX_NAME_BYTES), 0);
@@ -238,6 +276,8 @@ proto_suite(void)
     tcase_add_test(tc, test_proto_error_names_and_texts);
     tcase_add_test(tc, test_proto_model_names);
     tcase_add_test(tc, test_proto_tensor_names_utf8);
+    tcase_add_test(tc, test_proto_tensor_names_refuse_c1_and_separators);
+    tcase_add_test(tc, test_proto_tensor_names_longest);
     tcase_add_test(tc, test_proto_prescan_accepts_valid_and_rejects_every_truncation);
     tcase_add_test(tc, test_proto_prescan_rejects_trailing_bytes);
     tcase_add_test(tc, test_proto_prescan_rejects_huge_container_counts);

@@ -33,7 +33,7 @@ names_kind_from_name(const char *name, size_t len)
 int
 names_check_model(const char *name, size_t len)
 {
-    if (len == 0 || len > EMAD_MAX_MODEL_NAME_BYTES || name[0] == '.')
+    if (len == 0 || len > EMAD_MAX_MODEL_NAME_BYTES || name[0] == '.' || name[0] == '-')
         return EMAD_ENAME;
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)name[i];
@@ -85,6 +85,9 @@ names_check_tensor(const char *name, size_t len)
         /* Overlong forms, surrogates, beyond U+10FFFF. */
         if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
             (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+            return EMAD_ENAME;
+        /* C1 controls (U+0085 NEL, U+009B CSI, ...) and the line and paragraph separators. */
+        if (cp <= 0x9f || cp == 0x2028 || cp == 0x2029)
             return EMAD_ENAME;
         i += n + 1;
     }

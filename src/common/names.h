@@ -16,13 +16,16 @@ int names_kind_from_name(const char *name, size_t len); /* -1 if unknown */
 
 /*
  * Check a model name: 1..EMAD_MAX_MODEL_NAME_BYTES bytes of [A-Za-z0-9._-],
- * not starting with '.'. Returns 0 or EMAD_ENAME.
+ * not starting with '.' (hidden files) or '-' (read as an option by
+ * command lines). Returns 0 or EMAD_ENAME.
  */
 int names_check_model(const char *name, size_t len);
 
 /*
  * Check a tensor name: 1..EMAD_MAX_NAME_BYTES bytes of valid UTF-8 without
- * NUL or control characters. Returns 0 or EMAD_ENAME.
+ * NUL, control characters (C0, DEL and C1: U+0000..U+001F, U+007F..U+009F)
+ * or the line and paragraph separators U+2028 and U+2029, so a name never
+ * breaks a log line or a terminal. Returns 0 or EMAD_ENAME.
  */
 int names_check_tensor(const char *name, size_t len);
 

@@ -4,7 +4,8 @@
  * Every request is answered on its first call of the access handler:
  * nothing here reads a request body or keeps per-connection state. The
  * response body is rendered into a malloc'd buffer that libmicrohttpd
- * frees after sending it.
+ * frees after sending it. Paths are routed as sent, byte for byte:
+ * percent escapes are not decoded, so "/stats%00x" is not "/stats".
  */
 #include <errno.h>
 #include <netdb.h>
@@ -106,7 +107,20 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
     n = strlen(h->last_error);
     while (n > 0 && (h->last_error[n - 1] == '\n' || h->last_error[n - 1] == '.'))
         h->last_error[--n] = '\0';
-    log_debug("event=http_error error=\"%s\"", h->last_error);
+    log_debug("event=http_error error=%s", LOG_STR(h->last_error));
+}
+
+/*
+ * libmicrohttpd's unescape callback: leave the path as it came. Every path
+ * served is plain ASCII, so routing the raw path is exact; decoding would
+ * let "%00" cut a path short before the comparison.
+ */
+static size_t
+keep_escapes(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
 }
 
 /* Queue a response that takes ownership of body (malloc'd, len bytes). */
@@ -208,6 +222,8 @@ http_create(http **out, const char *address, metrics_board *board, char **cause)
                             MHD_OPTION_SOCK_ADDR, res->ai_addr,
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS_PER_IP,
+                            MHD_OPTION_UNESCAPE_CALLBACK, keep_escapes, NULL,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
                             MHD_OPTION_END);

@@ -6,8 +6,10 @@
  * never the loop thread. Handlers only read the metrics board (metrics.h),
  * which hands them a copy of the figures made by the loop thread; so a
  * slow, idle or hostile HTTP client can hold at most an HTTP thread and a
- * connection slot, never a push. Connections are capped in number, memory
- * and idle time.
+ * connection slot, never a push. Connections are capped in number, per
+ * client address, in memory and in idle time, so a client that opens many
+ * connections and sends its headers slowly holds at most
+ * HTTP_MAX_CONNECTIONS_PER_IP of them and /healthz still answers others.
  */
 #ifndef EMAD_HTTP_H
 #define EMAD_HTTP_H
@@ -19,6 +21,7 @@
 #define HTTP_DEFAULT_ADDRESS "127.0.0.1:7471"
 #define HTTP_THREADS 2                    /* libmicrohttpd worker threads */
 #define HTTP_MAX_CONNECTIONS 128          /* connections open at once */
+#define HTTP_MAX_CONNECTIONS_PER_IP 8     /* of them from one client address */
 #define HTTP_CONNECTION_TIMEOUT_S 10      /* idle connections are closed after this */
 #define HTTP_CONNECTION_MEMORY (32 << 10) /* per connection: request line and headers */
 

@@ -231,10 +231,10 @@ job_done(uv_work_t *req, int status)
         answer_model(p, jb->model, 0, "", jb->version, jb->step);
     } else {
         p->st.failed++;
-        log_error("event=snapshot_failed model=%s step=%llu error=\"%s\" (previous snapshots kept; "
+        log_error("event=snapshot_failed model=%s step=%llu error=%s (previous snapshots kept; "
                   "retried at the next interval)",
                   jb->model, (unsigned long long)jb->step,
-                  jb->cause != NULL ? jb->cause : "unknown");
+                  LOG_STR(jb->cause != NULL ? jb->cause : "unknown"));
         answer_model(p, jb->model, jb->rc, jb->cause != NULL ? jb->cause : "snapshot failed", 0, 0);
     }
     emaconf_free(&jb->cfg);
@@ -263,7 +263,7 @@ start_job(persist *p, model *m)
         view_options vo = {1, m->cfg.decays[j], EMAD_DTYPE_INVALID};
         if (store_view_create(p->s, m->name, strlen(m->name), NULL, NULL, 0, &vo, &jb->views[j],
                               &err) != 0) {
-            log_error("event=snapshot_failed model=%s error=\"%s\"", m->name, err.message);
+            log_error("event=snapshot_failed model=%s error=%s", m->name, LOG_STR(err.message));
             for (size_t k = 0; k < j; k++)
                 store_view_free(jb->views[k]);
             emaconf_free(&jb->cfg);
@@ -546,9 +546,9 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
         if (rc != 0) {
             st->broken++;
             log_error(
-                "event=snapshot_broken model=%s step=%llu file=%s error=\"%s\" action=renamed "
+                "event=snapshot_broken model=%s step=%llu file=%s error=%s action=renamed "
                 "to %s.broken; trying the previous snapshot",
-                name, (unsigned long long)step, path, cause != NULL ? cause : "?", path);
+                name, (unsigned long long)step, path, LOG_STR(cause != NULL ? cause : "?"), path);
             (void)snapdir_mark_broken(path);
             free(cause);
             free(path);
@@ -563,8 +563,8 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
     if (result == 0) {
         char *cause = NULL;
         if (restore(s, files, n, &cause) != 0) {
-            log_error("event=snapshot_unusable model=%s step=%llu error=\"%s\"", name,
-                      (unsigned long long)step, cause != NULL ? cause : "?");
+            log_error("event=snapshot_unusable model=%s step=%llu error=%s", name,
+                      (unsigned long long)step, LOG_STR(cause != NULL ? cause : "?"));
             result = -1;
         }
         free(cause);

@@ -213,9 +213,9 @@ reply_error(req *r, const store_err *err)
         if (code >= EMAD_ERRNO_FIRST && code <= EMAD_ERRNO_LAST)
             srv->push_rejects[code - EMAD_ERRNO_FIRST]++;
     }
-    log_warn("event=request_error op=%s code=%s tensor=\"%s\" message=\"%s\"",
-             proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?", e->tensor,
-             e->message);
+    log_warn("event=request_error op=%s code=%s tensor=%s message=%s",
+             proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?",
+             LOG_STR(e->tensor), LOG_STR(e->message));
     reply_send(r, build_error, &ctx);
 }
 
