@@ -160,6 +160,59 @@ import_kinds(ctl *g, emad_client *c, const char *model, emad_tensor *t, size_t *
     return 0;
 }
 
+/*
+ * Check an import before anything is sent: every tensor fits in one
+ * message of the daemon (a seed cannot split a tensor) and matches the
+ * dtype and shape the model stores for it. *existed is set to whether the
+ * model exists. Returns 0 or the exit status (printed).
+ */
+static int
+import_check(ctl *g, emad_client *c, const char *model, const emad_tensor *t, const int *as,
+             size_t n, int *existed)
+{
+    uint64_t room = emad_server_max_message_bytes(c);
+    emad_model_info info;
+    emad_tensor *desc = NULL;
+    size_t ndesc = 0;
+    int rc, status = 0;
+
+    /* Room for the request's keys, the model's name and the tensor map's keys (generous). */
+    room = room > 4096 ? room - 4096 : 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].nbytes + strlen(t[i].name) + 16 * (uint64_t)t[i].ndim > room) {
+            ctl_errorf(g,
+                       "tensor '%s' (%" PRIu64 " bytes) does not fit in one message of the "
+                       "daemon (max_message_bytes %" PRIu64 "): nothing imported; restart emad "
+                       "with a larger --max-message-bytes",
+                       t[i].name, t[i].nbytes, emad_server_max_message_bytes(c));
+            return EXIT_FAIL;
+        }
+    }
+    rc = emad_describe(c, model, &info, &desc, &ndesc);
+    *existed = rc == 0;
+    if (rc != 0)
+        return rc == EMAD_ENOMODEL ? 0 : ctl_fail_rc(g, c, rc);
+    for (size_t i = 0; i < n && status == 0; i++) {
+        int dtype = as != NULL && as[i] != EMAD_DTYPE_INVALID ? as[i] : t[i].dtype;
+        for (size_t q = 0; q < ndesc; q++) {
+            const emad_tensor *d = &desc[q];
+            if (strcmp(d->name, t[i].name) != 0)
+                continue;
+            if (d->dtype != dtype || d->ndim != t[i].ndim ||
+                memcmp(d->shape, t[i].shape, d->ndim * sizeof(d->shape[0])) != 0) {
+                ctl_errorf(g,
+                           "tensor '%s': the model stores it with another dtype or shape "
+                           "(%s, %u dimensions): nothing imported",
+                           t[i].name, emad_dtype_name(d->dtype), d->ndim);
+                status = EXIT_FAIL;
+            }
+            break;
+        }
+    }
+    emad_tensors_free(desc, ndesc);
+    return status;
+}
+
 /* import MODEL FILE [--step N] [--buffers BUFFERS.safetensors] */
 static int
 cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
@@ -175,7 +228,7 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
     size_t n = 0;
     char *cause = NULL;
     const char *ms;
-    int rc, status = EXIT_FAIL, have_step = a->nstep > 0;
+    int rc, status = EXIT_FAIL, have_step = a->nstep > 0, existed = 1;
 
     /* An emad snapshot (exact shadows, kinds, configuration) or a plain safetensors state dict. */
     if ((rc = safetensors_read(&pf, path, &cause)) != 0) {
@@ -227,18 +280,33 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
             as[i] = s->sdtype != s->dtype ? s->dtype : EMAD_DTYPE_INVALID;
         }
     }
-    if ((c = ctl_connect(g)) == NULL)
+    /*
+     * All or nothing: everything is checked before the first message; a model
+     * this import creates is dropped again if a seed message fails.
+     */
+    if ((c = ctl_connect_whole(g)) == NULL)
         goto out;
     if (sf == NULL && (rc = import_kinds(g, c, model, t, &n, pf, bf)) != 0) {
         status = rc;
         goto out;
     }
-    if (sf != NULL && (rc = emad_create_config(c, model, &sf->cfg, 1)) != 0 && rc != EMAD_EEXIST) {
+    if ((rc = import_check(g, c, model, t, sf != NULL ? as : NULL, n, &existed)) != 0) {
+        status = rc;
+        goto out;
+    }
+    if (sf != NULL && !existed &&
+        (rc = emad_create_config(c, model, &sf->cfg, 0)) != 0) {
         status = ctl_fail_rc(g, c, rc);
         goto out;
     }
     if ((rc = emad_seed(c, model, step, t, as, n, &res)) != 0) {
         status = ctl_fail_rc(g, c, rc);
+        if (!existed && emad_drop(c, model) == 0)
+            fprintf(stderr, "emactl: model %s dropped again: nothing imported\n", model);
+        else if (res.applied > 0)
+            fprintf(stderr,
+                    "emactl: %" PRIu64 " of %zu tensors were seeded before the failure\n",
+                    res.applied, n);
         goto out;
     }
     printf("imported %s into %s at step %" PRIu64 ": %" PRIu64 " tensors seeded", path, model, step,

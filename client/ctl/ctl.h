@@ -130,6 +130,9 @@ int ctl_fail_file(const ctl *g, const char *path, int rc, const char *cause);
 void ctl_command_usage(FILE *f, const ctl_cmd *c);
 emad_client *ctl_connect(const ctl *g);
 
+/* ctl_connect() with messages as large as the daemon accepts (not the 4 MiB chunks of pushes). */
+emad_client *ctl_connect_whole(const ctl *g);
+
 /* cmd_data.c: tensors of a safetensors file as libemad tensors. */
 void cmd_data_add_tensors(emad_tensor *t, size_t *n, const safetensors_file *f, int kind);
 

@@ -117,15 +117,17 @@ ctl_command_usage(FILE *f, const ctl_cmd *c)
     fprintf(f, "usage: emactl [--server URL] [--timeout MS] %s\n\n%s", c->usage, c->help);
 }
 
-/* Connect to the daemon; prints the error and returns NULL on failure. */
-emad_client *
-ctl_connect(const ctl *g)
+/* Connect to g's server with g's timeouts and, unless 0, chunk_bytes; NULL (printed) on failure. */
+static emad_client *
+connect_chunk(const ctl *g, uint64_t chunk_bytes)
 {
     emad_options o;
     emad_client *c = NULL;
     int rc;
 
     emad_options_init(&o);
+    if (chunk_bytes != 0)
+        o.chunk_bytes = chunk_bytes;
     o.timeout_ms = g->timeout_ms;
     if (o.connect_timeout_ms > g->timeout_ms)
         o.connect_timeout_ms = g->timeout_ms;
@@ -136,6 +138,20 @@ ctl_connect(const ctl *g)
         return NULL;
     }
     return c;
+}
+
+/* Connect to the daemon; prints the error and returns NULL on failure. */
+emad_client *
+ctl_connect(const ctl *g)
+{
+    return connect_chunk(g, 0);
+}
+
+/* ctl_connect() with messages as large as the daemon accepts. */
+emad_client *
+ctl_connect_whole(const ctl *g)
+{
+    return connect_chunk(g, PROTO_MAX_MAX_MESSAGE);
 }
 
 /* ---- main ----------------------------------------------------------------------------------- */

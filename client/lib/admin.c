@@ -307,12 +307,61 @@ fail:
     return rc;
 }
 
-/* Describe one model and its tensors (no data). */
+/*
+ * Read one page of a describe into *all (*n so far, growing) and set *next
+ * to the offset of the next page, or 0 if this was the last. The model
+ * summary comes from the last page read.
+ */
+static int
+describe_page(emad_client *c, const reply *r, emad_model_info *info, emad_tensor **all, size_t *n,
+              uint64_t *next)
+{
+    const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_NEXT);
+    emad_tensor *page = NULL, *grown;
+    size_t k = 0;
+    int rc;
+
+    if ((rc = describe_parse(c, r, info, &page, &k)) != 0)
+        return rc;
+    *next = 0;
+    if (o != NULL && (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 != *n + k ||
+                      k == 0 || o->via.u64 >= info->ntensors)) {
+        emad_tensors_free(page, k);
+        return fail(c, EMAD_EPROTO, "describe: reply key 'next' does not follow the page");
+    }
+    if (o != NULL)
+        *next = o->via.u64;
+    if (*all == NULL) {
+        *all = page;
+        *n = k;
+        return 0;
+    }
+    if ((grown = realloc(*all, (*n + k ? *n + k : 1) * sizeof(*grown))) == NULL) {
+        emad_tensors_free(page, k);
+        return fail(c, EMAD_ENOMEM, "describe: out of memory");
+    }
+    memcpy(grown + *n, page, k * sizeof(*page));
+    free(page); /* the names now belong to grown */
+    *all = grown;
+    *n += k;
+    return 0;
+}
+
+/*
+ * Describe one model and its tensors (no data), reading the list in pages
+ * (offset, next) as large as the replies we accept.
+ */
 EMAD_EXTERN int
 emad_describe(emad_client *c, const char *model, emad_model_info *info, emad_tensor **tensors,
               size_t *n)
 {
-    simple_req q = {.op = PROTO_OP_LIST, .model = model};
+    simple_req q = {.op = PROTO_OP_LIST,
+                    .model = model,
+                    .key = PROTO_KEY_OFFSET,
+                    .value = 0,
+                    .key2 = PROTO_KEY_MAX_REPLY_BYTES};
+    emad_tensor *all = NULL;
+    size_t count = 0;
     reply r;
     int rc;
 
@@ -323,11 +372,20 @@ emad_describe(emad_client *c, const char *model, emad_model_info *info, emad_ten
     *n = 0;
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
-    if ((rc = call_simple(c, &q, &r)) != 0)
+    q.value2 = c->reply_eff;
+    do {
+        if ((rc = call_simple(c, &q, &r)) != 0)
+            break;
+        rc = describe_page(c, &r, info, &all, &count, &q.value);
+        reply_free(&r);
+    } while (rc == 0 && q.value != 0);
+    if (rc != 0) {
+        emad_tensors_free(all, count);
         return call_end(c, rc);
-    rc = describe_parse(c, &r, info, tensors, n);
-    reply_free(&r);
-    return call_end(c, rc);
+    }
+    *tensors = all;
+    *n = count;
+    return call_end(c, 0);
 }
 
 /* Read a stats reply into a malloc'd array *out of *n counters (names cut to 63 bytes). */
@@ -411,11 +469,11 @@ config_parse(emad_client *c, const reply *r, emad_model_config *cfg)
     return 0;
 }
 
-/* A model's configuration, from `list` with the model's name. */
+/* A model's configuration, from `list` with the model's name (and one tensor at most). */
 EMAD_EXTERN int
 emad_get_config(emad_client *c, const char *model, emad_model_config *cfg)
 {
-    simple_req q = {.op = PROTO_OP_LIST, .model = model};
+    simple_req q = {.op = PROTO_OP_LIST, .model = model, .key = PROTO_KEY_LIMIT, .value = 1};
     reply r;
     int rc;
 

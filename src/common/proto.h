@@ -47,6 +47,7 @@ enum proto_op {
 /* Limits (also in docs/PROTOCOL.md). */
 #define PROTO_MAX_TENSORS 65536      /* tensors in one push message */
 #define PROTO_MAX_RANGES 65536       /* ranges in one read request */
+#define PROTO_LIST_PAGE 65536        /* tensors in one page of a `list` of a model */
 #define PROTO_MAX_OBJECTS (1u << 21) /* msgpack objects in one request */
 #define PROTO_MAX_DEPTH 8            /* nesting depth of a request */
 #define PROTO_DEFAULT_MAX_MESSAGE (64u << 20)

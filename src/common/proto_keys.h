@@ -26,6 +26,8 @@
 #define PROTO_KEY_SHAPE "shape"
 #define PROTO_KEY_DATA "data"
 #define PROTO_KEY_OFFSET "offset"
+#define PROTO_KEY_LIMIT "limit"
+#define PROTO_KEY_NEXT "next"
 #define PROTO_KEY_SLICE "slice"
 #define PROTO_KEY_AS_DTYPE "as_dtype"
 #define PROTO_KEY_STEP "step"

@@ -1,6 +1,10 @@
 /*
  * ops_model.c - the ops about models and the daemon: hello, create,
  * configure, drop, list, stats and snapshot (docs/PROTOCOL.md).
+ *
+ * A list of one model's tensors comes in pages (offset, limit, next) of at
+ * most PROTO_LIST_PAGE tensors that fit the reply limit, so any model can
+ * be listed and no list holds the loop for long.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,11 +167,14 @@ ops_model_drop(req *r, store_err *err)
     return 0;
 }
 
-/* A list reply's context: the store, the time, and one model (or NULL for all). */
+/* A list reply's context: the store, the time, and one model (or NULL for all) with the page of
+ * its tensors [first, first + count) and whether more follow. */
 typedef struct list_ctx {
     store *s;
     const model *m;
     uint64_t now_ms;
+    size_t first, count;
+    int more;
 } list_ctx;
 
 /* Pack one model summary. */
@@ -212,39 +219,82 @@ build_list_models(msgpack_packer *pk, const void *vctx)
         pack_model(pk, m, ctx->now_ms);
 }
 
-/* Pack a list reply of one model and its tensors. */
+/* Pack the description of a stored tensor (ctx: the tensor). */
+static void
+pack_desc(msgpack_packer *pk, const void *ctx)
+{
+    const tensor *t = ctx;
+    view_tensor vt = {.name = t->name,
+                      .name_len = t->name_len,
+                      .kind = t->kind,
+                      .dtype = t->dtype,
+                      .averaged = t->averaged,
+                      .ndim = t->ndim,
+                      .nbytes = t->nbytes,
+                      .step = t->step};
+
+    memcpy(vt.shape, t->shape, sizeof(vt.shape));
+    ops_pull_pack_tensor(pk, &vt, 0);
+}
+
+/* Pack a list reply of one model and a page of its tensors. */
 static void
 build_list_model(msgpack_packer *pk, const void *vctx)
 {
     const list_ctx *ctx = vctx;
     const model *m = ctx->m;
 
-    reply_pack_head(pk, 1, 2);
+    reply_pack_head(pk, 1, 3 + ctx->more);
     proto_pack_str(pk, PROTO_KEY_MODEL);
     pack_model(pk, m, ctx->now_ms);
+    proto_pack_kv_u64(pk, PROTO_KEY_OFFSET, ctx->first);
+    if (ctx->more)
+        proto_pack_kv_u64(pk, PROTO_KEY_NEXT, ctx->first + ctx->count);
     proto_pack_str(pk, PROTO_KEY_TENSORS);
-    msgpack_pack_array(pk, m->ntensors);
-    for (size_t i = 0; i < m->ntensors; i++) {
-        const tensor *t = m->tensors[i];
-        view_tensor vt = {.name = t->name,
-                          .name_len = t->name_len,
-                          .kind = t->kind,
-                          .dtype = t->dtype,
-                          .averaged = t->averaged,
-                          .ndim = t->ndim,
-                          .nbytes = t->nbytes,
-                          .step = t->step};
-        memcpy(vt.shape, t->shape, sizeof(vt.shape));
-        ops_pull_pack_tensor(pk, &vt, 0);
-    }
+    msgpack_pack_array(pk, ctx->count);
+    for (size_t i = ctx->first; i < ctx->first + ctx->count; i++)
+        pack_desc(pk, m->tensors[i]);
 }
 
-/* list: every model's summary, or one model with its tensors. */
+/*
+ * Choose the page of ctx->m's tensors a list reply holds: from offset, at
+ * most limit tensors, as many as fit in max_reply bytes (at least one).
+ * Sizing is one pass over the page's descriptions, never the whole model.
+ */
+static int
+list_page(list_ctx *ctx, uint64_t offset, uint64_t limit, uint64_t max_reply, store_err *err)
+{
+    const model *m = ctx->m;
+    size_t used;
+
+    if (offset > m->ntensors)
+        return request_fail(err, EMAD_ERANGE,
+                            PROTO_KEY_OFFSET " %llu is beyond the model's %zu tensors",
+                            (unsigned long long)offset, m->ntensors);
+    ctx->first = (size_t)offset;
+    ctx->count = 0;
+    ctx->more = 1;
+    /* The reply without tensors, with the largest array header (5 bytes) and next value. */
+    used = reply_size(build_list_model, ctx) + 5 + 9;
+    while (ctx->first + ctx->count < m->ntensors && ctx->count < limit) {
+        size_t sz = reply_size(pack_desc, m->tensors[ctx->first + ctx->count]);
+        if (used + sz > max_reply && ctx->count > 0)
+            break;
+        used += sz;
+        ctx->count++;
+    }
+    ctx->more = ctx->first + ctx->count < m->ntensors;
+    return 0;
+}
+
+/* list: every model's summary, or one model with a page of its tensors. */
 int
 ops_model_list(req *r, store_err *err)
 {
     const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
-    list_ctx ctx = {r->srv->store, NULL, r->now_ms};
+    list_ctx ctx = {r->srv->store, NULL, r->now_ms, 0, 0, 0};
+    uint64_t offset = 0, limit = PROTO_LIST_PAGE, max_reply = r->srv->cfg.max_message_bytes;
+    int has_offset = 0, has_limit = 0, present;
     const char *name;
     size_t len;
     model *m;
@@ -253,14 +303,34 @@ ops_model_list(req *r, store_err *err)
         reply_send(r, build_list_models, &ctx);
         return 0;
     }
-    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0 ||
+        request_get_u64(r->root, PROTO_KEY_OFFSET, &offset, &has_offset, err) != 0 ||
+        request_get_u64(r->root, PROTO_KEY_LIMIT, &limit, &has_limit, err) != 0 ||
+        request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) != 0)
         return err->code;
+    if (has_limit && (limit == 0 || limit > PROTO_LIST_PAGE))
+        return request_fail(err, EMAD_ERANGE, PROTO_KEY_LIMIT " must be 1 to %d",
+                            PROTO_LIST_PAGE);
+    if (max_reply > r->srv->cfg.max_message_bytes)
+        max_reply = r->srv->cfg.max_message_bytes;
+    if (max_reply < PROTO_REPLY_OVERHEAD * 2)
+        return request_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
+                            PROTO_REPLY_OVERHEAD * 2);
     if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
         return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
                             request_printable(buf, sizeof(buf), name, len));
     }
     ctx.m = m;
+    if (list_page(&ctx, offset, limit, max_reply, err) != 0)
+        return err->code;
+    /* A client that does not page (older ones) gets the whole list or a clear error, never a
+     * part it would take for the whole. */
+    if (ctx.more && !has_offset && !has_limit)
+        return request_fail(err, EMAD_ELIMIT,
+                            "model '%s' has %zu tensors, more than one list reply holds: list "
+                            "them in pages with '" PROTO_KEY_OFFSET "' and '" PROTO_KEY_LIMIT "'",
+                            m->name, m->ntensors);
     reply_send(r, build_list_model, &ctx);
     return 0;
 }

@@ -101,6 +101,19 @@ ops_push_push(req *r, store_err *err)
     }
     if (request_decode_tensors(r->root, has_txn, &in, &n, err) != 0)
         return err->code;
+    /* as_dtype says how a seed's data relates to its tensor: refused in any other push, for
+     * new tensors as for stored ones. */
+    for (size_t i = 0; i < n && !seed; i++) {
+        if (in[i].as_dtype != EMAD_DTYPE_INVALID) {
+            char name[EMAD_MAX_NAME_BYTES + 1];
+            request_fail(err, EMAD_EDTYPE,
+                         "tensor '%s': '" PROTO_KEY_AS_DTYPE "' is only for a seed ('" PROTO_KEY_SEED
+                         "': true)",
+                         request_printable(name, sizeof(name), in[i].name, in[i].name_len));
+            free(in);
+            return err->code;
+        }
+    }
     if (has_txn) {
         uint64_t staged = 0;
         store_job *job = NULL;

@@ -79,6 +79,13 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     srv->counters[COUNTER_BYTES_IN] += len;
     msgpack_unpacked_init(&u);
 
+    /* Exact: NN_RCVMAXSIZE leaves room for routing headers, so a body a few bytes over the
+     * limit gets here. */
+    if (len > srv->cfg.max_message_bytes) {
+        request_fail(&err, EMAD_ELIMIT, "request of %zu bytes exceeds max_message_bytes %llu", len,
+                     (unsigned long long)srv->cfg.max_message_bytes);
+        goto error;
+    }
     if ((rc = proto_prescan(buf, len, &why)) != 0) {
         request_fail(&err, rc, "request is not a valid msgpack message: %s", why);
         goto error;
@@ -290,7 +297,8 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         goto fail;
     }
     /* nanomsg counts the REQ routing header (4 bytes per hop) against the cap: leave room so
-     * a request of exactly max_message_bytes is accepted. */
+     * a request of exactly max_message_bytes is accepted, even through devices. handle()
+     * refuses a body over the limit with EMAD_ELIMIT; larger frames are dropped unanswered. */
     maxsz = (int)cfg->max_message_bytes + 64;
     if (nn_setsockopt(srv->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof(maxsz)) < 0 ||
         nn_setsockopt(srv->sock, NN_TCP, NN_TCP_NODELAY, &one, sizeof(one)) < 0 ||
