@@ -195,7 +195,7 @@ store_create_model(store *s, const char *name, size_t len, const emad_model_conf
     if (names_check_model(name, len) != 0)
         return store_fail(
             err, EMAD_ENAME, NULL,
-            "model name must be 1..%d bytes of A-Z a-z 0-9 . _ - and not start with '.'",
+            "model name must be 1..%d bytes of A-Z a-z 0-9 . _ - and not start with '.' or '-'",
             EMAD_MAX_MODEL_NAME_BYTES);
     if (check_config(cfg, err) != 0)
         return err->code;
