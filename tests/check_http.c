@@ -182,7 +182,7 @@ START_TEST(test_http_serves_metrics_stats_and_refuses_the_rest)
     ck_assert_int_eq(status_of(r), 404);
     free(r);
     /* Exact paths: no escape decoding, no prefix, no trailing bytes. */
-    static const char *const near[] = {"/stats%00x", "/stats%00",  "/%73tats", "/stats/",
+    static const char *const near[] = {"/stats%00x", "/stats%00",   "/%73tats",      "/stats/",
                                        "//stats",    "/metrics%00", "/healthz%00/x", "/statsx"};
     for (size_t i = 0; i < sizeof(near) / sizeof(near[0]); i++) {
         r = fetch(http_port(h), "GET", near[i]);

@@ -47,13 +47,15 @@ START_TEST(test_log_str_escapes_every_control_character)
     ck_assert_str_eq(fmt("a\nb\rc\td"), "\"a\\nb\\rc\\td\"");
     ck_assert_str_eq(fmt("\x1b[31m"), "\"\\x1b[31m\"");
     ck_assert_str_eq(fmt("del\x7f"), "\"del\\x7f\"");
-    ck_assert_str_eq(fmt("nel\xc2\x85"), "\"nel\\u0085\"");    /* U+0085 */
-    ck_assert_str_eq(fmt("csi\xc2\x9b" "2J"), "\"csi\\u009b2J\""); /* U+009B */
+    ck_assert_str_eq(fmt("nel\xc2\x85"), "\"nel\\u0085\""); /* U+0085 */
+    ck_assert_str_eq(fmt("csi\xc2\x9b"
+                         "2J"),
+                     "\"csi\\u009b2J\""); /* U+009B */
     ck_assert_str_eq(fmt("\xe2\x80\xa8|\xe2\x80\xa9"), "\"\\u2028|\\u2029\"");
     /* Valid UTF-8 stays readable; invalid bytes become \xNN. */
     ck_assert_str_eq(fmt("caf\xc3\xa9"), "\"caf\xc3\xa9\"");
     ck_assert_str_eq(fmt("\xff\xc3"), "\"\\xff\\xc3\"");
-    ck_assert_str_eq(fmt("\xc0\xaf"), "\"\\xc0\\xaf\""); /* overlong '/' */
+    ck_assert_str_eq(fmt("\xc0\xaf"), "\"\\xc0\\xaf\"");          /* overlong '/' */
     ck_assert_str_eq(fmt("\xed\xa0\x80"), "\"\\xed\\xa0\\x80\""); /* surrogate */
     ck_assert_str_eq(log_str((char[32]){0}, 32, "a\0b", 3), "\"a\\x00b\"");
 }
@@ -73,8 +75,7 @@ START_TEST(test_log_str_cuts_long_values_at_a_character)
                      "\"012345678...\"");
     /* An escape that does not fit whole is left out too. */
     ck_assert_str_eq(log_str(buf, sizeof(buf), "01234567\n", (size_t)-1), "\"01234567\\n\"");
-    ck_assert_str_eq(log_str(buf, sizeof(buf), "012345678\nabc", (size_t)-1),
-                     "\"012345678...\"");
+    ck_assert_str_eq(log_str(buf, sizeof(buf), "012345678\nabc", (size_t)-1), "\"012345678...\"");
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     ck_assert_uint_eq(strlen(log_str(buf, sizeof(buf), big, (size_t)-1)), sizeof(buf) - 1);

@@ -110,7 +110,10 @@ START_TEST(test_proto_tensor_names_refuse_c1_and_separators)
                       "U+%04X", cp);
     }
     ck_assert_int_eq(names_check_tensor("nel\xc2\x85", 5), EMAD_ENAME);
-    ck_assert_int_eq(names_check_tensor("csi\xc2\x9b" "31m", 8), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("csi\xc2\x9b"
+                                        "31m",
+                                        8),
+                     EMAD_ENAME);
     ck_assert_int_eq(names_check_tensor("\xe2\x80\xa8", 3), EMAD_ENAME);
     ck_assert_int_eq(names_check_tensor("\xc2\xa0", 2), 0); /* U+00A0, not a control */
 }

@@ -6,8 +6,9 @@
         seconds, median and p99 latency in milliseconds.
     ops_load.py slowloris HOST PORT CONNECTIONS SECONDS
         hold CONNECTIONS HTTP connections open for SECONDS, each sending its
-        request headers one byte every 2 s and never finishing them; prints
-        how many were still open at the end.
+        request headers one byte every 2 s and never finishing them, from
+        the source addresses 127.0.0.2 to 127.0.0.11 in turn; prints how many
+        were still open at the end.
     ops_load.py hammer HOST PORT THREADS SECONDS
         GET /metrics as fast as THREADS threads can for SECONDS; prints the
         number of complete 200 responses.
@@ -214,8 +215,8 @@ def deny_setaffinity(argv):
 
 def slowloris(host, port, conns, seconds):
     socks = []
-    for _ in range(conns):
-        s = socket.create_connection((host, port), 5)
+    for k in range(conns):  # from 127.0.0.2..11: emad holds 8 connections per client address
+        s = socket.create_connection((host, port), 5, ("127.0.0.%d" % (2 + k % 10), 0))
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         socks.append(s)
     header = b"X-Slow: " + b"a" * 64

@@ -294,8 +294,7 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
         status = rc;
         goto out;
     }
-    if (sf != NULL && !existed &&
-        (rc = emad_create_config(c, model, &sf->cfg, 0)) != 0) {
+    if (sf != NULL && !existed && (rc = emad_create_config(c, model, &sf->cfg, 0)) != 0) {
         status = ctl_fail_rc(g, c, rc);
         goto out;
     }
@@ -304,8 +303,7 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
         if (!existed && emad_drop(c, model) == 0)
             fprintf(stderr, "emactl: model %s dropped again: nothing imported\n", model);
         else if (res.applied > 0)
-            fprintf(stderr,
-                    "emactl: %" PRIu64 " of %zu tensors were seeded before the failure\n",
+            fprintf(stderr, "emactl: %" PRIu64 " of %zu tensors were seeded before the failure\n",
                     res.applied, n);
         goto out;
     }

@@ -98,8 +98,7 @@ escape(char *out, size_t size, const char *s, size_t len, int quote, size_t rese
         } else if (n == (size_t)-1) { /* a valid C1 control or separator */
             k = (size_t)snprintf(tmp, sizeof(tmp), "\\u%04x", (unsigned)cp);
             in = cp <= 0x9f ? 2 : 3;
-        } else if (p[i] == '\n' || p[i] == '\r' || p[i] == '\t' || p[i] == '"' ||
-                   p[i] == '\\') {
+        } else if (p[i] == '\n' || p[i] == '\r' || p[i] == '\t' || p[i] == '"' || p[i] == '\\') {
             tmp[0] = '\\';
             tmp[1] = p[i] == '\n' ? 'n' : p[i] == '\r' ? 'r' : p[i] == '\t' ? 't' : (char)p[i];
             k = 2;

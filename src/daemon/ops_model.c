@@ -309,8 +309,7 @@ ops_model_list(req *r, store_err *err)
         request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) != 0)
         return err->code;
     if (has_limit && (limit == 0 || limit > PROTO_LIST_PAGE))
-        return request_fail(err, EMAD_ERANGE, PROTO_KEY_LIMIT " must be 1 to %d",
-                            PROTO_LIST_PAGE);
+        return request_fail(err, EMAD_ERANGE, PROTO_KEY_LIMIT " must be 1 to %d", PROTO_LIST_PAGE);
     if (max_reply > r->srv->cfg.max_message_bytes)
         max_reply = r->srv->cfg.max_message_bytes;
     if (max_reply < PROTO_REPLY_OVERHEAD * 2)

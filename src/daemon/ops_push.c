@@ -107,8 +107,8 @@ ops_push_push(req *r, store_err *err)
         if (in[i].as_dtype != EMAD_DTYPE_INVALID) {
             char name[EMAD_MAX_NAME_BYTES + 1];
             request_fail(err, EMAD_EDTYPE,
-                         "tensor '%s': '" PROTO_KEY_AS_DTYPE "' is only for a seed ('" PROTO_KEY_SEED
-                         "': true)",
+                         "tensor '%s': '" PROTO_KEY_AS_DTYPE
+                         "' is only for a seed ('" PROTO_KEY_SEED "': true)",
                          request_printable(name, sizeof(name), in[i].name, in[i].name_len));
             free(in);
             return err->code;

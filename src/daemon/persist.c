@@ -545,10 +545,10 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
         }
         if (rc != 0) {
             st->broken++;
-            log_error(
-                "event=snapshot_broken model=%s step=%llu file=%s error=%s action=renamed "
-                "to %s.broken; trying the previous snapshot",
-                name, (unsigned long long)step, path, LOG_STR(cause != NULL ? cause : "?"), path);
+            log_error("event=snapshot_broken model=%s step=%llu file=%s error=%s action=renamed "
+                      "to %s.broken; trying the previous snapshot",
+                      name, (unsigned long long)step, path, LOG_STR(cause != NULL ? cause : "?"),
+                      path);
             (void)snapdir_mark_broken(path);
             free(cause);
             free(path);
