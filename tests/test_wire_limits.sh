@@ -21,8 +21,9 @@ top_srcdir=${top_srcdir:-.}
 [ -x "$EMACTL" ] || fail "$EMACTL not built"
 timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
 
-ntensors=3000
-timeout 60 "$PYTHON3" - "$top_srcdir/tests" "$work/many.safetensors" "$ntensors" <<'EOF' ||
+# many PATH N: a state dict of N one-element tensors layer00000.w, ...
+many() {
+    timeout 60 "$PYTHON3" - "$top_srcdir/tests" "$1" "$2" <<'EOF' || fail "cannot write $1"
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -31,7 +32,10 @@ n = int(sys.argv[3])
 st.save(sys.argv[2], {"layer%05d.w" % i: np.full(1, i, np.float32) for i in range(n)},
         {"format": "pt", "step": "1"})
 EOF
-    fail "cannot write $work/many.safetensors"
+}
+
+ntensors=3000
+many "$work/many.safetensors" $ntensors
 
 start_daemon --max-message-bytes 65536
 ctl create m --decay 0.5 >/dev/null || fail "create m"
@@ -131,5 +135,26 @@ if LC_ALL=C grep -q "$(printf '\342\200[\250\251]')" "$work/emad.log"; then
     fail "U+2028/U+2029 reached the log"
 fi
 
+stop_daemon_clean
+
+# With the default message limit, a page stays within 512 KiB: 12,000 tensors take two pages,
+# and a request without offset/limit is refused rather than answered in part.
+many "$work/12k.safetensors" 12000
+start_daemon
+ctl create big --decay 0.5 >/dev/null || fail "create big"
+ctl push big "$work/12k.safetensors" --step 1 >/dev/null || fail "push of 12000 tensors"
+timeout 60 "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "default pages failed"
+import sys
+sys.path.insert(0, sys.argv[2])
+from msgpack_min import pack  # noqa: E402
+from sp_raw import Conn, request  # noqa: E402
+c = Conn(int(sys.argv[1]))
+c.error(request("list", model="big"), "EMAD_ELIMIT")
+first = c.ok(request("list", model="big", offset=0))
+assert 256 << 10 < len(first) <= 512 << 10 and pack("next") in first, len(first)
+c.ok(request("hello"))
+EOF
+ctl list big >"$work/list" 2>"$work/err" || fail "emactl list big: $(cat "$work/err")"
+[ "$(grep -c 'layer[0-9]*\.w' "$work/list")" -eq 12000 ] || fail "emactl list big is not whole"
 stop_daemon_clean
 echo "test_wire_limits.sh: PASS"

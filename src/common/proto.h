@@ -53,6 +53,9 @@ enum proto_op {
 #define PROTO_DEFAULT_MAX_MESSAGE (64u << 20)
 #define PROTO_MIN_MAX_MESSAGE (64u << 10)
 
+/* Bytes in one page of a `list` of a model: quick to build, and sent without waiting. */
+#define PROTO_LIST_PAGE_BYTES (512u << 10)
+
 /*
  * Kernel socket buffers (NN_SNDBUF, NN_RCVBUF) of the daemon's and
  * libemad's sockets. nanomsg's default of 128 KiB stalls a pipelined

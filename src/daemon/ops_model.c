@@ -3,8 +3,10 @@
  * configure, drop, list, stats and snapshot (docs/PROTOCOL.md).
  *
  * A list of one model's tensors comes in pages (offset, limit, next) of at
- * most PROTO_LIST_PAGE tensors that fit the reply limit, so any model can
- * be listed and no list holds the loop for long.
+ * most PROTO_LIST_PAGE tensors and PROTO_LIST_PAGE_BYTES, so any model can
+ * be listed and no list holds the loop for long: a page is sized and packed
+ * in a few milliseconds and fits in the socket's send buffer, so sending it
+ * does not wait for the client to read.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,11 +312,13 @@ ops_model_list(req *r, store_err *err)
         return err->code;
     if (has_limit && (limit == 0 || limit > PROTO_LIST_PAGE))
         return request_fail(err, EMAD_ERANGE, PROTO_KEY_LIMIT " must be 1 to %d", PROTO_LIST_PAGE);
-    if (max_reply > r->srv->cfg.max_message_bytes)
-        max_reply = r->srv->cfg.max_message_bytes;
     if (max_reply < PROTO_REPLY_OVERHEAD * 2)
         return request_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
                             PROTO_REPLY_OVERHEAD * 2);
+    if (max_reply > r->srv->cfg.max_message_bytes)
+        max_reply = r->srv->cfg.max_message_bytes;
+    if (max_reply > PROTO_LIST_PAGE_BYTES)
+        max_reply = PROTO_LIST_PAGE_BYTES;
     if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
         return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
