@@ -379,7 +379,10 @@ const ctl_cmd ctl_cmd_import = {
             "step) or a plain safetensors state dict (the model must exist; tensors keep\n"
             "the kind the model has for them, new ones are params if floating, else\n"
             "buffers, and those of BUFFERS are buffers; at --step N or the file's 'step'\n"
-            "metadata). Every shadow of each tensor becomes the file's value.\n",
+            "metadata). Every shadow of each tensor becomes the file's value.\n"
+            "Every tensor is checked first (it fits in one message of the daemon and\n"
+            "matches the model's dtype and shape), so a bad file imports nothing; a\n"
+            "model the import creates is dropped again if seeding fails.\n",
     .args = {"MODEL", "FILE"},
     .nreq = 2,
     .opts = {import_opts},
