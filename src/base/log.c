@@ -33,9 +33,10 @@ static const char *const level_prio[] = {"<3>", "<4>", "<6>", "<7>"}; /* sd-daem
 
 /*
  * Length of the UTF-8 character at s[0..len) that log lines may carry as
- * is (1..4 bytes), or 0 if it must be escaped: a control character (C0,
- * DEL, C1), U+2028, U+2029, or a byte that does not start a valid
- * character. *cp receives the code point, or the byte for invalid input.
+ * is (1..4 bytes); 0 for a byte to escape on its own (a C0 control, DEL,
+ * or a byte that does not start a valid character); (size_t)-1 for a valid
+ * character to escape as \uXXXX (C1 controls, U+2028, U+2029). *cp
+ * receives the code point, or the byte for invalid input.
  */
 static size_t
 char_len(const unsigned char *s, size_t len, uint32_t *cp)
