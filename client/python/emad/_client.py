@@ -500,6 +500,14 @@ class Client:
             self._lib.fn("tensors_free")(p, n)
         return _model_info(info), tensors
 
+    def snapshot(self, model=None):
+        """Ask the daemon for a durable snapshot of model (None: every model); its step."""
+        self._check()
+        step = ctypes.c_uint64()
+        self._conn.call("snapshot", None if model is None else _bstr(model, "model"),
+                        ctypes.byref(step), feature="snapshot()")
+        return step.value
+
     def stats(self):
         """The daemon's counters as a dict name -> int."""
         self._check()
@@ -551,6 +559,7 @@ class Client:
             recovering = not health.available
             if recovering and policy == "skip" and not _sender.probe(self._conn.url):
                 health.skip("unavailable")
+                health.warn_pending()
                 return None
             try:
                 if recovering and self._check_restarts and model in health.seen:
@@ -566,6 +575,7 @@ class Client:
                 health.set_available(False, e)
                 if policy == "skip":
                     health.skip("unavailable", e)
+                    health.warn_pending()
                     return None
                 health.add("retries")  # "block": nanomsg reconnects; try again
                 time.sleep(delay)

@@ -299,6 +299,7 @@ _OPTIONAL = {
     "emad_push_as": (_int, [_client_p, _str, _u64, ctypes.c_uint32, _P(Tensor), _size,
                             _P(PushResult)]),
     "emad_struct_size": (_size, [ctypes.c_char_p]),
+    "emad_snapshot": (_int, [_client_p, _str, _P(_u64)]),
     "emad_pull_options_init": (_void, [_P(PullOptions)]),
     "emad_pull_ex": (_int, [_client_p, _str, _P(_str), _size, _P(PullOptions), _P(_P(Model))]),
     "emad_pull_into_ex": (_int, [_client_p, _str, _P(Tensor), _size, _P(PullOptions),

@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -174,9 +175,14 @@ class Health:
         """Issue the queued warnings (call from the user's thread)."""
         with self.lock:
             todo, self.to_warn = self.to_warn, []
+        if not todo:
+            return
+        level, f = 1, sys._getframe()  # point the warning at the first frame outside emad
+        while f is not None and f.f_globals.get("__name__", "").startswith("emad."):
+            f, level = f.f_back, level + 1
         for category, msg in todo:
             _log.warning("%s", msg)
-            warnings.warn(msg, category, stacklevel=4)
+            warnings.warn(msg, category, stacklevel=level)
 
     def snapshot(self, pending):
         with self.lock:
