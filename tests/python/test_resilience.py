@@ -216,3 +216,20 @@ def test_a_step_going_back_in_a_reply_is_reported(tmp_path):
         client.close()
     finally:
         daemon.stop()
+
+
+def test_the_first_asynchronous_push_may_find_the_daemon_away(daemon):
+    client = emad.Client(daemon.url, timeout=scaled(8), warn_interval=3600)
+    client.create("m", decay=0.5)
+    client.push("m", 1, {"w": np.ones(2, np.float32)})
+    daemon.stop()
+    with pytest.warns(emad.UnavailableWarning):  # no background connection yet: none made
+        assert client.push("m", 2, {"w": np.ones(2, np.float32)}, wait=False) is None
+    assert client.health()["skipped_unavailable"] == 1
+    daemon.restart()
+    wait_until(lambda: client.health()["available"], 60, "the client to reconnect")
+    client.push("m", 3, {"w": np.full(2, 3, np.float32)}, wait=False)
+    client.flush()
+    sd = client.pull("m")
+    assert sd.step == 3 and sd["w"].tolist() == [2.0, 2.0]  # 1 - .5 * (1 - 3)
+    client.close()

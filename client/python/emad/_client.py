@@ -526,7 +526,8 @@ class Client:
             if self._sender is None:
                 url = self._conn.url
                 self._sender = _sender.Sender(
-                    lambda: _Conn(self._lib, [url], self._opts), _push_entries, _model_steps,
+                    lambda: _Conn(self._lib, [url], self._opts),
+                    lambda *args: _push_entries(*args), _model_steps,
                     url, self._max_pending, self._health, self._max_wait, self._check_restarts)
             return self._sender
 

@@ -43,7 +43,9 @@ WARN_INTERVAL = 60.0
 #: Seconds between two attempts to reach an absent daemon (doubling up to RETRY_MAX).
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
-#: While a push waits for the one in flight, the daemon's address is probed this often.
+#: While a push waits for the one in flight, the daemon's address is probed after
+#: PROBE_FIRST seconds, then every PROBE_INTERVAL.
+PROBE_FIRST = 0.005
 PROBE_INTERVAL = 0.05
 #: How long a probe's TCP connect may take.
 PROBE_TIMEOUT = 0.5
@@ -213,7 +215,12 @@ class Sender:
         self.health = health
         self.max_wait = max_wait
         self.check_restarts = check_restarts
-        self.conn = connect()
+        self.conn = None
+        self.away = False  # the daemon is known to be unreachable
+        if probe(url):
+            self.conn = connect()
+        else:  # started while the daemon is away: the thread connects when it is back
+            self._mark_away(None)
         self.free = queue.Queue()
         for _ in range(max_pending):
             self.free.put(_arrays.Staging())
@@ -222,7 +229,6 @@ class Sender:
         self.cond = threading.Condition()
         self.pending = 0
         self.busy_since = None  # monotonic time the push in flight started
-        self.away = False  # the daemon is known to be unreachable
         self.stopping = False
         self.error = None
         self.more_errors = 0
@@ -261,11 +267,13 @@ class Sender:
         except queue.Empty:
             pass
         start = time.monotonic()
+        wait = PROBE_FIRST
         while True:
             try:
-                return self.free.get(timeout=PROBE_INTERVAL)
+                return self.free.get(timeout=wait)
             except queue.Empty:
                 pass
+            wait = PROBE_INTERVAL
             if self.away:
                 self.health.skip("unavailable")
                 return None
