@@ -244,6 +244,7 @@ class Client:
         self._check_restarts = bool(check_restarts)
         self._health = _sender.Health(float(warn_interval))
         self._sender = None
+        self._retired = []  # senders given up with a push in flight (see _sender_for_async)
         self._sender_lock = threading.Lock()
         self._staging = _arrays.Staging()  # device-to-host copies of synchronous pushes
         self._staging_lock = threading.Lock()
@@ -286,7 +287,8 @@ class Client:
         committed step seen}).
         """
         self._health.warn_pending()
-        return self._health.snapshot(self._sender.pending if self._sender is not None else 0)
+        senders = [s for s in [self._sender] + self._retired if s is not None]
+        return self._health.snapshot(sum(s.pending for s in senders))
 
     def flush(self, timeout=None):
         """Wait until every asynchronous push was sent; raise the first error among them.
@@ -523,6 +525,12 @@ class Client:
 
     def _sender_for_async(self):
         with self._sender_lock:
+            if self._sender is not None and self._sender.retired:
+                # the daemon went away with a push in flight: that thread waits for its
+                # request timeout; a new sender reconnects as soon as the daemon is back
+                self._retired = [s for s in self._retired if s.thread.is_alive()]
+                self._retired.append(self._sender)
+                self._sender = None
             if self._sender is None:
                 url = self._conn.url
                 self._sender = _sender.Sender(

@@ -42,7 +42,7 @@ POLICIES = ("skip", "raise", "block")
 WARN_INTERVAL = 60.0
 #: Seconds between two attempts to reach an absent daemon (doubling up to RETRY_MAX).
 RETRY_FIRST = 0.1
-RETRY_MAX = 2.0
+RETRY_MAX = 1.0
 #: While a push waits for the one in flight, the daemon's address is probed after
 #: PROBE_FIRST seconds, then every PROBE_INTERVAL.
 PROBE_FIRST = 0.005
@@ -217,10 +217,14 @@ class Sender:
         self.check_restarts = check_restarts
         self.conn = None
         self.away = False  # the daemon is known to be unreachable
-        if probe(url):
+        try:
+            if not probe(url):
+                raise Error(ERRORS["EMAD_ECONNECT"], "nothing listens at %s" % url)
             self.conn = connect()
-        else:  # started while the daemon is away: the thread connects when it is back
-            self._mark_away(None)
+        except Error as e:
+            if not unavailable(e):
+                raise
+            self._mark_away(e)  # away at the start: the thread connects when it is back
         self.free = queue.Queue()
         for _ in range(max_pending):
             self.free.put(_arrays.Staging())
@@ -230,6 +234,7 @@ class Sender:
         self.pending = 0
         self.busy_since = None  # monotonic time the push in flight started
         self.stopping = False
+        self.retired = False
         self.error = None
         self.more_errors = 0
         self.thread = threading.Thread(target=self._run, name="emad-push", daemon=True)
@@ -283,8 +288,16 @@ class Sender:
                 return None
             if not probe(self.url):
                 self._mark_away(None)
+                self.retire()
                 self.health.skip("unavailable")
                 return None
+
+    def retire(self):
+        """Give up this sender: its thread finishes the push in flight (which may take the
+        request timeout), drops what is queued behind it under "skip", closes its
+        connection and ends. The client starts a new sender that reconnects at once."""
+        self.retired = True
+        self.work.put(None)
 
     def check(self):
         """Raise the first error of an earlier background push, once."""
@@ -311,6 +324,7 @@ class Sender:
         self.thread.join()
         if self.conn is not None:
             self.conn.close()
+            self.conn = None
 
     # ---- the thread's side -----------------------------------------------------------------
 
@@ -342,10 +356,15 @@ class Sender:
             except queue.Empty:
                 continue
             if item is None:
+                if self.retired:
+                    self._finish_retired()
                 return
             model, step, entries, writer, staging, policy = item
             try:
-                self._send(model, step, entries, writer, policy)
+                if self.retired and policy == "skip":
+                    self.health.skip("unavailable")
+                else:
+                    self._send(model, step, entries, writer, policy)
             except Exception as e:  # kept for the caller's next call
                 self.health.add("failures")
                 self._keep_error(e)
@@ -355,6 +374,12 @@ class Sender:
                     self.pending -= 1
                     self.cond.notify_all()
                 self.free.put(staging)
+
+    def _finish_retired(self):
+        """The end of a retired sender's thread (nothing is queued after retire())."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def _try_up(self):
         """One attempt to reach the daemon again: probe, then connect if needed."""
@@ -395,6 +420,9 @@ class Sender:
             except Error as e:
                 if not unavailable(e) or policy == "raise":
                     raise
+                if self.retired:  # replaced already: just let this push go
+                    self.health.skip("unavailable", e)
+                    return
                 self._mark_away(e)
                 self.conn.close()
                 self.conn = None
@@ -403,7 +431,8 @@ class Sender:
                     return
                 self.health.add("retries")
                 continue
-            self._up()
+            if not self.retired:
+                self._up()
             self.health.add("sent")
             self.health.add("bytes", sum(e.nbytes for e in entries))
             self.health.saw_step(model, res.step)
