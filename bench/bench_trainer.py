@@ -18,11 +18,16 @@ EMA of the weights:
   capture; the send overlaps the next step).
 
 Then a few ``push_module(..., wait=True)`` are timed (the whole round trip).
+With ``--ddp N`` (default 2; 0 skips it), N processes joined by gloo on the
+loopback each push their 1/N of the same model (``push_module`` reads rank
+and world size from torch.distributed) and time it per rank, next to one
+process pushing the whole model.
 Every method keeps its own shadow; at the end each is compared with the
 daemon's EMA (the reference formula must be bit-identical; the others are
 reported as they are).
 
-    bench/bench_trainer.py [--params 4e6] [--threads 1,2] [--steps 10] [--url URL] [--emad PATH]
+    bench/bench_trainer.py [--params 4e6] [--threads 1,2] [--ddp 2] [--steps 10] [--url URL]
+                           [--emad PATH]
 
 Without --url it starts its own emad (EMAD_BIN, else ./emad of the build
 tree) on a free loopback port with a temporary state dir. Needs the emad
@@ -181,6 +186,71 @@ def run(args, url, threads):
     return times, exact, health
 
 
+def ddp_rank(args):
+    """One rank of the --ddp run (a subprocess): push 1/N of the model per step, timed."""
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % args.ddp_port,
+                            rank=args.ddp_rank, world_size=args.ddp)
+    model, _ = make_model(args.params, args.layers)
+    name = "bench-ddp-%d" % args.ddp_port
+    times = {"async": [], "sync": []}
+    with emad.Client(args.url, timeout=600) as client:
+        if args.ddp_rank == 0:
+            client.create(name, decay=args.decay, writers=args.ddp)
+        dist.barrier()
+        for step in range(1, 3 + args.steps + args.sync_steps):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1e-3)
+            dist.barrier()  # every rank starts the step together
+            wait = step > 2 + args.steps
+            t0 = time.perf_counter()
+            client.push_module(name, model, step, wait=wait)
+            dt = time.perf_counter() - t0
+            if step > 2:
+                times["sync" if wait else "async"].append(dt)
+            client.flush()  # untimed: the next step's capture finds a free buffer, as
+            # it would after a training step longer than the send
+        h = client.health()
+        dist.barrier()
+        if args.ddp_rank == 0:
+            client.drop(name)
+    print(json.dumps(dict(times, bytes=h["bytes"], sent=h["sent"], rank=args.ddp_rank)))
+    dist.destroy_process_group()
+    return 0
+
+
+def run_ddp(args, url):
+    """Start --ddp ranks of this script; print each rank's blocking times."""
+    import json
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    base = [sys.executable, os.path.abspath(__file__), "--url", url, "--params", str(args.params),
+            "--layers", str(args.layers), "--steps", str(args.steps), "--sync-steps",
+            str(args.sync_steps), "--ddp", str(args.ddp), "--ddp-port", str(port)]
+    procs = [subprocess.Popen(base + ["--ddp-rank", str(r)], env=env, stdout=subprocess.PIPE)
+             for r in range(args.ddp)]
+    results = []
+    for p in procs:
+        out = p.communicate(timeout=3600)[0].decode()
+        if p.returncode != 0:
+            raise SystemExit("bench_trainer: a --ddp rank failed")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    print("\n  %d ranks (gloo on the loopback, 1 torch thread each), each pushing its part:"
+          % args.ddp)
+    for r in results:
+        print("  rank %d: %5.1f MB per step; push_module(wait=False) median %6.1f ms, "
+              "wait=True median %6.1f ms" % (r["rank"], r["bytes"] / r["sent"] / 1e6,
+                                             ms(r["async"]), ms(r["sync"])))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="use a running daemon instead of starting one")
@@ -194,7 +264,12 @@ def main(argv=None):
     ap.add_argument("--sync-steps", type=int, default=3, help="timed wait=True pushes after")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--decay", type=float, default=0.999)
+    ap.add_argument("--ddp", type=int, default=2, help="ranks of the data-parallel run (0: none)")
+    ap.add_argument("--ddp-rank", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ddp-port", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.ddp_rank is not None:
+        return ddp_rank(args)
     threads = [int(t) for t in args.threads.split(",") if t]
 
     model, width = make_model(args.params, args.layers)
@@ -231,6 +306,8 @@ def main(argv=None):
                       [ms(times["push_async"]) / ms(times[k]) for k, _ in METHODS]
                       + [health["skipped"]]))
             ok = ok and exact["reference"] and health["skipped"] == 0
+        if args.ddp > 1:
+            run_ddp(args, url)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
