@@ -232,7 +232,6 @@ class Sender:
         self.work = queue.Queue()
         self.cond = threading.Condition()
         self.pending = 0
-        self.busy_since = None  # monotonic time the push in flight started
         self.stopping = False
         self.retired = False
         self.error = None
@@ -346,7 +345,7 @@ class Sender:
         delay = RETRY_FIRST
         while True:
             timeout = None
-            if self.away:  # reconnect (or confirm the daemon is back) between pushes
+            if self.away and not self.retired:  # reconnect (or see the daemon back) meanwhile
                 if self._try_up():
                     delay = RETRY_FIRST
                 else:
@@ -369,7 +368,6 @@ class Sender:
                 self.health.add("failures")
                 self._keep_error(e)
             finally:
-                self.busy_since = None
                 with self.cond:
                     self.pending -= 1
                     self.cond.notify_all()
@@ -412,7 +410,6 @@ class Sender:
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            self.busy_since = time.monotonic()
             try:
                 if self.check_restarts:
                     self._check_steps(model)
