@@ -22,7 +22,7 @@ __all__ = ["rank_and_size", "split"]
 
 
 def rank_and_size(rank, world_size):
-    """(rank, world_size): the given ones, else torch.distributed's when initialised, else (0, 1)."""
+    """(rank, world_size) as given, else torch.distributed's if initialised, else (0, 1)."""
     if rank is None or world_size is None:
         dist = None
         try:
