@@ -53,9 +53,9 @@ PROBE_TIMEOUT = 0.5
 _log = logging.getLogger("emad")
 
 # Codes meaning "the daemon did not answer" (not "the daemon said no"): a
-# timeout, no connection, or state the daemon lost by restarting.
-_UNAVAILABLE = frozenset([ERRORS["EMAD_ETIMEDOUT"], ERRORS["EMAD_ECONNECT"],
-                          ERRORS["EMAD_ENOTXN"], ERRORS["EMAD_ENOSESSION"]])
+# timeout, no connection, or state the daemon lost by restarting. Looked up
+# when first needed (the table may come from the loaded library).
+_UNAVAILABLE_NAMES = ("EMAD_ETIMEDOUT", "EMAD_ECONNECT", "EMAD_ENOTXN", "EMAD_ENOSESSION")
 
 
 class UnavailableWarning(RuntimeWarning):
@@ -68,8 +68,11 @@ class LostStepsWarning(RuntimeWarning):
 
 def unavailable(e):
     """True if Error e means the daemon could not be reached (rather than refused the push)."""
-    return isinstance(e, Error) and e.code is not None and (
-        e.code in _UNAVAILABLE or -1000 < e.code < 0)  # negative errno from libemad
+    if not isinstance(e, Error) or e.code is None:
+        return False
+    if -1000 < e.code < 0:  # a negated errno from libemad
+        return True
+    return any(e.code == ERRORS[name] for name in _UNAVAILABLE_NAMES)
 
 
 def check_policy(policy):
