@@ -379,9 +379,11 @@ server_stop(server *srv)
     if (srv->closing)
         return;
     srv->closing = 1;
-    if (srv->persist != NULL && !srv->stopping) {
+    if (srv->persist != NULL) {
+        /* Also after SIGTERM's writes began (a second signal): the running writes end, no
+         * queued one starts. */
         srv->stopping = 1;
-        persist_shutdown(srv->persist, NULL, NULL); /* closes its timer; a running write ends */
+        persist_shutdown(srv->persist, NULL, NULL);
     }
     uv_poll_stop(&srv->poll);
     uv_close((uv_handle_t *)&srv->poll, NULL);
