@@ -7,8 +7,9 @@
  *    read or removed, and nothing blocks;
  *  - daemon/persist.c's scheduler on a real loop and store: a request is
  *    not delayed by another model's slow write, goes ahead of periodic
- *    work and is written once, shutdown writes models in parallel and
- *    reports the ones it could not write;
+ *    work and is written once, requests cannot starve periodic work,
+ *    shutdown writes models in parallel and reports the ones it could not
+ *    write;
  *  - the real emad: thousands of small models all come back after SIGTERM
  *    and a restart; a failed final snapshot exits with status 3 and names
  *    the model.
@@ -468,26 +469,38 @@ START_TEST(test_persist_request_is_not_delayed_by_a_slow_model)
 }
 END_TEST
 
+/*
+ * A scheduler on loop over s whose interval (1 ms) queues every model as
+ * periodic work, with the writes of "busy1" and "busy2" blocked: returns
+ * once both have started, when they hold every slot.
+ */
+static persist *
+busy_start(uv_loop_t *loop, store *s, const char *state)
+{
+    persist_config pc = {.state_dir = state, .keep = 2, .interval_ms = 1, .write_hook = hook,
+                         .write_hook_arg = &g_sched};
+    persist *p;
+
+    ck_assert_int_eq(PERSIST_JOBS, 2);
+    sched_init();
+    snprintf(g_sched.blocked[0], sizeof(g_sched.blocked[0]), "busy1");
+    snprintf(g_sched.blocked[1], sizeof(g_sched.blocked[1]), "busy2");
+    ck_assert_int_eq(uv_loop_init(loop), 0);
+    p = persist_create(loop, s, &pc, NULL);
+    while (sched_pos("busy2") < 0)
+        (void)uv_run(loop, UV_RUN_ONCE);
+    return p;
+}
+
 START_TEST(test_persist_request_goes_ahead_of_periodic_work_and_is_written_once)
 {
     static const char *const names[] = {"busy1", "busy2", "p1", "p2", "p3", "asked"};
     char *state = tu_tmpdir();
     store *s = make_store(names, NELEM(names));
-    persist_config pc = {.state_dir = state, .keep = 2, .interval_ms = 1, .write_hook = hook,
-                         .write_hook_arg = &g_sched};
     answer_rec a[3] = {{0}};
     uv_loop_t loop;
-    persist *p;
+    persist *p = busy_start(&loop, s, state);
 
-    ck_assert_int_eq(PERSIST_JOBS, 2); /* busy1 and busy2 take every slot */
-    sched_init();
-    snprintf(g_sched.blocked[0], sizeof(g_sched.blocked[0]), "busy1");
-    snprintf(g_sched.blocked[1], sizeof(g_sched.blocked[1]), "busy2");
-    ck_assert_int_eq(uv_loop_init(&loop), 0);
-    p = persist_create(&loop, s, &pc, NULL);
-    /* The interval queues every model as periodic work; busy1 and busy2 start and block. */
-    while (sched_pos("busy2") < 0)
-        (void)uv_run(&loop, UV_RUN_ONCE);
     ck_assert_int_eq(sched_pos("p1"), -1);
     /* Three requests for the same model while it waits behind periodic work. */
     for (int i = 0; i < 3; i++)
@@ -505,6 +518,32 @@ START_TEST(test_persist_request_goes_ahead_of_periodic_work_and_is_written_once)
     while (sched_pos("p3") < 0)
         (void)uv_run(&loop, UV_RUN_ONCE);
     ck_assert_int_lt(sched_pos("asked"), sched_pos("p1"));
+    sched_release(NULL);
+    finish(&loop, p, s);
+    tu_rmtree(state);
+    free(state);
+}
+END_TEST
+
+START_TEST(test_persist_requests_do_not_starve_periodic_work)
+{
+    static const char *const names[] = {"busy1", "busy2", "p1", "u0", "u1", "u2", "u3",
+                                        "u4",    "u5",    "u6", "u7", "u8", "u9"};
+    char *state = tu_tmpdir();
+    store *s = make_store(names, NELEM(names));
+    answer_rec a[10] = {{0}};
+    uv_loop_t loop;
+    persist *p = busy_start(&loop, s, state);
+
+    for (int i = 0; i < 10; i++)
+        persist_request(p, names[3 + i], on_answer, &a[i]);
+    sched_release("busy1"); /* one slot: the writes run one after another */
+    run_until(&loop, &a[9].calls, "the last request");
+    /* PERSIST_URGENT_RUN requested writes, then the periodic one, then the other requests. */
+    ck_assert_int_eq(PERSIST_URGENT_RUN, 8);
+    ck_assert_int_eq(sched_pos("u7"), 2 + 7);
+    ck_assert_int_eq(sched_pos("p1"), 2 + 8);
+    ck_assert_int_eq(sched_pos("u8"), 2 + 9);
     sched_release(NULL);
     finish(&loop, p, s);
     tu_rmtree(state);
@@ -766,6 +805,7 @@ statedir_suite(void)
     tcase_set_timeout(files, scaled(60));
     tcase_add_test(tsched, test_persist_request_is_not_delayed_by_a_slow_model);
     tcase_add_test(tsched, test_persist_request_goes_ahead_of_periodic_work_and_is_written_once);
+    tcase_add_test(tsched, test_persist_requests_do_not_starve_periodic_work);
     tcase_add_test(tsched, test_persist_shutdown_writes_in_parallel_and_reports_what_failed);
     tcase_set_timeout(tsched, scaled(120));
     tcase_add_test(daemon, test_statedir_every_small_model_comes_back_after_sigterm);

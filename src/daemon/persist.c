@@ -6,7 +6,9 @@
  * An entry is in at most one of two queues: `urgent` (a `snapshot`
  * request waits for it) and `periodic` (the interval timer). Jobs start
  * from the head of `urgent` first, so a request never waits behind
- * periodic work; a model queued twice is written once, and a model is
+ * periodic work (but after PERSIST_URGENT_RUN urgent jobs in a row one
+ * periodic job goes first, so a client that keeps asking cannot starve
+ * the other models); a model queued twice is written once, and a model is
  * never written by two jobs at a time (a request that comes while its job
  * runs queues it again when that job ends, if it then still needs a newer
  * snapshot). Up to PERSIST_JOBS jobs run at a time on the threadpool
@@ -97,6 +99,7 @@ struct persist {
     strmap *entries;
     queue urgent, periodic;
     size_t running, running_large;
+    unsigned urgent_run; /* urgent entries taken in a row */
     persist_stats st;
     int shutting, stopped;
     persist_done_cb done;
@@ -404,12 +407,15 @@ start_job(persist *p, model *m)
 /*
  * The next entry to write: the first of the urgent queue, else of the
  * periodic one, that can start now (a large model waits while another
- * large one is written). NULL if none.
+ * large one is written); after PERSIST_URGENT_RUN urgent ones in a row,
+ * periodic work goes first once, so requests cannot starve it. NULL if none.
  */
 static pentry *
 next_entry(persist *p)
 {
-    queue *qs[2] = {&p->urgent, &p->periodic};
+    int periodic_first = p->urgent_run >= PERSIST_URGENT_RUN;
+    queue *qs[2] = {periodic_first ? &p->periodic : &p->urgent,
+                    periodic_first ? &p->urgent : &p->periodic};
 
     for (int q = 0; q < 2; q++) {
         for (pentry *e = qs[q]->head; e != NULL; e = e->next) {
@@ -439,6 +445,7 @@ kick(persist *p)
         model *m;
         int rc;
 
+        p->urgent_run = e->queued == Q_URGENT ? p->urgent_run + 1 : 0;
         queue_unlink(queue_of(p, e), e);
         e->queued = Q_NONE;
         m = store_model_find(p->s, e->name, strlen(e->name));

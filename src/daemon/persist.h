@@ -33,6 +33,8 @@
 #define PERSIST_JOBS 2
 /* ... and once SIGTERM came (libuv's default threadpool has 4 threads). */
 #define PERSIST_JOBS_SHUTDOWN 4
+/* Urgent (requested) jobs started in a row before one waiting periodic job goes first. */
+#define PERSIST_URGENT_RUN 8
 /* A model whose shadows take more is large: one large model is written at a time. */
 #define PERSIST_LARGE_BYTES (64u << 20)
 
