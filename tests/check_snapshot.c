@@ -14,6 +14,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,16 @@ write_example(const char *state_dir, uint64_t step, size_t k)
     path = snapdir_path(dir, step, k);
     free(dir);
     return path;
+}
+
+/* Open a directory for the fd-based snapdir functions; aborts the test on failure. */
+static int
+open_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
+    return fd;
 }
 
 /* Entries of a directory other than . and .., as one sorted "a,b,c" string (static buffer). */
@@ -941,13 +952,22 @@ START_TEST(test_snap_read_rejects_truncated_files_and_mark_broken_sets_them_asid
     /* snapdir_mark_broken renames to .broken, replacing an older one. */
     snprintf(broken, sizeof(broken), "%s.broken", path);
     ck_assert_int_eq(tu_write_file(broken, "old", 3), 0);
-    ck_assert_int_eq(snapdir_mark_broken(path), 0);
-    ck_assert_int_eq(access(path, F_OK), -1);
+    {
+        char *slash = strrchr(path, '/');
+        int dfd;
+
+        *slash = '\0';
+        dfd = open_dir(path);
+        *slash = '/';
+        ck_assert_int_eq(snapdir_mark_broken(dfd, slash + 1), 0);
+        ck_assert_int_eq(access(path, F_OK), -1);
+        ck_assert_int_eq(snapdir_mark_broken(dfd, slash + 1), -ENOENT);
+        close(dfd);
+    }
     got = tu_read_file(broken, &len);
     ck_assert_uint_eq(len, cuts[5]);
     ck_assert_int_eq(memcmp(got, orig, len), 0);
     free(got);
-    ck_assert_int_eq(snapdir_mark_broken(path), -ENOENT);
     /* A missing file is EMAD_EIO naming it. */
     ck_assert_int_eq(snapshot_read(path, &f, &cause), EMAD_EIO);
     ck_assert_ptr_null(f);
@@ -1284,22 +1304,30 @@ START_TEST(test_snap_list_steps_newest_first_numeric_ignoring_junk)
     char *dir = tu_tmpdir(), sub[600], missing[600];
     uint64_t *steps;
     size_t n;
+    int fd;
 
     for (size_t i = 0; i < NELEM(files); i++)
         touch(dir, files[i]);
     snprintf(sub, sizeof(sub), "%s/00000000000000000014.d0.safetensors", dir);
     ck_assert_int_eq(mkdir(sub, 0700), 0); /* a directory, not a file */
-    ck_assert_int_eq(snapdir_list_steps(dir, &steps, &n), 0);
+    fd = open_dir(dir);
+    ck_assert_int_eq(snapdir_list_steps(fd, &steps, &n), 0);
     ck_assert_uint_eq(n, NELEM(want));
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(steps[i] == want[i], "steps[%zu] = %llu", i, (unsigned long long)steps[i]);
     free(steps);
-
-    snprintf(missing, sizeof(missing), "%s/none", dir);
-    ck_assert_int_eq(snapdir_list_steps(missing, &steps, &n), 0);
-    ck_assert_uint_eq(n, 0);
+    /* A second walk over the same fd sees the same files. */
+    ck_assert_int_eq(snapdir_list_steps(fd, &steps, &n), 0);
+    ck_assert_uint_eq(n, NELEM(want));
     free(steps);
-    ck_assert_int_eq(snapdir_list_steps("/proc/self/status", &steps, &n), -ENOTDIR);
+    close(fd);
+
+    /* A missing model directory is -ENOENT; a file where it should be, -ENOTDIR. */
+    snprintf(missing, sizeof(missing), "%s/snapshots", dir);
+    ck_assert_int_eq(mkdir(missing, 0700), 0);
+    ck_assert_int_eq(snapdir_open_model(dir, "none", 0), -ENOENT);
+    touch(missing, "afile");
+    ck_assert_int_eq(snapdir_open_model(dir, "afile", 0), -ENOTDIR);
     tu_rmtree(dir);
     free(dir);
 }
@@ -1323,15 +1351,17 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
         "notes.txt",
     };
     char *dir = tu_tmpdir();
+    int fd;
 
     for (size_t i = 0; i < NELEM(files); i++)
         touch(dir, files[i]);
+    fd = open_dir(dir);
     /*
      * Complete (both decays): 10, 20, 30. 25 and 40 miss d1. Keeping 2: 30 and 20; 10 goes
      * (with its stray d2), 25 goes (incomplete, older than the newest complete step), 40 stays
      * (a set possibly being written), the temp goes; other files are not ours.
      */
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 5);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 2), 5);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000020.d0.safetensors,"
@@ -1341,9 +1371,9 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
                                        "00000000000000000040.d0.safetensors,"
                                        "notes.txt");
     /* Nothing more to do. */
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 0);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 2), 0);
     /* keep 0 still keeps the newest complete step. */
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 0), 2);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 0), 2);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000030.d0.safetensors,"
@@ -1351,16 +1381,17 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
                                        "00000000000000000040.d0.safetensors,"
                                        "notes.txt");
     /* With three decays no step is complete: nothing is removed. */
-    ck_assert_uint_eq(snapdir_prune(dir, 3, 1), 0);
+    ck_assert_uint_eq(snapdir_prune(fd, 3, 1), 0);
     /* Once 40 is complete, 30 is superseded with keep 1. */
     touch(dir, "00000000000000000040.d1.safetensors");
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 1), 2);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 1), 2);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000040.d0.safetensors,"
                                        "00000000000000000040.d1.safetensors,"
                                        "notes.txt");
-    ck_assert_uint_eq(snapdir_prune("/nonexistent/emad", 2, 1), 0);
+    ck_assert_uint_eq(snapdir_prune(-1, 2, 1), 0);
+    close(fd);
     tu_rmtree(dir);
     free(dir);
 }
@@ -1371,14 +1402,17 @@ START_TEST(test_snap_prune_keeps_what_snap_write_wrote)
     char *state = tu_tmpdir(), *dir;
     uint64_t *steps;
     size_t n;
+    int fd;
 
     for (uint64_t s = 1; s <= 5; s++) {
         free(write_example(state, s * 50, 0));
         free(write_example(state, s * 50, 1));
     }
     dir = snapdir_model_dir(state, "m");
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 6);
-    ck_assert_int_eq(snapdir_list_steps(dir, &steps, &n), 0);
+    fd = open_dir(dir);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 2), 6);
+    ck_assert_int_eq(snapdir_list_steps(fd, &steps, &n), 0);
+    close(fd);
     ck_assert_uint_eq(n, 2);
     ck_assert_uint_eq(steps[0], 250);
     ck_assert_uint_eq(steps[1], 200);
