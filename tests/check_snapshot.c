@@ -1396,7 +1396,7 @@ snapshot_suite(void)
     tcase_add_test(tc, test_snap_prune_keeps_newest_complete_steps_and_removes_temps);
     tcase_add_test(tc, test_snap_prune_keeps_what_snap_write_wrote);
     tcase_add_test(tc, test_snap_list_models_skips_invalid_names_and_files);
-    tcase_set_timeout(tc, 120);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }
