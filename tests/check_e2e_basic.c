@@ -1,6 +1,6 @@
 /*
- * check_e2e_basic.c - end-to-end suite, connect, names and models: the real emad binary
- * driven by libemad.
+ * check_e2e_basic.c - end-to-end suite for connecting, names and models:
+ * the real emad binary driven by libemad.
  *
  * Covers connecting (hello, limits, bad URLs and options), creating, listing,
  * describing and dropping models, the EMA options of a model, and the
@@ -77,7 +77,6 @@ START_TEST(test_e2e_connect_hello)
 }
 END_TEST
 
-
 /* Models are created, listed with their decay, described and dropped; errors name the model. */
 START_TEST(test_e2e_create_list_drop)
 {
@@ -140,7 +139,6 @@ START_TEST(test_e2e_create_list_drop)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /* The EMA options through libemad: configuration round trip, writers with slices, pull options. */
 START_TEST(test_e2e_ema_options)
@@ -251,7 +249,6 @@ START_TEST(test_e2e_ema_options)
 }
 END_TEST
 
-
 /* Invalid arguments are refused by the library without any request. */
 START_TEST(test_e2e_bad_arguments_rejected_before_sending)
 {
@@ -311,7 +308,6 @@ START_TEST(test_e2e_bad_arguments_rejected_before_sending)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /* Unknown models and tensors get EMAD_ENOMODEL / EMAD_ENOTENSOR naming them. */
 START_TEST(test_e2e_unknown_model_and_tensor)

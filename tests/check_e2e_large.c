@@ -1,6 +1,7 @@
 /*
- * check_e2e_large.c - end-to-end suite, several clients at once, pipelined transfers and models larger than one message: the real emad binary
- * driven by libemad and by raw nanomsg REQ sockets.
+ * check_e2e_large.c - end-to-end suite for several clients at once,
+ * pipelined transfers and models larger than one message: the real emad
+ * binary driven by libemad and by raw nanomsg REQ sockets.
  *
  * Covers several clients at once, pipelined chunks and reads over several
  * connections, inline pulls up to 16 MiB and sessions beyond, models larger
@@ -201,8 +202,6 @@ START_TEST(test_e2e_concurrent_clients)
 }
 END_TEST
 
-
-
 /*
  * EMAD_PIPELINE_DEPTH=3: chunks and reads spread over three connections, so
  * the daemon sees a tensor's chunks in any order and answers them from its
@@ -272,7 +271,6 @@ START_TEST(test_e2e_pipelined_push_and_pull)
 }
 END_TEST
 
-
 /*
  * libemad pulls a model of up to 16 MiB in one reply and a larger one
  * through a session of reads: replies of 32 MiB and more are fresh
@@ -307,7 +305,7 @@ START_TEST(test_e2e_pull_inline_up_to_16_mib)
         OK(c, emad_create(c, names[k], 0.5, 0));
         for (int s = 1; s <= 2; s++) {
             t = e2e_tensor("w", EMAD_PARAM, EMAD_F32, s == 1 ? a : b, counts[k] * sizeof(float), 1,
-                       counts[k], 0);
+                           counts[k], 0);
             OK(c, emad_push(c, names[k], (uint64_t)s, &t, 1, NULL));
         }
     }
@@ -340,8 +338,6 @@ START_TEST(test_e2e_pull_inline_up_to_16_mib)
     free(got);
 }
 END_TEST
-
-
 
 /* A model larger than one message goes as chunks and comes back bit-exact. */
 START_TEST(test_e2e_chunked_push_and_pull)
@@ -432,7 +428,6 @@ START_TEST(test_e2e_chunked_push_and_pull)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /*
  * Big chunks are answered before they are averaged and the commit waits for

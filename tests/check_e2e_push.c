@@ -1,6 +1,7 @@
 /*
- * check_e2e_push.c - end-to-end suite, push and pull of every kind of tensor, stale steps and rejected pushes: the real emad binary
- * driven by libemad.
+ * check_e2e_push.c - end-to-end suite for pushes and pulls of every kind of
+ * tensor, stale steps and rejected pushes: the real emad binary driven by
+ * libemad.
  *
  * Covers pushes and pulls of every dtype and kind of tensor, the default decay
  * against the float32 formula, stale steps, shape changes and pull_into's
@@ -166,7 +167,6 @@ START_TEST(test_e2e_push_pull_all_dtypes)
 }
 END_TEST
 
-
 /* Decay 0.999 matches the documented float32 update bit for bit. */
 START_TEST(test_e2e_default_decay_matches_float32_formula)
 {
@@ -207,8 +207,6 @@ START_TEST(test_e2e_default_decay_matches_float32_formula)
     e2e_daemon_down(&d);
 }
 END_TEST
-
-
 
 /* A repeated or older step is stale: counted, and the data stay as they were. */
 START_TEST(test_e2e_stale_step_changes_nothing)
@@ -253,7 +251,6 @@ START_TEST(test_e2e_stale_step_changes_nothing)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /* A changed shape, dtype or kind rejects the whole push; the daemon keeps serving. */
 START_TEST(test_e2e_shape_change_rejected)
@@ -304,7 +301,6 @@ START_TEST(test_e2e_shape_change_rejected)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /* pull_into refuses a small buffer before writing and fills every field otherwise. */
 START_TEST(test_e2e_pull_into_checks_buffer_sizes)
@@ -367,12 +363,9 @@ int
 main(void)
 {
     const TTest *const tests[] = {
-        test_e2e_push_pull_all_dtypes,
-        test_e2e_default_decay_matches_float32_formula,
-        test_e2e_stale_step_changes_nothing,
-        test_e2e_shape_change_rejected,
-        test_e2e_pull_into_checks_buffer_sizes,
-        NULL,
+        test_e2e_push_pull_all_dtypes,          test_e2e_default_decay_matches_float32_formula,
+        test_e2e_stale_step_changes_nothing,    test_e2e_shape_change_rejected,
+        test_e2e_pull_into_checks_buffer_sizes, NULL,
     };
 
     return tu_run_tests("e2e_push", tests);

@@ -1,6 +1,7 @@
 /*
- * check_e2e_raw.c - end-to-end suite, hostile and malformed requests on a raw socket: the real emad binary
- * driven by libemad and by raw nanomsg REQ sockets.
+ * check_e2e_raw.c - end-to-end suite for hostile and malformed requests on
+ * a raw socket: the real emad binary driven by libemad and by raw nanomsg
+ * REQ sockets.
  *
  * Covers hostile and malformed requests on a raw REQ socket (garbage, wrong
  * versions, unknown operations, bad pushes) get the documented error codes,
@@ -161,7 +162,6 @@ START_TEST(test_e2e_raw_bad_requests_get_errors)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /* An oversize message is dropped without a reply and the daemon keeps serving. */
 START_TEST(test_e2e_oversize_message_dropped_daemon_serves)

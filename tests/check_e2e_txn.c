@@ -1,5 +1,6 @@
 /*
- * check_e2e_txn.c - end-to-end suite, transactions: pulls see whole committed pushes, abandoned transactions expire: the real emad binary
+ * check_e2e_txn.c - end-to-end suite for transactions (pulls see whole
+ * committed pushes, abandoned transactions expire): the real emad binary
  * driven by libemad and by raw nanomsg REQ sockets.
  *
  * Covers transactions: concurrent pulls see only whole committed pushes, a pull
@@ -222,7 +223,6 @@ START_TEST(test_e2e_transaction_consistency)
     e2e_daemon_down(&d);
 }
 END_TEST
-
 
 /* tu_wait_until() condition: the daemon (client arg) has expired a transaction. */
 static int

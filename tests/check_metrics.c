@@ -80,9 +80,9 @@ sample_figures(void)
     f->requests_ok[PROTO_OP_PUSH] = 7;
     f->requests_error[PROTO_OP_PUSH] = 3;
     f->requests_error[0] = 2;
-    f->errors[1007 - METRICS_ERR_FIRST] = 2; /* EMAD_ESHAPE */
-    f->push_rejected[1007 - METRICS_ERR_FIRST] = 2;
-    f->push_rejected[1021 - METRICS_ERR_FIRST] = 1; /* EMAD_ENONFINITE */
+    f->errors[-EMAD_ESHAPE - METRICS_ERR_FIRST] = 2;
+    f->push_rejected[-EMAD_ESHAPE - METRICS_ERR_FIRST] = 2;
+    f->push_rejected[-EMAD_ENONFINITE - METRICS_ERR_FIRST] = 1;
     f->pushes_stale = 4;
     f->bytes_in = 123456789012ULL;
     f->tensors_applied = 14;
@@ -239,7 +239,7 @@ typedef struct loop_fixture {
     pthread_t thread;
     metrics_board *board;
     atomic_int fills;
-    atomic_int counter; /* what fill copies into bytes_in */
+    atomic_int counter;  /* what fill copies into bytes_in */
     atomic_int release;  /* ends the stall */
     atomic_int stalling; /* set by the loop thread while it is stalled */
 } loop_fixture;
@@ -550,9 +550,9 @@ START_TEST(test_metrics_server_figures_count_what_was_sent)
     ck_assert_uint_eq(f->requests_error[PROTO_OP_PUSH], 1);
     ck_assert_uint_eq(f->requests_error[0], 1);
     ck_assert_uint_eq(f->requests_ok[PROTO_OP_PULL], 1);
-    ck_assert_uint_eq(f->push_rejected[1007 - METRICS_ERR_FIRST], 1); /* shape */
-    ck_assert_uint_eq(f->errors[1001 - METRICS_ERR_FIRST], 1);        /* malformed */
-    ck_assert_uint_eq(f->push_rejected[1001 - METRICS_ERR_FIRST], 0);
+    ck_assert_uint_eq(f->push_rejected[-EMAD_ESHAPE - METRICS_ERR_FIRST], 1);
+    ck_assert_uint_eq(f->errors[-EMAD_EMALFORMED - METRICS_ERR_FIRST], 1);
+    ck_assert_uint_eq(f->push_rejected[-EMAD_EMALFORMED - METRICS_ERR_FIRST], 0);
     ck_assert_uint_eq(f->pushes_stale, 1);
     ck_assert_uint_eq(f->tensors_applied, 2);
     ck_assert_uint_eq(f->tensors_stale, 1);

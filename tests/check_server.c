@@ -319,7 +319,8 @@ START_TEST(test_server_rejects_malformed_push_fields)
         send_req(), EMAD_EMALFORMED,
         "tensor 'w': key 'offset' is not an unsigned integer (expected an unsigned integer)");
 
-    rq_begin_push(&req, "m", 1, 1); /* no key "name": only the integer key 7, whose value is "name" */
+    rq_begin_push(&req, "m", 1,
+                  1); /* no key "name": only the integer key 7, whose value is "name" */
     msgpack_pack_map(&req.pk, 5);
     msgpack_pack_uint64(&req.pk, 7); /* an integer key is no key of ours */
     msgpack_pack_str_with_body(&req.pk, "name", 4);
@@ -695,7 +696,8 @@ START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)
     msgpack_pack_str_with_body(&req.pk, "nope", 4);
     r = send_req();
     assert_err(r, EMAD_ENOTENSOR, "'nope'");
-    ck_assert_int_eq(memcmp(proto_map_get(proto_map_get(r, "error"), "tensor")->via.str.ptr, "nope", 4), 0);
+    ck_assert_int_eq(
+        memcmp(proto_map_get(proto_map_get(r, "error"), "tensor")->via.str.ptr, "nope", 4), 0);
 
     /* A decode error on a tensor whose name is raw bytes: not named. */
     rq_begin_push(&req, "m", 1, 1);
