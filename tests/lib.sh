@@ -61,6 +61,33 @@ ctl() {
     timeout "$T" "$EMACTL" --server "$url" "$@"
 }
 
+# Set up the environment of the Python client (client/python over the in-tree libemad):
+# EMAD_LIBRARY (unless set), PYTHONPATH, and asan_rt, the AddressSanitizer runtime that a
+# libemad built with --enable-asan needs loaded first into Python (empty otherwise).
+client_env() {
+    for _lib in "$top_builddir/.libs/libemad.so" "$top_builddir/client/.libs/libemad.so"; do
+        if [ -e "$_lib" ]; then
+            EMAD_LIBRARY=${EMAD_LIBRARY:-$_lib}
+            break
+        fi
+    done
+    [ -n "${EMAD_LIBRARY:-}" ] && [ -e "$EMAD_LIBRARY" ] ||
+        fail "libemad.so not found under $top_builddir"
+    PYTHONPATH=$top_srcdir/client/python${PYTHONPATH:+:$PYTHONPATH}
+    PYTHONDONTWRITEBYTECODE=1
+    export EMAD_LIBRARY PYTHONPATH PYTHONDONTWRITEBYTECODE
+    asan_rt=$(ldd "$EMAD_LIBRARY" 2>/dev/null | sed -n 's/.*libasan[^ ]* => \([^ ]*\).*/\1/p')
+}
+
+# Run $PYTHON3 with the arguments given (after client_env), within T_LONG seconds.
+client_python() {
+    if [ -n "$asan_rt" ]; then
+        LD_PRELOAD=$asan_rt ASAN_OPTIONS=detect_leaks=0 timeout "$T_LONG" "$PYTHON3" "$@"
+    else
+        timeout "$T_LONG" "$PYTHON3" "$@"
+    fi
+}
+
 # Print a free TCP port on 127.0.0.1.
 pick_port() {
     timeout "$T" "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' ||

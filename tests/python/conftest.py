@@ -8,7 +8,10 @@ Environment:
 Each test that asks for ``daemon`` gets its own emad on 127.0.0.1 with a
 free port and a temporary --state-dir; it is killed at teardown. Every test
 is bounded in time: a hung test dumps its stack and exits the run after
-EMAD_TEST_TIMEOUT seconds (default 300).
+EMAD_TEST_TIMEOUT seconds (default 300). That limit and every other one in
+these tests (``limit(seconds)``) are multiplied by EMAD_TEST_TIMEOUT_SCALE
+(default 1), the one setting that scales all time limits of `make check`:
+they are safety nets of minutes, never the pace of a test.
 """
 
 import faulthandler
@@ -27,7 +30,15 @@ sys.path.insert(0, os.path.join(TOP, "client", "python"))  # harmless if PYTHONP
 import emad  # noqa: E402
 
 EMAD_BIN = os.environ.get("EMAD_BIN") or os.path.join(TOP, "emad")
-TEST_TIMEOUT = float(os.environ.get("EMAD_TEST_TIMEOUT", "300"))
+TIMEOUT_SCALE = float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)
+
+
+def limit(seconds):
+    """A time limit of `seconds`, multiplied by EMAD_TEST_TIMEOUT_SCALE."""
+    return seconds * TIMEOUT_SCALE
+
+
+TEST_TIMEOUT = limit(float(os.environ.get("EMAD_TEST_TIMEOUT", "300")))
 
 
 def free_port():
@@ -53,7 +64,7 @@ class Daemon:
                     [EMAD_BIN, "--listen", self.url, "--state-dir", self.state_dir,
                      "--log-level", "debug"] + list(extra_args),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            if self._wait_listening(10.0):
+            if self._wait_listening(limit(60.0)):
                 return
             self.stop()
         raise RuntimeError("emad did not start; log:\n" + self.log_tail())
@@ -81,16 +92,16 @@ class Daemon:
             return ""
 
     def stop(self):
-        """SIGTERM, then SIGKILL after 10 s; returns the exit status."""
+        """SIGTERM, then SIGKILL after a minute (scaled); returns the exit status."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(limit(60))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+                self.proc.wait(limit(60))
         status, self.proc = self.proc.returncode, None
         return status
 
@@ -118,7 +129,7 @@ def daemon(tmp_path):
 @pytest.fixture
 def client(daemon):
     """An emad.Client connected to the test's daemon (closed at teardown)."""
-    c = emad.Client(daemon.url, timeout=30, connect_timeout=5)
+    c = emad.Client(daemon.url, timeout=limit(300), connect_timeout=limit(60))
     yield c
     c.close()
 
