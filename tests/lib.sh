@@ -71,8 +71,9 @@ client_env() {
             break
         fi
     done
-    [ -n "${EMAD_LIBRARY:-}" ] && [ -e "$EMAD_LIBRARY" ] ||
+    if [ -z "${EMAD_LIBRARY:-}" ] || [ ! -e "$EMAD_LIBRARY" ]; then
         fail "libemad.so not found under $top_builddir"
+    fi
     PYTHONPATH=$top_srcdir/client/python${PYTHONPATH:+:$PYTHONPATH}
     PYTHONDONTWRITEBYTECODE=1
     export EMAD_LIBRARY PYTHONPATH PYTHONDONTWRITEBYTECODE

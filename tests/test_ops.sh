@@ -259,13 +259,17 @@ stop_daemon TERM
 : >"$work/journal.log"
 js=$(stat -c '%d:%i' "$work/journal.log")
 # Each run: emad in the background, SIGTERM once it has logged event=started, then its status.
+# (Expanded by the sh -c; the log it waits on is the one its stderr goes to.)
+# shellcheck disable=SC2016
 journal_run='"$1" --listen "ipc://$2/j.sock" --http off & p=$!
     until grep -q "event=started" "$3"; do sleep 0.05; done; kill -TERM $p; wait $p'
+# shellcheck disable=SC2094
 JOURNAL_STREAM=$js timeout "$T" sh -c "$journal_run" sh "$EMAD" "$work" "$work/journal.log" \
     2>>"$work/journal.log" || fail "emad under journal failed"
 grep -q '^<6>info event=started ' "$work/journal.log" ||
     fail "journal log lines are not '<6>info event=...': $(head -n 5 "$work/journal.log")"
 if grep -q '^20[0-9][0-9]-' "$work/journal.log"; then fail "timestamps under the journal"; fi
+# shellcheck disable=SC2094
 JOURNAL_STREAM=1:1 timeout "$T" sh -c "$journal_run" sh "$EMAD" "$work" "$work/plain.log" \
     2>"$work/plain.log" || fail "emad failed"
 grep -q '^20[0-9][0-9]-[0-9-]*T[0-9:.]*Z info event=started ' "$work/plain.log" ||
@@ -338,9 +342,15 @@ attempt=1
 while :; do
     first=$((attempt * 10000))
     load pushes "$url" bench "$first" 1500 1000 >"$work/base" || fail "baseline pushes failed"
-    load slowloris 127.0.0.1 "$hport" 50 8 >"$work/loris" &
+    rm -f "$work/loris_ready"
+    load slowloris 127.0.0.1 "$hport" 50 8 "$work/loris_ready" >"$work/loris" &
     lp=$!
-    sleep 1
+    end=$(($(date +%s) + T)) # until the 50 connections are open
+    while [ ! -e "$work/loris_ready" ]; do
+        kill -0 "$lp" 2>/dev/null || fail "the slow-loris client stopped before it was ready"
+        [ "$(date +%s)" -le "$end" ] || fail "the slow-loris connections did not open"
+        sleep 0.05
+    done
     load pushes "$url" bench $((first + 5000)) 1500 1000 >"$work/loris_push" ||
         fail "pushes under slow-loris failed"
     code=$(get /healthz)

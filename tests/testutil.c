@@ -1,7 +1,8 @@
 /*
  * testutil.c - helpers shared by the test suites: temp dirs, free ports,
- * running commands, and starting/stopping the real emad binary on a
- * private endpoint.
+ * running commands, starting/stopping the real emad binary on a private
+ * endpoint, scaled deadlines (tu_timeout_scale, tu_wait_until) and the
+ * one-case suite runner.
  */
 #include <arpa/inet.h>
 #include <errno.h>

@@ -1,9 +1,13 @@
 /*
  * testutil.h - helpers shared by the test suites: private temp dirs and
- * endpoints, and starting/stopping the real emad binary.
+ * endpoints, starting/stopping the real emad binary, waiting for a
+ * condition against a scaled deadline, and running a suite of one test
+ * case.
  *
  * Paths come from the environment that `make check` sets: top_builddir
- * (binaries) and top_srcdir (sources); both default to ".".
+ * (binaries) and top_srcdir (sources); both default to ".". Every time
+ * limit is a safety net of minutes multiplied by EMAD_TEST_TIMEOUT_SCALE:
+ * tests wait for conditions, never for a time.
  */
 #ifndef EMAD_TESTUTIL_H
 #define EMAD_TESTUTIL_H
