@@ -1,6 +1,6 @@
 /*
  * fuzz_safetensors.c - libFuzzer target for the safetensors reader: every
- * input is parsed with st_parse twice, once as it is and once "framed":
+ * input is parsed with safetensors_parse twice, once as it is and once "framed":
  * its first two bytes (little-endian) say how many of its last bytes are
  * the data buffer, the bytes between are the header, and the target
  * prepends the matching 8-byte length, so mutations reach the JSON rules
@@ -18,9 +18,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Abort unless the parsed file f of an input of size bytes keeps every promise of st_parse. */
+/* Abort unless the parsed file f of an input of size bytes keeps every promise of
+ * safetensors_parse. */
 static void
-check_file(const st_file *f, size_t size)
+check_file(const safetensors_file *f, size_t size)
 {
     const unsigned char *map = f->map;
     uint64_t n = 0, pos = 0, nbytes;
@@ -29,10 +30,10 @@ check_file(const st_file *f, size_t size)
         abort();
     for (int i = 7; i >= 0; i--)
         n = n << 8 | map[i];
-    if (n > ST_MAX_HEADER || n > size - 8 || map[8] != '{')
+    if (n > SAFETENSORS_MAX_HEADER || n > size - 8 || map[8] != '{')
         abort();
     for (size_t i = 0; i < f->ntensors; i++) {
-        const st_tensor *t = &f->tensors[i];
+        const safetensors_tensor *t = &f->tensors[i];
 
         if (t->offset != pos || t->ndim > EMAD_MAX_NDIM || dtype_size(t->dtype) == 0)
             abort();
@@ -40,14 +41,15 @@ check_file(const st_file *f, size_t size)
             abort();
         if ((const unsigned char *)t->data != map + 8 + n + t->offset)
             abort();
-        if (st_find(f, t->name) == NULL || strcmp(st_find(f, t->name)->name, t->name) != 0)
+        if (safetensors_find(f, t->name) == NULL ||
+            strcmp(safetensors_find(f, t->name)->name, t->name) != 0)
             abort();
         pos += t->nbytes;
     }
     if (8 + n + pos != size)
         abort();
     for (size_t i = 0; i < f->nmeta; i++) {
-        if (st_meta_get(f, f->meta[i].key) != f->meta[i].value)
+        if (safetensors_meta_get(f, f->meta[i].key) != f->meta[i].value)
             abort();
     }
 }
@@ -56,9 +58,9 @@ check_file(const st_file *f, size_t size)
 static void
 parse_and_check(const uint8_t *data, size_t size)
 {
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
     char *cause = NULL;
-    int rc = st_parse(&f, data, size, &cause);
+    int rc = safetensors_parse(&f, data, size, &cause);
 
     if (rc == 0) {
         if (f == NULL || cause != NULL)
@@ -67,7 +69,7 @@ parse_and_check(const uint8_t *data, size_t size)
     } else if (f != NULL || rc != EMAD_EFORMAT || cause == NULL || cause[0] == '\0') {
         abort();
     }
-    st_free(f);
+    safetensors_free(f);
     free(cause);
 }
 

@@ -50,42 +50,60 @@ extern "C" {
 #define EMAD_MAX_GLOB_BYTES 256 /* longest pattern */
 #define EMAD_MAX_WRITERS 1024   /* writers per model */
 
-/* Error codes. The daemon sends the positive value on the wire. */
+/*
+ * Error codes, one XX(name, code, text) entry each: EMAD_<name> is -code
+ * (the daemon sends the positive code on the wire), emad_errname() gives
+ * "EMAD_<name>" and emad_strerror() the text. The daemon's codes are
+ * EMAD_ERRNO_FIRST..EMAD_ERRNO_LAST (docs/PROTOCOL.md), the client
+ * library's own EMAD_ERRNO_CLIENT_FIRST..EMAD_ERRNO_CLIENT_LAST; neither
+ * range has gaps, and every code lies in 1001..1199 (bindings may scan that
+ * span with emad_errname()). A comment gives more detail where the text is short.
+ */
+#define EMAD_ERRNO_MAP(XX)                                                                         \
+    XX(EMALFORMED, 1001, "malformed request") /* not a valid message */                            \
+    XX(EVERSION, 1002, "protocol version not supported")                                           \
+    XX(EOP, 1003, "unknown operation")                                                             \
+    XX(EDTYPE, 1004, "unknown or unsuitable dtype")                                                \
+    XX(ESIZE, 1005, "data length does not match shape and dtype")                                  \
+    XX(ENAME, 1006, "invalid name") /* empty, over-long or invalid */                              \
+    XX(ESHAPE, 1007, "shape differs from the stored tensor")                                       \
+    XX(EKIND, 1008, "kind or dtype differs from the stored tensor") /* kind: param/buffer */       \
+    XX(ELIMIT, 1009, "limit exceeded")                              /* a documented limit */       \
+    XX(ENOMODEL, 1010, "no such model")                                                            \
+    XX(EEXIST, 1011, "model already exists") /* with a different configuration */                  \
+    XX(ENOTENSOR, 1012, "no such tensor")                                                          \
+    XX(ENOTXN, 1013, "no such open transaction")                /* unknown, expired or finished */ \
+    XX(EINCOMPLETE, 1014, "transaction has incomplete tensors") /* commit with missing chunks */   \
+    XX(EDUP, 1015, "duplicate tensor name") /* the same tensor twice in one push */                \
+    XX(ERANGE, 1016, "value out of range")                                                         \
+    XX(ENOSESSION, 1017, "no such pull session") /* unknown or expired */                          \
+    XX(ENOMEM, 1018, "out of memory")                                                              \
+    XX(EINTERNAL, 1019, "internal error")                                                          \
+    XX(EORDER, 1020, "transaction chunk out of order")                                             \
+    XX(ENONFINITE, 1021, "NaN or Inf in an averaged tensor")                                       \
+    XX(EOVERLAP, 1022, "slice overlaps another slice of the tensor") /* of the same step */        \
+    XX(EIMMUTABLE, 1023, "option cannot change on an existing model")                              \
+    XX(ENOSTATE, 1024, "the daemon has no state directory") /* runs without --state-dir */         \
+    XX(ESNAPSHOT, 1025, "snapshot could not be written")    /* disk full, permissions */           \
+    XX(ECONFLICT, 1026, "tensor changed by another push during the transaction")                   \
+    /* Client-side only. */                                                                        \
+    XX(ETIMEDOUT, 1101, "timed out waiting for the daemon") /* no reply within the timeout */      \
+    XX(ECONNECT, 1102, "cannot connect to the daemon") /* cannot open or connect the socket */     \
+    XX(EPROTO, 1103, "reply from the daemon not understood")                                       \
+    XX(EINVAL, 1104, "invalid argument")                                                           \
+    XX(EFORMAT, 1105, "malformed safetensors file")                                                \
+    XX(EIO, 1106, "I/O error") /* file I/O */
+
+#define EMAD_ERRNO_FIRST 1001        /* EMAD_EMALFORMED */
+#define EMAD_ERRNO_LAST 1026         /* EMAD_ECONFLICT */
+#define EMAD_ERRNO_CLIENT_FIRST 1101 /* EMAD_ETIMEDOUT */
+#define EMAD_ERRNO_CLIENT_LAST 1106  /* EMAD_EIO */
+
 enum {
     EMAD_OK = 0,
-    EMAD_EMALFORMED = -1001,  /* request is not a valid message */
-    EMAD_EVERSION = -1002,    /* protocol version not supported */
-    EMAD_EOP = -1003,         /* unknown operation */
-    EMAD_EDTYPE = -1004,      /* unknown or unsuitable dtype */
-    EMAD_ESIZE = -1005,       /* data length does not match shape and dtype */
-    EMAD_ENAME = -1006,       /* empty, over-long or invalid name */
-    EMAD_ESHAPE = -1007,      /* shape differs from the stored tensor */
-    EMAD_EKIND = -1008,       /* kind (param/buffer) differs from the stored tensor */
-    EMAD_ELIMIT = -1009,      /* a documented limit was exceeded */
-    EMAD_ENOMODEL = -1010,    /* no such model */
-    EMAD_EEXIST = -1011,      /* model exists with a different configuration */
-    EMAD_ENOTENSOR = -1012,   /* no such tensor */
-    EMAD_ENOTXN = -1013,      /* no such transaction (unknown, expired or finished) */
-    EMAD_EINCOMPLETE = -1014, /* commit of a transaction with missing chunks */
-    EMAD_EDUP = -1015,        /* the same tensor twice in one push */
-    EMAD_ERANGE = -1016,      /* a value is out of its allowed range */
-    EMAD_ENOSESSION = -1017,  /* no such pull session (unknown or expired) */
-    EMAD_ENOMEM = -1018,      /* out of memory */
-    EMAD_EINTERNAL = -1019,   /* internal error */
-    EMAD_EORDER = -1020,      /* transaction chunk out of order */
-    EMAD_ENONFINITE = -1021,  /* NaN or Inf in a tensor that is averaged */
-    EMAD_EOVERLAP = -1022,    /* a slice overlaps another slice of the same tensor and step */
-    EMAD_EIMMUTABLE = -1023,  /* option cannot change on an existing model */
-    EMAD_ENOSTATE = -1024,    /* the daemon runs without --state-dir */
-    EMAD_ESNAPSHOT = -1025,   /* a snapshot could not be written (disk full, permissions) */
-    EMAD_ECONFLICT = -1026,   /* another push changed a tensor of an open transaction */
-    /* Client-side only. */
-    EMAD_ETIMEDOUT = -1101, /* no reply within the timeout */
-    EMAD_ECONNECT = -1102,  /* cannot open or connect the socket */
-    EMAD_EPROTO = -1103,    /* the daemon's reply could not be understood */
-    EMAD_EINVAL = -1104,    /* invalid argument */
-    EMAD_EFORMAT = -1105,   /* malformed safetensors file */
-    EMAD_EIO = -1106,       /* file I/O error */
+#define EMAD__ERRNO_ENUM(name, code, text) EMAD_##name = -(code),
+    EMAD_ERRNO_MAP(EMAD__ERRNO_ENUM)
+#undef EMAD__ERRNO_ENUM
 };
 
 /* Tensor kinds. */

@@ -1,6 +1,8 @@
 /*
- * check_proto.c - tests for src/common/proto.c: op and error tables, name rules,
- * and the msgpack pre-scan that guards the decoder against hostile input.
+ * check_proto.c - tests for src/common/proto.c (op table, msgpack pre-scan
+ * that guards the decoder against hostile input) and the two small tables
+ * split from it: src/common/errors.c (error names and texts) and
+ * src/common/names.c (name rules).
  */
 #include <check.h>
 #include <errno.h>
@@ -9,6 +11,8 @@
 
 #include <msgpack.h>
 
+#include "common/errors.h"
+#include "common/names.h"
 #include "common/proto.h"
 #include "testutil.h"
 
@@ -27,50 +31,60 @@ END_TEST
 
 START_TEST(test_proto_error_names_and_texts)
 {
-    ck_assert_str_eq(proto_errname(EMAD_ESHAPE), "EMAD_ESHAPE");
-    ck_assert_str_eq(proto_errname(EMAD_EORDER), "EMAD_EORDER");
-    ck_assert_ptr_null(proto_errname(-5));
-    ck_assert_str_eq(proto_strerror(0), "success");
-    ck_assert_str_eq(proto_strerror(EMAD_ENOMODEL), "no such model");
+    ck_assert_str_eq(errors_name(EMAD_ESHAPE), "EMAD_ESHAPE");
+    ck_assert_str_eq(errors_name(EMAD_EORDER), "EMAD_EORDER");
+    ck_assert_ptr_null(errors_name(-5));
+    ck_assert_str_eq(errors_text(0), "success");
+    ck_assert_str_eq(errors_text(EMAD_ENOMODEL), "no such model");
     /* Negated errno values fall through to strerror. */
-    ck_assert_str_eq(proto_strerror(-ENOENT), strerror(ENOENT));
-    /* Every daemon code, EMAD_EMALFORMED to EMAD_ECONFLICT, has a name: the table is complete. */
-    for (int c = EMAD_EMALFORMED; c >= EMAD_ECONFLICT; c--)
-        ck_assert_ptr_nonnull(proto_errname(c));
+    ck_assert_str_eq(errors_text(-ENOENT), strerror(ENOENT));
+    ck_assert_str_eq(errors_name(EMAD_ECONFLICT), "EMAD_ECONFLICT");
+    ck_assert_str_eq(errors_text(EMAD_EIO), "I/O error");
+    ck_assert_int_eq(EMAD_ESHAPE, -1007);
+    ck_assert_int_eq(EMAD_EIO, -1106);
+    /* Every code of both ranges has a name and its own text (not errno's); none between. */
+    for (int c = EMAD_ERRNO_FIRST; c <= EMAD_ERRNO_CLIENT_LAST; c++) {
+        int named = c <= EMAD_ERRNO_LAST || c >= EMAD_ERRNO_CLIENT_FIRST;
+        ck_assert_int_eq(errors_name(-c) != NULL, named);
+        ck_assert_int_eq(strcmp(errors_text(-c), strerror(c)) != 0, named);
+    }
+    ck_assert_ptr_null(errors_name(-(EMAD_ERRNO_FIRST - 1)));
+    ck_assert_ptr_null(errors_name(-(EMAD_ERRNO_CLIENT_LAST + 1)));
+    ck_assert_int_eq(EMAD_ERRNO_LAST, 1026);
 }
 END_TEST
 
 START_TEST(test_proto_model_names)
 {
-    ck_assert_int_eq(proto_check_model_name("run-1_a.b", 9), 0);
-    ck_assert_int_eq(proto_check_model_name("", 0), EMAD_ENAME);
-    ck_assert_int_eq(proto_check_model_name(".hidden", 7), EMAD_ENAME);
-    ck_assert_int_eq(proto_check_model_name("a/b", 3), EMAD_ENAME);
-    ck_assert_int_eq(proto_check_model_name("a b", 3), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model("run-1_a.b", 9), 0);
+    ck_assert_int_eq(names_check_model("", 0), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model(".hidden", 7), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model("a/b", 3), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model("a b", 3), EMAD_ENAME);
     char longname[EMAD_MAX_MODEL_NAME_BYTES + 2];
     memset(longname, 'a', sizeof(longname));
-    ck_assert_int_eq(proto_check_model_name(longname, EMAD_MAX_MODEL_NAME_BYTES), 0);
-    ck_assert_int_eq(proto_check_model_name(longname, EMAD_MAX_MODEL_NAME_BYTES + 1), EMAD_ENAME);
+    ck_assert_int_eq(names_check_model(longname, EMAD_MAX_MODEL_NAME_BYTES), 0);
+    ck_assert_int_eq(names_check_model(longname, EMAD_MAX_MODEL_NAME_BYTES + 1), EMAD_ENAME);
 }
 END_TEST
 
 START_TEST(test_proto_tensor_names_utf8)
 {
-    ck_assert_int_eq(proto_check_tensor_name("layer1.0.bn1.running_mean", 25), 0);
-    ck_assert_int_eq(proto_check_tensor_name("caf\xc3\xa9", 5), 0);      /* é */
-    ck_assert_int_eq(proto_check_tensor_name("\xe2\x82\xac", 3), 0);     /* € */
-    ck_assert_int_eq(proto_check_tensor_name("\xf0\x9f\x98\x80", 4), 0); /* emoji */
-    ck_assert_int_eq(proto_check_tensor_name("", 0), EMAD_ENAME);
-    ck_assert_int_eq(proto_check_tensor_name("a\nb", 3), EMAD_ENAME);         /* control */
-    ck_assert_int_eq(proto_check_tensor_name("a\0b", 3), EMAD_ENAME);         /* NUL */
-    ck_assert_int_eq(proto_check_tensor_name("\xc3", 1), EMAD_ENAME);         /* truncated */
-    ck_assert_int_eq(proto_check_tensor_name("\xc0\xaf", 2), EMAD_ENAME);     /* overlong */
-    ck_assert_int_eq(proto_check_tensor_name("\xed\xa0\x80", 3), EMAD_ENAME); /* surrogate */
-    ck_assert_int_eq(proto_check_tensor_name("\xff", 1), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("layer1.0.bn1.running_mean", 25), 0);
+    ck_assert_int_eq(names_check_tensor("caf\xc3\xa9", 5), 0);      /* é */
+    ck_assert_int_eq(names_check_tensor("\xe2\x82\xac", 3), 0);     /* € */
+    ck_assert_int_eq(names_check_tensor("\xf0\x9f\x98\x80", 4), 0); /* emoji */
+    ck_assert_int_eq(names_check_tensor("", 0), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor("a\nb", 3), EMAD_ENAME);         /* control */
+    ck_assert_int_eq(names_check_tensor("a\0b", 3), EMAD_ENAME);         /* NUL */
+    ck_assert_int_eq(names_check_tensor("\xc3", 1), EMAD_ENAME);         /* truncated */
+    ck_assert_int_eq(names_check_tensor("\xc0\xaf", 2), EMAD_ENAME);     /* overlong */
+    ck_assert_int_eq(names_check_tensor("\xed\xa0\x80", 3), EMAD_ENAME); /* surrogate */
+    ck_assert_int_eq(names_check_tensor("\xff", 1), EMAD_ENAME);
     char *big = malloc(EMAD_MAX_NAME_BYTES + 1);
     memset(big, 'x', EMAD_MAX_NAME_BYTES + 1);
-    ck_assert_int_eq(proto_check_tensor_name(big, EMAD_MAX_NAME_BYTES), 0);
-    ck_assert_int_eq(proto_check_tensor_name(big, EMAD_MAX_NAME_BYTES + 1), EMAD_ENAME);
+    ck_assert_int_eq(names_check_tensor(big, EMAD_MAX_NAME_BYTES), 0);
+    ck_assert_int_eq(names_check_tensor(big, EMAD_MAX_NAME_BYTES + 1), EMAD_ENAME);
     free(big);
 }
 END_TEST

@@ -22,7 +22,8 @@
 #include "common/safetensors.h"
 #include "testutil.h"
 
-/* An st_meta initializer from string literals (st_meta's fields are not const). */
+/* An safetensors_meta initializer from string literals (safetensors_meta's fields are not const).
+ */
 #define META(k, v)                                                                                 \
     {                                                                                              \
         (char *)(k), (char *)(v)                                                                   \
@@ -58,9 +59,9 @@ image(const char *header, size_t data_len, size_t *len)
 static void
 expect_error_buf(const void *buf, size_t len, const char *needle)
 {
-    st_file *f = (st_file *)1;
+    safetensors_file *f = (safetensors_file *)1;
     char *cause = NULL;
-    int rc = st_parse(&f, buf, len, &cause);
+    int rc = safetensors_parse(&f, buf, len, &cause);
 
     ck_assert_msg(rc == EMAD_EFORMAT, "expected EMAD_EFORMAT (\"%s\"), got %d", needle, rc);
     ck_assert_ptr_null(f);
@@ -81,14 +82,14 @@ expect_error(const char *header, size_t data_len, const char *needle)
 }
 
 /* Parse header + data_len data bytes, asserting success; the caller frees the result. */
-static st_file *
+static safetensors_file *
 expect_ok(const char *header, size_t data_len)
 {
     size_t len;
     unsigned char *buf = image(header, data_len, &len);
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
     char *cause = NULL;
-    int rc = st_parse(&f, buf, len, &cause);
+    int rc = safetensors_parse(&f, buf, len, &cause);
 
     ck_assert_msg(rc == 0, "header %s: unexpected error %d: %s", header, rc,
                   cause != NULL ? cause : "(no message)");
@@ -109,10 +110,10 @@ fill_random(void *buf, size_t n, uint64_t *state)
 }
 
 /* A tensor description for the tests; data malloc'd (freed by free_tensors). */
-static st_tensor
+static safetensors_tensor
 make_tensor(const char *name, int dtype, uint32_t ndim, const uint64_t *shape, uint64_t *rng)
 {
-    st_tensor t;
+    safetensors_tensor t;
     uint64_t nbytes = dtype_size(dtype);
 
     memset(&t, 0, sizeof(t));
@@ -132,7 +133,7 @@ make_tensor(const char *name, int dtype, uint32_t ndim, const uint64_t *shape, u
 
 /* Free the data of n tensors made by make_tensor. */
 static void
-free_tensors(st_tensor *t, size_t n)
+free_tensors(safetensors_tensor *t, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         free((void *)t[i].data);
@@ -140,7 +141,7 @@ free_tensors(st_tensor *t, size_t n)
 
 /* Assert that got describes the same tensor as want (name, dtype, shape, bytes). */
 static void
-assert_same_tensor(const st_tensor *got, const st_tensor *want)
+assert_same_tensor(const safetensors_tensor *got, const safetensors_tensor *want)
 {
     ck_assert_ptr_nonnull(got);
     ck_assert_str_eq(got->name, want->name);
@@ -155,7 +156,7 @@ assert_same_tensor(const st_tensor *got, const st_tensor *want)
 
 /* Assert that every tensor of f points into f->map, inside it. */
 static void
-assert_points_into_map(const st_file *f)
+assert_points_into_map(const safetensors_file *f)
 {
     const unsigned char *lo = f->map, *hi = lo + f->map_len;
 
@@ -190,11 +191,11 @@ START_TEST(test_st_round_trips_every_dtype_scalar_and_empty)
         NULL,     "t.bool", "t.u8",  "t.i8",  "t.i16", "t.u16", "t.f16",
         "t.bf16", "t.i32",  "t.u32", "t.f32", "t.f64", "t.i64", "t.u64",
     };
-    st_tensor t[EMAD_DTYPE_COUNT + 4];
+    safetensors_tensor t[EMAD_DTYPE_COUNT + 4];
     uint64_t rng = 42;
     size_t n = 0;
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
 
     for (int dt = EMAD_DTYPE_INVALID + 1; dt < EMAD_DTYPE_COUNT; dt++) {
         switch (dt % 3) {
@@ -215,20 +216,20 @@ START_TEST(test_st_round_trips_every_dtype_scalar_and_empty)
     t[n++] = make_tensor("empty.u8", EMAD_U8, 2, s50, &rng);
 
     snprintf(path, sizeof(path), "%s/all.safetensors", dir);
-    ck_assert_int_eq(st_write(path, t, n, NULL, 0, &cause), 0);
+    ck_assert_int_eq(safetensors_write(path, t, n, NULL, 0, &cause), 0);
     ck_assert_ptr_null(cause);
-    ck_assert_int_eq(st_read(&f, path, &cause), 0);
+    ck_assert_int_eq(safetensors_read(&f, path, &cause), 0);
     ck_assert_ptr_null(cause);
     ck_assert_uint_eq(f->ntensors, n);
     ck_assert_uint_eq(f->nmeta, 0);
     for (size_t i = 0; i < n; i++)
-        assert_same_tensor(st_find(f, t[i].name), &t[i]);
-    ck_assert_uint_eq(st_find(f, "scalar.f32")->ndim, 0);
-    ck_assert_uint_eq(st_find(f, "scalar.f32")->nbytes, 4);
-    ck_assert_uint_eq(st_find(f, "empty.u8")->nbytes, 0);
-    ck_assert_ptr_null(st_find(f, "t.missing"));
+        assert_same_tensor(safetensors_find(f, t[i].name), &t[i]);
+    ck_assert_uint_eq(safetensors_find(f, "scalar.f32")->ndim, 0);
+    ck_assert_uint_eq(safetensors_find(f, "scalar.f32")->nbytes, 4);
+    ck_assert_uint_eq(safetensors_find(f, "empty.u8")->nbytes, 0);
+    ck_assert_ptr_null(safetensors_find(f, "t.missing"));
     assert_points_into_map(f);
-    st_free(f);
+    safetensors_free(f);
     free_tensors(t, n);
     tu_rmtree(dir);
     free(dir);
@@ -238,34 +239,34 @@ END_TEST
 START_TEST(test_st_metadata_round_trips)
 {
     static const uint64_t s2[] = {2};
-    const st_meta meta[] = {
+    const safetensors_meta meta[] = {
         META("format", "pt"),
         META("step", "20"),
         META("note", "caf\xc3\xa9 \"quoted\" \\ back\nslash"),
         META("empty", ""),
     };
     uint64_t rng = 7;
-    st_tensor t = make_tensor("w", EMAD_F32, 1, s2, &rng);
+    safetensors_tensor t = make_tensor("w", EMAD_F32, 1, s2, &rng);
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
 
     snprintf(path, sizeof(path), "%s/meta.safetensors", dir);
-    ck_assert_int_eq(st_write(path, &t, 1, meta, 4, &cause), 0);
-    ck_assert_int_eq(st_read(&f, path, &cause), 0);
+    ck_assert_int_eq(safetensors_write(path, &t, 1, meta, 4, &cause), 0);
+    ck_assert_int_eq(safetensors_read(&f, path, &cause), 0);
     ck_assert_uint_eq(f->nmeta, 4);
     for (size_t i = 0; i < 4; i++)
-        ck_assert_str_eq(st_meta_get(f, meta[i].key), meta[i].value);
-    ck_assert_ptr_null(st_meta_get(f, "missing"));
-    assert_same_tensor(st_find(f, "w"), &t);
-    st_free(f);
+        ck_assert_str_eq(safetensors_meta_get(f, meta[i].key), meta[i].value);
+    ck_assert_ptr_null(safetensors_meta_get(f, "missing"));
+    assert_same_tensor(safetensors_find(f, "w"), &t);
+    safetensors_free(f);
 
     /* Metadata alone, no tensors: the file is the header and nothing else. */
-    ck_assert_int_eq(st_write(path, NULL, 0, meta, 1, &cause), 0);
-    ck_assert_int_eq(st_read(&f, path, &cause), 0);
+    ck_assert_int_eq(safetensors_write(path, NULL, 0, meta, 1, &cause), 0);
+    ck_assert_int_eq(safetensors_read(&f, path, &cause), 0);
     ck_assert_uint_eq(f->ntensors, 0);
-    ck_assert_str_eq(st_meta_get(f, "format"), "pt");
+    ck_assert_str_eq(safetensors_meta_get(f, "format"), "pt");
     ck_assert_uint_eq(f->map_len, 8 + tu_load_u64le(f->map));
-    st_free(f);
+    safetensors_free(f);
     free_tensors(&t, 1);
     tu_rmtree(dir);
     free(dir);
@@ -278,14 +279,14 @@ START_TEST(test_st_writer_orders_by_size_then_name_pads_and_aligns)
     static const uint64_t s3[] = {3}, s1[] = {1};
     static const char *const expected[] = {"b", "f", "d", "c", "g", "a", "e"};
     static const size_t sizes[] = {8, 8, 4, 2, 2, 1, 1};
-    const st_meta meta[] = {META("format", "pt")};
+    const safetensors_meta meta[] = {META("format", "pt")};
     uint64_t rng = 9;
-    st_tensor t[7];
+    safetensors_tensor t[7];
     char *dir = tu_tmpdir(), path[512], *cause = NULL, *text, *prev = NULL, key[16];
     unsigned char *raw;
     size_t len;
     uint64_t n, pos = 0;
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
 
     t[0] = make_tensor("a", EMAD_U8, 1, s3, &rng);
     t[1] = make_tensor("b", EMAD_F64, 1, s1, &rng);
@@ -295,7 +296,7 @@ START_TEST(test_st_writer_orders_by_size_then_name_pads_and_aligns)
     t[5] = make_tensor("f", EMAD_I64, 1, s3, &rng);
     t[6] = make_tensor("g", EMAD_BF16, 1, s1, &rng);
     snprintf(path, sizeof(path), "%s/order.safetensors", dir);
-    ck_assert_int_eq(st_write(path, t, 7, meta, 1, &cause), 0);
+    ck_assert_int_eq(safetensors_write(path, t, 7, meta, 1, &cause), 0);
 
     raw = tu_read_file(path, &len);
     ck_assert_ptr_nonnull(raw);
@@ -315,10 +316,10 @@ START_TEST(test_st_writer_orders_by_size_then_name_pads_and_aligns)
         prev = at;
     }
 
-    ck_assert_int_eq(st_read(&f, path, &cause), 0);
+    ck_assert_int_eq(safetensors_read(&f, path, &cause), 0);
     ck_assert_uint_eq(f->ntensors, 7);
     for (size_t i = 0; i < 7; i++) { /* data order, contiguity and alignment */
-        const st_tensor *g = &f->tensors[i];
+        const safetensors_tensor *g = &f->tensors[i];
         ck_assert_str_eq(g->name, expected[i]);
         ck_assert_uint_eq(dtype_size(g->dtype), sizes[i]);
         ck_assert_uint_eq(g->offset, pos);
@@ -329,8 +330,8 @@ START_TEST(test_st_writer_orders_by_size_then_name_pads_and_aligns)
     }
     ck_assert_uint_eq(len, 8 + n + pos);
     for (size_t i = 0; i < 7; i++)
-        assert_same_tensor(st_find(f, t[i].name), &t[i]);
-    st_free(f);
+        assert_same_tensor(safetensors_find(f, t[i].name), &t[i]);
+    safetensors_free(f);
     free(text);
     free(raw);
     free_tensors(t, 7);
@@ -342,9 +343,9 @@ END_TEST
 START_TEST(test_st_write_rejects_bad_tensors_and_writes_nothing)
 {
     static const uint64_t s2[] = {2}, s1[] = {1};
-    const st_meta dup_meta[] = {META("k", "1"), META("k", "2")};
+    const safetensors_meta dup_meta[] = {META("k", "1"), META("k", "2")};
     uint64_t rng = 11;
-    st_tensor t[2];
+    safetensors_tensor t[2];
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
     struct {
         const char *name0, *name1;
@@ -368,7 +369,7 @@ START_TEST(test_st_write_rejects_bad_tensors_and_writes_nothing)
         t[1].nbytes = dtype_size(cases[i].dtype1) * 2 + cases[i].nbytes_delta;
         free((void *)t[1].data);
         t[1].data = calloc(1, (size_t)t[1].nbytes + 1);
-        ck_assert_int_eq(st_write(path, t, 2, NULL, 0, &cause), EMAD_EINVAL);
+        ck_assert_int_eq(safetensors_write(path, t, 2, NULL, 0, &cause), EMAD_EINVAL);
         ck_assert_msg(cause != NULL && strstr(cause, cases[i].needle) != NULL,
                       "case %zu: \"%s\" lacks \"%s\"", i, cause, cases[i].needle);
         free(cause);
@@ -378,13 +379,13 @@ START_TEST(test_st_write_rejects_bad_tensors_and_writes_nothing)
 
     t[0] = make_tensor("deep", EMAD_U8, 1, s1, &rng);
     t[0].ndim = EMAD_MAX_NDIM + 1; /* the writer must not read shape[] past its end */
-    ck_assert_int_eq(st_write(path, t, 1, NULL, 0, &cause), EMAD_EINVAL);
+    ck_assert_int_eq(safetensors_write(path, t, 1, NULL, 0, &cause), EMAD_EINVAL);
     ck_assert_ptr_nonnull(strstr(cause, "17 dimensions"));
     free(cause);
     cause = NULL;
     t[0].ndim = 1;
     t[0].nbytes = 1;
-    ck_assert_int_eq(st_write(path, t, 1, dup_meta, 2, &cause), EMAD_EINVAL);
+    ck_assert_int_eq(safetensors_write(path, t, 1, dup_meta, 2, &cause), EMAD_EINVAL);
     ck_assert_ptr_nonnull(strstr(cause, "metadata key 'k' appears twice"));
     free(cause);
     free_tensors(t, 1);
@@ -398,22 +399,22 @@ START_TEST(test_st_write_replaces_atomically_and_cleans_up_on_failure)
 {
     static const uint64_t s2[] = {2}, big[] = {65536};
     uint64_t rng = 13;
-    st_tensor small = make_tensor("w", EMAD_F32, 1, s2, &rng);
-    st_tensor large = make_tensor("w", EMAD_F32, 1, big, &rng);
+    safetensors_tensor small = make_tensor("w", EMAD_F32, 1, s2, &rng);
+    safetensors_tensor large = make_tensor("w", EMAD_F32, 1, big, &rng);
     char *dir = tu_tmpdir(), path[512], missing[600], *cause = NULL;
     unsigned char *before, *after;
     size_t len_before, len_after;
     struct rlimit rl = {4096, 4096}, saved;
 
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-    ck_assert_int_eq(st_write(path, &small, 1, NULL, 0, &cause), 0);
+    ck_assert_int_eq(safetensors_write(path, &small, 1, NULL, 0, &cause), 0);
     before = tu_read_file(path, &len_before);
     ck_assert_ptr_nonnull(before);
     ck_assert_int_eq(count_entries(dir), 1);
 
     /* A directory that does not exist: EMAD_EIO naming the path. */
     snprintf(missing, sizeof(missing), "%s/no/such/dir/x.safetensors", dir);
-    ck_assert_int_eq(st_write(missing, &small, 1, NULL, 0, &cause), EMAD_EIO);
+    ck_assert_int_eq(safetensors_write(missing, &small, 1, NULL, 0, &cause), EMAD_EIO);
     ck_assert_ptr_nonnull(strstr(cause, missing));
     free(cause);
     cause = NULL;
@@ -423,7 +424,7 @@ START_TEST(test_st_write_replaces_atomically_and_cleans_up_on_failure)
     ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &saved), 0);
     rl.rlim_max = saved.rlim_max;
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
-    ck_assert_int_eq(st_write(path, &large, 1, NULL, 0, &cause), EMAD_EIO);
+    ck_assert_int_eq(safetensors_write(path, &large, 1, NULL, 0, &cause), EMAD_EIO);
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &saved), 0);
     ck_assert_msg(strstr(cause, strerror(EFBIG)) != NULL, "%s", cause);
     free(cause);
@@ -437,7 +438,7 @@ START_TEST(test_st_write_replaces_atomically_and_cleans_up_on_failure)
 
     /* A successful write replaces the file. */
     small.dtype = EMAD_I32;
-    ck_assert_int_eq(st_write(path, &small, 1, NULL, 0, &cause), 0);
+    ck_assert_int_eq(safetensors_write(path, &small, 1, NULL, 0, &cause), 0);
     after = tu_read_file(path, &len_after);
     ck_assert_ptr_nonnull(strstr((char *)after + 8, "\"I32\""));
     ck_assert_int_eq(count_entries(dir), 1);
@@ -456,27 +457,27 @@ START_TEST(test_st_parse_copies_input_and_points_into_its_map)
     const char *h = "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}";
     size_t len;
     unsigned char *buf = image(h, 4, &len);
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
 
     buf[len - 1] = 0x11;
-    ck_assert_int_eq(st_parse(&f, buf, len, NULL), 0);
+    ck_assert_int_eq(safetensors_parse(&f, buf, len, NULL), 0);
     memset(buf, 0, len);
     free(buf);
     ck_assert_uint_eq(f->map_len, len);
     ck_assert_ptr_eq(f->tensors[0].data, (unsigned char *)f->map + 8 + strlen(h));
     ck_assert_int_eq(((const unsigned char *)f->tensors[0].data)[0], 0x5a);
     ck_assert_int_eq(((const unsigned char *)f->tensors[0].data)[3], 0x11);
-    st_free(f);
-    st_free(NULL);
+    safetensors_free(f);
+    safetensors_free(NULL);
 }
 END_TEST
 
 START_TEST(test_st_accepts_trailing_spaces_and_sorts_by_offset)
 {
-    st_file *f = expect_ok("{}      ", 0);
+    safetensors_file *f = expect_ok("{}      ", 0);
 
     ck_assert_uint_eq(f->ntensors, 0);
-    st_free(f);
+    safetensors_free(f);
     /* Header order b, a; data order a, b; an empty tensor at the end. */
     f = expect_ok("{\"b\":{\"dtype\":\"I16\",\"shape\":[2],\"data_offsets\":[8,12]},"
                   "\"z\":{\"data_offsets\":[12,12],\"shape\":[0,7],\"dtype\":\"F64\"},"
@@ -493,7 +494,7 @@ START_TEST(test_st_accepts_trailing_spaces_and_sorts_by_offset)
     ck_assert_uint_eq(f->tensors[2].shape[1], 7);
     ck_assert_ptr_eq((const char *)f->tensors[1].data, (const char *)f->tensors[0].data + 8);
     assert_points_into_map(f);
-    st_free(f);
+    safetensors_free(f);
 }
 END_TEST
 
@@ -531,9 +532,9 @@ START_TEST(test_st_rejects_header_length_past_end_of_file)
     expect_error_buf(buf, len, "file is truncated: header length 3 exceeds the 2 bytes");
     free(buf);
     buf = image_n(2, "{}", 0, &len); /* the same image with the right length parses */
-    st_file *f = NULL;
-    ck_assert_int_eq(st_parse(&f, buf, len, NULL), 0);
-    st_free(f);
+    safetensors_file *f = NULL;
+    ck_assert_int_eq(safetensors_parse(&f, buf, len, NULL), 0);
+    safetensors_free(f);
     free(buf);
 }
 END_TEST
@@ -614,7 +615,8 @@ START_TEST(test_st_rejects_missing_and_mistyped_fields)
         expect_error(header, 4, cases[i].needle);
     }
     /* The well-formed version of the same entry parses. */
-    st_free(expect_ok("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4));
+    safetensors_free(
+        expect_ok("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4));
 }
 END_TEST
 
@@ -633,13 +635,13 @@ END_TEST
 
 START_TEST(test_st_rejects_wrong_byte_count)
 {
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
     char *cause = NULL;
     size_t len;
     unsigned char *buf = image(
         "{\"fc.weight\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,12]}}", 12, &len);
 
-    ck_assert_int_eq(st_parse(&f, buf, len, &cause), EMAD_EFORMAT);
+    ck_assert_int_eq(safetensors_parse(&f, buf, len, &cause), EMAD_EFORMAT);
     ck_assert_str_eq(cause, "tensor 'fc.weight': data_offsets [0, 12] hold 12 bytes but shape "
                             "[2, 2] of F32 needs 16");
     free(cause);
@@ -696,7 +698,7 @@ START_TEST(test_st_rejects_trailing_or_missing_data_bytes)
                  "file is truncated: the tensors end at byte 8 of the data buffer but only "
                  "7 bytes follow the header");
     expect_error("{}", 1, "1 trailing bytes");
-    st_free(expect_ok(h, 8));
+    safetensors_free(expect_ok(h, 8));
     /* Sizes beyond 4 GiB are reported without truncation. */
     expect_error(
         "{\"a\":{\"dtype\":\"U8\",\"shape\":[5000000000],\"data_offsets\":[0,5000000000]}}", 16,
@@ -708,20 +710,20 @@ START_TEST(test_st_rejects_every_truncation_of_a_valid_file)
 {
     static const uint64_t s3[] = {3};
     uint64_t rng = 17;
-    st_tensor t[2] = {make_tensor("a", EMAD_F32, 1, s3, &rng),
-                      make_tensor("b", EMAD_U8, 1, s3, &rng)};
-    const st_meta meta[] = {META("format", "pt")};
+    safetensors_tensor t[2] = {make_tensor("a", EMAD_F32, 1, s3, &rng),
+                               make_tensor("b", EMAD_U8, 1, s3, &rng)};
+    const safetensors_meta meta[] = {META("format", "pt")};
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
     unsigned char *raw;
     size_t len;
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
 
     snprintf(path, sizeof(path), "%s/full.safetensors", dir);
-    ck_assert_int_eq(st_write(path, t, 2, meta, 1, NULL), 0);
+    ck_assert_int_eq(safetensors_write(path, t, 2, meta, 1, NULL), 0);
     raw = tu_read_file(path, &len);
     for (size_t cut = 0; cut < len; cut++) {
         ck_assert_int_eq(tu_write_file(path, raw, cut), 0);
-        ck_assert_msg(st_read(&f, path, &cause) == EMAD_EFORMAT, "prefix %zu parsed", cut);
+        ck_assert_msg(safetensors_read(&f, path, &cause) == EMAD_EFORMAT, "prefix %zu parsed", cut);
         ck_assert_ptr_null(f);
         ck_assert_msg(strstr(cause, "truncated") != NULL || strstr(cause, "too short") != NULL,
                       "prefix %zu: %s", cut, cause);
@@ -729,8 +731,8 @@ START_TEST(test_st_rejects_every_truncation_of_a_valid_file)
         cause = NULL;
     }
     ck_assert_int_eq(tu_write_file(path, raw, len), 0);
-    ck_assert_int_eq(st_read(&f, path, NULL), 0);
-    st_free(f);
+    ck_assert_int_eq(safetensors_read(&f, path, NULL), 0);
+    safetensors_free(f);
     free(raw);
     free_tensors(t, 2);
     tu_rmtree(dir);
@@ -751,7 +753,7 @@ END_TEST
 
 START_TEST(test_st_rejects_non_string_metadata)
 {
-    st_file *f;
+    safetensors_file *f;
 
     expect_error("{\"__metadata__\":{\"format\":\"pt\",\"step\":20}}", 0,
                  "__metadata__ key 'step': value is not a string");
@@ -763,13 +765,13 @@ START_TEST(test_st_rejects_non_string_metadata)
     f = expect_ok("{\"__metadata__\":{}}", 0);
     ck_assert_uint_eq(f->nmeta, 0);
     ck_assert_uint_eq(f->ntensors, 0);
-    st_free(f);
+    safetensors_free(f);
 }
 END_TEST
 
 START_TEST(test_st_rejects_too_many_dims)
 {
-    st_file *f;
+    safetensors_file *f;
 
     expect_error("{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
                  "\"data_offsets\":[0,1]}}",
@@ -779,22 +781,22 @@ START_TEST(test_st_rejects_too_many_dims)
                   2);
     ck_assert_uint_eq(f->tensors[0].ndim, 16);
     ck_assert_uint_eq(f->tensors[0].shape[15], 2);
-    st_free(f);
+    safetensors_free(f);
 }
 END_TEST
 
 START_TEST(test_st_read_reports_io_errors_with_the_path)
 {
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
-    st_file *f = (st_file *)1;
+    safetensors_file *f = (safetensors_file *)1;
 
     snprintf(path, sizeof(path), "%s/missing.safetensors", dir);
-    ck_assert_int_eq(st_read(&f, path, &cause), EMAD_EIO);
+    ck_assert_int_eq(safetensors_read(&f, path, &cause), EMAD_EIO);
     ck_assert_ptr_null(f);
     ck_assert_ptr_nonnull(strstr(cause, path));
     ck_assert_ptr_nonnull(strstr(cause, strerror(ENOENT)));
     free(cause);
-    ck_assert_int_eq(st_read(&f, dir, &cause), EMAD_EIO);
+    ck_assert_int_eq(safetensors_read(&f, dir, &cause), EMAD_EIO);
     ck_assert_ptr_nonnull(strstr(cause, "not a regular file"));
     free(cause);
     tu_rmtree(dir);
@@ -823,7 +825,7 @@ static const struct {
 
 /* Fill the 16 sample tensors (names in names[], 32 bytes each); the caller frees the data. */
 static void
-sample_tensors(st_tensor *t, char names[][32])
+sample_tensors(safetensors_tensor *t, char names[][32])
 {
     static const float scalar = -1.25f;
 
@@ -900,10 +902,10 @@ run_numpy(const char *args, char **out)
 static void
 check_numpy_sample(const char *mode)
 {
-    st_tensor want[NSAMPLE + 3];
+    safetensors_tensor want[NSAMPLE + 3];
     char names[NSAMPLE + 3][32], *dir = tu_tmpdir(), path[512], args[1024], *out = NULL;
     char *cause = NULL;
-    st_file *f = NULL;
+    safetensors_file *f = NULL;
     int status;
 
     snprintf(path, sizeof(path), "%s/numpy-%s.safetensors", dir, mode);
@@ -911,15 +913,15 @@ check_numpy_sample(const char *mode)
     status = run_numpy(args, &out);
     ck_assert_msg(status == 0, "safetensors_np.py failed (%d): %s", status, out);
     free(out);
-    ck_assert_msg(st_read(&f, path, &cause) == 0, "%s", cause);
+    ck_assert_msg(safetensors_read(&f, path, &cause) == 0, "%s", cause);
     sample_tensors(want, names);
     ck_assert_uint_eq(f->ntensors, NSAMPLE + 3);
     for (size_t i = 0; i < NSAMPLE + 3; i++)
-        assert_same_tensor(st_find(f, want[i].name), &want[i]);
+        assert_same_tensor(safetensors_find(f, want[i].name), &want[i]);
     ck_assert_uint_eq(f->nmeta, 2);
-    ck_assert_str_eq(st_meta_get(f, "format"), "pt");
-    ck_assert_str_eq(st_meta_get(f, "source"), "numpy");
-    st_free(f);
+    ck_assert_str_eq(safetensors_meta_get(f, "format"), "pt");
+    ck_assert_str_eq(safetensors_meta_get(f, "source"), "numpy");
+    safetensors_free(f);
     free_tensors(want, NSAMPLE + 3);
     tu_rmtree(dir);
     free(dir);
@@ -941,14 +943,15 @@ END_TEST
 static int
 cmp_name(const void *a, const void *b)
 {
-    return strcmp((*(const st_tensor *const *)a)->name, (*(const st_tensor *const *)b)->name);
+    return strcmp((*(const safetensors_tensor *const *)a)->name,
+                  (*(const safetensors_tensor *const *)b)->name);
 }
 
 START_TEST(test_st_files_written_by_c_are_read_by_numpy)
 {
-    st_tensor t[NSAMPLE + 3];
-    const st_tensor *sorted[NSAMPLE + 3];
-    const st_meta meta[] = {META("step", "20"), META("format", "pt")};
+    safetensors_tensor t[NSAMPLE + 3];
+    const safetensors_tensor *sorted[NSAMPLE + 3];
+    const safetensors_meta meta[] = {META("step", "20"), META("format", "pt")};
     char names[NSAMPLE + 3][32], *dir = tu_tmpdir(), path[512], args[1024], *out = NULL;
     char *want, *p;
     size_t cap = 65536;
@@ -956,7 +959,7 @@ START_TEST(test_st_files_written_by_c_are_read_by_numpy)
 
     sample_tensors(t, names);
     snprintf(path, sizeof(path), "%s/c.safetensors", dir);
-    ck_assert_int_eq(st_write(path, t, NSAMPLE + 3, meta, 2, NULL), 0);
+    ck_assert_int_eq(safetensors_write(path, t, NSAMPLE + 3, meta, 2, NULL), 0);
     snprintf(args, sizeof(args), "dump --layout '%s'", path);
     status = run_numpy(args, &out);
     ck_assert_msg(status == 0, "safetensors_np.py failed (%d): %s", status, out);
@@ -968,7 +971,7 @@ START_TEST(test_st_files_written_by_c_are_read_by_numpy)
         sorted[i] = &t[i];
     qsort(sorted, NSAMPLE + 3, sizeof(sorted[0]), cmp_name);
     for (size_t i = 0; i < NSAMPLE + 3; i++) {
-        const st_tensor *s = sorted[i];
+        const safetensors_tensor *s = sorted[i];
         p += sprintf(p, "tensor %s %s [", s->name, dtype_name(s->dtype));
         for (uint32_t j = 0; j < s->ndim; j++)
             p += sprintf(p, "%s%llu", j ? "," : "", (unsigned long long)s->shape[j]);

@@ -1,5 +1,6 @@
 /*
- * check_server.c - tests for src/daemon/server.c without sockets: requests are
+ * check_server.c - tests for the request server (src/daemon/server.c and the
+ * modules it dispatches to) without sockets: requests are
  * packed with msgpack-c, handled by server_process() exactly as if they
  * came off the wire, and the replies decoded and checked. Covers every
  * op's round trip and every rejection path of the decoder, and that the
@@ -11,6 +12,8 @@
 
 #include <msgpack.h>
 
+#include "common/errors.h"
+#include "common/names.h"
 #include "common/proto.h"
 #include "daemon/server.h"
 #include "reqpack.h"
@@ -103,7 +106,7 @@ assert_err(const msgpack_object *r, int code, const char *text)
     ck_assert_uint_eq(get_u(e, "code"), (uint64_t)-code);
     name = proto_map_get(e, "name");
     snprintf(buf, sizeof(buf), "%.*s", (int)name->via.str.size, name->via.str.ptr);
-    ck_assert_str_eq(buf, proto_errname(code));
+    ck_assert_str_eq(buf, errors_name(code));
     m = proto_map_get(e, "message");
     snprintf(buf, sizeof(buf), "%.*s", (int)m->via.str.size, m->via.str.ptr);
     if (text != NULL)
@@ -653,9 +656,9 @@ static int
 str_is_utf8(const msgpack_object *o)
 {
     ck_assert_int_eq(o->type, MSGPACK_OBJECT_STR);
-    /* proto_check_tensor_name() is a strict UTF-8 check for strings of 1..1024 bytes. */
+    /* names_check_tensor() is a strict UTF-8 check for strings of 1..1024 bytes. */
     ck_assert_uint_le(o->via.str.size, EMAD_MAX_NAME_BYTES);
-    return o->via.str.size == 0 || proto_check_tensor_name(o->via.str.ptr, o->via.str.size) == 0;
+    return o->via.str.size == 0 || names_check_tensor(o->via.str.ptr, o->via.str.size) == 0;
 }
 
 START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)

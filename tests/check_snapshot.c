@@ -1,5 +1,6 @@
 /*
- * check_snapshot.c - tests for src/common/snapshot.c: file names and paths, a
+ * check_snapshot.c - tests for the snapshot format (src/common/snapshot.c,
+ * snapshot_meta.c) and directory (src/files/snapdir.c): file names and paths, a
  * round trip of every kind of tensor (averaged BF16 kept as F32, F64, a
  * copied I64 buffer, a scalar, an empty tensor) with the full
  * configuration, the metadata keys and their values, both checksums
@@ -8,7 +9,7 @@
  * checksums), corruption (truncation, wrong header length, every single
  * bit flip of the header and of the data), disk full through a file size
  * limit in a forked child, listing steps and models, pruning and
- * snap_mark_broken.
+ * snapdir_mark_broken.
  */
 #include <check.h>
 #include <dirent.h>
@@ -30,11 +31,12 @@
 #include "common/emaconf.h"
 #include "common/safetensors.h"
 #include "common/snapshot.h"
+#include "files/snapdir.h"
 #include "testutil.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-/* The example model's tensors: data, and the same tensors as snap_tensor. */
+/* The example model's tensors: data, and the same tensors as snapshot_tensor. */
 static const float w_data[6] = {0.1f, -0.25f, 3.0f, 1e-8f, -7.5f, 65504.0f};
 static const double d_data[4] = {0.1, -2.5, 1e300, -0.0};
 static const int64_t count_data[3] = {1, -2, INT64_C(1) << 40};
@@ -42,58 +44,58 @@ static const float scale_data[1] = {3.5f};
 
 /* The example tensors at model step 50 (in an order that is not by name). */
 static void
-example_tensors(snap_tensor t[5])
+example_tensors(snapshot_tensor t[5])
 {
     memset(t, 0, 5 * sizeof(*t));
-    t[0] = (snap_tensor){.name = "w",
-                         .kind = EMAD_PARAM,
-                         .dtype = EMAD_BF16,
-                         .sdtype = EMAD_F32,
-                         .averaged = 1,
-                         .ndim = 2,
-                         .shape = {2, 3},
-                         .step = 40,
-                         .data = w_data,
-                         .nbytes = sizeof(w_data)};
-    t[1] = (snap_tensor){.name = "d",
-                         .kind = EMAD_PARAM,
-                         .dtype = EMAD_F64,
-                         .sdtype = EMAD_F64,
-                         .averaged = 1,
-                         .ndim = 1,
-                         .shape = {4},
-                         .step = 50,
-                         .data = d_data,
-                         .nbytes = sizeof(d_data)};
-    t[2] = (snap_tensor){.name = "bn.count",
-                         .kind = EMAD_BUFFER,
-                         .dtype = EMAD_I64,
-                         .sdtype = EMAD_I64,
-                         .averaged = 0,
-                         .ndim = 1,
-                         .shape = {3},
-                         .step = 50,
-                         .data = count_data,
-                         .nbytes = sizeof(count_data)};
-    t[3] = (snap_tensor){.name = "scale",
-                         .kind = EMAD_PARAM,
-                         .dtype = EMAD_F32,
-                         .sdtype = EMAD_F32,
-                         .averaged = 1,
-                         .ndim = 0,
-                         .step = 50,
-                         .data = scale_data,
-                         .nbytes = sizeof(scale_data)};
-    t[4] = (snap_tensor){.name = "empty",
-                         .kind = EMAD_BUFFER,
-                         .dtype = EMAD_U8,
-                         .sdtype = EMAD_U8,
-                         .averaged = 0,
-                         .ndim = 1,
-                         .shape = {0},
-                         .step = 7,
-                         .data = NULL,
-                         .nbytes = 0};
+    t[0] = (snapshot_tensor){.name = "w",
+                             .kind = EMAD_PARAM,
+                             .dtype = EMAD_BF16,
+                             .sdtype = EMAD_F32,
+                             .averaged = 1,
+                             .ndim = 2,
+                             .shape = {2, 3},
+                             .step = 40,
+                             .data = w_data,
+                             .nbytes = sizeof(w_data)};
+    t[1] = (snapshot_tensor){.name = "d",
+                             .kind = EMAD_PARAM,
+                             .dtype = EMAD_F64,
+                             .sdtype = EMAD_F64,
+                             .averaged = 1,
+                             .ndim = 1,
+                             .shape = {4},
+                             .step = 50,
+                             .data = d_data,
+                             .nbytes = sizeof(d_data)};
+    t[2] = (snapshot_tensor){.name = "bn.count",
+                             .kind = EMAD_BUFFER,
+                             .dtype = EMAD_I64,
+                             .sdtype = EMAD_I64,
+                             .averaged = 0,
+                             .ndim = 1,
+                             .shape = {3},
+                             .step = 50,
+                             .data = count_data,
+                             .nbytes = sizeof(count_data)};
+    t[3] = (snapshot_tensor){.name = "scale",
+                             .kind = EMAD_PARAM,
+                             .dtype = EMAD_F32,
+                             .sdtype = EMAD_F32,
+                             .averaged = 1,
+                             .ndim = 0,
+                             .step = 50,
+                             .data = scale_data,
+                             .nbytes = sizeof(scale_data)};
+    t[4] = (snapshot_tensor){.name = "empty",
+                             .kind = EMAD_BUFFER,
+                             .dtype = EMAD_U8,
+                             .sdtype = EMAD_U8,
+                             .averaged = 0,
+                             .ndim = 1,
+                             .shape = {0},
+                             .step = 7,
+                             .data = NULL,
+                             .nbytes = 0};
 }
 
 /* A configuration with every field away from its default. */
@@ -125,17 +127,17 @@ static char *
 write_example(const char *state_dir, uint64_t step, size_t k)
 {
     emad_model_config cfg;
-    snap_tensor t[5];
-    snap_meta m = {"m", step, k, &cfg};
+    snapshot_tensor t[5];
+    snapshot_meta m = {"m", step, k, &cfg};
     char *cause = NULL, *dir, *path;
     int rc;
 
     example_config(&cfg);
     example_tensors(t);
-    rc = snap_write(state_dir, &m, t, NELEM(t), NULL, &cause);
-    ck_assert_msg(rc == 0, "snap_write: %d %s", rc, cause ? cause : "");
-    dir = snap_model_dir(state_dir, "m");
-    path = snap_path(dir, step, k);
+    rc = snapdir_write(state_dir, &m, t, NELEM(t), NULL, &cause);
+    ck_assert_msg(rc == 0, "snapdir_write: %d %s", rc, cause ? cause : "");
+    dir = snapdir_model_dir(state_dir, "m");
+    path = snapdir_path(dir, step, k);
     free(dir);
     return path;
 }
@@ -170,8 +172,8 @@ dir_listing(const char *dir)
 }
 
 /* The tensor named name in f, or fail. */
-static const snap_tensor *
-find(const snap_file *f, const char *name)
+static const snapshot_tensor *
+find(const snapshot_file *f, const char *name)
 {
     for (size_t i = 0; i < f->ntensors; i++)
         if (strcmp(f->tensors[i].name, name) == 0)
@@ -182,7 +184,7 @@ find(const snap_file *f, const char *name)
 
 /* Assert two tensors have the same name, kind, dtypes, update, shape, step and data bytes. */
 static void
-assert_same_tensor(const snap_tensor *a, const snap_tensor *b)
+assert_same_tensor(const snapshot_tensor *a, const snapshot_tensor *b)
 {
     ck_assert_str_eq(a->name, b->name);
     ck_assert_int_eq(a->kind, b->kind);
@@ -200,10 +202,10 @@ assert_same_tensor(const snap_tensor *a, const snap_tensor *b)
 
 /* Assert f is exactly the example snapshot at step 50, decay index 1. */
 static void
-assert_example(const snap_file *f)
+assert_example(const snapshot_file *f)
 {
     emad_model_config cfg;
-    snap_tensor t[5];
+    snapshot_tensor t[5];
 
     example_config(&cfg);
     example_tensors(t);
@@ -216,13 +218,14 @@ assert_example(const snap_file *f)
         assert_same_tensor(find(f, t[i].name), &t[i]);
 }
 
-/* Assert snap_read of path fails with EMAD_EFORMAT and a message naming path and holding needle. */
+/* Assert snapshot_read of path fails with EMAD_EFORMAT and a message naming path and holding
+ * needle. */
 static void
 expect_read_error(const char *path, const char *needle)
 {
-    snap_file *f = (snap_file *)1;
+    snapshot_file *f = (snapshot_file *)1;
     char *cause = NULL;
-    int rc = snap_read(path, &f, &cause);
+    int rc = snapshot_read(path, &f, &cause);
 
     ck_assert_msg(rc == EMAD_EFORMAT, "expected EMAD_EFORMAT (\"%s\"), got %d (%s)", needle, rc,
                   cause ? cause : "");
@@ -279,7 +282,7 @@ sum_of(bytes *b, char out[32])
 
 /* One tensor's part of the data checksum: name, dtype name, ndim, dims, data. */
 static void
-put_tensor(bytes *b, const snap_tensor *t, const char *dtype)
+put_tensor(bytes *b, const snapshot_tensor *t, const char *dtype)
 {
     put_str(b, t->name);
     put_str(b, dtype);
@@ -291,9 +294,9 @@ put_tensor(bytes *b, const snap_tensor *t, const char *dtype)
 
 /* The metadata checksum of md[0..n) (emad_meta_checksum left out), by sorting keys here. */
 static void
-meta_sum(const st_meta *md, size_t n, char out[32])
+meta_sum(const safetensors_meta *md, size_t n, char out[32])
 {
-    const st_meta *p[32];
+    const safetensors_meta *p[32];
     size_t k = 0;
     bytes b = {NULL, 0};
 
@@ -302,7 +305,7 @@ meta_sum(const st_meta *md, size_t n, char out[32])
             p[k++] = &md[i];
     for (size_t i = 1; i < k; i++)
         for (size_t j = i; j > 0 && strcmp(p[j - 1]->key, p[j]->key) > 0; j--) {
-            const st_meta *x = p[j];
+            const safetensors_meta *x = p[j];
             p[j] = p[j - 1];
             p[j - 1] = x;
         }
@@ -315,8 +318,8 @@ meta_sum(const st_meta *md, size_t n, char out[32])
 
 START_TEST(test_snap_paths_are_zero_padded_under_snapshots)
 {
-    char *dir = snap_model_dir("/var/lib/emad", "resnet-50.v2");
-    char *p1 = snap_path("/d", 50, 1), *p2 = snap_path("/d", UINT64_MAX, 0);
+    char *dir = snapdir_model_dir("/var/lib/emad", "resnet-50.v2");
+    char *p1 = snapdir_path("/d", 50, 1), *p2 = snapdir_path("/d", UINT64_MAX, 0);
 
     ck_assert_str_eq(dir, "/var/lib/emad/snapshots/resnet-50.v2");
     ck_assert_str_eq(p1, "/d/00000000000000000050.d1.safetensors");
@@ -327,31 +330,75 @@ START_TEST(test_snap_paths_are_zero_padded_under_snapshots)
 }
 END_TEST
 
+START_TEST(test_snap_names_parse_only_the_snapshot_form)
+{
+    static const struct {
+        const char *name;
+        int ok;
+        uint64_t step;
+        size_t k;
+    } cases[] = {
+        {"00000000000000000050.d1.safetensors", 1, 50, 1},
+        {"18446744073709551615.d7.safetensors", 1, UINT64_MAX, 7},
+        {"00000000000000000000.d0.safetensors", 1, 0, 0},
+        {"18446744073709551616.d0.safetensors", 0, 0, 0}, /* above UINT64_MAX */
+        {"0000000000000000050.d1.safetensors", 0, 0, 0},  /* 19 digits */
+        {"00000000000000000050.d8.safetensors", 0, 0, 0}, /* index >= EMAD_MAX_DECAYS */
+        {"00000000000000000050.d01.safetensors", 0, 0, 0},
+        {"00000000000000000050.d.safetensors", 0, 0, 0},
+        {"00000000000000000050.d1.safetensors.broken", 0, 0, 0},
+        {"00000000000000000050.d1.safetensor", 0, 0, 0},
+        {"0000000000000000005x.d1.safetensors", 0, 0, 0},
+    };
+    char buf[64];
+    uint64_t step;
+    size_t k;
+
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        step = 12345;
+        k = 99;
+        ck_assert_msg(snapshot_is_name(cases[i].name, &step, &k) == cases[i].ok, "%s",
+                      cases[i].name);
+        if (!cases[i].ok)
+            continue;
+        ck_assert_uint_eq(step, cases[i].step);
+        ck_assert_uint_eq(k, cases[i].k);
+        snprintf(buf, sizeof(buf), SNAPSHOT_NAME_FMT, step, k);
+        ck_assert_str_eq(buf, cases[i].name);
+    }
+    /* A temp file name continues after the parsed part. */
+    ck_assert_str_eq(
+        snapshot_parse_name("00000000000000000050.d1.safetensors.tmp.AbC123", &step, &k),
+        ".tmp.AbC123");
+    ck_assert_ptr_null(snapshot_parse_name("x0000000000000000050.d1.safetensors", &step, &k));
+}
+END_TEST
+
 START_TEST(test_snap_round_trip_keeps_bytes_shapes_steps_kinds_and_config)
 {
     char *state = tu_tmpdir(), *sub, *path, *cause = NULL, *mdir;
     emad_model_config cfg;
-    snap_tensor t[5];
-    snap_meta m = {"m", 50, 1, &cfg};
-    snap_file *f = NULL;
+    snapshot_tensor t[5];
+    snapshot_meta m = {"m", 50, 1, &cfg};
+    snapshot_file *f = NULL;
     uint64_t nbytes = 0;
     struct stat sb;
 
-    /* The state dir does not exist yet: snap_write creates it and its subdirectories. */
+    /* The state dir does not exist yet: snapdir_write creates it and its subdirectories. */
     ck_assert_int_ne(asprintf(&sub, "%s/state/x", state), -1);
     example_config(&cfg);
     example_tensors(t);
-    ck_assert_int_eq(snap_write(sub, &m, t, NELEM(t), &nbytes, &cause), 0);
+    ck_assert_int_eq(snapdir_write(sub, &m, t, NELEM(t), &nbytes, &cause), 0);
     ck_assert_ptr_null(cause);
-    mdir = snap_model_dir(sub, "m");
-    path = snap_path(mdir, 50, 1);
+    mdir = snapdir_model_dir(sub, "m");
+    path = snapdir_path(mdir, 50, 1);
     ck_assert_int_eq(stat(path, &sb), 0);
     ck_assert_uint_eq(nbytes, (uint64_t)sb.st_size);
     ck_assert_int_eq(stat(mdir, &sb), 0);
     ck_assert_int_eq(sb.st_mode & 0777, 0750);
     ck_assert_str_eq(dir_listing(mdir), "00000000000000000050.d1.safetensors");
 
-    ck_assert_int_eq(snap_read(path, &f, &cause), 0);
+    ck_assert_int_eq(snapshot_read(path, &f, &cause), 0);
     ck_assert_ptr_null(cause);
     assert_example(f);
     /* The configuration's patterns are owned copies, not the writer's strings. */
@@ -372,11 +419,11 @@ START_TEST(test_snap_round_trip_keeps_bytes_shapes_steps_kinds_and_config)
     /* Tensors come back in byte order of their names. */
     ck_assert_str_eq(f->tensors[0].name, "bn.count");
     ck_assert_str_eq(f->tensors[4].name, "w");
-    snap_file_free(f);
-    snap_file_free(NULL);
+    snapshot_file_free(f);
+    snapshot_file_free(NULL);
 
     /* Rewriting the same step replaces the file (no second file, no temp). */
-    ck_assert_int_eq(snap_write(sub, &m, t, NELEM(t), NULL, &cause), 0);
+    ck_assert_int_eq(snapdir_write(sub, &m, t, NELEM(t), NULL, &cause), 0);
     ck_assert_str_eq(dir_listing(mdir), "00000000000000000050.d1.safetensors");
     free(path);
     free(mdir);
@@ -393,24 +440,25 @@ START_TEST(test_snap_metadata_has_every_key_and_format_pt)
                                        "emad_config",   "emad_tensors",      "emad_version",
                                        "emad_checksum", "emad_meta_checksum"};
     char *state = tu_tmpdir(), *path = write_example(state, 50, 1), *cause = NULL;
-    st_file *sf;
+    safetensors_file *sf;
     json_t *cfg, *tens, *w;
     json_error_t jerr;
 
-    ck_assert_int_eq(st_read(&sf, path, &cause), 0);
+    ck_assert_int_eq(safetensors_read(&sf, path, &cause), 0);
     ck_assert_uint_eq(sf->nmeta, NELEM(keys));
     for (size_t i = 0; i < NELEM(keys); i++)
-        ck_assert_msg(st_meta_get(sf, keys[i]) != NULL, "metadata key %s missing", keys[i]);
-    ck_assert_str_eq(st_meta_get(sf, "format"), "pt");
-    ck_assert_str_eq(st_meta_get(sf, "emad_model"), "m");
-    ck_assert_str_eq(st_meta_get(sf, "emad_step"), "50");
-    ck_assert_str_eq(st_meta_get(sf, "emad_decay"), "0.9");
-    ck_assert_str_eq(st_meta_get(sf, "emad_decay_index"), "1");
-    ck_assert_str_eq(st_meta_get(sf, "emad_decays"), "2");
-    ck_assert_str_eq(st_meta_get(sf, "emad_version"), PACKAGE_VERSION);
+        ck_assert_msg(safetensors_meta_get(sf, keys[i]) != NULL, "metadata key %s missing",
+                      keys[i]);
+    ck_assert_str_eq(safetensors_meta_get(sf, "format"), "pt");
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_model"), "m");
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_step"), "50");
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_decay"), "0.9");
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_decay_index"), "1");
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_decays"), "2");
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_version"), PACKAGE_VERSION);
 
     /* The configuration is a JSON object with the keys of the create request. */
-    cfg = json_loads(st_meta_get(sf, "emad_config"), 0, &jerr);
+    cfg = json_loads(safetensors_meta_get(sf, "emad_config"), 0, &jerr);
     ck_assert_ptr_nonnull(cfg);
     ck_assert_uint_eq(json_object_size(cfg), 12);
     ck_assert_uint_eq(json_array_size(json_object_get(cfg, "decays")), 2);
@@ -431,7 +479,7 @@ START_TEST(test_snap_metadata_has_every_key_and_format_pt)
     json_decref(cfg);
 
     /* Each tensor's description; the averaged BF16 param is stored as F32. */
-    tens = json_loads(st_meta_get(sf, "emad_tensors"), 0, &jerr);
+    tens = json_loads(safetensors_meta_get(sf, "emad_tensors"), 0, &jerr);
     ck_assert_ptr_nonnull(tens);
     ck_assert_uint_eq(json_object_size(tens), 5);
     w = json_object_get(tens, "w");
@@ -444,11 +492,11 @@ START_TEST(test_snap_metadata_has_every_key_and_format_pt)
     ck_assert_str_eq(json_string_value(json_object_get(w, "dtype")), "I64");
     ck_assert_str_eq(json_string_value(json_object_get(w, "update")), "copy");
     json_decref(tens);
-    ck_assert_int_eq(st_find(sf, "w")->dtype, EMAD_F32);
-    ck_assert_int_eq(st_find(sf, "d")->dtype, EMAD_F64);
-    ck_assert_int_eq(st_find(sf, "bn.count")->dtype, EMAD_I64);
-    ck_assert_uint_eq(st_find(sf, "scale")->ndim, 0);
-    st_free(sf);
+    ck_assert_int_eq(safetensors_find(sf, "w")->dtype, EMAD_F32);
+    ck_assert_int_eq(safetensors_find(sf, "d")->dtype, EMAD_F64);
+    ck_assert_int_eq(safetensors_find(sf, "bn.count")->dtype, EMAD_I64);
+    ck_assert_uint_eq(safetensors_find(sf, "scale")->ndim, 0);
+    safetensors_free(sf);
     free(path);
     tu_rmtree(state);
     free(state);
@@ -463,7 +511,7 @@ START_TEST(test_snap_checksums_are_xxh64_of_the_documented_layout)
     static const double f64[2] = {1.5, -0.0};
     static const int32_t i32[1] = {-7};
     static const float f32[4] = {1, 2, 3, 4};
-    snap_tensor t[4] = {
+    snapshot_tensor t[4] = {
         {.name = "a_b",
          .kind = EMAD_PARAM,
          .dtype = EMAD_F16,
@@ -503,17 +551,17 @@ START_TEST(test_snap_checksums_are_xxh64_of_the_documented_layout)
          .nbytes = sizeof(i32)},
     };
     emad_model_config cfg;
-    snap_meta m = {"m", 3, 0, &cfg};
+    snapshot_meta m = {"m", 3, 0, &cfg};
     char *state = tu_tmpdir(), *dir, *path, *cause = NULL, want[32];
     unsigned char raw[8];
-    st_file *sf;
+    safetensors_file *sf;
     bytes b = {NULL, 0};
 
     emaconf_init(&cfg);
-    ck_assert_int_eq(snap_write(state, &m, t, 4, NULL, &cause), 0);
-    dir = snap_model_dir(state, "m");
-    path = snap_path(dir, 3, 0);
-    ck_assert_int_eq(st_read(&sf, path, &cause), 0);
+    ck_assert_int_eq(snapdir_write(state, &m, t, 4, NULL, &cause), 0);
+    dir = snapdir_model_dir(state, "m");
+    path = snapdir_path(dir, 3, 0);
+    ck_assert_int_eq(safetensors_read(&sf, path, &cause), 0);
 
     /* Data checksum: laid out here tensor by tensor in name order. */
     put(&b, "B.x", 4);
@@ -536,12 +584,12 @@ START_TEST(test_snap_checksums_are_xxh64_of_the_documented_layout)
     put_u64(&b, 2);
     put(&b, f32, 16);
     sum_of(&b, want);
-    ck_assert_str_eq(st_meta_get(sf, "emad_checksum"), want);
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_checksum"), want);
 
     /* Metadata checksum: every other entry by key, key NUL value NUL. */
     meta_sum(sf->meta, sf->nmeta, want);
-    ck_assert_str_eq(st_meta_get(sf, "emad_meta_checksum"), want);
-    st_free(sf);
+    ck_assert_str_eq(safetensors_meta_get(sf, "emad_meta_checksum"), want);
+    safetensors_free(sf);
     free(path);
     free(dir);
     tu_rmtree(state);
@@ -579,16 +627,17 @@ static const kv example_meta[] = {
 };
 
 /*
- * Write a snapshot file by hand with st_write: the example tensors t[0..n)
+ * Write a snapshot file by hand with safetensors_write: the example tensors t[0..n)
  * as given (data in sdtype), the example metadata with `key` set to value
  * (removed if value is NULL; key NULL: no change), and the two checksums
  * computed here (unless `key` is one of them).
  */
 static void
-write_custom(const char *path, const snap_tensor *t, size_t n, const char *key, const char *value)
+write_custom(const char *path, const snapshot_tensor *t, size_t n, const char *key,
+             const char *value)
 {
-    st_meta md[16];
-    st_tensor st[8];
+    safetensors_meta md[16];
+    safetensors_tensor st[8];
     size_t k = 0, order[8];
     char data_sum[32], msum[32], *cause = NULL;
     int have_key = 0;
@@ -613,20 +662,20 @@ write_custom(const char *path, const snap_tensor *t, size_t n, const char *key, 
             if ((v = value) == NULL)
                 continue;
         }
-        md[k++] = (st_meta){(char *)example_meta[i].key, (char *)v};
+        md[k++] = (safetensors_meta){(char *)example_meta[i].key, (char *)v};
     }
     if (key != NULL && !have_key && value != NULL && strcmp(key, "emad_checksum") != 0 &&
         strcmp(key, "emad_meta_checksum") != 0)
-        md[k++] = (st_meta){(char *)key, (char *)value};
+        md[k++] = (safetensors_meta){(char *)key, (char *)value};
     if (key == NULL || strcmp(key, "emad_checksum") != 0)
-        md[k++] = (st_meta){(char *)"emad_checksum", data_sum};
+        md[k++] = (safetensors_meta){(char *)"emad_checksum", data_sum};
     else if (value != NULL)
-        md[k++] = (st_meta){(char *)"emad_checksum", (char *)value};
+        md[k++] = (safetensors_meta){(char *)"emad_checksum", (char *)value};
     meta_sum(md, k, msum);
     if (key == NULL || strcmp(key, "emad_meta_checksum") != 0)
-        md[k++] = (st_meta){(char *)"emad_meta_checksum", msum};
+        md[k++] = (safetensors_meta){(char *)"emad_meta_checksum", msum};
     else if (value != NULL)
-        md[k++] = (st_meta){(char *)"emad_meta_checksum", (char *)value};
+        md[k++] = (safetensors_meta){(char *)"emad_meta_checksum", (char *)value};
     for (size_t i = 0; i < n; i++) {
         memset(&st[i], 0, sizeof(st[i]));
         st[i].name = (char *)t[i].name;
@@ -636,26 +685,27 @@ write_custom(const char *path, const snap_tensor *t, size_t n, const char *key, 
         st[i].data = t[i].data;
         st[i].nbytes = t[i].nbytes;
     }
-    ck_assert_msg(st_write(path, st, n, md, k, &cause) == 0, "st_write: %s", cause);
+    ck_assert_msg(safetensors_write(path, st, n, md, k, &cause) == 0, "safetensors_write: %s",
+                  cause);
 }
 
 START_TEST(test_snap_reads_a_file_written_by_hand_from_the_spec)
 {
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
-    snap_tensor t[5];
-    snap_file *f = NULL;
+    snapshot_tensor t[5];
+    snapshot_file *f = NULL;
 
     example_tensors(t);
     snprintf(path, sizeof(path), "%s/export.safetensors", dir);
     write_custom(path, t, 5, NULL, NULL);
-    ck_assert_msg(snap_read(path, &f, &cause) == 0, "%s", cause);
+    ck_assert_msg(snapshot_read(path, &f, &cause) == 0, "%s", cause);
     assert_example(f);
-    snap_file_free(f);
+    snapshot_file_free(f);
 
     /* An extra metadata key is not an error (covered by the metadata checksum). */
     write_custom(path, t, 5, "note", "hello");
-    ck_assert_msg(snap_read(path, &f, &cause) == 0, "%s", cause);
-    snap_file_free(f);
+    ck_assert_msg(snapshot_read(path, &f, &cause) == 0, "%s", cause);
+    snapshot_file_free(f);
     tu_rmtree(dir);
     free(dir);
 }
@@ -691,7 +741,7 @@ START_TEST(test_snap_read_rejects_missing_or_invalid_metadata)
         {"emad_tensors", "[]", "emad_tensors is not a JSON object"},
     };
     char *dir = tu_tmpdir(), path[512];
-    snap_tensor t[5];
+    snapshot_tensor t[5];
 
     example_tensors(t);
     snprintf(path, sizeof(path), "%s/export.safetensors", dir);
@@ -763,7 +813,7 @@ START_TEST(test_snap_read_rejects_invalid_configuration)
         {"[\"aux.[ab]?\"]", "\"aux\"", "'ignore' is not an array"},
     };
     char *dir = tu_tmpdir(), path[512];
-    snap_tensor t[5];
+    snapshot_tensor t[5];
 
     example_tensors(t);
     snprintf(path, sizeof(path), "%s/export.safetensors", dir);
@@ -804,7 +854,7 @@ START_TEST(test_snap_read_rejects_tensors_that_do_not_match_their_descriptions)
          "\"dtype\":\"I64\",\"step\":50,\"update\":\"average\"", "cannot be averaged"},
     };
     char *dir = tu_tmpdir(), path[512];
-    snap_tensor t[5];
+    snapshot_tensor t[5];
 
     example_tensors(t);
     snprintf(path, sizeof(path), "%s/export.safetensors", dir);
@@ -848,8 +898,8 @@ END_TEST
 START_TEST(test_snap_read_rejects_a_file_name_that_contradicts_the_metadata)
 {
     char *dir = tu_tmpdir(), path[512], *cause = NULL;
-    snap_tensor t[5];
-    snap_file *f;
+    snapshot_tensor t[5];
+    snapshot_file *f;
 
     example_tensors(t);
     snprintf(path, sizeof(path), "%s/00000000000000000051.d1.safetensors", dir);
@@ -861,9 +911,9 @@ START_TEST(test_snap_read_rejects_a_file_name_that_contradicts_the_metadata)
     /* The right name reads; the metadata, not the name, gives step and decay. */
     snprintf(path, sizeof(path), "%s/00000000000000000050.d1.safetensors", dir);
     write_custom(path, t, 5, NULL, NULL);
-    ck_assert_int_eq(snap_read(path, &f, &cause), 0);
+    ck_assert_int_eq(snapshot_read(path, &f, &cause), 0);
     assert_example(f);
-    snap_file_free(f);
+    snapshot_file_free(f);
     tu_rmtree(dir);
     free(dir);
 }
@@ -875,7 +925,7 @@ START_TEST(test_snap_read_rejects_truncated_files_and_mark_broken_sets_them_asid
     size_t len, cuts[6];
     unsigned char *orig = tu_read_file(path, &len), *got;
     uint64_t n = tu_load_u64le(orig);
-    snap_file *f = NULL;
+    snapshot_file *f = NULL;
 
     cuts[0] = 0;
     cuts[1] = 5;
@@ -888,18 +938,18 @@ START_TEST(test_snap_read_rejects_truncated_files_and_mark_broken_sets_them_asid
         expect_read_error(path, i == NELEM(cuts) - 1 ? "file is truncated" : "");
     }
 
-    /* snap_mark_broken renames to .broken, replacing an older one. */
+    /* snapdir_mark_broken renames to .broken, replacing an older one. */
     snprintf(broken, sizeof(broken), "%s.broken", path);
     ck_assert_int_eq(tu_write_file(broken, "old", 3), 0);
-    ck_assert_int_eq(snap_mark_broken(path), 0);
+    ck_assert_int_eq(snapdir_mark_broken(path), 0);
     ck_assert_int_eq(access(path, F_OK), -1);
     got = tu_read_file(broken, &len);
     ck_assert_uint_eq(len, cuts[5]);
     ck_assert_int_eq(memcmp(got, orig, len), 0);
     free(got);
-    ck_assert_int_eq(snap_mark_broken(path), -ENOENT);
+    ck_assert_int_eq(snapdir_mark_broken(path), -ENOENT);
     /* A missing file is EMAD_EIO naming it. */
-    ck_assert_int_eq(snap_read(path, &f, &cause), EMAD_EIO);
+    ck_assert_int_eq(snapshot_read(path, &f, &cause), EMAD_EIO);
     ck_assert_ptr_null(f);
     ck_assert_ptr_nonnull(strstr(cause, path));
     free(cause);
@@ -940,7 +990,7 @@ END_TEST
 
 /*
  * Flip bit `bit` of byte pos of image orig (len bytes), write it to path
- * and read it. Returns 1 if snap_read rejected it with EMAD_EFORMAT (and a
+ * and read it. Returns 1 if snapshot_read rejected it with EMAD_EFORMAT (and a
  * message containing needle, unless NULL); 0 if the file read back is
  * exactly the example (asserted); -1 for anything else, described in
  * why[size]. The thousands of flips of a test are counted and asserted
@@ -951,7 +1001,7 @@ flip_and_read(const char *path, const unsigned char *orig, size_t len, size_t po
               const char *needle, char *why, size_t size)
 {
     unsigned char *b = malloc(len);
-    snap_file *f = NULL;
+    snapshot_file *f = NULL;
     char *cause = NULL;
     int rc, result = 1;
 
@@ -963,10 +1013,10 @@ flip_and_read(const char *path, const unsigned char *orig, size_t len, size_t po
         snprintf(why, size, "byte %zu bit %d: cannot write %s", pos, bit, path);
         return -1;
     }
-    rc = snap_read(path, &f, &cause);
+    rc = snapshot_read(path, &f, &cause);
     if (rc == 0) {
         assert_example(f);
-        snap_file_free(f);
+        snapshot_file_free(f);
         return 0;
     }
     if (rc != EMAD_EFORMAT || (needle != NULL && strstr(cause, needle) == NULL)) {
@@ -998,18 +1048,18 @@ START_TEST(test_snap_read_rejects_every_bit_flip_of_header_and_data)
     ck_assert_msg(bad == 0, "%zu data bit flips not rejected; the first: %s", bad, first);
     /* One data flip in full: the message has the stored and the computed checksum. */
     {
-        st_file *sf;
-        snap_file *f;
+        safetensors_file *sf;
+        snapshot_file *f;
         char want[64];
 
-        ck_assert_int_eq(st_read(&sf, path, &cause), 0);
-        snprintf(want, sizeof(want),
-                 "expected %s (emad_checksum), got xxh64:", st_meta_get(sf, "emad_checksum"));
-        st_free(sf);
+        ck_assert_int_eq(safetensors_read(&sf, path, &cause), 0);
+        snprintf(want, sizeof(want), "expected %s (emad_checksum), got xxh64:",
+                 safetensors_meta_get(sf, "emad_checksum"));
+        safetensors_free(sf);
         orig[len - 1] ^= 1;
         ck_assert_int_eq(tu_write_file(copy, orig, len), 0);
         orig[len - 1] ^= 1;
-        ck_assert_int_eq(snap_read(copy, &f, &cause), EMAD_EFORMAT);
+        ck_assert_int_eq(snapshot_read(copy, &f, &cause), EMAD_EFORMAT);
         ck_assert_msg(strstr(cause, want) != NULL, "%s", cause);
         free(cause);
     }
@@ -1044,7 +1094,7 @@ START_TEST(test_snap_read_rejects_every_bit_flip_of_header_and_data)
 }
 END_TEST
 
-/* What the disk-full child reports: snap_write's code and message. */
+/* What the disk-full child reports: snapdir_write's code and message. */
 typedef struct child_result {
     int rc;
     char cause[512];
@@ -1053,7 +1103,7 @@ typedef struct child_result {
 /*
  * In a forked child with SIGXFSZ ignored and a file size limit of `limit`
  * bytes, write the example model at step 60 with a 64 KiB tensor; returns
- * what snap_write returned there.
+ * what snapdir_write returned there.
  */
 static child_result
 write_with_size_limit(const char *state, rlim_t limit)
@@ -1068,17 +1118,17 @@ write_with_size_limit(const char *state, rlim_t limit)
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         emad_model_config cfg;
-        snap_tensor t = {.name = "big",
-                         .kind = EMAD_PARAM,
-                         .dtype = EMAD_F64,
-                         .sdtype = EMAD_F64,
-                         .averaged = 1,
-                         .ndim = 1,
-                         .shape = {8192},
-                         .step = 60,
-                         .data = big,
-                         .nbytes = sizeof(big)};
-        snap_meta m = {"m", 60, 1, &cfg};
+        snapshot_tensor t = {.name = "big",
+                             .kind = EMAD_PARAM,
+                             .dtype = EMAD_F64,
+                             .sdtype = EMAD_F64,
+                             .averaged = 1,
+                             .ndim = 1,
+                             .shape = {8192},
+                             .step = 60,
+                             .data = big,
+                             .nbytes = sizeof(big)};
+        snapshot_meta m = {"m", 60, 1, &cfg};
         struct rlimit rl = {limit, limit};
         char *cause = NULL;
 
@@ -1086,7 +1136,7 @@ write_with_size_limit(const char *state, rlim_t limit)
         example_config(&cfg);
         if (signal(SIGXFSZ, SIG_IGN) == SIG_ERR || setrlimit(RLIMIT_FSIZE, &rl) != 0)
             _exit(3);
-        r.rc = snap_write(state, &m, &t, 1, NULL, &cause);
+        r.rc = snapdir_write(state, &m, &t, 1, NULL, &cause);
         snprintf(r.cause, sizeof(r.cause), "%s", cause != NULL ? cause : "");
         if (write(pfd[1], &r, sizeof(r)) != (ssize_t)sizeof(r))
             _exit(4);
@@ -1106,10 +1156,10 @@ START_TEST(test_snap_write_disk_full_fails_cleanly_and_keeps_the_previous_snapsh
     char *state = tu_tmpdir(), *path = write_example(state, 50, 1), *dir, *cause = NULL, *p60;
     size_t len, len2;
     unsigned char *before = tu_read_file(path, &len), *after;
-    snap_file *f;
+    snapshot_file *f;
 
-    dir = snap_model_dir(state, "m");
-    p60 = snap_path(dir, 60, 1);
+    dir = snapdir_model_dir(state, "m");
+    p60 = snapdir_path(dir, 60, 1);
     for (size_t i = 0; i < NELEM(limits); i++) {
         child_result r = write_with_size_limit(state, limits[i]);
 
@@ -1122,9 +1172,9 @@ START_TEST(test_snap_write_disk_full_fails_cleanly_and_keeps_the_previous_snapsh
         ck_assert_uint_eq(len2, len);
         ck_assert_int_eq(memcmp(after, before, len), 0);
         free(after);
-        ck_assert_int_eq(snap_read(path, &f, &cause), 0);
+        ck_assert_int_eq(snapshot_read(path, &f, &cause), 0);
         assert_example(f);
-        snap_file_free(f);
+        snapshot_file_free(f);
     }
     /* The next attempt without the limit succeeds. */
     {
@@ -1146,15 +1196,15 @@ START_TEST(test_snap_write_reports_io_errors_and_rejects_bad_arguments)
 {
     char *state = tu_tmpdir(), *cause = NULL, file[600];
     emad_model_config cfg;
-    snap_tensor t[5], dup[5];
-    snap_meta m = {"m", 50, 1, &cfg};
+    snapshot_tensor t[5], dup[5];
+    snapshot_meta m = {"m", 50, 1, &cfg};
 
     example_config(&cfg);
     /* The model's directory is a file: EMAD_EIO naming the directory. */
     snprintf(file, sizeof(file), "%s/snapshots", state);
     ck_assert_int_eq(tu_write_file(file, "x", 1), 0);
     example_tensors(t);
-    ck_assert_int_eq(snap_write(state, &m, t, 5, NULL, &cause), EMAD_EIO);
+    ck_assert_int_eq(snapdir_write(state, &m, t, 5, NULL, &cause), EMAD_EIO);
     ck_assert_msg(strstr(cause, "snapshots/m") != NULL && strstr(cause, strerror(ENOTDIR)), "%s",
                   cause);
     free(cause);
@@ -1163,13 +1213,13 @@ START_TEST(test_snap_write_reports_io_errors_and_rejects_bad_arguments)
 
 #define EXPECT_BAD(code, needle)                                                                   \
     do {                                                                                           \
-        ck_assert_int_eq(snap_write(state, &m, t, 5, NULL, &cause), (code));                       \
+        ck_assert_int_eq(snapdir_write(state, &m, t, 5, NULL, &cause), (code));                    \
         ck_assert_msg(strstr(cause, (needle)) != NULL, "%s", cause);                               \
         free(cause);                                                                               \
         cause = NULL;                                                                              \
         example_tensors(t);                                                                        \
         example_config(&cfg);                                                                      \
-        m = (snap_meta){"m", 50, 1, &cfg};                                                         \
+        m = (snapshot_meta){"m", 50, 1, &cfg};                                                     \
     } while (0)
 
     m.model = "a/b";
@@ -1208,7 +1258,7 @@ START_TEST(test_snap_write_reports_io_errors_and_rejects_bad_arguments)
 
     example_tensors(dup);
     dup[1] = dup[0];
-    ck_assert_int_eq(snap_write(state, &m, dup, 2, NULL, &cause), EMAD_EINVAL);
+    ck_assert_int_eq(snapdir_write(state, &m, dup, 2, NULL, &cause), EMAD_EINVAL);
     ck_assert_msg(strstr(cause, "tensor 'w' twice") != NULL, "%s", cause);
     free(cause);
     /* Nothing was written by any of them. */
@@ -1260,17 +1310,17 @@ START_TEST(test_snap_list_steps_newest_first_numeric_ignoring_junk)
         touch(dir, files[i]);
     snprintf(sub, sizeof(sub), "%s/00000000000000000014.d0.safetensors", dir);
     ck_assert_int_eq(mkdir(sub, 0700), 0); /* a directory, not a file */
-    ck_assert_int_eq(snap_list_steps(dir, &steps, &n), 0);
+    ck_assert_int_eq(snapdir_list_steps(dir, &steps, &n), 0);
     ck_assert_uint_eq(n, NELEM(want));
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(steps[i] == want[i], "steps[%zu] = %llu", i, (unsigned long long)steps[i]);
     free(steps);
 
     snprintf(missing, sizeof(missing), "%s/none", dir);
-    ck_assert_int_eq(snap_list_steps(missing, &steps, &n), 0);
+    ck_assert_int_eq(snapdir_list_steps(missing, &steps, &n), 0);
     ck_assert_uint_eq(n, 0);
     free(steps);
-    ck_assert_int_eq(snap_list_steps("/proc/self/status", &steps, &n), -ENOTDIR);
+    ck_assert_int_eq(snapdir_list_steps("/proc/self/status", &steps, &n), -ENOTDIR);
     tu_rmtree(dir);
     free(dir);
 }
@@ -1302,7 +1352,7 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
      * (with its stray d2), 25 goes (incomplete, older than the newest complete step), 40 stays
      * (a set possibly being written), the temp goes; other files are not ours.
      */
-    ck_assert_uint_eq(snap_prune(dir, 2, 2), 5);
+    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 5);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000020.d0.safetensors,"
@@ -1312,9 +1362,9 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
                                        "00000000000000000040.d0.safetensors,"
                                        "notes.txt");
     /* Nothing more to do. */
-    ck_assert_uint_eq(snap_prune(dir, 2, 2), 0);
+    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 0);
     /* keep 0 still keeps the newest complete step. */
-    ck_assert_uint_eq(snap_prune(dir, 2, 0), 2);
+    ck_assert_uint_eq(snapdir_prune(dir, 2, 0), 2);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000030.d0.safetensors,"
@@ -1322,16 +1372,16 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
                                        "00000000000000000040.d0.safetensors,"
                                        "notes.txt");
     /* With three decays no step is complete: nothing is removed. */
-    ck_assert_uint_eq(snap_prune(dir, 3, 1), 0);
+    ck_assert_uint_eq(snapdir_prune(dir, 3, 1), 0);
     /* Once 40 is complete, 30 is superseded with keep 1. */
     touch(dir, "00000000000000000040.d1.safetensors");
-    ck_assert_uint_eq(snap_prune(dir, 2, 1), 2);
+    ck_assert_uint_eq(snapdir_prune(dir, 2, 1), 2);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000040.d0.safetensors,"
                                        "00000000000000000040.d1.safetensors,"
                                        "notes.txt");
-    ck_assert_uint_eq(snap_prune("/nonexistent/emad", 2, 1), 0);
+    ck_assert_uint_eq(snapdir_prune("/nonexistent/emad", 2, 1), 0);
     tu_rmtree(dir);
     free(dir);
 }
@@ -1347,9 +1397,9 @@ START_TEST(test_snap_prune_keeps_what_snap_write_wrote)
         free(write_example(state, s * 50, 0));
         free(write_example(state, s * 50, 1));
     }
-    dir = snap_model_dir(state, "m");
-    ck_assert_uint_eq(snap_prune(dir, 2, 2), 6);
-    ck_assert_int_eq(snap_list_steps(dir, &steps, &n), 0);
+    dir = snapdir_model_dir(state, "m");
+    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 6);
+    ck_assert_int_eq(snapdir_list_steps(dir, &steps, &n), 0);
     ck_assert_uint_eq(n, 2);
     ck_assert_uint_eq(steps[0], 250);
     ck_assert_uint_eq(steps[1], 200);
@@ -1365,7 +1415,7 @@ START_TEST(test_snap_list_models_skips_invalid_names_and_files)
     char *state = tu_tmpdir(), p[600], **names;
     size_t n;
 
-    ck_assert_int_eq(snap_list_models(state, &names, &n), 0); /* no snapshots dir yet */
+    ck_assert_int_eq(snapdir_list_models(state, &names, &n), 0); /* no snapshots dir yet */
     ck_assert_uint_eq(n, 0);
     free(names);
     free(write_example(state, 50, 0));
@@ -1379,7 +1429,7 @@ START_TEST(test_snap_list_models_skips_invalid_names_and_files)
     ck_assert_int_eq(tu_write_file(p, "", 0), 0);
     snprintf(p, sizeof(p), "%s/snapshots/Zeta", state);
     ck_assert_int_eq(mkdir(p, 0700), 0);
-    ck_assert_int_eq(snap_list_models(state, &names, &n), 0);
+    ck_assert_int_eq(snapdir_list_models(state, &names, &n), 0);
     ck_assert_uint_eq(n, 3);
     ck_assert_str_eq(names[0], "Zeta");
     ck_assert_str_eq(names[1], "m");
@@ -1400,6 +1450,7 @@ snapshot_suite(void)
     TCase *tc = tcase_create("core");
 
     tcase_add_test(tc, test_snap_paths_are_zero_padded_under_snapshots);
+    tcase_add_test(tc, test_snap_names_parse_only_the_snapshot_form);
     tcase_add_test(tc, test_snap_round_trip_keeps_bytes_shapes_steps_kinds_and_config);
     tcase_add_test(tc, test_snap_metadata_has_every_key_and_format_pt);
     tcase_add_test(tc, test_snap_checksums_are_xxh64_of_the_documented_layout);

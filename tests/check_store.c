@@ -730,6 +730,32 @@ START_TEST(test_store_gauges_count_shadow_bytes)
 }
 END_TEST
 
+/*
+ * A written snapshot is recorded with its version and step; one that
+ * finishes after a later snapshot was recorded leaves the later one.
+ */
+START_TEST(test_store_snapshot_record_keeps_the_latest)
+{
+    float v = 1.0f;
+    store_input in = f32_input("w", EMAD_PARAM, &v, 1);
+    model *m = store_model_find(s, "m", 1);
+    uint64_t v1, v2;
+
+    ck_assert_uint_eq(m->snap_version, 0);
+    ck_assert_int_eq(push1(&in, 1), 0);
+    v1 = m->version;
+    ck_assert_int_eq(push1(&in, 2), 0);
+    v2 = m->version;
+    ck_assert_uint_gt(v2, v1);
+    store_model_snapshotted(m, v2, 2);
+    ck_assert_uint_eq(m->snap_version, v2);
+    ck_assert_uint_eq(m->snap_step, 2);
+    store_model_snapshotted(m, v1, 1); /* an older snapshot finishing late */
+    ck_assert_uint_eq(m->snap_version, v2);
+    ck_assert_uint_eq(m->snap_step, 2);
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -758,6 +784,7 @@ store_suite(void)
     tcase_add_test(tc, test_store_txn_stale_at_commit_and_drop_aborts);
     tcase_add_test(tc, test_store_gauges_count_shadow_bytes);
     tcase_add_test(tc, test_store_txn_commit_is_not_limited_to_one_message_of_tensors);
+    tcase_add_test(tc, test_store_snapshot_record_keeps_the_latest);
     suite_add_tcase(su, tc);
     return su;
 }

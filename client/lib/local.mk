@@ -1,7 +1,19 @@
-# client/lib: libemad, the client library. It links only the wire part of
-# src/common; only emad_* symbols are exported.
+# client/lib: libemad, the client library. Its objects are built once, as
+# the convenience library libemadclient (which the reply fuzz target also
+# links); libemad.so is those objects and the wire part of src/common, and
+# exports only emad_* symbols.
+noinst_LTLIBRARIES += libemadclient.la
+libemadclient_la_SOURCES = \
+	client/lib/client.h \
+	client/lib/errors.c \
+	client/lib/transport.c \
+	client/lib/push.c \
+	client/lib/pull.c \
+	client/lib/admin.c
+libemadclient_la_CFLAGS = $(AM_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS)
+libemadclient_la_LIBADD = libemadwire.la $(NANOMSG_LIBS) $(MSGPACK_LIBS)
+
 lib_LTLIBRARIES = libemad.la
-libemad_la_SOURCES = client/lib/libemad.c
-libemad_la_CFLAGS = $(AM_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS)
-libemad_la_LIBADD = libemadwire.la $(NANOMSG_LIBS) $(MSGPACK_LIBS)
+libemad_la_SOURCES =
+libemad_la_LIBADD = libemadclient.la
 libemad_la_LDFLAGS = $(AM_LDFLAGS) -version-info 0:0:0 -export-symbols-regex '^emad_'

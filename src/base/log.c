@@ -43,18 +43,6 @@ log_level_name(int level)
 }
 
 int
-log_set_level_name(const char *name)
-{
-    for (int i = LOG_ERROR; i <= LOG_DEBUG; i++) {
-        if (strcmp(name, level_names[i]) == 0) {
-            log_level = i;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-int
 log_init_journal(void)
 {
     const char *js = getenv("JOURNAL_STREAM");

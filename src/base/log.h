@@ -10,8 +10,6 @@
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
-/* Set the level; returns 0 or -1 if name is not error|warn|info|debug. */
-int log_set_level_name(const char *name);
 void log_set_level(int level);
 int log_get_level(void);
 const char *log_level_name(int level);

@@ -22,7 +22,8 @@ struct strmap {
     size_t count;
 };
 
-size_t
+/* 64-bit hash of a byte string (FNV-1a). */
+static size_t
 strmap_hash(const char *key, size_t len)
 {
     uint64_t h = 1469598103934665603ULL;
@@ -144,10 +145,4 @@ strmap_del(strmap *m, const char *key, size_t len)
         }
     }
     return value;
-}
-
-size_t
-strmap_count(const strmap *m)
-{
-    return m->count;
 }

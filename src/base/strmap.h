@@ -30,9 +30,4 @@ void strmap_reserve(strmap *m, size_t n);
 /* Remove a key; returns its value or NULL. */
 void *strmap_del(strmap *m, const char *key, size_t len);
 
-size_t strmap_count(const strmap *m);
-
-/* 64-bit hash of a byte string (FNV-1a). */
-size_t strmap_hash(const char *key, size_t len);
-
 #endif

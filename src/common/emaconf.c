@@ -1,10 +1,15 @@
 /*
  * emaconf.c - EMA configuration: defaults, checks, names, msgpack
  * encoding and the decay schedules.
+ *
+ * The options are the list EMACONF_OPTIONS of emaconf.h; the table
+ * `options` below is built from it and drives the msgpack encoding and
+ * decoding, so an option's key is spelled once.
  */
 #include <fnmatch.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +26,7 @@
 
 static const char *const schedule_names[] = {"constant", "num_updates", "warmup"};
 static const char *const step_gap_names[] = {"ignore", "compensate"};
-static const char *const buffers_names[] = {"copy", "average"};
+static const char *const buffers_names[] = {PROTO_VAL_UPDATE_COPY, PROTO_VAL_UPDATE_AVERAGE};
 static const char *const nonfinite_names[] = {"reject", "skip", "allow"};
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -56,25 +61,54 @@ emaconf_nonfinite_name(int v)
     return name_of(nonfinite_names, NELEM(nonfinite_names), v);
 }
 
+/* The value types of the options (the TYPE column of EMACONF_OPTIONS). */
+enum option_type { TYPE_DECAYS, TYPE_ENUM, TYPE_U64, TYPE_REAL, TYPE_U32, TYPE_PATTERNS };
+
+/* What an option's type needs besides its value: a count, a name table, pattern buffers. */
+#define EXTRA_DECAYS(f) .count = offsetof(emad_model_config, n##f)
+#define EXTRA_ENUM(f) .names = f##_names, .nnames = NELEM(f##_names)
+#define EXTRA_U64(f) .count = 0
+#define EXTRA_REAL(f) .count = 0
+#define EXTRA_U32(f) .count = 0
+#define EXTRA_PATTERNS(f)                                                                          \
+    .count = offsetof(emad_model_config, n##f), .strings = offsetof(emaconf_strings, f)
+
+/* One option: key, type, and where its value (and count) live in emad_model_config. */
+typedef struct option_info {
+    const char *key;
+    enum option_type type;
+    size_t offset;            /* of the value */
+    size_t count;             /* DECAYS, PATTERNS: of the number of values */
+    size_t strings;           /* PATTERNS: of the buffers in emaconf_strings */
+    const char *const *names; /* ENUM: the names of the values */
+    size_t nnames;
+} option_info;
+
+#define OPTION_INFO(id, k, t, f)                                                                   \
+    [EMACONF_##id] = {                                                                             \
+        .key = k, .type = TYPE_##t, .offset = offsetof(emad_model_config, f), EXTRA_##t(f)},
+
+static const option_info options[EMACONF_NOPTIONS] = {EMACONF_OPTIONS(OPTION_INFO)};
+
+/* The order emaconf_unpack() reads the options in, by type (in list order within a type). */
+static const enum option_type unpack_order[] = {TYPE_DECAYS, TYPE_ENUM, TYPE_REAL,
+                                                TYPE_U64,    TYPE_U32,  TYPE_PATTERNS};
+
+/* The key of an option, from the table; NULL if out of range. */
+const char *
+emaconf_key(int option)
+{
+    return option >= 0 && option < EMACONF_NOPTIONS ? options[option].key : NULL;
+}
+
 /* The name table of an option, or NULL. */
 static const char *const *
 option_names(const char *option, size_t *n)
 {
-    static const struct {
-        const char *option;
-        const char *const *names;
-        size_t n;
-    } t[] = {
-        {"schedule", schedule_names, NELEM(schedule_names)},
-        {"step_gap", step_gap_names, NELEM(step_gap_names)},
-        {"buffers", buffers_names, NELEM(buffers_names)},
-        {"nonfinite", nonfinite_names, NELEM(nonfinite_names)},
-    };
-
-    for (size_t i = 0; i < NELEM(t); i++) {
-        if (strcmp(t[i].option, option) == 0) {
-            *n = t[i].n;
-            return t[i].names;
+    for (size_t i = 0; i < NELEM(options); i++) {
+        if (options[i].type == TYPE_ENUM && strcmp(options[i].key, option) == 0) {
+            *n = options[i].nnames;
+            return options[i].names;
         }
     }
     return NULL;
@@ -159,8 +193,8 @@ emaconf_check(const emad_model_config *cfg, char *why, size_t size)
         return bad(why, size, "min_decay %g is outside [0, 1]", cfg->min_decay);
     if (cfg->writers < 1 || cfg->writers > EMAD_MAX_WRITERS)
         return bad(why, size, "writers must be 1..%d, not %u", EMAD_MAX_WRITERS, cfg->writers);
-    if (check_patterns("copy", cfg->copy, cfg->ncopy, why, size) != 0 ||
-        check_patterns("ignore", cfg->ignore, cfg->nignore, why, size) != 0)
+    if (check_patterns(options[EMACONF_COPY].key, cfg->copy, cfg->ncopy, why, size) != 0 ||
+        check_patterns(options[EMACONF_IGNORE].key, cfg->ignore, cfg->nignore, why, size) != 0)
         return EMAD_ERANGE;
     return 0;
 }
@@ -208,73 +242,84 @@ const char *
 emaconf_diff(const emad_model_config *a, const emad_model_config *b, int immutable_only)
 {
     if (a->ndecays != b->ndecays)
-        return "decays";
+        return options[EMACONF_DECAYS].key;
     if (a->buffers != b->buffers)
-        return "buffers";
+        return options[EMACONF_BUFFERS].key;
     if (a->writers != b->writers)
-        return "writers";
+        return options[EMACONF_WRITERS].key;
     if (!patterns_equal(a->copy, a->ncopy, b->copy, b->ncopy))
-        return "copy";
+        return options[EMACONF_COPY].key;
     if (!patterns_equal(a->ignore, a->nignore, b->ignore, b->nignore))
-        return "ignore";
+        return options[EMACONF_IGNORE].key;
     if (immutable_only)
         return NULL;
     for (size_t i = 0; i < a->ndecays; i++)
         if (a->decays[i] != b->decays[i])
-            return "decays";
+            return options[EMACONF_DECAYS].key;
     if (a->schedule != b->schedule)
-        return "schedule";
+        return options[EMACONF_SCHEDULE].key;
     if (a->update_after_step != b->update_after_step)
-        return "update_after_step";
+        return options[EMACONF_UPDATE_AFTER_STEP].key;
     if (a->inv_gamma != b->inv_gamma)
-        return "inv_gamma";
+        return options[EMACONF_INV_GAMMA].key;
     if (a->power != b->power)
-        return "power";
+        return options[EMACONF_POWER].key;
     if (a->min_decay != b->min_decay)
-        return "min_decay";
+        return options[EMACONF_MIN_DECAY].key;
     if (a->step_gap != b->step_gap)
-        return "step_gap";
+        return options[EMACONF_STEP_GAP].key;
     if (a->nonfinite != b->nonfinite)
-        return "nonfinite";
+        return options[EMACONF_NONFINITE].key;
     return NULL;
 }
 
-static void
-pack_patterns(msgpack_packer *pk, const char *key, const char *const *p, size_t n)
+/* The value of an option in cfg (typed by the caller from the option's type). */
+static const void *
+value_of(const emad_model_config *cfg, const option_info *o)
 {
-    proto_pack_str(pk, key);
-    msgpack_pack_array(pk, n);
-    for (size_t i = 0; i < n; i++)
-        proto_pack_str(pk, p[i]);
+    return (const char *)cfg + o->offset;
+}
+
+/* The number of values of a DECAYS or PATTERNS option in cfg. */
+static size_t
+count_of(const emad_model_config *cfg, const option_info *o)
+{
+    return *(const size_t *)(const void *)((const char *)cfg + o->count);
 }
 
 void
 emaconf_pack(msgpack_packer *pk, const emad_model_config *cfg)
 {
-    proto_pack_str(pk, "decays");
-    msgpack_pack_array(pk, cfg->ndecays);
-    for (size_t i = 0; i < cfg->ndecays; i++)
-        msgpack_pack_double(pk, cfg->decays[i]);
-    proto_pack_str(pk, "schedule");
-    proto_pack_str(pk, emaconf_schedule_name(cfg->schedule));
-    proto_pack_str(pk, "update_after_step");
-    msgpack_pack_uint64(pk, cfg->update_after_step);
-    proto_pack_str(pk, "inv_gamma");
-    msgpack_pack_double(pk, cfg->inv_gamma);
-    proto_pack_str(pk, "power");
-    msgpack_pack_double(pk, cfg->power);
-    proto_pack_str(pk, "min_decay");
-    msgpack_pack_double(pk, cfg->min_decay);
-    proto_pack_str(pk, "step_gap");
-    proto_pack_str(pk, emaconf_step_gap_name(cfg->step_gap));
-    proto_pack_str(pk, "buffers");
-    proto_pack_str(pk, emaconf_buffers_name(cfg->buffers));
-    proto_pack_str(pk, "nonfinite");
-    proto_pack_str(pk, emaconf_nonfinite_name(cfg->nonfinite));
-    proto_pack_str(pk, "writers");
-    msgpack_pack_uint32(pk, cfg->writers);
-    pack_patterns(pk, "copy", cfg->copy, cfg->ncopy);
-    pack_patterns(pk, "ignore", cfg->ignore, cfg->nignore);
+    for (size_t i = 0; i < NELEM(options); i++) {
+        const option_info *o = &options[i];
+        const void *v = value_of(cfg, o);
+
+        proto_pack_str(pk, o->key);
+        switch (o->type) {
+        case TYPE_DECAYS:
+            msgpack_pack_array(pk, count_of(cfg, o));
+            for (size_t k = 0; k < count_of(cfg, o); k++)
+                msgpack_pack_double(pk, ((const double *)v)[k]);
+            break;
+        case TYPE_ENUM:
+            proto_pack_str(pk, name_of(o->names, o->nnames, *(const int *)v));
+            break;
+        case TYPE_U64:
+            msgpack_pack_uint64(pk, *(const uint64_t *)v);
+            break;
+        case TYPE_REAL:
+            msgpack_pack_double(pk, *(const double *)v);
+            break;
+        case TYPE_U32:
+            msgpack_pack_uint32(pk, *(const uint32_t *)v);
+            break;
+        case TYPE_PATTERNS:
+            msgpack_pack_array(pk, count_of(cfg, o));
+            for (size_t k = 0; k < count_of(cfg, o); k++)
+                proto_pack_str(pk, ((const char *const *)v)[k]);
+            break;
+        }
+    }
 }
 
 static int
@@ -353,69 +398,104 @@ get_patterns(const msgpack_object *map, const char *key, const char **p, size_t 
     return 0;
 }
 
-int
-emaconf_unpack(const msgpack_object *map, emad_model_config *cfg, emaconf_strings *strings,
-               char *why, size_t size)
+/* Read the decays, or a single decay under EMACONF_DECAY_KEY, from map into cfg. */
+static int
+get_decays(const msgpack_object *map, const option_info *opt, emad_model_config *cfg, char *why,
+           size_t size)
 {
     const msgpack_object *o;
     double d;
-    int rc;
 
-    if ((o = proto_map_get(map, "decays")) != NULL) {
+    if ((o = proto_map_get(map, opt->key)) != NULL) {
         if (o->type != MSGPACK_OBJECT_ARRAY) {
-            snprintf(why, size, "key 'decays' is not an array of numbers");
+            snprintf(why, size, "key '%s' is not an array of numbers", opt->key);
             return EMAD_EMALFORMED;
         }
         if (o->via.array.size < 1 || o->via.array.size > EMAD_MAX_DECAYS) {
-            snprintf(why, size, "decays: 1..%d values, not %u", EMAD_MAX_DECAYS, o->via.array.size);
+            snprintf(why, size, "%s: 1..%d values, not %u", opt->key, EMAD_MAX_DECAYS,
+                     o->via.array.size);
             return EMAD_ERANGE;
         }
         for (uint32_t i = 0; i < o->via.array.size; i++) {
             if (proto_number(&o->via.array.ptr[i], &cfg->decays[i]) != 0) {
-                snprintf(why, size, "key 'decays' is not an array of numbers");
+                snprintf(why, size, "key '%s' is not an array of numbers", opt->key);
                 return EMAD_EMALFORMED;
             }
             cfg->decays[i] += 0.0; /* -0 is 0 */
         }
         cfg->ndecays = o->via.array.size;
-    } else if ((o = proto_map_get(map, "decay")) != NULL) {
+    } else if ((o = proto_map_get(map, EMACONF_DECAY_KEY)) != NULL) {
         if (proto_number(o, &d) != 0) {
-            snprintf(why, size, "key 'decay' is not a number");
+            snprintf(why, size, "key '%s' is not a number", EMACONF_DECAY_KEY);
             return EMAD_EMALFORMED;
         }
         cfg->ndecays = 1;
         cfg->decays[0] = d + 0.0;
     }
-    if ((rc = get_enum(map, "schedule", &cfg->schedule, why, size)) != 0 ||
-        (rc = get_enum(map, "step_gap", &cfg->step_gap, why, size)) != 0 ||
-        (rc = get_enum(map, "buffers", &cfg->buffers, why, size)) != 0 ||
-        (rc = get_enum(map, "nonfinite", &cfg->nonfinite, why, size)) != 0 ||
-        (rc = get_number(map, "inv_gamma", &cfg->inv_gamma, why, size)) != 0 ||
-        (rc = get_number(map, "power", &cfg->power, why, size)) != 0 ||
-        (rc = get_number(map, "min_decay", &cfg->min_decay, why, size)) != 0)
-        return rc;
-    if ((o = proto_map_get(map, "update_after_step")) != NULL) {
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            snprintf(why, size, "key 'update_after_step' is not an unsigned integer");
-            return EMAD_EMALFORMED;
-        }
-        cfg->update_after_step = o->via.u64;
+    return 0;
+}
+
+/* Read an unsigned integer option (U64, or U32: writers, 1..EMAD_MAX_WRITERS) into v. */
+static int
+get_unsigned(const msgpack_object *map, const option_info *opt, void *v, char *why, size_t size)
+{
+    const msgpack_object *o = proto_map_get(map, opt->key);
+
+    if (o == NULL)
+        return 0;
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        snprintf(why, size, "key '%s' is not an unsigned integer", opt->key);
+        return EMAD_EMALFORMED;
     }
-    if ((o = proto_map_get(map, "writers")) != NULL) {
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            snprintf(why, size, "key 'writers' is not an unsigned integer");
-            return EMAD_EMALFORMED;
-        }
-        if (o->via.u64 < 1 || o->via.u64 > EMAD_MAX_WRITERS) {
-            snprintf(why, size, "writers must be 1..%d", EMAD_MAX_WRITERS);
-            return EMAD_ERANGE;
-        }
-        cfg->writers = (uint32_t)o->via.u64;
+    if (opt->type == TYPE_U64) {
+        *(uint64_t *)v = o->via.u64;
+        return 0;
     }
-    if ((rc = get_patterns(map, "copy", cfg->copy, &cfg->ncopy, strings->copy, why, size)) != 0 ||
-        (rc = get_patterns(map, "ignore", cfg->ignore, &cfg->nignore, strings->ignore, why,
-                           size)) != 0)
-        return rc;
+    if (o->via.u64 < 1 || o->via.u64 > EMAD_MAX_WRITERS) {
+        snprintf(why, size, "%s must be 1..%d", opt->key, EMAD_MAX_WRITERS);
+        return EMAD_ERANGE;
+    }
+    *(uint32_t *)v = (uint32_t)o->via.u64;
+    return 0;
+}
+
+/* Read one option from map into cfg (pattern strings copied into strings), by its type. */
+static int
+get_option(const msgpack_object *map, const option_info *opt, emad_model_config *cfg,
+           emaconf_strings *strings, char *why, size_t size)
+{
+    void *v = (char *)cfg + opt->offset;
+
+    switch (opt->type) {
+    case TYPE_DECAYS:
+        return get_decays(map, opt, cfg, why, size);
+    case TYPE_ENUM:
+        return get_enum(map, opt->key, v, why, size);
+    case TYPE_REAL:
+        return get_number(map, opt->key, v, why, size);
+    case TYPE_U64:
+    case TYPE_U32:
+        return get_unsigned(map, opt, v, why, size);
+    case TYPE_PATTERNS:
+        return get_patterns(map, opt->key, v, (void *)((char *)cfg + opt->count),
+                            (void *)((char *)strings + opt->strings), why, size);
+    }
+    return 0;
+}
+
+int
+emaconf_unpack(const msgpack_object *map, emad_model_config *cfg, emaconf_strings *strings,
+               char *why, size_t size)
+{
+    int rc;
+
+    for (size_t t = 0; t < NELEM(unpack_order); t++) {
+        for (size_t i = 0; i < NELEM(options); i++) {
+            if (options[i].type == unpack_order[t] &&
+                (rc = get_option(map, &options[i], cfg, strings, why, size)) != 0)
+                return rc;
+        }
+    }
     return 0;
 }
 

@@ -14,9 +14,50 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "common/proto_keys.h"
 
 struct msgpack_object;
 struct msgpack_packer;
+
+/*
+ * The configuration options, one line each: X(ID, "key", TYPE, field).
+ * The key is the option's name in the create and configure requests, in
+ * the replies that describe a model, and in a snapshot's emad_config; the
+ * order is the order emaconf_pack() and the snapshot write them in, so it
+ * is part of both formats. field is the emad_model_config member; a
+ * DECAYS or PATTERNS option also has the count member n<field>, and an
+ * ENUM option the name function emaconf_<field>_name(). Types: DECAYS (1..
+ * EMAD_MAX_DECAYS numbers), ENUM (a name), U64 (an unsigned integer), REAL
+ * (a number), U32 (an unsigned integer 1..EMAD_MAX_WRITERS), PATTERNS (up
+ * to EMAD_MAX_GLOBS fnmatch(3) patterns).
+ */
+#define EMACONF_OPTIONS(X)                                                                         \
+    X(DECAYS, "decays", DECAYS, decays)                                                            \
+    X(SCHEDULE, "schedule", ENUM, schedule)                                                        \
+    X(UPDATE_AFTER_STEP, "update_after_step", U64, update_after_step)                              \
+    X(INV_GAMMA, "inv_gamma", REAL, inv_gamma)                                                     \
+    X(POWER, "power", REAL, power)                                                                 \
+    X(MIN_DECAY, "min_decay", REAL, min_decay)                                                     \
+    X(STEP_GAP, "step_gap", ENUM, step_gap)                                                        \
+    X(BUFFERS, "buffers", ENUM, buffers)                                                           \
+    X(NONFINITE, "nonfinite", ENUM, nonfinite)                                                     \
+    X(WRITERS, "writers", U32, writers)                                                            \
+    X(COPY, PROTO_VAL_UPDATE_COPY, PATTERNS, copy)                                                                \
+    X(IGNORE, "ignore", PATTERNS, ignore)
+
+/* A request may give a single decay under this key instead of "decays". */
+#define EMACONF_DECAY_KEY PROTO_KEY_DECAY
+
+/* The options by index: EMACONF_DECAYS ... EMACONF_IGNORE, then their count. */
+enum emaconf_option {
+#define EMACONF_OPTION_ENUM(id, key, type, field) EMACONF_##id,
+    EMACONF_OPTIONS(EMACONF_OPTION_ENUM)
+#undef EMACONF_OPTION_ENUM
+        EMACONF_NOPTIONS
+};
+
+/* The key of an option (enum emaconf_option), e.g. "decays"; NULL if out of range. */
+const char *emaconf_key(int option);
 
 /* Defaults: one decay 0.999, constant, inv_gamma 1, power 2/3, writers 1. */
 void emaconf_init(emad_model_config *cfg);
@@ -52,8 +93,8 @@ const char *emaconf_nonfinite_name(int v);
 /* Enum value for option ("schedule", "step_gap", "buffers", "nonfinite") and name; -1 if none. */
 int emaconf_from_name(const char *option, const char *name, size_t len);
 
-/* Number of map entries emaconf_pack() writes. */
-#define EMACONF_PACKED_KEYS 12
+/* Number of map entries emaconf_pack() writes: one per option. */
+#define EMACONF_PACKED_KEYS EMACONF_NOPTIONS
 
 /* Pack the configuration as EMACONF_PACKED_KEYS key/value pairs into an open map. */
 void emaconf_pack(struct msgpack_packer *pk, const emad_model_config *cfg);

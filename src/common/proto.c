@@ -1,12 +1,8 @@
 /*
  * proto.c - protocol tables and checks shared by the daemon and libemad:
- * operation names, the error table, name rules, and the allocation-free
- * msgpack pre-scan that guards msgpack_unpack_next() against hostile input.
+ * operation names, msgpack helpers, and the allocation-free msgpack
+ * pre-scan that guards msgpack_unpack_next() against hostile input.
  */
-#include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <msgpack.h>
@@ -14,65 +10,10 @@
 #include "common/proto.h"
 
 static const char *const op_names[PROTO_OP_COUNT] = {
-    [PROTO_OP_HELLO] = "hello",         [PROTO_OP_CREATE] = "create",
-    [PROTO_OP_DROP] = "drop",           [PROTO_OP_PUSH] = "push",
-    [PROTO_OP_BEGIN] = "begin",         [PROTO_OP_COMMIT] = "commit",
-    [PROTO_OP_ABORT] = "abort",         [PROTO_OP_PULL] = "pull",
-    [PROTO_OP_READ] = "read",           [PROTO_OP_RELEASE] = "release",
-    [PROTO_OP_LIST] = "list",           [PROTO_OP_STATS] = "stats",
-    [PROTO_OP_CONFIGURE] = "configure", [PROTO_OP_SNAPSHOT] = "snapshot",
+#define XX(id, name) [PROTO_OP_##id] = name,
+    PROTO_OP_MAP(XX)
+#undef XX
 };
-
-struct errinfo {
-    int code;
-    const char *name;
-    const char *text;
-};
-
-static const struct errinfo errors[] = {
-    {EMAD_EMALFORMED, "EMAD_EMALFORMED", "malformed request"},
-    {EMAD_EVERSION, "EMAD_EVERSION", "protocol version not supported"},
-    {EMAD_EOP, "EMAD_EOP", "unknown operation"},
-    {EMAD_EDTYPE, "EMAD_EDTYPE", "unknown or unsuitable dtype"},
-    {EMAD_ESIZE, "EMAD_ESIZE", "data length does not match shape and dtype"},
-    {EMAD_ENAME, "EMAD_ENAME", "invalid name"},
-    {EMAD_ESHAPE, "EMAD_ESHAPE", "shape differs from the stored tensor"},
-    {EMAD_EKIND, "EMAD_EKIND", "kind or dtype differs from the stored tensor"},
-    {EMAD_ELIMIT, "EMAD_ELIMIT", "limit exceeded"},
-    {EMAD_ENOMODEL, "EMAD_ENOMODEL", "no such model"},
-    {EMAD_EEXIST, "EMAD_EEXIST", "model already exists"},
-    {EMAD_ENOTENSOR, "EMAD_ENOTENSOR", "no such tensor"},
-    {EMAD_ENOTXN, "EMAD_ENOTXN", "no such open transaction"},
-    {EMAD_EINCOMPLETE, "EMAD_EINCOMPLETE", "transaction has incomplete tensors"},
-    {EMAD_EDUP, "EMAD_EDUP", "duplicate tensor name"},
-    {EMAD_ERANGE, "EMAD_ERANGE", "value out of range"},
-    {EMAD_ENOSESSION, "EMAD_ENOSESSION", "no such pull session"},
-    {EMAD_ENOMEM, "EMAD_ENOMEM", "out of memory"},
-    {EMAD_EINTERNAL, "EMAD_EINTERNAL", "internal error"},
-    {EMAD_EORDER, "EMAD_EORDER", "transaction chunk out of order"},
-    {EMAD_ENONFINITE, "EMAD_ENONFINITE", "NaN or Inf in an averaged tensor"},
-    {EMAD_EOVERLAP, "EMAD_EOVERLAP", "slice overlaps another slice of the tensor"},
-    {EMAD_EIMMUTABLE, "EMAD_EIMMUTABLE", "option cannot change on an existing model"},
-    {EMAD_ENOSTATE, "EMAD_ENOSTATE", "the daemon has no state directory"},
-    {EMAD_ESNAPSHOT, "EMAD_ESNAPSHOT", "snapshot could not be written"},
-    {EMAD_ECONFLICT, "EMAD_ECONFLICT", "tensor changed by another push during the transaction"},
-    {EMAD_ETIMEDOUT, "EMAD_ETIMEDOUT", "timed out waiting for the daemon"},
-    {EMAD_ECONNECT, "EMAD_ECONNECT", "cannot connect to the daemon"},
-    {EMAD_EPROTO, "EMAD_EPROTO", "reply from the daemon not understood"},
-    {EMAD_EINVAL, "EMAD_EINVAL", "invalid argument"},
-    {EMAD_EFORMAT, "EMAD_EFORMAT", "malformed safetensors file"},
-    {EMAD_EIO, "EMAD_EIO", "I/O error"},
-};
-
-/* Table entry for an emad code, or NULL. */
-static const struct errinfo *
-errinfo_find(int code)
-{
-    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
-        if (errors[i].code == code)
-            return &errors[i];
-    return NULL;
-}
 
 const msgpack_object *
 proto_map_get(const msgpack_object *map, const char *key)
@@ -104,29 +45,6 @@ proto_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
 {
     proto_pack_str(pk, key);
     msgpack_pack_uint64(pk, v);
-}
-
-int
-proto_cause(char **cause, int code, const char *fmt, ...)
-{
-    va_list ap;
-    char *msg;
-    int len;
-
-    if (cause == NULL)
-        return code;
-    free(*cause);
-    *cause = NULL;
-    va_start(ap, fmt);
-    len = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (len < 0 || (msg = malloc((size_t)len + 1)) == NULL)
-        return code;
-    va_start(ap, fmt);
-    (void)vsnprintf(msg, (size_t)len + 1, fmt, ap);
-    va_end(ap);
-    *cause = msg;
-    return code;
 }
 
 int
@@ -163,111 +81,6 @@ proto_op_from_name(const char *name, size_t len)
         if (strlen(op_names[op]) == len && memcmp(op_names[op], name, len) == 0)
             return op;
     return PROTO_OP_INVALID;
-}
-
-const char *
-proto_errname(int code)
-{
-    const struct errinfo *e = errinfo_find(code);
-    return e != NULL ? e->name : NULL;
-}
-
-const char *
-proto_strerror(int code)
-{
-    const struct errinfo *e;
-
-    if (code == 0)
-        return "success";
-    if ((e = errinfo_find(code)) != NULL)
-        return e->text;
-    if (code < 0 && code > -4096)
-        return strerror(-code);
-    return "unknown error";
-}
-
-const char *
-proto_kind_name(int kind)
-{
-    switch (kind) {
-    case EMAD_PARAM:
-        return "param";
-    case EMAD_BUFFER:
-        return "buffer";
-    default:
-        return NULL;
-    }
-}
-
-int
-proto_kind_from_name(const char *name, size_t len)
-{
-    if (len == 5 && memcmp(name, "param", 5) == 0)
-        return EMAD_PARAM;
-    if (len == 6 && memcmp(name, "buffer", 6) == 0)
-        return EMAD_BUFFER;
-    return -1;
-}
-
-int
-proto_check_model_name(const char *name, size_t len)
-{
-    if (len == 0 || len > EMAD_MAX_MODEL_NAME_BYTES || name[0] == '.')
-        return EMAD_ENAME;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)name[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return EMAD_ENAME;
-    }
-    return 0;
-}
-
-int
-proto_check_tensor_name(const char *name, size_t len)
-{
-    const unsigned char *p = (const unsigned char *)name;
-    size_t i = 0;
-
-    if (len == 0 || len > EMAD_MAX_NAME_BYTES)
-        return EMAD_ENAME;
-    while (i < len) {
-        unsigned char c = p[i];
-        size_t n;
-        uint32_t cp;
-
-        if (c < 0x20 || c == 0x7f)
-            return EMAD_ENAME;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xe0) == 0xc0) {
-            n = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            return EMAD_ENAME;
-        }
-        if (i + n >= len)
-            return EMAD_ENAME;
-        for (size_t k = 1; k <= n; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return EMAD_ENAME;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        /* Overlong forms, surrogates, beyond U+10FFFF. */
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-            return EMAD_ENAME;
-        i += n + 1;
-    }
-    return 0;
 }
 
 /* State of the pre-scan: cursor and remaining budget. */

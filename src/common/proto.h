@@ -4,8 +4,9 @@
  * Every request and reply is one msgpack map carried in one nanomsg
  * message (REQ/REP). docs/PROTOCOL.md is the normative description; this
  * header holds the constants both sides use: protocol version, operation
- * names, limits and the error table. Error codes are the EMAD_E* values of
- * include/emad.h; the wire carries their negation (a positive integer).
+ * names and limits, with small msgpack helpers and the pre-scan of
+ * untrusted messages. Error codes are in common/errors.h, name rules in
+ * common/names.h.
  */
 #ifndef EMAD_PROTO_H
 #define EMAD_PROTO_H
@@ -14,26 +15,32 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "common/proto_keys.h"
 
 #define PROTO_VERSION EMAD_PROTOCOL_VERSION
 
-/* Operations, by wire name. */
+/* Operations: the enum and the wire names, one entry each (XX(ID, "name")). */
+#define PROTO_OP_MAP(XX)                                                                         \
+    XX(HELLO, "hello")                                                                           \
+    XX(CREATE, "create")                                                                         \
+    XX(DROP, "drop")                                                                             \
+    XX(PUSH, "push")                                                                             \
+    XX(BEGIN, "begin")                                                                           \
+    XX(COMMIT, "commit")                                                                         \
+    XX(ABORT, "abort")                                                                           \
+    XX(PULL, "pull")                                                                             \
+    XX(READ, "read")                                                                             \
+    XX(RELEASE, "release")                                                                       \
+    XX(LIST, "list")                                                                             \
+    XX(STATS, PROTO_KEY_STATS)                                                                           \
+    XX(CONFIGURE, "configure")                                                                   \
+    XX(SNAPSHOT, "snapshot")
+
 enum proto_op {
     PROTO_OP_INVALID = 0,
-    PROTO_OP_HELLO,
-    PROTO_OP_CREATE,
-    PROTO_OP_DROP,
-    PROTO_OP_PUSH,
-    PROTO_OP_BEGIN,
-    PROTO_OP_COMMIT,
-    PROTO_OP_ABORT,
-    PROTO_OP_PULL,
-    PROTO_OP_READ,
-    PROTO_OP_RELEASE,
-    PROTO_OP_LIST,
-    PROTO_OP_STATS,
-    PROTO_OP_CONFIGURE,
-    PROTO_OP_SNAPSHOT,
+#define XX(id, name) PROTO_OP_##id,
+    PROTO_OP_MAP(XX)
+#undef XX
     PROTO_OP_COUNT
 };
 
@@ -68,13 +75,6 @@ void proto_pack_kv_u64(struct msgpack_packer *pk, const char *key, uint64_t v);
  */
 const struct msgpack_object *proto_map_get(const struct msgpack_object *map, const char *key);
 
-/*
- * Set *cause (if cause is not NULL; an old message there is freed) to a
- * malloc'd printf message and return code: the error-message convention of
- * the file and startup functions.
- */
-__attribute__((format(printf, 3, 4))) int proto_cause(char **cause, int code, const char *fmt, ...);
-
 /* A msgpack float32, float64 or integer as a double: 0, or -1 if o is not a number. */
 int proto_number(const struct msgpack_object *o, double *v);
 
@@ -83,28 +83,6 @@ const char *proto_op_name(int op);
 
 /* Op for a wire name of length len, or PROTO_OP_INVALID. */
 int proto_op_from_name(const char *name, size_t len);
-
-/* "EMAD_ESHAPE" for EMAD_ESHAPE, NULL if code is not an emad code. */
-const char *proto_errname(int code);
-
-/* Human text for an emad code or a negated errno value. */
-const char *proto_strerror(int code);
-
-/* Kind names: "param", "buffer". */
-const char *proto_kind_name(int kind);
-int proto_kind_from_name(const char *name, size_t len); /* -1 if unknown */
-
-/*
- * Check a model name: 1..EMAD_MAX_MODEL_NAME_BYTES bytes of [A-Za-z0-9._-],
- * not starting with '.'. Returns 0 or EMAD_ENAME.
- */
-int proto_check_model_name(const char *name, size_t len);
-
-/*
- * Check a tensor name: 1..EMAD_MAX_NAME_BYTES bytes of valid UTF-8 without
- * NUL or control characters. Returns 0 or EMAD_ENAME.
- */
-int proto_check_tensor_name(const char *name, size_t len);
 
 /*
  * Scan a msgpack buffer without allocating: exactly one object must fill

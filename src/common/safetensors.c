@@ -5,10 +5,10 @@
  * tensor points into it, so a file is copied once, at most. The header is
  * parsed with jansson (duplicate keys rejected) and checked against every
  * rule of the reference implementation before anything is returned: a
- * parsed st_file is always internally consistent (offsets sorted,
+ * parsed safetensors_file is always internally consistent (offsets sorted,
  * contiguous, inside the map, sizes matching shapes). Tensor data in the
  * map has the alignment the file gives it; callers use memcpy or unaligned
- * loads unless they wrote the file with st_write.
+ * loads unless they wrote the file with safetensors_write.
  *
  * The writer builds the header with jansson (metadata first, then tensors
  * by dtype size descending and name), pads it with spaces to a multiple of
@@ -28,6 +28,7 @@
 
 #include <jansson.h>
 
+#include "common/cause.h"
 #include "common/dtype.h"
 #include "common/proto.h"
 #include "common/safetensors.h"
@@ -72,7 +73,7 @@ store_le64(unsigned char *p, uint64_t v)
 
 /* Free a parsed file: names, metadata, arrays and the map; NULL accepted. */
 void
-st_free(st_file *f)
+safetensors_free(safetensors_file *f)
 {
     if (f == NULL)
         return;
@@ -90,7 +91,7 @@ st_free(st_file *f)
 
 /* Value of a metadata key, or NULL; the string is owned by f. */
 const char *
-st_meta_get(const st_file *f, const char *key)
+safetensors_meta_get(const safetensors_file *f, const char *key)
 {
     for (size_t i = 0; i < f->nmeta; i++) {
         if (strcmp(f->meta[i].key, key) == 0)
@@ -100,8 +101,8 @@ st_meta_get(const st_file *f, const char *key)
 }
 
 /* The tensor named name, or NULL; linear search (files hold few tensors). */
-const st_tensor *
-st_find(const st_file *f, const char *name)
+const safetensors_tensor *
+safetensors_find(const safetensors_file *f, const char *name)
 {
     for (size_t i = 0; i < f->ntensors; i++) {
         if (strcmp(f->tensors[i].name, name) == 0)
@@ -124,41 +125,41 @@ json_uint(const json_t *j, uint64_t *v)
 
 /* Parse the "__metadata__" object into f->meta; returns 0, EMAD_EFORMAT or -ENOMEM. */
 static int
-parse_meta(st_file *f, json_t *obj, char **cause)
+parse_meta(safetensors_file *f, json_t *obj, char **cause)
 {
     const char *key;
     json_t *val;
     char q[QUOTE_MAX + 8];
 
     if (!json_is_object(obj))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "__metadata__ is not an object (it must map strings to strings)");
+        return cause_set(cause, EMAD_EFORMAT,
+                         "__metadata__ is not an object (it must map strings to strings)");
     if (json_object_size(obj) == 0)
         return 0;
     f->meta = calloc(json_object_size(obj), sizeof(*f->meta));
     if (f->meta == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     json_object_foreach(obj, key, val)
     {
-        st_meta *m = &f->meta[f->nmeta];
+        safetensors_meta *m = &f->meta[f->nmeta];
 
         if (!json_is_string(val))
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "__metadata__ key '%s': value is not a string (metadata maps "
-                               "strings to strings)",
-                               quote(q, sizeof(q), key));
+            return cause_set(cause, EMAD_EFORMAT,
+                             "__metadata__ key '%s': value is not a string (metadata maps "
+                             "strings to strings)",
+                             quote(q, sizeof(q), key));
         m->key = strdup(key);
         m->value = strdup(json_string_value(val));
         f->nmeta++;
         if (m->key == NULL || m->value == NULL)
-            return proto_cause(cause, -ENOMEM, "out of memory");
+            return cause_set(cause, -ENOMEM, "out of memory");
     }
     return 0;
 }
 
 /* Parse one tensor entry into *t (name already set); returns 0 or EMAD_EFORMAT. */
 static int
-parse_entry(st_tensor *t, json_t *obj, char **cause)
+parse_entry(safetensors_tensor *t, json_t *obj, char **cause)
 {
     const char *key;
     json_t *val, *dtype, *shape, *offs;
@@ -168,74 +169,74 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
 
     quote(q, sizeof(q), t->name);
     if (!json_is_object(obj))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': entry is not an object with dtype, shape and data_offsets",
-                           q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': entry is not an object with dtype, shape and data_offsets",
+                         q);
     json_object_foreach(obj, key, val)
     {
-        if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
+        if (strcmp(key, PROTO_KEY_DTYPE) != 0 && strcmp(key, PROTO_KEY_SHAPE) != 0 &&
             strcmp(key, "data_offsets") != 0) {
             char k[QUOTE_MAX + 8];
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
-                               "shape and data_offsets)",
-                               q, quote(k, sizeof(k), key));
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': unexpected key '%s' (an entry has exactly dtype, "
+                             "shape and data_offsets)",
+                             q, quote(k, sizeof(k), key));
         }
     }
-    if ((dtype = json_object_get(obj, "dtype")) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
-    if ((shape = json_object_get(obj, "shape")) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
+    if ((dtype = json_object_get(obj, PROTO_KEY_DTYPE)) == NULL)
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': missing key 'dtype'", q);
+    if ((shape = json_object_get(obj, PROTO_KEY_SHAPE)) == NULL)
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': missing key 'shape'", q);
     if ((offs = json_object_get(obj, "data_offsets")) == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': missing key 'data_offsets'", q);
 
     if (!json_is_string(dtype))
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': dtype is not a string", q);
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': dtype is not a string", q);
     t->dtype = dtype_from_name(json_string_value(dtype), json_string_length(dtype));
     if (t->dtype == EMAD_DTYPE_INVALID) {
         char d[QUOTE_MAX + 8];
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
-                           quote(d, sizeof(d), json_string_value(dtype)));
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': unknown or unsupported dtype '%s'", q,
+                         quote(d, sizeof(d), json_string_value(dtype)));
     }
 
     if (!json_is_array(shape))
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': shape is not an array of non-negative integers", q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': shape is not an array of non-negative integers", q);
     ndim = json_array_size(shape);
     if (ndim > EMAD_MAX_NDIM)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
-                           ndim, EMAD_MAX_NDIM);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': shape has %zu dimensions, more than the maximum of %d", q,
+                         ndim, EMAD_MAX_NDIM);
     t->ndim = (uint32_t)ndim;
     for (size_t i = 0; i < ndim; i++) {
         if (json_uint(json_array_get(shape, i), &t->shape[i]) < 0)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': shape[%zu] is not a non-negative integer", q, i);
     }
 
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         json_uint(json_array_get(offs, 0), &begin) < 0 ||
         json_uint(json_array_get(offs, 1), &end) < 0)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': data_offsets is not an array of two non-negative "
-                           "integers [BEGIN, END]",
-                           q);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': data_offsets is not an array of two non-negative "
+                         "integers [BEGIN, END]",
+                         q);
     if (end < begin)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
-                           (unsigned long long)begin, (unsigned long long)end);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': data_offsets [%llu, %llu] end before they begin", q,
+                         (unsigned long long)begin, (unsigned long long)end);
 
     dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim);
     if (dtype_numel(t->shape, t->ndim, t->dtype, &numel, &nbytes) < 0)
-        return proto_cause(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
-                           dtype_name(t->dtype));
+        return cause_set(cause, EMAD_EFORMAT, "tensor '%s': shape %s of %s is too large", q, sh,
+                         dtype_name(t->dtype));
     if (end - begin != nbytes)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
-                           "%s needs %llu",
-                           q, (unsigned long long)begin, (unsigned long long)end,
-                           (unsigned long long)(end - begin), sh, dtype_name(t->dtype),
-                           (unsigned long long)nbytes);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
+                         "%s needs %llu",
+                         q, (unsigned long long)begin, (unsigned long long)end,
+                         (unsigned long long)(end - begin), sh, dtype_name(t->dtype),
+                         (unsigned long long)nbytes);
     t->offset = begin;
     t->nbytes = nbytes;
     return 0;
@@ -245,7 +246,7 @@ parse_entry(st_tensor *t, json_t *obj, char **cause)
 static int
 cmp_offset(const void *a, const void *b)
 {
-    const st_tensor *x = a, *y = b;
+    const safetensors_tensor *x = a, *y = b;
 
     if (x->offset != y->offset)
         return x->offset < y->offset ? -1 : 1;
@@ -259,57 +260,55 @@ cmp_offset(const void *a, const void *b)
  * data_len; returns 0 or EMAD_EFORMAT.
  */
 static int
-check_layout(const st_file *f, size_t data_len, char **cause)
+check_layout(const safetensors_file *f, size_t data_len, char **cause)
 {
     uint64_t pos = 0;
     char q[QUOTE_MAX + 8], p[QUOTE_MAX + 8];
 
     for (size_t i = 0; i < f->ntensors; i++) {
-        const st_tensor *t = &f->tensors[i];
+        const safetensors_tensor *t = &f->tensors[i];
         unsigned long long b = t->offset, e = t->offset + t->nbytes;
 
         quote(q, sizeof(q), t->name);
         if (i == 0 && b != 0)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
-                               "first tensor must begin at byte 0 of the data buffer)",
-                               q, b, e);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': data_offsets [%llu, %llu] do not start at 0 (the "
+                             "first tensor must begin at byte 0 of the data buffer)",
+                             q, b, e);
         if (i > 0 && b > pos)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
-                               "after tensor '%s', which ends at %llu",
-                               q, b, e, b - (unsigned long long)pos,
-                               quote(p, sizeof(p), f->tensors[i - 1].name),
-                               (unsigned long long)pos);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
+                             "after tensor '%s', which ends at %llu",
+                             q, b, e, b - (unsigned long long)pos,
+                             quote(p, sizeof(p), f->tensors[i - 1].name), (unsigned long long)pos);
         if (i > 0 && b < pos)
-            return proto_cause(cause, EMAD_EFORMAT,
-                               "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
-                               "ends at %llu",
-                               q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
-                               (unsigned long long)pos);
+            return cause_set(cause, EMAD_EFORMAT,
+                             "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
+                             "ends at %llu",
+                             q, b, e, quote(p, sizeof(p), f->tensors[i - 1].name),
+                             (unsigned long long)pos);
         pos = e;
     }
     if (pos > data_len)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "file is truncated: the tensors end at byte %llu of the data buffer but "
-                           "only %zu bytes follow the header",
-                           (unsigned long long)pos, data_len);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "file is truncated: the tensors end at byte %llu of the data buffer but "
+                         "only %zu bytes follow the header",
+                         (unsigned long long)pos, data_len);
     if (pos < data_len)
-        return proto_cause(
-            cause, EMAD_EFORMAT,
-            "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
-            "of the data buffer, which holds %zu bytes)",
-            (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "%llu trailing bytes after the last tensor (the tensors end at byte %llu "
+                         "of the data buffer, which holds %zu bytes)",
+                         (unsigned long long)(data_len - pos), (unsigned long long)pos, data_len);
     return 0;
 }
 
 /*
  * Parse f->map[0..f->map_len) in place: fills f->tensors and f->meta, with
  * tensor data pointing into the map. Returns 0, EMAD_EFORMAT or -ENOMEM;
- * on error f holds whatever was allocated so far (st_free releases it).
+ * on error f holds whatever was allocated so far (safetensors_free releases it).
  */
 static int
-parse_map(st_file *f, char **cause)
+parse_map(safetensors_file *f, char **cause)
 {
     const unsigned char *map = f->map;
     const char *hdr, *key;
@@ -320,28 +319,27 @@ parse_map(st_file *f, char **cause)
     int rc = 0;
 
     if (f->map_len < 8)
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "file is %zu bytes, too short for the 8-byte header length", f->map_len);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "file is %zu bytes, too short for the 8-byte header length", f->map_len);
     n = load_le64(map);
-    if (n > ST_MAX_HEADER)
-        return proto_cause(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
-                           (unsigned long long)n, ST_MAX_HEADER);
+    if (n > SAFETENSORS_MAX_HEADER)
+        return cause_set(cause, EMAD_EFORMAT, "header length %llu exceeds the limit of %u bytes",
+                         (unsigned long long)n, SAFETENSORS_MAX_HEADER);
     if (n > f->map_len - 8)
-        return proto_cause(
-            cause, EMAD_EFORMAT,
-            "file is truncated: header length %llu exceeds the %zu bytes that follow "
-            "the length field",
-            (unsigned long long)n, f->map_len - 8);
+        return cause_set(cause, EMAD_EFORMAT,
+                         "file is truncated: header length %llu exceeds the %zu bytes that follow "
+                         "the length field",
+                         (unsigned long long)n, f->map_len - 8);
     hdr = (const char *)map + 8;
     if (n == 0 || hdr[0] != '{')
-        return proto_cause(cause, EMAD_EFORMAT,
-                           "header does not start with '{' (it must be a JSON object)");
+        return cause_set(cause, EMAD_EFORMAT,
+                         "header does not start with '{' (it must be a JSON object)");
     root = json_loadb(hdr, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)
-        return proto_cause(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
-                           jerr.text, jerr.line, jerr.column);
+        return cause_set(cause, EMAD_EFORMAT, "header is not valid JSON: %s (line %d, column %d)",
+                         jerr.text, jerr.line, jerr.column);
     if (!json_is_object(root)) {
-        rc = proto_cause(cause, EMAD_EFORMAT, "header is not a JSON object");
+        rc = cause_set(cause, EMAD_EFORMAT, "header is not a JSON object");
         goto out;
     }
 
@@ -349,12 +347,12 @@ parse_map(st_file *f, char **cause)
     if (json_object_get(root, "__metadata__") != NULL)
         count--;
     if (count > 0 && (f->tensors = calloc(count, sizeof(*f->tensors))) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     json_object_foreach(root, key, val)
     {
-        st_tensor *t;
+        safetensors_tensor *t;
 
         if (strcmp(key, "__metadata__") == 0) {
             if ((rc = parse_meta(f, val, cause)) < 0)
@@ -363,7 +361,7 @@ parse_map(st_file *f, char **cause)
         }
         t = &f->tensors[f->ntensors++];
         if ((t->name = strdup(key)) == NULL) {
-            rc = proto_cause(cause, -ENOMEM, "out of memory");
+            rc = cause_set(cause, -ENOMEM, "out of memory");
             goto out;
         }
         if ((rc = parse_entry(t, val, cause)) < 0)
@@ -385,29 +383,29 @@ out:
 
 /* Parse a file held in a malloc'd buffer that the result takes over (freed on error too). */
 static int
-parse_owned(st_file **out, void *map, size_t len, char **cause)
+parse_owned(safetensors_file **out, void *map, size_t len, char **cause)
 {
-    st_file *f;
+    safetensors_file *f;
     int rc;
 
     *out = NULL;
     if ((f = calloc(1, sizeof(*f))) == NULL) {
         free(map);
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     }
     f->map = map;
     f->map_len = len;
     if ((rc = parse_map(f, cause)) < 0) {
-        st_free(f);
+        safetensors_free(f);
         return rc;
     }
     *out = f;
     return 0;
 }
 
-/* Parse a copy of buf[0..len); *out owns the result (free with st_free). */
+/* Parse a copy of buf[0..len); *out owns the result (free with safetensors_free). */
 int
-st_parse(st_file **out, const void *buf, size_t len, char **cause)
+safetensors_parse(safetensors_file **out, const void *buf, size_t len, char **cause)
 {
     void *map;
 
@@ -415,7 +413,7 @@ st_parse(st_file **out, const void *buf, size_t len, char **cause)
         *cause = NULL;
     *out = NULL;
     if ((map = malloc(len > 0 ? len : 1)) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     if (len > 0)
         memcpy(map, buf, len);
     return parse_owned(out, map, len, cause);
@@ -423,7 +421,7 @@ st_parse(st_file **out, const void *buf, size_t len, char **cause)
 
 /* Read path whole into memory with read() loops and parse it in place. */
 int
-st_read(st_file **out, const char *path, char **cause)
+safetensors_read(safetensors_file **out, const char *path, char **cause)
 {
     struct stat sb;
     unsigned char *map;
@@ -434,22 +432,22 @@ st_read(st_file **out, const char *path, char **cause)
         *cause = NULL;
     *out = NULL;
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return proto_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
+        return cause_set(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
     if (fstat(fd, &sb) < 0) {
-        rc = proto_cause(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
+        rc = cause_set(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
         goto fail_fd;
     }
     if (!S_ISREG(sb.st_mode)) {
-        rc = proto_cause(cause, EMAD_EIO, "%s: not a regular file", path);
+        rc = cause_set(cause, EMAD_EIO, "%s: not a regular file", path);
         goto fail_fd;
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 1) {
-        rc = proto_cause(cause, EMAD_EIO, "%s: file too large for memory", path);
+        rc = cause_set(cause, EMAD_EIO, "%s: file too large for memory", path);
         goto fail_fd;
     }
     len = (size_t)sb.st_size;
     if ((map = malloc(len > 0 ? len : 1)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
+        rc = cause_set(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
         goto fail_fd;
     }
     while (got < len) {
@@ -458,11 +456,11 @@ st_read(st_file **out, const char *path, char **cause)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            rc = proto_cause(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
+            rc = cause_set(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
             goto fail_map;
         }
         if (r == 0) {
-            rc = proto_cause(cause, EMAD_EIO, "%s: file shrank while being read", path);
+            rc = cause_set(cause, EMAD_EIO, "%s: file shrank while being read", path);
             goto fail_map;
         }
         got += (size_t)r;
@@ -537,7 +535,8 @@ wbuf_put(wbuf *w, const void *p, size_t n)
 static int
 cmp_write(const void *a, const void *b)
 {
-    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    const safetensors_tensor *x = *(const safetensors_tensor *const *)a,
+                             *y = *(const safetensors_tensor *const *)b;
     size_t sx = dtype_size(x->dtype), sy = dtype_size(y->dtype);
 
     if (sx != sy)
@@ -545,9 +544,9 @@ cmp_write(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* One tensor entry {"dtype", "shape", "data_offsets"} for the header, or NULL (no memory). */
+/* One tensor entry {dtype, shape, data_offsets} for the header, or NULL (no memory). */
 static json_t *
-entry_json(const st_tensor *t, uint64_t begin)
+entry_json(const safetensors_tensor *t, uint64_t begin)
 {
     json_t *e = json_object(), *shape = json_array(), *offs = json_array();
     int bad = e == NULL || shape == NULL || offs == NULL;
@@ -556,8 +555,8 @@ entry_json(const st_tensor *t, uint64_t begin)
         bad = json_array_append_new(shape, json_integer((json_int_t)t->shape[i])) < 0;
     bad = bad || json_array_append_new(offs, json_integer((json_int_t)begin)) < 0 ||
           json_array_append_new(offs, json_integer((json_int_t)(begin + t->nbytes))) < 0;
-    bad = bad || json_object_set_new(e, "dtype", json_string(dtype_name(t->dtype))) < 0;
-    if (bad || json_object_set(e, "shape", shape) < 0 ||
+    bad = bad || json_object_set_new(e, PROTO_KEY_DTYPE, json_string(dtype_name(t->dtype))) < 0;
+    if (bad || json_object_set(e, PROTO_KEY_SHAPE, shape) < 0 ||
         json_object_set(e, "data_offsets", offs) < 0) {
         json_decref(e);
         e = NULL;
@@ -573,21 +572,22 @@ entry_json(const st_tensor *t, uint64_t begin)
  * multiple of 8). Returns 0, EMAD_EINVAL or -ENOMEM with *cause set.
  */
 static int
-build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-             const st_tensor ***order, char **hdr, size_t *hdr_len, char **cause)
+build_header(const safetensors_tensor *tensors, size_t n, const safetensors_meta *meta,
+             size_t nmeta, const safetensors_tensor ***order, char **hdr, size_t *hdr_len,
+             char **cause)
 {
     json_t *root, *md = NULL;
-    const st_tensor **ord = NULL;
+    const safetensors_tensor **ord = NULL;
     char q[QUOTE_MAX + 8], *text = NULL, *padded;
     uint64_t pos = 0;
     size_t len;
     int rc = 0;
 
     if ((root = json_object()) == NULL)
-        return proto_cause(cause, -ENOMEM, "out of memory");
+        return cause_set(cause, -ENOMEM, "out of memory");
     if (nmeta > 0) {
         if ((md = json_object()) == NULL || json_object_set_new(root, "__metadata__", md) < 0) {
-            rc = proto_cause(cause, -ENOMEM, "out of memory");
+            rc = cause_set(cause, -ENOMEM, "out of memory");
             goto out;
         }
     }
@@ -595,60 +595,59 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         json_t *v;
 
         if (meta[i].key == NULL || meta[i].value == NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "metadata entry %zu has a NULL key or value", i);
+            rc = cause_set(cause, EMAD_EINVAL, "metadata entry %zu has a NULL key or value", i);
             goto out;
         }
         if (json_object_get(md, meta[i].key) != NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
-                             quote(q, sizeof(q), meta[i].key));
+            rc = cause_set(cause, EMAD_EINVAL, "metadata key '%s' appears twice",
+                           quote(q, sizeof(q), meta[i].key));
             goto out;
         }
         if ((v = json_string(meta[i].value)) == NULL || json_object_set_new(md, meta[i].key, v)) {
-            rc = proto_cause(cause, EMAD_EINVAL,
-                             "metadata key '%s': key or value is not valid UTF-8",
-                             quote(q, sizeof(q), meta[i].key));
+            rc = cause_set(cause, EMAD_EINVAL, "metadata key '%s': key or value is not valid UTF-8",
+                           quote(q, sizeof(q), meta[i].key));
             goto out;
         }
     }
 
     if (n > 0 && (ord = calloc(n, sizeof(*ord))) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        const st_tensor *t = &tensors[i];
+        const safetensors_tensor *t = &tensors[i];
         uint64_t nbytes;
 
         if (t->name == NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor %zu has no name", i);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor %zu has no name", i);
             goto out;
         }
         quote(q, sizeof(q), t->name);
         if (strcmp(t->name, "__metadata__") == 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor name '__metadata__' is reserved");
+            rc = cause_set(cause, EMAD_EINVAL, "tensor name '__metadata__' is reserved");
             goto out;
         }
         if (dtype_size(t->dtype) == 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': invalid dtype %d", q, t->dtype);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s': invalid dtype %d", q, t->dtype);
             goto out;
         }
         if (t->ndim > EMAD_MAX_NDIM) {
-            rc = proto_cause(cause, EMAD_EINVAL,
-                             "tensor '%s': %u dimensions, more than the maximum of %d", q,
-                             (unsigned)t->ndim, EMAD_MAX_NDIM);
+            rc = cause_set(cause, EMAD_EINVAL,
+                           "tensor '%s': %u dimensions, more than the maximum of %d", q,
+                           (unsigned)t->ndim, EMAD_MAX_NDIM);
             goto out;
         }
         if (dtype_numel(t->shape, t->ndim, t->dtype, NULL, &nbytes) < 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s': shape is too large", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s': shape is too large", q);
             goto out;
         }
         if (nbytes != t->nbytes || (nbytes > 0 && t->data == NULL)) {
             char sh[EMAD_MAX_NDIM * 24 + 8];
-            rc = proto_cause(cause, EMAD_EINVAL,
-                             "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
-                             (unsigned long long)(t->data != NULL ? t->nbytes : 0),
-                             dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim),
-                             dtype_name(t->dtype), (unsigned long long)nbytes);
+            rc = cause_set(cause, EMAD_EINVAL,
+                           "tensor '%s': %llu bytes of data but shape %s of %s needs %llu", q,
+                           (unsigned long long)(t->data != NULL ? t->nbytes : 0),
+                           dtype_fmt_shape(sh, sizeof(sh), t->shape, t->ndim), dtype_name(t->dtype),
+                           (unsigned long long)nbytes);
             goto out;
         }
         ord[i] = t;
@@ -657,42 +656,41 @@ build_header(const st_tensor *tensors, size_t n, const st_meta *meta, size_t nme
         qsort(ord, n, sizeof(*ord), cmp_write);
 
     for (size_t i = 0; i < n; i++) {
-        const st_tensor *t = ord[i];
+        const safetensors_tensor *t = ord[i];
         json_t *e;
 
         quote(q, sizeof(q), t->name);
         if (json_object_get(root, t->name) != NULL) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor '%s' appears twice", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s' appears twice", q);
             goto out;
         }
         if (pos > (UINT64_C(1) << 62) - t->nbytes) {
-            rc =
-                proto_cause(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor '%s': the tensors total too many bytes", q);
             goto out;
         }
         if ((e = entry_json(t, pos)) == NULL) {
-            rc = proto_cause(cause, -ENOMEM, "out of memory");
+            rc = cause_set(cause, -ENOMEM, "out of memory");
             goto out;
         }
         if (json_object_set_new(root, t->name, e) < 0) {
-            rc = proto_cause(cause, EMAD_EINVAL, "tensor name '%s' is not valid UTF-8", q);
+            rc = cause_set(cause, EMAD_EINVAL, "tensor name '%s' is not valid UTF-8", q);
             goto out;
         }
         pos += t->nbytes;
     }
 
     if ((text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     len = strlen(text);
-    if (len > ST_MAX_HEADER - 8) {
-        rc = proto_cause(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
-                         ST_MAX_HEADER);
+    if (len > SAFETENSORS_MAX_HEADER - 8) {
+        rc = cause_set(cause, EMAD_EINVAL, "header of %zu bytes exceeds the limit of %u", len,
+                       SAFETENSORS_MAX_HEADER);
         goto out;
     }
     if ((padded = malloc(len + 8)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out;
     }
     memcpy(padded, text, len);
@@ -768,18 +766,19 @@ sync_dir(const char *path)
 
 /* The code for an I/O failure with errno e: EMAD_EIO, or -e with opts->errno_codes. */
 static int
-io_code(const st_write_opts *opts, int e)
+io_code(const safetensors_write_opts *opts, int e)
 {
     return opts->errno_codes ? -e : EMAD_EIO;
 }
 
 /* Write tensors and metadata to path atomically (temp file, fsync, rename, fsync dir). */
 int
-st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-            const st_write_opts *opts, char **cause)
+safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t n,
+                     const safetensors_meta *meta, size_t nmeta, const safetensors_write_opts *opts,
+                     char **cause)
 {
-    static const st_write_opts defaults = {NULL, 0, NULL};
-    const st_tensor **order = NULL;
+    static const safetensors_write_opts defaults = {NULL, 0, NULL};
+    const safetensors_tensor **order = NULL;
     unsigned char lenbuf[8];
     char *hdr = NULL, *tmp = NULL;
     size_t hdr_len = 0;
@@ -795,13 +794,13 @@ st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta 
         return rc;
     size = 8 + hdr_len;
     if ((w.buf = malloc(WBUF_SIZE)) == NULL) {
-        rc = proto_cause(cause, -ENOMEM, "out of memory");
+        rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out_hdr;
     }
     if ((w.fd = open_temp(path, opts->tmp_tag, &tmp)) < 0) {
         e = errno;
-        rc = proto_cause(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
-                         strerror(e));
+        rc = cause_set(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
+                       strerror(e));
         goto out_buf;
     }
     if (fchmod(w.fd, 0644) < 0)
@@ -827,14 +826,14 @@ st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta 
         *opts->bytes = size;
     if (sync_dir(path) < 0) { /* the new file is in place; only its durability is in doubt */
         e = errno;
-        rc = proto_cause(cause, io_code(opts, e),
-                         "%s: written, but fsync of its directory failed: %s", path, strerror(e));
+        rc = cause_set(cause, io_code(opts, e),
+                       "%s: written, but fsync of its directory failed: %s", path, strerror(e));
     }
     goto out_buf;
 
 fail_io:
     e = errno;
-    rc = proto_cause(cause, io_code(opts, e), "%s: write failed: %s", path, strerror(e));
+    rc = cause_set(cause, io_code(opts, e), "%s: write failed: %s", path, strerror(e));
     if (w.fd >= 0)
         (void)close(w.fd);
     (void)unlink(tmp);
@@ -847,10 +846,10 @@ out_hdr:
     return rc;
 }
 
-/* st_write_ex() with the defaults: temp file .NAME.XXXXXX, I/O failures are EMAD_EIO. */
+/* safetensors_write_ex() with the defaults: temp file .NAME.XXXXXX, I/O failures are EMAD_EIO. */
 int
-st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta, size_t nmeta,
-         char **cause)
+safetensors_write(const char *path, const safetensors_tensor *tensors, size_t n,
+                  const safetensors_meta *meta, size_t nmeta, char **cause)
 {
-    return st_write_ex(path, tensors, n, meta, nmeta, NULL, cause);
+    return safetensors_write_ex(path, tensors, n, meta, nmeta, NULL, cause);
 }

@@ -20,51 +20,52 @@
 
 #include "emad.h"
 
-#define ST_MAX_HEADER 100000000u
+#define SAFETENSORS_MAX_HEADER 100000000u
 
-typedef struct st_tensor {
+typedef struct safetensors_tensor {
     char *name;
     int dtype; /* enum emad_dtype */
     uint32_t ndim;
     uint64_t shape[EMAD_MAX_NDIM];
     uint64_t offset; /* from the start of the data buffer */
     uint64_t nbytes;
-    const void *data; /* points into st_file's data (reader) */
-} st_tensor;
+    const void *data; /* points into safetensors_file's data (reader) */
+} safetensors_tensor;
 
-typedef struct st_meta {
+typedef struct safetensors_meta {
     char *key;
     char *value;
-} st_meta;
+} safetensors_meta;
 
 /* A parsed file: tensors in file order of their offsets; owns everything. */
-typedef struct st_file {
-    st_tensor *tensors;
+typedef struct safetensors_file {
+    safetensors_tensor *tensors;
     size_t ntensors;
-    st_meta *meta;
+    safetensors_meta *meta;
     size_t nmeta;
     void *map; /* whole file contents */
     size_t map_len;
-} st_file;
+} safetensors_file;
 
 /*
  * Parse a safetensors image held in buf[0..len). buf is copied (the result
  * does not borrow it). On error returns EMAD_EFORMAT (or -ENOMEM) and, if
  * cause is not NULL, sets *cause to a malloc'd message the caller frees.
  */
-int st_parse(st_file **out, const void *buf, size_t len, char **cause);
+int safetensors_parse(safetensors_file **out, const void *buf, size_t len, char **cause);
 
-/* Read and parse a file. Errors as st_parse, plus EMAD_EIO for I/O (message says which). */
-int st_read(st_file **out, const char *path, char **cause);
+/* Read and parse a file. Errors as safetensors_parse, plus EMAD_EIO for I/O (message says which).
+ */
+int safetensors_read(safetensors_file **out, const char *path, char **cause);
 
 /* Free a parsed file; NULL accepted. */
-void st_free(st_file *f);
+void safetensors_free(safetensors_file *f);
 
 /* Value of a metadata key, or NULL. */
-const char *st_meta_get(const st_file *f, const char *key);
+const char *safetensors_meta_get(const safetensors_file *f, const char *key);
 
 /* Find a tensor by name, or NULL. */
-const st_tensor *st_find(const st_file *f, const char *name);
+const safetensors_tensor *safetensors_find(const safetensors_file *f, const char *name);
 
 /*
  * Write tensors (name, dtype, ndim, shape, data, nbytes read; offset
@@ -72,23 +73,24 @@ const st_tensor *st_find(const st_file *f, const char *name);
  * fsync and rename (atomic). nbytes must equal numel * itemsize. Returns 0,
  * EMAD_EINVAL (bad tensor, duplicate name) or EMAD_EIO with *cause set.
  */
-int st_write(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta,
-             size_t nmeta, char **cause);
+int safetensors_write(const char *path, const safetensors_tensor *tensors, size_t n,
+                      const safetensors_meta *meta, size_t nmeta, char **cause);
 
-/* Options of st_write_ex(); all zero/NULL gives st_write()'s behaviour. */
-typedef struct st_write_opts {
+/* Options of safetensors_write_ex(); all zero/NULL gives safetensors_write()'s behaviour. */
+typedef struct safetensors_write_opts {
     const char *tmp_tag; /* temp file DIR/.NAME.TAG.XXXXXX (NULL: DIR/.NAME.XXXXXX) */
     int errno_codes;     /* 1: an I/O failure returns its negated errno (-ENOSPC, -EFBIG,
                             -EACCES, ...) instead of EMAD_EIO */
     uint64_t *bytes;     /* if not NULL, gets the file's size on success */
-} st_write_opts;
+} safetensors_write_opts;
 
 /*
- * st_write() with options (opts NULL: the defaults). If the rename
+ * safetensors_write() with options (opts NULL: the defaults). If the rename
  * succeeded but the directory fsync failed, the new file is in place and
  * the error is still returned (its durability is in doubt).
  */
-int st_write_ex(const char *path, const st_tensor *tensors, size_t n, const st_meta *meta,
-                size_t nmeta, const st_write_opts *opts, char **cause);
+int safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t n,
+                         const safetensors_meta *meta, size_t nmeta,
+                         const safetensors_write_opts *opts, char **cause);
 
 #endif

@@ -16,9 +16,9 @@
 
 #include <microhttpd.h>
 
+#include "common/cause.h"
 #include "daemon/http.h"
 #include "base/log.h"
-#include "common/proto.h"
 #include "base/xmalloc.h"
 
 struct http {
@@ -40,29 +40,29 @@ split_address(const char *address, char *host, size_t hsize, char *port, size_t 
     if (address[0] == '[') {
         const char *close = strchr(address, ']');
         if (close == NULL || close[1] != ':')
-            return proto_cause(cause, -EINVAL, "'%s': expected [IPV6]:PORT", address);
+            return cause_set(cause, -EINVAL, "'%s': expected [IPV6]:PORT", address);
         h = address + 1;
         hlen = (size_t)(close - h);
         colon = close + 1;
     } else {
         if ((colon = strrchr(address, ':')) == NULL)
-            return proto_cause(cause, -EINVAL, "'%s': expected HOST:PORT (or off)", address);
+            return cause_set(cause, -EINVAL, "'%s': expected HOST:PORT (or off)", address);
         hlen = (size_t)(colon - address);
         if (memchr(address, ':', hlen) != NULL)
-            return proto_cause(cause, -EINVAL, "'%s': write an IPv6 address as [ADDRESS]:PORT",
-                               address);
+            return cause_set(cause, -EINVAL, "'%s': write an IPv6 address as [ADDRESS]:PORT",
+                             address);
     }
     if (hlen == 0 || hlen >= hsize)
-        return proto_cause(cause, -EINVAL, "'%s': the host is %s", address,
-                           hlen == 0 ? "missing" : "too long");
+        return cause_set(cause, -EINVAL, "'%s': the host is %s", address,
+                         hlen == 0 ? "missing" : "too long");
     memcpy(host, h, hlen);
     host[hlen] = '\0';
     errno = 0;
     p = strtoul(colon + 1, &end, 10);
     if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || p > 65535 ||
         strlen(colon + 1) >= psize)
-        return proto_cause(cause, -EINVAL, "'%s': the port must be a number from 0 to 65535",
-                           address);
+        return cause_set(cause, -EINVAL, "'%s': the port must be a number from 0 to 65535",
+                         address);
     snprintf(port, psize, "%lu", p);
     return 0;
 }
@@ -82,8 +82,8 @@ resolve(const char *address, struct addrinfo **res, char **cause)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     if ((rc = getaddrinfo(strcmp(host, "*") == 0 ? NULL : host, port, &hints, res)) != 0)
-        return proto_cause(cause, -EINVAL, "'%s': cannot resolve '%s': %s", address, host,
-                           gai_strerror(rc));
+        return cause_set(cause, -EINVAL, "'%s': cannot resolve '%s': %s", address, host,
+                         gai_strerror(rc));
     return 0;
 }
 
@@ -214,8 +214,8 @@ http_create(http **out, const char *address, metrics_board *board, char **cause)
     /* clang-format on */
     freeaddrinfo(res);
     if (h->d == NULL) {
-        rc = proto_cause(cause, -EADDRNOTAVAIL, "cannot serve HTTP on %s: %s", address,
-                         h->last_error[0] != '\0' ? h->last_error : "libmicrohttpd failed");
+        rc = cause_set(cause, -EADDRNOTAVAIL, "cannot serve HTTP on %s: %s", address,
+                       h->last_error[0] != '\0' ? h->last_error : "libmicrohttpd failed");
         goto fail;
     }
     if ((info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT)) != NULL)

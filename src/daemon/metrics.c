@@ -14,7 +14,6 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,18 +26,62 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "common/counters.h"
+#include "common/errors.h"
 #include "daemon/metrics.h"
 #include "base/xmalloc.h"
+
+const char *
+metrics_counter_name(int id)
+{
+    return counters_name(id);
+}
+
+/*
+ * The counters of the figures that are exported as they are, in the order of
+ * /metrics and of /stats: each with its Prometheus family (several counters
+ * may share one, told apart by a result label) and, on a family's first
+ * counter, its help text. /stats names them as the `stats` op does.
+ * Requests, errors and rejected pushes are exported per op and per code.
+ */
+static const struct counter_info {
+    int id;             /* enum counter */
+    const char *family; /* Prometheus metric family */
+    const char *result; /* value of the result label; NULL: the family's only sample */
+    const char *help;   /* NULL: the family is the previous entry's */
+} counter_info[] = {
+    {COUNTER_BYTES_IN, "emad_received_bytes_total", NULL, "Bytes of requests received."},
+    {COUNTER_BYTES_OUT, "emad_sent_bytes_total", NULL, "Bytes of replies sent."},
+    {COUNTER_TENSORS_APPLIED, "emad_tensor_updates_total", PROTO_KEY_APPLIED,
+     "Tensors in accepted pushes, by outcome: applied to the shadow, stale (step not newer), "
+     "skipped_nonfinite (NaN/Inf with nonfinite=skip), ignored (ignore patterns)."},
+    {COUNTER_TENSORS_STALE, "emad_tensor_updates_total", PROTO_KEY_STALE, NULL},
+    {COUNTER_TENSORS_SKIPPED_NONFINITE, "emad_tensor_updates_total", "skipped_nonfinite", NULL},
+    {COUNTER_TENSORS_IGNORED, "emad_tensor_updates_total", PROTO_KEY_IGNORED, NULL},
+    {COUNTER_WRITER_PUSHES_PENDING, "emad_writer_pushes_pending_total", NULL,
+     "Pushes staged for a multi-writer step that was not complete yet."},
+    {COUNTER_TXN_BEGUN, "emad_transactions_begun_total", NULL, "Push transactions begun."},
+    {COUNTER_TXN_COMMITTED, "emad_transactions_ended_total", "committed",
+     "Push transactions ended, by how: committed, aborted by the client, or expired idle."},
+    {COUNTER_TXN_ABORTED, "emad_transactions_ended_total", "aborted", NULL},
+    {COUNTER_TXN_EXPIRED, "emad_transactions_ended_total", "expired", NULL},
+    {COUNTER_SESSIONS_EXPIRED, "emad_pull_sessions_expired_total", NULL,
+     "Pull sessions discarded after the idle timeout."},
+    {COUNTER_STEPS_EXPIRED, "emad_steps_expired_total", NULL,
+     "Multi-writer steps discarded because a writer never pushed."},
+    {COUNTER_REPLIES_DROPPED, "emad_replies_dropped_total", NULL,
+     "Replies that could not be sent (client gone or out of memory)."},
+    {COUNTER_COMMITS_WAITED, "emad_commits_waited_total", NULL,
+     "Commits that waited for chunks of their transaction still being averaged."},
+};
+
+/* Every counter is in the table but the three exported per op or per code. */
+_Static_assert(sizeof(counter_info) / sizeof(counter_info[0]) == COUNTER_COUNT - 3,
+               "a counter of COUNTERS_MAP is missing from counter_info");
 
 static const double hist_bounds[METRICS_HIST_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 };
-
-double
-metrics_hist_bound(int i)
-{
-    return i >= 0 && i < METRICS_HIST_BUCKETS ? hist_bounds[i] : INFINITY;
-}
 
 void
 metrics_hist_observe(metrics_hist *h, double seconds)
@@ -177,11 +220,11 @@ sb_printf(sbuf *sb, const char *fmt, ...)
     }
 }
 
-/* The reason label for error code `code` (e.g. EMAD_ESHAPE -> "shape"), in buf. */
+/* The reason label for error code `code` (e.g. EMAD_ESHAPE -> shape), in buf. */
 static const char *
 reason_name(char *buf, size_t size, int code)
 {
-    const char *name = proto_errname(code);
+    const char *name = errors_name(code);
     size_t i = 0;
 
     if (name == NULL)
@@ -242,7 +285,7 @@ histogram(sbuf *sb, const char *name, const char *help, const metrics_hist *h)
     sb_printf(sb, "%s_sum %.15g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)cum);
 }
 
-/* Model names are [A-Za-z0-9._-] (proto_check_model_name): no escaping is ever needed. */
+/* Model names are [A-Za-z0-9._-] (names_check_model): no escaping is ever needed. */
 static void
 model_u64(sbuf *sb, const metrics_figures *f, const char *name, const char *type, const char *help,
           size_t field)
@@ -312,7 +355,7 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
     }
     family(&sb, "emad_request_errors_total", "counter", "Error replies, by error code (every op).");
     for (int i = 0; i < METRICS_ERR_CODES; i++) {
-        const char *name = proto_errname(-(METRICS_ERR_FIRST + i));
+        const char *name = errors_name(-(METRICS_ERR_FIRST + i));
         if (name != NULL)
             sb_printf(&sb, "emad_request_errors_total{code=\"%s\"} %llu\n", name,
                       (unsigned long long)f->errors[i]);
@@ -328,43 +371,17 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
             sb_printf(&sb, "emad_pushes_rejected_total{reason=\"%s\"} %llu\n", rb,
                       (unsigned long long)f->push_rejected[i]);
     }
-    single_u64(&sb, "emad_received_bytes_total", "counter", "Bytes of requests received.",
-               f->bytes_in);
-    single_u64(&sb, "emad_sent_bytes_total", "counter", "Bytes of replies sent.", f->bytes_out);
-    family(&sb, "emad_tensor_updates_total", "counter",
-           "Tensors in accepted pushes, by outcome: applied to the shadow, stale (step not newer), "
-           "skipped_nonfinite (NaN/Inf with nonfinite=skip), ignored (ignore patterns).");
-    sb_printf(&sb, "emad_tensor_updates_total{result=\"applied\"} %llu\n",
-              (unsigned long long)f->tensors_applied);
-    sb_printf(&sb, "emad_tensor_updates_total{result=\"stale\"} %llu\n",
-              (unsigned long long)f->tensors_stale);
-    sb_printf(&sb, "emad_tensor_updates_total{result=\"skipped_nonfinite\"} %llu\n",
-              (unsigned long long)f->tensors_skipped_nonfinite);
-    sb_printf(&sb, "emad_tensor_updates_total{result=\"ignored\"} %llu\n",
-              (unsigned long long)f->tensors_ignored);
-    single_u64(&sb, "emad_writer_pushes_pending_total", "counter",
-               "Pushes staged for a multi-writer step that was not complete yet.",
-               f->writer_pushes_pending);
-    single_u64(&sb, "emad_transactions_begun_total", "counter", "Push transactions begun.",
-               f->txn_begun);
-    family(&sb, "emad_transactions_ended_total", "counter",
-           "Push transactions ended, by how: committed, aborted by the client, or expired idle.");
-    sb_printf(&sb, "emad_transactions_ended_total{result=\"committed\"} %llu\n",
-              (unsigned long long)f->txn_committed);
-    sb_printf(&sb, "emad_transactions_ended_total{result=\"aborted\"} %llu\n",
-              (unsigned long long)f->txn_aborted);
-    sb_printf(&sb, "emad_transactions_ended_total{result=\"expired\"} %llu\n",
-              (unsigned long long)f->txn_expired);
-    single_u64(&sb, "emad_pull_sessions_expired_total", "counter",
-               "Pull sessions discarded after the idle timeout.", f->sessions_expired);
-    single_u64(&sb, "emad_steps_expired_total", "counter",
-               "Multi-writer steps discarded because a writer never pushed.", f->steps_expired);
-    single_u64(&sb, "emad_replies_dropped_total", "counter",
-               "Replies that could not be sent (client gone or out of memory).",
-               f->replies_dropped);
-    single_u64(&sb, "emad_commits_waited_total", "counter",
-               "Commits that waited for chunks of their transaction still being averaged.",
-               f->commits_waited);
+    for (size_t i = 0; i < sizeof(counter_info) / sizeof(counter_info[0]); i++) {
+        const struct counter_info *ci = &counter_info[i];
+        unsigned long long v = f->counters[ci->id];
+
+        if (ci->help != NULL)
+            family(&sb, ci->family, "counter", ci->help);
+        if (ci->result != NULL)
+            sb_printf(&sb, "%s{result=\"%s\"} %llu\n", ci->family, ci->result, v);
+        else
+            sb_printf(&sb, "%s %llu\n", ci->family, v);
+    }
 
     single_u64(&sb, "emad_models", "gauge", "Models held.", f->models);
     single_u64(&sb, "emad_tensors", "gauge", "Tensors held, over all models.", f->tensors);
@@ -483,8 +500,8 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     char *out;
 
     json_object_set_new(root, "state", json_string(metrics_state_name(state)));
-    json_object_set_new(root, "version", json_string(PACKAGE_VERSION));
-    jset_u64(root, "protocol", PROTO_VERSION);
+    json_object_set_new(root, PROTO_KEY_VERSION, json_string(PACKAGE_VERSION));
+    jset_u64(root, PROTO_KEY_PROTOCOL, PROTO_VERSION);
     proc = json_object();
     jset_u64(proc, "resident_bytes", p->resident_bytes);
     json_object_set_new(proc, "cpu_seconds", json_real(p->cpu_seconds));
@@ -494,7 +511,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     if (f == NULL)
         goto done;
     json_object_set_new(root, "figures_age_seconds", json_real(age_seconds));
-    json_object_set_new(root, "uptime_seconds", json_real(f->uptime_seconds));
+    json_object_set_new(root, PROTO_KEY_UPTIME_SECONDS, json_real(f->uptime_seconds));
 
     /* Counters under the names of the `stats` op (docs/PROTOCOL.md). */
     c = json_object();
@@ -504,17 +521,17 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
             requests += f->requests_ok[op] + f->requests_error[op];
             errors += f->requests_error[op];
         }
-        jset_u64(c, "requests", requests);
-        jset_u64(c, "errors", errors);
+        jset_u64(c, counters_name(COUNTER_REQUESTS), requests);
+        jset_u64(c, counters_name(COUNTER_ERRORS), errors);
     }
     for (int op = 1; op < PROTO_OP_COUNT; op++) {
-        snprintf(name, sizeof(name), "requests_%s", op_name(op));
+        snprintf(name, sizeof(name), COUNTERS_OP_PREFIX "%s", op_name(op));
         jset_u64(c, name, f->requests_ok[op] + f->requests_error[op]);
     }
     for (int i = 0; i < METRICS_ERR_CODES; i++) {
-        const char *en = proto_errname(-(METRICS_ERR_FIRST + i));
+        const char *en = errors_name(-(METRICS_ERR_FIRST + i));
         if (en != NULL && f->errors[i] != 0) {
-            snprintf(name, sizeof(name), "errors_%s", en);
+            snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", en);
             jset_u64(c, name, f->errors[i]);
         }
     }
@@ -522,7 +539,7 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
         uint64_t rejected = 0;
         for (int i = 0; i < METRICS_ERR_CODES; i++)
             rejected += f->push_rejected[i];
-        jset_u64(c, "pushes_rejected", rejected);
+        jset_u64(c, counters_name(COUNTER_PUSHES_REJECTED), rejected);
     }
     jset_u64(c, "pushes_stale", f->pushes_stale);
     for (int i = 0; i < METRICS_ERR_CODES; i++) {
@@ -531,47 +548,35 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
             jset_u64(c, name, f->push_rejected[i]);
         }
     }
-    jset_u64(c, "bytes_in", f->bytes_in);
-    jset_u64(c, "bytes_out", f->bytes_out);
-    jset_u64(c, "tensors_applied", f->tensors_applied);
-    jset_u64(c, "tensors_stale", f->tensors_stale);
-    jset_u64(c, "tensors_skipped_nonfinite", f->tensors_skipped_nonfinite);
-    jset_u64(c, "tensors_ignored", f->tensors_ignored);
-    jset_u64(c, "writer_pushes_pending", f->writer_pushes_pending);
-    jset_u64(c, "txn_begun", f->txn_begun);
-    jset_u64(c, "txn_committed", f->txn_committed);
-    jset_u64(c, "txn_aborted", f->txn_aborted);
-    jset_u64(c, "txn_expired", f->txn_expired);
-    jset_u64(c, "sessions_expired", f->sessions_expired);
-    jset_u64(c, "steps_expired", f->steps_expired);
-    jset_u64(c, "replies_dropped", f->replies_dropped);
-    jset_u64(c, "commits_waited", f->commits_waited);
+    for (size_t i = 0; i < sizeof(counter_info) / sizeof(counter_info[0]); i++)
+        jset_u64(c, counters_name(counter_info[i].id), f->counters[counter_info[i].id]);
     jset_u64(c, "connections_accepted", f->connections_accepted);
     jset_u64(c, "connections_dropped", f->connections_dropped);
     jset_u64(c, "connections_broken", f->connections_broken);
     if (f->has_state_dir) {
-        jset_u64(c, "snapshots_written", f->snapshots_written);
-        jset_u64(c, "snapshot_failures", f->snapshot_failures);
-        jset_u64(c, "snapshot_bytes", f->snapshot_bytes);
+        jset_u64(c, PROTO_KEY_SNAPSHOTS_WRITTEN, f->snapshots_written);
+        jset_u64(c, PROTO_KEY_SNAPSHOT_FAILURES, f->snapshot_failures);
+        jset_u64(c, PROTO_KEY_SNAPSHOT_BYTES, f->snapshot_bytes);
     }
     json_object_set_new(root, "counters", c);
 
     g = json_object();
-    jset_u64(g, "models", f->models);
-    jset_u64(g, "tensors", f->tensors);
-    jset_u64(g, "shadow_bytes", f->shadow_bytes);
-    jset_u64(g, "txn_open", f->txn_open);
-    jset_u64(g, "sessions_open", f->sessions_open);
-    jset_u64(g, "steps_pending", f->steps_pending);
-    jset_u64(g, "staged_bytes", f->staged_bytes);
+    jset_u64(g, PROTO_KEY_MODELS, f->models);
+    jset_u64(g, PROTO_KEY_TENSORS, f->tensors);
+    jset_u64(g, PROTO_KEY_SHADOW_BYTES, f->shadow_bytes);
+    jset_u64(g, PROTO_KEY_TXN_OPEN, f->txn_open);
+    jset_u64(g, PROTO_KEY_SESSIONS_OPEN, f->sessions_open);
+    jset_u64(g, PROTO_KEY_STEPS_PENDING, f->steps_pending);
+    jset_u64(g, PROTO_KEY_STAGED_BYTES, f->staged_bytes);
     jset_u64(g, "connected_pipes", f->connections);
-    jset_u64(g, "max_message_bytes", f->max_message_bytes);
+    jset_u64(g, PROTO_KEY_MAX_MESSAGE_BYTES, f->max_message_bytes);
     if (f->has_state_dir) {
-        jset_u64(g, "snapshot_last_success_unix_seconds", f->snapshot_last_success_unix_ms / 1000);
-        jset_u64(g, "snapshot_last_duration_ms", f->snapshot_last_duration_ms);
-        jset_u64(g, "snapshot_running", f->snapshot_running);
-        jset_u64(g, "snapshots_loaded", f->snapshots_loaded);
-        jset_u64(g, "snapshots_broken", f->snapshots_broken);
+        jset_u64(g, PROTO_KEY_SNAPSHOT_LAST_SUCCESS_UNIX_SECONDS,
+                 f->snapshot_last_success_unix_ms / 1000);
+        jset_u64(g, PROTO_KEY_SNAPSHOT_LAST_DURATION_MS, f->snapshot_last_duration_ms);
+        jset_u64(g, PROTO_KEY_SNAPSHOT_RUNNING, f->snapshot_running);
+        jset_u64(g, PROTO_KEY_SNAPSHOTS_LOADED, f->snapshots_loaded);
+        jset_u64(g, PROTO_KEY_SNAPSHOTS_BROKEN, f->snapshots_broken);
     }
     json_object_set_new(root, "gauges", g);
 
@@ -579,24 +584,24 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     for (size_t i = 0; i < f->nmodels; i++) {
         const metrics_model *m = &f->model[i];
         json_t *o = json_object();
-        json_object_set_new(o, "name", json_string(m->name));
-        jset_u64(o, "step", m->step);
-        json_object_set_new(o, "decay", json_real(m->decay));
-        jset_u64(o, "tensors", m->tensors);
-        jset_u64(o, "shadow_bytes", m->shadow_bytes);
-        jset_u64(o, "steps_pending", m->steps_pending);
+        json_object_set_new(o, PROTO_KEY_NAME, json_string(m->name));
+        jset_u64(o, PROTO_KEY_STEP, m->step);
+        json_object_set_new(o, PROTO_KEY_DECAY, json_real(m->decay));
+        jset_u64(o, PROTO_KEY_TENSORS, m->tensors);
+        jset_u64(o, PROTO_KEY_SHADOW_BYTES, m->shadow_bytes);
+        jset_u64(o, PROTO_KEY_STEPS_PENDING, m->steps_pending);
         json_object_set_new(o, "seconds_since_push",
                             m->pushed ? json_real(m->seconds_since_push) : json_null());
-        json_object_set_new(o, "snapshot_step",
+        json_object_set_new(o, PROTO_KEY_SNAPSHOT_STEP,
                             m->has_snapshot ? json_integer((json_int_t)m->snapshot_step)
                                             : json_null());
         json_array_append_new(models, o);
     }
-    json_object_set_new(root, "models", models);
+    json_object_set_new(root, PROTO_KEY_MODELS, models);
 
     lat = json_object();
     json_object_set_new(lat, "push_apply", json_hist(&f->push_apply));
-    json_object_set_new(lat, "pull", json_hist(&f->pull));
+    json_object_set_new(lat, proto_op_name(PROTO_OP_PULL), json_hist(&f->pull));
     json_object_set_new(root, "latency", lat);
 done:
     out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));

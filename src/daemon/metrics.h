@@ -20,13 +20,17 @@
 #include <uv.h>
 
 #include "emad.h"
+#include "common/counters.h"
 #include "common/proto.h"
+
+/* Wire name of counter id (enum counter, common/counters.h), as the `stats` op reports it. */
+const char *metrics_counter_name(int id);
 
 /* Upper bounds (seconds) of the latency histogram buckets; +Inf is implied. */
 #define METRICS_HIST_BUCKETS 16
 
-/* Error codes counted per code: EMAD_EMALFORMED (-1001) .. -(1000 + METRICS_ERR_CODES). */
-#define METRICS_ERR_FIRST 1001
+/* Error codes counted per code: -EMAD_ERRNO_FIRST .. -(EMAD_ERRNO_FIRST - 1 + METRICS_ERR_CODES). */
+#define METRICS_ERR_FIRST EMAD_ERRNO_FIRST
 #define METRICS_ERR_CODES 64
 
 /* The loop fills at most one copy of the figures this often (milliseconds). */
@@ -73,11 +77,9 @@ typedef struct metrics_figures {
     /* ... and for push and commit only: the rejected pushes by reason. */
     uint64_t push_rejected[METRICS_ERR_CODES];
     uint64_t pushes_stale; /* accepted pushes in which every tensor was stale */
-    uint64_t bytes_in, bytes_out;
-    uint64_t tensors_applied, tensors_stale, tensors_skipped_nonfinite, tensors_ignored;
-    uint64_t writer_pushes_pending;
-    uint64_t txn_begun, txn_committed, txn_aborted, txn_expired;
-    uint64_t sessions_expired, steps_expired, replies_dropped, commits_waited;
+    /* The server's counters (index: enum counter); requests, errors and rejected pushes are
+     * reported from the per-op and per-code counts above instead. */
+    uint64_t counters[COUNTER_COUNT];
     /* Gauges of the store. */
     uint64_t models, tensors, shadow_bytes, txn_open, sessions_open, steps_pending, staged_bytes;
     uint64_t max_message_bytes;
@@ -96,9 +98,6 @@ typedef struct metrics_figures {
     size_t nmodels;
     unsigned refs; /* the board's and HTTP threads' references (board mutex) */
 } metrics_figures;
-
-/* Bucket upper bound i (0 <= i < METRICS_HIST_BUCKETS), in seconds. */
-double metrics_hist_bound(int i);
 
 /* Count one observation of `seconds` (any thread that owns h). */
 void metrics_hist_observe(metrics_hist *h, double seconds);

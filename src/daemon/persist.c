@@ -16,12 +16,13 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "common/cause.h"
 #include "common/dtype.h"
 #include "common/emaconf.h"
 #include "base/log.h"
 #include "daemon/persist.h"
-#include "common/proto.h"
 #include "common/snapshot.h"
+#include "files/snapdir.h"
 #include "base/xmalloc.h"
 
 /* Requests answered together ("snapshot every model"). */
@@ -155,7 +156,7 @@ answer_model(persist *p, const char *name, int rc, const char *message, uint64_t
 static void
 remove_model_dir(const persist *p, const char *name)
 {
-    int rc = snap_remove_model(p->state_dir, name);
+    int rc = snapdir_remove_model(p->state_dir, name);
 
     if (rc != 0)
         log_warn("event=snapshot_remove_failed model=%s error=\"%s\"", name, strerror(-rc));
@@ -170,30 +171,30 @@ job_work(uv_work_t *req)
 
     for (size_t j = 0; j < jb->nviews && jb->rc == 0; j++) {
         const store_view *v = jb->views[j];
-        snap_tensor *t = xcalloc(v->ntensors ? v->ntensors : 1, sizeof(*t));
-        snap_meta meta = {jb->model, jb->step, j, &jb->cfg};
+        snapshot_tensor *t = xcalloc(v->ntensors ? v->ntensors : 1, sizeof(*t));
+        snapshot_meta meta = {jb->model, jb->step, j, &jb->cfg};
         uint64_t bytes = 0;
 
         for (size_t i = 0; i < v->ntensors; i++) {
             const view_tensor *vt = &v->tensors[i];
-            t[i] = (snap_tensor){.name = vt->name,
-                                 .kind = vt->kind,
-                                 .dtype = vt->dtype,
-                                 .sdtype = vt->sdtype,
-                                 .averaged = vt->averaged,
-                                 .ndim = vt->ndim,
-                                 .step = vt->step,
-                                 .data = vt->data->data,
-                                 .nbytes = vt->numel * dtype_size(vt->sdtype)};
+            t[i] = (snapshot_tensor){.name = vt->name,
+                                     .kind = vt->kind,
+                                     .dtype = vt->dtype,
+                                     .sdtype = vt->sdtype,
+                                     .averaged = vt->averaged,
+                                     .ndim = vt->ndim,
+                                     .step = vt->step,
+                                     .data = vt->data->data,
+                                     .nbytes = vt->numel * dtype_size(vt->sdtype)};
             memcpy(t[i].shape, vt->shape, sizeof(t[i].shape));
         }
-        jb->rc = snap_write(p->state_dir, &meta, t, v->ntensors, &bytes, &jb->cause);
+        jb->rc = snapdir_write(p->state_dir, &meta, t, v->ntensors, &bytes, &jb->cause);
         jb->bytes += bytes;
         free(t);
     }
     if (jb->rc == 0) {
-        char *dir = snap_model_dir(p->state_dir, jb->model);
-        (void)snap_prune(dir, jb->nviews, p->cfg.keep);
+        char *dir = snapdir_model_dir(p->state_dir, jb->model);
+        (void)snapdir_prune(dir, jb->nviews, p->cfg.keep);
         free(dir);
     }
 }
@@ -219,10 +220,7 @@ job_done(uv_work_t *req, int status)
         remove_model_dir(p, jb->model);
         answer_model(p, jb->model, EMAD_ENOMODEL, "the model was dropped", 0, 0);
     } else if (jb->rc == 0) {
-        if (jb->version > m->snap_version) {
-            m->snap_version = jb->version;
-            m->snap_step = jb->step;
-        }
+        store_model_snapshotted(m, jb->version, jb->step);
         p->st.written++;
         p->st.bytes += jb->bytes;
         p->st.last_success_unix_ms = unix_ms();
@@ -477,36 +475,36 @@ persist_destroy(persist *p)
 
 /* Restore a model from a verified set of files (one per decay). */
 static int
-restore(store *s, snap_file *const *files, size_t n, char **cause)
+restore(store *s, snapshot_file *const *files, size_t n, char **cause)
 {
-    const snap_file *f0 = files[0];
+    const snapshot_file *f0 = files[0];
     store_err err;
     model *m;
     int created;
 
     if (store_create_model(s, f0->model, strlen(f0->model), &f0->cfg, 0, &created, &err) != 0)
-        return proto_cause(cause, err.code, "%s", err.message);
+        return cause_set(cause, err.code, "%s", err.message);
     m = store_model_find(s, f0->model, strlen(f0->model));
     for (size_t i = 0; i < f0->ntensors; i++) {
-        const snap_tensor *t = &f0->tensors[i];
+        const snapshot_tensor *t = &f0->tensors[i];
         const void *shadows[EMAD_MAX_DECAYS] = {t->data};
 
         for (size_t j = 1; t->averaged && j < n; j++) {
-            const snap_tensor *o = NULL;
+            const snapshot_tensor *o = NULL;
             for (size_t k = 0; k < files[j]->ntensors && o == NULL; k++)
                 if (strcmp(files[j]->tensors[k].name, t->name) == 0)
                     o = &files[j]->tensors[k];
             if (o == NULL || o->nbytes != t->nbytes || o->sdtype != t->sdtype) {
                 (void)store_drop_model(s, f0->model, strlen(f0->model), &err);
-                return proto_cause(cause, EMAD_EFORMAT, "decay %zu has no matching tensor '%s'", j,
-                                   t->name);
+                return cause_set(cause, EMAD_EFORMAT, "decay %zu has no matching tensor '%s'", j,
+                                 t->name);
             }
             shadows[j] = o->data;
         }
         if (store_restore_tensor(m, t->name, t->kind, t->dtype, t->averaged, t->ndim, t->shape,
                                  t->step, shadows, &err) != 0) {
             (void)store_drop_model(s, f0->model, strlen(f0->model), &err);
-            return proto_cause(cause, EMAD_EFORMAT, "%s", err.message);
+            return cause_set(cause, EMAD_EFORMAT, "%s", err.message);
         }
     }
     store_restore_done(m, f0->step);
@@ -521,12 +519,12 @@ restore(store *s, snap_file *const *files, size_t n, char **cause)
 static int
 try_step(const char *dir, const char *name, uint64_t step, store *s, persist_stats *st)
 {
-    snap_file *files[EMAD_MAX_DECAYS] = {0};
+    snapshot_file *files[EMAD_MAX_DECAYS] = {0};
     size_t n = 1, got = 0;
     int result = 0;
 
     for (size_t j = 0; j < n; j++) {
-        char *path = snap_path(dir, step, j), *cause = NULL;
+        char *path = snapdir_path(dir, step, j), *cause = NULL;
         int rc;
 
         if (access(path, F_OK) != 0) {
@@ -536,7 +534,7 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
             result = 1;
             break;
         }
-        rc = snap_read(path, &files[j], &cause);
+        rc = snapshot_read(path, &files[j], &cause);
         if (rc == 0 && (strcmp(files[j]->model, name) != 0 || files[j]->step != step ||
                         files[j]->decay_index != j ||
                         (j > 0 && emaconf_diff(&files[0]->cfg, &files[j]->cfg, 0) != NULL))) {
@@ -551,7 +549,7 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
                 "event=snapshot_broken model=%s step=%llu file=%s error=\"%s\" action=renamed "
                 "to %s.broken; trying the previous snapshot",
                 name, (unsigned long long)step, path, cause != NULL ? cause : "?", path);
-            (void)snap_mark_broken(path);
+            (void)snapdir_mark_broken(path);
             free(cause);
             free(path);
             result = -1;
@@ -572,7 +570,7 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
         free(cause);
     }
     for (size_t j = 0; j < got; j++)
-        snap_file_free(files[j]);
+        snapshot_file_free(files[j]);
     return result;
 }
 
@@ -585,22 +583,22 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
 
     memset(st, 0, sizeof(*st));
     *cause = NULL;
-    if ((rc = snap_list_models(cfg->state_dir, &names, &n)) != 0 && rc != -ENOENT) {
-        return proto_cause(cause, rc, "cannot list snapshots in %s: %s", cfg->state_dir,
-                           strerror(-rc));
+    if ((rc = snapdir_list_models(cfg->state_dir, &names, &n)) != 0 && rc != -ENOENT) {
+        return cause_set(cause, rc, "cannot list snapshots in %s: %s", cfg->state_dir,
+                         strerror(-rc));
     }
     for (size_t i = 0; i < n; i++) {
-        char *dir = snap_model_dir(cfg->state_dir, names[i]);
+        char *dir = snapdir_model_dir(cfg->state_dir, names[i]);
         uint64_t *steps = NULL;
         size_t nsteps = 0, k;
         int ok = 0;
 
-        size_t temps = snap_remove_temps(dir);
+        size_t temps = snapdir_remove_temps(dir);
         if (temps > 0)
             log_info("event=snapshot_temps_removed model=%s count=%zu (left by a write that did "
                      "not finish)",
                      names[i], temps);
-        if (snap_list_steps(dir, &steps, &nsteps) == 0) {
+        if (snapdir_list_steps(dir, &steps, &nsteps) == 0) {
             for (k = 0; k < nsteps && !ok; k++)
                 ok = try_step(dir, names[i], steps[k], s, st) == 0;
         }
@@ -623,10 +621,10 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
     }
     free(names);
     if (cfg->require && (failed > 0 || loaded == 0)) {
-        return proto_cause(cause, EMAD_EFORMAT, "--require-snapshot: %s",
-                           loaded == 0 && failed == 0
-                               ? "no snapshot found in the state directory"
-                               : "a model has no loadable snapshot (see the log)");
+        return cause_set(cause, EMAD_EFORMAT, "--require-snapshot: %s",
+                         loaded == 0 && failed == 0
+                             ? "no snapshot found in the state directory"
+                             : "a model has no loadable snapshot (see the log)");
     }
     return 0;
 }

@@ -6,7 +6,8 @@
  * through its NN_RCVFD with uv_poll. Each request is decoded in place in
  * the received nanomsg buffer (tensor data is never copied on the way in),
  * handled to completion on the loop thread and answered with one reply
- * packed straight into an nn_allocmsg buffer.
+ * packed straight into an nn_allocmsg buffer. server_int.h lists the
+ * files the server is made of.
  */
 #ifndef EMAD_SERVER_H
 #define EMAD_SERVER_H

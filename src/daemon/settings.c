@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "config.h"
+#include "common/cause.h"
 #include "daemon/http.h"
 #include "base/log.h"
 #include "common/proto.h"
@@ -340,18 +341,6 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
     }
 }
 
-int
-settings_set(settings *c, const char *key, const char *value, char *why, size_t size)
-{
-    int k = key_find(key);
-
-    if (k < 0) {
-        snprintf(why, size, "unknown key");
-        return -ENOENT;
-    }
-    return set_key(c, k, value, why, size);
-}
-
 /* Format seconds from milliseconds without trailing zeros. */
 static void
 fmt_seconds(char *buf, size_t size, uint64_t ms)
@@ -656,13 +645,13 @@ settings_load_string(settings *c, const char *name, const char *buf, size_t len,
     x.end = buf + len;
     rc = ini_parse_stream(read_line, &x, on_key, &x);
     if (x.err_line != 0 && (rc <= 0 || rc >= x.err_line))
-        return proto_cause(cause, -EINVAL, "%s:%d: %s", name, x.err_line, x.err);
+        return cause_set(cause, -EINVAL, "%s:%d: %s", name, x.err_line, x.err);
     if (rc > 0)
-        return proto_cause(cause, -EINVAL,
-                           "%s:%d: syntax error (expected 'key = value', '[section]' or a comment)",
-                           name, rc);
+        return cause_set(cause, -EINVAL,
+                         "%s:%d: syntax error (expected 'key = value', '[section]' or a comment)",
+                         name, rc);
     if (rc < 0)
-        return proto_cause(cause, -ENOMEM, "%s: out of memory", name);
+        return cause_set(cause, -ENOMEM, "%s: out of memory", name);
     return 0;
 }
 
@@ -675,13 +664,13 @@ settings_load_file(settings *c, const char *path, char **cause)
     int rc;
 
     if (fp == NULL)
-        return proto_cause(cause, -errno, "cannot read %s: %s", path, strerror(errno));
+        return cause_set(cause, -errno, "cannot read %s: %s", path, strerror(errno));
     buf = xmalloc(SETTINGS_MAX_FILE_BYTES + 1);
     n = fread(buf, 1, SETTINGS_MAX_FILE_BYTES + 1, fp);
     if (ferror(fp)) {
-        rc = proto_cause(cause, -EIO, "cannot read %s: %s", path, strerror(errno));
+        rc = cause_set(cause, -EIO, "cannot read %s: %s", path, strerror(errno));
     } else if (n > SETTINGS_MAX_FILE_BYTES) {
-        rc = proto_cause(cause, -EFBIG, "%s: larger than %d bytes", path, SETTINGS_MAX_FILE_BYTES);
+        rc = cause_set(cause, -EFBIG, "%s: larger than %d bytes", path, SETTINGS_MAX_FILE_BYTES);
     } else {
         rc = settings_load_string(c, path, buf, n, cause);
     }
@@ -718,7 +707,7 @@ settings_parse_args(settings_args *a, int argc, char **argv, char **cause)
         case OPT_CONFIG:
             if (optarg[0] == '\0') {
                 settings_free(&scratch);
-                return proto_cause(cause, -EINVAL, "--config must not be empty");
+                return cause_set(cause, -EINVAL, "--config must not be empty");
             }
             a->config_path = optarg;
             break;
@@ -736,16 +725,15 @@ settings_parse_args(settings_args *a, int argc, char **argv, char **cause)
             settings_free(&scratch);
             a->usage_error = 1;
             if (optopt != 0)
-                return proto_cause(cause, -EINVAL, "option '%s' needs an argument",
-                                   argv[optind - 1]);
-            return proto_cause(cause, -EINVAL, "unknown option '%s'", argv[optind - 1]);
+                return cause_set(cause, -EINVAL, "option '%s' needs an argument", argv[optind - 1]);
+            return cause_set(cause, -EINVAL, "unknown option '%s'", argv[optind - 1]);
         default: {
             int k = c - OPT_KEY;
             const char *value = keys[k].flag_arg ? optarg : "yes";
             /* Check the value now, so a bad flag is reported as a flag. */
             if (set_key(&scratch, k, value, why, sizeof(why)) != 0) {
                 settings_free(&scratch);
-                return proto_cause(cause, -EINVAL, "--%s '%s': %s", keys[k].name, value, why);
+                return cause_set(cause, -EINVAL, "--%s '%s': %s", keys[k].name, value, why);
             }
             if (k == K_LISTEN && scratch.nlisten == SERVER_MAX_LISTEN)
                 clear_listen(&scratch); /* the limit is checked when the flags are applied */
@@ -759,7 +747,7 @@ settings_parse_args(settings_args *a, int argc, char **argv, char **cause)
     settings_free(&scratch);
     a->usage_error = optind < argc;
     if (optind < argc)
-        return proto_cause(cause, -EINVAL, "unexpected argument '%s'", argv[optind]);
+        return cause_set(cause, -EINVAL, "unexpected argument '%s'", argv[optind]);
     return 0;
 }
 
@@ -785,10 +773,10 @@ settings_build(settings *c, const settings_args *a, char **cause)
         if (k == K_LISTEN && !listen_flags++)
             clear_listen(c); /* flags replace the file's URLs */
         if (set_key(c, k, a->flags[i].value, why, sizeof(why)) != 0)
-            return proto_cause(cause, -EINVAL, "--%s '%s': %s", a->flags[i].key, a->flags[i].value,
-                               why);
+            return cause_set(cause, -EINVAL, "--%s '%s': %s", a->flags[i].key, a->flags[i].value,
+                             why);
     }
     if (c->require_snapshot && c->state_dir == NULL)
-        return proto_cause(cause, -EINVAL, "require-snapshot needs state-dir");
+        return cause_set(cause, -EINVAL, "require-snapshot needs state-dir");
     return 0;
 }

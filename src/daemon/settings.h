@@ -94,12 +94,6 @@ int settings_load_string(settings *c, const char *name, const char *buf, size_t 
 /* Apply the file at path over c (at most SETTINGS_MAX_FILE_BYTES). */
 int settings_load_file(settings *c, const char *path, char **cause);
 
-/*
- * Set one key from its text value. Returns 0, or -EINVAL with why filled
- * (what was expected), or -ENOENT for an unknown key.
- */
-int settings_set(settings *c, const char *key, const char *value, char *why, size_t size);
-
 /* Print c as a configuration file that gives the same settings. */
 void settings_print(const settings *c, FILE *f);
 

@@ -548,34 +548,6 @@ ema_set_isa(const char *name)
     return active->name;
 }
 
-/* dst[i] = shadow[i] - c * (shadow[i] - value[i]); value is F32 (unaligned ok). */
-void
-ema_update_f32(float *dst, const float *shadow, const void *value, size_t n, float c)
-{
-    (void)get()->f32(dst, shadow, value, n, c);
-}
-
-/* Float32 update with n F16 values at any alignment. */
-void
-ema_update_f16(float *dst, const float *shadow, const void *value, size_t n, float c)
-{
-    get()->f16(dst, shadow, value, n, c);
-}
-
-/* Float32 update with n BF16 values at any alignment. */
-void
-ema_update_bf16(float *dst, const float *shadow, const void *value, size_t n, float c)
-{
-    (void)get()->bf16(dst, shadow, value, n, c);
-}
-
-/* dst[i] = shadow[i] - c * (shadow[i] - value[i]) in float64 for n values at any alignment. */
-void
-ema_update_f64(double *dst, const double *shadow, const void *value, size_t n, double c)
-{
-    (void)get()->f64(dst, shadow, value, n, c);
-}
-
 /*
  * Update n elements of the shadow for values of value_dtype: F32, F16 and
  * BF16 into float32 shadow/dst, F64 into float64. dst is shadow or a
@@ -588,7 +560,7 @@ ema_update(void *dst, const void *shadow, const void *value, int value_dtype, si
     uint64_t ignored;
 
     if (value_dtype == EMAD_F16) { /* without the count ema_update_counted() adds for F16 */
-        ema_update_f16(dst, shadow, value, n, ema_coef_f32(decay));
+        get()->f16(dst, shadow, value, n, ema_coef_f32(decay));
         return 0;
     }
     return ema_update_counted(dst, shadow, value, value_dtype, n, decay, &ignored);

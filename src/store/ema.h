@@ -32,18 +32,6 @@ const char *ema_set_isa(const char *name);
 /* The float32 coefficient c for a decay, as described above. */
 float ema_coef_f32(double decay);
 
-/* dst[i] = shadow[i] - c * (shadow[i] - value[i]); value is F32 (unaligned ok). */
-void ema_update_f32(float *dst, const float *shadow, const void *value, size_t n, float c);
-
-/* Same with F16 values (converted exactly to float32 first). */
-void ema_update_f16(float *dst, const float *shadow, const void *value, size_t n, float c);
-
-/* Same with BF16 values. */
-void ema_update_bf16(float *dst, const float *shadow, const void *value, size_t n, float c);
-
-/* float64: dst[i] = shadow[i] - c * (shadow[i] - value[i]) with c = 1.0 - decay. */
-void ema_update_f64(double *dst, const double *shadow, const void *value, size_t n, double c);
-
 /*
  * Dispatch on the value dtype (EMAD_F32, EMAD_F16, EMAD_BF16 into a float32
  * shadow, EMAD_F64 into a float64 shadow). Returns 0 or EMAD_EDTYPE.

@@ -14,6 +14,11 @@
  * copied ones. A model with several writers collects each step's slices
  * from every writer in a pending step and applies it when the last writer
  * has pushed; until then pulls see the previous step.
+ *
+ * The struct bodies below are the ones the daemon reads (server.c packs
+ * models, tensors, views and blobs into replies; persist.c writes views to
+ * snapshots); the store's own types (stages, transactions, pending steps,
+ * the store itself) are private to src/store/ (store_int.h).
  */
 #ifndef EMAD_STORE_H
 #define EMAD_STORE_H
@@ -22,6 +27,7 @@
 #include <stdint.h>
 
 #include "emad.h"
+#include "common/codec.h"
 #include "store/task.h"
 
 #define STORE_MAX_MODELS 4096
@@ -36,7 +42,7 @@ typedef struct blob {
     void *data; /* 64-byte aligned */
 } blob;
 
-/* A stored tensor. Read-only outside store.c. */
+/* A stored tensor. Read-only outside src/store/. */
 typedef struct tensor {
     char *name;
     size_t name_len;
@@ -54,7 +60,7 @@ typedef struct tensor {
     uint64_t step;
 } tensor;
 
-/* A model. Read-only outside store.c. */
+/* A model. Read-only outside src/store/ (store_model_snapshotted() records snapshots). */
 typedef struct model {
     char *name;
     emad_model_config cfg; /* owns its pattern strings */
@@ -73,22 +79,14 @@ typedef struct model {
     uint64_t snap_step;    /* its step */
 } model;
 
-/* One tensor of a push request; borrows name and data from the request. */
-typedef struct store_input {
-    const char *name;
-    size_t name_len;
-    int kind;
-    int dtype;
-    uint32_t ndim;
-    uint64_t shape[EMAD_MAX_NDIM];
-    const void *data; /* any alignment */
-    uint64_t len;
-    uint64_t start;  /* first element of the slice */
-    uint64_t count;  /* elements in the slice; 0 = the whole tensor (start 0) */
-    uint64_t offset; /* transactions only: byte offset of this chunk in the slice */
-    int as_dtype;    /* store_seed() only: the tensor's dtype when data is in another
-                        (its shadow's); EMAD_DTYPE_INVALID: dtype */
-} store_input;
+/*
+ * One tensor of a push request; borrows name and data from the request.
+ * It is the wire's tensor map as the shared codec decodes it (common/codec.h):
+ * name, kind, dtype, shape, data and len; start and count of a slice
+ * (count 0: the whole tensor); offset of a transaction's chunk; as_dtype
+ * for store_seed() (the tensor's dtype when data is in its shadow's).
+ */
+typedef codec_tensor store_input;
 
 /* Why an operation failed: code, message and (if one) the tensor at fault. */
 typedef struct store_err {
@@ -184,6 +182,9 @@ int store_restore_tensor(model *m, const char *name, int kind, int dtype, int av
 
 /* Set a restored model's committed step and mark it as snapshotted at that step. */
 void store_restore_done(model *m, uint64_t step);
+
+/* Record a durable snapshot of m at version and step, unless a later one is recorded. */
+void store_model_snapshotted(model *m, uint64_t version, uint64_t step);
 
 /* Drop a model; aborts its open transactions. EMAD_ENOMODEL if absent. */
 int store_drop_model(store *s, const char *name, size_t len, store_err *err);

@@ -8,10 +8,9 @@ Environment:
 Each test that asks for ``daemon`` gets its own emad on 127.0.0.1 with a
 free port and a temporary --state-dir; it is killed at teardown. Every test
 is bounded in time: a hung test dumps its stack and exits the run after
-EMAD_TEST_TIMEOUT seconds (default 300). That limit and every other one in
-these tests (``limit(seconds)``) are multiplied by EMAD_TEST_TIMEOUT_SCALE
-(default 1), the one setting that scales all time limits of `make check`:
-they are safety nets of minutes, never the pace of a test.
+EMAD_TEST_TIMEOUT seconds (default 300). EMAD_TEST_TIMEOUT_SCALE (default 1)
+multiplies that and every other time bound of the tests (slow machines,
+sanitizers): use ``scaled(seconds)``.
 """
 
 import faulthandler
@@ -30,15 +29,13 @@ sys.path.insert(0, os.path.join(TOP, "client", "python"))  # harmless if PYTHONP
 import emad  # noqa: E402
 
 EMAD_BIN = os.environ.get("EMAD_BIN") or os.path.join(TOP, "emad")
-TIMEOUT_SCALE = float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)
+TIMEOUT_SCALE = float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE", "1") or 1)
+TEST_TIMEOUT = float(os.environ.get("EMAD_TEST_TIMEOUT", "300")) * TIMEOUT_SCALE
 
 
-def limit(seconds):
-    """A time limit of `seconds`, multiplied by EMAD_TEST_TIMEOUT_SCALE."""
+def scaled(seconds):
+    """A time bound of the tests, times EMAD_TEST_TIMEOUT_SCALE."""
     return seconds * TIMEOUT_SCALE
-
-
-TEST_TIMEOUT = limit(float(os.environ.get("EMAD_TEST_TIMEOUT", "300")))
 
 
 def free_port():
@@ -55,19 +52,40 @@ class Daemon:
         os.makedirs(str(tmp_path), exist_ok=True)
         self.state_dir = str(tmp_path / "state")
         self.log = str(tmp_path / "emad.log")
+        self.extra_args = list(extra_args)
         self.proc = None
         for _ in range(3):  # another process may take the port between probe and bind
             self.port = free_port()
             self.url = "tcp://127.0.0.1:%d" % self.port
-            with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [EMAD_BIN, "--listen", self.url, "--state-dir", self.state_dir,
-                     "--log-level", "debug"] + list(extra_args),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            if self._wait_listening(limit(60.0)):
+            if self._start():
                 return
-            self.stop()
         raise RuntimeError("emad did not start; log:\n" + self.log_tail())
+
+    def _start(self):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [EMAD_BIN, "--listen", self.url, "--state-dir", self.state_dir,
+                 "--log-level", "debug"] + self.extra_args,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        if self._wait_listening(scaled(60.0)):
+            return True
+        self.stop()
+        return False
+
+    def kill(self):
+        """SIGKILL: no final snapshot."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(scaled(60))
+            self.proc = None
+
+    def restart(self):
+        """Start again on the same port and state directory (after stop() or kill())."""
+        deadline = time.monotonic() + scaled(30)
+        while not self._start():  # the port may linger for a moment
+            if time.monotonic() > deadline:
+                raise RuntimeError("emad did not restart; log:\n" + self.log_tail())
+            time.sleep(0.2)
 
     def _wait_listening(self, limit):
         deadline = time.monotonic() + limit
@@ -98,10 +116,10 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(limit(60))
+                self.proc.wait(scaled(60))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(limit(60))
+                self.proc.wait(scaled(60))
         status, self.proc = self.proc.returncode, None
         return status
 
@@ -129,7 +147,7 @@ def daemon(tmp_path):
 @pytest.fixture
 def client(daemon):
     """An emad.Client connected to the test's daemon (closed at teardown)."""
-    c = emad.Client(daemon.url, timeout=limit(300), connect_timeout=limit(60))
+    c = emad.Client(daemon.url, timeout=scaled(300), connect_timeout=scaled(60))
     yield c
     c.close()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import emad
-from conftest import Daemon, limit
+from conftest import Daemon, scaled
 
 
 def ema_reference(values, decay):
@@ -285,7 +285,7 @@ def test_one_client_shared_by_threads(client):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(limit(300))
+        t.join(scaled(300))
     assert not errors, errors
 
 
@@ -298,7 +298,7 @@ def test_flush_with_a_timeout(client, monkeypatch):
     release = threading.Event()
 
     def held(*args):
-        release.wait(limit(300))  # the send stays in flight until the flush has timed out
+        release.wait(scaled(300))  # the send stays in flight until the flush has timed out
         return real(*args)
 
     client.create("m")

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import emad  # noqa: E402
-from conftest import limit, needs  # noqa: E402
+from conftest import needs, scaled  # noqa: E402
 
 
 class ReferenceEMA(nn.Module):
@@ -257,7 +257,7 @@ def test_async_push_captures_values_and_applies_back_pressure(client, monkeypatc
     def held_push(conn, model_name, step, entries, writer):
         in_flight.append(client._sender.pending)
         started.set()
-        release.wait(limit(300))  # each send stays in flight until the test releases it
+        release.wait(scaled(300))  # each send stays in flight until the test releases it
         sent.append(step)
         return real(conn, model_name, step, entries, writer)
 
@@ -267,7 +267,7 @@ def test_async_push_captures_values_and_applies_back_pressure(client, monkeypatc
     assert sent == []  # returned while step 1's send is held: it did not wait for it
     with torch.no_grad():
         model.weight.add_(1.0)  # after capture: not part of step 1
-    assert started.wait(limit(300))
+    assert started.wait(scaled(300))
     second = threading.Thread(target=client.push_module, args=("a", model, 2),
                               kwargs={"wait": False})
     second.start()  # one push in flight: this one waits for step 1's send
@@ -275,7 +275,7 @@ def test_async_push_captures_values_and_applies_back_pressure(client, monkeypatc
     assert second.is_alive(), "the second push did not wait for the one in flight"
     assert sent == []
     release.set()
-    second.join(limit(300))
+    second.join(scaled(300))
     assert not second.is_alive()
     client.flush()
     assert sent == [1, 2] and max(in_flight) == 1

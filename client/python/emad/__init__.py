@@ -25,6 +25,8 @@ the whole API.
 from ._arrays import BFLOAT16, Shard, Typed
 from ._client import Client, ModelInfo, PushResult, StateDict, TensorInfo
 from ._lib import DEFAULT_DECAY, DEFAULT_URL, ERRORS, Error, LibraryError, library_path
+from ._modules import LoadError, LoadResult
+from ._sender import LostStepsWarning, UnavailableWarning
 
 
 def library_version():
@@ -36,10 +38,7 @@ def library_version():
 
 __version__ = "0.1.0"
 
-# The error codes as module constants: emad.ESHAPE == -1007, ...
-globals().update({name[len("EMAD_"):]: code for name, code in ERRORS.items()})
-
-__all__ = [
+_API = [
     "BFLOAT16",
     "Client",
     "DEFAULT_DECAY",
@@ -47,13 +46,37 @@ __all__ = [
     "ERRORS",
     "Error",
     "LibraryError",
+    "LoadError",
+    "LoadResult",
+    "LostStepsWarning",
     "ModelInfo",
     "PushResult",
     "Shard",
     "StateDict",
     "TensorInfo",
     "Typed",
+    "UnavailableWarning",
     "library_path",
     "library_version",
 ]
-__all__.extend(name[len("EMAD_"):] for name in ERRORS)
+
+
+def __getattr__(name):
+    """The error codes as module constants (emad.ESHAPE == -1007), named by libemad.
+
+    Looked up when first used, so that importing emad never needs the library;
+    ``__all__`` too: the API and, if libemad loads, every code.
+    """
+    if name == "__all__":
+        try:
+            return _API + [code_name[len("EMAD_"):] for code_name in ERRORS]
+        except LibraryError:
+            return list(_API)
+    if name.startswith("E") and name.isupper() and "EMAD_" + name in ERRORS:
+        return ERRORS["EMAD_" + name]
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__():
+    """The module's names with the error codes (see __getattr__)."""
+    return sorted(set(globals()) | set(__getattr__("__all__")))

@@ -2,7 +2,7 @@
 
 This module owns the one loaded ``libemad`` (:func:`lib`), the ctypes mirrors
 of the public structs (field for field, in header order), the error class and
-the error codes. Everything above it (:mod:`emad._client`) calls the C library
+the error codes (as the library names them). Everything above it (:mod:`emad._client`) calls the C library
 only through the :class:`Lib` object returned by :func:`lib`.
 
 Library search order (the first that exists and loads wins):
@@ -12,15 +12,22 @@ Library search order (the first that exists and loads wins):
 2. the libtool build tree this package sits in
    (``<top_builddir>/.libs/libemad.so`` for ``client/python/emad``);
 3. the ``libdir`` recorded at ``make install`` time (``emad/_paths.py``);
-4. ``libemad.so.0`` through the dynamic loader's own search path.
+4. the ``libdir`` of ``pkg-config libemad`` (``PKG_CONFIG_PATH`` is honoured),
+   for a package installed by pip next to a libemad installed anywhere;
+5. ``<sys.prefix>/lib`` (libemad configured with ``--prefix`` of the venv);
+6. ``libemad.so.0`` through the dynamic loader's own search path
+   (``ldconfig``, ``LD_LIBRARY_PATH``).
 
 Symbols added after 0.1.0's core API (model configuration, pull options,
 writers) are looked up lazily: a library without them still serves the core
 calls, and a call that needs one raises :class:`Error` naming the symbol.
 """
 
+import collections.abc
 import ctypes
 import os
+import subprocess
+import sys
 import threading
 
 __all__ = [
@@ -45,39 +52,9 @@ MAX_GLOBS = 32
 MAX_WRITERS = 1024
 DEFAULT_URL = "tcp://127.0.0.1:7470"
 
-#: Error codes (negative, as libemad returns them; the daemon sends -code).
-ERRORS = {
-    "EMAD_EMALFORMED": -1001,
-    "EMAD_EVERSION": -1002,
-    "EMAD_EOP": -1003,
-    "EMAD_EDTYPE": -1004,
-    "EMAD_ESIZE": -1005,
-    "EMAD_ENAME": -1006,
-    "EMAD_ESHAPE": -1007,
-    "EMAD_EKIND": -1008,
-    "EMAD_ELIMIT": -1009,
-    "EMAD_ENOMODEL": -1010,
-    "EMAD_EEXIST": -1011,
-    "EMAD_ENOTENSOR": -1012,
-    "EMAD_ENOTXN": -1013,
-    "EMAD_EINCOMPLETE": -1014,
-    "EMAD_EDUP": -1015,
-    "EMAD_ERANGE": -1016,
-    "EMAD_ENOSESSION": -1017,
-    "EMAD_ENOMEM": -1018,
-    "EMAD_EINTERNAL": -1019,
-    "EMAD_EORDER": -1020,
-    "EMAD_ENONFINITE": -1021,
-    "EMAD_EOVERLAP": -1022,
-    "EMAD_EIMMUTABLE": -1023,
-    "EMAD_ETIMEDOUT": -1101,
-    "EMAD_ECONNECT": -1102,
-    "EMAD_EPROTO": -1103,
-    "EMAD_EINVAL": -1104,
-    "EMAD_EFORMAT": -1105,
-    "EMAD_EIO": -1106,
-}
-_ERRNAMES = {v: k for k, v in ERRORS.items()}
+#: Every error code lies in 1001..1199 (EMAD_ERRNO_MAP in include/emad.h); the
+#: library names the ones it has (emad_errname), read once when it loads.
+_CODE_SPAN = range(1001, 1200)
 
 PARAM = 0
 BUFFER = 1
@@ -110,6 +87,30 @@ FLOAT_DTYPES = frozenset(["F16", "BF16", "F32", "F64"])
 # ---- errors ------------------------------------------------------------------------------------
 
 
+class _Errors(collections.abc.Mapping):
+    """``emad.ERRORS``: ``{"EMAD_ESHAPE": -1007, ...}`` as the library names its codes.
+
+    Reading it loads libemad (:func:`lib`), so that importing the package
+    never needs the library.
+    """
+
+    def __getitem__(self, name):
+        return lib().errors[name]
+
+    def __iter__(self):
+        return iter(lib().errors)
+
+    def __len__(self):
+        return len(lib().errors)
+
+    def __repr__(self):
+        return repr(lib().errors)
+
+
+#: Error codes (negative, as libemad returns them; the daemon sends -code), by name.
+ERRORS = _Errors()
+
+
 class Error(Exception):
     """Any failure reported by libemad or the daemon.
 
@@ -124,7 +125,7 @@ class Error(Exception):
 
     def __init__(self, code, message):
         self.code = code
-        self.name = _ERRNAMES.get(code) if code is not None else None
+        self.name = lib().errnames.get(code) if code is not None else None
         self.message = message
         if self.name is not None:
             text = "%s (%s)" % (message, self.name)
@@ -299,6 +300,7 @@ _OPTIONAL = {
     "emad_push_as": (_int, [_client_p, _str, _u64, ctypes.c_uint32, _P(Tensor), _size,
                             _P(PushResult)]),
     "emad_struct_size": (_size, [ctypes.c_char_p]),
+    "emad_snapshot": (_int, [_client_p, _str, _P(_u64)]),
     "emad_pull_options_init": (_void, [_P(PullOptions)]),
     "emad_pull_ex": (_int, [_client_p, _str, _P(_str), _size, _P(PullOptions), _P(_P(Model))]),
     "emad_pull_into_ex": (_int, [_client_p, _str, _P(Tensor), _size, _P(PullOptions),
@@ -332,6 +334,10 @@ class Lib:
                 "%s is libemad %s; this Python package needs %s.x (set EMAD_LIBRARY to the "
                 "matching libemad.so)" % (path, self.version, EXPECTED_VERSION))
         self._check_layout()
+        # "EMAD_ESHAPE" by code and the code by name, for every code the library names.
+        names = ((-n, self.fn("errname")(-n)) for n in _CODE_SPAN)
+        self.errnames = {code: name.decode() for code, name in names if name}
+        self.errors = {name: code for code, name in self.errnames.items()}
         # free() as the process resolves it (CDLL(None): the global scope), so that
         # it is the free() of the malloc() libemad called, also when an
         # allocator or a sanitizer runtime is preloaded; libc's own symbol would
@@ -386,7 +392,7 @@ class Lib:
                 self._fns[name] = f
         if f is None and required:
             raise Error(
-                ERRORS["EMAD_EINVAL"],
+                self.errors["EMAD_EINVAL"],
                 "%s needs emad_%s, which %s (libemad %s) does not export; use a newer libemad "
                 "(EMAD_LIBRARY)" % (feature or name, name, self.path, self.version))
         return f
@@ -416,8 +422,24 @@ def _candidates():
         out.append((p, "installed libdir"))
     except ImportError:
         pass
+    libdir = _pkg_config_libdir()
+    if libdir:
+        out.append((os.path.join(libdir, "libemad.so.0"), "pkg-config libemad"))
+    p = os.path.join(sys.prefix, "lib", "libemad.so.0")
+    if os.path.exists(p):
+        out.append((p, "sys.prefix"))
     out.append(("libemad.so.0", "dynamic loader search path"))
     return out, False
+
+
+def _pkg_config_libdir():
+    """libdir of `pkg-config libemad`, or None (no pkg-config, no libemad.pc)."""
+    try:
+        r = subprocess.run(["pkg-config", "--variable=libdir", "libemad"], capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
 _lib = None

@@ -1,0 +1,524 @@
+/*
+ * pull.c - pulls of libemad: emad_pull, emad_pull_ex, emad_pull_into and
+ * emad_pull_into_ex. A pull request names the tensors (or all) and the
+ * largest reply the client takes; a model small enough comes back inline,
+ * a larger one as a session that the client reads in batches of ranges
+ * (pipelined over the client's connections) and then releases. The tensor
+ * descriptions of the reply are parsed by src/common/codec.c; tensor data
+ * is copied once, from the received message into the caller's (or the
+ * library-owned model's) buffers.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "common/dtype.h"
+
+/* The daemon reserves this many bytes per range of a read reply. */
+#define READ_RANGE_OVERHEAD 16
+
+/* Largest encoding of one read range [index, offset, length]. */
+#define READ_RANGE_WIRE 28
+
+/* Request header room in a read (v, op, session, ranges header). */
+#define READ_HEADER_WIRE 64
+
+/* Largest read reply the client asks for while pulling a session. */
+#define READ_BATCH_BYTES (4ULL << 20)
+
+/*
+ * Largest pull reply that carries its data inline (the pull's
+ * inline_bytes); a larger pull becomes a session read in batches of
+ * READ_BATCH_BYTES. A message of 32 MiB or more is received into a fresh
+ * mapping under glibc's malloc (its mmap threshold adjusts up to 32 MiB,
+ * no further), page-faulted in on every pull: models of 32 and 48 MiB
+ * pulled inline moved 0.9-1.0 GB/s against 2.2-3.3 GB/s as sessions
+ * (bench/RESULTS.md, "Pull size").
+ */
+#define PULL_INLINE_BYTES (16ULL << 20)
+
+/* Arguments of a pull request. */
+typedef struct pull_req {
+    const char *model;
+    const char *const *names; /* NULL: all */
+    size_t nnames;
+    const emad_tensor *named; /* or names taken from these tensors */
+    uint64_t max_reply;
+    const emad_pull_options *opts; /* NULL: defaults */
+} pull_req;
+
+/* Name i of a pull request. */
+static const char *
+pull_name(const pull_req *q, size_t i)
+{
+    return q->names != NULL ? q->names[i] : q->named[i].name;
+}
+
+/* Pack a pull request. */
+static void
+build_pull(msgpack_packer *pk, const void *vctx)
+{
+    const pull_req *q = vctx;
+    int with_names = q->names != NULL || q->named != NULL;
+    int with_decay = q->opts != NULL && q->opts->decay >= 0.0;
+    int with_dtype = q->opts != NULL && q->opts->dtype != EMAD_DTYPE_INVALID;
+
+    pk_head(pk, PROTO_OP_PULL, 3 + with_names + with_decay + with_dtype);
+    pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
+    if (with_decay) {
+        proto_pack_str(pk, PROTO_KEY_DECAY);
+        msgpack_pack_double(pk, q->opts->decay);
+    }
+    if (with_dtype)
+        pk_kv_str(pk, PROTO_KEY_DTYPE,
+                  q->opts->dtype == EMAD_PULL_SHADOW ? PROTO_VAL_DTYPE_SHADOW
+                                                     : dtype_name(q->opts->dtype));
+    if (with_names) {
+        proto_pack_str(pk, PROTO_KEY_TENSORS);
+        msgpack_pack_array(pk, q->nnames);
+        for (size_t i = 0; i < q->nnames; i++)
+            proto_pack_str(pk, pull_name(q, i));
+    }
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_REPLY_BYTES, q->max_reply);
+    proto_pack_kv_u64(pk, PROTO_KEY_INLINE_BYTES, PULL_INLINE_BYTES);
+}
+
+/* Free a pull state; safe on a zeroed one. */
+void
+pull_state_free(pull_state *p)
+{
+    reply_free(&p->r);
+    free(p->t);
+    p->t = NULL;
+}
+
+/* Parse a pull reply held in p->r into *p; on failure p is freed (reply included). */
+int
+pull_parse(emad_client *c, pull_state *p)
+{
+    const msgpack_object *arr, *s;
+    codec_err err;
+    int rc;
+
+    if ((rc = rget_u64(c, p->r.root, PROTO_KEY_STEP, &p->step)) != 0 ||
+        (rc = rget_array(c, p->r.root, PROTO_KEY_TENSORS, &arr)) != 0)
+        goto fail;
+    if ((s = proto_map_get(p->r.root, PROTO_KEY_SESSION)) != NULL) {
+        if (s->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            rc = fail(c, EMAD_EPROTO, "reply key 'session' is not an unsigned integer");
+            goto fail;
+        }
+        p->has_session = 1;
+        p->session = s->via.u64;
+    }
+    p->n = arr->via.array.size;
+    if ((p->t = calloc(p->n ? p->n : 1, sizeof(*p->t))) == NULL) {
+        rc = fail(c, EMAD_ENOMEM, "pull: out of memory for %zu tensors", p->n);
+        goto fail;
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        if (codec_desc_decode(&arr->via.array.ptr[i], i, &p->t[i], &err) != 0) {
+            rc = fail_codec(c, &err);
+            goto fail;
+        }
+        if (!p->has_session && p->t[i].data == NULL && p->t[i].nbytes > 0) {
+            rc = fail(c, EMAD_EPROTO, "pull: reply has neither inline data nor a session");
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    pull_state_free(p);
+    return rc;
+}
+
+/* Send a pull and parse its reply into *p (metadata, and inline data if any). */
+static int
+pull_start(emad_client *c, const pull_req *q, pull_state *p)
+{
+    int rc;
+
+    memset(p, 0, sizeof(*p));
+    if ((rc = call(c, PROTO_OP_PULL, build_pull, q, c->opts.timeout_ms, &p->r)) != 0)
+        return rc;
+    return pull_parse(c, p);
+}
+
+/* Best-effort release of a pull session (errors ignored; the daemon also expires it). */
+static void
+pull_release(emad_client *c, uint64_t session)
+{
+    simple_req q = {.op = PROTO_OP_RELEASE, .key = PROTO_KEY_SESSION, .value = session};
+    char saved[sizeof(c->err)];
+    reply r;
+
+    memcpy(saved, c->err, sizeof(saved));
+    if (call_simple(c, &q, &r) == 0)
+        reply_free(&r);
+    memcpy(c->err, saved, sizeof(saved));
+}
+
+/* Pack a read request. */
+static void
+build_read(msgpack_packer *pk, const void *vctx)
+{
+    const read_req *q = vctx;
+
+    pk_head(pk, PROTO_OP_READ, 2);
+    proto_pack_kv_u64(pk, PROTO_KEY_SESSION, q->session);
+    proto_pack_str(pk, PROTO_KEY_RANGES);
+    msgpack_pack_array(pk, q->n);
+    for (size_t i = 0; i < q->n; i++) {
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint64(pk, q->ranges[i].index);
+        msgpack_pack_uint64(pk, q->ranges[i].offset);
+        msgpack_pack_uint64(pk, q->ranges[i].len);
+    }
+}
+
+/* Plan the next read batch of a session from cursor (i, off) into q (ranges of room kmax). */
+static int
+read_plan(emad_client *c, const pull_state *p, uint64_t budget, uint64_t kmax, size_t *i,
+          uint64_t *off, read_req *q, read_range *ranges)
+{
+    uint64_t total = 0;
+
+    q->session = p->session;
+    q->ranges = ranges;
+    q->n = 0;
+    while (*i < p->n && q->n < kmax) {
+        uint64_t rem = p->t[*i].nbytes - *off, isz = dtype_size(p->t[*i].dtype), avail, len;
+
+        if (rem == 0) {
+            (*i)++;
+            *off = 0;
+            continue;
+        }
+        if (total + READ_RANGE_OVERHEAD * (q->n + 1) >= budget)
+            break;
+        avail = budget - total - READ_RANGE_OVERHEAD * (q->n + 1);
+        len = rem < avail ? rem : avail - avail % isz;
+        if (len == 0)
+            break;
+        ranges[q->n++] = (read_range){*i, *off, len};
+        total += len;
+        *off += len;
+        if (*off < p->t[*i].nbytes)
+            break; /* the batch is full */
+        (*i)++;
+        *off = 0;
+    }
+    if (q->n == 0 && *i < p->n)
+        return fail(c, EMAD_EINTERNAL, "pull: read budget too small");
+    return 0;
+}
+
+/* Copy the ranges of a read reply into dst. */
+int
+read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
+{
+    const msgpack_object *data;
+    int rc;
+
+    if ((rc = rget_array(c, r->root, PROTO_KEY_DATA, &data)) != 0)
+        return rc;
+    if (data->via.array.size != q->n)
+        return fail(c, EMAD_EPROTO, "read: reply has %u ranges, asked for %zu",
+                    data->via.array.size, q->n);
+    for (size_t k = 0; k < q->n; k++) {
+        const msgpack_object *b = &data->via.array.ptr[k];
+        const read_range *rg = &q->ranges[k];
+        if (b->type != MSGPACK_OBJECT_BIN || b->via.bin.size != rg->len)
+            return fail(c, EMAD_EPROTO, "read: reply range %zu is not %llu bytes of bin", k,
+                        (unsigned long long)rg->len);
+        memcpy((char *)dst[rg->index] + rg->offset, b->via.bin.ptr, rg->len);
+    }
+    return 0;
+}
+
+/*
+ * Copy every tensor of a pull into dst[i] (dst[i] holds p->t[i].nbytes):
+ * from the inline data, or by reading the session in batches that fit the
+ * reply cap, c->depth reads in flight, then releasing it.
+ */
+static int
+pull_fetch(emad_client *c, pull_state *p, void *const *dst)
+{
+    uint64_t budget, kmax, off = 0, nsent = 0, ndone = 0;
+    read_req qs[PIPELINE_MAX];
+    uint32_t id;
+    read_range *ranges;
+    size_t i = 0;
+    int rc = 0;
+
+    if (!p->has_session) {
+        for (size_t k = 0; k < p->n; k++)
+            if (p->t[k].nbytes > 0)
+                memcpy(dst[k], p->t[k].data, p->t[k].nbytes);
+        return 0;
+    }
+    /* Reads of at most 4 MiB, like pushes: over TCP loopback nanomsg moves 2-4 MiB messages
+     * fastest, and messages of 32 MiB and more cost fresh mmap'd buffers and page faults
+     * (bench/RESULTS.md). */
+    budget =
+        (c->reply_eff < READ_BATCH_BYTES ? c->reply_eff : READ_BATCH_BYTES) - PROTO_REPLY_OVERHEAD;
+    kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
+    if (kmax > PROTO_MAX_RANGES)
+        kmax = PROTO_MAX_RANGES;
+    if (kmax > p->n + 1)
+        kmax = p->n + 1; /* a batch holds each tensor at most once, plus one split */
+    if ((ranges = malloc((size_t)kmax * c->depth * sizeof(*ranges))) == NULL) {
+        pull_release(c, p->session);
+        return fail(c, EMAD_ENOMEM, "pull: out of memory for read ranges");
+    }
+    while (rc == 0 && (i < p->n || nsent > ndone)) {
+        if (i < p->n && nsent - ndone < c->depth) {
+            size_t slot = nsent % c->depth;
+            read_req *q = &qs[slot];
+            if ((rc = read_plan(c, p, budget, kmax, &i, &off, q, ranges + slot * kmax)) != 0)
+                break;
+            if (q->n == 0)
+                continue; /* only empty tensors were left */
+            if ((rc = req_send(c, slot, PROTO_OP_READ, build_read, q, now_ms() + c->opts.timeout_ms,
+                               c->opts.timeout_ms, &id)) != 0)
+                break;
+            nsent++;
+            continue;
+        }
+        {
+            size_t slot = ndone % c->depth;
+            reply r;
+            if ((rc = req_wait(c, slot, PROTO_OP_READ, now_ms() + c->opts.timeout_ms,
+                               c->opts.timeout_ms, &r)) != 0)
+                break;
+            ndone++;
+            rc = read_copy(c, &r, &qs[slot], dst);
+            reply_free(&r);
+        }
+    }
+    if (rc != 0)
+        forget_inflight(c);
+    free(ranges);
+    pull_release(c, p->session);
+    return rc;
+}
+
+/* Check the names argument of a pull; 0 or an error code. */
+static int
+check_names(emad_client *c, const char *const *names, size_t n)
+{
+    int rc;
+
+    for (size_t i = 0; i < n; i++)
+        if ((rc = check_tensor_name(c, names[i], i)) != 0)
+            return rc;
+    return 0;
+}
+
+/* Free a pulled model, its names and data; NULL and half-built models accepted. */
+EMAD_EXTERN void
+emad_model_free(emad_model *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; m->tensors != NULL && i < m->ntensors; i++) {
+        free((void *)m->tensors[i].name);
+        free(m->tensors[i].data);
+    }
+    free(m->tensors);
+    free(m->name);
+    free(m);
+}
+
+/* Build the library-owned model for a started pull and fetch its data into it. */
+static int
+pull_into_model(emad_client *c, const char *model, pull_state *p, emad_model **out)
+{
+    emad_model *m;
+    void **dst = NULL;
+    int rc;
+
+    if ((m = calloc(1, sizeof(*m))) == NULL || (m->name = strdup(model)) == NULL ||
+        (m->tensors = calloc(p->n ? p->n : 1, sizeof(*m->tensors))) == NULL ||
+        (dst = calloc(p->n ? p->n : 1, sizeof(*dst))) == NULL)
+        goto nomem;
+    m->step = p->step;
+    m->ntensors = p->n;
+    for (size_t i = 0; i < p->n; i++) {
+        emad_tensor *t = &m->tensors[i];
+        const codec_tensor *d = &p->t[i];
+
+        if ((t->name = strndup(d->name, d->name_len)) == NULL ||
+            (t->data = malloc(d->nbytes ? d->nbytes : 1)) == NULL)
+            goto nomem;
+        t->kind = d->kind;
+        t->dtype = d->dtype;
+        t->ndim = d->ndim;
+        memcpy(t->shape, d->shape, sizeof(t->shape));
+        t->nbytes = d->nbytes;
+        t->step = d->step;
+        dst[i] = t->data;
+    }
+    if ((rc = pull_fetch(c, p, dst)) != 0)
+        goto fail;
+    free(dst);
+    *out = m;
+    return 0;
+nomem:
+    rc = fail(c, EMAD_ENOMEM, "pull: out of memory for the model");
+    if (p->has_session)
+        pull_release(c, p->session);
+fail:
+    free(dst);
+    emad_model_free(m);
+    return rc;
+}
+
+/* Fill opts with the defaults: the model's first decay, data as pushed. */
+EMAD_EXTERN void
+emad_pull_options_init(emad_pull_options *opts)
+{
+    if (opts != NULL) {
+        opts->decay = -1.0;
+        opts->dtype = EMAD_DTYPE_INVALID;
+    }
+}
+
+/* Check pull options locally. */
+static int
+check_pull_options(emad_client *c, const emad_pull_options *o)
+{
+    if (o == NULL)
+        return 0;
+    if (o->decay > 1.0 || o->decay != o->decay)
+        return fail(c, EMAD_ERANGE, "pull: decay %g is not in [0, 1]", o->decay);
+    if (o->dtype != EMAD_DTYPE_INVALID && o->dtype != EMAD_PULL_SHADOW && o->dtype != EMAD_F32 &&
+        o->dtype != EMAD_BF16 && o->dtype != EMAD_F16)
+        return fail(c, EMAD_EDTYPE,
+                    "pull: output dtype must be F32, BF16, F16 or EMAD_PULL_SHADOW");
+    return 0;
+}
+
+/* Pull into a library-owned model with the default options. */
+EMAD_EXTERN int
+emad_pull(emad_client *c, const char *model, const char *const *names, size_t n_names,
+          emad_model **out)
+{
+    return emad_pull_ex(c, model, names, n_names, NULL, out);
+}
+
+/* Pull into the caller's buffers with the default options. */
+EMAD_EXTERN int
+emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n, uint64_t *step)
+{
+    return emad_pull_into_ex(c, model, tensors, n, NULL, step);
+}
+
+/* Pull into a library-owned model (see pull_into_model()). */
+EMAD_EXTERN int
+emad_pull_ex(emad_client *c, const char *model, const char *const *names, size_t n_names,
+             const emad_pull_options *opts, emad_model **out)
+{
+    pull_req q = {.model = model, .names = names, .nnames = n_names, .opts = opts};
+    pull_state p;
+    int rc;
+
+    if (c == NULL || out == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    *out = NULL;
+    if ((rc = check_model(c, model)) != 0)
+        return call_end(c, rc);
+    if (names != NULL && (rc = check_names(c, names, n_names)) != 0)
+        return call_end(c, rc);
+    if ((rc = check_pull_options(c, opts)) != 0)
+        return call_end(c, rc);
+    if (names == NULL)
+        q.nnames = 0;
+    q.max_reply = c->reply_ask;
+    if ((rc = pull_start(c, &q, &p)) != 0)
+        return call_end(c, rc);
+    rc = pull_into_model(c, model, &p, out);
+    pull_state_free(&p);
+    return call_end(c, rc);
+}
+
+/* Pull the named tensors straight into the caller's buffers after checking every size. */
+EMAD_EXTERN int
+emad_pull_into_ex(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                  const emad_pull_options *opts, uint64_t *step)
+{
+    pull_req q = {.model = model, .named = tensors, .nnames = n, .opts = opts};
+    pull_state p;
+    void **dst;
+    int rc;
+
+    if (c == NULL)
+        return EMAD_EINVAL;
+    call_begin(c);
+    if ((rc = check_model(c, model)) != 0)
+        return call_end(c, rc);
+    if (tensors == NULL || n == 0)
+        return call_end(c, fail(c, EMAD_EINVAL, "pull_into of no tensors"));
+    if ((rc = check_pull_options(c, opts)) != 0)
+        return call_end(c, rc);
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = check_tensor_name(c, tensors[i].name, i)) != 0)
+            return call_end(c, rc);
+        if (tensors[i].data == NULL && tensors[i].nbytes > 0)
+            return call_end(c,
+                            fail(c, EMAD_EINVAL, "tensor '%.200s': data is NULL", tensors[i].name));
+    }
+    q.max_reply = c->reply_ask;
+    if ((rc = pull_start(c, &q, &p)) != 0)
+        return call_end(c, rc);
+    if (p.n != n) {
+        rc = fail(c, EMAD_EPROTO, "pull: reply has %zu tensors, asked for %zu", p.n, n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const codec_tensor *d = &p.t[i];
+        if (d->name_len != strlen(tensors[i].name) ||
+            memcmp(d->name, tensors[i].name, d->name_len) != 0) {
+            rc = fail(c, EMAD_EPROTO, "pull: reply tensor %zu is not '%.200s'", i, tensors[i].name);
+            goto out;
+        }
+        if (tensors[i].nbytes < d->nbytes) {
+            rc = fail(c, EMAD_ESIZE, "tensor '%.200s': buffer of %llu bytes, the tensor has %llu",
+                      tensors[i].name, (unsigned long long)tensors[i].nbytes,
+                      (unsigned long long)d->nbytes);
+            goto out;
+        }
+    }
+    if ((dst = malloc(n * sizeof(*dst))) == NULL) {
+        rc = fail(c, EMAD_ENOMEM, "pull: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tensors[i].data;
+    rc = pull_fetch(c, &p, dst);
+    p.has_session = 0; /* released by pull_fetch */
+    free(dst);
+    if (rc != 0)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        const codec_tensor *d = &p.t[i];
+        tensors[i].kind = d->kind;
+        tensors[i].dtype = d->dtype;
+        tensors[i].ndim = d->ndim;
+        memcpy(tensors[i].shape, d->shape, sizeof(tensors[i].shape));
+        tensors[i].nbytes = d->nbytes;
+        tensors[i].step = d->step;
+    }
+    if (step != NULL)
+        *step = p.step;
+out:
+    if (p.has_session)
+        pull_release(c, p.session);
+    pull_state_free(&p);
+    return call_end(c, rc);
+}

@@ -1,0 +1,632 @@
+/*
+ * transport.c - how libemad talks to the daemon: raw nanomsg REQ sockets,
+ * request ids, packing a request into an exactly sized message, sending
+ * it, receiving and decoding its reply, pipelining over several
+ * connections, and the client's life (connect with hello, close).
+ *
+ * The chunks of a large push and the reads of a large pull can be
+ * pipelined over several connections (EMAD_PIPELINE_DEPTH, at most
+ * PIPELINE_MAX; the extra sockets are opened on first use), one request in
+ * flight on each, so the daemon averages (or packs) one while the next is
+ * on the wire. One request per connection because a nanomsg REP socket
+ * silently drops a reply to a connection that is still busy sending the
+ * previous one. The sockets are raw so that the client numbers its own
+ * requests (the SP header's request id) and nothing is ever resent behind
+ * its back; a reply to a request the client gave up on (timed out) is
+ * recognised by its id and dropped. Requests are msgpack maps packed with a
+ * msgpack_packer whose write callback fills an nn_allocmsg buffer sized
+ * exactly beforehand (computed for pushes, by a counting pass that copies
+ * no data otherwise), then sent zero-copy; tensor data is copied once, from
+ * the caller's memory into that buffer. Replies are received zero-copy
+ * (NN_MSG), checked with proto_prescan() and decoded in place with
+ * msgpack_unpack_next(): the decoded objects, including BIN payloads,
+ * point into the received buffer, which stays alive until the reply is
+ * freed.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+#include <nanomsg/tcp.h>
+
+#include "client.h"
+#include "common/dtype.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "0.1.0"
+#endif
+
+/* Output of the two-pass packer: counts when p is NULL, writes into p[0..cap) otherwise. */
+typedef struct wbuf {
+    char *p;
+    size_t len, cap;
+    int overflow;
+} wbuf;
+
+/* msgpack_packer write callback for wbuf; refuses to write past cap. */
+static int
+wbuf_write(void *data, const char *buf, size_t len)
+{
+    wbuf *w = data;
+
+    if (w->p != NULL) {
+        if (len > w->cap - w->len) {
+            w->overflow = 1;
+            return -1;
+        }
+        if (len > 0)
+            memcpy(w->p + w->len, buf, len);
+    }
+    w->len += len;
+    return 0;
+}
+
+/* Pack "key": "value". */
+void
+pk_kv_str(msgpack_packer *pk, const char *key, const char *value)
+{
+    proto_pack_str(pk, key);
+    proto_pack_str(pk, value);
+}
+
+/* Pack the map header of a request with n entries besides v and op, then v and op. */
+void
+pk_head(msgpack_packer *pk, int op, size_t n)
+{
+    msgpack_pack_map(pk, 2 + n);
+    proto_pack_kv_u64(pk, PROTO_KEY_V, PROTO_VERSION);
+    pk_kv_str(pk, PROTO_KEY_OP, proto_op_name(op));
+}
+
+/*
+ * Size of the message build() produces: computed for pushes (a counting
+ * pass over 2,000 small tensors visited some 40,000 objects and cost as
+ * much as packing them), counted by a dry run of build() otherwise.
+ */
+static size_t
+packed_size(build_fn build, const void *ctx)
+{
+    wbuf w = {NULL, 0, 0, 0};
+    msgpack_packer pk;
+
+    if (build == build_push)
+        return push_packed_size(ctx);
+
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    return w.len;
+}
+
+/* Milliseconds on a monotonic clock. */
+int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Set an int socket option of level NN_SOL_SOCKET; 0 or -1. */
+static int
+set_int(int sock, int level, int opt, int v)
+{
+    return nn_setsockopt(sock, level, opt, &v, sizeof(v));
+}
+
+/* Free a reply and its message; safe on a zeroed or already freed reply. */
+void
+reply_free(reply *r)
+{
+    if (r->msg != NULL) {
+        msgpack_unpacked_destroy(&r->u);
+        nn_freemsg(r->msg);
+        r->msg = NULL;
+    }
+    r->root = NULL;
+}
+
+/*
+ * Decode a received message of len bytes held in r->msg: pre-scan it,
+ * unpack it in place, check it is a version-1 reply map and whether it
+ * reports success. Returns 0 (r->root set) or an error code; r owns the
+ * message either way.
+ */
+int
+reply_decode(emad_client *c, int op, reply *r, size_t len)
+{
+    const msgpack_object *v, *ok, *e;
+    const char *why;
+    size_t off = 0;
+    int rc;
+
+    if ((rc = proto_prescan(r->msg, len, &why)) != 0)
+        return fail(c, EMAD_EPROTO, "%s: reply is not a valid msgpack message: %s",
+                    proto_op_name(op), why);
+    rc = msgpack_unpack_next(&r->u, r->msg, len, &off);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return fail(c, EMAD_ENOMEM, "%s: out of memory decoding the reply", proto_op_name(op));
+    if (rc != MSGPACK_UNPACK_SUCCESS || off != len || r->u.data.type != MSGPACK_OBJECT_MAP)
+        return fail(c, EMAD_EPROTO, "%s: reply is not a msgpack map", proto_op_name(op));
+    r->root = &r->u.data;
+    v = proto_map_get(r->root, PROTO_KEY_V);
+    if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(c, EMAD_EPROTO, "%s: reply has no protocol version", proto_op_name(op));
+    if (v->via.u64 != PROTO_VERSION)
+        return fail(c, EMAD_EVERSION, "%s: the daemon replied with protocol version %llu, not %d",
+                    proto_op_name(op), (unsigned long long)v->via.u64, PROTO_VERSION);
+    ok = proto_map_get(r->root, PROTO_KEY_OK);
+    if (ok == NULL || ok->type != MSGPACK_OBJECT_BOOLEAN)
+        return fail(c, EMAD_EPROTO, "%s: reply has no 'ok'", proto_op_name(op));
+    if (ok->via.boolean)
+        return 0;
+    e = proto_map_get(r->root, PROTO_KEY_ERROR);
+    if (e == NULL || e->type != MSGPACK_OBJECT_MAP)
+        return fail(c, EMAD_EPROTO, "%s: error reply without an 'error' map", proto_op_name(op));
+    return reply_error(c, op, e);
+}
+
+/* Pack build(ctx) into an exactly sized nanomsg message; *len gets its size. */
+static int
+pack_request(emad_client *c, int op, build_fn build, const void *ctx, void **out, size_t *out_len)
+{
+    size_t len = packed_size(build, ctx);
+    msgpack_packer pk;
+    wbuf w;
+    void *msg;
+
+    if (len > c->msg_limit)
+        return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
+                    proto_op_name(op), len, (unsigned long long)c->msg_limit);
+    if ((msg = nn_allocmsg(len, 0)) == NULL)
+        return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
+                    len);
+    w = (wbuf){msg, 0, len, 0};
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    if (w.overflow || w.len != len) {
+        nn_freemsg(msg);
+        return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
+    }
+    *out = msg;
+    *out_len = len;
+    return 0;
+}
+
+/* Forget every request in flight: their late replies are dropped when they come. */
+void
+forget_inflight(emad_client *c)
+{
+    memset(c->pending, 0, sizeof(c->pending));
+}
+
+/* Open and connect a raw REQ socket with the client's options; the socket or -1 (errno set). */
+static int
+open_socket(const emad_options *o, const char *url)
+{
+    int s = nn_socket(AF_SP_RAW, NN_REQ), e;
+
+    if (s < 0)
+        return -1;
+    if (set_int(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, (int)o->max_reply_bytes) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_SNDTIMEO, o->timeout_ms) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_RCVTIMEO, o->timeout_ms) < 0 ||
+        set_int(s, NN_TCP, NN_TCP_NODELAY, 1) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_SNDBUF, PROTO_SOCKET_BUFFER_BYTES) < 0 ||
+        set_int(s, NN_SOL_SOCKET, NN_RCVBUF, PROTO_SOCKET_BUFFER_BYTES) < 0 ||
+        nn_connect(s, url) < 0) {
+        e = nn_errno();
+        (void)nn_close(s);
+        errno = e;
+        return -1;
+    }
+    return s;
+}
+
+/* Make sure pipelined connection k is open. */
+static int
+pipe_open(emad_client *c, size_t k)
+{
+    if (c->socks[k] >= 0)
+        return 0;
+    if ((c->socks[k] = open_socket(&c->opts, c->url)) < 0)
+        return fail(c, EMAD_ECONNECT, "cannot open connection %zu to %s: %s", k, c->url,
+                    nn_strerror(errno));
+    return 0;
+}
+
+/*
+ * Send a request packed by build(ctx) on connection k with the next
+ * request id (*id), waiting at most until deadline (ms) for the
+ * connection to take it. The connection must have no request in flight.
+ */
+int
+req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
+         int timeout_ms, uint32_t *id)
+{
+    unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
+    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
+    unsigned char *hd;
+    struct nn_iovec iov;
+    struct nn_msghdr hdr;
+    size_t len, splen = sizeof(uint32_t);
+    int64_t left;
+    void *msg;
+    int rc;
+
+    if (c->pending[k] != 0)
+        return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
+                    proto_op_name(op), k);
+    if ((rc = pipe_open(c, k)) != 0)
+        return rc;
+    if ((rc = pack_request(c, op, build, ctx, &msg, &len)) != 0)
+        return rc;
+    c->next_id = (c->next_id + 1) & 0x7fffffffu;
+    *id = c->next_id | 0x80000000u;
+    /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */
+    memset(cbuf, 0, sizeof(cbuf));
+    cm->cmsg_len = NN_CMSG_LEN(sizeof(size_t) + sizeof(uint32_t));
+    cm->cmsg_level = PROTO_SP;
+    cm->cmsg_type = SP_HDR;
+    hd = NN_CMSG_DATA(cm);
+    memcpy(hd, &splen, sizeof(splen));
+    hd[sizeof(size_t) + 0] = (unsigned char)(*id >> 24);
+    hd[sizeof(size_t) + 1] = (unsigned char)(*id >> 16);
+    hd[sizeof(size_t) + 2] = (unsigned char)(*id >> 8);
+    hd[sizeof(size_t) + 3] = (unsigned char)*id;
+    for (;;) {
+        left = deadline - now_ms();
+        if (left < 1)
+            left = 1;
+        (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_SNDTIMEO, (int)left);
+        iov.iov_base = &msg;
+        iov.iov_len = NN_MSG;
+        memset(&hdr, 0, sizeof(hdr));
+        hdr.msg_iov = &iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf;
+        hdr.msg_controllen = sizeof(cbuf);
+        if (nn_sendmsg(c->socks[k], &hdr, 0) >= 0)
+            break; /* nanomsg owns msg now */
+        rc = nn_errno();
+        if (rc == EINTR && now_ms() < deadline)
+            continue;
+        nn_freemsg(msg);
+        return nn_fail(c, rc, op, "send", timeout_ms);
+    }
+    c->pending[k] = *id;
+    return 0;
+}
+
+/* The request id in a received control buffer, or 0 if there is none. */
+static uint32_t
+reply_id(const void *ctrl, size_t ctrl_len)
+{
+    struct nn_msghdr hdr;
+    const struct nn_cmsghdr *cm;
+
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.msg_control = (void *)ctrl;
+    hdr.msg_controllen = ctrl_len;
+    for (cm = NN_CMSG_FIRSTHDR(&hdr); cm != NULL; cm = NN_CMSG_NXTHDR(&hdr, cm)) {
+        const unsigned char *d;
+        size_t splen;
+        if (cm->cmsg_level != PROTO_SP || cm->cmsg_type != SP_HDR)
+            continue;
+        if (cm->cmsg_len < NN_CMSG_LEN(sizeof(size_t) + sizeof(uint32_t)))
+            return 0;
+        d = NN_CMSG_DATA(cm);
+        memcpy(&splen, d, sizeof(splen));
+        if (splen != sizeof(uint32_t))
+            return 0;
+        d += sizeof(size_t);
+        return (uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3];
+    }
+    return 0;
+}
+
+/*
+ * Wait until deadline for the reply to the request in flight on
+ * connection k and decode it into *r (free with reply_free). Replies to
+ * earlier requests (given up on) are dropped. Afterwards, successful or
+ * not, the connection has no request in flight.
+ */
+int
+req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, reply *r)
+{
+    uint32_t id = c->pending[k];
+    void *buf = NULL;
+    int64_t left;
+    int n = -1, rc;
+
+    memset(r, 0, sizeof(*r));
+    c->pending[k] = 0;
+    if (id == 0)
+        return fail(c, EMAD_EINTERNAL, "%s: no request in flight on connection %zu",
+                    proto_op_name(op), k);
+    while (buf == NULL) {
+        unsigned char ctrl[256];
+        struct nn_iovec iov = {&buf, NN_MSG};
+        struct nn_msghdr hdr;
+        uint32_t got;
+
+        left = deadline - now_ms();
+        if (left < 1)
+            return nn_fail(c, ETIMEDOUT, op, "receive", timeout_ms);
+        (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
+        memset(&hdr, 0, sizeof(hdr));
+        hdr.msg_iov = &iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = ctrl;
+        hdr.msg_controllen = sizeof(ctrl);
+        if ((n = nn_recvmsg(c->socks[k], &hdr, 0)) < 0) {
+            rc = nn_errno();
+            buf = NULL;
+            if (rc == EINTR)
+                continue;
+            return nn_fail(c, rc, op, "receive", timeout_ms);
+        }
+        got = reply_id(ctrl, sizeof(ctrl));
+        if (got == id)
+            break;
+        nn_freemsg(buf); /* the reply to a request we gave up on */
+        buf = NULL;
+    }
+    r->msg = buf;
+    msgpack_unpacked_init(&r->u);
+    if ((rc = reply_decode(c, op, r, (size_t)n)) != 0) {
+        reply_free(r);
+        return rc;
+    }
+    return 0;
+}
+
+/*
+ * One round trip: pack build(ctx) into an exactly sized nanomsg message,
+ * send it (zero-copy) and wait for the reply, all within timeout_ms.
+ * Returns 0 with *r holding a successful reply (free with reply_free), or
+ * a negative code with the last error set and *r empty.
+ */
+int
+call(emad_client *c, int op, build_fn build, const void *ctx, int timeout_ms, reply *r)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    uint32_t id = 0;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    c->pending[0] = 0; /* whatever was in flight was given up on */
+    if ((rc = req_send(c, 0, op, build, ctx, deadline, timeout_ms, &id)) != 0)
+        return rc;
+    return req_wait(c, 0, op, deadline, timeout_ms, r);
+}
+
+/* Pack a simple_req. */
+void
+build_simple(msgpack_packer *pk, const void *vctx)
+{
+    const simple_req *q = vctx;
+
+    pk_head(pk, q->op, (q->model != NULL) + (q->key != NULL) + (q->key2 != NULL));
+    if (q->model != NULL)
+        pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
+    if (q->key != NULL)
+        proto_pack_kv_u64(pk, q->key, q->value);
+    if (q->key2 != NULL)
+        proto_pack_kv_u64(pk, q->key2, q->value2);
+}
+
+/* Round trip of a simple request with the client's timeout. */
+int
+call_simple(emad_client *c, const simple_req *q, reply *r)
+{
+    return call(c, q->op, build_simple, q, c->opts.timeout_ms, r);
+}
+
+/* Library version string, from the build (static storage). */
+EMAD_EXTERN const char *
+emad_version(void)
+{
+    return PACKAGE_VERSION;
+}
+
+/* sizeof a public struct by its name, 0 if unknown (for bindings to check their layouts). */
+EMAD_EXTERN size_t
+emad_struct_size(const char *name)
+{
+    static const struct {
+        const char *name;
+        size_t size;
+    } t[] = {
+        {"emad_tensor", sizeof(emad_tensor)},
+        {"emad_options", sizeof(emad_options)},
+        {"emad_push_result", sizeof(emad_push_result)},
+        {"emad_pull_options", sizeof(emad_pull_options)},
+        {"emad_model", sizeof(emad_model)},
+        {"emad_model_info", sizeof(emad_model_info)},
+        {"emad_model_config", sizeof(emad_model_config)},
+        {"emad_stat", sizeof(emad_stat)},
+    };
+
+    for (size_t i = 0; name != NULL && i < sizeof(t) / sizeof(t[0]); i++)
+        if (strcmp(t[i].name, name) == 0)
+            return t[i].size;
+    return 0;
+}
+
+/* Safetensors name of a dtype, or NULL. */
+EMAD_EXTERN const char *
+emad_dtype_name(int dtype)
+{
+    return dtype_name(dtype);
+}
+
+/* dtype for a safetensors name; EMAD_DTYPE_INVALID for NULL or unknown names. */
+EMAD_EXTERN int
+emad_dtype_from_name(const char *name)
+{
+    return name != NULL ? dtype_from_name(name, strlen(name)) : EMAD_DTYPE_INVALID;
+}
+
+/* Element size of a dtype in bytes, 0 if invalid. */
+EMAD_EXTERN size_t
+emad_dtype_size(int dtype)
+{
+    return dtype_size(dtype);
+}
+
+/* Fill opts with the defaults (30 s requests, 5 s first contact, 4 MiB chunks, 64 MiB replies). */
+EMAD_EXTERN void
+emad_options_init(emad_options *opts)
+{
+    if (opts == NULL)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->timeout_ms = DEFAULT_TIMEOUT_MS;
+    opts->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
+    opts->chunk_bytes = DEFAULT_CHUNK_BYTES;
+    opts->max_reply_bytes = DEFAULT_MAX_REPLY_BYTES;
+}
+
+/* Pack a hello request. */
+static void
+build_hello(msgpack_packer *pk, const void *ctx)
+{
+    (void)ctx;
+    pk_head(pk, PROTO_OP_HELLO, 0);
+}
+
+/* Read a hello reply: check the protocol and learn the daemon's limits into c. */
+int
+hello_parse(emad_client *c, const reply *r)
+{
+    uint64_t proto, max;
+    int rc;
+
+    if ((rc = rget_u64(c, r->root, PROTO_KEY_PROTOCOL, &proto)) != 0 ||
+        (rc = rget_u64(c, r->root, PROTO_KEY_MAX_MESSAGE_BYTES, &max)) != 0)
+        return rc;
+    if (proto != PROTO_VERSION)
+        return fail(c, EMAD_EVERSION, "the daemon speaks protocol %llu, this library %d",
+                    (unsigned long long)proto, PROTO_VERSION);
+    if (max < PROTO_MIN_MAX_MESSAGE)
+        return fail(c, EMAD_EPROTO, "the daemon's max_message_bytes %llu is below the minimum %u",
+                    (unsigned long long)max, PROTO_MIN_MAX_MESSAGE);
+    if (max > PROTO_MAX_MAX_MESSAGE)
+        max = PROTO_MAX_MAX_MESSAGE;
+    c->server_max = max;
+    c->msg_limit = max - SP_HEADER_SLACK;
+    c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;
+    c->reply_eff = c->reply_ask < max ? c->reply_ask : max;
+    return 0;
+}
+
+/* Send hello and learn the daemon's protocol and limits. */
+static int
+hello(emad_client *c)
+{
+    reply r;
+    int rc;
+
+    rc = call(c, PROTO_OP_HELLO, build_hello, NULL, c->opts.connect_timeout_ms, &r);
+    if (rc == EMAD_ETIMEDOUT)
+        return fail(c, EMAD_ECONNECT, "no reply to hello within %d ms (is emad running there?)",
+                    c->opts.connect_timeout_ms);
+    if (rc != 0)
+        return rc;
+    rc = hello_parse(c, &r);
+    reply_free(&r);
+    return rc;
+}
+
+/* Open a REQ socket to url, set its options, say hello; on failure *out is NULL and no detail
+ * survives. */
+EMAD_EXTERN int
+emad_connect(emad_client **out, const char *url, const emad_options *opts)
+{
+    emad_client *c;
+    const char *env;
+    emad_options o;
+    int rc;
+
+    if (out == NULL)
+        return EMAD_EINVAL;
+    *out = NULL;
+    if (opts != NULL)
+        o = *opts;
+    else
+        emad_options_init(&o);
+    if (url == NULL)
+        url = EMAD_DEFAULT_URL;
+    if (o.timeout_ms <= 0 || o.connect_timeout_ms <= 0 || o.chunk_bytes < PROTO_MIN_MAX_MESSAGE ||
+        o.max_reply_bytes < PROTO_MIN_MAX_MESSAGE || o.max_reply_bytes > PROTO_MAX_MAX_MESSAGE)
+        return EMAD_EINVAL;
+    if (o.chunk_bytes > PROTO_MAX_MAX_MESSAGE)
+        o.chunk_bytes = PROTO_MAX_MAX_MESSAGE;
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return EMAD_ENOMEM;
+    c->opts = o;
+    /* Before hello: requests up to the protocol minimum, replies as asked. */
+    c->msg_limit = c->push_limit = PROTO_MIN_MAX_MESSAGE - SP_HEADER_SLACK;
+    c->reply_ask = c->reply_eff = o.max_reply_bytes - SP_HEADER_SLACK;
+    for (size_t k = 0; k < PIPELINE_MAX; k++)
+        c->socks[k] = -1;
+    c->depth = PIPELINE_DEFAULT;
+    if ((env = getenv("EMAD_PIPELINE_DEPTH")) != NULL && *env != '\0') {
+        char *end;
+        unsigned long d = strtoul(env, &end, 10);
+        if (*end != '\0' || d < 1 || d > PIPELINE_MAX) {
+            free(c);
+            return EMAD_EINVAL;
+        }
+        c->depth = d;
+    }
+    c->next_id = (uint32_t)now_ms() & 0x7fffffffu;
+    if ((c->url = strdup(url)) == NULL) {
+        free(c);
+        return EMAD_ENOMEM;
+    }
+    /* Raw: requests are numbered here and nothing is ever resent behind our back (a push is
+     * not idempotent). */
+    if ((c->sock = c->socks[0] = open_socket(&o, url)) < 0) {
+        int e = errno;
+        rc = (e == EINVAL || e == EPROTONOSUPPORT || e == ENAMETOOLONG || e == ENODEV)
+                 ? EMAD_EINVAL
+                 : EMAD_ECONNECT;
+        goto fail;
+    }
+    if ((rc = hello(c)) != 0)
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    emad_close(c);
+    return rc;
+}
+
+/* Close the socket (pending messages are dropped) and free the client. */
+EMAD_EXTERN void
+emad_close(emad_client *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t k = 0; k < PIPELINE_MAX; k++)
+        if (c->socks[k] >= 0)
+            (void)nn_close(c->socks[k]);
+    free(c->url);
+    free(c);
+}
+
+/* The daemon's max_message_bytes from hello (0 for NULL). */
+EMAD_EXTERN uint64_t
+emad_server_max_message_bytes(const emad_client *c)
+{
+    return c != NULL ? c->server_max : 0;
+}

@@ -1,0 +1,400 @@
+/*
+ * ops_model.c - the ops about models and the daemon: hello, create,
+ * configure, drop, list, stats and snapshot (docs/PROTOCOL.md).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nanomsg/nn.h>
+
+#include "config.h"
+#include "common/emaconf.h"
+#include "common/errors.h"
+#include "base/log.h"
+#include "base/xmalloc.h"
+#include "daemon/server_int.h"
+
+/* Pack a hello reply: the daemon's identity and limits. */
+static void
+build_hello(msgpack_packer *pk, const void *ctx)
+{
+    const server *srv = ctx;
+
+    reply_pack_head(pk, 1, 8);
+    proto_pack_str(pk, PROTO_KEY_SERVER);
+    proto_pack_str(pk, PROTO_VAL_SERVER_NAME);
+    proto_pack_str(pk, PROTO_KEY_VERSION);
+    proto_pack_str(pk, PACKAGE_VERSION);
+    proto_pack_kv_u64(pk, PROTO_KEY_PROTOCOL, PROTO_VERSION);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_MESSAGE_BYTES, srv->cfg.max_message_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_TENSORS, PROTO_MAX_TENSORS);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_NAME_BYTES, EMAD_MAX_NAME_BYTES);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_NDIM, EMAD_MAX_NDIM);
+    proto_pack_kv_u64(pk, PROTO_KEY_TXN_TIMEOUT_MS, srv->cfg.txn_timeout_ms);
+}
+
+/* hello: the daemon's identity and limits. */
+int
+ops_model_hello(req *r, store_err *err)
+{
+    (void)err;
+    reply_send(r, build_hello, r->srv);
+    return 0;
+}
+
+/* Pack a create reply: whether the model is new. */
+static void
+build_created(msgpack_packer *pk, const void *ctx)
+{
+    reply_pack_head(pk, 1, 1);
+    proto_pack_str(pk, PROTO_KEY_CREATED);
+    if (*(const int *)ctx)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+/* Read the configuration keys of a create or configure request over cfg. */
+static int
+get_config(const msgpack_object *root, emad_model_config *cfg, emaconf_strings *strings,
+           store_err *err)
+{
+    char why[256];
+    int rc = emaconf_unpack(root, cfg, strings, why, sizeof(why));
+
+    if (rc != 0)
+        return request_fail(err, rc, "%s", why);
+    return 0;
+}
+
+/* Log a model's configuration as key=value fields. */
+static void
+log_config(const char *event, const char *name, size_t len, const emad_model_config *cfg)
+{
+    char decays[256], g[32], p[32], md[32], d[32];
+    int off = 0;
+
+    decays[0] = '\0';
+    for (size_t i = 0; i < cfg->ndecays && off < (int)sizeof(decays); i++)
+        off += snprintf(decays + off, sizeof(decays) - (size_t)off, "%s%s", i ? "," : "",
+                        emaconf_fmt_double(d, sizeof(d), cfg->decays[i]));
+    log_info("event=%s model=%.*s decays=%s schedule=%s update_after_step=%llu inv_gamma=%s "
+             "power=%s min_decay=%s step_gap=%s buffers=%s nonfinite=%s writers=%u "
+             "copy_patterns=%zu ignore_patterns=%zu",
+             event, (int)len, name, decays, emaconf_schedule_name(cfg->schedule),
+             (unsigned long long)cfg->update_after_step,
+             emaconf_fmt_double(g, sizeof(g), cfg->inv_gamma),
+             emaconf_fmt_double(p, sizeof(p), cfg->power),
+             emaconf_fmt_double(md, sizeof(md), cfg->min_decay),
+             emaconf_step_gap_name(cfg->step_gap), emaconf_buffers_name(cfg->buffers),
+             emaconf_nonfinite_name(cfg->nonfinite), cfg->writers, cfg->ncopy, cfg->nignore);
+}
+
+/* create: a new model, or the existing one with exist_ok. */
+int
+ops_model_create(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+    int exist_ok = 0, created = 0;
+    emad_model_config cfg;
+    emaconf_strings *strings = xmalloc(sizeof(*strings));
+
+    emaconf_init(&cfg);
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+        get_config(r->root, &cfg, strings, err) ||
+        request_get_bool(r->root, PROTO_KEY_EXIST_OK, &exist_ok, err) ||
+        store_create_model(r->srv->store, name, len, &cfg, exist_ok, &created, err)) {
+        free(strings);
+        return err->code;
+    }
+    if (created)
+        log_config("model_created", name, len, &cfg);
+    free(strings);
+    reply_send(r, build_created, &created);
+    return 0;
+}
+
+/* configure: change a model's configuration keys. */
+int
+ops_model_configure(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+    const model *m;
+    emad_model_config cfg;
+    emaconf_strings *strings;
+
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err))
+        return err->code;
+    if ((m = store_model_find(r->srv->store, name, len)) == NULL)
+        return request_fail(err, EMAD_ENOMODEL, "no model '%.*s'", (int)(len > 128 ? 128 : len),
+                            name);
+    cfg = m->cfg; /* absent keys keep their values; patterns borrowed from the model */
+    strings = xmalloc(sizeof(*strings));
+    if (get_config(r->root, &cfg, strings, err) ||
+        store_configure(r->srv->store, name, len, &cfg, err)) {
+        free(strings);
+        return err->code;
+    }
+    log_config("model_configured", name, len, &m->cfg);
+    free(strings);
+    reply_send(r, reply_build_empty, NULL);
+    return 0;
+}
+
+/* drop: delete a model (and, with a state directory, its snapshots). */
+int
+ops_model_drop(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+        store_drop_model(r->srv->store, name, len, err))
+        return err->code;
+    if (r->srv->persist != NULL) {
+        char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+        persist_forget(r->srv->persist, request_printable(buf, sizeof(buf), name, len));
+    }
+    log_info("event=model_dropped model=%.*s", (int)len, name);
+    reply_send(r, reply_build_empty, NULL);
+    return 0;
+}
+
+/* A list reply's context: the store, the time, and one model (or NULL for all). */
+typedef struct list_ctx {
+    store *s;
+    const model *m;
+    uint64_t now_ms;
+} list_ctx;
+
+/* Pack one model summary. */
+static void
+pack_model(msgpack_packer *pk, const model *m, uint64_t now_ms)
+{
+    int pushed = m->last_push_ms != 0;
+
+    msgpack_pack_map(pk, 8 + pushed);
+    if (pushed)
+        proto_pack_kv_u64(pk, PROTO_KEY_LAST_PUSH_AGE_MS,
+                          now_ms >= m->last_push_ms ? now_ms - m->last_push_ms : 0);
+    proto_pack_str(pk, PROTO_KEY_NAME);
+    proto_pack_str(pk, m->name);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_STEP, m->snap_version != 0 ? m->snap_step : 0);
+    proto_pack_str(pk, PROTO_KEY_DECAY);
+    msgpack_pack_double(pk, m->cfg.decays[0]);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, m->step);
+    proto_pack_kv_u64(pk, PROTO_KEY_TENSORS, m->ntensors);
+    proto_pack_kv_u64(pk, PROTO_KEY_SHADOW_BYTES, m->shadow_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEPS_PENDING, m->npending);
+    proto_pack_str(pk, PROTO_KEY_CONFIG);
+    msgpack_pack_map(pk, EMACONF_PACKED_KEYS);
+    emaconf_pack(pk, &m->cfg);
+}
+
+/* Pack a list reply of every model. */
+static void
+build_list_models(msgpack_packer *pk, const void *vctx)
+{
+    const list_ctx *ctx = vctx;
+    store *s = ctx->s;
+    size_t n = 0;
+    model *m;
+
+    while (store_model_at(s, n) != NULL)
+        n++;
+    reply_pack_head(pk, 1, 1);
+    proto_pack_str(pk, PROTO_KEY_MODELS);
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
+        pack_model(pk, m, ctx->now_ms);
+}
+
+/* Pack a list reply of one model and its tensors. */
+static void
+build_list_model(msgpack_packer *pk, const void *vctx)
+{
+    const list_ctx *ctx = vctx;
+    const model *m = ctx->m;
+
+    reply_pack_head(pk, 1, 2);
+    proto_pack_str(pk, PROTO_KEY_MODEL);
+    pack_model(pk, m, ctx->now_ms);
+    proto_pack_str(pk, PROTO_KEY_TENSORS);
+    msgpack_pack_array(pk, m->ntensors);
+    for (size_t i = 0; i < m->ntensors; i++) {
+        const tensor *t = m->tensors[i];
+        view_tensor vt = {.name = t->name,
+                          .name_len = t->name_len,
+                          .kind = t->kind,
+                          .dtype = t->dtype,
+                          .averaged = t->averaged,
+                          .ndim = t->ndim,
+                          .nbytes = t->nbytes,
+                          .step = t->step};
+        memcpy(vt.shape, t->shape, sizeof(vt.shape));
+        ops_pull_pack_tensor(pk, &vt, 0);
+    }
+}
+
+/* list: every model's summary, or one model with its tensors. */
+int
+ops_model_list(req *r, store_err *err)
+{
+    const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
+    list_ctx ctx = {r->srv->store, NULL, r->now_ms};
+    const char *name;
+    size_t len;
+    model *m;
+
+    if (o == NULL) {
+        reply_send(r, build_list_models, &ctx);
+        return 0;
+    }
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
+        return err->code;
+    if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
+        char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+        return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
+                            request_printable(buf, sizeof(buf), name, len));
+    }
+    ctx.m = m;
+    reply_send(r, build_list_model, &ctx);
+    return 0;
+}
+
+/* Number of entries build_stats packs. */
+static size_t
+stats_count(const server *srv)
+{
+    size_t n = COUNTER_COUNT + 9 + 8;
+
+    for (int op = 1; op < PROTO_OP_COUNT; op++)
+        n++;
+    for (int i = 0; i <= EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST; i++)
+        n += srv->err_counts[i] != 0;
+    return n;
+}
+
+/* Pack a stats reply: every counter, per op, per error code, and the gauges. */
+static void
+build_stats(msgpack_packer *pk, const void *ctx)
+{
+    const server *srv = ctx;
+    store_gauges g;
+    char name[64];
+
+    store_gauges_get(srv->store, &g);
+    reply_pack_head(pk, 1, 1);
+    proto_pack_str(pk, PROTO_KEY_STATS);
+    msgpack_pack_map(pk, stats_count(srv));
+    for (int i = 0; i < COUNTER_COUNT; i++)
+        proto_pack_kv_u64(pk, metrics_counter_name(i), srv->counters[i]);
+    for (int op = 1; op < PROTO_OP_COUNT; op++) {
+        snprintf(name, sizeof(name), COUNTERS_OP_PREFIX "%s", proto_op_name(op));
+        proto_pack_kv_u64(pk, name, srv->op_counts[op]);
+    }
+    for (int i = 0; i <= EMAD_ERRNO_LAST - EMAD_ERRNO_FIRST; i++) {
+        if (srv->err_counts[i] == 0)
+            continue;
+        snprintf(name, sizeof(name), COUNTERS_ERROR_PREFIX "%s", errors_name(-(EMAD_ERRNO_FIRST + i)));
+        proto_pack_kv_u64(pk, name, srv->err_counts[i]);
+    }
+    proto_pack_kv_u64(pk, PROTO_KEY_MODELS, g.models);
+    proto_pack_kv_u64(pk, PROTO_KEY_TENSORS, g.tensors);
+    proto_pack_kv_u64(pk, PROTO_KEY_SHADOW_BYTES, g.shadow_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_TXN_OPEN, g.txn_open);
+    proto_pack_kv_u64(pk, PROTO_KEY_SESSIONS_OPEN, g.views_open);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEPS_PENDING, g.steps_pending);
+    proto_pack_kv_u64(pk, PROTO_KEY_STAGED_BYTES, g.staged_bytes);
+    persist_stats ps;
+    memset(&ps, 0, sizeof(ps));
+    if (srv->persist != NULL)
+        persist_stats_get(srv->persist, &ps);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOTS_WRITTEN, ps.written);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_FAILURES, ps.failed);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_BYTES, ps.bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_LAST_SUCCESS_UNIX_SECONDS,
+                      ps.last_success_unix_ms / 1000);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_LAST_DURATION_MS, ps.last_duration_ms);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOT_RUNNING, ps.running);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOTS_LOADED, ps.loaded);
+    proto_pack_kv_u64(pk, PROTO_KEY_SNAPSHOTS_BROKEN, ps.broken);
+    proto_pack_kv_u64(pk, PROTO_KEY_UPTIME_SECONDS, (server_now(srv) - srv->start_ms) / 1000);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_MESSAGE_BYTES, srv->cfg.max_message_bytes);
+}
+
+/* stats: the daemon's counters and gauges. */
+int
+ops_model_stats(req *r, store_err *err)
+{
+    (void)err;
+    reply_send(r, build_stats, r->srv);
+    return 0;
+}
+
+/* A snapshot request whose reply waits for the files to be durable. */
+typedef struct snap_wait {
+    server *srv;
+    void *ctrl; /* routing header of the request */
+    uint64_t t0;
+} snap_wait;
+
+/* Pack a snapshot reply: the step written. */
+static void
+build_snapshot(msgpack_packer *pk, const void *ctx)
+{
+    reply_pack_head(pk, 1, 1);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, *(const uint64_t *)ctx);
+}
+
+/* persist_cb: the snapshot is durable (rc 0) or failed: answer the request. */
+static void
+snapshot_done(void *arg, int rc, const char *message, uint64_t step)
+{
+    snap_wait *w = arg;
+    store_err err;
+    req r;
+
+    async_late_begin(&r, &err, w->srv, PROTO_OP_SNAPSHOT, w->ctrl, w->t0);
+    if (rc == 0)
+        reply_send(&r, build_snapshot, &step);
+    else
+        rc = request_fail(&err, rc == EMAD_ENOMODEL ? rc : EMAD_ESNAPSHOT, "snapshot failed: %s",
+                          message);
+    async_late_end(&r, rc, &err);
+    free(w);
+}
+
+/* snapshot: write every changed model (or one) and answer once durable. */
+int
+ops_model_snapshot(req *r, store_err *err)
+{
+    const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
+    char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+    const char *name = NULL;
+    size_t len = 0;
+    snap_wait *w;
+
+    if (r->srv->persist == NULL || r->capture != NULL)
+        return request_fail(
+            err, EMAD_ENOSTATE,
+            "this daemon runs without --state-dir: there is nowhere to snapshot to");
+    if (o != NULL && request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) != 0)
+        return err->code;
+    if (name != NULL && store_model_find(r->srv->store, name, len) == NULL)
+        return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
+                            request_printable(buf, sizeof(buf), name, len));
+    w = xcalloc(1, sizeof(*w));
+    w->srv = r->srv;
+    w->ctrl = r->ctrl;
+    w->t0 = r->t0;
+    r->ctrl = NULL; /* the reply is sent later, with this header, and counted then */
+    r->deferred = 1;
+    persist_request(r->srv->persist,
+                    name != NULL ? request_printable(buf, sizeof(buf), name, len) : NULL,
+                    snapshot_done, w);
+    return 0;
+}

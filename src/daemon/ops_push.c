@@ -1,0 +1,259 @@
+/*
+ * ops_push.c - the ops that change shadows: push (one message, a seed, or
+ * a transaction's chunk), begin, commit and abort, and the commits parked
+ * until their transaction's chunks have been averaged.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <nanomsg/nn.h>
+
+#include "base/log.h"
+#include "base/xmalloc.h"
+#include "daemon/server_int.h"
+
+/* A commit that came while chunks of its transaction were still being averaged. */
+typedef struct parked {
+    uint64_t txn;
+    void *ctrl; /* the request's routing header */
+    uint64_t t0;
+    struct parked *next;
+} parked;
+
+/* Pack a push/commit result. */
+static void
+build_result(msgpack_packer *pk, const void *ctx)
+{
+    const store_result *res = ctx;
+
+    reply_pack_head(pk, 1, 7);
+    proto_pack_kv_u64(pk, PROTO_KEY_APPLIED, res->applied);
+    proto_pack_kv_u64(pk, PROTO_KEY_STALE, res->stale);
+    proto_pack_kv_u64(pk, PROTO_KEY_SKIPPED, res->skipped);
+    proto_pack_kv_u64(pk, PROTO_KEY_IGNORED, res->ignored);
+    proto_pack_str(pk, PROTO_KEY_PENDING);
+    if (res->pending)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    proto_pack_str(pk, PROTO_KEY_STALE_NAMES);
+    msgpack_pack_array(pk, res->nstale_names);
+    for (size_t i = 0; i < res->nstale_names; i++)
+        proto_pack_str(pk, res->stale_names[i]);
+    proto_pack_kv_u64(pk, PROTO_KEY_STEP, res->step);
+}
+
+/* Count a push's outcome. */
+static void
+count_result(server *srv, const store_result *res)
+{
+    srv->counters[COUNTER_TENSORS_APPLIED] += res->applied;
+    srv->counters[COUNTER_TENSORS_STALE] += res->stale;
+    srv->counters[COUNTER_TENSORS_SKIPPED_NONFINITE] += res->skipped;
+    srv->counters[COUNTER_TENSORS_IGNORED] += res->ignored;
+    srv->counters[COUNTER_WRITER_PUSHES_PENDING] += res->pending != 0;
+    srv->pushes_stale += res->applied == 0 && res->stale > 0;
+}
+
+/* Pack a transaction chunk's reply: the bytes staged so far. */
+void
+ops_push_pack_staged(msgpack_packer *pk, const void *ctx)
+{
+    reply_pack_head(pk, 1, 1);
+    proto_pack_kv_u64(pk, PROTO_KEY_STAGED, *(const uint64_t *)ctx);
+}
+
+/* push: one message, a seed, or a chunk of a transaction (averaged on the threadpool if large). */
+int
+ops_push_push(req *r, store_err *err)
+{
+    const char *model_name = NULL;
+    size_t len = 0, n = 0;
+    uint64_t step = 0, txn = 0, writer = 0;
+    int has_txn = 0, has_step = 0, has_writer = 0, seed = 0, rc;
+    store_input *in = NULL;
+
+    if (request_get_u64(r->root, PROTO_KEY_TXN, &txn, &has_txn, err) != 0 ||
+        request_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err) != 0)
+        return err->code;
+    if (has_writer && has_txn)
+        return request_fail(err, EMAD_EMALFORMED,
+                            "'" PROTO_KEY_WRITER "' belongs in %s, not in a transaction's push",
+                            proto_op_name(PROTO_OP_BEGIN));
+    if (request_get_bool(r->root, PROTO_KEY_SEED, &seed, err) != 0)
+        return err->code;
+    if (seed && (has_txn || has_writer))
+        return request_fail(err, EMAD_EMALFORMED,
+                            "a seed is one message, without '" PROTO_KEY_TXN
+                            "' or '" PROTO_KEY_WRITER "'");
+    if (writer > UINT32_MAX)
+        return request_fail(err, EMAD_ERANGE, "writer %llu is out of range",
+                            (unsigned long long)writer);
+    if (!has_txn && (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
+                     request_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err)))
+        return err->code;
+    if (has_txn) {
+        const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
+        if (o != NULL && request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) != 0)
+            return err->code;
+        if (request_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err) != 0)
+            return err->code;
+    }
+    if (request_decode_tensors(r->root, has_txn, &in, &n, err) != 0)
+        return err->code;
+    if (has_txn) {
+        uint64_t staged = 0;
+        store_job *job = NULL;
+        rc = store_txn_push_job(r->srv->store, txn, model_name, len, has_step, step, in, n,
+                                r->now_ms, &staged, &job, err);
+        free(in); /* the job's tasks point into the request message, not into `in` */
+        if (rc != 0)
+            return rc;
+        if (job != NULL && async_push(r, job, staged))
+            return 0;
+        if (job != NULL && (rc = store_job_run(r->srv->store, job, r->now_ms, err)) != 0)
+            return rc;
+        reply_send(r, ops_push_pack_staged, &staged);
+        return 0;
+    }
+    store_result res;
+    if (seed)
+        rc = store_seed(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
+    else
+        rc = store_push(r->srv->store, model_name, len, step, (uint32_t)writer, in, n, r->now_ms,
+                        &res, err);
+    if (rc == 0 && seed)
+        log_info("event=model_seeded model=%.*s step=%llu tensors=%llu", (int)len, model_name,
+                 (unsigned long long)step, (unsigned long long)res.applied);
+    free(in);
+    if (rc != 0)
+        return rc;
+    count_result(r->srv, &res);
+    log_debug("event=push model=%.*s step=%llu applied=%llu stale=%llu", (int)len, model_name,
+              (unsigned long long)step, (unsigned long long)res.applied,
+              (unsigned long long)res.stale);
+    reply_send(r, build_result, &res);
+    return 0;
+}
+
+/* Pack a begin reply: the transaction id. */
+static void
+build_txn(msgpack_packer *pk, const void *ctx)
+{
+    reply_pack_head(pk, 1, 1);
+    proto_pack_kv_u64(pk, PROTO_KEY_TXN, *(const uint64_t *)ctx);
+}
+
+/* begin: open a transaction for a model's step. */
+int
+ops_push_begin(req *r, store_err *err)
+{
+    const char *name;
+    size_t len;
+    uint64_t step, id, writer = 0;
+    int has_writer;
+
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+        request_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err) ||
+        request_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err))
+        return err->code;
+    if (writer > UINT32_MAX)
+        return request_fail(err, EMAD_ERANGE, "writer %llu is out of range",
+                            (unsigned long long)writer);
+    if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
+        return err->code;
+    r->srv->counters[COUNTER_TXN_BEGUN]++;
+    log_debug("event=txn_begin model=%.*s step=%llu txn=%llu", (int)len, name,
+              (unsigned long long)step, (unsigned long long)id);
+    reply_send(r, build_txn, &id);
+    return 0;
+}
+
+/* Commit transaction id and answer r. */
+static int
+commit_txn(req *r, uint64_t id, store_err *err)
+{
+    store_result res;
+
+    if (store_txn_commit(r->srv->store, id, r->now_ms, &res, err) != 0)
+        return err->code;
+    r->srv->counters[COUNTER_TXN_COMMITTED]++;
+    count_result(r->srv, &res);
+    log_debug("event=txn_commit txn=%llu applied=%llu stale=%llu step=%llu", (unsigned long long)id,
+              (unsigned long long)res.applied, (unsigned long long)res.stale,
+              (unsigned long long)res.step);
+    reply_send(r, build_result, &res);
+    return 0;
+}
+
+/* commit: apply a transaction, or park it while its chunks are still being averaged. */
+int
+ops_push_commit(req *r, store_err *err)
+{
+    uint64_t id;
+
+    if (request_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) != 0)
+        return err->code;
+    if (async_can_defer(r) && store_txn_inflight(r->srv->store, id) > 0) {
+        parked *p = xcalloc(1, sizeof(*p)), **pp;
+        p->txn = id;
+        p->ctrl = r->ctrl;
+        p->t0 = r->t0;
+        r->ctrl = NULL;
+        r->deferred = 1;
+        r->srv->counters[COUNTER_COMMITS_WAITED]++;
+        for (pp = &r->srv->parked; *pp != NULL; pp = &(*pp)->next)
+            ; /* in arrival order */
+        *pp = p;
+        return 0;
+    }
+    return commit_txn(r, id, err);
+}
+
+/* Commit the parked transactions whose jobs are all done (or that are gone). */
+void
+ops_push_run_parked(server *srv)
+{
+    parked **pp = &srv->parked;
+
+    while (*pp != NULL) {
+        parked *p = *pp;
+        store_err err;
+        req r;
+
+        if (store_txn_inflight(srv->store, p->txn) > 0) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        async_late_begin(&r, &err, srv, PROTO_OP_COMMIT, p->ctrl, p->t0);
+        async_late_end(&r, commit_txn(&r, p->txn, &err), &err);
+        free(p);
+    }
+}
+
+/* abort: discard a transaction. */
+int
+ops_push_abort(req *r, store_err *err)
+{
+    uint64_t id;
+
+    if (request_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) ||
+        store_txn_abort(r->srv->store, id, err))
+        return err->code;
+    r->srv->counters[COUNTER_TXN_ABORTED]++;
+    reply_send(r, reply_build_empty, NULL);
+    return 0;
+}
+
+/* Free the commits still parked and their routing headers (the server is going away). */
+void
+ops_push_free_parked(server *srv)
+{
+    while (srv->parked != NULL) {
+        parked *p = srv->parked;
+        srv->parked = p->next;
+        nn_freemsg(p->ctrl);
+        free(p);
+    }
+}

@@ -1,0 +1,400 @@
+/*
+ * snapdir.c - the daemon's snapshot directory (see snapdir.h): paths of a
+ * model's directory and files, writing a file into it (creating the
+ * directories), listing the steps and the models it holds, pruning old
+ * steps, removing temp files a dead writer left, and setting bad files
+ * aside. The file format and the atomic write are common/snapshot.c.
+ *
+ * Decisions:
+ * - snapdir_write checks everything (snapshot_check_write) before it creates a
+ *   directory, so a bad request leaves no trace on disk.
+ * - Prune: an incomplete step never counts towards `keep`; it is removed
+ *   once a newer complete step exists, and left alone while it is newer
+ *   than every complete step (a set being written). The newest complete
+ *   step is always kept (keep 0 counts as 1). .broken files are left for
+ *   a human to look at.
+ *
+ * Nothing here keeps state or locks; all functions may run on any thread.
+ * snapdir_prune removes every temp file of the directory, so it must not run
+ * while a snapdir_write to the same model is in progress.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/cause.h"
+#include "common/names.h"
+#include "common/snapshot.h"
+#include "files/fileio.h"
+#include "files/snapdir.h"
+
+#define SNAP_SUBDIR "snapshots"
+#define SNAP_DIR_MODE 0750
+
+/* Is name a snapshot temp file, .STEP.dK.safetensors.tmp.XXXXXX (see safetensors_write_ex)? */
+static int
+is_temp_name(const char *name)
+{
+    const char *end;
+    uint64_t step;
+    size_t k;
+
+    if (name[0] != '.' || (end = snapshot_parse_name(name + 1, &step, &k)) == NULL)
+        return 0;
+    return strncmp(end, "." SNAPSHOT_TMP_TAG ".", strlen(SNAPSHOT_TMP_TAG) + 2) == 0 &&
+           end[strlen(SNAPSHOT_TMP_TAG) + 2] != '\0';
+}
+
+/* Path of a model's snapshot directory (malloc'd, NULL if memory runs out). */
+char *
+snapdir_model_dir(const char *state_dir, const char *model)
+{
+    char *s;
+
+    return asprintf(&s, "%s/" SNAP_SUBDIR "/%s", state_dir, model) < 0 ? NULL : s;
+}
+
+/* Path of one file of a set (malloc'd, NULL if memory runs out). */
+char *
+snapdir_path(const char *model_dir, uint64_t step, size_t decay_index)
+{
+    char *s;
+
+    return asprintf(&s, "%s/" SNAPSHOT_NAME_FMT, model_dir, step, decay_index) < 0 ? NULL : s;
+}
+
+/* Write one snapshot file into the model's directory (see snapdir.h). */
+int
+snapdir_write(const char *state_dir, const snapshot_meta *m, const snapshot_tensor *t, size_t n,
+              uint64_t *bytes, char **cause)
+{
+    char *dir = NULL, *path = NULL;
+    int rc;
+
+    if (cause != NULL)
+        *cause = NULL;
+    /* Check everything before creating directories. */
+    if ((rc = snapshot_check_write(m, t, n, cause)) < 0)
+        return rc;
+    if ((dir = snapdir_model_dir(state_dir, m->model)) == NULL ||
+        (path = snapdir_path(dir, m->step, m->decay_index)) == NULL) {
+        rc = cause_set(cause, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = fileio_make_dirs(dir, SNAP_DIR_MODE)) < 0) {
+        rc = cause_set(cause, snapshot_io_code(-rc), "%s: cannot create the directory: %s", dir,
+                       strerror(-rc));
+        goto out;
+    }
+    rc = snapshot_write_path(path, m, t, n, bytes, cause);
+out:
+    free(path);
+    free(dir);
+    return rc;
+}
+
+/* qsort order of steps: descending. */
+static int
+cmp_step_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Is the entry name of directory fd a regular file (symlinks followed)? */
+static int
+is_regular(int dfd, const char *name)
+{
+    struct stat sb;
+
+    return fstatat(dfd, name, &sb, 0) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* A growable array of (step, decay index) pairs found in a directory. */
+typedef struct snapdir_entry {
+    uint64_t step;
+    size_t decay_index;
+} snapdir_entry;
+
+/*
+ * Collect the snapshot files (regular files named STEP.dK.safetensors) of
+ * an open directory into *out (malloc'd, *n entries); with remove_temps,
+ * unlink the temp files and count them in *removed. 0 or -ENOMEM.
+ */
+static int
+scan_dir(DIR *dir, snapdir_entry **out, size_t *n, int remove_temps, size_t *removed)
+{
+    snapdir_entry *e = NULL, *ne;
+    size_t cap = 0;
+    struct dirent *de;
+
+    *n = 0;
+    while ((de = readdir(dir)) != NULL) {
+        snapdir_entry x;
+
+        if (remove_temps && is_temp_name(de->d_name)) {
+            if (unlinkat(dirfd(dir), de->d_name, 0) == 0)
+                (*removed)++;
+            continue;
+        }
+        if (!snapshot_is_name(de->d_name, &x.step, &x.decay_index) ||
+            !is_regular(dirfd(dir), de->d_name))
+            continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            if ((ne = realloc(e, cap * sizeof(*e))) == NULL) {
+                free(e);
+                return -ENOMEM;
+            }
+            e = ne;
+        }
+        e[(*n)++] = x;
+    }
+    *out = e;
+    return 0;
+}
+
+/* Steps with at least one snapshot file, newest first (see snapdir.h). */
+int
+snapdir_list_steps(const char *model_dir, uint64_t **steps, size_t *n)
+{
+    DIR *dir;
+    snapdir_entry *e;
+    uint64_t *s;
+    size_t ne, k = 0;
+    int rc;
+
+    *steps = NULL;
+    *n = 0;
+    if ((dir = opendir(model_dir)) == NULL)
+        return errno == ENOENT ? 0 : -errno;
+    rc = scan_dir(dir, &e, &ne, 0, NULL);
+    (void)closedir(dir);
+    if (rc < 0)
+        return rc;
+    if ((s = malloc((ne > 0 ? ne : 1) * sizeof(*s))) == NULL) {
+        free(e);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < ne; i++)
+        s[i] = e[i].step;
+    free(e);
+    qsort(s, ne, sizeof(*s), cmp_step_desc);
+    for (size_t i = 0; i < ne; i++)
+        if (k == 0 || s[k - 1] != s[i])
+            s[k++] = s[i];
+    *steps = s;
+    *n = k;
+    return 0;
+}
+
+/* Does e[0..n) hold every decay 0..ndecays-1 of step? */
+static int
+step_complete(const snapdir_entry *e, size_t n, uint64_t step, size_t ndecays)
+{
+    uint32_t have = 0;
+
+    if (ndecays == 0 || ndecays > EMAD_MAX_DECAYS)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (e[i].step == step && e[i].decay_index < ndecays)
+            have |= UINT32_C(1) << e[i].decay_index;
+    return have == (UINT32_C(1) << ndecays) - 1;
+}
+
+/*
+ * The steps prune keeps from: *newest gets the newest complete step and
+ * *oldest the keep-th newest one (or the oldest complete one). Returns 0
+ * if there is no complete step.
+ */
+static int
+kept_range(const snapdir_entry *e, size_t n, size_t ndecays, size_t keep, uint64_t *newest,
+           uint64_t *oldest)
+{
+    uint64_t *s = malloc((n > 0 ? n : 1) * sizeof(*s));
+    size_t found = 0;
+
+    if (s == NULL)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        s[i] = e[i].step;
+    qsort(s, n, sizeof(*s), cmp_step_desc);
+    for (size_t i = 0; i < n && found < keep; i++) {
+        if ((i > 0 && s[i] == s[i - 1]) || !step_complete(e, n, s[i], ndecays))
+            continue;
+        if (found++ == 0)
+            *newest = s[i];
+        *oldest = s[i];
+    }
+    free(s);
+    return found > 0;
+}
+
+/*
+ * Keep the newest `keep` complete steps (at least one); remove the files
+ * of older steps, of incomplete steps older than the newest complete one,
+ * and every temp file. Returns the number of files removed.
+ */
+size_t
+snapdir_prune(const char *model_dir, size_t ndecays, size_t keep)
+{
+    DIR *dir;
+    snapdir_entry *e;
+    size_t n, removed = 0;
+    uint64_t newest = 0, oldest = 0;
+
+    if ((dir = opendir(model_dir)) == NULL)
+        return 0;
+    if (scan_dir(dir, &e, &n, 1, &removed) < 0) {
+        (void)closedir(dir);
+        return removed;
+    }
+    if (kept_range(e, n, ndecays, keep > 0 ? keep : 1, &newest, &oldest)) {
+        for (size_t i = 0; i < n; i++) {
+            char name[64];
+
+            if (e[i].step >= oldest &&
+                (e[i].step >= newest || step_complete(e, n, e[i].step, ndecays)))
+                continue;
+            snprintf(name, sizeof(name), SNAPSHOT_NAME_FMT, e[i].step, e[i].decay_index);
+            if (unlinkat(dirfd(dir), name, 0) == 0)
+                removed++;
+        }
+    }
+    free(e);
+    if (removed > 0)
+        (void)fsync(dirfd(dir));
+    (void)closedir(dir);
+    return removed;
+}
+
+/* Rename a bad file to PATH.broken (replacing an older one) and sync its directory. */
+int
+snapdir_mark_broken(const char *path)
+{
+    char *to;
+    int rc = 0;
+
+    if (asprintf(&to, "%s.broken", path) < 0)
+        return -ENOMEM;
+    if (rename(path, to) < 0)
+        rc = -errno;
+    else
+        (void)fileio_sync_parent(path);
+    free(to);
+    return rc;
+}
+
+/* qsort order of C strings. */
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Free names[0..n) and the array. */
+static void
+free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/*
+ * Model directories under STATE_DIR/snapshots, sorted by name: entries
+ * that are directories with a valid model name (others skipped). A
+ * missing snapshots directory is no models. 0 or a negative errno.
+ */
+int
+snapdir_list_models(const char *state_dir, char ***names, size_t *n)
+{
+    char *path, **v = NULL, **nv;
+    size_t cap = 0, k = 0;
+    struct dirent *de;
+    struct stat sb;
+    DIR *dir;
+
+    *names = NULL;
+    *n = 0;
+    if (asprintf(&path, "%s/" SNAP_SUBDIR, state_dir) < 0)
+        return -ENOMEM;
+    dir = opendir(path);
+    free(path);
+    if (dir == NULL)
+        return errno == ENOENT ? 0 : -errno;
+    while ((de = readdir(dir)) != NULL) {
+        if (names_check_model(de->d_name, strlen(de->d_name)) != 0 ||
+            fstatat(dirfd(dir), de->d_name, &sb, 0) < 0 || !S_ISDIR(sb.st_mode))
+            continue;
+        if (k == cap) {
+            size_t ncap = cap ? 2 * cap : 8;
+
+            if ((nv = realloc(v, ncap * sizeof(*v))) == NULL)
+                goto fail;
+            v = nv;
+            cap = ncap;
+        }
+        if ((v[k] = strdup(de->d_name)) == NULL)
+            goto fail;
+        k++;
+    }
+    (void)closedir(dir);
+    if (k > 1)
+        qsort(v, k, sizeof(*v), cmp_str);
+    *names = v;
+    *n = k;
+    return 0;
+
+fail:
+    free_names(v, k);
+    (void)closedir(dir);
+    return -ENOMEM;
+}
+
+/* Remove the temp files a dead writer left in a model's directory; returns how many. */
+size_t
+snapdir_remove_temps(const char *model_dir)
+{
+    DIR *dir = opendir(model_dir);
+    snapdir_entry *e = NULL;
+    size_t n = 0, removed = 0;
+
+    if (dir == NULL)
+        return 0;
+    (void)scan_dir(dir, &e, &n, 1, &removed);
+    free(e);
+    closedir(dir);
+    return removed;
+}
+
+/* Remove a model's snapshot directory and every file in it; 0 or a negative errno. */
+int
+snapdir_remove_model(const char *state_dir, const char *model)
+{
+    char *path = snapdir_model_dir(state_dir, model);
+    DIR *dir;
+    struct dirent *de;
+    int rc = 0;
+
+    if (path == NULL)
+        return -ENOMEM;
+    if ((dir = opendir(path)) != NULL) {
+        while ((de = readdir(dir)) != NULL)
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                (void)unlinkat(dirfd(dir), de->d_name, 0);
+        closedir(dir);
+    }
+    if (rmdir(path) != 0)
+        rc = errno == ENOENT ? 0 : -errno;
+    else
+        rc = fileio_sync_parent(path);
+    free(path);
+    return rc;
+}

@@ -1,0 +1,123 @@
+/*
+ * blob.c - shadow storage: reference-counted blobs, copy-on-write and the
+ * spare blobs kept for the next transactions.
+ *
+ * A tensor's shadows and the pull views of them share blobs. A blob that
+ * only its tensor holds is updated in place; one that a view (or a
+ * transaction's base) also holds is never written again: the update goes
+ * to a fresh blob (blob_cow()), so a view always shows exactly one
+ * committed state. Everything runs on the loop thread except the
+ * references taken and dropped around replies packed off it
+ * (store_blob_ref()).
+ */
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "store/store_int.h"
+#include "base/xmalloc.h"
+
+/* Blobs of at least this size are 2 MiB aligned and use transparent huge pages. */
+#define HUGE_BLOB_BYTES (4u << 20)
+#define HUGE_PAGE_BYTES (2u << 20)
+
+/*
+ * A new blob of size bytes with one reference, or NULL. Large blobs are
+ * aligned to 2 MiB and marked for transparent huge pages: a shadow is
+ * written whole on its first push, and huge pages make that first touch
+ * (and every later pass) cheaper.
+ */
+blob *
+blob_new(size_t size)
+{
+    blob *b = malloc(sizeof(*b));
+
+    if (b == NULL)
+        return NULL;
+    if (size >= HUGE_BLOB_BYTES) {
+        size_t rounded = (size + HUGE_PAGE_BYTES - 1) & ~(size_t)(HUGE_PAGE_BYTES - 1);
+        if (posix_memalign(&b->data, HUGE_PAGE_BYTES, rounded) != 0)
+            b->data = NULL;
+#ifdef MADV_HUGEPAGE
+        else
+            (void)madvise(b->data, rounded, MADV_HUGEPAGE);
+#endif
+    } else {
+        b->data = xtry_aligned(size);
+    }
+    if (b->data == NULL) {
+        free(b);
+        return NULL;
+    }
+    b->refs = 1;
+    b->size = size;
+    return b;
+}
+
+/* Drop one reference; frees the blob at zero. NULL accepted. */
+void
+blob_unref(blob *b)
+{
+    if (b != NULL && --b->refs == 0) {
+        free(b->data);
+        free(b);
+    }
+}
+
+/*
+ * Drop one reference; at zero the blob becomes *spare (one reference, held
+ * by the tensor) when that slot is free, so the next transaction writes
+ * into memory that is already mapped. store_release_spares() frees them.
+ */
+void
+blob_release(blob *b, blob **spare)
+{
+    if (b == NULL || --b->refs > 0)
+        return;
+    if (*spare == NULL) {
+        b->refs = 1;
+        *spare = b;
+        return;
+    }
+    free(b->data);
+    free(b);
+}
+
+void
+store_blob_ref(blob *b)
+{
+    b->refs++;
+}
+
+void
+store_blob_unref(blob *b)
+{
+    blob_unref(b);
+}
+
+/*
+ * The blob an update of cur writes into: cur itself when nothing else
+ * references it (an update in place), else a new blob of size bytes
+ * (copy-on-write), or NULL when out of memory. cur may be NULL.
+ */
+blob *
+blob_cow(blob *cur, size_t size)
+{
+    if (cur != NULL && cur->refs == 1)
+        return cur;
+    return blob_new(size);
+}
+
+void
+store_release_spares(store *s)
+{
+    for (size_t i = 0; i < s->nmodels; i++) {
+        model *m = s->models[i];
+        for (size_t k = 0; k < m->ntensors; k++) {
+            tensor *t = m->tensors[k];
+            for (uint32_t j = 0; j < EMAD_MAX_DECAYS; j++) {
+                blob_unref(t->spare[j]);
+                t->spare[j] = NULL;
+            }
+        }
+    }
+}

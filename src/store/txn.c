@@ -1,0 +1,502 @@
+/*
+ * txn.c - transactions: a writer's step sent in many requests and
+ * committed at once, and the jobs that do a request's kernel work.
+ *
+ * A transaction stages whole tensors or chunks of their slices, in any order.
+ * On a model with several writers the chunks are copied into the
+ * transaction's stage, and commit hands the complete stage to
+ * apply_contribution() like one push. On a single-writer model the
+ * transaction is eager: each chunk is averaged (or copied) straight from
+ * the request into new shadow blobs, as tasks that may run on other
+ * threads (a job); commit then checks that no other push changed those
+ * tensors meanwhile and publishes the new shadows through apply_step().
+ * A transaction discarded while its jobs run is kept as a zombie until
+ * the last job is done. Everything but the tasks runs on the loop thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "common/emaconf.h"
+#include "store/store_int.h"
+#include "base/strmap.h"
+#include "store/task.h"
+#include "base/xmalloc.h"
+
+/* Free a transaction and its staging buffers. */
+void
+txn_free(txn *t)
+{
+    if (t == NULL)
+        return;
+    stage_free(&t->st);
+    free(t->model);
+    free(t);
+}
+
+/* Free an unlinked transaction, or keep it until its running jobs are done. */
+void
+txn_discard(store *s, txn *t)
+{
+    if (t->inflight == 0) {
+        txn_free(t);
+        return;
+    }
+    t->dead = 1;
+    t->next = s->zombies;
+    s->zombies = t;
+}
+
+/* Open transaction by id, or NULL. */
+static txn *
+txn_find(const store *s, uint64_t id)
+{
+    for (txn *t = s->txns; t != NULL; t = t->next)
+        if (t->id == id)
+            return t;
+    return NULL;
+}
+
+/* Open transaction by id, or NULL with EMAD_ENOTXN. */
+static txn *
+txn_get(store *s, uint64_t id, store_err *err)
+{
+    txn *t = txn_find(s, id);
+
+    if (t != NULL)
+        return t;
+    store_fail(err, EMAD_ENOTXN, NULL, "no open transaction %llu (unknown, expired or finished)",
+               (unsigned long long)id);
+    return NULL;
+}
+
+uint32_t
+store_txn_inflight(const store *s, uint64_t id)
+{
+    const txn *t = txn_find(s, id);
+
+    return t != NULL ? t->inflight : 0;
+}
+
+/* Unlink and free a transaction. */
+static void
+txn_remove(store *s, txn *t)
+{
+    for (txn **pp = &s->txns; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            s->ntxns--;
+            txn_discard(s, t);
+            return;
+        }
+    }
+}
+
+int
+store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                uint64_t now_ms, uint64_t *id, store_err *err)
+{
+    model *m = store_model_get(s, model_name, len, err);
+    txn *t;
+
+    if (m == NULL)
+        return err->code;
+    if (store_check_writer(m, writer, err) != 0)
+        return err->code;
+    if (s->ntxns >= STORE_MAX_TXNS)
+        return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open transactions", STORE_MAX_TXNS);
+    t = xcalloc(1, sizeof(*t));
+    t->id = s->next_id++;
+    t->model = xstrndup(model_name, len);
+    t->model_len = len;
+    t->step = step;
+    t->writer = writer;
+    t->eager = m->cfg.writers == 1;
+    stage_init(&t->st);
+    t->last_used_ms = now_ms;
+    t->next = s->txns;
+    s->txns = t;
+    s->ntxns++;
+    *id = t->id;
+    return 0;
+}
+
+/*
+ * First chunk of an item in an eager transaction: take references to the
+ * stored tensor's shadows, get a target blob per shadow (the tensor's
+ * spare when it has one) and the decays from the tensor's step to the
+ * transaction's. A tensor already at or past the step is stale: its chunks
+ * are checked and counted, not applied.
+ */
+static int
+eager_prepare(model *m, const txn *x, item *it, store_err *err)
+{
+    tensor *t = strmap_get(m->index, it->name, it->name_len);
+    uint64_t numel, nbytes;
+    int sdtype;
+
+    if (t != NULL && t->step >= x->step) {
+        it->stale = 1;
+        it->prepared = 1;
+        return 0;
+    }
+    it->averaged =
+        t != NULL ? t->averaged : store_is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+    sdtype = it->averaged ? dtype_shadow(it->dtype) : it->dtype;
+    (void)dtype_numel(it->shape, it->ndim, sdtype, &numel, &nbytes);
+    for (uint32_t j = 0; j < (it->averaged ? (uint32_t)m->cfg.ndecays : 1); j++) {
+        if (t != NULL && t->spare[j] != NULL && t->spare[j]->size == nbytes) {
+            it->target[j] = t->spare[j];
+            t->spare[j] = NULL;
+        } else if ((it->target[j] = blob_new(nbytes)) == NULL) {
+            for (uint32_t k = 0; k < j; k++) {
+                blob_unref(it->target[k]);
+                blob_unref(it->base[k]);
+                it->target[k] = it->base[k] = NULL;
+            }
+            return store_fail(err, EMAD_ENOMEM, it->name,
+                              "tensor '%s': out of memory for %llu bytes of shadow", it->name,
+                              (unsigned long long)nbytes);
+        }
+        if (t != NULL) {
+            it->base[j] = t->shadow[j];
+            it->base[j]->refs++;
+        }
+        it->d[j] = t != NULL && it->averaged
+                       ? emaconf_decay(&m->cfg, m->cfg.decays[j], t->step, x->step)
+                       : 0.0;
+        it->nshadow = j + 1;
+    }
+    it->has_base = t != NULL;
+    it->prepared = 1;
+    return 0;
+}
+
+/* The tasks of one piece of a chunk (eager_tasks()). */
+static void
+eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_t n,
+            const void *src, task_list *tl)
+{
+    size_t ssz = dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+    int count = it->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW;
+    /* The first shadow's update counts while it reads the values; an init does not. */
+    int fused = count && it->nshadow > 0 && it->has_base && it->d[0] != 0.0;
+
+    if (count && !fused)
+        task_list_add(
+            tl,
+            &(task){
+                .op = TASK_COUNT, .dtype = (uint8_t)it->dtype, .tag = index, .src = src, .n = n});
+    for (uint32_t j = 0; j < it->nshadow; j++) {
+        task k = {.dtype = (uint8_t)it->dtype,
+                  .tag = index,
+                  .dst = (char *)it->target[j]->data + e0 * ssz,
+                  .src = src,
+                  .n = n};
+        if (!it->averaged) {
+            k.op = TASK_COPY;
+            k.n = n * ssz;
+        } else if (!it->has_base || it->d[j] == 0.0) {
+            k.op = TASK_INIT;
+        } else {
+            k.op = TASK_EMA;
+            k.base = (const char *)it->base[j]->data + e0 * ssz;
+            k.decay = it->d[j];
+            k.count = (uint8_t)(fused && j == 0);
+        }
+        task_list_add(tl, &k);
+    }
+}
+
+/*
+ * The tasks that write elements [e0, e0 + n) of an eager item from src,
+ * piece by piece: the count of non-finite values (if the model checks
+ * them) and the update of every shadow read the piece's values while they
+ * are in the cache.
+ */
+static void
+eager_tasks(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_t n,
+            const void *src, task_list *tl)
+{
+    uint64_t per =
+        TASK_PIECE_BYTES / dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+
+    for (uint64_t done = 0; done < n; done += per) {
+        uint64_t k = n - done < per ? n - done : per;
+        eager_piece(m, it, index, e0 + done, k, (const char *)src + done * dtype_size(it->dtype),
+                    tl);
+    }
+}
+
+int
+store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+                   uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
+                   uint64_t *staged_n, store_job **job, store_err *err)
+{
+    txn *t = txn_get(s, id, err);
+    uint64_t *counts;
+    uint8_t *skip;
+    task_list tl = {0};
+    model *m;
+
+    *staged_n = 0;
+    *job = NULL;
+    if (t == NULL)
+        return err->code;
+    if (model_name != NULL && (len != t->model_len || memcmp(model_name, t->model, len) != 0))
+        return store_fail(err, EMAD_EMALFORMED, NULL, "transaction %llu belongs to model '%s'",
+                          (unsigned long long)id, t->model);
+    if (has_step && step != t->step)
+        return store_fail(err, EMAD_EMALFORMED, NULL, "transaction %llu is for step %llu, not %llu",
+                          (unsigned long long)id, (unsigned long long)t->step,
+                          (unsigned long long)step);
+    if (t->failed.code != 0) {
+        *err = t->failed;
+        return err->code;
+    }
+    if ((m = store_model_get(s, t->model, t->model_len, err)) == NULL)
+        return err->code;
+    if (stage_check_size(n, err) != 0)
+        return err->code;
+    if (stage_check_unique(in, n, "request", err) != 0)
+        return err->code;
+    /* Check every chunk, against the stored tensor and what is staged, before touching any. */
+    counts = xcalloc(n, sizeof(*counts));
+    skip = xcalloc(n, 1);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t numel, isz = dtype_size(in[i].dtype);
+        if (stage_check_input(m, &in[i], 1, &numel, &counts[i], err) != 0)
+            goto fail;
+        if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
+            skip[i] = 1;
+            continue;
+        }
+        if (t->eager && (in[i].offset % isz != 0 || in[i].len % isz != 0)) {
+            char name[EMAD_MAX_NAME_BYTES + 1];
+            store_cname(name, sizeof(name), in[i].name, in[i].name_len);
+            store_fail(err, EMAD_ESIZE, name,
+                       "tensor '%s': chunk [%llu, +%llu) does not hold whole %zu-byte elements",
+                       name, (unsigned long long)in[i].offset, (unsigned long long)in[i].len,
+                       (size_t)isz);
+            goto fail;
+        }
+        if (stage_check_chunk(stage_find(&t->st, in[i].name, in[i].name_len), &in[i], counts[i],
+                              err))
+            goto fail;
+    }
+    /* Allocate new slices (and, eager, the new shadows), then take the chunks. */
+    for (size_t i = 0; i < n; i++) {
+        item *it;
+        slice *sl;
+        uint64_t numel = 0, bytes = counts[i] * dtype_size(in[i].dtype);
+
+        if (skip[i])
+            continue;
+        it = stage_find(&t->st, in[i].name, in[i].name_len);
+        if (it != NULL && stage_item_slice_at(it, in[i].start, counts[i]) != NULL)
+            continue;
+        if (it == NULL) {
+            (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &numel, NULL);
+            it = stage_add(&t->st, &in[i], numel);
+        }
+        if (t->eager) {
+            if (!it->prepared && eager_prepare(m, t, it, err) != 0)
+                goto fail;
+            (void)stage_item_add_slice(it, in[i].start, counts[i]);
+            continue;
+        }
+        sl = stage_item_add_slice(it, in[i].start, counts[i]);
+        sl->owned = 1;
+        if ((sl->data = xtry_aligned(bytes ? bytes : 1)) == NULL) {
+            char name[EMAD_MAX_NAME_BYTES + 1];
+            it->nslices--; /* staged earlier in this loop: empty slices are dropped */
+            store_fail(
+                err, EMAD_ENOMEM, store_cname(name, sizeof(name), in[i].name, in[i].name_len),
+                "tensor '%s': out of memory staging %llu bytes", name, (unsigned long long)bytes);
+            goto fail;
+        }
+        t->st.bytes += bytes;
+    }
+    for (size_t i = 0; i < n; i++) {
+        item *it;
+        slice *sl;
+        if (skip[i]) {
+            t->st.ignored += in[i].offset == 0;
+            continue;
+        }
+        it = stage_find(&t->st, in[i].name, in[i].name_len);
+        sl = stage_item_slice_at(it, in[i].start, counts[i]);
+        if (in[i].len > 0 && stage_slice_seen(sl, in[i].offset, in[i].len) > 0)
+            continue; /* a resent chunk: already have these bytes */
+        if (!t->eager)
+            memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
+        else if (!it->stale && in[i].len > 0)
+            eager_tasks(m, it, (uint32_t)(it - t->st.items),
+                        sl->start + in[i].offset / dtype_size(it->dtype),
+                        in[i].len / dtype_size(it->dtype), in[i].data, &tl);
+        stage_slice_got(sl, in[i].offset, in[i].len);
+        (*staged_n)++;
+    }
+    free(counts);
+    free(skip);
+    t->last_used_ms = now_ms;
+    if (tl.n > 0) {
+        *job = xcalloc(1, sizeof(**job));
+        (*job)->tasks = tl;
+        (*job)->txn = t;
+        t->inflight++;
+    }
+    return 0;
+fail:
+    free(counts);
+    free(skip);
+    return err->code;
+}
+
+int
+store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err)
+{
+    txn *t = job->txn;
+    const model *m;
+    int rc = 0;
+
+    t->inflight--;
+    if (!t->dead && (m = store_model_find(s, t->model, t->model_len)) != NULL) {
+        const item *bad = NULL;
+        t->last_used_ms = now_ms;
+        for (size_t i = 0; i < job->tasks.n; i++) {
+            const task *k = &job->tasks.v[i];
+            item *it = &t->st.items[k->tag];
+            if (k->found == 0) /* only counts (COUNT, EMA with count) set it */
+                continue;
+            it->nonfinite += k->found;
+            if (bad == NULL)
+                bad = it;
+        }
+        if (bad != NULL && m->cfg.nonfinite == EMAD_NONFINITE_REJECT && t->failed.code == 0) {
+            rc = apply_fail_nonfinite(&t->failed, bad);
+            *err = t->failed;
+        }
+    }
+    if (t->dead && t->inflight == 0) {
+        for (txn **pp = &s->zombies; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == t) {
+                *pp = t->next;
+                txn_free(t);
+                break;
+            }
+        }
+    }
+    task_list_free(&job->tasks);
+    free(job);
+    return rc;
+}
+
+int
+store_txn_push(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
+               uint64_t step, const store_input *in, size_t n, uint64_t now_ms, uint64_t *staged_n,
+               store_err *err)
+{
+    store_job *job;
+    int rc = store_txn_push_job(s, id, model_name, len, has_step, step, in, n, now_ms, staged_n,
+                                &job, err);
+
+    return rc != 0 || job == NULL ? rc : store_job_run(s, job, now_ms, err);
+}
+
+int
+store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err)
+{
+    for (size_t i = 0; i < job->tasks.n; i++)
+        task_run(&job->tasks.v[i]);
+    return store_job_done(s, job, now_ms, err);
+}
+
+/*
+ * Commit of an eager transaction: every item complete, no job running, and
+ * each tensor still the one its chunks were averaged from; then
+ * apply_step() publishes the new shadows all at once (the old ones become
+ * spares).
+ */
+static int
+eager_commit(model *m, txn *x, uint64_t now_ms, store_result *res, store_err *err)
+{
+    stage *st = &x->st;
+    plan *p;
+    int rc = 0;
+
+    if (x->inflight > 0)
+        return store_fail(err, EMAD_EINCOMPLETE, NULL,
+                          "transaction %llu: %u request%s still being applied; commit after their "
+                          "replies",
+                          (unsigned long long)x->id, x->inflight,
+                          x->inflight == 1 ? " is" : "s are");
+    if (x->failed.code != 0) {
+        *err = x->failed;
+        return err->code;
+    }
+    for (size_t i = 0; i < st->nitems; i++)
+        if (stage_check_coverage(&st->items[i], err) != 0)
+            return err->code;
+    p = apply_plan(m, st);
+    for (size_t i = 0; i < st->nitems && rc == 0; i++) {
+        const item *it = &st->items[i];
+        const tensor *t = p[i].t;
+        if (t != NULL && t->step >= x->step)
+            continue; /* stale now: nothing to publish */
+        if (!it->stale && (it->has_base ? t != NULL && t->shadow[0] == it->base[0] : t == NULL))
+            continue;
+        rc = store_fail(err, EMAD_ECONFLICT, it->name,
+                        "tensor '%s' was changed by another push while transaction %llu was open; "
+                        "nothing applied",
+                        it->name, (unsigned long long)x->id);
+    }
+    if (rc == 0)
+        rc = apply_step(m, st, x->step, APPLY_EAGER, p, now_ms, res, err);
+    free(p);
+    return rc;
+}
+
+int
+store_txn_commit(store *s, uint64_t id, uint64_t now_ms, store_result *res, store_err *err)
+{
+    txn *t = txn_get(s, id, err);
+    model *m;
+    int rc;
+
+    memset(res, 0, sizeof(*res));
+    if (t == NULL)
+        return err->code;
+    t->last_used_ms = now_ms;
+    if ((m = store_model_get(s, t->model, t->model_len, err)) == NULL)
+        return err->code;
+    if (t->eager) {
+        rc = eager_commit(m, t, now_ms, res, err);
+        if (rc != EMAD_EINCOMPLETE && rc != EMAD_ENOMEM)
+            txn_remove(s, t);
+        return rc;
+    }
+    for (size_t i = 0; i < t->st.nitems; i++)
+        if ((rc = stage_check_received(&t->st.items[i], err)) != 0)
+            return rc; /* the transaction stays open: the missing chunks may still come */
+    rc = apply_contribution(m, t->step, t->writer, &t->st, now_ms, res, err);
+    /*
+     * Stale names point into the model's tensors, not the transaction: safe
+     * to free. Missing slices may still come, and memory may free up: the
+     * transaction stays open then, unless its slices went to a pending step.
+     */
+    if ((rc != EMAD_ENOMEM && rc != EMAD_EINCOMPLETE) || t->st.consumed)
+        txn_remove(s, t);
+    return rc;
+}
+
+int
+store_txn_abort(store *s, uint64_t id, store_err *err)
+{
+    txn *t = txn_get(s, id, err);
+
+    if (t == NULL)
+        return err->code;
+    txn_remove(s, t);
+    return 0;
+}

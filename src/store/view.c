@@ -1,0 +1,152 @@
+/*
+ * view.c - pull views and pull sessions.
+ *
+ * A view freezes a consistent copy of (part of) a model at one moment:
+ * the tensors' metadata and a reference to one shadow blob each, for the
+ * decay asked for. Later pushes write fresh blobs instead of the ones a
+ * view holds (copy-on-write, blob.c), so the view keeps showing exactly
+ * one committed step. A registered view is a pull session, read in parts
+ * by later requests and expired when idle. Everything runs on the loop
+ * thread.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "common/emaconf.h"
+#include "common/names.h"
+#include "store/store_int.h"
+#include "base/strmap.h"
+#include "base/xmalloc.h"
+
+void
+store_view_free(store_view *v)
+{
+    if (v == NULL)
+        return;
+    for (size_t i = 0; i < v->ntensors; i++) {
+        free((char *)v->tensors[i].name);
+        blob_unref(v->tensors[i].data);
+    }
+    free(v->tensors);
+    free(v->model);
+    free(v);
+}
+
+int
+store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
+                  const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
+                  store_err *err)
+{
+    model *m = store_model_get(s, model_name, len, err);
+    store_view *v;
+    size_t count, j = 0;
+    int odt = opts != NULL ? opts->dtype : EMAD_DTYPE_INVALID;
+
+    *out = NULL;
+    if (m == NULL)
+        return err->code;
+    if (opts != NULL && opts->has_decay) {
+        for (j = 0; j < m->cfg.ndecays && m->cfg.decays[j] != opts->decay; j++)
+            ;
+        if (j == m->cfg.ndecays) {
+            char list[256], want[32], d[32];
+            int off = 0;
+            for (size_t i = 0; i < m->cfg.ndecays && off < (int)sizeof(list); i++)
+                off += snprintf(list + off, sizeof(list) - (size_t)off, "%s%s", i ? ", " : "",
+                                emaconf_fmt_double(d, sizeof(d), m->cfg.decays[i]));
+            return store_fail(err, EMAD_ERANGE, NULL, "model '%s' has no decay %s (it has %s)",
+                              m->name, emaconf_fmt_double(want, sizeof(want), opts->decay), list);
+        }
+    }
+    if (odt != EMAD_DTYPE_INVALID && odt != VIEW_DTYPE_SHADOW && odt != EMAD_F32 &&
+        odt != EMAD_BF16 && odt != EMAD_F16)
+        return store_fail(err, EMAD_EDTYPE, NULL, "a pull may convert to F32, BF16 or F16, not %s",
+                          dtype_name(odt) != NULL ? dtype_name(odt) : "that");
+    count = names != NULL ? n : m->ntensors;
+    if (names != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            if (strmap_get(m->index, names[i], name_lens[i]) == NULL) {
+                char name[EMAD_MAX_NAME_BYTES + 1];
+                store_cname(name, sizeof(name), names[i], name_lens[i]);
+                /* Only a valid name goes into error.tensor: the request may hold any bytes. */
+                return store_fail(err, EMAD_ENOTENSOR,
+                                  names_check_tensor(names[i], name_lens[i]) == 0 ? name : NULL,
+                                  "model '%s' has no tensor '%s'", m->name, name);
+            }
+        }
+    }
+    v = xcalloc(1, sizeof(*v));
+    v->model = xstrndup(m->name, len);
+    v->step = m->step;
+    v->tensors = xcalloc(count, sizeof(*v->tensors));
+    v->ntensors = count;
+    for (size_t i = 0; i < count; i++) {
+        const tensor *t =
+            names != NULL ? strmap_get(m->index, names[i], name_lens[i]) : m->tensors[i];
+        view_tensor *vt = &v->tensors[i];
+        uint32_t k = t->averaged ? (uint32_t)j : 0;
+
+        vt->name = xstrndup(t->name, t->name_len);
+        vt->name_len = t->name_len;
+        vt->kind = t->kind;
+        if (odt == VIEW_DTYPE_SHADOW)
+            vt->dtype = t->sdtype;
+        else
+            vt->dtype = odt != EMAD_DTYPE_INVALID && dtype_is_float(t->dtype) ? odt : t->dtype;
+        vt->sdtype = t->sdtype;
+        vt->averaged = t->averaged;
+        vt->ndim = t->ndim;
+        memcpy(vt->shape, t->shape, sizeof(vt->shape));
+        vt->numel = t->numel;
+        vt->nbytes = t->numel * dtype_size(vt->dtype);
+        vt->step = t->step;
+        vt->data = t->shadow[k];
+        t->shadow[k]->refs++;
+    }
+    *out = v;
+    return 0;
+}
+
+int
+store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err)
+{
+    if (s->nviews >= STORE_MAX_VIEWS)
+        return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open pull sessions", STORE_MAX_VIEWS);
+    v->id = s->next_id++;
+    v->last_used_ms = now_ms;
+    v->next = s->views;
+    s->views = v;
+    s->nviews++;
+    return 0;
+}
+
+store_view *
+store_view_get(store *s, uint64_t id, uint64_t now_ms)
+{
+    for (store_view *v = s->views; v != NULL; v = v->next) {
+        if (v->id == id) {
+            v->last_used_ms = now_ms;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+int
+store_view_release(store *s, uint64_t id, store_err *err)
+{
+    for (store_view **pp = &s->views; *pp != NULL; pp = &(*pp)->next) {
+        store_view *v = *pp;
+        if (v->id == id) {
+            *pp = v->next;
+            s->nviews--;
+            store_view_free(v);
+            return 0;
+        }
+    }
+    return store_fail(err, EMAD_ENOSESSION, NULL,
+                      "no pull session %llu (unknown, expired or released)",
+                      (unsigned long long)id);
+}
