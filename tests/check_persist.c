@@ -199,10 +199,11 @@ static void
 assert_file_w(const char *dir, const char *mname, uint64_t step, unsigned k, float v)
 {
     char *path = file_path(dir, mname, step, k), *cause = NULL;
-    snap_file *f = NULL;
+    snapshot_file *f = NULL;
     float got[3];
 
-    ck_assert_msg(snap_read(path, &f, &cause) == 0, "%s: %s", path, cause != NULL ? cause : "?");
+    ck_assert_msg(snapshot_read(path, &f, &cause) == 0, "%s: %s", path,
+                  cause != NULL ? cause : "?");
     ck_assert_str_eq(f->model, mname);
     ck_assert_uint_eq(f->step, step);
     ck_assert_uint_eq(f->decay_index, k);
@@ -212,7 +213,7 @@ assert_file_w(const char *dir, const char *mname, uint64_t step, unsigned k, flo
     memcpy(got, f->tensors[0].data, sizeof(got));
     for (int i = 0; i < 3; i++)
         ck_assert_uint_eq(tu_f32_bits(got[i]), tu_f32_bits(v));
-    snap_file_free(f);
+    snapshot_file_free(f);
     free(path);
 }
 
