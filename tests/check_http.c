@@ -17,6 +17,7 @@
 
 #include "daemon/http.h"
 #include "daemon/metrics.h"
+#include "testutil.h"
 
 /* Connect to 127.0.0.1:port; -1 on failure. */
 static int
@@ -221,7 +222,7 @@ http_suite(void)
     tcase_add_test(tc, test_http_serves_metrics_stats_and_refuses_the_rest);
     tcase_add_test(tc, test_http_port_in_use_is_refused_with_cause);
     tcase_add_test(tc, test_http_idle_connections_do_not_block_requests);
-    tcase_set_timeout(tc, 30);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -67,7 +67,7 @@ class Daemon:
                 [EMAD_BIN, "--listen", self.url, "--state-dir", self.state_dir,
                  "--log-level", "debug"] + self.extra_args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        if self._wait_listening(scaled(10.0)):
+        if self._wait_listening(scaled(60.0)):
             return True
         self.stop()
         return False
@@ -76,7 +76,7 @@ class Daemon:
         """SIGKILL: no final snapshot."""
         if self.proc is not None:
             self.proc.kill()
-            self.proc.wait(scaled(10))
+            self.proc.wait(scaled(60))
             self.proc = None
 
     def restart(self):
@@ -110,16 +110,16 @@ class Daemon:
             return ""
 
     def stop(self):
-        """SIGTERM, then SIGKILL after 10 s; returns the exit status."""
+        """SIGTERM, then SIGKILL after a minute (scaled); returns the exit status."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(scaled(60))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+                self.proc.wait(scaled(60))
         status, self.proc = self.proc.returncode, None
         return status
 
@@ -147,7 +147,7 @@ def daemon(tmp_path):
 @pytest.fixture
 def client(daemon):
     """An emad.Client connected to the test's daemon (closed at teardown)."""
-    c = emad.Client(daemon.url, timeout=30, connect_timeout=5)
+    c = emad.Client(daemon.url, timeout=scaled(300), connect_timeout=scaled(60))
     yield c
     c.close()
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import emad
+from conftest import scaled
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -50,7 +51,7 @@ def test_pull_state_dict_saves_as_a_plain_dict_loadable_without_emad(client, tmp
             "print(sorted(sd), [str(v.dtype) for k, v in sorted(sd.items())])\n" % path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300, cwd=str(tmp_path))
+                       timeout=scaled(300), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert str(sorted(ref)) in r.stdout
     loaded = torch.load(path)
