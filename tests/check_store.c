@@ -857,11 +857,12 @@ part_of(const char *name, const float *v, size_t numel, uint64_t start, uint64_t
 /*
  * A transaction's part that would complete the step but leaves a gap is
  * refused with the transaction kept open: the writer adds the missing
- * slice and commits again. Writer 0's part, staged before, is applied.
+ * slice (whose NaN the next commit finds) and commits again. Writer 0's
+ * part, staged before, is applied.
  */
 START_TEST(test_store_mw_txn_part_with_gap_stays_open)
 {
-    float v1[4] = {2, 4, 6, 8}, v2[4] = {4, 8, 2, 0};
+    float v1[4] = {2, 4, 6, 8}, v2[4] = {4, 8, 2, 0}, nan2[4] = {0, 0, NAN, 0};
     store_input in;
     uint64_t id, staged;
 
@@ -880,7 +881,11 @@ START_TEST(test_store_mw_txn_part_with_gap_stays_open)
     ck_assert_str_eq(err.tensor, "t");
     ck_assert_ptr_nonnull(strstr(err.message, "none covers [2, 3)"));
     ck_assert_uint_eq(store_model_find(s, "w", 1)->step, 1);
-    in = part_of("t", v2, 4, 2, 1);
+    in = part_of("t", nan2, 4, 2, 1); /* the missing slice, with a NaN: checked at commit */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), EMAD_ENONFINITE);
+    ck_assert_int_eq(store_txn_begin(s, "w", 1, 2, 1, 0, &id, &err), 0);
+    in = part_of("t", v2, 4, 2, 2);
     ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
     ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
     ck_assert_uint_eq(res.applied, 1);

@@ -349,6 +349,7 @@ pending_add(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms
     }
     if ((rc = apply_check_nonfinite(m, st, NULL, err)) != 0 ||
         (rc = merge_stage(m, &p->st, st, writer, p->ndone + 1 == m->cfg.writers, err)) != 0) {
+        st->checked = 0; /* a transaction kept open may get more chunks: count them all again */
         if (created)
             pending_remove(m, p);
         return rc;
