@@ -9,7 +9,9 @@
  * and refused with others. Every result is compared bit for bit with a
  * reference EMA computed here by a scalar float32 loop (the formula of
  * docs/PROTOCOL.md: diff = shadow - value; shadow -= float32(1 - decay) *
- * diff), and the server must answer a hello after every refusal.
+ * diff), and the server must answer a hello after every refusal. A last
+ * case runs the real daemon over loopback with one libemad client per
+ * writer.
  */
 #include <check.h>
 #include <stdio.h>
@@ -497,6 +499,75 @@ START_TEST(test_mw_resent_chunk_same_bytes_taken_other_bytes_refused)
 }
 END_TEST
 
+/*
+ * Over loopback, the real daemon and libemad, one client per writer: the
+ * faulty writer's call returns the error, the other writer's result
+ * stands, and the pulled model equals the reference.
+ */
+START_TEST(test_mw_loopback_one_client_per_writer)
+{
+    tu_daemon dm;
+    emad_client *c[2];
+    emad_model_config cfg;
+    emad_push_result r;
+    emad_model *m;
+    float w[8], ref[8];
+    uint64_t seed = 5;
+    emad_tensor t = {.name = "w", .kind = EMAD_PARAM, .dtype = EMAD_F32, .ndim = 1, .shape = {8}};
+
+    ck_assert_int_eq(tu_daemon_start(&dm, NULL), 0);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(emad_connect(&c[i], dm.url, NULL), 0);
+    emad_config_init(&cfg);
+    cfg.decays[0] = 0.9;
+    cfg.writers = 2;
+    ck_assert_int_eq(emad_create_config(c[0], "lb", &cfg, 0), 0);
+    for (uint64_t step = 1; step <= 2; step++) {
+        fill(w, 8, &seed);
+        t.data = w;
+        t.offset = 0;
+        t.count = 4;
+        t.nbytes = 16;
+        ck_assert_int_eq(emad_push_as(c[0], "lb", step, 0, &t, 1, &r), 0);
+        ck_assert_int_eq(r.pending, 1);
+        if (step == 2) { /* writer 1 leaves element 4 out */
+            t.data = w + 5;
+            t.offset = 5;
+            t.count = 3;
+            t.nbytes = 12;
+            ck_assert_int_eq(emad_push_as(c[1], "lb", 2, 1, &t, 1, &r), EMAD_EINCOMPLETE);
+            ck_assert_ptr_nonnull(strstr(emad_last_error(c[1]), "none covers [4, 5)"));
+        }
+        t.data = w + 4;
+        t.offset = t.count = 4;
+        t.nbytes = 16;
+        ck_assert_int_eq(emad_push_as(c[1], "lb", step, 1, &t, 1, &r), 0);
+        ck_assert_int_eq(r.pending, 0);
+        ck_assert_uint_eq(r.applied, 1);
+        ck_assert_uint_eq(r.step, step);
+        ref_update(ref, w, 8, 0.9, step == 1);
+    }
+    ck_assert_int_eq(emad_pull(c[0], "lb", NULL, 0, &m), 0);
+    ck_assert_uint_eq(m->step, 2);
+    ck_assert_uint_eq(m->tensors[0].nbytes, sizeof(ref));
+    ck_assert_int_eq(memcmp(m->tensors[0].data, ref, sizeof(ref)), 0);
+    emad_model_free(m);
+    for (int i = 0; i < 2; i++)
+        emad_close(c[i]);
+    ck_assert_int_eq(tu_daemon_stop(&dm), 0);
+}
+END_TEST
+
+/* EMAD_TEST_TIMEOUT_SCALE (default 1) times seconds. */
+static int
+scaled(int seconds)
+{
+    const char *e = getenv("EMAD_TEST_TIMEOUT_SCALE");
+    int k = e != NULL ? atoi(e) : 1;
+
+    return seconds * (k > 0 ? k : 1);
+}
+
 int
 main(void)
 {
@@ -509,6 +580,11 @@ main(void)
     tcase_add_test(tc, test_mw_two_writers_faulty_part_pushed_again);
     tcase_add_test(tc, test_mw_three_writers_faulty_parts_and_a_transaction);
     tcase_add_test(tc, test_mw_resent_chunk_same_bytes_taken_other_bytes_refused);
+    tcase_set_timeout(tc, scaled(30));
+    suite_add_tcase(su, tc);
+    tc = tcase_create("loopback");
+    tcase_add_test(tc, test_mw_loopback_one_client_per_writer);
+    tcase_set_timeout(tc, scaled(60));
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
