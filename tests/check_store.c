@@ -957,6 +957,45 @@ START_TEST(test_store_txn_resend_while_first_copy_averages)
 }
 END_TEST
 
+/*
+ * Resends of an F16 param (checksummed as 2-byte values, averaged into a
+ * float32 shadow) and of a copied I32 buffer in one eager transaction.
+ */
+START_TEST(test_store_txn_resend_f16_param_and_i32_buffer)
+{
+    uint16_t h[4] = {0x3c00, 0x4000, 0x4200, 0x4400}, h2[4]; /* 1, 2, 3, 4 */
+    int32_t b[3] = {7, -8, 9}, b2[3];
+    store_input in[2];
+    uint64_t id, staged;
+
+    in[0] = f32_input("h", EMAD_PARAM, (const float *)(const void *)h, 4);
+    in[0].dtype = EMAD_F16;
+    in[0].len = 8;
+    in[1] = f32_input("b", EMAD_BUFFER, (const float *)(const void *)b, 3);
+    in[1].dtype = EMAD_I32;
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, 2, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 2);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, 2, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 0);
+    memcpy(h2, h, sizeof(h));
+    h2[3] ^= 1;
+    in[0].data = h2;
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, 2, 0, &staged, &err), EMAD_ECONFLICT);
+    ck_assert_str_eq(err.tensor, "h");
+    in[0].data = h;
+    memcpy(b2, b, sizeof(b));
+    b2[0] = 6;
+    in[1].data = b2;
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, in, 2, 0, &staged, &err), EMAD_ECONFLICT);
+    ck_assert_str_eq(err.tensor, "b");
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 2);
+    ck_assert_float_eq(shadow_f32("h", 3), 4.0f);
+    ck_assert_mem_eq(get_tensor("b")->shadow[0]->data, b, sizeof(b));
+}
+END_TEST
+
 static Suite *
 store_robust_suite(void)
 {
@@ -965,7 +1004,8 @@ store_robust_suite(void)
 
     const TTest *const tests[] = {test_store_mw_txn_part_with_gap_stays_open,
                                   test_store_mw_stale_names,
-                                  test_store_txn_resend_while_first_copy_averages};
+                                  test_store_txn_resend_while_first_copy_averages,
+                                  test_store_txn_resend_f16_param_and_i32_buffer};
 
     tcase_add_checked_fixture(tc, setup, teardown);
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
