@@ -367,7 +367,8 @@ START_TEST(test_mw_two_writers_faulty_part_pushed_again)
         } else {
             outcome(push("m", step, 0, &w0, 1), 0, 0, 1, step - 1);
             if (step == 2) { /* the reference still holds step 1 */
-                refused(push("m", 2, 1, gap, 2), EMAD_EINCOMPLETE, "w", "none covers [5, 6)");
+                refused(push("m", 2, 1, gap, 2), EMAD_EINCOMPLETE, "w",
+                        "none covers [5, 6) after writer 0's [0, 5) and before writer 1's [6, 10)");
                 pulled_equals("m", "w", 0.75, rw[1], W2, 1);
             }
             if (step == 4) { /* writer 0 again: a resend, its tensor named */

@@ -85,9 +85,10 @@ item_describe(const item *it, store_input *desc)
     memcpy(desc->shape, it->shape, sizeof(desc->shape));
 }
 
-/* An element range of a slice, for the coverage check. */
+/* An element range of a slice and its writer, for the coverage check. */
 typedef struct span {
     uint64_t start, count;
+    uint32_t writer;
 } span;
 
 /* qsort() order of spans: by first element. */
@@ -99,50 +100,74 @@ cmp_span(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
+/* Append to buf (used bytes *len) what a span next to a gap is: " after writer 0's [0, 5)". */
+static void
+describe_span(char *buf, size_t size, size_t *len, const char *where, const span *sp)
+{
+    int n;
+
+    if (sp == NULL || *len >= size)
+        return;
+    n = snprintf(buf + *len, size - *len, " %s writer %u's [%llu, %llu)", where,
+                 (unsigned)sp->writer, (unsigned long long)sp->start,
+                 (unsigned long long)(sp->start + sp->count));
+    if (n > 0)
+        *len += (size_t)n;
+}
+
 /*
  * Check that the slices of one tensor of a step, those staged (have, or
- * NULL) and those of the part arriving (it, or NULL), cover all its
+ * NULL) and those of writer's part arriving (it, or NULL), cover all its
  * elements; they overlap nowhere (checked before). EMAD_EINCOMPLETE names
- * the first elements no writer covers.
+ * the first elements no writer covers and the writers of the slices around
+ * them.
  */
 static int
-check_covered(const item *have, const item *it, store_err *err)
+check_covered(const item *have, const item *it, uint32_t writer, store_err *err)
 {
     const item *any = have != NULL ? have : it;
-    size_t na = have != NULL ? have->nslices : 0, nb = it != NULL ? it->nslices : 0, n = 0;
+    size_t na = have != NULL ? have->nslices : 0, nb = it != NULL ? it->nslices : 0, n = 0, len = 0;
     span *v = xcalloc(na + nb + 1, sizeof(*v));
-    uint64_t next = 0, gap_end = any->numel, covered = 0;
+    const span *before = NULL, *after = NULL;
+    uint64_t next = 0, covered = 0;
+    char around[160] = "";
 
     for (size_t k = 0; k < na; k++)
-        v[n++] = (span){have->slices[k].start, have->slices[k].count};
+        v[n++] = (span){have->slices[k].start, have->slices[k].count, have->slices[k].writer};
     for (size_t k = 0; k < nb; k++)
-        v[n++] = (span){it->slices[k].start, it->slices[k].count};
+        v[n++] = (span){it->slices[k].start, it->slices[k].count, writer};
     qsort(v, n, sizeof(*v), cmp_span);
-    for (size_t k = 0; k < n; k++)
-        covered += v[k].count;
     for (size_t k = 0; k < n; k++) {
-        if (v[k].count == 0)
+        covered += v[k].count;
+        if (v[k].count == 0 || after != NULL)
             continue;
         if (v[k].start != next) {
-            gap_end = v[k].start;
-            break;
+            after = &v[k];
+        } else {
+            before = &v[k];
+            next = v[k].start + v[k].count;
         }
-        next = v[k].start + v[k].count;
     }
-    free(v);
-    if (next == any->numel)
+    if (next == any->numel) {
+        free(v);
         return 0;
-    return store_fail(err, EMAD_EINCOMPLETE, any->name,
-                      "tensor '%s': the slices of all writers cover %llu of its %llu elements "
-                      "(none covers [%llu, %llu)); this part would complete the step, so it was "
-                      "not staged (the other writers' parts are kept)",
-                      any->name, (unsigned long long)covered, (unsigned long long)any->numel,
-                      (unsigned long long)next, (unsigned long long)gap_end);
+    }
+    describe_span(around, sizeof(around), &len, "after", before);
+    describe_span(around, sizeof(around), &len, before != NULL ? "and before" : "before", after);
+    store_fail(err, EMAD_EINCOMPLETE, any->name,
+               "tensor '%s': the slices of all writers cover %llu of its %llu elements (none "
+               "covers [%llu, %llu)%s); this part would complete the step, so it was not staged "
+               "(the other writers' parts are kept)",
+               any->name, (unsigned long long)covered, (unsigned long long)any->numel,
+               (unsigned long long)next,
+               (unsigned long long)(after != NULL ? after->start : any->numel), around);
+    free(v);
+    return err->code;
 }
 
 /* Check one tensor of a complete step against the stored tensor, then its coverage. */
 static int
-check_item(const model *m, const item *have, const item *it, store_err *err)
+check_item(const model *m, const item *have, const item *it, uint32_t writer, store_err *err)
 {
     const item *any = have != NULL ? have : it;
     const tensor *t = strmap_get(m->index, any->name, any->name_len);
@@ -150,27 +175,28 @@ check_item(const model *m, const item *have, const item *it, store_err *err)
     if (t != NULL &&
         stage_check_against(t, any->name, any->kind, any->dtype, any->ndim, any->shape, err) != 0)
         return err->code;
-    return check_covered(have, it, err);
+    return check_covered(have, it, writer, err);
 }
 
 /*
- * Checks before the part src (or NULL) completes the step staged in dst:
- * each tensor of the step, from all writers, is still what the stored
+ * Checks before writer's part src (or NULL) completes the step staged in
+ * dst: each tensor of the step, from all writers, is still what the stored
  * tensor is (one may have been created since its slices were staged), and
  * their slices cover it.
  */
 static int
-check_complete(const model *m, const stage *dst, const stage *src, store_err *err)
+check_complete(const model *m, const stage *dst, const stage *src, uint32_t writer, store_err *err)
 {
     for (size_t i = 0; i < dst->nitems; i++) {
         const item *have = &dst->items[i];
         const item *it = src != NULL ? stage_find(src, have->name, have->name_len) : NULL;
-        if (check_item(m, have, it, err) != 0)
+        if (check_item(m, have, it, writer, err) != 0)
             return err->code;
     }
     for (size_t i = 0; src != NULL && i < src->nitems; i++) {
         const item *it = &src->items[i];
-        if (stage_find(dst, it->name, it->name_len) == NULL && check_item(m, NULL, it, err) != 0)
+        if (stage_find(dst, it->name, it->name_len) == NULL &&
+            check_item(m, NULL, it, writer, err) != 0)
             return err->code;
     }
     return 0;
@@ -220,7 +246,7 @@ merge_stage(const model *m, stage *dst, stage *src, uint32_t writer, int last, s
         for (size_t k = 0; k < it->nslices; k++)
             ncopies += !it->slices[k].owned;
     }
-    if (last && check_complete(m, dst, src, err) != 0)
+    if (last && check_complete(m, dst, src, writer, err) != 0)
         return err->code;
     if (ncopies > 0) {
         copies = xcalloc(ncopies, sizeof(*copies));
@@ -335,7 +361,7 @@ pending_add(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms
     p->last_used_ms = now_ms;
     if (p->ndone == m->cfg.writers) {
         /* Every part is in, but applying the step ran out of memory: try again. */
-        if ((rc = check_complete(m, &p->st, NULL, err)) != 0) {
+        if ((rc = check_complete(m, &p->st, NULL, writer, err)) != 0) {
             pending_remove(m, p); /* a tensor created since differs: it can never apply */
             return rc;
         }
