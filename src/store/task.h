@@ -62,8 +62,9 @@ void task_run(task *t);
 
 /*
  * A fast 64-bit checksum of len bytes (XXH3): what a task with hash set
- * puts in sum. Not cut into pieces by task_list_add(): a task with hash
- * set must be one piece already.
+ * puts in sum, over the src bytes it read. task_list_add() cuts a larger
+ * task into pieces that each sum their own bytes: a caller that keeps one
+ * sum per task adds tasks of one piece.
  */
 uint64_t task_sum(const void *p, size_t len);
 
