@@ -55,8 +55,9 @@ on_answer(void *arg, int rc, const char *message, uint64_t step)
 }
 
 static void
-on_done(void *arg)
+on_done(void *arg, size_t unwritten)
 {
+    (void)unwritten;
     (*(int *)arg)++;
 }
 
@@ -64,7 +65,7 @@ on_done(void *arg)
 static persist_config
 config(const char *dir, uint64_t interval_ms, size_t keep, int require)
 {
-    persist_config c = {dir, interval_ms, keep, require};
+    persist_config c = {.state_dir = dir, .interval_ms = interval_ms, .keep = keep, .require = require};
 
     return c;
 }
