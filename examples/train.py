@@ -5,7 +5,12 @@ Runs without any download: the data are random 3x16x16 images labelled by a
 fixed random "teacher" (a linear map), so the task is learnable and the
 loss falls. Each step (or every --push-every steps) the model goes to the
 daemon with ``push_module(..., wait=False)``: the call returns once the
-tensors are copied and a background thread sends them.
+tensors are copied and a background thread sends them. If the daemon goes
+away, pushes are skipped (counted, one warning a minute) and resume when it
+is back; the model is created with ``step_gap="compensate"`` so the next
+push after a gap catches the EMA up. At the end the EMA is evaluated in
+this process (``client.averaged``: the EMA weights swapped in, the raw ones
+back after) and the client's counters are printed.
 
     emad --listen tcp://127.0.0.1:7470 &
     python3 examples/train.py --steps 500
@@ -73,7 +78,7 @@ def main(argv=None):
     with emad.Client(args.url) as client:
         if args.drop and args.model in [m.name for m in client.list()]:
             client.drop(args.model)
-        client.create(args.model, decay=args.decay, exist_ok=True)
+        client.create(args.model, decay=args.decay, step_gap="compensate", exist_ok=True)
         client.push_module(args.model, model, 0)  # the EMA starts from the initial weights
         t0 = time.monotonic()
         for step in range(1, args.steps + 1):
@@ -91,6 +96,18 @@ def main(argv=None):
                       % (step, loss.item(), step / (time.monotonic() - t0)), flush=True)
             if args.sleep:
                 time.sleep(args.sleep)
+        client.flush()
+        x_val, y_val = make_data(1024, seed=2)
+        model.eval()
+        with torch.no_grad():
+            with client.averaged(model, args.model) as at:
+                ema_loss = nn.functional.cross_entropy(model(x_val), y_val).item()
+            raw_loss = nn.functional.cross_entropy(model(x_val), y_val).item()
+        h = client.health()
+        print("validation loss: EMA (step %d) %.4f, raw weights %.4f; pushes sent %d, "
+              "skipped %d, reconnects %d, steps lost %d" % (
+                  at.step, ema_loss, raw_loss, h["sent"], h["skipped"], h["reconnects"],
+                  h["steps_lost"]), flush=True)
     # leaving the with block flushed the last push
     print("done: %d steps pushed to %s" % (args.steps, args.model), flush=True)
     return 0

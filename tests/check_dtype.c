@@ -517,7 +517,7 @@ dtype_suite(void)
     tcase_add_test(tc, test_dtype_convert_handles_unaligned_buffers);
     tcase_add_test(tc, test_dtype_convert_rejects_unsupported_pairs_and_writes_nothing);
     tcase_add_test(tc, test_dtype_convert_f64_to_half_rounds_once);
-    tcase_set_timeout(tc, 60);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

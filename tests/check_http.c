@@ -23,6 +23,7 @@
 
 #include "daemon/http.h"
 #include "daemon/metrics.h"
+#include "testutil.h"
 
 /* Connect from 127.0.0.<from> to 127.0.0.1:port; -1 on failure. */
 static int
@@ -246,15 +247,14 @@ START_TEST(test_http_idle_connections_do_not_block_requests)
 }
 END_TEST
 
-/* Wait up to ticks times 100 ms (times $EMAD_TEST_TIMEOUT_SCALE) until `want` of the n fds are
+/* Wait up to ticks times 100 ms (times tu_timeout_scale()) until `want` of the n fds are
  * closed by the server; return how many were closed (their fds set to -1). */
 static int
 wait_closed(int *fds, int n, int want, int ticks)
 {
-    const char *e = getenv("EMAD_TEST_TIMEOUT_SCALE");
-    int closed = 0, scale = e != NULL && atoi(e) > 0 ? atoi(e) : 1;
+    int closed = 0, limit = (int)(ticks * tu_timeout_scale() + 0.5);
 
-    for (int tick = 0; tick < ticks * scale && closed < want; tick++) {
+    for (int tick = 0; tick < limit && closed < want; tick++) {
         struct pollfd p[HTTP_MAX_CONNECTIONS + 8];
         for (int i = 0; i < n; i++)
             p[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
@@ -328,7 +328,7 @@ http_suite(void)
     tcase_add_test(tc, test_http_port_in_use_is_refused_with_cause);
     tcase_add_test(tc, test_http_idle_connections_do_not_block_requests);
     tcase_add_test(tc, test_http_slow_headers_from_one_address_are_capped);
-    tcase_set_timeout(tc, 30);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "testutil.h"
 
 /* log_str of s (NUL-terminated) into a static buffer of LOG_STR_MAX bytes. */
 static const char *
@@ -129,29 +130,17 @@ START_TEST(test_log_msg_escapes_controls_in_any_field)
 }
 END_TEST
 
-static Suite *
-log_suite(void)
-{
-    Suite *s = suite_create("log");
-    TCase *tc = tcase_create("core");
-
-    tcase_add_test(tc, test_log_str_keeps_plain_values);
-    tcase_add_test(tc, test_log_str_quotes_what_could_forge_a_field);
-    tcase_add_test(tc, test_log_str_escapes_every_control_character);
-    tcase_add_test(tc, test_log_str_cuts_long_values_at_a_character);
-    tcase_add_test(tc, test_log_msg_escapes_controls_in_any_field);
-    suite_add_tcase(s, tc);
-    return s;
-}
-
 int
 main(void)
 {
-    SRunner *sr = srunner_create(log_suite());
-    int failed;
+    const TTest *const tests[] = {
+        test_log_str_keeps_plain_values,
+        test_log_str_quotes_what_could_forge_a_field,
+        test_log_str_escapes_every_control_character,
+        test_log_str_cuts_long_values_at_a_character,
+        test_log_msg_escapes_controls_in_any_field,
+        NULL,
+    };
 
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_tests("log", tests);
 }

@@ -14,6 +14,7 @@
 #include "common/errors.h"
 #include "common/names.h"
 #include "common/proto.h"
+#include "testutil.h"
 
 START_TEST(test_proto_op_names_round_trip)
 {
@@ -288,7 +289,7 @@ proto_suite(void)
     tcase_add_test(tc, test_proto_prescan_limits_object_count);
     tcase_add_test(tc, test_proto_prescan_rejects_reserved_byte_and_empty);
     tcase_add_test(tc, test_proto_prescan_random_bytes_never_crash);
-    tcase_set_timeout(tc, 60);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

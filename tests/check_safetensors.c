@@ -1024,7 +1024,7 @@ safetensors_suite(void)
     tcase_add_test(tc, test_st_reads_aligned_files_written_by_numpy);
     tcase_add_test(tc, test_st_reads_unaligned_files_written_by_numpy);
     tcase_add_test(tc, test_st_files_written_by_c_are_read_by_numpy);
-    tcase_set_timeout(tc, 60);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -16,10 +16,11 @@
 #include "common/names.h"
 #include "common/proto.h"
 #include "daemon/server.h"
+#include "reqpack.h"
+#include "testutil.h"
 
 static server *srv;
-static msgpack_sbuffer sb;
-static msgpack_packer pk;
+static rq req; /* the request being packed */
 static msgpack_unpacked reply;
 static void *reply_buf;
 static size_t reply_len;
@@ -33,6 +34,7 @@ setup(void)
     cfg.max_message_bytes = 1 << 20;
     srv = server_create_offline(&cfg);
     msgpack_unpacked_init(&reply);
+    rq_init(&req);
 }
 
 static void
@@ -42,39 +44,7 @@ teardown(void)
     free(reply_buf);
     reply_buf = NULL;
     server_destroy(srv);
-}
-
-/* Start packing a request map with n entries after v and op. */
-static void
-begin_req(const char *op, size_t n)
-{
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2 + n);
-    msgpack_pack_str_with_body(&pk, "v", 1);
-    msgpack_pack_uint64(&pk, 1);
-    msgpack_pack_str_with_body(&pk, "op", 2);
-    msgpack_pack_str_with_body(&pk, op, strlen(op));
-}
-
-static void
-key(const char *k)
-{
-    msgpack_pack_str_with_body(&pk, k, strlen(k));
-}
-
-static void
-kv_str(const char *k, const char *v)
-{
-    key(k);
-    msgpack_pack_str_with_body(&pk, v, strlen(v));
-}
-
-static void
-kv_u64(const char *k, uint64_t v)
-{
-    key(k);
-    msgpack_pack_uint64(&pk, v);
+    rq_free(&req);
 }
 
 /* Send raw bytes; decode the reply into `reply`. */
@@ -99,27 +69,13 @@ send_raw(const void *buf, size_t len)
 static const msgpack_object *
 send_req(void)
 {
-    const msgpack_object *r = send_raw(sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-    return r;
-}
-
-static const msgpack_object *
-get(const msgpack_object *map, const char *k)
-{
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *kk = &map->via.map.ptr[i].key;
-        if (kk->type == MSGPACK_OBJECT_STR && kk->via.str.size == strlen(k) &&
-            memcmp(kk->via.str.ptr, k, kk->via.str.size) == 0)
-            return &map->via.map.ptr[i].val;
-    }
-    return NULL;
+    return send_raw(req.sb.data, req.sb.size);
 }
 
 static uint64_t
 get_u(const msgpack_object *map, const char *k)
 {
-    const msgpack_object *o = get(map, k);
+    const msgpack_object *o = proto_map_get(map, k);
     ck_assert_ptr_nonnull(o);
     ck_assert_int_eq(o->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
     return o->via.u64;
@@ -129,10 +85,10 @@ get_u(const msgpack_object *map, const char *k)
 static void
 assert_ok(const msgpack_object *r)
 {
-    const msgpack_object *ok = get(r, "ok");
+    const msgpack_object *ok = proto_map_get(r, "ok");
     ck_assert_ptr_nonnull(ok);
     if (!ok->via.boolean) {
-        const msgpack_object *m = get(get(r, "error"), "message");
+        const msgpack_object *m = proto_map_get(proto_map_get(r, "error"), "message");
         ck_abort_msg("request failed: %.*s", (int)m->via.str.size, m->via.str.ptr);
     }
     ck_assert_uint_eq(get_u(r, "v"), 1);
@@ -142,16 +98,16 @@ assert_ok(const msgpack_object *r)
 static void
 assert_err(const msgpack_object *r, int code, const char *text)
 {
-    const msgpack_object *e = get(r, "error"), *m, *name;
+    const msgpack_object *e = proto_map_get(r, "error"), *m, *name;
     char buf[600];
 
-    ck_assert_int_eq(get(r, "ok")->via.boolean, 0);
+    ck_assert_int_eq(proto_map_get(r, "ok")->via.boolean, 0);
     ck_assert_ptr_nonnull(e);
     ck_assert_uint_eq(get_u(e, "code"), (uint64_t)-code);
-    name = get(e, "name");
+    name = proto_map_get(e, "name");
     snprintf(buf, sizeof(buf), "%.*s", (int)name->via.str.size, name->via.str.ptr);
     ck_assert_str_eq(buf, errors_name(code));
-    m = get(e, "message");
+    m = proto_map_get(e, "message");
     snprintf(buf, sizeof(buf), "%.*s", (int)m->via.str.size, m->via.str.ptr);
     if (text != NULL)
         ck_assert_msg(strstr(buf, text) != NULL, "message '%s' lacks '%s'", buf, text);
@@ -161,35 +117,17 @@ assert_err(const msgpack_object *r, int code, const char *text)
 static void
 assert_serving(void)
 {
-    begin_req("hello", 0);
+    rq_begin(&req, "hello", 0);
     assert_ok(send_req());
 }
 
 static void
 create_model(const char *name, double decay)
 {
-    begin_req("create", 2);
-    kv_str("model", name);
-    key("decay");
-    msgpack_pack_double(&pk, decay);
+    rq_begin(&req, "create", 2);
+    rq_kv_str(&req, "model", name);
+    rq_kv_double(&req, "decay", decay);
     assert_ok(send_req());
-}
-
-/* Pack a tensor map of nkeys keys, the first five these (the caller packs the rest). */
-static void
-pack_tensor_keys(size_t nkeys, const char *name, const char *kind, const char *dtype,
-                 const uint64_t *shape, uint32_t ndim, const void *data, size_t len)
-{
-    msgpack_pack_map(&pk, nkeys);
-    kv_str("name", name);
-    kv_str("kind", kind);
-    kv_str("dtype", dtype);
-    key("shape");
-    msgpack_pack_array(&pk, ndim);
-    for (uint32_t i = 0; i < ndim; i++)
-        msgpack_pack_uint64(&pk, shape[i]);
-    key("data");
-    msgpack_pack_bin_with_body(&pk, data, len);
 }
 
 /* A tensor map of exactly these five keys. */
@@ -197,25 +135,14 @@ static void
 pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_t *shape,
             uint32_t ndim, const void *data, size_t len)
 {
-    pack_tensor_keys(5, name, kind, dtype, shape, ndim, data, len);
-}
-
-/* Start a push request of one tensor to model at step: the caller packs the tensor's map. */
-static void
-begin_push(const char *model, uint64_t step)
-{
-    begin_req("push", 3);
-    kv_str("model", model);
-    kv_u64("step", step);
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    rq_tensor(&req, 5, name, kind, dtype, shape, ndim, data, len);
 }
 
 /* Push one F32 param of n elements at step. */
 static const msgpack_object *
 push_f32(const char *model, uint64_t step, const char *name, const float *v, uint64_t n)
 {
-    begin_push(model, step);
+    rq_begin_push(&req, model, step, 1);
     pack_tensor(name, "param", "F32", &n, 1, v, n * 4);
     return send_req();
 }
@@ -224,7 +151,7 @@ START_TEST(test_server_hello_reports_limits)
 {
     const msgpack_object *r;
 
-    begin_req("hello", 0);
+    rq_begin(&req, "hello", 0);
     r = send_req();
     assert_ok(r);
     ck_assert_uint_eq(get_u(r, "protocol"), 1);
@@ -246,16 +173,16 @@ START_TEST(test_server_push_pull_round_trip)
     assert_ok(r);
     ck_assert_uint_eq(get_u(r, "applied"), 1);
     ck_assert_uint_eq(get_u(r, "step"), 2);
-    begin_req("pull", 1);
-    kv_str("model", "m");
+    rq_begin(&req, "pull", 1);
+    rq_kv_str(&req, "model", "m");
     r = send_req();
     assert_ok(r);
     ck_assert_uint_eq(get_u(r, "step"), 2);
-    ck_assert_ptr_null(get(r, "session"));
-    t = &get(r, "tensors")->via.array.ptr[0];
+    ck_assert_ptr_null(proto_map_get(r, "session"));
+    t = &proto_map_get(r, "tensors")->via.array.ptr[0];
     ck_assert_uint_eq(get_u(t, "step"), 2);
     ck_assert_uint_eq(get_u(t, "nbytes"), 12);
-    data = get(t, "data");
+    data = proto_map_get(t, "data");
     ck_assert_int_eq(data->type, MSGPACK_OBJECT_BIN);
     memcpy(out, data->via.bin.ptr, 12);
     /* decay 0.5: (1+3)/2, (2+2)/2, (3+1)/2 exactly. */
@@ -276,7 +203,7 @@ START_TEST(test_server_push_same_step_is_stale)
     assert_ok(r);
     ck_assert_uint_eq(get_u(r, "applied"), 0);
     ck_assert_uint_eq(get_u(r, "stale"), 1);
-    names = get(r, "stale_names");
+    names = proto_map_get(r, "stale_names");
     ck_assert_uint_eq(names->via.array.size, 1);
     ck_assert_int_eq(memcmp(names->via.array.ptr[0].via.str.ptr, "w", 1), 0);
 }
@@ -303,26 +230,24 @@ START_TEST(test_server_rejects_version_and_op)
 {
     const msgpack_object *r, *sup;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    kv_u64("v", 2);
-    kv_str("op", "hello");
+    rq_clear(&req);
+    msgpack_pack_map(&req.pk, 2);
+    rq_kv_u64(&req, "v", 2);
+    rq_kv_str(&req, "op", "hello");
     r = send_req();
     assert_err(r, EMAD_EVERSION, "version 2");
-    sup = get(get(r, "error"), "supported");
+    sup = proto_map_get(proto_map_get(r, "error"), "supported");
     ck_assert_ptr_nonnull(sup);
     ck_assert_uint_eq(sup->via.array.ptr[0].via.u64, 1);
     assert_serving();
 
-    begin_req("explode", 0);
+    rq_begin(&req, "explode", 0);
     assert_err(send_req(), EMAD_EOP, "explode");
     assert_serving();
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 1);
-    kv_str("op", "hello");
+    rq_clear(&req);
+    msgpack_pack_map(&req.pk, 1);
+    rq_kv_str(&req, "op", "hello");
     assert_err(send_req(), EMAD_EMALFORMED, "'v'");
     assert_serving();
 }
@@ -334,43 +259,43 @@ START_TEST(test_server_rejects_malformed_push_fields)
     uint64_t shape = 2;
 
     create_model("m", 0.5);
-    begin_req("push", 2); /* no step */
-    kv_str("model", "m");
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
+    rq_begin(&req, "push", 2); /* no step */
+    rq_kv_str(&req, "model", "m");
+    rq_str(&req, "tensors");
+    msgpack_pack_array(&req.pk, 1);
     pack_tensor("w", "param", "F32", &shape, 1, v, 8);
     assert_err(send_req(), EMAD_EMALFORMED, "'step'");
 
-    begin_req("push", 3); /* tensors not an array */
-    kv_str("model", "m");
-    kv_u64("step", 1);
-    kv_u64("tensors", 5);
+    rq_begin(&req, "push", 3); /* tensors not an array */
+    rq_kv_str(&req, "model", "m");
+    rq_kv_u64(&req, "step", 1);
+    rq_kv_u64(&req, "tensors", 5);
     assert_err(send_req(), EMAD_EMALFORMED, "'tensors'");
 
-    begin_push("m", 1); /* unknown dtype */
+    rq_begin_push(&req, "m", 1, 1); /* unknown dtype */
     pack_tensor("w", "param", "F17", &shape, 1, v, 8);
     assert_err(send_req(), EMAD_EDTYPE, "tensor 'w'");
 
-    begin_push("m", 1); /* unknown kind */
+    rq_begin_push(&req, "m", 1, 1); /* unknown kind */
     pack_tensor("w", "weight", "F32", &shape, 1, v, 8);
     assert_err(send_req(), EMAD_EMALFORMED, "kind");
 
-    begin_push("m", 1); /* data length wrong */
+    rq_begin_push(&req, "m", 1, 1); /* data length wrong */
     pack_tensor("w", "param", "F32", &shape, 1, v, 7);
     assert_err(send_req(), EMAD_ESIZE, "needs 8");
 
-    begin_push("m", 1); /* data as str, not bin */
-    msgpack_pack_map(&pk, 5);
-    kv_str("name", "w");
-    kv_str("kind", "param");
-    kv_str("dtype", "F32");
-    key("shape");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, 2);
-    kv_str("data", "abcdefgh");
+    rq_begin_push(&req, "m", 1, 1); /* data as str, not bin */
+    msgpack_pack_map(&req.pk, 5);
+    rq_kv_str(&req, "name", "w");
+    rq_kv_str(&req, "kind", "param");
+    rq_kv_str(&req, "dtype", "F32");
+    rq_str(&req, "shape");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_uint64(&req.pk, 2);
+    rq_kv_str(&req, "data", "abcdefgh");
     assert_err(send_req(), EMAD_EMALFORMED, "'data'");
 
-    begin_push("m", 1); /* 17 dimensions */
+    rq_begin_push(&req, "m", 1, 1); /* 17 dimensions */
     {
         uint64_t sh[17];
         for (int i = 0; i < 17; i++)
@@ -379,44 +304,45 @@ START_TEST(test_server_rejects_malformed_push_fields)
     }
     assert_err(send_req(), EMAD_ELIMIT, "dimensions");
 
-    begin_push("m", 1); /* offset outside a transaction */
+    rq_begin_push(&req, "m", 1, 1); /* offset outside a transaction */
     {
         uint64_t one = 1;
-        pack_tensor_keys(6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
+        rq_tensor(&req, 6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
     }
-    kv_u64("offset", 4);
+    rq_kv_u64(&req, "offset", 4);
     assert_err(send_req(), EMAD_EMALFORMED, "transaction");
 
-    begin_push("m", 1); /* offset not an unsigned integer */
+    rq_begin_push(&req, "m", 1, 1); /* offset not an unsigned integer */
     {
         uint64_t one = 1;
-        pack_tensor_keys(6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
+        rq_tensor(&req, 6, "w", "param", "F32", &one, 1, v, 4); /* and one more key: */
     }
-    kv_str("offset", "4");
+    rq_kv_str(&req, "offset", "4");
     assert_err(
         send_req(), EMAD_EMALFORMED,
         "tensor 'w': key 'offset' is not an unsigned integer (expected an unsigned integer)");
 
-    begin_push("m", 1); /* no key "name": only the integer key 7, whose value is "name" */
-    msgpack_pack_map(&pk, 5);
-    msgpack_pack_uint64(&pk, 7); /* an integer key is no key of ours */
-    msgpack_pack_str_with_body(&pk, "name", 4);
-    kv_str("kind", "param");
-    kv_str("dtype", "F32");
-    key("shape");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, 1);
-    key("data");
-    msgpack_pack_bin_with_body(&pk, v, 4);
+    rq_begin_push(&req, "m", 1,
+                  1); /* no key "name": only the integer key 7, whose value is "name" */
+    msgpack_pack_map(&req.pk, 5);
+    msgpack_pack_uint64(&req.pk, 7); /* an integer key is no key of ours */
+    msgpack_pack_str_with_body(&req.pk, "name", 4);
+    rq_kv_str(&req, "kind", "param");
+    rq_kv_str(&req, "dtype", "F32");
+    rq_str(&req, "shape");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_uint64(&req.pk, 1);
+    rq_str(&req, "data");
+    msgpack_pack_bin_with_body(&req.pk, v, 4);
     assert_err(send_req(), EMAD_EMALFORMED, "key 'name' is missing (expected a string)");
 
     /* Nothing was stored, and the server still serves. */
-    begin_req("list", 1);
-    kv_str("model", "m");
+    rq_begin(&req, "list", 1);
+    rq_kv_str(&req, "model", "m");
     {
         const msgpack_object *r = send_req();
         assert_ok(r);
-        ck_assert_uint_eq(get(r, "tensors")->via.array.size, 0);
+        ck_assert_uint_eq(proto_map_get(r, "tensors")->via.array.size, 0);
     }
     assert_serving();
 }
@@ -429,28 +355,28 @@ START_TEST(test_server_tensor_map_keys_any_order_first_wins)
     const msgpack_object *r, *d;
 
     create_model("m", 0.5);
-    begin_push("m", 1);
-    msgpack_pack_map(&pk, 7);
-    key("data");
-    msgpack_pack_bin_with_body(&pk, v, 8);
-    key("shape");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, 2);
-    kv_str("dtype", "F32");
-    kv_str("name", "w");
-    kv_str("kind", "param");
-    kv_str("name", "other"); /* ignored: "name" came first */
-    key("data");             /* ignored too */
-    msgpack_pack_bin_with_body(&pk, w, 8);
+    rq_begin_push(&req, "m", 1, 1);
+    msgpack_pack_map(&req.pk, 7);
+    rq_str(&req, "data");
+    msgpack_pack_bin_with_body(&req.pk, v, 8);
+    rq_str(&req, "shape");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_uint64(&req.pk, 2);
+    rq_kv_str(&req, "dtype", "F32");
+    rq_kv_str(&req, "name", "w");
+    rq_kv_str(&req, "kind", "param");
+    rq_kv_str(&req, "name", "other"); /* ignored: "name" came first */
+    rq_str(&req, "data");             /* ignored too */
+    msgpack_pack_bin_with_body(&req.pk, w, 8);
     r = send_req();
     assert_ok(r);
     ck_assert_uint_eq(get_u(r, "applied"), 1);
-    begin_req("pull", 1);
-    kv_str("model", "m");
+    rq_begin(&req, "pull", 1);
+    rq_kv_str(&req, "model", "m");
     r = send_req();
     assert_ok(r);
-    ck_assert_uint_eq(get(r, "tensors")->via.array.size, 1);
-    d = get(&get(r, "tensors")->via.array.ptr[0], "data");
+    ck_assert_uint_eq(proto_map_get(r, "tensors")->via.array.size, 1);
+    d = proto_map_get(&proto_map_get(r, "tensors")->via.array.ptr[0], "data");
     ck_assert_uint_eq(d->via.bin.size, 8);
     ck_assert_int_eq(memcmp(d->via.bin.ptr, v, 8), 0);
     assert_serving();
@@ -466,7 +392,7 @@ START_TEST(test_server_error_names_tensor_for_shape_change)
     assert_ok(push_f32("m", 1, "layer.weight", v, 2));
     r = push_f32("m", 2, "layer.weight", v, 3);
     assert_err(r, EMAD_ESHAPE, "shape [3] differs from stored [2]");
-    t = get(get(r, "error"), "tensor");
+    t = proto_map_get(proto_map_get(r, "error"), "tensor");
     ck_assert_ptr_nonnull(t);
     ck_assert_int_eq(t->via.str.size, 12);
     ck_assert_int_eq(memcmp(t->via.str.ptr, "layer.weight", 12), 0);
@@ -480,14 +406,14 @@ pull_session(const char *k, uint64_t v, uint64_t *session)
 {
     const msgpack_object *r, *t;
 
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    kv_u64(k, v);
+    rq_begin(&req, "pull", 2);
+    rq_kv_str(&req, "model", "m");
+    rq_kv_u64(&req, k, v);
     r = send_req();
     assert_ok(r);
     *session = get_u(r, "session");
-    t = &get(r, "tensors")->via.array.ptr[0];
-    ck_assert_ptr_null(get(t, "data"));
+    t = &proto_map_get(r, "tensors")->via.array.ptr[0];
+    ck_assert_ptr_null(proto_map_get(t, "data"));
     return t; /* the first tensor's metadata */
 }
 
@@ -515,46 +441,46 @@ START_TEST(test_server_large_pull_uses_session_and_read)
     while (off < idx_nbytes) {
         uint64_t len = idx_nbytes - off < 32768 ? idx_nbytes - off : 32768;
         const msgpack_object *d;
-        begin_req("read", 2);
-        kv_u64("session", session);
-        key("ranges");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_array(&pk, 3);
-        msgpack_pack_uint64(&pk, 0);
-        msgpack_pack_uint64(&pk, off);
-        msgpack_pack_uint64(&pk, len);
+        rq_begin(&req, "read", 2);
+        rq_kv_u64(&req, "session", session);
+        rq_str(&req, "ranges");
+        msgpack_pack_array(&req.pk, 1);
+        msgpack_pack_array(&req.pk, 3);
+        msgpack_pack_uint64(&req.pk, 0);
+        msgpack_pack_uint64(&req.pk, off);
+        msgpack_pack_uint64(&req.pk, len);
         r = send_req();
         assert_ok(r);
-        d = &get(r, "data")->via.array.ptr[0];
+        d = &proto_map_get(r, "data")->via.array.ptr[0];
         ck_assert_uint_eq(d->via.bin.size, len);
         memcpy((char *)back + off, d->via.bin.ptr, len);
         off += len;
     }
     ck_assert_int_eq(memcmp(back, v, n * 4), 0);
     /* Too big a read, a range past the end, then release. */
-    begin_req("read", 2);
-    kv_u64("session", session);
-    key("ranges");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_array(&pk, 3);
-    msgpack_pack_uint64(&pk, 0);
-    msgpack_pack_uint64(&pk, 0);
-    msgpack_pack_uint64(&pk, 65536);
+    rq_begin(&req, "read", 2);
+    rq_kv_u64(&req, "session", session);
+    rq_str(&req, "ranges");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_array(&req.pk, 3);
+    msgpack_pack_uint64(&req.pk, 0);
+    msgpack_pack_uint64(&req.pk, 0);
+    msgpack_pack_uint64(&req.pk, 65536);
     assert_err(send_req(), EMAD_ELIMIT, "per read");
-    begin_req("read", 2);
-    kv_u64("session", session);
-    key("ranges");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_array(&pk, 3);
-    msgpack_pack_uint64(&pk, 0);
-    msgpack_pack_uint64(&pk, idx_nbytes - 4);
-    msgpack_pack_uint64(&pk, 8);
+    rq_begin(&req, "read", 2);
+    rq_kv_u64(&req, "session", session);
+    rq_str(&req, "ranges");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_array(&req.pk, 3);
+    msgpack_pack_uint64(&req.pk, 0);
+    msgpack_pack_uint64(&req.pk, idx_nbytes - 4);
+    msgpack_pack_uint64(&req.pk, 8);
     assert_err(send_req(), EMAD_ERANGE, "past");
-    begin_req("release", 1);
-    kv_u64("session", session);
+    rq_begin(&req, "release", 1);
+    rq_kv_u64(&req, "session", session);
     assert_ok(send_req());
-    begin_req("release", 1);
-    kv_u64("session", session);
+    rq_begin(&req, "release", 1);
+    rq_kv_u64(&req, "session", session);
     assert_err(send_req(), EMAD_ENOSESSION, NULL);
     free(v);
     free(back);
@@ -578,37 +504,37 @@ START_TEST(test_server_pull_inline_bytes)
     /* Below the reply: a session, no data. */
     t = pull_session("inline_bytes", 65536, &session);
     ck_assert_uint_eq(get_u(t, "nbytes"), n * 4);
-    begin_req("release", 1);
-    kv_u64("session", session);
+    rq_begin(&req, "release", 1);
+    rq_kv_u64(&req, "session", session);
     assert_ok(send_req());
 
     /* Above the reply (and above max_reply_bytes, which still rules): inline. */
-    begin_req("pull", 3);
-    kv_str("model", "m");
-    kv_u64("inline_bytes", 1ULL << 40);
-    kv_u64("max_reply_bytes", 512 * 1024);
+    rq_begin(&req, "pull", 3);
+    rq_kv_str(&req, "model", "m");
+    rq_kv_u64(&req, "inline_bytes", 1ULL << 40);
+    rq_kv_u64(&req, "max_reply_bytes", 512 * 1024);
     r = send_req();
     assert_ok(r);
-    ck_assert_ptr_null(get(r, "session"));
-    d = get(&get(r, "tensors")->via.array.ptr[0], "data");
+    ck_assert_ptr_null(proto_map_get(r, "session"));
+    d = proto_map_get(&proto_map_get(r, "tensors")->via.array.ptr[0], "data");
     ck_assert_ptr_nonnull(d);
     ck_assert_uint_eq(d->via.bin.size, n * 4);
     ck_assert_int_eq(memcmp(d->via.bin.ptr, v, n * 4), 0);
 
     /* Not an unsigned integer: refused, nothing opened, still serving. */
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    kv_str("inline_bytes", "16M");
+    rq_begin(&req, "pull", 2);
+    rq_kv_str(&req, "model", "m");
+    rq_kv_str(&req, "inline_bytes", "16M");
     assert_err(send_req(), EMAD_EMALFORMED, "inline_bytes");
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    key("inline_bytes");
-    msgpack_pack_int64(&pk, -1);
+    rq_begin(&req, "pull", 2);
+    rq_kv_str(&req, "model", "m");
+    rq_str(&req, "inline_bytes");
+    msgpack_pack_int64(&req.pk, -1);
     assert_err(send_req(), EMAD_EMALFORMED, "inline_bytes");
-    begin_req("stats", 0);
+    rq_begin(&req, "stats", 0);
     r = send_req();
     assert_ok(r);
-    ck_assert_uint_eq(get_u(get(r, "stats"), "sessions_open"), 0);
+    ck_assert_uint_eq(get_u(proto_map_get(r, "stats"), "sessions_open"), 0);
     assert_serving();
     free(v);
 }
@@ -621,39 +547,39 @@ START_TEST(test_server_transaction_over_the_wire)
     const msgpack_object *r;
 
     create_model("m", 0.5);
-    begin_req("begin", 2);
-    kv_str("model", "m");
-    kv_u64("step", 5);
+    rq_begin(&req, "begin", 2);
+    rq_kv_str(&req, "model", "m");
+    rq_kv_u64(&req, "step", 5);
     r = send_req();
     assert_ok(r);
     txn = get_u(r, "txn");
     for (int part = 0; part < 2; part++) {
-        begin_req("push", 2);
-        kv_u64("txn", txn);
-        key("tensors");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 6);
-        kv_str("name", "w");
-        kv_str("kind", "param");
-        kv_str("dtype", "F32");
-        key("shape");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_uint64(&pk, shape);
-        key("data");
-        msgpack_pack_bin_with_body(&pk, (const char *)v + 8 * part, 8);
-        kv_u64("offset", 8 * (uint64_t)part);
+        rq_begin(&req, "push", 2);
+        rq_kv_u64(&req, "txn", txn);
+        rq_str(&req, "tensors");
+        msgpack_pack_array(&req.pk, 1);
+        msgpack_pack_map(&req.pk, 6);
+        rq_kv_str(&req, "name", "w");
+        rq_kv_str(&req, "kind", "param");
+        rq_kv_str(&req, "dtype", "F32");
+        rq_str(&req, "shape");
+        msgpack_pack_array(&req.pk, 1);
+        msgpack_pack_uint64(&req.pk, shape);
+        rq_str(&req, "data");
+        msgpack_pack_bin_with_body(&req.pk, (const char *)v + 8 * part, 8);
+        rq_kv_u64(&req, "offset", 8 * (uint64_t)part);
         r = send_req();
         assert_ok(r);
         ck_assert_uint_eq(get_u(r, "staged"), 1);
     }
-    begin_req("commit", 1);
-    kv_u64("txn", txn);
+    rq_begin(&req, "commit", 1);
+    rq_kv_u64(&req, "txn", txn);
     r = send_req();
     assert_ok(r);
     ck_assert_uint_eq(get_u(r, "applied"), 1);
     ck_assert_uint_eq(get_u(r, "step"), 5);
-    begin_req("abort", 1);
-    kv_u64("txn", txn);
+    rq_begin(&req, "abort", 1);
+    rq_kv_u64(&req, "txn", txn);
     assert_err(send_req(), EMAD_ENOTXN, NULL);
 }
 END_TEST
@@ -664,32 +590,32 @@ START_TEST(test_server_create_list_drop_stats)
 
     create_model("a", 0.9);
     create_model("b", 0.99);
-    begin_req("create", 1);
-    kv_str("model", "a");
+    rq_begin(&req, "create", 1);
+    rq_kv_str(&req, "model", "a");
     assert_err(send_req(), EMAD_EEXIST, "decay");
-    begin_req("create", 1);
-    kv_str("model", "../etc");
+    rq_begin(&req, "create", 1);
+    rq_kv_str(&req, "model", "../etc");
     assert_err(send_req(), EMAD_ENAME, NULL);
-    begin_req("create", 2);
-    kv_str("model", "c");
-    kv_str("decay", "high");
+    rq_begin(&req, "create", 2);
+    rq_kv_str(&req, "model", "c");
+    rq_kv_str(&req, "decay", "high");
     assert_err(send_req(), EMAD_EMALFORMED, "'decay'");
-    begin_req("list", 0);
+    rq_begin(&req, "list", 0);
     r = send_req();
     assert_ok(r);
-    m = get(r, "models");
+    m = proto_map_get(r, "models");
     ck_assert_uint_eq(m->via.array.size, 2);
-    ck_assert_double_eq(get(&m->via.array.ptr[1], "decay")->via.f64, 0.99);
-    begin_req("drop", 1);
-    kv_str("model", "a");
+    ck_assert_double_eq(proto_map_get(&m->via.array.ptr[1], "decay")->via.f64, 0.99);
+    rq_begin(&req, "drop", 1);
+    rq_kv_str(&req, "model", "a");
     assert_ok(send_req());
-    begin_req("drop", 1);
-    kv_str("model", "a");
+    rq_begin(&req, "drop", 1);
+    rq_kv_str(&req, "model", "a");
     assert_err(send_req(), EMAD_ENOMODEL, "'a'");
-    begin_req("stats", 0);
+    rq_begin(&req, "stats", 0);
     r = send_req();
     assert_ok(r);
-    st = get(r, "stats");
+    st = proto_map_get(r, "stats");
     ck_assert_uint_eq(get_u(st, "models"), 1);
     ck_assert_uint_eq(get_u(st, "errors"), 4);
     ck_assert_uint_eq(get_u(st, "errors_EMAD_EEXIST"), 1);
@@ -709,18 +635,18 @@ START_TEST(test_server_pull_f16_param_rounds_to_pushed_dtype)
 
     create_model("m", 0.5);
     for (int step = 1; step <= 2; step++) {
-        begin_push("m", (uint64_t)step);
+        rq_begin_push(&req, "m", (uint64_t)step, 1);
         pack_tensor("h", "param", "F16", &shape, 1, step == 1 ? &h1 : &h2, 2);
         assert_ok(send_req());
     }
-    begin_req("pull", 1);
-    kv_str("model", "m");
+    rq_begin(&req, "pull", 1);
+    rq_kv_str(&req, "model", "m");
     r = send_req();
     assert_ok(r);
-    t = &get(r, "tensors")->via.array.ptr[0];
-    ck_assert_int_eq(get(t, "dtype")->via.str.ptr[0], 'F');
-    ck_assert_uint_eq(get(t, "data")->via.bin.size, 2);
-    memcpy(&out, get(t, "data")->via.bin.ptr, 2);
+    t = &proto_map_get(r, "tensors")->via.array.ptr[0];
+    ck_assert_int_eq(proto_map_get(t, "dtype")->via.str.ptr[0], 'F');
+    ck_assert_uint_eq(proto_map_get(t, "data")->via.bin.size, 2);
+    memcpy(&out, proto_map_get(t, "data")->via.bin.ptr, 2);
     ck_assert_uint_eq(out, 0x3c02);
 }
 END_TEST
@@ -747,51 +673,52 @@ START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)
 
     create_model("m", 0.5);
     /* Unknown model given as invalid UTF-8: the message quotes it. */
-    begin_req("pull", 1);
-    key("model");
-    msgpack_pack_str_with_body(&pk, bad_model, 3);
+    rq_begin(&req, "pull", 1);
+    rq_str(&req, "model");
+    msgpack_pack_str_with_body(&req.pk, bad_model, 3);
     r = send_req();
     assert_err(r, EMAD_ENOMODEL, "no model 'm");
-    ck_assert(str_is_utf8(get(get(r, "error"), "message")));
+    ck_assert(str_is_utf8(proto_map_get(proto_map_get(r, "error"), "message")));
 
     /* Unknown tensor with an invalid name: no `tensor` key, a clean message. */
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_str_with_body(&pk, "\xc0\x80", 2);
+    rq_begin(&req, "pull", 2);
+    rq_kv_str(&req, "model", "m");
+    rq_str(&req, "tensors");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_str_with_body(&req.pk, "\xc0\x80", 2);
     r = send_req();
     assert_err(r, EMAD_ENOTENSOR, NULL);
-    e = get(r, "error");
-    ck_assert_ptr_null(get(e, "tensor"));
-    ck_assert(str_is_utf8(get(e, "message")));
+    e = proto_map_get(r, "error");
+    ck_assert_ptr_null(proto_map_get(e, "tensor"));
+    ck_assert(str_is_utf8(proto_map_get(e, "message")));
     /* A valid unknown name is named. */
-    begin_req("pull", 2);
-    kv_str("model", "m");
-    key("tensors");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_str_with_body(&pk, "nope", 4);
+    rq_begin(&req, "pull", 2);
+    rq_kv_str(&req, "model", "m");
+    rq_str(&req, "tensors");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_str_with_body(&req.pk, "nope", 4);
     r = send_req();
     assert_err(r, EMAD_ENOTENSOR, "'nope'");
-    ck_assert_int_eq(memcmp(get(get(r, "error"), "tensor")->via.str.ptr, "nope", 4), 0);
+    ck_assert_int_eq(
+        memcmp(proto_map_get(proto_map_get(r, "error"), "tensor")->via.str.ptr, "nope", 4), 0);
 
     /* A decode error on a tensor whose name is raw bytes: not named. */
-    begin_push("m", 1);
-    msgpack_pack_map(&pk, 5);
-    key("name");
-    msgpack_pack_str_with_body(&pk, "w\xff", 2);
-    kv_str("kind", "weight");
-    kv_str("dtype", "F32");
-    key("shape");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, 2);
-    key("data");
-    msgpack_pack_bin_with_body(&pk, v, 8);
+    rq_begin_push(&req, "m", 1, 1);
+    msgpack_pack_map(&req.pk, 5);
+    rq_str(&req, "name");
+    msgpack_pack_str_with_body(&req.pk, "w\xff", 2);
+    rq_kv_str(&req, "kind", "weight");
+    rq_kv_str(&req, "dtype", "F32");
+    rq_str(&req, "shape");
+    msgpack_pack_array(&req.pk, 1);
+    msgpack_pack_uint64(&req.pk, 2);
+    rq_str(&req, "data");
+    msgpack_pack_bin_with_body(&req.pk, v, 8);
     r = send_req();
     assert_err(r, EMAD_EMALFORMED, "kind");
-    e = get(r, "error");
-    ck_assert_ptr_null(get(e, "tensor"));
-    ck_assert(str_is_utf8(get(e, "message")));
+    e = proto_map_get(r, "error");
+    ck_assert_ptr_null(proto_map_get(e, "tensor"));
+    ck_assert(str_is_utf8(proto_map_get(e, "message")));
 
     /* A valid 999-byte name of 3-byte characters: the 512-byte message cuts one
      * in two, yet stays UTF-8, and `tensor` carries the whole name. */
@@ -799,15 +726,15 @@ START_TEST(test_server_error_strings_are_utf8_whatever_the_request_holds)
         memcpy(name + i, "\xe2\x82\xac", 3); /* U+20AC EURO SIGN */
     name[sizeof(name) - 1] = '\0';
     assert_ok(push_f32("m", 1, name, v, 2));
-    begin_push("m", 2);
+    rq_begin_push(&req, "m", 2, 1);
     shape = 1;
     pack_tensor(name, "param", "F32", &shape, 1, v, 4);
     r = send_req();
     assert_err(r, EMAD_ESHAPE, NULL);
-    e = get(r, "error");
-    ck_assert(str_is_utf8(get(e, "message")));
-    ck_assert_uint_eq(get(e, "tensor")->via.str.size, 999);
-    ck_assert_int_eq(memcmp(get(e, "tensor")->via.str.ptr, name, 999), 0);
+    e = proto_map_get(r, "error");
+    ck_assert(str_is_utf8(proto_map_get(e, "message")));
+    ck_assert_uint_eq(proto_map_get(e, "tensor")->via.str.size, 999);
+    ck_assert_int_eq(memcmp(proto_map_get(e, "tensor")->via.str.ptr, name, 999), 0);
     assert_serving();
 }
 END_TEST
@@ -817,15 +744,15 @@ START_TEST(test_server_stats_count_bytes_in_and_out)
     const msgpack_object *r, *st;
     size_t hello_req, hello_reply, stats_req;
 
-    begin_req("hello", 0);
-    hello_req = sb.size;
+    rq_begin(&req, "hello", 0);
+    hello_req = req.sb.size;
     assert_ok(send_req());
     hello_reply = reply_len;
-    begin_req("stats", 0);
-    stats_req = sb.size;
+    rq_begin(&req, "stats", 0);
+    stats_req = req.sb.size;
     r = send_req();
     assert_ok(r);
-    st = get(r, "stats");
+    st = proto_map_get(r, "stats");
     ck_assert_uint_eq(get_u(st, "requests"), 2);
     ck_assert_uint_eq(get_u(st, "bytes_in"), hello_req + stats_req);
     /* The stats reply is built before it is counted: only the hello reply so far. */
@@ -855,7 +782,7 @@ server_suite(void)
     tcase_add_test(tc, test_server_pull_f16_param_rounds_to_pushed_dtype);
     tcase_add_test(tc, test_server_error_strings_are_utf8_whatever_the_request_holds);
     tcase_add_test(tc, test_server_stats_count_bytes_in_and_out);
-    tcase_set_timeout(tc, 30);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -14,6 +14,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,16 @@ write_example(const char *state_dir, uint64_t step, size_t k)
     path = snapdir_path(dir, step, k);
     free(dir);
     return path;
+}
+
+/* Open a directory for the fd-based snapdir functions; aborts the test on failure. */
+static int
+open_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
+    return fd;
 }
 
 /* Entries of a directory other than . and .., as one sorted "a,b,c" string (static buffer). */
@@ -941,13 +952,22 @@ START_TEST(test_snap_read_rejects_truncated_files_and_mark_broken_sets_them_asid
     /* snapdir_mark_broken renames to .broken, replacing an older one. */
     snprintf(broken, sizeof(broken), "%s.broken", path);
     ck_assert_int_eq(tu_write_file(broken, "old", 3), 0);
-    ck_assert_int_eq(snapdir_mark_broken(path), 0);
-    ck_assert_int_eq(access(path, F_OK), -1);
+    {
+        char *slash = strrchr(path, '/');
+        int dfd;
+
+        *slash = '\0';
+        dfd = open_dir(path);
+        *slash = '/';
+        ck_assert_int_eq(snapdir_mark_broken(dfd, slash + 1), 0);
+        ck_assert_int_eq(access(path, F_OK), -1);
+        ck_assert_int_eq(snapdir_mark_broken(dfd, slash + 1), -ENOENT);
+        close(dfd);
+    }
     got = tu_read_file(broken, &len);
     ck_assert_uint_eq(len, cuts[5]);
     ck_assert_int_eq(memcmp(got, orig, len), 0);
     free(got);
-    ck_assert_int_eq(snapdir_mark_broken(path), -ENOENT);
     /* A missing file is EMAD_EIO naming it. */
     ck_assert_int_eq(snapshot_read(path, &f, &cause), EMAD_EIO);
     ck_assert_ptr_null(f);
@@ -990,39 +1010,48 @@ END_TEST
 
 /*
  * Flip bit `bit` of byte pos of image orig (len bytes), write it to path
- * and read it. Returns 1 if snapshot_read rejected it with EMAD_EFORMAT; else
- * asserts the file read back is exactly the example and returns 0.
+ * and read it. Returns 1 if snapshot_read rejected it with EMAD_EFORMAT (and a
+ * message containing needle, unless NULL); 0 if the file read back is
+ * exactly the example (asserted); -1 for anything else, described in
+ * why[size]. The thousands of flips of a test are counted and asserted
+ * once: a Check assertion per flip costs more than the flip.
  */
 static int
 flip_and_read(const char *path, const unsigned char *orig, size_t len, size_t pos, int bit,
-              const char *needle)
+              const char *needle, char *why, size_t size)
 {
     unsigned char *b = malloc(len);
     snapshot_file *f = NULL;
     char *cause = NULL;
-    int rc;
+    int rc, result = 1;
 
     memcpy(b, orig, len);
     b[pos] ^= (unsigned char)(1u << bit);
-    ck_assert_int_eq(tu_write_file(path, b, len), 0);
+    rc = tu_write_file(path, b, len);
     free(b);
+    if (rc != 0) {
+        snprintf(why, size, "byte %zu bit %d: cannot write %s", pos, bit, path);
+        return -1;
+    }
     rc = snapshot_read(path, &f, &cause);
     if (rc == 0) {
         assert_example(f);
         snapshot_file_free(f);
         return 0;
     }
-    ck_assert_msg(rc == EMAD_EFORMAT, "byte %zu bit %d: %d %s", pos, bit, rc, cause);
-    ck_assert_msg(needle == NULL || strstr(cause, needle) != NULL, "byte %zu bit %d: %s", pos, bit,
-                  cause);
+    if (rc != EMAD_EFORMAT || (needle != NULL && strstr(cause, needle) == NULL)) {
+        snprintf(why, size, "byte %zu bit %d: %d %s", pos, bit, rc, cause);
+        result = -1;
+    }
     free(cause);
-    return 1;
+    return result;
 }
 
 START_TEST(test_snap_read_rejects_every_bit_flip_of_header_and_data)
 {
     char *state = tu_tmpdir(), *path = write_example(state, 50, 1), copy[600], *cause = NULL;
-    size_t len, rejected = 0, total = 0, n;
+    char why[700] = "", first[700] = "";
+    size_t len, rejected = 0, total = 0, n, bad = 0;
     unsigned char *orig = tu_read_file(path, &len);
 
     n = (size_t)tu_load_u64le(orig);
@@ -1032,9 +1061,11 @@ START_TEST(test_snap_read_rejects_every_bit_flip_of_header_and_data)
     /* Data bytes: every bit of every byte is a data checksum mismatch, expected vs got. */
     for (size_t pos = 8 + n; pos < len; pos++)
         for (int bit = 0; bit < 8; bit++)
-            ck_assert(flip_and_read(copy, orig, len, pos, bit,
-                                    "data checksum mismatch: expected "
-                                    "xxh64:"));
+            if (flip_and_read(copy, orig, len, pos, bit,
+                              "data checksum mismatch: expected xxh64:", why, sizeof(why)) != 1 &&
+                bad++ == 0)
+                snprintf(first, sizeof(first), "%s", why[0] != '\0' ? why : "read back unchanged");
+    ck_assert_msg(bad == 0, "%zu data bit flips not rejected; the first: %s", bad, first);
     /* One data flip in full: the message has the stored and the computed checksum. */
     {
         safetensors_file *sf;
@@ -1053,9 +1084,17 @@ START_TEST(test_snap_read_rejects_every_bit_flip_of_header_and_data)
         free(cause);
     }
     /* Header bytes: every flip is rejected, or (harmless) reads back exactly the example. */
-    for (size_t pos = 8; pos < 8 + n; pos++)
-        for (int bit = 0; bit < 8; bit++, total++)
-            rejected += (size_t)flip_and_read(copy, orig, len, pos, bit, NULL);
+    bad = 0;
+    for (size_t pos = 8; pos < 8 + n; pos++) {
+        for (int bit = 0; bit < 8; bit++, total++) {
+            int r = flip_and_read(copy, orig, len, pos, bit, NULL, why, sizeof(why));
+
+            if (r < 0 && bad++ == 0)
+                snprintf(first, sizeof(first), "%s", why);
+            rejected += r == 1;
+        }
+    }
+    ck_assert_msg(bad == 0, "%zu header bit flips failed otherwise; the first: %s", bad, first);
     ck_assert_msg(rejected == total, "%zu of %zu header bit flips read back unchanged",
                   total - rejected, total);
     /* A flip in the metadata: the metadata checksum catches it. */
@@ -1063,8 +1102,10 @@ START_TEST(test_snap_read_rejects_every_bit_flip_of_header_and_data)
         const char *p = memmem(orig, len, "\"emad_version\":\"", 16);
 
         ck_assert_ptr_nonnull(p);
-        flip_and_read(copy, orig, len, (size_t)(p - (const char *)orig) + 16, 0,
-                      "metadata checksum mismatch");
+        why[0] = '\0';
+        ck_assert_msg(flip_and_read(copy, orig, len, (size_t)(p - (const char *)orig) + 16, 0,
+                                    "metadata checksum mismatch", why, sizeof(why)) == 1,
+                      "%s", why);
     }
     free(orig);
     free(path);
@@ -1284,22 +1325,30 @@ START_TEST(test_snap_list_steps_newest_first_numeric_ignoring_junk)
     char *dir = tu_tmpdir(), sub[600], missing[600];
     uint64_t *steps;
     size_t n;
+    int fd;
 
     for (size_t i = 0; i < NELEM(files); i++)
         touch(dir, files[i]);
     snprintf(sub, sizeof(sub), "%s/00000000000000000014.d0.safetensors", dir);
     ck_assert_int_eq(mkdir(sub, 0700), 0); /* a directory, not a file */
-    ck_assert_int_eq(snapdir_list_steps(dir, &steps, &n), 0);
+    fd = open_dir(dir);
+    ck_assert_int_eq(snapdir_list_steps(fd, &steps, &n), 0);
     ck_assert_uint_eq(n, NELEM(want));
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(steps[i] == want[i], "steps[%zu] = %llu", i, (unsigned long long)steps[i]);
     free(steps);
-
-    snprintf(missing, sizeof(missing), "%s/none", dir);
-    ck_assert_int_eq(snapdir_list_steps(missing, &steps, &n), 0);
-    ck_assert_uint_eq(n, 0);
+    /* A second walk over the same fd sees the same files. */
+    ck_assert_int_eq(snapdir_list_steps(fd, &steps, &n), 0);
+    ck_assert_uint_eq(n, NELEM(want));
     free(steps);
-    ck_assert_int_eq(snapdir_list_steps("/proc/self/status", &steps, &n), -ENOTDIR);
+    close(fd);
+
+    /* A missing model directory is -ENOENT; a file where it should be, -ENOTDIR. */
+    snprintf(missing, sizeof(missing), "%s/snapshots", dir);
+    ck_assert_int_eq(mkdir(missing, 0700), 0);
+    ck_assert_int_eq(snapdir_open_model(dir, "none", 0), -ENOENT);
+    touch(missing, "afile");
+    ck_assert_int_eq(snapdir_open_model(dir, "afile", 0), -ENOTDIR);
     tu_rmtree(dir);
     free(dir);
 }
@@ -1323,15 +1372,17 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
         "notes.txt",
     };
     char *dir = tu_tmpdir();
+    int fd;
 
     for (size_t i = 0; i < NELEM(files); i++)
         touch(dir, files[i]);
+    fd = open_dir(dir);
     /*
      * Complete (both decays): 10, 20, 30. 25 and 40 miss d1. Keeping 2: 30 and 20; 10 goes
      * (with its stray d2), 25 goes (incomplete, older than the newest complete step), 40 stays
      * (a set possibly being written), the temp goes; other files are not ours.
      */
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 5);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 2), 5);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000020.d0.safetensors,"
@@ -1341,9 +1392,9 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
                                        "00000000000000000040.d0.safetensors,"
                                        "notes.txt");
     /* Nothing more to do. */
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 0);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 2), 0);
     /* keep 0 still keeps the newest complete step. */
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 0), 2);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 0), 2);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000030.d0.safetensors,"
@@ -1351,16 +1402,17 @@ START_TEST(test_snap_prune_keeps_newest_complete_steps_and_removes_temps)
                                        "00000000000000000040.d0.safetensors,"
                                        "notes.txt");
     /* With three decays no step is complete: nothing is removed. */
-    ck_assert_uint_eq(snapdir_prune(dir, 3, 1), 0);
+    ck_assert_uint_eq(snapdir_prune(fd, 3, 1), 0);
     /* Once 40 is complete, 30 is superseded with keep 1. */
     touch(dir, "00000000000000000040.d1.safetensors");
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 1), 2);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 1), 2);
     ck_assert_str_eq(dir_listing(dir), ".00000000000000000030.d1.safetensors.Ab12Cd,"
                                        "00000000000000000005.d0.safetensors.broken,"
                                        "00000000000000000040.d0.safetensors,"
                                        "00000000000000000040.d1.safetensors,"
                                        "notes.txt");
-    ck_assert_uint_eq(snapdir_prune("/nonexistent/emad", 2, 1), 0);
+    ck_assert_uint_eq(snapdir_prune(-1, 2, 1), 0);
+    close(fd);
     tu_rmtree(dir);
     free(dir);
 }
@@ -1371,14 +1423,17 @@ START_TEST(test_snap_prune_keeps_what_snap_write_wrote)
     char *state = tu_tmpdir(), *dir;
     uint64_t *steps;
     size_t n;
+    int fd;
 
     for (uint64_t s = 1; s <= 5; s++) {
         free(write_example(state, s * 50, 0));
         free(write_example(state, s * 50, 1));
     }
     dir = snapdir_model_dir(state, "m");
-    ck_assert_uint_eq(snapdir_prune(dir, 2, 2), 6);
-    ck_assert_int_eq(snapdir_list_steps(dir, &steps, &n), 0);
+    fd = open_dir(dir);
+    ck_assert_uint_eq(snapdir_prune(fd, 2, 2), 6);
+    ck_assert_int_eq(snapdir_list_steps(fd, &steps, &n), 0);
+    close(fd);
     ck_assert_uint_eq(n, 2);
     ck_assert_uint_eq(steps[0], 250);
     ck_assert_uint_eq(steps[1], 200);
@@ -1447,7 +1502,7 @@ snapshot_suite(void)
     tcase_add_test(tc, test_snap_prune_keeps_newest_complete_steps_and_removes_temps);
     tcase_add_test(tc, test_snap_prune_keeps_what_snap_write_wrote);
     tcase_add_test(tc, test_snap_list_models_skips_invalid_names_and_files);
-    tcase_set_timeout(tc, 120);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/strmap.h"
+#include "testutil.h"
 
 #define NKEYS 5000
 
@@ -102,7 +103,7 @@ strmap_suite(void)
     tcase_add_test(tc, test_strmap_matches_reference_under_random_ops);
     tcase_add_test(tc, test_strmap_keys_with_embedded_nul_and_prefixes);
     tcase_add_test(tc, test_strmap_reserve_keeps_keys);
-    tcase_set_timeout(tc, 30);
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -3,11 +3,30 @@
 # work dir removed on exit, fail() with the daemon's log, ctl() (emactl with
 # a time limit) and start_daemon() (the real emad on a free loopback port,
 # with a watchdog). Sourced after `set -eu`; the caller sets test_name.
+#
+# Time limits are safety nets, never synchronisation: each is minutes long
+# and multiplied by EMAD_TEST_TIMEOUT_SCALE (default 1; e.g. 4 on a slow or
+# busy machine). T is the limit of one command, T_LONG of a long one (a
+# reference run, a whole Python script); `scaled N` prints N seconds scaled.
 top_builddir=${top_builddir:-.}
 top_srcdir=${top_srcdir:-.}
 PYTHON3=${PYTHON3:-/usr/bin/python3}
 EMAD=$top_builddir/emad
 EMACTL=$top_builddir/emactl
+
+EMAD_TEST_TIMEOUT_SCALE=${EMAD_TEST_TIMEOUT_SCALE:-1}
+export EMAD_TEST_TIMEOUT_SCALE
+
+# Print N seconds multiplied by EMAD_TEST_TIMEOUT_SCALE, rounded up to a whole second.
+scaled() {
+    awk -v n="$1" -v s="$EMAD_TEST_TIMEOUT_SCALE" 'BEGIN {
+        if (s + 0 <= 0) s = 1
+        v = n * s
+        printf "%d\n", v == int(v) ? v : int(v) + 1
+    }'
+}
+T=$(scaled 300)
+T_LONG=$(scaled 1200)
 
 work=$(mktemp -d /tmp/emad-test-XXXXXX)
 pid=
@@ -39,20 +58,49 @@ fail() {
 
 # Run emactl against the test daemon with a time limit.
 ctl() {
-    timeout 60 "$EMACTL" --server "$url" "$@"
+    timeout "$T" "$EMACTL" --server "$url" "$@"
+}
+
+# Set up the environment of the Python client (client/python over the in-tree libemad):
+# EMAD_LIBRARY (unless set), PYTHONPATH, and asan_rt, the AddressSanitizer runtime that a
+# libemad built with --enable-asan needs loaded first into Python (empty otherwise).
+client_env() {
+    for _lib in "$top_builddir/.libs/libemad.so" "$top_builddir/client/.libs/libemad.so"; do
+        if [ -e "$_lib" ]; then
+            EMAD_LIBRARY=${EMAD_LIBRARY:-$_lib}
+            break
+        fi
+    done
+    if [ -z "${EMAD_LIBRARY:-}" ] || [ ! -e "$EMAD_LIBRARY" ]; then
+        fail "libemad.so not found under $top_builddir"
+    fi
+    PYTHONPATH=$top_srcdir/client/python${PYTHONPATH:+:$PYTHONPATH}
+    PYTHONDONTWRITEBYTECODE=1
+    export EMAD_LIBRARY PYTHONPATH PYTHONDONTWRITEBYTECODE
+    asan_rt=$(ldd "$EMAD_LIBRARY" 2>/dev/null | sed -n 's/.*libasan[^ ]* => \([^ ]*\).*/\1/p')
+}
+
+# Run $PYTHON3 with the arguments given (after client_env), within T_LONG seconds.
+client_python() {
+    if [ -n "$asan_rt" ]; then
+        LD_PRELOAD=$asan_rt ASAN_OPTIONS=detect_leaks=0 timeout "$T_LONG" "$PYTHON3" "$@"
+    else
+        timeout "$T_LONG" "$PYTHON3" "$@"
+    fi
 }
 
 # Print a free TCP port on 127.0.0.1.
 pick_port() {
-    timeout 10 "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' ||
+    timeout "$T" "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' ||
         fail "cannot run $PYTHON3 to pick a port"
 }
 
-# Watchdog in the background: the process $1 never outlives the test by more than 5 minutes.
+# Watchdog in the background: the process $1 is killed after T_LONG seconds (the test's exit
+# trap normally kills it first; this only bounds a daemon whose test was itself killed).
 watchdog() {
     (
         i=0
-        while [ "$i" -lt 300 ] && kill -0 "$1" 2>/dev/null; do
+        while [ "$i" -lt "$T_LONG" ] && kill -0 "$1" 2>/dev/null; do
             sleep 1
             i=$((i + 1))
         done
@@ -73,15 +121,21 @@ start_daemon() {
             2>>"$work/emad.log" &
         pid=$!
         watchdog "$pid"
-        if timeout 15 "$PYTHON3" - "$port" <<'EOF'
-import socket, sys, time
-for _ in range(1000):
+        if timeout "$T" "$PYTHON3" - "$port" "$pid" <<'EOF'
+import os, socket, sys, time
+# Until the port accepts connections, or the daemon has exited; timeout(1) bounds the wait.
+while True:
     try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5).close()
         sys.exit(0)
     except OSError:
+        try:
+            with open("/proc/%s/stat" % sys.argv[2]) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                    sys.exit(1)  # exited, not yet reaped
+        except OSError:
+            sys.exit(1)
         time.sleep(0.01)
-sys.exit(1)
 EOF
         then
             if kill -0 "$pid" 2>/dev/null; then

@@ -4,11 +4,12 @@
         push COUNT steps of one float32 tensor "w" (ELEMENTS values) and one
         buffer "n" with the Python client; prints one JSON line: pushes,
         seconds, median and p99 latency in milliseconds.
-    ops_load.py slowloris HOST PORT CONNECTIONS SECONDS
+    ops_load.py slowloris HOST PORT CONNECTIONS SECONDS [READY]
         hold CONNECTIONS HTTP connections open for SECONDS, each sending its
         request headers one byte every 2 s and never finishing them, from
         the source addresses 127.0.0.2 to 127.0.0.11 in turn; prints how many
-        were still open at the end.
+        were still open at the end. With READY, creates that file once every
+        connection is open.
     ops_load.py hammer HOST PORT THREADS SECONDS
         GET /metrics as fast as THREADS threads can for SECONDS; prints the
         number of complete 200 responses.
@@ -45,6 +46,7 @@
         exits 77 on a CPU architecture it does not know.
 """
 import json
+import os
 import socket
 import struct
 import sys
@@ -164,6 +166,8 @@ def release(url, pid, wait, expect):
     for step in range(1, 4):
         client.push("rel", step, tensors)
     client.close()
+    if expect != "keep":  # waiting for a drop: as long as a busy machine may need
+        wait *= float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)
     before = vm_rss_kib(pid)
     t0 = time.monotonic()
     now = before
@@ -213,12 +217,14 @@ def deny_setaffinity(argv):
     os.execv(argv[0], argv)
 
 
-def slowloris(host, port, conns, seconds):
+def slowloris(host, port, conns, seconds, ready=None):
     socks = []
     for k in range(conns):  # from 127.0.0.2..11: emad holds 8 connections per client address
         s = socket.create_connection((host, port), 5, ("127.0.0.%d" % (2 + k % 10), 0))
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         socks.append(s)
+    if ready is not None:
+        open(ready, "w").close()
     header = b"X-Slow: " + b"a" * 64
     end = time.monotonic() + seconds
     i = 0
@@ -305,7 +311,8 @@ def main(argv):
     if cmd == "pushes":
         pushes(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
     elif cmd == "slowloris":
-        slowloris(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
+        slowloris(argv[2], int(argv[3]), int(argv[4]), float(argv[5]),
+                  argv[6] if len(argv) > 6 else None)
     elif cmd == "hammer":
         hammer(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
     elif cmd == "rawpush":

@@ -36,7 +36,7 @@ err_has() {
 
 # Write a safetensors file with numpy: $1 path, $2 Python dict expression (numpy as np).
 np_save() {
-    timeout 30 "$PYTHON3" -c "
+    timeout "$T" "$PYTHON3" -c "
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -54,7 +54,7 @@ counter() {
 
 [ -x "$EMAD" ] || fail "$EMAD not built"
 [ -x "$EMACTL" ] || fail "$EMACTL not built"
-timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
+timeout "$T" "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
 
 p1=$work/p1.safetensors
 np_save "$p1" "{'fc.weight': np.arange(6, dtype=np.float32).reshape(2, 3), 'fc.bias': np.ones(2, np.float32)}"
@@ -82,7 +82,7 @@ err_has "truncated" "push of a truncated file"
 head -c 5 "$p1" >"$work/short.safetensors"
 refused push cli "$work/short.safetensors" --step 3
 err_has "short.safetensors" "push of a 5-byte file"
-timeout 10 "$PYTHON3" -c 'import os, sys; open(sys.argv[1], "wb").write(b"\xff" * 8 + os.urandom(200))' \
+timeout "$T" "$PYTHON3" -c 'import os, sys; open(sys.argv[1], "wb").write(b"\xff" * 8 + os.urandom(200))' \
     "$work/garbage.safetensors"
 refused push cli "$work/garbage.safetensors" --step 3
 err_has "header length" "push of random bytes"
@@ -92,7 +92,7 @@ refused push cli "$p1" --step 3 --buffers "$work/trunc.safetensors"
 err_has "truncated" "push with a truncated buffers file"
 
 # 3. Raw bytes and wrong messages on the daemon's port.
-timeout 60 "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "raw socket checks failed"
+timeout "$T" "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "raw socket checks failed"
 """Talk to emad with plain sockets: nanomsg's SP-over-TCP framing by hand."""
 import os
 import socket
@@ -101,14 +101,15 @@ import sys
 
 PORT = int(sys.argv[1])
 REQ, REP, PUB = 48, 49, 32
+WAIT = 60 * float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)  # a reply's time limit
 sys.path.insert(0, sys.argv[2])
 from msgpack_min import pack  # noqa: E402
 
 
 def connect(proto=None):
     """A TCP connection; with proto, after the SP handshake (the daemon must answer as REP)."""
-    s = socket.create_connection(("127.0.0.1", PORT), 10)
-    s.settimeout(10)
+    s = socket.create_connection(("127.0.0.1", PORT), WAIT)
+    s.settimeout(WAIT)
     if proto is not None:
         s.sendall(b"\x00SP\x00" + struct.pack(">H", proto) + b"\x00\x00")
         peer = recv_exact(s, 8)
@@ -165,8 +166,8 @@ s.sendall(os.urandom(4096))
 closed_by_peer(s)
 s.close()
 # A valid SP header for the wrong protocol (PUB): dropped.
-s = socket.create_connection(("127.0.0.1", PORT), 10)
-s.settimeout(10)
+s = socket.create_connection(("127.0.0.1", PORT), WAIT)
+s.settimeout(WAIT)
 s.sendall(b"\x00SP\x00" + struct.pack(">H", PUB) + b"\x00\x00")
 assert closed_by_peer(s), "a PUB peer was not disconnected"
 s.close()
@@ -238,7 +239,7 @@ ok stats
 grep -q "^MODEL .*STEP .*LAG(s)" "$work/out" || fail "stats has no model table: $(cat "$work/out")"
 grep -q "^tab  *0  *-  *0  *0  *0$" "$work/out" || fail "stats table row of tab: $(cat "$work/out")"
 ok stats --json
-timeout 30 "$PYTHON3" -c '
+timeout "$T" "$PYTHON3" -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert d["counters"]["errors_EMAD_ESHAPE"] == int(sys.argv[2]), d["counters"]

@@ -6,27 +6,22 @@
 # Uses Debian's /usr/bin/python3 (or $PYTHON3 from `make check`). Skips
 # (exit 77) when numpy, torch or pytest is missing, unless EMAD_REQUIRE_TORCH=1
 # (CI sets it), which turns a missing module into a failure. Bounded in time:
-# the whole run under `timeout`, each test under a 300 s watchdog.
+# the whole run under `timeout` (lib.sh's T_LONG), each test under a watchdog
+# (tests/python/conftest.py); both scale with EMAD_TEST_TIMEOUT_SCALE.
 #
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
 set -eu
 
 test_name=test_python.sh
-top_builddir=${top_builddir:-.}
 top_srcdir=${top_srcdir:-.}
-PYTHON3=${PYTHON3:-/usr/bin/python3}
+# shellcheck source=tests/lib.sh
+. "$top_srcdir/tests/lib.sh"
 
-for lib in "$top_builddir/.libs/libemad.so" "$top_builddir/client/.libs/libemad.so"; do
-    if [ -e "$lib" ]; then
-        EMAD_LIBRARY=${EMAD_LIBRARY:-$lib}
-        break
-    fi
-done
 EMAD_BIN=${EMAD_BIN:-$top_builddir/emad}
 
 missing=
 for mod in numpy torch pytest; do
-    timeout 120 "$PYTHON3" -c "import $mod" >/dev/null 2>&1 || missing="$missing $mod"
+    timeout "$T" "$PYTHON3" -c "import $mod" >/dev/null 2>&1 || missing="$missing $mod"
 done
 if [ -n "$missing" ]; then
     if [ "${EMAD_REQUIRE_TORCH:-0}" = 1 ]; then
@@ -37,20 +32,8 @@ if [ -n "$missing" ]; then
     echo "$test_name: SKIP: $PYTHON3 cannot import:$missing" >&2
     exit 77
 fi
-[ -x "$EMAD_BIN" ] || { echo "$test_name: FAIL: $EMAD_BIN not built" >&2; exit 1; }
-[ -n "${EMAD_LIBRARY:-}" ] && [ -e "$EMAD_LIBRARY" ] ||
-    { echo "$test_name: FAIL: libemad.so not found under $top_builddir" >&2; exit 1; }
-
-PYTHONPATH=$top_srcdir/client/python${PYTHONPATH:+:$PYTHONPATH}
-PYTHONDONTWRITEBYTECODE=1
-export PYTHONPATH PYTHONDONTWRITEBYTECODE EMAD_LIBRARY EMAD_BIN
-
-# A libemad built with --enable-asan needs the ASan runtime loaded first into Python.
-asan_rt=$(ldd "$EMAD_LIBRARY" 2>/dev/null | sed -n 's/.*libasan[^ ]* => \([^ ]*\).*/\1/p')
+[ -x "$EMAD_BIN" ] || fail "$EMAD_BIN not built"
+client_env
+export EMAD_BIN
 cd "$top_srcdir"
-if [ -n "$asan_rt" ]; then
-    LD_PRELOAD=$asan_rt ASAN_OPTIONS=detect_leaks=0 \
-        timeout 1200 "$PYTHON3" -m pytest -q -p no:cacheprovider -rs tests/python
-else
-    timeout 1200 "$PYTHON3" -m pytest -q -p no:cacheprovider -rs tests/python
-fi
+client_python -m pytest -q -p no:cacheprovider -rs tests/python

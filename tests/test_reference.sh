@@ -22,10 +22,10 @@ DECAY=0.9
 
 [ -x "$EMAD" ] || fail "$EMAD not built"
 [ -x "$EMACTL" ] || fail "$EMACTL not built"
-timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
+timeout "$T" "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
 
 mkdir "$work/in"
-timeout 120 "$PYTHON3" "$top_srcdir/tests/e2e_reference.py" gen "$work/in" "$STEPS" 20240611 ||
+timeout "$T" "$PYTHON3" "$top_srcdir/tests/e2e_reference.py" gen "$work/in" "$STEPS" 20240611 ||
     fail "e2e_reference.py gen failed"
 
 start_daemon
@@ -40,7 +40,7 @@ while [ "$k" -le "$STEPS" ]; do
 done
 
 ctl pull ema "$work/pulled.safetensors" || fail "emactl pull failed"
-timeout 120 "$PYTHON3" "$top_srcdir/tests/e2e_reference.py" check "$work/in" \
+timeout "$T" "$PYTHON3" "$top_srcdir/tests/e2e_reference.py" check "$work/in" \
     "$work/pulled.safetensors" "$DECAY" "$STEPS" || fail "pulled model differs from numpy"
 
 # Step 20 again: stale, nothing changes.

@@ -26,6 +26,15 @@
 # unless EMAD_REQUIRE_TORCH=1 (then they fail). Every command runs under a
 # timeout and the daemon is always killed on exit.
 #
+# The long runs of plain pushes (about 3,000: the schedules' 200 steps,
+# the gaps, the 1,000 BF16 steps, ...) are listed in job files and sent by
+# tests/schedules_push.py in one process through the Python client, which
+# pushes a file as emactl push does (libemad's emad_push); every push must
+# succeed and apply (or ignore, where counted) all its tensors. emactl
+# itself still drives every push whose output is checked, the sharded
+# writers, creates, configures, pulls, lists, stats and refusals, so the
+# test runs about 330 emactl processes instead of 3,300.
+#
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
 set -eu
 
@@ -63,6 +72,18 @@ out_has() {
     grep -qF -- "$1" "$work/out" || fail "$2: output lacks '$1': $(cat "$work/out")"
 }
 
+# job MODEL STEP PARAMS [BUFFERS|-] [ignored=N]: add a push to $work/jobs.
+job() {
+    echo "$*" >>"$work/jobs"
+}
+
+# Send the pushes listed by job() (in order, one process) and empty the list.
+run_jobs() {
+    client_python "$top_srcdir/tests/schedules_push.py" "$url" "$work/jobs" >"$work/out" \
+        2>"$work/err" || fail "pushes failed: $(cat "$work/err")"
+    : >"$work/jobs"
+}
+
 # pull MODEL FILE STEP [ARGS]: pull into $out/FILE and check the step emactl reports.
 pull() {
     _m=$1 _f=$2 _s=$3
@@ -73,8 +94,8 @@ pull() {
 
 [ -x "$EMAD" ] || fail "$EMAD not built"
 [ -x "$EMACTL" ] || fail "$EMACTL not built"
-timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
-if timeout 60 "$PYTHON3" -c 'import torch' 2>/dev/null; then
+timeout "$T" "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
+if timeout "$T" "$PYTHON3" -c 'import torch' 2>/dev/null; then
     echo "test_schedules.sh: torch imports: torch references on"
 elif [ "${EMAD_REQUIRE_TORCH:-0}" = 1 ]; then
     fail "EMAD_REQUIRE_TORCH=1 but $PYTHON3 cannot import torch"
@@ -82,8 +103,10 @@ else
     echo "test_schedules.sh: SKIP torch references: $PYTHON3 cannot import torch"
 fi
 
+client_env
+: >"$work/jobs"
 mkdir "$in"
-timeout 120 "$PYTHON3" "$REF" gen "$in" || fail "schedules_reference.py gen failed"
+timeout "$T" "$PYTHON3" "$REF" gen "$in" || fail "schedules_reference.py gen failed"
 mkdir "$out"
 # shellcheck disable=SC2119
 start_daemon
@@ -115,11 +138,12 @@ out_has "4 applied" "push tema step 0"
 t=1
 while [ "$t" -le 200 ]; do
     for m in tf tema timmw timmc emapt diffn diffw; do
-        ok push "$m" "$in/walk/p_$t.safetensors" --step "$t"
+        job "$m" "$t" "$in/walk/p_$t.safetensors"
     done
-    ok push avg "$in/avg/p_$t.safetensors" --step "$t" --buffers "$in/avg/b_$t.safetensors"
+    job avg "$t" "$in/avg/p_$t.safetensors" "$in/avg/b_$t.safetensors"
     t=$((t + 1))
 done
+run_jobs
 for m in tf tema timmw timmc emapt diffn diffw avg; do
     pull "$m" "$m.safetensors" 200
 done
@@ -133,10 +157,11 @@ ok create gapi --decay 0.99
 t=5
 while [ "$t" -le 200 ]; do
     for m in gapc gapn gapw gapi; do
-        ok push "$m" "$in/gap/p_$t.safetensors" --step "$t"
+        job "$m" "$t" "$in/gap/p_$t.safetensors"
     done
     t=$((t + 5))
 done
+run_jobs
 for m in gapc gapn gapw gapi; do
     pull "$m" "$m.safetensors" 200
 done
@@ -148,10 +173,11 @@ ok create nana --decay 0.9 --nonfinite allow --copy 'attn.*'
 t=1
 while [ "$t" -le 20 ]; do
     for m in nanr nans nana; do
-        ok push "$m" "$in/nan/p_$t.safetensors" --step "$t"
+        job "$m" "$t" "$in/nan/p_$t.safetensors"
     done
     t=$((t + 1))
 done
+run_jobs
 pull nanr nanr_before_0.9 20 --decay 0.9
 pull nanr nanr_before_0.99 20 --decay 0.99
 refused 1 push nanr "$in/nan/bad_21.safetensors" --step 21
@@ -239,9 +265,10 @@ while [ "$t" -le 30 ]; do
         w4_push "$t" "$5" no
         pull w4 w4_post "$t"
     fi
-    ok push w1 "$in/wr/p_$t.safetensors" --step "$t" --buffers "$in/wr/b_$t.safetensors"
+    job w1 "$t" "$in/wr/p_$t.safetensors" "$in/wr/b_$t.safetensors"
     t=$((t + 1))
 done
+run_jobs
 for d in 0.9 0.99; do
     pull w4 "w4_$d.safetensors" 30 --decay "$d"
     pull w1 "w1_$d.safetensors" 30 --decay "$d"
@@ -255,9 +282,10 @@ cmp "$out/w4_0.9.safetensors" "$out/w4_again" || fail "a resent shard changed w4
 ok create bf --decay 0.9999
 t=1
 while [ "$t" -le 1000 ]; do
-    ok push bf "$in/bf/p_$t.safetensors" --step "$t"
+    job bf "$t" "$in/bf/p_$t.safetensors"
     t=$((t + 1))
 done
+run_jobs
 pull bf bf_f32.safetensors 1000 --dtype F32
 pull bf bf.safetensors 1000
 
@@ -265,12 +293,16 @@ pull bf bf.safetensors 1000
 ok create md --decay 0.9,0.99 --copy 'emb.*' --ignore 'aux.*' --ignore '*.tmp' --buffers average
 ok create mdc --decay 0.9,0.99 --copy 'emb.*' --ignore 'aux.*' --ignore '*.tmp'
 t=1
-while [ "$t" -le 50 ]; do
+while [ "$t" -le 49 ]; do
     for m in md mdc; do
-        ok push "$m" "$in/md/p_$t.safetensors" --step "$t" --buffers "$in/md/b_$t.safetensors"
-        out_has "2 ignored" "push $m step $t"
+        job "$m" "$t" "$in/md/p_$t.safetensors" "$in/md/b_$t.safetensors" ignored=2
     done
     t=$((t + 1))
+done
+run_jobs
+for m in md mdc; do # the last step through emactl: its report shows the count too
+    ok push "$m" "$in/md/p_50.safetensors" --step 50 --buffers "$in/md/b_50.safetensors"
+    out_has "2 ignored" "push $m step 50"
 done
 pull md md_a.safetensors 50 --decay 0.9
 pull md md_b.safetensors 50 --decay 0.99
@@ -285,6 +317,9 @@ pull mdc md_c.safetensors 50
 ok create cf --decay 0.9
 t=1
 while [ "$t" -le 90 ]; do
+    if [ "$t" = 31 ] || [ "$t" = 61 ]; then
+        run_jobs # the steps before a configure are in
+    fi
     if [ "$t" = 31 ]; then
         pull cf cf_30a 30
         ok configure cf --decay 0.99
@@ -298,9 +333,10 @@ while [ "$t" -le 90 ]; do
         out_has "schedule:          warmup" "configure cf (show)"
         out_has "update_after_step: 50" "configure cf (show)"
     fi
-    ok push cf "$in/cf/p_$t.safetensors" --step "$t"
+    job cf "$t" "$in/cf/p_$t.safetensors"
     t=$((t + 1))
 done
+run_jobs
 pull cf cf.safetensors 90
 
 # ---- 12: bad options and requests; nothing changes, the daemon keeps serving.
@@ -344,7 +380,7 @@ for m in bad1 bad2 bad3 bad4; do
 done
 
 # ---- every pull against the references.
-timeout 300 "$PYTHON3" "$REF" check "$in" || fail "pulled models differ from the references"
+timeout "$T_LONG" "$PYTHON3" "$REF" check "$in" || fail "pulled models differ from the references"
 
 stop_daemon_clean
 echo "test_schedules.sh: PASS"

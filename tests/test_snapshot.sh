@@ -30,7 +30,7 @@ CHECK="$top_srcdir/tests/snapshot_check.py"
 KILLS=${EMAD_CRASH_KILLS:-12}
 
 py() {
-    timeout 120 "$PYTHON3" "$CHECK" "$@"
+    timeout "$T" "$PYTHON3" "$CHECK" "$@"
 }
 
 # push_range MODEL FIRST LAST: push the generated steps FIRST..LAST.
@@ -157,7 +157,7 @@ ctl create big --decay 0.5 >/dev/null || fail "create big"
 py crashgen "$work/in" 1 || fail "crashgen"
 ctl push big "$work/in/c_1.safetensors" --step 1 >/dev/null || fail "push big 1"
 ctl snapshot big >/dev/null || fail "small snapshot under the limit"
-timeout 60 "$PYTHON3" -c "
+timeout "$T" "$PYTHON3" -c "
 import sys; sys.path.insert(0, '$top_srcdir/tests')
 import numpy as np, safetensors_np as st
 st.save('$work/in/huge.safetensors', {'a': np.full(1000, 2, np.float32), 'b': np.full(257, 2, np.float32), 'h': np.ones(100000, np.float32)}, {})
@@ -176,7 +176,7 @@ ctl list big | grep -q "step 1," || fail "the previous snapshot of big (step 1) 
 # ---- 6. --require-snapshot -----------------------------------------------------
 stop_daemon KILL
 mkdir "$work/empty"
-if timeout 20 "$EMAD" --listen "tcp://127.0.0.1:1" --state-dir "$work/empty" --require-snapshot \
+if timeout "$T" "$EMAD" --listen "tcp://127.0.0.1:1" --state-dir "$work/empty" --require-snapshot \
     2>"$work/require.log"; then
     fail "--require-snapshot started on an empty state dir"
 fi

@@ -24,7 +24,7 @@ fi
 
 # 1. make install into a private DESTDIR.
 dest=$work/root
-timeout 300 make -s -C "$top_builddir" install DESTDIR="$dest" >"$work/install.log" 2>&1 ||
+timeout "$T_LONG" make -s -C "$top_builddir" install DESTDIR="$dest" >"$work/install.log" 2>&1 ||
     fail "make install failed: $(tail -n 20 "$work/install.log")"
 unitdir=$(find "$dest" -type d -path '*/lib/systemd/system' | head -n 1)
 [ -n "$unitdir" ] || fail "make install put no units under lib/systemd/system"
@@ -40,7 +40,7 @@ exec_start=$(sed -n 's/^ExecStart=\([^ ]*\) .*/\1/p' "$unitdir/emad.service")
 [ "$dest$exec_start" = "$bin" ] || fail "ExecStart $exec_start is not the installed $bin"
 conf_in_unit=$(sed -n 's/^ExecStart=.* --config \([^ ]*\) .*/\1/p' "$unitdir/emad.service")
 [ "$dest$conf_in_unit" = "$conf" ] || fail "the unit reads $conf_in_unit, make install wrote $conf"
-timeout 10 "$top_builddir/emad" --config "$conf" --print-config >"$work/printed" ||
+timeout "$T" "$top_builddir/emad" --config "$conf" --print-config >"$work/printed" ||
     fail "the installed emad.conf is refused"
 grep -qx 'http = 127.0.0.1:7471' "$work/printed" || fail "emad.conf: $(cat "$work/printed")"
 
@@ -49,13 +49,13 @@ mkdir -p "$work/units"
 for u in emad.service emad@.service; do
     sed "s|^ExecStart=$exec_start |ExecStart=$bin |" "$unitdir/$u" >"$work/units/$u"
 done
-(cd "$work/units" && timeout 60 "$SYSTEMD_ANALYZE" verify --man=no emad.service emad@.service) \
+(cd "$work/units" && timeout "$T" "$SYSTEMD_ANALYZE" verify --man=no emad.service emad@.service) \
     >"$work/verify" 2>&1 || fail "systemd-analyze verify: $(cat "$work/verify")"
 [ ! -s "$work/verify" ] || fail "systemd-analyze verify is not clean: $(cat "$work/verify")"
 
 # 3. Exposure 2.0 or lower ("OK") for both units.
 for u in emad.service emad@.service; do
-    timeout 60 "$SYSTEMD_ANALYZE" security --offline=true --threshold=20 "$work/units/$u" \
+    timeout "$T" "$SYSTEMD_ANALYZE" security --offline=true --threshold=20 "$work/units/$u" \
         >"$work/security" 2>&1 || fail "systemd-analyze security $u: $(tail -n 5 "$work/security")"
     level=$(sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p' "$work/security")
     [ -n "$level" ] || fail "no exposure level for $u: $(tail -n 3 "$work/security")"

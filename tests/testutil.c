@@ -1,7 +1,8 @@
 /*
  * testutil.c - helpers shared by the test suites: temp dirs, free ports,
- * running commands, and starting/stopping the real emad binary on a
- * private endpoint.
+ * running commands, starting/stopping the real emad binary on a private
+ * endpoint, scaled deadlines (tu_timeout_scale, tu_wait_until) and the
+ * one-case suite runner.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,6 +44,72 @@ const char *
 tu_python(void)
 {
     return env_or("PYTHON3", "/usr/bin/python3");
+}
+
+double
+tu_timeout_scale(void)
+{
+    const char *v = getenv("EMAD_TEST_TIMEOUT_SCALE");
+    char *end;
+    double f;
+
+    if (v == NULL || v[0] == '\0')
+        return 1.0;
+    f = strtod(v, &end);
+    if (*end != '\0' || !(f > 0.0)) {
+        fprintf(stderr, "EMAD_TEST_TIMEOUT_SCALE='%s' is not a number > 0; using 1\n", v);
+        return 1.0;
+    }
+    return f;
+}
+
+uint64_t
+tu_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void
+tu_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int
+tu_wait_until(int (*cond)(void *arg), void *arg, double seconds)
+{
+    uint64_t end = tu_now_ms() + (uint64_t)(seconds * tu_timeout_scale() * 1000.0);
+
+    for (;;) {
+        if (cond(arg))
+            return 1;
+        if (tu_now_ms() > end)
+            return cond(arg) != 0;
+        tu_sleep_ms(5);
+    }
+}
+
+int
+tu_run_tests(const char *name, const TTest *const *tests)
+{
+    Suite *s = suite_create(name);
+    TCase *tc = tcase_create("core");
+    SRunner *sr;
+    int failed;
+
+    tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
+    for (size_t i = 0; tests[i] != NULL; i++)
+        tcase_add_test(tc, tests[i]);
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_ENV);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
 }
 
 char *
@@ -90,6 +157,12 @@ tu_free_port(void)
     return port;
 }
 
+/* A waitpid() poll: the pid, its result and the status. */
+struct reap {
+    pid_t pid, r;
+    int status;
+};
+
 /* 1 if something accepts TCP connections on 127.0.0.1:port. */
 static int
 port_open(int port)
@@ -107,14 +180,6 @@ port_open(int port)
     return ok;
 }
 
-/* Sleep for ms milliseconds. */
-static void
-sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Print a file to stderr (the daemon's log after a failure). */
 static void
 dump_file(const char *path)
@@ -126,6 +191,25 @@ dump_file(const char *path)
         fprintf(stderr, "---- %s ----\n%.*s---- end ----\n", path, (int)len, buf);
         free(buf);
     }
+}
+
+/* tu_wait_until() condition: the daemon accepts connections, or it has exited. */
+static int
+listening_or_dead(void *arg)
+{
+    tu_daemon *d = arg;
+
+    return port_open(d->port) || !tu_daemon_alive(d);
+}
+
+/* tu_wait_until() condition: the daemon has exited (its status is kept in the struct). */
+static int
+reaped(void *arg)
+{
+    struct reap *r = arg;
+
+    r->r = waitpid(r->pid, &r->status, WNOHANG);
+    return r->r != 0;
 }
 
 int
@@ -167,13 +251,8 @@ tu_daemon_start(tu_daemon *d, const char *const *argv)
         perror("execv emad");
         _exit(127);
     }
-    for (int i = 0; i < 1000; i++) {
-        if (port_open(d->port))
-            return 0;
-        if (!tu_daemon_alive(d))
-            break;
-        sleep_ms(10);
-    }
+    if (tu_wait_until(listening_or_dead, d, TU_DAEMON_WAIT_S) && port_open(d->port))
+        return 0;
     fprintf(stderr, "emad did not start on %s\n", d->url);
     dump_file(d->log_path);
     (void)tu_daemon_stop(d);
@@ -192,16 +271,12 @@ tu_daemon_stop(tu_daemon *d)
     int status = 0, result = -1;
 
     if (d->pid > 0) {
+        struct reap r = {d->pid, 0, 0};
+
         (void)kill(d->pid, SIGTERM);
-        for (int i = 0; i < 1000; i++) {
-            pid_t r = waitpid(d->pid, &status, WNOHANG);
-            if (r == d->pid) {
-                result = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-                break;
-            }
-            if (r < 0)
-                break;
-            sleep_ms(10);
+        if (tu_wait_until(reaped, &r, TU_DAEMON_WAIT_S) && r.r == d->pid) {
+            status = r.status;
+            result = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
         }
         if (result == -1 && waitpid(d->pid, &status, WNOHANG) == 0) {
             (void)kill(d->pid, SIGKILL);

@@ -1,9 +1,13 @@
 /*
  * testutil.h - helpers shared by the test suites: private temp dirs and
- * endpoints, and starting/stopping the real emad binary.
+ * endpoints, starting/stopping the real emad binary, waiting for a
+ * condition against a scaled deadline, and running a suite of one test
+ * case.
  *
  * Paths come from the environment that `make check` sets: top_builddir
- * (binaries) and top_srcdir (sources); both default to ".".
+ * (binaries) and top_srcdir (sources); both default to ".". Every time
+ * limit is a safety net of minutes multiplied by EMAD_TEST_TIMEOUT_SCALE:
+ * tests wait for conditions, never for a time.
  */
 #ifndef EMAD_TESTUTIL_H
 #define EMAD_TESTUTIL_H
@@ -12,12 +16,48 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <check.h>
+
 /* Absolute build / source directory. */
 const char *tu_builddir(void);
 const char *tu_srcdir(void);
 
+/*
+ * Seconds a Check test case may run: a safety net against a hang, never a
+ * measure of speed. Check multiplies it by $CK_TIMEOUT_MULTIPLIER, which
+ * `make check` sets from EMAD_TEST_TIMEOUT_SCALE.
+ */
+#define TU_TCASE_TIMEOUT 300
+
+/*
+ * Run a suite named name of one test case holding the NULL-terminated
+ * tests (TU_TCASE_TIMEOUT each; output as CK_VERBOSITY says, normal by
+ * default). Returns the exit status for main: 0 if every test passed.
+ */
+int tu_run_tests(const char *name, const TTest *const *tests);
+
 /* Python 3 with numpy ($PYTHON3, default /usr/bin/python3). */
 const char *tu_python(void);
+
+/*
+ * The factor every test deadline is multiplied by: $EMAD_TEST_TIMEOUT_SCALE
+ * (a number > 0; default 1). `make check` also passes it to Check as
+ * CK_TIMEOUT_MULTIPLIER, which scales every tcase timeout.
+ */
+double tu_timeout_scale(void);
+
+/* Milliseconds since an arbitrary fixed point (CLOCK_MONOTONIC). */
+uint64_t tu_now_ms(void);
+
+/* Sleep for ms milliseconds. */
+void tu_sleep_ms(long ms);
+
+/*
+ * Poll cond(arg) every few milliseconds until it returns nonzero (1) or
+ * seconds * tu_timeout_scale() have passed (0). Deadlines are generous
+ * safety nets: a test waits for a condition, never for a time.
+ */
+int tu_wait_until(int (*cond)(void *arg), void *arg, double seconds);
 
 /* New private temp dir (malloc'd path; removed by tu_rmtree). Aborts on failure. */
 char *tu_tmpdir(void);
@@ -27,6 +67,9 @@ void tu_rmtree(const char *path);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int tu_free_port(void);
+
+/* Seconds (before scaling) the daemon gets to start listening or to stop. */
+#define TU_DAEMON_WAIT_S 120
 
 /* A running emad. */
 typedef struct tu_daemon {
@@ -40,13 +83,15 @@ typedef struct tu_daemon {
 /*
  * Start $top_builddir/emad on a free port with a private --state-dir and
  * --log-level debug, plus the NULL-terminated extra arguments in argv
- * (may be NULL). Waits until the port accepts connections (10 s max).
+ * (may be NULL). Waits until the port accepts connections (at most
+ * TU_DAEMON_WAIT_S seconds, scaled).
  * Returns 0, or -1 if it did not come up (its log is printed).
  */
 int tu_daemon_start(tu_daemon *d, const char *const *argv);
 
 /*
- * SIGTERM the daemon and wait (10 s max, then SIGKILL). Returns its exit
+ * SIGTERM the daemon and wait (at most TU_DAEMON_WAIT_S seconds, scaled,
+ * then SIGKILL). Returns its exit
  * status (0 for a clean shutdown) or -1 if it had to be killed or died by a
  * signal. Removes the state dir.
  */

@@ -419,58 +419,58 @@ safetensors_parse(safetensors_file **out, const void *buf, size_t len, char **ca
     return parse_owned(out, map, len, cause);
 }
 
-/* Read path whole into memory with read() loops and parse it in place. */
+/*
+ * Read the regular file open on fd whole into memory with read() loops and
+ * parse it in place; what names the file in messages. fd stays open.
+ */
 int
-safetensors_read(safetensors_file **out, const char *path, char **cause)
+safetensors_read_fd(safetensors_file **out, int fd, const char *what, char **cause)
 {
     struct stat sb;
     unsigned char *map;
     size_t len, got = 0;
+
+    if (cause != NULL)
+        *cause = NULL;
+    *out = NULL;
+    if (fstat(fd, &sb) < 0)
+        return cause_set(cause, EMAD_EIO, "%s: %s", what, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return cause_set(cause, EMAD_EIO, "%s: not a regular file", what);
+    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 1)
+        return cause_set(cause, EMAD_EIO, "%s: file too large for memory", what);
+    len = (size_t)sb.st_size;
+    if ((map = malloc(len > 0 ? len : 1)) == NULL)
+        return cause_set(cause, -ENOMEM, "%s: out of memory for %zu bytes", what, len);
+    while (got < len) {
+        ssize_t r = read(fd, map + got, len - got);
+        int rc;
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = r < 0 ? cause_set(cause, EMAD_EIO, "%s: read: %s", what, strerror(errno))
+                       : cause_set(cause, EMAD_EIO, "%s: file shrank while being read", what);
+            free(map);
+            return rc;
+        }
+        got += (size_t)r;
+    }
+    return parse_owned(out, map, len, cause);
+}
+
+/* Open path (a FIFO or device is refused without blocking) and read it whole. */
+int
+safetensors_read(safetensors_file **out, const char *path, char **cause)
+{
     int fd, rc;
 
     if (cause != NULL)
         *cause = NULL;
     *out = NULL;
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
         return cause_set(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
-    if (fstat(fd, &sb) < 0) {
-        rc = cause_set(cause, EMAD_EIO, "%s: %s", path, strerror(errno));
-        goto fail_fd;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        rc = cause_set(cause, EMAD_EIO, "%s: not a regular file", path);
-        goto fail_fd;
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 1) {
-        rc = cause_set(cause, EMAD_EIO, "%s: file too large for memory", path);
-        goto fail_fd;
-    }
-    len = (size_t)sb.st_size;
-    if ((map = malloc(len > 0 ? len : 1)) == NULL) {
-        rc = cause_set(cause, -ENOMEM, "%s: out of memory for %zu bytes", path, len);
-        goto fail_fd;
-    }
-    while (got < len) {
-        ssize_t r = read(fd, map + got, len - got);
-
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = cause_set(cause, EMAD_EIO, "%s: read: %s", path, strerror(errno));
-            goto fail_map;
-        }
-        if (r == 0) {
-            rc = cause_set(cause, EMAD_EIO, "%s: file shrank while being read", path);
-            goto fail_map;
-        }
-        got += (size_t)r;
-    }
-    (void)close(fd);
-    return parse_owned(out, map, len, cause);
-
-fail_map:
-    free(map);
-fail_fd:
+    rc = safetensors_read_fd(out, fd, path, cause);
     (void)close(fd);
     return rc;
 }
@@ -709,59 +709,42 @@ out:
 }
 
 /*
- * Open a private temp file next to path, named .NAME.XXXXXX, or
- * .NAME.TAG.XXXXXX when tag is not NULL (mkstemp fills the X's); *tmp gets
- * its malloc'd name. Returns the fd or -1 with errno set.
+ * Create a private temp file in directory dfd, named .NAME.XXXXXX, or
+ * .NAME.TAG.XXXXXX when tag is not NULL (six random letters and digits;
+ * O_EXCL|O_NOFOLLOW, so nothing that exists is opened); *tmp gets its
+ * malloc'd name. Returns the fd or -1 with errno set.
  */
 static int
-open_temp(const char *path, const char *tag, char **tmp)
+open_temp_at(int dfd, const char *name, const char *tag, char **tmp)
 {
-    const char *slash = strrchr(path, '/');
-    size_t dlen = slash != NULL ? (size_t)(slash - path) + 1 : 0;
-    size_t size = strlen(path) + (tag != NULL ? strlen(tag) + 1 : 0) + 16;
-    int fd;
+    static const char letters[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    size_t size = strlen(name) + (tag != NULL ? strlen(tag) + 1 : 0) + 16, len;
+    int fd = -1;
 
     if ((*tmp = malloc(size)) == NULL) {
         errno = ENOMEM;
         return -1;
     }
-    snprintf(*tmp, size, "%.*s.%s%s%s.XXXXXX", (int)dlen, path, slash != NULL ? slash + 1 : path,
-             tag != NULL ? "." : "", tag != NULL ? tag : "");
-    if ((fd = mkstemp(*tmp)) < 0) {
+    len = (size_t)snprintf(*tmp, size, ".%s%s%s.XXXXXX", name, tag != NULL ? "." : "",
+                           tag != NULL ? tag : "");
+    for (int tries = 0; tries < 100 && fd < 0; tries++) {
+        unsigned char rnd[6];
+
+        if (getentropy(rnd, sizeof(rnd)) < 0)
+            break;
+        for (size_t i = 0; i < sizeof(rnd); i++)
+            (*tmp)[len - 6 + i] = letters[rnd[i] % (sizeof(letters) - 1)];
+        fd = openat(dfd, *tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0) {
+        int e = errno;
         free(*tmp);
         *tmp = NULL;
-        return -1;
+        errno = e;
     }
     return fd;
-}
-
-/* fsync the directory holding path; 0 or -1 with errno set (EINVAL/ENOTSUP count as success). */
-static int
-sync_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir;
-    int fd, rc;
-
-    if (slash == NULL)
-        dir = strdup(".");
-    else if (slash == path)
-        dir = strdup("/");
-    else
-        dir = strndup(path, (size_t)(slash - path));
-    if (dir == NULL) {
-        errno = ENOMEM;
-        return -1;
-    }
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    if (rc < 0 && (errno == EINVAL || errno == ENOTSUP))
-        rc = 0;
-    (void)close(fd);
-    return rc;
 }
 
 /* The code for an I/O failure with errno e: EMAD_EIO, or -e with opts->errno_codes. */
@@ -771,9 +754,9 @@ io_code(const safetensors_write_opts *opts, int e)
     return opts->errno_codes ? -e : EMAD_EIO;
 }
 
-/* Write tensors and metadata to path atomically (temp file, fsync, rename, fsync dir). */
+/* Write tensors and metadata to dfd/name atomically (temp file, fsync, rename, fsync dir). */
 int
-safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t n,
+safetensors_write_at(int dfd, const char *name, const safetensors_tensor *tensors, size_t n,
                      const safetensors_meta *meta, size_t nmeta, const safetensors_write_opts *opts,
                      char **cause)
 {
@@ -797,9 +780,9 @@ safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t
         rc = cause_set(cause, -ENOMEM, "out of memory");
         goto out_hdr;
     }
-    if ((w.fd = open_temp(path, opts->tmp_tag, &tmp)) < 0) {
+    if ((w.fd = open_temp_at(dfd, name, opts->tmp_tag, &tmp)) < 0) {
         e = errno;
-        rc = cause_set(cause, io_code(opts, e), "%s: cannot create a temp file: %s", path,
+        rc = cause_set(cause, io_code(opts, e), "%s: cannot create a temp file: %s", name,
                        strerror(e));
         goto out_buf;
     }
@@ -817,32 +800,73 @@ safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t
         goto fail_io;
     rc = close(w.fd);
     w.fd = -1;
-    if (rc < 0 || rename(tmp, path) < 0)
+    if (rc < 0 || renameat(dfd, tmp, dfd, name) < 0)
         goto fail_io;
     free(tmp);
     tmp = NULL;
     rc = 0;
     if (opts->bytes != NULL)
         *opts->bytes = size;
-    if (sync_dir(path) < 0) { /* the new file is in place; only its durability is in doubt */
+    if (fsync(dfd) < 0 && errno != EINVAL && errno != ENOTSUP) {
+        /* the new file is in place; only its durability is in doubt */
         e = errno;
         rc = cause_set(cause, io_code(opts, e),
-                       "%s: written, but fsync of its directory failed: %s", path, strerror(e));
+                       "%s: written, but fsync of its directory failed: %s", name, strerror(e));
     }
     goto out_buf;
 
 fail_io:
     e = errno;
-    rc = cause_set(cause, io_code(opts, e), "%s: write failed: %s", path, strerror(e));
+    rc = cause_set(cause, io_code(opts, e), "%s: write failed: %s", name, strerror(e));
     if (w.fd >= 0)
         (void)close(w.fd);
-    (void)unlink(tmp);
+    (void)unlinkat(dfd, tmp, 0);
 out_buf:
     free(tmp);
     free(w.buf);
 out_hdr:
     free(hdr);
     free(order);
+    return rc;
+}
+
+/* Write tensors and metadata to path atomically: safetensors_write_at() in its directory. */
+int
+safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t n,
+                     const safetensors_meta *meta, size_t nmeta, const safetensors_write_opts *opts,
+                     char **cause)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    int dfd, rc, e;
+
+    if (cause != NULL)
+        *cause = NULL;
+    if (slash == NULL)
+        dir = strdup(".");
+    else if (slash == path)
+        dir = strdup("/");
+    else
+        dir = strndup(path, (size_t)(slash - path));
+    if (dir == NULL)
+        return cause_set(cause, -ENOMEM, "out of memory");
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    e = errno;
+    free(dir);
+    if (dfd < 0)
+        return cause_set(cause, opts != NULL && opts->errno_codes ? -e : EMAD_EIO,
+                         "%s: cannot open its directory: %s", path, strerror(e));
+    rc = safetensors_write_at(dfd, slash != NULL ? slash + 1 : path, tensors, n, meta, nmeta, opts,
+                              cause);
+    (void)close(dfd);
+    if (rc < 0 && cause != NULL && *cause != NULL && slash != NULL) {
+        char *full = NULL; /* messages name the path, not only the file */
+
+        if (asprintf(&full, "%.*s/%s", (int)(slash - path), path, *cause) >= 0) {
+            free(*cause);
+            *cause = full;
+        }
+    }
     return rc;
 }
 

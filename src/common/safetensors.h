@@ -54,9 +54,18 @@ typedef struct safetensors_file {
  */
 int safetensors_parse(safetensors_file **out, const void *buf, size_t len, char **cause);
 
-/* Read and parse a file. Errors as safetensors_parse, plus EMAD_EIO for I/O (message says which).
+/*
+ * Read and parse a file. Errors as safetensors_parse, plus EMAD_EIO for I/O
+ * (message says which) and for anything but a regular file (a FIFO is
+ * refused at once: the open does not block).
  */
 int safetensors_read(safetensors_file **out, const char *path, char **cause);
+
+/*
+ * Read and parse the file open on fd (left open); what names it in
+ * messages. Errors as safetensors_read().
+ */
+int safetensors_read_fd(safetensors_file **out, int fd, const char *what, char **cause);
 
 /* Free a parsed file; NULL accepted. */
 void safetensors_free(safetensors_file *f);
@@ -90,6 +99,15 @@ typedef struct safetensors_write_opts {
  * the error is still returned (its durability is in doubt).
  */
 int safetensors_write_ex(const char *path, const safetensors_tensor *tensors, size_t n,
+                         const safetensors_meta *meta, size_t nmeta,
+                         const safetensors_write_opts *opts, char **cause);
+
+/*
+ * safetensors_write_ex() of the file name in the directory open on dfd:
+ * the temp file is created there with O_EXCL|O_NOFOLLOW and renamed with
+ * renameat(), so no path is resolved again. Messages name the file.
+ */
+int safetensors_write_at(int dfd, const char *name, const safetensors_tensor *tensors, size_t n,
                          const safetensors_meta *meta, size_t nmeta,
                          const safetensors_write_opts *opts, char **cause);
 

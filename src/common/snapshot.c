@@ -6,16 +6,18 @@
  * safetensors file per decay (an XXH64 checksum over names, dtypes, shapes
  * and data computed here; the other metadata, the configuration and the
  * tensor descriptions as JSON and a second checksum over the metadata, is
- * built by snapshot_meta.c), writes it with safetensors_write_ex() (temp file
- * .NAME.tmp.XXXXXX next to it, fsync, rename, fsync of the directory),
- * and reads it back with every check a loader needs before it trusts a
- * file. Where the daemon keeps the files, and listing and pruning them,
+ * built by snapshot_meta.c), writes it with safetensors_write_at() (temp file
+ * .NAME.tmp.XXXXXX in the same directory, fsync, rename, fsync of the
+ * directory, all relative to the directory's fd), and reads it back with
+ * every check a loader needs before it trusts a file. Reading opens only a
+ * regular file, with O_NOFOLLOW|O_NONBLOCK: a symlink is refused and a FIFO
+ * cannot block the reader. Where the daemon keeps the files, and listing and pruning them,
  * is files/snapdir.c.
  *
  * Decisions:
  * - Uint64 values that travel as JSON integers (a tensor's step and
  *   update_after_step) must be <= 2^63 - 1, the largest integer jansson
- *   reads back; larger ones make snapshot_write_path fail with EMAD_ERANGE.
+ *   reads back; larger ones make snapshot_write_at fail with EMAD_ERANGE.
  *   The model's step travels as a decimal string (any uint64).
  * - Out of space (ENOSPC, EDQUOT, EFBIG) is returned as the negated errno,
  *   any other I/O failure as EMAD_EIO, bad arguments as EMAD_EINVAL.
@@ -26,10 +28,13 @@
  * Nothing here keeps state or locks; all functions may run on any thread.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
@@ -119,7 +124,7 @@ checksum(const snapshot_tensor *t, size_t n, uint64_t *out)
     return 0;
 }
 
-/* Check what snapshot_write_path is asked to write: model, decay index, configuration. */
+/* Check what snapshot_write_at is asked to write: model, decay index, configuration. */
 static int
 check_meta(const snapshot_meta *m, char **cause)
 {
@@ -213,7 +218,7 @@ sort_tensors(const snapshot_meta *m, const snapshot_tensor *t, size_t n, snapsho
     return 0;
 }
 
-/* Check what snapshot_write_path would write, without writing (see snapshot.h). */
+/* Check what snapshot_write_at would write, without writing (see snapshot.h). */
 int
 snapshot_check_write(const snapshot_meta *m, const snapshot_tensor *t, size_t n, char **cause)
 {
@@ -226,10 +231,10 @@ snapshot_check_write(const snapshot_meta *m, const snapshot_tensor *t, size_t n,
     return 0;
 }
 
-/* Write one snapshot file to path atomically and durably; its directory must exist. */
+/* Write one snapshot file dfd/name atomically and durably (see snapshot.h). */
 int
-snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_tensor *t, size_t n,
-                    uint64_t *bytes, char **cause)
+snapshot_write_at(int dfd, const char *name, const snapshot_meta *m, const snapshot_tensor *t,
+                  size_t n, uint64_t *bytes, char **cause)
 {
     safetensors_write_opts opts = {SNAPSHOT_TMP_TAG, 1, bytes};
     safetensors_meta md[SNAPSHOT_NMETA] = {{NULL, NULL}};
@@ -247,7 +252,7 @@ snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_ten
         goto out;
     }
     if ((rc = checksum(s, n, &sum)) < 0 || (rc = snapshot_meta_build(m, s, n, sum, md)) < 0) {
-        rc = cause_set(cause, rc, "%s: out of memory", path);
+        rc = cause_set(cause, rc, "%s: out of memory", name);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -258,13 +263,49 @@ snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_ten
         st[i].data = s[i].data;
         st[i].nbytes = s[i].nbytes;
     }
-    rc = safetensors_write_ex(path, st, n, md, SNAPSHOT_NMETA, &opts, cause);
+    rc = safetensors_write_at(dfd, name, st, n, md, SNAPSHOT_NMETA, &opts, cause);
     if (rc < 0 && rc > EMAD_EMALFORMED) /* a negated errno, not one of the EMAD_E* codes */
         rc = snapshot_io_code(-rc);
 out:
     snapshot_meta_free(md, SNAPSHOT_NMETA);
     free(st);
     free(s);
+    return rc;
+}
+
+/* Write one snapshot file at path (a user's path: followed as given); see snapshot.h. */
+int
+snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_tensor *t, size_t n,
+                    uint64_t *bytes, char **cause)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    int dfd, rc, e;
+
+    if (cause != NULL)
+        *cause = NULL;
+    if ((dir = slash == NULL    ? strdup(".")
+               : slash == path ? strdup("/")
+                               : strndup(path, (size_t)(slash - path))) == NULL)
+        return cause_set(cause, -ENOMEM, "out of memory");
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    e = errno;
+    free(dir);
+    if (dfd < 0)
+        return cause_set(cause, snapshot_io_code(e), "%s: cannot open its directory: %s", path,
+                         strerror(e));
+    rc = snapshot_write_at(dfd, slash != NULL ? slash + 1 : path, m, t, n, bytes, cause);
+    (void)close(dfd);
+    if (rc < 0 && slash != NULL && cause != NULL && *cause != NULL) {
+        char *old = *cause;
+
+        *cause = NULL;
+        cause_set(cause, rc, "%.*s/%s", (int)(slash - path), path, old);
+        if (*cause == NULL)
+            *cause = old;
+        else
+            free(old);
+    }
     return rc;
 }
 
@@ -311,18 +352,15 @@ collect_tensors(snapshot_file *f, const safetensors_file *sf, char **cause)
     return snapshot_meta_check_data(sf, sum, cause);
 }
 
-/* Read and verify a snapshot file (see snapshot.h); messages start with the path. */
-int
-snapshot_read(const char *path, snapshot_file **out, char **cause)
+/* Read and verify the snapshot file open on fd (left open); messages start with path. */
+static int
+read_fd(int fd, const char *path, snapshot_file **out, char **cause)
 {
     safetensors_file *sf;
     snapshot_file *f;
     int rc;
 
-    if (cause != NULL)
-        *cause = NULL;
-    *out = NULL;
-    if ((rc = safetensors_read(&sf, path, cause)) < 0)
+    if ((rc = safetensors_read_fd(&sf, fd, path, cause)) < 0)
         return rc == EMAD_EFORMAT ? prefix_cause(cause, rc, path) : rc;
     if ((f = calloc(1, sizeof(*f))) == NULL) {
         safetensors_free(sf);
@@ -336,4 +374,49 @@ snapshot_read(const char *path, snapshot_file **out, char **cause)
     }
     *out = f;
     return 0;
+}
+
+/*
+ * Open name in directory dfd (AT_FDCWD: a path) for reading: never through
+ * a symlink in its last component, never blocking (a FIFO), and only a
+ * regular file. Returns the fd or EMAD_EIO with *cause set.
+ */
+static int
+open_regular(int dfd, const char *name, char **cause)
+{
+    struct stat sb;
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+    if (fd < 0)
+        return cause_set(cause, EMAD_EIO, "%s: %s", name,
+                         errno == ELOOP ? "a symbolic link (not followed)" : strerror(errno));
+    if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        int rc = cause_set(cause, EMAD_EIO, "%s: not a regular file", name);
+        (void)close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+/* Read and verify a snapshot file at path (see snapshot.h); messages start with the path. */
+int
+snapshot_read(const char *path, snapshot_file **out, char **cause)
+{
+    return snapshot_read_at(AT_FDCWD, path, out, cause);
+}
+
+/* Read and verify the snapshot file name in directory dfd (see snapshot.h). */
+int
+snapshot_read_at(int dfd, const char *name, snapshot_file **out, char **cause)
+{
+    int fd, rc;
+
+    if (cause != NULL)
+        *cause = NULL;
+    *out = NULL;
+    if ((fd = open_regular(dfd, name, cause)) < 0)
+        return fd;
+    rc = read_fd(fd, name, out, cause);
+    (void)close(fd);
+    return rc;
 }

@@ -88,14 +88,22 @@ typedef struct snapshot_file {
 } snapshot_file;
 
 /*
- * Write one snapshot file for decay m->decay_index at path (whose
- * directory must exist), atomically and durably. *bytes (may be NULL)
- * gets the file size. Returns 0, or a negative code with *cause set to a
- * malloc'd message naming the file: -ENOSPC, -EDQUOT or -EFBIG when out of
- * space, EMAD_EIO for other I/O errors, EMAD_EINVAL for bad arguments,
- * EMAD_ERANGE for a tensor step or update_after_step above 2^63-1 (JSON
- * integers), -ENOMEM. On failure no temp file is left and a file already
- * at path is untouched.
+ * Write one snapshot file for decay m->decay_index as name in the
+ * directory open on dfd, atomically and durably (temp file, fsync,
+ * renameat, fsync of dfd; nothing is resolved by path). *bytes (may be
+ * NULL) gets the file size. Returns 0, or a negative code with *cause set
+ * to a malloc'd message naming the file: -ENOSPC, -EDQUOT or -EFBIG when
+ * out of space, EMAD_EIO for other I/O errors, EMAD_EINVAL for bad
+ * arguments, EMAD_ERANGE for a tensor step or update_after_step above
+ * 2^63-1 (JSON integers), -ENOMEM. On failure no temp file is left and a
+ * file already named name is untouched.
+ */
+int snapshot_write_at(int dfd, const char *name, const snapshot_meta *m, const snapshot_tensor *t,
+                      size_t n, uint64_t *bytes, char **cause);
+
+/*
+ * snapshot_write_at() in the directory of path (followed as given: a
+ * user's path, e.g. emactl export); messages name the path.
  */
 int snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot_tensor *t,
                         size_t n, uint64_t *bytes, char **cause);
@@ -106,18 +114,23 @@ int snapshot_write_path(const char *path, const snapshot_meta *m, const snapshot
  * both checksums. The metadata, not the file name, gives model, step and
  * decay index, but a name of the form STEP.dK.safetensors that disagrees
  * with them is EMAD_EFORMAT. Tensors are in byte order of their names;
- * their data has the file's alignment. Returns 0, or EMAD_EFORMAT /
- * EMAD_EIO (-ENOMEM) with *cause set to a message starting with the path.
+ * their data has the file's alignment. Only a regular file is read: a
+ * symlink as the last component of path, a FIFO or a device is EMAD_EIO
+ * at once (the open never blocks). Returns 0, or EMAD_EFORMAT / EMAD_EIO
+ * (-ENOMEM) with *cause set to a message starting with the path.
  */
 int snapshot_read(const char *path, snapshot_file **out, char **cause);
+
+/* snapshot_read() of the file name in the directory open on dfd (AT_FDCWD: a path). */
+int snapshot_read_at(int dfd, const char *name, snapshot_file **out, char **cause);
 
 /* Free a snapshot file read by snapshot_read; NULL accepted. */
 void snapshot_file_free(snapshot_file *f);
 
 /*
- * Check what snapshot_write_path() would be asked to write (the model, its
+ * Check what snapshot_write_at() would be asked to write (the model, its
  * configuration, every tensor, no name twice) without writing anything.
- * Returns 0 or the code snapshot_write_path() would return, with *cause set.
+ * Returns 0 or the code snapshot_write_at() would return, with *cause set.
  */
 int snapshot_check_write(const snapshot_meta *m, const snapshot_tensor *t, size_t n, char **cause);
 

@@ -3,6 +3,11 @@
  * settings.h), the state directory lock, the libuv loop with the request
  * server, the HTTP endpoint for operators, systemd notifications, SIGHUP
  * reloads and a clean shutdown on SIGINT/SIGTERM.
+ *
+ * Exit status: 0 after a clean shutdown with every model durable; 1 when
+ * startup fails; 2 for invalid arguments or settings; EXIT_UNWRITTEN when
+ * the daemon stopped but some model's last changes are not on disk (a
+ * final snapshot failed, or a second signal skipped the writes).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +33,9 @@
 #include "daemon/server.h"
 #include "daemon/settings.h"
 
+/* Exit status when the daemon stopped with models whose state is not on disk. */
+#define EXIT_UNWRITTEN 3
+
 /* What main() runs, reached from the signal handlers through handle->data. */
 typedef struct daemon_ctx {
     uv_loop_t loop;
@@ -48,6 +56,7 @@ static int
 lock_state_dir(const char *dir)
 {
     char path[PATH_MAX];
+    struct stat sb;
     int fd;
 
     if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
@@ -59,8 +68,15 @@ lock_state_dir(const char *dir)
         log_error("event=startup_failed error=\"state dir path too long\"");
         return -1;
     }
-    if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) {
-        log_error("event=startup_failed error=\"cannot open %s: %s\"", path, strerror(errno));
+    /* Never through a symlink, never a FIFO: the lock file is ours, inside the directory. */
+    if ((fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0640)) < 0) {
+        log_error("event=startup_failed error=\"cannot open %s: %s\"", path,
+                  errno == ELOOP ? "a symbolic link (not followed)" : strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        log_error("event=startup_failed error=\"%s is not a regular file\"", path);
+        close(fd);
         return -1;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -208,6 +224,7 @@ main(int argc, char **argv)
     metrics_source src;
     char *cause = NULL, status[128];
     int lockfd = -1, rc, exit_code = 1;
+    size_t unwritten;
 
     memset(&d, 0, sizeof(d));
     heap_policy();
@@ -298,6 +315,7 @@ main(int argc, char **argv)
     uv_run(&d.loop, UV_RUN_DEFAULT);
     http_destroy(d.http);
     d.http = NULL;
+    unwritten = server_unwritten(d.srv);
     server_destroy(d.srv);
     notify_destroy(d.notify);
     rc = uv_loop_close(&d.loop);
@@ -305,7 +323,14 @@ main(int argc, char **argv)
         log_error("event=loop_close_failed error=\"%s\"", uv_strerror(rc));
     else
         exit_code = 0;
-    log_info("event=stopped");
+    if (unwritten > 0) {
+        exit_code = EXIT_UNWRITTEN;
+        log_error("event=stopped unwritten=%zu exit_status=%d (the last changes of these models "
+                  "are not on disk)",
+                  unwritten, exit_code);
+    } else {
+        log_info("event=stopped");
+    }
 out:
     http_destroy(d.http);
     metrics_board_destroy(d.board);

@@ -13,9 +13,9 @@ libemadd_la_SOURCES = $(emadd_base_sources) $(emadd_files_sources) $(emadd_store
 	src/daemon/settings.c src/daemon/settings.h \
 	src/daemon/notify.c src/daemon/notify.h
 libemadd_la_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS) \
-	$(JANSSON_CFLAGS) $(MHD_CFLAGS) $(INIH_CFLAGS) $(SYSTEMD_CFLAGS) -pthread
+	$(JANSSON_CFLAGS) $(XXHASH_CFLAGS) $(MHD_CFLAGS) $(INIH_CFLAGS) $(SYSTEMD_CFLAGS) -pthread
 libemadd_la_LIBADD = libemadcore.la $(UV_LIBS) $(NANOMSG_LIBS) $(MSGPACK_LIBS) \
-	$(JANSSON_LIBS) $(MHD_LIBS) $(INIH_LIBS) $(SYSTEMD_LIBS) -lm -lpthread
+	$(JANSSON_LIBS) $(XXHASH_LIBS) $(MHD_LIBS) $(INIH_LIBS) $(SYSTEMD_LIBS) -lm -lpthread
 
 bin_PROGRAMS += emad
 emad_SOURCES = src/daemon/emad.c

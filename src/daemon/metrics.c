@@ -443,7 +443,7 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
         single_double(&sb, "emad_snapshot_last_duration_seconds", "gauge",
                       "Duration of the last snapshot write.",
                       (double)f->snapshot_last_duration_ms / 1000.0);
-        single_u64(&sb, "emad_snapshot_running", "gauge", "1 while a snapshot is being written.",
+        single_u64(&sb, "emad_snapshot_running", "gauge", "Snapshot writes in progress.",
                    f->snapshot_running);
         single_u64(&sb, "emad_snapshots_loaded", "gauge", "Snapshots loaded at startup.",
                    f->snapshots_loaded);

@@ -2,13 +2,28 @@
  * persist.c - snapshot scheduling on the loop, writing on the threadpool,
  * and loading at startup (see persist.h).
  *
- * One snapshot job runs at a time: a queue of model names feeds it. A job
- * holds views of every decay of its model (blob references), a copy of the
- * configuration and the model's version; the work callback writes the
- * files and prunes old ones, the after-work callback releases the views,
- * records the outcome and answers the requests waiting for it.
+ * Every model the scheduler knows has an entry (a strmap from its name).
+ * An entry is in at most one of two queues: `urgent` (a `snapshot`
+ * request waits for it) and `periodic` (the interval timer). Jobs start
+ * from the head of `urgent` first, so a request never waits behind
+ * periodic work (but after PERSIST_URGENT_RUN urgent jobs in a row one
+ * periodic job goes first, so a client that keeps asking cannot starve
+ * the other models); a model queued twice is written once, and a model is
+ * never written by two jobs at a time (a request that comes while its job
+ * runs queues it again when that job ends, if it then still needs a newer
+ * snapshot). Up to PERSIST_JOBS jobs run at a time on the threadpool
+ * (PERSIST_JOBS_SHUTDOWN once SIGTERM came, when nothing else needs the
+ * pool), at most one of them for a large model (a large job's views can
+ * make pushes copy its tensors: one at a time bounds that memory), so one
+ * slow model never holds up the others.
+ *
+ * A job holds views of every decay of its model (blob references), a copy
+ * of the configuration and the model's version; the work callback writes
+ * the files and prunes old ones, the after-work callback releases the
+ * views, records the outcome and answers the requests waiting for it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,14 +31,15 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "base/log.h"
+#include "base/strmap.h"
+#include "base/xmalloc.h"
 #include "common/cause.h"
 #include "common/dtype.h"
 #include "common/emaconf.h"
-#include "base/log.h"
-#include "daemon/persist.h"
 #include "common/snapshot.h"
+#include "daemon/persist.h"
 #include "files/snapdir.h"
-#include "base/xmalloc.h"
 
 /* Requests answered together ("snapshot every model"). */
 typedef struct group {
@@ -35,15 +51,30 @@ typedef struct group {
     uint64_t step;
 } group;
 
-/* A request waiting for a model's snapshot of at least `version`. */
+/* A request waiting for its model's snapshot of at least `version`. */
 typedef struct waiter {
-    char *model;
     uint64_t version;
     persist_cb cb; /* or grp */
     void *arg;
     group *grp;
     struct waiter *next;
 } waiter;
+
+enum { Q_NONE, Q_PERIODIC, Q_URGENT };
+
+/* What the scheduler knows of one model (by name). */
+typedef struct pentry {
+    char *name;
+    int queued;  /* Q_NONE or the queue it is in */
+    int running; /* a job writes it now */
+    int requeue; /* asked for again while running: Q_PERIODIC or Q_URGENT */
+    waiter *waiters;
+    struct pentry *prev, *next; /* in its queue */
+} pentry;
+
+typedef struct queue {
+    pentry *head, *tail;
+} queue;
 
 typedef struct job {
     uv_work_t work;
@@ -53,6 +84,7 @@ typedef struct job {
     emad_model_config cfg;
     store_view *views[EMAD_MAX_DECAYS];
     size_t nviews;
+    int large;
     int rc;
     char *cause;
     uint64_t bytes, start_ms;
@@ -64,13 +96,13 @@ struct persist {
     persist_config cfg;
     char *state_dir;
     uv_timer_t timer;
-    char **queue;
-    size_t nqueue, capqueue;
-    job *running;
-    waiter *waiters;
+    strmap *entries;
+    queue urgent, periodic;
+    size_t running, running_large;
+    unsigned urgent_run; /* urgent entries taken in a row */
     persist_stats st;
-    int shutting;
-    void (*done)(void *arg);
+    int shutting, stopped;
+    persist_done_cb done;
     void *done_arg;
 };
 
@@ -89,21 +121,98 @@ is_dirty(const model *m)
     return m->version != m->snap_version;
 }
 
-/* Add a model to the queue unless it is queued already. */
-static void
-enqueue(persist *p, const char *name)
+/* Is m large: its jobs run one at a time? */
+static int
+is_large(const model *m)
 {
-    for (size_t i = 0; i < p->nqueue; i++)
-        if (strcmp(p->queue[i], name) == 0)
-            return;
-    if (p->nqueue == p->capqueue) {
-        p->capqueue = p->capqueue ? p->capqueue * 2 : 16;
-        p->queue = xreallocarray(p->queue, p->capqueue, sizeof(*p->queue));
-    }
-    p->queue[p->nqueue++] = xstrndup(name, strlen(name));
+    return m->shadow_bytes > PERSIST_LARGE_BYTES;
 }
 
-/* Answer one waiter (and its group when the group is complete). */
+/* The entry of a model, created if missing. */
+static pentry *
+entry_get(persist *p, const char *name)
+{
+    size_t len = strlen(name);
+    pentry *e = strmap_get(p->entries, name, len);
+
+    if (e == NULL) {
+        e = xcalloc(1, sizeof(*e));
+        e->name = xstrndup(name, len);
+        strmap_put(p->entries, e->name, len, e);
+    }
+    return e;
+}
+
+/* Free an entry that is idle: not queued, not running, nobody waiting. */
+static void
+entry_release(persist *p, pentry *e)
+{
+    if (e->queued != Q_NONE || e->running || e->waiters != NULL)
+        return;
+    (void)strmap_del(p->entries, e->name, strlen(e->name));
+    free(e->name);
+    free(e);
+}
+
+static void
+queue_push(queue *q, pentry *e)
+{
+    e->next = NULL;
+    e->prev = q->tail;
+    if (q->tail != NULL)
+        q->tail->next = e;
+    else
+        q->head = e;
+    q->tail = e;
+}
+
+static void
+queue_unlink(queue *q, pentry *e)
+{
+    if (e->prev != NULL)
+        e->prev->next = e->next;
+    else
+        q->head = e->next;
+    if (e->next != NULL)
+        e->next->prev = e->prev;
+    else
+        q->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+/* The queue an entry is in. */
+static queue *
+queue_of(persist *p, const pentry *e)
+{
+    return e->queued == Q_URGENT ? &p->urgent : &p->periodic;
+}
+
+/*
+ * Queue a model (urgent: ahead of periodic work). Already queued: it stays
+ * where it is (moved to urgent if asked urgently); running: queued again
+ * when its job ends.
+ */
+static void
+enqueue(persist *p, pentry *e, int urgent)
+{
+    int want = urgent ? Q_URGENT : Q_PERIODIC;
+
+    if (p->stopped)
+        return;
+    if (e->running) {
+        if (want > e->requeue)
+            e->requeue = want;
+        return;
+    }
+    if (e->queued >= want)
+        return;
+    if (e->queued != Q_NONE)
+        queue_unlink(queue_of(p, e), e);
+    e->queued = want;
+    queue_push(queue_of(p, e), e);
+}
+
+/* Answer one waiter (and its group when the group is complete); frees w. */
 static void
 answer(waiter *w, int rc, const char *message, uint64_t step)
 {
@@ -111,54 +220,50 @@ answer(waiter *w, int rc, const char *message, uint64_t step)
 
     if (g == NULL) {
         w->cb(w->arg, rc, message, step);
-        return;
+    } else {
+        if (rc != 0 && g->rc == 0) {
+            g->rc = rc;
+            snprintf(g->message, sizeof(g->message), "%s", message);
+        }
+        if (step > g->step)
+            g->step = step;
+        if (--g->left == 0) {
+            g->cb(g->arg, g->rc, g->message, g->step);
+            free(g);
+        }
     }
-    if (rc != 0 && g->rc == 0) {
-        g->rc = rc;
-        snprintf(g->message, sizeof(g->message), "%s", message);
-    }
-    if (step > g->step)
-        g->step = step;
-    if (--g->left == 0) {
-        g->cb(g->arg, g->rc, g->message, g->step);
-        free(g);
-    }
+    free(w);
 }
 
 /*
- * Answer the waiters of a model: with rc != 0 all of them; with rc == 0
- * those satisfied by `version` (the others need a newer snapshot: the
- * model is queued again).
+ * Answer the waiters of an entry: with rc != 0 all of them; with rc == 0
+ * those satisfied by `version`. Returns 1 if some wait for a newer one.
  */
-static void
-answer_model(persist *p, const char *name, int rc, const char *message, uint64_t version,
-             uint64_t step)
+static int
+answer_entry(pentry *e, int rc, const char *message, uint64_t version, uint64_t step)
 {
     int again = 0;
 
-    for (waiter **pp = &p->waiters; *pp != NULL;) {
+    for (waiter **pp = &e->waiters; *pp != NULL;) {
         waiter *w = *pp;
-        if (strcmp(w->model, name) != 0 || (rc == 0 && w->version > version)) {
-            again |= strcmp(w->model, name) == 0;
+        if (rc == 0 && w->version > version) {
+            again = 1;
             pp = &w->next;
             continue;
         }
         *pp = w->next;
         answer(w, rc, message, step);
-        free(w->model);
-        free(w);
     }
-    if (again)
-        enqueue(p, name);
+    return again;
 }
 
-/* Remove a model's snapshot directory and everything in it. */
+/* Remove a model's snapshot directory (its own files; anything else is left and logged). */
 static void
 remove_model_dir(const persist *p, const char *name)
 {
     int rc = snapdir_remove_model(p->state_dir, name);
 
-    if (rc != 0)
+    if (rc != 0 && rc != -ENOTEMPTY && rc != -ELOOP && rc != -ENOTDIR) /* those are logged */
         log_warn("event=snapshot_remove_failed model=%s error=\"%s\"", name, strerror(-rc));
 }
 
@@ -168,7 +273,10 @@ job_work(uv_work_t *req)
 {
     job *jb = req->data;
     const persist *p = jb->p;
+    int mfd;
 
+    if (p->cfg.write_hook != NULL)
+        p->cfg.write_hook(p->cfg.write_hook_arg, jb->model);
     for (size_t j = 0; j < jb->nviews && jb->rc == 0; j++) {
         const store_view *v = jb->views[j];
         snapshot_tensor *t = xcalloc(v->ntensors ? v->ntensors : 1, sizeof(*t));
@@ -192,14 +300,25 @@ job_work(uv_work_t *req)
         jb->bytes += bytes;
         free(t);
     }
-    if (jb->rc == 0) {
-        char *dir = snapdir_model_dir(p->state_dir, jb->model);
-        (void)snapdir_prune(dir, jb->nviews, p->cfg.keep);
-        free(dir);
+    if (jb->rc == 0 && (mfd = snapdir_open_model(p->state_dir, jb->model, 0)) >= 0) {
+        (void)snapdir_prune(mfd, jb->nviews, p->cfg.keep);
+        (void)close(mfd);
     }
 }
 
 static void kick(persist *p);
+
+/* Free a job and release its views. */
+static void
+job_free(job *jb)
+{
+    for (size_t j = 0; j < jb->nviews; j++)
+        store_view_free(jb->views[j]);
+    emaconf_free(&jb->cfg);
+    free(jb->cause);
+    free(jb->model);
+    free(jb);
+}
 
 /* Loop thread: release the views, record the outcome, answer waiters, go on. */
 static void
@@ -208,17 +327,19 @@ job_done(uv_work_t *req, int status)
     job *jb = req->data;
     persist *p = jb->p;
     model *m = store_model_find(p->s, jb->model, strlen(jb->model));
+    pentry *e = entry_get(p, jb->model);
     uint64_t dur = unix_ms() - jb->start_ms;
+    int again = 0;
 
     if (status != 0 && jb->rc == 0)
         jb->rc = status;
-    for (size_t j = 0; j < jb->nviews; j++)
-        store_view_free(jb->views[j]);
-    p->running = NULL;
+    p->running--;
+    p->running_large -= (size_t)jb->large;
+    e->running = 0;
     if (m == NULL || m->uid != jb->uid) {
         /* Dropped while the files were written: they must not bring it back. */
         remove_model_dir(p, jb->model);
-        answer_model(p, jb->model, EMAD_ENOMODEL, "the model was dropped", 0, 0);
+        again = e->waiters != NULL; /* the old model's were answered by persist_forget */
     } else if (jb->rc == 0) {
         store_model_snapshotted(m, jb->version, jb->step);
         p->st.written++;
@@ -228,19 +349,22 @@ job_done(uv_work_t *req, int status)
         log_info("event=snapshot_written model=%s step=%llu files=%zu bytes=%llu duration_ms=%llu",
                  jb->model, (unsigned long long)jb->step, jb->nviews, (unsigned long long)jb->bytes,
                  (unsigned long long)dur);
-        answer_model(p, jb->model, 0, "", jb->version, jb->step);
+        again = answer_entry(e, 0, "", jb->version, jb->step);
     } else {
         p->st.failed++;
         log_error("event=snapshot_failed model=%s step=%llu error=%s (previous snapshots kept; "
-                  "retried at the next interval)",
+                  "%s)",
                   jb->model, (unsigned long long)jb->step,
-                  LOG_STR(jb->cause != NULL ? jb->cause : "unknown"));
-        answer_model(p, jb->model, jb->rc, jb->cause != NULL ? jb->cause : "snapshot failed", 0, 0);
+                  LOG_STR(jb->cause != NULL ? jb->cause : "unknown"),
+                  p->shutting ? "not written at shutdown" : "retried at the next interval");
+        (void)answer_entry(e, jb->rc, jb->cause != NULL ? jb->cause : "snapshot failed", 0, 0);
+        e->requeue = Q_NONE; /* a failed write is retried by the timer, not at once */
     }
-    emaconf_free(&jb->cfg);
-    free(jb->cause);
-    free(jb->model);
-    free(jb);
+    if (again || e->requeue != Q_NONE)
+        enqueue(p, e, again || e->requeue == Q_URGENT);
+    e->requeue = Q_NONE;
+    entry_release(p, e);
+    job_free(jb);
     kick(p);
 }
 
@@ -257,6 +381,7 @@ start_job(persist *p, model *m)
     jb->uid = m->uid;
     jb->version = m->version;
     jb->step = m->step;
+    jb->large = is_large(m);
     jb->start_ms = unix_ms();
     emaconf_copy(&jb->cfg, &m->cfg);
     for (size_t j = 0; j < m->cfg.ndecays; j++) {
@@ -264,54 +389,84 @@ start_job(persist *p, model *m)
         if (store_view_create(p->s, m->name, strlen(m->name), NULL, NULL, 0, &vo, &jb->views[j],
                               &err) != 0) {
             log_error("event=snapshot_failed model=%s error=%s", m->name, LOG_STR(err.message));
-            for (size_t k = 0; k < j; k++)
-                store_view_free(jb->views[k]);
-            emaconf_free(&jb->cfg);
-            free(jb->model);
-            free(jb);
+            job_free(jb);
             return err.code;
         }
         jb->nviews++;
     }
     jb->work.data = jb;
     if ((rc = uv_queue_work(p->loop, &jb->work, job_work, job_done)) != 0) {
-        for (size_t k = 0; k < jb->nviews; k++)
-            store_view_free(jb->views[k]);
-        emaconf_free(&jb->cfg);
-        free(jb->model);
-        free(jb);
+        job_free(jb);
         return rc;
     }
-    p->running = jb;
+    p->running++;
+    p->running_large += (size_t)jb->large;
     return 0;
 }
 
-/* Start the next job if none runs; finish a shutdown when all is written. */
+/*
+ * The next entry to write: the first of the urgent queue, else of the
+ * periodic one, that can start now (a large model waits while another
+ * large one is written); after PERSIST_URGENT_RUN urgent ones in a row,
+ * periodic work goes first once, so requests cannot starve it. NULL if none.
+ */
+static pentry *
+next_entry(persist *p)
+{
+    int periodic_first = p->urgent_run >= PERSIST_URGENT_RUN;
+    queue *qs[2] = {periodic_first ? &p->periodic : &p->urgent,
+                    periodic_first ? &p->urgent : &p->periodic};
+
+    for (int q = 0; q < 2; q++) {
+        for (pentry *e = qs[q]->head; e != NULL; e = e->next) {
+            const model *m = store_model_find(p->s, e->name, strlen(e->name));
+
+            if (m == NULL || p->running_large == 0 || !is_large(m))
+                return e;
+        }
+    }
+    return NULL;
+}
+
+/* Jobs that may run at once now. */
+static size_t
+job_limit(const persist *p)
+{
+    return p->shutting ? PERSIST_JOBS_SHUTDOWN : PERSIST_JOBS;
+}
+
+/* Start jobs while there is room; finish a shutdown when all is written. */
 static void
 kick(persist *p)
 {
-    while (p->running == NULL && p->nqueue > 0) {
-        char *name = p->queue[0];
+    pentry *e;
+
+    while (p->running < job_limit(p) && (e = next_entry(p)) != NULL) {
         model *m;
         int rc;
 
-        memmove(p->queue, p->queue + 1, (p->nqueue - 1) * sizeof(*p->queue));
-        p->nqueue--;
-        m = store_model_find(p->s, name, strlen(name));
+        p->urgent_run = e->queued == Q_URGENT ? p->urgent_run + 1 : 0;
+        queue_unlink(queue_of(p, e), e);
+        e->queued = Q_NONE;
+        m = store_model_find(p->s, e->name, strlen(e->name));
         if (m == NULL) {
-            answer_model(p, name, EMAD_ENOMODEL, "the model was dropped", 0, 0);
+            (void)answer_entry(e, EMAD_ENOMODEL, "the model was dropped", 0, 0);
         } else if (!is_dirty(m)) {
-            answer_model(p, name, 0, "", m->snap_version, m->snap_step);
+            (void)answer_entry(e, 0, "", m->snap_version, m->snap_step);
         } else if ((rc = start_job(p, m)) != 0) {
             p->st.failed++;
-            answer_model(p, name, rc, "cannot start the snapshot", 0, 0);
+            (void)answer_entry(e, rc, "cannot start the snapshot", 0, 0);
+        } else {
+            e->running = 1;
+            continue;
         }
-        free(name);
+        entry_release(p, e);
     }
-    if (p->shutting && p->running == NULL && p->nqueue == 0 && p->done != NULL) {
-        void (*done)(void *) = p->done;
+    if (p->shutting && p->running == 0 && p->urgent.head == NULL && p->periodic.head == NULL &&
+        p->done != NULL) {
+        persist_done_cb done = p->done;
         p->done = NULL;
-        done(p->done_arg);
+        done(p->done_arg, persist_unwritten(p, NULL, 0));
     }
 }
 
@@ -323,7 +478,7 @@ enqueue_dirty(persist *p)
 
     for (size_t i = 0; (m = store_model_at(p->s, i)) != NULL; i++)
         if (is_dirty(m))
-            enqueue(p, m->name);
+            enqueue(p, entry_get(p, m->name), 0);
 }
 
 static void
@@ -345,6 +500,7 @@ persist_create(uv_loop_t *loop, store *s, const persist_config *cfg, const persi
     p->cfg = *cfg;
     p->state_dir = xstrndup(cfg->state_dir, strlen(cfg->state_dir));
     p->cfg.state_dir = p->state_dir;
+    p->entries = strmap_create();
     if (loaded != NULL) {
         p->st.loaded = loaded->loaded;
         p->st.broken = loaded->broken;
@@ -356,20 +512,20 @@ persist_create(uv_loop_t *loop, store *s, const persist_config *cfg, const persi
     return p;
 }
 
-/* Add a waiter for model's current version. */
+/* Add a waiter for model's current version and queue the model urgently. */
 static void
 wait_for(persist *p, const model *m, persist_cb cb, void *arg, group *grp)
 {
+    pentry *e = entry_get(p, m->name);
     waiter *w = xcalloc(1, sizeof(*w));
 
-    w->model = xstrndup(m->name, strlen(m->name));
     w->version = m->version;
     w->cb = cb;
     w->arg = arg;
     w->grp = grp;
-    w->next = p->waiters;
-    p->waiters = w;
-    enqueue(p, m->name);
+    w->next = e->waiters;
+    e->waiters = w;
+    enqueue(p, e, 1);
 }
 
 void
@@ -377,6 +533,10 @@ persist_request(persist *p, const char *name, persist_cb cb, void *arg)
 {
     model *m;
 
+    if (p->stopped) {
+        cb(arg, EMAD_EINVAL, "the daemon is shutting down", 0);
+        return;
+    }
     if (name != NULL) {
         if ((m = store_model_find(p->s, name, strlen(name))) == NULL) {
             cb(arg, EMAD_ENOMODEL, "no such model", 0);
@@ -400,8 +560,9 @@ persist_request(persist *p, const char *name, persist_cb cb, void *arg)
                 g->step = m->snap_step;
             }
         }
-        waiter self = {.grp = g};
-        answer(&self, 0, "", 0);
+        waiter *self = xcalloc(1, sizeof(*self));
+        self->grp = g;
+        answer(self, 0, "", 0);
     }
     kick(p);
 }
@@ -409,20 +570,38 @@ persist_request(persist *p, const char *name, persist_cb cb, void *arg)
 void
 persist_forget(persist *p, const char *name)
 {
-    for (size_t i = 0; i < p->nqueue; i++) {
-        if (strcmp(p->queue[i], name) == 0) {
-            free(p->queue[i]);
-            memmove(&p->queue[i], &p->queue[i + 1], (p->nqueue - i - 1) * sizeof(*p->queue));
-            p->nqueue--;
-            break;
+    pentry *e = strmap_get(p->entries, name, strlen(name));
+
+    if (e != NULL) {
+        if (e->queued != Q_NONE) {
+            queue_unlink(queue_of(p, e), e);
+            e->queued = Q_NONE;
         }
+        (void)answer_entry(e, EMAD_ENOMODEL, "the model was dropped", 0, 0);
+        entry_release(p, e);
     }
-    answer_model(p, name, EMAD_ENOMODEL, "the model was dropped", 0, 0);
     remove_model_dir(p, name); /* a running job for it cleans up again when it ends */
 }
 
+/* Empty both queues, answering their waiters with rc. */
+static void
+drop_queued(persist *p, int rc, const char *message)
+{
+    queue *qs[2] = {&p->urgent, &p->periodic};
+
+    for (int q = 0; q < 2; q++) {
+        pentry *e;
+        while ((e = qs[q]->head) != NULL) {
+            queue_unlink(qs[q], e);
+            e->queued = Q_NONE;
+            (void)answer_entry(e, rc, message, 0, 0);
+            entry_release(p, e);
+        }
+    }
+}
+
 void
-persist_shutdown(persist *p, void (*done)(void *arg), void *arg)
+persist_shutdown(persist *p, persist_done_cb done, void *arg)
 {
     p->done = done;
     p->done_arg = arg;
@@ -431,8 +610,36 @@ persist_shutdown(persist *p, void (*done)(void *arg), void *arg)
         uv_timer_stop(&p->timer);
         uv_close((uv_handle_t *)&p->timer, NULL);
     }
+    if (done == NULL) {
+        /* Stop: the running writes end, nothing new starts. */
+        p->stopped = 1;
+        drop_queued(p, EMAD_EINVAL, "the daemon is shutting down");
+        return;
+    }
     enqueue_dirty(p);
     kick(p);
+}
+
+size_t
+persist_unwritten(persist *p, char *names, size_t size)
+{
+    size_t n = 0, used = 0;
+    model *m;
+
+    if (names != NULL && size > 0)
+        names[0] = '\0';
+    for (size_t i = 0; (m = store_model_at(p->s, i)) != NULL; i++) {
+        if (!is_dirty(m))
+            continue;
+        if (names != NULL && used < size) {
+            int w = snprintf(names + used, size - used, "%s%s", n > 0 ? "," : "", m->name);
+            used += w > 0 ? (size_t)w : 0;
+            if (used >= size && size > 4)
+                memcpy(names + size - 4, "...", 4);
+        }
+        n++;
+    }
+    return n;
 }
 
 void
@@ -450,7 +657,7 @@ void
 persist_stats_get(const persist *p, persist_stats *st)
 {
     *st = p->st;
-    st->running = p->running != NULL;
+    st->running = p->running;
 }
 
 void
@@ -458,15 +665,9 @@ persist_destroy(persist *p)
 {
     if (p == NULL)
         return;
-    for (size_t i = 0; i < p->nqueue; i++)
-        free(p->queue[i]);
-    free(p->queue);
-    while (p->waiters != NULL) {
-        waiter *w = p->waiters;
-        p->waiters = w->next;
-        free(w->model);
-        free(w);
-    }
+    p->stopped = 1;
+    drop_queued(p, EMAD_EINVAL, "the daemon is shutting down");
+    strmap_destroy(p->entries); /* every entry was released with its queue and its job */
     free(p->state_dir);
     free(p);
 }
@@ -512,29 +713,30 @@ restore(store *s, snapshot_file *const *files, size_t n, char **cause)
 }
 
 /*
- * Try one step of a model: read every decay's file. 0 when restored; 1
- * when the set is incomplete (a file missing); -1 when a file is bad (it
- * is renamed *.broken).
+ * Try one step of a model in the directory open on mfd (dir names it in
+ * messages): read every decay's file. 0 when restored; 1 when the set is
+ * incomplete (a file missing); -1 when a file is bad (it is renamed
+ * *.broken).
  */
 static int
-try_step(const char *dir, const char *name, uint64_t step, store *s, persist_stats *st)
+try_step(int mfd, const char *dir, const char *name, uint64_t step, store *s, persist_stats *st)
 {
     snapshot_file *files[EMAD_MAX_DECAYS] = {0};
     size_t n = 1, got = 0;
     int result = 0;
 
     for (size_t j = 0; j < n; j++) {
-        char *path = snapdir_path(dir, step, j), *cause = NULL;
+        char file[64], *cause = NULL;
         int rc;
 
-        if (access(path, F_OK) != 0) {
-            log_warn("event=snapshot_incomplete model=%s step=%llu missing=%s", name,
-                     (unsigned long long)step, path);
-            free(path);
+        snprintf(file, sizeof(file), SNAPSHOT_NAME_FMT, step, j);
+        if (faccessat(mfd, file, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+            log_warn("event=snapshot_incomplete model=%s step=%llu missing=%s/%s", name,
+                     (unsigned long long)step, dir, file);
             result = 1;
             break;
         }
-        rc = snapshot_read(path, &files[j], &cause);
+        rc = snapshot_read_at(mfd, file, &files[j], &cause);
         if (rc == 0 && (strcmp(files[j]->model, name) != 0 || files[j]->step != step ||
                         files[j]->decay_index != j ||
                         (j > 0 && emaconf_diff(&files[0]->cfg, &files[j]->cfg, 0) != NULL))) {
@@ -545,20 +747,18 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
         }
         if (rc != 0) {
             st->broken++;
-            log_error("event=snapshot_broken model=%s step=%llu file=%s error=%s action=renamed "
+            log_error("event=snapshot_broken model=%s step=%llu file=%s/%s error=%s action=renamed "
                       "to %s.broken; trying the previous snapshot",
-                      name, (unsigned long long)step, path, LOG_STR(cause != NULL ? cause : "?"),
-                      path);
-            (void)snapdir_mark_broken(path);
+                      name, (unsigned long long)step, dir, file,
+                      LOG_STR(cause != NULL ? cause : "?"), file);
+            (void)snapdir_mark_broken(mfd, file);
             free(cause);
-            free(path);
             result = -1;
             break;
         }
         if (j == 0)
             n = files[0]->cfg.ndecays;
         got++;
-        free(path);
     }
     if (result == 0) {
         char *cause = NULL;
@@ -572,6 +772,48 @@ try_step(const char *dir, const char *name, uint64_t step, store *s, persist_sta
     for (size_t j = 0; j < got; j++)
         snapshot_file_free(files[j]);
     return result;
+}
+
+/*
+ * Load one model from the newest usable step in its directory. Returns 1
+ * if loaded, 0 if it has no snapshot file, -1 if none of its steps loads.
+ */
+static int
+load_model(const persist_config *cfg, const char *name, store *s, persist_stats *st)
+{
+    char *dir = snapdir_model_dir(cfg->state_dir, name);
+    uint64_t *steps = NULL;
+    size_t nsteps = 0, k, temps;
+    int ok = 0, mfd;
+
+    if ((mfd = snapdir_open_model(cfg->state_dir, name, 0)) < 0) {
+        log_error("event=snapshot_unloadable model=%s dir=%s error=\"%s\"", name, dir,
+                  strerror(-mfd));
+        free(dir);
+        return -1;
+    }
+    if ((temps = snapdir_remove_temps(mfd)) > 0)
+        log_info("event=snapshot_temps_removed model=%s count=%zu (left by a write that did "
+                 "not finish)",
+                 name, temps);
+    if (snapdir_list_steps(mfd, &steps, &nsteps) == 0) {
+        for (k = 0; k < nsteps && !ok; k++)
+            ok = try_step(mfd, dir, name, steps[k], s, st) == 0;
+    }
+    if (ok) {
+        const model *m = store_model_find(s, name, strlen(name));
+        log_info("event=snapshot_loaded model=%s step=%llu tensors=%zu decays=%zu%s", name,
+                 (unsigned long long)m->step, m->ntensors, m->cfg.ndecays,
+                 k > 1 ? " (newer snapshots were unusable: see above)" : "");
+    } else if (nsteps > 0) {
+        log_error("event=snapshot_unloadable model=%s dir=%s (no usable snapshot; the model "
+                  "starts empty unless --require-snapshot)",
+                  name, dir);
+    }
+    (void)close(mfd);
+    free(steps);
+    free(dir);
+    return ok ? 1 : nsteps > 0 ? -1 : 0;
 }
 
 int
@@ -588,37 +830,12 @@ persist_load(const persist_config *cfg, store *s, persist_stats *st, char **caus
                          strerror(-rc));
     }
     for (size_t i = 0; i < n; i++) {
-        char *dir = snapdir_model_dir(cfg->state_dir, names[i]);
-        uint64_t *steps = NULL;
-        size_t nsteps = 0, k;
-        int ok = 0;
-
-        size_t temps = snapdir_remove_temps(dir);
-        if (temps > 0)
-            log_info("event=snapshot_temps_removed model=%s count=%zu (left by a write that did "
-                     "not finish)",
-                     names[i], temps);
-        if (snapdir_list_steps(dir, &steps, &nsteps) == 0) {
-            for (k = 0; k < nsteps && !ok; k++)
-                ok = try_step(dir, names[i], steps[k], s, st) == 0;
-        }
-        if (ok) {
-            const model *m = store_model_find(s, names[i], strlen(names[i]));
-            loaded++;
-            st->loaded++;
-            log_info("event=snapshot_loaded model=%s step=%llu tensors=%zu decays=%zu%s", names[i],
-                     (unsigned long long)m->step, m->ntensors, m->cfg.ndecays,
-                     k > 1 ? " (newer snapshots were unusable: see above)" : "");
-        } else if (nsteps > 0) {
-            failed++;
-            log_error("event=snapshot_unloadable model=%s dir=%s (no usable snapshot; the model "
-                      "starts empty unless --require-snapshot)",
-                      names[i], dir);
-        }
-        free(steps);
-        free(dir);
+        rc = load_model(cfg, names[i], s, st);
+        loaded += rc > 0;
+        failed += rc < 0;
         free(names[i]);
     }
+    st->loaded = loaded;
     free(names);
     if (cfg->require && (failed > 0 || loaded == 0)) {
         return cause_set(cause, EMAD_EFORMAT, "--require-snapshot: %s",

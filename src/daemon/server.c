@@ -214,13 +214,21 @@ on_timer(uv_timer_t *h)
     }
 }
 
-/* Every changed model is durable after SIGTERM: close. */
+/* The shutdown snapshots are over after SIGTERM: say whether every model is durable, close. */
 static void
-on_persisted(void *arg)
+on_persisted(void *arg, size_t unwritten)
 {
     server *srv = arg;
+    char names[512];
 
-    log_info("event=shutdown snapshots=written");
+    if (unwritten == 0) {
+        log_info("event=shutdown snapshots=written");
+    } else {
+        (void)persist_unwritten(srv->persist, names, sizeof(names));
+        log_error("event=shutdown snapshots=failed unwritten=%zu models=%s (their last changes "
+                  "are lost; see snapshot_failed above)",
+                  unwritten, names);
+    }
     server_stop(srv);
 }
 
@@ -285,8 +293,10 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
     }
 
     if (cfg->state_dir != NULL) {
-        persist_config pc = {cfg->state_dir, cfg->snapshot_interval_ms, cfg->snapshot_keep,
-                             cfg->require_snapshot};
+        persist_config pc = {.state_dir = cfg->state_dir,
+                             .interval_ms = cfg->snapshot_interval_ms,
+                             .keep = cfg->snapshot_keep,
+                             .require = cfg->require_snapshot};
         persist_stats loaded;
         if ((rc = persist_load(&pc, srv->store, &loaded, cause)) != 0)
             goto fail;
@@ -377,15 +387,23 @@ server_stop(server *srv)
     if (srv->closing)
         return;
     srv->closing = 1;
-    if (srv->persist != NULL && !srv->stopping) {
+    if (srv->persist != NULL) {
+        /* Also after SIGTERM's writes began (a second signal): the running writes end, no
+         * queued one starts. */
         srv->stopping = 1;
-        persist_shutdown(srv->persist, NULL, NULL); /* closes its timer; a running write ends */
+        persist_shutdown(srv->persist, NULL, NULL);
     }
     uv_poll_stop(&srv->poll);
     uv_close((uv_handle_t *)&srv->poll, NULL);
     uv_close((uv_handle_t *)&srv->timer, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
+}
+
+size_t
+server_unwritten(server *srv)
+{
+    return srv->persist != NULL ? persist_unwritten(srv->persist, NULL, 0) : 0;
 }
 
 void

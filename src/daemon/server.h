@@ -75,6 +75,13 @@ void server_reconfigure(server *srv, uint64_t txn_timeout_ms, uint64_t snapshot_
  */
 metrics_figures *server_figures(server *srv);
 
+/*
+ * Models whose state is not on disk (changed since their last snapshot)
+ * with a state directory; 0 without one. After the loop finished, a
+ * non-zero count makes the daemon exit with status 3 (docs/OPERATIONS.md).
+ */
+size_t server_unwritten(server *srv);
+
 /* Free the server after the loop has finished; closes the socket. NULL accepted. */
 void server_destroy(server *srv);
 

@@ -3,7 +3,10 @@
  *
  * A file created or renamed into a directory survives a crash only once
  * the directory itself is synced; these helpers do that for the snapshot
- * writer and the snapshot directory's housekeeping.
+ * writer and the snapshot directory's housekeeping. The *_at helpers open
+ * what lies below the state directory relative to an open directory and
+ * never through a symlink, so a link planted there cannot send the daemon
+ * outside it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,16 +17,24 @@
 
 #include "files/fileio.h"
 
+/* fsync a directory open on fd; 0 or a negative errno (EINVAL/ENOTSUP count as done). */
+int
+fileio_sync_dirfd(int fd)
+{
+    if (fsync(fd) < 0 && errno != EINVAL && errno != ENOTSUP)
+        return -errno;
+    return 0;
+}
+
 /* fsync a directory; 0 or a negative errno (EINVAL/ENOTSUP: the fs cannot, counts as done). */
 int
 fileio_sync_dir(const char *dir)
 {
-    int fd, rc = 0;
+    int fd, rc;
 
     if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
         return -errno;
-    if (fsync(fd) < 0 && errno != EINVAL && errno != ENOTSUP)
-        rc = -errno;
+    rc = fileio_sync_dirfd(fd);
     (void)close(fd);
     return rc;
 }
@@ -87,4 +98,43 @@ fileio_make_dirs(const char *path, mode_t mode)
     }
     free(p);
     return rc;
+}
+
+/* Open (and with create, make) the directory dfd/name without following a symlink. */
+int
+fileio_open_dir_at(int dfd, const char *name, int create, mode_t mode)
+{
+    const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    int fd = openat(dfd, name, flags);
+
+    if (fd >= 0)
+        return fd;
+    if (errno != ENOENT || !create)
+        return -errno;
+    if (mkdirat(dfd, name, mode) == 0)
+        (void)fileio_sync_dirfd(dfd);
+    else if (errno != EEXIST)
+        return -errno;
+    return (fd = openat(dfd, name, flags)) >= 0 ? fd : -errno;
+}
+
+/* Open dfd/name for reading if it is a regular file: no symlink, no blocking on a FIFO. */
+int
+fileio_open_regular_at(int dfd, const char *name)
+{
+    struct stat sb;
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &sb) < 0) {
+        int e = errno;
+        (void)close(fd);
+        return -e;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        (void)close(fd);
+        return -EINVAL;
+    }
+    return fd;
 }

@@ -31,7 +31,8 @@ typedef struct slice {
     uint64_t (*got)[2]; /* transactions: byte ranges received, sorted, disjoint, not adjacent */
     size_t ngot, capgot;
     void *data;
-    int owned; /* data is ours to free */
+    int owned;       /* data is ours to free */
+    uint32_t writer; /* pending steps: the writer whose part it is */
 } slice;
 
 /* One tensor of a stage: its description and its slices. */
@@ -68,6 +69,26 @@ typedef struct stage {
     int consumed;     /* slices moved into a pending step */
 } stage;
 
+/*
+ * The checksum of one piece of a chunk an eager transaction averaged
+ * (txn.c), kept to tell an exact resend of the chunk from one with other
+ * bytes: the request's bytes are not kept once averaged.
+ */
+typedef struct chunk_sum {
+    uint64_t e0;     /* first element of the piece in its tensor */
+    uint64_t n;      /* its elements; 0 marks an empty slot */
+    uint64_t sum;    /* task_sum() of its bytes, once ready */
+    uint64_t expect; /* has_expect: a resend's sum, while the piece is still being averaged */
+    uint32_t item;   /* index of the tensor in the transaction's stage */
+    uint8_t ready, has_expect;
+} chunk_sum;
+
+/* Open-addressing table of chunk_sums keyed by (item, e0); cap is 0 or a power of two. */
+typedef struct chunk_sums {
+    chunk_sum *v;
+    size_t cap, n;
+} chunk_sums;
+
 /* An open transaction. */
 typedef struct txn {
     uint64_t id;
@@ -82,6 +103,7 @@ typedef struct txn {
     int dead;          /* discarded while jobs ran: the last store_job_done() frees it */
     store_err failed;  /* failed.code != 0: a chunk was rejected and commit fails with it */
     struct txn *next;
+    chunk_sums sums; /* eager: checksums of the averaged chunks' pieces */
 } txn;
 
 /* A multi-writer step waiting for its writers. */

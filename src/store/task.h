@@ -42,6 +42,8 @@ typedef struct task {
     uint64_t n; /* elements (bytes for COPY) */
     double decay;
     uint64_t found; /* COUNT, and EMA with count: NaN/Inf values found */
+    uint8_t hash;   /* EMA, INIT, COPY: also task_sum() of the src bytes into sum */
+    uint64_t sum;
 } task;
 
 typedef struct task_list {
@@ -57,5 +59,13 @@ void task_list_free(task_list *l);
 
 /* Run one task. Thread-safe: touches only the task and the memory it points to. */
 void task_run(task *t);
+
+/*
+ * A fast 64-bit checksum of len bytes (XXH3): what a task with hash set
+ * puts in sum, over the src bytes it read. task_list_add() cuts a larger
+ * task into pieces that each sum their own bytes: a caller that keeps one
+ * sum per task adds tasks of one piece.
+ */
+uint64_t task_sum(const void *p, size_t len);
 
 #endif

@@ -12,6 +12,12 @@
  * tensors meanwhile and publishes the new shadows through apply_step().
  * A transaction discarded while its jobs run is kept as a zombie until
  * the last job is done. Everything but the tasks runs on the loop thread.
+ *
+ * A chunk whose bytes were all received before is a resend, taken (and
+ * ignored) only if its bytes are the same: staged chunks are compared with
+ * the staged bytes; an eager transaction keeps a checksum of every piece
+ * it averaged (the tasks compute it while the values are in the cache), so
+ * a resend must repeat a whole chunk.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +36,7 @@ txn_free(txn *t)
     if (t == NULL)
         return;
     stage_free(&t->st);
+    free(t->sums.v);
     free(t->model);
     free(t);
 }
@@ -45,6 +52,55 @@ txn_discard(store *s, txn *t)
     t->dead = 1;
     t->next = s->zombies;
     s->zombies = t;
+}
+
+/* The slot of piece (index, e0) in a table with room: its entry, or the empty slot for it. */
+static chunk_sum *
+sums_slot(const chunk_sums *cs, uint32_t index, uint64_t e0)
+{
+    uint64_t h = (e0 + ((uint64_t)index << 32 | index)) * 0x9E3779B97F4A7C15ull;
+    size_t mask = cs->cap - 1;
+
+    for (size_t i = (size_t)(h ^ h >> 29) & mask;; i = (i + 1) & mask) {
+        chunk_sum *c = &cs->v[i];
+        if (c->n == 0 || (c->item == index && c->e0 == e0))
+            return c;
+    }
+}
+
+/* The checksum record of piece (index, e0), or NULL. */
+static chunk_sum *
+sums_find(const chunk_sums *cs, uint32_t index, uint64_t e0)
+{
+    chunk_sum *c;
+
+    if (cs->cap == 0)
+        return NULL;
+    c = sums_slot(cs, index, e0);
+    return c->n != 0 ? c : NULL;
+}
+
+/* Record piece (index, e0) of n > 0 elements, its checksum not ready yet. */
+static void
+sums_add(chunk_sums *cs, uint32_t index, uint64_t e0, uint64_t n)
+{
+    chunk_sum *c;
+
+    if (2 * (cs->n + 1) > cs->cap) { /* at most half full */
+        chunk_sums big = {NULL, cs->cap ? 2 * cs->cap : 16, cs->n};
+        big.v = xcalloc(big.cap, sizeof(*big.v));
+        for (size_t i = 0; i < cs->cap; i++)
+            if (cs->v[i].n != 0)
+                *sums_slot(&big, cs->v[i].item, cs->v[i].e0) = cs->v[i];
+        free(cs->v);
+        *cs = big;
+    }
+    c = sums_slot(cs, index, e0);
+    memset(c, 0, sizeof(*c));
+    c->item = index;
+    c->e0 = e0;
+    c->n = n;
+    cs->n++;
 }
 
 /* Open transaction by id, or NULL. */
@@ -172,7 +228,14 @@ eager_prepare(model *m, const txn *x, item *it, store_err *err)
     return 0;
 }
 
-/* The tasks of one piece of a chunk (eager_tasks()). */
+/* Elements per piece of an eager item's chunks: TASK_PIECE_BYTES of shadow. */
+static uint64_t
+eager_per(const item *it)
+{
+    return TASK_PIECE_BYTES / dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+}
+
+/* The tasks of one piece of a chunk (eager_tasks()); the first shadow's also sums the values. */
 static void
 eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_t n,
             const void *src, task_list *tl)
@@ -192,7 +255,8 @@ eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_
                   .tag = index,
                   .dst = (char *)it->target[j]->data + e0 * ssz,
                   .src = src,
-                  .n = n};
+                  .n = n,
+                  .hash = j == 0};
         if (!it->averaged) {
             k.op = TASK_COPY;
             k.n = n * ssz;
@@ -211,21 +275,102 @@ eager_piece(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_
 /*
  * The tasks that write elements [e0, e0 + n) of an eager item from src,
  * piece by piece: the count of non-finite values (if the model checks
- * them) and the update of every shadow read the piece's values while they
- * are in the cache.
+ * them), the update of every shadow and the piece's checksum read the
+ * piece's values while they are in the cache. Each piece gets its
+ * checksum record in sums, filled by store_job_done().
  */
 static void
 eager_tasks(const model *m, const item *it, uint32_t index, uint64_t e0, uint64_t n,
-            const void *src, task_list *tl)
+            const void *src, task_list *tl, chunk_sums *sums)
 {
-    uint64_t per =
-        TASK_PIECE_BYTES / dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+    uint64_t per = eager_per(it);
 
     for (uint64_t done = 0; done < n; done += per) {
         uint64_t k = n - done < per ? n - done : per;
         eager_piece(m, it, index, e0 + done, k, (const char *)src + done * dtype_size(it->dtype),
                     tl);
+        sums_add(sums, index, e0 + done, k);
     }
+}
+
+/* Fail with EMAD_ECONFLICT for a resent chunk whose bytes differ from the first copy's. */
+static int
+resend_fail(store_err *err, const char *name, uint64_t off, uint64_t len)
+{
+    return store_fail(err, EMAD_ECONFLICT, name,
+                      "tensor '%s': chunk [%llu, +%llu) was received before with other bytes; a "
+                      "resend must repeat the chunk exactly (nothing of this request was taken)",
+                      name, (unsigned long long)off, (unsigned long long)len);
+}
+
+/*
+ * Check a chunk of it whose bytes were all received before in slice sl: a
+ * resend is taken only with the same bytes. A staged chunk is compared
+ * with the staged bytes. An eager transaction has only the checksums of
+ * the pieces it averaged: each piece of the chunk must be one of them,
+ * with the same checksum (EMAD_EORDER if it is not a whole earlier chunk).
+ * A piece still being averaged has no checksum yet: with note set, the
+ * resend's is recorded, for store_job_done() to compare. A stale item's
+ * chunks are not applied, so not compared.
+ */
+static int
+check_resend(txn *t, item *it, const slice *sl, const store_input *in, int note, store_err *err)
+{
+    uint64_t isz = dtype_size(it->dtype), per, e0, n;
+    uint32_t index = (uint32_t)(it - t->st.items);
+
+    if (!t->eager) {
+        if (memcmp((const char *)sl->data + in->offset, in->data, in->len) != 0)
+            return resend_fail(err, it->name, in->offset, in->len);
+        return 0;
+    }
+    if (it->stale)
+        return 0;
+    per = eager_per(it);
+    e0 = sl->start + in->offset / isz;
+    n = in->len / isz;
+    for (uint64_t done = 0; done < n; done += per) {
+        uint64_t k = n - done < per ? n - done : per, sum;
+        chunk_sum *c = sums_find(&t->sums, index, e0 + done);
+
+        if (c == NULL || c->n != k)
+            return store_fail(err, EMAD_EORDER, it->name,
+                              "tensor '%s': chunk [%llu, +%llu) repeats bytes received in other "
+                              "chunks but is not one of them; only a chunk resent whole can be "
+                              "checked against what was averaged",
+                              it->name, (unsigned long long)in->offset,
+                              (unsigned long long)in->len);
+        if (note && c->ready)
+            continue;
+        sum = task_sum((const char *)in->data + done * isz, k * isz);
+        if (c->ready ? sum != c->sum : c->has_expect && sum != c->expect)
+            return resend_fail(err, it->name, in->offset, in->len);
+        if (note) {
+            c->expect = sum;
+            c->has_expect = 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Take the checksum a job's task computed for its piece. Returns the
+ * piece's record if a resend which came while the piece was being
+ * averaged had other bytes, else NULL.
+ */
+static const chunk_sum *
+sum_done(txn *t, const task *k)
+{
+    const item *it = &t->st.items[k->tag];
+    size_t ssz = dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+    uint64_t e0 = (uint64_t)((const char *)k->dst - (const char *)it->target[0]->data) / ssz;
+    chunk_sum *c = sums_find(&t->sums, k->tag, e0);
+
+    if (c == NULL)
+        return NULL;
+    c->sum = k->sum;
+    c->ready = 1;
+    return c->has_expect && c->expect != c->sum ? c : NULL;
 }
 
 int
@@ -265,6 +410,9 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
     skip = xcalloc(n, 1);
     for (size_t i = 0; i < n; i++) {
         uint64_t numel, isz = dtype_size(in[i].dtype);
+        item *it;
+        slice *sl;
+
         if (stage_check_input(m, &in[i], 1, &numel, &counts[i], err) != 0)
             goto fail;
         if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
@@ -280,8 +428,13 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
                        (size_t)isz);
             goto fail;
         }
-        if (stage_check_chunk(stage_find(&t->st, in[i].name, in[i].name_len), &in[i], counts[i],
-                              err))
+        it = stage_find(&t->st, in[i].name, in[i].name_len);
+        if (stage_check_chunk(it, &in[i], counts[i], err))
+            goto fail;
+        if (it != NULL && in[i].len > 0 &&
+            (sl = stage_item_slice_at(it, in[i].start, counts[i])) != NULL &&
+            stage_slice_seen(sl, in[i].offset, in[i].len) > 0 &&
+            check_resend(t, it, sl, &in[i], 0, err) != 0)
             goto fail;
     }
     /* Allocate new slices (and, eager, the new shadows), then take the chunks. */
@@ -326,14 +479,18 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
         }
         it = stage_find(&t->st, in[i].name, in[i].name_len);
         sl = stage_item_slice_at(it, in[i].start, counts[i]);
-        if (in[i].len > 0 && stage_slice_seen(sl, in[i].offset, in[i].len) > 0)
-            continue; /* a resent chunk: already have these bytes */
+        if (in[i].len > 0 && stage_slice_seen(sl, in[i].offset, in[i].len) > 0) {
+            /* A resend with the same bytes (checked above): note what pieces still being
+             * averaged must turn out to be. */
+            (void)check_resend(t, it, sl, &in[i], 1, err);
+            continue;
+        }
         if (!t->eager)
             memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
         else if (!it->stale && in[i].len > 0)
             eager_tasks(m, it, (uint32_t)(it - t->st.items),
                         sl->start + in[i].offset / dtype_size(it->dtype),
-                        in[i].len / dtype_size(it->dtype), in[i].data, &tl);
+                        in[i].len / dtype_size(it->dtype), in[i].data, &tl, &t->sums);
         stage_slice_got(sl, in[i].offset, in[i].len);
         (*staged_n)++;
     }
@@ -362,11 +519,18 @@ store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err)
 
     t->inflight--;
     if (!t->dead && (m = store_model_find(s, t->model, t->model_len)) != NULL) {
-        const item *bad = NULL;
+        const item *bad = NULL, *resent = NULL;
+        const chunk_sum *c;
+        uint64_t from = 0, count = 0;
         t->last_used_ms = now_ms;
         for (size_t i = 0; i < job->tasks.n; i++) {
             const task *k = &job->tasks.v[i];
             item *it = &t->st.items[k->tag];
+            if (k->hash && (c = sum_done(t, k)) != NULL && resent == NULL) {
+                resent = it;
+                from = c->e0;
+                count = c->n;
+            }
             if (k->found == 0) /* only counts (COUNT, EMA with count) set it */
                 continue;
             it->nonfinite += k->found;
@@ -375,6 +539,16 @@ store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err)
         }
         if (bad != NULL && m->cfg.nonfinite == EMAD_NONFINITE_REJECT && t->failed.code == 0) {
             rc = apply_fail_nonfinite(&t->failed, bad);
+            *err = t->failed;
+        }
+        if (resent != NULL && t->failed.code == 0) {
+            rc =
+                store_fail(&t->failed, EMAD_ECONFLICT, resent->name,
+                           "tensor '%s': a chunk with elements [%llu, %llu) was resent with other "
+                           "bytes while the first copy was being averaged; transaction %llu fails, "
+                           "nothing applied",
+                           resent->name, (unsigned long long)from,
+                           (unsigned long long)(from + count), (unsigned long long)t->id);
             *err = t->failed;
         }
     }

@@ -8,7 +8,9 @@ Environment:
 Each test that asks for ``daemon`` gets its own emad on 127.0.0.1 with a
 free port and a temporary --state-dir; it is killed at teardown. Every test
 is bounded in time: a hung test dumps its stack and exits the run after
-EMAD_TEST_TIMEOUT seconds (default 300).
+EMAD_TEST_TIMEOUT seconds (default 300). EMAD_TEST_TIMEOUT_SCALE (default 1)
+multiplies that and every other time bound of the tests (slow machines,
+sanitizers): use ``scaled(seconds)``.
 """
 
 import faulthandler
@@ -27,7 +29,13 @@ sys.path.insert(0, os.path.join(TOP, "client", "python"))  # harmless if PYTHONP
 import emad  # noqa: E402
 
 EMAD_BIN = os.environ.get("EMAD_BIN") or os.path.join(TOP, "emad")
-TEST_TIMEOUT = float(os.environ.get("EMAD_TEST_TIMEOUT", "300"))
+TIMEOUT_SCALE = float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE", "1") or 1)
+TEST_TIMEOUT = float(os.environ.get("EMAD_TEST_TIMEOUT", "300")) * TIMEOUT_SCALE
+
+
+def scaled(seconds):
+    """A time bound of the tests, times EMAD_TEST_TIMEOUT_SCALE."""
+    return seconds * TIMEOUT_SCALE
 
 
 def free_port():
@@ -44,19 +52,40 @@ class Daemon:
         os.makedirs(str(tmp_path), exist_ok=True)
         self.state_dir = str(tmp_path / "state")
         self.log = str(tmp_path / "emad.log")
+        self.extra_args = list(extra_args)
         self.proc = None
         for _ in range(3):  # another process may take the port between probe and bind
             self.port = free_port()
             self.url = "tcp://127.0.0.1:%d" % self.port
-            with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [EMAD_BIN, "--listen", self.url, "--state-dir", self.state_dir,
-                     "--log-level", "debug"] + list(extra_args),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            if self._wait_listening(10.0):
+            if self._start():
                 return
-            self.stop()
         raise RuntimeError("emad did not start; log:\n" + self.log_tail())
+
+    def _start(self):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [EMAD_BIN, "--listen", self.url, "--state-dir", self.state_dir,
+                 "--log-level", "debug"] + self.extra_args,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        if self._wait_listening(scaled(60.0)):
+            return True
+        self.stop()
+        return False
+
+    def kill(self):
+        """SIGKILL: no final snapshot."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(scaled(60))
+            self.proc = None
+
+    def restart(self):
+        """Start again on the same port and state directory (after stop() or kill())."""
+        deadline = time.monotonic() + scaled(30)
+        while not self._start():  # the port may linger for a moment
+            if time.monotonic() > deadline:
+                raise RuntimeError("emad did not restart; log:\n" + self.log_tail())
+            time.sleep(0.2)
 
     def _wait_listening(self, limit):
         deadline = time.monotonic() + limit
@@ -81,16 +110,16 @@ class Daemon:
             return ""
 
     def stop(self):
-        """SIGTERM, then SIGKILL after 10 s; returns the exit status."""
+        """SIGTERM, then SIGKILL after a minute (scaled); returns the exit status."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(scaled(60))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+                self.proc.wait(scaled(60))
         status, self.proc = self.proc.returncode, None
         return status
 
@@ -118,7 +147,7 @@ def daemon(tmp_path):
 @pytest.fixture
 def client(daemon):
     """An emad.Client connected to the test's daemon (closed at teardown)."""
-    c = emad.Client(daemon.url, timeout=30, connect_timeout=5)
+    c = emad.Client(daemon.url, timeout=scaled(300), connect_timeout=scaled(60))
     yield c
     c.close()
 

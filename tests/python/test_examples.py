@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import TOP  # noqa: E402
+from conftest import TOP, scaled  # noqa: E402
 
 EXAMPLES = os.path.join(TOP, "examples")
 LINE = re.compile(r"^step (\d+) ema_loss (\S+) ema_acc (\S+) pull_ms (\S+)$")
@@ -23,16 +23,16 @@ def test_trainer_and_evaluator_side_by_side(daemon, tmp_path):
     common = ["--url", daemon.url, "--model", "ex"]
     evaluator = subprocess.Popen(
         [sys.executable, os.path.join(EXAMPLES, "evaluate.py"), "--interval", "0.2",
-         "--until-step", str(steps), "--timeout", "120"] + common,
+         "--until-step", str(steps), "--timeout", str(scaled(600))] + common,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         trainer = subprocess.run(
             [sys.executable, os.path.join(EXAMPLES, "train.py"), "--steps", str(steps),
              "--sleep", "0.02", "--batch", "32"] + common,
-            env=env, capture_output=True, text=True, timeout=180)
+            env=env, capture_output=True, text=True, timeout=scaled(900))
         assert trainer.returncode == 0, trainer.stderr
         assert "done: %d steps" % steps in trainer.stdout
-        out, err = evaluator.communicate(timeout=150)
+        out, err = evaluator.communicate(timeout=scaled(900))
     finally:
         if evaluator.poll() is None:
             evaluator.kill()

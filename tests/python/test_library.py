@@ -15,7 +15,7 @@ import pytest
 
 import emad
 from emad import _lib
-from conftest import TOP
+from conftest import TOP, scaled
 
 PYPATH = os.path.join(TOP, "client", "python")
 
@@ -23,7 +23,7 @@ PYPATH = os.path.join(TOP, "client", "python")
 def run_python(code, env_extra, tmp_path):
     env = dict(os.environ, PYTHONPATH=PYPATH, **env_extra)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=scaled(300))
 
 
 PROBE = """
@@ -68,7 +68,8 @@ def _build_fake(tmp_path, source, name):
     src = tmp_path / (name + ".c")
     src.write_text(source)
     out = tmp_path / (name + ".so")
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(src)], check=True, timeout=60)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(src)], check=True,
+                   timeout=scaled(300))
     return str(out)
 
 
@@ -96,7 +97,7 @@ def test_the_build_tree_library_is_found_without_environment(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "EMAD_LIBRARY"}
     env["PYTHONPATH"] = PYPATH
     r = subprocess.run([sys.executable, "-c", "import emad; print(emad.library_path())"], env=env,
-                       cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+                       cwd=str(tmp_path), capture_output=True, text=True, timeout=scaled(300))
     assert r.returncode == 0, r.stderr
     assert os.path.realpath(r.stdout.strip()) == os.path.realpath(built)
 
@@ -128,8 +129,9 @@ def test_ctypes_structs_match_the_c_header(tmp_path):
     (tmp_path / "layout.c").write_text(src)
     exe = str(tmp_path / "layout")
     subprocess.run([cc, "-I", os.path.dirname(header), "-o", exe, str(tmp_path / "layout.c")],
-                   check=True, timeout=60)
-    out = subprocess.run([exe], capture_output=True, text=True, check=True, timeout=60).stdout
+                   check=True, timeout=scaled(300))
+    out = subprocess.run([exe], capture_output=True, text=True, check=True,
+                         timeout=scaled(300)).stdout
     c_layout = dict(line.rsplit(" ", 1) for line in out.splitlines())
     for cname, py in structs.items():
         assert int(c_layout[cname]) == ctypes.sizeof(py), cname

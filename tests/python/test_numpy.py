@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import emad
-from conftest import Daemon
+from conftest import Daemon, scaled
 
 
 def ema_reference(values, decay):
@@ -285,27 +285,29 @@ def test_one_client_shared_by_threads(client):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(scaled(300))
     assert not errors, errors
 
 
 def test_flush_with_a_timeout(client, monkeypatch):
-    import time
+    import threading
 
     import emad._client as ec
 
     real = ec._push_entries
+    release = threading.Event()
 
-    def slow(*args):
-        time.sleep(0.5)
+    def held(*args):
+        release.wait(scaled(300))  # the send stays in flight until the flush has timed out
         return real(*args)
 
     client.create("m")
-    monkeypatch.setattr(ec, "_push_entries", slow)
+    monkeypatch.setattr(ec, "_push_entries", held)
     client.push("m", 1, {"w": np.ones(2, np.float32)}, wait=False)
     with pytest.raises(emad.Error) as ei:
         client.flush(timeout=0.05)
     assert ei.value.code == emad.ETIMEDOUT
+    release.set()
     client.flush()
     assert client.pull("m").step == 1
 

@@ -8,7 +8,6 @@ here.
 """
 
 import copy
-import time
 from collections import OrderedDict
 
 import numpy as np
@@ -18,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import emad  # noqa: E402
-from conftest import needs  # noqa: E402
+from conftest import needs, scaled  # noqa: E402
 
 
 class ReferenceEMA(nn.Module):
@@ -244,6 +243,8 @@ def test_close_flushes_and_raises_a_pending_error(daemon):
 
 
 def test_async_push_captures_values_and_applies_back_pressure(client, monkeypatch):
+    import threading
+
     import emad._client as ec
 
     model = nn.Linear(100, 100)
@@ -251,26 +252,32 @@ def test_async_push_captures_values_and_applies_back_pressure(client, monkeypatc
     in_flight = []
     sent = []
     real = ec._push_entries
+    started, release = threading.Event(), threading.Event()
 
-    def slow_push(conn, model_name, step, entries, writer):
+    def held_push(conn, model_name, step, entries, writer):
         in_flight.append(client._sender.pending)
-        time.sleep(1.0)  # a slow send: long enough to tell waiting from not waiting
+        started.set()
+        release.wait(scaled(300))  # each send stays in flight until the test releases it
         sent.append(step)
         return real(conn, model_name, step, entries, writer)
 
-    monkeypatch.setattr(ec, "_push_entries", slow_push)
+    monkeypatch.setattr(ec, "_push_entries", held_push)
     before = model.weight.detach().clone()
-    t0 = time.monotonic()
     client.push_module("a", model, 1, wait=False)
-    first = time.monotonic() - t0
+    assert sent == []  # returned while step 1's send is held: it did not wait for it
     with torch.no_grad():
         model.weight.add_(1.0)  # after capture: not part of step 1
-    t1 = time.monotonic()
-    client.push_module("a", model, 2, wait=False)  # waits for step 1 (one in flight)
-    second = time.monotonic() - t1
+    assert started.wait(scaled(300))
+    second = threading.Thread(target=client.push_module, args=("a", model, 2),
+                              kwargs={"wait": False})
+    second.start()  # one push in flight: this one waits for step 1's send
+    second.join(0.2)
+    assert second.is_alive(), "the second push did not wait for the one in flight"
+    assert sent == []
+    release.set()
+    second.join(scaled(300))
+    assert not second.is_alive()
     client.flush()
-    assert first < 0.5, first
-    assert second > 0.4, second  # blocked on step 1's send
     assert sent == [1, 2] and max(in_flight) == 1
     sd = client.pull_state_dict("a")
     c = torch.tensor(0.5, dtype=torch.float32)

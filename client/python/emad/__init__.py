@@ -25,6 +25,8 @@ the whole API.
 from ._arrays import BFLOAT16, Shard, Typed
 from ._client import Client, ModelInfo, PushResult, StateDict, TensorInfo
 from ._lib import DEFAULT_DECAY, DEFAULT_URL, ERRORS, Error, LibraryError, library_path
+from ._modules import LoadError, LoadResult
+from ._sender import LostStepsWarning, UnavailableWarning
 
 
 def library_version():
@@ -44,12 +46,16 @@ _API = [
     "ERRORS",
     "Error",
     "LibraryError",
+    "LoadError",
+    "LoadResult",
+    "LostStepsWarning",
     "ModelInfo",
     "PushResult",
     "Shard",
     "StateDict",
     "TensorInfo",
     "Typed",
+    "UnavailableWarning",
     "library_path",
     "library_version",
 ]

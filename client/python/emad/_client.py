@@ -3,20 +3,23 @@
 :class:`Client` wraps one libemad connection (``emad_client *``, guarded by a
 lock because libemad clients are not thread-safe) and, once the first
 asynchronous push is made, a second connection owned by a background sender
-thread (:class:`_Sender`). Every method raises :class:`emad.Error` on failure,
-with libemad's code and the daemon's message.
+thread (:class:`emad._sender.Sender`). Every method raises :class:`emad.Error`
+on failure, with libemad's code and the daemon's message. What a push does
+when the daemon is away is its ``on_unavailable`` policy (:mod:`emad._sender`);
+the data-parallel split is :mod:`emad._parallel`, loading into modules
+:mod:`emad._modules`.
 """
 
 import collections
 import ctypes
 import math
 import os
-import queue
 import threading
+import time
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _modules, _parallel, _sender
 from ._lib import (BUFFER, DEFAULT_DECAY, DEFAULT_URL, DTYPE_NAMES, DTYPE_SIZES, DTYPES, ERRORS,
                    FLOAT_DTYPES, KIND_NAMES, MAX_DECAYS, MAX_GLOBS, PARAM, Error, ModelConfig,
                    ModelInfoC, Options, PullOptions, PushResult as _PushResultC, Stat, Tensor, lib)
@@ -57,6 +60,23 @@ class StateDict(collections.OrderedDict):
         self.step = 0
         self.steps = {}
         self.dtypes = {}
+
+    def __reduce_ex__(self, protocol):
+        # Pickled (torch.save) as a plain dict: the file loads where emad is not installed.
+        return (dict, (), None, None, iter(self.items()))
+
+    def __copy__(self):
+        out = StateDict(self)
+        out.model, out.step, out.steps, out.dtypes = self.model, self.step, self.steps, self.dtypes
+        return out
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        out = StateDict((k, copy.deepcopy(v, memo)) for k, v in self.items())
+        out.model, out.step = self.model, self.step
+        out.steps, out.dtypes = dict(self.steps), dict(self.dtypes)
+        return out
 
 
 def _check_rc(lib_, handle, rc, what=None):
@@ -148,85 +168,15 @@ def _push_entries(conn, model, step, entries, writer):
                       bool(res.pending))
 
 
-class _Sender:
-    """Background pushes: a thread with its own connection, fed through a bounded queue.
-
-    At most ``max_pending`` captured steps exist at once (queued or being
-    sent); :meth:`submit` blocks until one of the ``max_pending`` staging
-    buffers is free (back-pressure). The first error is kept and raised by
-    :meth:`check`; the pushes after it are still attempted.
-    """
-
-    def __init__(self, lib_, url, opts, max_pending):
-        self.conn = _Conn(lib_, [url], opts)
-        self.free = queue.Queue()
-        for _ in range(max_pending):
-            self.free.put(_arrays.Staging())
-        self.max_pending = max_pending
-        self.work = queue.Queue()
-        self.cond = threading.Condition()
-        self.pending = 0
-        self.error = None
-        self.more_errors = 0
-        self.thread = threading.Thread(target=self._run, name="emad-push", daemon=True)
-        self.thread.start()
-
-    def submit(self, model, step, entries, writer):
-        """Capture entries into a free staging buffer (waiting for one) and queue the push."""
-        staging = self.free.get()
-        try:
-            self.check()  # the push this one waited for may have failed: say so now
-            staging.stage(entries)
-        except BaseException:
-            self.free.put(staging)
-            raise
-        with self.cond:
-            self.pending += 1
-        self.work.put((model, step, entries, writer, staging))
-
-    def _run(self):
-        while True:
-            item = self.work.get()
-            if item is None:
-                return
-            model, step, entries, writer, staging = item
-            try:
-                _push_entries(self.conn, model, step, entries, writer)
-            except Exception as e:  # kept for the caller's next call
-                with self.cond:
-                    if self.error is None:
-                        self.error = e
-                    else:
-                        self.more_errors += 1
-            finally:
-                with self.cond:
-                    self.pending -= 1
-                    self.cond.notify_all()
-                self.free.put(staging)
-
-    def check(self):
-        """Raise the first error of an earlier background push, once."""
-        with self.cond:
-            e, n = self.error, self.more_errors
-            self.error, self.more_errors = None, 0
-        if e is None:
-            return
-        if isinstance(e, Error):
-            msg = "asynchronous push failed: %s" % e.message
-            if n:
-                msg += " (and %d later asynchronous push%s)" % (n, "es" if n > 1 else "")
-            raise Error(e.code, msg) from e
-        raise e
-
-    def wait(self, timeout=None):
-        """Wait until every queued push was sent; False on timeout."""
-        with self.cond:
-            return self.cond.wait_for(lambda: self.pending == 0, timeout)
-
-    def stop(self):
-        self.work.put(None)
-        self.thread.join()
-        self.conn.close()
+def _model_steps(conn):
+    """{model: committed step} of every model on conn's daemon (one `list` request)."""
+    p = ctypes.POINTER(ModelInfoC)()
+    n = ctypes.c_size_t()
+    conn.call("list", ctypes.byref(p), ctypes.byref(n))
+    try:
+        return {p[i].name.decode("utf-8"): p[i].step for i in range(n.value)}
+    finally:
+        conn.lib.free(p)
 
 
 def _default_urls(url_or_urls):
@@ -252,16 +202,31 @@ class Client:
         timeout: seconds per request (send and reply), default 30.
         connect_timeout: seconds for the first contact, default 5.
         max_pending: asynchronous pushes (``wait=False``) captured but not yet
-            sent, at most; a further one blocks until the oldest is sent.
-            Each holds one host copy of the pushed tensors. Default 1.
+            sent, at most; a further one waits until the oldest is sent
+            (while the daemon answers; see on_unavailable). Each holds one
+            host copy of the pushed tensors. Default 1.
         chunk_bytes, max_reply_bytes: libemad's message size options (bytes).
+        on_unavailable: what a push does when the daemon cannot be reached:
+            "skip" (drop it, count it, warn once a minute, reconnect in the
+            background), "raise" or "block" (retry until it is back).
+            Default None: "skip" for asynchronous pushes, "raise" for
+            synchronous ones. Each push may override it.
+        max_wait: under "skip", the longest an asynchronous push waits for
+            the one in flight while the daemon's address answers (seconds;
+            None: no limit). Default 10.
+        warn_interval: seconds between two warnings about skipped pushes.
+        check_restarts: before each asynchronous push, compare the model's
+            step on the daemon with the highest this client saw, to report
+            a daemon restarted from an older snapshot (one `list` request on
+            the background connection). Default True.
 
     A Client may be shared by threads (calls are serialized); it is a
     context manager, and :meth:`close` flushes asynchronous pushes.
     """
 
     def __init__(self, url_or_urls=None, timeout=30.0, connect_timeout=5.0, max_pending=1,
-                 chunk_bytes=None, max_reply_bytes=None):
+                 chunk_bytes=None, max_reply_bytes=None, on_unavailable=None, max_wait=10.0,
+                 warn_interval=_sender.WARN_INTERVAL, check_restarts=True):
         self._lib = lib()
         self._opts = Options()
         self._lib.fn("options_init")(ctypes.byref(self._opts))
@@ -274,7 +239,12 @@ class Client:
         if int(max_pending) < 1:
             raise Error(ERRORS["EMAD_EINVAL"], "max_pending must be at least 1")
         self._max_pending = int(max_pending)
+        self._policy = None if on_unavailable is None else _sender.check_policy(on_unavailable)
+        self._max_wait = max_wait
+        self._check_restarts = bool(check_restarts)
+        self._health = _sender.Health(float(warn_interval))
         self._sender = None
+        self._retired = []  # senders given up with a push in flight (see _sender_for_async)
         self._sender_lock = threading.Lock()
         self._staging = _arrays.Staging()  # device-to-host copies of synchronous pushes
         self._staging_lock = threading.Lock()
@@ -294,11 +264,31 @@ class Client:
         return self._lib.path
 
     def _check(self):
-        """Raise a pending error of an earlier asynchronous push."""
+        """Raise a pending error of an earlier asynchronous push; issue queued warnings."""
         if self._conn is None or self._conn.handle is None:
             raise Error(ERRORS["EMAD_EINVAL"], "the client is closed")
+        self._health.warn_pending()
         if self._sender is not None:
             self._sender.check()
+
+    def health(self):
+        """Counters of this client's pushes, as a dict (never contacts the daemon).
+
+        ``pushes`` (push calls), ``sent`` (taken by the daemon), ``skipped``
+        (dropped under on_unavailable="skip": ``skipped_unavailable`` when the
+        daemon was unreachable, ``skipped_busy`` after waiting max_wait for a
+        daemon that answers but did not finish the previous push),
+        ``retries`` (under "block"), ``failures`` (asynchronous pushes that
+        raised), ``reconnects``, ``restarts_behind`` (times a model's step went
+        back on the daemon) and ``steps_lost`` (steps it went back in all),
+        ``bytes`` (tensor bytes sent), ``available`` (the daemon answered the
+        last attempt), ``pending`` (asynchronous pushes not yet sent or
+        dropped), ``last_error`` (text or None), ``steps`` ({model: highest
+        committed step seen}).
+        """
+        self._health.warn_pending()
+        senders = [s for s in [self._sender] + self._retired if s is not None]
+        return self._health.snapshot(sum(s.pending for s in senders))
 
     def flush(self, timeout=None):
         """Wait until every asynchronous push was sent; raise the first error among them.
@@ -309,6 +299,7 @@ class Client:
             if not self._sender.wait(timeout):
                 raise Error(ERRORS["EMAD_ETIMEDOUT"],
                             "flush: asynchronous pushes still pending after %gs" % timeout)
+            self._health.warn_pending()
             self._sender.check()
 
     def close(self):
@@ -511,6 +502,14 @@ class Client:
             self._lib.fn("tensors_free")(p, n)
         return _model_info(info), tensors
 
+    def snapshot(self, model=None):
+        """Ask the daemon for a durable snapshot of model (None: every model); its step."""
+        self._check()
+        step = ctypes.c_uint64()
+        self._conn.call("snapshot", None if model is None else _bstr(model, "model"),
+                        ctypes.byref(step), feature="snapshot()")
+        return step.value
+
     def stats(self):
         """The daemon's counters as a dict name -> int."""
         self._check()
@@ -526,28 +525,80 @@ class Client:
 
     def _sender_for_async(self):
         with self._sender_lock:
+            if self._sender is not None and self._sender.retired:
+                # the daemon went away with a push in flight: that thread waits for its
+                # request timeout; a new sender reconnects as soon as the daemon is back
+                self._retired = [s for s in self._retired if s.thread.is_alive()]
+                self._retired.append(self._sender)
+                self._sender = None
             if self._sender is None:
-                self._sender = _Sender(self._lib, self._conn.url, self._opts, self._max_pending)
+                url = self._conn.url
+                self._sender = _sender.Sender(
+                    lambda: _Conn(self._lib, [url], self._opts),
+                    lambda *args: _push_entries(*args), _model_steps,
+                    url, self._max_pending, self._health, self._max_wait, self._check_restarts)
             return self._sender
 
-    def _push(self, model, step, entries, wait, writer):
+    def _push(self, model, step, entries, wait, writer, on_unavailable):
         _bstr(model, "model")
         if not entries:
             raise Error(ERRORS["EMAD_EINVAL"], "push of no tensors")
         if writer is not None:
             self._lib.fn("push_as", feature="push(writer=...)")
+        policy = on_unavailable or self._policy or ("skip" if not wait else "raise")
+        _sender.check_policy(policy)
         if not wait:
-            self._sender_for_async().submit(model, int(step), entries, writer)
+            self._sender_for_async().submit(model, int(step), entries, writer, policy)
+            self._health.warn_pending()
             return None
         if self._sender is not None:  # keep pushes in step order
             self.flush()
         if all(e.on_host for e in entries):
-            return _push_entries(self._conn, model, step, entries, writer)
+            return self._push_now(model, step, entries, writer, policy)
         with self._staging_lock:  # device tensors: one host copy in the reused buffer
             self._staging.stage(entries)
-            return _push_entries(self._conn, model, step, entries, writer)
+            return self._push_now(model, step, entries, writer, policy)
 
-    def push(self, model, step, params, buffers=None, writer=None, wait=True):
+    def _push_now(self, model, step, entries, writer, policy):
+        """A synchronous push on the main connection under policy; None if skipped."""
+        health = self._health
+        health.add("pushes")
+        delay = _sender.RETRY_FIRST
+        while True:
+            recovering = not health.available
+            if recovering and policy == "skip" and not _sender.probe(self._conn.url):
+                health.skip("unavailable")
+                health.warn_pending()
+                return None
+            try:
+                if recovering and self._check_restarts and model in health.seen:
+                    steps = _model_steps(self._conn)
+                    if model in steps:
+                        health.saw_step(model, steps[model])
+                res = _push_entries(self._conn, model, step, entries, writer)
+            except Error as e:
+                if not _sender.unavailable(e) or policy == "raise":
+                    if _sender.unavailable(e):
+                        health.set_available(False, e)
+                    raise
+                health.set_available(False, e)
+                if policy == "skip":
+                    health.skip("unavailable", e)
+                    health.warn_pending()
+                    return None
+                health.add("retries")  # "block": nanomsg reconnects; try again
+                time.sleep(delay)
+                delay = min(delay * 2, _sender.RETRY_MAX)
+                continue
+            health.set_available(True)
+            health.add("sent")
+            health.add("bytes", sum(e.nbytes for e in entries))
+            health.saw_step(model, res.step)
+            health.warn_pending()
+            return res
+
+    def push(self, model, step, params, buffers=None, writer=None, wait=True,
+             on_unavailable=None):
         """Push one training step's values.
 
         Args:
@@ -561,17 +612,20 @@ class Client:
             writer: push as this writer of a model created with writers=N.
             wait: False returns once the values are copied; a background
                 thread sends them (see push_module).
+            on_unavailable: "skip", "raise" or "block" (see :class:`Client`).
 
         Arrays are sent without a copy when they are C-contiguous and
         little-endian (otherwise one contiguous copy is made). Returns a
-        :class:`PushResult` (None when wait is False).
+        :class:`PushResult` (None when wait is False, or when the push was
+        skipped).
         """
         self._check()
         entries = [_arrays.make_entry(k, PARAM, v) for k, v in params.items()]
         entries += [_arrays.make_entry(k, BUFFER, v) for k, v in (buffers or {}).items()]
-        return self._push(model, step, entries, wait, writer)
+        return self._push(model, step, entries, wait, writer, on_unavailable)
 
-    def push_module(self, model, module, step, wait=True, writer=None, include_frozen=False):
+    def push_module(self, model, module, step, wait=True, writer=None, include_frozen=False,
+                    rank=None, world_size=None, on_unavailable=None):
         """Push a torch module's state at a training step.
 
         Trainable parameters (``requires_grad=True`` in ``named_parameters()``)
@@ -586,12 +640,26 @@ class Client:
         With ``wait=False`` the call returns as soon as the tensors are
         copied; a background thread sends them. At most ``max_pending``
         (default 1) such pushes are outstanding: the next one waits for the
-        oldest to be sent. Errors surface on the next call or on
-        :meth:`flush`; :meth:`close` flushes.
+        oldest to be sent, unless the daemon is unreachable (on_unavailable,
+        default "skip": the push is dropped and counted in :meth:`health`).
+        Errors surface on the next call or on :meth:`flush`; :meth:`close`
+        flushes.
+
+        Data-parallel training: with ``world_size`` > 1 (by default
+        ``torch.distributed``'s rank and world size when it is initialised),
+        the tensors are split among the ranks balanced by bytes, every rank
+        computing the same plan, and this rank pushes its part as writer
+        ``rank`` of a model created with ``writers=world_size``; buffers are
+        pushed by rank 0 only. An explicit ``writer`` turns the split off.
         """
         self._check()
         entries = _module_entries(module, include_frozen)
-        return self._push(model, step, entries, wait, writer)
+        if writer is None:
+            rank, world_size = _parallel.rank_and_size(rank, world_size)
+            if world_size > 1:
+                entries = _parallel.split(entries, world_size)[rank]
+                writer = rank
+        return self._push(model, step, entries, wait, writer, on_unavailable)
 
     # ---- pull --------------------------------------------------------------------------------
 
@@ -712,24 +780,31 @@ class Client:
         return sd
 
     def load_into(self, module, model, strict=True, decay=None):
-        """Load a model's EMA into a torch module; returns the model's step.
+        """Load a model's EMA into a torch module; returns a :class:`LoadResult` (an int: the step).
 
-        Pulls a state dict (converting each tensor to the module's dtype and
-        device), fills keys that alias a pulled tensor in the module (tied
-        weights), and calls ``module.load_state_dict(sd, strict=strict)``.
+        Keys match directly or after stripping wrapper prefixes on either
+        side (``module.`` of DDP/DataParallel, ``_orig_mod.`` of
+        torch.compile); tied weights are filled from the tensor they share;
+        each tensor is converted to the module's dtype and device. With
+        strict=True a key missing on either side raises :class:`LoadError`
+        (an :class:`Error`) naming every one; with strict=False the rest is
+        loaded and the result's ``missing`` and ``unexpected`` list them
+        (frozen/LoRA models whose frozen weights were not pushed). A model
+        with no tensors yet, or a shape that differs, is always an error.
         """
         sd = self.pull_state_dict(model, decay=decay)
-        own = module.state_dict(keep_vars=True)
-        groups = collections.defaultdict(list)
-        for k, v in own.items():
-            groups[id(v)].append(k)
-        for keys in groups.values():
-            present = [k for k in keys if k in sd]
-            for k in keys:
-                if k not in sd and present:
-                    sd[k] = sd[present[0]]
-        module.load_state_dict(sd, strict=strict)
-        return sd.step
+        return _modules.load(module, sd, strict, model)
+
+    def averaged(self, module, model, strict=True, decay=None):
+        """Context manager: the module holds the model's EMA inside the block, its own after.
+
+        ``with client.averaged(net, "run1") as r: evaluate(net)``. The values
+        the EMA replaced are copied aside (one copy, on their device) and
+        put back when the block ends, also when it raises; ``r`` is the
+        :class:`LoadResult`. Matching and strict= as :meth:`load_into`.
+        """
+        sd = self.pull_state_dict(model, decay=decay)
+        return _modules.averaged(module, sd, strict, model)
 
 
 def _model_info(c):

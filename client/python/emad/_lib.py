@@ -12,7 +12,11 @@ Library search order (the first that exists and loads wins):
 2. the libtool build tree this package sits in
    (``<top_builddir>/.libs/libemad.so`` for ``client/python/emad``);
 3. the ``libdir`` recorded at ``make install`` time (``emad/_paths.py``);
-4. ``libemad.so.0`` through the dynamic loader's own search path.
+4. the ``libdir`` of ``pkg-config libemad`` (``PKG_CONFIG_PATH`` is honoured),
+   for a package installed by pip next to a libemad installed anywhere;
+5. ``<sys.prefix>/lib`` (libemad configured with ``--prefix`` of the venv);
+6. ``libemad.so.0`` through the dynamic loader's own search path
+   (``ldconfig``, ``LD_LIBRARY_PATH``).
 
 Symbols added after 0.1.0's core API (model configuration, pull options,
 writers) are looked up lazily: a library without them still serves the core
@@ -22,6 +26,8 @@ calls, and a call that needs one raises :class:`Error` naming the symbol.
 import collections.abc
 import ctypes
 import os
+import subprocess
+import sys
 import threading
 
 __all__ = [
@@ -294,6 +300,7 @@ _OPTIONAL = {
     "emad_push_as": (_int, [_client_p, _str, _u64, ctypes.c_uint32, _P(Tensor), _size,
                             _P(PushResult)]),
     "emad_struct_size": (_size, [ctypes.c_char_p]),
+    "emad_snapshot": (_int, [_client_p, _str, _P(_u64)]),
     "emad_pull_options_init": (_void, [_P(PullOptions)]),
     "emad_pull_ex": (_int, [_client_p, _str, _P(_str), _size, _P(PullOptions), _P(_P(Model))]),
     "emad_pull_into_ex": (_int, [_client_p, _str, _P(Tensor), _size, _P(PullOptions),
@@ -415,8 +422,24 @@ def _candidates():
         out.append((p, "installed libdir"))
     except ImportError:
         pass
+    libdir = _pkg_config_libdir()
+    if libdir:
+        out.append((os.path.join(libdir, "libemad.so.0"), "pkg-config libemad"))
+    p = os.path.join(sys.prefix, "lib", "libemad.so.0")
+    if os.path.exists(p):
+        out.append((p, "sys.prefix"))
     out.append(("libemad.so.0", "dynamic loader search path"))
     return out, False
+
+
+def _pkg_config_libdir():
+    """libdir of `pkg-config libemad`, or None (no pkg-config, no libemad.pc)."""
+    try:
+        r = subprocess.run(["pkg-config", "--variable=libdir", "libemad"], capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
 _lib = None
