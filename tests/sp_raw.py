@@ -1,5 +1,6 @@
 """Requests to emad over a plain TCP socket: nanomsg's SP-over-TCP framing by hand, so a test can
 send what no client library would (bad names, exact sizes, keys of newer protocols)."""
+import os
 import socket
 import struct
 
@@ -9,9 +10,11 @@ REQ = 48
 
 
 class Conn:
-    """One REQ connection to emad on 127.0.0.1:port (SP handshake done)."""
+    """One REQ connection to emad on 127.0.0.1:port (SP handshake done); every wait is at most
+    60 s times $EMAD_TEST_TIMEOUT_SCALE."""
 
-    def __init__(self, port, timeout=60):
+    def __init__(self, port):
+        timeout = 60 * float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)
         self.s = socket.create_connection(("127.0.0.1", port), timeout)
         self.s.settimeout(timeout)
         self.rid = 0

@@ -15,12 +15,12 @@ top_srcdir=${top_srcdir:-.}
 
 [ -x "$EMAD" ] || fail "$EMAD not built"
 [ -x "$EMACTL" ] || fail "$EMACTL not built"
-timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
+timeout "$T" "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
 
 # save PATH NTENSORS BIG_ELEMENTS: NTENSORS small tensors t000.. and one "big" of BIG_ELEMENTS
 # float32 values, all with values computed from their index.
 save() {
-    timeout 120 "$PYTHON3" - "$top_srcdir/tests" "$@" <<'EOF' || fail "cannot write $1"
+    timeout "$T" "$PYTHON3" - "$top_srcdir/tests" "$@" <<'EOF' || fail "cannot write $1"
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -42,7 +42,7 @@ ctl import imp "$work/ok.safetensors" >"$work/out" 2>"$work/err" ||
     fail "import of a 5 MiB tensor: $(cat "$work/err")"
 grep -q "122 tensors seeded" "$work/out" || fail "import output: $(cat "$work/out")"
 ctl pull imp "$work/pulled.safetensors" >/dev/null 2>"$work/err" || fail "pull: $(cat "$work/err")"
-timeout 60 "$PYTHON3" - "$top_srcdir/tests" "$work/ok.safetensors" "$work/pulled.safetensors" <<'EOF' ||
+timeout "$T" "$PYTHON3" - "$top_srcdir/tests" "$work/ok.safetensors" "$work/pulled.safetensors" <<'EOF' ||
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np

@@ -19,11 +19,11 @@ top_srcdir=${top_srcdir:-.}
 
 [ -x "$EMAD" ] || fail "$EMAD not built"
 [ -x "$EMACTL" ] || fail "$EMACTL not built"
-timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
+timeout "$T" "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
 
 # many PATH N: a state dict of N one-element tensors layer00000.w, ...
 many() {
-    timeout 60 "$PYTHON3" - "$top_srcdir/tests" "$1" "$2" <<'EOF' || fail "cannot write $1"
+    timeout "$T" "$PYTHON3" - "$top_srcdir/tests" "$1" "$2" <<'EOF' || fail "cannot write $1"
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -41,7 +41,7 @@ start_daemon --max-message-bytes 65536
 ctl create m --decay 0.5 >/dev/null || fail "create m"
 ctl push m "$work/many.safetensors" --step 1 >/dev/null || fail "push of $ntensors tensors"
 
-timeout 120 "$PYTHON3" - "$port" "$top_srcdir/tests" "$ntensors" <<'EOF' || fail "raw requests failed"
+timeout "$T" "$PYTHON3" - "$port" "$top_srcdir/tests" "$ntensors" <<'EOF' || fail "raw requests failed"
 import struct
 import sys
 
@@ -143,7 +143,7 @@ many "$work/12k.safetensors" 12000
 start_daemon
 ctl create big --decay 0.5 >/dev/null || fail "create big"
 ctl push big "$work/12k.safetensors" --step 1 >/dev/null || fail "push of 12000 tensors"
-timeout 60 "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "default pages failed"
+timeout "$T" "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "default pages failed"
 import sys
 sys.path.insert(0, sys.argv[2])
 from msgpack_min import pack  # noqa: E402
