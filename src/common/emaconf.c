@@ -179,6 +179,10 @@ emaconf_check(const emad_model_config *cfg, char *why, size_t size)
     }
     if (emaconf_schedule_name(cfg->schedule) == NULL)
         return bad(why, size, "schedule must be constant, num_updates or warmup");
+    if (cfg->update_after_step > EMACONF_MAX_UPDATE_AFTER_STEP)
+        return bad(why, size, "update_after_step %llu is out of range: at most %llu (2^63 - 1)",
+                   (unsigned long long)cfg->update_after_step,
+                   (unsigned long long)EMACONF_MAX_UPDATE_AFTER_STEP);
     if (emaconf_step_gap_name(cfg->step_gap) == NULL)
         return bad(why, size, "step_gap must be ignore or compensate");
     if (emaconf_buffers_name(cfg->buffers) == NULL)
