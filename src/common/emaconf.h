@@ -70,7 +70,7 @@ void emaconf_init(emad_model_config *cfg);
  * duplicates), enums in range, update_after_step <= 2^63 - 1, inv_gamma
  * and power finite and > 0,
  * min_decay in [0, 1], writers 1..EMAD_MAX_WRITERS, patterns 1..
- * EMAD_MAX_GLOB_BYTES bytes. Returns 0 or EMAD_ERANGE with why (a message
+ * EMAD_MAX_GLOB_BYTES bytes of UTF-8 without control characters. Returns 0 or EMAD_ERANGE with why (a message
  * of up to size bytes) filled.
  */
 int emaconf_check(const emad_model_config *cfg, char *why, size_t size);
