@@ -123,7 +123,7 @@ push_head(const char *model, uint64_t writer, size_t count)
     msgpack_pack_array(&pk, count);
 }
 
-/* Pack one F32 param of numel elements holding element `start` only (the whole tensor if numel is 1). */
+/* Pack an F32 param of numel elements carrying element `start` (numel 1: the whole tensor). */
 static void
 pack_element(const char *name, uint64_t numel, uint64_t start)
 {
@@ -208,7 +208,8 @@ case_writers(server *srv)
 
     create(srv, "writers", WRITERS);
     for (unsigned w = 0; w < WRITERS; w++) {
-        double dt = push_slices(srv, "writers", w, (uint64_t)SLICES * WRITERS, WRITERS, SLICES, &ok);
+        double dt =
+            push_slices(srv, "writers", w, (uint64_t)SLICES * WRITERS, WRITERS, SLICES, &ok);
         all = all && ok;
         worst = dt > worst ? dt : worst;
     }
@@ -243,7 +244,9 @@ main(int argc, char **argv)
         const char *name;
         void (*run)(server *);
     } cases[] = {{"tensors", case_tensors},
-                 {"slices", case_slices}, {"writers", case_writers}, {"pull_dup", case_pull_dup}};
+                 {"slices", case_slices},
+                 {"writers", case_writers},
+                 {"pull_dup", case_pull_dup}};
     server_config cfg;
     server *srv;
 

@@ -346,8 +346,7 @@ START_TEST(test_limits_steps_names_and_update_after_step)
     ck_assert_int_eq(store_push(s, "m", 1, 5, 0, &meta, 1, 0, &res, &err), EMAD_ENAME);
     ck_assert_ptr_nonnull(strstr(err.message, "'__metadata__' is reserved"));
     ck_assert_int_eq(store_seed(s, "m", 1, 5, &meta, 1, 0, &res, &err), EMAD_ENAME);
-    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &meta, 1, 0, &staged, &err),
-                     EMAD_ENAME);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &meta, 1, 0, &staged, &err), EMAD_ENAME);
     meta.name_len = 11; /* "__metadata_" is an ordinary name */
     ck_assert_int_eq(store_push(s, "m", 1, 5, 0, &meta, 1, 0, &res, &err), 0);
     /* update_after_step: 2^63 - 1 at most, for create and configure. */
@@ -434,14 +433,20 @@ START_TEST(test_limits_full_model_still_snapshots)
     st = calloc(n, sizeof(*st));
     for (size_t i = 0; i < n; i++) {
         const tensor *t = m->tensors[i];
-        st[i] = (snapshot_tensor){.name = t->name, .kind = t->kind, .dtype = t->dtype,
-                                  .sdtype = t->sdtype, .averaged = t->averaged, .ndim = t->ndim,
-                                  .step = t->step, .data = t->shadow[0]->data, .nbytes = 0};
+        st[i] = (snapshot_tensor){.name = t->name,
+                                  .kind = t->kind,
+                                  .dtype = t->dtype,
+                                  .sdtype = t->sdtype,
+                                  .averaged = t->averaged,
+                                  .ndim = t->ndim,
+                                  .step = t->step,
+                                  .data = t->shadow[0]->data,
+                                  .nbytes = 0};
         memcpy(st[i].shape, t->shape, sizeof(st[i].shape));
     }
     snprintf(path, sizeof(path), "%s/full.safetensors", dir);
-    ck_assert_msg(snapshot_write_path(path, &(snapshot_meta){"m", m->step, 0, &m->cfg}, st, n,
-                                      NULL, &cause) == 0,
+    ck_assert_msg(snapshot_write_path(path, &(snapshot_meta){"m", m->step, 0, &m->cfg}, st, n, NULL,
+                                      &cause) == 0,
                   "%s", cause);
     file = tu_read_file(path, &flen);
     ck_assert_ptr_nonnull(file);

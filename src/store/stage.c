@@ -266,12 +266,13 @@ stage_header_cost(const char *name, size_t len, uint32_t ndim)
 int
 stage_check_header(const model *m, uint64_t cost, uint64_t count, store_err *err)
 {
-    if (cost <= STORE_MAX_HEADER_BYTES - m->header_bytes)
+    if (m->header_bytes <= STORE_MAX_HEADER_BYTES &&
+        cost <= STORE_MAX_HEADER_BYTES - m->header_bytes)
         return 0;
     return store_fail(err, EMAD_ELIMIT, NULL,
-                      "model '%s' cannot take %llu more tensor%s: with its %zu tensors its snapshot "
-                      "header would exceed %llu bytes (the safetensors limit is 100000000; "
-                      "docs/PROTOCOL.md, Limits)",
+                      "model '%s' cannot take %llu more tensor%s: with its %zu tensors its "
+                      "snapshot header would exceed %llu bytes (the safetensors limit is "
+                      "100000000; docs/PROTOCOL.md, Limits)",
                       m->name, (unsigned long long)count, count == 1 ? "" : "s", m->ntensors,
                       (unsigned long long)STORE_MAX_HEADER_BYTES);
 }

@@ -50,7 +50,7 @@ decay_list(char *buf, size_t size, const model *m)
 
 int
 store_decay_from_f32(store *s, const char *model_name, size_t len, double f, double *decay,
-                      store_err *err)
+                     store_err *err)
 {
     const model *m = store_model_get(s, model_name, len, err);
     char list[256], want[32];
