@@ -162,6 +162,47 @@ START_TEST(test_limits_writers_slices_interleaved)
 }
 END_TEST
 
+START_TEST(test_limits_txn_slices_in_order_and_not)
+{
+    /* A transaction's slices looked up by bisection while in order, by scanning once not. */
+    float v[64];
+    uint64_t id, staged;
+    store_input in;
+
+    make_store(1, EMAD_NONFINITE_REJECT);
+    for (size_t i = 0; i < 64; i++)
+        v[i] = (float)i;
+    ck_assert_int_eq(store_txn_begin(s, "m", 1, 1, 0, 0, &id, &err), 0);
+    for (size_t i = 0; i < 64; i += 4) {
+        if (i == 32)
+            continue; /* sent last, out of order */
+        in = f32("t", &v[i], 64, i, 4);
+        ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+        ck_assert_uint_eq(staged, 1);
+    }
+    in = f32("t", &v[8], 64, 8, 4); /* a resend */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 0);
+    in = f32("t", &v[30], 64, 30, 4); /* over [28, 32) and the missing [32, 36) */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EOVERLAP);
+    ck_assert_ptr_nonnull(strstr(err.message, "[30, 34) overlaps [28, 32)"));
+    in = f32("t", &v[62], 64, 62, 2); /* over the last slice */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EOVERLAP);
+    in = f32("t", &v[32], 64, 32, 4);
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    in = f32("t", &v[33], 64, 33, 2); /* now out of order: found by the scan */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), EMAD_EOVERLAP);
+    in = f32("t", &v[32], 64, 32, 4); /* and its resend */
+    ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+    ck_assert_uint_eq(staged, 0);
+    ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 1);
+    for (size_t i = 0; i < 64; i++)
+        ck_assert_float_eq(shadow("t", i), (float)i);
+    store_destroy(s);
+}
+END_TEST
+
 START_TEST(test_limits_pull_refuses_repeated_names)
 {
     const char *names[4] = {"a", "b", "a", "zz"};
@@ -697,6 +738,7 @@ limits_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_limits_many_slices_in_one_push);
     tcase_add_test(tc, test_limits_writers_slices_interleaved);
+    tcase_add_test(tc, test_limits_txn_slices_in_order_and_not);
     tcase_add_test(tc, test_limits_pull_refuses_repeated_names);
     tcase_add_test(tc, test_limits_seed_obeys_nonfinite);
     tcase_add_test(tc, test_limits_ids_are_random);

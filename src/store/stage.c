@@ -120,26 +120,59 @@ stage_item_add_slice(item *it, uint64_t start, uint64_t count)
     return sl;
 }
 
-/* A slice of it overlapping [start, start + count), or NULL. Empty slices overlap nothing. */
+/* In an item whose slices are in order: the index of the first slice starting at or after e. */
+static size_t
+first_from(const item *it, uint64_t e)
+{
+    size_t lo = 0, hi = it->nslices;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (it->slices[mid].start < e)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/*
+ * A slice of it overlapping [start, start + count), or NULL. Empty slices
+ * overlap nothing. The item's own slices must not overlap each other
+ * (transactions and pending steps): when they are in order, only the last
+ * one starting before start + count can overlap (binary search).
+ */
 const slice *
 stage_item_overlap(const item *it, uint64_t start, uint64_t count)
 {
+    if (count == 0)
+        return NULL;
+    if (!it->unsorted) {
+        for (size_t k = first_from(it, start + count); k-- > 0;) {
+            const slice *sl = &it->slices[k];
+            if (sl->count > 0)
+                return start < sl->start + sl->count ? sl : NULL;
+        }
+        return NULL;
+    }
     for (size_t k = 0; k < it->nslices; k++) {
         const slice *sl = &it->slices[k];
-        if (count > 0 && sl->count > 0 && start < sl->start + sl->count &&
-            sl->start < start + count)
+        if (sl->count > 0 && start < sl->start + sl->count && sl->start < start + count)
             return sl;
     }
     return NULL;
 }
 
-/* The slice of an item that is exactly [start, start + count), or NULL. */
+/* The slice of an item that is exactly [start, start + count), or NULL (bisected if in order). */
 slice *
 stage_item_slice_at(item *it, uint64_t start, uint64_t count)
 {
-    for (size_t k = 0; k < it->nslices; k++)
+    for (size_t k = it->unsorted ? 0 : first_from(it, start); k < it->nslices; k++) {
         if (it->slices[k].start == start && it->slices[k].count == count)
             return &it->slices[k];
+        if (!it->unsorted && it->slices[k].start > start)
+            break;
+    }
     return NULL;
 }
 
