@@ -203,6 +203,8 @@ apply_slice(const tensor *t, const slice *sl, void *dst, const void *src, double
     size_t ssz = dtype_size(t->sdtype);
     char *out = (char *)dst + sl->start * ssz;
 
+    if (sl->count == 0)
+        return; /* an empty tensor: its data may be NULL */
     if (!t->averaged) {
         memcpy(out, sl->data, sl->count * ssz);
     } else if (src == NULL || d == 0.0) {
@@ -417,7 +419,8 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
             unreserve(&p, 1);
             return store_fail(err, EMAD_ENOMEM, name, "tensor '%s': out of memory", name);
         }
-        memcpy(p.target[j]->data, shadows[j], nbytes);
+        if (nbytes > 0) /* an empty tensor's data may be NULL */
+            memcpy(p.target[j]->data, shadows[j], nbytes);
     }
     memset(&it, 0, sizeof(it));
     it.name = (char *)name;
