@@ -147,7 +147,7 @@ START_TEST(test_limits_writers_slices_interleaved)
             in[PER_WRITER - 1] = f32("t", &v[0], numel, 0, 4);
             ck_assert_int_eq(store_push(s, "m", 1, 1, w, in, PER_WRITER, 0, &res, &err),
                              EMAD_EOVERLAP);
-            ck_assert_ptr_nonnull(strstr(err.message, "pushed by another writer"));
+            ck_assert_ptr_nonnull(strstr(err.message, "[0, 4) overlaps [0, 1) pushed by writer 0"));
             in[PER_WRITER - 1] = bad;
         }
         ck_assert_int_eq(store_push(s, "m", 1, 1, w, in, PER_WRITER, 0, &res, &err), 0);
