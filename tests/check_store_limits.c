@@ -30,6 +30,7 @@
 #include "common/snapshot.h"
 #include "daemon/server.h"
 #include "store/store.h"
+#include "reqpack.h"
 #include "testutil.h"
 
 static store *s;
@@ -515,31 +516,13 @@ START_TEST(test_limits_full_model_still_snapshots)
 }
 END_TEST
 
-/* Over the wire: requests packed here and handled by an offline server (server_process()). */
+/* Over the wire: requests packed with reqpack and handled by an offline server (server_process()).
+ */
 static server *srv;
-static msgpack_sbuffer wb;
-static msgpack_packer wp;
+static rq w;
 static msgpack_unpacked wr;
 static void *wr_buf;
 static char wmsg[600];
-
-static void
-w_str(const char *v)
-{
-    msgpack_pack_str_with_body(&wp, v, strlen(v));
-}
-
-/* Start a request: a map of n keys besides v and op. */
-static void
-w_head(const char *op, size_t n)
-{
-    msgpack_sbuffer_clear(&wb);
-    msgpack_pack_map(&wp, n + 2);
-    w_str("v");
-    msgpack_pack_uint8(&wp, 1);
-    w_str("op");
-    w_str(op);
-}
 
 /* A value of a reply map, or NULL. */
 static const msgpack_object *
@@ -561,7 +544,7 @@ w_send(void)
 
     free(wr_buf);
     wr_buf = NULL;
-    server_process(srv, wb.data, wb.size, &wr_buf, &len);
+    server_process(srv, w.sb.data, w.sb.size, &wr_buf, &len);
     ck_assert_int_eq(msgpack_unpack_next(&wr, wr_buf, len, &off), MSGPACK_UNPACK_SUCCESS);
     if (w_get(&wr.data, "ok")->via.boolean)
         return 0;
@@ -575,7 +558,7 @@ w_send(void)
 static void
 w_serving(void)
 {
-    w_head("hello", 0);
+    rq_begin(&w, "hello", 0);
     ck_assert_int_eq(w_send(), 0);
 }
 
@@ -583,24 +566,8 @@ w_serving(void)
 static int
 w_push(const char *name, uint64_t step, float v)
 {
-    w_head("push", 3);
-    w_str("model");
-    w_str("m");
-    w_str("step");
-    msgpack_pack_uint64(&wp, step);
-    w_str("tensors");
-    msgpack_pack_array(&wp, 1);
-    msgpack_pack_map(&wp, 5);
-    w_str("name");
-    w_str(name);
-    w_str("kind");
-    w_str("param");
-    w_str("dtype");
-    w_str("F32");
-    w_str("shape");
-    msgpack_pack_array(&wp, 0);
-    w_str("data");
-    msgpack_pack_bin_with_body(&wp, &v, sizeof(v));
+    rq_begin_push(&w, "m", step, 1);
+    rq_tensor(&w, 5, name, "param", "F32", NULL, 0, &v, sizeof(v));
     return w_send();
 }
 
@@ -612,16 +579,14 @@ w_setup(void)
     server_config_init(&cfg);
     cfg.max_message_bytes = 1 << 20;
     srv = server_create_offline(&cfg);
-    msgpack_sbuffer_init(&wb);
-    msgpack_packer_init(&wp, &wb, msgpack_sbuffer_write);
+    rq_init(&w);
     msgpack_unpacked_init(&wr);
-    w_head("create", 2);
-    w_str("model");
-    w_str("m");
-    w_str("decays");
-    msgpack_pack_array(&wp, 2);
-    msgpack_pack_double(&wp, 0.999);
-    msgpack_pack_double(&wp, 0.9999);
+    rq_begin(&w, "create", 2);
+    rq_kv_str(&w, "model", "m");
+    rq_str(&w, "decays");
+    msgpack_pack_array(&w.pk, 2);
+    msgpack_pack_double(&w.pk, 0.999);
+    msgpack_pack_double(&w.pk, 0.9999);
     ck_assert_int_eq(w_send(), 0);
 }
 
@@ -631,7 +596,7 @@ w_teardown(void)
     msgpack_unpacked_destroy(&wr);
     free(wr_buf);
     wr_buf = NULL;
-    msgpack_sbuffer_destroy(&wb);
+    rq_free(&w);
     server_destroy(srv);
 }
 
@@ -642,14 +607,13 @@ w_pull(double decay, int f32)
     const msgpack_object *t;
     float v = NAN;
 
-    w_head("pull", 2);
-    w_str("model");
-    w_str("m");
-    w_str("decay");
+    rq_begin(&w, "pull", 2);
+    rq_kv_str(&w, "model", "m");
+    rq_str(&w, "decay");
     if (f32)
-        msgpack_pack_float(&wp, (float)decay);
+        msgpack_pack_float(&w.pk, (float)decay);
     else
-        msgpack_pack_double(&wp, decay);
+        msgpack_pack_double(&w.pk, decay);
     if (w_send() != 0)
         return NAN;
     t = w_get(&w_get(&wr.data, "tensors")->via.array.ptr[0], "data");
@@ -686,42 +650,34 @@ START_TEST(test_limits_wire_refusals_keep_serving)
     w_serving();
     ck_assert_int_eq(w_push("__metadata__", 1, 1), EMAD_ENAME);
     w_serving();
-    w_head("begin", 2);
-    w_str("model");
-    w_str("m");
-    w_str("step");
-    msgpack_pack_uint64(&wp, UINT64_MAX);
+    rq_begin(&w, "begin", 2);
+    rq_kv_str(&w, "model", "m");
+    rq_kv_u64(&w, "step", UINT64_MAX);
     ck_assert_int_eq(w_send(), EMAD_ERANGE);
     w_serving();
-    w_head("create", 2);
-    w_str("model");
-    w_str("u");
-    w_str("update_after_step");
-    msgpack_pack_uint64(&wp, 1ULL << 63);
+    rq_begin(&w, "create", 2);
+    rq_kv_str(&w, "model", "u");
+    rq_kv_u64(&w, "update_after_step", 1ULL << 63);
     ck_assert_int_eq(w_send(), EMAD_ERANGE);
     ck_assert_ptr_nonnull(strstr(wmsg, "update_after_step"));
     w_serving();
     ck_assert_int_eq(w_push("w", 1, 1), 0);
     /* A pull naming w twice: EMAD_EDUP. */
-    w_head("pull", 2);
-    w_str("model");
-    w_str("m");
-    w_str("tensors");
-    msgpack_pack_array(&wp, 3);
-    w_str("w");
-    w_str("w");
-    w_str("w");
+    rq_begin(&w, "pull", 2);
+    rq_kv_str(&w, "model", "m");
+    rq_str(&w, "tensors");
+    msgpack_pack_array(&w.pk, 3);
+    for (int k = 0; k < 3; k++)
+        rq_str(&w, "w");
     ck_assert_int_eq(w_send(), EMAD_EDUP);
     ck_assert_ptr_nonnull(strstr(wmsg, "named twice"));
     w_serving();
     /* A commit or a release of an id nobody was given: EMAD_ENOTXN, EMAD_ENOSESSION. */
-    w_head("commit", 1);
-    w_str("txn");
-    msgpack_pack_uint64(&wp, 1);
+    rq_begin(&w, "commit", 1);
+    rq_kv_u64(&w, "txn", 1);
     ck_assert_int_eq(w_send(), EMAD_ENOTXN);
-    w_head("release", 1);
-    w_str("session");
-    msgpack_pack_uint64(&wp, 2);
+    rq_begin(&w, "release", 1);
+    rq_kv_u64(&w, "session", 2);
     ck_assert_int_eq(w_send(), EMAD_ENOSESSION);
     w_serving();
     ck_assert_int_eq(w_push("w", 2, 3), 0);
