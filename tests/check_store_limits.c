@@ -516,8 +516,7 @@ START_TEST(test_limits_full_model_still_snapshots)
 }
 END_TEST
 
-/* Over the wire: requests packed with reqpack and handled by an offline server (server_process()).
- */
+/* Over the wire: requests packed with reqpack, handled by an offline server (server_process()). */
 static server *srv;
 static rq w;
 static msgpack_unpacked wr;
