@@ -503,8 +503,11 @@ START_TEST(test_limits_full_model_still_snapshots)
     snapshot_file_free(f);
     /* Existing tensors still take pushes; other models still take new tensors. */
     costly_input(&in[0], names, 0);
-    ck_assert_int_eq(store_push(s, "m", 1, 1, 0, in, 1, 0, &res, &err), 0);
+    ck_assert_int_eq(store_push(s, "m", 1, (1ULL << 63) - 1, 0, in, 1, 0, &res, &err), 0);
     ck_assert_uint_eq(res.stale, 1);
+    ck_assert_int_eq(store_create_model(s, "n", 1, &cfg, 0, &created, &err), 0);
+    ck_assert_int_eq(store_push(s, "n", 1, 1, 0, in, 1, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 1);
     free(st);
     free(in);
     free(names);
