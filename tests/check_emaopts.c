@@ -224,6 +224,23 @@ START_TEST(test_config_check_and_names)
     emaconf_init(&c);
     c.schedule = 7;
     ck_assert_int_eq(emaconf_check(&c, why, sizeof(why)), EMAD_ERANGE);
+    /* update_after_step: what a snapshot's JSON holds, 0 .. 2^63 - 1. */
+    emaconf_init(&c);
+    c.update_after_step = (1ull << 63) - 1;
+    ck_assert_int_eq(emaconf_check(&c, why, sizeof(why)), 0);
+    c.update_after_step = 1ull << 63;
+    ck_assert_int_eq(emaconf_check(&c, why, sizeof(why)), EMAD_ERANGE);
+    ck_assert_ptr_nonnull(strstr(why, "update_after_step 9223372036854775808 is out of range"));
+    /* Patterns: UTF-8 without control characters, or no snapshot could hold them. */
+    emaconf_init(&c);
+    c.ncopy = 1;
+    c.copy[0] = "bn.*";
+    ck_assert_int_eq(emaconf_check(&c, why, sizeof(why)), 0);
+    c.copy[0] = "bn\xff*";
+    ck_assert_int_eq(emaconf_check(&c, why, sizeof(why)), EMAD_ERANGE);
+    ck_assert_ptr_nonnull(strstr(why, "copy: a pattern must have 1..256 bytes of UTF-8"));
+    c.copy[0] = "bn\n*";
+    ck_assert_int_eq(emaconf_check(&c, why, sizeof(why)), EMAD_ERANGE);
     ck_assert_int_eq(emaconf_from_name("schedule", "warmup", 6), EMAD_SCHEDULE_WARMUP);
     ck_assert_int_eq(emaconf_from_name("nonfinite", "skip", 4), EMAD_NONFINITE_SKIP);
     ck_assert_int_eq(emaconf_from_name("schedule", "warm", 4), -1);

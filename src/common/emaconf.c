@@ -17,6 +17,7 @@
 #include <msgpack.h>
 
 #include "common/emaconf.h"
+#include "common/names.h"
 #include "common/proto.h"
 
 /* Below this a product of decays no longer changes c = 1 - product, even in float64. */
@@ -158,9 +159,11 @@ check_patterns(const char *option, const char *const *p, size_t n, char *why, si
         return bad(why, size, "%s: at most %d patterns", option, EMAD_MAX_GLOBS);
     for (size_t i = 0; i < n; i++) {
         size_t len = p[i] != NULL ? strlen(p[i]) : 0;
-        if (len == 0 || len > EMAD_MAX_GLOB_BYTES)
-            return bad(why, size, "%s: a pattern must have 1..%d bytes", option,
-                       EMAD_MAX_GLOB_BYTES);
+        /* Like a tensor name: a snapshot keeps the patterns as JSON strings. */
+        if (len == 0 || len > EMAD_MAX_GLOB_BYTES || names_check_tensor(p[i], len) != 0)
+            return bad(why, size,
+                       "%s: a pattern must have 1..%d bytes of UTF-8 without control characters",
+                       option, EMAD_MAX_GLOB_BYTES);
     }
     return 0;
 }
@@ -179,6 +182,10 @@ emaconf_check(const emad_model_config *cfg, char *why, size_t size)
     }
     if (emaconf_schedule_name(cfg->schedule) == NULL)
         return bad(why, size, "schedule must be constant, num_updates or warmup");
+    if (cfg->update_after_step > EMACONF_MAX_UPDATE_AFTER_STEP)
+        return bad(why, size, "update_after_step %llu is out of range: at most %llu (2^63 - 1)",
+                   (unsigned long long)cfg->update_after_step,
+                   (unsigned long long)EMACONF_MAX_UPDATE_AFTER_STEP);
     if (emaconf_step_gap_name(cfg->step_gap) == NULL)
         return bad(why, size, "step_gap must be ignore or compensate");
     if (emaconf_buffers_name(cfg->buffers) == NULL)

@@ -62,11 +62,15 @@ const char *emaconf_key(int option);
 /* Defaults: one decay 0.999, constant, inv_gamma 1, power 2/3, writers 1. */
 void emaconf_init(emad_model_config *cfg);
 
+/* Largest update_after_step: a snapshot keeps it as a JSON integer (int64). */
+#define EMACONF_MAX_UPDATE_AFTER_STEP ((uint64_t)INT64_MAX)
+
 /*
  * Check every field: decays in [0, 1] (1..EMAD_MAX_DECAYS of them, no
- * duplicates), enums in range, inv_gamma and power finite and > 0,
+ * duplicates), enums in range, update_after_step <= 2^63 - 1, inv_gamma
+ * and power finite and > 0,
  * min_decay in [0, 1], writers 1..EMAD_MAX_WRITERS, patterns 1..
- * EMAD_MAX_GLOB_BYTES bytes. Returns 0 or EMAD_ERANGE with why (a message
+ * EMAD_MAX_GLOB_BYTES bytes of UTF-8 without control characters. Returns 0 or EMAD_ERANGE with why (a message
  * of up to size bytes) filled.
  */
 int emaconf_check(const emad_model_config *cfg, char *why, size_t size);

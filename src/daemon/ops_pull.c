@@ -70,14 +70,19 @@ ops_pull_pull(req *r, store_err *err)
     store_view *v = NULL;
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
+    const msgpack_object *decay = proto_map_get(r->root, PROTO_KEY_DECAY);
 
     if (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
         request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
         request_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err))
         return err->code;
-    if (proto_map_get(r->root, PROTO_KEY_DECAY) != NULL) {
+    if (decay != NULL) {
         vo.has_decay = 1;
         if (request_get_float(r->root, PROTO_KEY_DECAY, &vo.decay, err) != 0)
+            return err->code;
+        /* A float32 cannot hold most decays: it selects the decay that rounds to it. */
+        if (decay->type == MSGPACK_OBJECT_FLOAT32 &&
+            store_decay_from_f32(srv->store, model_name, len, vo.decay, &vo.decay, err) != 0)
             return err->code;
     }
     if (proto_map_get(r->root, PROTO_KEY_DTYPE) != NULL) {

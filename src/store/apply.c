@@ -49,7 +49,8 @@ apply_fail_nonfinite(store_err *err, const item *it)
 
 /*
  * Count NaN/Inf in the averaged tensors of a stage (unless the model
- * allows them). With nonfinite = reject, the first bad tensor fails the
+ * allows them), in the dtype of the slices' data (a seed's may be the
+ * shadow's). With nonfinite = reject, the first bad tensor fails the
  * whole stage with EMAD_ENONFINITE. p, if not NULL, holds each item's
  * stored tensor already looked up (p[i].t).
  */
@@ -65,12 +66,14 @@ apply_check_nonfinite(const model *m, stage *st, const plan *p, store_err *err)
                            ? t->averaged
                            : store_is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
 
+        int dt = it->data_dtype != EMAD_DTYPE_INVALID ? it->data_dtype : it->dtype;
+
         it->nonfinite = 0;
         if (!averaged)
             continue;
         for (size_t k = 0; k < it->nslices; k++)
-            it->nonfinite += ema_count_nonfinite(it->slices[k].data, it->dtype,
-                                                 it->slices[k].received / dtype_size(it->dtype));
+            it->nonfinite += ema_count_nonfinite(it->slices[k].data, dt,
+                                                 it->slices[k].received / dtype_size(dt));
         if (it->nonfinite > 0 && m->cfg.nonfinite == EMAD_NONFINITE_REJECT)
             return apply_fail_nonfinite(err, it);
     }
@@ -161,6 +164,7 @@ tensor_add(model *m, const item *it, const plan *p)
         t->shadow[j] = p->target[j];
         m->shadow_bytes += p->target[j]->size;
     }
+    m->header_bytes += stage_header_cost(t->name, t->name_len, t->ndim);
     if (m->ntensors == m->cap) {
         m->cap = m->cap ? m->cap * 2 : 16;
         m->tensors = xreallocarray(m->tensors, m->cap, sizeof(*m->tensors));
@@ -199,6 +203,8 @@ apply_slice(const tensor *t, const slice *sl, void *dst, const void *src, double
     size_t ssz = dtype_size(t->sdtype);
     char *out = (char *)dst + sl->start * ssz;
 
+    if (sl->count == 0)
+        return; /* an empty tensor: its data may be NULL */
     if (!t->averaged) {
         memcpy(out, sl->data, sl->count * ssz);
     } else if (src == NULL || d == 0.0) {
@@ -286,8 +292,10 @@ publish_step(model *m, uint64_t step, uint64_t now_ms, int changed, store_result
 }
 
 /*
- * Apply a checked stage at step: reserve every blob (EMAD_ENOMEM changes
- * nothing), then write and publish each tensor and publish the step.
+ * Apply a checked stage at step: check that its new tensors fit the
+ * model's snapshot header (EMAD_ELIMIT), reserve every blob (EMAD_ENOMEM
+ * changes nothing), then write and publish each tensor and publish the
+ * step.
  * p comes from apply_plan() (the caller frees it). res counts are added
  * to. A seed marks the model changed even when every tensor was ignored.
  */
@@ -296,8 +304,18 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
            store_result *res, store_err *err)
 {
     decay_cache dc = {0};
+    uint64_t cost = 0, count = 0;
     int rc;
 
+    /* The new tensors must fit the model's snapshot header. */
+    for (size_t i = 0; i < st->nitems; i++) {
+        if (p[i].t == NULL && st->items[i].nonfinite == 0) {
+            cost += stage_header_cost(st->items[i].name, st->items[i].name_len, st->items[i].ndim);
+            count++;
+        }
+    }
+    if (count > 0 && stage_check_header(m, cost, count, err) != 0)
+        return err->code;
     res->ignored += st->ignored;
     if ((rc = reserve(m, st, step, how, p, err)) != 0)
         return rc;
@@ -401,7 +419,8 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
             unreserve(&p, 1);
             return store_fail(err, EMAD_ENOMEM, name, "tensor '%s': out of memory", name);
         }
-        memcpy(p.target[j]->data, shadows[j], nbytes);
+        if (nbytes > 0) /* an empty tensor's data may be NULL */
+            memcpy(p.target[j]->data, shadows[j], nbytes);
     }
     memset(&it, 0, sizeof(it));
     it.name = (char *)name;
@@ -424,7 +443,7 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     int rc;
 
     memset(res, 0, sizeof(*res));
-    if (m == NULL)
+    if (m == NULL || store_check_step(step, err) != 0)
         return err->code;
     /* A writer of a multi-writer model may have nothing to contribute to a step. */
     if ((n > 0 || m->cfg.writers == 1) && stage_check_size(n, err) != 0)
@@ -522,7 +541,7 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
     int rc;
 
     memset(res, 0, sizeof(*res));
-    if (m == NULL || stage_check_size(n, err) != 0)
+    if (m == NULL || store_check_step(step, err) != 0 || stage_check_size(n, err) != 0)
         return err->code;
     for (size_t i = 0; i < n; i++)
         if (check_seed(m, &in[i], err) != 0)
@@ -531,7 +550,9 @@ store_seed(store *s, const char *model_name, size_t len, uint64_t step, const st
         return err->code;
     seed_stage(m, in, n, &st);
     p = apply_plan(m, &st);
-    rc = apply_step(m, &st, step, APPLY_SEED, p, now_ms, res, err);
+    /* The same non-finite policy as a push: reject fails, skip leaves the tensor out. */
+    if ((rc = apply_check_nonfinite(m, &st, p, err)) == 0)
+        rc = apply_step(m, &st, step, APPLY_SEED, p, now_ms, res, err);
     free(p);
     free(st.items);
     return rc;

@@ -205,7 +205,8 @@ check_complete(const model *m, const stage *dst, const stage *src, uint32_t writ
 /*
  * Move (owned) or copy (borrowed) the slices of writer's part src into the
  * pending stage dst. Checks every slice first: same description as what
- * other writers staged, no overlap (errors name the other writer), and,
+ * other writers staged, no overlap (both sides sorted, O(n log n); errors
+ * name the other writer), and,
  * when src is the last part (last set), the whole step (check_complete()).
  * Allocates every copy before changing dst: on any error dst is as it was.
  */
@@ -216,8 +217,9 @@ merge_stage(const model *m, stage *dst, stage *src, uint32_t writer, int last, s
     size_t ncopies = 0, c = 0;
 
     for (size_t i = 0; i < src->nitems; i++) {
-        const item *it = &src->items[i];
-        const item *have = stage_find(dst, it->name, it->name_len);
+        item *it = &src->items[i];
+        item *have = stage_find(dst, it->name, it->name_len);
+        const slice *a, *o;
 
         if (have != NULL) {
             char what[64];
@@ -230,18 +232,14 @@ merge_stage(const model *m, stage *dst, stage *src, uint32_t writer, int last, s
                 snprintf(what, sizeof(what), "what other writers pushed for this step");
             if (stage_check_same(have, &desc, what, err))
                 return err->code;
-            for (size_t k = 0; k < it->nslices; k++) {
-                const slice *o = stage_item_overlap(have, it->slices[k].start, it->slices[k].count);
-                if (o != NULL)
-                    return store_fail(
-                        err, EMAD_EOVERLAP, it->name,
-                        "tensor '%s': slice [%llu, %llu) overlaps [%llu, %llu) pushed by "
-                        "writer %u for this step",
-                        it->name, (unsigned long long)it->slices[k].start,
-                        (unsigned long long)(it->slices[k].start + it->slices[k].count),
-                        (unsigned long long)o->start, (unsigned long long)(o->start + o->count),
-                        (unsigned)o->writer);
-            }
+            if (stage_items_overlap(it, have, &a, &o)) /* both sorted: O(n log n) */
+                return store_fail(err, EMAD_EOVERLAP, it->name,
+                                  "tensor '%s': slice [%llu, %llu) overlaps [%llu, %llu) pushed by "
+                                  "writer %u for this step",
+                                  it->name, (unsigned long long)a->start,
+                                  (unsigned long long)(a->start + a->count),
+                                  (unsigned long long)o->start,
+                                  (unsigned long long)(o->start + o->count), (unsigned)o->writer);
         }
         for (size_t k = 0; k < it->nslices; k++)
             ncopies += !it->slices[k].owned;

@@ -111,6 +111,8 @@ stage_item_add_slice(item *it, uint64_t start, uint64_t count)
         it->cap = it->cap ? it->cap * 2 : 2;
         it->slices = xreallocarray(it->slices, it->cap, sizeof(*it->slices));
     }
+    if (it->nslices > 0 && start < it->slices[it->nslices - 1].start)
+        it->unsorted = 1;
     sl = &it->slices[it->nslices++];
     memset(sl, 0, sizeof(*sl));
     sl->start = start;
@@ -118,26 +120,59 @@ stage_item_add_slice(item *it, uint64_t start, uint64_t count)
     return sl;
 }
 
-/* A slice of it overlapping [start, start + count), or NULL. Empty slices overlap nothing. */
+/* In an item whose slices are in order: the index of the first slice starting at or after e. */
+static size_t
+first_from(const item *it, uint64_t e)
+{
+    size_t lo = 0, hi = it->nslices;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (it->slices[mid].start < e)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/*
+ * A slice of it overlapping [start, start + count), or NULL. Empty slices
+ * overlap nothing. The item's own slices must not overlap each other
+ * (transactions and pending steps): when they are in order, only the last
+ * one starting before start + count can overlap (binary search).
+ */
 const slice *
 stage_item_overlap(const item *it, uint64_t start, uint64_t count)
 {
+    if (count == 0)
+        return NULL;
+    if (!it->unsorted) {
+        for (size_t k = first_from(it, start + count); k-- > 0;) {
+            const slice *sl = &it->slices[k];
+            if (sl->count > 0)
+                return start < sl->start + sl->count ? sl : NULL;
+        }
+        return NULL;
+    }
     for (size_t k = 0; k < it->nslices; k++) {
         const slice *sl = &it->slices[k];
-        if (count > 0 && sl->count > 0 && start < sl->start + sl->count &&
-            sl->start < start + count)
+        if (sl->count > 0 && start < sl->start + sl->count && sl->start < start + count)
             return sl;
     }
     return NULL;
 }
 
-/* The slice of an item that is exactly [start, start + count), or NULL. */
+/* The slice of an item that is exactly [start, start + count), or NULL (bisected if in order). */
 slice *
 stage_item_slice_at(item *it, uint64_t start, uint64_t count)
 {
-    for (size_t k = 0; k < it->nslices; k++)
+    for (size_t k = it->unsorted ? 0 : first_from(it, start); k < it->nslices; k++) {
         if (it->slices[k].start == start && it->slices[k].count == count)
             return &it->slices[k];
+        if (!it->unsorted && it->slices[k].start > start)
+            break;
+    }
     return NULL;
 }
 
@@ -184,6 +219,10 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
                           EMAD_MAX_NAME_BYTES, in->name_len);
     }
     store_cname(name, sizeof(name), in->name, in->name_len);
+    if (in->name_len == sizeof(STORE_RESERVED_NAME) - 1 &&
+        memcmp(in->name, STORE_RESERVED_NAME, in->name_len) == 0)
+        return store_fail(err, EMAD_ENAME, NULL,
+                          "tensor name '%s' is reserved (a snapshot file's metadata entry)", name);
     if (in->kind != EMAD_PARAM && in->kind != EMAD_BUFFER)
         return store_fail(err, EMAD_EMALFORMED, name, "tensor '%s': kind must be param or buffer",
                           name);
@@ -224,10 +263,51 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
                           name, (unsigned long long)in->offset, (unsigned long long)in->len,
                           (unsigned long long)sbytes, in->count != 0 ? PROTO_KEY_SLICE : PROTO_KEY_TENSOR);
     if ((t = strmap_get(m->index, in->name, in->name_len)) == NULL)
-        return 0;
+        return stage_check_header(m, stage_header_cost(in->name, in->name_len, in->ndim), 1, err);
     return stage_check_against(t, name, in->kind,
                                in->as_dtype != EMAD_DTYPE_INVALID ? in->as_dtype : in->dtype,
                                in->ndim, in->shape, err);
+}
+
+/*
+ * The most bytes a tensor named (name, len) with ndim dimensions adds to
+ * the header of a snapshot file: its safetensors entry
+ * "NAME":{"dtype":"BF16","shape":[..],"data_offsets":[B,E]}, (the name
+ * JSON-escaped once; each dimension and offset at most 20 digits) and its
+ * description in the emad_tensors metadata,
+ * "NAME":{"kind":"buffer","dtype":"BF16","step":S,"update":"average"},
+ * (S at most 19 digits) escaped once inside that JSON text and once more
+ * as a metadata string. JSON escapes only '"', '\' and control
+ * characters (not allowed in names): 90 + 21 * ndim + (len + q) for the
+ * entry and 98 + (len + 3q) for the description, q counting the name's
+ * quotes and backslashes (STORE_HEADER_FIXED covers both constants).
+ */
+uint64_t
+stage_header_cost(const char *name, size_t len, uint32_t ndim)
+{
+    uint64_t q = 0;
+
+    for (size_t i = 0; i < len; i++)
+        q += name[i] == '"' || name[i] == '\\';
+    return STORE_HEADER_FIXED + 21 * (uint64_t)ndim + 2 * (uint64_t)len + 4 * q;
+}
+
+/*
+ * Fail with EMAD_ELIMIT if m cannot take count more tensors that add
+ * cost bytes to its snapshot header (STORE_MAX_HEADER_BYTES in all).
+ */
+int
+stage_check_header(const model *m, uint64_t cost, uint64_t count, store_err *err)
+{
+    if (m->header_bytes <= STORE_MAX_HEADER_BYTES &&
+        cost <= STORE_MAX_HEADER_BYTES - m->header_bytes)
+        return 0;
+    return store_fail(err, EMAD_ELIMIT, NULL,
+                      "model '%s' cannot take %llu more tensor%s: with its %zu tensors its "
+                      "snapshot header would exceed %llu bytes (the safetensors limit is "
+                      "100000000; docs/PROTOCOL.md, Limits)",
+                      m->name, (unsigned long long)count, count == 1 ? "" : "s", m->ntensors,
+                      (unsigned long long)STORE_MAX_HEADER_BYTES);
 }
 
 /*
@@ -276,16 +356,91 @@ overlap_error(const char *name, uint64_t start, uint64_t count, const slice *oth
                       (unsigned long long)(other->start + other->count));
 }
 
+/* qsort() order of slices: by first element. */
+static int
+cmp_slice(const void *a, const void *b)
+{
+    const slice *x = a, *y = b;
+
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort an item's slices by first element (O(n log n)), unless they are in order already. */
+void
+stage_item_sort(item *it)
+{
+    if (it->unsorted)
+        qsort(it->slices, it->nslices, sizeof(*it->slices), cmp_slice);
+    it->unsorted = 0;
+}
+
+/*
+ * Two overlapping slices of an item, found by sorting its slices and
+ * comparing each with the one reaching furthest before it: *a (later
+ * start) and *b; 0 if none (empty slices overlap nothing).
+ */
+static int
+item_self_overlap(item *it, const slice **a, const slice **b)
+{
+    const slice *reach = NULL;
+
+    stage_item_sort(it);
+    for (size_t k = 0; k < it->nslices; k++) {
+        const slice *sl = &it->slices[k];
+        if (sl->count == 0)
+            continue;
+        if (reach != NULL && sl->start < reach->start + reach->count) {
+            *a = sl;
+            *b = reach;
+            return 1;
+        }
+        if (reach == NULL || sl->start + sl->count > reach->start + reach->count)
+            reach = sl;
+    }
+    return 0;
+}
+
+/*
+ * Do two items' slices overlap? Each item's own slices must not overlap
+ * each other. Sorts both and walks them together (O(n log n)); *a gets
+ * the slice of x and *b the slice of y of the first overlap found.
+ */
+int
+stage_items_overlap(item *x, item *y, const slice **a, const slice **b)
+{
+    size_t i = 0, j = 0;
+
+    stage_item_sort(x);
+    stage_item_sort(y);
+    while (i < x->nslices && j < y->nslices) {
+        const slice *p = &x->slices[i], *q = &y->slices[j];
+        if (p->count == 0) {
+            i++;
+        } else if (q->count == 0) {
+            j++;
+        } else if (p->start < q->start + q->count && q->start < p->start + p->count) {
+            *a = p;
+            *b = q;
+            return 1;
+        } else if (p->start + p->count <= q->start + q->count) {
+            i++;
+        } else {
+            j++;
+        }
+    }
+    return 0;
+}
+
 /*
  * Check the inputs of one push message and gather them into a stage whose
  * slices borrow the message's data. Inputs matching an ignore pattern are
- * checked on their own and counted, not staged.
+ * checked on their own and counted, not staged. Slices of one tensor are
+ * checked for overlaps once all are staged, by sorting (O(n log n)).
  */
 int
 stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err)
 {
-    char name[EMAD_MAX_NAME_BYTES + 1];
-    const slice *other;
+    const slice *a, *b;
 
     stage_reserve(st, n);
     for (size_t i = 0; i < n; i++) {
@@ -299,12 +454,9 @@ stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_e
             st->ignored++;
             continue;
         }
-        store_cname(name, sizeof(name), in[i].name, in[i].name_len);
         if ((it = stage_find(st, in[i].name, in[i].name_len)) != NULL) {
             if (stage_check_same(it, &in[i], "another slice in this push", err) != 0)
                 return err->code;
-            if ((other = stage_item_overlap(it, in[i].start, count)) != NULL)
-                return overlap_error(name, in[i].start, count, other, err);
         } else {
             it = stage_add(st, &in[i], numel);
         }
@@ -312,16 +464,10 @@ stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_e
         sl->data = (void *)in[i].data;
         sl->received = in[i].len;
     }
+    for (size_t i = 0; i < st->nitems; i++)
+        if (st->items[i].nslices > 1 && item_self_overlap(&st->items[i], &a, &b))
+            return overlap_error(st->items[i].name, a->start, a->count, b, err);
     return 0;
-}
-
-/* qsort() order of slices: by first element. */
-static int
-cmp_slice(const void *a, const void *b)
-{
-    const slice *x = a, *y = b;
-
-    return x->start < y->start ? -1 : x->start > y->start;
 }
 
 /* Check every slice of an item has all its bytes (transactions receive them in chunks). */
@@ -350,7 +496,7 @@ stage_check_coverage(item *it, store_err *err)
 
     if (stage_check_received(it, err) != 0)
         return err->code;
-    qsort(it->slices, it->nslices, sizeof(*it->slices), cmp_slice);
+    stage_item_sort(it);
     for (size_t k = 0; k < it->nslices; k++) {
         const slice *sl = &it->slices[k];
         if (sl->count == 0)

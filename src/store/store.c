@@ -7,10 +7,13 @@
  * other files of src/store/ (store_int.h lists them): blobs, stages, the
  * apply engine, pending multi-writer steps, transactions and views.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +21,7 @@
 #include "common/emaconf.h"
 #include "common/names.h"
 #include "store/store_int.h"
+#include "base/log.h"
 #include "base/strmap.h"
 #include "base/xmalloc.h"
 
@@ -55,6 +59,53 @@ random_id_base(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
+}
+
+/* Fill *v from /dev/urandom; 0 or -1. */
+static int
+urandom(uint64_t *v)
+{
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, v, sizeof(*v)) : -1;
+
+    if (fd >= 0)
+        (void)close(fd);
+    return got == (ssize_t)sizeof(*v) ? 0 : -1;
+}
+
+/*
+ * A random transaction or pull-session id: 64 bits from the kernel's
+ * generator (getrandom(2), or /dev/urandom where the call is missing),
+ * never 0. Aborts if neither gives bytes: an id that another client can
+ * guess would let it write into someone else's transaction.
+ */
+uint64_t
+store_random_id(void)
+{
+    uint64_t id = 0;
+
+    while (id == 0) {
+        ssize_t got = getrandom(&id, sizeof(id), 0);
+
+        if (got == (ssize_t)sizeof(id) || (got < 0 && errno == EINTR))
+            continue;
+        if (urandom(&id) != 0) {
+            log_error("event=random_failed error=\"%s\"", strerror(errno));
+            abort();
+        }
+    }
+    return id;
+}
+
+/* Fail with EMAD_ERANGE unless step is one a snapshot can hold (0 .. 2^63 - 1). */
+int
+store_check_step(uint64_t step, store_err *err)
+{
+    if (step > STORE_MAX_STEP)
+        return store_fail(err, EMAD_ERANGE, NULL,
+                          "step %llu is out of range: steps are 0..%llu (2^63 - 1)",
+                          (unsigned long long)step, (unsigned long long)STORE_MAX_STEP);
+    return 0;
 }
 
 store *

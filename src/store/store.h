@@ -34,6 +34,19 @@
 #define STORE_MAX_TXNS 1024
 #define STORE_MAX_VIEWS 1024
 #define STORE_MAX_PENDING 64 /* pending multi-writer steps per model */
+/* Largest step of a push, seed or transaction: a snapshot keeps steps as JSON integers. */
+#define STORE_MAX_STEP ((uint64_t)INT64_MAX)
+/*
+ * What a model's tensors may add to the header of one snapshot file (the
+ * safetensors limit of 100,000,000 bytes less 1,000,000 for the rest of
+ * the header: configuration, model name, checksums); each tensor counts
+ * STORE_HEADER_FIXED + 21 * ndim + 2 * name bytes + 4 * its quotes and
+ * backslashes (stage.c).
+ */
+#define STORE_MAX_HEADER_BYTES 99000000u
+#define STORE_HEADER_FIXED 188u
+/* The one tensor name a snapshot file cannot hold: the metadata entry of safetensors. */
+#define STORE_RESERVED_NAME "__metadata__"
 
 /* Shadow storage shared between a tensor and pull views. */
 typedef struct blob {
@@ -58,6 +71,7 @@ typedef struct tensor {
     blob *shadow[EMAD_MAX_DECAYS]; /* one per decay (averaged) or the copy */
     blob *spare[EMAD_MAX_DECAYS];  /* a free blob of the shadow's size, or NULL */
     uint64_t step;
+    uint64_t mark; /* the store's scratch mark (finding repeated names in a pull) */
 } tensor;
 
 /* A model. Read-only outside src/store/ (store_model_snapshotted() records snapshots). */
@@ -70,6 +84,7 @@ typedef struct model {
     size_t cap;
     struct strmap *index;
     uint64_t shadow_bytes;
+    uint64_t header_bytes; /* most bytes its tensors add to a snapshot header */
     uint64_t last_push_ms;
     struct pending *pending; /* multi-writer steps not yet complete */
     size_t npending;
@@ -284,11 +299,20 @@ typedef struct view_options {
  * names given as (ptr, len) pairs). opts may be NULL. The view is not
  * registered: free it with store_view_free() or hand it to
  * store_view_register(). EMAD_ERANGE for a decay the model does not have,
- * EMAD_EDTYPE for an output dtype other than F32, BF16 or F16.
+ * EMAD_EDTYPE for an output dtype other than F32, BF16 or F16,
+ * EMAD_ENOTENSOR for an unknown name, EMAD_EDUP for a name given twice.
  */
 int store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
                       const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
                       store_err *err);
+
+/*
+ * The decay of a model that a decay sent as a float32 (f, widened) means:
+ * the one decay whose float32 rounding equals f. EMAD_ENOMODEL, or
+ * EMAD_ERANGE when no decay or more than one rounds to f.
+ */
+int store_decay_from_f32(store *s, const char *model_name, size_t len, double f, double *decay,
+                         store_err *err);
 
 /* Register a view as a pull session (the store takes ownership); sets view->id. */
 int store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err);

@@ -46,6 +46,7 @@ typedef struct item {
     uint64_t numel;
     slice *slices;
     size_t nslices, cap;
+    int unsorted;       /* slices are not in order of first element (stage_item_sort()) */
     uint64_t nonfinite; /* NaN/Inf values found by apply_check_nonfinite() or chunk jobs */
     /* Transactions applied as their chunks arrive (see eager_prepare()): */
     int prepared;                  /* the fields below are set */
@@ -125,7 +126,8 @@ struct store {
     txn *zombies; /* discarded transactions whose jobs still run */
     store_view *views;
     size_t nviews;
-    uint64_t next_id;
+    uint64_t next_id; /* model uids */
+    uint64_t mark;    /* the last tensor mark handed out (view.c) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -152,6 +154,8 @@ const char *store_cname(char *buf, size_t size, const char *name, size_t len);
 model *store_model_get(store *s, const char *name, size_t len, store_err *err);
 int store_is_averaged(const model *m, int kind, int dtype, const char *name, size_t len);
 int store_check_writer(const model *m, uint32_t writer, store_err *err);
+int store_check_step(uint64_t step, store_err *err);
+uint64_t store_random_id(void);
 
 /* blob.c */
 blob *blob_new(size_t size);
@@ -167,6 +171,8 @@ void stage_reserve(stage *st, size_t n);
 item *stage_add(stage *st, const store_input *in, uint64_t numel);
 slice *stage_item_add_slice(item *it, uint64_t start, uint64_t count);
 const slice *stage_item_overlap(const item *it, uint64_t start, uint64_t count);
+void stage_item_sort(item *it);
+int stage_items_overlap(item *x, item *y, const slice **a, const slice **b);
 slice *stage_item_slice_at(item *it, uint64_t start, uint64_t count);
 int stage_slice_seen(const slice *sl, uint64_t off, uint64_t len);
 void stage_slice_got(slice *sl, uint64_t off, uint64_t len);
@@ -175,6 +181,8 @@ int stage_check_input(const model *m, const store_input *in, int chunked, uint64
 int stage_check_against(const tensor *t, const char *name, int kind, int dtype, uint32_t ndim,
                         const uint64_t *shape, store_err *err);
 int stage_check_size(size_t n, store_err *err);
+uint64_t stage_header_cost(const char *name, size_t len, uint32_t ndim);
+int stage_check_header(const model *m, uint64_t cost, uint64_t count, store_err *err);
 int stage_check_same(const item *it, const store_input *in, const char *what, store_err *err);
 int stage_check_chunk(item *it, const store_input *in, uint64_t count, store_err *err);
 int stage_check_received(const item *it, store_err *err);

@@ -157,12 +157,14 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
 
     if (m == NULL)
         return err->code;
-    if (store_check_writer(m, writer, err) != 0)
+    if (store_check_writer(m, writer, err) != 0 || store_check_step(step, err) != 0)
         return err->code;
     if (s->ntxns >= STORE_MAX_TXNS)
         return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open transactions", STORE_MAX_TXNS);
     t = xcalloc(1, sizeof(*t));
-    t->id = s->next_id++;
+    do /* random, so that no other client can guess it; unique among the open ones */
+        t->id = store_random_id();
+    while (txn_find(s, t->id) != NULL);
     t->model = xstrndup(model_name, len);
     t->model_len = len;
     t->step = step;

@@ -34,6 +34,81 @@ store_view_free(store_view *v)
     free(v);
 }
 
+/* The decays of m as text: "0.999, 0.9999". */
+static const char *
+decay_list(char *buf, size_t size, const model *m)
+{
+    char d[32];
+    int off = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < m->cfg.ndecays && off >= 0 && (size_t)off < size; i++)
+        off += snprintf(buf + off, size - (size_t)off, "%s%s", i ? ", " : "",
+                        emaconf_fmt_double(d, sizeof(d), m->cfg.decays[i]));
+    return buf;
+}
+
+int
+store_decay_from_f32(store *s, const char *model_name, size_t len, double f, double *decay,
+                     store_err *err)
+{
+    const model *m = store_model_get(s, model_name, len, err);
+    char list[256], want[32];
+    size_t found = 0;
+
+    if (m == NULL)
+        return err->code;
+    for (size_t i = 0; i < m->cfg.ndecays; i++)
+        if ((float)m->cfg.decays[i] == (float)f && found++ == 0)
+            *decay = m->cfg.decays[i];
+    if (found == 1)
+        return 0;
+    emaconf_fmt_double(want, sizeof(want), (float)f);
+    if (found == 0)
+        return store_fail(err, EMAD_ERANGE, NULL,
+                          "model '%s' has no decay that rounds to the float32 %s (it has %s)",
+                          m->name, want, decay_list(list, sizeof(list), m));
+    return store_fail(err, EMAD_ERANGE, NULL,
+                      "%zu decays of model '%s' round to the float32 %s (it has %s): send the "
+                      "decay as a float64",
+                      found, m->name, want, decay_list(list, sizeof(list), m));
+}
+
+/*
+ * The tensors of m named by names[0..n), in that order (malloc'd), or
+ * NULL with EMAD_ENOTENSOR for an unknown name or EMAD_EDUP for a name
+ * given twice. One hash lookup per name; repeats are found by marking
+ * each tensor with a number new to this call (O(n)).
+ */
+static tensor **
+pick(store *s, model *m, const char *const *names, const size_t *name_lens, size_t n,
+     store_err *err)
+{
+    tensor **out = xcalloc(n ? n : 1, sizeof(*out));
+    uint64_t mark = ++s->mark;
+    char name[EMAD_MAX_NAME_BYTES + 1];
+
+    for (size_t i = 0; i < n; i++) {
+        tensor *t = strmap_get(m->index, names[i], name_lens[i]);
+
+        if (t != NULL && t->mark != mark) {
+            t->mark = mark;
+            out[i] = t;
+            continue;
+        }
+        free(out);
+        store_cname(name, sizeof(name), names[i], name_lens[i]);
+        if (t != NULL)
+            store_fail(err, EMAD_EDUP, name, "tensor '%s' is named twice in one pull", name);
+        else /* Only a valid name goes into error.tensor: the request may hold any bytes. */
+            store_fail(err, EMAD_ENOTENSOR,
+                       names_check_tensor(names[i], name_lens[i]) == 0 ? name : NULL,
+                       "model '%s' has no tensor '%s'", m->name, name);
+        return NULL;
+    }
+    return out;
+}
+
 int
 store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
                   const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
@@ -41,6 +116,7 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
 {
     model *m = store_model_get(s, model_name, len, err);
     store_view *v;
+    tensor **picked = NULL;
     size_t count, j = 0;
     int odt = opts != NULL ? opts->dtype : EMAD_DTYPE_INVALID;
 
@@ -48,43 +124,28 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
     if (m == NULL)
         return err->code;
     if (opts != NULL && opts->has_decay) {
+        char list[256], want[32];
         for (j = 0; j < m->cfg.ndecays && m->cfg.decays[j] != opts->decay; j++)
             ;
-        if (j == m->cfg.ndecays) {
-            char list[256], want[32], d[32];
-            int off = 0;
-            for (size_t i = 0; i < m->cfg.ndecays && off < (int)sizeof(list); i++)
-                off += snprintf(list + off, sizeof(list) - (size_t)off, "%s%s", i ? ", " : "",
-                                emaconf_fmt_double(d, sizeof(d), m->cfg.decays[i]));
+        if (j == m->cfg.ndecays)
             return store_fail(err, EMAD_ERANGE, NULL, "model '%s' has no decay %s (it has %s)",
-                              m->name, emaconf_fmt_double(want, sizeof(want), opts->decay), list);
-        }
+                              m->name, emaconf_fmt_double(want, sizeof(want), opts->decay),
+                              decay_list(list, sizeof(list), m));
     }
     if (odt != EMAD_DTYPE_INVALID && odt != VIEW_DTYPE_SHADOW && odt != EMAD_F32 &&
         odt != EMAD_BF16 && odt != EMAD_F16)
         return store_fail(err, EMAD_EDTYPE, NULL, "a pull may convert to F32, BF16 or F16, not %s",
                           dtype_name(odt) != NULL ? dtype_name(odt) : "that");
     count = names != NULL ? n : m->ntensors;
-    if (names != NULL) {
-        for (size_t i = 0; i < n; i++) {
-            if (strmap_get(m->index, names[i], name_lens[i]) == NULL) {
-                char name[EMAD_MAX_NAME_BYTES + 1];
-                store_cname(name, sizeof(name), names[i], name_lens[i]);
-                /* Only a valid name goes into error.tensor: the request may hold any bytes. */
-                return store_fail(err, EMAD_ENOTENSOR,
-                                  names_check_tensor(names[i], name_lens[i]) == 0 ? name : NULL,
-                                  "model '%s' has no tensor '%s'", m->name, name);
-            }
-        }
-    }
+    if (names != NULL && (picked = pick(s, m, names, name_lens, n, err)) == NULL)
+        return err->code;
     v = xcalloc(1, sizeof(*v));
     v->model = xstrndup(m->name, len);
     v->step = m->step;
     v->tensors = xcalloc(count, sizeof(*v->tensors));
     v->ntensors = count;
     for (size_t i = 0; i < count; i++) {
-        const tensor *t =
-            names != NULL ? strmap_get(m->index, names[i], name_lens[i]) : m->tensors[i];
+        const tensor *t = names != NULL ? picked[i] : m->tensors[i];
         view_tensor *vt = &v->tensors[i];
         uint32_t k = t->averaged ? (uint32_t)j : 0;
 
@@ -105,8 +166,19 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
         vt->data = t->shadow[k];
         t->shadow[k]->refs++;
     }
+    free(picked);
     *out = v;
     return 0;
+}
+
+/* The registered view with this id, or NULL. */
+static store_view *
+view_find(const store *s, uint64_t id)
+{
+    for (store_view *v = s->views; v != NULL; v = v->next)
+        if (v->id == id)
+            return v;
+    return NULL;
 }
 
 int
@@ -114,7 +186,9 @@ store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err)
 {
     if (s->nviews >= STORE_MAX_VIEWS)
         return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open pull sessions", STORE_MAX_VIEWS);
-    v->id = s->next_id++;
+    do /* random, so that no other client can guess it; unique among the open ones */
+        v->id = store_random_id();
+    while (view_find(s, v->id) != NULL);
     v->last_used_ms = now_ms;
     v->next = s->views;
     s->views = v;
@@ -125,13 +199,11 @@ store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err)
 store_view *
 store_view_get(store *s, uint64_t id, uint64_t now_ms)
 {
-    for (store_view *v = s->views; v != NULL; v = v->next) {
-        if (v->id == id) {
-            v->last_used_ms = now_ms;
-            return v;
-        }
-    }
-    return NULL;
+    store_view *v = view_find(s, id);
+
+    if (v != NULL)
+        v->last_used_ms = now_ms;
+    return v;
 }
 
 int
