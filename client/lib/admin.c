@@ -231,24 +231,50 @@ list_parse(emad_client *c, const reply *r, emad_model_info **out, size_t *n)
     return 0;
 }
 
+/* A reply parser that fills a malloc'd array at *out (typed by the parser) and its length. */
+typedef int (*array_parse_fn)(emad_client *c, const reply *r, void *out, size_t *n);
+
+/*
+ * One round trip of a request without arguments (list of models, stats)
+ * whose reply parse() reads into an array; *n is 0 on failure.
+ */
+static int
+call_array(emad_client *c, int op, array_parse_fn parse, void *out, size_t *n)
+{
+    simple_req q = {.op = op};
+    reply r;
+    int rc;
+
+    call_begin(c);
+    *n = 0;
+    if ((rc = call_simple(c, &q, &r)) != 0)
+        return call_end(c, rc);
+    rc = parse(c, &r, out, n);
+    reply_free(&r);
+    return call_end(c, rc);
+}
+
+/* list_parse() and stats_parse() as array_parse_fn. */
+static int
+list_parse_any(emad_client *c, const reply *r, void *out, size_t *n)
+{
+    return list_parse(c, r, out, n);
+}
+
+static int
+stats_parse_any(emad_client *c, const reply *r, void *out, size_t *n)
+{
+    return stats_parse(c, r, out, n);
+}
+
 /* List the daemon's models into a malloc'd array. */
 EMAD_EXTERN int
 emad_list(emad_client *c, emad_model_info **out, size_t *n)
 {
-    simple_req q = {.op = PROTO_OP_LIST};
-    reply r;
-    int rc;
-
     if (c == NULL || out == NULL || n == NULL)
         return EMAD_EINVAL;
-    call_begin(c);
     *out = NULL;
-    *n = 0;
-    if ((rc = call_simple(c, &q, &r)) != 0)
-        return call_end(c, rc);
-    rc = list_parse(c, &r, out, n);
-    reply_free(&r);
-    return call_end(c, rc);
+    return call_array(c, PROTO_OP_LIST, list_parse_any, out, n);
 }
 
 /* Free a tensor array from emad_describe() and its names; NULL accepted. */
@@ -423,20 +449,10 @@ stats_parse(emad_client *c, const reply *r, emad_stat **out, size_t *n)
 EMAD_EXTERN int
 emad_stats(emad_client *c, emad_stat **out, size_t *n)
 {
-    simple_req q = {.op = PROTO_OP_STATS};
-    reply r;
-    int rc;
-
     if (c == NULL || out == NULL || n == NULL)
         return EMAD_EINVAL;
-    call_begin(c);
     *out = NULL;
-    *n = 0;
-    if ((rc = call_simple(c, &q, &r)) != 0)
-        return call_end(c, rc);
-    rc = stats_parse(c, &r, out, n);
-    reply_free(&r);
-    return call_end(c, rc);
+    return call_array(c, PROTO_OP_STATS, stats_parse_any, out, n);
 }
 
 /*

@@ -81,18 +81,6 @@ codec_fail(codec_err *err, int code, const char *fmt, ...)
     return code;
 }
 
-/* Copy a possibly unprintable wire string for a message. */
-static const char *
-printable(char *buf, size_t size, const char *s, size_t len)
-{
-    size_t n = len < size - 1 ? len : size - 1;
-
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
-    buf[n] = '\0';
-    return buf;
-}
-
 /* Pack a string of len bytes. */
 static void
 pack_strn(msgpack_packer *pk, const char *s, size_t len)
@@ -227,12 +215,12 @@ tensor_decode(const msgpack_object *t, uint32_t i, int txn, codec_tensor *in, co
         return err->code;
     if ((in->kind = names_kind_from_name(s, len)) < 0)
         return codec_fail(err, EMAD_EMALFORMED, "kind '%s' is not param or buffer",
-                          printable(buf, sizeof(buf), s, len));
+                          names_printable(buf, sizeof(buf), s, len));
     if (str_of(k.dtype, PROTO_KEY_DTYPE, &s, &len, err) != 0)
         return err->code;
     if ((in->dtype = dtype_from_name(s, len)) == EMAD_DTYPE_INVALID)
         return codec_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
-                          printable(buf, sizeof(buf), s, len));
+                          names_printable(buf, sizeof(buf), s, len));
     if ((o = k.shape) == NULL || o->type != MSGPACK_OBJECT_ARRAY)
         return codec_fail(err, EMAD_EMALFORMED, "key 'shape' is %s (expected an array)",
                           o == NULL ? "missing" : "not an array");

@@ -93,3 +93,14 @@ names_check_tensor(const char *name, size_t len)
     }
     return 0;
 }
+
+const char *
+names_printable(char *buf, size_t size, const char *s, size_t len)
+{
+    size_t n = len < size - 1 ? len : size - 1;
+
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
+    buf[n] = '\0';
+    return buf;
+}

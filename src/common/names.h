@@ -29,4 +29,11 @@ int names_check_model(const char *name, size_t len);
  */
 int names_check_tensor(const char *name, size_t len);
 
+/*
+ * Copy a wire string that may hold anything (a name that failed its check,
+ * an unknown op) into buf for a message: at most size - 1 bytes, each
+ * byte outside printable ASCII and each '"' replaced by '?'. Returns buf.
+ */
+const char *names_printable(char *buf, size_t size, const char *s, size_t len);
+
 #endif

@@ -15,6 +15,7 @@
 #include <nanomsg/nn.h>
 
 #include "config.h"
+#include "common/names.h"
 #include "common/emaconf.h"
 #include "common/errors.h"
 #include "base/log.h"
@@ -162,7 +163,7 @@ ops_model_drop(req *r, store_err *err)
         return err->code;
     if (r->srv->persist != NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
-        persist_forget(r->srv->persist, request_printable(buf, sizeof(buf), name, len));
+        persist_forget(r->srv->persist, names_printable(buf, sizeof(buf), name, len));
     }
     log_info("event=model_dropped model=%.*s", (int)len, name);
     reply_send(r, reply_build_empty, NULL);
@@ -322,7 +323,7 @@ ops_model_list(req *r, store_err *err)
     if ((m = store_model_find(r->srv->store, name, len)) == NULL) {
         char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
         return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
-                            request_printable(buf, sizeof(buf), name, len));
+                            names_printable(buf, sizeof(buf), name, len));
     }
     ctx.m = m;
     if (list_page(&ctx, offset, limit, max_reply, err) != 0)
@@ -459,7 +460,7 @@ ops_model_snapshot(req *r, store_err *err)
         return err->code;
     if (name != NULL && store_model_find(r->srv->store, name, len) == NULL)
         return request_fail(err, EMAD_ENOMODEL, "no model '%s'",
-                            request_printable(buf, sizeof(buf), name, len));
+                            names_printable(buf, sizeof(buf), name, len));
     w = xcalloc(1, sizeof(*w));
     w->srv = r->srv;
     w->ctrl = r->ctrl;
@@ -467,7 +468,7 @@ ops_model_snapshot(req *r, store_err *err)
     r->ctrl = NULL; /* the reply is sent later, with this header, and counted then */
     r->deferred = 1;
     persist_request(r->srv->persist,
-                    name != NULL ? request_printable(buf, sizeof(buf), name, len) : NULL,
+                    name != NULL ? names_printable(buf, sizeof(buf), name, len) : NULL,
                     snapshot_done, w);
     return 0;
 }

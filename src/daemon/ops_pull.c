@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/names.h"
 #include "common/codec.h"
 #include "common/dtype.h"
 #include "base/log.h"
@@ -96,7 +97,7 @@ ops_pull_pull(req *r, store_err *err)
             vo.dtype = VIEW_DTYPE_SHADOW;
         else if ((vo.dtype = dtype_from_name(dn, dl)) == EMAD_DTYPE_INVALID)
             return request_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
-                                request_printable(buf, sizeof(buf), dn, dl));
+                                names_printable(buf, sizeof(buf), dn, dl));
     }
     if (max_reply > srv->cfg.max_message_bytes)
         max_reply = srv->cfg.max_message_bytes;

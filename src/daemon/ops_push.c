@@ -8,6 +8,7 @@
 
 #include <nanomsg/nn.h>
 
+#include "common/names.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
@@ -109,7 +110,7 @@ ops_push_push(req *r, store_err *err)
             request_fail(err, EMAD_EDTYPE,
                          "tensor '%s': '" PROTO_KEY_AS_DTYPE
                          "' is only for a seed ('" PROTO_KEY_SEED "': true)",
-                         request_printable(name, sizeof(name), in[i].name, in[i].name_len));
+                         names_printable(name, sizeof(name), in[i].name, in[i].name_len));
             free(in);
             return err->code;
         }

@@ -95,18 +95,6 @@ request_get_bool(const msgpack_object *map, const char *key, int *v, store_err *
     return 0;
 }
 
-/* Copy a possibly unprintable wire string for a message. */
-const char *
-request_printable(char *buf, size_t size, const char *s, size_t len)
-{
-    size_t n = len < size - 1 ? len : size - 1;
-
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
-    buf[n] = '\0';
-    return buf;
-}
-
 /*
  * Decode the `tensors` array of a push into in[0..*n) (malloc'd into *out;
  * names and data point into the request) with the shared tensor-map codec

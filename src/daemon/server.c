@@ -19,6 +19,7 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/tcp.h>
 
+#include "common/names.h"
 #include "common/cause.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
@@ -115,7 +116,7 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     if ((r.op = proto_op_from_name(opname, oplen)) == PROTO_OP_INVALID) {
         char pbuf[40];
         request_fail(&err, EMAD_EOP, "unknown op '%s'",
-                     request_printable(pbuf, sizeof(pbuf), opname, oplen));
+                     names_printable(pbuf, sizeof(pbuf), opname, oplen));
         goto error;
     }
     srv->op_counts[r.op]++;

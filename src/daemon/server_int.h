@@ -109,9 +109,6 @@ int request_get_float(const msgpack_object *map, const char *key, double *v, sto
 /* Optional bool field. */
 int request_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err);
 
-/* Copy a possibly unprintable wire string for a message into buf; returns buf. */
-const char *request_printable(char *buf, size_t size, const char *s, size_t len);
-
 /*
  * Decode the `tensors` array of a push into (*out)[0..*n) (malloc'd, the
  * caller frees; names and data point into the request).
