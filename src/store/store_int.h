@@ -104,6 +104,8 @@ struct store {
     store_view *views;
     size_t nviews;
     uint64_t next_id;
+    uint64_t reused_bytes; /* shadow bytes pushes wrote into spares (blob.c) */
+    uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -136,6 +138,7 @@ blob *blob_new(size_t size);
 void blob_unref(blob *b);
 void blob_release(blob *b, blob **spare);
 blob *blob_cow(blob *cur, size_t size);
+blob *blob_take(store *s, blob **spare, size_t size);
 
 /* stage.c */
 void stage_init(stage *st);
