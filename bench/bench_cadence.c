@@ -542,12 +542,9 @@ parse(run *r, int argc, char **argv)
         case 'n':
             r->small = 0;
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
+        default: /* --help, or an unknown option */
+            usage(o == 'h' ? stdout : stderr);
+            return o == 'h' ? 0 : 2;
         }
     }
     if (optind < argc || r->mib < 4 || r->mib > 4096 || !(r->scale > 0 && r->scale <= 10) ||
