@@ -566,7 +566,7 @@ START_TEST(test_store_spares_count_fresh_and_reused_bytes)
     store_input in;
     store_spares sp;
 
-    store_spares_get(s, &sp);
+    store_spares_get(s, &sp, 1);
     ck_assert_uint_eq(sp.fresh_bytes + sp.reused_bytes + sp.held_bytes, 0);
     for (uint64_t step = 1; step <= 5; step++) {
         if (step == 5)
@@ -575,7 +575,7 @@ START_TEST(test_store_spares_count_fresh_and_reused_bytes)
         in = chunk("t", v, 4, 0, 16);
         ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
         ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
-        store_spares_get(s, &sp);
+        store_spares_get(s, &sp, 1);
         ck_assert_uint_eq(sp.fresh_bytes, fresh[step - 1]);
         ck_assert_uint_eq(sp.reused_bytes, reused[step - 1]);
         ck_assert_uint_eq(sp.held_bytes, held[step - 1]);

@@ -176,7 +176,7 @@ idle_note_request(server *srv)
     }
     srv->last_request_ms = now;
     srv->trimmed = 0;
-    store_spares_get(srv->store, &sp);
+    store_spares_get(srv->store, &sp, 0);
     srv->counters[COUNTER_SHADOW_REUSED_BYTES] = sp.reused_bytes;
     srv->counters[COUNTER_SHADOW_FRESH_BYTES] = sp.fresh_bytes;
 }
@@ -255,7 +255,7 @@ on_timer(uv_timer_t *h)
         uint64_t hold = idle_hold_ms(srv);
         store_spares sp;
 
-        store_spares_get(srv->store, &sp);
+        store_spares_get(srv->store, &sp, 1);
         store_release_spares(srv->store);
         (void)malloc_trim(0);
         iocpu_hold(&srv->io, 0);

@@ -136,10 +136,10 @@ blob_take(store *s, blob **spare, size_t size)
 }
 
 void
-store_spares_get(const store *s, store_spares *out)
+store_spares_get(const store *s, store_spares *out, int held)
 {
     out->held_bytes = 0;
-    for (size_t i = 0; i < s->nmodels; i++) {
+    for (size_t i = 0; held && i < s->nmodels; i++) {
         const model *m = s->models[i];
         for (size_t k = 0; k < m->ntensors; k++)
             for (uint32_t j = 0; j < EMAD_MAX_DECAYS; j++)
