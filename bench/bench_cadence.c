@@ -18,7 +18,10 @@
  *                --cadence-scale), each push preceded by a raw nanomsg push
  *                of the same bytes to a REP server process (bench/raw.c),
  *                so raw runs at the same cadence; medians of --pushes
- *                pushes per cadence, the ratios emad / raw and emad /
+ *                pushes per cadence after one more that lets the daemon
+ *                learn the pace (printed apart: the first push after a
+ *                change to a slower pace may find its spares freed), the
+ *                ratios emad / raw and emad /
  *                emad back to back, and per push the daemon's page faults
  *                (/proc/PID/stat) and the shadow bytes it wrote into fresh
  *                memory (its shadow_fresh_bytes counter);
@@ -334,7 +337,8 @@ raw_once(run *r, const cmodel *m, double *sec)
 /* Figures of one cadence: medians over the pushes. */
 typedef struct cad_result {
     double emad_s, raw_s, faults, fresh_mib;
-    double each_emad[MAX_PUSHES], each_raw[MAX_PUSHES]; /* every push, in order */
+    /* Every push in order; [0]: the first at a cadence (untimed), 0 back to back. */
+    double each_emad[MAX_PUSHES + 1], each_raw[MAX_PUSHES + 1], each_fresh[MAX_PUSHES + 1];
 } cad_result;
 
 /*
@@ -344,11 +348,12 @@ typedef struct cad_result {
 static int
 cadence_once(run *r, const cmodel *m, double gap, uint64_t *step, cad_result *out)
 {
-    double e[MAX_PUSHES], w[MAX_PUSHES], f[MAX_PUSHES], b[MAX_PUSHES];
+    double e[MAX_PUSHES + 1], w[MAX_PUSHES + 1], f[MAX_PUSHES + 1], b[MAX_PUSHES + 1];
 
-    for (int i = 0; i < r->pushes; i++) {
+    /* At a cadence, push 0 is the first after a change of pace: untimed. */
+    for (int i = gap > 0 ? 0 : 1; i <= r->pushes; i++) {
         uint64_t f0, b0;
-        if (gap > 0 && i > 0)
+        if (gap > 0)
             proc_sleep_ms((long)(gap * 1000));
         if (raw_once(r, m, &w[i]) < 0)
             return -1;
@@ -356,11 +361,14 @@ cadence_once(run *r, const cmodel *m, double gap, uint64_t *step, cad_result *ou
         b0 = daemon_counter(r, "shadow_fresh_bytes");
         if (push_once(r, m, (*step)++, &e[i]) < 0)
             return -1;
-        out->each_emad[i] = e[i];
-        out->each_raw[i] = w[i];
         f[i] = (double)(daemon_faults(r) - f0);
         b[i] = (double)(daemon_counter(r, "shadow_fresh_bytes") - b0) / (double)MIB;
+        out->each_emad[i] = e[i];
+        out->each_raw[i] = w[i];
+        out->each_fresh[i] = b[i];
     }
+    /* The medians of the timed pushes 1 .. pushes. */
+    e[0] = e[r->pushes], w[0] = w[r->pushes], f[0] = f[r->pushes], b[0] = b[r->pushes];
     out->emad_s = median(e, r->pushes);
     out->raw_s = median(w, r->pushes);
     out->faults = median(f, r->pushes);
@@ -441,7 +449,11 @@ run_cadence(run *r)
         if (k >= 0)
             (void)snprintf(label, sizeof(label), "every %.2g s", cadence_s[k] * r->scale);
         printf("    %-14s", label);
-        for (int i = 0; i < r->pushes; i++)
+        if (k >= 0)
+            printf(" (first at this pace, untimed: %.2f/%.2f, %.0f MiB fresh)",
+                   (double)m.total / x->each_emad[0] / 1e9, (double)m.total / x->each_raw[0] / 1e9,
+                   x->each_fresh[0]);
+        for (int i = 1; i <= r->pushes; i++)
             printf(" %.2f/%.2f", (double)m.total / x->each_emad[i] / 1e9,
                    (double)m.total / x->each_raw[i] / 1e9);
         printf("\n");
@@ -506,7 +518,7 @@ usage(FILE *f)
                "2 and 20 s times F (default 1; e.g. 0.1 for a quick run), against raw\n"
                "nanomsg at the same cadence, with --pushes pushes per cadence (default 3);\n"
                "then the daemon's memory at rest, and 2-16 MiB models with other traffic\n"
-               "between pushes (--small-reps, default 21). Prints the machine's anchors\n"
+               "between pushes (--small-reps, default 11). Prints the machine's anchors\n"
                "first (fresh-memory writes, memcpy, TCP over loopback).\n");
 }
 
@@ -559,7 +571,7 @@ parse(run *r, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    run r = {.mib = 256, .scale = 1.0, .pushes = 3, .small_reps = 21, .small = 1};
+    run r = {.mib = 256, .scale = 1.0, .pushes = 3, .small_reps = 11, .small = 1};
     emad_options eo;
     int status = 1, rc;
 
