@@ -7,6 +7,12 @@
  * Prints per-push latency p50/p99, tensors applied per second, and the
  * aggregate requests/s of the 16 clients. Everything on 127.0.0.1.
  *
+ * Side by side in the same loop, before each push, a raw nanomsg REQ/REP
+ * round trip of the same data bytes (one message to a REP server process,
+ * bench/raw.c, acked; nanomsg's default socket buffers and emad's, the
+ * faster counted), so the ratio emad p50 / raw p50 shows what emad's
+ * protocol and averaging of 2,000 tensors cost over the transport.
+ *
  *     bench_small --emad PATH [--pushes N] [--clients C]
  */
 #include <pthread.h>
@@ -19,12 +25,15 @@
 #include <unistd.h>
 
 #include "emad.h"
+#include "proc.h"
+#include "raw.h"
 
 #define NTENSORS 2000
 #define NELEM 256
 
 static char url[64];
 static int pushes = 200;
+static raw_link *raw[RAW_BUFS_COUNT]; /* the raw server's endpoints, for the main loop */
 
 static double
 now(void)
@@ -69,9 +78,13 @@ model_init(small_model *m)
     }
 }
 
-/* Push `pushes` steps of a small model to `name`; latencies (seconds) into lat if not NULL. */
+/*
+ * Push `pushes` steps of a small model to `name`; latencies (seconds) into
+ * lat if not NULL, and then, before each push, the round trip of the same
+ * data bytes over each raw link into rawlat[bufs] (if raw links are set).
+ */
 static int
-push_loop(const char *name, double *lat)
+push_loop(const char *name, double *lat, double *rawlat[RAW_BUFS_COUNT])
 {
     small_model *m = malloc(sizeof(*m));
     emad_client *c = NULL;
@@ -87,8 +100,17 @@ push_loop(const char *name, double *lat)
         return -1;
     }
     for (int s = 1; s <= pushes; s++) {
-        double t0 = now();
-        if ((rc = emad_push(c, name, (uint64_t)s, m->t, NTENSORS, NULL)) != 0) {
+        double t0;
+        for (int b = 0; rawlat != NULL && b < RAW_BUFS_COUNT; b++) {
+            t0 = now();
+            if (raw_push(raw[b], (const char *)m->data, sizeof(m->data), sizeof(m->data)) < 0) {
+                rc = -1;
+                break;
+            }
+            rawlat[b][s - 1] = now() - t0;
+        }
+        t0 = now();
+        if (rc != 0 || (rc = emad_push(c, name, (uint64_t)s, m->t, NTENSORS, NULL)) != 0) {
             fprintf(stderr, "bench_small: push: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
             break;
         }
@@ -106,17 +128,21 @@ client_main(void *arg)
     char name[32];
 
     snprintf(name, sizeof(name), "small%ld", (long)(intptr_t)arg);
-    return (void *)(intptr_t)push_loop(name, NULL);
+    return (void *)(intptr_t)push_loop(name, NULL, NULL);
 }
 
 int
 main(int argc, char **argv)
 {
     const char *emad = NULL;
-    int clients = 16, port;
-    pid_t pid;
-    double *lat, t0, el;
+    int clients = 16, port, best = 0, status = 1;
+    proc daemon = {.pid = -1};
+    double *lat, *rawlat[RAW_BUFS_COUNT], t0, el;
     pthread_t th[64];
+    raw_server *rs = NULL;
+
+    if (argc > 1 && strcmp(argv[1], RAW_SERVER_ARG) == 0)
+        return raw_server_main(argc, argv); /* started by raw_spawn() */
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--emad") == 0 && i + 1 < argc)
@@ -132,24 +158,45 @@ main(int argc, char **argv)
         fprintf(stderr, "usage: bench_small --emad PATH [--pushes N>=2] [--clients 1..64]\n");
         return 2;
     }
+    if (proc_init() < 0)
+        return 1;
     srand((unsigned)getpid());
     port = 20000 + rand() % 20000;
     snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
-    if ((pid = fork()) == 0) {
-        execl(emad, emad, "--listen", url, "--log-level", "error", (char *)NULL);
-        _exit(127);
-    }
+    /* proc_spawn() unblocks the signals proc_init() blocked, so SIGTERM stops emad. */
+    if (proc_prepare(&daemon, "emad") < 0 ||
+        proc_spawn(&daemon, (const char *const[]){emad, "--listen", url, "--log-level", "error",
+                                                  "--http", "off", NULL}) < 0)
+        goto out;
+    /* The raw server before any nanomsg socket exists (it forks). */
+    if (raw_spawn(&rs, sizeof(((small_model *)0)->data)) < 0)
+        goto out;
+    for (int b = 0; b < RAW_BUFS_COUNT; b++)
+        if (raw_connect(&raw[b], rs, b) < 0)
+            goto out;
     usleep(300000);
     lat = calloc((size_t)pushes, sizeof(*lat));
-    if (push_loop("small", lat) != 0) {
-        kill(pid, SIGKILL);
-        return 1;
-    }
+    for (int b = 0; b < RAW_BUFS_COUNT; b++)
+        rawlat[b] = calloc((size_t)pushes, sizeof(double));
+    if (push_loop("small", lat, rawlat) != 0)
+        goto out;
     qsort(lat, (size_t)pushes, sizeof(*lat), cmp_double);
+    for (int b = 0; b < RAW_BUFS_COUNT; b++) {
+        qsort(rawlat[b], (size_t)pushes, sizeof(double), cmp_double);
+        if (rawlat[b][pushes / 2] < rawlat[best][pushes / 2])
+            best = b;
+    }
     printf("bench_small: one push of %d float32 tensors x %d elements (%zu KiB), %d pushes\n",
            NTENSORS, NELEM, (size_t)NTENSORS * NELEM * 4 / 1024, pushes);
     printf("  latency p50 %.2f ms, p99 %.2f ms; %.0f tensors applied/s (at p50)\n",
            lat[pushes / 2] * 1e3, lat[(pushes * 99) / 100] * 1e3, NTENSORS / lat[pushes / 2]);
+    printf("  raw nanomsg round trip of the same %zu bytes (one message, server process, %s "
+           "socket buffers), in the same loop: p50 %.2f ms, p99 %.2f ms\n",
+           sizeof(((small_model *)0)->data), best == RAW_BUFS_EMAD ? "emad's" : "default",
+           rawlat[best][pushes / 2] * 1e3, rawlat[best][(pushes * 99) / 100] * 1e3);
+    printf("  emad p50 / raw p50: %.2f (target <= 1.5: %s)\n",
+           lat[pushes / 2] / rawlat[best][pushes / 2],
+           lat[pushes / 2] <= 1.5 * rawlat[best][pushes / 2] ? "met" : "NOT MET");
     t0 = now();
     for (long i = 0; i < clients; i++)
         pthread_create(&th[i], NULL, client_main, (void *)(intptr_t)i);
@@ -158,8 +205,13 @@ main(int argc, char **argv)
     el = now() - t0;
     printf("  %d concurrent clients (own model each): %.0f pushes/s aggregate, %.0f tensors/s\n",
            clients, clients * pushes / el, (double)clients * pushes * NTENSORS / el);
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-    free(lat);
-    return 0;
+    status = 0;
+out:
+    for (int b = 0; b < RAW_BUFS_COUNT; b++)
+        raw_close(raw[b]);
+    if (raw_server_stop(rs) < 0)
+        status = 1;
+    if (proc_stop(&daemon) < 0)
+        status = 1;
+    return status;
 }

@@ -80,6 +80,8 @@ START_TEST(test_settings_defaults)
     ck_assert_int_eq(sc.io_cpu, SERVER_IO_CPU_AUTO);
     ck_assert_uint_eq(c.idle_release_ms, 5000);
     ck_assert_uint_eq(sc.idle_release_ms, 5000);
+    ck_assert_uint_eq(c.idle_release_max_ms, 30000);
+    ck_assert_uint_eq(sc.idle_release_max_ms, 30000);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -93,7 +95,8 @@ START_TEST(test_settings_defaults)
                         "log-level = info\n"
                         "http = 127.0.0.1:7471\n"
                         "io-cpu = auto\n"
-                        "idle-release = 5\n");
+                        "idle-release = 5\n"
+                        "idle-release-max = 30\n");
     free(p);
     settings_free(&c);
 }
@@ -117,7 +120,8 @@ START_TEST(test_settings_file_sets_every_key)
                            "log-level = debug ; inline comment\n"
                            "http = [::1]:9000\n"
                            "io-cpu = 1\n"
-                           "idle-release = 0.5\n");
+                           "idle-release = 0.5\n"
+                           "idle-release-max = 12.5\n");
 
     ck_assert_msg(cause == NULL, "%s", cause);
     ck_assert_int_eq(c.nlisten, 2);
@@ -134,6 +138,7 @@ START_TEST(test_settings_file_sets_every_key)
     ck_assert_int_eq(c.http_is_default, 0);
     ck_assert_int_eq(c.io_cpu, 1);
     ck_assert_uint_eq(c.idle_release_ms, 500);
+    ck_assert_uint_eq(c.idle_release_max_ms, 12500);
     settings_free(&c);
 
     cause = load(&c, "http = off\nio-cpu = off\n");
@@ -171,6 +176,8 @@ START_TEST(test_settings_errors_name_file_line_and_key)
     refused("idle-release = 0\n",
             "t.conf:1: idle-release = '0': expected a positive number of seconds, at most 86400");
     refused("idle-release = 90000\n", "t.conf:1: idle-release = '90000': expected a positive "
+                                       "number of seconds, at most 86400");
+    refused("idle-release-max = 0\n", "t.conf:1: idle-release-max = '0': expected a positive "
                                        "number of seconds, at most 86400");
     refused("idle-release = soon\n", "t.conf:1: idle-release = 'soon': expected a positive "
                                       "number of seconds, at most 86400");

@@ -550,6 +550,39 @@ START_TEST(test_store_txn_eager_publish_and_spare)
 }
 END_TEST
 
+/*
+ * store_spares_get() counts the shadow bytes transactions write into new
+ * memory and into spares, and the spare bytes held: a tensor of 16 bytes
+ * pushed by transactions at steps 1..4 writes fresh memory at steps 1 (the
+ * shadow) and 2 (the first spare), then reuses the spare; releasing the
+ * spares before step 5 makes that transaction write fresh memory again.
+ */
+START_TEST(test_store_spares_count_fresh_and_reused_bytes)
+{
+    float v[4] = {1, 2, 3, 4};
+    static const uint64_t fresh[] = {16, 32, 32, 32, 48}, reused[] = {0, 0, 16, 32, 32};
+    static const uint64_t held[] = {0, 16, 16, 16, 16};
+    uint64_t id, staged;
+    store_input in;
+    store_spares sp;
+
+    store_spares_get(s, &sp, 1);
+    ck_assert_uint_eq(sp.fresh_bytes + sp.reused_bytes + sp.held_bytes, 0);
+    for (uint64_t step = 1; step <= 5; step++) {
+        if (step == 5)
+            store_release_spares(s);
+        ck_assert_int_eq(store_txn_begin(s, "m", 1, step, 0, 0, &id, &err), 0);
+        in = chunk("t", v, 4, 0, 16);
+        ck_assert_int_eq(store_txn_push(s, id, NULL, 0, 0, 0, &in, 1, 0, &staged, &err), 0);
+        ck_assert_int_eq(store_txn_commit(s, id, 0, &res, &err), 0);
+        store_spares_get(s, &sp, 1);
+        ck_assert_uint_eq(sp.fresh_bytes, fresh[step - 1]);
+        ck_assert_uint_eq(sp.reused_bytes, reused[step - 1]);
+        ck_assert_uint_eq(sp.held_bytes, held[step - 1]);
+    }
+}
+END_TEST
+
 /* A push that changes a tensor while a transaction holds chunks of it: commit conflicts. */
 START_TEST(test_store_txn_eager_conflict)
 {
@@ -778,6 +811,7 @@ store_suite(void)
     tcase_add_test(tc, test_store_txn_chunk_order_and_resend);
     tcase_add_test(tc, test_store_txn_staged_chunks_any_order);
     tcase_add_test(tc, test_store_txn_eager_publish_and_spare);
+    tcase_add_test(tc, test_store_spares_count_fresh_and_reused_bytes);
     tcase_add_test(tc, test_store_txn_eager_conflict);
     tcase_add_test(tc, test_store_txn_jobs_in_flight);
     tcase_add_test(tc, test_store_txn_abort_and_expiry_apply_nothing);

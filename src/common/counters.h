@@ -29,7 +29,9 @@
     XX(TENSORS_IGNORED, "tensors_ignored")                                                       \
     XX(WRITER_PUSHES_PENDING, "writer_pushes_pending")                                           \
     XX(STEPS_EXPIRED, "steps_expired")                                                           \
-    XX(COMMITS_WAITED, "commits_waited")
+    XX(COMMITS_WAITED, "commits_waited")                                                         \
+    XX(SHADOW_REUSED_BYTES, "shadow_reused_bytes")                                               \
+    XX(SHADOW_FRESH_BYTES, "shadow_fresh_bytes")
 
 /* Counter ids, in the order of the `stats` reply. */
 enum counter {

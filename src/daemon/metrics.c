@@ -73,6 +73,10 @@ static const struct counter_info {
      "Replies that could not be sent (client gone or out of memory)."},
     {COUNTER_COMMITS_WAITED, "emad_commits_waited_total", NULL,
      "Commits that waited for chunks of their transaction still being averaged."},
+    {COUNTER_SHADOW_REUSED_BYTES, "emad_transaction_shadow_bytes_total", "reused",
+     "Shadow bytes transactions wrote, by memory: reused (a spare kept mapped) or fresh (new "
+     "memory, a page fault per page)."},
+    {COUNTER_SHADOW_FRESH_BYTES, "emad_transaction_shadow_bytes_total", "fresh", NULL},
 };
 
 /* Every counter is in the table but the three exported per op or per code. */

@@ -120,6 +120,13 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
         goto error;
     }
     srv->op_counts[r.op]++;
+    if (r.op == PROTO_OP_BEGIN || r.op == PROTO_OP_PUSH) { /* a push begins, not a chunk */
+        store_err scratch;
+        uint64_t txn;
+        int has_txn = 0;
+        (void)request_get_u64(r.root, PROTO_KEY_TXN, &txn, &has_txn, &scratch);
+        srv->pushes_seen += r.op == PROTO_OP_BEGIN || !has_txn;
+    }
     r.t0 = uv_hrtime();
     rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
                                    : request_fail(&err, EMAD_EINTERNAL, "op not handled");
@@ -133,6 +140,53 @@ done:
     *ctrl = r.ctrl; /* NULL if the reply took it */
     if (capture_len != NULL)
         *capture_len = r.reply_len;
+}
+
+/*
+ * How long the daemon keeps its spare shadows (and heap) after the last
+ * request: cfg.idle_release_ms, or twice the push cadence when that is
+ * longer, at most cfg.idle_release_max_ms. A trainer that pushes every
+ * 20 s then writes every push into memory already mapped, and memory
+ * still goes back within idle_release_max_ms of the last request.
+ */
+static uint64_t
+idle_hold_ms(const server *srv)
+{
+    uint64_t lo = srv->cfg.idle_release_ms, hi = srv->cfg.idle_release_max_ms;
+    uint64_t hold = 2 * srv->push_gap_ms;
+
+    if (hi < lo)
+        hi = lo;
+    return hold < lo ? lo : hold > hi ? hi : hold;
+}
+
+/*
+ * After a request (loop thread): note the time, learn the push cadence
+ * from the pushes begun (a push in one message or a transaction's begin,
+ * counted by handle(); the larger of the latest gap and 7/8
+ * of the previous estimate, so that the several writers of a step or a
+ * pause for evaluation do not shrink it at once), and copy the store's
+ * counts of shadow bytes written into spares and into fresh memory.
+ */
+static void
+idle_note_request(server *srv)
+{
+    uint64_t now = uv_now(srv->loop);
+    store_spares sp;
+
+    if (srv->pushes_seen != srv->pushes_noted) {
+        if (srv->pushes_noted != 0) {
+            uint64_t gap = now - srv->last_push_ms, kept = srv->push_gap_ms - srv->push_gap_ms / 8;
+            srv->push_gap_ms = gap > kept ? gap : kept;
+        }
+        srv->pushes_noted = srv->pushes_seen;
+        srv->last_push_ms = now;
+    }
+    srv->last_request_ms = now;
+    srv->trimmed = 0;
+    store_spares_get(srv->store, &sp, 0);
+    srv->counters[COUNTER_SHADOW_REUSED_BYTES] = sp.reused_bytes;
+    srv->counters[COUNTER_SHADOW_FRESH_BYTES] = sp.fresh_bytes;
 }
 
 /* uv_poll callback: drain every pending request (level-triggered NN_RCVFD). */
@@ -170,8 +224,7 @@ on_readable(uv_poll_t *h, int status, int events)
         handle(srv, body, (size_t)n, &ctrl, &body, NULL, NULL);
         if (body != NULL)
             nn_freemsg(body);
-        srv->last_request_ms = uv_now(srv->loop);
-        srv->trimmed = 0;
+        idle_note_request(srv);
         if (ctrl != NULL)
             nn_freemsg(ctrl);
     }
@@ -198,20 +251,25 @@ on_timer(uv_timer_t *h)
     srv->counters[COUNTER_TXN_EXPIRED] += txns;
     srv->counters[COUNTER_SESSIONS_EXPIRED] += views;
     /*
-     * Idle for cfg.idle_release_ms: free the spare shadows (the replaced
-     * shadows a transaction writes into next time) and give the heap's free
-     * memory back. Until then both stay mapped: fresh memory costs page
-     * faults (~0.5 GB/s on this class of VM), and a trimmed heap faults in
-     * the next push's request buffers again: pushes of a 256 MiB model 1.5 s
+     * Idle for idle_hold_ms(): free the spare shadows (the replaced shadows
+     * a transaction writes into next time) and give the heap's free memory
+     * back. Until then both stay mapped: fresh memory costs page faults
+     * (~0.5 GB/s on this class of VM), and a trimmed heap faults in the
+     * next push's request buffers again: pushes of a 256 MiB model 1.5 s
      * apart took 1,200 page faults each when the heap was trimmed after one
      * idle second, 0 without.
      */
-    if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= srv->cfg.idle_release_ms) {
+    if (!srv->trimmed && uv_now(srv->loop) - srv->last_request_ms >= idle_hold_ms(srv)) {
+        uint64_t hold = idle_hold_ms(srv);
+        store_spares sp;
+
+        store_spares_get(srv->store, &sp, 1);
         store_release_spares(srv->store);
         (void)malloc_trim(0);
         iocpu_hold(&srv->io, 0);
         srv->trimmed = 1;
-        log_debug("event=idle_release idle_ms=%llu", (unsigned long long)srv->cfg.idle_release_ms);
+        log_debug("event=idle_release idle_ms=%llu spare_bytes=%llu", (unsigned long long)hold,
+                  (unsigned long long)sp.held_bytes);
     }
 }
 
@@ -272,6 +330,7 @@ server_config_init(server_config *cfg)
     cfg->snapshot_keep = 2;
     cfg->io_cpu = SERVER_IO_CPU_AUTO;
     cfg->idle_release_ms = 5000;
+    cfg->idle_release_max_ms = 30000;
 }
 
 int

@@ -35,6 +35,7 @@ typedef struct server_config {
     int require_snapshot;          /* a missing or unloadable state is a startup error */
     int io_cpu; /* CPU that holds nanomsg's I/O thread during large pushes: a number, _AUTO, _OFF */
     uint64_t idle_release_ms; /* 5000: spares freed and heap trimmed after this long idle */
+    uint64_t idle_release_max_ms; /* 30000: longest idle time the push cadence extends it to */
 } server_config;
 
 typedef struct server server;

@@ -47,7 +47,11 @@ struct server {
     int stopping;     /* SIGTERM seen: writing snapshots before closing */
     uint64_t start_ms;
     uint64_t last_request_ms; /* for giving freed memory back when idle */
-    int trimmed;              /* idle for cfg.idle_release_ms: spares freed, heap trimmed */
+    int trimmed;              /* idle for server_idle_hold_ms(): spares freed, heap trimmed */
+    uint64_t pushes_seen;     /* pushes begun: one-message pushes and transactions */
+    uint64_t pushes_noted;    /* pushes_seen when idle_note_request() last learned the cadence */
+    uint64_t last_push_ms;    /* when the latest of them came */
+    uint64_t push_gap_ms;     /* the push cadence: recent time between two of them */
     uint64_t counters[COUNTER_COUNT];
     uint64_t op_counts[PROTO_OP_COUNT];
     /* Error codes counted one by one in the stats (index: -code - EMAD_ERRNO_FIRST). */

@@ -36,6 +36,7 @@ enum key {
     K_HTTP,
     K_IO_CPU,
     K_IDLE_RELEASE,
+    K_IDLE_RELEASE_MAX,
     K_COUNT
 };
 
@@ -55,6 +56,7 @@ static const struct key_info {
     [K_HTTP] = {"http", 1, 0},
     [K_IO_CPU] = {"io-cpu", 1, 0},
     [K_IDLE_RELEASE] = {"idle-release", 1, 0},
+    [K_IDLE_RELEASE_MAX] = {"idle-release-max", 1, 0},
 };
 
 void
@@ -101,6 +103,11 @@ settings_usage(FILE *f)
             "                           spare shadows and return free heap memory\n"
             "                           (default 5; fractions allowed). The next push\n"
             "                           then writes fresh memory, which is slower.\n"
+            "  --idle-release-max SECONDS\n"
+            "                           while pushes come at a steady pace, keep the\n"
+            "                           spares for twice the time between pushes, up to\n"
+            "                           this long (default 30; never less than\n"
+            "                           --idle-release)\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
@@ -127,6 +134,7 @@ settings_init(settings *c)
     c->snapshot_keep = d.snapshot_keep;
     c->io_cpu = d.io_cpu;
     c->idle_release_ms = d.idle_release_ms;
+    c->idle_release_max_ms = d.idle_release_max_ms;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;
@@ -314,12 +322,16 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
         c->http_is_default = 0;
         return 0;
     case K_IDLE_RELEASE:
+    case K_IDLE_RELEASE_MAX:
         if (parse_seconds(value, 0, &v) < 0 || v > SETTINGS_MAX_IDLE_RELEASE_MS) {
             snprintf(why, size, "expected a positive number of seconds, at most %d",
                      SETTINGS_MAX_IDLE_RELEASE_MS / 1000);
             return -EINVAL;
         }
-        c->idle_release_ms = v;
+        if (k == K_IDLE_RELEASE)
+            c->idle_release_ms = v;
+        else
+            c->idle_release_max_ms = v;
         return 0;
     case K_IO_CPU:
         if (strcmp(value, "auto") == 0) {
@@ -411,6 +423,9 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_IDLE_RELEASE:
         fmt_seconds(buf, size, c->idle_release_ms);
         break;
+    case K_IDLE_RELEASE_MAX:
+        fmt_seconds(buf, size, c->idle_release_max_ms);
+        break;
     case K_IO_CPU:
         if (c->io_cpu == SERVER_IO_CPU_AUTO)
             snprintf(buf, size, "auto");
@@ -465,6 +480,7 @@ settings_server(const settings *c, server_config *out)
     out->require_snapshot = c->require_snapshot;
     out->io_cpu = c->io_cpu;
     out->idle_release_ms = c->idle_release_ms;
+    out->idle_release_max_ms = c->idle_release_max_ms;
 }
 
 void

@@ -39,6 +39,7 @@ typedef struct settings {
     int require_snapshot;
     int io_cpu; /* a CPU number, SERVER_IO_CPU_AUTO or SERVER_IO_CPU_OFF */
     uint64_t idle_release_ms;
+    uint64_t idle_release_max_ms;
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */

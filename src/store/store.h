@@ -274,6 +274,18 @@ int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
 /* Free the spare shadow blobs kept for the next transactions (when idle). */
 void store_release_spares(store *s);
 
+/*
+ * The shadow bytes written into spares and fresh memory, and with held set
+ * the spare bytes held now (a walk over every tensor; else held_bytes is 0).
+ */
+typedef struct store_spares {
+    uint64_t held_bytes;   /* bytes of spare blobs held now */
+    uint64_t reused_bytes; /* shadow bytes pushes wrote into spares, since the start */
+    uint64_t fresh_bytes;  /* shadow bytes pushes wrote into newly allocated memory */
+} store_spares;
+
+void store_spares_get(const store *s, store_spares *out, int held);
+
 /* Take or drop a reference to a blob (a reply being packed off the store's thread). */
 void store_blob_ref(blob *b);
 void store_blob_unref(blob *b);

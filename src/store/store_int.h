@@ -126,8 +126,10 @@ struct store {
     txn *zombies; /* discarded transactions whose jobs still run */
     store_view *views;
     size_t nviews;
-    uint64_t next_id; /* model uids */
-    uint64_t mark;    /* the last tensor mark handed out (view.c) */
+    uint64_t next_id;      /* model uids */
+    uint64_t mark;         /* the last tensor mark handed out (view.c) */
+    uint64_t reused_bytes; /* shadow bytes pushes wrote into spares (blob.c) */
+    uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -162,6 +164,7 @@ blob *blob_new(size_t size);
 void blob_unref(blob *b);
 void blob_release(blob *b, blob **spare);
 blob *blob_cow(blob *cur, size_t size);
+blob *blob_take(store *s, blob **spare, size_t size);
 
 /* stage.c */
 void stage_init(stage *st);

@@ -187,7 +187,7 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
  * are checked and counted, not applied.
  */
 static int
-eager_prepare(model *m, const txn *x, item *it, store_err *err)
+eager_prepare(store *s, model *m, const txn *x, item *it, store_err *err)
 {
     tensor *t = strmap_get(m->index, it->name, it->name_len);
     uint64_t numel, nbytes;
@@ -203,10 +203,7 @@ eager_prepare(model *m, const txn *x, item *it, store_err *err)
     sdtype = it->averaged ? dtype_shadow(it->dtype) : it->dtype;
     (void)dtype_numel(it->shape, it->ndim, sdtype, &numel, &nbytes);
     for (uint32_t j = 0; j < (it->averaged ? (uint32_t)m->cfg.ndecays : 1); j++) {
-        if (t != NULL && t->spare[j] != NULL && t->spare[j]->size == nbytes) {
-            it->target[j] = t->spare[j];
-            t->spare[j] = NULL;
-        } else if ((it->target[j] = blob_new(nbytes)) == NULL) {
+        if ((it->target[j] = blob_take(s, t != NULL ? &t->spare[j] : NULL, nbytes)) == NULL) {
             for (uint32_t k = 0; k < j; k++) {
                 blob_unref(it->target[k]);
                 blob_unref(it->base[k]);
@@ -455,7 +452,7 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
             it = stage_add(&t->st, &in[i], numel);
         }
         if (t->eager) {
-            if (!it->prepared && eager_prepare(m, t, it, err) != 0)
+            if (!it->prepared && eager_prepare(s, m, t, it, err) != 0)
                 goto fail;
             (void)stage_item_add_slice(it, in[i].start, counts[i]);
             continue;
