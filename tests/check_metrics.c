@@ -85,9 +85,9 @@ sample_figures(void)
     f->counters[COUNTER_BYTES_IN] = 123456789012ULL;
     f->counters[COUNTER_TENSORS_APPLIED] = 14;
     f->counters[COUNTER_TXN_COMMITTED] = 5;
-    f->models = 2;
+    f->store.models = 2;
     f->has_state_dir = 1;
-    f->snapshot_last_success_unix_ms = 1700000000500ULL;
+    f->snap.last_success_unix_ms = 1700000000500ULL;
     f->push_apply.counts[0] = 1;
     f->push_apply.counts[2] = 2;
     f->push_apply.counts[METRICS_HIST_BUCKETS] = 1;
@@ -554,8 +554,8 @@ START_TEST(test_metrics_server_figures_count_what_was_sent)
     ck_assert_uint_eq(f->pushes_stale, 1);
     ck_assert_uint_eq(f->counters[COUNTER_TENSORS_APPLIED], 2);
     ck_assert_uint_eq(f->counters[COUNTER_TENSORS_STALE], 1);
-    ck_assert_uint_eq(f->models, 1);
-    ck_assert_uint_eq(f->shadow_bytes, 16);
+    ck_assert_uint_eq(f->store.models, 1);
+    ck_assert_uint_eq(f->store.shadow_bytes, 16);
     ck_assert_uint_eq(f->nmodels, 1);
     ck_assert_str_eq(f->model[0].name, "m");
     ck_assert_uint_eq(f->model[0].step, 2);

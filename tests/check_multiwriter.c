@@ -139,7 +139,7 @@ ok(const msgpack_object *r)
  * (NULL: not checked); then that the server still answers a hello.
  */
 static void
-refused(const msgpack_object *r, int code, const char *tensor, const char *text)
+refused(const msgpack_object *r, int code, const char *tname, const char *text)
 {
     const msgpack_object *e = at(r, "error");
     char msg[600];
@@ -149,7 +149,7 @@ refused(const msgpack_object *r, int code, const char *tensor, const char *text)
              at(e, "message")->via.str.ptr);
     ck_assert_msg(num(e, "code") == (uint64_t)-code, "code %llu, not %d: %s",
                   (unsigned long long)num(e, "code"), -code, msg);
-    ck_assert_msg(str_is(at(e, "tensor"), tensor), "error names no tensor '%s': %s", tensor, msg);
+    ck_assert_msg(str_is(at(e, "tensor"), tname), "error names no tensor '%s': %s", tname, msg);
     ck_assert_msg(text == NULL || strstr(msg, text) != NULL, "'%s' lacks '%s'", msg, text);
     req("hello", 0);
     ok(call());
@@ -180,11 +180,11 @@ stale_names(const msgpack_object *r, const char *const *names, uint32_t n)
 
 /* Create model with writers writers and nd decays. */
 static void
-create(const char *model, uint32_t writers, const double *decays, uint32_t nd)
+create(const char *mname, uint32_t writers, const double *decays, uint32_t nd)
 {
     req("create", 3);
     pstr("model");
-    pstr(model);
+    pstr(mname);
     pu64("writers", writers);
     pstr("decays");
     msgpack_pack_array(&pk, nd);
@@ -237,11 +237,11 @@ pack_part(const part *p, int chunk, uint64_t off, uint64_t len)
 
 /* Push n parts as writer w of model at step. */
 static const msgpack_object *
-push(const char *model, uint64_t step, uint32_t w, const part *p, uint32_t n)
+push(const char *mname, uint64_t step, uint32_t w, const part *p, uint32_t n)
 {
     req("push", 4);
     pstr("model");
-    pstr(model);
+    pstr(mname);
     pu64("step", step);
     pu64("writer", w);
     pstr("tensors");
@@ -253,11 +253,11 @@ push(const char *model, uint64_t step, uint32_t w, const part *p, uint32_t n)
 
 /* Open a transaction of writer w on model at step; its id. */
 static uint64_t
-begin(const char *model, uint64_t step, uint32_t w)
+begin(const char *mname, uint64_t step, uint32_t w)
 {
     req("begin", 3);
     pstr("model");
-    pstr(model);
+    pstr(mname);
     pu64("step", step);
     pu64("writer", w);
     return num(ok(call()), "txn");
@@ -301,14 +301,14 @@ ref_update(float *shadow, const float *v, size_t n, double decay, int first)
  * reference values want, at the model's committed step.
  */
 static void
-pulled_equals(const char *model, const char *name, double decay, const float *want, size_t n,
+pulled_equals(const char *mname, const char *name, double decay, const float *want, size_t n,
               uint64_t step)
 {
     const msgpack_object *r, *data;
 
     req("pull", 3);
     pstr("model");
-    pstr(model);
+    pstr(mname);
     pstr("decay");
     msgpack_pack_double(&pk, decay);
     pstr("tensors");

@@ -140,9 +140,9 @@ pack_tensor(const char *name, const char *kind, const char *dtype, const uint64_
 
 /* Push one F32 param of n elements at step. */
 static const msgpack_object *
-push_f32(const char *model, uint64_t step, const char *name, const float *v, uint64_t n)
+push_f32(const char *mname, uint64_t step, const char *name, const float *v, uint64_t n)
 {
-    rq_begin_push(&req, model, step, 1);
+    rq_begin_push(&req, mname, step, 1);
     pack_tensor(name, "param", "F32", &n, 1, v, n * 4);
     return send_req();
 }

@@ -387,16 +387,17 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
             sb_printf(&sb, "%s %llu\n", ci->family, v);
     }
 
-    single_u64(&sb, "emad_models", "gauge", "Models held.", f->models);
-    single_u64(&sb, "emad_tensors", "gauge", "Tensors held, over all models.", f->tensors);
+    single_u64(&sb, "emad_models", "gauge", "Models held.", f->store.models);
+    single_u64(&sb, "emad_tensors", "gauge", "Tensors held, over all models.", f->store.tensors);
     single_u64(&sb, "emad_shadow_bytes", "gauge", "Bytes of shadow data held, every decay.",
-               f->shadow_bytes);
-    single_u64(&sb, "emad_open_transactions", "gauge", "Push transactions open.", f->txn_open);
-    single_u64(&sb, "emad_open_pull_sessions", "gauge", "Pull sessions open.", f->sessions_open);
+               f->store.shadow_bytes);
+    single_u64(&sb, "emad_open_transactions", "gauge", "Push transactions open.",
+               f->store.txn_open);
+    single_u64(&sb, "emad_open_pull_sessions", "gauge", "Pull sessions open.", f->store.views_open);
     single_u64(&sb, "emad_pending_steps", "gauge", "Multi-writer steps waiting for writers.",
-               f->steps_pending);
+               f->store.steps_pending);
     single_u64(&sb, "emad_staged_bytes", "gauge",
-               "Bytes staged in open transactions and pending steps.", f->staged_bytes);
+               "Bytes staged in open transactions and pending steps.", f->store.staged_bytes);
     single_u64(&sb, "emad_max_message_bytes", "gauge", "Largest request accepted, in bytes.",
                f->max_message_bytes);
     single_u64(&sb, "emad_connected_pipes", "gauge",
@@ -435,24 +436,23 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
 
     if (f->has_state_dir) {
         single_u64(&sb, "emad_snapshots_written_total", "counter", "Snapshots written.",
-                   f->snapshots_written);
+                   f->snap.written);
         single_u64(&sb, "emad_snapshot_failures_total", "counter",
-                   "Snapshot writes that failed (the previous snapshot is kept).",
-                   f->snapshot_failures);
+                   "Snapshot writes that failed (the previous snapshot is kept).", f->snap.failed);
         single_u64(&sb, "emad_snapshot_written_bytes_total", "counter",
-                   "Bytes of snapshot files written.", f->snapshot_bytes);
+                   "Bytes of snapshot files written.", f->snap.bytes);
         single_double(&sb, "emad_snapshot_last_success_timestamp_seconds", "gauge",
                       "Unix time of the last successful snapshot (0: none since start).",
-                      (double)f->snapshot_last_success_unix_ms / 1000.0);
+                      (double)f->snap.last_success_unix_ms / 1000.0);
         single_double(&sb, "emad_snapshot_last_duration_seconds", "gauge",
                       "Duration of the last snapshot write.",
-                      (double)f->snapshot_last_duration_ms / 1000.0);
+                      (double)f->snap.last_duration_ms / 1000.0);
         single_u64(&sb, "emad_snapshot_running", "gauge", "Snapshot writes in progress.",
-                   f->snapshot_running);
+                   f->snap.running);
         single_u64(&sb, "emad_snapshots_loaded", "gauge", "Snapshots loaded at startup.",
-                   f->snapshots_loaded);
+                   f->snap.loaded);
         single_u64(&sb, "emad_snapshots_broken", "gauge",
-                   "Snapshots found corrupt at startup (renamed *.broken).", f->snapshots_broken);
+                   "Snapshots found corrupt at startup (renamed *.broken).", f->snap.broken);
     }
 
     histogram(&sb, "emad_push_apply_duration_seconds",
@@ -558,29 +558,29 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     jset_u64(c, "connections_dropped", f->connections_dropped);
     jset_u64(c, "connections_broken", f->connections_broken);
     if (f->has_state_dir) {
-        jset_u64(c, PROTO_KEY_SNAPSHOTS_WRITTEN, f->snapshots_written);
-        jset_u64(c, PROTO_KEY_SNAPSHOT_FAILURES, f->snapshot_failures);
-        jset_u64(c, PROTO_KEY_SNAPSHOT_BYTES, f->snapshot_bytes);
+        jset_u64(c, PROTO_KEY_SNAPSHOTS_WRITTEN, f->snap.written);
+        jset_u64(c, PROTO_KEY_SNAPSHOT_FAILURES, f->snap.failed);
+        jset_u64(c, PROTO_KEY_SNAPSHOT_BYTES, f->snap.bytes);
     }
     json_object_set_new(root, "counters", c);
 
     g = json_object();
-    jset_u64(g, PROTO_KEY_MODELS, f->models);
-    jset_u64(g, PROTO_KEY_TENSORS, f->tensors);
-    jset_u64(g, PROTO_KEY_SHADOW_BYTES, f->shadow_bytes);
-    jset_u64(g, PROTO_KEY_TXN_OPEN, f->txn_open);
-    jset_u64(g, PROTO_KEY_SESSIONS_OPEN, f->sessions_open);
-    jset_u64(g, PROTO_KEY_STEPS_PENDING, f->steps_pending);
-    jset_u64(g, PROTO_KEY_STAGED_BYTES, f->staged_bytes);
+    jset_u64(g, PROTO_KEY_MODELS, f->store.models);
+    jset_u64(g, PROTO_KEY_TENSORS, f->store.tensors);
+    jset_u64(g, PROTO_KEY_SHADOW_BYTES, f->store.shadow_bytes);
+    jset_u64(g, PROTO_KEY_TXN_OPEN, f->store.txn_open);
+    jset_u64(g, PROTO_KEY_SESSIONS_OPEN, f->store.views_open);
+    jset_u64(g, PROTO_KEY_STEPS_PENDING, f->store.steps_pending);
+    jset_u64(g, PROTO_KEY_STAGED_BYTES, f->store.staged_bytes);
     jset_u64(g, "connected_pipes", f->connections);
     jset_u64(g, PROTO_KEY_MAX_MESSAGE_BYTES, f->max_message_bytes);
     if (f->has_state_dir) {
         jset_u64(g, PROTO_KEY_SNAPSHOT_LAST_SUCCESS_UNIX_SECONDS,
-                 f->snapshot_last_success_unix_ms / 1000);
-        jset_u64(g, PROTO_KEY_SNAPSHOT_LAST_DURATION_MS, f->snapshot_last_duration_ms);
-        jset_u64(g, PROTO_KEY_SNAPSHOT_RUNNING, f->snapshot_running);
-        jset_u64(g, PROTO_KEY_SNAPSHOTS_LOADED, f->snapshots_loaded);
-        jset_u64(g, PROTO_KEY_SNAPSHOTS_BROKEN, f->snapshots_broken);
+                 f->snap.last_success_unix_ms / 1000);
+        jset_u64(g, PROTO_KEY_SNAPSHOT_LAST_DURATION_MS, f->snap.last_duration_ms);
+        jset_u64(g, PROTO_KEY_SNAPSHOT_RUNNING, f->snap.running);
+        jset_u64(g, PROTO_KEY_SNAPSHOTS_LOADED, f->snap.loaded);
+        jset_u64(g, PROTO_KEY_SNAPSHOTS_BROKEN, f->snap.broken);
     }
     json_object_set_new(root, "gauges", g);
 

@@ -22,6 +22,8 @@
 #include "emad.h"
 #include "common/counters.h"
 #include "common/proto.h"
+#include "daemon/persist.h"
+#include "store/store.h"
 
 /* Wire name of counter id (enum counter, common/counters.h), as the `stats` op reports it. */
 const char *metrics_counter_name(int id);
@@ -80,16 +82,14 @@ typedef struct metrics_figures {
     /* The server's counters (index: enum counter); requests, errors and rejected pushes are
      * reported from the per-op and per-code counts above instead. */
     uint64_t counters[COUNTER_COUNT];
-    /* Gauges of the store. */
-    uint64_t models, tensors, shadow_bytes, txn_open, sessions_open, steps_pending, staged_bytes;
+    store_gauges store; /* gauges of the store */
     uint64_t max_message_bytes;
     /* Transport (nanomsg socket statistics). */
     uint64_t connections, connections_accepted, connections_dropped, connections_broken,
         endpoint_errors;
     /* Snapshots (all zero without a state directory). */
     int has_state_dir;
-    uint64_t snapshots_written, snapshot_failures, snapshot_bytes, snapshot_last_success_unix_ms,
-        snapshot_last_duration_ms, snapshot_running, snapshots_loaded, snapshots_broken;
+    persist_stats snap;
     /* Latency of push and commit handling (decode, validate, apply, reply) and of pulls and reads.
      */
     metrics_hist push_apply, pull;

@@ -500,8 +500,6 @@ server_figures(server *srv)
     size_t n = 0;
     uint64_t now = server_now(srv);
     metrics_figures *f;
-    store_gauges g;
-    persist_stats ps;
     model *m;
 
     while (store_model_at(srv->store, n) != NULL)
@@ -518,14 +516,7 @@ server_figures(server *srv)
     }
     f->pushes_stale = srv->pushes_stale;
     memcpy(f->counters, srv->counters, sizeof(f->counters));
-    store_gauges_get(srv->store, &g);
-    f->models = g.models;
-    f->tensors = g.tensors;
-    f->shadow_bytes = g.shadow_bytes;
-    f->txn_open = g.txn_open;
-    f->sessions_open = g.views_open;
-    f->steps_pending = g.steps_pending;
-    f->staged_bytes = g.staged_bytes;
+    store_gauges_get(srv->store, &f->store);
     f->max_message_bytes = srv->cfg.max_message_bytes;
     if (srv->sock >= 0) {
         f->connections = nn_get_statistic(srv->sock, NN_STAT_CURRENT_CONNECTIONS);
@@ -535,16 +526,8 @@ server_figures(server *srv)
         f->endpoint_errors = nn_get_statistic(srv->sock, NN_STAT_CURRENT_EP_ERRORS);
     }
     if (srv->persist != NULL) {
-        persist_stats_get(srv->persist, &ps);
+        persist_stats_get(srv->persist, &f->snap);
         f->has_state_dir = 1;
-        f->snapshots_written = ps.written;
-        f->snapshot_failures = ps.failed;
-        f->snapshot_bytes = ps.bytes;
-        f->snapshot_last_success_unix_ms = ps.last_success_unix_ms;
-        f->snapshot_last_duration_ms = ps.last_duration_ms;
-        f->snapshot_running = ps.running;
-        f->snapshots_loaded = ps.loaded;
-        f->snapshots_broken = ps.broken;
     }
     f->push_apply = srv->push_hist;
     f->pull = srv->pull_hist;
