@@ -38,29 +38,17 @@ name_of(const char *const *names, size_t n, int v)
     return v >= 0 && (size_t)v < n ? names[v] : NULL;
 }
 
-const char *
-emaconf_schedule_name(int v)
-{
-    return name_of(schedule_names, NELEM(schedule_names), v);
-}
-
-const char *
-emaconf_step_gap_name(int v)
-{
-    return name_of(step_gap_names, NELEM(step_gap_names), v);
-}
-
-const char *
-emaconf_buffers_name(int v)
-{
-    return name_of(buffers_names, NELEM(buffers_names), v);
-}
-
-const char *
-emaconf_nonfinite_name(int v)
-{
-    return name_of(nonfinite_names, NELEM(nonfinite_names), v);
-}
+/* emaconf_schedule_name() and the others: the wire name of an enum value, or NULL. */
+#define NAME_OF(what)                                                                              \
+    const char *emaconf_##what##_name(int v)                                                       \
+    {                                                                                              \
+        return name_of(what##_names, NELEM(what##_names), v);                                      \
+    }
+NAME_OF(schedule)
+NAME_OF(step_gap)
+NAME_OF(buffers)
+NAME_OF(nonfinite)
+#undef NAME_OF
 
 /* The value types of the options (the TYPE column of EMACONF_OPTIONS). */
 enum option_type { TYPE_DECAYS, TYPE_ENUM, TYPE_U64, TYPE_REAL, TYPE_U32, TYPE_PATTERNS };
