@@ -11,27 +11,28 @@
 
 #include <stddef.h>
 
-#define COUNTERS_MAP(XX)                                                                         \
-    XX(REQUESTS, "requests")                                                                     \
-    XX(ERRORS, "errors")                                                                         \
-    XX(BYTES_IN, "bytes_in")                                                                     \
-    XX(BYTES_OUT, "bytes_out")                                                                   \
-    XX(TENSORS_APPLIED, "tensors_applied")                                                       \
-    XX(TENSORS_STALE, "tensors_stale")                                                           \
-    XX(PUSHES_REJECTED, "pushes_rejected")                                                       \
-    XX(TXN_BEGUN, "txn_begun")                                                                   \
-    XX(TXN_COMMITTED, "txn_committed")                                                           \
-    XX(TXN_ABORTED, "txn_aborted")                                                               \
-    XX(TXN_EXPIRED, "txn_expired")                                                               \
-    XX(SESSIONS_EXPIRED, "sessions_expired")                                                     \
-    XX(REPLIES_DROPPED, "replies_dropped")                                                       \
-    XX(TENSORS_SKIPPED_NONFINITE, "tensors_skipped_nonfinite")                                   \
-    XX(TENSORS_IGNORED, "tensors_ignored")                                                       \
-    XX(WRITER_PUSHES_PENDING, "writer_pushes_pending")                                           \
-    XX(STEPS_EXPIRED, "steps_expired")                                                           \
-    XX(COMMITS_WAITED, "commits_waited")                                                         \
-    XX(SHADOW_REUSED_BYTES, "shadow_reused_bytes")                                               \
-    XX(SHADOW_FRESH_BYTES, "shadow_fresh_bytes")
+#define COUNTERS_MAP(XX)                                                                           \
+    XX(REQUESTS, "requests")                                                                       \
+    XX(ERRORS, "errors")                                                                           \
+    XX(BYTES_IN, "bytes_in")                                                                       \
+    XX(BYTES_OUT, "bytes_out")                                                                     \
+    XX(TENSORS_APPLIED, "tensors_applied")                                                         \
+    XX(TENSORS_STALE, "tensors_stale")                                                             \
+    XX(PUSHES_REJECTED, "pushes_rejected")                                                         \
+    XX(TXN_BEGUN, "txn_begun")                                                                     \
+    XX(TXN_COMMITTED, "txn_committed")                                                             \
+    XX(TXN_ABORTED, "txn_aborted")                                                                 \
+    XX(TXN_EXPIRED, "txn_expired")                                                                 \
+    XX(SESSIONS_EXPIRED, "sessions_expired")                                                       \
+    XX(REPLIES_DROPPED, "replies_dropped")                                                         \
+    XX(TENSORS_SKIPPED_NONFINITE, "tensors_skipped_nonfinite")                                     \
+    XX(TENSORS_IGNORED, "tensors_ignored")                                                         \
+    XX(WRITER_PUSHES_PENDING, "writer_pushes_pending")                                             \
+    XX(STEPS_EXPIRED, "steps_expired")                                                             \
+    XX(COMMITS_WAITED, "commits_waited")                                                           \
+    XX(SHADOW_REUSED_BYTES, "shadow_reused_bytes")                                                 \
+    XX(SHADOW_FRESH_BYTES, "shadow_fresh_bytes")                                                   \
+    XX(MODELS_RESTORED_BEHIND, "models_restored_behind")
 
 /* Counter ids, in the order of the `stats` reply. */
 enum counter {

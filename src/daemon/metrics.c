@@ -77,6 +77,9 @@ static const struct counter_info {
      "Shadow bytes transactions wrote, by memory: reused (a spare kept mapped) or fresh (new "
      "memory, a page fault per page)."},
     {COUNTER_SHADOW_FRESH_BYTES, "emad_transaction_shadow_bytes_total", "fresh", NULL},
+    {COUNTER_MODELS_RESTORED_BEHIND, "emad_models_restored_behind_total", NULL,
+     "Models loaded from a snapshot whose first push came more than one step later (steps "
+     "pushed before the restart and not in the snapshot were lost)."},
 };
 
 /* Every counter is in the table but the three exported per op or per code. */

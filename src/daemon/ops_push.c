@@ -54,6 +54,13 @@ count_result(server *srv, const store_result *res)
     srv->counters[COUNTER_TENSORS_IGNORED] += res->ignored;
     srv->counters[COUNTER_WRITER_PUSHES_PENDING] += res->pending != 0;
     srv->pushes_stale += res->applied == 0 && res->stale > 0;
+    if (res->behind_model != NULL) {
+        srv->counters[COUNTER_MODELS_RESTORED_BEHIND]++;
+        log_warn("event=model_restored_behind model=%s restored_step=%llu step=%llu "
+                 "steps_between=%llu",
+                 LOG_STR(res->behind_model), (unsigned long long)res->behind_step,
+                 (unsigned long long)res->step, (unsigned long long)res->behind_gap);
+    }
 }
 
 /* Pack a transaction chunk's reply: the bytes staged so far. */

@@ -283,6 +283,12 @@ static void
 publish_step(model *m, uint64_t step, uint64_t now_ms, int changed, store_result *res)
 {
     if (changed) {
+        if (m->restored && step > m->restored_step + 1) {
+            res->behind_model = m->name;
+            res->behind_step = m->restored_step;
+            res->behind_gap = step - m->restored_step - 1;
+        }
+        m->restored = 0;
         if (step > m->step)
             m->step = step;
         m->last_push_ms = now_ms;

@@ -359,6 +359,8 @@ store_restore_done(model *m, uint64_t step)
     m->step = step;
     m->snap_version = m->version;
     m->snap_step = step;
+    m->restored = 1;
+    m->restored_step = step;
 }
 
 void

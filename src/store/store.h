@@ -92,6 +92,8 @@ typedef struct model {
     uint64_t version;      /* bumped by every change: create, applied push, configure */
     uint64_t snap_version; /* version of the last durable snapshot (0: none) */
     uint64_t snap_step;    /* its step */
+    int restored;          /* loaded from a snapshot and not pushed since */
+    uint64_t restored_step; /* the step it was loaded at */
 } model;
 
 /*
@@ -120,6 +122,13 @@ typedef struct store_result {
     uint64_t step;               /* model's committed step afterwards */
     const char *stale_names[64]; /* borrowed from the store's tensors */
     size_t nstale_names;
+    /*
+     * The first push applied to a model loaded from a snapshot, when its step
+     * is more than one past the loaded step (the daemon restarted behind its
+     * trainers): the model (borrowed), the loaded step and the steps between.
+     */
+    const char *behind_model;
+    uint64_t behind_step, behind_gap;
 } store_result;
 
 /* One tensor of a pull view: a frozen copy of the tensor's metadata. */
