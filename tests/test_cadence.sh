@@ -26,17 +26,13 @@ top_srcdir=${top_srcdir:-.}
 scale=${EMAD_TEST_TIMEOUT_SCALE:-1}
 [ -x "$EMAD" ] || fail "$EMAD not built"
 timeout 30 "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
-EMAD_LIBRARY=$top_builddir/.libs/libemad.so
-[ -e "$EMAD_LIBRARY" ] || fail "libemad.so not found under $top_builddir/.libs"
-PYTHONPATH=$top_srcdir/client/python${PYTHONPATH:+:$PYTHONPATH}
-PYTHONDONTWRITEBYTECODE=1
-export EMAD_LIBRARY PYTHONPATH PYTHONDONTWRITEBYTECODE
+client_env
 
 # cadence FIRST_STEP COUNT GAP_SECONDS: push COUNT steps of the 32 MiB model
 # "cad" (4 tensors), GAP_SECONDS apart; prints the two counters after each
 # push as JSON: [[fresh, reused], ...].
 cadence() {
-    timeout $((120 * scale)) "$PYTHON3" - "$url" "$@" <<'PY'
+    client_python - "$url" "$@" <<'PY'
 import json, sys, time
 import numpy as np
 import emad
