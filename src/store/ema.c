@@ -19,6 +19,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define EMA_X86 1
 #endif
@@ -499,6 +500,23 @@ static const kernels k_avx512 = {"avx512",     f32_avx512,  bf16_avx512,  f16_av
 /* The kernels in use: chosen on first use (read-only afterwards; a race picks the same). */
 static const kernels *active;
 
+#ifdef EMA_X86
+/*
+ * Bit `bit` of register reg (0 EAX, 1 EBX, 2 ECX, 3 EDX) of CPUID leaf
+ * `leaf` (subleaf 0): read directly for the features that clang's
+ * __builtin_cpu_supports() does not name (f16c, clflushopt).
+ */
+static int
+cpuid_bit(unsigned leaf, int reg, int bit)
+{
+    unsigned r[4] = {0, 0, 0, 0};
+
+    if (leaf > (unsigned)__get_cpuid_max(0, NULL) || !__get_cpuid_count(leaf, 0, &r[0], &r[1], &r[2], &r[3]))
+        return 0;
+    return (int)((r[reg] >> bit) & 1u);
+}
+#endif
+
 /* The best kernels this CPU runs, or those EMAD_ISA names (if this CPU runs them). */
 static const kernels *
 choose(const char *want)
@@ -508,10 +526,10 @@ choose(const char *want)
     const kernels *k2;
 
     __builtin_cpu_init();
-    flush = __builtin_cpu_supports("clflushopt");
+    flush = cpuid_bit(7, 1, 23); /* CPUID.(7,0):EBX.CLFLUSHOPT */
     /* Every AVX-512BW CPU has clflushopt; one that does not is run as AVX2. */
     has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && flush;
-    has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    has2 = __builtin_cpu_supports("avx2") && cpuid_bit(1, 2, 29); /* CPUID.1:ECX.F16C */
     k2 = flush ? &k_avx2 : &k_avx2_plain;
     if (want != NULL && strcmp(want, "sse2") == 0)
         return &k_base;
