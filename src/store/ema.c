@@ -511,7 +511,8 @@ cpuid_bit(unsigned leaf, int reg, int bit)
 {
     unsigned r[4] = {0, 0, 0, 0};
 
-    if (leaf > (unsigned)__get_cpuid_max(0, NULL) || !__get_cpuid_count(leaf, 0, &r[0], &r[1], &r[2], &r[3]))
+    if (leaf > (unsigned)__get_cpuid_max(0, NULL) ||
+        !__get_cpuid_count(leaf, 0, &r[0], &r[1], &r[2], &r[3]))
         return 0;
     return (int)((r[reg] >> bit) & 1u);
 }
