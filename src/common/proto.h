@@ -20,20 +20,20 @@
 #define PROTO_VERSION EMAD_PROTOCOL_VERSION
 
 /* Operations: the enum and the wire names, one entry each (XX(ID, "name")). */
-#define PROTO_OP_MAP(XX)                                                                         \
-    XX(HELLO, "hello")                                                                           \
-    XX(CREATE, "create")                                                                         \
-    XX(DROP, "drop")                                                                             \
-    XX(PUSH, "push")                                                                             \
-    XX(BEGIN, "begin")                                                                           \
-    XX(COMMIT, "commit")                                                                         \
-    XX(ABORT, "abort")                                                                           \
-    XX(PULL, "pull")                                                                             \
-    XX(READ, "read")                                                                             \
-    XX(RELEASE, "release")                                                                       \
-    XX(LIST, "list")                                                                             \
-    XX(STATS, PROTO_KEY_STATS)                                                                           \
-    XX(CONFIGURE, "configure")                                                                   \
+#define PROTO_OP_MAP(XX)                                                                           \
+    XX(HELLO, "hello")                                                                             \
+    XX(CREATE, "create")                                                                           \
+    XX(DROP, "drop")                                                                               \
+    XX(PUSH, "push")                                                                               \
+    XX(BEGIN, "begin")                                                                             \
+    XX(COMMIT, "commit")                                                                           \
+    XX(ABORT, "abort")                                                                             \
+    XX(PULL, "pull")                                                                               \
+    XX(READ, "read")                                                                               \
+    XX(RELEASE, "release")                                                                         \
+    XX(LIST, "list")                                                                               \
+    XX(STATS, PROTO_KEY_STATS) /* the op is named like its reply's key */                          \
+    XX(CONFIGURE, "configure")                                                                     \
     XX(SNAPSHOT, "snapshot")
 
 enum proto_op {

@@ -31,12 +31,6 @@
 #include "daemon/metrics.h"
 #include "base/xmalloc.h"
 
-const char *
-metrics_counter_name(int id)
-{
-    return counters_name(id);
-}
-
 /*
  * The counters of the figures that are exported as they are, in the order of
  * /metrics and of /stats: each with its Prometheus family (several counters

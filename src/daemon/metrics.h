@@ -25,9 +25,6 @@
 #include "daemon/persist.h"
 #include "store/store.h"
 
-/* Wire name of counter id (enum counter, common/counters.h), as the `stats` op reports it. */
-const char *metrics_counter_name(int id);
-
 /* Upper bounds (seconds) of the latency histogram buckets; +Inf is implied. */
 #define METRICS_HIST_BUCKETS 16
 

@@ -15,6 +15,7 @@
 #include <nanomsg/nn.h>
 
 #include "config.h"
+#include "common/counters.h"
 #include "common/names.h"
 #include "common/emaconf.h"
 #include "common/errors.h"
@@ -365,7 +366,7 @@ build_stats(msgpack_packer *pk, const void *ctx)
     proto_pack_str(pk, PROTO_KEY_STATS);
     msgpack_pack_map(pk, stats_count(srv));
     for (int i = 0; i < COUNTER_COUNT; i++)
-        proto_pack_kv_u64(pk, metrics_counter_name(i), srv->counters[i]);
+        proto_pack_kv_u64(pk, counters_name(i), srv->counters[i]);
     for (int op = 1; op < PROTO_OP_COUNT; op++) {
         snprintf(name, sizeof(name), COUNTERS_OP_PREFIX "%s", proto_op_name(op));
         proto_pack_kv_u64(pk, name, srv->op_counts[op]);
