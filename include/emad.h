@@ -86,6 +86,8 @@ extern "C" {
     XX(ENOSTATE, 1024, "the daemon has no state directory") /* runs without --state-dir */         \
     XX(ESNAPSHOT, 1025, "snapshot could not be written")    /* disk full, permissions */           \
     XX(ECONFLICT, 1026, "tensor changed by another push during the transaction")                   \
+    XX(EAUTH, 1027, "authentication failed") /* no or expired session, bad tag, replay */          \
+    XX(EDENIED, 1028, "not permitted")       /* the user's grants do not allow it */               \
     /* Client-side only. */                                                                        \
     XX(ETIMEDOUT, 1101, "timed out waiting for the daemon") /* no reply within the timeout */      \
     XX(ECONNECT, 1102, "cannot connect to the daemon") /* cannot open or connect the socket */     \
@@ -95,7 +97,7 @@ extern "C" {
     XX(EIO, 1106, "I/O error") /* file I/O */
 
 #define EMAD_ERRNO_FIRST 1001        /* EMAD_EMALFORMED */
-#define EMAD_ERRNO_LAST 1026         /* EMAD_ECONFLICT */
+#define EMAD_ERRNO_LAST 1028         /* EMAD_EDENIED */
 #define EMAD_ERRNO_CLIENT_FIRST 1101 /* EMAD_ETIMEDOUT */
 #define EMAD_ERRNO_CLIENT_LAST 1106  /* EMAD_EIO */
 

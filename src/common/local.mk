@@ -2,7 +2,8 @@
 # out-of-memory. Two convenience libraries, so that libemad.so links only
 # the wire protocol (msgpack) and not the file formats (jansson, xxhash):
 # libemadwire: protocol tables and checks, error codes, name rules, error
-# messages (cause), counters, dtypes, EMA configuration, the tensor-map codec.
+# messages (cause), counters, dtypes, EMA configuration, the tensor-map codec,
+# authentication (key formats, handshake, frame tags: libsodium).
 # libemadcore: libemadwire plus the safetensors and snapshot file formats.
 noinst_LTLIBRARIES += libemadwire.la libemadcore.la
 libemadwire_la_SOURCES = \
@@ -13,9 +14,10 @@ libemadwire_la_SOURCES = \
 	src/common/cause.c src/common/cause.h \
 	src/common/dtype.c src/common/dtype.h \
 	src/common/emaconf.c src/common/emaconf.h \
-	src/common/codec.c src/common/codec.h
-libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS)
-libemadwire_la_LIBADD = $(MSGPACK_LIBS) -lm
+	src/common/codec.c src/common/codec.h \
+	src/common/auth.c src/common/auth.h
+libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS) $(SODIUM_CFLAGS)
+libemadwire_la_LIBADD = $(MSGPACK_LIBS) $(SODIUM_LIBS) -lm
 
 libemadcore_la_SOURCES = \
 	src/common/safetensors.c src/common/safetensors.h \

@@ -1,0 +1,12 @@
+# Authentication: the shared code (key formats, handshake, frame tags)
+# against the test vectors of docs/PROTOCOL.md, and those vectors
+# recomputed by a second implementation (PyNaCl).
+if HAVE_CHECK
+check_PROGRAMS += tests/check_auth
+TESTS += tests/test_auth_vectors.sh
+endif
+tests_check_auth_SOURCES = tests/check_auth.c
+tests_check_auth_CPPFLAGS = $(TESTS_CPPFLAGS)
+tests_check_auth_CFLAGS = $(TESTS_CFLAGS) $(SODIUM_CFLAGS)
+tests_check_auth_LDADD = libemadwire.la $(CHECK_LIBS) $(MSGPACK_LIBS) $(SODIUM_LIBS) -lm
+EXTRA_DIST += tests/test_auth_vectors.sh tests/auth_vectors.py
