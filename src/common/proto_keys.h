@@ -81,6 +81,26 @@
 #define PROTO_KEY_SNAPSHOTS_BROKEN "snapshots_broken"
 #define PROTO_KEY_UPTIME_SECONDS "uptime_seconds"
 
+/* Authentication (docs/PROTOCOL.md "Authentication"). */
+#define PROTO_KEY_AUTH "auth" /* hello: whether the daemon requires authentication */
+#define PROTO_KEY_USER "user"
+#define PROTO_KEY_EPH "eph"
+#define PROTO_KEY_HS "hs"
+#define PROTO_KEY_CHALLENGE "challenge"
+#define PROTO_KEY_LIFETIME "lifetime"
+#define PROTO_KEY_SIG "sig"
+#define PROTO_KEY_RENEW "renew"
+#define PROTO_KEY_REASON "reason"
+/* Values of `reason` in an EMAD_EAUTH error (and `denied`: the label of EMAD_EDENIED). */
+#define PROTO_VAL_AUTH_REQUIRED "required"
+#define PROTO_VAL_AUTH_NO_SESSION "no_session"
+#define PROTO_VAL_AUTH_EXPIRED "expired"
+#define PROTO_VAL_AUTH_BAD_TAG "bad_tag"
+#define PROTO_VAL_AUTH_REPLAY "replay"
+#define PROTO_VAL_AUTH_BAD_SIGNATURE "bad_signature"
+#define PROTO_VAL_AUTH_UNKNOWN_HANDSHAKE "unknown_handshake"
+#define PROTO_VAL_AUTH_DENIED "denied"
+
 /* String values with a fixed meaning. */
 #define PROTO_VAL_SERVER_NAME "emad"
 #define PROTO_VAL_UPDATE_AVERAGE "average"
