@@ -2,7 +2,7 @@
 # against the test vectors of docs/PROTOCOL.md, and those vectors
 # recomputed by a second implementation (PyNaCl).
 if HAVE_CHECK
-check_PROGRAMS += tests/check_auth
+check_PROGRAMS += tests/check_auth tests/check_authfile
 TESTS += tests/test_auth_vectors.sh
 endif
 tests_check_auth_SOURCES = tests/check_auth.c
@@ -16,3 +16,7 @@ if HAVE_CHECK
 TESTS += tests/test_auth.sh
 endif
 EXTRA_DIST += tests/test_auth.sh tests/auth_e2e.py tests/auth_client.py
+tests_check_authfile_SOURCES = tests/check_authfile.c
+tests_check_authfile_CPPFLAGS = $(TESTS_CPPFLAGS)
+tests_check_authfile_CFLAGS = $(TESTS_CFLAGS)
+tests_check_authfile_LDADD = $(TESTS_LIBS)

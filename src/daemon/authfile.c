@@ -44,6 +44,8 @@ typedef struct parse_ctx {
     authfile *a;
     const char *pos, *end;
     int lineno;
+    int sections;     /* section headers read so far */
+    int user_section; /* the header of the last user's section */
     int err_line;
     char err[512];
 } parse_ctx;
@@ -85,6 +87,7 @@ next_line(char *str, int num, void *stream)
     memcpy(str, x->pos, len);
     str[len] = '\0';
     x->pos += len;
+    x->sections += str[strspn(str, " \t")] == '[';
     return str;
 }
 
@@ -106,8 +109,8 @@ section_user(parse_ctx *x, const char *section)
                    AUTH_USER_MAX);
         return NULL;
     }
-    if (a->nusers > 0 && strcmp(a->users[a->nusers - 1].name, name) == 0)
-        return &a->users[a->nusers - 1];
+    if (a->nusers > 0 && x->user_section == x->sections)
+        return &a->users[a->nusers - 1]; /* another key of the same section */
     if (authfile_find(a, name, len) != NULL) {
         parse_fail(x, "user '%s' is defined twice", name);
         return NULL;
@@ -119,6 +122,7 @@ section_user(parse_ctx *x, const char *section)
     a->users = xreallocarray(a->users, a->nusers + 1, sizeof(*a->users));
     memset(&a->users[a->nusers], 0, sizeof(a->users[0]));
     memcpy(a->users[a->nusers].name, name, len + 1);
+    x->user_section = x->sections;
     return &a->users[a->nusers++];
 }
 
