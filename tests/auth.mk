@@ -20,3 +20,13 @@ tests_check_authfile_SOURCES = tests/check_authfile.c
 tests_check_authfile_CPPFLAGS = $(TESTS_CPPFLAGS)
 tests_check_authfile_CFLAGS = $(TESTS_CFLAGS)
 tests_check_authfile_LDADD = $(TESTS_LIBS)
+
+# The auth file parser's fuzz target (scripts/fuzz; seeds in fuzz/corpus/authfile).
+if ENABLE_FUZZING
+noinst_PROGRAMS += fuzz/fuzz_authfile
+fuzz_fuzz_authfile_SOURCES = fuzz/fuzz_authfile.c
+fuzz_fuzz_authfile_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
+fuzz_fuzz_authfile_LDFLAGS = -fsanitize=fuzzer
+fuzz_fuzz_authfile_LDADD = libemadd.la libemadcore.la
+endif
+EXTRA_DIST += fuzz/fuzz_authfile.c

@@ -63,6 +63,16 @@ parse_fail(parse_ctx *x, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Is p[0..len) only blanks and line ends? */
+static int
+blank(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+            return 0;
+    return 1;
+}
+
 /* inih reader: the next line, numbered; NULL at the end or after an error. */
 static char *
 next_line(char *str, int num, void *stream)
@@ -80,7 +90,7 @@ next_line(char *str, int num, void *stream)
         parse_fail(x, "the line contains a NUL byte");
     else if (len > (size_t)num - 1 || len > LINE_MAX_BYTES)
         parse_fail(x, "the line is longer than %d characters", num - 2);
-    else if ((x->pos[0] == ' ' || x->pos[0] == '\t') && strspn(x->pos, " \t\r\n") < len)
+    else if ((x->pos[0] == ' ' || x->pos[0] == '\t') && !blank(x->pos, len))
         parse_fail(x, "indented line: write each 'key = value' at the start of a line");
     if (x->err_line != 0)
         return NULL;
