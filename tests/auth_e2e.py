@@ -164,6 +164,8 @@ def matrix(root):
                 ("push", m, lambda: s.op("push", model=m, step=step[m] + 1,
                                          tensors=[f32("w", [5.0, 6.0, 7.0, 8.0])])),
                 ("push", m, lambda: s.op("begin", model=m, step=step[m] + 1)),
+                ("push", m, lambda: s.op("push", model=m, step=step[m] + 1, seed=True,
+                                         tensors=[f32("w", [1.0, 2.0, 3.0, 4.0])])),
                 ("pull", m, lambda: s.op("pull", model=m)),
                 ("list", m, lambda: s.op("list", model=m)),
             ]
