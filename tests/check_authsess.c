@@ -100,10 +100,12 @@ START_TEST(test_authsess_sessions_keys_expiry_lineage)
     ck_assert_int_eq(authsess_expired(s, 11000), 1);
     {
         uint64_t id = s->id;
-        ck_assert_uint_eq(authsess_expire(t, 11000), 1); /* s2 lives until 12000 */
+        ck_assert_uint_eq(authsess_expire(t, 11000), 0); /* kept to say `expired` */
+        ck_assert_ptr_eq(authsess_find(t, id), s);
+        ck_assert_uint_eq(authsess_expire(t, 11000 + AUTHSESS_EXPIRED_KEEP_MS), 1);
         ck_assert_ptr_null(authsess_find(t, id));
     }
-    ck_assert_ptr_eq(authsess_find(t, s2->id), s2);
+    ck_assert_ptr_eq(authsess_find(t, s2->id), s2); /* lives until 12000 */
     ck_assert_uint_eq(authsess_count(t), 1);
     /* replies: small ones kept, large ones only noted */
     authsess_keep_reply(s2, "abc", 3);

@@ -26,6 +26,9 @@
 #define AUTHSESS_MAX_SESSIONS 65536
 #define AUTHSESS_MAX_PER_USER 4096          /* a user's oldest session is closed beyond this */
 #define AUTHSESS_KEEP_REPLY_MAX (64u << 10) /* larger replies are not kept for resends */
+/* An expired session is kept this long, so its client is told `expired` rather than `no_session`.
+ */
+#define AUTHSESS_EXPIRED_KEEP_MS 60000
 
 /* What the session knows of the reply to its last accepted request. */
 enum authsess_reply {
@@ -123,7 +126,10 @@ void authsess_close(authsess_table *t, authsess *s);
 /* Keep a copy of reply frame msg[0..len) in s, or note that it was too large. */
 void authsess_keep_reply(authsess *s, const void *msg, size_t len);
 
-/* Drop expired sessions and handshakes; the number of sessions dropped. */
+/*
+ * Drop sessions expired for AUTHSESS_EXPIRED_KEEP_MS and handshakes older
+ * than AUTHSESS_HANDSHAKE_MS; the number of sessions dropped.
+ */
 size_t authsess_expire(authsess_table *t, uint64_t now_ms);
 
 /* Number of live sessions. */
