@@ -181,37 +181,32 @@ def wait_until(cond, what, seconds=60):
 
 # --- the cases -------------------------------------------------------------------------------
 
+def chunks_until_refused(c, prefix, most, *words):
+    """On connection c, begin transactions on m8 with one 1-element chunk each of a tensor
+    declared 1.2M elements, until one is refused (EMAD_ELIMIT naming words) or `most` were
+    accepted (an error). Returns the transaction ids and the refusal."""
+    txns = []
+    for _ in range(most + 1):
+        t = ok(c, "begin", model="m8", step=1)["txn"]
+        txns.append(t)
+        r = call(c, "push", model="m8", step=1, txn=t,
+                 tensors=[f32("%s%d" % (prefix, len(txns)), struct.pack("<f", 1.0), [1200000])])
+        if not r["ok"]:
+            return txns, refused(r, *words)
+    raise AssertionError("%d chunks of 16 MiB accepted" % len(txns))
+
+
 def txn_with_8_decays():
     """A begin and one 1-element chunk of a tensor declared 1.2M elements, on a model with 8
     decays: the chunk holds one huge page per shadow (16 MiB), not the 8 declared shadows
     (38.4 MB). One connection stops at its share; the next connections at the budget."""
     case_begins()
-    a = Conn(PORT)
-    txns = []
-    for _ in range(3):
-        t = ok(a, "begin", model="m8", step=1)["txn"]
-        txns.append(t)
-        r = call(a, "push", model="m8", step=1, txn=t,
-                 tensors=[f32("w%d" % len(txns), struct.pack("<f", 1.0), [1200000])])
-        if not r["ok"]:
-            msg = refused(r, "one connection", "txn_shadows")
-            break
-    else:
-        raise AssertionError("three 16 MiB chunks accepted from one connection")
+    a, b = Conn(PORT), Conn(PORT)
+    txns, msg = chunks_until_refused(a, "w", 1, "one connection", "txn_shadows")
     print("  refused:", msg)
     check_held("txn 8 decays, one conn")
-    b = Conn(PORT)
-    more = []
-    for _ in range(4):
-        t = ok(b, "begin", model="m8", step=1)["txn"]
-        more.append(t)
-        r = call(b, "push", model="m8", step=1, txn=t,
-                 tensors=[f32("x%d" % len(more), struct.pack("<f", 1.0), [1200000])])
-        if not r["ok"]:
-            refused(r, "txn_shadows")
-            break
-    else:
-        raise AssertionError("the budget admitted four more")
+    more, msg = chunks_until_refused(b, "x", 2, "txn_shadows")
+    print("  refused:", msg)
     check_held("txn 8 decays, two conns")
     for t in txns:
         ok(a, "abort", txn=t)
