@@ -409,6 +409,12 @@ START_TEST(test_budget_replies_in_flight)
     budget_reply_expire(b, 2000, 1000);
     ck_assert_uint_eq(budget_used(b, BUDGET_REPLIES), 0);
     ck_assert_uint_eq(budget_total(b), 0);
+    /* Models loaded beyond the budget: a request that adds nothing still passes, one byte not. */
+    budget_charge(b, BUDGET_SHADOWS, BUDGET_NO_OWNER, 12 * MIB);
+    ck_assert_int_eq(budget_check(b, BUDGET_REPLIES, 1, 0, 0, &err), 0);
+    ck_assert_int_eq(budget_check(b, BUDGET_REPLIES, 1, 1, 1, &err), EMAD_ELIMIT);
+    budget_release(b, BUDGET_SHADOWS, BUDGET_NO_OWNER, 12 * MIB);
+    ck_assert_uint_eq(budget_total(b), 0);
     budget_destroy(b);
 }
 END_TEST

@@ -215,7 +215,9 @@ budget_check(const budget *b, int part, uint64_t key, uint64_t bytes, uint64_t o
 
     if (b->limit == 0)
         return 0;
-    if (bytes > b->limit || b->total > b->limit - bytes)
+    /* Nothing more (when models loaded at startup exceed the budget, requests that add
+     * nothing still pass). */
+    if (bytes > 0 && (bytes > b->limit || b->total > b->limit - bytes))
         return store_fail(err, EMAD_ELIMIT, NULL,
                           "memory budget exceeded (--max-memory %s): %s would need %s "
                           "more, %s of the budget is in use (see emad_memory_bytes)",
