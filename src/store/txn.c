@@ -18,6 +18,12 @@
  * the staged bytes; an eager transaction keeps a checksum of every piece
  * it averaged (the tasks compute it while the values are in the cache), so
  * a resend must repeat a whole chunk.
+ *
+ * Memory (budget.h): a request's chunks are checked against the budget and
+ * the transaction owner's share before anything is allocated; a
+ * transaction is charged its staged slices in full and its new shadows as
+ * its chunks write them, and gives both back when it closes (or, for the
+ * shadows it published, at commit).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -191,13 +197,6 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
 }
 
 /*
- * First chunk of an item in an eager transaction: take references to the
- * stored tensor's shadows, get a target blob per shadow (the tensor's
- * spare when it has one) and the decays from the tensor's step to the
- * transaction's. A tensor already at or past the step is stale: its chunks
- * are checked and counted, not applied.
- */
-/*
  * What an eager transaction writes for a tensor described by in (name,
  * kind, dtype, shape): *stale set when the stored tensor is already at or
  * past the step; else *averaged, the number of shadows and the bytes of
@@ -220,6 +219,14 @@ eager_shape(const model *m, const txn *x, const store_input *in, int *stale, int
     return t;
 }
 
+/*
+ * First chunk of an item in an eager transaction: take references to the
+ * stored tensor's shadows, get a target blob per shadow (the tensor's
+ * spare when it has one) and the decays from the tensor's step to the
+ * transaction's. A tensor already at or past the step is stale: its chunks
+ * are checked and counted, not applied. The memory budget is charged a
+ * spare in full and fresh memory as the chunks write it (eager_charge()).
+ */
 static int
 eager_prepare(store *s, model *m, const txn *x, item *it, store_err *err)
 {
