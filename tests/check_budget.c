@@ -431,10 +431,11 @@ parse_flag(const char *flag, const char *value, settings *c)
 
     snprintf(f, sizeof(f), "%s", flag);
     snprintf(v, sizeof(v), "%s", value);
-    settings_init(c);
     rc = settings_parse_args(&a, 3, argv, &cause);
     if (rc == 0)
-        rc = settings_build(c, &a, &cause);
+        rc = settings_build(c, &a, &cause); /* initializes c */
+    else
+        settings_init(c);
     settings_args_free(&a);
     free(cause);
     return rc;
