@@ -3,6 +3,8 @@
 usage: auth_e2e.py PHASE PORT HTTP_PORT WORKDIR DAEMON_PID
 PHASE main: the role matrix, the attacks, ownership, renewal, SIGHUP rotation and revocation.
 PHASE expiry: sessions of a daemon started with a lifetime of 2 s (scaled) expire.
+PHASE share: with --max-memory 48M --client-share 50, the share of the memory budget is per user:
+two connections of one user share one share, another user has its own.
 
 Expected outcomes are computed here, independently of the daemon: grants with Python's fnmatch,
 tags with PyNaCl (auth_client.py), model values by hand. Every refusal is followed by a pull
@@ -509,6 +511,8 @@ def main():
         KEYS[user] = (seed, pk)
     if PHASE == "expiry":
         return expiry()
+    if PHASE == "share":
+        return share()
     write_auth_file()
     reload()  # the daemon started with an empty file
     root = sess("root")
@@ -556,6 +560,38 @@ def expiry():
         assert e.args[0]["reason"] == "no_session"
     serving()
     print("expiry: sessions expire and must be made again")
+
+
+def share():
+    write_auth_file()
+    reload()
+    root = sess("root")
+    assert root.op("create", model="team-a-m8", decays=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99,
+                                                         0.999])["ok"]
+
+    def staged(s, name):
+        """Begin a transaction and stage one element of a tensor of 1.2M (16 MiB held)."""
+        t = s.op("begin", model="team-a-m8", step=1)
+        assert t["ok"], t
+        r = s.op("push", txn=t["txn"], tensors=[{"name": name, "kind": "param", "dtype": "F32",
+                                                  "shape": [1200000],
+                                                  "data": struct.pack("<f", 1.0)}])
+        return t["txn"], r
+
+    a = sess("a_most")
+    b = sess("a_most")  # the same user on another connection
+    c = sess("root")
+    ta, r = staged(a, "w1")
+    assert r["ok"], r
+    tb, r = staged(b, "w2")
+    assert err(r) == ("EMAD_ELIMIT", None) and "memory budget" in r["error"]["message"], r
+    tc, r = staged(c, "w3")  # another user: a share of its own
+    assert r["ok"], r
+    for s, t in ((a, ta), (b, tb), (c, tc)):
+        r = s.op("abort", txn=t)
+        assert r["ok"] or err(r) == ("EMAD_ENOTXN", None), r
+    serving()
+    print("share: the memory budget's share is per user")
 
 
 if __name__ == "__main__":

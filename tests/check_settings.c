@@ -85,6 +85,8 @@ START_TEST(test_settings_defaults)
     ck_assert_ptr_null(sc.auth_file);
     ck_assert_int_eq(sc.insecure, 0);
     ck_assert_uint_eq(sc.auth_session_lifetime_ms, 3600000);
+    ck_assert_uint_eq(sc.max_memory, 0); /* auto: the server reads the machine */
+    ck_assert_uint_eq(sc.client_share, 50);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -102,7 +104,9 @@ START_TEST(test_settings_defaults)
                         "idle-release-max = 30\n"
                         "# auth-file = (none: requests are not authenticated)\n"
                         "insecure = no\n"
-                        "auth-session-lifetime = 3600\n");
+                        "auth-session-lifetime = 3600\n"
+                        "max-memory = auto\n"
+                        "client-share = 50\n");
     free(p);
     settings_free(&c);
 }

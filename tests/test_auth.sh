@@ -8,7 +8,8 @@
 # transactions and pull sessions, renewal, key rotation and revocation by
 # SIGHUP, a reload that fails, /stats behind a bearer token, and the
 # emad_auth_failures_total counts. Then session expiry with a one-second
-# lifetime, and the refusal to listen beyond loopback without an auth file.
+# lifetime, the memory budget's share per user, and the refusal to listen
+# beyond loopback without an auth file.
 #
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
 set -eu
@@ -47,6 +48,12 @@ stop_daemon_clean
 : >"$work/auth.ini"
 start_daemon --auth-file "$work/auth.ini" --http 127.0.0.1:0 --auth-session-lifetime "$(scaled 2)"
 run_phase expiry
+stop_daemon_clean
+
+: >"$work/auth.ini"
+rm -rf "$work/state"
+start_daemon --auth-file "$work/auth.ini" --http 127.0.0.1:0 --max-memory 48M --client-share 50
+run_phase share
 stop_daemon_clean
 
 # Without an auth file: only loopback and ipc:// unless --insecure, and the start says so.

@@ -58,10 +58,19 @@ async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, uint64
     r->srv = srv;
     r->op = op;
     r->ctrl = ctrl;
+    r->owner = request_owner(ctrl);
     r->now_ms = uv_now(srv->loop);
     r->t0 = t0;
     r->auth_reason = -1;
     err->tensor[0] = '\0';
+}
+
+/* A late request's authentication: its frame and its owner (a user with authentication). */
+void
+async_late_auth(req *r, const req_auth *auth)
+{
+    r->auth = *auth;
+    r->owner = ops_auth_owner_id(r->srv, auth, r->owner);
 }
 
 /* Finish a late request: report err if rc != 0, else count it; free the unused header. */
@@ -108,7 +117,7 @@ async_done(uv_work_t *w, int status)
         return;
     uv_update_time(srv->loop);
     async_late_begin(&r, &err, srv, a->op, a->ctrl, a->t0);
-    r.auth = a->auth;
+    async_late_auth(&r, &a->auth);
     if (a->job != NULL) {
         rc = store_job_done(srv->store, a->job, r.now_ms, &err);
         nn_freemsg(a->body);
@@ -185,6 +194,7 @@ async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
     a->tl = &a->tasks;
     a->msg = msg;
     a->len = len;
+    budget_reply_sent(store_budget(r->srv->store), r->owner, len, r->now_ms); /* held from now */
     a->blobs = w.blobs;
     a->nblobs = w.nblobs;
     async_start(r, a);

@@ -136,6 +136,7 @@ typedef struct mac_job {
     struct auth_header h; /* verify: the received header */
     int seal;             /* 1: a reply to seal and send; 0: a request to verify */
     int op;               /* seal: the reply's op, for the dropped-reply count */
+    uint64_t owner;       /* seal: charged for the reply in flight */
     size_t npieces;
     unsigned char *tags; /* npieces piece tags */
     int parts, left;
@@ -187,7 +188,7 @@ mac_done(uv_work_t *w, int status)
         memcpy(j->frame + AUTH_OFF_TAG, tag, AUTH_TAG_BYTES);
         if ((s = authsess_find(srv->auth, j->h.session)) != NULL && s->last_seq == j->h.seq)
             authsess_keep_reply(s, j->frame, j->len);
-        (void)reply_transmit(srv, j->op, j->frame, j->len, &ctrl);
+        (void)reply_transmit(srv, j->op, j->owner, j->frame, j->len, &ctrl);
         body = NULL;
     } else if ((s = authsess_find(srv->auth, j->h.session)) == NULL) {
         gate_reply(srv, &ctrl, j->len, 0, AUTHGATE_NO_SESSION, "the session was closed");
@@ -259,14 +260,15 @@ static void
 resend_kept(server *srv, authsess *s, void **ctrl)
 {
     void *msg = nn_allocmsg(s->reply_len, 0);
+    req_auth auth = {s->id, s->last_seq};
 
     if (msg == NULL) {
         srv->counters[COUNTER_REPLIES_DROPPED]++;
         return;
     }
     memcpy(msg, s->reply, s->reply_len);
-    if (reply_transmit(srv, PROTO_OP_INVALID, msg, s->reply_len, ctrl) == 0)
-        srv->counters[COUNTER_BYTES_OUT] += s->reply_len;
+    (void)reply_transmit(srv, PROTO_OP_INVALID, ops_auth_owner_id(srv, &auth, 0), msg, s->reply_len,
+                         ctrl);
 }
 
 void
@@ -361,6 +363,7 @@ authgate_send(req *r, void *msg, size_t len)
         j->ctrl = r->ctrl;
         j->seal = 1;
         j->op = r->op;
+        j->owner = r->owner;
         j->h.session = s->id;
         j->h.seq = r->auth.seq;
         r->ctrl = NULL;
@@ -370,7 +373,7 @@ authgate_send(req *r, void *msg, size_t len)
     (void)auth_frame_seal(s->tx, msg, len);
     if (s->last_seq == r->auth.seq)
         authsess_keep_reply(s, msg, len);
-    (void)reply_transmit(srv, r->op, msg, len, &r->ctrl);
+    (void)reply_transmit(srv, r->op, r->owner, msg, len, &r->ctrl);
 }
 
 /*

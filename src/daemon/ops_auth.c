@@ -329,10 +329,15 @@ ops_auth_visible(const req *r, const char *name)
            authfile_allows(r->user, AUTHFILE_ADMIN, name, len);
 }
 
-const char *
-ops_auth_owner(const req *r)
+uint64_t
+ops_auth_owner_id(const server *srv, const req_auth *auth, uint64_t conn)
 {
-    return r->srv->auth != NULL && r->user != NULL ? r->user->name : NULL;
+    const authsess *s;
+
+    if (srv->auth == NULL || auth == NULL || auth->session == 0 ||
+        (s = authsess_find(srv->auth, auth->session)) == NULL)
+        return conn;
+    return authsess_part_id(s->user, strlen(s->user), 0, 0) | 1ULL << 63;
 }
 
 void

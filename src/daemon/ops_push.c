@@ -253,7 +253,7 @@ ops_push_run_parked(server *srv)
         }
         *pp = p->next;
         async_late_begin(&r, &err, srv, PROTO_OP_COMMIT, p->ctrl, p->t0);
-        r.auth = p->auth;
+        async_late_auth(&r, &p->auth);
         async_late_end(&r, commit_txn(&r, p->txn, &err), &err);
         free(p);
     }

@@ -60,7 +60,7 @@ reply_size(build_fn build, const void *ctx)
 
 /* Hand msg (taken) to nanomsg with routing header *ctrl (NULL once nanomsg owns it). */
 int
-reply_transmit(server *srv, int op, void *msg, size_t len, void **ctrl)
+reply_transmit(server *srv, int op, uint64_t owner, void *msg, size_t len, void **ctrl)
 {
     struct nn_iovec iov;
     struct nn_msghdr hdr;
@@ -80,6 +80,7 @@ reply_transmit(server *srv, int op, void *msg, size_t len, void **ctrl)
         return -1; /* the routing header stays the caller's */
     }
     *ctrl = NULL; /* nanomsg owns it now */
+    budget_reply_sent(store_budget(srv->store), owner, len, server_now(srv));
     srv->counters[COUNTER_BYTES_OUT] += len;
     return 0;
 }
@@ -99,7 +100,7 @@ reply_send_msg(req *r, void *msg, size_t len)
         authgate_send(r, msg, len);
         return;
     }
-    if (reply_transmit(r->srv, r->op, msg, len, &r->ctrl) == 0)
+    if (reply_transmit(r->srv, r->op, r->owner, msg, len, &r->ctrl) == 0)
         r->reply_len = len;
 }
 
@@ -121,6 +122,15 @@ reply_pack(build_fn build, const void *ctx, wbuf *w, size_t head, size_t *len)
     msgpack_packer_init(&pk, w, wbuf_write);
     build(&pk, ctx);
     return msg;
+}
+
+int
+reply_check_budget(req *r, uint64_t bytes, store_err *err)
+{
+    store *s = r->srv->store;
+
+    return store_budget_check(s, BUDGET_REPLIES, r->owner,
+                              budget_reply_need(store_budget(s), r->owner, bytes), err);
 }
 
 /* Build the reply into a message and send it with the request's routing header. */

@@ -39,6 +39,8 @@ typedef struct server_config {
     const char *auth_file;        /* NULL: no authentication */
     int insecure;                 /* without auth_file, listen beyond loopback anyway */
     uint64_t auth_session_lifetime_ms; /* 3600000 */
+    uint64_t max_memory;               /* memory budget in bytes; 0: sysmem_default_budget() */
+    unsigned client_share;             /* percent of the budget and slots one connection may hold */
 } server_config;
 
 typedef struct server server;

@@ -114,6 +114,7 @@ typedef struct req {
     req_auth auth;  /* the reply is a frame of this session and seq when session != 0 */
     const authfile_user *user; /* with --auth-file: the session's user, or NULL (plain) */
     int auth_reason;           /* enum authgate_reason of an EMAD_EAUTH/EDENIED reply, or -1 */
+    uint64_t owner; /* charged for what the request makes the daemon hold (request_owner()) */
 } req;
 
 /* Milliseconds on the loop's clock (0 without a loop). */
@@ -146,6 +147,15 @@ int request_get_float(const msgpack_object *map, const char *key, double *v, sto
 
 /* Optional bool field. */
 int request_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err);
+
+/* The owner of a request with routing header ctrl: its connection (0: none). */
+uint64_t request_owner(const void *ctrl);
+
+/*
+ * Check that a reply of `bytes` fits the memory budget (as a reply in
+ * flight to r's connection) before packing it; 0 or EMAD_ELIMIT.
+ */
+int reply_check_budget(req *r, uint64_t bytes, store_err *err);
 
 /*
  * Decode the `tensors` array of a push into (*out)[0..*n) (malloc'd, the
@@ -198,10 +208,10 @@ size_t reply_head(const req *r);
 
 /*
  * Hand msg (taken) to nanomsg with routing header *ctrl, which becomes NULL
- * once nanomsg owns it; a failure is logged and counted as a dropped reply
- * for op. Returns 0 or -1.
+ * once nanomsg owns it, and charge it to owner as a reply in flight; a
+ * failure is logged and counted as a dropped reply for op. Returns 0 or -1.
  */
-int reply_transmit(server *srv, int op, void *msg, size_t len, void **ctrl);
+int reply_transmit(server *srv, int op, uint64_t owner, void *msg, size_t len, void **ctrl);
 
 /* Build the reply into a message and send it with the request's routing header. */
 void reply_send(req *r, build_fn build, const void *ctx);
@@ -299,10 +309,15 @@ void ops_auth_own_part(req *r, const char *name, size_t len, uint64_t step, uint
 int ops_auth_visible(const req *r, const char *name);
 
 /*
- * Who a request is charged to for per-owner shares of memory and slots:
- * the user with authentication on, NULL without (then per connection).
+ * Who a request is charged to for the per-owner shares of the memory
+ * budget and slots: with authentication, the user of session auth->session
+ * (one owner for all of a user's connections, a value no connection owner
+ * takes: bit 63 set), else `conn`, the connection (request_owner()).
  */
-const char *ops_auth_owner(const req *r);
+uint64_t ops_auth_owner_id(const server *srv, const req_auth *auth, uint64_t conn);
+
+/* A late request's authentication (async_late_begin's request): its frame and its owner. */
+void async_late_auth(req *r, const req_auth *auth);
 
 /* After an admin op (create, configure, drop, snapshot): the audit log line naming the user. */
 void ops_auth_audit(const req *r, int rc, const store_err *err);
