@@ -11,6 +11,9 @@
  * - transport.c: sockets, request ids, packing, pipelining, the round trip
  *   (req_send, req_wait, call), hello, connect and close;
  * - errors.c: the last error, error replies, reply field checks, emad_strerror;
+ * - creds.c: the credentials (user, key file, environment) and connect errors;
+ * - session.c: the authenticated session of each connection (handshake,
+ *   renewal) and the frames around requests and replies (tags, checks);
  * - push.c: push, seed, push_as and the transactions of large pushes;
  * - pull.c: pull and pull_into, pull sessions read in batches;
  * - admin.c: create, configure, drop, list, describe, stats, get_config, snapshot.
@@ -31,6 +34,7 @@
 
 #include <msgpack.h>
 
+#include "common/auth.h"
 #include "common/codec.h"
 #include "common/proto.h"
 #include "emad.h"
@@ -59,6 +63,19 @@
 #define PIPELINE_MAX 8
 #define PIPELINE_DEFAULT 1
 
+/*
+ * The authenticated session of one connection (docs/PROTOCOL.md,
+ * "Authentication"): id 0 until the handshake is done; seq of the last
+ * request sent; keys from crypto_kx (tx MACs requests, rx replies).
+ */
+typedef struct conn_session {
+    uint64_t id;
+    uint64_t seq;
+    int64_t start_ms;    /* when the handshake finished (monotonic) */
+    int64_t lifetime_ms; /* the daemon's session lifetime */
+    unsigned char tx[AUTH_KEY_BYTES], rx[AUTH_KEY_BYTES];
+} conn_session;
+
 struct emad_client {
     int sock;                       /* socks[0]: every request that is not pipelined */
     int socks[PIPELINE_MAX];        /* -1 until first used */
@@ -73,6 +90,14 @@ struct emad_client {
     uint64_t reply_ask;  /* max_reply_bytes we send with a pull */
     uint64_t reply_eff;  /* what the daemon enforces: min(reply_ask, server_max) */
     char err[2048];
+    int auth;                        /* 1: credentials loaded, requests are framed */
+    char user[AUTH_USER_MAX + 1];    /* the user of the key file */
+    unsigned char sk[AUTH_SK_BYTES]; /* the user's Ed25519 secret key */
+    conn_session sess[PIPELINE_MAX]; /* the session of each connection */
+    uint64_t sent_seq[PIPELINE_MAX]; /* seq of the framed request in flight on each, 0: plain */
+    int auth_stale;                  /* the last error: EMAD_EAUTH, session expired/unknown */
+    unsigned char *tags;             /* piece tags of the message being packed */
+    size_t tags_cap;                 /* their room, in tags */
 };
 
 /*
@@ -80,7 +105,8 @@ struct emad_client {
  * into it (BIN payloads included), valid until reply_free().
  */
 typedef struct reply {
-    void *msg; /* NN_MSG buffer, freed by reply_free() */
+    void *msg;        /* NN_MSG buffer, freed by reply_free() */
+    const char *body; /* the msgpack body in msg (after the frame header, if framed) */
     msgpack_unpacked u;
     const msgpack_object *root;
 } reply;
@@ -125,9 +151,61 @@ int rget_str(emad_client *c, const msgpack_object *map, const char *key, const c
 int rget_array(emad_client *c, const msgpack_object *map, const char *key,
                const msgpack_object **arr);
 
+/* Required bin key of exactly n bytes; EMAD_EPROTO if missing, mistyped or of another size. */
+int rget_bin(emad_client *c, const msgpack_object *map, const char *key, size_t n,
+             const msgpack_object **bin);
+
 /* Check a model / tensor name argument; EMAD_EINVAL for NULL, EMAD_ENAME if invalid. */
 int check_model(emad_client *c, const char *model);
 int check_tensor_name(emad_client *c, const char *name, size_t index);
+
+/* ---- creds.c ---- */
+
+/* Load the credentials of o (or of the environment) into c; 0 without any. */
+int creds_load(emad_client *c, const emad_options *o);
+
+/* Forget the credentials and session keys of c. */
+void creds_wipe(emad_client *c);
+
+/* The message of a failed emad_connect(), kept per thread: record (returns code), clear, read. */
+__attribute__((format(printf, 2, 3))) int creds_connect_fail(int code, const char *fmt, ...);
+void creds_connect_clear(void);
+const char *creds_connect_error(void);
+
+/* ---- session.c ---- */
+
+/*
+ * Make sure connection k has a session that is not due for renewal: the
+ * first request on it does the handshake, one at 3/4 of the lifetime
+ * renews it. No-op without credentials. The connection must be idle.
+ */
+int session_ensure(emad_client *c, size_t k);
+
+/* Forget connection k's session (the daemon said it is expired or unknown). */
+void session_drop(emad_client *c, size_t k);
+
+/* Room for the piece tags of a body of len bytes in c->tags. */
+int session_tags_reserve(emad_client *c, size_t len);
+
+/*
+ * Finish the frame of a packed request: msg holds AUTH_FRAME_HEADER bytes
+ * then the body (len bytes), whose first `tagged` pieces already have
+ * their tags in c->tags. Tags the rest, writes the header with the next
+ * sequence number of connection k's session and the frame's tag.
+ */
+void session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged);
+
+/*
+ * Check the reply r->msg (len bytes) to the framed request in flight on
+ * connection k (sequence number seq) and point r->body past the header;
+ * *body_len gets the body's length. A plain reply is accepted only as an
+ * EMAD_EAUTH error. Returns 0 or EMAD_EPROTO with a message.
+ */
+int session_open_reply(emad_client *c, size_t k, uint64_t seq, reply *r, size_t len,
+                       size_t *body_len);
+
+/* 1 if an error reply's map e says the session is expired or unknown (re-handshake). */
+int session_error_is_stale(const msgpack_object *e);
 
 /* ---- transport.c ---- */
 
@@ -161,6 +239,10 @@ void forget_inflight(emad_client *c);
  */
 int req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
              int timeout_ms, uint32_t *id);
+
+/* req_send(), as a plain (unframed) request if plain (the handshake's ops). */
+int req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
+                int timeout_ms, uint32_t *id, int plain);
 
 /*
  * Wait until deadline for the reply to the request in flight on

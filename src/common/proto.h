@@ -34,7 +34,9 @@
     XX(LIST, "list")                                                                               \
     XX(STATS, PROTO_KEY_STATS) /* the op is named like its reply's key */                          \
     XX(CONFIGURE, "configure")                                                                     \
-    XX(SNAPSHOT, "snapshot")
+    XX(SNAPSHOT, "snapshot")                                                                       \
+    XX(AUTH_BEGIN, "auth_begin")                                                                   \
+    XX(AUTH_FINISH, "auth_finish")
 
 enum proto_op {
     PROTO_OP_INVALID = 0,

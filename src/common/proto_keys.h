@@ -87,4 +87,21 @@
 #define PROTO_VAL_UPDATE_COPY "copy"
 #define PROTO_VAL_DTYPE_SHADOW "shadow"
 
+/* Authentication: the handshake's keys, the `reason` of an EMAD_EAUTH error and its values. */
+#define PROTO_KEY_USER "user"
+#define PROTO_KEY_EPH "eph"
+#define PROTO_KEY_HS "hs"
+#define PROTO_KEY_CHALLENGE "challenge"
+#define PROTO_KEY_LIFETIME "lifetime"
+#define PROTO_KEY_SIG "sig"
+#define PROTO_KEY_RENEW "renew"
+#define PROTO_KEY_REASON "reason"
+#define PROTO_VAL_REASON_NO_SESSION "no_session"
+#define PROTO_VAL_REASON_EXPIRED "expired"
+#define PROTO_VAL_REASON_BAD_TAG "bad_tag"
+#define PROTO_VAL_REASON_REPLAY "replay"
+#define PROTO_VAL_REASON_BAD_SIGNATURE "bad_signature"
+#define PROTO_VAL_REASON_UNKNOWN_HANDSHAKE "unknown_handshake"
+#define PROTO_VAL_REASON_REQUIRED "required"
+
 #endif
