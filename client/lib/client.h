@@ -91,6 +91,7 @@ struct emad_client {
     uint64_t reply_eff;  /* what the daemon enforces: min(reply_ask, server_max) */
     char err[2048];
     int auth;                        /* 1: credentials loaded, requests are framed */
+    int server_auth;                 /* hello said the daemon requires authentication */
     char user[AUTH_USER_MAX + 1];    /* the user of the key file */
     unsigned char sk[AUTH_SK_BYTES]; /* the user's Ed25519 secret key */
     conn_session sess[PIPELINE_MAX]; /* the session of each connection */

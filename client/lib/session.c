@@ -272,6 +272,6 @@ session_error_is_stale(const msgpack_object *e)
 {
     const msgpack_object *reason = proto_map_get(e, PROTO_KEY_REASON);
 
-    return reason != NULL && (str_is(reason, PROTO_VAL_REASON_EXPIRED) ||
-                              str_is(reason, PROTO_VAL_REASON_NO_SESSION));
+    return reason != NULL &&
+           (str_is(reason, PROTO_VAL_AUTH_EXPIRED) || str_is(reason, PROTO_VAL_AUTH_NO_SESSION));
 }

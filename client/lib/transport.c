@@ -579,9 +579,11 @@ build_hello(msgpack_packer *pk, const void *ctx)
 int
 hello_parse(emad_client *c, const reply *r)
 {
+    const msgpack_object *auth = proto_map_get(r->root, PROTO_KEY_AUTH);
     uint64_t proto, max;
     int rc;
 
+    c->server_auth = auth != NULL && auth->type == MSGPACK_OBJECT_BOOLEAN && auth->via.boolean;
     if ((rc = rget_u64(c, r->root, PROTO_KEY_PROTOCOL, &proto)) != 0 ||
         (rc = rget_u64(c, r->root, PROTO_KEY_MAX_MESSAGE_BYTES, &max)) != 0)
         return rc;
@@ -683,6 +685,16 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
     if ((rc = creds_load(c, &o)) != 0)
         goto fail;
     c->opts.user = c->opts.key_file = NULL; /* borrowed from the caller */
+    if (c->auth && !c->server_auth) {
+        /* Talking plain would let whoever answers in the daemon's place read and change
+         * everything: credentials mean authenticated or nothing. */
+        rc = fail(c, EMAD_EAUTH,
+                  "the daemon does not authenticate (it runs without --auth-file), but "
+                  "credentials were given (user %s): refusing to talk to it unauthenticated "
+                  "(leave out --key-file / EMAD_KEY_FILE for such a daemon)",
+                  c->user);
+        goto fail;
+    }
     if (c->auth) {
         c->msg_limit -= AUTH_FRAME_HEADER;
         c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;

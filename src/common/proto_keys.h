@@ -81,13 +81,8 @@
 #define PROTO_KEY_SNAPSHOTS_BROKEN "snapshots_broken"
 #define PROTO_KEY_UPTIME_SECONDS "uptime_seconds"
 
-/* String values with a fixed meaning. */
-#define PROTO_VAL_SERVER_NAME "emad"
-#define PROTO_VAL_UPDATE_AVERAGE "average"
-#define PROTO_VAL_UPDATE_COPY "copy"
-#define PROTO_VAL_DTYPE_SHADOW "shadow"
-
-/* Authentication: the handshake's keys, the `reason` of an EMAD_EAUTH error and its values. */
+/* Authentication (docs/PROTOCOL.md "Authentication"). */
+#define PROTO_KEY_AUTH "auth" /* hello: whether the daemon requires authentication */
 #define PROTO_KEY_USER "user"
 #define PROTO_KEY_EPH "eph"
 #define PROTO_KEY_HS "hs"
@@ -96,12 +91,20 @@
 #define PROTO_KEY_SIG "sig"
 #define PROTO_KEY_RENEW "renew"
 #define PROTO_KEY_REASON "reason"
-#define PROTO_VAL_REASON_NO_SESSION "no_session"
-#define PROTO_VAL_REASON_EXPIRED "expired"
-#define PROTO_VAL_REASON_BAD_TAG "bad_tag"
-#define PROTO_VAL_REASON_REPLAY "replay"
-#define PROTO_VAL_REASON_BAD_SIGNATURE "bad_signature"
-#define PROTO_VAL_REASON_UNKNOWN_HANDSHAKE "unknown_handshake"
-#define PROTO_VAL_REASON_REQUIRED "required"
+/* Values of `reason` in an EMAD_EAUTH error (and `denied`: the label of EMAD_EDENIED). */
+#define PROTO_VAL_AUTH_REQUIRED "required"
+#define PROTO_VAL_AUTH_NO_SESSION "no_session"
+#define PROTO_VAL_AUTH_EXPIRED "expired"
+#define PROTO_VAL_AUTH_BAD_TAG "bad_tag"
+#define PROTO_VAL_AUTH_REPLAY "replay"
+#define PROTO_VAL_AUTH_BAD_SIGNATURE "bad_signature"
+#define PROTO_VAL_AUTH_UNKNOWN_HANDSHAKE "unknown_handshake"
+#define PROTO_VAL_AUTH_DENIED "denied"
+
+/* String values with a fixed meaning. */
+#define PROTO_VAL_SERVER_NAME "emad"
+#define PROTO_VAL_UPDATE_AVERAGE "average"
+#define PROTO_VAL_UPDATE_COPY "copy"
+#define PROTO_VAL_DTYPE_SHADOW "shadow"
 
 #endif
