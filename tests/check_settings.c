@@ -82,6 +82,9 @@ START_TEST(test_settings_defaults)
     ck_assert_uint_eq(sc.idle_release_ms, 5000);
     ck_assert_uint_eq(c.idle_release_max_ms, 30000);
     ck_assert_uint_eq(sc.idle_release_max_ms, 30000);
+    ck_assert_ptr_null(sc.auth_file);
+    ck_assert_int_eq(sc.insecure, 0);
+    ck_assert_uint_eq(sc.auth_session_lifetime_ms, 3600000);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -96,7 +99,10 @@ START_TEST(test_settings_defaults)
                         "http = 127.0.0.1:7471\n"
                         "io-cpu = auto\n"
                         "idle-release = 5\n"
-                        "idle-release-max = 30\n");
+                        "idle-release-max = 30\n"
+                        "# auth-file = (none: requests are not authenticated)\n"
+                        "insecure = no\n"
+                        "auth-session-lifetime = 3600\n");
     free(p);
     settings_free(&c);
 }

@@ -20,15 +20,16 @@
 #include <unistd.h>
 
 #include "common/auth.h"
+#include "common/proto.h"
 #include "ctl.h"
-
-/* The roles a grant may name. */
-static const char *const roles[] = {"push", "pull", "admin", NULL};
 
 /* --grant "ROLE PATTERN" of keygen: one more grant line of the printed entry. */
 static int
 args_set_grant(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
 {
+    /* The roles of the auth file; push and pull are named like the ops they allow. */
+    const char *const roles[] = {proto_op_name(PROTO_OP_PUSH), proto_op_name(PROTO_OP_PULL),
+                                 "admin", NULL};
     const char *sp = v != NULL ? strchr(v, ' ') : NULL;
     int known = 0;
 

@@ -34,6 +34,7 @@
 typedef struct async_req {
     server *srv;
     int op;
+    req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
     void *ctrl, *body;
     uint64_t t0;
     task_list *tl;   /* the tasks: the job's, or tasks */
@@ -59,6 +60,7 @@ async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, uint64
     r->ctrl = ctrl;
     r->now_ms = uv_now(srv->loop);
     r->t0 = t0;
+    r->auth_reason = -1;
     err->tensor[0] = '\0';
 }
 
@@ -106,6 +108,7 @@ async_done(uv_work_t *w, int status)
         return;
     uv_update_time(srv->loop);
     async_late_begin(&r, &err, srv, a->op, a->ctrl, a->t0);
+    r.auth = a->auth;
     if (a->job != NULL) {
         rc = store_job_done(srv->store, a->job, r.now_ms, &err);
         nn_freemsg(a->body);
@@ -142,6 +145,7 @@ async_start(req *r, async_req *a)
 
     a->srv = srv;
     a->op = r->op;
+    a->auth = r->auth;
     a->ctrl = r->ctrl;
     r->ctrl = NULL;
     a->t0 = r->t0;
@@ -174,7 +178,7 @@ async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
         return 0;
     a = xcalloc(1, sizeof(*a));
     w.defer = &a->tasks;
-    if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
+    if ((msg = reply_pack(build, ctx, &w, reply_head(r), &len)) == NULL) {
         free(a);
         return 0; /* the inline reply reports it */
     }

@@ -29,7 +29,12 @@ build_hello(msgpack_packer *pk, const void *ctx)
 {
     const server *srv = ctx;
 
-    reply_pack_head(pk, 1, 8);
+    reply_pack_head(pk, 1, 9);
+    proto_pack_str(pk, PROTO_KEY_AUTH);
+    if (srv->auth != NULL)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
     proto_pack_str(pk, PROTO_KEY_SERVER);
     proto_pack_str(pk, PROTO_VAL_SERVER_NAME);
     proto_pack_str(pk, PROTO_KEY_VERSION);
@@ -179,6 +184,7 @@ typedef struct list_ctx {
     uint64_t now_ms;
     size_t first, count;
     int more;
+    const req *r; /* whose user may see only some models */
 } list_ctx;
 
 /* Pack one model summary. */
@@ -214,13 +220,14 @@ build_list_models(msgpack_packer *pk, const void *vctx)
     size_t n = 0;
     model *m;
 
-    while (store_model_at(s, n) != NULL)
-        n++;
+    for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
+        n += ops_auth_visible(ctx->r, m->name);
     reply_pack_head(pk, 1, 1);
     proto_pack_str(pk, PROTO_KEY_MODELS);
     msgpack_pack_array(pk, n);
     for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
-        pack_model(pk, m, ctx->now_ms);
+        if (ops_auth_visible(ctx->r, m->name))
+            pack_model(pk, m, ctx->now_ms);
 }
 
 /* Pack the description of a stored tensor (ctx: the tensor). */
@@ -296,7 +303,7 @@ int
 ops_model_list(req *r, store_err *err)
 {
     const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
-    list_ctx ctx = {r->srv->store, NULL, r->now_ms, 0, 0, 0};
+    list_ctx ctx = {r->srv->store, NULL, r->now_ms, 0, 0, 0, r};
     uint64_t offset = 0, limit = PROTO_LIST_PAGE, max_reply = r->srv->cfg.max_message_bytes;
     int has_offset = 0, has_limit = 0, present;
     const char *name;
@@ -413,6 +420,7 @@ ops_model_stats(req *r, store_err *err)
 /* A snapshot request whose reply waits for the files to be durable. */
 typedef struct snap_wait {
     server *srv;
+    req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
     void *ctrl; /* routing header of the request */
     uint64_t t0;
 } snap_wait;
@@ -434,6 +442,7 @@ snapshot_done(void *arg, int rc, const char *message, uint64_t step)
     req r;
 
     async_late_begin(&r, &err, w->srv, PROTO_OP_SNAPSHOT, w->ctrl, w->t0);
+    r.auth = w->auth;
     if (rc == 0)
         reply_send(&r, build_snapshot, &step);
     else
@@ -464,6 +473,7 @@ ops_model_snapshot(req *r, store_err *err)
                             names_printable(buf, sizeof(buf), name, len));
     w = xcalloc(1, sizeof(*w));
     w->srv = r->srv;
+    w->auth = r->auth;
     w->ctrl = r->ctrl;
     w->t0 = r->t0;
     r->ctrl = NULL; /* the reply is sent later, with this header, and counted then */

@@ -150,6 +150,7 @@ ops_pull_pull(req *r, store_err *err)
     }
     ctx.inline_data = 0;
     ctx.session = v->id;
+    ops_auth_own(r, 's', v->id, v->model, strlen(v->model));
     if (reply_size(build_pull, &ctx) > max_reply) {
         (void)store_view_release(srv->store, v->id, err);
         return request_fail(err, EMAD_ELIMIT,

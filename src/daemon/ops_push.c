@@ -16,7 +16,8 @@
 /* A commit that came while chunks of its transaction were still being averaged. */
 typedef struct parked {
     uint64_t txn;
-    void *ctrl; /* the request's routing header */
+    req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
+    void *ctrl;    /* the request's routing header */
     uint64_t t0;
     struct parked *next;
 } parked;
@@ -184,6 +185,7 @@ ops_push_begin(req *r, store_err *err)
     if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
         return err->code;
     r->srv->counters[COUNTER_TXN_BEGUN]++;
+    ops_auth_own(r, 't', id, name, len);
     log_debug("event=txn_begin model=%.*s step=%llu txn=%llu", (int)len, name,
               (unsigned long long)step, (unsigned long long)id);
     reply_send(r, build_txn, &id);
@@ -218,6 +220,7 @@ ops_push_commit(req *r, store_err *err)
     if (async_can_defer(r) && store_txn_inflight(r->srv->store, id) > 0) {
         parked *p = xcalloc(1, sizeof(*p)), **pp;
         p->txn = id;
+        p->auth = r->auth;
         p->ctrl = r->ctrl;
         p->t0 = r->t0;
         r->ctrl = NULL;
@@ -248,6 +251,7 @@ ops_push_run_parked(server *srv)
         }
         *pp = p->next;
         async_late_begin(&r, &err, srv, PROTO_OP_COMMIT, p->ctrl, p->t0);
+        r.auth = p->auth;
         async_late_end(&r, commit_txn(&r, p->txn, &err), &err);
         free(p);
     }

@@ -58,11 +58,10 @@ reply_size(build_fn build, const void *ctx)
     return w.len;
 }
 
-/* Send a packed reply message with the request's routing header (which it takes). */
-void
-reply_send_msg(req *r, void *msg, size_t len)
+/* Hand msg (taken) to nanomsg with routing header *ctrl (NULL once nanomsg owns it). */
+int
+reply_transmit(server *srv, int op, void *msg, size_t len, void **ctrl)
 {
-    server *srv = r->srv;
     struct nn_iovec iov;
     struct nn_msghdr hdr;
 
@@ -71,18 +70,37 @@ reply_send_msg(req *r, void *msg, size_t len)
     memset(&hdr, 0, sizeof(hdr));
     hdr.msg_iov = &iov;
     hdr.msg_iovlen = 1;
-    hdr.msg_control = &r->ctrl;
+    hdr.msg_control = ctrl;
     hdr.msg_controllen = NN_MSG;
     if (nn_sendmsg(srv->sock, &hdr, NN_DONTWAIT) < 0) {
         log_warn("event=reply_dropped op=%s error=\"%s\"",
-                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", nn_strerror(nn_errno()));
+                 proto_op_name(op) ? proto_op_name(op) : "?", nn_strerror(nn_errno()));
         nn_freemsg(msg);
         srv->counters[COUNTER_REPLIES_DROPPED]++;
-        return; /* the routing header is freed by the caller */
+        return -1; /* the routing header stays the caller's */
     }
-    r->ctrl = NULL; /* nanomsg owns it now */
-    r->reply_len = len;
+    *ctrl = NULL; /* nanomsg owns it now */
     srv->counters[COUNTER_BYTES_OUT] += len;
+    return 0;
+}
+
+/* Bytes of room a reply to r needs in front of its body. */
+size_t
+reply_head(const req *r)
+{
+    return r->auth.session != 0 && r->capture == NULL ? AUTH_FRAME_HEADER : 0;
+}
+
+/* Send a packed reply message with the request's routing header (which it takes). */
+void
+reply_send_msg(req *r, void *msg, size_t len)
+{
+    if (reply_head(r) != 0) {
+        authgate_send(r, msg, len);
+        return;
+    }
+    if (reply_transmit(r->srv, r->op, msg, len, &r->ctrl) == 0)
+        r->reply_len = len;
 }
 
 /*
@@ -90,15 +108,15 @@ reply_send_msg(req *r, void *msg, size_t len)
  * w->defer set, tensor data is left to tasks); NULL if out of memory.
  */
 void *
-reply_pack(build_fn build, const void *ctx, wbuf *w, size_t *len)
+reply_pack(build_fn build, const void *ctx, wbuf *w, size_t head, size_t *len)
 {
     msgpack_packer pk;
     void *msg;
 
-    *len = reply_size(build, ctx);
+    *len = reply_size(build, ctx) + head;
     if ((msg = nn_allocmsg(*len, 0)) == NULL)
         return NULL;
-    w->p = msg;
+    w->p = (char *)msg + head;
     w->len = 0;
     msgpack_packer_init(&pk, w, wbuf_write);
     build(&pk, ctx);
@@ -124,7 +142,7 @@ reply_send(req *r, build_fn build, const void *ctx)
         srv->counters[COUNTER_BYTES_OUT] += len; /* counted as on the socket, so stats agree */
         return;
     }
-    if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
+    if ((msg = reply_pack(build, ctx, &w, reply_head(r), &len)) == NULL) {
         log_error("event=reply_alloc_failed bytes=%zu", len);
         srv->counters[COUNTER_REPLIES_DROPPED]++;
         return;
@@ -135,6 +153,7 @@ reply_send(req *r, build_fn build, const void *ctx)
 /* Error reply context. */
 typedef struct err_ctx {
     const store_err *err;
+    int reason; /* enum authgate_reason, or -1 */
 } err_ctx;
 
 /* Pack an error reply. */
@@ -145,10 +164,11 @@ build_error(msgpack_packer *pk, const void *vctx)
     const char *name = errors_name(e->code);
     int with_tensor = e->tensor[0] != '\0';
     int with_supported = e->code == EMAD_EVERSION;
+    int reason = ((const err_ctx *)vctx)->reason;
 
     reply_pack_head(pk, 0, 1);
     proto_pack_str(pk, PROTO_KEY_ERROR);
-    msgpack_pack_map(pk, 3 + with_tensor + with_supported);
+    msgpack_pack_map(pk, 3 + with_tensor + with_supported + (reason >= 0));
     proto_pack_kv_u64(pk, PROTO_KEY_CODE, (uint64_t)-e->code);
     proto_pack_str(pk, PROTO_KEY_NAME);
     proto_pack_str(pk, name != NULL ? name : "EMAD_EINTERNAL");
@@ -157,6 +177,10 @@ build_error(msgpack_packer *pk, const void *vctx)
     if (with_tensor) {
         proto_pack_str(pk, PROTO_KEY_TENSOR);
         proto_pack_str(pk, e->tensor);
+    }
+    if (reason >= 0) {
+        proto_pack_str(pk, PROTO_KEY_REASON);
+        proto_pack_str(pk, authgate_reason_name(reason));
     }
     if (with_supported) {
         proto_pack_str(pk, PROTO_KEY_SUPPORTED);
@@ -196,7 +220,8 @@ reply_error(req *r, const store_err *err)
     store_err scrubbed = *err, *e = &scrubbed;
     const char *name = errors_name(e->code);
     int code = -e->code;
-    err_ctx ctx = {e};
+    int reason = (e->code == EMAD_EAUTH || e->code == EMAD_EDENIED) ? r->auth_reason : -1;
+    err_ctx ctx = {e, reason};
 
     /* Replies carry UTF-8 strings only (docs/PROTOCOL.md): clean the message, and
      * name a tensor only if its name is a valid one. */
@@ -213,9 +238,10 @@ reply_error(req *r, const store_err *err)
         if (code >= EMAD_ERRNO_FIRST && code <= EMAD_ERRNO_LAST)
             srv->push_rejects[code - EMAD_ERRNO_FIRST]++;
     }
-    log_warn("event=request_error op=%s code=%s tensor=%s message=%s",
-             proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?",
-             LOG_STR(e->tensor), LOG_STR(e->message));
+    if (reason < 0) /* authentication failures are logged, rate-limited, by authgate_fail() */
+        log_warn("event=request_error op=%s code=%s tensor=%s message=%s",
+                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?",
+                 LOG_STR(e->tensor), LOG_STR(e->message));
     reply_send(r, build_error, &ctx);
 }
 

@@ -54,12 +54,17 @@ static const op_handler handlers[PROTO_OP_COUNT] = {
     [PROTO_OP_STATS] = {PROTO_OP_STATS, ops_model_stats},
     [PROTO_OP_CONFIGURE] = {PROTO_OP_CONFIGURE, ops_model_configure},
     [PROTO_OP_SNAPSHOT] = {PROTO_OP_SNAPSHOT, ops_model_snapshot},
+    [PROTO_OP_AUTH_BEGIN] = {PROTO_OP_AUTH_BEGIN, ops_auth_begin},
+    [PROTO_OP_AUTH_FINISH] = {PROTO_OP_AUTH_FINISH, ops_auth_finish},
 };
 
-/* Decode, dispatch and answer one request held in buf[0..len). */
+/*
+ * Decode, dispatch and answer one request held in buf[0..len), which came
+ * as a frame authenticated as *auth (NULL: plain).
+ */
 static void
 handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void **capture,
-       size_t *capture_len)
+       size_t *capture_len, const req_auth *auth)
 {
     msgpack_unpacked u;
     size_t off = 0;
@@ -75,6 +80,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     r.body = body;
     r.capture = capture;
     r.now_ms = server_now(srv);
+    r.auth_reason = -1;
+    if (auth != NULL)
+        r.auth = *auth;
     err.tensor[0] = '\0';
     srv->counters[COUNTER_REQUESTS]++;
     srv->counters[COUNTER_BYTES_IN] += len;
@@ -128,8 +136,12 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
         srv->pushes_seen += r.op == PROTO_OP_BEGIN || !has_txn;
     }
     r.t0 = uv_hrtime();
-    rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
-                                   : request_fail(&err, EMAD_EINTERNAL, "op not handled");
+    if (srv->auth != NULL && (rc = ops_auth_check(&r, &err)) != 0)
+        ; /* refused: not authenticated, or not allowed */
+    else
+        rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
+                                       : request_fail(&err, EMAD_EINTERNAL, "op not handled");
+    ops_auth_audit(&r, rc, &err);
     if (rc != 0 || !r.deferred) /* deferred requests are counted when they are answered */
         reply_finish(&r, rc, &err);
     goto done;
@@ -140,6 +152,13 @@ done:
     *ctrl = r.ctrl; /* NULL if the reply took it */
     if (capture_len != NULL)
         *capture_len = r.reply_len;
+}
+
+void
+server_handle(server *srv, const char *buf, size_t len, void **ctrl, void **body,
+              const req_auth *auth)
+{
+    handle(srv, buf, len, ctrl, body, NULL, NULL, auth);
 }
 
 /*
@@ -221,7 +240,10 @@ on_readable(uv_poll_t *h, int status, int events)
             break;
         }
         uv_update_time(srv->loop); /* requests stamp times (last push, idleness) with it */
-        handle(srv, body, (size_t)n, &ctrl, &body, NULL, NULL);
+        if (srv->auth != NULL || auth_is_frame(body, (size_t)n))
+            authgate_receive(srv, &body, (size_t)n, &ctrl);
+        else
+            handle(srv, body, (size_t)n, &ctrl, &body, NULL, NULL, NULL);
         if (body != NULL)
             nn_freemsg(body);
         idle_note_request(srv);
@@ -250,6 +272,7 @@ on_timer(uv_timer_t *h)
         log_info("event=session_expired count=%llu", (unsigned long long)views);
     srv->counters[COUNTER_TXN_EXPIRED] += txns;
     srv->counters[COUNTER_SESSIONS_EXPIRED] += views;
+    authgate_tick(srv);
     /*
      * Idle for idle_hold_ms(): free the spare shadows (the replaced shadows
      * a transaction writes into next time) and give the heap's free memory
@@ -320,6 +343,84 @@ expiry_interval(uint64_t txn_timeout_ms)
     return interval < 50 ? 50 : interval > 1000 ? 1000 : interval;
 }
 
+/* Is a listen URL reachable from this host only (ipc://, inproc://, loopback TCP)? */
+static int
+url_is_local(const char *url)
+{
+    const char *host;
+
+    if (strncmp(url, "ipc://", 6) == 0 || strncmp(url, "inproc://", 9) == 0)
+        return 1;
+    if (strncmp(url, "tcp://", 6) != 0)
+        return 0;
+    host = url + 6;
+    if (strchr(host, ';') != NULL) /* tcp://INTERFACE;ADDRESS:PORT binds an interface */
+        return 0;
+    return strncmp(host, "127.", 4) == 0 || strncmp(host, "[::1]:", 6) == 0 ||
+           strncmp(host, "localhost:", 10) == 0;
+}
+
+/*
+ * Load the auth file (authentication on), or check that every listen URL
+ * is local unless cfg->insecure; say which at start.
+ */
+static int
+auth_setup(server *srv, const server_config *cfg, char **cause)
+{
+    authfile *users = NULL;
+    int rc;
+
+    if (cfg->auth_file == NULL) {
+        for (int i = 0; i < cfg->nlisten && !cfg->insecure; i++)
+            if (!url_is_local(cfg->listen[i]))
+                return cause_set(cause, -EPERM,
+                                 "refusing to listen on %s without authentication: give "
+                                 "--auth-file (docs/SECURITY.md), or --insecure to accept that "
+                                 "anyone who reaches it can change or drop any model",
+                                 cfg->listen[i]);
+        log_warn("event=auth enabled=no insecure=%s (no --auth-file: every client may do "
+                 "everything)",
+                 cfg->insecure ? "yes" : "no");
+        return 0;
+    }
+    if (auth_init() != 0)
+        return cause_set(cause, -EINVAL, "libsodium cannot be initialized");
+    if ((rc = authfile_load(&users, cfg->auth_file, cause)) != 0)
+        return rc;
+    log_info("event=auth enabled=yes auth_file=%s users=%zu session_lifetime_s=%llu",
+             cfg->auth_file, users->nusers,
+             (unsigned long long)(cfg->auth_session_lifetime_ms / 1000));
+    srv->auth = authsess_create(users, cfg->auth_session_lifetime_ms);
+    return 0;
+}
+
+int
+server_reload_auth(server *srv, uint64_t lifetime_ms, char **cause)
+{
+    authfile *users = NULL;
+    size_t dropped;
+    int rc;
+
+    if (srv->auth == NULL)
+        return 0;
+    authsess_set_lifetime(srv->auth, lifetime_ms);
+    if ((rc = authfile_load(&users, srv->cfg.auth_file, cause)) != 0) {
+        srv->counters[COUNTER_AUTH_RELOAD_FAILURES]++;
+        return rc;
+    }
+    dropped = authsess_reload(srv->auth, users);
+    srv->counters[COUNTER_AUTH_SESSIONS_REVOKED] += dropped;
+    log_info("event=auth_reloaded auth_file=%s users=%zu sessions_dropped=%zu sessions_kept=%zu",
+             srv->cfg.auth_file, users->nusers, dropped, authsess_count(srv->auth));
+    return 0;
+}
+
+const authfile *
+server_auth_users(const server *srv)
+{
+    return srv->auth != NULL ? authsess_users(srv->auth) : NULL;
+}
+
 void
 server_config_init(server_config *cfg)
 {
@@ -331,6 +432,7 @@ server_config_init(server_config *cfg)
     cfg->io_cpu = SERVER_IO_CPU_AUTO;
     cfg->idle_release_ms = 5000;
     cfg->idle_release_max_ms = 30000;
+    cfg->auth_session_lifetime_ms = 3600000;
 }
 
 int
@@ -352,6 +454,8 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         srv->parts = ncpu < 1 ? 1 : ncpu > ASYNC_MAX_PARTS ? ASYNC_MAX_PARTS : (int)ncpu;
     }
 
+    if ((rc = auth_setup(srv, cfg, cause)) != 0)
+        goto fail;
     if (cfg->state_dir != NULL) {
         persist_config pc = {.state_dir = cfg->state_dir,
                              .interval_ms = cfg->snapshot_interval_ms,
@@ -415,6 +519,7 @@ fail:
         uv_run(loop, UV_RUN_NOWAIT); /* let the timer close */
         persist_destroy(srv->persist);
     }
+    authsess_destroy(srv->auth);
     store_destroy(srv->store);
     free(srv);
     return rc;
@@ -438,7 +543,7 @@ server_process(server *srv, const void *buf, size_t len, void **reply, size_t *r
 
     *reply = NULL;
     *reply_len = 0;
-    handle(srv, buf, len, &ctrl, NULL, reply, reply_len);
+    handle(srv, buf, len, &ctrl, NULL, reply, reply_len, NULL);
 }
 
 void
@@ -475,6 +580,7 @@ server_destroy(server *srv)
     if (srv->sock >= 0)
         nn_close(srv->sock);
     persist_destroy(srv->persist);
+    authsess_destroy(srv->auth);
     store_destroy(srv->store);
     free(srv);
 }

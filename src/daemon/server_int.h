@@ -20,6 +20,7 @@
 
 #include "common/counters.h"
 #include "common/proto.h"
+#include "daemon/authsess.h"
 #include "daemon/iocpu.h"
 #include "daemon/metrics.h"
 #include "daemon/persist.h"
@@ -33,6 +34,27 @@
  * items, one per CPU (async.c).
  */
 #define ASYNC_MAX_PARTS 8
+
+/*
+ * Why authentication failed (the `reason` of EMAD_EAUTH, and `denied` for
+ * EMAD_EDENIED): the labels of emad_auth_failures_total.
+ */
+#define AUTHGATE_REASON_MAP(XX)                                                                    \
+    XX(REQUIRED, PROTO_VAL_AUTH_REQUIRED)                                                          \
+    XX(NO_SESSION, PROTO_VAL_AUTH_NO_SESSION)                                                      \
+    XX(EXPIRED, PROTO_VAL_AUTH_EXPIRED)                                                            \
+    XX(BAD_TAG, PROTO_VAL_AUTH_BAD_TAG)                                                            \
+    XX(REPLAY, PROTO_VAL_AUTH_REPLAY)                                                              \
+    XX(BAD_SIGNATURE, PROTO_VAL_AUTH_BAD_SIGNATURE)                                                \
+    XX(UNKNOWN_HANDSHAKE, PROTO_VAL_AUTH_UNKNOWN_HANDSHAKE)                                        \
+    XX(DENIED, PROTO_VAL_AUTH_DENIED)
+
+enum authgate_reason {
+#define XX(id, name) AUTHGATE_##id,
+    AUTHGATE_REASON_MAP(XX)
+#undef XX
+        AUTHGATE_REASONS
+};
 
 struct server {
     uv_loop_t *loop;
@@ -66,7 +88,16 @@ struct server {
     int parts;             /* threadpool parts of one request: CPUs online, read once */
     iocpu io;              /* nanomsg's I/O thread */
     struct parked *parked; /* commits waiting for their chunks' jobs (ops_push.c) */
+    authsess_table *auth;  /* users and sessions; NULL without --auth-file (authgate.c) */
+    uint64_t auth_log_ms[AUTHGATE_REASONS];      /* when each failure reason was last logged */
+    uint64_t auth_log_skipped[AUTHGATE_REASONS]; /* lines not logged since then */
 };
+
+/* The authentication of a request: session 0 for a plain (unauthenticated) one. */
+typedef struct req_auth {
+    uint64_t session;
+    uint64_t seq;
+} req_auth;
 
 /* One request being handled. */
 typedef struct req {
@@ -80,6 +111,9 @@ typedef struct req {
     int deferred; /* answered later (and counted then) by the handler's callback */
     size_t reply_len;
     void **capture; /* server_process(): the reply goes here instead of the socket */
+    req_auth auth;  /* the reply is a frame of this session and seq when session != 0 */
+    const authfile_user *user; /* with --auth-file: the session's user, or NULL (plain) */
+    int auth_reason;           /* enum authgate_reason of an EMAD_EAUTH/EDENIED reply, or -1 */
 } req;
 
 /* Milliseconds on the loop's clock (0 without a loop). */
@@ -146,13 +180,28 @@ void reply_pack_head(msgpack_packer *pk, int ok, size_t nextra);
 size_t reply_size(build_fn build, const void *ctx);
 
 /*
- * Pack build(ctx) into a new nanomsg message of exactly its size (with
- * w->defer set, tensor data is left to tasks); NULL if out of memory.
+ * Pack build(ctx) into a new nanomsg message of exactly its size plus head
+ * bytes in front (room for a frame header; with w->defer set, tensor data
+ * is left to tasks); NULL if out of memory. *len counts the head.
  */
-void *reply_pack(build_fn build, const void *ctx, wbuf *w, size_t *len);
+void *reply_pack(build_fn build, const void *ctx, wbuf *w, size_t head, size_t *len);
 
-/* Send a packed reply message (which it takes) with the request's routing header. */
+/*
+ * Send a packed reply message (which it takes) with the request's routing
+ * header; for an authenticated request the message starts with
+ * AUTH_FRAME_HEADER bytes of room (reply_head()), which authgate fills.
+ */
 void reply_send_msg(req *r, void *msg, size_t len);
+
+/* Bytes of room a reply to r needs in front of its body (0, or AUTH_FRAME_HEADER). */
+size_t reply_head(const req *r);
+
+/*
+ * Hand msg (taken) to nanomsg with routing header *ctrl, which becomes NULL
+ * once nanomsg owns it; a failure is logged and counted as a dropped reply
+ * for op. Returns 0 or -1.
+ */
+int reply_transmit(server *srv, int op, void *msg, size_t len, void **ctrl);
 
 /* Build the reply into a message and send it with the request's routing header. */
 void reply_send(req *r, build_fn build, const void *ctx);
@@ -196,6 +245,64 @@ void async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, u
 
 /* Finish a late request: report err if rc != 0, else count it; free the unused header. */
 void async_late_end(req *r, int rc, const store_err *err);
+
+/*
+ * server.c: decode and dispatch one request body buf[0..len) (authenticated
+ * as *auth, or plain when auth is NULL); *ctrl and *body as for handle().
+ */
+void server_handle(server *srv, const char *buf, size_t len, void **ctrl, void **body,
+                   const req_auth *auth);
+
+/*
+ * authgate.c: the authenticated frame. authgate_receive() takes one message
+ * from the socket (the daemon has an auth file, or the message is a frame):
+ * checks the session and sequence number, verifies the tag (on the
+ * threadpool for a large body, then continuing on the loop) and hands the
+ * body to server_handle(). It may take *body and *ctrl (setting them NULL).
+ */
+void authgate_receive(server *srv, void **body, size_t len, void **ctrl);
+
+/* Seal a reply frame msg[0..len) to r (on the threadpool when large) and send it. */
+void authgate_send(req *r, void *msg, size_t len);
+
+/*
+ * Fail r with EMAD_EAUTH (or EMAD_EDENIED for AUTHGATE_DENIED) for reason:
+ * fills err, counts the failure, logs it (at most once a second per
+ * reason) and returns the code.
+ */
+__attribute__((format(printf, 4, 5))) int authgate_fail(req *r, store_err *err, int reason,
+                                                        const char *fmt, ...);
+
+/* The wire name of a reason. */
+const char *authgate_reason_name(int reason);
+
+/* Expire sessions and handshakes and forget owners of finished objects (the server's timer). */
+void authgate_tick(server *srv);
+
+/*
+ * ops_auth.c: the handshake ops, and what a user may do. ops_auth_check()
+ * runs before every handler: refuses a plain request (but hello and the
+ * handshake) when authentication is on, and a request the user's grants
+ * or the ownership of its transaction or pull session do not allow.
+ */
+int ops_auth_begin(req *r, store_err *err);
+int ops_auth_finish(req *r, store_err *err);
+int ops_auth_check(req *r, store_err *err);
+
+/* Record that r's user owns a transaction ('t') or pull session ('s') on model. */
+void ops_auth_own(req *r, int kind, uint64_t id, const char *model, size_t len);
+
+/* May r's user see the model named name (in a list)? Always with authentication off. */
+int ops_auth_visible(const req *r, const char *name);
+
+/*
+ * Who a request is charged to for per-owner shares of memory and slots:
+ * the user with authentication on, NULL without (then per connection).
+ */
+const char *ops_auth_owner(const req *r);
+
+/* After an admin op (create, configure, drop, snapshot): the audit log line naming the user. */
+void ops_auth_audit(const req *r, int rc, const store_err *err);
 
 /*
  * Op handlers (the dispatch table in server.c). Each answers r, or leaves

@@ -37,6 +37,9 @@ enum key {
     K_IO_CPU,
     K_IDLE_RELEASE,
     K_IDLE_RELEASE_MAX,
+    K_AUTH_FILE,
+    K_INSECURE,
+    K_AUTH_SESSION_LIFETIME,
     K_COUNT
 };
 
@@ -57,6 +60,9 @@ static const struct key_info {
     [K_IO_CPU] = {"io-cpu", 1, 0},
     [K_IDLE_RELEASE] = {"idle-release", 1, 0},
     [K_IDLE_RELEASE_MAX] = {"idle-release-max", 1, 0},
+    [K_AUTH_FILE] = {"auth-file", 1, 0},
+    [K_INSECURE] = {"insecure", 0, 0},
+    [K_AUTH_SESSION_LIFETIME] = {"auth-session-lifetime", 1, 1},
 };
 
 void
@@ -108,14 +114,24 @@ settings_usage(FILE *f)
             "                           spares for twice the time between pushes, up to\n"
             "                           this long (default 30; never less than\n"
             "                           --idle-release)\n"
+            "  --auth-file FILE         users, their public keys and grants (INI; see\n"
+            "                           docs/SECURITY.md): every request but hello\n"
+            "                           must then be authenticated. Re-read on SIGHUP.\n"
+            "  --insecure               without --auth-file, listen on addresses other\n"
+            "                           than loopback and ipc:// anyway (anyone who\n"
+            "                           reaches the port can change or drop any model)\n"
+            "  --auth-session-lifetime SECONDS\n"
+            "                           how long an authenticated session lives before\n"
+            "                           the client must renew it (default 3600)\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
             "Logs go to stderr (without timestamps under systemd's journal).\n"
             "SIGINT or SIGTERM shut the daemon down cleanly, after writing a snapshot\n"
             "of every changed model (a second signal skips that). SIGHUP re-reads the\n"
-            "--config file and applies log-level, snapshot-interval and txn-timeout;\n"
-            "other changes are logged as needing a restart.\n"
+            "--config file and applies log-level, snapshot-interval, txn-timeout and\n"
+            "auth-session-lifetime, and re-reads the --auth-file; other changes are\n"
+            "logged as needing a restart.\n"
             "Exit status: 0 after a clean shutdown, 1 on a startup error, 2 on bad\n"
             "usage or an invalid configuration.\n",
             EMAD_DEFAULT_URL, HTTP_DEFAULT_ADDRESS);
@@ -135,6 +151,7 @@ settings_init(settings *c)
     c->io_cpu = d.io_cpu;
     c->idle_release_ms = d.idle_release_ms;
     c->idle_release_max_ms = d.idle_release_max_ms;
+    c->auth_session_lifetime_ms = d.auth_session_lifetime_ms;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;
@@ -155,7 +172,8 @@ settings_free(settings *c)
     clear_listen(c);
     free(c->state_dir);
     free(c->http);
-    c->state_dir = c->http = NULL;
+    free(c->auth_file);
+    c->state_dir = c->http = c->auth_file = NULL;
 }
 
 /* Parse a byte count with an optional K/M/G (binary) suffix. */
@@ -333,6 +351,28 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
         else
             c->idle_release_max_ms = v;
         return 0;
+    case K_AUTH_FILE:
+        if (value[0] == '\0') {
+            snprintf(why, size, "expected a file (it must not be empty)");
+            return -EINVAL;
+        }
+        free(c->auth_file);
+        c->auth_file = xstrndup(value, strlen(value));
+        return 0;
+    case K_INSECURE:
+        if (parse_bool(value, &c->insecure) < 0) {
+            snprintf(why, size, "expected yes or no");
+            return -EINVAL;
+        }
+        return 0;
+    case K_AUTH_SESSION_LIFETIME:
+        if (parse_seconds(value, 0, &v) < 0 || v < 1000 || v > SETTINGS_MAX_IDLE_RELEASE_MS) {
+            snprintf(why, size, "expected a number of seconds from 1 to %d",
+                     SETTINGS_MAX_IDLE_RELEASE_MS / 1000);
+            return -EINVAL;
+        }
+        c->auth_session_lifetime_ms = v;
+        return 0;
     case K_IO_CPU:
         if (strcmp(value, "auto") == 0) {
             c->io_cpu = SERVER_IO_CPU_AUTO;
@@ -426,6 +466,15 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_IDLE_RELEASE_MAX:
         fmt_seconds(buf, size, c->idle_release_max_ms);
         break;
+    case K_AUTH_FILE:
+        snprintf(buf, size, "%s", c->auth_file != NULL ? c->auth_file : "");
+        break;
+    case K_INSECURE:
+        snprintf(buf, size, "%s", c->insecure ? "yes" : "no");
+        break;
+    case K_AUTH_SESSION_LIFETIME:
+        fmt_seconds(buf, size, c->auth_session_lifetime_ms);
+        break;
     case K_IO_CPU:
         if (c->io_cpu == SERVER_IO_CPU_AUTO)
             snprintf(buf, size, "auto");
@@ -458,6 +507,10 @@ settings_print(const settings *c, FILE *f)
             fprintf(f, "# state-dir = (none: state is kept in memory only)\n");
             continue;
         }
+        if (k == K_AUTH_FILE && c->auth_file == NULL) {
+            fprintf(f, "# auth-file = (none: requests are not authenticated)\n");
+            continue;
+        }
         format_key(c, k, buf, sizeof(buf));
         fprintf(f, "%s = %s\n", keys[k].name, buf);
     }
@@ -481,6 +534,9 @@ settings_server(const settings *c, server_config *out)
     out->io_cpu = c->io_cpu;
     out->idle_release_ms = c->idle_release_ms;
     out->idle_release_max_ms = c->idle_release_max_ms;
+    out->auth_file = c->auth_file;
+    out->insecure = c->insecure;
+    out->auth_session_lifetime_ms = c->auth_session_lifetime_ms;
 }
 
 void

@@ -43,6 +43,9 @@ typedef struct settings {
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */
+    char *auth_file;     /* NULL: no authentication */
+    int insecure;        /* listen beyond loopback without authentication */
+    uint64_t auth_session_lifetime_ms;
 } settings;
 
 /* What the command line asked for: flags kept as (key, value) pairs to apply over the file. */
@@ -104,7 +107,7 @@ void settings_server(const settings *c, server_config *out);
 /*
  * Report every key whose value differs between old and new: cb gets the
  * key, both values as text, and whether it can change while running
- * (log-level, snapshot-interval, txn-timeout).
+ * (log-level, snapshot-interval, txn-timeout, auth-session-lifetime).
  */
 void settings_diff(const settings *old, const settings *new_,
                    void (*cb)(void *arg, const char *key, const char *was, const char *now,

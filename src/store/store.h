@@ -277,6 +277,9 @@ int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
 /* Jobs of open transaction id handed out and not done (0 if no such transaction). */
 uint32_t store_txn_inflight(const store *s, uint64_t id);
 
+/* Is transaction id open? (Read only: does not touch its idle time.) */
+int store_txn_open(const store *s, uint64_t id);
+
 /* Run every task of a job on this thread, then store_job_done(). */
 int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
 
@@ -340,6 +343,9 @@ int store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err
 
 /* A registered view by id, touched at now_ms; NULL if unknown or expired. */
 store_view *store_view_get(store *s, uint64_t id, uint64_t now_ms);
+
+/* Is pull session id registered? (Read only: does not touch its idle time.) */
+int store_view_open(const store *s, uint64_t id);
 
 /* Release a registered view. EMAD_ENOSESSION if unknown. */
 int store_view_release(store *s, uint64_t id, store_err *err);

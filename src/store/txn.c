@@ -134,6 +134,12 @@ store_txn_inflight(const store *s, uint64_t id)
     return t != NULL ? t->inflight : 0;
 }
 
+int
+store_txn_open(const store *s, uint64_t id)
+{
+    return txn_find(s, id) != NULL;
+}
+
 /* Unlink and free a transaction. */
 static void
 txn_remove(store *s, txn *t)

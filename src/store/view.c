@@ -207,6 +207,12 @@ store_view_get(store *s, uint64_t id, uint64_t now_ms)
 }
 
 int
+store_view_open(const store *s, uint64_t id)
+{
+    return view_find(s, id) != NULL;
+}
+
+int
 store_view_release(store *s, uint64_t id, store_err *err)
 {
     for (store_view **pp = &s->views; *pp != NULL; pp = &(*pp)->next) {
