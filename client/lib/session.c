@@ -90,10 +90,7 @@ handshake_fail(emad_client *c, int rc)
 
     memcpy(detail, c->err, sizeof(detail));
     if (rc == EMAD_EAUTH)
-        return fail(c, rc,
-                    "authentication as user %s failed: %.1800s (is the key file's public key the "
-                    "one in the daemon's auth file?)",
-                    c->user, detail);
+        return fail(c, rc, "authentication as user %s failed: %.1900s", c->user, detail);
     return fail(c, rc, "authentication as user %s: %.1900s", c->user, detail);
 }
 
