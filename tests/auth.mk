@@ -8,5 +8,11 @@ endif
 tests_check_auth_SOURCES = tests/check_auth.c
 tests_check_auth_CPPFLAGS = $(TESTS_CPPFLAGS)
 tests_check_auth_CFLAGS = $(TESTS_CFLAGS) $(SODIUM_CFLAGS)
-tests_check_auth_LDADD = libemadwire.la $(CHECK_LIBS) $(MSGPACK_LIBS) $(SODIUM_LIBS) -lm
+tests_check_auth_LDADD = libemadwire.la $(CHECK_LIBS) $(MSGPACK_LIBS) $(SODIUM_LIBS) $(LIBCRYPTO_LIBS) -lm
 EXTRA_DIST += tests/test_auth_vectors.sh tests/auth_vectors.py
+
+# End to end: tests/auth_e2e.py against the real daemon.
+if HAVE_CHECK
+TESTS += tests/test_auth.sh
+endif
+EXTRA_DIST += tests/test_auth.sh tests/auth_e2e.py tests/auth_client.py

@@ -7,8 +7,9 @@ import struct
 import nacl.bindings as nb
 import nacl.signing
 
-from msgpack_min import pack
-from sp_raw import Conn, request, Raw, bin32
+from sp_raw import Conn
+
+import msgpack_min
 
 PIECE = 1 << 20
 MAGIC = b"\xc1EMA"
@@ -81,6 +82,25 @@ def _arr(d, i, n):
         v, i = _unpack(d, i)
         out.append(v)
     return out, i
+
+
+def pack(o):
+    """msgpack_min.pack plus floats (float64), bytes of any size (bin32) and longer containers."""
+    if isinstance(o, float):
+        return b"\xcb" + struct.pack(">d", o)
+    if isinstance(o, bytes) and len(o) >= 256:
+        return b"\xc6" + struct.pack(">I", len(o)) + o
+    if isinstance(o, list):
+        return b"\xdd" + struct.pack(">I", len(o)) + b"".join(pack(x) for x in o)
+    if isinstance(o, dict):
+        return b"\xdf" + struct.pack(">I", len(o)) + b"".join(pack(k) + pack(v)
+                                                            for k, v in o.items())
+    return msgpack_min.pack(o)
+
+
+def request(op, **keys):
+    """A request map: v=1, op, then keys."""
+    return pack(dict(v=1, op=op, **keys))
 
 
 def aead_tag(key, index, seq, ad):

@@ -173,6 +173,45 @@ START_TEST(test_auth_frame_tags_match_vectors)
 }
 END_TEST
 
+/* Piece tags (OpenSSL's Poly1305 from 16 KiB on) equal libsodium's AEAD for every size around it.
+ */
+START_TEST(test_auth_piece_tags_equal_libsodium)
+{
+    static const size_t sizes[] = {1,
+                                   15,
+                                   16,
+                                   17,
+                                   16383,
+                                   16384,
+                                   16385,
+                                   16399,
+                                   65536,
+                                   100001,
+                                   AUTH_PIECE_BYTES - 1,
+                                   AUTH_PIECE_BYTES};
+    unsigned char key[32], *data = malloc(AUTH_PIECE_BYTES), got[16], want[16], none[1] = {0};
+    unsigned char nonce[12];
+    unsigned long long tl;
+    ck_assert_int_eq(auth_init(), 0);
+    randombytes_buf(key, sizeof key);
+    randombytes_buf(data, AUTH_PIECE_BYTES);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        uint32_t i = (uint32_t)k * 77;
+        uint64_t seq = 0x0102030405060708ull + k;
+        auth_piece_tag(key, seq, i, data, sizes[k], got);
+        for (int b = 0; b < 4; b++)
+            nonce[b] = (unsigned char)(i >> (8 * b));
+        for (int b = 0; b < 8; b++)
+            nonce[4 + b] = (unsigned char)(seq >> (8 * b));
+        ck_assert_int_eq(crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+                             none, want, &tl, none, 0, data, sizes[k], NULL, nonce, key),
+                         0);
+        ck_assert_msg(memcmp(got, want, 16) == 0, "piece tag of %zu bytes differs", sizes[k]);
+    }
+    free(data);
+}
+END_TEST
+
 START_TEST(test_auth_key_file_and_public_key_text)
 {
     unsigned char seed[32], got[32], pk[32], sk[64];
@@ -258,6 +297,7 @@ auth_suite(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_auth_handshake_matches_vectors);
     tcase_add_test(tc, test_auth_frame_tags_match_vectors);
+    tcase_add_test(tc, test_auth_piece_tags_equal_libsodium);
     tcase_add_test(tc, test_auth_key_file_and_public_key_text);
     tcase_add_test(tc, test_auth_token_hash);
     tcase_set_timeout(tc, TU_TCASE_TIMEOUT);

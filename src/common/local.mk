@@ -3,7 +3,8 @@
 # the wire protocol (msgpack) and not the file formats (jansson, xxhash):
 # libemadwire: protocol tables and checks, error codes, name rules, error
 # messages (cause), counters, dtypes, EMA configuration, the tensor-map codec,
-# authentication (key formats, handshake, frame tags: libsodium).
+# authentication (key formats, handshake, frame tags: libsodium, and OpenSSL's
+# Poly1305 for large pieces).
 # libemadcore: libemadwire plus the safetensors and snapshot file formats.
 noinst_LTLIBRARIES += libemadwire.la libemadcore.la
 libemadwire_la_SOURCES = \
@@ -16,8 +17,8 @@ libemadwire_la_SOURCES = \
 	src/common/emaconf.c src/common/emaconf.h \
 	src/common/codec.c src/common/codec.h \
 	src/common/auth.c src/common/auth.h
-libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS) $(SODIUM_CFLAGS)
-libemadwire_la_LIBADD = $(MSGPACK_LIBS) $(SODIUM_LIBS) -lm
+libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS) $(SODIUM_CFLAGS) $(LIBCRYPTO_CFLAGS)
+libemadwire_la_LIBADD = $(MSGPACK_LIBS) $(SODIUM_LIBS) $(LIBCRYPTO_LIBS) -lm
 
 libemadcore_la_SOURCES = \
 	src/common/safetensors.c src/common/safetensors.h \
