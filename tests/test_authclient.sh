@@ -152,6 +152,31 @@ os.environ["EMAD_KEY_FILE"] = os.path.join(work, "alice.key")
 assert emad.Client(url).pull("team-a-net").step == 1
 EOF
 
+# ---- large transfers: transactions and pull sessions over 1 and 3 connections (a handshake
+# each), every message of several 1 MiB pieces -------------------------------------------------
+for depth in 1 3; do
+    EMAD_PIPELINE_DEPTH=$depth client_python - "$url" "$work" "$depth" <<'EOF' ||
+import os, sys
+import numpy as np
+import emad
+url, work, depth = sys.argv[1:]
+assert os.environ.get("EMAD_PIPELINE_DEPTH") == depth  # the connections libemad opens
+c = emad.Client(url, key_file=os.path.join(work, "alice.key"))
+model = "team-a-big%s" % depth
+c.create(model, decay=0.75)
+rng = np.random.default_rng(int(depth))
+a = {"w%d" % i: rng.standard_normal(3 << 20, dtype=np.float32) for i in range(4)}
+b = {k: rng.standard_normal(v.size, dtype=np.float32) for k, v in a.items()}
+assert c.push(model, 1, a).messages > 3
+c.push(model, 2, b)
+got = c.pull(model)
+cf = np.float32(1.0 - 0.75)
+for k in a:
+    assert np.array_equal(got[k], a[k] - cf * (a[k] - b[k])), k
+EOF
+        fail "large push and pull with EMAD_PIPELINE_DEPTH=$depth"
+done
+
 # ---- the examples: trainer as alice, evaluator as eve (pull only) ----------------------------
 client_python "$top_srcdir/examples/train.py" --url "$url" --key-file "$work/alice.key" \
     --model team-a-cnn --steps 20 >train.out 2>&1 || fail "train.py: $(tail -5 train.out)"

@@ -112,6 +112,22 @@ typedef struct reply {
     const msgpack_object *root;
 } reply;
 
+/* A request packed for a connection and not yet sent (req_prepare, req_transmit). */
+typedef struct prepared {
+    void *msg; /* NN_MSG buffer; NULL: nothing packed */
+    size_t len;
+    uint64_t seq; /* its sequence number; 0: plain */
+} prepared;
+
+/* A reply taken from a connection, not yet checked or decoded (req_recv, req_open). */
+typedef struct received {
+    void *msg; /* NN_MSG buffer */
+    size_t len;
+    uint64_t seq;                     /* the request's sequence number; 0: it was plain */
+    uint64_t session;                 /* the connection's session when it was taken */
+    unsigned char rx[AUTH_KEY_BYTES]; /* and that session's key for replies */
+} received;
+
 /* Packs one request (of any op) from its arguments ctx. */
 typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
 
@@ -182,6 +198,9 @@ const char *creds_connect_error(void);
  */
 int session_ensure(emad_client *c, size_t k);
 
+/* 1 if connection k needs a handshake or a renewal before its next request. */
+int session_due(const emad_client *c, size_t k);
+
 /* Forget connection k's session (the daemon said it is expired or unknown). */
 void session_drop(emad_client *c, size_t k);
 
@@ -197,13 +216,12 @@ int session_tags_reserve(emad_client *c, size_t len);
 void session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged);
 
 /*
- * Check the reply r->msg (len bytes) to the framed request in flight on
- * connection k (sequence number seq) and point r->body past the header;
- * *body_len gets the body's length. A plain reply is accepted only as an
- * EMAD_EAUTH error. Returns 0 or EMAD_EPROTO with a message.
+ * Check the reply m (held in r->msg) to a framed request and point r->body
+ * past the header; *body_len gets the body's length. Returns 0, 1 for a
+ * plain reply (acceptable only as an EMAD_EAUTH error: the caller checks),
+ * or EMAD_EPROTO with a message.
  */
-int session_open_reply(emad_client *c, size_t k, uint64_t seq, reply *r, size_t len,
-                       size_t *body_len);
+int session_open_reply(emad_client *c, const received *m, reply *r, size_t *body_len);
 
 /* 1 if an error reply's map e says the session is expired or unknown (re-handshake). */
 int session_error_is_stale(const msgpack_object *e);
@@ -244,6 +262,29 @@ int req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, 
 /* req_send(), as a plain (unframed) request if plain (the handshake's ops). */
 int req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
                 int timeout_ms, uint32_t *id, int plain);
+
+/*
+ * Pack a request for connection k now, to send it later with req_transmit
+ * (the connection may have a request in flight meanwhile). p->msg NULL
+ * after success: it could not be packed yet (a handshake is due); use
+ * req_send then.
+ */
+int req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p);
+
+/* Send prepared request p on idle connection k; p is consumed either way. */
+int req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, int timeout_ms,
+                 uint32_t *id);
+
+/* Free a prepared request that will not be sent; safe on an empty one. */
+void prepared_free(prepared *p);
+
+/*
+ * Take the reply to the request in flight on connection k into *m without
+ * checking or decoding it (the connection is idle afterwards), then
+ * req_open() it: the next request can be sent in between.
+ */
+int req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, received *m);
+int req_open(emad_client *c, int op, received *m, reply *r);
 
 /*
  * Wait until deadline for the reply to the request in flight on

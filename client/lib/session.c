@@ -183,6 +183,15 @@ session_ensure(emad_client *c, size_t k)
     return 0;
 }
 
+/* 1 if connection k needs a handshake or a renewal before its next request. */
+int
+session_due(const emad_client *c, size_t k)
+{
+    const conn_session *s = &c->sess[k];
+
+    return c->auth && (s->id == 0 || now_ms() - s->start_ms >= s->lifetime_ms / 4 * 3);
+}
+
 /* Forget connection k's session. */
 void
 session_drop(emad_client *c, size_t k)
@@ -228,11 +237,12 @@ session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged)
     s->seq = seq;
 }
 
-/* Check the frame of a reply on connection k to request seq (see client.h); 1 if plain. */
+/* Check the frame of reply m, held in r->msg (see client.h); 1 if plain. */
 int
-session_open_reply(emad_client *c, size_t k, uint64_t seq, reply *r, size_t len, size_t *body_len)
+session_open_reply(emad_client *c, const received *m, reply *r, size_t *body_len)
 {
-    const conn_session *s = &c->sess[k];
+    size_t len = m->len;
+    uint64_t seq = m->seq;
     struct auth_header h;
 
     if (!auth_is_frame(r->msg, len)) {
@@ -242,13 +252,13 @@ session_open_reply(emad_client *c, size_t k, uint64_t seq, reply *r, size_t len,
     }
     if (auth_header_decode(r->msg, len, &h) != 0)
         return fail(c, EMAD_EPROTO, "reply authentication failed: a frame of %zu bytes", len);
-    if (h.session != s->id || h.seq != seq)
+    if (h.session != m->session || h.seq != seq)
         return fail(c, EMAD_EPROTO,
                     "reply authentication failed: reply for session %llu seq %llu, expected "
                     "session %llu seq %llu",
                     (unsigned long long)h.session, (unsigned long long)h.seq,
-                    (unsigned long long)s->id, (unsigned long long)seq);
-    if (auth_frame_verify(s->rx, r->msg, len) != 0)
+                    (unsigned long long)m->session, (unsigned long long)seq);
+    if (auth_frame_verify(m->rx, r->msg, len) != 0)
         return fail(c, EMAD_EPROTO, "reply authentication failed: bad tag");
     r->body = (const char *)r->msg + AUTH_FRAME_HEADER;
     *body_len = len - AUTH_FRAME_HEADER;

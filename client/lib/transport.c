@@ -196,13 +196,14 @@ reply_decode(emad_client *c, int op, reply *r, size_t len)
 }
 
 /*
- * Pack build(ctx) into an exactly sized nanomsg message; *len gets its
- * size. When connection k has a session, the message is a frame: the
- * header, then the body, whose pieces are tagged as they are packed.
+ * Pack build(ctx) into an exactly sized nanomsg message *out of *out_len
+ * bytes. When connection k has a session, the message is a frame: the
+ * header, then the body, whose pieces are tagged as they are packed; *seq
+ * gets its sequence number (0 for a plain message).
  */
 static int
 pack_request(emad_client *c, size_t k, int plain, int op, build_fn build, const void *ctx,
-             void **out, size_t *out_len)
+             void **out, size_t *out_len, uint64_t *seq)
 {
     size_t len = packed_size(build, ctx), hdr = 0;
     msgpack_packer pk;
@@ -232,8 +233,11 @@ pack_request(emad_client *c, size_t k, int plain, int op, build_fn build, const 
         nn_freemsg(msg);
         return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
     }
-    if (hdr != 0)
+    *seq = 0;
+    if (hdr != 0) {
         session_seal(c, k, msg, len, w.tagged);
+        *seq = c->sess[k].seq;
+    }
     *out = msg;
     *out_len = len + hdr;
     return 0;
@@ -298,14 +302,7 @@ int
 req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
             int timeout_ms, uint32_t *id, int plain)
 {
-    unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
-    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
-    unsigned char *hd;
-    struct nn_iovec iov;
-    struct nn_msghdr hdr;
-    size_t len, splen = sizeof(uint32_t);
-    int64_t left;
-    void *msg;
+    prepared p;
     int rc;
 
     if (c->pending[k] != 0)
@@ -315,8 +312,67 @@ req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, i
         return rc;
     if (!plain && (rc = session_ensure(c, k)) != 0)
         return rc;
-    if ((rc = pack_request(c, k, plain, op, build, ctx, &msg, &len)) != 0)
+    if ((rc = pack_request(c, k, plain, op, build, ctx, &p.msg, &p.len, &p.seq)) != 0)
         return rc;
+    return req_transmit(c, k, op, &p, deadline, timeout_ms, id);
+}
+
+/*
+ * Pack a request for connection k ahead of sending it (req_transmit), while
+ * the connection may still have a request in flight: the daemon works on
+ * that one while this one is packed and tagged. When the connection's
+ * session needs a handshake first (which needs an idle connection), p->msg
+ * stays NULL and the caller packs at send time (req_send).
+ */
+int
+req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p)
+{
+    int rc;
+
+    memset(p, 0, sizeof(*p));
+    if ((rc = pipe_open(c, k)) != 0)
+        return rc;
+    if (c->pending[k] != 0 && session_due(c, k))
+        return 0;
+    if (c->pending[k] == 0 && (rc = session_ensure(c, k)) != 0)
+        return rc;
+    return pack_request(c, k, 0, op, build, ctx, &p->msg, &p->len, &p->seq);
+}
+
+/* Free a prepared request that will not be sent; safe on an empty one. */
+void
+prepared_free(prepared *p)
+{
+    if (p->msg != NULL)
+        nn_freemsg(p->msg);
+    p->msg = NULL;
+}
+
+/*
+ * Send the prepared request p on connection k (idle) with the next request
+ * id (*id), waiting at most until deadline for the connection to take it.
+ * p is consumed (sent or freed) either way.
+ */
+int
+req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, int timeout_ms,
+             uint32_t *id)
+{
+    unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
+    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
+    unsigned char *hd;
+    struct nn_iovec iov;
+    struct nn_msghdr hdr;
+    size_t splen = sizeof(uint32_t);
+    void *msg = p->msg;
+    int64_t left;
+    int rc;
+
+    p->msg = NULL;
+    if (c->pending[k] != 0) {
+        nn_freemsg(msg);
+        return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
+                    proto_op_name(op), k);
+    }
     c->next_id = (c->next_id + 1) & 0x7fffffffu;
     *id = c->next_id | 0x80000000u;
     /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */
@@ -351,7 +407,7 @@ req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, i
         return nn_fail(c, rc, op, "send", timeout_ms);
     }
     c->pending[k] = *id;
-    c->sent_seq[k] = plain ? 0 : c->sess[k].seq;
+    c->sent_seq[k] = p->seq;
     return 0;
 }
 
@@ -391,17 +447,33 @@ reply_id(const void *ctrl, size_t ctrl_len)
 int
 req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, reply *r)
 {
-    uint32_t id = c->pending[k];
-    uint64_t seq = c->sent_seq[k];
-    void *buf = NULL;
-    size_t len;
-    int64_t left;
-    int n = -1, rc, plain = 0;
+    received m;
+    int rc;
 
     memset(r, 0, sizeof(*r));
+    if ((rc = req_recv(c, k, op, deadline, timeout_ms, &m)) != 0)
+        return rc;
+    return req_open(c, op, &m, r);
+}
+
+/*
+ * Wait until deadline for the reply to the request in flight on
+ * connection k and take it as it came (*m, with what checking it needs);
+ * the connection is idle afterwards, successful or not, so the next
+ * request can go out before this reply is checked and decoded (req_open).
+ */
+int
+req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, received *m)
+{
+    uint32_t id = c->pending[k];
+    void *buf = NULL;
+    int64_t left;
+    int n = -1, rc;
+
+    memset(m, 0, sizeof(*m));
+    m->seq = c->sent_seq[k];
     c->pending[k] = 0;
     c->sent_seq[k] = 0;
-    c->auth_stale = 0;
     if (id == 0)
         return fail(c, EMAD_EINTERNAL, "%s: no request in flight on connection %zu",
                     proto_op_name(op), k);
@@ -433,13 +505,34 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
         nn_freemsg(buf); /* the reply to a request we gave up on */
         buf = NULL;
     }
-    r->msg = buf;
-    len = (size_t)n;
+    m->msg = buf;
+    m->len = (size_t)n;
+    m->session = c->sess[k].id;
+    memcpy(m->rx, c->sess[k].rx, sizeof(m->rx));
+    return 0;
+}
+
+/*
+ * Check (when it answers a frame) and decode a reply taken by req_recv
+ * into *r (free with reply_free); m is consumed either way.
+ */
+int
+req_open(emad_client *c, int op, received *m, reply *r)
+{
+    size_t len = m->len;
+    int rc, plain = 0;
+
+    memset(r, 0, sizeof(*r));
+    r->msg = m->msg;
+    m->msg = NULL;
     msgpack_unpacked_init(&r->u);
-    if (seq != 0 && (plain = session_open_reply(c, k, seq, r, n, &len)) < 0) {
+    c->auth_stale = 0;
+    if (m->seq != 0 && (plain = session_open_reply(c, m, r, &len)) < 0) {
+        auth_wipe(m->rx, sizeof(m->rx));
         reply_free(r);
         return plain;
     }
+    auth_wipe(m->rx, sizeof(m->rx));
     rc = reply_decode(c, op, r, len);
     if (plain && rc != EMAD_EAUTH) {
         reply_free(r);
