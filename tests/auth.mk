@@ -2,7 +2,7 @@
 # against the test vectors of docs/PROTOCOL.md, and those vectors
 # recomputed by a second implementation (PyNaCl).
 if HAVE_CHECK
-check_PROGRAMS += tests/check_auth
+check_PROGRAMS += tests/check_auth tests/check_authfile
 TESTS += tests/test_auth_vectors.sh
 endif
 tests_check_auth_SOURCES = tests/check_auth.c
@@ -16,3 +16,17 @@ if HAVE_CHECK
 TESTS += tests/test_auth.sh
 endif
 EXTRA_DIST += tests/test_auth.sh tests/auth_e2e.py tests/auth_client.py
+tests_check_authfile_SOURCES = tests/check_authfile.c
+tests_check_authfile_CPPFLAGS = $(TESTS_CPPFLAGS)
+tests_check_authfile_CFLAGS = $(TESTS_CFLAGS)
+tests_check_authfile_LDADD = $(TESTS_LIBS)
+
+# The auth file parser's fuzz target (scripts/fuzz; seeds in fuzz/corpus/authfile).
+if ENABLE_FUZZING
+noinst_PROGRAMS += fuzz/fuzz_authfile
+fuzz_fuzz_authfile_SOURCES = fuzz/fuzz_authfile.c
+fuzz_fuzz_authfile_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
+fuzz_fuzz_authfile_LDFLAGS = -fsanitize=fuzzer
+fuzz_fuzz_authfile_LDADD = libemadd.la libemadcore.la
+endif
+EXTRA_DIST += fuzz/fuzz_authfile.c

@@ -135,6 +135,8 @@ def metrics():
             out[reason] = int(line.split()[-1])
         elif line.startswith("emad_auth_reload_failures_total "):
             out["reload_failures"] = int(line.split()[-1])
+        elif line.startswith("emad_auth_failure_logs_suppressed_total "):
+            out["suppressed"] = int(line.split()[-1])
     return out
 
 
@@ -358,6 +360,20 @@ def ownership_and_renewal(root):
     r = renewed.op("commit", txn=txn)
     assert r["ok"] and r["applied"] == 1, r
     step[m] += 1
+    # a multi-writer step: a part belongs to the user who pushed it
+    mw = "team-a-mw"
+    assert root.op("create", model=mw, decay=0.5, writers=2)["ok"]
+    part0 = [f32("w", [2.0] * 4)]
+    r = alice.op("push", model=mw, step=1, writer=0, tensors=part0)
+    assert r["ok"] and r["pending"] is True, r
+    r = other.op("push", model=mw, step=1, writer=0, tensors=part0)
+    assert err(r) == ("EMAD_ECONFLICT", None) and "another user" in r["error"]["message"], r
+    r = other.op("push", model=mw, step=1, writer=0, tensors=[f32("w", [9.0] * 4)])
+    assert err(r) == ("EMAD_ECONFLICT", None), r
+    r = other.op("push", model=mw, step=1, writer=1, tensors=[])
+    assert r["ok"] and r["pending"] is False and r["step"] == 1, r
+    assert snapshot_of(root, mw) == (1, struct.pack("<4f", 2.0, 2.0, 2.0, 2.0))
+    assert root.op("drop", model=mw)["ok"]
     # renewing another user's session is refused
     try:
         Session(PORT, "a_most", KEYS["a_most"][0], renew=alice.session)
@@ -463,6 +479,12 @@ def main():
     for reason, n in failures_expected.items():
         assert got.get(reason) == n, (reason, got.get(reason), n)
     print("metrics: emad_auth_failures_total matches %s" % failures_expected)
+    # one failure line per second per reason: the matrix's quick denials were mostly left out
+    with open(LOG) as f:
+        lines = f.read().count("event=auth_failed reason=denied")
+    assert got["suppressed"] > 0 and lines + got["suppressed"] >= failures_expected["denied"], \
+        (lines, got["suppressed"])
+    assert lines < failures_expected["denied"], lines
     serving()
 
 

@@ -133,6 +133,18 @@ START_TEST(test_auth_frame_tags_match_vectors)
     ck_bytes(h.tag, V_HELLO_REQUEST_TAG);
     ck_assert_int_eq(auth_is_frame(f, flen), 1);
     ck_assert_int_eq(auth_is_frame(hello, sizeof hello), 0);
+    ck_assert_int_eq(auth_is_frame("\xc1"
+                                   "EM",
+                                   3),
+                     0);
+    ck_assert_int_eq(auth_is_frame("\xc1"
+                                   "EMB",
+                                   4),
+                     0);
+    ck_assert_int_eq(auth_is_frame("\xc1"
+                                   "EMA",
+                                   4),
+                     1);
     /* Every single-bit change anywhere in the frame is refused. */
     for (size_t i = 0; i < flen * 8; i++) {
         f[i / 8] ^= (unsigned char)(1u << (i % 8));

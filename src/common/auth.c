@@ -260,7 +260,7 @@ auth_server_keys(unsigned char rx[AUTH_KEY_BYTES], unsigned char tx[AUTH_KEY_BYT
 int
 auth_is_frame(const void *msg, size_t len)
 {
-    return len > 0 && ((const unsigned char *)msg)[0] == AUTH_MAGIC0;
+    return len >= AUTH_MAGIC_BYTES && memcmp(msg, AUTH_MAGIC, AUTH_MAGIC_BYTES) == 0;
 }
 
 int

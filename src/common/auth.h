@@ -141,7 +141,11 @@ struct auth_header {
     unsigned char tag[AUTH_TAG_BYTES];
 };
 
-/* 1 if a message (len bytes) starts like a frame (its first byte is AUTH_MAGIC0). */
+/*
+ * 1 if a message (len bytes) starts like a frame: with the 4-byte magic
+ * (whose first byte, 0xC1, never starts msgpack). Other bytes after 0xC1
+ * are a malformed message, not a frame.
+ */
 int auth_is_frame(const void *msg, size_t len);
 
 /*

@@ -44,6 +44,8 @@ typedef struct parse_ctx {
     authfile *a;
     const char *pos, *end;
     int lineno;
+    int sections;     /* section headers read so far */
+    int user_section; /* the header of the last user's section */
     int err_line;
     char err[512];
 } parse_ctx;
@@ -59,6 +61,16 @@ parse_fail(parse_ctx *x, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(x->err, sizeof(x->err), fmt, ap);
     va_end(ap);
+}
+
+/* Is p[0..len) only blanks and line ends? */
+static int
+blank(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+            return 0;
+    return 1;
 }
 
 /* inih reader: the next line, numbered; NULL at the end or after an error. */
@@ -78,13 +90,14 @@ next_line(char *str, int num, void *stream)
         parse_fail(x, "the line contains a NUL byte");
     else if (len > (size_t)num - 1 || len > LINE_MAX_BYTES)
         parse_fail(x, "the line is longer than %d characters", num - 2);
-    else if ((x->pos[0] == ' ' || x->pos[0] == '\t') && strspn(x->pos, " \t\r\n") < len)
+    else if ((x->pos[0] == ' ' || x->pos[0] == '\t') && !blank(x->pos, len))
         parse_fail(x, "indented line: write each 'key = value' at the start of a line");
     if (x->err_line != 0)
         return NULL;
     memcpy(str, x->pos, len);
     str[len] = '\0';
     x->pos += len;
+    x->sections += str[strspn(str, " \t")] == '[';
     return str;
 }
 
@@ -106,8 +119,8 @@ section_user(parse_ctx *x, const char *section)
                    AUTH_USER_MAX);
         return NULL;
     }
-    if (a->nusers > 0 && strcmp(a->users[a->nusers - 1].name, name) == 0)
-        return &a->users[a->nusers - 1];
+    if (a->nusers > 0 && x->user_section == x->sections)
+        return &a->users[a->nusers - 1]; /* another key of the same section */
     if (authfile_find(a, name, len) != NULL) {
         parse_fail(x, "user '%s' is defined twice", name);
         return NULL;
@@ -119,6 +132,7 @@ section_user(parse_ctx *x, const char *section)
     a->users = xreallocarray(a->users, a->nusers + 1, sizeof(*a->users));
     memset(&a->users[a->nusers], 0, sizeof(a->users[0]));
     memcpy(a->users[a->nusers].name, name, len + 1);
+    x->user_section = x->sections;
     return &a->users[a->nusers++];
 }
 

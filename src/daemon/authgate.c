@@ -352,12 +352,19 @@ authgate_send(req *r, void *msg, size_t len)
     (void)reply_transmit(srv, r->op, msg, len, &r->ctrl);
 }
 
-/* Is the transaction or pull session (kind, id) still open? */
+/*
+ * Is the transaction or pull session (kind, id) still open? A multi-writer
+ * part is forgotten AUTHGATE_PART_TIMEOUTS transaction timeouts after it was
+ * pushed (its step has been completed or discarded long since).
+ */
+#define AUTHGATE_PART_TIMEOUTS 4
 static int
-owner_alive(void *arg, int kind, uint64_t id)
+owner_alive(void *arg, int kind, uint64_t id, uint64_t at_ms)
 {
     server *srv = arg;
 
+    if (kind == 'w')
+        return server_now(srv) - at_ms < AUTHGATE_PART_TIMEOUTS * srv->cfg.txn_timeout_ms;
     return kind == 't' ? store_txn_open(srv->store, id) : store_view_open(srv->store, id);
 }
 

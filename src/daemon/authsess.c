@@ -19,6 +19,7 @@ typedef struct owner {
     unsigned char key[9]; /* kind, then the id (host order) */
     char user[AUTH_USER_MAX + 1];
     char model[EMAD_MAX_MODEL_NAME_BYTES + 1];
+    uint64_t at_ms;
     struct owner *prev, *next;
 } owner;
 
@@ -300,8 +301,22 @@ owner_key(unsigned char key[9], int kind, uint64_t id)
     memcpy(key + 1, &id, sizeof(id));
 }
 
+uint64_t
+authsess_part_id(const char *name, size_t len, uint64_t step, uint32_t writer)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 */
+    unsigned char tail[12];
+
+    memcpy(tail, &step, 8);
+    memcpy(tail + 8, &writer, 4);
+    for (size_t i = 0; i < len + sizeof(tail); i++)
+        h = (h ^ (i < len ? (unsigned char)name[i] : tail[i - len])) * 0x100000001b3ull;
+    return h;
+}
+
 void
-authsess_own(authsess_table *t, int kind, uint64_t id, const char *user, const char *model)
+authsess_own(authsess_table *t, int kind, uint64_t id, const char *user, const char *model,
+             uint64_t now_ms)
 {
     owner *o = xcalloc(1, sizeof(*o));
 
@@ -309,6 +324,7 @@ authsess_own(authsess_table *t, int kind, uint64_t id, const char *user, const c
     owner_key(o->key, kind, id);
     snprintf(o->user, sizeof(o->user), "%s", user);
     snprintf(o->model, sizeof(o->model), "%s", model != NULL ? model : "");
+    o->at_ms = now_ms;
     o->next = t->owners;
     if (t->owners != NULL)
         t->owners->prev = o;
@@ -350,7 +366,8 @@ authsess_disown(authsess_table *t, int kind, uint64_t id)
 }
 
 void
-authsess_sweep_owners(authsess_table *t, int (*alive)(void *arg, int kind, uint64_t id), void *arg)
+authsess_sweep_owners(authsess_table *t,
+                      int (*alive)(void *arg, int kind, uint64_t id, uint64_t at_ms), void *arg)
 {
     owner *o = t->owners;
 
@@ -358,7 +375,7 @@ authsess_sweep_owners(authsess_table *t, int (*alive)(void *arg, int kind, uint6
         owner *next = o->next;
         uint64_t id;
         memcpy(&id, o->key + 1, sizeof(id));
-        if (!alive(arg, o->key[0], id))
+        if (!alive(arg, o->key[0], id, o->at_ms))
             authsess_disown(t, o->key[0], id);
         o = next;
     }

@@ -125,8 +125,15 @@ size_t authsess_expire(authsess_table *t, uint64_t now_ms);
 /* Number of live sessions. */
 size_t authsess_count(const authsess_table *t);
 
-/* Owners of transactions and pull sessions (kind: 't' or 's'). */
-void authsess_own(authsess_table *t, int kind, uint64_t id, const char *user, const char *model);
+/*
+ * Record the owner of a transaction ('t'), pull session ('s') or
+ * multi-writer part ('w', id: authsess_part_id()) opened at now_ms.
+ */
+void authsess_own(authsess_table *t, int kind, uint64_t id, const char *user, const char *model,
+                  uint64_t now_ms);
+
+/* The id of the part of writer `writer` of step `step` of model name[0..len). */
+uint64_t authsess_part_id(const char *name, size_t len, uint64_t step, uint32_t writer);
 
 /* The owner of (kind, id) and the model it was opened on, or NULL if none was recorded. */
 const char *authsess_owner(const authsess_table *t, int kind, uint64_t id, const char **model);
@@ -134,8 +141,9 @@ const char *authsess_owner(const authsess_table *t, int kind, uint64_t id, const
 /* Forget the owner of (kind, id). */
 void authsess_disown(authsess_table *t, int kind, uint64_t id);
 
-/* Forget owners for which alive(arg, kind, id) says the object is gone. */
-void authsess_sweep_owners(authsess_table *t, int (*alive)(void *arg, int kind, uint64_t id),
+/* Forget owners for which alive(arg, kind, id, recorded at_ms) says the object is gone. */
+void authsess_sweep_owners(authsess_table *t,
+                           int (*alive)(void *arg, int kind, uint64_t id, uint64_t at_ms),
                            void *arg);
 
 #endif

@@ -210,6 +210,39 @@ check_owner(req *r, store_err *err, int kind, const char **opened_on)
                         (unsigned long long)id);
 }
 
+/*
+ * A push of writer's part of a multi-writer step that another user has
+ * staged is refused (the store would take the same bytes as a resend and
+ * other bytes as a conflict; neither is for another user to send).
+ */
+static int
+check_part(req *r, store_err *err, const char *name, size_t len)
+{
+    uint64_t step, writer = 0;
+    int has_writer = 0, seed = 0;
+    const char *owner;
+    char buf[EMAD_MAX_MODEL_NAME_BYTES + 1];
+
+    if (request_get_bool(r->root, PROTO_KEY_SEED, &seed, err) != 0)
+        return err->code;
+    if (seed)
+        return 0; /* a seed replaces the model; it has no writer's part */
+    if (request_get_u64(r->root, PROTO_KEY_STEP, &step, NULL, err) != 0 ||
+        request_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err) != 0)
+        return err->code;
+    if (writer > UINT32_MAX)
+        return 0; /* the handler refuses it */
+    owner = authsess_owner(r->srv->auth, 'w', authsess_part_id(name, len, step, (uint32_t)writer),
+                           NULL);
+    if (owner == NULL || strcmp(owner, r->user->name) == 0)
+        return 0;
+    return request_fail(err, EMAD_ECONFLICT,
+                        "the part of writer %llu for step %llu of model '%s' was pushed by "
+                        "another user",
+                        (unsigned long long)writer, (unsigned long long)step,
+                        names_printable(buf, sizeof(buf), name, len));
+}
+
 int
 ops_auth_check(req *r, store_err *err)
 {
@@ -263,6 +296,8 @@ ops_auth_check(req *r, store_err *err)
         return 0;
     if (!authfile_allows(r->user, role, name, len))
         return deny(r, err, role, name, len);
+    if (r->op == PROTO_OP_PUSH && !has_txn)
+        return check_part(r, err, name, len);
     return 0;
 }
 
@@ -274,7 +309,13 @@ ops_auth_own(req *r, int kind, uint64_t id, const char *name, size_t len)
     if (r->srv->auth == NULL || r->user == NULL)
         return;
     snprintf(buf, sizeof(buf), "%.*s", (int)len, name);
-    authsess_own(r->srv->auth, kind, id, r->user->name, buf);
+    authsess_own(r->srv->auth, kind, id, r->user->name, buf, r->now_ms);
+}
+
+void
+ops_auth_own_part(req *r, const char *name, size_t len, uint64_t step, uint32_t writer)
+{
+    ops_auth_own(r, 'w', authsess_part_id(name, len, step, writer), name, len);
 }
 
 int

@@ -150,6 +150,8 @@ ops_push_push(req *r, store_err *err)
     free(in);
     if (rc != 0)
         return rc;
+    if (res.pending)
+        ops_auth_own_part(r, model_name, len, step, (uint32_t)writer);
     count_result(r->srv, &res);
     log_debug("event=push model=%.*s step=%llu applied=%llu stale=%llu", (int)len, model_name,
               (unsigned long long)step, (unsigned long long)res.applied,

@@ -292,6 +292,9 @@ int ops_auth_check(req *r, store_err *err);
 /* Record that r's user owns a transaction ('t') or pull session ('s') on model. */
 void ops_auth_own(req *r, int kind, uint64_t id, const char *model, size_t len);
 
+/* Record that r's user pushed writer's part of a multi-writer step, staged and pending. */
+void ops_auth_own_part(req *r, const char *name, size_t len, uint64_t step, uint32_t writer);
+
 /* May r's user see the model named name (in a list)? Always with authentication off. */
 int ops_auth_visible(const req *r, const char *name);
 
