@@ -59,6 +59,8 @@ status=0
 [ "$status" -eq 2 ] || fail "keygen of a bad user name: status $status"
 [ ! -e "$work/x.key" ] || fail "keygen of a bad user name wrote a file"
 "$EMACTL" keygen alice --out "$work/alice.key" >/dev/null || fail "keygen alice"
+"$EMACTL" keygen carol --out "$work/conf/emad/carol.key" >/dev/null || fail "keygen into a new dir"
+[ "$(stat -c %a "$work/conf/emad")" = 700 ] || fail "a new key directory is not 0700"
 
 # ---- emactl and the environment --------------------------------------------------------------
 start_peer

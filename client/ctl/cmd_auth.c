@@ -43,6 +43,29 @@ args_set_grant(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
     return 0;
 }
 
+/* Create the missing directories above path (mode 0700, like ~/.ssh); 0 or -1 (errno set). */
+static int
+make_parents(const char *path)
+{
+    char dir[4096];
+    size_t n = strlen(path);
+
+    if (n >= sizeof(dir)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(dir, path, n + 1);
+    for (char *p = dir + 1; *p != '\0'; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return 0;
+}
+
 /* Write text (len bytes) into a new file at path, mode 0600; 0 or -1 with *why (errno text). */
 static int
 write_new_file(const char *path, const char *text, size_t len, const char **why)
@@ -50,6 +73,10 @@ write_new_file(const char *path, const char *text, size_t len, const char **why)
     size_t done = 0;
     int fd, e;
 
+    if (make_parents(path) != 0) {
+        *why = strerror(errno);
+        return -1;
+    }
     if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0) {
         *why = errno == EEXIST ? "the file exists; keygen never overwrites a key (remove it first "
                                  "to replace the key)"
@@ -145,7 +172,8 @@ const ctl_cmd ctl_cmd_keygen = {
     .name = "keygen",
     .usage = "keygen USER [--out FILE] [--grant \"ROLE PATTERN\"]...",
     .help = "Make a key pair for USER: write the secret key into FILE (default USER.key),\n"
-            "a new file of mode 0600 (an existing file is never overwritten), and print\n"
+            "a new file of mode 0600 (an existing file is never overwritten; missing\n"
+            "directories are made with mode 0700), and print\n"
             "the entry of the daemon's auth file with the public key, and a grant line\n"
             "for each --grant (ROLE push, pull or admin; PATTERN a glob of model names).\n"
             "Needs no daemon.\n",
