@@ -5,6 +5,7 @@ their tags are computed here with PyNaCl from docs/PROTOCOL.md
 ("Authentication"), not with src/common/auth.c.
 
     auth_peer.py PORTFILE USER PUBKEY [--lifetime S] [--expire-after N] [--tamper-op OP]
+                 [--no-renew]
 
 It listens on a free 127.0.0.1 port (written to PORTFILE), speaks
 nanomsg's SP-over-TCP as a REP socket, and answers hello (auth: true), the
@@ -15,7 +16,8 @@ of each frame) and prints one line per event (`handshake`, `renew`, `frame
 OP seq=N pieces=N bytes=N`, `refused REASON`) on stdout. --expire-after N
 refuses the (N+1)-th frame of every session with a plain EMAD_EAUTH
 "expired" and forgets the session; --tamper-op OP flips a bit in the body of
-the replies to OP after tagging them. Every wait is bounded (a minute times
+the replies to OP after tagging them; --no-renew refuses renewals as if the
+old session were unknown (`refused renew`). Every wait is bounded (a minute times
 EMAD_TEST_TIMEOUT_SCALE without a connection ends it).
 """
 import base64
@@ -109,12 +111,13 @@ def error(code, message, reason=None):
 
 
 class Peer:
-    def __init__(self, user, pubkey, lifetime, expire_after, tamper_op):
+    def __init__(self, user, pubkey, lifetime, expire_after, tamper_op, no_renew=False):
         self.user = user
         self.verify = nacl.signing.VerifyKey(pubkey)
         self.lifetime = lifetime
         self.expire_after = expire_after
         self.tamper_op = tamper_op
+        self.no_renew = no_renew
         self.pending = {}   # hs -> (client eph, server eph pk, server eph sk, challenge)
         self.sessions = {}  # id -> {"rx", "tx", "last", "frames", "first"}
         self.lock = threading.Lock()
@@ -166,7 +169,8 @@ class Peer:
         sid = int.from_bytes(os.urandom(8), "little") | 1
         renew = req.get("renew")
         if renew is not None:
-            if renew not in self.sessions:
+            if renew not in self.sessions or self.no_renew:
+                self.log("refused renew")
                 return error(1027, "authentication failed: no such session", "no_session")
             self.log("renew old=%d" % renew)
         else:
@@ -247,9 +251,12 @@ def main():
     args = sys.argv[1:]
     opts = {"--lifetime": "3600", "--expire-after": None, "--tamper-op": None}
     pos = []
+    no_renew = False
     while args:
         a = args.pop(0)
-        if a in opts:
+        if a == "--no-renew":
+            no_renew = True
+        elif a in opts:
             opts[a] = args.pop(0)
         else:
             pos.append(a)
@@ -257,7 +264,7 @@ def main():
     assert pubkey.startswith("ed25519:")
     peer = Peer(user, base64.b64decode(pubkey[len("ed25519:"):]), int(opts["--lifetime"]),
                 None if opts["--expire-after"] is None else int(opts["--expire-after"]),
-                opts["--tamper-op"])
+                opts["--tamper-op"], no_renew)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)

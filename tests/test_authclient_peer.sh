@@ -135,6 +135,21 @@ grep -q '^renew old=' "$work/peer.log" || fail "no renewal: $(cat "$work/peer.lo
 kill "$pid"
 wait "$pid" 2>/dev/null || true
 
+# ---- a renewal the daemon refuses (it lost the old session): a new session instead -----------
+start_peer --lifetime 2 --no-renew
+client_python - "$url" "$work/bob.key" <<'EOF' || fail "renewal refused"
+import sys, time
+import emad
+c = emad.Client(sys.argv[1], key_file=sys.argv[2])
+c.drop("a")
+time.sleep(1.6)
+c.drop("b")
+EOF
+grep -q '^refused renew' "$work/peer.log" || fail "no refused renewal: $(cat "$work/peer.log")"
+[ "$(grep -c '^handshake$' "$work/peer.log")" -eq 2 ] || fail "handshakes: $(cat "$work/peer.log")"
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+
 # ---- a session the daemon calls expired: a new handshake, the request goes through -----------
 start_peer --expire-after 2
 for m in a b c d e; do

@@ -168,6 +168,7 @@ session_ensure(emad_client *c, size_t k)
 {
     conn_session *s = &c->sess[k];
     int64_t age;
+    int rc;
 
     if (!c->auth)
         return 0;
@@ -178,8 +179,14 @@ session_ensure(emad_client *c, size_t k)
         session_drop(c, k);
         return handshake(c, k, 0);
     }
-    if (age >= s->lifetime_ms / 4 * 3)
-        return handshake(c, k, s->id);
+    if (age >= s->lifetime_ms / 4 * 3) {
+        /* Renew; if the daemon no longer knows the old session (it restarted, or its clock
+         * ran ahead of ours), a new one without what the old one owned. */
+        if ((rc = handshake(c, k, s->id)) != EMAD_EAUTH)
+            return rc;
+        session_drop(c, k);
+        return handshake(c, k, 0);
+    }
     return 0;
 }
 
