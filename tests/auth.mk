@@ -2,7 +2,7 @@
 # against the test vectors of docs/PROTOCOL.md, and those vectors
 # recomputed by a second implementation (PyNaCl).
 if HAVE_CHECK
-check_PROGRAMS += tests/check_auth tests/check_authfile
+check_PROGRAMS += tests/check_auth tests/check_authfile tests/check_authsess
 TESTS += tests/test_auth_vectors.sh
 endif
 tests_check_auth_SOURCES = tests/check_auth.c
@@ -20,6 +20,10 @@ tests_check_authfile_SOURCES = tests/check_authfile.c
 tests_check_authfile_CPPFLAGS = $(TESTS_CPPFLAGS)
 tests_check_authfile_CFLAGS = $(TESTS_CFLAGS)
 tests_check_authfile_LDADD = $(TESTS_LIBS)
+tests_check_authsess_SOURCES = tests/check_authsess.c
+tests_check_authsess_CPPFLAGS = $(TESTS_CPPFLAGS)
+tests_check_authsess_CFLAGS = $(TESTS_CFLAGS)
+tests_check_authsess_LDADD = $(TESTS_LIBS)
 
 # The auth file parser's fuzz target (scripts/fuzz; seeds in fuzz/corpus/authfile).
 if ENABLE_FUZZING

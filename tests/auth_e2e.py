@@ -312,6 +312,44 @@ def attacks(root):
     assert raw1 == raw2
     assert snapshot_of(root, m) == before
     step[m] += 1
+    # nanomsg's REQ resend: the same large frame twice on one connection with one request id,
+    # the second while the first may still be verified or applied: the push is applied once,
+    # and the resend gets the same reply bytes or none (a REQ socket takes the first)
+    n = 512 * 1024
+    assert root.op("create", model="team-a-twice", decay=0.5)["ok"]
+    assert root.op("push", model="team-a-twice", step=1,
+                   tensors=[{"name": "w", "kind": "param", "dtype": "F32", "shape": [n],
+                             "data": struct.pack("<f", 1.0) * n}])["ok"]
+    big = s.frame(push_body("team-a-twice", 2, struct.pack("<f", 3.0) * n, n))
+    c = s.c
+
+    def send_raw(rid, data):
+        c.s.sendall(struct.pack(">Q", 4 + len(data)) + struct.pack(">I", rid) + data)
+
+    def read_raw():
+        size = struct.unpack(">Q", c._exact(8))[0]
+        reply = c._exact(size)
+        return struct.unpack(">I", reply[:4])[0], reply[4:]
+
+    c.rid += 1
+    rid = c.rid | 0x80000000
+    send_raw(rid, big)
+    send_raw(rid, big)
+    got, first = read_raw()
+    assert got == rid
+    r = unpack(first[36:])
+    assert r["ok"] and r["applied"] == 1, r
+    c.rid += 1
+    send_raw(c.rid | 0x80000000, s.frame(request("stats")))
+    while True:
+        got, reply = read_raw()
+        if got == c.rid | 0x80000000:
+            break
+        assert got == rid and reply == first, "a second, different reply to the resend"
+    r = root.op("pull", model="team-a-twice")
+    assert r["step"] == 2 and r["tensors"][0]["data"] == struct.pack("<f", 2.0) * n, r["step"]
+    assert root.op("drop", model="team-a-twice")["ok"]
+
     # after a later request, the captured frame is a replay
     assert s.op("stats")["ok"]
     r = unpack(Conn(PORT).call(data))

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/inilines.h"
 #include "common/cause.h"
 #include "common/proto.h"
 #include "base/log.h"
@@ -42,7 +43,7 @@ authfile_role_name(int role)
 /* State of one parse. */
 typedef struct parse_ctx {
     authfile *a;
-    const char *pos, *end;
+    inilines lines;
     int lineno;
     int sections;     /* section headers read so far */
     int user_section; /* the header of the last user's section */
@@ -63,42 +64,25 @@ parse_fail(parse_ctx *x, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Is p[0..len) only blanks and line ends? */
-static int
-blank(const char *p, size_t len)
-{
-    for (size_t i = 0; i < len; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
-            return 0;
-    return 1;
-}
-
 /* inih reader: the next line, numbered; NULL at the end or after an error. */
 static char *
 next_line(char *str, int num, void *stream)
 {
     parse_ctx *x = stream;
-    const char *nl;
-    size_t len;
+    char *line;
 
-    if (x->err_line != 0 || x->pos >= x->end || num < 2)
+    if (x->err_line != 0)
         return NULL;
-    nl = memchr(x->pos, '\n', (size_t)(x->end - x->pos));
-    len = nl != NULL ? (size_t)(nl - x->pos) + 1 : (size_t)(x->end - x->pos);
-    x->lineno++;
-    if (memchr(x->pos, '\0', len) != NULL)
-        parse_fail(x, "the line contains a NUL byte");
-    else if (len > (size_t)num - 1 || len > LINE_MAX_BYTES)
-        parse_fail(x, "the line is longer than %d characters", num - 2);
-    else if ((x->pos[0] == ' ' || x->pos[0] == '\t') && !blank(x->pos, len))
+    line = inilines_next(&x->lines, str, num, LINE_MAX_BYTES);
+    x->lineno = x->lines.lineno;
+    if (x->lines.error[0] != '\0')
+        parse_fail(x, "%s", x->lines.error);
+    else if (line != NULL && x->lines.indented)
         parse_fail(x, "indented line: write each 'key = value' at the start of a line");
     if (x->err_line != 0)
         return NULL;
-    memcpy(str, x->pos, len);
-    str[len] = '\0';
-    x->pos += len;
-    x->sections += str[strspn(str, " \t")] == '[';
-    return str;
+    x->sections += line != NULL && line[strspn(line, " \t")] == '[';
+    return line;
 }
 
 /* The user of section `section` (created on its first key), or NULL after an error. */
@@ -215,8 +199,7 @@ authfile_parse(authfile **out, const char *name, const char *buf, size_t len, ch
     *out = NULL;
     memset(&x, 0, sizeof(x));
     x.a = xcalloc(1, sizeof(*x.a));
-    x.pos = buf;
-    x.end = buf + len;
+    inilines_init(&x.lines, buf, len);
     rc = ini_parse_stream(next_line, &x, on_key, &x);
     if (x.err_line == 0 && rc > 0) {
         x.err_line = rc;

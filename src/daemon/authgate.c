@@ -124,6 +124,8 @@ gate_accept(server *srv, authsess *s, const struct auth_header *h, void **body, 
                   &a);
 }
 
+static int gate_resend(server *srv, authsess *s, void **ctrl);
+
 /* A MAC of a frame's body computed on the threadpool. */
 typedef struct mac_job {
     server *srv;
@@ -196,6 +198,9 @@ mac_done(uv_work_t *w, int status)
                (j->h.seq == s->last_seq && auth_tag_equal(j->h.tag, s->last_tag) != 0)) {
         gate_reply(srv, &ctrl, j->len, 0, AUTHGATE_REPLAY,
                    "sequence number not above the last accepted one (replayed or reordered)");
+    } else if (j->h.seq == s->last_seq && s->reply_state != AUTHSESS_REPLY_NONE &&
+               gate_resend(srv, s, &ctrl)) {
+        /* a resend that came while the first copy was being verified */
     } else {
         gate_accept(srv, s, &j->h, &body, j->len, &ctrl);
     }
@@ -227,6 +232,29 @@ mac_start(server *srv, mac_job *j, const unsigned char key[AUTH_KEY_BYTES])
 }
 
 /* Send again the kept reply of s to a resent request. */
+static void resend_kept(server *srv, authsess *s, void **ctrl);
+
+/*
+ * A frame with the last accepted sequence number and tag of s is nanomsg's
+ * REQ resend: answered with the kept reply, or dropped while that reply is
+ * still coming (it answers the resend too). Returns 1 if done so, 0 if the
+ * frame must be handled (again: the reply was too large to keep).
+ */
+static int
+gate_resend(server *srv, authsess *s, void **ctrl)
+{
+    if (s->reply_state == AUTHSESS_REPLY_PENDING) {
+        srv->counters[COUNTER_AUTH_RESENDS]++;
+        return 1; /* the caller frees the message and its header */
+    }
+    if (s->reply_state == AUTHSESS_REPLY_KEPT) {
+        srv->counters[COUNTER_AUTH_RESENDS]++;
+        resend_kept(srv, s, ctrl);
+        return 1;
+    }
+    return 0;
+}
+
 static void
 resend_kept(server *srv, authsess *s, void **ctrl)
 {
@@ -283,15 +311,8 @@ authgate_receive(server *srv, void **body, size_t len, void **ctrl)
     if (h.seq == s->last_seq && s->reply_state != AUTHSESS_REPLY_NONE &&
         auth_tag_equal(h.tag, s->last_tag) == 0) {
         /* nanomsg's REQ resent the request: the same reply, or the one still coming. */
-        if (s->reply_state == AUTHSESS_REPLY_PENDING) {
-            srv->counters[COUNTER_AUTH_RESENDS]++;
-            return; /* the caller frees the message and its header */
-        }
-        if (s->reply_state == AUTHSESS_REPLY_KEPT) {
-            srv->counters[COUNTER_AUTH_RESENDS]++;
-            resend_kept(srv, s, ctrl);
+        if (gate_resend(srv, s, ctrl))
             return;
-        }
         /* AUTHSESS_REPLY_GONE: verified and handled again (only large read replies get here). */
     } else if (h.seq <= s->last_seq) {
         gate_reply(srv, ctrl, len, 0, AUTHGATE_REPLAY,

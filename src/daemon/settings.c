@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "common/cause.h"
+#include "base/inilines.h"
 #include "daemon/http.h"
 #include "base/log.h"
 #include "common/proto.h"
@@ -615,7 +616,7 @@ suggest(const char *name)
 typedef struct load_ctx {
     settings *c;
     const char *name;
-    const char *buf, *end, *pos; /* the text and the reader's position */
+    inilines lines;              /* the reader of the text */
     int lineno;                  /* lines handed to inih so far */
     int indented;                /* the current line starts with a blank */
     int err_line;                /* first error's line (0: none) */
@@ -641,27 +642,16 @@ static char *
 read_line(char *str, int num, void *stream)
 {
     load_ctx *x = stream;
-    const char *nl;
-    size_t len;
+    char *line;
 
-    if (x->err_line != 0 || x->pos >= x->end || num < 2)
+    if (x->err_line != 0)
         return NULL;
-    nl = memchr(x->pos, '\n', (size_t)(x->end - x->pos));
-    len = nl != NULL ? (size_t)(nl - x->pos) + 1 : (size_t)(x->end - x->pos);
-    x->lineno++;
-    if (memchr(x->pos, '\0', len) != NULL) {
-        load_fail(x, "the line contains a NUL byte");
-        return NULL;
-    }
-    if (len > (size_t)num - 1) {
-        load_fail(x, "the line is longer than %d characters", num - 2);
-        return NULL;
-    }
-    memcpy(str, x->pos, len);
-    str[len] = '\0';
-    x->indented = str[0] == ' ' || str[0] == '\t';
-    x->pos += len;
-    return str;
+    line = inilines_next(&x->lines, str, num, (size_t)num);
+    x->lineno = x->lines.lineno;
+    x->indented = x->lines.indented;
+    if (x->lines.error[0] != '\0')
+        load_fail(x, "%s", x->lines.error);
+    return line;
 }
 
 /* inih handler: one `name = value` in section. Returns 1, or 0 on an error. */
@@ -713,8 +703,7 @@ settings_load_string(settings *c, const char *name, const char *buf, size_t len,
     memset(&x, 0, sizeof(x));
     x.c = c;
     x.name = name;
-    x.buf = x.pos = buf;
-    x.end = buf + len;
+    inilines_init(&x.lines, buf, len);
     rc = ini_parse_stream(read_line, &x, on_key, &x);
     if (x.err_line != 0 && (rc <= 0 || rc >= x.err_line))
         return cause_set(cause, -EINVAL, "%s:%d: %s", name, x.err_line, x.err);
