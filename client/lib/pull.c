@@ -260,9 +260,8 @@ read_next(emad_client *c, read_state *s)
     uint32_t id;
     int rc;
 
-    if ((rc = read_plan(c, s->p, s->budget, s->kmax, &s->i, &s->off, q, s->ranges + e * s->kmax)) !=
-            0 ||
-        q->n == 0) /* only empty tensors were left */
+    rc = read_plan(c, s->p, s->budget, s->kmax, &s->i, &s->off, q, s->ranges + e * s->kmax);
+    if (rc != 0 || q->n == 0) /* q->n 0: only empty tensors were left */
         return rc;
     if ((rc = req_send(c, s->nsent % c->depth, PROTO_OP_READ, build_read, q,
                        now_ms() + c->opts.timeout_ms, c->opts.timeout_ms, &id)) != 0)
