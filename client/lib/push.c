@@ -380,6 +380,8 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
         if (planned && nsent - ndone < c->depth) {
             int64_t deadline = now_ms() + c->opts.timeout_ms;
 
+            if (next.msg != NULL && session_due(c, k))
+                prepared_free(&next); /* packed before its session was due: renew, pack again */
             rc = next.msg != NULL
                      ? req_transmit(c, k, PROTO_OP_PUSH, &next, deadline, c->opts.timeout_ms, &id)
                      : req_send(c, k, PROTO_OP_PUSH, build_push, &q, deadline, c->opts.timeout_ms,
