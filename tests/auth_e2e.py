@@ -116,9 +116,7 @@ def wait_reload(count):
     """Wait until the log shows `count` reload outcomes (auth_reloaded or auth_reload_failed)."""
     deadline = time.time() + 60 * SCALE
     while time.time() < deadline:
-        with open(LOG) as f:
-            text = f.read()
-        if text.count("event=auth_reloaded") + text.count("event=auth_reload_failed") >= count:
+        if reloads_logged() >= count:
             return
         time.sleep(0.05)
     raise AssertionError("no reload in the log")
@@ -164,6 +162,8 @@ def matrix(root):
                 ("push", m, lambda: s.op("push", model=m, step=step[m] + 1,
                                          tensors=[f32("w", [5.0, 6.0, 7.0, 8.0])])),
                 ("push", m, lambda: s.op("begin", model=m, step=step[m] + 1)),
+                ("push", m, lambda: s.op("push", model=m, step=step[m] + 1, seed=True,
+                                         tensors=[f32("w", [1.0, 2.0, 3.0, 4.0])])),
                 ("pull", m, lambda: s.op("pull", model=m)),
                 ("list", m, lambda: s.op("list", model=m)),
             ]
@@ -496,7 +496,14 @@ def http_checks():
         assert r.status == 200
 
 
+def reloads_logged():
+    with open(LOG) as f:
+        text = f.read()
+    return text.count("event=auth_reloaded") + text.count("event=auth_reload_failed")
+
+
 def main():
+    RELOADS[0] = reloads_logged()  # the log is shared with earlier daemons of the test
     for user in RULES:
         seed, _, pk = keygen(user)
         KEYS[user] = (seed, pk)

@@ -98,9 +98,14 @@ START_TEST(test_authsess_sessions_keys_expiry_lineage)
     ck_assert_mem_ne(s2->rx, s->rx, 32);
     ck_assert_int_eq(authsess_expired(s, 10999), 0);
     ck_assert_int_eq(authsess_expired(s, 11000), 1);
-    ck_assert_uint_eq(authsess_expire(t, 11000), 1); /* s2 lives until 12000 */
-    ck_assert_ptr_null(authsess_find(t, s->id));
-    ck_assert_ptr_eq(authsess_find(t, s2->id), s2);
+    {
+        uint64_t id = s->id;
+        ck_assert_uint_eq(authsess_expire(t, 11000), 0); /* kept to say `expired` */
+        ck_assert_ptr_eq(authsess_find(t, id), s);
+        ck_assert_uint_eq(authsess_expire(t, 11000 + AUTHSESS_EXPIRED_KEEP_MS), 1);
+        ck_assert_ptr_null(authsess_find(t, id));
+    }
+    ck_assert_ptr_eq(authsess_find(t, s2->id), s2); /* lives until 12000 */
     ck_assert_uint_eq(authsess_count(t), 1);
     /* replies: small ones kept, large ones only noted */
     authsess_keep_reply(s2, "abc", 3);
@@ -161,6 +166,28 @@ START_TEST(test_authsess_reload_keeps_unchanged_users)
 }
 END_TEST
 
+/* A user's sessions beyond AUTHSESS_MAX_PER_USER push out that user's oldest, not others'. */
+START_TEST(test_authsess_per_user_cap)
+{
+    unsigned char pk[2][32], rx[32], tx[32];
+    authsess_table *t;
+    uint64_t first, other;
+
+    ck_assert_int_eq(auth_init(), 0);
+    t = authsess_create(users(2, pk, 1), 3600000);
+    other = open_session(t, "u1", 1, NULL, rx, tx)->id;
+    first = open_session(t, "u0", 1, NULL, rx, tx)->id;
+    for (int i = 1; i < AUTHSESS_MAX_PER_USER; i++)
+        ck_assert_ptr_nonnull(open_session(t, "u0", 2, NULL, rx, tx));
+    ck_assert_ptr_nonnull(authsess_find(t, first));
+    ck_assert_ptr_nonnull(open_session(t, "u0", 3, NULL, rx, tx));
+    ck_assert_ptr_null(authsess_find(t, first));
+    ck_assert_ptr_nonnull(authsess_find(t, other));
+    ck_assert_uint_eq(authsess_count(t), AUTHSESS_MAX_PER_USER + 1);
+    authsess_destroy(t);
+}
+END_TEST
+
 static int
 sweep_keep_odd(void *arg, int kind, uint64_t id, uint64_t at_ms)
 {
@@ -209,6 +236,7 @@ authsess_suite(void)
     tcase_add_test(tc, test_authsess_sessions_keys_expiry_lineage);
     tcase_add_test(tc, test_authsess_reload_keeps_unchanged_users);
     tcase_add_test(tc, test_authsess_owners);
+    tcase_add_test(tc, test_authsess_per_user_cap);
     tcase_set_timeout(tc, TU_TCASE_TIMEOUT);
     suite_add_tcase(s, tc);
     return s;

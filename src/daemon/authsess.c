@@ -198,7 +198,21 @@ authsess_open(authsess_table *t, const authsess_hs *h, const authsess *renew, ui
     const authfile_user *u = authfile_find(t->users, h->user, strlen(h->user));
     authsess *s;
 
-    if (u == NULL || t->nsessions >= AUTHSESS_MAX_SESSIONS)
+    if (u == NULL)
+        return NULL;
+    {
+        authsess *oldest = NULL;
+        size_t mine = 0;
+        for (authsess *p = t->sessions; p != NULL; p = p->next) {
+            if (strcmp(p->user, h->user) == 0 && p != renew) {
+                mine++;
+                oldest = p; /* newest first: the last one seen is the oldest */
+            }
+        }
+        if (mine >= AUTHSESS_MAX_PER_USER)
+            authsess_close(t, oldest);
+    }
+    if (t->nsessions >= AUTHSESS_MAX_SESSIONS)
         return NULL;
     s = xcalloc(1, sizeof(*s));
     if (auth_server_keys(s->rx, s->tx, h->server_eph, h->server_sk, h->client_eph) != 0) {
@@ -273,7 +287,7 @@ authsess_expire(authsess_table *t, uint64_t now_ms)
 
     while (s != NULL) {
         authsess *next = s->next;
-        if (authsess_expired(s, now_ms)) {
+        if (now_ms >= s->expires_ms + AUTHSESS_EXPIRED_KEEP_MS) {
             authsess_close(t, s);
             dropped++;
         }

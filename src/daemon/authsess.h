@@ -24,7 +24,11 @@
 #define AUTHSESS_MAX_HANDSHAKES 4096
 #define AUTHSESS_HANDSHAKE_MS 30000
 #define AUTHSESS_MAX_SESSIONS 65536
+#define AUTHSESS_MAX_PER_USER 4096          /* a user's oldest session is closed beyond this */
 #define AUTHSESS_KEEP_REPLY_MAX (64u << 10) /* larger replies are not kept for resends */
+/* An expired session is kept this long, so its client is told `expired` rather than `no_session`.
+ */
+#define AUTHSESS_EXPIRED_KEEP_MS 60000
 
 /* What the session knows of the reply to its last accepted request. */
 enum authsess_reply {
@@ -102,7 +106,10 @@ void authsess_hs_free(authsess_hs *h);
 /*
  * Make a session for handshake h, whose signature was checked: keys from
  * h's ephemeral keys, lineage from `renew` (a live session of the same
- * user) or new. NULL if the table is full or the keys are unacceptable.
+ * user) or new. A user's oldest session is closed when the user has
+ * AUTHSESS_MAX_PER_USER already (a client that reconnects in a loop cannot
+ * crowd out the others). NULL if the table is full or the keys are
+ * unacceptable.
  */
 authsess *authsess_open(authsess_table *t, const authsess_hs *h, const authsess *renew,
                         uint64_t now_ms);
@@ -119,7 +126,10 @@ void authsess_close(authsess_table *t, authsess *s);
 /* Keep a copy of reply frame msg[0..len) in s, or note that it was too large. */
 void authsess_keep_reply(authsess *s, const void *msg, size_t len);
 
-/* Drop expired sessions and handshakes; the number of sessions dropped. */
+/*
+ * Drop sessions expired for AUTHSESS_EXPIRED_KEEP_MS and handshakes older
+ * than AUTHSESS_HANDSHAKE_MS; the number of sessions dropped.
+ */
 size_t authsess_expire(authsess_table *t, uint64_t now_ms);
 
 /* Number of live sessions. */
