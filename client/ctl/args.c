@@ -154,13 +154,13 @@ bad_choice(const ctl *g, const ctl_opt *o, const char *v)
     return ctl_usage_error(g, "%s must be %s, not '%s'", o->name, o->what, v != NULL ? v : "");
 }
 
-/* --server URL: the daemon to talk to. */
+/* --server URL, --user USER, --key-file FILE: a non-empty string into the field o->off of g. */
 static int
-args_set_server(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
+args_set_global(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
 {
     if (v == NULL || *v == '\0')
         return ctl_usage_error(g, "%s needs %s", o->name, o->what);
-    g->server = v;
+    *(const char **)((char *)g + o->off) = v;
     return 0;
 }
 
@@ -290,7 +290,12 @@ args_set_dtype(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
 /* clang-format off */
 /* Options every command takes (and emactl itself, before the command). */
 static const ctl_opt common_opts[] = {
-    {.name = "--server", .has_arg = 1, .set = args_set_server, .what = "a URL"},
+    {.name = "--server", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, server),
+     .what = "a URL"},
+    {.name = "--user", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, user),
+     .what = "a user name"},
+    {.name = "--key-file", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, key_file),
+     .what = "a key file"},
     {.name = "--timeout", .has_arg = 1, .set = args_set_timeout,
      .what = "a whole number of milliseconds"},
     {.name = NULL},

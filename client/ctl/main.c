@@ -32,9 +32,19 @@
 
 /* The commands, in the order --help lists them. */
 static const ctl_cmd *const commands[] = {
-    &ctl_cmd_create,   &ctl_cmd_configure, &ctl_cmd_push,   &ctl_cmd_pull,
-    &ctl_cmd_list,     &ctl_cmd_drop,      &ctl_cmd_export, &ctl_cmd_import,
-    &ctl_cmd_snapshot, &ctl_cmd_stats,     &ctl_cmd_watch,  NULL,
+    &ctl_cmd_create,
+    &ctl_cmd_configure,
+    &ctl_cmd_push,
+    &ctl_cmd_pull,
+    &ctl_cmd_list,
+    &ctl_cmd_drop,
+    &ctl_cmd_export,
+    &ctl_cmd_import,
+    &ctl_cmd_snapshot,
+    &ctl_cmd_stats,
+    &ctl_cmd_watch,
+    &ctl_cmd_keygen,
+    NULL,
 };
 
 /* ---- messages ------------------------------------------------------------------------------- */
@@ -114,7 +124,8 @@ ctl_fail_file(const ctl *g, const char *path, int rc, const char *cause)
 void
 ctl_command_usage(FILE *f, const ctl_cmd *c)
 {
-    fprintf(f, "usage: emactl [--server URL] [--timeout MS] %s\n\n%s", c->usage, c->help);
+    fprintf(f, "usage: emactl [--server URL] [--timeout MS] [--user USER --key-file FILE] %s\n\n%s",
+            c->usage, c->help);
 }
 
 /* Connect to g's server with g's timeouts and, unless 0, chunk_bytes; NULL (printed) on failure. */
@@ -131,10 +142,14 @@ connect_chunk(const ctl *g, uint64_t chunk_bytes)
     o.timeout_ms = g->timeout_ms;
     if (o.connect_timeout_ms > g->timeout_ms)
         o.connect_timeout_ms = g->timeout_ms;
+    o.user = g->user;
+    o.key_file = g->key_file;
     if ((rc = emad_connect(&c, g->server, &o)) != 0) {
         const char *name = emad_errname(rc);
-        ctl_errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server, emad_strerror(rc),
-                   name != NULL ? " (" : "", name != NULL ? name : "", name != NULL ? ")" : "");
+        const char *msg = emad_last_error(NULL);
+        ctl_errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server,
+                   msg[0] != '\0' ? msg : emad_strerror(rc), name != NULL ? " (" : "",
+                   name != NULL ? name : "", name != NULL ? ")" : "");
         return NULL;
     }
     return c;
@@ -160,7 +175,8 @@ ctl_connect_whole(const ctl *g)
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: emactl [--server URL] [--timeout MS] COMMAND [ARGS]\n"
+    fprintf(f, "usage: emactl [--server URL] [--timeout MS] [--user USER --key-file FILE] COMMAND "
+               "[ARGS]\n"
                "\n"
                "emactl talks to emad, the EMA parameter server: it creates models, pushes\n"
                "parameters and buffers from safetensors files, pulls the averaged model\n"
@@ -174,6 +190,9 @@ usage(FILE *f)
             "options:\n"
             "  --server URL   daemon to talk to (default: $EMAD_SERVER if set, else %s)\n"
             "  --timeout MS   time limit for each request, in milliseconds (default 30000)\n"
+            "  --user USER    authenticate as USER (default: the user of the key file)\n"
+            "  --key-file FILE  the user's key file, made by 'emactl keygen' (mode 0600);\n"
+            "                 default: $EMAD_USER and $EMAD_KEY_FILE if set, else none\n"
             "  --version      print the version and exit\n"
             "  --help         print this help and exit; 'emactl COMMAND --help' for a command\n"
             "\n"
@@ -218,7 +237,7 @@ command_run(ctl *g, const ctl_cmd *cmd, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    ctl g = {NULL, 30000, NULL};
+    ctl g = {NULL, 30000, NULL, NULL, NULL};
     const char *env = getenv("EMAD_SERVER");
     const ctl_cmd *cmd;
     int i = 1, r;

@@ -240,19 +240,97 @@ read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
     return 0;
 }
 
+/* The reads of a pull session: the cursor, and a ring of the requests not yet answered. */
+typedef struct read_state {
+    const pull_state *p;
+    uint64_t budget, kmax;
+    size_t i;     /* cursor: tensor */
+    uint64_t off; /* and byte */
+    uint64_t nsent, nrecv;
+    read_req ring[PIPELINE_MAX + 1]; /* request j in ring[j % (depth + 1)] */
+    read_range *ranges;              /* kmax per ring entry */
+} read_state;
+
+/* Plan the next batch of reads and send it on its connection (or move past empty tensors). */
+static int
+read_next(emad_client *c, read_state *s)
+{
+    size_t e = s->nsent % (c->depth + 1);
+    read_req *q = &s->ring[e];
+    uint32_t id;
+    int rc;
+
+    rc = read_plan(c, s->p, s->budget, s->kmax, &s->i, &s->off, q, s->ranges + e * s->kmax);
+    if (rc != 0 || q->n == 0) /* q->n 0: only empty tensors were left */
+        return rc;
+    if ((rc = req_send(c, s->nsent % c->depth, PROTO_OP_READ, build_read, q,
+                       now_ms() + c->opts.timeout_ms, c->opts.timeout_ms, &id)) != 0)
+        return rc;
+    s->nsent++;
+    return 0;
+}
+
+/* Check and decode the reply m to the last read received, and copy its ranges into dst. */
+static int
+read_take(emad_client *c, read_state *s, received *m, void *const *dst)
+{
+    reply r;
+    int rc;
+
+    if ((rc = req_open(c, PROTO_OP_READ, m, &r)) != 0)
+        return rc;
+    rc = read_copy(c, &r, &s->ring[(s->nrecv - 1) % (c->depth + 1)], dst);
+    reply_free(&r);
+    return rc;
+}
+
+/*
+ * Read a pull session in batches that fit the reply cap, c->depth reads in
+ * flight, into dst. With authentication, a reply is taken off its
+ * connection, the next read goes out on it, and only then is the reply's
+ * tag checked and its data copied, so the daemon packs and tags the next
+ * reply meanwhile. Without, each reply is copied before the next read
+ * goes out (on two cores the copy would compete with the transfer).
+ */
+static int
+read_all(emad_client *c, read_state *s, void *const *dst)
+{
+    received m = {0};
+    int have = 0, rc = 0, rc2;
+
+    for (;;) {
+        if (have && !c->auth) {
+            have = 0;
+            if ((rc = read_take(c, s, &m, dst)) != 0)
+                return rc;
+        }
+        while (rc == 0 && s->i < s->p->n && s->nsent - s->nrecv < c->depth)
+            rc = read_next(c, s);
+        if (have) {
+            have = 0;
+            rc2 = read_take(c, s, &m, dst);
+            if (rc == 0)
+                rc = rc2;
+        }
+        if (rc != 0 || s->nsent == s->nrecv)
+            return rc;
+        if ((rc = req_recv(c, s->nrecv % c->depth, PROTO_OP_READ, now_ms() + c->opts.timeout_ms,
+                           c->opts.timeout_ms, &m)) != 0)
+            return rc;
+        s->nrecv++;
+        have = 1;
+    }
+}
+
 /*
  * Copy every tensor of a pull into dst[i] (dst[i] holds p->t[i].nbytes):
- * from the inline data, or by reading the session in batches that fit the
- * reply cap, c->depth reads in flight, then releasing it.
+ * from the inline data, or by reading the session (read_all), then
+ * releasing it.
  */
 static int
 pull_fetch(emad_client *c, pull_state *p, void *const *dst)
 {
-    uint64_t budget, kmax, off = 0, nsent = 0, ndone = 0;
-    read_req qs[PIPELINE_MAX];
-    uint32_t id;
-    read_range *ranges;
-    size_t i = 0;
+    read_state s = {.p = p};
     int rc = 0;
 
     if (!p->has_session) {
@@ -264,45 +342,20 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
     /* Reads of at most 4 MiB, like pushes: over TCP loopback nanomsg moves 2-4 MiB messages
      * fastest, and messages of 32 MiB and more cost fresh mmap'd buffers and page faults
      * (bench/RESULTS.md). */
-    budget =
+    s.budget =
         (c->reply_eff < READ_BATCH_BYTES ? c->reply_eff : READ_BATCH_BYTES) - PROTO_REPLY_OVERHEAD;
-    kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
-    if (kmax > PROTO_MAX_RANGES)
-        kmax = PROTO_MAX_RANGES;
-    if (kmax > p->n + 1)
-        kmax = p->n + 1; /* a batch holds each tensor at most once, plus one split */
-    if ((ranges = malloc((size_t)kmax * c->depth * sizeof(*ranges))) == NULL) {
+    s.kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
+    if (s.kmax > PROTO_MAX_RANGES)
+        s.kmax = PROTO_MAX_RANGES;
+    if (s.kmax > p->n + 1)
+        s.kmax = p->n + 1; /* a batch holds each tensor at most once, plus one split */
+    if ((s.ranges = malloc((size_t)s.kmax * (c->depth + 1) * sizeof(*s.ranges))) == NULL) {
         pull_release(c, p->session);
         return fail(c, EMAD_ENOMEM, "pull: out of memory for read ranges");
     }
-    while (rc == 0 && (i < p->n || nsent > ndone)) {
-        if (i < p->n && nsent - ndone < c->depth) {
-            size_t slot = nsent % c->depth;
-            read_req *q = &qs[slot];
-            if ((rc = read_plan(c, p, budget, kmax, &i, &off, q, ranges + slot * kmax)) != 0)
-                break;
-            if (q->n == 0)
-                continue; /* only empty tensors were left */
-            if ((rc = req_send(c, slot, PROTO_OP_READ, build_read, q, now_ms() + c->opts.timeout_ms,
-                               c->opts.timeout_ms, &id)) != 0)
-                break;
-            nsent++;
-            continue;
-        }
-        {
-            size_t slot = ndone % c->depth;
-            reply r;
-            if ((rc = req_wait(c, slot, PROTO_OP_READ, now_ms() + c->opts.timeout_ms,
-                               c->opts.timeout_ms, &r)) != 0)
-                break;
-            ndone++;
-            rc = read_copy(c, &r, &qs[slot], dst);
-            reply_free(&r);
-        }
-    }
-    if (rc != 0)
+    if ((rc = read_all(c, &s, dst)) != 0)
         forget_inflight(c);
-    free(ranges);
+    free(s.ranges);
     pull_release(c, p->session);
     return rc;
 }
