@@ -47,6 +47,8 @@
  * Output of the two-pass packer: counts when p is NULL, writes into
  * p[0..cap) otherwise. With a key, the body of a frame: each 1 MiB piece
  * is tagged (into tags) as soon as it is written, while it is in the cache.
+ * With a key and no p (ahead), nothing is written: the pieces are tagged
+ * straight from the buffers the body will be packed from (cap bytes).
  */
 typedef struct wbuf {
     char *p;
@@ -56,7 +58,41 @@ typedef struct wbuf {
     uint64_t seq;
     unsigned char *tags;
     size_t tagged; /* pieces tagged so far */
+    int ahead;     /* tag without writing */
+    auth_piece_stream ps;
 } wbuf;
+
+/* Tag-ahead pass of wbuf_write: feed buf to the tags of the pieces it falls in. */
+static int
+wbuf_tag_ahead(wbuf *w, const char *buf, size_t len)
+{
+    if (len > w->cap - w->len) {
+        w->overflow = 1;
+        return -1;
+    }
+    while (len > 0) {
+        size_t piece_end = (w->tagged + 1) * AUTH_PIECE_BYTES;
+        size_t n = piece_end - w->len < len ? piece_end - w->len : len;
+
+        if (w->len == w->tagged * AUTH_PIECE_BYTES &&
+            auth_piece_stream_begin(&w->ps, w->key, w->seq, (uint32_t)w->tagged) != 0) {
+            w->overflow = 1;
+            return -1;
+        }
+        auth_piece_stream_update(&w->ps, buf, n);
+        w->len += n;
+        buf += n;
+        len -= n;
+        if (w->len == piece_end || w->len == w->cap) {
+            if (auth_piece_stream_final(&w->ps, w->tags + w->tagged * AUTH_TAG_BYTES) != 0) {
+                w->overflow = 1;
+                return -1;
+            }
+            w->tagged++;
+        }
+    }
+    return 0;
+}
 
 /* msgpack_packer write callback for wbuf; refuses to write past cap, tags full pieces. */
 static int
@@ -64,6 +100,8 @@ wbuf_write(void *data, const char *buf, size_t len)
 {
     wbuf *w = data;
 
+    if (w->ahead)
+        return w->overflow ? -1 : wbuf_tag_ahead(w, buf, len);
     if (w->p == NULL) {
         w->len += len;
         return 0;
@@ -302,7 +340,7 @@ int
 req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
             int timeout_ms, uint32_t *id, int plain)
 {
-    prepared p;
+    prepared p = {0};
     int rc;
 
     if (c->pending[k] != 0)
@@ -318,15 +356,23 @@ req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, i
 }
 
 /*
- * Pack a request for connection k ahead of sending it (req_transmit), while
+ * Tag a request for connection k ahead of sending it (req_transmit), while
  * the connection may still have a request in flight: the daemon works on
- * that one while this one is packed and tagged. When the connection's
- * session needs a handshake first (which needs an idle connection), p->msg
- * stays NULL and the caller packs at send time (req_send).
+ * that one while the pieces of this one are tagged straight from the
+ * buffers build(ctx) packs from (the tensor data, read once, not copied).
+ * It is packed when it is sent, as without authentication, so only one
+ * message buffer is alive per connection (two would make the allocator
+ * return memory to the system and fault it in again, one chunk in two).
+ * When the connection has no session, or needs a handshake first (which
+ * needs an idle connection), p stays empty and the caller packs at send
+ * time (req_send). build and ctx must be unchanged until then.
  */
 int
 req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p)
 {
+    msgpack_packer pk;
+    wbuf w = {0};
+    size_t len;
     int rc;
 
     memset(p, 0, sizeof(*p));
@@ -336,7 +382,32 @@ req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, p
         return 0;
     if (c->pending[k] == 0 && (rc = session_ensure(c, k)) != 0)
         return rc;
-    return pack_request(c, k, 0, op, build, ctx, &p->msg, &p->len, &p->seq);
+    if (c->sess[k].id == 0)
+        return 0;
+    len = packed_size(build, ctx);
+    if (len > c->msg_limit)
+        return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
+                    proto_op_name(op), len, (unsigned long long)c->msg_limit);
+    if ((p->tags = malloc(auth_piece_count(len) * AUTH_TAG_BYTES)) == NULL)
+        return fail(c, EMAD_ENOMEM, "%s: out of memory for piece tags", proto_op_name(op));
+    w.ahead = 1;
+    w.cap = len;
+    w.key = c->sess[k].tx;
+    w.seq = c->sess[k].seq + 1;
+    w.tags = p->tags;
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    auth_piece_stream_abort(&w.ps);
+    if (w.overflow || w.len != len || w.tagged != auth_piece_count(len)) {
+        prepared_free(p);
+        return fail(c, EMAD_EINTERNAL, "%s: request tagged to a different size", proto_op_name(op));
+    }
+    p->seq = ++c->sess[k].seq;
+    p->session = c->sess[k].id;
+    p->body_len = len;
+    p->build = build;
+    p->ctx = ctx;
+    return 0;
 }
 
 /* Free a prepared request that will not be sent; safe on an empty one. */
@@ -346,6 +417,45 @@ prepared_free(prepared *p)
     if (p->msg != NULL)
         nn_freemsg(p->msg);
     p->msg = NULL;
+    free(p->tags);
+    p->tags = NULL;
+}
+
+/*
+ * Pack a request tagged ahead (p->tags) into its frame for connection k,
+ * whose session must still be the one it was tagged for: the body copied
+ * as without authentication, the header and the frame's tag from the piece
+ * tags. Returns 0 with p->msg and p->len set.
+ */
+static int
+pack_tagged(emad_client *c, size_t k, int op, prepared *p)
+{
+    static const unsigned char zero[AUTH_TAG_BYTES];
+    unsigned char tag[AUTH_TAG_BYTES];
+    size_t len = p->body_len;
+    msgpack_packer pk;
+    wbuf w = {0};
+    char *msg;
+
+    if (c->sess[k].id != p->session)
+        return fail(c, EMAD_EINTERNAL, "%s: request tagged for another session", proto_op_name(op));
+    if ((msg = nn_allocmsg(len + AUTH_FRAME_HEADER, 0)) == NULL)
+        return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
+                    len + AUTH_FRAME_HEADER);
+    w.p = msg + AUTH_FRAME_HEADER;
+    w.cap = len;
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    p->build(&pk, p->ctx);
+    if (w.overflow || w.len != len) {
+        nn_freemsg(msg);
+        return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
+    }
+    auth_header_encode(msg, p->session, p->seq, zero);
+    auth_frame_tag(c->sess[k].tx, (unsigned char *)msg, p->tags, auth_piece_count(len), tag);
+    memcpy(msg + AUTH_OFF_TAG, tag, sizeof(tag));
+    p->msg = msg;
+    p->len = len + AUTH_FRAME_HEADER;
+    return 0;
 }
 
 /*
@@ -363,16 +473,23 @@ req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, in
     struct nn_iovec iov;
     struct nn_msghdr hdr;
     size_t splen = sizeof(uint32_t);
-    void *msg = p->msg;
+    void *msg;
     int64_t left;
     int rc;
 
-    p->msg = NULL;
     if (c->pending[k] != 0) {
-        nn_freemsg(msg);
+        prepared_free(p);
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
                     proto_op_name(op), k);
     }
+    if (p->tags != NULL && p->msg == NULL && (rc = pack_tagged(c, k, op, p)) != 0) {
+        prepared_free(p);
+        return rc;
+    }
+    msg = p->msg;
+    p->msg = NULL;
+    free(p->tags);
+    p->tags = NULL;
     c->next_id = (c->next_id + 1) & 0x7fffffffu;
     *id = c->next_id | 0x80000000u;
     /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */
