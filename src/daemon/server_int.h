@@ -19,6 +19,7 @@
 #include <msgpack.h>
 
 #include "common/counters.h"
+#include "common/decode.h"
 #include "common/proto.h"
 #include "daemon/iocpu.h"
 #include "daemon/metrics.h"
@@ -66,6 +67,8 @@ struct server {
     int parts;             /* threadpool parts of one request: CPUs online, read once */
     iocpu io;              /* nanomsg's I/O thread */
     struct parked *parked; /* commits waiting for their chunks' jobs (ops_push.c) */
+    decode_arena arena;    /* the objects of the request being handled */
+    int decoding;          /* handle() is running (a nested one decodes into an arena of its own) */
 };
 
 /* One request being handled. */
