@@ -26,14 +26,18 @@
 #include "base/strmap.h"
 #include "base/xmalloc.h"
 
-/* A plan per item of st, each with its stored tensor (or NULL) looked up; free() it. */
+/*
+ * A plan per item of st, each with its stored tensor (or NULL): looked up,
+ * or the one a push message's stage was checked against; free() it.
+ */
 plan *
 apply_plan(const model *m, const stage *st)
 {
     plan *p = xcalloc(st->nitems ? st->nitems : 1, sizeof(*p));
 
     for (size_t i = 0; i < st->nitems; i++)
-        p[i].t = strmap_get(m->index, st->items[i].name, st->items[i].name_len);
+        p[i].t = st->looked_up ? st->items[i].stored
+                               : strmap_get(m->index, st->items[i].name, st->items[i].name_len);
     return p;
 }
 
@@ -364,7 +368,8 @@ apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *r
         item *it = &st->items[i];
         tensor *t = p[i].t;
 
-        if (t != NULL &&
+        /* A push message's stage was checked against these tensors as it was built. */
+        if (t != NULL && !st->looked_up &&
             stage_check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape, err) != 0)
             rc = err->code;
         else if (stage_check_coverage(it, err) != 0)

@@ -46,6 +46,7 @@ typedef struct item {
     uint64_t numel;
     slice *slices;
     size_t nslices, cap;
+    int slab;           /* slices is the stage's slab entry (stage_inputs()): not freed here */
     int unsorted;       /* slices are not in order of first element (stage_item_sort()) */
     uint64_t nonfinite; /* NaN/Inf values found by apply_check_nonfinite() or chunk jobs */
     /* Transactions applied as their chunks arrive (see eager_prepare()): */
@@ -57,6 +58,7 @@ typedef struct item {
     blob *base[EMAD_MAX_DECAYS];   /* the shadows averaged from (references held) */
     blob *target[EMAD_MAX_DECAYS]; /* the shadows being written, published at commit */
     double d[EMAD_MAX_DECAYS];     /* decay per shadow (0: copy the values) */
+    tensor *stored; /* stage_inputs(): the stored tensor when staged (NULL: a new one) */
 } item;
 
 /* The tensors of one writer's push, a transaction, a pending step or a seed. */
@@ -68,6 +70,11 @@ typedef struct stage {
     uint64_t ignored; /* inputs dropped by ignore patterns */
     int checked;      /* non-finite counts are filled in */
     int consumed;     /* slices moved into a pending step */
+    /* stage_inputs(): one push message's stage, applied before the model changes. */
+    int looked_up; /* each item's stored tensor is in item.stored */
+    char *names;   /* one block holding the items' names */
+    size_t names_len;
+    slice *slab; /* the first slice of each item */
 } stage;
 
 /*
