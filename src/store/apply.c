@@ -460,7 +460,7 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     if ((n > 0 || m->cfg.writers == 1) && stage_check_size(n, err) != 0)
         return err->code;
     stage_init(&st);
-    if ((rc = stage_inputs(m, in, n, &st, err)) == 0)
+    if ((rc = stage_inputs(m, ++s->mark, in, n, &st, err)) == 0)
         rc = apply_contribution(m, step, writer, &st, now_ms, res, err);
     stage_free(&st);
     return rc;

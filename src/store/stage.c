@@ -61,7 +61,17 @@ stage_free(stage *st)
 item *
 stage_find(const stage *st, const char *name, size_t len)
 {
-    size_t slot = (size_t)(uintptr_t)strmap_get(st->index, name, len);
+    size_t slot;
+
+    if (st->unindexed) { /* a push message's stage indexes its stored tensors' items on demand */
+        stage *w = (stage *)(uintptr_t)st;
+        for (size_t i = 0; i < w->nitems; i++)
+            if (w->items[i].stored != NULL)
+                strmap_put(w->index, w->items[i].name, w->items[i].name_len,
+                           (void *)(uintptr_t)(i + 1));
+        w->unindexed = 0;
+    }
+    slot = (size_t)(uintptr_t)strmap_get(st->index, name, len);
 
     return slot != 0 ? &st->items[slot - 1] : NULL;
 }
@@ -462,10 +472,13 @@ stage_items_overlap(item *x, item *y, const slice **a, const slice **b)
  * stage is built with a few allocations whatever the number of tensors
  * (the names in one block, each item's first slice in a slab), each name
  * hashed once, and each item keeps the stored tensor it was checked
- * against (st->looked_up), for apply_plan().
+ * against (st->looked_up), for apply_plan(). A stored tensor given twice
+ * is found by its mark (a fresh store mark per push), a new one by the
+ * stage's index; stage_find() indexes the others when first asked.
  */
 int
-stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err)
+stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, stage *st,
+             store_err *err)
 {
     const slice *a, *b;
     size_t names = 0;
@@ -478,6 +491,7 @@ stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_e
     st->names_len = names;
     st->slab = xmalloc((n ? n : 1) * sizeof(*st->slab));
     st->looked_up = 1;
+    st->unindexed = 1;
     for (size_t i = 0; i < n; i++) {
         uint64_t numel, count;
         size_t hash, slot;
@@ -493,8 +507,16 @@ stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_e
         }
         memcpy(name, in[i].name, in[i].name_len);
         name[in[i].name_len] = '\0';
-        slot = (size_t)(uintptr_t)strmap_add_hashed(st->index, name, in[i].name_len, hash,
-                                                    (void *)(uintptr_t)(st->nitems + 1));
+        if (t == NULL) { /* a new tensor: the index tells if it came before */
+            slot = (size_t)(uintptr_t)strmap_add_hashed(st->index, name, in[i].name_len, hash,
+                                                        (void *)(uintptr_t)(st->nitems + 1));
+        } else if (t->mark == mark) { /* a stored one: its mark does */
+            slot = t->item + 1;
+        } else {
+            slot = 0;
+            t->mark = mark;
+            t->item = st->nitems;
+        }
         if (slot != 0) {
             it = &st->items[slot - 1];
             if (stage_check_same(it, &in[i], "another slice in this push", err) != 0)

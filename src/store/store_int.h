@@ -72,6 +72,7 @@ typedef struct stage {
     int consumed;     /* slices moved into a pending step */
     /* stage_inputs(): one push message's stage, applied before the model changes. */
     int looked_up; /* each item's stored tensor is in item.stored */
+    int unindexed; /* items of stored tensors are not in index yet (stage_find() adds them) */
     char *names;   /* one block holding the items' names */
     size_t names_len;
     slice *slab; /* the first slice of each item */
@@ -198,7 +199,8 @@ int stage_check_chunk(item *it, const store_input *in, uint64_t count, store_err
 int stage_check_received(const item *it, store_err *err);
 int stage_check_coverage(item *it, store_err *err);
 int stage_check_unique(const store_input *in, size_t n, const char *what, store_err *err);
-int stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err);
+int stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, stage *st,
+                 store_err *err);
 
 /* apply.c */
 plan *apply_plan(const model *m, const stage *st);
