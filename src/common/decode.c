@@ -249,6 +249,40 @@ dec_float(struct dec *d, msgpack_object *o, size_t n)
 
 static int dec_object(struct dec *d, msgpack_object *o, int depth);
 
+/*
+ * dec_object() for an element of a container, the commonest objects of a
+ * request (a fixstr whose bytes are all there: a key, a name; a positive
+ * fixint) decoded here without a call. Anything else, or anything
+ * dec_object() would refuse, goes to dec_object().
+ */
+static inline int
+dec_child(struct dec *d, msgpack_object *o, int depth)
+{
+    if (depth <= PROTO_MAX_DEPTH && d->objects < PROTO_MAX_OBJECTS && d->left > 0) {
+        unsigned char c = *d->p;
+        size_t n = c & 0x1f;
+
+        if ((c & 0xe0) == 0xa0 && n < d->left) {
+            d->objects++;
+            o->type = MSGPACK_OBJECT_STR;
+            o->via.str.ptr = (const char *)d->p + 1;
+            o->via.str.size = (uint32_t)n;
+            d->p += 1 + n;
+            d->left -= 1 + n;
+            return 0;
+        }
+        if (c <= 0x7f) {
+            d->objects++;
+            o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+            o->via.u64 = c;
+            d->p++;
+            d->left--;
+            return 0;
+        }
+    }
+    return dec_object(d, o, depth);
+}
+
 /* The elements of an array (map 0) or the pairs of a map (map 1) of n entries. */
 static int
 dec_container(struct dec *d, msgpack_object *o, int map, uint64_t n, int depth)
@@ -268,9 +302,9 @@ dec_container(struct dec *d, msgpack_object *o, int map, uint64_t n, int depth)
         o->via.map.ptr = kv;
         o->via.map.size = (uint32_t)n;
         for (uint64_t i = 0; i < n; i++) {
-            int rc = dec_object(d, &kv[i].key, depth + 1);
+            int rc = dec_child(d, &kv[i].key, depth + 1);
             if (rc == 0)
-                rc = dec_object(d, &kv[i].val, depth + 1);
+                rc = dec_child(d, &kv[i].val, depth + 1);
             if (rc < 0)
                 return rc;
         }
@@ -282,7 +316,7 @@ dec_container(struct dec *d, msgpack_object *o, int map, uint64_t n, int depth)
         o->via.array.ptr = v;
         o->via.array.size = (uint32_t)n;
         for (uint64_t i = 0; i < n; i++) {
-            int rc = dec_object(d, &v[i], depth + 1);
+            int rc = dec_child(d, &v[i], depth + 1);
             if (rc < 0)
                 return rc;
         }
