@@ -531,7 +531,7 @@ seed_stage(const model *m, const store_input *in, size_t n, stage *st)
         it->dtype = in[i].as_dtype != EMAD_DTYPE_INVALID ? in[i].as_dtype : in[i].dtype;
         it->data_dtype = in[i].dtype;
         it->ndim = in[i].ndim;
-        memcpy(it->shape, in[i].shape, sizeof(it->shape));
+        memcpy(it->shape, in[i].shape, in[i].ndim * sizeof(it->shape[0]));
         (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &it->numel, NULL);
         it->slices = &sl[st->nitems];
         it->nslices = it->cap = 1;

@@ -108,7 +108,7 @@ stage_add(stage *st, const store_input *in, uint64_t numel)
     it->kind = in->kind;
     it->dtype = in->dtype;
     it->ndim = in->ndim;
-    memcpy(it->shape, in->shape, sizeof(it->shape));
+    memcpy(it->shape, in->shape, in->ndim * sizeof(it->shape[0])); /* the rest stays 0 */
     it->numel = numel;
     strmap_put(st->index, it->name, it->name_len, (void *)(uintptr_t)(st->nitems + 1));
     st->nitems++;
@@ -529,7 +529,7 @@ stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, sta
             it->kind = in[i].kind;
             it->dtype = in[i].dtype;
             it->ndim = in[i].ndim;
-            memcpy(it->shape, in[i].shape, sizeof(it->shape));
+            memcpy(it->shape, in[i].shape, in[i].ndim * sizeof(it->shape[0]));
             it->numel = numel;
             it->stored = t;
             it->slices = &st->slab[i];
