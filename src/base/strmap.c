@@ -23,7 +23,7 @@ struct strmap {
 };
 
 /* 64-bit hash of a byte string (FNV-1a). */
-static size_t
+size_t
 strmap_hash(const char *key, size_t len)
 {
     uint64_t h = 1469598103934665603ULL;
@@ -90,8 +90,29 @@ resize(strmap *m, size_t cap)
 void *
 strmap_get(const strmap *m, const char *key, size_t len)
 {
-    size_t i = find_slot(m, key, len, strmap_hash(key, len));
+    return strmap_get_hashed(m, key, len, strmap_hash(key, len));
+}
+
+void *
+strmap_get_hashed(const strmap *m, const char *key, size_t len, size_t hash)
+{
+    size_t i = find_slot(m, key, len, hash);
     return m->slots[i].key != NULL ? m->slots[i].value : NULL;
+}
+
+void *
+strmap_add_hashed(strmap *m, const char *key, size_t len, size_t hash, void *value)
+{
+    size_t i;
+
+    if ((m->count + 1) * 4 > m->cap * 3)
+        resize(m, m->cap * 2);
+    i = find_slot(m, key, len, hash);
+    if (m->slots[i].key != NULL)
+        return m->slots[i].value;
+    m->count++;
+    m->slots[i] = (struct slot){key, len, hash, value};
+    return NULL;
 }
 
 void

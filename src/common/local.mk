@@ -9,6 +9,7 @@
 noinst_LTLIBRARIES += libemadwire.la libemadcore.la
 libemadwire_la_SOURCES = \
 	src/common/proto.c src/common/proto.h \
+	src/common/decode.c src/common/decode.h \
 	src/common/counters.c src/common/counters.h \
 	src/common/errors.c src/common/errors.h \
 	src/common/names.c src/common/names.h \

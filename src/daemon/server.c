@@ -21,6 +21,7 @@
 
 #include "common/names.h"
 #include "common/cause.h"
+#include "common/decode.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
@@ -67,8 +68,8 @@ static void
 handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void **capture,
        size_t *capture_len, const req_auth *auth)
 {
-    msgpack_unpacked u;
-    size_t off = 0;
+    decode_arena local, *arena = srv->decoding ? &local : &srv->arena;
+    msgpack_object root;
     const char *why, *opname;
     size_t oplen;
     store_err err;
@@ -90,7 +91,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     err.tensor[0] = '\0';
     srv->counters[COUNTER_REQUESTS]++;
     srv->counters[COUNTER_BYTES_IN] += len;
-    msgpack_unpacked_init(&u);
+    decode_arena_init(&local);
+    srv->decoding++;
 
     /* Exact: NN_RCVMAXSIZE leaves room for routing headers, so a body a few bytes over the
      * limit gets here. */
@@ -99,19 +101,16 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
                      (unsigned long long)srv->cfg.max_message_bytes);
         goto error;
     }
-    if ((rc = proto_prescan(buf, len, &why)) != 0) {
+    /* One pass: proto_prescan()'s checks, and the objects msgpack_unpack_next() would build. */
+    if ((rc = decode_message(arena, buf, len, &root, &why)) != 0) {
         request_fail(&err, rc, "request is not a valid msgpack message: %s", why);
         goto error;
     }
-    if (msgpack_unpack_next(&u, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
-        request_fail(&err, EMAD_EMALFORMED, "request is not a valid msgpack message");
-        goto error;
-    }
-    if (u.data.type != MSGPACK_OBJECT_MAP) {
+    if (root.type != MSGPACK_OBJECT_MAP) {
         request_fail(&err, EMAD_EMALFORMED, "request is not a msgpack map");
         goto error;
     }
-    r.root = &u.data;
+    r.root = &root;
     {
         uint64_t v;
         if (request_get_u64(r.root, PROTO_KEY_V, &v, NULL, &err) != 0)
@@ -152,7 +151,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
 error:
     reply_error(&r, &err);
 done:
-    msgpack_unpacked_destroy(&u);
+    srv->decoding--;
+    decode_arena_fini(&local);
     *ctrl = r.ctrl; /* NULL if the reply took it */
     if (capture_len != NULL)
         *capture_len = r.reply_len;
@@ -293,6 +293,8 @@ on_timer(uv_timer_t *h)
 
         store_spares_get(srv->store, &sp, 1);
         store_release_spares(srv->store);
+        if (!srv->decoding)
+            decode_arena_fini(&srv->arena);
         (void)malloc_trim(0);
         iocpu_hold(&srv->io, 0);
         srv->trimmed = 1;
@@ -616,6 +618,7 @@ server_destroy(server *srv)
     persist_destroy(srv->persist);
     authsess_destroy(srv->auth);
     store_destroy(srv->store);
+    decode_arena_fini(&srv->arena);
     free(srv);
 }
 

@@ -19,6 +19,7 @@
 #include <msgpack.h>
 
 #include "common/counters.h"
+#include "common/decode.h"
 #include "common/proto.h"
 #include "daemon/authsess.h"
 #include "daemon/iocpu.h"
@@ -91,6 +92,8 @@ struct server {
     authsess_table *auth;  /* users and sessions; NULL without --auth-file (authgate.c) */
     uint64_t auth_log_ms[AUTHGATE_REASONS];      /* when each failure reason was last logged */
     uint64_t auth_log_skipped[AUTHGATE_REASONS]; /* lines not logged since then */
+    decode_arena arena;    /* the objects of the request being handled */
+    int decoding;          /* handle() is running (a nested one decodes into an arena of its own) */
 };
 
 /* The authentication of a request: session 0 for a plain (unauthenticated) one. */

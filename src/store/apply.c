@@ -26,14 +26,18 @@
 #include "base/strmap.h"
 #include "base/xmalloc.h"
 
-/* A plan per item of st, each with its stored tensor (or NULL) looked up; free() it. */
+/*
+ * A plan per item of st, each with its stored tensor (or NULL): looked up,
+ * or the one a push message's stage was checked against; free() it.
+ */
 plan *
 apply_plan(const model *m, const stage *st)
 {
     plan *p = xcalloc(st->nitems ? st->nitems : 1, sizeof(*p));
 
     for (size_t i = 0; i < st->nitems; i++)
-        p[i].t = strmap_get(m->index, st->items[i].name, st->items[i].name_len);
+        p[i].t = st->looked_up ? st->items[i].stored
+                               : strmap_get(m->index, st->items[i].name, st->items[i].name_len);
     return p;
 }
 
@@ -393,7 +397,8 @@ apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *r
         item *it = &st->items[i];
         tensor *t = p[i].t;
 
-        if (t != NULL &&
+        /* A push message's stage was checked against these tensors as it was built. */
+        if (t != NULL && !st->looked_up &&
             stage_check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape, err) != 0)
             rc = err->code;
         else if (stage_check_coverage(it, err) != 0)
@@ -484,7 +489,7 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     if ((n > 0 || m->cfg.writers == 1) && stage_check_size(n, err) != 0)
         return err->code;
     stage_init(&st);
-    if ((rc = stage_inputs(m, in, n, &st, err)) == 0)
+    if ((rc = stage_inputs(m, ++s->mark, in, n, &st, err)) == 0)
         rc = apply_contribution(m, step, writer, &st, now_ms, res, err);
     stage_free(&st);
     return rc;
@@ -555,7 +560,7 @@ seed_stage(const model *m, const store_input *in, size_t n, stage *st)
         it->dtype = in[i].as_dtype != EMAD_DTYPE_INVALID ? in[i].as_dtype : in[i].dtype;
         it->data_dtype = in[i].dtype;
         it->ndim = in[i].ndim;
-        memcpy(it->shape, in[i].shape, sizeof(it->shape));
+        memcpy(it->shape, in[i].shape, in[i].ndim * sizeof(it->shape[0]));
         (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &it->numel, NULL);
         it->slices = &sl[st->nitems];
         it->nslices = it->cap = 1;

@@ -72,7 +72,8 @@ typedef struct tensor {
     blob *shadow[EMAD_MAX_DECAYS]; /* one per decay (averaged) or the copy */
     blob *spare[EMAD_MAX_DECAYS];  /* a free blob of the shadow's size, or NULL */
     uint64_t step;
-    uint64_t mark; /* the store's scratch mark (finding repeated names in a pull) */
+    uint64_t mark; /* the store's scratch mark (repeated names in a pull or a push) */
+    size_t item;   /* with mark: its item in the push being staged (stage_inputs()) */
 } tensor;
 
 /* A model. Read-only outside src/store/ (store_model_snapshotted() records snapshots). */
