@@ -277,6 +277,12 @@ int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
 /* Jobs of open transaction id handed out and not done (0 if no such transaction). */
 uint32_t store_txn_inflight(const store *s, uint64_t id);
 
+/*
+ * 0, or the error that failed open transaction id (a non-finite value or a
+ * resend with other bytes found by one of its jobs), copied into *err.
+ */
+int store_txn_failed(const store *s, uint64_t id, store_err *err);
+
 /* Run every task of a job on this thread, then store_job_done(). */
 int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
 
