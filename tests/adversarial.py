@@ -166,7 +166,8 @@ def case_pull_repeat(x):
 
 
 def case_list_many(x):
-    """`list` of a model of 131,072 tensors: refused whole, served in pages."""
+    """`list` of a model of 131,072 tensors: refused whole, served in pages; pulled whole
+    inline and in pages of one session."""
     n, per = 131072, 65536
     x.c.ok(req("create", model="many", decays=[0.5]))
     one = np.ones(1, np.float32).tobytes()
@@ -189,6 +190,14 @@ def case_list_many(x):
     x.phase("pull")
     r = x.c.ok(req("pull", model="many"))
     assert len(r["tensors"]) == n and r["tensors"][-1]["name"] == "t%06d" % (n - 1)
+    x.phase("pull_pages")
+    r = x.c.ok(req("pull", model="many", offset=0, inline_bytes=8192))
+    got = [t["name"] for t in r["tensors"]]
+    while "next" in r:
+        r = x.c.ok(req("pull", session=r["session"], offset=r["next"]))
+        got += [t["name"] for t in r["tensors"]]
+    assert got == names
+    x.c.ok(req("release", session=r["session"]))
     x.phase("drop")
     x.c.ok(req("drop", model="many"))
 

@@ -146,6 +146,16 @@ void reply_pack_head(msgpack_packer *pk, int ok, size_t nextra);
 size_t reply_size(build_fn build, const void *ctx);
 
 /*
+ * The number of items from first (of total) a page holds: at most limit,
+ * as many as fit in max_reply bytes after the used ones (at least one).
+ * item(items, i) points to item i, which pack_item packs. One pass over
+ * the page's items only (list and paged pull replies).
+ */
+size_t reply_page_count(size_t first, size_t total, uint64_t limit, uint64_t max_reply, size_t used,
+                        build_fn pack_item, const void *(*item)(const void *items, size_t i),
+                        const void *items);
+
+/*
  * Pack build(ctx) into a new nanomsg message of exactly its size (with
  * w->defer set, tensor data is left to tasks); NULL if out of memory.
  */
