@@ -20,7 +20,14 @@ top_srcdir=${top_srcdir:-.}
 [ -x "$EMAD" ] || fail "$EMAD not built"
 timeout "$T" "$PYTHON3" -c 'import numpy' || fail "$PYTHON3 cannot import numpy"
 
+# The daemon raises its soft limit on descriptors to the hard one.
+hard=$(ulimit -H -n)
+if [ "$hard" != unlimited ] && [ "$hard" -gt 512 ]; then
+    ulimit -S -n 512
+fi
 start_daemon --http 127.0.0.1:0
+soft=$(awk '/^Max open files/ { print $4 }' "/proc/$pid/limits")
+[ "$soft" = "$hard" ] || fail "descriptor limit $soft, not raised to the hard limit $hard"
 # Few descriptors, so that idle connections exhaust them quickly.
 prlimit --pid "$pid" --nofile=256:256 || fail "prlimit"
 i=0
