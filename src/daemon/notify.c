@@ -26,7 +26,7 @@ struct notify {
     uv_timer_t timer;
     int started;           /* timer and thread running */
     uint64_t interval_ms;  /* systemd's WatchdogSec */
-    _Atomic uint64_t beat; /* monotonic ms of the loop's last heartbeat */
+    _Atomic uint64_t beat; /* monotonic ms of the loop's last heartbeat, 0 before the first */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -67,9 +67,11 @@ watchdog_main(void *arg)
     pthread_mutex_lock(&n->mu);
     while (!n->stop) {
         struct timespec until;
-        uint64_t now = now_ms(), age = now - atomic_load(&n->beat);
+        uint64_t beat = atomic_load(&n->beat), age = now_ms() - beat;
 
-        if (age <= n->interval_ms / 2) {
+        if (beat == 0) {
+            /* The loop has not run yet: no keep-alive before READY=1. */
+        } else if (age <= n->interval_ms / 2) {
             (void)sd_notify(0, "WATCHDOG=1");
             if (withheld)
                 log_info("event=watchdog_resumed");
@@ -87,7 +89,9 @@ watchdog_main(void *arg)
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        (void)pthread_cond_timedwait(&n->cv, &n->mu, &until);
+        /* Until the period is over (a wakeup may come early) or notify_close(). */
+        while (!n->stop && pthread_cond_timedwait(&n->cv, &n->mu, &until) == 0)
+            ;
     }
     pthread_mutex_unlock(&n->mu);
     return NULL;
@@ -108,7 +112,7 @@ notify_create(notify **out, uv_loop_t *loop)
     if ((rc = uv_timer_init(loop, &n->timer)) < 0)
         return rc;
     n->timer.data = n;
-    atomic_store(&n->beat, now_ms());
+    atomic_store(&n->beat, 0); /* the first heartbeat comes from the running loop */
     (void)pthread_mutex_init(&n->mu, NULL);
     (void)pthread_cond_init(&n->cv, NULL);
     if ((rc = pthread_create(&n->thread, NULL, watchdog_main, n)) != 0) {
