@@ -82,6 +82,8 @@ START_TEST(test_settings_defaults)
     ck_assert_uint_eq(sc.idle_release_ms, 5000);
     ck_assert_uint_eq(c.idle_release_max_ms, 30000);
     ck_assert_uint_eq(sc.idle_release_max_ms, 30000);
+    ck_assert_uint_eq(sc.max_memory, 0); /* auto: the server reads the machine */
+    ck_assert_uint_eq(sc.client_share, 50);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -96,7 +98,9 @@ START_TEST(test_settings_defaults)
                         "http = 127.0.0.1:7471\n"
                         "io-cpu = auto\n"
                         "idle-release = 5\n"
-                        "idle-release-max = 30\n");
+                        "idle-release-max = 30\n"
+                        "max-memory = auto\n"
+                        "client-share = 50\n");
     free(p);
     settings_free(&c);
 }

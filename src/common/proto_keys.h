@@ -71,6 +71,19 @@
 #define PROTO_KEY_SESSIONS_OPEN "sessions_open"
 #define PROTO_KEY_STEPS_PENDING "steps_pending"
 #define PROTO_KEY_STAGED_BYTES "staged_bytes"
+/* The memory budget: its limit, what is held in all, and per part PREFIX + part + SUFFIX. */
+#define PROTO_KEY_MEMORY_BUDGET_BYTES "memory_budget_bytes"
+#define PROTO_KEY_MEMORY_BYTES "memory_bytes"
+#define PROTO_KEY_MEMORY_PART_PREFIX "memory_"
+#define PROTO_KEY_MEMORY_PART_SUFFIX "_bytes"
+/* The parts of the memory budget (store/budget.h), in those keys and as /metrics labels. */
+#define PROTO_VAL_MEMORY_SHADOWS "shadows"
+#define PROTO_VAL_MEMORY_SPARES "spares"
+#define PROTO_VAL_MEMORY_STAGED PROTO_KEY_STAGED
+#define PROTO_VAL_MEMORY_PENDING PROTO_KEY_PENDING
+#define PROTO_VAL_MEMORY_TXN_SHADOWS "txn_shadows"
+#define PROTO_VAL_MEMORY_SESSIONS "sessions"
+#define PROTO_VAL_MEMORY_REPLIES "replies_in_flight"
 #define PROTO_KEY_SNAPSHOTS_WRITTEN "snapshots_written"
 #define PROTO_KEY_SNAPSHOT_FAILURES "snapshot_failures"
 #define PROTO_KEY_SNAPSHOT_BYTES "snapshot_bytes"

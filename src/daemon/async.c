@@ -60,6 +60,7 @@ async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, uint64
     r->srv = srv;
     r->op = op;
     r->ctrl = ctrl;
+    r->owner = request_owner(ctrl);
     r->now_ms = uv_now(srv->loop);
     r->t0 = t0;
     err->tensor[0] = '\0';
@@ -188,6 +189,7 @@ async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
     a->tl = &a->tasks;
     a->msg = msg;
     a->len = len;
+    budget_reply_sent(store_budget(r->srv->store), r->owner, len, r->now_ms); /* held from now */
     a->blobs = w.blobs;
     a->nblobs = w.nblobs;
     async_start(r, a);

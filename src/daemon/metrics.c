@@ -395,6 +395,16 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
                f->store.steps_pending);
     single_u64(&sb, "emad_staged_bytes", "gauge",
                "Bytes staged in open transactions and pending steps.", f->store.staged_bytes);
+    family(
+        &sb, "emad_memory_bytes", "gauge",
+        "Bytes clients made the daemon hold, by part of the memory budget (docs/OPERATIONS.md).");
+    for (int k = 0; k < BUDGET_PART_COUNT; k++)
+        sb_printf(&sb, "emad_memory_bytes{part=\"%s\"} %llu\n", budget_part_name(k),
+                  (unsigned long long)f->store.memory[k]);
+    single_u64(&sb, "emad_memory_budget_bytes", "gauge",
+               "The memory budget (--max-memory): requests that would hold more fail with "
+               "EMAD_ELIMIT.",
+               f->store.memory_limit);
     single_u64(&sb, "emad_max_message_bytes", "gauge", "Largest request accepted, in bytes.",
                f->max_message_bytes);
     single_u64(&sb, "emad_connected_pipes", "gauge",
@@ -569,6 +579,13 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     jset_u64(g, PROTO_KEY_SESSIONS_OPEN, f->store.views_open);
     jset_u64(g, PROTO_KEY_STEPS_PENDING, f->store.steps_pending);
     jset_u64(g, PROTO_KEY_STAGED_BYTES, f->store.staged_bytes);
+    jset_u64(g, PROTO_KEY_MEMORY_BUDGET_BYTES, f->store.memory_limit);
+    jset_u64(g, PROTO_KEY_MEMORY_BYTES, f->store.memory_total);
+    for (int k = 0; k < BUDGET_PART_COUNT; k++) {
+        snprintf(name, sizeof(name), PROTO_KEY_MEMORY_PART_PREFIX "%s" PROTO_KEY_MEMORY_PART_SUFFIX,
+                 budget_part_name(k));
+        jset_u64(g, name, f->store.memory[k]);
+    }
     jset_u64(g, "connected_pipes", f->connections);
     jset_u64(g, PROTO_KEY_MAX_MESSAGE_BYTES, f->max_message_bytes);
     if (f->has_state_dir) {

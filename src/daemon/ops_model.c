@@ -346,7 +346,7 @@ ops_model_list(req *r, store_err *err)
 static size_t
 stats_count(const server *srv)
 {
-    size_t n = COUNTER_COUNT + 9 + 8;
+    size_t n = COUNTER_COUNT + 9 + 8 + 2 + BUDGET_PART_COUNT;
 
     for (int op = 1; op < PROTO_OP_COUNT; op++)
         n++;
@@ -386,6 +386,13 @@ build_stats(msgpack_packer *pk, const void *ctx)
     proto_pack_kv_u64(pk, PROTO_KEY_SESSIONS_OPEN, g.views_open);
     proto_pack_kv_u64(pk, PROTO_KEY_STEPS_PENDING, g.steps_pending);
     proto_pack_kv_u64(pk, PROTO_KEY_STAGED_BYTES, g.staged_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_MEMORY_BUDGET_BYTES, g.memory_limit);
+    proto_pack_kv_u64(pk, PROTO_KEY_MEMORY_BYTES, g.memory_total);
+    for (int p = 0; p < BUDGET_PART_COUNT; p++) {
+        snprintf(name, sizeof(name), PROTO_KEY_MEMORY_PART_PREFIX "%s" PROTO_KEY_MEMORY_PART_SUFFIX,
+                 budget_part_name(p));
+        proto_pack_kv_u64(pk, name, g.memory[p]);
+    }
     persist_stats ps;
     memset(&ps, 0, sizeof(ps));
     if (srv->persist != NULL)

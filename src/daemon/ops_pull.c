@@ -130,7 +130,7 @@ ops_pull_pull(req *r, store_err *err)
     server *srv = r->srv;
     const msgpack_object *names = proto_map_get(r->root, PROTO_KEY_TENSORS);
     const char **np = NULL;
-    size_t *nl = NULL, n = 0, len;
+    size_t *nl = NULL, n = 0, len, size;
     const char *model_name;
     uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX;
     uint64_t offset = 0, limit = PROTO_LIST_PAGE, session = 0;
@@ -210,8 +210,12 @@ ops_pull_pull(req *r, store_err *err)
         return rc;
     ctx = (pull_ctx){v, 1, 0, has_offset || has_limit, 0, v->ntensors};
     if ((!ctx.paged || (offset == 0 && v->ntensors <= limit)) &&
-        reply_size(build_pull, &ctx) <= max_inline) {
+        (size = reply_size(build_pull, &ctx)) <= max_inline) {
         uint64_t total = 0;
+        if (reply_check_budget(r, size, err) != 0) {
+            store_view_free(v);
+            return err->code;
+        }
         for (size_t i = 0; i < v->ntensors; i++)
             total += v->tensors[i].nbytes;
         if (!async_reply(r, build_pull, &ctx, total))
@@ -332,6 +336,8 @@ ops_pull_read(req *r, store_err *err)
                             (unsigned long long)(v->max_reply - PROTO_REPLY_OVERHEAD));
     ctx.view = v;
     ctx.ranges = rs;
+    if (reply_check_budget(r, reply_size(build_read, &ctx), err) != 0)
+        return err->code;
     if (!async_reply(r, build_read, &ctx, total))
         reply_send(r, build_read, &ctx);
     return 0;

@@ -99,6 +99,7 @@ reply_send_msg(req *r, void *msg, size_t len)
     }
     r->ctrl = NULL; /* nanomsg owns it now */
     r->reply_len = len;
+    budget_reply_sent(store_budget(srv->store), r->owner, len, server_now(srv));
     srv->counters[COUNTER_BYTES_OUT] += len;
 }
 
@@ -120,6 +121,15 @@ reply_pack(build_fn build, const void *ctx, wbuf *w, size_t *len)
     msgpack_packer_init(&pk, w, wbuf_write);
     build(&pk, ctx);
     return msg;
+}
+
+int
+reply_check_budget(req *r, uint64_t bytes, store_err *err)
+{
+    store *s = r->srv->store;
+
+    return store_budget_check(s, BUDGET_REPLIES, r->owner,
+                              budget_reply_need(store_budget(s), r->owner, bytes), err);
 }
 
 /* Build the reply into a message and send it with the request's routing header. */

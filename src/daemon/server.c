@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
+#include "daemon/sysmem.h"
 
 /* Milliseconds on the loop's clock (0 without a loop). */
 uint64_t
@@ -75,6 +76,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     r.body = body;
     r.capture = capture;
     r.now_ms = server_now(srv);
+    r.owner = request_owner(*ctrl);
+    store_set_owner(srv->store, r.owner);
+    budget_owner_seen(store_budget(srv->store), r.owner, r.now_ms);
     err.tensor[0] = '\0';
     srv->counters[COUNTER_REQUESTS]++;
     srv->counters[COUNTER_BYTES_IN] += len;
@@ -250,6 +254,7 @@ on_timer(uv_timer_t *h)
         log_info("event=session_expired count=%llu", (unsigned long long)views);
     srv->counters[COUNTER_TXN_EXPIRED] += txns;
     srv->counters[COUNTER_SESSIONS_EXPIRED] += views;
+    budget_reply_expire(store_budget(srv->store), uv_now(srv->loop), srv->cfg.txn_timeout_ms);
     /*
      * Idle for idle_hold_ms(): free the spare shadows (the replaced shadows
      * a transaction writes into next time) and give the heap's free memory
@@ -331,6 +336,33 @@ server_config_init(server_config *cfg)
     cfg->io_cpu = SERVER_IO_CPU_AUTO;
     cfg->idle_release_ms = 5000;
     cfg->idle_release_max_ms = 30000;
+    cfg->client_share = BUDGET_DEFAULT_SHARE_PERCENT;
+}
+
+/*
+ * Give the store its memory budget: --max-memory, or by default a
+ * fraction of the machine (sysmem.h). Logged at startup, with a warning
+ * when what the state directory loaded exceeds it already.
+ */
+static void
+server_budget_init(server *srv, int announce)
+{
+    const char *source = "--max-memory";
+    uint64_t limit = srv->cfg.max_memory;
+    budget *b = store_budget(srv->store);
+
+    if (limit == 0)
+        limit = sysmem_default_budget(&source);
+    srv->cfg.max_memory = limit;
+    store_set_budget(srv->store, limit, srv->cfg.client_share);
+    if (!announce)
+        return;
+    log_info("event=memory_budget bytes=%llu source=\"%s\" client_share_percent=%u",
+             (unsigned long long)limit, source, srv->cfg.client_share);
+    if (budget_total(b) > limit)
+        log_warn("event=memory_budget_exceeded bytes=%llu budget=%llu (the loaded models hold "
+                 "more than --max-memory: requests that need memory fail with EMAD_ELIMIT)",
+                 (unsigned long long)budget_total(b), (unsigned long long)limit);
 }
 
 int
@@ -362,6 +394,7 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
             goto fail;
         srv->persist = persist_create(loop, srv->store, &pc, &loaded);
     }
+    server_budget_init(srv, 1); /* after loading: the models loaded are counted, not refused */
     if ((srv->sock = iocpu_socket(&srv->io, cfg->io_cpu, cause)) < 0) {
         rc = srv->sock;
         goto fail;
@@ -428,6 +461,7 @@ server_create_offline(const server_config *cfg)
     srv->cfg = *cfg;
     srv->sock = -1;
     srv->store = store_create();
+    server_budget_init(srv, 0);
     return srv;
 }
 

@@ -36,6 +36,8 @@ typedef struct server_config {
     int io_cpu; /* CPU that holds nanomsg's I/O thread during large pushes: a number, _AUTO, _OFF */
     uint64_t idle_release_ms; /* 5000: spares freed and heap trimmed after this long idle */
     uint64_t idle_release_max_ms; /* 30000: longest idle time the push cadence extends it to */
+    uint64_t max_memory;          /* memory budget in bytes; 0: sysmem_default_budget() */
+    unsigned client_share;        /* percent of the budget and slots one connection may hold */
 } server_config;
 
 typedef struct server server;

@@ -80,6 +80,7 @@ typedef struct req {
     int deferred; /* answered later (and counted then) by the handler's callback */
     size_t reply_len;
     void **capture; /* server_process(): the reply goes here instead of the socket */
+    uint64_t owner; /* charged for what the request makes the daemon hold (request_owner()) */
 } req;
 
 /* Milliseconds on the loop's clock (0 without a loop). */
@@ -112,6 +113,15 @@ int request_get_float(const msgpack_object *map, const char *key, double *v, sto
 
 /* Optional bool field. */
 int request_get_bool(const msgpack_object *map, const char *key, int *v, store_err *err);
+
+/* The owner of a request with routing header ctrl: its connection (0: none). */
+uint64_t request_owner(const void *ctrl);
+
+/*
+ * Check that a reply of `bytes` fits the memory budget (as a reply in
+ * flight to r's connection) before packing it; 0 or EMAD_ELIMIT.
+ */
+int reply_check_budget(req *r, uint64_t bytes, store_err *err);
 
 /*
  * Decode the `tensors` array of a push into (*out)[0..*n) (malloc'd, the

@@ -37,6 +37,8 @@ enum key {
     K_IO_CPU,
     K_IDLE_RELEASE,
     K_IDLE_RELEASE_MAX,
+    K_MAX_MEMORY,
+    K_CLIENT_SHARE,
     K_COUNT
 };
 
@@ -57,6 +59,8 @@ static const struct key_info {
     [K_IO_CPU] = {"io-cpu", 1, 0},
     [K_IDLE_RELEASE] = {"idle-release", 1, 0},
     [K_IDLE_RELEASE_MAX] = {"idle-release-max", 1, 0},
+    [K_MAX_MEMORY] = {"max-memory", 1, 0},
+    [K_CLIENT_SHARE] = {"client-share", 1, 0},
 };
 
 void
@@ -108,6 +112,16 @@ settings_usage(FILE *f)
             "                           spares for twice the time between pushes, up to\n"
             "                           this long (default 30; never less than\n"
             "                           --idle-release)\n"
+            "  --max-memory N           memory budget: the most bytes clients can make\n"
+            "                           the daemon hold (shadows, staged chunks,\n"
+            "                           transactions, pull sessions, replies); K, M, G,\n"
+            "                           T suffixes; auto (default): 3/4 of MemTotal or\n"
+            "                           of the cgroup's memory limit if lower. Requests\n"
+            "                           beyond it fail with EMAD_ELIMIT.\n"
+            "  --client-share PERCENT   the share of the memory budget, and of the\n"
+            "                           transaction, pull-session and waiting-step\n"
+            "                           slots, one connection may hold (default 50;\n"
+            "                           1..100)\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
@@ -135,6 +149,8 @@ settings_init(settings *c)
     c->io_cpu = d.io_cpu;
     c->idle_release_ms = d.idle_release_ms;
     c->idle_release_max_ms = d.idle_release_max_ms;
+    c->max_memory = d.max_memory;
+    c->client_share = d.client_share;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;
@@ -178,6 +194,8 @@ parse_bytes(const char *s, uint64_t *out)
         mult = 1ULL << 20;
     else if (*end == 'G' || *end == 'g')
         mult = 1ULL << 30;
+    else if (*end == 'T' || *end == 't')
+        mult = 1ULL << 40;
     else if (*end != '\0')
         return -1;
     if (mult != 1 && end[1] != '\0')
@@ -333,6 +351,27 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
         else
             c->idle_release_max_ms = v;
         return 0;
+    case K_MAX_MEMORY:
+        if (strcmp(value, "auto") == 0) {
+            c->max_memory = 0;
+            return 0;
+        }
+        if (parse_bytes(value, &v) < 0 || v < SETTINGS_MIN_MAX_MEMORY) {
+            snprintf(why, size,
+                     "expected auto or a size of at least 1M (bytes, or with a "
+                     "K/M/G/T suffix)");
+            return -EINVAL;
+        }
+        c->max_memory = v;
+        return 0;
+    case K_CLIENT_SHARE:
+        if (strspn(value, "0123456789") != strlen(value) || parse_bytes(value, &v) < 0 || v < 1 ||
+            v > 100) {
+            snprintf(why, size, "expected a whole percentage from 1 to 100");
+            return -EINVAL;
+        }
+        c->client_share = (unsigned)v;
+        return 0;
     case K_IO_CPU:
         if (strcmp(value, "auto") == 0) {
             c->io_cpu = SERVER_IO_CPU_AUTO;
@@ -426,6 +465,15 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_IDLE_RELEASE_MAX:
         fmt_seconds(buf, size, c->idle_release_max_ms);
         break;
+    case K_MAX_MEMORY:
+        if (c->max_memory == 0)
+            snprintf(buf, size, "auto");
+        else
+            fmt_bytes(buf, size, c->max_memory);
+        break;
+    case K_CLIENT_SHARE:
+        snprintf(buf, size, "%u", c->client_share);
+        break;
     case K_IO_CPU:
         if (c->io_cpu == SERVER_IO_CPU_AUTO)
             snprintf(buf, size, "auto");
@@ -481,6 +529,8 @@ settings_server(const settings *c, server_config *out)
     out->io_cpu = c->io_cpu;
     out->idle_release_ms = c->idle_release_ms;
     out->idle_release_max_ms = c->idle_release_max_ms;
+    out->max_memory = c->max_memory;
+    out->client_share = c->client_share;
 }
 
 void

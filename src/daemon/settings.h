@@ -24,6 +24,8 @@
 #define SETTINGS_MAX_FILE_BYTES (1 << 20)
 /* io-cpu accepts CPU numbers below this (glibc's CPU_SETSIZE). */
 #define SETTINGS_MAX_CPU 1024
+/* Smallest --max-memory accepted: 1 MiB. */
+#define SETTINGS_MIN_MAX_MEMORY (1ULL << 20)
 /* The longest idle-release: one day. */
 #define SETTINGS_MAX_IDLE_RELEASE_MS 86400000
 
@@ -40,6 +42,8 @@ typedef struct settings {
     int io_cpu; /* a CPU number, SERVER_IO_CPU_AUTO or SERVER_IO_CPU_OFF */
     uint64_t idle_release_ms;
     uint64_t idle_release_max_ms;
+    uint64_t max_memory;   /* 0: auto (a fraction of the machine, sysmem.h) */
+    unsigned client_share; /* percent */
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */

@@ -144,6 +144,32 @@ reserve(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, store_e
     return 0;
 }
 
+/*
+ * Check that the shadows of a step's new tensors fit the memory budget,
+ * before reserve() allocates them (an eager transaction's exist already).
+ * Shadows belong to the model, not to the client that pushed them: only
+ * the limit applies, not a client's share. O(items).
+ */
+static int
+check_budget(model *m, const stage *st, const plan *p, store_err *err)
+{
+    uint64_t need = 0, numel, nbytes;
+
+    for (size_t i = 0; i < st->nitems; i++) {
+        const item *it = &st->items[i];
+        int averaged;
+
+        if (p[i].t != NULL || it->nonfinite > 0)
+            continue; /* updated in place (a view's copy is counted with its session) */
+        averaged = store_is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+        if (dtype_numel(it->shape, it->ndim, averaged ? dtype_shadow(it->dtype) : it->dtype, &numel,
+                        &nbytes) != 0)
+            continue; /* checked before: cannot happen */
+        need += nbytes * (averaged ? m->cfg.ndecays : 1);
+    }
+    return store_model_budget_check(m, BUDGET_SHADOWS, BUDGET_NO_OWNER, need, 0, err);
+}
+
 /* Create a tensor in m for item it with plan p (owning its blobs). */
 static tensor *
 tensor_add(model *m, const item *it, const plan *p)
@@ -163,6 +189,7 @@ tensor_add(model *m, const item *it, const plan *p)
     for (uint32_t j = 0; j < p->nshadow; j++) {
         t->shadow[j] = p->target[j];
         m->shadow_bytes += p->target[j]->size;
+        budget_charge(m->budget, BUDGET_SHADOWS, BUDGET_NO_OWNER, p->target[j]->size);
     }
     m->header_bytes += stage_header_cost(t->name, t->name_len, t->ndim);
     if (m->ntensors == m->cap) {
@@ -252,15 +279,15 @@ fill(const model *m, const item *it, const tensor *t, const plan *p, enum apply_
  * other holder it becomes the tensor's spare (or is freed).
  */
 static void
-install(tensor *t, plan *p)
+install(budget *bg, tensor *t, plan *p)
 {
     for (uint32_t j = 0; j < t->nshadow; j++) {
         if (p->target[j] != t->shadow[j]) {
             blob *old = t->shadow[j];
             t->shadow[j] = p->target[j];
-            blob_release(old, &t->spare[j]); /* the tensor's reference */
+            blob_release(bg, old, &t->spare[j]); /* the tensor's reference */
         }
-        blob_release(p->base[j], &t->spare[j]); /* an eager transaction's */
+        blob_release(bg, p->base[j], &t->spare[j]); /* an eager transaction's */
         p->base[j] = NULL;
     }
 }
@@ -322,6 +349,8 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
     }
     if (count > 0 && stage_check_header(m, cost, count, err) != 0)
         return err->code;
+    if (how != APPLY_EAGER && check_budget(m, st, p, err) != 0)
+        return err->code;
     res->ignored += st->ignored;
     if ((rc = reserve(m, st, step, how, p, err)) != 0)
         return rc;
@@ -340,7 +369,7 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
         if (t == NULL)
             t = tensor_add(m, it, &p[i]);
         fill(m, it, t, &p[i], how, step, &dc);
-        install(t, &p[i]);
+        install(m->budget, t, &p[i]);
         t->step = step;
         res->applied++;
     }

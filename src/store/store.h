@@ -28,6 +28,7 @@
 
 #include "emad.h"
 #include "common/codec.h"
+#include "store/budget.h"
 #include "store/task.h"
 
 #define STORE_MAX_MODELS 4096
@@ -94,6 +95,7 @@ typedef struct model {
     uint64_t snap_step;    /* its step */
     int restored;          /* loaded from a snapshot and not pushed since */
     uint64_t restored_step; /* the step it was loaded at */
+    struct budget *budget;  /* the store's: charged for the shadows and spares */
 } model;
 
 /*
@@ -155,11 +157,15 @@ typedef struct store_view {
     uint64_t max_reply; /* reply cap the client asked for */
     uint64_t last_used_ms;
     struct store_view *next;
+    struct budget *budget; /* registered: charged `charged` bytes of sessions to owner */
+    uint64_t owner, charged;
 } store_view;
 
 /* Gauges. */
 typedef struct store_gauges {
     uint64_t models, tensors, shadow_bytes, txn_open, views_open, steps_pending, staged_bytes;
+    uint64_t memory[BUDGET_PART_COUNT];  /* bytes held per part of the memory budget */
+    uint64_t memory_total, memory_limit; /* their sum, and --max-memory (0: none) */
 } store_gauges;
 
 typedef struct store store;
@@ -171,6 +177,29 @@ store *store_create(void);
 void store_destroy(store *s);
 
 void store_gauges_get(const store *s, store_gauges *g);
+
+/*
+ * Limit what clients can make the store hold to `limit` bytes (0: no
+ * limit), and each owner to share_percent of it and of the transaction,
+ * pull-session and pending-step slots (budget.h).
+ */
+void store_set_budget(store *s, uint64_t limit, unsigned share_percent);
+
+/*
+ * The owner charged for the requests that follow (a connection; 0: the
+ * daemon's own, no share). Loop thread; set before each request.
+ */
+void store_set_owner(store *s, uint64_t owner);
+
+/* The store's memory budget (the daemon charges replies in flight to it). */
+budget *store_budget(store *s);
+
+/*
+ * Check that `bytes` more of part fit the budget and owner's share; when
+ * they do not, free the spare shadows and check again. 0 or EMAD_ELIMIT
+ * with err filled.
+ */
+int store_budget_check(store *s, int part, uint64_t owner, uint64_t bytes, store_err *err);
 
 /* Model lookup by name (len bytes); NULL if absent. */
 model *store_model_find(store *s, const char *name, size_t len);

@@ -57,6 +57,8 @@ typedef struct item {
     blob *base[EMAD_MAX_DECAYS];   /* the shadows averaged from (references held) */
     blob *target[EMAD_MAX_DECAYS]; /* the shadows being written, published at commit */
     double d[EMAD_MAX_DECAYS];     /* decay per shadow (0: copy the values) */
+    uint32_t fresh;                /* bit j: target[j] is new memory, charged as chunks arrive */
+    uint64_t charged;              /* txn_shadows bytes charged for the targets */
 } item;
 
 /* The tensors of one writer's push, a transaction, a pending step or a seed. */
@@ -105,6 +107,8 @@ typedef struct txn {
     store_err failed;  /* failed.code != 0: a chunk was rejected and commit fails with it */
     struct txn *next;
     chunk_sums sums; /* eager: checksums of the averaged chunks' pieces */
+    uint64_t owner;  /* charged for its slot, staged bytes and new shadows */
+    budget *budget;
 } txn;
 
 /* A multi-writer step waiting for its writers. */
@@ -115,6 +119,10 @@ typedef struct pending {
     stage st;
     uint64_t last_used_ms;
     struct pending *next;
+    uint64_t owner; /* whose push opened it (its share of the model's pending steps) */
+    budget *budget; /* charged the parts' bytes: bytes[w] to owners[w], per writer */
+    uint64_t *owners, *bytes;
+    size_t nwriters;
 } pending;
 
 struct store {
@@ -130,6 +138,8 @@ struct store {
     uint64_t mark;         /* the last tensor mark handed out (view.c) */
     uint64_t reused_bytes; /* shadow bytes pushes wrote into spares (blob.c) */
     uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
+    budget *budget;        /* what clients make the store hold (budget.c) */
+    uint64_t owner;        /* charged for the current request (store_set_owner()) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -158,13 +168,18 @@ int store_is_averaged(const model *m, int kind, int dtype, const char *name, siz
 int store_check_writer(const model *m, uint32_t writer, store_err *err);
 int store_check_step(uint64_t step, store_err *err);
 uint64_t store_random_id(void);
+int store_model_budget_check(model *m, int part, uint64_t owner, uint64_t bytes, uint64_t own,
+                             store_err *err);
 
 /* blob.c */
 blob *blob_new(size_t size);
 void blob_unref(blob *b);
-void blob_release(blob *b, blob **spare);
+void blob_release(budget *bg, blob *b, blob **spare);
 blob *blob_cow(blob *cur, size_t size);
-blob *blob_take(store *s, blob **spare, size_t size);
+blob *blob_take(store *s, blob **spare, size_t size, int *fresh);
+void blob_free_spares(model *m);
+uint64_t blob_first_cost(uint64_t size);
+uint64_t blob_write_cost(uint64_t size, uint64_t from, uint64_t to);
 
 /* stage.c */
 void stage_init(stage *st);
