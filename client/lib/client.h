@@ -318,12 +318,20 @@ int push_result(emad_client *c, const reply *r, emad_push_result *res);
 
 /* ---- pull.c ---- */
 
-/* A pull in progress: the reply holding the metadata, and its parsed tensors. */
+/*
+ * A pull in progress: the reply holding the metadata (and the replies of its
+ * later pages, which the names of their tensors point into), and its parsed
+ * tensors.
+ */
 typedef struct pull_state {
     reply r;
+    reply *pages; /* pages after the first */
+    size_t npages;
     uint64_t step;
     int has_session;
     uint64_t session;
+    int has_next; /* more descriptions follow from index next */
+    uint64_t next;
     codec_tensor *t;
     size_t n;
 } pull_state;

@@ -248,6 +248,13 @@ pack_desc(msgpack_packer *pk, const void *ctx)
     ops_pull_pack_tensor(pk, &vt, 0);
 }
 
+/* Stored tensor i of the array of pointers items. */
+static const void *
+tensor_item(const void *items, size_t i)
+{
+    return ((tensor *const *)items)[i];
+}
+
 /* Pack a list reply of one model and a page of its tensors. */
 static void
 build_list_model(msgpack_packer *pk, const void *vctx)
@@ -287,13 +294,8 @@ list_page(list_ctx *ctx, uint64_t offset, uint64_t limit, uint64_t max_reply, st
     ctx->more = 1;
     /* The reply without tensors, with the largest array header (5 bytes) and next value. */
     used = reply_size(build_list_model, ctx) + 5 + 9;
-    while (ctx->first + ctx->count < m->ntensors && ctx->count < limit) {
-        size_t sz = reply_size(pack_desc, m->tensors[ctx->first + ctx->count]);
-        if (used + sz > max_reply && ctx->count > 0)
-            break;
-        used += sz;
-        ctx->count++;
-    }
+    ctx->count = reply_page_count(ctx->first, m->ntensors, limit, max_reply, used, pack_desc,
+                                  tensor_item, m->tensors);
     ctx->more = ctx->first + ctx->count < m->ntensors;
     return 0;
 }

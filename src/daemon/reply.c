@@ -48,6 +48,23 @@ reply_pack_head(msgpack_packer *pk, int ok, size_t nextra)
 
 /* Size of the reply build() produces. */
 size_t
+reply_page_count(size_t first, size_t total, uint64_t limit, uint64_t max_reply, size_t used,
+                 build_fn pack_item, const void *(*item)(const void *items, size_t i),
+                 const void *items)
+{
+    size_t count = 0;
+
+    while (first + count < total && count < limit) {
+        size_t sz = reply_size(pack_item, item(items, first + count));
+        if (used + sz > max_reply && count > 0)
+            break;
+        used += sz;
+        count++;
+    }
+    return count;
+}
+
+size_t
 reply_size(build_fn build, const void *ctx)
 {
     wbuf w = {NULL, 0, NULL, NULL, 0, 0};

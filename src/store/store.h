@@ -310,6 +310,12 @@ uint32_t store_txn_inflight(const store *s, uint64_t id);
 /* Is transaction id open? (Read only: does not touch its idle time.) */
 int store_txn_open(const store *s, uint64_t id);
 
+/*
+ * 0, or the error that failed open transaction id (a non-finite value or a
+ * resend with other bytes found by one of its jobs), copied into *err.
+ */
+int store_txn_failed(const store *s, uint64_t id, store_err *err);
+
 /* Run every task of a job on this thread, then store_job_done(). */
 int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
 

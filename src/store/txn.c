@@ -152,6 +152,17 @@ store_txn_open(const store *s, uint64_t id)
     return txn_find(s, id) != NULL;
 }
 
+int
+store_txn_failed(const store *s, uint64_t id, store_err *err)
+{
+    const txn *t = txn_find(s, id);
+
+    if (t == NULL || t->failed.code == 0)
+        return 0;
+    *err = t->failed;
+    return err->code;
+}
+
 /* Unlink and free a transaction. */
 static void
 txn_remove(store *s, txn *t)
