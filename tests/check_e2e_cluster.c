@@ -55,16 +55,16 @@ start_replica(tcluster *k, size_t i, const char *state_dir)
                   "replica %zu did not start", i);
 }
 
-/* Start S x R daemons with a map at epoch EPOCH and `ack`. */
+/* Start S x R daemons with a map at epoch and `ack`. */
 static void
-cluster_up(tcluster *k, uint32_t S, uint32_t R, uint32_t ack)
+cluster_up_epoch(tcluster *k, unsigned epoch, uint32_t S, uint32_t R, uint32_t ack)
 {
     int off;
 
     memset(k, 0, sizeof(*k));
     k->shards = S;
     k->replicas = R;
-    off = snprintf(k->map, sizeof(k->map), "# test\nepoch %d\nack %u\n", EPOCH, ack);
+    off = snprintf(k->map, sizeof(k->map), "# test\nepoch %u\nack %u\n", epoch, ack);
     for (uint32_t s = 0; s < S; s++) {
         off += snprintf(k->map + off, sizeof(k->map) - (size_t)off, "shard %u", s);
         for (uint32_t r = 0; r < R; r++) {
@@ -78,6 +78,13 @@ cluster_up(tcluster *k, uint32_t S, uint32_t R, uint32_t ack)
     }
     for (size_t i = 0; i < (size_t)S * R; i++)
         start_replica(k, i, NULL);
+}
+
+/* Start S x R daemons with a map at epoch EPOCH and `ack`. */
+static void
+cluster_up(tcluster *k, uint32_t S, uint32_t R, uint32_t ack)
+{
+    cluster_up_epoch(k, EPOCH, S, R, ack);
 }
 
 /* Stop every daemon of k that runs. */
@@ -510,6 +517,55 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
 }
 END_TEST
 
+START_TEST(test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit)
+{
+    static tstep buf;
+    fixture f;
+    tcluster k2;
+    emad_client *c, *single, *c2, *stale, *both[2];
+    char map_stale[1024];
+    uint64_t step = 0;
+    emad_model *m = NULL;
+
+    fixture_up(&f, 2, 1, 1);
+    c = f.cs[0];
+    single = f.cs[1];
+    for (uint64_t s = 1; s <= 3; s++)
+        push_all(f.cs, 2, &buf, s);
+    /* Reshard 2 -> 3 shards under a new epoch: the copy holds the same EMA. */
+    cluster_up_epoch(&k2, EPOCH + 1, 3, 1, 1);
+    c2 = cluster_client(k2.map);
+    OK(c2, emad_cluster_copy(c, c2, "m", &step));
+    ck_assert_uint_eq(step, 3);
+    assert_same_model(c2, single, 3);
+    /* ... and goes on from there exactly like the single daemon. */
+    both[0] = c2;
+    both[1] = single;
+    push_all(both, 2, &buf, 4);
+    assert_same_model(c2, single, 4);
+    /* A client still holding the old epoch for the new daemons is told to refresh its map. */
+    snprintf(map_stale, sizeof(map_stale),
+             "epoch %d; shard 0 tcp://127.0.0.1:%d; "
+             "shard 1 tcp://127.0.0.1:%d; shard 2 tcp://127.0.0.1:%d",
+             EPOCH, k2.port[0], k2.port[1], k2.port[2]);
+    stale = cluster_client(map_stale);
+    ck_assert_int_eq(emad_pull(stale, "m", NULL, 0, &m), EMAD_EMOVED);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(stale), "refresh the map"));
+    fill_step(&buf, 5);
+    ck_assert_int_eq(emad_push(stale, "m", 5, buf.t, NT, NULL), EMAD_EMOVED);
+    assert_same_model(c2, single, 4); /* nothing changed, and the new cluster serves */
+    /* A single daemon's model moves into a cluster the same way. */
+    OK(c2, emad_drop(c2, "m"));
+    OK(c2, emad_cluster_copy(single, c2, "m", &step));
+    ck_assert_uint_eq(step, 4);
+    assert_same_model(c2, single, 4);
+    emad_close(stale);
+    emad_close(c2);
+    cluster_down(&k2);
+    fixture_down(&f);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -518,6 +574,7 @@ main(void)
         test_cluster_pull_is_from_one_step_or_esplit,
         test_cluster_pushes_equal_a_single_daemon_bit_for_bit,
         test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit,
+        test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit,
         NULL,
     };
 

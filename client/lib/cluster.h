@@ -83,6 +83,31 @@ void cl_run(cl_job *jobs, size_t n);
  */
 int cl_acked(emad_client *c, cl_job *jobs, size_t n, const char *what);
 
+/* One chunk of an install message: bytes [off, off + len) of tensor index. */
+typedef struct inst_item {
+    size_t index;
+    uint64_t off, len;
+} inst_item;
+
+/* An install request (cluster_sync.c): anew/end/accept, or data of one shadow. */
+typedef struct inst_req {
+    const char *model;
+    int what; /* 0 data, 1 anew, 2 end, 3 accept */
+    const emad_model_config *cfg;
+    uint64_t step;
+    uint32_t shadow;
+    const emad_tensor *t; /* the tensors, their data in the shadow dtype */
+    const int *dtypes;    /* each tensor's own dtype */
+    const inst_item *items;
+    size_t n;
+} inst_req;
+
+/* Send one install request q to c. */
+int install_call(emad_client *c, const inst_req *q);
+
+/* Send shadow q->shadow of t[0..n) (q->dtypes set) to c in messages within its limit. */
+int install_shadow(emad_client *c, inst_req *q, const emad_tensor *t, size_t n);
+
 /* A model's step on r and whether r resyncs it; *has 0 if r lacks the model. */
 int cl_model_state(replica *r, const char *model, int *has, uint64_t *step, int *resyncing);
 

@@ -281,6 +281,15 @@ pull_one_step(emad_client *c, const char *model, const emad_pull_options *opts, 
     }
     for (uint32_t s = 0; s < S; s++)
         outs[s] = &models[s];
+    if (c->has_pull_step) { /* a given step (emad_cluster_copy reads each decay at one step) */
+        memset(ahead, 1, S);
+        q.shard_step = ahead;
+        q.step = *step = c->pull_step;
+        rc = read_each(c, run_pull, &q, outs, NULL);
+        free(ahead);
+        free(outs);
+        return rc;
+    }
     for (int attempt = 0; attempt < CLUSTER_PULL_ATTEMPTS; attempt++) {
         uint64_t lo = UINT64_MAX;
         size_t nahead = 0;

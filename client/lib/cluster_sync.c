@@ -21,25 +21,6 @@
 #include "cluster.h"
 #include "common/emaconf.h"
 
-/* One chunk of an install message: bytes [off, off + len) of tensor index. */
-typedef struct inst_item {
-    size_t index;
-    uint64_t off, len;
-} inst_item;
-
-/* An install request: begin/end/accept, or data of one shadow. */
-typedef struct inst_req {
-    const char *model;
-    int what; /* 0 data, 1 begin, 2 end, 3 accept */
-    const emad_model_config *cfg;
-    uint64_t step;
-    uint32_t shadow;
-    const emad_tensor *t; /* the pulled tensors, in the shadow dtype */
-    const int *dtypes;    /* each tensor's own dtype */
-    const inst_item *items;
-    size_t n;
-} inst_req;
-
 /* The tensor map of an install item. */
 static void
 item_map(const inst_req *q, const inst_item *it, codec_tensor *m)
@@ -100,7 +81,7 @@ build_install(msgpack_packer *pk, const void *vctx)
 }
 
 /* Send one install request to c. */
-static int
+int
 install_call(emad_client *c, const inst_req *q)
 {
     reply r;
@@ -112,7 +93,7 @@ install_call(emad_client *c, const inst_req *q)
 }
 
 /* Send the shadow `shadow` of the pulled tensors t[0..n) to c, in messages within its limit. */
-static int
+int
 install_shadow(emad_client *c, inst_req *q, const emad_tensor *t, size_t n)
 {
     uint64_t budget = c->msg_limit > 8192 ? c->msg_limit - 4096 : c->msg_limit / 2;
