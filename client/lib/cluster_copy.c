@@ -230,7 +230,7 @@ emad_cluster_copy(emad_client *from, emad_client *to, const char *model, uint64_
     for (size_t i = 0; i < n; i++)
         jobs[i] = (cl_job){.r = &cl->reps[i], .run = run_copy, .arg = &q};
     cl_run(jobs, n);
-    if ((rc = cl_acked(to, jobs, n, "copy")) == 0 && step != NULL)
+    if ((rc = cl_acked(to, jobs, n, "cluster copy")) == 0 && step != NULL)
         *step = src.step;
 done:
     for (uint32_t s = 0; tg != NULL && s < cl->map->shards; s++) {
