@@ -6,6 +6,7 @@
  * pulls must equal its pulls bit for bit (every decay, in the shadow dtype
  * too), also after a replica was killed and resynced.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,6 +319,23 @@ raw_empty_push(const tu_daemon *d, uint64_t shard, uint64_t step)
     nn_close(s);
 }
 
+/* A SIGKILL sent from another thread a little later. */
+typedef struct killer {
+    pid_t pid;
+    int rc;
+} killer;
+
+/* Thread: wait 30 ms, then SIGKILL the daemon. */
+static void *
+kill_soon(void *arg)
+{
+    killer *k = arg;
+
+    tu_sleep_ms(30);
+    k->rc = kill(k->pid, SIGKILL);
+    return NULL;
+}
+
 /* A cluster, a single reference daemon, a client of each, and model "m" on both. */
 typedef struct fixture {
     tcluster k;
@@ -484,20 +502,41 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
         ck_assert_ptr_nonnull(strstr(emad_cluster_warnings(c), "shard 0 replica 1"));
     }
     assert_same_model(c, single, 8);
-    /* Restart it from its snapshot (step 3): it refuses reads until it has a peer's state. */
+    /* SIGKILL replica 1 of shard 1 while pushes are in flight: whenever it dies (before, during
+     * or after a transfer), no push fails. */
+    {
+        pthread_t th;
+        killer kl = {k->d[3].pid, 0};
+
+        ck_assert_int_eq(pthread_create(&th, NULL, kill_soon, &kl), 0);
+        for (uint64_t s = 9; s <= 12; s++)
+            push_all(cs, 2, &buf, s);
+        pthread_join(th, NULL);
+        ck_assert_int_eq(kl.rc, 0);
+        ck_assert_int_eq(waitpid(k->d[3].pid, &status, 0), k->d[3].pid);
+        k->d[3].pid = 0;
+        push_all(cs, 2, &buf, 13);
+        ck_assert_ptr_nonnull(strstr(emad_cluster_warnings(c), "shard 1 replica 1"));
+    }
+    assert_same_model(c, single, 13);
+    /* Restart both from their snapshots (step 3): they refuse reads until they have a peer's
+     * state, and the next push brings them up to date. */
     dir = k->d[1].state_dir;
     start_replica(k, 1, dir);
     free(dir);
+    dir = k->d[3].state_dir;
+    start_replica(k, 3, dir);
+    free(dir);
     tu_sleep_ms(CLUSTER_RETRY_TEST_MS);
-    push_all(cs, 2, &buf, 9);
+    push_all(cs, 2, &buf, 14);
     ck_assert_msg(strstr(emad_cluster_warnings(c), "model 'm' copied from replica 0 at step") !=
                       NULL,
                   "%s", emad_cluster_warnings(c));
-    push_all(cs, 2, &buf, 10);
+    push_all(cs, 2, &buf, 15);
     ck_assert_str_eq(emad_cluster_warnings(c), "");
     OK(c, emad_cluster_status(c, "m", &st, &n));
     for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(st[i].reachable && st[i].step == 10 && st[i].lag == 0 && !st[i].resyncing,
+        ck_assert_msg(st[i].reachable && st[i].step == 15 && st[i].lag == 0 && !st[i].resyncing,
                       "replica %zu: reachable %d step %llu resyncing %d", i, st[i].reachable,
                       (unsigned long long)st[i].step, st[i].resyncing);
     }
@@ -509,8 +548,8 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
     replica_map(k, 1, map_b, sizeof(map_b));
     ra = cluster_client(map_a);
     rb = cluster_client(map_b);
-    assert_same_model(ra, rb, 10);
-    assert_same_model(rb, single, 10);
+    assert_same_model(ra, rb, 15);
+    assert_same_model(rb, single, 15);
     emad_close(ra);
     emad_close(rb);
     fixture_down(&f);
