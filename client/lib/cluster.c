@@ -80,13 +80,14 @@ cl_ready(struct cluster *cl, replica *r)
 
 /* Record a failure of r. */
 void
-cl_failed(struct cluster *cl, replica *r, int rc, const char *what, const char *msg)
+cl_failed(struct cluster *cl, replica *r, int rc, int write, const char *what, const char *msg)
 {
     if (cl_is_transport(rc)) {
         if (r->up) /* a new failure: a replica already down keeps its retry time */
             r->retry_at = now_ms() + CLUSTER_RETRY_MS;
         r->up = 0;
-        r->behind = 1;
+        if (write && cl->map->replicas > 1)
+            r->behind = 1;
     }
     cl_warn(cl, "shard %u replica %u %s: %s: %s", r->shard, r->index, r->c->url, what,
             msg != NULL && msg[0] != '\0' ? msg : emad_strerror(rc));
@@ -158,7 +159,7 @@ cl_acked(emad_client *c, cl_job *jobs, size_t n, const char *what)
                 rc = fail(c, j->rc, "%s", j->err);
             continue;
         }
-        cl_failed(cl, j->r, j->rc, what, j->err);
+        cl_failed(cl, j->r, j->rc, 1, what, j->err);
         if (ft == NULL) {
             ft = j;
             first_transport = j->rc;
@@ -279,7 +280,9 @@ cluster_connect_url(emad_client **out, const char *map, const emad_options *opts
             if (r->c->server_max < c->server_max)
                 c->server_max = r->c->server_max;
         } else {
-            r->behind = 1; /* it may have missed writes of other clients */
+            /* It may have missed writes of other clients while unreachable: a write of this
+             * client resyncs it first (reads use it only when no other replica answers). */
+            r->behind = cl->map->replicas > 1;
             r->retry_at = now_ms() + CLUSTER_RETRY_MS;
         }
     }

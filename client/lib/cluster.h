@@ -66,8 +66,12 @@ int cl_is_transport(int rc);
  */
 int cl_ready(struct cluster *cl, replica *r);
 
-/* Record a failure of r (rc, what) as a warning; a transport failure marks it down and behind. */
-void cl_failed(struct cluster *cl, replica *r, int rc, const char *what, const char *msg);
+/*
+ * Record a failure of r (rc, what) as a warning; a transport failure marks
+ * it down, and of a write (write set; with peers to copy from) behind.
+ */
+void cl_failed(struct cluster *cl, replica *r, int rc, int write, const char *what,
+               const char *msg);
 
 /* Append a line to the warnings of the current call. */
 __attribute__((format(printf, 2, 3))) void cl_warn(struct cluster *cl, const char *fmt, ...);

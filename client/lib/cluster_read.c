@@ -19,6 +19,26 @@
 #include "common/placement.h"
 
 /*
+ * The replica of shard s to read at attempt k (0..R-1): the replicas in
+ * sync in turn from `first`, then those marked behind (they may have missed
+ * this client's writes: read only when no other replica answers).
+ */
+static replica *
+read_order(struct cluster *cl, uint32_t s, uint32_t first, uint32_t k)
+{
+    uint32_t R = cl->map->replicas;
+
+    for (int behind = 0; behind < 2; behind++)
+        for (uint32_t i = 0; i < R; i++) {
+            replica *r = cl_rep(cl, s, (first + i) % R);
+
+            if (r->behind == behind && k-- == 0)
+                return r;
+        }
+    return NULL;
+}
+
+/*
  * Run fn on one replica of every shard s with want[s] (NULL: all): outs[s]
  * (given to fn as j->out) gets each result. Tries the shard's replicas in
  * turn, starting at a rotating one. 0, or the error of a shard that no
@@ -42,7 +62,7 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
     for (uint32_t s = 0; s < S; s++) {
         done[s] = want != NULL && !want[s];
         jobs[s].rc = EMAD_ECONNECT;
-        snprintf(jobs[s].err, sizeof(jobs[s].err), "no replica of shard %u is in sync", s);
+        snprintf(jobs[s].err, sizeof(jobs[s].err), "no replica of shard %u answered", s);
     }
     for (uint32_t attempt = 0; attempt < R; attempt++) {
         cl_job *run = calloc(S, sizeof(*run));
@@ -53,9 +73,9 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
             break;
         }
         for (uint32_t s = 0; s < S; s++) {
-            replica *r = cl_rep(cl, s, (start + s + attempt) % R);
+            replica *r = read_order(cl, s, start + s, attempt);
 
-            if (done[s] || r->behind)
+            if (done[s] || r == NULL)
                 continue;
             run[n++] = (cl_job){.r = r, .run = fn, .arg = arg, .out = outs[s]};
         }
@@ -67,7 +87,7 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
             if (run[i].rc == 0)
                 done[s] = 1;
             else if (cl_is_transport(run[i].rc))
-                cl_failed(cl, run[i].r, run[i].rc, "reading", run[i].err);
+                cl_failed(cl, run[i].r, run[i].rc, 0, "reading", run[i].err);
         }
         free(run);
     }
@@ -683,7 +703,7 @@ cluster_stats(emad_client *c, emad_stat **out, size_t *n)
         const emad_stat *x = l[i].s;
 
         if (jobs[i].rc != 0) {
-            cl_failed(cl, jobs[i].r, jobs[i].rc, proto_op_name(PROTO_OP_STATS), jobs[i].err);
+            cl_failed(cl, jobs[i].r, jobs[i].rc, 0, proto_op_name(PROTO_OP_STATS), jobs[i].err);
             continue;
         }
         for (size_t e = 0; e < l[i].n; e++) {
