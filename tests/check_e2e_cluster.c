@@ -556,6 +556,50 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
 }
 END_TEST
 
+/* SIGTERM daemon i of k (it writes its snapshots) and wait, keeping its state directory. */
+static char *
+stop_keeping_state(tcluster *k, size_t i)
+{
+    int status;
+
+    ck_assert_int_eq(kill(k->d[i].pid, SIGTERM), 0);
+    ck_assert_int_eq(waitpid(k->d[i].pid, &status, 0), k->d[i].pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    k->d[i].pid = 0;
+    return k->d[i].state_dir;
+}
+
+START_TEST(test_cluster_whole_shard_restarted_from_snapshots_goes_on)
+{
+    static tstep buf;
+    fixture f;
+    emad_client *c, *single;
+    emad_model *m = NULL;
+    char *dir[2];
+
+    fixture_up(&f, 1, 2, 2);
+    c = f.cs[0];
+    single = f.cs[1];
+    for (uint64_t s = 1; s <= 2; s++)
+        push_all(f.cs, 2, &buf, s);
+    /* Both replicas stop (snapshots at step 2) and come back: each waits for a peer. */
+    for (size_t i = 0; i < 2; i++)
+        dir[i] = stop_keeping_state(&f.k, i);
+    for (size_t i = 0; i < 2; i++) {
+        start_replica(&f.k, i, dir[i]);
+        free(dir[i]);
+    }
+    tu_sleep_ms(CLUSTER_RETRY_TEST_MS);
+    ck_assert_int_eq(emad_pull(c, "m", NULL, 0, &m), EMAD_EMOVED);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(c), "resyncing"));
+    /* The next push finds no replica ahead: one keeps its state, the other copies it. */
+    push_all(f.cs, 2, &buf, 3);
+    ck_assert_ptr_nonnull(strstr(emad_cluster_warnings(c), "kept at step 2"));
+    assert_same_model(c, single, 3);
+    fixture_down(&f);
+}
+END_TEST
+
 START_TEST(test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit)
 {
     static tstep buf;
@@ -614,6 +658,7 @@ main(void)
         test_cluster_pushes_equal_a_single_daemon_bit_for_bit,
         test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit,
         test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit,
+        test_cluster_whole_shard_restarted_from_snapshots_goes_on,
         NULL,
     };
 
