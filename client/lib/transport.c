@@ -307,7 +307,7 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
     size_t len, splen = sizeof(uint32_t);
     int64_t left, since = now_ms();
     void *msg;
-    int rc, slice;
+    int rc, slice = ROUTED_SLICE_MS;
 
     if (c->pending[k] != 0)
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
@@ -400,7 +400,7 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
     uint32_t id = c->pending[k];
     void *buf = NULL;
     int64_t left, since = now_ms();
-    int n = -1, rc, slice;
+    int n = -1, rc, slice = ROUTED_SLICE_MS;
 
     memset(r, 0, sizeof(*r));
     c->pending[k] = 0;
