@@ -286,7 +286,22 @@ cluster_connect_url(emad_client **out, const char *map, const emad_options *opts
             r->retry_at = now_ms() + CLUSTER_RETRY_MS;
         }
     }
-    rc = cl_acked(c, jobs, n, "connect");
+    /* Reads need one replica of each shard; writes check `ack` as they go. */
+    rc = 0;
+    for (uint32_t s = 0; s < cl->map->shards && rc == 0; s++) {
+        uint32_t up = 0;
+        const cl_job *last = NULL;
+
+        for (uint32_t k = 0; k < cl->map->replicas; k++) {
+            const cl_job *j = &jobs[(size_t)s * cl->map->replicas + k];
+
+            up += j->rc == 0;
+            if (j->rc != 0)
+                last = j;
+        }
+        if (up == 0)
+            rc = fail(c, last->rc, "connect: no replica of shard %u answered: %s", s, last->err);
+    }
     free(jobs);
     if (rc != 0) {
         emad_close(c);

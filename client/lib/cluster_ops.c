@@ -267,8 +267,9 @@ run_push(cl_job *j)
 
     if ((rc = cl_ready(NULL, j->r)) != 0)
         return rc;
-    if (q->seed)
+    if (q->seed && p->n > 0)
         return emad_seed(j->r->c, q->model, q->step, p->t, p->as, p->n, j->out);
+    /* A shard with no part of a seed still moves to its step, with an empty push. */
     if (q->has_writer)
         return emad_push_as(j->r->c, q->model, q->step, q->writer, p->t, p->n, j->out);
     return emad_push(j->r->c, q->model, q->step, p->t, p->n, j->out);
