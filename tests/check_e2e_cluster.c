@@ -419,6 +419,8 @@ START_TEST(test_cluster_pushes_equal_a_single_daemon_bit_for_bit)
     push_all(cs, 2, &buf, 6);
     assert_same_model(c, single, 6);
     ck_assert_str_eq(emad_cluster_warnings(c), "");
+    ck_assert_uint_eq(emad_struct_size("emad_piece"), sizeof(emad_piece));
+    ck_assert_uint_eq(emad_struct_size("emad_replica_status"), sizeof(emad_replica_status));
     /* Each shard holds only its part: the two big tensors are cut, the others whole. */
     OK(c, emad_cluster_plan(c, buf.t, NT, &pieces, &np));
     ck_assert_uint_eq(np, 2 + 2 + 3);
@@ -556,6 +558,71 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
 }
 END_TEST
 
+START_TEST(test_cluster_writers_push_slices_across_the_pieces)
+{
+    enum { N = 1500001, CUT = 700000 };
+    tcluster k;
+    tu_daemon ref;
+    emad_client *cs[2];
+    emad_model_config cfg;
+    float *w = malloc(N * sizeof(float)), small[10];
+    uint64_t r = 42;
+
+    cluster_up(&k, 2, 1, 1);
+    e2e_daemon_up(&ref, NULL);
+    cs[0] = cluster_client(k.map);
+    cs[1] = e2e_client_open(&ref, NULL);
+    emad_config_init(&cfg);
+    cfg.decays[0] = 0.5;
+    cfg.writers = 2;
+    for (size_t i = 0; i < 2; i++)
+        OK(cs[i], emad_create_config(cs[i], "m", &cfg, 0));
+    for (uint64_t step = 1; step <= 3; step++) {
+        for (size_t i = 0; i < N; i++)
+            w[i] = tu_randf(&r);
+        for (size_t i = 0; i < 10; i++)
+            small[i] = tu_randf(&r);
+        for (size_t i = 0; i < 2; i++) {
+            /* Writer 0: elements [0, CUT) of the cut tensor and the small one; writer 1 the rest
+             * (across the boundary of the two pieces at element 750001). */
+            emad_tensor t0[2] = {e2e_tensor("w", EMAD_PARAM, EMAD_F32, w, CUT * 4, 1, N, 0),
+                                 e2e_tensor("s", EMAD_PARAM, EMAD_F32, small, 40, 1, 10, 0)};
+            emad_tensor t1 = e2e_tensor("w", EMAD_PARAM, EMAD_F32, w + CUT, (N - CUT) * 4, 1, N, 0);
+            emad_push_result res;
+
+            t0[0].count = CUT;
+            t1.offset = CUT;
+            t1.count = N - CUT;
+            OK(cs[i], emad_push_as(cs[i], "m", step, 0, t0, 2, &res));
+            ck_assert_int_eq(res.pending, 1);
+            OK(cs[i], emad_push_as(cs[i], "m", step, 1, &t1, 1, &res));
+            ck_assert_int_eq(res.pending, 0);
+            ck_assert_uint_eq(res.step, step);
+        }
+    }
+    {
+        emad_model *a = NULL, *b = NULL;
+
+        OK(cs[0], emad_pull(cs[0], "m", NULL, 0, &a));
+        OK(cs[1], emad_pull(cs[1], "m", NULL, 0, &b));
+        ck_assert_uint_eq(a->step, 3);
+        for (size_t i = 0; i < 2; i++) {
+            const emad_tensor *x = e2e_find(a, b->tensors[i].name);
+
+            ck_assert_uint_eq(x->nbytes, b->tensors[i].nbytes);
+            ck_assert_int_eq(memcmp(x->data, b->tensors[i].data, x->nbytes), 0);
+        }
+        emad_model_free(a);
+        emad_model_free(b);
+    }
+    free(w);
+    emad_close(cs[0]);
+    emad_close(cs[1]);
+    e2e_daemon_down(&ref);
+    cluster_down(&k);
+}
+END_TEST
+
 /* SIGTERM daemon i of k (it writes its snapshots) and wait, keeping its state directory. */
 static char *
 stop_keeping_state(tcluster *k, size_t i)
@@ -659,6 +726,7 @@ main(void)
         test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit,
         test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit,
         test_cluster_whole_shard_restarted_from_snapshots_goes_on,
+        test_cluster_writers_push_slices_across_the_pieces,
         NULL,
     };
 

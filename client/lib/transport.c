@@ -515,6 +515,8 @@ emad_struct_size(const char *name)
         {"emad_model_info", sizeof(emad_model_info)},
         {"emad_model_config", sizeof(emad_model_config)},
         {"emad_stat", sizeof(emad_stat)},
+        {"emad_piece", sizeof(emad_piece)},
+        {"emad_replica_status", sizeof(emad_replica_status)},
     };
 
     for (size_t i = 0; name != NULL && i < sizeof(t) / sizeof(t[0]); i++)
