@@ -44,14 +44,14 @@ static int
 read_source(emad_client *c, emad_client *from, const char *model, source *s)
 {
     emad_model_info info;
-    emad_tensor *desc = NULL;
+    emad_tensor *dsc = NULL;
     size_t nd = 0;
     int rc = 0;
 
     for (int attempt = 0; attempt < CLUSTER_PULL_ATTEMPTS; attempt++) {
         source_free(s);
         if ((rc = emad_get_config(from, model, &s->cfg)) != 0 ||
-            (rc = emad_describe(from, model, &info, &desc, &nd)) != 0)
+            (rc = emad_describe(from, model, &info, &dsc, &nd)) != 0)
             break;
         for (size_t j = 0; j < s->cfg.ndecays && rc == 0; j++) {
             emad_pull_options po = {s->cfg.decays[j], EMAD_PULL_SHADOW};
@@ -66,18 +66,18 @@ read_source(emad_client *c, emad_client *from, const char *model, source *s)
         if (rc == 0 && (s->dtypes = calloc(nd ? nd : 1, sizeof(int))) == NULL)
             rc = fail(c, EMAD_ENOMEM, "copy: out of memory");
         for (size_t i = 0; rc == 0 && i < nd; i++) {
-            size_t k = i < nd && strcmp(desc[i].name, s->m[0]->tensors[i].name) == 0 ? i : 0;
+            size_t k = i < nd && strcmp(dsc[i].name, s->m[0]->tensors[i].name) == 0 ? i : 0;
 
-            while (k < nd && strcmp(desc[k].name, s->m[0]->tensors[i].name) != 0)
+            while (k < nd && strcmp(dsc[k].name, s->m[0]->tensors[i].name) != 0)
                 k++;
             if (k == nd)
                 rc = fail(c, EMAD_EPROTO, "copy: tensor '%.200s' not described",
                           s->m[0]->tensors[i].name);
             else
-                s->dtypes[i] = desc[k].dtype;
+                s->dtypes[i] = dsc[k].dtype;
         }
-        emad_tensors_free(desc, nd);
-        desc = NULL;
+        emad_tensors_free(dsc, nd);
+        dsc = NULL;
         nd = 0;
         if (rc != EMAD_ESPLIT)
             break;

@@ -215,8 +215,8 @@ route(emad_client *c, const emad_tensor *tensors, const int *as_dtypes, size_t n
     }
     for (size_t i = 0; i < np; i++) {
         const emad_tensor *t = &tensors[pc[i].tensor];
-        shard_part *part = &rt->parts[pc[i].shard];
-        emad_tensor *o = &part->t[part->n];
+        shard_part *sp = &rt->parts[pc[i].shard];
+        emad_tensor *o = &sp->t[sp->n];
 
         if (pc[i].whole) {
             *o = *t;
@@ -236,9 +236,9 @@ route(emad_client *c, const emad_tensor *tensors, const int *as_dtypes, size_t n
             if (!piece_of(t, &pc[i], name, o))
                 continue;
         }
-        if (part->as != NULL)
-            part->as[part->n] = as_dtypes[pc[i].tensor];
-        part->n++;
+        if (sp->as != NULL)
+            sp->as[sp->n] = as_dtypes[pc[i].tensor];
+        sp->n++;
     }
     free(pc);
     return 0;

@@ -144,7 +144,7 @@ sync_model(emad_client *c, replica *src, replica *dst, const char *model)
 {
     emad_model_config cfg;
     emad_model_info info;
-    emad_tensor *desc = NULL;
+    emad_tensor *dsc = NULL;
     emad_model *m[EMAD_MAX_DECAYS] = {0};
     int *dtypes = NULL;
     size_t nd = 0;
@@ -154,14 +154,14 @@ sync_model(emad_client *c, replica *src, replica *dst, const char *model)
     emad_config_init(&cfg);
 again:
     emad_config_free(&cfg);
-    emad_tensors_free(desc, nd);
-    desc = NULL;
+    emad_tensors_free(dsc, nd);
+    dsc = NULL;
     for (size_t j = 0; j < EMAD_MAX_DECAYS; j++) {
         emad_model_free(m[j]);
         m[j] = NULL;
     }
     if ((rc = emad_get_config(src->c, model, &cfg)) != 0 ||
-        (rc = emad_describe(src->c, model, &info, &desc, &nd)) != 0)
+        (rc = emad_describe(src->c, model, &info, &dsc, &nd)) != 0)
         goto done;
     for (size_t j = 0; j < cfg.ndecays; j++) {
         emad_pull_options po = {cfg.decays[j], EMAD_PULL_SHADOW};
@@ -185,11 +185,11 @@ again:
         goto done;
     }
     for (size_t i = 0; i < nd; i++) { /* describe and pull list the tensors in one order */
-        if (strcmp(desc[i].name, m[0]->tensors[i].name) != 0) {
+        if (strcmp(dsc[i].name, m[0]->tensors[i].name) != 0) {
             rc = fail(c, EMAD_EPROTO, "resync: the source's tensor lists differ");
             goto done;
         }
-        dtypes[i] = desc[i].dtype;
+        dtypes[i] = dsc[i].dtype;
     }
     q.cfg = &cfg;
     q.dtypes = dtypes;
@@ -216,7 +216,7 @@ done:
                    emad_last_error(src->c));
     for (size_t j = 0; j < EMAD_MAX_DECAYS; j++)
         emad_model_free(m[j]);
-    emad_tensors_free(desc, nd);
+    emad_tensors_free(dsc, nd);
     emad_config_free(&cfg);
     free(dtypes);
     return rc;
