@@ -132,9 +132,9 @@ ops_pull_pull(req *r, store_err *err)
     const char **np = NULL;
     size_t *nl = NULL, n = 0, len, size;
     const char *model_name;
-    uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX;
+    uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX, step = 0;
     uint64_t offset = 0, limit = PROTO_LIST_PAGE, session = 0;
-    int present, has_offset, has_limit, has_session;
+    int present, has_offset, has_limit, has_session, has_step = 0;
     store_view *v = NULL;
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
@@ -144,7 +144,8 @@ ops_pull_pull(req *r, store_err *err)
         request_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err) ||
         request_get_u64(r->root, PROTO_KEY_OFFSET, &offset, &has_offset, err) ||
         request_get_u64(r->root, PROTO_KEY_LIMIT, &limit, &has_limit, err) ||
-        request_get_u64(r->root, PROTO_KEY_SESSION, &session, &has_session, err))
+        request_get_u64(r->root, PROTO_KEY_SESSION, &session, &has_session, err) ||
+        request_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err))
         return err->code;
     if (has_limit && (limit == 0 || limit > PROTO_LIST_PAGE))
         return request_fail(err, EMAD_ERANGE, PROTO_KEY_LIMIT " must be 1 to %d", PROTO_LIST_PAGE);
@@ -202,8 +203,11 @@ ops_pull_pull(req *r, store_err *err)
             nl[i] = e->via.str.size;
         }
     }
-    int rc = store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &vo,
-                               &v, err);
+    /* With a step (cluster mode): the current or the kept previous version at that step. */
+    int rc = has_step ? store_view_create_at(srv->store, model_name, len, names != NULL ? np : NULL,
+                                             nl, n, &vo, step, &v, err)
+                      : store_view_create(srv->store, model_name, len, names != NULL ? np : NULL,
+                                          nl, n, &vo, &v, err);
     free(np);
     free(nl);
     if (rc != 0)

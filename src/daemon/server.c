@@ -58,6 +58,7 @@ static const op_handler handlers[PROTO_OP_COUNT] = {
     [PROTO_OP_SNAPSHOT] = {PROTO_OP_SNAPSHOT, ops_model_snapshot},
     [PROTO_OP_AUTH_BEGIN] = {PROTO_OP_AUTH_BEGIN, ops_auth_begin},
     [PROTO_OP_AUTH_FINISH] = {PROTO_OP_AUTH_FINISH, ops_auth_finish},
+    [PROTO_OP_INSTALL] = {PROTO_OP_INSTALL, ops_model_install},
 };
 
 /*
@@ -131,6 +132,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
         goto error;
     }
     srv->op_counts[r.op]++;
+    if (r.op != PROTO_OP_HELLO && (shard_check(srv->shard, r.root, r.op, &err) != 0 ||
+                                   shard_check_model(srv->store, r.root, r.op, &err) != 0))
+        goto error;
     if (r.op == PROTO_OP_BEGIN || r.op == PROTO_OP_PUSH) { /* a push begins, not a chunk */
         store_err scratch;
         uint64_t txn;
@@ -490,6 +494,14 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
 
     if ((rc = auth_setup(srv, cfg, cause)) != 0)
         goto fail;
+    if (cfg->shard_map != NULL) {
+        if ((rc = shard_create(&srv->shard, cfg->shard_map, cfg->self, cause)) != 0)
+            goto fail;
+        store_keep_previous(srv->store, 1);
+        log_info("event=cluster_mode epoch=%llu shard=%u shards=%u replica=%u replicas=%u",
+                 (unsigned long long)srv->shard->map->epoch, srv->shard->shard,
+                 srv->shard->map->shards, srv->shard->replica, srv->shard->map->replicas);
+    }
     if (cfg->state_dir != NULL) {
         persist_config pc = {.state_dir = cfg->state_dir,
                              .interval_ms = cfg->snapshot_interval_ms,
@@ -501,6 +513,10 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         srv->persist = persist_create(loop, srv->store, &pc, &loaded);
     }
     server_budget_init(srv, 1); /* after loading: the models loaded are counted, not refused */
+    /* A replica with peers may have missed pushes while it was down: what it loaded waits
+     * for a client to install a peer's state or accept its own. */
+    if (srv->shard != NULL && srv->shard->map->replicas > 1)
+        store_mark_resyncing(srv->store);
     if ((srv->sock = iocpu_socket(&srv->io, cfg->io_cpu, cause)) < 0) {
         rc = srv->sock;
         goto fail;
@@ -556,6 +572,7 @@ fail:
     }
     authsess_destroy(srv->auth);
     store_destroy(srv->store);
+    shard_destroy(srv->shard);
     free(srv);
     return rc;
 }
@@ -619,6 +636,7 @@ server_destroy(server *srv)
     authsess_destroy(srv->auth);
     store_destroy(srv->store);
     decode_arena_fini(&srv->arena);
+    shard_destroy(srv->shard);
     free(srv);
 }
 

@@ -148,6 +148,7 @@ struct store {
     uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
     budget *budget;        /* what clients make the store hold (budget.c) */
     uint64_t owner;        /* charged for the current request (store_set_owner()) */
+    int keep_prev;         /* cluster mode: models keep their previous version (prev.c) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -188,6 +189,13 @@ blob *blob_take(store *s, blob **spare, size_t size, int *fresh);
 void blob_free_spares(model *m);
 uint64_t blob_first_cost(uint64_t size);
 uint64_t blob_write_cost(uint64_t size, uint64_t from, uint64_t to);
+
+/* prev.c: the previous committed version of a model (cluster mode). */
+void prev_release(model *m);
+void prev_free(model *m);
+void prev_freeze(model *m);
+int prev_tensor(const model *m, const tensor *t, uint32_t k, uint64_t *step, blob **data);
+size_t prev_ntensors(const model *m);
 
 /* stage.c */
 void stage_init(stage *st);

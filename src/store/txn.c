@@ -193,6 +193,11 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
     if (budget_slot_take(s->budget, BUDGET_SLOT_TXNS, s->owner, STORE_MAX_TXNS, "open transactions",
                          err) != 0)
         return err->code;
+    /* A new step begins: the previous version is no longer any reader's step (every shard
+     * committed the current one before the next began), and its blobs become the spares the
+     * chunks are written into. */
+    if (step > m->step)
+        prev_release(m);
     t = xcalloc(1, sizeof(*t));
     t->owner = s->owner;
     t->budget = s->budget;
