@@ -157,7 +157,7 @@ def check_held(case):
     buffers); hello is answered on another connection."""
     g = gauges()
     parts = ["shadows", "spares", "staged", "pending", "txn_shadows", "sessions",
-             "replies_in_flight"]
+             "replies_in_flight", "previous"]
     total = sum(g["memory_%s_bytes" % p] for p in parts)
     assert g["memory_budget_bytes"] == BUDGET, g["memory_budget_bytes"]
     assert g["memory_bytes"] == total, (g["memory_bytes"], total)

@@ -45,6 +45,7 @@ typedef struct push_req {
     const emad_tensor *tensors;
     const push_item *items;
     size_t nitems;
+    uint64_t size; /* the packed size when already computed, else 0 */
 } push_req;
 
 /* The tensor map of bytes [offset, offset + len) of t, with an offset entry if txn. */
@@ -140,6 +141,8 @@ push_packed_size(const void *vctx)
     const push_req *q = vctx;
     uint64_t n = push_header_size(q, q->nitems);
 
+    if (q->size != 0)
+        return (size_t)q->size;
     for (size_t i = 0; i < q->nitems; i++) {
         codec_tensor m;
 
@@ -159,6 +162,38 @@ cmp_tensors(const void *a, const void *b)
     if (d != 0)
         return d;
     return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/*
+ * Does any name appear more than once among the n tensors? An open-addressing
+ * set of tensor indices keyed by the names' FNV-1a hash: one pass, where
+ * sorting the names costs some n log n string comparisons. Returns 1, 0,
+ * or EMAD_ENOMEM.
+ */
+static int
+names_repeat(const emad_tensor *tensors, size_t n)
+{
+    size_t cap = 16, *slots;
+    int found = 0;
+
+    while (cap < 2 * n)
+        cap *= 2;
+    if ((slots = malloc(cap * sizeof(*slots))) == NULL)
+        return EMAD_ENOMEM;
+    memset(slots, 0xff, cap * sizeof(*slots)); /* SIZE_MAX: empty */
+    for (size_t i = 0; i < n && !found; i++) {
+        uint64_t h = 1469598103934665603ULL;
+        size_t k;
+
+        for (const unsigned char *p = (const unsigned char *)tensors[i].name; *p != '\0'; p++)
+            h = (h ^ *p) * 1099511628211ULL;
+        for (k = (size_t)(h ^ (h >> 32)) & (cap - 1); slots[k] != SIZE_MAX; k = (k + 1) & (cap - 1))
+            if (strcmp(tensors[slots[k]].name, tensors[i].name) == 0)
+                found = 1;
+        slots[k] = i;
+    }
+    free(slots);
+    return found;
 }
 
 /* Validate push arguments before anything is sent. */
@@ -217,6 +252,12 @@ push_validate(emad_client *c, const char *model, const emad_tensor *tensors, siz
             return fail(c, EMAD_EINVAL, "tensor '%.200s': data is NULL", t->name);
         if (nbytes > SIZE_MAX / 2)
             return fail(c, EMAD_ELIMIT, "tensor '%.200s': too large", t->name);
+    }
+    /* Names usually differ: the sort that tells a slice from a duplicate only when not. */
+    if ((rc = names_repeat(tensors, n)) <= 0) {
+        if (rc == EMAD_ENOMEM)
+            return fail(c, EMAD_ENOMEM, "out of memory checking %zu tensor names", n);
+        return 0;
     }
     if ((sorted = malloc(n * sizeof(*sorted))) == NULL)
         return fail(c, EMAD_ENOMEM, "out of memory checking %zu tensor names", n);
@@ -436,7 +477,8 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
-    if ((rc = push_validate(c, model, tensors, n, has_writer)) != 0)
+    /* A cluster sends every shard every step, with or without tensors for it. */
+    if ((rc = push_validate(c, model, tensors, n, has_writer || c->routed)) != 0)
         return rc;
     size = push_header_size(&q, n);
     for (size_t i = 0; i < n && size <= c->push_limit; i++)
@@ -449,6 +491,7 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
         items[i] = (push_item){i, 0, tensors[i].nbytes};
     q.items = items;
     q.nitems = n;
+    q.size = size; /* every tensor whole, as sized above */
     rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r);
     free(items);
     if (rc == 0) {
@@ -467,6 +510,8 @@ emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_push(c, model, step, 0, 0, 0, tensors, NULL, n, res));
     return call_end(c, push(c, model, step, 0, 0, tensors, n, res));
 }
 
@@ -486,10 +531,12 @@ emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_push(c, model, step, 0, 0, 1, tensors, as_dtypes, n, res));
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
-    if ((rc = push_validate(c, model, tensors, n, 0)) != 0)
+    if ((rc = push_validate(c, model, tensors, n, c->routed)) != 0)
         return call_end(c, rc);
     for (size_t k = 0; k < n; k++) {
         if (tensors[k].count != 0)
@@ -546,5 +593,7 @@ emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_push(c, model, step, 1, writer, 0, tensors, NULL, n, res));
     return call_end(c, push(c, model, step, 1, writer, tensors, n, res));
 }

@@ -57,8 +57,9 @@ typedef struct wbuf {
     const unsigned char *key; /* NULL: no tags */
     uint64_t seq;
     unsigned char *tags;
-    size_t tagged; /* pieces tagged so far */
-    int ahead;     /* tag without writing */
+    size_t tagged;        /* pieces tagged so far */
+    const emad_client *c; /* a routed client's requests carry epoch and shard */
+    int ahead;            /* tag without writing */
     auth_piece_stream ps;
 } wbuf;
 
@@ -139,9 +140,26 @@ pk_kv_str(msgpack_packer *pk, const char *key, const char *value)
 void
 pk_head(msgpack_packer *pk, int op, size_t n)
 {
-    msgpack_pack_map(pk, 2 + n);
+    const wbuf *w = pk->data;
+    int routed = w->c != NULL && w->c->routed;
+
+    msgpack_pack_map(pk, 2 + n + (routed ? 2 : 0));
     proto_pack_kv_u64(pk, PROTO_KEY_V, PROTO_VERSION);
     pk_kv_str(pk, PROTO_KEY_OP, proto_op_name(op));
+    if (routed) {
+        proto_pack_kv_u64(pk, PROTO_KEY_EPOCH, w->c->route_epoch);
+        proto_pack_kv_u64(pk, PROTO_KEY_SHARD, w->c->route_shard);
+    }
+}
+
+/* Bytes the routing keys add to a request of c (a push map stays a fixmap: under 16 keys). */
+size_t
+route_size(const emad_client *c)
+{
+    if (!c->routed)
+        return 0;
+    return CODEC_SIZE_KEY(PROTO_KEY_EPOCH) + codec_size_uint(c->route_epoch) +
+           CODEC_SIZE_KEY(PROTO_KEY_SHARD) + codec_size_uint(c->route_shard);
 }
 
 /*
@@ -150,13 +168,13 @@ pk_head(msgpack_packer *pk, int op, size_t n)
  * much as packing them), counted by a dry run of build() otherwise.
  */
 static size_t
-packed_size(build_fn build, const void *ctx)
+packed_size(const emad_client *c, build_fn build, const void *ctx)
 {
-    wbuf w = {0};
+    wbuf w = {.c = c};
     msgpack_packer pk;
 
     if (build == build_push)
-        return push_packed_size(ctx);
+        return push_packed_size(ctx) + route_size(c);
 
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
@@ -243,9 +261,9 @@ static int
 pack_request(emad_client *c, size_t k, int plain, int op, build_fn build, const void *ctx,
              void **out, size_t *out_len, uint64_t *seq)
 {
-    size_t len = packed_size(build, ctx), hdr = 0;
+    size_t len = packed_size(c, build, ctx), hdr = 0;
     msgpack_packer pk;
-    wbuf w = {0};
+    wbuf w = {.c = c};
     void *msg;
     int rc;
 
@@ -323,6 +341,36 @@ pipe_open(emad_client *c, size_t k)
     return 0;
 }
 
+/* Connections of socket s that broke or were dropped so far. */
+static uint64_t
+lost_connections(int s)
+{
+    return nn_get_statistic(s, NN_STAT_BROKEN_CONNECTIONS) +
+           nn_get_statistic(s, NN_STAT_DROPPED_CONNECTIONS);
+}
+
+/*
+ * How long a routed client's next wait on connection k may block (a
+ * slice), or -1 with an error when the replica is gone: no connection
+ * since `since` for connect_timeout_ms, or (in_flight) a connection lost
+ * after the request went.
+ */
+static int
+routed_slice(emad_client *c, size_t k, int op, int in_flight, int64_t *since)
+{
+    int64_t now = now_ms();
+
+    if (in_flight && lost_connections(c->socks[k]) != c->lost[k])
+        return fail(c, EMAD_ECONNECT, "%s: the connection to %s broke: the request is lost",
+                    proto_op_name(op), c->url);
+    if (nn_get_statistic(c->socks[k], NN_STAT_CURRENT_CONNECTIONS) > 0)
+        *since = now;
+    else if (now - *since >= c->opts.connect_timeout_ms)
+        return fail(c, EMAD_ECONNECT, "%s: no connection to %s for %d ms", proto_op_name(op),
+                    c->url, c->opts.connect_timeout_ms);
+    return ROUTED_SLICE_MS;
+}
+
 /*
  * Send a request packed by build(ctx) on connection k with the next
  * request id (*id), waiting at most until deadline (ms) for the
@@ -371,7 +419,7 @@ int
 req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p)
 {
     msgpack_packer pk;
-    wbuf w = {0};
+    wbuf w = {.c = c};
     size_t len;
     int rc;
 
@@ -384,7 +432,7 @@ req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, p
         return rc;
     if (c->sess[k].id == 0)
         return 0;
-    len = packed_size(build, ctx);
+    len = packed_size(c, build, ctx);
     if (len > c->msg_limit)
         return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
                     proto_op_name(op), len, (unsigned long long)c->msg_limit);
@@ -404,6 +452,8 @@ req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, p
     }
     p->seq = ++c->sess[k].seq;
     p->session = c->sess[k].id;
+    p->route_epoch = c->route_epoch;
+    p->route_shard = c->route_shard;
     p->body_len = len;
     p->build = build;
     p->ctx = ctx;
@@ -422,10 +472,11 @@ prepared_free(prepared *p)
 }
 
 /*
- * Pack a request tagged ahead (p->tags) into its frame for connection k,
- * whose session must still be the one it was tagged for: the body copied
- * as without authentication, the header and the frame's tag from the piece
- * tags. Returns 0 with p->msg and p->len set.
+ * Pack a request tagged ahead (p->tags) into its frame for connection k:
+ * the body copied as without authentication, the header and the frame's
+ * tag from the piece tags. If the connection's session or the client's
+ * route changed since (the key or the body would differ), it is packed and
+ * tagged afresh instead. Returns 0 with p->msg, p->len and p->seq set.
  */
 static int
 pack_tagged(emad_client *c, size_t k, int op, prepared *p)
@@ -434,11 +485,12 @@ pack_tagged(emad_client *c, size_t k, int op, prepared *p)
     unsigned char tag[AUTH_TAG_BYTES];
     size_t len = p->body_len;
     msgpack_packer pk;
-    wbuf w = {0};
+    wbuf w = {.c = c};
     char *msg;
 
-    if (c->sess[k].id != p->session)
-        return fail(c, EMAD_EINTERNAL, "%s: request tagged for another session", proto_op_name(op));
+    if (c->sess[k].id != p->session || c->route_epoch != p->route_epoch ||
+        c->route_shard != p->route_shard)
+        return pack_request(c, k, 0, op, p->build, p->ctx, &p->msg, &p->len, &p->seq);
     if ((msg = nn_allocmsg(len + AUTH_FRAME_HEADER, 0)) == NULL)
         return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
                     len + AUTH_FRAME_HEADER);
@@ -474,8 +526,8 @@ req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, in
     struct nn_msghdr hdr;
     size_t splen = sizeof(uint32_t);
     void *msg;
-    int64_t left;
-    int rc;
+    int64_t left, since = now_ms();
+    int rc, slice = ROUTED_SLICE_MS;
 
     if (c->pending[k] != 0) {
         prepared_free(p);
@@ -507,6 +559,12 @@ req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, in
         left = deadline - now_ms();
         if (left < 1)
             left = 1;
+        if (c->routed && (slice = routed_slice(c, k, op, 0, &since)) < 0) {
+            nn_freemsg(msg);
+            return EMAD_ECONNECT;
+        }
+        if (c->routed && left > slice && left > 1)
+            left = slice;
         (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_SNDTIMEO, (int)left);
         iov.iov_base = &msg;
         iov.iov_len = NN_MSG;
@@ -515,10 +573,12 @@ req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, in
         hdr.msg_iovlen = 1;
         hdr.msg_control = cbuf;
         hdr.msg_controllen = sizeof(cbuf);
+        if (c->routed)
+            c->lost[k] = lost_connections(c->socks[k]);
         if (nn_sendmsg(c->socks[k], &hdr, 0) >= 0)
             break; /* nanomsg owns msg now */
         rc = nn_errno();
-        if (rc == EINTR && now_ms() < deadline)
+        if ((rc == EINTR || (c->routed && rc == ETIMEDOUT)) && now_ms() < deadline)
             continue;
         nn_freemsg(msg);
         return nn_fail(c, rc, op, "send", timeout_ms);
@@ -584,8 +644,8 @@ req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rec
 {
     uint32_t id = c->pending[k];
     void *buf = NULL;
-    int64_t left;
-    int n = -1, rc;
+    int64_t left, since = now_ms();
+    int n = -1, rc, slice = ROUTED_SLICE_MS;
 
     memset(m, 0, sizeof(*m));
     m->seq = c->sent_seq[k];
@@ -603,6 +663,12 @@ req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rec
         left = deadline - now_ms();
         if (left < 1)
             return nn_fail(c, ETIMEDOUT, op, "receive", timeout_ms);
+        if (c->routed) {
+            if ((slice = routed_slice(c, k, op, 1, &since)) < 0)
+                return EMAD_ECONNECT;
+            if (left > slice)
+                left = slice;
+        }
         (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
         memset(&hdr, 0, sizeof(hdr));
         hdr.msg_iov = &iov;
@@ -612,7 +678,7 @@ req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rec
         if ((n = nn_recvmsg(c->socks[k], &hdr, 0)) < 0) {
             rc = nn_errno();
             buf = NULL;
-            if (rc == EINTR)
+            if (rc == EINTR || (c->routed && rc == ETIMEDOUT && now_ms() < deadline))
                 continue;
             return nn_fail(c, rc, op, "receive", timeout_ms);
         }
@@ -735,6 +801,8 @@ emad_struct_size(const char *name)
         {"emad_model_info", sizeof(emad_model_info)},
         {"emad_model_config", sizeof(emad_model_config)},
         {"emad_stat", sizeof(emad_stat)},
+        {"emad_piece", sizeof(emad_piece)},
+        {"emad_replica_status", sizeof(emad_replica_status)},
     };
 
     for (size_t i = 0; name != NULL && i < sizeof(t) / sizeof(t[0]); i++)
@@ -790,7 +858,7 @@ int
 hello_parse(emad_client *c, const reply *r)
 {
     const msgpack_object *auth = proto_map_get(r->root, PROTO_KEY_AUTH);
-    uint64_t proto, max;
+    uint64_t proto, max, hdr;
     int rc;
 
     c->server_auth = auth != NULL && auth->type == MSGPACK_OBJECT_BOOLEAN && auth->via.boolean;
@@ -806,15 +874,38 @@ hello_parse(emad_client *c, const reply *r)
     if (max > PROTO_MAX_MAX_MESSAGE)
         max = PROTO_MAX_MAX_MESSAGE;
     c->server_max = max;
-    c->msg_limit = max - SP_HEADER_SLACK;
+    /* A routed client's requests carry the routing keys (route_size(): under 32 bytes); a
+     * frame's header comes on top of the body (reply_ask has it taken off already). */
+    hdr = c->auth ? AUTH_FRAME_HEADER : 0;
+    c->msg_limit = max - SP_HEADER_SLACK - (c->routed ? 32 : 0) - hdr;
     c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;
-    c->reply_eff = c->reply_ask < max ? c->reply_ask : max;
+    c->reply_eff = c->reply_ask < max - hdr ? c->reply_ask : max - hdr;
     return 0;
 }
 
-/* Send hello and learn the daemon's protocol and limits. */
+/*
+ * With credentials, after hello: the daemon must authenticate (talking
+ * plain would let whoever answers in its place read and change
+ * everything), and connection 0 gets its session now, so that a wrong key
+ * fails here.
+ */
 static int
-hello(emad_client *c)
+hello_auth(emad_client *c)
+{
+    if (!c->auth)
+        return 0;
+    if (!c->server_auth)
+        return fail(c, EMAD_EAUTH,
+                    "the daemon does not authenticate (it runs without --auth-file), but "
+                    "credentials were given (user %s): refusing to talk to it unauthenticated "
+                    "(leave out --key-file / EMAD_KEY_FILE for such a daemon)",
+                    c->user);
+    return session_ensure(c, 0);
+}
+
+/* Send hello and learn the daemon's protocol and limits. */
+int
+client_hello(emad_client *c)
 {
     reply r;
     int rc;
@@ -827,7 +918,7 @@ hello(emad_client *c)
         return rc;
     rc = hello_parse(c, &r);
     reply_free(&r);
-    return rc;
+    return rc != 0 ? rc : hello_auth(c);
 }
 
 /* Open a REQ socket to url, set its options, say hello; on failure *out is NULL and no detail
@@ -835,10 +926,7 @@ hello(emad_client *c)
 EMAD_EXTERN int
 emad_connect(emad_client **out, const char *url, const emad_options *opts)
 {
-    emad_client *c;
-    const char *env;
     emad_options o;
-    int rc;
 
     if (out == NULL)
         return EMAD_EINVAL;
@@ -855,6 +943,25 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
         return creds_connect_fail(EMAD_EINVAL, "invalid emad_options (timeouts, sizes)");
     if (o.chunk_bytes > PROTO_MAX_MAX_MESSAGE)
         o.chunk_bytes = PROTO_MAX_MAX_MESSAGE;
+    if (strncmp(url, "cluster:", 8) == 0)
+        return cluster_connect_url(out, url + 8, &o);
+    return client_open(out, url, &o, 1);
+}
+
+/*
+ * A new client for url (options checked): sockets open, credentials
+ * loaded, and with say_hello the daemon contacted (a cluster says hello
+ * to its replicas later, client_hello(), all at once).
+ */
+int
+client_open(emad_client **out, const char *url, const emad_options *opts, int say_hello)
+{
+    emad_client *c;
+    const char *env;
+    emad_options o = *opts;
+    int rc;
+
+    *out = NULL;
     if ((c = calloc(1, sizeof(*c))) == NULL)
         return EMAD_ENOMEM;
     c->opts = o;
@@ -888,31 +995,21 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
                  : EMAD_ECONNECT;
         goto fail;
     }
-    if ((rc = hello(c)) != 0)
+    if (say_hello && (rc = client_hello(c)) != 0)
         goto fail;
     /* Credentials after hello (which is open to everyone), so that a daemon that is not
      * there is reported as such; the handshake now, so that a wrong key fails here. */
     if ((rc = creds_load(c, &o)) != 0)
         goto fail;
     c->opts.user = c->opts.key_file = NULL; /* borrowed from the caller */
-    if (c->auth && !c->server_auth) {
-        /* Talking plain would let whoever answers in the daemon's place read and change
-         * everything: credentials mean authenticated or nothing. */
-        rc = fail(c, EMAD_EAUTH,
-                  "the daemon does not authenticate (it runs without --auth-file), but "
-                  "credentials were given (user %s): refusing to talk to it unauthenticated "
-                  "(leave out --key-file / EMAD_KEY_FILE for such a daemon)",
-                  c->user);
-        goto fail;
-    }
     if (c->auth) {
         c->msg_limit -= AUTH_FRAME_HEADER;
         c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;
         c->reply_ask -= AUTH_FRAME_HEADER;
         c->reply_eff -= AUTH_FRAME_HEADER;
-        if ((rc = session_ensure(c, 0)) != 0)
-            goto fail;
     }
+    if (say_hello && (rc = hello_auth(c)) != 0)
+        goto fail;
     *out = c;
     return 0;
 fail:
@@ -930,6 +1027,7 @@ emad_close(emad_client *c)
 {
     if (c == NULL)
         return;
+    cluster_free(c->cl);
     for (size_t k = 0; k < PIPELINE_MAX; k++)
         if (c->socks[k] >= 0)
             (void)nn_close(c->socks[k]);

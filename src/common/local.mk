@@ -9,6 +9,7 @@
 noinst_LTLIBRARIES += libemadwire.la libemadcore.la
 libemadwire_la_SOURCES = \
 	src/common/proto.c src/common/proto.h \
+	src/common/decode.c src/common/decode.h \
 	src/common/counters.c src/common/counters.h \
 	src/common/errors.c src/common/errors.h \
 	src/common/names.c src/common/names.h \
@@ -16,7 +17,9 @@ libemadwire_la_SOURCES = \
 	src/common/dtype.c src/common/dtype.h \
 	src/common/emaconf.c src/common/emaconf.h \
 	src/common/codec.c src/common/codec.h \
-	src/common/auth.c src/common/auth.h
+	src/common/auth.c src/common/auth.h \
+	src/common/shardmap.c src/common/shardmap.h \
+	src/common/placement.c src/common/placement.h
 libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS) $(SODIUM_CFLAGS) $(LIBCRYPTO_CFLAGS)
 libemadwire_la_LIBADD = $(MSGPACK_LIBS) $(SODIUM_LIBS) $(LIBCRYPTO_LIBS) -lm
 

@@ -36,7 +36,8 @@
     XX(CONFIGURE, "configure")                                                                     \
     XX(SNAPSHOT, "snapshot")                                                                       \
     XX(AUTH_BEGIN, "auth_begin")                                                                   \
-    XX(AUTH_FINISH, "auth_finish")
+    XX(AUTH_FINISH, "auth_finish")                                                                 \
+    XX(INSTALL, "install") /* cluster resync: a model's state from a peer */
 
 enum proto_op {
     PROTO_OP_INVALID = 0,

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -247,6 +248,23 @@ heap_policy(void)
     (void)mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
 }
 
+/*
+ * Raise the soft limit on descriptors to the hard one: every client
+ * connection holds a descriptor (nanomsg has no cap on connections), and
+ * snapshots and the HTTP endpoint need theirs; the usual soft limit of 1024
+ * let idle connections take them all.
+ */
+static void
+raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int
 main(int argc, char **argv)
 {
@@ -259,6 +277,7 @@ main(int argc, char **argv)
 
     memset(&d, 0, sizeof(d));
     heap_policy();
+    raise_nofile();
 
     if (settings_parse_args(&d.args, argc, argv, &cause) != 0) {
         fprintf(stderr, "emad: %s\n", cause != NULL ? cause : "bad arguments");

@@ -275,7 +275,9 @@ ops_auth_check(req *r, store_err *err)
             return err->code;
         name = owned;
         len = strlen(owned);
-    } else if (r->op == PROTO_OP_READ || r->op == PROTO_OP_RELEASE) {
+    } else if (r->op == PROTO_OP_READ || r->op == PROTO_OP_RELEASE ||
+               (r->op == PROTO_OP_PULL && proto_map_get(r->root, PROTO_KEY_SESSION) != NULL)) {
+        /* a page of a pull session is the session's owner's too */
         if (check_owner(r, err, 's', &owned) != 0)
             return err->code;
         name = owned;

@@ -48,6 +48,23 @@ reply_pack_head(msgpack_packer *pk, int ok, size_t nextra)
 
 /* Size of the reply build() produces. */
 size_t
+reply_page_count(size_t first, size_t total, uint64_t limit, uint64_t max_reply, size_t used,
+                 build_fn pack_item, const void *(*item)(const void *items, size_t i),
+                 const void *items)
+{
+    size_t count = 0;
+
+    while (first + count < total && count < limit) {
+        size_t sz = reply_size(pack_item, item(items, first + count));
+        if (used + sz > max_reply && count > 0)
+            break;
+        used += sz;
+        count++;
+    }
+    return count;
+}
+
+size_t
 reply_size(build_fn build, const void *ctx)
 {
     wbuf w = {NULL, 0, NULL, NULL, 0, 0};
@@ -164,6 +181,7 @@ reply_send(req *r, build_fn build, const void *ctx)
 typedef struct err_ctx {
     const store_err *err;
     int reason; /* enum authgate_reason, or -1 */
+    const shard_place *shard; /* cluster mode: its epoch and shard go into EMAD_EMOVED */
 } err_ctx;
 
 /* Pack an error reply. */
@@ -175,10 +193,12 @@ build_error(msgpack_packer *pk, const void *vctx)
     int with_tensor = e->tensor[0] != '\0';
     int with_supported = e->code == EMAD_EVERSION;
     int reason = ((const err_ctx *)vctx)->reason;
+    const shard_place *moved = e->code == EMAD_EMOVED ? ((const err_ctx *)vctx)->shard : NULL;
 
     reply_pack_head(pk, 0, 1);
     proto_pack_str(pk, PROTO_KEY_ERROR);
-    msgpack_pack_map(pk, 3 + with_tensor + with_supported + (reason >= 0));
+    msgpack_pack_map(pk,
+                     3 + with_tensor + with_supported + (reason >= 0) + shard_moved_count(moved));
     proto_pack_kv_u64(pk, PROTO_KEY_CODE, (uint64_t)-e->code);
     proto_pack_str(pk, PROTO_KEY_NAME);
     proto_pack_str(pk, name != NULL ? name : "EMAD_EINTERNAL");
@@ -197,6 +217,7 @@ build_error(msgpack_packer *pk, const void *vctx)
         msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, PROTO_VERSION);
     }
+    shard_pack_moved(pk, moved);
 }
 
 /*
@@ -231,7 +252,7 @@ reply_error(req *r, const store_err *err)
     const char *name = errors_name(e->code);
     int code = -e->code;
     int reason = (e->code == EMAD_EAUTH || e->code == EMAD_EDENIED) ? r->auth_reason : -1;
-    err_ctx ctx = {e, reason};
+    err_ctx ctx = {e, reason, srv->shard};
 
     /* Replies carry UTF-8 strings only (docs/PROTOCOL.md): clean the message, and
      * name a tensor only if its name is a valid one. */

@@ -21,6 +21,7 @@
 
 #include "common/names.h"
 #include "common/cause.h"
+#include "common/decode.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
@@ -57,6 +58,7 @@ static const op_handler handlers[PROTO_OP_COUNT] = {
     [PROTO_OP_SNAPSHOT] = {PROTO_OP_SNAPSHOT, ops_model_snapshot},
     [PROTO_OP_AUTH_BEGIN] = {PROTO_OP_AUTH_BEGIN, ops_auth_begin},
     [PROTO_OP_AUTH_FINISH] = {PROTO_OP_AUTH_FINISH, ops_auth_finish},
+    [PROTO_OP_INSTALL] = {PROTO_OP_INSTALL, ops_model_install},
 };
 
 /*
@@ -67,8 +69,8 @@ static void
 handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void **capture,
        size_t *capture_len, const req_auth *auth)
 {
-    msgpack_unpacked u;
-    size_t off = 0;
+    decode_arena local, *arena = srv->decoding ? &local : &srv->arena;
+    msgpack_object root;
     const char *why, *opname;
     size_t oplen;
     store_err err;
@@ -90,7 +92,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     err.tensor[0] = '\0';
     srv->counters[COUNTER_REQUESTS]++;
     srv->counters[COUNTER_BYTES_IN] += len;
-    msgpack_unpacked_init(&u);
+    decode_arena_init(&local);
+    srv->decoding++;
 
     /* Exact: NN_RCVMAXSIZE leaves room for routing headers, so a body a few bytes over the
      * limit gets here. */
@@ -99,19 +102,16 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
                      (unsigned long long)srv->cfg.max_message_bytes);
         goto error;
     }
-    if ((rc = proto_prescan(buf, len, &why)) != 0) {
+    /* One pass: proto_prescan()'s checks, and the objects msgpack_unpack_next() would build. */
+    if ((rc = decode_message(arena, buf, len, &root, &why)) != 0) {
         request_fail(&err, rc, "request is not a valid msgpack message: %s", why);
         goto error;
     }
-    if (msgpack_unpack_next(&u, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
-        request_fail(&err, EMAD_EMALFORMED, "request is not a valid msgpack message");
-        goto error;
-    }
-    if (u.data.type != MSGPACK_OBJECT_MAP) {
+    if (root.type != MSGPACK_OBJECT_MAP) {
         request_fail(&err, EMAD_EMALFORMED, "request is not a msgpack map");
         goto error;
     }
-    r.root = &u.data;
+    r.root = &root;
     {
         uint64_t v;
         if (request_get_u64(r.root, PROTO_KEY_V, &v, NULL, &err) != 0)
@@ -132,6 +132,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
         goto error;
     }
     srv->op_counts[r.op]++;
+    if (r.op != PROTO_OP_HELLO && (shard_check(srv->shard, r.root, r.op, &err) != 0 ||
+                                   shard_check_model(srv->store, r.root, r.op, &err) != 0))
+        goto error;
     if (r.op == PROTO_OP_BEGIN || r.op == PROTO_OP_PUSH) { /* a push begins, not a chunk */
         store_err scratch;
         uint64_t txn;
@@ -152,7 +155,8 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
 error:
     reply_error(&r, &err);
 done:
-    msgpack_unpacked_destroy(&u);
+    srv->decoding--;
+    decode_arena_fini(&local);
     *ctrl = r.ctrl; /* NULL if the reply took it */
     if (capture_len != NULL)
         *capture_len = r.reply_len;
@@ -293,6 +297,8 @@ on_timer(uv_timer_t *h)
 
         store_spares_get(srv->store, &sp, 1);
         store_release_spares(srv->store);
+        if (!srv->decoding)
+            decode_arena_fini(&srv->arena);
         (void)malloc_trim(0);
         iocpu_hold(&srv->io, 0);
         srv->trimmed = 1;
@@ -488,6 +494,14 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
 
     if ((rc = auth_setup(srv, cfg, cause)) != 0)
         goto fail;
+    if (cfg->shard_map != NULL) {
+        if ((rc = shard_create(&srv->shard, cfg->shard_map, cfg->self, cause)) != 0)
+            goto fail;
+        store_keep_previous(srv->store, 1);
+        log_info("event=cluster_mode epoch=%llu shard=%u shards=%u replica=%u replicas=%u",
+                 (unsigned long long)srv->shard->map->epoch, srv->shard->shard,
+                 srv->shard->map->shards, srv->shard->replica, srv->shard->map->replicas);
+    }
     if (cfg->state_dir != NULL) {
         persist_config pc = {.state_dir = cfg->state_dir,
                              .interval_ms = cfg->snapshot_interval_ms,
@@ -499,6 +513,10 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         srv->persist = persist_create(loop, srv->store, &pc, &loaded);
     }
     server_budget_init(srv, 1); /* after loading: the models loaded are counted, not refused */
+    /* A replica with peers may have missed pushes while it was down: what it loaded waits
+     * for a client to install a peer's state or accept its own. */
+    if (srv->shard != NULL && srv->shard->map->replicas > 1)
+        store_mark_resyncing(srv->store);
     if ((srv->sock = iocpu_socket(&srv->io, cfg->io_cpu, cause)) < 0) {
         rc = srv->sock;
         goto fail;
@@ -554,6 +572,7 @@ fail:
     }
     authsess_destroy(srv->auth);
     store_destroy(srv->store);
+    shard_destroy(srv->shard);
     free(srv);
     return rc;
 }
@@ -616,6 +635,8 @@ server_destroy(server *srv)
     persist_destroy(srv->persist);
     authsess_destroy(srv->auth);
     store_destroy(srv->store);
+    decode_arena_fini(&srv->arena);
+    shard_destroy(srv->shard);
     free(srv);
 }
 

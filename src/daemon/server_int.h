@@ -19,12 +19,14 @@
 #include <msgpack.h>
 
 #include "common/counters.h"
+#include "common/decode.h"
 #include "common/proto.h"
 #include "daemon/authsess.h"
 #include "daemon/iocpu.h"
 #include "daemon/metrics.h"
 #include "daemon/persist.h"
 #include "daemon/server.h"
+#include "daemon/shard.h"
 #include "store/store.h"
 #include "store/task.h"
 
@@ -66,6 +68,7 @@ struct server {
     int closing;
     store *store;
     persist *persist; /* NULL without --state-dir */
+    shard_place *shard; /* cluster mode, or NULL */
     int stopping;     /* SIGTERM seen: writing snapshots before closing */
     uint64_t start_ms;
     uint64_t last_request_ms; /* for giving freed memory back when idle */
@@ -91,6 +94,8 @@ struct server {
     authsess_table *auth;  /* users and sessions; NULL without --auth-file (authgate.c) */
     uint64_t auth_log_ms[AUTHGATE_REASONS];      /* when each failure reason was last logged */
     uint64_t auth_log_skipped[AUTHGATE_REASONS]; /* lines not logged since then */
+    decode_arena arena;                          /* the objects of the request being handled */
+    int decoding; /* handle() is running (a nested one decodes into an arena of its own) */
 };
 
 /* The authentication of a request: session 0 for a plain (unauthenticated) one. */
@@ -190,6 +195,16 @@ void reply_pack_head(msgpack_packer *pk, int ok, size_t nextra);
 size_t reply_size(build_fn build, const void *ctx);
 
 /*
+ * The number of items from first (of total) a page holds: at most limit,
+ * as many as fit in max_reply bytes after the used ones (at least one).
+ * item(items, i) points to item i, which pack_item packs. One pass over
+ * the page's items only (list and paged pull replies).
+ */
+size_t reply_page_count(size_t first, size_t total, uint64_t limit, uint64_t max_reply, size_t used,
+                        build_fn pack_item, const void *(*item)(const void *items, size_t i),
+                        const void *items);
+
+/*
  * Pack build(ctx) into a new nanomsg message of exactly its size plus head
  * bytes in front (room for a frame header; with w->defer set, tensor data
  * is left to tasks); NULL if out of memory. *len counts the head.
@@ -244,11 +259,11 @@ int async_can_defer(const req *r);
 int async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes);
 
 /*
- * Average a transaction chunk's job on the threadpool, keeping the request
- * message until it is done. Returns 0 (nothing done) when the job should
- * run inline instead.
+ * Average a chunk's job of transaction txn on the threadpool, keeping the
+ * request message until it is done. Returns 0 (nothing done) when the job
+ * should run inline instead.
  */
-int async_push(req *r, store_job *job, uint64_t staged);
+int async_push(req *r, store_job *job, uint64_t staged, uint64_t txn);
 
 /* A request answered after its handler returned: op with routing header ctrl, begun at t0. */
 void async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, uint64_t t0);
@@ -334,6 +349,7 @@ int ops_model_drop(req *r, store_err *err);
 int ops_model_list(req *r, store_err *err);
 int ops_model_stats(req *r, store_err *err);
 int ops_model_snapshot(req *r, store_err *err);
+int ops_model_install(req *r, store_err *err);
 
 int ops_push_push(req *r, store_err *err);
 int ops_push_begin(req *r, store_err *err);
@@ -343,10 +359,18 @@ int ops_push_abort(req *r, store_err *err);
 /* Pack a transaction chunk's reply: ctx is the uint64_t staged count. */
 void ops_push_pack_staged(msgpack_packer *pk, const void *ctx);
 
-/* Commit the parked transactions whose jobs are all done (or that are gone). */
+/*
+ * Answer a chunk of transaction txn (its own job done) once every job of the
+ * transaction is done, so that a value an earlier chunk's job finds
+ * non-finite reaches this reply: now (0, or the transaction's failure), or
+ * parked until then (0 with r->deferred set).
+ */
+int ops_push_reply_staged(req *r, uint64_t txn, uint64_t staged, store_err *err);
+
+/* Answer the parked requests whose transaction's jobs are all done (or that are gone). */
 void ops_push_run_parked(server *srv);
 
-/* Free the commits still parked, with their routing headers (server_destroy). */
+/* Free the requests still parked, with their routing headers (server_destroy). */
 void ops_push_free_parked(server *srv);
 
 int ops_pull_pull(req *r, store_err *err);

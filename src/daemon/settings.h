@@ -50,6 +50,8 @@ typedef struct settings {
     char *auth_file;     /* NULL: no authentication */
     int insecure;        /* listen beyond loopback without authentication */
     uint64_t auth_session_lifetime_ms;
+    char *shard_map; /* cluster mode: shard map file or text, or NULL */
+    char *self;      /* cluster mode: this daemon's URL in the map, or NULL */
 } settings;
 
 /* What the command line asked for: flags kept as (key, value) pairs to apply over the file. */

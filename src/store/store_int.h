@@ -46,6 +46,7 @@ typedef struct item {
     uint64_t numel;
     slice *slices;
     size_t nslices, cap;
+    int slab;           /* slices is the stage's slab entry (stage_inputs()): not freed here */
     int unsorted;       /* slices are not in order of first element (stage_item_sort()) */
     uint64_t nonfinite; /* NaN/Inf values found by apply_check_nonfinite() or chunk jobs */
     /* Transactions applied as their chunks arrive (see eager_prepare()): */
@@ -59,6 +60,7 @@ typedef struct item {
     double d[EMAD_MAX_DECAYS];     /* decay per shadow (0: copy the values) */
     uint32_t fresh;                /* bit j: target[j] is new memory, charged as chunks arrive */
     uint64_t charged;              /* txn_shadows bytes charged for the targets */
+    tensor *stored; /* stage_inputs(): the stored tensor when staged (NULL: a new one) */
 } item;
 
 /* The tensors of one writer's push, a transaction, a pending step or a seed. */
@@ -70,6 +72,12 @@ typedef struct stage {
     uint64_t ignored; /* inputs dropped by ignore patterns */
     int checked;      /* non-finite counts are filled in */
     int consumed;     /* slices moved into a pending step */
+    /* stage_inputs(): one push message's stage, applied before the model changes. */
+    int looked_up; /* each item's stored tensor is in item.stored */
+    int unindexed; /* items of stored tensors are not in index yet (stage_find() adds them) */
+    char *names;   /* one block holding the items' names */
+    size_t names_len;
+    slice *slab; /* the first slice of each item */
 } stage;
 
 /*
@@ -140,6 +148,7 @@ struct store {
     uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
     budget *budget;        /* what clients make the store hold (budget.c) */
     uint64_t owner;        /* charged for the current request (store_set_owner()) */
+    int keep_prev;         /* cluster mode: models keep their previous version (prev.c) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -181,6 +190,13 @@ void blob_free_spares(model *m);
 uint64_t blob_first_cost(uint64_t size);
 uint64_t blob_write_cost(uint64_t size, uint64_t from, uint64_t to);
 
+/* prev.c: the previous committed version of a model (cluster mode). */
+void prev_release(model *m);
+void prev_free(model *m);
+void prev_freeze(model *m);
+int prev_tensor(const model *m, const tensor *t, uint32_t k, uint64_t *step, blob **data);
+size_t prev_ntensors(const model *m);
+
 /* stage.c */
 void stage_init(stage *st);
 void stage_free(stage *st);
@@ -206,7 +222,8 @@ int stage_check_chunk(item *it, const store_input *in, uint64_t count, store_err
 int stage_check_received(const item *it, store_err *err);
 int stage_check_coverage(item *it, store_err *err);
 int stage_check_unique(const store_input *in, size_t n, const char *what, store_err *err);
-int stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err);
+int stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, stage *st,
+                 store_err *err);
 
 /* apply.c */
 plan *apply_plan(const model *m, const stage *st);

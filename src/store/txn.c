@@ -152,6 +152,17 @@ store_txn_open(const store *s, uint64_t id)
     return txn_find(s, id) != NULL;
 }
 
+int
+store_txn_failed(const store *s, uint64_t id, store_err *err)
+{
+    const txn *t = txn_find(s, id);
+
+    if (t == NULL || t->failed.code == 0)
+        return 0;
+    *err = t->failed;
+    return err->code;
+}
+
 /* Unlink and free a transaction. */
 static void
 txn_remove(store *s, txn *t)
@@ -182,6 +193,11 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
     if (budget_slot_take(s->budget, BUDGET_SLOT_TXNS, s->owner, STORE_MAX_TXNS, "open transactions",
                          err) != 0)
         return err->code;
+    /* A new step begins: the previous version is no longer any reader's step (every shard
+     * committed the current one before the next began), and its blobs become the spares the
+     * chunks are written into. */
+    if (step > m->step)
+        prev_release(m);
     t = xcalloc(1, sizeof(*t));
     t->owner = s->owner;
     t->budget = s->budget;
