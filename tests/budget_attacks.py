@@ -341,7 +341,7 @@ def main():
         text = f.read().decode()
     lines = [x for x in text.splitlines() if x.startswith("emad_memory_")]
     assert "emad_memory_budget_bytes %d" % BUDGET in lines, lines
-    assert sum(1 for x in lines if x.startswith("emad_memory_bytes{part=")) == 7, lines
+    assert sum(1 for x in lines if x.startswith("emad_memory_bytes{part=")) == 8, lines
     print("metrics:", "; ".join(lines))
 
 
