@@ -380,6 +380,60 @@ def p_session(p, model):
     return r["session"]
 
 
+def chunk_tamper(root):
+    """A transaction chunk's tag is checked beside its averaging: a flipped bit in the middle
+    chunk fails the chunk or a later request and the commit, and nothing is published."""
+    m, n, parts = "team-a-txn", 3 * 256 * 1024, 3  # three chunks of 1 MiB: tags on the threadpool
+    s = sess("a_push")
+    old = struct.pack("<%df" % n, *[float(i % 1000) for i in range(n)])
+    assert root.op("create", model=m, decay=0.5)["ok"]
+    assert root.op("push", model=m, step=1, tensors=[{"name": "w", "kind": "param",
+                                                      "dtype": "F32", "shape": [n],
+                                                      "data": old}])["ok"]
+    good = snapshot_of(root, m)
+    new = struct.pack("<%df" % n, *[float((3 * i) % 1000) for i in range(n)])
+    size = len(new) // parts
+
+    def chunk(txn, k):
+        return request("push", txn=txn,
+                       tensors=[{"name": "w", "kind": "param", "dtype": "F32", "shape": [n],
+                                 "offset": k * size, "data": new[k * size:(k + 1) * size]}])
+
+    t = s.op("begin", model=m, step=2)
+    assert t["ok"], t
+    replies = []
+    for k in range(parts):
+        data = s.frame(chunk(t["txn"], k))
+        if k == 1:
+            data = bytearray(data)
+            data[len(data) - 5] ^= 0x04  # inside the tensor data
+            data = bytes(data)
+        replies.append(s.send_frame(data))
+    r, seq = replies[1]
+    if not r["ok"]:  # the check was done before the reply: the plain error, as at the gate
+        assert err(r) == ("EMAD_EAUTH", "bad_tag") and seq is None, r
+    assert replies[0][0]["ok"], replies[0]
+    r = s.op("commit", txn=t["txn"])
+    assert err(r) == ("EMAD_EAUTH", "bad_tag"), r
+    expect_fail("bad_tag")
+    assert snapshot_of(root, m) == good  # bit-identical: nothing of the transaction published
+    serving()
+    # a fresh transaction of the same session succeeds, values computed here
+    t = s.op("begin", model=m, step=2)
+    assert t["ok"], t
+    for k in range(parts):
+        r = s.call(chunk(t["txn"], k))
+        assert r["ok"], r
+    r = s.op("commit", txn=t["txn"])
+    assert r["ok"] and r["applied"] == 1 and r["step"] == 2, r
+    want = struct.pack("<%df" % n, *[(float(i % 1000) + float((3 * i) % 1000)) / 2
+                                     for i in range(n)])
+    assert snapshot_of(root, m) == (2, want)
+    assert root.op("drop", model=m)["ok"]
+    print("chunk tamper: the transaction failed (the middle chunk answered %s), counted, model "
+          "unchanged; a fresh one applied" % ("ok" if replies[1][0]["ok"] else "EAUTH"))
+
+
 def ownership_and_renewal(root):
     m = "team-a-run"
     alice = sess("a_push")
@@ -519,6 +573,7 @@ def main():
     setup(root)
     matrix(root)
     attacks(root)
+    chunk_tamper(root)
     ownership_and_renewal(root)
     root_seq_before = root.seq
     rotation(root)

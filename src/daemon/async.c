@@ -35,6 +35,7 @@
 /* One request's work on the threadpool. */
 typedef struct async_req {
     server *srv;
+    struct mac_job *verify; /* push: the chunk's tag check, sharing the body (authgate.c) */
     int op;
     req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
     void *ctrl, *body;
@@ -123,7 +124,10 @@ async_done(uv_work_t *w, int status)
     async_late_auth(&r, &a->auth);
     if (a->job != NULL) {
         rc = store_job_done(srv->store, a->job, r.now_ms, &err);
-        nn_freemsg(a->body);
+        if (a->verify != NULL)
+            authgate_verify_release(a->verify, a->body);
+        else
+            nn_freemsg(a->body);
         if (a->early) {
             /* Answered already; a failure is kept by the transaction for its commit. */
             srv->early--;
@@ -162,6 +166,7 @@ async_start(req *r, async_req *a)
     a->srv = srv;
     a->op = r->op;
     a->auth = r->auth;
+    a->auth.verify = NULL;
     a->ctrl = r->ctrl;
     r->ctrl = NULL;
     a->t0 = r->t0;
@@ -174,6 +179,12 @@ async_start(req *r, async_req *a)
         a->work[k].data = a;
         (void)uv_queue_work(srv->loop, &a->work[k], async_work, async_done);
     }
+}
+
+void
+async_push_unseal(async_req *a)
+{
+    a->auth.session = 0;
 }
 
 /*
@@ -230,7 +241,11 @@ async_push(req *r, store_job *job, uint64_t staged, uint64_t txn)
     a->txn = txn;
     a->body = *r->body; /* kept until the tasks have read it */
     *r->body = NULL;
-    if ((a->early = r->srv->early < EARLY_MAX && store_txn_inflight(r->srv->store, txn) == 1)) {
+    if ((a->verify = r->auth.verify) != NULL)
+        authgate_verify_held(a->verify, a);
+    /* this chunk's own jobs: its averaging, and its tag check when verified beside it */
+    if ((a->early = r->srv->early < EARLY_MAX &&
+                    store_txn_inflight(r->srv->store, txn) == 1u + (a->verify != NULL))) {
         r->srv->early++;
         reply_send(r, ops_push_pack_staged, &staged);
     }

@@ -103,12 +103,15 @@ gate_reply(server *srv, void **ctrl, size_t len, int code, int reason, const cha
     *ctrl = r.ctrl;
 }
 
-/* Hand a verified frame's body to the dispatcher as request `seq` of session s. */
+/*
+ * Hand a verified frame's body to the dispatcher as request `seq` of
+ * session s (or a transaction chunk's whose tag check `verify` runs beside).
+ */
 static void
 gate_accept(server *srv, authsess *s, const struct auth_header *h, void **body, size_t len,
-            void **ctrl)
+            void **ctrl, struct mac_job *verify)
 {
-    req_auth a = {s->id, h->seq};
+    req_auth a = {s->id, h->seq, verify};
 
     if (h->seq > s->last_seq) {
         s->last_seq = h->seq;
@@ -140,6 +143,12 @@ typedef struct mac_job {
     size_t npieces;
     unsigned char *tags; /* npieces piece tags */
     int parts, left;
+    /* verify beside staging: a transaction chunk, handled before its tag is known */
+    store_job *job;    /* the check's job in the transaction (NULL: verify first) */
+    uint64_t prev_seq; /* the session's last accepted frame before this one */
+    unsigned char prev_tag[AUTH_TAG_BYTES];
+    struct async_req *held; /* the averaging job that holds the frame, or NULL */
+    int done;               /* the check is done (the holder frees the frame and the job) */
     uv_work_t work[ASYNC_MAX_PARTS];
 } mac_job;
 
@@ -169,6 +178,71 @@ mac_job_free(mac_job *j)
     free(j);
 }
 
+void
+authgate_verify_held(mac_job *j, struct async_req *a)
+{
+    j->held = a;
+}
+
+void
+authgate_verify_release(mac_job *j, void *frame)
+{
+    j->held = NULL;
+    if (!j->done)
+        return; /* mac_done() frees it */
+    nn_freemsg(frame);
+    mac_job_free(j);
+}
+
+/*
+ * Loop: the tag check of a transaction chunk that was staged before it
+ * (see chunk_job()). A bad tag fails the transaction (nothing of it is
+ * ever published), is counted as bad_tag, takes back the frame's sequence
+ * number if no later frame was accepted, and makes the frame's reply, if
+ * it is still due, the plain EAUTH error. Frees the frame unless the
+ * averaging still holds it. Returns 1 if j must not be freed yet.
+ */
+static int
+chunk_checked(server *srv, mac_job *j, const unsigned char tag[AUTH_TAG_BYTES])
+{
+    authsess *s = authsess_find(srv->auth, j->h.session);
+    store_err err;
+
+    if (auth_tag_equal(tag, j->h.tag) != 0) {
+        req r;
+        req_auth ra = {j->h.session, j->h.seq, NULL};
+
+        memset(&r, 0, sizeof(r));
+        r.srv = srv;
+        r.op = PROTO_OP_PUSH;
+        r.auth_reason = -1;
+        (void)authgate_fail(&r, &err, AUTHGATE_BAD_TAG,
+                            "a chunk's tag does not verify (altered, or MACed with another key): "
+                            "its transaction fails, nothing of it is applied");
+        store_job_fail(j->job, &err);
+        if (s != NULL && s->last_seq == j->h.seq && auth_tag_equal(s->last_tag, j->h.tag) == 0) {
+            s->last_seq = j->prev_seq;
+            memcpy(s->last_tag, j->prev_tag, AUTH_TAG_BYTES);
+            free(s->reply);
+            s->reply = NULL;
+            s->reply_len = 0;
+            s->reply_state = AUTHSESS_REPLY_NONE;
+        }
+        ops_push_unseal(srv, &ra);
+        if (j->held != NULL)
+            async_push_unseal(j->held);
+    }
+    (void)store_job_done(srv->store, j->job, uv_now(srv->loop), &err);
+    j->job = NULL;
+    ops_push_run_parked(srv);
+    if (j->held != NULL) {
+        j->done = 1;
+        return 1;
+    }
+    nn_freemsg(j->frame);
+    return 0;
+}
+
 /* Loop: a verified (or not) request, or a sealed reply, once every part is done. */
 static void
 mac_done(uv_work_t *w, int status)
@@ -184,6 +258,15 @@ mac_done(uv_work_t *w, int status)
         return;
     uv_update_time(srv->loop);
     auth_frame_tag(j->key, j->frame, j->tags, j->npieces, tag);
+    if (j->job != NULL) {
+        srv->last_request_ms = uv_now(srv->loop);
+        srv->trimmed = 0;
+        if (chunk_checked(srv, j, tag))
+            auth_wipe(j->key, sizeof(j->key)); /* freed by authgate_verify_release() */
+        else
+            mac_job_free(j);
+        return;
+    }
     if (j->seal) {
         memcpy(j->frame + AUTH_OFF_TAG, tag, AUTH_TAG_BYTES);
         if ((s = authsess_find(srv->auth, j->h.session)) != NULL && s->last_seq == j->h.seq)
@@ -203,7 +286,7 @@ mac_done(uv_work_t *w, int status)
                gate_resend(srv, s, &ctrl)) {
         /* a resend that came while the first copy was being verified */
     } else {
-        gate_accept(srv, s, &j->h, &body, j->len, &ctrl);
+        gate_accept(srv, s, &j->h, &body, j->len, &ctrl, NULL);
     }
     if (body != NULL)
         nn_freemsg(body);
@@ -260,7 +343,7 @@ static void
 resend_kept(server *srv, authsess *s, void **ctrl)
 {
     void *msg = nn_allocmsg(s->reply_len, 0);
-    req_auth auth = {s->id, s->last_seq};
+    req_auth auth = {s->id, s->last_seq, NULL};
 
     if (msg == NULL) {
         srv->counters[COUNTER_REPLIES_DROPPED]++;
@@ -269,6 +352,52 @@ resend_kept(server *srv, authsess *s, void **ctrl)
     memcpy(msg, s->reply, s->reply_len);
     (void)reply_transmit(srv, PROTO_OP_INVALID, ops_auth_owner_id(srv, &auth, 0), msg, s->reply_len,
                          ctrl);
+}
+
+/*
+ * A frame whose body is a chunk of a single-writer transaction that s's
+ * user owns only writes into the transaction's own unpublished shadows: it
+ * is staged at once and its tag checked beside its averaging, as one more
+ * job of the transaction (its commit waits for it). Returns that job, or
+ * NULL for any other body (verified before it is decoded).
+ */
+static store_job *
+chunk_job(server *srv, const authsess *s, const void *b, size_t n)
+{
+    decode_arena arena;
+    msgpack_object root;
+    store_err err;
+    const char *why, *op, *owner;
+    size_t oplen;
+    uint64_t txn;
+    int has_txn = 0;
+    store_job *job = NULL;
+
+    decode_arena_init(&arena);
+    if (decode_message(&arena, b, n, &root, &why) == 0 && root.type == MSGPACK_OBJECT_MAP &&
+        request_get_str(&root, PROTO_KEY_OP, &op, &oplen, &err) == 0 &&
+        proto_op_from_name(op, oplen) == PROTO_OP_PUSH &&
+        request_get_u64(&root, PROTO_KEY_TXN, &txn, &has_txn, &err) == 0 && has_txn &&
+        (owner = authsess_owner(srv->auth, 't', txn, NULL)) != NULL && strcmp(owner, s->user) == 0)
+        job = store_txn_job(srv->store, txn);
+    decode_arena_fini(&arena);
+    return job;
+}
+
+/* Stage chunk frame j (taken) now and check its tag beside its averaging. */
+static void
+chunk_accept(server *srv, authsess *s, mac_job *j)
+{
+    void *body = j->frame, *ctrl = j->ctrl;
+
+    j->prev_seq = s->last_seq;
+    memcpy(j->prev_tag, s->last_tag, AUTH_TAG_BYTES);
+    mac_start(srv, j, s->rx); /* mac_done() runs on the loop after this returns */
+    j->ctrl = NULL;
+    gate_accept(srv, s, &j->h, &body, j->len, &ctrl, j);
+    if (ctrl != NULL)
+        nn_freemsg(ctrl);
+    /* body == NULL: the averaging holds the frame (authgate_verify_held()); else j frees it */
 }
 
 void
@@ -329,6 +458,11 @@ authgate_receive(server *srv, void **body, size_t len, void **ctrl)
         j->h = h;
         *body = NULL;
         *ctrl = NULL;
+        if (h.seq > s->last_seq &&
+            (j->job = chunk_job(srv, s, f + AUTH_FRAME_HEADER, len - AUTH_FRAME_HEADER)) != NULL) {
+            chunk_accept(srv, s, j);
+            return;
+        }
         mac_start(srv, j, s->rx);
         return;
     }
@@ -337,7 +471,7 @@ authgate_receive(server *srv, void **body, size_t len, void **ctrl)
                    "the request's tag does not verify (altered, or MACed with another key)");
         return;
     }
-    gate_accept(srv, s, &h, body, len, ctrl);
+    gate_accept(srv, s, &h, body, len, ctrl, NULL);
 }
 
 void

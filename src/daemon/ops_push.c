@@ -35,6 +35,7 @@ park(req *r, uint64_t txn, int chunk, uint64_t staged)
 
     p->txn = txn;
     p->auth = r->auth;
+    p->auth.verify = NULL;
     p->ctrl = r->ctrl;
     p->t0 = r->t0;
     p->chunk = chunk;
@@ -44,6 +45,15 @@ park(req *r, uint64_t txn, int chunk, uint64_t staged)
     for (pp = &r->srv->parked; *pp != NULL; pp = &(*pp)->next)
         ; /* in arrival order */
     *pp = p;
+}
+
+/* A transaction's failure: one that a chunk's tag check found is reported as bad_tag. */
+static int
+txn_failure(req *r, const store_err *err)
+{
+    if (err->code == EMAD_EAUTH)
+        r->auth_reason = AUTHGATE_BAD_TAG;
+    return err->code;
 }
 
 int
@@ -57,7 +67,7 @@ ops_push_reply_staged(req *r, uint64_t txn, uint64_t staged, store_err *err)
         return 0;
     }
     if (store_txn_failed(srv->store, txn, err) != 0)
-        return err->code;
+        return txn_failure(r, err);
     reply_send(r, ops_push_pack_staged, &staged);
     return 0;
 }
@@ -170,7 +180,7 @@ ops_push_push(req *r, store_err *err)
                                 r->now_ms, &staged, &job, err);
         free(in); /* the job's tasks point into the request message, not into `in` */
         if (rc != 0)
-            return rc;
+            return txn_failure(r, err);
         if (job != NULL && async_push(r, job, staged, txn))
             return 0;
         if (job != NULL && (rc = store_job_run(r->srv->store, job, r->now_ms, err)) != 0)
@@ -240,7 +250,7 @@ commit_txn(req *r, uint64_t id, store_err *err)
     store_result res;
 
     if (store_txn_commit(r->srv->store, id, r->now_ms, &res, err) != 0)
-        return err->code;
+        return txn_failure(r, err);
     r->srv->counters[COUNTER_TXN_COMMITTED]++;
     count_result(r->srv, &res);
     log_debug("event=txn_commit txn=%llu applied=%llu stale=%llu step=%llu", (unsigned long long)id,
@@ -290,6 +300,14 @@ ops_push_run_parked(server *srv)
                        &err);
         free(p);
     }
+}
+
+void
+ops_push_unseal(server *srv, const req_auth *auth)
+{
+    for (parked *p = srv->parked; p != NULL; p = p->next)
+        if (p->chunk && p->auth.session == auth->session && p->auth.seq == auth->seq)
+            p->auth.session = 0;
 }
 
 /* abort: discard a transaction. */

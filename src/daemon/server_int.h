@@ -99,9 +99,13 @@ struct server {
 };
 
 /* The authentication of a request: session 0 for a plain (unauthenticated) one. */
+struct mac_job;
+struct async_req;
+
 typedef struct req_auth {
     uint64_t session;
     uint64_t seq;
+    struct mac_job *verify; /* a transaction chunk staged while its tag is verified (authgate.c) */
 } req_auth;
 
 /* One request being handled. */
@@ -305,6 +309,17 @@ const char *authgate_reason_name(int reason);
 void authgate_tick(server *srv);
 
 /*
+ * A chunk whose tag is verified beside its averaging (r->auth.verify): the
+ * averaging job a keeps the frame; authgate_verify_release() gives it back
+ * when a is done (the frame is freed once the tag check is done too).
+ */
+void authgate_verify_held(struct mac_job *j, struct async_req *a);
+void authgate_verify_release(struct mac_job *j, void *frame);
+
+/* The chunk being averaged by a failed its tag check: its reply (if any is still due) is plain. */
+void async_push_unseal(struct async_req *a);
+
+/*
  * ops_auth.c: the handshake ops, and what a user may do. ops_auth_check()
  * runs before every handler: refuses a plain request (but hello and the
  * handshake) when authentication is on, and a request the user's grants
@@ -369,6 +384,9 @@ int ops_push_reply_staged(req *r, uint64_t txn, uint64_t staged, store_err *err)
 
 /* Answer the parked requests whose transaction's jobs are all done (or that are gone). */
 void ops_push_run_parked(server *srv);
+
+/* The parked chunk reply to frame (auth->session, auth->seq) is sent plain (its tag failed). */
+void ops_push_unseal(server *srv, const req_auth *auth);
 
 /* Free the requests still parked, with their routing headers (server_destroy). */
 void ops_push_free_parked(server *srv);

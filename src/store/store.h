@@ -310,6 +310,16 @@ int store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len
  */
 int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
 
+/*
+ * A job without tasks of open single-writer transaction id (NULL if there
+ * is none, or it has several writers): counted in its inflight jobs, so a
+ * commit waits for it, until store_job_done().
+ */
+store_job *store_txn_job(store *s, uint64_t id);
+
+/* Fail the job's transaction with why (unless it failed already): its commit reports it. */
+void store_job_fail(store_job *job, const store_err *why);
+
 /* Jobs of open transaction id handed out and not done (0 if no such transaction). */
 uint32_t store_txn_inflight(const store *s, uint64_t id);
 

@@ -152,6 +152,29 @@ store_txn_open(const store *s, uint64_t id)
     return txn_find(s, id) != NULL;
 }
 
+store_job *
+store_txn_job(store *s, uint64_t id)
+{
+    txn *t = txn_find(s, id);
+    store_job *job;
+
+    if (t == NULL || !t->eager)
+        return NULL;
+    job = xcalloc(1, sizeof(*job));
+    job->txn = t;
+    t->inflight++;
+    return job;
+}
+
+void
+store_job_fail(store_job *job, const store_err *why)
+{
+    txn *t = job->txn;
+
+    if (!t->dead && t->failed.code == 0)
+        t->failed = *why;
+}
+
 int
 store_txn_failed(const store *s, uint64_t id, store_err *err)
 {
