@@ -11,6 +11,10 @@
  * earlier chunks, and the loop computes the final tag from the piece tags
  * when the last part is done. The message is held meanwhile; the loop goes
  * on serving. Small bodies are MACed on the loop (a few microseconds).
+ *
+ * A large chunk of a single-writer transaction the session's user owns is
+ * not held: it is staged at once and its MAC is one more job of the
+ * transaction (chunk_job(), chunk_checked()), see docs/SECURITY.md.
  */
 #include <stdarg.h>
 #include <stdio.h>
