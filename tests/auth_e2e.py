@@ -430,6 +430,22 @@ def chunk_tamper(root):
                                      for i in range(n)])
     assert snapshot_of(root, m) == (2, want)
     assert root.op("drop", model=m)["ok"]
+    # a chunk of a multi-writer transaction is still verified before it is decoded: refused at
+    # once, its number not used up, the transaction goes on
+    assert root.op("create", model=m, decay=0.5, writers=2)["ok"]
+    t = s.op("begin", model=m, step=1, writer=0)
+    assert t["ok"], t
+    data = bytearray(s.frame(chunk(t["txn"], 0)))
+    data[len(data) - 5] ^= 0x04
+    r, seq = s.send_frame(bytes(data))
+    assert err(r) == ("EMAD_EAUTH", "bad_tag") and seq is None, r
+    expect_fail("bad_tag")
+    for k in range(parts):
+        r, _ = s.send_frame(s.frame(chunk(t["txn"], k), seq=s.seq if k == 0 else None))
+        assert r["ok"], r
+    r = s.op("commit", txn=t["txn"])
+    assert r["ok"] and r["pending"] is True, r
+    assert root.op("drop", model=m)["ok"]
     print("chunk tamper: the transaction failed (the middle chunk answered %s), counted, model "
           "unchanged; a fresh one applied" % ("ok" if replies[1][0]["ok"] else "EAUTH"))
 
