@@ -430,6 +430,27 @@ def chunk_tamper(root):
                                      for i in range(n)])
     assert snapshot_of(root, m) == (2, want)
     assert root.op("drop", model=m)["ok"]
+    # a large frame with little to average (a 1 MiB key the daemon ignores): its reply waits for
+    # its check, so it is the plain error; its number is not used up (the intact frame with the
+    # same number is taken, and gets the transaction's failure)
+    assert root.op("create", model=m, decay=0.5)["ok"]
+    assert root.op("push", model=m, step=1, tensors=[f32("w", [1.0, 2.0, 3.0, 4.0])])["ok"]
+    good = snapshot_of(root, m)
+    t = s.op("begin", model=m, step=2)
+    assert t["ok"], t
+    body = request("push", txn=t["txn"], pad=b"\0" * (1 << 20), tensors=[f32("w", [5.0] * 4)])
+    intact = s.frame(body)
+    data = bytearray(intact)
+    data[len(data) - 5] ^= 0x04
+    r, seq = s.send_frame(bytes(data))
+    assert err(r) == ("EMAD_EAUTH", "bad_tag") and seq is None, r
+    expect_fail("bad_tag")
+    r, seq = s.send_frame(intact)
+    assert err(r) == ("EMAD_EAUTH", "bad_tag") and seq == s.seq, r
+    r = s.op("commit", txn=t["txn"])
+    assert err(r) == ("EMAD_EAUTH", "bad_tag"), r
+    assert snapshot_of(root, m) == good
+    assert root.op("drop", model=m)["ok"]
     # a chunk of a multi-writer transaction is still verified before it is decoded: refused at
     # once, its number not used up, the transaction goes on
     assert root.op("create", model=m, decay=0.5, writers=2)["ok"]
