@@ -2,6 +2,7 @@
 # cluster tests over them, the deployment files and `make bench-cluster`.
 # The namespace tests skip (exit 77) when not run as root.
 if HAVE_CHECK
-TESTS += tests/test_netns.sh
+TESTS += tests/test_netns.sh tests/test_deploy.sh
 endif
-EXTRA_DIST += tests/netns.sh tests/test_netns.sh
+EXTRA_DIST += tests/netns.sh tests/test_netns.sh tests/test_deploy.sh tests/deploy_check.py deploy
+dist_doc_DATA += docs/CLUSTER.md
