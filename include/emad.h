@@ -86,6 +86,10 @@ extern "C" {
     XX(ENOSTATE, 1024, "the daemon has no state directory") /* runs without --state-dir */         \
     XX(ESNAPSHOT, 1025, "snapshot could not be written")    /* disk full, permissions */           \
     XX(ECONFLICT, 1026, "tensor changed by another push during the transaction")                   \
+    XX(EAUTH, 1027, "authentication failed") /* no or expired session, bad tag, replay */          \
+    XX(EDENIED, 1028, "not permitted")       /* the user's grants do not allow it */               \
+    XX(EMOVED, 1029, "shard map is stale or the request is for another shard; refresh the map")    \
+    XX(ESPLIT, 1030, "cluster not at one step") /* no version at the asked step */                 \
     /* Client-side only. */                                                                        \
     XX(ETIMEDOUT, 1101, "timed out waiting for the daemon") /* no reply within the timeout */      \
     XX(ECONNECT, 1102, "cannot connect to the daemon") /* cannot open or connect the socket */     \
@@ -95,7 +99,7 @@ extern "C" {
     XX(EIO, 1106, "I/O error") /* file I/O */
 
 #define EMAD_ERRNO_FIRST 1001        /* EMAD_EMALFORMED */
-#define EMAD_ERRNO_LAST 1026         /* EMAD_ECONFLICT */
+#define EMAD_ERRNO_LAST 1030         /* EMAD_ESPLIT */
 #define EMAD_ERRNO_CLIENT_FIRST 1101 /* EMAD_ETIMEDOUT */
 #define EMAD_ERRNO_CLIENT_LAST 1106  /* EMAD_EIO */
 
@@ -295,6 +299,7 @@ EMAD_EXTERN void emad_options_init(emad_options *opts);
  * with emad_close().
  */
 EMAD_EXTERN int emad_connect(emad_client **out, const char *url, const emad_options *opts);
+/* (url "cluster:PATH" is emad_connect_cluster(PATH): see "Clusters" below.) */
 
 /* Close the client and free it; NULL is accepted. */
 EMAD_EXTERN void emad_close(emad_client *c);
@@ -429,6 +434,122 @@ EMAD_EXTERN int emad_snapshot(emad_client *c, const char *model, uint64_t *step)
 
 /* Daemon counters. *out is malloc'd (free with free()), *n its length. */
 EMAD_EXTERN int emad_stats(emad_client *c, emad_stat **out, size_t *n);
+
+/*
+ * Clusters (docs/PROTOCOL.md, "Cluster mode"). A cluster is S shards x R
+ * replicas of ordinary daemons described by a shard map, a small text:
+ *
+ *     # emad shard map
+ *     epoch 3          # >= 1, bumped on every reshard
+ *     ack 1            # replicas of each shard that must apply a push (1..R, default 1)
+ *     shard 0 tcp://10.0.0.1:7470 tcp://10.0.0.2:7470
+ *     shard 1 tcp://10.0.0.3:7470 tcp://10.0.0.4:7470
+ *
+ * (one directive per line, or ';' between directives on one line). A client
+ * from emad_connect_cluster() (or emad_connect() with "cluster:PATH") works
+ * with every emad_* call: each tensor is placed on a shard by the placement
+ * (emad_cluster_plan), tensors of at least EMAD_CLUSTER_SPLIT_BYTES are cut
+ * into one element range per shard; writes go to every replica of the
+ * shards concerned and succeed when `ack` replicas of every shard applied
+ * them; pulls return the original names and shapes, all from one committed
+ * step (or EMAD_ESPLIT).
+ */
+#define EMAD_CLUSTER_SPLIT_BYTES (4ULL << 20) /* tensors this large are cut across shards */
+#define EMAD_CLUSTER_MAX_SHARDS 1024
+#define EMAD_CLUSTER_MAX_REPLICAS 16
+#define EMAD_CLUSTER_MAX_URL_BYTES 255
+#define EMAD_CLUSTER_MAX_MAP_BYTES (1u << 20) /* a shard map file or string */
+
+/* One piece of a placement: elements [offset, offset + count) of tensor `tensor` on `shard`. */
+typedef struct emad_piece {
+    size_t tensor;  /* index into the tensor list given to the plan */
+    uint32_t shard; /* 0..S-1 */
+    int whole;      /* 1: the tensor goes whole to the shard (offset 0, count = numel) */
+    uint64_t offset;
+    uint64_t count;
+} emad_piece;
+
+/* The state of one replica, from emad_cluster_status(). */
+typedef struct emad_replica_status {
+    uint32_t shard;
+    uint32_t replica; /* position in the map's shard line, 0..R-1 */
+    char url[EMAD_CLUSTER_MAX_URL_BYTES + 1];
+    int reachable;  /* answered hello with this map's epoch and shard */
+    int error;      /* 0, or the code of the failure reaching or asking it */
+    uint64_t epoch; /* the daemon's epoch (0 if unreachable or not in cluster mode) */
+    int has_model;  /* the model exists there (model given) */
+    uint64_t step;  /* the model's committed step there */
+    uint64_t lag;   /* highest step among the shard's replicas minus step */
+    int resyncing;  /* refusing reads until it has copied its state from a peer */
+} emad_replica_status;
+
+/*
+ * Connect to a cluster: map is a shard-map file path or inline text (text
+ * is recognized by a newline, a ';' or a leading "epoch"/"shard"/"ack"/"#").
+ * Every replica is contacted once; a replica that does not answer is not
+ * an error as long as `ack` replicas of every shard answered (it is tried
+ * again on each later call). Map errors are EMAD_EINVAL with the line in
+ * emad_last_error() (of the returned client when *out is set, else of
+ * nothing: use emad_cluster_check_map() for the text). On success *out
+ * owns a client to release with emad_close().
+ */
+EMAD_EXTERN int emad_connect_cluster(emad_client **out, const char *map, const emad_options *opts);
+
+/*
+ * Check a shard map (path or inline text, as above). Returns 0, or
+ * EMAD_EINVAL / EMAD_EIO with a message naming the line in msg[0..size).
+ */
+EMAD_EXTERN int emad_cluster_check_map(const char *map, char *msg, size_t size);
+
+/*
+ * The shape of a cluster client's map: any pointer may be NULL. Returns
+ * EMAD_EINVAL if c is not a cluster client.
+ */
+EMAD_EXTERN int emad_cluster_info(const emad_client *c, uint32_t *shards, uint32_t *replicas,
+                                  uint64_t *epoch, uint32_t *ack);
+
+/*
+ * Status of every replica (S x R entries, shard-major) and, if model is not
+ * NULL, of the model on it. Unreachable replicas are reported, not an
+ * error. *out is malloc'd: free with emad_cluster_status_free().
+ */
+EMAD_EXTERN int emad_cluster_status(emad_client *c, const char *model, emad_replica_status **out,
+                                    size_t *n);
+EMAD_EXTERN void emad_cluster_status_free(emad_replica_status *s, size_t n);
+
+/*
+ * The placement of a tensor list on the client's shards (see
+ * emad_cluster_plan_shards()).
+ */
+EMAD_EXTERN int emad_cluster_plan(emad_client *c, const emad_tensor *tensors, size_t n,
+                                  emad_piece **out, size_t *npieces);
+
+/*
+ * The placement of a tensor list on `shards` shards, a pure function of
+ * its arguments (docs/PROTOCOL.md gives the rule): pieces in the order of
+ * the tensors, the pieces of one tensor by offset. Only name, dtype, ndim
+ * and shape are read. *out is malloc'd (free with free()).
+ */
+EMAD_EXTERN int emad_cluster_plan_shards(uint32_t shards, const emad_tensor *tensors, size_t n,
+                                         emad_piece **out, size_t *npieces);
+
+/*
+ * Bring behind replicas of model (NULL: every model on any replica) up to
+ * date: in every shard, a replica whose step is lower than the highest, that
+ * lacks the model, or that reports it is resyncing gets the complete state
+ * of the model (shadows, buffers, steps, configuration) of the
+ * most advanced reachable replica. *copied (may be NULL) gets the number of
+ * replicas brought up to date. Pushes also do this for the replicas that
+ * refuse a step they cannot apply exactly.
+ */
+EMAD_EXTERN int emad_cluster_resync(emad_client *c, const char *model, size_t *copied);
+
+/*
+ * Replicas skipped by the last call of a cluster client although it
+ * succeeded (a replica down, with `ack` still met): one line per replica
+ * "shard S replica R URL: message", or "" if none. Valid until the next call.
+ */
+EMAD_EXTERN const char *emad_cluster_warnings(const emad_client *c);
 
 #ifdef __cplusplus
 }

@@ -9,7 +9,9 @@ libemadclient_la_SOURCES = \
 	client/lib/transport.c \
 	client/lib/push.c \
 	client/lib/pull.c \
-	client/lib/admin.c
+	client/lib/admin.c \
+	client/lib/cluster.c \
+	client/lib/cluster_stub.c
 libemadclient_la_CFLAGS = $(AM_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS)
 libemadclient_la_LIBADD = libemadwire.la $(NANOMSG_LIBS) $(MSGPACK_LIBS)
 

@@ -13,7 +13,9 @@ libemadwire_la_SOURCES = \
 	src/common/cause.c src/common/cause.h \
 	src/common/dtype.c src/common/dtype.h \
 	src/common/emaconf.c src/common/emaconf.h \
-	src/common/codec.c src/common/codec.h
+	src/common/codec.c src/common/codec.h \
+	src/common/shardmap.c src/common/shardmap.h \
+	src/common/placement.c src/common/placement.h
 libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS)
 libemadwire_la_LIBADD = $(MSGPACK_LIBS) -lm
 

@@ -146,4 +146,4 @@ def test_error_codes_match_the_library():
         assert lib.fn("errname")(code).decode() == name
     assert emad.ESHAPE == -1007 and emad.library_version() == "0.1.0"
     # the names come from the library: all 26 daemon and 6 client codes
-    assert len(emad.ERRORS) == 32 and emad.ECONFLICT == -1026 and emad.EIO == -1106
+    assert len(emad.ERRORS) == 36 and emad.ECONFLICT == -1026 and emad.EIO == -1106
