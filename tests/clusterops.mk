@@ -5,5 +5,8 @@ if HAVE_CHECK
 TESTS += tests/test_netns.sh tests/test_deploy.sh tests/test_cluster_ctl.sh
 endif
 EXTRA_DIST += tests/netns.sh tests/test_netns.sh tests/test_deploy.sh tests/deploy_check.py deploy \
-	tests/test_cluster_ctl.sh
+	tests/test_cluster_ctl.sh tests/python/test_cluster.py
 dist_doc_DATA += docs/CLUSTER.md
+if HAVE_PYTHON
+pkgpython_PYTHON += client/python/emad/_cluster.py
+endif
