@@ -10,3 +10,12 @@ dist_doc_DATA += docs/CLUSTER.md
 if HAVE_PYTHON
 pkgpython_PYTHON += client/python/emad/_cluster.py
 endif
+
+# `make bench-cluster` (bench/bench_cluster.sh): push throughput through 1, 2
+# and 4 shards behind equally limited links; needs root. A quicker run:
+# `make bench-cluster BENCH_CLUSTER_ARGS='--mib 256'`.
+bench-cluster: emad emactl libemad.la
+	top_builddir='$(abs_builddir)' top_srcdir='$(abs_top_srcdir)' PYTHON3='$(PYTHON3)' \
+	  $(SHELL) $(srcdir)/bench/bench_cluster.sh $(BENCH_CLUSTER_ARGS)
+.PHONY: bench-cluster
+EXTRA_DIST += bench/bench_cluster.sh bench/bench_cluster.py

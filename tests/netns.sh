@@ -143,6 +143,17 @@ netns_setup() {
     netns_watchdog=$!
 }
 
+# Set host I's link rate to RATE in both directions (empty: unlimited).
+netns_set_rate() {
+    if [ -n "$2" ]; then
+        netns_limit "$(netns_host "$1")" eth0 "$2"
+        netns_limit "$(netns_switch_ns)" "h$1" "$2"
+    else
+        ip netns exec "$(netns_host "$1")" tc qdisc del dev eth0 root 2>/dev/null || true
+        ip netns exec "$(netns_switch_ns)" tc qdisc del dev "h$1" root 2>/dev/null || true
+    fi
+}
+
 # Take host I's link down / up (at the switch, as if its cable were pulled).
 netns_link_down() { ip -n "$(netns_switch_ns)" link set "h$1" down || fail "link h$1 down"; }
 netns_link_up() { ip -n "$(netns_switch_ns)" link set "h$1" up || fail "link h$1 up"; }
