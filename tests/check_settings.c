@@ -96,7 +96,9 @@ START_TEST(test_settings_defaults)
                         "http = 127.0.0.1:7471\n"
                         "io-cpu = auto\n"
                         "idle-release = 5\n"
-                        "idle-release-max = 30\n");
+                        "idle-release-max = 30\n"
+                        "# shard-map = (none: not part of a cluster)\n"
+                        "# self = (none: not part of a cluster)\n");
     free(p);
     settings_free(&c);
 }
@@ -287,6 +289,47 @@ START_TEST(test_settings_flags_override_the_file)
 }
 END_TEST
 
+/* Build settings from flags; 0 or the error, with its cause checked to hold want. */
+static int
+build_flags(char **argv, int argc, const char *want)
+{
+    settings_args a;
+    settings c;
+    char *cause = NULL;
+    int rc;
+
+    ck_assert_int_eq(settings_parse_args(&a, argc, argv, &cause), 0);
+    rc = settings_build(&c, &a, &cause);
+    if (want != NULL)
+        ck_assert_msg(cause != NULL && strstr(cause, want) != NULL, "cause '%s' lacks '%s'",
+                      cause ? cause : "", want);
+    free(cause);
+    settings_free(&c);
+    settings_args_free(&a);
+    freeargv(argv);
+    return rc;
+}
+
+START_TEST(test_settings_shard_map_needs_self_in_it)
+{
+    static const char map[] = "epoch 1; shard 0 tcp://127.0.0.1:5";
+    int n;
+    char **v;
+
+    v = ARGV(n, "--shard-map", map, "--self", "tcp://127.0.0.1:5");
+    ck_assert_int_eq(build_flags(v, n, NULL), 0);
+    v = ARGV(n, "--shard-map", map);
+    ck_assert_int_ne(build_flags(v, n, "shard-map and self go together"), 0);
+    v = ARGV(n, "--self", "tcp://127.0.0.1:5");
+    ck_assert_int_ne(build_flags(v, n, "shard-map and self go together"), 0);
+    v = ARGV(n, "--shard-map", map, "--self", "tcp://127.0.0.1:6");
+    ck_assert_int_ne(
+        build_flags(v, n, "self 'tcp://127.0.0.1:6' is not one of the shard map's URLs"), 0);
+    v = ARGV(n, "--shard-map", "epoch 0; shard 0 tcp://127.0.0.1:5", "--self", "tcp://127.0.0.1:5");
+    ck_assert_int_ne(build_flags(v, n, "shard-map: line 1: 'epoch' needs one number"), 0);
+}
+END_TEST
+
 START_TEST(test_settings_bad_flags_are_reported_as_flags)
 {
     settings_args a;
@@ -425,6 +468,7 @@ settings_suite(void)
     tcase_add_test(tc, test_settings_overlong_line_is_refused_with_its_number);
     tcase_add_test(tc, test_settings_flags_override_the_file);
     tcase_add_test(tc, test_settings_bad_flags_are_reported_as_flags);
+    tcase_add_test(tc, test_settings_shard_map_needs_self_in_it);
     tcase_add_test(tc, test_settings_missing_file_and_require_without_state_dir);
     tcase_add_test(tc, test_settings_print_reads_back_the_same);
     tcase_add_test(tc, test_settings_diff_tells_live_keys_from_restart_keys);

@@ -215,13 +215,19 @@ reaped(void *arg)
 int
 tu_daemon_start(tu_daemon *d, const char *const *argv)
 {
+    return tu_daemon_start_at(d, 0, NULL, argv);
+}
+
+int
+tu_daemon_start_at(tu_daemon *d, int port, const char *state_dir, const char *const *argv)
+{
     const char *args[64];
     char bin[1024], port_arg[32];
     int n = 0;
 
     memset(d, 0, sizeof(*d));
-    d->state_dir = tu_tmpdir();
-    d->port = tu_free_port();
+    d->state_dir = state_dir != NULL ? strdup(state_dir) : tu_tmpdir();
+    d->port = port > 0 ? port : tu_free_port();
     snprintf(d->url, sizeof(d->url), "tcp://127.0.0.1:%d", d->port);
     snprintf(d->log_path, sizeof(d->log_path), "%s/emad.log", d->state_dir);
     snprintf(bin, sizeof(bin), "%s/emad", tu_builddir());

@@ -90,6 +90,13 @@ typedef struct tu_daemon {
 int tu_daemon_start(tu_daemon *d, const char *const *argv);
 
 /*
+ * tu_daemon_start() on a given port (0: a free one) with a given state
+ * directory (NULL: a new one; an existing one is reused, e.g. to restart a
+ * daemon that was killed).
+ */
+int tu_daemon_start_at(tu_daemon *d, int port, const char *state_dir, const char *const *argv);
+
+/*
  * SIGTERM the daemon and wait (at most TU_DAEMON_WAIT_S seconds, scaled,
  * then SIGKILL). Returns its exit
  * status (0 for a clean shutdown) or -1 if it had to be killed or died by a

@@ -83,6 +83,8 @@ emad_create_config(emad_client *c, const char *model, const emad_model_config *c
         emaconf_init(&defaults);
         cfg = &defaults;
     }
+    if (c->cl != NULL)
+        return call_end(c, cluster_create(c, model, cfg, exist_ok));
     return call_end(c, send_config(c, PROTO_OP_CREATE, model, cfg, exist_ok));
 }
 
@@ -104,6 +106,8 @@ emad_configure(emad_client *c, const char *model, const emad_model_config *cfg)
     if (c == NULL || cfg == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_configure(c, model, cfg));
     return call_end(c, send_config(c, PROTO_OP_CONFIGURE, model, cfg, 0));
 }
 
@@ -164,6 +168,8 @@ emad_drop(emad_client *c, const char *model)
     call_begin(c);
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
+    if (c->cl != NULL)
+        return call_end(c, cluster_drop(c, model));
     if ((rc = call_simple(c, &q, &r)) == 0)
         reply_free(&r);
     return call_end(c, rc);
@@ -274,6 +280,10 @@ emad_list(emad_client *c, emad_model_info **out, size_t *n)
     if (c == NULL || out == NULL || n == NULL)
         return EMAD_EINVAL;
     *out = NULL;
+    if (c->cl != NULL) {
+        call_begin(c);
+        return call_end(c, cluster_list(c, out, n));
+    }
     return call_array(c, PROTO_OP_LIST, list_parse_any, out, n);
 }
 
@@ -398,6 +408,8 @@ emad_describe(emad_client *c, const char *model, emad_model_info *info, emad_ten
     *n = 0;
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
+    if (c->cl != NULL)
+        return call_end(c, cluster_describe(c, model, info, tensors, n));
     q.value2 = c->reply_eff;
     do {
         if ((rc = call_simple(c, &q, &r)) != 0)
@@ -452,6 +464,10 @@ emad_stats(emad_client *c, emad_stat **out, size_t *n)
     if (c == NULL || out == NULL || n == NULL)
         return EMAD_EINVAL;
     *out = NULL;
+    if (c->cl != NULL) {
+        call_begin(c);
+        return call_end(c, cluster_stats(c, out, n));
+    }
     return call_array(c, PROTO_OP_STATS, stats_parse_any, out, n);
 }
 
@@ -499,6 +515,8 @@ emad_get_config(emad_client *c, const char *model, emad_model_config *cfg)
     emaconf_init(cfg);
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
+    if (c->cl != NULL)
+        return call_end(c, cluster_get_config(c, model, cfg));
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
     rc = config_parse(c, &r, cfg);
@@ -520,6 +538,8 @@ emad_snapshot(emad_client *c, const char *model, uint64_t *step)
     call_begin(c);
     if (model != NULL && (rc = check_model(c, model)) != 0)
         return call_end(c, rc);
+    if (c->cl != NULL)
+        return call_end(c, cluster_snapshot(c, model, step));
     if ((rc = call_simple(c, &q, &r)) != 0)
         return call_end(c, rc);
     rc = rget_u64(c, r.root, PROTO_KEY_STEP, &s);

@@ -59,10 +59,20 @@
 #define PIPELINE_MAX 8
 #define PIPELINE_DEFAULT 1
 
+/*
+ * A replica's client (routed) waits in slices of this many milliseconds and
+ * checks its connection in between: a replica that cannot be reached for
+ * connect_timeout_ms, or whose connection broke while a request was in
+ * flight (the request is lost), fails at once with EMAD_ECONNECT instead of
+ * after timeout_ms, so that the cluster goes on with its other replicas.
+ */
+#define ROUTED_SLICE_MS 100
+
 struct emad_client {
     int sock;                       /* socks[0]: every request that is not pipelined */
     int socks[PIPELINE_MAX];        /* -1 until first used */
     uint32_t pending[PIPELINE_MAX]; /* request id in flight on each, 0 if none */
+    uint64_t lost[PIPELINE_MAX];    /* routed: connections lost on each when its request went */
     size_t depth;                   /* connections used by a pipelined transfer */
     uint32_t next_id;               /* request ids: 31 bits, the top bit is set on the wire */
     char *url;
@@ -73,6 +83,13 @@ struct emad_client {
     uint64_t reply_ask;  /* max_reply_bytes we send with a pull */
     uint64_t reply_eff;  /* what the daemon enforces: min(reply_ask, server_max) */
     char err[2048];
+    /* Clusters (cluster*.c): */
+    struct cluster *cl;   /* a cluster client: every call is routed to the replicas */
+    int routed;           /* a replica's client: requests carry route_epoch and route_shard */
+    uint64_t route_epoch; /* the shard map's epoch */
+    uint32_t route_shard;
+    int has_pull_step; /* the next pulls ask for the version at exactly pull_step */
+    uint64_t pull_step;
 };
 
 /*
@@ -183,6 +200,18 @@ int call_simple(emad_client *c, const simple_req *q, reply *r);
 /* Read a hello reply: check the protocol and learn the daemon's limits into c. */
 int hello_parse(emad_client *c, const reply *r);
 
+/*
+ * A new client for url with options o (already checked): sockets open, and
+ * with say_hello the daemon contacted once. On failure *out is NULL.
+ */
+int client_open(emad_client **out, const char *url, const emad_options *o, int say_hello);
+
+/* Say hello on an open client (again): learn the daemon's protocol and limits. */
+int client_hello(emad_client *c);
+
+/* Bytes the routing keys (epoch, shard) add to a request of a routed client. */
+size_t route_size(const emad_client *c);
+
 /* ---- push.c ---- */
 
 /* Pack a push request (its encoded size is push_packed_size(), computed, not counted). */
@@ -224,6 +253,33 @@ void pull_state_free(pull_state *p);
 
 /* Copy the ranges of a read reply for q into dst. */
 int read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst);
+
+/* ---- cluster*.c ---- */
+
+/* A "cluster:PATH" URL: connect to the cluster of that shard map. */
+int cluster_connect_url(emad_client **out, const char *map, const emad_options *opts);
+
+/* Cluster versions of the calls (cluster_ops.c); c->cl is set, the call begun. */
+int cluster_create(emad_client *c, const char *model, const emad_model_config *cfg, int exist_ok);
+int cluster_configure(emad_client *c, const char *model, const emad_model_config *cfg);
+int cluster_drop(emad_client *c, const char *model);
+int cluster_snapshot(emad_client *c, const char *model, uint64_t *step);
+int cluster_push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t writer,
+                 int seed, const emad_tensor *tensors, const int *as_dtypes, size_t n,
+                 emad_push_result *res);
+int cluster_pull(emad_client *c, const char *model, const char *const *names, size_t n_names,
+                 const emad_pull_options *opts, emad_model **out);
+int cluster_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                      const emad_pull_options *opts, uint64_t *step);
+int cluster_list(emad_client *c, emad_model_info **out, size_t *n);
+int cluster_describe(emad_client *c, const char *model, emad_model_info *info,
+                     emad_tensor **tensors, size_t *n);
+int cluster_get_config(emad_client *c, const char *model, emad_model_config *cfg);
+int cluster_stats(emad_client *c, emad_stat **out, size_t *n);
+void cluster_free(struct cluster *cl);
+
+/* A public call begins on a cluster client: forget the previous call's warnings. */
+void cluster_call_begin(struct cluster *cl);
 
 /* ---- admin.c ---- */
 

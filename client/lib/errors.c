@@ -42,6 +42,8 @@ void
 call_begin(emad_client *c)
 {
     c->err[0] = '\0';
+    if (c->cl != NULL)
+        cluster_call_begin(c->cl);
 }
 
 /* End a public call: make sure a failure has a message; returns rc. */

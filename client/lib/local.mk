@@ -10,10 +10,13 @@ libemadclient_la_SOURCES = \
 	client/lib/push.c \
 	client/lib/pull.c \
 	client/lib/admin.c \
+	client/lib/cluster.h \
 	client/lib/cluster.c \
-	client/lib/cluster_stub.c
+	client/lib/cluster_ops.c \
+	client/lib/cluster_read.c \
+	client/lib/cluster_sync.c
 libemadclient_la_CFLAGS = $(AM_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS)
-libemadclient_la_LIBADD = libemadwire.la $(NANOMSG_LIBS) $(MSGPACK_LIBS)
+libemadclient_la_LIBADD = libemadwire.la $(NANOMSG_LIBS) $(MSGPACK_LIBS) -lpthread
 
 lib_LTLIBRARIES = libemad.la
 libemad_la_SOURCES =

@@ -49,6 +49,8 @@ typedef struct pull_req {
     const emad_tensor *named; /* or names taken from these tensors */
     uint64_t max_reply;
     const emad_pull_options *opts; /* NULL: defaults */
+    int has_step;                  /* the version at exactly step (cluster reads) */
+    uint64_t step;
 } pull_req;
 
 /* Name i of a pull request. */
@@ -67,8 +69,10 @@ build_pull(msgpack_packer *pk, const void *vctx)
     int with_decay = q->opts != NULL && q->opts->decay >= 0.0;
     int with_dtype = q->opts != NULL && q->opts->dtype != EMAD_DTYPE_INVALID;
 
-    pk_head(pk, PROTO_OP_PULL, 3 + with_names + with_decay + with_dtype);
+    pk_head(pk, PROTO_OP_PULL, 3 + with_names + with_decay + with_dtype + q->has_step);
     pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
+    if (q->has_step)
+        proto_pack_kv_u64(pk, PROTO_KEY_STEP, q->step);
     if (with_decay) {
         proto_pack_str(pk, PROTO_KEY_DECAY);
         msgpack_pack_double(pk, q->opts->decay);
@@ -431,6 +435,10 @@ emad_pull_ex(emad_client *c, const char *model, const char *const *names, size_t
         return EMAD_EINVAL;
     call_begin(c);
     *out = NULL;
+    if (c->cl != NULL)
+        return call_end(c, cluster_pull(c, model, names, n_names, opts, out));
+    q.has_step = c->has_pull_step;
+    q.step = c->pull_step;
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
     if (names != NULL && (rc = check_names(c, names, n_names)) != 0)
@@ -460,6 +468,10 @@ emad_pull_into_ex(emad_client *c, const char *model, emad_tensor *tensors, size_
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_pull_into(c, model, tensors, n, opts, step));
+    q.has_step = c->has_pull_step;
+    q.step = c->pull_step;
     if ((rc = check_model(c, model)) != 0)
         return call_end(c, rc);
     if (tensors == NULL || n == 0)

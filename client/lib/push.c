@@ -417,7 +417,8 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
-    if ((rc = push_validate(c, model, tensors, n, has_writer)) != 0)
+    /* A cluster sends every shard every step, with or without tensors for it. */
+    if ((rc = push_validate(c, model, tensors, n, has_writer || c->routed)) != 0)
         return rc;
     size = push_header_size(&q, n);
     for (size_t i = 0; i < n && size <= c->push_limit; i++)
@@ -448,6 +449,8 @@ emad_push(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_push(c, model, step, 0, 0, 0, tensors, NULL, n, res));
     return call_end(c, push(c, model, step, 0, 0, tensors, n, res));
 }
 
@@ -467,10 +470,12 @@ emad_seed(emad_client *c, const char *model, uint64_t step, const emad_tensor *t
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_push(c, model, step, 0, 0, 1, tensors, as_dtypes, n, res));
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
-    if ((rc = push_validate(c, model, tensors, n, 0)) != 0)
+    if ((rc = push_validate(c, model, tensors, n, c->routed)) != 0)
         return call_end(c, rc);
     for (size_t k = 0; k < n; k++) {
         if (tensors[k].count != 0)
@@ -527,5 +532,7 @@ emad_push_as(emad_client *c, const char *model, uint64_t step, uint32_t writer,
     if (c == NULL)
         return EMAD_EINVAL;
     call_begin(c);
+    if (c->cl != NULL)
+        return call_end(c, cluster_push(c, model, step, 1, writer, 0, tensors, NULL, n, res));
     return call_end(c, push(c, model, step, 1, writer, tensors, n, res));
 }

@@ -48,6 +48,7 @@ typedef struct wbuf {
     char *p;
     size_t len, cap;
     int overflow;
+    const emad_client *c; /* a routed client's requests carry epoch and shard */
 } wbuf;
 
 /* msgpack_packer write callback for wbuf; refuses to write past cap. */
@@ -80,9 +81,26 @@ pk_kv_str(msgpack_packer *pk, const char *key, const char *value)
 void
 pk_head(msgpack_packer *pk, int op, size_t n)
 {
-    msgpack_pack_map(pk, 2 + n);
+    const wbuf *w = pk->data;
+    int routed = w->c != NULL && w->c->routed;
+
+    msgpack_pack_map(pk, 2 + n + (routed ? 2 : 0));
     proto_pack_kv_u64(pk, PROTO_KEY_V, PROTO_VERSION);
     pk_kv_str(pk, PROTO_KEY_OP, proto_op_name(op));
+    if (routed) {
+        proto_pack_kv_u64(pk, PROTO_KEY_EPOCH, w->c->route_epoch);
+        proto_pack_kv_u64(pk, PROTO_KEY_SHARD, w->c->route_shard);
+    }
+}
+
+/* Bytes the routing keys add to a request of c (a push map stays a fixmap: under 16 keys). */
+size_t
+route_size(const emad_client *c)
+{
+    if (!c->routed)
+        return 0;
+    return CODEC_SIZE_KEY(PROTO_KEY_EPOCH) + codec_size_uint(c->route_epoch) +
+           CODEC_SIZE_KEY(PROTO_KEY_SHARD) + codec_size_uint(c->route_shard);
 }
 
 /*
@@ -91,13 +109,13 @@ pk_head(msgpack_packer *pk, int op, size_t n)
  * much as packing them), counted by a dry run of build() otherwise.
  */
 static size_t
-packed_size(build_fn build, const void *ctx)
+packed_size(const emad_client *c, build_fn build, const void *ctx)
 {
-    wbuf w = {NULL, 0, 0, 0};
+    wbuf w = {NULL, 0, 0, 0, c};
     msgpack_packer pk;
 
     if (build == build_push)
-        return push_packed_size(ctx);
+        return push_packed_size(ctx) + route_size(c);
 
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
@@ -177,7 +195,7 @@ reply_decode(emad_client *c, int op, reply *r, size_t len)
 static int
 pack_request(emad_client *c, int op, build_fn build, const void *ctx, void **out, size_t *out_len)
 {
-    size_t len = packed_size(build, ctx);
+    size_t len = packed_size(c, build, ctx);
     msgpack_packer pk;
     wbuf w;
     void *msg;
@@ -188,7 +206,7 @@ pack_request(emad_client *c, int op, build_fn build, const void *ctx, void **out
     if ((msg = nn_allocmsg(len, 0)) == NULL)
         return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
                     len);
-    w = (wbuf){msg, 0, len, 0};
+    w = (wbuf){msg, 0, len, 0, c};
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
     if (w.overflow || w.len != len) {
@@ -242,6 +260,36 @@ pipe_open(emad_client *c, size_t k)
     return 0;
 }
 
+/* Connections of socket s that broke or were dropped so far. */
+static uint64_t
+lost_connections(int s)
+{
+    return nn_get_statistic(s, NN_STAT_BROKEN_CONNECTIONS) +
+           nn_get_statistic(s, NN_STAT_DROPPED_CONNECTIONS);
+}
+
+/*
+ * How long a routed client's next wait on connection k may block (a
+ * slice), or -1 with an error when the replica is gone: no connection
+ * since `since` for connect_timeout_ms, or (in_flight) a connection lost
+ * after the request went.
+ */
+static int
+routed_slice(emad_client *c, size_t k, int op, int in_flight, int64_t *since)
+{
+    int64_t now = now_ms();
+
+    if (in_flight && lost_connections(c->socks[k]) != c->lost[k])
+        return fail(c, EMAD_ECONNECT, "%s: the connection to %s broke: the request is lost",
+                    proto_op_name(op), c->url);
+    if (nn_get_statistic(c->socks[k], NN_STAT_CURRENT_CONNECTIONS) > 0)
+        *since = now;
+    else if (now - *since >= c->opts.connect_timeout_ms)
+        return fail(c, EMAD_ECONNECT, "%s: no connection to %s for %d ms", proto_op_name(op),
+                    c->url, c->opts.connect_timeout_ms);
+    return ROUTED_SLICE_MS;
+}
+
 /*
  * Send a request packed by build(ctx) on connection k with the next
  * request id (*id), waiting at most until deadline (ms) for the
@@ -257,9 +305,9 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
     struct nn_iovec iov;
     struct nn_msghdr hdr;
     size_t len, splen = sizeof(uint32_t);
-    int64_t left;
+    int64_t left, since = now_ms();
     void *msg;
-    int rc;
+    int rc, slice;
 
     if (c->pending[k] != 0)
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
@@ -285,6 +333,12 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
         left = deadline - now_ms();
         if (left < 1)
             left = 1;
+        if (c->routed && (slice = routed_slice(c, k, op, 0, &since)) < 0) {
+            nn_freemsg(msg);
+            return EMAD_ECONNECT;
+        }
+        if (c->routed && left > slice && left > 1)
+            left = slice;
         (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_SNDTIMEO, (int)left);
         iov.iov_base = &msg;
         iov.iov_len = NN_MSG;
@@ -293,10 +347,12 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
         hdr.msg_iovlen = 1;
         hdr.msg_control = cbuf;
         hdr.msg_controllen = sizeof(cbuf);
+        if (c->routed)
+            c->lost[k] = lost_connections(c->socks[k]);
         if (nn_sendmsg(c->socks[k], &hdr, 0) >= 0)
             break; /* nanomsg owns msg now */
         rc = nn_errno();
-        if (rc == EINTR && now_ms() < deadline)
+        if ((rc == EINTR || (c->routed && rc == ETIMEDOUT)) && now_ms() < deadline)
             continue;
         nn_freemsg(msg);
         return nn_fail(c, rc, op, "send", timeout_ms);
@@ -343,8 +399,8 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
 {
     uint32_t id = c->pending[k];
     void *buf = NULL;
-    int64_t left;
-    int n = -1, rc;
+    int64_t left, since = now_ms();
+    int n = -1, rc, slice;
 
     memset(r, 0, sizeof(*r));
     c->pending[k] = 0;
@@ -360,6 +416,12 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
         left = deadline - now_ms();
         if (left < 1)
             return nn_fail(c, ETIMEDOUT, op, "receive", timeout_ms);
+        if (c->routed) {
+            if ((slice = routed_slice(c, k, op, 1, &since)) < 0)
+                return EMAD_ECONNECT;
+            if (left > slice)
+                left = slice;
+        }
         (void)set_int(c->socks[k], NN_SOL_SOCKET, NN_RCVTIMEO, (int)left);
         memset(&hdr, 0, sizeof(hdr));
         hdr.msg_iov = &iov;
@@ -369,7 +431,7 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
         if ((n = nn_recvmsg(c->socks[k], &hdr, 0)) < 0) {
             rc = nn_errno();
             buf = NULL;
-            if (rc == EINTR)
+            if (rc == EINTR || (c->routed && rc == ETIMEDOUT && now_ms() < deadline))
                 continue;
             return nn_fail(c, rc, op, "receive", timeout_ms);
         }
@@ -522,15 +584,16 @@ hello_parse(emad_client *c, const reply *r)
     if (max > PROTO_MAX_MAX_MESSAGE)
         max = PROTO_MAX_MAX_MESSAGE;
     c->server_max = max;
-    c->msg_limit = max - SP_HEADER_SLACK;
+    /* A routed client's requests carry the routing keys (route_size(): under 32 bytes). */
+    c->msg_limit = max - SP_HEADER_SLACK - (c->routed ? 32 : 0);
     c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;
     c->reply_eff = c->reply_ask < max ? c->reply_ask : max;
     return 0;
 }
 
 /* Send hello and learn the daemon's protocol and limits. */
-static int
-hello(emad_client *c)
+int
+client_hello(emad_client *c)
 {
     reply r;
     int rc;
@@ -551,10 +614,7 @@ hello(emad_client *c)
 EMAD_EXTERN int
 emad_connect(emad_client **out, const char *url, const emad_options *opts)
 {
-    emad_client *c;
-    const char *env;
     emad_options o;
-    int rc;
 
     if (out == NULL)
         return EMAD_EINVAL;
@@ -565,11 +625,26 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
         emad_options_init(&o);
     if (url == NULL)
         url = EMAD_DEFAULT_URL;
+    if (strncmp(url, "cluster:", 8) == 0)
+        return cluster_connect_url(out, url + 8, &o);
     if (o.timeout_ms <= 0 || o.connect_timeout_ms <= 0 || o.chunk_bytes < PROTO_MIN_MAX_MESSAGE ||
         o.max_reply_bytes < PROTO_MIN_MAX_MESSAGE || o.max_reply_bytes > PROTO_MAX_MAX_MESSAGE)
         return EMAD_EINVAL;
     if (o.chunk_bytes > PROTO_MAX_MAX_MESSAGE)
         o.chunk_bytes = PROTO_MAX_MAX_MESSAGE;
+    return client_open(out, url, &o, 1);
+}
+
+/* A new client for url (options checked): sockets open, and with say_hello the daemon contacted. */
+int
+client_open(emad_client **out, const char *url, const emad_options *opts, int say_hello)
+{
+    emad_client *c;
+    const char *env;
+    emad_options o = *opts;
+    int rc;
+
+    *out = NULL;
     if ((c = calloc(1, sizeof(*c))) == NULL)
         return EMAD_ENOMEM;
     c->opts = o;
@@ -602,7 +677,7 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
                  : EMAD_ECONNECT;
         goto fail;
     }
-    if ((rc = hello(c)) != 0)
+    if (say_hello && (rc = client_hello(c)) != 0)
         goto fail;
     *out = c;
     return 0;
@@ -617,6 +692,7 @@ emad_close(emad_client *c)
 {
     if (c == NULL)
         return;
+    cluster_free(c->cl);
     for (size_t k = 0; k < PIPELINE_MAX; k++)
         if (c->socks[k] >= 0)
             (void)nn_close(c->socks[k]);

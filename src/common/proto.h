@@ -34,7 +34,8 @@
     XX(LIST, "list")                                                                               \
     XX(STATS, PROTO_KEY_STATS) /* the op is named like its reply's key */                          \
     XX(CONFIGURE, "configure")                                                                     \
-    XX(SNAPSHOT, "snapshot")
+    XX(SNAPSHOT, "snapshot")                                                                       \
+    XX(INSTALL, "install") /* cluster resync: a model's state from a peer */
 
 enum proto_op {
     PROTO_OP_INVALID = 0,

@@ -65,6 +65,16 @@
 #define PROTO_KEY_SNAPSHOT_STEP "snapshot_step"
 #define PROTO_KEY_SHADOW_BYTES "shadow_bytes"
 #define PROTO_KEY_STATS "stats"
+#define PROTO_KEY_EPOCH "epoch"         /* cluster mode: the shard map's epoch */
+#define PROTO_KEY_SHARD "shard"         /* cluster mode: the shard a request is for / a daemon is */
+#define PROTO_KEY_SHARDS "shards"       /* cluster mode: shards in the map */
+#define PROTO_KEY_REPLICA "replica"     /* cluster mode: the daemon's place in its shard's line */
+#define PROTO_KEY_RESYNCING "resyncing" /* cluster mode: a model waiting for a peer's state */
+#define PROTO_KEY_ANEW "anew"           /* install: start over with this configuration */
+#define PROTO_KEY_END "end"             /* install: complete at this step */
+#define PROTO_KEY_ACCEPT "accept"       /* install: keep the state as it is */
+#define PROTO_KEY_DECAY_INDEX "decay_index" /* install: which shadow the data is of */
+#define PROTO_KEY_STEPS "steps"             /* install: each tensor's step */
 
 /* Gauges of the `stats` reply (counters are in common/counters.h). */
 #define PROTO_KEY_TXN_OPEN "txn_open"

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/cause.h"
+#include "common/proto_keys.h"
 #include "common/shardmap.h"
 
 /* Most words on one directive line: `shard`, its index and the replicas. */
@@ -188,7 +189,7 @@ parse_directive(building *b, char *line, unsigned lineno, char **cause)
     if (nw < 0)
         return cause_set(cause, EMAD_EINVAL, "line %u: too many words (at most %d replicas)",
                          lineno, EMAD_CLUSTER_MAX_REPLICAS);
-    if (strcmp(w[0], "epoch") == 0 || strcmp(w[0], "ack") == 0) {
+    if (strcmp(w[0], PROTO_KEY_EPOCH) == 0 || strcmp(w[0], "ack") == 0) {
         int is_epoch = w[0][0] == 'e';
         int *seen = is_epoch ? &b->has_epoch : &b->has_ack;
 
@@ -205,7 +206,7 @@ parse_directive(building *b, char *line, unsigned lineno, char **cause)
             b->m->ack = (uint32_t)v;
         return 0;
     }
-    if (strcmp(w[0], "shard") == 0)
+    if (strcmp(w[0], PROTO_KEY_SHARD) == 0)
         return parse_shard(b, w, nw, lineno, cause);
     return cause_set(cause, EMAD_EINVAL,
                      "line %u: unknown directive '%.64s' (expected epoch, ack or shard)", lineno,
@@ -315,8 +316,8 @@ looks_inline(const char *s)
 {
     while (*s == ' ' || *s == '\t')
         s++;
-    return strpbrk(s, "\n;") != NULL || s[0] == '#' || strncmp(s, "epoch ", 6) == 0 ||
-           strncmp(s, "shard ", 6) == 0 || strncmp(s, "ack ", 4) == 0;
+    return strpbrk(s, "\n;") != NULL || s[0] == '#' || strncmp(s, PROTO_KEY_EPOCH " ", 6) == 0 ||
+           strncmp(s, PROTO_KEY_SHARD " ", 6) == 0 || strncmp(s, "ack ", 4) == 0;
 }
 
 /* Parse a map given as a file path or as inline text. */

@@ -11,7 +11,8 @@ libemadd_la_SOURCES = $(emadd_base_sources) $(emadd_files_sources) $(emadd_store
 	src/daemon/metrics.c src/daemon/metrics.h \
 	src/daemon/http.c src/daemon/http.h \
 	src/daemon/settings.c src/daemon/settings.h \
-	src/daemon/notify.c src/daemon/notify.h
+	src/daemon/notify.c src/daemon/notify.h \
+	src/daemon/shard.c src/daemon/shard.h
 libemadd_la_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS) \
 	$(JANSSON_CFLAGS) $(XXHASH_CFLAGS) $(MHD_CFLAGS) $(INIH_CFLAGS) $(SYSTEMD_CFLAGS) -pthread
 libemadd_la_LIBADD = libemadcore.la $(UV_LIBS) $(NANOMSG_LIBS) $(MSGPACK_LIBS) \

@@ -29,7 +29,7 @@ build_hello(msgpack_packer *pk, const void *ctx)
 {
     const server *srv = ctx;
 
-    reply_pack_head(pk, 1, 8);
+    reply_pack_head(pk, 1, 8 + shard_hello_count(srv->shard));
     proto_pack_str(pk, PROTO_KEY_SERVER);
     proto_pack_str(pk, PROTO_VAL_SERVER_NAME);
     proto_pack_str(pk, PROTO_KEY_VERSION);
@@ -40,6 +40,7 @@ build_hello(msgpack_packer *pk, const void *ctx)
     proto_pack_kv_u64(pk, PROTO_KEY_MAX_NAME_BYTES, EMAD_MAX_NAME_BYTES);
     proto_pack_kv_u64(pk, PROTO_KEY_MAX_NDIM, EMAD_MAX_NDIM);
     proto_pack_kv_u64(pk, PROTO_KEY_TXN_TIMEOUT_MS, srv->cfg.txn_timeout_ms);
+    shard_pack_hello(pk, srv->shard);
 }
 
 /* hello: the daemon's identity and limits. */
@@ -187,7 +188,11 @@ pack_model(msgpack_packer *pk, const model *m, uint64_t now_ms)
 {
     int pushed = m->last_push_ms != 0;
 
-    msgpack_pack_map(pk, 8 + pushed);
+    msgpack_pack_map(pk, 8 + pushed + (m->resyncing != 0));
+    if (m->resyncing) {
+        proto_pack_str(pk, PROTO_KEY_RESYNCING);
+        msgpack_pack_true(pk);
+    }
     if (pushed)
         proto_pack_kv_u64(pk, PROTO_KEY_LAST_PUSH_AGE_MS,
                           now_ms >= m->last_push_ms ? now_ms - m->last_push_ms : 0);
@@ -471,5 +476,82 @@ ops_model_snapshot(req *r, store_err *err)
     persist_request(r->srv->persist,
                     name != NULL ? names_printable(buf, sizeof(buf), name, len) : NULL,
                     snapshot_done, w);
+    return 0;
+}
+
+/*
+ * install (cluster mode): a model's state copied from a peer replica, in
+ * messages: `begin` with the configuration (the model is created anew and
+ * refuses pushes and pulls until `end`), data messages (`shadow`, `steps`,
+ * `tensors` with byte offsets and as_dtype), `end` at the peer's step; or
+ * `accept`: a model loaded from a snapshot keeps its state.
+ */
+int
+ops_model_install(req *r, store_err *err)
+{
+    store *s = r->srv->store;
+    const char *name;
+    size_t len, n = 0;
+    int begin = 0, end = 0, accept = 0, has_shadow = 0, rc;
+    uint64_t step = 0, shadow = 0;
+    const msgpack_object *steps;
+    store_input *in = NULL;
+
+    if (r->srv->shard == NULL)
+        return request_fail(err, EMAD_EMOVED, "install: this daemon is not part of a cluster");
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &name, &len, err) ||
+        request_get_bool(r->root, PROTO_KEY_ANEW, &begin, err) ||
+        request_get_bool(r->root, PROTO_KEY_END, &end, err) ||
+        request_get_bool(r->root, PROTO_KEY_ACCEPT, &accept, err) ||
+        request_get_u64(r->root, PROTO_KEY_STEP, &step, &(int){0}, err) ||
+        request_get_u64(r->root, PROTO_KEY_DECAY_INDEX, &shadow, &has_shadow, err))
+        return err->code;
+    if (names_check_model(name, len) != 0)
+        return request_fail(err, EMAD_ENAME, "install: invalid model name");
+    if (begin) {
+        emad_model_config cfg;
+        emaconf_strings *strings = xmalloc(sizeof(*strings));
+
+        emaconf_init(&cfg);
+        rc =
+            get_config(r->root, &cfg, strings, err) || store_install_begin(s, name, len, &cfg, err);
+        free(strings);
+        if (rc != 0)
+            return err->code;
+        log_info("event=install_begin model=%.*s", (int)len, name);
+    } else if (end) {
+        if (store_install_end(s, name, len, step, err) != 0)
+            return err->code;
+        log_info("event=install_end model=%.*s step=%llu", (int)len, name,
+                 (unsigned long long)step);
+    } else if (accept) {
+        if (store_install_accept(s, name, len, err) != 0)
+            return err->code;
+    } else {
+        steps = proto_map_get(r->root, PROTO_KEY_STEPS);
+        if (!has_shadow || shadow >= EMAD_MAX_DECAYS)
+            return request_fail(err, EMAD_EMALFORMED, "install: 'shadow' missing or too large");
+        if (request_decode_tensors(r->root, 1, &in, &n, err) != 0)
+            return err->code;
+        if (steps == NULL || steps->type != MSGPACK_OBJECT_ARRAY || steps->via.array.size != n) {
+            free(in);
+            return request_fail(err, EMAD_EMALFORMED,
+                                "install: 'steps' must give each tensor's step");
+        }
+        for (size_t i = 0; i < n; i++) {
+            const msgpack_object *o = &steps->via.array.ptr[i];
+
+            if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                free(in);
+                return request_fail(err, EMAD_EMALFORMED, "install: steps[%zu] is not a uint", i);
+            }
+            if (store_install_data(s, name, len, (uint32_t)shadow, &in[i], o->via.u64, err) != 0) {
+                free(in);
+                return err->code;
+            }
+        }
+        free(in);
+    }
+    reply_send(r, reply_build_empty, NULL);
     return 0;
 }

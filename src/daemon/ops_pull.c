@@ -66,8 +66,8 @@ ops_pull_pull(req *r, store_err *err)
     const char **np = NULL;
     size_t *nl = NULL, n = 0, len;
     const char *model_name;
-    uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX;
-    int present;
+    uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX, step = 0;
+    int present, has_step = 0;
     store_view *v = NULL;
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
@@ -75,7 +75,8 @@ ops_pull_pull(req *r, store_err *err)
 
     if (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
         request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
-        request_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err))
+        request_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err) ||
+        request_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err))
         return err->code;
     if (decay != NULL) {
         vo.has_decay = 1;
@@ -125,8 +126,11 @@ ops_pull_pull(req *r, store_err *err)
             nl[i] = e->via.str.size;
         }
     }
-    int rc = store_view_create(srv->store, model_name, len, names != NULL ? np : NULL, nl, n, &vo,
-                               &v, err);
+    /* With a step (cluster mode): the current or the kept previous version at that step. */
+    int rc = has_step ? store_view_create_at(srv->store, model_name, len, names != NULL ? np : NULL,
+                                             nl, n, &vo, step, &v, err)
+                      : store_view_create(srv->store, model_name, len, names != NULL ? np : NULL,
+                                          nl, n, &vo, &v, err);
     free(np);
     free(nl);
     if (rc != 0)

@@ -135,6 +135,7 @@ reply_send(req *r, build_fn build, const void *ctx)
 /* Error reply context. */
 typedef struct err_ctx {
     const store_err *err;
+    const shard_place *shard; /* cluster mode: its epoch and shard go into EMAD_EMOVED */
 } err_ctx;
 
 /* Pack an error reply. */
@@ -145,10 +146,11 @@ build_error(msgpack_packer *pk, const void *vctx)
     const char *name = errors_name(e->code);
     int with_tensor = e->tensor[0] != '\0';
     int with_supported = e->code == EMAD_EVERSION;
+    const shard_place *moved = e->code == EMAD_EMOVED ? ((const err_ctx *)vctx)->shard : NULL;
 
     reply_pack_head(pk, 0, 1);
     proto_pack_str(pk, PROTO_KEY_ERROR);
-    msgpack_pack_map(pk, 3 + with_tensor + with_supported);
+    msgpack_pack_map(pk, 3 + with_tensor + with_supported + shard_moved_count(moved));
     proto_pack_kv_u64(pk, PROTO_KEY_CODE, (uint64_t)-e->code);
     proto_pack_str(pk, PROTO_KEY_NAME);
     proto_pack_str(pk, name != NULL ? name : "EMAD_EINTERNAL");
@@ -163,6 +165,7 @@ build_error(msgpack_packer *pk, const void *vctx)
         msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, PROTO_VERSION);
     }
+    shard_pack_moved(pk, moved);
 }
 
 /*
@@ -196,7 +199,7 @@ reply_error(req *r, const store_err *err)
     store_err scrubbed = *err, *e = &scrubbed;
     const char *name = errors_name(e->code);
     int code = -e->code;
-    err_ctx ctx = {e};
+    err_ctx ctx = {e, srv->shard};
 
     /* Replies carry UTF-8 strings only (docs/PROTOCOL.md): clean the message, and
      * name a tensor only if its name is a valid one. */

@@ -54,6 +54,7 @@ static const op_handler handlers[PROTO_OP_COUNT] = {
     [PROTO_OP_STATS] = {PROTO_OP_STATS, ops_model_stats},
     [PROTO_OP_CONFIGURE] = {PROTO_OP_CONFIGURE, ops_model_configure},
     [PROTO_OP_SNAPSHOT] = {PROTO_OP_SNAPSHOT, ops_model_snapshot},
+    [PROTO_OP_INSTALL] = {PROTO_OP_INSTALL, ops_model_install},
 };
 
 /* Decode, dispatch and answer one request held in buf[0..len). */
@@ -120,6 +121,9 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
         goto error;
     }
     srv->op_counts[r.op]++;
+    if (r.op != PROTO_OP_HELLO && (shard_check(srv->shard, r.root, r.op, &err) != 0 ||
+                                   shard_check_model(srv->store, r.root, r.op, &err) != 0))
+        goto error;
     if (r.op == PROTO_OP_BEGIN || r.op == PROTO_OP_PUSH) { /* a push begins, not a chunk */
         store_err scratch;
         uint64_t txn;
@@ -352,6 +356,14 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         srv->parts = ncpu < 1 ? 1 : ncpu > ASYNC_MAX_PARTS ? ASYNC_MAX_PARTS : (int)ncpu;
     }
 
+    if (cfg->shard_map != NULL) {
+        if ((rc = shard_create(&srv->shard, cfg->shard_map, cfg->self, cause)) != 0)
+            goto fail;
+        store_keep_previous(srv->store, 1);
+        log_info("event=cluster_mode epoch=%llu shard=%u shards=%u replica=%u replicas=%u",
+                 (unsigned long long)srv->shard->map->epoch, srv->shard->shard,
+                 srv->shard->map->shards, srv->shard->replica, srv->shard->map->replicas);
+    }
     if (cfg->state_dir != NULL) {
         persist_config pc = {.state_dir = cfg->state_dir,
                              .interval_ms = cfg->snapshot_interval_ms,
@@ -362,6 +374,10 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
             goto fail;
         srv->persist = persist_create(loop, srv->store, &pc, &loaded);
     }
+    /* A replica with peers may have missed pushes while it was down: what it loaded waits
+     * for a client to install a peer's state or accept its own. */
+    if (srv->shard != NULL && srv->shard->map->replicas > 1)
+        store_mark_resyncing(srv->store);
     if ((srv->sock = iocpu_socket(&srv->io, cfg->io_cpu, cause)) < 0) {
         rc = srv->sock;
         goto fail;
@@ -416,6 +432,7 @@ fail:
         persist_destroy(srv->persist);
     }
     store_destroy(srv->store);
+    shard_destroy(srv->shard);
     free(srv);
     return rc;
 }
@@ -476,6 +493,7 @@ server_destroy(server *srv)
         nn_close(srv->sock);
     persist_destroy(srv->persist);
     store_destroy(srv->store);
+    shard_destroy(srv->shard);
     free(srv);
 }
 

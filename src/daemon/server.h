@@ -28,6 +28,8 @@ typedef struct server_config {
     const char *listen[SERVER_MAX_LISTEN];
     int nlisten;
     const char *state_dir;         /* may be NULL */
+    const char *shard_map;         /* cluster mode: shard map file or text; NULL: off */
+    const char *self;              /* cluster mode: this daemon's URL in the map */
     uint64_t max_message_bytes;    /* PROTO_DEFAULT_MAX_MESSAGE */
     uint64_t txn_timeout_ms;       /* 60000 */
     uint64_t snapshot_interval_ms; /* 60000; 0: only on request and at shutdown */

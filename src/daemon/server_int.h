@@ -24,6 +24,7 @@
 #include "daemon/metrics.h"
 #include "daemon/persist.h"
 #include "daemon/server.h"
+#include "daemon/shard.h"
 #include "store/store.h"
 #include "store/task.h"
 
@@ -44,6 +45,7 @@ struct server {
     int closing;
     store *store;
     persist *persist; /* NULL without --state-dir */
+    shard_place *shard; /* cluster mode, or NULL */
     int stopping;     /* SIGTERM seen: writing snapshots before closing */
     uint64_t start_ms;
     uint64_t last_request_ms; /* for giving freed memory back when idle */
@@ -209,6 +211,7 @@ int ops_model_drop(req *r, store_err *err);
 int ops_model_list(req *r, store_err *err);
 int ops_model_stats(req *r, store_err *err);
 int ops_model_snapshot(req *r, store_err *err);
+int ops_model_install(req *r, store_err *err);
 
 int ops_push_push(req *r, store_err *err);
 int ops_push_begin(req *r, store_err *err);

@@ -21,6 +21,7 @@
 #include "daemon/http.h"
 #include "base/log.h"
 #include "common/proto.h"
+#include "common/shardmap.h"
 #include "daemon/settings.h"
 #include "base/xmalloc.h"
 
@@ -37,6 +38,8 @@ enum key {
     K_IO_CPU,
     K_IDLE_RELEASE,
     K_IDLE_RELEASE_MAX,
+    K_SHARD_MAP,
+    K_SELF,
     K_COUNT
 };
 
@@ -57,6 +60,8 @@ static const struct key_info {
     [K_IO_CPU] = {"io-cpu", 1, 0},
     [K_IDLE_RELEASE] = {"idle-release", 1, 0},
     [K_IDLE_RELEASE_MAX] = {"idle-release-max", 1, 0},
+    [K_SHARD_MAP] = {"shard-map", 1, 0},
+    [K_SELF] = {"self", 1, 0},
 };
 
 void
@@ -108,6 +113,10 @@ settings_usage(FILE *f)
             "                           spares for twice the time between pushes, up to\n"
             "                           this long (default 30; never less than\n"
             "                           --idle-release)\n"
+            "  --shard-map MAP          run as one replica of a cluster: MAP is a shard\n"
+            "                           map file or its text (docs/PROTOCOL.md, \"Cluster\n"
+            "                           mode\"); needs --self\n"
+            "  --self URL               this daemon's URL as the shard map lists it\n"
             "  --version                print the version and exit\n"
             "  --help                   print this help and exit\n"
             "\n"
@@ -155,7 +164,9 @@ settings_free(settings *c)
     clear_listen(c);
     free(c->state_dir);
     free(c->http);
-    c->state_dir = c->http = NULL;
+    free(c->shard_map);
+    free(c->self);
+    c->state_dir = c->http = c->shard_map = c->self = NULL;
 }
 
 /* Parse a byte count with an optional K/M/G (binary) suffix. */
@@ -255,6 +266,18 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
             return -EINVAL;
         }
         c->listen[c->nlisten++] = xstrndup(value, strlen(value));
+        return 0;
+    case K_SHARD_MAP:
+    case K_SELF:
+        if (value[0] == '\0') {
+            snprintf(why, size, "expected %s", k == K_SELF ? "a URL" : "a file or map text");
+            return -EINVAL;
+        }
+        {
+            char **dst = k == K_SELF ? &c->self : &c->shard_map;
+            free(*dst);
+            *dst = xstrndup(value, strlen(value));
+        }
         return 0;
     case K_STATE_DIR:
         if (value[0] == '\0') {
@@ -399,6 +422,12 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_STATE_DIR:
         snprintf(buf, size, "%s", c->state_dir != NULL ? c->state_dir : "");
         break;
+    case K_SHARD_MAP:
+        snprintf(buf, size, "%s", c->shard_map != NULL ? c->shard_map : "");
+        break;
+    case K_SELF:
+        snprintf(buf, size, "%s", c->self != NULL ? c->self : "");
+        break;
     case K_MAX_MESSAGE:
         fmt_bytes(buf, size, c->max_message_bytes);
         break;
@@ -458,6 +487,10 @@ settings_print(const settings *c, FILE *f)
             fprintf(f, "# state-dir = (none: state is kept in memory only)\n");
             continue;
         }
+        if ((k == K_SHARD_MAP && c->shard_map == NULL) || (k == K_SELF && c->self == NULL)) {
+            fprintf(f, "# %s = (none: not part of a cluster)\n", keys[k].name);
+            continue;
+        }
         format_key(c, k, buf, sizeof(buf));
         fprintf(f, "%s = %s\n", keys[k].name, buf);
     }
@@ -473,6 +506,8 @@ settings_server(const settings *c, server_config *out)
     if (out->nlisten == 0)
         out->listen[out->nlisten++] = EMAD_DEFAULT_URL;
     out->state_dir = c->state_dir;
+    out->shard_map = c->shard_map;
+    out->self = c->self;
     out->max_message_bytes = c->max_message_bytes;
     out->txn_timeout_ms = c->txn_timeout_ms;
     out->snapshot_interval_ms = c->snapshot_interval_ms;
@@ -794,5 +829,24 @@ settings_build(settings *c, const settings_args *a, char **cause)
     }
     if (c->require_snapshot && c->state_dir == NULL)
         return cause_set(cause, -EINVAL, "require-snapshot needs state-dir");
+    if ((c->shard_map == NULL) != (c->self == NULL))
+        return cause_set(cause, -EINVAL, "shard-map and self go together");
+    if (c->shard_map != NULL) {
+        shardmap *m = NULL;
+        char *mcause = NULL;
+        uint32_t s, r;
+        int found;
+
+        if (shardmap_load(c->shard_map, &m, &mcause) != 0) {
+            rc = cause_set(cause, -EINVAL, "shard-map: %s", mcause != NULL ? mcause : "invalid");
+            free(mcause);
+            return rc;
+        }
+        found = shardmap_find(m, c->self, &s, &r) == 0;
+        shardmap_destroy(m);
+        if (!found)
+            return cause_set(cause, -EINVAL, "self '%s' is not one of the shard map's URLs",
+                             c->self);
+    }
     return 0;
 }

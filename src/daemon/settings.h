@@ -43,6 +43,8 @@ typedef struct settings {
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */
+    char *shard_map;     /* cluster mode: shard map file or text, or NULL */
+    char *self;          /* cluster mode: this daemon's URL in the map, or NULL */
 } settings;
 
 /* What the command line asked for: flags kept as (key, value) pairs to apply over the file. */

@@ -133,6 +133,14 @@ reserve(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, store_e
         sdtype = p[i].averaged ? dtype_shadow(it->dtype) : it->dtype;
         (void)dtype_numel(it->shape, it->ndim, sdtype, &numel, &nbytes);
         for (uint32_t j = 0; j < p[i].nshadow; j++) {
+            /* A shadow another holder keeps (a view, the previous version) is written
+             * into the tensor's spare when it has one: memory already mapped. */
+            if (t != NULL && t->shadow[j]->refs > 1 && t->spare[j] != NULL &&
+                t->spare[j]->size == nbytes) {
+                p[i].target[j] = t->spare[j];
+                t->spare[j] = NULL;
+                continue;
+            }
             if ((p[i].target[j] = blob_cow(t != NULL ? t->shadow[j] : NULL, nbytes)) == NULL) {
                 unreserve(p, i + 1);
                 return store_fail(err, EMAD_ENOMEM, it->name,
@@ -160,6 +168,7 @@ tensor_add(model *m, const item *it, const plan *p)
     memcpy(t->shape, it->shape, sizeof(t->shape));
     (void)dtype_numel(t->shape, t->ndim, t->dtype, &t->numel, &t->nbytes);
     t->nshadow = p->nshadow;
+    t->index = m->ntensors;
     for (uint32_t j = 0; j < p->nshadow; j++) {
         t->shadow[j] = p->target[j];
         m->shadow_bytes += p->target[j]->size;
@@ -297,6 +306,18 @@ publish_step(model *m, uint64_t step, uint64_t now_ms, int changed, store_result
     res->step = m->step;
 }
 
+/* Will applying st at step change m (an item neither stale nor left out for NaN/Inf)? */
+static int
+step_changes(const model *m, const stage *st, uint64_t step, enum apply_how how, const plan *p)
+{
+    (void)m;
+    for (size_t i = 0; i < st->nitems; i++)
+        if (st->items[i].nonfinite == 0 &&
+            (how == APPLY_SEED || p[i].t == NULL || p[i].t->step < step))
+            return 1;
+    return 0;
+}
+
 /*
  * Apply a checked stage at step: check that its new tensors fit the
  * model's snapshot header (EMAD_ELIMIT), reserve every blob (EMAD_ENOMEM
@@ -311,7 +332,7 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
 {
     decay_cache dc = {0};
     uint64_t cost = 0, count = 0;
-    int rc;
+    int rc, advance;
 
     /* The new tensors must fit the model's snapshot header. */
     for (size_t i = 0; i < st->nitems; i++) {
@@ -323,6 +344,11 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
     if (count > 0 && stage_check_header(m, cost, count, err) != 0)
         return err->code;
     res->ignored += st->ignored;
+    /* Cluster mode: a step reaches every shard, with or without tensors for it, and moves
+     * the shard to that step, so that the shards of one model move together. */
+    advance = m->keep_prev && how != APPLY_SEED && step > m->step;
+    if (m->keep_prev && (advance || step_changes(m, st, step, how, p)))
+        prev_freeze(m);
     if ((rc = reserve(m, st, step, how, p, err)) != 0)
         return rc;
     for (size_t i = 0; i < st->nitems; i++) {
@@ -344,7 +370,7 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
         t->step = step;
         res->applied++;
     }
-    publish_step(m, step, now_ms, res->applied > 0 || how == APPLY_SEED, res);
+    publish_step(m, step, now_ms, res->applied > 0 || how == APPLY_SEED || advance, res);
     return 0;
 }
 
@@ -425,7 +451,7 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
             unreserve(&p, 1);
             return store_fail(err, EMAD_ENOMEM, name, "tensor '%s': out of memory", name);
         }
-        if (nbytes > 0) /* an empty tensor's data may be NULL */
+        if (nbytes > 0 && shadows != NULL) /* an empty tensor's data may be NULL */
             memcpy(p.target[j]->data, shadows[j], nbytes);
     }
     memset(&it, 0, sizeof(it));
@@ -451,8 +477,9 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     memset(res, 0, sizeof(*res));
     if (m == NULL || store_check_step(step, err) != 0)
         return err->code;
-    /* A writer of a multi-writer model may have nothing to contribute to a step. */
-    if ((n > 0 || m->cfg.writers == 1) && stage_check_size(n, err) != 0)
+    /* A writer of a multi-writer model may have nothing to contribute to a step, nor may a
+     * shard of a cluster (the step still reaches it). */
+    if ((n > 0 || (m->cfg.writers == 1 && !m->keep_prev)) && stage_check_size(n, err) != 0)
         return err->code;
     stage_init(&st);
     if ((rc = stage_inputs(m, in, n, &st, err)) == 0)

@@ -10,4 +10,6 @@ emadd_store_sources = \
 	src/store/apply.c \
 	src/store/pending.c \
 	src/store/txn.c \
-	src/store/view.c
+	src/store/view.c \
+	src/store/prev.c \
+	src/store/install.c

@@ -138,6 +138,7 @@ model_free(model *m)
 {
     if (m == NULL)
         return;
+    prev_free(m);
     for (size_t i = 0; i < m->ntensors; i++)
         tensor_free(m->tensors[i]);
     while (m->pending != NULL) {
@@ -265,6 +266,7 @@ store_create_model(store *s, const char *name, size_t len, const emad_model_conf
     m = xcalloc(1, sizeof(*m));
     m->name = xstrndup(name, len);
     m->uid = s->next_id++;
+    m->keep_prev = s->keep_prev;
     m->version = 1;
     emaconf_copy(&m->cfg, cfg);
     m->index = strmap_create();

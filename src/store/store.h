@@ -72,6 +72,7 @@ typedef struct tensor {
     blob *spare[EMAD_MAX_DECAYS];  /* a free blob of the shadow's size, or NULL */
     uint64_t step;
     uint64_t mark; /* the store's scratch mark (finding repeated names in a pull) */
+    size_t index;  /* position in the model's tensors */
 } tensor;
 
 /* A model. Read-only outside src/store/ (store_model_snapshotted() records snapshots). */
@@ -94,6 +95,10 @@ typedef struct model {
     uint64_t snap_step;    /* its step */
     int restored;          /* loaded from a snapshot and not pushed since */
     uint64_t restored_step; /* the step it was loaded at */
+    int keep_prev;          /* cluster mode: keep the previous committed version (prev.c) */
+    struct prev_version *prev; /* that version, or NULL */
+    int resyncing;             /* cluster resync (install.c): 1 installing, 2 loaded, unconfirmed */
+    uint64_t install_bytes;    /* shadow bytes installed so far */
 } model;
 
 /*
@@ -197,8 +202,9 @@ int store_configure(store *s, const char *name, size_t len, const emad_model_con
 /*
  * Restore one tensor of a model loaded from a snapshot: shadows[j] holds
  * the data of shadow j (numel * size of the shadow dtype bytes), for each
- * of the model's decays if averaged, else one. The model must not have the
- * tensor yet. Returns 0, EMAD_EDUP, EMAD_EDTYPE, EMAD_ELIMIT or EMAD_ENOMEM.
+ * of the model's decays if averaged, else one (shadows NULL: left to be
+ * written, by install.c). The model must not have the tensor yet. Returns 0, EMAD_EDUP,
+ * EMAD_EDTYPE, EMAD_ELIMIT or EMAD_ENOMEM.
  */
 int store_restore_tensor(model *m, const char *name, int kind, int dtype, int averaged,
                          uint32_t ndim, const uint64_t *shape, uint64_t step,
@@ -314,6 +320,39 @@ typedef struct view_options {
     double decay;
     int dtype; /* floating tensors converted to this; EMAD_DTYPE_INVALID: as pushed */
 } view_options;
+
+/*
+ * Cluster resync (install.c): create model name anew with cfg and mark it
+ * resyncing; install one tensor's bytes [in->offset, +in->len) of shadow
+ * `shadow` (data in the shadow dtype, as_dtype the tensor's dtype when it
+ * differs) with the tensor's step; publish the model at step once every
+ * shadow byte came (EMAD_EINCOMPLETE otherwise); accept a loaded model's
+ * state as it is; mark every model resyncing (a restart with peers).
+ */
+int store_install_begin(store *s, const char *name, size_t len, const emad_model_config *cfg,
+                        store_err *err);
+int store_install_data(store *s, const char *name, size_t len, uint32_t shadow,
+                       const store_input *in, uint64_t step, store_err *err);
+int store_install_end(store *s, const char *name, size_t len, uint64_t step, store_err *err);
+int store_install_accept(store *s, const char *name, size_t len, store_err *err);
+void store_mark_resyncing(store *s);
+
+/*
+ * Cluster mode: every model (existing and new) keeps its previous committed
+ * version, at most one more reference to each shadow (prev.c).
+ */
+void store_keep_previous(store *s, int on);
+
+/* Step of a model's previous committed version, or 0 with *has 0 if it keeps none. */
+uint64_t store_prev_step(const model *m, int *has);
+
+/*
+ * store_view_create() of the model's version at exactly `step`: the current
+ * one or the kept previous one; EMAD_ESPLIT if neither is at that step.
+ */
+int store_view_create_at(store *s, const char *model_name, size_t len, const char *const *names,
+                         const size_t *name_lens, size_t n, const view_options *opts, uint64_t step,
+                         store_view **out, store_err *err);
 
 /*
  * Freeze a view of a model (all tensors if names is NULL, else the n

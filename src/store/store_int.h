@@ -130,6 +130,7 @@ struct store {
     uint64_t mark;         /* the last tensor mark handed out (view.c) */
     uint64_t reused_bytes; /* shadow bytes pushes wrote into spares (blob.c) */
     uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
+    int keep_prev;         /* cluster mode: models keep their previous version (prev.c) */
 };
 
 /* What one item of a step does, planned before anything changes (apply.c). */
@@ -165,6 +166,13 @@ void blob_unref(blob *b);
 void blob_release(blob *b, blob **spare);
 blob *blob_cow(blob *cur, size_t size);
 blob *blob_take(store *s, blob **spare, size_t size);
+
+/* prev.c: the previous committed version of a model (cluster mode). */
+void prev_release(model *m);
+void prev_free(model *m);
+void prev_freeze(model *m);
+int prev_tensor(const model *m, const tensor *t, uint32_t k, uint64_t *step, blob **data);
+size_t prev_ntensors(const model *m);
 
 /* stage.c */
 void stage_init(stage *st);

@@ -161,6 +161,11 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
         return err->code;
     if (s->ntxns >= STORE_MAX_TXNS)
         return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open transactions", STORE_MAX_TXNS);
+    /* A new step begins: the previous version is no longer any reader's step (every shard
+     * committed the current one before the next began), and its blobs become the spares the
+     * chunks are written into. */
+    if (step > m->step)
+        prev_release(m);
     t = xcalloc(1, sizeof(*t));
     do /* random, so that no other client can guess it; unique among the open ones */
         t->id = store_random_id();

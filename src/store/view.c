@@ -109,20 +109,21 @@ pick(store *s, model *m, const char *const *names, const size_t *name_lens, size
     return out;
 }
 
-int
-store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
-                  const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
-                  store_err *err)
+/*
+ * A view of m (see store_view_create), of its current version, or with
+ * from_prev of its kept previous version (a named tensor that did not exist
+ * then is EMAD_ENOTENSOR).
+ */
+static int
+view_make(store *s, model *m, size_t len, const char *const *names, const size_t *name_lens,
+          size_t n, const view_options *opts, int from_prev, store_view **out, store_err *err)
 {
-    model *m = store_model_get(s, model_name, len, err);
     store_view *v;
     tensor **picked = NULL;
     size_t count, j = 0;
     int odt = opts != NULL ? opts->dtype : EMAD_DTYPE_INVALID;
 
     *out = NULL;
-    if (m == NULL)
-        return err->code;
     if (opts != NULL && opts->has_decay) {
         char list[256], want[32];
         for (j = 0; j < m->cfg.ndecays && m->cfg.decays[j] != opts->decay; j++)
@@ -136,12 +137,21 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
         odt != EMAD_BF16 && odt != EMAD_F16)
         return store_fail(err, EMAD_EDTYPE, NULL, "a pull may convert to F32, BF16 or F16, not %s",
                           dtype_name(odt) != NULL ? dtype_name(odt) : "that");
-    count = names != NULL ? n : m->ntensors;
+    count = names != NULL ? n : from_prev ? prev_ntensors(m) : m->ntensors;
     if (names != NULL && (picked = pick(s, m, names, name_lens, n, err)) == NULL)
         return err->code;
+    if (names != NULL && from_prev)
+        for (size_t i = 0; i < n; i++)
+            if (picked[i]->index >= prev_ntensors(m)) {
+                store_fail(err, EMAD_ENOTENSOR, picked[i]->name,
+                           "model '%s' had no tensor '%s' at step %llu", m->name, picked[i]->name,
+                           (unsigned long long)store_prev_step(m, &(int){0}));
+                free(picked);
+                return err->code;
+            }
     v = xcalloc(1, sizeof(*v));
     v->model = xstrndup(m->name, len);
-    v->step = m->step;
+    v->step = from_prev ? store_prev_step(m, &(int){0}) : m->step;
     v->tensors = xcalloc(count, sizeof(*v->tensors));
     v->ntensors = count;
     for (size_t i = 0; i < count; i++) {
@@ -164,11 +174,54 @@ store_view_create(store *s, const char *model_name, size_t len, const char *cons
         vt->nbytes = t->numel * dtype_size(vt->dtype);
         vt->step = t->step;
         vt->data = t->shadow[k];
-        t->shadow[k]->refs++;
+        if (from_prev)
+            (void)prev_tensor(m, t, k, &vt->step, &vt->data);
+        vt->data->refs++;
     }
     free(picked);
     *out = v;
     return 0;
+}
+
+int
+store_view_create(store *s, const char *model_name, size_t len, const char *const *names,
+                  const size_t *name_lens, size_t n, const view_options *opts, store_view **out,
+                  store_err *err)
+{
+    model *m = store_model_get(s, model_name, len, err);
+
+    *out = NULL;
+    if (m == NULL)
+        return err->code;
+    return view_make(s, m, len, names, name_lens, n, opts, 0, out, err);
+}
+
+int
+store_view_create_at(store *s, const char *model_name, size_t len, const char *const *names,
+                     const size_t *name_lens, size_t n, const view_options *opts, uint64_t step,
+                     store_view **out, store_err *err)
+{
+    model *m = store_model_get(s, model_name, len, err);
+    int has = 0;
+    uint64_t prev;
+
+    *out = NULL;
+    if (m == NULL)
+        return err->code;
+    if (m->step == step)
+        return view_make(s, m, len, names, name_lens, n, opts, 0, out, err);
+    prev = store_prev_step(m, &has);
+    if (has && prev == step)
+        return view_make(s, m, len, names, name_lens, n, opts, 1, out, err);
+    if (has)
+        return store_fail(err, EMAD_ESPLIT, NULL,
+                          "model '%s' is at step %llu (previous version: step %llu), not at "
+                          "step %llu",
+                          m->name, (unsigned long long)m->step, (unsigned long long)prev,
+                          (unsigned long long)step);
+    return store_fail(err, EMAD_ESPLIT, NULL,
+                      "model '%s' is at step %llu (no previous version kept), not at step %llu",
+                      m->name, (unsigned long long)m->step, (unsigned long long)step);
 }
 
 /* The registered view with this id, or NULL. */
