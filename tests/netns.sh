@@ -225,6 +225,11 @@ netns_cleanup() {
         netns_del "$_ns"
     done
     netns_n=0
+    if [ -n "$netns_ref_pid" ]; then
+        kill -9 "$netns_ref_pid" 2>/dev/null || true
+        wait "$netns_ref_pid" 2>/dev/null || true
+        netns_ref_pid=
+    fi
     if [ -n "$netns_watchdog" ]; then
         kill "$netns_watchdog" 2>/dev/null || true
         netns_watchdog=
@@ -237,4 +242,77 @@ netns_exit() {
     netns_cleanup
     (exit "$_status")
     cleanup
+}
+
+# ---- clusters over the hosts ----------------------------------------------------------------
+
+# Write to FILE the shard map of epoch EPOCH, S shards of R replicas on hosts FIRST.. (shard s
+# replica r is host FIRST + s * R + r), ack ACK (default 1).
+netns_write_map() {
+    _f=$1 _e=$2 _s=$3 _r=$4 _first=$5 _ack=${6:-1}
+    {
+        echo "# emad shard map of $test_name"
+        echo "epoch $_e"
+        echo "ack $_ack"
+        _i=0
+        while [ "$_i" -lt "$_s" ]; do
+            _line="shard $_i"
+            _j=0
+            while [ "$_j" -lt "$_r" ]; do
+                _line="$_line $(netns_url $((_first + _i * _r + _j)))"
+                _j=$((_j + 1))
+            done
+            echo "$_line"
+            _i=$((_i + 1))
+        done
+    } >"$_f"
+}
+
+# Start the daemons of map FILE on hosts FIRST..FIRST+COUNT-1 (each as --self its own URL), with
+# any extra arguments.
+netns_start_cluster() {
+    _f=$1 _first=$2 _count=$3
+    shift 3
+    _i=$_first
+    while [ "$_i" -lt $((_first + _count)) ]; do
+        netns_start_daemon "$_i" --shard-map "$_f" --self "$(netns_url "$_i")" "$@"
+        _i=$((_i + 1))
+    done
+}
+
+# The reference: a plain daemon in the client namespace on 127.0.0.1:7499 (no link limit), state
+# in $work/ref. Its URL is $netns_ref_url.
+netns_ref_url=tcp://127.0.0.1:7499
+netns_ref_pid=
+netns_start_ref() {
+    mkdir -p "$work/ref"
+    ip netns exec "$(netns_client_ns)" "$EMAD" --listen "$netns_ref_url" --state-dir "$work/ref" \
+        --http off --snapshot-interval 0 --log-level info "$@" 2>>"$work/ref/emad.log" &
+    netns_ref_pid=$!
+    netns_wait_port 127.0.0.1 7499 "$netns_ref_pid" || fail "the reference daemon did not start"
+}
+
+# Run the Python client in the client namespace with the in-tree package (after client_env),
+# within T_LONG seconds.
+netns_python() {
+    netns_client env EMAD_LIBRARY="$EMAD_LIBRARY" PYTHONPATH="$PYTHONPATH" \
+        ${asan_rt:+LD_PRELOAD=$asan_rt} ${asan_rt:+ASAN_OPTIONS=detect_leaks=0} \
+        timeout "$T_LONG" "$PYTHON3" "$@"
+}
+
+# emactl in the client namespace through map FILE.
+netns_ctl() {
+    _f=$1
+    shift
+    timeout "$T" ip netns exec "$(netns_client_ns)" "$EMACTL" --cluster "$_f" "$@"
+}
+
+# Wait (at most T seconds) until file FILE exists.
+netns_wait_file() {
+    _i=0
+    while [ ! -e "$1" ]; do
+        _i=$((_i + 1))
+        [ "$_i" -lt $((T * 20)) ] || fail "waited $T s for $1"
+        sleep 0.05
+    done
 }

@@ -1,0 +1,189 @@
+"""cluster_driver.py - trainers and readers of the cluster tests (tests/test_cluster*.sh), run
+in the client namespace of tests/netns.sh with the Python client.
+
+  cluster_driver.py train --cluster MAP --ref URL --model M --first A --last B --dir D
+                          [--gate N ...] [--pace SECONDS]
+      Pushes steps A..B of the "mixed" model (see tensors()) to the cluster
+      and, after each, the same step to the single reference daemon at URL.
+      After step N of each --gate N it writes D/reached.N and, for a gate
+      marked N:wait, waits for D/go.N (written by the test). After every
+      acknowledged step it writes D/acked (the step). Any push error fails
+      (exit 1); warnings about skipped replicas are counted and printed.
+  cluster_driver.py compare --cluster MAP --ref URL --model M [--decays D,...]
+      Pulls the model through the cluster and from the reference, every
+      decay, and requires them equal bit for bit (names, dtypes, shapes,
+      bytes, step).
+  cluster_driver.py steps --cluster MAP --model M --first A --last B --dir D [--gate N:wait]
+      Pushes the "steps" model (decay 0: the average is the last push;
+      every element of every tensor equals the step, so a pull that mixed
+      steps is detectable) for steps A..B; writes D/pushing.N before the push
+      of step N and D/acked after it; gates as for train.
+  cluster_driver.py read --cluster MAP --model M --pulls N --out FILE
+      N pulls; each must be one step: every element of every tensor equal
+      to the pulled model's step. Writes "pulls P ok K split S steps LO HI"
+      to FILE (split: EMAD_ESPLIT answers, allowed); exits 1 on a mix or
+      on any other error.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import emad
+
+# The mixed model: a tensor cut across shards (>= 4 MiB), whole tensors on either shard,
+# float16, bfloat16 and float64 params and integer and float buffers.
+CUT = 1 << 20  # float32 elements: exactly 4 MiB
+
+
+def tensors(step):
+    """(params, buffers) of the mixed model at a step, a pure function of the step."""
+    rng = np.random.default_rng(1000 + step)
+    params = {
+        "big.w": rng.standard_normal(CUT + 3, dtype=np.float32),
+        "emb.w": emad.Typed(rng.integers(0x3c00, 0x4400, 1 << 21, dtype=np.uint16), "BF16"),
+        "small.a": rng.standard_normal(1000, dtype=np.float32),
+        "small.b": rng.standard_normal((7, 9)).astype(np.float16),
+        "small.c": rng.standard_normal(33),  # float64
+    }
+    buffers = {
+        "bn.count": np.array(step, dtype=np.int64),
+        "bn.mean": rng.standard_normal(16, dtype=np.float32),
+    }
+    return params, buffers
+
+
+def steps_tensors(step):
+    """The steps model at a step: every element equals the step."""
+    return {"big.w": np.full(CUT + 1, step, np.float32),
+            "small.a": np.full(10, step, np.float32),
+            "small.b": np.full(10, step, np.float32),
+            "small.c": np.full(3, step, np.float64)}
+
+
+def touch(path, text=""):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def gates(specs):
+    """{step: wait?} from "N" / "N:wait" strings."""
+    out = {}
+    for g in specs or []:
+        n, _, how = g.partition(":")
+        out[int(n)] = how == "wait"
+    return out
+
+
+def pass_gate(d, step, g):
+    if step not in g:
+        return
+    touch(os.path.join(d, "reached.%d" % step))
+    if g[step]:
+        while not os.path.exists(os.path.join(d, "go.%d" % step)):
+            time.sleep(0.02)
+
+
+def cmd_train(a):
+    g = gates(a.gate)
+    warned = 0
+    with emad.Client(cluster=a.cluster, timeout=60) as c, emad.Client(a.ref, timeout=60) as ref:
+        for cl in (c, ref):
+            cl.create(a.model, decay=[0.9, 0.99], exist_ok=True)
+        for step in range(a.first, a.last + 1):
+            params, buffers = tensors(step)
+            c.push(a.model, step, params, buffers)
+            w = c.cluster_warnings()
+            if w:
+                warned += 1
+                print("step %d: %s" % (step, "; ".join(w)), flush=True)
+            ref.push(a.model, step, params, buffers)
+            touch(os.path.join(a.dir, "acked"), str(step))
+            pass_gate(a.dir, step, g)
+            if a.pace:
+                time.sleep(a.pace)
+    print("train: steps %d..%d acknowledged, %d with skipped replicas" % (a.first, a.last, warned))
+
+
+def cmd_compare(a):
+    with emad.Client(cluster=a.cluster, timeout=60) as c, emad.Client(a.ref, timeout=60) as ref:
+        for decay in [float(d) for d in a.decays.split(",")]:
+            got = c.pull(a.model, decay=decay)
+            want = ref.pull(a.model, decay=decay)
+            if got.step != want.step:
+                sys.exit("decay %g: step %d, the single daemon has %d" % (decay, got.step, want.step))
+            if sorted(got) != sorted(want):  # the cluster returns them sorted by name
+                sys.exit("decay %g: tensors %s, the single daemon has %s"
+                         % (decay, list(got), list(want)))
+            for k in want:
+                g, w = np.asarray(got[k]), np.asarray(want[k])
+                if g.dtype != w.dtype or g.shape != w.shape or g.tobytes() != w.tobytes():
+                    diff = int(np.count_nonzero(g.view(np.uint8) != w.view(np.uint8))) \
+                        if g.nbytes == w.nbytes else -1
+                    sys.exit("decay %g: %s differs from the single daemon (%s %s vs %s %s, %d "
+                             "bytes differ)" % (decay, k, g.dtype, g.shape, w.dtype, w.shape, diff))
+        print("compare: step %d, %d tensors equal bit for bit" % (got.step, len(want)))
+
+
+def cmd_steps(a):
+    g = gates(a.gate)
+    with emad.Client(cluster=a.cluster, timeout=120) as c:
+        c.create(a.model, decay=0.0, exist_ok=True)
+        for step in range(a.first, a.last + 1):
+            touch(os.path.join(a.dir, "pushing.%d" % step))
+            c.push(a.model, step, steps_tensors(step))
+            touch(os.path.join(a.dir, "acked"), str(step))
+            pass_gate(a.dir, step, g)
+            if a.pace:
+                time.sleep(a.pace)
+    print("steps: %d..%d acknowledged" % (a.first, a.last))
+
+
+def cmd_read(a):
+    ok = split = 0
+    seen = []
+    with emad.Client(cluster=a.cluster, timeout=120) as c:
+        for _ in range(a.pulls):
+            try:
+                sd = c.pull(a.model)
+            except emad.Error as e:
+                if e.code == emad.ESPLIT:
+                    split += 1
+                    continue
+                raise
+            values = set()
+            for k, v in sd.items():
+                values.update(np.unique(np.asarray(v)).tolist())
+            if values != {float(sd.step)}:
+                sys.exit("read: a mix: model step %d, values %s" % (sd.step, sorted(values)[:10]))
+            ok += 1
+            seen.append(sd.step)
+    with open(a.out, "w") as f:
+        f.write("pulls %d ok %d split %d steps %d %d\n" % (a.pulls, ok, split,
+                                                         min(seen or [0]), max(seen or [0])))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["train", "compare", "steps", "read"])
+    ap.add_argument("--cluster", required=True)
+    ap.add_argument("--ref")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--first", type=int, default=1)
+    ap.add_argument("--last", type=int, default=1)
+    ap.add_argument("--dir", default=".")
+    ap.add_argument("--gate", action="append")
+    ap.add_argument("--pace", type=float, default=0.0)
+    ap.add_argument("--decays", default="0.9,0.99")
+    ap.add_argument("--pulls", type=int, default=1)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    {"train": cmd_train, "compare": cmd_compare, "steps": cmd_steps, "read": cmd_read}[a.what](a)
+
+
+if __name__ == "__main__":
+    main()
