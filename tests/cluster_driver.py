@@ -2,7 +2,7 @@
 in the client namespace of tests/netns.sh with the Python client.
 
   cluster_driver.py train --cluster MAP --ref URL --model M --first A --last B --dir D
-                          [--gate N ...] [--pace SECONDS]
+                          [--gate N ...] [--pace SECONDS] [--timeout SECONDS]
       Pushes steps A..B of the "mixed" model (see tensors()) to the cluster
       and, after each, the same step to the single reference daemon at URL.
       After step N of each --gate N it writes D/reached.N and, for a gate
@@ -91,16 +91,20 @@ def pass_gate(d, step, g):
 def cmd_train(a):
     g = gates(a.gate)
     warned = 0
-    with emad.Client(cluster=a.cluster, timeout=60) as c, emad.Client(a.ref, timeout=60) as ref:
+    # A replica cut off (no reset, no reply) holds a push for the request timeout: keep it short.
+    with emad.Client(cluster=a.cluster, timeout=a.timeout) as c, \
+            emad.Client(a.ref, timeout=60) as ref:
         for cl in (c, ref):
             cl.create(a.model, decay=[0.9, 0.99], exist_ok=True)
         for step in range(a.first, a.last + 1):
             params, buffers = tensors(step)
+            t0 = time.monotonic()
             c.push(a.model, step, params, buffers)
+            dt = time.monotonic() - t0
             w = c.cluster_warnings()
             if w:
                 warned += 1
-                print("step %d: %s" % (step, "; ".join(w)), flush=True)
+                print("step %d (%.2f s): %s" % (step, dt, "; ".join(w)), flush=True)
             ref.push(a.model, step, params, buffers)
             touch(os.path.join(a.dir, "acked"), str(step))
             pass_gate(a.dir, step, g)
@@ -178,6 +182,7 @@ def main():
     ap.add_argument("--dir", default=".")
     ap.add_argument("--gate", action="append")
     ap.add_argument("--pace", type=float, default=0.0)
+    ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--decays", default="0.9,0.99")
     ap.add_argument("--pulls", type=int, default=1)
     ap.add_argument("--out")

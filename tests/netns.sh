@@ -236,12 +236,21 @@ netns_cleanup() {
     fi
 }
 
-# The EXIT trap: clean up the namespaces, then lib.sh's cleanup with the test's exit status.
+# Return status $1 (to hand a status to lib.sh's cleanup, which reads $?).
+netns_return() {
+    return "$1"
+}
+
+# The EXIT trap: clean up the namespaces, then lib.sh's cleanup with the test's exit status
+# (through `||`, so that a non-zero status does not end the trap early under set -e).
 netns_exit() {
     _status=$?
     netns_cleanup
-    (exit "$_status")
-    cleanup
+    if [ "$_status" -eq 0 ]; then
+        cleanup
+    else
+        netns_return "$_status" || cleanup
+    fi
 }
 
 # ---- clusters over the hosts ----------------------------------------------------------------
@@ -307,12 +316,16 @@ netns_ctl() {
     timeout "$T" ip netns exec "$(netns_client_ns)" "$EMACTL" --cluster "$_f" "$@"
 }
 
-# Wait (at most T seconds) until file FILE exists.
+# Wait (at most T seconds) until file FILE exists; fail (with the end of LOG) if process PID
+# (optional) exits first.
 netns_wait_file() {
     _i=0
     while [ ! -e "$1" ]; do
         _i=$((_i + 1))
-        [ "$_i" -lt $((T * 20)) ] || fail "waited $T s for $1"
+        [ "$_i" -lt $((T * 20)) ] || fail "waited $T s for $1${3:+: $(tail -n 20 "$3")}"
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+            fail "process $2 exited before $1 appeared${3:+: $(tail -n 20 "$3")}"
+        fi
         sleep 0.05
     done
 }

@@ -7,8 +7,9 @@
 #     the 1 MB burst, is 0.59 s: it takes at least 0.5 s).
 #  2. Host 1's link taken down: host 1 cannot be reached (the request times
 #     out), host 0 still serves; link up again: host 1 serves its model.
-#  3. A test that exits (with a failure) leaves no namespace and no daemon
-#     behind; neither does one killed by SIGKILL, once the next test starts.
+#  3. A test that exits (with a failure) leaves no namespace, no daemon and
+#     no work dir behind; one killed by SIGKILL leaves no namespace and no
+#     daemon once the next test starts.
 # Exits 77 (skip) when not root or `ip netns` is not permitted.
 #
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
@@ -33,7 +34,7 @@ test_name=child
 netns_setup 2
 netns_start_daemon 0 --snapshot-interval 0
 netns_start_daemon 1 --snapshot-interval 0
-echo "$$ $(netns_pid 0) $(netns_pid 1)" >"$1.tmp"
+echo "$$ $(netns_pid 0) $(netns_pid 1) $work" >"$1.tmp"
 mv "$1.tmp" "$1"
 if [ "$2" = wait ]; then
     while :; do sleep 1; done
@@ -93,8 +94,9 @@ netns_cleanup
 # 3. A child test that fails leaves nothing; one killed by SIGKILL is collected by the next.
 top_srcdir=$top_srcdir sh "$work/child.sh" "$work/pids1" exit >"$work/child1.log" 2>&1 &&
     fail "the child test did not fail"
-read -r cpid d0 d1 <"$work/pids1" || fail "child 1 wrote no PIDs: $(cat "$work/child1.log")"
+read -r cpid d0 d1 cwork <"$work/pids1" || fail "child 1 wrote no PIDs: $(cat "$work/child1.log")"
 ip netns list | grep -q "^emadt-$cpid-" && fail "a failed test left namespaces: $(ip netns list)"
+[ ! -e "$cwork" ] || fail "a failed test left its work dir $cwork"
 for p in $d0 $d1; do
     kill -0 "$p" 2>/dev/null && fail "a failed test left daemon $p running"
 done
@@ -105,7 +107,7 @@ while [ ! -s "$work/pids2" ] && [ "$i" -lt "$T" ] && kill -0 "$child" 2>/dev/nul
     sleep 1
     i=$((i + 1))
 done
-read -r cpid d0 d1 <"$work/pids2" || fail "child 2 wrote no PIDs: $(cat "$work/child2.log")"
+read -r cpid d0 d1 cwork <"$work/pids2" || fail "child 2 wrote no PIDs: $(cat "$work/child2.log")"
 kill -9 "$child"
 wait "$child" 2>/dev/null || true
 ip netns list | grep -q "^emadt-$cpid-" || fail "the killed child's namespaces are already gone"
@@ -119,4 +121,5 @@ for p in $d0 $d1; do
     done
     kill -0 "$p" 2>/dev/null && fail "the killed child's daemon $p still runs"
 done
+rm -rf "$cwork" # a test killed by SIGKILL cannot remove its own work dir
 echo "$test_name: ok"

@@ -92,7 +92,13 @@ stop_slurm() { # the daemons this test started, by PID
     for p in $spids; do wait "$p" 2>/dev/null || true; done
     spids=
 }
-trap 'status=$?; stop_slurm; (exit $status); cleanup' EXIT
+slurm_exit() { # the EXIT trap: our Slurm daemons, then lib.sh's cleanup with the status
+    _st=$?
+    stop_slurm
+    if [ "$_st" -eq 0 ]; then cleanup; else slurm_return "$_st" || cleanup; fi
+}
+slurm_return() { return "$1"; }
+trap slurm_exit EXIT
 # munged: a fresh key, our own socket; stays in the foreground (-F) so that we own its PID.
 dd if=/dev/urandom of="$sl/munge/munge.key" bs=1024 count=1 2>/dev/null
 chmod 400 "$sl/munge/munge.key"
