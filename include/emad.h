@@ -545,6 +545,19 @@ EMAD_EXTERN int emad_cluster_plan_shards(uint32_t shards, const emad_tensor *ten
 EMAD_EXTERN int emad_cluster_resync(emad_client *c, const char *model, size_t *copied);
 
 /*
+ * Copy model from `from` (a cluster client or a single daemon's client)
+ * into the cluster of `to` (a cluster client), placed by to's map: the
+ * configuration, every decay's shadows (read at one step, in the shadow
+ * dtype) and every tensor's step, so that `to` holds the same EMA bit for
+ * bit and goes on from the same step. The model is replaced on every
+ * replica of `to`. For resharding (a new map with a higher epoch, new
+ * daemons) and for moving a single daemon's model into a cluster. *step
+ * (may be NULL) gets the step copied. Errors are on `to`.
+ */
+EMAD_EXTERN int emad_cluster_copy(emad_client *from, emad_client *to, const char *model,
+                                  uint64_t *step);
+
+/*
  * Replicas skipped by the last call of a cluster client although it
  * succeeded (a replica down, with `ack` still met): one line per replica
  * "shard S replica R URL: message", or "" if none. Valid until the next call.

@@ -6,6 +6,7 @@
  * pulls must equal its pulls bit for bit (every decay, in the shadow dtype
  * too), also after a replica was killed and resynced.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,16 +56,16 @@ start_replica(tcluster *k, size_t i, const char *state_dir)
                   "replica %zu did not start", i);
 }
 
-/* Start S x R daemons with a map at epoch EPOCH and `ack`. */
+/* Start S x R daemons with a map at epoch and `ack`. */
 static void
-cluster_up(tcluster *k, uint32_t S, uint32_t R, uint32_t ack)
+cluster_up_epoch(tcluster *k, unsigned epoch, uint32_t S, uint32_t R, uint32_t ack)
 {
     int off;
 
     memset(k, 0, sizeof(*k));
     k->shards = S;
     k->replicas = R;
-    off = snprintf(k->map, sizeof(k->map), "# test\nepoch %d\nack %u\n", EPOCH, ack);
+    off = snprintf(k->map, sizeof(k->map), "# test\nepoch %u\nack %u\n", epoch, ack);
     for (uint32_t s = 0; s < S; s++) {
         off += snprintf(k->map + off, sizeof(k->map) - (size_t)off, "shard %u", s);
         for (uint32_t r = 0; r < R; r++) {
@@ -78,6 +79,13 @@ cluster_up(tcluster *k, uint32_t S, uint32_t R, uint32_t ack)
     }
     for (size_t i = 0; i < (size_t)S * R; i++)
         start_replica(k, i, NULL);
+}
+
+/* Start S x R daemons with a map at epoch EPOCH and `ack`. */
+static void
+cluster_up(tcluster *k, uint32_t S, uint32_t R, uint32_t ack)
+{
+    cluster_up_epoch(k, EPOCH, S, R, ack);
 }
 
 /* Stop every daemon of k that runs. */
@@ -311,6 +319,23 @@ raw_empty_push(const tu_daemon *d, uint64_t shard, uint64_t step)
     nn_close(s);
 }
 
+/* A SIGKILL sent from another thread a little later. */
+typedef struct killer {
+    pid_t pid;
+    int rc;
+} killer;
+
+/* Thread: wait 30 ms, then SIGKILL the daemon. */
+static void *
+kill_soon(void *arg)
+{
+    killer *k = arg;
+
+    tu_sleep_ms(30);
+    k->rc = kill(k->pid, SIGKILL);
+    return NULL;
+}
+
 /* A cluster, a single reference daemon, a client of each, and model "m" on both. */
 typedef struct fixture {
     tcluster k;
@@ -394,6 +419,8 @@ START_TEST(test_cluster_pushes_equal_a_single_daemon_bit_for_bit)
     push_all(cs, 2, &buf, 6);
     assert_same_model(c, single, 6);
     ck_assert_str_eq(emad_cluster_warnings(c), "");
+    ck_assert_uint_eq(emad_struct_size("emad_piece"), sizeof(emad_piece));
+    ck_assert_uint_eq(emad_struct_size("emad_replica_status"), sizeof(emad_replica_status));
     /* Each shard holds only its part: the two big tensors are cut, the others whole. */
     OK(c, emad_cluster_plan(c, buf.t, NT, &pieces, &np));
     ck_assert_uint_eq(np, 2 + 2 + 3);
@@ -477,20 +504,41 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
         ck_assert_ptr_nonnull(strstr(emad_cluster_warnings(c), "shard 0 replica 1"));
     }
     assert_same_model(c, single, 8);
-    /* Restart it from its snapshot (step 3): it refuses reads until it has a peer's state. */
+    /* SIGKILL replica 1 of shard 1 while pushes are in flight: whenever it dies (before, during
+     * or after a transfer), no push fails. */
+    {
+        pthread_t th;
+        killer kl = {k->d[3].pid, 0};
+
+        ck_assert_int_eq(pthread_create(&th, NULL, kill_soon, &kl), 0);
+        for (uint64_t s = 9; s <= 12; s++)
+            push_all(cs, 2, &buf, s);
+        pthread_join(th, NULL);
+        ck_assert_int_eq(kl.rc, 0);
+        ck_assert_int_eq(waitpid(k->d[3].pid, &status, 0), k->d[3].pid);
+        k->d[3].pid = 0;
+        push_all(cs, 2, &buf, 13);
+        ck_assert_ptr_nonnull(strstr(emad_cluster_warnings(c), "shard 1 replica 1"));
+    }
+    assert_same_model(c, single, 13);
+    /* Restart both from their snapshots (step 3): they refuse reads until they have a peer's
+     * state, and the next push brings them up to date. */
     dir = k->d[1].state_dir;
     start_replica(k, 1, dir);
     free(dir);
+    dir = k->d[3].state_dir;
+    start_replica(k, 3, dir);
+    free(dir);
     tu_sleep_ms(CLUSTER_RETRY_TEST_MS);
-    push_all(cs, 2, &buf, 9);
+    push_all(cs, 2, &buf, 14);
     ck_assert_msg(strstr(emad_cluster_warnings(c), "model 'm' copied from replica 0 at step") !=
                       NULL,
                   "%s", emad_cluster_warnings(c));
-    push_all(cs, 2, &buf, 10);
+    push_all(cs, 2, &buf, 15);
     ck_assert_str_eq(emad_cluster_warnings(c), "");
     OK(c, emad_cluster_status(c, "m", &st, &n));
     for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(st[i].reachable && st[i].step == 10 && st[i].lag == 0 && !st[i].resyncing,
+        ck_assert_msg(st[i].reachable && st[i].step == 15 && st[i].lag == 0 && !st[i].resyncing,
                       "replica %zu: reachable %d step %llu resyncing %d", i, st[i].reachable,
                       (unsigned long long)st[i].step, st[i].resyncing);
     }
@@ -502,10 +550,168 @@ START_TEST(test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit)
     replica_map(k, 1, map_b, sizeof(map_b));
     ra = cluster_client(map_a);
     rb = cluster_client(map_b);
-    assert_same_model(ra, rb, 10);
-    assert_same_model(rb, single, 10);
+    assert_same_model(ra, rb, 15);
+    assert_same_model(rb, single, 15);
     emad_close(ra);
     emad_close(rb);
+    fixture_down(&f);
+}
+END_TEST
+
+START_TEST(test_cluster_writers_push_slices_across_the_pieces)
+{
+    enum { N = 1500001, CUT = 700000 };
+    tcluster k;
+    tu_daemon ref;
+    emad_client *cs[2];
+    emad_model_config cfg;
+    float *w = malloc(N * sizeof(float)), small[10];
+    uint64_t r = 42;
+
+    cluster_up(&k, 2, 1, 1);
+    e2e_daemon_up(&ref, NULL);
+    cs[0] = cluster_client(k.map);
+    cs[1] = e2e_client_open(&ref, NULL);
+    emad_config_init(&cfg);
+    cfg.decays[0] = 0.5;
+    cfg.writers = 2;
+    for (size_t i = 0; i < 2; i++)
+        OK(cs[i], emad_create_config(cs[i], "m", &cfg, 0));
+    for (uint64_t step = 1; step <= 3; step++) {
+        for (size_t i = 0; i < N; i++)
+            w[i] = tu_randf(&r);
+        for (size_t i = 0; i < 10; i++)
+            small[i] = tu_randf(&r);
+        for (size_t i = 0; i < 2; i++) {
+            /* Writer 0: elements [0, CUT) of the cut tensor and the small one; writer 1 the rest
+             * (across the boundary of the two pieces at element 750001). */
+            emad_tensor t0[2] = {e2e_tensor("w", EMAD_PARAM, EMAD_F32, w, CUT * 4, 1, N, 0),
+                                 e2e_tensor("s", EMAD_PARAM, EMAD_F32, small, 40, 1, 10, 0)};
+            emad_tensor t1 = e2e_tensor("w", EMAD_PARAM, EMAD_F32, w + CUT, (N - CUT) * 4, 1, N, 0);
+            emad_push_result res;
+
+            t0[0].count = CUT;
+            t1.offset = CUT;
+            t1.count = N - CUT;
+            OK(cs[i], emad_push_as(cs[i], "m", step, 0, t0, 2, &res));
+            ck_assert_int_eq(res.pending, 1);
+            OK(cs[i], emad_push_as(cs[i], "m", step, 1, &t1, 1, &res));
+            ck_assert_int_eq(res.pending, 0);
+            ck_assert_uint_eq(res.step, step);
+        }
+    }
+    {
+        emad_model *a = NULL, *b = NULL;
+
+        OK(cs[0], emad_pull(cs[0], "m", NULL, 0, &a));
+        OK(cs[1], emad_pull(cs[1], "m", NULL, 0, &b));
+        ck_assert_uint_eq(a->step, 3);
+        for (size_t i = 0; i < 2; i++) {
+            const emad_tensor *x = e2e_find(a, b->tensors[i].name);
+
+            ck_assert_uint_eq(x->nbytes, b->tensors[i].nbytes);
+            ck_assert_int_eq(memcmp(x->data, b->tensors[i].data, x->nbytes), 0);
+        }
+        emad_model_free(a);
+        emad_model_free(b);
+    }
+    free(w);
+    emad_close(cs[0]);
+    emad_close(cs[1]);
+    e2e_daemon_down(&ref);
+    cluster_down(&k);
+}
+END_TEST
+
+/* SIGTERM daemon i of k (it writes its snapshots) and wait, keeping its state directory. */
+static char *
+stop_keeping_state(tcluster *k, size_t i)
+{
+    int status;
+
+    ck_assert_int_eq(kill(k->d[i].pid, SIGTERM), 0);
+    ck_assert_int_eq(waitpid(k->d[i].pid, &status, 0), k->d[i].pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    k->d[i].pid = 0;
+    return k->d[i].state_dir;
+}
+
+START_TEST(test_cluster_whole_shard_restarted_from_snapshots_goes_on)
+{
+    static tstep buf;
+    fixture f;
+    emad_client *c, *single;
+    emad_model *m = NULL;
+    char *dir[2];
+
+    fixture_up(&f, 1, 2, 2);
+    c = f.cs[0];
+    single = f.cs[1];
+    for (uint64_t s = 1; s <= 2; s++)
+        push_all(f.cs, 2, &buf, s);
+    /* Both replicas stop (snapshots at step 2) and come back: each waits for a peer. */
+    for (size_t i = 0; i < 2; i++)
+        dir[i] = stop_keeping_state(&f.k, i);
+    for (size_t i = 0; i < 2; i++) {
+        start_replica(&f.k, i, dir[i]);
+        free(dir[i]);
+    }
+    tu_sleep_ms(CLUSTER_RETRY_TEST_MS);
+    ck_assert_int_eq(emad_pull(c, "m", NULL, 0, &m), EMAD_EMOVED);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(c), "resyncing"));
+    /* The next push finds no replica ahead: one keeps its state, the other copies it. */
+    push_all(f.cs, 2, &buf, 3);
+    ck_assert_ptr_nonnull(strstr(emad_cluster_warnings(c), "kept at step 2"));
+    assert_same_model(c, single, 3);
+    fixture_down(&f);
+}
+END_TEST
+
+START_TEST(test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit)
+{
+    static tstep buf;
+    fixture f;
+    tcluster k2;
+    emad_client *c, *single, *c2, *stale, *both[2];
+    char map_stale[1024];
+    uint64_t step = 0;
+    emad_model *m = NULL;
+
+    fixture_up(&f, 2, 1, 1);
+    c = f.cs[0];
+    single = f.cs[1];
+    for (uint64_t s = 1; s <= 3; s++)
+        push_all(f.cs, 2, &buf, s);
+    /* Reshard 2 -> 3 shards under a new epoch: the copy holds the same EMA. */
+    cluster_up_epoch(&k2, EPOCH + 1, 3, 1, 1);
+    c2 = cluster_client(k2.map);
+    OK(c2, emad_cluster_copy(c, c2, "m", &step));
+    ck_assert_uint_eq(step, 3);
+    assert_same_model(c2, single, 3);
+    /* ... and goes on from there exactly like the single daemon. */
+    both[0] = c2;
+    both[1] = single;
+    push_all(both, 2, &buf, 4);
+    assert_same_model(c2, single, 4);
+    /* A client still holding the old epoch for the new daemons is told to refresh its map. */
+    snprintf(map_stale, sizeof(map_stale),
+             "epoch %d; shard 0 tcp://127.0.0.1:%d; "
+             "shard 1 tcp://127.0.0.1:%d; shard 2 tcp://127.0.0.1:%d",
+             EPOCH, k2.port[0], k2.port[1], k2.port[2]);
+    stale = cluster_client(map_stale);
+    ck_assert_int_eq(emad_pull(stale, "m", NULL, 0, &m), EMAD_EMOVED);
+    ck_assert_ptr_nonnull(strstr(emad_last_error(stale), "refresh the map"));
+    fill_step(&buf, 5);
+    ck_assert_int_eq(emad_push(stale, "m", 5, buf.t, NT, NULL), EMAD_EMOVED);
+    assert_same_model(c2, single, 4); /* nothing changed, and the new cluster serves */
+    /* A single daemon's model moves into a cluster the same way. */
+    OK(c2, emad_drop(c2, "m"));
+    OK(c2, emad_cluster_copy(single, c2, "m", &step));
+    ck_assert_uint_eq(step, 4);
+    assert_same_model(c2, single, 4);
+    emad_close(stale);
+    emad_close(c2);
+    cluster_down(&k2);
     fixture_down(&f);
 }
 END_TEST
@@ -518,6 +724,9 @@ main(void)
         test_cluster_pull_is_from_one_step_or_esplit,
         test_cluster_pushes_equal_a_single_daemon_bit_for_bit,
         test_cluster_killed_replica_is_skipped_then_resynced_bit_for_bit,
+        test_cluster_reshard_by_copy_keeps_the_ema_bit_for_bit,
+        test_cluster_whole_shard_restarted_from_snapshots_goes_on,
+        test_cluster_writers_push_slices_across_the_pieces,
         NULL,
     };
 

@@ -80,13 +80,14 @@ cl_ready(struct cluster *cl, replica *r)
 
 /* Record a failure of r. */
 void
-cl_failed(struct cluster *cl, replica *r, int rc, const char *what, const char *msg)
+cl_failed(struct cluster *cl, replica *r, int rc, int write, const char *what, const char *msg)
 {
     if (cl_is_transport(rc)) {
         if (r->up) /* a new failure: a replica already down keeps its retry time */
             r->retry_at = now_ms() + CLUSTER_RETRY_MS;
         r->up = 0;
-        r->behind = 1;
+        if (write && cl->map->replicas > 1)
+            r->behind = 1;
     }
     cl_warn(cl, "shard %u replica %u %s: %s: %s", r->shard, r->index, r->c->url, what,
             msg != NULL && msg[0] != '\0' ? msg : emad_strerror(rc));
@@ -158,7 +159,7 @@ cl_acked(emad_client *c, cl_job *jobs, size_t n, const char *what)
                 rc = fail(c, j->rc, "%s", j->err);
             continue;
         }
-        cl_failed(cl, j->r, j->rc, what, j->err);
+        cl_failed(cl, j->r, j->rc, 1, what, j->err);
         if (ft == NULL) {
             ft = j;
             first_transport = j->rc;
@@ -279,11 +280,28 @@ cluster_connect_url(emad_client **out, const char *map, const emad_options *opts
             if (r->c->server_max < c->server_max)
                 c->server_max = r->c->server_max;
         } else {
-            r->behind = 1; /* it may have missed writes of other clients */
+            /* It may have missed writes of other clients while unreachable: a write of this
+             * client resyncs it first (reads use it only when no other replica answers). */
+            r->behind = cl->map->replicas > 1;
             r->retry_at = now_ms() + CLUSTER_RETRY_MS;
         }
     }
-    rc = cl_acked(c, jobs, n, "connect");
+    /* Reads need one replica of each shard; writes check `ack` as they go. */
+    rc = 0;
+    for (uint32_t s = 0; s < cl->map->shards && rc == 0; s++) {
+        uint32_t up = 0;
+        const cl_job *last = NULL;
+
+        for (uint32_t k = 0; k < cl->map->replicas; k++) {
+            const cl_job *j = &jobs[(size_t)s * cl->map->replicas + k];
+
+            up += j->rc == 0;
+            if (j->rc != 0)
+                last = j;
+        }
+        if (up == 0)
+            rc = fail(c, last->rc, "connect: no replica of shard %u answered: %s", s, last->err);
+    }
     free(jobs);
     if (rc != 0) {
         emad_close(c);

@@ -215,8 +215,8 @@ route(emad_client *c, const emad_tensor *tensors, const int *as_dtypes, size_t n
     }
     for (size_t i = 0; i < np; i++) {
         const emad_tensor *t = &tensors[pc[i].tensor];
-        shard_part *part = &rt->parts[pc[i].shard];
-        emad_tensor *o = &part->t[part->n];
+        shard_part *sp = &rt->parts[pc[i].shard];
+        emad_tensor *o = &sp->t[sp->n];
 
         if (pc[i].whole) {
             *o = *t;
@@ -236,9 +236,9 @@ route(emad_client *c, const emad_tensor *tensors, const int *as_dtypes, size_t n
             if (!piece_of(t, &pc[i], name, o))
                 continue;
         }
-        if (part->as != NULL)
-            part->as[part->n] = as_dtypes[pc[i].tensor];
-        part->n++;
+        if (sp->as != NULL)
+            sp->as[sp->n] = as_dtypes[pc[i].tensor];
+        sp->n++;
     }
     free(pc);
     return 0;
@@ -267,8 +267,9 @@ run_push(cl_job *j)
 
     if ((rc = cl_ready(NULL, j->r)) != 0)
         return rc;
-    if (q->seed)
+    if (q->seed && p->n > 0)
         return emad_seed(j->r->c, q->model, q->step, p->t, p->as, p->n, j->out);
+    /* A shard with no part of a seed still moves to its step, with an empty push. */
     if (q->has_writer)
         return emad_push_as(j->r->c, q->model, q->step, q->writer, p->t, p->n, j->out);
     return emad_push(j->r->c, q->model, q->step, p->t, p->n, j->out);

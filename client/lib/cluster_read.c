@@ -19,13 +19,33 @@
 #include "common/placement.h"
 
 /*
+ * The replica of shard s to read at attempt k (0..R-1): the replicas in
+ * sync in turn from `first`, then those marked behind (they may have missed
+ * this client's writes: read only when no other replica answers).
+ */
+static replica *
+read_order(struct cluster *cl, uint32_t s, uint32_t first, uint32_t k)
+{
+    uint32_t R = cl->map->replicas;
+
+    for (int behind = 0; behind < 2; behind++)
+        for (uint32_t i = 0; i < R; i++) {
+            replica *r = cl_rep(cl, s, (first + i) % R);
+
+            if (r->behind == behind && k-- == 0)
+                return r;
+        }
+    return NULL;
+}
+
+/*
  * Run fn on one replica of every shard s with want[s] (NULL: all): outs[s]
  * (given to fn as j->out) gets each result. Tries the shard's replicas in
  * turn, starting at a rotating one. 0, or the error of a shard that no
  * replica could serve.
  */
-static int
-read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, const char *want)
+int
+cl_read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, const char *want)
 {
     struct cluster *cl = c->cl;
     uint32_t S = cl->map->shards, R = cl->map->replicas;
@@ -42,7 +62,7 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
     for (uint32_t s = 0; s < S; s++) {
         done[s] = want != NULL && !want[s];
         jobs[s].rc = EMAD_ECONNECT;
-        snprintf(jobs[s].err, sizeof(jobs[s].err), "no replica of shard %u is in sync", s);
+        snprintf(jobs[s].err, sizeof(jobs[s].err), "no replica of shard %u answered", s);
     }
     for (uint32_t attempt = 0; attempt < R; attempt++) {
         cl_job *run = calloc(S, sizeof(*run));
@@ -53,9 +73,9 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
             break;
         }
         for (uint32_t s = 0; s < S; s++) {
-            replica *r = cl_rep(cl, s, (start + s + attempt) % R);
+            replica *r = read_order(cl, s, start + s, attempt);
 
-            if (done[s] || r->behind)
+            if (done[s] || r == NULL)
                 continue;
             run[n++] = (cl_job){.r = r, .run = fn, .arg = arg, .out = outs[s]};
         }
@@ -67,7 +87,7 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
             if (run[i].rc == 0)
                 done[s] = 1;
             else if (cl_is_transport(run[i].rc))
-                cl_failed(cl, run[i].r, run[i].rc, "reading", run[i].err);
+                cl_failed(cl, run[i].r, run[i].rc, 0, "reading", run[i].err);
         }
         free(run);
     }
@@ -79,17 +99,9 @@ read_each(emad_client *c, int (*fn)(cl_job *), const void *arg, void **outs, con
     return rc;
 }
 
-/* Arguments of a pull of one shard. */
-typedef struct pull_args {
-    const char *model;
-    const emad_pull_options *opts;
-    const char *shard_step; /* per shard: pull at `step` */
-    uint64_t step;
-} pull_args;
-
-/* Job: pull a whole shard (at the step, if asked) into *(emad_model **)out. */
-static int
-run_pull(cl_job *j)
+/* Job: pull a shard (at the step, if asked): the whole of it, or its reads (cluster.h). */
+int
+cl_run_pull(cl_job *j)
 {
     const pull_args *q = j->arg;
     emad_client *c = j->r->c;
@@ -99,20 +111,16 @@ run_pull(cl_job *j)
         return rc;
     c->has_pull_step = q->shard_step != NULL && q->shard_step[j->r->shard];
     c->pull_step = q->step;
-    rc = emad_pull_ex(c, q->model, NULL, 0, q->opts, j->out);
+    if (q->into) {
+        shard_reads *sr = j->out;
+
+        rc = emad_pull_into_ex(c, q->model, sr->t, sr->n, q->opts, &sr->step);
+    } else {
+        rc = emad_pull_ex(c, q->model, NULL, 0, q->opts, j->out);
+    }
     c->has_pull_step = 0;
     return rc;
 }
-
-/* One stored tensor of a shard, by its original name and first element. */
-typedef struct part {
-    emad_tensor *t;  /* in a shard's model or description */
-    size_t name_len; /* the original name is t->name[0..name_len) */
-    int piece;       /* a piece of a cut tensor */
-    uint64_t offset; /* its first element */
-    uint32_t ndim;   /* the whole tensor's shape */
-    uint64_t shape[EMAD_MAX_NDIM];
-} part;
 
 /* Order parts by original name, then offset, for qsort. */
 static int
@@ -130,8 +138,8 @@ cmp_parts(const void *a, const void *b)
 }
 
 /* Collect the tensors of per-shard arrays ts[s][0..ns[s]) into sorted parts. */
-static int
-collect(emad_client *c, emad_tensor **ts, const size_t *ns, uint32_t S, part **out, size_t *np)
+int
+cl_collect(emad_client *c, emad_tensor **ts, const size_t *ns, uint32_t S, part **out, size_t *np)
 {
     size_t n = 0, k = 0;
     part *p;
@@ -146,6 +154,7 @@ collect(emad_client *c, emad_tensor **ts, const size_t *ns, uint32_t S, part **o
             size_t len = strlen(ts[s][i].name);
 
             q->t = &ts[s][i];
+            q->shard = s;
             q->name_len = len;
             q->piece = placement_parse_piece(q->t->name, len, &q->name_len, &q->offset, &q->ndim,
                                              q->shape);
@@ -159,8 +168,8 @@ collect(emad_client *c, emad_tensor **ts, const size_t *ns, uint32_t S, part **o
 }
 
 /* Elements of a shape. */
-static uint64_t
-numel_of(uint32_t ndim, const uint64_t *shape)
+uint64_t
+cl_numel(uint32_t ndim, const uint64_t *shape)
 {
     uint64_t n = 1;
 
@@ -177,7 +186,7 @@ numel_of(uint32_t ndim, const uint64_t *shape)
 static int
 join_pieces(emad_client *c, const part *p, size_t k, int with_data, emad_tensor *o)
 {
-    uint64_t numel = numel_of(p[0].ndim, p[0].shape), next = 0;
+    uint64_t numel = cl_numel(p[0].ndim, p[0].shape), next = 0;
     size_t es = emad_dtype_size(p[0].t->dtype);
 
     memset(o, 0, sizeof(*o));
@@ -225,7 +234,7 @@ merge(emad_client *c, emad_tensor **ts, const size_t *ns, uint32_t S, int with_d
 
     *out = NULL;
     *n = 0;
-    if ((rc = collect(c, ts, ns, S, &p, &np)) != 0)
+    if ((rc = cl_collect(c, ts, ns, S, &p, &np)) != 0)
         return rc;
     if ((o = calloc(np ? np : 1, sizeof(*o))) == NULL) {
         free(p);
@@ -271,7 +280,7 @@ pull_one_step(emad_client *c, const char *model, const emad_pull_options *opts, 
     uint32_t S = c->cl->map->shards;
     char *ahead = calloc(S, 1);
     void **outs = calloc(S, sizeof(*outs));
-    pull_args q = {model, opts, NULL, 0};
+    pull_args q = {model, opts, NULL, 0, 0};
     int rc = 0;
 
     if (ahead == NULL || outs == NULL) {
@@ -281,6 +290,15 @@ pull_one_step(emad_client *c, const char *model, const emad_pull_options *opts, 
     }
     for (uint32_t s = 0; s < S; s++)
         outs[s] = &models[s];
+    if (c->has_pull_step) { /* a given step (emad_cluster_copy reads each decay at one step) */
+        memset(ahead, 1, S);
+        q.shard_step = ahead;
+        q.step = *step = c->pull_step;
+        rc = cl_read_each(c, cl_run_pull, &q, outs, NULL);
+        free(ahead);
+        free(outs);
+        return rc;
+    }
     for (int attempt = 0; attempt < CLUSTER_PULL_ATTEMPTS; attempt++) {
         uint64_t lo = UINT64_MAX;
         size_t nahead = 0;
@@ -290,7 +308,7 @@ pull_one_step(emad_client *c, const char *model, const emad_pull_options *opts, 
             models[s] = NULL;
         }
         q.shard_step = NULL;
-        if ((rc = read_each(c, run_pull, &q, outs, NULL)) != 0)
+        if ((rc = cl_read_each(c, cl_run_pull, &q, outs, NULL)) != 0)
             break;
         for (uint32_t s = 0; s < S; s++)
             if (models[s]->step < lo)
@@ -309,7 +327,7 @@ pull_one_step(emad_client *c, const char *model, const emad_pull_options *opts, 
         /* The shards ahead give their previous version, at the lowest step. */
         q.shard_step = ahead;
         q.step = lo;
-        rc = read_each(c, run_pull, &q, outs, ahead);
+        rc = cl_read_each(c, cl_run_pull, &q, outs, ahead);
         if (rc == 0) {
             for (uint32_t s = 0; s < S && rc == 0; s++)
                 if (models[s]->step != lo)
@@ -370,9 +388,10 @@ select_named(emad_client *c, const char *model, emad_tensor *all, size_t n,
     return 0;
 }
 
-int
-cluster_pull(emad_client *c, const char *model, const char *const *names, size_t n_names,
-             const emad_pull_options *opts, emad_model **out)
+/* A pull of whole shards, joined after (for EMAD_PULL_SHADOW, see cl_pull_direct()). */
+static int
+pull_whole(emad_client *c, const char *model, const char *const *names, size_t n_names,
+           const emad_pull_options *opts, emad_model **out)
 {
     uint32_t S = c->cl->map->shards;
     emad_model **models = calloc(S, sizeof(*models));
@@ -419,9 +438,10 @@ done:
     return rc;
 }
 
-int
-cluster_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
-                  const emad_pull_options *opts, uint64_t *step)
+/* pull_into through pull_whole(): the data copied once more. */
+static int
+pull_into_whole(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                const emad_pull_options *opts, uint64_t *step)
 {
     const char **names = calloc(n ? n : 1, sizeof(*names));
     emad_model *m = NULL;
@@ -431,7 +451,7 @@ cluster_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_
         return fail(c, EMAD_ENOMEM, "pull_into: out of memory");
     for (size_t i = 0; i < n; i++)
         names[i] = tensors[i].name;
-    rc = cluster_pull(c, model, names, n, opts, &m);
+    rc = pull_whole(c, model, names, n, opts, &m);
     free(names);
     if (rc != 0)
         return rc;
@@ -459,16 +479,42 @@ cluster_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_
     return rc;
 }
 
-/* A shard's description. */
-typedef struct desc {
-    emad_model_info info;
-    emad_tensor *t;
-    size_t n;
-} desc;
+int
+cluster_pull(emad_client *c, const char *model, const char *const *names, size_t n_names,
+             const emad_pull_options *opts, emad_model **out)
+{
+    int rc;
+
+    if ((rc = check_model(c, model)) != 0)
+        return rc;
+    if (opts != NULL && opts->dtype == EMAD_PULL_SHADOW)
+        return pull_whole(c, model, names, n_names, opts, out);
+    return cl_pull_direct(c, model, names, n_names, opts, NULL, out, NULL);
+}
+
+int
+cluster_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
+                  const emad_pull_options *opts, uint64_t *step)
+{
+    const char **names;
+    int rc;
+
+    if ((rc = check_model(c, model)) != 0)
+        return rc;
+    if (opts != NULL && opts->dtype == EMAD_PULL_SHADOW)
+        return pull_into_whole(c, model, tensors, n, opts, step);
+    if ((names = calloc(n ? n : 1, sizeof(*names))) == NULL)
+        return fail(c, EMAD_ENOMEM, "pull_into: out of memory");
+    for (size_t i = 0; i < n; i++)
+        names[i] = tensors[i].name;
+    rc = cl_pull_direct(c, model, names, n, opts, tensors, NULL, step);
+    free(names);
+    return rc;
+}
 
 /* Job: describe the model on one replica. */
-static int
-run_describe(cl_job *j)
+int
+cl_run_describe(cl_job *j)
 {
     desc *d = j->out;
     int rc;
@@ -496,7 +542,7 @@ cluster_describe(emad_client *c, const char *model, emad_model_info *info, emad_
         rc = fail(c, EMAD_ENOMEM, "describe: out of memory");
     for (uint32_t s = 0; rc == 0 && s < S; s++)
         outs[s] = &d[s];
-    if (rc == 0 && (rc = read_each(c, run_describe, model, outs, NULL)) == 0) {
+    if (rc == 0 && (rc = cl_read_each(c, cl_run_describe, model, outs, NULL)) == 0) {
         *info = d[0].info;
         info->shadow_bytes = 0;
         for (uint32_t s = 0; s < S; s++) {
@@ -523,180 +569,4 @@ cluster_describe(emad_client *c, const char *model, emad_model_info *info, emad_
     free(ts);
     free(ns);
     return rc;
-}
-
-/* A shard's list. */
-typedef struct listing {
-    emad_model_info *m;
-    size_t n;
-} listing;
-
-/* Job: list the models of one replica. */
-static int
-run_list(cl_job *j)
-{
-    listing *l = j->out;
-    int rc;
-
-    if ((rc = cl_ready(NULL, j->r)) != 0)
-        return rc;
-    free(l->m);
-    l->m = NULL;
-    l->n = 0;
-    return emad_list(j->r->c, &l->m, &l->n);
-}
-
-int
-cluster_list(emad_client *c, emad_model_info **out, size_t *n)
-{
-    uint32_t S = c->cl->map->shards;
-    listing *l = calloc(S, sizeof(*l));
-    void **outs = calloc(S, sizeof(*outs));
-    emad_model_info *o = NULL;
-    size_t total = 0, k = 0;
-    int rc = 0;
-
-    if (l == NULL || outs == NULL)
-        rc = fail(c, EMAD_ENOMEM, "list: out of memory");
-    for (uint32_t s = 0; rc == 0 && s < S; s++)
-        outs[s] = &l[s];
-    if (rc == 0 && (rc = read_each(c, run_list, NULL, outs, NULL)) == 0) {
-        for (uint32_t s = 0; s < S; s++)
-            total += l[s].n;
-        if ((o = calloc(total ? total : 1, sizeof(*o))) == NULL)
-            rc = fail(c, EMAD_ENOMEM, "list: out of memory");
-    }
-    /* One entry per model: the lowest step, the shards' tensors and bytes added up. */
-    for (uint32_t s = 0; rc == 0 && s < S; s++)
-        for (size_t i = 0; i < l[s].n; i++) {
-            const emad_model_info *x = &l[s].m[i];
-            size_t j = 0;
-
-            while (j < k && strcmp(o[j].name, x->name) != 0)
-                j++;
-            if (j == k) {
-                o[k++] = *x;
-                continue;
-            }
-            o[j].ntensors += x->ntensors;
-            o[j].shadow_bytes += x->shadow_bytes;
-            if (x->step < o[j].step)
-                o[j].step = x->step;
-            if (x->snapshot_step < o[j].snapshot_step)
-                o[j].snapshot_step = x->snapshot_step;
-        }
-    for (uint32_t s = 0; l != NULL && s < S; s++)
-        free(l[s].m);
-    free(l);
-    free(outs);
-    if (rc != 0) {
-        free(o);
-        return rc;
-    }
-    *out = o;
-    *n = k;
-    return 0;
-}
-
-/* Job: a model's configuration from one replica. */
-static int
-run_config(cl_job *j)
-{
-    int rc;
-
-    if ((rc = cl_ready(NULL, j->r)) != 0)
-        return rc;
-    emad_config_free(j->out);
-    return emad_get_config(j->r->c, j->arg, j->out);
-}
-
-int
-cluster_get_config(emad_client *c, const char *model, emad_model_config *cfg)
-{
-    uint32_t S = c->cl->map->shards;
-    char *want = calloc(S, 1);
-    void **outs = calloc(S, sizeof(*outs));
-    int rc;
-
-    if (want == NULL || outs == NULL) {
-        free(want);
-        free(outs);
-        return fail(c, EMAD_ENOMEM, "get_config: out of memory");
-    }
-    want[0] = 1;
-    outs[0] = cfg;
-    rc = read_each(c, run_config, model, outs, want);
-    free(want);
-    free(outs);
-    return rc;
-}
-
-/* A replica's counters. */
-typedef struct counters {
-    emad_stat *s;
-    size_t n;
-} counters;
-
-/* Job: the counters of one replica. */
-static int
-run_stats(cl_job *j)
-{
-    counters *l = j->out;
-    int rc;
-
-    if ((rc = cl_ready(NULL, j->r)) != 0)
-        return rc;
-    return emad_stats(j->r->c, &l->s, &l->n);
-}
-
-int
-cluster_stats(emad_client *c, emad_stat **out, size_t *n)
-{
-    struct cluster *cl = c->cl;
-    size_t count = (size_t)cl->map->shards * cl->map->replicas, total = 0, k = 0;
-    cl_job *jobs = calloc(count, sizeof(*jobs));
-    counters *l = calloc(count, sizeof(*l));
-    emad_stat *o = NULL;
-    int rc = 0;
-
-    if (jobs == NULL || l == NULL)
-        rc = fail(c, EMAD_ENOMEM, "stats: out of memory");
-    for (size_t i = 0; rc == 0 && i < count; i++)
-        jobs[i] = (cl_job){.r = &cl->reps[i], .run = run_stats, .out = &l[i]};
-    if (rc == 0)
-        cl_run(jobs, count);
-    for (size_t i = 0; rc == 0 && i < count; i++)
-        total += jobs[i].rc == 0 ? l[i].n : 0;
-    if (rc == 0 && (o = calloc(total ? total : 1, sizeof(*o))) == NULL)
-        rc = fail(c, EMAD_ENOMEM, "stats: out of memory");
-    /* Counters of every replica that answered, added up by name. */
-    for (size_t i = 0; rc == 0 && i < count; i++) {
-        const emad_stat *x = l[i].s;
-
-        if (jobs[i].rc != 0) {
-            cl_failed(cl, jobs[i].r, jobs[i].rc, proto_op_name(PROTO_OP_STATS), jobs[i].err);
-            continue;
-        }
-        for (size_t e = 0; e < l[i].n; e++) {
-            size_t j = 0;
-
-            while (j < k && strcmp(o[j].name, x[e].name) != 0)
-                j++;
-            if (j == k)
-                o[k++] = x[e];
-            else
-                o[j].value += x[e].value;
-        }
-    }
-    for (size_t i = 0; l != NULL && i < count; i++)
-        free(l[i].s);
-    free(l);
-    free(jobs);
-    if (rc != 0) {
-        free(o);
-        return rc;
-    }
-    *out = o;
-    *n = k;
-    return 0;
 }

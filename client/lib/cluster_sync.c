@@ -21,25 +21,6 @@
 #include "cluster.h"
 #include "common/emaconf.h"
 
-/* One chunk of an install message: bytes [off, off + len) of tensor index. */
-typedef struct inst_item {
-    size_t index;
-    uint64_t off, len;
-} inst_item;
-
-/* An install request: begin/end/accept, or data of one shadow. */
-typedef struct inst_req {
-    const char *model;
-    int what; /* 0 data, 1 begin, 2 end, 3 accept */
-    const emad_model_config *cfg;
-    uint64_t step;
-    uint32_t shadow;
-    const emad_tensor *t; /* the pulled tensors, in the shadow dtype */
-    const int *dtypes;    /* each tensor's own dtype */
-    const inst_item *items;
-    size_t n;
-} inst_req;
-
 /* The tensor map of an install item. */
 static void
 item_map(const inst_req *q, const inst_item *it, codec_tensor *m)
@@ -100,7 +81,7 @@ build_install(msgpack_packer *pk, const void *vctx)
 }
 
 /* Send one install request to c. */
-static int
+int
 install_call(emad_client *c, const inst_req *q)
 {
     reply r;
@@ -112,7 +93,7 @@ install_call(emad_client *c, const inst_req *q)
 }
 
 /* Send the shadow `shadow` of the pulled tensors t[0..n) to c, in messages within its limit. */
-static int
+int
 install_shadow(emad_client *c, inst_req *q, const emad_tensor *t, size_t n)
 {
     uint64_t budget = c->msg_limit > 8192 ? c->msg_limit - 4096 : c->msg_limit / 2;
@@ -163,7 +144,7 @@ sync_model(emad_client *c, replica *src, replica *dst, const char *model)
 {
     emad_model_config cfg;
     emad_model_info info;
-    emad_tensor *desc = NULL;
+    emad_tensor *dsc = NULL;
     emad_model *m[EMAD_MAX_DECAYS] = {0};
     int *dtypes = NULL;
     size_t nd = 0;
@@ -173,14 +154,14 @@ sync_model(emad_client *c, replica *src, replica *dst, const char *model)
     emad_config_init(&cfg);
 again:
     emad_config_free(&cfg);
-    emad_tensors_free(desc, nd);
-    desc = NULL;
+    emad_tensors_free(dsc, nd);
+    dsc = NULL;
     for (size_t j = 0; j < EMAD_MAX_DECAYS; j++) {
         emad_model_free(m[j]);
         m[j] = NULL;
     }
     if ((rc = emad_get_config(src->c, model, &cfg)) != 0 ||
-        (rc = emad_describe(src->c, model, &info, &desc, &nd)) != 0)
+        (rc = emad_describe(src->c, model, &info, &dsc, &nd)) != 0)
         goto done;
     for (size_t j = 0; j < cfg.ndecays; j++) {
         emad_pull_options po = {cfg.decays[j], EMAD_PULL_SHADOW};
@@ -204,11 +185,11 @@ again:
         goto done;
     }
     for (size_t i = 0; i < nd; i++) { /* describe and pull list the tensors in one order */
-        if (strcmp(desc[i].name, m[0]->tensors[i].name) != 0) {
+        if (strcmp(dsc[i].name, m[0]->tensors[i].name) != 0) {
             rc = fail(c, EMAD_EPROTO, "resync: the source's tensor lists differ");
             goto done;
         }
-        dtypes[i] = desc[i].dtype;
+        dtypes[i] = dsc[i].dtype;
     }
     q.cfg = &cfg;
     q.dtypes = dtypes;
@@ -235,7 +216,7 @@ done:
                    emad_last_error(src->c));
     for (size_t j = 0; j < EMAD_MAX_DECAYS; j++)
         emad_model_free(m[j]);
-    emad_tensors_free(desc, nd);
+    emad_tensors_free(dsc, nd);
     emad_config_free(&cfg);
     free(dtypes);
     return rc;

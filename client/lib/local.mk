@@ -14,7 +14,10 @@ libemadclient_la_SOURCES = \
 	client/lib/cluster.c \
 	client/lib/cluster_ops.c \
 	client/lib/cluster_read.c \
-	client/lib/cluster_sync.c
+	client/lib/cluster_info.c \
+	client/lib/cluster_pull.c \
+	client/lib/cluster_sync.c \
+	client/lib/cluster_copy.c
 libemadclient_la_CFLAGS = $(AM_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS)
 libemadclient_la_LIBADD = libemadwire.la $(NANOMSG_LIBS) $(MSGPACK_LIBS) -lpthread
 

@@ -307,7 +307,7 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
     size_t len, splen = sizeof(uint32_t);
     int64_t left, since = now_ms();
     void *msg;
-    int rc, slice;
+    int rc, slice = ROUTED_SLICE_MS;
 
     if (c->pending[k] != 0)
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
@@ -400,7 +400,7 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
     uint32_t id = c->pending[k];
     void *buf = NULL;
     int64_t left, since = now_ms();
-    int n = -1, rc, slice;
+    int n = -1, rc, slice = ROUTED_SLICE_MS;
 
     memset(r, 0, sizeof(*r));
     c->pending[k] = 0;
@@ -515,6 +515,8 @@ emad_struct_size(const char *name)
         {"emad_model_info", sizeof(emad_model_info)},
         {"emad_model_config", sizeof(emad_model_config)},
         {"emad_stat", sizeof(emad_stat)},
+        {"emad_piece", sizeof(emad_piece)},
+        {"emad_replica_status", sizeof(emad_replica_status)},
     };
 
     for (size_t i = 0; name != NULL && i < sizeof(t) / sizeof(t[0]); i++)
