@@ -3,6 +3,7 @@ in the client namespace of tests/netns.sh with the Python client.
 
   cluster_driver.py train --cluster MAP --ref URL --model M --first A --last B --dir D
                           [--gate N ...] [--pace SECONDS] [--timeout SECONDS]
+                          [--connect-timeout SECONDS]
       Pushes steps A..B of the "mixed" model (see tensors()) to the cluster
       and, after each, the same step to the single reference daemon at URL.
       After step N of each --gate N it writes D/reached.N and, for a gate
@@ -92,7 +93,8 @@ def cmd_train(a):
     g = gates(a.gate)
     warned = 0
     # A replica cut off (no reset, no reply) holds a push for the request timeout: keep it short.
-    with emad.Client(cluster=a.cluster, timeout=a.timeout) as c, \
+    with emad.Client(cluster=a.cluster, timeout=a.timeout,
+                     connect_timeout=a.connect_timeout) as c, \
             emad.Client(a.ref, timeout=60) as ref:
         for cl in (c, ref):
             cl.create(a.model, decay=[0.9, 0.99], exist_ok=True)
@@ -183,6 +185,7 @@ def main():
     ap.add_argument("--gate", action="append")
     ap.add_argument("--pace", type=float, default=0.0)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--connect-timeout", type=float, default=5.0)
     ap.add_argument("--decays", default="0.9,0.99")
     ap.add_argument("--pulls", type=int, default=1)
     ap.add_argument("--out")

@@ -1,14 +1,16 @@
 /*
  * cmd_cluster.c - the emactl command for clusters: cluster plan, cluster
- * status and cluster resync (docs/CLUSTER.md).
+ * status, cluster resync and cluster reshard (docs/CLUSTER.md).
  *
  * plan prints where the tensors of a model or of a safetensors file live
  * (per shard: pieces and bytes; per tensor: its pieces), from the
  * placement of libemad (emad_cluster_plan_shards), so it needs no daemon
  * for a file; status prints every replica of every shard with its epoch,
  * the model's step there, its lag behind the shard's most advanced replica
- * and its health; resync brings behind replicas up to date. All three need
- * --cluster MAP (or $EMAD_CLUSTER).
+ * and its health; resync brings behind replicas up to date; reshard copies
+ * models (every decay, bit for bit, at one step) from the cluster or the
+ * daemon emactl talks to into the cluster of another map. plan, status and
+ * resync need --cluster MAP (or $EMAD_CLUSTER).
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -283,12 +285,59 @@ cluster_resync(ctl *g, const char *model)
     return EXIT_SUCCESS;
 }
 
-/* cluster plan|status|resync [ARG] */
+/* cluster reshard NEW-MAP [MODEL]: copy MODEL (default: every model) into the cluster of NEW-MAP. */
+static int
+cluster_reshard(ctl *g, const char *map, const char *model)
+{
+    ctl to_g = *g;
+    emad_client *from = NULL, *to = NULL;
+    emad_model_info *models = NULL;
+    size_t n = 0, done = 0;
+    uint64_t step = 0;
+    int rc, status = EXIT_FAIL;
+
+    to_g.cluster = map;
+    if ((from = ctl_connect(g)) == NULL || (to = ctl_connect(&to_g)) == NULL)
+        goto out;
+    if (model == NULL && (rc = emad_list(from, &models, &n)) != 0) {
+        status = ctl_fail_rc(g, from, rc);
+        goto out;
+    }
+    for (size_t i = 0; i < (model != NULL ? 1 : n); i++) {
+        const char *name = model != NULL ? model : models[i].name;
+        if ((rc = emad_cluster_copy(from, to, name, &step)) != 0) {
+            ctl_errorf(g, "%s: %s (%s); %zu model%s copied before", name,
+                       emad_last_error(to)[0] != '\0' ? emad_last_error(to) : emad_strerror(rc),
+                       emad_errname(rc) != NULL ? emad_errname(rc) : "?", done,
+                       done == 1 ? "" : "s");
+            goto out;
+        }
+        printf("copied %s at step %" PRIu64 " into the cluster of %s\n", name, step, map);
+        ctl_warnings(&to_g, to);
+        done++;
+    }
+    printf("%zu model%s copied\n", done, done == 1 ? "" : "s");
+    status = EXIT_SUCCESS;
+out:
+    free(models);
+    emad_close(to);
+    emad_close(from);
+    return status;
+}
+
+/* cluster plan|status|resync [ARG], cluster reshard NEW-MAP [MODEL] */
 static int
 cmd_cluster(ctl *g, const ctl_cmd *self, ctl_args *a)
 {
     const char *sub = a->pos[0], *arg = a->npos > 1 ? a->pos[1] : NULL;
 
+    if (strcmp(sub, "reshard") == 0) {
+        if (arg == NULL)
+            return ctl_usage_error(g, "reshard needs the new shard map");
+        return cluster_reshard(g, arg, a->npos > 2 ? a->pos[2] : NULL);
+    }
+    if (a->npos > 2)
+        return ctl_usage_error(g, "unexpected argument '%s'", a->pos[2]);
     if (g->cluster == NULL)
         return ctl_usage_error(g, "needs --cluster MAP (or $EMAD_CLUSTER)");
     if (strcmp(sub, "plan") == 0) {
@@ -300,13 +349,14 @@ cmd_cluster(ctl *g, const ctl_cmd *self, ctl_args *a)
         return cluster_status(g, arg);
     if (strcmp(sub, "resync") == 0)
         return cluster_resync(g, arg);
-    return ctl_usage_error(g, "unknown cluster command '%s' (plan, status or resync)", sub);
+    return ctl_usage_error(g, "unknown cluster command '%s' (plan, status, resync or reshard)",
+                           sub);
 }
 
 const ctl_cmd ctl_cmd_cluster = {
     .name = "cluster",
-    .usage = "cluster plan MODEL|FILE.safetensors | cluster status [MODEL] | cluster resync "
-             "[MODEL]",
+    .usage = "cluster plan MODEL|FILE.safetensors | cluster status [MODEL]\n"
+             "              | cluster resync [MODEL] | cluster reshard NEW-MAP [MODEL]",
     .help = "Commands for a cluster of daemons (--cluster MAP or $EMAD_CLUSTER; see\n"
             "docs/CLUSTER.md).\n"
             "  plan     where the tensors of a model, or of a safetensors file (read\n"
@@ -316,8 +366,13 @@ const ctl_cmd ctl_cmd_cluster = {
             "           MODEL its step there, its lag behind the shard's most advanced\n"
             "           replica and its health (serving, behind, in resync, no model, down)\n"
             "  resync   copy the state of MODEL (default: every model) from the most\n"
-            "           advanced replica of each shard to the replicas behind it\n",
-    .args = {"plan|status|resync", "MODEL"},
+            "           advanced replica of each shard to the replicas behind it\n"
+            "  reshard  copy MODEL (default: every model) from the cluster of --cluster, or\n"
+            "           the daemon of --server, into the cluster of NEW-MAP (its daemons\n"
+            "           running with a higher epoch and empty state): configuration, every\n"
+            "           decay's shadows and every tensor's step at one step, bit for bit,\n"
+            "           placed by the new map (docs/CLUSTER.md, \"Reshard\")\n",
+    .args = {"plan|status|resync|reshard", "MODEL|NEW-MAP", "MODEL"},
     .nreq = 1,
     .exec = cmd_cluster,
 };

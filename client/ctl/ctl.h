@@ -28,7 +28,7 @@ typedef struct ctl {
 } ctl;
 
 /* The most positional arguments a command takes. */
-#define ARGS_MAXPOS 2
+#define ARGS_MAXPOS 3
 
 /*
  * What the command line of one command says: positional arguments and the
