@@ -17,8 +17,10 @@ in the client namespace of tests/netns.sh with the Python client.
   cluster_driver.py steps --cluster MAP --model M --first A --last B --dir D [--gate N:wait]
       Pushes the "steps" model (decay 0: the average is the last push;
       every element of every tensor equals the step, so a pull that mixed
-      steps is detectable) for steps A..B; writes D/pushing.N before the push
-      of step N and D/acked after it; gates as for train.
+      steps is detectable) for steps A..B; writes its PID to D/pid,
+      D/pushing.N before the push of step N and D/acked after it; gates as
+      for train; while D/hold exists it waits between two steps (having
+      written the last step to D/held).
   cluster_driver.py read --cluster MAP --model M --pulls N --out FILE
       N pulls; each must be one step: every element of every tensor equal
       to the pulled model's step. Writes "pulls P ok K split S steps LO HI"
@@ -137,6 +139,8 @@ def cmd_compare(a):
 
 def cmd_steps(a):
     g = gates(a.gate)
+    touch(os.path.join(a.dir, "pid"), str(os.getpid()))
+    hold, held = os.path.join(a.dir, "hold"), os.path.join(a.dir, "held")
     with emad.Client(cluster=a.cluster, timeout=120) as c:
         c.create(a.model, decay=0.0, exist_ok=True)
         for step in range(a.first, a.last + 1):
@@ -144,6 +148,10 @@ def cmd_steps(a):
             c.push(a.model, step, steps_tensors(step))
             touch(os.path.join(a.dir, "acked"), str(step))
             pass_gate(a.dir, step, g)
+            if os.path.exists(hold):  # the test holds the trainer between two steps
+                touch(held, str(step))
+                while os.path.exists(hold):
+                    time.sleep(0.02)
             if a.pace:
                 time.sleep(a.pace)
     print("steps: %d..%d acknowledged" % (a.first, a.last))
