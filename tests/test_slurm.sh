@@ -87,7 +87,15 @@ sl=$work/slurm
 mkdir -p "$sl/state" "$sl/spool" "$sl/munge"
 chmod 700 "$sl/munge"
 spids=
-stop_slurm() { # the daemons this test started, by PID
+stop_slurm() { # the jobs of our private Slurm, then the daemons this test started, by PID
+    if [ -n "$spids" ]; then
+        timeout 20 scancel --user="$(id -un)" >/dev/null 2>&1 || true
+        i=0
+        while [ "$i" -lt 40 ] && [ -n "$(timeout 10 squeue -h 2>/dev/null)" ]; do
+            sleep 0.5
+            i=$((i + 1))
+        done
+    fi
     for p in $spids; do kill -TERM "$p" 2>/dev/null || true; done
     for p in $spids; do wait "$p" 2>/dev/null || true; done
     spids=
