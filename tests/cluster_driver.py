@@ -21,6 +21,10 @@ in the client namespace of tests/netns.sh with the Python client.
       D/pushing.N before the push of step N and D/acked after it; gates as
       for train; while D/hold exists it waits between two steps (having
       written the last step to D/held).
+  cluster_driver.py ranks --cluster MAP --ref URL --model M
+      A torch model (a weight cut across the shards, BatchNorm buffers) pushed
+      at 3 steps by 3 ranks (push_module(rank=, world_size=3)) through the
+      cluster and whole to the reference: the pulls equal bit for bit.
   cluster_driver.py read --cluster MAP --model M --pulls N --out FILE
       N pulls; each must be one step: every element of every tensor equal
       to the pulled model's step. Writes "pulls P ok K split S steps LO HI"
@@ -117,6 +121,44 @@ def cmd_train(a):
     print("train: steps %d..%d acknowledged, %d with skipped replicas" % (a.first, a.last, warned))
 
 
+def cmd_ranks(a):
+    """push_module(rank=, world_size=3) through the cluster against whole pushes to the
+    reference; both pulled state dicts equal bit for bit."""
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        print("ranks: skipped (no torch)")
+        return
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1100), nn.BatchNorm1d(1100), nn.Linear(1100, 10))
+    world = 3
+    with emad.Client(cluster=a.cluster, timeout=60) as c, emad.Client(a.ref, timeout=60) as ref:
+        c.create(a.model, decay=0.75, writers=world)
+        ref.create(a.model, decay=0.75)
+        plan = c.cluster_plan(model)
+        if len({p.shard for p in plan if p.name == "0.weight"}) < 2:
+            sys.exit("ranks: 0.weight is not cut across the shards: %s" % plan)
+        for step in range(1, 4):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p))
+                model[1].running_mean.add_(1.0)
+            for rank in range(world):
+                res = c.push_module(a.model, model, step, rank=rank, world_size=world)
+                if res.pending != (rank < world - 1):
+                    sys.exit("ranks: step %d rank %d pending=%s" % (step, rank, res.pending))
+            ref.push_module(a.model, model, step)
+        got, want = c.pull_state_dict(a.model), ref.pull_state_dict(a.model)
+        if got.step != 3 or sorted(got) != sorted(want):
+            sys.exit("ranks: step %d tensors %s, want 3 %s" % (got.step, sorted(got), sorted(want)))
+        for k in want:
+            if got[k].dtype != want[k].dtype or not torch.equal(got[k], want[k]):
+                sys.exit("ranks: %s differs from the whole pushes" % k)
+    print("ranks: %d ranks x %d shards equal whole pushes bit for bit"
+          % (world, len({p.shard for p in plan})))
+
+
 def cmd_compare(a):
     with emad.Client(cluster=a.cluster, timeout=60) as c, emad.Client(a.ref, timeout=60) as ref:
         for decay in [float(d) for d in a.decays.split(",")]:
@@ -183,7 +225,7 @@ def cmd_read(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["train", "compare", "steps", "read"])
+    ap.add_argument("what", choices=["train", "compare", "steps", "read", "ranks"])
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--ref")
     ap.add_argument("--model", required=True)
@@ -198,7 +240,8 @@ def main():
     ap.add_argument("--pulls", type=int, default=1)
     ap.add_argument("--out")
     a = ap.parse_args()
-    {"train": cmd_train, "compare": cmd_compare, "steps": cmd_steps, "read": cmd_read}[a.what](a)
+    {"train": cmd_train, "compare": cmd_compare, "steps": cmd_steps, "read": cmd_read,
+     "ranks": cmd_ranks}[a.what](a)
 
 
 if __name__ == "__main__":

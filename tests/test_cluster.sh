@@ -8,7 +8,9 @@
 #     bit, and so does each replica on its own (pulled through a map that
 #     lists only that replica of each shard); emactl through the cluster
 #     lists the model at step 12, plans it with one cut tensor and reports
-#     every replica serving at step 12.
+#     every replica serving at step 12. A torch model pushed by 3 ranks
+#     (push_module(rank=, world_size=3), each rank a part of every shard)
+#     equals whole pushes to the reference (skipped without torch).
 #  2. Reshard to 3 shards x 1 replica with epoch 2 on the same hosts
 #     (emactl cluster reshard into a temporary one-daemon cluster, daemons
 #     restarted with the new map and empty state, reshard into them): pulls
@@ -53,8 +55,12 @@ for r in 0 1; do
     netns_python "$drv" compare --cluster "$work/replica$r" --ref "$netns_ref_url" --model m \
         >"$work/cmp$r.out" 2>&1 || fail "replica $r of each shard: $(cat "$work/cmp$r.out")"
 done
+netns_python "$drv" ranks --cluster "$map" --ref "$netns_ref_url" --model ddp >"$work/ranks.out" 2>&1 ||
+    fail "push_module by ranks: $(cat "$work/ranks.out")"
+echo "$test_name: $(cat "$work/ranks.out")"
 netns_ctl "$map" list >"$work/list" || fail "emactl list through the cluster"
 grep -q '^m  *0.9  *12 ' "$work/list" || fail "emactl list: $(cat "$work/list")"
+grep -q '^ddp  *0.75  *3 ' "$work/list" || fail "emactl list: $(cat "$work/list")"
 netns_ctl "$map" cluster plan m >"$work/plan" || fail "emactl cluster plan m"
 grep -q '^big.w  *F32  *1048579  *shard [01] \[0, 524290) shard [01] \[524290, 1048579)$' "$work/plan" ||
     fail "big.w not cut in two: $(cat "$work/plan")"

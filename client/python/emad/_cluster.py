@@ -132,11 +132,12 @@ class ClusterMixin:
         offset."""
         self._need_cluster("cluster_plan")
         from . import _arrays  # pylint: disable=import-outside-toplevel
-        from ._lib import PARAM  # pylint: disable=import-outside-toplevel
+        from ._lib import BUFFER  # pylint: disable=import-outside-toplevel
 
         if hasattr(tensors, "state_dict"):
             tensors = tensors.state_dict()
-        entries = [_arrays.make_entry(k, PARAM, v) for k, v in sorted(tensors.items())]
+        # The placement reads names, dtypes and shapes only; as buffers, any dtype is accepted.
+        entries = [_arrays.make_entry(k, BUFFER, v) for k, v in sorted(tensors.items())]
         return [PlacedPiece(entries[i].name, shard, off, cnt, whole)
                 for i, shard, off, cnt, whole in self._pieces(entries)]
 
