@@ -12,11 +12,14 @@
 # the load average (what the machine gives: S x the rate must stay well
 # below it, or the machine and not the links is measured).
 #
-#   bench/bench_cluster.sh [--mib N] [--rate RATE] [--pushes K] [--shards "1 2 4"] [--plain]
+#   bench/bench_cluster.sh [--mib N] [--rate RATE] [--pushes K] [--shards "1 2 4"]
+#                          [--replicas R] [--plain]
 #
 # --mib: model size (default 1024 = 1 GiB; 256 for a quick run); --rate: tc
 # rate of every link (default 1gbit); --pushes: timed pushes per S after
-# one untimed (default 3); --plain: S plain daemons fed by S threads (whole
+# one untimed (default 3); --replicas: R replicas per shard (default 1; the
+# trainer fans every push out to all of them; NETNS_CLIENT_RATE limits the
+# trainer's own link); --plain: S plain daemons fed by S threads (whole
 # tensors dealt out by bytes), the same harness without the cluster code;
 # also what runs when the daemon has no --shard-map.
 # Needs root (network namespaces): exits 77 otherwise. Exit status 1 when a
@@ -33,15 +36,16 @@ top_builddir=${top_builddir:-.}
 # shellcheck source=tests/netns.sh
 . "$top_srcdir/tests/netns.sh"
 
-mib=1024 rate=1gbit pushes=3 shards="1 2 4" plain=0
+mib=1024 rate=1gbit pushes=3 shards="1 2 4" plain=0 replicas=1
 while [ $# -gt 0 ]; do
     case $1 in
     --mib) mib=$2; shift ;;
     --rate) rate=$2; shift ;;
     --pushes) pushes=$2; shift ;;
     --shards) shards=$2; shift ;;
+    --replicas) replicas=$2; shift ;;
     --plain) plain=1 ;;
-    *) echo "usage: $0 [--mib N] [--rate RATE] [--pushes K] [--shards \"1 2 4\"] [--plain]" >&2
+    *) echo "usage: $0 [--mib N] [--rate RATE] [--pushes K] [--shards \"1 2 4\"] [--replicas R] [--plain]" >&2
         exit 2 ;;
     esac
     shift
@@ -52,6 +56,7 @@ if [ "$plain" = 0 ] && ! "$EMAD" --help 2>&1 | grep -q -- --shard-map; then
 fi
 max=0
 for s in $shards; do [ "$s" -gt "$max" ] && max=$s; done
+max=$((max * replicas))
 
 client_env
 NETNS_RATE=$rate
@@ -75,7 +80,8 @@ limited=$(tcp_anchor)
 netns_set_rate 0 ""
 unlimited=$(tcp_anchor)
 netns_set_rate 0 "$rate"
-echo "bench-cluster: $mib MiB model, $pushes timed pushes per S, every shard's link $rate (tbf)" \
+echo "bench-cluster: $mib MiB model, $pushes timed pushes per S, R=$replicas, every daemon's link" \
+    "$rate (tbf), the trainer's ${NETNS_CLIENT_RATE:-unlimited}" \
     "$([ "$plain" = 1 ] && echo '; plain daemons, one thread each')"
 echo "anchors: raw TCP through one $rate link $limited GB/s; through one unlimited link" \
     "$unlimited GB/s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -83,27 +89,20 @@ echo "anchors: raw TCP through one $rate link $limited GB/s; through one unlimit
 base=
 status=0
 for s in $shards; do
-    map="epoch $s"
     urls=
     i=0
-    while [ "$i" -lt "$s" ]; do
+    while [ "$i" -lt $((s * replicas)) ]; do
         rm -rf "$work/h$i"
-        if [ "$plain" = 1 ]; then
+        if [ "$plain" = 1 ] && [ "$i" -lt "$s" ]; then
             netns_start_daemon "$i" --snapshot-interval 0 ${BENCH_DAEMON_ARGS:-}
-        else
-            map="$map; shard $i $(netns_url "$i")"
+            urls="$urls${urls:+,}$(netns_url "$i")"
         fi
-        urls="$urls${urls:+,}$(netns_url "$i")"
         i=$((i + 1))
     done
     if [ "$plain" = 0 ]; then
-        echo "$map" | tr ';' '\n' | sed 's/^ *//' >"$work/shards.map"
-        i=0
-        while [ "$i" -lt "$s" ]; do
-            netns_start_daemon "$i" --snapshot-interval 0 --shard-map "$work/shards.map" \
-                --self "$(netns_url "$i")"
-            i=$((i + 1))
-        done
+        netns_write_map "$work/shards.map" "$s" "$s" "$replicas" 0
+        netns_start_cluster "$work/shards.map" 0 $((s * replicas)) --snapshot-interval 0 \
+            ${BENCH_DAEMON_ARGS:-}
         target="--cluster $work/shards.map"
     else
         target="--plain $urls"
@@ -118,15 +117,19 @@ for s in $shards; do
         printf "%.3f %.4f", med, $NF / med / 1e9 }' "$work/push.out")
     med=${line% *}
     gbs=${line#* }
-    [ -n "$base" ] || base=$gbs
-    ratio=$(awk -v g="$gbs" -v b="$base" -v s="$s" 'BEGIN { printf "%.2f", g / (s * b) }')
-    ok=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.8) ? "yes" : "NO" }')
-    [ "$ok" = yes ] || status=1
+    [ "$s" -ne 1 ] || base=$gbs
+    if [ -n "$base" ]; then
+        ratio=$(awk -v g="$gbs" -v b="$base" -v s="$s" 'BEGIN { printf "%.2f", g / (s * b) }')
+        ok=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.8) ? "yes" : "NO" }')
+    else
+        ratio="-" ok="- (no S=1 run)"
+    fi
+    [ "$ok" != NO ] || status=1
     printf 'S=%s: push median %s s = %s GB/s; ratio to %s x one shard %s (>= 0.8: %s); pushes %s\n' \
         "$s" "$med" "$gbs" "$s" "$ratio" "$ok" \
         "$(sed -n 's/^push_seconds \(.*\) bytes.*/\1/p' "$work/push.out")"
     i=0
-    while [ "$i" -lt "$s" ]; do
+    while [ "$i" -lt $((s * replicas)) ]; do
         netns_stop_daemon "$i"
         i=$((i + 1))
     done
