@@ -5,7 +5,7 @@ if HAVE_CHECK
 TESTS += tests/test_netns.sh tests/test_deploy.sh tests/test_cluster_ctl.sh tests/test_slurm.sh \
 	tests/test_cluster.sh tests/test_cluster_faults.sh tests/test_cluster_reads.sh
 endif
-EXTRA_DIST += tests/netns.sh tests/test_netns.sh tests/test_deploy.sh tests/deploy_check.py deploy \
+EXTRA_DIST += systemd/emad-cluster.conf tests/netns.sh tests/test_netns.sh tests/test_deploy.sh tests/deploy_check.py deploy \
 	tests/test_cluster_ctl.sh tests/python/test_cluster.py tests/test_slurm.sh examples/slurm \
 	tests/test_cluster.sh tests/cluster_driver.py tests/test_cluster_faults.sh tests/test_cluster_reads.sh
 dist_doc_DATA += docs/CLUSTER.md

@@ -3,8 +3,11 @@
 # field that docs/CLUSTER.md ("Kubernetes fields") relies on is there with
 # the value it states, and they agree with each other and with the shard map
 # (tests/deploy_check.py says how). The check is shown to fail on manifests
-# broken in three ways. With kubectl on PATH, `kubectl kustomize` renders
-# the folder (offline). Exits 77 (skip) without PyYAML (Debian: python3-yaml).
+# broken in three ways. The daemon accepts systemd/emad-cluster.conf (the
+# emad@ instance configuration for bare hosts) with a map listing its self,
+# and refuses it otherwise. With kubectl on PATH, `kubectl kustomize`
+# renders the folder (offline). Exits 77 (skip) without PyYAML (Debian:
+# python3-yaml).
 #
 # Environment (set by `make check`): top_builddir, top_srcdir, PYTHON3.
 set -eu
@@ -39,6 +42,24 @@ broken() { # SED-SCRIPT FILE EXPECTED-MESSAGE
 broken 's|path: /healthz|path: /metrics|' statefulset.yaml "readinessProbe.httpGet.path is '/metrics'"
 broken 's|tcp://emad-3.emad:7470|tcp://emad-4.emad:7470|' shardmap.yaml "pod 3 .* is not shard 1 replica 1"
 broken 's|^  replicas: 4|  replicas: 3|' statefulset.yaml "replicas 3, the map has 2 x 2"
+
+# The instance configuration of emad@ for bare hosts (systemd/emad-cluster.conf): the daemon
+# accepts it with a map that lists its `self`, and refuses it with one that does not.
+if "$EMAD" --help 2>&1 | grep -q -- --shard-map; then
+    self=$(sed -n 's/^self = //p' "$top_srcdir/systemd/emad-cluster.conf")
+    [ -n "$self" ] || fail "systemd/emad-cluster.conf has no self"
+    printf 'epoch 1\nshard 0 %s tcp://emad-b.example.net:7470\n' "$self" >"$work/shards.map"
+    sed "s|^shard-map = .*|shard-map = $work/shards.map|" "$top_srcdir/systemd/emad-cluster.conf" \
+        >"$work/cluster.conf"
+    timeout "$T" "$EMAD" --config "$work/cluster.conf" --print-config >"$work/printed" 2>&1 ||
+        fail "emad refuses systemd/emad-cluster.conf: $(cat "$work/printed")"
+    grep -qx "self = $self" "$work/printed" || fail "printed: $(cat "$work/printed")"
+    grep -qx 'listen = tcp://0.0.0.0:7470' "$work/printed" || fail "printed: $(cat "$work/printed")"
+    printf 'epoch 1\nshard 0 tcp://emad-b.example.net:7470\n' >"$work/shards.map"
+    if timeout "$T" "$EMAD" --config "$work/cluster.conf" --print-config >"$work/printed" 2>&1; then
+        fail "emad accepts a self that is not in the map"
+    fi
+fi
 
 if command -v kubectl >/dev/null 2>&1; then
     timeout "$T" kubectl kustomize "$top_srcdir/deploy/k8s" >"$work/rendered.yaml" 2>"$work/kustomize.err" ||
