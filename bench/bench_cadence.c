@@ -96,6 +96,7 @@ typedef struct run {
     int pushes;
     int small_reps;
     int small;
+    int cadence; /* 0 with --only-small */
     proc daemon;
     char url[64];
     raw_server *rs;
@@ -513,23 +514,28 @@ static void
 usage(FILE *f)
 {
     fprintf(f, "usage: bench_cadence [--emad PATH] [--mib N] [--cadence-scale F] [--pushes N]\n"
-               "                     [--small-reps N] [--no-small]\n"
+               "                     [--small-reps N] [--no-small | --only-small]\n"
                "Pushes a float32 model of N MiB (default 256) back to back and every 0.2,\n"
                "2 and 20 s times F (default 1; e.g. 0.1 for a quick run), against raw\n"
                "nanomsg at the same cadence, with --pushes pushes per cadence (default 3);\n"
                "then the daemon's memory at rest, and 2-16 MiB models with other traffic\n"
                "between pushes (--small-reps, default 11). Prints the machine's anchors\n"
-               "first (fresh-memory writes, memcpy, TCP over loopback).\n");
+               "first (fresh-memory writes, memcpy, TCP over loopback). --only-small runs\n"
+               "the small models alone.\n");
 }
 
 static int
 parse(run *r, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"emad", required_argument, NULL, 'e'},  {"mib", required_argument, NULL, 'm'},
+        {"emad", required_argument, NULL, 'e'},
+        {"mib", required_argument, NULL, 'm'},
         {"cadence-scale", required_argument, NULL, 's'},
-        {"pushes", required_argument, NULL, 'p'}, {"small-reps", required_argument, NULL, 'r'},
-        {"no-small", no_argument, NULL, 'n'},     {"help", no_argument, NULL, 'h'},
+        {"pushes", required_argument, NULL, 'p'},
+        {"small-reps", required_argument, NULL, 'r'},
+        {"no-small", no_argument, NULL, 'n'},
+        {"only-small", no_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int o;
@@ -554,6 +560,9 @@ parse(run *r, int argc, char **argv)
         case 'n':
             r->small = 0;
             break;
+        case 'o':
+            r->cadence = 0;
+            break;
         default: /* --help, or an unknown option */
             usage(o == 'h' ? stdout : stderr);
             return o == 'h' ? 0 : 2;
@@ -571,7 +580,7 @@ parse(run *r, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    run r = {.mib = 256, .scale = 1.0, .pushes = 3, .small_reps = 11, .small = 1};
+    run r = {.mib = 256, .scale = 1.0, .pushes = 3, .small_reps = 11, .small = 1, .cadence = 1};
     emad_options eo;
     int status = 1, rc;
 
@@ -607,7 +616,7 @@ main(int argc, char **argv)
     printf("daemon: %s on %s (pid %d), defaults (--idle-release 5); raw: REP server process "
            "(pid %d), emad's socket buffers\n",
            r.emad, r.url, (int)r.daemon.pid, raw_server_pid(r.rs));
-    if (run_cadence(&r) < 0 || (r.small && run_small(&r) < 0))
+    if ((r.cadence && run_cadence(&r) < 0) || (r.small && run_small(&r) < 0))
         goto out;
     status = 0;
 out:

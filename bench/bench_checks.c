@@ -96,13 +96,13 @@ run(server *srv, int *ok)
 }
 
 static void
-create(server *srv, const char *model, unsigned writers)
+create(server *srv, const char *mname, unsigned writers)
 {
     int ok;
 
     req("create", 2);
     str("model");
-    str(model);
+    str(mname);
     str("writers");
     msgpack_pack_uint32(&pk, writers);
     (void)run(srv, &ok);
@@ -110,11 +110,11 @@ create(server *srv, const char *model, unsigned writers)
 
 /* Start a push of count tensors by writer at step 1. */
 static void
-push_head(const char *model, uint64_t writer, size_t count)
+push_head(const char *mname, uint64_t writer, size_t count)
 {
     req("push", 4);
     str("model");
-    str(model);
+    str(mname);
     str("step");
     msgpack_pack_uint64(&pk, 1);
     str("writer");
@@ -151,11 +151,11 @@ pack_element(const char *name, uint64_t numel, uint64_t start)
 
 /* One push of count one-element tensors t0, t1, ... */
 static double
-push_tensors(server *srv, const char *model, size_t count, int *ok)
+push_tensors(server *srv, const char *mname, size_t count, int *ok)
 {
     char name[32];
 
-    push_head(model, 0, count);
+    push_head(mname, 0, count);
     for (size_t k = 0; k < count; k++) {
         snprintf(name, sizeof(name), "t%zu", k);
         pack_element(name, 1, 0);
@@ -179,10 +179,10 @@ case_tensors(server *srv)
  * elements): elements w, w + stride, ..., the last first.
  */
 static double
-push_slices(server *srv, const char *model, uint64_t writer, uint64_t numel, uint64_t stride,
+push_slices(server *srv, const char *mname, uint64_t writer, uint64_t numel, uint64_t stride,
             size_t count, int *ok)
 {
-    push_head(model, writer, count);
+    push_head(mname, writer, count);
     for (size_t k = count; k-- > 0;)
         pack_element("w", numel, writer + k * stride);
     return run(srv, ok);

@@ -10,6 +10,10 @@ A step it has already evaluated is not evaluated again.
     python3 examples/evaluate.py --interval 2
     python3 examples/evaluate.py --until-step 300   # exit after step 300
 
+Against a daemon with an auth file (README "Authentication"), as a user
+with the `pull` grant on the model: ``--key-file eval.key`` (or
+``$EMAD_KEY_FILE``). The evaluator needs nothing more: it only reads.
+
 Output lines: ``step 120 ema_loss 1.2345 ema_acc 0.562 pull_ms 1.8``.
 """
 
@@ -31,6 +35,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", default=None, help="daemon URL (default $EMAD_SERVER or "
                     "tcp://127.0.0.1:7470)")
+    ap.add_argument("--user", default=None, help="authenticate as this user (default: the "
+                    "key file's user, or $EMAD_USER)")
+    ap.add_argument("--key-file", default=None, help="the user's key file, for a daemon with "
+                    "--auth-file (default $EMAD_KEY_FILE; none: not authenticated)")
     ap.add_argument("--model", default="example-cnn")
     ap.add_argument("--interval", type=float, default=2.0, help="seconds between pulls")
     ap.add_argument("--until-step", type=int, default=None,
@@ -43,7 +51,7 @@ def main(argv=None):
     x, y = make_data(args.eval_size, seed=2)  # held out: the trainer uses seed 1
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     last = None
-    with emad.Client(args.url) as client:
+    with emad.Client(args.url, user=args.user, key_file=args.key_file) as client:
         while deadline is None or time.monotonic() < deadline:
             t0 = time.monotonic()
             try:

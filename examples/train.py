@@ -60,6 +60,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", default=None, help="daemon URL (default $EMAD_SERVER or "
                     "tcp://127.0.0.1:7470)")
+    ap.add_argument("--user", default=None, help="authenticate as this user (default: the "
+                    "key file's user, or $EMAD_USER)")
+    ap.add_argument("--key-file", default=None, help="the user's key file, for a daemon with "
+                    "--auth-file (default $EMAD_KEY_FILE; none: not authenticated)")
     ap.add_argument("--model", default="example-cnn", help="model name on the daemon")
     ap.add_argument("--decay", type=float, default=0.99)
     ap.add_argument("--steps", type=int, default=300)
@@ -75,7 +79,7 @@ def main(argv=None):
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     x_all, y_all = make_data(args.steps * args.batch, seed=1)
 
-    with emad.Client(args.url) as client:
+    with emad.Client(args.url, user=args.user, key_file=args.key_file) as client:
         if args.drop and args.model in [m.name for m in client.list()]:
             client.drop(args.model)
         client.create(args.model, decay=args.decay, step_gap="compensate", exist_ok=True)

@@ -217,6 +217,11 @@ typedef struct emad_options {
     uint64_t max_reply_bytes; /* largest reply the client accepts; default 64 MiB.
                                  Pulls of more than 16 MiB are read in replies of
                                  at most 4 MiB whatever this is */
+    const char *user;         /* authenticate as this user (docs/SECURITY.md); default NULL:
+                                 the user named in the key file */
+    const char *key_file;     /* the user's key file (mode 0600, `emactl keygen`); when user
+                                 and key_file are both NULL, $EMAD_USER and $EMAD_KEY_FILE
+                                 are used; with neither, requests are not authenticated */
 } emad_options;
 
 /* Result of a push. */
@@ -295,8 +300,10 @@ EMAD_EXTERN void emad_options_init(emad_options *opts);
 /*
  * Connect to the daemon at url (NULL: EMAD_DEFAULT_URL). opts may be NULL
  * for defaults. Contacts the daemon once ("hello") to check the protocol
- * version and learn its limits. On success *out owns a client to release
- * with emad_close().
+ * version and learn its limits; with credentials (opts->user, opts->key_file
+ * or the environment), reads the key file and authenticates (a handshake on
+ * each connection the client opens). On success *out owns a client to
+ * release with emad_close(); on failure emad_last_error(NULL) says why.
  */
 EMAD_EXTERN int emad_connect(emad_client **out, const char *url, const emad_options *opts);
 /* (url "cluster:PATH" is emad_connect_cluster(PATH): see "Clusters" below.) */
@@ -304,7 +311,10 @@ EMAD_EXTERN int emad_connect(emad_client **out, const char *url, const emad_opti
 /* Close the client and free it; NULL is accepted. */
 EMAD_EXTERN void emad_close(emad_client *c);
 
-/* Detailed message of the last failed call on c ("" if none). Valid until the next call. */
+/*
+ * Detailed message of the last failed call on c ("" if none). Valid until the next call.
+ * With c NULL: the message of the last failed emad_connect() of this thread ("" if none).
+ */
 EMAD_EXTERN const char *emad_last_error(const emad_client *c);
 
 /* Largest message the daemon accepts (learned at connect). */

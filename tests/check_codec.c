@@ -59,6 +59,66 @@ packed_len(const codec_tensor *t)
     return n;
 }
 
+/* Pack "key": str of n bytes with msgpack-c's packers. */
+static void
+ref_kv_str(msgpack_packer *pk, const char *key, const char *v, size_t n)
+{
+    proto_pack_str(pk, key);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, v, n);
+}
+
+/*
+ * A second implementation of the push tensor map with msgpack-c's own
+ * packers, entry by entry in the order of docs/PROTOCOL.md:
+ * codec_tensor_pack() must write the same bytes.
+ */
+static void
+ref_pack(msgpack_packer *pk, const codec_tensor *t)
+{
+    msgpack_pack_map(pk, 5 + (t->has_offset != 0) + (t->count > 0) +
+                             (t->as_dtype != EMAD_DTYPE_INVALID));
+    if (t->as_dtype != EMAD_DTYPE_INVALID)
+        ref_kv_str(pk, PROTO_KEY_AS_DTYPE, dtype_name(t->as_dtype),
+                   strlen(dtype_name(t->as_dtype)));
+    ref_kv_str(pk, PROTO_KEY_NAME, t->name, t->name_len);
+    ref_kv_str(pk, PROTO_KEY_KIND, t->kind == EMAD_PARAM ? "param" : "buffer",
+               t->kind == EMAD_PARAM ? 5 : 6);
+    ref_kv_str(pk, PROTO_KEY_DTYPE, dtype_name(t->dtype), strlen(dtype_name(t->dtype)));
+    proto_pack_str(pk, PROTO_KEY_SHAPE);
+    msgpack_pack_array(pk, t->ndim);
+    for (uint32_t d = 0; d < t->ndim; d++)
+        msgpack_pack_uint64(pk, t->shape[d]);
+    proto_pack_str(pk, PROTO_KEY_DATA);
+    msgpack_pack_bin(pk, t->len);
+    msgpack_pack_bin_body(pk, t->data, t->len);
+    if (t->has_offset)
+        proto_pack_kv_u64(pk, PROTO_KEY_OFFSET, t->offset);
+    if (t->count > 0) {
+        proto_pack_str(pk, PROTO_KEY_SLICE);
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_uint64(pk, t->start);
+        msgpack_pack_uint64(pk, t->count);
+    }
+}
+
+/* codec_tensor_pack(t) writes exactly the bytes of ref_pack(t). */
+static void
+assert_packs_like_msgpack_c(const codec_tensor *t)
+{
+    msgpack_sbuffer a, b;
+    msgpack_packer pa, pb;
+
+    pack_begin(&a, &pa);
+    pack_begin(&b, &pb);
+    codec_tensor_pack(&pa, t);
+    ref_pack(&pb, t);
+    ck_assert_uint_eq(a.size, b.size);
+    ck_assert_int_eq(memcmp(a.data, b.data, a.size), 0);
+    msgpack_sbuffer_destroy(&a);
+    msgpack_sbuffer_destroy(&b);
+}
+
 /* A valid tensor: name of name_len bytes 'a'..'z', F32 [2, 3], len data bytes. */
 static codec_tensor
 sample(char *name, size_t name_len, const void *data, uint64_t len)
@@ -110,6 +170,7 @@ START_TEST(test_codec_size_equals_packed_bytes)
                 t.start = vals[(k + 2) % nv];
                 t.as_dtype = k % 5 == 0 ? EMAD_BF16 : EMAD_DTYPE_INVALID;
                 ck_assert_uint_eq(codec_tensor_size(&t), packed_len(&t));
+                assert_packs_like_msgpack_c(&t);
                 /* The chunk overhead bounds the map without its data bytes, whatever the offset. */
                 t.has_offset = 1;
                 t.offset = UINT64_MAX;

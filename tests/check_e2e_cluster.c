@@ -262,6 +262,19 @@ raw_list(int s, int routed, uint64_t epoch, uint64_t shard, int code)
     rq_free(&q);
 }
 
+/* Pack an install request of model "i" at step 1 with flag (anew, end) set, routed to shard 0. */
+static void
+install_flag(rq *q, const char *flag)
+{
+    rq_begin(q, "install", 5);
+    rq_kv_u64(q, "epoch", EPOCH);
+    rq_kv_u64(q, "shard", 0);
+    rq_kv_str(q, "model", "i");
+    rq_kv_u64(q, "step", 1);
+    rq_str(q, flag);
+    msgpack_pack_true(&q->pk);
+}
+
 START_TEST(test_cluster_daemon_refuses_stale_epoch_and_wrong_shard)
 {
     tcluster k;
@@ -287,9 +300,51 @@ START_TEST(test_cluster_daemon_refuses_stale_epoch_and_wrong_shard)
     raw_list(s, 1, EPOCH + 1, 0, EMAD_EMOVED); /* a newer map */
     raw_list(s, 1, EPOCH, 1, EMAD_EMOVED);     /* another shard */
     raw_list(s, 1, EPOCH, 0, 0);               /* and it still serves */
+    /* install out of order: data without decay_index, end of a model not being installed,
+     * an incomplete one; the daemon serves on. */
+    rq_begin(&q, "install", 4);
+    rq_kv_u64(&q, "epoch", EPOCH);
+    rq_kv_u64(&q, "shard", 0);
+    rq_kv_str(&q, "model", "i");
+    rq_kv_u64(&q, "step", 1);
+    e2e_raw_expect(s, &q, EMAD_EMALFORMED);
+    install_flag(&q, "end");
+    e2e_raw_expect(s, &q, EMAD_ENOMODEL);
+    install_flag(&q, "anew");
+    e2e_raw_expect(s, &q, 0);
+    {
+        float v[4] = {1, 2, 3, 4};
+
+        rq_begin(&q, "install", 6);
+        rq_kv_u64(&q, "epoch", EPOCH);
+        rq_kv_u64(&q, "shard", 0);
+        rq_kv_str(&q, "model", "i");
+        rq_kv_u64(&q, "decay_index", 0);
+        rq_str(&q, "steps");
+        msgpack_pack_array(&q.pk, 1);
+        msgpack_pack_uint64(&q.pk, 1);
+        rq_str(&q, "tensors");
+        msgpack_pack_array(&q.pk, 1);
+        e2e_tensor_1d(&q, "t", "param", "F32", 8, v, sizeof(v), 1, 0); /* half of 8 floats */
+        e2e_raw_expect(s, &q, 0);
+    }
+    install_flag(&q, "end");
+    e2e_raw_expect(s, &q, EMAD_EINCOMPLETE);
+    /* A half-installed model refuses pulls; the daemon serves the rest. */
+    rq_begin(&q, "pull", 3);
+    rq_kv_u64(&q, "epoch", EPOCH);
+    rq_kv_u64(&q, "shard", 0);
+    rq_kv_str(&q, "model", "i");
+    e2e_raw_expect(s, &q, EMAD_EMOVED);
+    raw_list(s, 1, EPOCH, 0, 0);
     /* A daemon without a map refuses routed requests, and still serves plain ones. */
     p = e2e_raw_open(&plain, e2e_reply_wait_ms());
     raw_list(p, 1, EPOCH, 0, EMAD_EMOVED);
+    raw_list(p, 0, 0, 0, 0);
+    rq_begin(&q, "install", 2);
+    rq_kv_str(&q, "model", "i");
+    rq_kv_u64(&q, "step", 1);
+    e2e_raw_expect(p, &q, EMAD_EMOVED); /* install is for cluster mode only */
     raw_list(p, 0, 0, 0, 0);
     rq_free(&q);
     nn_close(s);
@@ -462,6 +517,23 @@ START_TEST(test_cluster_pushes_equal_a_single_daemon_bit_for_bit)
         ck_assert_int_eq(st[i].resyncing, 0);
     }
     emad_cluster_status_free(st, n);
+    /* Bad reads: an unknown name, a name twice, a buffer too small; the cluster still serves. */
+    {
+        const char *unknown[] = {"bias", "nope"}, *twice[] = {"embed", "embed"};
+        emad_model *m = NULL;
+
+        ck_assert_int_eq(emad_pull(c, "m", unknown, 2, &m), EMAD_ENOTENSOR);
+        ck_assert_ptr_nonnull(strstr(emad_last_error(c), "'nope'"));
+        ck_assert_int_eq(emad_pull(c, "m", twice, 2, &m), EMAD_EDUP);
+        ck_assert_ptr_null(m);
+        into[0].nbytes = sizeof(w) - 4;
+        ck_assert_int_eq(emad_pull_into(c, "m", into, 2, &step), EMAD_ESIZE);
+        ck_assert_int_eq(emad_pull(c, "nomodel", NULL, 0, &m), EMAD_ENOMODEL);
+        OK(c, emad_pull(c, "m", twice, 1, &m));
+        ck_assert_uint_eq(m->ntensors, 1);
+        ck_assert_uint_eq(m->tensors[0].shape[0], 3000001);
+        emad_model_free(m);
+    }
     /* A name reserved for pieces is refused, and the cluster still serves. */
     {
         emad_tensor bad = e2e_tensor("x#piece/0/4", EMAD_PARAM, EMAD_F32, b, 16, 1, 4, 0);

@@ -56,6 +56,8 @@ START_TEST(test_proto_error_names_and_texts)
     ck_assert_int_eq(EMAD_ERRNO_LAST, 1030);
     ck_assert_str_eq(errors_name(EMAD_EMOVED), "EMAD_EMOVED");
     ck_assert_str_eq(errors_text(EMAD_ESPLIT), "cluster not at one step");
+    ck_assert_str_eq(errors_name(EMAD_EAUTH), "EMAD_EAUTH");
+    ck_assert_int_eq(EMAD_EDENIED, -1028);
 }
 END_TEST
 

@@ -82,6 +82,11 @@ START_TEST(test_settings_defaults)
     ck_assert_uint_eq(sc.idle_release_ms, 5000);
     ck_assert_uint_eq(c.idle_release_max_ms, 30000);
     ck_assert_uint_eq(sc.idle_release_max_ms, 30000);
+    ck_assert_ptr_null(sc.auth_file);
+    ck_assert_int_eq(sc.insecure, 0);
+    ck_assert_uint_eq(sc.auth_session_lifetime_ms, 3600000);
+    ck_assert_uint_eq(sc.max_memory, 0); /* auto: the server reads the machine */
+    ck_assert_uint_eq(sc.client_share, 50);
     p = printed(&c);
     ck_assert_str_eq(p, "# emad " PACKAGE_VERSION
                         ": effective settings (defaults, then --config, then flags)\n"
@@ -97,6 +102,11 @@ START_TEST(test_settings_defaults)
                         "io-cpu = auto\n"
                         "idle-release = 5\n"
                         "idle-release-max = 30\n"
+                        "# auth-file = (none: requests are not authenticated)\n"
+                        "insecure = no\n"
+                        "auth-session-lifetime = 3600\n"
+                        "max-memory = auto\n"
+                        "client-share = 50\n"
                         "# shard-map = (none: not part of a cluster)\n"
                         "# self = (none: not part of a cluster)\n");
     free(p);

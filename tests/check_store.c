@@ -1030,16 +1030,60 @@ START_TEST(test_store_txn_resend_f16_param_and_i32_buffer)
 }
 END_TEST
 
+/*
+ * A stored tensor twice in one push: as two slices it is one tensor
+ * (averaged once per element), whole twice is EMAD_EDUP and overlapping
+ * slices EMAD_EOVERLAP, each leaving the model as it was; the next push
+ * of the same tensors is not taken for a repeat. Expected values by hand:
+ * decay 0.5 takes 1 and 3 to 2.
+ */
+START_TEST(test_store_push_repeats_stored_tensor)
+{
+    static const float w1[4] = {1, 2, 3, 4}, w2[4] = {3, 4, 5, 6}, b1[2] = {1, 1};
+    store_input in[3];
+
+    in[0] = f32_input("w", EMAD_PARAM, w1, 4);
+    in[1] = f32_input("b", EMAD_PARAM, b1, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 1, 0, in, 2, 0, &res, &err), 0);
+    in[0] = part_of("w", w2, 4, 2, 2); /* the later half first */
+    in[1] = part_of("w", w2, 4, 0, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 2, 0, in, 2, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 1);
+    for (size_t i = 0; i < 4; i++)
+        ck_assert_float_eq(shadow_f32("w", i), (float)i + 2);
+    in[0] = f32_input("w", EMAD_PARAM, w1, 4);
+    in[1] = f32_input("w", EMAD_PARAM, w1, 4);
+    ck_assert_int_eq(store_push(s, "m", 1, 3, 0, in, 2, 0, &res, &err), EMAD_EDUP);
+    ck_assert_str_eq(err.tensor, "w");
+    in[0] = f32_input("b", EMAD_PARAM, b1, 2);
+    in[1] = f32_input("w", EMAD_PARAM, w1, 4);
+    in[2] = f32_input("b", EMAD_PARAM, b1, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 3, 0, in, 3, 0, &res, &err), EMAD_EDUP);
+    ck_assert_str_eq(err.tensor, "b");
+    in[0] = part_of("w", w1, 4, 0, 3);
+    in[1] = part_of("w", w1, 4, 2, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 3, 0, in, 2, 0, &res, &err), EMAD_EOVERLAP);
+    ck_assert_uint_eq(store_model_find(s, "m", 1)->step, 2);
+    for (size_t i = 0; i < 4; i++)
+        ck_assert_float_eq(shadow_f32("w", i), (float)i + 2);
+    in[0] = f32_input("w", EMAD_PARAM, w2, 4);
+    in[1] = f32_input("b", EMAD_PARAM, b1, 2);
+    ck_assert_int_eq(store_push(s, "m", 1, 3, 0, in, 2, 0, &res, &err), 0);
+    ck_assert_uint_eq(res.applied, 2);
+    ck_assert_float_eq(shadow_f32("w", 0), 2.5f);
+}
+END_TEST
+
 static Suite *
 store_robust_suite(void)
 {
     Suite *su = suite_create("store_robust");
     TCase *tc = tcase_create("faulty_parts");
 
-    const TTest *const tests[] = {test_store_mw_txn_part_with_gap_stays_open,
-                                  test_store_mw_stale_names,
-                                  test_store_txn_resend_while_first_copy_averages,
-                                  test_store_txn_resend_f16_param_and_i32_buffer};
+    const TTest *const tests[] = {
+        test_store_push_repeats_stored_tensor, test_store_mw_txn_part_with_gap_stays_open,
+        test_store_mw_stale_names, test_store_txn_resend_while_first_copy_averages,
+        test_store_txn_resend_f16_param_and_i32_buffer};
 
     tcase_add_checked_fixture(tc, setup, teardown);
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)

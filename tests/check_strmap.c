@@ -1,7 +1,8 @@
 /*
- * check_strmap.c - tests for src/base/strmap.c: insert, replace, lookup and
- * deletion (backward shift) against a plain array as the reference, with
- * enough keys to force many resizes and long probe clusters.
+ * check_strmap.c - tests for src/base/strmap.c: insert, replace, insert
+ * unless present, lookup and deletion (backward shift) against a plain
+ * array as the reference, with enough keys to force many resizes and long
+ * probe clusters.
  */
 #include <check.h>
 #include <stdio.h>
@@ -29,9 +30,18 @@ START_TEST(test_strmap_matches_reference_under_random_ops)
         x ^= x << 17;
         int k = (int)(x % NKEYS);
         size_t len = strlen(keys[k]);
-        switch ((x >> 32) % 3) {
+        switch ((x >> 32) % 4) {
         case 0:
             strmap_put(m, keys[k], len, &present[k]);
+            count += !present[k];
+            present[k] = 1;
+            break;
+        case 3: /* insert unless there: the value it had, or NULL when added */
+            ck_assert_ptr_eq(
+                strmap_add_hashed(m, keys[k], len, strmap_hash(keys[k], len), &present[k]),
+                present[k] ? &present[k] : NULL);
+            ck_assert_ptr_eq(strmap_get_hashed(m, keys[k], len, strmap_hash(keys[k], len)),
+                             &present[k]);
             count += !present[k];
             present[k] = 1;
             break;

@@ -154,15 +154,25 @@ bad_choice(const ctl *g, const ctl_opt *o, const char *v)
     return ctl_usage_error(g, "%s must be %s, not '%s'", o->name, o->what, v != NULL ? v : "");
 }
 
-/* --server URL: the daemon to talk to. */
+/* --server URL, --user USER, --key-file FILE: a non-empty string into the field o->off of g. */
 static int
-args_set_server(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
+args_set_global(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
 {
     if (v == NULL || *v == '\0')
         return ctl_usage_error(g, "%s needs %s", o->name, o->what);
-    g->server = v;
-    g->cluster = NULL;
+    *(const char **)((char *)g + o->off) = v;
     return 0;
+}
+
+/* --server URL: the daemon to talk to (and not a cluster, even with $EMAD_CLUSTER set). */
+static int
+args_set_server(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
+{
+    int r = args_set_global(g, o, v, a);
+
+    if (r == 0)
+        g->cluster = NULL;
+    return r;
 }
 
 /* --cluster MAP: the shard map of the cluster to talk to (wins over --server). */
@@ -301,9 +311,14 @@ args_set_dtype(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
 /* clang-format off */
 /* Options every command takes (and emactl itself, before the command). */
 static const ctl_opt common_opts[] = {
-    {.name = "--server", .has_arg = 1, .set = args_set_server, .what = "a URL"},
+    {.name = "--server", .has_arg = 1, .set = args_set_server, .off = offsetof(ctl, server),
+     .what = "a URL"},
     {.name = "--cluster", .has_arg = 1, .set = args_set_cluster,
      .what = "a shard map (a file, or its text)"},
+    {.name = "--user", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, user),
+     .what = "a user name"},
+    {.name = "--key-file", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, key_file),
+     .what = "a key file"},
     {.name = "--timeout", .has_arg = 1, .set = args_set_timeout,
      .what = "a whole number of milliseconds"},
     {.name = NULL},

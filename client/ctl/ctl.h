@@ -24,8 +24,13 @@ typedef struct ctl {
     const char *server;
     const char *cluster; /* shard map (file or text): connect to the cluster, not to server */
     int timeout_ms;
-    const char *cmd; /* command name, for messages */
+    const char *cmd;      /* command name, for messages */
+    const char *user;     /* --user: authenticate as this user (NULL: the key file's) */
+    const char *key_file; /* --key-file: the user's key file */
 } ctl;
+
+/* The most --grant options of keygen. */
+#define ARGS_MAXGRANTS 16
 
 /* The most positional arguments a command takes. */
 #define ARGS_MAXPOS 3
@@ -55,6 +60,9 @@ typedef struct ctl_args {
     const char *tensors; /* --tensors A,B,... (pull) */
     double interval;     /* --interval SECONDS (watch), default 1 */
     uint64_t count;      /* --count N (watch); 0: until interrupted */
+    const char *out;     /* --out FILE (keygen) */
+    const char *grants[ARGS_MAXGRANTS]; /* --grant "ROLE PATTERN" (keygen) */
+    size_t ngrants;
 } ctl_args;
 
 /*
@@ -66,7 +74,7 @@ typedef struct ctl_opt {
     const char *name; /* "--step" */
     int has_arg;      /* 1: --name VALUE or --name=VALUE; 0: a flag */
     int (*set)(ctl *g, const struct ctl_opt *o, const char *v, ctl_args *a);
-    size_t off;        /* the field of ctl_args the value goes to */
+    size_t off;        /* the field of ctl_args (of ctl, for the common options) it fills */
     size_t count;      /* an int of ctl_args counting the option, or 0 */
     const char *what;  /* what the value must be, for the usage error */
     const char *key;   /* EMA option name for emad_option_from_name */
@@ -145,6 +153,6 @@ extern const ctl_cmd ctl_cmd_create, ctl_cmd_configure, ctl_cmd_list, ctl_cmd_dr
 extern const ctl_cmd ctl_cmd_push, ctl_cmd_pull;
 extern const ctl_cmd ctl_cmd_export, ctl_cmd_import, ctl_cmd_snapshot;
 extern const ctl_cmd ctl_cmd_stats, ctl_cmd_watch;
-extern const ctl_cmd ctl_cmd_cluster;
+extern const ctl_cmd ctl_cmd_cluster, ctl_cmd_keygen;
 
 #endif

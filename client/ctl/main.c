@@ -32,19 +32,13 @@
 
 /* The commands, in the order --help lists them. */
 static const ctl_cmd *const commands[] = {
-    &ctl_cmd_create,
-    &ctl_cmd_configure,
-    &ctl_cmd_push,
-    &ctl_cmd_pull,
-    &ctl_cmd_list,
-    &ctl_cmd_drop,
-    &ctl_cmd_export,
-    &ctl_cmd_import,
-    &ctl_cmd_snapshot,
-    &ctl_cmd_stats,
-    &ctl_cmd_watch,
-    &ctl_cmd_cluster,
-    NULL,
+    &ctl_cmd_create,   &ctl_cmd_configure,
+    &ctl_cmd_push,     &ctl_cmd_pull,
+    &ctl_cmd_list,     &ctl_cmd_drop,
+    &ctl_cmd_export,   &ctl_cmd_import,
+    &ctl_cmd_snapshot, &ctl_cmd_stats,
+    &ctl_cmd_watch,    &ctl_cmd_cluster,
+    &ctl_cmd_keygen,   NULL,
 };
 
 /* ---- messages ------------------------------------------------------------------------------- */
@@ -124,8 +118,10 @@ ctl_fail_file(const ctl *g, const char *path, int rc, const char *cause)
 void
 ctl_command_usage(FILE *f, const ctl_cmd *c)
 {
-    fprintf(f, "usage: emactl [--server URL | --cluster MAP] [--timeout MS] %s\n\n%s", c->usage,
-            c->help);
+    fprintf(f,
+            "usage: emactl [--server URL | --cluster MAP] [--timeout MS] [--user USER --key-file "
+            "FILE] %s\n\n%s",
+            c->usage, c->help);
 }
 
 /* Connect to g's server with g's timeouts and, unless 0, chunk_bytes; NULL (printed) on failure. */
@@ -142,21 +138,26 @@ connect_chunk(const ctl *g, uint64_t chunk_bytes)
     o.timeout_ms = g->timeout_ms;
     if (o.connect_timeout_ms > g->timeout_ms)
         o.connect_timeout_ms = g->timeout_ms;
+    o.user = g->user;
+    o.key_file = g->key_file;
     rc = g->cluster != NULL ? emad_connect_cluster(&c, g->cluster, &o)
                             : emad_connect(&c, g->server, &o);
     if (rc != 0) {
         const char *name = emad_errname(rc);
         char msg[512] = "";
-        if (g->cluster != NULL && c != NULL)
+        if (c != NULL)
             snprintf(msg, sizeof(msg), "%s", emad_last_error(c));
         else if (g->cluster != NULL)
             (void)emad_cluster_check_map(g->cluster, msg, sizeof(msg));
+        else
+            snprintf(msg, sizeof(msg), "%s", emad_last_error(NULL));
         if (g->cluster != NULL)
             ctl_errorf(g, "cannot use the cluster: %s%s%s%s", msg[0] ? msg : emad_strerror(rc),
                        name != NULL ? " (" : "", name != NULL ? name : "", name != NULL ? ")" : "");
         else
-            ctl_errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server, emad_strerror(rc),
-                       name != NULL ? " (" : "", name != NULL ? name : "", name != NULL ? ")" : "");
+            ctl_errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server,
+                       msg[0] ? msg : emad_strerror(rc), name != NULL ? " (" : "",
+                       name != NULL ? name : "", name != NULL ? ")" : "");
         emad_close(c);
         return NULL;
     }
@@ -198,13 +199,15 @@ ctl_warnings(const ctl *g, const emad_client *c)
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: emactl [--server URL | --cluster MAP] [--timeout MS] COMMAND [ARGS]\n"
-               "\n"
-               "emactl talks to emad, the EMA parameter server: it creates models, pushes\n"
-               "parameters and buffers from safetensors files, pulls the averaged model\n"
-               "into a safetensors file and shows what the daemon holds.\n"
-               "\n"
-               "commands:\n");
+    fprintf(f,
+            "usage: emactl [--server URL | --cluster MAP] [--timeout MS] [--user USER --key-file "
+            "FILE] COMMAND [ARGS]\n"
+            "\n"
+            "emactl talks to emad, the EMA parameter server: it creates models, pushes\n"
+            "parameters and buffers from safetensors files, pulls the averaged model\n"
+            "into a safetensors file and shows what the daemon holds.\n"
+            "\n"
+            "commands:\n");
     for (const ctl_cmd *const *c = commands; *c != NULL; c++)
         fprintf(f, "  %s\n", (*c)->usage);
     fprintf(f,
@@ -215,6 +218,9 @@ usage(FILE *f)
             "                 ';' between lines; default: $EMAD_CLUSTER if set): every\n"
             "                 command goes through the map (docs/CLUSTER.md)\n"
             "  --timeout MS   time limit for each request, in milliseconds (default 30000)\n"
+            "  --user USER    authenticate as USER (default: the user of the key file)\n"
+            "  --key-file FILE  the user's key file, made by 'emactl keygen' (mode 0600);\n"
+            "                 default: $EMAD_USER and $EMAD_KEY_FILE if set, else none\n"
             "  --version      print the version and exit\n"
             "  --help         print this help and exit; 'emactl COMMAND --help' for a command\n"
             "\n"
@@ -259,7 +265,7 @@ command_run(ctl *g, const ctl_cmd *cmd, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    ctl g = {NULL, NULL, 30000, NULL};
+    ctl g = {.timeout_ms = 30000};
     const char *env = getenv("EMAD_SERVER"), *cenv = getenv("EMAD_CLUSTER");
     const ctl_cmd *cmd;
     int i = 1, r;

@@ -11,6 +11,9 @@
  * - transport.c: sockets, request ids, packing, pipelining, the round trip
  *   (req_send, req_wait, call), hello, connect and close;
  * - errors.c: the last error, error replies, reply field checks, emad_strerror;
+ * - creds.c: the credentials (user, key file, environment) and connect errors;
+ * - session.c: the authenticated session of each connection (handshake,
+ *   renewal) and the frames around requests and replies (tags, checks);
  * - push.c: push, seed, push_as and the transactions of large pushes;
  * - pull.c: pull and pull_into, pull sessions read in batches;
  * - admin.c: create, configure, drop, list, describe, stats, get_config, snapshot.
@@ -31,6 +34,7 @@
 
 #include <msgpack.h>
 
+#include "common/auth.h"
 #include "common/codec.h"
 #include "common/proto.h"
 #include "emad.h"
@@ -68,6 +72,19 @@
  */
 #define ROUTED_SLICE_MS 100
 
+/*
+ * The authenticated session of one connection (docs/PROTOCOL.md,
+ * "Authentication"): id 0 until the handshake is done; seq of the last
+ * request sent; keys from crypto_kx (tx MACs requests, rx replies).
+ */
+typedef struct conn_session {
+    uint64_t id;
+    uint64_t seq;
+    int64_t start_ms;    /* when the handshake finished (monotonic) */
+    int64_t lifetime_ms; /* the daemon's session lifetime */
+    unsigned char tx[AUTH_KEY_BYTES], rx[AUTH_KEY_BYTES];
+} conn_session;
+
 struct emad_client {
     int sock;                       /* socks[0]: every request that is not pipelined */
     int socks[PIPELINE_MAX];        /* -1 until first used */
@@ -83,6 +100,15 @@ struct emad_client {
     uint64_t reply_ask;  /* max_reply_bytes we send with a pull */
     uint64_t reply_eff;  /* what the daemon enforces: min(reply_ask, server_max) */
     char err[2048];
+    int auth;                        /* 1: credentials loaded, requests are framed */
+    int server_auth;                 /* hello said the daemon requires authentication */
+    char user[AUTH_USER_MAX + 1];    /* the user of the key file */
+    unsigned char sk[AUTH_SK_BYTES]; /* the user's Ed25519 secret key */
+    conn_session sess[PIPELINE_MAX]; /* the session of each connection */
+    uint64_t sent_seq[PIPELINE_MAX]; /* seq of the framed request in flight on each, 0: plain */
+    int auth_stale;                  /* the last error: EMAD_EAUTH, session expired/unknown */
+    unsigned char *tags;             /* piece tags of the message being packed */
+    size_t tags_cap;                 /* their room, in tags */
     /* Clusters (cluster*.c): */
     struct cluster *cl;   /* a cluster client: every call is routed to the replicas */
     int routed;           /* a replica's client: requests carry route_epoch and route_shard */
@@ -97,10 +123,27 @@ struct emad_client {
  * into it (BIN payloads included), valid until reply_free().
  */
 typedef struct reply {
-    void *msg; /* NN_MSG buffer, freed by reply_free() */
+    void *msg;        /* NN_MSG buffer, freed by reply_free() */
+    const char *body; /* the msgpack body in msg (after the frame header, if framed) */
     msgpack_unpacked u;
     const msgpack_object *root;
 } reply;
+
+/* A request packed for a connection and not yet sent (req_prepare, req_transmit). */
+typedef struct prepared {
+    void *msg; /* NN_MSG buffer; NULL: nothing packed */
+    size_t len;
+    uint64_t seq; /* its sequence number; 0: plain */
+} prepared;
+
+/* A reply taken from a connection, not yet checked or decoded (req_recv, req_open). */
+typedef struct received {
+    void *msg; /* NN_MSG buffer */
+    size_t len;
+    uint64_t seq;                     /* the request's sequence number; 0: it was plain */
+    uint64_t session;                 /* the connection's session when it was taken */
+    unsigned char rx[AUTH_KEY_BYTES]; /* and that session's key for replies */
+} received;
 
 /* Packs one request (of any op) from its arguments ctx. */
 typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
@@ -142,9 +185,63 @@ int rget_str(emad_client *c, const msgpack_object *map, const char *key, const c
 int rget_array(emad_client *c, const msgpack_object *map, const char *key,
                const msgpack_object **arr);
 
+/* Required bin key of exactly n bytes; EMAD_EPROTO if missing, mistyped or of another size. */
+int rget_bin(emad_client *c, const msgpack_object *map, const char *key, size_t n,
+             const msgpack_object **bin);
+
 /* Check a model / tensor name argument; EMAD_EINVAL for NULL, EMAD_ENAME if invalid. */
 int check_model(emad_client *c, const char *model);
 int check_tensor_name(emad_client *c, const char *name, size_t index);
+
+/* ---- creds.c ---- */
+
+/* Load the credentials of o (or of the environment) into c; 0 without any. */
+int creds_load(emad_client *c, const emad_options *o);
+
+/* Forget the credentials and session keys of c. */
+void creds_wipe(emad_client *c);
+
+/* The message of a failed emad_connect(), kept per thread: record (returns code), clear, read. */
+__attribute__((format(printf, 2, 3))) int creds_connect_fail(int code, const char *fmt, ...);
+void creds_connect_clear(void);
+const char *creds_connect_error(void);
+
+/* ---- session.c ---- */
+
+/*
+ * Make sure connection k has a session that is not due for renewal: the
+ * first request on it does the handshake, one at 3/4 of the lifetime
+ * renews it. No-op without credentials. The connection must be idle.
+ */
+int session_ensure(emad_client *c, size_t k);
+
+/* 1 if connection k needs a handshake or a renewal before its next request. */
+int session_due(const emad_client *c, size_t k);
+
+/* Forget connection k's session (the daemon said it is expired or unknown). */
+void session_drop(emad_client *c, size_t k);
+
+/* Room for the piece tags of a body of len bytes in c->tags. */
+int session_tags_reserve(emad_client *c, size_t len);
+
+/*
+ * Finish the frame of a packed request: msg holds AUTH_FRAME_HEADER bytes
+ * then the body (len bytes), whose first `tagged` pieces already have
+ * their tags in c->tags. Tags the rest, writes the header with the next
+ * sequence number of connection k's session and the frame's tag.
+ */
+void session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged);
+
+/*
+ * Check the reply m (held in r->msg) to a framed request and point r->body
+ * past the header; *body_len gets the body's length. Returns 0, 1 for a
+ * plain reply (acceptable only as an EMAD_EAUTH error: the caller checks),
+ * or EMAD_EPROTO with a message.
+ */
+int session_open_reply(emad_client *c, const received *m, reply *r, size_t *body_len);
+
+/* 1 if an error reply's map e says the session is expired or unknown (re-handshake). */
+int session_error_is_stale(const msgpack_object *e);
 
 /* ---- transport.c ---- */
 
@@ -178,6 +275,33 @@ void forget_inflight(emad_client *c);
  */
 int req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
              int timeout_ms, uint32_t *id);
+
+/* req_send(), as a plain (unframed) request if plain (the handshake's ops). */
+int req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
+                int timeout_ms, uint32_t *id, int plain);
+
+/*
+ * Pack a request for connection k now, to send it later with req_transmit
+ * (the connection may have a request in flight meanwhile). p->msg NULL
+ * after success: it could not be packed yet (a handshake is due); use
+ * req_send then.
+ */
+int req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p);
+
+/* Send prepared request p on idle connection k; p is consumed either way. */
+int req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, int timeout_ms,
+                 uint32_t *id);
+
+/* Free a prepared request that will not be sent; safe on an empty one. */
+void prepared_free(prepared *p);
+
+/*
+ * Take the reply to the request in flight on connection k into *m without
+ * checking or decoding it (the connection is idle afterwards), then
+ * req_open() it: the next request can be sent in between.
+ */
+int req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, received *m);
+int req_open(emad_client *c, int op, received *m, reply *r);
 
 /*
  * Wait until deadline for the reply to the request in flight on
@@ -223,12 +347,20 @@ int push_result(emad_client *c, const reply *r, emad_push_result *res);
 
 /* ---- pull.c ---- */
 
-/* A pull in progress: the reply holding the metadata, and its parsed tensors. */
+/*
+ * A pull in progress: the reply holding the metadata (and the replies of its
+ * later pages, which the names of their tensors point into), and its parsed
+ * tensors.
+ */
 typedef struct pull_state {
     reply r;
+    reply *pages; /* pages after the first */
+    size_t npages;
     uint64_t step;
     int has_session;
     uint64_t session;
+    int has_next; /* more descriptions follow from index next */
+    uint64_t next;
     codec_tensor *t;
     size_t n;
 } pull_state;

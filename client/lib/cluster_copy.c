@@ -105,7 +105,7 @@ place_source(emad_client *c, const source *src, uint32_t S, target *tg, char **n
     const emad_model *m0 = src->m[0];
     emad_tensor *plan = calloc(m0->ntensors ? m0->ntensors : 1, sizeof(*plan));
     emad_piece *pc = NULL;
-    size_t np = 0, used = 0;
+    size_t np = 0, used = 0, nsplit = 0;
     int rc;
 
     if (plan == NULL)
@@ -118,7 +118,9 @@ place_source(emad_client *c, const source *src, uint32_t S, target *tg, char **n
     free(plan);
     if (rc != 0)
         return fail(c, rc, "copy: cannot place the tensors");
-    if ((*names = malloc((np ? np : 1) * (PLACEMENT_PIECE_NAME_MAX + 1))) == NULL)
+    for (size_t i = 0; i < np; i++)
+        nsplit += !pc[i].whole;
+    if ((*names = malloc((nsplit ? nsplit : 1) * (PLACEMENT_PIECE_NAME_MAX + 1))) == NULL)
         goto nomem;
     for (uint32_t s = 0; s < S; s++) {
         for (size_t j = 0; j < src->cfg.ndecays; j++)

@@ -205,6 +205,15 @@ again:
     q.step = info.step;
     if ((rc = install_call(dst->c, &q)) != 0)
         goto fail_dst;
+    /* Another client may have pushed to the source meanwhile: copy again if it moved on. */
+    {
+        int has = 0, resyncing = 0;
+        uint64_t now = info.step;
+
+        if (cl_model_state(src, model, &has, &now, &resyncing) == 0 && has && now != info.step &&
+            ++attempt < CLUSTER_PULL_ATTEMPTS)
+            goto again;
+    }
     cl_warn(c->cl, "shard %u replica %u %s: model '%s' copied from replica %u at step %llu",
             dst->shard, dst->index, dst->c->url, model, src->index, (unsigned long long)info.step);
     goto done;

@@ -125,6 +125,42 @@ rget_array(emad_client *c, const msgpack_object *map, const char *key, const msg
     return 0;
 }
 
+/* Required bin key of exactly n bytes; EMAD_EPROTO if missing, mistyped or of another size. */
+int
+rget_bin(emad_client *c, const msgpack_object *map, const char *key, size_t n,
+         const msgpack_object **bin)
+{
+    const msgpack_object *o = proto_map_get(map, key);
+
+    if (o == NULL || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n) {
+        (void)fail(c, EMAD_EPROTO, "reply key '%s' is %s (expected %zu bytes of bin)", key,
+                   o == NULL ? "missing" : "not that", n);
+        return EMAD_EPROTO;
+    }
+    *bin = o;
+    return 0;
+}
+
+/*
+ * The message of an EMAD_EAUTH error map e (mlen bytes at m) with its
+ * reason when the message does not name it; notes whether the session is
+ * stale (expired or unknown: a new handshake may help).
+ */
+static int
+auth_error(emad_client *c, int rc, const msgpack_object *e, const char *m, int mlen)
+{
+    const msgpack_object *reason = proto_map_get(e, PROTO_KEY_REASON);
+    int rlen;
+
+    c->auth_stale = session_error_is_stale(e);
+    if (reason == NULL || reason->type != MSGPACK_OBJECT_STR || reason->via.str.size == 0)
+        return fail(c, rc, "%.*s", mlen, m);
+    rlen = reason->via.str.size > 64 ? 64 : (int)reason->via.str.size;
+    if (memmem(m, (size_t)mlen, reason->via.str.ptr, (size_t)rlen) != NULL)
+        return fail(c, rc, "%.*s", mlen, m);
+    return fail(c, rc, "%.*s (reason: %.*s)", mlen, m, rlen, reason->via.str.ptr);
+}
+
 /*
  * Turn an error reply's `error` map into the negative code it carries, with
  * the daemon's message (prefixed with the tensor's name when the message
@@ -157,6 +193,8 @@ reply_error(emad_client *c, int op, const msgpack_object *e)
         m = errors_text(rc);
         mlen = (int)strlen(m);
     }
+    if (rc == EMAD_EAUTH)
+        return auth_error(c, rc, e, m, mlen);
     if (tlen > 0) {
         char quoted[EMAD_MAX_NAME_BYTES + 3];
         int named;
@@ -214,5 +252,5 @@ emad_errname(int code)
 EMAD_EXTERN const char *
 emad_last_error(const emad_client *c)
 {
-    return c != NULL ? c->err : "";
+    return c != NULL ? c->err : creds_connect_error();
 }

@@ -6,6 +6,8 @@ noinst_LTLIBRARIES += libemadclient.la
 libemadclient_la_SOURCES = \
 	client/lib/client.h \
 	client/lib/errors.c \
+	client/lib/creds.c \
+	client/lib/session.c \
 	client/lib/transport.c \
 	client/lib/push.c \
 	client/lib/pull.c \

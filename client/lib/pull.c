@@ -3,7 +3,10 @@
  * emad_pull_into_ex. A pull request names the tensors (or all) and the
  * largest reply the client takes; a model small enough comes back inline,
  * a larger one as a session that the client reads in batches of ranges
- * (pipelined over the client's connections) and then releases. The tensor
+ * (pipelined over the client's connections) and then releases. Pulls are
+ * paged (`offset`): the descriptions of a session come in pages of at most
+ * 512 KiB, read one after the other before the data, so a model of any
+ * size can be pulled whole. The tensor
  * descriptions of the reply are parsed by src/common/codec.c; tensor data
  * is copied once, from the received message into the caller's (or the
  * library-owned model's) buffers.
@@ -69,8 +72,9 @@ build_pull(msgpack_packer *pk, const void *vctx)
     int with_decay = q->opts != NULL && q->opts->decay >= 0.0;
     int with_dtype = q->opts != NULL && q->opts->dtype != EMAD_DTYPE_INVALID;
 
-    pk_head(pk, PROTO_OP_PULL, 3 + with_names + with_decay + with_dtype + q->has_step);
+    pk_head(pk, PROTO_OP_PULL, 4 + with_names + with_decay + with_dtype + q->has_step);
     pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
+    proto_pack_kv_u64(pk, PROTO_KEY_OFFSET, 0);
     if (q->has_step)
         proto_pack_kv_u64(pk, PROTO_KEY_STEP, q->step);
     if (with_decay) {
@@ -96,51 +100,124 @@ void
 pull_state_free(pull_state *p)
 {
     reply_free(&p->r);
+    for (size_t i = 0; i < p->npages; i++)
+        reply_free(&p->pages[i]);
+    free(p->pages);
+    p->pages = NULL;
+    p->npages = 0;
     free(p->t);
     p->t = NULL;
+}
+
+/* An optional unsigned key of a reply map into *v (*has set); 0 or EMAD_EPROTO. */
+static int
+opt_u64(emad_client *c, const msgpack_object *map, const char *key, int *has, uint64_t *v)
+{
+    const msgpack_object *o = proto_map_get(map, key);
+
+    *has = o != NULL;
+    if (o == NULL)
+        return 0;
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(c, EMAD_EPROTO, "reply key '%s' is not an unsigned integer", key);
+    *v = o->via.u64;
+    return 0;
+}
+
+/* Append the tensor descriptions of pull reply root (a page from index p->n) to p. */
+static int
+parse_page(emad_client *c, const msgpack_object *root, pull_state *p)
+{
+    const msgpack_object *arr;
+    codec_tensor *t;
+    codec_err err;
+    size_t k;
+    int rc;
+
+    if ((rc = rget_array(c, root, PROTO_KEY_TENSORS, &arr)) != 0 ||
+        (rc = opt_u64(c, root, PROTO_KEY_NEXT, &p->has_next, &p->next)) != 0)
+        return rc;
+    k = arr->via.array.size;
+    if (p->has_next && (!p->has_session || p->next != p->n + k || k == 0))
+        return fail(c, EMAD_EPROTO, "pull: reply page of %zu tensors from %zu says next %llu", k,
+                    p->n, (unsigned long long)p->next);
+    if ((t = realloc(p->t, (p->n + k ? p->n + k : 1) * sizeof(*t))) == NULL)
+        return fail(c, EMAD_ENOMEM, "pull: out of memory for %zu tensors", p->n + k);
+    p->t = t;
+    memset(t + p->n, 0, k * sizeof(*t));
+    for (size_t i = 0; i < k; i++, p->n++) {
+        if (codec_desc_decode(&arr->via.array.ptr[i], p->n, &t[p->n], &err) != 0)
+            return fail_codec(c, &err);
+        if (!p->has_session && t[p->n].data == NULL && t[p->n].nbytes > 0)
+            return fail(c, EMAD_EPROTO, "pull: reply has neither inline data nor a session");
+    }
+    return 0;
 }
 
 /* Parse a pull reply held in p->r into *p; on failure p is freed (reply included). */
 int
 pull_parse(emad_client *c, pull_state *p)
 {
-    const msgpack_object *arr, *s;
-    codec_err err;
     int rc;
 
     if ((rc = rget_u64(c, p->r.root, PROTO_KEY_STEP, &p->step)) != 0 ||
-        (rc = rget_array(c, p->r.root, PROTO_KEY_TENSORS, &arr)) != 0)
-        goto fail;
-    if ((s = proto_map_get(p->r.root, PROTO_KEY_SESSION)) != NULL) {
-        if (s->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            rc = fail(c, EMAD_EPROTO, "reply key 'session' is not an unsigned integer");
-            goto fail;
-        }
-        p->has_session = 1;
-        p->session = s->via.u64;
-    }
-    p->n = arr->via.array.size;
-    if ((p->t = calloc(p->n ? p->n : 1, sizeof(*p->t))) == NULL) {
-        rc = fail(c, EMAD_ENOMEM, "pull: out of memory for %zu tensors", p->n);
-        goto fail;
-    }
-    for (size_t i = 0; i < p->n; i++) {
-        if (codec_desc_decode(&arr->via.array.ptr[i], i, &p->t[i], &err) != 0) {
-            rc = fail_codec(c, &err);
-            goto fail;
-        }
-        if (!p->has_session && p->t[i].data == NULL && p->t[i].nbytes > 0) {
-            rc = fail(c, EMAD_EPROTO, "pull: reply has neither inline data nor a session");
-            goto fail;
-        }
-    }
-    return 0;
-fail:
-    pull_state_free(p);
+        (rc = opt_u64(c, p->r.root, PROTO_KEY_SESSION, &p->has_session, &p->session)) != 0 ||
+        (rc = parse_page(c, p->r.root, p)) != 0)
+        pull_state_free(p);
     return rc;
 }
 
-/* Send a pull and parse its reply into *p (metadata, and inline data if any). */
+/* A request for the page of session descriptions from offset. */
+typedef struct page_req {
+    uint64_t session, offset, max_reply;
+} page_req;
+
+/* Pack a request for a page of a session's descriptions. */
+static void
+build_page(msgpack_packer *pk, const void *vctx)
+{
+    const page_req *q = vctx;
+
+    pk_head(pk, PROTO_OP_PULL, 3);
+    proto_pack_kv_u64(pk, PROTO_KEY_SESSION, q->session);
+    proto_pack_kv_u64(pk, PROTO_KEY_OFFSET, q->offset);
+    proto_pack_kv_u64(pk, PROTO_KEY_MAX_REPLY_BYTES, q->max_reply);
+}
+
+/* Read the session's remaining pages of descriptions into p (p->r holds the first). */
+static int
+pull_pages(emad_client *c, const pull_req *pq, pull_state *p)
+{
+    page_req q = {p->session, 0, pq->max_reply};
+    int rc;
+
+    while (p->has_next) {
+        reply *pages = realloc(p->pages, (p->npages + 1) * sizeof(*pages)), *r;
+        uint64_t step;
+
+        if (pages == NULL)
+            return fail(c, EMAD_ENOMEM, "pull: out of memory for a reply page");
+        p->pages = pages;
+        r = &pages[p->npages];
+        q.offset = p->next;
+        if ((rc = call(c, PROTO_OP_PULL, build_page, &q, c->opts.timeout_ms, r)) != 0)
+            return rc;
+        p->npages++;
+        if ((rc = rget_u64(c, r->root, PROTO_KEY_STEP, &step)) != 0)
+            return rc;
+        if (step != p->step)
+            return fail(c, EMAD_EPROTO, "pull: a page of session %llu is of step %llu, not %llu",
+                        (unsigned long long)p->session, (unsigned long long)step,
+                        (unsigned long long)p->step);
+        if ((rc = parse_page(c, r->root, p)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void pull_release(emad_client *c, uint64_t session);
+
+/* Send a pull and parse its reply into *p (metadata, every page, and inline data if any). */
 static int
 pull_start(emad_client *c, const pull_req *q, pull_state *p)
 {
@@ -149,7 +226,13 @@ pull_start(emad_client *c, const pull_req *q, pull_state *p)
     memset(p, 0, sizeof(*p));
     if ((rc = call(c, PROTO_OP_PULL, build_pull, q, c->opts.timeout_ms, &p->r)) != 0)
         return rc;
-    return pull_parse(c, p);
+    if ((rc = pull_parse(c, p)) != 0 || !p->has_next)
+        return rc;
+    if ((rc = pull_pages(c, q, p)) != 0) {
+        pull_release(c, p->session);
+        pull_state_free(p);
+    }
+    return rc;
 }
 
 /* Best-effort release of a pull session (errors ignored; the daemon also expires it). */
@@ -244,19 +327,97 @@ read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
     return 0;
 }
 
+/* The reads of a pull session: the cursor, and a ring of the requests not yet answered. */
+typedef struct read_state {
+    const pull_state *p;
+    uint64_t budget, kmax;
+    size_t i;     /* cursor: tensor */
+    uint64_t off; /* and byte */
+    uint64_t nsent, nrecv;
+    read_req ring[PIPELINE_MAX + 1]; /* request j in ring[j % (depth + 1)] */
+    read_range *ranges;              /* kmax per ring entry */
+} read_state;
+
+/* Plan the next batch of reads and send it on its connection (or move past empty tensors). */
+static int
+read_next(emad_client *c, read_state *s)
+{
+    size_t e = s->nsent % (c->depth + 1);
+    read_req *q = &s->ring[e];
+    uint32_t id;
+    int rc;
+
+    rc = read_plan(c, s->p, s->budget, s->kmax, &s->i, &s->off, q, s->ranges + e * s->kmax);
+    if (rc != 0 || q->n == 0) /* q->n 0: only empty tensors were left */
+        return rc;
+    if ((rc = req_send(c, s->nsent % c->depth, PROTO_OP_READ, build_read, q,
+                       now_ms() + c->opts.timeout_ms, c->opts.timeout_ms, &id)) != 0)
+        return rc;
+    s->nsent++;
+    return 0;
+}
+
+/* Check and decode the reply m to the last read received, and copy its ranges into dst. */
+static int
+read_take(emad_client *c, read_state *s, received *m, void *const *dst)
+{
+    reply r;
+    int rc;
+
+    if ((rc = req_open(c, PROTO_OP_READ, m, &r)) != 0)
+        return rc;
+    rc = read_copy(c, &r, &s->ring[(s->nrecv - 1) % (c->depth + 1)], dst);
+    reply_free(&r);
+    return rc;
+}
+
+/*
+ * Read a pull session in batches that fit the reply cap, c->depth reads in
+ * flight, into dst. With authentication, a reply is taken off its
+ * connection, the next read goes out on it, and only then is the reply's
+ * tag checked and its data copied, so the daemon packs and tags the next
+ * reply meanwhile. Without, each reply is copied before the next read
+ * goes out (on two cores the copy would compete with the transfer).
+ */
+static int
+read_all(emad_client *c, read_state *s, void *const *dst)
+{
+    received m = {0};
+    int have = 0, rc = 0, rc2;
+
+    for (;;) {
+        if (have && !c->auth) {
+            have = 0;
+            if ((rc = read_take(c, s, &m, dst)) != 0)
+                return rc;
+        }
+        while (rc == 0 && s->i < s->p->n && s->nsent - s->nrecv < c->depth)
+            rc = read_next(c, s);
+        if (have) {
+            have = 0;
+            rc2 = read_take(c, s, &m, dst);
+            if (rc == 0)
+                rc = rc2;
+        }
+        if (rc != 0 || s->nsent == s->nrecv)
+            return rc;
+        if ((rc = req_recv(c, s->nrecv % c->depth, PROTO_OP_READ, now_ms() + c->opts.timeout_ms,
+                           c->opts.timeout_ms, &m)) != 0)
+            return rc;
+        s->nrecv++;
+        have = 1;
+    }
+}
+
 /*
  * Copy every tensor of a pull into dst[i] (dst[i] holds p->t[i].nbytes):
- * from the inline data, or by reading the session in batches that fit the
- * reply cap, c->depth reads in flight, then releasing it.
+ * from the inline data, or by reading the session (read_all), then
+ * releasing it.
  */
 static int
 pull_fetch(emad_client *c, pull_state *p, void *const *dst)
 {
-    uint64_t budget, kmax, off = 0, nsent = 0, ndone = 0;
-    read_req qs[PIPELINE_MAX];
-    uint32_t id;
-    read_range *ranges;
-    size_t i = 0;
+    read_state s = {.p = p};
     int rc = 0;
 
     if (!p->has_session) {
@@ -268,45 +429,20 @@ pull_fetch(emad_client *c, pull_state *p, void *const *dst)
     /* Reads of at most 4 MiB, like pushes: over TCP loopback nanomsg moves 2-4 MiB messages
      * fastest, and messages of 32 MiB and more cost fresh mmap'd buffers and page faults
      * (bench/RESULTS.md). */
-    budget =
+    s.budget =
         (c->reply_eff < READ_BATCH_BYTES ? c->reply_eff : READ_BATCH_BYTES) - PROTO_REPLY_OVERHEAD;
-    kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
-    if (kmax > PROTO_MAX_RANGES)
-        kmax = PROTO_MAX_RANGES;
-    if (kmax > p->n + 1)
-        kmax = p->n + 1; /* a batch holds each tensor at most once, plus one split */
-    if ((ranges = malloc((size_t)kmax * c->depth * sizeof(*ranges))) == NULL) {
+    s.kmax = (c->msg_limit - READ_HEADER_WIRE) / READ_RANGE_WIRE;
+    if (s.kmax > PROTO_MAX_RANGES)
+        s.kmax = PROTO_MAX_RANGES;
+    if (s.kmax > p->n + 1)
+        s.kmax = p->n + 1; /* a batch holds each tensor at most once, plus one split */
+    if ((s.ranges = malloc((size_t)s.kmax * (c->depth + 1) * sizeof(*s.ranges))) == NULL) {
         pull_release(c, p->session);
         return fail(c, EMAD_ENOMEM, "pull: out of memory for read ranges");
     }
-    while (rc == 0 && (i < p->n || nsent > ndone)) {
-        if (i < p->n && nsent - ndone < c->depth) {
-            size_t slot = nsent % c->depth;
-            read_req *q = &qs[slot];
-            if ((rc = read_plan(c, p, budget, kmax, &i, &off, q, ranges + slot * kmax)) != 0)
-                break;
-            if (q->n == 0)
-                continue; /* only empty tensors were left */
-            if ((rc = req_send(c, slot, PROTO_OP_READ, build_read, q, now_ms() + c->opts.timeout_ms,
-                               c->opts.timeout_ms, &id)) != 0)
-                break;
-            nsent++;
-            continue;
-        }
-        {
-            size_t slot = ndone % c->depth;
-            reply r;
-            if ((rc = req_wait(c, slot, PROTO_OP_READ, now_ms() + c->opts.timeout_ms,
-                               c->opts.timeout_ms, &r)) != 0)
-                break;
-            ndone++;
-            rc = read_copy(c, &r, &qs[slot], dst);
-            reply_free(&r);
-        }
-    }
-    if (rc != 0)
+    if ((rc = read_all(c, &s, dst)) != 0)
         forget_inflight(c);
-    free(ranges);
+    free(s.ranges);
     pull_release(c, p->session);
     return rc;
 }

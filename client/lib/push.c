@@ -45,6 +45,7 @@ typedef struct push_req {
     const emad_tensor *tensors;
     const push_item *items;
     size_t nitems;
+    uint64_t size; /* the packed size when already computed, else 0 */
 } push_req;
 
 /* The tensor map of bytes [offset, offset + len) of t, with an offset entry if txn. */
@@ -140,6 +141,8 @@ push_packed_size(const void *vctx)
     const push_req *q = vctx;
     uint64_t n = push_header_size(q, q->nitems);
 
+    if (q->size != 0)
+        return (size_t)q->size;
     for (size_t i = 0; i < q->nitems; i++) {
         codec_tensor m;
 
@@ -159,6 +162,38 @@ cmp_tensors(const void *a, const void *b)
     if (d != 0)
         return d;
     return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/*
+ * Does any name appear more than once among the n tensors? An open-addressing
+ * set of tensor indices keyed by the names' FNV-1a hash: one pass, where
+ * sorting the names costs some n log n string comparisons. Returns 1, 0,
+ * or EMAD_ENOMEM.
+ */
+static int
+names_repeat(const emad_tensor *tensors, size_t n)
+{
+    size_t cap = 16, *slots;
+    int found = 0;
+
+    while (cap < 2 * n)
+        cap *= 2;
+    if ((slots = malloc(cap * sizeof(*slots))) == NULL)
+        return EMAD_ENOMEM;
+    memset(slots, 0xff, cap * sizeof(*slots)); /* SIZE_MAX: empty */
+    for (size_t i = 0; i < n && !found; i++) {
+        uint64_t h = 1469598103934665603ULL;
+        size_t k;
+
+        for (const unsigned char *p = (const unsigned char *)tensors[i].name; *p != '\0'; p++)
+            h = (h ^ *p) * 1099511628211ULL;
+        for (k = (size_t)(h ^ (h >> 32)) & (cap - 1); slots[k] != SIZE_MAX; k = (k + 1) & (cap - 1))
+            if (strcmp(tensors[slots[k]].name, tensors[i].name) == 0)
+                found = 1;
+        slots[k] = i;
+    }
+    free(slots);
+    return found;
 }
 
 /* Validate push arguments before anything is sent. */
@@ -217,6 +252,12 @@ push_validate(emad_client *c, const char *model, const emad_tensor *tensors, siz
             return fail(c, EMAD_EINVAL, "tensor '%.200s': data is NULL", t->name);
         if (nbytes > SIZE_MAX / 2)
             return fail(c, EMAD_ELIMIT, "tensor '%.200s': too large", t->name);
+    }
+    /* Names usually differ: the sort that tells a slice from a duplicate only when not. */
+    if ((rc = names_repeat(tensors, n)) <= 0) {
+        if (rc == EMAD_ENOMEM)
+            return fail(c, EMAD_ENOMEM, "out of memory checking %zu tensor names", n);
+        return 0;
     }
     if ((sorted = malloc(n * sizeof(*sorted))) == NULL)
         return fail(c, EMAD_ENOMEM, "out of memory checking %zu tensor names", n);
@@ -341,6 +382,8 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     push_req q = {.model = model, .step = step, .has_txn = 1, .tensors = tensors};
     size_t ti = 0, cap = n < PROTO_MAX_TENSORS ? n : PROTO_MAX_TENSORS;
     uint64_t toff = 0, txn = 0, nsent = 0, ndone = 0;
+    prepared next = {0};
+    int planned = 0; /* q holds the next message (packed into next, unless next.msg is NULL) */
     uint32_t id;
     push_item *items;
     reply r;
@@ -361,16 +404,32 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
         goto out;
     q.txn = cq.value = txn;
     /* Chunks are pipelined: message j goes on connection j % c->depth, whose previous
-     * reply is checked first. */
-    while (ti < n || nsent > ndone) {
+     * reply is checked first. With authentication the next message is packed and tagged
+     * as soon as it is planned, while the daemon works on those in flight; without, it is
+     * packed when it is sent, as on two cores the copy would compete with the transfer. */
+    while (ti < n || planned || nsent > ndone) {
+        size_t k = nsent % c->depth;
         uint64_t staged;
 
-        if (ti < n && nsent - ndone < c->depth) {
-            if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0)
+        if (!planned && ti < n) {
+            if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0 ||
+                (c->auth && (rc = req_prepare(c, k, PROTO_OP_PUSH, build_push, &q, &next)) != 0))
                 goto fail_abort;
-            if ((rc = req_send(c, nsent % c->depth, PROTO_OP_PUSH, build_push, &q,
-                               now_ms() + c->opts.timeout_ms, c->opts.timeout_ms, &id)) != 0)
+            planned = 1;
+            continue;
+        }
+        if (planned && nsent - ndone < c->depth) {
+            int64_t deadline = now_ms() + c->opts.timeout_ms;
+
+            if (next.msg != NULL && session_due(c, k))
+                prepared_free(&next); /* packed before its session was due: renew, pack again */
+            rc = next.msg != NULL
+                     ? req_transmit(c, k, PROTO_OP_PUSH, &next, deadline, c->opts.timeout_ms, &id)
+                     : req_send(c, k, PROTO_OP_PUSH, build_push, &q, deadline, c->opts.timeout_ms,
+                                &id);
+            if (rc != 0)
                 goto fail_abort;
+            planned = 0;
             nsent++;
             continue;
         }
@@ -391,6 +450,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     reply_free(&r);
     goto out;
 fail_abort:
+    prepared_free(&next);
     forget_inflight(c);
     push_abort(c, txn);
 out:
@@ -431,6 +491,7 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
         items[i] = (push_item){i, 0, tensors[i].nbytes};
     q.items = items;
     q.nitems = n;
+    q.size = size; /* every tensor whole, as sized above */
     rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r);
     free(items);
     if (rc == 0) {

@@ -43,29 +43,50 @@
 #define PACKAGE_VERSION "0.1.0"
 #endif
 
-/* Output of the two-pass packer: counts when p is NULL, writes into p[0..cap) otherwise. */
+/*
+ * Output of the two-pass packer: counts when p is NULL, writes into
+ * p[0..cap) otherwise. With a key, the body of a frame: each 1 MiB piece
+ * is tagged (into tags) as soon as it is written, while it is in the cache.
+ */
 typedef struct wbuf {
     char *p;
     size_t len, cap;
     int overflow;
+    const unsigned char *key; /* NULL: no tags */
+    uint64_t seq;
+    unsigned char *tags;
+    size_t tagged;        /* pieces tagged so far */
     const emad_client *c; /* a routed client's requests carry epoch and shard */
 } wbuf;
 
-/* msgpack_packer write callback for wbuf; refuses to write past cap. */
+/* msgpack_packer write callback for wbuf; refuses to write past cap, tags full pieces. */
 static int
 wbuf_write(void *data, const char *buf, size_t len)
 {
     wbuf *w = data;
 
-    if (w->p != NULL) {
-        if (len > w->cap - w->len) {
-            w->overflow = 1;
-            return -1;
-        }
-        if (len > 0)
-            memcpy(w->p + w->len, buf, len);
+    if (w->p == NULL) {
+        w->len += len;
+        return 0;
     }
-    w->len += len;
+    if (len > w->cap - w->len) {
+        w->overflow = 1;
+        return -1;
+    }
+    while (len > 0) {
+        size_t piece_end = (w->tagged + 1) * AUTH_PIECE_BYTES;
+        size_t n = w->key != NULL && piece_end - w->len < len ? piece_end - w->len : len;
+
+        memcpy(w->p + w->len, buf, n);
+        w->len += n;
+        buf += n;
+        len -= n;
+        if (w->key != NULL && w->len == piece_end) {
+            auth_piece_tag(w->key, w->seq, (uint32_t)w->tagged, w->p + w->tagged * AUTH_PIECE_BYTES,
+                           AUTH_PIECE_BYTES, w->tags + w->tagged * AUTH_TAG_BYTES);
+            w->tagged++;
+        }
+    }
     return 0;
 }
 
@@ -111,7 +132,7 @@ route_size(const emad_client *c)
 static size_t
 packed_size(const emad_client *c, build_fn build, const void *ctx)
 {
-    wbuf w = {NULL, 0, 0, 0, c};
+    wbuf w = {.c = c};
     msgpack_packer pk;
 
     if (build == build_push)
@@ -148,6 +169,7 @@ reply_free(reply *r)
         nn_freemsg(r->msg);
         r->msg = NULL;
     }
+    r->body = NULL;
     r->root = NULL;
 }
 
@@ -161,14 +183,14 @@ int
 reply_decode(emad_client *c, int op, reply *r, size_t len)
 {
     const msgpack_object *v, *ok, *e;
-    const char *why;
+    const char *why, *data = r->body != NULL ? r->body : r->msg;
     size_t off = 0;
     int rc;
 
-    if ((rc = proto_prescan(r->msg, len, &why)) != 0)
+    if ((rc = proto_prescan(data, len, &why)) != 0)
         return fail(c, EMAD_EPROTO, "%s: reply is not a valid msgpack message: %s",
                     proto_op_name(op), why);
-    rc = msgpack_unpack_next(&r->u, r->msg, len, &off);
+    rc = msgpack_unpack_next(&r->u, data, len, &off);
     if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
         return fail(c, EMAD_ENOMEM, "%s: out of memory decoding the reply", proto_op_name(op));
     if (rc != MSGPACK_UNPACK_SUCCESS || off != len || r->u.data.type != MSGPACK_OBJECT_MAP)
@@ -191,30 +213,51 @@ reply_decode(emad_client *c, int op, reply *r, size_t len)
     return reply_error(c, op, e);
 }
 
-/* Pack build(ctx) into an exactly sized nanomsg message; *len gets its size. */
+/*
+ * Pack build(ctx) into an exactly sized nanomsg message *out of *out_len
+ * bytes. When connection k has a session, the message is a frame: the
+ * header, then the body, whose pieces are tagged as they are packed; *seq
+ * gets its sequence number (0 for a plain message).
+ */
 static int
-pack_request(emad_client *c, int op, build_fn build, const void *ctx, void **out, size_t *out_len)
+pack_request(emad_client *c, size_t k, int plain, int op, build_fn build, const void *ctx,
+             void **out, size_t *out_len, uint64_t *seq)
 {
-    size_t len = packed_size(c, build, ctx);
+    size_t len = packed_size(c, build, ctx), hdr = 0;
     msgpack_packer pk;
-    wbuf w;
+    wbuf w = {.c = c};
     void *msg;
+    int rc;
 
+    if (!plain && c->sess[k].id != 0) {
+        hdr = AUTH_FRAME_HEADER;
+        if ((rc = session_tags_reserve(c, len)) != 0)
+            return rc;
+        w.key = c->sess[k].tx;
+        w.seq = c->sess[k].seq + 1;
+        w.tags = c->tags;
+    }
     if (len > c->msg_limit)
         return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
                     proto_op_name(op), len, (unsigned long long)c->msg_limit);
-    if ((msg = nn_allocmsg(len, 0)) == NULL)
+    if ((msg = nn_allocmsg(len + hdr, 0)) == NULL)
         return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
-                    len);
-    w = (wbuf){msg, 0, len, 0, c};
+                    len + hdr);
+    w.p = (char *)msg + hdr;
+    w.cap = len;
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
     if (w.overflow || w.len != len) {
         nn_freemsg(msg);
         return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
     }
+    *seq = 0;
+    if (hdr != 0) {
+        session_seal(c, k, msg, len, w.tagged);
+        *seq = c->sess[k].seq;
+    }
     *out = msg;
-    *out_len = len;
+    *out_len = len + hdr;
     return 0;
 }
 
@@ -299,23 +342,85 @@ int
 req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
          int timeout_ms, uint32_t *id)
 {
-    unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
-    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
-    unsigned char *hd;
-    struct nn_iovec iov;
-    struct nn_msghdr hdr;
-    size_t len, splen = sizeof(uint32_t);
-    int64_t left, since = now_ms();
-    void *msg;
-    int rc, slice = ROUTED_SLICE_MS;
+    return req_send_ex(c, k, op, build, ctx, deadline, timeout_ms, id, 0);
+}
+
+/* req_send(), as a plain request if plain (the handshake), else framed when k has a session. */
+int
+req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
+            int timeout_ms, uint32_t *id, int plain)
+{
+    prepared p;
+    int rc;
 
     if (c->pending[k] != 0)
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
                     proto_op_name(op), k);
     if ((rc = pipe_open(c, k)) != 0)
         return rc;
-    if ((rc = pack_request(c, op, build, ctx, &msg, &len)) != 0)
+    if (!plain && (rc = session_ensure(c, k)) != 0)
         return rc;
+    if ((rc = pack_request(c, k, plain, op, build, ctx, &p.msg, &p.len, &p.seq)) != 0)
+        return rc;
+    return req_transmit(c, k, op, &p, deadline, timeout_ms, id);
+}
+
+/*
+ * Pack a request for connection k ahead of sending it (req_transmit), while
+ * the connection may still have a request in flight: the daemon works on
+ * that one while this one is packed and tagged. When the connection's
+ * session needs a handshake first (which needs an idle connection), p->msg
+ * stays NULL and the caller packs at send time (req_send).
+ */
+int
+req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p)
+{
+    int rc;
+
+    memset(p, 0, sizeof(*p));
+    if ((rc = pipe_open(c, k)) != 0)
+        return rc;
+    if (c->pending[k] != 0 && session_due(c, k))
+        return 0;
+    if (c->pending[k] == 0 && (rc = session_ensure(c, k)) != 0)
+        return rc;
+    return pack_request(c, k, 0, op, build, ctx, &p->msg, &p->len, &p->seq);
+}
+
+/* Free a prepared request that will not be sent; safe on an empty one. */
+void
+prepared_free(prepared *p)
+{
+    if (p->msg != NULL)
+        nn_freemsg(p->msg);
+    p->msg = NULL;
+}
+
+/*
+ * Send the prepared request p on connection k (idle) with the next request
+ * id (*id), waiting at most until deadline for the connection to take it.
+ * p is consumed (sent or freed) either way.
+ */
+int
+req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, int timeout_ms,
+             uint32_t *id)
+{
+    unsigned char cbuf[NN_CMSG_SPACE(sizeof(size_t) + sizeof(uint32_t))];
+    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)(void *)cbuf;
+    unsigned char *hd;
+    struct nn_iovec iov;
+    struct nn_msghdr hdr;
+    size_t splen = sizeof(uint32_t);
+    void *msg = p->msg;
+    int64_t left, since = now_ms();
+    int rc, slice = ROUTED_SLICE_MS;
+
+    p->msg = NULL;
+    if (c->pending[k] != 0) {
+        nn_freemsg(msg);
+        return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
+                    proto_op_name(op), k);
+    }
     c->next_id = (c->next_id + 1) & 0x7fffffffu;
     *id = c->next_id | 0x80000000u;
     /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */
@@ -358,6 +463,7 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
         return nn_fail(c, rc, op, "send", timeout_ms);
     }
     c->pending[k] = *id;
+    c->sent_seq[k] = p->seq;
     return 0;
 }
 
@@ -397,13 +503,33 @@ reply_id(const void *ctrl, size_t ctrl_len)
 int
 req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, reply *r)
 {
+    received m;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    if ((rc = req_recv(c, k, op, deadline, timeout_ms, &m)) != 0)
+        return rc;
+    return req_open(c, op, &m, r);
+}
+
+/*
+ * Wait until deadline for the reply to the request in flight on
+ * connection k and take it as it came (*m, with what checking it needs);
+ * the connection is idle afterwards, successful or not, so the next
+ * request can go out before this reply is checked and decoded (req_open).
+ */
+int
+req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, received *m)
+{
     uint32_t id = c->pending[k];
     void *buf = NULL;
     int64_t left, since = now_ms();
     int n = -1, rc, slice = ROUTED_SLICE_MS;
 
-    memset(r, 0, sizeof(*r));
+    memset(m, 0, sizeof(*m));
+    m->seq = c->sent_seq[k];
     c->pending[k] = 0;
+    c->sent_seq[k] = 0;
     if (id == 0)
         return fail(c, EMAD_EINTERNAL, "%s: no request in flight on connection %zu",
                     proto_op_name(op), k);
@@ -441,9 +567,41 @@ req_wait(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rep
         nn_freemsg(buf); /* the reply to a request we gave up on */
         buf = NULL;
     }
-    r->msg = buf;
+    m->msg = buf;
+    m->len = (size_t)n;
+    m->session = c->sess[k].id;
+    memcpy(m->rx, c->sess[k].rx, sizeof(m->rx));
+    return 0;
+}
+
+/*
+ * Check (when it answers a frame) and decode a reply taken by req_recv
+ * into *r (free with reply_free); m is consumed either way.
+ */
+int
+req_open(emad_client *c, int op, received *m, reply *r)
+{
+    size_t len = m->len;
+    int rc, plain = 0;
+
+    memset(r, 0, sizeof(*r));
+    r->msg = m->msg;
+    m->msg = NULL;
     msgpack_unpacked_init(&r->u);
-    if ((rc = reply_decode(c, op, r, (size_t)n)) != 0) {
+    c->auth_stale = 0;
+    if (m->seq != 0 && (plain = session_open_reply(c, m, r, &len)) < 0) {
+        auth_wipe(m->rx, sizeof(m->rx));
+        reply_free(r);
+        return plain;
+    }
+    auth_wipe(m->rx, sizeof(m->rx));
+    rc = reply_decode(c, op, r, len);
+    if (plain && rc != EMAD_EAUTH) {
+        reply_free(r);
+        return fail(c, EMAD_EPROTO, "%s: reply authentication failed: the reply is not a frame",
+                    proto_op_name(op));
+    }
+    if (rc != 0) {
         reply_free(r);
         return rc;
     }
@@ -463,11 +621,18 @@ call(emad_client *c, int op, build_fn build, const void *ctx, int timeout_ms, re
     uint32_t id = 0;
     int rc;
 
-    memset(r, 0, sizeof(*r));
-    c->pending[0] = 0; /* whatever was in flight was given up on */
-    if ((rc = req_send(c, 0, op, build, ctx, deadline, timeout_ms, &id)) != 0)
-        return rc;
-    return req_wait(c, 0, op, deadline, timeout_ms, r);
+    for (int attempt = 0;; attempt++) {
+        memset(r, 0, sizeof(*r));
+        c->pending[0] = 0; /* whatever was in flight was given up on */
+        if ((rc = req_send(c, 0, op, build, ctx, deadline, timeout_ms, &id)) != 0)
+            return rc;
+        rc = req_wait(c, 0, op, deadline, timeout_ms, r);
+        /* A session the daemon no longer knows (expired, or the daemon restarted): the
+         * request was refused before it was looked at, so a new session may send it again. */
+        if (rc != EMAD_EAUTH || !c->auth_stale || attempt > 0)
+            return rc;
+        session_drop(c, 0);
+    }
 }
 
 /* Pack a simple_req. */
@@ -571,9 +736,11 @@ build_hello(msgpack_packer *pk, const void *ctx)
 int
 hello_parse(emad_client *c, const reply *r)
 {
-    uint64_t proto, max;
+    const msgpack_object *auth = proto_map_get(r->root, PROTO_KEY_AUTH);
+    uint64_t proto, max, hdr;
     int rc;
 
+    c->server_auth = auth != NULL && auth->type == MSGPACK_OBJECT_BOOLEAN && auth->via.boolean;
     if ((rc = rget_u64(c, r->root, PROTO_KEY_PROTOCOL, &proto)) != 0 ||
         (rc = rget_u64(c, r->root, PROTO_KEY_MAX_MESSAGE_BYTES, &max)) != 0)
         return rc;
@@ -586,11 +753,33 @@ hello_parse(emad_client *c, const reply *r)
     if (max > PROTO_MAX_MAX_MESSAGE)
         max = PROTO_MAX_MAX_MESSAGE;
     c->server_max = max;
-    /* A routed client's requests carry the routing keys (route_size(): under 32 bytes). */
-    c->msg_limit = max - SP_HEADER_SLACK - (c->routed ? 32 : 0);
+    /* A routed client's requests carry the routing keys (route_size(): under 32 bytes); a
+     * frame's header comes on top of the body (reply_ask has it taken off already). */
+    hdr = c->auth ? AUTH_FRAME_HEADER : 0;
+    c->msg_limit = max - SP_HEADER_SLACK - (c->routed ? 32 : 0) - hdr;
     c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;
-    c->reply_eff = c->reply_ask < max ? c->reply_ask : max;
+    c->reply_eff = c->reply_ask < max - hdr ? c->reply_ask : max - hdr;
     return 0;
+}
+
+/*
+ * With credentials, after hello: the daemon must authenticate (talking
+ * plain would let whoever answers in its place read and change
+ * everything), and connection 0 gets its session now, so that a wrong key
+ * fails here.
+ */
+static int
+hello_auth(emad_client *c)
+{
+    if (!c->auth)
+        return 0;
+    if (!c->server_auth)
+        return fail(c, EMAD_EAUTH,
+                    "the daemon does not authenticate (it runs without --auth-file), but "
+                    "credentials were given (user %s): refusing to talk to it unauthenticated "
+                    "(leave out --key-file / EMAD_KEY_FILE for such a daemon)",
+                    c->user);
+    return session_ensure(c, 0);
 }
 
 /* Send hello and learn the daemon's protocol and limits. */
@@ -608,7 +797,7 @@ client_hello(emad_client *c)
         return rc;
     rc = hello_parse(c, &r);
     reply_free(&r);
-    return rc;
+    return rc != 0 ? rc : hello_auth(c);
 }
 
 /* Open a REQ socket to url, set its options, say hello; on failure *out is NULL and no detail
@@ -621,23 +810,28 @@ emad_connect(emad_client **out, const char *url, const emad_options *opts)
     if (out == NULL)
         return EMAD_EINVAL;
     *out = NULL;
+    creds_connect_clear();
     if (opts != NULL)
         o = *opts;
     else
         emad_options_init(&o);
     if (url == NULL)
         url = EMAD_DEFAULT_URL;
-    if (strncmp(url, "cluster:", 8) == 0)
-        return cluster_connect_url(out, url + 8, &o);
     if (o.timeout_ms <= 0 || o.connect_timeout_ms <= 0 || o.chunk_bytes < PROTO_MIN_MAX_MESSAGE ||
         o.max_reply_bytes < PROTO_MIN_MAX_MESSAGE || o.max_reply_bytes > PROTO_MAX_MAX_MESSAGE)
-        return EMAD_EINVAL;
+        return creds_connect_fail(EMAD_EINVAL, "invalid emad_options (timeouts, sizes)");
     if (o.chunk_bytes > PROTO_MAX_MAX_MESSAGE)
         o.chunk_bytes = PROTO_MAX_MAX_MESSAGE;
+    if (strncmp(url, "cluster:", 8) == 0)
+        return cluster_connect_url(out, url + 8, &o);
     return client_open(out, url, &o, 1);
 }
 
-/* A new client for url (options checked): sockets open, and with say_hello the daemon contacted. */
+/*
+ * A new client for url (options checked): sockets open, credentials
+ * loaded, and with say_hello the daemon contacted (a cluster says hello
+ * to its replicas later, client_hello(), all at once).
+ */
 int
 client_open(emad_client **out, const char *url, const emad_options *opts, int say_hello)
 {
@@ -661,7 +855,8 @@ client_open(emad_client **out, const char *url, const emad_options *opts, int sa
         unsigned long d = strtoul(env, &end, 10);
         if (*end != '\0' || d < 1 || d > PIPELINE_MAX) {
             free(c);
-            return EMAD_EINVAL;
+            return creds_connect_fail(EMAD_EINVAL, "EMAD_PIPELINE_DEPTH must be 1..%d, not '%.32s'",
+                                      PIPELINE_MAX, env);
         }
         c->depth = d;
     }
@@ -681,9 +876,26 @@ client_open(emad_client **out, const char *url, const emad_options *opts, int sa
     }
     if (say_hello && (rc = client_hello(c)) != 0)
         goto fail;
+    /* Credentials after hello (which is open to everyone), so that a daemon that is not
+     * there is reported as such; the handshake now, so that a wrong key fails here. */
+    if ((rc = creds_load(c, &o)) != 0)
+        goto fail;
+    c->opts.user = c->opts.key_file = NULL; /* borrowed from the caller */
+    if (c->auth) {
+        c->msg_limit -= AUTH_FRAME_HEADER;
+        c->push_limit = c->opts.chunk_bytes < c->msg_limit ? c->opts.chunk_bytes : c->msg_limit;
+        c->reply_ask -= AUTH_FRAME_HEADER;
+        c->reply_eff -= AUTH_FRAME_HEADER;
+    }
+    if (say_hello && (rc = hello_auth(c)) != 0)
+        goto fail;
     *out = c;
     return 0;
 fail:
+    if (c->err[0] != '\0')
+        (void)creds_connect_fail(rc, "%s", c->err);
+    else
+        (void)creds_connect_fail(rc, "cannot connect to %s: %s", url, emad_strerror(rc));
     emad_close(c);
     return rc;
 }
@@ -698,6 +910,8 @@ emad_close(emad_client *c)
     for (size_t k = 0; k < PIPELINE_MAX; k++)
         if (c->socks[k] >= 0)
             (void)nn_close(c->socks[k]);
+    creds_wipe(c);
+    free(c->tags);
     free(c->url);
     free(c);
 }

@@ -24,6 +24,21 @@ void *strmap_get(const strmap *m, const char *key, size_t len);
 /* Insert or replace. */
 void strmap_put(strmap *m, const char *key, size_t len, void *value);
 
+/*
+ * The hash of a key, for the _hashed calls below: a caller that looks one
+ * name up in several maps hashes it once.
+ */
+size_t strmap_hash(const char *key, size_t len);
+
+/* strmap_get() of a key whose strmap_hash() is hash. */
+void *strmap_get_hashed(const strmap *m, const char *key, size_t len, size_t hash);
+
+/*
+ * Insert key (strmap_hash() hash) unless it is there: returns the value it
+ * has, or NULL after inserting value. One probe where a get and a put take two.
+ */
+void *strmap_add_hashed(strmap *m, const char *key, size_t len, size_t hash, void *value);
+
 /* Make room for n keys in all without growing again (aborts on out of memory). */
 void strmap_reserve(strmap *m, size_t n);
 

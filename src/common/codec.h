@@ -112,7 +112,8 @@ void codec_tensor_pack(struct msgpack_packer *pk, const codec_tensor *t);
 
 /*
  * Decode the `tensors` array of the push request root into (*out)[0..*n),
- * malloc'd (free() it; names and data point into the request). Structural
+ * malloc'd (free() it; names and data point into the request; the shape
+ * entries past ndim are not set). Structural
  * checks only: types, known kind and dtypes, at most PROTO_MAX_TENSORS
  * tensors and EMAD_MAX_NDIM dimensions, `offset` other than 0 only when
  * txn is set, a slice count above 0. Returns 0, or err->code (EMAD_E*) with

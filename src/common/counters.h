@@ -32,7 +32,20 @@
     XX(COMMITS_WAITED, "commits_waited")                                                           \
     XX(SHADOW_REUSED_BYTES, "shadow_reused_bytes")                                                 \
     XX(SHADOW_FRESH_BYTES, "shadow_fresh_bytes")                                                   \
-    XX(MODELS_RESTORED_BEHIND, "models_restored_behind")
+    XX(MODELS_RESTORED_BEHIND, "models_restored_behind")                                           \
+    XX(AUTH_FAIL_REQUIRED, "auth_failures_required")                                               \
+    XX(AUTH_FAIL_NO_SESSION, "auth_failures_no_session")                                           \
+    XX(AUTH_FAIL_EXPIRED, "auth_failures_expired")                                                 \
+    XX(AUTH_FAIL_BAD_TAG, "auth_failures_bad_tag")                                                 \
+    XX(AUTH_FAIL_REPLAY, "auth_failures_replay")                                                   \
+    XX(AUTH_FAIL_BAD_SIGNATURE, "auth_failures_bad_signature")                                     \
+    XX(AUTH_FAIL_UNKNOWN_HANDSHAKE, "auth_failures_unknown_handshake")                             \
+    XX(AUTH_FAIL_DENIED, "auth_failures_denied")                                                   \
+    XX(AUTH_FAIL_LOGS_SUPPRESSED, "auth_failure_logs_suppressed")                                  \
+    XX(AUTH_RELOAD_FAILURES, "auth_reload_failures")                                               \
+    XX(AUTH_SESSIONS_OPENED, "auth_sessions_opened")                                               \
+    XX(AUTH_SESSIONS_REVOKED, "auth_sessions_revoked")                                             \
+    XX(AUTH_RESENDS, "auth_resends")
 
 /* Counter ids, in the order of the `stats` reply. */
 enum counter {

@@ -16,26 +16,32 @@
 
 #include "common/dtype.h"
 
-/* Names and sizes, indexed by enum emad_dtype. */
+/* Names, their lengths and sizes, indexed by enum emad_dtype. */
+#define DT(name, size)                                                                             \
+    {                                                                                              \
+        name, sizeof(name) - 1, size                                                               \
+    }
 static const struct {
     const char *name;
+    size_t len;
     size_t size;
 } dtypes[EMAD_DTYPE_COUNT] = {
-    [EMAD_DTYPE_INVALID] = {NULL, 0},
-    [EMAD_BOOL] = {"BOOL", 1},
-    [EMAD_U8] = {"U8", 1},
-    [EMAD_I8] = {"I8", 1},
-    [EMAD_I16] = {"I16", 2},
-    [EMAD_U16] = {"U16", 2},
-    [EMAD_F16] = {"F16", 2},
-    [EMAD_BF16] = {"BF16", 2},
-    [EMAD_I32] = {"I32", 4},
-    [EMAD_U32] = {"U32", 4},
-    [EMAD_F32] = {"F32", 4},
-    [EMAD_F64] = {"F64", 8},
-    [EMAD_I64] = {"I64", 8},
-    [EMAD_U64] = {"U64", 8},
+    [EMAD_DTYPE_INVALID] = {NULL, 0, 0},
+    [EMAD_BOOL] = DT("BOOL", 1),
+    [EMAD_U8] = DT("U8", 1),
+    [EMAD_I8] = DT("I8", 1),
+    [EMAD_I16] = DT("I16", 2),
+    [EMAD_U16] = DT("U16", 2),
+    [EMAD_F16] = DT("F16", 2),
+    [EMAD_BF16] = DT("BF16", 2),
+    [EMAD_I32] = DT("I32", 4),
+    [EMAD_U32] = DT("U32", 4),
+    [EMAD_F32] = DT("F32", 4),
+    [EMAD_F64] = DT("F64", 8),
+    [EMAD_I64] = DT("I64", 8),
+    [EMAD_U64] = DT("U64", 8),
 };
+#undef DT
 
 /* Largest element count or byte size a shape may describe. */
 #define NUMEL_LIMIT (UINT64_C(1) << 62)
@@ -56,7 +62,8 @@ dtype_from_name(const char *name, size_t len)
     if (name == NULL)
         return EMAD_DTYPE_INVALID;
     for (int i = EMAD_DTYPE_INVALID + 1; i < EMAD_DTYPE_COUNT; i++) {
-        if (strlen(dtypes[i].name) == len && memcmp(dtypes[i].name, name, len) == 0)
+        if (dtypes[i].len == len && dtypes[i].name[0] == name[0] &&
+            memcmp(dtypes[i].name, name, len) == 0)
             return i;
     }
     return EMAD_DTYPE_INVALID;

@@ -52,6 +52,15 @@ names_check_tensor(const char *name, size_t len)
 
     if (len == 0 || len > EMAD_MAX_NAME_BYTES)
         return EMAD_ENAME;
+    /* Eight bytes at a time while they are all printable ASCII (0x20..0x7e), the usual case. */
+    while (i + 8 <= len) {
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        uint64_t x;
+        memcpy(&x, p + i, sizeof(x));
+        if ((((x - 0x20 * ones) & ~x) | ((x + ones) | x)) & highs)
+            break; /* a byte below 0x20 or above 0x7e: the loop below looks at it */
+        i += 8;
+    }
     while (i < len) {
         unsigned char c = p[i];
         size_t n;

@@ -35,6 +35,8 @@
     XX(STATS, PROTO_KEY_STATS) /* the op is named like its reply's key */                          \
     XX(CONFIGURE, "configure")                                                                     \
     XX(SNAPSHOT, "snapshot")                                                                       \
+    XX(AUTH_BEGIN, "auth_begin")                                                                   \
+    XX(AUTH_FINISH, "auth_finish")                                                                 \
     XX(INSTALL, "install") /* cluster resync: a model's state from a peer */
 
 enum proto_op {

@@ -81,6 +81,20 @@
 #define PROTO_KEY_SESSIONS_OPEN "sessions_open"
 #define PROTO_KEY_STEPS_PENDING "steps_pending"
 #define PROTO_KEY_STAGED_BYTES "staged_bytes"
+/* The memory budget: its limit, what is held in all, and per part PREFIX + part + SUFFIX. */
+#define PROTO_KEY_MEMORY_BUDGET_BYTES "memory_budget_bytes"
+#define PROTO_KEY_MEMORY_BYTES "memory_bytes"
+#define PROTO_KEY_MEMORY_PART_PREFIX "memory_"
+#define PROTO_KEY_MEMORY_PART_SUFFIX "_bytes"
+/* The parts of the memory budget (store/budget.h), in those keys and as /metrics labels. */
+#define PROTO_VAL_MEMORY_SHADOWS "shadows"
+#define PROTO_VAL_MEMORY_SPARES "spares"
+#define PROTO_VAL_MEMORY_STAGED PROTO_KEY_STAGED
+#define PROTO_VAL_MEMORY_PENDING PROTO_KEY_PENDING
+#define PROTO_VAL_MEMORY_TXN_SHADOWS "txn_shadows"
+#define PROTO_VAL_MEMORY_SESSIONS "sessions"
+#define PROTO_VAL_MEMORY_REPLIES "replies_in_flight"
+#define PROTO_VAL_MEMORY_PREVIOUS "previous"
 #define PROTO_KEY_SNAPSHOTS_WRITTEN "snapshots_written"
 #define PROTO_KEY_SNAPSHOT_FAILURES "snapshot_failures"
 #define PROTO_KEY_SNAPSHOT_BYTES "snapshot_bytes"
@@ -90,6 +104,26 @@
 #define PROTO_KEY_SNAPSHOTS_LOADED "snapshots_loaded"
 #define PROTO_KEY_SNAPSHOTS_BROKEN "snapshots_broken"
 #define PROTO_KEY_UPTIME_SECONDS "uptime_seconds"
+
+/* Authentication (docs/PROTOCOL.md "Authentication"). */
+#define PROTO_KEY_AUTH "auth" /* hello: whether the daemon requires authentication */
+#define PROTO_KEY_USER "user"
+#define PROTO_KEY_EPH "eph"
+#define PROTO_KEY_HS "hs"
+#define PROTO_KEY_CHALLENGE "challenge"
+#define PROTO_KEY_LIFETIME "lifetime"
+#define PROTO_KEY_SIG "sig"
+#define PROTO_KEY_RENEW "renew"
+#define PROTO_KEY_REASON "reason"
+/* Values of `reason` in an EMAD_EAUTH error (and `denied`: the label of EMAD_EDENIED). */
+#define PROTO_VAL_AUTH_REQUIRED "required"
+#define PROTO_VAL_AUTH_NO_SESSION "no_session"
+#define PROTO_VAL_AUTH_EXPIRED "expired"
+#define PROTO_VAL_AUTH_BAD_TAG "bad_tag"
+#define PROTO_VAL_AUTH_REPLAY "replay"
+#define PROTO_VAL_AUTH_BAD_SIGNATURE "bad_signature"
+#define PROTO_VAL_AUTH_UNKNOWN_HANDSHAKE "unknown_handshake"
+#define PROTO_VAL_AUTH_DENIED "denied"
 
 /* String values with a fixed meaning. */
 #define PROTO_VAL_SERVER_NAME "emad"

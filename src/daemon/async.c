@@ -26,7 +26,9 @@
  * sends its next chunk while the threadpool works on this one. Beyond it
  * chunks are answered when their work is done, which bounds the request
  * bodies held. A value found non-finite fails the transaction's later
- * requests and its commit, which waits for the transaction's jobs.
+ * requests and its commit: each is answered once every job of the
+ * transaction before it is done (ops_push_reply_staged), and a chunk is
+ * answered early only while no other job of its transaction runs.
  */
 #define EARLY_MAX 1
 
@@ -34,11 +36,13 @@
 typedef struct async_req {
     server *srv;
     int op;
+    req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
     void *ctrl, *body;
     uint64_t t0;
     task_list *tl;   /* the tasks: the job's, or tasks */
     task_list tasks; /* reply: the copies of tensor data */
     store_job *job;  /* push: the store's job */
+    uint64_t txn;    /* push: the job's transaction */
     int early;       /* push: answered already */
     uint64_t staged; /* push: the reply's count */
     void *msg;       /* reply: the packed message, data filled by the tasks */
@@ -57,9 +61,19 @@ async_late_begin(req *r, store_err *err, server *srv, int op, void *ctrl, uint64
     r->srv = srv;
     r->op = op;
     r->ctrl = ctrl;
+    r->owner = request_owner(ctrl);
     r->now_ms = uv_now(srv->loop);
     r->t0 = t0;
+    r->auth_reason = -1;
     err->tensor[0] = '\0';
+}
+
+/* A late request's authentication: its frame and its owner (a user with authentication). */
+void
+async_late_auth(req *r, const req_auth *auth)
+{
+    r->auth = *auth;
+    r->owner = ops_auth_owner_id(r->srv, auth, r->owner);
 }
 
 /* Finish a late request: report err if rc != 0, else count it; free the unused header. */
@@ -106,6 +120,7 @@ async_done(uv_work_t *w, int status)
         return;
     uv_update_time(srv->loop);
     async_late_begin(&r, &err, srv, a->op, a->ctrl, a->t0);
+    async_late_auth(&r, &a->auth);
     if (a->job != NULL) {
         rc = store_job_done(srv->store, a->job, r.now_ms, &err);
         nn_freemsg(a->body);
@@ -116,8 +131,12 @@ async_done(uv_work_t *w, int status)
             ops_push_run_parked(srv);
             return;
         }
-        if (rc == 0)
-            reply_send(&r, ops_push_pack_staged, &a->staged);
+        if (rc == 0 && (rc = ops_push_reply_staged(&r, a->txn, a->staged, &err)) == 0 &&
+            r.deferred) {
+            free(a); /* parked until the transaction's other jobs are done */
+            ops_push_run_parked(srv);
+            return;
+        }
     } else {
         for (size_t i = 0; i < a->nblobs; i++)
             store_blob_unref(a->blobs[i]);
@@ -142,6 +161,7 @@ async_start(req *r, async_req *a)
 
     a->srv = srv;
     a->op = r->op;
+    a->auth = r->auth;
     a->ctrl = r->ctrl;
     r->ctrl = NULL;
     a->t0 = r->t0;
@@ -174,13 +194,14 @@ async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
         return 0;
     a = xcalloc(1, sizeof(*a));
     w.defer = &a->tasks;
-    if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
+    if ((msg = reply_pack(build, ctx, &w, reply_head(r), &len)) == NULL) {
         free(a);
         return 0; /* the inline reply reports it */
     }
     a->tl = &a->tasks;
     a->msg = msg;
     a->len = len;
+    budget_reply_sent(store_budget(r->srv->store), r->owner, len, r->now_ms); /* held from now */
     a->blobs = w.blobs;
     a->nblobs = w.nblobs;
     async_start(r, a);
@@ -190,10 +211,12 @@ async_reply(req *r, build_fn build, const void *ctx, uint64_t data_bytes)
 /*
  * Queue a transaction chunk's averaging on the threadpool when it is large
  * enough, holding the I/O thread on its CPU; the chunk is answered now
- * while fewer than EARLY_MAX chunks are early, else when its work is done.
+ * while fewer than EARLY_MAX chunks are early and no other job of its
+ * transaction is running, else when every job of the transaction is done
+ * (so a value found non-finite reaches the first later request).
  */
 int
-async_push(req *r, store_job *job, uint64_t staged)
+async_push(req *r, store_job *job, uint64_t staged, uint64_t txn)
 {
     async_req *a;
 
@@ -204,9 +227,10 @@ async_push(req *r, store_job *job, uint64_t staged)
     a->job = job;
     a->tl = &job->tasks;
     a->staged = staged;
+    a->txn = txn;
     a->body = *r->body; /* kept until the tasks have read it */
     *r->body = NULL;
-    if ((a->early = r->srv->early < EARLY_MAX)) {
+    if ((a->early = r->srv->early < EARLY_MAX && store_txn_inflight(r->srv->store, txn) == 1)) {
         r->srv->early++;
         reply_send(r, ops_push_pack_staged, &staged);
     }

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,6 +26,8 @@
 
 #include "config.h"
 #include "store/ema.h"
+#include "base/xmalloc.h"
+#include "daemon/authfile.h"
 #include "daemon/http.h"
 #include "base/log.h"
 #include "daemon/metrics.h"
@@ -112,6 +115,24 @@ on_setting_changed(void *arg, const char *key, const char *was, const char *now,
         log_info("event=config_changed key=%s old=\"%s\" new=\"%s\"", key, was, now);
 }
 
+/* Give the HTTP endpoint the stats tokens of the auth file's users (a no-op without HTTP). */
+static void
+update_tokens(daemon_ctx *d)
+{
+    const authfile *a = server_auth_users(d->srv);
+    unsigned char(*hashes)[AUTH_TOKEN_HASH_BYTES] = NULL;
+    size_t n = 0;
+
+    if (d->http == NULL || a == NULL)
+        return;
+    hashes = xcalloc(a->nusers + 1, sizeof(*hashes));
+    for (size_t i = 0; i < a->nusers; i++)
+        if (a->users[i].has_token)
+            memcpy(hashes[n++], a->users[i].token_hash, AUTH_TOKEN_HASH_BYTES);
+    http_set_tokens(d->http, 1, (const unsigned char(*)[AUTH_TOKEN_HASH_BYTES])hashes, n);
+    free(hashes);
+}
+
 /* SIGHUP: re-read the configuration and apply what can change while running. */
 static void
 on_sighup(uv_signal_t *h, int signum)
@@ -131,17 +152,28 @@ on_sighup(uv_signal_t *h, int signum)
                   d->args.config_path != NULL ? d->args.config_path : "-",
                   cause != NULL ? cause : "unknown");
         free(cause);
+        cause = NULL;
     } else {
         log_info("event=reload config=%s",
                  d->args.config_path != NULL ? d->args.config_path : "- (no --config)");
         settings_diff(&d->cur, &next, on_setting_changed, d);
         log_set_level(next.log_level);
         server_reconfigure(d->srv, next.txn_timeout_ms, next.snapshot_interval_ms);
+        d->cur.auth_session_lifetime_ms = next.auth_session_lifetime_ms;
         d->cur.log_level = next.log_level;
         d->cur.txn_timeout_ms = next.txn_timeout_ms;
         d->cur.snapshot_interval_ms = next.snapshot_interval_ms;
     }
     settings_free(&next);
+    /* The auth file is re-read even when the configuration did not change (key rotation). */
+    if (server_reload_auth(d->srv, d->cur.auth_session_lifetime_ms, &cause) != 0) {
+        log_error("event=auth_reload_failed error=\"%s\" (the previous users stay in force)",
+                  cause != NULL ? cause : "unknown");
+        free(cause);
+        cause = NULL;
+    } else {
+        update_tokens(d);
+    }
     notify_ready("serving");
 }
 
@@ -216,6 +248,23 @@ heap_policy(void)
     (void)mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
 }
 
+/*
+ * Raise the soft limit on descriptors to the hard one: every client
+ * connection holds a descriptor (nanomsg has no cap on connections), and
+ * snapshots and the HTTP endpoint need theirs; the usual soft limit of 1024
+ * let idle connections take them all.
+ */
+static void
+raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int
 main(int argc, char **argv)
 {
@@ -228,6 +277,7 @@ main(int argc, char **argv)
 
     memset(&d, 0, sizeof(d));
     heap_policy();
+    raise_nofile();
 
     if (settings_parse_args(&d.args, argc, argv, &cause) != 0) {
         fprintf(stderr, "emad: %s\n", cause != NULL ? cause : "bad arguments");
@@ -273,6 +323,8 @@ main(int argc, char **argv)
     metrics_board_create(&d.board);
     if (start_http(&d) < 0)
         goto out;
+    if (d.http != NULL && cfg.auth_file != NULL) /* /stats closed until the tokens are known */
+        http_set_tokens(d.http, 1, NULL, 0);
     if ((rc = uv_loop_init(&d.loop)) < 0) {
         log_error("event=startup_failed error=\"uv_loop_init: %s\"", uv_strerror(rc));
         goto out;
@@ -283,6 +335,7 @@ main(int argc, char **argv)
         (void)uv_loop_close(&d.loop);
         goto out;
     }
+    update_tokens(&d);
     src.fill = fill_figures;
     src.arg = d.srv;
     metrics_board_attach(d.board, &d.loop, &src);

@@ -16,7 +16,9 @@
 #include <sys/socket.h>
 
 #include <microhttpd.h>
+#include <pthread.h>
 
+#include "common/auth.h"
 #include "common/cause.h"
 #include "daemon/http.h"
 #include "base/log.h"
@@ -25,6 +27,10 @@
 struct http {
     struct MHD_Daemon *d;
     metrics_board *board;
+    pthread_mutex_t lock; /* guards the tokens: set by the loop, read by HTTP threads */
+    int tokens_required;  /* /stats needs a bearer token */
+    unsigned char (*tokens)[AUTH_TOKEN_HASH_BYTES];
+    size_t ntokens;
     unsigned port;
     char last_error[256]; /* libmicrohttpd's last message, for a startup failure */
 };
@@ -151,6 +157,47 @@ respond_text(struct MHD_Connection *c, unsigned status, const char *text)
     return respond(c, status, "text/plain; charset=utf-8", xstrndup(text, n), n);
 }
 
+void
+http_set_tokens(http *h, int required, const unsigned char (*hashes)[32], size_t n)
+{
+    unsigned char(*copy)[AUTH_TOKEN_HASH_BYTES] = NULL, (*old)[AUTH_TOKEN_HASH_BYTES];
+
+    if (h == NULL)
+        return;
+    if (n > 0) {
+        copy = xcalloc(n, sizeof(*copy));
+        memcpy(copy, hashes, n * sizeof(*copy));
+    }
+    pthread_mutex_lock(&h->lock);
+    old = h->tokens;
+    h->tokens = copy;
+    h->ntokens = n;
+    h->tokens_required = required;
+    pthread_mutex_unlock(&h->lock);
+    free(old);
+}
+
+/* Does the request carry a bearer token that /stats accepts (or is none needed)? */
+static int
+token_ok(http *h, struct MHD_Connection *c)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    unsigned char hash[AUTH_TOKEN_HASH_BYTES];
+    int ok = 0;
+
+    pthread_mutex_lock(&h->lock);
+    if (!h->tokens_required) {
+        ok = 1;
+    } else if (v != NULL && strncmp(v, "Bearer ", 7) == 0 && v[7] != '\0') {
+        auth_token_hash(v + 7, strlen(v + 7), hash);
+        for (size_t i = 0; i < h->ntokens; i++) /* every entry, equal or not: constant time */
+            ok |= auth_tag_equal(h->tokens[i], hash) == 0 &&
+                  auth_tag_equal(h->tokens[i] + 16, hash + 16) == 0;
+    }
+    pthread_mutex_unlock(&h->lock);
+    return ok;
+}
+
 /* The access handler: every request is answered on the first call. */
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -184,6 +231,22 @@ on_request(void *cls, struct MHD_Connection *c, const char *url, const char *met
                                 "emad: GET /metrics (Prometheus), /healthz, /stats (JSON)\n");
         return respond_text(c, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /healthz or /stats\n");
     }
+    if (!metrics && !token_ok(h, c)) {
+        struct MHD_Response *resp;
+        enum MHD_Result ret;
+        static const char text[] = "/stats needs Authorization: Bearer TOKEN (a user's "
+                                   "stats_token in the auth file)\n";
+        resp =
+            MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+        if (resp == NULL)
+            return MHD_NO;
+        (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+        (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                      "text/plain; charset=utf-8");
+        ret = MHD_queue_response(c, MHD_HTTP_UNAUTHORIZED, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
     f = metrics_board_acquire(h->board, &age);
     state = metrics_board_get_state(h->board);
     metrics_process_get(&proc);
@@ -208,6 +271,7 @@ http_create(http **out, const char *address, metrics_board *board, char **cause)
 
     *out = NULL;
     h->board = board;
+    pthread_mutex_init(&h->lock, NULL);
     if ((rc = resolve(address, &res, cause)) != 0)
         goto fail;
     if (res->ai_family == AF_INET6)
@@ -256,5 +320,7 @@ http_destroy(http *h)
         return;
     if (h->d != NULL)
         MHD_stop_daemon(h->d);
+    pthread_mutex_destroy(&h->lock);
+    free(h->tokens);
     free(h);
 }

@@ -40,6 +40,13 @@ int http_check_address(const char *address, char **cause);
  */
 int http_create(http **out, const char *address, metrics_board *board, char **cause);
 
+/*
+ * With required set, /stats answers only a request with `Authorization:
+ * Bearer TOKEN` whose BLAKE2b-256 is one of hashes[0..n) (copied); 401
+ * otherwise. /metrics and /healthz stay open. Any thread; NULL h accepted.
+ */
+void http_set_tokens(http *h, int required, const unsigned char (*hashes)[32], size_t n);
+
 /* The port actually bound (useful with port 0). */
 unsigned http_port(const http *h);
 

@@ -7,16 +7,19 @@ libemadd_la_SOURCES = $(emadd_base_sources) $(emadd_files_sources) $(emadd_store
 	src/daemon/request.c src/daemon/reply.c src/daemon/async.c \
 	src/daemon/iocpu.c src/daemon/iocpu.h \
 	src/daemon/ops_model.c src/daemon/ops_push.c src/daemon/ops_pull.c \
+	src/daemon/ops_auth.c src/daemon/authgate.c \
+	src/daemon/authfile.c src/daemon/authfile.h src/daemon/authsess.c src/daemon/authsess.h \
 	src/daemon/persist.c src/daemon/persist.h \
 	src/daemon/metrics.c src/daemon/metrics.h \
 	src/daemon/http.c src/daemon/http.h \
 	src/daemon/settings.c src/daemon/settings.h \
+	src/daemon/sysmem.c src/daemon/sysmem.h \
 	src/daemon/notify.c src/daemon/notify.h \
 	src/daemon/shard.c src/daemon/shard.h
 libemadd_la_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(NANOMSG_CFLAGS) $(MSGPACK_CFLAGS) \
-	$(JANSSON_CFLAGS) $(XXHASH_CFLAGS) $(MHD_CFLAGS) $(INIH_CFLAGS) $(SYSTEMD_CFLAGS) -pthread
+	$(JANSSON_CFLAGS) $(XXHASH_CFLAGS) $(MHD_CFLAGS) $(INIH_CFLAGS) $(SYSTEMD_CFLAGS) $(SODIUM_CFLAGS) -pthread
 libemadd_la_LIBADD = libemadcore.la $(UV_LIBS) $(NANOMSG_LIBS) $(MSGPACK_LIBS) \
-	$(JANSSON_LIBS) $(XXHASH_LIBS) $(MHD_LIBS) $(INIH_LIBS) $(SYSTEMD_LIBS) -lm -lpthread
+	$(JANSSON_LIBS) $(XXHASH_LIBS) $(MHD_LIBS) $(INIH_LIBS) $(SYSTEMD_LIBS) $(SODIUM_LIBS) -lm -lpthread
 
 bin_PROGRAMS += emad
 emad_SOURCES = src/daemon/emad.c

@@ -43,37 +43,70 @@ static const struct counter_info {
     const char *family; /* Prometheus metric family */
     const char *result; /* value of the result label; NULL: the family's only sample */
     const char *help;   /* NULL: the family is the previous entry's */
+    const char *label;  /* name of the label of `result` (NULL: "result") */
 } counter_info[] = {
-    {COUNTER_BYTES_IN, "emad_received_bytes_total", NULL, "Bytes of requests received."},
-    {COUNTER_BYTES_OUT, "emad_sent_bytes_total", NULL, "Bytes of replies sent."},
+    {COUNTER_BYTES_IN, "emad_received_bytes_total", NULL, "Bytes of requests received.", NULL},
+    {COUNTER_BYTES_OUT, "emad_sent_bytes_total", NULL, "Bytes of replies sent.", NULL},
     {COUNTER_TENSORS_APPLIED, "emad_tensor_updates_total", PROTO_KEY_APPLIED,
      "Tensors in accepted pushes, by outcome: applied to the shadow, stale (step not newer), "
-     "skipped_nonfinite (NaN/Inf with nonfinite=skip), ignored (ignore patterns)."},
-    {COUNTER_TENSORS_STALE, "emad_tensor_updates_total", PROTO_KEY_STALE, NULL},
-    {COUNTER_TENSORS_SKIPPED_NONFINITE, "emad_tensor_updates_total", "skipped_nonfinite", NULL},
-    {COUNTER_TENSORS_IGNORED, "emad_tensor_updates_total", PROTO_KEY_IGNORED, NULL},
+     "skipped_nonfinite (NaN/Inf with nonfinite=skip), ignored (ignore patterns).",
+     NULL},
+    {COUNTER_TENSORS_STALE, "emad_tensor_updates_total", PROTO_KEY_STALE, NULL, NULL},
+    {COUNTER_TENSORS_SKIPPED_NONFINITE, "emad_tensor_updates_total", "skipped_nonfinite", NULL,
+     NULL},
+    {COUNTER_TENSORS_IGNORED, "emad_tensor_updates_total", PROTO_KEY_IGNORED, NULL, NULL},
     {COUNTER_WRITER_PUSHES_PENDING, "emad_writer_pushes_pending_total", NULL,
-     "Pushes staged for a multi-writer step that was not complete yet."},
-    {COUNTER_TXN_BEGUN, "emad_transactions_begun_total", NULL, "Push transactions begun."},
+     "Pushes staged for a multi-writer step that was not complete yet.", NULL},
+    {COUNTER_TXN_BEGUN, "emad_transactions_begun_total", NULL, "Push transactions begun.", NULL},
     {COUNTER_TXN_COMMITTED, "emad_transactions_ended_total", "committed",
-     "Push transactions ended, by how: committed, aborted by the client, or expired idle."},
-    {COUNTER_TXN_ABORTED, "emad_transactions_ended_total", "aborted", NULL},
-    {COUNTER_TXN_EXPIRED, "emad_transactions_ended_total", "expired", NULL},
+     "Push transactions ended, by how: committed, aborted by the client, or expired idle.", NULL},
+    {COUNTER_TXN_ABORTED, "emad_transactions_ended_total", "aborted", NULL, NULL},
+    {COUNTER_TXN_EXPIRED, "emad_transactions_ended_total", "expired", NULL, NULL},
     {COUNTER_SESSIONS_EXPIRED, "emad_pull_sessions_expired_total", NULL,
-     "Pull sessions discarded after the idle timeout."},
+     "Pull sessions discarded after the idle timeout.", NULL},
     {COUNTER_STEPS_EXPIRED, "emad_steps_expired_total", NULL,
-     "Multi-writer steps discarded because a writer never pushed."},
+     "Multi-writer steps discarded because a writer never pushed.", NULL},
     {COUNTER_REPLIES_DROPPED, "emad_replies_dropped_total", NULL,
-     "Replies that could not be sent (client gone or out of memory)."},
+     "Replies that could not be sent (client gone or out of memory).", NULL},
     {COUNTER_COMMITS_WAITED, "emad_commits_waited_total", NULL,
-     "Commits that waited for chunks of their transaction still being averaged."},
+     "Commits that waited for chunks of their transaction still being averaged.", NULL},
     {COUNTER_SHADOW_REUSED_BYTES, "emad_transaction_shadow_bytes_total", "reused",
      "Shadow bytes transactions wrote, by memory: reused (a spare kept mapped) or fresh (new "
-     "memory, a page fault per page)."},
-    {COUNTER_SHADOW_FRESH_BYTES, "emad_transaction_shadow_bytes_total", "fresh", NULL},
+     "memory, a page fault per page).",
+     NULL},
+    {COUNTER_SHADOW_FRESH_BYTES, "emad_transaction_shadow_bytes_total", "fresh", NULL, NULL},
     {COUNTER_MODELS_RESTORED_BEHIND, "emad_models_restored_behind_total", NULL,
      "Models loaded from a snapshot whose first push came more than one step later (steps "
-     "pushed before the restart and not in the snapshot were lost)."},
+     "pushed before the restart and not in the snapshot were lost).",
+     NULL},
+    {COUNTER_AUTH_FAIL_REQUIRED, "emad_auth_failures_total", PROTO_VAL_AUTH_REQUIRED,
+     "Requests refused by authentication, by reason (docs/PROTOCOL.md, Authentication); "
+     "denied: authenticated, but the user's grants do not allow it.",
+     PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_NO_SESSION, "emad_auth_failures_total", PROTO_VAL_AUTH_NO_SESSION, NULL,
+     PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_EXPIRED, "emad_auth_failures_total", PROTO_VAL_AUTH_EXPIRED, NULL,
+     PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_BAD_TAG, "emad_auth_failures_total", PROTO_VAL_AUTH_BAD_TAG, NULL,
+     PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_REPLAY, "emad_auth_failures_total", PROTO_VAL_AUTH_REPLAY, NULL,
+     PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_BAD_SIGNATURE, "emad_auth_failures_total", PROTO_VAL_AUTH_BAD_SIGNATURE,
+     NULL, PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_UNKNOWN_HANDSHAKE, "emad_auth_failures_total",
+     PROTO_VAL_AUTH_UNKNOWN_HANDSHAKE, NULL, PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_DENIED, "emad_auth_failures_total", PROTO_VAL_AUTH_DENIED, NULL,
+     PROTO_KEY_REASON},
+    {COUNTER_AUTH_FAIL_LOGS_SUPPRESSED, "emad_auth_failure_logs_suppressed_total", NULL,
+     "Authentication failures not logged (at most one line per second per reason).", NULL},
+    {COUNTER_AUTH_RELOAD_FAILURES, "emad_auth_reload_failures_total", NULL,
+     "Reloads of the auth file (SIGHUP) refused; the previous users stay in force.", NULL},
+    {COUNTER_AUTH_SESSIONS_OPENED, "emad_auth_sessions_opened_total", NULL,
+     "Authenticated sessions opened (handshakes finished).", NULL},
+    {COUNTER_AUTH_SESSIONS_REVOKED, "emad_auth_sessions_revoked_total", NULL,
+     "Sessions dropped by a reload because their user was removed or got another key.", NULL},
+    {COUNTER_AUTH_RESENDS, "emad_auth_resends_total", NULL,
+     "Exact resends of an authenticated request, answered with the same reply.", NULL},
 };
 
 /* Every counter is in the table but the three exported per op or per code. */
@@ -379,7 +412,8 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
         if (ci->help != NULL)
             family(&sb, ci->family, "counter", ci->help);
         if (ci->result != NULL)
-            sb_printf(&sb, "%s{result=\"%s\"} %llu\n", ci->family, ci->result, v);
+            sb_printf(&sb, "%s{%s=\"%s\"} %llu\n", ci->family,
+                      ci->label != NULL ? ci->label : "result", ci->result, v);
         else
             sb_printf(&sb, "%s %llu\n", ci->family, v);
     }
@@ -395,6 +429,16 @@ metrics_render_prometheus(const metrics_figures *f, int state, const metrics_pro
                f->store.steps_pending);
     single_u64(&sb, "emad_staged_bytes", "gauge",
                "Bytes staged in open transactions and pending steps.", f->store.staged_bytes);
+    family(
+        &sb, "emad_memory_bytes", "gauge",
+        "Bytes clients made the daemon hold, by part of the memory budget (docs/OPERATIONS.md).");
+    for (int k = 0; k < BUDGET_PART_COUNT; k++)
+        sb_printf(&sb, "emad_memory_bytes{part=\"%s\"} %llu\n", budget_part_name(k),
+                  (unsigned long long)f->store.memory[k]);
+    single_u64(&sb, "emad_memory_budget_bytes", "gauge",
+               "The memory budget (--max-memory): requests that would hold more fail with "
+               "EMAD_ELIMIT.",
+               f->store.memory_limit);
     single_u64(&sb, "emad_max_message_bytes", "gauge", "Largest request accepted, in bytes.",
                f->max_message_bytes);
     single_u64(&sb, "emad_connected_pipes", "gauge",
@@ -569,6 +613,13 @@ metrics_render_json(const metrics_figures *f, int state, const metrics_process *
     jset_u64(g, PROTO_KEY_SESSIONS_OPEN, f->store.views_open);
     jset_u64(g, PROTO_KEY_STEPS_PENDING, f->store.steps_pending);
     jset_u64(g, PROTO_KEY_STAGED_BYTES, f->store.staged_bytes);
+    jset_u64(g, PROTO_KEY_MEMORY_BUDGET_BYTES, f->store.memory_limit);
+    jset_u64(g, PROTO_KEY_MEMORY_BYTES, f->store.memory_total);
+    for (int k = 0; k < BUDGET_PART_COUNT; k++) {
+        snprintf(name, sizeof(name), PROTO_KEY_MEMORY_PART_PREFIX "%s" PROTO_KEY_MEMORY_PART_SUFFIX,
+                 budget_part_name(k));
+        jset_u64(g, name, f->store.memory[k]);
+    }
     jset_u64(g, "connected_pipes", f->connections);
     jset_u64(g, PROTO_KEY_MAX_MESSAGE_BYTES, f->max_message_bytes);
     if (f->has_state_dir) {

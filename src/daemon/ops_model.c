@@ -29,7 +29,12 @@ build_hello(msgpack_packer *pk, const void *ctx)
 {
     const server *srv = ctx;
 
-    reply_pack_head(pk, 1, 8 + shard_hello_count(srv->shard));
+    reply_pack_head(pk, 1, 9 + shard_hello_count(srv->shard));
+    proto_pack_str(pk, PROTO_KEY_AUTH);
+    if (srv->auth != NULL)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
     proto_pack_str(pk, PROTO_KEY_SERVER);
     proto_pack_str(pk, PROTO_VAL_SERVER_NAME);
     proto_pack_str(pk, PROTO_KEY_VERSION);
@@ -180,6 +185,7 @@ typedef struct list_ctx {
     uint64_t now_ms;
     size_t first, count;
     int more;
+    const req *r; /* whose user may see only some models */
 } list_ctx;
 
 /* Pack one model summary. */
@@ -219,13 +225,14 @@ build_list_models(msgpack_packer *pk, const void *vctx)
     size_t n = 0;
     model *m;
 
-    while (store_model_at(s, n) != NULL)
-        n++;
+    for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
+        n += ops_auth_visible(ctx->r, m->name);
     reply_pack_head(pk, 1, 1);
     proto_pack_str(pk, PROTO_KEY_MODELS);
     msgpack_pack_array(pk, n);
     for (size_t i = 0; (m = store_model_at(s, i)) != NULL; i++)
-        pack_model(pk, m, ctx->now_ms);
+        if (ops_auth_visible(ctx->r, m->name))
+            pack_model(pk, m, ctx->now_ms);
 }
 
 /* Pack the description of a stored tensor (ctx: the tensor). */
@@ -244,6 +251,13 @@ pack_desc(msgpack_packer *pk, const void *ctx)
 
     memcpy(vt.shape, t->shape, sizeof(vt.shape));
     ops_pull_pack_tensor(pk, &vt, 0);
+}
+
+/* Stored tensor i of the array of pointers items. */
+static const void *
+tensor_item(const void *items, size_t i)
+{
+    return ((tensor *const *)items)[i];
 }
 
 /* Pack a list reply of one model and a page of its tensors. */
@@ -285,13 +299,8 @@ list_page(list_ctx *ctx, uint64_t offset, uint64_t limit, uint64_t max_reply, st
     ctx->more = 1;
     /* The reply without tensors, with the largest array header (5 bytes) and next value. */
     used = reply_size(build_list_model, ctx) + 5 + 9;
-    while (ctx->first + ctx->count < m->ntensors && ctx->count < limit) {
-        size_t sz = reply_size(pack_desc, m->tensors[ctx->first + ctx->count]);
-        if (used + sz > max_reply && ctx->count > 0)
-            break;
-        used += sz;
-        ctx->count++;
-    }
+    ctx->count = reply_page_count(ctx->first, m->ntensors, limit, max_reply, used, pack_desc,
+                                  tensor_item, m->tensors);
     ctx->more = ctx->first + ctx->count < m->ntensors;
     return 0;
 }
@@ -301,7 +310,7 @@ int
 ops_model_list(req *r, store_err *err)
 {
     const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_MODEL);
-    list_ctx ctx = {r->srv->store, NULL, r->now_ms, 0, 0, 0};
+    list_ctx ctx = {r->srv->store, NULL, r->now_ms, 0, 0, 0, r};
     uint64_t offset = 0, limit = PROTO_LIST_PAGE, max_reply = r->srv->cfg.max_message_bytes;
     int has_offset = 0, has_limit = 0, present;
     const char *name;
@@ -349,7 +358,7 @@ ops_model_list(req *r, store_err *err)
 static size_t
 stats_count(const server *srv)
 {
-    size_t n = COUNTER_COUNT + 9 + 8;
+    size_t n = COUNTER_COUNT + 9 + 8 + 2 + BUDGET_PART_COUNT;
 
     for (int op = 1; op < PROTO_OP_COUNT; op++)
         n++;
@@ -389,6 +398,13 @@ build_stats(msgpack_packer *pk, const void *ctx)
     proto_pack_kv_u64(pk, PROTO_KEY_SESSIONS_OPEN, g.views_open);
     proto_pack_kv_u64(pk, PROTO_KEY_STEPS_PENDING, g.steps_pending);
     proto_pack_kv_u64(pk, PROTO_KEY_STAGED_BYTES, g.staged_bytes);
+    proto_pack_kv_u64(pk, PROTO_KEY_MEMORY_BUDGET_BYTES, g.memory_limit);
+    proto_pack_kv_u64(pk, PROTO_KEY_MEMORY_BYTES, g.memory_total);
+    for (int p = 0; p < BUDGET_PART_COUNT; p++) {
+        snprintf(name, sizeof(name), PROTO_KEY_MEMORY_PART_PREFIX "%s" PROTO_KEY_MEMORY_PART_SUFFIX,
+                 budget_part_name(p));
+        proto_pack_kv_u64(pk, name, g.memory[p]);
+    }
     persist_stats ps;
     memset(&ps, 0, sizeof(ps));
     if (srv->persist != NULL)
@@ -418,6 +434,7 @@ ops_model_stats(req *r, store_err *err)
 /* A snapshot request whose reply waits for the files to be durable. */
 typedef struct snap_wait {
     server *srv;
+    req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
     void *ctrl; /* routing header of the request */
     uint64_t t0;
 } snap_wait;
@@ -439,6 +456,7 @@ snapshot_done(void *arg, int rc, const char *message, uint64_t step)
     req r;
 
     async_late_begin(&r, &err, w->srv, PROTO_OP_SNAPSHOT, w->ctrl, w->t0);
+    async_late_auth(&r, &w->auth);
     if (rc == 0)
         reply_send(&r, build_snapshot, &step);
     else
@@ -469,6 +487,7 @@ ops_model_snapshot(req *r, store_err *err)
                             names_printable(buf, sizeof(buf), name, len));
     w = xcalloc(1, sizeof(*w));
     w->srv = r->srv;
+    w->auth = r->auth;
     w->ctrl = r->ctrl;
     w->t0 = r->t0;
     r->ctrl = NULL; /* the reply is sent later, with this header, and counted then */

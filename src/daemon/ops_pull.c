@@ -1,6 +1,11 @@
 /*
  * ops_pull.c - the ops that read shadows: pull (inline, or a session read
  * in ranges), read and release.
+ *
+ * A pull with `offset` or `limit` (or naming a `session`) is paged like a
+ * list: its descriptions come in pages of at most PROTO_LIST_PAGE tensors
+ * and PROTO_LIST_PAGE_BYTES, all of one session, so a model of any size can
+ * be pulled whole and no reply outgrows a limit or holds the loop for long.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +17,13 @@
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
 
-/* Context of a pull reply. */
+/* Context of a pull reply: the view, and the descriptions [first, first + count) it holds. */
 typedef struct pull_ctx {
     const store_view *view;
     int inline_data;
     uint64_t session;
+    int paged; /* the reply has offset, and next while more follow */
+    size_t first, count;
 } pull_ctx;
 
 /* Pack one tensor's description (and data when inline). */
@@ -44,17 +51,76 @@ build_pull(msgpack_packer *pk, const void *vctx)
 {
     const pull_ctx *ctx = vctx;
     const store_view *v = ctx->view;
+    int more = ctx->paged && ctx->first + ctx->count < v->ntensors;
 
-    reply_pack_head(pk, 1, ctx->inline_data ? 3 : 4);
+    reply_pack_head(pk, 1, (ctx->inline_data ? 3 : 4) + (ctx->paged ? 1 + more : 0));
     proto_pack_str(pk, PROTO_KEY_MODEL);
     proto_pack_str(pk, v->model);
     proto_pack_kv_u64(pk, PROTO_KEY_STEP, v->step);
     proto_pack_str(pk, PROTO_KEY_TENSORS);
-    msgpack_pack_array(pk, v->ntensors);
-    for (size_t i = 0; i < v->ntensors; i++)
+    msgpack_pack_array(pk, ctx->count);
+    for (size_t i = ctx->first; i < ctx->first + ctx->count; i++)
         ops_pull_pack_tensor(pk, &v->tensors[i], ctx->inline_data);
     if (!ctx->inline_data)
         proto_pack_kv_u64(pk, PROTO_KEY_SESSION, ctx->session);
+    if (ctx->paged)
+        proto_pack_kv_u64(pk, PROTO_KEY_OFFSET, ctx->first);
+    if (more)
+        proto_pack_kv_u64(pk, PROTO_KEY_NEXT, ctx->first + ctx->count);
+}
+
+/* View tensor i of the array items. */
+static const void *
+view_item(const void *items, size_t i)
+{
+    return (const view_tensor *)items + i;
+}
+
+/* Pack one view tensor's description (ctx: the view tensor), for sizing a page. */
+static void
+pack_desc(msgpack_packer *pk, const void *ctx)
+{
+    ops_pull_pack_tensor(pk, ctx, 0);
+}
+
+/*
+ * Choose the page of descriptions of a session reply: from offset, at most
+ * limit tensors, as many as fit in max_reply bytes (at least one). One pass
+ * over the page's descriptions, never the whole view.
+ */
+static int
+pull_page(pull_ctx *ctx, uint64_t offset, uint64_t limit, uint64_t max_reply, store_err *err)
+{
+    const store_view *v = ctx->view;
+    size_t used;
+
+    if (offset > v->ntensors)
+        return request_fail(err, EMAD_ERANGE,
+                            PROTO_KEY_OFFSET " %llu is beyond the pull's %zu tensors",
+                            (unsigned long long)offset, v->ntensors);
+    ctx->first = (size_t)offset;
+    ctx->count = 0;
+    /* The reply without tensors, with the largest array header (5 bytes) and next value. */
+    used = reply_size(build_pull, ctx) + 5 + 12;
+    ctx->count = reply_page_count(ctx->first, v->ntensors, limit, max_reply, used, pack_desc,
+                                  view_item, v->tensors);
+    return 0;
+}
+
+/* A page of descriptions of an open session (pull with `session`). */
+static int
+pull_more(req *r, uint64_t id, uint64_t offset, uint64_t limit, uint64_t max_reply, store_err *err)
+{
+    pull_ctx ctx = {NULL, 0, id, 1, 0, 0};
+
+    if ((ctx.view = store_view_get(r->srv->store, id, r->now_ms)) == NULL)
+        return request_fail(err, EMAD_ENOSESSION,
+                            "no pull session %llu (unknown, expired or released)",
+                            (unsigned long long)id);
+    if (pull_page(&ctx, offset, limit, max_reply, err) != 0)
+        return err->code;
+    reply_send(r, build_pull, &ctx);
+    return 0;
 }
 
 /* pull: a model's tensors inline, or their list and a session to read them from. */
@@ -64,19 +130,35 @@ ops_pull_pull(req *r, store_err *err)
     server *srv = r->srv;
     const msgpack_object *names = proto_map_get(r->root, PROTO_KEY_TENSORS);
     const char **np = NULL;
-    size_t *nl = NULL, n = 0, len;
+    size_t *nl = NULL, n = 0, len, size;
     const char *model_name;
     uint64_t max_reply = srv->cfg.max_message_bytes, max_inline = UINT64_MAX, step = 0;
-    int present, has_step = 0;
+    uint64_t offset = 0, limit = PROTO_LIST_PAGE, session = 0;
+    int present, has_offset, has_limit, has_session, has_step = 0;
     store_view *v = NULL;
     pull_ctx ctx;
     view_options vo = {0, 0.0, EMAD_DTYPE_INVALID};
     const msgpack_object *decay = proto_map_get(r->root, PROTO_KEY_DECAY);
 
-    if (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err) ||
-        request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
+    if (request_get_u64(r->root, PROTO_KEY_MAX_REPLY_BYTES, &max_reply, &present, err) ||
         request_get_u64(r->root, PROTO_KEY_INLINE_BYTES, &max_inline, &present, err) ||
+        request_get_u64(r->root, PROTO_KEY_OFFSET, &offset, &has_offset, err) ||
+        request_get_u64(r->root, PROTO_KEY_LIMIT, &limit, &has_limit, err) ||
+        request_get_u64(r->root, PROTO_KEY_SESSION, &session, &has_session, err) ||
         request_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err))
+        return err->code;
+    if (has_limit && (limit == 0 || limit > PROTO_LIST_PAGE))
+        return request_fail(err, EMAD_ERANGE, PROTO_KEY_LIMIT " must be 1 to %d", PROTO_LIST_PAGE);
+    if (max_reply < PROTO_REPLY_OVERHEAD * 2)
+        return request_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
+                            PROTO_REPLY_OVERHEAD * 2);
+    if (max_reply > srv->cfg.max_message_bytes)
+        max_reply = srv->cfg.max_message_bytes;
+    if (has_session)
+        return pull_more(r, session, offset, limit,
+                         max_reply < PROTO_LIST_PAGE_BYTES ? max_reply : PROTO_LIST_PAGE_BYTES,
+                         err);
+    if (request_get_str(r->root, PROTO_KEY_MODEL, &model_name, &len, err))
         return err->code;
     if (decay != NULL) {
         vo.has_decay = 1;
@@ -100,13 +182,8 @@ ops_pull_pull(req *r, store_err *err)
             return request_fail(err, EMAD_EDTYPE, "unknown dtype '%s'",
                                 names_printable(buf, sizeof(buf), dn, dl));
     }
-    if (max_reply > srv->cfg.max_message_bytes)
-        max_reply = srv->cfg.max_message_bytes;
     if (max_inline > max_reply)
         max_inline = max_reply;
-    if (max_reply < PROTO_REPLY_OVERHEAD * 2)
-        return request_fail(err, EMAD_ERANGE, PROTO_KEY_MAX_REPLY_BYTES " must be at least %d",
-                            PROTO_REPLY_OVERHEAD * 2);
     if (names != NULL) {
         if (names->type != MSGPACK_OBJECT_ARRAY)
             return request_fail(err, EMAD_EMALFORMED,
@@ -135,11 +212,14 @@ ops_pull_pull(req *r, store_err *err)
     free(nl);
     if (rc != 0)
         return rc;
-    ctx.view = v;
-    ctx.inline_data = 1;
-    ctx.session = 0;
-    if (reply_size(build_pull, &ctx) <= max_inline) {
+    ctx = (pull_ctx){v, 1, 0, has_offset || has_limit, 0, v->ntensors};
+    if ((!ctx.paged || (offset == 0 && v->ntensors <= limit)) &&
+        (size = reply_size(build_pull, &ctx)) <= max_inline) {
         uint64_t total = 0;
+        if (reply_check_budget(r, size, err) != 0) {
+            store_view_free(v);
+            return err->code;
+        }
         for (size_t i = 0; i < v->ntensors; i++)
             total += v->tensors[i].nbytes;
         if (!async_reply(r, build_pull, &ctx, total))
@@ -154,11 +234,22 @@ ops_pull_pull(req *r, store_err *err)
     }
     ctx.inline_data = 0;
     ctx.session = v->id;
-    if (reply_size(build_pull, &ctx) > max_reply) {
+    ops_auth_own(r, 's', v->id, v->model, strlen(v->model));
+    if (ctx.paged &&
+        pull_page(&ctx, offset, limit,
+                  max_reply < PROTO_LIST_PAGE_BYTES ? max_reply : PROTO_LIST_PAGE_BYTES,
+                  err) != 0) {
+        store_err keep = *err;
+        (void)store_view_release(srv->store, v->id, err);
+        *err = keep;
+        return err->code;
+    }
+    if (!ctx.paged && reply_size(build_pull, &ctx) > max_reply) {
         (void)store_view_release(srv->store, v->id, err);
         return request_fail(err, EMAD_ELIMIT,
                             "the tensor list alone exceeds " PROTO_KEY_MAX_REPLY_BYTES
-                            " %llu: pull fewer tensors",
+                            " %llu: pull fewer tensors, or in pages with '" PROTO_KEY_OFFSET
+                            "' and '" PROTO_KEY_LIMIT "'",
                             (unsigned long long)max_reply);
     }
     log_debug("event=pull_session model=%s session=%llu tensors=%zu", v->model,
@@ -250,6 +341,8 @@ ops_pull_read(req *r, store_err *err)
                             (unsigned long long)(v->max_reply - PROTO_REPLY_OVERHEAD));
     ctx.view = v;
     ctx.ranges = rs;
+    if (reply_check_budget(r, reply_size(build_read, &ctx), err) != 0)
+        return err->code;
     if (!async_reply(r, build_read, &ctx, total))
         reply_send(r, build_read, &ctx);
     return 0;

@@ -13,13 +13,54 @@
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
 
-/* A commit that came while chunks of its transaction were still being averaged. */
+/*
+ * A commit, or the reply to a chunk, that came while chunks of its
+ * transaction were still being averaged.
+ */
 typedef struct parked {
     uint64_t txn;
-    void *ctrl; /* the request's routing header */
+    req_auth auth; /* the reply is a frame of this session when auth.session != 0 */
+    void *ctrl;    /* the request's routing header */
     uint64_t t0;
+    int chunk;       /* 1: a chunk's reply (staged), 0: a commit */
+    uint64_t staged; /* chunk: the reply's count */
     struct parked *next;
 } parked;
+
+/* Park r's reply (taking its routing header) until txn's jobs are done, after those parked. */
+static void
+park(req *r, uint64_t txn, int chunk, uint64_t staged)
+{
+    parked *p = xcalloc(1, sizeof(*p)), **pp;
+
+    p->txn = txn;
+    p->auth = r->auth;
+    p->ctrl = r->ctrl;
+    p->t0 = r->t0;
+    p->chunk = chunk;
+    p->staged = staged;
+    r->ctrl = NULL;
+    r->deferred = 1;
+    for (pp = &r->srv->parked; *pp != NULL; pp = &(*pp)->next)
+        ; /* in arrival order */
+    *pp = p;
+}
+
+int
+ops_push_reply_staged(req *r, uint64_t txn, uint64_t staged, store_err *err)
+{
+    server *srv = r->srv;
+
+    if (r->capture == NULL && srv->loop != NULL && !srv->closing &&
+        store_txn_inflight(srv->store, txn) > 0) {
+        park(r, txn, 1, staged);
+        return 0;
+    }
+    if (store_txn_failed(srv->store, txn, err) != 0)
+        return err->code;
+    reply_send(r, ops_push_pack_staged, &staged);
+    return 0;
+}
 
 /* Pack a push/commit result. */
 static void
@@ -130,12 +171,11 @@ ops_push_push(req *r, store_err *err)
         free(in); /* the job's tasks point into the request message, not into `in` */
         if (rc != 0)
             return rc;
-        if (job != NULL && async_push(r, job, staged))
+        if (job != NULL && async_push(r, job, staged, txn))
             return 0;
         if (job != NULL && (rc = store_job_run(r->srv->store, job, r->now_ms, err)) != 0)
             return rc;
-        reply_send(r, ops_push_pack_staged, &staged);
-        return 0;
+        return ops_push_reply_staged(r, txn, staged, err);
     }
     store_result res;
     if (seed)
@@ -149,6 +189,8 @@ ops_push_push(req *r, store_err *err)
     free(in);
     if (rc != 0)
         return rc;
+    if (res.pending)
+        ops_auth_own_part(r, model_name, len, step, (uint32_t)writer);
     count_result(r->srv, &res);
     log_debug("event=push model=%.*s step=%llu applied=%llu stale=%llu", (int)len, model_name,
               (unsigned long long)step, (unsigned long long)res.applied,
@@ -184,6 +226,7 @@ ops_push_begin(req *r, store_err *err)
     if (store_txn_begin(r->srv->store, name, len, step, (uint32_t)writer, r->now_ms, &id, err))
         return err->code;
     r->srv->counters[COUNTER_TXN_BEGUN]++;
+    ops_auth_own(r, 't', id, name, len);
     log_debug("event=txn_begin model=%.*s step=%llu txn=%llu", (int)len, name,
               (unsigned long long)step, (unsigned long long)id);
     reply_send(r, build_txn, &id);
@@ -216,22 +259,14 @@ ops_push_commit(req *r, store_err *err)
     if (request_get_u64(r->root, PROTO_KEY_TXN, &id, NULL, err) != 0)
         return err->code;
     if (async_can_defer(r) && store_txn_inflight(r->srv->store, id) > 0) {
-        parked *p = xcalloc(1, sizeof(*p)), **pp;
-        p->txn = id;
-        p->ctrl = r->ctrl;
-        p->t0 = r->t0;
-        r->ctrl = NULL;
-        r->deferred = 1;
         r->srv->counters[COUNTER_COMMITS_WAITED]++;
-        for (pp = &r->srv->parked; *pp != NULL; pp = &(*pp)->next)
-            ; /* in arrival order */
-        *pp = p;
+        park(r, id, 0, 0);
         return 0;
     }
     return commit_txn(r, id, err);
 }
 
-/* Commit the parked transactions whose jobs are all done (or that are gone). */
+/* Answer the parked requests whose transaction's jobs are all done (or that are gone). */
 void
 ops_push_run_parked(server *srv)
 {
@@ -247,8 +282,12 @@ ops_push_run_parked(server *srv)
             continue;
         }
         *pp = p->next;
-        async_late_begin(&r, &err, srv, PROTO_OP_COMMIT, p->ctrl, p->t0);
-        async_late_end(&r, commit_txn(&r, p->txn, &err), &err);
+        async_late_begin(&r, &err, srv, p->chunk ? PROTO_OP_PUSH : PROTO_OP_COMMIT, p->ctrl, p->t0);
+        async_late_auth(&r, &p->auth);
+        async_late_end(&r,
+                       p->chunk ? ops_push_reply_staged(&r, p->txn, p->staged, &err)
+                                : commit_txn(&r, p->txn, &err),
+                       &err);
         free(p);
     }
 }
@@ -267,7 +306,7 @@ ops_push_abort(req *r, store_err *err)
     return 0;
 }
 
-/* Free the commits still parked and their routing headers (the server is going away). */
+/* Free the requests still parked and their routing headers (the server is going away). */
 void
 ops_push_free_parked(server *srv)
 {

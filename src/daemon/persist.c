@@ -115,10 +115,15 @@ unix_ms(void)
     return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
+/*
+ * Has m changed since its last snapshot? A model being installed from a peer
+ * (cluster resync) is not written until it is complete: its snapshot keeps
+ * the state it had before, which a restart then resyncs anyway.
+ */
 static int
 is_dirty(const model *m)
 {
-    return m->version != m->snap_version;
+    return m->version != m->snap_version && m->resyncing != 1;
 }
 
 /* Is m large: its jobs run one at a time? */

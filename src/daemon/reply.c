@@ -48,6 +48,23 @@ reply_pack_head(msgpack_packer *pk, int ok, size_t nextra)
 
 /* Size of the reply build() produces. */
 size_t
+reply_page_count(size_t first, size_t total, uint64_t limit, uint64_t max_reply, size_t used,
+                 build_fn pack_item, const void *(*item)(const void *items, size_t i),
+                 const void *items)
+{
+    size_t count = 0;
+
+    while (first + count < total && count < limit) {
+        size_t sz = reply_size(pack_item, item(items, first + count));
+        if (used + sz > max_reply && count > 0)
+            break;
+        used += sz;
+        count++;
+    }
+    return count;
+}
+
+size_t
 reply_size(build_fn build, const void *ctx)
 {
     wbuf w = {NULL, 0, NULL, NULL, 0, 0};
@@ -58,11 +75,10 @@ reply_size(build_fn build, const void *ctx)
     return w.len;
 }
 
-/* Send a packed reply message with the request's routing header (which it takes). */
-void
-reply_send_msg(req *r, void *msg, size_t len)
+/* Hand msg (taken) to nanomsg with routing header *ctrl (NULL once nanomsg owns it). */
+int
+reply_transmit(server *srv, int op, uint64_t owner, void *msg, size_t len, void **ctrl)
 {
-    server *srv = r->srv;
     struct nn_iovec iov;
     struct nn_msghdr hdr;
 
@@ -71,18 +87,38 @@ reply_send_msg(req *r, void *msg, size_t len)
     memset(&hdr, 0, sizeof(hdr));
     hdr.msg_iov = &iov;
     hdr.msg_iovlen = 1;
-    hdr.msg_control = &r->ctrl;
+    hdr.msg_control = ctrl;
     hdr.msg_controllen = NN_MSG;
     if (nn_sendmsg(srv->sock, &hdr, NN_DONTWAIT) < 0) {
         log_warn("event=reply_dropped op=%s error=\"%s\"",
-                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", nn_strerror(nn_errno()));
+                 proto_op_name(op) ? proto_op_name(op) : "?", nn_strerror(nn_errno()));
         nn_freemsg(msg);
         srv->counters[COUNTER_REPLIES_DROPPED]++;
-        return; /* the routing header is freed by the caller */
+        return -1; /* the routing header stays the caller's */
     }
-    r->ctrl = NULL; /* nanomsg owns it now */
-    r->reply_len = len;
+    *ctrl = NULL; /* nanomsg owns it now */
+    budget_reply_sent(store_budget(srv->store), owner, len, server_now(srv));
     srv->counters[COUNTER_BYTES_OUT] += len;
+    return 0;
+}
+
+/* Bytes of room a reply to r needs in front of its body. */
+size_t
+reply_head(const req *r)
+{
+    return r->auth.session != 0 && r->capture == NULL ? AUTH_FRAME_HEADER : 0;
+}
+
+/* Send a packed reply message with the request's routing header (which it takes). */
+void
+reply_send_msg(req *r, void *msg, size_t len)
+{
+    if (reply_head(r) != 0) {
+        authgate_send(r, msg, len);
+        return;
+    }
+    if (reply_transmit(r->srv, r->op, r->owner, msg, len, &r->ctrl) == 0)
+        r->reply_len = len;
 }
 
 /*
@@ -90,19 +126,28 @@ reply_send_msg(req *r, void *msg, size_t len)
  * w->defer set, tensor data is left to tasks); NULL if out of memory.
  */
 void *
-reply_pack(build_fn build, const void *ctx, wbuf *w, size_t *len)
+reply_pack(build_fn build, const void *ctx, wbuf *w, size_t head, size_t *len)
 {
     msgpack_packer pk;
     void *msg;
 
-    *len = reply_size(build, ctx);
+    *len = reply_size(build, ctx) + head;
     if ((msg = nn_allocmsg(*len, 0)) == NULL)
         return NULL;
-    w->p = msg;
+    w->p = (char *)msg + head;
     w->len = 0;
     msgpack_packer_init(&pk, w, wbuf_write);
     build(&pk, ctx);
     return msg;
+}
+
+int
+reply_check_budget(req *r, uint64_t bytes, store_err *err)
+{
+    store *s = r->srv->store;
+
+    return store_budget_check(s, BUDGET_REPLIES, r->owner,
+                              budget_reply_need(store_budget(s), r->owner, bytes), err);
 }
 
 /* Build the reply into a message and send it with the request's routing header. */
@@ -124,7 +169,7 @@ reply_send(req *r, build_fn build, const void *ctx)
         srv->counters[COUNTER_BYTES_OUT] += len; /* counted as on the socket, so stats agree */
         return;
     }
-    if ((msg = reply_pack(build, ctx, &w, &len)) == NULL) {
+    if ((msg = reply_pack(build, ctx, &w, reply_head(r), &len)) == NULL) {
         log_error("event=reply_alloc_failed bytes=%zu", len);
         srv->counters[COUNTER_REPLIES_DROPPED]++;
         return;
@@ -135,6 +180,7 @@ reply_send(req *r, build_fn build, const void *ctx)
 /* Error reply context. */
 typedef struct err_ctx {
     const store_err *err;
+    int reason; /* enum authgate_reason, or -1 */
     const shard_place *shard; /* cluster mode: its epoch and shard go into EMAD_EMOVED */
 } err_ctx;
 
@@ -146,11 +192,13 @@ build_error(msgpack_packer *pk, const void *vctx)
     const char *name = errors_name(e->code);
     int with_tensor = e->tensor[0] != '\0';
     int with_supported = e->code == EMAD_EVERSION;
+    int reason = ((const err_ctx *)vctx)->reason;
     const shard_place *moved = e->code == EMAD_EMOVED ? ((const err_ctx *)vctx)->shard : NULL;
 
     reply_pack_head(pk, 0, 1);
     proto_pack_str(pk, PROTO_KEY_ERROR);
-    msgpack_pack_map(pk, 3 + with_tensor + with_supported + shard_moved_count(moved));
+    msgpack_pack_map(pk,
+                     3 + with_tensor + with_supported + (reason >= 0) + shard_moved_count(moved));
     proto_pack_kv_u64(pk, PROTO_KEY_CODE, (uint64_t)-e->code);
     proto_pack_str(pk, PROTO_KEY_NAME);
     proto_pack_str(pk, name != NULL ? name : "EMAD_EINTERNAL");
@@ -159,6 +207,10 @@ build_error(msgpack_packer *pk, const void *vctx)
     if (with_tensor) {
         proto_pack_str(pk, PROTO_KEY_TENSOR);
         proto_pack_str(pk, e->tensor);
+    }
+    if (reason >= 0) {
+        proto_pack_str(pk, PROTO_KEY_REASON);
+        proto_pack_str(pk, authgate_reason_name(reason));
     }
     if (with_supported) {
         proto_pack_str(pk, PROTO_KEY_SUPPORTED);
@@ -199,7 +251,8 @@ reply_error(req *r, const store_err *err)
     store_err scrubbed = *err, *e = &scrubbed;
     const char *name = errors_name(e->code);
     int code = -e->code;
-    err_ctx ctx = {e, srv->shard};
+    int reason = (e->code == EMAD_EAUTH || e->code == EMAD_EDENIED) ? r->auth_reason : -1;
+    err_ctx ctx = {e, reason, srv->shard};
 
     /* Replies carry UTF-8 strings only (docs/PROTOCOL.md): clean the message, and
      * name a tensor only if its name is a valid one. */
@@ -216,9 +269,10 @@ reply_error(req *r, const store_err *err)
         if (code >= EMAD_ERRNO_FIRST && code <= EMAD_ERRNO_LAST)
             srv->push_rejects[code - EMAD_ERRNO_FIRST]++;
     }
-    log_warn("event=request_error op=%s code=%s tensor=%s message=%s",
-             proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?",
-             LOG_STR(e->tensor), LOG_STR(e->message));
+    if (reason < 0) /* authentication failures are logged, rate-limited, by authgate_fail() */
+        log_warn("event=request_error op=%s code=%s tensor=%s message=%s",
+                 proto_op_name(r->op) ? proto_op_name(r->op) : "?", name ? name : "?",
+                 LOG_STR(e->tensor), LOG_STR(e->message));
     reply_send(r, build_error, &ctx);
 }
 

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <nanomsg/nn.h>
+
 #include "common/dtype.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
@@ -116,4 +118,29 @@ request_decode_tensors(const msgpack_object *root, int txn, store_input **out, s
         return err->code;
     }
     return 0;
+}
+
+/*
+ * The owner a request is charged to (store_set_owner()): the connection it
+ * came on. A raw REP socket hands over the SP header as control data: a
+ * nn_cmsghdr, the header's size as a size_t, then the header, whose first
+ * 4 bytes are the key nanomsg gave the connection (its pipe), unique while
+ * the connection lives. Without one (tests), 0: no owner.
+ */
+uint64_t
+request_owner(const void *ctrl)
+{
+    const struct nn_cmsghdr *h = ctrl;
+    const unsigned char *p;
+    size_t len;
+
+    if (h == NULL || h->cmsg_level != PROTO_SP || h->cmsg_type != SP_HDR ||
+        h->cmsg_len < NN_CMSG_LEN(sizeof(size_t) + 4))
+        return 0;
+    p = NN_CMSG_DATA(h);
+    memcpy(&len, p, sizeof(len));
+    if (len < 4)
+        return 0;
+    p += sizeof(len);
+    return 1ULL << 32 | (uint64_t)p[0] << 24 | (uint64_t)p[1] << 16 | (uint64_t)p[2] << 8 | p[3];
 }

@@ -21,9 +21,11 @@
 
 #include "common/names.h"
 #include "common/cause.h"
+#include "common/decode.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "daemon/server_int.h"
+#include "daemon/sysmem.h"
 
 /* Milliseconds on the loop's clock (0 without a loop). */
 uint64_t
@@ -54,16 +56,21 @@ static const op_handler handlers[PROTO_OP_COUNT] = {
     [PROTO_OP_STATS] = {PROTO_OP_STATS, ops_model_stats},
     [PROTO_OP_CONFIGURE] = {PROTO_OP_CONFIGURE, ops_model_configure},
     [PROTO_OP_SNAPSHOT] = {PROTO_OP_SNAPSHOT, ops_model_snapshot},
+    [PROTO_OP_AUTH_BEGIN] = {PROTO_OP_AUTH_BEGIN, ops_auth_begin},
+    [PROTO_OP_AUTH_FINISH] = {PROTO_OP_AUTH_FINISH, ops_auth_finish},
     [PROTO_OP_INSTALL] = {PROTO_OP_INSTALL, ops_model_install},
 };
 
-/* Decode, dispatch and answer one request held in buf[0..len). */
+/*
+ * Decode, dispatch and answer one request held in buf[0..len), which came
+ * as a frame authenticated as *auth (NULL: plain).
+ */
 static void
 handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void **capture,
-       size_t *capture_len)
+       size_t *capture_len, const req_auth *auth)
 {
-    msgpack_unpacked u;
-    size_t off = 0;
+    decode_arena local, *arena = srv->decoding ? &local : &srv->arena;
+    msgpack_object root;
     const char *why, *opname;
     size_t oplen;
     store_err err;
@@ -76,10 +83,17 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
     r.body = body;
     r.capture = capture;
     r.now_ms = server_now(srv);
+    r.auth_reason = -1;
+    if (auth != NULL)
+        r.auth = *auth;
+    r.owner = ops_auth_owner_id(srv, auth, request_owner(*ctrl)); /* a user with auth */
+    store_set_owner(srv->store, r.owner);
+    budget_owner_seen(store_budget(srv->store), r.owner, r.now_ms);
     err.tensor[0] = '\0';
     srv->counters[COUNTER_REQUESTS]++;
     srv->counters[COUNTER_BYTES_IN] += len;
-    msgpack_unpacked_init(&u);
+    decode_arena_init(&local);
+    srv->decoding++;
 
     /* Exact: NN_RCVMAXSIZE leaves room for routing headers, so a body a few bytes over the
      * limit gets here. */
@@ -88,19 +102,16 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
                      (unsigned long long)srv->cfg.max_message_bytes);
         goto error;
     }
-    if ((rc = proto_prescan(buf, len, &why)) != 0) {
+    /* One pass: proto_prescan()'s checks, and the objects msgpack_unpack_next() would build. */
+    if ((rc = decode_message(arena, buf, len, &root, &why)) != 0) {
         request_fail(&err, rc, "request is not a valid msgpack message: %s", why);
         goto error;
     }
-    if (msgpack_unpack_next(&u, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
-        request_fail(&err, EMAD_EMALFORMED, "request is not a valid msgpack message");
-        goto error;
-    }
-    if (u.data.type != MSGPACK_OBJECT_MAP) {
+    if (root.type != MSGPACK_OBJECT_MAP) {
         request_fail(&err, EMAD_EMALFORMED, "request is not a msgpack map");
         goto error;
     }
-    r.root = &u.data;
+    r.root = &root;
     {
         uint64_t v;
         if (request_get_u64(r.root, PROTO_KEY_V, &v, NULL, &err) != 0)
@@ -132,18 +143,30 @@ handle(server *srv, const char *buf, size_t len, void **ctrl, void **body, void 
         srv->pushes_seen += r.op == PROTO_OP_BEGIN || !has_txn;
     }
     r.t0 = uv_hrtime();
-    rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
-                                   : request_fail(&err, EMAD_EINTERNAL, "op not handled");
+    if (srv->auth != NULL && (rc = ops_auth_check(&r, &err)) != 0)
+        ; /* refused: not authenticated, or not allowed */
+    else
+        rc = handlers[r.op].op == r.op ? handlers[r.op].handle(&r, &err)
+                                       : request_fail(&err, EMAD_EINTERNAL, "op not handled");
+    ops_auth_audit(&r, rc, &err);
     if (rc != 0 || !r.deferred) /* deferred requests are counted when they are answered */
         reply_finish(&r, rc, &err);
     goto done;
 error:
     reply_error(&r, &err);
 done:
-    msgpack_unpacked_destroy(&u);
+    srv->decoding--;
+    decode_arena_fini(&local);
     *ctrl = r.ctrl; /* NULL if the reply took it */
     if (capture_len != NULL)
         *capture_len = r.reply_len;
+}
+
+void
+server_handle(server *srv, const char *buf, size_t len, void **ctrl, void **body,
+              const req_auth *auth)
+{
+    handle(srv, buf, len, ctrl, body, NULL, NULL, auth);
 }
 
 /*
@@ -225,7 +248,10 @@ on_readable(uv_poll_t *h, int status, int events)
             break;
         }
         uv_update_time(srv->loop); /* requests stamp times (last push, idleness) with it */
-        handle(srv, body, (size_t)n, &ctrl, &body, NULL, NULL);
+        if (srv->auth != NULL || auth_is_frame(body, (size_t)n))
+            authgate_receive(srv, &body, (size_t)n, &ctrl);
+        else
+            handle(srv, body, (size_t)n, &ctrl, &body, NULL, NULL, NULL);
         if (body != NULL)
             nn_freemsg(body);
         idle_note_request(srv);
@@ -254,6 +280,8 @@ on_timer(uv_timer_t *h)
         log_info("event=session_expired count=%llu", (unsigned long long)views);
     srv->counters[COUNTER_TXN_EXPIRED] += txns;
     srv->counters[COUNTER_SESSIONS_EXPIRED] += views;
+    authgate_tick(srv);
+    budget_reply_expire(store_budget(srv->store), uv_now(srv->loop), srv->cfg.txn_timeout_ms);
     /*
      * Idle for idle_hold_ms(): free the spare shadows (the replaced shadows
      * a transaction writes into next time) and give the heap's free memory
@@ -269,6 +297,8 @@ on_timer(uv_timer_t *h)
 
         store_spares_get(srv->store, &sp, 1);
         store_release_spares(srv->store);
+        if (!srv->decoding)
+            decode_arena_fini(&srv->arena);
         (void)malloc_trim(0);
         iocpu_hold(&srv->io, 0);
         srv->trimmed = 1;
@@ -324,6 +354,84 @@ expiry_interval(uint64_t txn_timeout_ms)
     return interval < 50 ? 50 : interval > 1000 ? 1000 : interval;
 }
 
+/* Is a listen URL reachable from this host only (ipc://, inproc://, loopback TCP)? */
+static int
+url_is_local(const char *url)
+{
+    const char *host;
+
+    if (strncmp(url, "ipc://", 6) == 0 || strncmp(url, "inproc://", 9) == 0)
+        return 1;
+    if (strncmp(url, "tcp://", 6) != 0)
+        return 0;
+    host = url + 6;
+    if (strchr(host, ';') != NULL) /* tcp://INTERFACE;ADDRESS:PORT binds an interface */
+        return 0;
+    return strncmp(host, "127.", 4) == 0 || strncmp(host, "[::1]:", 6) == 0 ||
+           strncmp(host, "localhost:", 10) == 0;
+}
+
+/*
+ * Load the auth file (authentication on), or check that every listen URL
+ * is local unless cfg->insecure; say which at start.
+ */
+static int
+auth_setup(server *srv, const server_config *cfg, char **cause)
+{
+    authfile *users = NULL;
+    int rc;
+
+    if (cfg->auth_file == NULL) {
+        for (int i = 0; i < cfg->nlisten && !cfg->insecure; i++)
+            if (!url_is_local(cfg->listen[i]))
+                return cause_set(cause, -EPERM,
+                                 "refusing to listen on %s without authentication: give "
+                                 "--auth-file (docs/SECURITY.md), or --insecure to accept that "
+                                 "anyone who reaches it can change or drop any model",
+                                 cfg->listen[i]);
+        log_warn("event=auth enabled=no insecure=%s (no --auth-file: every client may do "
+                 "everything)",
+                 cfg->insecure ? "yes" : "no");
+        return 0;
+    }
+    if (auth_init() != 0)
+        return cause_set(cause, -EINVAL, "libsodium cannot be initialized");
+    if ((rc = authfile_load(&users, cfg->auth_file, cause)) != 0)
+        return rc;
+    log_info("event=auth enabled=yes auth_file=%s users=%zu session_lifetime_s=%llu",
+             cfg->auth_file, users->nusers,
+             (unsigned long long)(cfg->auth_session_lifetime_ms / 1000));
+    srv->auth = authsess_create(users, cfg->auth_session_lifetime_ms);
+    return 0;
+}
+
+int
+server_reload_auth(server *srv, uint64_t lifetime_ms, char **cause)
+{
+    authfile *users = NULL;
+    size_t dropped;
+    int rc;
+
+    if (srv->auth == NULL)
+        return 0;
+    authsess_set_lifetime(srv->auth, lifetime_ms);
+    if ((rc = authfile_load(&users, srv->cfg.auth_file, cause)) != 0) {
+        srv->counters[COUNTER_AUTH_RELOAD_FAILURES]++;
+        return rc;
+    }
+    dropped = authsess_reload(srv->auth, users);
+    srv->counters[COUNTER_AUTH_SESSIONS_REVOKED] += dropped;
+    log_info("event=auth_reloaded auth_file=%s users=%zu sessions_dropped=%zu sessions_kept=%zu",
+             srv->cfg.auth_file, users->nusers, dropped, authsess_count(srv->auth));
+    return 0;
+}
+
+const authfile *
+server_auth_users(const server *srv)
+{
+    return srv->auth != NULL ? authsess_users(srv->auth) : NULL;
+}
+
 void
 server_config_init(server_config *cfg)
 {
@@ -335,6 +443,34 @@ server_config_init(server_config *cfg)
     cfg->io_cpu = SERVER_IO_CPU_AUTO;
     cfg->idle_release_ms = 5000;
     cfg->idle_release_max_ms = 30000;
+    cfg->auth_session_lifetime_ms = 3600000;
+    cfg->client_share = BUDGET_DEFAULT_SHARE_PERCENT;
+}
+
+/*
+ * Give the store its memory budget: --max-memory, or by default a
+ * fraction of the machine (sysmem.h). Logged at startup, with a warning
+ * when what the state directory loaded exceeds it already.
+ */
+static void
+server_budget_init(server *srv, int announce)
+{
+    const char *source = "--max-memory";
+    uint64_t limit = srv->cfg.max_memory;
+    budget *b = store_budget(srv->store);
+
+    if (limit == 0)
+        limit = sysmem_default_budget(&source);
+    srv->cfg.max_memory = limit;
+    store_set_budget(srv->store, limit, srv->cfg.client_share);
+    if (!announce)
+        return;
+    log_info("event=memory_budget bytes=%llu source=\"%s\" client_share_percent=%u",
+             (unsigned long long)limit, source, srv->cfg.client_share);
+    if (budget_total(b) > limit)
+        log_warn("event=memory_budget_exceeded bytes=%llu budget=%llu (the loaded models hold "
+                 "more than --max-memory: requests that need memory fail with EMAD_ELIMIT)",
+                 (unsigned long long)budget_total(b), (unsigned long long)limit);
 }
 
 int
@@ -356,6 +492,8 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
         srv->parts = ncpu < 1 ? 1 : ncpu > ASYNC_MAX_PARTS ? ASYNC_MAX_PARTS : (int)ncpu;
     }
 
+    if ((rc = auth_setup(srv, cfg, cause)) != 0)
+        goto fail;
     if (cfg->shard_map != NULL) {
         if ((rc = shard_create(&srv->shard, cfg->shard_map, cfg->self, cause)) != 0)
             goto fail;
@@ -374,6 +512,7 @@ server_create(server **out, uv_loop_t *loop, const server_config *cfg, char **ca
             goto fail;
         srv->persist = persist_create(loop, srv->store, &pc, &loaded);
     }
+    server_budget_init(srv, 1); /* after loading: the models loaded are counted, not refused */
     /* A replica with peers may have missed pushes while it was down: what it loaded waits
      * for a client to install a peer's state or accept its own. */
     if (srv->shard != NULL && srv->shard->map->replicas > 1)
@@ -431,6 +570,7 @@ fail:
         uv_run(loop, UV_RUN_NOWAIT); /* let the timer close */
         persist_destroy(srv->persist);
     }
+    authsess_destroy(srv->auth);
     store_destroy(srv->store);
     shard_destroy(srv->shard);
     free(srv);
@@ -445,6 +585,7 @@ server_create_offline(const server_config *cfg)
     srv->cfg = *cfg;
     srv->sock = -1;
     srv->store = store_create();
+    server_budget_init(srv, 0);
     return srv;
 }
 
@@ -455,7 +596,7 @@ server_process(server *srv, const void *buf, size_t len, void **reply, size_t *r
 
     *reply = NULL;
     *reply_len = 0;
-    handle(srv, buf, len, &ctrl, NULL, reply, reply_len);
+    handle(srv, buf, len, &ctrl, NULL, reply, reply_len, NULL);
 }
 
 void
@@ -492,7 +633,9 @@ server_destroy(server *srv)
     if (srv->sock >= 0)
         nn_close(srv->sock);
     persist_destroy(srv->persist);
+    authsess_destroy(srv->auth);
     store_destroy(srv->store);
+    decode_arena_fini(&srv->arena);
     shard_destroy(srv->shard);
     free(srv);
 }

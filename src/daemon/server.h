@@ -38,6 +38,11 @@ typedef struct server_config {
     int io_cpu; /* CPU that holds nanomsg's I/O thread during large pushes: a number, _AUTO, _OFF */
     uint64_t idle_release_ms; /* 5000: spares freed and heap trimmed after this long idle */
     uint64_t idle_release_max_ms; /* 30000: longest idle time the push cadence extends it to */
+    const char *auth_file;        /* NULL: no authentication */
+    int insecure;                 /* without auth_file, listen beyond loopback anyway */
+    uint64_t auth_session_lifetime_ms; /* 3600000 */
+    uint64_t max_memory;               /* memory budget in bytes; 0: sysmem_default_budget() */
+    unsigned client_share;             /* percent of the budget and slots one connection may hold */
 } server_config;
 
 typedef struct server server;
@@ -71,6 +76,20 @@ void server_stop(server *srv);
  * on request and at shutdown; no effect without a state directory).
  */
 void server_reconfigure(server *srv, uint64_t txn_timeout_ms, uint64_t snapshot_interval_ms);
+
+/*
+ * SIGHUP (loop thread): re-read the auth file; sessions of removed users
+ * and of changed keys are dropped, the others kept, and new sessions live
+ * lifetime_ms. A file that does not parse keeps the old users: returns a
+ * negative code with *cause set (malloc'd) and counts the failure. 0
+ * without authentication.
+ */
+int server_reload_auth(server *srv, uint64_t lifetime_ms, char **cause);
+
+struct authfile;
+
+/* The users of the auth file in force (loop thread), or NULL without authentication. */
+const struct authfile *server_auth_users(const server *srv);
 
 /*
  * A copy of every counter and gauge, per model too, for /metrics and

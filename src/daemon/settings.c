@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "common/cause.h"
+#include "base/inilines.h"
 #include "daemon/http.h"
 #include "base/log.h"
 #include "common/proto.h"
@@ -38,6 +39,11 @@ enum key {
     K_IO_CPU,
     K_IDLE_RELEASE,
     K_IDLE_RELEASE_MAX,
+    K_AUTH_FILE,
+    K_INSECURE,
+    K_AUTH_SESSION_LIFETIME,
+    K_MAX_MEMORY,
+    K_CLIENT_SHARE,
     K_SHARD_MAP,
     K_SELF,
     K_COUNT
@@ -60,6 +66,11 @@ static const struct key_info {
     [K_IO_CPU] = {"io-cpu", 1, 0},
     [K_IDLE_RELEASE] = {"idle-release", 1, 0},
     [K_IDLE_RELEASE_MAX] = {"idle-release-max", 1, 0},
+    [K_AUTH_FILE] = {"auth-file", 1, 0},
+    [K_INSECURE] = {"insecure", 0, 0},
+    [K_AUTH_SESSION_LIFETIME] = {"auth-session-lifetime", 1, 1},
+    [K_MAX_MEMORY] = {"max-memory", 1, 0},
+    [K_CLIENT_SHARE] = {"client-share", 1, 0},
     [K_SHARD_MAP] = {"shard-map", 1, 0},
     [K_SELF] = {"self", 1, 0},
 };
@@ -113,6 +124,25 @@ settings_usage(FILE *f)
             "                           spares for twice the time between pushes, up to\n"
             "                           this long (default 30; never less than\n"
             "                           --idle-release)\n"
+            "  --auth-file FILE         users, their public keys and grants (INI; see\n"
+            "                           docs/SECURITY.md): every request but hello\n"
+            "                           must then be authenticated. Re-read on SIGHUP.\n"
+            "  --insecure               without --auth-file, listen on addresses other\n"
+            "                           than loopback and ipc:// anyway (anyone who\n"
+            "                           reaches the port can change or drop any model)\n"
+            "  --auth-session-lifetime SECONDS\n"
+            "                           how long an authenticated session lives before\n"
+            "                           the client must renew it (default 3600)\n"
+            "  --max-memory N           memory budget: the most bytes clients can make\n"
+            "                           the daemon hold (shadows, staged chunks,\n"
+            "                           transactions, pull sessions, replies); K, M, G,\n"
+            "                           T suffixes; auto (default): 3/4 of MemTotal or\n"
+            "                           of the cgroup's memory limit if lower. Requests\n"
+            "                           beyond it fail with EMAD_ELIMIT.\n"
+            "  --client-share PERCENT   the share of the memory budget, and of the\n"
+            "                           transaction, pull-session and waiting-step\n"
+            "                           slots, one connection may hold (default 50;\n"
+            "                           1..100)\n"
             "  --shard-map MAP          run as one replica of a cluster: MAP is a shard\n"
             "                           map file or its text (docs/PROTOCOL.md, \"Cluster\n"
             "                           mode\"); needs --self\n"
@@ -123,8 +153,9 @@ settings_usage(FILE *f)
             "Logs go to stderr (without timestamps under systemd's journal).\n"
             "SIGINT or SIGTERM shut the daemon down cleanly, after writing a snapshot\n"
             "of every changed model (a second signal skips that). SIGHUP re-reads the\n"
-            "--config file and applies log-level, snapshot-interval and txn-timeout;\n"
-            "other changes are logged as needing a restart.\n"
+            "--config file and applies log-level, snapshot-interval, txn-timeout and\n"
+            "auth-session-lifetime, and re-reads the --auth-file; other changes are\n"
+            "logged as needing a restart.\n"
             "Exit status: 0 after a clean shutdown, 1 on a startup error, 2 on bad\n"
             "usage or an invalid configuration.\n",
             EMAD_DEFAULT_URL, HTTP_DEFAULT_ADDRESS);
@@ -144,6 +175,9 @@ settings_init(settings *c)
     c->io_cpu = d.io_cpu;
     c->idle_release_ms = d.idle_release_ms;
     c->idle_release_max_ms = d.idle_release_max_ms;
+    c->auth_session_lifetime_ms = d.auth_session_lifetime_ms;
+    c->max_memory = d.max_memory;
+    c->client_share = d.client_share;
     c->log_level = LOG_INFO;
     c->http = xstrndup(HTTP_DEFAULT_ADDRESS, strlen(HTTP_DEFAULT_ADDRESS));
     c->http_is_default = 1;
@@ -164,9 +198,10 @@ settings_free(settings *c)
     clear_listen(c);
     free(c->state_dir);
     free(c->http);
+    free(c->auth_file);
     free(c->shard_map);
     free(c->self);
-    c->state_dir = c->http = c->shard_map = c->self = NULL;
+    c->state_dir = c->http = c->auth_file = c->shard_map = c->self = NULL;
 }
 
 /* Parse a byte count with an optional K/M/G (binary) suffix. */
@@ -189,6 +224,8 @@ parse_bytes(const char *s, uint64_t *out)
         mult = 1ULL << 20;
     else if (*end == 'G' || *end == 'g')
         mult = 1ULL << 30;
+    else if (*end == 'T' || *end == 't')
+        mult = 1ULL << 40;
     else if (*end != '\0')
         return -1;
     if (mult != 1 && end[1] != '\0')
@@ -356,6 +393,49 @@ set_key(settings *c, int k, const char *value, char *why, size_t size)
         else
             c->idle_release_max_ms = v;
         return 0;
+    case K_AUTH_FILE:
+        if (value[0] == '\0') {
+            snprintf(why, size, "expected a file (it must not be empty)");
+            return -EINVAL;
+        }
+        free(c->auth_file);
+        c->auth_file = xstrndup(value, strlen(value));
+        return 0;
+    case K_INSECURE:
+        if (parse_bool(value, &c->insecure) < 0) {
+            snprintf(why, size, "expected yes or no");
+            return -EINVAL;
+        }
+        return 0;
+    case K_AUTH_SESSION_LIFETIME:
+        if (parse_seconds(value, 0, &v) < 0 || v < 1000 || v > SETTINGS_MAX_IDLE_RELEASE_MS) {
+            snprintf(why, size, "expected a number of seconds from 1 to %d",
+                     SETTINGS_MAX_IDLE_RELEASE_MS / 1000);
+            return -EINVAL;
+        }
+        c->auth_session_lifetime_ms = v;
+        return 0;
+    case K_MAX_MEMORY:
+        if (strcmp(value, "auto") == 0) {
+            c->max_memory = 0;
+            return 0;
+        }
+        if (parse_bytes(value, &v) < 0 || v < SETTINGS_MIN_MAX_MEMORY) {
+            snprintf(why, size,
+                     "expected auto or a size of at least 1M (bytes, or with a "
+                     "K/M/G/T suffix)");
+            return -EINVAL;
+        }
+        c->max_memory = v;
+        return 0;
+    case K_CLIENT_SHARE:
+        if (strspn(value, "0123456789") != strlen(value) || parse_bytes(value, &v) < 0 || v < 1 ||
+            v > 100) {
+            snprintf(why, size, "expected a whole percentage from 1 to 100");
+            return -EINVAL;
+        }
+        c->client_share = (unsigned)v;
+        return 0;
     case K_IO_CPU:
         if (strcmp(value, "auto") == 0) {
             c->io_cpu = SERVER_IO_CPU_AUTO;
@@ -455,6 +535,24 @@ format_key(const settings *c, int k, char *buf, size_t size)
     case K_IDLE_RELEASE_MAX:
         fmt_seconds(buf, size, c->idle_release_max_ms);
         break;
+    case K_AUTH_FILE:
+        snprintf(buf, size, "%s", c->auth_file != NULL ? c->auth_file : "");
+        break;
+    case K_INSECURE:
+        snprintf(buf, size, "%s", c->insecure ? "yes" : "no");
+        break;
+    case K_AUTH_SESSION_LIFETIME:
+        fmt_seconds(buf, size, c->auth_session_lifetime_ms);
+        break;
+    case K_MAX_MEMORY:
+        if (c->max_memory == 0)
+            snprintf(buf, size, "auto");
+        else
+            fmt_bytes(buf, size, c->max_memory);
+        break;
+    case K_CLIENT_SHARE:
+        snprintf(buf, size, "%u", c->client_share);
+        break;
     case K_IO_CPU:
         if (c->io_cpu == SERVER_IO_CPU_AUTO)
             snprintf(buf, size, "auto");
@@ -487,6 +585,10 @@ settings_print(const settings *c, FILE *f)
             fprintf(f, "# state-dir = (none: state is kept in memory only)\n");
             continue;
         }
+        if (k == K_AUTH_FILE && c->auth_file == NULL) {
+            fprintf(f, "# auth-file = (none: requests are not authenticated)\n");
+            continue;
+        }
         if ((k == K_SHARD_MAP && c->shard_map == NULL) || (k == K_SELF && c->self == NULL)) {
             fprintf(f, "# %s = (none: not part of a cluster)\n", keys[k].name);
             continue;
@@ -516,6 +618,11 @@ settings_server(const settings *c, server_config *out)
     out->io_cpu = c->io_cpu;
     out->idle_release_ms = c->idle_release_ms;
     out->idle_release_max_ms = c->idle_release_max_ms;
+    out->auth_file = c->auth_file;
+    out->insecure = c->insecure;
+    out->auth_session_lifetime_ms = c->auth_session_lifetime_ms;
+    out->max_memory = c->max_memory;
+    out->client_share = c->client_share;
 }
 
 void
@@ -594,7 +701,7 @@ suggest(const char *name)
 typedef struct load_ctx {
     settings *c;
     const char *name;
-    const char *buf, *end, *pos; /* the text and the reader's position */
+    inilines lines;              /* the reader of the text */
     int lineno;                  /* lines handed to inih so far */
     int indented;                /* the current line starts with a blank */
     int err_line;                /* first error's line (0: none) */
@@ -620,27 +727,16 @@ static char *
 read_line(char *str, int num, void *stream)
 {
     load_ctx *x = stream;
-    const char *nl;
-    size_t len;
+    char *line;
 
-    if (x->err_line != 0 || x->pos >= x->end || num < 2)
+    if (x->err_line != 0)
         return NULL;
-    nl = memchr(x->pos, '\n', (size_t)(x->end - x->pos));
-    len = nl != NULL ? (size_t)(nl - x->pos) + 1 : (size_t)(x->end - x->pos);
-    x->lineno++;
-    if (memchr(x->pos, '\0', len) != NULL) {
-        load_fail(x, "the line contains a NUL byte");
-        return NULL;
-    }
-    if (len > (size_t)num - 1) {
-        load_fail(x, "the line is longer than %d characters", num - 2);
-        return NULL;
-    }
-    memcpy(str, x->pos, len);
-    str[len] = '\0';
-    x->indented = str[0] == ' ' || str[0] == '\t';
-    x->pos += len;
-    return str;
+    line = inilines_next(&x->lines, str, num, (size_t)num);
+    x->lineno = x->lines.lineno;
+    x->indented = x->lines.indented;
+    if (x->lines.error[0] != '\0')
+        load_fail(x, "%s", x->lines.error);
+    return line;
 }
 
 /* inih handler: one `name = value` in section. Returns 1, or 0 on an error. */
@@ -692,8 +788,7 @@ settings_load_string(settings *c, const char *name, const char *buf, size_t len,
     memset(&x, 0, sizeof(x));
     x.c = c;
     x.name = name;
-    x.buf = x.pos = buf;
-    x.end = buf + len;
+    inilines_init(&x.lines, buf, len);
     rc = ini_parse_stream(read_line, &x, on_key, &x);
     if (x.err_line != 0 && (rc <= 0 || rc >= x.err_line))
         return cause_set(cause, -EINVAL, "%s:%d: %s", name, x.err_line, x.err);

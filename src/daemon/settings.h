@@ -24,6 +24,8 @@
 #define SETTINGS_MAX_FILE_BYTES (1 << 20)
 /* io-cpu accepts CPU numbers below this (glibc's CPU_SETSIZE). */
 #define SETTINGS_MAX_CPU 1024
+/* Smallest --max-memory accepted: 1 MiB. */
+#define SETTINGS_MIN_MAX_MEMORY (1ULL << 20)
 /* The longest idle-release: one day. */
 #define SETTINGS_MAX_IDLE_RELEASE_MS 86400000
 
@@ -40,11 +42,16 @@ typedef struct settings {
     int io_cpu; /* a CPU number, SERVER_IO_CPU_AUTO or SERVER_IO_CPU_OFF */
     uint64_t idle_release_ms;
     uint64_t idle_release_max_ms;
+    uint64_t max_memory;   /* 0: auto (a fraction of the machine, sysmem.h) */
+    unsigned client_share; /* percent */
     int log_level;       /* enum log_level */
     char *http;          /* HOST:PORT, or NULL: off */
     int http_is_default; /* http was not set: failing to bind it is only a warning */
-    char *shard_map;     /* cluster mode: shard map file or text, or NULL */
-    char *self;          /* cluster mode: this daemon's URL in the map, or NULL */
+    char *auth_file;     /* NULL: no authentication */
+    int insecure;        /* listen beyond loopback without authentication */
+    uint64_t auth_session_lifetime_ms;
+    char *shard_map; /* cluster mode: shard map file or text, or NULL */
+    char *self;      /* cluster mode: this daemon's URL in the map, or NULL */
 } settings;
 
 /* What the command line asked for: flags kept as (key, value) pairs to apply over the file. */
@@ -106,7 +113,7 @@ void settings_server(const settings *c, server_config *out);
 /*
  * Report every key whose value differs between old and new: cb gets the
  * key, both values as text, and whether it can change while running
- * (log-level, snapshot-interval, txn-timeout).
+ * (log-level, snapshot-interval, txn-timeout, auth-session-lifetime).
  */
 void settings_diff(const settings *old, const settings *new_,
                    void (*cb)(void *arg, const char *key, const char *was, const char *now,

@@ -26,14 +26,18 @@
 #include "base/strmap.h"
 #include "base/xmalloc.h"
 
-/* A plan per item of st, each with its stored tensor (or NULL) looked up; free() it. */
+/*
+ * A plan per item of st, each with its stored tensor (or NULL): looked up,
+ * or the one a push message's stage was checked against; free() it.
+ */
 plan *
 apply_plan(const model *m, const stage *st)
 {
     plan *p = xcalloc(st->nitems ? st->nitems : 1, sizeof(*p));
 
     for (size_t i = 0; i < st->nitems; i++)
-        p[i].t = strmap_get(m->index, st->items[i].name, st->items[i].name_len);
+        p[i].t = st->looked_up ? st->items[i].stored
+                               : strmap_get(m->index, st->items[i].name, st->items[i].name_len);
     return p;
 }
 
@@ -152,6 +156,32 @@ reserve(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, store_e
     return 0;
 }
 
+/*
+ * Check that the shadows of a step's new tensors fit the memory budget,
+ * before reserve() allocates them (an eager transaction's exist already).
+ * Shadows belong to the model, not to the client that pushed them: only
+ * the limit applies, not a client's share. O(items).
+ */
+static int
+check_budget(model *m, const stage *st, const plan *p, store_err *err)
+{
+    uint64_t need = 0, numel, nbytes;
+
+    for (size_t i = 0; i < st->nitems; i++) {
+        const item *it = &st->items[i];
+        int averaged;
+
+        if (p[i].t != NULL || it->nonfinite > 0)
+            continue; /* updated in place (a view's copy is counted with its session) */
+        averaged = store_is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
+        if (dtype_numel(it->shape, it->ndim, averaged ? dtype_shadow(it->dtype) : it->dtype, &numel,
+                        &nbytes) != 0)
+            continue; /* checked before: cannot happen */
+        need += nbytes * (averaged ? m->cfg.ndecays : 1);
+    }
+    return store_model_budget_check(m, BUDGET_SHADOWS, BUDGET_NO_OWNER, need, 0, err);
+}
+
 /* Create a tensor in m for item it with plan p (owning its blobs). */
 static tensor *
 tensor_add(model *m, const item *it, const plan *p)
@@ -172,6 +202,7 @@ tensor_add(model *m, const item *it, const plan *p)
     for (uint32_t j = 0; j < p->nshadow; j++) {
         t->shadow[j] = p->target[j];
         m->shadow_bytes += p->target[j]->size;
+        budget_charge(m->budget, BUDGET_SHADOWS, BUDGET_NO_OWNER, p->target[j]->size);
     }
     m->header_bytes += stage_header_cost(t->name, t->name_len, t->ndim);
     if (m->ntensors == m->cap) {
@@ -261,15 +292,15 @@ fill(const model *m, const item *it, const tensor *t, const plan *p, enum apply_
  * other holder it becomes the tensor's spare (or is freed).
  */
 static void
-install(tensor *t, plan *p)
+install(budget *bg, tensor *t, plan *p)
 {
     for (uint32_t j = 0; j < t->nshadow; j++) {
         if (p->target[j] != t->shadow[j]) {
             blob *old = t->shadow[j];
             t->shadow[j] = p->target[j];
-            blob_release(old, &t->spare[j]); /* the tensor's reference */
+            blob_release(bg, old, &t->spare[j]); /* the tensor's reference */
         }
-        blob_release(p->base[j], &t->spare[j]); /* an eager transaction's */
+        blob_release(bg, p->base[j], &t->spare[j]); /* an eager transaction's */
         p->base[j] = NULL;
     }
 }
@@ -343,6 +374,8 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
     }
     if (count > 0 && stage_check_header(m, cost, count, err) != 0)
         return err->code;
+    if (how != APPLY_EAGER && check_budget(m, st, p, err) != 0)
+        return err->code;
     res->ignored += st->ignored;
     /* Cluster mode: a step reaches every shard, with or without tensors for it, and moves
      * the shard to that step, so that the shards of one model move together. */
@@ -366,7 +399,7 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
         if (t == NULL)
             t = tensor_add(m, it, &p[i]);
         fill(m, it, t, &p[i], how, step, &dc);
-        install(t, &p[i]);
+        install(m->budget, t, &p[i]);
         t->step = step;
         res->applied++;
     }
@@ -390,7 +423,8 @@ apply_stage(model *m, stage *st, uint64_t step, uint64_t now_ms, store_result *r
         item *it = &st->items[i];
         tensor *t = p[i].t;
 
-        if (t != NULL &&
+        /* A push message's stage was checked against these tensors as it was built. */
+        if (t != NULL && !st->looked_up &&
             stage_check_against(t, it->name, it->kind, it->dtype, it->ndim, it->shape, err) != 0)
             rc = err->code;
         else if (stage_check_coverage(it, err) != 0)
@@ -482,7 +516,7 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     if ((n > 0 || (m->cfg.writers == 1 && !m->keep_prev)) && stage_check_size(n, err) != 0)
         return err->code;
     stage_init(&st);
-    if ((rc = stage_inputs(m, in, n, &st, err)) == 0)
+    if ((rc = stage_inputs(m, ++s->mark, in, n, &st, err)) == 0)
         rc = apply_contribution(m, step, writer, &st, now_ms, res, err);
     stage_free(&st);
     return rc;
@@ -553,7 +587,7 @@ seed_stage(const model *m, const store_input *in, size_t n, stage *st)
         it->dtype = in[i].as_dtype != EMAD_DTYPE_INVALID ? in[i].as_dtype : in[i].dtype;
         it->data_dtype = in[i].dtype;
         it->ndim = in[i].ndim;
-        memcpy(it->shape, in[i].shape, sizeof(it->shape));
+        memcpy(it->shape, in[i].shape, in[i].ndim * sizeof(it->shape[0]));
         (void)dtype_numel(in[i].shape, in[i].ndim, in[i].dtype, &it->numel, NULL);
         it->slices = &sl[st->nitems];
         it->nslices = it->cap = 1;

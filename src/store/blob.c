@@ -60,6 +60,34 @@ blob_new(size_t size)
     return b;
 }
 
+/*
+ * Memory a fresh blob of size bytes holds before anything is written into
+ * it: all of it for a small blob (from the heap, whose pages may be in
+ * use already), none for a large one (mapped on demand, page by page).
+ */
+uint64_t
+blob_first_cost(uint64_t size)
+{
+    return size < HUGE_BLOB_BYTES ? size : 0;
+}
+
+/*
+ * Memory a write of bytes [from, to) makes a fresh blob of size bytes
+ * hold: for a large blob, the huge pages it touches (an upper bound: a
+ * page touched before is counted again), else nothing more.
+ */
+uint64_t
+blob_write_cost(uint64_t size, uint64_t from, uint64_t to)
+{
+    uint64_t lo, hi;
+
+    if (size < HUGE_BLOB_BYTES || to <= from)
+        return 0;
+    lo = from / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    hi = (to + HUGE_PAGE_BYTES - 1) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    return (hi < size ? hi : size) - lo;
+}
+
 /* Drop one reference; frees the blob at zero. NULL accepted. */
 void
 blob_unref(blob *b)
@@ -76,13 +104,14 @@ blob_unref(blob *b)
  * into memory that is already mapped. store_release_spares() frees them.
  */
 void
-blob_release(blob *b, blob **spare)
+blob_release(budget *bg, blob *b, blob **spare)
 {
     if (b == NULL || --b->refs > 0)
         return;
     if (*spare == NULL) {
         b->refs = 1;
         *spare = b;
+        budget_charge(bg, BUDGET_SPARES, BUDGET_NO_OWNER, b->size);
         return;
     }
     free(b->data);
@@ -116,20 +145,24 @@ blob_cow(blob *cur, size_t size)
 
 /*
  * The blob a transaction writes a shadow of size bytes into: *spare when
- * it is of that size (taken from the tensor), else a new blob (NULL when
- * out of memory). spare may be NULL (a new tensor). Counts the bytes as
- * reused or fresh in s.
+ * it is of that size (taken from the tensor: no longer counted as a
+ * spare, *fresh 0), else a new blob (*fresh 1; NULL when out of memory).
+ * spare may be NULL (a new tensor). Counts the bytes as reused or fresh
+ * in s.
  */
 blob *
-blob_take(store *s, blob **spare, size_t size)
+blob_take(store *s, blob **spare, size_t size, int *fresh)
 {
     blob *b = spare != NULL ? *spare : NULL;
 
+    *fresh = 0;
     if (b != NULL && b->size == size) {
         *spare = NULL;
         s->reused_bytes += size;
+        budget_release(s->budget, BUDGET_SPARES, BUDGET_NO_OWNER, size);
         return b;
     }
+    *fresh = 1;
     if ((b = blob_new(size)) != NULL)
         s->fresh_bytes += size;
     return b;
@@ -150,17 +183,24 @@ store_spares_get(const store *s, store_spares *out, int held)
     out->fresh_bytes = s->fresh_bytes;
 }
 
+/* Free a model's spare blobs. */
+void
+blob_free_spares(model *m)
+{
+    for (size_t k = 0; k < m->ntensors; k++) {
+        tensor *t = m->tensors[k];
+        for (uint32_t j = 0; j < EMAD_MAX_DECAYS; j++) {
+            if (t->spare[j] != NULL)
+                budget_release(m->budget, BUDGET_SPARES, BUDGET_NO_OWNER, t->spare[j]->size);
+            blob_unref(t->spare[j]);
+            t->spare[j] = NULL;
+        }
+    }
+}
+
 void
 store_release_spares(store *s)
 {
-    for (size_t i = 0; i < s->nmodels; i++) {
-        model *m = s->models[i];
-        for (size_t k = 0; k < m->ntensors; k++) {
-            tensor *t = m->tensors[k];
-            for (uint32_t j = 0; j < EMAD_MAX_DECAYS; j++) {
-                blob_unref(t->spare[j]);
-                t->spare[j] = NULL;
-            }
-        }
-    }
+    for (size_t i = 0; i < s->nmodels; i++)
+        blob_free_spares(s->models[i]);
 }

@@ -5,6 +5,7 @@ emadd_store_sources = \
 	src/store/ema.c src/store/ema.h \
 	src/store/task.c src/store/task.h \
 	src/store/store.c src/store/store.h src/store/store_int.h \
+	src/store/budget.c src/store/budget.h \
 	src/store/blob.c \
 	src/store/stage.c \
 	src/store/apply.c \

@@ -25,14 +25,18 @@ pending_free(pending *p)
 {
     if (p == NULL)
         return;
+    for (size_t w = 0; p->owners != NULL && p->budget != NULL && w < p->nwriters; w++)
+        budget_release(p->budget, BUDGET_PENDING, p->owners[w], p->bytes[w]);
     stage_free(&p->st);
     free(p->done);
+    free(p->owners);
+    free(p->bytes);
     free(p);
 }
 
 /* The pending step of m at step, created if absent (NULL with EMAD_ELIMIT). */
 static pending *
-pending_get(model *m, uint64_t step, uint64_t now_ms, int *created, store_err *err)
+pending_get(model *m, uint64_t step, uint64_t owner, uint64_t now_ms, int *created, store_err *err)
 {
     pending *p;
 
@@ -46,8 +50,26 @@ pending_get(model *m, uint64_t step, uint64_t now_ms, int *created, store_err *e
                    STORE_MAX_PENDING, STORE_MAX_PENDING);
         return NULL;
     }
+    if (owner != BUDGET_NO_OWNER) { /* one connection may open only its share of them */
+        uint64_t mine = 0, share = budget_share_of(m->budget, STORE_MAX_PENDING);
+        for (p = m->pending; p != NULL; p = p->next)
+            mine += p->owner == owner;
+        if (mine >= share) {
+            store_fail(err, EMAD_ELIMIT, NULL,
+                       "model '%s': one connection may open at most %llu of the %d steps that "
+                       "wait for writers (%u%%)",
+                       m->name, (unsigned long long)share, STORE_MAX_PENDING,
+                       budget_share_percent(m->budget));
+            return NULL;
+        }
+    }
     p = xcalloc(1, sizeof(*p));
     p->step = step;
+    p->owner = owner;
+    p->budget = m->budget;
+    p->nwriters = m->cfg.writers;
+    p->owners = xcalloc(m->cfg.writers, sizeof(*p->owners));
+    p->bytes = xcalloc(m->cfg.writers, sizeof(*p->bytes));
     p->done = xcalloc(m->cfg.writers, 1);
     stage_init(&p->st);
     p->last_used_ms = now_ms;
@@ -211,10 +233,13 @@ check_complete(const model *m, const stage *dst, const stage *src, uint32_t writ
  * Allocates every copy before changing dst: on any error dst is as it was.
  */
 static int
-merge_stage(const model *m, stage *dst, stage *src, uint32_t writer, int last, store_err *err)
+merge_stage(model *m, pending *p, stage *src, uint32_t writer, uint64_t owner, int last,
+            store_err *err)
 {
+    stage *dst = &p->st;
     void **copies = NULL;
     size_t ncopies = 0, c = 0;
+    uint64_t copy_bytes = 0, merged = 0;
 
     for (size_t i = 0; i < src->nitems; i++) {
         item *it = &src->items[i];
@@ -241,10 +266,15 @@ merge_stage(const model *m, stage *dst, stage *src, uint32_t writer, int last, s
                                   (unsigned long long)o->start,
                                   (unsigned long long)(o->start + o->count), (unsigned)o->writer);
         }
-        for (size_t k = 0; k < it->nslices; k++)
+        for (size_t k = 0; k < it->nslices; k++) {
             ncopies += !it->slices[k].owned;
+            copy_bytes += it->slices[k].owned ? 0 : it->slices[k].received;
+        }
     }
     if (last && check_complete(m, dst, src, writer, err) != 0)
+        return err->code;
+    if (copy_bytes > 0 &&
+        store_model_budget_check(m, BUDGET_PENDING, owner, copy_bytes, copy_bytes, err) != 0)
         return err->code;
     if (ncopies > 0) {
         copies = xcalloc(ncopies, sizeof(*copies));
@@ -285,8 +315,14 @@ merge_stage(const model *m, stage *dst, stage *src, uint32_t writer, int last, s
             to->data = from->owned ? from->data : copies[c++];
             from->owned = 0; /* moved */
             dst->bytes += to->received;
+            merged += to->received;
         }
     }
+    /* Each writer's part merges once. A transaction's slices moved here are counted by the
+     * transaction too until it closes, right after its commit. */
+    budget_charge(m->budget, BUDGET_PENDING, owner, merged);
+    p->owners[writer] = owner;
+    p->bytes[writer] = merged;
     dst->ignored += src->ignored;
     dst->checked = 1; /* every contribution was checked before merging */
     src->consumed = 1;
@@ -354,7 +390,7 @@ pending_add(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms
         res->step = m->step;
         return 0;
     }
-    if ((p = pending_get(m, step, now_ms, &created, err)) == NULL)
+    if ((p = pending_get(m, step, budget_current(m->budget), now_ms, &created, err)) == NULL)
         return err->code;
     p->last_used_ms = now_ms;
     if (p->ndone == m->cfg.writers) {
@@ -372,7 +408,8 @@ pending_add(model *m, uint64_t step, uint32_t writer, stage *st, uint64_t now_ms
         return 0;
     }
     if ((rc = apply_check_nonfinite(m, st, NULL, err)) != 0 ||
-        (rc = merge_stage(m, &p->st, st, writer, p->ndone + 1 == m->cfg.writers, err)) != 0) {
+        (rc = merge_stage(m, p, st, writer, budget_current(m->budget),
+                          p->ndone + 1 == m->cfg.writers, err)) != 0) {
         st->checked = 0; /* a transaction kept open may get more chunks: count them all again */
         if (created)
             pending_remove(m, p);

@@ -24,7 +24,8 @@ typedef struct prev_entry {
 
 struct prev_version {
     uint64_t step; /* the model's committed step then */
-    size_t n;      /* tensors m->tensors[0..n) existed then (tensors are only appended) */
+    size_t n;       /* tensors m->tensors[0..n) existed then (tensors are only appended) */
+    uint64_t bytes; /* its shadows' bytes, charged to the budget's "previous" part */
     prev_entry *e;
 };
 
@@ -39,10 +40,11 @@ prev_drop(model *m, int spares)
     for (size_t i = 0; i < p->n; i++)
         for (uint32_t j = 0; j < p->e[i].nshadow; j++) {
             if (spares)
-                blob_release(p->e[i].shadow[j], &m->tensors[i]->spare[j]);
+                blob_release(m->budget, p->e[i].shadow[j], &m->tensors[i]->spare[j]);
             else
                 blob_unref(p->e[i].shadow[j]);
         }
+    budget_release(m->budget, BUDGET_PREVIOUS, BUDGET_NO_OWNER, p->bytes);
     free(p->e);
     free(p);
     m->prev = NULL;
@@ -83,8 +85,12 @@ prev_freeze(model *m)
         for (uint32_t j = 0; j < t->nshadow; j++) {
             p->e[i].shadow[j] = t->shadow[j];
             t->shadow[j]->refs++;
+            p->bytes += t->shadow[j]->size;
         }
     }
+    /* Counted in full while it is still the current version too: the bound the budget
+     * holds is the one the design states, one more copy of the shadows. */
+    budget_charge(m->budget, BUDGET_PREVIOUS, BUDGET_NO_OWNER, p->bytes);
     m->prev = p;
 }
 

@@ -45,10 +45,14 @@ stage_free(stage *st)
             blob_unref(it->base[j]);
             blob_unref(it->target[j]);
         }
-        free(it->slices);
-        free(it->name);
+        if (!it->slab)
+            free(it->slices);
+        if ((uintptr_t)it->name - (uintptr_t)st->names >= st->names_len) /* not in the block */
+            free(it->name);
     }
     free(st->items);
+    free(st->names);
+    free(st->slab);
     strmap_destroy(st->index);
     memset(st, 0, sizeof(*st));
 }
@@ -57,7 +61,17 @@ stage_free(stage *st)
 item *
 stage_find(const stage *st, const char *name, size_t len)
 {
-    size_t slot = (size_t)(uintptr_t)strmap_get(st->index, name, len);
+    size_t slot;
+
+    if (st->unindexed) { /* a push message's stage indexes its stored tensors' items on demand */
+        stage *w = (stage *)(uintptr_t)st;
+        for (size_t i = 0; i < w->nitems; i++)
+            if (w->items[i].stored != NULL)
+                strmap_put(w->index, w->items[i].name, w->items[i].name_len,
+                           (void *)(uintptr_t)(i + 1));
+        w->unindexed = 0;
+    }
+    slot = (size_t)(uintptr_t)strmap_get(st->index, name, len);
 
     return slot != 0 ? &st->items[slot - 1] : NULL;
 }
@@ -94,7 +108,7 @@ stage_add(stage *st, const store_input *in, uint64_t numel)
     it->kind = in->kind;
     it->dtype = in->dtype;
     it->ndim = in->ndim;
-    memcpy(it->shape, in->shape, sizeof(it->shape));
+    memcpy(it->shape, in->shape, in->ndim * sizeof(it->shape[0])); /* the rest stays 0 */
     it->numel = numel;
     strmap_put(st->index, it->name, it->name_len, (void *)(uintptr_t)(st->nitems + 1));
     st->nitems++;
@@ -108,8 +122,12 @@ stage_item_add_slice(item *it, uint64_t start, uint64_t count)
     slice *sl;
 
     if (it->nslices == it->cap) {
+        slice *from = it->slab ? it->slices : NULL; /* a slab entry is copied, not grown */
         it->cap = it->cap ? it->cap * 2 : 2;
-        it->slices = xreallocarray(it->slices, it->cap, sizeof(*it->slices));
+        it->slices = xreallocarray(from != NULL ? NULL : it->slices, it->cap, sizeof(*it->slices));
+        if (from != NULL)
+            memcpy(it->slices, from, it->nslices * sizeof(*it->slices));
+        it->slab = 0;
     }
     if (it->nslices > 0 && start < it->slices[it->nslices - 1].start)
         it->unsorted = 1;
@@ -196,6 +214,9 @@ stage_check_against(const tensor *t, const char *name, int kind, int dtype, uint
     return 0;
 }
 
+static int check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
+                       uint64_t *count, size_t *hash, tensor **found, store_err *err);
+
 /*
  * Check one input on its own and against the stored tensor (if any):
  * name, kind, dtype, shape, the slice [start, start + count) within the
@@ -207,8 +228,19 @@ int
 stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
                   uint64_t *count, store_err *err)
 {
+    size_t hash;
+    tensor *t;
+
+    return check_input(m, in, chunked, numel, count, &hash, &t, err);
+}
+
+/* stage_check_input(), also giving the name's strmap_hash() and the stored tensor (or NULL). */
+static int
+check_input(const model *m, const store_input *in, int chunked, uint64_t *numel, uint64_t *count,
+            size_t *hash, tensor **found, store_err *err)
+{
     char name[EMAD_MAX_NAME_BYTES + 1], a[256];
-    const tensor *t;
+    tensor *t;
     uint64_t nbytes, sbytes, isz;
 
     if (names_check_tensor(in->name, in->name_len) != 0) {
@@ -262,7 +294,8 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
                           "tensor '%s': chunk [%llu, +%llu) runs past the %llu bytes of its %s",
                           name, (unsigned long long)in->offset, (unsigned long long)in->len,
                           (unsigned long long)sbytes, in->count != 0 ? PROTO_KEY_SLICE : PROTO_KEY_TENSOR);
-    if ((t = strmap_get(m->index, in->name, in->name_len)) == NULL)
+    *hash = strmap_hash(in->name, in->name_len);
+    if ((*found = t = strmap_get_hashed(m->index, in->name, in->name_len, *hash)) == NULL)
         return stage_check_header(m, stage_header_cost(in->name, in->name_len, in->ndim), 1, err);
     return stage_check_against(t, name, in->kind,
                                in->as_dtype != EMAD_DTYPE_INVALID ? in->as_dtype : in->dtype,
@@ -435,30 +468,74 @@ stage_items_overlap(item *x, item *y, const slice **a, const slice **b)
  * Check the inputs of one push message and gather them into a stage whose
  * slices borrow the message's data. Inputs matching an ignore pattern are
  * checked on their own and counted, not staged. Slices of one tensor are
- * checked for overlaps once all are staged, by sorting (O(n log n)).
+ * checked for overlaps once all are staged, by sorting (O(n log n)). The
+ * stage is built with a few allocations whatever the number of tensors
+ * (the names in one block, each item's first slice in a slab), each name
+ * hashed once, and each item keeps the stored tensor it was checked
+ * against (st->looked_up), for apply_plan(). A stored tensor given twice
+ * is found by its mark (a fresh store mark per push), a new one by the
+ * stage's index; stage_find() indexes the others when first asked.
  */
 int
-stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err)
+stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, stage *st,
+             store_err *err)
 {
     const slice *a, *b;
+    size_t names = 0;
+    char *name;
 
     stage_reserve(st, n);
+    for (size_t i = 0; i < n; i++)
+        names += in[i].name_len + 1;
+    st->names = name = xmalloc(names ? names : 1);
+    st->names_len = names;
+    st->slab = xmalloc((n ? n : 1) * sizeof(*st->slab));
+    st->looked_up = 1;
+    st->unindexed = 1;
     for (size_t i = 0; i < n; i++) {
         uint64_t numel, count;
+        size_t hash, slot;
+        tensor *t;
         item *it;
         slice *sl;
 
-        if (stage_check_input(m, &in[i], 0, &numel, &count, err) != 0)
+        if (check_input(m, &in[i], 0, &numel, &count, &hash, &t, err) != 0)
             return err->code;
         if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
             st->ignored++;
             continue;
         }
-        if ((it = stage_find(st, in[i].name, in[i].name_len)) != NULL) {
+        memcpy(name, in[i].name, in[i].name_len);
+        name[in[i].name_len] = '\0';
+        if (t == NULL) { /* a new tensor: the index tells if it came before */
+            slot = (size_t)(uintptr_t)strmap_add_hashed(st->index, name, in[i].name_len, hash,
+                                                        (void *)(uintptr_t)(st->nitems + 1));
+        } else if (t->mark == mark) { /* a stored one: its mark does */
+            slot = t->item + 1;
+        } else {
+            slot = 0;
+            t->mark = mark;
+            t->item = st->nitems;
+        }
+        if (slot != 0) {
+            it = &st->items[slot - 1];
             if (stage_check_same(it, &in[i], "another slice in this push", err) != 0)
                 return err->code;
         } else {
-            it = stage_add(st, &in[i], numel);
+            it = &st->items[st->nitems++];
+            memset(it, 0, sizeof(*it));
+            it->name = name;
+            it->name_len = in[i].name_len;
+            it->kind = in[i].kind;
+            it->dtype = in[i].dtype;
+            it->ndim = in[i].ndim;
+            memcpy(it->shape, in[i].shape, in[i].ndim * sizeof(it->shape[0]));
+            it->numel = numel;
+            it->stored = t;
+            it->slices = &st->slab[i];
+            it->cap = 1;
+            it->slab = 1;
+            name += in[i].name_len + 1;
         }
         sl = stage_item_add_slice(it, in[i].start, count);
         sl->data = (void *)in[i].data;

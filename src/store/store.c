@@ -115,17 +115,66 @@ store_create(void)
 
     s->index = strmap_create();
     s->next_id = (random_id_base() & 0x7fffffffffffULL) + 1;
+    s->budget = budget_create();
     return s;
 }
 
-/* Free one tensor and its shadow references. */
+void
+store_set_budget(store *s, uint64_t limit, unsigned share_percent)
+{
+    budget_configure(s->budget, limit, share_percent);
+}
+
+void
+store_set_owner(store *s, uint64_t owner)
+{
+    s->owner = owner;
+    budget_set_current(s->budget, owner);
+}
+
+budget *
+store_budget(store *s)
+{
+    return s->budget;
+}
+
+int
+store_budget_check(store *s, int part, uint64_t owner, uint64_t bytes, store_err *err)
+{
+    if (budget_check(s->budget, part, owner, bytes, bytes, err) == 0)
+        return 0;
+    if (budget_used(s->budget, BUDGET_SPARES) == 0)
+        return err->code;
+    store_release_spares(s); /* memory kept only to be fast: give it back first */
+    return budget_check(s->budget, part, owner, bytes, bytes, err);
+}
+
+/*
+ * The budget check of memory a model's step needs (budget_check()); when
+ * it fails, the model's spares are freed and it is checked again.
+ */
+int
+store_model_budget_check(model *m, int part, uint64_t owner, uint64_t bytes, uint64_t own,
+                         store_err *err)
+{
+    if (budget_check(m->budget, part, owner, bytes, own, err) == 0)
+        return 0;
+    if (budget_used(m->budget, BUDGET_SPARES) == 0)
+        return err->code;
+    blob_free_spares(m); /* memory kept only to be fast: give it back first */
+    return budget_check(m->budget, part, owner, bytes, own, err);
+}
+
+/* Free one tensor and its shadow references; its spares are no longer counted in bg. */
 static void
-tensor_free(tensor *t)
+tensor_free(budget *bg, tensor *t)
 {
     if (t == NULL)
         return;
     for (uint32_t j = 0; j < t->nshadow; j++) {
         blob_unref(t->shadow[j]);
+        if (t->spare[j] != NULL)
+            budget_release(bg, BUDGET_SPARES, BUDGET_NO_OWNER, t->spare[j]->size);
         blob_unref(t->spare[j]);
     }
     free(t->name);
@@ -140,7 +189,8 @@ model_free(model *m)
         return;
     prev_free(m);
     for (size_t i = 0; i < m->ntensors; i++)
-        tensor_free(m->tensors[i]);
+        tensor_free(m->budget, m->tensors[i]);
+    budget_release(m->budget, BUDGET_SHADOWS, BUDGET_NO_OWNER, m->shadow_bytes);
     while (m->pending != NULL) {
         pending *p = m->pending;
         m->pending = p->next;
@@ -177,6 +227,7 @@ store_destroy(store *s)
         model_free(s->models[i]);
     free(s->models);
     strmap_destroy(s->index);
+    budget_destroy(s->budget);
     free(s);
 }
 
@@ -190,11 +241,15 @@ store_gauges_get(const store *s, store_gauges *g)
         g->tensors += m->ntensors;
         g->shadow_bytes += m->shadow_bytes;
         g->steps_pending += m->npending;
-        for (const pending *p = m->pending; p != NULL; p = p->next)
-            g->staged_bytes += p->st.bytes;
     }
-    for (const txn *t = s->txns; t != NULL; t = t->next)
-        g->staged_bytes += t->st.bytes;
+    /* What is held, as charged by its holders (a slice moved from a transaction to a pending
+     * step is counted once, where it is). */
+    g->staged_bytes =
+        budget_used(s->budget, BUDGET_STAGED) + budget_used(s->budget, BUDGET_PENDING);
+    for (int p = 0; p < BUDGET_PART_COUNT; p++)
+        g->memory[p] = budget_used(s->budget, p);
+    g->memory_total = budget_total(s->budget);
+    g->memory_limit = budget_limit(s->budget);
     g->txn_open = s->ntxns;
     g->views_open = s->nviews;
 }
@@ -268,6 +323,7 @@ store_create_model(store *s, const char *name, size_t len, const emad_model_conf
     m->uid = s->next_id++;
     m->keep_prev = s->keep_prev;
     m->version = 1;
+    m->budget = s->budget;
     emaconf_copy(&m->cfg, cfg);
     m->index = strmap_create();
     if (s->nmodels == s->cap) {

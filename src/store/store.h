@@ -28,6 +28,7 @@
 
 #include "emad.h"
 #include "common/codec.h"
+#include "store/budget.h"
 #include "store/task.h"
 
 #define STORE_MAX_MODELS 4096
@@ -71,7 +72,8 @@ typedef struct tensor {
     blob *shadow[EMAD_MAX_DECAYS]; /* one per decay (averaged) or the copy */
     blob *spare[EMAD_MAX_DECAYS];  /* a free blob of the shadow's size, or NULL */
     uint64_t step;
-    uint64_t mark; /* the store's scratch mark (finding repeated names in a pull) */
+    uint64_t mark; /* the store's scratch mark (repeated names in a pull or a push) */
+    size_t item;   /* with mark: its item in the push being staged (stage_inputs()) */
     size_t index;  /* position in the model's tensors */
 } tensor;
 
@@ -95,6 +97,7 @@ typedef struct model {
     uint64_t snap_step;    /* its step */
     int restored;          /* loaded from a snapshot and not pushed since */
     uint64_t restored_step; /* the step it was loaded at */
+    struct budget *budget;  /* the store's: charged for the shadows and spares */
     int keep_prev;          /* cluster mode: keep the previous committed version (prev.c) */
     struct prev_version *prev; /* that version, or NULL */
     int resyncing;             /* cluster resync (install.c): 1 installing, 2 loaded, unconfirmed */
@@ -160,11 +163,15 @@ typedef struct store_view {
     uint64_t max_reply; /* reply cap the client asked for */
     uint64_t last_used_ms;
     struct store_view *next;
+    struct budget *budget; /* registered: charged `charged` bytes of sessions to owner */
+    uint64_t owner, charged;
 } store_view;
 
 /* Gauges. */
 typedef struct store_gauges {
     uint64_t models, tensors, shadow_bytes, txn_open, views_open, steps_pending, staged_bytes;
+    uint64_t memory[BUDGET_PART_COUNT];  /* bytes held per part of the memory budget */
+    uint64_t memory_total, memory_limit; /* their sum, and --max-memory (0: none) */
 } store_gauges;
 
 typedef struct store store;
@@ -176,6 +183,29 @@ store *store_create(void);
 void store_destroy(store *s);
 
 void store_gauges_get(const store *s, store_gauges *g);
+
+/*
+ * Limit what clients can make the store hold to `limit` bytes (0: no
+ * limit), and each owner to share_percent of it and of the transaction,
+ * pull-session and pending-step slots (budget.h).
+ */
+void store_set_budget(store *s, uint64_t limit, unsigned share_percent);
+
+/*
+ * The owner charged for the requests that follow (a connection; 0: the
+ * daemon's own, no share). Loop thread; set before each request.
+ */
+void store_set_owner(store *s, uint64_t owner);
+
+/* The store's memory budget (the daemon charges replies in flight to it). */
+budget *store_budget(store *s);
+
+/*
+ * Check that `bytes` more of part fit the budget and owner's share; when
+ * they do not, free the spare shadows and check again. 0 or EMAD_ELIMIT
+ * with err filled.
+ */
+int store_budget_check(store *s, int part, uint64_t owner, uint64_t bytes, store_err *err);
 
 /* Model lookup by name (len bytes); NULL if absent. */
 model *store_model_find(store *s, const char *name, size_t len);
@@ -283,6 +313,15 @@ int store_job_done(store *s, store_job *job, uint64_t now_ms, store_err *err);
 /* Jobs of open transaction id handed out and not done (0 if no such transaction). */
 uint32_t store_txn_inflight(const store *s, uint64_t id);
 
+/* Is transaction id open? (Read only: does not touch its idle time.) */
+int store_txn_open(const store *s, uint64_t id);
+
+/*
+ * 0, or the error that failed open transaction id (a non-finite value or a
+ * resend with other bytes found by one of its jobs), copied into *err.
+ */
+int store_txn_failed(const store *s, uint64_t id, store_err *err);
+
 /* Run every task of a job on this thread, then store_job_done(). */
 int store_job_run(store *s, store_job *job, uint64_t now_ms, store_err *err);
 
@@ -379,6 +418,9 @@ int store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err
 
 /* A registered view by id, touched at now_ms; NULL if unknown or expired. */
 store_view *store_view_get(store *s, uint64_t id, uint64_t now_ms);
+
+/* Is pull session id registered? (Read only: does not touch its idle time.) */
+int store_view_open(const store *s, uint64_t id);
 
 /* Release a registered view. EMAD_ENOSESSION if unknown. */
 int store_view_release(store *s, uint64_t id, store_err *err);

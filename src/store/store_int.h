@@ -46,6 +46,7 @@ typedef struct item {
     uint64_t numel;
     slice *slices;
     size_t nslices, cap;
+    int slab;           /* slices is the stage's slab entry (stage_inputs()): not freed here */
     int unsorted;       /* slices are not in order of first element (stage_item_sort()) */
     uint64_t nonfinite; /* NaN/Inf values found by apply_check_nonfinite() or chunk jobs */
     /* Transactions applied as their chunks arrive (see eager_prepare()): */
@@ -57,6 +58,9 @@ typedef struct item {
     blob *base[EMAD_MAX_DECAYS];   /* the shadows averaged from (references held) */
     blob *target[EMAD_MAX_DECAYS]; /* the shadows being written, published at commit */
     double d[EMAD_MAX_DECAYS];     /* decay per shadow (0: copy the values) */
+    uint32_t fresh;                /* bit j: target[j] is new memory, charged as chunks arrive */
+    uint64_t charged;              /* txn_shadows bytes charged for the targets */
+    tensor *stored; /* stage_inputs(): the stored tensor when staged (NULL: a new one) */
 } item;
 
 /* The tensors of one writer's push, a transaction, a pending step or a seed. */
@@ -68,6 +72,12 @@ typedef struct stage {
     uint64_t ignored; /* inputs dropped by ignore patterns */
     int checked;      /* non-finite counts are filled in */
     int consumed;     /* slices moved into a pending step */
+    /* stage_inputs(): one push message's stage, applied before the model changes. */
+    int looked_up; /* each item's stored tensor is in item.stored */
+    int unindexed; /* items of stored tensors are not in index yet (stage_find() adds them) */
+    char *names;   /* one block holding the items' names */
+    size_t names_len;
+    slice *slab; /* the first slice of each item */
 } stage;
 
 /*
@@ -105,6 +115,8 @@ typedef struct txn {
     store_err failed;  /* failed.code != 0: a chunk was rejected and commit fails with it */
     struct txn *next;
     chunk_sums sums; /* eager: checksums of the averaged chunks' pieces */
+    uint64_t owner;  /* charged for its slot, staged bytes and new shadows */
+    budget *budget;
 } txn;
 
 /* A multi-writer step waiting for its writers. */
@@ -115,6 +127,10 @@ typedef struct pending {
     stage st;
     uint64_t last_used_ms;
     struct pending *next;
+    uint64_t owner; /* whose push opened it (its share of the model's pending steps) */
+    budget *budget; /* charged the parts' bytes: bytes[w] to owners[w], per writer */
+    uint64_t *owners, *bytes;
+    size_t nwriters;
 } pending;
 
 struct store {
@@ -130,6 +146,8 @@ struct store {
     uint64_t mark;         /* the last tensor mark handed out (view.c) */
     uint64_t reused_bytes; /* shadow bytes pushes wrote into spares (blob.c) */
     uint64_t fresh_bytes;  /* shadow bytes pushes wrote into new blobs (blob.c) */
+    budget *budget;        /* what clients make the store hold (budget.c) */
+    uint64_t owner;        /* charged for the current request (store_set_owner()) */
     int keep_prev;         /* cluster mode: models keep their previous version (prev.c) */
 };
 
@@ -159,13 +177,18 @@ int store_is_averaged(const model *m, int kind, int dtype, const char *name, siz
 int store_check_writer(const model *m, uint32_t writer, store_err *err);
 int store_check_step(uint64_t step, store_err *err);
 uint64_t store_random_id(void);
+int store_model_budget_check(model *m, int part, uint64_t owner, uint64_t bytes, uint64_t own,
+                             store_err *err);
 
 /* blob.c */
 blob *blob_new(size_t size);
 void blob_unref(blob *b);
-void blob_release(blob *b, blob **spare);
+void blob_release(budget *bg, blob *b, blob **spare);
 blob *blob_cow(blob *cur, size_t size);
-blob *blob_take(store *s, blob **spare, size_t size);
+blob *blob_take(store *s, blob **spare, size_t size, int *fresh);
+void blob_free_spares(model *m);
+uint64_t blob_first_cost(uint64_t size);
+uint64_t blob_write_cost(uint64_t size, uint64_t from, uint64_t to);
 
 /* prev.c: the previous committed version of a model (cluster mode). */
 void prev_release(model *m);
@@ -199,7 +222,8 @@ int stage_check_chunk(item *it, const store_input *in, uint64_t count, store_err
 int stage_check_received(const item *it, store_err *err);
 int stage_check_coverage(item *it, store_err *err);
 int stage_check_unique(const store_input *in, size_t n, const char *what, store_err *err);
-int stage_inputs(const model *m, const store_input *in, size_t n, stage *st, store_err *err);
+int stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, stage *st,
+                 store_err *err);
 
 /* apply.c */
 plan *apply_plan(const model *m, const stage *st);

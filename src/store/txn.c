@@ -18,6 +18,12 @@
  * the staged bytes; an eager transaction keeps a checksum of every piece
  * it averaged (the tasks compute it while the values are in the cache), so
  * a resend must repeat a whole chunk.
+ *
+ * Memory (budget.h): a request's chunks are checked against the budget and
+ * the transaction owner's share before anything is allocated; a
+ * transaction is charged its staged slices in full and its new shadows as
+ * its chunks write them, and gives both back when it closes (or, for the
+ * shadows it published, at commit).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +41,12 @@ txn_free(txn *t)
 {
     if (t == NULL)
         return;
+    if (t->budget != NULL) { /* give back what it was charged */
+        budget_release(t->budget, BUDGET_STAGED, t->owner, t->st.bytes);
+        for (size_t i = 0; i < t->st.nitems; i++)
+            budget_release(t->budget, BUDGET_TXN_SHADOWS, t->owner, t->st.items[i].charged);
+        budget_slot_put(t->budget, BUDGET_SLOT_TXNS, t->owner);
+    }
     stage_free(&t->st);
     free(t->sums.v);
     free(t->model);
@@ -134,6 +146,23 @@ store_txn_inflight(const store *s, uint64_t id)
     return t != NULL ? t->inflight : 0;
 }
 
+int
+store_txn_open(const store *s, uint64_t id)
+{
+    return txn_find(s, id) != NULL;
+}
+
+int
+store_txn_failed(const store *s, uint64_t id, store_err *err)
+{
+    const txn *t = txn_find(s, id);
+
+    if (t == NULL || t->failed.code == 0)
+        return 0;
+    *err = t->failed;
+    return err->code;
+}
+
 /* Unlink and free a transaction. */
 static void
 txn_remove(store *s, txn *t)
@@ -161,12 +190,17 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
         return err->code;
     if (s->ntxns >= STORE_MAX_TXNS)
         return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open transactions", STORE_MAX_TXNS);
+    if (budget_slot_take(s->budget, BUDGET_SLOT_TXNS, s->owner, STORE_MAX_TXNS, "open transactions",
+                         err) != 0)
+        return err->code;
     /* A new step begins: the previous version is no longer any reader's step (every shard
      * committed the current one before the next began), and its blobs become the spares the
      * chunks are written into. */
     if (step > m->step)
         prev_release(m);
     t = xcalloc(1, sizeof(*t));
+    t->owner = s->owner;
+    t->budget = s->budget;
     do /* random, so that no other client can guess it; unique among the open ones */
         t->id = store_random_id();
     while (txn_find(s, t->id) != NULL);
@@ -185,38 +219,78 @@ store_txn_begin(store *s, const char *model_name, size_t len, uint64_t step, uin
 }
 
 /*
+ * What an eager transaction writes for a tensor described by in (name,
+ * kind, dtype, shape): *stale set when the stored tensor is already at or
+ * past the step; else *averaged, the number of shadows and the bytes of
+ * each. Returns the stored tensor or NULL.
+ */
+static tensor *
+eager_shape(const model *m, const txn *x, const store_input *in, int *stale, int *averaged,
+            uint32_t *nshadow, uint64_t *nbytes)
+{
+    tensor *t = strmap_get(m->index, in->name, in->name_len);
+    uint64_t numel;
+
+    *stale = t != NULL && t->step >= x->step;
+    *averaged =
+        t != NULL ? t->averaged : store_is_averaged(m, in->kind, in->dtype, in->name, in->name_len);
+    *nshadow = *averaged ? (uint32_t)m->cfg.ndecays : 1;
+    *nbytes = 0;
+    (void)dtype_numel(in->shape, in->ndim, *averaged ? dtype_shadow(in->dtype) : in->dtype, &numel,
+                      nbytes);
+    return t;
+}
+
+/*
  * First chunk of an item in an eager transaction: take references to the
  * stored tensor's shadows, get a target blob per shadow (the tensor's
  * spare when it has one) and the decays from the tensor's step to the
  * transaction's. A tensor already at or past the step is stale: its chunks
- * are checked and counted, not applied.
+ * are checked and counted, not applied. The memory budget is charged a
+ * spare in full and fresh memory as the chunks write it (eager_charge()).
  */
 static int
 eager_prepare(store *s, model *m, const txn *x, item *it, store_err *err)
 {
-    tensor *t = strmap_get(m->index, it->name, it->name_len);
-    uint64_t numel, nbytes;
-    int sdtype;
+    store_input desc = {.name = it->name,
+                        .name_len = it->name_len,
+                        .kind = it->kind,
+                        .dtype = it->dtype,
+                        .ndim = it->ndim};
+    uint64_t nbytes;
+    uint32_t nshadow;
+    int stale, fresh;
+    tensor *t;
 
-    if (t != NULL && t->step >= x->step) {
+    memcpy(desc.shape, it->shape, sizeof(desc.shape));
+    t = eager_shape(m, x, &desc, &stale, &it->averaged, &nshadow, &nbytes);
+    if (stale) {
         it->stale = 1;
         it->prepared = 1;
         return 0;
     }
-    it->averaged =
-        t != NULL ? t->averaged : store_is_averaged(m, it->kind, it->dtype, it->name, it->name_len);
-    sdtype = it->averaged ? dtype_shadow(it->dtype) : it->dtype;
-    (void)dtype_numel(it->shape, it->ndim, sdtype, &numel, &nbytes);
-    for (uint32_t j = 0; j < (it->averaged ? (uint32_t)m->cfg.ndecays : 1); j++) {
-        if ((it->target[j] = blob_take(s, t != NULL ? &t->spare[j] : NULL, nbytes)) == NULL) {
+    for (uint32_t j = 0; j < nshadow; j++) {
+        if ((it->target[j] = blob_take(s, t != NULL ? &t->spare[j] : NULL, nbytes, &fresh)) ==
+            NULL) {
             for (uint32_t k = 0; k < j; k++) {
                 blob_unref(it->target[k]);
                 blob_unref(it->base[k]);
                 it->target[k] = it->base[k] = NULL;
             }
+            budget_release(s->budget, BUDGET_TXN_SHADOWS, x->owner, it->charged);
+            it->charged = 0;
+            it->fresh = 0;
             return store_fail(err, EMAD_ENOMEM, it->name,
                               "tensor '%s': out of memory for %llu bytes of shadow", it->name,
                               (unsigned long long)nbytes);
+        }
+        /* A spare is held in full; fresh memory as the chunks write it (eager_charge()). */
+        {
+            uint64_t now = fresh ? blob_first_cost(nbytes) : nbytes;
+            budget_charge(s->budget, BUDGET_TXN_SHADOWS, x->owner, now);
+            it->charged += now;
+            if (fresh && now == 0)
+                it->fresh |= 1u << j;
         }
         if (t != NULL) {
             it->base[j] = t->shadow[j];
@@ -377,6 +451,108 @@ sum_done(txn *t, const task *k)
     return c->has_expect && c->expect != c->sum ? c : NULL;
 }
 
+/* Bytes of shadow memory elements [e0, e0 + n) of an item's fresh targets make it hold. */
+static uint64_t
+eager_write_cost(const item *it, uint64_t e0, uint64_t n)
+{
+    uint64_t size, ssz, cost, cap;
+
+    if (it->fresh == 0 || it->stale)
+        return 0;
+    size = it->target[0]->size;
+    ssz = dtype_size(it->averaged ? dtype_shadow(it->dtype) : it->dtype);
+    cost =
+        blob_write_cost(size, e0 * ssz, (e0 + n) * ssz) * (uint64_t)__builtin_popcount(it->fresh);
+    cap = (uint64_t)it->nshadow * size - it->charged; /* never more than the whole shadows */
+    return cost < cap ? cost : cap;
+}
+
+/*
+ * What the chunk in (of a slice starting at element `start`) would make an
+ * eager transaction hold, before anything is allocated: for a tensor not
+ * prepared yet, as if every shadow were fresh memory (a spare taken
+ * instead costs nothing more).
+ */
+static uint64_t
+eager_chunk_cost(const model *m, const txn *x, const item *it, const store_input *in,
+                 uint64_t start)
+{
+    uint64_t isz = dtype_size(in->dtype), e0 = start + in->offset / isz, n = in->len / isz;
+    uint64_t nbytes, ssz;
+    uint32_t nshadow;
+    int stale, averaged;
+
+    if (it != NULL && it->prepared)
+        return eager_write_cost(it, e0, n);
+    (void)eager_shape(m, x, in, &stale, &averaged, &nshadow, &nbytes);
+    if (stale)
+        return 0;
+    ssz = dtype_size(averaged ? dtype_shadow(in->dtype) : in->dtype);
+    return nshadow * (blob_first_cost(nbytes) + blob_write_cost(nbytes, e0 * ssz, (e0 + n) * ssz));
+}
+
+/* Charge the transaction for the memory a chunk's elements [e0, e0 + n) make it hold. */
+static void
+eager_charge(budget *bg, const txn *x, item *it, uint64_t e0, uint64_t n)
+{
+    uint64_t c = eager_write_cost(it, e0, n);
+
+    budget_charge(bg, BUDGET_TXN_SHADOWS, x->owner, c);
+    it->charged += c;
+}
+
+/*
+ * Fail with EMAD_ELIMIT when the shadows of a tensor a transaction begins
+ * to write could never fit the memory budget: it could not be committed,
+ * and its memory is reserved (if not used) at its first chunk.
+ */
+static int
+eager_too_large(const store *s, const model *m, const txn *x, const store_input *in, store_err *err)
+{
+    char name[EMAD_MAX_NAME_BYTES + 1];
+    uint64_t nbytes, limit = budget_limit(s->budget);
+    uint32_t nshadow;
+    int stale, averaged;
+
+    (void)eager_shape(m, x, in, &stale, &averaged, &nshadow, &nbytes);
+    if (stale || limit == 0 || nbytes <= limit / nshadow)
+        return 0;
+    store_cname(name, sizeof(name), in->name, in->name_len);
+    return store_fail(err, EMAD_ELIMIT, name,
+                      "tensor '%s': its %u shadow%s of %llu bytes would exceed the memory budget "
+                      "(--max-memory %llu bytes)",
+                      name, nshadow, nshadow == 1 ? "" : "s", (unsigned long long)nbytes,
+                      (unsigned long long)limit);
+}
+
+/*
+ * The bytes a request's chunks would make transaction t hold (staged
+ * slices are allocated whole at their first chunk), checked against the
+ * budget and t's owner's share before anything is allocated.
+ */
+static int
+txn_check_budget(store *s, const model *m, const txn *t, const store_input *in, size_t n,
+                 const uint64_t *counts, const uint8_t *skip, store_err *err)
+{
+    uint64_t need = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        item *it;
+
+        if (skip[i])
+            continue;
+        it = stage_find(&t->st, in[i].name, in[i].name_len);
+        if (t->eager && (it == NULL || !it->prepared) && eager_too_large(s, m, t, &in[i], err) != 0)
+            return err->code;
+        if (t->eager)
+            need += eager_chunk_cost(m, t, it, &in[i], in[i].start);
+        else if (it == NULL || stage_item_slice_at(it, in[i].start, counts[i]) == NULL)
+            need += counts[i] * dtype_size(in[i].dtype);
+    }
+    return store_budget_check(s, t->eager ? BUDGET_TXN_SHADOWS : BUDGET_STAGED, t->owner, need,
+                              err);
+}
+
 int
 store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, int has_step,
                    uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
@@ -441,6 +617,8 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
             check_resend(t, it, sl, &in[i], 0, err) != 0)
             goto fail;
     }
+    if (txn_check_budget(s, m, t, in, n, counts, skip, err) != 0)
+        goto fail;
     /* Allocate new slices (and, eager, the new shadows), then take the chunks. */
     for (size_t i = 0; i < n; i++) {
         item *it;
@@ -473,6 +651,7 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
             goto fail;
         }
         t->st.bytes += bytes;
+        budget_charge(s->budget, BUDGET_STAGED, t->owner, bytes);
     }
     for (size_t i = 0; i < n; i++) {
         item *it;
@@ -491,10 +670,12 @@ store_txn_push_job(store *s, uint64_t id, const char *model_name, size_t len, in
         }
         if (!t->eager)
             memcpy((char *)sl->data + in[i].offset, in[i].data, in[i].len);
-        else if (!it->stale && in[i].len > 0)
-            eager_tasks(m, it, (uint32_t)(it - t->st.items),
-                        sl->start + in[i].offset / dtype_size(it->dtype),
-                        in[i].len / dtype_size(it->dtype), in[i].data, &tl, &t->sums);
+        else if (!it->stale && in[i].len > 0) {
+            uint64_t e0 = sl->start + in[i].offset / dtype_size(it->dtype);
+            eager_charge(s->budget, t, it, e0, in[i].len / dtype_size(it->dtype));
+            eager_tasks(m, it, (uint32_t)(it - t->st.items), e0, in[i].len / dtype_size(it->dtype),
+                        in[i].data, &tl, &t->sums);
+        }
         stage_slice_got(sl, in[i].offset, in[i].len);
         (*staged_n)++;
     }
@@ -631,6 +812,13 @@ eager_commit(model *m, txn *x, uint64_t now_ms, store_result *res, store_err *er
     }
     if (rc == 0)
         rc = apply_step(m, st, x->step, APPLY_EAGER, p, now_ms, res, err);
+    for (size_t i = 0; i < st->nitems && rc == 0; i++) {
+        item *it = &st->items[i];
+        if (it->nshadow > 0 && it->target[0] == NULL) { /* published: counted as shadows now */
+            budget_release(x->budget, BUDGET_TXN_SHADOWS, x->owner, it->charged);
+            it->charged = 0;
+        }
+    }
     free(p);
     return rc;
 }

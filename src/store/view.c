@@ -25,6 +25,10 @@ store_view_free(store_view *v)
 {
     if (v == NULL)
         return;
+    if (v->budget != NULL) {
+        budget_release(v->budget, BUDGET_SESSIONS, v->owner, v->charged);
+        budget_slot_put(v->budget, BUDGET_SLOT_SESSIONS, v->owner);
+    }
     for (size_t i = 0; i < v->ntensors; i++) {
         free((char *)v->tensors[i].name);
         blob_unref(v->tensors[i].data);
@@ -237,8 +241,21 @@ view_find(const store *s, uint64_t id)
 int
 store_view_register(store *s, store_view *v, uint64_t now_ms, store_err *err)
 {
+    uint64_t cost = 0;
+
     if (s->nviews >= STORE_MAX_VIEWS)
         return store_fail(err, EMAD_ELIMIT, NULL, "at most %d open pull sessions", STORE_MAX_VIEWS);
+    /* Any push meanwhile turns the version a session holds into a copy: count it in full. */
+    for (size_t i = 0; i < v->ntensors; i++)
+        cost += v->tensors[i].data->size;
+    if (store_budget_check(s, BUDGET_SESSIONS, s->owner, cost, err) != 0 ||
+        budget_slot_take(s->budget, BUDGET_SLOT_SESSIONS, s->owner, STORE_MAX_VIEWS,
+                         "open pull sessions", err) != 0)
+        return err->code;
+    v->budget = s->budget;
+    v->owner = s->owner;
+    v->charged = cost;
+    budget_charge(s->budget, BUDGET_SESSIONS, s->owner, cost);
     do /* random, so that no other client can guess it; unique among the open ones */
         v->id = store_random_id();
     while (view_find(s, v->id) != NULL);
@@ -257,6 +274,12 @@ store_view_get(store *s, uint64_t id, uint64_t now_ms)
     if (v != NULL)
         v->last_used_ms = now_ms;
     return v;
+}
+
+int
+store_view_open(const store *s, uint64_t id)
+{
+    return view_find(s, id) != NULL;
 }
 
 int

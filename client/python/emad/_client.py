@@ -114,7 +114,10 @@ class _Conn:
             if rc == 0:
                 self.handle, self.url = h, url
                 return
-            errors.append((rc, "%s: %s" % (url, lib_.strerror(rc))))
+            # The detail of the failure (emad_last_error(NULL)), e.g. a key file too open.
+            detail = lib_.fn("last_error")(None)
+            detail = detail.decode("utf-8", "replace") if detail else lib_.strerror(rc)
+            errors.append((rc, "%s: %s" % (url, detail)))
         code = errors[-1][0]
         raise Error(code, "cannot connect to emad: %s" % "; ".join(m for _, m in errors))
 
@@ -220,6 +223,12 @@ class Client(_cluster.ClusterMixin):
             (while the daemon answers; see on_unavailable). Each holds one
             host copy of the pushed tensors. Default 1.
         chunk_bytes, max_reply_bytes: libemad's message size options (bytes).
+        user, key_file: authenticate as ``user`` with the key file ``key_file``
+            (made by ``emactl keygen``; mode 0600) to a daemon run with
+            ``--auth-file`` (docs/SECURITY.md). ``user`` defaults to the user
+            named in the key file. With neither, ``$EMAD_USER`` and
+            ``$EMAD_KEY_FILE`` are used if set; otherwise requests are not
+            authenticated.
         on_unavailable: what a push does when the daemon cannot be reached:
             "skip" (drop it, count it, warn once a minute, reconnect in the
             background), "raise" or "block" (retry until it is back).
@@ -240,10 +249,17 @@ class Client(_cluster.ClusterMixin):
 
     def __init__(self, url_or_urls=None, timeout=30.0, connect_timeout=5.0, max_pending=1,
                  chunk_bytes=None, max_reply_bytes=None, on_unavailable=None, max_wait=10.0,
-                 warn_interval=_sender.WARN_INTERVAL, check_restarts=True, cluster=None):
+                 warn_interval=_sender.WARN_INTERVAL, check_restarts=True, user=None,
+                 key_file=None, cluster=None):
         self._lib = lib()
         self._opts = Options()
         self._lib.fn("options_init")(ctypes.byref(self._opts))
+        # The strings stay referenced here: the options struct only points to them, and the
+        # background sender connects with the same struct later.
+        self._user = None if user is None else _bstr(user, "user")
+        self._key_file = None if key_file is None else os.fsencode(key_file)
+        self._opts.user = self._user
+        self._opts.key_file = self._key_file
         self._opts.timeout_ms = max(1, int(timeout * 1000))
         self._opts.connect_timeout_ms = max(1, int(connect_timeout * 1000))
         if chunk_bytes is not None:

@@ -174,6 +174,8 @@ class Options(ctypes.Structure):
         ("connect_timeout_ms", ctypes.c_int),
         ("chunk_bytes", ctypes.c_uint64),
         ("max_reply_bytes", ctypes.c_uint64),
+        ("user", ctypes.c_char_p),
+        ("key_file", ctypes.c_char_p),
     ]
 
 

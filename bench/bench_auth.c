@@ -1,0 +1,313 @@
+/*
+ * bench_auth.c - what authentication costs: pushes and pulls of a float32
+ * model (256 MiB by default) to a daemon without authentication and to one
+ * with --auth-file, in the same run, interleaved repetition by repetition
+ * (the order alternates), so that both see the same machine. The key file
+ * and the auth file are made by `emactl keygen`, as an operator would.
+ * Prints the medians and the ratios authenticated / unauthenticated
+ * (target >= 0.85 for the 256 MiB model).
+ *
+ *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N]
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emad.h"
+#include "proc.h"
+
+#define MODEL_NAME "bench-auth"
+#define NTENSORS 4
+#define MAX_REPS 99
+#define TARGET 0.85
+
+/* One daemon under test and its client. */
+typedef struct side {
+    const char *label;
+    proc p;
+    char url[64];
+    char auth_file[128]; /* "" for the daemon without authentication */
+    char key_file[128];
+    emad_client *c;
+    double push_s[MAX_REPS], pull_s[MAX_REPS];
+} side;
+
+/* The model: NTENSORS float32 tensors over one buffer, and a buffer to pull into. */
+typedef struct model {
+    uint64_t tbytes;
+    char names[NTENSORS][32];
+    emad_tensor push[NTENSORS], pull[NTENSORS];
+    char *src, *dst;
+} model;
+
+/* Run `emactl keygen` into s's directory: the key file, and the auth file from its output. */
+static int
+make_keys(side *s, const char *emactl)
+{
+    char cmd[1024];
+
+    (void)snprintf(s->key_file, sizeof(s->key_file), "%s/bench.key", s->p.dir);
+    (void)snprintf(s->auth_file, sizeof(s->auth_file), "%s/auth.ini", s->p.dir);
+    (void)snprintf(cmd, sizeof(cmd),
+                   "'%s' keygen bench --out '%s' --grant 'push *' --grant 'pull *' "
+                   "--grant 'admin *' > '%s'",
+                   emactl, s->key_file, s->auth_file);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_auth: failed: %s\n", cmd);
+        return -1;
+    }
+    return 0;
+}
+
+/* Start s's daemon on a free port (with its auth file if any) and connect. */
+static int
+side_start(side *s, const char *emad, const char *emactl, int auth)
+{
+    const char *argv[] = {emad,       "--listen", s->url, "--max-message-bytes",
+                          "67108864", "--http",   "off",  NULL,
+                          NULL,       NULL};
+    emad_options o;
+    double deadline;
+    int port, rc = 0;
+
+    if (proc_prepare(&s->p, "emad") < 0 || (port = proc_free_port()) < 0)
+        return -1;
+    (void)snprintf(s->url, sizeof(s->url), "tcp://127.0.0.1:%d", port);
+    if (auth) {
+        if (make_keys(s, emactl) < 0)
+            return -1;
+        argv[7] = "--auth-file";
+        argv[8] = s->auth_file;
+    }
+    if (proc_spawn(&s->p, argv) < 0)
+        return -1;
+    emad_options_init(&o);
+    o.connect_timeout_ms = 200;
+    if (auth) {
+        o.user = "bench";
+        o.key_file = s->key_file;
+    }
+    for (deadline = proc_now() + 10.0; proc_now() < deadline; proc_sleep_ms(50)) {
+        if (!proc_running(&s->p))
+            return -1;
+        if ((rc = emad_connect(&s->c, s->url, &o)) == 0)
+            return 0;
+    }
+    fprintf(stderr, "bench_auth: %s daemon at %s: %s\n", s->label, s->url, emad_last_error(NULL));
+    proc_dump_file(s->p.log);
+    return -1;
+}
+
+/* Make the model's buffers and tensors. */
+static int
+model_init(model *m, uint64_t mib)
+{
+    uint64_t total = mib << 20, n;
+
+    m->tbytes = total / NTENSORS;
+    if ((m->src = malloc(total)) == NULL || (m->dst = calloc(1, total)) == NULL) {
+        fprintf(stderr, "bench_auth: out of memory for %llu MiB\n", (unsigned long long)mib);
+        return -1;
+    }
+    n = total / sizeof(float);
+    for (uint64_t k = 0; k < n; k++) {
+        float v = (float)(k % 1024) / 1024.0f - 0.5f;
+        memcpy(m->src + k * sizeof(float), &v, sizeof(v));
+    }
+    for (int i = 0; i < NTENSORS; i++) {
+        emad_tensor *t = &m->push[i];
+
+        (void)snprintf(m->names[i], sizeof(m->names[i]), "block%d.weight", i);
+        memset(t, 0, sizeof(*t));
+        t->name = m->names[i];
+        t->kind = EMAD_PARAM;
+        t->dtype = EMAD_F32;
+        t->ndim = 1;
+        t->shape[0] = m->tbytes / sizeof(float);
+        t->data = m->src + i * m->tbytes;
+        t->nbytes = m->tbytes;
+    }
+    return 0;
+}
+
+/* Push the model at step; *sec is the time of the call. */
+static int
+push_once(side *s, model *m, uint64_t step, double *sec)
+{
+    emad_push_result res;
+    double t0 = proc_now();
+    int rc = emad_push(s->c, MODEL_NAME, step, m->push, NTENSORS, &res);
+
+    *sec = proc_now() - t0;
+    if (rc != 0 || res.applied != NTENSORS) {
+        fprintf(stderr, "bench_auth: %s push at step %llu: %s\n", s->label,
+                (unsigned long long)step, rc != 0 ? emad_last_error(s->c) : "not applied");
+        return -1;
+    }
+    return 0;
+}
+
+/* Pull the model into dst and check it (every push has the same values); *sec: the call. */
+static int
+pull_once(side *s, model *m, double *sec)
+{
+    double t0;
+    int rc;
+
+    for (int i = 0; i < NTENSORS; i++) {
+        memset(&m->pull[i], 0, sizeof(m->pull[i]));
+        m->pull[i].name = m->names[i];
+        m->pull[i].data = m->dst + i * m->tbytes;
+        m->pull[i].nbytes = m->tbytes;
+    }
+    t0 = proc_now();
+    rc = emad_pull_into(s->c, MODEL_NAME, m->pull, NTENSORS, NULL);
+    *sec = proc_now() - t0;
+    if (rc != 0) {
+        fprintf(stderr, "bench_auth: %s pull: %s\n", s->label, emad_last_error(s->c));
+        return -1;
+    }
+    if (memcmp(m->dst, m->src, m->tbytes * NTENSORS) != 0) {
+        fprintf(stderr, "bench_auth: %s pull: the data differs from the pushed model\n", s->label);
+        return -1;
+    }
+    memset(m->dst, 0, m->tbytes * NTENSORS);
+    return 0;
+}
+
+/* Order doubles, for qsort. */
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Median of n times (sorts a copy). */
+static double
+median(const double *v, long n)
+{
+    double s[MAX_REPS];
+
+    memcpy(s, v, (size_t)n * sizeof(*s));
+    qsort(s, (size_t)n, sizeof(*s), cmp_double);
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2.0;
+}
+
+/*
+ * Print one op's medians for both sides, the ratio of the medians, and the
+ * median of the ratios of each repetition's pair (the two sides of one
+ * repetition run back to back, so they see the same load of a shared
+ * machine; the load drifts between repetitions): the verdict is on that.
+ */
+static void
+report(const char *op, const double *plain, const double *auth, long reps, uint64_t bytes)
+{
+    double mp = median(plain, reps), ma = median(auth, reps), pairs[MAX_REPS], paired;
+
+    for (long r = 0; r < reps; r++)
+        pairs[r] = plain[r] / auth[r];
+    paired = median(pairs, reps);
+    printf("  %-5s unauthenticated %6.2f GB/s (%7.1f ms)   authenticated %6.2f GB/s (%7.1f ms)\n"
+           "        auth/plain: of the medians %.2f, median of the %ld pairs %.2f (target >= %.2f: "
+           "%s)\n",
+           op, (double)bytes / mp / 1e9, mp * 1e3, (double)bytes / ma / 1e9, ma * 1e3, mp / ma,
+           reps, paired, TARGET, paired >= TARGET ? "met" : "NOT MET");
+}
+
+/* Parse a whole number in [1, max]; -1 if it is not one. */
+static long
+parse_count(const char *s, long max)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+
+    return *s != '\0' && *end == '\0' && v >= 1 && v <= max ? v : -1;
+}
+
+/* Interleaved repetitions over both sides; returns 0 or -1. */
+static int
+run(side *sides, model *m, long reps)
+{
+    uint64_t step = 1;
+
+    for (int i = 0; i < 2; i++) /* warm-up: the shadows and the spare copies are written */
+        for (int k = 0; k < 2; k++)
+            if (push_once(&sides[k], m, step + (uint64_t)i, &sides[k].push_s[0]) < 0)
+                return -1;
+    step += 2;
+    for (long r = 0; r < reps; r++, step++) {
+        for (int j = 0; j < 2; j++) {
+            side *s = &sides[(r + j) % 2]; /* alternate which side goes first */
+
+            if (push_once(s, m, step, &s->push_s[r]) < 0 || pull_once(s, m, &s->pull_s[r]) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *emad = NULL, *emactl = NULL;
+    long reps = 9, mib = 256;
+    side sides[2] = {{.label = "unauthenticated"}, {.label = "authenticated"}};
+    model m = {0};
+    int rc = 1;
+
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : "";
+        if (strcmp(argv[i], "--emad") == 0)
+            emad = v;
+        else if (strcmp(argv[i], "--emactl") == 0)
+            emactl = v;
+        else if (strcmp(argv[i], "--reps") == 0)
+            reps = parse_count(v, MAX_REPS);
+        else if (strcmp(argv[i], "--mib") == 0)
+            mib = parse_count(v, 65536);
+        else {
+            fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N] [--reps N]\n");
+            return 2;
+        }
+        i++;
+    }
+    if (emad == NULL || emactl == NULL || reps < 0 || mib < 0 || mib % NTENSORS != 0) {
+        fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N (a multiple of "
+                        "4)] [--reps N (1..99)]\n");
+        return 2;
+    }
+    if (proc_init() < 0 || model_init(&m, (uint64_t)mib) < 0)
+        goto out;
+    printf("emad bench_auth: float32 model of %ld MiB (%d tensors), %ld reps + 2 warm-ups, "
+           "over TCP loopback; the same pushes and pulls to a daemon without and one with "
+           "--auth-file, interleaved\n",
+           mib, NTENSORS, reps);
+    if (side_start(&sides[0], emad, emactl, 0) < 0 || side_start(&sides[1], emad, emactl, 1) < 0)
+        goto out;
+    for (int k = 0; k < 2; k++)
+        if (emad_create(sides[k].c, MODEL_NAME, 0.9, 0) != 0) {
+            fprintf(stderr, "bench_auth: create: %s\n", emad_last_error(sides[k].c));
+            goto out;
+        }
+    if (run(sides, &m, reps) < 0)
+        goto out;
+    printf("  (medians; GB/s = 1e9 bytes/s)\n");
+    report("push", sides[0].push_s, sides[1].push_s, reps, (uint64_t)mib << 20);
+    report("pull", sides[0].pull_s, sides[1].pull_s, reps, (uint64_t)mib << 20);
+    rc = 0;
+out:
+    for (int k = 0; k < 2; k++) {
+        emad_close(sides[k].c);
+        if (proc_stop(&sides[k].p) != 0)
+            rc = 1;
+    }
+    free(m.src);
+    free(m.dst);
+    return rc;
+}
