@@ -182,14 +182,15 @@ EOF
 }
 
 # Start emad in host I on its address (state dir $work/hI/state, log $work/hI/emad.log, HTTP on
-# the host's address), with any extra arguments; waits until it accepts connections.
+# the host's address; --insecure: the address exists only inside the test's namespaces), with
+# any extra arguments; waits until it accepts connections.
 netns_start_daemon() {
     _h=$1
     shift
     mkdir -p "$work/h$_h/state"
     ip netns exec "$(netns_host "$_h")" "$EMAD" --listen "$(netns_url "$_h")" \
         --state-dir "$work/h$_h/state" --http "$(netns_ip "$_h"):$NETNS_HTTP_PORT" \
-        --log-level "${NETNS_LOG_LEVEL:-info}" "$@" 2>>"$work/h$_h/emad.log" &
+        --log-level "${NETNS_LOG_LEVEL:-info}" --insecure "$@" 2>>"$work/h$_h/emad.log" &
     eval "netns_pid_$_h=$!"
     netns_wait_port "$(netns_ip "$_h")" "$NETNS_PORT" "$(netns_pid "$_h")" ||
         netns_fail_host "$_h" "emad did not start in host $_h"

@@ -11,7 +11,7 @@
 # writes its snapshots and exits.
 #
 # Environment: EMAD (the daemon, default emad), EMAD_PORT (BASE, default 7470),
-# EMAD_HOST (address to report, default: this node's hostname).
+# EMAD_HOST (address to report, default: this node's hostname), EMAD_AUTH_FILE.
 set -eu
 run=$1
 k=${SLURM_PROCID:?run this as a task of srun (SLURM_PROCID)}
@@ -30,6 +30,14 @@ while [ ! -f "$run/shards.map" ]; do
     fi
     sleep 0.1
 done
-exec "${EMAD:-emad}" --shard-map "$run/shards.map" --self "tcp://$host:$port" \
+# With EMAD_AUTH_FILE (users and keys, docs/SECURITY.md; give the trainers EMAD_KEY_FILE) every
+# request is authenticated; without it the daemon listens unauthenticated (--insecure): keep the
+# job's nodes on a private network.
+if [ -n "${EMAD_AUTH_FILE:-}" ]; then
+    set -- --auth-file "$EMAD_AUTH_FILE"
+else
+    set -- --insecure
+fi
+exec "${EMAD:-emad}" "$@" --shard-map "$run/shards.map" --self "tcp://$host:$port" \
     --listen "tcp://0.0.0.0:$port" --http "0.0.0.0:$((port + 1))" --state-dir "$run/state.$k" \
     --snapshot-interval 60 2>"$run/emad.$k.log"
