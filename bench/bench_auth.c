@@ -5,7 +5,10 @@
  * (the order alternates), so that both see the same machine. The key file
  * and the auth file are made by `emactl keygen`, as an operator would.
  * Prints the medians and the ratios authenticated / unauthenticated
- * (target >= 0.85 for the 256 MiB model).
+ * (target >= 0.85 for the 256 MiB model), and the CPU time each push and
+ * pull costs the client (this process, getrusage) and the daemon
+ * (/proc/PID/stat), and the client's minor page faults: on a shared
+ * machine the figures that depend least on what else runs.
  *
  *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N]
  */
@@ -34,7 +37,30 @@ typedef struct side {
     char key_file[128];
     emad_client *c;
     double push_s[MAX_REPS], pull_s[MAX_REPS];
+    double cpu[2][3]; /* [push, pull][client, daemon, client's page faults]: sums over the reps */
 } side;
+
+enum { OP_PUSH, OP_PULL };
+
+/* CPU seconds of the client and of s's daemon so far, and the client's minor page faults. */
+static void
+cpu_now(const side *s, double v[3])
+{
+    v[0] = proc_self_cpu(&v[2]);
+    if (proc_read_cpu(&s->p, &v[1]) != 0)
+        v[1] = 0.0;
+}
+
+/* Add the CPU used since t0 (cpu_now) to s's sums for op. */
+static void
+cpu_add(side *s, int op, const double t0[3])
+{
+    double t1[3];
+
+    cpu_now(s, t1);
+    for (int k = 0; k < 3; k++)
+        s->cpu[op][k] += t1[k] - t0[k];
+}
 
 /* The model: NTENSORS float32 tensors over one buffer, and a buffer to pull into. */
 typedef struct model {
@@ -139,10 +165,14 @@ static int
 push_once(side *s, model *m, uint64_t step, double *sec)
 {
     emad_push_result res;
-    double t0 = proc_now();
-    int rc = emad_push(s->c, MODEL_NAME, step, m->push, NTENSORS, &res);
+    double c0[3], t0;
+    int rc;
 
+    cpu_now(s, c0);
+    t0 = proc_now();
+    rc = emad_push(s->c, MODEL_NAME, step, m->push, NTENSORS, &res);
     *sec = proc_now() - t0;
+    cpu_add(s, OP_PUSH, c0);
     if (rc != 0 || res.applied != NTENSORS) {
         fprintf(stderr, "bench_auth: %s push at step %llu: %s\n", s->label,
                 (unsigned long long)step, rc != 0 ? emad_last_error(s->c) : "not applied");
@@ -155,7 +185,7 @@ push_once(side *s, model *m, uint64_t step, double *sec)
 static int
 pull_once(side *s, model *m, double *sec)
 {
-    double t0;
+    double c0[3], t0;
     int rc;
 
     for (int i = 0; i < NTENSORS; i++) {
@@ -164,9 +194,11 @@ pull_once(side *s, model *m, double *sec)
         m->pull[i].data = m->dst + i * m->tbytes;
         m->pull[i].nbytes = m->tbytes;
     }
+    cpu_now(s, c0);
     t0 = proc_now();
     rc = emad_pull_into(s->c, MODEL_NAME, m->pull, NTENSORS, NULL);
     *sec = proc_now() - t0;
+    cpu_add(s, OP_PULL, c0);
     if (rc != 0) {
         fprintf(stderr, "bench_auth: %s pull: %s\n", s->label, emad_last_error(s->c));
         return -1;
@@ -220,6 +252,23 @@ report(const char *op, const double *plain, const double *auth, long reps, uint6
            reps, paired, TARGET, paired >= TARGET ? "met" : "NOT MET");
 }
 
+/*
+ * Print the CPU milliseconds one op cost on average, client and daemon, on
+ * both sides, and the ratios unauthenticated / authenticated of the sums.
+ */
+static void
+report_cpu(const char *op, const side *plain, const side *auth, int o, long reps)
+{
+    double pc = plain->cpu[o][0] * 1e3 / (double)reps, pd = plain->cpu[o][1] * 1e3 / (double)reps,
+           ac = auth->cpu[o][0] * 1e3 / (double)reps, ad = auth->cpu[o][1] * 1e3 / (double)reps;
+
+    printf("  %-5s CPU per call: unauthenticated client %6.1f ms + daemon %6.1f ms = %6.1f ms; "
+           "authenticated %6.1f + %6.1f = %6.1f ms; plain/auth %.2f\n"
+           "        client page faults per call: unauthenticated %.0f, authenticated %.0f\n",
+           op, pc, pd, pc + pd, ac, ad, ac + ad, ac + ad > 0 ? (pc + pd) / (ac + ad) : 0.0,
+           plain->cpu[o][2] / (double)reps, auth->cpu[o][2] / (double)reps);
+}
+
 /* Parse a whole number in [1, max]; -1 if it is not one. */
 static long
 parse_count(const char *s, long max)
@@ -241,6 +290,8 @@ run(side *sides, model *m, long reps)
             if (push_once(&sides[k], m, step + (uint64_t)i, &sides[k].push_s[0]) < 0)
                 return -1;
     step += 2;
+    memset(sides[0].cpu, 0, sizeof(sides[0].cpu));
+    memset(sides[1].cpu, 0, sizeof(sides[1].cpu));
     for (long r = 0; r < reps; r++, step++) {
         for (int j = 0; j < 2; j++) {
             side *s = &sides[(r + j) % 2]; /* alternate which side goes first */
@@ -300,6 +351,9 @@ main(int argc, char **argv)
     printf("  (medians; GB/s = 1e9 bytes/s)\n");
     report("push", sides[0].push_s, sides[1].push_s, reps, (uint64_t)mib << 20);
     report("pull", sides[0].pull_s, sides[1].pull_s, reps, (uint64_t)mib << 20);
+    printf("  (CPU time, user + system, means over the repetitions; the client is this process)\n");
+    report_cpu("push", &sides[0], &sides[1], OP_PUSH, reps);
+    report_cpu("pull", &sides[0], &sides[1], OP_PULL, reps);
     rc = 0;
 out:
     for (int k = 0; k < 2; k++) {

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -316,4 +317,41 @@ proc_reset_peak(const proc *p)
         rc = -1;
     close(fd);
     return rc;
+}
+
+int
+proc_read_cpu(const proc *p, double *sec)
+{
+    char path[64], buf[1024], *rp;
+    unsigned long long ut = 0, st = 0;
+    long hz = sysconf(_SC_CLK_TCK);
+    size_t n;
+    FILE *f;
+
+    (void)snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+    if (p->pid <= 0 || hz <= 0 || (f = fopen(path, "r")) == NULL)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after the command name (which may hold spaces): state is field 3, utime 14,
+     * stime 15. */
+    if ((rp = strrchr(buf, ')')) == NULL ||
+        sscanf(rp + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    *sec = (double)(ut + st) / (double)hz;
+    return 0;
+}
+
+double
+proc_self_cpu(double *faults)
+{
+    struct rusage u;
+
+    if (getrusage(RUSAGE_SELF, &u) != 0)
+        return 0.0;
+    if (faults != NULL)
+        *faults = (double)u.ru_minflt;
+    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 +
+           (double)u.ru_stime.tv_sec + (double)u.ru_stime.tv_usec / 1e6;
 }

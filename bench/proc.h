@@ -59,6 +59,18 @@ int proc_stop(proc *p);
 /* Read p's VmRSS and VmHWM. Returns 0 or -1. */
 int proc_read_mem(const proc *p, proc_mem *m);
 
+/*
+ * CPU time (user + system, every thread) p has used since it started, in
+ * seconds, from /proc/PID/stat (clock ticks). Returns 0 or -1.
+ */
+int proc_read_cpu(const proc *p, double *sec);
+
+/*
+ * CPU time (user + system, every thread) this process has used, in seconds,
+ * and (if faults is not NULL) its minor page faults so far (getrusage).
+ */
+double proc_self_cpu(double *faults);
+
 /* Reset p's VmHWM to its current VmRSS (clear_refs 5). Returns 0 or -1. */
 int proc_reset_peak(const proc *p);
 

@@ -219,6 +219,21 @@ START_TEST(test_auth_piece_tags_equal_libsodium)
                              none, want, &tl, none, 0, data, sizes[k], NULL, nonce, key),
                          0);
         ck_assert_msg(memcmp(got, want, 16) == 0, "piece tag of %zu bytes differs", sizes[k]);
+        /* The incremental form over uneven fragments (1, 15, 16, 17, ... bytes) gives the same. */
+        {
+            auth_piece_stream ps;
+            size_t off = 0, step = 1;
+            ck_assert_int_eq(auth_piece_stream_begin(&ps, key, seq, i), 0);
+            while (off < sizes[k]) {
+                size_t n = sizes[k] - off < step ? sizes[k] - off : step;
+                auth_piece_stream_update(&ps, data + off, n);
+                off += n;
+                step = step * 3 + 13;
+            }
+            ck_assert_int_eq(auth_piece_stream_final(&ps, got), 0);
+            ck_assert_msg(memcmp(got, want, 16) == 0, "streamed piece tag of %zu bytes differs",
+                          sizes[k]);
+        }
     }
     free(data);
 }

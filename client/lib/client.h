@@ -129,11 +129,23 @@ typedef struct reply {
     const msgpack_object *root;
 } reply;
 
-/* A request packed for a connection and not yet sent (req_prepare, req_transmit). */
+/* Packs one request (of any op) from its arguments ctx. */
+typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
+
+/* A request packed (or tagged) for a connection and not yet sent (req_prepare, req_transmit). */
 typedef struct prepared {
     void *msg; /* NN_MSG buffer; NULL: nothing packed */
     size_t len;
     uint64_t seq; /* its sequence number; 0: plain */
+    /* Tagged ahead, packed at send time: the body's piece tags (NULL: none), computed straight
+     * from build(ctx)'s buffers for session `session`, and the body's length. */
+    unsigned char *tags;
+    uint64_t session;
+    uint64_t route_epoch; /* and the route it was tagged for (a routed client) */
+    uint32_t route_shard;
+    size_t body_len;
+    build_fn build;
+    const void *ctx;
 } prepared;
 
 /* A reply taken from a connection, not yet checked or decoded (req_recv, req_open). */
@@ -144,9 +156,6 @@ typedef struct received {
     uint64_t session;                 /* the connection's session when it was taken */
     unsigned char rx[AUTH_KEY_BYTES]; /* and that session's key for replies */
 } received;
-
-/* Packs one request (of any op) from its arguments ctx. */
-typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
 
 /* A request with an optional model name and up to two uint fields. */
 typedef struct simple_req {

@@ -383,7 +383,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     size_t ti = 0, cap = n < PROTO_MAX_TENSORS ? n : PROTO_MAX_TENSORS;
     uint64_t toff = 0, txn = 0, nsent = 0, ndone = 0;
     prepared next = {0};
-    int planned = 0; /* q holds the next message (packed into next, unless next.msg is NULL) */
+    int planned = 0; /* q holds the next message (tagged into next, unless next.tags is NULL) */
     uint32_t id;
     push_item *items;
     reply r;
@@ -404,9 +404,9 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
         goto out;
     q.txn = cq.value = txn;
     /* Chunks are pipelined: message j goes on connection j % c->depth, whose previous
-     * reply is checked first. With authentication the next message is packed and tagged
-     * as soon as it is planned, while the daemon works on those in flight; without, it is
-     * packed when it is sent, as on two cores the copy would compete with the transfer. */
+     * reply is checked first. With authentication the next message is tagged as soon as
+     * it is planned, while the daemon works on those in flight (req_prepare); every message
+     * is packed when it is sent, as on two cores the copy would compete with the transfer. */
     while (ti < n || planned || nsent > ndone) {
         size_t k = nsent % c->depth;
         uint64_t staged;
@@ -421,9 +421,9 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
         if (planned && nsent - ndone < c->depth) {
             int64_t deadline = now_ms() + c->opts.timeout_ms;
 
-            if (next.msg != NULL && session_due(c, k))
-                prepared_free(&next); /* packed before its session was due: renew, pack again */
-            rc = next.msg != NULL
+            if (next.tags != NULL && session_due(c, k))
+                prepared_free(&next); /* tagged before its session was due: renew, tag again */
+            rc = next.tags != NULL
                      ? req_transmit(c, k, PROTO_OP_PUSH, &next, deadline, c->opts.timeout_ms, &id)
                      : req_send(c, k, PROTO_OP_PUSH, build_push, &q, deadline, c->opts.timeout_ms,
                                 &id);

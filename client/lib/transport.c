@@ -39,14 +39,12 @@
 #include "client.h"
 #include "common/dtype.h"
 
-#ifndef PACKAGE_VERSION
-#define PACKAGE_VERSION "0.1.0"
-#endif
-
 /*
  * Output of the two-pass packer: counts when p is NULL, writes into
  * p[0..cap) otherwise. With a key, the body of a frame: each 1 MiB piece
  * is tagged (into tags) as soon as it is written, while it is in the cache.
+ * With a key and no p (ahead), nothing is written: the pieces are tagged
+ * straight from the buffers the body will be packed from (cap bytes).
  */
 typedef struct wbuf {
     char *p;
@@ -57,7 +55,41 @@ typedef struct wbuf {
     unsigned char *tags;
     size_t tagged;        /* pieces tagged so far */
     const emad_client *c; /* a routed client's requests carry epoch and shard */
+    int ahead;            /* tag without writing */
+    auth_piece_stream ps;
 } wbuf;
+
+/* Tag-ahead pass of wbuf_write: feed buf to the tags of the pieces it falls in. */
+static int
+wbuf_tag_ahead(wbuf *w, const char *buf, size_t len)
+{
+    if (len > w->cap - w->len) {
+        w->overflow = 1;
+        return -1;
+    }
+    while (len > 0) {
+        size_t piece_end = (w->tagged + 1) * AUTH_PIECE_BYTES;
+        size_t n = piece_end - w->len < len ? piece_end - w->len : len;
+
+        if (w->len == w->tagged * AUTH_PIECE_BYTES &&
+            auth_piece_stream_begin(&w->ps, w->key, w->seq, (uint32_t)w->tagged) != 0) {
+            w->overflow = 1;
+            return -1;
+        }
+        auth_piece_stream_update(&w->ps, buf, n);
+        w->len += n;
+        buf += n;
+        len -= n;
+        if (w->len == piece_end || w->len == w->cap) {
+            if (auth_piece_stream_final(&w->ps, w->tags + w->tagged * AUTH_TAG_BYTES) != 0) {
+                w->overflow = 1;
+                return -1;
+            }
+            w->tagged++;
+        }
+    }
+    return 0;
+}
 
 /* msgpack_packer write callback for wbuf; refuses to write past cap, tags full pieces. */
 static int
@@ -65,6 +97,8 @@ wbuf_write(void *data, const char *buf, size_t len)
 {
     wbuf *w = data;
 
+    if (w->ahead)
+        return w->overflow ? -1 : wbuf_tag_ahead(w, buf, len);
     if (w->p == NULL) {
         w->len += len;
         return 0;
@@ -350,7 +384,7 @@ int
 req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
             int timeout_ms, uint32_t *id, int plain)
 {
-    prepared p;
+    prepared p = {0};
     int rc;
 
     if (c->pending[k] != 0)
@@ -366,15 +400,23 @@ req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, i
 }
 
 /*
- * Pack a request for connection k ahead of sending it (req_transmit), while
+ * Tag a request for connection k ahead of sending it (req_transmit), while
  * the connection may still have a request in flight: the daemon works on
- * that one while this one is packed and tagged. When the connection's
- * session needs a handshake first (which needs an idle connection), p->msg
- * stays NULL and the caller packs at send time (req_send).
+ * that one while the pieces of this one are tagged straight from the
+ * buffers build(ctx) packs from (the tensor data, read once, not copied).
+ * It is packed when it is sent, as without authentication, so only one
+ * message buffer is alive per connection (two would make the allocator
+ * return memory to the system and fault it in again, one chunk in two).
+ * When the connection has no session, or needs a handshake first (which
+ * needs an idle connection), p stays empty and the caller packs at send
+ * time (req_send). build and ctx must be unchanged until then.
  */
 int
 req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p)
 {
+    msgpack_packer pk;
+    wbuf w = {.c = c};
+    size_t len;
     int rc;
 
     memset(p, 0, sizeof(*p));
@@ -384,7 +426,34 @@ req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, p
         return 0;
     if (c->pending[k] == 0 && (rc = session_ensure(c, k)) != 0)
         return rc;
-    return pack_request(c, k, 0, op, build, ctx, &p->msg, &p->len, &p->seq);
+    if (c->sess[k].id == 0)
+        return 0;
+    len = packed_size(c, build, ctx);
+    if (len > c->msg_limit)
+        return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
+                    proto_op_name(op), len, (unsigned long long)c->msg_limit);
+    if ((p->tags = malloc(auth_piece_count(len) * AUTH_TAG_BYTES)) == NULL)
+        return fail(c, EMAD_ENOMEM, "%s: out of memory for piece tags", proto_op_name(op));
+    w.ahead = 1;
+    w.cap = len;
+    w.key = c->sess[k].tx;
+    w.seq = c->sess[k].seq + 1;
+    w.tags = p->tags;
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    build(&pk, ctx);
+    auth_piece_stream_abort(&w.ps);
+    if (w.overflow || w.len != len || w.tagged != auth_piece_count(len)) {
+        prepared_free(p);
+        return fail(c, EMAD_EINTERNAL, "%s: request tagged to a different size", proto_op_name(op));
+    }
+    p->seq = ++c->sess[k].seq;
+    p->session = c->sess[k].id;
+    p->route_epoch = c->route_epoch;
+    p->route_shard = c->route_shard;
+    p->body_len = len;
+    p->build = build;
+    p->ctx = ctx;
+    return 0;
 }
 
 /* Free a prepared request that will not be sent; safe on an empty one. */
@@ -394,6 +463,47 @@ prepared_free(prepared *p)
     if (p->msg != NULL)
         nn_freemsg(p->msg);
     p->msg = NULL;
+    free(p->tags);
+    p->tags = NULL;
+}
+
+/*
+ * Pack a request tagged ahead (p->tags) into its frame for connection k:
+ * the body copied as without authentication, the header and the frame's
+ * tag from the piece tags. If the connection's session or the client's
+ * route changed since (the key or the body would differ), it is packed and
+ * tagged afresh instead. Returns 0 with p->msg, p->len and p->seq set.
+ */
+static int
+pack_tagged(emad_client *c, size_t k, int op, prepared *p)
+{
+    static const unsigned char zero[AUTH_TAG_BYTES];
+    unsigned char tag[AUTH_TAG_BYTES];
+    size_t len = p->body_len;
+    msgpack_packer pk;
+    wbuf w = {.c = c};
+    char *msg;
+
+    if (c->sess[k].id != p->session || c->route_epoch != p->route_epoch ||
+        c->route_shard != p->route_shard)
+        return pack_request(c, k, 0, op, p->build, p->ctx, &p->msg, &p->len, &p->seq);
+    if ((msg = nn_allocmsg(len + AUTH_FRAME_HEADER, 0)) == NULL)
+        return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
+                    len + AUTH_FRAME_HEADER);
+    w.p = msg + AUTH_FRAME_HEADER;
+    w.cap = len;
+    msgpack_packer_init(&pk, &w, wbuf_write);
+    p->build(&pk, p->ctx);
+    if (w.overflow || w.len != len) {
+        nn_freemsg(msg);
+        return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
+    }
+    auth_header_encode(msg, p->session, p->seq, zero);
+    auth_frame_tag(c->sess[k].tx, (unsigned char *)msg, p->tags, auth_piece_count(len), tag);
+    memcpy(msg + AUTH_OFF_TAG, tag, sizeof(tag));
+    p->msg = msg;
+    p->len = len + AUTH_FRAME_HEADER;
+    return 0;
 }
 
 /*
@@ -411,16 +521,23 @@ req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, in
     struct nn_iovec iov;
     struct nn_msghdr hdr;
     size_t splen = sizeof(uint32_t);
-    void *msg = p->msg;
+    void *msg;
     int64_t left, since = now_ms();
     int rc, slice = ROUTED_SLICE_MS;
 
-    p->msg = NULL;
     if (c->pending[k] != 0) {
-        nn_freemsg(msg);
+        prepared_free(p);
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
                     proto_op_name(op), k);
     }
+    if (p->tags != NULL && p->msg == NULL && (rc = pack_tagged(c, k, op, p)) != 0) {
+        prepared_free(p);
+        return rc;
+    }
+    msg = p->msg;
+    p->msg = NULL;
+    free(p->tags);
+    p->tags = NULL;
     c->next_id = (c->next_id + 1) & 0x7fffffffu;
     *id = c->next_id | 0x80000000u;
     /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */
@@ -655,73 +772,6 @@ int
 call_simple(emad_client *c, const simple_req *q, reply *r)
 {
     return call(c, q->op, build_simple, q, c->opts.timeout_ms, r);
-}
-
-/* Library version string, from the build (static storage). */
-EMAD_EXTERN const char *
-emad_version(void)
-{
-    return PACKAGE_VERSION;
-}
-
-/* sizeof a public struct by its name, 0 if unknown (for bindings to check their layouts). */
-EMAD_EXTERN size_t
-emad_struct_size(const char *name)
-{
-    static const struct {
-        const char *name;
-        size_t size;
-    } t[] = {
-        {"emad_tensor", sizeof(emad_tensor)},
-        {"emad_options", sizeof(emad_options)},
-        {"emad_push_result", sizeof(emad_push_result)},
-        {"emad_pull_options", sizeof(emad_pull_options)},
-        {"emad_model", sizeof(emad_model)},
-        {"emad_model_info", sizeof(emad_model_info)},
-        {"emad_model_config", sizeof(emad_model_config)},
-        {"emad_stat", sizeof(emad_stat)},
-        {"emad_piece", sizeof(emad_piece)},
-        {"emad_replica_status", sizeof(emad_replica_status)},
-    };
-
-    for (size_t i = 0; name != NULL && i < sizeof(t) / sizeof(t[0]); i++)
-        if (strcmp(t[i].name, name) == 0)
-            return t[i].size;
-    return 0;
-}
-
-/* Safetensors name of a dtype, or NULL. */
-EMAD_EXTERN const char *
-emad_dtype_name(int dtype)
-{
-    return dtype_name(dtype);
-}
-
-/* dtype for a safetensors name; EMAD_DTYPE_INVALID for NULL or unknown names. */
-EMAD_EXTERN int
-emad_dtype_from_name(const char *name)
-{
-    return name != NULL ? dtype_from_name(name, strlen(name)) : EMAD_DTYPE_INVALID;
-}
-
-/* Element size of a dtype in bytes, 0 if invalid. */
-EMAD_EXTERN size_t
-emad_dtype_size(int dtype)
-{
-    return dtype_size(dtype);
-}
-
-/* Fill opts with the defaults (30 s requests, 5 s first contact, 4 MiB chunks, 64 MiB replies). */
-EMAD_EXTERN void
-emad_options_init(emad_options *opts)
-{
-    if (opts == NULL)
-        return;
-    memset(opts, 0, sizeof(*opts));
-    opts->timeout_ms = DEFAULT_TIMEOUT_MS;
-    opts->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-    opts->chunk_bytes = DEFAULT_CHUNK_BYTES;
-    opts->max_reply_bytes = DEFAULT_MAX_REPLY_BYTES;
 }
 
 /* Pack a hello request. */

@@ -350,6 +350,68 @@ auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint32_t i
     mac(key, i, seq, data, len, tag);
 }
 
+int
+auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_BYTES], uint64_t seq,
+                        uint32_t i)
+{
+    unsigned char nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES], otk[32];
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "POLY1305", NULL);
+    EVP_MAC_CTX *c = m != NULL ? EVP_MAC_CTX_new(m) : NULL;
+    OSSL_PARAM params[2];
+    int ok;
+
+    EVP_MAC_free(m); /* the context holds its own reference */
+    for (int b = 0; b < 4; b++)
+        nonce[b] = (unsigned char)(i >> (8 * b));
+    put_u64le(nonce + 4, seq);
+    crypto_stream_chacha20_ietf(otk, sizeof(otk), nonce, key);
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, otk, sizeof(otk));
+    params[1] = OSSL_PARAM_construct_end();
+    ok = c != NULL && EVP_MAC_init(c, NULL, 0, params) == 1;
+    sodium_memzero(otk, sizeof(otk));
+    if (!ok) {
+        EVP_MAC_CTX_free(c);
+        return -1;
+    }
+    s->ctx = c;
+    s->len = 0;
+    return 0;
+}
+
+void
+auth_piece_stream_update(auth_piece_stream *s, const void *data, size_t len)
+{
+    if (s->ctx != NULL && len > 0 && EVP_MAC_update(s->ctx, data, len) != 1)
+        auth_piece_stream_abort(s); /* final then fails */
+    s->len += len;
+}
+
+int
+auth_piece_stream_final(auth_piece_stream *s, unsigned char tag[AUTH_TAG_BYTES])
+{
+    static const unsigned char pad[16];
+    unsigned char lens[16];
+    size_t out = 0;
+    int ok;
+
+    if (s->ctx == NULL)
+        return -1;
+    put_u64le(lens, s->len);
+    put_u64le(lens + 8, 0);
+    ok = (s->len % 16 == 0 || EVP_MAC_update(s->ctx, pad, 16 - s->len % 16) == 1) &&
+         EVP_MAC_update(s->ctx, lens, sizeof(lens)) == 1 &&
+         EVP_MAC_final(s->ctx, tag, &out, AUTH_TAG_BYTES) == 1 && out == AUTH_TAG_BYTES;
+    auth_piece_stream_abort(s);
+    return ok ? 0 : -1;
+}
+
+void
+auth_piece_stream_abort(auth_piece_stream *s)
+{
+    EVP_MAC_CTX_free(s->ctx);
+    s->ctx = NULL;
+}
+
 /* The final MAC over H || t_0 || ... || t_{n-1}, fed incrementally (RFC 8439's AEAD with an
    empty plaintext: Poly1305 keyed by ChaCha20 block 0, over ad || pad16 || u64le(len ad) || 0). */
 struct final_mac {

@@ -171,6 +171,24 @@ void auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint3
                     const void *data, size_t len, unsigned char tag[AUTH_TAG_BYTES]);
 
 /*
+ * The same tag computed incrementally: begin, any number of updates whose
+ * concatenation is the piece, final. Lets a sender tag a piece straight
+ * from the scattered buffers it will be packed from, ahead of packing it.
+ * begin returns 0, or -1 if no MAC context could be made (nothing to free);
+ * after a successful begin, final (0, or -1 on failure) or abort must be
+ * called. Any thread.
+ */
+typedef struct auth_piece_stream {
+    void *ctx; /* the MAC context (OpenSSL's Poly1305) */
+    uint64_t len;
+} auth_piece_stream;
+int auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_BYTES],
+                            uint64_t seq, uint32_t i);
+void auth_piece_stream_update(auth_piece_stream *s, const void *data, size_t len);
+int auth_piece_stream_final(auth_piece_stream *s, unsigned char tag[AUTH_TAG_BYTES]);
+void auth_piece_stream_abort(auth_piece_stream *s);
+
+/*
  * The frame's tag: the same AEAD with nonce u32le(0xFFFFFFFF) || u64le(seq)
  * over H (the first AUTH_HEADER_MACED bytes of the frame, whose seq it
  * reads) followed by the n piece tags (n * AUTH_TAG_BYTES bytes).

@@ -94,8 +94,8 @@ struct server {
     authsess_table *auth;  /* users and sessions; NULL without --auth-file (authgate.c) */
     uint64_t auth_log_ms[AUTHGATE_REASONS];      /* when each failure reason was last logged */
     uint64_t auth_log_skipped[AUTHGATE_REASONS]; /* lines not logged since then */
-    decode_arena arena;    /* the objects of the request being handled */
-    int decoding;          /* handle() is running (a nested one decodes into an arena of its own) */
+    decode_arena arena;                          /* the objects of the request being handled */
+    int decoding; /* handle() is running (a nested one decodes into an arena of its own) */
 };
 
 /* The authentication of a request: session 0 for a plain (unauthenticated) one. */

@@ -32,7 +32,7 @@ struct store_err;
     X(PENDING, PROTO_VAL_MEMORY_PENDING, "parts of waiting steps")                                 \
     X(TXN_SHADOWS, PROTO_VAL_MEMORY_TXN_SHADOWS, "new shadows of open transactions")               \
     X(SESSIONS, PROTO_VAL_MEMORY_SESSIONS, "versions pull sessions hold")                          \
-    X(REPLIES, PROTO_VAL_MEMORY_REPLIES, "replies not yet taken")                                 \
+    X(REPLIES, PROTO_VAL_MEMORY_REPLIES, "replies not yet taken")                                  \
     X(PREVIOUS, PROTO_VAL_MEMORY_PREVIOUS, "previous versions kept in cluster mode")
 
 enum budget_part {

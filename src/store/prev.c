@@ -23,7 +23,7 @@ typedef struct prev_entry {
 } prev_entry;
 
 struct prev_version {
-    uint64_t step; /* the model's committed step then */
+    uint64_t step;  /* the model's committed step then */
     size_t n;       /* tensors m->tensors[0..n) existed then (tensors are only appended) */
     uint64_t bytes; /* its shadows' bytes, charged to the budget's "previous" part */
     prev_entry *e;
