@@ -4,7 +4,7 @@
  * Every command's command line goes through one loop (args_parse): options
  * (--name VALUE or --name=VALUE) and positional arguments in any order, "--"
  * ending the options. Options are looked up in the common table (--server,
- * --timeout; --help is handled by the loop) and then in the tables the
+ * --cluster, --timeout; --help is handled by the loop) and then in the tables the
  * command lists; each option spec names the handler that checks its value
  * and stores it in a ctl_args, printing the usage error (exit status 2)
  * when the value is wrong. This file also owns the value parsers (whole
@@ -164,6 +164,27 @@ args_set_global(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
     return 0;
 }
 
+/* --server URL: the daemon to talk to (and not a cluster, even with $EMAD_CLUSTER set). */
+static int
+args_set_server(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
+{
+    int r = args_set_global(g, o, v, a);
+
+    if (r == 0)
+        g->cluster = NULL;
+    return r;
+}
+
+/* --cluster MAP: the shard map of the cluster to talk to (wins over --server). */
+static int
+args_set_cluster(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
+{
+    if (v == NULL || *v == '\0')
+        return ctl_usage_error(g, "%s needs %s", o->name, o->what);
+    g->cluster = v;
+    return 0;
+}
+
 /* --timeout MS: the time limit of each request. */
 static int
 args_set_timeout(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
@@ -290,8 +311,10 @@ args_set_dtype(ctl *g, const ctl_opt *o, const char *v, ctl_args *a)
 /* clang-format off */
 /* Options every command takes (and emactl itself, before the command). */
 static const ctl_opt common_opts[] = {
-    {.name = "--server", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, server),
+    {.name = "--server", .has_arg = 1, .set = args_set_server, .off = offsetof(ctl, server),
      .what = "a URL"},
+    {.name = "--cluster", .has_arg = 1, .set = args_set_cluster,
+     .what = "a shard map (a file, or its text)"},
     {.name = "--user", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, user),
      .what = "a user name"},
     {.name = "--key-file", .has_arg = 1, .set = args_set_global, .off = offsetof(ctl, key_file),
@@ -457,7 +480,7 @@ args_parse(ctl *g, const ctl_cmd *cmd, ctl_args *a)
 }
 
 /*
- * Apply argv[*i], an option before the command (--server or --timeout), and
+ * Apply argv[*i], an option before the command (--server, --cluster or --timeout), and
  * move *i to its last argument. Returns -1 to go on, else the exit status.
  */
 int

@@ -142,6 +142,7 @@ cmd_push(ctl *g, const ctl_cmd *self, ctl_args *a)
         printf(", waiting for other writers");
     printf("; model step %" PRIu64 " (%u message%s)\n", res.step, res.messages,
            res.messages == 1 ? "" : "s");
+    ctl_warnings(g, c);
     status = EXIT_SUCCESS;
 out:
     emad_close(c);

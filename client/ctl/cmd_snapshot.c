@@ -312,6 +312,7 @@ cmd_import(ctl *g, const ctl_cmd *self, ctl_args *a)
     if (res.ignored > 0)
         printf(", %" PRIu64 " ignored", res.ignored);
     printf("; model step %" PRIu64 "\n", res.step);
+    ctl_warnings(g, c);
     status = EXIT_SUCCESS;
 out:
     emad_close(c);

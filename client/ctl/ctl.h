@@ -22,6 +22,7 @@
 /* Settings shared by every command. */
 typedef struct ctl {
     const char *server;
+    const char *cluster; /* shard map (file or text): connect to the cluster, not to server */
     int timeout_ms;
     const char *cmd;      /* command name, for messages */
     const char *user;     /* --user: authenticate as this user (NULL: the key file's) */
@@ -32,7 +33,7 @@ typedef struct ctl {
 #define ARGS_MAXGRANTS 16
 
 /* The most positional arguments a command takes. */
-#define ARGS_MAXPOS 2
+#define ARGS_MAXPOS 3
 
 /*
  * What the command line of one command says: positional arguments and the
@@ -141,6 +142,9 @@ emad_client *ctl_connect(const ctl *g);
 /* ctl_connect() with messages as large as the daemon accepts (not the 4 MiB chunks of pushes). */
 emad_client *ctl_connect_whole(const ctl *g);
 
+/* Print the replicas a successful call on a cluster client skipped, one warning line each. */
+void ctl_warnings(const ctl *g, const emad_client *c);
+
 /* cmd_data.c: tensors of a safetensors file as libemad tensors. */
 void cmd_data_add_tensors(emad_tensor *t, size_t *n, const safetensors_file *f, int kind);
 
@@ -149,6 +153,6 @@ extern const ctl_cmd ctl_cmd_create, ctl_cmd_configure, ctl_cmd_list, ctl_cmd_dr
 extern const ctl_cmd ctl_cmd_push, ctl_cmd_pull;
 extern const ctl_cmd ctl_cmd_export, ctl_cmd_import, ctl_cmd_snapshot;
 extern const ctl_cmd ctl_cmd_stats, ctl_cmd_watch;
-extern const ctl_cmd ctl_cmd_keygen;
+extern const ctl_cmd ctl_cmd_cluster, ctl_cmd_keygen;
 
 #endif

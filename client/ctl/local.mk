@@ -4,6 +4,6 @@
 bin_PROGRAMS += emactl
 emactl_SOURCES = client/ctl/main.c client/ctl/args.c client/ctl/ctl.h \
 	client/ctl/cmd_model.c client/ctl/cmd_data.c client/ctl/cmd_snapshot.c \
-	client/ctl/cmd_stats.c client/ctl/cmd_auth.c
+	client/ctl/cmd_stats.c client/ctl/cmd_cluster.c client/ctl/cmd_auth.c
 emactl_CFLAGS = $(AM_CFLAGS)
 emactl_LDADD = libemad.la libemadcore.la

@@ -32,19 +32,13 @@
 
 /* The commands, in the order --help lists them. */
 static const ctl_cmd *const commands[] = {
-    &ctl_cmd_create,
-    &ctl_cmd_configure,
-    &ctl_cmd_push,
-    &ctl_cmd_pull,
-    &ctl_cmd_list,
-    &ctl_cmd_drop,
-    &ctl_cmd_export,
-    &ctl_cmd_import,
-    &ctl_cmd_snapshot,
-    &ctl_cmd_stats,
-    &ctl_cmd_watch,
-    &ctl_cmd_keygen,
-    NULL,
+    &ctl_cmd_create,   &ctl_cmd_configure,
+    &ctl_cmd_push,     &ctl_cmd_pull,
+    &ctl_cmd_list,     &ctl_cmd_drop,
+    &ctl_cmd_export,   &ctl_cmd_import,
+    &ctl_cmd_snapshot, &ctl_cmd_stats,
+    &ctl_cmd_watch,    &ctl_cmd_cluster,
+    &ctl_cmd_keygen,   NULL,
 };
 
 /* ---- messages ------------------------------------------------------------------------------- */
@@ -124,7 +118,9 @@ ctl_fail_file(const ctl *g, const char *path, int rc, const char *cause)
 void
 ctl_command_usage(FILE *f, const ctl_cmd *c)
 {
-    fprintf(f, "usage: emactl [--server URL] [--timeout MS] [--user USER --key-file FILE] %s\n\n%s",
+    fprintf(f,
+            "usage: emactl [--server URL | --cluster MAP] [--timeout MS] [--user USER --key-file "
+            "FILE] %s\n\n%s",
             c->usage, c->help);
 }
 
@@ -144,12 +140,25 @@ connect_chunk(const ctl *g, uint64_t chunk_bytes)
         o.connect_timeout_ms = g->timeout_ms;
     o.user = g->user;
     o.key_file = g->key_file;
-    if ((rc = emad_connect(&c, g->server, &o)) != 0) {
+    rc = g->cluster != NULL ? emad_connect_cluster(&c, g->cluster, &o)
+                            : emad_connect(&c, g->server, &o);
+    if (rc != 0) {
         const char *name = emad_errname(rc);
-        const char *msg = emad_last_error(NULL);
-        ctl_errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server,
-                   msg[0] != '\0' ? msg : emad_strerror(rc), name != NULL ? " (" : "",
-                   name != NULL ? name : "", name != NULL ? ")" : "");
+        char msg[512] = "";
+        if (c != NULL)
+            snprintf(msg, sizeof(msg), "%s", emad_last_error(c));
+        else if (g->cluster != NULL)
+            (void)emad_cluster_check_map(g->cluster, msg, sizeof(msg));
+        else
+            snprintf(msg, sizeof(msg), "%s", emad_last_error(NULL));
+        if (g->cluster != NULL)
+            ctl_errorf(g, "cannot use the cluster: %s%s%s%s", msg[0] ? msg : emad_strerror(rc),
+                       name != NULL ? " (" : "", name != NULL ? name : "", name != NULL ? ")" : "");
+        else
+            ctl_errorf(g, "cannot talk to emad at %s: %s%s%s%s", g->server,
+                       msg[0] ? msg : emad_strerror(rc), name != NULL ? " (" : "",
+                       name != NULL ? name : "", name != NULL ? ")" : "");
+        emad_close(c);
         return NULL;
     }
     return c;
@@ -169,26 +178,45 @@ ctl_connect_whole(const ctl *g)
     return connect_chunk(g, PROTO_MAX_MAX_MESSAGE);
 }
 
+/* Print the replicas a successful call on a cluster client skipped, one warning line each. */
+void
+ctl_warnings(const ctl *g, const emad_client *c)
+{
+    const char *w = g->cluster != NULL && c != NULL ? emad_cluster_warnings(c) : "";
+
+    while (w != NULL && *w != '\0') {
+        const char *nl = strchr(w, '\n');
+        int len = nl != NULL ? (int)(nl - w) : (int)strlen(w);
+        if (len > 0)
+            fprintf(stderr, "emactl: %s: warning: %.*s\n", g->cmd != NULL ? g->cmd : "", len, w);
+        w = nl != NULL ? nl + 1 : NULL;
+    }
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
 /* Print the global usage to f. */
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: emactl [--server URL] [--timeout MS] [--user USER --key-file FILE] COMMAND "
-               "[ARGS]\n"
-               "\n"
-               "emactl talks to emad, the EMA parameter server: it creates models, pushes\n"
-               "parameters and buffers from safetensors files, pulls the averaged model\n"
-               "into a safetensors file and shows what the daemon holds.\n"
-               "\n"
-               "commands:\n");
+    fprintf(f,
+            "usage: emactl [--server URL | --cluster MAP] [--timeout MS] [--user USER --key-file "
+            "FILE] COMMAND [ARGS]\n"
+            "\n"
+            "emactl talks to emad, the EMA parameter server: it creates models, pushes\n"
+            "parameters and buffers from safetensors files, pulls the averaged model\n"
+            "into a safetensors file and shows what the daemon holds.\n"
+            "\n"
+            "commands:\n");
     for (const ctl_cmd *const *c = commands; *c != NULL; c++)
         fprintf(f, "  %s\n", (*c)->usage);
     fprintf(f,
             "\n"
             "options:\n"
             "  --server URL   daemon to talk to (default: $EMAD_SERVER if set, else %s)\n"
+            "  --cluster MAP  talk to the cluster of a shard map (a file, or the text with\n"
+            "                 ';' between lines; default: $EMAD_CLUSTER if set): every\n"
+            "                 command goes through the map (docs/CLUSTER.md)\n"
             "  --timeout MS   time limit for each request, in milliseconds (default 30000)\n"
             "  --user USER    authenticate as USER (default: the user of the key file)\n"
             "  --key-file FILE  the user's key file, made by 'emactl keygen' (mode 0600);\n"
@@ -237,12 +265,13 @@ command_run(ctl *g, const ctl_cmd *cmd, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    ctl g = {NULL, 30000, NULL, NULL, NULL};
-    const char *env = getenv("EMAD_SERVER");
+    ctl g = {.timeout_ms = 30000};
+    const char *env = getenv("EMAD_SERVER"), *cenv = getenv("EMAD_CLUSTER");
     const ctl_cmd *cmd;
     int i = 1, r;
 
     g.server = env != NULL && env[0] != '\0' ? env : EMAD_DEFAULT_URL;
+    g.cluster = cenv != NULL && cenv[0] != '\0' ? cenv : NULL;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from . import _arrays, _modules, _parallel, _sender
+from . import _arrays, _cluster, _modules, _parallel, _sender
 from ._lib import (BUFFER, DEFAULT_DECAY, DEFAULT_URL, DTYPE_NAMES, DTYPE_SIZES, DTYPES, ERRORS,
                    FLOAT_DTYPES, KIND_NAMES, MAX_DECAYS, MAX_GLOBS, PARAM, Error, ModelConfig,
                    ModelInfoC, Options, PullOptions, PushResult as _PushResultC, Stat, Tensor, lib)
@@ -106,6 +106,9 @@ class _Conn:
         self.url = None
         errors = []
         for url in urls:
+            if url.startswith(_cluster.PREFIX):  # raises with the map's problem
+                self.handle, self.url = _cluster.connect(lib_, url[len(_cluster.PREFIX):], opts), url
+                return
             h = ctypes.c_void_p()
             rc = lib_.fn("connect")(ctypes.byref(h), _bstr(url, "url"), ctypes.byref(opts))
             if rc == 0:
@@ -182,7 +185,13 @@ def _model_steps(conn):
         conn.lib.free(p)
 
 
-def _default_urls(url_or_urls):
+def _default_urls(url_or_urls, cluster=None):
+    if cluster is not None:
+        if url_or_urls is not None:
+            raise Error(ERRORS["EMAD_EINVAL"], "give a daemon URL or cluster=MAP, not both")
+        return [_cluster.PREFIX + _bstr(cluster, "cluster").decode("utf-8")]
+    if url_or_urls is None and os.environ.get("EMAD_CLUSTER"):
+        return [_cluster.PREFIX + os.environ["EMAD_CLUSTER"]]
     if url_or_urls is None:
         url_or_urls = os.environ.get("EMAD_SERVER") or DEFAULT_URL
     if isinstance(url_or_urls, str):
@@ -194,14 +203,19 @@ def _default_urls(url_or_urls):
     return urls
 
 
-class Client:
-    """A connection to an emad daemon.
+class Client(_cluster.ClusterMixin):
+    """A connection to an emad daemon, or to a cluster of them.
 
     Args:
         url_or_urls: the daemon's URL (``"tcp://host:7470"``, ``"ipc:///path"``),
             or a list of URLs (or one string with commas) tried in order at
             connect: the first daemon that answers is used. Default:
-            ``$EMAD_SERVER``, else ``tcp://127.0.0.1:7470``.
+            ``$EMAD_SERVER``, else ``tcp://127.0.0.1:7470`` (but see cluster).
+        cluster: instead of a URL, a cluster's shard map: a file, or its text
+            (``"epoch 1; shard 0 tcp://h0:7470 tcp://h1:7470; shard 1 ..."``).
+            Every call then goes through the map (docs/CLUSTER.md); the
+            cluster_* methods report on it. Default: ``$EMAD_CLUSTER`` if set
+            and no URL is given.
         timeout: seconds per request (send and reply), default 30.
         connect_timeout: seconds for the first contact, default 5.
         max_pending: asynchronous pushes (``wait=False``) captured but not yet
@@ -236,7 +250,7 @@ class Client:
     def __init__(self, url_or_urls=None, timeout=30.0, connect_timeout=5.0, max_pending=1,
                  chunk_bytes=None, max_reply_bytes=None, on_unavailable=None, max_wait=10.0,
                  warn_interval=_sender.WARN_INTERVAL, check_restarts=True, user=None,
-                 key_file=None):
+                 key_file=None, cluster=None):
         self._lib = lib()
         self._opts = Options()
         self._lib.fn("options_init")(ctypes.byref(self._opts))
@@ -265,13 +279,13 @@ class Client:
         self._staging = _arrays.Staging()  # device-to-host copies of synchronous pushes
         self._staging_lock = threading.Lock()
         self._conn = None
-        self._conn = _Conn(self._lib, _default_urls(url_or_urls), self._opts)
+        self._conn = _Conn(self._lib, _default_urls(url_or_urls, cluster), self._opts)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @property
     def url(self):
-        """The URL of the daemon this client is connected to."""
+        """The URL of the daemon this client is connected to ("cluster:MAP" for a cluster)."""
         return self._conn.url
 
     @property
@@ -667,12 +681,21 @@ class Client:
         computing the same plan, and this rank pushes its part as writer
         ``rank`` of a model created with ``writers=world_size``; buffers are
         pushed by rank 0 only. An explicit ``writer`` turns the split off.
+
+        On a cluster client (``cluster=``) the split is made per shard: the
+        bytes that the placement puts on each shard are cut among the ranks,
+        so every rank sends about 1/world_size of every shard's part and all
+        ranks use all shards' links at once (:func:`emad._parallel.split_cluster`).
         """
         self._check()
         entries = _module_entries(module, include_frozen)
         if writer is None:
             rank, world_size = _parallel.rank_and_size(rank, world_size)
-            if world_size > 1:
+            if world_size > 1 and self.cluster is not None:
+                entries = _parallel.split_cluster(entries, world_size,
+                                                  self._pieces(entries))[rank]
+                writer = rank
+            elif world_size > 1:
                 entries = _parallel.split(entries, world_size)[rank]
                 writer = rank
         return self._push(model, step, entries, wait, writer, on_unavailable)

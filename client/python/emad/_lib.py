@@ -51,6 +51,7 @@ MAX_DECAYS = 8
 MAX_GLOBS = 32
 MAX_WRITERS = 1024
 DEFAULT_URL = "tcp://127.0.0.1:7470"
+CLUSTER_MAX_URL_BYTES = 255
 
 #: Every error code lies in 1001..1199 (EMAD_ERRNO_MAP in include/emad.h); the
 #: library names the ones it has (emad_errname), read once when it loads.
@@ -257,6 +258,35 @@ class Model(ctypes.Structure):
     ]
 
 
+class Piece(ctypes.Structure):
+    """struct emad_piece."""
+
+    _fields_ = [
+        ("tensor", ctypes.c_size_t),
+        ("shard", ctypes.c_uint32),
+        ("whole", ctypes.c_int),
+        ("offset", ctypes.c_uint64),
+        ("count", ctypes.c_uint64),
+    ]
+
+
+class ReplicaStatus(ctypes.Structure):
+    """struct emad_replica_status."""
+
+    _fields_ = [
+        ("shard", ctypes.c_uint32),
+        ("replica", ctypes.c_uint32),
+        ("url", ctypes.c_char * (CLUSTER_MAX_URL_BYTES + 1)),
+        ("reachable", ctypes.c_int),
+        ("error", ctypes.c_int),
+        ("epoch", ctypes.c_uint64),
+        ("has_model", ctypes.c_int),
+        ("step", ctypes.c_uint64),
+        ("lag", ctypes.c_uint64),
+        ("resyncing", ctypes.c_int),
+    ]
+
+
 _P = ctypes.POINTER
 _client_p = ctypes.c_void_p
 _int = ctypes.c_int
@@ -307,6 +337,18 @@ _OPTIONAL = {
     "emad_pull_ex": (_int, [_client_p, _str, _P(_str), _size, _P(PullOptions), _P(_P(Model))]),
     "emad_pull_into_ex": (_int, [_client_p, _str, _P(Tensor), _size, _P(PullOptions),
                                  _P(_u64)]),
+    # Clusters (docs/CLUSTER.md).
+    "emad_connect_cluster": (_int, [_P(_client_p), _str, _P(Options)]),
+    "emad_cluster_check_map": (_int, [_str, ctypes.c_char_p, _size]),
+    "emad_cluster_info": (_int, [_client_p, _P(ctypes.c_uint32), _P(ctypes.c_uint32), _P(_u64),
+                                 _P(ctypes.c_uint32)]),
+    "emad_cluster_status": (_int, [_client_p, _str, _P(_P(ReplicaStatus)), _P(_size)]),
+    "emad_cluster_status_free": (_void, [_P(ReplicaStatus), _size]),
+    "emad_cluster_plan": (_int, [_client_p, _P(Tensor), _size, _P(_P(Piece)), _P(_size)]),
+    "emad_cluster_plan_shards": (_int, [ctypes.c_uint32, _P(Tensor), _size, _P(_P(Piece)),
+                                        _P(_size)]),
+    "emad_cluster_resync": (_int, [_client_p, _str, _P(_size)]),
+    "emad_cluster_warnings": (_str, [_client_p]),
 }
 
 
@@ -360,9 +402,14 @@ class Lib:
         structs = {"emad_tensor": Tensor, "emad_options": Options,
                    "emad_push_result": PushResult, "emad_pull_options": PullOptions,
                    "emad_model_info": ModelInfoC, "emad_stat": Stat,
-                   "emad_model_config": ModelConfig, "emad_model": Model}
+                   "emad_model_config": ModelConfig, "emad_model": Model,
+                   "emad_piece": Piece, "emad_replica_status": ReplicaStatus}
+        # Structs a library does not name (0) are older than it or unused by it.
+        optional = {"emad_piece", "emad_replica_status"}
         for cname, py in structs.items():
             want = size(cname.encode())
+            if want == 0 and cname in optional:
+                continue
             if want != ctypes.sizeof(py):
                 raise LibraryError(
                     "%s: struct %s has %d bytes but this Python package expects %d: the "

@@ -18,7 +18,7 @@ rank 0's in the average).
 from ._lib import DTYPE_SIZES, ERRORS, PARAM, Error
 from ._arrays import Entry
 
-__all__ = ["rank_and_size", "split"]
+__all__ = ["rank_and_size", "split", "split_cluster"]
 
 
 def rank_and_size(rank, world_size):
@@ -40,13 +40,14 @@ def rank_and_size(rank, world_size):
 
 
 def _slice(e, lo, hi):
-    """Entry for elements [lo, hi) of entry e (the whole entry if that is all of it)."""
+    """Entry for elements [lo, hi) of entry e (the whole entry if that is all of it); the offset
+    is in the whole tensor when e is itself a slice."""
     numel = e.nbytes // _itemsize(e) if e.nbytes else 0
     if lo == 0 and hi == numel:
         return e
     flat = e.src.reshape(-1)[lo:hi]
     size = _itemsize(e)
-    return Entry(e.name, e.kind, e.dtype, e.shape, flat, (hi - lo) * size, lo, hi - lo)
+    return Entry(e.name, e.kind, e.dtype, e.shape, flat, (hi - lo) * size, e.offset + lo, hi - lo)
 
 
 def _itemsize(e):
@@ -101,3 +102,35 @@ def _element_at(params, starts, pos):
         if pos < first_byte + e.nbytes:
             return first + int((pos - first_byte) // _itemsize(e))
     return sum(e.nbytes // _itemsize(e) for e in params)
+
+
+def split_cluster(entries, world_size, pieces):
+    """Per rank, the entries it pushes to a cluster: each shard's part cut among the ranks.
+
+    pieces is the placement of entries: (entry index, shard, offset, count,
+    whole) tuples. The parameter pieces on each shard are split among the
+    ranks like :func:`split` splits a model (balanced by bytes, every rank
+    at least one element), so every rank sends a share of every shard's
+    bytes and every shard hears from every writer at each step; the pieces
+    of a shard holding fewer parameter elements than there are ranks go to
+    rank 0. Buffers go whole to rank 0 (libemad places them). A rank may
+    push several slices of one tensor, each within one shard's piece.
+    """
+    by_shard = {}
+    for index, shard, offset, count, whole in pieces:
+        e = entries[index]
+        if e.kind != PARAM:
+            continue
+        if not whole:
+            e = _slice(e, offset, offset + count)
+        by_shard.setdefault(shard, []).append(e)
+    plan = [[] for _ in range(world_size)]
+    plan[0].extend(e for e in entries if e.kind != PARAM)
+    for shard in sorted(by_shard):
+        part = by_shard[shard]
+        if sum(e.nbytes // _itemsize(e) for e in part) < world_size:
+            plan[0].extend(part)
+            continue
+        for r, mine in enumerate(split(part, world_size)):
+            plan[r].extend(mine)
+    return plan
