@@ -22,3 +22,9 @@ fuzz_fuzz_shardmap_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
 fuzz_fuzz_shardmap_LDFLAGS = -fsanitize=fuzzer
 fuzz_fuzz_shardmap_LDADD = libemadwire.la
 endif
+
+# A cluster whose daemons require authentication (emactl and the Python client).
+if HAVE_CHECK
+TESTS += tests/test_cluster_auth.sh
+endif
+EXTRA_DIST += tests/test_cluster_auth.sh
