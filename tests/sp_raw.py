@@ -31,14 +31,18 @@ class Conn:
         return buf
 
     def call(self, body):
-        """Send one request body (bytes) and return the reply body."""
+        """Send one request body (bytes) and return the reply body. A late reply to an earlier
+        request of this connection (a resend answered twice) is dropped, as a REQ socket does."""
         self.rid += 1
         rid = struct.pack(">I", self.rid | 0x80000000)
         self.s.sendall(struct.pack(">Q", 4 + len(body)) + rid + body)
-        size = struct.unpack(">Q", self._exact(8))[0]
-        reply = self._exact(size)
-        assert reply[:4] == rid, "reply to another request"
-        return reply[4:]
+        while True:
+            size = struct.unpack(">Q", self._exact(8))[0]
+            reply = self._exact(size)
+            if reply[:4] == rid:
+                return reply[4:]
+            got = struct.unpack(">I", reply[:4])[0] & 0x7FFFFFFF
+            assert got < self.rid, "reply to a request this connection never sent"
 
     def ok(self, body):
         """Send body; the reply must be ok=true. Returns the reply."""
