@@ -35,7 +35,12 @@ EMAD=$(cd "$(dirname "$EMAD")" && pwd)/emad
 EMACTL=$(cd "$(dirname "$EMACTL")" && pwd)/emactl
 export EMAD EMACTL PYTHON3
 steps=40
-export EMAD_TRAIN="$PYTHON3 $top_srcdir/examples/train.py --steps $steps --model example-cnn"
+# A libemad built with --enable-asan needs the AddressSanitizer runtime loaded first into Python.
+train_python=$PYTHON3
+if [ -n "$asan_rt" ]; then
+    train_python="env LD_PRELOAD=$asan_rt ASAN_OPTIONS=detect_leaks=0 $PYTHON3"
+fi
+export EMAD_TRAIN="$train_python $top_srcdir/examples/train.py --steps $steps --model example-cnn"
 
 # Check the output OUT of a run in run directory RUN.
 check_run() {
