@@ -122,6 +122,17 @@ cl_run_pull(cl_job *j)
     return rc;
 }
 
+/* Free tensors[0..n): their names, their data and the array. */
+static void
+tensors_free_all(emad_tensor *tensors, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free((char *)tensors[i].name);
+        free(tensors[i].data);
+    }
+    free(tensors);
+}
+
 /* Order parts by original name, then offset, for qsort. */
 static int
 cmp_parts(const void *a, const void *b)
@@ -260,11 +271,7 @@ merge(emad_client *c, emad_tensor **ts, const size_t *ns, uint32_t S, int with_d
     }
     free(p);
     if (rc != 0) {
-        for (size_t i = 0; i < k; i++) {
-            free((char *)o[i].name);
-            free(o[i].data);
-        }
-        free(o);
+        tensors_free_all(o, k);
         return rc;
     }
     *out = o;
@@ -371,17 +378,9 @@ select_named(emad_client *c, const char *model, emad_tensor *all, size_t n,
         all[k].name = NULL;
         all[k].data = NULL;
     }
-    for (size_t i = 0; i < n; i++) {
-        free((char *)all[i].name);
-        free(all[i].data);
-    }
-    free(all);
+    tensors_free_all(all, n);
     if (rc != 0) {
-        for (size_t i = 0; i < n_names; i++) {
-            free((char *)o[i].name);
-            free(o[i].data);
-        }
-        free(o);
+        tensors_free_all(o, n_names);
         return rc;
     }
     *out = o;
