@@ -358,22 +358,33 @@ raw_once(run *r, const cmodel *m, double *sec)
 
 /* Figures of one cadence: medians over the pushes. */
 typedef struct cad_result {
+    int n; /* timed pushes */
     double emad_s, raw_s, faults, fresh_mib;
     /* Every push in order; [0]: the first at a cadence (untimed), 0 back to back. */
     double each_emad[MAX_PUSHES + 1], each_raw[MAX_PUSHES + 1], each_fresh[MAX_PUSHES + 1];
 } cad_result;
 
+/* The back-to-back pushes: 3 x --pushes, at least 9, at most MAX_PUSHES. */
+static int
+b2b_pushes(const run *r)
+{
+    int n = 3 * r->pushes < 9 ? 9 : 3 * r->pushes;
+
+    return n > MAX_PUSHES ? MAX_PUSHES : n;
+}
+
 /*
- * Push m pushes times every gap seconds (0: back to back), each preceded by
- * a raw push of the same bytes; *step is the next step. Returns 0 or -1.
+ * Push m n times every gap seconds (0: back to back), each preceded by a
+ * raw push of the same bytes; *step is the next step. Returns 0 or -1.
  */
 static int
-cadence_once(run *r, const cmodel *m, double gap, uint64_t *step, cad_result *out)
+cadence_once(run *r, const cmodel *m, double gap, int n, uint64_t *step, cad_result *out)
 {
     double e[MAX_PUSHES + 1], w[MAX_PUSHES + 1], f[MAX_PUSHES + 1], b[MAX_PUSHES + 1];
 
+    out->n = n;
     /* At a cadence, push 0 is the first after a change of pace: untimed. */
-    for (int i = gap > 0 ? 0 : 1; i <= r->pushes; i++) {
+    for (int i = gap > 0 ? 0 : 1; i <= n; i++) {
         uint64_t f0, b0;
         if (gap > 0)
             proc_sleep_ms((long)(gap * 1000));
@@ -389,12 +400,12 @@ cadence_once(run *r, const cmodel *m, double gap, uint64_t *step, cad_result *ou
         out->each_raw[i] = w[i];
         out->each_fresh[i] = b[i];
     }
-    /* The medians of the timed pushes 1 .. pushes. */
-    e[0] = e[r->pushes], w[0] = w[r->pushes], f[0] = f[r->pushes], b[0] = b[r->pushes];
-    out->emad_s = median(e, r->pushes);
-    out->raw_s = median(w, r->pushes);
-    out->faults = median(f, r->pushes);
-    out->fresh_mib = median(b, r->pushes);
+    /* The medians of the timed pushes 1 .. n. */
+    e[0] = e[n], w[0] = w[n], f[0] = f[n], b[0] = b[n];
+    out->emad_s = median(e, n);
+    out->raw_s = median(w, n);
+    out->faults = median(f, n);
+    out->fresh_mib = median(b, n);
     return 0;
 }
 
@@ -435,8 +446,9 @@ run_cadence(run *r)
         emad_create(r->c, m.name, EMAD_DEFAULT_DECAY, 1) < 0)
         goto out;
     printf("\n== %ld MiB float32 model (%d tensors), %d pushes per cadence; raw nanomsg pushes "
-           "the same bytes just before each (%.1f MiB messages) ==\n",
-           r->mib, NTENSORS, r->pushes, (double)raw_chunk_for(r, m.total) / (double)MIB);
+           "the same bytes just before each (%.1f MiB messages; back to back: %d) ==\n",
+           r->mib, NTENSORS, r->pushes, (double)raw_chunk_for(r, m.total) / (double)MIB,
+           b2b_pushes(r));
     /* Two warm-ups: the shadows, then the first spares (fresh memory both). */
     for (int i = 0; i < 2; i++) {
         if (push_once(r, &m, step++, &sec) < 0)
@@ -444,10 +456,11 @@ run_cadence(run *r)
         printf("  warm-up push %d (fresh memory): %.2f GB/s\n", i + 1,
                (double)m.total / sec / 1e9);
     }
-    if (cadence_once(r, &m, 0, &step, &b2b) < 0)
+    /* Back to back costs little: three times the pushes (at least 9), for a steadier median. */
+    if (cadence_once(r, &m, 0, b2b_pushes(r), &step, &b2b) < 0)
         goto out;
     for (int k = 0; k < NCADENCES; k++)
-        if (cadence_once(r, &m, cadence_s[k] * r->scale, &step, &res[k]) < 0)
+        if (cadence_once(r, &m, cadence_s[k] * r->scale, r->pushes, &step, &res[k]) < 0)
             goto out;
     printf("\n  %-14s %9s %9s %9s %12s %13s %14s\n", "every", "emad GB/s", "raw GB/s", "emad/raw",
            "emad/b2b", "faults/push", "fresh MiB/push");
@@ -475,7 +488,7 @@ run_cadence(run *r)
             printf(" (first at this pace, untimed: %.2f/%.2f, %.0f MiB fresh)",
                    (double)m.total / x->each_emad[0] / 1e9, (double)m.total / x->each_raw[0] / 1e9,
                    x->each_fresh[0]);
-        for (int i = 1; i <= r->pushes; i++)
+        for (int i = 1; i <= x->n; i++)
             printf(" %.2f/%.2f", (double)m.total / x->each_emad[i] / 1e9,
                    (double)m.total / x->each_raw[i] / 1e9);
         printf("\n");

@@ -512,6 +512,11 @@ stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, sta
         item *it;
         slice *sl;
 
+        /* The tensors a trainer's list names next: their structs, then their names. */
+        if (next + 8 < m->ntensors)
+            __builtin_prefetch(m->tensors[next + 8]);
+        if (next + 4 < m->ntensors)
+            __builtin_prefetch(m->tensors[next + 4]->name);
         if (check_input(m, &in[i], next < m->ntensors ? m->tensors[next] : NULL, 0, &numel, &count,
                         &hash, &t, err) != 0)
             return err->code;
