@@ -341,6 +341,9 @@ int call_simple(emad_client *c, const simple_req *q, reply *r);
 /* Read a hello reply: check the protocol and learn the daemon's limits into c. */
 int hello_parse(emad_client *c, const reply *r);
 
+/* heap.c: set the process's heap policy for messages, once (EMAD_HEAP=system: leave it). */
+void client_heap_policy(void);
+
 /*
  * A new client for url with options o (already checked): sockets open, and
  * with say_hello the daemon contacted once. On failure *out is NULL.
