@@ -146,10 +146,11 @@ def req(op, **keys):
 
 
 class Client:
-    """One REQ connection to emad speaking decoded maps (every wait at most 60 s, scaled)."""
+    """One REQ connection to emad on host:port speaking decoded maps (every wait at most 60 s,
+    scaled)."""
 
-    def __init__(self, port, timeout=None):
-        self.conn = sp_raw.Conn(port, timeout)
+    def __init__(self, port, timeout=None, host="127.0.0.1"):
+        self.conn = sp_raw.Conn(port, timeout, host)
 
     def call(self, msg):
         """Send msg (a dict, or bytes already packed) and return the decoded reply map."""

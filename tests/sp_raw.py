@@ -10,13 +10,14 @@ REQ = 48
 
 
 class Conn:
-    """One REQ connection to emad on 127.0.0.1:port (SP handshake done); every wait is at most
-    60 s times $EMAD_TEST_TIMEOUT_SCALE (connecting: timeout seconds, if given)."""
+    """One REQ connection to emad on host:port (default 127.0.0.1; SP handshake done); every
+    wait is at most 60 s times $EMAD_TEST_TIMEOUT_SCALE (connecting: timeout seconds, if
+    given)."""
 
-    def __init__(self, port, timeout=None):
+    def __init__(self, port, timeout=None, host="127.0.0.1"):
         wait = 60 * float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)
         timeout = timeout or wait
-        self.s = socket.create_connection(("127.0.0.1", port), timeout)
+        self.s = socket.create_connection((host, port), timeout)
         self.rid = 0
         self.s.sendall(b"\x00SP\x00" + struct.pack(">H", REQ) + b"\x00\x00")
         assert self._exact(8)[:6] == b"\x00SP\x00\x00\x31", "not an SP REP peer"
