@@ -789,6 +789,71 @@ START_TEST(test_store_snapshot_record_keeps_the_latest)
 }
 END_TEST
 
+/* What store_push_answer() gave its callback, and the shadow of "w" at that moment. */
+static store_result early;
+static int early_calls;
+static float early_w;
+
+static void
+record_early(void *ctx, const store_result *r)
+{
+    (void)ctx;
+    early = *r;
+    early_calls++;
+    early_w = shadow_f32("w", 0);
+}
+
+START_TEST(test_store_push_answer_before_the_writes)
+{
+    float v1 = 1, v2 = 3, b = 7, nan = NAN;
+    store_input in[3] = {f32_input("w", EMAD_PARAM, &v1, 1), f32_input("b", EMAD_PARAM, &b, 1),
+                         f32_input("n", EMAD_PARAM, &v1, 1)};
+    emad_model_config cfg = *dcfg(0.5);
+    int created;
+
+    ck_assert_int_eq(push1(&in[0], 10), 0);
+    ck_assert_int_eq(push1(&in[1], 20), 0); /* "b" is at step 20: stale at step 11 */
+    /* The answer comes once nothing can fail, before the average is written: w is still 1. */
+    in[0].data = &v2;
+    ck_assert_int_eq(store_push_answer(s, "m", 1, 11, 0, in, 3, 0, record_early, NULL, &res, &err),
+                     0);
+    ck_assert_int_eq(early_calls, 1);
+    ck_assert_float_eq(early_w, 1.0f);
+    ck_assert_float_eq(shadow_f32("w", 0), 2.0f); /* 1 - 0.5 * (1 - 3) */
+    ck_assert_uint_eq(early.applied, 2);          /* w averaged, n created */
+    ck_assert_uint_eq(early.stale, 1);
+    ck_assert_str_eq(early.stale_names[0], "b");
+    ck_assert_uint_eq(early.step, 20);
+    ck_assert_uint_eq(res.applied, early.applied);
+    ck_assert_uint_eq(res.stale, early.stale);
+    ck_assert_uint_eq(res.skipped, early.skipped);
+    ck_assert_uint_eq(res.step, early.step);
+    /* A step past the model's: the answer names it. */
+    ck_assert_int_eq(store_push_answer(s, "m", 1, 30, 0, in, 1, 0, record_early, NULL, &res, &err),
+                     0);
+    ck_assert_uint_eq(early.step, 30);
+    ck_assert_uint_eq(res.step, 30);
+    /* nonfinite = skip: the skipped tensor is counted in the answer too. */
+    cfg.nonfinite = EMAD_NONFINITE_SKIP;
+    ck_assert_int_eq(store_create_model(s, "k", 1, &cfg, 0, &created, &err), 0);
+    in[2].data = &nan;
+    ck_assert_int_eq(store_push_answer(s, "k", 1, 1, 0, in, 3, 0, record_early, NULL, &res, &err),
+                     0);
+    ck_assert_int_eq(early_calls, 3);
+    ck_assert_uint_eq(early.skipped, 1);
+    ck_assert_uint_eq(early.applied, 2);
+    ck_assert_uint_eq(res.skipped, 1);
+    ck_assert_uint_eq(res.applied, 2);
+    /* A push that fails gives no answer. */
+    in[2].data = &v1;
+    in[2].dtype = EMAD_F16; /* "n" is float32 */
+    in[2].len = 2;
+    ck_assert_int_eq(store_push_answer(s, "m", 1, 40, 0, in, 3, 0, record_early, NULL, &res, &err),
+                     EMAD_EKIND);
+    ck_assert_int_eq(early_calls, 3);
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -800,6 +865,7 @@ store_suite(void)
     tcase_add_test(tc, test_store_first_push_copies_then_averages);
     tcase_add_test(tc, test_store_decay_0_9_matches_numpy_float32);
     tcase_add_test(tc, test_store_stale_steps_are_left_alone);
+    tcase_add_test(tc, test_store_push_answer_before_the_writes);
     tcase_add_test(tc, test_store_buffers_are_copied_any_dtype);
     tcase_add_test(tc, test_store_rejects_shape_change_and_applies_nothing);
     tcase_add_test(tc, test_store_rejects_bad_inputs);

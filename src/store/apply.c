@@ -350,6 +350,30 @@ step_changes(const model *m, const stage *st, uint64_t step, enum apply_how how,
 }
 
 /*
+ * Give st's answer the result apply_step() will have once p's writes are
+ * done (the same counts, stale names and step), and clear it.
+ */
+static void
+answer_early(const model *m, stage *st, uint64_t step, enum apply_how how, const plan *p,
+             int advance, const store_result *res)
+{
+    store_result early = *res;
+
+    for (size_t i = 0; i < st->nitems; i++) {
+        if (p[i].stale)
+            note_stale(&early, p[i].t);
+        else if (p[i].skipped)
+            early.skipped++;
+        else
+            early.applied++;
+    }
+    early.step =
+        (early.applied > 0 || how == APPLY_SEED || advance) && step > m->step ? step : m->step;
+    st->answer(st->answer_ctx, &early);
+    st->answer = NULL;
+}
+
+/*
  * Apply a checked stage at step: check that its new tensors fit the
  * model's snapshot header (EMAD_ELIMIT), reserve every blob (EMAD_ENOMEM
  * changes nothing), then write and publish each tensor and publish the
@@ -384,6 +408,8 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
         prev_freeze(m);
     if ((rc = reserve(m, st, step, how, p, err)) != 0)
         return rc;
+    if (st->answer != NULL)
+        answer_early(m, st, step, how, p, advance, res);
     for (size_t i = 0; i < st->nitems; i++) {
         item *it = &st->items[i];
         tensor *t = p[i].t;
@@ -504,6 +530,14 @@ int
 store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
            const store_input *in, size_t n, uint64_t now_ms, store_result *res, store_err *err)
 {
+    return store_push_answer(s, model_name, len, step, writer, in, n, now_ms, NULL, NULL, res, err);
+}
+
+int
+store_push_answer(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                  const store_input *in, size_t n, uint64_t now_ms, store_answer_fn answer,
+                  void *ctx, store_result *res, store_err *err)
+{
     model *m = store_model_get(s, model_name, len, err);
     stage st;
     int rc;
@@ -516,6 +550,10 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
     if ((n > 0 || (m->cfg.writers == 1 && !m->keep_prev)) && stage_check_size(n, err) != 0)
         return err->code;
     stage_init(&st);
+    if (m->cfg.writers == 1) {
+        st.answer = answer;
+        st.answer_ctx = ctx;
+    }
     if ((rc = stage_inputs(m, ++s->mark, in, n, &st, err)) == 0)
         rc = apply_contribution(m, step, writer, &st, now_ms, res, err);
     stage_free(&st);
