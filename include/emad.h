@@ -215,7 +215,7 @@ typedef struct emad_tensor {
 typedef struct emad_options {
     int timeout_ms;           /* per request (send + reply); default 30000 */
     int connect_timeout_ms;   /* first contact with the daemon; default 5000 */
-    uint64_t chunk_bytes;     /* largest message the client sends; default 16 MiB,
+    uint64_t chunk_bytes;     /* largest message the client sends; default 20 MiB,
                                  lowered automatically to what the daemon accepts.
                                  A push that fits is sent whole; a larger one is a
                                  transaction of chunks of at most

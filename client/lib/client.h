@@ -41,7 +41,7 @@
 
 #define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
-#define DEFAULT_CHUNK_BYTES (16ULL << 20)
+#define DEFAULT_CHUNK_BYTES (20ULL << 20)
 /*
  * The chunks of a transaction (a push larger than one message) are at most
  * EMAD_TXN_CHUNK_BYTES, so that the daemon averages one chunk while the
