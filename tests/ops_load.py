@@ -116,7 +116,8 @@ def push_and_pull(url):
 
     client = emad.Client(url)
     client.create("aff", decay=0.5)
-    n = 4 * (1 << 20) // 4
+    # 32 MiB: a transaction (a push of up to 20 MiB is one message), averaged on the threadpool
+    n = 8 * (1 << 20) // 4
     v = {"t%d" % k: np.full(n, 1.0 + k, np.float32) for k in range(4)}
     w = {"t%d" % k: np.full(n, 3.0 + 2 * k, np.float32) for k in range(4)}
     client.push("aff", 1, v)
