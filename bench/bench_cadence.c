@@ -56,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -102,8 +103,19 @@ typedef struct run {
     raw_server *rs;
     raw_link *raw;
     emad_client *c;
-    uint64_t raw_chunk; /* raw messages: libemad's chunk size */
+    uint64_t raw_chunk; /* raw messages: libemad's largest message */
 } run;
+
+/*
+ * The messages libemad sends a model of total bytes in, for raw nanomsg
+ * too: one message when the push fits in chunk_bytes (its tensor maps
+ * take a few hundred bytes more), else a transaction's chunks.
+ */
+static uint64_t
+raw_chunk_for(const run *r, uint64_t total)
+{
+    return total + 64 * 1024 <= r->raw_chunk ? total : EMAD_TXN_CHUNK_BYTES;
+}
 
 static int
 cmp_double(const void *a, const void *b)
@@ -288,6 +300,15 @@ daemon_faults(const run *r)
     return v;
 }
 
+/* This process's minor page faults so far (the client's; the raw server is another process). */
+static long
+client_faults(void)
+{
+    struct rusage ru;
+
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_minflt : 0;
+}
+
 /* The daemon's counter name, or 0. */
 static uint64_t
 daemon_counter(const run *r, const char *name)
@@ -327,7 +348,7 @@ static int
 raw_once(run *r, const cmodel *m, double *sec)
 {
     double t0 = proc_now();
-    int rc = raw_push(r->raw, m->data, m->total, r->raw_chunk);
+    int rc = raw_push(r->raw, m->data, m->total, raw_chunk_for(r, m->total));
 
     *sec = proc_now() - t0;
     return rc;
@@ -337,22 +358,33 @@ raw_once(run *r, const cmodel *m, double *sec)
 
 /* Figures of one cadence: medians over the pushes. */
 typedef struct cad_result {
+    int n; /* timed pushes */
     double emad_s, raw_s, faults, fresh_mib;
     /* Every push in order; [0]: the first at a cadence (untimed), 0 back to back. */
     double each_emad[MAX_PUSHES + 1], each_raw[MAX_PUSHES + 1], each_fresh[MAX_PUSHES + 1];
 } cad_result;
 
+/* The back-to-back pushes: 3 x --pushes, at least 9, at most MAX_PUSHES. */
+static int
+b2b_pushes(const run *r)
+{
+    int n = 3 * r->pushes < 9 ? 9 : 3 * r->pushes;
+
+    return n > MAX_PUSHES ? MAX_PUSHES : n;
+}
+
 /*
- * Push m pushes times every gap seconds (0: back to back), each preceded by
- * a raw push of the same bytes; *step is the next step. Returns 0 or -1.
+ * Push m n times every gap seconds (0: back to back), each preceded by a
+ * raw push of the same bytes; *step is the next step. Returns 0 or -1.
  */
 static int
-cadence_once(run *r, const cmodel *m, double gap, uint64_t *step, cad_result *out)
+cadence_once(run *r, const cmodel *m, double gap, int n, uint64_t *step, cad_result *out)
 {
     double e[MAX_PUSHES + 1], w[MAX_PUSHES + 1], f[MAX_PUSHES + 1], b[MAX_PUSHES + 1];
 
+    out->n = n;
     /* At a cadence, push 0 is the first after a change of pace: untimed. */
-    for (int i = gap > 0 ? 0 : 1; i <= r->pushes; i++) {
+    for (int i = gap > 0 ? 0 : 1; i <= n; i++) {
         uint64_t f0, b0;
         if (gap > 0)
             proc_sleep_ms((long)(gap * 1000));
@@ -368,12 +400,12 @@ cadence_once(run *r, const cmodel *m, double gap, uint64_t *step, cad_result *ou
         out->each_raw[i] = w[i];
         out->each_fresh[i] = b[i];
     }
-    /* The medians of the timed pushes 1 .. pushes. */
-    e[0] = e[r->pushes], w[0] = w[r->pushes], f[0] = f[r->pushes], b[0] = b[r->pushes];
-    out->emad_s = median(e, r->pushes);
-    out->raw_s = median(w, r->pushes);
-    out->faults = median(f, r->pushes);
-    out->fresh_mib = median(b, r->pushes);
+    /* The medians of the timed pushes 1 .. n. */
+    e[0] = e[n], w[0] = w[n], f[0] = f[n], b[0] = b[n];
+    out->emad_s = median(e, n);
+    out->raw_s = median(w, n);
+    out->faults = median(f, n);
+    out->fresh_mib = median(b, n);
     return 0;
 }
 
@@ -414,8 +446,9 @@ run_cadence(run *r)
         emad_create(r->c, m.name, EMAD_DEFAULT_DECAY, 1) < 0)
         goto out;
     printf("\n== %ld MiB float32 model (%d tensors), %d pushes per cadence; raw nanomsg pushes "
-           "the same bytes just before each (%.1f MiB messages) ==\n",
-           r->mib, NTENSORS, r->pushes, (double)r->raw_chunk / (double)MIB);
+           "the same bytes just before each (%.1f MiB messages; back to back: %d) ==\n",
+           r->mib, NTENSORS, r->pushes, (double)raw_chunk_for(r, m.total) / (double)MIB,
+           b2b_pushes(r));
     /* Two warm-ups: the shadows, then the first spares (fresh memory both). */
     for (int i = 0; i < 2; i++) {
         if (push_once(r, &m, step++, &sec) < 0)
@@ -423,10 +456,11 @@ run_cadence(run *r)
         printf("  warm-up push %d (fresh memory): %.2f GB/s\n", i + 1,
                (double)m.total / sec / 1e9);
     }
-    if (cadence_once(r, &m, 0, &step, &b2b) < 0)
+    /* Back to back costs little: three times the pushes (at least 9), for a steadier median. */
+    if (cadence_once(r, &m, 0, b2b_pushes(r), &step, &b2b) < 0)
         goto out;
     for (int k = 0; k < NCADENCES; k++)
-        if (cadence_once(r, &m, cadence_s[k] * r->scale, &step, &res[k]) < 0)
+        if (cadence_once(r, &m, cadence_s[k] * r->scale, r->pushes, &step, &res[k]) < 0)
             goto out;
     printf("\n  %-14s %9s %9s %9s %12s %13s %14s\n", "every", "emad GB/s", "raw GB/s", "emad/raw",
            "emad/b2b", "faults/push", "fresh MiB/push");
@@ -454,7 +488,7 @@ run_cadence(run *r)
             printf(" (first at this pace, untimed: %.2f/%.2f, %.0f MiB fresh)",
                    (double)m.total / x->each_emad[0] / 1e9, (double)m.total / x->each_raw[0] / 1e9,
                    x->each_fresh[0]);
-        for (int i = 1; i <= r->pushes; i++)
+        for (int i = 1; i <= x->n; i++)
             printf(" %.2f/%.2f", (double)m.total / x->each_emad[i] / 1e9,
                    (double)m.total / x->each_raw[i] / 1e9);
         printf("\n");
@@ -473,13 +507,14 @@ static int
 run_small(run *r)
 {
     static char other[OTHER_BYTES];
-    double e[MAX_SMALL_REPS], w[MAX_SMALL_REPS], sec;
+    double e[MAX_SMALL_REPS], w[MAX_SMALL_REPS], fd[MAX_SMALL_REPS], fc[MAX_SMALL_REPS], sec;
 
     memset(other, 3, sizeof(other));
     printf("\n== small models, %d pushes each, a raw push of %llu MiB between pushes (other "
            "traffic); raw nanomsg pushes the same bytes just before each ==\n",
            r->small_reps, (unsigned long long)(OTHER_BYTES / MIB));
-    printf("  %8s %10s %10s %9s\n", "model", "emad ms", "raw ms", "emad/raw");
+    printf("  %8s %10s %10s %9s %14s %14s\n", "model", "emad ms", "raw ms", "emad/raw",
+           "daemon faults", "client faults");
     for (size_t k = 0; k < NSMALL; k++) {
         cmodel m;
         char name[32];
@@ -493,18 +528,29 @@ run_small(run *r)
             return -1;
         }
         for (int i = 0; i < r->small_reps; i++) {
-            if (raw_push(r->raw, other, sizeof(other), r->raw_chunk) < 0 ||
-                raw_once(r, &m, &w[i]) < 0 || push_once(r, &m, step++, &e[i]) < 0) {
+            uint64_t f0;
+            long c0;
+            if (raw_push(r->raw, other, sizeof(other), EMAD_TXN_CHUNK_BYTES) < 0 ||
+                raw_once(r, &m, &w[i]) < 0) {
                 free(m.data);
                 return -1;
             }
+            f0 = daemon_faults(r);
+            c0 = client_faults();
+            if (push_once(r, &m, step++, &e[i]) < 0) {
+                free(m.data);
+                return -1;
+            }
+            fd[i] = (double)(daemon_faults(r) - f0);
+            fc[i] = (double)(client_faults() - c0);
         }
-        printf("  %5ld MiB %10.2f %10.2f %9.2f\n", small_mib[k], median(e, r->small_reps) * 1e3,
-               median(w, r->small_reps) * 1e3,
-               median(w, r->small_reps) / median(e, r->small_reps));
+        printf("  %5ld MiB %10.2f %10.2f %9.2f %14.0f %14.0f\n", small_mib[k],
+               median(e, r->small_reps) * 1e3, median(w, r->small_reps) * 1e3,
+               median(w, r->small_reps) / median(e, r->small_reps), median(fd, r->small_reps),
+               median(fc, r->small_reps));
         free(m.data);
     }
-    printf("  (medians; target emad/raw >= 0.8)\n");
+    printf("  (medians; target emad/raw >= 0.8; faults: minor page faults during the emad push)\n");
     return 0;
 }
 

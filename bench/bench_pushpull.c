@@ -685,7 +685,8 @@ run_size(bench *b, int idx)
         daemon_connect(d, &c) < 0)
         goto fail;
 
-    /* The message sizes libemad uses: requests of at most chunk_bytes,
+    /* The message sizes libemad uses: a push in one message of at most chunk_bytes, or a
+     * transaction of chunks of at most EMAD_TXN_CHUNK_BYTES; other requests of at most chunk_bytes,
      * replies of at most max_reply_bytes, both capped by the daemon's limit
      * less the room libemad keeps for nanomsg's SP header. libemad pulls
      * a model of up to 16 MiB in one reply (PULL_INLINE_BYTES) and reads
@@ -700,6 +701,8 @@ run_size(bench *b, int idx)
     pull_chunk -= SP_HEADER_ROOM;
     if (pull_chunk > 4 * MIB)
         pull_chunk = m.total + PULL_META_ROOM <= 16 * MIB ? m.total : 4 * MIB;
+    if (m.total + 64 * 1024 > push_chunk && push_chunk > EMAD_TXN_CHUNK_BYTES)
+        push_chunk = EMAD_TXN_CHUNK_BYTES;
     if (push_chunk > RAW_MAX_CHUNK)
         push_chunk = RAW_MAX_CHUNK;
     /* The endpoints of the server process share its copy of the model. */

@@ -208,12 +208,18 @@ typedef struct emad_tensor {
     uint64_t count;  /* push: elements in the slice; 0 = the whole tensor */
 } emad_tensor;
 
+/* A push larger than one message is a transaction of chunks of at most this. */
+#define EMAD_TXN_CHUNK_BYTES (4ULL << 20)
+
 /* Connection options; initialize with emad_options_init(). */
 typedef struct emad_options {
     int timeout_ms;           /* per request (send + reply); default 30000 */
     int connect_timeout_ms;   /* first contact with the daemon; default 5000 */
-    uint64_t chunk_bytes;     /* largest message the client sends; default 4 MiB,
-                                 lowered automatically to what the daemon accepts */
+    uint64_t chunk_bytes;     /* largest message the client sends; default 20 MiB,
+                                 lowered automatically to what the daemon accepts.
+                                 A push that fits is sent whole; a larger one is a
+                                 transaction of chunks of at most
+                                 EMAD_TXN_CHUNK_BYTES (or this, if smaller) */
     uint64_t max_reply_bytes; /* largest reply the client accepts; default 64 MiB.
                                  Pulls of more than 16 MiB are read in replies of
                                  at most 4 MiB whatever this is */

@@ -1,7 +1,7 @@
 """The wire side of the adversarial suite (tests/adversarial.py) and of bench/bench_hello.py:
-a complete msgpack codec, requests and decoded replies over sp_raw's plain-socket SP
-connection, and the pinger, a process of its own that sends `hello` on a second connection
-all the time and reports how long each answer took."""
+a complete msgpack encoder, requests and decoded replies (msgpack_min.unpack) over sp_raw's
+plain-socket SP connection, and the pinger, a process of its own that sends `hello` on a second
+connection all the time and reports how long each answer took."""
 import json
 import os
 import select
@@ -12,6 +12,7 @@ import sys
 import time
 
 import sp_raw
+from msgpack_min import unpack
 
 
 class F32(float):
@@ -78,66 +79,6 @@ def pack(o, out=None):
     return b"".join(out) if top else None
 
 
-_FIXED = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h",
-          0xD2: ">i", 0xD3: ">q", 0xCA: ">f", 0xCB: ">d"}
-_LEN = {0xC4: (">B", "bin"), 0xC5: (">H", "bin"), 0xC6: (">I", "bin"),
-        0xD9: (">B", "str"), 0xDA: (">H", "str"), 0xDB: (">I", "str"),
-        0xDC: (">H", "arr"), 0xDD: (">I", "arr"), 0xDE: (">H", "map"), 0xDF: (">I", "map")}
-
-
-def unpack(data):
-    """Decode one msgpack object that is the whole of data (str as str, bin as bytes)."""
-    o, off = _unpack(memoryview(data), 0)
-    assert off == len(data), "trailing bytes after a reply"
-    return o
-
-
-def _unpack(d, off):
-    b = d[off]
-    off += 1
-    if b < 0x80:
-        return b, off
-    if b >= 0xE0:
-        return b - 256, off
-    if 0x80 <= b <= 0x8F:
-        return _container(d, off, b & 15, "map")
-    if 0x90 <= b <= 0x9F:
-        return _container(d, off, b & 15, "arr")
-    if 0xA0 <= b <= 0xBF:
-        n = b & 31
-        return bytes(d[off:off + n]).decode("utf-8", "surrogateescape"), off + n
-    if b in (0xC0, 0xC2, 0xC3):
-        return {0xC0: None, 0xC2: False, 0xC3: True}[b], off
-    if b in _FIXED:
-        fmt = _FIXED[b]
-        size = struct.calcsize(fmt)
-        return struct.unpack(fmt, d[off:off + size])[0], off + size
-    fmt, kind = _LEN[b]
-    size = struct.calcsize(fmt)
-    n = struct.unpack(fmt, d[off:off + size])[0]
-    off += size
-    if kind == "bin":
-        return bytes(d[off:off + n]), off + n
-    if kind == "str":
-        return bytes(d[off:off + n]).decode("utf-8", "surrogateescape"), off + n
-    return _container(d, off, n, kind)
-
-
-def _container(d, off, n, kind):
-    if kind == "arr":
-        out = []
-        for _ in range(n):
-            v, off = _unpack(d, off)
-            out.append(v)
-        return out, off
-    out = {}
-    for _ in range(n):
-        k, off = _unpack(d, off)
-        v, off = _unpack(d, off)
-        out[k] = v
-    return out, off
-
-
 def req(op, **keys):
     """A request map: v=1, op and the keys given."""
     m = {"v": 1, "op": op}
@@ -146,10 +87,11 @@ def req(op, **keys):
 
 
 class Client:
-    """One REQ connection to emad speaking decoded maps (every wait at most 60 s, scaled)."""
+    """One REQ connection to emad on host:port speaking decoded maps (every wait at most 60 s,
+    scaled)."""
 
-    def __init__(self, port, timeout=None):
-        self.conn = sp_raw.Conn(port, timeout)
+    def __init__(self, port, timeout=None, host="127.0.0.1"):
+        self.conn = sp_raw.Conn(port, timeout, host)
 
     def call(self, msg):
         """Send msg (a dict, or bytes already packed) and return the decoded reply map."""

@@ -8,12 +8,12 @@ Usage: adversarial.py PORT HTTP_PORT LOG [--bound SECONDS] [--only CASE,...]
 Prints one line per case: name, hellos answered, worst and p99 latency in ms."""
 import os
 import socket
-import struct
 import sys
 import time
 
 import numpy as np
 
+import sp_raw
 from adv_wire import F32, Client, Pinger, Raw, latency_summary, pack, req, timeout_scale
 
 STEP_MAX = (1 << 63) - 1
@@ -205,7 +205,7 @@ def case_list_many(x):
 def sp_connect(port):
     """A raw TCP connection that has done the SP handshake (REQ) and then stays idle."""
     s = socket.create_connection(("127.0.0.1", port), 2)
-    s.sendall(b"\x00SP\x00\x00\x30\x00\x00")
+    s.sendall(sp_raw.header(sp_raw.REQ))
     return s
 
 

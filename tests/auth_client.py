@@ -10,78 +10,10 @@ import nacl.signing
 from sp_raw import Conn
 
 import msgpack_min
+from msgpack_min import unpack
 
 PIECE = 1 << 20
 MAGIC = b"\xc1EMA"
-
-
-def unpack(data):
-    """Decode one msgpack object (the subset emad sends) from bytes; returns the object."""
-    obj, off = _unpack(data, 0)
-    assert off == len(data), "trailing bytes"
-    return obj
-
-
-def _unpack(d, i):
-    b = d[i]
-    i += 1
-    if b < 0x80:
-        return b, i
-    if b >= 0xE0:
-        return b - 256, i
-    if 0x80 <= b <= 0x8F:
-        return _map(d, i, b & 0x0F)
-    if 0x90 <= b <= 0x9F:
-        return _arr(d, i, b & 0x0F)
-    if 0xA0 <= b <= 0xBF:
-        n = b & 0x1F
-        return d[i:i + n].decode(), i + n
-    if b == 0xC0:
-        return None, i
-    if b in (0xC2, 0xC3):
-        return b == 0xC3, i
-    if b in (0xC4, 0xC5, 0xC6):
-        w = {0xC4: 1, 0xC5: 2, 0xC6: 4}[b]
-        n = int.from_bytes(d[i:i + w], "big")
-        return bytes(d[i + w:i + w + n]), i + w + n
-    if b == 0xCA:
-        return struct.unpack(">f", d[i:i + 4])[0], i + 4
-    if b == 0xCB:
-        return struct.unpack(">d", d[i:i + 8])[0], i + 8
-    if b in (0xCC, 0xCD, 0xCE, 0xCF):
-        w = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}[b]
-        return int.from_bytes(d[i:i + w], "big"), i + w
-    if b in (0xD0, 0xD1, 0xD2, 0xD3):
-        w = {0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}[b]
-        return int.from_bytes(d[i:i + w], "big", signed=True), i + w
-    if b in (0xD9, 0xDA, 0xDB):
-        w = {0xD9: 1, 0xDA: 2, 0xDB: 4}[b]
-        n = int.from_bytes(d[i:i + w], "big")
-        return d[i + w:i + w + n].decode(), i + w + n
-    if b in (0xDC, 0xDD):
-        w = 2 if b == 0xDC else 4
-        return _arr(d, i + w, int.from_bytes(d[i:i + w], "big"))
-    if b in (0xDE, 0xDF):
-        w = 2 if b == 0xDE else 4
-        return _map(d, i + w, int.from_bytes(d[i:i + w], "big"))
-    raise ValueError("msgpack type 0x%02x" % b)
-
-
-def _map(d, i, n):
-    out = {}
-    for _ in range(n):
-        k, i = _unpack(d, i)
-        v, i = _unpack(d, i)
-        out[k] = v
-    return out, i
-
-
-def _arr(d, i, n):
-    out = []
-    for _ in range(n):
-        v, i = _unpack(d, i)
-        out.append(v)
-    return out, i
 
 
 def pack(o):

@@ -337,27 +337,18 @@ def attacks(root):
                              "data": struct.pack("<f", 1.0) * n}])["ok"]
     big = s.frame(push_body("team-a-twice", 2, struct.pack("<f", 3.0) * n, n))
     c = s.c
-
-    def send_raw(rid, data):
-        c.s.sendall(struct.pack(">Q", 4 + len(data)) + struct.pack(">I", rid) + data)
-
-    def read_raw():
-        size = struct.unpack(">Q", c._exact(8))[0]
-        reply = c._exact(size)
-        return struct.unpack(">I", reply[:4])[0], reply[4:]
-
     c.rid += 1
     rid = c.rid | 0x80000000
-    send_raw(rid, big)
-    send_raw(rid, big)
-    got, first = read_raw()
+    c.send(rid, big)
+    c.send(rid, big)
+    got, first = c.receive()
     assert got == rid
     r = unpack(first[36:])
     assert r["ok"] and r["applied"] == 1, r
     c.rid += 1
-    send_raw(c.rid | 0x80000000, s.frame(request("stats")))
+    c.send(c.rid | 0x80000000, s.frame(request("stats")))
     while True:
-        got, reply = read_raw()
+        got, reply = c.receive()
         if got == c.rid | 0x80000000:
             break
         assert got == rid and reply == first, "a second, different reply to the resend"

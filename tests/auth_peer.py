@@ -30,61 +30,11 @@ import threading
 import nacl.bindings as nb
 import nacl.signing
 
-from msgpack_min import pack
+import sp_raw
+from msgpack_min import pack, unpack_from
 
 PIECE = 1 << 20
 MAGIC = b"\xc1EMA"
-
-
-# ---- msgpack decoding (the subset libemad sends) ---------------------------------------------
-
-def unpack(b, i=0):
-    """Decode one object of b at i: (object, next index)."""
-    t = b[i]
-    i += 1
-    if t < 0x80:
-        return t, i
-    if 0x80 <= t <= 0x8F or t in (0xDE, 0xDF):
-        n, i = _count(b, i, t, 0x80)
-        out = {}
-        for _ in range(n):
-            k, i = unpack(b, i)
-            out[k], i = unpack(b, i)
-        return out, i
-    if 0x90 <= t <= 0x9F or t in (0xDC, 0xDD):
-        n, i = _count(b, i, t, 0x90)
-        out = []
-        for _ in range(n):
-            v, i = unpack(b, i)
-            out.append(v)
-        return out, i
-    if 0xA0 <= t <= 0xBF or t in (0xD9, 0xDA, 0xDB):
-        n, i = (t & 0x1F, i) if t <= 0xBF else _sized(b, i, {0xD9: 1, 0xDA: 2, 0xDB: 4}[t])
-        return b[i:i + n].decode(), i + n
-    if t in (0xC4, 0xC5, 0xC6):
-        n, i = _sized(b, i, {0xC4: 1, 0xC5: 2, 0xC6: 4}[t])
-        return b[i:i + n], i + n
-    if t in (0xCC, 0xCD, 0xCE, 0xCF):
-        return _sized(b, i, {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}[t])
-    if t == 0xCA:
-        return struct.unpack(">f", b[i:i + 4])[0], i + 4
-    if t == 0xCB:
-        return struct.unpack(">d", b[i:i + 8])[0], i + 8
-    if t in (0xC2, 0xC3):
-        return t == 0xC3, i
-    if t == 0xC0:
-        return None, i
-    raise ValueError("msgpack type 0x%02x" % t)
-
-
-def _sized(b, i, n):
-    return int.from_bytes(b[i:i + n], "big"), i + n
-
-
-def _count(b, i, t, fix):
-    if t < fix + 16:
-        return t - fix, i
-    return _sized(b, i, 2 if t in (0xDC, 0xDE) else 4)
 
 
 # ---- the protocol -----------------------------------------------------------------------------
@@ -130,7 +80,7 @@ class Peer:
     def handle(self, body):
         """The reply to one request message."""
         if body[:1] != MAGIC[:1]:
-            req, _ = unpack(body)
+            req, _ = unpack_from(body)
             op = req.get("op")
             if op == "hello":
                 return pack({"v": 1, "ok": True, "protocol": 1, "max_message_bytes": 64 << 20,
@@ -200,7 +150,7 @@ class Peer:
             return error(1027, "authentication failed: session expired", "expired")
         s["last"] = seq
         s["frames"] += 1
-        req, _ = unpack(body)
+        req, _ = unpack_from(body)
         op = req["op"]
         self.log("frame %s seq=%d pieces=%d bytes=%d" % (op, seq, len(tags) // 16, len(body)))
         reply = frame(s["tx"], session, seq, self.answer(req))
@@ -220,31 +170,6 @@ class Peer:
             return pack({"v": 1, "ok": True, "applied": n, "stale": 0, "skipped": 0,
                          "ignored": 0, "step": req.get("step", 1), "pending": False})
         return pack({"v": 1, "ok": True})
-
-
-def serve(peer, conn):
-    """One SP REP connection: the SP handshake, then request/reply until the client closes."""
-    def exact(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = conn.recv(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return buf
-    try:
-        if exact(8)[:6] != b"\x00SP\x00\x00\x30":
-            return
-        conn.sendall(b"\x00SP\x00\x00\x31\x00\x00")
-        while True:
-            size = struct.unpack(">Q", exact(8))[0]
-            msg = exact(size)
-            reply = peer.handle(msg[4:])  # after the request id
-            conn.sendall(struct.pack(">Q", 4 + len(reply)) + msg[:4] + reply)
-    except (EOFError, OSError):
-        pass
-    finally:
-        conn.close()
 
 
 def main():
@@ -278,7 +203,7 @@ def main():
         except socket.timeout:
             return
         conn.settimeout(None)
-        threading.Thread(target=serve, args=(peer, conn), daemon=True).start()
+        threading.Thread(target=sp_raw.serve, args=(conn, peer.handle), daemon=True).start()
 
 
 if __name__ == "__main__":

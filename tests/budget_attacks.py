@@ -16,6 +16,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sp_raw  # noqa: E402
+from msgpack_min import unpack_from  # noqa: E402
 from sp_raw import Conn  # noqa: E402
 
 PORT, PID, BUDGET, HTTP_PORT = (int(a) for a in sys.argv[1:5])
@@ -46,53 +48,6 @@ def mp(o):
     raise TypeError(o)
 
 
-def unmp(b, i=0):
-    """Decode one object at b[i:]; returns (object, next index)."""
-    t = b[i]
-    i += 1
-    if t < 0x80:
-        return t, i
-    if 0x80 <= t <= 0x8F or t in (0xDE, 0xDF):
-        n, i = (t & 15, i) if t <= 0x8F else \
-            ((struct.unpack(">H", b[i:i + 2])[0], i + 2) if t == 0xDE else
-             (struct.unpack(">I", b[i:i + 4])[0], i + 4))
-        d = {}
-        for _ in range(n):
-            k, i = unmp(b, i)
-            d[k], i = unmp(b, i)
-        return d, i
-    if 0x90 <= t <= 0x9F or t in (0xDC, 0xDD):
-        n, i = (t & 15, i) if t <= 0x9F else \
-            ((struct.unpack(">H", b[i:i + 2])[0], i + 2) if t == 0xDC else
-             (struct.unpack(">I", b[i:i + 4])[0], i + 4))
-        out = []
-        for _ in range(n):
-            x, i = unmp(b, i)
-            out.append(x)
-        return out, i
-    if 0xA0 <= t <= 0xBF:
-        n = t & 31
-        return b[i:i + n].decode(), i + n
-    if t in (0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6):
-        w = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}[t]
-        n = int.from_bytes(b[i:i + w], "big")
-        i += w
-        v = b[i:i + n]
-        return (v.decode() if t in (0xD9, 0xDA, 0xDB) else v), i + n
-    if t in (0xCC, 0xCD, 0xCE, 0xCF):
-        w = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}[t]
-        return int.from_bytes(b[i:i + w], "big"), i + w
-    if t == 0xCB:
-        return struct.unpack(">d", b[i:i + 8])[0], i + 8
-    if t == 0xCA:
-        return struct.unpack(">f", b[i:i + 4])[0], i + 4
-    if t in (0xC2, 0xC3):
-        return t == 0xC3, i
-    if t == 0xC0:
-        return None, i
-    raise ValueError("msgpack type 0x%02x" % t)
-
-
 def req(op, **keys):
     d = {"v": 1, "op": op}
     d.update(keys)
@@ -100,7 +55,7 @@ def req(op, **keys):
 
 
 def call(c, op, **keys):
-    return unmp(c.call(req(op, **keys)))[0]
+    return unpack_from(c.call(req(op, **keys)))[0]
 
 
 def ok(c, op, **keys):
@@ -237,14 +192,13 @@ def unread_inline_pulls():
     conns = []
     for k in range(4 * BUDGET // (4 * MIB)):
         s = socket.create_connection(("127.0.0.1", PORT), 60 * SCALE)
-        s.sendall(b"\x00SP\x00" + struct.pack(">H", 48) + b"\x00\x00")
-        assert s.recv(8, socket.MSG_WAITALL)[:6] == b"\x00SP\x00\x00\x31"
-        s.sendall(struct.pack(">Q", 4 + len(body)) + struct.pack(">I", 0x80000001) + body)
-        size = struct.unpack(">Q", s.recv(8, socket.MSG_WAITALL))[0]
+        sp_raw.handshake(s)
+        sp_raw.send_message(s, sp_raw.request_id(1) + body)
+        size = struct.unpack(">Q", sp_raw.recv_exact(s, 8))[0]
         conns.append(s)
         if size < MIB:  # an error: read it
-            reply = s.recv(size, socket.MSG_WAITALL)
-            msg = refused(unmp(reply[4:])[0], "replies_in_flight")
+            reply = sp_raw.recv_exact(s, size)
+            msg = refused(unpack_from(reply[4:])[0], "replies_in_flight")
             print("  refused after %d unread replies: %s" % (k, msg))
             break
     else:

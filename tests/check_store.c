@@ -20,6 +20,8 @@
 #include "common/proto.h"
 #include "store/store.h"
 #include "store/task.h"
+#include "base/strmap.h"
+#include "testutil.h"
 
 static store *s;
 static store_err err;
@@ -789,6 +791,166 @@ START_TEST(test_store_snapshot_record_keeps_the_latest)
 }
 END_TEST
 
+/* What store_push_answer() gave its callback, and the shadow of "w" at that moment. */
+static store_result early;
+static int early_calls;
+static float early_w;
+
+static void
+record_early(void *ctx, const store_result *r)
+{
+    (void)ctx;
+    early = *r;
+    early_calls++;
+    early_w = shadow_f32("w", 0);
+}
+
+START_TEST(test_store_push_answer_before_the_writes)
+{
+    float v1 = 1, v2 = 3, b = 7, nan = NAN;
+    store_input in[3] = {f32_input("w", EMAD_PARAM, &v1, 1), f32_input("b", EMAD_PARAM, &b, 1),
+                         f32_input("n", EMAD_PARAM, &v1, 1)};
+    emad_model_config cfg = *dcfg(0.5);
+    int created;
+
+    ck_assert_int_eq(push1(&in[0], 10), 0);
+    ck_assert_int_eq(push1(&in[1], 20), 0); /* "b" is at step 20: stale at step 11 */
+    /* The answer comes once nothing can fail, before the average is written: w is still 1. */
+    in[0].data = &v2;
+    ck_assert_int_eq(store_push_answer(s, "m", 1, 11, 0, in, 3, 0, record_early, NULL, &res, &err),
+                     0);
+    ck_assert_int_eq(early_calls, 1);
+    ck_assert_float_eq(early_w, 1.0f);
+    ck_assert_float_eq(shadow_f32("w", 0), 2.0f); /* 1 - 0.5 * (1 - 3) */
+    ck_assert_uint_eq(early.applied, 2);          /* w averaged, n created */
+    ck_assert_uint_eq(early.stale, 1);
+    ck_assert_str_eq(early.stale_names[0], "b");
+    ck_assert_uint_eq(early.step, 20);
+    ck_assert_uint_eq(res.applied, early.applied);
+    ck_assert_uint_eq(res.stale, early.stale);
+    ck_assert_uint_eq(res.skipped, early.skipped);
+    ck_assert_uint_eq(res.step, early.step);
+    /* A step past the model's: the answer names it. */
+    ck_assert_int_eq(store_push_answer(s, "m", 1, 30, 0, in, 1, 0, record_early, NULL, &res, &err),
+                     0);
+    ck_assert_uint_eq(early.step, 30);
+    ck_assert_uint_eq(res.step, 30);
+    /* nonfinite = skip: the skipped tensor is counted in the answer too. */
+    cfg.nonfinite = EMAD_NONFINITE_SKIP;
+    ck_assert_int_eq(store_create_model(s, "k", 1, &cfg, 0, &created, &err), 0);
+    in[2].data = &nan;
+    ck_assert_int_eq(store_push_answer(s, "k", 1, 1, 0, in, 3, 0, record_early, NULL, &res, &err),
+                     0);
+    ck_assert_int_eq(early_calls, 3);
+    ck_assert_uint_eq(early.skipped, 1);
+    ck_assert_uint_eq(early.applied, 2);
+    ck_assert_uint_eq(res.skipped, 1);
+    ck_assert_uint_eq(res.applied, 2);
+    /* A push that fails gives no answer. */
+    in[2].data = &v1;
+    in[2].dtype = EMAD_F16; /* "n" is float32 */
+    in[2].len = 2;
+    ck_assert_int_eq(store_push_answer(s, "m", 1, 40, 0, in, 3, 0, record_early, NULL, &res, &err),
+                     EMAD_EKIND);
+    ck_assert_int_eq(early_calls, 3);
+}
+END_TEST
+
+/* Every shadow of tensor name in model mname, as bytes: 0 when both models agree exactly. */
+static int
+shadows_differ(const char *ma, const char *mb, const char *name)
+{
+    const model *a = store_model_find(s, ma, strlen(ma)), *b = store_model_find(s, mb, strlen(mb));
+    const tensor *ta = strmap_get(a->index, name, strlen(name));
+    const tensor *tb = strmap_get(b->index, name, strlen(name));
+
+    if (ta == NULL || tb == NULL || ta->nshadow != tb->nshadow || ta->step != tb->step)
+        return 1;
+    for (uint32_t j = 0; j < ta->nshadow; j++)
+        if (ta->shadow[j]->size != tb->shadow[j]->size ||
+            memcmp(ta->shadow[j]->data, tb->shadow[j]->data, ta->shadow[j]->size) != 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * A steady push (every tensor stored, whole, as it is) is applied without
+ * a stage; a model with an ignore pattern that matches nothing always
+ * takes the general path. Both get the same results and the same bits,
+ * through stale steps, several decays, copied buffers, F16 values, a
+ * repeated name, a NaN and a wrong shape.
+ */
+START_TEST(test_store_steady_push_matches_the_general_path)
+{
+    enum { N = 37 };
+    float w[N], b[N], bad[N];
+    uint16_t h[N];
+    int64_t cnt[3];
+    uint64_t rng = 7;
+    emad_model_config cfg;
+    store_result ra, rb;
+    int created;
+
+    emaconf_init(&cfg);
+    cfg.ndecays = 2;
+    cfg.decays[0] = 0.9;
+    cfg.decays[1] = 0.5;
+    ck_assert_int_eq(store_create_model(s, "fast", 4, &cfg, 0, &created, &err), 0);
+    cfg.nignore = 1;
+    cfg.ignore[0] = "nothing-matches*";
+    ck_assert_int_eq(store_create_model(s, "slow", 4, &cfg, 0, &created, &err), 0);
+    for (uint64_t step = 1; step <= 6; step++) {
+        store_input in[4];
+        for (size_t i = 0; i < N; i++) {
+            w[i] = (float)(tu_rand(&rng) % 1000) / 7.0f;
+            b[i] = (float)(tu_rand(&rng) % 1000) / 3.0f;
+            h[i] = (uint16_t)(tu_rand(&rng) & 0x3bff);
+        }
+        for (size_t i = 0; i < 3; i++)
+            cnt[i] = (int64_t)tu_rand(&rng);
+        in[0] = f32_input("w", EMAD_PARAM, w, N);
+        in[1] = f32_input("b", EMAD_PARAM, b, N);
+        in[2] = f32_input("h", EMAD_PARAM, NULL, N);
+        in[2].dtype = EMAD_F16;
+        in[2].data = h;
+        in[2].len = sizeof(h);
+        in[3] = f32_input("count", EMAD_BUFFER, NULL, 3);
+        in[3].dtype = EMAD_I64;
+        in[3].data = cnt;
+        in[3].len = sizeof(cnt);
+        /* step 4 pushes "b" alone at step 9 first: at step 4 it is stale */
+        if (step == 4) {
+            ck_assert_int_eq(store_push(s, "fast", 4, 9, 0, &in[1], 1, 0, &ra, &err), 0);
+            ck_assert_int_eq(store_push(s, "slow", 4, 9, 0, &in[1], 1, 0, &rb, &err), 0);
+        }
+        ck_assert_int_eq(store_push(s, "fast", 4, step, 0, in, 4, 0, &ra, &err), 0);
+        ck_assert_int_eq(store_push(s, "slow", 4, step, 0, in, 4, 0, &rb, &err), 0);
+        ck_assert_uint_eq(ra.applied, rb.applied);
+        ck_assert_uint_eq(ra.stale, rb.stale);
+        ck_assert_uint_eq(ra.step, rb.step);
+        ck_assert_uint_eq(ra.applied, step >= 4 && step < 9 ? 3 : 4);
+        for (const char *const *nm = (const char *const[]){"w", "b", "h", "count", NULL}; *nm; nm++)
+            ck_assert_msg(!shadows_differ("fast", "slow", *nm), "%s differs at step %llu", *nm,
+                          (unsigned long long)step);
+    }
+    /* What the steady path leaves to the general one gives the same errors, nothing applied. */
+    for (int k = 0; k < 3; k++) {
+        store_input in[2] = {f32_input("w", EMAD_PARAM, w, N), f32_input("w", EMAD_PARAM, w, N)};
+        int want = k == 0 ? EMAD_EDUP : k == 1 ? EMAD_ENONFINITE : EMAD_ESHAPE;
+        size_t n = k == 0 ? 2 : 1;
+        memcpy(bad, w, sizeof(bad));
+        bad[N / 2] = NAN;
+        if (k == 1)
+            in[0].data = bad;
+        if (k == 2)
+            in[0].shape[0] = N - 1, in[0].len = (N - 1) * sizeof(float);
+        ck_assert_int_eq(store_push(s, "fast", 4, 20, 0, in, n, 0, &ra, &err), want);
+        ck_assert_int_eq(store_push(s, "slow", 4, 20, 0, in, n, 0, &rb, &err), want);
+        ck_assert(!shadows_differ("fast", "slow", "w"));
+    }
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -800,6 +962,8 @@ store_suite(void)
     tcase_add_test(tc, test_store_first_push_copies_then_averages);
     tcase_add_test(tc, test_store_decay_0_9_matches_numpy_float32);
     tcase_add_test(tc, test_store_stale_steps_are_left_alone);
+    tcase_add_test(tc, test_store_push_answer_before_the_writes);
+    tcase_add_test(tc, test_store_steady_push_matches_the_general_path);
     tcase_add_test(tc, test_store_buffers_are_copied_any_dtype);
     tcase_add_test(tc, test_store_rejects_shape_change_and_applies_nothing);
     tcase_add_test(tc, test_store_rejects_bad_inputs);

@@ -21,6 +21,12 @@ in the client namespace of tests/netns.sh with the Python client.
       D/pushing.N before the push of step N and D/acked after it; gates as
       for train; while D/hold exists it waits between two steps (having
       written the last step to D/held).
+  cluster_driver.py partial --cluster MAP --model M --step N --shards K[,K...]
+      What a trainer leaves when it dies halfway through step N: the steps
+      model's pieces of step N, placed by tests/placement_ref.py, pushed
+      straight to every replica's daemon of the shards K only (plain-socket
+      SP, with the map's epoch and the shard in each request as
+      docs/PROTOCOL.md "Cluster mode" says); each must answer ok at step N.
   cluster_driver.py ranks --cluster MAP --ref URL --model M
       A torch model (a weight cut across the shards, BatchNorm buffers) pushed
       at 3 steps by 3 ranks (push_module(rank=, world_size=3)) through the
@@ -39,7 +45,9 @@ import time
 
 import numpy as np
 
+import adv_wire
 import emad
+import placement_ref
 
 # The mixed model: a tensor cut across shards (>= 4 MiB), whole tensors on either shard,
 # float16, bfloat16 and float64 params and integer and float buffers.
@@ -199,6 +207,51 @@ def cmd_steps(a):
     print("steps: %d..%d acknowledged" % (a.first, a.last))
 
 
+def read_map(path):
+    """(epoch, [[url, ...] of shard 0, ...]) of a shard-map file."""
+    epoch, shards = None, {}
+    with open(path) as f:
+        for line in f.read().replace(";", "\n").splitlines():
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["epoch"]:
+                epoch = int(words[1])
+            elif words[:1] == ["shard"]:
+                shards[int(words[1])] = words[2:]
+    return epoch, [shards[k] for k in range(len(shards))]
+
+
+def placed_steps_tensors(nshards, step):
+    """[[tensor map, ...] of shard 0, ...]: the steps model at a step as each shard stores it
+    (whole tensors under their names, pieces as NAME#piece/OFFSET/SHAPE)."""
+    out = [[] for _ in range(nshards)]
+    for name, full in sorted(steps_tensors(step).items()):
+        dtype = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}[full.dtype]
+        for shard, off, cnt, whole in placement_ref.place(nshards, name, full.itemsize,
+                                                          full.size):
+            stored = name if whole else "%s#piece/%d/%s" % (
+                name, off, "x".join(str(d) for d in full.shape))
+            out[shard].append({"name": stored, "kind": "param", "dtype": dtype,
+                               "shape": list(full.shape) if whole else [cnt],
+                               "data": full[off:off + cnt].tobytes()})
+    return out
+
+
+def cmd_partial(a):
+    epoch, urls = read_map(a.cluster)
+    placed = placed_steps_tensors(len(urls), a.step)
+    for k in [int(x) for x in a.shards.split(",")]:
+        for url in urls[k]:
+            host, port = url.split("://", 1)[1].rsplit(":", 1)
+            c = adv_wire.Client(int(port), host=host)
+            r = c.ok(adv_wire.req("push", model=a.model, step=a.step, epoch=epoch, shard=k,
+                                  tensors=placed[k]))
+            c.close()
+            if r["step"] != a.step or r["applied"] != len(placed[k]):
+                sys.exit("partial: %s: step %d, %d of %d tensors applied"
+                         % (url, r["step"], r["applied"], len(placed[k])))
+    print("partial: step %d on shards %s only" % (a.step, a.shards))
+
+
 def cmd_read(a):
     ok = split = 0
     seen = []
@@ -225,7 +278,7 @@ def cmd_read(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["train", "compare", "steps", "read", "ranks"])
+    ap.add_argument("what", choices=["train", "compare", "steps", "read", "ranks", "partial"])
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--ref")
     ap.add_argument("--model", required=True)
@@ -239,9 +292,11 @@ def main():
     ap.add_argument("--decays", default="0.9,0.99")
     ap.add_argument("--pulls", type=int, default=1)
     ap.add_argument("--out")
+    ap.add_argument("--step", type=int)
+    ap.add_argument("--shards", default="0")
     a = ap.parse_args()
     {"train": cmd_train, "compare": cmd_compare, "steps": cmd_steps, "read": cmd_read,
-     "ranks": cmd_ranks}[a.what](a)
+     "ranks": cmd_ranks, "partial": cmd_partial}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -48,11 +48,11 @@
 import json
 import os
 import socket
-import struct
 import sys
 import threading
 import time
 
+import sp_raw
 from msgpack_min import pack
 
 
@@ -273,26 +273,14 @@ def hammer(host, port, threads, seconds):
     print(sum(done))
 
 
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("emad closed the connection")
-        buf += chunk
-    return buf
-
-
 def rawpush(host, port, model):
     s = socket.create_connection((host, port), 10)
     s.settimeout(10)
-    s.sendall(b"\x00SP\x00" + struct.pack(">H", 48) + b"\x00\x00")  # REQ
-    recv_exact(s, 8)
+    sp_raw.handshake(s)
 
     def expect(rid, payload, name):
-        s.sendall(struct.pack(">Q", 4 + len(payload)) + struct.pack(">I", rid | 0x80000000) +
-                  payload)
-        body = recv_exact(s, struct.unpack(">Q", recv_exact(s, 8))[0])
+        sp_raw.send_message(s, sp_raw.request_id(rid) + payload)
+        body = sp_raw.recv_message(s)
         assert pack(name) in body, "reply lacks %s: %r" % (name, body)
 
     push = {"v": 1, "op": "push", "model": model, "step": 1000, "tensors": [

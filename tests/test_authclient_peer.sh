@@ -105,7 +105,7 @@ import sys
 import numpy as np
 import emad
 url, key = sys.argv[1:]
-c = emad.Client(url, user="bob", key_file=key)
+c = emad.Client(url, user="bob", key_file=key, chunk_bytes=4 << 20)  # a transaction
 r = c.push("m1", 1, {"w": np.arange(3 << 20, dtype=np.float32), "b": np.ones(10, np.float32)})
 assert r.messages == 6, r  # begin, 4 chunks, commit
 c.push("m1", 2, {"b": np.ones(10, np.float32)})

@@ -93,17 +93,19 @@ err_has "truncated" "push with a truncated buffers file"
 
 # 3. Raw bytes and wrong messages on the daemon's port.
 timeout "$T" "$PYTHON3" - "$port" "$top_srcdir/tests" <<'EOF' || fail "raw socket checks failed"
-"""Talk to emad with plain sockets: nanomsg's SP-over-TCP framing by hand."""
+"""Talk to emad with plain sockets: nanomsg's SP-over-TCP framing by hand (tests/sp_raw.py)."""
 import os
 import socket
 import struct
 import sys
 
 PORT = int(sys.argv[1])
-REQ, REP, PUB = 48, 49, 32
+PUB = 32
 WAIT = 60 * float(os.environ.get("EMAD_TEST_TIMEOUT_SCALE") or 1)  # a reply's time limit
 sys.path.insert(0, sys.argv[2])
 from msgpack_min import pack  # noqa: E402
+from sp_raw import (REP, REQ, header, recv_exact, recv_message,  # noqa: E402
+                    request_id, send_message)
 
 
 def connect(proto=None):
@@ -111,21 +113,10 @@ def connect(proto=None):
     s = socket.create_connection(("127.0.0.1", PORT), WAIT)
     s.settimeout(WAIT)
     if proto is not None:
-        s.sendall(b"\x00SP\x00" + struct.pack(">H", proto) + b"\x00\x00")
+        s.sendall(header(proto))
         peer = recv_exact(s, 8)
-        assert peer == b"\x00SP\x00\x00\x31\x00\x00", "bad SP header from emad: %r" % peer
+        assert peer == header(REP), "bad SP header from emad: %r" % peer
     return s
-
-
-def recv_exact(s, n):
-    """n bytes from s, or fewer if the peer closed."""
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return buf
 
 
 def closed_by_peer(s):
@@ -143,11 +134,9 @@ def closed_by_peer(s):
 
 def request(s, rid, payload):
     """Send one REQ message and return the reply's payload (after the request id)."""
-    s.sendall(struct.pack(">Q", 4 + len(payload)) + struct.pack(">I", rid | 0x80000000) + payload)
-    size = struct.unpack(">Q", recv_exact(s, 8))[0]
-    body = recv_exact(s, size)
-    assert len(body) == size, "short reply"
-    assert body[:4] == struct.pack(">I", rid | 0x80000000), "reply to another request"
+    send_message(s, request_id(rid) + payload)
+    body = recv_message(s)
+    assert body[:4] == request_id(rid), "reply to another request"
     return body[4:]
 
 
@@ -168,7 +157,7 @@ s.close()
 # A valid SP header for the wrong protocol (PUB): dropped.
 s = socket.create_connection(("127.0.0.1", PORT), WAIT)
 s.settimeout(WAIT)
-s.sendall(b"\x00SP\x00" + struct.pack(">H", PUB) + b"\x00\x00")
+s.sendall(header(PUB))
 assert closed_by_peer(s), "a PUB peer was not disconnected"
 s.close()
 

@@ -41,7 +41,14 @@
 
 #define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
-#define DEFAULT_CHUNK_BYTES (4ULL << 20)
+#define DEFAULT_CHUNK_BYTES (20ULL << 20)
+/*
+ * The chunks of a transaction (a push larger than one message) are at most
+ * EMAD_TXN_CHUNK_BYTES, so that the daemon averages one chunk while the
+ * next is on the wire. A push that fits in one message (chunk_bytes) is
+ * sent whole: the daemon answers it before averaging it.
+ */
+#define TXN_CHUNK_BYTES EMAD_TXN_CHUNK_BYTES
 #define DEFAULT_MAX_REPLY_BYTES (64ULL << 20)
 
 /*
@@ -96,7 +103,8 @@ struct emad_client {
     emad_options opts;
     uint64_t server_max; /* max_message_bytes from hello */
     uint64_t msg_limit;  /* largest request body we send */
-    uint64_t push_limit; /* largest push message: min(chunk_bytes, msg_limit) */
+    uint64_t push_limit; /* largest push message: min(chunk_bytes, msg_limit); chunks of a
+                            transaction at most TXN_CHUNK_BYTES too */
     uint64_t reply_ask;  /* max_reply_bytes we send with a pull */
     uint64_t reply_eff;  /* what the daemon enforces: min(reply_ask, server_max) */
     char err[2048];
@@ -332,6 +340,9 @@ int call_simple(emad_client *c, const simple_req *q, reply *r);
 
 /* Read a hello reply: check the protocol and learn the daemon's limits into c. */
 int hello_parse(emad_client *c, const reply *r);
+
+/* heap.c: set the process's heap policy for messages, once (EMAD_HEAP=system: leave it). */
+void client_heap_policy(void);
 
 /*
  * A new client for url with options o (already checked): sockets open, and

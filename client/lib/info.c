@@ -70,7 +70,8 @@ emad_dtype_size(int dtype)
     return dtype_size(dtype);
 }
 
-/* Fill opts with the defaults (30 s requests, 5 s first contact, 4 MiB chunks, 64 MiB replies). */
+/* Fill opts with the defaults (30 s requests, 5 s first contact, 20 MiB messages, 64 MiB replies).
+ */
 EMAD_EXTERN void
 emad_options_init(emad_options *opts)
 {

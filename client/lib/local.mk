@@ -9,6 +9,7 @@ libemadclient_la_SOURCES = \
 	client/lib/creds.c \
 	client/lib/session.c \
 	client/lib/transport.c \
+	client/lib/heap.c \
 	client/lib/info.c \
 	client/lib/push.c \
 	client/lib/pull.c \

@@ -314,7 +314,7 @@ static int
 push_plan(emad_client *c, push_req *q, push_item *items, size_t *ti, uint64_t *toff, size_t n)
 {
     const emad_tensor *ts = q->tensors;
-    uint64_t limit = c->push_limit;
+    uint64_t limit = c->push_limit < TXN_CHUNK_BYTES ? c->push_limit : TXN_CHUNK_BYTES;
     uint64_t size = push_header_size(q, PROTO_MAX_TENSORS);
     size_t k = 0;
 

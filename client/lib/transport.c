@@ -891,6 +891,7 @@ client_open(emad_client **out, const char *url, const emad_options *opts, int sa
     int rc;
 
     *out = NULL;
+    client_heap_policy();
     if ((c = calloc(1, sizeof(*c))) == NULL)
         return EMAD_ENOMEM;
     c->opts = o;

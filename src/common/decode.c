@@ -172,6 +172,10 @@ dec_bytes(struct dec *d, msgpack_object *o, msgpack_object_type type, uint64_t n
     } else {
         o->via.bin.ptr = ptr;
         o->via.bin.size = (uint32_t)n;
+        /* What follows a bin (the next tensor's map after its data) was just written by
+         * another CPU: ask for it now rather than when the next map is read. */
+        if (d->left > 0)
+            __builtin_prefetch(d->p);
     }
     return 0;
 }

@@ -1,14 +1,13 @@
 /*
  * authfile.c - parsing and querying the auth file (see authfile.h). The
- * text goes to libinih line by line through our own reader, which numbers
- * the lines and refuses NUL bytes, overlong and indented lines (inih would
- * take an indented line as the continuation of the previous value), so
- * every error names its line.
+ * text goes to libinih line by line through the daemon's INI line reader
+ * (base/inilines.h), which numbers the lines and refuses NUL bytes,
+ * overlong and, here, indented lines (inih would take an indented line as
+ * the continuation of the previous value), so every error names its line.
  */
 #include <errno.h>
 #include <fnmatch.h>
 #include <ini.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,47 +42,9 @@ authfile_role_name(int role)
 /* State of one parse. */
 typedef struct parse_ctx {
     authfile *a;
-    inilines lines;
-    int lineno;
-    int sections;     /* section headers read so far */
-    int user_section; /* the header of the last user's section */
-    int err_line;
-    char err[512];
+    inilines lines;   /* the reader of the text and the first error */
+    int user_section; /* the header count at the last user's section */
 } parse_ctx;
-
-__attribute__((format(printf, 2, 3))) static void
-parse_fail(parse_ctx *x, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (x->err_line != 0)
-        return;
-    x->err_line = x->lineno;
-    va_start(ap, fmt);
-    vsnprintf(x->err, sizeof(x->err), fmt, ap);
-    va_end(ap);
-}
-
-/* inih reader: the next line, numbered; NULL at the end or after an error. */
-static char *
-next_line(char *str, int num, void *stream)
-{
-    parse_ctx *x = stream;
-    char *line;
-
-    if (x->err_line != 0)
-        return NULL;
-    line = inilines_next(&x->lines, str, num, LINE_MAX_BYTES);
-    x->lineno = x->lines.lineno;
-    if (x->lines.error[0] != '\0')
-        parse_fail(x, "%s", x->lines.error);
-    else if (line != NULL && x->lines.indented)
-        parse_fail(x, "indented line: write each 'key = value' at the start of a line");
-    if (x->err_line != 0)
-        return NULL;
-    x->sections += line != NULL && line[strspn(line, " \t")] == '[';
-    return line;
-}
 
 /* The user of section `section` (created on its first key), or NULL after an error. */
 static authfile_user *
@@ -94,29 +55,29 @@ section_user(parse_ctx *x, const char *section)
     authfile *a = x->a;
 
     if (strncmp(section, SECTION_PREFIX, pre) != 0) {
-        parse_fail(x, "unknown section [%s] (expected [user NAME])", section);
+        inilines_fail(&x->lines, "unknown section [%s] (expected [user NAME])", section);
         return NULL;
     }
     len = strlen(name);
     if (!auth_user_valid(name, len)) {
-        parse_fail(x, "[%s]: a user name is 1 to %d of A-Z a-z 0-9 . _ @ -", section,
-                   AUTH_USER_MAX);
+        inilines_fail(&x->lines, "[%s]: a user name is 1 to %d of A-Z a-z 0-9 . _ @ -", section,
+                      AUTH_USER_MAX);
         return NULL;
     }
-    if (a->nusers > 0 && x->user_section == x->sections)
+    if (a->nusers > 0 && x->user_section == x->lines.sections)
         return &a->users[a->nusers - 1]; /* another key of the same section */
     if (authfile_find(a, name, len) != NULL) {
-        parse_fail(x, "user '%s' is defined twice", name);
+        inilines_fail(&x->lines, "user '%s' is defined twice", name);
         return NULL;
     }
     if (a->nusers == AUTHFILE_MAX_USERS) {
-        parse_fail(x, "more than %d users", AUTHFILE_MAX_USERS);
+        inilines_fail(&x->lines, "more than %d users", AUTHFILE_MAX_USERS);
         return NULL;
     }
     a->users = xreallocarray(a->users, a->nusers + 1, sizeof(*a->users));
     memset(&a->users[a->nusers], 0, sizeof(a->users[0]));
     memcpy(a->users[a->nusers].name, name, len + 1);
-    x->user_section = x->sections;
+    x->user_section = x->lines.sections;
     return &a->users[a->nusers++];
 }
 
@@ -134,14 +95,16 @@ add_rules(parse_ctx *x, authfile_user *u, int deny, const char *value)
     if (role_word != NULL && strcmp(role_word, "*") == 0)
         role = -1;
     if (role == -2) {
-        parse_fail(x, "%s = '%s': expected a role (push, pull, admin or *) and model patterns",
-                   deny ? "deny" : "grant", value);
+        inilines_fail(&x->lines,
+                      "%s = '%s': expected a role (push, pull, admin or *) and model patterns",
+                      deny ? "deny" : "grant", value);
         free(copy);
         return;
     }
     while ((pat = strtok_r(NULL, " \t", &save)) != NULL) {
         if (u->nrules == AUTHFILE_MAX_RULES) {
-            parse_fail(x, "user '%s' has more than %d rules", u->name, AUTHFILE_MAX_RULES);
+            inilines_fail(&x->lines, "user '%s' has more than %d rules", u->name,
+                          AUTHFILE_MAX_RULES);
             break;
         }
         u->rules = xreallocarray(u->rules, u->nrules + 1, sizeof(*u->rules));
@@ -149,8 +112,9 @@ add_rules(parse_ctx *x, authfile_user *u, int deny, const char *value)
         npat++;
     }
     if (npat == 0)
-        parse_fail(x, "%s = '%s': no model pattern after the role (use * for every model)",
-                   deny ? "deny" : "grant", value);
+        inilines_fail(&x->lines,
+                      "%s = '%s': no model pattern after the role (use * for every model)",
+                      deny ? "deny" : "grant", value);
     free(copy);
 }
 
@@ -162,58 +126,60 @@ on_key(void *user, const char *section, const char *name, const char *value)
     authfile_user *u;
     const char *why = NULL;
 
-    if (x->err_line != 0)
+    if (x->lines.err_line != 0)
         return 0;
     if (section[0] == '\0') {
-        parse_fail(x, "'%s' outside a [user NAME] section", name);
+        inilines_fail(&x->lines, "'%s' outside a [user NAME] section", name);
         return 0;
     }
     if ((u = section_user(x, section)) == NULL)
         return 0;
     if (strcmp(name, "key") == 0) {
         if (u->has_key)
-            parse_fail(x, "user '%s' has two keys (one key per user)", u->name);
+            inilines_fail(&x->lines, "user '%s' has two keys (one key per user)", u->name);
         else if (auth_pubkey_parse(value, u->pk, &why) != 0)
-            parse_fail(x, "key = '%s': %s", value, why);
+            inilines_fail(&x->lines, "key = '%s': %s", value, why);
         u->has_key = 1;
     } else if (strcmp(name, "grant") == 0 || strcmp(name, "deny") == 0) {
         add_rules(x, u, name[0] == 'd', value);
     } else if (strcmp(name, "stats_token") == 0) {
         if (u->has_token)
-            parse_fail(x, "user '%s' has two stats tokens", u->name);
+            inilines_fail(&x->lines, "user '%s' has two stats tokens", u->name);
         else if (auth_token_hash_parse(value, u->token_hash, &why) != 0)
-            parse_fail(x, "stats_token: %s", why);
+            inilines_fail(&x->lines, "stats_token: %s", why);
         u->has_token = 1;
     } else {
-        parse_fail(x, "unknown key '%s' (expected key, grant, deny or stats_token)", name);
+        inilines_fail(&x->lines, "unknown key '%s' (expected key, grant, deny or stats_token)",
+                      name);
     }
-    return x->err_line == 0;
+    return x->lines.err_line == 0;
 }
 
 int
 authfile_parse(authfile **out, const char *name, const char *buf, size_t len, char **cause)
 {
     parse_ctx x;
+    inilines *l = &x.lines;
     int rc;
 
     *out = NULL;
     memset(&x, 0, sizeof(x));
     x.a = xcalloc(1, sizeof(*x.a));
-    inilines_init(&x.lines, buf, len);
-    rc = ini_parse_stream(next_line, &x, on_key, &x);
-    if (x.err_line == 0 && rc > 0) {
-        x.err_line = rc;
-        snprintf(x.err, sizeof(x.err), "syntax error (expected 'key = value' or '[user NAME]')");
+    inilines_init(l, buf, len, LINE_MAX_BYTES, 1);
+    rc = ini_parse_stream(inilines_read, l, on_key, &x);
+    if (l->err_line == 0 && rc > 0) {
+        l->err_line = rc;
+        snprintf(l->err, sizeof(l->err), "syntax error (expected 'key = value' or '[user NAME]')");
     }
-    for (size_t i = 0; x.err_line == 0 && i < x.a->nusers; i++) {
+    for (size_t i = 0; l->err_line == 0 && i < x.a->nusers; i++) {
         if (!x.a->users[i].has_key) {
-            x.err_line = x.lineno;
-            snprintf(x.err, sizeof(x.err), "user '%s' has no key", x.a->users[i].name);
+            l->err_line = l->lineno;
+            snprintf(l->err, sizeof(l->err), "user '%s' has no key", x.a->users[i].name);
         }
     }
-    if (x.err_line != 0) {
+    if (l->err_line != 0) {
         authfile_destroy(x.a);
-        return cause_set(cause, -EINVAL, "%s:%d: %s", name, x.err_line, x.err);
+        return cause_set(cause, -EINVAL, "%s:%d: %s", name, l->err_line, l->err);
     }
     if (rc < 0) {
         authfile_destroy(x.a);

@@ -122,6 +122,21 @@ ops_push_pack_staged(msgpack_packer *pk, const void *ctx)
     proto_pack_kv_u64(pk, PROTO_KEY_STAGED, *(const uint64_t *)ctx);
 }
 
+/* A push's result, sent before its values are written (store_push_answer()). */
+typedef struct early_answer {
+    req *r;
+    int sent;
+} early_answer;
+
+static void
+answer_now(void *ctx, const store_result *res)
+{
+    early_answer *a = ctx;
+
+    reply_send(a->r, build_result, res);
+    a->sent = 1;
+}
+
 /* push: one message, a seed, or a chunk of a transaction (averaged on the threadpool if large). */
 int
 ops_push_push(req *r, store_err *err)
@@ -188,11 +203,14 @@ ops_push_push(req *r, store_err *err)
         return ops_push_reply_staged(r, txn, staged, err);
     }
     store_result res;
+    /* The reply goes out before the averaging: the client's next request travels meanwhile,
+     * and is read once this one is done. */
+    early_answer early = {r, 0};
     if (seed)
         rc = store_seed(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
     else
-        rc = store_push(r->srv->store, model_name, len, step, (uint32_t)writer, in, n, r->now_ms,
-                        &res, err);
+        rc = store_push_answer(r->srv->store, model_name, len, step, (uint32_t)writer, in, n,
+                               r->now_ms, answer_now, &early, &res, err);
     if (rc == 0 && seed)
         log_info("event=model_seeded model=%.*s step=%llu tensors=%llu", (int)len, model_name,
                  (unsigned long long)step, (unsigned long long)res.applied);
@@ -205,7 +223,8 @@ ops_push_push(req *r, store_err *err)
     log_debug("event=push model=%.*s step=%llu applied=%llu stale=%llu", (int)len, model_name,
               (unsigned long long)step, (unsigned long long)res.applied,
               (unsigned long long)res.stale);
-    reply_send(r, build_result, &res);
+    if (!early.sent)
+        reply_send(r, build_result, &res);
     return 0;
 }
 

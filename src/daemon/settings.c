@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <ini.h>
-#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -701,43 +701,9 @@ suggest(const char *name)
 typedef struct load_ctx {
     settings *c;
     const char *name;
-    inilines lines;              /* the reader of the text */
-    int lineno;                  /* lines handed to inih so far */
-    int indented;                /* the current line starts with a blank */
-    int err_line;                /* first error's line (0: none) */
-    char err[640];
-    unsigned set; /* keys set by this file (bit per key) */
+    inilines lines; /* the reader of the text and the first error */
+    unsigned set;   /* keys set by this file (bit per key) */
 } load_ctx;
-
-__attribute__((format(printf, 2, 3))) static void
-load_fail(load_ctx *x, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (x->err_line != 0)
-        return;
-    x->err_line = x->lineno;
-    va_start(ap, fmt);
-    vsnprintf(x->err, sizeof(x->err), fmt, ap);
-    va_end(ap);
-}
-
-/* inih reader: the next line of the buffer, counted; stops at the first error. */
-static char *
-read_line(char *str, int num, void *stream)
-{
-    load_ctx *x = stream;
-    char *line;
-
-    if (x->err_line != 0)
-        return NULL;
-    line = inilines_next(&x->lines, str, num, (size_t)num);
-    x->lineno = x->lines.lineno;
-    x->indented = x->lines.indented;
-    if (x->lines.error[0] != '\0')
-        load_fail(x, "%s", x->lines.error);
-    return line;
-}
 
 /* inih handler: one `name = value` in section. Returns 1, or 0 on an error. */
 static int
@@ -748,32 +714,29 @@ on_key(void *user, const char *section, const char *name, const char *value)
     const char *hint;
     int k;
 
-    if (x->err_line != 0)
+    if (x->lines.err_line != 0 || inilines_refuse_indented(&x->lines))
         return 0;
-    if (x->indented) {
-        load_fail(x, "indented line: write each 'key = value' at the start of a line");
-        return 0;
-    }
     if (section[0] != '\0' && strcmp(section, "emad") != 0) {
-        load_fail(x, "unknown section [%s] (settings go at the top or under [emad])", section);
+        inilines_fail(&x->lines, "unknown section [%s] (settings go at the top or under [emad])",
+                      section);
         return 0;
     }
     if ((k = key_find(name)) < 0) {
         if ((hint = suggest(name)) != NULL)
-            load_fail(x, "unknown key '%s' (did you mean '%s'?)", name, hint);
+            inilines_fail(&x->lines, "unknown key '%s' (did you mean '%s'?)", name, hint);
         else
-            load_fail(x, "unknown key '%s'", name);
+            inilines_fail(&x->lines, "unknown key '%s'", name);
         return 0;
     }
     if (k != K_LISTEN && (x->set & (1u << k)) != 0) {
-        load_fail(x, "'%s' is set twice", name);
+        inilines_fail(&x->lines, "'%s' is set twice", name);
         return 0;
     }
     if (k == K_LISTEN && (x->set & (1u << k)) == 0)
         clear_listen(x->c); /* the file's URLs replace the default */
     x->set |= 1u << k;
     if (set_key(x->c, k, value, why, sizeof(why)) != 0) {
-        load_fail(x, "%s = '%s': %s", name, value, why);
+        inilines_fail(&x->lines, "%s = '%s': %s", name, value, why);
         return 0;
     }
     return 1;
@@ -788,10 +751,12 @@ settings_load_string(settings *c, const char *name, const char *buf, size_t len,
     memset(&x, 0, sizeof(x));
     x.c = c;
     x.name = name;
-    inilines_init(&x.lines, buf, len);
-    rc = ini_parse_stream(read_line, &x, on_key, &x);
-    if (x.err_line != 0 && (rc <= 0 || rc >= x.err_line))
-        return cause_set(cause, -EINVAL, "%s:%d: %s", name, x.err_line, x.err);
+    /* Lines as long as inih's buffer allows; indented ones are refused by on_key (inih passes
+     * an indented comment or section header without calling it). */
+    inilines_init(&x.lines, buf, len, SIZE_MAX, 0);
+    rc = ini_parse_stream(inilines_read, &x.lines, on_key, &x);
+    if (x.lines.err_line != 0 && (rc <= 0 || rc >= x.lines.err_line))
+        return cause_set(cause, -EINVAL, "%s:%d: %s", name, x.lines.err_line, x.lines.err);
     if (rc > 0)
         return cause_set(cause, -EINVAL,
                          "%s:%d: syntax error (expected 'key = value', '[section]' or a comment)",

@@ -350,6 +350,30 @@ step_changes(const model *m, const stage *st, uint64_t step, enum apply_how how,
 }
 
 /*
+ * Give st's answer the result apply_step() will have once p's writes are
+ * done (the same counts, stale names and step), and clear it.
+ */
+static void
+answer_early(const model *m, stage *st, uint64_t step, enum apply_how how, const plan *p,
+             int advance, const store_result *res)
+{
+    store_result early = *res;
+
+    for (size_t i = 0; i < st->nitems; i++) {
+        if (p[i].stale)
+            note_stale(&early, p[i].t);
+        else if (p[i].skipped)
+            early.skipped++;
+        else
+            early.applied++;
+    }
+    early.step =
+        (early.applied > 0 || how == APPLY_SEED || advance) && step > m->step ? step : m->step;
+    st->answer(st->answer_ctx, &early);
+    st->answer = NULL;
+}
+
+/*
  * Apply a checked stage at step: check that its new tensors fit the
  * model's snapshot header (EMAD_ELIMIT), reserve every blob (EMAD_ENOMEM
  * changes nothing), then write and publish each tensor and publish the
@@ -384,6 +408,8 @@ apply_step(model *m, stage *st, uint64_t step, enum apply_how how, plan *p, uint
         prev_freeze(m);
     if ((rc = reserve(m, st, step, how, p, err)) != 0)
         return rc;
+    if (st->answer != NULL)
+        answer_early(m, st, step, how, p, advance, res);
     for (size_t i = 0; i < st->nitems; i++) {
         item *it = &st->items[i];
         tensor *t = p[i].t;
@@ -500,9 +526,105 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
     return 0;
 }
 
+/*
+ * The stored tensor an input of a steady push names, when the input is one
+ * push_fast() can take as it is: the whole tensor in its stored kind,
+ * dtype and shape, not named before in this push (mark), not another
+ * holder's shadows to write (a view, the previous version). NULL: the
+ * general path decides (and words any error).
+ */
+static tensor *
+fast_input(const model *m, const store_input *in, size_t *next, uint64_t mark)
+{
+    tensor *t = *next < m->ntensors ? m->tensors[*next] : NULL;
+
+    if (*next + 8 < m->ntensors)
+        __builtin_prefetch(m->tensors[*next + 8]);
+    if (*next + 4 < m->ntensors)
+        __builtin_prefetch(m->tensors[*next + 4]->name);
+    if (t == NULL || t->name_len != in->name_len || memcmp(t->name, in->name, in->name_len) != 0)
+        t = strmap_get(m->index, in->name, in->name_len);
+    if (t == NULL || t->mark == mark || in->count != 0 || in->start != 0 || in->has_offset ||
+        in->as_dtype != EMAD_DTYPE_INVALID || in->kind != t->kind || in->dtype != t->dtype ||
+        in->ndim != t->ndim || in->len != t->nbytes ||
+        memcmp(in->shape, t->shape, t->ndim * sizeof(t->shape[0])) != 0)
+        return NULL;
+    for (uint32_t j = 0; j < t->nshadow; j++)
+        if (t->shadow[j]->refs != 1)
+            return NULL;
+    t->mark = mark;
+    *next = t->index + 1;
+    return t;
+}
+
+/*
+ * A trainer's steady push: one writer, every input a stored tensor taken
+ * whole as it is (fast_input()), no ignore patterns, no previous version
+ * to keep, no NaN/Inf where they are not allowed. Then the shadows are
+ * written in place in one pass, without a stage: the same result, step
+ * and values as apply_stage(). Returns 0 when applied (answer, if not
+ * NULL, called before the writes), or 1 when anything is otherwise, with
+ * nothing changed: the general path takes the push.
+ */
+static int
+push_fast(store *s, model *m, uint64_t step, const store_input *in, size_t n, uint64_t now_ms,
+          store_answer_fn answer, void *ctx, store_result *res)
+{
+    uint64_t mark = ++s->mark;
+    size_t next = 0;
+    tensor **ts;
+    decay_cache dc = {0};
+
+    if (m->cfg.writers != 1 || m->keep_prev || m->cfg.nignore > 0 || n == 0 ||
+        (ts = malloc(n * sizeof(*ts))) == NULL)
+        return 1;
+    for (size_t i = 0; i < n; i++) {
+        if ((ts[i] = fast_input(m, &in[i], &next, mark)) == NULL)
+            goto general;
+        if (ts[i]->step >= step) {
+            note_stale(res, ts[i]);
+            continue;
+        }
+        if (ts[i]->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW &&
+            ema_count_nonfinite(in[i].data, in[i].dtype, ts[i]->numel) != 0)
+            goto general; /* rejected or skipped, as the general path says */
+        res->applied++;
+    }
+    res->step = res->applied > 0 && step > m->step ? step : m->step;
+    if (answer != NULL)
+        answer(ctx, res);
+    for (size_t i = 0; i < n; i++) {
+        tensor *t = ts[i];
+        slice sl = {.count = t->numel, .received = in[i].len, .data = (void *)in[i].data};
+        const double *d;
+
+        if (t->step >= step)
+            continue;
+        d = t->averaged ? decays_for(m, &dc, t->step, step) : NULL;
+        for (uint32_t j = 0; j < t->nshadow; j++)
+            apply_slice(t, &sl, t->shadow[j]->data, t->shadow[j]->data, d != NULL ? d[j] : 0.0);
+        t->step = step;
+    }
+    free(ts);
+    publish_step(m, step, now_ms, res->applied > 0, res);
+    return 0;
+general:
+    free(ts);
+    memset(res, 0, sizeof(*res));
+    return 1;
+}
+
 int
 store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
            const store_input *in, size_t n, uint64_t now_ms, store_result *res, store_err *err)
+{
+    return store_push_answer(s, model_name, len, step, writer, in, n, now_ms, NULL, NULL, res, err);
+}
+
+int
+store_push_answer(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                  const store_input *in, size_t n, uint64_t now_ms, store_answer_fn answer,
+                  void *ctx, store_result *res, store_err *err)
 {
     model *m = store_model_get(s, model_name, len, err);
     stage st;
@@ -515,7 +637,13 @@ store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t
      * shard of a cluster (the step still reaches it). */
     if ((n > 0 || (m->cfg.writers == 1 && !m->keep_prev)) && stage_check_size(n, err) != 0)
         return err->code;
+    if (writer == 0 && push_fast(s, m, step, in, n, now_ms, answer, ctx, res) == 0)
+        return 0;
     stage_init(&st);
+    if (m->cfg.writers == 1) {
+        st.answer = answer;
+        st.answer_ctx = ctx;
+    }
     if ((rc = stage_inputs(m, ++s->mark, in, n, &st, err)) == 0)
         rc = apply_contribution(m, step, writer, &st, now_ms, res, err);
     stage_free(&st);

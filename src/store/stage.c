@@ -214,8 +214,9 @@ stage_check_against(const tensor *t, const char *name, int kind, int dtype, uint
     return 0;
 }
 
-static int check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
-                       uint64_t *count, size_t *hash, tensor **found, store_err *err);
+static int check_input(const model *m, const store_input *in, const tensor *hint, int chunked,
+                       uint64_t *numel, uint64_t *count, size_t *hash, tensor **found,
+                       store_err *err);
 
 /*
  * Check one input on its own and against the stored tensor (if any):
@@ -231,13 +232,19 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
     size_t hash;
     tensor *t;
 
-    return check_input(m, in, chunked, numel, count, &hash, &t, err);
+    return check_input(m, in, NULL, chunked, numel, count, &hash, &t, err);
 }
 
-/* stage_check_input(), also giving the name's strmap_hash() and the stored tensor (or NULL). */
+/*
+ * stage_check_input(), also giving the stored tensor (or NULL) and, for a
+ * new one, the name's strmap_hash(). hint, if not NULL, is the tensor the
+ * input probably names (the one after the previous input's, as a trainer
+ * pushes the same list every step): compared by name, it saves the hash
+ * and the lookup.
+ */
 static int
-check_input(const model *m, const store_input *in, int chunked, uint64_t *numel, uint64_t *count,
-            size_t *hash, tensor **found, store_err *err)
+check_input(const model *m, const store_input *in, const tensor *hint, int chunked, uint64_t *numel,
+            uint64_t *count, size_t *hash, tensor **found, store_err *err)
 {
     char name[EMAD_MAX_NAME_BYTES + 1], a[256];
     tensor *t;
@@ -294,9 +301,15 @@ check_input(const model *m, const store_input *in, int chunked, uint64_t *numel,
                           "tensor '%s': chunk [%llu, +%llu) runs past the %llu bytes of its %s",
                           name, (unsigned long long)in->offset, (unsigned long long)in->len,
                           (unsigned long long)sbytes, in->count != 0 ? PROTO_KEY_SLICE : PROTO_KEY_TENSOR);
-    *hash = strmap_hash(in->name, in->name_len);
-    if ((*found = t = strmap_get_hashed(m->index, in->name, in->name_len, *hash)) == NULL)
-        return stage_check_header(m, stage_header_cost(in->name, in->name_len, in->ndim), 1, err);
+    if (hint != NULL && hint->name_len == in->name_len &&
+        memcmp(hint->name, in->name, in->name_len) == 0) {
+        *found = t = (tensor *)hint;
+    } else {
+        *hash = strmap_hash(in->name, in->name_len);
+        if ((*found = t = strmap_get_hashed(m->index, in->name, in->name_len, *hash)) == NULL)
+            return stage_check_header(m, stage_header_cost(in->name, in->name_len, in->ndim), 1,
+                                      err);
+    }
     return stage_check_against(t, name, in->kind,
                                in->as_dtype != EMAD_DTYPE_INVALID ? in->as_dtype : in->dtype,
                                in->ndim, in->shape, err);
@@ -481,7 +494,7 @@ stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, sta
              store_err *err)
 {
     const slice *a, *b;
-    size_t names = 0;
+    size_t names = 0, next = 0; /* next: the stored tensor after the previous input's */
     char *name;
 
     stage_reserve(st, n);
@@ -499,8 +512,16 @@ stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, sta
         item *it;
         slice *sl;
 
-        if (check_input(m, &in[i], 0, &numel, &count, &hash, &t, err) != 0)
+        /* The tensors a trainer's list names next: their structs, then their names. */
+        if (next + 8 < m->ntensors)
+            __builtin_prefetch(m->tensors[next + 8]);
+        if (next + 4 < m->ntensors)
+            __builtin_prefetch(m->tensors[next + 4]->name);
+        if (check_input(m, &in[i], next < m->ntensors ? m->tensors[next] : NULL, 0, &numel, &count,
+                        &hash, &t, err) != 0)
             return err->code;
+        if (t != NULL)
+            next = t->index + 1;
         if (emaconf_match(m->cfg.ignore, m->cfg.nignore, in[i].name, in[i].name_len)) {
             st->ignored++;
             continue;

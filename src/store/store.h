@@ -260,6 +260,20 @@ int store_drop_model(store *s, const char *name, size_t len, store_err *err);
 int store_push(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
                const store_input *in, size_t n, uint64_t now_ms, store_result *res, store_err *err);
 
+/* A push's result, given before its values are written (store_push_answer()). */
+typedef void (*store_answer_fn)(void *ctx, const store_result *res);
+
+/*
+ * store_push(), which on a model with one writer calls answer(ctx, result)
+ * once nothing can fail any more and before the shadows are written: the
+ * caller can reply while the averaging runs. The result given is the one
+ * *res gets. Nothing else may look at the store before this returns. With
+ * several writers, or when the push fails, answer is not called.
+ */
+int store_push_answer(store *s, const char *model_name, size_t len, uint64_t step, uint32_t writer,
+                      const store_input *in, size_t n, uint64_t now_ms, store_answer_fn answer,
+                      void *ctx, store_result *res, store_err *err);
+
 /*
  * Seed a model's shadows: every input (whole tensors) becomes the value of
  * every shadow of its tensor, converted to the shadow dtype, whatever the

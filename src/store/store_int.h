@@ -78,6 +78,9 @@ typedef struct stage {
     char *names;   /* one block holding the items' names */
     size_t names_len;
     slice *slab; /* the first slice of each item */
+    /* store_push_answer(): the push's result, given once it cannot fail, before the writes */
+    store_answer_fn answer;
+    void *answer_ctx;
 } stage;
 
 /*
