@@ -48,19 +48,23 @@ tensor_keys_get(const msgpack_object *map, tensor_keys *k)
     };
 #undef TENSOR_KEY
 
+    const size_t nknown = sizeof(known) / sizeof(known[0]);
+    size_t next = 0; /* libemad packs the keys in known's order: try the next one first */
+
     memset(k, 0, sizeof(*k));
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *key = &map->via.map.ptr[i].key;
 
         if (key->type != MSGPACK_OBJECT_STR)
             continue;
-        for (size_t j = 0; j < sizeof(known) / sizeof(known[0]); j++) {
+        for (size_t jj = 0, j = next; jj < nknown; jj++, j = j + 1 < nknown ? j + 1 : 0) {
             if (key->via.str.size == known[j].len && key->via.str.ptr[0] == known[j].key[0] &&
                 memcmp(key->via.str.ptr, known[j].key, known[j].len) == 0) {
                 const msgpack_object **slot =
                     (const msgpack_object **)(void *)((char *)k + known[j].field);
                 if (*slot == NULL)
                     *slot = &map->via.map.ptr[i].val;
+                next = j + 1 < nknown ? j + 1 : 0;
                 break;
             }
         }
