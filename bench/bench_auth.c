@@ -10,7 +10,13 @@
  * (/proc/PID/stat), and the client's minor page faults: on a shared
  * machine the figures that depend least on what else runs.
  *
- *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N]
+ *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] [--emad-b PATH]
+ *
+ * --emad-b adds a third daemon, with --auth-file, from another build (say,
+ * the commit before a change), interleaved with the other two: it prints
+ * that daemon's ratios too and, repetition by repetition, how it compares
+ * with the first one. On a shared machine this A/B in one run is what
+ * separates a few percent from the drift of the load between runs.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -279,22 +285,46 @@ parse_count(const char *s, long max)
     return *s != '\0' && *end == '\0' && v >= 1 && v <= max ? v : -1;
 }
 
-/* Interleaved repetitions over both sides; returns 0 or -1. */
+/*
+ * With --emad-b: the second authenticated daemon against the first, the
+ * median of each repetition's time with the first over the time with it
+ * (above 1: it is faster), and its CPU per call.
+ */
+static void
+report_b(const side *a, const side *b, long reps)
+{
+    double push[MAX_REPS], pull[MAX_REPS];
+
+    for (long r = 0; r < reps; r++) {
+        push[r] = a->push_s[r] / b->push_s[r];
+        pull[r] = a->pull_s[r] / b->pull_s[r];
+    }
+    printf(
+        "  --emad-b against --emad, both authenticated (median of the %ld time_a/time_b; above 1: "
+        "b is faster): push %.3f, pull %.3f\n",
+        reps, median(push, reps), median(pull, reps));
+    printf("        CPU per call with b: push client %6.1f ms + daemon %6.1f ms; pull %6.1f + "
+           "%6.1f ms\n",
+           b->cpu[OP_PUSH][0] * 1e3 / (double)reps, b->cpu[OP_PUSH][1] * 1e3 / (double)reps,
+           b->cpu[OP_PULL][0] * 1e3 / (double)reps, b->cpu[OP_PULL][1] * 1e3 / (double)reps);
+}
+
+/* Interleaved repetitions over the n sides; returns 0 or -1. */
 static int
-run(side *sides, model *m, long reps)
+run(side *sides, int n, model *m, long reps)
 {
     uint64_t step = 1;
 
     for (int i = 0; i < 2; i++) /* warm-up: the shadows and the spare copies are written */
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < n; k++)
             if (push_once(&sides[k], m, step + (uint64_t)i, &sides[k].push_s[0]) < 0)
                 return -1;
     step += 2;
-    memset(sides[0].cpu, 0, sizeof(sides[0].cpu));
-    memset(sides[1].cpu, 0, sizeof(sides[1].cpu));
+    for (int k = 0; k < n; k++)
+        memset(sides[k].cpu, 0, sizeof(sides[k].cpu));
     for (long r = 0; r < reps; r++, step++) {
-        for (int j = 0; j < 2; j++) {
-            side *s = &sides[(r + j) % 2]; /* alternate which side goes first */
+        for (int j = 0; j < n; j++) {
+            side *s = &sides[(r + j) % n]; /* rotate which side goes first */
 
             if (push_once(s, m, step, &s->push_s[r]) < 0 || pull_once(s, m, &s->pull_s[r]) < 0)
                 return -1;
@@ -306,9 +336,12 @@ run(side *sides, model *m, long reps)
 int
 main(int argc, char **argv)
 {
-    const char *emad = NULL, *emactl = NULL;
+    const char *emad = NULL, *emactl = NULL, *emad_b = NULL;
     long reps = 9, mib = 256;
-    side sides[2] = {{.label = "unauthenticated"}, {.label = "authenticated"}};
+    side sides[3] = {{.label = "unauthenticated"},
+                     {.label = "authenticated"},
+                     {.label = "authenticated (--emad-b)"}};
+    int n;
     model m = {0};
     int rc = 1;
 
@@ -316,6 +349,8 @@ main(int argc, char **argv)
         const char *v = i + 1 < argc ? argv[i + 1] : "";
         if (strcmp(argv[i], "--emad") == 0)
             emad = v;
+        else if (strcmp(argv[i], "--emad-b") == 0)
+            emad_b = v;
         else if (strcmp(argv[i], "--emactl") == 0)
             emactl = v;
         else if (strcmp(argv[i], "--reps") == 0)
@@ -323,7 +358,8 @@ main(int argc, char **argv)
         else if (strcmp(argv[i], "--mib") == 0)
             mib = parse_count(v, 65536);
         else {
-            fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N] [--reps N]\n");
+            fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] "
+                            "[--emad-b PATH]\n");
             return 2;
         }
         i++;
@@ -339,14 +375,16 @@ main(int argc, char **argv)
            "over TCP loopback; the same pushes and pulls to a daemon without and one with "
            "--auth-file, interleaved\n",
            mib, NTENSORS, reps);
-    if (side_start(&sides[0], emad, emactl, 0) < 0 || side_start(&sides[1], emad, emactl, 1) < 0)
+    n = emad_b != NULL ? 3 : 2;
+    if (side_start(&sides[0], emad, emactl, 0) < 0 || side_start(&sides[1], emad, emactl, 1) < 0 ||
+        (emad_b != NULL && side_start(&sides[2], emad_b, emactl, 1) < 0))
         goto out;
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < n; k++)
         if (emad_create(sides[k].c, MODEL_NAME, 0.9, 0) != 0) {
             fprintf(stderr, "bench_auth: create: %s\n", emad_last_error(sides[k].c));
             goto out;
         }
-    if (run(sides, &m, reps) < 0)
+    if (run(sides, n, &m, reps) < 0)
         goto out;
     printf("  (medians; GB/s = 1e9 bytes/s)\n");
     report("push", sides[0].push_s, sides[1].push_s, reps, (uint64_t)mib << 20);
@@ -354,9 +392,14 @@ main(int argc, char **argv)
     printf("  (CPU time, user + system, means over the repetitions; the client is this process)\n");
     report_cpu("push", &sides[0], &sides[1], OP_PUSH, reps);
     report_cpu("pull", &sides[0], &sides[1], OP_PULL, reps);
+    if (emad_b != NULL) {
+        report("push (b)", sides[0].push_s, sides[2].push_s, reps, (uint64_t)mib << 20);
+        report("pull (b)", sides[0].pull_s, sides[2].pull_s, reps, (uint64_t)mib << 20);
+        report_b(&sides[1], &sides[2], reps);
+    }
     rc = 0;
 out:
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         emad_close(sides[k].c);
         if (proc_stop(&sides[k].p) != 0)
             rc = 1;

@@ -297,6 +297,19 @@ def attacks(root):
     sid = p_session(p, "team-a-big")
     got = p.op("read", session=sid, ranges=[[0, 0, 4 * n]])
     assert got["ok"] and got["data"][0] == vals
+    # converted on the way out (F16, exact for these integers): the pieces of a large reply are
+    # tagged as the conversion writes them, or after it when a value would straddle a piece
+    # (data from an odd offset: a first range with a 3-byte bin16 header)
+    half = struct.pack("<%de" % n, *[float(i % 1000) for i in range(n)])
+    r = root.op("pull", model="team-a-big", dtype="F16")
+    assert r["ok"] and r["tensors"][0]["data"] == half
+    r = p.op("pull", model="team-a-big", inline_bytes=8192, dtype="F16")
+    assert r["ok"] and "session" in r, r
+    got = p.op("read", session=r["session"], ranges=[[0, 0, 1000], [0, 1000, 2 * n - 1000]])
+    assert got["ok"] and got["data"][0] == half[:1000] and got["data"][1] == half[1000:]
+    got = p.op("read", session=r["session"], ranges=[[0, 0, 2 * n]])
+    assert got["ok"] and got["data"][0] == half
+    assert p.op("release", session=r["session"])["ok"]
     # another user (with pull on the model) can neither read nor release that session
     q = sess("a_most")
     for op, keys in (("read", {"ranges": [[0, 0, 8]]}), ("release", {})):
