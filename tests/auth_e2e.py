@@ -124,6 +124,16 @@ def wait_reload(count):
     raise AssertionError("no reload in the log")
 
 
+def resends_counted():
+    """emad_auth_resends_total from /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % HTTP_PORT,
+                                timeout=60 * SCALE) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("emad_auth_resends_total "):
+                return int(line.split()[-1])
+    raise AssertionError("no emad_auth_resends_total in /metrics")
+
+
 def metrics():
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % HTTP_PORT,
                                 timeout=60 * SCALE) as r:
@@ -339,12 +349,20 @@ def attacks(root):
     c = s.c
     c.rid += 1
     rid = c.rid | 0x80000000
+    resends = resends_counted()
     c.send(rid, big)
     c.send(rid, big)
     got, first = c.receive()
     assert got == rid
     r = unpack(first[36:])
     assert r["ok"] and r["applied"] == 1, r
+    # The daemon answers the first copy before it is done with the second (verified on the
+    # threadpool): the session's next request waits until the second is taken as a resend,
+    # as a REQ client's would (its next request comes after the reply to the resend).
+    deadline = time.monotonic() + 60 * SCALE
+    while resends_counted() == resends:
+        assert time.monotonic() < deadline, "the second copy was not taken as a resend"
+        time.sleep(0.01)
     c.rid += 1
     c.send(c.rid | 0x80000000, s.frame(request("stats")))
     while True:
