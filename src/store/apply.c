@@ -581,13 +581,14 @@ push_fast(store *s, model *m, uint64_t step, const store_input *in, size_t n, ui
     for (size_t i = 0; i < n; i++) {
         if ((ts[i] = fast_input(m, &in[i], &next, mark)) == NULL)
             goto general;
+        /* counted stale or not, as apply_check_nonfinite() does */
+        if (ts[i]->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW &&
+            ema_count_nonfinite(in[i].data, in[i].dtype, ts[i]->numel) != 0)
+            goto general; /* rejected or skipped, as the general path says */
         if (ts[i]->step >= step) {
             note_stale(res, ts[i]);
             continue;
         }
-        if (ts[i]->averaged && m->cfg.nonfinite != EMAD_NONFINITE_ALLOW &&
-            ema_count_nonfinite(in[i].data, in[i].dtype, ts[i]->numel) != 0)
-            goto general; /* rejected or skipped, as the general path says */
         res->applied++;
     }
     res->step = res->applied > 0 && step > m->step ? step : m->step;
