@@ -876,6 +876,26 @@ shadows_differ(const char *ma, const char *mb, const char *name)
 }
 
 /*
+ * Models "fast" and "slow", decays d and 0.5; "slow" has an ignore pattern
+ * that matches nothing, which keeps its pushes on the general path.
+ */
+static void
+fast_and_slow(double d)
+{
+    emad_model_config cfg;
+    int created;
+
+    emaconf_init(&cfg);
+    cfg.ndecays = 2;
+    cfg.decays[0] = d;
+    cfg.decays[1] = 0.5;
+    ck_assert_int_eq(store_create_model(s, "fast", 4, &cfg, 0, &created, &err), 0);
+    cfg.nignore = 1;
+    cfg.ignore[0] = "nothing-matches*";
+    ck_assert_int_eq(store_create_model(s, "slow", 4, &cfg, 0, &created, &err), 0);
+}
+
+/*
  * A steady push (every tensor stored, whole, as it is) is applied without
  * a stage; a model with an ignore pattern that matches nothing always
  * takes the general path. Both get the same results and the same bits,
@@ -889,18 +909,9 @@ START_TEST(test_store_steady_push_matches_the_general_path)
     uint16_t h[N];
     int64_t cnt[3];
     uint64_t rng = 7;
-    emad_model_config cfg;
     store_result ra, rb;
-    int created;
 
-    emaconf_init(&cfg);
-    cfg.ndecays = 2;
-    cfg.decays[0] = 0.9;
-    cfg.decays[1] = 0.5;
-    ck_assert_int_eq(store_create_model(s, "fast", 4, &cfg, 0, &created, &err), 0);
-    cfg.nignore = 1;
-    cfg.ignore[0] = "nothing-matches*";
-    ck_assert_int_eq(store_create_model(s, "slow", 4, &cfg, 0, &created, &err), 0);
+    fast_and_slow(0.9);
     for (uint64_t step = 1; step <= 6; step++) {
         store_input in[4];
         for (size_t i = 0; i < N; i++) {
@@ -966,18 +977,10 @@ START_TEST(test_store_steady_push_property)
     static float vals[NT][NE];
     char names[NT][8];
     uint64_t rng = 2024, step = 0;
-    emad_model_config cfg;
     store_view *held[2] = {NULL, NULL};
-    int created, made = 4;
+    int made = 4;
 
-    emaconf_init(&cfg);
-    cfg.ndecays = 2;
-    cfg.decays[0] = 0.75;
-    cfg.decays[1] = 0.5;
-    ck_assert_int_eq(store_create_model(s, "fast", 4, &cfg, 0, &created, &err), 0);
-    cfg.nignore = 1;
-    cfg.ignore[0] = "nothing-matches*";
-    ck_assert_int_eq(store_create_model(s, "slow", 4, &cfg, 0, &created, &err), 0);
+    fast_and_slow(0.75);
     for (int k = 0; k < NT; k++)
         snprintf(names[k], sizeof(names[k]), "t%d", k);
     for (int round = 0; round < ROUNDS; round++) {
