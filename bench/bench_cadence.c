@@ -106,15 +106,11 @@ typedef struct run {
     uint64_t raw_chunk; /* raw messages: libemad's largest message */
 } run;
 
-/*
- * The messages libemad sends a model of total bytes in, for raw nanomsg
- * too: one message when the push fits in chunk_bytes (its tensor maps
- * take a few hundred bytes more), else a transaction's chunks.
- */
+/* The messages libemad sends a model of total bytes in, for raw nanomsg too. */
 static uint64_t
 raw_chunk_for(const run *r, uint64_t total)
 {
-    return total + 64 * 1024 <= r->raw_chunk ? total : EMAD_TXN_CHUNK_BYTES;
+    return raw_push_message(total, r->raw_chunk);
 }
 
 static int

@@ -701,8 +701,7 @@ run_size(bench *b, int idx)
     pull_chunk -= SP_HEADER_ROOM;
     if (pull_chunk > 4 * MIB)
         pull_chunk = m.total + PULL_META_ROOM <= 16 * MIB ? m.total : 4 * MIB;
-    if (m.total + 64 * 1024 > push_chunk && push_chunk > EMAD_TXN_CHUNK_BYTES)
-        push_chunk = EMAD_TXN_CHUNK_BYTES;
+    push_chunk = raw_push_message(m.total, push_chunk);
     if (push_chunk > RAW_MAX_CHUNK)
         push_chunk = RAW_MAX_CHUNK;
     /* The endpoints of the server process share its copy of the model. */

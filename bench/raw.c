@@ -24,6 +24,7 @@
 #include "raw.h"
 #include "proc.h"
 #include "common/proto.h"
+#include "emad.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -574,6 +575,14 @@ int
 raw_serve(raw_link *l, const char *data, uint64_t len, uint64_t chunk)
 {
     return send_all(l, RAW_LOAD, data, len, chunk, "load");
+}
+
+uint64_t
+raw_push_message(uint64_t total, uint64_t chunk_bytes)
+{
+    if (total + 64 * 1024 <= chunk_bytes)
+        return total;
+    return chunk_bytes < EMAD_TXN_CHUNK_BYTES ? chunk_bytes : EMAD_TXN_CHUNK_BYTES;
 }
 
 int

@@ -86,6 +86,14 @@ int raw_serve(raw_link *l, const char *data, uint64_t len, uint64_t chunk);
 int raw_push(raw_link *l, const char *src, uint64_t total, uint64_t chunk);
 
 /*
+ * The largest message libemad sends a push of total bytes of tensor data
+ * in, its limit being chunk_bytes, for raw nanomsg to send the same: the
+ * whole push when it fits (its tensor maps take a few hundred bytes more),
+ * else a transaction's chunks of at most EMAD_TXN_CHUNK_BYTES.
+ */
+uint64_t raw_push_message(uint64_t total, uint64_t chunk_bytes);
+
+/*
  * Pull: request total bytes in pieces of at most chunk bytes; the server
  * copies each piece of its served data into a fresh message, and each reply
  * is copied into place in dst. Returns 0, or -1 (message printed).

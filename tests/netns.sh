@@ -310,6 +310,17 @@ netns_python() {
         timeout "$T_LONG" "$PYTHON3" "$@"
 }
 
+# Compare model MODEL of each replica set of a 2 x 2 cluster (replica r of every shard,
+# through a map of its own) with the reference daemon, using cluster_driver.py DRIVER.
+netns_compare_replicas() {
+    for _r in 0 1; do
+        printf 'epoch 1\nshard 0 %s\nshard 1 %s\n' "$(netns_url "$_r")" "$(netns_url $((2 + _r)))" \
+            >"$work/replica$_r"
+        netns_python "$1" compare --cluster "$work/replica$_r" --ref "$netns_ref_url" --model "$2" \
+            >"$work/cmp$_r.out" 2>&1 || fail "replica $_r of each shard: $(cat "$work/cmp$_r.out")"
+    done
+}
+
 # emactl in the client namespace through map FILE.
 netns_ctl() {
     _f=$1

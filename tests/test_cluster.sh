@@ -49,12 +49,7 @@ grep -q 'steps 1..12 acknowledged, 0 with skipped replicas' "$work/train.out" ||
     fail "train: $(cat "$work/train.out")"
 netns_python "$drv" compare --cluster "$map" --ref "$netns_ref_url" --model m >"$work/cmp.out" 2>&1 ||
     fail "through the cluster: $(cat "$work/cmp.out")"
-for r in 0 1; do
-    printf 'epoch 1\nshard 0 %s\nshard 1 %s\n' "$(netns_url "$r")" "$(netns_url $((2 + r)))" \
-        >"$work/replica$r"
-    netns_python "$drv" compare --cluster "$work/replica$r" --ref "$netns_ref_url" --model m \
-        >"$work/cmp$r.out" 2>&1 || fail "replica $r of each shard: $(cat "$work/cmp$r.out")"
-done
+netns_compare_replicas "$drv" m
 netns_python "$drv" ranks --cluster "$map" --ref "$netns_ref_url" --model ddp >"$work/ranks.out" 2>&1 ||
     fail "push_module by ranks: $(cat "$work/ranks.out")"
 echo "$test_name: $(cat "$work/ranks.out")"

@@ -77,12 +77,7 @@ grep -q '; 4 of 4 replicas serving; model m' "$work/status2" || fail "status: $(
     fail "not every replica at step 200: $(cat "$work/status2")"
 netns_python "$drv" compare --cluster "$map" --ref "$netns_ref_url" --model m >"$work/cmp.out" 2>&1 ||
     fail "through the cluster: $(cat "$work/cmp.out")"
-for r in 0 1; do
-    printf 'epoch 1\nshard 0 %s\nshard 1 %s\n' "$(netns_url "$r")" "$(netns_url $((2 + r)))" \
-        >"$work/replica$r"
-    netns_python "$drv" compare --cluster "$work/replica$r" --ref "$netns_ref_url" --model m \
-        >"$work/cmp$r.out" 2>&1 || fail "replica $r of each shard: $(cat "$work/cmp$r.out")"
-done
+netns_compare_replicas "$drv" m
 echo "$test_name: 200 steps, $skipped with a replica skipped, no error; every replica equals" \
     "the single daemon ($(cat "$work/resync.out"))"
 echo "$test_name: ok"

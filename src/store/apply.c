@@ -536,14 +536,9 @@ store_restore_tensor(model *m, const char *name, int kind, int dtype, int averag
 static tensor *
 fast_input(const model *m, const store_input *in, size_t *next, uint64_t mark)
 {
-    tensor *t = *next < m->ntensors ? m->tensors[*next] : NULL;
+    size_t hash;
+    tensor *t = stage_lookup(m, *next, in->name, in->name_len, &hash);
 
-    if (*next + 8 < m->ntensors)
-        __builtin_prefetch(m->tensors[*next + 8]);
-    if (*next + 4 < m->ntensors)
-        __builtin_prefetch(m->tensors[*next + 4]->name);
-    if (t == NULL || t->name_len != in->name_len || memcmp(t->name, in->name, in->name_len) != 0)
-        t = strmap_get(m->index, in->name, in->name_len);
     if (t == NULL || t->mark == mark || in->count != 0 || in->start != 0 || in->has_offset ||
         in->as_dtype != EMAD_DTYPE_INVALID || in->kind != t->kind || in->dtype != t->dtype ||
         in->ndim != t->ndim || in->len != t->nbytes ||

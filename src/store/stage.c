@@ -214,9 +214,25 @@ stage_check_against(const tensor *t, const char *name, int kind, int dtype, uint
     return 0;
 }
 
-static int check_input(const model *m, const store_input *in, const tensor *hint, int chunked,
+static int check_input(const model *m, const store_input *in, size_t next, int chunked,
                        uint64_t *numel, uint64_t *count, size_t *hash, tensor **found,
                        store_err *err);
+
+tensor *
+stage_lookup(const model *m, size_t next, const char *name, size_t len, size_t *hash)
+{
+    tensor *t = next < m->ntensors ? m->tensors[next] : NULL;
+
+    /* The tensors a trainer's list names next: their structs, then their names. */
+    if (next + 8 < m->ntensors)
+        __builtin_prefetch(m->tensors[next + 8]);
+    if (next + 4 < m->ntensors)
+        __builtin_prefetch(m->tensors[next + 4]->name);
+    if (t != NULL && t->name_len == len && memcmp(t->name, name, len) == 0)
+        return t;
+    *hash = strmap_hash(name, len);
+    return strmap_get_hashed(m->index, name, len, *hash);
+}
 
 /*
  * Check one input on its own and against the stored tensor (if any):
@@ -232,18 +248,16 @@ stage_check_input(const model *m, const store_input *in, int chunked, uint64_t *
     size_t hash;
     tensor *t;
 
-    return check_input(m, in, NULL, chunked, numel, count, &hash, &t, err);
+    return check_input(m, in, m->ntensors, chunked, numel, count, &hash, &t, err);
 }
 
 /*
  * stage_check_input(), also giving the stored tensor (or NULL) and, for a
- * new one, the name's strmap_hash(). hint, if not NULL, is the tensor the
- * input probably names (the one after the previous input's, as a trainer
- * pushes the same list every step): compared by name, it saves the hash
- * and the lookup.
+ * new one, the name's strmap_hash(); the tensor is looked up with
+ * stage_lookup() from position next.
  */
 static int
-check_input(const model *m, const store_input *in, const tensor *hint, int chunked, uint64_t *numel,
+check_input(const model *m, const store_input *in, size_t next, int chunked, uint64_t *numel,
             uint64_t *count, size_t *hash, tensor **found, store_err *err)
 {
     char name[EMAD_MAX_NAME_BYTES + 1], a[256];
@@ -301,15 +315,8 @@ check_input(const model *m, const store_input *in, const tensor *hint, int chunk
                           "tensor '%s': chunk [%llu, +%llu) runs past the %llu bytes of its %s",
                           name, (unsigned long long)in->offset, (unsigned long long)in->len,
                           (unsigned long long)sbytes, in->count != 0 ? PROTO_KEY_SLICE : PROTO_KEY_TENSOR);
-    if (hint != NULL && hint->name_len == in->name_len &&
-        memcmp(hint->name, in->name, in->name_len) == 0) {
-        *found = t = (tensor *)hint;
-    } else {
-        *hash = strmap_hash(in->name, in->name_len);
-        if ((*found = t = strmap_get_hashed(m->index, in->name, in->name_len, *hash)) == NULL)
-            return stage_check_header(m, stage_header_cost(in->name, in->name_len, in->ndim), 1,
-                                      err);
-    }
+    if ((*found = t = stage_lookup(m, next, in->name, in->name_len, hash)) == NULL)
+        return stage_check_header(m, stage_header_cost(in->name, in->name_len, in->ndim), 1, err);
     return stage_check_against(t, name, in->kind,
                                in->as_dtype != EMAD_DTYPE_INVALID ? in->as_dtype : in->dtype,
                                in->ndim, in->shape, err);
@@ -512,13 +519,7 @@ stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, sta
         item *it;
         slice *sl;
 
-        /* The tensors a trainer's list names next: their structs, then their names. */
-        if (next + 8 < m->ntensors)
-            __builtin_prefetch(m->tensors[next + 8]);
-        if (next + 4 < m->ntensors)
-            __builtin_prefetch(m->tensors[next + 4]->name);
-        if (check_input(m, &in[i], next < m->ntensors ? m->tensors[next] : NULL, 0, &numel, &count,
-                        &hash, &t, err) != 0)
+        if (check_input(m, &in[i], next, 0, &numel, &count, &hash, &t, err) != 0)
             return err->code;
         if (t != NULL)
             next = t->index + 1;

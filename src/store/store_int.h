@@ -225,6 +225,16 @@ int stage_check_chunk(item *it, const store_input *in, uint64_t count, store_err
 int stage_check_received(const item *it, store_err *err);
 int stage_check_coverage(item *it, store_err *err);
 int stage_check_unique(const store_input *in, size_t n, const char *what, store_err *err);
+
+/*
+ * The stored tensor named (name, len), or NULL: first the one at position
+ * next of m's tensors (a trainer pushes the same list every step, so the
+ * one after the previous input's), compared by name, else through the
+ * index, which also sets *hash (strmap_hash() of the name). Prefetches the
+ * tensors after next.
+ */
+tensor *stage_lookup(const model *m, size_t next, const char *name, size_t len, size_t *hash);
+
 int stage_inputs(const model *m, uint64_t mark, const store_input *in, size_t n, stage *st,
                  store_err *err);
 

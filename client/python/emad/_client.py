@@ -22,7 +22,8 @@ import numpy as np
 from . import _arrays, _cluster, _modules, _parallel, _sender
 from ._lib import (BUFFER, DEFAULT_DECAY, DEFAULT_URL, DTYPE_NAMES, DTYPE_SIZES, DTYPES, ERRORS,
                    FLOAT_DTYPES, KIND_NAMES, MAX_DECAYS, MAX_GLOBS, PARAM, Error, ModelConfig,
-                   ModelInfoC, Options, PullOptions, PushResult as _PushResultC, Stat, Tensor, lib)
+                   ModelInfoC, Options, PullOptions, PushResult as _PushResultC, Stat, Tensor, lib,
+                   tensor_array)
 
 __all__ = ["Client", "ModelInfo", "TensorInfo", "PushResult", "StateDict"]
 
@@ -137,30 +138,13 @@ class _Conn:
                 self.handle = None
 
 
-def _tensor_array(entries):
-    """A ctypes emad_tensor array for push entries (data pointers must stay valid)."""
-    arr = (Tensor * len(entries))()
-    for t, e in zip(arr, entries):
-        t.name = e.bname
-        t.kind = e.kind
-        t.dtype = DTYPES[e.dtype]
-        t.ndim = len(e.shape)
-        for i, s in enumerate(e.shape):
-            t.shape[i] = s
-        t.data = e.pointer()
-        t.nbytes = e.nbytes
-        t.offset = e.offset
-        t.count = e.count
-    return arr
-
-
 def _push_entries(conn, model, step, entries, writer):
     """Send one push of entries at step (as writer if not None); returns a PushResult."""
     if not entries:
         raise Error(ERRORS["EMAD_EINVAL"], "push of no tensors")
     if any(e.count for e in entries):
         conn.lib.fn("push_as", feature="pushing a Shard")  # slices need a library that knows them
-    arr = _tensor_array(entries)
+    arr = tensor_array(entries)
     res = _PushResultC()
     bmodel = _bstr(model, "model")
     if int(step) < 0:

@@ -16,7 +16,7 @@ same way).
 import collections
 import ctypes
 
-from ._lib import ERRORS, Error, Piece, ReplicaStatus, Tensor, DTYPES
+from ._lib import ERRORS, Error, Piece, ReplicaStatus, tensor_array
 
 __all__ = ["ClusterInfo", "ReplicaState", "PlacedPiece", "PREFIX", "connect", "split_warnings"]
 
@@ -58,19 +58,6 @@ def connect(lib_, map_, opts):
 def split_warnings(text):
     """The lines of emad_cluster_warnings() as a list (empty if none)."""
     return [line for line in (text or b"").decode("utf-8", "replace").splitlines() if line]
-
-
-def _tensor_list(entries):
-    """ctypes emad_tensor array of the names, dtypes and shapes of entries (no data)."""
-    arr = (Tensor * max(1, len(entries)))()
-    for t, e in zip(arr, entries):
-        t.name = e.bname
-        t.kind = e.kind
-        t.dtype = DTYPES[e.dtype]
-        t.ndim = len(e.shape)
-        for i, s in enumerate(e.shape):
-            t.shape[i] = s
-    return arr
 
 
 class ClusterMixin:
@@ -115,7 +102,7 @@ class ClusterMixin:
 
     def _pieces(self, entries):
         """[(entry index, shard, offset, count, whole)] of entries on this client's shards."""
-        arr = _tensor_list(entries)
+        arr = tensor_array(entries, data=False)
         p = ctypes.POINTER(Piece)()
         n = ctypes.c_size_t()
         self._conn.call("cluster_plan", arr, len(entries), ctypes.byref(p), ctypes.byref(n),

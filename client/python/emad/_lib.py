@@ -166,6 +166,25 @@ class Tensor(ctypes.Structure):
     ]
 
 
+def tensor_array(entries, data=True):
+    """A ctypes emad_tensor array for push entries: names, dtypes and shapes, and with data
+    their data pointers (which must stay valid), sizes and slices."""
+    arr = (Tensor * max(1, len(entries)))()
+    for t, e in zip(arr, entries):
+        t.name = e.bname
+        t.kind = e.kind
+        t.dtype = DTYPES[e.dtype]
+        t.ndim = len(e.shape)
+        for i, s in enumerate(e.shape):
+            t.shape[i] = s
+        if data:
+            t.data = e.pointer()
+            t.nbytes = e.nbytes
+            t.offset = e.offset
+            t.count = e.count
+    return arr
+
+
 class Options(ctypes.Structure):
     """struct emad_options."""
 
