@@ -90,6 +90,7 @@ extern "C" {
     XX(EDENIED, 1028, "not permitted")       /* the user's grants do not allow it */               \
     XX(EMOVED, 1029, "shard map is stale or the request is for another shard; refresh the map")    \
     XX(ESPLIT, 1030, "cluster not at one step") /* no version at the asked step */                 \
+    XX(ELAYOUT, 1031, "push layout not known")  /* given up or restarted: send the tensors */      \
     /* Client-side only. */                                                                        \
     XX(ETIMEDOUT, 1101, "timed out waiting for the daemon") /* no reply within the timeout */      \
     XX(ECONNECT, 1102, "cannot connect to the daemon") /* cannot open or connect the socket */     \
@@ -99,7 +100,7 @@ extern "C" {
     XX(EIO, 1106, "I/O error") /* file I/O */
 
 #define EMAD_ERRNO_FIRST 1001        /* EMAD_EMALFORMED */
-#define EMAD_ERRNO_LAST 1030         /* EMAD_ESPLIT */
+#define EMAD_ERRNO_LAST 1031         /* EMAD_ELAYOUT */
 #define EMAD_ERRNO_CLIENT_FIRST 1101 /* EMAD_ETIMEDOUT */
 #define EMAD_ERRNO_CLIENT_LAST 1106  /* EMAD_EIO */
 

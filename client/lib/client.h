@@ -92,6 +92,9 @@ typedef struct conn_session {
     unsigned char tx[AUTH_KEY_BYTES], rx[AUTH_KEY_BYTES];
 } conn_session;
 
+/* Push layouts remembered per client (layout.c). */
+#define CLIENT_LAYOUTS 4
+
 struct emad_client {
     int sock;                       /* socks[0]: every request that is not pipelined */
     int socks[PIPELINE_MAX];        /* -1 until first used */
@@ -124,6 +127,10 @@ struct emad_client {
     uint32_t route_shard;
     int has_pull_step; /* the next pulls ask for the version at exactly pull_step */
     uint64_t pull_step;
+    /* Push layouts the daemon keeps for this client (layout.c): */
+    struct push_layout *layouts[CLIENT_LAYOUTS];
+    uint64_t layout_tick;
+    int layouts_state; /* 0: not yet read from the environment, 1: on, -1: off */
 };
 
 /*
@@ -357,6 +364,21 @@ int client_hello(emad_client *c);
 size_t route_size(const emad_client *c);
 
 /* ---- push.c ---- */
+
+/*
+ * layout.c: push layouts. layouts_on(): not turned off by EMAD_PUSH_LAYOUTS=off.
+ * layout_match(): the kept layout of model whose descriptors are t[0..n)'s, or NULL.
+ * layout_keep(): remember t[0..n)'s descriptors under the daemon's id (nothing if
+ * out of memory). layout_forget(): give one up; layouts_free(): all of them.
+ */
+typedef struct push_layout push_layout;
+int layouts_on(emad_client *c);
+push_layout *layout_match(emad_client *c, const char *model, const emad_tensor *t, size_t n);
+void layout_keep(emad_client *c, const char *model, const emad_tensor *t, size_t n, uint64_t id);
+void layout_forget(emad_client *c, push_layout *l);
+void layouts_free(emad_client *c);
+uint64_t layout_id(const push_layout *l);
+uint64_t layout_bytes(const push_layout *l); /* the data's bytes */
 
 /* Pack a push request (its encoded size is push_packed_size(), computed, not counted). */
 void build_push(msgpack_packer *pk, const void *vctx);

@@ -12,6 +12,7 @@ libemadclient_la_SOURCES = \
 	client/lib/heap.c \
 	client/lib/info.c \
 	client/lib/push.c \
+	client/lib/layout.c \
 	client/lib/pull.c \
 	client/lib/admin.c \
 	client/lib/cluster.h \

@@ -45,7 +45,9 @@ typedef struct push_req {
     const emad_tensor *tensors;
     const push_item *items;
     size_t nitems;
-    uint64_t size; /* the packed size when already computed, else 0 */
+    uint64_t size;       /* the packed size when already computed, else 0 */
+    int keep_layout;     /* ask the daemon to keep the tensors' layout */
+    push_layout *layout; /* send the data alone, with this kept layout's id */
 } push_req;
 
 /* The tensor map of bytes [offset, offset + len) of t, with an offset entry if txn. */
@@ -83,7 +85,21 @@ build_push(msgpack_packer *pk, const void *vctx)
 {
     const push_req *q = vctx;
 
-    pk_head(pk, PROTO_OP_PUSH, 3 + q->has_txn + q->has_writer + q->seed);
+    if (q->layout != NULL) { /* every tensor whole, in the layout's order */
+        pk_head(pk, PROTO_OP_PUSH, 4 + q->has_writer);
+        pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
+        proto_pack_kv_u64(pk, PROTO_KEY_STEP, q->step);
+        if (q->has_writer)
+            proto_pack_kv_u64(pk, PROTO_KEY_WRITER, q->writer);
+        proto_pack_kv_u64(pk, PROTO_KEY_LAYOUT, layout_id(q->layout));
+        proto_pack_str(pk, PROTO_KEY_DATA);
+        msgpack_pack_bin(pk, layout_bytes(q->layout));
+        for (size_t i = 0; i < q->nitems; i++)
+            if (q->tensors[i].nbytes > 0)
+                (void)pk->callback(pk->data, q->tensors[i].data, q->tensors[i].nbytes);
+        return;
+    }
+    pk_head(pk, PROTO_OP_PUSH, 3 + q->has_txn + q->has_writer + q->seed + q->keep_layout);
     if (q->seed) {
         proto_pack_str(pk, PROTO_KEY_SEED);
         msgpack_pack_true(pk);
@@ -94,6 +110,10 @@ build_push(msgpack_packer *pk, const void *vctx)
         proto_pack_kv_u64(pk, PROTO_KEY_TXN, q->txn);
     if (q->has_writer)
         proto_pack_kv_u64(pk, PROTO_KEY_WRITER, q->writer);
+    if (q->keep_layout) {
+        proto_pack_str(pk, PROTO_KEY_LAYOUT);
+        msgpack_pack_true(pk);
+    }
     proto_pack_str(pk, PROTO_KEY_TENSORS);
     msgpack_pack_array(pk, q->nitems);
     for (size_t i = 0; i < q->nitems; i++) {
@@ -120,6 +140,25 @@ push_header_size(const push_req *q, uint64_t nitems)
         n += CODEC_SIZE_KEY(PROTO_KEY_WRITER) + codec_size_uint(q->writer);
     if (q->seed)
         n += CODEC_SIZE_KEY(PROTO_KEY_SEED) + 1;
+    if (q->keep_layout)
+        n += CODEC_SIZE_KEY(PROTO_KEY_LAYOUT) + 1;
+    return n;
+}
+
+/* Encoded size of a push of data alone with q->layout. */
+static uint64_t
+layout_push_size(const push_req *q)
+{
+    uint64_t total = layout_bytes(q->layout);
+    uint64_t n = 1 + CODEC_SIZE_KEY(PROTO_KEY_V) + 1 + CODEC_SIZE_KEY(PROTO_KEY_OP) +
+                 codec_size_str(strlen(proto_op_name(PROTO_OP_PUSH))) +
+                 CODEC_SIZE_KEY(PROTO_KEY_MODEL) + codec_size_str(strlen(q->model)) +
+                 CODEC_SIZE_KEY(PROTO_KEY_STEP) + codec_size_uint(q->step) +
+                 CODEC_SIZE_KEY(PROTO_KEY_LAYOUT) + codec_size_uint(layout_id(q->layout)) +
+                 CODEC_SIZE_KEY(PROTO_KEY_DATA) + codec_size_bin(total);
+
+    if (q->has_writer)
+        n += CODEC_SIZE_KEY(PROTO_KEY_WRITER) + codec_size_uint(q->writer);
     return n;
 }
 
@@ -139,10 +178,13 @@ size_t
 push_packed_size(const void *vctx)
 {
     const push_req *q = vctx;
-    uint64_t n = push_header_size(q, q->nitems);
+    uint64_t n;
 
     if (q->size != 0)
         return (size_t)q->size;
+    if (q->layout != NULL)
+        return (size_t)layout_push_size(q);
+    n = push_header_size(q, q->nitems);
     for (size_t i = 0; i < q->nitems; i++) {
         codec_tensor m;
 
@@ -477,14 +519,34 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
+    if (n > 0 && layouts_on(c) && (q.layout = layout_match(c, model, tensors, n)) != NULL &&
+        layout_push_size(&q) <= c->push_limit) {
+        push_layout *l = q.layout;
+
+        q.nitems = n;
+        if ((rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r)) == 0) {
+            res->messages = 1;
+            rc = push_result(c, &r, res);
+            reply_free(&r);
+            return rc;
+        }
+        layout_forget(c, l);
+        if (rc != EMAD_ELAYOUT)
+            return rc;
+        c->err[0] = '\0'; /* the daemon gave the layout up: send the tensors, kept again */
+    }
+    q.layout = NULL;
     /* A cluster sends every shard every step, with or without tensors for it. */
     if ((rc = push_validate(c, model, tensors, n, has_writer || c->routed)) != 0)
         return rc;
+    q.keep_layout = n > 0 && layouts_on(c);
     size = push_header_size(&q, n);
     for (size_t i = 0; i < n && size <= c->push_limit; i++)
         size += tensor_entry_size(&tensors[i], tensors[i].nbytes, 0, 0);
-    if (n > PROTO_MAX_TENSORS || size > c->push_limit)
+    if (n > PROTO_MAX_TENSORS || size > c->push_limit) {
+        q.keep_layout = 0;
         return push_txn(c, model, step, &q, tensors, n, res);
+    }
     if ((items = malloc((n ? n : 1) * sizeof(*items))) == NULL)
         return fail(c, EMAD_ENOMEM, "push: out of memory for %zu tensors", n);
     for (size_t i = 0; i < n; i++)
@@ -495,8 +557,12 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r);
     free(items);
     if (rc == 0) {
+        const msgpack_object *o = proto_map_get(r.root, PROTO_KEY_LAYOUT);
+
         res->messages = 1;
         rc = push_result(c, &r, res);
+        if (rc == 0 && q.keep_layout && o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            layout_keep(c, model, tensors, n, o->via.u64);
         reply_free(&r);
     }
     return rc;

@@ -958,6 +958,7 @@ emad_close(emad_client *c)
     if (c == NULL)
         return;
     cluster_free(c->cl);
+    layouts_free(c);
     for (size_t k = 0; k < PIPELINE_MAX; k++)
         if (c->socks[k] >= 0)
             (void)nn_close(c->socks[k]);

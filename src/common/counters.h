@@ -45,7 +45,10 @@
     XX(AUTH_RELOAD_FAILURES, "auth_reload_failures")                                               \
     XX(AUTH_SESSIONS_OPENED, "auth_sessions_opened")                                               \
     XX(AUTH_SESSIONS_REVOKED, "auth_sessions_revoked")                                             \
-    XX(AUTH_RESENDS, "auth_resends")
+    XX(AUTH_RESENDS, "auth_resends")                                                               \
+    XX(LAYOUTS_KEPT, "layouts_kept")                                                               \
+    XX(LAYOUT_PUSHES, "layout_pushes")                                                             \
+    XX(LAYOUT_UNKNOWN, "layout_unknown")
 
 /* Counter ids, in the order of the `stats` reply. */
 enum counter {

@@ -34,6 +34,7 @@
 #define PROTO_KEY_WRITER "writer"
 #define PROTO_KEY_TXN "txn"
 #define PROTO_KEY_SEED "seed"
+#define PROTO_KEY_LAYOUT "layout"
 #define PROTO_KEY_MODEL "model"
 #define PROTO_KEY_MODELS "models"
 #define PROTO_KEY_CONFIG "config"

@@ -4,7 +4,7 @@
 noinst_LTLIBRARIES += libemadd.la
 libemadd_la_SOURCES = $(emadd_base_sources) $(emadd_files_sources) $(emadd_store_sources) \
 	src/daemon/server.c src/daemon/server.h src/daemon/server_int.h \
-	src/daemon/request.c src/daemon/reply.c src/daemon/async.c \
+	src/daemon/request.c src/daemon/reply.c src/daemon/layouts.c src/daemon/layouts.h src/daemon/async.c \
 	src/daemon/iocpu.c src/daemon/iocpu.h \
 	src/daemon/ops_model.c src/daemon/ops_push.c src/daemon/ops_pull.c \
 	src/daemon/ops_auth.c src/daemon/authgate.c \

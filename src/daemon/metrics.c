@@ -107,6 +107,12 @@ static const struct counter_info {
      "Sessions dropped by a reload because their user was removed or got another key.", NULL},
     {COUNTER_AUTH_RESENDS, "emad_auth_resends_total", NULL,
      "Exact resends of an authenticated request, answered with the same reply.", NULL},
+    {COUNTER_LAYOUTS_KEPT, "emad_push_layouts_total", "kept",
+     "Push layouts: kept for a client, used by a push of data alone, or unknown to the "
+     "daemon (the client then sends the tensors).",
+     NULL},
+    {COUNTER_LAYOUT_PUSHES, "emad_push_layouts_total", "used", NULL, NULL},
+    {COUNTER_LAYOUT_UNKNOWN, "emad_push_layouts_total", "unknown", NULL, NULL},
 };
 
 /* Every counter is in the table but the three exported per op or per code. */

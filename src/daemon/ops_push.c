@@ -72,13 +72,11 @@ ops_push_reply_staged(req *r, uint64_t txn, uint64_t staged, store_err *err)
     return 0;
 }
 
-/* Pack a push/commit result. */
+/* Pack a push/commit result, with the id of the push's kept layout unless 0. */
 static void
-build_result(msgpack_packer *pk, const void *ctx)
+pack_result(msgpack_packer *pk, const store_result *res, uint64_t layout_id)
 {
-    const store_result *res = ctx;
-
-    reply_pack_head(pk, 1, 7);
+    reply_pack_head(pk, 1, 7 + (layout_id != 0));
     proto_pack_kv_u64(pk, PROTO_KEY_APPLIED, res->applied);
     proto_pack_kv_u64(pk, PROTO_KEY_STALE, res->stale);
     proto_pack_kv_u64(pk, PROTO_KEY_SKIPPED, res->skipped);
@@ -93,6 +91,29 @@ build_result(msgpack_packer *pk, const void *ctx)
     for (size_t i = 0; i < res->nstale_names; i++)
         proto_pack_str(pk, res->stale_names[i]);
     proto_pack_kv_u64(pk, PROTO_KEY_STEP, res->step);
+    if (layout_id != 0)
+        proto_pack_kv_u64(pk, PROTO_KEY_LAYOUT, layout_id);
+}
+
+/* Pack a commit result. */
+static void
+build_result(msgpack_packer *pk, const void *ctx)
+{
+    pack_result(pk, ctx, 0);
+}
+
+/* A push's result and the id of the layout kept for it (0: none). */
+typedef struct push_answer {
+    const store_result *res;
+    uint64_t layout;
+} push_answer;
+
+static void
+build_answer(msgpack_packer *pk, const void *ctx)
+{
+    const push_answer *a = ctx;
+
+    pack_result(pk, a->res, a->layout);
 }
 
 /* Count a push's outcome. */
@@ -125,6 +146,7 @@ ops_push_pack_staged(msgpack_packer *pk, const void *ctx)
 /* A push's result, sent before its values are written (store_push_answer()). */
 typedef struct early_answer {
     req *r;
+    uint64_t layout;
     int sent;
 } early_answer;
 
@@ -132,9 +154,53 @@ static void
 answer_now(void *ctx, const store_result *res)
 {
     early_answer *a = ctx;
+    push_answer pa = {res, a->layout};
 
-    reply_send(a->r, build_result, res);
+    reply_send(a->r, build_answer, &pa);
     a->sent = 1;
+}
+
+/* A push's `layout` key: keep the tensors' layout, or the inputs of a push of data alone. */
+typedef struct push_layout_req {
+    int keep;              /* `layout: true`: keep the layout of `tensors` */
+    const store_input *in; /* `layout: id`: the layout's inputs, pointing into `data` */
+    size_t n;
+} push_layout_req;
+
+/* Read r's `layout` key into *l (refused unless a push of one message that is not a seed). */
+static int
+push_layout(req *r, int not_one_message, const char *model_name, size_t len, push_layout_req *l,
+            store_err *err)
+{
+    const msgpack_object *o = proto_map_get(r->root, PROTO_KEY_LAYOUT), *d;
+    int rc;
+
+    memset(l, 0, sizeof(*l));
+    if (o == NULL)
+        return 0;
+    if (not_one_message)
+        return request_fail(err, EMAD_EMALFORMED,
+                            "'" PROTO_KEY_LAYOUT "' is for a push of one message, not for a seed "
+                            "or a transaction's push");
+    if (o->type == MSGPACK_OBJECT_BOOLEAN) {
+        l->keep = o->via.boolean;
+        return 0;
+    }
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return request_fail(err, EMAD_EMALFORMED,
+                            "key '" PROTO_KEY_LAYOUT "' is neither true nor a layout id");
+    if (proto_map_get(r->root, PROTO_KEY_TENSORS) != NULL)
+        return request_fail(err, EMAD_EMALFORMED,
+                            "a push with a layout id carries '" PROTO_KEY_DATA
+                            "', not '" PROTO_KEY_TENSORS "'");
+    if ((d = proto_map_get(r->root, PROTO_KEY_DATA)) == NULL || d->type != MSGPACK_OBJECT_BIN)
+        return request_fail(err, EMAD_EMALFORMED, "key '" PROTO_KEY_DATA "' is %s (expected bin)",
+                            d == NULL ? "missing" : "not bin");
+    rc = layouts_inputs(&r->srv->layouts, o->via.u64, model_name, len, d->via.bin.ptr,
+                        d->via.bin.size, &l->in, &l->n, err);
+    r->srv->counters[rc == 0 ? COUNTER_LAYOUT_PUSHES : COUNTER_LAYOUT_UNKNOWN] +=
+        rc == 0 || rc == EMAD_ELAYOUT;
+    return rc;
 }
 
 /* push: one message, a seed, or a chunk of a transaction (averaged on the threadpool if large). */
@@ -145,7 +211,9 @@ ops_push_push(req *r, store_err *err)
     size_t len = 0, n = 0;
     uint64_t step = 0, txn = 0, writer = 0;
     int has_txn = 0, has_step = 0, has_writer = 0, seed = 0, rc;
-    store_input *in = NULL;
+    store_input *in = NULL;        /* decoded from `tensors` */
+    const store_input *use = NULL; /* in, or a layout's inputs */
+    push_layout_req lay;
 
     if (request_get_u64(r->root, PROTO_KEY_TXN, &txn, &has_txn, err) != 0 ||
         request_get_u64(r->root, PROTO_KEY_WRITER, &writer, &has_writer, err) != 0)
@@ -173,17 +241,25 @@ ops_push_push(req *r, store_err *err)
         if (request_get_u64(r->root, PROTO_KEY_STEP, &step, &has_step, err) != 0)
             return err->code;
     }
-    if (request_decode_tensors(r->root, has_txn, &in, &n, err) != 0)
+    if ((rc = push_layout(r, has_txn || seed, model_name, len, &lay, err)) != 0)
+        return rc;
+    if (lay.in != NULL) {
+        use = lay.in;
+        n = lay.n;
+    } else if (request_decode_tensors(r->root, has_txn, &in, &n, err) != 0) {
         return err->code;
+    } else {
+        use = in;
+    }
     /* as_dtype says how a seed's data relates to its tensor: refused in any other push, for
      * new tensors as for stored ones. */
     for (size_t i = 0; i < n && !seed; i++) {
-        if (in[i].as_dtype != EMAD_DTYPE_INVALID) {
+        if (use[i].as_dtype != EMAD_DTYPE_INVALID) {
             char name[EMAD_MAX_NAME_BYTES + 1];
             request_fail(err, EMAD_EDTYPE,
                          "tensor '%s': '" PROTO_KEY_AS_DTYPE
                          "' is only for a seed ('" PROTO_KEY_SEED "': true)",
-                         names_printable(name, sizeof(name), in[i].name, in[i].name_len));
+                         names_printable(name, sizeof(name), use[i].name, use[i].name_len));
             free(in);
             return err->code;
         }
@@ -205,26 +281,35 @@ ops_push_push(req *r, store_err *err)
     store_result res;
     /* The reply goes out before the averaging: the client's next request travels meanwhile,
      * and is read once this one is done. */
-    early_answer early = {r, 0};
+    early_answer early = {r, 0, 0};
+    if (lay.keep && (early.layout = layouts_keep(&r->srv->layouts, model_name, len, in, n)))
+        r->srv->counters[COUNTER_LAYOUTS_KEPT]++;
     if (seed)
         rc = store_seed(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
     else
-        rc = store_push_answer(r->srv->store, model_name, len, step, (uint32_t)writer, in, n,
+        rc = store_push_answer(r->srv->store, model_name, len, step, (uint32_t)writer, use, n,
                                r->now_ms, answer_now, &early, &res, err);
     if (rc == 0 && seed)
         log_info("event=model_seeded model=%.*s step=%llu tensors=%llu", (int)len, model_name,
                  (unsigned long long)step, (unsigned long long)res.applied);
     free(in);
-    if (rc != 0)
+    if (rc != 0) {
+        if (early.layout != 0) {
+            layouts_forget(&r->srv->layouts, early.layout);
+            r->srv->counters[COUNTER_LAYOUTS_KEPT]--;
+        }
         return rc;
+    }
     if (res.pending)
         ops_auth_own_part(r, model_name, len, step, (uint32_t)writer);
     count_result(r->srv, &res);
     log_debug("event=push model=%.*s step=%llu applied=%llu stale=%llu", (int)len, model_name,
               (unsigned long long)step, (unsigned long long)res.applied,
               (unsigned long long)res.stale);
-    if (!early.sent)
-        reply_send(r, build_result, &res);
+    if (!early.sent) {
+        push_answer pa = {&res, early.layout};
+        reply_send(r, build_answer, &pa);
+    }
     return 0;
 }
 

@@ -636,6 +636,7 @@ server_destroy(server *srv)
     authsess_destroy(srv->auth);
     store_destroy(srv->store);
     decode_arena_fini(&srv->arena);
+    layouts_fini(&srv->layouts);
     shard_destroy(srv->shard);
     free(srv);
 }

@@ -23,6 +23,7 @@
 #include "common/proto.h"
 #include "daemon/authsess.h"
 #include "daemon/iocpu.h"
+#include "daemon/layouts.h"
 #include "daemon/metrics.h"
 #include "daemon/persist.h"
 #include "daemon/server.h"
@@ -95,6 +96,7 @@ struct server {
     uint64_t auth_log_ms[AUTHGATE_REASONS];      /* when each failure reason was last logged */
     uint64_t auth_log_skipped[AUTHGATE_REASONS]; /* lines not logged since then */
     decode_arena arena;                          /* the objects of the request being handled */
+    layouts layouts;                             /* push layouts kept for clients (layouts.h) */
     int decoding; /* handle() is running (a nested one decodes into an arena of its own) */
 };
 
