@@ -111,15 +111,6 @@ find(const layouts *ls, uint64_t id)
     return i;
 }
 
-void
-layouts_forget(layouts *ls, uint64_t id)
-{
-    size_t i = find(ls, id);
-
-    if (i < ls->n)
-        drop_at(ls, i);
-}
-
 int
 layouts_inputs(layouts *ls, uint64_t id, const char *model_name, size_t model_len, const char *data,
                uint64_t len, const store_input **in, size_t *n, store_err *err)

@@ -45,9 +45,6 @@ void layouts_fini(layouts *ls);
 uint64_t layouts_keep(layouts *ls, const char *model_name, size_t model_len, const store_input *in,
                       size_t n);
 
-/* Give up layout id (a push that failed after it was kept). */
-void layouts_forget(layouts *ls, uint64_t id);
-
 /*
  * The inputs of a data-only push of model with layout id: *in points at
  * the layout's own inputs, whose data now point into data[0..len) (valid

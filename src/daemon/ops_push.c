@@ -143,18 +143,40 @@ ops_push_pack_staged(msgpack_packer *pk, const void *ctx)
     proto_pack_kv_u64(pk, PROTO_KEY_STAGED, *(const uint64_t *)ctx);
 }
 
-/* A push's result, sent before its values are written (store_push_answer()). */
+/*
+ * A push's result, sent before its values are written (store_push_answer()),
+ * and the layout of its tensors when it asked for one (`layout: true`).
+ */
 typedef struct early_answer {
     req *r;
-    uint64_t layout;
+    uint64_t layout; /* the id of the layout kept, 0: none */
     int sent;
+    int keep; /* keep the layout of in[0..n) of model_name once the push is known to succeed */
+    const char *model_name;
+    size_t len;
+    const store_input *in;
+    size_t n;
 } early_answer;
+
+/* Keep a's layout if asked: only for a push that succeeds, which so gives no other up. */
+static void
+keep_layout(early_answer *a)
+{
+    server *srv = a->r->srv;
+
+    if (a->keep && (a->layout = layouts_keep(&srv->layouts, a->model_name, a->len, a->in, a->n)))
+        srv->counters[COUNTER_LAYOUTS_KEPT]++;
+    a->keep = 0;
+}
 
 static void
 answer_now(void *ctx, const store_result *res)
 {
     early_answer *a = ctx;
-    push_answer pa = {res, a->layout};
+    push_answer pa;
+
+    keep_layout(a);
+    pa = (push_answer){res, a->layout};
 
     reply_send(a->r, build_answer, &pa);
     a->sent = 1;
@@ -281,9 +303,7 @@ ops_push_push(req *r, store_err *err)
     store_result res;
     /* The reply goes out before the averaging: the client's next request travels meanwhile,
      * and is read once this one is done. */
-    early_answer early = {r, 0, 0};
-    if (lay.keep && (early.layout = layouts_keep(&r->srv->layouts, model_name, len, in, n)))
-        r->srv->counters[COUNTER_LAYOUTS_KEPT]++;
+    early_answer early = {r, 0, 0, lay.keep, model_name, len, in, n};
     if (seed)
         rc = store_seed(r->srv->store, model_name, len, step, in, n, r->now_ms, &res, err);
     else
@@ -292,14 +312,11 @@ ops_push_push(req *r, store_err *err)
     if (rc == 0 && seed)
         log_info("event=model_seeded model=%.*s step=%llu tensors=%llu", (int)len, model_name,
                  (unsigned long long)step, (unsigned long long)res.applied);
+    if (rc == 0)
+        keep_layout(&early); /* unless answered early */
     free(in);
-    if (rc != 0) {
-        if (early.layout != 0) {
-            layouts_forget(&r->srv->layouts, early.layout);
-            r->srv->counters[COUNTER_LAYOUTS_KEPT]--;
-        }
+    if (rc != 0)
         return rc;
-    }
     if (res.pending)
         ops_auth_own_part(r, model_name, len, step, (uint32_t)writer);
     count_result(r->srv, &res);
