@@ -424,6 +424,19 @@ kept_id(int s, const rq *q)
     return id;
 }
 
+/* Send q, expect error code and no layout in the reply. */
+static void
+refused(int s, const rq *q, int code)
+{
+    e2e_reply r;
+
+    e2e_raw_send(s, q, &r);
+    ck_assert_msg(r.code == code, "expected %s, got %s", emad_errname(code),
+                  r.code != 0 ? emad_errname(r.code) : "ok");
+    ck_assert_ptr_null(proto_map_get(r.root, "layout"));
+    e2e_raw_free(&r);
+}
+
 /* The reaping of a daemon being stopped. */
 typedef struct reap {
     pid_t pid;
@@ -456,6 +469,38 @@ restart(tu_daemon *d)
 }
 
 /*
+ * Create models "m" and "other" (decay 0.5) and push steps first..last of
+ * m to "m".
+ */
+static void
+mdl_push_created(emad_client *c, mdl *m, uint64_t first, uint64_t last)
+{
+    OK(c, emad_create(c, "m", 0.5, 0));
+    OK(c, emad_create(c, "other", 0.5, 0));
+    mdl_push(c, "m", m, first, last);
+}
+
+/* Over a raw socket of its own, have count layouts kept for model "other" (t00, t01, ...). */
+static void
+other_layouts(const tu_daemon *d, int count)
+{
+    float one = 1;
+    int s = e2e_raw_open(d, e2e_reply_wait_ms());
+    rq q;
+
+    rq_init(&q);
+    for (int k = 0; k < count; k++) {
+        char name[16];
+
+        snprintf(name, sizeof(name), "t%02d", k);
+        keep_push(&q, "other", (uint64_t)k + 1, name, &one, 1);
+        (void)kept_id(s, &q);
+    }
+    rq_free(&q);
+    nn_close(s);
+}
+
+/*
  * A second client has 64 other layouts kept, so the daemon gives up the
  * first client's: its next push gets EMAD_ELAYOUT, sends the tensors again
  * within the same call and returns 0; the next one is data alone again.
@@ -466,28 +511,13 @@ START_TEST(test_layout_given_up_sent_again_transparently)
     tu_daemon d;
     emad_client *c;
     static mdl m;
-    float one = 1;
-    int s;
-    rq q;
 
     e2e_daemon_up(&d, NULL);
     c = e2e_client_open(&d, NULL);
-    OK(c, emad_create(c, "m", 0.5, 0));
-    OK(c, emad_create(c, "other", 0.5, 0));
     mdl_init(&m);
-    mdl_push(c, "m", &m, 1, 2);
+    mdl_push_created(c, &m, 1, 2);
     counters_are(c, 1, 1, 0);
-    s = e2e_raw_open(&d, e2e_reply_wait_ms());
-    rq_init(&q);
-    for (int k = 0; k < 64; k++) {
-        char name[16];
-
-        snprintf(name, sizeof(name), "t%02d", k);
-        keep_push(&q, "other", (uint64_t)k + 1, name, &one, 1);
-        (void)kept_id(s, &q);
-    }
-    rq_free(&q);
-    nn_close(s);
+    other_layouts(&d, 64);
     counters_are(c, 65, 1, 0);
     mdl_push(c, "m", &m, 3, 3);
     ck_assert_str_eq(emad_last_error(c), "");
@@ -505,6 +535,41 @@ START_TEST(test_layout_given_up_sent_again_transparently)
     mdl_push(c, "m", &m, 6, 6);
     counters_are(c, 1, 1, 1);
     mdl_check(c, "m", &m, 6);
+    emad_close(c);
+    e2e_daemon_down(&d);
+}
+END_TEST
+
+/*
+ * With 64 layouts kept, a push asking for one that fails (a stored
+ * tensor's shape) changes nothing: it gives up no other layout, so the
+ * oldest client's next push is still data alone.
+ */
+START_TEST(test_layout_failed_keep_gives_up_none)
+{
+    tu_daemon d;
+    emad_client *c;
+    static mdl m;
+    float two[2] = {1, 2};
+    int s;
+    rq q;
+
+    e2e_daemon_up(&d, NULL);
+    c = e2e_client_open(&d, NULL);
+    mdl_init(&m);
+    mdl_push_created(c, &m, 1, 1);
+    other_layouts(&d, 63);
+    counters_are(c, 64, 0, 0);
+    s = e2e_raw_open(&d, e2e_reply_wait_ms());
+    rq_init(&q);
+    keep_push(&q, "other", 100, "t00", two, 2); /* t00 has 1 element */
+    refused(s, &q, EMAD_ESHAPE);
+    counters_are(c, 64, 0, 0);
+    rq_free(&q);
+    nn_close(s);
+    mdl_push(c, "m", &m, 2, 2);
+    counters_are(c, 64, 1, 0);
+    mdl_check(c, "m", &m, 2);
     emad_close(c);
     e2e_daemon_down(&d);
 }
@@ -561,19 +626,6 @@ unchanged_then_good(rawst *st)
     e2e_raw_free(&r);
     rq_free(&q);
     raw_model_is(st->c, st->step, st->ea, st->eb);
-}
-
-/* Send q, expect error code and no layout in the reply. */
-static void
-refused(int s, const rq *q, int code)
-{
-    e2e_reply r;
-
-    e2e_raw_send(s, q, &r);
-    ck_assert_msg(r.code == code, "expected %s, got %s", emad_errname(code),
-                  r.code != 0 ? emad_errname(r.code) : "ok");
-    ck_assert_ptr_null(proto_map_get(r.root, "layout"));
-    e2e_raw_free(&r);
 }
 
 /*
@@ -839,6 +891,7 @@ main(void)
         test_layout_libemad_five_steps_and_turned_off,
         test_layout_changed_descriptors_sent_whole,
         test_layout_given_up_sent_again_transparently,
+        test_layout_failed_keep_gives_up_none,
         test_layout_raw_wire_form_and_errors,
         test_layout_two_writers,
         NULL,
