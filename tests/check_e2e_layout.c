@@ -16,6 +16,7 @@
  * distance, so averages of small integers over a few steps stay exact in
  * float32 and the shadows can be compared bit for bit.
  */
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -367,6 +368,16 @@ START_TEST(test_layout_changed_descriptors_sent_whole)
     /* ... so a and b are sent whole again. */
     small_push(c, &sm, 11, ab, 2, 2);
     counters_are(c, 6, 5, 0);
+    /* NaN in a push of data alone is refused as in any push; nothing changes. */
+    fill(sm.a, 4, 12, 0);
+    fill(sm.b, 6, 12, 1);
+    sm.a[1] = NAN;
+    ck_assert_int_eq(emad_push(c, "m", 12, ab, 2, &res), EMAD_ENONFINITE);
+    counters_are(c, 6, 6, 0);
+    pulled_is(c, "m", "a", &sm.ea, 4);
+    pulled_is(c, "m", "b", &sm.eb, 6);
+    small_push(c, &sm, 12, ab, 2, 2);
+    ck_assert_uint_eq(e2e_stat(c, "layout_unknown"), 0);
     pulled_is(c, "m", "a", &sm.ea, 4);
     pulled_is(c, "m", "b", &sm.eb, 6);
     pulled_is(c, "m", "c", &sm.ec, 2);
@@ -628,6 +639,29 @@ unchanged_then_good(rawst *st)
     raw_model_is(st->c, st->step, st->ea, st->eb);
 }
 
+/* The daemon's /metrics on 127.0.0.1:port and the lines it should hold. */
+typedef struct prom {
+    int port;
+    char want[3][80];
+} prom;
+
+/* Does /metrics hold every wanted line (the board is refreshed by the daemon's loop)? */
+static int
+prom_shows(void *arg)
+{
+    const prom *p = arg;
+    char cmd[160], *out = NULL;
+    int ok;
+
+    snprintf(cmd, sizeof(cmd), "curl -s -m %d http://127.0.0.1:%d/metrics",
+             (int)(60 * tu_timeout_scale()) + 1, p->port);
+    ok = tu_run(cmd, &out) == 0 && out != NULL;
+    for (size_t i = 0; ok && i < 3; i++)
+        ok = strstr(out, p->want[i]) != NULL;
+    free(out);
+    return ok;
+}
+
 /*
  * Pack the last two keys of a push: with id, `layout: id` and 24 bytes of
  * data; else `layout: true` and tensor a of 4 floats (a chunk at offset 0
@@ -687,8 +721,12 @@ START_TEST(test_layout_raw_wire_form_and_errors)
     uint64_t pushes = 0;
     e2e_reply r;
     rq q;
+    prom pm = {.port = tu_free_port()};
+    char http[32];
+    const char *args[] = {"--http", http, NULL};
 
-    e2e_daemon_up(&d, NULL);
+    snprintf(http, sizeof(http), "127.0.0.1:%d", pm.port);
+    e2e_daemon_up(&d, args);
     st.c = e2e_client_open(&d, NULL);
     OK(st.c, emad_create(st.c, "r", 0.5, 0));
     OK(st.c, emad_create(st.c, "r2", 0.5, 0));
@@ -815,6 +853,13 @@ START_TEST(test_layout_raw_wire_form_and_errors)
     counters_are(st.c, 1, pushes, 2);
     unchanged_then_good(&st);
     counters_are(st.c, 1, pushes + 1, 2);
+    /* The same counts in Prometheus' family. */
+    snprintf(pm.want[0], sizeof(pm.want[0]), "\nemad_push_layouts_total{result=\"kept\"} 1\n");
+    snprintf(pm.want[1], sizeof(pm.want[1]), "\nemad_push_layouts_total{result=\"used\"} %llu\n",
+             (unsigned long long)pushes + 1);
+    snprintf(pm.want[2], sizeof(pm.want[2]), "\nemad_push_layouts_total{result=\"unknown\"} 2\n");
+    ck_assert_msg(tu_wait_until(prom_shows, &pm, 60), "/metrics lacks %s%s%s", pm.want[0],
+                  pm.want[1], pm.want[2]);
 
     rq_free(&q);
     nn_close(st.s);
