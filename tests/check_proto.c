@@ -53,7 +53,9 @@ START_TEST(test_proto_error_names_and_texts)
     }
     ck_assert_ptr_null(errors_name(-(EMAD_ERRNO_FIRST - 1)));
     ck_assert_ptr_null(errors_name(-(EMAD_ERRNO_CLIENT_LAST + 1)));
-    ck_assert_int_eq(EMAD_ERRNO_LAST, 1030);
+    ck_assert_int_eq(EMAD_ERRNO_LAST, 1031);
+    ck_assert_str_eq(errors_name(EMAD_ELAYOUT), "EMAD_ELAYOUT");
+    ck_assert_int_eq(EMAD_ELAYOUT, -1031);
     ck_assert_str_eq(errors_name(EMAD_EMOVED), "EMAD_EMOVED");
     ck_assert_str_eq(errors_text(EMAD_ESPLIT), "cluster not at one step");
     ck_assert_str_eq(errors_name(EMAD_EAUTH), "EMAD_EAUTH");
