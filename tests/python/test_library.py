@@ -145,5 +145,5 @@ def test_error_codes_match_the_library():
     for name, code in emad.ERRORS.items():
         assert lib.fn("errname")(code).decode() == name
     assert emad.ESHAPE == -1007 and emad.library_version() == "0.1.0"
-    # the names come from the library: all 30 daemon and 6 client codes
-    assert len(emad.ERRORS) == 36 and emad.ECONFLICT == -1026 and emad.EAUTH == -1027 and emad.ESPLIT == -1030 and emad.EIO == -1106
+    # the names come from the library: all 31 daemon and 6 client codes
+    assert len(emad.ERRORS) == 37 and emad.ECONFLICT == -1026 and emad.EAUTH == -1027 and emad.ESPLIT == -1030 and emad.ELAYOUT == -1031 and emad.EIO == -1106
