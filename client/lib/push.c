@@ -530,9 +530,11 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
             reply_free(&r);
             return rc;
         }
-        layout_forget(c, l);
-        if (rc != EMAD_ELAYOUT)
+        /* Another error is the push's own (a NaN, a stale step, a timeout): the layout stays. A
+         * daemon that does not know layouts would refuse the push as malformed. */
+        if (rc != EMAD_ELAYOUT && rc != EMAD_EMALFORMED)
             return rc;
+        layout_forget(c, l);
         c->err[0] = '\0'; /* the daemon gave the layout up: send the tensors, kept again */
     }
     q.layout = NULL;
