@@ -107,36 +107,40 @@ push_loop(const char *name, double *lat, double *rawlat[RAW_BUFS_COUNT], double 
         free(m);
         return -1;
     }
-    for (int s = 1; s <= pushes; s++) {
-        double t0;
-        for (int b = 0; rawlat != NULL && b < RAW_BUFS_COUNT; b++) {
-            t0 = now();
-            if (raw_push(raw[b], (const char *)m->data, sizeof(m->data), sizeof(m->data)) < 0) {
-                rc = -1;
-                break;
+    /* Each emad push follows a raw round trip and each raw round trip an emad push: a server
+     * process that has just served a request answers faster than one woken up, and two raw
+     * round trips in a row gave the second that edge over the push after it. */
+    for (int s = 1; s <= pushes && rc == 0; s++) {
+        for (int b = 0; b < RAW_BUFS_COUNT && rc == 0; b++) {
+            double t0 = now();
+
+            if (rawlat != NULL) {
+                if (raw_push(raw[b], (const char *)m->data, sizeof(m->data), sizeof(m->data)) < 0) {
+                    rc = -1;
+                    break;
+                }
+                rawlat[b][s - 1] = now() - t0;
             }
-            rawlat[b][s - 1] = now() - t0;
-        }
-        t0 = now();
-        if (rc != 0 || (rc = emad_push(c, name, (uint64_t)s, m->t, NTENSORS, NULL)) != 0) {
-            fprintf(stderr, "bench_small: push: %s (%s)\n", emad_strerror(rc), emad_last_error(c));
-            break;
-        }
-        if (lat != NULL)
-            lat[s - 1] = now() - t0;
-        if (wholelat == NULL)
-            continue;
-        /* libemad reads EMAD_PUSH_LAYOUTS at a client's first push */
-        if (s == 1)
-            setenv("EMAD_PUSH_LAYOUTS", "off", 1);
-        t0 = now();
-        rc = emad_push(cw, whole, (uint64_t)s, m->t, NTENSORS, NULL);
-        wholelat[s - 1] = now() - t0;
-        if (s == 1)
-            unsetenv("EMAD_PUSH_LAYOUTS");
-        if (rc != 0) {
-            fprintf(stderr, "bench_small: push: %s (%s)\n", emad_strerror(rc), emad_last_error(cw));
-            break;
+            if (b == 0) { /* the push with layouts */
+                t0 = now();
+                if ((rc = emad_push(c, name, (uint64_t)s, m->t, NTENSORS, NULL)) != 0)
+                    fprintf(stderr, "bench_small: push: %s (%s)\n", emad_strerror(rc),
+                            emad_last_error(c));
+                else if (lat != NULL)
+                    lat[s - 1] = now() - t0;
+            } else if (b == 1 && wholelat != NULL) { /* the push without */
+                /* libemad reads EMAD_PUSH_LAYOUTS at a client's first push */
+                if (s == 1)
+                    setenv("EMAD_PUSH_LAYOUTS", "off", 1);
+                t0 = now();
+                rc = emad_push(cw, whole, (uint64_t)s, m->t, NTENSORS, NULL);
+                wholelat[s - 1] = now() - t0;
+                if (s == 1)
+                    unsetenv("EMAD_PUSH_LAYOUTS");
+                if (rc != 0)
+                    fprintf(stderr, "bench_small: push: %s (%s)\n", emad_strerror(rc),
+                            emad_last_error(cw));
+            }
         }
     }
     emad_close(c);
@@ -219,6 +223,8 @@ main(int argc, char **argv)
            "socket buffers), in the same loop: p50 %.2f ms, p99 %.2f ms\n",
            sizeof(((small_model *)0)->data), best == RAW_BUFS_EMAD ? "emad's" : "default",
            rawlat[best][pushes / 2] * 1e3, rawlat[best][(pushes * 99) / 100] * 1e3);
+    printf("  raw p50 with each socket buffer size: default %.2f ms, emad's %.2f ms\n",
+           rawlat[RAW_BUFS_DEFAULT][pushes / 2] * 1e3, rawlat[RAW_BUFS_EMAD][pushes / 2] * 1e3);
     printf("  emad p50 / raw p50: %.2f (target <= 1.5: %s)\n",
            lat[pushes / 2] / rawlat[best][pushes / 2],
            lat[pushes / 2] <= 1.5 * rawlat[best][pushes / 2] ? "met" : "NOT MET");
