@@ -44,7 +44,7 @@ static const ctl_cmd *const commands[] = {
 /* ---- messages ------------------------------------------------------------------------------- */
 
 /* Print "emactl: CMD: message" (without a newline) to stderr. */
-static void
+__attribute__((format(printf, 2, 0))) static void
 vprefixed(const ctl *g, const char *fmt, va_list ap)
 {
     fprintf(stderr, "emactl: ");

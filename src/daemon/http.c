@@ -103,7 +103,7 @@ http_check_address(const char *address, char **cause)
 }
 
 /* libmicrohttpd's error log: keep the last message and log it at debug level. */
-static void
+__attribute__((format(printf, 2, 0))) static void
 on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     http *h = cls;
