@@ -1,8 +1,9 @@
 /*
  * check_e2e_layout.c - end-to-end suite for push layouts (a push asks the
- * daemon to keep its tensors' layout with `layout: true`; the next pushes
- * of the same tensors carry the layout's id and the data alone): the real
- * emad binary driven by libemad and by raw nanomsg REQ sockets.
+ * daemon to keep its tensors' layout with `layout: true`, which libemad
+ * does when it pushes the same tensors a second time; the next pushes of
+ * them carry the layout's id and the data alone): the real emad binary
+ * driven by libemad and by raw nanomsg REQ sockets.
  *
  * Covers libemad's data-only pushes over several steps and with
  * EMAD_PUSH_LAYOUTS=off (the same shadows bit for bit), descriptor changes
@@ -177,8 +178,9 @@ counters_are(emad_client *c, uint64_t kept, uint64_t pushes, uint64_t unknown)
 }
 
 /*
- * 40 tensors over 5 steps: the first push keeps a layout, the four next
- * are data alone, and the shadows equal the reference; with
+ * 40 tensors over 5 steps: the first push is only remembered by the
+ * client, the second (the same tensors again) keeps a layout, the three
+ * next are data alone, and the shadows equal the reference; with
  * EMAD_PUSH_LAYOUTS=off another client gets the same shadows bit for bit
  * without asking for a layout.
  */
@@ -195,9 +197,11 @@ START_TEST(test_layout_libemad_five_steps_and_turned_off)
     counters_are(c, 0, 0, 0);
     mdl_init(&m);
     mdl_push(c, "m", &m, 1, 1);
-    counters_are(c, 1, 0, 0);
-    mdl_push(c, "m", &m, 2, 5);
-    counters_are(c, 1, 4, 0);
+    counters_are(c, 0, 0, 0); /* remembered by the client only */
+    mdl_push(c, "m", &m, 2, 2);
+    counters_are(c, 1, 0, 0); /* the same tensors again: kept */
+    mdl_push(c, "m", &m, 3, 5);
+    counters_are(c, 1, 3, 0);
     mdl_check(c, "m", &m, 5);
 
     ck_assert_int_eq(setenv("EMAD_PUSH_LAYOUTS", "off", 1), 0);
@@ -205,12 +209,12 @@ START_TEST(test_layout_libemad_five_steps_and_turned_off)
     mdl_init(&m2);
     mdl_push(off, "m-off", &m2, 1, 5);
     ck_assert_int_eq(unsetenv("EMAD_PUSH_LAYOUTS"), 0);
-    counters_are(c, 1, 4, 0);
+    counters_are(c, 1, 3, 0);
     mdl_check(off, "m-off", &m2, 5);
     same_models(c, "m", "m-off");
     /* The first client, which read the environment before, still sends data alone. */
     mdl_push(c, "m", &m, 6, 6);
-    counters_are(c, 1, 5, 0);
+    counters_are(c, 1, 4, 0);
     mdl_check(c, "m", &m, 6);
     emad_close(off);
     emad_close(c);
@@ -298,9 +302,9 @@ small_push(emad_client *c, small *sm, uint64_t s, const emad_tensor *t, size_t n
 
 /*
  * Another shape (the daemon sees the tensors and refuses it), one tensor
- * fewer, a renamed tensor and slices are each sent whole and kept anew;
- * the same tensors again are data alone; the client remembers four
- * layouts, the least recently used replaced.
+ * fewer, a renamed tensor and slices are each sent whole, then kept anew
+ * when they come again; the third time they are data alone; the client
+ * remembers four layouts, the least recently used replaced.
  */
 START_TEST(test_layout_changed_descriptors_sent_whole)
 {
@@ -331,13 +335,14 @@ START_TEST(test_layout_changed_descriptors_sent_whole)
     bad[1].shape[0] = 3; /* [3, 2]: the same bytes */
     bad[1].shape[1] = 2;
 
-    /* Steps 1 and 2: kept, then data alone. */
+    /* Steps 1 to 3: remembered, kept, then data alone. */
     small_push(c, &sm, 1, abc, 3, 3);
     small_push(c, &sm, 2, abc, 3, 3);
+    small_push(c, &sm, 3, abc, 3, 3);
     counters_are(c, 1, 1, 0);
     /* Another shape of the same bytes: sent whole, so the daemon refuses it; nothing changes. */
     OK(c, emad_pull(c, "m", NULL, 0, &before));
-    ck_assert_int_eq(emad_push(c, "m", 3, bad, 3, &res), EMAD_ESHAPE);
+    ck_assert_int_eq(emad_push(c, "m", 4, bad, 3, &res), EMAD_ESHAPE);
     counters_are(c, 1, 1, 0);
     OK(c, emad_pull(c, "m", NULL, 0, &after));
     ck_assert_uint_eq(after->step, before->step);
@@ -347,36 +352,42 @@ START_TEST(test_layout_changed_descriptors_sent_whole)
                          0);
     emad_model_free(before);
     emad_model_free(after);
-    /* One tensor fewer, twice. */
-    small_push(c, &sm, 3, ab, 2, 2);
+    /* One tensor fewer, three times. */
     small_push(c, &sm, 4, ab, 2, 2);
+    small_push(c, &sm, 5, ab, 2, 2);
+    small_push(c, &sm, 6, ab, 2, 2);
     counters_are(c, 2, 2, 0);
-    /* A renamed tensor (d is new), twice. */
-    small_push(c, &sm, 5, abd, 3, 3);
-    small_push(c, &sm, 6, abd, 3, 3);
+    /* A renamed tensor (d is new), three times. */
+    small_push(c, &sm, 7, abd, 3, 3);
+    small_push(c, &sm, 8, abd, 3, 3);
+    small_push(c, &sm, 9, abd, 3, 3);
     counters_are(c, 3, 3, 0);
-    /* a as two slices, twice. */
-    small_push(c, &sm, 7, sl, 4, 3);
-    small_push(c, &sm, 8, sl, 4, 3);
+    /* a as two slices, three times. */
+    small_push(c, &sm, 10, sl, 4, 3);
+    small_push(c, &sm, 11, sl, 4, 3);
+    small_push(c, &sm, 12, sl, 4, 3);
     counters_are(c, 4, 4, 0);
     /* The first tensors again: still remembered (four per client), data alone. */
-    small_push(c, &sm, 9, abc, 3, 3);
+    small_push(c, &sm, 13, abc, 3, 3);
     counters_are(c, 4, 5, 0);
     /* A fifth set replaces the least recently used (a, b) on the client... */
-    small_push(c, &sm, 10, abc, 1, 1);
+    small_push(c, &sm, 14, abc, 1, 1);
+    counters_are(c, 4, 5, 0);
+    /* ... so a and b are sent whole again, then kept again. */
+    small_push(c, &sm, 15, ab, 2, 2);
+    counters_are(c, 4, 5, 0);
+    small_push(c, &sm, 16, ab, 2, 2);
     counters_are(c, 5, 5, 0);
-    /* ... so a and b are sent whole again. */
-    small_push(c, &sm, 11, ab, 2, 2);
-    counters_are(c, 6, 5, 0);
     /* NaN in a push of data alone is refused as in any push; nothing changes. */
-    fill(sm.a, 4, 12, 0);
-    fill(sm.b, 6, 12, 1);
+    fill(sm.a, 4, 17, 0);
+    fill(sm.b, 6, 17, 1);
     sm.a[1] = NAN;
-    ck_assert_int_eq(emad_push(c, "m", 12, ab, 2, &res), EMAD_ENONFINITE);
-    counters_are(c, 6, 6, 0);
+    ck_assert_int_eq(emad_push(c, "m", 17, ab, 2, &res), EMAD_ENONFINITE);
+    counters_are(c, 5, 6, 0);
     pulled_is(c, "m", "a", &sm.ea, 4);
     pulled_is(c, "m", "b", &sm.eb, 6);
-    small_push(c, &sm, 12, ab, 2, 2);
+    small_push(c, &sm, 17, ab, 2, 2);
+    counters_are(c, 5, 7, 0);
     ck_assert_uint_eq(e2e_stat(c, "layout_unknown"), 0);
     pulled_is(c, "m", "a", &sm.ea, 4);
     pulled_is(c, "m", "b", &sm.eb, 6);
@@ -526,26 +537,26 @@ START_TEST(test_layout_given_up_sent_again_transparently)
     e2e_daemon_up(&d, NULL);
     c = e2e_client_open(&d, NULL);
     mdl_init(&m);
-    mdl_push_created(c, &m, 1, 2);
+    mdl_push_created(c, &m, 1, 3);
     counters_are(c, 1, 1, 0);
     other_layouts(&d, 64);
     counters_are(c, 65, 1, 0);
-    mdl_push(c, "m", &m, 3, 3);
+    mdl_push(c, "m", &m, 4, 4);
     ck_assert_str_eq(emad_last_error(c), "");
     counters_are(c, 66, 1, 1);
-    mdl_push(c, "m", &m, 4, 4);
+    mdl_push(c, "m", &m, 5, 5);
     counters_are(c, 66, 2, 1);
-    mdl_check(c, "m", &m, 4);
+    mdl_check(c, "m", &m, 5);
 
     /* A restarted daemon knows no layout: the same, from its fresh counters. */
     restart(&d);
-    mdl_check(c, "m", &m, 4);
+    mdl_check(c, "m", &m, 5);
     counters_are(c, 0, 0, 0);
-    mdl_push(c, "m", &m, 5, 5);
-    counters_are(c, 1, 0, 1);
     mdl_push(c, "m", &m, 6, 6);
+    counters_are(c, 1, 0, 1);
+    mdl_push(c, "m", &m, 7, 7);
     counters_are(c, 1, 1, 1);
-    mdl_check(c, "m", &m, 6);
+    mdl_check(c, "m", &m, 7);
     emad_close(c);
     e2e_daemon_down(&d);
 }
@@ -568,7 +579,7 @@ START_TEST(test_layout_failed_keep_gives_up_none)
     e2e_daemon_up(&d, NULL);
     c = e2e_client_open(&d, NULL);
     mdl_init(&m);
-    mdl_push_created(c, &m, 1, 1);
+    mdl_push_created(c, &m, 1, 2);
     other_layouts(&d, 63);
     counters_are(c, 64, 0, 0);
     s = e2e_raw_open(&d, e2e_reply_wait_ms());
@@ -578,9 +589,9 @@ START_TEST(test_layout_failed_keep_gives_up_none)
     counters_are(c, 64, 0, 0);
     rq_free(&q);
     nn_close(s);
-    mdl_push(c, "m", &m, 2, 2);
+    mdl_push(c, "m", &m, 3, 3);
     counters_are(c, 64, 1, 0);
-    mdl_check(c, "m", &m, 2);
+    mdl_check(c, "m", &m, 3);
     emad_close(c);
     e2e_daemon_down(&d);
 }
@@ -871,9 +882,10 @@ END_TEST
 
 /*
  * Two writers, one client each: writer 0 pushes the first half of w and
- * all of b, writer 1 the second half of w. The first step keeps a layout
- * per writer, the next ones are data alone; the step applies when both
- * parts are in, with the hand-computed values.
+ * all of b, writer 1 the second half of w. The second step keeps a layout
+ * per writer (the first is only remembered by each client), the next ones
+ * are data alone; the step applies when both parts are in, with the
+ * hand-computed values.
  */
 START_TEST(test_layout_two_writers)
 {
@@ -899,7 +911,7 @@ START_TEST(test_layout_two_writers)
     part1[0] = e2e_tensor("w", EMAD_PARAM, EMAD_F32, w + 4, 4 * sizeof(float), 1, 8, 0);
     part1[0].offset = 4;
     part1[0].count = 4;
-    for (uint64_t s = 1; s <= 3; s++) {
+    for (uint64_t s = 1; s <= 4; s++) {
         fill(w, 6, s, 0);
         fill(w + 6, 2, s, 1);
         fill(b, 2, s, 2);
@@ -914,10 +926,11 @@ START_TEST(test_layout_two_writers)
         for (size_t j = 6; j < 8; j++)
             ew.v[j] = s == 1 ? w[j] : (float)(((double)ew.v[j] + w[j]) / 2.0);
         fold(&eb, b, 2);
-        counters_are(c[0], 2, 2 * (s - 1), 0);
+        /* remembered at step 1, kept at step 2, data alone from step 3 */
+        counters_are(c[0], s >= 2 ? 2 : 0, s >= 3 ? 2 * (s - 2) : 0, 0);
     }
     OK(c[0], emad_pull(c[0], "mw", NULL, 0, &p));
-    ck_assert_uint_eq(p->step, 3);
+    ck_assert_uint_eq(p->step, 4);
     ck_assert_uint_eq(e2e_find(p, "w")->nbytes, sizeof(w));
     ck_assert(memcmp(e2e_find(p, "w")->data, ew.v, sizeof(w)) == 0);
     ck_assert(memcmp(e2e_find(p, "b")->data, eb.v, sizeof(b)) == 0);

@@ -367,15 +367,16 @@ size_t route_size(const emad_client *c);
 
 /*
  * layout.c: push layouts. layouts_on(): not turned off by EMAD_PUSH_LAYOUTS=off.
- * layout_match(): the kept layout of model whose descriptors are t[0..n)'s, or NULL.
- * layout_keep(): remember t[0..n)'s descriptors under the daemon's id (nothing if
- * out of memory). layout_forget(): give one up; layouts_free(): all of them.
+ * layout_match(): the remembered layout of model whose descriptors are t[0..n)'s, or NULL.
+ * layout_remember(): remember t[0..n)'s descriptors, not kept by the daemon yet (nothing if
+ * out of memory). layout_set_id(): the daemon's id for it (0: not kept). layouts_free():
+ * forget them all.
  */
 typedef struct push_layout push_layout;
 int layouts_on(emad_client *c);
 push_layout *layout_match(emad_client *c, const char *model, const emad_tensor *t, size_t n);
-void layout_keep(emad_client *c, const char *model, const emad_tensor *t, size_t n, uint64_t id);
-void layout_forget(emad_client *c, push_layout *l);
+void layout_remember(emad_client *c, const char *model, const emad_tensor *t, size_t n);
+void layout_set_id(push_layout *l, uint64_t id);
 void layouts_free(emad_client *c);
 uint64_t layout_id(const push_layout *l);
 uint64_t layout_bytes(const push_layout *l); /* the data's bytes */

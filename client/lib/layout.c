@@ -1,13 +1,15 @@
 /*
  * layout.c - push layouts, the client's side (docs/PROTOCOL.md, "Push
- * layouts"). A push of one message asks the daemon to keep its tensors'
- * layout; the reply's id is remembered here with a copy of the tensor
- * descriptors (names, kinds, dtypes, shapes, slices, sizes). The next push
- * of the same model whose descriptors are the same, field by field and
- * name by name, sends only the id and the data: neither the checks of
- * push_validate() nor the tensor maps are made again, and the daemon
- * decodes nothing per tensor. A few layouts are kept per client, the least
- * recently used replaced. EMAD_PUSH_LAYOUTS=off sends every push whole.
+ * layouts"). The tensor descriptors (names, kinds, dtypes, shapes, slices,
+ * sizes) of a push of one message are remembered here. A push of the same
+ * model whose descriptors are the same again, field by field and name by
+ * name, asks the daemon to keep its layout, and the reply's id is noted;
+ * from then on such a push sends only the id and the data: neither the
+ * checks of push_validate() nor the tensor maps are made again, and the
+ * daemon decodes nothing per tensor. A client that pushes once (emactl)
+ * makes the daemon keep nothing. A few layouts are remembered per client,
+ * the least recently used replaced. EMAD_PUSH_LAYOUTS=off sends every push
+ * whole.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -20,7 +22,7 @@
 
 struct push_layout {
     char *model;
-    uint64_t id;   /* the daemon's */
+    uint64_t id;   /* the daemon's; 0: pushed once, not (or no longer) kept by the daemon */
     uint64_t used; /* c->layout_tick when last used */
     size_t n;
     uint64_t total;   /* the data's bytes */
@@ -72,7 +74,7 @@ layout_match(emad_client *c, const char *model, const emad_tensor *t, size_t n)
 }
 
 void
-layout_keep(emad_client *c, const char *model, const emad_tensor *t, size_t n, uint64_t id)
+layout_remember(emad_client *c, const char *model, const emad_tensor *t, size_t n)
 {
     size_t model_len = strlen(model), names = model_len + 1, slot = 0;
     push_layout *l;
@@ -81,14 +83,14 @@ layout_keep(emad_client *c, const char *model, const emad_tensor *t, size_t n, u
     for (size_t i = 0; i < n; i++)
         names += strlen(t[i].name) + 1;
     if ((l = malloc(sizeof(*l) + n * (sizeof(emad_tensor) + sizeof(size_t)) + names)) == NULL)
-        return; /* not kept: the next push is sent whole */
+        return; /* not remembered: the next push is sent whole */
     l->t = (emad_tensor *)(void *)(l + 1);
     l->name_len = (size_t *)(void *)(l->t + n);
     p = (char *)(l->name_len + n);
     l->model = p;
     memcpy(p, model, model_len + 1);
     p += model_len + 1;
-    l->id = id;
+    l->id = 0;
     l->used = ++c->layout_tick;
     l->n = n;
     l->total = 0;
@@ -114,14 +116,9 @@ layout_keep(emad_client *c, const char *model, const emad_tensor *t, size_t n, u
 }
 
 void
-layout_forget(emad_client *c, push_layout *l)
+layout_set_id(push_layout *l, uint64_t id)
 {
-    for (size_t s = 0; s < CLIENT_LAYOUTS; s++) {
-        if (c->layouts[s] == l) {
-            free(l);
-            c->layouts[s] = NULL;
-        }
-    }
+    l->id = id;
 }
 
 void

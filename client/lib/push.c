@@ -506,6 +506,7 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
      const emad_tensor *tensors, size_t n, emad_push_result *res)
 {
     emad_push_result local;
+    push_layout *l;
     push_req q = {.model = model,
                   .step = step,
                   .has_writer = has_writer,
@@ -519,29 +520,30 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     if (res == NULL)
         res = &local;
     memset(res, 0, sizeof(*res));
-    if (n > 0 && layouts_on(c) && (q.layout = layout_match(c, model, tensors, n)) != NULL &&
-        layout_push_size(&q) <= c->push_limit) {
-        push_layout *l = q.layout;
-
+    l = n > 0 && layouts_on(c) ? layout_match(c, model, tensors, n) : NULL;
+    if (l != NULL && layout_id(l) != 0) {
+        q.layout = l;
         q.nitems = n;
-        if ((rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r)) == 0) {
-            res->messages = 1;
-            rc = push_result(c, &r, res);
-            reply_free(&r);
-            return rc;
+        if (layout_push_size(&q) <= c->push_limit) {
+            if ((rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r)) == 0) {
+                res->messages = 1;
+                rc = push_result(c, &r, res);
+                reply_free(&r);
+                return rc;
+            }
+            /* Another error is the push's own (a NaN, a stale step, a timeout): the layout
+             * stays. A daemon that does not know layouts would refuse the push as malformed. */
+            if (rc != EMAD_ELAYOUT && rc != EMAD_EMALFORMED)
+                return rc;
+            c->err[0] = '\0'; /* the daemon gave the layout up: send the tensors, kept again */
         }
-        /* Another error is the push's own (a NaN, a stale step, a timeout): the layout stays. A
-         * daemon that does not know layouts would refuse the push as malformed. */
-        if (rc != EMAD_ELAYOUT && rc != EMAD_EMALFORMED)
-            return rc;
-        layout_forget(c, l);
-        c->err[0] = '\0'; /* the daemon gave the layout up: send the tensors, kept again */
+        layout_set_id(l, 0);
     }
     q.layout = NULL;
     /* A cluster sends every shard every step, with or without tensors for it. */
     if ((rc = push_validate(c, model, tensors, n, has_writer || c->routed)) != 0)
         return rc;
-    q.keep_layout = n > 0 && layouts_on(c);
+    q.keep_layout = l != NULL; /* the same tensors a second time: a trainer's steady push */
     size = push_header_size(&q, n);
     for (size_t i = 0; i < n && size <= c->push_limit; i++)
         size += tensor_entry_size(&tensors[i], tensors[i].nbytes, 0, 0);
@@ -563,8 +565,10 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
 
         res->messages = 1;
         rc = push_result(c, &r, res);
-        if (rc == 0 && q.keep_layout && o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-            layout_keep(c, model, tensors, n, o->via.u64);
+        if (rc == 0 && l == NULL && n > 0 && layouts_on(c))
+            layout_remember(c, model, tensors, n);
+        else if (rc == 0 && l != NULL && o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            layout_set_id(l, o->via.u64);
         reply_free(&r);
     }
     return rc;
