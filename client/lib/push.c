@@ -85,21 +85,8 @@ build_push(msgpack_packer *pk, const void *vctx)
 {
     const push_req *q = vctx;
 
-    if (q->layout != NULL) { /* every tensor whole, in the layout's order */
-        pk_head(pk, PROTO_OP_PUSH, 4 + q->has_writer);
-        pk_kv_str(pk, PROTO_KEY_MODEL, q->model);
-        proto_pack_kv_u64(pk, PROTO_KEY_STEP, q->step);
-        if (q->has_writer)
-            proto_pack_kv_u64(pk, PROTO_KEY_WRITER, q->writer);
-        proto_pack_kv_u64(pk, PROTO_KEY_LAYOUT, layout_id(q->layout));
-        proto_pack_str(pk, PROTO_KEY_DATA);
-        msgpack_pack_bin(pk, layout_bytes(q->layout));
-        for (size_t i = 0; i < q->nitems; i++)
-            if (q->tensors[i].nbytes > 0)
-                (void)pk->callback(pk->data, q->tensors[i].data, q->tensors[i].nbytes);
-        return;
-    }
-    pk_head(pk, PROTO_OP_PUSH, 3 + q->has_txn + q->has_writer + q->seed + q->keep_layout);
+    pk_head(pk, PROTO_OP_PUSH,
+            3 + q->has_txn + q->has_writer + q->seed + q->keep_layout + (q->layout != NULL));
     if (q->seed) {
         proto_pack_str(pk, PROTO_KEY_SEED);
         msgpack_pack_true(pk);
@@ -110,6 +97,15 @@ build_push(msgpack_packer *pk, const void *vctx)
         proto_pack_kv_u64(pk, PROTO_KEY_TXN, q->txn);
     if (q->has_writer)
         proto_pack_kv_u64(pk, PROTO_KEY_WRITER, q->writer);
+    if (q->layout != NULL) { /* every tensor whole, in the layout's order */
+        proto_pack_kv_u64(pk, PROTO_KEY_LAYOUT, layout_id(q->layout));
+        proto_pack_str(pk, PROTO_KEY_DATA);
+        msgpack_pack_bin(pk, layout_bytes(q->layout));
+        for (size_t i = 0; i < q->nitems; i++)
+            if (q->tensors[i].nbytes > 0)
+                (void)pk->callback(pk->data, q->tensors[i].data, q->tensors[i].nbytes);
+        return;
+    }
     if (q->keep_layout) {
         proto_pack_str(pk, PROTO_KEY_LAYOUT);
         msgpack_pack_true(pk);
@@ -124,15 +120,17 @@ build_push(msgpack_packer *pk, const void *vctx)
     }
 }
 
-/* Encoded size of the push header (everything but the tensor maps) for nitems tensors. */
+/*
+ * Encoded size of the push header (everything but the tensor maps) for
+ * nitems tensors; of a whole push of data alone with q->layout.
+ */
 static uint64_t
 push_header_size(const push_req *q, uint64_t nitems)
 {
     uint64_t n = 1 + CODEC_SIZE_KEY(PROTO_KEY_V) + 1 + CODEC_SIZE_KEY(PROTO_KEY_OP) +
                  codec_size_str(strlen(proto_op_name(PROTO_OP_PUSH))) +
                  CODEC_SIZE_KEY(PROTO_KEY_MODEL) + codec_size_str(strlen(q->model)) +
-                 CODEC_SIZE_KEY(PROTO_KEY_STEP) + codec_size_uint(q->step) +
-                 CODEC_SIZE_KEY(PROTO_KEY_TENSORS) + codec_size_container(nitems);
+                 CODEC_SIZE_KEY(PROTO_KEY_STEP) + codec_size_uint(q->step);
 
     if (q->has_txn)
         n += CODEC_SIZE_KEY(PROTO_KEY_TXN) + codec_size_uint(q->txn);
@@ -140,26 +138,12 @@ push_header_size(const push_req *q, uint64_t nitems)
         n += CODEC_SIZE_KEY(PROTO_KEY_WRITER) + codec_size_uint(q->writer);
     if (q->seed)
         n += CODEC_SIZE_KEY(PROTO_KEY_SEED) + 1;
+    if (q->layout != NULL)
+        return n + CODEC_SIZE_KEY(PROTO_KEY_LAYOUT) + codec_size_uint(layout_id(q->layout)) +
+               CODEC_SIZE_KEY(PROTO_KEY_DATA) + codec_size_bin(layout_bytes(q->layout));
     if (q->keep_layout)
         n += CODEC_SIZE_KEY(PROTO_KEY_LAYOUT) + 1;
-    return n;
-}
-
-/* Encoded size of a push of data alone with q->layout. */
-static uint64_t
-layout_push_size(const push_req *q)
-{
-    uint64_t total = layout_bytes(q->layout);
-    uint64_t n = 1 + CODEC_SIZE_KEY(PROTO_KEY_V) + 1 + CODEC_SIZE_KEY(PROTO_KEY_OP) +
-                 codec_size_str(strlen(proto_op_name(PROTO_OP_PUSH))) +
-                 CODEC_SIZE_KEY(PROTO_KEY_MODEL) + codec_size_str(strlen(q->model)) +
-                 CODEC_SIZE_KEY(PROTO_KEY_STEP) + codec_size_uint(q->step) +
-                 CODEC_SIZE_KEY(PROTO_KEY_LAYOUT) + codec_size_uint(layout_id(q->layout)) +
-                 CODEC_SIZE_KEY(PROTO_KEY_DATA) + codec_size_bin(total);
-
-    if (q->has_writer)
-        n += CODEC_SIZE_KEY(PROTO_KEY_WRITER) + codec_size_uint(q->writer);
-    return n;
+    return n + CODEC_SIZE_KEY(PROTO_KEY_TENSORS) + codec_size_container(nitems);
 }
 
 /* Encoded size of the tensor map of len bytes of t (at offset, in a transaction), without as_dtype.
@@ -182,9 +166,9 @@ push_packed_size(const void *vctx)
 
     if (q->size != 0)
         return (size_t)q->size;
-    if (q->layout != NULL)
-        return (size_t)layout_push_size(q);
     n = push_header_size(q, q->nitems);
+    if (q->layout != NULL)
+        return (size_t)n;
     for (size_t i = 0; i < q->nitems; i++) {
         codec_tensor m;
 
@@ -524,7 +508,7 @@ push(emad_client *c, const char *model, uint64_t step, int has_writer, uint32_t 
     if (l != NULL && layout_id(l) != 0) {
         q.layout = l;
         q.nitems = n;
-        if (layout_push_size(&q) <= c->push_limit) {
+        if (push_header_size(&q, n) <= c->push_limit) {
             if ((rc = call(c, PROTO_OP_PUSH, build_push, &q, c->opts.timeout_ms, &r)) == 0) {
                 res->messages = 1;
                 rc = push_result(c, &r, res);

@@ -1,7 +1,6 @@
 /*
  * layouts.c - push layouts (see layouts.h): a small table searched by id,
- * each layout one allocation holding its inputs, their data offsets and
- * their names.
+ * each layout one allocation holding its inputs and their names.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,15 +17,8 @@ struct kept_layout {
     size_t model_len;
     size_t n;
     uint64_t total;   /* the data's bytes: the sum of in[i].len */
-    uint64_t *offset; /* in[i]'s bytes start at data + offset[i] */
-    store_input in[]; /* then offset[n], then the model's name and the tensors' names */
+    store_input in[]; /* then the model's name and the tensors' names */
 };
-
-void
-layouts_init(layouts *ls)
-{
-    memset(ls, 0, sizeof(*ls));
-}
 
 void
 layouts_fini(layouts *ls)
@@ -69,7 +61,7 @@ layouts_keep(layouts *ls, const char *model_name, size_t model_len, const store_
         names += in[i].name_len;
         total += in[i].len;
     }
-    bytes = sizeof(*l) + n * (sizeof(store_input) + sizeof(uint64_t)) + model_len + names;
+    bytes = sizeof(*l) + n * sizeof(store_input) + model_len + names;
     if (bytes > LAYOUTS_MAX_BYTES || (l = malloc(bytes)) == NULL)
         return 0;
     while (ls->n > 0 && (ls->n == LAYOUTS_MAX || ls->bytes + bytes > LAYOUTS_MAX_BYTES))
@@ -79,21 +71,17 @@ layouts_keep(layouts *ls, const char *model_name, size_t model_len, const store_
     l->bytes = bytes;
     l->n = n;
     l->total = total;
-    l->offset = (uint64_t *)(void *)(l->in + n);
-    p = (char *)(l->offset + n);
+    p = (char *)(l->in + n);
     l->model = p;
     l->model_len = model_len;
     memcpy(p, model_name, model_len);
     p += model_len;
-    total = 0;
     for (size_t i = 0; i < n; i++) {
         l->in[i] = in[i];
         l->in[i].data = NULL;
         l->in[i].name = p;
         memcpy(p, in[i].name, in[i].name_len);
         p += in[i].name_len;
-        l->offset[i] = total;
-        total += in[i].len;
     }
     ls->v[ls->n++] = l;
     ls->bytes += bytes;
@@ -133,22 +121,12 @@ layouts_inputs(layouts *ls, uint64_t id, const char *model_name, size_t model_le
         return request_fail(err, EMAD_ESIZE, "data has %llu bytes, layout %llu's tensors %llu",
                             (unsigned long long)len, (unsigned long long)id,
                             (unsigned long long)l->total);
-    for (size_t k = 0; k < l->n; k++)
-        l->in[k].data = data + l->offset[k];
+    for (size_t k = 0; k < l->n; k++) {
+        l->in[k].data = data;
+        data += l->in[k].len;
+    }
     l->used = ++ls->tick;
     *in = l->in;
     *n = l->n;
     return 0;
-}
-
-size_t
-layouts_count(const layouts *ls)
-{
-    return ls->n;
-}
-
-size_t
-layouts_bytes(const layouts *ls)
-{
-    return ls->bytes;
 }

@@ -27,6 +27,7 @@
 
 typedef struct kept_layout kept_layout;
 
+/* The layouts kept; all zero is an empty table. */
 typedef struct layouts {
     kept_layout *v[LAYOUTS_MAX];
     size_t n;
@@ -34,7 +35,6 @@ typedef struct layouts {
     uint64_t tick;
 } layouts;
 
-void layouts_init(layouts *ls);
 void layouts_fini(layouts *ls);
 
 /*
@@ -55,9 +55,5 @@ uint64_t layouts_keep(layouts *ls, const char *model_name, size_t model_len, con
 int layouts_inputs(layouts *ls, uint64_t id, const char *model_name, size_t model_len,
                    const char *data, uint64_t len, const store_input **in, size_t *n,
                    store_err *err);
-
-/* Layouts and bytes kept (for the stats). */
-size_t layouts_count(const layouts *ls);
-size_t layouts_bytes(const layouts *ls);
 
 #endif

@@ -274,14 +274,14 @@ ops_push_push(req *r, store_err *err)
         use = in;
     }
     /* as_dtype says how a seed's data relates to its tensor: refused in any other push, for
-     * new tensors as for stored ones. */
-    for (size_t i = 0; i < n && !seed; i++) {
-        if (use[i].as_dtype != EMAD_DTYPE_INVALID) {
+     * new tensors as for stored ones (a layout's inputs passed this when it was kept). */
+    for (size_t i = 0; in != NULL && i < n && !seed; i++) {
+        if (in[i].as_dtype != EMAD_DTYPE_INVALID) {
             char name[EMAD_MAX_NAME_BYTES + 1];
             request_fail(err, EMAD_EDTYPE,
                          "tensor '%s': '" PROTO_KEY_AS_DTYPE
                          "' is only for a seed ('" PROTO_KEY_SEED "': true)",
-                         names_printable(name, sizeof(name), use[i].name, use[i].name_len));
+                         names_printable(name, sizeof(name), in[i].name, in[i].name_len));
             free(in);
             return err->code;
         }
