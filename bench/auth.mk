@@ -13,3 +13,17 @@ bench-auth: bench/bench_auth emad emactl libemad.la
 	  --reps 9
 bench: bench-auth
 .PHONY: bench-auth
+
+# bench_mac: the frames' MAC per core (GMAC, as the frames compute it, and
+# OpenSSL's AES-256-GCM and Poly1305 beside it) next to memcpy.
+EXTRA_PROGRAMS += bench/bench_mac
+bench_bench_mac_SOURCES = bench/bench_mac.c
+bench_bench_mac_CPPFLAGS = $(AM_CPPFLAGS)
+bench_bench_mac_CFLAGS = $(AM_CFLAGS) $(SODIUM_CFLAGS) $(LIBCRYPTO_CFLAGS)
+bench_bench_mac_LDADD = libemadwire.la $(SODIUM_LIBS) $(LIBCRYPTO_LIBS)
+CLEANFILES += bench/bench_mac
+
+bench-mac: bench/bench_mac
+	$(builddir)/bench/bench_mac --mib 64 --runs 3
+bench: bench-mac
+.PHONY: bench-mac

@@ -2,8 +2,10 @@
 plain sockets (sp_raw), independent of libemad: the handshake, framed requests with sequence
 numbers, reply checking, and the raw frames a test needs to send (replays, flipped bits)."""
 import base64
+import hashlib
 import struct
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import nacl.bindings as nb
 import nacl.signing
 
@@ -36,7 +38,10 @@ def request(op, **keys):
 
 
 def aead_tag(key, index, seq, ad):
-    return nb.crypto_aead_chacha20poly1305_ietf_encrypt(b"", ad, struct.pack("<IQ", index, seq), key)
+    """The 16-byte tag of AES-256-GCM with an empty plaintext and ad as additional data, nonce
+    u32le(index) || u64le(seq), under BLAKE2b-256 keyed with key over "emad-mac" || u64le(seq)."""
+    kseq = hashlib.blake2b(b"emad-mac" + struct.pack("<Q", seq), key=key, digest_size=32).digest()
+    return AESGCM(kseq).encrypt(struct.pack("<IQ", index, seq), b"", ad)
 
 
 def frame_tag(key, header20, body):

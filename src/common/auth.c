@@ -1,25 +1,15 @@
 /*
  * auth.c - key formats, handshake transcript, session keys and frame tags
  * (see auth.h and docs/PROTOCOL.md "Authentication"). libsodium does the
- * cryptography (OpenSSL's faster Poly1305 for large pieces); this file
- * fixes how its inputs are laid out.
+ * cryptography of the keys and the handshake, gmac.c the tags; this file
+ * fixes how their inputs are laid out.
  */
 #include "common/auth.h"
 
-#include <openssl/core_names.h>
-#include <openssl/evp.h>
 #include <sodium.h>
 #include <string.h>
 
-/*
- * Pieces of at least this many bytes are MACed with OpenSSL's Poly1305
- * (AVX2/AVX-512 code: 11.9 GB/s per core here against libsodium 1.0.18's
- * 3.9 for 1 MiB pieces, in CPU time); shorter ones with libsodium, where
- * OpenSSL's per-call set-up (a method fetch, a context) would dominate.
- * Both compute RFC 8439's Poly1305 over the same input, so the tags are
- * the same (tests/check_auth.c compares them around this size).
- */
-#define OPENSSL_MIN_BYTES 16384
+#include "common/gmac.h"
 
 int
 auth_init(void)
@@ -292,168 +282,77 @@ auth_piece_count(size_t len)
     return (len + AUTH_PIECE_BYTES - 1) / AUTH_PIECE_BYTES;
 }
 
-/*
- * The 16-byte tag of ChaCha20-Poly1305-IETF with empty plaintext and ad as
- * additional data, through OpenSSL's Poly1305: the one-time key is the
- * first 32 bytes of ChaCha20 block 0 under nonce, and the MAC input is
- * ad || zeros to a multiple of 16 || u64le(ad_len) || u64le(0) (RFC 8439,
- * 2.8). Returns -1 if OpenSSL fails (the caller falls back to libsodium).
- */
-static int
-mac_openssl(const unsigned char key[AUTH_KEY_BYTES], const unsigned char *nonce,
-            const unsigned char *ad, size_t ad_len, unsigned char tag[AUTH_TAG_BYTES])
-{
-    static const unsigned char pad[16];
-    unsigned char otk[32], lens[16];
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "POLY1305", NULL);
-    EVP_MAC_CTX *c = m != NULL ? EVP_MAC_CTX_new(m) : NULL;
-    OSSL_PARAM params[2];
-    size_t out = 0;
-    int ok;
-
-    crypto_stream_chacha20_ietf(otk, sizeof(otk), nonce, key);
-    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, otk, sizeof(otk));
-    params[1] = OSSL_PARAM_construct_end();
-    put_u64le(lens, ad_len);
-    put_u64le(lens + 8, 0);
-    ok = c != NULL && EVP_MAC_init(c, NULL, 0, params) == 1 && EVP_MAC_update(c, ad, ad_len) == 1 &&
-         (ad_len % 16 == 0 || EVP_MAC_update(c, pad, 16 - ad_len % 16) == 1) &&
-         EVP_MAC_update(c, lens, sizeof(lens)) == 1 &&
-         EVP_MAC_final(c, tag, &out, AUTH_TAG_BYTES) == 1 && out == AUTH_TAG_BYTES;
-    EVP_MAC_CTX_free(c);
-    EVP_MAC_free(m);
-    sodium_memzero(otk, sizeof(otk));
-    return ok ? 0 : -1;
-}
-
-/* The 16-byte tag of ChaCha20-Poly1305-IETF with empty plaintext and ad as additional data. */
+/* A tag that matches nothing: what a MAC that could not be computed (out of memory) gives. */
 static void
-mac(const unsigned char key[AUTH_KEY_BYTES], uint32_t index, uint64_t seq, const unsigned char *ad,
-    size_t ad_len, unsigned char tag[AUTH_TAG_BYTES])
+tag_unusable(unsigned char tag[AUTH_TAG_BYTES])
 {
-    unsigned char nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES];
-    unsigned char none[1] = {0};
-    unsigned long long tag_len = 0;
-    for (int i = 0; i < 4; i++)
-        nonce[i] = (unsigned char)(index >> (8 * i));
-    put_u64le(nonce + 4, seq);
-    if (ad_len >= OPENSSL_MIN_BYTES && mac_openssl(key, nonce, ad, ad_len, tag) == 0)
-        return;
-    (void)crypto_aead_chacha20poly1305_ietf_encrypt_detached(none, tag, &tag_len, none, 0, ad,
-                                                             ad_len, NULL, nonce, key);
+    randombytes_buf(tag, AUTH_TAG_BYTES);
 }
 
 void
 auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint32_t i, const void *data,
                size_t len, unsigned char tag[AUTH_TAG_BYTES])
 {
-    mac(key, i, seq, data, len, tag);
+    gmac *g = gmac_begin(key, seq, i);
+
+    if (g == NULL) {
+        tag_unusable(tag);
+        return;
+    }
+    gmac_update(g, data, len);
+    if (gmac_final(g, tag) != 0)
+        tag_unusable(tag);
 }
 
 int
 auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_BYTES], uint64_t seq,
                         uint32_t i)
 {
-    unsigned char nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES], otk[32];
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "POLY1305", NULL);
-    EVP_MAC_CTX *c = m != NULL ? EVP_MAC_CTX_new(m) : NULL;
-    OSSL_PARAM params[2];
-    int ok;
-
-    EVP_MAC_free(m); /* the context holds its own reference */
-    for (int b = 0; b < 4; b++)
-        nonce[b] = (unsigned char)(i >> (8 * b));
-    put_u64le(nonce + 4, seq);
-    crypto_stream_chacha20_ietf(otk, sizeof(otk), nonce, key);
-    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, otk, sizeof(otk));
-    params[1] = OSSL_PARAM_construct_end();
-    ok = c != NULL && EVP_MAC_init(c, NULL, 0, params) == 1;
-    sodium_memzero(otk, sizeof(otk));
-    if (!ok) {
-        EVP_MAC_CTX_free(c);
-        return -1;
-    }
-    s->ctx = c;
+    s->ctx = gmac_begin(key, seq, i);
     s->len = 0;
-    return 0;
+    return s->ctx != NULL ? 0 : -1;
 }
 
 void
 auth_piece_stream_update(auth_piece_stream *s, const void *data, size_t len)
 {
-    if (s->ctx != NULL && len > 0 && EVP_MAC_update(s->ctx, data, len) != 1)
-        auth_piece_stream_abort(s); /* final then fails */
+    if (s->ctx != NULL && len > 0)
+        gmac_update(s->ctx, data, len);
     s->len += len;
 }
 
 int
 auth_piece_stream_final(auth_piece_stream *s, unsigned char tag[AUTH_TAG_BYTES])
 {
-    static const unsigned char pad[16];
-    unsigned char lens[16];
-    size_t out = 0;
-    int ok;
+    gmac *g = s->ctx;
 
-    if (s->ctx == NULL)
-        return -1;
-    put_u64le(lens, s->len);
-    put_u64le(lens + 8, 0);
-    ok = (s->len % 16 == 0 || EVP_MAC_update(s->ctx, pad, 16 - s->len % 16) == 1) &&
-         EVP_MAC_update(s->ctx, lens, sizeof(lens)) == 1 &&
-         EVP_MAC_final(s->ctx, tag, &out, AUTH_TAG_BYTES) == 1 && out == AUTH_TAG_BYTES;
-    auth_piece_stream_abort(s);
-    return ok ? 0 : -1;
+    s->ctx = NULL;
+    return g != NULL ? gmac_final(g, tag) : -1;
 }
 
 void
 auth_piece_stream_abort(auth_piece_stream *s)
 {
-    EVP_MAC_CTX_free(s->ctx);
+    gmac_abort(s->ctx);
     s->ctx = NULL;
 }
 
-/* The final MAC over H || t_0 || ... || t_{n-1}, fed incrementally (RFC 8439's AEAD with an
-   empty plaintext: Poly1305 keyed by ChaCha20 block 0, over ad || pad16 || u64le(len ad) || 0). */
-struct final_mac {
-    crypto_onetimeauth_poly1305_state st;
-    uint64_t ad_len;
-};
-
-static void
-final_init(struct final_mac *m, const unsigned char key[AUTH_KEY_BYTES],
-           const unsigned char header[AUTH_HEADER_MACED])
+/* The final tag over H || t_0 || ... || t_{n-1}, fed incrementally. */
+static gmac *
+final_init(const unsigned char key[AUTH_KEY_BYTES], const unsigned char header[AUTH_HEADER_MACED])
 {
-    unsigned char nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES];
-    unsigned char block0[64] = {0};
-    for (int i = 0; i < 4; i++)
-        nonce[i] = (unsigned char)(AUTH_FINAL_PIECE >> (8 * i));
-    put_u64le(nonce + 4, get_u64le(header + AUTH_OFF_SEQ));
-    crypto_stream_chacha20_ietf(block0, sizeof block0, nonce, key);
-    crypto_onetimeauth_poly1305_init(&m->st, block0);
-    sodium_memzero(block0, sizeof block0);
-    crypto_onetimeauth_poly1305_update(&m->st, header, AUTH_HEADER_MACED);
-    m->ad_len = AUTH_HEADER_MACED;
+    gmac *g = gmac_begin(key, get_u64le(header + AUTH_OFF_SEQ), AUTH_FINAL_PIECE);
+
+    if (g != NULL)
+        gmac_update(g, header, AUTH_HEADER_MACED);
+    return g;
 }
 
 static void
-final_update(struct final_mac *m, const unsigned char *tags, size_t n)
+final_finish(gmac *g, unsigned char tag[AUTH_TAG_BYTES])
 {
-    crypto_onetimeauth_poly1305_update(&m->st, tags, n * AUTH_TAG_BYTES);
-    m->ad_len += n * AUTH_TAG_BYTES;
-}
-
-static void
-final_finish(struct final_mac *m, unsigned char tag[AUTH_TAG_BYTES])
-{
-    static const unsigned char pad[16];
-    unsigned char lens[16];
-    if (m->ad_len % 16 != 0)
-        crypto_onetimeauth_poly1305_update(&m->st, pad, 16 - m->ad_len % 16);
-    put_u64le(lens, m->ad_len);
-    put_u64le(lens + 8, 0);
-    crypto_onetimeauth_poly1305_update(&m->st, lens, sizeof lens);
-    crypto_onetimeauth_poly1305_final(&m->st, tag);
-    sodium_memzero(&m->st, sizeof m->st);
+    if (g == NULL || gmac_final(g, tag) != 0)
+        tag_unusable(tag);
 }
 
 void
@@ -461,11 +360,11 @@ auth_frame_tag(const unsigned char key[AUTH_KEY_BYTES],
                const unsigned char header[AUTH_HEADER_MACED], const unsigned char *piece_tags,
                size_t n, unsigned char tag[AUTH_TAG_BYTES])
 {
-    struct final_mac m;
-    final_init(&m, key, header);
-    if (n > 0)
-        final_update(&m, piece_tags, n);
-    final_finish(&m, tag);
+    gmac *g = final_init(key, header);
+
+    if (g != NULL && n > 0)
+        gmac_update(g, piece_tags, n * AUTH_TAG_BYTES);
+    final_finish(g, tag);
 }
 
 /* Compute in this thread the tag a frame of len bytes should carry (its H written). */
@@ -479,16 +378,16 @@ frame_tag_serial(const unsigned char key[AUTH_KEY_BYTES], const unsigned char *f
     size_t body_len = len - AUTH_FRAME_HEADER;
     size_t n = auth_piece_count(body_len);
     uint64_t seq = get_u64le(f + AUTH_OFF_SEQ);
-    struct final_mac m;
-    final_init(&m, key, f);
+    gmac *g = final_init(key, f);
     for (size_t i = 0; i < n; i++) {
         unsigned char t[AUTH_TAG_BYTES];
         size_t off = i * AUTH_PIECE_BYTES;
         size_t l = body_len - off < AUTH_PIECE_BYTES ? body_len - off : AUTH_PIECE_BYTES;
         auth_piece_tag(key, seq, (uint32_t)i, body + off, l, t);
-        final_update(&m, t, 1);
+        if (g != NULL)
+            gmac_update(g, t, AUTH_TAG_BYTES);
     }
-    final_finish(&m, tag);
+    final_finish(g, tag);
     return 0;
 }
 

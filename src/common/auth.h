@@ -8,9 +8,10 @@
  * (`ed25519:BASE64`), the stats token hash (`blake2b:HEX`), the handshake
  * transcript that the client signs, the session keys (crypto_kx), and the
  * authenticated frame: a 36-byte header (magic, session, sequence number,
- * tag) in front of an unchanged msgpack body, whose tag is a Poly1305 MAC
- * over the header and the tags of the body's 1 MiB pieces, so the pieces
- * of a large message can be checked in parallel.
+ * tag) in front of an unchanged msgpack body, whose tag is a GMAC
+ * (AES-256-GCM's tag, gmac.h) over the header and the tags of the body's
+ * 1 MiB pieces, so the pieces of a large message can be checked in
+ * parallel.
  *
  * Everything here is pure computation over caller buffers: no allocation,
  * no I/O, thread-safe once auth_init() has returned 0.
@@ -30,7 +31,7 @@
 #define AUTH_EPH_SK_BYTES 32     /* X25519 ephemeral secret key */
 #define AUTH_CHALLENGE_BYTES 32  /* server challenge */
 #define AUTH_KEY_BYTES 32        /* session key (crypto_kx session key) */
-#define AUTH_TAG_BYTES 16        /* Poly1305 tag */
+#define AUTH_TAG_BYTES 16        /* GMAC tag */
 #define AUTH_TOKEN_HASH_BYTES 32 /* BLAKE2b-256 of a stats bearer token */
 #define AUTH_USER_MAX 64         /* bytes in a user name */
 
@@ -163,9 +164,10 @@ size_t auth_piece_count(size_t len);
 
 /*
  * Tag t_i of piece i (data, len bytes) of the body of the frame with
- * sequence number seq, under key: Poly1305 through
- * ChaCha20-Poly1305-IETF with nonce u32le(i) || u64le(seq), empty
- * plaintext and the piece as additional data. Any thread.
+ * sequence number seq, under key: the tag of AES-256-GCM under the key
+ * derived from key and seq (gmac.h), with nonce u32le(i) || u64le(seq),
+ * empty plaintext and the piece as additional data. Any thread. (A tag
+ * that cannot be computed, out of memory, is random: it matches nothing.)
  */
 void auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint32_t i,
                     const void *data, size_t len, unsigned char tag[AUTH_TAG_BYTES]);
@@ -179,7 +181,7 @@ void auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint3
  * called. Any thread.
  */
 typedef struct auth_piece_stream {
-    void *ctx; /* the MAC context (OpenSSL's Poly1305) */
+    void *ctx; /* the MAC state (gmac.h) */
     uint64_t len;
 } auth_piece_stream;
 int auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_BYTES],

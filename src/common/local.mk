@@ -17,7 +17,7 @@ libemadwire_la_SOURCES = \
 	src/common/dtype.c src/common/dtype.h \
 	src/common/emaconf.c src/common/emaconf.h \
 	src/common/codec.c src/common/codec.h \
-	src/common/auth.c src/common/auth.h \
+	src/common/auth.c src/common/auth.h src/common/gmac.c src/common/gmac.h \
 	src/common/shardmap.c src/common/shardmap.h \
 	src/common/placement.c src/common/placement.h
 libemadwire_la_CFLAGS = $(AM_CFLAGS) $(MSGPACK_CFLAGS) $(SODIUM_CFLAGS) $(LIBCRYPTO_CFLAGS)
