@@ -10,13 +10,19 @@
  * (/proc/PID/stat), and the client's minor page faults: on a shared
  * machine the figures that depend least on what else runs.
  *
- *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] [--emad-b PATH]
+ *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] [--emad-b PATH | --control]
  *
  * --emad-b adds a third daemon, with --auth-file, from another build (say,
  * the commit before a change), interleaved with the other two: it prints
  * that daemon's ratios too and, repetition by repetition, how it compares
  * with the first one. On a shared machine this A/B in one run is what
  * separates a few percent from the drift of the load between runs.
+ *
+ * --control adds instead a second daemon without authentication,
+ * interleaved the same way, and prints how the two unauthenticated daemons
+ * compare: 1.00 would be no difference; how far it is from 1.00 is how much
+ * two daemons of one build differ on this machine in one run (where each
+ * one's memory landed, what else ran): the noise of the auth/plain ratio.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -309,6 +315,21 @@ report_b(const side *a, const side *b, long reps)
            b->cpu[OP_PULL][0] * 1e3 / (double)reps, b->cpu[OP_PULL][1] * 1e3 / (double)reps);
 }
 
+/* With --control: the second unauthenticated daemon against the first (median of the pairs). */
+static void
+report_control(const side *a, const side *b, long reps)
+{
+    double push[MAX_REPS], pull[MAX_REPS];
+
+    for (long r = 0; r < reps; r++) {
+        push[r] = a->push_s[r] / b->push_s[r];
+        pull[r] = a->pull_s[r] / b->pull_s[r];
+    }
+    printf("  control: two daemons without authentication, the first's time over the second's "
+           "(median of the %ld pairs; 1.00: no difference): push %.2f, pull %.2f\n",
+           reps, median(push, reps), median(pull, reps));
+}
+
 /* Interleaved repetitions over the n sides; returns 0 or -1. */
 static int
 run(side *sides, int n, model *m, long reps)
@@ -341,12 +362,17 @@ main(int argc, char **argv)
     side sides[3] = {{.label = "unauthenticated"},
                      {.label = "authenticated"},
                      {.label = "authenticated (--emad-b)"}};
-    int n;
+    int n, control = 0;
     model m = {0};
     int rc = 1;
 
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : "";
+        if (strcmp(argv[i], "--control") == 0) {
+            control = 1;
+            sides[2].label = "unauthenticated (--control)";
+            continue;
+        }
         if (strcmp(argv[i], "--emad") == 0)
             emad = v;
         else if (strcmp(argv[i], "--emad-b") == 0)
@@ -359,14 +385,15 @@ main(int argc, char **argv)
             mib = parse_count(v, 65536);
         else {
             fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] "
-                            "[--emad-b PATH]\n");
+                            "[--emad-b PATH | --control]\n");
             return 2;
         }
         i++;
     }
-    if (emad == NULL || emactl == NULL || reps < 0 || mib < 0 || mib % NTENSORS != 0) {
+    if (emad == NULL || emactl == NULL || reps < 0 || mib < 0 || mib % NTENSORS != 0 ||
+        (control && emad_b != NULL)) {
         fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N (a multiple of "
-                        "4)] [--reps N (1..99)]\n");
+                        "4)] [--reps N (1..99)] [--emad-b PATH | --control]\n");
         return 2;
     }
     if (proc_init() < 0 || model_init(&m, (uint64_t)mib) < 0)
@@ -375,9 +402,10 @@ main(int argc, char **argv)
            "over TCP loopback; the same pushes and pulls to a daemon without and one with "
            "--auth-file, interleaved\n",
            mib, NTENSORS, reps);
-    n = emad_b != NULL ? 3 : 2;
+    n = emad_b != NULL || control ? 3 : 2;
     if (side_start(&sides[0], emad, emactl, 0) < 0 || side_start(&sides[1], emad, emactl, 1) < 0 ||
-        (emad_b != NULL && side_start(&sides[2], emad_b, emactl, 1) < 0))
+        (emad_b != NULL && side_start(&sides[2], emad_b, emactl, 1) < 0) ||
+        (control && side_start(&sides[2], emad, emactl, 0) < 0))
         goto out;
     for (int k = 0; k < n; k++)
         if (emad_create(sides[k].c, MODEL_NAME, 0.9, 0) != 0) {
@@ -397,6 +425,8 @@ main(int argc, char **argv)
         report("pull (b)", sides[0].pull_s, sides[2].pull_s, reps, (uint64_t)mib << 20);
         report_b(&sides[1], &sides[2], reps);
     }
+    if (control)
+        report_control(&sides[0], &sides[2], reps);
     rc = 0;
 out:
     for (int k = 0; k < 3; k++) {

@@ -13,8 +13,9 @@
  * 1 MiB pieces, so the pieces of a large message can be checked in
  * parallel.
  *
- * Everything here is pure computation over caller buffers: no allocation,
- * no I/O, thread-safe once auth_init() has returned 0.
+ * Everything here is pure computation over caller buffers (the tags'
+ * state aside, a small allocation per piece), no I/O, thread-safe once
+ * auth_init() has returned 0.
  */
 #ifndef EMAD_AUTH_H
 #define EMAD_AUTH_H

@@ -6,7 +6,7 @@
  *
  * The result is always that of OpenSSL's AES-256-GCM. Where the CPU has
  * AVX-512 and VPCLMULQDQ, GHASH runs here instead, 32 blocks per reduction
- * (about 1.6 times the speed of OpenSSL's Poly1305 per core on the
+ * (about 1.5 times the speed of OpenSSL's Poly1305 per core on the
  * machines this was measured on); tests/check_auth.c compares the two.
  */
 #ifndef EMAD_GMAC_H
