@@ -309,7 +309,6 @@ auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_B
                         uint32_t i)
 {
     s->ctx = gmac_begin(key, seq, i);
-    s->len = 0;
     return s->ctx != NULL ? 0 : -1;
 }
 
@@ -318,7 +317,6 @@ auth_piece_stream_update(auth_piece_stream *s, const void *data, size_t len)
 {
     if (s->ctx != NULL && len > 0)
         gmac_update(s->ctx, data, len);
-    s->len += len;
 }
 
 int

@@ -183,7 +183,6 @@ void auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint3
  */
 typedef struct auth_piece_stream {
     void *ctx; /* the MAC state (gmac.h) */
-    uint64_t len;
 } auth_piece_stream;
 int auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_BYTES],
                             uint64_t seq, uint32_t i);
