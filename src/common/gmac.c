@@ -1,7 +1,8 @@
 /*
  * gmac.c - the MAC of authenticated frames (see gmac.h): AES-256-GCM's
  * tag over additional data only, from OpenSSL, or with GHASH computed here
- * on CPUs with AVX-512 and VPCLMULQDQ.
+ * on CPUs with VPCLMULQDQ, four blocks per register with AVX-512, two with
+ * AVX2 (the two loops are one algorithm at two widths).
  *
  * GHASH here follows RFC 8452, appendix A: GHASH(H, X) is the byte
  * reversal of POLYVAL(mulX(reverse(H)), reverse(X_1), ...), and POLYVAL's
@@ -21,26 +22,29 @@
 #define GMAC_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
-#define FAST __attribute__((target("avx512f,avx512bw,avx512vl,vpclmulqdq,pclmul,ssse3")))
+#define XMM __attribute__((target("pclmul,ssse3")))
+#define YMM __attribute__((target("avx2,vpclmulqdq,pclmul,ssse3")))
+#define ZMM __attribute__((target("avx512f,avx512bw,avx512vl,vpclmulqdq,pclmul,ssse3")))
 #endif
 
-#define GROUP_ZMM 8                  /* 64-byte registers of data per reduction */
-#define GROUP_BLOCKS (4 * GROUP_ZMM) /* 16-byte blocks per reduction */
+#define GROUP_BLOCKS 32 /* 16-byte blocks per reduction */
 #define DERIVE_LABEL "emad-mac"
 
 struct gmac {
     EVP_CIPHER_CTX *gcm;    /* the portable path: OpenSSL's GCM; NULL on the fast path */
+    int level;              /* fast: GMAC_AVX512 or GMAC_AVX2 */
     unsigned char mask[16]; /* fast: AES(K, J0), added to the hash at the end */
     unsigned char s[16];    /* fast: the POLYVAL accumulator */
     unsigned char buf[16];  /* fast: a block not yet complete */
     size_t nbuf;
-    uint64_t total;                    /* bytes fed */
-    int failed;                        /* OpenSSL refused some data: no tag */
-    unsigned char h[GROUP_BLOCKS][16]; /* fast: H^1 .. H^32 (POLYVAL form) */
-    unsigned char pw[GROUP_ZMM][64];   /* fast: the powers in the order of the blocks */
+    uint64_t total;                         /* bytes fed */
+    int failed;                             /* OpenSSL refused some data: no tag */
+    unsigned char h[16];                    /* fast: H (POLYVAL form) */
+    unsigned char pw[GROUP_BLOCKS * 16];    /* fast: H^32 .. H^1, the power each block of a group
+                                               is multiplied by, in the blocks' order */
 };
 
-static int portable; /* gmac_set_portable() */
+static int limit = GMAC_AVX512; /* gmac_set_limit() */
 
 /* The per-sequence-number key: BLAKE2b-256 keyed with key over "emad-mac" || u64le(seq). */
 static void
@@ -65,26 +69,27 @@ nonce(unsigned char out[12], uint32_t index, uint64_t seq)
 }
 
 #ifdef GMAC_X86
-/* The CPU has AVX-512 (F, BW, VL) and VPCLMULQDQ, and the system saves the registers. */
+/* The GHASH the CPU can run here: GMAC_AVX512, GMAC_AVX2 or GMAC_PORTABLE. */
 static int
-cpu_has_fast(void)
+cpu_level(void)
 {
     unsigned int a, b, c, d, lo, hi;
 
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 1)) || !(c & (1u << 9)) ||
         !(c & (1u << 27)))
-        return 0; /* PCLMULQDQ, SSSE3, OSXSAVE */
+        return GMAC_PORTABLE; /* PCLMULQDQ, SSSE3, OSXSAVE */
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     (void)hi;
-    if ((lo & 0xe6) != 0xe6)
-        return 0; /* the XMM, YMM and ZMM state */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-        return 0;
-    return (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31)) && (c & (1u << 10));
+    if ((lo & 0x6) != 0x6 || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(c & (1u << 10)) ||
+        !(b & (1u << 5)))
+        return GMAC_PORTABLE; /* the XMM and YMM state, VPCLMULQDQ, AVX2 */
+    if ((lo & 0xe6) == 0xe6 && (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31)))
+        return GMAC_AVX512; /* the ZMM state, AVX-512 F, BW and VL */
+    return GMAC_AVX2;
 }
 
 /* Reduce the unreduced sums lo, hi, mid of 128x128-bit products to one POLYVAL value. */
-static FAST __m128i
+static XMM __m128i
 reduce(__m128i lo, __m128i hi, __m128i mid)
 {
     const __m128i poly = _mm_set_epi64x((long long)0xc200000000000000ULL, 1);
@@ -100,31 +105,21 @@ reduce(__m128i lo, __m128i hi, __m128i mid)
 }
 
 /* POLYVAL's product a * b * x^-128. */
-static FAST __m128i
+static XMM __m128i
 dot(__m128i a, __m128i b)
 {
-    return reduce(
-        _mm_clmulepi64_si128(a, b, 0x00), _mm_clmulepi64_si128(a, b, 0x11),
-        _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x10), _mm_clmulepi64_si128(a, b, 0x01)));
+    return reduce(_mm_clmulepi64_si128(a, b, 0x00), _mm_clmulepi64_si128(a, b, 0x11),
+                  _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x10), _mm_clmulepi64_si128(a, b, 0x01)));
 }
 
-static FAST __m128i
+static XMM __m128i
 bswap(__m128i v)
 {
     return _mm_shuffle_epi8(v, _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 
-/* The XOR of the four 128-bit lanes of v. */
-static FAST __m128i
-fold(__m512i v)
-{
-    __m256i a = _mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-
-    return _mm_xor_si128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-}
-
 /* The powers of H (16 bytes, as GCM's AES gives it) that the blocks are multiplied by. */
-static FAST void
+static XMM void
 powers(gmac *g, const unsigned char hb[16])
 {
     unsigned char r[16];
@@ -143,33 +138,29 @@ powers(gmac *g, const unsigned char hb[16])
         hi ^= 0xc200000000000000ULL;
     }
     h1 = _mm_set_epi64x((long long)hi, (long long)lo);
+    _mm_storeu_si128((__m128i *)(void *)g->h, h1);
     hk = h1;
-    for (int k = 0; k < GROUP_BLOCKS; k++) {
-        _mm_storeu_si128((__m128i *)(void *)g->h[k], hk);
+    for (int k = 1; k <= GROUP_BLOCKS; k++) { /* block j of a group: H^(GROUP_BLOCKS - j) */
+        _mm_storeu_si128((__m128i *)(void *)(g->pw + 16 * (GROUP_BLOCKS - k)), hk);
         hk = dot(hk, h1);
     }
-    /* block j of a group is multiplied by H^(GROUP_BLOCKS - j) */
-    for (int z = 0; z < GROUP_ZMM; z++)
-        for (int l = 0; l < 4; l++)
-            memcpy(g->pw[z] + 16 * l, g->h[GROUP_BLOCKS - 1 - (4 * z + l)], 16);
     sodium_memzero(r, sizeof(r));
 }
 
-/* Hash n whole blocks at p into g->s. */
-static FAST void
-blocks(gmac *g, const unsigned char *p, size_t n)
+/* Hash n groups of GROUP_BLOCKS blocks at p into s, four blocks per register. */
+static ZMM __m128i
+groups_avx512(const gmac *g, __m128i s, const unsigned char *p, size_t n)
 {
-    const __m512i bs512 =
-        _mm512_broadcast_i32x4(_mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    __m128i s = _mm_loadu_si128((const __m128i *)(const void *)g->s);
-    __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)g->h[0]);
+    const __m512i bs = _mm512_broadcast_i32x4(
+        _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 
-    for (; n >= GROUP_BLOCKS; n -= GROUP_BLOCKS, p += 16 * GROUP_BLOCKS) {
+    for (; n > 0; n--, p += 16 * GROUP_BLOCKS) {
         __m512i lo = _mm512_setzero_si512(), hi = lo, mid = lo;
+        __m256i l2, h2, m2;
 
-        for (int z = 0; z < GROUP_ZMM; z++) {
-            __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512((const void *)(p + 64 * z)), bs512);
-            __m512i k = _mm512_loadu_si512((const void *)g->pw[z]);
+        for (int z = 0; z < GROUP_BLOCKS / 4; z++) {
+            __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512((const void *)(p + 64 * z)), bs);
+            __m512i k = _mm512_loadu_si512((const void *)(g->pw + 64 * z));
 
             if (z == 0)
                 d = _mm512_xor_si512(d, _mm512_zextsi128_si512(s));
@@ -178,7 +169,59 @@ blocks(gmac *g, const unsigned char *p, size_t n)
             mid = _mm512_ternarylogic_epi64(mid, _mm512_clmulepi64_epi128(d, k, 0x01),
                                             _mm512_clmulepi64_epi128(d, k, 0x10), 0x96);
         }
-        s = reduce(fold(lo), fold(hi), fold(mid));
+        /* the XOR of the four 128-bit lanes of each sum */
+        l2 = _mm256_xor_si256(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1));
+        h2 = _mm256_xor_si256(_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64(hi, 1));
+        m2 = _mm256_xor_si256(_mm512_castsi512_si256(mid), _mm512_extracti64x4_epi64(mid, 1));
+        s = reduce(_mm_xor_si128(_mm256_castsi256_si128(l2), _mm256_extracti128_si256(l2, 1)),
+                   _mm_xor_si128(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1)),
+                   _mm_xor_si128(_mm256_castsi256_si128(m2), _mm256_extracti128_si256(m2, 1)));
+    }
+    return s;
+}
+
+/* The same, two blocks per register (AVX2 and VPCLMULQDQ, without AVX-512). */
+static YMM __m128i
+groups_avx2(const gmac *g, __m128i s, const unsigned char *p, size_t n)
+{
+    const __m256i bs = _mm256_broadcastsi128_si256(
+        _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+
+    for (; n > 0; n--, p += 16 * GROUP_BLOCKS) {
+        __m256i lo = _mm256_setzero_si256(), hi = lo, mid = lo;
+
+        for (int z = 0; z < GROUP_BLOCKS / 2; z++) {
+            __m256i d = _mm256_shuffle_epi8(
+                _mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * z)), bs);
+            __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)(g->pw + 32 * z));
+
+            if (z == 0)
+                d = _mm256_xor_si256(d, _mm256_zextsi128_si256(s));
+            lo = _mm256_xor_si256(lo, _mm256_clmulepi64_epi128(d, k, 0x00));
+            hi = _mm256_xor_si256(hi, _mm256_clmulepi64_epi128(d, k, 0x11));
+            mid = _mm256_xor_si256(mid, _mm256_xor_si256(_mm256_clmulepi64_epi128(d, k, 0x01),
+                                                         _mm256_clmulepi64_epi128(d, k, 0x10)));
+        }
+        s = reduce(_mm_xor_si128(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)),
+                   _mm_xor_si128(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)),
+                   _mm_xor_si128(_mm256_castsi256_si128(mid), _mm256_extracti128_si256(mid, 1)));
+    }
+    return s;
+}
+
+/* Hash n whole blocks at p into g->s: whole groups on the wide registers, then one by one. */
+static XMM void
+blocks(gmac *g, const unsigned char *p, size_t n)
+{
+    __m128i s = _mm_loadu_si128((const __m128i *)(const void *)g->s);
+    __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)g->h);
+    size_t groups = n / GROUP_BLOCKS;
+
+    if (groups > 0) {
+        s = g->level == GMAC_AVX512 ? groups_avx512(g, s, p, groups)
+                                    : groups_avx2(g, s, p, groups);
+        p += 16 * GROUP_BLOCKS * groups;
+        n -= GROUP_BLOCKS * groups;
     }
     for (; n > 0; n--, p += 16)
         s = dot(_mm_xor_si128(s, bswap(_mm_loadu_si128((const __m128i *)(const void *)p))), h1);
@@ -186,7 +229,7 @@ blocks(gmac *g, const unsigned char *p, size_t n)
 }
 
 /* The tag: the length block, then GHASH (the byte reversal of POLYVAL) plus the mask. */
-static FAST void
+static XMM void
 finish(gmac *g, unsigned char tag[GMAC_TAG_BYTES])
 {
     unsigned char len[16] = {0};
@@ -207,31 +250,31 @@ finish(gmac *g, unsigned char tag[GMAC_TAG_BYTES])
 #endif
 
 int
-gmac_fast(void)
+gmac_level(void)
 {
 #ifdef GMAC_X86
     static int has = -1;
-    int v = __atomic_load_n(&has, __ATOMIC_RELAXED);
+    int v = __atomic_load_n(&has, __ATOMIC_RELAXED), l = __atomic_load_n(&limit, __ATOMIC_RELAXED);
 
     if (v < 0) {
-        v = cpu_has_fast();
+        v = cpu_level();
         __atomic_store_n(&has, v, __ATOMIC_RELAXED);
     }
-    return v && !__atomic_load_n(&portable, __ATOMIC_RELAXED);
+    return v < l ? v : l;
 #else
-    return 0;
+    return GMAC_PORTABLE;
 #endif
 }
 
 void
-gmac_set_portable(int off)
+gmac_set_limit(int level)
 {
-    __atomic_store_n(&portable, off != 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&limit, level, __ATOMIC_RELAXED);
 }
 
 /* The fast path's set-up: H and the mask from AES under k, then the powers of H. */
 static int
-fast_begin(gmac *g, const unsigned char k[GMAC_KEY_BYTES], const unsigned char iv[12])
+fast_begin(gmac *g, const unsigned char k[GMAC_KEY_BYTES], const unsigned char iv[12], int level)
 {
 #ifdef GMAC_X86
     unsigned char in[32] = {0}, out[32 + 16];
@@ -245,6 +288,7 @@ fast_begin(gmac *g, const unsigned char k[GMAC_KEY_BYTES], const unsigned char i
          n == 32;
     EVP_CIPHER_CTX_free(c);
     if (ok) {
+        g->level = level;
         memcpy(g->mask, out + 16, 16);
         powers(g, out);
     }
@@ -254,6 +298,7 @@ fast_begin(gmac *g, const unsigned char k[GMAC_KEY_BYTES], const unsigned char i
     (void)g;
     (void)k;
     (void)iv;
+    (void)level;
     return -1;
 #endif
 }
@@ -263,14 +308,14 @@ gmac_begin(const unsigned char key[GMAC_KEY_BYTES], uint64_t seq, uint32_t index
 {
     unsigned char k[GMAC_KEY_BYTES], iv[12];
     gmac *g = calloc(1, sizeof(*g));
-    int ok;
+    int ok, level = gmac_level();
 
     if (g == NULL)
         return NULL;
     derive(k, key, seq);
     nonce(iv, index, seq);
-    if (gmac_fast()) {
-        ok = fast_begin(g, k, iv) == 0;
+    if (level != GMAC_PORTABLE) {
+        ok = fast_begin(g, k, iv, level) == 0;
     } else {
         ok = (g->gcm = EVP_CIPHER_CTX_new()) != NULL &&
              EVP_EncryptInit_ex(g->gcm, EVP_aes_256_gcm(), NULL, k, iv) == 1;

@@ -5,9 +5,10 @@
  * number.
  *
  * The result is always that of OpenSSL's AES-256-GCM. Where the CPU has
- * AVX-512 and VPCLMULQDQ, GHASH runs here instead, 32 blocks per reduction
- * (about 1.5 times the speed of OpenSSL's Poly1305 per core on the
- * machines this was measured on); tests/check_auth.c compares the two.
+ * VPCLMULQDQ with AVX-512 or AVX2, GHASH runs here instead, 32 blocks per
+ * reduction (with AVX-512 about 1.5 times the speed of OpenSSL's Poly1305
+ * per core on the machines this was measured on); tests/check_auth.c
+ * compares them all.
  */
 #ifndef EMAD_GMAC_H
 #define EMAD_GMAC_H
@@ -36,10 +37,15 @@ int gmac_final(gmac *g, unsigned char tag[GMAC_TAG_BYTES]);
 /* Free g without a tag; safe on NULL. */
 void gmac_abort(gmac *g);
 
-/* Tests: 1 if the GHASH here is used (the CPU has it and it is not turned off), 0 if not. */
-int gmac_fast(void);
+/* Where GHASH runs: here with AVX-512, here with AVX2 (and VPCLMULQDQ), or in OpenSSL. */
+#define GMAC_PORTABLE 0
+#define GMAC_AVX2 1
+#define GMAC_AVX512 2
 
-/* Tests: use OpenSSL's GCM for every tag from now on (off != 0), or the GHASH here again. */
-void gmac_set_portable(int off);
+/* The GHASH used from now on: the best the CPU has, at most gmac_set_limit()'s. */
+int gmac_level(void);
+
+/* Tests and benchmarks: use at most level (GMAC_AVX512 by default). */
+void gmac_set_limit(int level);
 
 #endif
