@@ -291,6 +291,20 @@ parse_count(const char *s, long max)
     return *s != '\0' && *end == '\0' && v >= 1 && v <= max ? v : -1;
 }
 
+/* The medians over the repetitions of a's push and pull times over b's. */
+static void
+pair_medians(const side *a, const side *b, long reps, double *push, double *pull)
+{
+    double pu[MAX_REPS], pl[MAX_REPS];
+
+    for (long r = 0; r < reps; r++) {
+        pu[r] = a->push_s[r] / b->push_s[r];
+        pl[r] = a->pull_s[r] / b->pull_s[r];
+    }
+    *push = median(pu, reps);
+    *pull = median(pl, reps);
+}
+
 /*
  * With --emad-b: the second authenticated daemon against the first, the
  * median of each repetition's time with the first over the time with it
@@ -299,16 +313,13 @@ parse_count(const char *s, long max)
 static void
 report_b(const side *a, const side *b, long reps)
 {
-    double push[MAX_REPS], pull[MAX_REPS];
+    double push, pull;
 
-    for (long r = 0; r < reps; r++) {
-        push[r] = a->push_s[r] / b->push_s[r];
-        pull[r] = a->pull_s[r] / b->pull_s[r];
-    }
+    pair_medians(a, b, reps, &push, &pull);
     printf(
         "  --emad-b against --emad, both authenticated (median of the %ld time_a/time_b; above 1: "
         "b is faster): push %.3f, pull %.3f\n",
-        reps, median(push, reps), median(pull, reps));
+        reps, push, pull);
     printf("        CPU per call with b: push client %6.1f ms + daemon %6.1f ms; pull %6.1f + "
            "%6.1f ms\n",
            b->cpu[OP_PUSH][0] * 1e3 / (double)reps, b->cpu[OP_PUSH][1] * 1e3 / (double)reps,
@@ -319,15 +330,12 @@ report_b(const side *a, const side *b, long reps)
 static void
 report_control(const side *a, const side *b, long reps)
 {
-    double push[MAX_REPS], pull[MAX_REPS];
+    double push, pull;
 
-    for (long r = 0; r < reps; r++) {
-        push[r] = a->push_s[r] / b->push_s[r];
-        pull[r] = a->pull_s[r] / b->pull_s[r];
-    }
+    pair_medians(a, b, reps, &push, &pull);
     printf("  control: two daemons without authentication, the first's time over the second's "
            "(median of the %ld pairs; 1.00: no difference): push %.2f, pull %.2f\n",
-           reps, median(push, reps), median(pull, reps));
+           reps, push, pull);
 }
 
 /* Interleaved repetitions over the n sides; returns 0 or -1. */

@@ -28,6 +28,8 @@
 #endif
 
 #define GROUP_BLOCKS 32 /* 16-byte blocks per reduction */
+/* _mm_shuffle_epi8's mask that reverses the bytes of a block */
+#define BYTE_REVERSE _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 #define DERIVE_LABEL "emad-mac"
 
 struct gmac {
@@ -115,7 +117,7 @@ dot(__m128i a, __m128i b)
 static XMM __m128i
 bswap(__m128i v)
 {
-    return _mm_shuffle_epi8(v, _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    return _mm_shuffle_epi8(v, BYTE_REVERSE);
 }
 
 /* The powers of H (16 bytes, as GCM's AES gives it) that the blocks are multiplied by. */
@@ -147,16 +149,21 @@ powers(gmac *g, const unsigned char hb[16])
     sodium_memzero(r, sizeof(r));
 }
 
+/* The XOR of the two 128-bit lanes of v. */
+static YMM __m128i
+fold2(__m256i v)
+{
+    return _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
 /* Hash n groups of GROUP_BLOCKS blocks at p into s, four blocks per register. */
 static ZMM __m128i
 groups_avx512(const gmac *g, __m128i s, const unsigned char *p, size_t n)
 {
-    const __m512i bs = _mm512_broadcast_i32x4(
-        _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i bs = _mm512_broadcast_i32x4(BYTE_REVERSE);
 
     for (; n > 0; n--, p += 16 * GROUP_BLOCKS) {
         __m512i lo = _mm512_setzero_si512(), hi = lo, mid = lo;
-        __m256i l2, h2, m2;
 
         for (int z = 0; z < GROUP_BLOCKS / 4; z++) {
             __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512((const void *)(p + 64 * z)), bs);
@@ -170,12 +177,10 @@ groups_avx512(const gmac *g, __m128i s, const unsigned char *p, size_t n)
                                             _mm512_clmulepi64_epi128(d, k, 0x10), 0x96);
         }
         /* the XOR of the four 128-bit lanes of each sum */
-        l2 = _mm256_xor_si256(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1));
-        h2 = _mm256_xor_si256(_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64(hi, 1));
-        m2 = _mm256_xor_si256(_mm512_castsi512_si256(mid), _mm512_extracti64x4_epi64(mid, 1));
-        s = reduce(_mm_xor_si128(_mm256_castsi256_si128(l2), _mm256_extracti128_si256(l2, 1)),
-                   _mm_xor_si128(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1)),
-                   _mm_xor_si128(_mm256_castsi256_si128(m2), _mm256_extracti128_si256(m2, 1)));
+        s = reduce(fold2(_mm256_xor_si256(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1))),
+                   fold2(_mm256_xor_si256(_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64(hi, 1))),
+                   fold2(_mm256_xor_si256(_mm512_castsi512_si256(mid),
+                                          _mm512_extracti64x4_epi64(mid, 1))));
     }
     return s;
 }
@@ -184,8 +189,7 @@ groups_avx512(const gmac *g, __m128i s, const unsigned char *p, size_t n)
 static YMM __m128i
 groups_avx2(const gmac *g, __m128i s, const unsigned char *p, size_t n)
 {
-    const __m256i bs = _mm256_broadcastsi128_si256(
-        _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m256i bs = _mm256_broadcastsi128_si256(BYTE_REVERSE);
 
     for (; n > 0; n--, p += 16 * GROUP_BLOCKS) {
         __m256i lo = _mm256_setzero_si256(), hi = lo, mid = lo;
@@ -202,9 +206,7 @@ groups_avx2(const gmac *g, __m128i s, const unsigned char *p, size_t n)
             mid = _mm256_xor_si256(mid, _mm256_xor_si256(_mm256_clmulepi64_epi128(d, k, 0x01),
                                                          _mm256_clmulepi64_epi128(d, k, 0x10)));
         }
-        s = reduce(_mm_xor_si128(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)),
-                   _mm_xor_si128(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)),
-                   _mm_xor_si128(_mm256_castsi256_si128(mid), _mm256_extracti128_si256(mid, 1)));
+        s = reduce(fold2(lo), fold2(hi), fold2(mid));
     }
     return s;
 }
