@@ -14,7 +14,8 @@
  *
  * A large chunk of a single-writer transaction the session's user owns is
  * not held: it is staged at once and its MAC is one more job of the
- * transaction (chunk_job(), chunk_checked()), see docs/SECURITY.md.
+ * transaction (chunk_job(), chunk_checked()), see docs/SECURITY.md: one
+ * work item, queued once the chunk has been answered.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -301,22 +302,39 @@ mac_done(uv_work_t *w, int status)
     mac_job_free(j);
 }
 
-/* Start the MAC of frame[0..len) under key on the threadpool; mac_done() continues. */
+/*
+ * Set up the MAC of frame[0..len) under key in parts: as many as the
+ * threadpool has CPUs, or one for a check beside staging (chunk_accept()).
+ */
 static void
-mac_start(server *srv, mac_job *j, const unsigned char key[AUTH_KEY_BYTES])
+mac_prepare(server *srv, mac_job *j, const unsigned char key[AUTH_KEY_BYTES], int parts)
 {
     j->srv = srv;
     memcpy(j->key, key, AUTH_KEY_BYTES);
     j->npieces = auth_piece_count(j->len - AUTH_FRAME_HEADER);
     j->tags = xcalloc(j->npieces, AUTH_TAG_BYTES);
-    j->parts = srv->parts < 1 ? 1 : srv->parts;
+    j->parts = parts < 1 ? 1 : parts;
     if ((size_t)j->parts > j->npieces)
         j->parts = (int)j->npieces;
     j->left = j->parts;
+}
+
+/* Queue a prepared MAC's parts on the threadpool; mac_done() continues. */
+static void
+mac_queue(server *srv, mac_job *j)
+{
     for (int k = 0; k < j->parts; k++) {
         j->work[k].data = j;
         (void)uv_queue_work(srv->loop, &j->work[k], mac_work, mac_done);
     }
+}
+
+/* Start the MAC of frame[0..len) under key, in parts on every CPU; mac_done() continues. */
+static void
+mac_start(server *srv, mac_job *j, const unsigned char key[AUTH_KEY_BYTES])
+{
+    mac_prepare(srv, j, key, srv->parts);
+    mac_queue(srv, j);
 }
 
 /* Send again the kept reply of s to a resent request. */
@@ -388,7 +406,14 @@ chunk_job(server *srv, const authsess *s, const void *b, size_t n)
     return job;
 }
 
-/* Stage chunk frame j (taken) now and check its tag beside its averaging. */
+/*
+ * Stage chunk frame j (taken) now and check its tag beside its averaging.
+ * Nothing waits for the check but the transaction's commit, so it is
+ * queued after the chunk was answered and its averaging queued, as one
+ * work item: the reply goes out before any pool thread wakes for the
+ * check, and the check takes one CPU, leaving the other to the next
+ * chunk's transfer (bench/RESULTS.md, "bench_auth").
+ */
 static void
 chunk_accept(server *srv, authsess *s, mac_job *j)
 {
@@ -396,12 +421,13 @@ chunk_accept(server *srv, authsess *s, mac_job *j)
 
     j->prev_seq = s->last_seq;
     memcpy(j->prev_tag, s->last_tag, AUTH_TAG_BYTES);
-    mac_start(srv, j, s->rx); /* mac_done() runs on the loop after this returns */
+    mac_prepare(srv, j, s->rx, 1);
     j->ctrl = NULL;
     gate_accept(srv, s, &j->h, &body, j->len, &ctrl, j);
     if (ctrl != NULL)
         nn_freemsg(ctrl);
     /* body == NULL: the averaging holds the frame (authgate_verify_held()); else j frees it */
+    mac_queue(srv, j); /* mac_done() runs on the loop after this returns */
 }
 
 void
