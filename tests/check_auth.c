@@ -242,6 +242,7 @@ START_TEST(test_auth_piece_tags_equal_openssl_gcm)
                                    AUTH_PIECE_BYTES - 1,
                                    AUTH_PIECE_BYTES};
     unsigned char key[32], *data = malloc(AUTH_PIECE_BYTES + 64), got[16], want[16];
+    unsigned char *out = malloc(AUTH_PIECE_BYTES + 64);
     int top;
 
     ck_assert_int_eq(auth_init(), 0);
@@ -274,6 +275,25 @@ START_TEST(test_auth_piece_tags_equal_openssl_gcm)
                 ck_assert_msg(memcmp(got, want, 16) == 0,
                               "streamed piece tag of %zu bytes differs (path %d)", sizes[k], path);
             }
+            /* Streamed with the copy (as a sender packs): the same tag, and the bytes copied
+             * whole to an unaligned destination whose neighbours stay untouched. */
+            {
+                auth_piece_stream ps;
+                size_t off = 0, step = 5, len = sizes[k];
+                memset(out, 0xa5, AUTH_PIECE_BYTES + 64);
+                ck_assert_int_eq(auth_piece_stream_begin(&ps, key, seq, i), 0);
+                while (off < len) {
+                    size_t n = len - off < step ? len - off : step;
+                    auth_piece_stream_copy(&ps, out + 3 + off, data + k + off, n);
+                    off += n;
+                    step = step * 5 + 11;
+                }
+                ck_assert_int_eq(auth_piece_stream_final(&ps, got), 0);
+                ck_assert_msg(memcmp(got, want, 16) == 0,
+                              "copied piece tag of %zu bytes differs (path %d)", sizes[k], path);
+                ck_assert(memcmp(out + 3, data + k, len) == 0);
+                ck_assert(out[2] == 0xa5 && out[3 + len] == 0xa5);
+            }
         }
         /* Another key, sequence number or index gives another tag. */
         auth_piece_tag(key, 7, 1, data, 1000, got);
@@ -288,6 +308,7 @@ START_TEST(test_auth_piece_tags_equal_openssl_gcm)
     }
     gmac_set_limit(GMAC_AVX512);
     free(data);
+    free(out);
 }
 END_TEST
 

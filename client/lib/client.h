@@ -147,20 +147,11 @@ typedef struct reply {
 /* Packs one request (of any op) from its arguments ctx. */
 typedef void (*build_fn)(msgpack_packer *pk, const void *ctx);
 
-/* A request packed (or tagged) for a connection and not yet sent (req_prepare, req_transmit). */
+/* A request packed for a connection and not yet sent (req_send_ex). */
 typedef struct prepared {
     void *msg; /* NN_MSG buffer; NULL: nothing packed */
     size_t len;
     uint64_t seq; /* its sequence number; 0: plain */
-    /* Tagged ahead, packed at send time: the body's piece tags (NULL: none), computed straight
-     * from build(ctx)'s buffers for session `session`, and the body's length. */
-    unsigned char *tags;
-    uint64_t session;
-    uint64_t route_epoch; /* and the route it was tagged for (a routed client) */
-    uint32_t route_shard;
-    size_t body_len;
-    build_fn build;
-    const void *ctx;
 } prepared;
 
 /* A reply taken from a connection, not yet checked or decoded (req_recv, req_open). */
@@ -239,9 +230,6 @@ const char *creds_connect_error(void);
  */
 int session_ensure(emad_client *c, size_t k);
 
-/* 1 if connection k needs a handshake or a renewal before its next request. */
-int session_due(const emad_client *c, size_t k);
-
 /* Forget connection k's session (the daemon said it is expired or unknown). */
 void session_drop(emad_client *c, size_t k);
 
@@ -303,21 +291,6 @@ int req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, 
 /* req_send(), as a plain (unframed) request if plain (the handshake's ops). */
 int req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
                 int timeout_ms, uint32_t *id, int plain);
-
-/*
- * Pack a request for connection k now, to send it later with req_transmit
- * (the connection may have a request in flight meanwhile). p->msg NULL
- * after success: it could not be packed yet (a handshake is due); use
- * req_send then.
- */
-int req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p);
-
-/* Send prepared request p on idle connection k; p is consumed either way. */
-int req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, int timeout_ms,
-                 uint32_t *id);
-
-/* Free a prepared request that will not be sent; safe on an empty one. */
-void prepared_free(prepared *p);
 
 /*
  * Take the reply to the request in flight on connection k into *m without

@@ -408,8 +408,7 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     push_req q = {.model = model, .step = step, .has_txn = 1, .tensors = tensors};
     size_t ti = 0, cap = n < PROTO_MAX_TENSORS ? n : PROTO_MAX_TENSORS;
     uint64_t toff = 0, txn = 0, nsent = 0, ndone = 0;
-    prepared next = {0};
-    int planned = 0; /* q holds the next message (tagged into next, unless next.tags is NULL) */
+    int planned = 0; /* q holds the next message */
     uint32_t id;
     push_item *items;
     reply r;
@@ -430,30 +429,21 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
         goto out;
     q.txn = cq.value = txn;
     /* Chunks are pipelined: message j goes on connection j % c->depth, whose previous
-     * reply is checked first. With authentication the next message is tagged as soon as
-     * it is planned, while the daemon works on those in flight (req_prepare); every message
-     * is packed when it is sent, as on two cores the copy would compete with the transfer. */
+     * reply is checked first. With authentication each message's pieces are tagged as it is
+     * packed, in the same pass over memory as the copy (bench/RESULTS.md, "bench_auth"). */
     while (ti < n || planned || nsent > ndone) {
         size_t k = nsent % c->depth;
         uint64_t staged;
 
         if (!planned && ti < n) {
-            if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0 ||
-                (c->auth && (rc = req_prepare(c, k, PROTO_OP_PUSH, build_push, &q, &next)) != 0))
+            if ((rc = push_plan(c, &q, items, &ti, &toff, n)) != 0)
                 goto fail_abort;
             planned = 1;
             continue;
         }
         if (planned && nsent - ndone < c->depth) {
-            int64_t deadline = now_ms() + c->opts.timeout_ms;
-
-            if (next.tags != NULL && session_due(c, k))
-                prepared_free(&next); /* tagged before its session was due: renew, tag again */
-            rc = next.tags != NULL
-                     ? req_transmit(c, k, PROTO_OP_PUSH, &next, deadline, c->opts.timeout_ms, &id)
-                     : req_send(c, k, PROTO_OP_PUSH, build_push, &q, deadline, c->opts.timeout_ms,
-                                &id);
-            if (rc != 0)
+            if ((rc = req_send(c, k, PROTO_OP_PUSH, build_push, &q, now_ms() + c->opts.timeout_ms,
+                               c->opts.timeout_ms, &id)) != 0)
                 goto fail_abort;
             planned = 0;
             nsent++;
@@ -476,7 +466,6 @@ push_txn(emad_client *c, const char *model, uint64_t step, const push_req *singl
     reply_free(&r);
     goto out;
 fail_abort:
-    prepared_free(&next);
     forget_inflight(c);
     push_abort(c, txn);
 out:

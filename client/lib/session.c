@@ -190,15 +190,6 @@ session_ensure(emad_client *c, size_t k)
     return 0;
 }
 
-/* 1 if connection k needs a handshake or a renewal before its next request. */
-int
-session_due(const emad_client *c, size_t k)
-{
-    const conn_session *s = &c->sess[k];
-
-    return c->auth && (s->id == 0 || now_ms() - s->start_ms >= s->lifetime_ms / 4 * 3);
-}
-
 /* Forget connection k's session. */
 void
 session_drop(emad_client *c, size_t k)

@@ -42,9 +42,8 @@
 /*
  * Output of the two-pass packer: counts when p is NULL, writes into
  * p[0..cap) otherwise. With a key, the body of a frame: each 1 MiB piece
- * is tagged (into tags) as soon as it is written, while it is in the cache.
- * With a key and no p (ahead), nothing is written: the pieces are tagged
- * straight from the buffers the body will be packed from (cap bytes).
+ * is tagged (into tags) as it is written, in the same pass over memory as
+ * the copy (auth_piece_stream_copy).
  */
 typedef struct wbuf {
     char *p;
@@ -55,40 +54,22 @@ typedef struct wbuf {
     unsigned char *tags;
     size_t tagged;        /* pieces tagged so far */
     const emad_client *c; /* a routed client's requests carry epoch and shard */
-    int ahead;            /* tag without writing */
-    auth_piece_stream ps;
+    auth_piece_stream ps; /* the piece being written */
 } wbuf;
 
-/* Tag-ahead pass of wbuf_write: feed buf to the tags of the pieces it falls in. */
-static int
-wbuf_tag_ahead(wbuf *w, const char *buf, size_t len)
+/*
+ * The piece being packed (plen bytes, written) is complete: its tag, from
+ * the stream, or (when the stream could not be made) from the bytes written.
+ */
+static void
+wbuf_piece_done(wbuf *w, size_t plen)
 {
-    if (len > w->cap - w->len) {
-        w->overflow = 1;
-        return -1;
-    }
-    while (len > 0) {
-        size_t piece_end = (w->tagged + 1) * AUTH_PIECE_BYTES;
-        size_t n = piece_end - w->len < len ? piece_end - w->len : len;
+    unsigned char *tag = w->tags + w->tagged * AUTH_TAG_BYTES;
 
-        if (w->len == w->tagged * AUTH_PIECE_BYTES &&
-            auth_piece_stream_begin(&w->ps, w->key, w->seq, (uint32_t)w->tagged) != 0) {
-            w->overflow = 1;
-            return -1;
-        }
-        auth_piece_stream_update(&w->ps, buf, n);
-        w->len += n;
-        buf += n;
-        len -= n;
-        if (w->len == piece_end || w->len == w->cap) {
-            if (auth_piece_stream_final(&w->ps, w->tags + w->tagged * AUTH_TAG_BYTES) != 0) {
-                w->overflow = 1;
-                return -1;
-            }
-            w->tagged++;
-        }
-    }
-    return 0;
+    if (w->ps.ctx == NULL || auth_piece_stream_final(&w->ps, tag) != 0)
+        auth_piece_tag(w->key, w->seq, (uint32_t)w->tagged, w->p + w->tagged * AUTH_PIECE_BYTES,
+                       plen, tag);
+    w->tagged++;
 }
 
 /* msgpack_packer write callback for wbuf; refuses to write past cap, tags full pieces. */
@@ -97,8 +78,6 @@ wbuf_write(void *data, const char *buf, size_t len)
 {
     wbuf *w = data;
 
-    if (w->ahead)
-        return w->overflow ? -1 : wbuf_tag_ahead(w, buf, len);
     if (w->p == NULL) {
         w->len += len;
         return 0;
@@ -107,19 +86,23 @@ wbuf_write(void *data, const char *buf, size_t len)
         w->overflow = 1;
         return -1;
     }
+    if (w->key == NULL) {
+        memcpy(w->p + w->len, buf, len);
+        w->len += len;
+        return 0;
+    }
     while (len > 0) {
         size_t piece_end = (w->tagged + 1) * AUTH_PIECE_BYTES;
-        size_t n = w->key != NULL && piece_end - w->len < len ? piece_end - w->len : len;
+        size_t n = piece_end - w->len < len ? piece_end - w->len : len;
 
-        memcpy(w->p + w->len, buf, n);
+        if (w->len == w->tagged * AUTH_PIECE_BYTES)
+            (void)auth_piece_stream_begin(&w->ps, w->key, w->seq, (uint32_t)w->tagged);
+        auth_piece_stream_copy(&w->ps, w->p + w->len, buf, n); /* a plain copy without a MAC */
         w->len += n;
         buf += n;
         len -= n;
-        if (w->key != NULL && w->len == piece_end) {
-            auth_piece_tag(w->key, w->seq, (uint32_t)w->tagged, w->p + w->tagged * AUTH_PIECE_BYTES,
-                           AUTH_PIECE_BYTES, w->tags + w->tagged * AUTH_TAG_BYTES);
-            w->tagged++;
-        }
+        if (w->len == piece_end)
+            wbuf_piece_done(w, AUTH_PIECE_BYTES);
     }
     return 0;
 }
@@ -282,9 +265,12 @@ pack_request(emad_client *c, size_t k, int plain, int op, build_fn build, const 
     msgpack_packer_init(&pk, &w, wbuf_write);
     build(&pk, ctx);
     if (w.overflow || w.len != len) {
+        auth_piece_stream_abort(&w.ps);
         nn_freemsg(msg);
         return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
     }
+    if (w.key != NULL && w.len > w.tagged * AUTH_PIECE_BYTES) /* the last piece, shorter */
+        wbuf_piece_done(&w, w.len - w.tagged * AUTH_PIECE_BYTES);
     *seq = 0;
     if (hdr != 0) {
         session_seal(c, k, msg, len, w.tagged);
@@ -379,6 +365,9 @@ req_send(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int6
     return req_send_ex(c, k, op, build, ctx, deadline, timeout_ms, id, 0);
 }
 
+static int req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline,
+                        int timeout_ms, uint32_t *id);
+
 /* req_send(), as a plain request if plain (the handshake), else framed when k has a session. */
 int
 req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, int64_t deadline,
@@ -400,118 +389,11 @@ req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ctx, i
 }
 
 /*
- * Tag a request for connection k ahead of sending it (req_transmit), while
- * the connection may still have a request in flight: the daemon works on
- * that one while the pieces of this one are tagged straight from the
- * buffers build(ctx) packs from (the tensor data, read once, not copied).
- * It is packed when it is sent, as without authentication, so only one
- * message buffer is alive per connection (two would make the allocator
- * return memory to the system and fault it in again, one chunk in two).
- * When the connection has no session, or needs a handshake first (which
- * needs an idle connection), p stays empty and the caller packs at send
- * time (req_send). build and ctx must be unchanged until then.
- */
-int
-req_prepare(emad_client *c, size_t k, int op, build_fn build, const void *ctx, prepared *p)
-{
-    msgpack_packer pk;
-    wbuf w = {.c = c};
-    size_t len;
-    int rc;
-
-    memset(p, 0, sizeof(*p));
-    if ((rc = pipe_open(c, k)) != 0)
-        return rc;
-    if (c->pending[k] != 0 && session_due(c, k))
-        return 0;
-    if (c->pending[k] == 0 && (rc = session_ensure(c, k)) != 0)
-        return rc;
-    if (c->sess[k].id == 0)
-        return 0;
-    len = packed_size(c, build, ctx);
-    if (len > c->msg_limit)
-        return fail(c, EMAD_ELIMIT, "%s: request of %zu bytes exceeds the daemon's limit (%llu)",
-                    proto_op_name(op), len, (unsigned long long)c->msg_limit);
-    if ((p->tags = malloc(auth_piece_count(len) * AUTH_TAG_BYTES)) == NULL)
-        return fail(c, EMAD_ENOMEM, "%s: out of memory for piece tags", proto_op_name(op));
-    w.ahead = 1;
-    w.cap = len;
-    w.key = c->sess[k].tx;
-    w.seq = c->sess[k].seq + 1;
-    w.tags = p->tags;
-    msgpack_packer_init(&pk, &w, wbuf_write);
-    build(&pk, ctx);
-    auth_piece_stream_abort(&w.ps);
-    if (w.overflow || w.len != len || w.tagged != auth_piece_count(len)) {
-        prepared_free(p);
-        return fail(c, EMAD_EINTERNAL, "%s: request tagged to a different size", proto_op_name(op));
-    }
-    p->seq = ++c->sess[k].seq;
-    p->session = c->sess[k].id;
-    p->route_epoch = c->route_epoch;
-    p->route_shard = c->route_shard;
-    p->body_len = len;
-    p->build = build;
-    p->ctx = ctx;
-    return 0;
-}
-
-/* Free a prepared request that will not be sent; safe on an empty one. */
-void
-prepared_free(prepared *p)
-{
-    if (p->msg != NULL)
-        nn_freemsg(p->msg);
-    p->msg = NULL;
-    free(p->tags);
-    p->tags = NULL;
-}
-
-/*
- * Pack a request tagged ahead (p->tags) into its frame for connection k:
- * the body copied as without authentication, the header and the frame's
- * tag from the piece tags. If the connection's session or the client's
- * route changed since (the key or the body would differ), it is packed and
- * tagged afresh instead. Returns 0 with p->msg, p->len and p->seq set.
- */
-static int
-pack_tagged(emad_client *c, size_t k, int op, prepared *p)
-{
-    static const unsigned char zero[AUTH_TAG_BYTES];
-    unsigned char tag[AUTH_TAG_BYTES];
-    size_t len = p->body_len;
-    msgpack_packer pk;
-    wbuf w = {.c = c};
-    char *msg;
-
-    if (c->sess[k].id != p->session || c->route_epoch != p->route_epoch ||
-        c->route_shard != p->route_shard)
-        return pack_request(c, k, 0, op, p->build, p->ctx, &p->msg, &p->len, &p->seq);
-    if ((msg = nn_allocmsg(len + AUTH_FRAME_HEADER, 0)) == NULL)
-        return fail(c, EMAD_ENOMEM, "%s: cannot allocate a %zu-byte message", proto_op_name(op),
-                    len + AUTH_FRAME_HEADER);
-    w.p = msg + AUTH_FRAME_HEADER;
-    w.cap = len;
-    msgpack_packer_init(&pk, &w, wbuf_write);
-    p->build(&pk, p->ctx);
-    if (w.overflow || w.len != len) {
-        nn_freemsg(msg);
-        return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
-    }
-    auth_header_encode(msg, p->session, p->seq, zero);
-    auth_frame_tag(c->sess[k].tx, (unsigned char *)msg, p->tags, auth_piece_count(len), tag);
-    memcpy(msg + AUTH_OFF_TAG, tag, sizeof(tag));
-    p->msg = msg;
-    p->len = len + AUTH_FRAME_HEADER;
-    return 0;
-}
-
-/*
- * Send the prepared request p on connection k (idle) with the next request
+ * Send the packed request p on connection k (idle) with the next request
  * id (*id), waiting at most until deadline for the connection to take it.
  * p is consumed (sent or freed) either way.
  */
-int
+static int
 req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, int timeout_ms,
              uint32_t *id)
 {
@@ -526,18 +408,12 @@ req_transmit(emad_client *c, size_t k, int op, prepared *p, int64_t deadline, in
     int rc, slice = ROUTED_SLICE_MS;
 
     if (c->pending[k] != 0) {
-        prepared_free(p);
+        nn_freemsg(p->msg);
         return fail(c, EMAD_EINTERNAL, "%s: connection %zu has a request in flight",
                     proto_op_name(op), k);
     }
-    if (p->tags != NULL && p->msg == NULL && (rc = pack_tagged(c, k, op, p)) != 0) {
-        prepared_free(p);
-        return rc;
-    }
     msg = p->msg;
     p->msg = NULL;
-    free(p->tags);
-    p->tags = NULL;
     c->next_id = (c->next_id + 1) & 0x7fffffffu;
     *id = c->next_id | 0x80000000u;
     /* The SP header as nanomsg's control data carries it: its length, then the big-endian id. */

@@ -319,6 +319,15 @@ auth_piece_stream_update(auth_piece_stream *s, const void *data, size_t len)
         gmac_update(s->ctx, data, len);
 }
 
+void
+auth_piece_stream_copy(auth_piece_stream *s, void *dst, const void *data, size_t len)
+{
+    if (s->ctx != NULL && len > 0)
+        gmac_update_copy(s->ctx, dst, data, len);
+    else if (len > 0)
+        memcpy(dst, data, len);
+}
+
 int
 auth_piece_stream_final(auth_piece_stream *s, unsigned char tag[AUTH_TAG_BYTES])
 {

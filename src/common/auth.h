@@ -175,8 +175,8 @@ void auth_piece_tag(const unsigned char key[AUTH_KEY_BYTES], uint64_t seq, uint3
 
 /*
  * The same tag computed incrementally: begin, any number of updates whose
- * concatenation is the piece, final. Lets a sender tag a piece straight
- * from the scattered buffers it will be packed from, ahead of packing it.
+ * concatenation is the piece, final. Lets a sender tag a piece while it
+ * packs it from scattered buffers (auth_piece_stream_copy: one pass).
  * begin returns 0, or -1 if no MAC context could be made (nothing to free);
  * after a successful begin, final (0, or -1 on failure) or abort must be
  * called. Any thread.
@@ -187,6 +187,8 @@ typedef struct auth_piece_stream {
 int auth_piece_stream_begin(auth_piece_stream *s, const unsigned char key[AUTH_KEY_BYTES],
                             uint64_t seq, uint32_t i);
 void auth_piece_stream_update(auth_piece_stream *s, const void *data, size_t len);
+/* The same, and copy the bytes to dst (not overlapping data) in the same pass. */
+void auth_piece_stream_copy(auth_piece_stream *s, void *dst, const void *data, size_t len);
 int auth_piece_stream_final(auth_piece_stream *s, unsigned char tag[AUTH_TAG_BYTES]);
 void auth_piece_stream_abort(auth_piece_stream *s);
 

@@ -156,18 +156,27 @@ fold2(__m256i v)
     return _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 }
 
-/* Hash n groups of GROUP_BLOCKS blocks at p into s, four blocks per register. */
-static ZMM __m128i
-groups_avx512(const gmac *g, __m128i s, const unsigned char *p, size_t n)
+/*
+ * Hash n groups of GROUP_BLOCKS blocks at p into s, four blocks per
+ * register; with copy, also store them at q as they are loaded (one pass
+ * over memory: the product work hides behind the copy's).
+ */
+static inline __attribute__((always_inline)) ZMM __m128i
+groups_avx512_impl(const gmac *g, __m128i s, const unsigned char *p, unsigned char *q, size_t n,
+                   const int copy)
 {
     const __m512i bs = _mm512_broadcast_i32x4(BYTE_REVERSE);
 
-    for (; n > 0; n--, p += 16 * GROUP_BLOCKS) {
+    for (; n > 0; n--, p += 16 * GROUP_BLOCKS, q += copy ? 16 * GROUP_BLOCKS : 0) {
         __m512i lo = _mm512_setzero_si512(), hi = lo, mid = lo;
 
         for (int z = 0; z < GROUP_BLOCKS / 4; z++) {
-            __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512((const void *)(p + 64 * z)), bs);
+            __m512i raw = _mm512_loadu_si512((const void *)(p + 64 * z));
+            __m512i d = _mm512_shuffle_epi8(raw, bs);
             __m512i k = _mm512_loadu_si512((const void *)(g->pw + 64 * z));
+
+            if (copy)
+                _mm512_storeu_si512((void *)(q + 64 * z), raw);
 
             if (z == 0)
                 d = _mm512_xor_si512(d, _mm512_zextsi128_si512(s));
@@ -185,20 +194,31 @@ groups_avx512(const gmac *g, __m128i s, const unsigned char *p, size_t n)
     return s;
 }
 
+/* groups_avx512_impl() with the copy to q, or without when q is NULL. */
+static ZMM __m128i
+groups_avx512(const gmac *g, __m128i s, const unsigned char *p, unsigned char *q, size_t n)
+{
+    return q != NULL ? groups_avx512_impl(g, s, p, q, n, 1)
+                     : groups_avx512_impl(g, s, p, NULL, n, 0);
+}
+
 /* The same, two blocks per register (AVX2 and VPCLMULQDQ, without AVX-512). */
-static YMM __m128i
-groups_avx2(const gmac *g, __m128i s, const unsigned char *p, size_t n)
+static inline __attribute__((always_inline)) YMM __m128i
+groups_avx2_impl(const gmac *g, __m128i s, const unsigned char *p, unsigned char *q, size_t n,
+                 const int copy)
 {
     const __m256i bs = _mm256_broadcastsi128_si256(BYTE_REVERSE);
 
-    for (; n > 0; n--, p += 16 * GROUP_BLOCKS) {
+    for (; n > 0; n--, p += 16 * GROUP_BLOCKS, q += copy ? 16 * GROUP_BLOCKS : 0) {
         __m256i lo = _mm256_setzero_si256(), hi = lo, mid = lo;
 
         for (int z = 0; z < GROUP_BLOCKS / 2; z++) {
-            __m256i d = _mm256_shuffle_epi8(
-                _mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * z)), bs);
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * z));
+            __m256i d = _mm256_shuffle_epi8(raw, bs);
             __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)(g->pw + 32 * z));
 
+            if (copy)
+                _mm256_storeu_si256((__m256i *)(void *)(q + 32 * z), raw);
             if (z == 0)
                 d = _mm256_xor_si256(d, _mm256_zextsi128_si256(s));
             lo = _mm256_xor_si256(lo, _mm256_clmulepi64_epi128(d, k, 0x00));
@@ -211,22 +231,39 @@ groups_avx2(const gmac *g, __m128i s, const unsigned char *p, size_t n)
     return s;
 }
 
-/* Hash n whole blocks at p into g->s: whole groups on the wide registers, then one by one. */
+static YMM __m128i
+groups_avx2(const gmac *g, __m128i s, const unsigned char *p, unsigned char *q, size_t n)
+{
+    return q != NULL ? groups_avx2_impl(g, s, p, q, n, 1) : groups_avx2_impl(g, s, p, NULL, n, 0);
+}
+
+/*
+ * Hash n whole blocks at p into g->s (and copy them to q unless it is
+ * NULL): whole groups on the wide registers, then one by one.
+ */
 static XMM void
-blocks(gmac *g, const unsigned char *p, size_t n)
+blocks(gmac *g, const unsigned char *p, unsigned char *q, size_t n)
 {
     __m128i s = _mm_loadu_si128((const __m128i *)(const void *)g->s);
     __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)g->h);
     size_t groups = n / GROUP_BLOCKS;
 
     if (groups > 0) {
-        s = g->level == GMAC_AVX512 ? groups_avx512(g, s, p, groups)
-                                    : groups_avx2(g, s, p, groups);
+        s = g->level == GMAC_AVX512 ? groups_avx512(g, s, p, q, groups)
+                                    : groups_avx2(g, s, p, q, groups);
         p += 16 * GROUP_BLOCKS * groups;
+        q = q != NULL ? q + 16 * GROUP_BLOCKS * groups : NULL;
         n -= GROUP_BLOCKS * groups;
     }
-    for (; n > 0; n--, p += 16)
-        s = dot(_mm_xor_si128(s, bswap(_mm_loadu_si128((const __m128i *)(const void *)p))), h1);
+    for (; n > 0; n--, p += 16) {
+        __m128i d = _mm_loadu_si128((const __m128i *)(const void *)p);
+
+        if (q != NULL) {
+            _mm_storeu_si128((__m128i *)(void *)q, d);
+            q += 16;
+        }
+        s = dot(_mm_xor_si128(s, bswap(d)), h1);
+    }
     _mm_storeu_si128((__m128i *)(void *)g->s, s);
 }
 
@@ -240,11 +277,11 @@ finish(gmac *g, unsigned char tag[GMAC_TAG_BYTES])
 
     if (g->nbuf > 0) {
         memset(g->buf + g->nbuf, 0, 16 - g->nbuf);
-        blocks(g, g->buf, 1);
+        blocks(g, g->buf, NULL, 1);
     }
     for (int b = 0; b < 8; b++) /* [bit length of the data, big-endian] [0: no ciphertext] */
         len[7 - b] = (unsigned char)(bits >> (8 * b));
-    blocks(g, len, 1);
+    blocks(g, len, NULL, 1);
     s = bswap(_mm_loadu_si128((const __m128i *)(const void *)g->s));
     s = _mm_xor_si128(s, _mm_loadu_si128((const __m128i *)(const void *)g->mask));
     _mm_storeu_si128((__m128i *)(void *)tag, s);
@@ -333,10 +370,21 @@ gmac_begin(const unsigned char key[GMAC_KEY_BYTES], uint64_t seq, uint32_t index
 void
 gmac_update(gmac *g, const void *data, size_t len)
 {
+    gmac_update_copy(g, NULL, data, len);
+}
+
+void
+gmac_update_copy(gmac *g, void *dst, const void *data, size_t len)
+{
     const unsigned char *p = data;
+    unsigned char *q = dst;
 
     g->total += len;
     if (g->gcm != NULL) {
+        if (q != NULL) { /* copied first, then hashed from the cache */
+            memcpy(q, p, len);
+            p = q;
+        }
         while (len > 0) { /* OpenSSL takes the additional data in parts, as ints */
             int n = len > (1u << 30) ? 1 << 30 : (int)len, out = 0;
 
@@ -352,17 +400,25 @@ gmac_update(gmac *g, const void *data, size_t len)
         size_t take = 16 - g->nbuf < len ? 16 - g->nbuf : len;
 
         memcpy(g->buf + g->nbuf, p, take);
+        if (q != NULL) {
+            memcpy(q, p, take);
+            q += take;
+        }
         g->nbuf += take;
         p += take;
         len -= take;
         if (g->nbuf < 16)
             return;
-        blocks(g, g->buf, 1);
+        blocks(g, g->buf, NULL, 1);
         g->nbuf = 0;
     }
     if (len >= 16)
-        blocks(g, p, len / 16);
+        blocks(g, p, q, len / 16);
     p += len / 16 * 16;
+    if (q != NULL) {
+        q += len / 16 * 16;
+        memcpy(q, p, len % 16);
+    }
     len %= 16;
     memcpy(g->buf, p, len);
     g->nbuf = len;

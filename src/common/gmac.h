@@ -31,6 +31,13 @@ gmac *gmac_begin(const unsigned char key[GMAC_KEY_BYTES], uint64_t seq, uint32_t
 /* Feed len more bytes of the additional data. */
 void gmac_update(gmac *g, const void *data, size_t len);
 
+/*
+ * The same, and copy them to dst (which must not overlap data): with the
+ * fast GHASH in one pass over memory, which costs little more than the
+ * copy alone.
+ */
+void gmac_update_copy(gmac *g, void *dst, const void *data, size_t len);
+
 /* The tag (0), or -1 if OpenSSL failed; g is freed either way. */
 int gmac_final(gmac *g, unsigned char tag[GMAC_TAG_BYTES]);
 
