@@ -10,7 +10,14 @@
  * (/proc/PID/stat), and the client's minor page faults: on a shared
  * machine the figures that depend least on what else runs.
  *
- *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] [--emad-b PATH | --control]
+ *   bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] [--rounds N]
+ *              [--emad-b PATH | --control]
+ *
+ * --rounds N runs the repetitions N times, each time with fresh daemons
+ * (and fresh clients and keys), and reports on all N x reps pairs, with
+ * each round's own medians beside: two daemons of one build differ by up
+ * to a tenth for a whole run (--control shows it), so one pair of daemons
+ * is one draw of that difference, and fresh pairs average it out.
  *
  * --emad-b adds a third daemon, with --auth-file, from another build (say,
  * the commit before a change), interleaved with the other two: it prints
@@ -291,15 +298,15 @@ parse_count(const char *s, long max)
     return *s != '\0' && *end == '\0' && v >= 1 && v <= max ? v : -1;
 }
 
-/* The medians over the repetitions of a's push and pull times over b's. */
+/* The medians over repetitions [first, first + reps) of a's push and pull times over b's. */
 static void
-pair_medians(const side *a, const side *b, long reps, double *push, double *pull)
+pair_medians(const side *a, const side *b, long first, long reps, double *push, double *pull)
 {
     double pu[MAX_REPS], pl[MAX_REPS];
 
     for (long r = 0; r < reps; r++) {
-        pu[r] = a->push_s[r] / b->push_s[r];
-        pl[r] = a->pull_s[r] / b->pull_s[r];
+        pu[r] = a->push_s[first + r] / b->push_s[first + r];
+        pl[r] = a->pull_s[first + r] / b->pull_s[first + r];
     }
     *push = median(pu, reps);
     *pull = median(pl, reps);
@@ -315,7 +322,7 @@ report_b(const side *a, const side *b, long reps)
 {
     double push, pull;
 
-    pair_medians(a, b, reps, &push, &pull);
+    pair_medians(a, b, 0, reps, &push, &pull);
     printf(
         "  --emad-b against --emad, both authenticated (median of the %ld time_a/time_b; above 1: "
         "b is faster): push %.3f, pull %.3f\n",
@@ -332,26 +339,33 @@ report_control(const side *a, const side *b, long reps)
 {
     double push, pull;
 
-    pair_medians(a, b, reps, &push, &pull);
+    pair_medians(a, b, 0, reps, &push, &pull);
     printf("  control: two daemons without authentication, the first's time over the second's "
            "(median of the %ld pairs; 1.00: no difference): push %.2f, pull %.2f\n",
            reps, push, pull);
 }
 
-/* Interleaved repetitions over the n sides; returns 0 or -1. */
+/*
+ * Interleaved repetitions over the n sides, into times [first, first +
+ * reps); the warm-ups count in neither the times nor the CPU sums. Returns
+ * 0 or -1.
+ */
 static int
-run(side *sides, int n, model *m, long reps)
+run(side *sides, int n, model *m, long first, long reps)
 {
+    double cpu[3][2][3];
     uint64_t step = 1;
 
+    for (int k = 0; k < n; k++)
+        memcpy(cpu[k], sides[k].cpu, sizeof(cpu[k]));
     for (int i = 0; i < 2; i++) /* warm-up: the shadows and the spare copies are written */
         for (int k = 0; k < n; k++)
-            if (push_once(&sides[k], m, step + (uint64_t)i, &sides[k].push_s[0]) < 0)
+            if (push_once(&sides[k], m, step + (uint64_t)i, &sides[k].push_s[first]) < 0)
                 return -1;
     step += 2;
     for (int k = 0; k < n; k++)
-        memset(sides[k].cpu, 0, sizeof(sides[k].cpu));
-    for (long r = 0; r < reps; r++, step++) {
+        memcpy(sides[k].cpu, cpu[k], sizeof(cpu[k]));
+    for (long r = first; r < first + reps; r++, step++) {
         for (int j = 0; j < n; j++) {
             side *s = &sides[(r + j) % n]; /* rotate which side goes first */
 
@@ -362,11 +376,60 @@ run(side *sides, int n, model *m, long reps)
     return 0;
 }
 
+/* Each round's median of the pairs plain/auth, push then pull, on one line. */
+static void
+report_rounds(const side *plain, const side *auth, long rounds, long reps)
+{
+    double push[9], pull[9];
+
+    for (long k = 0; k < rounds; k++)
+        pair_medians(plain, auth, k * reps, reps, &push[k], &pull[k]);
+    printf("  each round's median of its %ld pairs (fresh daemons each round): push", reps);
+    for (long k = 0; k < rounds; k++)
+        printf(" %.2f", push[k]);
+    printf("; pull");
+    for (long k = 0; k < rounds; k++)
+        printf(" %.2f", pull[k]);
+    printf("\n");
+}
+
+/* Start the n sides' daemons, connect, and create the model on each; 0 or -1. */
+static int
+start_sides(side *sides, int n, const char *emad, const char *emad_b, const char *emactl,
+            int control)
+{
+    if (side_start(&sides[0], emad, emactl, 0) < 0 || side_start(&sides[1], emad, emactl, 1) < 0 ||
+        (emad_b != NULL && side_start(&sides[2], emad_b, emactl, 1) < 0) ||
+        (control && side_start(&sides[2], emad, emactl, 0) < 0))
+        return -1;
+    for (int k = 0; k < n; k++)
+        if (emad_create(sides[k].c, MODEL_NAME, 0.9, 0) != 0) {
+            fprintf(stderr, "bench_auth: create: %s\n", emad_last_error(sides[k].c));
+            return -1;
+        }
+    return 0;
+}
+
+/* Close the clients and stop the daemons of every side; 0, or -1 if a daemon failed. */
+static int
+stop_sides(side *sides)
+{
+    int rc = 0;
+
+    for (int k = 0; k < 3; k++) {
+        emad_close(sides[k].c);
+        sides[k].c = NULL;
+        if (proc_stop(&sides[k].p) != 0)
+            rc = -1;
+    }
+    return rc;
+}
+
 int
 main(int argc, char **argv)
 {
     const char *emad = NULL, *emactl = NULL, *emad_b = NULL;
-    long reps = 9, mib = 256;
+    long reps = 9, mib = 256, rounds = 1, total;
     side sides[3] = {{.label = "unauthenticated"},
                      {.label = "authenticated"},
                      {.label = "authenticated (--emad-b)"}};
@@ -389,59 +452,56 @@ main(int argc, char **argv)
             emactl = v;
         else if (strcmp(argv[i], "--reps") == 0)
             reps = parse_count(v, MAX_REPS);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds = parse_count(v, 9);
         else if (strcmp(argv[i], "--mib") == 0)
             mib = parse_count(v, 65536);
         else {
             fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N] [--reps N] "
-                            "[--emad-b PATH | --control]\n");
+                            "[--rounds N] [--emad-b PATH | --control]\n");
             return 2;
         }
         i++;
     }
     if (emad == NULL || emactl == NULL || reps < 0 || mib < 0 || mib % NTENSORS != 0 ||
-        (control && emad_b != NULL)) {
+        rounds < 0 || reps * rounds > MAX_REPS || (control && emad_b != NULL)) {
         fprintf(stderr, "usage: bench_auth --emad PATH --emactl PATH [--mib N (a multiple of "
-                        "4)] [--reps N (1..99)] [--emad-b PATH | --control]\n");
+                        "4)] [--reps N (1..99)] [--rounds N (1..9; reps x rounds <= 99)] "
+                        "[--emad-b PATH | --control]\n");
         return 2;
     }
+    total = reps * rounds;
     if (proc_init() < 0 || model_init(&m, (uint64_t)mib) < 0)
         goto out;
-    printf("emad bench_auth: float32 model of %ld MiB (%d tensors), %ld reps + 2 warm-ups, "
-           "over TCP loopback; the same pushes and pulls to a daemon without and one with "
-           "--auth-file, interleaved\n",
-           mib, NTENSORS, reps);
+    printf("emad bench_auth: float32 model of %ld MiB (%d tensors), %ld round%s of %ld reps + 2 "
+           "warm-ups, over TCP loopback; the same pushes and pulls to a daemon without and one "
+           "with --auth-file, interleaved\n",
+           mib, NTENSORS, rounds, rounds > 1 ? "s (fresh daemons each)" : "", reps);
     n = emad_b != NULL || control ? 3 : 2;
-    if (side_start(&sides[0], emad, emactl, 0) < 0 || side_start(&sides[1], emad, emactl, 1) < 0 ||
-        (emad_b != NULL && side_start(&sides[2], emad_b, emactl, 1) < 0) ||
-        (control && side_start(&sides[2], emad, emactl, 0) < 0))
-        goto out;
-    for (int k = 0; k < n; k++)
-        if (emad_create(sides[k].c, MODEL_NAME, 0.9, 0) != 0) {
-            fprintf(stderr, "bench_auth: create: %s\n", emad_last_error(sides[k].c));
+    for (long k = 0; k < rounds; k++)
+        if ((k > 0 && stop_sides(sides) < 0) ||
+            start_sides(sides, n, emad, emad_b, emactl, control) < 0 ||
+            run(sides, n, &m, k * reps, reps) < 0)
             goto out;
-        }
-    if (run(sides, n, &m, reps) < 0)
-        goto out;
     printf("  (medians; GB/s = 1e9 bytes/s)\n");
-    report("push", sides[0].push_s, sides[1].push_s, reps, (uint64_t)mib << 20);
-    report("pull", sides[0].pull_s, sides[1].pull_s, reps, (uint64_t)mib << 20);
+    report("push", sides[0].push_s, sides[1].push_s, total, (uint64_t)mib << 20);
+    report("pull", sides[0].pull_s, sides[1].pull_s, total, (uint64_t)mib << 20);
+    if (rounds > 1)
+        report_rounds(&sides[0], &sides[1], rounds, reps);
     printf("  (CPU time, user + system, means over the repetitions; the client is this process)\n");
-    report_cpu("push", &sides[0], &sides[1], OP_PUSH, reps);
-    report_cpu("pull", &sides[0], &sides[1], OP_PULL, reps);
+    report_cpu("push", &sides[0], &sides[1], OP_PUSH, total);
+    report_cpu("pull", &sides[0], &sides[1], OP_PULL, total);
     if (emad_b != NULL) {
-        report("push (b)", sides[0].push_s, sides[2].push_s, reps, (uint64_t)mib << 20);
-        report("pull (b)", sides[0].pull_s, sides[2].pull_s, reps, (uint64_t)mib << 20);
-        report_b(&sides[1], &sides[2], reps);
+        report("push (b)", sides[0].push_s, sides[2].push_s, total, (uint64_t)mib << 20);
+        report("pull (b)", sides[0].pull_s, sides[2].pull_s, total, (uint64_t)mib << 20);
+        report_b(&sides[1], &sides[2], total);
     }
     if (control)
-        report_control(&sides[0], &sides[2], reps);
+        report_control(&sides[0], &sides[2], total);
     rc = 0;
 out:
-    for (int k = 0; k < 3; k++) {
-        emad_close(sides[k].c);
-        if (proc_stop(&sides[k].p) != 0)
-            rc = 1;
-    }
+    if (stop_sides(sides) < 0)
+        rc = 1;
     free(m.src);
     free(m.dst);
     return rc;
