@@ -416,6 +416,9 @@ EMAD_EXTERN int emad_pull(emad_client *c, const char *model, const char *const *
  * least the tensor's size). The library fills kind, dtype, ndim, shape,
  * step and sets nbytes to the tensor's size. *step (may be NULL) gets the
  * model's committed step. A buffer too small is EMAD_ESIZE, nothing written.
+ * After any other error the buffers may hold part of the pull (with
+ * authentication, possibly data of a reply whose tag did not verify, which
+ * is checked as it is copied): use them only after success.
  */
 EMAD_EXTERN int emad_pull_into(emad_client *c, const char *model, emad_tensor *tensors, size_t n,
                                uint64_t *step);

@@ -10,7 +10,9 @@ their tags are computed here with PyNaCl from docs/PROTOCOL.md
 It listens on a free 127.0.0.1 port (written to PORTFILE), speaks
 nanomsg's SP-over-TCP as a REP socket, and answers hello (auth: true), the
 handshake, and framed requests for create, drop, push, begin and commit with
-plausible replies. It checks what the real daemon checks (signature, tag of
+plausible replies, and pull, read and release of a fixed model (`pulled`:
+one float32 tensor `w` of PULL_BYTES bytes, element k equal to k mod 65521,
+always read through a session). It checks what the real daemon checks (signature, tag of
 every 1 MiB piece and of the frame, increasing sequence numbers, the session
 of each frame) and prints one line per event (`handshake`, `renew`, `frame
 OP seq=N pieces=N bytes=N`, `refused REASON`) on stdout. --expire-after N
@@ -33,10 +35,12 @@ import nacl.bindings as nb
 import nacl.signing
 
 import sp_raw
+from auth_client import pack as pack_any
 from msgpack_min import pack, unpack_from
 
 PIECE = 1 << 20
 MAGIC = b"\xc1EMA"
+PULL_BYTES = (17 << 20) + 4  # larger than libemad's inline cap: read in several 4 MiB reads
 
 
 # ---- the protocol -----------------------------------------------------------------------------
@@ -70,6 +74,7 @@ class Peer:
         self.lifetime = lifetime
         self.expire_after = expire_after
         self.tamper_op = tamper_op
+        self.pull_data = None
         self.no_renew = no_renew
         self.pending = {}   # hs -> (client eph, server eph pk, server eph sk, challenge)
         self.sessions = {}  # id -> {"rx", "tx", "last", "frames", "first"}
@@ -172,7 +177,23 @@ class Peer:
             n = len(req.get("tensors", [])) if op == "push" else 1
             return pack({"v": 1, "ok": True, "applied": n, "stale": 0, "skipped": 0,
                          "ignored": 0, "step": req.get("step", 1), "pending": False})
+        if op == "pull":
+            return pack({"v": 1, "ok": True, "model": req["model"], "step": 7, "session": 99,
+                         "tensors": [{"name": "w", "kind": "param", "dtype": "F32",
+                                      "shape": [PULL_BYTES // 4], "step": 7,
+                                      "nbytes": PULL_BYTES, "update": "average"}]})
+        if op == "read":
+            data = self.pulled()
+            return pack_any({"v": 1, "ok": True,
+                             "data": [data[off:off + n] for _, off, n in req["ranges"]]})
         return pack({"v": 1, "ok": True})
+
+    def pulled(self):
+        """The bytes of the pulled tensor: float32 k mod 65521, little-endian."""
+        if self.pull_data is None:
+            n = PULL_BYTES // 4
+            self.pull_data = struct.pack("<%df" % n, *(float(k % 65521) for k in range(n)))
+        return self.pull_data
 
 
 def main():

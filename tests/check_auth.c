@@ -312,6 +312,90 @@ START_TEST(test_auth_piece_tags_equal_openssl_gcm)
 }
 END_TEST
 
+/* Run a frame check over f copying ranges [off[j], off[j] + len[j]) of the body into out. */
+static int
+check_copying(const unsigned char *key, const unsigned char *f, size_t flen, const size_t *off,
+              const size_t *len, size_t n, unsigned char *out)
+{
+    auth_frame_check k;
+
+    if (auth_frame_check_begin(&k, key, f, flen) != 0)
+        return -2;
+    for (size_t j = 0; j < n; j++)
+        if (auth_frame_check_copy(&k, f + AUTH_FRAME_HEADER + off[j], len[j], out + off[j]) != 0) {
+            auth_frame_check_abort(&k);
+            return -3;
+        }
+    return auth_frame_check_end(&k);
+}
+
+/*
+ * A frame checked while parts of its body are copied out: the same verdict
+ * as auth_frame_verify() (which a second implementation checks against the
+ * vectors above), every copied byte equal, nothing else written.
+ */
+START_TEST(test_auth_frame_check_while_copying)
+{
+    /* 3 pieces and a tail; the ranges cross piece boundaries, touch, and leave gaps. */
+    const size_t blen = 3 * AUTH_PIECE_BYTES + 4099, flen = AUTH_FRAME_HEADER + blen;
+    const size_t off[] = {0, 17, 1000, AUTH_PIECE_BYTES - 5, 2 * AUTH_PIECE_BYTES + 6, blen - 1},
+                 len[] = {17, 0, AUTH_PIECE_BYTES - 1005, AUTH_PIECE_BYTES + 11, 4096, 1};
+    const size_t n = sizeof off / sizeof off[0];
+    unsigned char key[32], *body = malloc(blen), *out = malloc(blen), *f;
+    int top;
+
+    ck_assert_int_eq(auth_init(), 0);
+    randombytes_buf(key, sizeof key);
+    randombytes_buf(body, blen);
+    f = frame(body, blen, 9);
+    ck_assert_int_eq(auth_frame_seal(key, f, flen), 0);
+    gmac_set_limit(GMAC_AVX512);
+    top = gmac_level();
+    for (int path = GMAC_PORTABLE; path <= top; path++) {
+        gmac_set_limit(path);
+        memset(out, 0x5a, blen);
+        ck_assert_int_eq(check_copying(key, f, flen, off, len, n, out), 0);
+        for (size_t j = 0, at = 0; j < n; j++) {
+            for (; at < off[j]; at++) /* the gaps stay as they were */
+                ck_assert_msg(out[at] == 0x5a, "byte %zu written (path %d)", at, path);
+            ck_assert(memcmp(out + off[j], body + off[j], len[j]) == 0);
+            at = off[j] + len[j] > at ? off[j] + len[j] : at;
+        }
+        /* One flipped bit in a copied range, in a gap, in the tail, in the header. */
+        {
+            const size_t flips[] = {AUTH_FRAME_HEADER + 5,
+                                    AUTH_FRAME_HEADER + 20,
+                                    AUTH_FRAME_HEADER + 2 * AUTH_PIECE_BYTES,
+                                    AUTH_FRAME_HEADER + blen - 100,
+                                    AUTH_OFF_TAG + 3,
+                                    9};
+            for (size_t j = 0; j < sizeof flips / sizeof flips[0]; j++) {
+                f[flips[j]] ^= 0x10;
+                ck_assert_int_eq(auth_frame_verify(key, f, flen), -1);
+                ck_assert_int_ne(check_copying(key, f, flen, off, len, n, out), 0);
+                f[flips[j]] ^= 0x10;
+            }
+        }
+        /* Another key; parts out of order or past the body; a frame without a body. */
+        key[0] ^= 1;
+        ck_assert_int_eq(check_copying(key, f, flen, off, len, n, out), -1);
+        key[0] ^= 1;
+        {
+            const size_t back[] = {1000, 17}, blen2[] = {10, 10}, past[] = {blen - 10},
+                         plen[] = {11};
+            ck_assert_int_eq(check_copying(key, f, flen, back, blen2, 2, out), -3);
+            ck_assert_int_eq(check_copying(key, f, flen, past, plen, 1, out), -3);
+            ck_assert_int_eq(check_copying(key, f, AUTH_FRAME_HEADER, off, len, 0, out), -2);
+        }
+        ck_assert_int_eq(check_copying(key, f, flen, off, len, n, out), 0); /* unchanged */
+    }
+    gmac_set_limit(GMAC_AVX512);
+    free(f);
+    free(body);
+    free(out);
+}
+END_TEST
+
 START_TEST(test_auth_key_file_and_public_key_text)
 {
     unsigned char seed[32], got[32], pk[32], sk[64];
@@ -398,6 +482,7 @@ auth_suite(void)
     tcase_add_test(tc, test_auth_handshake_matches_vectors);
     tcase_add_test(tc, test_auth_frame_tags_match_vectors);
     tcase_add_test(tc, test_auth_piece_tags_equal_openssl_gcm);
+    tcase_add_test(tc, test_auth_frame_check_while_copying);
     tcase_add_test(tc, test_auth_key_file_and_public_key_text);
     tcase_add_test(tc, test_auth_token_hash);
     tcase_set_timeout(tc, TU_TCASE_TIMEOUT);

@@ -6,7 +6,9 @@
 # stand-in daemon that checks the handshake and every frame's tags with PyNaCl
 # from docs/PROTOCOL.md: large pushes (several 1 MiB pieces per message),
 # renewal at 3/4 of a short lifetime, a new handshake after "expired", a
-# reply with one flipped bit refused, a wrong key and a key file others can
+# reply with one flipped bit refused, a pull of 17 MiB read through a session
+# (each read reply's tag checked as its data is copied) and a read reply with
+# one flipped bit refused, a wrong key and a key file others can
 # read refused with clear errors, and credentials refused by a daemon without
 # authentication.
 set -eu
@@ -179,6 +181,39 @@ ctl --key-file "$work/bob.key" list >"$work/out" 2>&1 && fail "a tampered reply 
 grep -q "reply authentication failed: bad tag (EMAD_EPROTO)" "$work/out" ||
     fail "message: $(cat "$work/out")"
 ctl --key-file "$work/bob.key" drop m1 >/dev/null || fail "not serving after a tampered reply"
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+
+# ---- a pull read through a session (17 MiB in 4 MiB reads): each read reply's tag is checked
+# as its data is copied out; a read reply with one flipped bit (in its data) is refused ---------
+pull_from_peer() {
+    rm -f "$work/pulled.safetensors"
+    ctl --key-file "$work/bob.key" pull m "$work/pulled.safetensors" >"$work/out" 2>&1
+}
+start_peer
+pull_from_peer || fail "pull through a session: $(cat "$work/out")"
+[ "$(grep -c '^frame read ' "$work/peer.log")" -ge 5 ] || fail "not 5 reads: $(cat "$work/peer.log")"
+client_python - "$work/pulled.safetensors" <<'EOF' || fail "pulled data"
+import json, struct, sys
+import numpy as np
+b = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", b[:8])
+h = json.loads(b[8:8 + n])
+t = h["w"]
+assert t["dtype"] == "F32" and t["shape"] == [((17 << 20) + 4) // 4], t
+lo, hi = t["data_offsets"]
+got = np.frombuffer(b[8 + n + lo:8 + n + hi], dtype="<f4")
+want = (np.arange(((17 << 20) + 4) // 4) % 65521).astype(np.float32)
+assert np.array_equal(got, want), "pulled data differs"
+EOF
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+start_peer --tamper-op read
+pull_from_peer && fail "a tampered read reply was accepted"
+grep -q "read: reply authentication failed: bad tag (EMAD_EPROTO)" "$work/out" ||
+    fail "message: $(cat "$work/out")"
+[ ! -e "$work/pulled.safetensors" ] || fail "a file written from a tampered pull"
+ctl --key-file "$work/bob.key" drop m1 >/dev/null || fail "not serving after a tampered read reply"
 kill "$pid"
 wait "$pid" 2>/dev/null || true
 pid=

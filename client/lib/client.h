@@ -142,6 +142,11 @@ typedef struct reply {
     const char *body; /* the msgpack body in msg (after the frame header, if framed) */
     msgpack_unpacked u;
     const msgpack_object *root;
+    /* A successful reply opened with its tag check left to the copy of its data
+     * (req_open_unchecked): the frame's length and the key to check it with. */
+    int unchecked;
+    size_t frame_len;
+    unsigned char rx[AUTH_KEY_BYTES];
 } reply;
 
 /* Packs one request (of any op) from its arguments ctx. */
@@ -248,9 +253,13 @@ void session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged
  * Check the reply m (held in r->msg) to a framed request and point r->body
  * past the header; *body_len gets the body's length. Returns 0, 1 for a
  * plain reply (acceptable only as an EMAD_EAUTH error: the caller checks),
- * or EMAD_EPROTO with a message.
+ * or EMAD_EPROTO with a message. Unless check, the frame's tag is not
+ * checked: r->unchecked is set, with what checking it later needs.
  */
-int session_open_reply(emad_client *c, const received *m, reply *r, size_t *body_len);
+int session_open_reply(emad_client *c, const received *m, reply *r, size_t *body_len, int check);
+
+/* The message of a reply whose tag does not verify (EMAD_EPROTO). */
+int session_bad_tag(emad_client *c, int op);
 
 /* 1 if an error reply's map e says the session is expired or unknown (re-handshake). */
 int session_error_is_stale(const msgpack_object *e);
@@ -299,6 +308,14 @@ int req_send_ex(emad_client *c, size_t k, int op, build_fn build, const void *ct
  */
 int req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, received *m);
 int req_open(emad_client *c, int op, received *m, reply *r);
+
+/*
+ * req_open() for a reply whose data the caller copies out with the frame's
+ * tag checked in the same pass (read_copy()): a successful reply comes back
+ * with r->unchecked set; any other (an error) has had its tag checked
+ * before it is believed.
+ */
+int req_open_unchecked(emad_client *c, int op, received *m, reply *r);
 
 /*
  * Wait until deadline for the reply to the request in flight on

@@ -304,27 +304,59 @@ read_plan(emad_client *c, const pull_state *p, uint64_t budget, uint64_t kmax, s
     return 0;
 }
 
-/* Copy the ranges of a read reply into dst. */
+/* The ranges of a read reply checked against q: its data array (0), or an error. */
+static int
+read_ranges(emad_client *c, const reply *r, const read_req *q, const msgpack_object **data)
+{
+    int rc;
+
+    if ((rc = rget_array(c, r->root, PROTO_KEY_DATA, data)) != 0)
+        return rc;
+    if ((*data)->via.array.size != q->n)
+        return fail(c, EMAD_EPROTO, "read: reply has %u ranges, asked for %zu",
+                    (*data)->via.array.size, q->n);
+    for (size_t k = 0; k < q->n; k++) {
+        const msgpack_object *b = &(*data)->via.array.ptr[k];
+        if (b->type != MSGPACK_OBJECT_BIN || b->via.bin.size != q->ranges[k].len)
+            return fail(c, EMAD_EPROTO, "read: reply range %zu is not %llu bytes of bin", k,
+                        (unsigned long long)q->ranges[k].len);
+    }
+    return 0;
+}
+
+/*
+ * Copy the ranges of a read reply into dst. A reply opened unchecked
+ * (req_open_unchecked) has its tag checked in the same pass over memory as
+ * the copies (auth_frame_check): on a bad tag the copies are made but the
+ * read fails; anything else wrong with it is believed only once its tag
+ * has been checked.
+ */
 int
 read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
 {
     const msgpack_object *data;
-    int rc;
+    auth_frame_check k;
+    int rc = read_ranges(c, r, q, &data);
 
-    if ((rc = rget_array(c, r->root, PROTO_KEY_DATA, &data)) != 0)
+    if (!r->unchecked) {
+        for (size_t i = 0; rc == 0 && i < q->n; i++)
+            memcpy((char *)dst[q->ranges[i].index] + q->ranges[i].offset,
+                   data->via.array.ptr[i].via.bin.ptr, q->ranges[i].len);
         return rc;
-    if (data->via.array.size != q->n)
-        return fail(c, EMAD_EPROTO, "read: reply has %u ranges, asked for %zu",
-                    data->via.array.size, q->n);
-    for (size_t k = 0; k < q->n; k++) {
-        const msgpack_object *b = &data->via.array.ptr[k];
-        const read_range *rg = &q->ranges[k];
-        if (b->type != MSGPACK_OBJECT_BIN || b->via.bin.size != rg->len)
-            return fail(c, EMAD_EPROTO, "read: reply range %zu is not %llu bytes of bin", k,
-                        (unsigned long long)rg->len);
-        memcpy((char *)dst[rg->index] + rg->offset, b->via.bin.ptr, rg->len);
     }
-    return 0;
+    if (rc != 0) /* a malformed reply: refused as altered if its tag does not verify */
+        return auth_frame_verify(r->rx, r->msg, r->frame_len) != 0
+                   ? session_bad_tag(c, PROTO_OP_READ)
+                   : rc;
+    if (auth_frame_check_begin(&k, r->rx, r->msg, r->frame_len) != 0)
+        return session_bad_tag(c, PROTO_OP_READ);
+    for (size_t i = 0; i < q->n; i++)
+        if (auth_frame_check_copy(&k, data->via.array.ptr[i].via.bin.ptr, q->ranges[i].len,
+                                  (char *)dst[q->ranges[i].index] + q->ranges[i].offset) != 0) {
+            auth_frame_check_abort(&k); /* not in order: no reply of ours */
+            return session_bad_tag(c, PROTO_OP_READ);
+        }
+    return auth_frame_check_end(&k) != 0 ? session_bad_tag(c, PROTO_OP_READ) : 0;
 }
 
 /* The reads of a pull session: the cursor, and a ring of the requests not yet answered. */
@@ -364,7 +396,7 @@ read_take(emad_client *c, read_state *s, received *m, void *const *dst)
     reply r;
     int rc;
 
-    if ((rc = req_open(c, PROTO_OP_READ, m, &r)) != 0)
+    if ((rc = req_open_unchecked(c, PROTO_OP_READ, m, &r)) != 0)
         return rc;
     rc = read_copy(c, &r, &s->ring[(s->nrecv - 1) % (c->depth + 1)], dst);
     reply_free(&r);

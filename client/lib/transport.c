@@ -188,6 +188,9 @@ reply_free(reply *r)
     }
     r->body = NULL;
     r->root = NULL;
+    if (r->unchecked)
+        auth_wipe(r->rx, sizeof(r->rx));
+    r->unchecked = 0;
 }
 
 /*
@@ -568,11 +571,12 @@ req_recv(emad_client *c, size_t k, int op, int64_t deadline, int timeout_ms, rec
 }
 
 /*
- * Check (when it answers a frame) and decode a reply taken by req_recv
- * into *r (free with reply_free); m is consumed either way.
+ * Check (when it answers a frame, unless check is 0: req_open_unchecked)
+ * and decode a reply taken by req_recv into *r (free with reply_free); m
+ * is consumed either way.
  */
-int
-req_open(emad_client *c, int op, received *m, reply *r)
+static int
+open_reply(emad_client *c, int op, received *m, reply *r, int check)
 {
     size_t len = m->len;
     int rc, plain = 0;
@@ -582,13 +586,19 @@ req_open(emad_client *c, int op, received *m, reply *r)
     m->msg = NULL;
     msgpack_unpacked_init(&r->u);
     c->auth_stale = 0;
-    if (m->seq != 0 && (plain = session_open_reply(c, m, r, &len)) < 0) {
+    if (m->seq != 0 && (plain = session_open_reply(c, m, r, &len, check)) < 0) {
         auth_wipe(m->rx, sizeof(m->rx));
         reply_free(r);
         return plain;
     }
     auth_wipe(m->rx, sizeof(m->rx));
     rc = reply_decode(c, op, r, len);
+    if (rc != 0 && r->unchecked) { /* believe no error before the tag is checked */
+        if (auth_frame_verify(r->rx, r->msg, r->frame_len) != 0)
+            rc = session_bad_tag(c, op);
+        auth_wipe(r->rx, sizeof(r->rx));
+        r->unchecked = 0;
+    }
     if (plain && rc != EMAD_EAUTH) {
         reply_free(r);
         return fail(c, EMAD_EPROTO, "%s: reply authentication failed: the reply is not a frame",
@@ -599,6 +609,18 @@ req_open(emad_client *c, int op, received *m, reply *r)
         return rc;
     }
     return 0;
+}
+
+int
+req_open(emad_client *c, int op, received *m, reply *r)
+{
+    return open_reply(c, op, m, r, 1);
+}
+
+int
+req_open_unchecked(emad_client *c, int op, received *m, reply *r)
+{
+    return open_reply(c, op, m, r, 0);
 }
 
 /*

@@ -418,6 +418,99 @@ auth_frame_verify(const unsigned char key[AUTH_KEY_BYTES], const void *frame, si
 }
 
 int
+auth_frame_check_begin(auth_frame_check *k, const unsigned char key[AUTH_KEY_BYTES],
+                       const void *frame, size_t len)
+{
+    memset(k, 0, sizeof(*k));
+    if (len <= AUTH_FRAME_HEADER || memcmp(frame, AUTH_MAGIC, AUTH_MAGIC_BYTES) != 0)
+        return -1;
+    k->frame = frame;
+    k->len = len - AUTH_FRAME_HEADER;
+    memcpy(k->key, key, AUTH_KEY_BYTES);
+    if ((k->final = final_init(key, k->frame)) == NULL) {
+        auth_wipe(k->key, sizeof(k->key));
+        return -1;
+    }
+    return 0;
+}
+
+/* Feed n body bytes at p (the next ones), copying them to dst unless it is NULL. */
+static void
+check_feed(auth_frame_check *k, const unsigned char *p, size_t n, unsigned char *dst)
+{
+    uint64_t seq = get_u64le(k->frame + AUTH_OFF_SEQ);
+
+    while (n > 0) {
+        size_t i = k->pos / AUTH_PIECE_BYTES, end = (i + 1) * AUTH_PIECE_BYTES;
+        size_t take;
+
+        if (end > k->len)
+            end = k->len;
+        take = end - k->pos < n ? end - k->pos : n;
+        if (k->pos == i * AUTH_PIECE_BYTES &&
+            auth_piece_stream_begin(&k->ps, k->key, seq, (uint32_t)i) != 0)
+            k->failed = 1;
+        if (dst != NULL) {
+            auth_piece_stream_copy(&k->ps, dst, p, take); /* a plain copy if begin failed */
+            dst += take;
+        } else {
+            auth_piece_stream_update(&k->ps, p, take);
+        }
+        k->pos += take;
+        p += take;
+        n -= take;
+        if (k->pos == end) {
+            unsigned char t[AUTH_TAG_BYTES];
+
+            if (auth_piece_stream_final(&k->ps, t) != 0)
+                k->failed = 1;
+            else
+                gmac_update(k->final, t, AUTH_TAG_BYTES);
+        }
+    }
+}
+
+int
+auth_frame_check_copy(auth_frame_check *k, const void *at, size_t n, void *dst)
+{
+    const unsigned char *body = k->frame + AUTH_FRAME_HEADER, *p = at;
+
+    if (k->final == NULL || p < body + k->pos || (size_t)(p - body) > k->len ||
+        n > k->len - (size_t)(p - body)) {
+        k->failed = 1;
+        return -1;
+    }
+    check_feed(k, body + k->pos, (size_t)(p - body) - k->pos, NULL);
+    check_feed(k, p, n, dst);
+    return 0;
+}
+
+int
+auth_frame_check_end(auth_frame_check *k)
+{
+    unsigned char tag[AUTH_TAG_BYTES];
+    int ok;
+
+    if (k->final == NULL)
+        return -1;
+    check_feed(k, k->frame + AUTH_FRAME_HEADER + k->pos, k->len - k->pos, NULL);
+    final_finish(k->final, tag);
+    k->final = NULL;
+    ok = !k->failed && auth_tag_equal(tag, k->frame + AUTH_OFF_TAG) == 0;
+    auth_frame_check_abort(k);
+    return ok ? 0 : -1;
+}
+
+void
+auth_frame_check_abort(auth_frame_check *k)
+{
+    auth_piece_stream_abort(&k->ps);
+    gmac_abort(k->final);
+    k->final = NULL;
+    auth_wipe(k->key, sizeof(k->key));
+}
+
+int
 auth_tag_equal(const unsigned char a[AUTH_TAG_BYTES], const unsigned char b[AUTH_TAG_BYTES])
 {
     return crypto_verify_16(a, b) == 0 ? 0 : -1;

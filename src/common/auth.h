@@ -212,6 +212,30 @@ int auth_frame_seal(const unsigned char key[AUTH_KEY_BYTES], void *frame, size_t
 /* Check a whole frame's tag in this thread: 0 if it matches, -1 otherwise. */
 int auth_frame_verify(const unsigned char key[AUTH_KEY_BYTES], const void *frame, size_t len);
 
+/*
+ * Check a frame's tag while copying parts of its body out (a reply's data
+ * into the caller's buffers): one pass over memory for both. begin (0, or
+ * -1 if len has no body, the magic is wrong or out of memory: nothing to
+ * free); then copy for each part, in increasing order of address (the
+ * bytes between parts are hashed, not copied; -1 if at is before the bytes
+ * already fed or n runs past the body); then end: 0 if the tag matches, -1
+ * otherwise (the copies are made either way). abort instead of end frees
+ * without an answer. The frame must stay unchanged until then.
+ */
+typedef struct auth_frame_check {
+    const unsigned char *frame;
+    size_t len, pos; /* body bytes, and how many are fed */
+    unsigned char key[AUTH_KEY_BYTES];
+    auth_piece_stream ps; /* the piece being fed */
+    void *final;          /* the frame tag's MAC state (gmac.h) */
+    int failed;
+} auth_frame_check;
+int auth_frame_check_begin(auth_frame_check *k, const unsigned char key[AUTH_KEY_BYTES],
+                           const void *frame, size_t len);
+int auth_frame_check_copy(auth_frame_check *k, const void *at, size_t n, void *dst);
+int auth_frame_check_end(auth_frame_check *k);
+void auth_frame_check_abort(auth_frame_check *k);
+
 /* Constant-time comparison of two tags: 0 if equal, -1 otherwise. */
 int auth_tag_equal(const unsigned char a[AUTH_TAG_BYTES], const unsigned char b[AUTH_TAG_BYTES]);
 
