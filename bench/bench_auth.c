@@ -265,7 +265,7 @@ report(const char *op, const double *plain, const double *auth, long reps, uint6
         pairs[r] = plain[r] / auth[r];
     paired = median(pairs, reps);
     printf("  %-5s unauthenticated %6.2f GB/s (%7.1f ms)   authenticated %6.2f GB/s (%7.1f ms)\n"
-           "        auth/plain: of the medians %.2f, median of the %ld pairs %.2f (target >= %.2f: "
+           "        auth/plain: of the medians %.2f, median of the %ld pairs %.3f (target >= %.2f: "
            "%s)\n",
            op, (double)bytes / mp / 1e9, mp * 1e3, (double)bytes / ma / 1e9, ma * 1e3, mp / ma,
            reps, paired, TARGET, paired >= TARGET ? "met" : "NOT MET");
