@@ -243,11 +243,11 @@ int session_tags_reserve(emad_client *c, size_t len);
 
 /*
  * Finish the frame of a packed request: msg holds AUTH_FRAME_HEADER bytes
- * then the body (len bytes), whose first `tagged` pieces already have
- * their tags in c->tags. Tags the rest, writes the header with the next
- * sequence number of connection k's session and the frame's tag.
+ * then the body (len bytes), whose pieces have their tags in c->tags (the
+ * packer tags them as it writes). Writes the header with the next sequence
+ * number of connection k's session and the frame's tag.
  */
-void session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged);
+void session_seal(emad_client *c, size_t k, void *msg, size_t len);
 
 /*
  * Check the reply m (held in r->msg) to a framed request and point r->body

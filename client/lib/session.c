@@ -215,20 +215,13 @@ session_tags_reserve(emad_client *c, size_t len)
 
 /* Finish the frame of a packed request on connection k (see client.h). */
 void
-session_seal(emad_client *c, size_t k, void *msg, size_t len, size_t tagged)
+session_seal(emad_client *c, size_t k, void *msg, size_t len)
 {
     conn_session *s = &c->sess[k];
     unsigned char *frame = msg, tag[AUTH_TAG_BYTES] = {0};
-    const unsigned char *body = frame + AUTH_FRAME_HEADER;
     size_t n = auth_piece_count(len);
     uint64_t seq = s->seq + 1;
 
-    for (size_t i = tagged; i < n; i++) {
-        size_t off = i * AUTH_PIECE_BYTES;
-        size_t plen = len - off < AUTH_PIECE_BYTES ? len - off : AUTH_PIECE_BYTES;
-
-        auth_piece_tag(s->tx, seq, (uint32_t)i, body + off, plen, c->tags + i * AUTH_TAG_BYTES);
-    }
     auth_header_encode(frame, s->id, seq, tag);
     auth_frame_tag(s->tx, frame, c->tags, n, tag);
     memcpy(frame + AUTH_OFF_TAG, tag, sizeof(tag));

@@ -97,7 +97,7 @@ wbuf_write(void *data, const char *buf, size_t len)
 
         if (w->len == w->tagged * AUTH_PIECE_BYTES)
             (void)auth_piece_stream_begin(&w->ps, w->key, w->seq, (uint32_t)w->tagged);
-        auth_piece_stream_copy(&w->ps, w->p + w->len, buf, n); /* a plain copy without a MAC */
+        auth_piece_stream_copy(&w->ps, w->p + w->len, buf, n); /* a plain copy if begin failed */
         w->len += n;
         buf += n;
         len -= n;
@@ -272,11 +272,11 @@ pack_request(emad_client *c, size_t k, int plain, int op, build_fn build, const 
         nn_freemsg(msg);
         return fail(c, EMAD_EINTERNAL, "%s: request packed to a different size", proto_op_name(op));
     }
-    if (w.key != NULL && w.len > w.tagged * AUTH_PIECE_BYTES) /* the last piece, shorter */
+    if (w.key != NULL && w.tagged < auth_piece_count(len)) /* the last piece: shorter, or empty */
         wbuf_piece_done(&w, w.len - w.tagged * AUTH_PIECE_BYTES);
     *seq = 0;
     if (hdr != 0) {
-        session_seal(c, k, msg, len, w.tagged);
+        session_seal(c, k, msg, len);
         *seq = c->sess[k].seq;
     }
     *out = msg;
