@@ -261,6 +261,13 @@ int session_open_reply(emad_client *c, const received *m, reply *r, size_t *body
 /* The message of a reply whose tag does not verify (EMAD_EPROTO). */
 int session_bad_tag(emad_client *c, int op);
 
+/*
+ * An error rc found in reply r opened unchecked (a failed reply, or a
+ * malformed one), believed only once r's tag verifies: rc then, else the
+ * bad tag.
+ */
+int session_unchecked_error(emad_client *c, const reply *r, int op, int rc);
+
 /* 1 if an error reply's map e says the session is expired or unknown (re-handshake). */
 int session_error_is_stale(const msgpack_object *e);
 

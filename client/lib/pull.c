@@ -338,25 +338,22 @@ read_copy(emad_client *c, const reply *r, const read_req *q, void *const *dst)
     auth_frame_check k;
     int rc = read_ranges(c, r, q, &data);
 
-    if (!r->unchecked) {
-        for (size_t i = 0; rc == 0 && i < q->n; i++)
-            memcpy((char *)dst[q->ranges[i].index] + q->ranges[i].offset,
-                   data->via.array.ptr[i].via.bin.ptr, q->ranges[i].len);
-        return rc;
-    }
-    if (rc != 0) /* a malformed reply: refused as altered if its tag does not verify */
-        return auth_frame_verify(r->rx, r->msg, r->frame_len) != 0
-                   ? session_bad_tag(c, PROTO_OP_READ)
-                   : rc;
-    if (auth_frame_check_begin(&k, r->rx, r->msg, r->frame_len) != 0)
+    if (rc != 0)
+        return r->unchecked ? session_unchecked_error(c, r, PROTO_OP_READ, rc) : rc;
+    if (r->unchecked && auth_frame_check_begin(&k, r->rx, r->msg, r->frame_len) != 0)
         return session_bad_tag(c, PROTO_OP_READ);
-    for (size_t i = 0; i < q->n; i++)
-        if (auth_frame_check_copy(&k, data->via.array.ptr[i].via.bin.ptr, q->ranges[i].len,
-                                  (char *)dst[q->ranges[i].index] + q->ranges[i].offset) != 0) {
+    for (size_t i = 0; i < q->n; i++) {
+        const void *from = data->via.array.ptr[i].via.bin.ptr;
+        void *to = (char *)dst[q->ranges[i].index] + q->ranges[i].offset;
+
+        if (!r->unchecked) {
+            memcpy(to, from, q->ranges[i].len);
+        } else if (auth_frame_check_copy(&k, from, q->ranges[i].len, to) != 0) {
             auth_frame_check_abort(&k); /* not in order: no reply of ours */
             return session_bad_tag(c, PROTO_OP_READ);
         }
-    return auth_frame_check_end(&k) != 0 ? session_bad_tag(c, PROTO_OP_READ) : 0;
+    }
+    return r->unchecked && auth_frame_check_end(&k) != 0 ? session_bad_tag(c, PROTO_OP_READ) : 0;
 }
 
 /* The reads of a pull session: the cursor, and a ring of the requests not yet answered. */

@@ -268,6 +268,12 @@ session_bad_tag(emad_client *c, int op)
     return fail(c, EMAD_EPROTO, "%s: reply authentication failed: bad tag", proto_op_name(op));
 }
 
+int
+session_unchecked_error(emad_client *c, const reply *r, int op, int rc)
+{
+    return auth_frame_verify(r->rx, r->msg, r->frame_len) != 0 ? session_bad_tag(c, op) : rc;
+}
+
 /* 1 if o is the msgpack str s. */
 static int
 str_is(const msgpack_object *o, const char *s)

@@ -593,9 +593,8 @@ open_reply(emad_client *c, int op, received *m, reply *r, int check)
     }
     auth_wipe(m->rx, sizeof(m->rx));
     rc = reply_decode(c, op, r, len);
-    if (rc != 0 && r->unchecked) { /* believe no error before the tag is checked */
-        if (auth_frame_verify(r->rx, r->msg, r->frame_len) != 0)
-            rc = session_bad_tag(c, op);
+    if (rc != 0 && r->unchecked) {
+        rc = session_unchecked_error(c, r, op, rc);
         auth_wipe(r->rx, sizeof(r->rx));
         r->unchecked = 0;
     }

@@ -374,49 +374,6 @@ auth_frame_tag(const unsigned char key[AUTH_KEY_BYTES],
     final_finish(g, tag);
 }
 
-/* Compute in this thread the tag a frame of len bytes should carry (its H written). */
-static int
-frame_tag_serial(const unsigned char key[AUTH_KEY_BYTES], const unsigned char *f, size_t len,
-                 unsigned char tag[AUTH_TAG_BYTES])
-{
-    if (len <= AUTH_FRAME_HEADER)
-        return -1;
-    const unsigned char *body = f + AUTH_FRAME_HEADER;
-    size_t body_len = len - AUTH_FRAME_HEADER;
-    size_t n = auth_piece_count(body_len);
-    uint64_t seq = get_u64le(f + AUTH_OFF_SEQ);
-    gmac *g = final_init(key, f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char t[AUTH_TAG_BYTES];
-        size_t off = i * AUTH_PIECE_BYTES;
-        size_t l = body_len - off < AUTH_PIECE_BYTES ? body_len - off : AUTH_PIECE_BYTES;
-        auth_piece_tag(key, seq, (uint32_t)i, body + off, l, t);
-        if (g != NULL)
-            gmac_update(g, t, AUTH_TAG_BYTES);
-    }
-    final_finish(g, tag);
-    return 0;
-}
-
-int
-auth_frame_seal(const unsigned char key[AUTH_KEY_BYTES], void *frame, size_t len)
-{
-    unsigned char *f = frame;
-    return frame_tag_serial(key, f, len, f + AUTH_OFF_TAG);
-}
-
-int
-auth_frame_verify(const unsigned char key[AUTH_KEY_BYTES], const void *frame, size_t len)
-{
-    unsigned char tag[AUTH_TAG_BYTES];
-    const unsigned char *f = frame;
-    if (len <= AUTH_FRAME_HEADER || memcmp(f, AUTH_MAGIC, AUTH_MAGIC_BYTES) != 0)
-        return -1;
-    if (frame_tag_serial(key, f, len, tag) != 0)
-        return -1;
-    return auth_tag_equal(tag, f + AUTH_OFF_TAG);
-}
-
 int
 auth_frame_check_begin(auth_frame_check *k, const unsigned char key[AUTH_KEY_BYTES],
                        const void *frame, size_t len)
@@ -485,6 +442,17 @@ auth_frame_check_copy(auth_frame_check *k, const void *at, size_t n, void *dst)
     return 0;
 }
 
+/* Feed the rest of k's body and compute the frame's tag (unusable if a MAC failed). */
+static void
+check_tag(auth_frame_check *k, unsigned char tag[AUTH_TAG_BYTES])
+{
+    check_feed(k, k->frame + AUTH_FRAME_HEADER + k->pos, k->len - k->pos, NULL);
+    final_finish(k->final, tag);
+    k->final = NULL;
+    if (k->failed)
+        tag_unusable(tag);
+}
+
 int
 auth_frame_check_end(auth_frame_check *k)
 {
@@ -493,9 +461,7 @@ auth_frame_check_end(auth_frame_check *k)
 
     if (k->final == NULL)
         return -1;
-    check_feed(k, k->frame + AUTH_FRAME_HEADER + k->pos, k->len - k->pos, NULL);
-    final_finish(k->final, tag);
-    k->final = NULL;
+    check_tag(k, tag);
     ok = !k->failed && auth_tag_equal(tag, k->frame + AUTH_OFF_TAG) == 0;
     auth_frame_check_abort(k);
     return ok ? 0 : -1;
@@ -508,6 +474,31 @@ auth_frame_check_abort(auth_frame_check *k)
     gmac_abort(k->final);
     k->final = NULL;
     auth_wipe(k->key, sizeof(k->key));
+}
+
+int
+auth_frame_seal(const unsigned char key[AUTH_KEY_BYTES], void *frame, size_t len)
+{
+    unsigned char *f = frame;
+    auth_frame_check k;
+
+    if (len <= AUTH_FRAME_HEADER)
+        return -1;
+    if (auth_frame_check_begin(&k, key, f, len) != 0) {
+        tag_unusable(f + AUTH_OFF_TAG);
+        return 0;
+    }
+    check_tag(&k, f + AUTH_OFF_TAG);
+    auth_frame_check_abort(&k);
+    return 0;
+}
+
+int
+auth_frame_verify(const unsigned char key[AUTH_KEY_BYTES], const void *frame, size_t len)
+{
+    auth_frame_check k;
+
+    return auth_frame_check_begin(&k, key, frame, len) == 0 ? auth_frame_check_end(&k) : -1;
 }
 
 int

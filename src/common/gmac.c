@@ -156,6 +156,13 @@ fold2(__m256i v)
     return _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 }
 
+/* The XOR of the four 128-bit lanes of v. */
+static ZMM __m128i
+fold4(__m512i v)
+{
+    return fold2(_mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)));
+}
+
 /*
  * Hash n groups of GROUP_BLOCKS blocks at p into s, four blocks per
  * register; with copy, also store them at q as they are loaded (one pass
@@ -177,7 +184,6 @@ groups_avx512_impl(const gmac *g, __m128i s, const unsigned char *p, unsigned ch
 
             if (copy)
                 _mm512_storeu_si512((void *)(q + 64 * z), raw);
-
             if (z == 0)
                 d = _mm512_xor_si512(d, _mm512_zextsi128_si512(s));
             lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(d, k, 0x00));
@@ -185,11 +191,7 @@ groups_avx512_impl(const gmac *g, __m128i s, const unsigned char *p, unsigned ch
             mid = _mm512_ternarylogic_epi64(mid, _mm512_clmulepi64_epi128(d, k, 0x01),
                                             _mm512_clmulepi64_epi128(d, k, 0x10), 0x96);
         }
-        /* the XOR of the four 128-bit lanes of each sum */
-        s = reduce(fold2(_mm256_xor_si256(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1))),
-                   fold2(_mm256_xor_si256(_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64(hi, 1))),
-                   fold2(_mm256_xor_si256(_mm512_castsi512_si256(mid),
-                                          _mm512_extracti64x4_epi64(mid, 1))));
+        s = reduce(fold4(lo), fold4(hi), fold4(mid));
     }
     return s;
 }
